@@ -1,0 +1,5 @@
+import sys
+
+from cryo.cli import main
+
+sys.exit(main())

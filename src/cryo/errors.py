@@ -1,0 +1,139 @@
+"""One exception tree for cryo.
+
+Every error carries the pid, the resource and the path it is about, and an exit
+code that the CLI returns.  OS errors are translated into this tree at one
+boundary (:func:`translate_oserror`), always with ``raise ... from err``.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+
+class ExitCode:
+    """Exit codes of the ``cryo`` command, listed in ``cryo --help``."""
+
+    OK = 0
+    ERROR = 1  # any other failure
+    USAGE = 2  # bad command line (argparse)
+    NO_SUCH_PROCESS = 3
+    ACCESS_DENIED = 4
+    IMAGE_CORRUPT = 5
+    IMAGE_INCOMPATIBLE = 6
+    IMAGE_MISSING = 7
+    IMAGE_EXISTS = 8
+    UNSUPPORTED = 9
+    CONFLICT = 10
+    INTERRUPTED = 130
+    INTERNAL = 70
+
+    TABLE = (
+        (NO_SUCH_PROCESS, "the process does not exist (or vanished during the operation)"),
+        (ACCESS_DENIED, "the process may not be traced, or a file may not be accessed"),
+        (IMAGE_CORRUPT, "the image is truncated or a checksum does not match"),
+        (IMAGE_INCOMPATIBLE, "the image is of another format version, architecture or CPU"),
+        (IMAGE_MISSING, "there is no image where one was asked for"),
+        (IMAGE_EXISTS, "an image is already there (use --force to replace it)"),
+        (UNSUPPORTED, "the process uses a resource cryo cannot save yet"),
+        (CONFLICT, "a pid, IPC id or key needed by the restore is taken"),
+        (INTERNAL, "a bug in cryo"),
+    )
+
+
+class CryoError(Exception):
+    """Base of every error cryo raises on purpose."""
+
+    exit_code = ExitCode.ERROR
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int | None = None,
+        resource: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pid = pid
+        self.resource = resource
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keyword-only arguments do not survive the default pickling
+        return (_rebuild, (type(self), self.message, self.pid, self.resource, self.path))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(
+    cls: type[CryoError], message: str, pid: int | None, resource: str | None, path: str | None
+) -> CryoError:
+    return cls(message, pid=pid, resource=resource, path=path)
+
+
+class NoSuchProcess(CryoError):
+    exit_code = ExitCode.NO_SUCH_PROCESS
+
+
+class AccessDenied(CryoError):
+    exit_code = ExitCode.ACCESS_DENIED
+
+
+class ImageError(CryoError):
+    """Something is wrong with an image (or an IPC save)."""
+
+
+class ImageCorrupt(ImageError):
+    exit_code = ExitCode.IMAGE_CORRUPT
+
+
+class ImageIncompatible(ImageError):
+    exit_code = ExitCode.IMAGE_INCOMPATIBLE
+
+
+class ImageMissing(ImageError):
+    exit_code = ExitCode.IMAGE_MISSING
+
+
+class ImageExists(ImageError):
+    exit_code = ExitCode.IMAGE_EXISTS
+
+
+class Unsupported(CryoError):
+    """The target uses a resource that cryo cannot checkpoint (yet)."""
+
+    exit_code = ExitCode.UNSUPPORTED
+
+
+class RestoreConflict(CryoError):
+    """A pid, IPC id or key that the restore needs is taken."""
+
+    exit_code = ExitCode.CONFLICT
+
+
+class Interrupted(CryoError):
+    exit_code = ExitCode.INTERRUPTED
+
+
+class InternalError(CryoError):
+    """A bug in cryo: an invariant did not hold."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+def translate_oserror(
+    err: OSError, *, pid: int | None = None, resource: str | None = None, path: str | None = None
+) -> CryoError:
+    """Map an OSError to the matching CryoError (the caller raises it ``from err``)."""
+    what = f"{resource}: " if resource else ""
+    msg = f"{what}{err.strerror or err}"
+    if err.errno == errno.ESRCH:
+        return NoSuchProcess(
+            f"process {pid} does not exist" if pid else msg, pid=pid, resource=resource, path=path
+        )
+    if err.errno in (errno.EPERM, errno.EACCES):
+        return AccessDenied(msg, pid=pid, resource=resource, path=path)
+    return CryoError(msg, pid=pid, resource=resource, path=path)

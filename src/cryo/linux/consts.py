@@ -1,0 +1,228 @@
+"""Kernel constants as IntEnum/IntFlag, one class per C prefix (x86_64 values).
+
+Sources: include/uapi/linux/ptrace.h, include/uapi/linux/elf.h,
+arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/mman-common.h,
+include/uapi/linux/prctl.h, include/uapi/linux/fs.h (PAGEMAP_SCAN).
+"""
+
+from __future__ import annotations
+
+import enum
+
+PAGE_SIZE = 4096
+NSIG = 64  # signals 1..64
+
+
+class PTRACE(enum.IntEnum):
+    TRACEME = 0
+    PEEKTEXT = 1
+    PEEKDATA = 2
+    POKEDATA = 5
+    CONT = 7
+    KILL = 8
+    SINGLESTEP = 9
+    GETREGS = 12
+    SETREGS = 13
+    ATTACH = 16
+    DETACH = 17
+    SYSCALL = 24
+    SETOPTIONS = 0x4200
+    GETEVENTMSG = 0x4201
+    GETSIGINFO = 0x4202
+    SETSIGINFO = 0x4203
+    GETREGSET = 0x4204
+    SETREGSET = 0x4205
+    SEIZE = 0x4206
+    INTERRUPT = 0x4207
+    LISTEN = 0x4208
+    PEEKSIGINFO = 0x4209
+    GETSIGMASK = 0x420A
+    SETSIGMASK = 0x420B
+    SECCOMP_GET_FILTER = 0x420C
+    GET_RSEQ_CONFIGURATION = 0x420F
+
+
+class PTRACE_O(enum.IntFlag):
+    TRACESYSGOOD = 1
+    TRACEFORK = 2
+    TRACEVFORK = 4
+    TRACECLONE = 8
+    TRACEEXEC = 0x10
+    TRACEVFORKDONE = 0x20
+    TRACEEXIT = 0x40
+    TRACESECCOMP = 0x80
+    EXITKILL = 0x100000
+    SUSPEND_SECCOMP = 0x200000
+
+
+class PTRACE_EVENT(enum.IntEnum):
+    FORK = 1
+    VFORK = 2
+    CLONE = 3
+    EXEC = 4
+    VFORK_DONE = 5
+    EXIT = 6
+    SECCOMP = 7
+    STOP = 128
+
+
+PTRACE_PEEKSIGINFO_SHARED = 1
+
+
+class NT(enum.IntEnum):
+    PRSTATUS = 1
+    PRFPREG = 2
+    X86_XSTATE = 0x202
+
+
+class SYS(enum.IntEnum):
+    read = 0
+    write = 1
+    open = 2
+    close = 3
+    lseek = 8
+    mmap = 9
+    mprotect = 10
+    munmap = 11
+    brk = 12
+    rt_sigaction = 13
+    rt_sigprocmask = 14
+    ioctl = 16
+    madvise = 28
+    dup2 = 33
+    nanosleep = 35
+    getitimer = 36
+    setitimer = 38
+    getpid = 39
+    clone = 56
+    fork = 57
+    exit = 60
+    wait4 = 61
+    kill = 62
+    fcntl = 72
+    chdir = 80
+    fchdir = 81
+    umask = 95
+    ptrace = 101
+    setpgid = 109
+    getppid = 110
+    setsid = 112
+    setresuid = 117
+    setresgid = 119
+    setgroups = 116
+    setfsuid = 122
+    setfsgid = 123
+    rt_sigqueueinfo = 129
+    sigaltstack = 131
+    personality = 135
+    prctl = 157
+    arch_prctl = 158
+    chroot = 161
+    gettid = 186
+    futex = 202
+    set_tid_address = 218
+    restart_syscall = 219
+    timer_create = 222
+    timer_settime = 223
+    timer_gettime = 224
+    timer_getoverrun = 225
+    timer_delete = 226
+    clock_nanosleep = 230
+    exit_group = 231
+    tgkill = 234
+    openat = 257
+    set_robust_list = 273
+    get_robust_list = 274
+    ppoll = 271
+    pselect6 = 270
+    epoll_pwait = 281
+    prlimit64 = 302
+    process_vm_readv = 310
+    process_vm_writev = 311
+    rt_tgsigqueueinfo = 297
+    rseq = 334
+    pidfd_open = 434
+    clone3 = 435
+    close_range = 436
+    poll = 7
+    select = 23
+    pause = 34
+    wait4_ = 61
+    epoll_wait = 232
+
+
+class PROT(enum.IntFlag):
+    NONE = 0
+    READ = 1
+    WRITE = 2
+    EXEC = 4
+
+
+class MAP(enum.IntFlag):
+    SHARED = 0x01
+    PRIVATE = 0x02
+    FIXED = 0x10
+    ANONYMOUS = 0x20
+    GROWSDOWN = 0x0100
+    NORESERVE = 0x4000
+    FIXED_NOREPLACE = 0x100000
+
+
+class MREMAP(enum.IntFlag):
+    MAYMOVE = 1
+    FIXED = 2
+    DONTUNMAP = 4
+
+
+class PR(enum.IntEnum):
+    SET_PDEATHSIG = 1
+    GET_PDEATHSIG = 2
+    GET_DUMPABLE = 3
+    SET_DUMPABLE = 4
+    SET_NAME = 15
+    GET_NAME = 16
+    SET_MM = 35
+    GET_TID_ADDRESS = 40
+    SET_CHILD_SUBREAPER = 36
+    GET_CHILD_SUBREAPER = 37
+    SET_NO_NEW_PRIVS = 38
+    GET_NO_NEW_PRIVS = 39
+    SET_THP_DISABLE = 41
+    GET_THP_DISABLE = 42
+    TIMER_CREATE_RESTORE_IDS = 77
+
+
+PR_SET_MM_MAP = 14
+PR_SET_MM_MAP_SIZE = 15
+PR_TIMER_CREATE_RESTORE_IDS_ON = 1
+PR_TIMER_CREATE_RESTORE_IDS_OFF = 0
+
+
+class ERESTART(enum.IntEnum):
+    """Kernel-internal return values of an interrupted syscall (include/linux/errno.h)."""
+
+    SYS = 512
+    NOINTR = 513
+    NOHAND = 514
+    RESTARTBLOCK = 516
+
+
+class PAGE_IS(enum.IntFlag):
+    """Categories of PAGEMAP_SCAN (include/uapi/linux/fs.h)."""
+
+    WPALLOWED = 1 << 0
+    WRITTEN = 1 << 1
+    FILE = 1 << 2
+    PRESENT = 1 << 3
+    SWAPPED = 1 << 4
+    PFNZERO = 1 << 5
+    HUGE = 1 << 6
+    SOFT_DIRTY = 1 << 7
+    GUARD = 1 << 8
+
+
+# _IOWR('f', 16, struct pm_scan_arg): dir=3, size=96
+PAGEMAP_SCAN = (3 << 30) | (96 << 16) | (ord("f") << 8) | 16
+
+CLOSE_RANGE_UNSHARE = 2
+RSEQ_FLAG_UNREGISTER = 1

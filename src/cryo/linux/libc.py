@@ -1,0 +1,171 @@
+"""The thin, boring syscall layer: one libc handle, explicit prototypes, errors as OSError.
+
+Every function keeps its C name.  A call that fails raises ``OSError(errno, "call pid=N")``;
+translation into cryo's own errors happens above, at one boundary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+
+from cryo.linux import structs as S
+from cryo.linux.consts import PTRACE, SYS
+
+libc = ctypes.CDLL(None, use_errno=True)
+# Same library, but the GIL stays held during the call: used for clone3, whose child
+# must come back into Python with the interpreter state exactly as the parent left it.
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+
+_syscall = libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [ctypes.c_long]  # variadic after the number
+
+_ptrace = libc.ptrace
+_ptrace.restype = ctypes.c_long
+_ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+_process_vm_readv = libc.process_vm_readv
+_process_vm_readv.restype = ctypes.c_ssize_t
+_process_vm_readv.argtypes = [
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong,
+]  # fmt: skip
+_process_vm_writev = libc.process_vm_writev
+_process_vm_writev.restype = ctypes.c_ssize_t
+_process_vm_writev.argtypes = _process_vm_readv.argtypes
+
+_ioctl = libc.ioctl
+_ioctl.restype = ctypes.c_int
+_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+
+_prctl = libc.prctl
+_prctl.restype = ctypes.c_int
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+IOV_MAX = 1024
+
+
+def _check(ret: int, what: str) -> int:
+    if ret == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{os.strerror(err)} [{what}]")
+    return ret
+
+
+def syscall(nr: int, *args: int) -> int:
+    """Raw syscall in *this* process; returns the result or raises OSError."""
+    cargs = [ctypes.c_long(a) for a in args]
+    return _check(_syscall(nr, *cargs), f"syscall {nr}")
+
+
+def ptrace(request: int, pid: int, addr: int = 0, data: int | ctypes._CData | None = 0) -> int:
+    if data is None:
+        cdata: int | None = 0
+    elif isinstance(data, int):
+        cdata = data
+    else:
+        cdata = ctypes.addressof(data)
+    ctypes.set_errno(0)
+    ret = _ptrace(request, pid, addr, cdata)
+    if ret == -1 and ctypes.get_errno() != 0:
+        err = ctypes.get_errno()
+        name = PTRACE(request).name if request in PTRACE._value2member_map_ else str(request)
+        raise OSError(err, f"{os.strerror(err)} [ptrace {name} pid={pid}]")
+    return int(ret)
+
+
+def ptrace_peekdata(pid: int, addr: int) -> int:
+    ctypes.set_errno(0)
+    ret = _ptrace(PTRACE.PEEKDATA, pid, addr, 0)
+    if ret == -1 and ctypes.get_errno() != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{os.strerror(err)} [ptrace PEEKDATA pid={pid}]")
+    return int(ret) & 0xFFFFFFFFFFFFFFFF
+
+
+def ptrace_getregset(pid: int, nt: int, buf: ctypes.Array[ctypes.c_char] | ctypes.Structure) -> int:
+    """PTRACE_GETREGSET; returns the number of bytes the kernel filled."""
+    iov = S.iovec(ctypes.addressof(buf), ctypes.sizeof(buf))
+    ptrace(PTRACE.GETREGSET, pid, nt, iov)
+    return int(iov.iov_len)
+
+
+def ptrace_setregset(pid: int, nt: int, buf: ctypes.Array[ctypes.c_char] | ctypes.Structure,
+                     size: int | None = None) -> None:  # fmt: skip
+    iov = S.iovec(ctypes.addressof(buf), ctypes.sizeof(buf) if size is None else size)
+    ptrace(PTRACE.SETREGSET, pid, nt, iov)
+
+
+def _iovecs(pairs: Sequence[tuple[int, int]]) -> ctypes.Array[S.iovec]:
+    arr = (S.iovec * len(pairs))()
+    for i, (base, length) in enumerate(pairs):
+        arr[i].iov_base = base
+        arr[i].iov_len = length
+    return arr
+
+
+def process_vm_readv(pid: int, local: Sequence[tuple[int, int]],
+                     remote: Sequence[tuple[int, int]]) -> int:  # fmt: skip
+    """Copy from ``pid``'s memory; each sequence holds at most IOV_MAX (address, length)."""
+    loc, rem = _iovecs(local), _iovecs(remote)
+    return _check(
+        _process_vm_readv(pid, loc, len(local), rem, len(remote), 0),
+        f"process_vm_readv pid={pid}",
+    )
+
+
+def process_vm_writev(pid: int, local: Sequence[tuple[int, int]],
+                      remote: Sequence[tuple[int, int]]) -> int:  # fmt: skip
+    loc, rem = _iovecs(local), _iovecs(remote)
+    return _check(
+        _process_vm_writev(pid, loc, len(local), rem, len(remote), 0),
+        f"process_vm_writev pid={pid}",
+    )
+
+
+def ioctl(fd: int, request: int, arg: ctypes._CData | int) -> int:
+    ptr = arg if isinstance(arg, int) else ctypes.addressof(arg)
+    return _check(_ioctl(fd, request, ptr), f"ioctl {request:#x} fd={fd}")
+
+
+def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
+    return _check(_prctl(option, a2, a3, a4, a5), f"prctl {option}")
+
+
+def prlimit64(pid: int, resource: int, new: S.rlimit64 | None = None) -> S.rlimit64:
+    old = S.rlimit64()
+    newp = ctypes.addressof(new) if new is not None else 0
+    syscall(SYS.prlimit64, pid, resource, newp, ctypes.addressof(old))
+    return old
+
+
+def get_robust_list(pid: int) -> tuple[int, int]:
+    head = ctypes.c_uint64()
+    size = ctypes.c_size_t()
+    syscall(SYS.get_robust_list, pid, ctypes.addressof(head), ctypes.addressof(size))
+    return head.value, size.value
+
+
+def clone3_set_tid(pid: int) -> int:
+    """Fork this process giving the child ``pid`` (clone3 with set_tid), like fork().
+
+    The GIL stays held across the call, so the child returns into Python in the
+    parent's exact interpreter state; it must only run trivial code and then stop.
+    """
+    import signal  # noqa: PLC0415  (only needed here)
+
+    tid = (ctypes.c_int32 * 1)(pid)
+    args = S.clone_args()
+    args.exit_signal = signal.SIGCHLD
+    args.set_tid = ctypes.addressof(tid)
+    args.set_tid_size = 1
+    fn = _pylibc.syscall
+    fn.restype = ctypes.c_long
+    ret = fn(ctypes.c_long(SYS.clone3), ctypes.c_void_p(ctypes.addressof(args)),
+             ctypes.c_size_t(ctypes.sizeof(args)))  # fmt: skip
+    return _check(int(ret), f"clone3 set_tid={pid}")
+
+
+def pidfd_open(pid: int) -> int:
+    return syscall(SYS.pidfd_open, pid, 0)
