@@ -85,6 +85,7 @@ class SYS(enum.IntEnum):
     mprotect = 10
     munmap = 11
     brk = 12
+    mremap = 25
     rt_sigaction = 13
     rt_sigprocmask = 14
     ioctl = 16

@@ -169,3 +169,55 @@ def clone3_set_tid(pid: int) -> int:
 
 def pidfd_open(pid: int) -> int:
     return syscall(SYS.pidfd_open, pid, 0)
+
+
+def buffer_address(buf: object) -> int:
+    """Address of a writable Python buffer (mmap, bytearray) for iovecs."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))  # type: ignore[arg-type]
+
+
+def struct_bytes(obj: ctypes.Structure) -> bytes:
+    return ctypes.string_at(ctypes.addressof(obj), ctypes.sizeof(obj))
+
+
+def struct_from(cls: type[ctypes.Structure], data: bytes) -> ctypes.Structure:
+    return cls.from_buffer_copy(data.ljust(ctypes.sizeof(cls), b"\0"))
+
+
+def sizeof(obj: type[ctypes.Structure] | ctypes.Structure) -> int:
+    return ctypes.sizeof(obj)
+
+
+KCMP_FILE = 0
+_SYS_kcmp = 312
+
+
+def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    """True when the two fds refer to the same open file description."""
+    return syscall(_SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+def pagemap_scan(fd: int, start: int, end: int, anyof: int, return_mask: int,
+                 inverted: int = 0, mask: int = 0) -> list[tuple[int, int, int]]:  # fmt: skip
+    """PAGEMAP_SCAN on an open /proc/PID/pagemap: [(start, end, categories)] of the
+    page ranges in [start, end) that have any category of ``anyof``."""
+    from cryo.linux.consts import PAGEMAP_SCAN  # noqa: PLC0415
+
+    out: list[tuple[int, int, int]] = []
+    vec = (S.page_region * 512)()
+    arg = S.pm_scan_arg()
+    arg.size = ctypes.sizeof(arg)
+    arg.vec = ctypes.addressof(vec)
+    arg.vec_len = len(vec)
+    arg.category_inverted = inverted
+    arg.category_mask = mask
+    arg.category_anyof_mask = anyof
+    arg.return_mask = return_mask
+    while start < end:
+        arg.start, arg.end, arg.walk_end = start, end, 0
+        n = ioctl(fd, PAGEMAP_SCAN, arg)
+        out.extend((vec[i].start, vec[i].end, vec[i].categories) for i in range(n))
+        if arg.walk_end <= start:
+            break
+        start = arg.walk_end
+    return out

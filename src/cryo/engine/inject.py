@@ -1,0 +1,117 @@
+"""Running system calls inside a stopped task.
+
+The task is held in a ptrace-stop.  We point its instruction pointer at a ``syscall``
+instruction that already exists in its address space (the vDSO has several, each after
+``mov $nr, %eax``), load the arguments, single-step once and read the result.  Nothing
+is written into the task's code.  Buffers the calls need live in a scratch mapping that
+we map at the start and unmap at the end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+
+from cryo import procfs
+from cryo.errors import CryoError, InternalError
+from cryo.engine.ptrace import Tracee
+from cryo.linux import libc
+from cryo.linux import structs as S
+from cryo.linux.consts import MAP, PROT, SYS
+
+log = logging.getLogger(__name__)
+_SYSCALL_IN_VDSO = re.compile(rb"\xb8[\x00-\xff]{2}\x00\x00\x0f\x05", re.DOTALL)
+SCRATCH_SIZE = 64 * 1024
+NO_SYSCALL = 0xFFFFFFFFFFFFFFFF  # orig_rax = -1: not in a syscall, no restart
+
+
+def find_vdso_syscall(pid: int) -> int:
+    for vma in procfs.parse_maps(procfs.read(pid, "maps")):
+        if vma.path == "[vdso]":
+            buf = bytearray(vma.size)
+            libc.process_vm_readv(pid, [(libc.buffer_address(buf), vma.size)],
+                                  [(vma.start, vma.size)])  # fmt: skip
+            m = _SYSCALL_IN_VDSO.search(bytes(buf))
+            if m:
+                return vma.start + m.start() + 5
+    raise CryoError(f"no syscall instruction found in the vDSO of {pid}", pid=pid)
+
+
+class SyscallError(OSError):
+    pass
+
+
+class Injector:
+    """Executes syscalls in ``tracee``; restores its registers on :meth:`finish`."""
+
+    def __init__(self, tracee: Tracee, syscall_addr: int) -> None:
+        self.t = tracee
+        self.syscall_addr = syscall_addr
+        self.saved = tracee.getregs()
+        self.scratch = 0
+        self.scratch_size = 0
+        self.calls = 0
+
+    def raw(self, nr: int, *args: int) -> int:
+        """Run syscall ``nr``; returns the kernel's raw result (negative errno on failure)."""
+        if len(args) > 6:
+            raise InternalError("a syscall takes at most 6 arguments")
+        regs = S.user_regs_struct.from_buffer_copy(self.saved)
+        a = [*args, 0, 0, 0, 0, 0, 0]
+        regs.rax = nr
+        regs.orig_rax = NO_SYSCALL
+        regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = (x & 0xFFFFFFFFFFFFFFFF
+                                                                      for x in a[:6])  # fmt: skip
+        regs.rip = self.syscall_addr
+        self.t.setregs(regs)
+        self.t.step()
+        self.calls += 1
+        ret = self.t.getregs().rax
+        return ret - (1 << 64) if ret >= (1 << 63) else ret
+
+    def __call__(self, nr: int, *args: int, what: str = "") -> int:
+        ret = self.raw(nr, *args)
+        if -4096 < ret < 0:
+            name = SYS(nr).name if nr in SYS._value2member_map_ else str(nr)
+            import os  # noqa: PLC0415
+
+            raise SyscallError(-ret, f"{os.strerror(-ret)} [{name} in pid {self.t.tid}{what}]")
+        return ret
+
+    # -- scratch memory ----------------------------------------------------
+    def map_scratch(self, size: int = SCRATCH_SIZE, addr: int = 0, exe: bool = False) -> int:
+        prot = PROT.READ | PROT.WRITE | (PROT.EXEC if exe else 0)
+        flags = MAP.PRIVATE | MAP.ANONYMOUS | (MAP.FIXED_NOREPLACE if addr else 0)
+        self.scratch = self(SYS.mmap, addr, size, prot, flags, -1, 0)
+        self.scratch_size = size
+        return self.scratch
+
+    def unmap_scratch(self) -> None:
+        if self.scratch:
+            self(SYS.munmap, self.scratch, self.scratch_size)
+            self.scratch = 0
+
+    def write(self, addr: int, data: bytes) -> None:
+        buf = ctypes.create_string_buffer(data, len(data))
+        libc.process_vm_writev(self.t.tid, [(ctypes.addressof(buf), len(data))],
+                               [(addr, len(data))])  # fmt: skip
+
+    def read(self, addr: int, size: int) -> bytes:
+        buf = ctypes.create_string_buffer(size)
+        libc.process_vm_readv(self.t.tid, [(ctypes.addressof(buf), size)], [(addr, size)])
+        return buf.raw
+
+    def put(self, data: bytes, offset: int = 0) -> int:
+        """Copy ``data`` into the scratch area at ``offset``; returns its address there."""
+        if offset + len(data) > self.scratch_size:
+            raise InternalError("scratch area too small")
+        self.write(self.scratch + offset, data)
+        return self.scratch + offset
+
+    def put_str(self, s: str, offset: int = 0) -> int:
+        return self.put(s.encode(errors="surrogateescape") + b"\0", offset)
+
+    def finish(self, regs: S.user_regs_struct | None = None) -> None:
+        """Put the task's registers back (or set ``regs``)."""
+        self.t.setregs(regs if regs is not None else self.saved)

@@ -1,0 +1,464 @@
+"""Memory: the mappings (VMAs) with address, size, protection and flags, the pages that
+hold data, the mm fields (code/data/brk/stack/args/env, auxv, exe file), and the vDSO.
+
+Dump: PAGEMAP_SCAN tells, per VMA, which pages exist (present or swapped) and whether
+they still are the file's pages; only anonymous data is saved: every touched page of a
+private anonymous mapping, the copied-on-write pages of a private file mapping, the
+present pages of a shared anonymous mapping.  Pages move in large vectored calls
+(process_vm_readv into block buffers) while a writer thread stores earlier blocks.
+
+Restore: the helper's own mappings are unmapped, the vDSO/vvar are moved to the old
+addresses, every VMA is mapped again (files by path), the pages are written with
+process_vm_writev straight from the mapped image, then protections and mm fields are set.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cryo import procfs
+from cryo.engine.context import DumpContext, RestoreContext
+from cryo.errors import CryoError, ImageIncompatible, InternalError, Unsupported
+from cryo.linux import libc
+from cryo.linux import structs as S
+from cryo.linux.consts import MAP, MREMAP, PAGE_IS, PAGE_SIZE, PR, PR_SET_MM_MAP, PROT, SYS
+
+log = logging.getLogger(__name__)
+KIND = b"MM  "
+SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
+SKIPPED = ("[vsyscall]", "[uprobes]")
+BLOCK = 64 << 20  # bytes of page data per block
+_ANON_NAMES = ("", "[heap]", "[stack]")
+# VmFlags (smaps) that map to an madvise() advice, restored after mapping
+_MADVISE = {"dc": 10, "wf": 18, "hg": 14, "nh": 15, "dd": 16, "mg": 12}
+_SCAN_RET = PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.FILE | PAGE_IS.PFNZERO
+
+
+def _classify(v: procfs.Vma) -> str:
+    path = v.path
+    if path in SPECIAL:
+        return "special"
+    if path in SKIPPED:
+        return "skip"
+    if not v.shared:
+        if path in _ANON_NAMES or path.startswith("[anon:"):
+            return "anon"
+        if path.startswith("/") and not path.endswith(" (deleted)"):
+            return "file"
+    else:
+        if path == "/dev/zero (deleted)" or path == "" or path.startswith("[anon_shmem:"):
+            return "shared-anon"
+        if path.startswith(("/SYSV", "/memfd:")):
+            return "unsupported"
+        if path.startswith("/") and not path.endswith(" (deleted)"):
+            return "shared-file"
+    return "unsupported"
+
+
+def _wanted(kind: str, cats: int) -> bool:
+    """Does a PAGEMAP_SCAN region of this VMA kind hold data we must save?"""
+    if kind == "anon":
+        return not cats & PAGE_IS.PFNZERO
+    if kind == "file":
+        return not cats & PAGE_IS.FILE
+    return kind == "shared-anon"
+
+
+# -- dump ------------------------------------------------------------------------------
+
+
+def dump(ctx: DumpContext) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    """Describe the address space; returns the MM record and the page runs to save."""
+    pid = ctx.pid
+    vmas = procfs.parse_smaps_flags(procfs.read(pid, "smaps"))
+    st = procfs.parse_stat(procfs.read(pid, "stat"))
+    brk = ctx.live["brk"]
+    runs: list[tuple[int, int]] = []
+    out: list[dict[str, Any]] = []
+    pm = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        for v in vmas:
+            kind = _classify(v)
+            if kind == "unsupported":
+                raise Unsupported(f"mapping {v.start:#x}-{v.end:#x} of {v.path or 'anonymous'}"
+                                  f" ({v.perms}) is not supported", pid=pid,
+                                  resource="memory")  # fmt: skip
+            ent: dict[str, Any] = {"start": v.start, "end": v.end, "prot": v.prot,
+                                   "shared": v.shared, "kind": kind, "path": v.path,
+                                   "pgoff": v.offset, "flags": list(v.flags)}  # fmt: skip
+            if kind in ("file", "shared-file"):
+                fst = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
+                ent["file"] = [fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns]
+            if kind in ("anon", "file", "shared-anon"):
+                nbytes = 0
+                for s, e, cats in libc.pagemap_scan(pm, v.start, v.end,
+                                                    PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
+                                                    _SCAN_RET):  # fmt: skip
+                    if _wanted(kind, cats):
+                        if runs and runs[-1][0] + runs[-1][1] == s:
+                            runs[-1] = (runs[-1][0], runs[-1][1] + e - s)
+                        else:
+                            runs.append((s, e - s))
+                        nbytes += e - s
+                ent["data"] = nbytes
+            out.append(ent)
+    finally:
+        os.close(pm)
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        auxv = f.read()
+    rec = {
+        "pid": pid, "vmas": out, "auxv": auxv,
+        "exe": procfs.readlink(pid, "exe"),
+        "mm": {"start_code": st.start_code, "end_code": st.end_code,
+               "start_data": st.start_data, "end_data": st.end_data,
+               "start_brk": st.start_brk, "brk": brk, "start_stack": st.start_stack,
+               "arg_start": st.arg_start, "arg_end": st.arg_end,
+               "env_start": st.env_start, "env_end": st.env_end},
+    }  # fmt: skip
+    return rec, runs
+
+
+def dump_brk(ctx: DumpContext) -> None:
+    """brk(0) returns the current break: only the task can tell."""
+    ctx.live["brk"] = ctx.inj(SYS.brk, 0)
+
+
+def split_blocks(runs: list[tuple[int, int]], block: int = BLOCK) -> Iterator[list[list[int]]]:
+    cur: list[list[int]] = []
+    size = 0
+    for addr, length in runs:
+        while length:
+            take = min(length, block - size)
+            cur.append([addr, take])
+            size += take
+            addr += take
+            length -= take
+            if size == block:
+                yield cur
+                cur, size = [], 0
+    if cur:
+        yield cur
+
+
+@dataclass
+class CopyStats:
+    bytes: int = 0
+    read_seconds: float = 0.0  # how long the target had to stay frozen for its pages
+    total_seconds: float = 0.0
+
+
+class BufferPool:
+    """Block buffers: up to ``limit`` bytes of them; reused once the writer is done."""
+
+    def __init__(self, limit: int) -> None:
+        self.free: list[mmap.mmap] = []
+        self.limit = max(limit, 2 * BLOCK)
+        self.allocated = 0
+        self.cv = threading.Condition()
+
+    def get(self) -> mmap.mmap:
+        with self.cv:
+            while not self.free and self.allocated + BLOCK > self.limit:
+                self.cv.wait()
+            if self.free:
+                return self.free.pop()
+            self.allocated += BLOCK
+        return mmap.mmap(-1, BLOCK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                         | getattr(mmap, "MAP_POPULATE", 0x8000))  # fmt: skip
+
+    def put(self, buf: mmap.mmap) -> None:
+        with self.cv:
+            self.free.append(buf)
+            self.cv.notify()
+
+
+def copy_pages(pid: int, runs: list[tuple[int, int]], vmas: list[dict[str, Any]],
+               store: Callable[[memoryview, list[list[int]]], dict[str, Any]],
+               *, buffer_limit: int, progress: Callable[[int], None] | None = None,
+               on_read_done: Callable[[], None] | None = None,
+               ) -> tuple[list[dict[str, Any]], CopyStats]:  # fmt: skip
+    """Read ``runs`` from ``pid`` block by block; a writer thread hands each to ``store``.
+
+    ``on_read_done`` runs as soon as every page is in our buffers (the target may go).
+    Returns the PBLK records in order.
+    """
+    stats = CopyStats()
+    t0 = time.perf_counter()
+    pool = BufferPool(buffer_limit)
+    q: queue.Queue[tuple[mmap.mmap, int, list[list[int]]] | None] = queue.Queue()
+    metas: list[dict[str, Any]] = []
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        while (item := q.get()) is not None:
+            buf, size, block_runs = item
+            try:
+                if not failure:
+                    metas.append(store(memoryview(buf)[:size], block_runs))
+                    if progress:
+                        progress(size)
+            except BaseException as err:  # noqa: BLE001  (re-raised in the reader)
+                failure.append(err)
+            finally:
+                pool.put(buf)
+
+    unreadable = [(v["start"], v["end"]) for v in vmas if not v["prot"] & PROT.READ]
+    th = threading.Thread(target=writer, name="cryo-writer", daemon=True)
+    th.start()
+    mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    try:
+        for block_runs in split_blocks(runs):
+            if failure:
+                break
+            buf = pool.get()
+            size = _read_block(pid, mem_fd, buf, block_runs, unreadable)
+            q.put((buf, size, block_runs))
+            stats.bytes += size
+        stats.read_seconds = time.perf_counter() - t0
+        if on_read_done and not failure:
+            on_read_done()
+    finally:
+        q.put(None)
+        th.join()
+        os.close(mem_fd)
+    if failure:
+        raise failure[0]
+    stats.total_seconds = time.perf_counter() - t0
+    return metas, stats
+
+
+def _read_block(pid: int, mem_fd: int, buf: mmap.mmap, runs: list[list[int]],
+                unreadable: list[tuple[int, int]]) -> int:  # fmt: skip
+    base = libc.buffer_address(buf)
+    off = 0
+    batch_local: list[tuple[int, int]] = []
+    batch_remote: list[tuple[int, int]] = []
+    batch_off = 0
+
+    def flush() -> None:
+        if not batch_local:
+            return
+        want = sum(n for _, n in batch_local)
+        got = libc.process_vm_readv(pid, batch_local, batch_remote)
+        if got != want:  # a page we may not read directly: /proc/PID/mem can
+            _read_mem(mem_fd, buf, batch_off + got, batch_remote, got)
+        batch_local.clear()
+        batch_remote.clear()
+
+    for addr, length in runs:
+        if any(s <= addr < e for s, e in unreadable):
+            flush()
+            _pread_full(mem_fd, memoryview(buf)[off : off + length], addr)
+        else:
+            if not batch_local:
+                batch_off = off
+            batch_local.append((base + off, length))
+            batch_remote.append((addr, length))
+            if len(batch_local) == libc.IOV_MAX:
+                flush()
+        off += length
+    flush()
+    return off
+
+
+def _read_mem(mem_fd: int, buf: mmap.mmap, buf_off: int, remote: list[tuple[int, int]],
+              skip: int) -> None:  # fmt: skip
+    """Finish a short process_vm_readv through /proc/PID/mem, from byte ``skip`` on."""
+    for addr, length in remote:
+        if skip >= length:
+            skip -= length
+            continue
+        _pread_full(mem_fd, memoryview(buf)[buf_off : buf_off + length - skip], addr + skip)
+        buf_off += length - skip
+        skip = 0
+
+
+def _pread_full(fd: int, view: memoryview, addr: int) -> None:
+    while view:
+        n = os.preadv(fd, [view], addr)
+        if n <= 0:
+            raise CryoError(f"cannot read memory at {addr:#x}")
+        view, addr = view[n:], addr + n
+
+
+# -- restore ---------------------------------------------------------------------------
+
+
+def own_specials() -> dict[str, int]:
+    """Sizes of this kernel's vDSO and vvar mappings (same in every process)."""
+    return {v.path: v.size for v in procfs.parse_maps(procfs.read("self", "maps"))
+            if v.path in SPECIAL}  # fmt: skip
+
+
+def check(rec: dict[str, Any]) -> None:
+    here = own_specials()
+    for v in rec["vmas"]:
+        if v["kind"] == "special" and here.get(v["path"]) != v["end"] - v["start"]:
+            raise ImageIncompatible(
+                f"the image's {v['path']} is {v['end'] - v['start']} bytes, this kernel's is"
+                f" {here.get(v['path'])}: restoring on another kernel is not supported yet"
+            )
+
+
+def free_area(*layouts: list[tuple[int, int]], size: int, low: int = 0x10000000) -> int:
+    """An address range of ``size`` bytes free in every layout."""
+    busy = sorted(r for layout in layouts for r in layout)
+    addr = low
+    for s, e in busy:
+        if e <= addr:
+            continue
+        if s >= addr + size:
+            break
+        addr = (e + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    if addr + size > 0x7FFFFFFFF000:
+        raise InternalError("no free address range for the restorer")
+    return addr
+
+
+def unmap_helper(ctx: RestoreContext, keep: tuple[int, int]) -> None:
+    """Unmap everything of the helper but ``keep`` and the vDSO/vvar."""
+    inj = ctx.inj
+    for v in procfs.parse_maps(procfs.read(ctx.pid, "maps")):
+        if v.path in SPECIAL or v.path in SKIPPED or (v.start, v.end) == keep:
+            continue
+        inj(SYS.munmap, v.start, v.size)
+
+
+def move_specials(ctx: RestoreContext, rec: dict[str, Any], temp: int) -> None:
+    """Move the helper's vDSO and vvar to where the image had them (through ``temp``)."""
+    inj = ctx.inj
+    cur = {v.path: v for v in procfs.parse_maps(procfs.read(ctx.pid, "maps"))
+           if v.path in SPECIAL}  # fmt: skip
+    want = {v["path"]: v for v in rec["vmas"] if v["kind"] == "special"}
+    off = temp
+    staged: dict[str, int] = {}
+    for path, v in cur.items():
+        if path not in want:
+            inj(SYS.munmap, v.start, v.size)
+            continue
+        inj(SYS.mremap, v.start, v.size, v.size, MREMAP.MAYMOVE | MREMAP.FIXED, off)
+        staged[path] = off
+        off += v.size
+    for path, addr in staged.items():
+        w = want[path]
+        inj(SYS.mremap, addr, w["end"] - w["start"], w["end"] - w["start"],
+            MREMAP.MAYMOVE | MREMAP.FIXED, w["start"])  # fmt: skip
+
+
+def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """mmap every VMA of the image; those that receive data are writable for now.
+    Returns the VMAs whose protection must be set afterwards."""
+    inj = ctx.inj
+    fds: dict[str, int] = {}
+    fixup = []
+    try:
+        for v in rec["vmas"]:
+            kind = v["kind"]
+            if kind in ("special", "skip"):
+                continue
+            size = v["end"] - v["start"]
+            prot = v["prot"]
+            if v.get("data"):
+                prot |= PROT.READ | PROT.WRITE
+            flags = MAP.FIXED | (MAP.SHARED if v["shared"] else MAP.PRIVATE)
+            if kind in ("file", "shared-file"):
+                fd = fds.get(v["path"])
+                if fd is None:
+                    fd = _open_mapped(ctx, v)
+                    fds[v["path"]] = fd
+                inj(SYS.mmap, v["start"], size, prot, flags, fd, v["pgoff"],
+                    what=f" mmap {v['path']}")  # fmt: skip
+            else:
+                flags |= MAP.ANONYMOUS
+                if "gd" in v["flags"]:
+                    flags |= MAP.GROWSDOWN
+                inj(SYS.mmap, v["start"], size, prot, flags, -1, 0)
+            for flag in v["flags"]:
+                if flag in _MADVISE:
+                    inj.raw(SYS.madvise, v["start"], size, _MADVISE[flag])
+            if prot != v["prot"]:
+                fixup.append(v)
+    finally:
+        for fd in fds.values():
+            inj.raw(SYS.close, fd)
+    return fixup
+
+
+def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
+    path = v["path"]
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as err:
+        raise CryoError(f"mapped file {path} no longer exists", path=path) from err
+    dev, ino, size, mtime = v["file"]
+    if (st.st_size, st.st_mtime_ns) != (size, mtime) and not ctx.options.get("ignore_changed"):
+        raise CryoError(f"mapped file {path} changed since the checkpoint"
+                        f" (size {size} -> {st.st_size})", path=path)  # fmt: skip
+    wr = v["shared"] and v["prot"] & PROT.WRITE
+    return ctx.inj(SYS.openat, -100, ctx.inj.put_str(path), 2 if wr else 0, 0,
+                   what=f" open {path}")  # fmt: skip
+
+
+def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = None) -> int:
+    """process_vm_writev every block straight from the mapped image."""
+    total = 0
+    for b in ctx.image.blocks:
+        view, owner = ctx.image.block_data(b)
+        base = libc.buffer_address(owner) + (b["offset"] if owner is ctx.image.pages else 0)
+        off = 0
+        runs = b["runs"]
+        for i in range(0, len(runs), libc.IOV_MAX):
+            chunk = runs[i : i + libc.IOV_MAX]
+            local = []
+            for _addr, length in chunk:
+                local.append((base + off, length))
+                off += length
+            want = sum(n for _, n in local)
+            got = libc.process_vm_writev(ctx.pid, local, [(a, n) for a, n in chunk])
+            if got != want:
+                raise CryoError(f"short write of pages into {ctx.pid}: {got} of {want}")
+        total += off
+        del view
+        if progress:
+            progress(off)
+    return total
+
+
+def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
+    for v in fixup:
+        ctx.inj(SYS.mprotect, v["start"], v["end"] - v["start"], v["prot"])
+
+
+def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
+    """PR_SET_MM_MAP: mm fields, auxv and exe file in one call (no CAP_SYS_RESOURCE)."""
+    inj = ctx.inj
+    mm = rec["mm"]
+    m = S.prctl_mm_map()
+    for k, val in mm.items():
+        setattr(m, k, val)
+    auxv = rec["auxv"]
+    m.auxv = inj.put(auxv, 1024)
+    m.auxv_size = len(auxv)
+    exe = rec["exe"]
+    exe_fd = -1
+    if not exe.endswith(" (deleted)") and os.path.exists(exe):
+        exe_fd = inj(SYS.openat, -100, inj.put_str(exe, 4096), 0, 0, what=f" open {exe}")
+    m.exe_fd = exe_fd & 0xFFFFFFFF
+    try:
+        inj(SYS.prctl, PR.SET_MM, PR_SET_MM_MAP, inj.put(libc.struct_bytes(m)),
+            libc.sizeof(m), 0, what=" PR_SET_MM_MAP")  # fmt: skip
+    finally:
+        if exe_fd >= 0:
+            inj(SYS.close, exe_fd)
+
+
+def layout(rec: dict[str, Any]) -> list[tuple[int, int]]:
+    return [(v["start"], v["end"]) for v in rec["vmas"]]

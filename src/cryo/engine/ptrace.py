@@ -1,0 +1,162 @@
+"""A stopped task under our control: seize, interrupt, registers, detach."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+
+from cryo import procfs
+from cryo.errors import AccessDenied, CryoError, NoSuchProcess
+from cryo.linux import libc
+from cryo.linux import structs as S
+from cryo.linux.consts import NT, PTRACE, PTRACE_EVENT, PTRACE_O
+
+log = logging.getLogger(__name__)
+XSTATE_MAX = 16384
+_WALL = 0x40000000
+
+
+class Tracee:
+    """One task (thread) that we hold in a ptrace-stop."""
+
+    def __init__(self, pid: int, tid: int | None = None) -> None:
+        self.pid = pid
+        self.tid = tid or pid
+        self.attached = False
+        self.deferred_signals: list[int] = []
+
+    # -- attaching ---------------------------------------------------------
+    @classmethod
+    def seize(cls, pid: int, tid: int | None = None, options: int = 0) -> Tracee:
+        t = cls(pid, tid)
+        try:
+            libc.ptrace(PTRACE.SEIZE, t.tid, 0, options)
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise NoSuchProcess(f"process {pid} does not exist", pid=pid) from err
+            if err.errno == errno.EPERM:
+                tracer = _tracer_of(t.tid)
+                why = f" (already traced by pid {tracer})" if tracer else ""
+                raise AccessDenied(f"process {pid} may not be traced{why}", pid=pid) from err
+            raise
+        t.attached = True
+        try:
+            libc.ptrace(PTRACE.INTERRUPT, t.tid)
+            t.wait_stop()
+        except BaseException:
+            t.detach()
+            raise
+        return t
+
+    @classmethod
+    def adopt_traceme_child(cls, pid: int) -> Tracee:
+        """A child that called PTRACE_TRACEME and stopped itself with SIGSTOP."""
+        t = cls(pid)
+        t.attached = True
+        _, status = os.waitpid(pid, _WALL)
+        if not os.WIFSTOPPED(status):
+            raise CryoError(f"restore helper {pid} did not stop (status {status:#x})", pid=pid)
+        libc.ptrace(PTRACE.SETOPTIONS, pid, 0, int(PTRACE_O.EXITKILL))
+        return t
+
+    def wait_stop(self) -> int:
+        """Wait for the next ptrace-stop; returns the stop signal (SIGTRAP for traps)."""
+        while True:
+            try:
+                _, status = os.waitpid(self.tid, _WALL)
+            except ChildProcessError as err:
+                self.attached = False
+                raise NoSuchProcess(f"process {self.pid} vanished", pid=self.pid) from err
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                self.attached = False
+                raise NoSuchProcess(f"process {self.pid} exited during the operation",
+                                    pid=self.pid)  # fmt: skip
+            if os.WIFSTOPPED(status):
+                return int(os.WSTOPSIG(status)) | ((status >> 16) << 8)
+
+    def step(self) -> None:
+        """Single-step one instruction; signals that arrive meanwhile are kept for later."""
+        libc.ptrace(PTRACE.SINGLESTEP, self.tid)
+        while True:
+            stop = self.wait_stop()
+            sig, event = stop & 0xFF, stop >> 8
+            if sig == signal.SIGTRAP and event == 0:
+                return
+            if event == PTRACE_EVENT.STOP or event:
+                libc.ptrace(PTRACE.SINGLESTEP, self.tid)
+                continue
+            # a signal arrived: hold it back and deliver it when we let go
+            log.debug("pid %d: deferring signal %d", self.tid, sig)
+            self.deferred_signals.append(sig)
+            libc.ptrace(PTRACE.SINGLESTEP, self.tid)
+
+    def detach(self, sig: int = 0) -> None:
+        if not self.attached:
+            return
+        pending = list(self.deferred_signals)
+        if not sig and pending:
+            sig = pending.pop(0)
+        try:
+            libc.ptrace(PTRACE.DETACH, self.tid, 0, sig)
+        except OSError as err:
+            if err.errno != errno.ESRCH:
+                raise
+        self.attached = False
+        for s in pending:
+            try:
+                os.kill(self.pid, s)
+            except ProcessLookupError:
+                pass
+
+    # -- registers ---------------------------------------------------------
+    def getregs(self) -> S.user_regs_struct:
+        regs = S.user_regs_struct()
+        libc.ptrace_getregset(self.tid, NT.PRSTATUS, regs)
+        return regs
+
+    def setregs(self, regs: S.user_regs_struct) -> None:
+        libc.ptrace_setregset(self.tid, NT.PRSTATUS, regs)
+
+    def get_xstate(self) -> bytes:
+        buf = ctypes.create_string_buffer(XSTATE_MAX)
+        n = libc.ptrace_getregset(self.tid, NT.X86_XSTATE, buf)
+        return buf.raw[:n]
+
+    def set_xstate(self, data: bytes) -> None:
+        buf = ctypes.create_string_buffer(data, len(data))
+        libc.ptrace_setregset(self.tid, NT.X86_XSTATE, buf, len(data))
+
+    def get_sigmask(self) -> int:
+        mask = ctypes.c_uint64()
+        libc.ptrace(PTRACE.GETSIGMASK, self.tid, 8, mask)
+        return mask.value
+
+    def set_sigmask(self, mask: int) -> None:
+        m = ctypes.c_uint64(mask)
+        libc.ptrace(PTRACE.SETSIGMASK, self.tid, 8, m)
+
+    def peek_siginfo(self, shared: bool) -> list[bytes]:
+        """All pending signals' siginfo (128 bytes each), per-thread or process-wide."""
+        out: list[bytes] = []
+        buf = ctypes.create_string_buffer(S.SIGINFO_SIZE * 32)
+        while True:
+            args = S.ptrace_peeksiginfo_args(len(out), 1 if shared else 0, 32)
+            n = libc.ptrace(PTRACE.PEEKSIGINFO, self.tid, ctypes.addressof(args), buf)
+            if n <= 0:
+                return out
+            out.extend(buf.raw[i * S.SIGINFO_SIZE : (i + 1) * S.SIGINFO_SIZE] for i in range(n))
+
+    def rseq_configuration(self) -> S.ptrace_rseq_configuration:
+        conf = S.ptrace_rseq_configuration()
+        libc.ptrace(PTRACE.GET_RSEQ_CONFIGURATION, self.tid, ctypes.sizeof(conf), conf)
+        return conf
+
+
+def _tracer_of(pid: int) -> int:
+    try:
+        return int(procfs.parse_status(procfs.read(pid, "status")).get("TracerPid", "0"))
+    except CryoError:
+        return 0

@@ -1,0 +1,60 @@
+"""Timers: the three interval timers and POSIX timers, with their remaining time."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from typing import Any
+
+from cryo import procfs
+from cryo.engine.context import DumpContext, RestoreContext
+from cryo.linux import structs as S
+from cryo.linux.consts import PR, PR_TIMER_CREATE_RESTORE_IDS_OFF, PR_TIMER_CREATE_RESTORE_IDS_ON
+from cryo.linux.consts import SYS
+
+log = logging.getLogger(__name__)
+KIND = b"TIMR"
+_NOTIFY = {"signal": 0, "none": 1, "thread": 4}  # SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID
+
+
+def dump(ctx: DumpContext) -> dict[str, Any]:
+    inj = ctx.inj
+    itimers = []
+    for which in range(3):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+        inj(SYS.getitimer, which, inj.scratch)
+        itimers.append(inj.read(inj.scratch, ctypes.sizeof(S.itimerval)))
+    posix = []
+    for t in procfs.parse_timers(procfs.read(ctx.pid, "timers")):
+        inj(SYS.timer_gettime, t.id, inj.scratch)
+        posix.append({
+            "id": t.id, "signal": t.signal, "value": t.sigev_value, "notify": t.notify,
+            "tid": t.notify_tid, "clock": t.clock,
+            "spec": inj.read(inj.scratch, ctypes.sizeof(S.itimerspec)),
+        })  # fmt: skip
+    return {"pid": ctx.pid, "itimers": itimers, "posix": posix}
+
+
+def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
+    inj = ctx.inj
+    for which, val in enumerate(rec["itimers"]):
+        if any(val):
+            inj(SYS.setitimer, which, inj.put(val), 0)
+    if not rec["posix"]:
+        return
+    inj(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0)
+    try:
+        for t in rec["posix"]:
+            ev = S.sigevent()
+            ev.sigev_value = t["value"]
+            ev.sigev_signo = t["signal"]
+            ev.sigev_notify = _NOTIFY[t["notify"]]
+            ev.sigev_notify_thread_id = ctx.pid if t["notify"] == "thread" else 0
+            ev_addr = inj.put(bytes(ev))
+            id_addr = inj.put(t["id"].to_bytes(4, "little"), 256)
+            inj(SYS.timer_create, t["clock"], ev_addr, id_addr)
+            got = int.from_bytes(inj.read(id_addr, 4), "little")
+            if got != t["id"]:
+                ctx.warnings.append(f"POSIX timer {t['id']} came back as {got}")
+            inj(SYS.timer_settime, got, 0, inj.put(t["spec"], 512), 0)
+    finally:
+        inj(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)

@@ -1,0 +1,114 @@
+"""Reading a directory image: every record and every page block is checked before use."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+from collections import defaultdict
+from typing import Any
+
+import zstandard
+
+from cryo.errors import ImageCorrupt, ImageIncompatible, ImageMissing
+from cryo.image import format as fmt
+from cryo.image import records as R
+from cryo.image.sink import PAGES_HEADER
+
+
+class Image:
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        core = os.path.join(self.path, "core.img")
+        if not os.path.isdir(self.path):
+            raise ImageMissing(f"no image at {self.path}", path=self.path)
+        if not os.path.exists(core):
+            raise ImageMissing(f"{self.path} holds no image (no core.img)", path=self.path)
+        self.records: dict[bytes, list[Any]] = defaultdict(list)
+        for rec in fmt.read_file(core, R.CORE_MAGIC):
+            self.records[rec.kind].append(rec.payload)
+        heads = self.records.get(R.HEAD)
+        if not heads:
+            raise ImageCorrupt(f"image {self.path} is corrupt: no HEAD record", path=self.path)
+        self.head: dict[str, Any] = heads[0]
+        if self.head.get("arch") != platform.machine():
+            raise ImageIncompatible(
+                f"image {self.path} is for {self.head.get('arch')}, this machine is"
+                f" {platform.machine()}",
+                path=self.path,
+            )
+        self.blocks: list[dict[str, Any]] = self.records.get(R.PBLK, [])
+        self._pages: mmap.mmap | None = None
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def one(self, kind: bytes, pid: int) -> dict[str, Any]:
+        for payload in self.records.get(kind, []):
+            if payload.get("pid") == pid:
+                return dict(payload)
+        raise ImageCorrupt(f"image {self.path} is corrupt: no {kind.decode().strip()} record"
+                           f" for pid {pid}", path=self.path)  # fmt: skip
+
+    def raw(self, kind: bytes) -> list[Any]:
+        return list(self.records.get(kind, []))
+
+    @property
+    def pages(self) -> mmap.mmap:
+        if self._pages is None:
+            path = os.path.join(self.path, "pages.img")
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError as err:
+                raise ImageCorrupt(f"image {self.path} is corrupt: pages.img is missing",
+                                   path=self.path) from err  # fmt: skip
+            try:
+                size = os.fstat(fd).st_size
+                if size < 4096:
+                    raise ImageCorrupt(f"image {self.path} is corrupt: pages.img is truncated",
+                                       path=self.path)  # fmt: skip
+                # a private writable mapping: never written, but it lets ctypes take its address
+                self._pages = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                                        prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+            finally:
+                os.close(fd)
+            magic, version = PAGES_HEADER.unpack_from(self._pages, 0)
+            if magic != R.PAGES_MAGIC or version != fmt.FORMAT_VERSION:
+                raise ImageCorrupt(f"image {self.path} is corrupt: bad pages.img header",
+                                   path=self.path)  # fmt: skip
+        return self._pages
+
+    def verify(self) -> None:
+        """Check every page block's bounds and checksum (records were checked on reading)."""
+        pages = self.pages
+        for b in self.blocks:
+            end = b["offset"] + b["stored"]
+            if end > len(pages):
+                raise ImageCorrupt(
+                    f"image {self.path} is corrupt: pages block {b['index']} is truncated",
+                    path=self.path,
+                )
+            if fmt.checksum(memoryview(pages)[b["offset"] : end]) != b["csum"]:
+                raise ImageCorrupt(
+                    f"image {self.path} is corrupt: pages block {b['index']} checksum mismatch",
+                    path=self.path,
+                )
+            if sum(r[1] for r in b["runs"]) != b["raw"]:
+                raise ImageCorrupt(f"image {self.path} is corrupt: pages block {b['index']}"
+                                   " runs do not add up", path=self.path)  # fmt: skip
+
+    def block_data(self, b: dict[str, Any]) -> tuple[memoryview, object]:
+        """The raw bytes of a block, and the object that owns them (keep it alive)."""
+        view = memoryview(self.pages)[b["offset"] : b["offset"] + b["stored"]]
+        if b["codec"] == "none":
+            return view, self.pages
+        if b["codec"] == "zstd":
+            data = bytearray(self._dctx.decompress(view, max_output_size=b["raw"]))
+            return memoryview(data), data
+        raise ImageIncompatible(f"image {self.path}: unknown codec {b['codec']}")
+
+    def close(self) -> None:
+        if self._pages is not None:
+            try:
+                self._pages.close()
+            except BufferError:
+                pass
+            self._pages = None

@@ -1,0 +1,209 @@
+"""Pure parsers of /proc text: bytes in, typed records out (tests feed captured text)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from cryo.errors import AccessDenied, NoSuchProcess
+
+
+@dataclass(frozen=True)
+class Stat:
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    tty_nr: int
+    num_threads: int
+    start_code: int
+    end_code: int
+    start_stack: int
+    start_data: int
+    end_data: int
+    start_brk: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+    exit_signal: int
+
+
+def parse_stat(data: bytes) -> Stat:
+    """Parse /proc/PID/stat; the name ends at the *last* ')' (it may contain one)."""
+    lpar = data.index(b"(")
+    rpar = data.rindex(b")")
+    pid = int(data[:lpar])
+    comm = data[lpar + 1 : rpar].decode(errors="surrogateescape")
+    f = data[rpar + 2 :].split()
+    # f[0] is field 3 (state); field N is f[N - 3]
+    def n(i: int) -> int:
+        return int(f[i - 3])
+    return Stat(
+        pid=pid, comm=comm, state=f[0].decode(), ppid=n(4), pgrp=n(5), session=n(6),
+        tty_nr=n(7), num_threads=n(20), start_code=n(26), end_code=n(27), start_stack=n(28),
+        exit_signal=n(38), start_data=n(45), end_data=n(46), start_brk=n(47), arg_start=n(48),
+        arg_end=n(49), env_start=n(50), env_end=n(51),
+    )  # fmt: skip
+
+
+def parse_status(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in data.decode(errors="surrogateescape").splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    perms: str  # "rwxp"
+    offset: int
+    dev: str
+    inode: int
+    path: str  # "" for anonymous
+    flags: tuple[str, ...] = ()  # VmFlags from smaps
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+    @property
+    def prot(self) -> int:
+        return (
+            (1 if self.perms[0] == "r" else 0)
+            | (2 if self.perms[1] == "w" else 0)
+            | (4 if self.perms[2] == "x" else 0)
+        )
+
+
+def _parse_maps_line(line: str) -> Vma:
+    parts = line.split(None, 5)
+    start, end = (int(x, 16) for x in parts[0].split("-"))
+    path = parts[5] if len(parts) > 5 else ""
+    return Vma(start, end, parts[1], int(parts[2], 16), parts[3], int(parts[4]), path)
+
+
+def parse_maps(data: bytes) -> list[Vma]:
+    return [_parse_maps_line(ln) for ln in data.decode(errors="surrogateescape").splitlines() if ln]
+
+
+def parse_smaps_flags(data: bytes) -> list[Vma]:
+    """Parse /proc/PID/smaps keeping each VMA's VmFlags (the rest is dropped)."""
+    out: list[Vma] = []
+    cur: Vma | None = None
+    for line in data.decode(errors="surrogateescape").splitlines():
+        head = line.split(None, 1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            if cur is not None:
+                out.append(cur)
+            cur = _parse_maps_line(line)
+        elif head == "VmFlags:" and cur is not None:
+            cur = Vma(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
+                      tuple(line.split()[1:]))  # fmt: skip
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+@dataclass(frozen=True)
+class FdInfo:
+    pos: int
+    flags: int  # octal in the file
+    mnt_id: int
+    ino: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def parse_fdinfo(data: bytes) -> FdInfo:
+    kv: dict[str, str] = {}
+    for line in data.decode(errors="surrogateescape").splitlines():
+        key, _, value = line.partition(":")
+        kv.setdefault(key.strip(), value.strip())
+    return FdInfo(
+        pos=int(kv.get("pos", "0")),
+        flags=int(kv.get("flags", "0"), 8),
+        mnt_id=int(kv.get("mnt_id", "0")),
+        ino=int(kv.get("ino", "0")),
+        extra=kv,
+    )
+
+
+_LIMIT_NAMES = {
+    "Max cpu time": 0, "Max file size": 1, "Max data size": 2, "Max stack size": 3,
+    "Max core file size": 4, "Max resident set": 5, "Max processes": 6, "Max open files": 7,
+    "Max locked memory": 8, "Max address space": 9, "Max file locks": 10,
+    "Max pending signals": 11, "Max msgqueue size": 12, "Max nice priority": 13,
+    "Max realtime priority": 14, "Max realtime timeout": 15,
+}  # fmt: skip
+RLIM_INFINITY = 0xFFFFFFFFFFFFFFFF
+
+
+def parse_limits(data: bytes) -> dict[int, tuple[int, int]]:
+    """/proc/PID/limits -> {RLIMIT_*: (soft, hard)} (RLIM_INFINITY for "unlimited")."""
+    out: dict[int, tuple[int, int]] = {}
+    for line in data.decode().splitlines()[1:]:
+        for name, res in _LIMIT_NAMES.items():
+            if line.startswith(name):
+                soft, hard = line[len(name) :].split()[:2]
+                out[res] = tuple(  # type: ignore[assignment]
+                    RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard)
+                )
+    return out
+
+
+@dataclass(frozen=True)
+class PosixTimer:
+    id: int
+    signal: int
+    sigev_value: int
+    notify: str  # "signal", "thread", "none"
+    notify_tid: int
+    clock: int
+
+
+def parse_timers(data: bytes) -> list[PosixTimer]:
+    """/proc/PID/timers: blocks of 'ID:', 'signal: N/PTR', 'notify: KIND/pid.N', 'ClockID:'."""
+    out: list[PosixTimer] = []
+    cur: dict[str, str] = {}
+    lines = data.decode().splitlines()
+    for line in [*lines, "ID: end"]:
+        key, _, value = line.partition(":")
+        if key == "ID" and cur:
+            sig, _, ptr = cur["signal"].partition("/")
+            kind, _, who = cur["notify"].partition("/")
+            out.append(PosixTimer(
+                id=int(cur["ID"]), signal=int(sig), sigev_value=int(ptr, 16),
+                notify=kind, notify_tid=int(who.split(".")[-1]) if who else 0,
+                clock=int(cur["ClockID"]),
+            ))  # fmt: skip
+            cur = {}
+        cur[key.strip()] = value.strip()
+    return out
+
+
+def read(pid: int | str, name: str) -> bytes:
+    """Read /proc/PID/NAME, translating the errors that mean the process is gone."""
+    path = f"/proc/{pid}/{name}"
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise NoSuchProcess(f"process {pid} does not exist", pid=int(pid)) from err
+    except PermissionError as err:
+        raise AccessDenied(f"may not read {path}", pid=int(pid), path=path) from err
+
+
+def readlink(pid: int, name: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/{name}")
+    except FileNotFoundError as err:
+        raise NoSuchProcess(f"process {pid} or its {name} does not exist", pid=pid) from err
