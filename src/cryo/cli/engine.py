@@ -1,9 +1,205 @@
-"""``cryo checkpoint|restart|run|show`` (placeholder)."""
+"""``cryo checkpoint | restart | run | show``: parse, call the library, print."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from cryo.errors import CryoError
 
 
 def register(sub: Any) -> None:
-    pass
+    p = sub.add_parser("checkpoint", help="save a running process into an image directory",
+                       description="Save the complete state of process PID into DIR. The "
+                       "process keeps running unless --stop, --kill or --signal is given; "
+                       "the signal is sent once the image is safely written.")  # fmt: skip
+    p.add_argument("pid", type=int, help="the process to checkpoint")
+    p.add_argument("-D", "--images-dir", dest="dir", required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true", help="replace an image already in DIR")
+    p.add_argument("--compress", action="store_true", help="compress page data with zstd")
+    p.add_argument("--shell-job", action="store_true",
+                   help="fds 0-2 on a terminal or pipe are handed over at restart")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--stop", dest="signal", action="store_const", const=signal.SIGSTOP,
+                   help="stop the process after the checkpoint")
+    g.add_argument("--kill", dest="signal", action="store_const", const=signal.SIGKILL,
+                   help="kill the process after the checkpoint")
+    g.add_argument("--signal", dest="signal", type=_signal, metavar="SIG",
+                   help="send SIG (name or number) after the checkpoint")
+    p.set_defaults(func=cmd_checkpoint, signal=0)
+
+    p = sub.add_parser("restart", help="recreate a process from an image directory",
+                       description="Recreate the process saved in DIR. By default cryo "
+                       "waits for it and exits with its status.")  # fmt: skip
+    p.add_argument("-D", "--images-dir", dest="dir", required=True, metavar="DIR")
+    p.add_argument("--detach", "-d", action="store_true", help="return once it runs")
+    p.add_argument("--pidfile", metavar="FILE", help="write the restored pid to FILE")
+    p.add_argument("--must-reuse-pid", action="store_true",
+                   help="fail unless the process gets its old pid back")
+    p.add_argument("--shell-job", action="store_true",
+                   help="give the process this terminal/stdio for its saved fds 0-2")
+    p.add_argument("--translate", action="append", default=[], metavar="OLD=NEW",
+                   help="reopen files under OLD from NEW instead (repeatable)")
+    p.set_defaults(func=cmd_restart)
+
+    p = sub.add_parser("run", help="start a program so that it can be checkpointed",
+                       description="Start CMD detached from the terminal, in its own "
+                       "session, stdin from /dev/null, stdout and stderr to FILE.")  # fmt: skip
+    p.add_argument("--output", "-o", default="/dev/null", metavar="FILE",
+                   help="append stdout and stderr to FILE (default /dev/null)")
+    p.add_argument("--pidfile", metavar="FILE", help="write the pid to FILE")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show", help="print what an image holds")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)
+
+
+def _signal(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        name = text.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"unknown signal {text}") from None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar on a terminal for long transfers; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm  # noqa: PLC0415
+
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            if total < (64 << 20):
+                return
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=what, leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from cryo.engine.dump import checkpoint  # noqa: PLC0415
+
+    with _progress("checkpoint") as prog:
+        r = checkpoint(args.pid, args.dir, force=args.force, compress=args.compress,
+                       shell_job=args.shell_job, signal_after=args.signal,
+                       progress=prog)  # fmt: skip
+    rate = r.memory_bytes / r.total_seconds / 1e9 if r.total_seconds else 0.0
+    for w in r.warnings:
+        print(f"cryo: warning: {w}", file=sys.stderr)
+    print(f"checkpoint of {r.pid} -> {r.path}: {_human(r.memory_bytes)} of memory,"
+          f" {_human(r.stored_bytes)} stored, {r.total_seconds:.3f} s ({rate:.2f} GB/s),"
+          f" frozen {r.freeze_seconds:.3f} s", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from cryo.engine.restore import restart, wait  # noqa: PLC0415
+
+    translate = {}
+    for item in args.translate:
+        old, sep, new = item.partition("=")
+        if not sep:
+            raise CryoError(f"--translate takes OLD=NEW, not {item!r}")
+        translate[old] = new
+    with _progress("restart") as prog:
+        r = restart(args.dir, must_reuse_pid=args.must_reuse_pid, shell_job=args.shell_job,
+                    translate=translate, progress=prog)  # fmt: skip
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{r.pid}\n")
+    for w in r.warnings:
+        print(f"cryo: warning: {w}", file=sys.stderr)
+    same = "its old pid" if r.pid == r.old_pid else f"new pid (was {r.old_pid})"
+    print(f"restarted {r.pid} ({same}): {_human(r.memory_bytes)} in {r.total_seconds:.3f} s",
+          file=sys.stderr)  # fmt: skip
+    if args.detach:
+        print(r.pid)
+        return 0
+    return wait(r.pid)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise CryoError("cryo run needs a command: cryo run -- CMD ARGS")
+    out = open(args.output, "ab")  # noqa: SIM115  (handed to the child, closed below)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                close_fds=True, start_new_session=True)  # fmt: skip
+    except OSError as err:
+        raise CryoError(f"cannot start {cmd[0]}: {err.strerror}") from err
+    finally:
+        out.close()
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{proc.pid}\n")
+    print(proc.pid)
+    proc.returncode = 0  # do not reap it at exit: it lives on after us
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from cryo.engine.show import describe  # noqa: PLC0415
+
+    info = describe(args.dir)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+        return 0
+    h = info["image"]
+    print(f"image {os.path.abspath(args.dir)}: format {h['format']}, {h['arch']},"
+          f" kernel {h['kernel']}, cryo {h['cryo']}, {h['created']}")  # fmt: skip
+    print(f"  pages: {_human(h['memory'])} in {h['blocks']} blocks, {_human(h['stored'])} stored")
+    for p in info["processes"]:
+        print(f"process {p['pid']} ({p['comm']}): ppid {p['ppid']} pgid {p['pgid']} sid"
+              f" {p['sid']} uid {p['uid']} exe {p['exe']}")  # fmt: skip
+        print(f"  cwd {p['cwd']}  rip {p['registers']['rip']}  rsp {p['registers']['rsp']}"
+              f"{'  in syscall ' + str(p['registers']['syscall']) if p['registers']['syscall'] is not None else ''}")  # noqa: E501
+        print("  mappings:")
+        for v in p["mappings"]:
+            print(f"    {v['start']}-{v['end']} {v['perms']} {_human(v['size']):>10}"
+                  f"  saved {_human(v['saved']):>10}  {v['kind']:<11} {v['path']}")  # fmt: skip
+        print("  files:")
+        for f in p["files"]:
+            extra = f"  (same as fd {f['same_as']})" if "same_as" in f else ""
+            print(f"    {f['fd']:>4} {f['kind']:<6} pos {f['pos']:<8} flags {f['flags']:<9}"
+                  f" {f['path']}{extra}")  # fmt: skip
+        s = p["signals"]
+        print(f"  signals: blocked {s['blocked']}, pending {s['pending'] + s['pending_shared']},"
+              f" altstack {s['altstack']}")  # fmt: skip
+        for name, act in s["actions"].items():
+            print(f"    {name}: {act}")
+    return 0

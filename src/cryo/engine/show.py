@@ -1,0 +1,66 @@
+"""A readable description of an image (``cryo show``), plain data for JSON."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from cryo.engine import files, registers, signals
+from cryo.image import format as fmt
+from cryo.image import records as R
+from cryo.image.reader import Image
+from cryo.linux import structs as S
+
+
+def describe(path: str) -> dict[str, Any]:
+    image = Image(path)
+    try:
+        h = image.head
+        out: dict[str, Any] = {
+            "image": {
+                "format": fmt.FORMAT_VERSION, "arch": h["arch"], "kernel": h["kernel"],
+                "cryo": h["cryo"], "hostname": h["hostname"],
+                "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["created"])),
+                "memory": sum(b["raw"] for b in image.blocks),
+                "stored": sum(b["stored"] for b in image.blocks),
+                "blocks": len(image.blocks),
+            },
+            "processes": [],
+        }  # fmt: skip
+        for pid in h["pids"]:
+            t = image.one(R.TASK, pid)
+            mm = image.one(R.MM, pid)
+            regs = S.user_regs_struct.from_buffer_copy(image.one(R.REGS, pid)["regs"])
+            sc = registers._signed(regs.orig_rax)
+            frec = image.one(R.FILE, pid)
+            out["processes"].append({
+                "pid": pid, "ppid": t["ppid"], "pgid": t["pgid"], "sid": t["sid"],
+                "comm": t["comm"], "exe": mm["exe"], "uid": t["uids"][0], "cwd": frec["cwd"],
+                "registers": {"rip": f"{regs.rip:#x}", "rsp": f"{regs.rsp:#x}",
+                              "fs_base": f"{regs.fs_base:#x}",
+                              "syscall": sc if sc >= 0 else None,
+                              "xstate_bytes": len(image.one(R.REGS, pid)["xstate"])},
+                "mappings": [
+                    {"start": f"{v['start']:#x}", "end": f"{v['end']:#x}",
+                     "perms": _perms(v), "size": v["end"] - v["start"],
+                     "saved": v.get("data", 0), "kind": v["kind"], "path": v["path"]}
+                    for v in mm["vmas"]
+                ],
+                "files": files.describe(frec),
+                "signals": signals.describe(image.one(R.SIGS, pid)),
+                "timers": len(image.one(R.TIMR, pid)["posix"]),
+            })  # fmt: skip
+        return out
+    finally:
+        image.close()
+
+
+def _perms(v: dict[str, Any]) -> str:
+    p = v["prot"]
+    return ("r" if p & 1 else "-") + ("w" if p & 2 else "-") + ("x" if p & 4 else "-") + (
+        "s" if v["shared"] else "p"
+    )
+
+
+__all__ = ["describe", "signal"]
