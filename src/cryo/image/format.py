@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -84,6 +84,17 @@ class RecordWriter:
         self.stream.write(encode_record(kind, payload, raw=raw))
         self.count += 1
 
+    def write_raw(self, kind: bytes, data: bytes | bytearray | memoryview) -> None:
+        """Same bytes as ``write(kind, data, raw=True)``, without copying ``data``."""
+        assert len(kind) == 4
+        head = _REC_HEADER.pack(kind, FLAG_RAW, len(data))
+        h = xxhash.xxh3_64(head)
+        h.update(data)
+        self.stream.write(head)
+        self.stream.write(data)
+        self.stream.write(_CSUM.pack(h.intdigest()))
+        self.count += 1
+
     def close(self) -> None:
         self.stream.write(encode_record(END, {"records": self.count}))
         self.stream.flush()
@@ -96,8 +107,28 @@ def _read_exact(stream: IO[bytes], n: int, what: str, name: str) -> bytes:
     return data
 
 
-def read_records(stream: IO[bytes], magic: bytes, name: str) -> Iterator[Record]:
-    """Yield the records of a framed file, checking every checksum; END is not yielded."""
+def _readinto_exact(stream: IO[bytes], buf: memoryview, what: str, name: str) -> None:
+    got = 0
+    while got < len(buf):
+        n = stream.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not n:
+            raise ImageCorrupt(f"image {name} is corrupt: truncated in {what}", path=name)
+        got += n
+
+
+RawInto = Callable[[bytes, int], "memoryview | None"]
+
+
+def read_records(
+    stream: IO[bytes], magic: bytes, name: str, *, into: RawInto | None = None
+) -> Iterator[Record]:
+    """Yield the records of a framed file, checking every checksum; END is not yielded.
+
+    ``into(kind, length)`` may return a writable buffer of ``length`` bytes for the body
+    of a raw record (the record's payload is then that buffer, checked), or None for a new
+    bytes object.  It lets bulk data land in place, or in one reused buffer, without a copy;
+    the buffer holds unchecked bytes if the record's checksum turns out wrong.
+    """
     head = stream.read(_FILE_HEADER.size)
     if len(head) != _FILE_HEADER.size:
         raise ImageCorrupt(f"image {name} is corrupt: truncated header", path=name)
@@ -115,7 +146,14 @@ def read_records(stream: IO[bytes], magic: bytes, name: str) -> Iterator[Record]
         kind, flags, length = _REC_HEADER.unpack(rhead)
         if length > MAX_RECORD:
             raise ImageCorrupt(f"image {name} is corrupt: record {index} length {length}", path=name)
-        body = _read_exact(stream, length, f"record {index} ({kind!r})", name)
+        target = into(kind, length) if into is not None and flags & FLAG_RAW else None
+        body: bytes | memoryview
+        if target is not None:
+            assert len(target) == length
+            _readinto_exact(stream, target, f"record {index} ({kind!r})", name)
+            body = target
+        else:
+            body = _read_exact(stream, length, f"record {index} ({kind!r})", name)
         (want,) = _CSUM.unpack(_read_exact(stream, _CSUM.size, f"record {index} checksum", name))
         h = xxhash.xxh3_64(rhead)
         h.update(body)
