@@ -1,0 +1,151 @@
+"""Shared test helpers: victims compiled with gcc, spawned with close_fds in their own
+session, and always killed and reaped by pid.  The test process is a child subreaper,
+so restored and orphaned processes come back to it and are reaped here too."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cryo.linux import libc
+from cryo.linux.consts import PR
+
+VICTIMS = Path(__file__).parent / "victims"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def reap(pid: int, timeout: float = 10.0) -> None:
+    """Kill ``pid`` (one we started) and wait until it is gone from /proc."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            got = 0
+            if not os.path.exists(f"/proc/{pid}"):
+                return
+        if got == pid and not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not go away")
+
+
+class Victim:
+    """A process under test writing report lines to ``out``."""
+
+    def __init__(self, pid: int, out: Path, popen: subprocess.Popen[bytes] | None = None):
+        self.pid = pid
+        self.out = out
+        self.popen = popen
+
+    def lines(self) -> list[str]:
+        return self.out.read_text(errors="replace").splitlines() if self.out.exists() else []
+
+    def wait_for(self, pred: Callable[[list[str]], bool], timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.lines()
+            if pred(lines):
+                return lines
+            if time.monotonic() > deadline:
+                tail = "\n".join(lines[-10:])
+                raise AssertionError(f"timed out waiting on pid {self.pid}; output tail:\n{tail}")
+            time.sleep(0.01)
+
+    def wait_line(self, prefix: str, timeout: float = 10.0) -> str:
+        lines = self.wait_for(lambda ls: any(x.startswith(prefix) for x in ls), timeout)
+        return next(x for x in lines if x.startswith(prefix))
+
+    def oks(self) -> list[int]:
+        return [int(x.split()[1]) for x in self.lines() if x.startswith(("ok ", "tick "))]
+
+    def fails(self) -> list[str]:
+        return [x for x in self.lines() if x.startswith("FAIL")]
+
+    def wait_ok_after(self, n: int, timeout: float = 10.0) -> None:
+        self.wait_for(lambda ls: bool(self.fails()) or any(
+            x.startswith(("ok ", "tick ")) and int(x.split()[1]) > n for x in ls), timeout)
+        assert not self.fails(), self.fails()
+
+
+class Procs:
+    """Tracks every pid a test started or restored; all are killed and reaped after it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pids: list[int] = []
+
+    def track(self, pid: int) -> int:
+        self.pids.append(pid)
+        return pid
+
+    def spawn(self, argv: list[str], out: Path | None = None, **kw: object) -> Victim:
+        out = out or self.tmp / f"out-{len(self.pids)}.txt"
+        log = open(self.tmp / f"stdio-{len(self.pids)}.log", "ab")  # noqa: SIM115
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             close_fds=True, start_new_session=True, **kw)  # type: ignore[call-overload]
+        log.close()
+        p.returncode = 0  # we reap it ourselves, by pid (see reap())
+        self.track(p.pid)
+        return Victim(p.pid, out, p)
+
+    def kill(self, pid: int) -> None:
+        reap(pid)
+
+    def cleanup(self) -> None:
+        for pid in self.pids:
+            reap(pid)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
+    """Compile tests/victims/NAME.c once per session; returns the binary's path."""
+    out = tmp_path_factory.mktemp("victims")
+    cache: dict[str, str] = {}
+
+    def _build(name: str) -> str:
+        if name not in cache:
+            exe = out / name
+            subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe),
+                            str(VICTIMS / f"{name}.c"), "-lrt"], check=True)  # fmt: skip
+            cache[name] = str(exe)
+        return cache[name]
+
+    return _build
+
+
+def run_cryo(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run the cryo command line as a user would."""
+    return subprocess.run([sys.executable, "-m", "cryo", *args], capture_output=True,
+                          text=True, timeout=timeout, close_fds=True, **kw)  # type: ignore[call-overload]
