@@ -449,7 +449,9 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     m.auxv_size = len(auxv)
     exe = rec["exe"]
     exe_fd = -1
-    if not exe.endswith(" (deleted)") and os.path.exists(exe):
+    if not exe.endswith(" (deleted)") and os.path.exists(exe) and not _same_file(
+        f"/proc/{ctx.pid}/exe", exe
+    ):  # the helper runs the same binary already (a Python target): keep its exe_file
         exe_fd = inj(SYS.openat, -100, inj.put_str(exe, 4096), 0, 0, what=f" open {exe}")
     m.exe_fd = exe_fd & 0xFFFFFFFF
     try:
@@ -458,6 +460,14 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     finally:
         if exe_fd >= 0:
             inj(SYS.close, exe_fd)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def layout(rec: dict[str, Any]) -> list[tuple[int, int]]:
