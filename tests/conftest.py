@@ -104,8 +104,9 @@ class Procs:
     def spawn(self, argv: list[str], out: Path | None = None, **kw: object) -> Victim:
         out = out or self.tmp / f"out-{len(self.pids)}.txt"
         log = open(self.tmp / f"stdio-{len(self.pids)}.log", "ab")  # noqa: SIM115
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             close_fds=True, start_new_session=True, **kw)  # type: ignore[call-overload]
+        opts: dict[str, object] = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": log,
+                                   "close_fds": True, "start_new_session": True, **kw}
+        p = subprocess.Popen(argv, **opts)  # type: ignore[call-overload]
         log.close()
         p.returncode = 0  # we reap it ourselves, by pid (see reap())
         self.track(p.pid)
@@ -115,7 +116,7 @@ class Procs:
         reap(pid)
 
     def cleanup(self) -> None:
-        for pid in self.pids:
+        for pid in reversed(self.pids):  # a tracer goes before the process it traces
             reap(pid)
 
 

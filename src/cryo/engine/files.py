@@ -75,8 +75,8 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         if kind in ("tty", "pipe") and fd <= 2 and shell_job:
             ent["kind"] = "stdio"
         elif kind in _WHAT:
-            lead = "" if kind != "socket" else f" ({_socket_kind(pid, st.st_ino)})"
-            raise Unsupported(f"fd {fd}: {_WHAT[kind]}{lead} is not supported ({target})",
+            what = f"{_socket_kind(pid, st.st_ino)} socket" if kind == "socket" else _WHAT[kind]
+            raise Unsupported(f"fd {fd}: {what} is not supported ({target})",
                               pid=pid, resource=f"fd {fd}")  # fmt: skip
         elif kind == "tty":
             raise Unsupported(f"fd {fd}: terminal {target}; use --shell-job to hand the"
@@ -116,7 +116,7 @@ def _socket_kind(pid: int, ino: int) -> str:
                     return {"tcp6": "TCP", "udp6": "UDP"}.get(proto, proto.upper())
         except OSError:
             continue
-    return "socket"
+    return "a"
 
 
 def restore_fs(ctx: RestoreContext, rec: dict[str, Any]) -> None:

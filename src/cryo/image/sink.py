@@ -27,6 +27,16 @@ def is_image_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "core.img"))
 
 
+def _remove_stale(path: str) -> None:
+    """Remove what a cryo killed half-way left beside ``path`` (``path.tmp.PID``)."""
+    parent, base = os.path.split(path)
+    for name in os.listdir(parent or "."):
+        head, _, pid = name.rpartition(".")
+        if head in (f"{base}.tmp", f"{base}.old") and pid.isdigit() \
+                and not os.path.exists(f"/proc/{pid}"):  # fmt: skip
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 class DirSink:
     """Writes an image into ``<dir>.tmp.<pid>`` and renames it to ``dir`` on commit."""
 
@@ -45,6 +55,7 @@ class DirSink:
         parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
             raise CryoError(f"directory {parent} does not exist", path=parent)
+        _remove_stale(self.path)
         self.tmp = f"{self.path}.tmp.{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         os.mkdir(self.tmp, 0o700)

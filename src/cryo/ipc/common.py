@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +319,7 @@ class Loaded:
     id: int
     key: int
     version: int | None = None
-    notes: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def header(kind: Kind, ipc_id: int, perm: Perm, **fields: Any) -> dict[str, Any]:

@@ -119,8 +119,11 @@ class Store:
         return self._allocate(self.set_dir())[0]
 
     def discard(self, path: Path) -> None:
-        """Remove the version directory holding ``path`` (a save that failed)."""
+        """Remove the version directory holding ``path`` (a save that failed), and the
+        object's directory if that leaves it empty."""
         shutil.rmtree(path.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            path.parent.parent.rmdir()
 
     # listing
 

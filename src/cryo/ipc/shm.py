@@ -1,0 +1,304 @@
+"""Shared memory segments: saved through a read-only attach, loaded through a read-write one.
+
+File ``shm<id>_v<version>.bin``, magic ``CRYOSHM\\0``::
+
+    META  {format, kind: "shm", id, key, uid, gid, cuid, cgid, mode, saved_at, kernel,
+           size, nattch, cpid, lpid, atime, dtime, ctime, locked, dest, left_out}
+    then, covering the segment in order, chunks of at most CHUNK bytes:
+    SHMB  raw bytes of the next chunk
+    SHMZ  {length}: the next ``length`` bytes are zero and were never touched (a hole)
+
+Bytes are copied in chunks, never page by page in Python: each chunk is copied out of the
+segment into one reused buffer (so the checksum and the bytes written agree even while
+other processes write to the segment), then checksummed and written.  Holes (pages never
+touched, known from mincore when the system has no swap) are neither read, which would
+allocate them, nor written, and stay holes after a load.  The load reads each chunk straight
+into the new segment.  Writers of the segment should be stopped for a consistent copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Generator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+from cryo.errors import CryoError, ImageCorrupt, ImageMissing
+from cryo.image.format import Record, RecordWriter, read_records
+from cryo.ipc.common import (
+    Image,
+    Loaded,
+    Ops,
+    Perm,
+    check_header,
+    clear_the_way,
+    create_with_id,
+    has_swap,
+    header,
+    meta_int,
+    read_sysctl,
+    translate,
+)
+from cryo.ipc.kinds import Kind
+from cryo.linux import sysv
+
+log = logging.getLogger(__name__)
+
+KIND = Kind.SHM
+MAGIC = b"CRYOSHM\x00"
+META = b"META"
+SHMB = b"SHMB"
+SHMZ = b"SHMZ"
+CHUNK = 64 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+_PRESENT = bytes(i & 1 for i in range(256))  # mincore: bit 0 of each byte
+
+LEFT_OUT = [
+    "processes attached to the segment (nattch): they are not attached again",
+    "shm_cpid, shm_lpid, shm_atime, shm_dtime, shm_ctime: the load sets its own",
+    "SHM_HUGETLB and SHM_NORESERVE: the kernel does not show them; loaded as plain memory",
+]
+
+
+def _stat_any(index: int) -> int:
+    return sysv.shmctl(index, sysv.SHM_CMD.STAT_ANY, sysv.shmid64_ds())
+
+
+def _rmid(ipc_id: int) -> None:
+    sysv.shmctl(ipc_id, sysv.IPC_CMD.RMID)
+
+
+def _busy(ipc_id: int) -> str | None:
+    try:
+        n = int(sysv.shm_stat(ipc_id).shm_nattch)
+    except OSError:
+        return None
+    return f"{n} process(es) still attach it; its id is free once they detach" if n else None
+
+
+OPS = Ops(KIND, _stat_any, lambda key: sysv.shmget(key, 0, 0), _rmid, _busy)
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+
+
+def save(ipc_id: int, f: IO[bytes]) -> dict[str, Any]:
+    """Write the segment ``ipc_id`` to ``f``; return its META."""
+    try:
+        return _save(ipc_id, f)
+    except OSError as err:
+        raise translate(err, KIND, ipc_id) from err
+
+
+def _save(ipc_id: int, f: IO[bytes]) -> dict[str, Any]:
+    ds = sysv.shm_stat(ipc_id)
+    size, mode = int(ds.shm_segsz), int(ds.shm_perm.mode)
+    left_out = list(LEFT_OUT)
+    if ds.shm_nattch:
+        left_out.append(f"at save time {ds.shm_nattch} process(es) were attached")
+    if mode & sysv.SHM.DEST:
+        left_out.append("the segment was marked for removal (SHM_DEST): it is loaded as a live"
+                        " segment")  # fmt: skip
+    meta = header(
+        KIND, ipc_id, Perm.from_kernel(ds.shm_perm), size=size, nattch=int(ds.shm_nattch),
+        cpid=int(ds.shm_cpid), lpid=int(ds.shm_lpid), atime=int(ds.shm_atime),
+        dtime=int(ds.shm_dtime), ctime=int(ds.shm_ctime), locked=bool(mode & sysv.SHM.LOCKED),
+        dest=bool(mode & sysv.SHM.DEST), left_out=left_out,
+    )  # fmt: skip
+    w = RecordWriter(f, MAGIC)
+    w.write(META, meta)
+    scratch = memoryview(bytearray(min(CHUNK, size)))
+    zeros: memoryview | None = None
+    holes = 0
+    with sysv.shm_attached(ipc_id, size, readonly=True) as (addr, view):
+        present = _present(addr, size)
+        for off in range(0, size, CHUNK):
+            n = min(CHUNK, size - off)
+            p0, p1 = off // PAGE, (off + n + PAGE - 1) // PAGE
+            if present is None or present.find(0, p0, p1) < 0:  # every page is there
+                _populate(addr + off, n)
+                scratch[:n] = view[off : off + n]
+            elif present.find(1, p0, p1) < 0:  # no page is there
+                w.write(SHMZ, {"length": n})
+                holes += n
+                continue
+            else:  # copy the pages that are there, zeros for the others
+                if zeros is None:
+                    zeros = memoryview(bytes(min(CHUNK, size)))
+                i = p0
+                while i < p1:
+                    j = _find(present, 0, i, p1)
+                    a, b = i * PAGE - off, min(j * PAGE - off, n)
+                    _populate(addr + off + a, b - a)
+                    scratch[a:b] = view[off + a : off + b]
+                    k = _find(present, 1, j, p1)
+                    a, b = j * PAGE - off, min(k * PAGE - off, n)
+                    scratch[a:b] = zeros[: b - a]
+                    holes += b - a
+                    i = k
+            w.write_raw(SHMB, scratch[:n])
+    w.close()
+    log.debug("segment %d: %d bytes, %d of them holes", ipc_id, size, holes)
+    return meta
+
+
+def _find(present: bytes, value: int, start: int, end: int) -> int:
+    i = present.find(value, start, end)
+    return end if i < 0 else i
+
+
+def _present(addr: int, size: int) -> bytes | None:
+    """One byte per page, 1 when the page exists, or None when that cannot be known.
+
+    With swap, a page that is swapped out is not "in core" yet holds data: then every page
+    is read.  Without, a page that is not in core was never touched and reads as zero.
+    """
+    if has_swap():
+        return None
+    try:
+        return sysv.mincore(addr, size, PAGE).translate(_PRESENT)
+    except OSError:
+        return None
+
+
+def _populate(addr: int, length: int) -> None:
+    """Fault a run of existing pages in with one call, not one page fault per page."""
+    if length <= 0:
+        return
+    start = addr - addr % PAGE
+    with suppress(OSError):  # an older kernel: the copy faults the pages in itself
+        sysv.madvise(start, addr + length - start, sysv.MADV.POPULATE_READ)
+
+
+# ---------------------------------------------------------------------------------------------
+# read and check
+
+
+@dataclass
+class ShmImage(Image):
+    size: int
+    layout: list[tuple[bytes, int, int]]  # (SHMB or SHMZ, offset, length)
+
+
+def _scan(f: IO[bytes], name: str, size: int | None,
+          into_data: Any) -> tuple[dict[str, Any], list[tuple[bytes, int, int]]]:  # fmt: skip
+    """Walk the records: check order, kinds and lengths; ``into_data(off, n)`` gives the
+    buffer each SHMB lands in.  Returns META and the layout."""
+    meta: dict[str, Any] | None = None
+    layout: list[tuple[bytes, int, int]] = []
+    off = 0
+
+    def into(kind: bytes, n: int) -> memoryview | None:
+        if meta is None or kind != SHMB:
+            return None
+        if n == 0 or n > CHUNK or off + n > int(meta["size"]):
+            raise ImageCorrupt(f"image {name} is corrupt: chunk of {n} bytes at {off}", path=name)
+        buf: memoryview = into_data(off, n)
+        return buf
+
+    records = cast("Generator[Record, None, None]", read_records(f, MAGIC, name, into=into))
+    try:
+        for rec in records:
+            if meta is None:
+                if rec.kind != META:
+                    raise ImageCorrupt(f"image {name} is corrupt: no META record", path=name)
+                meta = check_header(rec.payload, KIND, name)
+                total = meta_int(meta, "size", name, lo=1)
+                if size is not None and total != size:
+                    raise ImageCorrupt(f"image {name} changed while it was loaded", path=name)
+                continue
+            if rec.kind == SHMB:
+                n = len(rec.payload)
+            elif rec.kind == SHMZ and isinstance(rec.payload, dict) and not rec.raw:
+                n = meta_int(rec.payload, "length", name, lo=1, hi=CHUNK)
+                if off + n > total:
+                    raise ImageCorrupt(f"image {name} is corrupt: hole past the end", path=name)
+            else:
+                raise ImageCorrupt(f"image {name} is corrupt: unexpected record {rec.kind!r}",
+                                   path=name)  # fmt: skip
+            layout.append((rec.kind, off, n))
+            off += n
+            del rec
+    finally:
+        records.close()  # drops the generator's reference to the last buffer
+    if meta is None:
+        raise ImageCorrupt(f"image {name} is corrupt: no META record", path=name)
+    if off != total:
+        raise ImageCorrupt(f"image {name} is corrupt: {off} of {total} bytes", path=name)
+    return meta, layout
+
+
+def read(path: Path) -> ShmImage:
+    """Read a saved segment through, checking every record; keep only META and the layout."""
+    name = str(path)
+    scratch = memoryview(bytearray(CHUNK))
+    try:
+        with open(path, "rb") as f:
+            meta, layout = _scan(f, name, None, lambda _off, n: scratch[:n])
+    except FileNotFoundError as err:
+        raise ImageMissing(f"no image at {path}", path=name) from err
+    return ShmImage(KIND, path, meta, Perm.from_meta(meta, name), int(meta["size"]), layout)
+
+
+def describe(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"bytes": meta.get("size"), "attached at save": meta.get("nattch"),
+            "locked": meta.get("locked"), "marked for removal": meta.get("dest")}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def check_fits(image: ShmImage) -> None:
+    shmmax = int(read_sysctl("shmmax"))
+    if image.size > shmmax:
+        raise CryoError(f"{image.path}: a segment of {image.size} bytes is larger than"
+                        f" kernel.shmmax={shmmax} in this IPC namespace",
+                        resource=f"shm {image.id}")  # fmt: skip
+
+
+def load(image: ShmImage, *, replace: bool = False) -> Loaded:
+    check_fits(image)
+    want, size = image.id, image.size
+    try:
+        notes = clear_the_way(OPS, want, image.perm.key, replace=replace)
+        new = create_with_id(OPS, want, image.perm, lambda key, fl: sysv.shmget(key, size, fl))
+    except OSError as err:
+        raise translate(err, KIND, want) from err
+    try:
+        _fill(new, image)
+        if image.meta.get("locked"):
+            try:
+                sysv.shmctl(new, sysv.SHM_CMD.LOCK)
+            except OSError as err:
+                notes.append(f"SHM_LOCK failed: {err.strerror}")
+        ds = sysv.shm_stat(new)
+        image.perm.apply(ds.shm_perm)
+        sysv.shmctl(new, sysv.IPC_CMD.SET, ds)
+    except BaseException as err:
+        _rmid(new)
+        if isinstance(err, OSError):
+            raise translate(err, KIND, new) from err
+        raise
+    if image.meta.get("dest"):
+        notes.append("the segment was marked for removal when saved; it is loaded live")
+    return Loaded(KIND, new, image.perm.key, notes=notes)
+
+
+def _fill(ipc_id: int, image: ShmImage) -> None:
+    name = str(image.path)
+    with sysv.shm_attached(ipc_id, image.size, readonly=False) as (addr, view):
+
+        def into(off: int, n: int) -> memoryview:
+            with suppress(OSError):  # allocate the chunk's pages in one call, not page by page
+                sysv.madvise(addr + off - off % PAGE, n + off % PAGE, sysv.MADV.POPULATE_WRITE)
+            return view[off : off + n]
+
+        with open(image.path, "rb") as f:
+            _, layout = _scan(f, name, image.size, into)
+    if layout != image.layout:
+        raise ImageCorrupt(f"image {name} changed while it was loaded", path=name)
