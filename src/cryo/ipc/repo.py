@@ -72,7 +72,7 @@ class Store:
             names = [p.name for p in d.iterdir()]
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(int(n) for n in names if n.isdigit() and not n.startswith("0"))
+        return sorted(int(n) for n in names if n.isdigit() and (n == "0" or n[0] != "0"))
 
     def versions(self, kind: Kind, ipc_id: int) -> list[int]:
         """The complete versions of an object, oldest first."""
@@ -97,9 +97,17 @@ class Store:
                                f" (saved versions: {have})", path=str(p))  # fmt: skip
         return version, p
 
+    def _private(self, d: Path) -> None:
+        """Create ``d``; the kind and set directories right under the root are 0700: saved
+        objects hold other users' data."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        top = self.root / d.relative_to(self.root).parts[0]
+        top.mkdir(mode=0o700, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
+
     def _allocate(self, d: Path) -> tuple[int, Path]:
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            self._private(d)
             while True:
                 nums = self._numbers(d)
                 n = nums[-1] + 1 if nums else 1

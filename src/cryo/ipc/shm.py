@@ -53,6 +53,7 @@ META = b"META"
 SHMB = b"SHMB"
 SHMZ = b"SHMZ"
 CHUNK = 64 << 20
+HOLE_MIN = 256 << 10  # smaller holes are written as zeros
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _PRESENT = bytes(i & 1 for i in range(256))  # mincore: bit 0 of each byte
 
@@ -111,39 +112,61 @@ def _save(ipc_id: int, f: IO[bytes]) -> dict[str, Any]:
     )  # fmt: skip
     w = RecordWriter(f, MAGIC)
     w.write(META, meta)
-    scratch = memoryview(bytearray(min(CHUNK, size)))
-    zeros: memoryview | None = None
-    holes = 0
     with sysv.shm_attached(ipc_id, size, readonly=True) as (addr, view):
-        present = _present(addr, size)
+        copier = _Copier(w, view, addr, size)
         for off in range(0, size, CHUNK):
-            n = min(CHUNK, size - off)
-            p0, p1 = off // PAGE, (off + n + PAGE - 1) // PAGE
-            if present is None or present.find(0, p0, p1) < 0:  # every page is there
-                _populate(addr + off, n)
-                scratch[:n] = view[off : off + n]
-            elif present.find(1, p0, p1) < 0:  # no page is there
-                w.write(SHMZ, {"length": n})
-                holes += n
-                continue
-            else:  # copy the pages that are there, zeros for the others
-                if zeros is None:
-                    zeros = memoryview(bytes(min(CHUNK, size)))
-                i = p0
-                while i < p1:
-                    j = _find(present, 0, i, p1)
-                    a, b = i * PAGE - off, min(j * PAGE - off, n)
-                    _populate(addr + off + a, b - a)
-                    scratch[a:b] = view[off + a : off + b]
-                    k = _find(present, 1, j, p1)
-                    a, b = j * PAGE - off, min(k * PAGE - off, n)
-                    scratch[a:b] = zeros[: b - a]
-                    holes += b - a
-                    i = k
-            w.write_raw(SHMB, scratch[:n])
+            copier.chunk(off, min(CHUNK, size - off))
+        del copier
     w.close()
-    log.debug("segment %d: %d bytes, %d of them holes", ipc_id, size, holes)
     return meta
+
+
+class _Copier:
+    """Copies a segment out chunk by chunk: data into SHMB records, holes into SHMZ."""
+
+    def __init__(self, w: RecordWriter, view: memoryview, addr: int, size: int) -> None:
+        self.w, self.view, self.addr = w, view, addr
+        self.scratch = memoryview(bytearray(min(CHUNK, size)))
+        self.zeros: memoryview | None = None
+        self.present = _present(addr, size)
+
+    def chunk(self, off: int, n: int) -> None:
+        p0, p1 = off // PAGE, (off + n + PAGE - 1) // PAGE
+        present = self.present
+        if present is None or present.find(0, p0, p1) < 0:  # every page is there
+            _populate(self.addr + off, n)
+            self.scratch[:n] = self.view[off : off + n]
+            self.w.write_raw(SHMB, self.scratch[:n])
+        elif present.find(1, p0, p1) < 0:  # no page is there
+            self.w.write(SHMZ, {"length": n})
+        else:
+            self.sparse(present, off, n)
+
+    def sparse(self, present: bytes, off: int, n: int) -> None:
+        """The pages that are there, zeros for small holes, SHMZ records for large ones."""
+        if self.zeros is None:
+            self.zeros = memoryview(bytes(len(self.scratch)))
+        scratch, view = self.scratch, self.view
+        p0, p1 = off // PAGE, (off + n + PAGE - 1) // PAGE
+        start = 0  # where the data not yet written begins, in the chunk
+        i = p0
+        while i < p1:
+            j = _find(present, 0, i, p1)  # pages [i, j) are there
+            a, b = i * PAGE - off, min(j * PAGE - off, n)
+            _populate(self.addr + off + a, b - a)
+            scratch[a:b] = view[off + a : off + b]
+            k = _find(present, 1, j, p1)  # pages [j, k) are not
+            a, b = j * PAGE - off, min(k * PAGE - off, n)
+            if b - a >= HOLE_MIN:
+                if a > start:
+                    self.w.write_raw(SHMB, scratch[start:a])
+                self.w.write(SHMZ, {"length": b - a})
+                start = b
+            else:
+                scratch[a:b] = self.zeros[: b - a]
+            i = k
+        if n > start:
+            self.w.write_raw(SHMB, scratch[start:n])
 
 
 def _find(present: bytes, value: int, start: int, end: int) -> int:
