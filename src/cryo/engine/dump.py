@@ -147,11 +147,9 @@ def checkpoint(
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if signal_after:
         assert tracee is not None
-        if signal_after == signal.SIGKILL:
-            os.kill(pid, signal.SIGKILL)
-            tracee.detach()
-        else:
-            tracee.detach(signal_after)
+        # queued while the task is still held, so it acts before any further instruction
+        os.kill(pid, signal_after)
+        tracee.detach()
         result.freeze_seconds = time.perf_counter() - t_freeze
     result.total_seconds = time.perf_counter() - t0
     return result
@@ -173,6 +171,7 @@ def _dump_injected(ctx: DumpContext) -> dict[bytes, Any]:
             inj.unmap_scratch()
         finally:
             inj.finish()
+            ctx.tracee.park()
     return out
 
 

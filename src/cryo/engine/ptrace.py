@@ -93,6 +93,25 @@ class Tracee:
             self.deferred_signals.append(sig)
             libc.ptrace(PTRACE.SINGLESTEP, self.tid)
 
+    def park(self) -> None:
+        """Move from the trap of our last single step into a clean PTRACE_EVENT_STOP.
+
+        Resuming clears the single-step state, and the interrupt stops the task again
+        before it returns to user mode.  Should we die from now on, the kernel lets the
+        task go from that stop exactly as it was: no pending SIGTRAP, no trap flag, and
+        an interrupted system call restarted as usual.
+        """
+        libc.ptrace(PTRACE.INTERRUPT, self.tid)
+        libc.ptrace(PTRACE.CONT, self.tid)
+        while True:
+            stop = self.wait_stop()
+            sig, event = stop & 0xFF, stop >> 8
+            if event == PTRACE_EVENT.STOP:
+                return
+            if not event and sig != signal.SIGTRAP:
+                self.deferred_signals.append(sig)
+            libc.ptrace(PTRACE.CONT, self.tid)
+
     def detach(self, sig: int = 0) -> None:
         if not self.attached:
             return
