@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +41,10 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except CryoError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # `cryo show | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
