@@ -4,6 +4,7 @@ so restored and orphaned processes come back to it and are reaped here too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,10 +35,8 @@ def gone(pid: int) -> bool:
 
 def reap(pid: int, timeout: float = 10.0) -> None:
     """Kill ``pid`` (one we started) and wait until it is gone from /proc."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

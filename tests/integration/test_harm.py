@@ -89,7 +89,7 @@ def cryo_mid_dump(procs: Procs, build: Any, tmp_path: Path, sig: int) -> tuple[V
         assert p.poll() is None, "the checkpoint finished before it could be interrupted"
         time.sleep(0.001)
     p.send_signal(sig)
-    _, err = p.communicate(timeout=30)
+    _, _err = p.communicate(timeout=30)
     assert p.returncode != 0
     return v, maps
 

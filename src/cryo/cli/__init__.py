@@ -17,7 +17,7 @@ def _epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cryo.cli import engine, ipc  # noqa: PLC0415  (keeps `import cryo` light)
+    from cryo.cli import engine, ipc
 
     parser = argparse.ArgumentParser(
         prog="cryo",

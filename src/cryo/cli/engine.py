@@ -90,7 +90,7 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     bar: Any = None
 
@@ -110,7 +110,7 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from cryo.engine.dump import checkpoint  # noqa: PLC0415
+    from cryo.engine.dump import checkpoint
 
     with _progress("checkpoint") as prog:
         r = checkpoint(args.pid, args.dir, force=args.force, compress=args.compress,
@@ -126,7 +126,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    from cryo.engine.restore import restart, wait  # noqa: PLC0415
+    from cryo.engine.restore import restart, wait
 
     translate = {}
     for item in args.translate:
@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from cryo.engine.show import describe  # noqa: PLC0415
+    from cryo.engine.show import describe
 
     info = describe(args.dir)
     if args.json:

@@ -136,7 +136,7 @@ def stash_stdio(ctx: RestoreContext) -> None:
 def _materialize_deleted(ctx: RestoreContext, ent: dict[str, Any]) -> str:
     """Recreate the contents of a file deleted while open; returns a path to open."""
     data = ctx.image.raw(b"FDAT")[ent["blob"]]
-    path = ent["path"]
+    path = str(ent["path"])
     if not os.path.isdir(os.path.dirname(path)) or os.path.exists(path):
         path = os.path.join(ctx.image.path, f".deleted-{ctx.pid}-{ent['fd']}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(ent["mode"]))

@@ -14,8 +14,8 @@ import logging
 import re
 
 from cryo import procfs
-from cryo.errors import CryoError, InternalError
 from cryo.engine.ptrace import Tracee
+from cryo.errors import CryoError, InternalError
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import MAP, PROT, SYS
@@ -67,14 +67,14 @@ class Injector:
         self.t.setregs(regs)
         self.t.step()
         self.calls += 1
-        ret = self.t.getregs().rax
+        ret = int(self.t.getregs().rax)
         return ret - (1 << 64) if ret >= (1 << 63) else ret
 
     def __call__(self, nr: int, *args: int, what: str = "") -> int:
         ret = self.raw(nr, *args)
         if -4096 < ret < 0:
             name = SYS(nr).name if nr in SYS._value2member_map_ else str(nr)
-            import os  # noqa: PLC0415
+            import os
 
             raise SyscallError(-ret, f"{os.strerror(-ret)} [{name} in pid {self.t.tid}{what}]")
         return ret

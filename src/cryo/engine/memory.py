@@ -54,7 +54,7 @@ def _classify(v: procfs.Vma) -> str:
         if path.startswith("/") and not path.endswith(" (deleted)"):
             return "file"
     else:
-        if path == "/dev/zero (deleted)" or path == "" or path.startswith("[anon_shmem:"):
+        if path in {"/dev/zero (deleted)", ""} or path.startswith("[anon_shmem:"):
             return "shared-anon"
         if path.startswith(("/SYSV", "/memfd:")):
             return "unsupported"
@@ -134,7 +134,8 @@ def dump_brk(ctx: DumpContext) -> None:
 def split_blocks(runs: list[tuple[int, int]], block: int = BLOCK) -> Iterator[list[list[int]]]:
     cur: list[list[int]] = []
     size = 0
-    for addr, length in runs:
+    for start, total in runs:
+        addr, length = start, total
         while length:
             take = min(length, block - size)
             cur.append([addr, take])
@@ -205,7 +206,7 @@ def copy_pages(pid: int, runs: list[tuple[int, int]], vmas: list[dict[str, Any]]
                     metas.append(store(memoryview(buf)[:size], block_runs))
                     if progress:
                         progress(size)
-            except BaseException as err:  # noqa: BLE001  (re-raised in the reader)
+            except BaseException as err:
                 failure.append(err)
             finally:
                 pool.put(buf)
@@ -398,7 +399,7 @@ def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
         st = os.stat(path)
     except FileNotFoundError as err:
         raise CryoError(f"mapped file {path} no longer exists", path=path) from err
-    dev, ino, size, mtime = v["file"]
+    _dev, _ino, size, mtime = v["file"]
     if (st.st_size, st.st_mtime_ns) != (size, mtime) and not ctx.options.get("ignore_changed"):
         raise CryoError(f"mapped file {path} changed since the checkpoint"
                         f" (size {size} -> {st.st_size})", path=path)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -125,10 +126,8 @@ class Tracee:
                 raise
         self.attached = False
         for s in pending:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, s)
-            except ProcessLookupError:
-                pass
 
     # -- registers ---------------------------------------------------------
     def getregs(self) -> S.user_regs_struct:

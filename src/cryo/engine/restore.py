@@ -16,6 +16,7 @@ A failure at any stage kills the half-built process; nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -82,10 +83,7 @@ def _pid_free(pid: int) -> bool:
 
 def _spawn_helper(want_pid: int | None) -> int:
     """Fork a child that stops itself under our trace; with ``want_pid``, as that pid."""
-    if want_pid is not None:
-        child = libc.clone3_set_tid(want_pid)
-    else:
-        child = os.fork()
+    child = libc.clone3_set_tid(want_pid) if want_pid is not None else os.fork()
     if child == 0:  # the child: become traceable and stop; we take it from there
         try:
             libc.ptrace(PTRACE.TRACEME, 0)
@@ -200,10 +198,8 @@ def wait(pid: int, forward: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, si
          ) -> int:  # fmt: skip
     """Wait for a restored child, forwarding ``forward`` signals to it; shell-style status."""
     def fwd(sig: int, _frame: object) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
     old = {s: signal.signal(s, fwd) for s in forward}
     try:

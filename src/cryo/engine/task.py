@@ -39,7 +39,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
                           pid=pid, resource="seccomp")  # fmt: skip
     prctl: dict[str, int] = {}
     for name, (get, _set) in _PRCTL_FLAGS.items():
-        if name == "pdeathsig" or name == "child_subreaper":
+        if name in {"pdeathsig", "child_subreaper"}:
             inj(SYS.prctl, get, inj.scratch, 0, 0, 0)
             prctl[name] = int.from_bytes(inj.read(inj.scratch, 4), "little")
         else:

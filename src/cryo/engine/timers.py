@@ -9,8 +9,12 @@ from typing import Any
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.linux import structs as S
-from cryo.linux.consts import PR, PR_TIMER_CREATE_RESTORE_IDS_OFF, PR_TIMER_CREATE_RESTORE_IDS_ON
-from cryo.linux.consts import SYS
+from cryo.linux.consts import (
+    PR,
+    PR_TIMER_CREATE_RESTORE_IDS_OFF,
+    PR_TIMER_CREATE_RESTORE_IDS_ON,
+    SYS,
+)
 
 log = logging.getLogger(__name__)
 KIND = b"TIMR"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import platform
@@ -107,8 +108,6 @@ class Image:
 
     def close(self) -> None:
         if self._pages is not None:
-            try:
+            with contextlib.suppress(BufferError):
                 self._pages.close()
-            except BufferError:
-                pass
             self._pages = None

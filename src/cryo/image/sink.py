@@ -8,6 +8,7 @@ durable and visible at once, :meth:`abort` leaves no trace.  A directory image i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -115,8 +116,6 @@ class DirSink:
 
     def abort(self) -> None:
         for close in (self._core.close, lambda: os.close(self._pages_fd)):
-            try:
+            with contextlib.suppress(OSError):
                 close()
-            except OSError:
-                pass
         shutil.rmtree(self.tmp, ignore_errors=True)

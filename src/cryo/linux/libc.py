@@ -153,7 +153,7 @@ def clone3_set_tid(pid: int) -> int:
     The GIL stays held across the call, so the child returns into Python in the
     parent's exact interpreter state; it must only run trivial code and then stop.
     """
-    import signal  # noqa: PLC0415  (only needed here)
+    import signal
 
     tid = (ctypes.c_int32 * 1)(pid)
     args = S.clone_args()
@@ -201,7 +201,7 @@ def pagemap_scan(fd: int, start: int, end: int, anyof: int, return_mask: int,
                  inverted: int = 0, mask: int = 0) -> list[tuple[int, int, int]]:  # fmt: skip
     """PAGEMAP_SCAN on an open /proc/PID/pagemap: [(start, end, categories)] of the
     page ranges in [start, end) that have any category of ``anyof``."""
-    from cryo.linux.consts import PAGEMAP_SCAN  # noqa: PLC0415
+    from cryo.linux.consts import PAGEMAP_SCAN
 
     out: list[tuple[int, int, int]] = []
     vec = (S.page_region * 512)()
