@@ -259,7 +259,7 @@ def _krg(kind: Kind, args: argparse.Namespace) -> int:
 
 
 def _krg_main(kind: Kind, argv: Sequence[str] | None) -> int:
-    from cryo.cli import run  # noqa: PLC0415  (cryo.cli imports this module)
+    from cryo.cli import run
 
     return run(_krg_parser(kind), argv)
 

@@ -37,7 +37,14 @@ NS_SYSCTLS = ("msgmax", "msgmnb", "msgmni", "sem", "shmmax", "shmall", "shmmni",
 FORMAT = 1  # version of the META payloads; the framing has its own version (image/format.py)
 
 
-class NoSuchObject(CryoError):  # noqa: N818  (named like errors.NoSuchProcess)
+LIMITS = {
+    Kind.MSG: "kernel.msgmni",
+    Kind.SEM: "kernel.sem: semmni, semmns",
+    Kind.SHM: "kernel.shmmni, kernel.shmall",
+}
+
+
+class NoSuchObject(CryoError):
     """The IPC object asked for does not exist in this IPC namespace."""
 
 
@@ -77,6 +84,20 @@ def id_index(ipc_id: int) -> int:
 def semmsl() -> int:
     """The most semaphores in one set (first field of kernel.sem)."""
     return int(read_sysctl("sem").split()[0])
+
+
+CAP_SYS_RESOURCE = 24  # include/uapi/linux/capability.h
+
+
+def has_capability(cap: int) -> bool:
+    """Whether this process has ``cap`` in its effective set (from /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def has_swap() -> bool:
@@ -277,6 +298,11 @@ def create_with_id(ops: Ops, want_id: int, perm: Perm, create: Callable[[int, in
                 if err.errno == errno.EEXIST:
                     raise RestoreConflict(
                         f"key {perm.key:#x} was taken during the load", resource=what
+                    ) from err
+                if err.errno in (errno.ENOSPC, errno.ENOMEM):
+                    raise CryoError(
+                        f"no room for another {ops.kind.noun} in this IPC namespace"
+                        f" ({LIMITS[ops.kind]}): {err.strerror}", resource=what
                     ) from err
                 raise translate_oserror(err, resource=what) from err
     finally:

@@ -24,6 +24,7 @@ from typing import IO, Any
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
 from cryo.image.format import RecordWriter, read_file
 from cryo.ipc.common import (
+    CAP_SYS_RESOURCE,
     Image,
     Loaded,
     Ops,
@@ -31,6 +32,7 @@ from cryo.ipc.common import (
     check_header,
     clear_the_way,
     create_with_id,
+    has_capability,
     header,
     meta_int,
     read_sysctl,
@@ -236,6 +238,11 @@ def describe(meta: dict[str, Any]) -> dict[str, Any]:
 # load
 
 
+def _room(image: MsgImage) -> int:
+    """The msg_qbytes the queue needs while it is refilled (it counts messages too)."""
+    return max(int(image.meta["qbytes"]), int(image.meta["cbytes"]), len(image.messages))
+
+
 def check_fits(image: MsgImage) -> None:
     """Refuse, before creating anything, what this namespace's limits would refuse."""
     msgmax = int(read_sysctl("msgmax"))
@@ -243,6 +250,14 @@ def check_fits(image: MsgImage) -> None:
         raise CryoError(
             f"{image.path}: a message of {image.max_size} bytes is longer than kernel.msgmax="
             f"{msgmax} of this IPC namespace; raise it (sysctl kernel.msgmax={image.max_size})",
+            resource=f"msg {image.id}",
+        )
+    msgmnb, room = int(read_sysctl("msgmnb")), _room(image)
+    if room > msgmnb and not has_capability(CAP_SYS_RESOURCE):
+        raise CryoError(
+            f"{image.path}: the queue needs msg_qbytes={room}, more than kernel.msgmnb={msgmnb}"
+            " of this IPC namespace, which only CAP_SYS_RESOURCE may exceed; raise it"
+            f" (sysctl kernel.msgmnb={room})",
             resource=f"msg {image.id}",
         )
 
@@ -266,8 +281,7 @@ def load(image: MsgImage, *, replace: bool = False) -> Loaded:
 
 
 def _fill(ipc_id: int, image: MsgImage) -> None:
-    qbytes = int(image.meta["qbytes"])
-    room = max(qbytes, int(image.meta["cbytes"]), len(image.messages))
+    qbytes, room = int(image.meta["qbytes"]), _room(image)
     ds = sysv.msg_stat(ipc_id)
     if room > ds.msg_qbytes:  # the queue must hold every message while it is refilled
         ds.msg_qbytes = room

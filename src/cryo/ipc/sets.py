@@ -76,7 +76,7 @@ def parse_owner(text: str) -> int:
     """A user name or a uid."""
     if text.isdigit():
         return int(text)
-    import pwd  # noqa: PLC0415
+    import pwd
 
     try:
         return pwd.getpwnam(text).pw_uid
