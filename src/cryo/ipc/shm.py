@@ -258,10 +258,17 @@ def _scan(f: IO[bytes], name: str, size: int | None,
 def read(path: Path) -> ShmImage:
     """Read a saved segment through, checking every record; keep only META and the layout."""
     name = str(path)
-    scratch = memoryview(bytearray(CHUNK))
+    scratch = bytearray()
+
+    def into(_off: int, n: int) -> memoryview:  # one buffer, as large as the largest chunk
+        nonlocal scratch
+        if len(scratch) < n:
+            scratch = bytearray(n)
+        return memoryview(scratch)[:n]
+
     try:
         with open(path, "rb") as f:
-            meta, layout = _scan(f, name, None, lambda _off, n: scratch[:n])
+            meta, layout = _scan(f, name, None, into)
     except FileNotFoundError as err:
         raise ImageMissing(f"no image at {path}", path=name) from err
     return ShmImage(KIND, path, meta, Perm.from_meta(meta, name), int(meta["size"]), layout)
