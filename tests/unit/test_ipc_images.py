@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cryo.errors import ImageCorrupt, ImageIncompatible, ImageMissing
-from cryo.image.format import RecordWriter, encode_file, read_records
+from cryo.image.format import MappedFile, RecordWriter, encode_file, read_records
 from cryo.ipc import Kind, Perm
 from cryo.ipc import msg as msgmod
 from cryo.ipc import sem as semmod
@@ -187,3 +187,17 @@ def test_bad_sem_contents(tmp_path: Path, records: Any) -> None:
 def test_bad_shm_contents(tmp_path: Path, records: Any) -> None:
     with pytest.raises(ImageCorrupt):
         shmmod.read(_write(tmp_path / "h", shmmod.MAGIC, records))
+
+
+def test_mapped_file_gives_slices_and_sees_truncation(tmp_path: Path) -> None:
+    good = _write(tmp_path / "h", shmmod.MAGIC, _shm_records())
+    with MappedFile(good) as f:
+        recs = list(read_records(f, shmmod.MAGIC, "h"))
+        assert isinstance(recs[1].payload, memoryview)
+        assert bytes(recs[1].payload) == b"a" * 4096
+        del recs
+    data = good.read_bytes()
+    for cut in (0, 100, len(data) - 5000, len(data) - 1):
+        good.write_bytes(data[:cut])
+        with MappedFile(good) as f, pytest.raises(ImageCorrupt, match="truncated"):
+            list(read_records(f, shmmod.MAGIC, "h"))

@@ -13,10 +13,11 @@ truncated file is always detected.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -100,17 +101,67 @@ class RecordWriter:
         self.stream.flush()
 
 
-def _read_exact(stream: IO[bytes], n: int, what: str, name: str) -> bytes:
+class MappedFile:
+    """A file mapped read-only and read like a binary stream, for ``read_records``: the
+    bodies of raw records are then slices of the mapping (no copy), valid until close().
+
+    A file truncated while it is mapped raises SIGBUS on access: map only files that are
+    replaced by rename, never rewritten (as every file cryo writes with atomic_file).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ) if size else None
+        finally:
+            os.close(fd)
+        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+        self.pos = 0
+
+    def read_view(self, n: int) -> memoryview:
+        end = min(self.pos + n, len(self._view))
+        view = self._view[self.pos : end]
+        self.pos = end
+        return view
+
+    def read(self, n: int = -1) -> bytes:
+        return self.read_view(len(self._view) if n < 0 else n).tobytes()
+
+    def readinto(self, buf: memoryview) -> int:
+        view = self.read_view(len(buf))
+        buf[: len(view)] = view
+        return len(view)
+
+    def close(self) -> None:
+        """Unmap, unless record payloads still point into the mapping (then the GC will)."""
+        self._view.release()
+        if self._map is not None:
+            with suppress(BufferError):
+                self._map.close()
+
+    def __enter__(self) -> MappedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+Stream = IO[bytes] | MappedFile
+
+
+def _read_exact(stream: Stream, n: int, what: str, name: str) -> bytes:
     data = stream.read(n)
     if len(data) != n:
         raise ImageCorrupt(f"image {name} is corrupt: truncated in {what}", path=name)
     return data
 
 
-def _readinto_exact(stream: IO[bytes], buf: memoryview, what: str, name: str) -> None:
+def _readinto_exact(stream: Stream, buf: memoryview, what: str, name: str) -> None:
     got = 0
     while got < len(buf):
-        n = stream.readinto(buf[got:])  # type: ignore[attr-defined]
+        n = stream.readinto(buf[got:])  # type: ignore[union-attr]
         if not n:
             raise ImageCorrupt(f"image {name} is corrupt: truncated in {what}", path=name)
         got += n
@@ -120,14 +171,15 @@ RawInto = Callable[[bytes, int], "memoryview | None"]
 
 
 def read_records(
-    stream: IO[bytes], magic: bytes, name: str, *, into: RawInto | None = None
+    stream: Stream, magic: bytes, name: str, *, into: RawInto | None = None
 ) -> Iterator[Record]:
     """Yield the records of a framed file, checking every checksum; END is not yielded.
 
     ``into(kind, length)`` may return a writable buffer of ``length`` bytes for the body
     of a raw record (the record's payload is then that buffer, checked), or None for a new
     bytes object.  It lets bulk data land in place, or in one reused buffer, without a copy;
-    the buffer holds unchecked bytes if the record's checksum turns out wrong.
+    the buffer holds unchecked bytes if the record's checksum turns out wrong.  From a
+    MappedFile, raw bodies that no ``into`` takes are slices of the mapping.
     """
     head = stream.read(_FILE_HEADER.size)
     if len(head) != _FILE_HEADER.size:
@@ -152,6 +204,11 @@ def read_records(
             assert len(target) == length
             _readinto_exact(stream, target, f"record {index} ({kind!r})", name)
             body = target
+        elif flags & FLAG_RAW and isinstance(stream, MappedFile):
+            body = stream.read_view(length)
+            if len(body) != length:
+                raise ImageCorrupt(f"image {name} is corrupt: truncated in record {index}"
+                                   f" ({kind!r})", path=name)  # fmt: skip
         else:
             body = _read_exact(stream, length, f"record {index} ({kind!r})", name)
         (want,) = _CSUM.unpack(_read_exact(stream, _CSUM.size, f"record {index} checksum", name))

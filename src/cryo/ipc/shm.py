@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator
+import queue
+import threading
+from collections.abc import Callable, Generator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
 from cryo.errors import CryoError, ImageCorrupt, ImageMissing
-from cryo.image.format import Record, RecordWriter, read_records
+from cryo.image.format import MappedFile, Record, RecordWriter, read_records
 from cryo.ipc.common import (
     Image,
     Loaded,
@@ -112,21 +114,81 @@ def _save(ipc_id: int, f: IO[bytes]) -> dict[str, Any]:
     )  # fmt: skip
     w = RecordWriter(f, MAGIC)
     w.write(META, meta)
-    with sysv.shm_attached(ipc_id, size, readonly=True) as (addr, view):
-        copier = _Copier(w, view, addr, size)
-        for off in range(0, size, CHUNK):
-            copier.chunk(off, min(CHUNK, size - off))
-        del copier
+    writer = _Writer(w, min(CHUNK, size))
+    try:
+        with sysv.shm_attached(ipc_id, size, readonly=True) as (addr, view):
+            copier = _Copier(writer, view, addr, size)
+            for off in range(0, size, CHUNK):
+                copier.chunk(off, min(CHUNK, size - off))
+            del copier
+    finally:
+        writer.stop()
+    writer.check()
     w.close()
     return meta
+
+
+_Item = tuple[bytes | None, Any, bool, "memoryview | None"]
+
+
+class _Writer:
+    """Writes the records from a second thread, so that copying the next chunk out of the
+    segment overlaps writing this one (the write releases the GIL).  Two buffers go round:
+    one is filled while the other is written, then it comes back."""
+
+    def __init__(self, w: RecordWriter, size: int, buffers: int = 2) -> None:
+        self.w = w
+        self.free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self.free.put(memoryview(bytearray(size)))
+        self.todo: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="cryo-shm-writer", daemon=True)
+        self.thread.start()
+
+    def buffer(self) -> memoryview:
+        self.check()
+        return self.free.get()
+
+    def raw(self, kind: bytes, data: memoryview, release: memoryview | None = None) -> None:
+        """Write ``data`` (a slice of a buffer), then give ``release`` back."""
+        self.todo.put((kind, data, True, release))
+
+    def record(self, kind: bytes, payload: Any) -> None:
+        self.todo.put((kind, payload, False, None))
+
+    def release(self, buf: memoryview) -> None:
+        self.todo.put((None, None, False, buf))
+
+    def _run(self) -> None:
+        while (item := self.todo.get()) is not None:
+            kind, payload, raw, buf = item
+            try:
+                if self.error is None and kind is not None:
+                    if raw:
+                        self.w.write_raw(kind, payload)
+                    else:
+                        self.w.write(kind, payload)
+            except BaseException as err:  # handed to the copier by check()
+                self.error = err
+            finally:
+                if buf is not None:
+                    self.free.put(buf)
+
+    def stop(self) -> None:
+        self.todo.put(None)
+        self.thread.join()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 class _Copier:
     """Copies a segment out chunk by chunk: data into SHMB records, holes into SHMZ."""
 
-    def __init__(self, w: RecordWriter, view: memoryview, addr: int, size: int) -> None:
-        self.w, self.view, self.addr = w, view, addr
-        self.scratch = memoryview(bytearray(min(CHUNK, size)))
+    def __init__(self, writer: _Writer, view: memoryview, addr: int, size: int) -> None:
+        self.writer, self.view, self.addr = writer, view, addr
         self.zeros: memoryview | None = None
         self.present = _present(addr, size)
 
@@ -134,19 +196,20 @@ class _Copier:
         p0, p1 = off // PAGE, (off + n + PAGE - 1) // PAGE
         present = self.present
         if present is None or present.find(0, p0, p1) < 0:  # every page is there
+            buf = self.writer.buffer()
             _populate(self.addr + off, n)
-            self.scratch[:n] = self.view[off : off + n]
-            self.w.write_raw(SHMB, self.scratch[:n])
+            buf[:n] = self.view[off : off + n]
+            self.writer.raw(SHMB, buf[:n], release=buf)
         elif present.find(1, p0, p1) < 0:  # no page is there
-            self.w.write(SHMZ, {"length": n})
+            self.writer.record(SHMZ, {"length": n})
         else:
             self.sparse(present, off, n)
 
     def sparse(self, present: bytes, off: int, n: int) -> None:
         """The pages that are there, zeros for small holes, SHMZ records for large ones."""
+        buf, view = self.writer.buffer(), self.view
         if self.zeros is None:
-            self.zeros = memoryview(bytes(len(self.scratch)))
-        scratch, view = self.scratch, self.view
+            self.zeros = memoryview(bytes(len(buf)))
         p0, p1 = off // PAGE, (off + n + PAGE - 1) // PAGE
         start = 0  # where the data not yet written begins, in the chunk
         i = p0
@@ -154,19 +217,20 @@ class _Copier:
             j = _find(present, 0, i, p1)  # pages [i, j) are there
             a, b = i * PAGE - off, min(j * PAGE - off, n)
             _populate(self.addr + off + a, b - a)
-            scratch[a:b] = view[off + a : off + b]
+            buf[a:b] = view[off + a : off + b]
             k = _find(present, 1, j, p1)  # pages [j, k) are not
             a, b = j * PAGE - off, min(k * PAGE - off, n)
             if b - a >= HOLE_MIN:
                 if a > start:
-                    self.w.write_raw(SHMB, scratch[start:a])
-                self.w.write(SHMZ, {"length": b - a})
+                    self.writer.raw(SHMB, buf[start:a])
+                self.writer.record(SHMZ, {"length": b - a})
                 start = b
             else:
-                scratch[a:b] = self.zeros[: b - a]
+                buf[a:b] = self.zeros[: b - a]
             i = k
         if n > start:
-            self.w.write_raw(SHMB, scratch[start:n])
+            self.writer.raw(SHMB, buf[start:n])
+        self.writer.release(buf)
 
 
 def _find(present: bytes, value: int, start: int, end: int) -> int:
@@ -207,21 +271,25 @@ class ShmImage(Image):
     layout: list[tuple[bytes, int, int]]  # (SHMB or SHMZ, offset, length)
 
 
-def _scan(f: IO[bytes], name: str, size: int | None,
-          into_data: Any) -> tuple[dict[str, Any], list[tuple[bytes, int, int]]]:  # fmt: skip
-    """Walk the records: check order, kinds and lengths; ``into_data(off, n)`` gives the
-    buffer each SHMB lands in.  Returns META and the layout."""
+def _scan(f: IO[bytes] | MappedFile, name: str, size: int | None,
+          into_data: Callable[[int, int], memoryview] | None
+          ) -> tuple[dict[str, Any], list[tuple[bytes, int, int]]]:  # fmt: skip
+    """Walk the records: check order, kinds and lengths; ``into_data(off, n)``, if given,
+    is the buffer each SHMB lands in.  Returns META and the layout."""
     meta: dict[str, Any] | None = None
     layout: list[tuple[bytes, int, int]] = []
-    off = 0
+    off = total = 0
+
+    def check(n: int) -> None:
+        if n == 0 or n > CHUNK or off + n > total:
+            raise ImageCorrupt(f"image {name} is corrupt: {n} bytes at {off} of {total}",
+                               path=name)  # fmt: skip
 
     def into(kind: bytes, n: int) -> memoryview | None:
-        if meta is None or kind != SHMB:
+        if meta is None or kind != SHMB or into_data is None:
             return None
-        if n == 0 or n > CHUNK or off + n > int(meta["size"]):
-            raise ImageCorrupt(f"image {name} is corrupt: chunk of {n} bytes at {off}", path=name)
-        buf: memoryview = into_data(off, n)
-        return buf
+        check(n)
+        return into_data(off, n)
 
     records = cast("Generator[Record, None, None]", read_records(f, MAGIC, name, into=into))
     try:
@@ -234,15 +302,14 @@ def _scan(f: IO[bytes], name: str, size: int | None,
                 if size is not None and total != size:
                     raise ImageCorrupt(f"image {name} changed while it was loaded", path=name)
                 continue
-            if rec.kind == SHMB:
+            if rec.kind == SHMB and rec.raw:
                 n = len(rec.payload)
             elif rec.kind == SHMZ and isinstance(rec.payload, dict) and not rec.raw:
                 n = meta_int(rec.payload, "length", name, lo=1, hi=CHUNK)
-                if off + n > total:
-                    raise ImageCorrupt(f"image {name} is corrupt: hole past the end", path=name)
             else:
                 raise ImageCorrupt(f"image {name} is corrupt: unexpected record {rec.kind!r}",
                                    path=name)  # fmt: skip
+            check(n)
             layout.append((rec.kind, off, n))
             off += n
             del rec
@@ -256,19 +323,16 @@ def _scan(f: IO[bytes], name: str, size: int | None,
 
 
 def read(path: Path) -> ShmImage:
-    """Read a saved segment through, checking every record; keep only META and the layout."""
+    """Read a saved segment through, checking every record; keep only META and the layout.
+
+    The file is mapped, so that checking a chunk costs its checksum and no copy.  (A file
+    of the store truncated by someone else during this pass would kill the process with
+    SIGBUS; nothing is created yet then.)
+    """
     name = str(path)
-    scratch = bytearray()
-
-    def into(_off: int, n: int) -> memoryview:  # one buffer, as large as the largest chunk
-        nonlocal scratch
-        if len(scratch) < n:
-            scratch = bytearray(n)
-        return memoryview(scratch)[:n]
-
     try:
-        with open(path, "rb") as f:
-            meta, layout = _scan(f, name, None, into)
+        with MappedFile(path) as f:
+            meta, layout = _scan(f, name, None, None)
     except FileNotFoundError as err:
         raise ImageMissing(f"no image at {path}", path=name) from err
     return ShmImage(KIND, path, meta, Perm.from_meta(meta, name), int(meta["size"]), layout)
@@ -320,15 +384,75 @@ def load(image: ShmImage, *, replace: bool = False) -> Loaded:
 
 
 def _fill(ipc_id: int, image: ShmImage) -> None:
+    """Read the data chunks straight into the segment, checking them again.
+
+    A second thread allocates the pages of the next chunks (MADV_POPULATE_WRITE, one call
+    per chunk, holes left alone) while this one reads: both release the GIL.
+    """
     name = str(image.path)
+    regions = [(off, n) for kind, off, n in image.layout if kind == SHMB]
     with sysv.shm_attached(ipc_id, image.size, readonly=False) as (addr, view):
+        populator = _Populator(addr, regions)
+        index = 0
 
         def into(off: int, n: int) -> memoryview:
-            with suppress(OSError):  # allocate the chunk's pages in one call, not page by page
-                sysv.madvise(addr + off - off % PAGE, n + off % PAGE, sysv.MADV.POPULATE_WRITE)
+            nonlocal index
+            if index >= len(regions) or regions[index] != (off, n):
+                raise ImageCorrupt(f"image {name} changed while it was loaded", path=name)
+            populator.wait(index)
+            index += 1
             return view[off : off + n]
 
-        with open(image.path, "rb") as f:
-            _, layout = _scan(f, name, image.size, into)
+        try:
+            with open(image.path, "rb") as f:
+                _, layout = _scan(f, name, image.size, into)
+        finally:
+            populator.stop()
     if layout != image.layout:
         raise ImageCorrupt(f"image {name} changed while it was loaded", path=name)
+
+
+class _Populator:
+    """Allocates the pages of ``regions``, from two more threads (zeroing new pages costs
+    more than reading the file into them)."""
+
+    THREADS = 2
+
+    def __init__(self, addr: int, regions: list[tuple[int, int]]) -> None:
+        self.addr, self.regions = addr, regions
+        self.done = [False] * len(regions)
+        self.stopping = False
+        self.cond = threading.Condition()
+        self.threads = [
+            threading.Thread(target=self._run, args=(k,), name="cryo-shm-populate", daemon=True)
+            for k in range(self.THREADS)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, k: int) -> None:
+        try:
+            for i in range(k, len(self.regions), self.THREADS):
+                if self.stopping:
+                    break
+                off, n = self.regions[i]
+                start = self.addr + off - off % PAGE
+                with suppress(OSError):  # an older kernel: the reads fault the pages in
+                    sysv.madvise(start, self.addr + off + n - start, sysv.MADV.POPULATE_WRITE)
+                with self.cond:
+                    self.done[i] = True
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                for i in range(k, len(self.regions), self.THREADS):
+                    self.done[i] = True
+                self.cond.notify_all()
+
+    def wait(self, index: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.done[index])
+
+    def stop(self) -> None:
+        self.stopping = True
+        for t in self.threads:
+            t.join()
