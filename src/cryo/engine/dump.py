@@ -80,16 +80,19 @@ def checkpoint(
     compress: bool = False,
     shell_job: bool = False,
     signal_after: int = 0,
+    direct_io: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> DumpResult:
     """Write the complete state of process ``pid`` into directory ``dest``.
 
     The process keeps running unless ``signal_after`` is given, which is sent once the
     image is safely on disk.  On any failure the process is left running as before.
+    ``direct_io`` writes page data with O_DIRECT (shorter freeze, no page cache used);
+    without it the image stays cached for a quick restart.
     """
     t0 = time.perf_counter()
     _check_target(pid)
-    sink = DirSink(dest, force=force, compress=compress)
+    sink = DirSink(dest, force=force, compress=compress, direct=direct_io)
     result = DumpResult(path=sink.path, pid=pid)
     tracee: Tracee | None = None
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFER)

@@ -27,6 +27,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.errors import CryoError, ImageIncompatible, InternalError, Unsupported
+from cryo.image.format import checksum
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import MAP, MREMAP, PAGE_IS, PAGE_SIZE, PR, PR_SET_MM_MAP, PROT, SYS
@@ -156,8 +157,15 @@ class CopyStats:
     total_seconds: float = 0.0
 
 
+RING = 4  # block buffers in flight between the reader and the writer
+
+
 class BufferPool:
-    """Block buffers: up to ``limit`` bytes of them; reused once the writer is done."""
+    """Block buffers: up to ``limit`` bytes of them; reused once the writer is done.
+
+    Measured here (bench/dump_restore.py): allocating a fresh, zeroed buffer for every
+    block costs more than the writer needs to free one, so a small ring is both the
+    shorter freeze and the shorter dump when the disk keeps up."""
 
     def __init__(self, limit: int) -> None:
         self.free: list[mmap.mmap] = []
@@ -182,7 +190,7 @@ class BufferPool:
 
 
 def copy_pages(pid: int, runs: list[tuple[int, int]], vmas: list[dict[str, Any]],
-               store: Callable[[memoryview, list[list[int]]], dict[str, Any]],
+               store: Callable[[memoryview, list[list[int]], int], dict[str, Any]],
                *, buffer_limit: int, progress: Callable[[int], None] | None = None,
                on_read_done: Callable[[], None] | None = None,
                ) -> tuple[list[dict[str, Any]], CopyStats]:  # fmt: skip
@@ -193,17 +201,17 @@ def copy_pages(pid: int, runs: list[tuple[int, int]], vmas: list[dict[str, Any]]
     """
     stats = CopyStats()
     t0 = time.perf_counter()
-    pool = BufferPool(buffer_limit)
-    q: queue.Queue[tuple[mmap.mmap, int, list[list[int]]] | None] = queue.Queue()
+    pool = BufferPool(min(buffer_limit, RING * BLOCK))
+    q: queue.Queue[tuple[mmap.mmap, int, list[list[int]], int] | None] = queue.Queue()
     metas: list[dict[str, Any]] = []
     failure: list[BaseException] = []
 
     def writer() -> None:
         while (item := q.get()) is not None:
-            buf, size, block_runs = item
+            buf, size, block_runs, csum = item
             try:
                 if not failure:
-                    metas.append(store(memoryview(buf)[:size], block_runs))
+                    metas.append(store(memoryview(buf)[:size], block_runs, csum))
                     if progress:
                         progress(size)
             except BaseException as err:
@@ -221,7 +229,8 @@ def copy_pages(pid: int, runs: list[tuple[int, int]], vmas: list[dict[str, Any]]
                 break
             buf = pool.get()
             size = _read_block(pid, mem_fd, buf, block_runs, unreadable)
-            q.put((buf, size, block_runs))
+            # the reader has time to spare while the writer waits on the disk
+            q.put((buf, size, block_runs, checksum(memoryview(buf)[:size])))
             stats.bytes += size
         stats.read_seconds = time.perf_counter() - t0
         if on_read_done and not failure:

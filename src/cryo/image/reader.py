@@ -6,6 +6,7 @@ import contextlib
 import mmap
 import os
 import platform
+import threading
 from collections import defaultdict
 from typing import Any
 
@@ -77,21 +78,50 @@ class Image:
                                    path=self.path)  # fmt: skip
         return self._pages
 
-    def verify(self) -> None:
-        """Check every page block's bounds and checksum (records were checked on reading)."""
+    def verify(self, threads: int = 2) -> None:
+        """Check every page block's bounds and checksum (records were checked on reading).
+
+        Blocks are read and hashed by ``threads`` threads: on a cold image the reads
+        overlap, which measured faster than one sequential pass."""
         pages = self.pages
         for b in self.blocks:
-            end = b["offset"] + b["stored"]
-            if end > len(pages):
+            if b["offset"] + b["stored"] > len(pages):
                 raise ImageCorrupt(
                     f"image {self.path} is corrupt: pages block {b['index']} is truncated",
                     path=self.path,
                 )
-            if fmt.checksum(memoryview(pages)[b["offset"] : end]) != b["csum"]:
-                raise ImageCorrupt(
-                    f"image {self.path} is corrupt: pages block {b['index']} checksum mismatch",
-                    path=self.path,
-                )
+        bad: list[int] = []
+        fd = os.open(os.path.join(self.path, "pages.img"), os.O_RDONLY)
+
+        def work(k: int) -> None:
+            # large reads into a private buffer: on a cold image this is the fastest way
+            # in (mmap faults read a little at a time), and it leaves the page cache warm
+            # for the process_vm_writev that follows
+            buf = bytearray(max((b["stored"] for b in self.blocks), default=0))
+            for b in self.blocks[k::threads]:
+                view = memoryview(buf)[: b["stored"]]
+                got = 0
+                while got < len(view):
+                    n = os.preadv(fd, [view[got:]], b["offset"] + got)
+                    if n <= 0:
+                        break
+                    got += n
+                if got != len(view) or fmt.checksum(view) != b["csum"]:
+                    bad.append(b["index"])
+
+        pool = [threading.Thread(target=work, args=(k,)) for k in range(1, threads)]
+        for t in pool:
+            t.start()
+        work(0)
+        for t in pool:
+            t.join()
+        os.close(fd)
+        if bad:
+            raise ImageCorrupt(
+                f"image {self.path} is corrupt: pages block {min(bad)} checksum mismatch",
+                path=self.path,
+            )
+        for b in self.blocks:
             if sum(r[1] for r in b["runs"]) != b["raw"]:
                 raise ImageCorrupt(f"image {self.path} is corrupt: pages block {b['index']}"
                                    " runs do not add up", path=self.path)  # fmt: skip
