@@ -266,3 +266,10 @@ def test_signal_option(procs: Procs, build: Any, tmp_path: Path) -> None:
         time.sleep(0.01)
     os.kill(v.pid, signal.SIGCONT)
     v.wait_ok_after(max(v.oks()) + 2)
+
+
+def test_real_image_reencodes_byte_for_byte(image: Path) -> None:
+    data = (image / "core.img").read_bytes()
+    recs = fmt.read_file(image / "core.img", R.CORE_MAGIC)
+    assert {r.kind for r in recs} >= {R.HEAD, R.TASK, R.MM, R.REGS, R.SIGS, R.FILE, R.PBLK}
+    assert fmt.encode_file(R.CORE_MAGIC, recs) == data
