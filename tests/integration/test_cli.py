@@ -273,3 +273,32 @@ def test_real_image_reencodes_byte_for_byte(image: Path) -> None:
     recs = fmt.read_file(image / "core.img", R.CORE_MAGIC)
     assert {r.kind for r in recs} >= {R.HEAD, R.TASK, R.MM, R.REGS, R.SIGS, R.FILE, R.PBLK}
     assert fmt.encode_file(R.CORE_MAGIC, recs) == data
+
+
+def test_shell_job_read_restarts_on_callers_stdio(procs: Procs, tmp_path: Path) -> None:
+    """A program reading its stdin (a pipe from the caller) is checkpointed while blocked
+    in read(); restarted with --shell-job it reads and writes the new caller's stdio."""
+    code = ("import sys,os\nos.write(1, b'ready\\n')\n"
+            "for line in sys.stdin:\n  os.write(1, b'echo ' + line.encode())\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
+    procs.track(p.pid)
+    assert p.stdin is not None and p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    p.stdin.write(b"one\n")
+    p.stdin.flush()
+    assert p.stdout.readline() == b"echo one\n"
+    time.sleep(0.1)  # blocked in read(0) now
+    img = str(tmp_path / "img")
+    r = run_cryo("checkpoint", str(p.pid), "-D", img)
+    assert r.returncode == ExitCode.UNSUPPORTED and "pipe" in r.stderr
+    r = run_cryo("checkpoint", str(p.pid), "-D", img, "--shell-job", "--kill")
+    assert r.returncode == 0, r.stderr
+    p.wait()
+    p.stdin.close()
+    p.stdout.close()
+    restored = subprocess.run([sys.executable, "-m", "cryo", "restart", "-D", img,
+                               "--shell-job"], input=b"two\nthree\n", capture_output=True,
+                              timeout=30, close_fds=True)  # fmt: skip
+    assert restored.stdout == b"echo two\necho three\n", restored.stderr
+    assert restored.returncode == 0

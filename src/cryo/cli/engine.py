@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an image already in DIR")
     p.add_argument("--compress", action="store_true", help="compress page data with zstd")
     p.add_argument("--shell-job", action="store_true",
-                   help="fds 0-2 on a terminal or pipe are handed over at restart")
+                   help="fds 0-2 on a terminal, pipe, socket or unlinked file are handed"
+                   " over at restart")
     p.add_argument("--page-cache", action="store_true",
                    help="write pages through the page cache (a restart soon after is faster;"
                    " by default they go to the disk directly, for a shorter freeze)")

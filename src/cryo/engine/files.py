@@ -2,8 +2,8 @@
 while open), shared open file descriptions, cwd, root and umask.
 
 An open file description shared by several fds is opened once and dup'ed, so the fds
-keep sharing one offset.  With --shell-job, fds 0-2 that are a terminal or a pipe are
-given the caller's stdio instead.
+keep sharing one offset.  With --shell-job, fds 0-2 that are a terminal, a pipe, a socket
+or an unlinked file are given the caller's stdio instead.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             "cloexec": bool(info.flags & O_CLOEXEC), "ino": st.st_ino, "dev": st.st_dev,
             "mode": st.st_mode, "size": st.st_size,
         }  # fmt: skip
-        if kind in ("tty", "pipe") and fd <= 2 and shell_job:
+        if shell_job and fd <= 2 and (kind in ("tty", "pipe", "socket")
+                                      or (kind == "file" and st.st_nlink == 0)):
+            # a shell job's stdio belongs to whoever restarts it
             ent["kind"] = "stdio"
         elif kind in _WHAT:
             what = f"{_socket_kind(pid, st.st_ino)} socket" if kind == "socket" else _WHAT[kind]
