@@ -99,9 +99,7 @@ KINDS = [(msgmod, _msg_records), (semmod, _sem_records), (shmmod, _shm_records)]
 
 
 @pytest.mark.parametrize(("mod", "records"), KINDS)
-def test_every_byte_flipped_or_cut_is_refused(
-    tmp_path: Path, mod: Any, records: Any
-) -> None:
+def test_every_byte_flipped_or_cut_is_refused(tmp_path: Path, mod: Any, records: Any) -> None:
     good = _write(tmp_path / "good", mod.MAGIC, records()).read_bytes()
     bad = tmp_path / "bad"
     # bytes 12..15 are the file header's flags, reserved (written 0) and ignored by the

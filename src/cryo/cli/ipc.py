@@ -79,8 +79,11 @@ def register(sub: Any) -> None:
     ld.add_argument("--all", metavar="SET", type=_nonneg, help="every object of set SET")
     ld.add_argument("--replace", action="store_true",
                     help="remove an object that holds the id or key first")  # fmt: skip
-    ld.add_argument("--sysctl", action="store_true",
-                    help="with --all: first set the namespace limits saved with the set")
+    ld.add_argument(
+        "--sysctl",
+        action="store_true",
+        help="with --all: first set the namespace limits saved with the set",
+    )
     _store_option(ld)
     ld.set_defaults(func=_load)
 

@@ -302,7 +302,8 @@ def create_with_id(ops: Ops, want_id: int, perm: Perm, create: Callable[[int, in
                 if err.errno in (errno.ENOSPC, errno.ENOMEM):
                     raise CryoError(
                         f"no room for another {ops.kind.noun} in this IPC namespace"
-                        f" ({LIMITS[ops.kind]}): {err.strerror}", resource=what
+                        f" ({LIMITS[ops.kind]}): {err.strerror}",
+                        resource=what,
                     ) from err
                 raise translate_oserror(err, resource=what) from err
     finally:
