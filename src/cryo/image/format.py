@@ -63,6 +63,13 @@ def encode_record(kind: bytes, payload: Any, *, raw: bool = False) -> bytes:
     return head + body + _CSUM.pack(h.intdigest())
 
 
+def raw_checksum(kind: bytes, data: bytes | bytearray | memoryview) -> int:
+    """The checksum that ends a raw record of ``kind`` holding ``data``."""
+    h = xxhash.xxh3_64(_REC_HEADER.pack(kind, FLAG_RAW, len(data)))
+    h.update(data)
+    return int(h.intdigest())
+
+
 def encode_file(magic: bytes, records: list[Record]) -> bytes:
     out = io.BytesIO()
     w = RecordWriter(out, magic)
@@ -85,15 +92,21 @@ class RecordWriter:
         self.stream.write(encode_record(kind, payload, raw=raw))
         self.count += 1
 
-    def write_raw(self, kind: bytes, data: bytes | bytearray | memoryview) -> None:
-        """Same bytes as ``write(kind, data, raw=True)``, without copying ``data``."""
+    def write_raw(
+        self, kind: bytes, data: bytes | bytearray | memoryview, *, csum: int | None = None
+    ) -> None:
+        """Same bytes as ``write(kind, data, raw=True)``, without copying ``data``.
+
+        ``csum``, if given, is ``raw_checksum(kind, data)`` computed beforehand (in another
+        thread, say, while this one writes the previous record).
+        """
         assert len(kind) == 4
         head = _REC_HEADER.pack(kind, FLAG_RAW, len(data))
-        h = xxhash.xxh3_64(head)
-        h.update(data)
+        if csum is None:
+            csum = raw_checksum(kind, data)
         self.stream.write(head)
         self.stream.write(data)
-        self.stream.write(_CSUM.pack(h.intdigest()))
+        self.stream.write(_CSUM.pack(csum))
         self.count += 1
 
     def close(self) -> None:
@@ -197,7 +210,9 @@ def read_records(
         rhead = _read_exact(stream, _REC_HEADER.size, f"record {index} header", name)
         kind, flags, length = _REC_HEADER.unpack(rhead)
         if length > MAX_RECORD:
-            raise ImageCorrupt(f"image {name} is corrupt: record {index} length {length}", path=name)
+            raise ImageCorrupt(
+                f"image {name} is corrupt: record {index} length {length}", path=name
+            )
         target = into(kind, length) if into is not None and flags & FLAG_RAW else None
         body: bytes | memoryview
         if target is not None:
@@ -269,8 +284,6 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         fsync_dir(os.path.dirname(path) or ".")
     except BaseException:
         f.close()
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise

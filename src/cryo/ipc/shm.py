@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from cryo.errors import CryoError, ImageCorrupt, ImageMissing
-from cryo.image.format import MappedFile, Record, RecordWriter, read_records
+from cryo.image.format import MappedFile, Record, RecordWriter, raw_checksum, read_records
 from cryo.ipc.common import (
     Image,
     Loaded,
@@ -128,13 +128,13 @@ def _save(ipc_id: int, f: IO[bytes]) -> dict[str, Any]:
     return meta
 
 
-_Item = tuple[bytes | None, Any, bool, "memoryview | None"]
+_Item = tuple[bytes | None, Any, "int | None", "memoryview | None"]
 
 
 class _Writer:
-    """Writes the records from a second thread, so that copying the next chunk out of the
-    segment overlaps writing this one (the write releases the GIL).  Two buffers go round:
-    one is filled while the other is written, then it comes back."""
+    """Writes the records from a second thread, so that copying (and checksumming) the
+    next chunk overlaps writing this one: the write releases the GIL.  Two buffers go
+    round: one is filled while the other is written, then it comes back."""
 
     def __init__(self, w: RecordWriter, size: int, buffers: int = 2) -> None:
         self.w = w
@@ -151,22 +151,23 @@ class _Writer:
         return self.free.get()
 
     def raw(self, kind: bytes, data: memoryview, release: memoryview | None = None) -> None:
-        """Write ``data`` (a slice of a buffer), then give ``release`` back."""
-        self.todo.put((kind, data, True, release))
+        """Checksum ``data`` (a slice of a buffer) here, write it there, then give
+        ``release`` back."""
+        self.todo.put((kind, data, raw_checksum(kind, data), release))
 
     def record(self, kind: bytes, payload: Any) -> None:
-        self.todo.put((kind, payload, False, None))
+        self.todo.put((kind, payload, None, None))
 
     def release(self, buf: memoryview) -> None:
-        self.todo.put((None, None, False, buf))
+        self.todo.put((None, None, None, buf))
 
     def _run(self) -> None:
         while (item := self.todo.get()) is not None:
-            kind, payload, raw, buf = item
+            kind, payload, csum, buf = item
             try:
                 if self.error is None and kind is not None:
-                    if raw:
-                        self.w.write_raw(kind, payload)
+                    if csum is not None:
+                        self.w.write_raw(kind, payload, csum=csum)
                     else:
                         self.w.write(kind, payload)
             except BaseException as err:  # handed to the copier by check()
