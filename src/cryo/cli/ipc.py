@@ -11,12 +11,13 @@ import pwd
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryo import ipc
-from cryo.ipc import Kind
+if TYPE_CHECKING:  # imported where used: `cryo checkpoint` should not pay for cryo.ipc
+    from cryo import ipc
+    from cryo.ipc import Kind
 
-KINDS = [k.value for k in Kind]
+KINDS = ["msg", "sem", "shm"]  # cryo.ipc.Kind's values
 STORE_HELP = "repository of saved objects (default: $CRYO_STORE or /var/lib/cryo)"
 
 
@@ -28,6 +29,7 @@ def _store_option(p: argparse.ArgumentParser, *, top: bool = False) -> None:
 
 
 def _key(text: str) -> int:
+    from cryo import ipc
     try:
         return ipc.parse_key(text)
     except ValueError as err:
@@ -35,6 +37,7 @@ def _key(text: str) -> int:
 
 
 def _owner(text: str) -> int:
+    from cryo import ipc
     try:
         return ipc.parse_owner(text)
     except ValueError as err:
@@ -114,6 +117,7 @@ def _usage(args: argparse.Namespace, message: str) -> int:
 
 
 def _save(args: argparse.Namespace) -> int:
+    from cryo import ipc
     if args.all:
         if args.kind or args.id is not None:
             return _usage(args, "--all takes no kind or id")
@@ -133,6 +137,7 @@ def _save(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
+    from cryo import ipc
     if args.all is not None:
         if args.kind or args.id is not None:
             return _usage(args, "--all SET takes no kind or id")
@@ -156,6 +161,7 @@ def _print_loaded(r: ipc.Loaded) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from cryo import ipc
     entries = ipc.list_saved(store=args.store)
     rows = []
     for e in entries:
@@ -169,6 +175,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from cryo import ipc
     if args.kind == "set":
         if args.version is not None:
             return _usage(args, "a set has no versions")
@@ -202,6 +209,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _ls_live(args: argparse.Namespace) -> int:
+    from cryo import ipc
+    from cryo.ipc import Kind
     kinds = [Kind(args.kind)] if args.kind else list(Kind)
     for kind in kinds:
         objs = ipc.live(kind)
@@ -251,6 +260,7 @@ def _krg_parser(kind: Kind) -> argparse.ArgumentParser:
 
 
 def _krg(kind: Kind, args: argparse.Namespace) -> int:
+    from cryo import ipc
     if args.action == "save":
         if args.version is not None or args.replace:
             print(f"krgipc{kind.value}: -save takes only an ID", file=sys.stderr)
@@ -268,14 +278,17 @@ def _krg_main(kind: Kind, argv: Sequence[str] | None) -> int:
 
 
 def krgipcmsg_main(argv: Sequence[str] | None = None) -> int:
+    from cryo.ipc import Kind
     return _krg_main(Kind.MSG, argv)
 
 
 def krgipcsem_main(argv: Sequence[str] | None = None) -> int:
+    from cryo.ipc import Kind
     return _krg_main(Kind.SEM, argv)
 
 
 def krgipcshm_main(argv: Sequence[str] | None = None) -> int:
+    from cryo.ipc import Kind
     return _krg_main(Kind.SHM, argv)
 
 

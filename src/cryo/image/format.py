@@ -197,7 +197,7 @@ def read_records(
     head = stream.read(_FILE_HEADER.size)
     if len(head) != _FILE_HEADER.size:
         raise ImageCorrupt(f"image {name} is corrupt: truncated header", path=name)
-    got_magic, version, _flags = _FILE_HEADER.unpack(head)
+    got_magic, version, flags = _FILE_HEADER.unpack(head)
     if got_magic != magic:
         raise ImageCorrupt(f"image {name} is corrupt: bad magic {got_magic!r}", path=name)
     if version != FORMAT_VERSION:
@@ -205,6 +205,8 @@ def read_records(
             f"image {name} has format version {version}; this cryo reads version {FORMAT_VERSION}",
             path=name,
         )
+    if flags != 0:  # the header is not covered by a checksum: accept nothing unknown
+        raise ImageCorrupt(f"image {name} is corrupt: header flags {flags:#x}", path=name)
     index = 0
     while True:
         rhead = _read_exact(stream, _REC_HEADER.size, f"record {index} header", name)
