@@ -24,7 +24,7 @@ from typing import Any
 
 import cryo
 from cryo import procfs
-from cryo.engine import files, memory, registers, signals, task, timers
+from cryo.engine import files, memory, registers, signals, sysvshm, task, timers
 from cryo.engine.context import DumpContext
 from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
@@ -107,6 +107,7 @@ def checkpoint(
             R.FILE: files.dump(ctx),
         }
         mm_rec, runs = memory.dump(ctx)
+        sysvshm.dump(ctx, mm_rec["vmas"], sink.tmp)
         recs[R.MM] = mm_rec
         recs.update(live)
         sink.record(R.HEAD, _head(pid))

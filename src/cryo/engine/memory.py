@@ -57,7 +57,9 @@ def _classify(v: procfs.Vma) -> str:
     else:
         if path in {"/dev/zero (deleted)", ""} or path.startswith("[anon_shmem:"):
             return "shared-anon"
-        if path.startswith(("/SYSV", "/memfd:")):
+        if path.startswith("/SYSV"):
+            return "sysv-shm"
+        if path.startswith("/memfd:"):
             return "unsupported"
         if path.startswith("/") and not path.endswith(" (deleted)"):
             return "shared-file"
@@ -95,6 +97,9 @@ def dump(ctx: DumpContext) -> tuple[dict[str, Any], list[tuple[int, int]]]:
             ent: dict[str, Any] = {"start": v.start, "end": v.end, "prot": v.prot,
                                    "shared": v.shared, "kind": kind, "path": v.path,
                                    "pgoff": v.offset, "flags": list(v.flags)}  # fmt: skip
+            if kind == "sysv-shm":  # the inode of a SysV mapping is its shmid
+                ent["shmid"] = v.inode
+                ent["key"] = int(v.path[5:13], 16)
             if kind in ("file", "shared-file"):
                 fst = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
                 ent["file"] = [fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns]
@@ -372,7 +377,7 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         for v in rec["vmas"]:
             kind = v["kind"]
-            if kind in ("special", "skip"):
+            if kind in ("special", "skip", "sysv-shm"):  # sysvshm.attach maps the last
                 continue
             size = v["end"] - v["start"]
             prot = v["prot"]

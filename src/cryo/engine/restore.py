@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import files, memory, registers, signals, task, timers
+from cryo.engine import files, memory, registers, signals, sysvshm, task, timers
 from cryo.engine.context import RestoreContext
 from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import XSTATE_MAX, Tracee
@@ -66,7 +66,8 @@ def xstate_size_here() -> int:
     return _xstate_size
 
 
-def validate(path: str) -> tuple[Image, dict[bytes, dict[str, Any]]]:
+def validate(path: str) -> tuple[Image, dict[bytes, dict[str, Any]], dict[int, Any]]:
+    """Read and check everything; returns the image, its records and its SysV segments."""
     image = Image(path)
     pid = image.head["root_pid"]
     recs = {kind: image.one(kind, pid)
@@ -74,7 +75,8 @@ def validate(path: str) -> tuple[Image, dict[bytes, dict[str, Any]]]:
     memory.check(recs[R.MM])
     registers.check(recs[R.REGS], xstate_size_here())
     image.verify()
-    return image, recs
+    segments = sysvshm.check(image.path, recs[R.MM]["vmas"])
+    return image, recs, segments
 
 
 def _pid_free(pid: int) -> bool:
@@ -111,7 +113,7 @@ def restart(
 ) -> RestoreResult:
     """Recreate the process saved in ``path``; it runs, as our child, when this returns."""
     t0 = time.perf_counter()
-    image, recs = validate(path)
+    image, recs, segments = validate(path)
     old_pid = image.head["root_pid"]
     want: int | None = old_pid if _pid_free(old_pid) else None
     if want is None and must_reuse_pid:
@@ -125,19 +127,23 @@ def restart(
                                   pid=old_pid) from err  # fmt: skip
         child = _spawn_helper(None)
     result = RestoreResult(pid=child, old_pid=old_pid)
+    created: list[int] = []  # SysV segments this restart made
     try:
         tracee = Tracee.adopt_traceme_child(child)
         ctx = RestoreContext(child, old_pid, tracee, Injector(tracee, find_vdso_syscall(child)),
                              image, options={"shell_job": shell_job,
                                              "translate": translate or {}})  # fmt: skip
-        result.memory_bytes = _build(ctx, recs, progress)
+        shm_ids = sysvshm.ensure(segments, created)
+        result.memory_bytes = _build(ctx, recs, shm_ids, progress)
         result.warnings = ctx.warnings
         tracee.detach()
     except OSError as err:
         _kill(child)
+        sysvshm.remove(created)
         raise translate_oserror(err, pid=child) from err
     except BaseException:
         _kill(child)
+        sysvshm.remove(created)
         raise
     finally:
         image.close()
@@ -145,7 +151,7 @@ def restart(
     return result
 
 
-def _build(ctx: RestoreContext, recs: dict[bytes, dict[str, Any]],
+def _build(ctx: RestoreContext, recs: dict[bytes, dict[str, Any]], shm_ids: dict[int, int],
            progress: Callable[[int, int], None] | None) -> int:  # fmt: skip
     inj = ctx.inj
     mm_rec = recs[R.MM]
@@ -166,6 +172,7 @@ def _build(ctx: RestoreContext, recs: dict[bytes, dict[str, Any]],
                             size=1 << 20)  # fmt: skip
     memory.move_specials(ctx, mm_rec, temp)
     fixup = memory.map_vmas(ctx, mm_rec)
+    sysvshm.attach(ctx, mm_rec["vmas"], shm_ids)
     total = sum(b["raw"] for b in ctx.image.blocks)
     done = [0]
 

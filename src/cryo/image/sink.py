@@ -85,6 +85,10 @@ class DirSink:
         self.stored_bytes = 0
         self._zstd = zstandard.ZstdCompressor(level=1) if compress else None
 
+    def side_path(self, name: str) -> str:
+        """Where a resource module may write a file of its own into the image."""
+        return os.path.join(self.tmp, name)
+
     def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None:
         self.core.write(kind, payload, raw=raw)
 

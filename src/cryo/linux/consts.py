@@ -90,6 +90,8 @@ class SYS(enum.IntEnum):
     rt_sigprocmask = 14
     ioctl = 16
     madvise = 28
+    shmat = 30
+    shmctl = 31
     dup2 = 33
     nanosleep = 35
     getitimer = 36
@@ -97,6 +99,7 @@ class SYS(enum.IntEnum):
     getpid = 39
     clone = 56
     fork = 57
+    shmdt = 67
     exit = 60
     wait4 = 61
     kill = 62
