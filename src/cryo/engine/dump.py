@@ -30,7 +30,7 @@ from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
 from cryo.errors import CryoError, NoSuchProcess, Unsupported, translate_oserror
 from cryo.image import records as R
-from cryo.image.sink import DirSink
+from cryo.image.sink import DirSink, Sink
 
 log = logging.getLogger(__name__)
 _DEFER = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -74,7 +74,7 @@ def memory_budget() -> int:
 
 def checkpoint(
     pid: int,
-    dest: str,
+    dest: str | Sink,
     *,
     force: bool = False,
     compress: bool = False,
@@ -83,7 +83,8 @@ def checkpoint(
     direct_io: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> DumpResult:
-    """Write the complete state of process ``pid`` into directory ``dest``.
+    """Write the complete state of process ``pid`` into directory ``dest`` (or any Sink,
+    such as a new version in a store).
 
     The process keeps running unless ``signal_after`` is given, which is sent once the
     image is safely on disk.  On any failure the process is left running as before.
@@ -92,7 +93,8 @@ def checkpoint(
     """
     t0 = time.perf_counter()
     _check_target(pid)
-    sink = DirSink(dest, force=force, compress=compress, direct=direct_io)
+    sink: Sink = (DirSink(dest, force=force, compress=compress, direct=direct_io)
+                  if isinstance(dest, str) else dest)  # fmt: skip
     result = DumpResult(path=sink.path, pid=pid)
     tracee: Tracee | None = None
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFER)
@@ -107,7 +109,7 @@ def checkpoint(
             R.FILE: files.dump(ctx),
         }
         mm_rec, runs = memory.dump(ctx)
-        sysvshm.dump(ctx, mm_rec["vmas"], sink.tmp)
+        sysvshm.dump(ctx, mm_rec["vmas"], sink)
         recs[R.MM] = mm_rec
         recs.update(live)
         sink.record(R.HEAD, _head(pid))

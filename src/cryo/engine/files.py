@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from typing import Any
 
 from cryo import procfs
@@ -140,7 +141,7 @@ def _materialize_deleted(ctx: RestoreContext, ent: dict[str, Any]) -> str:
     data = ctx.image.raw(b"FDAT")[ent["blob"]]
     path = str(ent["path"])
     if not os.path.isdir(os.path.dirname(path)) or os.path.exists(path):
-        path = os.path.join(ctx.image.path, f".deleted-{ctx.pid}-{ent['fd']}")
+        path = os.path.join(tempfile.gettempdir(), f".cryo-deleted-{ctx.pid}-{ent['fd']}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(ent["mode"]))
     try:
         os.write(fd, data)

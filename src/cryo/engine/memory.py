@@ -426,8 +426,8 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
     """process_vm_writev every block straight from the mapped image."""
     total = 0
     for b in ctx.image.blocks:
-        view, owner = ctx.image.block_data(b)
-        base = libc.buffer_address(owner) + (b["offset"] if owner is ctx.image.pages else 0)
+        owner, offset = ctx.image.block_data(b)
+        base = libc.buffer_address(owner) + offset
         off = 0
         runs = b["runs"]
         for i in range(0, len(runs), libc.IOV_MAX):
@@ -441,7 +441,7 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
             if got != want:
                 raise CryoError(f"short write of pages into {ctx.pid}: {got} of {want}")
         total += off
-        del view
+        del owner
         if progress:
             progress(off)
     return total

@@ -33,7 +33,7 @@ from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import XSTATE_MAX, Tracee
 from cryo.errors import CryoError, RestoreConflict, translate_oserror
 from cryo.image import records as R
-from cryo.image.reader import Image
+from cryo.image.reader import Image, ImageSource
 from cryo.linux import libc
 from cryo.linux.consts import PAGE_SIZE, PTRACE, SYS
 
@@ -66,16 +66,17 @@ def xstate_size_here() -> int:
     return _xstate_size
 
 
-def validate(path: str) -> tuple[Image, dict[bytes, dict[str, Any]], dict[int, Any]]:
+def validate(src: str | ImageSource) -> tuple[ImageSource, dict[bytes, dict[str, Any]],
+                                              dict[int, Any]]:  # fmt: skip
     """Read and check everything; returns the image, its records and its SysV segments."""
-    image = Image(path)
+    image = Image(src) if isinstance(src, str) else src
     pid = image.head["root_pid"]
     recs = {kind: image.one(kind, pid)
             for kind in (R.TASK, R.MM, R.REGS, R.SIGS, R.TIMR, R.FILE)}  # fmt: skip
     memory.check(recs[R.MM])
     registers.check(recs[R.REGS], xstate_size_here())
     image.verify()
-    segments = sysvshm.check(image.path, recs[R.MM]["vmas"])
+    segments = sysvshm.check(image, recs[R.MM]["vmas"])
     return image, recs, segments
 
 
@@ -104,14 +105,15 @@ def _kill(pid: int) -> None:
 
 
 def restart(
-    path: str,
+    path: str | ImageSource,
     *,
     must_reuse_pid: bool = False,
     shell_job: bool = False,
     translate: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RestoreResult:
-    """Recreate the process saved in ``path``; it runs, as our child, when this returns."""
+    """Recreate the process saved in ``path`` (a directory image, or any ImageSource such
+    as a version of a store); it runs, as our child, when this returns."""
     t0 = time.perf_counter()
     image, recs, segments = validate(path)
     old_pid = image.head["root_pid"]

@@ -12,7 +12,6 @@ change: nothing in the process depends on it once attached.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,12 @@ def attached(vmas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [v for v in vmas if v["kind"] == "sysv-shm"]
 
 
-def dump(ctx: DumpContext, vmas: list[dict[str, Any]], directory: str) -> None:
-    """Save every segment the process has attached, once each, into ``directory``."""
+def dump(ctx: DumpContext, vmas: list[dict[str, Any]], sink: Any) -> None:
+    """Save every segment the process has attached, once each, beside the image."""
     from cryo.ipc import shm  # cryo.ipc is only needed by processes using SysV shm
 
     for shmid in sorted({v["shmid"] for v in attached(vmas)}):
-        path = os.path.join(directory, side_file(shmid))
+        path = sink.side_path(side_file(shmid))
         try:
             with open(path, "wb") as f:
                 shm.save(shmid, f)
@@ -48,11 +47,11 @@ def dump(ctx: DumpContext, vmas: list[dict[str, Any]], directory: str) -> None:
                             pid=ctx.pid, resource=f"shm {shmid}") from err  # fmt: skip
 
 
-def check(image_dir: str, vmas: list[dict[str, Any]]) -> dict[int, Any]:
-    """Read and check every saved segment (before anything is created)."""
+def check(image: Any, vmas: list[dict[str, Any]]) -> dict[int, Any]:
+    """Read and check every saved segment of ``image`` (before anything is created)."""
     from cryo.ipc import shm
 
-    return {shmid: shm.read(Path(image_dir) / side_file(shmid))
+    return {shmid: shm.read(Path(image.side_path(side_file(shmid))))
             for shmid in sorted({v["shmid"] for v in attached(vmas)})}  # fmt: skip
 
 

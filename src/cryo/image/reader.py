@@ -8,7 +8,7 @@ import os
 import platform
 import threading
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
 import zstandard
 
@@ -18,7 +18,24 @@ from cryo.image import records as R
 from cryo.image.sink import PAGES_HEADER
 
 
+class ImageSource(Protocol):
+    """What a restart reads: a directory image (:class:`Image`) or a version of a store."""
+
+    path: str
+    head: dict[str, Any]
+    blocks: list[dict[str, Any]]
+
+    def one(self, kind: bytes, pid: int) -> dict[str, Any]: ...
+    def raw(self, kind: bytes) -> list[Any]: ...
+    def verify(self) -> None: ...
+    def block_data(self, b: dict[str, Any]) -> tuple[object, int]: ...
+    def side_path(self, name: str) -> str: ...
+    def close(self) -> None: ...
+
+
 class Image:
+    """A directory image (docs/image-format.md)."""
+
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         core = os.path.join(self.path, "core.img")
@@ -126,15 +143,19 @@ class Image:
                 raise ImageCorrupt(f"image {self.path} is corrupt: pages block {b['index']}"
                                    " runs do not add up", path=self.path)  # fmt: skip
 
-    def block_data(self, b: dict[str, Any]) -> tuple[memoryview, object]:
-        """The raw bytes of a block, and the object that owns them (keep it alive)."""
-        view = memoryview(self.pages)[b["offset"] : b["offset"] + b["stored"]]
+    def block_data(self, b: dict[str, Any]) -> tuple[object, int]:
+        """Where the raw bytes of block ``b`` are: a writable buffer (keep it alive while
+        they are used) and the offset of the block's first byte in it."""
         if b["codec"] == "none":
-            return view, self.pages
+            return self.pages, b["offset"]
         if b["codec"] == "zstd":
-            data = bytearray(self._dctx.decompress(view, max_output_size=b["raw"]))
-            return memoryview(data), data
+            view = memoryview(self.pages)[b["offset"] : b["offset"] + b["stored"]]
+            return bytearray(self._dctx.decompress(view, max_output_size=b["raw"])), 0
         raise ImageIncompatible(f"image {self.path}: unknown codec {b['codec']}")
+
+    def side_path(self, name: str) -> str:
+        """A file a resource module stored beside the records (see Sink.side_path)."""
+        return os.path.join(self.path, name)
 
     def close(self) -> None:
         if self._pages is not None:

@@ -13,7 +13,7 @@ import errno
 import os
 import shutil
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 import zstandard
 
@@ -28,6 +28,23 @@ PAGES_HEADER = struct.Struct("<8sI")
 
 def is_image_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "core.img"))
+
+
+class Sink(Protocol):
+    """Where a checkpoint goes: a directory (:class:`DirSink`), a version of a store, or
+    (later) a stream.  Called in this order: side_path/record any number of times,
+    write_block from the writer thread, record(PBLK) for each block, then commit; abort on
+    any failure, which must leave no trace."""
+
+    path: str
+    stored_bytes: int
+
+    def side_path(self, name: str) -> str: ...
+    def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None: ...
+    def write_block(self, data: memoryview, runs: list[list[int]],
+                    csum: int | None = None) -> dict[str, Any]: ...  # fmt: skip
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 def _remove_stale(path: str) -> None:
