@@ -17,7 +17,7 @@ def _epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cryo.cli import engine, ipc
+    from cryo.cli import engine, ipc, store
 
     parser = argparse.ArgumentParser(
         prog="cryo",
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine.register(sub)
     ipc.register(sub)
+    store.register(sub)
     return parser
 
 

@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
                        "process keeps running unless --stop, --kill or --signal is given; "
                        "the signal is sent once the image is safely written.")  # fmt: skip
     p.add_argument("pid", type=int, help="the process to checkpoint")
-    p.add_argument("-D", "--images-dir", dest="dir", required=True, metavar="DIR")
+    _where(p, "checkpoint")
     p.add_argument("--force", action="store_true", help="replace an image already in DIR")
     p.add_argument("--compress", action="store_true", help="compress page data with zstd")
     p.add_argument("--shell-job", action="store_true",
@@ -42,7 +42,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("restart", help="recreate a process from an image directory",
                        description="Recreate the process saved in DIR. By default cryo "
                        "waits for it and exits with its status.")  # fmt: skip
-    p.add_argument("-D", "--images-dir", dest="dir", required=True, metavar="DIR")
+    _where(p, "restart")
+    p.add_argument("--version", type=int, metavar="N",
+                   help="with --store: restart version N (default: the latest)")
     p.add_argument("--detach", "-d", action="store_true", help="return once it runs")
     p.add_argument("--pidfile", metavar="FILE", help="write the restored pid to FILE")
     p.add_argument("--must-reuse-pid", action="store_true",
@@ -66,6 +68,22 @@ def register(sub: Any) -> None:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
+
+
+def _where(p: argparse.ArgumentParser, verb: str) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("-D", "--images-dir", dest="dir", metavar="DIR", help="an image directory")
+    g.add_argument("--store", metavar="STORE",
+                   help="an image store: versions of application --app, incremental")
+    p.add_argument("--app", metavar="NAME", help="with --store: the application's name")
+    p.set_defaults(verb=verb)
+
+
+def _check_where(args: argparse.Namespace) -> None:
+    if args.store and not args.app:
+        raise CryoError("--store needs --app NAME")
+    if args.app and not args.store:
+        raise CryoError("--app goes with --store")
 
 
 def _signal(text: str) -> int:
@@ -116,10 +134,17 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from cryo.engine.dump import checkpoint
 
+    _check_where(args)
+    kw: dict[str, Any] = {"compress": args.compress, "shell_job": args.shell_job,
+                          "signal_after": args.signal, "direct_io": not args.page_cache}
     with _progress("checkpoint") as prog:
-        r = checkpoint(args.pid, args.dir, force=args.force, compress=args.compress,
-                       shell_job=args.shell_job, signal_after=args.signal,
-                       direct_io=not args.page_cache, progress=prog)  # fmt: skip
+        if args.store:
+            from cryo import store
+
+            version, r = store.checkpoint(args.pid, args.store, args.app, progress=prog, **kw)
+            print(f"{args.app} version {version}", file=sys.stderr)
+        else:
+            r = checkpoint(args.pid, args.dir, force=args.force, progress=prog, **kw)
     rate = r.memory_bytes / r.total_seconds / 1e9 if r.total_seconds else 0.0
     for w in r.warnings:
         print(f"cryo: warning: {w}", file=sys.stderr)
@@ -138,9 +163,18 @@ def cmd_restart(args: argparse.Namespace) -> int:
         if not sep:
             raise CryoError(f"--translate takes OLD=NEW, not {item!r}")
         translate[old] = new
+    _check_where(args)
+    kw: dict[str, Any] = {"must_reuse_pid": args.must_reuse_pid, "shell_job": args.shell_job,
+                          "translate": translate}
     with _progress("restart") as prog:
-        r = restart(args.dir, must_reuse_pid=args.must_reuse_pid, shell_job=args.shell_job,
-                    translate=translate, progress=prog)  # fmt: skip
+        if args.store:
+            from cryo import store
+
+            r = store.restart(args.store, args.app, args.version, progress=prog, **kw)
+        else:
+            if args.version is not None:
+                raise CryoError("--version goes with --store")
+            r = restart(args.dir, progress=prog, **kw)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{r.pid}\n")
