@@ -245,17 +245,6 @@ def assert_untouched(v: Victim, maps: str) -> None:
     v.wait_ok_after(max(v.oks()) + 3)
 
 
-def test_threads_are_refused_cleanly(procs: Procs, tmp_path: Path) -> None:
-    code = ("import threading,time\nt=threading.Thread(target=time.sleep,args=(60,))\n"
-            "t.start()\nprint('x',flush=True)\ntime.sleep(60)\n")
-    v = procs.spawn([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    assert v.popen is not None and v.popen.stdout is not None
-    v.popen.stdout.readline()
-    v.popen.stdout.close()
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-    assert r.returncode == ExitCode.UNSUPPORTED and "2 threads" in r.stderr
-
-
 def test_signal_option(procs: Procs, build: Any, tmp_path: Path) -> None:
     v = start_counter(procs, build, tmp_path)
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--stop")
@@ -271,7 +260,8 @@ def test_signal_option(procs: Procs, build: Any, tmp_path: Path) -> None:
 def test_real_image_reencodes_byte_for_byte(image: Path) -> None:
     data = (image / "core.img").read_bytes()
     recs = fmt.read_file(image / "core.img", R.CORE_MAGIC)
-    assert {r.kind for r in recs} >= {R.HEAD, R.TASK, R.MM, R.REGS, R.SIGS, R.FILE, R.PBLK}
+    assert {r.kind for r in recs} >= {R.HEAD, R.TREE, R.TASK, R.MM, R.THRD, R.SIGS, R.FILE,
+                                      R.FDSC, R.PBLK}
     assert fmt.encode_file(R.CORE_MAGIC, recs) == data
 
 

@@ -1,4 +1,4 @@
-"""What the resource modules share during one dump or one restore."""
+"""What the resource modules share during one dump or one restore of one process."""
 
 from __future__ import annotations
 
@@ -12,24 +12,29 @@ from cryo.engine.ptrace import Tracee
 @dataclass
 class DumpContext:
     pid: int
-    tracee: Tracee
-    inj: Injector
+    tracee: Tracee  # the thread group leader
+    inj: Injector  # injects into the leader
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # raw records of files deleted while open: (record payload bytes)
-    blobs: list[bytes] = field(default_factory=list)
     # facts only the task itself can tell, gathered by injected calls (e.g. "brk")
     live: dict[str, Any] = field(default_factory=dict)
+    # what several processes share, collected once: see cryo.engine.shared
+    shared: Any = None
 
 
 @dataclass
 class RestoreContext:
     pid: int  # pid of the restored process
     old_pid: int  # pid in the image
-    tracee: Tracee
-    inj: Injector
-    image: Any  # cryo.image.reader.Image
+    tracee: Tracee  # its leader thread
+    inj: Injector  # injects into the leader
+    image: Any  # cryo.image.reader.ImageSource
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # fds in the new process holding the caller's stdio for --shell-job: {0: fd, 1: fd, 2: fd}
-    stdio: dict[int, int] = field(default_factory=dict)
+    # threads of this process by their new tid, and old tid -> new tid
+    threads: dict[int, Tracee] = field(default_factory=dict)
+    tid_map: dict[int, int] = field(default_factory=dict)
+    # old pid -> new pid for every process of the image
+    pid_map: dict[int, int] = field(default_factory=dict)
+    # what several processes share, made once: see cryo.engine.shared
+    shared: Any = None

@@ -1,13 +1,15 @@
 """The dump orchestrator: the only code that knows the order of a checkpoint.
 
-    freeze (PTRACE_SEIZE + INTERRUPT)
-    -> injected calls, while a scratch page is mapped: task, signals, timers, brk
-    -> scratch unmapped, registers put back
-    -> registers, files, memory layout (read from outside)
-    -> records written; pages copied into buffers; the target is let go as soon as its
-       pages are in our buffers (unless a signal is to be sent after the checkpoint)
+    scope and freeze: every thread of every process of the scope seized and stopped
+    -> per process, injected calls while a scratch page is mapped (task, signals,
+       timers, brk; per thread: alt stack, clear_child_tid, ...), then registers put
+       back and every thread parked in a clean stop
+    -> per process, read from outside: threads' registers, memory layout, fd table;
+       once for all: open file descriptions, pipe data, shared memory objects
+    -> records written; pages copied into buffers; the processes are let go as soon as
+       their pages are in our buffers (unless a signal is to be sent afterwards)
     -> blocks written by a writer thread; the image is fsync'd and renamed into place
-    -> the signal after checkpoint, if any
+    -> the signal after checkpoint, if any, to every process
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cryo
-from cryo import procfs
-from cryo.engine import files, memory, registers, signals, sysvshm, task, timers
+from cryo.engine import files, memory, shmem, signals, sysvshm, task, threads, timers, tree
 from cryo.engine.context import DumpContext
 from cryo.engine.inject import Injector, find_vdso_syscall
-from cryo.engine.ptrace import Tracee
-from cryo.errors import CryoError, NoSuchProcess, Unsupported, translate_oserror
+from cryo.errors import translate_oserror
 from cryo.image import records as R
 from cryo.image.sink import DirSink, Sink
 
@@ -40,26 +40,13 @@ _DEFER = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 class DumpResult:
     path: str
     pid: int
+    pids: list[int] = field(default_factory=list)
+    threads: int = 0
     memory_bytes: int = 0
     stored_bytes: int = 0
     freeze_seconds: float = 0.0
     total_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
-
-
-def _check_target(pid: int) -> procfs.Stat:
-    if pid <= 0:
-        raise NoSuchProcess(f"process {pid} does not exist", pid=pid)
-    if pid == os.getpid():
-        raise CryoError("cryo cannot checkpoint itself", pid=pid)
-    st = procfs.parse_stat(procfs.read(pid, "stat"))
-    if st.state in ("Z", "X"):
-        raise NoSuchProcess(f"process {pid} is a zombie", pid=pid)
-    if st.num_threads > 1:
-        raise Unsupported(f"process {pid} has {st.num_threads} threads; multi-threaded"
-                          " processes are not supported yet", pid=pid,
-                          resource="threads")  # fmt: skip
-    return st
 
 
 def memory_budget() -> int:
@@ -72,10 +59,17 @@ def memory_budget() -> int:
     return max(memory.BLOCK * 2, min(avail // 2, 8 << 30))
 
 
+@dataclass
+class _Shared:
+    descs: files.Descriptions = field(default_factory=files.Descriptions)
+    objects: shmem.Objects = field(default_factory=shmem.Objects)
+
+
 def checkpoint(
     pid: int,
     dest: str | Sink,
     *,
+    scope: str = "process",
     force: bool = False,
     compress: bool = False,
     shell_job: bool = False,
@@ -83,42 +77,63 @@ def checkpoint(
     direct_io: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> DumpResult:
-    """Write the complete state of process ``pid`` into directory ``dest`` (or any Sink,
-    such as a new version in a store).
+    """Write the complete state of process ``pid`` (and, by ``scope``, its descendants,
+    process group or session) into directory ``dest`` (or any Sink, such as a new
+    version in a store).
 
-    The process keeps running unless ``signal_after`` is given, which is sent once the
-    image is safely on disk.  On any failure the process is left running as before.
+    The processes keep running unless ``signal_after`` is given, which is sent to each
+    once the image is safely on disk.  On any failure they are left running as before.
     ``direct_io`` writes page data with O_DIRECT (shorter freeze, no page cache used);
     without it the image stays cached for a quick restart.
     """
     t0 = time.perf_counter()
-    _check_target(pid)
+    tree.members(pid, scope)  # a scope with no process is an error before anything else
     sink: Sink = (DirSink(dest, force=force, compress=compress, direct=direct_io)
                   if isinstance(dest, str) else dest)  # fmt: skip
     result = DumpResult(path=sink.path, pid=pid)
-    tracee: Tracee | None = None
+    procs: dict[int, tree.Proc] = {}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFER)
+    t_freeze = time.perf_counter()
+    released = False
     try:
-        tracee = Tracee.seize(pid)
+        procs = tree.freeze(pid, scope)
         t_freeze = time.perf_counter()
-        ctx = DumpContext(pid, tracee, Injector(tracee, find_vdso_syscall(pid)),
-                          options={"shell_job": shell_job})  # fmt: skip
-        live = _dump_injected(ctx)
-        recs = {
-            R.REGS: registers.dump(ctx),
-            R.FILE: files.dump(ctx),
-        }
-        mm_rec, runs = memory.dump(ctx)
-        sysvshm.dump(ctx, mm_rec["vmas"], sink)
-        recs[R.MM] = mm_rec
-        recs.update(live)
-        sink.record(R.HEAD, _head(pid))
-        for kind in (R.TASK, R.MM, R.REGS, R.SIGS, R.TIMR, R.FILE):
-            sink.record(kind, recs[kind])
-        for blob in ctx.blobs:
+        shared = _Shared()
+        per_proc: list[dict[bytes, Any]] = []
+        thread_recs: list[dict[str, Any]] = []
+        sources: list[memory.Source] = []
+        for p in procs.values():
+            if p.zombie:
+                continue
+            ctx = DumpContext(p.pid, p.leader, Injector(p.leader, find_vdso_syscall(p.pid)),
+                              options={"shell_job": shell_job}, shared=shared)  # fmt: skip
+            recs, trecs = _dump_injected(ctx, p)
+            thread_recs.extend(trecs)
+            mm_rec, runs = memory.dump(ctx, shared.objects)
+            sysvshm.dump(ctx, mm_rec["vmas"], sink)
+            recs[R.MM] = mm_rec
+            recs[R.FILE] = files.dump(ctx, shared.descs)
+            per_proc.append(recs)
+            sources.append(memory.process_source(p.pid, runs, mm_rec["vmas"]))
+            result.warnings.extend(ctx.warnings)
+        files.dump_pipes(shared.descs, shell_job)
+        for obj in shared.objects.objs:
+            fd, runs = shared.objects.data_ranges(obj)
+            sources.append(memory.object_source(obj["id"], fd, runs))
+
+        sink.record(R.HEAD, _head(pid, procs))
+        sink.record(R.TREE, tree.record(procs, pid, scope))
+        for recs in per_proc:
+            for kind in (R.TASK, R.MM, R.SIGS, R.TIMR, R.FILE):
+                sink.record(kind, recs[kind])
+        for trec in thread_recs:
+            sink.record(R.THRD, trec)
+        sink.record(R.FDSC, {"descs": shared.descs.descs})
+        sink.record(R.SHMO, shmem.record(shared.objects))
+        for blob in shared.descs.blobs:
             sink.record(R.FDAT, blob, raw=True)
 
-        total = sum(n for _, n in runs)
+        total = sum(n for src in sources for _, n in src.runs)
         done = [0]
 
         def on_block(n: int) -> None:
@@ -127,12 +142,14 @@ def checkpoint(
                 progress(done[0], total)
 
         def release() -> None:
-            if not signal_after and tracee is not None:
-                tracee.detach()
+            nonlocal released
+            if not signal_after:
+                tree.let_go(procs)
+                released = True
                 result.freeze_seconds = time.perf_counter() - t_freeze
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
-        metas, stats = memory.copy_pages(pid, runs, mm_rec["vmas"], sink.write_block,
+        metas, stats = memory.copy_pages(sources, sink.write_block,
                                          buffer_limit=memory_budget(), progress=on_block,
                                          on_read_done=release)  # fmt: skip
         for meta in metas:
@@ -140,56 +157,62 @@ def checkpoint(
         sink.commit()
         result.memory_bytes = stats.bytes
         result.stored_bytes = sink.stored_bytes
-        result.warnings = ctx.warnings
     except OSError as err:
-        _let_go(tracee)
+        tree.let_go(procs)
         sink.abort()
         raise translate_oserror(err, pid=pid) from err
     except BaseException:
-        _let_go(tracee)
+        tree.let_go(procs)
         sink.abort()
         raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    result.pids = sorted(procs)
+    result.threads = sum(len(p.threads) for p in procs.values())
     if signal_after:
-        assert tracee is not None
-        # queued while the task is still held, so it acts before any further instruction
-        os.kill(pid, signal_after)
-        tracee.detach()
+        for p in procs.values():
+            # queued while the task is still held, so it acts before any further instruction
+            if not p.zombie:
+                os.kill(p.pid, signal_after)
+        if signal_after == signal.SIGKILL:
+            tree.collect_dead(procs)  # dead tracees wait for their tracer, not a detach
+        tree.let_go(procs)
         result.freeze_seconds = time.perf_counter() - t_freeze
     result.total_seconds = time.perf_counter() - t0
     return result
 
 
-def _dump_injected(ctx: DumpContext) -> dict[bytes, Any]:
-    """Everything only the task can tell us, asked while a scratch page is mapped."""
+def _dump_injected(ctx: DumpContext, p: tree.Proc) -> tuple[dict[bytes, Any],
+                                                           list[dict[str, Any]]]:  # fmt: skip
+    """Everything only the tasks can tell us, asked while a scratch page is mapped."""
     inj = ctx.inj
     inj.map_scratch()
+    injectors = {p.pid: inj}
+    trecs = []
     try:
-        out = {
+        recs = {
             R.TASK: task.dump(ctx),
             R.SIGS: signals.dump(ctx),
             R.TIMR: timers.dump(ctx),
         }
         memory.dump_brk(ctx)
+        for tid in p.threads:
+            t = p.tracees[tid]
+            tinj = injectors.get(tid) or Injector(t, inj.syscall_addr)
+            tinj.scratch, tinj.scratch_size = inj.scratch, inj.scratch_size
+            injectors[tid] = tinj
+            trecs.append(threads.dump(ctx, t, tinj))
     finally:
         try:
             inj.unmap_scratch()
         finally:
-            inj.finish()
-            ctx.tracee.park()
-    return out
+            for tid, tinj in injectors.items():
+                tinj.finish()
+                p.tracees[tid].park()
+    return recs, trecs
 
 
-def _let_go(tracee: Tracee | None) -> None:
-    if tracee is not None and tracee.attached:
-        try:
-            tracee.detach()
-        except OSError as err:  # pragma: no cover (the target died meanwhile)
-            log.warning("could not detach from %d: %s", tracee.pid, err)
-
-
-def _head(pid: int) -> dict[str, Any]:
+def _head(pid: int, procs: dict[int, tree.Proc]) -> dict[str, Any]:
     return {
         "arch": platform.machine(),
         "kernel": platform.release(),
@@ -198,5 +221,5 @@ def _head(pid: int) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "page_size": os.sysconf("SC_PAGE_SIZE"),
         "root_pid": pid,
-        "pids": [pid],
+        "pids": sorted(procs),
     }

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryo import procfs
+from cryo.engine import shmem
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.errors import CryoError, ImageIncompatible, InternalError, Unsupported
 from cryo.image.format import checksum
@@ -55,12 +56,10 @@ def _classify(v: procfs.Vma) -> str:
         if path.startswith("/") and not path.endswith(" (deleted)"):
             return "file"
     else:
-        if path in {"/dev/zero (deleted)", ""} or path.startswith("[anon_shmem:"):
-            return "shared-anon"
         if path.startswith("/SYSV"):
             return "sysv-shm"
-        if path.startswith("/memfd:"):
-            return "unsupported"
+        if shmem.kind_of(path, True):
+            return "shmem"
         if path.startswith("/") and not path.endswith(" (deleted)"):
             return "shared-file"
     return "unsupported"
@@ -70,16 +69,16 @@ def _wanted(kind: str, cats: int) -> bool:
     """Does a PAGEMAP_SCAN region of this VMA kind hold data we must save?"""
     if kind == "anon":
         return not cats & PAGE_IS.PFNZERO
-    if kind == "file":
-        return not cats & PAGE_IS.FILE
-    return kind == "shared-anon"
+    return kind == "file" and not cats & PAGE_IS.FILE
 
 
 # -- dump ------------------------------------------------------------------------------
 
 
-def dump(ctx: DumpContext) -> tuple[dict[str, Any], list[tuple[int, int]]]:
-    """Describe the address space; returns the MM record and the page runs to save."""
+def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
+                                                            list[tuple[int, int]]]:  # fmt: skip
+    """Describe the address space; returns the MM record and the page runs to save.
+    Shared memory objects go to ``objects``, whose data is saved once for all."""
     pid = ctx.pid
     vmas = procfs.parse_smaps_flags(procfs.read(pid, "smaps"))
     st = procfs.parse_stat(procfs.read(pid, "stat"))
@@ -100,10 +99,12 @@ def dump(ctx: DumpContext) -> tuple[dict[str, Any], list[tuple[int, int]]]:
             if kind == "sysv-shm":  # the inode of a SysV mapping is its shmid
                 ent["shmid"] = v.inode
                 ent["key"] = int(v.path[5:13], 16)
+            if kind == "shmem":
+                ent["obj"] = objects.add(pid, v, shmem.kind_of(v.path, True) or "anon")
             if kind in ("file", "shared-file"):
                 fst = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
                 ent["file"] = [fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns]
-            if kind in ("anon", "file", "shared-anon"):
+            if kind in ("anon", "file"):
                 nbytes = 0
                 for s, e, cats in libc.pagemap_scan(pm, v.start, v.end,
                                                     PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
@@ -194,29 +195,62 @@ class BufferPool:
             self.cv.notify()
 
 
-def copy_pages(pid: int, runs: list[tuple[int, int]], vmas: list[dict[str, Any]],
+@dataclass
+class Source:
+    """Page data to save: runs of one process's memory, or of a shared object's file."""
+
+    tag: dict[str, int]  # {"pid": pid} or {"obj": id}: goes into each PBLK record
+    runs: list[tuple[int, int]]
+    read: Callable[[mmap.mmap, list[list[int]]], int]
+    close: Callable[[], None] = lambda: None
+
+
+def process_source(pid: int, runs: list[tuple[int, int]],
+                   vmas: list[dict[str, Any]]) -> Source:  # fmt: skip
+    unreadable = [(v["start"], v["end"]) for v in vmas if not v["prot"] & PROT.READ]
+    mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    return Source({"pid": pid}, runs,
+                  lambda buf, block: _read_block(pid, mem_fd, buf, block, unreadable),
+                  lambda: os.close(mem_fd))  # fmt: skip
+
+
+def object_source(obj_id: int, fd: int, runs: list[tuple[int, int]]) -> Source:
+    def read(buf: mmap.mmap, block: list[list[int]]) -> int:
+        off = 0
+        for start, length in block:
+            _pread_full(fd, memoryview(buf)[off : off + length], start)
+            off += length
+        return off
+
+    return Source({"obj": obj_id}, runs, read, lambda: os.close(fd))
+
+
+def copy_pages(sources: list[Source],
                store: Callable[[memoryview, list[list[int]], int], dict[str, Any]],
                *, buffer_limit: int, progress: Callable[[int], None] | None = None,
                on_read_done: Callable[[], None] | None = None,
                ) -> tuple[list[dict[str, Any]], CopyStats]:  # fmt: skip
-    """Read ``runs`` from ``pid`` block by block; a writer thread hands each to ``store``.
+    """Read every source block by block; a writer thread hands each to ``store``.
 
-    ``on_read_done`` runs as soon as every page is in our buffers (the target may go).
-    Returns the PBLK records in order.
+    ``on_read_done`` runs as soon as every page is in our buffers (the targets may go).
+    Returns the PBLK records in order, each tagged with its source.
     """
     stats = CopyStats()
     t0 = time.perf_counter()
     pool = BufferPool(min(buffer_limit, RING * BLOCK))
-    q: queue.Queue[tuple[mmap.mmap, int, list[list[int]], int] | None] = queue.Queue()
+    q: queue.Queue[tuple[mmap.mmap, int, list[list[int]], int, dict[str, int]] | None]
+    q = queue.Queue()
     metas: list[dict[str, Any]] = []
     failure: list[BaseException] = []
 
     def writer() -> None:
         while (item := q.get()) is not None:
-            buf, size, block_runs, csum = item
+            buf, size, block_runs, csum, tag = item
             try:
                 if not failure:
-                    metas.append(store(memoryview(buf)[:size], block_runs, csum))
+                    meta = store(memoryview(buf)[:size], block_runs, csum)
+                    meta.update(tag)
+                    metas.append(meta)
                     if progress:
                         progress(size)
             except BaseException as err:
@@ -224,26 +258,26 @@ def copy_pages(pid: int, runs: list[tuple[int, int]], vmas: list[dict[str, Any]]
             finally:
                 pool.put(buf)
 
-    unreadable = [(v["start"], v["end"]) for v in vmas if not v["prot"] & PROT.READ]
     th = threading.Thread(target=writer, name="cryo-writer", daemon=True)
     th.start()
-    mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
-        for block_runs in split_blocks(runs):
-            if failure:
-                break
-            buf = pool.get()
-            size = _read_block(pid, mem_fd, buf, block_runs, unreadable)
-            # the reader has time to spare while the writer waits on the disk
-            q.put((buf, size, block_runs, checksum(memoryview(buf)[:size])))
-            stats.bytes += size
+        for src in sources:
+            for block_runs in split_blocks(src.runs):
+                if failure:
+                    break
+                buf = pool.get()
+                size = src.read(buf, block_runs)
+                # the reader has time to spare while the writer waits on the disk
+                q.put((buf, size, block_runs, checksum(memoryview(buf)[:size]), src.tag))
+                stats.bytes += size
         stats.read_seconds = time.perf_counter() - t0
         if on_read_done and not failure:
             on_read_done()
     finally:
         q.put(None)
         th.join()
-        os.close(mem_fd)
+        for src in sources:
+            src.close()
     if failure:
         raise failure[0]
     stats.total_seconds = time.perf_counter() - t0
@@ -384,7 +418,10 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
             if v.get("data"):
                 prot |= PROT.READ | PROT.WRITE
             flags = MAP.FIXED | (MAP.SHARED if v["shared"] else MAP.PRIVATE)
-            if kind in ("file", "shared-file"):
+            if kind == "shmem":  # the object's fd was inherited from cryo
+                inj(SYS.mmap, v["start"], size, prot, flags, ctx.shared.objects.fds[v["obj"]],
+                    v["pgoff"], what=f" mmap {v['path']}")  # fmt: skip
+            elif kind in ("file", "shared-file"):
                 fd = fds.get(v["path"])
                 if fd is None:
                     fd = _open_mapped(ctx, v)
@@ -426,6 +463,8 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
     """process_vm_writev every block straight from the mapped image."""
     total = 0
     for b in ctx.image.blocks:
+        if b.get("pid") != ctx.old_pid:
+            continue
         owner, offset = ctx.image.block_data(b)
         base = libc.buffer_address(owner) + offset
         off = 0

@@ -53,14 +53,15 @@ class Tracee:
         return t
 
     @classmethod
-    def adopt_traceme_child(cls, pid: int) -> Tracee:
-        """A child that called PTRACE_TRACEME and stopped itself with SIGSTOP."""
+    def adopt_traceme_child(cls, pid: int, options: int = 0) -> Tracee:
+        """A child that called PTRACE_TRACEME and stopped itself with SIGSTOP; it dies
+        with us (PTRACE_O_EXITKILL), and so do the tasks it makes while we trace it."""
         t = cls(pid)
         t.attached = True
         _, status = os.waitpid(pid, _WALL)
         if not os.WIFSTOPPED(status):
             raise CryoError(f"restore helper {pid} did not stop (status {status:#x})", pid=pid)
-        libc.ptrace(PTRACE.SETOPTIONS, pid, 0, int(PTRACE_O.EXITKILL))
+        libc.ptrace(PTRACE.SETOPTIONS, pid, 0, int(PTRACE_O.EXITKILL | options))
         return t
 
     def wait_stop(self) -> int:

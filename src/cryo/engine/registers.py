@@ -7,31 +7,29 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import NO_SYSCALL
+from cryo.engine.inject import NO_SYSCALL, Injector
+from cryo.engine.ptrace import Tracee
 from cryo.errors import ImageIncompatible
 from cryo.linux import structs as S
 from cryo.linux.consts import ERESTART, SYS
 
-KIND = b"REGS"
 # calls whose restart block is lost with the task: run them again from the start
 _RERUN = {SYS.nanosleep, SYS.clock_nanosleep, SYS.poll, SYS.ppoll, SYS.select, SYS.pselect6,
           SYS.epoll_wait, SYS.epoll_pwait, SYS.futex}  # fmt: skip
 
 
-def dump(ctx: DumpContext) -> dict[str, Any]:
-    regs = ctx.inj.saved  # as they were before any injected call
-    return {"pid": ctx.pid, "regs": bytes(regs), "xstate": ctx.tracee.get_xstate()}
+def dump(tracee: Tracee, inj: Injector) -> dict[str, Any]:
+    return {"regs": bytes(inj.saved), "xstate": tracee.get_xstate()}
 
 
-def _signed(v: int) -> int:
+def signed(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
 def final_regs(data: bytes) -> S.user_regs_struct:
     """The registers to resume with: an interrupted syscall is set up to run again."""
     regs = S.user_regs_struct.from_buffer_copy(data)
-    nr, ret = _signed(regs.orig_rax), _signed(regs.rax)
+    nr, ret = signed(regs.orig_rax), signed(regs.rax)
     if nr >= 0:
         if -ret in (ERESTART.SYS, ERESTART.NOINTR, ERESTART.NOHAND):
             regs.rax = nr
@@ -46,14 +44,14 @@ def final_regs(data: bytes) -> S.user_regs_struct:
     return regs
 
 
-def check(rec: dict[str, Any], xstate_here: int) -> None:
-    if len(rec["xstate"]) != xstate_here:
+def check(trec: dict[str, Any], xstate_here: int) -> None:
+    if len(trec["xstate"]) != xstate_here:
         raise ImageIncompatible(
-            f"the image's FPU state is {len(rec['xstate'])} bytes, this CPU's is {xstate_here}:"
+            f"the image's FPU state is {len(trec['xstate'])} bytes, this CPU's is {xstate_here}:"
             " the image comes from a CPU with other extended state"
         )
 
 
-def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
-    ctx.tracee.set_xstate(rec["xstate"])
-    ctx.inj.finish(final_regs(rec["regs"]))
+def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
+    tracee.set_xstate(trec["xstate"])
+    inj.finish(final_regs(trec["regs"]))

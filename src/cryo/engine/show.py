@@ -28,32 +28,48 @@ def describe(path: str) -> dict[str, Any]:
             },
             "processes": [],
         }  # fmt: skip
-        for pid in h["pids"]:
+        tree_rec = image.raw(R.TREE)[0]
+        descs = (image.raw(R.FDSC) or [{"descs": []}])[0]["descs"]
+        out["tree"] = {"root": tree_rec["root"], "scope": tree_rec["scope"]}
+        for p in tree_rec["procs"]:
+            pid = p["pid"]
+            if p["zombie"]:
+                out["processes"].append({"pid": pid, "ppid": p["ppid"], "pgid": p["pgid"],
+                                         "sid": p["sid"], "zombie": True,
+                                         "exit_code": p["exit_code"]})  # fmt: skip
+                continue
             t = image.one(R.TASK, pid)
             mm = image.one(R.MM, pid)
-            regs = S.user_regs_struct.from_buffer_copy(image.one(R.REGS, pid)["regs"])
-            sc = registers._signed(regs.orig_rax)
+            trecs = sorted((x for x in image.raw(R.THRD) if x["pid"] == pid),
+                           key=lambda x: (x["tid"] != pid, x["tid"]))  # fmt: skip
             frec = image.one(R.FILE, pid)
             out["processes"].append({
-                "pid": pid, "ppid": t["ppid"], "pgid": t["pgid"], "sid": t["sid"],
-                "comm": t["comm"], "exe": mm["exe"], "uid": t["uids"][0], "cwd": frec["cwd"],
-                "registers": {"rip": f"{regs.rip:#x}", "rsp": f"{regs.rsp:#x}",
-                              "fs_base": f"{regs.fs_base:#x}",
-                              "syscall": sc if sc >= 0 else None,
-                              "xstate_bytes": len(image.one(R.REGS, pid)["xstate"])},
+                "pid": pid, "ppid": p["ppid"], "pgid": p["pgid"], "sid": p["sid"],
+                "comm": t["comm"], "exe": mm["exe"], "uid": trecs[0]["uids"][0],
+                "cwd": frec["cwd"],
+                "threads": [_thread(x) for x in trecs],
+                "registers": _thread(trecs[0]),
                 "mappings": [
                     {"start": f"{v['start']:#x}", "end": f"{v['end']:#x}",
                      "perms": _perms(v), "size": v["end"] - v["start"],
                      "saved": v.get("data", 0), "kind": v["kind"], "path": v["path"]}
                     for v in mm["vmas"]
                 ],
-                "files": files.describe(frec),
-                "signals": signals.describe(image.one(R.SIGS, pid)),
+                "files": files.describe(frec, descs),
+                "signals": signals.describe(image.one(R.SIGS, pid), trecs),
                 "timers": len(image.one(R.TIMR, pid)["posix"]),
             })  # fmt: skip
         return out
     finally:
         image.close()
+
+
+def _thread(trec: dict[str, Any]) -> dict[str, Any]:
+    regs = S.user_regs_struct.from_buffer_copy(trec["regs"])
+    sc = registers.signed(regs.orig_rax)
+    return {"tid": trec["tid"], "comm": trec["comm"].decode(errors="replace"),
+            "rip": f"{regs.rip:#x}", "rsp": f"{regs.rsp:#x}", "fs_base": f"{regs.fs_base:#x}",
+            "syscall": sc if sc >= 0 else None, "xstate_bytes": len(trec["xstate"])}
 
 
 def _perms(v: dict[str, Any]) -> str:

@@ -9,6 +9,8 @@ import struct
 from typing import Any
 
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.inject import Injector
+from cryo.engine.ptrace import Tracee
 from cryo.linux import structs as S
 from cryo.linux.consts import NSIG, SYS
 
@@ -20,6 +22,7 @@ _SIZEOF_STACK = ctypes.sizeof(S.stack_t)
 
 
 def dump(ctx: DumpContext) -> dict[str, Any]:
+    """Process-wide: the action of every signal and the process-wide pending signals."""
     inj = ctx.inj
     actions: dict[int, bytes] = {}
     for sig in range(1, NSIG + 1):
@@ -27,15 +30,20 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             continue
         inj(SYS.rt_sigaction, sig, 0, inj.scratch, 8)
         actions[sig] = inj.read(inj.scratch, _SIZEOF_ACT)
-    inj(SYS.sigaltstack, 0, inj.scratch)
-    altstack = inj.read(inj.scratch, _SIZEOF_STACK)
     return {
         "pid": ctx.pid,
         "actions": actions,
-        "blocked": ctx.tracee.get_sigmask(),
-        "pending": ctx.tracee.peek_siginfo(shared=False),
         "pending_shared": ctx.tracee.peek_siginfo(shared=True),
-        "altstack": altstack,
+    }
+
+
+def dump_thread(tracee: Tracee, inj: Injector) -> dict[str, Any]:
+    """Per thread: blocked mask, pending signals, alternate stack."""
+    inj(SYS.sigaltstack, 0, inj.scratch)
+    return {
+        "blocked": tracee.get_sigmask(),
+        "pending": tracee.peek_siginfo(shared=False),
+        "altstack": inj.read(inj.scratch, _SIZEOF_STACK),
     }
 
 
@@ -44,32 +52,33 @@ def restore_actions(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     for sig, act in rec["actions"].items():
         addr = inj.put(act)
         inj(SYS.rt_sigaction, int(sig), addr, 0, 8)
-    ss = S.stack_t.from_buffer_copy(rec["altstack"])
+
+
+def restore_altstack(inj: Injector, trec: dict[str, Any]) -> None:
+    ss = S.stack_t.from_buffer_copy(trec["altstack"])
     if ss.ss_flags & 1:  # SS_ONSTACK is read-only state: the kernel derives it from rsp
         ss.ss_flags &= ~1
     inj(SYS.sigaltstack, inj.put(bytes(ss)), 0)
 
 
-def restore_pending(ctx: RestoreContext, rec: dict[str, Any]) -> None:
-    """Queue the pending signals again, to ourselves, with every signal blocked."""
+def restore_pending(ctx: RestoreContext, rec: dict[str, Any],
+                    threads: list[dict[str, Any]]) -> None:  # fmt: skip
+    """Queue the pending signals again, from the task to itself, with every signal
+    blocked in every thread (each thread's own mask is set at the very end)."""
     inj = ctx.inj
-    ctx.tracee.set_sigmask(ALL_SIGNALS)
-    for info, shared in [(i, True) for i in rec["pending_shared"]] + [
-        (i, False) for i in rec["pending"]
-    ]:
+    for t in ctx.threads.values():
+        t.set_sigmask(ALL_SIGNALS)
+    for info in rec["pending_shared"]:
         signo = struct.unpack_from("<i", info)[0]
-        addr = inj.put(info)
-        if shared:
-            inj(SYS.rt_sigqueueinfo, ctx.pid, signo, addr)
-        else:
-            inj(SYS.rt_tgsigqueueinfo, ctx.pid, ctx.pid, signo, addr)
+        inj(SYS.rt_sigqueueinfo, ctx.pid, signo, inj.put(info))
+    for trec in threads:
+        tid = ctx.tid_map[trec["tid"]]
+        for info in trec["pending"]:
+            signo = struct.unpack_from("<i", info)[0]
+            inj(SYS.rt_tgsigqueueinfo, ctx.pid, tid, signo, inj.put(info))
 
 
-def restore_mask(ctx: RestoreContext, rec: dict[str, Any]) -> None:
-    ctx.tracee.set_sigmask(rec["blocked"])
-
-
-def describe(rec: dict[str, Any]) -> dict[str, Any]:
+def describe(rec: dict[str, Any], threads: list[dict[str, Any]]) -> dict[str, Any]:
     acts = {}
     for sig, raw in rec["actions"].items():
         a = S.kernel_sigaction.from_buffer_copy(raw)
@@ -78,11 +87,12 @@ def describe(rec: dict[str, Any]) -> dict[str, Any]:
         name = signal.Signals(int(sig)).name if int(sig) in signal.Signals._value2member_map_ \
             else f"SIG{sig}"  # fmt: skip
         acts[name] = "ignore" if a.sa_handler == 1 else f"handler {a.sa_handler:#x}"
-    ss = S.stack_t.from_buffer_copy(rec["altstack"])
+    main = threads[0]
+    ss = S.stack_t.from_buffer_copy(main["altstack"])
     return {
         "actions": acts,
-        "blocked": f"{rec['blocked']:#018x}",
-        "pending": [struct.unpack_from("<i", i)[0] for i in rec["pending"]],
+        "blocked": f"{main['blocked']:#018x}",
+        "pending": [struct.unpack_from("<i", i)[0] for t in threads for i in t["pending"]],
         "pending_shared": [struct.unpack_from("<i", i)[0] for i in rec["pending_shared"]],
         "altstack": None if ss.ss_flags & 2 else f"{ss.ss_sp:#x}+{ss.ss_size}",
     }

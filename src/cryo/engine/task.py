@@ -1,6 +1,6 @@
-"""The task itself: ids (pid, pgid, sid), credentials, resource limits, comm,
-personality, prctl flags, and the registrations the kernel keeps for a thread
-(rseq area, robust futex list, clear_child_tid)."""
+"""The task itself: credentials, resource limits, comm, personality and prctl flags of
+the process; per thread, the registrations the kernel keeps (rseq area, robust futex
+list, clear_child_tid) and the thread's name."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.inject import Injector
+from cryo.engine.ptrace import Tracee
 from cryo.errors import Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
@@ -20,10 +22,10 @@ KIND = b"TASK"
 _PRCTL_FLAGS = {  # name: (get, set)
     "pdeathsig": (PR.GET_PDEATHSIG, PR.SET_PDEATHSIG),
     "dumpable": (PR.GET_DUMPABLE, PR.SET_DUMPABLE),
-    "no_new_privs": (PR.GET_NO_NEW_PRIVS, PR.SET_NO_NEW_PRIVS),
     "thp_disable": (PR.GET_THP_DISABLE, PR.SET_THP_DISABLE),
     "child_subreaper": (PR.GET_CHILD_SUBREAPER, PR.SET_CHILD_SUBREAPER),
 }
+_BY_POINTER = ("pdeathsig", "child_subreaper")  # these getters store through a pointer
 
 
 def _ids(line: str) -> list[int]:
@@ -31,6 +33,7 @@ def _ids(line: str) -> list[int]:
 
 
 def dump(ctx: DumpContext) -> dict[str, Any]:
+    """Process-wide state (credentials are read per thread, see dump_thread)."""
     pid, inj = ctx.pid, ctx.inj
     st = procfs.parse_stat(procfs.read(pid, "stat"))
     status = procfs.parse_status(procfs.read(pid, "status"))
@@ -39,36 +42,46 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
                           pid=pid, resource="seccomp")  # fmt: skip
     prctl: dict[str, int] = {}
     for name, (get, _set) in _PRCTL_FLAGS.items():
-        if name in {"pdeathsig", "child_subreaper"}:
+        if name in _BY_POINTER:
             inj(SYS.prctl, get, inj.scratch, 0, 0, 0)
             prctl[name] = int.from_bytes(inj.read(inj.scratch, 4), "little")
         else:
             prctl[name] = inj(SYS.prctl, get, 0, 0, 0, 0)
-    inj(SYS.prctl, PR.GET_TID_ADDRESS, inj.scratch, 0, 0, 0)
-    clear_tid = int.from_bytes(inj.read(inj.scratch, 8), "little")
-    rseq = ctx.tracee.rseq_configuration()
-    robust = libc.get_robust_list(pid)
     with open(f"/proc/{pid}/personality") as f:
         personality = int(f.read(), 16)
     return {
-        "pid": pid, "tid": pid, "ppid": st.ppid, "pgid": st.pgrp, "sid": st.session,
+        "pid": pid, "ppid": st.ppid, "pgid": st.pgrp, "sid": st.session,
         "comm": st.comm, "exit_signal": st.exit_signal, "personality": personality,
-        "uids": _ids(status["Uid"]), "gids": _ids(status["Gid"]),
-        "groups": _ids(status.get("Groups", "")),
-        "caps": {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
-        "rlimits": procfs.parse_limits(procfs.read(pid, "limits")),
-        "prctl": prctl, "clear_tid": clear_tid,
-        "rseq": [rseq.rseq_abi_pointer, rseq.rseq_abi_size, rseq.signature],
-        "robust_list": list(robust),
+        "rlimits": procfs.parse_limits(procfs.read(pid, "limits")), "prctl": prctl,
     }  # fmt: skip
 
 
-def unregister_rseq(ctx: RestoreContext) -> None:
+def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
+    """Per thread: credentials, comm, rseq, robust list, clear_child_tid, no_new_privs."""
+    tid = tracee.tid
+    status = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+    inj(SYS.prctl, PR.GET_TID_ADDRESS, inj.scratch, 0, 0, 0)
+    clear_tid = int.from_bytes(inj.read(inj.scratch, 8), "little")
+    rseq = tracee.rseq_configuration()
+    with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
+        comm = f.read().rstrip(b"\n")
+    return {
+        "comm": comm, "clear_tid": clear_tid,
+        "rseq": [rseq.rseq_abi_pointer, rseq.rseq_abi_size, rseq.signature],
+        "robust_list": list(libc.get_robust_list(tid)),
+        "no_new_privs": inj(SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        "uids": _ids(status["Uid"]), "gids": _ids(status["Gid"]),
+        "groups": _ids(status.get("Groups", "")),
+        "caps": {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+    }  # fmt: skip
+
+
+def unregister_rseq(tracee: Tracee, inj: Injector) -> None:
     """The restore helper's own rseq area is about to disappear: unregister it first."""
-    conf = ctx.tracee.rseq_configuration()
+    conf = tracee.rseq_configuration()
     if conf.rseq_abi_pointer:
-        ctx.inj(SYS.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER,
-                conf.signature)  # fmt: skip
+        inj(SYS.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER,
+            conf.signature)  # fmt: skip
 
 
 def restore_early(ctx: RestoreContext, rec: dict[str, Any]) -> None:
@@ -77,12 +90,8 @@ def restore_early(ctx: RestoreContext, rec: dict[str, Any]) -> None:
 
 
 def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
+    """Process-wide: limits and prctl flags (ids are set when the tree is built)."""
     inj = ctx.inj
-    if rec["sid"] == rec["pid"] and not ctx.options.get("shell_job"):
-        inj(SYS.setsid)
-    elif rec["pgid"] == rec["pid"]:
-        inj(SYS.setpgid, 0, 0)
-    inj(SYS.prctl, PR.SET_NAME, inj.put(rec["comm"].encode()[:15] + b"\0"), 0, 0, 0)
     for res, (soft, hard) in rec["rlimits"].items():
         lim = S.rlimit64(soft, hard)
         ret = inj.raw(SYS.prlimit64, 0, int(res), inj.put(libc.struct_bytes(lim)), 0)
@@ -90,26 +99,31 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             ctx.warnings.append(f"rlimit {res} ({soft}, {hard}) not restored: errno {-ret}")
     for name, value in rec["prctl"].items():
         _get, set_ = _PRCTL_FLAGS[name]
-        if name == "no_new_privs" and not value:
-            continue
         if name == "dumpable" and value not in (0, 1):
             continue
         inj(SYS.prctl, set_, value, 0, 0, 0)
-    head, size = rec["robust_list"]
+
+
+def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
+    """In the thread itself: its name and the kernel's registrations."""
+    inj(SYS.prctl, PR.SET_NAME, inj.put(trec["comm"][:15] + b"\0"), 0, 0, 0)
+    head, size = trec["robust_list"]
     if head:
         inj(SYS.set_robust_list, head, size)
-    inj(SYS.set_tid_address, rec["clear_tid"])
-    ptr, size, sig = rec["rseq"]
+    inj(SYS.set_tid_address, trec["clear_tid"])
+    ptr, size, sig = trec["rseq"]
     if ptr:
         inj(SYS.rseq, ptr, size, 0, sig)
 
 
-def restore_creds(ctx: RestoreContext, rec: dict[str, Any]) -> None:
-    """Last of the privileged steps: groups, then gids, then uids."""
-    inj = ctx.inj
-    groups = rec["groups"]
+def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
+    """In each thread (raw setres*id calls change the calling thread only), last of the
+    privileged steps: groups, then gids, then uids, then no_new_privs."""
+    groups = trec["groups"]
     inj(SYS.setgroups, len(groups), inj.put(struct.pack(f"<{len(groups)}I", *groups) or b"\0"))
-    r, e, s, _fs = rec["gids"]
+    r, e, s, _fs = trec["gids"]
     inj(SYS.setresgid, r, e, s)
-    r, e, s, _fs = rec["uids"]
+    r, e, s, _fs = trec["uids"]
     inj(SYS.setresuid, r, e, s)
+    if trec["no_new_privs"]:
+        inj(SYS.prctl, PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0)

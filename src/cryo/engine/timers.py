@@ -52,7 +52,8 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             ev.sigev_value = t["value"]
             ev.sigev_signo = t["signal"]
             ev.sigev_notify = _NOTIFY[t["notify"]]
-            ev.sigev_notify_thread_id = ctx.pid if t["notify"] == "thread" else 0
+            ev.sigev_notify_thread_id = ctx.tid_map.get(t["tid"], ctx.pid) \
+                if t["notify"] == "thread" else 0  # fmt: skip
             ev_addr = inj.put(bytes(ev))
             id_addr = inj.put(t["id"].to_bytes(4, "little"), 256)
             inj(SYS.timer_create, t["clock"], ev_addr, id_addr)

@@ -230,3 +230,28 @@ PAGEMAP_SCAN = (3 << 30) | (96 << 16) | (ord("f") << 8) | 16
 
 CLOSE_RANGE_UNSHARE = 2
 RSEQ_FLAG_UNREGISTER = 1
+
+
+class CLONE(enum.IntFlag):
+    """include/uapi/linux/sched.h"""
+
+    VM = 0x100
+    FS = 0x200
+    FILES = 0x400
+    SIGHAND = 0x800
+    PIDFD = 0x1000
+    PTRACE = 0x2000
+    VFORK = 0x4000
+    PARENT = 0x8000
+    THREAD = 0x10000
+    NEWNS = 0x20000
+    SYSVSEM = 0x40000
+    SETTLS = 0x80000
+    PARENT_SETTID = 0x100000
+    CHILD_CLEARTID = 0x200000
+    NEWPID = 0x20000000
+    NEWIPC = 0x08000000
+
+
+CLONE_THREAD_FLAGS = (CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.THREAD
+                      | CLONE.SYSVSEM)  # fmt: skip

@@ -232,3 +232,22 @@ SYNC_FILE_RANGE_WRITE = 2
 def sync_file_range(fd: int, offset: int, nbytes: int, flags: int = SYNC_FILE_RANGE_WRITE) -> None:
     """Start writeback of a file range now (the final fsync then has less to wait for)."""
     _check(_sync_file_range(fd, offset, nbytes, flags), f"sync_file_range fd={fd}")
+
+
+_SYS_pidfd_getfd = 438
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """A duplicate, in this process, of fd ``targetfd`` of the process behind ``pidfd``."""
+    return syscall(_SYS_pidfd_getfd, pidfd, targetfd, 0)
+
+
+_tee = libc.tee
+_tee.restype = ctypes.c_ssize_t
+_tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+SPLICE_F_NONBLOCK = 2
+
+
+def tee(fd_in: int, fd_out: int, nbytes: int, flags: int = SPLICE_F_NONBLOCK) -> int:
+    """Copy pipe data from ``fd_in`` to ``fd_out`` without consuming it."""
+    return _check(_tee(fd_in, fd_out, nbytes, flags), f"tee fd={fd_in}")

@@ -1,0 +1,155 @@
+"""Shared memory objects: anonymous shared mappings (shmem), memfd, and deleted files
+mapped MAP_SHARED (POSIX semaphores and multiprocessing arenas in /dev/shm).
+
+Several processes may map one object, each a part of it: the object is saved once, whole
+(the data ranges that exist, found with SEEK_DATA/SEEK_HOLE on /proc/PID/map_files), and
+at restart cryo makes it again before the first process is created (an anonymous shared
+mapping of its own, a memfd of the same name, or a file in the same directory that is
+unlinked again), fills it, and keeps an fd to it that every process inherits and maps
+at its old address and offset.  Pages are shared again exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryo.errors import CryoError
+from cryo.linux import libc
+
+log = logging.getLogger(__name__)
+KIND = b"SHMO"
+SEEK_DATA, SEEK_HOLE = 3, 4
+
+
+def kind_of(path: str, shared: bool) -> str | None:
+    """Which kind of shared object a VMA maps, if any."""
+    if not shared:
+        return None
+    if path in ("", "/dev/zero (deleted)") or path.startswith("[anon_shmem:"):
+        return "anon"
+    if path.startswith("/memfd:"):
+        return "memfd"
+    if path.startswith("/") and path.endswith(" (deleted)") and not path.startswith("/SYSV"):
+        return "deleted"
+    return None
+
+
+@dataclass
+class Objects:
+    objs: list[dict[str, Any]] = field(default_factory=list)
+    by_key: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def add(self, pid: int, vma: Any, kind: str) -> int:
+        path = f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}"
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)
+        if key not in self.by_key:
+            self.by_key[key] = len(self.objs)
+            self.objs.append({"id": len(self.objs), "kind": kind, "size": st.st_size,
+                              "mode": st.st_mode & 0o7777, "name": vma.path,
+                              "dev": st.st_dev, "ino": st.st_ino,
+                              "where": [pid, vma.start, vma.end]})  # fmt: skip
+        return self.by_key[key]
+
+    def data_ranges(self, obj: dict[str, Any]) -> tuple[int, list[tuple[int, int]]]:
+        """Open the object; returns (fd, [(offset, length)] of the data it holds)."""
+        pid, start, end = obj["where"]
+        fd = os.open(f"/proc/{pid}/map_files/{start:x}-{end:x}", os.O_RDONLY)
+        runs: list[tuple[int, int]] = []
+        off, size = 0, obj["size"]
+        while off < size:
+            try:
+                data = os.lseek(fd, off, SEEK_DATA)
+            except OSError:  # ENXIO: no data after off
+                break
+            hole = os.lseek(fd, data, SEEK_HOLE)
+            runs.append((data, min(hole, size) - data))
+            off = hole
+        return fd, runs
+
+
+def record(objs: Objects) -> dict[str, Any]:
+    return {"objs": objs.objs}
+
+
+# -- restore ---------------------------------------------------------------------------
+
+
+@dataclass
+class Made:
+    """Objects cryo made for a restart: id -> fd (inherited by every process)."""
+
+    fds: dict[int, int] = field(default_factory=dict)
+    maps: list[mmap.mmap] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+        for m in self.maps:
+            m.close()
+        self.maps.clear()
+
+
+def make_all(rec: dict[str, Any], base: int) -> Made:
+    made = Made()
+    try:
+        for obj in rec["objs"]:
+            fd = _make(obj, made)
+            made.fds[obj["id"]] = _high(fd, base)
+    except BaseException:
+        made.close()
+        raise
+    return made
+
+
+def _high(fd: int, base: int) -> int:
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, base)
+    os.close(fd)
+    return high
+
+
+def _make(obj: dict[str, Any], made: Made) -> int:
+    size = obj["size"]
+    if obj["kind"] == "anon":
+        # an anonymous shared mapping of our own; its map_files entry is the object
+        m = mmap.mmap(-1, max(size, mmap.PAGESIZE))
+        made.maps.append(m)
+        addr = libc.buffer_address(m)
+        return os.open(f"/proc/self/map_files/{addr:x}-{addr + len(m):x}", os.O_RDWR)
+    if obj["kind"] == "memfd":
+        name = obj["name"].removeprefix("/memfd:").removesuffix(" (deleted)")
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        return fd
+    path = obj["name"].removesuffix(" (deleted)")
+    directory = os.path.dirname(path) if os.path.isdir(os.path.dirname(path)) else "/dev/shm"
+    tmp = os.path.join(directory, f".cryo-{os.getpid()}-{obj['id']}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, obj["mode"])
+    os.unlink(tmp)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def fill(made: Made, obj_id: int, buf: Any, offset: int, runs: list[list[int]]) -> int:
+    """Write a block of an object's data (runs are object offsets)."""
+    fd = made.fds[obj_id]
+    view = memoryview(buf)
+    pos = offset
+    for start, length in runs:
+        chunk, at = view[pos : pos + length], start
+        while chunk:
+            n = os.pwrite(fd, chunk, at)
+            if n <= 0:
+                raise CryoError(f"short write into shared object {obj_id}")
+            chunk, at = chunk[n:], at + n
+        pos += length
+    return pos - offset

@@ -1,0 +1,258 @@
+"""The process tree: which processes and threads a checkpoint takes (its scope), freezing
+them all together, and at restart creating them again with their pids, parents,
+sessions and process groups (zombies included).
+
+Scopes (seed 003's cr_scope): "process" (one process with all its threads), "tree" (a
+process and all its descendants), "pgid" and "sid" (every process of a process group or
+session).  Freezing seizes and interrupts every thread of every process, then looks
+again for children forked meanwhile, until nothing new turns up: the image is one
+consistent moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryo import procfs
+from cryo.engine.ptrace import Tracee
+from cryo.errors import CryoError, NoSuchProcess, RestoreConflict, Unsupported
+from cryo.linux.consts import PTRACE_O
+
+log = logging.getLogger(__name__)
+KIND = b"TREE"
+SCOPES = ("process", "tree", "pgid", "sid")
+TRACE_NEW = PTRACE_O.TRACEFORK | PTRACE_O.TRACEVFORK | PTRACE_O.TRACECLONE
+
+
+@dataclass
+class Proc:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    zombie: bool = False
+    exit_code: int = 0
+    exit_signal: int = 17
+    threads: list[int] = field(default_factory=list)
+    tracees: dict[int, Tracee] = field(default_factory=dict)
+
+    @property
+    def leader(self) -> Tracee:
+        return self.tracees[self.pid]
+
+    def record(self) -> dict[str, Any]:
+        return {"pid": self.pid, "ppid": self.ppid, "pgid": self.pgid, "sid": self.sid,
+                "zombie": self.zombie, "exit_code": self.exit_code,
+                "exit_signal": self.exit_signal, "threads": self.threads}  # fmt: skip
+
+
+def _stat(pid: int) -> procfs.Stat | None:
+    try:
+        return procfs.parse_stat(procfs.read(pid, "stat"))
+    except NoSuchProcess:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def members(target: int, scope: str) -> list[int]:
+    """The pids of the scope, parents before children."""
+    if scope == "process":
+        pids = [target]
+    elif scope == "tree":
+        pids, todo = [], [target]
+        while todo:
+            p = todo.pop(0)
+            pids.append(p)
+            todo.extend(sorted(_children(p)))
+    elif scope in ("pgid", "sid"):
+        pids = []
+        for p in sorted(_all_pids()):
+            st = _stat(p)
+            if st and (st.pgrp if scope == "pgid" else st.session) == target and p != os.getpid():
+                pids.append(p)
+        pids = _parents_first(pids)
+    else:
+        raise CryoError(f"unknown scope {scope!r}; one of {', '.join(SCOPES)}")
+    if not pids or _stat(pids[0]) is None:
+        what = {"process": "process", "tree": "process", "pgid": "process group",
+                "sid": "session"}[scope]  # fmt: skip
+        raise NoSuchProcess(f"{what} {target} does not exist" if scope in ("process", "tree")
+                            else f"no process in {what} {target}", pid=target)  # fmt: skip
+    if os.getpid() in pids:
+        raise CryoError("cryo cannot checkpoint itself", pid=os.getpid())
+    st = _stat(target)
+    if scope in ("process", "tree") and st is not None and st.state in ("Z", "X"):
+        raise NoSuchProcess(f"process {target} is a zombie", pid=target)
+    return pids
+
+
+def _parents_first(pids: list[int]) -> list[int]:
+    ppid = {p: (st.ppid if (st := _stat(p)) else 0) for p in pids}
+    out: list[int] = []
+    seen: set[int] = set()
+
+    def visit(p: int) -> None:
+        if p in seen:
+            return
+        seen.add(p)
+        if ppid[p] in ppid:
+            visit(ppid[p])
+        out.append(p)
+
+    for p in pids:
+        visit(p)
+    return out
+
+
+def freeze(target: int, scope: str) -> dict[int, Proc]:
+    """Seize and stop every thread of every process of the scope; on failure, let go."""
+    procs: dict[int, Proc] = {}
+    try:
+        while True:
+            pids = members(target, scope) if not procs or scope != "process" else [target]
+            new = False
+            for pid in pids:
+                p = procs.get(pid)
+                if p is None:
+                    st = _stat(pid)
+                    if st is None:
+                        continue
+                    p = Proc(pid, st.ppid, st.pgrp, st.session, exit_signal=st.exit_signal)
+                    procs[pid] = p
+                    new = True
+                    if st.state in ("Z", "X"):
+                        p.zombie = True
+                        p.exit_code = _exit_code(pid)
+                        continue
+                if p.zombie:
+                    continue
+                try:
+                    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+                except FileNotFoundError:
+                    tids = []
+                for tid in tids:
+                    if tid not in p.tracees:
+                        p.tracees[tid] = Tracee.seize(pid, tid)
+                        new = True
+                p.threads = sorted(p.tracees)
+            # a process that went away meanwhile: drop it
+            for pid in [q for q in procs if q not in pids]:
+                _let_go_one(procs.pop(pid))
+            if not new:
+                break
+        for p in procs.values():  # ids read again now that nothing moves
+            st = _stat(p.pid)
+            if st is not None and not p.zombie:
+                p.ppid, p.pgid, p.sid = st.ppid, st.pgrp, st.session
+        return procs
+    except BaseException:
+        let_go(procs)
+        raise
+
+
+def _exit_code(pid: int) -> int:
+    """The wait status a zombie will report (field 52 of stat)."""
+    data = procfs.read(pid, "stat")
+    return int(data[data.rindex(b")") + 2 :].split()[49])
+
+
+def _let_go_one(p: Proc) -> None:
+    for t in p.tracees.values():
+        if t.attached:
+            try:
+                t.detach()
+            except OSError as err:  # pragma: no cover (died meanwhile)
+                log.warning("could not detach from %d: %s", t.tid, err)
+
+
+def let_go(procs: dict[int, Proc]) -> None:
+    for p in procs.values():
+        _let_go_one(p)
+
+
+def collect_dead(procs: dict[int, Proc]) -> None:
+    """After SIGKILL: wait for each traced thread's death (threads first, the leader
+    last, as the kernel reports them), so that none lingers traced by us."""
+    for p in procs.values():
+        for tid in sorted(p.tracees, key=lambda t: t == p.pid):
+            t = p.tracees[tid]
+            if not t.attached:
+                continue
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(tid, 0x40000000)  # __WALL
+            t.attached = False
+
+
+def record(procs: dict[int, Proc], target: int, scope: str) -> dict[str, Any]:
+    return {"root": target, "scope": scope, "procs": [p.record() for p in procs.values()]}
+
+
+# -- restore ---------------------------------------------------------------------------
+
+
+def creation_order(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Parents before children, children by pid; roots (parent outside) first."""
+    by_pid = {p["pid"]: p for p in rec["procs"]}
+    kids: dict[int, list[int]] = {}
+    roots = []
+    for p in rec["procs"]:
+        if p["ppid"] in by_pid:
+            kids.setdefault(p["ppid"], []).append(p["pid"])
+        else:
+            roots.append(p["pid"])
+    out: list[dict[str, Any]] = []
+
+    def visit(pid: int) -> None:
+        out.append(by_pid[pid])
+        for k in sorted(kids.get(pid, [])):
+            visit(k)
+
+    for r in sorted(roots):
+        visit(r)
+    return out
+
+
+def check_groups(rec: dict[str, Any], shell_job: bool) -> None:
+    """Every process group and session must be led by a process of the image (or be the
+    caller's, for a shell job): the kernel cannot make a group without its leader."""
+    pids = {p["pid"] for p in rec["procs"]}
+    roots = [p for p in rec["procs"] if p["ppid"] not in pids]
+    for p in rec["procs"]:
+        if p["sid"] not in pids and not shell_job and p["sid"] != roots[0]["sid"]:
+            raise Unsupported(f"process {p['pid']} is in session {p['sid']}, whose leader is"
+                              " not in the checkpoint", pid=p["pid"], resource="session")
+        if p["pgid"] not in pids and p["pgid"] != roots[0]["pgid"]:
+            raise Unsupported(f"process {p['pid']} is in process group {p['pgid']}, whose"
+                              " leader is not in the checkpoint", pid=p["pid"],
+                              resource="process group")  # fmt: skip
+
+
+def pids_free(rec: dict[str, Any]) -> bool:
+    return all(not os.path.exists(f"/proc/{t}") for p in rec["procs"]
+               for t in (p["threads"] or [p["pid"]]))  # fmt: skip
+
+
+def need_free(rec: dict[str, Any]) -> None:
+    for p in rec["procs"]:
+        for t in p["threads"] or [p["pid"]]:
+            if os.path.exists(f"/proc/{t}"):
+                raise RestoreConflict(f"pid {t} is taken; cannot restore with the same pids",
+                                      pid=t)  # fmt: skip
