@@ -115,7 +115,12 @@ class Procs:
         reap(pid)
 
     def cleanup(self) -> None:
-        for pid in reversed(self.pids):  # a tracer goes before the process it traces
+        # a tracer goes before the process it traces; every process is killed before any
+        # is waited for, so that a child's zombie is not left waiting on a live parent
+        for pid in reversed(self.pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in reversed(self.pids):
             reap(pid)
 
 

@@ -20,7 +20,14 @@ def register(sub: Any) -> None:
                        description="Save the complete state of process PID into DIR. The "
                        "process keeps running unless --stop, --kill or --signal is given; "
                        "the signal is sent once the image is safely written.")  # fmt: skip
-    p.add_argument("pid", type=int, help="the process to checkpoint")
+    p.add_argument("pid", type=int, nargs="?", help="the process to checkpoint")
+    sc = p.add_mutually_exclusive_group()
+    sc.add_argument("--tree", action="store_true",
+                    help="the process and all its descendants (default for `cryo run` jobs)")
+    sc.add_argument("--process", action="store_true",
+                    help="only the process, with all its threads (default otherwise)")
+    sc.add_argument("--pgid", type=int, metavar="PGID", help="every process of group PGID")
+    sc.add_argument("--sid", type=int, metavar="SID", help="every process of session SID")
     _where(p, "checkpoint")
     p.add_argument("--force", action="store_true", help="replace an image already in DIR")
     p.add_argument("--compress", action="store_true", help="compress page data with zstd")
@@ -86,6 +93,28 @@ def _check_where(args: argparse.Namespace) -> None:
         raise CryoError("--app goes with --store")
 
 
+RUN_MARK = "CRYO_RUN=1"  # `cryo run` puts it in the environment of what it starts
+
+
+def _scope(args: argparse.Namespace) -> tuple[int, str]:
+    if args.pgid is not None or args.sid is not None:
+        if args.pid is not None:
+            raise CryoError("give either PID or --pgid/--sid")
+        return (args.pgid, "pgid") if args.pgid is not None else (args.sid, "sid")
+    if args.pid is None:
+        raise CryoError("which process? give PID, --pgid PGID or --sid SID")
+    if args.tree:
+        return args.pid, "tree"
+    if args.process:
+        return args.pid, "process"
+    try:
+        with open(f"/proc/{args.pid}/environ", "rb") as f:
+            started_by_run = RUN_MARK.encode() in f.read().split(b"\0")
+    except OSError:
+        started_by_run = False
+    return args.pid, "tree" if started_by_run else "process"
+
+
 def _signal(text: str) -> int:
     try:
         return int(text)
@@ -135,20 +164,25 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     from cryo.engine.dump import checkpoint
 
     _check_where(args)
+    pid, scope = _scope(args)
     kw: dict[str, Any] = {"compress": args.compress, "shell_job": args.shell_job,
-                          "signal_after": args.signal, "direct_io": not args.page_cache}
+                          "signal_after": args.signal, "direct_io": not args.page_cache,
+                          "scope": scope}
     with _progress("checkpoint") as prog:
         if args.store:
             from cryo import store
 
-            version, r = store.checkpoint(args.pid, args.store, args.app, progress=prog, **kw)
+            version, r = store.checkpoint(pid, args.store, args.app, progress=prog, **kw)
             print(f"{args.app} version {version}", file=sys.stderr)
         else:
-            r = checkpoint(args.pid, args.dir, force=args.force, progress=prog, **kw)
+            r = checkpoint(pid, args.dir, force=args.force, progress=prog, **kw)
     rate = r.memory_bytes / r.total_seconds / 1e9 if r.total_seconds else 0.0
     for w in r.warnings:
         print(f"cryo: warning: {w}", file=sys.stderr)
-    print(f"checkpoint of {r.pid} -> {r.path}: {_human(r.memory_bytes)} of memory,"
+    what = f"{r.pid}" if len(r.pids) <= 1 else f"{len(r.pids)} processes"
+    if r.threads > len(r.pids):
+        what += f" ({r.threads} threads)"
+    print(f"checkpoint of {what} -> {r.path}: {_human(r.memory_bytes)} of memory,"
           f" {_human(r.stored_bytes)} stored, {r.total_seconds:.3f} s ({rate:.2f} GB/s),"
           f" frozen {r.freeze_seconds:.3f} s", file=sys.stderr)  # fmt: skip
     return 0
@@ -195,8 +229,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CryoError("cryo run needs a command: cryo run -- CMD ARGS")
     out = open(args.output, "ab")  # noqa: SIM115  (handed to the child, closed below)
     try:
+        env = dict(os.environ, **dict([RUN_MARK.split("=")]))
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                close_fds=True, start_new_session=True)  # fmt: skip
+                                close_fds=True, start_new_session=True, env=env)  # fmt: skip
     except OSError as err:
         raise CryoError(f"cannot start {cmd[0]}: {err.strerror}") from err
     finally:

@@ -1,0 +1,117 @@
+"""Whole applications (issue 3): process trees with pipes carrying data, shared memory,
+process groups, zombies, a shell pipeline and a multiprocessing pool, restarted as one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from tests.conftest import VICTIMS, Procs, Victim, reap, run_cryo
+
+
+def tree_pids(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        for t in Path(f"/proc/{p}/task").iterdir():
+            todo.extend(int(x) for x in (t / "children").read_text().split())
+    return sorted(out)
+
+
+def ids(pid: int) -> tuple[int, int, int]:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[1]), int(f[2]), int(f[3])  # ppid, pgrp, session
+
+
+def kill_tree(pids: list[int]) -> None:
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    for p in pids:
+        reap(p)
+
+
+def cycle(procs: Procs, v: Victim, img: Path) -> tuple[Victim, list[int]]:
+    before = tree_pids(v.pid)
+    idmap = {p: ids(p) for p in before}
+    checkpoint(v.pid, str(img), scope="tree", signal_after=signal.SIGKILL)
+    kill_tree(before)
+    r = restart(str(img))
+    for p in r.pids.values():
+        procs.track(p)
+    after = tree_pids(r.pid)
+    assert after == before, "the same processes, with the same pids"
+    assert {p: ids(p) for p in after if p != r.pid} == {p: i for p, i in idmap.items()
+                                                        if p != v.pid}  # fmt: skip
+    return Victim(r.pid, v.out), after
+
+
+def test_forking_server(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v = procs.spawn([build("forkserver"), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(3)
+    zombie = int(v.wait_line("ready").split()[4])
+    assert "Z" in Path(f"/proc/{zombie}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    v, pids = cycle(procs, v, tmp_path / "img")
+    assert zombie in pids
+    v.wait_ok_after(max(v.oks()) + 3)
+    os.kill(v.pid, signal.SIGUSR1)  # the restored parent reaps the restored zombie
+    assert v.wait_line("reaped") == "reaped 1 1 7"
+    last = [x for x in v.lines() if x.startswith("ok")][-1].split()
+    assert int(last[2]) > 0 and int(last[2]) <= int(last[3])
+    # checkpoint the restored tree again, restart it again
+    v, _ = cycle(procs, v, tmp_path / "img2")
+    v.wait_ok_after(max(v.oks()) + 3)
+    assert not v.fails()
+
+
+def test_shell_pipeline_with_data_in_the_pipe(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    py = sys.executable
+    cmd = f"{py} {VICTIMS / 'produce.py'} | {py} {VICTIMS / 'consume.py'} {out}"
+    v = procs.spawn(["sh", "-c", cmd], out)
+    deadline = time.monotonic() + 10
+    while len(v.lines()) < 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    assert "3 processes" in r.stderr
+    kill_tree([v.pid])
+    time.sleep(0.2)
+    n_before = len(v.lines())
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    root = procs.track(int(r.stdout))
+    for p in tree_pids(root):
+        procs.track(p)
+    while len(v.lines()) < n_before + 300:
+        assert time.monotonic() < deadline + 20
+        time.sleep(0.01)
+    got = [int(x.split()[1]) for x in v.lines()]
+    assert got == list(range(len(got))), "every number once, in order, none lost in the pipe"
+
+
+def test_multiprocessing_pool(procs: Procs, tmp_path: Path) -> None:
+    out, progress = tmp_path / "out.txt", tmp_path / "progress.txt"
+    v = procs.spawn([sys.executable, str(VICTIMS / "pool.py"), str(out), str(progress)], out)
+    deadline = time.monotonic() + 20
+    while not progress.exists() or len(progress.read_text().split()) < 60:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pids = tree_pids(v.pid)
+    assert len(pids) == 3
+    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+    kill_tree(pids)
+    r = restart(str(tmp_path / "img"))
+    for p in r.pids.values():
+        procs.track(p)
+    line = Victim(r.pid, out).wait_line("result", timeout=30)
+    assert line == f"result {sum(x * x + 1 for x in range(300))} 300"
