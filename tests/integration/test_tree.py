@@ -115,3 +115,15 @@ def test_multiprocessing_pool(procs: Procs, tmp_path: Path) -> None:
         procs.track(p)
     line = Victim(r.pid, out).wait_line("result", timeout=30)
     assert line == f"result {sum(x * x + 1 for x in range(300))} 300"
+
+
+def test_anonymous_files_and_socket_pairs(procs: Procs, build: Any, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    v = procs.spawn([build("fdkinds"), str(tmp_path / "out.txt"), str(go)], tmp_path / "out.txt")
+    v.wait_ok_after(3)
+    v, pids = cycle(procs, v, tmp_path / "img")
+    assert len(pids) == 2
+    go.touch()
+    v.wait_line("oneshot ok")
+    v.wait_ok_after(max(v.oks()) + 3)
+    assert not v.fails()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
+from cryo.engine import anonfds, sockets
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.errors import CryoError, Unsupported
 from cryo.linux import libc
@@ -75,6 +76,7 @@ class Descriptions:
     descs: list[dict[str, Any]] = field(default_factory=list)
     seen: list[tuple[int, int]] = field(default_factory=list)  # (pid, fd) of each desc
     blobs: list[bytes] = field(default_factory=list)  # FDAT records
+    unix: dict[int, dict[str, Any]] | None = None  # sock_diag's view, asked once
 
     def find(self, pid: int, fd: int, kind: str, st: os.stat_result) -> int | None:
         for i, d in enumerate(self.descs):
@@ -102,8 +104,13 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
                                       or (kind == "file" and st.st_nlink == 0)):
             kind = "stdio"  # a shell job's stdio belongs to whoever restarts it
         elif kind == "socket":
-            raise Unsupported(f"fd {fd}: {_socket_kind(pid, st.st_ino)} socket is not supported"
-                              f" ({target})", pid=pid, resource=f"fd {fd}")  # fmt: skip
+            what = _socket_kind(pid, st.st_ino)
+            if what != "UNIX":
+                raise Unsupported(f"fd {fd}: {what} socket is not supported ({target})",
+                                  pid=pid, resource=f"fd {fd}")  # fmt: skip
+            kind = "unix"
+        elif kind == "anon_inode" and anonfds.kind_of(target):
+            kind = anonfds.kind_of(target) or kind
         elif kind in _WHAT:
             raise Unsupported(f"fd {fd}: {_WHAT[kind]} is not supported ({target})",
                               pid=pid, resource=f"fd {fd}")  # fmt: skip
@@ -134,6 +141,12 @@ def _describe(pid: int, fd: int, kind: str, target: str, info: procfs.FdInfo,
         "flags": info.flags & ~O_CLOEXEC, "ino": st.st_ino, "dev": st.st_dev,
         "mode": st.st_mode, "size": st.st_size, "fd": fd, "pid": pid,
     }  # fmt: skip
+    if kind in anonfds.KINDS.values():
+        d.update(anonfds.describe(kind, procfs.read(pid, f"fdinfo/{fd}"), pid, fd))
+    if kind == "unix":
+        if descs.unix is None:
+            descs.unix = sockets.unix_sockets()
+        d.update(sockets.describe(pid, fd, st.st_ino, descs.unix))
     if kind == "file" and st.st_nlink == 0:
         if st.st_size > MAX_DELETED:
             raise Unsupported(f"fd {fd}: deleted file {target} is larger than 1 GiB",
@@ -200,7 +213,7 @@ def _socket_kind(pid: int, ino: int) -> str:
     for proto in ("tcp", "tcp6", "udp", "udp6", "unix", "raw", "netlink"):
         try:
             with open(f"/proc/{pid}/net/{proto}") as f:
-                if any(f" {ino} " in line or line.endswith(f" {ino}") for line in f):
+                if any(str(ino) in line.split() for line in f):
                     return {"tcp6": "TCP", "udp6": "UDP"}.get(proto, proto.upper())
         except OSError:
             continue
@@ -232,9 +245,15 @@ def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[
     top = max([e["fd"] for t in tables for e in t["fds"]] + [2])
     opened = Opened(base=max(top + 1, 10))
     pipes: dict[tuple[int, int], tuple[int, int]] = {}
+    by_ino = {d["ino"]: d for d in descs if d["kind"] == "unix"}
+    pairs: dict[int, int] = {}
     try:
         for d in descs:
-            fd = _open_one(d, blobs, options, pipes, opened)
+            if d["kind"] == "unix":
+                fd = sockets.open_pair(d, by_ino.get(d["peer"]), pairs)
+                _set_flags(fd, d["flags"])
+            else:
+                fd = _open_one(d, blobs, options, pipes, opened)
             high = fcntl.fcntl(fd, fcntl.F_DUPFD, opened.base)
             if fd not in (0, 1, 2) or d["kind"] != "stdio":
                 os.close(fd)
@@ -263,6 +282,8 @@ def _open_one(d: dict[str, Any], blobs: list[bytes], options: dict[str, Any],
     flags = d["flags"] & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC)
     if kind == "stdio":
         return int(d["fd"])  # our own stdio, dup'ed up by the caller
+    if kind in anonfds.KINDS.values():
+        return anonfds.open_desc(d)
     if kind == "pipe":
         key = (d["dev"], d["ino"])
         if key not in pipes:

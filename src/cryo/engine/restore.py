@@ -36,6 +36,7 @@ from typing import Any
 
 from cryo import procfs
 from cryo.engine import (
+    anonfds,
     files,
     memory,
     registers,
@@ -337,6 +338,7 @@ def _build_process(m: _Made, plan: Plan, area: int, shm_ids: dict[int, int],
     memory.restore_mm(ctx, mm_rec)
     # FILES
     files.restore_fds(ctx, recs[R.FILE], ctx.shared.opened)
+    anonfds.register(ctx, recs[R.FILE]["fds"], plan.descs)
     files.restore_fs(ctx, recs[R.FILE])
     # TASK
     task.restore(ctx, recs[R.TASK])

@@ -153,6 +153,7 @@ class SYS(enum.IntEnum):
     pause = 34
     wait4_ = 61
     epoll_wait = 232
+    epoll_ctl = 233
 
 
 class PROT(enum.IntFlag):

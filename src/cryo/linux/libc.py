@@ -251,3 +251,21 @@ SPLICE_F_NONBLOCK = 2
 def tee(fd_in: int, fd_out: int, nbytes: int, flags: int = SPLICE_F_NONBLOCK) -> int:
     """Copy pipe data from ``fd_in`` to ``fd_out`` without consuming it."""
     return _check(_tee(fd_in, fd_out, nbytes, flags), f"tee fd={fd_in}")
+
+
+def signalfd(mask: int, flags: int) -> int:
+    """signalfd4(-1, mask, 8, flags): a new signalfd for the signals in ``mask``."""
+    m = ctypes.c_uint64(mask)
+    return syscall(289, -1, ctypes.addressof(m), 8, flags)
+
+
+def timerfd_create(clockid: int, flags: int) -> int:
+    return syscall(283, clockid, flags)
+
+
+def timerfd_settime(fd: int, flags: int, interval: tuple[int, int], value: tuple[int, int]
+                    ) -> None:  # fmt: skip
+    spec = S.itimerspec()
+    spec.it_interval.tv_sec, spec.it_interval.tv_nsec = interval
+    spec.it_value.tv_sec, spec.it_value.tv_nsec = value
+    syscall(286, fd, flags, ctypes.addressof(spec), 0)
