@@ -1,22 +1,110 @@
-"""Versions of images, incremental page maps, retention and garbage collection (issue 5).
+"""Image stores: versions of applications, incremental at page granularity (issue 5).
 
-Placeholder: the interface the CLI calls; the implementation is in progress.
+A store holds applications; each checkpoint of an application adds a version.  The
+first is full; each later one stores only the pages whose bytes changed since the
+previous version (found by hashing every page and comparing with the previous version's
+hashes), and a page map per process (seed 001's control structure) tells where every
+page is: in this version's file or an older one's, or zeros.  A restart of any version
+reads its pages from every file it refers to, after checking all of them.
+docs/store.md has the layout, the format and the figures.
+
+    checkpoint(pid, store, app)          -> (version, DumpResult)
+    restart(store, app, version=None)    -> RestoreResult
+    describe(store)                      what ``cryo store ls`` prints
+    verify(store)                        every checksum of the store
+    gc(store, keep_last, keep_every)     delete versions, keeping kept ones restorable
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from typing import TYPE_CHECKING, Any
 
-from cryo.engine.dump import DumpResult
-from cryo.engine.restore import RestoreResult
-from cryo.errors import Unsupported
+from cryo.errors import CryoError, ImageCorrupt
+
+if TYPE_CHECKING:
+    from cryo.engine.dump import DumpResult
+    from cryo.engine.restore import RestoreResult
+    from cryo.store.inventory import VerifyReport
+    from cryo.store.retention import GcReport
+
+log = logging.getLogger(__name__)
 
 
-def checkpoint(pid: int, store: str, app: str, **kw: Any) -> tuple[int, DumpResult]:
-    """Add a new version of application ``app`` to ``store``; returns (version, result)."""
-    raise Unsupported("image stores are not implemented yet")
+def checkpoint(pid: int, store: str, app: str, *, compress: bool = False,
+               direct_io: bool = True, **engine: Any) -> tuple[int, DumpResult]:  # fmt: skip
+    """Add a new version of application ``app`` to ``store`` (both made if needed);
+    returns (version, result).  ``engine`` goes to :func:`cryo.engine.dump.checkpoint`
+    (``shell_job``, ``signal_after``, ``progress``, ...)."""
+    from cryo.engine import dump
+    from cryo.store.layout import Store
+    from cryo.store.sink import VersionSink, load_previous
+
+    if compress:
+        raise CryoError("--compress is not supported with --store: a store keeps pages"
+                        " uncompressed, at page granularity")  # fmt: skip
+    t0 = time.perf_counter()
+    st = Store(store, create=True)
+    a = st.app(app, create=True)
+    warnings = []
+    with a.lock(exclusive=True):
+        a.sweep()
+        parent = a.latest()
+        previous = None
+        if parent is not None:
+            try:
+                previous = load_previous(a, parent)
+            except ImageCorrupt as err:
+                warnings.append(f"version {parent} is damaged ({err}); this version is full")
+        version = a.next_version()
+        sink = VersionSink(a, version, previous, parent=parent, direct=direct_io)
+        result = dump.checkpoint(pid, sink, direct_io=direct_io, **engine)
+    result.warnings.extend(warnings)
+    result.total_seconds = time.perf_counter() - t0
+    log.info("%s version %d: %d of %d pages stored", app, version, sink.new_pages,
+             sink.written_pages)  # fmt: skip
+    return version, result
 
 
-def restart(store: str, app: str, version: int | None = None, **kw: Any) -> RestoreResult:
-    """Restart version ``version`` (the latest by default) of ``app`` from ``store``."""
-    raise Unsupported("image stores are not implemented yet")
+def restart(store: str, app: str, version: int | None = None, **engine: Any) -> RestoreResult:
+    """Restart version ``version`` (the latest by default) of ``app`` from ``store``.
+    ``engine`` goes to :func:`cryo.engine.restore.restart`."""
+    from cryo.engine import restore
+    from cryo.store.layout import Store
+    from cryo.store.source import VersionImage
+
+    a = Store(store).app(app)
+    lock = a.lock(exclusive=False)
+    lock.__enter__()
+    try:
+        src = VersionImage(a, a.resolve(version), lock)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    try:
+        return restore.restart(src, **engine)
+    finally:
+        src.close()  # (the engine closes it too once it has built the process)
+
+
+def describe(store: str) -> list[dict[str, Any]]:
+    from cryo.store.inventory import describe as _describe
+
+    return _describe(store)
+
+
+def verify(store: str, app: str | None = None) -> VerifyReport:
+    from cryo.store.inventory import verify as _verify
+
+    return _verify(store, app)
+
+
+def gc(store: str, keep_last: int, keep_every: int | None = None, *, app: str | None = None,
+       dry_run: bool = False) -> list[GcReport]:  # fmt: skip
+    from cryo.store.retention import gc as _gc
+
+    return _gc(store, keep_last, keep_every, app=app, dry_run=dry_run)
+
+
+__all__ = ["checkpoint", "describe", "gc", "restart", "verify"]

@@ -1,0 +1,382 @@
+"""A store on disk: applications, their versions, and the files of a version.
+
+    STORE/cryo-store.img          magic CRYOSTOR: {format, created, seed}
+    STORE/APP/.lock               flock: checkpoint and gc exclusive, restart/verify shared
+    STORE/APP/vN/                 version N, published by renaming .vN.tmp.PID
+        core.img                  the records of the processes (no PBLK)
+        pmap.img                  magic CRYOPMAP: VERS, then PMAP per process/object, PHSH per file
+        pages.img                 the pages this version stored (header page, 4 KiB pages)
+        pages-K.img               pages gc merged into this version
+        sysvshm-ID.bin            side files of the engine
+    STORE/APP/.vN.tmp.PID/        a version being written (removed once PID is gone)
+    STORE/APP/.vN.del.PID/        a version being deleted by gc
+
+A version without core.img is *retired*: gc removed it, but later versions still read
+pages from its files.  docs/store.md describes the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cryo.errors import CryoError, ImageCorrupt, ImageIncompatible, ImageMissing
+from cryo.image import format as fmt
+from cryo.store import pages as P
+
+STORE_MAGIC = b"CRYOSTOR"
+PMAP_MAGIC = b"CRYOPMAP"
+MARKER = "cryo-store.img"
+STOR = b"STOR"
+VERS = b"VERS"
+PMAP = b"PMAP"
+PHSH = b"PHSH"
+STORE_FORMAT = 1
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_VERSION_DIR = re.compile(r"v([1-9][0-9]*)")
+_TEMP_DIR = re.compile(r"\.v([1-9][0-9]*)\.(tmp|del)\.([0-9]+)")
+
+
+def check_app_name(name: str) -> str:
+    if not _APP_NAME.fullmatch(name):
+        raise CryoError(f"bad application name {name!r}: letters, digits and ._+- only,"
+                        " not starting with a punctuation mark")  # fmt: skip
+    return name
+
+
+def _pid_alive(pid: int) -> bool:
+    return pid == os.getpid() or os.path.exists(f"/proc/{pid}")
+
+
+class Store:
+    """A store directory.  ``create`` makes it (and its marker) if needed."""
+
+    def __init__(self, path: str, *, create: bool = False) -> None:
+        self.path = os.path.abspath(path)
+        marker = os.path.join(self.path, MARKER)
+        if not os.path.exists(marker):
+            if not create:
+                what = "does not exist" if not os.path.exists(self.path) else "is not a store"
+                raise ImageMissing(f"no store at {self.path} ({what})", path=self.path)
+            self._create(marker)
+        recs = fmt.read_file(marker, STORE_MAGIC)
+        head = recs[0].payload if recs and recs[0].kind == STOR else None
+        if not isinstance(head, dict) or not isinstance(head.get("seed"), int):
+            raise ImageCorrupt(f"store {self.path} is corrupt: bad {MARKER}", path=marker)
+        if head.get("format") != STORE_FORMAT:
+            raise ImageIncompatible(f"store {self.path} has format {head.get('format')};"
+                                    f" this cryo reads format {STORE_FORMAT}",
+                                    path=marker)  # fmt: skip
+        self.seed: int = head["seed"]
+
+    def _create(self, marker: str) -> None:
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise CryoError(f"directory {parent} does not exist", path=parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.path, 0o700)
+        if not os.path.isdir(self.path):
+            raise CryoError(f"{self.path} is not a directory", path=self.path)
+        if any(not n.startswith(".") for n in os.listdir(self.path)):
+            raise CryoError(f"{self.path} is not empty and not a store", path=self.path)
+        # written aside, then linked into place: two first checkpoints racing agree on
+        # one seed (link fails for the second, which reads the first's)
+        tmp = f"{marker}.tmp.{os.getpid()}"
+        with open(tmp, "wb") as f:
+            w = fmt.RecordWriter(f, STORE_MAGIC)
+            w.write(STOR, {"format": STORE_FORMAT, "created": time.time(),
+                           "seed": secrets.randbits(64)})  # fmt: skip
+            w.close()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, marker)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        fmt.fsync_dir(self.path)
+
+    def apps(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.path)
+                      if _APP_NAME.fullmatch(n)
+                      and os.path.isdir(os.path.join(self.path, n)))  # fmt: skip
+
+    def app(self, name: str, *, create: bool = False) -> App:
+        check_app_name(name)
+        path = os.path.join(self.path, name)
+        if not os.path.isdir(path):
+            if not create:
+                raise ImageMissing(f"no application {name!r} in store {self.path}", path=path)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+            fmt.fsync_dir(self.path)
+        return App(self, name, path)
+
+
+@dataclass
+class App:
+    store: Store
+    name: str
+    path: str
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool) -> Iterator[None]:
+        """Writers (checkpoint, gc) one at a time; readers wait for gc."""
+        fd = os.open(os.path.join(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def vdir(self, version: int) -> str:
+        return os.path.join(self.path, f"v{version}")
+
+    def versions(self) -> list[int]:
+        """Every version directory, published or retired, in order."""
+        out = []
+        for n in os.listdir(self.path):
+            m = _VERSION_DIR.fullmatch(n)
+            if m and os.path.isdir(os.path.join(self.path, n)):
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def published(self) -> list[int]:
+        return [v for v in self.versions() if self.is_published(v)]
+
+    def is_published(self, version: int) -> bool:
+        return os.path.exists(os.path.join(self.vdir(version), "core.img"))
+
+    def latest(self) -> int | None:
+        pub = self.published()
+        return pub[-1] if pub else None
+
+    def resolve(self, version: int | None) -> int:
+        """The version a restart means: ``version``, or the latest."""
+        if version is None:
+            latest = self.latest()
+            if latest is None:
+                raise ImageMissing(f"application {self.name!r} has no version", path=self.path)
+            return latest
+        if not self.is_published(version):
+            have = ", ".join(str(v) for v in self.published()) or "none"
+            raise ImageMissing(f"application {self.name!r} has no version {version}"
+                               f" (versions: {have})", path=self.vdir(version))  # fmt: skip
+        return version
+
+    def next_version(self) -> int:
+        used = self.versions()
+        for n in os.listdir(self.path):
+            m = _TEMP_DIR.fullmatch(n)
+            if m and m.group(2) == "del":
+                used.append(int(m.group(1)))
+        return max(used, default=0) + 1
+
+    def sweep(self) -> list[str]:
+        """Remove what a killed cryo left: version directories half written or half
+        deleted by a process that is gone.  Returns what was removed."""
+        gone = []
+        for n in os.listdir(self.path):
+            m = _TEMP_DIR.fullmatch(n)
+            if m and not _pid_alive(int(m.group(3))):
+                shutil.rmtree(os.path.join(self.path, n), ignore_errors=True)
+                gone.append(n)
+        return gone
+
+    def meta(self, version: int) -> VersionMeta:
+        return VersionMeta.load(self.vdir(version))
+
+
+@dataclass
+class FileMeta:
+    """A page file of a version: its pages' hashes and where they were saved from."""
+
+    id: int
+    name: str
+    pages: int
+    hashes: P.U64
+    layout: P.I64  # natural page of each file page
+
+    def record(self) -> dict[str, Any]:
+        starts, counts = P.extents(self.layout)
+        lay = np.zeros(len(starts), dtype=P.LAYOUT)
+        lay["page"], lay["count"] = starts, counts
+        return {"file": self.id, "hashes": self.hashes.tobytes(), "layout": lay.tobytes()}
+
+
+@dataclass
+class Unit:
+    """The page map of one process (``("pid", N)``) or shared object (``("obj", N)``)."""
+
+    tag: tuple[str, int]
+    map: P.PageMap
+    size: int | None = None  # an object's size: its last page may be partial
+
+    def record(self) -> dict[str, Any]:
+        runs, table = self.map.encode()
+        rec: dict[str, Any] = {self.tag[0]: self.tag[1], "sources": table, "runs": runs,
+                               "pages": len(self.map),
+                               "zero": int((self.map.src == P.ZERO).sum())}  # fmt: skip
+        if self.size is not None:
+            rec["size"] = self.size
+        return rec
+
+
+@dataclass
+class VersionMeta:
+    """pmap.img of a version: what it is, its page maps and its page files."""
+
+    path: str
+    version: int
+    info: dict[str, Any]
+    units: list[Unit] = field(default_factory=list)
+    files: dict[int, FileMeta] = field(default_factory=dict)
+
+    @property
+    def retired(self) -> bool:
+        return bool(self.info.get("retired"))
+
+    def source_keys(self) -> set[int]:
+        """Every source key the units refer to."""
+        out: set[int] = set()
+        for u in self.units:
+            out.update(int(k) for k in np.unique(u.map.src) if k != P.ZERO)
+        return out
+
+    def unit(self, tag: tuple[str, int]) -> Unit | None:
+        return next((u for u in self.units if u.tag == tag), None)
+
+    @classmethod
+    def load(cls, vdir: str) -> VersionMeta:
+        path = os.path.join(vdir, "pmap.img")
+        name = os.path.basename(vdir)
+        try:
+            recs = fmt.read_file(path, PMAP_MAGIC)
+        except ImageMissing as err:
+            raise ImageCorrupt(f"store version {vdir} is corrupt: pmap.img is missing",
+                               path=path) from err  # fmt: skip
+        if not recs or recs[0].kind != VERS:
+            raise ImageCorrupt(f"store version {vdir} is corrupt: no VERS record", path=path)
+        info = recs[0].payload
+        try:
+            version = int(info["version"])
+            if name != f"v{version}":
+                raise ValueError(f"it says version {version}")
+            meta = cls(vdir, version, info)
+            declared = {int(f[0]): (str(f[1]), int(f[2])) for f in info["files"]}
+            for rec in recs[1:]:
+                p = rec.payload
+                if rec.kind == PMAP:
+                    tag = ("pid", int(p["pid"])) if "pid" in p else ("obj", int(p["obj"]))
+                    pm = P.PageMap.decode(p["runs"], p["sources"])
+                    if len(pm) != p["pages"]:
+                        raise ValueError(f"map of {tag} holds {len(pm)} pages, not {p['pages']}")
+                    meta.units.append(Unit(tag, pm, p.get("size")))
+                elif rec.kind == PHSH:
+                    fid = int(p["file"])
+                    fname, npages = declared[fid]
+                    hashes = P.hashes_from(p["hashes"])
+                    lay = np.frombuffer(p["layout"], dtype=P.LAYOUT)
+                    layout = P.ramp(lay["page"], lay["count"])
+                    if len(hashes) != npages or len(layout) != npages:
+                        raise ValueError(f"file {fname} has {npages} pages but {len(hashes)}"
+                                         f" hashes and {len(layout)} places")  # fmt: skip
+                    meta.files[fid] = FileMeta(fid, fname, npages, hashes, layout)
+            if set(meta.files) != set(declared):
+                raise ValueError("hashes of a page file are missing")
+        except (KeyError, TypeError, ValueError) as err:
+            raise ImageCorrupt(f"store version {vdir} is corrupt: pmap.img: {err}",
+                               path=path) from err  # fmt: skip
+        return meta
+
+    def write(self) -> None:
+        """(Re)write pmap.img atomically."""
+        self.info["files"] = [[f.id, f.name, f.pages] for f in sorted(self.files.values(),
+                                                                      key=lambda f: f.id)]
+        with fmt.atomic_file(os.path.join(self.path, "pmap.img")) as f:
+            w = fmt.RecordWriter(f, PMAP_MAGIC)
+            w.write(VERS, self.info)
+            for u in self.units:
+                w.write(PMAP, u.record())
+            for fm in sorted(self.files.values(), key=lambda f: f.id):
+                w.write(PHSH, fm.record())
+            w.close()
+
+
+class Sources:
+    """The page files of an application's versions, loaded when first needed."""
+
+    def __init__(self, app: App, metas: dict[int, VersionMeta] | None = None) -> None:
+        self.app = app
+        self.metas: dict[int, VersionMeta] = dict(metas or {})
+
+    def meta(self, version: int) -> VersionMeta:
+        if version not in self.metas:
+            if not os.path.isdir(self.app.vdir(version)):
+                raise ImageCorrupt(f"store application {self.app.path} is corrupt: version"
+                                   f" {version} is referred to but missing",
+                                   path=self.app.vdir(version))  # fmt: skip
+            self.metas[version] = self.app.meta(version)
+        return self.metas[version]
+
+    def file(self, k: int) -> FileMeta:
+        v, fid = P.version_of(k), P.file_of(k)
+        fm = self.meta(v).files.get(fid)
+        if fm is None:
+            raise ImageCorrupt(f"store application {self.app.path} is corrupt: version {v}"
+                               f" has no {P.file_name(fid)}", path=self.app.vdir(v))  # fmt: skip
+        return fm
+
+    def path(self, k: int) -> str:
+        return os.path.join(self.app.vdir(P.version_of(k)), self.file(k).name)
+
+    def check(self, pm: P.PageMap, what: str) -> None:
+        """Every page of ``pm`` points into a file that has it."""
+        for k in np.unique(pm.src):
+            if k == P.ZERO:
+                continue
+            fm = self.file(int(k))
+            if (pm.off[pm.src == k] >= fm.pages).any():
+                raise ImageCorrupt(f"{what} is corrupt: a page map points past the end of"
+                                   f" {self.path(int(k))}", path=self.path(int(k)))  # fmt: skip
+
+    def hashes(self, pm: P.PageMap) -> P.U64:
+        """The hash of every page of ``pm`` (from the files that hold them)."""
+        keys = np.array([k for k in np.unique(pm.src) if k != P.ZERO], dtype=np.int64)
+        tables = [self.file(int(k)).hashes for k in keys]
+        base = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int64)
+        zero = P.zero_hash(self.app.store.seed).reshape(1, 2)
+        allh = np.concatenate([*tables, zero])
+        kidx = np.minimum(np.searchsorted(keys, pm.src), max(len(keys) - 1, 0))
+        gidx = np.where(pm.src == P.ZERO, base[-1], base[kidx] + pm.off)
+        return np.asarray(allh[gidx])
+
+
+def du(path: str) -> int:
+    """Bytes a directory's files take on disk."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for n in os.listdir(path):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(os.path.join(path, n))
+                total += st.st_blocks * 512
+    return total
+
+
+def remove_version(app: App, version: int) -> None:
+    """Make version ``version`` disappear at once (rename), then delete its files."""
+    gone = os.path.join(app.path, f".v{version}.del.{os.getpid()}")
+    os.rename(app.vdir(version), gone)
+    fmt.fsync_dir(app.path)
+    shutil.rmtree(gone, ignore_errors=True)

@@ -1,0 +1,338 @@
+"""A new version of an application, written as the engine dumps (a ``Sink``).
+
+The engine hands every page it saves, block by block, to :meth:`VersionSink.write_block`
+(in its writer thread).  Each page is hashed; a page whose hash is the one the previous
+version has at the same address is not stored again but referred to where the previous
+version finds it; a page of zeros is recorded as such; the other pages are written to
+this version's ``pages.img``, identical pages of a block once.  Nothing of the engine's
+PBLK records is kept: the version's page maps (``pmap.img``) replace them.
+
+The version is written into ``.vN.tmp.PID`` and published by renaming it to ``vN`` once
+every file is fsync'd: a checkpoint killed at any moment leaves earlier versions as they
+were, and its remains are removed by the next checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cryo.errors import InternalError
+from cryo.image import format as fmt
+from cryo.image import records as R
+from cryo.image.sink import PAGES_HEADER
+from cryo.linux import libc
+from cryo.store import pages as P
+from cryo.store.layout import App, FileMeta, Sources, Unit, VersionMeta
+
+log = logging.getLogger(__name__)
+NEW = -2  # a page not seen before: to be stored
+
+
+@dataclass
+class _Block:
+    """What one block of the dump became: per page, where its bytes are now."""
+
+    page: P.I64
+    src: P.I64
+    off: P.I64
+    hash: P.U64
+
+
+def load_previous(app: App, version: int) -> list[P.PageMap]:
+    """The page maps of ``version`` with every page's hash (gathered from the files that
+    hold the pages), for the next checkpoint to compare against."""
+    sources = Sources(app)
+    out = []
+    for unit in sources.meta(version).units:
+        sources.check(unit.map, f"store version {app.vdir(version)}")
+        pm = unit.map
+        out.append(P.PageMap(pm.page, pm.src, pm.off, sources.hashes(pm)))
+    return out
+
+
+class VersionSink:
+    """Writes version ``version`` of ``app``; ``previous`` are the page maps (with hashes)
+    of the version it is compared with (none: a full version)."""
+
+    def __init__(self, app: App, version: int, previous: list[P.PageMap] | None,
+                 *, parent: int | None = None, direct: bool = True) -> None:  # fmt: skip
+        self.app = app
+        self.version = version
+        self.path = app.vdir(version)
+        self.stored_bytes = 0
+        self.seed = app.store.seed
+        self._zero = P.zero_hash(self.seed)
+        self._prev = previous or []
+        self._parent = parent if previous is not None else None
+        self._key = P.key(version, 0)
+        self.tmp = os.path.join(app.path, f".v{version}.tmp.{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.mkdir(self.tmp, 0o700)
+        self._core_f = open(os.path.join(self.tmp, "core.img"), "wb")  # noqa: SIM115
+        self._core = fmt.RecordWriter(self._core_f, R.CORE_MAGIC)
+        pages_path = os.path.join(self.tmp, "pages.img")
+        self._fd = os.open(pages_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        header = PAGES_HEADER.pack(R.PAGES_MAGIC, fmt.FORMAT_VERSION).ljust(P.PAGE, b"\0")
+        os.write(self._fd, header)
+        self._direct = -1
+        if direct:
+            with contextlib.suppress(OSError):
+                self._direct = os.open(pages_path, os.O_WRONLY | os.O_DIRECT)
+        self._stored_pages = 0  # pages in pages.img
+        self._blocks: list[_Block] = []
+        self._file_hashes: list[P.U64] = []
+        self._file_layout: list[P.I64] = []
+        self._units: dict[tuple[str, int], list[int]] = {}
+        self._root: int | None = None
+        self._sizes: dict[int, int] = {}
+        self.written_pages = 0  # pages handed to us
+        self.new_pages = 0  # pages stored (after zeros and identical pages)
+
+    # -- the Sink protocol ---------------------------------------------------------
+
+    def side_path(self, name: str) -> str:
+        return os.path.join(self.tmp, name)
+
+    def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None:
+        if kind == R.PBLK:  # the engine's account of a block we stored: whose it is
+            self._assign(payload)
+            return
+        if kind == R.HEAD:
+            self._root = int(payload["root_pid"])
+        if kind == b"SHMO" and isinstance(payload, dict):
+            self._sizes = {int(o["id"]): int(o["size"]) for o in payload.get("objs", [])}
+        self._core.write(kind, payload, raw=raw)
+
+    def write_block(self, data: memoryview, runs: list[list[int]],
+                    csum: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """Hash, compare and store one block (the engine's writer thread)."""
+        data, runs = _whole_pages(data, runs)
+        page = P.run_pages(runs)
+        n = len(page)
+        h = P.page_hashes(data, self.seed)
+        src = np.full(n, NEW, dtype=np.int64)
+        off = np.zeros(n, dtype=np.int64)
+        # the same bytes at the same page in the previous version: refer to them (the
+        # hash identifies the content, whichever process of that version held it)
+        for prev in self._prev:
+            idx, here = prev.lookup(page)
+            assert prev.hash is not None
+            hit = np.flatnonzero((src == NEW) & here & P.same_rows(prev.hash[idx], h))
+            src[hit] = prev.src[idx[hit]]
+            off[hit] = prev.off[idx[hit]]
+        cand = np.flatnonzero((src == NEW) & P.same_rows(h, np.broadcast_to(self._zero, h.shape)))
+        if len(cand):
+            words = np.frombuffer(data, dtype="<u8").reshape(n, P.PAGE // 8)
+            src[cand[~words[cand].any(axis=1)]] = P.ZERO
+        new = np.flatnonzero(src == NEW)
+        stored = 0
+        if len(new):
+            # identical pages of the block are stored once, in block order
+            rows = np.ascontiguousarray(h[new]).view(np.dtype((np.void, 16))).ravel()
+            _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+            order = np.argsort(first)
+            slot = np.empty(len(first), dtype=np.int64)
+            slot[order] = self._stored_pages + np.arange(len(first))
+            src[new] = self._key
+            off[new] = slot[inverse.ravel()]
+            keep = new[first[order]]
+            self._write_pages(data, keep)
+            self._file_hashes.append(h[keep])
+            self._file_layout.append(page[keep])
+            self._stored_pages += len(keep)
+            stored = len(keep) * P.PAGE
+            self.new_pages += len(keep)
+        self.written_pages += n
+        self._blocks.append(_Block(page, src, off, h))
+        return {"index": len(self._blocks) - 1, "raw": n * P.PAGE, "stored": stored}
+
+    def commit(self) -> None:
+        units = self._unit_maps()
+        hashes = (np.concatenate(self._file_hashes) if self._file_hashes
+                  else np.zeros((0, 2), dtype="<u8"))  # fmt: skip
+        layout = (np.concatenate(self._file_layout) if self._file_layout
+                  else np.zeros(0, dtype=np.int64))  # fmt: skip
+        info = {"version": self.version, "app": self.app.name, "created": time.time(),
+                "parent": self._parent, "retired": False,
+                "memory": sum(len(u.map) for u in units) * P.PAGE,
+                "new": self._stored_pages * P.PAGE}  # fmt: skip
+        meta = VersionMeta(self.tmp, self.version, info, units)
+        meta.files[0] = FileMeta(0, "pages.img", self._stored_pages, hashes, layout)
+        meta.write()  # (atomic, into the temporary directory)
+        self._core.close()
+        self._core_f.flush()
+        os.fsync(self._core_f.fileno())
+        self._core_f.close()
+        if self._direct >= 0:
+            os.fsync(self._direct)
+            os.close(self._direct)
+            self._direct = -1
+        os.ftruncate(self._fd, P.data_offset(self._stored_pages))
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        for name in os.listdir(self.tmp):  # side files the engine wrote
+            if name not in ("core.img", "pages.img", "pmap.img"):
+                fd = os.open(os.path.join(self.tmp, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fmt.fsync_dir(self.tmp)
+        os.rename(self.tmp, self.path)  # the version exists from here on
+        fmt.fsync_dir(self.app.path)
+        self.stored_bytes = sum(os.path.getsize(os.path.join(self.path, n))
+                                for n in os.listdir(self.path))  # fmt: skip
+
+    def abort(self) -> None:
+        for fd in (self._fd, self._direct):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._direct = -1
+        with contextlib.suppress(OSError):
+            self._core_f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- for the engine's write tracking (docs/store.md) ---------------------------
+
+    def select(self, present: list[list[int]], written: list[list[int]] | None
+               ) -> list[list[int]]:  # fmt: skip
+        """The runs the engine must copy when it knows which pages were ``written``
+        since the previous version: those, and present pages the previous version does
+        not have.  The others are taken as unchanged (see :meth:`inherit`)."""
+        if written is None or not self._prev:
+            return present
+        have = P.run_pages(present)
+        known = np.zeros(len(have), dtype=bool)
+        for prev in self._prev:
+            known |= prev.lookup(have)[1]
+        need = np.union1d(P.run_pages(written), have[~known])
+        return P.page_runs(need)
+
+    def inherit(self, present: list[list[int]]) -> dict[str, Any]:
+        """Record the pages of ``present`` that were not handed to write_block as the
+        previous version's: one more "block" for the engine's PBLK (tag it as usual)."""
+        have = P.run_pages(present)
+        done = (np.concatenate([b.page for b in self._blocks]) if self._blocks
+                else np.zeros(0, dtype=np.int64))  # fmt: skip
+        rest = np.setdiff1d(have, done)
+        src = np.full(len(rest), NEW, dtype=np.int64)
+        off = np.zeros(len(rest), dtype=np.int64)
+        h = np.zeros((len(rest), 2), dtype="<u8")
+        for prev in self._prev:
+            idx, here = prev.lookup(rest)
+            hit = np.flatnonzero((src == NEW) & here)
+            assert prev.hash is not None
+            src[hit], off[hit], h[hit] = prev.src[idx[hit]], prev.off[idx[hit]], prev.hash[idx[hit]]
+        if (src == NEW).any():
+            raise InternalError("unchanged pages the previous version does not have")
+        self._blocks.append(_Block(rest, src, off, h))
+        return {"index": len(self._blocks) - 1, "raw": 0, "stored": 0}
+
+    # -- internals -----------------------------------------------------------------
+
+    def _write_pages(self, data: memoryview | bytes | bytearray, idx: P.I64) -> None:
+        """Append the pages ``idx`` of ``data`` to pages.img with vectored writes."""
+        mv = memoryview(data)
+        starts, counts = P.extents(idx)
+        iov = [mv[s * P.PAGE : (s + c) * P.PAGE]
+               for s, c in zip(starts.tolist(), counts.tolist(), strict=True)]
+        pos = P.data_offset(self._stored_pages)
+        first = pos
+        for i in range(0, len(iov), libc.IOV_MAX):
+            chunk = iov[i : i + libc.IOV_MAX]
+            want = sum(len(c) for c in chunk)
+            done = 0
+            while done < want:
+                fd = self._direct if self._direct >= 0 else self._fd
+                try:
+                    n = os.pwritev(fd, _skip(chunk, done), pos + done)
+                except OSError as err:
+                    if fd != self._direct or err.errno != errno.EINVAL:
+                        raise
+                    os.close(self._direct)  # unaligned (a padded partial page), or the
+                    self._direct = -1  # filesystem refuses O_DIRECT: the page cache
+                    continue
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write to pages.img")
+                done += n
+            pos += want
+        if self._direct < 0:  # start writeback now; the fsync at commit waits less
+            libc.sync_file_range(self._fd, first, pos - first)
+
+    def _assign(self, meta: dict[str, Any]) -> None:
+        """A PBLK of the engine: block ``index`` belongs to its pid (or object)."""
+        i = meta.get("index")
+        if not isinstance(i, int) or not 0 <= i < len(self._blocks):
+            raise InternalError(f"PBLK record of no block we stored: {meta}")
+        if "obj" in meta:
+            tag = ("obj", int(meta["obj"]))
+        elif "pid" in meta:
+            tag = ("pid", int(meta["pid"]))
+        elif self._root is not None:  # an engine without tags: one process
+            tag = ("pid", self._root)
+        else:
+            raise InternalError("PBLK before HEAD")
+        self._units.setdefault(tag, []).append(i)
+
+    def _unit_maps(self) -> list[Unit]:
+        assigned = sorted(i for lst in self._units.values() for i in lst)
+        if assigned != list(range(len(self._blocks))):
+            raise InternalError("blocks stored without a PBLK record (or twice)")
+        units = []
+        for tag, idx in self._units.items():
+            bl = [self._blocks[i] for i in idx]
+            page = np.concatenate([b.page for b in bl])
+            src = np.concatenate([b.src for b in bl])
+            off = np.concatenate([b.off for b in bl])
+            order = np.argsort(page, kind="stable")
+            pm = P.PageMap(page[order], src[order], off[order])
+            if not pm.sorted_unique():
+                raise InternalError(f"{tag[0]} {tag[1]}: a page saved twice")
+            size = self._sizes.get(tag[1]) if tag[0] == "obj" else None
+            units.append(Unit(tag, pm, size))
+        return units
+
+
+def _skip(chunk: list[memoryview], n: int) -> list[memoryview]:
+    """``chunk`` without its first ``n`` bytes (after a short write)."""
+    out = []
+    for c in chunk:
+        if n >= len(c):
+            n -= len(c)
+            continue
+        out.append(c[n:])
+        n = 0
+    return out
+
+
+def _whole_pages(data: memoryview, runs: list[list[int]]
+                 ) -> tuple[memoryview, list[list[int]]]:  # fmt: skip
+    """Page data and runs in whole pages.  The last run of a shared object may end
+    inside a page (its size): that page is padded with zeros, and the object's size
+    cuts it again at restart."""
+    if all(start % P.PAGE == 0 and length % P.PAGE == 0 for start, length in runs):
+        return data, runs
+    out = bytearray()
+    fixed = []
+    pos = 0
+    for start, length in runs:
+        if start % P.PAGE:
+            raise InternalError(f"page data at {start:#x}, not at a page boundary")
+        chunk = data[pos : pos + length]
+        pos += length
+        pad = -length % P.PAGE
+        out += chunk
+        out += bytes(pad)
+        fixed.append([start, length + pad])
+    return memoryview(out), fixed

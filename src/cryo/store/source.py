@@ -1,0 +1,271 @@
+"""A version of an application, read for a restart (an ``ImageSource``).
+
+Its records come from the version's core.img; its page blocks are planned from its page
+maps (cryo.store.plan) over the page files of every version it uses.  :meth:`verify`
+reads every page any block will write and checks its hash, then keeps every file mapped,
+so that nothing gc does afterwards can change what the restart writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import platform
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from cryo.errors import ImageCorrupt, ImageIncompatible, ImageMissing
+from cryo.image import format as fmt
+from cryo.image import records as R
+from cryo.image.sink import PAGES_HEADER
+from cryo.store import pages as P
+from cryo.store.layout import App, Sources
+from cryo.store.plan import UnitPlan, plan_unit
+
+GATHER = 16384  # pages per gathered block (64 MiB)
+VERIFY_CHUNK = 4096  # pages per read when verifying (16 MiB)
+
+
+class VersionImage:
+    """Version ``version`` of ``app``, checked and planned; ``lock`` (a context manager
+    already entered, or None) is left once the pages are verified and mapped."""
+
+    def __init__(self, app: App, version: int,
+                 lock: contextlib.AbstractContextManager[None] | None = None) -> None:  # fmt: skip
+        self.app = app
+        self.version = version
+        self.path = app.vdir(version)
+        self._lock = lock
+        self._maps: dict[int, mmap.mmap] = {}
+        self._zeros: list[mmap.mmap] = []
+        core = os.path.join(self.path, "core.img")
+        if not os.path.exists(core):
+            raise ImageMissing(f"application {app.name!r} has no version {version}",
+                               path=self.path)  # fmt: skip
+        self.records: dict[bytes, list[Any]] = defaultdict(list)
+        for rec in fmt.read_file(core, R.CORE_MAGIC):
+            self.records[rec.kind].append(rec.payload)
+        heads = self.records.get(R.HEAD)
+        if not heads:
+            raise ImageCorrupt(f"store version {self.path} is corrupt: no HEAD record",
+                               path=self.path)  # fmt: skip
+        self.head: dict[str, Any] = heads[0]
+        if self.head.get("arch") != platform.machine():
+            raise ImageIncompatible(f"store version {self.path} is for {self.head.get('arch')},"
+                                    f" this machine is {platform.machine()}",
+                                    path=self.path)  # fmt: skip
+        self.sources = Sources(app)
+        meta = self.sources.meta(version)
+        self.blocks: list[dict[str, Any]] = []
+        self._used: dict[int, P.BOOL] = {}
+        self._gathers: list[P.PageMap] = []
+        for unit in meta.units:
+            self.sources.check(unit.map, f"store version {self.path}")
+            layouts = {k: self.sources.file(k).layout
+                       for k in np.unique(unit.map.src).tolist() if k != P.ZERO}  # fmt: skip
+            exclude = None
+            if unit.size is not None and unit.size % P.PAGE:
+                exclude = np.array([unit.size // P.PAGE], dtype=np.int64)
+            plan = plan_unit(unit.map, layouts, exclude=exclude)
+            self._add_blocks(unit.tag, unit.size, plan)
+
+    # -- planning ------------------------------------------------------------------
+
+    def _add_blocks(self, tag: tuple[str, int], size: int | None, plan: UnitPlan) -> None:
+        base = {tag[0]: tag[1]}
+        for k, used in plan.used.items():
+            self._used[k] = self._used[k] | used if k in self._used else used
+        for nat in plan.natural:
+            runs = [[page << P.SHIFT, count << P.SHIFT] for page, count in nat.runs]
+            self._add(base, runs, nat=(nat.key, nat.off))
+        g = plan.gather
+        for i in range(0, len(g), GATHER):
+            part = P.PageMap(g.page[i : i + GATHER], g.src[i : i + GATHER],
+                             g.off[i : i + GATHER])  # fmt: skip
+            runs = P.page_runs(part.page)
+            if size is not None and runs and runs[-1][0] + runs[-1][1] > size:
+                runs[-1][1] = size - runs[-1][0]  # an object's last, partial page
+            self._gathers.append(part)
+            self._add(base, runs, gather=len(self._gathers) - 1)
+        zero = plan.stale_zero
+        if tag[0] == "pid" and len(plan.zero):
+            # a fresh private file mapping holds the file's bytes, not zeros
+            mm = self.one(R.MM, tag[1])
+            inside = np.zeros(len(plan.zero), dtype=bool)
+            for v in mm["vmas"]:
+                if v["kind"] == "file":
+                    s, e = v["start"] >> P.SHIFT, v["end"] >> P.SHIFT
+                    inside |= (plan.zero >= s) & (plan.zero < e)
+            zero = np.union1d(zero, plan.zero[inside])
+        if len(zero):
+            self._add(base, P.page_runs(zero), zero=True)
+
+    def _add(self, base: dict[str, int], runs: list[list[int]], **how: Any) -> None:
+        b = {"index": len(self.blocks), **base, "runs": runs, "raw": sum(n for _, n in runs)}
+        b.update({f"_{k}": v for k, v in how.items()})
+        self.blocks.append(b)
+
+    # -- the ImageSource protocol --------------------------------------------------
+
+    def one(self, kind: bytes, pid: int) -> dict[str, Any]:
+        for payload in self.records.get(kind, []):
+            if payload.get("pid") == pid:
+                return dict(payload)
+        raise ImageCorrupt(f"store version {self.path} is corrupt: no"
+                           f" {kind.decode().strip()} record for pid {pid}",
+                           path=self.path)  # fmt: skip
+
+    def raw(self, kind: bytes) -> list[Any]:
+        return list(self.records.get(kind, []))
+
+    def side_path(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def verify(self, threads: int = 2) -> None:
+        """Check the hash of every page a block will write, from every file; then map
+        the files and let go of the store's lock."""
+        fds: dict[int, int] = {}
+        try:
+            for k, used in self._used.items():
+                if used.any():
+                    fds[k] = self._open_checked(k)
+            jobs = [(fds[k], self.sources.file(k).hashes, k, start, count)
+                    for k, start, count in self._chunks()]  # fmt: skip
+            bad = check_pages(jobs, self.app.store.seed, threads)
+            if bad:
+                k, page = min(bad)
+                raise ImageCorrupt(f"store version {self.path} is corrupt: page {page} of"
+                                   f" {self.sources.path(k)} does not match its checksum",
+                                   path=self.sources.path(k))  # fmt: skip
+            for k, fd in fds.items():
+                size = os.fstat(fd).st_size
+                # private and writable, never written: ctypes can take its address
+                self._maps[k] = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                                          prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        self._unlock()
+
+    def block_data(self, b: dict[str, Any]) -> tuple[object, int]:
+        if "_nat" in b:
+            k, off = b["_nat"]
+            return self._maps[k], P.data_offset(off)
+        if "_gather" in b:
+            part = self._gathers[b["_gather"]]
+            buf = bytearray(len(part) * P.PAGE)
+            at = P.breaks(part.off, same=(part.src,))
+            ends = np.append(at[1:], len(part))
+            for s, e in zip(at.tolist(), ends.tolist(), strict=True):
+                src = self._maps[int(part.src[s])]
+                off = P.data_offset(int(part.off[s]))
+                buf[s * P.PAGE : e * P.PAGE] = src[off : off + (e - s) * P.PAGE]
+            return buf, 0
+        if "_zero" in b:
+            # an unpopulated anonymous mapping: reading it maps the zero page
+            zeros = mmap.mmap(-1, max(b["raw"], P.PAGE), flags=mmap.MAP_PRIVATE)
+            self._zeros.append(zeros)
+            return zeros, 0
+        raise ImageCorrupt(f"store version {self.path}: a block of unknown kind")
+
+    def close(self) -> None:
+        for m in [*self._maps.values(), *self._zeros]:
+            with contextlib.suppress(BufferError):
+                m.close()
+        self._maps.clear()
+        self._zeros.clear()
+        self._unlock()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
+
+    def _open_checked(self, k: int) -> int:
+        path = self.sources.path(k)
+        fm = self.sources.file(k)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as err:
+            raise ImageCorrupt(f"store version {self.path} is corrupt: {path} is missing",
+                               path=path) from err  # fmt: skip
+        try:
+            check_page_file(fd, path, fm.pages)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _chunks(self) -> Iterator[tuple[int, int, int]]:
+        for k, used in self._used.items():
+            if not used.any():
+                continue
+            starts, counts = P.extents(np.flatnonzero(used))
+            for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
+                for i in range(s, s + c, VERIFY_CHUNK):
+                    yield k, i, min(VERIFY_CHUNK, s + c - i)
+
+
+def check_pages(jobs: list[tuple[int, P.U64, int, int, int]], seed: int, threads: int = 2
+                ) -> list[tuple[int, int]]:  # fmt: skip
+    """Read and hash pages: each job is (fd, the file's hashes, tag, first page, pages).
+    Returns (tag, page) of the first bad page of each job that has one.  Two threads
+    overlap the reads of a cold file (the hashing itself holds the GIL)."""
+    bad: list[tuple[int, int]] = []
+    work = list(reversed(jobs))
+    lock = threading.Lock()
+
+    def run() -> None:
+        buf = bytearray(max((j[4] for j in jobs), default=0) * P.PAGE)
+        while True:
+            with lock:
+                if not work:
+                    return
+                fd, hashes, tag, start, count = work.pop()
+            view = memoryview(buf)[: count * P.PAGE]
+            got = _pread_full(fd, view, P.data_offset(start))
+            if got != len(view):
+                bad.append((tag, start + got // P.PAGE))
+                continue
+            diff = ~P.same_rows(P.page_hashes(view, seed), hashes[start : start + count])
+            if diff.any():
+                bad.append((tag, start + int(np.flatnonzero(diff)[0])))
+
+    pool = [threading.Thread(target=run) for _ in range(threads - 1)]
+    for t in pool:
+        t.start()
+    try:
+        run()
+    finally:
+        for t in pool:
+            t.join()
+    return sorted(bad)
+
+
+def check_page_file(fd: int, path: str, pages: int) -> None:
+    """The header and the size of a page file."""
+    size = os.fstat(fd).st_size
+    if size != P.data_offset(pages):
+        raise ImageCorrupt(f"{path} is corrupt: {size} bytes, not {P.data_offset(pages)}",
+                           path=path)  # fmt: skip
+    head = os.pread(fd, PAGES_HEADER.size, 0)
+    if len(head) != PAGES_HEADER.size or PAGES_HEADER.unpack(head) != (R.PAGES_MAGIC,
+                                                                      fmt.FORMAT_VERSION):
+        raise ImageCorrupt(f"{path} is corrupt: bad header", path=path)
+
+
+def _pread_full(fd: int, view: memoryview, offset: int) -> int:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    return got
