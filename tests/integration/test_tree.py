@@ -31,6 +31,10 @@ def ids(pid: int) -> tuple[int, int, int]:
     return int(f[1]), int(f[2]), int(f[3])  # ppid, pgrp, session
 
 
+def nspids(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/status").read_text().split("NSpid:")[1].split("\n")[0].split()
+
+
 def kill_tree(pids: list[int]) -> None:
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -127,3 +131,30 @@ def test_anonymous_files_and_socket_pairs(procs: Procs, build: Any, tmp_path: Pa
     v.wait_line("oneshot ok")
     v.wait_ok_after(max(v.oks()) + 3)
     assert not v.fails()
+
+
+def test_pid_namespace(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """`cryo run --pid-ns`: the job is pid 1 of its own pid namespace, so its restart
+    always gets every pid back, even while the old processes' pids are still taken."""
+    out = tmp_path / "out.txt"
+    r = run_cryo("run", "--pid-ns", "--output", str(tmp_path / "log"), "--",
+                 build("forkserver"), str(out))
+    assert r.returncode == 0, r.stderr
+    root = procs.track(int(r.stdout))
+    v = Victim(root, out)
+    v.wait_ok_after(3)
+    assert nspids(root)[-1] == "1"
+    inner = sorted(int(nspids(p)[-1]) for p in tree_pids(root))
+    r = run_cryo("checkpoint", str(root), "-D", str(tmp_path / "img"))  # a cryo run job: --tree
+    assert r.returncode == 0, r.stderr
+    assert "4 processes" in r.stderr
+    os.kill(root, signal.SIGSTOP)  # the first copy keeps every outer pid taken
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--must-reuse-pid")
+    assert r.returncode == 0, r.stderr
+    new_root = procs.track(int(r.stdout))
+    assert new_root != root and nspids(new_root)[-1] == "1"
+    assert sorted(int(nspids(p)[-1]) for p in tree_pids(new_root)) == inner
+    new = Victim(new_root, out)
+    seen = len(v.oks())
+    new.wait_for(lambda ls: len([x for x in ls if x.startswith("ok")]) > seen + 3)
+    assert not new.fails()

@@ -6,12 +6,12 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cryo import launch
 from cryo.errors import CryoError
 
 
@@ -68,6 +68,9 @@ def register(sub: Any) -> None:
     p.add_argument("--output", "-o", default="/dev/null", metavar="FILE",
                    help="append stdout and stderr to FILE (default /dev/null)")
     p.add_argument("--pidfile", metavar="FILE", help="write the pid to FILE")
+    p.add_argument("--pid-ns", action="store_true",
+                   help="run it as pid 1 of a new pid namespace, so that a restart can always"
+                   " give every process its old pid")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     p.set_defaults(func=cmd_run)
 
@@ -93,9 +96,6 @@ def _check_where(args: argparse.Namespace) -> None:
         raise CryoError("--app goes with --store")
 
 
-RUN_MARK = "CRYO_RUN=1"  # `cryo run` puts it in the environment of what it starts
-
-
 def _scope(args: argparse.Namespace) -> tuple[int, str]:
     if args.pgid is not None or args.sid is not None:
         if args.pid is not None:
@@ -109,7 +109,7 @@ def _scope(args: argparse.Namespace) -> tuple[int, str]:
         return args.pid, "process"
     try:
         with open(f"/proc/{args.pid}/environ", "rb") as f:
-            started_by_run = RUN_MARK.encode() in f.read().split(b"\0")
+            started_by_run = launch.RUN_MARK.encode() in f.read().split(b"\0")
     except OSError:
         started_by_run = False
     return args.pid, "tree" if started_by_run else "process"
@@ -224,23 +224,14 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cryo.launch import run
+
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        raise CryoError("cryo run needs a command: cryo run -- CMD ARGS")
-    out = open(args.output, "ab")  # noqa: SIM115  (handed to the child, closed below)
-    try:
-        env = dict(os.environ, **dict([RUN_MARK.split("=")]))
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                close_fds=True, start_new_session=True, env=env)  # fmt: skip
-    except OSError as err:
-        raise CryoError(f"cannot start {cmd[0]}: {err.strerror}") from err
-    finally:
-        out.close()
+    pid = run(cmd, args.output, pid_ns=args.pid_ns)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
-            f.write(f"{proc.pid}\n")
-    print(proc.pid)
-    proc.returncode = 0  # do not reap it at exit: it lives on after us
+            f.write(f"{pid}\n")
+    print(pid)
     return 0
 
 

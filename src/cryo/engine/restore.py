@@ -56,7 +56,7 @@ from cryo.image import records as R
 from cryo.image.reader import Image, ImageSource
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import PAGE_SIZE, PTRACE, SYS
+from cryo.linux.consts import CLONE, PAGE_SIZE, PTRACE, SYS
 
 log = logging.getLogger(__name__)
 RESTORER_SIZE = 64 * 1024
@@ -137,9 +137,13 @@ def validate(src: str | ImageSource) -> tuple[ImageSource, Plan]:
                        segments)  # fmt: skip
 
 
-def _spawn_helper(want_pid: int | None) -> int:
-    """Fork a child that stops itself under our trace; with ``want_pid``, as that pid."""
-    child = libc.clone3_set_tid(want_pid) if want_pid is not None else os.fork()
+def _spawn_helper(want_pid: int | None, new_pidns: bool = False) -> int:
+    """Fork a child that stops itself under our trace; with ``want_pid``, as that pid;
+    with ``new_pidns`` as pid 1 of a new pid namespace."""
+    if new_pidns:
+        child = libc.clone3(None, CLONE.NEWPID)
+    else:
+        child = libc.clone3(want_pid) if want_pid is not None else os.fork()
     if child == 0:  # the child: become traceable and stop; we take it from there
         try:
             libc.ptrace(PTRACE.TRACEME, 0)
@@ -275,7 +279,7 @@ def _build_tree(plan: Plan, made: dict[int, _Made], reuse: bool, shell_job: bool
                 own = [(v.start, v.end) for v in procfs.parse_maps(procfs.read("self", "maps"))]
                 area = memory.free_area(own, _layouts(plan), size=RESTORER_SIZE)
             try:
-                child = _spawn_helper(old if reuse else None)
+                child = _spawn_helper(old if reuse else None, bool(plan.tree.get("pidns")))
             except OSError as err:
                 if err.errno != errno.EEXIST:
                     raise
@@ -289,10 +293,11 @@ def _build_tree(plan: Plan, made: dict[int, _Made], reuse: bool, shell_job: bool
             args = S.clone_args()
             args.exit_signal = rec["exit_signal"]
             if reuse:
-                args.set_tid = pinj.put(struct.pack("<i", old), 512)
+                args.set_tid = pinj.put(struct.pack("<i", rec["nspid"]), 512)
                 args.set_tid_size = 1
-            child = pinj(SYS.clone3, pinj.put(bytes(args)), len(bytes(args)),
-                         what=f" clone3 for {old}")  # fmt: skip
+            known = set(tree.children(parent.pid))
+            pinj(SYS.clone3, pinj.put(bytes(args)), len(bytes(args)), what=f" clone3 for {old}")
+            child = tree.new_child(parent.pid, known)
             t = Tracee(child)
             t.attached = True  # traced from birth (PTRACE_O_TRACEFORK)
             t.wait_stop()
@@ -313,8 +318,9 @@ def _ids(m: _Made, made: dict[int, _Made], shell_job: bool, root: bool) -> None:
         return
     if rec["pgid"] == old:
         inj(SYS.setpgid, 0, 0)
-    elif rec["pgid"] in made and not root:
-        inj(SYS.setpgid, 0, made[rec["pgid"]].pid)
+    elif rec["pgid"] in made and not root:  # the leader's pid as the process sees it
+        leader = made[rec["pgid"]]
+        inj(SYS.setpgid, 0, tree.nspid(leader.pid))
 
 
 def _build_process(m: _Made, plan: Plan, area: int, shm_ids: dict[int, int],
@@ -348,8 +354,10 @@ def _build_process(m: _Made, plan: Plan, area: int, shm_ids: dict[int, int],
     ctx.threads[m.pid] = m.tracee
     ctx.tid_map[ctx.old_pid] = m.pid
     m.injectors[m.pid] = inj
+    pidns = bool(plan.tree.get("pidns"))
+    nstids = dict(zip(m.rec["threads"], m.rec["nstids"], strict=True))
     for trec in trecs[1:]:
-        want = trec["tid"] if threads.tid_free(trec["tid"]) else None
+        want = nstids[trec["tid"]] if pidns or threads.tid_free(trec["tid"]) else None
         t = threads.create(ctx, trec, want)
         ctx.threads[t.tid] = t
         ctx.tid_map[trec["tid"]] = t.tid

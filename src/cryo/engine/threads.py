@@ -15,7 +15,7 @@ import os
 import struct
 from typing import Any
 
-from cryo.engine import registers, signals, task
+from cryo.engine import registers, signals, task, tree
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
@@ -44,12 +44,14 @@ def create(ctx: RestoreContext, trec: dict[str, Any], want_tid: int | None) -> T
         args.set_tid = tid_addr
         args.set_tid_size = 1
     size = len(bytes(args))
-    tid = inj(SYS.clone3, inj.put(bytes(args)), size, what=f" clone3 thread {trec['tid']}")
+    known = {int(x) for x in os.listdir(f"/proc/{ctx.pid}/task")}
+    got = inj(SYS.clone3, inj.put(bytes(args)), size, what=f" clone3 thread {trec['tid']}")
+    if want_tid is not None and got != want_tid:
+        raise CryoError(f"thread {trec['tid']} came back as {got}")
+    tid = tree.new_thread(ctx.pid, known)  # the tid as we see it (pid namespaces)
     t = Tracee(ctx.pid, tid)
     t.attached = True  # traced from birth (PTRACE_O_TRACECLONE)
     t.wait_stop()
-    if want_tid is not None and tid != want_tid:
-        raise CryoError(f"thread {trec['tid']} came back as {tid}")
     return t
 
 

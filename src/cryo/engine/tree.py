@@ -39,6 +39,8 @@ class Proc:
     exit_signal: int = 17
     threads: list[int] = field(default_factory=list)
     tracees: dict[int, Tracee] = field(default_factory=dict)
+    nspid: int = 0  # the pid in its own (innermost) pid namespace
+    nstids: list[int] = field(default_factory=list)
 
     @property
     def leader(self) -> Tracee:
@@ -47,7 +49,8 @@ class Proc:
     def record(self) -> dict[str, Any]:
         return {"pid": self.pid, "ppid": self.ppid, "pgid": self.pgid, "sid": self.sid,
                 "zombie": self.zombie, "exit_code": self.exit_code,
-                "exit_signal": self.exit_signal, "threads": self.threads}  # fmt: skip
+                "exit_signal": self.exit_signal, "threads": self.threads,
+                "nspid": self.nspid or self.pid, "nstids": self.nstids or self.threads}  # fmt: skip
 
 
 def _stat(pid: int) -> procfs.Stat | None:
@@ -57,7 +60,7 @@ def _stat(pid: int) -> procfs.Stat | None:
         return None
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     out: list[int] = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -81,7 +84,7 @@ def members(target: int, scope: str) -> list[int]:
         while todo:
             p = todo.pop(0)
             pids.append(p)
-            todo.extend(sorted(_children(p)))
+            todo.extend(sorted(children(p)))
     elif scope in ("pgid", "sid"):
         pids = []
         for p in sorted(_all_pids()):
@@ -160,12 +163,28 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                 break
         for p in procs.values():  # ids read again now that nothing moves
             st = _stat(p.pid)
+            if st is not None:
+                p.nspid = nspid(p.pid)
             if st is not None and not p.zombie:
                 p.ppid, p.pgid, p.sid = st.ppid, st.pgrp, st.session
+                p.nstids = [nspid(p.pid, t) for t in p.threads]
         return procs
     except BaseException:
         let_go(procs)
         raise
+
+
+def nspid(pid: int, tid: int | None = None) -> int:
+    """The task's id in its own pid namespace (the last NSpid field)."""
+    name = f"task/{tid}/status" if tid is not None else "status"
+    ids = procfs.parse_status(procfs.read(pid, name)).get("NSpid", "")
+    return int(ids.split()[-1]) if ids else (tid or pid)
+
+
+def own_pidns(pid: int) -> bool:
+    """Is ``pid`` the init (pid 1) of a pid namespace of its own?"""
+    ids = procfs.parse_status(procfs.read(pid, "status")).get("NSpid", "").split()
+    return len(ids) > 1 and ids[-1] == "1"
 
 
 def _exit_code(pid: int) -> int:
@@ -202,7 +221,12 @@ def collect_dead(procs: dict[int, Proc]) -> None:
 
 
 def record(procs: dict[int, Proc], target: int, scope: str) -> dict[str, Any]:
-    return {"root": target, "scope": scope, "procs": [p.record() for p in procs.values()]}
+    """The TREE record; ``pidns`` when the root is the init of its own pid namespace (as
+    `cryo run --pid-ns` makes it): the restart then makes a new namespace, where every
+    pid is free."""
+    pidns = scope == "tree" and own_pidns(target)
+    return {"root": target, "scope": scope, "pidns": pidns,
+            "procs": [p.record() for p in procs.values()]}  # fmt: skip
 
 
 # -- restore ---------------------------------------------------------------------------
@@ -245,7 +269,25 @@ def check_groups(rec: dict[str, Any], shell_job: bool) -> None:
                               resource="process group")  # fmt: skip
 
 
+def new_child(parent_pid: int, known: set[int]) -> int:
+    """The pid, as we see it, of the child ``parent_pid`` just made (in another pid
+    namespace clone3 returns the child's pid there)."""
+    for p in children(parent_pid):
+        if p not in known:
+            return p
+    raise CryoError(f"the child of {parent_pid} is nowhere to be seen")
+
+
+def new_thread(pid: int, known: set[int]) -> int:
+    for t in sorted(int(x) for x in os.listdir(f"/proc/{pid}/task")):
+        if t not in known:
+            return t
+    raise CryoError(f"the new thread of {pid} is nowhere to be seen")
+
+
 def pids_free(rec: dict[str, Any]) -> bool:
+    if rec.get("pidns"):
+        return True  # a new namespace: every pid is free
     return all(not os.path.exists(f"/proc/{t}") for p in rec["procs"]
                for t in (p["threads"] or [p["pid"]]))  # fmt: skip
 

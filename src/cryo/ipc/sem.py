@@ -37,7 +37,7 @@ from cryo.ipc.common import (
 )
 from cryo.ipc.kinds import Kind
 from cryo.linux import sysv
-from cryo.linux.libc import clone3_set_tid
+from cryo.linux.libc import clone3
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _set_values(semid: int, values: list[int], pids: list[int]) -> list[str]:
 def _set_as(pid: int, semid: int, items: list[tuple[int, int]]) -> str | None:
     """SETVAL ``items`` from a child whose pid is ``pid``; why not, or None when done."""
     try:
-        child = clone3_set_tid(pid)
+        child = clone3(pid)
     except OSError as err:
         if err.errno == errno.EEXIST:
             return "the pid is in use"

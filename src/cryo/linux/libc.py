@@ -147,24 +147,27 @@ def get_robust_list(pid: int) -> tuple[int, int]:
     return head.value, size.value
 
 
-def clone3_set_tid(pid: int) -> int:
-    """Fork this process giving the child ``pid`` (clone3 with set_tid), like fork().
+def clone3(set_tid: int | None = None, flags: int = 0) -> int:
+    """Fork this process like fork(), the child getting pid ``set_tid`` (in its innermost
+    pid namespace) and clone ``flags`` (CLONE_NEWPID: the child is pid 1 of a new one).
 
     The GIL stays held across the call, so the child returns into Python in the
-    parent's exact interpreter state; it must only run trivial code and then stop.
+    parent's exact interpreter state; it must only run trivial code and then stop or exec.
     """
     import signal
 
-    tid = (ctypes.c_int32 * 1)(pid)
+    tid = (ctypes.c_int32 * 1)(set_tid or 0)
     args = S.clone_args()
+    args.flags = flags
     args.exit_signal = signal.SIGCHLD
-    args.set_tid = ctypes.addressof(tid)
-    args.set_tid_size = 1
+    if set_tid is not None:
+        args.set_tid = ctypes.addressof(tid)
+        args.set_tid_size = 1
     fn = _pylibc.syscall
     fn.restype = ctypes.c_long
     ret = fn(ctypes.c_long(SYS.clone3), ctypes.c_void_p(ctypes.addressof(args)),
              ctypes.c_size_t(ctypes.sizeof(args)))  # fmt: skip
-    return _check(int(ret), f"clone3 set_tid={pid}")
+    return _check(int(ret), f"clone3 set_tid={set_tid} flags={flags:#x}")
 
 
 def pidfd_open(pid: int) -> int:
