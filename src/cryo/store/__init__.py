@@ -59,7 +59,11 @@ def checkpoint(pid: int, store: str, app: str, *, compress: bool = False,
                 warnings.append(f"version {parent} is damaged ({err}); this version is full")
         version = a.next_version()
         sink = VersionSink(a, version, previous, parent=parent, direct=direct_io)
-        result = dump.checkpoint(pid, sink, direct_io=direct_io, **engine)
+        try:
+            result = dump.checkpoint(pid, sink, direct_io=direct_io, **engine)
+        except BaseException:
+            sink.abort()  # (the engine does, unless it fails before it starts)
+            raise
     result.warnings.extend(warnings)
     result.total_seconds = time.perf_counter() - t0
     log.info("%s version %d: %d of %d pages stored", app, version, sink.new_pages,
