@@ -158,3 +158,55 @@ def test_pid_namespace(procs: Procs, build: Any, tmp_path: Path) -> None:
     seen = len(v.oks())
     new.wait_for(lambda ls: len([x for x in ls if x.startswith("ok")]) > seen + 3)
     assert not new.fails()
+
+
+def test_unsupported_child_leaves_the_whole_tree_alone(procs: Procs, build: Any,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    """One process of the tree holds a TCP socket: the checkpoint names it, and every
+    process of the tree goes on untouched (not stopped, not traced, same mappings)."""
+    code = ("import os,socket,sys,time\nif os.fork() == 0:\n"
+            "  s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); time.sleep(600)\n"
+            f"f = open('{tmp_path / 'out.txt'}', 'a', buffering=1)\n"
+            "i = 0\nwhile True:\n  f.write(f'tick {i}\\n'); i += 1; time.sleep(0.01)\n")
+    v = procs.spawn([sys.executable, "-c", code], tmp_path / "out.txt")
+    v.wait_ok_after(3)
+    pids = tree_pids(v.pid)
+    assert len(pids) == 2
+    maps = {p: Path(f"/proc/{p}/maps").read_text() for p in pids}
+    for p in pids:
+        procs.track(p)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"))
+    assert r.returncode == 9 and "TCP socket is not supported" in r.stderr, r.stderr
+    for p in pids:
+        status = Path(f"/proc/{p}/status").read_text()
+        assert "TracerPid:\t0" in status and "State:\tT" not in status
+        assert Path(f"/proc/{p}/maps").read_text() == maps[p]
+    v.wait_ok_after(max(v.oks()) + 3)
+    assert not (tmp_path / "img").exists()
+
+
+def test_process_group_scope(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    py = sys.executable
+    v = procs.spawn(["sh", "-c", f"{py} {VICTIMS / 'produce.py'} | {py} {VICTIMS / 'consume.py'}"
+                     f" {out}"], out)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while len(v.lines()) < 100:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    r = run_cryo("checkpoint", "--pgid", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    assert "3 processes" in r.stderr
+    kill_tree([v.pid])
+    n = len(v.lines())
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    for p in tree_pids(procs.track(int(r.stdout))):
+        procs.track(p)
+    while len(v.lines()) < n + 100:
+        assert time.monotonic() < deadline + 20
+        time.sleep(0.01)
+    got = [int(x.split()[1]) for x in v.lines()]
+    assert got == list(range(len(got)))
+    r = run_cryo("checkpoint", "--sid", "999999999", "-D", str(tmp_path / "img2"))
+    assert r.returncode == 3 and "no process in session 999999999" in r.stderr
