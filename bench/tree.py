@@ -1,0 +1,118 @@
+"""Whole applications against one process (issue 3's goal).
+
+16 processes of 64 MiB each, and one process with 32 threads: checkpoint, freeze and
+restore times; in the same run one process holding the same total memory (1 GiB); the
+tree should cost at most 1.3 x the single process.  Run as root:  python bench/tree.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from cryo.linux import libc
+from cryo.linux.consts import PR
+
+VICTIMS = Path(__file__).resolve().parent.parent / "tests" / "victims"
+
+
+def build(name: str, out: Path) -> str:
+    exe = out / name
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(VICTIMS / f"{name}.c"), "-lrt",
+                    "-lpthread"], check=True)  # fmt: skip
+    return str(exe)
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(FileNotFoundError):
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(x) for x in (t / "children").read_text().split())
+    return out
+
+
+def kill_all(pids: list[int]) -> None:
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    for p in pids:
+        while os.path.exists(f"/proc/{p}"):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p, os.WNOHANG)
+            time.sleep(0.002)
+
+
+def measure(argv: list[str], work: Path, name: str, scope: str) -> dict[str, float]:
+    out = Path(tempfile.mktemp(prefix=f"{name}-", suffix=".txt", dir=work))
+    p = subprocess.Popen([*argv[:1], str(out), *argv[1:]], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+                         start_new_session=True)  # fmt: skip
+    p.returncode = 0
+    pids: list[int] = [p.pid]
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and "tick 1" in out.read_text()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name} never got ready")
+            time.sleep(0.01)
+        pids = descendants(p.pid)
+        img = out.with_suffix(".img")
+        r = checkpoint(p.pid, str(img), scope=scope, signal_after=signal.SIGKILL)
+        kill_all(pids)
+        t = time.perf_counter()
+        rr = restart(str(img))
+        restore_s = time.perf_counter() - t
+        pids = list(rr.pids.values())
+        n = out.read_text().count("tick")
+        while out.read_text().count("tick") < n + 2:
+            time.sleep(0.005)
+        shutil.rmtree(img)
+        return {"dump": r.total_seconds, "freeze": r.freeze_seconds, "restore": restore_s,
+                "procs": len(r.pids), "threads": r.threads, "bytes": r.memory_bytes}  # fmt: skip
+    finally:
+        kill_all(pids)
+
+
+def main() -> None:
+    libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+    work = Path(tempfile.mkdtemp(prefix="cryo-tree-bench-"))
+    try:
+        fan, big = build("fanout", work), build("bigmem", work)
+        rows = [
+            ("16 x 64 MiB", [fan, "16", "64"], "tree"),
+            ("1 x 1 GiB", [big, "1024"], "process"),
+            ("32 threads", [fan, "32", "64", "threads"], "process"),
+            ("1 x 64 MiB", [big, "64"], "process"),
+        ]
+        print(f"{'target':<13} {'procs':>5} {'threads':>7} {'memory':>8} {'dump s':>8}"
+              f" {'freeze s':>9} {'restore s':>10}")
+        got = {}
+        for _ in range(2):  # the first round touches fresh memory of the VM
+            for name, argv, scope in rows:
+                got[name] = m = measure(argv, work, name.replace(" ", ""), scope)
+                print(f"{name:<13} {m['procs']:>5} {m['threads']:>7}"
+                      f" {m['bytes'] / 2**20:>7.0f}M {m['dump']:>8.3f} {m['freeze']:>9.3f}"
+                      f" {m['restore']:>10.3f}", flush=True)
+        t, s = got["16 x 64 MiB"], got["1 x 1 GiB"]
+        th, one = got["32 threads"], got["1 x 64 MiB"]
+        print(f"tree / single process (same memory): dump {t['dump'] / s['dump']:.2f}x,"
+              f" restore {t['restore'] / s['restore']:.2f}x (goal <= 1.3x)")
+        print(f"32 threads / 1 thread (64 MiB): dump {th['dump'] / one['dump']:.2f}x,"
+              f" restore {th['restore'] / one['restore']:.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
