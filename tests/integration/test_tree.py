@@ -70,6 +70,14 @@ def test_forking_server(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert v.wait_line("reaped") == "reaped 1 1 7"
     last = [x for x in v.lines() if x.startswith("ok")][-1].split()
     assert int(last[2]) > 0 and int(last[2]) <= int(last[3])
+    # restart the same image a second time, once the first copy is gone
+    kill_tree(tree_pids(v.pid))
+    again = restart(str(tmp_path / "img"))
+    for p in again.pids.values():
+        procs.track(p)
+    assert sorted(again.pids.values()) == pids
+    v = Victim(again.pid, v.out)
+    v.wait_ok_after(max(v.oks()) + 3)
     # checkpoint the restored tree again, restart it again
     v, _ = cycle(procs, v, tmp_path / "img2")
     v.wait_ok_after(max(v.oks()) + 3)
@@ -123,7 +131,8 @@ def test_multiprocessing_pool(procs: Procs, tmp_path: Path) -> None:
 
 def test_anonymous_files_and_socket_pairs(procs: Procs, build: Any, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    v = procs.spawn([build("fdkinds"), str(tmp_path / "out.txt"), str(go)], tmp_path / "out.txt")
+    v = procs.spawn([build("fdkinds"), str(tmp_path / "out.txt"), str(go),
+                     str(tmp_path / "fifo")], tmp_path / "out.txt")
     v.wait_ok_after(3)
     v, pids = cycle(procs, v, tmp_path / "img")
     assert len(pids) == 2

@@ -2,8 +2,9 @@
  * a stream socketpair shared with a child process (echo), a datagram socketpair with
  * three messages queued, an eventfd holding 42, a semaphore eventfd holding 3, a
  * signalfd with a pending SIGUSR1, a periodic timerfd, and an epoll set watching the
- * eventfd, the timerfd and the stream socket.  The one-shot checks run once the file
- * argv[2] exists (after the restart); the others every round. */
+ * eventfd, the timerfd and the stream socket; a FIFO (argv[3]) with bytes in it; a memfd
+ * mapped shared by parent and child, where the child counts.  The one-shot checks run
+ * once the file argv[2] exists (after the restart); the others every round. */
 #include "common.h"
 #include <poll.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <sys/mman.h>
 
 int main(int argc, char **argv) {
     open_report(argc, argv);
@@ -41,12 +43,20 @@ int main(int argc, char **argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
     ev.data.u64 = 0x57;
     epoll_ctl(ep, EPOLL_CTL_ADD, st[0], &ev);
+    mkfifo(argv[3], 0600);
+    int fifo = open(argv[3], O_RDWR | O_NONBLOCK);
+    if (write(fifo, "fifo bytes", 10) != 10) _exit(4);
+    int mfd = memfd_create("cryo-test", 0);
+    if (ftruncate(mfd, 8192)) _exit(4);
+    volatile long *shared = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    shared[100] = 12345;
     pid_t kid = fork();
-    if (kid == 0) {  /* echo n -> n + 1000 */
+    if (kid == 0) {  /* echo n -> n + 1000, and count in the memfd */
         close(st[0]);
         for (;;) {
             long n;
             if (read(st[1], &n, sizeof n) != sizeof n) _exit(1);
+            shared[0] = n;
             n += 1000;
             if (write(st[1], &n, sizeof n) != sizeof n) _exit(1);
         }
@@ -76,6 +86,7 @@ int main(int argc, char **argv) {
         if (write(st[0], &q, sizeof q) != sizeof q || read(st[0], &a, sizeof a) != sizeof a || a != q + 1000) {
             FAIL("echo %ld -> %ld", q, a); bad = 1;
         }
+        if (shared[0] != round || shared[100] != 12345) { FAIL("memfd shared %ld", shared[0]); bad = 1; }
         struct stat sb;
         if (!done_oneshot && stat(argv[2], &sb) == 0) {
             char buf[64];
@@ -91,6 +102,8 @@ int main(int argc, char **argv) {
             for (int i = 0; i < 3; i++)
                 if (eventfd_read(esem, &v) || v != 1) { FAIL("semaphore eventfd %d", i); bad = 1; }
             if (eventfd_read(esem, &v) == 0) { FAIL("semaphore eventfd not empty"); bad = 1; }
+            if (read(fifo, buf, sizeof buf) != 10 || memcmp(buf, "fifo bytes", 10)) { FAIL("fifo"); bad = 1; }
+            if (fstat(mfd, &sb) || sb.st_size != 8192) { FAIL("memfd size"); bad = 1; }
             struct signalfd_siginfo si;
             if (read(sfd, &si, sizeof si) != sizeof si || si.ssi_signo != SIGUSR1) { FAIL("signalfd"); bad = 1; }
             done_oneshot = 1;
