@@ -177,7 +177,7 @@ def test_plan_never_writes_stale_bytes_over_zeros_or_absent_pages() -> None:
     m = pm([100, 101, 102, 103, 104, 105], [k1, P.ZERO, k1, k2, k1, k1], [0, 0, 2, 0, 4, 5])
     plan = plan_unit(m, layouts)
     check(simulate(plan, files), m, files)
-    touched = {p for n in plan.natural for s, c in n.runs for p in range(s, s + c)}
+    touched = {p for n in plan.natural for s, c in n.runs.tolist() for p in range(s, s + c)}
     assert 106 not in touched
     assert {101, 103} <= touched  # stale bytes, written again afterwards
     assert plan.stale_zero.tolist() == [101]

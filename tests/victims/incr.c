@@ -6,7 +6,7 @@
  *     page, a page of FILE's private mapping is rewritten (every third time with zeros),
  *     a page of a 16-page region is dropped (MADV_DONTNEED) and another written, a 4-page
  *     region is unmapped (odd G) or mapped again and filled (even G), and a shared
- *     anonymous page changes.  Reports "gen G".
+ *     anonymous page changes.  Reports "changed G PAGES" (of the big region), "gen G".
  *   SIGUSR2 checks every byte against what generation G must hold: "ok G" or "FAIL ...".
  * Every expected byte is a function of the generation, so a process restarted from an
  * old version knows what it must hold. */
@@ -58,8 +58,10 @@ static int all(const unsigned char *p, size_t n, unsigned char c) {
 }
 
 static void next_generation(void) {
+    size_t n = 0;
     gen++;
-    for (size_t i = 0; i < npages; i++) if (chosen(i, gen)) fill_big(i, gen);
+    for (size_t i = 0; i < npages; i++) if (chosen(i, gen)) { fill_big(i, gen); n++; }
+    report("changed %ld %zu", gen, n);
     if (!same) return;
     for (int p = 0; p < 32; p++) fill_pattern(same + p * PG, PG, 0xd0d0 ^ (u64)gen << 20);
     int fp = gen % 8;

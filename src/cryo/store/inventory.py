@@ -98,7 +98,7 @@ def _verify_app(app: App, report: VerifyReport, threads: int) -> None:
                     report.problems.append(Problem(app.name, v, str(err)))
             for u in meta.units:
                 try:
-                    sources.check(u.map, f"version {v} ({u.tag[0]} {u.tag[1]})")
+                    sources.check(u, f"version {v} ({u.tag[0]} {u.tag[1]})")
                 except ImageError as err:
                     report.problems.append(Problem(app.name, v, str(err)))
             for fm in meta.files.values():

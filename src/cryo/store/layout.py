@@ -215,13 +215,39 @@ class FileMeta:
         return {"file": self.id, "hashes": self.hashes.tobytes(), "layout": lay.tobytes()}
 
 
-@dataclass
 class Unit:
-    """The page map of one process (``("pid", N)``) or shared object (``("obj", N)``)."""
+    """The page map of one process (``("pid", N)``) or shared object (``("obj", N)``).
+    A map read from disk is decoded when first used (a restart needs only its own)."""
 
-    tag: tuple[str, int]
-    map: P.PageMap
-    size: int | None = None  # an object's size: its last page may be partial
+    def __init__(self, tag: tuple[str, int], pmap: P.PageMap | None = None,
+                 size: int | None = None, *,
+                 rec: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.tag = tag
+        self.size = size  # an object's size: its last page may be partial
+        self._map = pmap
+        self._rec = rec
+
+    @property
+    def map(self) -> P.PageMap:
+        if self._map is None:
+            assert self._rec is not None
+            try:
+                self._map = P.PageMap.decode(self._rec["runs"], self._rec["sources"])
+                if len(self._map) != self._rec["pages"]:
+                    raise ValueError(f"{len(self._map)} pages, not {self._rec['pages']}")
+            except (KeyError, TypeError, ValueError) as err:
+                raise ImageCorrupt(f"page map of {self.tag[0]} {self.tag[1]} is corrupt:"
+                                   f" {err}") from err  # fmt: skip
+        return self._map
+
+    def keys(self) -> list[int]:
+        """The sources it refers to (zeros aside), in order."""
+        if self._map is None and self._rec is not None:
+            return sorted(P.key(int(v), int(f)) for v, f in self._rec["sources"])
+        return [int(k) for k in np.unique(self.map.src) if k != P.ZERO]
+
+    def pages(self) -> int:
+        return int(self._rec["pages"]) if self._map is None and self._rec else len(self.map)
 
     def record(self) -> dict[str, Any]:
         runs, table = self.map.encode()
@@ -251,7 +277,7 @@ class VersionMeta:
         """Every source key the units refer to."""
         out: set[int] = set()
         for u in self.units:
-            out.update(int(k) for k in np.unique(u.map.src) if k != P.ZERO)
+            out.update(u.keys())
         return out
 
     def unit(self, tag: tuple[str, int]) -> Unit | None:
@@ -279,10 +305,9 @@ class VersionMeta:
                 p = rec.payload
                 if rec.kind == PMAP:
                     tag = ("pid", int(p["pid"])) if "pid" in p else ("obj", int(p["obj"]))
-                    pm = P.PageMap.decode(p["runs"], p["sources"])
-                    if len(pm) != p["pages"]:
-                        raise ValueError(f"map of {tag} holds {len(pm)} pages, not {p['pages']}")
-                    meta.units.append(Unit(tag, pm, p.get("size")))
+                    if not isinstance(p["runs"], bytes) or not isinstance(p["sources"], list):
+                        raise ValueError(f"bad page map of {tag}")
+                    meta.units.append(Unit(tag, None, p.get("size"), rec=p))
                 elif rec.kind == PHSH:
                     fid = int(p["file"])
                     fname, npages = declared[fid]
@@ -341,19 +366,22 @@ class Sources:
     def path(self, k: int) -> str:
         return os.path.join(self.app.vdir(P.version_of(k)), self.file(k).name)
 
-    def check(self, pm: P.PageMap, what: str) -> None:
-        """Every page of ``pm`` points into a file that has it."""
-        for k in np.unique(pm.src):
-            if k == P.ZERO:
-                continue
-            fm = self.file(int(k))
-            if (pm.off[pm.src == k] >= fm.pages).any():
-                raise ImageCorrupt(f"{what} is corrupt: a page map points past the end of"
-                                   f" {self.path(int(k))}", path=self.path(int(k)))  # fmt: skip
+    def check(self, unit: Unit, what: str) -> None:
+        """Every page of ``unit`` points into a file that has it."""
+        keys = np.asarray(unit.keys(), dtype=np.int64)
+        limits = np.array([self.file(int(k)).pages for k in keys], dtype=np.int64)
+        pm = unit.map
+        nz = pm.src != P.ZERO
+        src = pm.src[nz]
+        kidx = np.minimum(np.searchsorted(keys, src), max(len(keys) - 1, 0))
+        if len(src) and ((keys[kidx] != src) | (pm.off[nz] >= limits[kidx])).any():
+            raise ImageCorrupt(f"{what} is corrupt: a page map points past the end of a page"
+                               " file", path=self.app.path)  # fmt: skip
 
-    def hashes(self, pm: P.PageMap) -> P.U64:
-        """The hash of every page of ``pm`` (from the files that hold them)."""
-        keys = np.array([k for k in np.unique(pm.src) if k != P.ZERO], dtype=np.int64)
+    def hashes(self, unit: Unit) -> P.U64:
+        """The hash of every page of ``unit`` (from the files that hold them)."""
+        pm = unit.map
+        keys = np.asarray(unit.keys(), dtype=np.int64)
         tables = [self.file(int(k)).hashes for k in keys]
         base = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int64)
         zero = P.zero_hash(self.app.store.seed).reshape(1, 2)

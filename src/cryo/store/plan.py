@@ -34,7 +34,7 @@ class Natural:
     key: int  # the file
     off: int  # first page of the stretch in the file
     count: int
-    runs: list[list[int]]  # [[page, count], ...]: where the stretch's pages go
+    runs: P.I64  # (n, 2): [page, count] rows, where the stretch's pages go
 
 
 @dataclass
@@ -51,13 +51,17 @@ class UnitPlan:
 
 
 def plan_unit(target: P.PageMap, layouts: Mapping[int, P.I64], *,
-              exclude: P.I64 | None = None, bridge: int = BRIDGE) -> UnitPlan:  # fmt: skip
+              keys: list[int] | None = None, exclude: P.I64 | None = None,
+              bridge: int = BRIDGE) -> UnitPlan:  # fmt: skip
     """Plan the writes of ``target``; ``layouts[key]`` is the natural page of each page
-    of file ``key`` (where it was saved from).  Pages in ``exclude`` are gathered."""
+    of file ``key`` (where it was saved from); ``keys`` the files ``target`` refers to,
+    if known.  Pages in ``exclude`` are gathered."""
     plan = UnitPlan()
     covered = np.zeros(len(target), dtype=bool)
     zeroed = np.zeros(len(target), dtype=bool)
-    for k in (int(k) for k in np.unique(target.src) if k != P.ZERO):
+    if keys is None:
+        keys = [int(k) for k in np.unique(target.src) if k != P.ZERO]
+    for k in sorted(keys):
         lay = layouts[k]
         n = len(lay)
         idx, here = target.lookup(lay)
@@ -78,7 +82,7 @@ def plan_unit(target: P.PageMap, layouts: Mapping[int, P.I64], *,
         ends = ex[np.concatenate([~join, [True]])] + 1
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             first, counts = P.extents(lay[s:e])
-            plan.natural.append(Natural(k, s, e - s, np.stack([first, counts], axis=1).tolist()))
+            plan.natural.append(Natural(k, s, e - s, np.stack([first, counts], axis=1)))
             used[s:e] = True
         covered[idx[ex]] = True
         zeroed[idx[used & here & (tk == P.ZERO)]] = True
@@ -99,7 +103,7 @@ def simulate(plan: UnitPlan, read: Mapping[int, bytes]) -> dict[int, bytes]:
     for nat in plan.natural:
         data = read[nat.key]
         i = nat.off
-        for page, count in nat.runs:
+        for page, count in nat.runs.tolist():
             for j in range(count):
                 mem[page + j] = data[(i + j) * P.PAGE : (i + j + 1) * P.PAGE]
             i += count

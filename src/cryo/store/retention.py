@@ -99,7 +99,7 @@ def _gc_app(app: App, keep_last: int, keep_every: int | None, dry_run: bool) -> 
     first_user: dict[int, int] = {}
     for v in report.kept:
         for u in metas[v].units:
-            sources.check(u.map, f"store version {app.vdir(v)}")
+            sources.check(u, f"store version {app.vdir(v)}")
             for k in np.unique(u.map.src).tolist():
                 if k == P.ZERO or P.version_of(k) not in gone:
                     continue

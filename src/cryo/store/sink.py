@@ -53,9 +53,9 @@ def load_previous(app: App, version: int) -> list[P.PageMap]:
     sources = Sources(app)
     out = []
     for unit in sources.meta(version).units:
-        sources.check(unit.map, f"store version {app.vdir(version)}")
+        sources.check(unit, f"store version {app.vdir(version)}")
         pm = unit.map
-        out.append(P.PageMap(pm.page, pm.src, pm.off, sources.hashes(pm)))
+        out.append(P.PageMap(pm.page, pm.src, pm.off, sources.hashes(unit)))
     return out
 
 

@@ -65,13 +65,13 @@ class VersionImage:
         self._used: dict[int, P.BOOL] = {}
         self._gathers: list[P.PageMap] = []
         for unit in meta.units:
-            self.sources.check(unit.map, f"store version {self.path}")
-            layouts = {k: self.sources.file(k).layout
-                       for k in np.unique(unit.map.src).tolist() if k != P.ZERO}  # fmt: skip
+            self.sources.check(unit, f"store version {self.path}")
+            keys = unit.keys()
+            layouts = {k: self.sources.file(k).layout for k in keys}
             exclude = None
             if unit.size is not None and unit.size % P.PAGE:
                 exclude = np.array([unit.size // P.PAGE], dtype=np.int64)
-            plan = plan_unit(unit.map, layouts, exclude=exclude)
+            plan = plan_unit(unit.map, layouts, keys=keys, exclude=exclude)
             self._add_blocks(unit.tag, unit.size, plan)
 
     # -- planning ------------------------------------------------------------------
@@ -81,7 +81,7 @@ class VersionImage:
         for k, used in plan.used.items():
             self._used[k] = self._used[k] | used if k in self._used else used
         for nat in plan.natural:
-            runs = [[page << P.SHIFT, count << P.SHIFT] for page, count in nat.runs]
+            runs = (nat.runs << P.SHIFT).tolist()
             self._add(base, runs, nat=(nat.key, nat.off))
         g = plan.gather
         for i in range(0, len(g), GATHER):
