@@ -192,3 +192,17 @@ def test_plan_exclude_gathers_a_page() -> None:
     plan = plan_unit(m, layouts, exclude=np.array([2], dtype=np.int64))
     assert plan.gather.page.tolist() == [2]
     check(simulate(plan, files), m, files)
+
+
+def test_chunk_sums_streamed_in_any_pieces_match() -> None:
+    rng = np.random.default_rng(3)
+    data = rng.bytes(150 * P.PAGE)
+    whole = P.chunk_sums(data, 5)
+    assert len(whole) == 3  # 64 + 64 + 22 pages
+    cs = P.ChunkSums(5)
+    at = 0
+    for n in (1, 63, 2, 70, 14):
+        cs.add(data[at * P.PAGE : (at + n) * P.PAGE])
+        at += n
+    assert cs.finish().tolist() == whole.tolist()
+    assert P.chunk_sums(data, 6).tolist() != whole.tolist()

@@ -13,9 +13,7 @@ from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.store import pages as P
 from cryo.store.layout import App, Sources, Store, du
-from cryo.store.source import check_page_file, check_pages
-
-VERIFY_CHUNK = 4096
+from cryo.store.source import VERIFY_CHUNKS, Job, check_chunks, check_page_file
 
 
 def describe(store: str) -> list[dict[str, Any]]:
@@ -79,7 +77,7 @@ def verify(store: str, app: str | None = None, threads: int = 2) -> VerifyReport
 
 def _verify_app(app: App, report: VerifyReport, threads: int) -> None:
     sources = Sources(app)
-    jobs: list[tuple[int, P.U64, int, int, int]] = []
+    jobs: list[Job] = []
     fds: list[int] = []
     paths: dict[int, str] = {}
     try:
@@ -118,11 +116,12 @@ def _verify_app(app: App, report: VerifyReport, threads: int) -> None:
                 report.files += 1
                 report.pages += fm.pages
                 paths[k] = path
-                jobs += [(fd, fm.hashes, k, s, min(VERIFY_CHUNK, fm.pages - s))
-                         for s in range(0, fm.pages, VERIFY_CHUNK)]  # fmt: skip
-        for k, page in check_pages(jobs, app.store.seed, threads):
-            report.problems.append(Problem(app.name, P.version_of(k), f"page {page} of"
-                                           f" {paths[k]} does not match its checksum"))  # fmt: skip
+                nchunks = len(fm.chunks)
+                jobs += [(fd, fm, k, c, min(VERIFY_CHUNKS, nchunks - c))
+                         for c in range(0, nchunks, VERIFY_CHUNKS)]  # fmt: skip
+        for k, where in check_chunks(jobs, app.store.seed, threads, pages=True):
+            report.problems.append(Problem(app.name, P.version_of(k), f"{where} of"
+                                           f" {paths[k]}: checksum mismatch"))  # fmt: skip
     finally:
         for fd in fds:
             os.close(fd)

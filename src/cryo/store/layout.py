@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from cryo.errors import CryoError, ImageCorrupt, ImageIncompatible, ImageMissing
 from cryo.image import format as fmt
@@ -207,12 +208,14 @@ class FileMeta:
     pages: int
     hashes: P.U64
     layout: P.I64  # natural page of each file page
+    chunks: NDArray[np.uint64]  # checksum of each CHUNK pages
 
     def record(self) -> dict[str, Any]:
         starts, counts = P.extents(self.layout)
         lay = np.zeros(len(starts), dtype=P.LAYOUT)
         lay["page"], lay["count"] = starts, counts
-        return {"file": self.id, "hashes": self.hashes.tobytes(), "layout": lay.tobytes()}
+        return {"file": self.id, "hashes": self.hashes.tobytes(), "layout": lay.tobytes(),
+                "chunks": self.chunks.tobytes()}
 
 
 class Unit:
@@ -314,10 +317,13 @@ class VersionMeta:
                     hashes = P.hashes_from(p["hashes"])
                     lay = np.frombuffer(p["layout"], dtype=P.LAYOUT)
                     layout = P.ramp(lay["page"], lay["count"])
-                    if len(hashes) != npages or len(layout) != npages:
+                    chunks = np.frombuffer(p["chunks"], dtype="<u8")
+                    if len(hashes) != npages or len(layout) != npages \
+                            or len(chunks) != -(-npages // P.CHUNK):  # fmt: skip
                         raise ValueError(f"file {fname} has {npages} pages but {len(hashes)}"
-                                         f" hashes and {len(layout)} places")  # fmt: skip
-                    meta.files[fid] = FileMeta(fid, fname, npages, hashes, layout)
+                                         f" hashes, {len(layout)} places and {len(chunks)}"
+                                         " chunk checksums")  # fmt: skip
+                    meta.files[fid] = FileMeta(fid, fname, npages, hashes, layout, chunks)
             if set(meta.files) != set(declared):
                 raise ValueError("hashes of a page file are missing")
         except (KeyError, TypeError, ValueError) as err:

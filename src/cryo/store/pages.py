@@ -85,6 +85,48 @@ def zero_hash(seed: int) -> U64:
     return np.frombuffer(xxhash.xxh3_128_digest(ZERO_PAGE, seed), dtype="<u8")
 
 
+CHUNK = 64  # pages per chunk checksum (256 KiB)
+
+
+class ChunkSums:
+    """xxh3-64 of each run of CHUNK pages of a page file, fed in file order: what a
+    restart checks (one call per 256 KiB, the GIL released, two threads)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.sums: list[int] = []
+        self._h = xxhash.xxh3_64(seed=seed)
+        self._n = 0  # pages in the current chunk
+
+    def add(self, data: memoryview | bytes | bytearray) -> None:
+        mv = memoryview(data)
+        n, pos = len(mv) // PAGE, 0
+        while pos < n:
+            take = min(CHUNK - self._n, n - pos)
+            self._h.update(mv[pos * PAGE : (pos + take) * PAGE])
+            self._n += take
+            pos += take
+            if self._n == CHUNK:
+                self.sums.append(self._h.intdigest())
+                self._h.reset()
+                self._n = 0
+
+    def finish(self) -> NDArray[np.uint64]:
+        if self._n:
+            self.sums.append(self._h.intdigest())
+            self._h.reset()
+            self._n = 0
+        return np.asarray(self.sums, dtype="<u8")
+
+
+def chunk_sums(data: memoryview | bytes | bytearray, seed: int) -> NDArray[np.uint64]:
+    """The chunk checksums of whole chunks of pages (the last may be short)."""
+    mv = memoryview(data)
+    step = CHUNK * PAGE
+    h = xxhash.xxh3_64_intdigest
+    return np.asarray([h(mv[i : i + step], seed) for i in range(0, len(mv), step)], dtype="<u8")
+
+
 def hashes_from(data: bytes | memoryview) -> U64:
     if len(data) % 16:
         raise ValueError("hash table length is not a multiple of 16")

@@ -182,6 +182,7 @@ def _merge(app: App, sources: Sources, metas: dict[int, VersionMeta], kept: list
         table[offs_a[sel]] = np.flatnonzero(sel)
         remap[k] = (new_key, table)
     hashes = np.zeros((len(keys_a), 2), dtype="<u8")
+    chunks = P.ChunkSums(app.store.seed)
     path = os.path.join(app.vdir(into), P.file_name(fid))
     fds = {k: os.open(sources.path(k), os.O_RDONLY | os.O_CLOEXEC) for k in keys}
     try:
@@ -202,12 +203,13 @@ def _merge(app: App, sources: Sources, metas: dict[int, VersionMeta], kept: list
                                            " keep does not match its checksum",
                                            path=sources.path(k))  # fmt: skip
                     out.write(data)
+                    chunks.add(data)
                     hashes[i : i + n] = want
     finally:
         for fd in fds.values():
             os.close(fd)
     log.info("merged %d pages into %s", len(keys_a), path)
-    return FileMeta(fid, P.file_name(fid), len(keys_a), hashes, nat_a)
+    return FileMeta(fid, P.file_name(fid), len(keys_a), hashes, nat_a, chunks.finish())
 
 
 def _sweep_files(app: App, metas: dict[int, VersionMeta]) -> None:

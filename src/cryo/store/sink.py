@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ from cryo.store.layout import App, FileMeta, Sources, Unit, VersionMeta
 
 log = logging.getLogger(__name__)
 NEW = -2  # a page not seen before: to be stored
+PART = 4096  # pages hashed at a time (16 MiB), the previous part being written meanwhile
+ASYNC_PAGES = 256  # fewer pages to store are written at once, without the I/O thread
 
 
 @dataclass
@@ -90,6 +93,9 @@ class VersionSink:
         self._stored_pages = 0  # pages in pages.img
         self._blocks: list[_Block] = []
         self._file_hashes: list[P.U64] = []
+        self._chunks = P.ChunkSums(self.seed)
+        self._io: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
         self._file_layout: list[P.I64] = []
         self._units: dict[tuple[str, int], list[int]] = {}
         self._root: int | None = None
@@ -114,48 +120,105 @@ class VersionSink:
 
     def write_block(self, data: memoryview, runs: list[list[int]],
                     csum: int | None = None) -> dict[str, Any]:  # fmt: skip
-        """Hash, compare and store one block (the engine's writer thread)."""
+        """Hash, compare and store one block (the engine's writer thread).
+
+        The block goes in parts: while the pages one part stores are written (by our own
+        I/O thread, the GIL released), the next part is hashed."""
         data, runs = _whole_pages(data, runs)
         page = P.run_pages(runs)
         n = len(page)
-        h = P.page_hashes(data, self.seed)
         src = np.full(n, NEW, dtype=np.int64)
         off = np.zeros(n, dtype=np.int64)
-        # the same bytes at the same page in the previous version: refer to them (the
-        # hash identifies the content, whichever process of that version held it)
-        for prev in self._prev:
-            idx, here = prev.lookup(page)
-            assert prev.hash is not None
-            hit = np.flatnonzero((src == NEW) & here & P.same_rows(prev.hash[idx], h))
-            src[hit] = prev.src[idx[hit]]
-            off[hit] = prev.off[idx[hit]]
-        cand = np.flatnonzero((src == NEW) & P.same_rows(h, np.broadcast_to(self._zero, h.shape)))
-        if len(cand):
-            words = np.frombuffer(data, dtype="<u8").reshape(n, P.PAGE // 8)
-            src[cand[~words[cand].any(axis=1)]] = P.ZERO
-        new = np.flatnonzero(src == NEW)
+        h = np.zeros((n, 2), dtype="<u8")
         stored = 0
-        if len(new):
-            # identical pages of the block are stored once, in block order
-            rows = np.ascontiguousarray(h[new]).view(np.dtype((np.void, 16))).ravel()
-            _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-            order = np.argsort(first)
-            slot = np.empty(len(first), dtype=np.int64)
-            slot[order] = self._stored_pages + np.arange(len(first))
-            src[new] = self._key
-            off[new] = slot[inverse.ravel()]
-            keep = new[first[order]]
-            self._write_pages(data, keep)
-            self._file_hashes.append(h[keep])
-            self._file_layout.append(page[keep])
-            self._stored_pages += len(keep)
-            stored = len(keep) * P.PAGE
-            self.new_pages += len(keep)
+        try:
+            for s in range(0, n, PART):
+                e = min(n, s + PART)
+                keep = self._decide(data, page, s, e, src, off, h)
+                if len(keep):
+                    self._store(data, page, h, keep)
+                    stored += len(keep) * P.PAGE
+        finally:
+            self._drain()  # the engine reuses the buffer once we return
         self.written_pages += n
         self._blocks.append(_Block(page, src, off, h))
         return {"index": len(self._blocks) - 1, "raw": n * P.PAGE, "stored": stored}
 
+    def _decide(self, data: memoryview, page: P.I64, s: int, e: int, src: P.I64, off: P.I64,
+                h: P.U64) -> P.I64:  # fmt: skip
+        """Pages s..e of the block: where their bytes are (``src``, ``off``, ``h`` filled
+        in); returns the indices of the pages to store (identical ones once)."""
+        h[s:e] = P.page_hashes(data[s * P.PAGE : e * P.PAGE], self.seed)
+        part = slice(s, e)
+        pg, hh = page[part], h[part]
+        psrc, poff = src[part], off[part]  # views: written through
+        # the same bytes at the same page in the previous version: refer to them (the
+        # hash identifies the content, whichever process of that version held it)
+        for prev in self._prev:
+            idx, here = prev.lookup(pg)
+            assert prev.hash is not None
+            hit = np.flatnonzero((psrc == NEW) & here & P.same_rows(prev.hash[idx], hh))
+            psrc[hit] = prev.src[idx[hit]]
+            poff[hit] = prev.off[idx[hit]]
+        cand = np.flatnonzero((psrc == NEW) & P.same_rows(hh, np.broadcast_to(self._zero,
+                                                                               hh.shape)))
+        if len(cand):
+            words = np.frombuffer(data[s * P.PAGE : e * P.PAGE], dtype="<u8").reshape(
+                e - s, P.PAGE // 8)
+            psrc[cand[~words[cand].any(axis=1)]] = P.ZERO
+        new = np.flatnonzero(psrc == NEW)
+        if not len(new):
+            return new
+        # identical pages are stored once, in block order
+        rows = np.ascontiguousarray(hh[new]).view(np.dtype((np.void, 16))).ravel()
+        _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        slot = np.empty(len(first), dtype=np.int64)
+        slot[order] = self._stored_pages + np.arange(len(first))
+        psrc[new] = self._key
+        poff[new] = slot[inverse.ravel()]
+        return np.asarray(s + new[first[order]])
+
+    def _store(self, data: memoryview, page: P.I64, h: P.U64, keep: P.I64) -> None:
+        """Append pages ``keep`` of the block to pages.img (large parts asynchronously)."""
+        mv = memoryview(data)
+        starts, counts = P.extents(keep)
+        iov = [mv[a * P.PAGE : (a + c) * P.PAGE]
+               for a, c in zip(starts.tolist(), counts.tolist(), strict=True)]
+        pos = P.data_offset(self._stored_pages)
+        self._file_hashes.append(h[keep])
+        self._file_layout.append(page[keep])
+        self._stored_pages += len(keep)
+        self.new_pages += len(keep)
+        if len(keep) >= ASYNC_PAGES:
+            if self._io is None:
+                self._io = ThreadPoolExecutor(1, thread_name_prefix="cryo-store-io")
+            self._pending.append(self._io.submit(self._write, iov, pos))
+        else:
+            self._drain()  # in file order, for the chunk checksums
+            self._write(iov, pos)
+
+    def _shutdown(self) -> None:
+        try:
+            self._drain()
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+                self._io = None
+
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        errors = []
+        for f in pending:
+            try:
+                f.result()
+            except BaseException as err:  # re-raised below, once all are done
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
     def commit(self) -> None:
+        self._shutdown()
         units = self._unit_maps()
         hashes = (np.concatenate(self._file_hashes) if self._file_hashes
                   else np.zeros((0, 2), dtype="<u8"))  # fmt: skip
@@ -166,7 +229,8 @@ class VersionSink:
                 "memory": sum(len(u.map) for u in units) * P.PAGE,
                 "new": self._stored_pages * P.PAGE}  # fmt: skip
         meta = VersionMeta(self.tmp, self.version, info, units)
-        meta.files[0] = FileMeta(0, "pages.img", self._stored_pages, hashes, layout)
+        meta.files[0] = FileMeta(0, "pages.img", self._stored_pages, hashes, layout,
+                                 self._chunks.finish())
         meta.write()  # (atomic, into the temporary directory)
         self._core.close()
         self._core_f.flush()
@@ -194,6 +258,8 @@ class VersionSink:
                                 for n in os.listdir(self.path))  # fmt: skip
 
     def abort(self) -> None:
+        with contextlib.suppress(BaseException):
+            self._shutdown()
         for fd in (self._fd, self._direct):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -223,9 +289,13 @@ class VersionSink:
         """Record the pages of ``present`` that were not handed to write_block as the
         previous version's: one more "block" for the engine's PBLK (tag it as usual)."""
         have = P.run_pages(present)
-        done = (np.concatenate([b.page for b in self._blocks]) if self._blocks
-                else np.zeros(0, dtype=np.int64))  # fmt: skip
-        rest = np.setdiff1d(have, done)
+        done = np.sort(np.concatenate([b.page for b in self._blocks]) if self._blocks
+                       else np.zeros(0, dtype=np.int64))  # fmt: skip
+        if len(done):
+            idx = np.minimum(np.searchsorted(done, have), len(done) - 1)
+            rest = have[done[idx] != have]
+        else:
+            rest = have
         src = np.full(len(rest), NEW, dtype=np.int64)
         off = np.zeros(len(rest), dtype=np.int64)
         h = np.zeros((len(rest), 2), dtype="<u8")
@@ -241,13 +311,11 @@ class VersionSink:
 
     # -- internals -----------------------------------------------------------------
 
-    def _write_pages(self, data: memoryview | bytes | bytearray, idx: P.I64) -> None:
-        """Append the pages ``idx`` of ``data`` to pages.img with vectored writes."""
-        mv = memoryview(data)
-        starts, counts = P.extents(idx)
-        iov = [mv[s * P.PAGE : (s + c) * P.PAGE]
-               for s, c in zip(starts.tolist(), counts.tolist(), strict=True)]
-        pos = P.data_offset(self._stored_pages)
+    def _write(self, iov: list[memoryview], pos: int) -> None:
+        """Write ``iov`` at ``pos`` of pages.img with vectored writes (O_DIRECT when we
+        can); feeds the chunk checksums, so calls must come in file order."""
+        for piece in iov:
+            self._chunks.add(piece)
         first = pos
         for i in range(0, len(iov), libc.IOV_MAX):
             chunk = iov[i : i + libc.IOV_MAX]

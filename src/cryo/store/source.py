@@ -24,11 +24,11 @@ from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.image.sink import PAGES_HEADER
 from cryo.store import pages as P
-from cryo.store.layout import App, Sources
+from cryo.store.layout import App, FileMeta, Sources
 from cryo.store.plan import UnitPlan, plan_unit
 
 GATHER = 16384  # pages per gathered block (64 MiB)
-VERIFY_CHUNK = 4096  # pages per read when verifying (16 MiB)
+VERIFY_CHUNKS = 64  # chunks per read when verifying (16 MiB)
 
 
 class VersionImage:
@@ -134,13 +134,13 @@ class VersionImage:
             for k, used in self._used.items():
                 if used.any():
                     fds[k] = self._open_checked(k)
-            jobs = [(fds[k], self.sources.file(k).hashes, k, start, count)
+            jobs = [(fds[k], self.sources.file(k), k, start, count)
                     for k, start, count in self._chunks()]  # fmt: skip
-            bad = check_pages(jobs, self.app.store.seed, threads)
+            bad = check_chunks(jobs, self.app.store.seed, threads)
             if bad:
-                k, page = min(bad)
-                raise ImageCorrupt(f"store version {self.path} is corrupt: page {page} of"
-                                   f" {self.sources.path(k)} does not match its checksum",
+                k, where = bad[0]
+                raise ImageCorrupt(f"store version {self.path} is corrupt: {where} of"
+                                   f" {self.sources.path(k)} do not match their checksum",
                                    path=self.sources.path(k))  # fmt: skip
             for k, fd in fds.items():
                 size = os.fstat(fd).st_size
@@ -204,39 +204,52 @@ class VersionImage:
         return fd
 
     def _chunks(self) -> Iterator[tuple[int, int, int]]:
+        """(file, first chunk, chunks) to check: every chunk holding a page used."""
         for k, used in self._used.items():
             if not used.any():
                 continue
-            starts, counts = P.extents(np.flatnonzero(used))
+            pad = np.zeros(-len(used) % P.CHUNK, dtype=bool)
+            chunks = np.concatenate([used, pad]).reshape(-1, P.CHUNK).any(axis=1)
+            starts, counts = P.extents(np.flatnonzero(chunks))
             for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
-                for i in range(s, s + c, VERIFY_CHUNK):
-                    yield k, i, min(VERIFY_CHUNK, s + c - i)
+                for i in range(s, s + c, VERIFY_CHUNKS):
+                    yield k, i, min(VERIFY_CHUNKS, s + c - i)
 
 
-def check_pages(jobs: list[tuple[int, P.U64, int, int, int]], seed: int, threads: int = 2
-                ) -> list[tuple[int, int]]:  # fmt: skip
-    """Read and hash pages: each job is (fd, the file's hashes, tag, first page, pages).
-    Returns (tag, page) of the first bad page of each job that has one.  Two threads
-    overlap the reads of a cold file (the hashing itself holds the GIL)."""
-    bad: list[tuple[int, int]] = []
+Job = tuple[int, FileMeta, int, int, int]  # fd, file, tag, first chunk, chunks
+
+
+def check_chunks(jobs: list[Job], seed: int, threads: int = 2, *, pages: bool = False
+                 ) -> list[tuple[int, str]]:  # fmt: skip
+    """Read chunks of page files and check their checksums (with ``pages``, every page's
+    hash too).  Returns (tag, "page N" or "pages N-M") of the first damage of each job.
+    Two threads overlap the reads of a cold file; hashing a chunk releases the GIL."""
+    bad: list[tuple[int, str]] = []
     work = list(reversed(jobs))
     lock = threading.Lock()
 
     def run() -> None:
-        buf = bytearray(max((j[4] for j in jobs), default=0) * P.PAGE)
+        buf = bytearray(max((j[4] for j in jobs), default=0) * P.CHUNK * P.PAGE)
         while True:
             with lock:
                 if not work:
                     return
-                fd, hashes, tag, start, count = work.pop()
-            view = memoryview(buf)[: count * P.PAGE]
-            got = _pread_full(fd, view, P.data_offset(start))
+                fd, fm, tag, c0, nc = work.pop()
+            p0, p1 = c0 * P.CHUNK, min((c0 + nc) * P.CHUNK, fm.pages)
+            view = memoryview(buf)[: (p1 - p0) * P.PAGE]
+            got = _pread_full(fd, view, P.data_offset(p0))
             if got != len(view):
-                bad.append((tag, start + got // P.PAGE))
+                bad.append((tag, f"page {p0 + got // P.PAGE} (truncated)"))
                 continue
-            diff = ~P.same_rows(P.page_hashes(view, seed), hashes[start : start + count])
-            if diff.any():
-                bad.append((tag, start + int(np.flatnonzero(diff)[0])))
+            diff = np.flatnonzero(P.chunk_sums(view, seed) != fm.chunks[c0 : c0 + nc])
+            if pages:
+                wrong = ~P.same_rows(P.page_hashes(view, seed), fm.hashes[p0:p1])
+                if wrong.any():
+                    bad.append((tag, f"page {p0 + int(np.flatnonzero(wrong)[0])}"))
+                    continue
+            if len(diff):
+                first = p0 + int(diff[0]) * P.CHUNK
+                bad.append((tag, f"pages {first}-{min(first + P.CHUNK, fm.pages) - 1}"))
 
     pool = [threading.Thread(target=run) for _ in range(threads - 1)]
     for t in pool:
