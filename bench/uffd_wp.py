@@ -40,7 +40,7 @@ from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import PAGEMAP_SCAN, PAGE_IS, PR, SYS
+from cryo.linux.consts import PAGE_IS, PAGEMAP_SCAN, PR, SYS
 from cryo.store.layout import Store
 from cryo.store.sink import VersionSink, load_previous
 
@@ -134,8 +134,8 @@ def in_process(mib: int, permille: int, rounds: int) -> None:
     libc.ioctl(uffd, UFFDIO_API, api)
     reg = uffdio_register(uffdio_range(base, size), UFFDIO_REGISTER_MODE_WP, 0)
     libc.ioctl(uffd, UFFDIO_REGISTER, reg)
-    libc.ioctl(uffd, UFFDIO_WRITEPROTECT,
-               uffdio_writeprotect(uffdio_range(base, size), UFFDIO_WRITEPROTECT_MODE_WP))  # fmt: skip
+    wp = uffdio_writeprotect(uffdio_range(base, size), UFFDIO_WRITEPROTECT_MODE_WP)
+    libc.ioctl(uffd, UFFDIO_WRITEPROTECT, wp)
     arm = time.perf_counter() - t
     pm = os.open("/proc/self/pagemap", os.O_RDONLY)
     print(f"in-process, {mib} MiB, {permille / 10:g}% of the pages written per round:")

@@ -262,7 +262,7 @@ def test_damage_is_found_before_anything_is_written(app: App) -> None:
     mem[("pid", PID)][50] = rng.bytes(P.PAGE)
     dump(app, mem)
     corrupt(os.path.join(app.vdir(1), "pages.img"), P.data_offset(7) + 99)
-    with pytest.raises(ImageCorrupt, match="pages 0-63 of .*v1/pages.img do not match"):
+    with pytest.raises(ImageCorrupt, match=r"pages 0-63 of .*v1/pages\.img do not match"):
         restore(app, 2)
     problems = verify(app.store.path).problems
     assert len(problems) == 1 and "page 7 of" in problems[0].what
