@@ -211,23 +211,25 @@ class PageMap:
         """For each of ``pages``: its index here (clipped) and whether it is here."""
         if len(self.page) == 0:
             return np.zeros(len(pages), dtype=np.int64), np.zeros(len(pages), dtype=bool)
+        if len(pages) == len(self.page) and np.array_equal(pages, self.page):
+            return np.arange(len(pages), dtype=np.int64), np.ones(len(pages), dtype=bool)
         idx = np.minimum(np.searchsorted(self.page, pages), len(self.page) - 1)
         return idx.astype(np.int64), np.asarray(self.page[idx] == pages)
 
     def encode(self) -> tuple[bytes, list[list[int]]]:
         """Runs (``RUN`` records, as bytes) and the source table [[version, file], ...]."""
-        keys, src_idx = np.unique(self.src, return_inverse=True)
-        table = [[version_of(int(k)), file_of(int(k))] for k in keys if k != ZERO]
-        idx = src_idx.astype(np.int64) - (1 if len(keys) and keys[0] == ZERO else 0)
         # a zero page's offset is 0: a run of zeros continues whatever its offsets
         off_step = np.where(self.src == ZERO, np.arange(len(self.page)), self.off)
         if len(self.off) and self.off.max() >= 1 << 32:
             raise ValueError("a page file of more than 2**32 pages")
-        at = breaks(self.page, off_step, same=(idx,))
+        at = breaks(self.page, off_step, same=(self.src,))
+        keys = np.unique(self.src[at])  # (few: sorted once per run, not per page)
+        table = [[version_of(int(k)), file_of(int(k))] for k in keys if k != ZERO]
+        idx = np.searchsorted(keys, self.src[at]) - (1 if len(keys) and keys[0] == ZERO else 0)
         runs = np.zeros(len(at), dtype=RUN)
         runs["page"] = self.page[at]
         runs["count"] = np.diff(np.append(at, len(self.page)))
-        runs["src"] = idx[at]
+        runs["src"] = idx
         runs["off"] = np.where(self.src[at] == ZERO, 0, self.off[at])
         return runs.tobytes(), table
 

@@ -291,11 +291,11 @@ class VersionSink:
         have = P.run_pages(present)
         done = np.sort(np.concatenate([b.page for b in self._blocks]) if self._blocks
                        else np.zeros(0, dtype=np.int64))  # fmt: skip
-        if len(done):
-            idx = np.minimum(np.searchsorted(done, have), len(done) - 1)
-            rest = have[done[idx] != have]
-        else:
-            rest = have
+        mask = np.ones(len(have), dtype=bool)
+        if len(done) and len(have):
+            at = np.minimum(np.searchsorted(have, done), len(have) - 1)
+            mask[at[have[at] == done]] = False
+        rest = have[mask]
         src = np.full(len(rest), NEW, dtype=np.int64)
         off = np.zeros(len(rest), dtype=np.int64)
         h = np.zeros((len(rest), 2), dtype="<u8")
@@ -363,8 +363,10 @@ class VersionSink:
             page = np.concatenate([b.page for b in bl])
             src = np.concatenate([b.src for b in bl])
             off = np.concatenate([b.off for b in bl])
-            order = np.argsort(page, kind="stable")
-            pm = P.PageMap(page[order], src[order], off[order])
+            if len(page) > 1 and not (np.diff(page) > 0).all():  # (blocks come in order)
+                order = np.argsort(page, kind="stable")
+                page, src, off = page[order], src[order], off[order]
+            pm = P.PageMap(page, src, off)
             if not pm.sorted_unique():
                 raise InternalError(f"{tag[0]} {tag[1]}: a page saved twice")
             size = self._sizes.get(tag[1]) if tag[0] == "obj" else None
