@@ -279,14 +279,14 @@ def store_share(app: object, pid: int, region: tuple[int, int], found: list[tupl
     sink.record(R.HEAD, {"arch": os.uname().machine, "root_pid": pid, "pids": [pid]})
     times["prepare"] = time.perf_counter() - t
     present = [[region[0], region[1]]]
+    tag = ("pid", pid)
     t = time.perf_counter()
-    need = sink.select(present, [[s, e - s] for s, e in found])
+    need = sink.select(tag, present, [[s, e - s] for s, e in found])
     times["select"] = time.perf_counter() - t
     t = time.perf_counter()
-    metas = [sink.write_block(memoryview(data)[: sum(n for _, n in need)], need)]
-    metas.append(sink.inherit(present))
-    for m in metas:
-        sink.record(R.PBLK, {**m, "pid": pid})
+    meta = sink.write_block(memoryview(data)[: sum(n for _, n in need)], need)
+    sink.inherit(tag, present, need)
+    sink.record(R.PBLK, {**meta, "pid": pid})
     times["pages"] = time.perf_counter() - t
     t = time.perf_counter()
     sink.commit()

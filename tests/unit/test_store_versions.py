@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cryo.errors import CryoError, ImageCorrupt, ImageMissing
+from cryo.errors import CryoError, ImageCorrupt, ImageMissing, InternalError
 from cryo.image import records as R
 from cryo.store import pages as P
 from cryo.store import retention
@@ -332,23 +332,32 @@ def test_write_tracking_interface(app: App) -> None:
     """An engine that knows the written pages hands only those (docs/store.md)."""
     rng = np.random.default_rng(11)
     mem = rand_pages(rng, list(range(64)))
-    dump(app, {("pid", PID): dict(mem)})
+    other = rand_pages(rng, list(range(64)))  # a second process, same addresses
+    dump(app, {("pid", PID): dict(mem), ("pid", PID + 1): dict(other)})
     sink = VersionSink(app, 2, load_previous(app, 1), parent=1, direct=False)
     sink.record(R.HEAD, {"arch": platform.machine(), "root_pid": PID, "pids": [PID]})
     present = [[0, 70 * P.PAGE]]  # pages 64-69 are new
     mem[3] = rng.bytes(P.PAGE)
     mem.update(rand_pages(rng, list(range(64, 70))))
-    need = sink.select(present, [[3 * P.PAGE, P.PAGE]])
+    tag = ("pid", PID)
+    need = sink.select(tag, present, [[3 * P.PAGE, P.PAGE]])
     assert need == [[3 * P.PAGE, P.PAGE], [64 * P.PAGE, 6 * P.PAGE]]
+    assert sink.select(("pid", 99), present, [[0, P.PAGE]]) == present  # no previous
+    assert sink.select(tag, present, None) == present  # not tracked: everything
     metas = []
     for addr, length in need:
         pages = range(addr >> 12, (addr + length) >> 12)
         data = bytearray(b"".join(mem[p] for p in pages))
         metas.append(sink.write_block(memoryview(data), [[addr, length]]))
-    metas.append(sink.inherit(present))
+    sink.inherit(tag, present, need)
     for m in metas:
         sink.record(R.PBLK, {**m, "pid": PID})
+    with pytest.raises(InternalError):  # another process's pages are not "unchanged"
+        sink.inherit(("pid", PID + 2), present, [])
+    sink.record(b"TRAK", {"pid": PID, "token": 1234})
     sink.commit()
     assert sink.new_pages == 7
     assert_restores(app, 2, {("pid", PID): mem})
-    assert sink.select(present, None) == present
+    after = VersionSink(app, 3, load_previous(app, 2), parent=2, direct=False)
+    assert after.previous_records(b"TRAK") == [{"pid": PID, "token": 1234}]
+    after.abort()

@@ -50,15 +50,18 @@ class _Block:
     hash: P.U64
 
 
-def load_previous(app: App, version: int) -> list[P.PageMap]:
+Tag = tuple[str, int]  # ("pid", N) or ("obj", N)
+
+
+def load_previous(app: App, version: int) -> dict[Tag, P.PageMap]:
     """The page maps of ``version`` with every page's hash (gathered from the files that
     hold the pages), for the next checkpoint to compare against."""
     sources = Sources(app)
-    out = []
+    out = {}
     for unit in sources.meta(version).units:
         sources.check(unit, f"store version {app.vdir(version)}")
         pm = unit.map
-        out.append(P.PageMap(pm.page, pm.src, pm.off, sources.hashes(unit)))
+        out[unit.tag] = P.PageMap(pm.page, pm.src, pm.off, sources.hashes(unit))
     return out
 
 
@@ -66,7 +69,7 @@ class VersionSink:
     """Writes version ``version`` of ``app``; ``previous`` are the page maps (with hashes)
     of the version it is compared with (none: a full version)."""
 
-    def __init__(self, app: App, version: int, previous: list[P.PageMap] | None,
+    def __init__(self, app: App, version: int, previous: dict[Tag, P.PageMap] | None,
                  *, parent: int | None = None, direct: bool = True) -> None:  # fmt: skip
         self.app = app
         self.version = version
@@ -74,7 +77,7 @@ class VersionSink:
         self.stored_bytes = 0
         self.seed = app.store.seed
         self._zero = P.zero_hash(self.seed)
-        self._prev = previous or []
+        self._prev = previous or {}
         self._parent = parent if previous is not None else None
         self._key = P.key(version, 0)
         self.tmp = os.path.join(app.path, f".v{version}.tmp.{os.getpid()}")
@@ -154,7 +157,7 @@ class VersionSink:
         psrc, poff = src[part], off[part]  # views: written through
         # the same bytes at the same page in the previous version: refer to them (the
         # hash identifies the content, whichever process of that version held it)
-        for prev in self._prev:
+        for prev in self._prev.values():
             idx, here = prev.lookup(pg)
             assert prev.hash is not None
             hit = np.flatnonzero((psrc == NEW) & here & P.same_rows(prev.hash[idx], hh))
@@ -271,43 +274,46 @@ class VersionSink:
 
     # -- for the engine's write tracking (docs/store.md) ---------------------------
 
-    def select(self, present: list[list[int]], written: list[list[int]] | None
+    def previous_records(self, kind: bytes) -> list[Any]:
+        """The records of ``kind`` of the version this one is compared with (the engine
+        finds there the token of the write tracking it armed then)."""
+        if self._parent is None:
+            return []
+        core = os.path.join(self.app.vdir(self._parent), "core.img")
+        return [r.payload for r in fmt.read_file(core, R.CORE_MAGIC) if r.kind == kind]
+
+    def select(self, tag: Tag, present: list[list[int]], written: list[list[int]] | None
                ) -> list[list[int]]:  # fmt: skip
-        """The runs the engine must copy when it knows which pages were ``written``
-        since the previous version: those, and present pages the previous version does
-        not have.  The others are taken as unchanged (see :meth:`inherit`)."""
-        if written is None or not self._prev:
+        """The runs of process (or object) ``tag`` the engine must copy when it knows
+        which pages were ``written`` since the previous version: those, and present pages
+        the previous version of ``tag`` does not have.  The others are unchanged."""
+        prev = self._prev.get(tag)
+        if written is None or prev is None:
             return present
         have = P.run_pages(present)
-        known = np.zeros(len(have), dtype=bool)
-        for prev in self._prev:
-            known |= prev.lookup(have)[1]
-        need = np.union1d(P.run_pages(written), have[~known])
+        need = np.union1d(P.run_pages(written), have[~prev.lookup(have)[1]])
         return P.page_runs(need)
 
-    def inherit(self, present: list[list[int]]) -> dict[str, Any]:
-        """Record the pages of ``present`` that were not handed to write_block as the
-        previous version's: one more "block" for the engine's PBLK (tag it as usual)."""
+    def inherit(self, tag: Tag, present: list[list[int]], copied: list[list[int]]) -> None:
+        """The pages of ``present`` the engine did not copy (``copied`` is what
+        :meth:`select` returned) are those of the previous version of ``tag``."""
         have = P.run_pages(present)
-        done = np.sort(np.concatenate([b.page for b in self._blocks]) if self._blocks
-                       else np.zeros(0, dtype=np.int64))  # fmt: skip
+        done = P.run_pages(copied)
         mask = np.ones(len(have), dtype=bool)
         if len(done) and len(have):
             at = np.minimum(np.searchsorted(have, done), len(have) - 1)
             mask[at[have[at] == done]] = False
         rest = have[mask]
-        src = np.full(len(rest), NEW, dtype=np.int64)
-        off = np.zeros(len(rest), dtype=np.int64)
-        h = np.zeros((len(rest), 2), dtype="<u8")
-        for prev in self._prev:
-            idx, here = prev.lookup(rest)
-            hit = np.flatnonzero((src == NEW) & here)
-            assert prev.hash is not None
-            src[hit], off[hit], h[hit] = prev.src[idx[hit]], prev.off[idx[hit]], prev.hash[idx[hit]]
-        if (src == NEW).any():
-            raise InternalError("unchanged pages the previous version does not have")
-        self._blocks.append(_Block(rest, src, off, h))
-        return {"index": len(self._blocks) - 1, "raw": 0, "stored": 0}
+        if not len(rest):
+            return
+        prev = self._prev.get(tag)
+        idx, here = prev.lookup(rest) if prev is not None else (None, None)
+        if prev is None or idx is None or here is None or not here.all():
+            raise InternalError(f"{tag[0]} {tag[1]}: pages taken as unchanged that the"
+                                " previous version does not have")  # fmt: skip
+        assert prev.hash is not None
+        self._blocks.append(_Block(rest, prev.src[idx], prev.off[idx], prev.hash[idx]))
+        self._units.setdefault(tag, []).append(len(self._blocks) - 1)
 
     # -- internals -----------------------------------------------------------------
 
