@@ -57,7 +57,8 @@ def test_tree_versions(procs: Procs, build: Any, tmp_path: Path) -> None:
             procs.track(p)
         assert tree_pids(r.pid) == pids
         w = Victim(r.pid, out)
-        lines = w.wait_for(lambda ls: sum(x.startswith(("ok", "FAIL")) for x in ls[start:]) >= 3)
+        lines = w.wait_for(lambda ls, s=start: sum(x.startswith(("ok", "FAIL"))
+                                                   for x in ls[s:]) >= 3)  # fmt: skip
         assert not [x for x in lines[start:] if x.startswith("FAIL")]
         kill_tree(tree_pids(r.pid))
         time.sleep(0.05)
