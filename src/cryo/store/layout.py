@@ -55,10 +55,6 @@ def check_app_name(name: str) -> str:
     return name
 
 
-def _pid_alive(pid: int) -> bool:
-    return pid == os.getpid() or os.path.exists(f"/proc/{pid}")
-
-
 class Store:
     """A store directory.  ``create`` makes it (and its marker) if needed."""
 
@@ -186,11 +182,13 @@ class App:
 
     def sweep(self) -> list[str]:
         """Remove what a killed cryo left: version directories half written or half
-        deleted by a process that is gone.  Returns what was removed."""
+        deleted.  Called with the exclusive lock held: no other writer is at work, so
+        whatever is not ours is stale (whether or not its pid is in use again).
+        Returns what was removed."""
         gone = []
         for n in os.listdir(self.path):
             m = _TEMP_DIR.fullmatch(n)
-            if m and not _pid_alive(int(m.group(3))):
+            if m and int(m.group(3)) != os.getpid():
                 shutil.rmtree(os.path.join(self.path, n), ignore_errors=True)
                 gone.append(n)
         return gone

@@ -218,8 +218,8 @@ def _sweep_files(app: App, metas: dict[int, VersionMeta]) -> None:
     for v, meta in metas.items():
         names = {f.name for f in meta.files.values()}
         for name in os.listdir(app.vdir(v)):
-            head, _, pid = name.rpartition(".tmp.")
-            stale_tmp = head and pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+            head, _, pid = name.rpartition(".tmp.")  # (the lock is ours: all are stale)
+            stale_tmp = head and pid.isdigit() and int(pid) != os.getpid()
             if stale_tmp or (_MERGED.fullmatch(name) and name not in names):
                 os.unlink(os.path.join(app.vdir(v), name))
 
