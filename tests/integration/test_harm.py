@@ -122,3 +122,27 @@ def test_failed_restart_leaves_no_process(procs: Procs, build: Any, tmp_path: Pa
         restart(str(tmp_path / "img"))
     no_new_children(before)
     assert not os.path.exists(f"/proc/{v.pid}") or "Z" in Path(f"/proc/{v.pid}/stat").read_text()
+
+
+def test_failed_tree_restart_leaves_no_process(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """The second process of a tree cannot be rebuilt (its binary changed): the first,
+    already built, is killed too; nothing of the tree is left."""
+    exe = tmp_path / "counter"
+    shutil.copy(build("counter"), exe)
+    code = (f"import os,time\npid = os.fork()\nif pid == 0:\n"
+            f"  os.execv('{exe}', ['{exe}', '{tmp_path / 'out.txt'}'])\n"
+            "time.sleep(600)\n")
+    v = procs.spawn([sys.executable, "-c", code], tmp_path / "out.txt")
+    v.wait_ok_after(2)
+    child = int(Path(f"/proc/{v.pid}/task/{v.pid}/children").read_text().split()[0])
+    procs.track(child)
+    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+    reap(child)
+    reap(v.pid)
+    exe.write_bytes(exe.read_bytes() + b"\0")
+    before = children()
+    with pytest.raises(CryoError, match="changed since the checkpoint"):
+        restart(str(tmp_path / "img"))
+    no_new_children(before)
+    for pid in (v.pid, child):
+        assert not os.path.exists(f"/proc/{pid}") or " Z" in Path(f"/proc/{pid}/stat").read_text()
