@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -391,8 +392,6 @@ def test_gc_stopped_after_any_step_leaves_kept_versions_whole(tmp_path: Path,
     steps = [(retention, "_merge"), (retention.VersionMeta, "write"),
              (retention, "remove_version"), (retention, "_retire")]  # fmt: skip
     for stop_at in range(1, 30):
-        import shutil
-
         root = tmp_path / f"run{stop_at}"
         shutil.copytree(tmp_path / "base", root)
         calls = [0]
@@ -400,9 +399,10 @@ def test_gc_stopped_after_any_step_leaves_kept_versions_whole(tmp_path: Path,
             for owner, name in steps:
                 real = getattr(owner, name)
 
-                def counted(*a: Any, _real: Any = real, **kw: Any) -> Any:
-                    calls[0] += 1
-                    if calls[0] == stop_at:
+                def counted(*a: Any, _real: Any = real, _calls: list[int] = calls,
+                            _stop: int = stop_at, **kw: Any) -> Any:  # fmt: skip
+                    _calls[0] += 1
+                    if _calls[0] == _stop:
                         raise Stop
                     return _real(*a, **kw)
 
