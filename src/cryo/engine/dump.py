@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cryo
-from cryo.engine import files, memory, shmem, signals, sysvshm, task, threads, timers, tree
+from cryo.engine import (
+    dirty,
+    files,
+    memory,
+    shmem,
+    signals,
+    sysvshm,
+    task,
+    threads,
+    timers,
+    tree,
+)
 from cryo.engine.context import DumpContext
 from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.errors import translate_oserror
@@ -95,6 +106,12 @@ def checkpoint(
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFER)
     t_freeze = time.perf_counter()
     released = False
+    # a store's version sink can take only the pages written since its previous version
+    tsink: Any = sink if hasattr(sink, "select") else None
+    track = tsink is not None
+    tokens = {r["pid"]: r["token"] for r in tsink.previous_records(dirty.KIND)} if track \
+        else {}  # fmt: skip
+    inherit: list[tuple[tuple[str, int], list[list[int]], list[list[int]]]] = []
     try:
         procs = tree.freeze(pid, scope)
         t_freeze = time.perf_counter()
@@ -107,9 +124,16 @@ def checkpoint(
                 continue
             ctx = DumpContext(p.pid, p.leader, Injector(p.leader, find_vdso_syscall(p.pid)),
                               options={"shell_job": shell_job}, shared=shared)  # fmt: skip
-            recs, trecs = _dump_injected(ctx, p)
+            recs, trecs, tracking = _dump_injected(ctx, p, tokens.get(p.pid) if track else False)
             thread_recs.extend(trecs)
             mm_rec, runs = memory.dump(ctx, shared.objects)
+            if tracking is not None:
+                tag = ("pid", p.pid)
+                present = [[a, n] for a, n in runs]
+                need = tsink.select(tag, present, dirty.written(tracking, mm_rec["vmas"], runs))
+                inherit.append((tag, present, need))
+                runs = [(a, n) for a, n in need]
+                recs[dirty.KIND] = tracking.record()
             sysvshm.dump(ctx, mm_rec["vmas"], sink)
             recs[R.MM] = mm_rec
             recs[R.FILE] = files.dump(ctx, shared.descs)
@@ -124,8 +148,9 @@ def checkpoint(
         sink.record(R.HEAD, _head(pid, procs))
         sink.record(R.TREE, tree.record(procs, pid, scope))
         for recs in per_proc:
-            for kind in (R.TASK, R.MM, R.SIGS, R.TIMR, R.FILE):
-                sink.record(kind, recs[kind])
+            for kind in (R.TASK, R.MM, R.SIGS, R.TIMR, R.FILE, dirty.KIND):
+                if kind in recs:
+                    sink.record(kind, recs[kind])
         for trec in thread_recs:
             sink.record(R.THRD, trec)
         sink.record(R.FDSC, {"descs": shared.descs.descs})
@@ -154,6 +179,8 @@ def checkpoint(
                                          on_read_done=release)  # fmt: skip
         for meta in metas:
             sink.record(R.PBLK, meta)
+        for tag, present, need in inherit:  # pages not copied: the previous version's
+            tsink.inherit(tag, present, need)
         sink.commit()
         result.memory_bytes = stats.bytes
         result.stored_bytes = sink.stored_bytes
@@ -182,14 +209,19 @@ def checkpoint(
     return result
 
 
-def _dump_injected(ctx: DumpContext, p: tree.Proc) -> tuple[dict[bytes, Any],
-                                                           list[dict[str, Any]]]:  # fmt: skip
-    """Everything only the tasks can tell us, asked while a scratch page is mapped."""
+def _dump_injected(ctx: DumpContext, p: tree.Proc, token: str | bool | None
+                   ) -> tuple[dict[bytes, Any], list[dict[str, Any]],
+                              dirty.Tracking | None]:  # fmt: skip
+    """Everything only the tasks can tell us, asked while a scratch page is mapped; and,
+    for a store (``token`` not False), write tracking named for this checkpoint."""
     inj = ctx.inj
     inj.map_scratch()
     injectors = {p.pid: inj}
     trecs = []
+    tracking = None
     try:
+        if token is not False:
+            tracking = dirty.prepare(ctx, token if isinstance(token, str) else None)
         recs = {
             R.TASK: task.dump(ctx),
             R.SIGS: signals.dump(ctx),
@@ -209,7 +241,7 @@ def _dump_injected(ctx: DumpContext, p: tree.Proc) -> tuple[dict[bytes, Any],
             for tid, tinj in injectors.items():
                 tinj.finish()
                 p.tracees[tid].park()
-    return recs, trecs
+    return recs, trecs, tracking
 
 
 def _head(pid: int, procs: dict[int, tree.Proc]) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def _classify(v: procfs.Vma) -> str:
     path = v.path
     if path in SPECIAL:
         return "special"
-    if path in SKIPPED:
+    if path in SKIPPED or path.startswith("/memfd:cryo-wp:"):  # engine/dirty.py's own
         return "skip"
     if not v.shared:
         if path in _ANON_NAMES or path.startswith("[anon:"):

@@ -256,3 +256,24 @@ class CLONE(enum.IntFlag):
 
 CLONE_THREAD_FLAGS = (CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.THREAD
                       | CLONE.SYSVSEM)  # fmt: skip
+
+
+class UFFD(enum.IntFlag):
+    """include/uapi/linux/userfaultfd.h"""
+
+    USER_MODE_ONLY = 1
+    FEATURE_WP_UNPOPULATED = 1 << 13
+    FEATURE_WP_ASYNC = 1 << 15
+
+
+UFFD_API = 0xAA
+UFFDIO_REGISTER_MODE_WP = 1 << 1
+UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
+# _IOWR(UFFDIO=0xAA, nr, struct): dir=3
+UFFDIO_API = (3 << 30) | (24 << 16) | (0xAA << 8) | 0x3F
+UFFDIO_REGISTER = (3 << 30) | (32 << 16) | (0xAA << 8) | 0x00
+UFFDIO_WRITEPROTECT = (3 << 30) | (24 << 16) | (0xAA << 8) | 0x06
+SYS_userfaultfd = 323
+PM_SCAN_WP_MATCHING = 1 << 0
+PM_SCAN_CHECK_WPASYNC = 1 << 1
+MADV_DONTFORK = 10

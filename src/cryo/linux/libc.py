@@ -201,7 +201,8 @@ def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
 
 
 def pagemap_scan(fd: int, start: int, end: int, anyof: int, return_mask: int,
-                 inverted: int = 0, mask: int = 0) -> list[tuple[int, int, int]]:  # fmt: skip
+                 inverted: int = 0, mask: int = 0,
+                 flags: int = 0) -> list[tuple[int, int, int]]:  # fmt: skip
     """PAGEMAP_SCAN on an open /proc/PID/pagemap: [(start, end, categories)] of the
     page ranges in [start, end) that have any category of ``anyof``."""
     from cryo.linux.consts import PAGEMAP_SCAN
@@ -210,6 +211,7 @@ def pagemap_scan(fd: int, start: int, end: int, anyof: int, return_mask: int,
     vec = (S.page_region * 512)()
     arg = S.pm_scan_arg()
     arg.size = ctypes.sizeof(arg)
+    arg.flags = flags
     arg.vec = ctypes.addressof(vec)
     arg.vec_len = len(vec)
     arg.category_inverted = inverted
@@ -272,3 +274,24 @@ def timerfd_settime(fd: int, flags: int, interval: tuple[int, int], value: tuple
     spec.it_interval.tv_sec, spec.it_interval.tv_nsec = interval
     spec.it_value.tv_sec, spec.it_value.tv_nsec = value
     syscall(286, fd, flags, ctypes.addressof(spec), 0)
+
+
+def uffd_api(fd: int, features: int) -> None:
+    from cryo.linux.consts import UFFD_API, UFFDIO_API
+
+    ioctl(fd, UFFDIO_API, S.uffdio_api(UFFD_API, features, 0))
+
+
+def uffd_register_wp(fd: int, start: int, length: int) -> None:
+    """Register [start, start+length) of the uffd's process in write-protect mode."""
+    from cryo.linux.consts import UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP
+
+    ioctl(fd, UFFDIO_REGISTER,
+          S.uffdio_register(S.uffdio_range(start, length), UFFDIO_REGISTER_MODE_WP, 0))
+
+
+def uffd_writeprotect(fd: int, start: int, length: int) -> None:
+    from cryo.linux.consts import UFFDIO_WRITEPROTECT, UFFDIO_WRITEPROTECT_MODE_WP
+
+    ioctl(fd, UFFDIO_WRITEPROTECT,
+          S.uffdio_writeprotect(S.uffdio_range(start, length), UFFDIO_WRITEPROTECT_MODE_WP))

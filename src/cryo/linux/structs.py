@@ -164,3 +164,21 @@ class pm_scan_arg(ctypes.Structure):
 
 class rlimit64(ctypes.Structure):
     _fields_ = [("rlim_cur", c_u64), ("rlim_max", c_u64)]
+
+
+class uffdio_api(ctypes.Structure):
+    """include/uapi/linux/userfaultfd.h"""
+
+    _fields_ = [("api", c_u64), ("features", c_u64), ("ioctls", c_u64)]
+
+
+class uffdio_range(ctypes.Structure):
+    _fields_ = [("start", c_u64), ("len", c_u64)]
+
+
+class uffdio_register(ctypes.Structure):
+    _fields_ = [("range", uffdio_range), ("mode", c_u64), ("ioctls", c_u64)]
+
+
+class uffdio_writeprotect(ctypes.Structure):
+    _fields_ = [("range", uffdio_range), ("mode", c_u64)]

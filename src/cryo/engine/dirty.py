@@ -1,0 +1,165 @@
+"""Write tracking between the checkpoints of a store (issue 5): which pages a process
+wrote since its last checkpoint, without reading them.
+
+This kernel has no soft-dirty bits.  Instead, at a checkpoint into a store, the process
+is given a userfaultfd in write-protect, asynchronous mode (UFFD_FEATURE_WP_ASYNC: a
+write to a protected page just marks it written, no fault handler is involved), with
+every private anonymous mapping registered and protected.  At the next checkpoint one
+PAGEMAP_SCAN per mapping (PAGE_IS_WRITTEN, PM_SCAN_WP_MATCHING) returns the pages written
+since and protects them again in the same walk; PM_SCAN_CHECK_WPASYNC makes the scan
+fail on a mapping that is not registered (mapped since), whose present pages then all
+count as written.
+
+The arming is named: a one-page mapping of a memfd called ``cryo-wp:<token>:<fd>`` (its
+name shows in /proc/PID/maps; kept out of fork children with MADV_DONTFORK, left out of
+every image, like the uffd itself).  Each
+checkpoint gives it a new token and records it (TRAK); the next one trusts the scan only
+if the process still carries the token of the version it is compared with.  A restored
+process, a child, or a checkpoint that failed after renaming: no match, so the store
+falls back to comparing page hashes, and tracking starts again.
+
+What stays in the process between checkpoints: that mapping and the uffd on a high fd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from cryo import procfs
+from cryo.engine.context import DumpContext
+from cryo.linux import libc
+from cryo.linux.consts import (
+    MADV_DONTFORK,
+    MAP,
+    PAGE_IS,
+    PAGE_SIZE,
+    PM_SCAN_CHECK_WPASYNC,
+    PM_SCAN_WP_MATCHING,
+    PROT,
+    SYS,
+    UFFD,
+    SYS_userfaultfd,
+)
+
+log = logging.getLogger(__name__)
+KIND = b"TRAK"
+PREFIX = "cryo-wp:"
+MAPPED = f"/memfd:{PREFIX}"
+SYS_memfd_create, SYS_ftruncate, MFD_CLOEXEC = 319, 77, 1
+F_DUPFD_CLOEXEC = 1030
+HIGH_FD = 1000
+O_CLOEXEC, O_NONBLOCK = 0o2000000, 0o4000
+
+
+@dataclass
+class Tracking:
+    pid: int
+    token: str  # the new token, recorded by this checkpoint
+    fd: int  # the uffd, in the process
+    trusted: bool  # the process carried the token of the version compared with
+    fresh: bool  # armed by this checkpoint
+
+    def record(self) -> dict[str, Any]:
+        return {"pid": self.pid, "token": self.token}
+
+
+def find(pid: int) -> tuple[str | None, int | None, int | None]:
+    """(token, uffd fd, address of the token mapping) of a tracked process."""
+    for v in procfs.parse_maps(procfs.read(pid, "maps")):
+        if v.path.startswith(MAPPED):
+            token, _, fd = v.path[len(MAPPED) :].removesuffix(" (deleted)").partition(":")
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[userfaultfd]":
+                    return token, int(fd), v.start
+            except (OSError, ValueError):
+                pass
+            return None, None, v.start
+    return None, None, None
+
+
+def ours(pid: int) -> tuple[int | None, int | None]:
+    """The uffd fd and token mapping cryo left in ``pid`` (to leave out of images)."""
+    _token, fd, addr = find(pid)
+    return fd, addr
+
+
+def prepare(ctx: DumpContext, previous_token: str | None) -> Tracking:
+    """In the frozen process, with injected calls: make the uffd if there is none, and
+    name the arming with a new token."""
+    inj = ctx.inj
+    token, fd, addr = find(ctx.pid)
+    new = secrets.token_hex(8)
+    fresh = fd is None
+    if addr is not None:  # the old name goes; a new one is made below
+        inj(SYS.munmap, addr, PAGE_SIZE)
+    if fd is None:
+        low = inj(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD.USER_MODE_ONLY,
+                  what=" userfaultfd")  # fmt: skip
+        fd = inj(SYS.fcntl, low, F_DUPFD_CLOEXEC, HIGH_FD)
+        inj(SYS.close, low)
+    mfd = inj(SYS_memfd_create, inj.put_str(f"{PREFIX}{new}:{fd}"), MFD_CLOEXEC)
+    try:
+        inj(SYS_ftruncate, mfd, PAGE_SIZE)
+        addr = inj(SYS.mmap, 0, PAGE_SIZE, PROT.READ, MAP.SHARED, mfd, 0)
+        inj(SYS.madvise, addr, PAGE_SIZE, MADV_DONTFORK)
+    finally:
+        inj(SYS.close, mfd)
+    return Tracking(ctx.pid, new, fd, not fresh and token == previous_token, fresh)
+
+
+def written(tr: Tracking, vmas: list[dict[str, Any]],
+            present: list[tuple[int, int]]) -> list[list[int]] | None:  # fmt: skip
+    """The runs of ``present`` written since the last checkpoint (None: unknown, save
+    them all); every private anonymous mapping is protected again for the next one."""
+    pidfd = libc.pidfd_open(tr.pid)
+    try:
+        uffd = libc.pidfd_getfd(pidfd, tr.fd)
+    finally:
+        os.close(pidfd)
+    pm = os.open(f"/proc/{tr.pid}/pagemap", os.O_RDONLY)
+    out: list[list[int]] = []
+    try:
+        if tr.fresh:
+            libc.uffd_api(uffd, UFFD.FEATURE_WP_ASYNC | UFFD.FEATURE_WP_UNPOPULATED)
+        for v in vmas:
+            start, end = v["start"], v["end"]
+            if v["kind"] != "anon":
+                if v["kind"] == "file":  # copied-on-write pages: not tracked, all count
+                    out.extend(_within(present, start, end))
+                continue
+            if tr.trusted:
+                try:
+                    for s, e, _c in libc.pagemap_scan(
+                        pm, start, end, 0, PAGE_IS.WRITTEN, mask=PAGE_IS.WRITTEN,
+                        flags=PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                    ):  # fmt: skip
+                        out.append([s, e - s])
+                    continue
+                except OSError:
+                    out.extend(_within(present, start, end))  # mapped since: not tracked
+            _arm(uffd, start, end)
+    finally:
+        os.close(pm)
+        os.close(uffd)
+    return out if tr.trusted else None
+
+
+def _arm(uffd: int, start: int, end: int) -> None:
+    try:
+        libc.uffd_register_wp(uffd, start, end - start)
+        libc.uffd_writeprotect(uffd, start, end - start)
+    except OSError as err:  # a mapping the kernel will not track: its pages always count
+        log.debug("no write tracking for %#x-%#x: %s", start, end, err)
+
+
+def _within(runs: list[tuple[int, int]], start: int, end: int) -> list[list[int]]:
+    out = []
+    for a, n in runs:
+        s, e = max(a, start), min(a + n, end)
+        if s < e:
+            out.append([s, e - s])
+    return out
