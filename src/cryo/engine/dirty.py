@@ -18,7 +18,8 @@ if the process still carries the token of the version it is compared with.  A re
 process, a child, or a checkpoint that failed after renaming: no match, so the store
 falls back to comparing page hashes, and tracking starts again.
 
-What stays in the process between checkpoints: that mapping and the uffd on a high fd.
+What stays in the process between checkpoints: that mapping and the uffd on a high fd
+(a child forked meanwhile inherits the fd, not the mapping: it is left out of images too).
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def find(pid: int) -> tuple[str | None, int | None, int | None]:
     return None, None, None
 
 
-def ours(pid: int) -> tuple[int | None, int | None]:
-    """The uffd fd and token mapping cryo left in ``pid`` (to leave out of images)."""
-    _token, fd, addr = find(pid)
-    return fd, addr
+def is_ours(fd: int, target: str) -> bool:
+    """Is this fd a write-tracking uffd cryo made (in this process, or inherited from a
+    parent that was tracked when it forked)?  They live at HIGH_FD and above; a program's
+    own userfaultfd stays below (and is refused as unsupported)."""
+    return fd >= HIGH_FD and target == "anon_inode:[userfaultfd]"
 
 
 def prepare(ctx: DumpContext, previous_token: str | None) -> Tracking:

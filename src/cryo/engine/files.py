@@ -95,11 +95,10 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
         names = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     except FileNotFoundError as err:
         raise CryoError(f"process {pid} vanished", pid=pid) from err
-    tracking_fd, _addr = dirty.ours(pid)
     for fd in names:
-        if fd == tracking_fd:
-            continue  # the write tracking cryo armed (engine/dirty.py): not the program's
         target = procfs.readlink(pid, f"fd/{fd}")
+        if dirty.is_ours(fd, target):
+            continue  # the write tracking cryo armed (engine/dirty.py): not the program's
         info = procfs.parse_fdinfo(procfs.read(pid, f"fdinfo/{fd}"))
         st = os.stat(f"/proc/{pid}/fd/{fd}")
         kind = _kind_of(target, st)
