@@ -243,12 +243,17 @@ class Unit:
 
     def keys(self) -> list[int]:
         """The sources it refers to (zeros aside), in order."""
-        if self._map is None and self._rec is not None:
+        if self._rec is not None:
             return sorted(P.key(int(v), int(f)) for v, f in self._rec["sources"])
         return [int(k) for k in np.unique(self.map.src) if k != P.ZERO]
 
+    def changed(self) -> None:
+        """Its map was changed in place: what was read from disk no longer holds."""
+        self.map  # noqa: B018 (decoded first)
+        self._rec = None
+
     def pages(self) -> int:
-        return int(self._rec["pages"]) if self._map is None and self._rec else len(self.map)
+        return int(self._rec["pages"]) if self._rec is not None else len(self.map)
 
     def record(self) -> dict[str, Any]:
         runs, table = self.map.encode()
@@ -382,17 +387,30 @@ class Sources:
             raise ImageCorrupt(f"{what} is corrupt: a page map points past the end of a page"
                                " file", path=self.app.path)  # fmt: skip
 
-    def hashes(self, unit: Unit) -> P.U64:
-        """The hash of every page of ``unit`` (from the files that hold them)."""
-        pm = unit.map
+    def hashes(self, unit: Unit) -> HashTable:
+        """Where to find the hash of any page of ``unit``: the files that hold them."""
         keys = np.asarray(unit.keys(), dtype=np.int64)
         tables = [self.file(int(k)).hashes for k in keys]
         base = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int64)
         zero = P.zero_hash(self.app.store.seed).reshape(1, 2)
-        allh = np.concatenate([*tables, zero])
-        kidx = np.minimum(np.searchsorted(keys, pm.src), max(len(keys) - 1, 0))
-        gidx = np.where(pm.src == P.ZERO, base[-1], base[kidx] + pm.off)
-        return np.asarray(allh[gidx])
+        return HashTable(unit.map, keys, base, np.concatenate([*tables, zero]))
+
+
+@dataclass
+class HashTable:
+    """The hashes of the pages of a map, gathered from its files when asked for."""
+
+    map: P.PageMap
+    keys: P.I64
+    base: P.I64  # first row of each key's hashes in ``table``
+    table: P.U64  # every hash of every file the map refers to, then the zero page's
+
+    def at(self, idx: P.I64) -> P.U64:
+        """The hashes of pages ``idx`` (indices in the map)."""
+        src, off = self.map.src[idx], self.map.off[idx]
+        kidx = np.minimum(np.searchsorted(self.keys, src), max(len(self.keys) - 1, 0))
+        return np.asarray(self.table[np.where(src == P.ZERO, self.base[-1],
+                                              self.base[kidx] + off)])  # fmt: skip
 
 
 def du(path: str) -> int:

@@ -8,10 +8,10 @@ is packed into one integer, its *key*, ``version << 16 | file``, so that orderin
 orders sources by version; zeros have the key ``ZERO`` (-1).
 
 In memory a map (:class:`PageMap`) is parallel numpy arrays sorted by page number: page,
-source key, offset in the source file, and (when it was computed) the page's hash.  On
-disk it is sorted runs of consecutive pages whose bytes are consecutive in one source
-(``RUN``, 20 bytes each) plus the table of the sources they use: a lookup is a binary
-search (O(log n)), and a restart turns runs into large vectored writes.
+source key and offset in the source file.  On disk it is sorted runs of consecutive
+pages whose bytes are consecutive in one source (``RUN``, 20 bytes each) plus the table
+of the sources they use: a lookup is a binary search (O(log n)), and a restart turns
+runs into large vectored writes.
 
 Every stored page has a hash (xxh3-128, seeded per store), kept with the file that holds
 it (``PHSH`` record): it is both the page's checksum and what the next checkpoint
@@ -194,12 +194,11 @@ class PageMap:
     page: I64
     src: I64  # source key, ZERO for a page of zeros
     off: I64  # page index in the source file (0 for zeros)
-    hash: U64 | None = None  # (n, 2) when known
 
     @classmethod
     def empty(cls) -> PageMap:
         z = np.zeros(0, dtype=np.int64)
-        return cls(z, z.copy(), z.copy(), np.zeros((0, 2), dtype="<u8"))
+        return cls(z, z.copy(), z.copy())
 
     def __len__(self) -> int:
         return len(self.page)

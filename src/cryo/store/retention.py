@@ -141,6 +141,7 @@ def _gc_app(app: App, keep_last: int, keep_every: int | None, dry_run: bool) -> 
                     sel = u.map.src == k
                     u.map.off[sel] = where[u.map.off[sel]]
                     u.map.src[sel] = new_key
+                    u.changed()
                     changed = True
         if changed:
             meta.write()

@@ -32,7 +32,7 @@ from cryo.image import records as R
 from cryo.image.sink import PAGES_HEADER
 from cryo.linux import libc
 from cryo.store import pages as P
-from cryo.store.layout import App, FileMeta, Sources, Unit, VersionMeta
+from cryo.store.layout import App, FileMeta, HashTable, Sources, Unit, VersionMeta
 
 log = logging.getLogger(__name__)
 NEW = -2  # a page not seen before: to be stored
@@ -47,21 +47,19 @@ class _Block:
     page: P.I64
     src: P.I64
     off: P.I64
-    hash: P.U64
 
 
 Tag = tuple[str, int]  # ("pid", N) or ("obj", N)
 
 
-def load_previous(app: App, version: int) -> dict[Tag, P.PageMap]:
-    """The page maps of ``version`` with every page's hash (gathered from the files that
-    hold the pages), for the next checkpoint to compare against."""
+def load_previous(app: App, version: int) -> dict[Tag, HashTable]:
+    """The page maps of ``version`` and where their pages' hashes are, for the next
+    checkpoint to compare against."""
     sources = Sources(app)
     out = {}
     for unit in sources.meta(version).units:
         sources.check(unit, f"store version {app.vdir(version)}")
-        pm = unit.map
-        out[unit.tag] = P.PageMap(pm.page, pm.src, pm.off, sources.hashes(unit))
+        out[unit.tag] = sources.hashes(unit)
     return out
 
 
@@ -69,7 +67,7 @@ class VersionSink:
     """Writes version ``version`` of ``app``; ``previous`` are the page maps (with hashes)
     of the version it is compared with (none: a full version)."""
 
-    def __init__(self, app: App, version: int, previous: dict[Tag, P.PageMap] | None,
+    def __init__(self, app: App, version: int, previous: dict[Tag, HashTable] | None,
                  *, parent: int | None = None, direct: bool = True) -> None:  # fmt: skip
         self.app = app
         self.version = version
@@ -132,7 +130,7 @@ class VersionSink:
         n = len(page)
         src = np.full(n, NEW, dtype=np.int64)
         off = np.zeros(n, dtype=np.int64)
-        h = np.zeros((n, 2), dtype="<u8")
+        h = np.zeros((n, 2), dtype="<u8")  # (kept only for the pages stored)
         stored = 0
         try:
             for s in range(0, n, PART):
@@ -144,7 +142,7 @@ class VersionSink:
         finally:
             self._drain()  # the engine reuses the buffer once we return
         self.written_pages += n
-        self._blocks.append(_Block(page, src, off, h))
+        self._blocks.append(_Block(page, src, off))
         return {"index": len(self._blocks) - 1, "raw": n * P.PAGE, "stored": stored}
 
     def _decide(self, data: memoryview, page: P.I64, s: int, e: int, src: P.I64, off: P.I64,
@@ -157,10 +155,11 @@ class VersionSink:
         psrc, poff = src[part], off[part]  # views: written through
         # the same bytes at the same page in the previous version: refer to them (the
         # hash identifies the content, whichever process of that version held it)
-        for prev in self._prev.values():
+        for table in self._prev.values():
+            prev = table.map
             idx, here = prev.lookup(pg)
-            assert prev.hash is not None
-            hit = np.flatnonzero((psrc == NEW) & here & P.same_rows(prev.hash[idx], hh))
+            look = np.flatnonzero((psrc == NEW) & here)
+            hit = look[P.same_rows(table.at(idx[look]), hh[look])]
             psrc[hit] = prev.src[idx[hit]]
             poff[hit] = prev.off[idx[hit]]
         cand = np.flatnonzero((psrc == NEW) & P.same_rows(hh, np.broadcast_to(self._zero,
@@ -287,11 +286,11 @@ class VersionSink:
         """The runs of process (or object) ``tag`` the engine must copy when it knows
         which pages were ``written`` since the previous version: those, and present pages
         the previous version of ``tag`` does not have.  The others are unchanged."""
-        prev = self._prev.get(tag)
-        if written is None or prev is None:
+        table = self._prev.get(tag)
+        if written is None or table is None:
             return present
         have = P.run_pages(present)
-        need = np.union1d(P.run_pages(written), have[~prev.lookup(have)[1]])
+        need = np.union1d(P.run_pages(written), have[~table.map.lookup(have)[1]])
         return P.page_runs(need)
 
     def inherit(self, tag: Tag, present: list[list[int]], copied: list[list[int]]) -> None:
@@ -303,16 +302,19 @@ class VersionSink:
         if len(done) and len(have):
             at = np.minimum(np.searchsorted(have, done), len(have) - 1)
             mask[at[have[at] == done]] = False
-        rest = have[mask]
-        if not len(rest):
+        if not mask.any():
             return
-        prev = self._prev.get(tag)
-        idx, here = prev.lookup(rest) if prev is not None else (None, None)
-        if prev is None or idx is None or here is None or not here.all():
+        table = self._prev.get(tag)
+        if table is None:
+            raise InternalError(f"{tag[0]} {tag[1]}: pages taken as unchanged, and no"
+                                " previous version of it")  # fmt: skip
+        idx, here = table.map.lookup(have)  # (no search when the layout is the same)
+        if not here[mask].all():
             raise InternalError(f"{tag[0]} {tag[1]}: pages taken as unchanged that the"
                                 " previous version does not have")  # fmt: skip
-        assert prev.hash is not None
-        self._blocks.append(_Block(rest, prev.src[idx], prev.off[idx], prev.hash[idx]))
+        idx = idx[mask]
+        prev = table.map
+        self._blocks.append(_Block(prev.page[idx], prev.src[idx], prev.off[idx]))
         self._units.setdefault(tag, []).append(len(self._blocks) - 1)
 
     # -- internals -----------------------------------------------------------------
