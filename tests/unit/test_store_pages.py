@@ -206,3 +206,14 @@ def test_chunk_sums_streamed_in_any_pieces_match() -> None:
         at += n
     assert cs.finish().tolist() == whole.tolist()
     assert P.chunk_sums(data, 6).tolist() != whole.tolist()
+
+
+def test_find_runs_is_lookup() -> None:
+    m = pm([2, 3, 4, 7, 9, 10], [1] * 6, list(range(6)))
+    runs = [[2 << 12, 3 << 12], [6 << 12, 2 << 12], [9 << 12, 3 << 12]]
+    idx, here = m.find(runs)
+    want_idx, want_here = m.lookup(P.run_pages(runs))
+    assert here.tolist() == want_here.tolist() == [True, True, True, False, True, True,
+                                                   True, False]
+    assert idx[here].tolist() == want_idx[want_here].tolist()
+    assert m.find([])[0].tolist() == []

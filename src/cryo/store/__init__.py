@@ -33,13 +33,16 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint(pid: int, store: str, app: str, *, compress: bool = False,
-               direct_io: bool = True, **engine: Any) -> tuple[int, DumpResult]:  # fmt: skip
+               direct_io: bool = True, track: bool = True,
+               **engine: Any) -> tuple[int, DumpResult]:  # fmt: skip
     """Add a new version of application ``app`` to ``store`` (both made if needed);
     returns (version, result).  ``engine`` goes to :func:`cryo.engine.dump.checkpoint`
-    (``shell_job``, ``signal_after``, ``progress``, ...)."""
+    (``shell_job``, ``signal_after``, ``progress``, ...).  With ``track`` (the default)
+    the engine copies only the pages written since the previous version when it tracked
+    them; without, every page is read and compared by its hash (docs/store.md)."""
     from cryo.engine import dump
     from cryo.store.layout import Store
-    from cryo.store.sink import VersionSink, load_previous
+    from cryo.store.sink import Untracked, VersionSink, load_previous
 
     if compress:
         raise CryoError("--compress is not supported with --store: a store keeps pages"
@@ -60,7 +63,8 @@ def checkpoint(pid: int, store: str, app: str, *, compress: bool = False,
         version = a.next_version()
         sink = VersionSink(a, version, previous, parent=parent, direct=direct_io)
         try:
-            result = dump.checkpoint(pid, sink, direct_io=direct_io, **engine)
+            dest = sink if track else Untracked(sink)
+            result = dump.checkpoint(pid, dest, direct_io=direct_io, **engine)
         except BaseException:
             sink.abort()  # (the engine does, unless it fails before it starts)
             raise

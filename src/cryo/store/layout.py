@@ -334,11 +334,13 @@ class VersionMeta:
                                path=path) from err  # fmt: skip
         return meta
 
-    def write(self) -> None:
-        """(Re)write pmap.img atomically."""
+    def write(self, *, atomic: bool = True) -> None:
+        """(Re)write pmap.img: atomically, or (into a version not published yet) in
+        place, fsync'd."""
         self.info["files"] = [[f.id, f.name, f.pages] for f in sorted(self.files.values(),
                                                                       key=lambda f: f.id)]
-        with fmt.atomic_file(os.path.join(self.path, "pmap.img")) as f:
+        path = os.path.join(self.path, "pmap.img")
+        with fmt.atomic_file(path) if atomic else open(path, "wb") as f:
             w = fmt.RecordWriter(f, PMAP_MAGIC)
             w.write(VERS, self.info)
             for u in self.units:
@@ -346,6 +348,8 @@ class VersionMeta:
             for fm in sorted(self.files.values(), key=lambda f: f.id):
                 w.write(PHSH, fm.record())
             w.close()
+            if not atomic:
+                os.fsync(f.fileno())
 
 
 class Sources:

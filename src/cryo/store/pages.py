@@ -215,6 +215,25 @@ class PageMap:
         idx = np.minimum(np.searchsorted(self.page, pages), len(self.page) - 1)
         return idx.astype(np.int64), np.asarray(self.page[idx] == pages)
 
+    def find(self, runs: list[list[int]]) -> tuple[I64, BOOL]:
+        """:meth:`lookup` of the pages of engine runs ([[address, length], ...]), run by
+        run: a run whose pages are all here is found with two binary searches."""
+        if not runs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        arr = np.asarray(runs, dtype=np.int64).reshape(-1, 2) >> SHIFT
+        first = np.searchsorted(self.page, arr[:, 0])
+        last = np.searchsorted(self.page, arr[:, 0] + arr[:, 1])
+        idx, here = [], []
+        for (a, n), i, j in zip(arr.tolist(), first.tolist(), last.tolist(), strict=True):
+            if j - i == n:  # (pages here are distinct and sorted: all of them)
+                idx.append(np.arange(i, j, dtype=np.int64))
+                here.append(np.ones(n, dtype=bool))
+            else:
+                x, h = self.lookup(np.arange(a, a + n, dtype=np.int64))
+                idx.append(x)
+                here.append(h)
+        return np.concatenate(idx), np.concatenate(here)
+
     def encode(self) -> tuple[bytes, list[list[int]]]:
         """Runs (``RUN`` records, as bytes) and the source table [[version, file], ...]."""
         # a zero page's offset is 0: a run of zeros continues whatever its offsets

@@ -233,7 +233,7 @@ class VersionSink:
         meta = VersionMeta(self.tmp, self.version, info, units)
         meta.files[0] = FileMeta(0, "pages.img", self._stored_pages, hashes, layout,
                                  self._chunks.finish())
-        meta.write()  # (atomic, into the temporary directory)
+        meta.write(atomic=False)  # (the whole directory is published at once)
         self._core.close()
         self._core_f.flush()
         os.fsync(self._core_f.fileno())
@@ -290,7 +290,7 @@ class VersionSink:
         if written is None or table is None:
             return present
         have = P.run_pages(present)
-        need = np.union1d(P.run_pages(written), have[~table.map.lookup(have)[1]])
+        need = np.union1d(P.run_pages(written), have[~table.map.find(present)[1]])
         return P.page_runs(need)
 
     def inherit(self, tag: Tag, present: list[list[int]], copied: list[list[int]]) -> None:
@@ -308,7 +308,7 @@ class VersionSink:
         if table is None:
             raise InternalError(f"{tag[0]} {tag[1]}: pages taken as unchanged, and no"
                                 " previous version of it")  # fmt: skip
-        idx, here = table.map.lookup(have)  # (no search when the layout is the same)
+        idx, here = table.map.find(present)  # (a search per run, not per page)
         if not here[mask].all():
             raise InternalError(f"{tag[0]} {tag[1]}: pages taken as unchanged that the"
                                 " previous version does not have")  # fmt: skip
@@ -414,3 +414,30 @@ def _whole_pages(data: memoryview, runs: list[list[int]]
         out += bytes(pad)
         fixed.append([start, length + pad])
     return memoryview(out), fixed
+
+
+class Untracked:
+    """A version sink without the write-tracking calls: the engine reads every page and
+    the sink compares them all by hash (and nothing is armed for the next version)."""
+
+    def __init__(self, sink: VersionSink) -> None:
+        self._sink = sink
+        self.path = sink.path
+        self.stored_bytes = 0
+
+    def side_path(self, name: str) -> str:
+        return self._sink.side_path(name)
+
+    def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None:
+        self._sink.record(kind, payload, raw=raw)
+
+    def write_block(self, data: memoryview, runs: list[list[int]],
+                    csum: int | None = None) -> dict[str, Any]:  # fmt: skip
+        return self._sink.write_block(data, runs, csum)
+
+    def commit(self) -> None:
+        self._sink.commit()
+        self.stored_bytes = self._sink.stored_bytes
+
+    def abort(self) -> None:
+        self._sink.abort()
