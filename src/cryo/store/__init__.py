@@ -2,9 +2,10 @@
 
 A store holds applications; each checkpoint of an application adds a version.  The
 first is full; each later one stores only the pages whose bytes changed since the
-previous version (found by hashing every page and comparing with the previous version's
-hashes), and a page map per process (seed 001's control structure) tells where every
-page is: in this version's file or an older one's, or zeros.  A restart of any version
+previous version (the pages the engine saw written, when it tracked writes, or else
+every page, hashed and compared with the previous version's hashes), and a page map per
+process (seed 001's control structure) tells where every page is: in this version's file
+or an older one's, or zeros.  A restart of any version
 reads its pages from every file it refers to, after checking all of them.
 docs/store.md has the layout, the format and the figures.
 
