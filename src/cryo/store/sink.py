@@ -2,10 +2,11 @@
 
 The engine hands the pages it saves (every page, or with write tracking only those
 written since the previous version, see :meth:`VersionSink.select`), block by block, to
-:meth:`VersionSink.write_block` (in its writer thread).  Each page is hashed; a page whose hash is the one the previous
-version has at the same address is not stored again but referred to where the previous
-version finds it; a page of zeros is recorded as such; the other pages are written to
-this version's ``pages.img``, identical pages of a block once.  Nothing of the engine's
+:meth:`VersionSink.write_block` (in its writer thread).  Each page is hashed; a page
+whose hash is the one the previous version has at the same address is not stored again
+but referred to where the previous version finds it; a page of zeros is recorded as
+such; the other pages are written to this version's ``pages.img``, identical pages of a
+block once.  Nothing of the engine's
 PBLK records is kept: the version's page maps (``pmap.img``) replace them.
 
 The version is written into ``.vN.tmp.PID`` and published by renaming it to ``vN`` once
