@@ -78,14 +78,17 @@ def restart(procs: Procs, victim: Incr, st: str, version: int | None) -> Incr:
     return victim.restarted(r.pid)
 
 
-def test_versions_restart_latest_and_older(procs: Procs, build: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("track", [True, False], ids=["tracked", "hashed"])
+def test_versions_restart_latest_and_older(procs: Procs, build: Any, tmp_path: Path,
+                                           track: bool) -> None:  # fmt: skip
+    """With the engine's write tracking, and with every page hashed."""
     st = str(tmp_path / "store")
     v = spawn(procs, build, tmp_path)
     digests = {}
     for gen in range(5):
         if gen:
             v.next(gen)
-        version, r = store.checkpoint(v.pid, st, "app")
+        version, r = store.checkpoint(v.pid, st, "app", track=track)
         assert version == gen + 1
         assert r.path == os.path.join(st, "app", f"v{version}")
         digests[version] = v.digest()
@@ -105,7 +108,7 @@ def test_versions_restart_latest_and_older(procs: Procs, build: Any, tmp_path: P
     assert w.digest() == digests[5]
     w.next(5)
     w.check(5)
-    version, _ = store.checkpoint(w.pid, st, "app")
+    version, _ = store.checkpoint(w.pid, st, "app", track=track)
     assert version == 6
     assert store.describe(st)[0]["versions"][-1]["new"] < 0.06 * full
     reap(w.pid)
