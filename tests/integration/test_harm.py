@@ -81,10 +81,13 @@ def cryo_mid_dump(procs: Procs, build: Any, tmp_path: Path, sig: int) -> tuple[V
     img = tmp_path / "img"
     p = subprocess.Popen([sys.executable, "-m", "cryo", "checkpoint", str(v.pid), "-D", str(img)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True)
-    tmp = img.with_name(f"img.tmp.{p.pid}")
     deadline = time.monotonic() + 20
-    # wait until pages are being written: the injected calls are long done
-    while not ((tmp / "pages.img").exists() and (tmp / "pages.img").stat().st_size > 8192):
+
+    def writing() -> bool:  # pages are being written: the injected calls are long done
+        return any((t / "pages.img").exists() and (t / "pages.img").stat().st_size > 8192
+                   for t in tmp_path.glob("img.tmp.*"))  # fmt: skip
+
+    while not writing():
         assert time.monotonic() < deadline, "the checkpoint never started writing pages"
         assert p.poll() is None, "the checkpoint finished before it could be interrupted"
         time.sleep(0.001)
@@ -146,3 +149,26 @@ def test_failed_tree_restart_leaves_no_process(procs: Procs, build: Any, tmp_pat
     no_new_children(before)
     for pid in (v.pid, child):
         assert not os.path.exists(f"/proc/{pid}") or " Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_sigkill_to_cryo_at_random_moments(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """cryo killed outright at any moment of a checkpoint, the injected calls included:
+    the target always goes on as it was (the work is done by a worker that cleans up)."""
+    import random
+
+    v = big_victim(procs, build, tmp_path, 64)
+    maps = Path(f"/proc/{v.pid}/maps").read_text()
+    rnd = random.Random()
+    for i in range(30):
+        p = subprocess.Popen([sys.executable, "-m", "cryo", "checkpoint", str(v.pid), "-D",
+                              str(tmp_path / f"img{i}")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, close_fds=True)  # fmt: skip
+        time.sleep(rnd.uniform(0.05, 0.35))
+        p.kill()
+        p.wait()
+    deadline = time.monotonic() + 30
+    while list(tmp_path.glob("img*.tmp.*")):  # the workers finish their clean-up
+        assert time.monotonic() < deadline, list(tmp_path.glob("img*.tmp.*"))
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert_untouched(v, maps)

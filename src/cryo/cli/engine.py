@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from cryo import launch
@@ -160,7 +160,71 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
             bar.close()
 
 
+def _supervised(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command in a worker process that outlives us.
+
+    While a checkpoint runs system calls inside the frozen target, the target's registers
+    are ours; if the process holding them were killed outright (SIGKILL), the kernel would
+    let the target go in that state.  So the work is done by a child: killing the `cryo`
+    the user started only tells the worker (PR_SET_PDEATHSIG: SIGTERM), which finishes
+    the step in hand, puts the target back as it was, lets it go and cleans up.
+    Signals to us are passed on to the worker."""
+
+    def run(args: argparse.Namespace) -> int:
+        worker = os.fork()
+        if worker == 0:
+            code = 1
+            try:
+                from cryo.linux import libc
+                from cryo.linux.consts import PR
+
+                libc.prctl(PR.SET_PDEATHSIG, signal.SIGTERM)
+                if os.getppid() == 1:  # the parent is gone already
+                    os._exit(130)
+
+                def stop(_sig: int, _frame: object) -> None:
+                    raise KeyboardInterrupt
+
+                for sig in (signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, stop)
+                code = fn(args)
+            except CryoError as err:
+                print(f"cryo: error: {err}", file=sys.stderr)
+                code = err.exit_code
+            except KeyboardInterrupt:
+                print("cryo: interrupted", file=sys.stderr)
+                code = 130
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+
+        def forward(sig: int, _frame: object) -> None:
+            with suppress(ProcessLookupError):
+                os.kill(worker, sig)
+
+        old = {sig: signal.signal(sig, forward)
+               for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # fmt: skip
+        try:
+            while True:
+                try:
+                    _, status = os.waitpid(worker, 0)
+                    break
+                except InterruptedError:  # pragma: no cover (PEP 475 retries)
+                    continue
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 130
+
+    return run
+
+
 def cmd_checkpoint(args: argparse.Namespace) -> int:
+    return _supervised(_checkpoint)(args)
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
     from cryo.engine.dump import checkpoint
 
     _check_where(args)
