@@ -174,9 +174,10 @@ def checkpoint(
                 result.freeze_seconds = time.perf_counter() - t_freeze
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
+        wants = getattr(sink, "wants_checksum", True)
         metas, stats = memory.copy_pages(sources, sink.write_block,
                                          buffer_limit=memory_budget(), progress=on_block,
-                                         on_read_done=release)  # fmt: skip
+                                         on_read_done=release, checksums=wants)  # fmt: skip
         for meta in metas:
             sink.record(R.PBLK, meta)
         for tag, present, need in inherit:  # pages not copied: the previous version's

@@ -226,19 +226,20 @@ def object_source(obj_id: int, fd: int, runs: list[tuple[int, int]]) -> Source:
 
 
 def copy_pages(sources: list[Source],
-               store: Callable[[memoryview, list[list[int]], int], dict[str, Any]],
+               store: Callable[[memoryview, list[list[int]], int | None], dict[str, Any]],
                *, buffer_limit: int, progress: Callable[[int], None] | None = None,
-               on_read_done: Callable[[], None] | None = None,
+               on_read_done: Callable[[], None] | None = None, checksums: bool = True,
                ) -> tuple[list[dict[str, Any]], CopyStats]:  # fmt: skip
     """Read every source block by block; a writer thread hands each to ``store``.
 
     ``on_read_done`` runs as soon as every page is in our buffers (the targets may go).
+    With ``checksums`` each block's checksum is computed here and handed to ``store``.
     Returns the PBLK records in order, each tagged with its source.
     """
     stats = CopyStats()
     t0 = time.perf_counter()
     pool = BufferPool(min(buffer_limit, RING * BLOCK))
-    q: queue.Queue[tuple[mmap.mmap, int, list[list[int]], int, dict[str, int]] | None]
+    q: queue.Queue[tuple[mmap.mmap, int, list[list[int]], int | None, dict[str, int]] | None]
     q = queue.Queue()
     metas: list[dict[str, Any]] = []
     failure: list[BaseException] = []
@@ -268,7 +269,8 @@ def copy_pages(sources: list[Source],
                 buf = pool.get()
                 size = src.read(buf, block_runs)
                 # the reader has time to spare while the writer waits on the disk
-                q.put((buf, size, block_runs, checksum(memoryview(buf)[:size]), src.tag))
+                csum = checksum(memoryview(buf)[:size]) if checksums else None
+                q.put((buf, size, block_runs, csum, src.tag))
                 stats.bytes += size
         stats.read_seconds = time.perf_counter() - t0
         if on_read_done and not failure:

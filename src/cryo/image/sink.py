@@ -38,6 +38,8 @@ class Sink(Protocol):
 
     path: str
     stored_bytes: int
+    # optional: ``wants_checksum = False`` spares the reader the block checksums it would
+    # otherwise compute (while the processes are frozen) and hand to write_block
 
     def side_path(self, name: str) -> str: ...
     def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None: ...

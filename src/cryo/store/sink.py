@@ -69,6 +69,8 @@ class VersionSink:
     """Writes version ``version`` of ``app``; ``previous`` are the page maps (with hashes)
     of the version it is compared with (none: a full version)."""
 
+    wants_checksum = False  # pages are hashed one by one here; the engine need not
+
     def __init__(self, app: App, version: int, previous: dict[Tag, HashTable] | None,
                  *, parent: int | None = None, direct: bool = True) -> None:  # fmt: skip
         self.app = app
