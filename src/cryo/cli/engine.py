@@ -12,6 +12,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from cryo import launch
+from cryo.cli.fmt import human
 from cryo.errors import CryoError
 
 
@@ -127,14 +128,6 @@ def _signal(text: str) -> int:
             raise argparse.ArgumentTypeError(f"unknown signal {text}") from None
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
-
-
 @contextmanager
 def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
     """A tqdm bar on a terminal for long transfers; nothing otherwise."""
@@ -246,8 +239,8 @@ def _checkpoint(args: argparse.Namespace) -> int:
     what = f"{r.pid}" if len(r.pids) <= 1 else f"{len(r.pids)} processes"
     if r.threads > len(r.pids):
         what += f" ({r.threads} threads)"
-    print(f"checkpoint of {what} -> {r.path}: {_human(r.memory_bytes)} of memory,"
-          f" {_human(r.stored_bytes)} stored, {r.total_seconds:.3f} s ({rate:.2f} GB/s),"
+    print(f"checkpoint of {what} -> {r.path}: {human(r.memory_bytes)} of memory,"
+          f" {human(r.stored_bytes)} stored, {r.total_seconds:.3f} s ({rate:.2f} GB/s),"
           f" frozen {r.freeze_seconds:.3f} s", file=sys.stderr)  # fmt: skip
     return 0
 
@@ -279,7 +272,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     for w in r.warnings:
         print(f"cryo: warning: {w}", file=sys.stderr)
     same = "its old pid" if r.pid == r.old_pid else f"new pid (was {r.old_pid})"
-    print(f"restarted {r.pid} ({same}): {_human(r.memory_bytes)} in {r.total_seconds:.3f} s",
+    print(f"restarted {r.pid} ({same}): {human(r.memory_bytes)} in {r.total_seconds:.3f} s",
           file=sys.stderr)  # fmt: skip
     if args.detach:
         print(r.pid)
@@ -310,7 +303,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     h = info["image"]
     print(f"image {os.path.abspath(args.dir)}: format {h['format']}, {h['arch']},"
           f" kernel {h['kernel']}, cryo {h['cryo']}, {h['created']}")  # fmt: skip
-    print(f"  pages: {_human(h['memory'])} in {h['blocks']} blocks, {_human(h['stored'])} stored")
+    print(f"  pages: {human(h['memory'])} in {h['blocks']} blocks, {human(h['stored'])} stored")
     for p in info["processes"]:
         print(f"process {p['pid']} ({p['comm']}): ppid {p['ppid']} pgid {p['pgid']} sid"
               f" {p['sid']} uid {p['uid']} exe {p['exe']}")  # fmt: skip
@@ -318,8 +311,8 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"{'  in syscall ' + str(p['registers']['syscall']) if p['registers']['syscall'] is not None else ''}")  # noqa: E501
         print("  mappings:")
         for v in p["mappings"]:
-            print(f"    {v['start']}-{v['end']} {v['perms']} {_human(v['size']):>10}"
-                  f"  saved {_human(v['saved']):>10}  {v['kind']:<11} {v['path']}")  # fmt: skip
+            print(f"    {v['start']}-{v['end']} {v['perms']} {human(v['size']):>10}"
+                  f"  saved {human(v['saved']):>10}  {v['kind']:<11} {v['path']}")  # fmt: skip
         print("  files:")
         for f in p["files"]:
             extra = f"  (same as fd {f['same_as']})" if "same_as" in f else ""

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from cryo.cli.fmt import human
+
 if TYPE_CHECKING:  # imported where used: `cryo checkpoint` should not pay for cryo.ipc
     from cryo import ipc
     from cryo.ipc import Kind
@@ -169,7 +171,7 @@ def _list(args: argparse.Namespace) -> int:
         if args.kind and kind != args.kind:
             continue
         rows.append((kind, str(e.id), "-" if e.kind is None else str(e.version),
-                     _size(e.size), _date(e.mtime)))  # fmt: skip
+                     human(e.size), _date(e.mtime)))  # fmt: skip
     _table(("KIND", "ID", "VERSION", "SIZE", "SAVED"), rows)
     return 0
 
@@ -193,7 +195,7 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     d = ipc.show(args.kind, args.id, args.version, store=args.store)
     p = d.perm
-    print(f"{d.kind.value} {d.id} version {d.version}  ({d.path}, {_size(d.file_size)},"
+    print(f"{d.kind.value} {d.id} version {d.version}  ({d.path}, {human(d.file_size)},"
           " checksums ok)")  # fmt: skip
     print(f"saved      {d.saved_at_text} (kernel {d.kernel})")
     print(f"key        {_hex(p.key)}")
@@ -304,15 +306,6 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def _hex(key: int) -> str:
     return f"{key & 0xFFFFFFFF:#010x}"
-
-
-def _size(n: int) -> str:
-    f = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if f < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def _date(t: float) -> str:

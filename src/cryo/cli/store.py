@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from cryo.cli.fmt import human
 from cryo.errors import ExitCode
 
 
@@ -46,14 +47,6 @@ def register(sub: Any) -> None:
     q.set_defaults(func=cmd_gc)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
-
-
 def cmd_ls(args: argparse.Namespace) -> int:
     from cryo import store
 
@@ -76,10 +69,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             needs = ",".join(str(n) for n in v["needs"]) or "-"
             if v["retired"]:
                 needs = "(retired: pages kept for later versions)"
-            print(f"{a['app']:<20} {v['version']:>7}  {when:<19} {_human(v['memory']):>10}"
-                  f" {_human(v['new']):>10} {_human(v['stored']):>10}  {needs}")  # fmt: skip
+            print(f"{a['app']:<20} {v['version']:>7}  {when:<19} {human(v['memory']):>10}"
+                  f" {human(v['new']):>10} {human(v['stored']):>10}  {needs}")  # fmt: skip
         print(f"{a['app']:<20} {'total':>7}  {'':<19} {'':>10} {'':>10}"
-              f" {_human(a['stored']):>10}")  # fmt: skip
+              f" {human(a['stored']):>10}")  # fmt: skip
     return 0
 
 
@@ -111,5 +104,5 @@ def cmd_gc(args: argparse.Namespace) -> int:
         for src, into, n in r.merged:
             print(f"{r.app}: {verb}copy {n} pages of version {src} into version {into}")
         if not args.dry_run:
-            print(f"{r.app}: {_human(r.freed)} freed")
+            print(f"{r.app}: {human(r.freed)} freed")
     return 0
