@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from cryo import launch
 from cryo.cli.fmt import human
 from cryo.errors import CryoError
 
@@ -108,9 +107,11 @@ def _scope(args: argparse.Namespace) -> tuple[int, str]:
         return args.pid, "tree"
     if args.process:
         return args.pid, "process"
+    from cryo.launch import RUN_MARK
+
     try:
         with open(f"/proc/{args.pid}/environ", "rb") as f:
-            started_by_run = launch.RUN_MARK.encode() in f.read().split(b"\0")
+            started_by_run = RUN_MARK.encode() in f.read().split(b"\0")
     except OSError:
         started_by_run = False
     return args.pid, "tree" if started_by_run else "process"

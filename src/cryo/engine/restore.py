@@ -89,16 +89,38 @@ class Plan:
 _xstate_size: int | None = None
 
 
+_XSTATE_CACHE = "/run/cryo/xstate-size"
+
+
 def xstate_size_here() -> int:
-    """Size of this CPU's xsave area as ptrace reports it (probed once on a child)."""
+    """Size of this CPU's xsave area as ptrace reports it: probed on a child once per boot
+    (the answer is kept in /run, keyed by the boot id) and once per process."""
     global _xstate_size
     if _xstate_size is None:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        try:
+            with open(_XSTATE_CACHE) as f:
+                cached_boot, size = f.read().split()
+            if cached_boot == boot:
+                _xstate_size = int(size)
+                return _xstate_size
+        except (OSError, ValueError):
+            pass
         child = _spawn_helper(None)
         try:
             t = Tracee.adopt_traceme_child(child)
             _xstate_size = len(t.get_xstate())
         finally:
             _kill(child)
+        try:
+            os.makedirs(os.path.dirname(_XSTATE_CACHE), exist_ok=True)
+            tmp = f"{_XSTATE_CACHE}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(f"{boot} {_xstate_size}\n")
+            os.replace(tmp, _XSTATE_CACHE)
+        except OSError:  # a cache only
+            pass
     return _xstate_size
 
 

@@ -35,9 +35,8 @@ def attached(vmas: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def dump(ctx: DumpContext, vmas: list[dict[str, Any]], sink: Any) -> None:
     """Save every segment the process has attached, once each, beside the image."""
-    from cryo.ipc import shm  # cryo.ipc is only needed by processes using SysV shm
-
     for shmid in sorted({v["shmid"] for v in attached(vmas)}):
+        from cryo.ipc import shm  # only needed by processes using SysV shm
         path = sink.side_path(side_file(shmid))
         try:
             with open(path, "wb") as f:
@@ -49,15 +48,19 @@ def dump(ctx: DumpContext, vmas: list[dict[str, Any]], sink: Any) -> None:
 
 def check(image: Any, vmas: list[dict[str, Any]]) -> dict[int, Any]:
     """Read and check every saved segment of ``image`` (before anything is created)."""
+    ids = sorted({v["shmid"] for v in attached(vmas)})
+    if not ids:
+        return {}
     from cryo.ipc import shm
 
-    return {shmid: shm.read(Path(image.side_path(side_file(shmid))))
-            for shmid in sorted({v["shmid"] for v in attached(vmas)})}  # fmt: skip
+    return {shmid: shm.read(Path(image.side_path(side_file(shmid)))) for shmid in ids}
 
 
 def ensure(saved: dict[int, Any], created: list[int]) -> dict[int, int]:
     """Find or recreate each segment; returns {saved shmid: live shmid}.  Segments this
     call creates are appended to ``created`` (removed again if the restart fails)."""
+    if not saved:
+        return {}
     from cryo.ipc import live, shm
 
     segments = live("shm")
