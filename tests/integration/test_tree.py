@@ -219,3 +219,16 @@ def test_process_group_scope(procs: Procs, tmp_path: Path) -> None:
     assert got == list(range(len(got)))
     r = run_cryo("checkpoint", "--sid", "999999999", "-D", str(tmp_path / "img2"))
     assert r.returncode == 3 and "no process in session 999999999" in r.stderr
+
+
+def test_shared_fd_table_between_processes_is_refused(procs: Procs, build: Any,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    v = procs.spawn([build("clonefiles"), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(2)
+    kid = int(v.wait_line("ready").split()[2])
+    procs.track(kid)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"))
+    assert r.returncode == 9 and "share one fd table" in r.stderr, r.stderr
+    for p in (v.pid, kid):
+        assert "TracerPid:\t0" in Path(f"/proc/{p}/status").read_text()
+    v.wait_ok_after(max(v.oks()) + 3)

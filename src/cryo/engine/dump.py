@@ -115,6 +115,8 @@ def checkpoint(
     try:
         procs = tree.freeze(pid, scope)
         t_freeze = time.perf_counter()
+        result.warnings.extend(files.check_shared_tables(
+            [p.pid for p in procs.values() if not p.zombie]))
         shared = _Shared()
         per_proc: list[dict[bytes, Any]] = []
         thread_recs: list[dict[str, Any]] = []

@@ -161,6 +161,23 @@ def _describe(pid: int, fd: int, kind: str, target: str, info: procfs.FdInfo,
     return d
 
 
+def check_shared_tables(pids: list[int]) -> list[str]:
+    """Separate processes sharing one fd table (clone with CLONE_FILES but not a thread)
+    cannot be restored that way yet: refuse, rather than split the table silently.  A
+    shared fs_struct (CLONE_FS: cwd, root, umask) is restored as copies: a warning."""
+    warnings = []
+    for i, a in enumerate(pids):
+        for b in pids[i + 1 :]:
+            if libc.kcmp_same(libc.KCMP_FILES, a, b):
+                raise Unsupported(f"processes {a} and {b} share one fd table (CLONE_FILES),"
+                                  " which is not supported yet", pid=b,
+                                  resource="fd table")  # fmt: skip
+            if libc.kcmp_same(libc.KCMP_FS, a, b):
+                warnings.append(f"processes {a} and {b} share cwd/root/umask (CLONE_FS);"
+                                " they are restored as copies")  # fmt: skip
+    return warnings
+
+
 def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
     """Copy, without consuming it, the data waiting in each pipe and FIFO (tee)."""
     done: set[tuple[int, int]] = set()

@@ -192,12 +192,19 @@ def sizeof(obj: type[ctypes.Structure] | ctypes.Structure) -> int:
 
 
 KCMP_FILE = 0
+KCMP_FILES = 2
+KCMP_FS = 3
 _SYS_kcmp = 312
 
 
 def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
     """True when the two fds refer to the same open file description."""
     return syscall(_SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+
+
+def kcmp_same(kind: int, pid1: int, pid2: int) -> bool:
+    """True when two processes share one kernel object (KCMP_FILES: fd table, KCMP_FS)."""
+    return syscall(_SYS_kcmp, pid1, pid2, kind, 0, 0) == 0
 
 
 def pagemap_scan(fd: int, start: int, end: int, anyof: int, return_mask: int,
