@@ -50,7 +50,7 @@ from cryo.engine import (
 )
 from cryo.engine.context import RestoreContext
 from cryo.engine.inject import Injector, find_vdso_syscall
-from cryo.engine.ptrace import XSTATE_MAX, Tracee
+from cryo.engine.ptrace import Tracee
 from cryo.errors import CryoError, ImageCorrupt, RestoreConflict, translate_oserror
 from cryo.image import records as R
 from cryo.image.reader import Image, ImageSource
@@ -451,4 +451,4 @@ def wait(pid: int, forward: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, si
         128 + os.WTERMSIG(status)  # fmt: skip
 
 
-__all__ = ["XSTATE_MAX", "RestoreResult", "restart", "validate", "wait"]
+__all__ = ["RestoreResult", "restart", "validate", "wait"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
@@ -79,4 +78,4 @@ def _perms(v: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["describe", "signal"]
+__all__ = ["describe"]
