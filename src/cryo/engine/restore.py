@@ -223,11 +223,13 @@ def restart(
     result = RestoreResult(pid=0, old_pid=root_old)
     made: dict[int, _Made] = {}
     created_shm: list[int] = []
-    shared = None
+    opened: files.Opened | None = None
+    objects: shmem.Made | None = None
     try:
         opened = files.open_all(plan.descs, plan.blobs,
                                 [r[R.FILE] for r in plan.procs.values()], options)  # fmt: skip
-        shared = _Shared(opened, shmem.make_all(plan.objects, opened.base + len(opened.fds)))
+        objects = shmem.make_all(plan.objects, opened.base + len(opened.fds))
+        shared = _Shared(opened, objects)
         _fill_objects(image, shared.objects)
         shm_ids = sysvshm.ensure(plan.segments, created_shm)
         area = _build_tree(plan, made, reuse, shell_job)
@@ -263,10 +265,11 @@ def restart(
     except BaseException:
         _undo(made, created_shm)
         raise
-    finally:
-        if shared is not None:
-            shared.opened.close()
-            shared.objects.close()
+    finally:  # the processes have their own copies by now (or are gone)
+        if opened is not None:
+            opened.close()
+        if objects is not None:
+            objects.close()
         image.close()
     result.total_seconds = time.perf_counter() - t0
     return result
