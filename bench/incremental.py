@@ -15,7 +15,6 @@ Run as root:  python bench/incremental.py [--mib 1024] [--hashed 3]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -24,29 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import build, reap
 from cryo import store
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from cryo.linux import libc
 from cryo.linux.consts import PR
 from cryo.store.sink import VersionSink
-
-VICTIMS = Path(__file__).resolve().parent.parent / "tests" / "victims"
-
-
-def build(name: str, out: Path) -> str:
-    exe = out / name
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(VICTIMS / f"{name}.c"), "-lrt"], check=True)
-    return str(exe)
-
-
-def reap(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    while os.path.exists(f"/proc/{pid}"):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.005)
 
 
 def lines(path: Path) -> list[str]:

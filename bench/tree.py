@@ -8,7 +8,6 @@ tree should cost at most 1.3 x the single process.  Run as root:  python bench/t
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -16,19 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import build, kill_all
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from cryo.linux import libc
 from cryo.linux.consts import PR
-
-VICTIMS = Path(__file__).resolve().parent.parent / "tests" / "victims"
-
-
-def build(name: str, out: Path) -> str:
-    exe = out / name
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(VICTIMS / f"{name}.c"), "-lrt",
-                    "-lpthread"], check=True)  # fmt: skip
-    return str(exe)
 
 
 def descendants(pid: int) -> list[int]:
@@ -40,17 +31,6 @@ def descendants(pid: int) -> list[int]:
             for t in Path(f"/proc/{p}/task").iterdir():
                 todo.extend(int(x) for x in (t / "children").read_text().split())
     return out
-
-
-def kill_all(pids: list[int]) -> None:
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-    for p in pids:
-        while os.path.exists(f"/proc/{p}"):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(p, os.WNOHANG)
-            time.sleep(0.002)
 
 
 def measure(argv: list[str], work: Path, name: str, scope: str) -> dict[str, float]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import mmap
 import os
 import random
@@ -40,67 +39,35 @@ from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import PAGE_IS, PAGEMAP_SCAN, PR, SYS
+from cryo.linux.consts import (
+    PAGE_IS,
+    PM_SCAN_CHECK_WPASYNC,
+    PM_SCAN_WP_MATCHING,
+    PR,
+    SYS,
+    UFFD,
+    UFFD_API,
+    UFFDIO_API,
+    UFFDIO_REGISTER,
+    UFFDIO_REGISTER_MODE_WP,
+    UFFDIO_WRITEPROTECT,
+    UFFDIO_WRITEPROTECT_MODE_WP,
+    SYS_userfaultfd,
+)
 from cryo.store.layout import Store
 from cryo.store.sink import VersionSink, load_previous
 
 PAGE = 4096
-NR_userfaultfd = 323
-O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY = 0o2000000, 0o4000, 1
-UFFD_API = 0xAA
-UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
-UFFD_FEATURE_WP_ASYNC = 1 << 15
-UFFDIO_REGISTER_MODE_WP = 1 << 1
-UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
-PM_SCAN_WP_MATCHING = 1 << 0
-PM_SCAN_CHECK_WPASYNC = 1 << 1
-
-
-def _iowr(nr: int, size: int) -> int:
-    return (3 << 30) | (size << 16) | (UFFD_API << 8) | nr
-
-
-class uffdio_api(ctypes.Structure):  # include/uapi/linux/userfaultfd.h
-    _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64),
-                ("ioctls", ctypes.c_uint64)]  # fmt: skip
-
-
-class uffdio_range(ctypes.Structure):
-    _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class uffdio_register(ctypes.Structure):
-    _fields_ = [("range", uffdio_range), ("mode", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
-
-
-class uffdio_writeprotect(ctypes.Structure):
-    _fields_ = [("range", uffdio_range), ("mode", ctypes.c_uint64)]
-
-
-UFFDIO_API = _iowr(0x3F, ctypes.sizeof(uffdio_api))
-UFFDIO_REGISTER = _iowr(0x00, ctypes.sizeof(uffdio_register))
-UFFDIO_WRITEPROTECT = _iowr(0x06, ctypes.sizeof(uffdio_writeprotect))
-FEATURES = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED
+FEATURES = UFFD.FEATURE_WP_ASYNC | UFFD.FEATURE_WP_UNPOPULATED
+O_CLOEXEC, O_NONBLOCK = 0o2000000, 0o4000
 
 
 def written(pagemap_fd: int, start: int, end: int, *, protect: bool) -> list[tuple[int, int]]:
     """PAGEMAP_SCAN: the ranges of [start, end) written since they were last protected;
     with ``protect``, protect them again in the same walk."""
-    vec = (S.page_region * 4096)()
-    arg = S.pm_scan_arg()
-    arg.size = ctypes.sizeof(arg)
-    arg.flags = PM_SCAN_CHECK_WPASYNC | (PM_SCAN_WP_MATCHING if protect else 0)
-    arg.vec, arg.vec_len = ctypes.addressof(vec), len(vec)
-    arg.category_mask = arg.return_mask = PAGE_IS.WRITTEN
-    out: list[tuple[int, int]] = []
-    while start < end:
-        arg.start, arg.end, arg.walk_end = start, end, 0
-        n = libc.ioctl(pagemap_fd, PAGEMAP_SCAN, arg)
-        out.extend((vec[i].start, vec[i].end) for i in range(n))
-        if arg.walk_end <= start:
-            break
-        start = arg.walk_end
-    return out
+    flags = PM_SCAN_CHECK_WPASYNC | (PM_SCAN_WP_MATCHING if protect else 0)
+    return [(s, e) for s, e, _c in libc.pagemap_scan(
+        pagemap_fd, start, end, 0, PAGE_IS.WRITTEN, mask=PAGE_IS.WRITTEN, flags=flags)]
 
 
 def pages_of(ranges: list[tuple[int, int]]) -> set[int]:
@@ -129,13 +96,10 @@ def in_process(mib: int, permille: int, rounds: int) -> None:
 
     _, plain = write_some()
     t = time.perf_counter()
-    uffd = libc.syscall(NR_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)
-    api = uffdio_api(UFFD_API, FEATURES, 0)
-    libc.ioctl(uffd, UFFDIO_API, api)
-    reg = uffdio_register(uffdio_range(base, size), UFFDIO_REGISTER_MODE_WP, 0)
-    libc.ioctl(uffd, UFFDIO_REGISTER, reg)
-    wp = uffdio_writeprotect(uffdio_range(base, size), UFFDIO_WRITEPROTECT_MODE_WP)
-    libc.ioctl(uffd, UFFDIO_WRITEPROTECT, wp)
+    uffd = libc.syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD.USER_MODE_ONLY)
+    libc.uffd_api(uffd, FEATURES)
+    libc.uffd_register_wp(uffd, base, size)
+    libc.uffd_writeprotect(uffd, base, size)
     arm = time.perf_counter() - t
     pm = os.open("/proc/self/pagemap", os.O_RDONLY)
     print(f"in-process, {mib} MiB, {permille / 10:g}% of the pages written per round:")
@@ -179,13 +143,14 @@ def arm_inside(pid: int, ranges: list[tuple[int, int]]) -> float:
     inj = Injector(t, find_vdso_syscall(pid))
     inj.map_scratch()
     try:
-        fd = inj(NR_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)
-        addr = inj.put(libc.struct_bytes(uffdio_api(UFFD_API, FEATURES, 0)))
+        fd = inj(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD.USER_MODE_ONLY)
+        addr = inj.put(libc.struct_bytes(S.uffdio_api(UFFD_API, FEATURES, 0)))
         inj(SYS.ioctl, fd, UFFDIO_API, addr)
         for start, end in ranges:
-            r = uffdio_register(uffdio_range(start, end - start), UFFDIO_REGISTER_MODE_WP, 0)
+            span = S.uffdio_range(start, end - start)
+            r = S.uffdio_register(span, UFFDIO_REGISTER_MODE_WP, 0)
             inj(SYS.ioctl, fd, UFFDIO_REGISTER, inj.put(libc.struct_bytes(r)))
-            w = uffdio_writeprotect(uffdio_range(start, end - start), UFFDIO_WRITEPROTECT_MODE_WP)
+            w = S.uffdio_writeprotect(span, UFFDIO_WRITEPROTECT_MODE_WP)
             inj(SYS.ioctl, fd, UFFDIO_WRITEPROTECT, inj.put(libc.struct_bytes(w)))
     finally:
         inj.unmap_scratch()

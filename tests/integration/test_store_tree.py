@@ -4,33 +4,13 @@ per shared object, and restarts of the latest and an older version."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from cryo import store
-from tests.conftest import Procs, Victim, reap
-
-
-def tree_pids(root: int) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop(0)
-        out.append(p)
-        for t in Path(f"/proc/{p}/task").iterdir():
-            todo.extend(int(x) for x in (t / "children").read_text().split())
-    return sorted(out)
-
-
-def kill_tree(pids: list[int]) -> None:
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-    for p in pids:
-        reap(p)
+from tests.conftest import Procs, Victim
+from tests.integration.test_tree import kill_tree, tree_pids
 
 
 def test_tree_versions(procs: Procs, build: Any, tmp_path: Path) -> None:
