@@ -374,13 +374,22 @@ def free_area(*layouts: list[tuple[int, int]], size: int, low: int = 0x10000000)
     return addr
 
 
+TASK_SIZE = 0x7FFFFFFFF000
+
+
 def unmap_helper(ctx: RestoreContext, keep: tuple[int, int]) -> None:
-    """Unmap everything of the helper but ``keep`` and the vDSO/vvar."""
+    """Unmap everything of the helper but ``keep`` and the vDSO/vvar: one munmap per gap
+    between them (unmapping a range with holes in it is fine), not one per mapping."""
     inj = ctx.inj
-    for v in procfs.parse_maps(procfs.read(ctx.pid, "maps")):
-        if v.path in SPECIAL or v.path in SKIPPED or (v.start, v.end) == keep:
-            continue
-        inj(SYS.munmap, v.start, v.size)
+    maps = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
+    kept = sorted([keep] + [(v.start, v.end) for v in maps if v.path in SPECIAL])
+    lo = PAGE_SIZE
+    for start, end in kept:
+        if start > lo:
+            inj(SYS.munmap, lo, start - lo)
+        lo = max(lo, end)
+    if lo < TASK_SIZE:
+        inj(SYS.munmap, lo, TASK_SIZE - lo)
 
 
 def move_specials(ctx: RestoreContext, rec: dict[str, Any], temp: int) -> None:
