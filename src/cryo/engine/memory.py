@@ -32,6 +32,7 @@ from cryo.image.format import checksum
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import MAP, MREMAP, PAGE_IS, PAGE_SIZE, PR, PR_SET_MM_MAP, PROT, SYS
+from cryo.linux.mm import MADV, MAPX, MCL, MLOCK, PR_SET_MEMORY_MERGE, SYSX
 
 log = logging.getLogger(__name__)
 KIND = b"MM  "
@@ -40,8 +41,16 @@ SKIPPED = ("[vsyscall]", "[uprobes]")
 BLOCK = 64 << 20  # bytes of page data per block
 _ANON_NAMES = ("", "[heap]", "[stack]")
 # VmFlags (smaps) that map to an madvise() advice, restored after mapping
-_MADVISE = {"dc": 10, "wf": 18, "hg": 14, "nh": 15, "dd": 16, "mg": 12}
-_SCAN_RET = PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.FILE | PAGE_IS.PFNZERO
+_MADVISE = {"dc": MADV.DONTFORK, "wf": MADV.WIPEONFORK, "hg": MADV.HUGEPAGE,
+            "nh": MADV.NOHUGEPAGE, "dd": MADV.DONTDUMP, "mg": MADV.MERGEABLE,
+            "rr": MADV.RANDOM, "sr": MADV.SEQUENTIAL}  # fmt: skip
+# VmFlags named in `cryo show` and what they stand for
+STATE_NAMES = {"dc": "dontfork", "wf": "wipeonfork", "hg": "hugepage", "nh": "nohugepage",
+               "dd": "dontdump", "mg": "mergeable", "rr": "random", "sr": "sequential",
+               "lo": "locked", "lf": "lock-onfault", "nr": "noreserve", "dp": "droppable",
+               "sl": "sealed", "ht": "hugetlb"}  # fmt: skip
+_SCAN_RET = (PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.FILE | PAGE_IS.PFNZERO
+             | PAGE_IS.GUARD)  # fmt: skip
 
 
 def _classify(v: procfs.Vma) -> str:
@@ -66,7 +75,10 @@ def _classify(v: procfs.Vma) -> str:
 
 
 def _wanted(kind: str, cats: int) -> bool:
-    """Does a PAGEMAP_SCAN region of this VMA kind hold data we must save?"""
+    """Does a PAGEMAP_SCAN region of this VMA kind hold data we must save?  (A guard
+    page shows as swapped: it is a marker, not data.)"""
+    if cats & PAGE_IS.GUARD:
+        return False
     if kind == "anon":
         return not cats & PAGE_IS.PFNZERO
     return kind == "file" and not cats & PAGE_IS.FILE
@@ -104,6 +116,8 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
             if kind in ("file", "shared-file"):
                 fst = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
                 ent["file"] = [fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns]
+            if "gu" in v.flags:  # a mapping that may hold guard pages (PTE markers)
+                ent["guards"] = _guards(pm, v.start, v.end)
             if kind in ("anon", "file"):
                 nbytes = 0
                 for s, e, cats in libc.pagemap_scan(pm, v.start, v.end,
@@ -123,6 +137,7 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
         auxv = f.read()
     rec = {
         "pid": pid, "vmas": out, "auxv": auxv,
+        "mlockall": int(ctx.live.get("mlockall", 0)), "ksm_merge_any": _ksm_merge_any(pid),
         "exe": procfs.readlink(pid, "exe"),
         "mm": {"start_code": st.start_code, "end_code": st.end_code,
                "start_data": st.start_data, "end_data": st.end_data,
@@ -133,9 +148,36 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
     return rec, runs
 
 
+def _ksm_merge_any(pid: int) -> bool:
+    """PR_SET_MEMORY_MERGE: shown only in /proc/PID/ksm_stat (absent without KSM)."""
+    try:
+        return b"ksm_merge_any: yes" in procfs.read(pid, "ksm_stat")
+    except (CryoError, OSError):
+        return False
+
+
+def _guards(pm: int, start: int, end: int) -> list[list[int]]:
+    """[address, length] runs of the guard pages (MADV_GUARD_INSTALL) in [start, end)."""
+    out: list[list[int]] = []
+    for s, e, _cats in libc.pagemap_scan(pm, start, end, PAGE_IS.GUARD, PAGE_IS.GUARD):
+        if out and out[-1][0] + out[-1][1] == s:
+            out[-1][1] += e - s
+        else:
+            out.append([s, e - s])
+    return out
+
+
 def dump_brk(ctx: DumpContext) -> None:
-    """brk(0) returns the current break: only the task can tell."""
+    """brk(0) returns the current break: only the task can tell.  And mlockall's
+    MCL_FUTURE, which no /proc file shows: the scratch mapping, mapped just now by an
+    injected mmap, is locked (VmFlags lo, lf) if and only if the mm's default flags
+    lock every new mapping."""
     ctx.live["brk"] = ctx.inj(SYS.brk, 0)
+    ctx.live["mlockall"] = 0
+    scratch = ctx.inj.scratch
+    for v in procfs.parse_smaps_flags(procfs.read(ctx.pid, "smaps")):
+        if scratch and v.start <= scratch < v.end and "lo" in v.flags:
+            ctx.live["mlockall"] = MCL.FUTURE | (MCL.ONFAULT if "lf" in v.flags else 0)
 
 
 def split_blocks(runs: list[tuple[int, int]], block: int = BLOCK) -> Iterator[list[list[int]]]:
@@ -419,6 +461,9 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     inj = ctx.inj
     fds: dict[str, int] = {}
     fixup = []
+    merge_any = bool(rec.get("ksm_merge_any"))
+    if merge_any:  # every VMA mapped from now on is mergeable (the others are unmerged)
+        inj(SYS.prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what=" PR_SET_MEMORY_MERGE")
     try:
         for v in rec["vmas"]:
             kind = v["kind"]
@@ -428,7 +473,12 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
             prot = v["prot"]
             if v.get("data"):
                 prot |= PROT.READ | PROT.WRITE
+            vflags = v["flags"]
             flags = MAP.FIXED | (MAP.SHARED if v["shared"] else MAP.PRIVATE)
+            if "nr" in vflags:
+                flags |= MAPX.NORESERVE
+            if "dp" in vflags:  # MAP_DROPPABLE is a mapping type of its own
+                flags = (flags & ~MAP.PRIVATE) | MAPX.DROPPABLE
             if kind == "shmem":  # the object's fd was inherited from cryo
                 inj(SYS.mmap, v["start"], size, prot, flags, ctx.shared.objects.fds[v["obj"]],
                     v["pgoff"], what=f" mmap {v['path']}")  # fmt: skip
@@ -444,10 +494,13 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
                 if "gd" in v["flags"]:
                     flags |= MAP.GROWSDOWN
                 inj(SYS.mmap, v["start"], size, prot, flags, -1, 0)
-            for flag in v["flags"]:
+            for flag in vflags:
                 if flag in _MADVISE:
-                    inj.raw(SYS.madvise, v["start"], size, _MADVISE[flag])
-            if prot != v["prot"]:
+                    inj(SYS.madvise, v["start"], size, _MADVISE[flag],
+                        what=f" {_MADVISE[flag].name} {v['start']:#x}")  # fmt: skip
+            if merge_any and "mg" not in vflags:
+                inj(SYS.madvise, v["start"], size, MADV.UNMERGEABLE)
+            if prot != v["prot"] or _after_pages(v):
                 fixup.append(v)
     finally:
         for fd in fds.values():
@@ -497,9 +550,30 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
     return total
 
 
+def _after_pages(v: dict[str, Any]) -> bool:
+    """Does this VMA have state to set once its pages are written?"""
+    return bool(v.get("guards")) or bool({"lo", "sl"} & set(v["flags"]))
+
+
 def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
+    """Once the pages are written: protections, then guard pages (refused by the kernel
+    on a locked VMA), then mlock (it populates the pages, so after the data), then mseal
+    (it forbids any later change)."""
+    inj = ctx.inj
     for v in fixup:
-        ctx.inj(SYS.mprotect, v["start"], v["end"] - v["start"], v["prot"])
+        start, size = v["start"], v["end"] - v["start"]
+        if v.get("data") and v["prot"] != v["prot"] | PROT.READ | PROT.WRITE:
+            inj(SYS.mprotect, start, size, v["prot"])
+        for addr, length in v.get("guards", ()):
+            inj(SYS.madvise, addr, length, MADV.GUARD_INSTALL,
+                what=f" MADV_GUARD_INSTALL {addr:#x}")  # fmt: skip
+        if "lo" in v["flags"]:
+            inj(SYSX.mlock2, start, size, MLOCK.ONFAULT if "lf" in v["flags"] else 0,
+                what=f" mlock2 {start:#x}")  # fmt: skip
+    for v in fixup:
+        if "sl" in v["flags"]:
+            inj(SYSX.mseal, v["start"], v["end"] - v["start"], 0,
+                what=f" mseal {v['start']:#x}")  # fmt: skip
 
 
 def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
@@ -525,6 +599,9 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     finally:
         if exe_fd >= 0:
             inj(SYS.close, exe_fd)
+    future = rec.get("mlockall", 0)
+    if future:  # MCL_FUTURE: only mappings made from now on (each VMA has its own lock)
+        inj(SYSX.mlockall, future, what=" mlockall")
 
 
 def _same_file(a: str, b: str) -> bool:
