@@ -1,21 +1,40 @@
 """The task itself: credentials, resource limits, comm, personality and prctl flags of
 the process; per thread, the registrations the kernel keeps (rseq area, robust futex
-list, clear_child_tid) and the thread's name."""
+list, clear_child_tid), the thread's name, and its credentials: uids and gids (real,
+effective, saved, fs), supplementary groups, the five capability sets, securebits,
+no_new_privs, pdeathsig (the kernel keeps all of these per thread), and the audit
+loginuid and sessionid.
+
+Credentials are restored in each thread, as its last privileged step, in an order the
+kernel accepts (restore_creds): ids while cryo's capabilities are kept (securebits
+SECBIT_NO_SETUID_FIXUP), the inheritable set, the ambient set (before a securebit may
+forbid raising it), the bounding set, the securebits, then the permitted and effective
+sets; then no_new_privs, pdeathsig and the dumpable flag, which the kernel clears or
+resets on a credential change."""
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
-from cryo.errors import Unsupported
+from cryo.errors import RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import PR, RSEQ_FLAG_UNREGISTER, SYS
+from cryo.linux.consts import (
+    _LINUX_CAPABILITY_VERSION_3,
+    PR,
+    PR_CAP_AMBIENT,
+    RSEQ_FLAG_UNREGISTER,
+    SECBIT,
+    SYS,
+)
 
 log = logging.getLogger(__name__)
 KIND = b"TASK"
@@ -28,8 +47,42 @@ _PRCTL_FLAGS = {  # name: (get, set)
 _BY_POINTER = ("pdeathsig", "child_subreaper")  # these getters store through a pointer
 
 
+AUDIT_UNSET = 0xFFFFFFFF  # loginuid and sessionid of a task never logged in
+
+
 def _ids(line: str) -> list[int]:
     return [int(x) for x in line.split()]
+
+
+def _audit(pid: int | str, tid: int | str | None = None) -> tuple[int, int] | None:
+    """(loginuid, sessionid) of a task; None on a kernel without audit."""
+    base = f"/proc/{pid}" if tid is None else f"/proc/{pid}/task/{tid}"
+    try:
+        with open(f"{base}/loginuid") as f, open(f"{base}/sessionid") as g:
+            return int(f.read()), int(g.read())
+    except FileNotFoundError:
+        return None
+
+
+def _check_audit(pid: int, tids: list[int]) -> tuple[int, int] | None:
+    """The audit loginuid and sessionid of the process, refused when a restore could
+    not give them back: the kernel hands out a new sessionid whenever a loginuid is
+    written, so a restored task can only inherit the session of the cryo that restarts
+    it (checked against this cryo's own), or be set to "never logged in"."""
+    got = {_audit(pid, t) for t in tids}
+    if len(got) != 1:
+        raise Unsupported(f"process {pid}: its threads have different audit sessions"
+                          f" ({sorted(x for x in got if x)})", pid=pid,
+                          resource="audit session")  # fmt: skip
+    mine = _audit("self")
+    (value,) = got
+    if value is None or value in (mine, (AUDIT_UNSET, AUDIT_UNSET)):
+        return value
+    raise Unsupported(
+        f"process {pid}: audit loginuid {value[0]} and sessionid {value[1]} differ from"
+        f" cryo's own ({mine[0] if mine else '-'}, {mine[1] if mine else '-'}); the kernel"
+        " gives a restored process a new audit session id: checkpoint it from its own"
+        " login session", pid=pid, resource="audit session")  # fmt: skip
 
 
 def dump(ctx: DumpContext) -> dict[str, Any]:
@@ -49,10 +102,12 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             prctl[name] = inj(SYS.prctl, get, 0, 0, 0, 0)
     with open(f"/proc/{pid}/personality") as f:
         personality = int(f.read(), 16)
+    audit = _check_audit(pid, sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")))
     return {
         "pid": pid, "ppid": st.ppid, "pgid": st.pgrp, "sid": st.session,
         "comm": st.comm, "exit_signal": st.exit_signal, "personality": personality,
         "rlimits": procfs.parse_limits(procfs.read(pid, "limits")), "prctl": prctl,
+        "audit": list(audit) if audit else None,
     }  # fmt: skip
 
 
@@ -65,6 +120,8 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
     rseq = tracee.rseq_configuration()
     with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
         comm = f.read().rstrip(b"\n")
+    inj(SYS.prctl, PR.GET_PDEATHSIG, inj.scratch, 0, 0, 0)
+    pdeathsig = int.from_bytes(inj.read(inj.scratch, 4), "little")
     return {
         "comm": comm, "clear_tid": clear_tid,
         "rseq": [rseq.rseq_abi_pointer, rseq.rseq_abi_size, rseq.signature],
@@ -73,6 +130,9 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "uids": _ids(status["Uid"]), "gids": _ids(status["Gid"]),
         "groups": _ids(status.get("Groups", "")),
         "caps": {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+        "securebits": inj(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0),
+        "pdeathsig": pdeathsig,
+        "dumpable": inj(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0),  # the process's, set last
     }  # fmt: skip
 
 
@@ -89,8 +149,36 @@ def restore_early(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     ctx.inj(SYS.personality, rec["personality"])
 
 
+def _restore_audit(ctx: RestoreContext, rec: dict[str, Any]) -> None:
+    """The helper inherited cryo's audit session; the image's, if different, can only be
+    "never logged in" (see _check_audit), written from inside the task itself."""
+    want = rec.get("audit")
+    have = _audit(ctx.pid)
+    if want is None or have is None or tuple(want) == have:
+        return
+    if tuple(want) != (AUDIT_UNSET, AUDIT_UNSET):
+        raise RestoreConflict(
+            f"process {ctx.old_pid} had audit loginuid {want[0]} and sessionid {want[1]};"
+            f" this restart runs in session {have[1]} (loginuid {have[0]}), and the kernel"
+            " cannot give a process a chosen session id: restart it from its own login"
+            " session", pid=ctx.old_pid, resource="audit session")  # fmt: skip
+    inj = ctx.inj
+    fd = inj(SYS.open, inj.put_str("/proc/self/loginuid"), os.O_WRONLY)
+    try:
+        text = str(AUDIT_UNSET).encode()
+        ret = inj.raw(SYS.write, fd, inj.put(text, 256), len(text))
+    finally:
+        inj(SYS.close, fd)
+    if ret != len(text):
+        raise RestoreConflict(f"process {ctx.old_pid}: its audit loginuid cannot be reset"
+                              f" (errno {-ret}); this restart runs in session {have[1]}",
+                              pid=ctx.old_pid, resource="audit session")  # fmt: skip
+
+
 def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
-    """Process-wide: limits and prctl flags (ids are set when the tree is built)."""
+    """Process-wide: limits, prctl flags and the audit session (ids are set per thread,
+    at the end: restore_creds)."""
+    _restore_audit(ctx, rec)
     inj = ctx.inj
     for res, (soft, hard) in rec["rlimits"].items():
         lim = S.rlimit64(soft, hard)
@@ -116,14 +204,70 @@ def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
         inj(SYS.rseq, ptr, size, 0, sig)
 
 
-def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
+def _caps(trec: dict[str, Any]) -> dict[str, int]:
+    return {k[3:].lower(): int(v, 16) for k, v in trec["caps"].items()}
+
+
+def _capset(inj: Injector, eff: int, prm: int, inh: int) -> None:
+    head = S.user_cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (S.user_cap_data * 2)(S.user_cap_data(eff & 0xFFFFFFFF, prm & 0xFFFFFFFF,
+                                                 inh & 0xFFFFFFFF),
+                                 S.user_cap_data(eff >> 32, prm >> 32, inh >> 32))  # fmt: skip
+    inj(SYS.capset, inj.put(bytes(head), 0), inj.put(bytes(data), 64))
+
+
+def _capget(inj: Injector) -> tuple[int, int, int]:
+    head = S.user_cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
+    inj(SYS.capget, inj.put(bytes(head), 0), inj.put(bytes(24), 64))
+    d = (S.user_cap_data * 2).from_buffer_copy(inj.read(inj.scratch + 64, 24))
+    return (d[0].effective | d[1].effective << 32, d[0].permitted | d[1].permitted << 32,
+            d[0].inheritable | d[1].inheritable << 32)  # fmt: skip
+
+
+def cap_last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def restore_creds(inj: Injector, trec: dict[str, Any],
+                  before_drop: Callable[[], None] | None = None) -> None:  # fmt: skip
     """In each thread (raw setres*id calls change the calling thread only), last of the
-    privileged steps: groups, then gids, then uids, then no_new_privs."""
+    privileged steps, in an order the kernel accepts (the helper runs with cryo's full
+    capabilities): groups and gids; SECBIT_NO_SETUID_FIXUP so that the uid change keeps
+    our capabilities; uids; the inheritable set; ambient capabilities (before a securebit
+    may forbid raising them); the bounding set; ``before_drop`` (what still needs
+    CAP_SYS_ADMIN: seccomp filters); the securebits; the permitted and effective sets;
+    then no_new_privs, pdeathsig and the dumpable flag (a credential change clears them).
+    """
     groups = trec["groups"]
     inj(SYS.setgroups, len(groups), inj.put(struct.pack(f"<{len(groups)}I", *groups) or b"\0"))
-    r, e, s, _fs = trec["gids"]
+    r, e, s, fs = trec["gids"]
     inj(SYS.setresgid, r, e, s)
-    r, e, s, _fs = trec["uids"]
+    inj.raw(SYS.setfsgid, fs)  # returns the old fsgid, never an error
+    caps = _caps(trec) if "securebits" in trec else None
+    if caps is not None:
+        inj(SYS.prctl, PR.SET_SECUREBITS, SECBIT.NO_SETUID_FIXUP, 0, 0, 0)
+    r, e, s, fs = trec["uids"]
     inj(SYS.setresuid, r, e, s)
+    inj.raw(SYS.setfsuid, fs)
+    if caps is not None:
+        eff, prm, _inh = _capget(inj)
+        _capset(inj, eff, prm, caps["inh"])
+        inj(SYS.prctl, PR.CAP_AMBIENT, PR_CAP_AMBIENT.CLEAR_ALL, 0, 0, 0)
+        for cap in range(64):
+            if caps["amb"] >> cap & 1:
+                inj(SYS.prctl, PR.CAP_AMBIENT, PR_CAP_AMBIENT.RAISE, cap, 0, 0)
+        for cap in range(cap_last_cap() + 1):
+            if not caps["bnd"] >> cap & 1:
+                inj(SYS.prctl, PR.CAPBSET_DROP, cap, 0, 0, 0)
+    if before_drop is not None:
+        before_drop()
+    if caps is not None:
+        inj(SYS.prctl, PR.SET_SECUREBITS, trec["securebits"], 0, 0, 0)
+        _capset(inj, caps["eff"], caps["prm"], caps["inh"])
     if trec["no_new_privs"]:
         inj(SYS.prctl, PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if "pdeathsig" in trec:
+        inj(SYS.prctl, PR.SET_PDEATHSIG, trec["pdeathsig"], 0, 0, 0)
+    if trec.get("dumpable") in (0, 1):  # 2 (suid_dumpable) cannot be set by prctl
+        inj(SYS.prctl, PR.SET_DUMPABLE, trec["dumpable"], 0, 0, 0)

@@ -39,6 +39,7 @@ class PTRACE(enum.IntEnum):
     GETSIGMASK = 0x420A
     SETSIGMASK = 0x420B
     SECCOMP_GET_FILTER = 0x420C
+    SECCOMP_GET_METADATA = 0x420D
     GET_RSEQ_CONFIGURATION = 0x420F
 
 
@@ -111,6 +112,24 @@ class SYS(enum.IntEnum):
     setpgid = 109
     getppid = 110
     setsid = 112
+    setpriority = 141
+    getpriority = 140
+    sched_setparam = 142
+    sched_getparam = 143
+    sched_setscheduler = 144
+    sched_getscheduler = 145
+    mlockall = 151
+    munlockall = 152
+    capget = 125
+    capset = 126
+    sched_setaffinity = 203
+    sched_getaffinity = 204
+    ioprio_set = 251
+    ioprio_get = 252
+    sched_setattr = 314
+    sched_getattr = 315
+    seccomp = 317
+    membarrier = 324
     setresuid = 117
     setresgid = 119
     setgroups = 116
@@ -184,8 +203,16 @@ class PR(enum.IntEnum):
     GET_PDEATHSIG = 2
     GET_DUMPABLE = 3
     SET_DUMPABLE = 4
+    GET_KEEPCAPS = 7
+    SET_KEEPCAPS = 8
     SET_NAME = 15
     GET_NAME = 16
+    GET_SECCOMP = 21
+    SET_SECCOMP = 22
+    CAPBSET_READ = 23
+    CAPBSET_DROP = 24
+    GET_SECUREBITS = 27
+    SET_SECUREBITS = 28
     SET_MM = 35
     GET_TID_ADDRESS = 40
     SET_CHILD_SUBREAPER = 36
@@ -194,7 +221,74 @@ class PR(enum.IntEnum):
     GET_NO_NEW_PRIVS = 39
     SET_THP_DISABLE = 41
     GET_THP_DISABLE = 42
+    CAP_AMBIENT = 47
     TIMER_CREATE_RESTORE_IDS = 77
+
+
+class PR_CAP_AMBIENT(enum.IntEnum):
+    IS_SET = 1
+    RAISE = 2
+    LOWER = 3
+    CLEAR_ALL = 4
+
+
+class SECBIT(enum.IntFlag):
+    """include/uapi/linux/securebits.h"""
+
+    NOROOT = 1 << 0
+    NOROOT_LOCKED = 1 << 1
+    NO_SETUID_FIXUP = 1 << 2
+    NO_SETUID_FIXUP_LOCKED = 1 << 3
+    KEEP_CAPS = 1 << 4
+    KEEP_CAPS_LOCKED = 1 << 5
+    NO_CAP_AMBIENT_RAISE = 1 << 6
+    NO_CAP_AMBIENT_RAISE_LOCKED = 1 << 7
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class SECCOMP_MODE(enum.IntEnum):
+    """include/uapi/linux/seccomp.h"""
+
+    DISABLED = 0
+    STRICT = 1
+    FILTER = 2
+
+
+class SECCOMP_SET(enum.IntEnum):
+    MODE_STRICT = 0
+    MODE_FILTER = 1
+
+
+class SECCOMP_FILTER_FLAG(enum.IntFlag):
+    TSYNC = 1 << 0
+    LOG = 1 << 1
+    SPEC_ALLOW = 1 << 2
+
+
+class SCHED(enum.IntEnum):
+    """include/uapi/linux/sched.h"""
+
+    OTHER = 0
+    FIFO = 1
+    RR = 2
+    BATCH = 3
+    IDLE = 5
+    DEADLINE = 6
+
+
+class SCHED_FLAG(enum.IntFlag):
+    RESET_ON_FORK = 0x01
+    RECLAIM = 0x02
+    DL_OVERRUN = 0x04
+    KEEP_POLICY = 0x08
+    KEEP_PARAMS = 0x10
+    UTIL_CLAMP_MIN = 0x20
+    UTIL_CLAMP_MAX = 0x40
+
+
+IOPRIO_WHO_PROCESS = 1
 
 
 PR_SET_MM_MAP = 14

@@ -182,3 +182,52 @@ class uffdio_register(ctypes.Structure):
 
 class uffdio_writeprotect(ctypes.Structure):
     _fields_ = [("range", uffdio_range), ("mode", c_u64)]
+
+
+class user_cap_header(ctypes.Structure):
+    """include/uapi/linux/capability.h: struct __user_cap_header_struct."""
+
+    _fields_ = [("version", c_u32), ("pid", c_i32)]
+
+
+class user_cap_data(ctypes.Structure):
+    """include/uapi/linux/capability.h: struct __user_cap_data_struct (two of them for
+    _LINUX_CAPABILITY_VERSION_3: bits 0-31, then 32-63)."""
+
+    _fields_ = [("effective", c_u32), ("permitted", c_u32), ("inheritable", c_u32)]
+
+
+class sched_attr(ctypes.Structure):
+    """include/uapi/linux/sched/types.h (SCHED_ATTR_SIZE_VER1 = 56)."""
+
+    _fields_ = [
+        ("size", c_u32),
+        ("sched_policy", c_u32),
+        ("sched_flags", c_u64),
+        ("sched_nice", c_i32),
+        ("sched_priority", c_u32),
+        ("sched_runtime", c_u64),
+        ("sched_deadline", c_u64),
+        ("sched_period", c_u64),
+        ("sched_util_min", c_u32),
+        ("sched_util_max", c_u32),
+    ]
+
+
+class sock_filter(ctypes.Structure):
+    """include/uapi/linux/filter.h: one classic BPF instruction (8 bytes)."""
+
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", c_u32)]  # fmt: skip
+
+
+class sock_fprog(ctypes.Structure):
+    """include/uapi/linux/filter.h (16 bytes with padding)."""
+
+    _fields_ = [("len", ctypes.c_uint16), ("filter", c_u64)]
+
+
+class seccomp_metadata(ctypes.Structure):
+    """include/uapi/linux/ptrace.h"""
+
+    _fields_ = [("filter_off", c_u64), ("flags", c_u64)]

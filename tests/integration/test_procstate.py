@@ -1,0 +1,45 @@
+"""Process state of issue 9 survives checkpoint, kill and restart, or the checkpoint
+refuses it: credentials, scheduling, job control, seccomp, signals and timers.  Each
+victim checks its own state every round and reports "ok N" or "FAIL what"."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from tests.conftest import VICTIMS, Procs, Victim, reap
+
+
+def cycle(procs: Procs, v: Victim, img: Path, **restart_kw: Any) -> Victim:
+    """Checkpoint ``v`` (killing it once the image is written), reap it, restart it;
+    the restored process must report two more good rounds."""
+    last = max(v.oks(), default=-1)
+    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    rr = restart(str(img), **restart_kw)
+    procs.track(rr.pid)
+    assert rr.pid == v.pid
+    new = Victim(rr.pid, v.out)
+    new.wait_ok_after(last + 2)
+    return new
+
+
+def build_threaded(tmp_path: Path, name: str) -> str:
+    exe = tmp_path / name
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe),
+                    str(VICTIMS / f"{name}.c"), "-lrt", "-lpthread"], check=True)  # fmt: skip
+    return str(exe)
+
+
+def test_credentials(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build_threaded(tmp_path, "creds"), str(out)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    status = Path(f"/proc/{v.pid}/status").read_text()
+    assert "Uid:\t1000\t1001\t1002\t1000" in status
+    assert not v.fails()
