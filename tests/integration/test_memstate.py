@@ -13,7 +13,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
-from tests.conftest import Procs, Victim, reap
+from tests.conftest import Procs, Victim, reap, run_cryo
 
 
 def cycle(procs: Procs, v: Victim, img: Path) -> Victim:
@@ -48,3 +48,31 @@ def test_madvise_state_survives(procs: Procs, build: Any, tmp_path: Path, mode: 
     v.wait_ok_after(1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+def test_object_mappings_survive(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """Private and shared mappings of a deleted file, private /dev/zero, memfd mapped
+    shared and private: data, sharing with the file, names."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("mapkinds"), str(out), "files", str(tmp_path)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def untouched(v: Victim) -> None:
+    """The target still runs, untraced, and keeps passing its own checks."""
+    status = Path(f"/proc/{v.pid}/status").read_text()
+    assert "TracerPid:\t0" in status, status
+    v.wait_ok_after(max(v.oks(), default=-1) + 2)
+
+
+def test_aio_ring_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("mapkinds"), str(out), "aio"], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 9, r.stderr
+    assert "AIO ring (io_setup)" in r.stderr
+    assert not (tmp_path / "img").exists()
+    untouched(v)

@@ -40,6 +40,8 @@ SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
 SKIPPED = ("[vsyscall]", "[uprobes]")
 BLOCK = 64 << 20  # bytes of page data per block
 _ANON_NAMES = ("", "[heap]", "[stack]")
+AIO_RING = "/[aio] (deleted)"  # an io_setup() context's ring
+HUGETLB_ANON = "/anon_hugepage (deleted)"  # MAP_HUGETLB | MAP_ANONYMOUS
 # VmFlags (smaps) that map to an madvise() advice, restored after mapping
 _MADVISE = {"dc": MADV.DONTFORK, "wf": MADV.WIPEONFORK, "hg": MADV.HUGEPAGE,
             "nh": MADV.NOHUGEPAGE, "dd": MADV.DONTDUMP, "mg": MADV.MERGEABLE,
@@ -59,11 +61,15 @@ def _classify(v: procfs.Vma) -> str:
         return "special"
     if path in SKIPPED or path.startswith("/memfd:cryo-wp:"):  # engine/dirty.py's own
         return "skip"
+    if path == AIO_RING:
+        return "aio"
     if not v.shared:
-        if path in _ANON_NAMES or path.startswith("[anon:"):
+        if path in _ANON_NAMES or path.startswith("[anon:") or path == HUGETLB_ANON:
             return "anon"
         if path.startswith("/") and not path.endswith(" (deleted)"):
             return "file"
+        if shmem.private_kind(path):  # a deleted file or a memfd, mapped private
+            return "shmem"
     else:
         if path.startswith("/SYSV"):
             return "sysv-shm"
@@ -81,7 +87,8 @@ def _wanted(kind: str, cats: int) -> bool:
         return False
     if kind == "anon":
         return not cats & PAGE_IS.PFNZERO
-    return kind == "file" and not cats & PAGE_IS.FILE
+    # a private mapping of a file or object: only the pages copied on write
+    return kind in ("file", "shmem") and not cats & PAGE_IS.FILE
 
 
 # -- dump ------------------------------------------------------------------------------
@@ -101,6 +108,10 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
     try:
         for v in vmas:
             kind = _classify(v)
+            if kind == "aio":
+                raise Unsupported(f"mapping {v.start:#x}-{v.end:#x}: an AIO ring (io_setup)"
+                                  " is not supported", pid=pid,
+                                  resource="memory")  # fmt: skip
             if kind == "unsupported":
                 raise Unsupported(f"mapping {v.start:#x}-{v.end:#x} of {v.path or 'anonymous'}"
                                   f" ({v.perms}) is not supported", pid=pid,
@@ -113,12 +124,14 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                 ent["key"] = int(v.path[5:13], 16)
             if kind == "shmem":
                 ent["obj"] = objects.add(pid, v, shmem.kind_of(v.path, True) or "anon")
+                if not v.shared:
+                    ent["file"] = objects.stat(ent["obj"])
             if kind in ("file", "shared-file"):
                 fst = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
                 ent["file"] = [fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns]
             if "gu" in v.flags:  # a mapping that may hold guard pages (PTE markers)
                 ent["guards"] = _guards(pm, v.start, v.end)
-            if kind in ("anon", "file"):
+            if kind in ("anon", "file") or (kind == "shmem" and not v.shared):
                 nbytes = 0
                 for s, e, cats in libc.pagemap_scan(pm, v.start, v.end,
                                                     PAGE_IS.PRESENT | PAGE_IS.SWAPPED,

@@ -39,6 +39,13 @@ def kind_of(path: str, shared: bool) -> str | None:
     return None
 
 
+def private_kind(path: str) -> str | None:
+    """Which kind of object a private mapping of a deleted file or memfd maps: its
+    pages that were not copied on write are the object's, so it is saved like one."""
+    kind = kind_of(path, True)
+    return kind if kind in ("memfd", "deleted") else None
+
+
 @dataclass
 class Objects:
     objs: list[dict[str, Any]] = field(default_factory=list)
@@ -55,6 +62,11 @@ class Objects:
                               "dev": st.st_dev, "ino": st.st_ino,
                               "where": [pid, vma.start, vma.end]})  # fmt: skip
         return self.by_key[key]
+
+    def stat(self, obj_id: int) -> list[int]:
+        """[dev, ino, size, 0] of an object, as a mapped file's record has them."""
+        obj = self.objs[obj_id]
+        return [obj["dev"], obj["ino"], obj["size"], 0]
 
     def data_ranges(self, obj: dict[str, Any]) -> tuple[int, list[tuple[int, int]]]:
         """Open the object; returns (fd, [(offset, length)] of the data it holds)."""
@@ -132,9 +144,14 @@ def _make(obj: dict[str, Any], made: Made) -> int:
         return fd
     path = obj["name"].removesuffix(" (deleted)")
     directory = os.path.dirname(path) if os.path.isdir(os.path.dirname(path)) else "/dev/shm"
-    tmp = os.path.join(directory, f".cryo-{os.getpid()}-{obj['id']}")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, obj["mode"])
+    try:  # under its old name when that is free, so that /proc/PID/maps shows it again
+        tmp = path
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, obj["mode"])
+    except OSError:
+        tmp = os.path.join(directory, f".cryo-{os.getpid()}-{obj['id']}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, obj["mode"])
     os.unlink(tmp)
+    os.fchmod(fd, obj["mode"])  # not narrowed by our umask
     os.ftruncate(fd, size)
     return fd
 

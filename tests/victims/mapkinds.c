@@ -1,0 +1,147 @@
+/* Mappings whose backing object is not a plain file by path: private and shared
+ * mappings of a deleted file, private /dev/zero, memfd mapped shared and private,
+ * MAP_HUGETLB (private and shared) and a hugetlb memfd, an AIO ring (io_setup).
+ * argv[2] = mode: "files", "hugetlb", "aio"; argv[3] = a directory for the files.
+ * Each round: data (the file's pages and the copied-on-write ones), that a private
+ * mapping still sees the file (the shared writer's later stores show through in pages
+ * not yet copied), names in /proc/self/maps, hugetlb page size. */
+#include "common.h"
+#include <linux/aio_abi.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#define PG 4096UL
+#define HPG (2UL << 20)
+
+static int maps_has(void *addr, const char *name) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int ok = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        uintptr_t a, b;
+        if (sscanf(line, "%lx-%lx", &a, &b) == 2 && a <= (uintptr_t)addr && (uintptr_t)addr < b) {
+            ok = strstr(line, name) != NULL;
+            break;
+        }
+    }
+    if (f) fclose(f);
+    return ok;
+}
+
+static long kernel_page(void *addr) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int in = 0;
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        uintptr_t a, b;
+        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+            in = a <= (uintptr_t)addr && (uintptr_t)addr < b;
+        else if (in && sscanf(line, "KernelPageSize: %ld kB", &kb) == 1)
+            break;
+    }
+    if (f) fclose(f);
+    return kb;
+}
+
+static int all(const unsigned char *p, size_t n, unsigned char c) {
+    for (size_t i = 0; i < n; i++) if (p[i] != c) return 0;
+    return 1;
+}
+
+#define SETUP(cond, what) do { if (!(cond)) { report("setup %s: %s", what, strerror(errno)); _exit(5); } } while (0)
+
+int main(int argc, char **argv) {
+    open_report(argc, argv);
+    const char *mode = argc > 2 ? argv[2] : "files";
+    const char *dir = argc > 3 ? argv[3] : "/tmp";
+    char path[512];
+    if (!strcmp(mode, "files")) {
+        /* a deleted file, mapped shared (writer) and private (reader with one COW page) */
+        snprintf(path, sizeof path, "%s/deleted.bin", dir);
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0640);
+        SETUP(fd >= 0 && ftruncate(fd, 4 * PG) == 0, "deleted file");
+        unsigned char *dsh = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        unsigned char *dpr = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+        SETUP(dsh != MAP_FAILED && dpr != MAP_FAILED, "mmap deleted");
+        close(fd);
+        unlink(path);
+        memset(dsh, 'd', 4 * PG);
+        memset(dpr + PG, 'c', PG); /* page 1 copied on write */
+        /* private /dev/zero with data */
+        int z = open("/dev/zero", O_RDWR);
+        unsigned char *zp = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, z, 0);
+        SETUP(zp != MAP_FAILED, "mmap /dev/zero");
+        close(z);
+        memset(zp + 2 * PG, 'z', PG);
+        /* memfd mapped shared and private */
+        int m = memfd_create("cryo-test", 0);
+        SETUP(m >= 0 && ftruncate(m, 4 * PG) == 0, "memfd");
+        unsigned char *msh = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+        unsigned char *mpr = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, m, 0);
+        SETUP(msh != MAP_FAILED && mpr != MAP_FAILED, "mmap memfd");
+        close(m);
+        memset(msh, 'm', 4 * PG);
+        memset(mpr + 3 * PG, 'p', PG);
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            int bad = 0;
+            unsigned char w = (unsigned char)('A' + round % 26);
+            /* the shared writer stores into page 2: the private reader sees it there
+             * (not copied), not in page 1 (copied) */
+            dsh[2 * PG] = w; msh[0] = w;
+            if (dpr[2 * PG] != w || !all(dpr + 2 * PG + 1, PG - 1, 'd') || !all(dpr, PG, 'd')) { FAIL("deleted private: file pages"); bad = 1; }
+            if (!all(dpr + PG, PG, 'c')) { FAIL("deleted private: copied page"); bad = 1; }
+            if (!all(dsh + PG, PG, 'd')) { FAIL("deleted shared data"); bad = 1; }
+            if (!maps_has(dpr, "deleted.bin (deleted)") || !maps_has(dsh, "deleted.bin (deleted)")) { FAIL("deleted file name"); bad = 1; }
+            if (!all(zp, 2 * PG, 0) || !all(zp + 2 * PG, PG, 'z') || !all(zp + 3 * PG, PG, 0)) { FAIL("/dev/zero private"); bad = 1; }
+            if (!maps_has(zp, "/dev/zero")) { FAIL("/dev/zero name"); bad = 1; }
+            if (mpr[0] != w || !all(mpr + 1, 3 * PG - 1, 'm') || !all(mpr + 3 * PG, PG, 'p')) { FAIL("memfd private"); bad = 1; }
+            if (!all(msh + 1, 4 * PG - 1, 'm')) { FAIL("memfd shared"); bad = 1; }
+            if (!maps_has(mpr, "/memfd:cryo-test (deleted)") || !maps_has(msh, "/memfd:cryo-test (deleted)")) { FAIL("memfd name"); bad = 1; }
+            if (!bad) report("ok %ld", round);
+            nap(20);
+        }
+    }
+    if (!strcmp(mode, "hugetlb")) {
+        unsigned char *hp = mmap(NULL, 2 * HPG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+        SETUP(hp != MAP_FAILED, "MAP_HUGETLB private");
+        unsigned char *hs = mmap(NULL, HPG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+        SETUP(hs != MAP_FAILED, "MAP_HUGETLB shared");
+        int m = memfd_create("cryo-huge", MFD_HUGETLB);
+        SETUP(m >= 0 && ftruncate(m, HPG) == 0, "hugetlb memfd");
+        unsigned char *hm = mmap(NULL, HPG, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+        SETUP(hm != MAP_FAILED, "mmap hugetlb memfd");
+        close(m);
+        memset(hp, 'h', HPG); /* the second huge page is left untouched */
+        memset(hs, 's', HPG);
+        memset(hm, 'f', HPG);
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            int bad = 0;
+            if (!all(hp, HPG, 'h')) { FAIL("hugetlb private data"); bad = 1; }
+            if (!all(hs, HPG, 's')) { FAIL("hugetlb shared data"); bad = 1; }
+            if (!all(hm, HPG, 'f')) { FAIL("hugetlb memfd data"); bad = 1; }
+            if (kernel_page(hp) != 2048 || kernel_page(hs) != 2048 || kernel_page(hm) != 2048) { FAIL("not huge pages"); bad = 1; }
+            if (!maps_has(hp, "anon_hugepage") || !maps_has(hs, "anon_hugepage")) { FAIL("hugetlb names"); bad = 1; }
+            if (!maps_has(hm, "/memfd:cryo-huge (deleted)")) { FAIL("hugetlb memfd name"); bad = 1; }
+            if (!bad) report("ok %ld", round);
+            nap(20);
+        }
+    }
+    if (!strcmp(mode, "aio")) {
+        aio_context_t ctx = 0;
+        SETUP(syscall(SYS_io_setup, 8, &ctx) == 0, "io_setup");
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            struct io_event ev;
+            struct timespec ts = {0, 0};
+            /* no events: returns 0 on a live context, EINVAL on a lost one */
+            if (syscall(SYS_io_getevents, ctx, 0, 1, &ev, &ts) != 0) FAIL("aio context: %s", strerror(errno));
+            else report("ok %ld", round);
+            nap(20);
+        }
+    }
+    return 1;
+}
