@@ -34,12 +34,16 @@ def attached(vmas: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def dump(ctx: DumpContext, vmas: list[dict[str, Any]], sink: Any) -> None:
-    """Save every segment the process has attached, once each, beside the image."""
+    """Save every segment the process has attached into the image, once per image: a
+    segment another process of the image attached too is in the sink already."""
     for shmid in sorted({v["shmid"] for v in attached(vmas)}):
+        name = side_file(shmid)
+        if sink.has_side(name):
+            continue
         from cryo.ipc import shm  # only needed by processes using SysV shm
-        path = sink.side_path(side_file(shmid))
+
         try:
-            with open(path, "wb") as f:
+            with sink.side_file(name) as f:
                 shm.save(shmid, f)
         except CryoError as err:
             raise CryoError(f"SysV shm segment {shmid} attached by {ctx.pid}: {err}",
@@ -47,13 +51,20 @@ def dump(ctx: DumpContext, vmas: list[dict[str, Any]], sink: Any) -> None:
 
 
 def check(image: Any, vmas: list[dict[str, Any]]) -> dict[int, Any]:
-    """Read and check every saved segment of ``image`` (before anything is created)."""
+    """Read and check every saved segment of ``image`` (before anything is created).
+
+    The segment is read through the file the image opened and checked (its fd, kept open
+    until the image is closed), so that ensure() loads those very bytes."""
     ids = sorted({v["shmid"] for v in attached(vmas)})
     if not ids:
         return {}
     from cryo.ipc import shm
 
-    return {shmid: shm.read(Path(image.side_path(side_file(shmid)))) for shmid in ids}
+    out = {}
+    for shmid in ids:
+        f = image.side_file(side_file(shmid))
+        out[shmid] = shm.read(Path(f"/proc/self/fd/{f.fileno()}"))
+    return out
 
 
 def ensure(saved: dict[int, Any], created: list[int]) -> dict[int, int]:

@@ -12,13 +12,14 @@ truncated file is always detected.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import mmap
 import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import msgpack
@@ -32,6 +33,7 @@ _REC_HEADER = struct.Struct("<4sIQ")
 _CSUM = struct.Struct("<Q")
 FLAG_RAW = 1
 END = b"END "
+SEAL = b"SEAL"  # the last record before END: a keyed MAC of all before it (cryo.image.seal)
 MAX_RECORD = 1 << 34  # sanity bound on a record's length (16 GiB)
 
 
@@ -52,6 +54,16 @@ class Record:
     kind: bytes
     payload: Any  # decoded msgpack object, or bytes when raw
     raw: bool = False
+    # of a SEAL record as read: the BLAKE2b digest of every byte of the file before it
+    digest: bytes | None = field(default=None, compare=False)
+
+
+def content_hash() -> Any:
+    """The unkeyed hash a seal covers: BLAKE2b-256 of the file up to the SEAL record."""
+    return hashlib.blake2b(digest_size=32)
+
+
+Sealer = Callable[[bytes], Any]  # digest of the file so far -> the SEAL record's payload
 
 
 def encode_record(kind: bytes, payload: Any, *, raw: bool = False) -> bytes:
@@ -82,14 +94,23 @@ def encode_file(magic: bytes, records: list[Record]) -> bytes:
 class RecordWriter:
     """Writes a framed file to a binary stream (a file or a socket's makefile)."""
 
-    def __init__(self, stream: IO[bytes], magic: bytes) -> None:
+    def __init__(self, stream: IO[bytes], magic: bytes, *, seal: Sealer | None = None) -> None:
+        """With ``seal``, everything written is hashed and close() writes a SEAL record
+        (``seal(digest)`` is its payload) before END."""
         assert len(magic) == 8
         self.stream = stream
         self.count = 0
-        stream.write(_FILE_HEADER.pack(magic, FORMAT_VERSION, 0))
+        self._seal = seal
+        self._hash = content_hash() if seal is not None else None
+        self._put(_FILE_HEADER.pack(magic, FORMAT_VERSION, 0))
+
+    def _put(self, data: bytes | bytearray | memoryview) -> None:
+        self.stream.write(data)
+        if self._hash is not None:
+            self._hash.update(data)
 
     def write(self, kind: bytes, payload: Any, *, raw: bool = False) -> None:
-        self.stream.write(encode_record(kind, payload, raw=raw))
+        self._put(encode_record(kind, payload, raw=raw))
         self.count += 1
 
     def write_raw(
@@ -104,12 +125,16 @@ class RecordWriter:
         head = _REC_HEADER.pack(kind, FLAG_RAW, len(data))
         if csum is None:
             csum = raw_checksum(kind, data)
-        self.stream.write(head)
-        self.stream.write(data)
-        self.stream.write(_CSUM.pack(csum))
+        self._put(head)
+        self._put(data)
+        self._put(_CSUM.pack(csum))
         self.count += 1
 
     def close(self) -> None:
+        if self._seal is not None and self._hash is not None:
+            self.stream.write(encode_record(SEAL, self._seal(self._hash.digest())))
+            self.count += 1
+            self._seal = self._hash = None
         self.stream.write(encode_record(END, {"records": self.count}))
         self.stream.flush()
 
@@ -184,7 +209,8 @@ RawInto = Callable[[bytes, int], "memoryview | None"]
 
 
 def read_records(
-    stream: Stream, magic: bytes, name: str, *, into: RawInto | None = None
+    stream: Stream, magic: bytes, name: str, *, into: RawInto | None = None,
+    digest: bool = False,
 ) -> Iterator[Record]:
     """Yield the records of a framed file, checking every checksum; END is not yielded.
 
@@ -193,7 +219,12 @@ def read_records(
     bytes object.  It lets bulk data land in place, or in one reused buffer, without a copy;
     the buffer holds unchecked bytes if the record's checksum turns out wrong.  From a
     MappedFile, raw bodies that no ``into`` takes are slices of the mapping.
+
+    With ``digest``, a SEAL record comes with the digest of every byte before it (see
+    :func:`content_hash`); a SEAL is always the last record before END.
     """
+    hasher = content_hash() if digest else None
+    sealed = False
     head = stream.read(_FILE_HEADER.size)
     if len(head) != _FILE_HEADER.size:
         raise ImageCorrupt(f"image {name} is corrupt: truncated header", path=name)
@@ -207,6 +238,8 @@ def read_records(
         )
     if flags != 0:  # the header is not covered by a checksum: accept nothing unknown
         raise ImageCorrupt(f"image {name} is corrupt: header flags {flags:#x}", path=name)
+    if hasher is not None:
+        hasher.update(head)
     index = 0
     while True:
         rhead = _read_exact(stream, _REC_HEADER.size, f"record {index} header", name)
@@ -237,25 +270,40 @@ def read_records(
                 " checksum mismatch",
                 path=name,
             )
+        if sealed and kind != END:
+            raise ImageCorrupt(f"image {name} is corrupt: record {index} after the seal",
+                               path=name)  # fmt: skip
+        before = None
+        if hasher is not None:
+            before = hasher.digest() if kind == SEAL else None
+            hasher.update(rhead)
+            hasher.update(body)
+            hasher.update(_CSUM.pack(want))
         raw = bool(flags & FLAG_RAW)
         try:
             payload = body if raw else unpack(body)
-        except (ValueError, msgpack.ExtraData) as err:  # pragma: no cover (checksum first)
-            raise ImageCorrupt(f"image {name} is corrupt: record {index}: {err}") from err
+        except Exception as err:  # a sealed edit can hold any bytes: no payload may crash us
+            raise ImageCorrupt(f"image {name} is corrupt: record {index}: {err}",
+                               path=name) from err  # fmt: skip
         if kind == END:
             if not isinstance(payload, dict) or payload.get("records") != index:
                 raise ImageCorrupt(f"image {name} is corrupt: record count mismatch", path=name)
             if stream.read(1):
                 raise ImageCorrupt(f"image {name} is corrupt: data after the end", path=name)
             return
-        yield Record(kind, payload, raw)
+        if kind == SEAL:
+            sealed = True
+            yield Record(kind, payload, raw, digest=before)
+        else:
+            yield Record(kind, payload, raw)
         index += 1
 
 
 def read_file(path: str | os.PathLike[str], magic: bytes) -> list[Record]:
+    """Every record of a framed file (a SEAL with its digest)."""
     try:
         with open(path, "rb") as f:
-            return list(read_records(f, magic, os.fspath(path)))
+            return list(read_records(f, magic, os.fspath(path), digest=True))
     except FileNotFoundError as err:
         raise ImageMissing(f"no image at {path}", path=os.fspath(path)) from err
 
@@ -268,15 +316,41 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def create_private(path: str | os.PathLike[str], *, replace_stale: bool = False) -> int:
+    """A new file at ``path``, mode 0600 whatever the umask, never through a symbolic
+    link and never an existing file (O_EXCL); with ``replace_stale`` an existing entry
+    (a file left by a killed cryo, or a link planted there) is removed first."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        if not replace_stale:
+            raise
+        os.unlink(path)  # (removes a link itself, never what it points to)
+        fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_private(path: str | os.PathLike[str], *, replace_stale: bool = False) -> IO[bytes]:
+    """:func:`create_private` as a buffered binary file."""
+    return os.fdopen(create_private(path, replace_stale=replace_stale), "wb")
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Write ``path`` through a temporary file: fsync, rename, fsync the directory.
+    """Write ``path`` through a temporary file (0600, see :func:`create_private`): fsync,
+    rename, fsync the directory.
 
     If the body raises, the temporary file is removed and ``path`` is untouched.
     """
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"
-    f = open(tmp, "wb")  # noqa: SIM115  (closed below on every path)
+    f = open_private(tmp, replace_stale=True)
     try:
         yield f
         f.flush()

@@ -1,9 +1,11 @@
 """Where an image goes: a directory (written atomically) or, later, a stream.
 
-A sink takes metadata records and blocks of page data; :meth:`commit` makes the image
-durable and visible at once, :meth:`abort` leaves no trace.  A directory image is
-``core.img`` (framed records) plus ``pages.img`` (a header page, then page blocks at
-4 KiB-aligned offsets, so that restore can map it and hand it to process_vm_writev).
+A sink takes metadata records, side files and blocks of page data; :meth:`commit` makes
+the image durable and visible at once, :meth:`abort` leaves no trace.  A directory image
+is ``core.img`` (framed records, sealed) plus ``pages.img`` (a header page, then page
+blocks at 4 KiB-aligned offsets, so that restore can map it and hand it to
+process_vm_writev) plus side files.  :class:`ImageWriter` is what the two directory
+sinks (:class:`DirSink` here, the store's ``VersionSink``) share.
 """
 
 from __future__ import annotations
@@ -13,105 +15,285 @@ import errno
 import os
 import shutil
 import struct
-from typing import Any, Protocol
+import tempfile
+from collections.abc import Callable
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
 from cryo.errors import CryoError, ImageExists
 from cryo.image import format as fmt
 from cryo.image import records as R
+from cryo.image import seal
 from cryo.linux import libc
 
 PAGE = 4096
 PAGES_HEADER = struct.Struct("<8sI")
+RESERVED = ("core.img", "pages.img", "pmap.img")
+Tag = tuple[str, int]  # ("pid", N) or ("obj", N): whose pages
+Runs = list[list[int]]  # [[address, length], ...]
 
 
 def is_image_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "core.img"))
 
 
+class Tracking(Protocol):
+    """A sink that knows the previous checkpoint (a store's version) and can take only
+    the pages written since then (docs/store.md)."""
+
+    def previous_records(self, kind: bytes) -> list[Any]: ...
+    def select(self, tag: Tag, present: Runs, written: Runs | None) -> Runs: ...
+    def inherit(self, tag: Tag, present: Runs, need: Runs) -> None: ...
+
+
 class Sink(Protocol):
     """Where a checkpoint goes: a directory (:class:`DirSink`), a version of a store, or
-    (later) a stream.  Called in this order: side_path/record any number of times,
-    write_block from the writer thread, record(PBLK) for each block, then commit; abort on
-    any failure, which must leave no trace."""
+    (later) a stream.  Called in this order: side_file/record any number of times,
+    write_block from the writer thread, record(PBLK) for each block, then commit; abort
+    on any failure, which must leave no trace.
+
+    ``wants_checksum``: the engine computes each block's checksum (while the processes
+    are frozen) and hands it to write_block; a sink that hashes pages itself says False.
+    ``tracking``: write tracking against a previous checkpoint, or None."""
 
     path: str
     stored_bytes: int
-    # optional: ``wants_checksum = False`` spares the reader the block checksums it would
-    # otherwise compute (while the processes are frozen) and hand to write_block
+    wants_checksum: bool
+    tracking: Tracking | None
 
-    def side_path(self, name: str) -> str: ...
+    def side_file(self, name: str) -> IO[bytes]: ...
+    def has_side(self, name: str) -> bool: ...
     def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None: ...
-    def write_block(self, data: memoryview, runs: list[list[int]],
+    def write_block(self, data: memoryview, runs: Runs,
                     csum: int | None = None) -> dict[str, Any]: ...  # fmt: skip
     def commit(self) -> None: ...
     def abort(self) -> None: ...
 
 
-def _remove_stale(path: str) -> None:
-    """Remove what a cryo killed half-way left beside ``path`` (``path.tmp.PID``)."""
-    parent, base = os.path.split(path)
-    for name in os.listdir(parent or "."):
-        head, _, pid = name.rpartition(".")
-        if head in (f"{base}.tmp", f"{base}.old") and pid.isdigit() \
-                and not os.path.exists(f"/proc/{pid}"):  # fmt: skip
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+class _SideFile:
+    """A side file being written: hashed as it goes, for its SIDE record (sealed)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.hash = fmt.content_hash()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = self._f.write(data)
+        self.hash.update(memoryview(data)[:n])
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def __enter__(self) -> _SideFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-class DirSink:
-    """Writes an image into ``<dir>.tmp.<pid>`` and renames it to ``dir`` on commit."""
+def side_record(name: str, size: int, digest: bytes) -> dict[str, Any]:
+    return {"name": name, "size": size, "digest": digest}
 
-    def __init__(self, path: str, *, force: bool = False, compress: bool = False,
-                 direct: bool = False) -> None:  # fmt: skip
-        self.path = os.path.abspath(path)
-        if os.path.exists(self.path):
-            if is_image_dir(self.path):
-                if not force:
-                    raise ImageExists(
-                        f"{self.path} already holds an image (use --force to replace it)",
-                        path=self.path,
-                    )
-            elif not os.path.isdir(self.path) or os.listdir(self.path):
-                raise ImageExists(f"{self.path} exists and is not an empty directory",
-                                  path=self.path)  # fmt: skip
-        parent = os.path.dirname(self.path)
-        if not os.path.isdir(parent):
-            raise CryoError(f"directory {parent} does not exist", path=parent)
-        _remove_stale(self.path)
-        self.tmp = f"{self.path}.tmp.{os.getpid()}"
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        os.mkdir(self.tmp, 0o700)
-        self.compress = compress
-        self._core = open(os.path.join(self.tmp, "core.img"), "wb")  # noqa: SIM115
-        self.core = fmt.RecordWriter(self._core, R.CORE_MAGIC)
-        self._pages_fd = os.open(os.path.join(self.tmp, "pages.img"),
-                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # fmt: skip
-        header = PAGES_HEADER.pack(R.PAGES_MAGIC, fmt.FORMAT_VERSION).ljust(PAGE, b"\0")
-        os.write(self._pages_fd, header)
-        # direct: page blocks (page-aligned buffers, page-aligned offsets) go to the disk
-        # without a copy into the page cache; faster to write, but a restart right after
-        # then reads them from the disk (docs/design.md has the figures)
-        self._direct_fd = -1
-        if direct and not compress:
-            try:
-                self._direct_fd = os.open(os.path.join(self.tmp, "pages.img"),
-                                          os.O_WRONLY | os.O_DIRECT)  # fmt: skip
-            except OSError:
-                self._direct_fd = -1
-        self.pages_off = PAGE
-        self.blocks = 0
+
+class ImageWriter:
+    """A directory being written: ``core.img`` (sealed with this host's key), ``pages.img``
+    (header page; page data written with O_DIRECT when asked and possible) and side
+    files, all 0600 in a 0700 directory ``tmp`` that the subclass publishes."""
+
+    wants_checksum = True
+    tracking: Tracking | None = None
+
+    def __init__(self, path: str, tmp: str, *, direct: bool) -> None:
+        self.path = path
+        self.tmp = tmp
         self.stored_bytes = 0
-        self._zstd = zstandard.ZstdCompressor(level=1) if compress else None
+        self._sides: dict[str, _SideFile] = {}
+        self._core_f = fmt.open_private(os.path.join(tmp, "core.img"))
+        self.core = fmt.RecordWriter(self._core_f, R.CORE_MAGIC, seal=seal.sealer())
+        pages = os.path.join(tmp, "pages.img")
+        self._pages_fd = fmt.create_private(pages)
+        os.write(self._pages_fd,
+                 PAGES_HEADER.pack(R.PAGES_MAGIC, fmt.FORMAT_VERSION).ljust(PAGE, b"\0"))
+        # direct: page data goes to the disk without a copy into the page cache; faster
+        # to write, but a restart right after then reads it from the disk (docs/design.md)
+        self._direct_fd = -1
+        if direct:
+            with contextlib.suppress(OSError):
+                self._direct_fd = os.open(pages, os.O_WRONLY | os.O_DIRECT | os.O_NOFOLLOW)
 
-    def side_path(self, name: str) -> str:
-        """Where a resource module may write a file of its own into the image."""
+    # -- the Sink protocol (shared part) -------------------------------------------
+
+    def side_file(self, name: str) -> IO[bytes]:
+        """A new file of a resource module's own in the image (fsync'd at commit)."""
+        if not name or "/" in name or name.startswith(".") or name in RESERVED \
+                or name in self._sides:  # fmt: skip
+            raise CryoError(f"bad or repeated side file name {name!r}")
+        f = _SideFile(fmt.open_private(os.path.join(self.tmp, name)))
+        self._sides[name] = f
+        return cast("IO[bytes]", f)  # (a file as far as its writers care)
+
+    def has_side(self, name: str) -> bool:
+        return name in self._sides
+
+    def side_path(self, name: str) -> str:  # (deprecated: side_file)
         return os.path.join(self.tmp, name)
 
     def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None:
         self.core.write(kind, payload, raw=raw)
 
-    def write_block(self, data: memoryview, runs: list[list[int]],
+    # -- for the subclasses --------------------------------------------------------
+
+    def _write_pages(self, iov: list[memoryview], pos: int) -> None:
+        """Write ``iov`` at ``pos`` of pages.img (O_DIRECT if open and the filesystem
+        takes it, else through the page cache, starting its writeback at once)."""
+        first = pos
+        for i in range(0, len(iov), libc.IOV_MAX):
+            chunk = iov[i : i + libc.IOV_MAX]
+            want = sum(len(c) for c in chunk)
+            done = 0
+            while done < want:
+                fd = self._direct_fd if self._direct_fd >= 0 else self._pages_fd
+                try:
+                    n = os.pwritev(fd, _skip(chunk, done), pos + done)
+                except OSError as err:
+                    if fd != self._direct_fd or err.errno != errno.EINVAL:
+                        raise
+                    self._close_direct()  # unaligned (a padded partial page), or the
+                    continue  # filesystem refuses O_DIRECT: the page cache then
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write to pages.img")
+                done += n
+            pos += want
+        if self._direct_fd < 0:  # start writeback now; the fsync at commit waits less
+            libc.sync_file_range(self._pages_fd, first, pos - first)
+
+    def _finish(self, pages_size: int, before_seal: Callable[[], None] | None = None) -> None:
+        """Everything durable in ``tmp``: SIDE records, core.img sealed, pages.img cut to
+        ``pages_size``, side files, the directory itself."""
+        for name, f in self._sides.items():
+            if not f.closed:
+                f.close()
+            self.core.write(b"SIDE", side_record(name, f.size, f.hash.digest()))
+        if before_seal is not None:
+            before_seal()
+        self.core.close()
+        self._core_f.flush()
+        os.fsync(self._core_f.fileno())
+        self._core_f.close()
+        if self._direct_fd >= 0:
+            os.fsync(self._direct_fd)
+            self._close_direct()
+        os.ftruncate(self._pages_fd, pages_size)
+        os.fsync(self._pages_fd)
+        os.close(self._pages_fd)
+        self._pages_fd = -1
+        for name in self._sides:
+            fd = os.open(os.path.join(self.tmp, name), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fmt.fsync_dir(self.tmp)
+
+    def _close_direct(self) -> None:
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
+
+    def _discard(self) -> None:
+        """Close everything and remove ``tmp`` (abort)."""
+        for f in self._sides.values():
+            with contextlib.suppress(OSError):
+                f.close()
+        with contextlib.suppress(OSError):
+            self._core_f.close()
+        if self._pages_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._pages_fd)
+            self._pages_fd = -1
+        self._close_direct()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _skip(chunk: list[memoryview], n: int) -> list[memoryview]:
+    """``chunk`` without its first ``n`` bytes (after a short write)."""
+    out = []
+    for c in chunk:
+        if n >= len(c):
+            n -= len(c)
+            continue
+        out.append(c[n:])
+        n = 0
+    return out
+
+
+def _remove_stale(path: str) -> None:
+    """Remove what a cryo killed half-way left beside ``path`` (``path.tmp.PID.XXX``,
+    ``path.old.PID``)."""
+    parent, base = os.path.split(path)
+    for name in os.listdir(parent or "."):
+        for what in ("tmp", "old"):
+            prefix = f"{base}.{what}."
+            if not name.startswith(prefix):
+                continue
+            pid = name[len(prefix) :].split(".")[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                full = os.path.join(parent, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full, ignore_errors=True)
+
+
+class DirSink(ImageWriter):
+    """Writes an image into ``<dir>.tmp.<pid>.<random>`` (mkdtemp) and renames it to
+    ``dir`` on commit."""
+
+    def __init__(self, path: str, *, force: bool = False, compress: bool = False,
+                 direct: bool = False) -> None:  # fmt: skip
+        path = os.path.abspath(path)
+        if os.path.lexists(path):
+            if os.path.islink(path):
+                raise ImageExists(f"{path} is a symbolic link", path=path)
+            if is_image_dir(path):
+                if not force:
+                    raise ImageExists(
+                        f"{path} already holds an image (use --force to replace it)",
+                        path=path,
+                    )
+            elif not os.path.isdir(path) or os.listdir(path):
+                raise ImageExists(f"{path} exists and is not an empty directory",
+                                  path=path)  # fmt: skip
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise CryoError(f"directory {parent} does not exist", path=parent)
+        _remove_stale(path)
+        tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(path)}.tmp.{os.getpid()}.",
+                               dir=parent)  # fmt: skip
+        try:
+            os.chmod(tmp, 0o700)
+            super().__init__(path, tmp, direct=direct and not compress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.compress = compress
+        self.pages_off = PAGE
+        self.blocks = 0
+        self._zstd = zstandard.ZstdCompressor(level=1) if compress else None
+
+    def write_block(self, data: memoryview, runs: Runs,
                     csum: int | None = None) -> dict[str, Any]:  # fmt: skip
         """Store one block of page data; called from the writer thread.  Returns its PBLK.
 
@@ -126,21 +308,7 @@ class DirSink:
             if csum is None:
                 csum = fmt.checksum(stored)
         off = self.pages_off
-        fd = self._direct_fd if self._direct_fd >= 0 else self._pages_fd
-        view = memoryview(stored)
-        while view:
-            try:
-                n = os.pwrite(fd, view, off + (len(stored) - len(view)))
-            except OSError as err:
-                if fd != self._direct_fd or err.errno != errno.EINVAL:
-                    raise
-                fd = self._pages_fd  # the filesystem refuses O_DIRECT after all
-                self._close_direct()
-                continue
-            view = view[n:]
-        if fd == self._pages_fd:
-            # start the writeback now, so that it overlaps the copying of the next blocks
-            libc.sync_file_range(self._pages_fd, off, len(stored))
+        self._write_pages([memoryview(stored)], off)
         self.pages_off = off + (len(stored) + PAGE - 1) // PAGE * PAGE
         self.stored_bytes += len(stored)
         meta = {"index": self.blocks, "offset": off, "stored": len(stored), "raw": raw_len,
@@ -149,17 +317,7 @@ class DirSink:
         return meta
 
     def commit(self) -> None:
-        self.core.close()
-        self._core.flush()
-        os.fsync(self._core.fileno())
-        self._core.close()
-        if self._direct_fd >= 0:
-            os.fsync(self._direct_fd)
-            self._close_direct()
-        os.ftruncate(self._pages_fd, self.pages_off)
-        os.fsync(self._pages_fd)
-        os.close(self._pages_fd)
-        fmt.fsync_dir(self.tmp)
+        self._finish(self.pages_off)
         old = None
         if os.path.exists(self.path):
             old = f"{self.path}.old.{os.getpid()}"
@@ -169,13 +327,5 @@ class DirSink:
         if old:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _close_direct(self) -> None:
-        if self._direct_fd >= 0:
-            os.close(self._direct_fd)
-            self._direct_fd = -1
-
     def abort(self) -> None:
-        for close in (self._core.close, lambda: os.close(self._pages_fd), self._close_direct):
-            with contextlib.suppress(OSError):
-                close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._discard()

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from cryo.errors import CryoError, ImageCorrupt, ImageIncompatible, ImageMissing
 from cryo.image import format as fmt
+from cryo.image import seal
 from cryo.store import pages as P
 
 STORE_MAGIC = b"CRYOSTOR"
@@ -89,7 +90,7 @@ class Store:
         # written aside, then linked into place: two first checkpoints racing agree on
         # one seed (link fails for the second, which reads the first's)
         tmp = f"{marker}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with fmt.open_private(tmp, replace_stale=True) as f:
             w = fmt.RecordWriter(f, STORE_MAGIC)
             w.write(STOR, {"format": STORE_FORMAT, "created": time.time(),
                            "seed": secrets.randbits(64)})  # fmt: skip
@@ -274,6 +275,7 @@ class VersionMeta:
     info: dict[str, Any]
     units: list[Unit] = field(default_factory=list)
     files: dict[int, FileMeta] = field(default_factory=dict)
+    records: list[fmt.Record] = field(default_factory=list)  # as read (its SEAL: trust)
 
     @property
     def retired(self) -> bool:
@@ -305,7 +307,7 @@ class VersionMeta:
             version = int(info["version"])
             if name != f"v{version}":
                 raise ValueError(f"it says version {version}")
-            meta = cls(vdir, version, info)
+            meta = cls(vdir, version, info, records=recs)
             declared = {int(f[0]): (str(f[1]), int(f[2])) for f in info["files"]}
             for rec in recs[1:]:
                 p = rec.payload
@@ -340,8 +342,8 @@ class VersionMeta:
         self.info["files"] = [[f.id, f.name, f.pages] for f in sorted(self.files.values(),
                                                                       key=lambda f: f.id)]
         path = os.path.join(self.path, "pmap.img")
-        with fmt.atomic_file(path) if atomic else open(path, "wb") as f:
-            w = fmt.RecordWriter(f, PMAP_MAGIC)
+        with fmt.atomic_file(path) if atomic else fmt.open_private(path) as f:
+            w = fmt.RecordWriter(f, PMAP_MAGIC, seal=seal.sealer())
             w.write(VERS, self.info)
             for u in self.units:
                 w.write(PMAP, u.record())

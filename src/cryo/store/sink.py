@@ -17,22 +17,20 @@ were, and its remains are removed by the next checkpoint.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from cryo.errors import InternalError
 from cryo.image import format as fmt
 from cryo.image import records as R
-from cryo.image.sink import PAGES_HEADER
-from cryo.linux import libc
+from cryo.image.sink import ImageWriter, Tag, Tracking
 from cryo.store import pages as P
 from cryo.store.layout import App, FileMeta, HashTable, Sources, Unit, VersionMeta
 
@@ -51,7 +49,6 @@ class _Block:
     off: P.I64
 
 
-Tag = tuple[str, int]  # ("pid", N) or ("obj", N)
 
 
 def load_previous(app: App, version: int) -> dict[Tag, HashTable]:
@@ -65,7 +62,7 @@ def load_previous(app: App, version: int) -> dict[Tag, HashTable]:
     return out
 
 
-class VersionSink:
+class VersionSink(ImageWriter):
     """Writes version ``version`` of ``app``; ``previous`` are the page maps (with hashes)
     of the version it is compared with (none: a full version)."""
 
@@ -75,26 +72,21 @@ class VersionSink:
                  *, parent: int | None = None, direct: bool = True) -> None:  # fmt: skip
         self.app = app
         self.version = version
-        self.path = app.vdir(version)
-        self.stored_bytes = 0
         self.seed = app.store.seed
         self._zero = P.zero_hash(self.seed)
         self._prev = previous or {}
         self._parent = parent if previous is not None else None
         self._key = P.key(version, 0)
-        self.tmp = os.path.join(app.path, f".v{version}.tmp.{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        os.mkdir(self.tmp, 0o700)
-        self._core_f = open(os.path.join(self.tmp, "core.img"), "wb")  # noqa: SIM115
-        self._core = fmt.RecordWriter(self._core_f, R.CORE_MAGIC)
-        pages_path = os.path.join(self.tmp, "pages.img")
-        self._fd = os.open(pages_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        header = PAGES_HEADER.pack(R.PAGES_MAGIC, fmt.FORMAT_VERSION).ljust(P.PAGE, b"\0")
-        os.write(self._fd, header)
-        self._direct = -1
-        if direct:
-            with contextlib.suppress(OSError):
-                self._direct = os.open(pages_path, os.O_WRONLY | os.O_DIRECT)
+        tmp = os.path.join(app.path, f".v{version}.tmp.{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o700)
+        try:
+            os.chmod(tmp, 0o700)
+            super().__init__(app.vdir(version), tmp, direct=direct)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.tracking: Tracking | None = self
         self._stored_pages = 0  # pages in pages.img
         self._blocks: list[_Block] = []
         self._file_hashes: list[P.U64] = []
@@ -110,9 +102,6 @@ class VersionSink:
 
     # -- the Sink protocol ---------------------------------------------------------
 
-    def side_path(self, name: str) -> str:
-        return os.path.join(self.tmp, name)
-
     def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None:
         if kind == R.PBLK:  # the engine's account of a block we stored: whose it is
             self._assign(payload)
@@ -121,7 +110,7 @@ class VersionSink:
             self._root = int(payload["root_pid"])
         if kind == b"SHMO" and isinstance(payload, dict):
             self._sizes = {int(o["id"]): int(o["size"]) for o in payload.get("objs", [])}
-        self._core.write(kind, payload, raw=raw)
+        super().record(kind, payload, raw=raw)
 
     def write_block(self, data: memoryview, runs: list[list[int]],
                     csum: int | None = None) -> dict[str, Any]:  # fmt: skip
@@ -238,26 +227,7 @@ class VersionSink:
         meta.files[0] = FileMeta(0, "pages.img", self._stored_pages, hashes, layout,
                                  self._chunks.finish())
         meta.write(atomic=False)  # (the whole directory is published at once)
-        self._core.close()
-        self._core_f.flush()
-        os.fsync(self._core_f.fileno())
-        self._core_f.close()
-        if self._direct >= 0:
-            os.fsync(self._direct)
-            os.close(self._direct)
-            self._direct = -1
-        os.ftruncate(self._fd, P.data_offset(self._stored_pages))
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        for name in os.listdir(self.tmp):  # side files the engine wrote
-            if name not in ("core.img", "pages.img", "pmap.img"):
-                fd = os.open(os.path.join(self.tmp, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        fmt.fsync_dir(self.tmp)
+        self._finish(P.data_offset(self._stored_pages))
         os.rename(self.tmp, self.path)  # the version exists from here on
         fmt.fsync_dir(self.app.path)
         self.stored_bytes = sum(os.path.getsize(os.path.join(self.path, n))
@@ -266,14 +236,7 @@ class VersionSink:
     def abort(self) -> None:
         with contextlib.suppress(BaseException):
             self._shutdown()
-        for fd in (self._fd, self._direct):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._fd = self._direct = -1
-        with contextlib.suppress(OSError):
-            self._core_f.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._discard()
 
     # -- for the engine's write tracking (docs/store.md) ---------------------------
 
@@ -328,27 +291,7 @@ class VersionSink:
         can); feeds the chunk checksums, so calls must come in file order."""
         for piece in iov:
             self._chunks.add(piece)
-        first = pos
-        for i in range(0, len(iov), libc.IOV_MAX):
-            chunk = iov[i : i + libc.IOV_MAX]
-            want = sum(len(c) for c in chunk)
-            done = 0
-            while done < want:
-                fd = self._direct if self._direct >= 0 else self._fd
-                try:
-                    n = os.pwritev(fd, _skip(chunk, done), pos + done)
-                except OSError as err:
-                    if fd != self._direct or err.errno != errno.EINVAL:
-                        raise
-                    os.close(self._direct)  # unaligned (a padded partial page), or the
-                    self._direct = -1  # filesystem refuses O_DIRECT: the page cache
-                    continue
-                if n <= 0:
-                    raise OSError(errno.EIO, "short write to pages.img")
-                done += n
-            pos += want
-        if self._direct < 0:  # start writeback now; the fsync at commit waits less
-            libc.sync_file_range(self._fd, first, pos - first)
+        self._write_pages(iov, pos)
 
     def _assign(self, meta: dict[str, Any]) -> None:
         """A PBLK of the engine: block ``index`` belongs to its pid (or object)."""
@@ -386,18 +329,6 @@ class VersionSink:
         return units
 
 
-def _skip(chunk: list[memoryview], n: int) -> list[memoryview]:
-    """``chunk`` without its first ``n`` bytes (after a short write)."""
-    out = []
-    for c in chunk:
-        if n >= len(c):
-            n -= len(c)
-            continue
-        out.append(c[n:])
-        n = 0
-    return out
-
-
 def _whole_pages(data: memoryview, runs: list[list[int]]
                  ) -> tuple[memoryview, list[list[int]]]:  # fmt: skip
     """Page data and runs in whole pages.  The last run of a shared object may end
@@ -424,12 +355,21 @@ class Untracked:
     """A version sink without the write-tracking calls: the engine reads every page and
     the sink compares them all by hash (and nothing is armed for the next version)."""
 
+    wants_checksum = False
+    tracking: Tracking | None = None
+
     def __init__(self, sink: VersionSink) -> None:
         self._sink = sink
         self.path = sink.path
         self.stored_bytes = 0
 
-    def side_path(self, name: str) -> str:
+    def side_file(self, name: str) -> IO[bytes]:
+        return self._sink.side_file(name)
+
+    def has_side(self, name: str) -> bool:
+        return self._sink.has_side(name)
+
+    def side_path(self, name: str) -> str:  # (deprecated: side_file)
         return self._sink.side_path(name)
 
     def record(self, kind: bytes, payload: Any, *, raw: bool = False) -> None:

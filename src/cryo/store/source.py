@@ -11,17 +11,16 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import platform
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from cryo.errors import ImageCorrupt, ImageIncompatible, ImageMissing
+from cryo.errors import ImageCorrupt
 from cryo.image import format as fmt
 from cryo.image import records as R
+from cryo.image.reader import ImageReader, open_nofollow, pages_header_ok, pread_full, run_parallel
 from cryo.image.sink import PAGES_HEADER
 from cryo.store import pages as P
 from cryo.store.layout import App, FileMeta, Sources
@@ -31,34 +30,20 @@ GATHER = 16384  # pages per gathered block (64 MiB)
 VERIFY_CHUNKS = 64  # chunks per read when verifying (16 MiB)
 
 
-class VersionImage:
+class VersionImage(ImageReader):
     """Version ``version`` of ``app``, checked and planned; ``lock`` (a context manager
     already entered, or None) is left once the pages are verified and mapped."""
+
+    what = "store version"
 
     def __init__(self, app: App, version: int,
                  lock: contextlib.AbstractContextManager[None] | None = None) -> None:  # fmt: skip
         self.app = app
         self.version = version
-        self.path = app.vdir(version)
         self._lock = lock
         self._maps: dict[int, mmap.mmap] = {}
         self._zeros: list[mmap.mmap] = []
-        core = os.path.join(self.path, "core.img")
-        if not os.path.exists(core):
-            raise ImageMissing(f"application {app.name!r} has no version {version}",
-                               path=self.path)  # fmt: skip
-        self.records: dict[bytes, list[Any]] = defaultdict(list)
-        for rec in fmt.read_file(core, R.CORE_MAGIC):
-            self.records[rec.kind].append(rec.payload)
-        heads = self.records.get(R.HEAD)
-        if not heads:
-            raise ImageCorrupt(f"store version {self.path} is corrupt: no HEAD record",
-                               path=self.path)  # fmt: skip
-        self.head: dict[str, Any] = heads[0]
-        if self.head.get("arch") != platform.machine():
-            raise ImageIncompatible(f"store version {self.path} is for {self.head.get('arch')},"
-                                    f" this machine is {platform.machine()}",
-                                    path=self.path)  # fmt: skip
+        super().__init__(app.vdir(version), f"application {app.name!r} has no version {version}")
         self.sources = Sources(app)
         meta = self.sources.meta(version)
         self.blocks: list[dict[str, Any]] = []
@@ -97,10 +82,13 @@ class VersionImage:
             # a fresh private file mapping holds the file's bytes, not zeros
             mm = self.one(R.MM, tag[1])
             inside = np.zeros(len(plan.zero), dtype=bool)
-            for v in mm["vmas"]:
-                if v["kind"] == "file":
-                    s, e = v["start"] >> P.SHIFT, v["end"] >> P.SHIFT
-                    inside |= (plan.zero >= s) & (plan.zero < e)
+            try:
+                for v in mm["vmas"]:
+                    if v["kind"] == "file":
+                        s, e = int(v["start"]) >> P.SHIFT, int(v["end"]) >> P.SHIFT
+                        inside |= (plan.zero >= s) & (plan.zero < e)
+            except (KeyError, TypeError, ValueError) as err:  # (the schema says more, later)
+                raise self.corrupt(f"MM record of pid {tag[1]}: {err!r}") from err
             zero = np.union1d(zero, plan.zero[inside])
         if len(zero):
             self._add(base, P.page_runs(zero), zero=True)
@@ -112,19 +100,17 @@ class VersionImage:
 
     # -- the ImageSource protocol --------------------------------------------------
 
-    def one(self, kind: bytes, pid: int) -> dict[str, Any]:
-        for payload in self.records.get(kind, []):
-            if payload.get("pid") == pid:
-                return dict(payload)
-        raise ImageCorrupt(f"store version {self.path} is corrupt: no"
-                           f" {kind.decode().strip()} record for pid {pid}",
-                           path=self.path)  # fmt: skip
+    def sealed_files(self) -> list[tuple[str, list[fmt.Record]]]:
+        """core.img, and the pmap.img of this version and of every version whose page
+        files it reads (their page hashes are what its pages are checked against)."""
+        return [*super().sealed_files(),
+                *((os.path.join(m.path, "pmap.img"), m.records)
+                  for m in self.sources.metas.values())]  # fmt: skip
 
-    def raw(self, kind: bytes) -> list[Any]:
-        return list(self.records.get(kind, []))
-
-    def side_path(self, name: str) -> str:
-        return os.path.join(self.path, name)
+    def owner_files(self) -> list[str]:
+        return [*super().owner_files(),
+                *(os.path.join(m.path, "pmap.img") for m in self.sources.metas.values()),
+                *(self.sources.path(k) for k in self._used)]  # fmt: skip
 
     def verify(self, threads: int = 2) -> None:
         """Check the hash of every page a block will write, from every file; then map
@@ -139,9 +125,8 @@ class VersionImage:
             bad = check_chunks(jobs, self.app.store.seed, threads)
             if bad:
                 k, where = bad[0]
-                raise ImageCorrupt(f"store version {self.path} is corrupt: {where} of"
-                                   f" {self.sources.path(k)} do not match their checksum",
-                                   path=self.sources.path(k))  # fmt: skip
+                raise self.corrupt(f"{where} of {self.sources.path(k)} do not match their"
+                                   " checksum", path=self.sources.path(k))  # fmt: skip
             for k, fd in fds.items():
                 size = os.fstat(fd).st_size
                 # private and writable, never written: ctypes can take its address
@@ -171,9 +156,10 @@ class VersionImage:
             zeros = mmap.mmap(-1, max(b["raw"], P.PAGE), flags=mmap.MAP_PRIVATE)
             self._zeros.append(zeros)
             return zeros, 0
-        raise ImageCorrupt(f"store version {self.path}: a block of unknown kind")
+        raise self.corrupt("a block of unknown kind")
 
     def close(self) -> None:
+        self._close_sides()
         for m in [*self._maps.values(), *self._zeros]:
             with contextlib.suppress(BufferError):
                 m.close()
@@ -192,10 +178,9 @@ class VersionImage:
         path = self.sources.path(k)
         fm = self.sources.file(k)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_nofollow(path)
         except FileNotFoundError as err:
-            raise ImageCorrupt(f"store version {self.path} is corrupt: {path} is missing",
-                               path=path) from err  # fmt: skip
+            raise self.corrupt(f"{path} is missing", path=path) from err
         try:
             check_page_file(fd, path, fm.pages)
         except BaseException:
@@ -237,7 +222,7 @@ def check_chunks(jobs: list[Job], seed: int, threads: int = 2, *, pages: bool = 
                 fd, fm, tag, c0, nc = work.pop()
             p0, p1 = c0 * P.CHUNK, min((c0 + nc) * P.CHUNK, fm.pages)
             view = memoryview(buf)[: (p1 - p0) * P.PAGE]
-            got = _pread_full(fd, view, P.data_offset(p0))
+            got = pread_full(fd, view, P.data_offset(p0))
             if got != len(view):
                 bad.append((tag, f"page {p0 + got // P.PAGE} (truncated)"))
                 continue
@@ -251,14 +236,7 @@ def check_chunks(jobs: list[Job], seed: int, threads: int = 2, *, pages: bool = 
                 first = p0 + int(diff[0]) * P.CHUNK
                 bad.append((tag, f"pages {first}-{min(first + P.CHUNK, fm.pages) - 1}"))
 
-    pool = [threading.Thread(target=run) for _ in range(threads - 1)]
-    for t in pool:
-        t.start()
-    try:
-        run()
-    finally:
-        for t in pool:
-            t.join()
+    run_parallel(lambda _k: run(), threads)
     return sorted(bad)
 
 
@@ -268,17 +246,5 @@ def check_page_file(fd: int, path: str, pages: int) -> None:
     if size != P.data_offset(pages):
         raise ImageCorrupt(f"{path} is corrupt: {size} bytes, not {P.data_offset(pages)}",
                            path=path)  # fmt: skip
-    head = os.pread(fd, PAGES_HEADER.size, 0)
-    if len(head) != PAGES_HEADER.size or PAGES_HEADER.unpack(head) != (R.PAGES_MAGIC,
-                                                                      fmt.FORMAT_VERSION):
+    if not pages_header_ok(os.pread(fd, PAGES_HEADER.size, 0)):
         raise ImageCorrupt(f"{path} is corrupt: bad header", path=path)
-
-
-def _pread_full(fd: int, view: memoryview, offset: int) -> int:
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if n <= 0:
-            break
-        got += n
-    return got
