@@ -76,3 +76,44 @@ def test_aio_ring_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert "AIO ring (io_setup)" in r.stderr
     assert not (tmp_path / "img").exists()
     untouched(v)
+
+
+@pytest.fixture
+def hugepages() -> Any:
+    """A few 2 MiB huge pages for the test; the pool is put back as it was."""
+    knob = Path("/proc/sys/vm/nr_hugepages")
+    old = knob.read_text()
+
+    def resize(n: int) -> None:
+        knob.write_text(str(n))
+        if int(knob.read_text()) < n:
+            pytest.skip(f"cannot get {n} huge pages")
+
+    yield resize
+    knob.write_text(old)
+
+
+def test_hugetlb_mappings_survive(procs: Procs, build: Any, tmp_path: Path,
+                                  hugepages: Any) -> None:  # fmt: skip
+    """MAP_HUGETLB private (one huge page touched of two) and shared, a hugetlb memfd."""
+    hugepages(8)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("mapkinds"), str(out), "hugetlb"], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_hugetlb_restart_refused_without_pool(procs: Procs, build: Any, tmp_path: Path,
+                                              hugepages: Any) -> None:  # fmt: skip
+    """With no huge pages left at restart, a clear error before anything is created."""
+    hugepages(8)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("mapkinds"), str(out), "hugetlb"], out)
+    v.wait_ok_after(1)
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    hugepages(0)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"))
+    assert r.returncode == 1, r.stderr
+    assert "huge pages of 2048 kB" in r.stderr, r.stderr

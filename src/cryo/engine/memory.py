@@ -32,7 +32,16 @@ from cryo.image.format import checksum
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import MAP, MREMAP, PAGE_IS, PAGE_SIZE, PR, PR_SET_MM_MAP, PROT, SYS
-from cryo.linux.mm import MADV, MAPX, MCL, MLOCK, PR_SET_MEMORY_MERGE, SYSX
+from cryo.linux.mm import (
+    MADV,
+    MAPX,
+    MCL,
+    MLOCK,
+    PR_SET_MEMORY_MERGE,
+    SYSX,
+    huge_flag,
+    hugepages_available,
+)
 
 log = logging.getLogger(__name__)
 KIND = b"MM  "
@@ -129,6 +138,8 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
             if kind in ("file", "shared-file"):
                 fst = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
                 ent["file"] = [fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns]
+            if "ht" in v.flags:  # hugetlb: its page size, to map it again as such
+                ent["hugetlb"] = v.page_size
             if "gu" in v.flags:  # a mapping that may hold guard pages (PTE markers)
                 ent["guards"] = _guards(pm, v.start, v.end)
             if kind in ("anon", "file") or (kind == "shmem" and not v.shared):
@@ -405,6 +416,7 @@ def own_specials() -> dict[str, int]:
 
 
 def check(rec: dict[str, Any]) -> None:
+    check_hugepages(_hugetlb_private(rec))
     here = own_specials()
     for v in rec["vmas"]:
         if v["kind"] == "special" and here.get(v["path"]) != v["end"] - v["start"]:
@@ -412,6 +424,28 @@ def check(rec: dict[str, Any]) -> None:
                 f"the image's {v['path']} is {v['end'] - v['start']} bytes, this kernel's is"
                 f" {here.get(v['path'])}: restoring on another kernel is not supported yet"
             )
+
+
+def _hugetlb_private(rec: dict[str, Any]) -> dict[int, int]:
+    """Huge pages, by size, that the private hugetlb mappings of a process reserve."""
+    need: dict[int, int] = {}
+    for v in rec["vmas"]:
+        size = v.get("hugetlb")
+        if size and v["kind"] == "anon" and "nr" not in v["flags"]:
+            need[size] = need.get(size, 0) + (v["end"] - v["start"]) // size
+    return need
+
+
+def check_hugepages(need: dict[int, int]) -> None:
+    """Refuse a restart for which this machine's huge page pool is too small, before
+    anything is created."""
+    for size, n in need.items():
+        have = hugepages_available(size)
+        if n > have:
+            raise CryoError(f"the image needs {n} huge pages of {size >> 10} kB and {have}"
+                            " are free here (raise /proc/sys/vm/nr_hugepages or"
+                            f" /sys/kernel/mm/hugepages/hugepages-{size >> 10}kB/nr_hugepages)",
+                            resource="hugetlb")  # fmt: skip
 
 
 def free_area(*layouts: list[tuple[int, int]], size: int, low: int = 0x10000000) -> int:
@@ -506,6 +540,8 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
                 flags |= MAP.ANONYMOUS
                 if "gd" in v["flags"]:
                     flags |= MAP.GROWSDOWN
+                if v.get("hugetlb"):
+                    flags |= huge_flag(v["hugetlb"])
                 inj(SYS.mmap, v["start"], size, prot, flags, -1, 0)
             for flag in vflags:
                 if flag in _MADVISE:

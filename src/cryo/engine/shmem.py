@@ -20,6 +20,7 @@ from typing import Any
 
 from cryo.errors import CryoError
 from cryo.linux import libc
+from cryo.linux.mm import MAP_HUGE_SHIFT, MFD_HUGETLB, huge_flag, hugepages_available
 
 log = logging.getLogger(__name__)
 KIND = b"SHMO"
@@ -30,7 +31,9 @@ def kind_of(path: str, shared: bool) -> str | None:
     """Which kind of shared object a VMA maps, if any."""
     if not shared:
         return None
-    if path in ("", "/dev/zero (deleted)") or path.startswith("[anon_shmem:"):
+    if path in ("", "/dev/zero (deleted)", "/anon_hugepage (deleted)") or path.startswith(
+        "[anon_shmem:"
+    ):
         return "anon"
     if path.startswith("/memfd:"):
         return "memfd"
@@ -60,7 +63,8 @@ class Objects:
             self.objs.append({"id": len(self.objs), "kind": kind, "size": st.st_size,
                               "mode": st.st_mode & 0o7777, "name": vma.path,
                               "dev": st.st_dev, "ino": st.st_ino,
-                              "where": [pid, vma.start, vma.end]})  # fmt: skip
+                              "where": [pid, vma.start, vma.end],
+                              "huge": vma.page_size if "ht" in vma.flags else 0})  # fmt: skip
         return self.by_key[key]
 
     def stat(self, obj_id: int) -> list[int]:
@@ -98,27 +102,47 @@ class Made:
 
     fds: dict[int, int] = field(default_factory=dict)
     maps: list[mmap.mmap] = field(default_factory=list)
+    # hugetlb objects are filled through a mapping (hugetlbfs has no write())
+    views: dict[int, mmap.mmap] = field(default_factory=dict)
 
     def close(self) -> None:
         for fd in self.fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
-        for m in self.maps:
-            m.close()
+        for m in [*self.maps, *self.views.values()]:
+            with contextlib.suppress(BufferError, ValueError):
+                m.close()
         self.maps.clear()
+        self.views.clear()
 
 
 def make_all(rec: dict[str, Any], base: int) -> Made:
     made = Made()
+    need: dict[int, int] = {}
+    for obj in rec["objs"]:
+        if obj.get("huge"):
+            need[obj["huge"]] = need.get(obj["huge"], 0) + -(-obj["size"] // obj["huge"])
+    _check_hugepages(need)
     try:
         for obj in rec["objs"]:
             fd = _make(obj, made)
             made.fds[obj["id"]] = _high(fd, base)
+            if obj.get("huge") and obj["id"] not in made.views:
+                made.views[obj["id"]] = mmap.mmap(made.fds[obj["id"]], obj["size"])
     except BaseException:
         made.close()
         raise
     return made
+
+
+def _check_hugepages(need: dict[int, int]) -> None:
+    for size, n in need.items():
+        have = hugepages_available(size)
+        if n > have:
+            raise CryoError(f"the image's shared hugetlb objects need {n} huge pages of"
+                            f" {size >> 10} kB and {have} are free here (raise"
+                            " /proc/sys/vm/nr_hugepages)", resource="hugetlb")  # fmt: skip
 
 
 def _high(fd: int, base: int) -> int:
@@ -131,15 +155,20 @@ def _high(fd: int, base: int) -> int:
 
 def _make(obj: dict[str, Any], made: Made) -> int:
     size = obj["size"]
+    huge = obj.get("huge", 0)
     if obj["kind"] == "anon":
         # an anonymous shared mapping of our own; its map_files entry is the object
-        m = mmap.mmap(-1, max(size, mmap.PAGESIZE))
+        m = mmap.mmap(-1, max(size, mmap.PAGESIZE),
+                      flags=mmap.MAP_SHARED | (huge_flag(huge) if huge else 0))  # fmt: skip
         made.maps.append(m)
+        if huge:
+            made.views[obj["id"]] = m
         addr = libc.buffer_address(m)
         return os.open(f"/proc/self/map_files/{addr:x}-{addr + len(m):x}", os.O_RDWR)
     if obj["kind"] == "memfd":
         name = obj["name"].removeprefix("/memfd:").removesuffix(" (deleted)")
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | (
+            MFD_HUGETLB | ((huge.bit_length() - 1) << MAP_HUGE_SHIFT) if huge else 0))
         os.ftruncate(fd, size)
         return fd
     path = obj["name"].removesuffix(" (deleted)")
@@ -161,6 +190,16 @@ def fill(made: Made, obj_id: int, buf: Any, offset: int, runs: list[list[int]]) 
     fd = made.fds[obj_id]
     view = memoryview(buf)
     pos = offset
+    if obj_id in made.views:  # hugetlb: through our mapping, leaving zero pages alone
+        dest = made.views[obj_id]
+        for start, length in runs:
+            for off in range(0, length, mmap.PAGESIZE):  # a fresh page is zero already
+                n = min(mmap.PAGESIZE, length - off)
+                chunk = view[pos + off : pos + off + n]
+                if bytes(chunk).count(0) != n:
+                    dest[start + off : start + off + n] = chunk
+            pos += length
+        return pos - offset
     for start, length in runs:
         chunk, at = view[pos : pos + length], start
         while chunk:

@@ -91,3 +91,15 @@ def pagemap_entries(fd: int, start: int, end: int, page: int = 4096) -> list[int
         off += take * 8
         n -= take
     return out
+
+
+def hugepages_available(page_size: int) -> int:
+    """Huge pages of ``page_size`` that a new mapping may still reserve here."""
+    base = f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB"
+    try:
+        with open(f"{base}/free_hugepages") as f:
+            free = int(f.read())
+        with open(f"{base}/resv_hugepages") as f:
+            return free - int(f.read())
+    except OSError:  # no pool of this size
+        return 0
