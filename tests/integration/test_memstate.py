@@ -13,6 +13,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
+from cryo.engine.show import describe
 from tests.conftest import Procs, Victim, reap, run_cryo
 
 
@@ -48,6 +49,12 @@ def test_madvise_state_survives(procs: Procs, build: Any, tmp_path: Path, mode: 
     v.wait_ok_after(1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+    # `cryo show` names the state of each mapping
+    states = {s for m in describe(str(tmp_path / "img"))["processes"][0]["mappings"]
+              for s in m["state"]}  # fmt: skip
+    assert {"dontfork", "wipeonfork", "hugepage", "nohugepage", "dontdump", "mergeable",
+            "random", "sequential", "locked", "lock-onfault", "noreserve", "droppable",
+            "sealed", "guard pages 2"} <= states, states
 
 
 def test_object_mappings_survive(procs: Procs, build: Any, tmp_path: Path) -> None:

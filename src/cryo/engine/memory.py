@@ -661,5 +661,16 @@ def _same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def describe_state(v: dict[str, Any]) -> list[str]:
+    """The kernel state of a VMA beyond its protection, named for `cryo show`."""
+    out = [STATE_NAMES[f] for f in v["flags"] if f in STATE_NAMES and f != "ht"]
+    if v.get("hugetlb"):
+        out.append(f"hugetlb {v['hugetlb'] >> 10} kB")
+    guards = v.get("guards")
+    if guards:
+        out.append(f"guard pages {sum(n for _, n in guards) // PAGE_SIZE}")
+    return out
+
+
 def layout(rec: dict[str, Any]) -> list[tuple[int, int]]:
     return [(v["start"], v["end"]) for v in rec["vmas"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cryo.engine import files, registers, signals
+from cryo.engine import files, memory, registers, signals
 from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.image.reader import Image
@@ -51,7 +51,8 @@ def describe(path: str) -> dict[str, Any]:
                 "mappings": [
                     {"start": f"{v['start']:#x}", "end": f"{v['end']:#x}",
                      "perms": _perms(v), "size": v["end"] - v["start"],
-                     "saved": v.get("data", 0), "kind": v["kind"], "path": v["path"]}
+                     "saved": v.get("data", 0), "kind": v["kind"], "path": v["path"],
+                     "state": memory.describe_state(v)}
                     for v in mm["vmas"]
                 ],
                 "files": files.describe(frec, descs),
