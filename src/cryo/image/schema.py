@@ -1,9 +1,778 @@
-"""The image grammar in code (filled in below)."""
+"""The image grammar in code: one declaration per record kind of core.img.
+
+Every record of an image is checked against its declaration (types, ranges, required
+keys) and then against the others (references: an fd's description, a block's process
+and mappings, a thread's process, ...) before a restart uses any of it: a record that
+does not fit is an ImageCorrupt (exit 5) naming the kind and the key.  The record
+tables of docs/image-format.md are generated from these declarations
+(``python -m cryo.image.schema``; tests/unit/test_schema.py keeps them equal).
+
+Per-process and per-thread records accept keys they do not declare (resource modules
+add keys as they grow; readers ignore what they do not know, docs/image-format.md "How
+versions evolve"); a declared key that is present must fit its declaration.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from cryo.errors import ImageCorrupt
+
+U8, U16, U32, U64 = (1 << 8) - 1, (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
+MAX_PID = 1 << 22  # PID_MAX_LIMIT
+ADDR_END = 1 << 57  # user addresses (5-level paging at most)
+MAX_BLOCK = 1 << 30  # bytes of one page block (cryo writes 64 MiB)
+MAX_ITEMS = 1 << 20  # entries of any list
+
+
+class Bad(Exception):
+    """A value that does not fit: ``where`` is the path of keys to it."""
+
+    def __init__(self, why: str, where: tuple[str, ...] = ()) -> None:
+        super().__init__(why)
+        self.why = why
+        self.where = where
+
+    def at(self, key: str) -> Bad:
+        return Bad(self.why, (key, *self.where))
+
+
+# -- types -------------------------------------------------------------------------------
+
+
+class Type:
+    doc = "?"
+
+    def check(self, v: Any) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Int(Type):
+    lo: int = 0
+    hi: int = U64
+    name: str = ""
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        if self.name:
+            return self.name
+        names = {U8: "u8", U16: "u16", U32: "u32", U64: "u64"}
+        if self.lo == 0 and self.hi in names:
+            return names[self.hi]
+        return f"int {self.lo}..{self.hi}"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise Bad(f"{_what(v)}, not an integer")
+        if not self.lo <= v <= self.hi:
+            raise Bad(f"{v} is out of range {self.lo}..{self.hi}")
+
+
+class Num(Type):
+    doc = "number"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+            raise Bad(f"{_what(v)}, not a number")
+
+
+class Bool(Type):
+    doc = "bool"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, bool) and v not in (0, 1):
+            raise Bad(f"{_what(v)}, not a boolean")
+
+
+@dataclass(frozen=True)
+class Str(Type):
+    max: int = 4096
+    pattern: str | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        if self.choices:
+            return " \\| ".join(f'"{c}"' for c in self.choices)
+        return "str"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, str):
+            raise Bad(f"{_what(v)}, not a string")
+        if len(v) > self.max or "\0" in v:
+            raise Bad(f"a string of {len(v)} characters (at most {self.max}, no NUL)")
+        if self.choices and v not in self.choices:
+            raise Bad(f"{v!r} is not one of {', '.join(self.choices)}")
+        if self.pattern and not re.fullmatch(self.pattern, v):
+            raise Bad(f"{v!r} is not of the form {self.pattern}")
+
+
+@dataclass(frozen=True)
+class Bytes(Type):
+    size: int | None = None  # exactly
+    max: int = 1 << 30
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        return f"bin[{self.size}]" if self.size is not None else "bin"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, (bytes, bytearray, memoryview)):
+            raise Bad(f"{_what(v)}, not bytes")
+        if self.size is not None and len(v) != self.size:
+            raise Bad(f"{len(v)} bytes, not {self.size}")
+        if len(v) > self.max:
+            raise Bad(f"{len(v)} bytes (at most {self.max})")
+
+
+@dataclass(frozen=True)
+class Path(Str):
+    """An absolute path (as /proc shows it), or a pseudo path like ``pipe:[123]``."""
+
+    absolute: bool = True
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        return "path"
+
+    def check(self, v: Any) -> None:
+        super().check(v)
+        if self.absolute and not v.startswith("/"):
+            raise Bad(f"{v!r} is not an absolute path")
+
+
+@dataclass(frozen=True)
+class Nullable(Type):
+    inner: Type
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        return f"{self.inner.doc} or nil"
+
+    def check(self, v: Any) -> None:
+        if v is not None:
+            self.inner.check(v)
+
+
+@dataclass(frozen=True)
+class AnyOf(Type):
+    options: tuple[Type, ...]
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        return " or ".join(o.doc for o in self.options)
+
+    def check(self, v: Any) -> None:
+        errors = []
+        for o in self.options:
+            try:
+                o.check(v)
+                return
+            except Bad as err:
+                errors.append(err.why)
+        raise Bad("; ".join(errors))
+
+
+@dataclass(frozen=True)
+class List(Type):
+    item: Type
+    min: int = 0
+    max: int = MAX_ITEMS
+    size: int | None = None
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        n = f"{self.size} x " if self.size is not None else ""
+        return f"[{n}{self.item.doc}]"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, (list, tuple)):
+            raise Bad(f"{_what(v)}, not a list")
+        if self.size is not None and len(v) != self.size:
+            raise Bad(f"{len(v)} items, not {self.size}")
+        if not self.min <= len(v) <= self.max:
+            raise Bad(f"{len(v)} items (from {self.min} to {self.max})")
+        for i, x in enumerate(v):
+            try:
+                self.item.check(x)
+            except Bad as err:
+                raise err.at(f"[{i}]") from None
+
+
+@dataclass(frozen=True)
+class Tuple(Type):
+    items: tuple[Type, ...]
+    names: tuple[str, ...] = ()
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        if self.names:
+            return "[" + ", ".join(self.names) + "]"
+        return "[" + ", ".join(t.doc for t in self.items) + "]"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, (list, tuple)) or len(v) != len(self.items):
+            raise Bad(f"{_what(v)}, not a list of {len(self.items)}")
+        for i, (t, x) in enumerate(zip(self.items, v, strict=True)):
+            try:
+                t.check(x)
+            except Bad as err:
+                raise err.at(f"[{i}]") from None
+
+
+@dataclass(frozen=True)
+class Dict(Type):
+    key: Type
+    value: Type
+    max: int = MAX_ITEMS
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        return f"{{{self.key.doc}: {self.value.doc}}}"
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, dict):
+            raise Bad(f"{_what(v)}, not a map")
+        if len(v) > self.max:
+            raise Bad(f"{len(v)} entries (at most {self.max})")
+        for k, x in v.items():
+            try:
+                self.key.check(k)
+            except Bad as err:
+                raise Bad(f"key {k!r}: {err.why}") from None
+            try:
+                self.value.check(x)
+            except Bad as err:
+                raise err.at(f"[{k!r}]") from None
+
+
+@dataclass(frozen=True)
+class F:
+    """A key of a map: its type, whether it must be there, what it means."""
+
+    name: str
+    type: Type
+    doc: str = ""
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Struct(Type):
+    fields: tuple[F, ...]
+    extra: bool = True  # keys not declared here are accepted (and ignored)
+    name: str = "map"
+
+    @property
+    def doc(self) -> str:  # type: ignore[override]
+        return self.name
+
+    def check(self, v: Any) -> None:
+        if not isinstance(v, dict):
+            raise Bad(f"{_what(v)}, not a map")
+        for f in self.fields:
+            if f.name not in v:
+                if f.required:
+                    raise Bad("missing", (f.name,))
+                continue
+            try:
+                f.type.check(v[f.name])
+            except Bad as err:
+                raise err.at(f.name) from None
+        if not self.extra:
+            unknown = set(v) - {f.name for f in self.fields}
+            if unknown:
+                raise Bad(f"unknown keys {sorted(map(str, unknown))}")
+
+
+def _what(v: Any) -> str:
+    if isinstance(v, (bytes, bytearray)):
+        return f"{len(v)} bytes"
+    text = repr(v)
+    return f"{type(v).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+# -- the declarations ------------------------------------------------------------------
+
+PID = Int(1, MAX_PID, "pid")
+FD = Int(0, (1 << 20) - 1, "fd")
+ADDR = Int(0, U64, "address")  # (vsyscall sits at the top)
+HEX = Str(max=18, pattern=r"(0x)?[0-9a-fA-F]{1,16}")
+SIGINFO = Bytes(128)
+VMA_KINDS = ("anon", "file", "shmem", "shared-file", "sysv-shm", "special", "skip")
+DESC_KINDS = ("file", "dir", "chr", "stdio", "pipe", "fifo", "unix", "eventfd", "signalfd",
+              "timerfd", "epoll")  # fmt: skip
+SHMO_KINDS = ("anon", "memfd", "deleted")
+
+PROC = Struct((
+    F("pid", PID), F("ppid", Int(0, MAX_PID, "pid or 0")), F("pgid", Int(0, MAX_PID)),
+    F("sid", Int(0, MAX_PID)), F("zombie", Bool()),
+    F("exit_code", Int(0, U16), "wait status of a zombie"),
+    F("exit_signal", Int(0, 64)), F("threads", List(PID, min=1), "tids, the leader first"),
+    F("nspid", PID, "its pid in its own namespace"),
+    F("nstids", List(PID, min=1), "the threads' tids there"),
+), name="proc")  # fmt: skip
+
+VMA = Struct((
+    F("start", ADDR), F("end", ADDR), F("prot", Int(0, 7)), F("shared", Bool()),
+    F("kind", Str(choices=VMA_KINDS)), F("path", Str()), F("pgoff", Int()),
+    F("flags", List(Str(max=2)), "smaps VmFlags"),
+    F("data", Int(0, ADDR_END), "bytes of it saved", required=False),
+    F("file", List(Int(), size=4), "[dev, ino, size, mtime_ns] of a mapped file",
+      required=False),
+    F("obj", Int(0, U32), "kind shmem: its object in SHMO", required=False),
+    F("shmid", Int(0, (1 << 31) - 1), "kind sysv-shm: the segment", required=False),
+    F("key", Int(0, U32), "kind sysv-shm: its key", required=False),
+), name="vma")  # fmt: skip
+
+DESC = Struct((
+    F("id", Int(0, MAX_ITEMS), "its index in `descs`"), F("kind", Str(choices=DESC_KINDS)),
+    F("path", Str()), F("pos", Int(0, (1 << 63) - 1)), F("flags", Int(0, U32),
+                                                         "as in fdinfo, without O_CLOEXEC"),
+    F("ino", Int()), F("dev", Int()), F("mode", Int(0, U32)), F("size", Int(0, (1 << 63) - 1)),
+    F("pid", PID, "where it was first seen"), F("fd", FD),
+    F("deleted", Bool(), "file: deleted while open", required=False),
+    F("blob", Int(0, MAX_ITEMS), "its contents: index of an FDAT record", required=False),
+    F("data", Bytes(max=1 << 24), "pipe, fifo: bytes in flight", required=False),
+    F("pipe_size", Int(4096, 1 << 31), required=False),
+    F("sotype", Str(choices=("stream", "dgram", "seqpacket")), "unix", required=False),
+    F("peer", Int(), "unix: the other end's inode", required=False),
+    F("queue", List(Bytes(max=1 << 24)), "unix: messages waiting", required=False),
+    F("count", Int(), "eventfd", required=False),
+    F("semaphore", Bool(), "eventfd", required=False),
+    F("sigmask", Int(), "signalfd", required=False),
+    F("clockid", Int(0, 15), "timerfd", required=False),
+    F("ticks", Int(), "timerfd", required=False),
+    F("settime_flags", Int(0, U32), "timerfd", required=False),
+    F("value", List(Int(), size=2), "timerfd: [sec, nsec]", required=False),
+    F("interval", List(Int(), size=2), "timerfd: [sec, nsec]", required=False),
+    F("watch", List(List(Int(), size=3)), "epoll: [[fd, events, data], ...]",
+      required=False),
+), name="description")  # fmt: skip
+
+FDENT = Struct((F("fd", FD), F("desc", Int(0, MAX_ITEMS), "index into FDSC descs"),
+                F("cloexec", Bool())), name="fd")  # fmt: skip
+
+TIMER = Struct((
+    F("id", Int(0, (1 << 31) - 1)), F("signal", Int(0, 64)), F("value", Int()),
+    F("notify", Str(choices=("signal", "none", "thread"))), F("tid", Int(0, MAX_PID)),
+    F("clock", Int(0, 15)), F("spec", Bytes(32), "struct itimerspec"),
+), name="timer")  # fmt: skip
+
+OBJ = Struct((
+    F("id", Int(0, MAX_ITEMS), "its index in `objs`"), F("kind", Str(choices=SHMO_KINDS)),
+    F("size", Int(0, 1 << 46)), F("mode", Int(0, 0o7777)), F("name", Str()),
+    F("dev", Int()), F("ino", Int()),
+), name="object")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One record kind of core.img."""
+
+    kind: bytes
+    by: str  # the module that writes it
+    count: str  # "one", "at most one", "per process", "per thread", "any"
+    body: Type
+    doc: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.kind.decode().strip()
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind(b"HEAD", "engine/dump.py", "one", Struct((
+        F("arch", Str(), "uname machine"), F("kernel", Str(), "release", required=False),
+        F("cryo", Str(), "version", required=False),
+        F("created", Num(), "unix time", required=False), F("hostname", Str(), required=False),
+        F("page_size", Int(4096, 1 << 30), required=False),
+        F("root_pid", PID, "the process checkpointed (TREE root)"),
+        F("pids", List(PID, min=1), "every process of the image"),
+    ), name="head"), "the image"),
+    Kind(b"TREE", "engine/tree.py", "one", Struct((
+        F("root", PID), F("scope", Str(choices=("process", "tree", "pgid", "sid"))),
+        F("pidns", Bool(), "the root is pid 1 of its own pid namespace: restart makes a new one",
+          required=False),
+        F("procs", List(PROC, min=1), "every process, live or zombie"),
+    ), name="tree"), "the processes, their parents, groups, sessions, threads"),
+    Kind(b"TASK", "engine/task.py", "per process", Struct((
+        F("pid", PID), F("ppid", Int(0, MAX_PID)), F("pgid", Int(0, MAX_PID)),
+        F("sid", Int(0, MAX_PID)), F("comm", Str(max=64)), F("exit_signal", Int(0, 64)),
+        F("personality", Int(0, U32)),
+        F("rlimits", Dict(Int(0, 15), Tuple((Int(), Int()), ("soft", "hard"))),
+          "{resource: [soft, hard]}"),
+        F("prctl", Dict(Str(choices=("pdeathsig", "dumpable", "thp_disable",
+                                     "child_subreaper")), Int(0, U32)),
+          "{pdeathsig, dumpable, thp_disable, child_subreaper}"),
+    ), name="task"), "ids, limits, comm, personality, prctl flags"),
+    Kind(b"MM  ", "engine/memory.py", "per process", Struct((
+        F("pid", PID), F("vmas", List(VMA), "the mappings, in address order (below)"),
+        F("auxv", Bytes(max=1 << 16)), F("exe", Str()),
+        F("mm", Struct(tuple(F(n, ADDR) for n in (
+            "start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+            "start_stack", "arg_start", "arg_end", "env_start", "env_end")),
+            name="mm fields"), "{start_code, end_code, ..., env_end}"),
+    ), name="mm"), "mm fields, auxv, exe, mappings"),
+    Kind(b"SIGS", "engine/signals.py", "per process", Struct((
+        F("pid", PID),
+        F("actions", Dict(Int(1, 64), Bytes(32)), "{signal: struct kernel_sigaction}"),
+        F("pending_shared", List(SIGINFO, max=1 << 16), "siginfo, 128 bytes each"),
+    ), name="signals"), "actions and process-wide pending signals"),
+    Kind(b"TIMR", "engine/timers.py", "per process", Struct((
+        F("pid", PID), F("itimers", List(Bytes(32), size=3), "3 x struct itimerval"),
+        F("posix", List(TIMER, max=1 << 16), "POSIX timers"),
+    ), name="timers"), "interval timers and POSIX timers"),
+    Kind(b"FILE", "engine/files.py", "per process", Struct((
+        F("pid", PID), F("fds", List(FDENT, max=1 << 20)), F("cwd", Path()),
+        F("root", Path()), F("umask", Int(0, 0o777)),
+    ), name="files"), "the fd table, cwd, root, umask"),
+    Kind(b"THRD", "engine/threads.py", "per thread", Struct((
+        F("pid", PID), F("tid", PID), F("regs", Bytes(216), "struct user_regs_struct"),
+        F("xstate", Bytes(max=1 << 20), "NT_X86_XSTATE area"),
+        F("blocked", Int(), "signal mask"), F("pending", List(SIGINFO, max=1 << 16)),
+        F("altstack", Bytes(24), "stack_t"), F("comm", Bytes(max=64)),
+        F("clear_tid", Int()), F("rseq", Tuple((Int(), Int(0, U32), Int(0, U32)),
+                                               ("address", "size", "signature"))),
+        F("robust_list", Tuple((Int(), Int()), ("head", "size"))),
+        F("no_new_privs", Int(0, 1)),
+        F("uids", List(Int(0, U32), size=4), "real, effective, saved, fs"),
+        F("gids", List(Int(0, U32), size=4), "real, effective, saved, fs"),
+        F("groups", List(Int(0, U32), max=1 << 16)),
+        F("caps", Struct(tuple(F(n, HEX) for n in ("CapInh", "CapPrm", "CapEff", "CapBnd",
+                                                    "CapAmb")), name="caps"),
+          "hex masks as in /proc"),
+    ), name="thread"), "one thread: registers, xstate, mask, pending, credentials"),
+    Kind(b"FDSC", "engine/files.py", "at most one", Struct((
+        F("descs", List(DESC), "every open file description, once (below)"),
+    ), name="descriptions"), "the open file descriptions"),
+    Kind(b"SHMO", "engine/shmem.py", "at most one", Struct((
+        F("objs", List(OBJ), "[{id, kind, size, mode, name, dev, ino}]"),
+    ), name="objects"), "shared memory objects"),
+    Kind(b"FDAT", "engine/files.py", "any", Bytes(), "RAW: contents of a file deleted while"
+         " open (a description's `blob`)"),
+    Kind(b"PBLK", "engine/memory.py", "any", Struct((
+        F("index", Int(0, MAX_ITEMS), "its place among the blocks"),
+        F("offset", Int(4096, 1 << 50), "in pages.img, 4096-aligned"),
+        F("stored", Int(0, MAX_BLOCK), "bytes there"), F("raw", Int(0, MAX_BLOCK),
+                                                          "bytes of page data"),
+        F("codec", Str(choices=("none", "zstd"))), F("csum", Int(), "xxh3-64 of the stored bytes"),
+        F("runs", List(Tuple((ADDR, Int(1, MAX_BLOCK)), ("address", "length")), min=1),
+          "where the raw bytes go, in order"),
+        F("pid", PID, "addresses in that process", required=False),
+        F("obj", Int(0, MAX_ITEMS), "offsets in that shared memory object", required=False),
+    ), name="block"), "a block of page data in pages.img"),
+    Kind(b"TRAK", "engine/dirty.py", "any", Struct((
+        F("pid", PID), F("token", Str(max=64)),
+    ), name="tracking"), "the write tracking armed in a process (stores)"),
+    Kind(b"SIDE", "image/sink.py", "any", Struct((
+        F("name", Str(max=255, pattern=r"[A-Za-z0-9][A-Za-z0-9._+-]*")),
+        F("size", Int(0, 1 << 50)), F("digest", Bytes(32), "BLAKE2b-256 of its bytes"),
+    ), name="side file"), "a side file of the image (System V segments)"),
+    Kind(b"SEAL", "image/seal.py", "at most one", Struct((
+        F("mac", Bytes(32), "keyed BLAKE2b of the file before this record"),
+        F("key", Bytes(8), "which key", required=False),
+    ), name="seal"), "the last record before END"),
+)
+BY_KIND = {k.kind: k for k in KINDS}
+SUBSTRUCTS = (PROC, VMA, DESC, FDENT, OBJ, TIMER)
+PER_PROCESS = (b"TASK", b"MM  ", b"SIGS", b"TIMR", b"FILE")
+
+
+# -- checking an image -------------------------------------------------------------------
+
+
+def _label(kind: bytes, i: int, rec: Any) -> str:
+    name = kind.decode(errors="replace").strip()
+    who = ""
+    if isinstance(rec, dict):
+        ids = [f"{k} {rec[k]}" for k in ("pid", "tid", "index") if isinstance(rec.get(k), int)]
+        who = f" ({', '.join(ids)})" if ids else ""
+    return f"{name} record {i}{who}"
+
+
+class _Checker:
+    def __init__(self, image: Any) -> None:
+        self.image = image
+        self.what = f"{getattr(image, 'what', 'image')} {image.path}"
+
+    def fail(self, where: str, why: str) -> ImageCorrupt:
+        return ImageCorrupt(f"{self.what} is corrupt: {where}: {why}", path=self.image.path)
+
+    def records(self, kind: bytes) -> list[Any]:
+        return list(self.image.raw(kind))
+
+    def shape(self) -> None:
+        """Every record of a declared kind against its declaration; counts."""
+        for k in KINDS:
+            recs = self.records(k.kind)
+            if k.count == "one" and len(recs) != 1:
+                raise self.fail(f"{k.name} records", f"{len(recs)}, not exactly one")
+            if k.count == "at most one" and len(recs) > 1:
+                raise self.fail(f"{k.name} records", f"{len(recs)}, not at most one")
+            for i, rec in enumerate(recs):
+                try:
+                    k.body.check(rec)
+                except Bad as err:
+                    where = ".".join(err.where).replace(".[", "[")
+                    raise self.fail(_label(k.kind, i, rec),
+                                    f"{where}: {err.why}" if where else err.why) from None
+
+    def refs(self) -> None:
+        """References between records."""
+        head = self.records(b"HEAD")[0]
+        tree = self.records(b"TREE")[0]
+        procs = tree["procs"]
+        pids = [p["pid"] for p in procs]
+        if len(set(pids)) != len(pids):
+            raise self.fail("TREE", "a pid is listed twice")
+        if tree["root"] not in pids:
+            raise self.fail("TREE", f"root {tree['root']} is not one of its processes")
+        if head["root_pid"] != tree["root"] or sorted(set(head["pids"])) != sorted(pids):
+            raise self.fail("HEAD", "root_pid or pids differ from TREE")
+        live = {p["pid"]: p for p in procs if not p["zombie"]}
+        tids: dict[int, int] = {}
+        for p in procs:
+            if len(p["nstids"]) != len(p["threads"]) or len(set(p["threads"])) != len(p["threads"]):
+                raise self.fail(f"TREE process {p['pid']}", "threads and nstids do not match")
+            if p["threads"][0] != p["pid"]:
+                raise self.fail(f"TREE process {p['pid']}", "its first thread is not its leader")
+            for t in p["threads"]:
+                if t in tids:
+                    raise self.fail(f"TREE process {p['pid']}", f"thread {t} is listed twice")
+                tids[t] = p["pid"]
+        for kind in PER_PROCESS:
+            seen: set[int] = set()
+            for i, rec in enumerate(self.records(kind)):
+                pid = rec["pid"]
+                if pid not in live:
+                    raise self.fail(_label(kind, i, rec), f"pid {pid} is not a live process of"
+                                    " TREE")  # fmt: skip
+                if pid in seen:
+                    raise self.fail(_label(kind, i, rec), f"a second record for pid {pid}")
+                seen.add(pid)
+            missing = sorted(set(live) - seen)
+            if missing:
+                raise self.fail(f"process {missing[0]} of TREE",
+                                f"no {kind.decode().strip()} record")  # fmt: skip
+        seen_t: set[int] = set()
+        for i, rec in enumerate(self.records(b"THRD")):
+            where = _label(b"THRD", i, rec)
+            if rec["pid"] not in live:
+                raise self.fail(where, f"pid {rec['pid']} is not a live process of TREE")
+            if tids.get(rec["tid"]) != rec["pid"]:
+                raise self.fail(where, f"tid {rec['tid']} is not a thread of {rec['pid']} in"
+                                " TREE")  # fmt: skip
+            if rec["tid"] in seen_t:
+                raise self.fail(where, f"a second record for tid {rec['tid']}")
+            seen_t.add(rec["tid"])
+        for pid, p in live.items():
+            for t in p["threads"]:
+                if t not in seen_t:
+                    raise self.fail(f"process {pid} of TREE", f"no THRD record for thread {t}")
+        self.files(live)
+        vmas = self.memory(live)
+        self.blocks(vmas)
+
+    def files(self, live: dict[int, Any]) -> None:
+        fdsc = self.records(b"FDSC")
+        descs = fdsc[0]["descs"] if fdsc else []
+        blobs = len(self.records(b"FDAT"))
+        for i, d in enumerate(descs):
+            where = f"FDSC description {i}"
+            if d["id"] != i:
+                raise self.fail(where, f"id {d['id']}, not its index {i}")
+            if d.get("deleted") and not (isinstance(d.get("blob"), int) and d["blob"] < blobs):
+                raise self.fail(where, f"blob {d.get('blob')} is not an FDAT record")
+            if "blob" in d and not d["blob"] < blobs:
+                raise self.fail(where, f"blob {d['blob']} is not an FDAT record")
+            if d["kind"] in ("file", "dir", "chr", "fifo") and not d["path"].startswith("/"):
+                raise self.fail(where, f"path {d['path']!r} is not absolute")
+            if d["kind"] == "stdio" and d["fd"] > 2:
+                raise self.fail(where, f"stdio on fd {d['fd']}")
+            if d["kind"] == "unix" and ("sotype" not in d or "peer" not in d):
+                raise self.fail(where, "a unix socket without sotype or peer")
+            if d["kind"] == "timerfd" and any(x not in d for x in (
+                    "clockid", "ticks", "settime_flags", "value", "interval")):  # fmt: skip
+                raise self.fail(where, "a timerfd without its timer")
+            if d["kind"] == "eventfd" and ("count" not in d or "semaphore" not in d):
+                raise self.fail(where, "an eventfd without count or semaphore")
+            if d["kind"] == "signalfd" and "sigmask" not in d:
+                raise self.fail(where, "a signalfd without sigmask")
+            if d["kind"] == "epoll" and "watch" not in d:
+                raise self.fail(where, "an epoll without watch")
+            if "data" in d and len(d["data"]) > d.get("pipe_size", 1 << 16):
+                raise self.fail(where, "more data in flight than the pipe holds")
+        for i, rec in enumerate(self.records(b"FILE")):
+            fds = [e["fd"] for e in rec["fds"]]
+            if len(set(fds)) != len(fds):
+                raise self.fail(_label(b"FILE", i, rec), "an fd is listed twice")
+            for e in rec["fds"]:
+                if e["desc"] >= len(descs):
+                    raise self.fail(_label(b"FILE", i, rec),
+                                    f"fd {e['fd']}: description {e['desc']} is not in FDSC")
+            by_fd = {e["fd"]: descs[e["desc"]] for e in rec["fds"]}
+            for e in rec["fds"]:
+                d = descs[e["desc"]]
+                if d["kind"] == "epoll" and d["pid"] == rec["pid"]:
+                    for fd, _ev, _data in d["watch"]:
+                        if fd not in by_fd:
+                            raise self.fail(_label(b"FILE", i, rec), f"epoll fd {e['fd']}"
+                                            f" watches fd {fd}, which it does not have")
+
+    def memory(self, live: dict[int, Any]) -> dict[int, list[Any]]:
+        shmo = self.records(b"SHMO")
+        objs = shmo[0]["objs"] if shmo else []
+        for i, o in enumerate(objs):
+            if o["id"] != i:
+                raise self.fail(f"SHMO object {i}", f"id {o['id']}, not its index {i}")
+        out: dict[int, list[Any]] = {}
+        for i, rec in enumerate(self.records(b"MM  ")):
+            where = _label(b"MM  ", i, rec)
+            prev = 0
+            for v in rec["vmas"]:
+                at = f"mapping {v['start']:#x}-{v['end']:#x}"
+                if v["start"] % 4096 or v["end"] % 4096 or v["start"] >= v["end"]:
+                    raise self.fail(where, f"{at} is not page-aligned and non-empty")
+                if v["start"] < prev:
+                    raise self.fail(where, f"{at} overlaps the one before or is out of order")
+                prev = v["end"]
+                if v["kind"] == "shmem" and not (isinstance(v.get("obj"), int)
+                                                 and v["obj"] < len(objs)):  # fmt: skip
+                    raise self.fail(where, f"{at}: object {v.get('obj')} is not in SHMO")
+                if v["kind"] == "sysv-shm" and ("shmid" not in v or "key" not in v):
+                    raise self.fail(where, f"{at}: a System V mapping without shmid or key")
+                if v["kind"] in ("file", "shared-file") and not v["path"].startswith("/"):
+                    raise self.fail(where, f"{at}: path {v['path']!r} is not absolute")
+            out[rec["pid"]] = rec["vmas"]
+        self.objs = objs
+        return out
+
+    def blocks(self, vmas: dict[int, list[Any]]) -> None:
+        """Every block's runs inside a saved mapping of its process, or inside its object
+        (both readers' blocks: a store's are planned from its page maps)."""
+        sizes = {o["id"]: o["size"] for o in self.objs}
+        spans = {pid: _merged([(v["start"], v["end"]) for v in vs]) for pid, vs in vmas.items()}
+        for i, rec in enumerate(self.records(b"PBLK")):
+            if rec["index"] != i:
+                raise self.fail(_label(b"PBLK", i, rec), f"index {rec['index']}, not {i}")
+            if rec["offset"] % 4096:
+                raise self.fail(_label(b"PBLK", i, rec), "offset is not 4096-aligned")
+            if sum(n for _, n in rec["runs"]) != rec["raw"]:
+                raise self.fail(_label(b"PBLK", i, rec), "runs do not add up to raw")
+            if rec["codec"] == "none" and rec["stored"] != rec["raw"]:
+                raise self.fail(_label(b"PBLK", i, rec), "stored and raw differ, uncompressed")
+        for i, b in enumerate(self.image.blocks):
+            where = f"pages block {b.get('index', i)}"
+            runs = b.get("runs")
+            if not isinstance(runs, list):
+                raise self.fail(where, "no runs")
+            if ("pid" in b) == ("obj" in b):
+                raise self.fail(where, "neither (or both) of pid and obj")
+            if "pid" in b:
+                if b["pid"] not in spans:
+                    raise self.fail(where, f"pid {b['pid']} is not a live process")
+                for a, n in runs:
+                    if not _inside(spans[b["pid"]], a, a + n):
+                        raise self.fail(where, f"run {a:#x}+{n:#x} is outside the mappings of"
+                                        f" {b['pid']}")  # fmt: skip
+            else:
+                if b["obj"] not in sizes:
+                    raise self.fail(where, f"object {b['obj']} is not in SHMO")
+                for a, n in runs:
+                    if a < 0 or a + n > sizes[b["obj"]]:
+                        raise self.fail(where, f"run {a:#x}+{n:#x} is outside object"
+                                        f" {b['obj']} of {sizes[b['obj']]} bytes")  # fmt: skip
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _inside(spans: list[tuple[int, int]], a: int, b: int) -> bool:
+    import bisect
+
+    i = bisect.bisect_right(spans, (a, 1 << 64)) - 1
+    return i >= 0 and spans[i][0] <= a and b <= spans[i][1]
 
 
 def check(image: Any) -> None:
-    """Check every record of ``image`` against its declaration."""
+    """Check every record of ``image`` (an ImageSource: ``raw(kind)``, ``blocks``,
+    ``path``) against its declaration and the others; ImageCorrupt on the first misfit."""
+    c = _Checker(image)
+    c.shape()
+    c.refs()
+
+
+# -- the tables of docs/image-format.md -------------------------------------------------
+
+
+def _keys(t: Type) -> str:
+    if isinstance(t, Struct):
+        parts = []
+        for f in t.fields:
+            bit = f"`{f.name}`"
+            extra = [x for x in (f.type.doc if not isinstance(f.type, Struct) else "",
+                                 f.doc) if x]
+            if not f.required:
+                extra.append("optional")
+            if extra:
+                bit += f" ({'; '.join(extra)})"
+            parts.append(bit)
+        return ", ".join(parts)
+    return t.doc
+
+
+def doc_tables() -> str:
+    """The record tables of docs/image-format.md, generated from the declarations."""
+    lines = ["| kind | written by | how many | keys |", "| --- | --- | --- | --- |"]
+    for k in KINDS:
+        keys = _keys(k.body) if isinstance(k.body, Struct) else k.doc
+        lines.append(f"| `{k.kind.decode()}` | {k.by} | {k.count} | {keys} |")
+    lines.append("")
+    lines.append("Maps inside records:")
+    lines.append("")
+    lines.append("| map | keys |")
+    lines.append("| --- | --- |")
+    for t in SUBSTRUCTS:
+        lines.append(f"| {t.name} | {_keys(t)} |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- generated by python -m cryo.image.schema: begin -->"
+END = "<!-- generated by python -m cryo.image.schema: end -->"
+
+
+def render_doc(text: str) -> str:
+    """``text`` (docs/image-format.md) with its generated part replaced."""
+    a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+    return text[:a] + "\n" + doc_tables() + text[b:]
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--write"]:
+        path = args[1] if len(args) > 1 else "docs/image-format.md"
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(render_doc(text))
+        return 0
+    sys.stdout.write(doc_tables())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
