@@ -8,6 +8,7 @@ boundary (:func:`translate_oserror`), always with ``raise ... from err``.
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 
@@ -25,6 +26,7 @@ class ExitCode:
     IMAGE_EXISTS = 8
     UNSUPPORTED = 9
     CONFLICT = 10
+    UNTRUSTED = 11
     INTERRUPTED = 130
     INTERNAL = 70
 
@@ -36,7 +38,10 @@ class ExitCode:
         (IMAGE_MISSING, "there is no image where one was asked for"),
         (IMAGE_EXISTS, "an image is already there (use --force to replace it)"),
         (UNSUPPORTED, "the process uses a resource cryo cannot save yet"),
-        (CONFLICT, "a pid, IPC id or key needed by the restore is taken"),
+        (CONFLICT, "a pid, IPC id or key needed by the restore is taken, or the image is"
+                   " running already (--allow-duplicate)"),
+        (UNTRUSTED, "the image's seal does not verify: edited, or made on a host with"
+                    " another key (--trust-image)"),
         (INTERNAL, "a bug in cryo"),
     )
 
@@ -102,6 +107,12 @@ class ImageExists(ImageError):
     exit_code = ExitCode.IMAGE_EXISTS
 
 
+class ImageUntrusted(ImageError):
+    """The image's seal does not verify with this host's key (cryo.image.seal)."""
+
+    exit_code = ExitCode.UNTRUSTED
+
+
 class Unsupported(CryoError):
     """The target uses a resource that cryo cannot checkpoint (yet)."""
 
@@ -135,5 +146,24 @@ def translate_oserror(
             f"process {pid} does not exist" if pid else msg, pid=pid, resource=resource, path=path
         )
     if err.errno in (errno.EPERM, errno.EACCES):
+        if err.errno == errno.EPERM and os.geteuid() != 0:
+            msg += (f" (cryo runs as uid {os.geteuid()}: this step needs root, or"
+                    " CAP_CHECKPOINT_RESTORE with CAP_SYS_PTRACE)")
         return AccessDenied(msg, pid=pid, resource=resource, path=path)
     return CryoError(msg, pid=pid, resource=resource, path=path)
+
+
+def describe_failure(err: BaseException) -> tuple[str, int]:
+    """What a front end (the CLI, its worker process) prints for ``err`` and the exit
+    code it returns: cryo's own errors with their code; anything else (an OSError that
+    escaped translation included) as a bug, exit 70, with its message and traceback,
+    never swallowed."""
+    if isinstance(err, CryoError):
+        return f"cryo: error: {err}", err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        return "cryo: interrupted", ExitCode.INTERRUPTED
+    import traceback
+
+    trace = "".join(traceback.format_exception(err)).rstrip()
+    return (f"cryo: internal error (a bug in cryo): {type(err).__name__}: {err}\n{trace}",
+            ExitCode.INTERNAL)  # fmt: skip
