@@ -43,3 +43,11 @@ def test_credentials(procs: Procs, tmp_path: Path) -> None:
     status = Path(f"/proc/{v.pid}/status").read_text()
     assert "Uid:\t1000\t1001\t1002\t1000" in status
     assert not v.fails()
+
+
+def test_scheduling(procs: Procs, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build_threaded(tmp_path, "sched"), str(out)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()

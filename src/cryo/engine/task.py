@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryo import procfs
+from cryo.engine import sched
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
@@ -108,6 +109,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         "comm": st.comm, "exit_signal": st.exit_signal, "personality": personality,
         "rlimits": procfs.parse_limits(procfs.read(pid, "limits")), "prctl": prctl,
         "audit": list(audit) if audit else None,
+        "oom_score_adj": int(procfs.read(pid, "oom_score_adj")),
     }  # fmt: skip
 
 
@@ -133,6 +135,7 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "securebits": inj(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0),
         "pdeathsig": pdeathsig,
         "dumpable": inj(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0),  # the process's, set last
+        **sched.dump_thread(tid),
     }  # fmt: skip
 
 
@@ -175,10 +178,22 @@ def _restore_audit(ctx: RestoreContext, rec: dict[str, Any]) -> None:
                               pid=ctx.old_pid, resource="audit session")  # fmt: skip
 
 
+def _restore_oom(ctx: RestoreContext, value: int) -> None:
+    try:
+        with open(f"/proc/{ctx.pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as err:  # lower than the helper's minimum needs CAP_SYS_RESOURCE
+        raise RestoreConflict(f"process {ctx.old_pid}: oom_score_adj {value} cannot be set"
+                              f" ({err.strerror}): lowering it needs CAP_SYS_RESOURCE",
+                              pid=ctx.old_pid, resource="oom_score_adj") from err  # fmt: skip
+
+
 def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     """Process-wide: limits, prctl flags and the audit session (ids are set per thread,
     at the end: restore_creds)."""
     _restore_audit(ctx, rec)
+    if "oom_score_adj" in rec:
+        _restore_oom(ctx, rec["oom_score_adj"])
     inj = ctx.inj
     for res, (soft, hard) in rec["rlimits"].items():
         lim = S.rlimit64(soft, hard)
