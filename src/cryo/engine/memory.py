@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import shmem
+from cryo.engine import cow, shmem
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.errors import CryoError, ImageIncompatible, InternalError, Unsupported
 from cryo.image.format import checksum
@@ -159,9 +159,17 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
         os.close(pm)
     with open(f"/proc/{pid}/auxv", "rb") as f:
         auxv = f.read()
+    # pages still shared copy-on-write with the parent (dumped before us) are its pages
+    cow_rec = None
+    if st.ppid in objects.mm_pids:
+        runs, inherited = cow.split(pid, st.ppid, runs)
+        if inherited:
+            cow_rec = {"from": st.ppid, "runs": inherited}
+    objects.mm_pids.add(pid)
     rec = {
         "pid": pid, "vmas": out, "auxv": auxv,
         "mlockall": int(ctx.live.get("mlockall", 0)), "ksm_merge_any": _ksm_merge_any(pid),
+        **({"cow": cow_rec} if cow_rec else {}),
         "exe": procfs.readlink(pid, "exe"),
         "mm": {"start_code": st.start_code, "end_code": st.end_code,
                "start_data": st.start_data, "end_data": st.end_data,
@@ -596,6 +604,13 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
         del owner
         if progress:
             progress(off)
+    inherited = ctx.image.one(KIND, ctx.old_pid).get("cow")
+    live = getattr(ctx, "live", None) or {}
+    if inherited and not live.get("cow_inherited"):  # pages shared with the parent
+        n = cow.write_inherited(ctx, inherited)
+        total += n
+        if progress:
+            progress(n)
     return total
 
 

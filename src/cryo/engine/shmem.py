@@ -53,6 +53,9 @@ def private_kind(path: str) -> str | None:
 class Objects:
     objs: list[dict[str, Any]] = field(default_factory=list)
     by_key: dict[tuple[int, int], int] = field(default_factory=dict)
+    # processes whose memory was described already (pages shared copy-on-write with a
+    # parent among them are saved once, with the parent: engine/cow.py)
+    mm_pids: set[int] = field(default_factory=set)
 
     def add(self, pid: int, vma: Any, kind: str) -> int:
         path = f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}"

@@ -1,0 +1,221 @@
+"""Pages shared copy-on-write between a parent and its children (issue 9, "Memory").
+
+A child forked from its parent shares every private page with it until one of them
+writes it.  At a dump, a page of the child that the kernel backs with the same page
+frame as the parent's page at the same address (the PFN of /proc/PID/pagemap, which
+root can read) is that page: it is saved once, with the parent, and the child's MM
+record lists it as inherited::
+
+    "cow": {"from": <parent pid>, "runs": [[address, length], ...]}
+
+Restore, two ways:
+
+- by copy (what the orchestrator does today): the child's inherited runs are written
+  from its parent's page blocks (its grandparent's, if the parent inherited them too):
+  :func:`write_inherited`.  The image is smaller; the restored pages are not shared.
+- by inheritance (CRIU's way, which keeps the restored tree as small as the original):
+  the child is forked from its restored parent once the parent's pages are written and
+  before its protections, locks and seals are set; the child keeps the private anonymous
+  mappings it has in common with its parent (:func:`inherited_vmas`), drops what it
+  must not see of them (:func:`zap_foreign`), and writes only its own pages.  The
+  orchestrator decides the order; see ``memory.unmap_helper(..., inherit=...)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from cryo.linux import libc
+from cryo.linux.mm import PM_PFN_MASK, PM_PRESENT
+
+log = logging.getLogger(__name__)
+PAGE = 4096
+KIND = b"MM  "
+_READ = 1 << 16  # pagemap entries per read
+
+
+def _entries(fd: int, addr: int, length: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    n = length // PAGE
+    out = np.empty(n, dtype=np.uint64)
+    done = 0
+    while done < n:
+        take = min(_READ, n - done)
+        data = os.pread(fd, take * 8, (addr // PAGE + done) * 8)
+        if len(data) != take * 8:
+            raise OSError(0, f"short read of pagemap at {addr + done * PAGE:#x}")
+        out[done : done + take] = np.frombuffer(data, dtype="<u8")
+        done += take
+    return out
+
+
+def split(pid: int, parent: int, runs: list[tuple[int, int]]
+          ) -> tuple[list[tuple[int, int]], list[list[int]]]:  # fmt: skip
+    """Split ``runs`` (pages of ``pid`` to save) into the pages it must save itself and
+    those it shares, copy-on-write, with ``parent`` (the same page frame at the same
+    address).  Without the right to read page frames (not root), nothing is shared."""
+    if not runs:
+        return runs, []
+    own: list[tuple[int, int]] = []
+    cow: list[list[int]] = []
+    cfd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        pfd = os.open(f"/proc/{parent}/pagemap", os.O_RDONLY)
+    except OSError:
+        os.close(cfd)
+        return runs, []
+    present, pfn = np.uint64(PM_PRESENT), np.uint64(PM_PFN_MASK)
+    try:
+        for addr, length in runs:
+            c = _entries(cfd, addr, length)
+            p = _entries(pfd, addr, length)
+            cf = c & pfn
+            shared = ((c & present) != 0) & ((p & present) != 0) & (cf != 0) & (cf == (p & pfn))
+            cuts = np.flatnonzero(np.diff(shared.astype(np.int8))) + 1
+            bounds = [0, *cuts.tolist(), len(shared)]
+            for a, b in itertools.pairwise(bounds):
+                piece = (addr + a * PAGE, (b - a) * PAGE)
+                if shared[a]:
+                    if cow and cow[-1][0] + cow[-1][1] == piece[0]:
+                        cow[-1][1] += piece[1]
+                    else:
+                        cow.append([piece[0], piece[1]])
+                else:
+                    own.append(piece)
+    finally:
+        os.close(cfd)
+        os.close(pfd)
+    return own, cow
+
+
+# -- restore: by copy -------------------------------------------------------------------
+
+
+class _Index:
+    """Where the page data of each process of an image is: sorted (address, length,
+    block, offset in block) per pid, and each block's data fetched once."""
+
+    def __init__(self, image: Any) -> None:
+        self.image = image
+        self.by_pid: dict[int, list[tuple[int, int, int, int]]] = {}
+        self.starts: dict[int, list[int]] = {}
+        self.data: dict[int, tuple[object, int]] = {}
+        for i, b in enumerate(image.blocks):
+            if "pid" not in b:
+                continue
+            off = 0
+            for a, n in b["runs"]:
+                self.by_pid.setdefault(b["pid"], []).append((a, n, i, off))
+                off += n
+        for pid, ents in self.by_pid.items():
+            ents.sort()
+            self.starts[pid] = [e[0] for e in ents]
+
+    def block(self, i: int) -> tuple[object, int]:
+        if i not in self.data:
+            self.data[i] = self.image.block_data(self.image.blocks[i])
+        return self.data[i]
+
+    def find(self, pid: int, addr: int, length: int
+             ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:  # fmt: skip
+        """Pieces of [addr, addr + length) in ``pid``'s blocks: (address, length, local
+        address), and the pieces it does not hold."""
+        ents = self.by_pid.get(pid, [])
+        starts = self.starts.get(pid, [])
+        found: list[tuple[int, int, int]] = []
+        missing: list[tuple[int, int]] = []
+        pos, end = addr, addr + length
+        k = max(bisect.bisect_right(starts, pos) - 1, 0)
+        while pos < end:
+            if k < len(ents) and ents[k][0] + ents[k][1] <= pos:
+                k += 1
+                continue
+            if k >= len(ents) or ents[k][0] >= end:
+                missing.append((pos, end - pos))
+                break
+            a, n, i, off = ents[k]
+            if a > pos:
+                missing.append((pos, a - pos))
+                pos = a
+                continue
+            take = min(a + n, end) - pos
+            owner, base = self.block(i)
+            found.append((pos, take, libc.buffer_address(owner) + base + off + pos - a))
+            pos += take
+        return found, missing
+
+
+def write_inherited(ctx: Any, cow: dict[str, Any]) -> int:
+    """Write a restored child's inherited pages from its ancestors' page blocks."""
+    index = _Index(ctx.image)
+    local: list[tuple[int, int]] = []
+    remote: list[tuple[int, int]] = []
+    todo = [(cow["from"], a, n) for a, n in cow["runs"]]
+    seen: set[int] = set()
+    while todo:
+        pid, a, n = todo.pop()
+        found, missing = index.find(pid, a, n)
+        for addr, length, here in found:
+            local.append((here, length))
+            remote.append((addr, length))
+        if missing:
+            up = ctx.image.one(KIND, pid).get("cow")
+            if not up or pid in seen:
+                from cryo.errors import ImageCorrupt
+
+                raise ImageCorrupt(f"pages {missing[0][0]:#x}+{missing[0][1]:#x} of process"
+                                   f" {ctx.old_pid} are in no block of process {pid}")  # fmt: skip
+            seen.add(pid)
+            todo.extend((up["from"], ma, mn) for ma, mn in missing)
+    total = 0
+    for i in range(0, len(local), libc.IOV_MAX):
+        want = sum(n for _, n in local[i : i + libc.IOV_MAX])
+        got = libc.process_vm_writev(ctx.pid, local[i : i + libc.IOV_MAX],
+                                     remote[i : i + libc.IOV_MAX])  # fmt: skip
+        if got != want:
+            from cryo.errors import CryoError
+
+            raise CryoError(f"short write of inherited pages into {ctx.pid}: {got} of {want}")
+        total += got
+    return total
+
+
+# -- restore: by inheritance (for an orchestrator that forks children late) -------------
+
+
+def inherited_vmas(rec: dict[str, Any], parent_rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The child's private anonymous VMAs that it can take as they are from a parent
+    forked after its pages were written: the same range, kind and protection in both,
+    and not kept from children by the kernel (DONTFORK) or wiped (WIPEONFORK)."""
+    theirs = {(v["start"], v["end"]): v for v in parent_rec["vmas"]}
+    out = []
+    for v in rec["vmas"]:
+        p = theirs.get((v["start"], v["end"]))
+        if (p is not None and v["kind"] == p["kind"] == "anon" and not v["shared"]
+                and not p["shared"] and v.get("hugetlb") == p.get("hugetlb")
+                and not {"dc", "wf", "dp"} & (set(v["flags"]) | set(p["flags"]))):  # fmt: skip
+            out.append(v)
+    return out
+
+
+def foreign_runs(vma: dict[str, Any], own: list[tuple[int, int]],
+                 cow: list[list[int]]) -> list[tuple[int, int]]:  # fmt: skip
+    """Ranges of an inherited VMA that hold the parent's pages and not the child's:
+    to be dropped (MADV_DONTNEED) in the child before it writes its own pages."""
+    keep = sorted((a, a + n) for a, n in [*own, *cow]
+                  if a < vma["end"] and a + n > vma["start"])  # fmt: skip
+    out: list[tuple[int, int]] = []
+    pos = vma["start"]
+    for ks, ke in keep:
+        s, e = max(ks, vma["start"]), min(ke, vma["end"])
+        if s > pos:
+            out.append((pos, s - pos))
+        pos = max(pos, e)
+    if pos < vma["end"]:
+        out.append((pos, vma["end"] - pos))
+    return out
