@@ -199,3 +199,46 @@ def test_cow_tree_uses_no_more_memory(procs: Procs, build: Any, tmp_path: Path) 
     after = _restart_tree(procs, v, tmp_path)
     grown = _pss(after) - before
     assert grown < 4 << 20, f"the restored tree uses {grown >> 20} MiB more"
+
+
+def _use_text_syscall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the orchestrators look for a syscall instruction, use textscan's search
+    (the call site to change: see engine/textscan.py)."""
+    import sys
+
+    from cryo.engine import textscan
+
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("cryo.engine.") and name != "cryo.engine.textscan" and hasattr(
+            mod, "find_vdso_syscall"
+        ):
+            monkeypatch.setattr(mod, "find_vdso_syscall", textscan.find_syscall)
+
+
+def test_no_vdso(procs: Procs, build: Any, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A target that unmapped its vDSO is checkpointed through a syscall instruction of
+    its own text, and restored without a vDSO."""
+    from cryo.engine import textscan
+
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("novdso"), str(out)], out)
+    v.wait_ok_after(1)
+    addr = textscan.find_syscall(v.pid)
+    with open(f"/proc/{v.pid}/mem", "rb") as mem:
+        mem.seek(addr)
+        assert mem.read(2) == b"\x0f\x05"
+    _use_text_syscall(monkeypatch)
+    v = cycle(procs, v, tmp_path / "img")
+    assert "[vdso]" not in Path(f"/proc/{v.pid}/maps").read_text()
+
+
+@pytest.mark.xfail(strict=True, reason="dump must call textscan.find_syscall instead of"
+                   " inject.find_vdso_syscall (engine/textscan.py)")
+def test_no_vdso_cli(procs: Procs, build: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("novdso"), str(out)], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr
+    untouched(v)
