@@ -81,16 +81,23 @@ def test_signals_survive(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert line == "queued 1234 5678 1"
 
 
-def test_interrupted_nanosleep_resumes(procs: Procs, build: Any, tmp_path: Path) -> None:
-    v = procs.spawn([build("syscalls"), str(tmp_path / "out.txt"), "sleep"], tmp_path / "out.txt")
+@pytest.mark.parametrize("call", ["sleep", "clock"])
+def test_interrupted_nanosleep_resumes(procs: Procs, build: Any, tmp_path: Path,
+                                       call: str) -> None:  # fmt: skip
+    """A two-second nanosleep (clock_nanosleep) checkpointed one second in sleeps only
+    the second left after the restart, not two again."""
+    v = procs.spawn([build("syscalls"), str(tmp_path / "out.txt"), call], tmp_path / "out.txt")
     v.wait_line("before 1", timeout=5)
-    time.sleep(0.3)  # well inside the one-second nanosleep
+    time.sleep(1.0)
     last = max(v.oks(), default=-1)
     checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
     reap(v.pid)
     procs.track(restart(str(tmp_path / "img")).pid)
-    v.wait_ok_after(last + 1, timeout=5)
+    t0 = time.monotonic()
+    v.wait_ok_after(last, timeout=5)  # "ok" of the interrupted round
     assert not v.fails()
+    slept = time.monotonic() - t0
+    assert 0.5 < slept < 1.6, f"the restored sleep took {slept:.2f} s, not the 1 s left"
 
 
 def test_interrupted_pause_resumes(procs: Procs, build: Any, tmp_path: Path) -> None:

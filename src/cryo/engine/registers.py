@@ -1,6 +1,12 @@
 """Registers: general purpose (user_regs_struct, with fs/gs base) and the xsave area
 (x87, SSE, AVX, AVX-512, MXCSR).  A task stopped inside a system call is set up to
-restart that call."""
+restart that call.
+
+A relative nanosleep or clock_nanosleep interrupted by the freeze keeps its remaining
+time: the kernel wrote it to the call's ``rem`` argument when it was interrupted (part of
+the saved memory), and the restored task sleeps that long, the call rerun with ``rem``
+as its request.  Without a ``rem`` pointer the remaining time exists only in the kernel's
+restart block, which does not survive the task: the whole sleep runs again."""
 
 from __future__ import annotations
 
@@ -39,10 +45,22 @@ def final_regs(data: bytes) -> S.user_regs_struct:
             if nr in _RERUN:
                 regs.rax = nr
                 regs.rip -= 2
+                _keep_remaining(regs, nr)
             else:
                 regs.rax = (-errno.EINTR) & 0xFFFFFFFFFFFFFFFF
     regs.orig_rax = NO_SYSCALL
     return regs
+
+
+TIMER_ABSTIME = 1
+
+
+def _keep_remaining(regs: S.user_regs_struct, nr: int) -> None:
+    """A relative sleep with a ``rem`` pointer sleeps only what the kernel left there."""
+    if nr == SYS.nanosleep and regs.rsi:  # nanosleep(req, rem)
+        regs.rdi = regs.rsi
+    elif nr == SYS.clock_nanosleep and not regs.rsi & TIMER_ABSTIME and regs.r10:
+        regs.rdx = regs.r10  # clock_nanosleep(clock, flags, req, rem)
 
 
 def check(trec: dict[str, Any], xstate_here: int) -> None:
