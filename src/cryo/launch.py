@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+from cryo import safefile
 from cryo.errors import CryoError
 from cryo.linux import libc
 from cryo.linux.consts import CLONE
@@ -20,7 +21,7 @@ def run(cmd: list[str], output: str = "/dev/null", *, pid_ns: bool = False) -> i
     if not cmd:
         raise CryoError("cryo run needs a command: cryo run -- CMD ARGS")
     env = dict(os.environ, **dict([RUN_MARK.split("=")]))
-    out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = safefile.open_append(output)  # (never through a link; a new file 0600)
     try:
         if not pid_ns:
             try:

@@ -112,6 +112,7 @@ class ImageReader:
                                     f" this machine is {platform.machine()}",
                                     path=self.path)  # fmt: skip
         self._sides: dict[str, IO[bytes]] = {}
+        self.running_claim: Any = None  # cryo.image.running: held until close()
 
     def corrupt(self, why: str, path: str | None = None) -> ImageCorrupt:
         return ImageCorrupt(f"{self.what} {self.path} is corrupt: {why}", path=path or self.path)
@@ -181,6 +182,9 @@ class ImageReader:
         return [os.path.join(self.path, "core.img")]
 
     def _close_sides(self) -> None:
+        from cryo.image import running
+
+        running.release(self)
         for f in self._sides.values():
             with contextlib.suppress(OSError):
                 f.close()

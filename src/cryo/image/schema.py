@@ -473,6 +473,10 @@ KINDS: tuple[Kind, ...] = (
         F("name", Str(max=255, pattern=r"[A-Za-z0-9][A-Za-z0-9._+-]*")),
         F("size", Int(0, 1 << 50)), F("digest", Bytes(32), "BLAKE2b-256 of its bytes"),
     ), name="side file"), "a side file of the image (System V segments)"),
+    Kind(b"MADE", "image/sink.py", "at most one", Struct((
+        F("uid", Int(0, U32), "the effective uid that made the checkpoint"),
+        F("gid", Int(0, U32), required=False),
+    ), name="made"), "who made the image (cryo.image.trust)"),
     Kind(b"SEAL", "image/seal.py", "at most one", Struct((
         F("mac", Bytes(32), "keyed BLAKE2b of the file before this record"),
         F("key", Bytes(8), "which key", required=False),

@@ -184,6 +184,7 @@ class ImageWriter:
     def _finish(self, pages_size: int, before_seal: Callable[[], None] | None = None) -> None:
         """Everything durable in ``tmp``: SIDE records, core.img sealed, pages.img cut to
         ``pages_size``, side files, the directory itself."""
+        self.core.write(b"MADE", {"uid": os.geteuid(), "gid": os.getegid()})
         for name, f in self._sides.items():
             if not f.closed:
                 f.close()

@@ -1,0 +1,132 @@
+"""Is this image running already?  One image restarted twice at once would have two
+copies share what one of them owns: its System V segments (attached by key), the files
+it writes at its own offsets (opened for writing without O_APPEND, or mapped shared and
+writable).  Such a second restart is refused ("image DIR is already running as pid N",
+RestoreConflict, exit 10) unless the caller asks for a duplicate; an image that shares
+none of these restarts as often as asked.
+
+A restart that succeeds leaves a marker ``/run/cryo/running/<id>`` (the image's
+identity: its real path and core.img's device and inode) holding the restored root's pid
+and start time; it counts while that process lives.  From :func:`check` to the end of the
+restart the marker's lock is held, so two restarts racing see each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from typing import Any
+
+from cryo.errors import RestoreConflict
+
+RUN_DIR = "/run/cryo/running"
+O_ACCMODE, O_APPEND, O_PATH = 0o3, 0o2000, 0o10000000
+PROT_WRITE = 2
+
+
+def identity(image: Any) -> str:
+    core = os.path.join(image.path, "core.img")
+    st = os.stat(core)
+    text = f"{os.path.realpath(image.path)}\0{st.st_dev}\0{st.st_ino}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def shared_state(image: Any) -> list[str]:
+    """What two copies of ``image`` running at once would share."""
+    out = []
+    for rec in image.raw(b"MM  "):
+        for v in rec["vmas"]:
+            if v["kind"] == "sysv-shm":
+                out.append(f"System V segment key {v['key']:#x} (process {rec['pid']})")
+            elif v["kind"] == "shared-file" and v["prot"] & PROT_WRITE:
+                out.append(f"{v['path']} mapped shared and writable (process {rec['pid']})")
+    fdsc = image.raw(b"FDSC")
+    for d in fdsc[0]["descs"] if fdsc else []:
+        if d["kind"] == "file" and not d.get("deleted") and not d["flags"] & O_PATH \
+                and d["flags"] & O_ACCMODE and not d["flags"] & O_APPEND:  # fmt: skip
+            out.append(f"{d['path']} open for writing at its own offset (fd {d['fd']} of"
+                       f" {d['pid']})")  # fmt: skip
+    return out
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _who(path: str) -> int | None:
+    """The pid a marker names, if that process still runs."""
+    try:
+        with open(path) as f:
+            m = json.load(f)
+        pid, start = int(m["pid"]), int(m["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if _start_time(pid) == start else None
+
+
+class Claim:
+    """The lock on one image's marker, held until the restart ends (close)."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def mark(self, pid: int) -> None:
+        start = _start_time(pid)
+        if start is None:
+            return
+        tmp = f"{self.path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"pid": pid, "start": start}, f)
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def check(image: Any, *, allow_duplicate: bool = False) -> None:
+    """Refuse a second copy of a running image that would share state with the first;
+    otherwise hold the image's marker lock until ``image.close()`` (see :func:`mark`)."""
+    shared = shared_state(image)
+    if not shared:
+        return
+    try:
+        os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+        path = os.path.join(RUN_DIR, identity(image))
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+    except OSError:  # not root: no markers (the restart is this user's business)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    claim = Claim(path, fd)
+    pid = _who(path)
+    if pid is not None and not allow_duplicate:
+        claim.close()
+        raise RestoreConflict(f"image {image.path} is already running as pid {pid} (both"
+                              f" would share {shared[0]}); --allow-duplicate restarts a"
+                              " second copy", pid=pid, path=image.path)  # fmt: skip
+    image.running_claim = claim
+
+
+def mark(image: Any, pid: int) -> None:
+    """After a restart of ``image`` succeeded: its root process is ``pid``."""
+    claim = getattr(image, "running_claim", None)
+    if claim is not None:
+        with contextlib.suppress(OSError):
+            claim.mark(pid)
+
+
+def release(image: Any) -> None:
+    claim = getattr(image, "running_claim", None)
+    if claim is not None:
+        claim.close()
+        image.running_claim = None
