@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from tests.conftest import VICTIMS, Procs, Victim, reap
@@ -49,5 +51,18 @@ def test_scheduling(procs: Procs, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([build_threaded(tmp_path, "sched"), str(out)], out)
     v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+@pytest.mark.parametrize("mode", ["filters", "strict"])
+def test_seccomp(procs: Procs, tmp_path: Path, mode: str) -> None:
+    """Filters (inherited, TSYNC'd, a thread's own; one kills on rt_sigaction, which cryo
+    injects) and strict mode survive, and the checkpoint never kills the target."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build_threaded(tmp_path, "seccomp"), str(out), mode], out)
+    v.wait_ok_after(1)
+    checkpoint(v.pid, str(tmp_path / "img0"))  # the target keeps running, unharmed
+    v.wait_ok_after(max(v.oks()) + 1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()

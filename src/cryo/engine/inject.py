@@ -15,7 +15,7 @@ import re
 
 from cryo import procfs
 from cryo.engine.ptrace import Tracee
-from cryo.errors import CryoError, InternalError
+from cryo.errors import CryoError, InternalError, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import MAP, PROT, SYS
@@ -52,11 +52,35 @@ class Injector:
         self.scratch = 0
         self.scratch_size = 0
         self.calls = 0
+        self._seccomp_checked = False
+
+    def _suspend_seccomp(self) -> None:
+        """Before the first call into a task under seccomp (strict or filters): suspend it
+        for as long as we trace the task, or refuse before touching it."""
+        self._seccomp_checked = True
+        try:
+            with open(f"/proc/{self.t.pid}/task/{self.t.tid}/status", "rb") as f:
+                mode = procfs.parse_status(f.read()).get("Seccomp", "0")
+        except OSError:
+            return  # gone: the call will say so
+        if mode == "0":
+            return
+        try:
+            self.t.suspend_seccomp()
+        except OSError as err:
+            raise Unsupported(
+                f"thread {self.t.tid} of process {self.t.pid} runs under seccomp (mode"
+                f" {mode}) and cryo may not suspend it ({err.strerror}: PTRACE_O_SUSPEND_"
+                "SECCOMP needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE); its filter"
+                " could deny or kill cryo's injected calls", pid=self.t.pid,
+                resource="seccomp") from err  # fmt: skip
 
     def raw(self, nr: int, *args: int) -> int:
         """Run syscall ``nr``; returns the kernel's raw result (negative errno on failure)."""
         if len(args) > 6:
             raise InternalError("a syscall takes at most 6 arguments")
+        if not self._seccomp_checked:
+            self._suspend_seccomp()
         regs = S.user_regs_struct.from_buffer_copy(self.saved)
         a = [*args, 0, 0, 0, 0, 0, 0]
         regs.rax = nr

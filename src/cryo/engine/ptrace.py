@@ -28,6 +28,7 @@ class Tracee:
         self.tid = tid or pid
         self.attached = False
         self.deferred_signals: list[int] = []
+        self.options = 0  # the PTRACE_O_* flags in force (PTRACE_SETOPTIONS replaces them)
 
     # -- attaching ---------------------------------------------------------
     @classmethod
@@ -44,6 +45,7 @@ class Tracee:
                 raise AccessDenied(f"process {pid} may not be traced{why}", pid=pid) from err
             raise
         t.attached = True
+        t.options = options
         try:
             libc.ptrace(PTRACE.INTERRUPT, t.tid)
             t.wait_stop()
@@ -61,7 +63,8 @@ class Tracee:
         _, status = os.waitpid(pid, _WALL)
         if not os.WIFSTOPPED(status):
             raise CryoError(f"restore helper {pid} did not stop (status {status:#x})", pid=pid)
-        libc.ptrace(PTRACE.SETOPTIONS, pid, 0, int(PTRACE_O.EXITKILL | options))
+        t.options = int(PTRACE_O.EXITKILL | options)
+        libc.ptrace(PTRACE.SETOPTIONS, pid, 0, t.options)
         return t
 
     def wait_stop(self) -> int:
@@ -129,6 +132,34 @@ class Tracee:
         for s in pending:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, s)
+
+    # -- seccomp -----------------------------------------------------------
+    def suspend_seccomp(self, options: int | None = None) -> None:
+        """Suspend the task's seccomp filters or strict mode while we trace it
+        (PTRACE_O_SUSPEND_SECCOMP: CONFIG_CHECKPOINT_RESTORE and CAP_SYS_ADMIN), so that
+        no injected call is ever denied, trapped or fatal; a detach ends it, even ours
+        by death.  ``options``: the options in force, when not known to this object."""
+        if options is not None:
+            self.options = options
+        self.options |= PTRACE_O.SUSPEND_SECCOMP
+        libc.ptrace(PTRACE.SETOPTIONS, self.tid, 0, self.options)
+
+    def seccomp_filters(self) -> list[tuple[bytes, int]]:
+        """The task's seccomp filters, the first installed first, each as its classic BPF
+        program and its SECCOMP_FILTER_FLAG_* flags (only LOG is kept by the kernel)."""
+        out: list[tuple[bytes, int]] = []
+        while True:
+            try:
+                n = libc.ptrace(PTRACE.SECCOMP_GET_FILTER, self.tid, len(out), 0)
+            except OSError as err:
+                if err.errno == errno.ENOENT:
+                    return out
+                raise
+            buf = ctypes.create_string_buffer(n * ctypes.sizeof(S.sock_filter))
+            libc.ptrace(PTRACE.SECCOMP_GET_FILTER, self.tid, len(out), buf)
+            meta = S.seccomp_metadata(filter_off=len(out))
+            libc.ptrace(PTRACE.SECCOMP_GET_METADATA, self.tid, ctypes.sizeof(meta), meta)
+            out.append((buf.raw, int(meta.flags)))
 
     # -- registers ---------------------------------------------------------
     def getregs(self) -> S.user_regs_struct:

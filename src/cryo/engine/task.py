@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Callable
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import sched
+from cryo.engine import sched, seccomp
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
+from cryo.engine.tree import TRACE_NEW
 from cryo.errors import RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
@@ -32,6 +32,7 @@ from cryo.linux.consts import (
     _LINUX_CAPABILITY_VERSION_3,
     PR,
     PR_CAP_AMBIENT,
+    PTRACE_O,
     RSEQ_FLAG_UNREGISTER,
     SECBIT,
     SYS,
@@ -90,10 +91,6 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
     """Process-wide state (credentials are read per thread, see dump_thread)."""
     pid, inj = ctx.pid, ctx.inj
     st = procfs.parse_stat(procfs.read(pid, "stat"))
-    status = procfs.parse_status(procfs.read(pid, "status"))
-    if status.get("Seccomp", "0") != "0":
-        raise Unsupported(f"process {pid} runs under a seccomp filter, which is not supported",
-                          pid=pid, resource="seccomp")  # fmt: skip
     prctl: dict[str, int] = {}
     for name, (get, _set) in _PRCTL_FLAGS.items():
         if name in _BY_POINTER:
@@ -135,7 +132,7 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "securebits": inj(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0),
         "pdeathsig": pdeathsig,
         "dumpable": inj(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0),  # the process's, set last
-        **sched.dump_thread(tid),
+        **sched.dump_thread(tid), **seccomp.dump_thread(pid, tracee),
     }  # fmt: skip
 
 
@@ -244,15 +241,15 @@ def cap_last_cap() -> int:
         return int(f.read())
 
 
-def restore_creds(inj: Injector, trec: dict[str, Any],
-                  before_drop: Callable[[], None] | None = None) -> None:  # fmt: skip
+def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
     """In each thread (raw setres*id calls change the calling thread only), last of the
     privileged steps, in an order the kernel accepts (the helper runs with cryo's full
     capabilities): groups and gids; SECBIT_NO_SETUID_FIXUP so that the uid change keeps
     our capabilities; uids; the inheritable set; ambient capabilities (before a securebit
-    may forbid raising them); the bounding set; ``before_drop`` (what still needs
-    CAP_SYS_ADMIN: seccomp filters); the securebits; the permitted and effective sets;
-    then no_new_privs, pdeathsig and the dumpable flag (a credential change clears them).
+    may forbid raising them); the bounding set; seccomp filters (while the thread still
+    has CAP_SYS_ADMIN; its seccomp suspended while we trace it); the securebits; the
+    permitted and effective sets; then no_new_privs, pdeathsig and the dumpable flag (a
+    credential change clears them); seccomp strict mode last.
     """
     groups = trec["groups"]
     inj(SYS.setgroups, len(groups), inj.put(struct.pack(f"<{len(groups)}I", *groups) or b"\0"))
@@ -275,8 +272,7 @@ def restore_creds(inj: Injector, trec: dict[str, Any],
         for cap in range(cap_last_cap() + 1):
             if not caps["bnd"] >> cap & 1:
                 inj(SYS.prctl, PR.CAPBSET_DROP, cap, 0, 0, 0)
-    if before_drop is not None:
-        before_drop()
+    seccomp.restore_filters(inj, trec, inj.t.options or int(PTRACE_O.EXITKILL | TRACE_NEW))
     if caps is not None:
         inj(SYS.prctl, PR.SET_SECUREBITS, trec["securebits"], 0, 0, 0)
         _capset(inj, caps["eff"], caps["prm"], caps["inh"])
@@ -286,3 +282,4 @@ def restore_creds(inj: Injector, trec: dict[str, Any],
         inj(SYS.prctl, PR.SET_PDEATHSIG, trec["pdeathsig"], 0, 0, 0)
     if trec.get("dumpable") in (0, 1):  # 2 (suid_dumpable) cannot be set by prctl
         inj(SYS.prctl, PR.SET_DUMPABLE, trec["dumpable"], 0, 0, 0)
+    seccomp.restore_strict(inj, trec)

@@ -1,0 +1,69 @@
+"""seccomp, per thread: strict mode, or the stack of filters (classic BPF programs, the
+first installed first, each with its SECCOMP_FILTER_FLAG_LOG), inherited and TSYNC'd
+ones included (the kernel shows every thread the whole chain it runs).
+
+The filters never apply to cryo's own injected calls: a task under seccomp is traced
+with PTRACE_O_SUSPEND_SECCOMP before its first injected call (cryo.engine.inject), at
+checkpoint and at restart, and refused before anything is touched if the kernel does
+not allow that.  At restart each thread installs its filters again itself, with an
+injected seccomp(SECCOMP_SET_MODE_FILTER), while it still has CAP_SYS_ADMIN (so
+no_new_privs is not needed, as for the original), and strict mode last of all.  Threads
+that shared a filter get equal copies: a later SECCOMP_FILTER_FLAG_TSYNC by the program
+fails where the original would have succeeded (the kernel has no way to install one
+filter in several threads but TSYNC from one of them, which needs equal chains)."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from cryo import procfs
+from cryo.engine.inject import Injector
+from cryo.engine.ptrace import Tracee
+from cryo.linux import structs as S
+from cryo.linux.consts import PR, SECCOMP_MODE, SECCOMP_SET, SYS
+
+_FILTER_AT = 4096  # scratch offset of the BPF program being installed
+
+
+def mode(pid: int, tid: int) -> int:
+    status = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+    return int(status.get("Seccomp", "0"))
+
+
+def dump_thread(pid: int, tracee: Tracee) -> dict[str, Any]:
+    m = mode(pid, tracee.tid)
+    filters = tracee.seccomp_filters() if m == SECCOMP_MODE.FILTER else []
+    return {"seccomp": {"mode": m, "filters": [[prog, flags] for prog, flags in filters]}}
+
+
+def restore_filters(inj: Injector, trec: dict[str, Any], options: int) -> None:
+    """Install the thread's filters (needs CAP_SYS_ADMIN or no_new_privs); from now on
+    the thread is traced with its seccomp suspended (``options``: those in force)."""
+    sc = trec.get("seccomp")
+    if not sc or sc["mode"] == SECCOMP_MODE.DISABLED:
+        return
+    inj.t.suspend_seccomp(options)
+    for prog, flags in sc["filters"]:
+        addr = inj.put(prog, _FILTER_AT)
+        fprog = S.sock_fprog(len(prog) // ctypes.sizeof(S.sock_filter), addr)
+        inj(SYS.seccomp, SECCOMP_SET.MODE_FILTER, flags, inj.put(bytes(fprog), 1024),
+            what=" installing a seccomp filter")  # fmt: skip
+
+
+def restore_strict(inj: Injector, trec: dict[str, Any]) -> None:
+    """Strict mode, the thread's very last own call (then only read, write, exit and
+    sigreturn are allowed; our later calls are not, being suspended)."""
+    sc = trec.get("seccomp")
+    if sc and sc["mode"] == SECCOMP_MODE.STRICT:
+        inj(SYS.prctl, PR.SET_SECCOMP, SECCOMP_MODE.STRICT, 0, 0, 0)
+
+
+def describe(trec: dict[str, Any]) -> str | None:
+    sc = trec.get("seccomp")
+    if not sc or not sc["mode"]:
+        return None
+    if sc["mode"] == SECCOMP_MODE.STRICT:
+        return "strict"
+    return f"{len(sc['filters'])} filter(s)"
+
