@@ -242,3 +242,13 @@ def test_no_vdso_cli(procs: Procs, build: Any, tmp_path: Path) -> None:
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
     untouched(v)
+
+
+def test_userfaultfd_region_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("mapkinds"), str(out), "uffd"], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 9, r.stderr
+    assert "userfaultfd" in r.stderr, r.stderr
+    untouched(v)

@@ -1,12 +1,14 @@
 /* Mappings whose backing object is not a plain file by path: private and shared
  * mappings of a deleted file, private /dev/zero, memfd mapped shared and private,
  * MAP_HUGETLB (private and shared) and a hugetlb memfd, an AIO ring (io_setup).
- * argv[2] = mode: "files", "hugetlb", "aio"; argv[3] = a directory for the files.
+ * argv[2] = mode: "files", "hugetlb", "aio", "uffd"; argv[3] = a directory for the files.
  * Each round: data (the file's pages and the copied-on-write ones), that a private
  * mapping still sees the file (the shared writer's later stores show through in pages
  * not yet copied), names in /proc/self/maps, hugetlb page size. */
 #include "common.h"
 #include <linux/aio_abi.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -127,6 +129,23 @@ int main(int argc, char **argv) {
             if (!maps_has(hp, "anon_hugepage") || !maps_has(hs, "anon_hugepage")) { FAIL("hugetlb names"); bad = 1; }
             if (!maps_has(hm, "/memfd:cryo-huge (deleted)")) { FAIL("hugetlb memfd name"); bad = 1; }
             if (!bad) report("ok %ld", round);
+            nap(20);
+        }
+    }
+    if (!strcmp(mode, "uffd")) {
+        /* a region registered with a userfaultfd in missing mode */
+        unsigned char *u = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+        SETUP(uffd >= 0, "userfaultfd");
+        struct uffdio_api api = {.api = UFFD_API};
+        SETUP(ioctl(uffd, UFFDIO_API, &api) == 0, "UFFDIO_API");
+        struct uffdio_register reg = {.range = {(uintptr_t)u, 4 * PG}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+        SETUP(ioctl(uffd, UFFDIO_REGISTER, &reg) == 0, "UFFDIO_REGISTER");
+        /* held on a high fd, where a checkpointer might take it for its own */
+        SETUP(dup2(uffd, 1001) == 1001 && close(uffd) == 0, "dup2 uffd");
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            report("ok %ld", round);
             nap(20);
         }
     }

@@ -38,6 +38,8 @@ from cryo.linux.mm import (
     MCL,
     MLOCK,
     PR_SET_MEMORY_MERGE,
+    PR_SET_VMA,
+    PR_SET_VMA_ANON_NAME,
     SYSX,
     huge_flag,
     hugepages_available,
@@ -113,6 +115,9 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
     brk = ctx.live["brk"]
     runs: list[tuple[int, int]] = []
     out: list[dict[str, Any]] = []
+    armed = any(v.path.startswith("/memfd:cryo-wp:") for v in vmas)  # dirty.py's uffd
+    for v in vmas:
+        _refuse(pid, v, armed)
     pm = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     try:
         for v in vmas:
@@ -178,6 +183,26 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                "env_start": st.env_start, "env_end": st.env_end},
     }  # fmt: skip
     return rec, runs
+
+
+# VmFlags that no system call can give a mapping back, refused before anything is done
+_REFUSED = {
+    "ss": "a shadow stack (x86 user shadow stacks) is not supported",
+    "um": "it is registered with a userfaultfd (missing mode): not supported",
+    "ui": "it is registered with a userfaultfd (minor mode): not supported",
+}
+
+
+def _refuse(pid: int, v: procfs.Vma, armed: bool) -> None:
+    """Refuse a mapping whose state cryo cannot restore, naming it."""
+    why = next((msg for f, msg in _REFUSED.items() if f in v.flags), None)
+    if why is None and "uw" in v.flags and not armed:
+        why = "it is registered with a userfaultfd (write-protect mode): not supported"
+    if why is None and {"pf", "io"} & set(v.flags) and v.path not in SPECIAL + SKIPPED:
+        why = "it maps device memory (VM_PFNMAP/VM_IO): not supported"
+    if why:
+        raise Unsupported(f"mapping {v.start:#x}-{v.end:#x} of {v.path or 'anonymous'}: {why}",
+                          pid=pid, resource="memory")  # fmt: skip
 
 
 def _ksm_merge_any(pid: int) -> bool:
@@ -551,6 +576,10 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
                 if v.get("hugetlb"):
                     flags |= huge_flag(v["hugetlb"])
                 inj(SYS.mmap, v["start"], size, prot, flags, -1, 0)
+            name = _anon_name(v["path"])
+            if name is not None:  # PR_SET_VMA_ANON_NAME (CONFIG_ANON_VMA_NAME)
+                inj(SYS.prctl, PR_SET_VMA, PR_SET_VMA_ANON_NAME, v["start"], size,
+                    inj.put_str(name), what=f" PR_SET_VMA_ANON_NAME {v['path']}")  # fmt: skip
             for flag in vflags:
                 if flag in _MADVISE:
                     inj(SYS.madvise, v["start"], size, _MADVISE[flag],
@@ -563,6 +592,14 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
         for fd in fds.values():
             inj.raw(SYS.close, fd)
     return fixup
+
+
+def _anon_name(path: str) -> str | None:
+    """The name an anonymous mapping was given with PR_SET_VMA_ANON_NAME, if any."""
+    for prefix in ("[anon:", "[anon_shmem:"):
+        if path.startswith(prefix) and path.endswith("]"):
+            return path[len(prefix) : -1]
+    return None
 
 
 def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:

@@ -64,6 +64,8 @@ class SYSX(enum.IntEnum):
 
 PR_SET_MEMORY_MERGE = 67
 PR_GET_MEMORY_MERGE = 68
+PR_SET_VMA = 0x53564D41
+PR_SET_VMA_ANON_NAME = 0
 
 # /proc/PID/pagemap entries (Documentation/admin-guide/mm/pagemap.rst)
 PM_PFN_MASK = (1 << 55) - 1
