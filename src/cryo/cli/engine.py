@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
+from cryo import safefile
 from cryo.cli.fmt import human
 from cryo.errors import CryoError
 
@@ -60,6 +61,11 @@ def register(sub: Any) -> None:
                    help="give the process this terminal/stdio for its saved fds 0-2")
     p.add_argument("--translate", action="append", default=[], metavar="OLD=NEW",
                    help="reopen files under OLD from NEW instead (repeatable)")
+    p.add_argument("--trust-image", action="store_true",
+                   help="restart an image whose seal does not verify (edited, or made on a"
+                   " host with another key); its owner's privileges still bound it")
+    p.add_argument("--allow-duplicate", action="store_true",
+                   help="restart a second copy of an image that is running already")
     p.set_defaults(func=cmd_restart)
 
     p = sub.add_parser("run", help="start a program so that it can be checkpointed",
@@ -154,71 +160,9 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
             bar.close()
 
 
-def _supervised(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run a command in a worker process that outlives us.
-
-    While a checkpoint runs system calls inside the frozen target, the target's registers
-    are ours; if the process holding them were killed outright (SIGKILL), the kernel would
-    let the target go in that state.  So the work is done by a child: killing the `cryo`
-    the user started only tells the worker (PR_SET_PDEATHSIG: SIGTERM), which finishes
-    the step in hand, puts the target back as it was, lets it go and cleans up.
-    Signals to us are passed on to the worker."""
-
-    def run(args: argparse.Namespace) -> int:
-        worker = os.fork()
-        if worker == 0:
-            code = 1
-            try:
-                from cryo.linux import libc
-                from cryo.linux.consts import PR
-
-                libc.prctl(PR.SET_PDEATHSIG, signal.SIGTERM)
-                if os.getppid() == 1:  # the parent is gone already
-                    os._exit(130)
-
-                def stop(_sig: int, _frame: object) -> None:
-                    raise KeyboardInterrupt
-
-                for sig in (signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(sig, stop)
-                code = fn(args)
-            except CryoError as err:
-                print(f"cryo: error: {err}", file=sys.stderr)
-                code = err.exit_code
-            except KeyboardInterrupt:
-                print("cryo: interrupted", file=sys.stderr)
-                code = 130
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-
-        def forward(sig: int, _frame: object) -> None:
-            with suppress(ProcessLookupError):
-                os.kill(worker, sig)
-
-        old = {sig: signal.signal(sig, forward)
-               for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # fmt: skip
-        try:
-            while True:
-                try:
-                    _, status = os.waitpid(worker, 0)
-                    break
-                except InterruptedError:  # pragma: no cover (PEP 475 retries)
-                    continue
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 130
-
-    return run
-
-
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    return _supervised(_checkpoint)(args)
-
-
-def _checkpoint(args: argparse.Namespace) -> int:
+    # the library does the work in a worker that outlives us: killing this command at
+    # any moment leaves the target as it was (engine/worker.py)
     from cryo.engine.dump import checkpoint
 
     _check_where(args)
@@ -258,6 +202,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     _check_where(args)
     kw: dict[str, Any] = {"must_reuse_pid": args.must_reuse_pid, "shell_job": args.shell_job,
                           "translate": translate}
+    kw.update({k: True for k in ("trust_image", "allow_duplicate") if getattr(args, k)})
     with _progress("restart") as prog:
         if args.store:
             from cryo import store
@@ -268,8 +213,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
                 raise CryoError("--version goes with --store")
             r = restart(args.dir, progress=prog, **kw)
     if args.pidfile:
-        with open(args.pidfile, "w") as f:
-            f.write(f"{r.pid}\n")
+        safefile.write_pidfile(args.pidfile, r.pid)
     for w in r.warnings:
         print(f"cryo: warning: {w}", file=sys.stderr)
     same = "its old pid" if r.pid == r.old_pid else f"new pid (was {r.old_pid})"
@@ -287,8 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     pid = run(cmd, args.output, pid_ns=args.pid_ns)
     if args.pidfile:
-        with open(args.pidfile, "w") as f:
-            f.write(f"{pid}\n")
+        safefile.write_pidfile(args.pidfile, pid)
     print(pid)
     return 0
 

@@ -1,7 +1,12 @@
-"""What the resource modules share during one dump or one restore of one process."""
+"""What the resource drivers share during one dump or one restore of one process.
+
+Drivers (engine/drivers.py) do not import each other: what one leaves for another, in a
+later phase of the same process, goes here under a documented name.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +21,16 @@ class DumpContext:
     inj: Injector  # injects into the leader
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # facts only the task itself can tell, gathered by injected calls (e.g. "brk")
+    # facts only the task itself can tell, gathered in the inject phase and used by the
+    # same driver in a later phase ("brk", "task", "sigs", "timers", "tracking")
     live: dict[str, Any] = field(default_factory=dict)
-    # what several processes share, collected once: see cryo.engine.shared
+    # what several processes share, collected once: the session's Shared
     shared: Any = None
+    # this process's records by kind, and its THRD records (leader first)
+    records: dict[bytes, Any] = field(default_factory=dict)
+    thread_records: list[dict[str, Any]] = field(default_factory=list)
+    # the runs of its memory [address, length] whose pages go into the image
+    runs: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -36,5 +47,21 @@ class RestoreContext:
     tid_map: dict[int, int] = field(default_factory=dict)
     # old pid -> new pid for every process of the image
     pid_map: dict[int, int] = field(default_factory=dict)
-    # what several processes share, made once: see cryo.engine.shared
+    # what several processes share, made once: the restart session's Shared
     shared: Any = None
+    # the process's records by kind, its THRD records (leader first), its TREE entry
+    records: dict[bytes, Any] = field(default_factory=dict)
+    thread_records: list[dict[str, Any]] = field(default_factory=list)
+    proc: dict[str, Any] = field(default_factory=dict)
+    pidns: bool = False  # restored into a new pid namespace
+    # new tid -> injector of that thread; the restorer area every process has
+    injectors: dict[int, Injector] = field(default_factory=dict)
+    area: int = 0
+    area_size: int = 0
+    # called with the number of bytes of pages written, as they are
+    progress: Callable[[int], None] | None = None
+    # what a stage leaves for a later stage of the same driver ("fixup", "written")
+    live: dict[str, Any] = field(default_factory=dict)
+
+    def thread_injector(self, trec: dict[str, Any]) -> Injector:
+        return self.injectors[self.tid_map[trec["tid"]]]

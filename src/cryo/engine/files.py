@@ -22,19 +22,21 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
 from cryo.engine import anonfds, dirty, sockets
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.errors import CryoError, Unsupported
+from cryo.errors import CryoError, ImageCorrupt, Unsupported
 from cryo.linux import libc
 from cryo.linux.consts import SYS
 
 log = logging.getLogger(__name__)
 KIND = b"FILE"
 DESC_KIND = b"FDSC"
+DATA_KIND = b"FDAT"
 O_ACCMODE = 0o3
 O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC = 0o100, 0o200, 0o400, 0o1000
 O_NONBLOCK = 0o4000
@@ -46,27 +48,86 @@ MAX_DELETED = 1 << 30  # contents of a deleted file kept in the image, at most
 MAX_PIPE = 1 << 24
 
 
-def _kind_of(target: str, st: os.stat_result) -> str:
-    if stat.S_ISREG(st.st_mode):
-        return "file"
-    if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    if stat.S_ISCHR(st.st_mode):
-        if target.startswith(("/dev/pts/", "/dev/tty")) or target == "/dev/console":
-            return "tty"
-        return "chr"
-    if target.startswith("pipe:"):
-        return "pipe"
-    if target.startswith("socket:"):
-        return "socket"
-    if target.startswith("anon_inode:"):
-        return "anon_inode"
-    if stat.S_ISFIFO(st.st_mode):
-        return "fifo"
-    return "other"
+@dataclass(frozen=True)
+class Found:
+    """One fd of one process, as the dump finds it."""
+
+    pid: int
+    fd: int
+    target: str  # the /proc/PID/fd link
+    st: os.stat_result
+
+    @property
+    def fmt(self) -> int:
+        return stat.S_IFMT(self.st.st_mode)
 
 
-_WHAT = {"anon_inode": "anonymous inode", "other": "special file"}
+@dataclass
+class Opening:
+    """What the restore of every description shares while cryo opens them."""
+
+    blobs: list[bytes]
+    options: dict[str, Any]
+    opened: Opened
+    unix: dict[int, dict[str, Any]]  # unix sockets of the image by inode
+    pipes: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    pairs: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FdKind:
+    """One kind of open file description: how the dump recognizes it, what its FDSC entry
+    holds beyond the common fields, and how the restore opens it again.  A kind with a
+    ``refuse`` message is recognized only to be refused by name (exit 9)."""
+
+    name: str
+    match: Callable[[Found], bool]
+    describe: Callable[[Found, procfs.FdInfo, Descriptions], dict[str, Any]] | None = None
+    open: Callable[[dict[str, Any], Opening], int] | None = None
+    refuse: Callable[[Found], str] | None = None
+    in_flight: bool = False  # data waiting in it is copied (tee) and written back
+
+
+def _is_tty(f: Found) -> bool:
+    return f.fmt == stat.S_IFCHR and (f.target.startswith(("/dev/pts/", "/dev/tty"))
+                                      or f.target == "/dev/console")  # fmt: skip
+
+
+def _is_socket(f: Found) -> bool:
+    return f.target.startswith("socket:")
+
+
+def _anon(name: str) -> Callable[[Found], bool]:
+    return lambda f: f.target.startswith("anon_inode:") and anonfds.kind_of(f.target) == name
+
+
+def _describe_file(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
+    if f.st.st_nlink != 0:
+        return {}
+    if f.st.st_size > MAX_DELETED:
+        raise Unsupported(f"fd {f.fd}: deleted file {f.target} is larger than 1 GiB",
+                          pid=f.pid, resource=f"fd {f.fd}")  # fmt: skip
+    with open(f"/proc/{f.pid}/fd/{f.fd}", "rb") as fh:
+        descs.blobs.append(fh.read())
+    return {"blob": len(descs.blobs) - 1, "path": f.target.removesuffix(" (deleted)"),
+            "deleted": True}  # fmt: skip
+
+
+def _describe_unix(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
+    if descs.unix is None:
+        descs.unix = sockets.unix_sockets()
+    return sockets.describe(f.pid, f.fd, f.st.st_ino, descs.unix)
+
+
+def _describe_anon(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
+    return anonfds.describe(anonfds.kind_of(f.target) or "", procfs.read(f.pid, f"fdinfo/{f.fd}"),
+                            f.pid, f.fd)  # fmt: skip
+
+
+def _open_unix(d: dict[str, Any], o: Opening) -> int:
+    fd = sockets.open_pair(d, o.unix.get(d["peer"]), o.pairs)
+    _set_flags(fd, d["flags"])
+    return fd
 
 
 @dataclass
@@ -101,29 +162,15 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
             continue  # the write tracking cryo armed (engine/dirty.py): not the program's
         info = procfs.parse_fdinfo(procfs.read(pid, f"fdinfo/{fd}"))
         st = os.stat(f"/proc/{pid}/fd/{fd}")
-        kind = _kind_of(target, st)
-        if shell_job and fd <= 2 and (kind in ("tty", "pipe", "socket")
-                                      or (kind == "file" and st.st_nlink == 0)):
-            kind = "stdio"  # a shell job's stdio belongs to whoever restarts it
-        elif kind == "socket":
-            what = _socket_kind(pid, st.st_ino)
-            if what != "UNIX":
-                raise Unsupported(f"fd {fd}: {what} socket is not supported ({target})",
-                                  pid=pid, resource=f"fd {fd}")  # fmt: skip
-            kind = "unix"
-        elif kind == "anon_inode" and anonfds.kind_of(target):
-            kind = anonfds.kind_of(target) or kind
-        elif kind in _WHAT:
-            raise Unsupported(f"fd {fd}: {_WHAT[kind]} is not supported ({target})",
-                              pid=pid, resource=f"fd {fd}")  # fmt: skip
-        elif kind == "tty":
-            raise Unsupported(f"fd {fd}: terminal {target}; use --shell-job to hand the"
-                              " restored process the caller's terminal",
-                              pid=pid, resource=f"fd {fd}")  # fmt: skip
+        found = Found(pid, fd, target, st)
+        k = kind_of(found, shell_job)
+        if k.refuse is not None:
+            raise Unsupported(f"fd {fd}: {k.refuse(found)}", pid=pid, resource=f"fd {fd}")
+        kind = k.name
         index = descs.find(pid, fd, kind, st)
         if index is None:
             index = len(descs.descs)
-            descs.descs.append(_describe(pid, fd, kind, target, info, st, descs))
+            descs.descs.append(_describe(found, k, info, descs))
             descs.seen.append((pid, fd))
         table.append({"fd": fd, "desc": index, "cloexec": bool(info.flags & O_CLOEXEC)})
     status = procfs.parse_status(procfs.read(pid, "status"))
@@ -136,29 +183,33 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
     }
 
 
-def _describe(pid: int, fd: int, kind: str, target: str, info: procfs.FdInfo,
-              st: os.stat_result, descs: Descriptions) -> dict[str, Any]:
+def _describe(f: Found, k: FdKind, info: procfs.FdInfo, descs: Descriptions
+              ) -> dict[str, Any]:  # fmt: skip
     d: dict[str, Any] = {
-        "id": len(descs.descs), "kind": kind, "path": target, "pos": info.pos,
-        "flags": info.flags & ~O_CLOEXEC, "ino": st.st_ino, "dev": st.st_dev,
-        "mode": st.st_mode, "size": st.st_size, "fd": fd, "pid": pid,
+        "id": len(descs.descs), "kind": k.name, "path": f.target, "pos": info.pos,
+        "flags": info.flags & ~O_CLOEXEC, "ino": f.st.st_ino, "dev": f.st.st_dev,
+        "mode": f.st.st_mode, "size": f.st.st_size, "fd": f.fd, "pid": f.pid,
     }  # fmt: skip
-    if kind in anonfds.KINDS.values():
-        d.update(anonfds.describe(kind, procfs.read(pid, f"fdinfo/{fd}"), pid, fd))
-    if kind == "unix":
-        if descs.unix is None:
-            descs.unix = sockets.unix_sockets()
-        d.update(sockets.describe(pid, fd, st.st_ino, descs.unix))
-    if kind == "file" and st.st_nlink == 0:
-        if st.st_size > MAX_DELETED:
-            raise Unsupported(f"fd {fd}: deleted file {target} is larger than 1 GiB",
-                              pid=pid, resource=f"fd {fd}")  # fmt: skip
-        with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
-            d["blob"] = len(descs.blobs)
-            descs.blobs.append(f.read())
-        d["path"] = target.removesuffix(" (deleted)")
-        d["deleted"] = True
+    if k.describe is not None:
+        d.update(k.describe(f, info, descs))
     return d
+
+
+def collect(ctx: DumpContext) -> None:
+    """Driver hook: the FILE record of the process, its descriptions added to the
+    session's (each saved once)."""
+    ctx.records[KIND] = dump(ctx, ctx.shared.descs)
+
+
+def dump_shared(session: Any) -> None:
+    """Driver hook, once for all processes: the data in flight in pipes and FIFOs."""
+    dump_pipes(session.shared.descs, session.shell_job)
+
+
+def shared_records(session: Any) -> list[tuple[bytes, Any, bool]]:
+    descs: Descriptions = session.shared.descs
+    return [(DESC_KIND, {"descs": descs.descs}, False),
+            *((DATA_KIND, blob, True) for blob in descs.blobs)]
 
 
 def check_shared_tables(pids: list[int]) -> list[str]:
@@ -182,7 +233,7 @@ def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
     """Copy, without consuming it, the data waiting in each pipe and FIFO (tee)."""
     done: set[tuple[int, int]] = set()
     for d in descs.descs:
-        if d["kind"] not in ("pipe", "fifo") or (d["dev"], d["ino"]) in done:
+        if not KINDS[d["kind"]].in_flight or (d["dev"], d["ino"]) in done:
             continue
         done.add((d["dev"], d["ino"]))
         readers = [e for e in descs.descs if (e["dev"], e["ino"]) == (d["dev"], d["ino"])
@@ -263,27 +314,34 @@ def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[
     """Open every description in cryo, on fds above every fd number the image uses."""
     top = max([e["fd"] for t in tables for e in t["fds"]] + [2])
     opened = Opened(base=max(top + 1, 10))
-    pipes: dict[tuple[int, int], tuple[int, int]] = {}
-    by_ino = {d["ino"]: d for d in descs if d["kind"] == "unix"}
-    pairs: dict[int, int] = {}
+    o = Opening(blobs, options, opened, {d["ino"]: d for d in descs if d["kind"] == "unix"})
     try:
         for d in descs:
-            if d["kind"] == "unix":
-                fd = sockets.open_pair(d, by_ino.get(d["peer"]), pairs)
-                _set_flags(fd, d["flags"])
-            else:
-                fd = _open_one(d, blobs, options, pipes, opened)
+            k = KINDS.get(d["kind"])
+            if k is None or k.open is None:
+                raise ImageCorrupt(f"fd {d['fd']} of {d['pid']}: unknown kind {d['kind']!r}")
+            fd = k.open(d, o)
             high = fcntl.fcntl(fd, fcntl.F_DUPFD, opened.base)
-            if fd not in (0, 1, 2) or d["kind"] != "stdio":
+            if fd not in (0, 1, 2) or k is not _STDIO:
                 os.close(fd)
             opened.fds[d["id"]] = high
-        for r, w in pipes.values():
+        for r, w in o.pipes.values():
             os.close(r)
             os.close(w)
     except BaseException:
         opened.close()
         raise
     return opened
+
+
+def prepare(rs: Any) -> None:
+    """Driver hook, before any process exists: every description opened once by cryo,
+    inherited by every process of the restart."""
+    plan = rs.plan
+    rs.shared.descs = plan.descs
+    rs.shared.opened = opened = open_all(plan.descs, plan.blobs,
+                                         [r[KIND] for r in plan.procs.values()], rs.options)
+    rs.on_exit(opened.close)
 
 
 def _translate(path: str, options: dict[str, Any]) -> str:
@@ -295,41 +353,47 @@ def _translate(path: str, options: dict[str, Any]) -> str:
     return path
 
 
-def _open_one(d: dict[str, Any], blobs: list[bytes], options: dict[str, Any],
-              pipes: dict[tuple[int, int], tuple[int, int]], opened: Opened) -> int:  # fmt: skip
-    kind = d["kind"]
-    flags = d["flags"] & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC)
-    if kind == "stdio":
-        return int(d["fd"])  # our own stdio, dup'ed up by the caller
-    if kind in anonfds.KINDS.values():
-        return anonfds.open_desc(d)
-    if kind == "pipe":
-        key = (d["dev"], d["ino"])
-        if key not in pipes:
-            r, w = os.pipe()
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, d.get("pipe_size", 65536))
-            if d.get("data"):
-                os.write(w, d["data"])
-            pipes[key] = (r, w)
-        end = pipes[key][0 if flags & O_ACCMODE == os.O_RDONLY else 1]
-        fd = os.open(f"/proc/self/fd/{end}", flags & ~O_NONBLOCK | os.O_NONBLOCK)
-        _set_flags(fd, flags)
-        return fd
-    path = _translate(d["path"], options)
-    if kind == "fifo":
-        key = (d["dev"], d["ino"])
-        if key not in pipes:
-            anchor = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-            opened.anchors.append(anchor)
-            if d.get("data"):
-                os.write(anchor, d["data"])
-            pipes[key] = (os.dup(anchor), os.dup(anchor))
-        fd = os.open(path, flags | os.O_NONBLOCK)
-        _set_flags(fd, flags)
-        return fd
+def _open_flags(d: dict[str, Any]) -> int:
+    return int(d["flags"]) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC)
+
+
+def _open_pipe(d: dict[str, Any], o: Opening) -> int:
+    flags = _open_flags(d)
+    key = (d["dev"], d["ino"])
+    if key not in o.pipes:
+        r, w = os.pipe()
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, d.get("pipe_size", 65536))
+        if d.get("data"):
+            os.write(w, d["data"])
+        o.pipes[key] = (r, w)
+    end = o.pipes[key][0 if flags & O_ACCMODE == os.O_RDONLY else 1]
+    fd = os.open(f"/proc/self/fd/{end}", flags & ~O_NONBLOCK | os.O_NONBLOCK)
+    _set_flags(fd, flags)
+    return fd
+
+
+def _open_fifo(d: dict[str, Any], o: Opening) -> int:
+    flags = _open_flags(d)
+    path = _translate(d["path"], o.options)
+    key = (d["dev"], d["ino"])
+    if key not in o.pipes:
+        anchor = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        o.opened.anchors.append(anchor)
+        if d.get("data"):
+            os.write(anchor, d["data"])
+        o.pipes[key] = (os.dup(anchor), os.dup(anchor))
+    fd = os.open(path, flags | os.O_NONBLOCK)
+    _set_flags(fd, flags)
+    return fd
+
+
+def _open_path(d: dict[str, Any], o: Opening) -> int:
+    """A file, directory or device, by its path (a deleted file recreated first)."""
+    flags = _open_flags(d)
+    path = _translate(d["path"], o.options)
     created = None
     if d.get("deleted"):
-        path = created = _materialize(d, blobs[d["blob"]])
+        path = created = _materialize(d, o.blobs[d["blob"]])
     try:
         fd = os.open(path, flags)
     except OSError as err:
@@ -338,7 +402,7 @@ def _open_one(d: dict[str, Any], blobs: list[bytes], options: dict[str, Any],
     finally:
         if created:
             os.unlink(created)
-    if kind == "file" and not flags & O_PATH:
+    if d["kind"] == "file" and not flags & O_PATH:
         os.lseek(fd, d["pos"], os.SEEK_SET)
     return fd
 
@@ -400,3 +464,41 @@ def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str,
             item["in_flight"] = len(d["data"])
         out.append(item)
     return out
+
+
+# -- the fd kinds ----------------------------------------------------------------------
+
+_ANON = [FdKind(name, _anon(name), _describe_anon, lambda d, _o: anonfds.open_desc(d))
+         for name in anonfds.KINDS.values()]  # fmt: skip
+
+# In the order the dump tries them; the first that matches is the fd's kind.
+FD_KINDS: tuple[FdKind, ...] = (
+    FdKind("file", lambda f: f.fmt == stat.S_IFREG, _describe_file, _open_path),
+    FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, open=_open_path),
+    FdKind("tty", _is_tty, refuse=lambda f: f"terminal {f.target}; use --shell-job to hand"
+           " the restored process the caller's terminal"),
+    FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, open=_open_path),
+    FdKind("pipe", lambda f: f.target.startswith("pipe:"), open=_open_pipe, in_flight=True),
+    FdKind("unix", lambda f: _is_socket(f) and _socket_kind(f.pid, f.st.st_ino) == "UNIX",
+           _describe_unix, _open_unix),
+    FdKind("socket", _is_socket, refuse=lambda f: f"{_socket_kind(f.pid, f.st.st_ino)} socket"
+           f" is not supported ({f.target})"),
+    *_ANON,
+    FdKind("anon_inode", lambda f: f.target.startswith("anon_inode:"),
+           refuse=lambda f: f"anonymous inode is not supported ({f.target})"),
+    FdKind("fifo", lambda f: f.fmt == stat.S_IFIFO, open=_open_fifo, in_flight=True),
+    FdKind("other", lambda _f: True, refuse=lambda f: f"special file is not supported"
+           f" ({f.target})"),
+)
+# a shell job's stdio (fds 0-2 on a terminal, pipe, socket or deleted file) belongs to
+# whoever restarts it: given the restarter's own
+_STDIO = FdKind("stdio", lambda f: f.fd <= 2 and (
+    _is_tty(f) or f.target.startswith(("pipe:", "socket:"))
+    or (f.fmt == stat.S_IFREG and f.st.st_nlink == 0)), open=lambda d, _o: int(d["fd"]))
+KINDS = {k.name: k for k in (*FD_KINDS, _STDIO)}
+
+
+def kind_of(f: Found, shell_job: bool) -> FdKind:
+    if shell_job and _STDIO.match(f):
+        return _STDIO
+    return next(k for k in FD_KINDS if k.match(f))

@@ -12,20 +12,28 @@ consistent moment.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import signal
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
+from cryo.engine.context import RestoreContext
+from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
 from cryo.errors import CryoError, NoSuchProcess, RestoreConflict, Unsupported
-from cryo.linux.consts import PTRACE_O
+from cryo.linux import libc
+from cryo.linux import structs as S
+from cryo.linux.consts import CLONE, PAGE_SIZE, PTRACE, PTRACE_O, SYS
 
 log = logging.getLogger(__name__)
 KIND = b"TREE"
 SCOPES = ("process", "tree", "pgid", "sid")
 TRACE_NEW = PTRACE_O.TRACEFORK | PTRACE_O.TRACEVFORK | PTRACE_O.TRACECLONE
+RESTORER_SIZE = 64 * 1024  # restart: `syscall; int3` and scratch, in every process
 
 
 @dataclass
@@ -298,3 +306,116 @@ def need_free(rec: dict[str, Any]) -> None:
             if os.path.exists(f"/proc/{t}"):
                 raise RestoreConflict(f"pid {t} is taken; cannot restore with the same pids",
                                       pid=t)  # fmt: skip
+
+
+def spawn_helper(want_pid: int | None, new_pidns: bool = False) -> int:
+    """Fork a child that stops itself under our trace; with ``want_pid``, as that pid;
+    with ``new_pidns`` as pid 1 of a new pid namespace."""
+    if new_pidns:
+        child = libc.clone3(None, CLONE.NEWPID)
+    else:
+        child = libc.clone3(want_pid) if want_pid is not None else os.fork()
+    if child == 0:  # the child: become traceable and stop; we take it from there
+        try:
+            libc.ptrace(PTRACE.TRACEME, 0)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        finally:
+            os._exit(127)
+    return child
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+@dataclass
+class Made:
+    """A process being built: its leader under our control."""
+
+    rec: dict[str, Any]
+    pid: int
+    tracee: Tracee
+    inj: Injector
+    ctx: RestoreContext | None = None
+
+
+def kill_made(made: dict[int, Made]) -> None:
+    """Undo :func:`build`: every process made so far, children first."""
+    for m in reversed(list(made.values())):
+        kill(m.pid)
+
+
+def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bool,
+          area: int) -> None:  # fmt: skip
+    """Create every process of TREE record ``rec``, parents first, with ids, sessions and
+    groups.  Each gets the restorer area at ``area``: a root forked by cryo maps it,
+    every other process inherits it from the restored parent that forks it."""
+    for p in creation_order(rec):
+        old = p["pid"]
+        parent = made.get(p["ppid"])
+        if parent is None:  # a root: forked by cryo
+            try:
+                child = spawn_helper(old if reuse else None, bool(rec.get("pidns")))
+            except OSError as err:
+                if err.errno != errno.EEXIST:
+                    raise
+                raise RestoreConflict(f"pid {old} was taken meanwhile", pid=old) from err
+            t = Tracee.adopt_traceme_child(child, TRACE_NEW)
+            made[old] = m = Made(p, child, t, Injector(t, find_vdso_syscall(child)))
+            m.inj.map_scratch(RESTORER_SIZE, addr=area, exe=True)
+            m.inj.write(area, b"\x0f\x05\xcc")  # syscall; int3
+        else:  # forked by its restored parent
+            pinj = parent.inj
+            args = S.clone_args()
+            args.exit_signal = p["exit_signal"]
+            if reuse:
+                args.set_tid = pinj.put(struct.pack("<i", p["nspid"]), 512)
+                args.set_tid_size = 1
+            known = set(children(parent.pid))
+            pinj(SYS.clone3, pinj.put(bytes(args)), len(bytes(args)), what=f" clone3 for {old}")
+            child = new_child(parent.pid, known)
+            t = Tracee(child)
+            t.attached = True  # traced from birth (PTRACE_O_TRACEFORK)
+            t.wait_stop()
+            made[old] = m = Made(p, child, t, Injector(t, area))
+        m.inj.syscall_addr = area
+        m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE
+        _ids(m, made, shell_job, root=parent is None)
+
+
+def _ids(m: Made, made: dict[int, Made], shell_job: bool, root: bool) -> None:
+    """Session and process group, set right after birth, before any child is made."""
+    rec, inj = m.rec, m.inj
+    old = rec["pid"]
+    if rec["sid"] == old:
+        if not (root and shell_job):
+            inj(SYS.setsid)
+        return
+    if rec["pgid"] == old:
+        inj(SYS.setpgid, 0, 0)
+    elif rec["pgid"] in made and not root:  # the leader's pid as the process sees it
+        leader = made[rec["pgid"]]
+        inj(SYS.setpgid, 0, nspid(leader.pid))
+
+
+def finish_zombie(m: Made, area: int) -> None:
+    """Let a zombie-to-be go straight into exit_group (or a fatal signal) with the
+    status its parent will collect."""
+    status = m.rec["exit_code"]
+    inj = m.inj
+    regs = S.user_regs_struct.from_buffer_copy(inj.saved)
+    regs.rip = area
+    regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        inj(SYS.rt_sigaction, sig, inj.put(bytes(32)), 0, 8)  # SIG_DFL
+        inj(SYS.prlimit64, 0, 4, inj.put(bytes(16)), 0)  # RLIMIT_CORE 0: no core file
+        regs.rax, regs.rdi, regs.rsi, regs.rdx = SYS.tgkill, m.pid, m.pid, sig
+    else:
+        regs.rax, regs.rdi = SYS.exit_group, os.WEXITSTATUS(status) if os.WIFEXITED(status) \
+            else 0  # fmt: skip
+    inj.finish(regs)

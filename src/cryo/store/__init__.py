@@ -62,17 +62,15 @@ def checkpoint(pid: int, store: str, app: str, *, compress: bool = False,
             except ImageCorrupt as err:
                 warnings.append(f"version {parent} is damaged ({err}); this version is full")
         version = a.next_version()
-        sink = VersionSink(a, version, previous, parent=parent, direct=direct_io)
-        try:
-            dest = sink if track else Untracked(sink)
-            result = dump.checkpoint(pid, dest, direct_io=direct_io, **engine)
-        except BaseException:
-            sink.abort()  # (the engine does, unless it fails before it starts)
-            raise
+
+        def make_sink() -> VersionSink | Untracked:  # made where the checkpoint runs
+            sink = VersionSink(a, version, previous, parent=parent, direct=direct_io)
+            return sink if track else Untracked(sink)
+
+        result = dump.checkpoint(pid, make_sink, direct_io=direct_io, **engine)
     result.warnings.extend(warnings)
     result.total_seconds = time.perf_counter() - t0
-    log.info("%s version %d: %d of %d pages stored", app, version, sink.new_pages,
-             sink.written_pages)  # fmt: skip
+    log.info("%s version %d: %d bytes stored", app, version, result.stored_bytes)
     return version, result
 
 

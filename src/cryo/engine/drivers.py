@@ -1,0 +1,263 @@
+"""The resource drivers: what each resource kind does in which phase, in one table.
+
+A checkpoint session (engine/session.py) walks :data:`DRIVERS` in order in each of its
+phases, and a restart session walks it in each restore stage; neither knows any
+resource by name.  A driver names its record kinds and gives a function for each phase
+it takes part in.  The dump and restore halves live in the resource's own module; the
+few lines here only hand them what they take from the context.  Resource modules do not
+import each other: what one phase leaves for a later one goes through the context.
+
+Checkpoint phases a driver may act in (per process unless said otherwise):
+
+    inject         inside the frozen task, a scratch page mapped (``ctx.inj``)
+    inject_thread  the same, for each thread (``inj`` injects into that thread); only
+                   the threads driver: it returns the thread's THRD record
+    collect        from outside the task (/proc, ptrace, process_vm_readv)
+    shared         once for all processes, after every process was collected
+    write          per process, the sink known: side data, which pages to copy
+    records        once: shared records (kind, payload, raw), after per-process ones
+
+    written        per process, after its pages are in the sink, before the commit
+
+Restart: ``prepare`` once before any process exists (objects cryo makes and every
+process inherits; cleanups and undos go on the session), then per process the stages of
+:data:`BUILD_STAGES` in order, and once every process is built :data:`FINISH_STAGES`;
+those in :data:`PER_THREAD` run once per thread (``restore_thread``), with that thread's
+injector and THRD record, the others once per process (``restore``).
+
+Adding a resource: a module with its dump and restore halves, and one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cryo.engine import (
+    anonfds,
+    dirty,
+    files,
+    memory,
+    registers,
+    shmem,
+    signals,
+    sysvshm,
+    task,
+    threads,
+    timers,
+)
+from cryo.engine.inject import Injector
+from cryo.image import records as R
+
+if TYPE_CHECKING:
+    from cryo.engine.context import DumpContext, RestoreContext
+    from cryo.engine.ptrace import Tracee
+
+DumpHook = Callable[["DumpContext"], None]
+ThreadDumpHook = Callable[["DumpContext", "Tracee", "Injector"], dict[str, Any]]
+SessionHook = Callable[[Any], None]  # takes the session (engine/session.py)
+WriteHook = Callable[["DumpContext", Any], None]  # the context and the sink
+RecordsHook = Callable[[Any], Iterable[tuple[bytes, Any, bool]]]
+RestoreHook = Callable[["RestoreContext"], None]
+ThreadRestoreHook = Callable[["RestoreContext", "Injector", dict[str, Any]], None]
+
+BUILD_STAGES = ("early", "memory", "pages", "files", "task", "signals", "threads", "thread",
+                "timers", "creds", "pending")  # fmt: skip
+FINISH_STAGES = ("regs",)  # once the restorer is gone, every process built
+PER_THREAD = frozenset({"thread", "creds", "regs"})
+
+
+@dataclass(frozen=True)
+class Driver:
+    name: str
+    kinds: tuple[bytes, ...] = ()  # per-process records it writes, in this order
+    inject: DumpHook | None = None
+    inject_thread: ThreadDumpHook | None = None
+    collect: DumpHook | None = None
+    shared: SessionHook | None = None
+    write: WriteHook | None = None
+    written: WriteHook | None = None
+    records: RecordsHook | None = None
+    prepare: SessionHook | None = None
+    restore: Mapping[str, RestoreHook] = field(default_factory=dict)
+    restore_thread: Mapping[str, ThreadRestoreHook] = field(default_factory=dict)
+
+
+# -- the hand-over between the context and each module's functions ----------------------
+
+
+def _keep(kind: bytes, fn: Callable[[DumpContext], Any]) -> DumpHook:
+    """An inject hook whose result is the process's record ``kind``."""
+
+    def hook(ctx: DumpContext) -> None:
+        ctx.records[kind] = fn(ctx)
+
+    return hook
+
+
+def _memory_collect(ctx: DumpContext) -> None:
+    mm, ctx.runs = memory.dump(ctx, ctx.shared.objects)
+    ctx.records[R.MM] = mm
+
+
+def _sysvshm_write(ctx: DumpContext, sink: Any) -> None:
+    sysvshm.dump(ctx, ctx.records[R.MM]["vmas"], sink)
+
+
+def _rs(ctx: RestoreContext, kind: bytes) -> Any:
+    return ctx.records[kind]
+
+
+def _task_early(ctx: RestoreContext) -> None:
+    task.unregister_rseq(ctx.tracee, ctx.inj)
+    task.restore_early(ctx, _rs(ctx, R.TASK))
+
+
+def _memory_layout(ctx: RestoreContext) -> None:
+    mm = _rs(ctx, R.MM)
+    keep = (ctx.area, ctx.area + ctx.area_size)
+    memory.unmap_helper(ctx, keep=keep)
+    temp = memory.free_area([keep], memory.layout(mm), size=1 << 20)
+    memory.move_specials(ctx, mm, temp)
+    ctx.live["fixup"] = memory.map_vmas(ctx, mm)
+
+
+def _memory_pages(ctx: RestoreContext) -> None:
+    ctx.live["written"] = memory.write_pages(ctx, ctx.progress)
+    memory.protect(ctx, ctx.live.pop("fixup"))
+    memory.restore_mm(ctx, _rs(ctx, R.MM))
+
+
+def _sysvshm_attach(ctx: RestoreContext) -> None:
+    sysvshm.attach(ctx, _rs(ctx, R.MM)["vmas"], ctx.shared.shm_ids)
+
+
+def _files_restore(ctx: RestoreContext) -> None:
+    files.restore_fds(ctx, _rs(ctx, R.FILE), ctx.shared.opened)
+    files.restore_fs(ctx, _rs(ctx, R.FILE))
+
+
+def _anonfds_register(ctx: RestoreContext) -> None:
+    anonfds.register(ctx, _rs(ctx, R.FILE)["fds"], ctx.shared.descs)
+
+
+def _thread_state(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:
+    task.restore_thread(inj, trec)
+
+
+def _thread_creds(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:
+    task.restore_creds(inj, trec)
+
+
+def _thread_altstack(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:
+    signals.restore_altstack(inj, trec)
+
+
+def _thread_regs(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:
+    t = ctx.threads[ctx.tid_map[trec["tid"]]]
+    registers.restore(t, inj, trec)
+    t.set_sigmask(trec["blocked"])
+
+
+def _threads_create(ctx: RestoreContext) -> None:
+    """The other threads, made by the leader with an injected clone3 (old tids when free)."""
+    ctx.threads[ctx.pid] = ctx.tracee
+    ctx.tid_map[ctx.old_pid] = ctx.pid
+    ctx.injectors[ctx.pid] = ctx.inj
+    nstids = dict(zip(ctx.proc["threads"], ctx.proc["nstids"], strict=True))
+    for trec in ctx.thread_records[1:]:
+        want = nstids[trec["tid"]] if ctx.pidns or threads.tid_free(trec["tid"]) else None
+        t = threads.create(ctx, trec, want)
+        ctx.threads[t.tid] = t
+        ctx.tid_map[trec["tid"]] = t.tid
+        tinj = Injector(t, ctx.area)
+        tinj.scratch, tinj.scratch_size = ctx.inj.scratch, ctx.inj.scratch_size
+        ctx.injectors[t.tid] = tinj
+
+
+def _object_sources(session: Any) -> None:
+    """The pages of every shared memory object, read once for all processes."""
+    for obj in session.shared.objects.objs:
+        fd, runs = session.shared.objects.data_ranges(obj)
+        session.shared.sources.append(memory.object_source(obj["id"], fd, runs))
+
+
+def _shmem_records(session: Any) -> Iterable[tuple[bytes, Any, bool]]:
+    return [(R.SHMO, shmem.record(session.shared.objects), False)]
+
+
+def _shmem_prepare(rs: Any) -> None:
+    """Every shared memory object made once (refilled from the image), on fds above
+    those cryo opened for the descriptions; every process inherits them."""
+    opened = rs.shared.opened
+    rs.shared.objects = objects = shmem.make_all(rs.plan.objects, opened.base + len(opened.fds))
+    rs.on_exit(objects.close)
+    for b in rs.image.blocks:
+        if "obj" in b:
+            owner, offset = rs.image.block_data(b)
+            shmem.fill(objects, b["obj"], owner, offset, b["runs"])
+
+
+def _sysvshm_prepare(rs: Any) -> None:
+    created: list[int] = []
+    rs.on_failure(lambda: sysvshm.remove(created))
+    rs.shared.shm_ids = sysvshm.ensure(rs.plan.segments, created)
+
+
+def _dirty_inject(ctx: DumpContext) -> None:
+    """For a store that tracks writes: name this checkpoint's arming in the process."""
+    token = ctx.options.get("track", False)
+    if token is not False:
+        ctx.live["tracking"] = dirty.prepare(ctx, token)
+
+
+def _dirty_select(ctx: DumpContext, sink: Any) -> None:
+    """Only the pages the sink does not have from its previous version are copied."""
+    tracker = getattr(sink, "tracking", None)
+    tracking = ctx.live.pop("tracking", None)
+    if tracker is None:
+        return
+    tag = ("pid", ctx.pid)
+    present = [[a, n] for a, n in ctx.runs]
+    written = dirty.written(tracking, ctx.records[R.MM]["vmas"], ctx.runs) if tracking \
+        else None  # fmt: skip
+    need = tracker.select(tag, present, written)
+    ctx.live["inherit"] = (tag, present, need)
+    ctx.runs = [(a, n) for a, n in need]
+    if tracking is not None:
+        ctx.records[dirty.KIND] = tracking.record()
+
+
+def _dirty_inherit(ctx: DumpContext, sink: Any) -> None:
+    """The pages not copied are the previous version's."""
+    if "inherit" in ctx.live:
+        sink.tracking.inherit(*ctx.live.pop("inherit"))
+
+
+DRIVERS: tuple[Driver, ...] = (
+    Driver("task", (R.TASK,), inject=_keep(R.TASK, task.dump),
+           restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK))},
+           restore_thread={"thread": _thread_state, "creds": _thread_creds}),
+    Driver("memory", (R.MM,), inject=memory.dump_brk, collect=_memory_collect,
+           shared=_object_sources,
+           restore={"memory": _memory_layout, "pages": _memory_pages}),
+    Driver("sysvshm", write=_sysvshm_write, prepare=_sysvshm_prepare,
+           restore={"memory": _sysvshm_attach}),
+    Driver("signals", (R.SIGS,), inject=_keep(R.SIGS, signals.dump),
+           restore={"signals": lambda c: signals.restore_actions(c, _rs(c, R.SIGS)),
+                    "pending": lambda c: signals.restore_pending(c, _rs(c, R.SIGS),
+                                                                 c.thread_records)},
+           restore_thread={"thread": _thread_altstack}),
+    Driver("timers", (R.TIMR,), inject=_keep(R.TIMR, timers.dump),
+           restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))}),
+    Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create}),
+    Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
+           records=files.shared_records, prepare=files.prepare,
+           restore={"files": _files_restore}),
+    Driver("anonfds", restore={"files": _anonfds_register}),
+    Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
+    Driver("dirty", (dirty.KIND,), inject=_dirty_inject, write=_dirty_select,
+           written=_dirty_inherit),
+    Driver("registers", restore_thread={"regs": _thread_regs}),
+)

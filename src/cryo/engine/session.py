@@ -1,0 +1,609 @@
+"""Checkpoint and restart sessions: the phases, by name, and the only code that knows
+their order.  Each phase walks the driver table (engine/drivers.py).
+
+A checkpoint::
+
+    prepare   the scope has processes; the sink is opened (an existing image is refused
+              before anything is touched); a store's write tracking is looked up
+    freeze    every thread of every process of the scope seized and stopped (tree.freeze);
+              from here a watchdog bounds how long they may stay frozen
+    collect   per process: the drivers' ``inject`` hooks run inside it (a scratch page
+              mapped), then every thread is parked in a clean stop; then the ``collect``
+              hooks read from outside; once for all: the ``shared`` hooks
+    write     per process the ``write`` hooks (side data, which pages); the records; the
+              pages copied into buffers and written by a writer thread; the processes
+              are *released* as soon as their last page is in our buffers, unless a
+              signal is to be sent afterwards or the caller holds them (``hold``)
+    commit    the sink makes the image durable and visible at once
+    resume    ("continue") the signal after checkpoint is queued to each process, and
+              every process still held is let go
+    abort     from any phase: every process let go as it was, the sink leaves no trace
+
+A restart::
+
+    validate  every record and page block checked; ids, groups and sessions possible
+    shared    the drivers' ``prepare`` hooks: objects cryo opens once, inherited by all
+    tree      every process created, parents first, with ids, sessions, groups
+    processes per process, the stages of drivers.BUILD_STAGES
+    finalize  the restorer unmapped, drivers.FINISH_STAGES per thread, zombies exit
+    let_go    every task detached at once: they run
+    abort     from any phase: every process built so far killed, cleanups run
+
+:class:`CheckpointSession` runs the phases of a checkpoint in a worker process that
+outlives its caller just long enough to put the targets back (engine/worker.py), so a
+caller killed at any moment harms nothing; the caller's signal mask and handlers are
+left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cryo
+from cryo import procfs
+from cryo.engine import drivers as D
+from cryo.engine import files, memory, shmem, tree
+from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.inject import SCRATCH_SIZE, Injector, find_vdso_syscall
+from cryo.errors import CryoError, Interrupted, translate_oserror
+from cryo.image import records as R
+from cryo.image.sink import DirSink, Sink
+from cryo.linux.consts import SYS
+
+log = logging.getLogger(__name__)
+DEFER = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+FREEZE_BASE = 60.0  # seconds a frozen target may be held, plus FREEZE_PER_GIB per GiB
+FREEZE_PER_GIB = 15.0
+
+
+@dataclass
+class DumpResult:
+    path: str
+    pid: int
+    pids: list[int] = field(default_factory=list)
+    threads: int = 0
+    memory_bytes: int = 0
+    stored_bytes: int = 0
+    freeze_seconds: float = 0.0
+    total_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Shared:
+    """What several processes share, collected once for the whole checkpoint."""
+
+    descs: files.Descriptions = field(default_factory=files.Descriptions)
+    objects: shmem.Objects = field(default_factory=shmem.Objects)
+    sources: list[memory.Source] = field(default_factory=list)  # page sources of objects
+
+
+# where a checkpoint goes: a directory, a Sink, or a function that makes the Sink (called
+# in the worker, so that the caller keeps no copy of it open)
+Destination = str | Sink | Callable[[], Sink]
+
+
+class FreezeTimeout(CryoError):
+    """The targets were held frozen longer than the watchdog allows."""
+
+
+def memory_budget() -> int:
+    """How much page data may wait in our buffers for the writer."""
+    avail = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    return max(memory.BLOCK * 2, min(avail // 2, 8 << 30))
+
+
+class Checkpoint:
+    """One checkpoint, phase by phase, run by the process that holds the targets (the
+    tracer).  Use :class:`CheckpointSession`, which runs it in a worker."""
+
+    def __init__(self, pid: int, dest: Destination | None = None, *, scope: str = "process",
+                 force: bool = False, compress: bool = False, shell_job: bool = False,
+                 signal_after: int = 0, direct_io: bool = True, hold: bool = False,
+                 freeze_timeout: float | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 defer_signals: bool = False) -> None:  # fmt: skip
+        self.pid, self.scope, self.dest = pid, scope, dest
+        self.sink_options = {"force": force, "compress": compress, "direct": direct_io}
+        self.shell_job, self.signal_after, self.hold = shell_job, signal_after, hold
+        self.freeze_timeout, self.progress = freeze_timeout, progress
+        self.defer_signals = defer_signals
+        self.sink: Sink | None = None
+        self.procs: dict[int, tree.Proc] = {}
+        self.shared = Shared()
+        self.contexts: list[DumpContext] = []
+        self.tokens: dict[int, str] = {}
+        self.track = False
+        self.phase = "new"
+        self.released = True
+        self.result = DumpResult(path="", pid=pid)
+        self._t0 = time.perf_counter()
+        self._t_freeze = 0.0
+        self._deadline = 0.0
+        self._old_mask: set[int] | None = None
+
+    # -- the phases ----------------------------------------------------------------------
+    def prepare(self) -> None:
+        self._phase("new", "prepare")
+        tree.members(self.pid, self.scope)  # a scope with no process: an error first
+        if self.dest is not None:
+            self._open_sink(self.dest)
+        if self.defer_signals:  # only in a worker: a library caller's mask is its own
+            self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFER)
+
+    def freeze(self) -> None:
+        self._phase("prepare", "freeze")
+        self._t_freeze = time.perf_counter()
+        self.released = False
+        self.procs = tree.freeze(self.pid, self.scope)
+        self._t_freeze = time.perf_counter()
+        self._watchdog(self.freeze_timeout or FREEZE_BASE)
+        self.result.warnings.extend(files.check_shared_tables(
+            [p.pid for p in self.procs.values() if not p.zombie]))
+
+    def collect(self) -> None:
+        self._phase("freeze", "collect")
+        for p in self.procs.values():
+            if p.zombie:
+                continue
+            self.check()
+            ctx = DumpContext(p.pid, p.leader, Injector(p.leader, find_vdso_syscall(p.pid)),
+                              options={"shell_job": self.shell_job,
+                                       "track": self.tokens.get(p.pid) if self.track
+                                       else False},
+                              shared=self.shared)  # fmt: skip
+            self._inject(ctx, p)
+            for d in D.DRIVERS:
+                if d.collect:
+                    d.collect(ctx)
+            self.contexts.append(ctx)
+            self.result.warnings.extend(ctx.warnings)
+        for d in D.DRIVERS:
+            if d.shared:
+                d.shared(self)
+        if self.freeze_timeout is None:  # the bound grows with what is to be copied
+            size = sum(n for c in self.contexts for _, n in c.runs)
+            self._watchdog(FREEZE_BASE + FREEZE_PER_GIB * size / (1 << 30))
+
+    def write(self, dest: Destination | None = None) -> None:
+        self._phase("collect", "write")
+        if dest is not None:
+            if self.sink is not None:
+                raise CryoError("this checkpoint has a destination already")
+            self._open_sink(dest)
+        sink = self.sink
+        if sink is None:
+            raise CryoError("a checkpoint needs a destination: a directory or a sink")
+        for ctx in self.contexts:
+            for d in D.DRIVERS:
+                if d.write:
+                    d.write(ctx, sink)
+        sink.record(R.HEAD, self._head())
+        sink.record(R.TREE, tree.record(self.procs, self.pid, self.scope))
+        for ctx in self.contexts:
+            for d in D.DRIVERS:
+                for kind in d.kinds:
+                    if kind in ctx.records:
+                        sink.record(kind, ctx.records[kind])
+        for ctx in self.contexts:
+            for trec in ctx.thread_records:
+                sink.record(R.THRD, trec)
+        for d in D.DRIVERS:
+            if d.records:
+                for kind, payload, raw in d.records(self):
+                    sink.record(kind, payload, raw=raw)
+        sources = [memory.process_source(c.pid, c.runs, c.records[R.MM]["vmas"])
+                   for c in self.contexts] + self.shared.sources  # fmt: skip
+        total = sum(n for src in sources for _, n in src.runs)
+        done = [0]
+
+        def on_block(n: int) -> None:
+            done[0] += n
+            if self.progress:
+                self.progress(done[0], total)
+
+        def read_done() -> None:
+            if not self.signal_after and not self.hold:
+                self.release()
+
+        checksums = _capability(sink, "wants_checksum", True)
+        metas, stats = memory.copy_pages(sources, sink.write_block,
+                                         buffer_limit=memory_budget(), progress=on_block,
+                                         on_read_done=read_done, checksums=checksums)  # fmt: skip
+        for meta in metas:
+            sink.record(R.PBLK, meta)
+        for ctx in self.contexts:
+            for d in D.DRIVERS:
+                if d.written:
+                    d.written(ctx, sink)
+        self.result.memory_bytes = stats.bytes
+
+    def release(self) -> None:
+        """Let every process go on as it was (the pages are in our buffers, or the
+        checkpoint failed); idempotent."""
+        if not self.released:
+            tree.let_go(self.procs)
+            self.released = True
+            self.result.freeze_seconds = time.perf_counter() - self._t_freeze
+            self._watchdog(0)
+
+    def commit(self) -> DumpResult:
+        self._phase("write", "commit")
+        assert self.sink is not None
+        self.sink.commit()
+        r = self.result
+        r.stored_bytes = self.sink.stored_bytes
+        r.pids = sorted(self.procs)
+        r.threads = sum(len(p.threads) for p in self.procs.values())
+        return r
+
+    def resume(self) -> DumpResult:
+        """The "continue" phase: the signal after checkpoint, then every process let go."""
+        self._phase("commit", "resume")
+        if self.signal_after:
+            for p in self.procs.values():
+                # queued while the task is still held: it acts before any instruction
+                if not p.zombie:
+                    os.kill(p.pid, self.signal_after)
+            if self.signal_after == signal.SIGKILL:
+                tree.collect_dead(self.procs)  # dead tracees wait for their tracer
+        self.release()
+        self._restore_mask()  # signals held back until the image is in place
+        self.result.total_seconds = time.perf_counter() - self._t0
+        return self.result
+
+    def abort(self) -> None:
+        """From any phase: the processes go on exactly as before; the sink leaves no
+        trace."""
+        try:
+            if self.procs and not self.released:
+                self.released = False
+                tree.let_go(self.procs)
+                self.released = True
+                self._watchdog(0)
+        finally:
+            if self.sink is not None and self.phase not in ("commit", "resume"):
+                self.sink.abort()
+            self.phase = "aborted"
+            self._restore_mask()
+
+    def run(self) -> DumpResult:
+        """Every phase in order; on any failure, :meth:`abort`."""
+        try:
+            self.prepare()
+            self.freeze()
+            self.collect()
+            self.write()
+            self.commit()
+            return self.resume()
+        except OSError as err:
+            self.abort()
+            raise translate_oserror(err, pid=self.pid) from err
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- helpers -------------------------------------------------------------------------
+    def check(self) -> None:
+        """A safe point: stop here if we were told to (a deferred signal is pending) or
+        held the targets too long."""
+        if self._old_mask is not None and set(DEFER) & signal.sigpending():
+            raise Interrupted("interrupted")
+        if self._deadline and time.monotonic() > self._deadline:
+            raise FreezeTimeout(f"the targets were frozen for more than"
+                                f" {time.perf_counter() - self._t_freeze:.0f} s; let go",
+                                pid=self.pid)  # fmt: skip
+
+    def _phase(self, before: str, now: str) -> None:
+        if self.phase != before:
+            raise CryoError(f"checkpoint phase {now!r} cannot follow {self.phase!r}")
+        if now != "prepare":
+            self.check()
+        self.phase = now
+
+    def _open_sink(self, dest: Destination) -> None:
+        if isinstance(dest, str):
+            self.sink = DirSink(dest, **self.sink_options)
+        else:  # a sink, or what makes one where the work is done (in the worker)
+            self.sink = dest() if callable(dest) else dest
+        self.result.path = self.sink.path
+        tracking = _capability(self.sink, "tracking", None)
+        self.track = tracking is not None
+        if tracking is not None:
+            from cryo.engine import dirty
+
+            self.tokens = {r["pid"]: r["token"] for r in tracking.previous_records(dirty.KIND)}
+
+    def _inject(self, ctx: DumpContext, p: tree.Proc) -> None:
+        """The drivers' inject hooks, while a scratch page is mapped; then every thread is
+        parked in a clean stop, so that if we die from here on the kernel lets it go
+        exactly as it was."""
+        inj = ctx.inj
+        inj.map_scratch(SCRATCH_SIZE)
+        injectors = {p.pid: inj}
+        try:
+            for d in D.DRIVERS:
+                if d.inject:
+                    d.inject(ctx)
+            for tid in p.threads:
+                t = p.tracees[tid]
+                tinj = injectors.get(tid) or Injector(t, inj.syscall_addr)
+                tinj.scratch, tinj.scratch_size = inj.scratch, inj.scratch_size
+                injectors[tid] = tinj
+                trec: dict[str, Any] = {}
+                for d in D.DRIVERS:
+                    if d.inject_thread:
+                        trec.update(d.inject_thread(ctx, t, tinj))
+                ctx.thread_records.append(trec)
+        finally:
+            try:
+                inj.unmap_scratch()
+            finally:
+                for tid, tinj in injectors.items():
+                    tinj.finish()
+                    p.tracees[tid].park()
+
+    def _head(self) -> dict[str, Any]:
+        return {
+            "arch": platform.machine(),
+            "kernel": platform.release(),
+            "cryo": cryo.__version__,
+            "created": time.time(),
+            "hostname": socket.gethostname(),
+            "page_size": os.sysconf("SC_PAGE_SIZE"),
+            "root_pid": self.pid,
+            "pids": sorted(self.procs),
+        }
+
+    def _watchdog(self, seconds: float) -> None:
+        """Bound the freeze: at the deadline the next safe point fails the checkpoint,
+        and in a worker (which owns its signals) SIGALRM interrupts whatever runs."""
+        self._deadline = time.monotonic() + seconds if seconds else 0.0
+        if self.defer_signals:
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def _restore_mask(self) -> None:
+        if self._old_mask is not None:
+            mask, self._old_mask = self._old_mask, None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _capability(sink: Any, name: str, default: Any) -> Any:
+    """A sink's optional capability (image/sink.py's Sink protocol names them)."""
+    return getattr(sink, name, default)
+
+
+class CheckpointSession:
+    """A checkpoint the caller steps through (or runs in one call with :meth:`run`),
+    done by a worker process that holds the targets: if the caller dies at any moment,
+    the worker puts them back as they were and cleans up.  ``worker=False`` runs the
+    phases in this process (the caller then owns its signals: no watchdog alarm)."""
+
+    def __init__(self, pid: int, dest: Destination | None = None, *, worker: bool = True,
+                 **options: Any) -> None:  # fmt: skip
+        self._worker = None
+        if worker:
+            from cryo.engine.worker import Worker
+
+            self._worker = Worker(Checkpoint(pid, dest, defer_signals=True, **options),
+                                  progress=options.get("progress"))
+            self._local: Checkpoint | None = None
+        else:
+            self._local = Checkpoint(pid, dest, **options)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        if self._worker is not None:
+            return self._worker.call(name, *args)
+        assert self._local is not None
+        try:
+            return getattr(self._local, name)(*args)
+        except OSError as err:
+            with contextlib.suppress(BaseException):
+                self._local.abort()
+            raise translate_oserror(err, pid=self._local.pid) from err
+        except BaseException:
+            if name != "abort":
+                with contextlib.suppress(BaseException):
+                    self._local.abort()
+            raise
+
+    def prepare(self) -> None:
+        self._call("prepare")
+
+    def freeze(self) -> None:
+        self._call("freeze")
+
+    def collect(self) -> None:
+        self._call("collect")
+
+    def write(self, dest: Destination | None = None) -> None:
+        self._call("write", dest)
+
+    def commit(self) -> DumpResult:
+        return self._call("commit")  # type: ignore[no-any-return]
+
+    def resume(self) -> DumpResult:
+        result = self._call("resume")
+        self.close()
+        return result  # type: ignore[no-any-return]
+
+    def abort(self) -> None:
+        try:
+            self._call("abort")
+        finally:
+            self.close()
+
+    def run(self) -> DumpResult:
+        try:
+            return self._call("run")  # type: ignore[no-any-return]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Done with it: a checkpoint not yet resumed is aborted."""
+        if self._worker is not None:
+            self._worker.close()
+
+
+# -- restart ---------------------------------------------------------------------------
+
+
+@dataclass
+class RestoreResult:
+    pid: int
+    old_pid: int
+    pids: dict[int, int] = field(default_factory=dict)  # old pid -> new pid
+    memory_bytes: int = 0
+    total_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Restart:
+    """One restart, phase by phase; the processes are our children and tracees until
+    :meth:`let_go` (PTRACE_O_EXITKILL: if we die, so does everything half-built)."""
+
+    def __init__(self, path: Any, *, must_reuse_pid: bool = False, shell_job: bool = False,
+                 translate: dict[str, str] | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 trust_image: bool = False, allow_duplicate: bool = False) -> None:  # fmt: skip
+        self.path, self.must_reuse_pid, self.shell_job = path, must_reuse_pid, shell_job
+        self.trust = {"trust_image": trust_image, "allow_duplicate": allow_duplicate}
+        self.options: dict[str, Any] = {"shell_job": shell_job, "translate": translate or {}}
+        self.progress = progress
+        self.image: Any = None
+        self.plan: Any = None
+        self.reuse = False
+        self.shared: Any = _RestoreShared()
+        self.made: dict[int, tree.Made] = {}
+        self.area = 0
+        self.result = RestoreResult(pid=0, old_pid=0)
+        self._cleanups = contextlib.ExitStack()  # closed at the end, whatever happens
+        self._undo: list[Callable[[], None]] = []  # run only if the restart fails
+        self._t0 = time.perf_counter()
+
+    def on_exit(self, fn: Callable[[], None]) -> None:
+        self._cleanups.callback(fn)
+
+    def on_failure(self, fn: Callable[[], None]) -> None:
+        self._undo.append(fn)
+
+    def validate(self) -> None:
+        from cryo.engine import restore
+
+        self.image, self.plan = restore.validate(self.path, **self.trust)
+        self.on_exit(self.image.close)
+        tree.check_groups(self.plan.tree, self.shell_job)
+        self.reuse = tree.pids_free(self.plan.tree)
+        if self.must_reuse_pid and not self.reuse:
+            tree.need_free(self.plan.tree)
+        self.result.old_pid = self.plan.tree["root"]
+
+    def prepare_shared(self) -> None:
+        for d in D.DRIVERS:
+            if d.prepare:
+                d.prepare(self)
+
+    def build_tree(self) -> None:
+        own = [(v.start, v.end) for v in procfs.parse_maps(procfs.read("self", "maps"))]
+        layouts = [r for recs in self.plan.procs.values() for r in memory.layout(recs[R.MM])]
+        self.area = memory.free_area(own, layouts, size=tree.RESTORER_SIZE)
+        tree.build(self.plan.tree, self.made, self.reuse, self.shell_job, self.area)
+
+    def build_processes(self) -> None:
+        total = sum(b["raw"] for b in self.image.blocks if "pid" in b)
+        done = [0]
+
+        def step(n: int) -> None:
+            done[0] += n
+            if self.progress:
+                self.progress(done[0], total)
+
+        pid_map = {old: m.pid for old, m in self.made.items()}
+        for old, m in self.made.items():
+            if old not in self.plan.procs:
+                continue
+            ctx = m.ctx = RestoreContext(
+                m.pid, old, m.tracee, m.inj, self.image, options=self.options,
+                pid_map=pid_map, shared=self.shared, records=self.plan.procs[old],
+                thread_records=self.plan.threads[old], proc=m.rec,
+                pidns=bool(self.plan.tree.get("pidns")), area=self.area,
+                area_size=tree.RESTORER_SIZE, progress=step)  # fmt: skip
+            self._stages(ctx, D.BUILD_STAGES)
+            self.result.memory_bytes += ctx.live.pop("written", 0)
+            self.result.warnings.extend(ctx.warnings)
+
+    def finalize(self) -> None:
+        for old, m in self.made.items():
+            if m.ctx is not None:  # the last injected call unmaps the restorer
+                m.inj(SYS.munmap, self.area, tree.RESTORER_SIZE)
+                self._stages(m.ctx, D.FINISH_STAGES)
+            elif old not in self.plan.procs:
+                tree.finish_zombie(m, self.area)
+
+    def let_go(self) -> RestoreResult:
+        for m in self.made.values():
+            for t in ([m.tracee] if m.ctx is None else m.ctx.threads.values()):
+                t.detach()
+        self.result.pid = self.made[self.plan.tree["root"]].pid
+        self.result.pids = {old: m.pid for old, m in self.made.items()}
+        self._cleanups.close()
+        self.result.total_seconds = time.perf_counter() - self._t0
+        return self.result
+
+    def abort(self) -> None:
+        try:
+            tree.kill_made(self.made)
+            for fn in reversed(self._undo):
+                fn()
+        finally:
+            self._cleanups.close()
+
+    def run(self) -> RestoreResult:
+        try:
+            self.validate()
+            self.prepare_shared()
+            self.build_tree()
+            self.build_processes()
+            self.finalize()
+            return self.let_go()
+        except OSError as err:
+            self.abort()
+            raise translate_oserror(err, pid=self.result.pid or None) from err
+        except BaseException:
+            self.abort()
+            raise
+
+    @staticmethod
+    def _stages(ctx: RestoreContext, stages: tuple[str, ...]) -> None:
+        for stage in stages:
+            for d in D.DRIVERS:
+                hook = d.restore.get(stage)
+                if hook is not None:
+                    hook(ctx)
+                thook = d.restore_thread.get(stage)
+                if thook is not None:
+                    for trec in ctx.thread_records:
+                        thook(ctx, ctx.thread_injector(trec), trec)
+
+
+@dataclass
+class _RestoreShared:
+    """What the drivers' prepare hooks made for every process (each sets its own)."""
+
+    opened: Any = None  # files.Opened
+    objects: Any = None  # shmem.Made
+    shm_ids: dict[int, int] = field(default_factory=dict)
+    descs: list[dict[str, Any]] = field(default_factory=list)

@@ -1,0 +1,187 @@
+"""The worker that holds a checkpoint's targets, so that its caller may die at any time.
+
+While a checkpoint runs system calls inside a frozen target, the target's registers are
+ours: if the process holding them were killed outright (SIGKILL), the kernel would let
+the target go in that state.  So a session's phases run in a child, forked when the
+session is made: killing the caller only tells the worker (PR_SET_PDEATHSIG: SIGTERM),
+which stops at the next safe point, puts every target back as it was, lets it go and
+cleans up.  Signals that would stop it (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are held back
+while the targets are frozen and looked at between steps; a watchdog (SIGALRM) bounds
+how long they stay frozen whatever happens.  The caller's own signal handlers and mask
+are never touched.
+
+The caller sends a phase's name and arguments over a socket pair and waits for the
+answer (pickled; errors are raised again in the caller); progress reports come the same
+way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from cryo.errors import CryoError, InternalError, Interrupted
+
+
+class Worker:
+    """Runs ``target``'s methods in a child process; ``target`` is copied there by fork."""
+
+    def __init__(self, target: Any, progress: Callable[[int, int], None] | None = None) -> None:
+        self._progress = progress
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child; its coverage is the tests' own)
+            ours.close()
+            code = 0
+            try:
+                code = _serve(target, Connection(theirs.detach()), parent,
+                              bool(progress))  # fmt: skip
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self._conn: Connection | None = Connection(ours.detach())
+
+    def call(self, name: str, *args: Any) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise CryoError("this checkpoint session is closed")
+        conn.send(("call", name, args))
+        interrupted = False
+        while True:
+            try:
+                if not conn.poll(0.2):
+                    continue
+                msg = conn.recv()
+            except KeyboardInterrupt:  # tell the worker; it answers once it has let go
+                if not interrupted:
+                    interrupted = True
+                    os.kill(self.pid, signal.SIGINT)
+                continue
+            except (EOFError, OSError):
+                status = self._reap()
+                raise InternalError(f"the checkpoint worker {self.pid} died"
+                                    f" ({_status(status)})") from None  # fmt: skip
+            if msg[0] == "progress":
+                if self._progress is not None:
+                    self._progress(msg[1], msg[2])
+                continue
+            if msg[0] == "ok":
+                if interrupted:
+                    raise KeyboardInterrupt
+                return msg[1]
+            raise msg[1]
+
+    def close(self) -> None:
+        """Done: a checkpoint still in progress is aborted by the worker, which exits."""
+        if self._conn is None:
+            return
+        with contextlib.suppress(OSError):
+            self._conn.send(("close",))
+        self._conn.close()
+        self._conn = None
+        self._reap()
+
+    def _reap(self) -> int:
+        while True:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                return status
+            except ChildProcessError:
+                return 0
+            except KeyboardInterrupt:
+                os.kill(self.pid, signal.SIGINT)
+
+    def __del__(self) -> None:
+        if getattr(self, "_conn", None) is not None:
+            self.close()
+
+
+def _status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _serve(target: Any, conn: Connection, parent: int, progress: bool) -> int:
+    """The worker's loop: run each phase asked for; abort the session when the caller
+    goes away, closes, or we are told to stop."""
+    from cryo.linux import libc
+    from cryo.linux.consts import PR
+
+    libc.prctl(PR.SET_PDEATHSIG, signal.SIGTERM)
+
+    def stop(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def alarm(_sig: int, _frame: object) -> None:
+        from cryo.engine.session import FreezeTimeout
+
+        raise FreezeTimeout("the targets were held frozen too long (watchdog); let go")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, stop)
+    signal.signal(signal.SIGALRM, alarm)
+    lock = threading.Lock()
+
+    def send(msg: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(msg)
+
+    if progress:
+        target.progress = lambda done, total: send(("progress", done, total))
+    if os.getppid() != parent:  # the caller is gone already
+        return 130
+    finished = False
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg[0] == "close":
+                break
+            _, name, args = msg
+            try:
+                value = getattr(target, name)(*args)
+            except BaseException as err:  # a failed phase: every target let go first
+                try:
+                    target.abort()
+                finally:
+                    finished = True
+                    send(("err", Interrupted("interrupted")
+                           if isinstance(err, KeyboardInterrupt) else _portable(err)))
+                break
+            send(("ok", value))
+            finished = name in ("run", "resume", "abort")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if not finished:  # nothing more to do if this fails too: the targets are let go
+            with contextlib.suppress(BaseException):
+                target.abort()
+    return 0
+
+
+def _portable(err: BaseException) -> BaseException:
+    """An error as the caller will see it: ours as they are, OSError translated, anything
+    else as a bug in cryo with its traceback."""
+    if isinstance(err, CryoError):
+        return err
+    if isinstance(err, OSError):
+        from cryo.errors import translate_oserror
+
+        return translate_oserror(err, pid=getattr(err, "pid", None))
+    text = "".join(traceback.format_exception(err)).rstrip()
+    return InternalError(f"{type(err).__name__}: {err}\n{text}")
