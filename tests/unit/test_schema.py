@@ -1,0 +1,197 @@
+"""The image grammar (cryo.image.schema), seals (cryo.image.seal) and the shared reader
+helpers, on made-up records: no privileges needed."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import platform
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cryo.errors import ImageCorrupt
+from cryo.image import format as fmt
+from cryo.image import reader, schema, seal
+
+DOC = Path(__file__).parents[2] / "docs" / "image-format.md"
+PID, TID = 100, 101
+
+
+def test_doc_tables_are_generated_from_the_schema() -> None:
+    text = DOC.read_text()
+    assert schema.render_doc(text) == text, "run: python -m cryo.image.schema --write"
+
+
+def thread(tid: int) -> dict[str, Any]:
+    return {"pid": PID, "tid": tid, "regs": bytes(216), "xstate": bytes(1088), "blocked": 0,
+            "pending": [], "altstack": bytes(24), "comm": b"t", "clear_tid": 0,
+            "rseq": [0, 0, 0], "robust_list": [0, 24], "no_new_privs": 0,
+            "uids": [0, 0, 0, 0], "gids": [0, 0, 0, 0], "groups": [],
+            "caps": {k: "0" * 16 for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+            "sched": {"whatever": 1}}  # fmt: skip
+
+
+def records() -> dict[bytes, list[Any]]:
+    """A small image as the engine writes it: one process, two threads."""
+    vma = {"start": 0x400000, "end": 0x402000, "prot": 3, "shared": False, "kind": "anon",
+           "path": "", "pgoff": 0, "flags": ["rd", "wr"], "data": 8192}  # fmt: skip
+    return {
+        b"HEAD": [{"arch": platform.machine(), "kernel": "6.18", "cryo": "0", "created": 1.5,
+                   "hostname": "h", "page_size": 4096, "root_pid": PID, "pids": [PID]}],
+        b"TREE": [{"root": PID, "scope": "process", "pidns": False, "procs": [
+            {"pid": PID, "ppid": 1, "pgid": PID, "sid": PID, "zombie": False, "exit_code": 0,
+             "exit_signal": 17, "threads": [PID, TID], "nspid": PID, "nstids": [PID, TID]}]}],
+        b"TASK": [{"pid": PID, "ppid": 1, "pgid": PID, "sid": PID, "comm": "x",
+                   "exit_signal": 17, "personality": 0, "rlimits": {7: [1024, 4096]},
+                   "prctl": {"dumpable": 1}, "audit": None}],
+        b"MM  ": [{"pid": PID, "vmas": [vma], "auxv": b"", "exe": "/bin/true",
+                   "mm": {k: 0 for k in ("start_code", "end_code", "start_data", "end_data",
+                                         "start_brk", "brk", "start_stack", "arg_start",
+                                         "arg_end", "env_start", "env_end")}}],
+        b"SIGS": [{"pid": PID, "actions": {1: bytes(32)}, "pending_shared": []}],
+        b"TIMR": [{"pid": PID, "itimers": [bytes(32)] * 3, "posix": []}],
+        b"FILE": [{"pid": PID, "fds": [{"fd": 0, "desc": 0, "cloexec": False}], "cwd": "/",
+                   "root": "/", "umask": 0o22}],
+        b"THRD": [thread(PID), thread(TID)],
+        b"FDSC": [{"descs": [{"id": 0, "kind": "chr", "path": "/dev/null", "pos": 0,
+                              "flags": 0, "ino": 5, "dev": 6, "mode": 0o20666, "size": 0,
+                              "pid": PID, "fd": 0}]}],
+        b"SHMO": [{"objs": []}],
+        b"PBLK": [{"index": 0, "offset": 4096, "stored": 8192, "raw": 8192, "codec": "none",
+                   "csum": 1, "runs": [[0x400000, 8192]], "pid": PID}],
+    }  # fmt: skip
+
+
+class Fake:
+    """What schema.check reads of an image source."""
+
+    what = "image"
+    path = "/fake"
+
+    def __init__(self, recs: dict[bytes, list[Any]]) -> None:
+        self.records = defaultdict(list, recs)
+        self.blocks = self.records[b"PBLK"]
+
+    def raw(self, kind: bytes) -> list[Any]:
+        return list(self.records.get(kind, []))
+
+
+def test_a_good_image_passes() -> None:
+    schema.check(Fake(records()))
+
+
+BAD = [  # (what to do to the records, words the error must hold)
+    (lambda r: r[b"THRD"][1].update(regs=bytes(200)), "THRD record 1"),
+    (lambda r: r[b"THRD"].pop(), "no THRD record for thread 101"),
+    (lambda r: r[b"THRD"][1].update(tid=999), "tid 999 is not a thread"),
+    (lambda r: r[b"THRD"][0].pop("uids"), "uids: missing"),
+    (lambda r: r[b"TASK"].clear(), "no TASK record"),
+    (lambda r: r[b"MM  "].append(dict(r[b"MM  "][0], pid=5)), "pid 5 is not a live process"),
+    (lambda r: r[b"FILE"][0]["fds"][0].update(desc=3), "description 3 is not in FDSC"),
+    (lambda r: r[b"PBLK"][0]["runs"][0].__setitem__(0, 0x500000), "outside the mappings"),
+    (lambda r: r[b"PBLK"][0].update(pid=7), "pid 7 is not a live process"),
+    (lambda r: r[b"PBLK"].clear() or r[b"HEAD"][0].update(pids="x"), "HEAD record 0"),
+    (lambda r: r[b"TREE"][0]["procs"][0].update(nstids=[PID]), "threads and nstids"),
+    (lambda r: r[b"MM  "][0]["vmas"][0].update(end=0x400001), "not page-aligned"),
+    (lambda r: r[b"MM  "][0]["vmas"][0].update(kind="shmem", obj=2), "not in SHMO"),
+    (lambda r: r[b"FDSC"][0]["descs"][0].update(kind="file", deleted=True, blob=0), "FDAT"),
+    (lambda r: r[b"TASK"][0]["prctl"].update(evil=1), "TASK record 0"),
+    (lambda r: r[b"SIGS"][0]["actions"].update({99: bytes(32)}), "SIGS record 0"),
+    (lambda r: r[b"TREE"].append(r[b"TREE"][0]), "TREE records"),
+    (lambda r: r[b"HEAD"][0].update(root_pid=5), "root_pid or pids differ"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "words"), BAD)
+def test_a_misfit_is_corrupt_and_named(mutate: Any, words: str) -> None:
+    recs = copy.deepcopy(records())
+    mutate(recs)
+    with pytest.raises(ImageCorrupt) as exc:
+        schema.check(Fake(recs))
+    assert words in str(exc.value)
+    assert "b'" not in str(exc.value)  # kinds as text
+
+
+def test_extra_keys_of_per_process_records_are_accepted() -> None:
+    recs = records()
+    recs[b"TASK"][0]["new_field"] = {"from": "a newer engine"}
+    recs[b"MM  "][0]["vmas"][0]["hugetlb"] = 2 << 20
+    schema.check(Fake(recs))
+
+
+# -- seals --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "keys" / "image.key"
+    monkeypatch.setenv("CRYO_KEY_FILE", str(path))
+    seal._cache.clear()
+    yield path
+    seal._cache.clear()
+
+
+def sealed_file(key: bytes | None) -> bytes:
+    out = io.BytesIO()
+    w = fmt.RecordWriter(out, b"CRYOTEST", seal=seal.sealer(key))
+    w.write(b"DATA", {"a": 1})
+    w.write(b"BLOB", b"x" * 100, raw=True)
+    w.close()
+    return out.getvalue()
+
+
+def read(data: bytes) -> list[fmt.Record]:
+    return list(fmt.read_records(io.BytesIO(data), b"CRYOTEST", "t", digest=True))
+
+
+def test_key_is_made_once_private(key_file: Path) -> None:
+    key = seal.load_key(create=True)
+    assert key is not None and len(key) == 32
+    st = key_file.stat()
+    assert st.st_mode & 0o777 == 0o600 and st.st_uid == os.geteuid()
+    seal._cache.clear()
+    assert seal.load_key() == key
+    key_file.chmod(0o644)
+    seal._cache.clear()
+    with pytest.raises(Exception, match="not a private file"):
+        seal.load_key()
+
+
+def test_seal_verifies_and_catches_edits(key_file: Path) -> None:
+    key = seal.load_key(create=True)
+    data = sealed_file(key)
+    assert seal.problem(read(data), key, "t") is None
+    assert fmt.encode_file(b"CRYOTEST", read(data)) == data  # byte for byte
+    # an edit, checksums made good again: the seal no longer verifies
+    recs = read(data)
+    recs[0] = fmt.Record(b"DATA", {"a": 2})
+    assert "changed after it was sealed" in str(seal.problem(read(fmt.encode_file(
+        b"CRYOTEST", recs)), key, "t"))
+    assert "another host's key" in str(seal.problem(read(data), bytes(32), "t"))
+    unsealed = fmt.encode_file(b"CRYOTEST", recs[:2])
+    assert "not sealed" in str(seal.problem(read(unsealed), key, "t"))
+
+
+def test_nothing_may_follow_the_seal(key_file: Path) -> None:
+    key = seal.load_key(create=True)
+    recs = read(sealed_file(key))
+    recs.append(fmt.Record(b"DATA", {"late": True}))
+    with pytest.raises(ImageCorrupt, match="after the seal"):
+        read(fmt.encode_file(b"CRYOTEST", recs))
+
+
+def test_a_failing_verify_worker_fails_the_pass() -> None:
+    seen = []
+
+    def work(k: int) -> None:
+        seen.append(k)
+        if k == 1:
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError):
+        reader.run_parallel(work, 2)
+    assert sorted(seen) == [0, 1]
