@@ -19,6 +19,8 @@ from cryo.image import reader, schema, seal
 
 DOC = Path(__file__).parents[2] / "docs" / "image-format.md"
 PID, TID = 100, 101
+MM_FIELDS = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+             "start_stack", "arg_start", "arg_end", "env_start", "env_end")
 
 
 def test_doc_tables_are_generated_from_the_schema() -> None:
@@ -31,7 +33,7 @@ def thread(tid: int) -> dict[str, Any]:
             "pending": [], "altstack": bytes(24), "comm": b"t", "clear_tid": 0,
             "rseq": [0, 0, 0], "robust_list": [0, 24], "no_new_privs": 0,
             "uids": [0, 0, 0, 0], "gids": [0, 0, 0, 0], "groups": [],
-            "caps": {k: "0" * 16 for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+            "caps": dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), "0" * 16),
             "sched": {"whatever": 1}}  # fmt: skip
 
 
@@ -49,9 +51,7 @@ def records() -> dict[bytes, list[Any]]:
                    "exit_signal": 17, "personality": 0, "rlimits": {7: [1024, 4096]},
                    "prctl": {"dumpable": 1}, "audit": None}],
         b"MM  ": [{"pid": PID, "vmas": [vma], "auxv": b"", "exe": "/bin/true",
-                   "mm": {k: 0 for k in ("start_code", "end_code", "start_data", "end_data",
-                                         "start_brk", "brk", "start_stack", "arg_start",
-                                         "arg_end", "env_start", "env_end")}}],
+                   "mm": dict.fromkeys(MM_FIELDS, 0)}],
         b"SIGS": [{"pid": PID, "actions": {1: bytes(32)}, "pending_shared": []}],
         b"TIMR": [{"pid": PID, "itimers": [bytes(32)] * 3, "posix": []}],
         b"FILE": [{"pid": PID, "fds": [{"fd": 0, "desc": 0, "cloexec": False}], "cwd": "/",
