@@ -8,6 +8,7 @@ import io
 import os
 import platform
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def test_extra_keys_of_per_process_records_are_accepted() -> None:
 
 
 @pytest.fixture
-def key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = tmp_path / "keys" / "image.key"
     monkeypatch.setenv("CRYO_KEY_FILE", str(path))
     seal._cache.clear()
