@@ -196,11 +196,18 @@ def inherited_vmas(rec: dict[str, Any], parent_rec: dict[str, Any]) -> list[dict
     out = []
     for v in rec["vmas"]:
         p = theirs.get((v["start"], v["end"]))
-        if (p is not None and v["kind"] == p["kind"] == "anon" and not v["shared"]
-                and not p["shared"] and v.get("hugetlb") == p.get("hugetlb")
-                and not {"dc", "wf", "dp"} & (set(v["flags"]) | set(p["flags"]))):  # fmt: skip
+        if p is None or not v["kind"] == p["kind"] == "anon" or v["shared"] or p["shared"]:
+            continue
+        mine, its = set(v["flags"]) & _FORK_STATE, set(p["flags"]) & _FORK_STATE
+        # the same advice in both (there is no madvise back to "neither hg nor nh"), no
+        # hugetlb (a private huge page's copy on write may fail in the child)
+        if mine == its and not {"dc", "wf", "dp", "ht"} & mine:
             out.append(v)
     return out
+
+
+# VmFlags a fork copies into the child's mapping, that a restored child must have as its own
+_FORK_STATE = frozenset({"dc", "wf", "hg", "nh", "dd", "mg", "rr", "sr", "nr", "dp", "ht", "gd"})
 
 
 def foreign_runs(vma: dict[str, Any], own: list[tuple[int, int]],

@@ -499,12 +499,14 @@ def free_area(*layouts: list[tuple[int, int]], size: int, low: int = 0x10000000)
 TASK_SIZE = 0x7FFFFFFFF000
 
 
-def unmap_helper(ctx: RestoreContext, keep: tuple[int, int]) -> None:
-    """Unmap everything of the helper but ``keep`` and the vDSO/vvar: one munmap per gap
-    between them (unmapping a range with holes in it is fine), not one per mapping."""
+def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
+                 also: list[tuple[int, int]] | tuple[()] = ()) -> None:  # fmt: skip
+    """Unmap everything of the helper but ``keep``, ``also`` (the mappings a child
+    inherits from its restored parent: :func:`inherit_from_parent`) and the vDSO/vvar:
+    one munmap per gap between them (unmapping a range with holes in it is fine)."""
     inj = ctx.inj
     maps = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
-    kept = sorted([keep] + [(v.start, v.end) for v in maps if v.path in SPECIAL])
+    kept = sorted([keep, *also] + [(v.start, v.end) for v in maps if v.path in SPECIAL])
     lo = PAGE_SIZE
     for start, end in kept:
         if start > lo:
@@ -535,6 +537,26 @@ def move_specials(ctx: RestoreContext, rec: dict[str, Any], temp: int) -> None:
             MREMAP.MAYMOVE | MREMAP.FIXED, w["start"])  # fmt: skip
 
 
+def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
+                        parent_rec: dict[str, Any]) -> list[tuple[int, int]]:  # fmt: skip
+    """For a child forked from its restored parent once the parent's pages are written
+    (and before the parent's protect()): which of its mappings it keeps as inherited,
+    sharing the parent's pages copy-on-write.  Call it before :func:`unmap_helper` and
+    pass what it returns as ``also``; then map_vmas() leaves those mappings in place
+    (only dropping the parent's pages the child did not have) and write_pages() writes
+    only the child's own pages.  Needs a context with ``live`` (the session's)."""
+    live: dict[str, Any] = ctx.live
+    inherited = rec.get("cow")
+    if not inherited or inherited["from"] != parent_rec["pid"]:
+        return []
+    vmas = cow.inherited_vmas(rec, parent_rec)
+    live["inherited"] = {v["start"]: cow.foreign_runs(v, [], inherited["runs"]) for v in vmas}
+    live["cow_inherited"] = True
+    if parent_rec.get("ksm_merge_any") and not rec.get("ksm_merge_any"):
+        ctx.inj(SYS.prctl, PR_SET_MEMORY_MERGE, 0, 0, 0, 0)  # inherited by fork
+    return [(v["start"], v["end"]) for v in vmas]
+
+
 def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     """mmap every VMA of the image; those that receive data are writable for now.
     Returns the VMAs whose protection must be set afterwards."""
@@ -542,6 +564,8 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     fds: dict[str, int] = {}
     fixup = []
     merge_any = bool(rec.get("ksm_merge_any"))
+    inherited: dict[int, list[tuple[int, int]]] = (getattr(ctx, "live", None) or {}).get(
+        "inherited", {})
     if merge_any:  # every VMA mapped from now on is mergeable (the others are unmerged)
         inj(SYS.prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what=" PR_SET_MEMORY_MERGE")
     try:
@@ -554,6 +578,13 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
             if v.get("data"):
                 prot |= PROT.READ | PROT.WRITE
             vflags = v["flags"]
+            if v["start"] in inherited:  # there already, with the parent's pages
+                inj(SYS.mprotect, v["start"], size, prot)
+                for addr, length in inherited[v["start"]]:  # pages the child did not have
+                    inj(SYS.madvise, addr, length, MADV.DONTNEED)
+                if prot != v["prot"] or _after_pages(v):
+                    fixup.append(v)
+                continue
             flags = MAP.FIXED | (MAP.SHARED if v["shared"] else MAP.PRIVATE)
             if "nr" in vflags:
                 flags |= MAPX.NORESERVE

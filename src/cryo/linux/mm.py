@@ -15,6 +15,7 @@ class MADV(enum.IntEnum):
     NORMAL = 0
     RANDOM = 1
     SEQUENTIAL = 2
+    DONTNEED = 4
     DONTFORK = 10
     DOFORK = 11
     MERGEABLE = 12
