@@ -214,7 +214,7 @@ def _dirty_inject(ctx: DumpContext) -> None:
 
 def _dirty_select(ctx: DumpContext, sink: Any) -> None:
     """Only the pages the sink does not have from its previous version are copied."""
-    tracker = getattr(sink, "tracking", None)
+    tracker = sink.tracking
     tracking = ctx.live.pop("tracking", None)
     if tracker is None:
         return

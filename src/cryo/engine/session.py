@@ -54,13 +54,12 @@ from cryo.engine import drivers as D
 from cryo.engine import files, memory, shmem, tree
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector, find_vdso_syscall
-from cryo.errors import CryoError, Interrupted, translate_oserror
+from cryo.errors import CryoError, translate_oserror
 from cryo.image import records as R
 from cryo.image.sink import DirSink, Sink
 from cryo.linux.consts import SYS
 
 log = logging.getLogger(__name__)
-DEFER = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 FREEZE_BASE = 60.0  # seconds a frozen target may be held, plus FREEZE_PER_GIB per GiB
 FREEZE_PER_GIB = 15.0
 
@@ -115,12 +114,13 @@ class Checkpoint:
                  signal_after: int = 0, direct_io: bool = True, hold: bool = False,
                  freeze_timeout: float | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 defer_signals: bool = False) -> None:  # fmt: skip
+                 in_worker: bool = False) -> None:  # fmt: skip
         self.pid, self.scope, self.dest = pid, scope, dest
         self.sink_options = {"force": force, "compress": compress, "direct": direct_io}
         self.shell_job, self.signal_after, self.hold = shell_job, signal_after, hold
         self.freeze_timeout, self.progress = freeze_timeout, progress
-        self.defer_signals = defer_signals
+        self.in_worker = in_worker  # owns its signals: the watchdog may use SIGALRM
+        self.critical = False  # an interruption now would leave a half state: later
         self.sink: Sink | None = None
         self.procs: dict[int, tree.Proc] = {}
         self.shared = Shared()
@@ -133,7 +133,6 @@ class Checkpoint:
         self._t0 = time.perf_counter()
         self._t_freeze = 0.0
         self._deadline = 0.0
-        self._old_mask: set[int] | None = None
 
     # -- the phases ----------------------------------------------------------------------
     def prepare(self) -> None:
@@ -141,8 +140,6 @@ class Checkpoint:
         tree.members(self.pid, self.scope)  # a scope with no process: an error first
         if self.dest is not None:
             self._open_sink(self.dest)
-        if self.defer_signals:  # only in a worker: a library caller's mask is its own
-            self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFER)
 
     def freeze(self) -> None:
         self._phase("prepare", "freeze")
@@ -219,10 +216,10 @@ class Checkpoint:
             if not self.signal_after and not self.hold:
                 self.release()
 
-        checksums = _capability(sink, "wants_checksum", True)
         metas, stats = memory.copy_pages(sources, sink.write_block,
                                          buffer_limit=memory_budget(), progress=on_block,
-                                         on_read_done=read_done, checksums=checksums)  # fmt: skip
+                                         on_read_done=read_done,
+                                         checksums=sink.wants_checksum)  # fmt: skip
         for meta in metas:
             sink.record(R.PBLK, meta)
         for ctx in self.contexts:
@@ -243,7 +240,11 @@ class Checkpoint:
     def commit(self) -> DumpResult:
         self._phase("write", "commit")
         assert self.sink is not None
-        self.sink.commit()
+        self.critical = True  # the image goes into place whole, or not at all
+        try:
+            self.sink.commit()
+        finally:
+            self.critical = False
         r = self.result
         r.stored_bytes = self.sink.stored_bytes
         r.pids = sorted(self.procs)
@@ -261,7 +262,6 @@ class Checkpoint:
             if self.signal_after == signal.SIGKILL:
                 tree.collect_dead(self.procs)  # dead tracees wait for their tracer
         self.release()
-        self._restore_mask()  # signals held back until the image is in place
         self.result.total_seconds = time.perf_counter() - self._t0
         return self.result
 
@@ -278,7 +278,6 @@ class Checkpoint:
             if self.sink is not None and self.phase not in ("commit", "resume"):
                 self.sink.abort()
             self.phase = "aborted"
-            self._restore_mask()
 
     def run(self) -> DumpResult:
         """Every phase in order; on any failure, :meth:`abort`."""
@@ -298,10 +297,7 @@ class Checkpoint:
 
     # -- helpers -------------------------------------------------------------------------
     def check(self) -> None:
-        """A safe point: stop here if we were told to (a deferred signal is pending) or
-        held the targets too long."""
-        if self._old_mask is not None and set(DEFER) & signal.sigpending():
-            raise Interrupted("interrupted")
+        """A safe point: stop here if we held the targets too long."""
         if self._deadline and time.monotonic() > self._deadline:
             raise FreezeTimeout(f"the targets were frozen for more than"
                                 f" {time.perf_counter() - self._t_freeze:.0f} s; let go",
@@ -320,7 +316,7 @@ class Checkpoint:
         else:  # a sink, or what makes one where the work is done (in the worker)
             self.sink = dest() if callable(dest) else dest
         self.result.path = self.sink.path
-        tracking = _capability(self.sink, "tracking", None)
+        tracking = self.sink.tracking
         self.track = tracking is not None
         if tracking is not None:
             from cryo.engine import dirty
@@ -372,18 +368,8 @@ class Checkpoint:
         """Bound the freeze: at the deadline the next safe point fails the checkpoint,
         and in a worker (which owns its signals) SIGALRM interrupts whatever runs."""
         self._deadline = time.monotonic() + seconds if seconds else 0.0
-        if self.defer_signals:
+        if self.in_worker:
             signal.setitimer(signal.ITIMER_REAL, seconds)
-
-    def _restore_mask(self) -> None:
-        if self._old_mask is not None:
-            mask, self._old_mask = self._old_mask, None
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _capability(sink: Any, name: str, default: Any) -> Any:
-    """A sink's optional capability (image/sink.py's Sink protocol names them)."""
-    return getattr(sink, name, default)
 
 
 class CheckpointSession:
@@ -398,7 +384,7 @@ class CheckpointSession:
         if worker:
             from cryo.engine.worker import Worker
 
-            self._worker = Worker(Checkpoint(pid, dest, defer_signals=True, **options),
+            self._worker = Worker(Checkpoint(pid, dest, in_worker=True, **options),
                                   progress=options.get("progress"))
             self._local: Checkpoint | None = None
         else:

@@ -5,10 +5,10 @@ ours: if the process holding them were killed outright (SIGKILL), the kernel wou
 the target go in that state.  So a session's phases run in a child, forked when the
 session is made: killing the caller only tells the worker (PR_SET_PDEATHSIG: SIGTERM),
 which stops at the next safe point, puts every target back as it was, lets it go and
-cleans up.  Signals that would stop it (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are held back
-while the targets are frozen and looked at between steps; a watchdog (SIGALRM) bounds
-how long they stay frozen whatever happens.  The caller's own signal handlers and mask
-are never touched.
+cleans up.  Signals that stop it (SIGINT, SIGTERM, SIGHUP, SIGQUIT) and the watchdog
+that bounds how long the targets stay frozen (SIGALRM) act at once, except in the
+middle of an injected system call or of the image's commit: there a moment later.
+The caller's own signal handlers and mask are never touched.
 
 The caller sends a phase's name and arguments over a socket pair and waits for the
 answer (pickled; errors are raised again in the caller); progress reports come the same
@@ -26,6 +26,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from types import FrameType
 from typing import Any
 
 from cryo.errors import CryoError, InternalError, Interrupted
@@ -57,7 +58,12 @@ class Worker:
         conn = self._conn
         if conn is None:
             raise CryoError("this checkpoint session is closed")
-        conn.send(("call", name, args))
+        try:
+            conn.send(("call", name, args))
+        except OSError:
+            status = self._reap()
+            raise InternalError(f"the checkpoint worker {self.pid} died"
+                                f" ({_status(status)})") from None  # fmt: skip
         interrupted = False
         while True:
             try:
@@ -122,13 +128,26 @@ def _serve(target: Any, conn: Connection, parent: int, progress: bool) -> int:
 
     libc.prctl(PR.SET_PDEATHSIG, signal.SIGTERM)
 
-    def stop(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+    pending: list[BaseException] = []
 
-    def alarm(_sig: int, _frame: object) -> None:
+    def interrupt(exc: BaseException, frame: FrameType | None) -> None:
+        """Raise ``exc`` here, unless we are in the middle of something that must not be
+        cut short (an injected call: the task's registers are ours; the commit of the
+        image): then a moment later, once out of it."""
+        if target.critical or _inside(frame, _CRITICAL):
+            pending.append(exc)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise exc
+
+    def stop(_sig: int, frame: FrameType | None) -> None:
+        interrupt(KeyboardInterrupt(), frame)
+
+    def alarm(_sig: int, frame: FrameType | None) -> None:
         from cryo.engine.session import FreezeTimeout
 
-        raise FreezeTimeout("the targets were held frozen too long (watchdog); let go")
+        interrupt(pending.pop() if pending else FreezeTimeout(
+            "the targets were frozen longer than the watchdog allows; let go"), frame)
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, stop)
@@ -143,35 +162,56 @@ def _serve(target: Any, conn: Connection, parent: int, progress: bool) -> int:
         target.progress = lambda done, total: send(("progress", done, total))
     if os.getppid() != parent:  # the caller is gone already
         return 130
-    finished = False
-    try:
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break
-            if msg[0] == "close":
-                break
-            _, name, args = msg
-            try:
-                value = getattr(target, name)(*args)
-            except BaseException as err:  # a failed phase: every target let go first
-                try:
+    finished = False  # no target held any more: nothing to undo
+    failed: BaseException | None = None  # the session ended while idle: why
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break  # the caller is gone
+        except BaseException as err:  # told to stop, or the watchdog, between phases
+            if not finished:
+                with contextlib.suppress(BaseException):
                     target.abort()
-                finally:
-                    finished = True
-                    send(("err", Interrupted("interrupted")
-                           if isinstance(err, KeyboardInterrupt) else _portable(err)))
-                break
-            send(("ok", value))
-            finished = name in ("run", "resume", "abort")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if not finished:  # nothing more to do if this fails too: the targets are let go
-            with contextlib.suppress(BaseException):
-                target.abort()
+                finished = True
+                failed = Interrupted("interrupted") if isinstance(err, KeyboardInterrupt) \
+                    else err  # fmt: skip
+            continue
+        if msg[0] == "close":
+            break
+        _, name, args = msg
+        if failed is not None:
+            send(("err", _portable(failed)))
+            continue
+        try:
+            value = getattr(target, name)(*args)
+        except BaseException as err:  # a failed phase: every target let go first
+            try:
+                with contextlib.suppress(BaseException):
+                    target.abort()
+            finally:
+                finished = True
+                failed = Interrupted("interrupted") if isinstance(err, KeyboardInterrupt) \
+                    else err  # fmt: skip
+            send(("err", _portable(failed)))
+            continue
+        send(("ok", value))
+        finished = finished or name in ("run", "resume", "abort")
+    if not finished:  # nothing more to do if this fails too: the targets are let go
+        with contextlib.suppress(BaseException):
+            target.abort()
     return 0
+
+
+_CRITICAL = ("cryo.engine.inject", "cryo.engine.ptrace")
+
+
+def _inside(frame: FrameType | None, modules: tuple[str, ...]) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__") in modules:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _portable(err: BaseException) -> BaseException:
