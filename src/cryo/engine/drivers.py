@@ -72,6 +72,7 @@ PER_THREAD = frozenset({"thread", "creds", "regs"})
 class Driver:
     name: str
     kinds: tuple[bytes, ...] = ()  # per-process records it writes, in this order
+    optional: bool = False  # its records may be absent (else every process has them)
     inject: DumpHook | None = None
     inject_thread: ThreadDumpHook | None = None
     collect: DumpHook | None = None
@@ -257,7 +258,7 @@ DRIVERS: tuple[Driver, ...] = (
            restore={"files": _files_restore}),
     Driver("anonfds", restore={"files": _anonfds_register}),
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
-    Driver("dirty", (dirty.KIND,), inject=_dirty_inject, write=_dirty_select,
+    Driver("dirty", (dirty.KIND,), optional=True, inject=_dirty_inject, write=_dirty_select,
            written=_dirty_inherit),
     Driver("registers", restore_thread={"regs": _thread_regs}),
 )

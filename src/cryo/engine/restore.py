@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryo.engine import memory, registers, sysvshm, tree
+from cryo.engine.drivers import DRIVERS
 from cryo.engine.ptrace import Tracee
 from cryo.engine.session import Restart, RestoreResult
 from cryo.errors import CryoError, ImageCorrupt
@@ -25,7 +26,8 @@ from cryo.image import trust
 from cryo.image.reader import Image, ImageSource
 
 log = logging.getLogger(__name__)
-_PER_PROCESS = (R.TASK, R.MM, R.SIGS, R.TIMR, R.FILE)
+# the records every live process of an image must have: the drivers' own kinds
+_PER_PROCESS = tuple(k for d in DRIVERS if not d.optional for k in d.kinds)
 
 
 @dataclass
