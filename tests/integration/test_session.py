@@ -80,12 +80,18 @@ def test_phases_out_of_order_are_refused(procs: Procs, build: Any, tmp_path: Pat
     assert_untouched(v, maps)
 
 
-def test_watchdog_lets_a_held_target_go(procs: Procs, build: Any, tmp_path: Path) -> None:
+def frozen(procs: Procs, build: Any, tmp_path: Path) -> tuple[Victim, str, CheckpointSession]:
+    """A target frozen by a staged session whose watchdog allows half a second."""
     v = counter(procs, build, tmp_path)
     maps = Path(f"/proc/{v.pid}/maps").read_text()
     s = CheckpointSession(v.pid, str(tmp_path / "img"), hold=True, freeze_timeout=0.5)
     s.prepare()
     s.freeze()
+    return v, maps, s
+
+
+def test_watchdog_lets_a_held_target_go(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v, maps, s = frozen(procs, build, tmp_path)
     t0 = time.monotonic()
     time.sleep(1.0)  # the caller dawdles past the bound
     with pytest.raises(FreezeTimeout):
@@ -98,11 +104,7 @@ def test_watchdog_lets_a_held_target_go(procs: Procs, build: Any, tmp_path: Path
 
 def test_watchdog_fires_while_the_worker_waits(procs: Procs, build: Any, tmp_path: Path) -> None:
     """The bound holds even when nobody calls the session: the worker itself lets go."""
-    v = counter(procs, build, tmp_path)
-    maps = Path(f"/proc/{v.pid}/maps").read_text()
-    s = CheckpointSession(v.pid, str(tmp_path / "img"), hold=True, freeze_timeout=0.5)
-    s.prepare()
-    s.freeze()
+    v, maps, s = frozen(procs, build, tmp_path)
     n = len(v.oks())
     deadline = time.monotonic() + 5
     while len(v.oks()) <= n + 2:  # it runs again without any call from us

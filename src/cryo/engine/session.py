@@ -46,7 +46,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import cryo
 from cryo import procfs
@@ -60,6 +60,7 @@ from cryo.image.sink import DirSink, Sink
 from cryo.linux.consts import SYS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FREEZE_BASE = 60.0  # seconds a frozen target may be held, plus FREEZE_PER_GIB per GiB
 FREEZE_PER_GIB = 15.0
 
@@ -281,19 +282,8 @@ class Checkpoint:
 
     def run(self) -> DumpResult:
         """Every phase in order; on any failure, :meth:`abort`."""
-        try:
-            self.prepare()
-            self.freeze()
-            self.collect()
-            self.write()
-            self.commit()
-            return self.resume()
-        except OSError as err:
-            self.abort()
-            raise translate_oserror(err, pid=self.pid) from err
-        except BaseException:
-            self.abort()
-            raise
+        return _all_or_abort((self.prepare, self.freeze, self.collect, self.write,
+                              self.commit), self.resume, self.abort, lambda: self.pid)
 
     # -- helpers -------------------------------------------------------------------------
     def check(self) -> None:
@@ -370,6 +360,22 @@ class Checkpoint:
         self._deadline = time.monotonic() + seconds if seconds else 0.0
         if self.in_worker:
             signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def _all_or_abort(phases: tuple[Callable[[], object], ...], last: Callable[[], T],
+                  abort: Callable[[], None], pid: Callable[[], int | None]) -> T:  # fmt: skip
+    """Run ``phases`` then ``last`` in order and return what ``last`` returns; on any
+    failure ``abort`` first (an OSError is raised as cryo's error for ``pid()``)."""
+    try:
+        for phase in phases:
+            phase()
+        return last()
+    except OSError as err:
+        abort()
+        raise translate_oserror(err, pid=pid()) from err
+    except BaseException:
+        abort()
+        raise
 
 
 class CheckpointSession:
@@ -558,19 +564,10 @@ class Restart:
             self._cleanups.close()
 
     def run(self) -> RestoreResult:
-        try:
-            self.validate()
-            self.prepare_shared()
-            self.build_tree()
-            self.build_processes()
-            self.finalize()
-            return self.let_go()
-        except OSError as err:
-            self.abort()
-            raise translate_oserror(err, pid=self.result.pid or None) from err
-        except BaseException:
-            self.abort()
-            raise
+        """Every phase in order; on any failure, :meth:`abort`."""
+        return _all_or_abort((self.validate, self.prepare_shared, self.build_tree,
+                              self.build_processes, self.finalize), self.let_go,
+                             self.abort, lambda: self.result.pid or None)
 
     @staticmethod
     def _stages(ctx: RestoreContext, stages: tuple[str, ...]) -> None:
