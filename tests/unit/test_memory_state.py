@@ -75,3 +75,10 @@ def test_describe_state() -> None:
              guards=[[0x1000, 0x2000]])  # fmt: skip
     assert memory.describe_state(v) == ["locked", "lock-onfault", "droppable", "sealed",
                                         "hugetlb 2048 kB", "guard pages 2"]  # fmt: skip
+
+
+def test_outside() -> None:
+    runs = [[0x1000, 0x3000], [0x8000, 0x1000], [0xA000, 0x1000]]
+    assert cow.outside(runs, [(0x2000, 0x3000), (0x8000, 0x9000)]) == [
+        [0x1000, 0x1000], [0x3000, 0x1000], [0xA000, 0x1000]]
+    assert cow.outside(runs, []) == runs

@@ -196,7 +196,13 @@ def inherited_vmas(rec: dict[str, Any], parent_rec: dict[str, Any]) -> list[dict
     out = []
     for v in rec["vmas"]:
         p = theirs.get((v["start"], v["end"]))
-        if p is None or not v["kind"] == p["kind"] == "anon" or v["shared"] or p["shared"]:
+        if p is None or v["kind"] != p["kind"] or v["shared"] or p["shared"]:
+            continue
+        # private anonymous, or private mappings of the same file at the same offset
+        # (the pages the child did not copy are dropped back to the file's)
+        if v["kind"] != "anon" and not (v["kind"] == "file" and v["path"] == p["path"]
+                                        and v["pgoff"] == p["pgoff"]
+                                        and v.get("file") == p.get("file")):  # fmt: skip
             continue
         mine, its = set(v["flags"]) & _FORK_STATE, set(p["flags"]) & _FORK_STATE
         # the same advice in both (there is no madvise back to "neither hg nor nh"), no
@@ -208,6 +214,25 @@ def inherited_vmas(rec: dict[str, Any], parent_rec: dict[str, Any]) -> list[dict
 
 # VmFlags a fork copies into the child's mapping, that a restored child must have as its own
 _FORK_STATE = frozenset({"dc", "wf", "hg", "nh", "dd", "mg", "rr", "sr", "nr", "dp", "ht", "gd"})
+
+
+def outside(runs: list[list[int]], ranges: list[tuple[int, int]]) -> list[list[int]]:
+    """The parts of ``runs`` outside every [start, end) of ``ranges``."""
+    out: list[list[int]] = []
+    spans = sorted(ranges)
+    for a, n in runs:
+        pos, end = a, a + n
+        for s, e in spans:
+            if e <= pos or s >= end:
+                continue
+            if s > pos:
+                out.append([pos, s - pos])
+            pos = max(pos, e)
+            if pos >= end:
+                break
+        if pos < end:
+            out.append([pos, end - pos])
+    return out
 
 
 def foreign_runs(vma: dict[str, Any], own: list[tuple[int, int]],

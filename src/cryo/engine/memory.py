@@ -506,7 +506,9 @@ def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
     one munmap per gap between them (unmapping a range with holes in it is fine)."""
     inj = ctx.inj
     maps = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
-    kept = sorted([keep, *also] + [(v.start, v.end) for v in maps if v.path in SPECIAL])
+    inherited = (getattr(ctx, "live", None) or {}).get("inherited_ranges", [])
+    kept = sorted([keep, *also, *inherited]
+                  + [(v.start, v.end) for v in maps if v.path in SPECIAL])  # fmt: skip
     lo = PAGE_SIZE
     for start, end in kept:
         if start > lo:
@@ -541,8 +543,8 @@ def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
                         parent_rec: dict[str, Any]) -> list[tuple[int, int]]:  # fmt: skip
     """For a child forked from its restored parent once the parent's pages are written
     (and before the parent's protect()): which of its mappings it keeps as inherited,
-    sharing the parent's pages copy-on-write.  Call it before :func:`unmap_helper` and
-    pass what it returns as ``also``; then map_vmas() leaves those mappings in place
+    sharing the parent's pages copy-on-write.  Call it before :func:`unmap_helper`
+    (which then keeps them: they are in ``ctx.live``); map_vmas() leaves them in place
     (only dropping the parent's pages the child did not have) and write_pages() writes
     only the child's own pages.  Needs a context with ``live`` (the session's)."""
     live: dict[str, Any] = ctx.live
@@ -551,10 +553,12 @@ def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
         return []
     vmas = cow.inherited_vmas(rec, parent_rec)
     live["inherited"] = {v["start"]: cow.foreign_runs(v, [], inherited["runs"]) for v in vmas}
+    ranges: list[tuple[int, int]] = [(v["start"], v["end"]) for v in vmas]
+    live["inherited_ranges"] = ranges
     live["cow_inherited"] = True
     if parent_rec.get("ksm_merge_any") and not rec.get("ksm_merge_any"):
         ctx.inj(SYS.prctl, PR_SET_MEMORY_MERGE, 0, 0, 0, 0)  # inherited by fork
-    return [(v["start"], v["end"]) for v in vmas]
+    return ranges
 
 
 def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -674,7 +678,10 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
             progress(off)
     inherited = ctx.image.one(KIND, ctx.old_pid).get("cow")
     live = getattr(ctx, "live", None) or {}
-    if inherited and not live.get("cow_inherited"):  # pages shared with the parent
+    if inherited and live.get("cow_inherited"):  # only those outside inherited mappings
+        inherited = {"from": inherited["from"],
+                     "runs": cow.outside(inherited["runs"], live["inherited_ranges"])}
+    if inherited and inherited["runs"]:  # pages shared with the parent: from its blocks
         n = cow.write_inherited(ctx, inherited)
         total += n
         if progress:
