@@ -4,8 +4,10 @@ victim checks its own state every round and reports "ok N" or "FAIL what"."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,57 @@ def test_seccomp(procs: Procs, tmp_path: Path, mode: str) -> None:
     v.wait_ok_after(max(v.oks()) + 1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_job_control_and_pdeathsig_in_a_tree(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A stopped child is restored stopped, its parent collects that stop and then the
+    continue; pdeathsig comes from the restored parent."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("family"), str(out)], out)
+    _, parent, a, b = v.wait_line("ready").split()
+    a_pid, b_pid = int(a), int(b)
+    v.wait_ok_after(1)
+    checkpoint(v.pid, str(tmp_path / "img0"), scope="tree")  # and the tree goes on as it was
+    assert _state(a_pid) == "T"
+    v.wait_ok_after(max(v.oks()) + 1)
+    last = max(v.oks())
+    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+    for p in (b_pid, a_pid, v.pid):
+        reap(p)
+    r = restart(str(tmp_path / "img"))
+    for p in r.pids.values():
+        procs.track(p)
+    v = Victim(r.pid, out)
+    v.wait_ok_after(last + 2)
+    assert _state(a_pid) == "T", "the stopped child is stopped again"
+    os.kill(v.pid, signal.SIGUSR1)
+    assert v.wait_line("waited stopped") == f"waited stopped 1 {signal.SIGSTOP}"
+    assert v.wait_line("waited continued") == "waited continued 1"
+    v.wait_line("a continued")
+    os.kill(v.pid, signal.SIGKILL)
+    v.wait_line("pdeath")
+    assert not v.fails()
+    assert parent
+
+
+def test_stopped_process_restored_stopped(procs: Procs, build: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("counter"), str(out)], out)
+    v.wait_ok_after(1)
+    os.kill(v.pid, signal.SIGSTOP)
+    while _state(v.pid) != "T":
+        time.sleep(0.01)
+    last = max(v.oks())
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    r = restart(str(tmp_path / "img"))
+    procs.track(r.pid)
+    time.sleep(0.3)
+    assert _state(r.pid) == "T"
+    assert max(v.oks()) <= last + 1
+    os.kill(r.pid, signal.SIGCONT)
+    Victim(r.pid, out).wait_ok_after(last + 2)

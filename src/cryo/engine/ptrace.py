@@ -29,6 +29,7 @@ class Tracee:
         self.attached = False
         self.deferred_signals: list[int] = []
         self.options = 0  # the PTRACE_O_* flags in force (PTRACE_SETOPTIONS replaces them)
+        self.group_stop = 0  # the stop signal, when the task was group-stopped when seized
 
     # -- attaching ---------------------------------------------------------
     @classmethod
@@ -48,7 +49,10 @@ class Tracee:
         t.options = options
         try:
             libc.ptrace(PTRACE.INTERRUPT, t.tid)
-            t.wait_stop()
+            stop = t.wait_stop()
+            # a task in group-stop (SIGSTOP, SIGTSTP, ...) reports it instead of the trap
+            if stop >> 8 == PTRACE_EVENT.STOP and stop & 0xFF != signal.SIGTRAP:
+                t.group_stop = stop & 0xFF
         except BaseException:
             t.detach()
             raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cryo.engine import sched
+from cryo.engine import sched, task
 from cryo.engine.inject import NO_SYSCALL, Injector
 from cryo.engine.ptrace import Tracee
 from cryo.errors import ImageIncompatible
@@ -73,7 +73,9 @@ def check(trec: dict[str, Any], xstate_here: int) -> None:
 
 def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
     """The thread's last step: registers, then its scheduling (from outside: an idle or
-    real-time policy must not slow or race the restore)."""
+    real-time policy must not slow or race the restore); a stopped process is stopped
+    again when let go."""
     tracee.set_xstate(trec["xstate"])
     inj.finish(final_regs(trec["regs"]))
     sched.restore_thread(tracee.tid, trec)
+    task.stop_after_restore(tracee, trec)

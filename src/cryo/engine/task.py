@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import struct
 from typing import Any
 
@@ -133,6 +134,7 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "pdeathsig": pdeathsig,
         "dumpable": inj(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0),  # the process's, set last
         **sched.dump_thread(tid), **seccomp.dump_thread(pid, tracee),
+        "group_stop": tracee.group_stop,
     }  # fmt: skip
 
 
@@ -283,3 +285,13 @@ def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
     if trec.get("dumpable") in (0, 1):  # 2 (suid_dumpable) cannot be set by prctl
         inj(SYS.prctl, PR.SET_DUMPABLE, trec["dumpable"], 0, 0, 0)
     seccomp.restore_strict(inj, trec)
+
+
+def stop_after_restore(tracee: Tracee, trec: dict[str, Any]) -> None:
+    """A process that was stopped (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) stops again as
+    soon as it is let go, and its parent is told (waitid WSTOPPED): SIGSTOP is queued to
+    it while we still hold it, once, from its leader's record.  SIGSTOP, whatever the
+    original signal: the kernel drops the others in an orphaned process group, as a
+    restored job usually is, so waitid shows SIGSTOP as the stop signal."""
+    if tracee.tid == tracee.pid and trec.get("group_stop"):
+        os.kill(tracee.pid, signal.SIGSTOP)
