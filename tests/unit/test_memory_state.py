@@ -82,3 +82,19 @@ def test_outside() -> None:
     assert cow.outside(runs, [(0x2000, 0x3000), (0x8000, 0x9000)]) == [
         [0x1000, 0x1000], [0x3000, 0x1000], [0xA000, 0x1000]]
     assert cow.outside(runs, []) == runs
+
+
+def test_reopen_is_the_same_file() -> None:
+    import os
+
+    from cryo.engine import shmem
+
+    made = shmem.Made()
+    made.fds[0] = os.memfd_create("t")
+    try:
+        fd = made.reopen(0, os.O_RDWR | os.O_TRUNC)
+        os.write(fd, b"x")
+        os.close(fd)
+        assert os.pread(made.fds[0], 1, 0) == b"x"
+    finally:
+        made.close()

@@ -132,6 +132,28 @@ int main(int argc, char **argv) {
             nap(20);
         }
     }
+    if (!strcmp(mode, "fd+map")) {
+        /* a memfd and a deleted file, each both open on an fd and mapped shared: one
+         * file, a store through the fd shows in the mapping */
+        int m = memfd_create("cryo-both", 0);
+        snprintf(path, sizeof path, "%s/both.bin", dir);
+        int d = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+        SETUP(m >= 0 && d >= 0 && ftruncate(m, PG) == 0 && ftruncate(d, PG) == 0, "files");
+        unlink(path);
+        unsigned char *mm = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+        unsigned char *dm = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, d, 0);
+        SETUP(mm != MAP_FAILED && dm != MAP_FAILED, "mmap");
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            unsigned char w = (unsigned char)(round % 250 + 1);
+            int bad = 0;
+            if (pwrite(m, &w, 1, 7) != 1 || pwrite(d, &w, 1, 7) != 1) { FAIL("pwrite: %s", strerror(errno)); bad = 1; }
+            if (mm[7] != w) { FAIL("memfd: fd and mapping are two files"); bad = 1; }
+            if (dm[7] != w) { FAIL("deleted file: fd and mapping are two files"); bad = 1; }
+            if (!bad) report("ok %ld", round);
+            nap(20);
+        }
+    }
     if (!strcmp(mode, "uffd")) {
         /* a region registered with a userfaultfd in missing mode */
         unsigned char *u = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

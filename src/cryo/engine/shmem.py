@@ -70,6 +70,12 @@ class Objects:
                               "huge": vma.page_size if "ht" in vma.flags else 0})  # fmt: skip
         return self.by_key[key]
 
+    def lookup(self, dev: int, ino: int) -> int | None:
+        """The object of this file (st_dev, st_ino), if a mapping of it was seen: an fd
+        on a deleted file or memfd that is also mapped must come back as that object
+        (files: save ``{"obj": id}`` instead of the contents; memory is dumped first)."""
+        return self.by_key.get((dev, ino))
+
     def stat(self, obj_id: int) -> list[int]:
         """[dev, ino, size, 0] of an object, as a mapped file's record has them."""
         obj = self.objs[obj_id]
@@ -107,6 +113,12 @@ class Made:
     maps: list[mmap.mmap] = field(default_factory=list)
     # hugetlb objects are filled through a mapping (hugetlbfs has no write())
     views: dict[int, mmap.mmap] = field(default_factory=dict)
+
+    def reopen(self, obj_id: int, flags: int) -> int:
+        """A new open file description of object ``obj_id`` with open ``flags`` (for an
+        fd of the image on that file: the same file as the mappings, not a copy)."""
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+        return os.open(f"/proc/self/fd/{self.fds[obj_id]}", flags)
 
     def close(self) -> None:
         for fd in self.fds.values():
