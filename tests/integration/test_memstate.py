@@ -42,6 +42,17 @@ def smaps_flags(pid: int) -> dict[int, list[str]]:
     return out
 
 
+def test_ksm_merge_any_survives(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """PR_SET_MEMORY_MERGE (KSM for every mapping), with one mapping opted out."""
+    if not Path("/sys/kernel/mm/ksm").exists():
+        pytest.skip("no KSM in this kernel")
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("madvise"), str(out), "ksm"], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
 @pytest.mark.parametrize("mode", ["regions", "future"])
 def test_madvise_state_survives(procs: Procs, build: Any, tmp_path: Path, mode: str) -> None:
     out = tmp_path / "out.txt"

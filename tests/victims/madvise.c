@@ -6,6 +6,7 @@
 #include "common.h"
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -64,6 +65,25 @@ static uint64_t pagemap(unsigned char *addr) {
 int main(int argc, char **argv) {
     open_report(argc, argv);
     int future = argc > 2 && !strcmp(argv[2], "future");
+    if (argc > 2 && !strcmp(argv[2], "ksm")) {
+        /* KSM for the whole process (PR_SET_MEMORY_MERGE), but one mapping opted out */
+        if (prctl(67, 1, 0, 0, 0)) { report("setup PR_SET_MEMORY_MERGE: %s", strerror(errno)); _exit(5); }
+        unsigned char *out = mmap(NULL, N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (madvise(out, N * PG, MADV_UNMERGEABLE)) { report("setup unmergeable: %s", strerror(errno)); _exit(5); }
+        memset(out, 'u', N * PG);
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            int bad = 0;
+            char fl[256]; uintptr_t s, e;
+            if (prctl(68, 0, 0, 0, 0) != 1) { FAIL("PR_GET_MEMORY_MERGE lost"); bad = 1; }
+            unsigned char *t = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (!vmflags(t, fl, sizeof fl, &s, &e) || !has(fl, "mg")) { FAIL("new mapping not mergeable"); bad = 1; }
+            munmap(t, PG);
+            if (!vmflags(out, fl, sizeof fl, &s, &e) || has(fl, "mg")) { FAIL("opted-out mapping mergeable"); bad = 1; }
+            if (!bad) report("ok %ld", round);
+            nap(20);
+        }
+    }
     struct region r[32];
     int n = 0;
     /* a spacer page between regions, so that no two can merge */
