@@ -35,7 +35,7 @@ def thread(tid: int) -> dict[str, Any]:
             "rseq": [0, 0, 0], "robust_list": [0, 24], "no_new_privs": 0,
             "uids": [0, 0, 0, 0], "gids": [0, 0, 0, 0], "groups": [],
             "caps": dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), "0" * 16),
-            "sched": {"whatever": 1}}  # fmt: skip
+            "from_a_newer_engine": {"whatever": 1}}  # fmt: skip
 
 
 def records() -> dict[bytes, list[Any]]:

@@ -304,8 +304,8 @@ ADDR = Int(0, U64, "address")  # (vsyscall sits at the top)
 HEX = Str(max=18, pattern=r"(0x)?[0-9a-fA-F]{1,16}")
 SIGINFO = Bytes(128)
 VMA_KINDS = ("anon", "file", "shmem", "shared-file", "sysv-shm", "special", "skip")
-DESC_KINDS = ("file", "dir", "chr", "stdio", "pipe", "fifo", "unix", "eventfd", "signalfd",
-              "timerfd", "epoll")  # fmt: skip
+DESC_KINDS = ("file", "dir", "chr", "stdio", "pipe", "fifo", "unix", "inet", "eventfd",
+              "signalfd", "timerfd", "epoll", "app_listen", "app_conn")  # fmt: skip
 SHMO_KINDS = ("anon", "memfd", "deleted")
 
 PROC = Struct((
@@ -327,6 +327,9 @@ VMA = Struct((
     F("obj", Int(0, U32), "kind shmem: its object in SHMO", required=False),
     F("shmid", Int(0, (1 << 31) - 1), "kind sysv-shm: the segment", required=False),
     F("key", Int(0, U32), "kind sysv-shm: its key", required=False),
+    F("hugetlb", Int(4096, 1 << 30), "its huge page size", required=False),
+    F("guards", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
+      "guard pages", required=False),
 ), name="vma")  # fmt: skip
 
 DESC = Struct((
@@ -339,7 +342,8 @@ DESC = Struct((
     F("blob", Int(0, MAX_ITEMS), "its contents: index of an FDAT record", required=False),
     F("data", Bytes(max=1 << 24), "pipe, fifo: bytes in flight", required=False),
     F("pipe_size", Int(4096, 1 << 31), required=False),
-    F("sotype", Str(choices=("stream", "dgram", "seqpacket")), "unix", required=False),
+    F("sotype", Str(choices=("stream", "dgram", "seqpacket", "raw")), "unix, inet",
+      required=False),
     F("peer", Int(), "unix: the other end's inode", required=False),
     F("queue", List(Bytes(max=1 << 24)), "unix: messages waiting", required=False),
     F("count", Int(), "eventfd", required=False),
@@ -351,6 +355,8 @@ DESC = Struct((
     F("value", List(Int(), size=2), "timerfd: [sec, nsec]", required=False),
     F("interval", List(Int(), size=2), "timerfd: [sec, nsec]", required=False),
     F("watch", List(List(Int(), size=3)), "epoll: [[fd, events, data], ...]",
+      required=False),
+    F("app_name", Bytes(max=108), "app_listen, app_conn: the cryo.app agent's socket name",
       required=False),
 ), name="description")  # fmt: skip
 
@@ -409,6 +415,9 @@ KINDS: tuple[Kind, ...] = (
         F("prctl", Dict(Str(choices=("pdeathsig", "dumpable", "thp_disable",
                                      "child_subreaper")), Int(0, U32)),
           "{pdeathsig, dumpable, thp_disable, child_subreaper}"),
+        F("audit", Nullable(List(Int(0, U32), size=2)), "[loginuid, sessionid]",
+          required=False),
+        F("oom_score_adj", Int(-1000, 1000), required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
     Kind(b"MM  ", "engine/memory.py", "per process", Struct((
         F("pid", PID), F("vmas", List(VMA), "the mappings, in address order (below)"),
@@ -417,6 +426,8 @@ KINDS: tuple[Kind, ...] = (
             "start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
             "start_stack", "arg_start", "arg_end", "env_start", "env_end")),
             name="mm fields"), "{start_code, end_code, ..., env_end}"),
+        F("mlockall", Int(0, 7), "MCL_ flags", required=False),
+        F("ksm_merge_any", Bool(), required=False),
     ), name="mm"), "mm fields, auxv, exe, mappings"),
     Kind(b"SIGS", "engine/signals.py", "per process", Struct((
         F("pid", PID),
@@ -446,6 +457,16 @@ KINDS: tuple[Kind, ...] = (
         F("caps", Struct(tuple(F(n, HEX) for n in ("CapInh", "CapPrm", "CapEff", "CapBnd",
                                                     "CapAmb")), name="caps"),
           "hex masks as in /proc"),
+        F("securebits", Int(0, U32), required=False),
+        F("pdeathsig", Int(0, 64), required=False), F("dumpable", Int(0, 3), required=False),
+        F("sched", Struct((
+            F("policy", Int(0, 7)), F("flags", Int()), F("nice", Int(-20, 19)),
+            F("priority", Int(0, 99)), F("runtime", Int()), F("deadline", Int()),
+            F("period", Int()), F("util", List(Int(0, 1024), size=2)),
+        ), name="sched"), "sched_getattr's policy, flags, nice, priority, ...",
+          required=False),
+        F("affinity", List(Int(0, 8191), min=1), "CPUs", required=False),
+        F("ioprio", Int(0, U16), required=False),
     ), name="thread"), "one thread: registers, xstate, mask, pending, credentials"),
     Kind(b"FDSC", "engine/files.py", "at most one", Struct((
         F("descs", List(DESC), "every open file description, once (below)"),
@@ -466,6 +487,15 @@ KINDS: tuple[Kind, ...] = (
         F("pid", PID, "addresses in that process", required=False),
         F("obj", Int(0, MAX_ITEMS), "offsets in that shared memory object", required=False),
     ), name="block"), "a block of page data in pages.img"),
+    Kind(b"APPX", "engine/appchannel.py", "any", Struct((
+        F("pid", PID),
+        F("dropped", List(Tuple((ADDR, Int(1, U64)), ("address", "length"))),
+          "memory the application left out (cryo.app.advise): zeros at restart"),
+        F("files", List(Struct((
+            F("path", Path()), F("side", Str(max=255, pattern=r"[A-Za-z0-9][A-Za-z0-9._+-]*")),
+            F("mode", Int(0, 0o7777)), F("size", Int(0, 1 << 40)),
+        ), name="saved file")), "files the application saved (cryo.app.add_saved_file)"),
+    ), name="application"), "what a cryo.app agent asked of the checkpoint"),
     Kind(b"TRAK", "engine/dirty.py", "any", Struct((
         F("pid", PID), F("token", Str(max=64)),
     ), name="tracking"), "the write tracking armed in a process (stores)"),

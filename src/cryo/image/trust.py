@@ -173,6 +173,14 @@ def _credentials(image: Any, owner: Owner) -> None:
         for name, value in t["caps"].items():
             if name != "CapBnd" and int(value, 16):
                 raise _deny(owner, f"{who} would have capabilities ({name} {value})")
+        sched = t.get("sched")
+        if isinstance(sched, dict):  # real-time policies and raised priorities need
+            if sched.get("policy") in (1, 2, 6):  # CAP_SYS_NICE: FIFO, RR, DEADLINE
+                raise _deny(owner, f"{who} would have real-time policy {sched['policy']}")
+            if sched.get("nice", 0) < os.getpriority(os.PRIO_PROCESS, 0):
+                raise _deny(owner, f"{who} would have nice {sched['nice']}")
+        if isinstance(t.get("ioprio"), int) and t["ioprio"] >> 13 == 1:  # IOPRIO_CLASS_RT
+            raise _deny(owner, f"{who} would have real-time I/O priority")
 
 
 def _task(image: Any, owner: Owner) -> None:

@@ -1,0 +1,551 @@
+"""An image is not a licence (issue 10): an unprivileged user who can write an image
+edits it and root restarts it; symbolic link attacks on the files cryo writes; a second
+copy of a running image; and a fuzz of every record kind of a real image.
+
+The user is an unused uid (no passwd entry): the test becomes it in forked children
+(setresuid).  Seals use a key made for the test ($CRYO_KEY_FILE)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pwd
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cryo.errors import CryoError, ExitCode
+from cryo.image import format as fmt
+from cryo.image import records as R
+from cryo.image import seal
+from tests.conftest import Procs, reap, run_cryo
+
+SRC = Path(__file__).parents[2] / "src"
+USER_PY = "/usr/bin/python3"  # (the test's own Python may be where the user cannot reach)
+TICKER = ("import os,sys,time\nf=open(sys.argv[1],sys.argv[2] if len(sys.argv)>2 else 'a',"
+          "buffering=1)\ni=0\nwhile True:\n  f.write(f'tick {i}\\n'); f.flush(); i+=1;"
+          " time.sleep(0.02)\n")  # fmt: skip
+REFUSED = {ExitCode.ACCESS_DENIED, ExitCode.IMAGE_CORRUPT, ExitCode.IMAGE_INCOMPATIBLE,
+           ExitCode.IMAGE_MISSING, ExitCode.CONFLICT, ExitCode.UNTRUSTED,
+           ExitCode.ERROR}  # fmt: skip
+
+
+def _unused_uid() -> int:
+    rng = random.Random(os.getpid())
+    while True:
+        uid = rng.randrange(40000, 60000)
+        try:
+            pwd.getpwuid(uid)
+            continue
+        except KeyError:
+            pass
+        if not any(Path(f"/proc/{p}").stat().st_uid == uid
+                   for p in os.listdir("/proc") if p.isdigit()
+                   and Path(f"/proc/{p}").exists()):  # fmt: skip
+            return uid
+
+
+UID = _unused_uid()
+
+
+@pytest.fixture(autouse=True)
+def test_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+             ) -> Iterator[Path]:  # fmt: skip
+    """Images of these tests are sealed with a key of their own."""
+    path = tmp_path_factory.mktemp("key") / "image.key"
+    monkeypatch.setenv("CRYO_KEY_FILE", str(path))
+    monkeypatch.setenv("PYTHONPATH", str(SRC))
+    seal._cache.clear()
+    yield path
+    seal._cache.clear()
+
+
+@pytest.fixture
+def arena() -> Iterator[Path]:
+    """A directory both root and the user reach: ``home`` is the user's."""
+    d = Path(tempfile.mkdtemp(prefix="cryo-sec-", dir="/tmp"))
+    d.chmod(0o755)
+    home = d / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, UID, UID)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def become_user() -> None:
+    os.setgroups([])
+    os.setresgid(UID, UID, UID)
+    os.setresuid(UID, UID, UID)
+
+
+def as_user(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a child that is the user; it must succeed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            become_user()
+            fn()
+            code = 0
+        except BaseException as err:  # (reported by the exit status)
+            print(f"as user: {err!r}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def wait_ticks(out: Path, n: int = 3, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists():
+            ticks = [int(x.split()[1]) for x in out.read_text().splitlines()
+                     if x.startswith("tick ")]  # fmt: skip
+            if len(ticks) >= n:
+                return max(ticks)
+        time.sleep(0.02)
+    raise AssertionError(f"no ticks in {out}")
+
+
+def status_of(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def user_image(procs: Procs, arena: Path, mode: str = "a") -> Path:
+    """The user's ticker, checkpointed by root into the user's directory; the image is
+    the user's (as a copy the user made, or a checkpoint of their own, would be)."""
+    home = arena / "home"
+    out = home / "out.txt"
+    p = subprocess.Popen([USER_PY, "-c", TICKER, str(out), mode], cwd=home,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
+    p.returncode = 0
+    procs.track(p.pid)
+    wait_ticks(out)
+    img = home / "img"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    return img
+
+
+def edit_as_user(img: Path, change: Callable[[dict[bytes, list[Any]]], None]) -> None:
+    """The user rewrites core.img with ``change`` and checksums that hold again (the keyed
+    seal, which the user cannot make, is left as it was)."""
+
+    def edit() -> None:
+        recs = fmt.read_file(img / "core.img", R.CORE_MAGIC)
+        by: dict[bytes, list[Any]] = {}
+        for rec in recs:
+            by.setdefault(rec.kind, []).append(rec.payload)
+        change(by)
+        out = [fmt.Record(k, p, raw=k == R.FDAT) for k, ps in by.items() for p in ps]
+        seals = [r for r in out if r.kind == fmt.SEAL]
+        out = [r for r in out if r.kind != fmt.SEAL] + seals
+        (img / "core.img").write_bytes(fmt.encode_file(R.CORE_MAGIC, out))
+
+    as_user(edit)
+
+
+def restart(img: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cryo("restart", "-D", str(img), "--detach", *extra, timeout=60)
+
+
+# -- the user's own image ------------------------------------------------------------------
+
+
+def test_users_image_restarts_as_the_user(procs: Procs, arena: Path) -> None:
+    img = user_image(procs, arena)
+    last = wait_ticks(arena / "home" / "out.txt")
+    r = restart(img)
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    st = status_of(pid)
+    assert st["Uid"].split() == [str(UID)] * 4 and st["Gid"].split() == [str(UID)] * 4
+    assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
+    deadline = time.monotonic() + 10
+    while wait_ticks(arena / "home" / "out.txt") <= last + 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _root_uids(recs: dict[bytes, list[Any]]) -> None:
+    for t in recs[R.THRD]:
+        t["uids"], t["gids"], t["groups"] = [0] * 4, [0] * 4, [0]
+        t["caps"] = dict.fromkeys(t["caps"], "000001ffffffffff")
+
+
+def _root_only_file(secret: Path) -> Callable[[dict[bytes, list[Any]]], None]:
+    def change(recs: dict[bytes, list[Any]]) -> None:
+        for d in recs[R.FDSC][0]["descs"]:
+            if d["path"].endswith("out.txt"):
+                d["path"], d["flags"] = str(secret), os.O_RDWR
+    return change
+
+
+def _setuid_ghost(target: Path) -> Callable[[dict[bytes, list[Any]]], None]:
+    def change(recs: dict[bytes, list[Any]]) -> None:
+        descs = recs[R.FDSC][0]["descs"]
+        recs.setdefault(R.FDAT, []).append(Path(USER_PY).read_bytes()[:4096])
+        base = dict(descs[0])
+        base.update(id=len(descs), kind="file", path=str(target), flags=os.O_RDONLY,
+                    mode=0o104755, deleted=True, blob=len(recs[R.FDAT]) - 1, fd=77)
+        descs.append(base)
+        recs[R.FILE][0]["fds"].append({"fd": 77, "desc": base["id"], "cloexec": False})
+    return change
+
+
+def _chdir_root(recs: dict[bytes, list[Any]]) -> None:
+    recs[R.FILE][0]["cwd"] = "/root"
+
+
+def _raise_limit(recs: dict[bytes, list[Any]]) -> None:
+    recs[R.TASK][0]["rlimits"][7] = [1 << 30, 1 << 30]
+
+
+ATTACKS = {
+    "uids and capabilities of root": (_root_uids, "would run as uids"),
+    "a root-only file opened read-write": (None, "Permission denied for that user"),
+    "a setuid root file recreated": (None, "recreated with mode"),
+    "a working directory the user may not enter": (_chdir_root, "working directory"),
+    "a limit above what the user may have": (_raise_limit, "limit 7"),
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_edited_image_grants_nothing(procs: Procs, arena: Path, attack: str) -> None:
+    secret = arena / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    ghost = arena / "home" / "suid"
+    given, words = ATTACKS[attack]
+    change = given or (_root_only_file(secret) if "root-only" in attack else _setuid_ghost(ghost))
+    img = user_image(procs, arena)
+    edit_as_user(img, change)
+    before = _children()
+    # the seal no longer verifies: refused outright
+    r = restart(img)
+    assert r.returncode == ExitCode.UNTRUSTED, r.stderr
+    assert "changed after it was sealed" in r.stderr
+    # trusted anyway: the owner's privileges still bound it
+    r = restart(img, "--trust-image")
+    assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
+    assert words in r.stderr and f"uid {UID}" in r.stderr and "Traceback" not in r.stderr
+    assert _children() == before, "a process was created"
+    assert secret.read_text() == "root only\n" and secret.stat().st_mode & 0o777 == 0o600
+    assert not ghost.exists()
+    assert not any(p.stat().st_mode & 0o6000 for p in arena.rglob("*") if p.is_file())
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            if ppid == me:
+                out.add(int(d))
+    return out
+
+
+def test_unsealed_root_image_is_refused_by_root(procs: Procs, arena: Path) -> None:
+    """An image without a seal (a user's checkpoint, or one from another host's key) is
+    refused by root unless trusted."""
+    img = user_image(procs, arena)
+    def unseal(recs: dict[bytes, list[Any]]) -> None:
+        recs.pop(fmt.SEAL, None)
+
+    edit_as_user(img, unseal)
+    r = restart(img)
+    assert r.returncode == ExitCode.UNTRUSTED and "not sealed" in r.stderr
+    r = restart(img, "--trust-image")
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    assert status_of(pid)["Uid"].split() == [str(UID)] * 4
+
+
+def test_non_root_restart_names_the_missing_privilege(procs: Procs, arena: Path) -> None:
+    probe = subprocess.run([USER_PY, "-c", "import msgpack, xxhash, zstandard, numpy"],
+                           capture_output=True, preexec_fn=become_user)
+    if probe.returncode:
+        pytest.skip(f"{USER_PY} lacks cryo's dependencies for an unprivileged user")
+    img = user_image(procs, arena)
+    r = subprocess.run([USER_PY, "-m", "cryo", "restart", "-D", str(img), "--detach"],
+                       capture_output=True, text=True, timeout=60, preexec_fn=become_user,
+                       cwd=arena)  # fmt: skip
+    if r.returncode == 0:  # (a kernel that lets this user do it all)
+        procs.track(int(r.stdout))
+        return
+    assert r.returncode == ExitCode.ACCESS_DENIED, r.stderr
+    assert "CAP_CHECKPOINT_RESTORE" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- files cryo writes -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def root_image(procs: Procs, arena: Path) -> Path:
+    out = arena / "root-out.txt"
+    p = procs.spawn([sys.executable, "-c", TICKER, str(out)])
+    wait_ticks(out)
+    img = arena / "rootimg"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    return img
+
+
+def test_pidfile_symlink_is_replaced_not_followed(procs: Procs, arena: Path,
+                                                  root_image: Path) -> None:  # fmt: skip
+    precious = arena / "precious"
+    precious.write_text("precious\n")
+    link = arena / "home" / "pid"
+    as_user(lambda: os.symlink(precious, link))
+    r = restart(root_image, "--pidfile", str(link))
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    assert precious.read_text() == "precious\n"
+    assert not link.is_symlink() and link.read_text() == f"{pid}\n"
+    assert link.stat().st_mode & 0o777 == 0o600
+
+
+def test_run_output_symlink_is_refused(arena: Path) -> None:
+    precious = arena / "precious"
+    precious.write_text("precious\n")
+    link = arena / "home" / "out"
+    as_user(lambda: os.symlink(precious, link))
+    pidfile = arena / "home" / "runpid"
+    as_user(lambda: os.symlink(precious, pidfile))
+    r = run_cryo("run", "--output", str(link), "--pidfile", str(pidfile), "--", "sleep", "30")
+    assert r.returncode == ExitCode.ERROR and "symbolic link" in r.stderr, r.stderr
+    assert precious.read_text() == "precious\n"
+    r = run_cryo("run", "--output", str(arena / "new.log"), "--pidfile", str(pidfile), "--",
+                 "sleep", "30")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(int(r.stdout))
+    assert precious.read_text() == "precious\n" and pidfile.read_text() == r.stdout
+    assert (arena / "new.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_temporary_directory_is_unpredictable_and_private(procs: Procs, arena: Path) -> None:
+    """Links planted at every DIR.tmp.PID a checkpoint could use: nothing is written
+    through them; under umask 000 the image is still 0700 / 0600."""
+    trap = arena / "trap"
+    trap.mkdir()
+    out = arena / "t-out.txt"
+    p = procs.spawn([sys.executable, "-c", TICKER, str(out)])
+    wait_ticks(out)
+    img = arena / "img"
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        last = int(f.read())
+    for n in range(last, last + 400):
+        (arena / f"img.tmp.{n}").symlink_to(trap)
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), preexec_fn=lambda: os.umask(0))
+    assert r.returncode == 0, r.stderr
+    assert list(trap.iterdir()) == []
+    assert img.stat().st_mode & 0o777 == 0o700
+    for path in img.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+# -- one image, two copies ---------------------------------------------------------------------
+
+
+def test_second_copy_of_a_running_image_is_refused(procs: Procs, arena: Path) -> None:
+    out = arena / "rw.txt"
+    out.write_text("")
+    p = procs.spawn([sys.executable, "-c", TICKER, str(out), "r+"])  # written at its offset
+    wait_ticks(out)
+    img = arena / "rwimg"
+    assert run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill").returncode == 0
+    reap(p.pid)
+    first = restart(img)
+    assert first.returncode == 0, first.stderr
+    pid = procs.track(int(first.stdout))
+    second = restart(img)
+    assert second.returncode == ExitCode.CONFLICT, second.stderr
+    assert f"is already running as pid {pid}" in second.stderr
+    third = restart(img, "--allow-duplicate")
+    assert third.returncode == 0, third.stderr
+    procs.track(int(third.stdout))
+    reap(pid)
+    reap(int(third.stdout))
+    again = restart(img)  # the first copy is gone: no conflict
+    assert again.returncode == 0, again.stderr
+    procs.track(int(again.stdout))
+
+
+# -- fuzz ----------------------------------------------------------------------------------------
+
+MUTATIONS: list[tuple[str, Callable[[Any], Any]]] = [
+    ("none", lambda v: None), ("str", lambda v: "x"), ("neg", lambda v: -1),
+    ("huge", lambda v: 1 << 70), ("bytes", lambda v: b"\x01" * 3), ("list", lambda v: [1]),
+    ("map", lambda v: {"k": 1}), ("bool", lambda v: True), ("zero", lambda v: 0),
+    ("bump", lambda v: v + 4096 if isinstance(v, int) and not isinstance(v, bool) else v),
+    ("cut", lambda v: v[: len(v) // 2] if isinstance(v, (bytes, str, list)) else v),
+    ("dup", lambda v: v + v[:1] if isinstance(v, list) else v),
+]
+
+
+def _paths(v: Any, path: tuple[Any, ...] = (), depth: int = 0) -> Iterator[tuple[Any, ...]]:
+    yield path
+    if depth >= 4:
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield from _paths(x, (*path, k), depth + 1)
+    elif isinstance(v, list):
+        for i, x in enumerate(v[:6]):
+            yield from _paths(x, (*path, i), depth + 1)
+
+
+def _apply(payload: Any, path: tuple[Any, ...], how: str) -> Any:
+    """``payload`` with the value at ``path`` mutated (``how``: a MUTATIONS name or
+    "delete")."""
+    out = copy.deepcopy(payload)
+    if not path:
+        return None if how == "delete" else dict(MUTATIONS)[how](out)
+    parent = out
+    for k in path[:-1]:
+        parent = parent[k]
+    last = path[-1]
+    if how == "delete":
+        del parent[last]
+    else:
+        parent[last] = dict(MUTATIONS)[how](parent[last])
+    return out
+
+
+def _mutated(base: Any, recs: dict[bytes, list[Any]]) -> Any:
+    """The real image with its records replaced (pages and side files: the real ones)."""
+    image = copy.copy(base)
+    image.records = recs
+    image.blocks = recs.get(R.PBLK, [])
+    return image
+
+
+def test_fuzz_every_record_kind(procs: Procs, arena: Path) -> None:
+    """At least 1,000 mutations of every key of every record kind of a real image: each
+    is refused cleanly (a CryoError with a defined exit code, no traceback, no process)
+    or passes the checks; ~20 are restarted in full (sealed again with the test key)."""
+    from cryo.engine import restore
+    from cryo.image.reader import Image
+
+    seed = int(os.environ.get("CRYO_FUZZ_SEED", random.randrange(1 << 32)))
+    print(f"fuzz seed {seed} (CRYO_FUZZ_SEED={seed} repeats it)")
+    rng = random.Random(seed)
+    out = arena / "f-out.txt"
+    code = ("import os,threading,time,sys\nr,w=os.pipe()\nos.write(w,b'data')\n"
+            "threading.Thread(target=time.sleep,args=(1000,),daemon=True).start()\n"
+            f"exec({TICKER!r})")  # fmt: skip
+    p = procs.spawn([sys.executable, "-c", code, str(out)])
+    wait_ticks(out)
+    img = arena / "fimg"
+    assert run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill").returncode == 0
+    reap(p.pid)
+    base = Image(str(img))
+    base.pages  # noqa: B018  (mapped once, shared by every mutated copy)
+    recs0 = {k: list(v) for k, v in base.records.items()}
+    # every (kind, key) first, then random deeper places, to 1,200 mutations
+    todo: list[tuple[bytes, int, tuple[Any, ...], str]] = []
+    for kind, payloads in recs0.items():
+        for i, payload in enumerate(payloads):
+            if kind == R.FDAT:
+                todo.append((kind, i, (), "cut"))
+                continue
+            for key in payload if isinstance(payload, dict) else []:
+                todo.append((kind, i, (key,), rng.choice(["delete", *dict(MUTATIONS)])))
+    places = [(k, i, path) for k, ps in recs0.items() if k != R.FDAT
+              for i, pl in enumerate(ps) for path in _paths(pl) if path]  # fmt: skip
+    while len(todo) < 1200:
+        k, i, path = rng.choice(places)
+        todo.append((k, i, path, rng.choice(["delete", *dict(MUTATIONS)])))
+    kinds = {k for k, _, _, _ in todo}
+    assert kinds >= {R.HEAD, R.TREE, R.TASK, R.MM, R.SIGS, R.TIMR, R.FILE, R.THRD, R.FDSC,
+                     R.SHMO, R.PBLK}  # fmt: skip
+    restore.validate(_mutated(base, recs0), trust_image=True)  # the image as it is: good
+    before = _children()
+    refused, accepted = 0, []
+    t0 = time.monotonic()
+    for kind, i, path, how in todo:
+        recs = {k: list(v) for k, v in recs0.items()}
+        try:
+            recs[kind][i] = _apply(recs[kind][i], path, how)
+        except (KeyError, IndexError, TypeError):
+            continue
+        image = _mutated(base, recs)
+        try:
+            restore.validate(image, trust_image=True)
+        except CryoError as err:
+            assert err.exit_code in REFUSED, (kind, path, how, err)
+            refused += 1
+            continue
+        accepted.append((kind, i, path, how))
+    took = time.monotonic() - t0
+    print(f"{len(todo)} mutations: {refused} refused, {len(accepted)} accepted, {took:.1f} s")
+    assert refused + len(accepted) >= 1000
+    assert _children() == before, "a process was created while validating"
+    # a sample restarted in full, the image sealed again: a clean refusal or a restart
+    key = seal.load_key(create=True)
+    rng.shuffle(accepted)
+    def encodable(m: tuple[bytes, int, tuple[Any, ...], str]) -> bool:
+        try:
+            fmt.pack(_apply(recs0[m[0]][m[1]], m[2], m[3]))
+        except (KeyError, IndexError, TypeError, OverflowError, ValueError):
+            return False
+        return True
+
+    rejected = [m for m in todo if m not in accepted and encodable(m)]
+    rng.shuffle(rejected)
+    full = rejected[:10] + [m for m in accepted if encodable(m)][:10]
+    assert len(full) >= 10
+    for kind, i, path, how in full:
+        recs = {k: list(v) for k, v in recs0.items()}
+        recs[kind][i] = _apply(recs[kind][i], path, how)
+        mimg = arena / "mut"
+        shutil.rmtree(mimg, ignore_errors=True)
+        shutil.copytree(img, mimg)
+        order = [x for x in fmt.read_file(img / "core.img", R.CORE_MAGIC) if x.kind != fmt.SEAL]
+        out_recs = []
+        seen: dict[bytes, int] = {}
+        for rec in order:
+            n = seen.get(rec.kind, 0)
+            seen[rec.kind] = n + 1
+            out_recs.append(fmt.Record(rec.kind, recs[rec.kind][n], raw=rec.raw))
+        with open(mimg / "core.img", "wb") as f:
+            w = fmt.RecordWriter(f, R.CORE_MAGIC, seal=seal.sealer(key))
+            for rec in out_recs:
+                w.write(rec.kind, rec.payload, raw=rec.raw)
+            w.close()
+        try:
+            r = run_cryo("restart", "-D", str(mimg), "--detach", "--allow-duplicate",
+                         timeout=30)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"restart hung: {kind!r} {path} {how}")
+        assert "Traceback" not in r.stderr, (kind, path, how, r.stderr)
+        if r.returncode == 0:
+            pid = procs.track(int(r.stdout))
+            os.kill(pid, signal.SIGKILL)
+        else:
+            assert r.returncode in REFUSED, (kind, path, how, r.returncode, r.stderr)
