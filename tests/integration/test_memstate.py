@@ -5,7 +5,9 @@ restart and reports "ok N" or "FAIL what"."""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,33 @@ from cryo.engine.show import describe
 from tests.conftest import Procs, Victim, reap, run_cryo
 
 
-def cycle(procs: Procs, v: Victim, img: Path) -> Victim:
+def poke(v: Victim, rounds: int = 1) -> None:
+    """One round of checks per SIGUSR1 (tests/victims/rounds.h), each awaited; then wait
+    until the victim sleeps in rt_sigsuspend again, holding no /proc file open."""
+    for _ in range(rounds):
+        last = max(v.oks(), default=-1)
+        os.kill(v.pid, signal.SIGUSR1)
+        v.wait_ok_after(last)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{v.pid}/syscall").read_text().split()[0] != "130":
+        assert time.monotonic() < deadline, "the victim does not go back to sigsuspend"
+        time.sleep(0.005)
+
+
+def cycle(procs: Procs, v: Victim, img: Path, poked: bool = True) -> Victim:
     """Checkpoint ``v`` (killed once the image is written), reap it, restart it; the
-    restored victim must pass two more rounds of its own checks."""
+    restored victim must pass two more rounds of its own checks (asked for with
+    SIGUSR1 when ``poked``)."""
     last = max(v.oks(), default=-1)
     checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
     reap(v.pid)
     rr = restart(str(img))
     procs.track(rr.pid)
     new = Victim(rr.pid, v.out)
-    new.wait_ok_after(last + 2)
+    if poked:
+        poke(new, 2)
+    else:
+        new.wait_ok_after(last + 2)
     return new
 
 
@@ -48,7 +67,8 @@ def test_ksm_merge_any_survives(procs: Procs, build: Any, tmp_path: Path) -> Non
         pytest.skip("no KSM in this kernel")
     out = tmp_path / "out.txt"
     v = procs.spawn([build("madvise"), str(out), "ksm"], out)
-    v.wait_ok_after(1)
+    v.wait_line("ready")
+    poke(v, 2)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
 
@@ -57,7 +77,8 @@ def test_ksm_merge_any_survives(procs: Procs, build: Any, tmp_path: Path) -> Non
 def test_madvise_state_survives(procs: Procs, build: Any, tmp_path: Path, mode: str) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([build("madvise"), str(out), mode], out)
-    v.wait_ok_after(1)
+    v.wait_line("ready")
+    poke(v, 2)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
     # `cryo show` names the state of each mapping
@@ -73,16 +94,20 @@ def test_object_mappings_survive(procs: Procs, build: Any, tmp_path: Path) -> No
     shared and private: data, sharing with the file, names."""
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "files", str(tmp_path)], out)
-    v.wait_ok_after(1)
+    v.wait_line("ready")
+    poke(v, 2)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
 
 
-def untouched(v: Victim) -> None:
+def untouched(v: Victim, poked: bool = False) -> None:
     """The target still runs, untraced, and keeps passing its own checks."""
     status = Path(f"/proc/{v.pid}/status").read_text()
     assert "TracerPid:\t0" in status, status
-    v.wait_ok_after(max(v.oks(), default=-1) + 2)
+    if poked:
+        poke(v, 2)
+    else:
+        v.wait_ok_after(max(v.oks(), default=-1) + 2)
 
 
 def test_aio_ring_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
@@ -117,7 +142,8 @@ def test_hugetlb_mappings_survive(procs: Procs, build: Any, tmp_path: Path,
     hugepages(8)
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "hugetlb"], out)
-    v.wait_ok_after(1)
+    v.wait_line("ready")
+    poke(v, 2)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
 
@@ -128,7 +154,8 @@ def test_hugetlb_restart_refused_without_pool(procs: Procs, build: Any, tmp_path
     hugepages(8)
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "hugetlb"], out)
-    v.wait_ok_after(1)
+    v.wait_line("ready")
+    poke(v, 2)
     checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
     reap(v.pid)
     hugepages(0)
@@ -234,7 +261,8 @@ def test_no_vdso(procs: Procs, build: Any, tmp_path: Path,
 
     out = tmp_path / "out.txt"
     v = procs.spawn([build("novdso"), str(out)], out)
-    v.wait_ok_after(1)
+    v.wait_line("ready")
+    poke(v, 2)
     addr = textscan.find_syscall(v.pid)
     with open(f"/proc/{v.pid}/mem", "rb") as mem:
         mem.seek(addr)
@@ -249,10 +277,11 @@ def test_no_vdso(procs: Procs, build: Any, tmp_path: Path,
 def test_no_vdso_cli(procs: Procs, build: Any, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([build("novdso"), str(out)], out)
-    v.wait_ok_after(1)
+    v.wait_line("ready")
+    poke(v, 2)
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
-    untouched(v)
+    untouched(v, poked=True)
 
 
 def test_userfaultfd_region_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
@@ -271,5 +300,6 @@ def test_fd_and_mapping_stay_one_file(procs: Procs, build: Any, tmp_path: Path) 
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "fd+map", str(tmp_path)], out)
     v.wait_ok_after(1)
-    v = cycle(procs, v, tmp_path / "img")
+    v = cycle(procs, v, tmp_path / "img", poked=False)
     assert not v.fails()
+

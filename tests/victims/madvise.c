@@ -4,6 +4,7 @@
  * exactly its flags (of those listed in WATCH), its data, and its guard pages; that a
  * WIPEONFORK region reads as zeros in a child; that a new mapping is locked (MCL_FUTURE). */
 #include "common.h"
+#include "rounds.h"
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -64,6 +65,7 @@ static uint64_t pagemap(unsigned char *addr) {
 
 int main(int argc, char **argv) {
     open_report(argc, argv);
+    poke_setup();
     int future = argc > 2 && !strcmp(argv[2], "future");
     if (argc > 2 && !strcmp(argv[2], "ksm")) {
         /* KSM for the whole process (PR_SET_MEMORY_MERGE), but one mapping opted out */
@@ -81,7 +83,7 @@ int main(int argc, char **argv) {
             munmap(t, PG);
             if (!vmflags(out, fl, sizeof fl, &s, &e) || has(fl, "mg")) { FAIL("opted-out mapping mergeable"); bad = 1; }
             if (!bad) report("ok %ld", round);
-            nap(20);
+            next_round();
         }
     }
     struct region r[32];
@@ -172,6 +174,6 @@ int main(int argc, char **argv) {
             munmap(t, PG);
         }
         if (!bad) report("ok %ld", round);
-        nap(20);
+        next_round();
     }
 }

@@ -1,16 +1,19 @@
 /* Mappings whose backing object is not a plain file by path: private and shared
  * mappings of a deleted file, private /dev/zero, memfd mapped shared and private,
  * MAP_HUGETLB (private and shared) and a hugetlb memfd, an AIO ring (io_setup).
- * argv[2] = mode: "files", "hugetlb", "aio", "uffd"; argv[3] = a directory for the files.
+ * argv[2] = mode: "files", "hugetlb", "aio", "uffd", "sysv",
+ * "fd+map"; argv[3] = a directory for the files.
  * Each round: data (the file's pages and the copied-on-write ones), that a private
  * mapping still sees the file (the shared writer's later stores show through in pages
  * not yet copied), names in /proc/self/maps, hugetlb page size. */
 #include "common.h"
+#include "rounds.h"
 #include <linux/aio_abi.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 
 #define PG 4096UL
@@ -47,6 +50,20 @@ static long kernel_page(void *addr) {
     return kb;
 }
 
+static int flags_of(void *addr, char *out, size_t size) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int in = 0, found = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        uintptr_t a, b;
+        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+            in = a <= (uintptr_t)addr && (uintptr_t)addr < b;
+        else if (in && !strncmp(line, "VmFlags:", 8)) { snprintf(out, size, "%s", line + 8); found = 1; break; }
+    }
+    if (f) fclose(f);
+    return found;
+}
+
 static int all(const unsigned char *p, size_t n, unsigned char c) {
     for (size_t i = 0; i < n; i++) if (p[i] != c) return 0;
     return 1;
@@ -56,6 +73,7 @@ static int all(const unsigned char *p, size_t n, unsigned char c) {
 
 int main(int argc, char **argv) {
     open_report(argc, argv);
+    poke_setup();
     const char *mode = argc > 2 ? argv[2] : "files";
     const char *dir = argc > 3 ? argv[3] : "/tmp";
     char path[512];
@@ -103,7 +121,7 @@ int main(int argc, char **argv) {
             if (!all(msh + 1, 4 * PG - 1, 'm')) { FAIL("memfd shared"); bad = 1; }
             if (!maps_has(mpr, "/memfd:cryo-test (deleted)") || !maps_has(msh, "/memfd:cryo-test (deleted)")) { FAIL("memfd name"); bad = 1; }
             if (!bad) report("ok %ld", round);
-            nap(20);
+            next_round();
         }
     }
     if (!strcmp(mode, "hugetlb")) {
@@ -129,7 +147,7 @@ int main(int argc, char **argv) {
             if (!maps_has(hp, "anon_hugepage") || !maps_has(hs, "anon_hugepage")) { FAIL("hugetlb names"); bad = 1; }
             if (!maps_has(hm, "/memfd:cryo-huge (deleted)")) { FAIL("hugetlb memfd name"); bad = 1; }
             if (!bad) report("ok %ld", round);
-            nap(20);
+            next_round();
         }
     }
     if (!strcmp(mode, "fd+map")) {
@@ -152,6 +170,26 @@ int main(int argc, char **argv) {
             if (dm[7] != w) { FAIL("deleted file: fd and mapping are two files"); bad = 1; }
             if (!bad) report("ok %ld", round);
             nap(20);
+        }
+    }
+    if (!strcmp(mode, "sysv")) {
+        /* an attached SysV segment with per-mapping state: locked, DONTFORK, DONTDUMP */
+        int id = shmget(IPC_PRIVATE, 4 * PG, IPC_CREAT | 0600);
+        unsigned char *p = shmat(id, NULL, 0);
+        SETUP(id >= 0 && p != (void *)-1, "shmget/shmat");
+        shmctl(id, IPC_RMID, NULL);
+        memset(p, 'v', 4 * PG);
+        SETUP(mlock(p, 4 * PG) == 0 && madvise(p, 4 * PG, MADV_DONTFORK) == 0
+              && madvise(p, 4 * PG, MADV_DONTDUMP) == 0, "mlock/madvise");
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            int bad = 0;
+            char fl[512];
+            if (!flags_of(p, fl, sizeof fl)) { FAIL("segment not attached"); bad = 1; }
+            else if (!strstr(fl, " lo") || !strstr(fl, " dc") || !strstr(fl, " dd")) { FAIL("segment state lost:%s", fl); bad = 1; }
+            if (!all(p, 4 * PG, 'v')) { FAIL("segment data"); bad = 1; }
+            if (!bad) report("ok %ld", round);
+            next_round();
         }
     }
     if (!strcmp(mode, "uffd")) {

@@ -2,6 +2,7 @@
  * raw system calls only (no clock_gettime through the vDSO).  Each round it checks
  * that it still has no vDSO and that its data is intact. */
 #include "common.h"
+#include "rounds.h"
 #include <stdint.h>
 #include <sys/mman.h>
 
@@ -19,6 +20,7 @@ static int has_vdso(void) {
 
 int main(int argc, char **argv) {
     open_report(argc, argv);
+    poke_setup();
     FILE *f = fopen("/proc/self/maps", "r");
     char line[512];
     uintptr_t ranges[8][2];
@@ -38,6 +40,6 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < 8 * PG; i++)
             if (data[i] != (unsigned char)mix(i)) { FAIL("data"); bad = 1; break; }
         if (!bad) report("ok %ld", round);
-        nap(20);
+        next_round();
     }
 }
