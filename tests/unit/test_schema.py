@@ -196,3 +196,26 @@ def test_a_failing_verify_worker_fails_the_pass() -> None:
     with pytest.raises(OSError):
         reader.run_parallel(work, 2)
     assert sorted(seen) == [0, 1]
+
+
+# -- errors at the front ends -------------------------------------------------------------
+
+
+def test_eperm_for_a_user_names_the_missing_privilege(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryo.errors import AccessDenied, translate_oserror
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    err = translate_oserror(PermissionError(1, "Operation not permitted"), resource="clone3")
+    assert isinstance(err, AccessDenied)
+    assert "needs root, or CAP_CHECKPOINT_RESTORE" in str(err) and "uid 1000" in str(err)
+
+
+def test_a_bug_in_a_worker_is_reported_with_exit_70() -> None:
+    from cryo.errors import ExitCode, ImageCorrupt, describe_failure
+
+    try:
+        {}["missing"]
+    except KeyError as err:
+        text, code = describe_failure(err)
+    assert code == ExitCode.INTERNAL and "KeyError" in text and "Traceback" in text
+    assert describe_failure(ImageCorrupt("bad"))[1] == ExitCode.IMAGE_CORRUPT
