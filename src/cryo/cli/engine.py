@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
                    help="kill the process after the checkpoint")
     g.add_argument("--signal", dest="signal", type=_signal, metavar="SIG",
                    help="send SIG (name or number) after the checkpoint")
+    _net(p)
     p.set_defaults(func=cmd_checkpoint, signal=0)
 
     p = sub.add_parser("restart", help="recreate a process from an image directory",
@@ -66,6 +67,7 @@ def register(sub: Any) -> None:
                    " host with another key); its owner's privileges still bound it")
     p.add_argument("--allow-duplicate", action="store_true",
                    help="restart a second copy of an image that is running already")
+    _net(p)
     p.set_defaults(func=cmd_restart)
 
     p = sub.add_parser("run", help="start a program so that it can be checkpointed",
@@ -84,6 +86,23 @@ def register(sub: Any) -> None:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
+
+
+def _net(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tcp-established", action="store_true",
+                   help="save (restore) established TCP connections with TCP_REPAIR; their"
+                   " traffic is held by nftables until the restart")
+    g.add_argument("--tcp-close", action="store_true",
+                   help="established TCP connections are restored closed")
+    p.add_argument("--ext-unix-sk", action="store_true",
+                   help="unix sockets connected to a peer outside the checkpoint are"
+                   " reconnected to the same address at restart")
+
+
+def _net_options(args: argparse.Namespace) -> dict[str, bool]:
+    return {k: True for k in ("tcp_established", "tcp_close", "ext_unix_sk")
+            if getattr(args, k)}  # fmt: skip
 
 
 def _where(p: argparse.ArgumentParser, verb: str) -> None:
@@ -169,7 +188,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     pid, scope = _scope(args)
     kw: dict[str, Any] = {"compress": args.compress, "shell_job": args.shell_job,
                           "signal_after": args.signal, "direct_io": not args.page_cache,
-                          "scope": scope}
+                          "scope": scope, "net": _net_options(args)}
     with _progress("checkpoint") as prog:
         if args.store:
             from cryo import store
@@ -201,7 +220,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         translate[old] = new
     _check_where(args)
     kw: dict[str, Any] = {"must_reuse_pid": args.must_reuse_pid, "shell_job": args.shell_job,
-                          "translate": translate}
+                          "translate": translate, "net": _net_options(args)}
     kw.update({k: True for k in ("trust_image", "allow_duplicate") if getattr(args, k)})
     with _progress("restart") as prog:
         if args.store:

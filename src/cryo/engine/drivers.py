@@ -38,6 +38,7 @@ from cryo.engine import (
     anonfds,
     dirty,
     files,
+    inet,
     memory,
     registers,
     shmem,
@@ -81,6 +82,8 @@ class Driver:
     written: WriteHook | None = None
     records: RecordsHook | None = None
     prepare: SessionHook | None = None
+    thaw: SessionHook | None = None  # checkpoint: before the processes are let go
+    started: SessionHook | None = None  # restart: every process built, before they run
     restore: Mapping[str, RestoreHook] = field(default_factory=dict)
     restore_thread: Mapping[str, ThreadRestoreHook] = field(default_factory=dict)
 
@@ -253,6 +256,8 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("timers", (R.TIMR,), inject=_keep(R.TIMR, timers.dump),
            restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))}),
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create}),
+    Driver("inet", collect=inet.lock_connections, thaw=inet.thaw, prepare=inet.prepare,
+           started=inet.started),
     Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}),

@@ -24,6 +24,7 @@ def checkpoint(
     progress: Callable[[int, int], None] | None = None,
     freeze_timeout: float | None = None,
     worker: bool = True,
+    net: dict[str, bool] | None = None,
 ) -> DumpResult:
     """Write the complete state of process ``pid`` (and, by ``scope``, its descendants,
     process group or session) into directory ``dest`` (or any Sink, such as a new
@@ -35,12 +36,14 @@ def checkpoint(
     outlives it (``worker=False`` does it in this process).  ``direct_io`` writes page
     data with O_DIRECT (shorter freeze, no page cache used); without it the image stays
     cached for a quick restart.  ``freeze_timeout`` bounds how long the targets may stay
-    frozen (by default a minute plus 15 s per GiB to copy).
+    frozen (by default a minute plus 15 s per GiB to copy).  ``net`` takes the socket
+    options ``tcp_established``, ``tcp_close`` and ``ext_unix_sk`` (engine/inet.py).
     """
     session = CheckpointSession(pid, dest, worker=worker, scope=scope, force=force,
                                 compress=compress, shell_job=shell_job,
                                 signal_after=signal_after, direct_io=direct_io,
-                                progress=progress, freeze_timeout=freeze_timeout)  # fmt: skip
+                                progress=progress, freeze_timeout=freeze_timeout,
+                                net=net)  # fmt: skip
     return session.run()
 
 

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import stat
 import tempfile
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import anonfds, dirty, sockets
+from cryo.engine import anonfds, dirty, inet, sockets
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
 from cryo.linux import libc
@@ -122,6 +123,20 @@ def _describe_unix(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[
 def _describe_anon(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
     return anonfds.describe(anonfds.kind_of(f.target) or "", procfs.read(f.pid, f"fdinfo/{f.fd}"),
                             f.pid, f.fd)  # fmt: skip
+
+
+def _is_family(*families: int) -> Callable[[Found], bool]:
+    return lambda f: _is_socket(f) and inet.family_of(f.pid, f.fd, f.st.st_ino) in families
+
+
+def _describe_inet(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
+    return inet.describe(f.pid, f.fd, f.st.st_ino)
+
+
+def _open_inet(d: dict[str, Any], o: Opening) -> int:
+    fd = inet.open_socket(d, o.options)
+    _set_flags(fd, d["flags"])
+    return fd
 
 
 def _open_unix(d: dict[str, Any], o: Opening) -> int:
@@ -479,8 +494,8 @@ FD_KINDS: tuple[FdKind, ...] = (
            " the restored process the caller's terminal"),
     FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, open=_open_path),
     FdKind("pipe", lambda f: f.target.startswith("pipe:"), open=_open_pipe, in_flight=True),
-    FdKind("unix", lambda f: _is_socket(f) and _socket_kind(f.pid, f.st.st_ino) == "UNIX",
-           _describe_unix, _open_unix),
+    FdKind("unix", _is_family(socket.AF_UNIX), _describe_unix, _open_unix),
+    FdKind("inet", _is_family(*inet.FAMILIES), _describe_inet, _open_inet),
     FdKind("socket", _is_socket, refuse=lambda f: f"{_socket_kind(f.pid, f.st.st_ino)} socket"
            f" is not supported ({f.target})"),
     *_ANON,

@@ -127,6 +127,7 @@ def restart(
     progress: Callable[[int, int], None] | None = None,
     trust_image: bool = False,
     allow_duplicate: bool = False,
+    net: dict[str, bool] | None = None,
 ) -> RestoreResult:
     """Recreate the processes saved in ``path`` (a directory image, or any ImageSource
     such as a version of a store); they run, the first one as our child, when this
@@ -135,7 +136,7 @@ def restart(
     The phases are engine/session.py's :class:`Restart`."""
     return Restart(path, must_reuse_pid=must_reuse_pid, shell_job=shell_job,
                    translate=translate, progress=progress, trust_image=trust_image,
-                   allow_duplicate=allow_duplicate).run()
+                   allow_duplicate=allow_duplicate, net=net).run()
 
 
 def wait(pid: int, forward: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -115,8 +115,9 @@ class Checkpoint:
                  signal_after: int = 0, direct_io: bool = True, hold: bool = False,
                  freeze_timeout: float | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 in_worker: bool = False) -> None:  # fmt: skip
+                 in_worker: bool = False, net: dict[str, bool] | None = None) -> None:  # fmt: skip
         self.pid, self.scope, self.dest = pid, scope, dest
+        self.net = net or {}  # tcp_established, tcp_close, ext_unix_sk
         self.sink_options = {"force": force, "compress": compress, "direct": direct_io}
         self.shell_job, self.signal_after, self.hold = shell_job, signal_after, hold
         self.freeze_timeout, self.progress = freeze_timeout, progress
@@ -159,7 +160,7 @@ class Checkpoint:
                 continue
             self.check()
             ctx = DumpContext(p.pid, p.leader, Injector(p.leader, find_vdso_syscall(p.pid)),
-                              options={"shell_job": self.shell_job,
+                              options={"shell_job": self.shell_job, **self.net,
                                        "track": self.tokens.get(p.pid) if self.track
                                        else False},
                               shared=self.shared)  # fmt: skip
@@ -233,6 +234,7 @@ class Checkpoint:
         """Let every process go on as it was (the pages are in our buffers, or the
         checkpoint failed); idempotent."""
         if not self.released:
+            self._thaw()
             tree.let_go(self.procs)
             self.released = True
             self.result.freeze_seconds = time.perf_counter() - self._t_freeze
@@ -272,6 +274,7 @@ class Checkpoint:
         try:
             if self.procs and not self.released:
                 self.released = False
+                self._thaw()
                 tree.let_go(self.procs)
                 self.released = True
                 self._watchdog(0)
@@ -292,6 +295,16 @@ class Checkpoint:
             raise FreezeTimeout(f"the targets were frozen for more than"
                                 f" {time.perf_counter() - self._t_freeze:.0f} s; let go",
                                 pid=self.pid)  # fmt: skip
+
+    def _thaw(self) -> None:
+        """The drivers undo what they did to the frozen processes (before they go on)."""
+        for d in D.DRIVERS:
+            if d.thaw:
+                try:
+                    d.thaw(self)
+                except Exception as err:  # the processes must be let go all the same
+                    log.warning("%s: %s", d.name, err)
+                    self.result.warnings.append(f"{d.name}: {err}")
 
     def _phase(self, before: str, now: str) -> None:
         if self.phase != before:
@@ -470,10 +483,12 @@ class Restart:
     def __init__(self, path: Any, *, must_reuse_pid: bool = False, shell_job: bool = False,
                  translate: dict[str, str] | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 trust_image: bool = False, allow_duplicate: bool = False) -> None:  # fmt: skip
+                 trust_image: bool = False, allow_duplicate: bool = False,
+                 net: dict[str, bool] | None = None) -> None:  # fmt: skip
         self.path, self.must_reuse_pid, self.shell_job = path, must_reuse_pid, shell_job
         self.trust = {"trust_image": trust_image, "allow_duplicate": allow_duplicate}
-        self.options: dict[str, Any] = {"shell_job": shell_job, "translate": translate or {}}
+        self.options: dict[str, Any] = {"shell_job": shell_job, "translate": translate or {},
+                                        **(net or {})}  # fmt: skip
         self.progress = progress
         self.image: Any = None
         self.plan: Any = None
@@ -546,6 +561,9 @@ class Restart:
                 tree.finish_zombie(m, self.area)
 
     def let_go(self) -> RestoreResult:
+        for d in D.DRIVERS:
+            if d.started:
+                d.started(self)
         for m in self.made.values():
             for t in ([m.tracee] if m.ctx is None else m.ctx.threads.values()):
                 t.detach()

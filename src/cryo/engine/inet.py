@@ -1,0 +1,646 @@
+"""Internet sockets (TCP, UDP, ICMP ping and raw sockets over IPv4 and IPv6), packet
+and netlink sockets: their addresses, state and options; established TCP connections
+with TCP_REPAIR.
+
+Dump: the socket is read from outside, on cryo's duplicate of the fd (pidfd_getfd):
+family, type and protocol (SO_DOMAIN, SO_TYPE, SO_PROTOCOL), the local and remote
+address, the TCP state and, for a listening socket, its backlog (tcp_info), and every
+option of :data:`OPTIONS` whose value differs from a fresh socket's.  An established
+connection (with ``--tcp-established``) is first locked (engine/netlock.py), then put
+in repair mode and read: both queues (data sent and not acknowledged or not sent yet,
+data received and not read), sequence numbers, MSS, window scale, SACK, timestamps
+and the window (TCP_REPAIR_WINDOW); it stays in repair mode until the checkpoint ends,
+so that the processes killed after it close it without a word to the peer.
+
+Restart: cryo makes each socket before the processes exist (socket, options, bind,
+listen or connect) and every process inherits it; a connection is rebuilt in repair
+mode (bind, sequence numbers, connect, options, queues, window) and leaves repair mode
+just before the processes run, once their network lock is removed.
+
+Datagrams queued in UDP, raw, packet and netlink sockets are not saved (the protocols
+may lose them); neither are multicast memberships (refused by nothing: they are lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from cryo.engine import netlock
+from cryo.errors import CryoError, Unsupported
+from cryo.linux import libc
+from cryo.linux import net as N
+
+log = logging.getLogger(__name__)
+ST = N.TCP_STATE
+Conn = tuple[str, int, str, int]  # local address, local port, remote address, remote port
+_I = 0  # an int option; any other size is raw bytes of that length
+
+# (level, option, size) in the order they are set back, all before bind
+OPTIONS: tuple[tuple[int, int, int], ...] = (
+    *((N.SOL.SOCKET, o, _I) for o in (
+        N.SO.REUSEADDR, N.SO.REUSEPORT, N.SO.KEEPALIVE, N.SO.BROADCAST, N.SO.OOBINLINE,
+        N.SO.PRIORITY, N.SO.RCVLOWAT, N.SO.MARK, N.SO.PASSCRED, N.SO.DONTROUTE,
+        N.SO.TIMESTAMP_OLD, N.SO.RXQ_OVFL, N.SO.SNDBUF, N.SO.RCVBUF)),
+    (N.SOL.SOCKET, N.SO.LINGER, 8), (N.SOL.SOCKET, N.SO.RCVTIMEO_OLD, 16),
+    (N.SOL.SOCKET, N.SO.SNDTIMEO_OLD, 16), (N.SOL.SOCKET, N.SO.BINDTODEVICE, 16),
+)  # fmt: skip
+IP_OPTIONS = tuple((N.SOL.IP, o, _I) for o in (
+    N.IP.TOS, N.IP.TTL, N.IP.FREEBIND, N.IP.TRANSPARENT, N.IP.RECVERR, N.IP.PKTINFO,
+    N.IP.MTU_DISCOVER, N.IP.RECVTTL, N.IP.RECVTOS, N.IP.MULTICAST_TTL, N.IP.MULTICAST_LOOP,
+    N.IP.MULTICAST_ALL, N.IP.BIND_ADDRESS_NO_PORT))  # fmt: skip
+IPV6_OPTIONS = tuple((N.SOL.IPV6, o, _I) for o in (
+    N.IPV6.V6ONLY, N.IPV6.FREEBIND, N.IPV6.TCLASS, N.IPV6.UNICAST_HOPS,
+    N.IPV6.MULTICAST_HOPS, N.IPV6.MULTICAST_LOOP, N.IPV6.RECVPKTINFO, N.IPV6.MTU_DISCOVER,
+    N.IPV6.RECVERR))  # fmt: skip
+TCP_OPTIONS = (
+    *((N.SOL.TCP, o, _I) for o in (
+        N.TCP.NODELAY, N.TCP.CORK, N.TCP.KEEPIDLE, N.TCP.KEEPINTVL, N.TCP.KEEPCNT,
+        N.TCP.SYNCNT, N.TCP.LINGER2, N.TCP.DEFER_ACCEPT, N.TCP.WINDOW_CLAMP,
+        N.TCP.USER_TIMEOUT, N.TCP.FASTOPEN, N.TCP.NOTSENT_LOWAT, N.TCP.MAXSEG)),
+    (N.SOL.TCP, N.TCP.CONGESTION, 16),
+)  # fmt: skip
+RAW_OPTIONS = ((N.SOL.IP, N.IP.HDRINCL, _I),)
+MULTICAST = {(N.SOL.IP, N.IP.MULTICAST_TTL), (N.SOL.IP, N.IP.MULTICAST_LOOP),
+             (N.SOL.IP, N.IP.MULTICAST_ALL), (N.SOL.IPV6, N.IPV6.MULTICAST_HOPS),
+             (N.SOL.IPV6, N.IPV6.MULTICAST_LOOP)}  # fmt: skip
+BUFFERS = {(N.SOL.SOCKET, N.SO.SNDBUF), (N.SOL.SOCKET, N.SO.RCVBUF)}
+# what a connection's state sets, not the program: restored by TCP_REPAIR (SO_REUSEADDR
+# is read before repair mode overwrites it, and set again when the connection leaves it)
+CONNECTION_OWN = {(N.SOL.TCP, N.TCP.MAXSEG), (N.SOL.TCP, N.TCP.WINDOW_CLAMP),
+                  (N.SOL.SOCKET, N.SO.REUSEADDR)}  # fmt: skip
+CONNECTED = {ST.ESTABLISHED, ST.FIN_WAIT1, ST.FIN_WAIT2, ST.CLOSE_WAIT, ST.LAST_ACK,
+             ST.CLOSING}  # fmt: skip
+SETTING_UP = {ST.SYN_SENT, ST.SYN_RECV, ST.NEW_SYN_RECV}
+FAMILIES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6",
+                            socket.AF_PACKET: "packet", socket.AF_NETLINK: "netlink"}  # fmt: skip
+TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
+                         socket.SOCK_RAW: "raw", socket.SOCK_SEQPACKET: "seqpacket"}  # fmt: skip
+
+
+def dup(pid: int, fd: int) -> socket.socket:
+    """cryo's duplicate of socket ``fd`` of process ``pid``."""
+    pidfd = libc.pidfd_open(pid)
+    try:
+        mine = libc.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=mine)
+
+
+def identity(s: socket.socket) -> tuple[int, int, int]:
+    """(family, type, protocol) of a socket."""
+    return (N.get_int(s, N.SOL.SOCKET, N.SO.DOMAIN), N.get_int(s, N.SOL.SOCKET, N.SO.TYPE),
+            N.get_int(s, N.SOL.SOCKET, N.SO.PROTOCOL))  # fmt: skip
+
+
+_families: dict[tuple[int, int, int], int] = {}
+
+
+def family_of(pid: int, fd: int, ino: int) -> int:
+    """The address family of socket ``fd`` of ``pid`` (asked once per socket)."""
+    key = (pid, fd, ino)
+    if key not in _families:
+        if len(_families) > 100_000:
+            _families.clear()
+        try:
+            with dup(pid, fd) as s:
+                _families[key] = N.get_int(s, N.SOL.SOCKET, N.SO.DOMAIN)
+        except OSError:
+            _families[key] = -1
+    return _families[key]
+
+
+def name(ident: tuple[int, int, int]) -> str:
+    family, typ, proto = ident
+    if family in (socket.AF_INET, socket.AF_INET6):
+        kind = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP",
+                socket.IPPROTO_ICMP: "ICMP", socket.IPPROTO_ICMPV6: "ICMPv6",
+                socket.IPPROTO_UDPLITE: "UDP-Lite"}.get(proto, f"protocol {proto}")  # fmt: skip
+        if typ == socket.SOCK_RAW:
+            kind = f"raw {kind}"
+        return f"{FAMILIES[family]} {kind}"
+    return f"{FAMILIES.get(family, f'family {family}')} {TYPES.get(typ, typ)}"
+
+
+def _options_for(ident: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
+    family, typ, proto = ident
+    out: tuple[tuple[int, int, int], ...] = OPTIONS
+    if family == socket.AF_INET:
+        out += IP_OPTIONS + (RAW_OPTIONS if typ == socket.SOCK_RAW else ())
+    elif family == socket.AF_INET6:
+        out += IPV6_OPTIONS
+    if typ == socket.SOCK_STREAM:  # the kernel refuses multicast options on a stream
+        out = tuple(o for o in out if (o[0], o[1]) not in MULTICAST)
+    if family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_TCP:
+        out += TCP_OPTIONS
+    return out
+
+
+def _read_options(s: socket.socket, opts: tuple[tuple[int, int, int], ...]
+                  ) -> dict[tuple[int, int], bytes]:  # fmt: skip
+    got = {}
+    for level, opt, size in opts:
+        try:
+            if size == _I:
+                got[(level, opt)] = int(s.getsockopt(level, opt)).to_bytes(4, "little",
+                                                                            signed=True)
+            else:
+                got[(level, opt)] = bytes(s.getsockopt(level, opt, size))
+        except OSError:
+            continue
+    return got
+
+
+_defaults: dict[tuple[int, int, int], dict[tuple[int, int], bytes]] = {}
+
+
+def _default_options(ident: tuple[int, int, int]) -> dict[tuple[int, int], bytes]:
+    if ident not in _defaults:
+        try:
+            with socket.socket(*ident) as s:
+                _defaults[ident] = _read_options(s, _options_for(ident))
+        except OSError:
+            _defaults[ident] = {}
+    return _defaults[ident]
+
+
+def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = True
+            ) -> list[list[Any]]:  # fmt: skip
+    """The options of ``s`` that differ from a fresh socket's: [[level, opt, raw]]."""
+    defaults = _default_options(ident)
+    out = []
+    for (level, opt), raw in _read_options(s, _options_for(ident)).items():
+        if raw != defaults.get((level, opt)) and (buffers or (level, opt) not in BUFFERS):
+            out.append([level, opt, raw])
+    return out
+
+
+def _addr(s: socket.socket, peer: bool) -> list[Any] | None:
+    try:
+        a = s.getpeername() if peer else s.getsockname()
+    except OSError as err:
+        if err.errno == errno.ENOTCONN:
+            return None
+        raise
+    if isinstance(a, tuple):
+        return [x.hex() if isinstance(x, bytes) else x for x in a]
+    return [a]
+
+
+# -- TCP connections, held in repair mode while the checkpoint lasts -------------------
+
+
+@dataclass
+class Held:
+    """A connection of the checkpoint: cryo's duplicate, in repair mode, and what was read."""
+
+    sock: socket.socket
+    state: dict[str, Any]
+    repair: bool = True
+
+
+# the connections this checkpoint holds, by socket inode (engine/netlock.py's driver
+# hooks hold them before the fd table is read, and let them go when the checkpoint ends)
+HELD: dict[int, Held] = {}
+
+
+def tcp_table(pid: int) -> dict[int, tuple[int, Conn]]:
+    """TCP sockets of the network namespace of ``pid``: inode -> (state, connection)."""
+    out: dict[int, tuple[int, Conn]] = {}
+    for proto in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{proto}", "rb") as f:
+                out.update(parse_proc_net_tcp(f.read()))
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _hexaddr(text: str) -> tuple[str, int]:
+    host, port = text.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        addr = str(ipaddress.IPv4Address(raw[::-1]))
+    else:  # four host-order 32-bit words
+        addr = str(ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))))
+    return addr, int(port, 16)
+
+
+def parse_proc_net_tcp(data: bytes) -> dict[int, tuple[int, Conn]]:
+    """/proc/net/tcp or tcp6: inode -> (state, (local, lport, remote, rport))."""
+    out: dict[int, tuple[int, Conn]] = {}
+    for line in data.decode().splitlines()[1:]:
+        f = line.split()
+        if len(f) < 10:
+            continue
+        (la, lp), (ra, rp) = _hexaddr(f[1]), _hexaddr(f[2])
+        out[int(f[9])] = (int(f[3], 16), (la, lp, ra, rp))
+    return out
+
+
+def hold(pid: int, fd: int, ino: int) -> Held:
+    """Put connection ``fd`` of ``pid`` (locked already) in repair mode and read it."""
+    if ino in HELD:
+        return HELD[ino]
+    s = dup(pid, fd)
+    try:
+        reuse = N.get_int(s, N.SOL.SOCKET, N.SO.REUSEADDR)  # repair mode overwrites it
+        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
+    except OSError:
+        s.close()
+        raise
+    h = HELD[ino] = Held(s, {})
+    h.state = _read_repair(s)
+    h.state["reuseaddr"] = reuse
+    return h
+
+
+def _peek(s: socket.socket, n: int) -> bytes:
+    if not n:
+        return b""
+    data = s.recv(n + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    if len(data) != n:
+        raise CryoError(f"TCP queue: {len(data)} bytes where the kernel said {n}")
+    return data
+
+
+def _read_repair(s: socket.socket) -> dict[str, Any]:
+    ti = N.tcp_info(s)
+    state = ti.tcpi_state
+    t: dict[str, Any] = {
+        "inq": N.queue_len(s, N.SIOC.INQ), "outq": N.queue_len(s, N.SIOC.OUTQ),
+        "unsent": N.queue_len(s, N.SIOC.OUTQNSD), "mss": N.get_int(s, N.SOL.TCP, N.TCP.MAXSEG),
+        "options": int(ti.tcpi_options), "snd_wscale": ti.snd_wscale,
+        "rcv_wscale": ti.rcv_wscale, "timestamp": 0,
+        "sndbuf": N.get_int(s, N.SOL.SOCKET, N.SO.SNDBUF),
+        "rcvbuf": N.get_int(s, N.SOL.SOCKET, N.SO.RCVBUF),
+    }  # fmt: skip
+    if ti.tcpi_options & N.TCPI_OPT.TIMESTAMPS:
+        t["timestamp"] = N.get_u32(s, N.SOL.TCP, N.TCP.TIMESTAMP)
+    w = N.get_repair_window(s)
+    t["window"] = [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup]
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
+    t["inseq"] = N.get_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ)
+    t["recvq"] = _peek(s, t["inq"])
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
+    t["outseq"] = N.get_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ)
+    t["sendq"] = _peek(s, t["outq"])
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.NO_QUEUE)
+    if N.tcp_info(s).tcpi_state != state:
+        raise CryoError("a TCP connection changed state while it was locked")
+    return t
+
+
+def let_go_held(*, keep_repair: bool) -> None:
+    """The checkpoint is over: leave repair mode (the processes go on) or not (they were
+    killed: closing our duplicates then says nothing to the peer), close our duplicates."""
+    for h in HELD.values():
+        if not keep_repair:
+            with contextlib.suppress(OSError):
+                _repair_off(h.sock, h.state.get("reuseaddr", 0))
+        h.sock.close()
+    HELD.clear()
+
+
+# -- dump ------------------------------------------------------------------------------
+
+
+def describe(pid: int, fd: int, ino: int) -> dict[str, Any]:
+    """The FDSC fields of an internet, packet or netlink socket."""
+    held = HELD.get(ino)
+    s = held.sock if held is not None else dup(pid, fd)
+    try:
+        return _describe(s, pid, fd, held)
+    finally:
+        if held is None:
+            s.close()
+
+
+def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[str, Any]:
+    ident = identity(s)
+    family, typ, proto = ident
+    what = name(ident)
+
+    def refuse(why: str) -> Unsupported:
+        return Unsupported(f"fd {fd}: {what} socket {why}", pid=pid, resource=f"fd {fd}")
+
+    if family not in FAMILIES or typ not in TYPES:
+        raise refuse("is not supported")
+    d: dict[str, Any] = {"family": family, "sotype": TYPES[typ], "proto": proto,
+                         "local": _addr(s, False), "remote": _addr(s, True)}  # fmt: skip
+    tcp = family in (socket.AF_INET, socket.AF_INET6) and typ == socket.SOCK_STREAM
+    if tcp:
+        ti = N.tcp_info(s)
+        state = ST(ti.tcpi_state)
+        d["state"] = state.name
+        if state == ST.LISTEN and ti.tcpi_unacked:
+            raise refuse(f"listening on {_show(d['local'])} has {ti.tcpi_unacked}"
+                         " connections waiting to be accepted; they cannot be saved yet")
+        if state == ST.LISTEN:
+            d["backlog"] = int(ti.tcpi_sacked)
+        elif state in SETTING_UP:
+            raise refuse(f"{_show(d['local'])} -> {_show(d['remote'])} is being set up"
+                         f" ({state.name}); checkpoint again once it is established")
+        elif state in CONNECTED:
+            if held is None or not held.repair:
+                d["closed"] = True  # --tcp-close: restored closed
+            else:
+                d["tcp"] = held.state
+    if family == socket.AF_NETLINK:
+        with contextlib.suppress(OSError):
+            raw = s.getsockopt(N.SOL.NETLINK, 9, 128)  # NETLINK_LIST_MEMBERSHIPS
+            groups = [g + 1 for i in range(0, len(raw), 4)
+                      for g in range(i * 8, i * 8 + 32)
+                      if int.from_bytes(raw[i:i + 4], "little") >> (g - i * 8) & 1]  # fmt: skip
+            d["groups"] = groups
+    opts = options(s, ident, buffers=not (tcp and "tcp" in d))
+    if tcp and d.get("remote"):  # the connection's own: mss, clamp, SO_REUSEADDR (held)
+        opts = [o for o in opts if (o[0], o[1]) not in CONNECTION_OWN]
+    d["opts"] = opts
+    return d
+
+
+def _show(addr: list[Any] | None) -> str:
+    if not addr:
+        return "?"
+    if len(addr) >= 2 and ":" in str(addr[0]):
+        return f"[{addr[0]}]:{addr[1]}"
+    return ":".join(str(x) for x in addr[:2])
+
+
+# -- restore ---------------------------------------------------------------------------
+
+
+def _sockaddr(family: int, addr: list[Any]) -> Any:
+    if family == socket.AF_INET:
+        return (addr[0], addr[1])
+    if family == socket.AF_INET6:
+        return (addr[0], addr[1], addr[2], addr[3])
+    if family == socket.AF_NETLINK:
+        return (addr[0], addr[1])
+    if family == socket.AF_PACKET:  # (ifname, proto, pkttype, hatype, addr)
+        return (addr[0], addr[1], addr[2], addr[3], bytes.fromhex(addr[4]))
+    return tuple(addr)
+
+
+def _set_option(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
+    try:
+        _setsockopt(s, level, opt, raw)
+    except OSError as err:
+        what = _OPTION_NAMES.get((level, opt), f"option {level}/{opt}")
+        raise OSError(err.errno, f"{err.strerror} (setting {what})") from err
+
+
+def _option_names() -> dict[tuple[int, int], str]:
+    out = {}
+    for enum_, level in ((N.SO, N.SOL.SOCKET), (N.IP, N.SOL.IP), (N.IPV6, N.SOL.IPV6),
+                         (N.TCP, N.SOL.TCP)):  # fmt: skip
+        for member in enum_:
+            out[(int(level), int(member))] = f"{enum_.__name__}_{member.name}"
+    return out
+
+
+_OPTION_NAMES = _option_names()
+
+
+def _setsockopt(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
+    if (level, opt) in BUFFERS:
+        s.setsockopt(level, opt, int.from_bytes(raw, "little", signed=True) // 2)
+    elif (level, opt) == (N.SOL.SOCKET, N.SO.BINDTODEVICE) or (level, opt) == (
+            N.SOL.TCP, N.TCP.CONGESTION):  # fmt: skip
+        s.setsockopt(level, opt, raw.rstrip(b"\0"))
+    else:
+        s.setsockopt(level, opt, raw)
+
+
+def _is_any(family: int, addr: list[Any]) -> bool:
+    return family in (socket.AF_INET, socket.AF_INET6) and not addr[1] and \
+        ipaddress.ip_address(addr[0]).is_unspecified  # fmt: skip
+
+
+def open_socket(d: dict[str, Any], options: dict[str, Any]) -> int:
+    """The socket of description ``d``, made in cryo; returns its fd."""
+    family, typ, proto = d["family"], {v: k for k, v in TYPES.items()}[d["sotype"]], d["proto"]
+    s = socket.socket(family, typ, proto)
+    try:
+        _build(s, d, options)
+    except OSError as err:
+        s.close()
+        where = f"{name((family, typ, proto))} socket {_show(d['local'])}"
+        raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot make the {where} again:"
+                        f" {err.strerror}", pid=d["pid"], resource=f"fd {d['fd']}") from err
+    except BaseException:
+        s.close()
+        raise
+    return s.detach()
+
+
+def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:
+    family = d["family"]
+    t = d.get("tcp")
+    repair = t is not None and not options.get("tcp_close")
+    if repair:
+        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
+    reuse = False
+    for level, opt, raw in d["opts"]:
+        _set_option(s, level, opt, raw)
+        if (level, opt) == (N.SOL.SOCKET, N.SO.REUSEADDR):
+            reuse = bool(int.from_bytes(raw, "little"))
+    tcp = "state" in d
+    if repair:
+        assert t is not None
+        s.setsockopt(N.SOL.SOCKET, N.SO.SNDBUFFORCE, max(t["sndbuf"] // 2, len(t["sendq"])))
+        s.setsockopt(N.SOL.SOCKET, N.SO.RCVBUFFORCE, max(t["rcvbuf"] // 2, len(t["recvq"])))
+    if family == socket.AF_NETLINK:
+        s.bind(_sockaddr(family, d["local"]))
+        for g in d.get("groups", []):
+            if g > 32:
+                s.setsockopt(N.SOL.NETLINK, 1, g)  # NETLINK_ADD_MEMBERSHIP
+        return
+    local = d["local"]
+    connection = t is not None or d.get("closed")  # bound by _restore_repair, or closed
+    if local and not _is_any(family, local) and not connection:
+        if tcp and not repair and not reuse:  # not kept out by TIME_WAIT connections
+            s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, 1)
+        s.bind(_sockaddr(family, local))
+        if tcp and not repair and not reuse:
+            s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, 0)
+    if tcp:
+        if d["state"] == "LISTEN":
+            s.listen(d["backlog"])
+        elif repair:
+            assert t is not None
+            _restore_repair(s, d, t)
+    elif d.get("remote"):
+        s.connect(_sockaddr(family, d["remote"]))
+
+
+def _send_all(s: socket.socket, data: bytes) -> None:
+    chunk = 1 << 16
+    off = 0
+    while off < len(data):
+        try:
+            off += s.send(data[off : off + chunk])
+        except OSError as err:
+            if err.errno != errno.ENOMEM or chunk <= 1024:
+                raise
+            chunk //= 2
+
+
+def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> None:
+    """A connection, in repair mode (it leaves it in :func:`finish`)."""
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
+    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, t["inseq"] - t["inq"])
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
+    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, t["outseq"] - t["outq"])
+    s.bind(_sockaddr(d["family"], d["local"]))
+    s.connect(_sockaddr(d["family"], d["remote"]))
+    opts: list[tuple[int, int]] = []
+    if t["options"] & N.TCPI_OPT.SACK:
+        opts.append((N.TCPOPT.SACK_PERM, 0))
+    if t["options"] & N.TCPI_OPT.WSCALE:
+        opts.append((N.TCPOPT.WINDOW, t["snd_wscale"] | t["rcv_wscale"] << 16))
+    if t["options"] & N.TCPI_OPT.TIMESTAMPS:
+        opts.append((N.TCPOPT.TIMESTAMP, 0))
+    opts.append((N.TCPOPT.MAXSEG, t["mss"]))
+    N.set_repair_options(s, opts)
+    if t["options"] & N.TCPI_OPT.TIMESTAMPS:
+        N.set_u32(s, N.SOL.TCP, N.TCP.TIMESTAMP, t["timestamp"])
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
+    _send_all(s, t["recvq"])
+    sent = t["outq"] - t["unsent"]
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
+    _send_all(s, t["sendq"][:sent])
+    if t["unsent"]:  # never sent: queued as new data (it goes once the lock is gone)
+        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 0)
+        _send_all(s, t["sendq"][sent:])
+        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
+    w = N.tcp_repair_window(*t["window"])
+    N.set_repair_window(s, w)
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.NO_QUEUE)
+
+
+def _repair_off(s: socket.socket, reuse: int) -> None:
+    """Out of repair mode (the kernel sends a window probe and clears SO_REUSEADDR)."""
+    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 0)
+    if reuse:
+        s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, reuse)
+
+
+def finish(fd: int, t: dict[str, Any]) -> None:
+    """A restored connection leaves repair mode."""
+    with socket.socket(fileno=os.dup(fd)) as s:
+        _repair_off(s, t.get("reuseaddr", 0))
+
+
+# -- the driver's hooks (engine/drivers.py) --------------------------------------------
+
+_lock: netlock.Lock | None = None
+_image_lock = ""
+
+
+def lock_connections(ctx: Any) -> None:
+    """Checkpoint, per process, before its fd table is read: its TCP connections are
+    refused (being set up, or established without --tcp-established/--tcp-close), or
+    locked, put in repair mode and read (--tcp-established)."""
+    global _lock, _image_lock
+    pid = ctx.pid
+    socks = []
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{n}")
+            if target.startswith("socket:["):
+                socks.append((int(n), int(target[8:-1])))
+    if not socks:
+        return
+    table = tcp_table(pid)
+    todo = []
+    for fd, ino in socks:
+        if ino not in table:
+            continue
+        state, conn = table[ino]
+        if state in SETTING_UP:
+            raise Unsupported(f"fd {fd}: TCP connection {conn[0]}:{conn[1]} ->"
+                              f" {conn[2]}:{conn[3]} is being set up ({ST(state).name});"
+                              " checkpoint again once it is established", pid=pid,
+                              resource=f"fd {fd}")  # fmt: skip
+        if state not in CONNECTED:
+            continue
+        if ctx.options.get("tcp_close"):
+            continue  # restored closed: not locked, not read
+        if not ctx.options.get("tcp_established"):
+            raise Unsupported(f"fd {fd}: established TCP connection {conn[0]}:{conn[1]} ->"
+                              f" {conn[2]}:{conn[3]}; checkpoint with --tcp-established to"
+                              " save it (and restart with --tcp-established), or with"
+                              " --tcp-close to restore it closed", pid=pid,
+                              resource=f"fd {fd}")  # fmt: skip
+        if state != ST.ESTABLISHED:
+            raise Unsupported(f"fd {fd}: TCP connection {conn[0]}:{conn[1]} ->"
+                              f" {conn[2]}:{conn[3]} is half closed ({ST(state).name}),"
+                              " which is not supported yet", pid=pid,
+                              resource=f"fd {fd}")  # fmt: skip
+        todo.append((fd, ino, conn))
+    if not todo:
+        return
+    if _lock is None:
+        _lock = netlock.Lock()
+        _image_lock = netlock.image_lock_name(pid)
+    _lock.add([c for _, _, c in todo])
+    for fd, ino, _ in todo:
+        hold(pid, fd, ino).state["lock"] = _image_lock
+
+
+def thaw(session: Any) -> None:
+    """Checkpoint, when the processes are let go (or were killed after the image was
+    committed): connections leave repair mode and are unlocked, or, the processes being
+    dead, stay locked under the image's name until the restart."""
+    global _lock
+    killed = session.phase == "resume" and session.signal_after == signal.SIGKILL
+    let_go_held(keep_repair=killed)
+    lock, _lock = _lock, None
+    if lock is not None:
+        if killed:
+            lock.keep_as(_image_lock)
+            log.info("connections held by %s until the restart", _image_lock)
+        else:
+            lock.drop()
+
+
+def _connections(descs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in descs if d.get("tcp") is not None]
+
+
+def prepare(rs: Any) -> None:
+    """Restart, before the sockets are made: established connections need
+    --tcp-established or --tcp-close; leftover locks of dead cryos are removed."""
+    conns = _connections(rs.plan.descs)
+    if not conns:
+        return
+    if not (rs.options.get("tcp_established") or rs.options.get("tcp_close")):
+        d = conns[0]
+        raise Unsupported(f"fd {d['fd']} of {d['pid']}: the image holds {len(conns)} established"
+                          " TCP connections; restart with --tcp-established to restore them,"
+                          " or --tcp-close to restore them closed", pid=d["pid"],
+                          resource=f"fd {d['fd']}")  # fmt: skip
+    netlock.sweep()
+
+
+def started(rs: Any) -> None:
+    """Restart, the processes built, just before they run: connections leave repair
+    mode, then the image's network lock is removed."""
+    conns = _connections(rs.shared.descs or [])
+    if not conns:
+        return
+    if not rs.options.get("tcp_close"):
+        for d in conns:
+            finish(rs.shared.opened.fds[d["id"]], d["tcp"])
+    for lock in sorted({d["tcp"].get("lock", "") for d in conns} - {""}):
+        netlock.drop_table(lock)

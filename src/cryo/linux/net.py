@@ -1,0 +1,263 @@
+"""Socket constants and structs that Python's socket module lacks: TCP repair
+(include/uapi/linux/tcp.h), the start of struct tcp_info, the socket ioctls
+(include/uapi/linux/sockios.h) and the socket option numbers cryo saves.
+
+Getting and setting options goes through Python's own ``socket.getsockopt`` /
+``setsockopt`` on cryo's duplicate of the target's socket (pidfd_getfd); the queue
+lengths through ``fcntl.ioctl``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import fcntl
+import socket
+import struct
+
+
+class TCP(enum.IntEnum):
+    """TCP_* socket options (include/uapi/linux/tcp.h), level IPPROTO_TCP."""
+
+    NODELAY = 1
+    MAXSEG = 2
+    CORK = 3
+    KEEPIDLE = 4
+    KEEPINTVL = 5
+    KEEPCNT = 6
+    SYNCNT = 7
+    LINGER2 = 8
+    DEFER_ACCEPT = 9
+    WINDOW_CLAMP = 10
+    INFO = 11
+    QUICKACK = 12
+    CONGESTION = 13
+    USER_TIMEOUT = 18
+    REPAIR = 19
+    REPAIR_QUEUE = 20
+    QUEUE_SEQ = 21
+    REPAIR_OPTIONS = 22
+    FASTOPEN = 23
+    TIMESTAMP = 24
+    NOTSENT_LOWAT = 25
+    REPAIR_WINDOW = 29
+
+
+class TCP_QUEUE(enum.IntEnum):
+    """TCP_REPAIR_QUEUE values."""
+
+    NO_QUEUE = 0
+    RECV_QUEUE = 1
+    SEND_QUEUE = 2
+
+
+class TCPOPT(enum.IntEnum):
+    """TCP header option kinds, as TCP_REPAIR_OPTIONS takes them (include/net/tcp.h)."""
+
+    MAXSEG = 2
+    WINDOW = 3
+    SACK_PERM = 4
+    TIMESTAMP = 8
+
+
+class TCPI_OPT(enum.IntFlag):
+    """tcp_info.tcpi_options bits."""
+
+    TIMESTAMPS = 1
+    SACK = 2
+    WSCALE = 4
+    ECN = 8
+
+
+class TCP_STATE(enum.IntEnum):
+    """Socket states (include/net/tcp_states.h)."""
+
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+
+
+class SIOC(enum.IntEnum):
+    """Socket ioctls (include/uapi/linux/sockios.h)."""
+
+    INQ = 0x541B  # FIONREAD: bytes in the receive queue
+    OUTQ = 0x5411  # TIOCOUTQ: bytes in the send queue, sent or not
+    OUTQNSD = 0x894B  # bytes in the send queue never sent
+
+
+class SOL(enum.IntEnum):
+    SOCKET = 1
+    IP = 0
+    IPV6 = 41
+    TCP = 6
+    UDP = 17
+    PACKET = 263
+    NETLINK = 270
+
+
+class SO(enum.IntEnum):
+    """SOL_SOCKET options (include/uapi/asm-generic/socket.h)."""
+
+    DEBUG = 1
+    REUSEADDR = 2
+    TYPE = 3
+    ERROR = 4
+    DONTROUTE = 5
+    BROADCAST = 6
+    SNDBUF = 7
+    RCVBUF = 8
+    KEEPALIVE = 9
+    OOBINLINE = 10
+    NO_CHECK = 11
+    PRIORITY = 12
+    LINGER = 13
+    REUSEPORT = 15
+    PASSCRED = 16
+    RCVLOWAT = 18
+    RCVTIMEO_OLD = 20
+    SNDTIMEO_OLD = 21
+    BINDTODEVICE = 25
+    TIMESTAMP_OLD = 29
+    ACCEPTCONN = 30
+    SNDBUFFORCE = 32
+    RCVBUFFORCE = 33
+    PASSSEC = 34
+    MARK = 36
+    PROTOCOL = 38
+    DOMAIN = 39
+    RXQ_OVFL = 40
+    PEEK_OFF = 42
+
+
+class IP(enum.IntEnum):
+    """IPPROTO_IP options (include/uapi/linux/in.h)."""
+
+    TOS = 1
+    TTL = 2
+    HDRINCL = 3
+    OPTIONS = 4
+    RECVOPTS = 6
+    PKTINFO = 8
+    MTU_DISCOVER = 10
+    RECVERR = 11
+    RECVTTL = 12
+    RECVTOS = 13
+    FREEBIND = 15
+    TRANSPARENT = 19
+    BIND_ADDRESS_NO_PORT = 24
+    MULTICAST_IF = 32
+    MULTICAST_TTL = 33
+    MULTICAST_LOOP = 34
+    MULTICAST_ALL = 49
+
+
+class IPV6(enum.IntEnum):
+    """IPPROTO_IPV6 options (include/uapi/linux/in6.h)."""
+
+    UNICAST_HOPS = 16
+    MULTICAST_IF = 17
+    MULTICAST_HOPS = 18
+    MULTICAST_LOOP = 19
+    MTU_DISCOVER = 23
+    RECVERR = 25
+    V6ONLY = 26
+    RECVPKTINFO = 49
+    TCLASS = 67
+    FREEBIND = 78
+
+
+class tcp_info_head(ctypes.Structure):
+    """The first fields of struct tcp_info (include/uapi/linux/tcp.h); the kernel copies
+    at most the length asked for."""
+
+    _fields_ = [
+        ("tcpi_state", ctypes.c_uint8),
+        ("tcpi_ca_state", ctypes.c_uint8),
+        ("tcpi_retransmits", ctypes.c_uint8),
+        ("tcpi_probes", ctypes.c_uint8),
+        ("tcpi_backoff", ctypes.c_uint8),
+        ("tcpi_options", ctypes.c_uint8),
+        ("tcpi_wscale", ctypes.c_uint8),  # snd_wscale : 4, rcv_wscale : 4
+        ("tcpi_flags", ctypes.c_uint8),
+        ("tcpi_rto", ctypes.c_uint32),
+        ("tcpi_ato", ctypes.c_uint32),
+        ("tcpi_snd_mss", ctypes.c_uint32),
+        ("tcpi_rcv_mss", ctypes.c_uint32),
+        ("tcpi_unacked", ctypes.c_uint32),  # LISTEN: connections in the accept queue
+        ("tcpi_sacked", ctypes.c_uint32),  # LISTEN: the backlog
+    ]
+
+    @property
+    def snd_wscale(self) -> int:
+        return int(self.tcpi_wscale) & 0xF
+
+    @property
+    def rcv_wscale(self) -> int:
+        return int(self.tcpi_wscale) >> 4
+
+
+class tcp_repair_window(ctypes.Structure):
+    """struct tcp_repair_window (include/uapi/linux/tcp.h)."""
+
+    _fields_ = [
+        ("snd_wl1", ctypes.c_uint32),
+        ("snd_wnd", ctypes.c_uint32),
+        ("max_window", ctypes.c_uint32),
+        ("rcv_wnd", ctypes.c_uint32),
+        ("rcv_wup", ctypes.c_uint32),
+    ]
+
+
+class tcp_repair_opt(ctypes.Structure):
+    """struct tcp_repair_opt (include/uapi/linux/tcp.h)."""
+
+    _fields_ = [("opt_code", ctypes.c_uint32), ("opt_val", ctypes.c_uint32)]
+
+
+def tcp_info(s: socket.socket) -> tcp_info_head:
+    raw = s.getsockopt(SOL.TCP, TCP.INFO, ctypes.sizeof(tcp_info_head))
+    return tcp_info_head.from_buffer_copy(raw.ljust(ctypes.sizeof(tcp_info_head), b"\0"))
+
+
+def get_int(s: socket.socket, level: int, opt: int) -> int:
+    return int(s.getsockopt(level, opt))
+
+
+def set_int(s: socket.socket, level: int, opt: int, value: int) -> None:
+    s.setsockopt(level, opt, value)
+
+
+def get_u32(s: socket.socket, level: int, opt: int) -> int:
+    return int(struct.unpack("I", s.getsockopt(level, opt, 4))[0])
+
+
+def set_u32(s: socket.socket, level: int, opt: int, value: int) -> None:
+    s.setsockopt(level, opt, struct.pack("I", value & 0xFFFFFFFF))
+
+
+def queue_len(s: socket.socket, request: int) -> int:
+    buf = fcntl.ioctl(s.fileno(), request, b"\0" * 4)
+    return int(struct.unpack("i", buf)[0])
+
+
+def get_repair_window(s: socket.socket) -> tcp_repair_window:
+    raw = s.getsockopt(SOL.TCP, TCP.REPAIR_WINDOW, ctypes.sizeof(tcp_repair_window))
+    return tcp_repair_window.from_buffer_copy(raw)
+
+
+def set_repair_window(s: socket.socket, w: tcp_repair_window) -> None:
+    s.setsockopt(SOL.TCP, TCP.REPAIR_WINDOW, bytes(w))
+
+
+def set_repair_options(s: socket.socket, opts: list[tuple[int, int]]) -> None:
+    arr = (tcp_repair_opt * len(opts))(*(tcp_repair_opt(c, v) for c, v in opts))
+    s.setsockopt(SOL.TCP, TCP.REPAIR_OPTIONS, bytes(arr))
