@@ -312,9 +312,10 @@ PROC = Struct((
     F("pid", PID), F("ppid", Int(0, MAX_PID, "pid or 0")), F("pgid", Int(0, MAX_PID)),
     F("sid", Int(0, MAX_PID)), F("zombie", Bool()),
     F("exit_code", Int(0, U16), "wait status of a zombie"),
-    F("exit_signal", Int(0, 64)), F("threads", List(PID, min=1), "tids, the leader first"),
+    F("exit_signal", Int(0, 64)),
+    F("threads", List(PID), "tids, the leader first (none for a zombie)"),
     F("nspid", PID, "its pid in its own namespace"),
-    F("nstids", List(PID, min=1), "the threads' tids there"),
+    F("nstids", List(PID), "the threads' tids there"),
 ), name="proc")  # fmt: skip
 
 VMA = Struct((
@@ -573,7 +574,7 @@ class _Checker:
         for p in procs:
             if len(p["nstids"]) != len(p["threads"]) or len(set(p["threads"])) != len(p["threads"]):
                 raise self.fail(f"TREE process {p['pid']}", "threads and nstids do not match")
-            if p["threads"][0] != p["pid"]:
+            if not p["zombie"] and p["threads"][:1] != [p["pid"]]:
                 raise self.fail(f"TREE process {p['pid']}", "its first thread is not its leader")
             for t in p["threads"]:
                 if t in tids:
