@@ -63,6 +63,7 @@ def admit(image: Any, *, trust_image: bool = False, allow_duplicate: bool = Fals
     if not owner.root:
         check_privilege(image, owner)
     running.check(image, allow_duplicate=allow_duplicate)
+    image.owner = owner  # for what the restore creates (files.py: made as the owner's)
     return owner
 
 
