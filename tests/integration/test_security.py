@@ -549,3 +549,34 @@ def test_fuzz_every_record_kind(procs: Procs, arena: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         else:
             assert r.returncode in REFUSED, (kind, path, how, r.returncode, r.stderr)
+
+
+# -- stores ------------------------------------------------------------------------------------
+
+
+def test_store_versions_are_sealed(procs: Procs, arena: Path) -> None:
+    """A version reads pages through the page maps of older versions: an edit of any of
+    them is caught; gc's rewrites are sealed again."""
+    out = arena / "s-out.txt"
+    p = procs.spawn([sys.executable, "-c", TICKER, str(out)])
+    wait_ticks(out)
+    store = arena / "store"
+    for _ in range(2):
+        r = run_cryo("checkpoint", str(p.pid), "--store", str(store), "--app", "a")
+        assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    for path in store.rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    pmap = store / "a" / "v1" / "pmap.img"
+    good = pmap.read_bytes()
+    recs = fmt.read_file(pmap, b"CRYOPMAP")
+    recs[0] = fmt.Record(recs[0].kind, dict(recs[0].payload, created=0.0))
+    pmap.write_bytes(fmt.encode_file(b"CRYOPMAP", recs))
+    r = run_cryo("restart", "--store", str(store), "--app", "a", "--detach")
+    assert r.returncode == ExitCode.UNTRUSTED and "v1/pmap.img" in r.stderr, r.stderr
+    pmap.write_bytes(good)
+    r = run_cryo("store", "gc", str(store), "--keep-last", "1")
+    assert r.returncode == 0, r.stderr
+    r = run_cryo("restart", "--store", str(store), "--app", "a", "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
