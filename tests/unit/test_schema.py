@@ -219,3 +219,43 @@ def test_a_bug_in_a_worker_is_reported_with_exit_70() -> None:
         text, code = describe_failure(err)
     assert code == ExitCode.INTERNAL and "KeyError" in text and "Traceback" in text
     assert describe_failure(ImageCorrupt("bad"))[1] == ExitCode.IMAGE_CORRUPT
+
+
+# -- sinks and readers ---------------------------------------------------------------------
+
+
+def test_dir_sink_capabilities_side_files_and_modes(tmp_path: Path, key_file: Path) -> None:
+    from cryo.errors import CryoError
+    from cryo.image import records as R
+    from cryo.image.reader import Image
+    from cryo.image.sink import DirSink
+
+    old = os.umask(0)
+    try:
+        sink = DirSink(str(tmp_path / "img"))
+        assert sink.tracking is None and sink.wants_checksum is True
+        assert os.path.basename(sink.tmp).startswith(f"img.tmp.{os.getpid()}.")
+        sink.record(R.HEAD, {"arch": platform.machine(), "root_pid": PID, "pids": [PID]})
+        with sink.side_file("sysvshm-7.bin") as f:
+            f.write(b"segment bytes")
+        assert sink.has_side("sysvshm-7.bin")
+        with pytest.raises(CryoError):
+            sink.side_file("sysvshm-7.bin")
+        sink.commit()
+    finally:
+        os.umask(old)
+    img = tmp_path / "img"
+    assert img.stat().st_mode & 0o777 == 0o700
+    assert {p.name: p.stat().st_mode & 0o777 for p in img.iterdir()} == {
+        "core.img": 0o600, "pages.img": 0o600, "sysvshm-7.bin": 0o600}
+    image = Image(str(img))
+    assert image.side_file("sysvshm-7.bin").read() == b"segment bytes"
+    assert seal.problem(image.core_records, seal.load_key(), "core.img") is None
+    image.close()
+    (img / "sysvshm-7.bin").write_bytes(b"segment BYTES")
+    image = Image(str(img))
+    with pytest.raises(ImageCorrupt, match="does not match its digest"):
+        image.side_file("sysvshm-7.bin")
+    with pytest.raises(ImageCorrupt, match="not part of it"):
+        image.side_file("sysvshm-8.bin")
+    image.close()
