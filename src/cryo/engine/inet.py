@@ -187,7 +187,7 @@ def _addr(s: socket.socket, peer: bool) -> list[Any] | None:
     try:
         a = s.getpeername() if peer else s.getsockname()
     except OSError as err:
-        if err.errno == errno.ENOTCONN:
+        if err.errno in (errno.ENOTCONN, errno.EOPNOTSUPP):
             return None
         raise
     if isinstance(a, tuple):
@@ -470,7 +470,7 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
     if local and not _is_any(family, local) and not connection:
         if tcp and not repair and not reuse:  # not kept out by TIME_WAIT connections
             s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, 1)
-        s.bind(_sockaddr(family, local))
+        s.bind(_sockaddr(family, _bound(d, local)))
         if tcp and not repair and not reuse:
             s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, 0)
     if tcp:
@@ -481,6 +481,19 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
             _restore_repair(s, d, t)
     elif d.get("remote"):
         s.connect(_sockaddr(family, d["remote"]))
+
+
+def _bound(d: dict[str, Any], local: list[Any]) -> list[Any]:
+    """What to bind to: an IPv6 socket that is not IPV6_V6ONLY but has a specific IPv6
+    address was bound by connect() (binding to an IPv6 address sets IPV6_V6ONLY): bound
+    to its port only, connect() gives it the address again."""
+    if d["family"] != socket.AF_INET6 or _is_any(d["family"], [local[0], 0]):
+        return local
+    if ipaddress.IPv6Address(local[0]).ipv4_mapped is not None:
+        return local
+    v6only = any((lv, o) == (N.SOL.IPV6, N.IPV6.V6ONLY) and int.from_bytes(raw, "little")
+                 for lv, o, raw in d["opts"])  # fmt: skip
+    return local if v6only or not d.get("remote") else ["::", *local[1:]]
 
 
 def _send_all(s: socket.socket, data: bytes) -> None:

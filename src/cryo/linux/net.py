@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import fcntl
+import os
 import socket
 import struct
 
@@ -261,3 +262,16 @@ def set_repair_window(s: socket.socket, w: tcp_repair_window) -> None:
 def set_repair_options(s: socket.socket, opts: list[tuple[int, int]]) -> None:
     arr = (tcp_repair_opt * len(opts))(*(tcp_repair_opt(c, v) for c, v in opts))
     s.setsockopt(SOL.TCP, TCP.REPAIR_OPTIONS, bytes(arr))
+
+
+CLONE_NEWNET = 0x40000000
+_setns = ctypes.CDLL(None, use_errno=True).setns
+_setns.restype = ctypes.c_int
+_setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """The calling thread joins the namespace behind ``fd``."""
+    if _setns(fd, nstype) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{os.strerror(err)} [setns fd={fd}]")

@@ -1,0 +1,405 @@
+"""Servers and clients (issue 11): listening, bound and unbound TCP sockets with their
+options, UDP, raw, packet and netlink sockets, and established TCP connections with
+TCP_REPAIR under the nftables lock.  Every test runs in a network namespace of its own
+(only its loopback, removed at the end), with cryo run inside it: the nftables tables
+and ports of one test touch nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cryo.linux.net import setns
+from tests.conftest import Procs, Victim, reap
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/nft")
+                                and not os.path.exists("/usr/bin/nft"),
+                                reason="needs nftables (nft)")  # fmt: skip
+
+
+class Netns:
+    """A network namespace with its loopback up; commands run inside it."""
+
+    def __init__(self) -> None:
+        self.name = f"cryo-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.run("ip", "link", "set", "lo", "up", check=True)
+
+    def argv(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def run(self, *cmd: str, check: bool = False, timeout: float = 60
+            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return subprocess.run(self.argv(*cmd), capture_output=True, text=True, check=check,
+                              timeout=timeout, close_fds=True)  # fmt: skip
+
+    def cryo(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "cryo", *args, timeout=timeout)
+
+    def tables(self) -> list[str]:
+        out = self.run("nft", "list", "tables", check=True).stdout
+        return [line.split()[-1] for line in out.splitlines() if line.startswith("table")]
+
+    def enter(self) -> int:
+        """This thread's network namespace switched to ours; returns the old one's fd."""
+        old = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            setns(fd)
+        finally:
+            os.close(fd)
+        return old
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+@pytest.fixture
+def ns() -> Iterator[Netns]:
+    n = Netns()
+    try:
+        yield n
+    finally:
+        n.remove()
+
+
+@contextlib.contextmanager
+def inside(n: Netns) -> Iterator[None]:
+    """Sockets made meanwhile by this thread belong to the namespace."""
+    old = n.enter()
+    try:
+        yield
+    finally:
+        setns(old)
+        os.close(old)
+
+
+def spawn(procs: Procs, n: Netns, argv: list[str], out: Path) -> Victim:
+    return procs.spawn(n.argv(*argv), out)
+
+
+def connect(n: Netns, addr: tuple[Any, ...], family: int = socket.AF_INET,
+            timeout: float = 10) -> socket.socket:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        with inside(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(addr)
+            return s
+        except (ConnectionRefusedError, TimeoutError):
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def cycle(procs: Procs, n: Netns, pid: int, img: Path, *opts: str) -> int:
+    """Checkpoint with --kill, then restart (detached); returns the restored pid."""
+    r = n.cryo("checkpoint", str(pid), "-D", str(img), "--kill", *opts)
+    assert r.returncode == 0, r.stderr
+    reap(pid)
+    r = n.cryo("restart", "-D", str(img), "--detach", *opts)
+    assert r.returncode == 0, r.stderr
+    return procs.track(int(r.stdout))
+
+
+def test_http_server(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """`python3 -m http.server` checkpointed, killed, restarted: it serves again."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "hello.txt").write_text("hello from before\n")
+    v = spawn(procs, ns, [sys.executable, "-m", "http.server", "8000", "--bind", "127.0.0.1",
+                          "--directory", str(tmp_path / "www")], tmp_path / "out")  # fmt: skip
+
+    def get() -> bytes:
+        s = connect(ns, ("127.0.0.1", 8000))
+        with s:
+            s.sendall(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        return data
+
+    assert get().endswith(b"hello from before\n")
+    time.sleep(0.2)  # the server's connection is gone (TIME_WAIT has no fd)
+    pid = cycle(procs, ns, v.pid, tmp_path / "img")
+    assert pid == v.pid
+    assert get().endswith(b"hello from before\n")
+    assert get().startswith(b"HTTP/1.0 200")
+    assert ns.tables() == []
+
+
+def test_socket_options(procs: Procs, ns: Netns, build: Any, tmp_path: Path) -> None:
+    """Listeners (v4, v6 only, dual stack), unbound and bound-only TCP, bound and
+    connected UDP, raw, packet and netlink sockets, with their options: the victim
+    compares every option and address with what it had."""
+    go = tmp_path / "go"
+    v = spawn(procs, ns, [build("sockopts"), str(tmp_path / "out"), "7000", str(go)],
+              tmp_path / "out")  # fmt: skip
+    v.wait_line("ready")
+    assert not v.fails()
+    pid = cycle(procs, ns, v.pid, tmp_path / "img")
+    v = Victim(pid, v.out)
+    go.touch()
+    assert v.wait_line("checked", timeout=20) == "checked good", v.fails()
+    for addr, family, answer in ((("127.0.0.1", 7000), socket.AF_INET, b"A\n"),
+                                 (("::1", 7001), socket.AF_INET6, b"B\n"),
+                                 (("::1", 7002), socket.AF_INET6, b"C\n"),
+                                 (("127.0.0.1", 7002), socket.AF_INET, b"C\n")):  # fmt: skip
+        with connect(ns, addr, family) as s:
+            s.sendall(b"x")  # TCP_DEFER_ACCEPT: the listener wakes on data
+            assert s.recv(16) == answer
+    with inside(ns):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with u:
+        u.settimeout(5)
+        u.sendto(b"ping", ("127.0.0.1", 7004))
+        assert u.recv(16) == b"ping"
+
+
+SERVER = r"""
+import socket, sys, time
+# a download of TOTAL bytes (byte i = (i * 7 + i // 251) & 0xFF) to the first client
+TOTAL = int(sys.argv[2])
+out = open(sys.argv[3], "a", buffering=1)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(1)
+out.write("ready\n")
+c, _ = srv.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+pattern = bytes((i * 7 + i // 251) & 0xFF for i in range(251 * 256))
+off = 0
+while off < TOTAL:
+    n = min(65536, TOTAL - off)
+    start = off % len(pattern)
+    c.sendall((pattern * 3)[start:start + n])
+    off += n
+    out.write(f"sent {off}\n")
+c.shutdown(socket.SHUT_WR)
+out.write("done\n")
+c.recv(1)
+"""
+
+
+def expected(n: int) -> bytes:
+    pattern = bytes((i * 7 + i // 251) & 0xFF for i in range(251 * 256))
+    return (pattern * (n // len(pattern) + 1))[:n]
+
+
+def test_download_survives(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A client outside the checkpoint receives a large download from a server that is
+    checkpointed, killed and restarted meanwhile: every byte exactly once, no reset,
+    and no nftables table left."""
+    total = 48 << 20
+    (tmp_path / "server.py").write_text(SERVER)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "server.py"), "9000", str(total),
+                          str(out)], out)  # fmt: skip
+    v.wait_line("ready")
+    c = connect(ns, ("127.0.0.1", 9000))
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    got = bytearray()
+    while len(got) < 8 << 20:
+        got += c.recv(1 << 16)
+    assert ns.tables() == []
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    locks = ns.tables()
+    assert len(locks) == 1 and locks[0].startswith(f"cryo-image-{v.pid}-"), locks
+    # meanwhile the connection is silent, not reset
+    c.settimeout(0.3)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            chunk = c.recv(1 << 16)
+            assert chunk, "the connection was closed while the server was away"
+            got += chunk
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    assert ns.tables() == []
+    c.settimeout(30)
+    while chunk := c.recv(1 << 20):
+        got += chunk
+    assert len(got) == total
+    assert bytes(got) == expected(total)
+    c.close()
+
+
+ECHO = r"""
+import socket, sys, time
+# request/response: "n\n" -> "n squared\n", each answer after 50 ms of "work"
+out = open(sys.argv[2], "a", buffering=1)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(4)
+out.write("ready\n")
+c, _ = srv.accept()
+f = c.makefile("rwb", buffering=0)
+while line := f.readline():
+    time.sleep(0.05)
+    n = int(line)
+    out.write(f"tick {n}\n")
+    c.sendall(f"{n * n}\n".encode())
+"""
+
+
+def test_request_mid_flight(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A request/response client whose connection is checkpointed mid-request (the
+    request waiting in the server's receive queue or being worked on): the answer comes
+    from the restarted server."""
+    (tmp_path / "echo.py").write_text(ECHO)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "echo.py"), "9100", str(out)], out)
+    v.wait_line("ready")
+    c = connect(ns, ("127.0.0.1", 9100))
+    f = c.makefile("rwb", buffering=0)
+    for n in range(1, 4):
+        f.write(f"{n}\n".encode())
+        assert f.readline() == f"{n * n}\n".encode()
+    f.write(b"12345\n")  # sent; the checkpoint comes before the answer
+    cycle(procs, ns, v.pid, tmp_path / "img", "--tcp-established")
+    assert f.readline() == b"152399025\n"
+    for n in range(4, 8):
+        f.write(f"{n}\n".encode())
+        assert f.readline() == f"{n * n}\n".encode()
+    c.close()
+    assert ns.tables() == []
+
+
+PAIR = r"""
+import os, socket, sys, time
+# a parent and its child talk over loopback TCP: ping n, pong n + 1
+out = open(sys.argv[2], "a", buffering=1)
+srv = socket.socket()
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(1)
+if os.fork() == 0:
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    while data := c.recv(64):
+        c.sendall(str(int(data) + 1).encode())
+    os._exit(0)
+s, _ = srv.accept()
+n = 0
+while True:
+    s.sendall(str(n).encode())
+    m = int(s.recv(64))
+    if m != n + 1:
+        out.write(f"FAIL {m} after {n}\n")
+    n = m
+    out.write(f"tick {n}\n")
+    time.sleep(0.01)
+"""
+
+
+def test_loopback_pair_in_tree(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """Both ends of a connection in the checkpoint (parent and child): both restored."""
+    (tmp_path / "pair.py").write_text(PAIR)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "pair.py"), "9200", str(out)], out)
+    v.wait_ok_after(5)
+    kids = (Path(f"/proc/{v.pid}/task/{v.pid}/children").read_text().split())
+    r = ns.cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for p in [v.pid, *map(int, kids)]:
+        reap(p)
+    seen = max(v.oks())
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    for k in kids:
+        procs.track(int(k))
+    Victim(v.pid, out).wait_ok_after(seen + 10)
+    assert ns.tables() == []
+
+
+def test_established_needs_an_option(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """Without --tcp-established or --tcp-close an established connection is refused
+    (exit 9, saying which option), and the server goes on; without the option at
+    restart, an image with connections is refused too; --tcp-close restores it closed."""
+    (tmp_path / "echo.py").write_text(ECHO)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "echo.py"), "9300", str(out)], out)
+    v.wait_line("ready")
+    c = connect(ns, ("127.0.0.1", 9300))
+    f = c.makefile("rwb", buffering=0)
+    f.write(b"3\n")
+    assert f.readline() == b"9\n"
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 9, r.stderr
+    assert "established TCP connection" in r.stderr and "--tcp-established" in r.stderr
+    f.write(b"4\n")
+    assert f.readline() == b"16\n"  # untouched
+    assert ns.tables() == []
+    # checkpointed with the connection, but the process goes on (no --kill): unlocked
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--tcp-established")
+    assert r.returncode == 0, r.stderr
+    assert ns.tables() == []
+    f.write(b"5\n")
+    assert f.readline() == b"25\n"
+    os.kill(v.pid, signal.SIGKILL)
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 9 and "--tcp-established" in r.stderr, r.stderr
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-close")
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    # the restored server finds its connection closed: its loop ends, it exits
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and Path(f"/proc/{pid}/stat").read_text(
+            ).rsplit(")", 1)[1].split()[0] != "Z":  # fmt: skip
+        assert time.monotonic() < deadline, "the restored server still waits"
+        time.sleep(0.05)
+    c.close()
+
+
+def test_connection_being_set_up_is_refused(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A connect() still in SYN_SENT (its SYN dropped) is refused cleanly."""
+    code = ("import socket, sys, time\n"
+            "s = socket.socket(); s.setblocking(False)\n"
+            "try:\n  s.connect(('10.255.255.1', 9))\nexcept BlockingIOError:\n  pass\n"
+            f"open('{tmp_path / 'out'}', 'w').write('ready\\n')\ntime.sleep(600)\n")
+    ns.run("ip", "route", "add", "10.255.255.0/24", "dev", "lo", check=True)
+    ns.run("nft", "add table inet t; add chain inet t c { type filter hook output priority 0;"
+           " ip daddr 10.255.255.1 drop; }", check=True)  # fmt: skip
+    v = spawn(procs, ns, [sys.executable, "-c", code], tmp_path / "out")
+    v.wait_line("ready")
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--tcp-established")
+    assert r.returncode == 9 and "SYN_SENT" in r.stderr, r.stderr
+    assert ns.tables() == ["t"]
+
+
+def test_stale_lock_is_removed(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A table left by a cryo killed with SIGKILL (its pid gone) goes at the next run."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ns.run("nft", f"add table inet cryo-{dead.pid}", check=True)
+    (tmp_path / "echo.py").write_text(ECHO)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "echo.py"), "9400", str(out)], out)
+    v.wait_line("ready")
+    c = connect(ns, ("127.0.0.1", 9400))
+    f = c.makefile("rwb", buffering=0)
+    f.write(b"2\n")
+    assert f.readline() == b"4\n"
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--tcp-established")
+    assert r.returncode == 0, r.stderr
+    assert ns.tables() == []
+    c.close()
