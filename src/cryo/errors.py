@@ -129,6 +129,12 @@ class Interrupted(CryoError):
     exit_code = ExitCode.INTERRUPTED
 
 
+class Usage(CryoError):
+    """A bad command line, or bad arguments to the API (exit 2, as argparse's own)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class InternalError(CryoError):
     """A bug in cryo: an invariant did not hold."""
 

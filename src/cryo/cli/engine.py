@@ -13,7 +13,7 @@ from typing import Any
 
 from cryo import safefile
 from cryo.cli.fmt import human
-from cryo.errors import CryoError
+from cryo.errors import Usage
 
 
 def register(sub: Any) -> None:
@@ -38,6 +38,10 @@ def register(sub: Any) -> None:
     p.add_argument("--page-cache", action="store_true",
                    help="write pages through the page cache (a restart soon after is faster;"
                    " by default they go to the disk directly, for a shorter freeze)")
+    p.add_argument("--save-files", action="store_true",
+                   help="put the executable and the libraries (every file mapped privately)"
+                   " into the image: a restart uses them if the originals moved, were"
+                   " deleted or changed")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--stop", dest="signal", action="store_const", const=signal.SIGSTOP,
                    help="stop the process after the checkpoint")
@@ -85,6 +89,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("show", help="print what an image holds")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--files", action="store_true",
+                   help="only the files a restart opens (open, mapped, executable, cwd, root)"
+                   " and whether the image holds their contents")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check the records and page checksums first")
     p.set_defaults(func=cmd_show)
 
 
@@ -116,18 +125,18 @@ def _where(p: argparse.ArgumentParser, verb: str) -> None:
 
 def _check_where(args: argparse.Namespace) -> None:
     if args.store and not args.app:
-        raise CryoError("--store needs --app NAME")
+        raise Usage("--store needs --app NAME")
     if args.app and not args.store:
-        raise CryoError("--app goes with --store")
+        raise Usage("--app goes with --store")
 
 
 def _scope(args: argparse.Namespace) -> tuple[int, str]:
     if args.pgid is not None or args.sid is not None:
         if args.pid is not None:
-            raise CryoError("give either PID or --pgid/--sid")
+            raise Usage("give either PID or --pgid/--sid")
         return (args.pgid, "pgid") if args.pgid is not None else (args.sid, "sid")
     if args.pid is None:
-        raise CryoError("which process? give PID, --pgid PGID or --sid SID")
+        raise Usage("which process? give PID, --pgid PGID or --sid SID")
     if args.tree:
         return args.pid, "tree"
     if args.process:
@@ -187,6 +196,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     _check_where(args)
     pid, scope = _scope(args)
     kw: dict[str, Any] = {"compress": args.compress, "shell_job": args.shell_job,
+                          "save_files": args.save_files,
                           "signal_after": args.signal, "direct_io": not args.page_cache,
                           "scope": scope, "net": _net_options(args)}
     with _progress("checkpoint") as prog:
@@ -211,13 +221,9 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_restart(args: argparse.Namespace) -> int:
     from cryo.engine.restore import restart, wait
+    from cryo.engine.translate import Translation
 
-    translate = {}
-    for item in args.translate:
-        old, sep, new = item.partition("=")
-        if not sep:
-            raise CryoError(f"--translate takes OLD=NEW, not {item!r}")
-        translate[old] = new
+    translate = Translation.parse(args.translate)  # exit 2 if one is not OLD=NEW
     _check_where(args)
     kw: dict[str, Any] = {"must_reuse_pid": args.must_reuse_pid, "shell_job": args.shell_job,
                           "translate": translate, "net": _net_options(args)}
@@ -229,7 +235,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
             r = store.restart(args.store, args.app, args.version, progress=prog, **kw)
         else:
             if args.version is not None:
-                raise CryoError("--version goes with --store")
+                raise Usage("--version goes with --store")
             r = restart(args.dir, progress=prog, **kw)
     if args.pidfile:
         safefile.write_pidfile(args.pidfile, r.pid)
@@ -248,6 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cryo.launch import run
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise Usage("which program? cryo run [--output FILE] -- CMD ARGS")
     pid = run(cmd, args.output, pid_ns=args.pid_ns)
     if args.pidfile:
         safefile.write_pidfile(args.pidfile, pid)
@@ -258,7 +266,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from cryo.engine.show import describe
 
-    info = describe(args.dir)
+    info = describe(args.dir, verify=not args.no_verify)  # exit 5 if a checksum fails
+    if args.files:
+        if args.json:
+            json.dump({"files": info["files"]}, sys.stdout, indent=2)
+            print()
+            return 0
+        for f in info["files"]:
+            saved = "  (in the image)" if f["saved"] else ""
+            pids = ",".join(str(p) for p in f["pids"])
+            print(f"{f['use']:<6} {f['path']}  [{pids}]{saved}")
+        return 0
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -270,8 +288,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     for p in info["processes"]:
         print(f"process {p['pid']} ({p['comm']}): ppid {p['ppid']} pgid {p['pgid']} sid"
               f" {p['sid']} uid {p['uid']} exe {p['exe']}")  # fmt: skip
-        print(f"  cwd {p['cwd']}  rip {p['registers']['rip']}  rsp {p['registers']['rsp']}"
-              f"{'  in syscall ' + str(p['registers']['syscall']) if p['registers']['syscall'] is not None else ''}")  # noqa: E501
+        regs = p["registers"]
+        in_call = f"  in {regs['syscall_name']}()" if regs["syscall"] is not None else ""
+        print(f"  cwd {p['cwd']}  rip {regs['rip']}  rsp {regs['rsp']}{in_call}")
         print("  mappings:")
         for v in p["mappings"]:
             print(f"    {v['start']}-{v['end']} {v['perms']} {human(v['size']):>10}"

@@ -49,6 +49,10 @@ from cryo.engine import (
     timers,
 )
 from cryo.engine.inject import Injector
+from cryo.engine.spmf import open_files as spmf_open
+from cryo.engine.spmf import prepare as spmf_prepare
+from cryo.engine.spmf import save as spmf_save
+from cryo.engine.translate import check as check_paths
 from cryo.image import records as R
 
 if TYPE_CHECKING:
@@ -240,6 +244,10 @@ def _dirty_inherit(ctx: DumpContext, sink: Any) -> None:
 
 
 DRIVERS: tuple[Driver, ...] = (
+    # restart: the saved files extracted where needed, then every path checked, before
+    # any other driver creates anything
+    Driver("spmf", write=spmf_open, written=spmf_save, prepare=spmf_prepare),
+    Driver("paths", prepare=check_paths),
     Driver("task", (R.TASK,), inject=_keep(R.TASK, task.dump),
            restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK))},
            restore_thread={"thread": _thread_state, "creds": _thread_creds}),

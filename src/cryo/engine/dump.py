@@ -19,6 +19,7 @@ def checkpoint(
     force: bool = False,
     compress: bool = False,
     shell_job: bool = False,
+    save_files: bool = False,
     signal_after: int = 0,
     direct_io: bool = True,
     progress: Callable[[int, int], None] | None = None,
@@ -40,7 +41,7 @@ def checkpoint(
     options ``tcp_established``, ``tcp_close`` and ``ext_unix_sk`` (engine/inet.py).
     """
     session = CheckpointSession(pid, dest, worker=worker, scope=scope, force=force,
-                                compress=compress, shell_job=shell_job,
+                                compress=compress, shell_job=shell_job, save_files=save_files,
                                 signal_after=signal_after, direct_io=direct_io,
                                 progress=progress, freeze_timeout=freeze_timeout,
                                 net=net)  # fmt: skip

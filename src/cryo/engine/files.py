@@ -30,6 +30,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import anonfds, dirty, inet, sockets
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
 from cryo.linux import libc
 from cryo.linux.consts import SYS
@@ -360,12 +361,7 @@ def prepare(rs: Any) -> None:
 
 
 def _translate(path: str, options: dict[str, Any]) -> str:
-    table: dict[str, str] = options.get("translate") or {}
-    for prefix, new in table.items():
-        old = prefix.rstrip("/")
-        if path == old or path.startswith(old + "/"):
-            return new + path[len(old) :]
-    return path
+    return translated(options, path)  # one translation for every path (engine/translate.py)
 
 
 def _open_flags(d: dict[str, Any]) -> int:
@@ -408,7 +404,7 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     path = _translate(d["path"], o.options)
     created = None
     if d.get("deleted"):
-        path = created = _materialize(d, o.blobs[d["blob"]])
+        path = created = _materialize({**d, "path": path}, o.blobs[d["blob"]])
     try:
         fd = os.open(path, flags)
     except OSError as err:
@@ -456,9 +452,10 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
 
 def restore_fs(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     inj = ctx.inj
+    root, cwd = _translate(rec["root"], ctx.options), _translate(rec["cwd"], ctx.options)
     if rec["root"] != "/":
-        inj(SYS.chroot, inj.put_str(rec["root"]), what=f" chroot {rec['root']}")
-    inj(SYS.chdir, inj.put_str(rec["cwd"]), what=f" chdir {rec['cwd']}")
+        inj(SYS.chroot, inj.put_str(root), what=f" chroot {root}")
+    inj(SYS.chdir, inj.put_str(cwd), what=f" chdir {cwd}")
     inj(SYS.umask, rec["umask"])
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import cow, shmem
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageIncompatible, InternalError, Unsupported
 from cryo.image.format import checksum
 from cryo.linux import libc
@@ -638,7 +639,7 @@ def _anon_name(path: str) -> str | None:
 
 
 def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
-    path = v["path"]
+    path = translated(ctx.options, v["path"])  # --translate, or a saved copy (spmf.py)
     try:
         st = os.stat(path)
     except FileNotFoundError as err:
@@ -725,7 +726,7 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     auxv = rec["auxv"]
     m.auxv = inj.put(auxv, 1024)
     m.auxv_size = len(auxv)
-    exe = rec["exe"]
+    exe = translated(ctx.options, rec["exe"])  # --translate, or a saved copy (spmf.py)
     exe_fd = -1
     if not exe.endswith(" (deleted)") and os.path.exists(exe) and not _same_file(
         f"/proc/{ctx.pid}/exe", exe

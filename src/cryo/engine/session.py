@@ -54,6 +54,7 @@ from cryo.engine import drivers as D
 from cryo.engine import files, memory, shmem, tree
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector, find_vdso_syscall
+from cryo.engine.spmf import of_session as files_of
 from cryo.errors import CryoError, translate_oserror
 from cryo.image import records as R
 from cryo.image.sink import DirSink, Sink
@@ -76,6 +77,8 @@ class DumpResult:
     freeze_seconds: float = 0.0
     total_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # every file a restart opens: {path, use, pids, saved} (engine/spmf.py's depends)
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Checkpoint:
 
     def __init__(self, pid: int, dest: Destination | None = None, *, scope: str = "process",
                  force: bool = False, compress: bool = False, shell_job: bool = False,
+                 save_files: bool = False,
                  signal_after: int = 0, direct_io: bool = True, hold: bool = False,
                  freeze_timeout: float | None = None,
                  progress: Callable[[int, int], None] | None = None,
@@ -120,6 +124,7 @@ class Checkpoint:
         self.net = net or {}  # tcp_established, tcp_close, ext_unix_sk
         self.sink_options = {"force": force, "compress": compress, "direct": direct_io}
         self.shell_job, self.signal_after, self.hold = shell_job, signal_after, hold
+        self.save_files = save_files  # SPMF: the executable and libraries into the image
         self.freeze_timeout, self.progress = freeze_timeout, progress
         self.in_worker = in_worker  # owns its signals: the watchdog may use SIGALRM
         self.critical = False  # an interruption now would leave a half state: later
@@ -161,6 +166,7 @@ class Checkpoint:
             self.check()
             ctx = DumpContext(p.pid, p.leader, Injector(p.leader, find_vdso_syscall(p.pid)),
                               options={"shell_job": self.shell_job, **self.net,
+                                       "save_files": self.save_files,
                                        "track": self.tokens.get(p.pid) if self.track
                                        else False},
                               shared=self.shared)  # fmt: skip
@@ -229,6 +235,7 @@ class Checkpoint:
                 if d.written:
                     d.written(ctx, sink)
         self.result.memory_bytes = stats.bytes
+        self.result.files = files_of(self)
 
     def release(self) -> None:
         """Let every process go on as it was (the pages are in our buffers, or the

@@ -6,15 +6,23 @@ import time
 from typing import Any
 
 from cryo.engine import files, memory, registers, signals
+from cryo.engine.spmf import of_image as files_of
 from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.image.reader import Image
 from cryo.linux import structs as S
+from cryo.linux.sysnames import name as syscall_name
 
 
-def describe(path: str) -> dict[str, Any]:
+def describe(path: str, *, verify: bool = True) -> dict[str, Any]:
+    """What the image at ``path`` holds.  With ``verify`` (the default) every record and
+    page block is checked first, as a restart would: ImageCorrupt (exit 5) if one does
+    not match."""
     image = Image(path)
     try:
+        if verify:
+            image.check()
+            image.verify()
         h = image.head
         out: dict[str, Any] = {
             "image": {
@@ -30,6 +38,7 @@ def describe(path: str) -> dict[str, Any]:
         tree_rec = image.raw(R.TREE)[0]
         descs = (image.raw(R.FDSC) or [{"descs": []}])[0]["descs"]
         out["tree"] = {"root": tree_rec["root"], "scope": tree_rec["scope"]}
+        out["files"] = files_of(image)  # every file a restart opens (engine/spmf.py)
         for p in tree_rec["procs"]:
             pid = p["pid"]
             if p["zombie"]:
@@ -69,7 +78,9 @@ def _thread(trec: dict[str, Any]) -> dict[str, Any]:
     sc = registers.signed(regs.orig_rax)
     return {"tid": trec["tid"], "comm": trec["comm"].decode(errors="replace"),
             "rip": f"{regs.rip:#x}", "rsp": f"{regs.rsp:#x}", "fs_base": f"{regs.fs_base:#x}",
-            "syscall": sc if sc >= 0 else None, "xstate_bytes": len(trec["xstate"])}
+            "syscall": sc if sc >= 0 else None,
+            "syscall_name": syscall_name(sc) if sc >= 0 else None,
+            "xstate_bytes": len(trec["xstate"])}
 
 
 def _perms(v: dict[str, Any]) -> str:
