@@ -580,3 +580,21 @@ def test_store_versions_are_sealed(procs: Procs, arena: Path) -> None:
     r = run_cryo("restart", "--store", str(store), "--app", "a", "--detach")
     assert r.returncode == 0, r.stderr
     procs.track(int(r.stdout))
+
+
+def test_store_verify_reports_a_broken_seal(procs: Procs, arena: Path) -> None:
+    out = arena / "v-out.txt"
+    p = procs.spawn([sys.executable, "-c", TICKER, str(out)])
+    wait_ticks(out)
+    store = arena / "vstore"
+    assert run_cryo("checkpoint", str(p.pid), "--store", str(store), "--app", "a",
+                    "--kill").returncode == 0  # fmt: skip
+    reap(p.pid)
+    assert run_cryo("store", "verify", str(store)).returncode == 0
+    core = store / "a" / "v1" / "core.img"
+    recs = fmt.read_file(core, R.CORE_MAGIC)
+    recs[0] = fmt.Record(R.HEAD, dict(recs[0].payload, hostname="elsewhere"))
+    core.write_bytes(fmt.encode_file(R.CORE_MAGIC, recs))
+    r = run_cryo("store", "verify", str(store))
+    assert r.returncode == ExitCode.IMAGE_CORRUPT and "changed after it was sealed" in (
+        r.stdout + r.stderr)

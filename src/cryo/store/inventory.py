@@ -11,6 +11,7 @@ from typing import Any
 from cryo.errors import CryoError, ImageError
 from cryo.image import format as fmt
 from cryo.image import records as R
+from cryo.image import seal
 from cryo.store import pages as P
 from cryo.store.layout import App, Sources, Store, du
 from cryo.store.source import VERIFY_CHUNKS, Job, check_chunks, check_page_file
@@ -77,6 +78,7 @@ def verify(store: str, app: str | None = None, threads: int = 2) -> VerifyReport
 
 def _verify_app(app: App, report: VerifyReport, threads: int) -> None:
     sources = Sources(app)
+    key = seal.load_key()  # (None: a user who may not read it; seals are not checked)
     jobs: list[Job] = []
     fds: list[int] = []
     paths: dict[int, str] = {}
@@ -88,12 +90,17 @@ def _verify_app(app: App, report: VerifyReport, threads: int) -> None:
             except ImageError as err:
                 report.problems.append(Problem(app.name, v, str(err)))
                 continue
+            sealed = [(os.path.join(app.vdir(v), "pmap.img"), meta.records)]
             if app.is_published(v):
                 try:
                     core = fmt.read_file(os.path.join(app.vdir(v), "core.img"), R.CORE_MAGIC)
+                    sealed.append((os.path.join(app.vdir(v), "core.img"), core))
                     _check_side_files(app.vdir(v), core)
                 except (ImageError, CryoError) as err:
                     report.problems.append(Problem(app.name, v, str(err)))
+            for path, recs in sealed if key is not None else []:
+                if (why := seal.problem(recs, key, path)) is not None:
+                    report.problems.append(Problem(app.name, v, why))
             for u in meta.units:
                 try:
                     sources.check(u, f"version {v} ({u.tag[0]} {u.tag[1]})")
