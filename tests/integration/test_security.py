@@ -598,3 +598,23 @@ def test_store_verify_reports_a_broken_seal(procs: Procs, arena: Path) -> None:
     r = run_cryo("store", "verify", str(store))
     assert r.returncode == ExitCode.IMAGE_CORRUPT and "changed after it was sealed" in (
         r.stdout + r.stderr)
+
+
+def test_open_as_owner(arena: Path) -> None:
+    from cryo.image import trust
+
+    mine = arena / "home" / "mine"
+    as_user(lambda: mine.write_text("the user's\n"))
+    secret = arena / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    owner = trust.Owner(UID, UID, {UID})
+    fds = trust.open_as_owner(owner, [(str(mine), os.O_RDONLY, 0),
+                                      (str(arena / "home" / "new"), os.O_WRONLY | os.O_CREAT
+                                       | os.O_EXCL, 0o644)])  # fmt: skip
+    assert os.read(fds[0], 100) == b"the user's\n"
+    assert (arena / "home" / "new").stat().st_uid == UID  # made as the user
+    for fd in fds:
+        os.close(fd)
+    with pytest.raises(PermissionError):
+        trust.open_as_owner(owner, [(str(mine), os.O_RDONLY, 0), (str(secret), os.O_RDWR, 0)])

@@ -350,4 +350,60 @@ def _check_access(owner: Owner, need: list[tuple[str, int, str]]) -> None:
                 f" {how or 'exists'})", path)  # fmt: skip
 
 
-__all__ = ["Owner", "admit", "check_privilege", "check_seal", "owner_of", "restarted"]
+def open_as_owner(owner: Owner, requests: list[tuple[str, int, int]]) -> list[int]:
+    """Open each (path, flags, mode) as ``owner``: in a child that has become that user,
+    the fds handed back (SCM_RIGHTS).  What the restore then holds is what the owner
+    could open, whatever changed since :func:`admit` looked (a link swapped in), and a
+    file it creates is the owner's.  For root, opened here.  Raises the first OSError."""
+    if owner.root:
+        out: list[int] = []
+        try:
+            for path, flags, mode in requests:
+                out.append(os.open(path, flags | os.O_CLOEXEC, mode))
+        except BaseException:
+            for fd in out:
+                os.close(fd)
+            raise
+        return out
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            os.setgroups(sorted(owner.gids))
+            os.setresgid(owner.gid, owner.gid, owner.gid)
+            os.setresuid(owner.uid, owner.uid, owner.uid)
+            for path, flags, mode in requests:
+                try:
+                    fd = os.open(path, flags | os.O_CLOEXEC, mode)
+                except OSError as err:
+                    theirs.sendall(json.dumps([err.errno or errno.EIO]).encode().ljust(16))
+                    break
+                socket.send_fds(theirs, [b"0".ljust(16)], [fd])
+                os.close(fd)
+        finally:
+            os._exit(0)
+    theirs.close()
+    got: list[int] = []
+    try:
+        for path, _flags, _mode in requests:
+            msg, fds, _f, _a = socket.recv_fds(ours, 16, 1)
+            if fds:
+                got.append(fds[0])
+                continue
+            code = json.loads(msg.decode().strip() or "[5]")[0] if msg else errno.EIO
+            raise OSError(code, os.strerror(code), path)
+    except BaseException:
+        for fd in got:
+            os.close(fd)
+        raise
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    return got
+
+
+__all__ = ["Owner", "admit", "check_privilege", "check_seal", "open_as_owner", "owner_of",
+           "restarted"]
