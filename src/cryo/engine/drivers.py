@@ -52,6 +52,7 @@ from cryo.engine.inject import Injector
 from cryo.engine.spmf import open_files as spmf_open
 from cryo.engine.spmf import prepare as spmf_prepare
 from cryo.engine.spmf import save as spmf_save
+from cryo.engine.translate import apply as translated
 from cryo.engine.translate import check as check_paths
 from cryo.image import records as R
 
@@ -199,7 +200,8 @@ def _shmem_prepare(rs: Any) -> None:
     """Every shared memory object made once (refilled from the image), on fds above
     those cryo opened for the descriptions; every process inherits them."""
     opened = rs.shared.opened
-    rs.shared.objects = objects = shmem.make_all(rs.plan.objects, opened.base + len(opened.fds))
+    rs.shared.objects = objects = shmem.make_all(rs.plan.objects, opened.base + len(opened.fds),
+                                                 lambda p: translated(rs.options, p))
     rs.on_exit(objects.close)
     for b in rs.image.blocks:
         if "obj" in b:

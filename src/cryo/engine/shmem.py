@@ -15,6 +15,7 @@ import contextlib
 import logging
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +133,10 @@ class Made:
         self.views.clear()
 
 
-def make_all(rec: dict[str, Any], base: int) -> Made:
+def make_all(rec: dict[str, Any], base: int,
+             where: Callable[[str], str] = lambda path: path) -> Made:
+    """Every object of ``rec`` made, on fds from ``base``; a deleted file is recreated at
+    ``where(its path)`` (the restart's translation) when that is free."""
     made = Made()
     need: dict[int, int] = {}
     for obj in rec["objs"]:
@@ -141,7 +145,7 @@ def make_all(rec: dict[str, Any], base: int) -> Made:
     _check_hugepages(need)
     try:
         for obj in rec["objs"]:
-            fd = _make(obj, made)
+            fd = _make(obj, made, where)
             made.fds[obj["id"]] = _high(fd, base)
             if obj.get("huge") and obj["id"] not in made.views:
                 made.views[obj["id"]] = mmap.mmap(made.fds[obj["id"]], obj["size"])
@@ -168,7 +172,7 @@ def _high(fd: int, base: int) -> int:
     return high
 
 
-def _make(obj: dict[str, Any], made: Made) -> int:
+def _make(obj: dict[str, Any], made: Made, where: Callable[[str], str]) -> int:
     size = obj["size"]
     huge = obj.get("huge", 0)
     if obj["kind"] == "anon":
@@ -186,7 +190,7 @@ def _make(obj: dict[str, Any], made: Made) -> int:
             MFD_HUGETLB | ((huge.bit_length() - 1) << MAP_HUGE_SHIFT) if huge else 0))
         os.ftruncate(fd, size)
         return fd
-    path = obj["name"].removesuffix(" (deleted)")
+    path = where(obj["name"].removesuffix(" (deleted)"))
     directory = os.path.dirname(path) if os.path.isdir(os.path.dirname(path)) else "/dev/shm"
     try:  # under its old name when that is free, so that /proc/PID/maps shows it again
         tmp = path
