@@ -1,0 +1,733 @@
+"""cryod: the socket, who may do what (SO_PEERCRED), and the operations on jobs.
+
+Every request is authorized by the credentials the kernel gives for the connection's
+peer: root may do anything; any other uid sees and manages only its own jobs, adopts
+only processes whose every uid is its own, cannot name a store (the daemon's store is
+root's, 0700), and a restart of its job is admitted only if the image grants no
+privilege that uid lacks (cryo.image.trust's rule, with the caller as the owner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryo import __version__
+from cryo.daemon import procs
+from cryo.daemon import protocol as P
+from cryo.daemon.metrics import Metrics
+from cryo.daemon.state import State
+from cryo.errors import AccessDenied, CryoError, ImageExists, NoSuchProcess, Usage
+
+log = logging.getLogger("cryo.daemon")
+DEFAULT_STATE = "/var/lib/cryo/daemon"
+DEFAULT_STORE = "/var/lib/cryo/store"
+ROOT = 0
+
+
+@dataclass(frozen=True)
+class Caller:
+    pid: int
+    uid: int
+    gid: int
+
+    @property
+    def root(self) -> bool:
+        return self.uid == ROOT
+
+
+@dataclass
+class Staged:
+    handle: Any
+    attempt: int
+    started: float
+    version: int | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def event(what: str, **fields: Any) -> None:
+    """A structured log line (the JSON formatter puts ``fields`` beside the message)."""
+    log.info(what, extra={"fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname,
+                               "logger": record.name, "msg": record.getMessage()}  # fmt: skip
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class Daemon:
+    def __init__(self, *, socket_path: str = P.DEFAULT_SOCKET, state_dir: str = DEFAULT_STATE,
+                 store: str = DEFAULT_STORE, metrics: str | None = None,
+                 max_concurrent: int = 2, staged_timeout: float = 120.0,
+                 backoff: float = 1.0) -> None:  # fmt: skip
+        self.socket_path = socket_path
+        self.store = os.path.abspath(store)
+        self.state = State(state_dir)
+        self.metrics = Metrics()
+        self.metrics_address = metrics
+        self.max_concurrent = max(1, max_concurrent)
+        self.slots = threading.BoundedSemaphore(self.max_concurrent)
+        self.staged_timeout = staged_timeout
+        self.backoff = backoff
+        self.staged: dict[str, Staged] = {}
+        self._busy: set[str] = set()
+        self._cond = threading.Condition()
+        self.stopping = threading.Event()
+        self.server: socketserver.UnixStreamServer | None = None
+        self.threads: list[threading.Thread] = []
+
+    # -- one operation per job at a time ---------------------------------------------
+
+    def try_busy(self, name: str) -> bool:
+        with self._cond:
+            if name in self._busy:
+                return False
+            self._busy.add(name)
+            return True
+
+    def wait_busy(self, name: str, timeout: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while name in self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CryoError(f"job {name} is busy (another operation is in progress)")
+                self._cond.wait(left)
+            self._busy.add(name)
+
+    def unbusy(self, name: str) -> None:
+        with self._cond:
+            self._busy.discard(name)
+            self._cond.notify_all()
+
+    def is_busy(self, name: str) -> bool:
+        with self._cond:
+            return name in self._busy
+
+    @contextlib.contextmanager
+    def busy(self, name: str, *, held: bool = False) -> Iterator[None]:
+        if not held:
+            self.wait_busy(name)
+        try:
+            yield
+        finally:
+            self.unbusy(name)
+
+    # -- authorization -------------------------------------------------------------
+
+    def job_of(self, caller: Caller, name: str) -> dict[str, Any]:
+        job = self.state.job(name)
+        if job is None:
+            raise CryoError(f"there is no job {name}")
+        if not caller.root and job["owner"] != caller.uid:
+            raise AccessDenied(f"job {name} belongs to uid {job['owner']}, not to uid"
+                               f" {caller.uid}: access denied")  # fmt: skip
+        return job
+
+    def visible(self, caller: Caller) -> list[dict[str, Any]]:
+        jobs = self.state.jobs()
+        return jobs if caller.root else [j for j in jobs if j["owner"] == caller.uid]
+
+    # -- the operations (one per message of the protocol) ----------------------------
+
+    def dispatch(self, caller: Caller, op: P.Op, args: dict[str, Any]) -> Any:
+        fn: Callable[[Caller, dict[str, Any]], Any] = getattr(self, f"op_{op.name}")
+        return fn(caller, args)
+
+    def op_ping(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return {"version": __version__, "pid": os.getpid(), "uid": caller.uid,
+                "gid": caller.gid, "store": self.store}  # fmt: skip
+
+    def op_jobs(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return [self.describe(j) for j in self.visible(caller)]
+
+    def op_job_get(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return self.describe(self.job_of(caller, args["name"]))
+
+    def describe(self, job: dict[str, Any]) -> dict[str, Any]:
+        versions = self.state.versions(job["name"])
+        last = versions[-1] if versions else None
+        out = {k: job[k] for k in ("name", "owner", "pid", "state", "status", "launched",
+                                   "cmd", "scope", "store", "created", "next_due", "failures",
+                                   "restarts", "every", "keep_last", "keep_every",
+                                   "restart_on_failure", "max_restarts")}  # fmt: skip
+        out.update(busy=self.is_busy(job["name"]) or job["name"] in self.staged,
+                   staged=job["name"] in self.staged, versions=len(versions),
+                   last_version=last["version"] if last else None,
+                   last_checkpoint=last["created"] if last else None,
+                   memory=last["memory"] if last else None,
+                   stored=sum(v["stored"] or 0 for v in versions))
+        return out
+
+    def op_job_add(self, caller: Caller, args: dict[str, Any]) -> Any:
+        from cryo.store.layout import check_app_name
+
+        name = check_app_name(args["name"])
+        pid, cmd = args.get("pid"), args.get("cmd")
+        if (pid is None) == (cmd is None):
+            raise Usage("a job is a running process (pid) or a command to start (cmd)")
+        if args.get("store") and not caller.root:
+            raise AccessDenied("only root may choose the store of a job (a user's jobs go"
+                               " to the daemon's store)")  # fmt: skip
+        store = os.path.abspath(args.get("store") or self.store)
+        every = args.get("every")
+        if every is not None and every < 0.1:
+            raise Usage("--every takes at least 0.1 s")
+        keep_last, keep_every = args.get("keep_last"), args.get("keep_every")
+        if keep_last is not None and keep_last < 1:
+            raise Usage("--keep-last takes 1 or more")
+        if keep_every is not None and keep_every < 1:
+            raise Usage("--keep-every takes a positive number")
+        if keep_every is not None and keep_last is None:
+            raise Usage("--keep-every goes with --keep-last")
+        scope = args.get("scope")
+        if scope not in (None, "process", "tree"):
+            raise Usage("scope is process or tree")
+        with self._cond:
+            if self.state.job(name) is not None or name in self._busy:
+                raise ImageExists(f"a job {name} exists already")
+            self._busy.add(name)
+        try:
+            if cmd is not None:
+                if not cmd or not all(isinstance(a, str) for a in cmd):
+                    raise Usage("cmd is a non-empty list of strings")
+                pid = self.launch(caller, cmd, args)
+                scope = scope or "tree"
+            else:
+                assert isinstance(pid, int)
+                owned = procs.owned_by(pid, caller.uid)
+                if owned is None:
+                    raise NoSuchProcess(f"process {pid} does not exist", pid=pid)
+                if not caller.root and not owned:
+                    raise AccessDenied(f"process {pid} is not yours (uid {caller.uid}):"
+                                       " access denied", pid=pid)  # fmt: skip
+                scope = scope or _scope_of(pid)
+            start = procs.start_time(pid)
+            if start is None:
+                raise NoSuchProcess(f"process {pid} exited at once", pid=pid)
+            now = time.time()
+            self.state.add_job(
+                {"name": name, "owner": caller.uid, "gid": caller.gid, "pid": pid,
+                 "start_time": start, "state": "running", "launched": cmd is not None,
+                 "cmd": cmd, "scope": scope, "store": store, "created": now,
+                 "next_due": now + every if every else None},
+                {"every": every, "keep_last": keep_last, "keep_every": keep_every,
+                 "restart_on_failure": bool(args.get("restart_on_failure")),
+                 "max_restarts": args.get("max_restarts", 3)})  # fmt: skip
+            if self.state.job(name) and os.path.isdir(os.path.join(store, name)):
+                self.sync(name)  # versions of an earlier job of that name
+        finally:
+            self.unbusy(name)
+        event("job added", job=name, pid=pid, owner=caller.uid, cmd=cmd, every=every)
+        return self.op_job_get(caller, {"name": name})
+
+    def launch(self, caller: Caller, cmd: list[str], args: dict[str, Any]) -> int:
+        """Start ``cmd`` with `cryo run` (cryo.launch.run), as the caller: its uid, gid
+        and groups, its directory and environment.  The `cryo run` process exits at
+        once; the job, orphaned, comes to the daemon (a child subreaper)."""
+        argv = [sys.executable, "-m", "cryo", "run", "--output", args.get("output") or
+                os.devnull, "--", *cmd]  # fmt: skip
+        kw: dict[str, Any] = {}
+        if caller.uid != os.geteuid():
+            kw = {"user": caller.uid, "group": caller.gid,
+                  "extra_groups": sorted(_groups(caller.uid, caller.gid))}  # fmt: skip
+        env = args.get("env")
+        env = {str(k): str(v) for k, v in env.items()} if env else {"PATH": os.defpath}
+        try:
+            p = subprocess.run(argv, check=False, cwd=args.get("cwd") or "/", env=env,
+                               capture_output=True, text=True, timeout=60, close_fds=True,
+                               **kw)  # fmt: skip
+        except OSError as err:
+            raise CryoError(f"cannot start {cmd[0]}: {err.strerror or err}") from err
+        if p.returncode != 0:
+            lines = [x for x in p.stderr.splitlines() if x.strip()]
+            msg = lines[-1] if lines else f"cryo run exited with {p.returncode}"
+            raise CryoError(msg.removeprefix("cryo: error: "))
+        return int(p.stdout.split()[-1])
+
+    def op_job_rm(self, caller: Caller, args: dict[str, Any]) -> Any:
+        job = self.job_of(caller, args["name"])
+        name = job["name"]
+        with self.busy(name):
+            staged = self.staged.pop(name, None)
+            if staged is not None:
+                with contextlib.suppress(Exception):
+                    staged.handle.abort()
+            if args.get("kill") and job["pid"] and job["state"] == "running":
+                procs.kill(job["pid"], job["start_time"], tree=job["scope"] == "tree")
+            self.state.remove_job(name)
+        self.metrics.forget(name)
+        event("job removed", job=name, kill=bool(args.get("kill")))
+        return {}
+
+    def op_job_checkpoint(self, caller: Caller, args: dict[str, Any]) -> Any:
+        job = self.job_of(caller, args["name"])
+        self.wait_busy(job["name"])
+        return self.checkpoint(job["name"], held=True)
+
+    def op_job_restart(self, caller: Caller, args: dict[str, Any]) -> Any:
+        job = self.job_of(caller, args["name"])
+        self.wait_busy(job["name"])
+        return self.restart(job["name"], args.get("version"), held=True, kill=True)
+
+    def op_job_versions(self, caller: Caller, args: dict[str, Any]) -> Any:
+        job = self.job_of(caller, args["name"])
+        return self.state.versions(job["name"])
+
+    def op_job_history(self, caller: Caller, args: dict[str, Any]) -> Any:
+        job = self.job_of(caller, args["name"])
+        return self.state.history(job["name"], args.get("limit", 100))
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def alive(self, job: dict[str, Any]) -> int:
+        pid = job["pid"]
+        if job["state"] != "running" or not pid or not procs.running(pid, job["start_time"]):
+            raise NoSuchProcess(f"job {job['name']} is not running ({job['state']}"
+                                f"{', ' + job['status'] if job['status'] else ''})",
+                                pid=pid)  # fmt: skip
+        return int(pid)
+
+    def checkpoint(self, name: str, *, due: float | None = None,
+                   held: bool = False) -> dict[str, Any]:  # fmt: skip
+        """A new version of job ``name``, then retention by its policy."""
+        from cryo import store as cstore
+
+        with self.busy(name, held=held):
+            job = self.state.job(name)
+            if job is None:
+                raise CryoError(f"there is no job {name}")
+            with self.slots:  # the global limit on concurrent checkpoints
+                attempt = self.state.begin(name, "checkpoint", due)
+                started = time.time()
+                if due is not None:
+                    self.metrics.top("checkpoint_lateness_seconds_max", name, started - due)
+                try:
+                    pid = self.alive(job)
+                    version, r = cstore.checkpoint(pid, job["store"], name, scope=job["scope"])
+                except BaseException as err:
+                    self.failed(job, attempt, err)
+                    raise
+            self.state.add_version(name, version, memory=r.memory_bytes,
+                                   stored=r.stored_bytes, frozen=r.freeze_seconds,
+                                   seconds=r.total_seconds, attempt=attempt)  # fmt: skip
+            self.counted(name, r)
+            event("checkpoint", job=name, version=version, memory=r.memory_bytes,
+                  stored=r.stored_bytes, frozen=round(r.freeze_seconds, 4),
+                  seconds=round(r.total_seconds, 4),
+                  late=round(started - due, 4) if due is not None else None)  # fmt: skip
+            self.retain(job)
+            return {"version": version, "memory": r.memory_bytes, "stored": r.stored_bytes,
+                    "frozen": r.freeze_seconds, "seconds": r.total_seconds}  # fmt: skip
+
+    def counted(self, name: str, r: Any) -> None:
+        m = self.metrics
+        m.add("checkpoints_total", name)
+        m.add("checkpoint_seconds_total", name, r.total_seconds)
+        m.add("checkpoint_frozen_seconds_total", name, r.freeze_seconds)
+        m.add("checkpoint_stored_bytes_total", name, r.stored_bytes)
+        m.set("checkpoint_memory_bytes", name, r.memory_bytes)
+
+    def failed(self, job: dict[str, Any], attempt: int, err: BaseException) -> None:
+        """A failed checkpoint: reported, retried with backoff (at most one period
+        later); the versions before it are untouched (cryo.store's guarantee)."""
+        failures = job["failures"] + 1
+        fields: dict[str, Any] = {"failures": failures}
+        if job["every"]:
+            retry = time.time() + min(job["every"], self.backoff * 2 ** (failures - 1))
+            fields["next_due"] = min(retry, job["next_due"] or retry)
+        self.state.finish(attempt, "failed", error=type(err).__name__, message=str(err),
+                          job_fields=fields)  # fmt: skip
+        self.metrics.add("checkpoint_failures_total", job["name"])
+        log.warning("checkpoint failed", extra={"fields": {
+            "job": job["name"], "error": type(err).__name__, "message": str(err),
+            "failures": failures, "retry": fields.get("next_due")}})  # fmt: skip
+
+    def retain(self, job: dict[str, Any]) -> None:
+        if not job["keep_last"]:
+            return
+        from cryo import store as cstore
+
+        try:
+            reports = cstore.gc(job["store"], job["keep_last"], job["keep_every"],
+                                app=job["name"])  # fmt: skip
+        except CryoError as err:
+            log.warning("gc failed", extra={"fields": {"job": job["name"], "message": str(err)}})
+            return
+        for rep in reports:
+            if rep.deleted or rep.retired:
+                event("gc", job=job["name"], deleted=rep.deleted, retired=rep.retired,
+                      freed=rep.freed)  # fmt: skip
+        self.sync(job["name"], job["store"])
+
+    def sync(self, name: str, store: str | None = None) -> tuple[list[int], list[int]]:
+        """The job's versions in the database made those of the store."""
+        from cryo.store.layout import Store
+
+        job = self.state.job(name)
+        store = store or (job["store"] if job else self.store)
+        try:
+            app = Store(store).app(name)
+            published = app.published()
+        except CryoError:
+            published = []
+        info: dict[int, dict[str, Any]] = {}
+        for v in published:
+            try:
+                meta = app.meta(v)
+                info[v] = {"created": meta.info.get("created"), "memory": meta.info.get(
+                    "memory"), "stored": meta.info.get("new")}  # fmt: skip
+            except CryoError:
+                info[v] = {}
+        return self.state.sync_versions(name, info)
+
+    # -- restarts --------------------------------------------------------------------
+
+    def restart(self, name: str, version: int | None = None, *, held: bool = False,
+                kill: bool = False, failure: bool = False) -> dict[str, Any]:  # fmt: skip
+        from cryo import store as cstore
+
+        with self.busy(name, held=held):
+            job = self.state.job(name)
+            if job is None:
+                raise CryoError(f"there is no job {name}")
+            attempt = self.state.begin(name, "restart")
+            try:
+                from cryo.store.layout import Store
+
+                v = Store(job["store"]).app(name).resolve(version)
+                if kill and job["pid"] and job["state"] == "running":
+                    procs.kill(job["pid"], job["start_time"], tree=job["scope"] == "tree")
+                if job["owner"] != ROOT:
+                    admit_for(job["store"], name, v, job["owner"], job["gid"])
+                r = cstore.restart(job["store"], name, v)
+            except BaseException as err:
+                fields: dict[str, Any] = {}
+                if failure:
+                    fields = {"restarts": job["restarts"] + 1, "state": "failed"}
+                self.state.finish(attempt, "failed", error=type(err).__name__,
+                                  message=str(err), job_fields=fields)  # fmt: skip
+                self.metrics.add("restart_failures_total", name)
+                log.warning("restart failed", extra={"fields": {
+                    "job": name, "version": version, "error": type(err).__name__,
+                    "message": str(err)}})  # fmt: skip
+                raise
+            start = procs.start_time(r.pid)
+            fields = {"pid": r.pid, "start_time": start, "state": "running", "status": None}
+            if failure:
+                fields["restarts"] = job["restarts"] + 1
+            if job["every"]:
+                fields["next_due"] = time.time() + job["every"]
+            self.state.finish(attempt, "ok", version=v, job_fields=fields)
+            self.metrics.add("restarts_total", name)
+            event("restart", job=name, version=v, pid=r.pid, old_pid=r.old_pid,
+                  after_failure=failure)  # fmt: skip
+            return {"pid": r.pid, "version": v}
+
+    # -- staged checkpoints ------------------------------------------------------------
+
+    def op_job_prepare(self, caller: Caller, args: dict[str, Any]) -> Any:
+        import cryo
+
+        job = self.job_of(caller, args["name"])
+        name = job["name"]
+        self.wait_busy(name, timeout=60)
+        try:
+            attempt = self.state.begin(name, "staged")
+            try:
+                pid = self.alive(job)
+                handle = cryo.prepare(pid, scope=job["scope"],
+                                      freeze_timeout=self.staged_timeout)  # fmt: skip
+            except BaseException as err:
+                self.state.finish(attempt, "failed", error=type(err).__name__,
+                                  message=str(err))  # fmt: skip
+                raise
+        except BaseException:
+            self.unbusy(name)
+            raise
+        self.staged[name] = Staged(handle, attempt, time.monotonic())  # (busy until the end)
+        event("staged prepare", job=name, pid=job["pid"])
+        return {"pid": job["pid"]}
+
+    def _staged(self, caller: Caller, name: str) -> tuple[dict[str, Any], Staged]:
+        job = self.job_of(caller, name)
+        st = self.staged.get(name)
+        if st is None:
+            raise CryoError(f"job {name} has no staged checkpoint (job prepare first)")
+        return job, st
+
+    def op_job_write(self, caller: Caller, args: dict[str, Any]) -> Any:
+        from cryo.store.layout import Store
+        from cryo.store.sink import VersionSink, load_previous
+
+        job, st = self._staged(caller, args["name"])
+        if st.version is not None:
+            raise CryoError(f"job {job['name']}: the staged checkpoint is written already")
+        name = job["name"]
+        with self.slots:
+            a = Store(job["store"], create=True).app(name, create=True)
+            with a.lock(exclusive=True):
+                a.sweep()
+                parent = a.latest()
+                previous = load_previous(a, parent) if parent is not None else None
+                version = a.next_version()
+
+                def make_sink() -> VersionSink:  # made in the session's worker
+                    return VersionSink(a, version, previous, parent=parent, direct=True)
+
+                try:
+                    r = st.handle.write(make_sink)
+                except BaseException as err:
+                    self._end_staged(name, "failed", err)
+                    raise
+        st.version = version
+        self.state.add_version(name, version, memory=r.memory_bytes, stored=r.stored_bytes,
+                               frozen=r.freeze_seconds, seconds=r.total_seconds)  # fmt: skip
+        self.counted(name, r)
+        event("staged write", job=name, version=version, stored=r.stored_bytes)
+        return {"version": version, "memory": r.memory_bytes, "stored": r.stored_bytes,
+                "frozen": r.freeze_seconds}  # fmt: skip
+
+    def op_job_resume(self, caller: Caller, args: dict[str, Any]) -> Any:
+        job, st = self._staged(caller, args["name"])
+        try:
+            st.handle.resume()
+        except BaseException as err:
+            self._end_staged(job["name"], "failed", err)
+            raise
+        self._end_staged(job["name"], "ok")
+        self.retain(job)
+        return {"version": st.version}
+
+    def op_job_abort(self, caller: Caller, args: dict[str, Any]) -> Any:
+        job, st = self._staged(caller, args["name"])
+        self.abort_staged(job["name"], "aborted")
+        return {"version": st.version}
+
+    def abort_staged(self, name: str, why: str) -> None:
+        st = self.staged.get(name)
+        if st is None:
+            return
+        err: BaseException | None = None
+        try:
+            st.handle.abort()
+        except BaseException as e:  # ended already (the watchdog): the targets are free
+            err = e
+        self._end_staged(name, why, err)
+
+    def _end_staged(self, name: str, status: str, err: BaseException | None = None) -> None:
+        st = self.staged.pop(name, None)
+        if st is None:
+            return
+        self.state.finish(st.attempt, "ok" if status == "ok" else status, version=st.version,
+                          error=type(err).__name__ if err else None,
+                          message=str(err) if err else None)  # fmt: skip
+        self.unbusy(name)
+        event("staged end", job=name, status=status, version=st.version)
+
+    # -- running ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reconcile with the store and the processes, then serve and schedule."""
+        from cryo.daemon import scheduler
+        from cryo.linux import libc
+        from cryo.linux.consts import PR
+
+        libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+        for a in self.state.interrupted():
+            event("interrupted attempt", job=a["job"], kind=a["kind"], attempt=a["id"],
+                  daemon=a["daemon"])  # fmt: skip
+        for job in self.state.jobs():
+            added, gone = self.sync(job["name"], job["store"])
+            if added or gone:
+                event("reconciled", job=job["name"], added=added, deleted=gone)
+        self.server = _serve(self)
+        if self.metrics_address:
+            from cryo.daemon import metrics
+
+            metrics.serve(self.metrics_address, self.render_metrics)
+        self.threads = [threading.Thread(target=scheduler.run, args=(self,),
+                                         name="cryod-scheduler", daemon=True)]  # fmt: skip
+        for t in self.threads:
+            t.start()
+        event("started", pid=os.getpid(), socket=self.socket_path, store=self.store,
+              state=self.state.path, jobs=len(self.state.jobs()))  # fmt: skip
+
+    def render_metrics(self) -> str:
+        by_state: dict[str, int] = {}
+        for j in self.state.jobs():
+            by_state[j["state"]] = by_state.get(j["state"], 0) + 1
+        return self.metrics.render(by_state)
+
+    def serve_forever(self) -> None:
+        assert self.server is not None
+        self.server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for name in list(self.staged):
+            self.abort_staged(name, "aborted")
+        if self.server is not None:
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+
+def _scope_of(pid: int) -> str:
+    from cryo.launch import RUN_MARK
+
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return "tree" if RUN_MARK.encode() in f.read().split(b"\0") else "process"
+    except OSError:
+        return "process"
+
+
+def _groups(uid: int, gid: int) -> set[int]:
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return {gid}
+    return {gid, pw.pw_gid, *os.getgrouplist(pw.pw_name, pw.pw_gid)}
+
+
+def admit_for(store: str, app: str, version: int, uid: int, gid: int) -> None:
+    """The privilege rule for a restart on behalf of ``uid``: the store is root's, so
+    the image's files and MADE record say root; the rule is applied with the job's owner
+    as the image's owner instead (AccessDenied, exit 4, if it asks for more)."""
+    from cryo.image import trust
+    from cryo.store.layout import Store
+    from cryo.store.source import VersionImage
+
+    a = Store(store).app(app)
+    with a.lock(exclusive=False):
+        image = VersionImage(a, version, None)
+        try:
+            image.check()
+            trust.check_privilege(image, trust.Owner(uid, gid, _groups(uid, gid),
+                                                     why="the job's owner"))  # fmt: skip
+        finally:
+            image.close()
+
+
+# -- the socket ------------------------------------------------------------------------
+
+_PEERCRED = struct.Struct("3i")
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         _PEERCRED.size))  # fmt: skip
+        caller = Caller(pid, uid, gid)
+        daemon = self.server.daemon
+        while True:
+            try:
+                msg = P.recv(sock)
+            except (P.ProtocolError, OSError) as err:
+                with contextlib.suppress(OSError):
+                    P.send(sock, P.reply_error(err if isinstance(err, CryoError) else
+                                               P.ProtocolError(str(err))))  # fmt: skip
+                return
+            if msg is None:
+                return
+            t0 = time.monotonic()
+            try:
+                op, args = P.check_request(msg)
+                if op.root_only and not caller.root:
+                    raise AccessDenied(f"{op.name} is for root only")
+                reply = P.reply_ok(daemon.dispatch(caller, op, args))
+            except Exception as err:
+                if not isinstance(err, CryoError):
+                    log.exception("bug in %s", msg.get("op") if isinstance(msg, dict) else "?")
+                reply = P.reply_error(err)
+            event("request", op=msg.get("op") if isinstance(msg, dict) else None,
+                  uid=uid, pid=pid, ok=reply["ok"], error=reply.get("error"),
+                  seconds=round(time.monotonic() - t0, 4))  # fmt: skip
+            try:
+                P.send(sock, reply)
+            except OSError:
+                return
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    daemon: Daemon
+
+
+def _serve(daemon: Daemon) -> _Server:
+    path = daemon.socket_path
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(path)
+        except OSError as err:
+            if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+            os.unlink(path)  # a dead daemon's socket
+        else:
+            raise CryoError(f"another cryod listens on {path}", path=path)
+        finally:
+            probe.close()
+    server = _Server(path, _Handler, bind_and_activate=False)
+    server.daemon = daemon
+    old = os.umask(0o111)
+    try:
+        server.server_bind()
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o666)  # noqa: S103 (every user may connect; each request is authorized)
+    server.server_activate()
+    return server
+
+
+def main(args: Any) -> int:
+    """``cryod`` / ``cryo daemon``: run until SIGTERM or SIGINT."""
+    stream: Any = open(args.log, "a", buffering=1) if args.log else sys.stderr  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    daemon = Daemon(socket_path=args.socket, state_dir=args.state, store=args.store,
+                    metrics=args.metrics, max_concurrent=args.max_concurrent,
+                    staged_timeout=args.staged_timeout)  # fmt: skip
+
+    def stop(sig: int, _frame: object) -> None:
+        event("stopping", signal=signal.Signals(sig).name)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    daemon.start()
+    daemon.serve_forever()
+    daemon.stopping.set()
+    with contextlib.suppress(OSError):
+        os.unlink(daemon.socket_path)
+    event("stopped")
+    return 0
+
+
+__all__ = ["Caller", "Daemon", "admit_for", "main"]
