@@ -30,13 +30,33 @@ def big_victim(procs: Procs, build: Any, tmp_path: Path, mib: int) -> Victim:
     return v
 
 
+def traced(pid: int) -> bool:
+    try:
+        return "TracerPid:\t0\n" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def kill_once_traced(pid: int, landed: list[bool]) -> None:
+    """SIGKILL ``pid`` as soon as a checkpoint holds it (traced): inside the checkpoint."""
+    deadline = time.monotonic() + 20
+    while not traced(pid) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    landed.append(traced(pid))
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_target_dies_during_checkpoint(procs: Procs, build: Any, tmp_path: Path) -> None:
     v = big_victim(procs, build, tmp_path, 1024)
     img = tmp_path / "img"
-    threading.Timer(0.05, os.kill, (v.pid, signal.SIGKILL)).start()
+    landed: list[bool] = []
+    killer = threading.Thread(target=kill_once_traced, args=(v.pid, landed))
+    killer.start()
     with pytest.raises(NoSuchProcess):
         # --stop keeps it frozen until the image is complete, so the kill lands inside
         checkpoint(v.pid, str(img), signal_after=signal.SIGSTOP)
+    killer.join()
+    assert landed == [True], "the kill landed before the checkpoint held the target"
     assert not img.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("img")] == []
 
@@ -158,14 +178,27 @@ def test_sigkill_to_cryo_at_random_moments(procs: Procs, build: Any, tmp_path: P
 
     v = big_victim(procs, build, tmp_path, 64)
     maps = Path(f"/proc/{v.pid}/maps").read_text()
-    rnd = random.Random()
+    seed = int(os.environ.get("CRYO_TEST_SEED", time.time_ns() % 1_000_000))
+    print(f"seed {seed} (CRYO_TEST_SEED to repeat)")
+    rnd = random.Random(seed)
+    moments: dict[str, int] = {"injecting": 0}
     for i in range(30):
         p = subprocess.Popen([sys.executable, "-m", "cryo", "checkpoint", str(v.pid), "-D",
                               str(tmp_path / f"img{i}")], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, close_fds=True)  # fmt: skip
-        time.sleep(rnd.uniform(0.05, 0.35))
+        if i % 3 == 0:  # every third: the moment the scratch page of the injected calls is in
+            deadline = time.monotonic() + 20
+            while Path(f"/proc/{v.pid}/maps").read_text() == maps and p.poll() is None:
+                assert time.monotonic() < deadline
+            moment = "injecting" if p.poll() is None else "after"
+        else:
+            time.sleep(rnd.uniform(0.05, 0.35))
+            moment = "frozen" if traced(v.pid) else "before or after"
+        moments[moment] = moments.get(moment, 0) + 1
         p.kill()
         p.wait()
+    print("cryo killed:", moments)
+    assert moments["injecting"] >= 5, moments  # the kills did land inside injected calls
     deadline = time.monotonic() + 30
     while list(tmp_path.glob("img*.tmp.*")):  # the workers finish their clean-up
         assert time.monotonic() < deadline, list(tmp_path.glob("img*.tmp.*"))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cryo.engine.dump import checkpoint as cryo_checkpoint
 from cryo.engine.restore import restart
 from cryo.engine.session import CheckpointSession, FreezeTimeout
 from cryo.errors import CryoError
@@ -174,3 +175,44 @@ def test_library_caller_killed_mid_checkpoint(procs: Procs, build: Any, tmp_path
         assert Path(f"/proc/{v.pid}/maps").read_text() == maps
     v.wait_ok_after(max(v.oks()) + 2)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("img.")] == []
+
+
+def test_restart_failing_after_threads_were_made(procs: Procs, build: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A restart that fails once the threads exist (here a driver's stage raises just
+    after them) returns with the error, and leaves no process and no traced thread."""
+    import dataclasses
+
+    from cryo.engine import drivers
+
+    v = procs.spawn([build("threads"), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(2)
+    img = tmp_path / "img"
+    cryo_checkpoint(v.pid, str(img))
+    procs.kill(v.pid)
+
+    def boom(ctx: Any) -> None:
+        assert len(ctx.threads) > 1  # the threads are there
+        raise CryoError("a stage failed after the threads were made")
+
+    table = [dataclasses.replace(d, restore={**d.restore, "timers": boom})
+             if d.name == "timers" else d for d in drivers.DRIVERS]  # fmt: skip
+    monkeypatch.setattr(drivers, "DRIVERS", tuple(table))
+    t0 = time.monotonic()
+    with pytest.raises(CryoError, match="after the threads were made"):
+        restart(str(img))
+    assert time.monotonic() - t0 < 30
+    assert not Path(f"/proc/{v.pid}").exists() or state(v.pid) in "ZX"
+    assert traced_by_us() == [], "a traced process or thread was left"
+
+
+def traced_by_us() -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if f"TracerPid:\t{os.getpid()}\n" in (p / "status").read_text():
+                    out.append(int(p.name))
+            except OSError:  # gone meanwhile
+                pass
+    return out

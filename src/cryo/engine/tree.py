@@ -34,6 +34,7 @@ KIND = b"TREE"
 SCOPES = ("process", "tree", "pgid", "sid")
 TRACE_NEW = PTRACE_O.TRACEFORK | PTRACE_O.TRACEVFORK | PTRACE_O.TRACECLONE
 RESTORER_SIZE = 64 * 1024  # restart: `syscall; int3` and scratch, in every process
+WALL = 0x40000000  # __WALL: wait for threads too
 
 
 @dataclass
@@ -224,7 +225,7 @@ def collect_dead(procs: dict[int, Proc]) -> None:
             if not t.attached:
                 continue
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(tid, 0x40000000)  # __WALL
+                os.waitpid(tid, WALL)
             t.attached = False
 
 
@@ -344,9 +345,17 @@ class Made:
 
 
 def kill_made(made: dict[int, Made]) -> None:
-    """Undo :func:`build`: every process made so far, children first."""
+    """Undo :func:`build`: every process made so far killed, and every one of their
+    threads we trace collected (threads first, each leader last, as the kernel reports
+    them: a leader's death waits for its traced threads to be reaped)."""
     for m in reversed(list(made.values())):
-        kill(m.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(m.pid, signal.SIGKILL)
+    for m in reversed(list(made.values())):
+        tids = [t for t in (m.ctx.threads if m.ctx is not None else ()) if t != m.pid]
+        for tid in [*tids, m.pid]:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(tid, WALL)
 
 
 def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bool,
@@ -414,7 +423,8 @@ def finish_zombie(m: Made, area: int) -> None:
         sig = os.WTERMSIG(status)
         inj(SYS.rt_sigaction, sig, inj.put(bytes(32)), 0, 8)  # SIG_DFL
         inj(SYS.prlimit64, 0, 4, inj.put(bytes(16)), 0)  # RLIMIT_CORE 0: no core file
-        regs.rax, regs.rdi, regs.rsi, regs.rdx = SYS.tgkill, m.pid, m.pid, sig
+        me = nspid(m.pid)  # the call runs in the process: its pid as it sees it
+        regs.rax, regs.rdi, regs.rsi, regs.rdx = SYS.tgkill, me, me, sig
     else:
         regs.rax, regs.rdi = SYS.exit_group, os.WEXITSTATUS(status) if os.WIFEXITED(status) \
             else 0  # fmt: skip
