@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import cryo
 from cryo.errors import CryoError, ExitCode
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"cryo {cryo.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine.register(sub)
     ipc.register(sub)

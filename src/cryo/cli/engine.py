@@ -205,15 +205,18 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
             version, r = store.checkpoint(pid, args.store, args.app, progress=prog, **kw)
             print(f"{args.app} version {version}", file=sys.stderr)
+            held = store.memory_of(args.store, args.app, version)  # as `cryo store ls`
         else:
             r = checkpoint(pid, args.dir, force=args.force, progress=prog, **kw)
+            held = r.memory_bytes
     rate = r.memory_bytes / r.total_seconds / 1e9 if r.total_seconds else 0.0
     for w in r.warnings:
         print(f"cryo: warning: {w}", file=sys.stderr)
     what = f"{r.pid}" if len(r.pids) <= 1 else f"{len(r.pids)} processes"
     if r.threads > len(r.pids):
         what += f" ({r.threads} threads)"
-    print(f"checkpoint of {what} -> {r.path}: {human(r.memory_bytes)} of memory,"
+    read = f" ({human(r.memory_bytes)} read)" if held != r.memory_bytes else ""
+    print(f"checkpoint of {what} -> {r.path}: {human(held)} of memory{read},"
           f" {human(r.stored_bytes)} stored, {r.total_seconds:.3f} s ({rate:.2f} GB/s),"
           f" frozen {r.freeze_seconds:.3f} s", file=sys.stderr)  # fmt: skip
     return 0

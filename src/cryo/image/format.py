@@ -58,6 +58,13 @@ class Record:
     digest: bytes | None = field(default=None, compare=False)
 
 
+def kind_name(kind: bytes) -> str:
+    """A record kind as messages name it: ``THRD``, ``MM`` (bytes that are not printable
+    ASCII as escapes, so that a corrupt kind still reads)."""
+    text = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in kind.decode("latin-1"))
+    return text.rstrip() or repr(kind)
+
+
 def content_hash() -> Any:
     """The unkeyed hash a seal covers: BLAKE2b-256 of the file up to the SEAL record."""
     return hashlib.blake2b(digest_size=32)
@@ -252,21 +259,21 @@ def read_records(
         body: bytes | memoryview
         if target is not None:
             assert len(target) == length
-            _readinto_exact(stream, target, f"record {index} ({kind!r})", name)
+            _readinto_exact(stream, target, f"record {index} ({kind_name(kind)})", name)
             body = target
         elif flags & FLAG_RAW and isinstance(stream, MappedFile):
             body = stream.read_view(length)
             if len(body) != length:
                 raise ImageCorrupt(f"image {name} is corrupt: truncated in record {index}"
-                                   f" ({kind!r})", path=name)  # fmt: skip
+                                   f" ({kind_name(kind)})", path=name)  # fmt: skip
         else:
-            body = _read_exact(stream, length, f"record {index} ({kind!r})", name)
+            body = _read_exact(stream, length, f"record {index} ({kind_name(kind)})", name)
         (want,) = _CSUM.unpack(_read_exact(stream, _CSUM.size, f"record {index} checksum", name))
         h = xxhash.xxh3_64(rhead)
         h.update(body)
         if h.intdigest() != want:
             raise ImageCorrupt(
-                f"image {name} is corrupt: record {index} ({kind.decode(errors='replace')})"
+                f"image {name} is corrupt: record {index} ({kind_name(kind)})"
                 " checksum mismatch",
                 path=name,
             )

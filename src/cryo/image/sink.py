@@ -21,7 +21,7 @@ from typing import IO, Any, Protocol, cast
 
 import zstandard
 
-from cryo.errors import CryoError, ImageExists
+from cryo.errors import CryoError, ImageExists, translate_oserror
 from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.image import seal
@@ -279,10 +279,15 @@ class DirSink(ImageWriter):
                                   path=path)  # fmt: skip
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
-            raise CryoError(f"directory {parent} does not exist", path=parent)
-        _remove_stale(path)
-        tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(path)}.tmp.{os.getpid()}.",
-                               dir=parent)  # fmt: skip
+            why = "is not a directory" if os.path.exists(parent) else "does not exist"
+            raise CryoError(f"cannot write the image {path}: {parent} {why}", path=parent)
+        try:  # (a read-only or special filesystem, no permission, no space: say so)
+            _remove_stale(path)
+            tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(path)}.tmp.{os.getpid()}.",
+                                   dir=parent)  # fmt: skip
+        except OSError as err:
+            raise translate_oserror(err, resource=f"cannot write the image {path} in {parent}",
+                                    path=parent) from err  # fmt: skip
         try:
             os.chmod(tmp, 0o700)
             super().__init__(path, tmp, direct=direct and not compress)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
-from cryo.image.format import RecordWriter, read_file
+from cryo.image.format import RecordWriter, kind_name, read_file
 from cryo.ipc.common import (
     CAP_SYS_RESOURCE,
     Image,
@@ -206,7 +206,7 @@ def read(path: Path) -> MsgImage:
     for rec in records[1:]:
         p = rec.payload
         if rec.kind != MSGS or rec.raw or not isinstance(p, dict):
-            raise ImageCorrupt(f"image {name} is corrupt: unexpected record {rec.kind!r}",
+            raise ImageCorrupt(f"image {name} is corrupt: unexpected record {kind_name(rec.kind)}",
                                path=name)  # fmt: skip
         if p.get("first") != len(messages) or not isinstance(p.get("msgs"), list):
             raise ImageCorrupt(f"image {name} is corrupt: messages out of order", path=name)

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from cryo.errors import CryoError, ImageCorrupt, ImageMissing
-from cryo.image.format import MappedFile, Record, RecordWriter, raw_checksum, read_records
+from cryo.image.format import (
+    MappedFile,
+    Record,
+    RecordWriter,
+    kind_name,
+    raw_checksum,
+    read_records,
+)
 from cryo.ipc.common import (
     Image,
     Loaded,
@@ -308,8 +315,8 @@ def _scan(f: IO[bytes] | MappedFile, name: str, size: int | None,
             elif rec.kind == SHMZ and isinstance(rec.payload, dict) and not rec.raw:
                 n = meta_int(rec.payload, "length", name, lo=1, hi=CHUNK)
             else:
-                raise ImageCorrupt(f"image {name} is corrupt: unexpected record {rec.kind!r}",
-                                   path=name)  # fmt: skip
+                raise ImageCorrupt(f"image {name} is corrupt: unexpected record"
+                                   f" {kind_name(rec.kind)}", path=name)  # fmt: skip
             check(n)
             layout.append((rec.kind, off, n))
             off += n

@@ -42,7 +42,7 @@ def checkpoint(pid: int, store: str, app: str, *, compress: bool = False,
     the engine copies only the pages written since the previous version when it tracked
     them; without, every page is read and compared by its hash (docs/store.md)."""
     from cryo.engine import dump
-    from cryo.store.layout import Store
+    from cryo.store.layout import Store, du
     from cryo.store.sink import Untracked, VersionSink, load_previous
 
     if compress:
@@ -68,10 +68,19 @@ def checkpoint(pid: int, store: str, app: str, *, compress: bool = False,
             return sink if track else Untracked(sink)
 
         result = dump.checkpoint(pid, make_sink, direct_io=direct_io, **engine)
+        result.stored_bytes = du(a.vdir(version))  # as `cryo store ls` counts it
     result.warnings.extend(warnings)
     result.total_seconds = time.perf_counter() - t0
     log.info("%s version %d: %d bytes stored", app, version, result.stored_bytes)
     return version, result
+
+
+def memory_of(store: str, app: str, version: int) -> int:
+    """Bytes of page data version ``version`` of ``app`` holds, its own and those it
+    reads from earlier versions (what a restart writes; `cryo store ls`'s MEMORY)."""
+    from cryo.store.layout import Store
+
+    return int(Store(store).app(app).meta(version).info.get("memory", 0))
 
 
 def restart(store: str, app: str, version: int | None = None, **engine: Any) -> RestoreResult:
@@ -114,4 +123,4 @@ def gc(store: str, keep_last: int, keep_every: int | None = None, *, app: str | 
     return _gc(store, keep_last, keep_every, app=app, dry_run=dry_run)
 
 
-__all__ = ["checkpoint", "describe", "gc", "restart", "verify"]
+__all__ = ["checkpoint", "describe", "gc", "memory_of", "restart", "verify"]
