@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from cryo.linux.net import setns
-from tests.conftest import Procs, Victim, reap
+from tests.conftest import Procs, Victim, reap, run_cryo
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/nft")
                                 and not os.path.exists("/usr/bin/nft"),
@@ -403,3 +403,69 @@ def test_stale_lock_is_removed(procs: Procs, ns: Netns, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert ns.tables() == []
     c.close()
+
+
+def test_unix_sockets(procs: Procs, tmp_path: Path) -> None:
+    """Unix sockets of every kind in a tree (tests/victims/unixsk.py): listeners on a
+    path and an abstract name, an accepted connection, a datagram socket connected to a
+    bound one, a bound socket whose file was unlinked, seqpacket pairs with queued
+    messages and one whose peer is gone; names, options and queues come back."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    go = tmp_path / "go"
+    sk = tmp_path / "sk"
+    sk.mkdir()
+    victim = Path(__file__).parent.parent / "victims" / "unixsk.py"
+    v = procs.spawn([sys.executable, str(victim), str(tmp_path / "out"), str(sk), str(go)],
+                    tmp_path / "out")  # fmt: skip
+    v.wait_ok_after(5)
+    pids = tree_pids(v.pid)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr
+    kill_tree(pids)
+    seen = max(v.oks())
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    for p in pids:
+        procs.track(p)
+    v.wait_ok_after(seen + 5)
+    go.touch()
+    for addr in (str(sk / "srv"), b"\0cryo-unixsk-" + str(v.pid).encode()):
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(addr)
+            assert c.recv(16) == b"hello"
+    assert v.wait_line("checked", timeout=20) == "checked good"
+    v.wait_ok_after(max(v.oks()) + 5)
+
+
+def test_unix_peer_outside(procs: Procs, tmp_path: Path) -> None:
+    """A unix socket connected to a server outside the checkpoint is refused, unless
+    --ext-unix-sk: then the restart connects it to the same path again."""
+    path = str(tmp_path / "ext")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(2)
+    srv.settimeout(10)
+    code = ("import socket, sys, time\n"
+            f"c = socket.socket(socket.AF_UNIX); c.connect({path!r})\n"
+            f"open({str(tmp_path / 'out')!r}, 'w').write('ready\\n')\n"
+            "while True:\n  c.sendall(b'x'); time.sleep(0.05)\n")
+    v = procs.spawn([sys.executable, "-c", code], tmp_path / "out")
+    first, _ = srv.accept()
+    v.wait_line("ready")
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 9 and "--ext-unix-sk" in r.stderr, r.stderr
+    assert first.recv(1) == b"x"  # untouched
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                 "--ext-unix-sk")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    again, _ = srv.accept()
+    again.settimeout(10)
+    assert again.recv(1) == b"x"
+    for s in (first, again, srv):
+        s.close()

@@ -141,7 +141,7 @@ def _open_inet(d: dict[str, Any], o: Opening) -> int:
 
 
 def _open_unix(d: dict[str, Any], o: Opening) -> int:
-    fd = sockets.open_pair(d, o.unix.get(d["peer"]), o.pairs)
+    fd = sockets.open_socket(d, o.unix, o.pairs, o.options)
     _set_flags(fd, d["flags"])
     return fd
 

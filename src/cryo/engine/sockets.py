@@ -1,40 +1,64 @@
-"""Unix socket pairs (socketpair(2), or any two connected unnamed unix sockets) with
-the messages queued in each direction.
+"""Unix sockets: stream, datagram and seqpacket; connected pairs (socketpair(2), or an
+accepted connection and its client) with the messages queued in each direction; sockets
+bound to a path or an abstract name, listening or not; unbound ones; datagram sockets
+connected to a bound peer; a peer that is gone (its end closed); a socket connected to
+a peer outside the checkpoint (with ``--ext-unix-sk``, connected to the same address
+again at restart); their options (SO_PASSCRED, SO_PEEK_OFF, buffer sizes...).
 
-Dump: the kernel's sock_diag netlink interface tells each socket's type, state and
-peer; the data waiting in a socket's receive queue is read from a duplicate of the fd
-with MSG_PEEK (stream), or message by message with SO_PEEK_OFF (datagram, seqpacket),
-so the application loses nothing.  Restart: cryo makes a new pair and sends each side's
-queued data from the other side, in order, before the processes inherit the two ends.
+Dump: the kernel's sock_diag netlink interface tells each socket's type, state, name,
+peer, queue lengths, shutdown state and the inode of its file; the data waiting in a
+socket's receive queue is read from a duplicate of the fd with MSG_PEEK (stream), or
+message by message with SO_PEEK_OFF (datagram, seqpacket), so the application loses
+nothing.  Refused by name: file descriptors in flight (SCM_RIGHTS), a listening socket
+with connections waiting to be accepted, a socket connected to a peer outside the
+checkpoint (without ``--ext-unix-sk``).
+
+Restart: cryo makes each socket before the processes exist: a pair for two connected
+ends (each side's queued data sent from the other side, in order; an end that was gone
+closed again), a bound socket bound again (a stale socket file of the same path is
+replaced; a file that had been unlinked is unlinked again), listening with its backlog,
+a datagram socket connected to its bound peer once that one exists.  The accepted end of
+a connection comes back unnamed (getsockname() is empty), and credentials of queued
+messages are cryo's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
+import stat
 import struct
 from typing import Any
 
-from cryo.errors import Unsupported
+from cryo.engine import inet
+from cryo.errors import CryoError, Unsupported
 from cryo.linux import libc
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
 NLMSG_DONE, NLMSG_ERROR = 3, 2
-UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN = 1, 4, 0x10
-UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN = 0, 2, 4
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS = 1, 2, 4, 8
+UDIAG_SHOW_RQLEN = 0x10
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS = 0, 1, 2, 3
+UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 4, 6
+TCP_ESTABLISHED, TCP_LISTEN = 1, 10
 SO_PEEK_OFF = 42
+MAX_MESSAGES = 1 << 20
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
          socket.SOCK_SEQPACKET: "seqpacket"}  # fmt: skip
 
 
 def unix_sockets() -> dict[int, dict[str, Any]]:
-    """Every unix socket of this network namespace: ino -> {type, state, peer, name}."""
+    """Every unix socket of this network namespace: ino -> {type, state, peer, name,
+    vfs, rqueue, wqueue, shutdown, icons}."""
     nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
     try:
-        req = struct.pack("<BBHIII2I", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
-                          UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN,
+        show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | \
+            UDIAG_SHOW_RQLEN | 0x40  # UDIAG_SHOW_... shutdown is always sent  # fmt: skip
+        req = struct.pack("<BBHIII2I", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, show & ~0x40,
                           0xFFFFFFFF, 0xFFFFFFFF)  # fmt: skip
         hdr = struct.pack("<IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
                           NLM_F_REQUEST | NLM_F_DUMP, 1, 0)  # fmt: skip
@@ -50,15 +74,26 @@ def unix_sockets() -> dict[int, dict[str, Any]]:
                 if kind == NLMSG_ERROR:
                     raise OSError(-struct.unpack_from("<i", data, off + 16)[0], "sock_diag")
                 _fam, typ, state, _pad, ino = struct.unpack_from("<BBBBI", data, off + 16)
-                item: dict[str, Any] = {"type": typ, "state": state, "peer": 0, "name": None}
+                item: dict[str, Any] = {"type": typ, "state": state, "peer": 0, "name": None,
+                                        "vfs": None, "rqueue": 0, "wqueue": 0,
+                                        "shutdown": 0, "icons": []}  # fmt: skip
                 a = off + 16 + 16
                 while a < off + length:
                     alen, atype = struct.unpack_from("<HH", data, a)
                     body = data[a + 4 : a + alen]
                     if atype == UNIX_DIAG_PEER:
                         item["peer"] = struct.unpack("<I", body[:4])[0]
-                    elif atype == UNIX_DIAG_NAME:
-                        item["name"] = body.rstrip(b"\0")
+                    elif atype == UNIX_DIAG_NAME:  # a path ends with its NUL
+                        item["name"] = bytes(body) if body[:1] == b"\0" else \
+                            bytes(body).split(b"\0", 1)[0]  # fmt: skip
+                    elif atype == UNIX_DIAG_VFS:
+                        item["vfs"] = struct.unpack("<II", body[:8])  # ino, dev
+                    elif atype == UNIX_DIAG_RQLEN:
+                        item["rqueue"], item["wqueue"] = struct.unpack("<II", body[:8])
+                    elif atype == UNIX_DIAG_SHUTDOWN:
+                        item["shutdown"] = body[0]
+                    elif atype == UNIX_DIAG_ICONS:
+                        item["icons"] = list(struct.unpack(f"<{len(body) // 4}I", body))
                     a += (alen + 3) & ~3
                 out[ino] = item
                 off += (length + 3) & ~3
@@ -66,52 +101,94 @@ def unix_sockets() -> dict[int, dict[str, Any]]:
         nl.close()
 
 
-def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    info = table.get(ino)
-    if info is None or info["type"] not in TYPES:
-        raise Unsupported(f"fd {fd}: this unix socket is not supported", pid=pid,
-                          resource=f"fd {fd}")  # fmt: skip
-    if info["name"] is not None:
-        raise Unsupported(f"fd {fd}: a named unix socket ({info['name']!r}) is not supported"
-                          " yet", pid=pid, resource=f"fd {fd}")  # fmt: skip
-    if not info["peer"]:
-        raise Unsupported(f"fd {fd}: an unconnected unix socket is not supported", pid=pid,
-                          resource=f"fd {fd}")  # fmt: skip
-    return {"sotype": TYPES[info["type"]], "peer": info["peer"],
-            "queue": _peek_queue(pid, fd, info["type"])}  # fmt: skip
-
-
-def _peek_queue(pid: int, fd: int, typ: int) -> list[bytes]:
+def _dup(pid: int, fd: int) -> socket.socket:
     pidfd = libc.pidfd_open(pid)
     try:
         mine = libc.pidfd_getfd(pidfd, fd)
     finally:
         os.close(pidfd)
-    s = socket.socket(fileno=mine)
-    try:
-        if typ == socket.SOCK_STREAM:
-            try:
-                data, anc, _flags, _addr = s.recvmsg(1 << 24, 1024,
-                                                     socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return []
-            _no_fds(anc, pid, fd)
-            return [data] if data else []
-        out: list[bytes] = []
-        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    return socket.socket(fileno=mine)
+
+
+def _show_name(name: bytes | None) -> str:
+    if not name:
+        return "unnamed"
+    if name[:1] == b"\0":
+        return "@" + name[1:].decode(errors="replace")
+    return name.decode(errors="replace")
+
+
+def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    info = table.get(ino)
+    if info is None or info["type"] not in TYPES:
+        raise Unsupported(f"fd {fd}: this unix socket is not supported", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
+    typ = info["type"]
+    name = info["name"]
+    d: dict[str, Any] = {"sotype": TYPES[typ], "peer": info["peer"], "name": name,
+                         "shutdown": info["shutdown"]}  # fmt: skip
+    if info["state"] == TCP_LISTEN:
+        if info["rqueue"] or info["icons"]:
+            raise Unsupported(f"fd {fd}: unix socket listening on {_show_name(name)} has"
+                              f" {info['rqueue']} connections waiting to be accepted; they"
+                              " cannot be saved yet", pid=pid, resource=f"fd {fd}")  # fmt: skip
+        d["listen"] = info["wqueue"]
+    if name and name[:1] != b"\0":  # bound to a path: is the file still that socket?
+        path = name.decode(errors="surrogateescape")
         try:
-            while True:
-                try:
-                    data, anc, _f, _a = s.recvmsg(1 << 20, 1024,
-                                                  socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    return out
-                _no_fds(anc, pid, fd)
-                out.append(data)
-        finally:
-            s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
+            st = os.stat(f"/proc/{pid}/root{path}") if path.startswith("/") else \
+                os.stat(os.path.join(f"/proc/{pid}/cwd", path))  # fmt: skip
+            d["unlinked"] = not (stat.S_ISSOCK(st.st_mode) and info["vfs"] is not None
+                                 and st.st_ino == info["vfs"][0])  # fmt: skip
+        except FileNotFoundError:
+            d["unlinked"] = True
+        if not path.startswith("/"):
+            d["cwd"] = os.readlink(f"/proc/{pid}/cwd")
+    gone = d["peer"] not in table if d["peer"] else \
+        info["state"] == TCP_ESTABLISHED and typ != socket.SOCK_DGRAM  # fmt: skip
+    if gone:
+        d["peer_gone"] = True  # its other end was closed (its inode is 0 then)
+    if d["peer"] and not d.get("peer_gone"):
+        d["peer_name"] = table[d["peer"]]["name"]
+    s = _dup(pid, fd)
+    try:
+        d["queue"] = _peek_queue(s, pid, fd, typ) if d["peer"] or typ != socket.SOCK_STREAM \
+            else []  # fmt: skip
+        d["opts"] = inet.options(s, (socket.AF_UNIX, typ, 0))
     finally:
         s.close()
+    return d
+
+
+def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int) -> list[bytes]:
+    if typ == socket.SOCK_STREAM:
+        try:
+            data, anc, _flags, _addr = s.recvmsg(1 << 24, 1024,
+                                                 socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return []
+        _no_fds(anc, pid, fd)
+        return [data] if data else []
+    out: list[bytes] = []
+    old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    try:
+        while len(out) < MAX_MESSAGES:
+            try:
+                data, anc, _f, _a = s.recvmsg(1 << 20, 1024,
+                                              socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            _no_fds(anc, pid, fd)
+            if not data and s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == sum(map(len, out)):
+                # the end of the stream (a peer that is gone), or an empty message, which
+                # does not move the peek offset: either way nothing more can be read
+                return out
+            out.append(data)
+        raise Unsupported(f"fd {fd}: more than {MAX_MESSAGES} messages queued on a unix"
+                          " socket", pid=pid, resource=f"fd {fd}")  # fmt: skip
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
 
 
 def _no_fds(anc: list[tuple[int, int, bytes]], pid: int, fd: int) -> None:
@@ -123,18 +200,176 @@ def _no_fds(anc: list[tuple[int, int, bytes]], pid: int, fd: int) -> None:
                               " supported", pid=pid, resource=f"fd {fd}")  # fmt: skip
 
 
+def check_peers(session: Any) -> None:
+    """Checkpoint, once every process is collected: a unix socket whose peer is alive but
+    outside the checkpoint is refused, or with --ext-unix-sk marked to be connected
+    again to the peer's address at restart."""
+    descs = session.shared.descs.descs
+    inside = {d["ino"] for d in descs if d["kind"] == "unix"}
+    for d in descs:
+        if d["kind"] != "unix" or not d["peer"] or d.get("peer_gone") or d["peer"] in inside:
+            continue
+        where = f"fd {d['fd']} of {d['pid']}"
+        if not session.net.get("ext_unix_sk"):
+            raise Unsupported(f"{where}: unix socket connected to {_show_name(d.get('peer_name'))}"
+                              " outside the checkpoint; checkpoint with --ext-unix-sk to"
+                              " connect it to that address again at restart", pid=d["pid"],
+                              resource=f"fd {d['fd']}")  # fmt: skip
+        if not d.get("peer_name"):
+            raise Unsupported(f"{where}: unix socket connected to an unnamed socket outside"
+                              " the checkpoint (--ext-unix-sk needs an address)",
+                              pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+        d["external"] = True
+
+
+# -- restore ---------------------------------------------------------------------------
+
+
+def _addr(name: bytes) -> str | bytes:
+    return name if name[:1] == b"\0" else name.decode(errors="surrogateescape")
+
+
+def _sock(d: dict[str, Any]) -> socket.socket:
+    typ = {v: k for k, v in TYPES.items()}[d["sotype"]]
+    s = socket.socket(socket.AF_UNIX, typ)
+    for level, opt, raw in d.get("opts", []):
+        with contextlib.suppress(OSError):
+            inet.set_option(s, level, opt, raw)
+    return s
+
+
+def _path(d: dict[str, Any]) -> str:
+    path: str = d["name"].decode(errors="surrogateescape")
+    return path if path.startswith("/") else os.path.join(d.get("cwd", "/"), path)
+
+
+def _bind(s: socket.socket, d: dict[str, Any]) -> None:
+    name: bytes = d["name"]
+    if name[:1] == b"\0":
+        s.bind(name)
+        return
+    path = _path(d)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # the socket file the old process left
+    s.bind(path)
+
+
+def _refill(s: socket.socket, d: dict[str, Any]) -> None:
+    """Datagrams waiting in a bound socket, sent again to it (from an unnamed socket:
+    their senders' addresses are lost)."""
+    if not d.get("queue"):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
+        for data in d["queue"]:
+            tx.sendto(data, s.getsockname())
+
+
+def open_socket(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, int],
+                options: dict[str, Any]) -> int:  # fmt: skip
+    """The fd for unix socket ``d`` of the image (``unix``: all of them by inode; ``made``:
+    sockets made early for a peer, by inode)."""
+    if d["ino"] in made:
+        return made.pop(d["ino"])
+    made[~d["ino"]] = 0  # made (a peer connecting to it later knows it is there)
+    try:
+        return _open(d, unix, made, options)
+    except OSError as err:
+        raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot make the unix socket"
+                        f" {_show_name(d.get('name'))} again: {err.strerror}",
+                        pid=d["pid"], resource=f"fd {d['fd']}") from err  # fmt: skip
+
+
+def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, int],
+          options: dict[str, Any]) -> int:  # fmt: skip
+    peer = unix.get(d["peer"]) if d["peer"] else None
+    if peer is not None and peer.get("peer") == d["ino"]:
+        return _pair(d, peer, made)
+    if d.get("peer_gone"):
+        return _pair(d, None, made)
+    s = _sock(d)
+    try:
+        if d.get("name"):
+            _bind(s, d)
+        if "listen" in d:
+            s.listen(d["listen"])
+        target = None
+        if peer is not None:  # a datagram socket connected to a bound one of the image
+            if ~peer["ino"] not in made:
+                made[peer["ino"]] = open_socket(peer, unix, made, options)
+            target = peer.get("name")
+        elif d.get("external"):
+            target = d.get("peer_name")
+        elif d["peer"]:
+            raise Unsupported(f"fd {d['fd']} of {d['pid']}: the other end of this unix socket"
+                              " is outside the checkpoint", pid=d["pid"])  # fmt: skip
+        if target:
+            s.connect(_addr(target))
+        elif d.get("name") and d["sotype"] == "dgram":
+            _refill(s, d)
+        if d.get("name") and d.get("unlinked") and d["name"][:1] != b"\0":
+            os.unlink(_path(d))
+        _shutdown(s, d)
+    except BaseException:
+        s.close()
+        raise
+    return s.detach()
+
+
+def _shutdown(s: socket.socket, d: dict[str, Any]) -> None:
+    how = d.get("shutdown", 0)  # RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
+    if how:
+        with contextlib.suppress(OSError):
+            s.shutdown({1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}[how])
+
+
+def _pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) -> int:
+    """Two connected ends: a new pair, each side's queue sent from the other side."""
+    typ = {v: k for k, v in TYPES.items()}[d["sotype"]]
+    a, b = socket.socketpair(socket.AF_UNIX, typ)
+    try:
+        for level, opt, raw in d.get("opts", []):
+            with contextlib.suppress(OSError):
+                inet.set_option(a, level, opt, raw)
+        for level, opt, raw in (peer or {}).get("opts", []):
+            with contextlib.suppress(OSError):
+                inet.set_option(b, level, opt, raw)
+        for data in d["queue"]:  # what d had to read comes from its peer
+            _send(b, typ, data)
+        if peer is not None:
+            for data in peer["queue"]:
+                _send(a, typ, data)
+        _shutdown(a, d)
+        if peer is not None:
+            _shutdown(b, peer)
+    except BaseException:
+        a.close()
+        b.close()
+        raise
+    if peer is None:
+        b.close()  # the other end was gone already
+    else:
+        made[peer["ino"]] = b.detach()
+    return a.detach()
+
+
+def _send(s: socket.socket, typ: int, data: bytes) -> None:
+    try:
+        if typ == socket.SOCK_STREAM:
+            s.sendall(data)
+        else:
+            s.send(data)
+    except OSError as err:
+        if err.errno == errno.EAGAIN:
+            raise CryoError("a unix socket's queue does not fit in a new socket") from err
+        raise
+
+
 def open_pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) -> int:
-    """The fd for socket ``d``: a new pair is made when its peer is not made yet."""
+    """The fd for socket ``d`` of a connected pair (kept for callers of the old name)."""
     if d["ino"] in made:
         return made.pop(d["ino"])
     if peer is None:
         raise Unsupported(f"fd {d['fd']} of {d['pid']}: the other end of this unix socket"
                           " is outside the checkpoint", pid=d["pid"])  # fmt: skip
-    typ = {v: k for k, v in TYPES.items()}[d["sotype"]]
-    a, b = socket.socketpair(socket.AF_UNIX, typ)
-    for data in d["queue"]:  # what d had to read comes from its peer
-        b.sendall(data) if typ == socket.SOCK_STREAM else b.send(data)
-    for data in peer["queue"]:
-        a.sendall(data) if typ == socket.SOCK_STREAM else a.send(data)
-    made[peer["ino"]] = b.detach()
-    return a.detach()
+    return _pair(d, peer, made)
