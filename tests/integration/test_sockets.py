@@ -469,3 +469,59 @@ def test_unix_peer_outside(procs: Procs, tmp_path: Path) -> None:
     assert again.recv(1) == b"x"
     for s in (first, again, srv):
         s.close()
+
+
+def _talk(c: socket.socket, request: bytes, end: bytes) -> bytes:
+    c.sendall(request)
+    data = b""
+    while not data.endswith(end):
+        chunk = c.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/redis-server"), reason="needs redis-server")
+def test_redis(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """redis-server (Debian's, 5 threads) with data and an open client connection:
+    checkpointed with --tcp-established, killed, restarted; the same connection reads
+    the data back and a new one works."""
+    v = spawn(procs, ns, ["redis-server", "--port", "6379", "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--daemonize", "no", "--dir", str(tmp_path)],
+              tmp_path / "out")  # fmt: skip
+    c = connect(ns, ("127.0.0.1", 6379))
+    assert _talk(c, _resp(b"SET", b"greeting", b"hello"), b"\r\n") == b"+OK\r\n"
+    big = os.urandom(1 << 20).hex().encode()
+    assert _talk(c, _resp(b"SET", b"big", big), b"\r\n") == b"+OK\r\n"
+    assert _talk(c, _resp(b"RPUSH", b"list", b"a", b"b", b"c"), b"\r\n") == b":3\r\n"
+    cycle(procs, ns, v.pid, tmp_path / "img", "--tcp-established")
+    assert _talk(c, _resp(b"GET", b"greeting"), b"hello\r\n") == b"$5\r\nhello\r\n"
+    assert _talk(c, _resp(b"GET", b"big"), big + b"\r\n").endswith(big + b"\r\n")
+    assert _talk(c, _resp(b"LRANGE", b"list", b"0", b"-1"), b"c\r\n") == \
+        b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"  # fmt: skip
+    with connect(ns, ("127.0.0.1", 6379)) as d:
+        assert _talk(d, _resp(b"INCR", b"n"), b"\r\n") == b":1\r\n"
+    c.close()
+    assert ns.tables() == []
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/memcached"), reason="needs memcached")
+def test_memcached(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """memcached (Debian's, 8 threads) with data and an open client connection, before
+    and after a checkpoint with --tcp-established, a kill and a restart."""
+    v = spawn(procs, ns, ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", "11211", "-U",
+                          "0", "-t", "2"], tmp_path / "out")  # fmt: skip
+    c = connect(ns, ("127.0.0.1", 11211))
+    assert _talk(c, b"set k 0 0 5\r\nhello\r\n", b"\r\n") == b"STORED\r\n"
+    assert _talk(c, b"set n 0 0 1\r\n7\r\n", b"\r\n") == b"STORED\r\n"
+    cycle(procs, ns, v.pid, tmp_path / "img", "--tcp-established")
+    assert _talk(c, b"get k\r\n", b"END\r\n") == b"VALUE k 0 5\r\nhello\r\nEND\r\n"
+    assert _talk(c, b"incr n 5\r\n", b"\r\n") == b"12\r\n"
+    with connect(ns, ("127.0.0.1", 11211)) as d:
+        assert _talk(d, b"get n\r\n", b"END\r\n") == b"VALUE n 0 2\r\n12\r\nEND\r\n"
+    c.close()
+    assert ns.tables() == []
