@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import json
 import logging
 import os
@@ -19,7 +20,6 @@ import signal
 import socket
 import socketserver
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -242,28 +242,48 @@ class Daemon:
         return self.op_job_get(caller, {"name": name})
 
     def launch(self, caller: Caller, cmd: list[str], args: dict[str, Any]) -> int:
-        """Start ``cmd`` with `cryo run` (cryo.launch.run), as the caller: its uid, gid
-        and groups, its directory and environment.  The `cryo run` process exits at
-        once; the job, orphaned, comes to the daemon (a child subreaper)."""
-        argv = [sys.executable, "-m", "cryo", "run", "--output", args.get("output") or
-                os.devnull, "--", *cmd]  # fmt: skip
-        kw: dict[str, Any] = {}
-        if caller.uid != os.geteuid():
-            kw = {"user": caller.uid, "group": caller.gid,
-                  "extra_groups": sorted(_groups(caller.uid, caller.gid))}  # fmt: skip
+        """Start ``cmd`` with cryo.launch.run, as the caller: in a child of the daemon that
+        becomes the caller (groups, gid, uid, then its directory and environment, so
+        that the output file and the directory are reached with the caller's rights
+        only).  The child exits at once; the job, orphaned, comes to the daemon (a child
+        subreaper), which reaps it and reads how it ended."""
+        from cryo import launch
+
         env = args.get("env")
         env = {str(k): str(v) for k, v in env.items()} if env else {"PATH": os.defpath}
+        output, cwd = args.get("output") or os.devnull, args.get("cwd") or "/"
+        groups = sorted(_groups(caller.uid, caller.gid))
+        r, w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:  # pragma: no cover (in the child)
+            try:
+                os.close(r)
+                if caller.uid != os.geteuid():
+                    os.setgroups(groups)
+                    os.setresgid(caller.gid, caller.gid, caller.gid)
+                    os.setresuid(caller.uid, caller.uid, caller.uid)
+                os.chdir(cwd)
+                os.environ.clear()
+                os.environ.update(env)
+                pid = launch.run(cmd, output)
+                os.write(w, f"ok {pid}".encode())
+            except BaseException as err:
+                what = err.strerror if isinstance(err, OSError) and err.strerror else err
+                os.write(w, f"error {what}".encode()[:4096])
+            finally:
+                os._exit(0)
+        os.close(w)
         try:
-            p = subprocess.run(argv, check=False, cwd=args.get("cwd") or "/", env=env,
-                               capture_output=True, text=True, timeout=60, close_fds=True,
-                               **kw)  # fmt: skip
-        except OSError as err:
-            raise CryoError(f"cannot start {cmd[0]}: {err.strerror or err}") from err
-        if p.returncode != 0:
-            lines = [x for x in p.stderr.splitlines() if x.strip()]
-            msg = lines[-1] if lines else f"cryo run exited with {p.returncode}"
-            raise CryoError(msg.removeprefix("cryo: error: "))
-        return int(p.stdout.split()[-1])
+            data = b""
+            while chunk := os.read(r, 4096):
+                data += chunk
+        finally:
+            os.close(r)
+            os.waitpid(child, 0)
+        word, _, rest = data.decode(errors="replace").partition(" ")
+        if word != "ok":
+            raise CryoError(f"cannot start {cmd[0]} as uid {caller.uid}: {rest or 'failed'}")
+        return int(rest)
 
     def op_job_rm(self, caller: Caller, args: dict[str, Any]) -> Any:
         job = self.job_of(caller, args["name"])
@@ -433,7 +453,7 @@ class Daemon:
                     "message": str(err)}})  # fmt: skip
                 raise
             start = procs.start_time(r.pid)
-            fields = {"pid": r.pid, "start_time": start, "state": "running", "status": None}
+            fields = {"pid": r.pid, "start_time": start, "state": "running"}
             if failure:
                 fields["restarts"] = job["restarts"] + 1
             if job["every"]:
@@ -721,6 +741,7 @@ def main(args: Any) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)  # stacks, for bugs
     daemon.start()
     daemon.serve_forever()
     daemon.stopping.set()

@@ -1,0 +1,451 @@
+"""cryod with real daemon processes (issue 14): each test starts its own daemon on a
+temporary socket, state and store, and kills it at the end; every job's processes are
+killed and reaped (the test is a child subreaper: a killed daemon's jobs come to it)."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cryo import store as cstore
+from cryo.daemon import Client
+from cryo.errors import AccessDenied, ExitCode
+from tests.conftest import Procs, Victim
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cryod:
+    """One daemon process on ``base``/s.sock, state in ``base``/state, store in
+    ``base``/store; started again by :meth:`start` after :meth:`kill`."""
+
+    def __init__(self, procs: Procs, base: Path, *extra: str) -> None:
+        self.procs, self.base, self.extra = procs, base, extra
+        self.socket = str(base / "s.sock")
+        self.state = base / "state"
+        self.store = str(base / "store")
+        self.log = base / "cryod.log"
+        self.port = _free_port()
+        self.pid = 0
+
+    def start(self) -> Cryod:
+        argv = [sys.executable, "-m", "cryo", "daemon", "--socket", self.socket, "--state",
+                str(self.state), "--store", self.store, "--log", str(self.log),
+                "--metrics", f"127.0.0.1:{self.port}", *self.extra]  # fmt: skip
+        v = self.procs.spawn(argv, out=self.log)
+        self.pid = v.pid
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with Client(self.socket, timeout=5) as c:
+                    assert c.ping()["pid"] == self.pid
+                return self
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"cryod did not start:\n{self.log.read_text()}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.procs.kill(self.pid)
+
+    def client(self) -> Client:
+        return Client(self.socket, timeout=120)
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        with self.client() as c:
+            return {j["name"]: j for j in c.jobs()}
+
+    def track_jobs(self) -> None:
+        """Every pid the state names, so that the test kills it at the end."""
+        with contextlib.closing(sqlite3.connect(self.state / "cryod.db")) as db:
+            for (pid,) in db.execute("SELECT pid FROM jobs WHERE pid IS NOT NULL"):
+                if pid not in self.procs.pids:
+                    self.procs.track(pid)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+
+@pytest.fixture
+def cryod(procs: Procs, tmp_path: Path) -> Iterator[Callable[..., Cryod]]:
+    made: list[Cryod] = []
+
+    def make(*extra: str, base: Path | None = None) -> Cryod:
+        d = Cryod(procs, base or tmp_path, *extra)
+        made.append(d)
+        return d.start()
+
+    try:
+        yield make
+    finally:
+        for d in made:
+            with contextlib.suppress(Exception):
+                d.track_jobs()
+
+
+def wait(pred: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}")
+        time.sleep(0.05)
+
+
+def status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in f)}
+
+
+def unharmed(pid: int) -> None:
+    """Not stopped, not traced (after the engine's worker let it go)."""
+    def free() -> bool:
+        s = status(pid)
+        return s["TracerPid"] == "0" and s["State"][0] in "RS"
+
+    wait(free, 15, f"process {pid} to be let go")
+
+
+def ticks(out: Path) -> list[int]:
+    return [int(x.split()[1]) for x in out.read_text().splitlines() if x.startswith("tick ")]
+
+
+def ticking(out: Path, timeout: float = 15) -> None:
+    n = len(ticks(out))
+    wait(lambda: len(ticks(out)) > n + 3, timeout, f"ticks in {out}")
+    assert "FAIL" not in out.read_text()
+
+
+def published(d: Cryod, app: str) -> list[int]:
+    (entry,) = [a for a in cstore.describe(d.store) if a["app"] == app]
+    return [v["version"] for v in entry["versions"] if not v["retired"]]
+
+
+# -- periodic checkpoints and retention ----------------------------------------------
+
+
+def test_periodic_versions_and_retention(cryod: Callable[..., Cryod], build: Any,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    d = cryod()
+    out = tmp_path / "counter.txt"
+    with d.client() as c:
+        job = c.add("ticker", cmd=[build("counter"), str(out)], every=1.0, keep_last=2)
+    d.procs.track(job["pid"])
+    assert job["scope"] == "tree" and job["state"] == "running"
+    ticking(out)
+
+    def enough() -> list[dict[str, Any]]:
+        with d.client() as c:
+            hist = c.history("ticker")
+        return [a for a in hist if a["status"] == "ok"] if len(
+            [a for a in hist if a["status"] == "ok"]) >= 5 else []  # fmt: skip
+
+    done = wait(enough, 60, "5 periodic checkpoints")
+    assert [a["version"] for a in done[:5]] == [1, 2, 3, 4, 5]
+    for a in done:
+        assert a["kind"] == "checkpoint" and a["due"] is not None
+        assert a["started"] - a["due"] < 1.0, a  # taken within a second of its time
+    # each due time one period after the one before
+    dues = [a["due"] for a in done]
+    assert all(abs((b - a) - 1.0) < 0.01 for a, b in zip(dues, dues[1:], strict=False)), dues
+
+    def retained() -> bool:
+        with d.client() as c:
+            db = [v["version"] for v in c.versions("ticker")]
+        return len(db) == 2 and db == published(d, "ticker")
+
+    wait(retained, 20, "retention: the last 2 versions, in the store and the state")
+    ticking(out)
+    unharmed(job["pid"])
+    metrics = d.metrics()
+    line = next(x for x in metrics.splitlines() if x.startswith('cryo_checkpoints_total{job="ticker"}'))
+    assert int(float(line.split()[-1])) >= 5
+    assert 'cryo_checkpoint_frozen_seconds_total{job="ticker"}' in metrics
+    assert "cryo_daemon_rss_bytes" in metrics
+    # the CLI on the same daemon
+    r = subprocess.run([sys.executable, "-m", "cryo", "jobs", "--socket", d.socket],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "ticker" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "cryo", "job", "rm", "ticker", "--kill",
+                        "--socket", d.socket], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    wait(lambda: not os.path.exists(f"/proc/{job['pid']}"), 10, "the job killed")
+    assert d.jobs() == {}
+
+
+# -- the daemon killed in the middle of a checkpoint ---------------------------------------
+
+
+def test_daemon_sigkill_during_checkpoint(cryod: Callable[..., Cryod], build: Any,
+                                          tmp_path: Path) -> None:  # fmt: skip
+    d = cryod()
+    out = tmp_path / "big.txt"
+    with d.client() as c:
+        job = c.add("big", cmd=[build("bigmem"), str(out), "384"], keep_last=5)
+        d.procs.track(job["pid"])
+        small = c.add("small", cmd=[build("counter"), str(tmp_path / "small.txt")])
+        d.procs.track(small["pid"])
+        wait(lambda: "ready" in out.read_text() if out.exists() else False, 30, "bigmem")
+        v1 = c.checkpoint("big")["version"]
+        s1 = c.checkpoint("small")["version"]
+    assert (v1, s1) == (1, 1)
+    app = Path(d.store) / "big"
+
+    def call() -> None:
+        with contextlib.suppress(Exception), d.client() as c:
+            c.checkpoint("big")
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    wait(lambda: any(".tmp." in n for n in os.listdir(app)), 30, "a version being written")
+    time.sleep(0.05)
+    d.kill()  # SIGKILL, in the middle of writing version 2
+    t.join(10)
+    unharmed(job["pid"])
+    ticking(out, 30)
+
+    d.start()  # the same state and store
+    jobs = d.jobs()
+    assert set(jobs) == {"big", "small"}
+    assert jobs["big"]["pid"] == job["pid"] and jobs["big"]["state"] == "running"
+    with d.client() as c:
+        versions = [v["version"] for v in c.versions("big")]
+        assert versions[0] == 1
+        assert versions == published(d, "big")  # reconciled with the store
+        assert [v["version"] for v in c.versions("small")] == [1]
+        hist = c.history("big")
+        assert hist[-1]["status"] in ("interrupted", "ok")
+        if hist[-1]["status"] == "interrupted":
+            assert "daemon stopped" in hist[-1]["message"]
+        again = c.checkpoint("big")["version"]
+    assert again == versions[-1] + 1
+    assert not cstore.verify(d.store).problems
+    unharmed(job["pid"])
+    ticking(out, 30)
+
+
+# -- restart after a crash, and after a "reboot" -------------------------------------------
+
+
+def test_job_killed_comes_back(cryod: Callable[..., Cryod], build: Any,
+                               tmp_path: Path) -> None:  # fmt: skip
+    d = cryod()
+    out = tmp_path / "counter.txt"
+    with d.client() as c:
+        job = c.add("phoenix", cmd=[build("counter"), str(out)], restart_on_failure=True,
+                    max_restarts=2)  # fmt: skip
+        d.procs.track(job["pid"])
+        ticking(out)
+        assert c.checkpoint("phoenix")["version"] == 1
+    at = max(ticks(out))
+    os.kill(job["pid"], signal.SIGKILL)
+
+    def back() -> dict[str, Any] | None:
+        j = d.jobs()["phoenix"]
+        return j if j["restarts"] == 1 and j["state"] == "running" and not j["busy"] else None
+
+    j = wait(back, 30, "the job restarted")
+    d.procs.track(j["pid"])
+    assert j["status"] == "killed by SIGKILL"
+    ticking(out)
+    after = ticks(out)
+    assert after[-1] > at  # it goes on, from where version 1 was taken
+    assert "FAIL" not in out.read_text()
+    # a job that exits normally is done, not restarted
+    with d.client() as c:
+        done = c.add("once", cmd=["/bin/sh", "-c", "sleep 0.3; exit 0"],
+                     restart_on_failure=True)  # fmt: skip
+        d.procs.track(done["pid"])
+    j = wait(lambda: d.jobs()["once"]["state"] != "running" and d.jobs()["once"], 15, "exit")
+    assert (j["state"], j["status"], j["restarts"]) == ("exited", "exit 0", 0)
+
+
+def test_restart_after_reboot(cryod: Callable[..., Cryod], build: Any, procs: Procs,
+                              tmp_path: Path) -> None:  # fmt: skip
+    d = cryod()
+    out = tmp_path / "counter.txt"
+    with d.client() as c:
+        job = c.add("survivor", cmd=[build("counter"), str(out)], restart_on_failure=True)
+        procs.track(job["pid"])
+        ticking(out)
+        c.checkpoint("survivor")
+    d.kill()
+    procs.kill(job["pid"])  # the machine went down with it
+    d.start()
+    j = wait(lambda: (j := d.jobs()["survivor"])["restarts"] == 1 and j["state"] == "running"
+             and not j["busy"] and j, 30, "the job restarted at start")  # fmt: skip
+    procs.track(j["pid"])
+    assert j["status"] == "unknown"
+    ticking(out)
+
+
+# -- staged checkpoints ----------------------------------------------------------------
+
+
+def test_staged_through_client(cryod: Callable[..., Cryod], build: Any, procs: Procs,
+                               tmp_path: Path) -> None:  # fmt: skip
+    d = cryod()
+    out = tmp_path / "counter.txt"
+    v = procs.spawn([build("counter"), str(out)], out=out)
+    v.wait_line("tick")
+    with d.client() as c:
+        job = c.add("staged", pid=v.pid)
+        assert job["scope"] == "process"
+        c.prepare("staged")
+        n = len(ticks(out))
+        time.sleep(0.4)
+        assert len(ticks(out)) <= n + 1  # frozen
+        assert d.jobs()["staged"]["staged"]
+        w = c.write("staged")
+        assert w["version"] == 1 and w["memory"] > 0
+        time.sleep(0.2)
+        assert len(ticks(out)) <= n + 1  # still frozen until resumed
+        c.resume("staged")
+        ticking(out)
+        unharmed(v.pid)
+        c.prepare("staged")
+        c.abort("staged")
+        unharmed(v.pid)
+        ticking(out)
+        assert [x["version"] for x in c.versions("staged")] == [1]
+        kinds = [(a["kind"], a["status"]) for a in c.history("staged")]
+        assert kinds == [("staged", "ok"), ("staged", "aborted")]
+        with pytest.raises(Exception, match="no staged checkpoint"):
+            c.resume("staged")
+        # the version restarts (the job's process killed first)
+        r = c.restart("staged", 1)
+        procs.track(r["pid"])
+    ticking(out)
+    assert not Victim(r["pid"], out).fails()
+
+
+# -- users who are not root -----------------------------------------------------------------
+
+
+@pytest.fixture
+def user() -> Iterator[pwd.struct_passwd]:
+    name = f"cryot{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-U", "-s", "/bin/sh", name], check=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        for pid in os.listdir("/proc"):
+            with contextlib.suppress(OSError):
+                if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam(name).pw_uid:
+                    os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["userdel", name], check=False)
+        with contextlib.suppress(KeyError):
+            grp.getgrnam(name)
+            subprocess.run(["groupdel", name], check=False)
+
+
+def as_user(u: pwd.struct_passwd, argv: list[str]) -> int:
+    """`cryo ARGV` run by a child that became the user; its exit code."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover (in the child)
+        code = 70
+        try:
+            os.setgroups([])
+            os.setresgid(u.pw_gid, u.pw_gid, u.pw_gid)
+            os.setresuid(u.pw_uid, u.pw_uid, u.pw_uid)
+            from cryo.cli import main
+
+            code = main(argv)
+        finally:
+            os._exit(code)
+    _, st = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(st)
+
+
+def test_user_manages_own_job_only(cryod: Callable[..., Cryod], build: Any, procs: Procs,
+                                   user: pwd.struct_passwd) -> None:  # fmt: skip
+    base = Path(tempfile.mkdtemp(prefix="cryod-", dir="/tmp"))  # both reach it
+    os.chmod(base, 0o755)
+    home = base / "home"
+    home.mkdir()
+    os.chown(home, user.pw_uid, user.pw_gid)
+    exe = base / "counter"
+    exe.write_bytes(Path(build("counter")).read_bytes())
+    os.chmod(exe, 0o755)
+    try:
+        d = cryod(base=base)
+        sock = ["--socket", d.socket]
+        root_out = base / "root.txt"
+        with d.client() as c:
+            rootjob = c.add("rootjob", cmd=[str(exe), str(root_out)])
+        procs.track(rootjob["pid"])
+        out = home / "mine.txt"
+        assert as_user(user, ["job", "add", "mine", *sock, "--", str(exe), str(out)]) == 0
+        mine = d.jobs()["mine"]
+        procs.track(mine["pid"])
+        assert mine["owner"] == user.pw_uid
+        assert status(mine["pid"])["Uid"].split() == [str(user.pw_uid)] * 4
+        ticking(out)
+        assert as_user(user, ["job", "checkpoint", "mine", *sock]) == 0
+        assert as_user(user, ["jobs", *sock]) == 0
+        # another user's job and process: access denied, exit 4
+        for argv in (["job", "checkpoint", "rootjob"], ["job", "restart", "rootjob"],
+                     ["job", "rm", "rootjob"], ["job", "show", "rootjob"],
+                     ["job", "add", "stolen", "--pid", str(rootjob["pid"])],
+                     ["job", "add", "elsewhere", "--store", str(base), "--pid",
+                      str(mine["pid"])]):  # fmt: skip
+            assert as_user(user, [*argv, *sock]) == ExitCode.ACCESS_DENIED, argv
+        assert set(d.jobs()) == {"rootjob", "mine"}
+        # the user sees only their job
+        child = os.fork()
+        if child == 0:  # pragma: no cover
+            ok = False
+            try:
+                os.setresgid(user.pw_gid, user.pw_gid, user.pw_gid)
+                os.setresuid(user.pw_uid, user.pw_uid, user.pw_uid)
+                with Client(d.socket) as c:
+                    ok = [j["name"] for j in c.jobs()] == ["mine"]
+                    try:
+                        c.checkpoint("rootjob")
+                        ok = False
+                    except AccessDenied:
+                        pass
+            finally:
+                os._exit(0 if ok else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+        # the images are root's, unreadable by others
+        st = os.stat(Path(d.store) / "mine")
+        assert st.st_uid == 0 and st.st_mode & 0o777 == 0o700
+        # a restart of their own job runs as them
+        assert as_user(user, ["job", "restart", "mine", *sock]) == 0
+        again = d.jobs()["mine"]
+        procs.track(again["pid"])
+        assert status(again["pid"])["Uid"].split() == [str(user.pw_uid)] * 4
+        ticking(out)
+        assert as_user(user, ["job", "rm", "mine", "--kill", *sock]) == 0
+        assert set(d.jobs()) == {"rootjob"}
+    finally:
+        d.kill()
+        procs.cleanup()
+        procs.pids.clear()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
