@@ -158,10 +158,16 @@ def check(rs: Any) -> None:
     """Driver hook (prepare, before any other): every path the restart will open
     exists, translated, and is of the type it was; a mapped file is the one mapped
     then (same size and mtime; --save-files keeps a copy when it is not)."""
+    from cryo.engine.appchannel import KIND as APP_KIND
+
     t = of(rs.options)
     ignore_changed = bool(rs.options.get("ignore_changed"))
+    # files the application saved with cryo.app are put back by its driver's prepare
+    put_back = {f["path"] for r in rs.image.raw(APP_KIND) for f in r.get("files", ())}
     seen: set[tuple[str, int | None, tuple[int, int] | None]] = set()
     for what, path, fmt, size_mtime in paths(rs.plan):
+        if path in put_back:
+            continue
         new = t.apply(path)
         key = (new, fmt, None if ignore_changed else size_mtime)
         if key not in seen:

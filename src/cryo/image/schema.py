@@ -497,6 +497,16 @@ KINDS: tuple[Kind, ...] = (
             F("mode", Int(0, 0o7777)), F("size", Int(0, 1 << 40)),
         ), name="saved file")), "files the application saved (cryo.app.add_saved_file)"),
     ), name="application"), "what a cryo.app agent asked of the checkpoint"),
+    Kind(b"SPMF", "engine/spmf.py", "any", Struct((
+        F("pid", PID),
+        F("files", List(Struct((
+            F("path", Path()), F("name", Str(max=255, pattern=r"spmf-[0-9a-f]{64}"),
+                                 "its side file"),
+            F("exe", Bool(), "the executable (else a private file mapping)"),
+            F("size", Int(0, 1 << 50)), F("mtime", Int(), "st_mtime_ns"),
+            F("mode", Int(0, 0o7777)), F("dev", Int(0, U64)), F("ino", Int(0, U64)),
+        ), name="saved mapped file")), "the executable and libraries saved (--save-files)"),
+    ), name="saved mapped files"), "the files a process maps, saved with --save-files"),
     Kind(b"TRAK", "engine/dirty.py", "any", Struct((
         F("pid", PID), F("token", Str(max=64)),
     ), name="tracking"), "the write tracking armed in a process (stores)"),
