@@ -303,3 +303,12 @@ def test_fd_and_mapping_stay_one_file(procs: Procs, build: Any, tmp_path: Path) 
     v = cycle(procs, v, tmp_path / "img", poked=False)
     assert not v.fails()
 
+
+def test_sysv_mapping_state_survives(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """An attached SysV segment keeps its mlock and madvise state."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("mapkinds"), str(out), "sysv"], out)
+    v.wait_line("ready")
+    poke(v, 2)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()

@@ -576,6 +576,8 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         for v in rec["vmas"]:
             kind = v["kind"]
+            if kind == "sysv-shm" and (_after_pages(v) or _MADVISE.keys() & set(v["flags"])):
+                fixup.append(v)  # sysvshm.attach maps it; its advice and lock in protect()
             if kind in ("special", "skip", "sysv-shm"):  # sysvshm.attach maps the last
                 continue
             size = v["end"] - v["start"]
@@ -702,6 +704,11 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
     inj = ctx.inj
     for v in fixup:
         start, size = v["start"], v["end"] - v["start"]
+        if v["kind"] == "sysv-shm":  # attached after map_vmas: its advice now
+            for flag in v["flags"]:
+                if flag in _MADVISE:
+                    inj(SYS.madvise, start, size, _MADVISE[flag],
+                        what=f" {_MADVISE[flag].name} {start:#x}")  # fmt: skip
         if v.get("data") and v["prot"] != v["prot"] | PROT.READ | PROT.WRITE:
             inj(SYS.mprotect, start, size, v["prot"])
         for addr, length in v.get("guards", ()):
