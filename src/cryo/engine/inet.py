@@ -48,7 +48,7 @@ OPTIONS: tuple[tuple[int, int, int], ...] = (
     *((N.SOL.SOCKET, o, _I) for o in (
         N.SO.REUSEADDR, N.SO.REUSEPORT, N.SO.KEEPALIVE, N.SO.BROADCAST, N.SO.OOBINLINE,
         N.SO.PRIORITY, N.SO.RCVLOWAT, N.SO.MARK, N.SO.PASSCRED, N.SO.DONTROUTE,
-        N.SO.TIMESTAMP_OLD, N.SO.RXQ_OVFL, N.SO.SNDBUF, N.SO.RCVBUF)),
+        N.SO.TIMESTAMP_OLD, N.SO.RXQ_OVFL, N.SO.PEEK_OFF, N.SO.SNDBUF, N.SO.RCVBUF)),
     (N.SOL.SOCKET, N.SO.LINGER, 8), (N.SOL.SOCKET, N.SO.RCVTIMEO_OLD, 16),
     (N.SOL.SOCKET, N.SO.SNDTIMEO_OLD, 16), (N.SOL.SOCKET, N.SO.BINDTODEVICE, 16),
 )  # fmt: skip
@@ -391,7 +391,7 @@ def _sockaddr(family: int, addr: list[Any]) -> Any:
     return tuple(addr)
 
 
-def _set_option(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
+def set_option(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
     try:
         _setsockopt(s, level, opt, raw)
     except OSError as err:
@@ -451,7 +451,7 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
     reuse = False
     for level, opt, raw in d["opts"]:
-        _set_option(s, level, opt, raw)
+        set_option(s, level, opt, raw)
         if (level, opt) == (N.SOL.SOCKET, N.SO.REUSEADDR):
             reuse = bool(int.from_bytes(raw, "little"))
     tcp = "state" in d
@@ -575,6 +575,10 @@ def lock_connections(ctx: Any) -> None:
     if not socks:
         return
     table = tcp_table(pid)
+    for fd, ino in socks:  # what the fd kinds will ask (family_of), known already
+        if ino in table:
+            _families[(pid, fd, ino)] = socket.AF_INET6 if ":" in table[ino][1][0] \
+                else socket.AF_INET  # fmt: skip
     todo = []
     for fd, ino in socks:
         if ino not in table:

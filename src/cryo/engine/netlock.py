@@ -74,13 +74,19 @@ def _elements(conns: Iterable[Conn]) -> tuple[list[str], list[str]]:
     v4: list[str] = []
     v6: list[str] = []
     for la, lp, ra, rp in conns:
-        a, b = ipaddress.ip_address(la), ipaddress.ip_address(ra)
-        if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-            a = a.ipv4_mapped
-        if isinstance(b, ipaddress.IPv6Address) and b.ipv4_mapped is not None:
-            b = b.ipv4_mapped
-        (v4 if a.version == 4 else v6).append(f"{a} . {lp} . {b} . {rp}")
+        a, b = _unmapped(la), _unmapped(ra)
+        (v6 if ":" in a else v4).append(f"{a} . {lp} . {b} . {rp}")
     return v4, v6
+
+
+def _unmapped(addr: str) -> str:
+    """An IPv4-mapped IPv6 address as the IPv4 address it travels as."""
+    if addr.startswith("::ffff:") and "." in addr:
+        return addr[7:]
+    if ":" in addr:
+        mapped = ipaddress.IPv6Address(addr).ipv4_mapped
+        return str(mapped) if mapped is not None else addr
+    return addr
 
 
 def _table(name: str) -> str:
