@@ -312,3 +312,14 @@ def test_sysv_mapping_state_survives(procs: Procs, build: Any, tmp_path: Path) -
     poke(v, 2)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+def test_shared_address_space_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A parent and a child sharing one address space (CLONE_VM) would come back as two."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("mapkinds"), str(out), "clonevm"], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"))
+    assert r.returncode == 9, r.stderr
+    assert "shares its address space" in r.stderr, r.stderr
+    untouched(v)

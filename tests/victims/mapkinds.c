@@ -2,7 +2,7 @@
  * mappings of a deleted file, private /dev/zero, memfd mapped shared and private,
  * MAP_HUGETLB (private and shared) and a hugetlb memfd, an AIO ring (io_setup).
  * argv[2] = mode: "files", "hugetlb", "aio", "uffd", "sysv",
- * "fd+map"; argv[3] = a directory for the files.
+ * "fd+map", "clonevm"; argv[3] = a directory for the files.
  * Each round: data (the file's pages and the copied-on-write ones), that a private
  * mapping still sees the file (the shared writer's later stores show through in pages
  * not yet copied), names in /proc/self/maps, hugetlb page size. */
@@ -12,6 +12,7 @@
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <stdint.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
@@ -67,6 +68,16 @@ static int flags_of(void *addr, char *out, size_t size) {
 static int all(const unsigned char *p, size_t n, unsigned char c) {
     for (size_t i = 0; i < n; i++) if (p[i] != c) return 0;
     return 1;
+}
+
+static int vm_child(void *arg) {
+    volatile long *counter = arg;
+    for (;;) {
+        struct timespec ts = {0, 5000000};
+        syscall(SYS_nanosleep, &ts, NULL);
+        ++*counter;
+    }
+    return 0;
 }
 
 #define SETUP(cond, what) do { if (!(cond)) { report("setup %s: %s", what, strerror(errno)); _exit(5); } } while (0)
@@ -190,6 +201,21 @@ int main(int argc, char **argv) {
             if (!all(p, 4 * PG, 'v')) { FAIL("segment data"); bad = 1; }
             if (!bad) report("ok %ld", round);
             next_round();
+        }
+    }
+    if (!strcmp(mode, "clonevm")) {
+        /* a child process sharing the parent's address space (clone(CLONE_VM), no
+         * CLONE_THREAD): the child counts in shared memory, the parent sees it move */
+        static volatile long counter;
+        static char stack[64 * 1024];
+        pid_t c = clone(vm_child, stack + sizeof stack, CLONE_VM | SIGCHLD, (void *)&counter);
+        SETUP(c > 0, "clone(CLONE_VM)");
+        report("ready %d", getpid());
+        for (long round = 0;; round++) {
+            long before = counter;
+            nap(30);
+            if (counter == before) FAIL("the CLONE_VM child's writes are not seen");
+            else report("ok %ld", round);
         }
     }
     if (!strcmp(mode, "uffd")) {

@@ -52,6 +52,7 @@ SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
 SKIPPED = ("[vsyscall]", "[uprobes]")
 BLOCK = 64 << 20  # bytes of page data per block
 _ANON_NAMES = ("", "[heap]", "[stack]")
+KCMP_VM = 1
 AIO_RING = "/[aio] (deleted)"  # an io_setup() context's ring
 HUGETLB_ANON = "/anon_hugepage (deleted)"  # MAP_HUGETLB | MAP_ANONYMOUS
 # VmFlags (smaps) that map to an madvise() advice, restored after mapping
@@ -167,6 +168,10 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
         auxv = f.read()
     # pages still shared copy-on-write with the parent (dumped before us) are its pages
     cow_rec = None
+    if st.ppid in objects.mm_pids and libc.kcmp_same(KCMP_VM, pid, st.ppid):
+        raise Unsupported(f"process {pid} shares its address space with its parent"
+                          f" {st.ppid} (clone with CLONE_VM, or vfork): not supported",
+                          pid=pid, resource="memory")  # fmt: skip
     if st.ppid in objects.mm_pids:
         runs, inherited = cow.split(pid, st.ppid, runs)
         if inherited:
