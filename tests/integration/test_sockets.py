@@ -525,3 +525,27 @@ def test_memcached(procs: Procs, ns: Netns, tmp_path: Path) -> None:
         assert _talk(d, b"get n\r\n", b"END\r\n") == b"VALUE n 0 2\r\n12\r\nEND\r\n"
     c.close()
     assert ns.tables() == []
+
+
+def test_failed_checkpoint_unlocks(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A checkpoint that fails after the connections were locked and put in repair mode
+    (here: a second client waits to be accepted, refused by name) leaves no table and
+    the connection working."""
+    (tmp_path / "echo.py").write_text(ECHO)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "echo.py"), "9500", str(out)], out)
+    v.wait_line("ready")
+    c = connect(ns, ("127.0.0.1", 9500))
+    f = c.makefile("rwb", buffering=0)
+    f.write(b"6\n")
+    assert f.readline() == b"36\n"
+    waiting = connect(ns, ("127.0.0.1", 9500))  # in the accept queue, never accepted
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    assert r.returncode == 9 and "waiting to be accepted" in r.stderr, r.stderr
+    assert ns.tables() == []
+    f.write(b"7\n")
+    assert f.readline() == b"49\n"
+    assert not (tmp_path / "img").exists()
+    waiting.close()
+    c.close()
