@@ -33,6 +33,7 @@ import struct
 from typing import Any
 
 from cryo.engine import inet
+from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, Unsupported
 from cryo.linux import libc
 
@@ -225,8 +226,11 @@ def check_peers(session: Any) -> None:
 # -- restore ---------------------------------------------------------------------------
 
 
-def _addr(name: bytes) -> str | bytes:
-    return name if name[:1] == b"\0" else name.decode(errors="surrogateescape")
+def _addr(name: bytes, options: dict[str, Any]) -> str | bytes:
+    """An address to connect to: abstract as it is, a path translated."""
+    if name[:1] == b"\0":
+        return name
+    return translated(options, name.decode(errors="surrogateescape"))
 
 
 def _sock(d: dict[str, Any]) -> socket.socket:
@@ -238,17 +242,18 @@ def _sock(d: dict[str, Any]) -> socket.socket:
     return s
 
 
-def _path(d: dict[str, Any]) -> str:
+def _path(d: dict[str, Any], options: dict[str, Any]) -> str:
     path: str = d["name"].decode(errors="surrogateescape")
-    return path if path.startswith("/") else os.path.join(d.get("cwd", "/"), path)
+    path = path if path.startswith("/") else os.path.join(d.get("cwd", "/"), path)
+    return translated(options, path)  # --translate (engine/translate.py)
 
 
-def _bind(s: socket.socket, d: dict[str, Any]) -> None:
+def _bind(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:
     name: bytes = d["name"]
     if name[:1] == b"\0":
         s.bind(name)
         return
-    path = _path(d)
+    path = _path(d, options)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)  # the socket file the old process left
@@ -290,7 +295,7 @@ def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, in
     s = _sock(d)
     try:
         if d.get("name"):
-            _bind(s, d)
+            _bind(s, d, options)
         if "listen" in d:
             s.listen(d["listen"])
         target = None
@@ -304,11 +309,11 @@ def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, in
             raise Unsupported(f"fd {d['fd']} of {d['pid']}: the other end of this unix socket"
                               " is outside the checkpoint", pid=d["pid"])  # fmt: skip
         if target:
-            s.connect(_addr(target))
+            s.connect(_addr(target, options))
         elif d.get("name") and d["sotype"] == "dgram":
             _refill(s, d)
         if d.get("name") and d.get("unlinked") and d["name"][:1] != b"\0":
-            os.unlink(_path(d))
+            os.unlink(_path(d, options))
         _shutdown(s, d)
     except BaseException:
         s.close()

@@ -130,6 +130,15 @@ def _need(what: str, path: str, new: str, fmt: int | None,
                           " --save-files to keep a copy in the image", path=new)  # fmt: skip
 
 
+def _unix_path(d: dict[str, Any], key: str) -> str | None:
+    """A unix socket's address ``key`` as a path (None if abstract or unnamed)."""
+    name = d.get(key)
+    if not isinstance(name, bytes) or not name or name[:1] == b"\0":
+        return None
+    path = name.decode(errors="surrogateescape")
+    return path if path.startswith("/") else os.path.join(d.get("cwd", "/"), path)
+
+
 def paths(plan: Any) -> Iterator[tuple[str, str, int | None, tuple[int, int] | None]]:
     """Every path a restart of ``plan`` opens as it is: (what, path, file type or
     None, (size, mtime) it must still have or None)."""
@@ -137,6 +146,14 @@ def paths(plan: Any) -> Iterator[tuple[str, str, int | None, tuple[int, int] | N
         if d["kind"] in ("file", "dir", "chr", "fifo") and not d.get("deleted"):
             yield (f"fd {d['fd']} of process {d['pid']}", d["path"],
                    stat.S_IFMT(d["mode"]), None)  # fmt: skip
+        if d["kind"] == "unix":  # a bound socket is made again in its directory; an
+            what = f"unix socket fd {d['fd']} of process {d['pid']}"  # outside peer is there
+            name = _unix_path(d, "name")
+            if name and not d.get("unlinked"):
+                yield f"the directory of {what}", os.path.dirname(name), stat.S_IFDIR, None
+            peer = _unix_path(d, "peer_name") if d.get("external") else None
+            if peer:
+                yield f"the peer of {what}", peer, stat.S_IFSOCK, None
     for pid, recs in plan.procs.items():
         mm = recs.get(b"MM  ")
         if mm is not None:
