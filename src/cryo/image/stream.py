@@ -402,6 +402,7 @@ class StreamSource(ImageReader):
         self.blocks: list[dict[str, Any]] = []
         self.rounds: list[dict[str, Any]] = []
         self.bytes_received = 0
+        self.keep_data = False  # close() keeps the pages (for a copy written after)
         self._receive(framer, on_frame)
         heads = self.records.get(R.HEAD)
         if not heads or not isinstance(heads[0], dict):
@@ -574,6 +575,8 @@ class StreamSource(ImageReader):
 
     def close(self) -> None:
         self._close_sides()
+        if self.keep_data:
+            return
         for data, _ in self._data:
             if isinstance(data, mmap.mmap):
                 with contextlib.suppress(BufferError):
