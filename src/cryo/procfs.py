@@ -172,6 +172,8 @@ class PosixTimer:
     notify: str  # "signal", "thread", "none"
     notify_tid: int
     clock: int
+    # SIGEV_THREAD_ID: the kernel prints "signal/tid.N" for it, "signal/pid.N" otherwise
+    to_thread: bool = False
 
 
 def parse_timers(data: bytes) -> list[PosixTimer]:
@@ -187,7 +189,7 @@ def parse_timers(data: bytes) -> list[PosixTimer]:
             out.append(PosixTimer(
                 id=int(cur["ID"]), signal=int(sig), sigev_value=int(ptr, 16),
                 notify=kind, notify_tid=int(who.split(".")[-1]) if who else 0,
-                clock=int(cur["ClockID"]),
+                clock=int(cur["ClockID"]), to_thread=who.startswith("tid."),
             ))  # fmt: skip
             cur = {}
         cur[key.strip()] = value.strip()

@@ -122,3 +122,12 @@ def test_stopped_process_restored_stopped(procs: Procs, build: Any, tmp_path: Pa
     assert max(v.oks()) <= last + 1
     os.kill(r.pid, signal.SIGCONT)
     Victim(r.pid, out).wait_ok_after(last + 2)
+
+
+@pytest.mark.parametrize("hold", ["", "hold"])
+def test_signals_and_thread_timers(procs: Procs, tmp_path: Path, hold: str) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build_threaded(tmp_path, "sigtimers"), str(out), hold], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()

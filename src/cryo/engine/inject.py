@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import re
+import signal
 
 from cryo import procfs
 from cryo.engine.ptrace import Tracee
@@ -54,15 +55,19 @@ class Injector:
         self.calls = 0
         self._seccomp_checked = False
 
-    def _suspend_seccomp(self) -> None:
-        """Before the first call into a task under seccomp (strict or filters): suspend it
-        for as long as we trace the task, or refuse before touching it."""
+    def _first_call(self) -> None:
+        """Before the first call into a task: a SIGTRAP it ignores is never forced on it
+        (Tracee.step); under seccomp (strict or filters), seccomp is suspended for as long
+        as we trace the task, or the task is refused before it is touched."""
         self._seccomp_checked = True
         try:
             with open(f"/proc/{self.t.pid}/task/{self.t.tid}/status", "rb") as f:
-                mode = procfs.parse_status(f.read()).get("Seccomp", "0")
+                status = procfs.parse_status(f.read())
         except OSError:
             return  # gone: the call will say so
+        if int(status.get("SigIgn", "0"), 16) & 1 << (signal.SIGTRAP - 1):
+            self.t.sigtrap_ignored = True
+        mode = status.get("Seccomp", "0")
         if mode == "0":
             return
         try:
@@ -80,7 +85,7 @@ class Injector:
         if len(args) > 6:
             raise InternalError("a syscall takes at most 6 arguments")
         if not self._seccomp_checked:
-            self._suspend_seccomp()
+            self._first_call()
         regs = S.user_regs_struct.from_buffer_copy(self.saved)
         a = [*args, 0, 0, 0, 0, 0, 0]
         regs.rax = nr

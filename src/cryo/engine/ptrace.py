@@ -8,16 +8,18 @@ import errno
 import logging
 import os
 import signal
+import struct
 
 from cryo import procfs
 from cryo.errors import AccessDenied, CryoError, NoSuchProcess
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import NT, PTRACE, PTRACE_EVENT, PTRACE_O
+from cryo.linux.consts import NT, PTRACE, PTRACE_EVENT, PTRACE_O, PTRACE_SYSCALL_INFO
 
 log = logging.getLogger(__name__)
 XSTATE_MAX = 16384
 _WALL = 0x40000000
+_SIGTRAP_BIT = 1 << (signal.SIGTRAP - 1)
 
 
 class Tracee:
@@ -30,6 +32,8 @@ class Tracee:
         self.deferred_signals: list[int] = []
         self.options = 0  # the PTRACE_O_* flags in force (PTRACE_SETOPTIONS replaces them)
         self.group_stop = 0  # the stop signal, when the task was group-stopped when seized
+        # the process ignores SIGTRAP: see step()
+        self.sigtrap_ignored = False
 
     # -- attaching ---------------------------------------------------------
     @classmethod
@@ -87,7 +91,15 @@ class Tracee:
                 return int(os.WSTOPSIG(status)) | ((status >> 16) << 8)
 
     def step(self) -> None:
-        """Single-step one instruction; signals that arrive meanwhile are kept for later."""
+        """Run one instruction, a ``syscall``; signals that arrive meanwhile are kept for
+        later.  A single step ends in a SIGTRAP that the kernel forces on the task: were
+        SIGTRAP blocked or ignored there, the kernel would first reset its action to
+        SIG_DFL and unblock it, changing the task.  So then the call is run from
+        syscall-entry to syscall-exit stop instead (PTRACE_SYSCALL), which raises no
+        signal (and costs one stop more)."""
+        if self.sigtrap_ignored or self.get_sigmask() & _SIGTRAP_BIT:
+            self._syscall_step()
+            return
         libc.ptrace(PTRACE.SINGLESTEP, self.tid)
         while True:
             stop = self.wait_stop()
@@ -101,6 +113,37 @@ class Tracee:
             log.debug("pid %d: deferring signal %d", self.tid, sig)
             self.deferred_signals.append(sig)
             libc.ptrace(PTRACE.SINGLESTEP, self.tid)
+
+    def _syscall_step(self) -> None:
+        libc.ptrace(PTRACE.SYSCALL, self.tid)
+        while True:
+            stop = self.wait_stop()
+            sig, event = stop & 0x7F, stop >> 8
+            if not event and sig == signal.SIGTRAP:
+                op = self.syscall_info_op()
+                if op == PTRACE_SYSCALL_INFO.EXIT:
+                    return
+                if op == PTRACE_SYSCALL_INFO.ENTRY:
+                    libc.ptrace(PTRACE.SYSCALL, self.tid)
+                    continue
+            if not event:  # a signal arrived: hold it back and deliver it when we let go
+                log.debug("pid %d: deferring signal %d", self.tid, sig)
+                self.deferred_signals.append(sig)
+            libc.ptrace(PTRACE.SYSCALL, self.tid)
+
+    def syscall_info_op(self) -> int:
+        """Is the task in a syscall-entry or -exit stop (PTRACE_SYSCALL_INFO.ENTRY, EXIT),
+        or another (NONE)?  Without PTRACE_O_TRACESYSGOOD (options we may not change),
+        a syscall stop is the SIGTRAP whose si_code is SIGTRAP itself, and the event
+        message says which."""
+        info = ctypes.create_string_buffer(S.SIGINFO_SIZE)
+        libc.ptrace(PTRACE.GETSIGINFO, self.tid, 0, info)
+        signo, _errno, code = struct.unpack_from("<iii", info.raw)
+        if signo != signal.SIGTRAP or code & 0x7F != signal.SIGTRAP:
+            return PTRACE_SYSCALL_INFO.NONE
+        msg = ctypes.c_ulong()
+        libc.ptrace(PTRACE.GETEVENTMSG, self.tid, 0, msg)
+        return msg.value if msg.value in (1, 2) else PTRACE_SYSCALL_INFO.NONE
 
     def park(self) -> None:
         """Move from the trap of our last single step into a clean PTRACE_EVENT_STOP.

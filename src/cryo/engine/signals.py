@@ -11,6 +11,7 @@ from typing import Any
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
+from cryo.engine.timers import ns_tid
 from cryo.linux import structs as S
 from cryo.linux.consts import NSIG, SYS
 
@@ -48,8 +49,13 @@ def dump_thread(tracee: Tracee, inj: Injector) -> dict[str, Any]:
 
 
 def restore_actions(ctx: RestoreContext, rec: dict[str, Any]) -> None:
+    """Every action, SIGTRAP's included (cryo's injected calls never force a SIGTRAP on
+    a task that ignores or blocks it: Tracee.step)."""
     inj = ctx.inj
     for sig, act in rec["actions"].items():
+        if int(sig) == signal.SIGTRAP and S.kernel_sigaction.from_buffer_copy(act).sa_handler == 1:
+            for t in {ctx.tracee, inj.t, *ctx.threads.values()}:
+                t.sigtrap_ignored = True  # before the call that makes it so
         addr = inj.put(act)
         inj(SYS.rt_sigaction, int(sig), addr, 0, 8)
 
@@ -64,18 +70,25 @@ def restore_altstack(inj: Injector, trec: dict[str, Any]) -> None:
 def restore_pending(ctx: RestoreContext, rec: dict[str, Any],
                     threads: list[dict[str, Any]]) -> None:  # fmt: skip
     """Queue the pending signals again, from the task to itself, with every signal
-    blocked in every thread (each thread's own mask is set at the very end)."""
+    blocked in every thread (each thread's own mask is set at the very end).  The pids
+    given to the calls are the ones the process sees (its own pid namespace's)."""
     inj = ctx.inj
     for t in ctx.threads.values():
         t.set_sigmask(ALL_SIGNALS)
+    pid = ns_tid(ctx.pid, ctx.pid)
     for info in rec["pending_shared"]:
         signo = struct.unpack_from("<i", info)[0]
-        inj(SYS.rt_sigqueueinfo, ctx.pid, signo, inj.put(info))
+        inj(SYS.rt_sigqueueinfo, pid, signo, inj.put(info))
+    injectors = getattr(ctx, "injectors", None) or {}
     for trec in threads:
-        tid = ctx.tid_map[trec["tid"]]
+        new_tid = ctx.tid_map[trec["tid"]]
+        tid = ns_tid(ctx.pid, new_tid)
+        # from the thread itself: the kernel lets no other thread queue a signal with
+        # the siginfo of a tgkill or of the kernel (si_code SI_TKILL or >= 0)
+        tinj = injectors.get(new_tid, inj)
         for info in trec["pending"]:
             signo = struct.unpack_from("<i", info)[0]
-            inj(SYS.rt_tgsigqueueinfo, ctx.pid, tid, signo, inj.put(info))
+            tinj(SYS.rt_tgsigqueueinfo, pid, tid, signo, tinj.put(info))
 
 
 def describe(rec: dict[str, Any], threads: list[dict[str, Any]]) -> dict[str, Any]:

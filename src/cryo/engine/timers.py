@@ -1,4 +1,7 @@
-"""Timers: the three interval timers and POSIX timers, with their remaining time."""
+"""Timers: the three interval timers and POSIX timers, with their remaining time.  A
+POSIX timer aimed at one thread (SIGEV_THREAD_ID, as glibc's SIGEV_THREAD timers are:
+signal 32 to its helper thread) is aimed again at that thread's restored tid, as the
+process sees it (in a pid namespace of its own, not as cryo does)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.errors import CryoError
 from cryo.linux import structs as S
 from cryo.linux.consts import (
     PR,
@@ -18,7 +22,17 @@ from cryo.linux.consts import (
 
 log = logging.getLogger(__name__)
 KIND = b"TIMR"
-_NOTIFY = {"signal": 0, "none": 1, "thread": 4}  # SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID
+_NOTIFY = {"signal": 0, "none": 1, "thread": 2}  # SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD
+SIGEV_THREAD_ID = 4
+
+
+def ns_tid(pid: int, tid: int) -> int:
+    """``tid`` (of process ``pid``, as cryo sees it) as the process itself sees it."""
+    try:
+        ids = procfs.parse_status(procfs.read(pid, f"task/{tid}/status")).get("NSpid", "")
+    except CryoError:
+        return tid
+    return int(ids.split()[-1]) if ids else tid
 
 
 def dump(ctx: DumpContext) -> dict[str, Any]:
@@ -32,7 +46,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         inj(SYS.timer_gettime, t.id, inj.scratch)
         posix.append({
             "id": t.id, "signal": t.signal, "value": t.sigev_value, "notify": t.notify,
-            "tid": t.notify_tid, "clock": t.clock,
+            "tid": t.notify_tid, "clock": t.clock, "to_thread": t.to_thread,
             "spec": inj.read(inj.scratch, ctypes.sizeof(S.itimerspec)),
         })  # fmt: skip
     return {"pid": ctx.pid, "itimers": itimers, "posix": posix}
@@ -52,8 +66,9 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             ev.sigev_value = t["value"]
             ev.sigev_signo = t["signal"]
             ev.sigev_notify = _NOTIFY[t["notify"]]
-            ev.sigev_notify_thread_id = ctx.tid_map.get(t["tid"], ctx.pid) \
-                if t["notify"] == "thread" else 0  # fmt: skip
+            if t.get("to_thread") or t["notify"] == "thread":  # images before to_thread
+                ev.sigev_notify = SIGEV_THREAD_ID
+                ev.sigev_notify_thread_id = ns_tid(ctx.pid, ctx.tid_map.get(t["tid"], ctx.pid))
             ev_addr = inj.put(bytes(ev))
             id_addr = inj.put(t["id"].to_bytes(4, "little"), 256)
             inj(SYS.timer_create, t["clock"], ev_addr, id_addr)

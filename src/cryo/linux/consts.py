@@ -40,6 +40,7 @@ class PTRACE(enum.IntEnum):
     SETSIGMASK = 0x420B
     SECCOMP_GET_FILTER = 0x420C
     SECCOMP_GET_METADATA = 0x420D
+    GET_SYSCALL_INFO = 0x420E
     GET_RSEQ_CONFIGURATION = 0x420F
 
 
@@ -68,6 +69,13 @@ class PTRACE_EVENT(enum.IntEnum):
 
 
 PTRACE_PEEKSIGINFO_SHARED = 1
+
+
+class PTRACE_SYSCALL_INFO(enum.IntEnum):
+    NONE = 0
+    ENTRY = 1
+    EXIT = 2
+    SECCOMP = 3
 
 
 class NT(enum.IntEnum):
