@@ -164,3 +164,24 @@ def test_api_result_lists_files(procs: Procs, build: Any, tmp_path: Path) -> Non
     assert uses[(str(a / "map"), "mapped")]["saved"]
     assert not uses[(str(a / "data"), "open")]["saved"]
     assert uses[(str(a), "cwd")]["pids"] == [v.pid]
+
+
+def test_save_files_in_a_store(procs: Procs, tmp_path: Path) -> None:
+    prog, lib = _build_spmf(tmp_path)
+    v = procs.spawn([str(prog), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(3)
+    st = tmp_path / "store"
+    for extra in ([], ["--kill"]):
+        r = run_cryo("checkpoint", str(v.pid), "--store", str(st), "--app", "spmf",
+                     "--save-files", *extra)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    last = max(v.oks())
+    for version in ("v1", "v2"):  # each version holds the files it needs
+        assert any(n.startswith(spmf.PREFIX) for n in os.listdir(st / "spmf" / version))
+    lib.unlink()
+    prog.unlink()
+    r = run_cryo("restart", "--store", str(st), "--app", "spmf", "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    v.wait_ok_after(last + 5)

@@ -198,8 +198,9 @@ class Framer:
         if not hmac.compare_digest(h.digest(), bytes(tag)):
             why = ("tampered with, or sent with another secret" if self.keyed
                    else "damaged")  # fmt: skip
-            raise ImageCorrupt(f"{self.channel.name}: frame {self._rseq} ({kind!r}) does not"
-                               f" authenticate: {why}")  # fmt: skip
+            raise ImageCorrupt(f"{self.channel.name}: frame {self._rseq}"
+                               f" ({fmt.kind_name(kind)}) does not authenticate:"
+                               f" {why}")  # fmt: skip
         self._rseq += 1
         self.frames_received += 1
         self.before_last = self.recv_transcript
@@ -217,8 +218,8 @@ class Framer:
         if kind not in kinds:
             if kind == b"FAIL":
                 raise remote_error(meta)
-            raise ImageCorrupt(f"{self.channel.name}: {kind!r} where"
-                               f" {' or '.join(repr(k) for k in kinds)} was expected")
+            raise ImageCorrupt(f"{self.channel.name}: {fmt.kind_name(kind)} where"
+                               f" {' or '.join(fmt.kind_name(k) for k in kinds)} was expected")
         meta["_kind"] = kind
         return meta
 
@@ -460,7 +461,7 @@ class StreamSource(ImageReader):
             elif kind == b"FAIL":
                 raise remote_error(meta)
             else:
-                raise self.corrupt(f"unknown frame {kind!r}")
+                raise self.corrupt(f"unknown frame {fmt.kind_name(kind)}")
 
     def _runs(self, meta: dict[str, Any], data: Any) -> Runs:
         runs = _checked_runs(meta.get("runs"), self)
