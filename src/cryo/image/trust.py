@@ -30,6 +30,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryo.asuser import run_as
 from cryo.errors import AccessDenied, ImageUntrusted
 from cryo.image import running, seal
 
@@ -313,33 +314,18 @@ def _check_access(owner: Owner, need: list[tuple[str, int, str]]) -> None:
     permissions on the whole path, ACLs, mounts), all at once."""
     if not need:
         return
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # the child: become the owner, try, report (nothing said: a failure)
-        try:
-            os.close(r)
-            os.setgroups(sorted(owner.gids))
-            os.setresgid(owner.gid, owner.gid, owner.gid)
-            os.setresuid(owner.uid, owner.uid, owner.uid)
-            bad = None
-            for i, (path, mode, _what) in enumerate(need):
-                if not os.access(path, mode):
-                    bad = [i, errno.EACCES if os.path.lexists(path) else errno.ENOENT]
-                    break
-            os.write(w, json.dumps({"bad": bad}).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
+
+    def attempt() -> bytes:
+        for i, (path, mode, _what) in enumerate(need):
+            if not os.access(path, mode):
+                return json.dumps([i, errno.EACCES if os.path.lexists(path)
+                                   else errno.ENOENT]).encode()  # fmt: skip
+        return b"null"
+
+    out = run_as(owner.uid, owner.gid, owner.gids, attempt)
     try:
-        out = b""
-        while chunk := os.read(r, 4096):
-            out += chunk
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    try:
-        bad = json.loads(out)["bad"]
-    except (ValueError, KeyError, TypeError) as err:
+        bad = json.loads(out if out is not None else b"")
+    except ValueError as err:
         raise AccessDenied(f"the files of the image could not be checked as uid {owner.uid}:"
                            " refusing to restart it") from err  # fmt: skip
     if bad is None:
