@@ -549,3 +549,71 @@ def test_failed_checkpoint_unlocks(procs: Procs, ns: Netns, tmp_path: Path) -> N
     assert not (tmp_path / "img").exists()
     waiting.close()
     c.close()
+
+
+HALF = r"""
+import os, socket, sys, time
+# half-closed connections: argv PORT OUT GO MODE
+out = open(sys.argv[2], "a", buffering=1)
+go, mode = sys.argv[3], sys.argv[4]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(1)
+out.write("ready\n")
+c, _ = srv.accept()
+if mode == "fin_wait2":
+    c.sendall(b"bye\n")
+    c.shutdown(socket.SHUT_WR)
+while not os.path.exists(go):
+    time.sleep(0.01)
+data = b""
+while chunk := c.recv(65536):
+    data += chunk
+out.write(f"got {len(data)} {data[:16]!r}\n")
+if mode == "close_wait":
+    c.sendall(f"{len(data)}\n".encode())
+c.close()
+"""
+
+
+def _state(n: Netns, port: int) -> str:
+    """The state of the (only) connection on local port ``port``."""
+    lines = n.run("ss", "-tanH", f"sport = :{port}", check=True).stdout.splitlines()
+    return " ".join(x.split()[0] for x in lines if not x.startswith("LISTEN"))
+
+
+def test_half_closed(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """Half-closed connections across a checkpoint with --tcp-established: the server in
+    CLOSE_WAIT (the client sent its request and shut down its side) reads the request
+    and the end of it after the restart and answers; the server in FIN_WAIT2 (it said
+    bye and shut down its side) still receives what the client sends."""
+    (tmp_path / "half.py").write_text(HALF)
+    for port, mode, state in ((9600, "close_wait", "CLOSE-WAIT"), (9601, "fin_wait2",
+                                                                  "FIN-WAIT-2")):  # fmt: skip
+        out, go = tmp_path / f"out-{mode}", tmp_path / f"go-{mode}"
+        v = spawn(procs, ns, [sys.executable, str(tmp_path / "half.py"), str(port), str(out),
+                              str(go), mode], out)  # fmt: skip
+        v.wait_line("ready")
+        c = connect(ns, ("127.0.0.1", port))
+        if mode == "close_wait":
+            c.sendall(b"request " * 1000)
+            c.shutdown(socket.SHUT_WR)
+        else:
+            assert c.recv(16) == b"bye\n" and c.recv(16) == b""
+        deadline = time.monotonic() + 10
+        while _state(ns, port) != state:
+            assert time.monotonic() < deadline, _state(ns, port)
+            time.sleep(0.02)
+        cycle(procs, ns, v.pid, tmp_path / f"img-{mode}", "--tcp-established")
+        assert _state(ns, port) == state
+        go.touch()
+        if mode == "close_wait":
+            assert c.recv(64) == b"8000\n" and c.recv(64) == b""
+            c.close()
+            assert Victim(v.pid, out).wait_line("got") == "got 8000 b'request request '"
+        else:
+            c.sendall(b"after")
+            c.close()
+            assert Victim(v.pid, out).wait_line("got") == "got 5 b'after'"
+        assert ns.tables() == []

@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,13 @@ BUFFERS = {(N.SOL.SOCKET, N.SO.SNDBUF), (N.SOL.SOCKET, N.SO.RCVBUF)}
 # is read before repair mode overwrites it, and set again when the connection leaves it)
 CONNECTION_OWN = {(N.SOL.TCP, N.TCP.MAXSEG), (N.SOL.TCP, N.TCP.WINDOW_CLAMP),
                   (N.SOL.SOCKET, N.SO.REUSEADDR)}  # fmt: skip
+# the half-closed states (CRIU's soccr): a FIN of ours in the send queue, first (we
+# closed first) or second; a FIN of the peer's in the receive queue, first or second
+SNDQ_FIRST_FIN = {ST.FIN_WAIT1, ST.FIN_WAIT2, ST.CLOSING}
+SNDQ_SECOND_FIN = {ST.LAST_ACK}
+SNDQ_FIN = SNDQ_FIRST_FIN | SNDQ_SECOND_FIN
+RCVQ_FIN = {ST.CLOSE_WAIT, ST.LAST_ACK, ST.CLOSING}
+LOCK_MARK = 0xC114  # packets cryo makes up for a connection pass its network lock
 CONNECTED = {ST.ESTABLISHED, ST.FIN_WAIT1, ST.FIN_WAIT2, ST.CLOSE_WAIT, ST.LAST_ACK,
              ST.CLOSING}  # fmt: skip
 SETTING_UP = {ST.SYN_SENT, ST.SYN_RECV, ST.NEW_SYN_RECV}
@@ -285,6 +293,10 @@ def _read_repair(s: socket.socket) -> dict[str, Any]:
     }  # fmt: skip
     if ti.tcpi_options & N.TCPI_OPT.TIMESTAMPS:
         t["timestamp"] = N.get_u32(s, N.SOL.TCP, N.TCP.TIMESTAMP)
+    t["state"] = state
+    if state in SNDQ_FIN:  # our FIN counts in the send queue, but is no data
+        t["outq"] = max(t["outq"] - 1, 0)
+        t["unsent"] = max(t["unsent"] - 1, 0)
     w = N.get_repair_window(s)
     t["window"] = [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup]
     s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
@@ -510,10 +522,13 @@ def _send_all(s: socket.socket, data: bytes) -> None:
 
 def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> None:
     """A connection, in repair mode (it leaves it in :func:`finish`)."""
+    state = ST(t.get("state", ST.ESTABLISHED))
+    inseq = t["inseq"] - (state in RCVQ_FIN)  # the FINs are put back afterwards
+    outseq = t["outseq"] - (state in SNDQ_FIN)
     s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
-    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, t["inseq"] - t["inq"])
+    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, inseq - t["inq"])
     s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
-    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, t["outseq"] - t["outq"])
+    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, outseq - t["outq"])
     s.bind(_sockaddr(d["family"], d["local"]))
     s.connect(_sockaddr(d["family"], d["remote"]))
     opts: list[tuple[int, int]] = []
@@ -537,8 +552,72 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
         _send_all(s, t["sendq"][sent:])
         s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
     w = N.tcp_repair_window(*t["window"])
+    if state in RCVQ_FIN:
+        w.rcv_wup -= 1
+        w.rcv_wnd += 1
     N.set_repair_window(s, w)
     s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.NO_QUEUE)
+    # half closed: our FIN into the send queue (shutdown), the peer's FIN (and its ACK of
+    # ours) as packets made up from the peer to the socket, in the order they came
+    window = min(t["window"][1] >> t["snd_wscale"], 0xFFFF)
+    if state in SNDQ_FIRST_FIN:
+        _fin_in_sendq(s, acked=state == ST.FIN_WAIT2)
+    if state in RCVQ_FIN:
+        _inject(d, inseq, outseq - t["outq"], FIN | ACK, window)
+    if state in SNDQ_SECOND_FIN:
+        _fin_in_sendq(s, acked=False)
+    if state == ST.FIN_WAIT2:
+        _inject(d, inseq, outseq + 1 - t["outq"], ACK, window)
+
+
+FIN, ACK = 0x01, 0x10
+
+
+def _fin_in_sendq(s: socket.socket, *, acked: bool) -> None:
+    if acked:  # the FIN counts as sent
+        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
+    s.shutdown(socket.SHUT_WR)
+    if acked:
+        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.NO_QUEUE)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _inject(d: dict[str, Any], seq: int, ack: int, flags: int, window: int) -> None:
+    """A segment from the peer to the restored socket (a raw socket marked to pass the
+    network lock): how a FIN that had arrived gets into the receive queue again."""
+    mine = ipaddress.ip_address(d["local"][0])
+    peer = ipaddress.ip_address(d["remote"][0])
+    if isinstance(mine, ipaddress.IPv6Address) and mine.ipv4_mapped is not None:
+        mine = mine.ipv4_mapped
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    tcp = struct.pack("!HHIIBBHHH", d["remote"][1], d["local"][1], seq & 0xFFFFFFFF,
+                      ack & 0xFFFFFFFF, 5 << 4, flags, window, 0, 0)  # fmt: skip
+    src, dst = peer.packed, mine.packed
+    if mine.version == 4:
+        pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+        family = socket.AF_INET
+    else:
+        pseudo = src + dst + struct.pack("!IxxxB", len(tcp), socket.IPPROTO_TCP)
+        family = socket.AF_INET6
+    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+    if family == socket.AF_INET:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64,
+                         socket.IPPROTO_TCP, 0, src, dst)  # fmt: skip
+        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    else:
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), socket.IPPROTO_TCP, 64, src, dst)
+    with socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        raw.setsockopt(N.SOL.SOCKET, N.SO.MARK, LOCK_MARK)
+        raw.sendto(ip + tcp, (str(mine), 0))
 
 
 def _repair_off(s: socket.socket, reuse: int) -> None:
@@ -598,11 +677,6 @@ def lock_connections(ctx: Any) -> None:
                               f" {conn[2]}:{conn[3]}; checkpoint with --tcp-established to"
                               " save it (and restart with --tcp-established), or with"
                               " --tcp-close to restore it closed", pid=pid,
-                              resource=f"fd {fd}")  # fmt: skip
-        if state != ST.ESTABLISHED:
-            raise Unsupported(f"fd {fd}: TCP connection {conn[0]}:{conn[1]} ->"
-                              f" {conn[2]}:{conn[3]} is half closed ({ST(state).name}),"
-                              " which is not supported yet", pid=pid,
                               resource=f"fd {fd}")  # fmt: skip
         todo.append((fd, ino, conn))
     if not todo:

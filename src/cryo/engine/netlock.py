@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PREFIX = "cryo-"
 IMAGE_PREFIX = "cryo-image-"
 Conn = tuple[str, int, str, int]  # local address, local port, remote address, remote port
+MARK = 0xC114  # packets cryo itself sends to a restored connection (engine/inet.py)
 
 
 def _nft(script: str | None = None, *args: str) -> str:
@@ -96,6 +97,7 @@ def _table(name: str) -> str:
         rules.append(f"  set {key} {{ type {typ} . inet_service . {typ} . inet_service; }}")
     for chain, hook in (("in", "input"), ("out", "output")):
         rules.append(f"  chain {chain} {{ type filter hook {hook} priority -300; policy accept;")
+        rules.append(f"    meta mark {MARK:#x} accept")  # made up by cryo for a connection
         for fam, key in (("ip", "conn4"), ("ip6", "conn6")):
             rules.append(f"    {fam} saddr . tcp sport . {fam} daddr . tcp dport @{key} drop")
             rules.append(f"    {fam} daddr . tcp dport . {fam} saddr . tcp sport @{key} drop")
