@@ -15,7 +15,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
-from tests.conftest import VICTIMS, Procs, Victim, reap
+from tests.conftest import VICTIMS, Procs, Victim, reap, run_cryo
 
 
 def cycle(procs: Procs, v: Victim, img: Path, **restart_kw: Any) -> Victim:
@@ -129,5 +129,27 @@ def test_signals_and_thread_timers(procs: Procs, tmp_path: Path, hold: str) -> N
     out = tmp_path / "out.txt"
     v = procs.spawn([build_threaded(tmp_path, "sigtimers"), str(out), hold], out)
     v.wait_ok_after(1)
+    checkpoint(v.pid, str(tmp_path / "img0"))  # and it goes on with every action intact
+    v.wait_ok_after(max(v.oks()) + 1)
     v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_signals_and_thread_timers_in_a_pid_namespace(procs: Procs, tmp_path: Path) -> None:
+    """In a `cryo run --pid-ns` job, pending signals and thread timers are given the
+    pids the job sees, not cryo's."""
+    out = tmp_path / "out.txt"
+    r = run_cryo("run", "--pid-ns", "--output", str(tmp_path / "log"), "--",
+                 build_threaded(tmp_path, "sigtimers"), str(out), "hold")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    v = Victim(procs.track(int(r.stdout)), out)
+    v.wait_ok_after(1)
+    last = max(v.oks())
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    v = Victim(procs.track(int(r.stdout)), out)
+    v.wait_ok_after(last + 2)
     assert not v.fails()

@@ -4,7 +4,8 @@
  * queued to one thread stays with it, and every catchable signal keeps its handler,
  * flags and mask, SIGTRAP (which cryo's single steps raise) included: each round
  * raises every one and counts the calls.  argv[2] = "hold": keep SIGUSR2 pending in the
- * worker thread (blocked there) and SIGRTMIN+5 pending process-wide (blocked everywhere). */
+ * worker thread (blocked there) and SIGRTMIN+5 pending process-wide (blocked everywhere);
+ * the worker blocks SIGTRAP too (a single step there would reset its action). */
 #include "common.h"
 #include <pthread.h>
 #include <signal.h>
@@ -35,7 +36,7 @@ static void *worker(void *arg) {
     int hold = (int)(long)arg;
     worker_tid = syscall(SYS_gettid);
     if (hold) {
-        sigset_t m; sigemptyset(&m); sigaddset(&m, SIGUSR2);
+        sigset_t m; sigemptyset(&m); sigaddset(&m, SIGUSR2); sigaddset(&m, SIGTRAP);
         pthread_sigmask(SIG_BLOCK, &m, NULL);
         syscall(SYS_tgkill, getpid(), worker_tid, SIGUSR2);
     }
