@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine.register(sub)
     ipc.register(sub)
     store.register(sub)
-    from cryo.cli import daemon
+    from cryo.cli import daemon, grid
 
     daemon.register(sub)
+    grid.register(sub)
     return parser
 
 

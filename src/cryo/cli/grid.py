@@ -1,0 +1,112 @@
+"""``cryo grid agent | run | checkpoint | status | restart | watch``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("grid", help="applications spread over several hosts (etcd)",
+                       description="The grid checkpointer: parts of one application on"
+                       " several hosts, checkpointed together and restarted together.")  # fmt: skip
+    gs = p.add_subparsers(dest="grid_command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = gs.add_parser(name, help=help_)
+        c.add_argument("--etcd", required=True, metavar="URL", help="an etcd client URL")
+        return c
+
+    c = cmd("agent", "run this host's agent (one per host)")
+    c.add_argument("--host", required=True, help="this host's name in the grid")
+    c.add_argument("--store", required=True, metavar="DIR",
+                   help="where its parts' images go (shared with the other hosts)")
+    c.add_argument("--lease", type=int, default=5, metavar="S",
+                   help="seconds without news after which the host counts as failed")
+    c.set_defaults(func=_agent)
+    c = cmd("run", "start one part of CMD on each host")
+    c.add_argument("--app", required=True)
+    c.add_argument("--hosts", required=True, help="h1,h2,...")
+    c.add_argument("--store", default="", metavar="DIR")
+    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS ({part}: its number)")
+    c.set_defaults(func=_run)
+    c = cmd("checkpoint", "one consistent checkpoint of every part")
+    c.add_argument("app")
+    c.add_argument("--timeout", type=float, default=60.0, metavar="S")
+    c.set_defaults(func=_checkpoint)
+    c = cmd("status", "hosts, parts, committed version, rounds")
+    c.add_argument("app")
+    c.set_defaults(func=_status)
+    c = cmd("restart", "restart every part from the last committed version")
+    c.add_argument("app")
+    c.add_argument("--version", type=int, metavar="V")
+    c.set_defaults(func=_restart)
+    c = cmd("watch", "periodic global checkpoints; restart when a host fails")
+    c.add_argument("app")
+    c.add_argument("--every", type=float, metavar="S", help="seconds between checkpoints")
+    c.set_defaults(func=_watch)
+
+
+def _etcd(args: argparse.Namespace) -> Any:
+    from cryo.grid.etcd import Etcd
+
+    return Etcd(args.etcd)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from cryo.grid.agent import Agent
+
+    agent = Agent(_etcd(args), args.host, args.store, lease=args.lease)
+    print(f"agent {args.host} registered", file=sys.stderr, flush=True)
+    try:
+        agent.serve()
+    finally:
+        agent.close()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cryo.errors import Usage
+    from cryo.grid import coordinator
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise Usage("cryo grid run needs a command: -- CMD ARGS")
+    parts = coordinator.run(_etcd(args), args.app, args.hosts.split(","), cmd, args.store)
+    for n, p in sorted(parts.items()):
+        print(f"part {n} on {p['host']}: pid {p['pid']}")
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from cryo.grid import coordinator
+
+    v = coordinator.checkpoint(_etcd(args), args.app, timeout=args.timeout)
+    print(f"{args.app}: global version {v} committed")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cryo.grid import coordinator
+
+    json.dump(coordinator.status(_etcd(args), args.app), sys.stdout, indent=2, default=str)
+    print()
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from cryo.grid import coordinator
+
+    parts = coordinator.restart(_etcd(args), args.app, args.version)
+    for n, p in sorted(parts.items()):
+        print(f"part {n} on {p['host']}: pid {p['pid']}")
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from cryo.grid import coordinator
+
+    coordinator.watch(_etcd(args), args.app, args.every)
+    return 0

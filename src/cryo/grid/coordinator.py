@@ -1,0 +1,215 @@
+"""The grid checkpointer's coordinator (seed 003): one consistent checkpoint of an
+application spread over several hosts, and its restart after a host fails.
+
+A global checkpoint is two phases under a global version V.  The coordinator (whoever
+holds the application's election key in etcd) writes round V as "prepare" with a
+deadline; every host's agent prepares its parts (the applications' callbacks, the
+freeze), writes each part's image and votes; once every part voted yes the coordinator
+commits V with one transaction (the round becomes "committed" and the application's
+``committed`` record points at V's images), otherwise, or at the deadline, it aborts.
+Agents resume their parts either way (discarding the images of an aborted round).  A
+round left "prepare" by a coordinator that died is aborted by the next coordinator, or
+by any agent once its deadline is long past: the decision is a compare-and-swap, so a
+round is decided exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from typing import Any
+
+from cryo.errors import CryoError
+from cryo.grid import keys as K
+from cryo.grid.etcd import Etcd
+
+GRACE = 5.0  # seconds after a round's deadline before anyone may abort it
+
+
+class RoundFailed(CryoError):
+    """A global checkpoint was aborted: a part could not prepare, or time ran out."""
+
+
+def live_hosts(etcd: Etcd) -> dict[str, dict[str, Any]]:
+    return {k.rsplit("/", 1)[1]: v for k, v in etcd.prefix(K.hosts())}
+
+
+def parts_of(etcd: Etcd, app: str) -> dict[int, dict[str, Any]]:
+    return {int(k.rsplit("/", 1)[1]): v for k, v in etcd.prefix(K.parts(app))}
+
+
+def run(etcd: Etcd, app: str, hosts: list[str], cmd: list[str], store: str,
+        timeout: float = 30.0) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Start one part of ``cmd`` per host (``{part}`` in its arguments is the part's
+    number); returns the parts once every one runs."""
+    alive = live_hosts(etcd)
+    missing = [h for h in hosts if h not in alive]
+    if missing:
+        raise CryoError(f"no grid agent on host {', '.join(missing)}")
+    if not etcd.create(K.app(app), {"app": app, "cmd": cmd, "hosts": hosts,
+                                    "store": store, "created": time.time()}):  # fmt: skip
+        raise CryoError(f"application {app} exists already")
+    for n, h in enumerate(hosts):
+        etcd.put(K.part(app, n), {"part": n, "host": h, "pid": None, "state": "starting"})
+    return wait_running(etcd, app, len(hosts), timeout)
+
+
+def wait_running(etcd: Etcd, app: str, count: int, timeout: float,
+                 epoch: int | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = parts_of(etcd, app)
+        ok = [p for p in parts.values() if p["state"] == "running" and p.get("pid")
+              and (epoch is None or p.get("epoch") == epoch)]  # fmt: skip
+        if len(ok) == count:
+            return parts
+        failed = [p for p in parts.values() if p["state"] == "failed"]
+        if failed:
+            raise CryoError(f"part {failed[0]['part']} of {app} failed to start:"
+                            f" {failed[0].get('reason')}")  # fmt: skip
+        if time.monotonic() > deadline:
+            raise CryoError(f"the parts of {app} did not all run within {timeout:g} s:"
+                            f" {sorted(parts.items())}")  # fmt: skip
+        time.sleep(0.05)
+
+
+class Election:
+    """The application's coordinator: whoever created its coordinator key, under a
+    lease that expires if the coordinator dies."""
+
+    def __init__(self, etcd: Etcd, app: str, ttl: int = 10) -> None:
+        self.etcd, self.app = etcd, app
+        self.me = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = etcd.lease(ttl)
+        if not etcd.create(K.coordinator(app), {"by": self.me}, lease=self.lease):
+            self.lease.revoke()
+            who = (etcd.get(K.coordinator(app)) or {}).get("by")
+            raise CryoError(f"{app} has a coordinator already ({who})")
+
+    def close(self) -> None:
+        self.lease.revoke()
+
+
+def resolve_stale(etcd: Etcd, app: str, now: float | None = None) -> list[int]:
+    """Abort every round still "prepare" whose deadline is past (plus GRACE unless a
+    coordinator is resolving its own rounds); returns their versions."""
+    now = time.time() if now is None else now
+    out = []
+    for key, r in etcd.prefix(K.rounds(app)):
+        if "/votes/" in key or r.get("state") != K.PREPARE or now < r["deadline"]:
+            continue
+        raw = etcd.get_raw(key)
+        if raw is not None and etcd.swap(key, raw, {**r, "state": K.ABORTED}):
+            out.append(int(r["version"]))
+    return out
+
+
+def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0) -> int:
+    """One global checkpoint; returns its version, or raises RoundFailed (every part
+    then resumes as it was)."""
+    if etcd.get(K.app(app)) is None:
+        raise CryoError(f"no grid application {app}")
+    election = Election(etcd, app)
+    try:
+        resolve_stale(etcd, app)
+        parts = parts_of(etcd, app)
+        versions = [int(v["version"]) for k, v in etcd.prefix(K.rounds(app))
+                    if "/votes/" not in k]  # fmt: skip
+        version = max(versions, default=0) + 1
+        prepare = {"version": version, "state": K.PREPARE, "deadline": time.time() + timeout,
+                   "by": election.me, "parts": sorted(parts)}  # fmt: skip
+        key = K.round_(app, version)
+        if not etcd.create(key, prepare):
+            raise CryoError(f"round {version} of {app} exists already")
+        raw = etcd.get_raw(key)
+        assert raw is not None
+        deadline = time.monotonic() + timeout
+        failure = None
+        while time.monotonic() < deadline:
+            got = {int(k.rsplit("/", 1)[1]): v for k, v in etcd.prefix(K.votes(app, version))}
+            no = [v for v in got.values() if not v["ok"]]
+            if no:
+                failure = f"part {no[0]['part']}: {no[0].get('reason')}"
+                break
+            if set(got) >= set(parts):
+                images = {str(n): got[n]["image"] for n in parts}
+                if etcd.swap(key, raw, {**prepare, "state": K.COMMITTED},
+                             [(K.committed(app), {"version": version, "images": images})]):
+                    return version
+                failure = "the round was decided by another (aborted after its deadline)"
+                break
+            time.sleep(0.02)
+        else:
+            failure = f"not every part voted within {timeout:g} s"
+        etcd.swap(key, raw, {**prepare, "state": K.ABORTED})
+        raise RoundFailed(f"global checkpoint {version} of {app} aborted: {failure}")
+    finally:
+        election.close()
+
+
+def restart(etcd: Etcd, app: str, version: int | None = None,
+            timeout: float = 60.0) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Restart every part of ``app`` from global version ``version`` (the last
+    committed by default): in place where its host lives, elsewhere where it failed."""
+    committed = etcd.get(K.committed(app))
+    if committed is None:
+        raise CryoError(f"{app} has no committed global checkpoint")
+    if version is not None and version != committed["version"]:
+        r = etcd.get(K.round_(app, version))
+        if r is None or r["state"] != K.COMMITTED:
+            raise CryoError(f"version {version} of {app} is not a committed checkpoint")
+        raise CryoError("only the last committed version can be restarted for now")
+    alive = sorted(live_hosts(etcd))
+    if not alive:
+        raise CryoError("no grid agent is alive")
+    parts = parts_of(etcd, app)
+    load = dict.fromkeys(alive, 0)
+    assign: dict[str, str] = {}
+    for n, p in sorted(parts.items()):  # a part stays where its host lives
+        if p["host"] in load:
+            assign[str(n)] = p["host"]
+            load[p["host"]] += 1
+    for n, _p in sorted(parts.items()):  # the others go to the least loaded live host
+        if str(n) not in assign:
+            h = min(load, key=lambda x: (load[x], x))
+            assign[str(n)] = h
+            load[h] += 1
+    previous = etcd.get(K.restart(app)) or {"epoch": 0}
+    epoch = int(previous["epoch"]) + 1
+    etcd.put(K.restart(app), {"epoch": epoch, "version": committed["version"],
+                              "assign": assign, "images": committed["images"]})  # fmt: skip
+    return wait_running(etcd, app, len(parts), timeout, epoch=epoch)
+
+
+def status(etcd: Etcd, app: str) -> dict[str, Any]:
+    record = etcd.get(K.app(app))
+    if record is None:
+        raise CryoError(f"no grid application {app}")
+    alive = live_hosts(etcd)
+    rounds = [v for k, v in etcd.prefix(K.rounds(app)) if "/votes/" not in k]
+    return {"app": record, "hosts": sorted(alive),
+            "parts": {n: {**p, "host_alive": p["host"] in alive}
+                      for n, p in parts_of(etcd, app).items()},
+            "committed": etcd.get(K.committed(app)), "rounds": rounds}  # fmt: skip
+
+
+def watch(etcd: Etcd, app: str, every: float | None, stop: Any = None,
+          poll: float = 0.2) -> None:  # fmt: skip
+    """Periodic global checkpoints (``every`` seconds) and, when a host running a part
+    loses its lease, a restart of the application from its last committed version."""
+    next_due = time.monotonic() + every if every else None
+    while stop is None or not stop.is_set():
+        alive = live_hosts(etcd)
+        parts = parts_of(etcd, app)
+        lost = [n for n, p in parts.items() if p["host"] not in alive]
+        if lost and etcd.get(K.committed(app)) is not None:
+            for n in lost:
+                etcd.put(K.part(app, n), {**parts[n], "state": "lost"})
+            restart(etcd, app)
+        if next_due is not None and time.monotonic() >= next_due:
+            with contextlib.suppress(CryoError):  # reported in its round; the next on time
+                checkpoint(etcd, app)
+            next_due = time.monotonic() + (every or 0)
+        time.sleep(poll)

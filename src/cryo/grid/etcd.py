@@ -1,0 +1,104 @@
+"""The grid's access to etcd, through etcd's own HTTP/JSON gateway (``etcd3gw``).
+
+Why etcd3gw: it is maintained, speaks etcd's v3 API through the gateway that every
+etcd server (3.4 in Debian) serves on its client port, needs no gRPC or protobuf
+build (the old ``etcd3`` package no longer imports with current protobuf), ships type
+information, and offers exactly what the grid needs: leases, compare-and-swap
+transactions and prefix reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryo.errors import CryoError
+from cryo.grid import keys as K
+
+
+class EtcdUnavailable(CryoError):
+    """etcd did not answer: nothing was done."""
+
+
+def _b64(v: str) -> str:
+    return base64.b64encode(v.encode()).decode()
+
+
+class Etcd:
+    """A thin, typed wrapper: JSON values, cryo's errors."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        import etcd3gw
+
+        u = urlsplit(url if "://" in url else f"http://{url}")
+        self.url = url
+        self.client = etcd3gw.client(host=u.hostname or "127.0.0.1", port=u.port or 2379,
+                                     protocol=u.scheme or "http", timeout=timeout)  # fmt: skip
+        self._call(self.client.status)
+
+    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        import requests
+
+        try:
+            return fn(*args, **kw)
+        except (requests.RequestException, OSError) as err:
+            raise EtcdUnavailable(f"etcd at {self.url} is unavailable: {err}") from err
+        except Exception as err:  # etcd3gw's own errors (Etcd3Exception and kin)
+            if type(err).__module__.startswith("etcd3gw"):
+                why = str(err) or type(err).__name__
+                raise EtcdUnavailable(f"etcd at {self.url} is unavailable or refused the"
+                                      f" request: {why}") from err  # fmt: skip
+            raise
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        got = self._call(self.client.get, key)
+        return K.decode(got[0]) if got else None
+
+    def get_raw(self, key: str) -> bytes | None:
+        got = self._call(self.client.get, key)
+        return bytes(got[0]) if got else None
+
+    def prefix(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for value, meta in self._call(self.client.get_prefix, prefix, sort_order="ascend",
+                                      sort_target="key"):  # fmt: skip
+            key = meta["key"]
+            key = key.decode() if isinstance(key, bytes) else key
+            decoded = K.decode(value)
+            if decoded is not None:
+                out.append((key, decoded))
+        return out
+
+    def put(self, key: str, value: dict[str, Any], lease: Any = None) -> None:
+        self._call(self.client.put, key, K.encode(value), lease=lease)
+
+    def create(self, key: str, value: dict[str, Any], lease: Any = None) -> bool:
+        """Put ``key`` only if it does not exist."""
+        return bool(self._call(self.client.create, key, K.encode(value), lease=lease))
+
+    def delete(self, key: str) -> None:
+        self._call(self.client.delete, key)
+
+    def lease(self, ttl: int) -> Any:
+        return self._call(self.client.lease, ttl)
+
+    def swap(self, key: str, old: bytes, new: dict[str, Any],
+             also: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
+        """One transaction: if ``key`` still holds ``old``, put ``new`` there (and each
+        of ``also``); True if it did."""
+        txn = {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "VALUE",
+                         "value": base64.b64encode(old).decode()}],
+            "success": [{"request_put": {"key": _b64(k), "value": _b64(K.encode(v))}}
+                        for k, v in [(key, new), *also]],
+            "failure": [],
+        }  # fmt: skip
+        result = self._call(self.client.transaction, txn)
+        return bool(result.get("succeeded", False))
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,219 @@
+"""The grid checkpointer on a real etcd (started by the test on loopback): three hosts'
+agents, an application of three parts, one consistent global checkpoint, a host that
+fails and the application restarted from the last committed version on the two hosts
+left; a part that cannot prepare aborts the round with every part unharmed; a
+coordinator that dies between the two phases; etcd unavailable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Procs, Victim, reap, run_cryo
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server missing")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[str]:
+    client, peer = free_port(), free_port()
+    url = f"http://127.0.0.1:{client}"
+    log = open(tmp_path / "etcd.log", "wb")  # noqa: SIM115
+    p = subprocess.Popen(["etcd", "--name", "t", "--data-dir", str(tmp_path / "etcd"),
+                          "--listen-client-urls", url, "--advertise-client-urls", url,
+                          "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                          "--initial-cluster", f"t=http://127.0.0.1:{peer}"],
+                         stdout=log, stderr=log, close_fds=True)  # fmt: skip
+    log.close()
+    try:
+        from cryo.grid.etcd import Etcd, EtcdUnavailable
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                Etcd(url)
+                break
+            except EtcdUnavailable:
+                assert time.monotonic() < deadline, (tmp_path / "etcd.log").read_text()[-2000:]
+                time.sleep(0.1)
+        yield url
+    finally:
+        p.kill()
+        p.wait()
+
+
+class Grid:
+    def __init__(self, procs: Procs, tmp: Path, etcd: str) -> None:
+        self.procs, self.tmp, self.etcd = procs, tmp, etcd
+        self.store = tmp / "store"
+        self.store.mkdir()
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    def agent(self, host: str) -> None:
+        log = open(self.tmp / f"agent-{host}.log", "ab")  # noqa: SIM115
+        p = subprocess.Popen([sys.executable, "-m", "cryo", "grid", "agent", "--etcd", self.etcd,
+                              "--host", host, "--store", str(self.store), "--lease", "2"],
+                             stdout=log, stderr=log, close_fds=True)  # fmt: skip
+        log.close()
+        self.procs.track(p.pid)
+        self.agents[host] = p
+        deadline = time.monotonic() + 20
+        while "registered" not in (self.tmp / f"agent-{host}.log").read_text():
+            assert p.poll() is None, (self.tmp / f"agent-{host}.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    def cryo(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return run_cryo("grid", *args[:1], "--etcd", self.etcd, *args[1:], timeout=timeout)
+
+    def status(self, app: str) -> dict[str, Any]:
+        r = self.cryo("status", app)
+        assert r.returncode == 0, r.stderr
+        out: dict[str, Any] = json.loads(r.stdout)
+        return out
+
+    def pids(self, app: str) -> dict[int, int]:
+        pids = {int(n): int(p["pid"]) for n, p in self.status(app)["parts"].items()}
+        for pid in pids.values():
+            self.procs.track(pid)
+        return pids
+
+
+@pytest.fixture
+def grid(procs: Procs, tmp_path: Path, etcd: str) -> Iterator[Grid]:
+    g = Grid(procs, tmp_path, etcd)
+    try:
+        yield g
+    finally:
+        for p in g.agents.values():
+            p.kill()
+            p.wait()
+
+
+def counter_app(grid: Grid, build: Any, app: str = "ring") -> tuple[dict[int, int], list[Victim]]:
+    for h in ("h0", "h1", "h2"):
+        grid.agent(h)
+    out = grid.tmp / "out-{part}.txt"
+    r = grid.cryo("run", "--app", app, "--hosts", "h0,h1,h2", "--store", str(grid.store),
+                  "--", build("counter"), str(out))
+    assert r.returncode == 0, r.stderr
+    pids = grid.pids(app)
+    victims = [Victim(pids[n], grid.tmp / f"out-{n}.txt") for n in range(3)]
+    for v in victims:
+        v.wait_ok_after(2)
+    return pids, victims
+
+
+def assert_running(v: Victim, within: float = 10.0) -> None:
+    """Let go (not traced, not stopped) within ``within`` seconds, and going on."""
+    deadline = time.monotonic() + within
+    while True:
+        status = Path(f"/proc/{v.pid}/status").read_text()
+        if "TracerPid:\t0\n" in status and "State:\tt" not in status:
+            break
+        assert time.monotonic() < deadline, f"{v.pid} is still held"
+        time.sleep(0.05)
+    assert "State:\tT" not in status
+    v.wait_ok_after(max(v.oks()) + 2)
+
+
+def test_global_checkpoint_and_host_failure(grid: Grid, build: Any) -> None:
+    pids, victims = counter_app(grid, build)
+    before = [max(v.oks()) for v in victims]
+    r = grid.cryo("checkpoint", "ring")
+    assert r.returncode == 0, r.stderr
+    assert "global version 1 committed" in r.stdout
+    st = grid.status("ring")
+    assert st["committed"]["version"] == 1 and len(st["committed"]["images"]) == 3
+    at_checkpoint = [max(v.oks()) for v in victims]
+    for v in victims:
+        assert_running(v)  # every part resumed
+    # host h1 fails: its agent and its part are killed; its lease expires
+    grid.agents["h1"].kill()
+    grid.agents["h1"].wait()
+    reap(pids[1])
+    deadline = time.monotonic() + 15
+    while "h1" in grid.status("ring")["hosts"]:
+        assert time.monotonic() < deadline, "h1's lease never expired"
+        time.sleep(0.2)
+    r = grid.cryo("restart", "ring")
+    assert r.returncode == 0, r.stderr
+    new = grid.pids("ring")
+    st = grid.status("ring")
+    assert st["parts"]["1"]["host"] in ("h0", "h2"), "part 1 moved to a live host"
+    for n in range(3):  # every part goes on from the committed version, not from later
+        v = Victim(new[n], grid.tmp / f"out-{n}.txt")
+        v.wait_ok_after(at_checkpoint[n] + 3, timeout=20)
+        ticks = v.oks()
+        back = [i for i in range(1, len(ticks)) if ticks[i] < ticks[i - 1]]
+        assert len(back) == 1, (n, "rolled back once", back)
+        resumed = ticks[back[0]]
+        # from the moment of the global checkpoint: after it was asked, before it returned
+        assert before[n] <= resumed <= at_checkpoint[n], (n, before[n], resumed,
+                                                          at_checkpoint[n])
+        assert not v.fails()
+
+
+def test_part_that_cannot_prepare_aborts_the_round(grid: Grid, build: Any) -> None:
+    pids, victims = counter_app(grid, build, "shaky")
+    os.kill(pids[2], signal.SIGKILL)  # part 2 is gone: it cannot prepare
+    reap(pids[2])
+    r = grid.cryo("checkpoint", "shaky", "--timeout", "20")
+    assert r.returncode != 0
+    assert "aborted" in r.stderr and "part 2" in r.stderr, r.stderr
+    st = grid.status("shaky")
+    assert st["committed"] is None
+    assert [x["state"] for x in st["rounds"]] == ["aborted"]
+    for v in victims[:2]:
+        assert_running(v)
+    assert not list((grid.store / "shaky").glob("v1/part*"))  # no uncommitted image kept
+
+
+def test_coordinator_dead_between_the_phases(grid: Grid, build: Any) -> None:
+    """A round written in "prepare" by a coordinator that then died: the agents prepare,
+    vote and hold their parts; past the deadline the round is aborted and every part
+    goes on; the next global checkpoint succeeds."""
+    from cryo.grid import keys as K
+    from cryo.grid.etcd import Etcd
+
+    _, victims = counter_app(grid, build, "orphan")
+    e = Etcd(grid.etcd)
+    e.put(K.round_("orphan", 1), {"version": 1, "state": K.PREPARE,
+                                  "deadline": time.time() + 1.0, "by": "a dead coordinator",
+                                  "parts": [0, 1, 2]})  # fmt: skip
+    deadline = time.monotonic() + 30
+    while (e.get(K.round_("orphan", 1)) or {}).get("state") == K.PREPARE:
+        assert time.monotonic() < deadline, "the orphan round was never resolved"
+        time.sleep(0.1)
+    assert e.get(K.round_("orphan", 1))["state"] == K.ABORTED  # type: ignore[index]
+    for v in victims:
+        assert_running(v)
+    r = grid.cryo("checkpoint", "orphan")
+    assert r.returncode == 0, r.stderr
+    assert "global version 2 committed" in r.stdout
+
+
+def test_etcd_unavailable_is_refused(tmp_path: Path) -> None:
+    r = run_cryo("grid", "checkpoint", "--etcd", f"http://127.0.0.1:{free_port()}", "x")
+    assert r.returncode != 0 and "unavailable" in r.stderr, r.stderr
+    with contextlib.suppress(FileNotFoundError):
+        assert list(tmp_path.iterdir()) == []
