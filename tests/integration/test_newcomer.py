@@ -165,3 +165,13 @@ def test_demo(tmp_path: Path, procs: Procs) -> None:
     assert len(steps) >= 2 and steps == list(range(steps[0], steps[0] + len(steps))), after
     work = re.search(r"(/tmp/cryo-demo\.\w+)", r.stdout)
     assert work and not os.path.exists(work.group(1))  # it cleaned up after itself
+
+
+def test_image_summary_counts_its_whole_directory(procs: Procs, build: Any,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    v = counter(procs, build, tmp_path)
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--save-files")
+    assert r.returncode == 0, r.stderr
+    on_disk = sum(os.stat(img / n).st_blocks * 512 for n in os.listdir(img))
+    assert _summary(r.stderr)[1] == human(on_disk)  # the saved files included

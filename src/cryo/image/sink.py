@@ -230,6 +230,15 @@ class ImageWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def disk_usage(path: str) -> int:
+    """Bytes the files of directory ``path`` take on the disk (its whole image)."""
+    total = 0
+    for name in os.listdir(path):
+        with contextlib.suppress(FileNotFoundError):
+            total += os.stat(os.path.join(path, name), follow_symlinks=False).st_blocks * 512
+    return total
+
+
 def _skip(chunk: list[memoryview], n: int) -> list[memoryview]:
     """``chunk`` without its first ``n`` bytes (after a short write)."""
     out = []
@@ -332,6 +341,7 @@ class DirSink(ImageWriter):
         fmt.fsync_dir(os.path.dirname(self.path))
         if old:
             shutil.rmtree(old, ignore_errors=True)
+        self.stored_bytes = disk_usage(self.path)  # side files too, as a store counts it
 
     def abort(self) -> None:
         self._discard()
