@@ -76,28 +76,31 @@ def _state(pid: int) -> str:
 
 def test_job_control_and_pdeathsig_in_a_tree(procs: Procs, build: Any, tmp_path: Path) -> None:
     """A stopped child is restored stopped, its parent collects that stop and then the
-    continue; pdeathsig comes from the restored parent."""
+    continue, and a zombie killed by a signal; pdeathsig comes from the restored parent."""
     out = tmp_path / "out.txt"
     v = procs.spawn([build("family"), str(out)], out)
-    _, parent, a, b = v.wait_line("ready").split()
+    _, parent, a, b, c = v.wait_line("ready").split()
     a_pid, b_pid = int(a), int(b)
+    assert _state(int(c)) == "Z"
     v.wait_ok_after(1)
     checkpoint(v.pid, str(tmp_path / "img0"), scope="tree")  # and the tree goes on as it was
     assert _state(a_pid) == "T"
     v.wait_ok_after(max(v.oks()) + 1)
     last = max(v.oks())
     checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
-    for p in (b_pid, a_pid, v.pid):
+    for p in (b_pid, a_pid, v.pid, int(c)):
         reap(p)
     r = restart(str(tmp_path / "img"))
     for p in r.pids.values():
         procs.track(p)
+    assert sorted(r.pids.values()) == sorted([v.pid, a_pid, b_pid, int(c)])
     v = Victim(r.pid, out)
     v.wait_ok_after(last + 2)
     assert _state(a_pid) == "T", "the stopped child is stopped again"
     os.kill(v.pid, signal.SIGUSR1)
     assert v.wait_line("waited stopped") == f"waited stopped 1 {signal.SIGSTOP}"
     assert v.wait_line("waited continued") == "waited continued 1"
+    assert v.wait_line("zombie") == f"zombie 1 {signal.SIGTERM}", "a zombie that died by a signal"
     v.wait_line("a continued")
     os.kill(v.pid, signal.SIGKILL)
     v.wait_line("pdeath")

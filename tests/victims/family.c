@@ -2,8 +2,9 @@
  * itself with SIGSTOP (P does not collect that stop yet), and B, which asks for SIGUSR1
  * when its parent dies.  After a restart A must still be stopped; on SIGUSR1, P collects
  * A's stop with waitid(WSTOPPED), continues it and collects that with WCONTINUED; when
- * P is killed, B gets its pdeathsig.  Lines: "ready P A B", "ok N", "waited stopped SIG",
- * "waited continued", "a continued", "pdeath". */
+ * P is killed, B gets its pdeathsig.  C died by SIGTERM and is a zombie, collected by P
+ * on SIGUSR1 too.  Lines: "ready P A B C", "ok N", "waited stopped SIG",
+ * "waited continued", "a continued", "zombie SIGNALED SIG", "pdeath". */
 #include "common.h"
 #include <signal.h>
 #include <sys/prctl.h>
@@ -42,9 +43,15 @@ int main(int argc, char **argv) {
             nap(20);
         }
     }
+    pid_t c = fork();
+    if (c == 0) {
+        signal(SIGTERM, SIG_DFL);
+        raise(SIGTERM);
+        _exit(1);
+    }
     signal(SIGUSR1, h_go);
-    while (state_of(a) != 'T') nap(10);
-    report("ready %d %d %d", getpid(), a, b);
+    while (state_of(a) != 'T' || state_of(c) != 'Z') nap(10);
+    report("ready %d %d %d %d", getpid(), a, b, c);
     int continued = 0;
     for (long round = 0;; round++) {
         if (go && !continued) {
@@ -57,6 +64,9 @@ int main(int argc, char **argv) {
             memset(&si, 0, sizeof si);
             if (waitid(P_PID, a, &si, WCONTINUED)) FAIL("waitid WCONTINUED %d", errno);
             else report("waited continued %d", si.si_code == CLD_CONTINUED);
+            int st = 0;
+            if (waitpid(c, &st, WNOHANG) != c) FAIL("no zombie to collect (%d)", errno);
+            else report("zombie %d %d", WIFSIGNALED(st), WIFSIGNALED(st) ? WTERMSIG(st) : -1);
             continued = 1;
         }
         char st = state_of(a);
