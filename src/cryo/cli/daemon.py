@@ -63,8 +63,7 @@ WantedBy=multi-user.target
 
 
 def daemon_parser(p: argparse.ArgumentParser) -> None:
-    from cryo.daemon.protocol import DEFAULT_SOCKET
-    from cryo.daemon.server import DEFAULT_STATE, DEFAULT_STORE
+    from cryo.daemon.protocol import DEFAULT_SOCKET, DEFAULT_STATE, DEFAULT_STORE
 
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
                    help=f"the unix socket (default {DEFAULT_SOCKET}, mode 0666)")

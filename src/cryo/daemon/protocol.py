@@ -20,6 +20,8 @@ from cryo import errors
 from cryo.errors import CryoError, ExitCode
 
 DEFAULT_SOCKET = "/run/cryo/cryod.sock"
+DEFAULT_STATE = "/var/lib/cryo/daemon"  # the daemon's SQLite state
+DEFAULT_STORE = "/var/lib/cryo/store"  # the store of jobs that name none
 SOCKET_ENV = "CRYO_DAEMON_SOCKET"  # the client's default socket, when set
 MAX_FRAME = 16 << 20
 _LEN = struct.Struct(">I")
@@ -189,6 +191,6 @@ def recv(sock: socket.socket) -> Any:
         raise ProtocolError(f"a frame is not JSON: {err}") from err
 
 
-__all__ = ["DEFAULT_SOCKET", "OPS", "SOCKET_ENV", "Field", "Op", "ProtocolError",
-           "check_request", "raise_reply", "recv", "reply_error", "reply_ok", "request",
-           "send"]
+__all__ = ["DEFAULT_SOCKET", "DEFAULT_STATE", "DEFAULT_STORE", "OPS", "SOCKET_ENV", "Field",
+           "Op", "ProtocolError", "check_request", "raise_reply", "recv", "reply_error",
+           "reply_ok", "request", "send"]

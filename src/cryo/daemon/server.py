@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import faulthandler
+import functools
 import json
 import logging
 import os
@@ -35,8 +36,7 @@ from cryo.daemon.state import State
 from cryo.errors import AccessDenied, CryoError, ImageExists, NoSuchProcess, Usage
 
 log = logging.getLogger("cryo.daemon")
-DEFAULT_STATE = "/var/lib/cryo/daemon"
-DEFAULT_STORE = "/var/lib/cryo/store"
+DEFAULT_STATE, DEFAULT_STORE = P.DEFAULT_STATE, P.DEFAULT_STORE
 ROOT = 0
 
 
@@ -467,7 +467,7 @@ class Daemon:
     # -- staged checkpoints ------------------------------------------------------------
 
     def op_job_prepare(self, caller: Caller, args: dict[str, Any]) -> Any:
-        import cryo
+        from cryo.engine.dump import prepare
 
         job = self.job_of(caller, args["name"])
         name = job["name"]
@@ -476,7 +476,7 @@ class Daemon:
             attempt = self.state.begin(name, "staged")
             try:
                 pid = self.alive(job)
-                handle = cryo.prepare(pid, scope=job["scope"],
+                handle = prepare(pid, scope=job["scope"],
                                       freeze_timeout=self.staged_timeout)  # fmt: skip
             except BaseException as err:
                 self.state.finish(attempt, "failed", error=type(err).__name__,
@@ -498,7 +498,6 @@ class Daemon:
 
     def op_job_write(self, caller: Caller, args: dict[str, Any]) -> Any:
         from cryo.store.layout import Store
-        from cryo.store.sink import VersionSink, load_previous
 
         job, st = self._staged(caller, args["name"])
         if st.version is not None:
@@ -506,17 +505,13 @@ class Daemon:
         name = job["name"]
         with self.slots:
             a = Store(job["store"], create=True).app(name, create=True)
-            with a.lock(exclusive=True):
+            with a.lock(exclusive=True):  # (held here while the worker writes)
                 a.sweep()
                 parent = a.latest()
-                previous = load_previous(a, parent) if parent is not None else None
                 version = a.next_version()
-
-                def make_sink() -> VersionSink:  # made in the session's worker
-                    return VersionSink(a, version, previous, parent=parent, direct=True)
-
                 try:
-                    r = st.handle.write(make_sink)
+                    r = st.handle.write(functools.partial(_version_sink, job["store"], name,
+                                                          version, parent))  # fmt: skip
                 except BaseException as err:
                     self._end_staged(name, "failed", err)
                     raise
@@ -609,6 +604,17 @@ class Daemon:
             self.abort_staged(name, "aborted")
         if self.server is not None:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+
+def _version_sink(store: str, app: str, version: int, parent: int | None) -> Any:
+    """The sink of a new version (as cryo.store.checkpoint makes it), made in the staged
+    session's worker: the caller holds the application's lock meanwhile."""
+    from cryo.store.layout import Store
+    from cryo.store.sink import VersionSink, load_previous
+
+    a = Store(store).app(app)
+    previous = load_previous(a, parent) if parent is not None else None
+    return VersionSink(a, version, previous, parent=parent, direct=True)
 
 
 def _scope_of(pid: int) -> str:
