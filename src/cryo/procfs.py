@@ -68,6 +68,7 @@ class Vma:
     path: str  # "" for anonymous
     flags: tuple[str, ...] = ()  # VmFlags from smaps
     page_size: int = 4096  # KernelPageSize from smaps (2 MiB or 1 GiB for hugetlb)
+    pkey: int = 0  # ProtectionKey from smaps (x86 memory protection keys)
 
     @property
     def size(self) -> int:
@@ -109,10 +110,13 @@ def parse_smaps_flags(data: bytes) -> list[Vma]:
             cur = _parse_maps_line(line)
         elif head == "VmFlags:" and cur is not None:
             cur = Vma(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
-                      tuple(line.split()[1:]), cur.page_size)  # fmt: skip
+                      tuple(line.split()[1:]), cur.page_size, cur.pkey)  # fmt: skip
         elif head == "KernelPageSize:" and cur is not None:
             cur = Vma(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
-                      cur.flags, int(line.split()[1]) * 1024)  # fmt: skip
+                      cur.flags, int(line.split()[1]) * 1024, cur.pkey)  # fmt: skip
+        elif head == "ProtectionKey:" and cur is not None:
+            cur = Vma(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
+                      cur.flags, cur.page_size, int(line.split()[1]))  # fmt: skip
     if cur is not None:
         out.append(cur)
     return out

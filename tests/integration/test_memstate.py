@@ -323,3 +323,19 @@ def test_shared_address_space_refused(procs: Procs, build: Any, tmp_path: Path) 
     assert r.returncode == 9, r.stderr
     assert "shares its address space" in r.stderr, r.stderr
     untouched(v)
+
+
+def test_protection_keys_survive(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """x86 protection keys: the allocated set (one key unused), a mapping's key, the
+    thread's PKRU rights."""
+    if " pku" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("no protection keys on this CPU")
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("madvise"), str(out), "pkeys"], out)
+    v.wait_line("ready")
+    poke(v, 2)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    states = {s for m in describe(str(tmp_path / "img"))["processes"][0]["mappings"]
+              for s in m["state"]}  # fmt: skip
+    assert "protection key 2" in states, states

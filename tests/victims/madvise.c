@@ -55,6 +55,21 @@ static int vmflags(unsigned char *addr, char *out, size_t size, uintptr_t *s, ui
     return found;
 }
 
+static int pkey_of(unsigned char *addr) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int in = 0, key = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        uintptr_t a, b;
+        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+            in = a <= (uintptr_t)addr && (uintptr_t)addr < b;
+        else if (in && sscanf(line, "ProtectionKey: %d", &key) == 1)
+            break;
+    }
+    if (f) fclose(f);
+    return key;
+}
+
 static uint64_t pagemap(unsigned char *addr) {
     int fd = open("/proc/self/pagemap", O_RDONLY);
     uint64_t e = 0;
@@ -67,6 +82,30 @@ int main(int argc, char **argv) {
     open_report(argc, argv);
     poke_setup();
     int future = argc > 2 && !strcmp(argv[2], "future");
+    if (argc > 2 && !strcmp(argv[2], "pkeys")) {
+        /* x86 protection keys: two allocated, one tagging a mapping and denying writes in
+         * this thread's PKRU, the other allocated and unused */
+        int k1 = pkey_alloc(0, 0), k2 = pkey_alloc(0, PKEY_DISABLE_WRITE);
+        if (k1 < 0 || k2 < 0) { report("setup pkey_alloc: %s", strerror(errno)); _exit(5); }
+        unsigned char *tagged = mmap(NULL, N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(tagged, 'k', N * PG);
+        if (pkey_mprotect(tagged, N * PG, PROT_READ | PROT_WRITE, k2)) { report("setup pkey_mprotect: %s", strerror(errno)); _exit(5); }
+        report("ready %d %d %d", getpid(), k1, k2);
+        for (long round = 0;; round++) {
+            int bad = 0;
+            if (pkey_of(tagged) != k2) { FAIL("mapping's protection key %d, not %d", pkey_of(tagged), k2); bad = 1; }
+            if (pkey_get(k2) != PKEY_DISABLE_WRITE) { FAIL("PKRU rights of key %d: %d", k2, pkey_get(k2)); bad = 1; }
+            for (size_t i = 0; i < N * PG; i++) if (tagged[i] != 'k') { FAIL("tagged data"); bad = 1; break; }
+            unsigned char *t = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (pkey_mprotect(t, PG, PROT_READ | PROT_WRITE, k1)) { FAIL("key %d no longer allocated", k1); bad = 1; }
+            munmap(t, PG);
+            int k3 = pkey_alloc(0, 0);
+            if (k3 != (k1 > k2 ? k1 : k2) + 1) { FAIL("next key %d: the allocated set changed", k3); bad = 1; }
+            if (k3 >= 0) pkey_free(k3);
+            if (!bad) report("ok %ld", round);
+            next_round();
+        }
+    }
     if (argc > 2 && !strcmp(argv[2], "ksm")) {
         /* KSM for the whole process (PR_SET_MEMORY_MERGE), but one mapping opted out */
         if (prctl(67, 1, 0, 0, 0)) { report("setup PR_SET_MEMORY_MERGE: %s", strerror(errno)); _exit(5); }

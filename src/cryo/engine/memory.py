@@ -38,6 +38,7 @@ from cryo.linux.mm import (
     MAPX,
     MCL,
     MLOCK,
+    PKEYS,
     PR_SET_MEMORY_MERGE,
     PR_SET_VMA,
     PR_SET_VMA_ANON_NAME,
@@ -145,6 +146,8 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
             if kind in ("file", "shared-file"):
                 fst = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
                 ent["file"] = [fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns]
+            if v.pkey:  # x86 memory protection key
+                ent["pkey"] = v.pkey
             if "ht" in v.flags:  # hugetlb: its page size, to map it again as such
                 ent["hugetlb"] = v.page_size
             if "gu" in v.flags:  # a mapping that may hold guard pages (PTE markers)
@@ -180,6 +183,7 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
     rec = {
         "pid": pid, "vmas": out, "auxv": auxv,
         "mlockall": int(ctx.live.get("mlockall", 0)), "ksm_merge_any": _ksm_merge_any(pid),
+        **({"pkeys": ctx.live["pkeys"]} if ctx.live.get("pkeys") else {}),
         **({"cow": cow_rec} if cow_rec else {}),
         "exe": procfs.readlink(pid, "exe"),
         "mm": {"start_code": st.start_code, "end_code": st.end_code,
@@ -241,6 +245,29 @@ def dump_brk(ctx: DumpContext) -> None:
     for v in procfs.parse_smaps_flags(procfs.read(ctx.pid, "smaps")):
         if scratch and v.start <= scratch < v.end and "lo" in v.flags:
             ctx.live["mlockall"] = MCL.FUTURE | (MCL.ONFAULT if "lf" in v.flags else 0)
+    ctx.live["pkeys"] = _allocated_pkeys(ctx) if scratch and _has_pku() else []
+
+
+def _has_pku() -> bool:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return " pku" in line
+    return False
+
+
+def _allocated_pkeys(ctx: DumpContext) -> list[int]:
+    """The protection keys the process has allocated (pkey_alloc), used by a mapping or
+    not: no /proc file lists them, but pkey_mprotect() of our scratch page with a key
+    fails with EINVAL exactly when the key is not allocated.  The scratch goes back to
+    key 0; nothing of the process changes."""
+    inj = ctx.inj
+    prot = PROT.READ | PROT.WRITE
+    keys = [k for k in range(1, PKEYS)
+            if inj.raw(SYSX.pkey_mprotect, inj.scratch, PAGE_SIZE, prot, k) == 0]
+    if keys:
+        inj(SYSX.pkey_mprotect, inj.scratch, PAGE_SIZE, prot, 0)
+    return keys
 
 
 def split_blocks(runs: list[tuple[int, int]], block: int = BLOCK) -> Iterator[list[list[int]]]:
@@ -573,6 +600,7 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     inj = ctx.inj
     fds: dict[str, int] = {}
     fixup = []
+    _restore_pkeys(ctx, rec.get("pkeys", []))
     merge_any = bool(rec.get("ksm_merge_any"))
     inherited: dict[int, list[tuple[int, int]]] = (getattr(ctx, "live", None) or {}).get(
         "inherited", {})
@@ -637,6 +665,26 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     return fixup
 
 
+def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> None:
+    """Allocate exactly the protection keys of the image: pkey_alloc() gives the lowest
+    free key, so every key up to the highest wanted is taken and the others given back.
+    (The PKRU rights pkey_alloc sets in this thread are overwritten with the saved
+    registers.)"""
+    inj = ctx.inj
+    for k in range(1, PKEYS):  # a process forked from a restored parent has its keys
+        if k not in want:
+            inj.raw(SYSX.pkey_free, k)
+    extra = []
+    while want and (k := inj.raw(SYSX.pkey_alloc, 0, 0)) < max(want):
+        if k < 0:
+            raise CryoError(f"cannot allocate protection keys {want} here: {os.strerror(-k)}",
+                            pid=ctx.pid, resource="pkeys")  # fmt: skip
+        if k not in want:
+            extra.append(k)
+    for k in extra:
+        inj(SYSX.pkey_free, k)
+
+
 def _anon_name(path: str) -> str | None:
     """The name an anonymous mapping was given with PR_SET_VMA_ANON_NAME, if any."""
     for prefix in ("[anon:", "[anon_shmem:"):
@@ -699,7 +747,7 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
 
 def _after_pages(v: dict[str, Any]) -> bool:
     """Does this VMA have state to set once its pages are written?"""
-    return bool(v.get("guards")) or bool({"lo", "sl"} & set(v["flags"]))
+    return bool(v.get("guards") or v.get("pkey")) or bool({"lo", "sl"} & set(v["flags"]))
 
 
 def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
@@ -716,6 +764,9 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
                         what=f" {_MADVISE[flag].name} {start:#x}")  # fmt: skip
         if v.get("data") and v["prot"] != v["prot"] | PROT.READ | PROT.WRITE:
             inj(SYS.mprotect, start, size, v["prot"])
+        if v.get("pkey"):
+            inj(SYSX.pkey_mprotect, start, size, v["prot"], v["pkey"],
+                what=f" pkey_mprotect {start:#x} key {v['pkey']}")  # fmt: skip
         for addr, length in v.get("guards", ()):
             inj(SYS.madvise, addr, length, MADV.GUARD_INSTALL,
                 what=f" MADV_GUARD_INSTALL {addr:#x}")  # fmt: skip
@@ -769,6 +820,8 @@ def describe_state(v: dict[str, Any]) -> list[str]:
     out = [STATE_NAMES[f] for f in v["flags"] if f in STATE_NAMES and f != "ht"]
     if v.get("hugetlb"):
         out.append(f"hugetlb {v['hugetlb'] >> 10} kB")
+    if v.get("pkey"):
+        out.append(f"protection key {v['pkey']}")
     guards = v.get("guards")
     if guards:
         out.append(f"guard pages {sum(n for _, n in guards) // PAGE_SIZE}")

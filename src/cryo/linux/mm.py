@@ -59,12 +59,16 @@ class SYSX(enum.IntEnum):
     io_setup = 206
     io_destroy = 207
     mlock2 = 325
+    pkey_mprotect = 329
+    pkey_alloc = 330
+    pkey_free = 331
     memfd_create = 319
     mseal = 462
 
 
 PR_SET_MEMORY_MERGE = 67
 PR_GET_MEMORY_MERGE = 68
+PKEYS = 16  # x86: protection keys 0-15, 0 the default of every mapping
 PR_SET_VMA = 0x53564D41
 PR_SET_VMA_ANON_NAME = 0
 
