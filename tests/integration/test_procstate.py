@@ -156,3 +156,11 @@ def test_signals_and_thread_timers_in_a_pid_namespace(procs: Procs, tmp_path: Pa
     v = Victim(procs.track(int(r.stdout)), out)
     v.wait_ok_after(last + 2)
     assert not v.fails()
+
+
+def test_membarrier_registrations(procs: Procs, build: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("membarrier"), str(out)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()

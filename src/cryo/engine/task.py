@@ -14,6 +14,7 @@ resets on a credential change."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import (
     _LINUX_CAPABILITY_VERSION_3,
+    MEMBARRIER_CMD,
     PR,
     PR_CAP_AMBIENT,
     PTRACE_O,
@@ -103,12 +105,44 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         personality = int(f.read(), 16)
     audit = _check_audit(pid, sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")))
     return {
+        "membarrier": _membarrier_registrations(ctx),
         "pid": pid, "ppid": st.ppid, "pgid": st.pgrp, "sid": st.session,
         "comm": st.comm, "exit_signal": st.exit_signal, "personality": personality,
         "rlimits": procfs.parse_limits(procfs.read(pid, "limits")), "prctl": prctl,
         "audit": list(audit) if audit else None,
         "oom_score_adj": int(procfs.read(pid, "oom_score_adj")),
     }  # fmt: skip
+
+
+_MEMBARRIER_REGISTER = (MEMBARRIER_CMD.REGISTER_GLOBAL_EXPEDITED,
+                        MEMBARRIER_CMD.REGISTER_PRIVATE_EXPEDITED,
+                        MEMBARRIER_CMD.REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
+                        MEMBARRIER_CMD.REGISTER_PRIVATE_EXPEDITED_RSEQ)  # fmt: skip
+
+
+def _membarrier_registrations(ctx: DumpContext) -> int:
+    """The process's membarrier registrations (the REGISTER_* commands it made), which
+    only the process can ask for (MEMBARRIER_CMD_GET_REGISTRATIONS, Linux 6.3).  On an
+    older kernel a registration is seen by the barrier it allows (which fails with EPERM
+    unregistered), except REGISTER_GLOBAL_EXPEDITED, which nothing shows: refused."""
+    inj = ctx.inj
+    got = inj.raw(SYS.membarrier, MEMBARRIER_CMD.GET_REGISTRATIONS, 0, 0)
+    if got >= 0:
+        return got
+    if got == -errno.ENOSYS:
+        return 0  # no membarrier at all
+    supported = inj.raw(SYS.membarrier, MEMBARRIER_CMD.QUERY, 0, 0)
+    mask = 0
+    for cmd in _MEMBARRIER_REGISTER[1:]:
+        if supported > 0 and supported & cmd and \
+                inj.raw(SYS.membarrier, cmd >> 1, 0, 0) == 0:  # fmt: skip
+            mask |= cmd
+    if supported > 0 and supported & MEMBARRIER_CMD.REGISTER_GLOBAL_EXPEDITED:
+        raise Unsupported(f"process {ctx.pid}: this kernel does not tell whether it"
+                          " registered for global expedited membarriers"
+                          " (MEMBARRIER_CMD_GET_REGISTRATIONS needs Linux 6.3)",
+                          pid=ctx.pid, resource="membarrier")  # fmt: skip
+    return mask
 
 
 def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
@@ -194,6 +228,9 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     if "oom_score_adj" in rec:
         _restore_oom(ctx, rec["oom_score_adj"])
     inj = ctx.inj
+    for cmd in _MEMBARRIER_REGISTER:
+        if rec.get("membarrier", 0) & cmd:
+            inj(SYS.membarrier, cmd, 0, 0, what=" registering membarriers")
     for res, (soft, hard) in rec["rlimits"].items():
         lim = S.rlimit64(soft, hard)
         ret = inj.raw(SYS.prlimit64, 0, int(res), inj.put(libc.struct_bytes(lim)), 0)
