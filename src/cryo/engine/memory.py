@@ -14,6 +14,7 @@ process_vm_writev straight from the mapped image, then protections and mm fields
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -248,6 +249,7 @@ def dump_brk(ctx: DumpContext) -> None:
     ctx.live["pkeys"] = _allocated_pkeys(ctx) if scratch and _has_pku() else []
 
 
+@functools.cache
 def _has_pku() -> bool:
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -671,6 +673,8 @@ def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> None:
     (The PKRU rights pkey_alloc sets in this thread are overwritten with the saved
     registers.)"""
     inj = ctx.inj
+    if not want and not (getattr(ctx, "live", None) or {}).get("cow_inherited"):
+        return  # a helper forked from cryo has no keys
     for k in range(1, PKEYS):  # a process forked from a restored parent has its keys
         if k not in want:
             inj.raw(SYSX.pkey_free, k)
