@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cryo.engine import files, memory, registers, signals
+from cryo.engine import files, memory, registers, signals, task
 from cryo.engine.spmf import of_image as files_of
 from cryo.image import format as fmt
 from cryo.image import records as R
@@ -67,6 +67,7 @@ def describe(path: str, *, verify: bool = True) -> dict[str, Any]:
                 "files": files.describe(frec, descs),
                 "signals": signals.describe(image.one(R.SIGS, pid), trecs),
                 "timers": len(image.one(R.TIMR, pid)["posix"]),
+                "task": task.describe(t),
             })  # fmt: skip
         return out
     finally:
@@ -80,7 +81,7 @@ def _thread(trec: dict[str, Any]) -> dict[str, Any]:
             "rip": f"{regs.rip:#x}", "rsp": f"{regs.rsp:#x}", "fs_base": f"{regs.fs_base:#x}",
             "syscall": sc if sc >= 0 else None,
             "syscall_name": syscall_name(sc) if sc >= 0 else None,
-            "xstate_bytes": len(trec["xstate"])}
+            "xstate_bytes": len(trec["xstate"]), **task.describe_thread(trec)}
 
 
 def _perms(v: dict[str, Any]) -> str:

@@ -332,3 +332,30 @@ def stop_after_restore(tracee: Tracee, trec: dict[str, Any]) -> None:
     restored job usually is, so waitid shows SIGSTOP as the stop signal."""
     if tracee.tid == tracee.pid and trec.get("group_stop"):
         os.kill(tracee.pid, signal.SIGSTOP)
+
+
+def describe(rec: dict[str, Any]) -> dict[str, Any]:
+    """``cryo show``: the process-wide state of a TASK record."""
+    out: dict[str, Any] = {"prctl": rec["prctl"], "personality": f"{rec['personality']:#x}"}
+    for key in ("oom_score_adj", "membarrier"):
+        if key in rec:
+            out[key] = rec[key]
+    if rec.get("audit"):
+        out["audit"] = {"loginuid": rec["audit"][0], "sessionid": rec["audit"][1]}
+    return out
+
+
+def describe_thread(trec: dict[str, Any]) -> dict[str, Any]:
+    """``cryo show``: a thread's credentials, scheduling, seccomp and stop state."""
+    out: dict[str, Any] = {"uids": trec["uids"], "gids": trec["gids"], "groups": trec["groups"],
+                           "caps": trec["caps"], "no_new_privs": trec["no_new_privs"]}
+    for key in ("securebits", "pdeathsig", "dumpable"):
+        if key in trec:
+            out[key] = trec[key]
+    out.update(sched.describe(trec))
+    sc = seccomp.describe(trec)
+    if sc:
+        out["seccomp"] = sc
+    if trec.get("group_stop"):
+        out["stopped"] = signal.Signals(trec["group_stop"]).name
+    return out
