@@ -224,15 +224,17 @@ def test_must_reuse_pid_conflict(procs: Procs, image: Path, build: Any) -> None:
 
 
 def test_unsupported_resource_leaves_target_alone(procs: Procs, tmp_path: Path) -> None:
+    # an established TCP connection: refused unless --tcp-established says what to do
     code = ("import socket,time,os\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\n"
+            "c=socket.create_connection(s.getsockname())\na,_=s.accept()\n"
             f"f=open('{tmp_path}/out.txt','a',buffering=1)\nf.write('ready\\n')\n"
             "i=0\nwhile True:\n  f.write(f'tick {i}\\n'); i+=1; time.sleep(0.01)\n")
     v = procs.spawn([sys.executable, "-c", code], tmp_path / "out.txt")
     v.wait_ok_after(3)
     maps = Path(f"/proc/{v.pid}/maps").read_text()
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-    assert r.returncode == ExitCode.UNSUPPORTED
-    assert "TCP socket is not supported" in r.stderr and "fd 3" in r.stderr
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "TCP connection" in r.stderr and "--tcp-established" in r.stderr, r.stderr
     assert_untouched(v, maps)
     assert not (tmp_path / "img").exists()
 
