@@ -2,7 +2,10 @@
  * argv[2] = "filters": the leader installs F1 (getppid -> EPERM 77, rt_sigaction ->
  * KILL_PROCESS: cryo injects rt_sigaction), a thread inherits it, the leader adds F2
  * with TSYNC (sched_yield -> errno 79) to both, then the thread adds F3 of its own
- * (getuid -> errno 78).  argv[2] = "strict": a thread in strict mode echoes bytes
+ * (getuid -> errno 78).  Once the file ARGV[1].tsync exists, the thread adds an
+ * allow-all filter with TSYNC, which the kernel accepts only if the leader's chain is
+ * the same filters as the start of the thread's, not copies; the leader then runs the
+ * thread's whole chain.  argv[2] = "strict": a thread in strict mode echoes bytes
  * through two pipes, checked by the leader. */
 #include "common.h"
 #include <dirent.h>
@@ -38,13 +41,17 @@ static int denied(long nr, int want) {
     return syscall(nr) == -1 && errno == want;
 }
 
+static volatile int synced;
+static char tsync_path[4096];
+
 static int check(const char *who, int own) {
     int bad = 0;
+    own |= synced;
     if (!denied(SYS_getppid, 77)) { FAIL("%s getppid allowed", who); bad = 1; }
     if (!denied(SYS_sched_yield, 79)) { FAIL("%s sched_yield allowed", who); bad = 1; }
     if (own != denied(SYS_getuid, 78)) { FAIL("%s getuid filter %d", who, !own); bad = 1; }
     int n = status_field("/proc/thread-self/status", "Seccomp_filters:");
-    if (n != 2 + own) { FAIL("%s %d filters", who, n); bad = 1; }
+    if (n != (synced ? 4 : 2 + own)) { FAIL("%s %d filters", who, n); bad = 1; }
     if (status_field("/proc/thread-self/status", "Seccomp:") != 2) { FAIL("%s mode", who); bad = 1; }
     if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1) { FAIL("%s no_new_privs", who); bad = 1; }
     return bad;
@@ -58,7 +65,16 @@ static void *filtered(void *arg) {
     struct sock_filter f3[] = {LOAD_NR, DENY(SYS_getuid, SECCOMP_RET_ERRNO | 78), ALLOW};
     install(f3, 4, SECCOMP_FILTER_FLAG_LOG);
     pthread_barrier_wait(&bar);
-    for (;;) { thread_bad = check("thread", 1); nap(30); }
+    for (;;) {
+        if (!synced && access(tsync_path, F_OK) == 0) {
+            struct sock_filter all[] = {ALLOW};
+            struct sock_fprog prog = {1, all};
+            long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog);
+            if (r) FAIL("tsync: %ld (errno %d)", r, errno); else { synced = 1; report("tsync ok"); }
+        }
+        thread_bad = check("thread", 1);
+        nap(30);
+    }
     return NULL;
 }
 
@@ -80,6 +96,7 @@ static void *strict(void *arg) {
 int main(int argc, char **argv) {
     open_report(argc, argv);
     int use_strict = argc > 2 && !strcmp(argv[2], "strict");
+    snprintf(tsync_path, sizeof tsync_path, "%s.tsync", argv[1]);
     pthread_barrier_init(&bar, NULL, 2);
     pthread_t t;
     if (use_strict) {

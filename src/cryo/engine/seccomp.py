@@ -8,9 +8,10 @@ checkpoint and at restart, and refused before anything is touched if the kernel 
 not allow that.  At restart each thread installs its filters again itself, with an
 injected seccomp(SECCOMP_SET_MODE_FILTER), while it still has CAP_SYS_ADMIN (so
 no_new_privs is not needed, as for the original), and strict mode last of all.  Threads
-that shared a filter get equal copies: a later SECCOMP_FILTER_FLAG_TSYNC by the program
-fails where the original would have succeeded (the kernel has no way to install one
-filter in several threads but TSYNC from one of them, which needs equal chains)."""
+that share the first filters of their chains (inherited, or TSYNC'd into all) share them
+again: those are installed in the leader before the other threads are made, which
+inherit them, so that a later SECCOMP_FILTER_FLAG_TSYNC by the program works as it would
+have (the kernel needs the same filter objects, not equal ones)."""
 
 from __future__ import annotations
 
@@ -37,18 +38,47 @@ def dump_thread(pid: int, tracee: Tracee) -> dict[str, Any]:
     return {"seccomp": {"mode": m, "filters": [[prog, flags] for prog, flags in filters]}}
 
 
-def restore_filters(inj: Injector, trec: dict[str, Any], options: int) -> None:
-    """Install the thread's filters (needs CAP_SYS_ADMIN or no_new_privs); from now on
-    the thread is traced with its seccomp suspended (``options``: those in force)."""
-    sc = trec.get("seccomp")
-    if not sc or sc["mode"] == SECCOMP_MODE.DISABLED:
+def _chain(trec: dict[str, Any]) -> list[tuple[bytes, int]]:
+    sc = trec.get("seccomp") or {}
+    if sc.get("mode") != SECCOMP_MODE.FILTER:
+        return []
+    return [(bytes(prog), int(flags)) for prog, flags in sc["filters"]]
+
+
+def restore_shared(inj: Injector, trecs: list[dict[str, Any]], options: int) -> None:
+    """In the leader, before the other threads are made: the filters at the start of
+    every thread's chain, which the threads then inherit (the same filters, as in the
+    original, and as a later TSYNC needs).  Each thread installs the rest of its own
+    chain later (restore_filters)."""
+    chains = [_chain(t) for t in trecs]
+    common = 0
+    while all(len(c) > common and c[common] == chains[0][common] for c in chains):
+        common += 1
+    if not common:
         return
     inj.t.suspend_seccomp(options)
-    for prog, flags in sc["filters"]:
+    _install(inj, chains[0][:common])
+    for t in trecs:
+        t["seccomp"]["inherited"] = common  # not saved: read by restore_filters
+
+
+def _install(inj: Injector, chain: list[tuple[bytes, int]]) -> None:
+    for prog, flags in chain:
         addr = inj.put(prog, _FILTER_AT)
         fprog = S.sock_fprog(len(prog) // ctypes.sizeof(S.sock_filter), addr)
         inj(SYS.seccomp, SECCOMP_SET.MODE_FILTER, flags, inj.put(bytes(fprog), 1024),
             what=" installing a seccomp filter")  # fmt: skip
+
+
+def restore_filters(inj: Injector, trec: dict[str, Any], options: int) -> None:
+    """Install the thread's filters, those it did not inherit from the leader (needs
+    CAP_SYS_ADMIN or no_new_privs); from now on the thread is traced with its seccomp
+    suspended (``options``: those in force)."""
+    sc = trec.get("seccomp")
+    if not sc or sc["mode"] == SECCOMP_MODE.DISABLED:
+        return
+    inj.t.suspend_seccomp(options)
+    _install(inj, _chain(trec)[sc.get("inherited", 0):])
 
 
 def restore_strict(inj: Injector, trec: dict[str, Any]) -> None:

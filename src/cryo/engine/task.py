@@ -228,6 +228,9 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     if "oom_score_adj" in rec:
         _restore_oom(ctx, rec["oom_score_adj"])
     inj = ctx.inj
+    trecs = getattr(ctx, "thread_records", None)
+    if trecs:  # before the threads are made: the seccomp filters they all share
+        seccomp.restore_shared(inj, trecs, _options(inj))
     for cmd in _MEMBARRIER_REGISTER:
         if rec.get("membarrier", 0) & cmd:
             inj(SYS.membarrier, cmd, 0, 0, what=" registering membarriers")
@@ -280,6 +283,11 @@ def cap_last_cap() -> int:
         return int(f.read())
 
 
+def _options(inj: Injector) -> int:
+    """The ptrace options of a restored task (traced from birth, it inherited them)."""
+    return inj.t.options or int(PTRACE_O.EXITKILL | TRACE_NEW)
+
+
 def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
     """In each thread (raw setres*id calls change the calling thread only), last of the
     privileged steps, in an order the kernel accepts (the helper runs with cryo's full
@@ -311,7 +319,7 @@ def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
         for cap in range(cap_last_cap() + 1):
             if not caps["bnd"] >> cap & 1:
                 inj(SYS.prctl, PR.CAPBSET_DROP, cap, 0, 0, 0)
-    seccomp.restore_filters(inj, trec, inj.t.options or int(PTRACE_O.EXITKILL | TRACE_NEW))
+    seccomp.restore_filters(inj, trec, _options(inj))
     if caps is not None:
         inj(SYS.prctl, PR.SET_SECUREBITS, trec["securebits"], 0, 0, 0)
         _capset(inj, caps["eff"], caps["prm"], caps["inh"])
