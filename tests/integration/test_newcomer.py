@@ -57,6 +57,7 @@ def test_version() -> None:
     (["restart", "-D", "/tmp/x", "--version", "2"], "--version goes with --store"),
     (["restart", "-D", "/tmp/x", "--translate", "nothing"], "OLD=NEW"),
     (["checkpoint"], "-D/--images-dir"),  # argparse's own
+    (["checkpoint", "1", "-D", ""], "an empty path is no directory"),
 ])  # fmt: skip
 def test_bad_command_lines_exit_2(args: list[str], says: str) -> None:
     r = run_cryo(*args)

@@ -121,6 +121,8 @@ def test_save_files_replaced_binary_deleted_library(procs: Procs, tmp_path: Path
     by = {(f["path"], f["use"]): f for f in listed}
     assert by[(str(prog), "exe")]["saved"] and by[(str(lib), "mapped")]["saved"]
     assert by[(str(tmp_path / "out.txt"), "open")]["saved"] is False
+    text = run_cryo("show", str(img), "--files").stdout.splitlines()
+    assert f"exe    {prog}  [{v.pid}]  (in the image)" in text, text
 
     lib.unlink()
     prog.unlink()

@@ -116,7 +116,8 @@ def _net_options(args: argparse.Namespace) -> dict[str, bool]:
 
 def _where(p: argparse.ArgumentParser, verb: str) -> None:
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("-D", "--images-dir", dest="dir", metavar="DIR", help="an image directory")
+    g.add_argument("-D", "--images-dir", dest="dir", metavar="DIR", type=_directory,
+                   help="an image directory")
     g.add_argument("--store", metavar="STORE",
                    help="an image store: versions of application --app, incremental")
     p.add_argument("--app", metavar="NAME", help="with --store: the application's name")
@@ -149,6 +150,12 @@ def _scope(args: argparse.Namespace) -> tuple[int, str]:
     except OSError:
         started_by_run = False
     return args.pid, "tree" if started_by_run else "process"
+
+
+def _directory(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path is no directory")
+    return text
 
 
 def _signal(text: str) -> int:
