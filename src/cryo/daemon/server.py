@@ -90,6 +90,8 @@ class Daemon:
         self.staged_timeout = staged_timeout
         self.backoff = backoff
         self.staged: dict[str, Staged] = {}
+        self._stores: set[str] = set()
+        self._stores_lock = threading.Lock()
         self._busy: set[str] = set()
         self._cond = threading.Condition()
         self.stopping = threading.Event()
@@ -320,6 +322,18 @@ class Daemon:
 
     # -- checkpoints -----------------------------------------------------------------
 
+    def ensure_store(self, path: str) -> None:
+        """Make the store once, from one thread: cryo.store makes a store safely against
+        other processes, not against threads of one process (one temporary marker name
+        per pid)."""
+        from cryo.store.layout import Store
+
+        with self._stores_lock:
+            if path not in self._stores:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                Store(path, create=True)
+                self._stores.add(path)
+
     def alive(self, job: dict[str, Any]) -> int:
         pid = job["pid"]
         if job["state"] != "running" or not pid or not procs.running(pid, job["start_time"]):
@@ -344,6 +358,7 @@ class Daemon:
                     self.metrics.top("checkpoint_lateness_seconds_max", name, started - due)
                 try:
                     pid = self.alive(job)
+                    self.ensure_store(job["store"])
                     version, r = cstore.checkpoint(pid, job["store"], name, scope=job["scope"])
                 except BaseException as err:
                     self.failed(job, attempt, err)
@@ -504,7 +519,8 @@ class Daemon:
             raise CryoError(f"job {job['name']}: the staged checkpoint is written already")
         name = job["name"]
         with self.slots:
-            a = Store(job["store"], create=True).app(name, create=True)
+            self.ensure_store(job["store"])
+            a = Store(job["store"]).app(name, create=True)
             with a.lock(exclusive=True):  # (held here while the worker writes)
                 a.sweep()
                 parent = a.latest()

@@ -1,0 +1,224 @@
+"""cryod under load: N jobs of M MiB checkpointed every P seconds for T seconds.
+
+Each job is a victim that counts loop iterations per second (and writes a few pages of
+its memory a second, so that incremental versions have something to store).  The same
+victims first run without the daemon for B seconds (the baseline), then with it; the
+slowdown is the drop of their iterations per second.  Reported: every due checkpoint
+and how late it started (the goal: within 1 s of its time), checkpoints lost (due but
+never taken), failures, durations and frozen times, the victims' slowdown, and the
+daemon's RSS after the jobs were added and at the end.
+
+    python bench/daemon.py                       # 20 jobs, 64 MiB, every 5 s, for 300 s
+    python bench/daemon.py --jobs 8 --time 60    # shorter
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import kill_all
+from cryo.daemon import Client
+
+VICTIM = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+/* argv: OUT MIB PAGES_PER_S; prints "rate N" each second (iterations in that second) */
+static double now(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9;
+}
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    size_t n = (size_t)atol(argv[2]) << 20, pages = n / 4096;
+    double pps = atof(argv[3]);
+    unsigned char *p = malloc(n);
+    if (!p) return 3;
+    for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)i;
+    FILE *f = fopen(argv[1], "a");
+    if (!f) return 4;
+    setvbuf(f, NULL, _IOLBF, 0);
+    fprintf(f, "ready\n");
+    unsigned long long x = 1, acc = 0, iters = 0, last = 0, dirtied = 0;
+    double t0 = now(), start = t0;
+    size_t page = 0;
+    for (;;) {
+        for (int k = 0; k < 1024; k++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            acc += x >> 33;
+        }
+        iters++;
+        if ((iters & 63) == 0) {
+            double t = now();
+            while (dirtied < (t - start) * pps) {  /* a few pages written a second */
+                p[page * 4096] += (unsigned char)acc; page = (page + 97) % pages; dirtied++;
+            }
+            if (t - t0 >= 1.0) {
+                struct timespec w; clock_gettime(CLOCK_REALTIME, &w);
+                fprintf(f, "rate %llu %.3f\n", iters - last, w.tv_sec + w.tv_nsec / 1e9);
+                last = iters; t0 += 1.0;
+            }
+        }
+    }
+}
+"""
+
+
+def rates(path: Path, since: float, until: float) -> list[int]:
+    out = []
+    for line in path.read_text().splitlines():
+        w = line.split()
+        if w[:1] == ["rate"] and since <= float(w[2]) <= until:
+            out.append(int(w[1]))
+    return out
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=20)
+    ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--every", type=float, default=5.0)
+    ap.add_argument("--time", type=float, default=300.0, help="seconds with the daemon")
+    ap.add_argument("--baseline", type=float, default=30.0, help="seconds without it")
+    ap.add_argument("--dirty", type=float, default=1.0, help="MiB each job writes a second")
+    ap.add_argument("--keep-last", type=int, default=3)
+    ap.add_argument("--max-concurrent", type=int, default=2)
+    ap.add_argument("--dir", help="where the store and state go (default a new /tmp dir)")
+    args = ap.parse_args()
+
+    base = Path(args.dir or tempfile.mkdtemp(prefix="cryod-bench-", dir="/var/tmp"))
+    exe = base / "victim"
+    (base / "victim.c").write_text(VICTIM)
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(base / "victim.c")], check=True)
+    pids: list[int] = []
+    daemon = None
+    try:
+        outs = []
+        for i in range(args.jobs):
+            out = base / f"job{i}.txt"
+            outs.append(out)
+            p = subprocess.Popen([str(exe), str(out), str(args.mib), str(args.dirty * 256)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, close_fds=True,
+                                 start_new_session=True)  # fmt: skip
+            p.returncode = 0  # reaped by pid (kill_all)
+            pids.append(p.pid)
+        while not all(o.exists() and "ready" in o.read_text() for o in outs):
+            time.sleep(0.05)
+        t_base = time.time() + 1.0
+        time.sleep(args.baseline + 1.0)
+        t_base_end = time.time()
+
+        sock = str(base / "cryod.sock")
+        daemon = subprocess.Popen([sys.executable, "-m", "cryo", "daemon", "--socket", sock,
+                                   "--state", str(base / "state"), "--store",
+                                   str(base / "store"), "--log", str(base / "cryod.log"),
+                                   "--max-concurrent", str(args.max_concurrent)],
+                                  stdin=subprocess.DEVNULL, close_fds=True,
+                                  start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(sock, timeout=5) as c:
+                    c.ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        # jobs added P/N apart: their due times are spread over the period
+        with Client(sock, timeout=60) as c:
+            for i, pid in enumerate(pids):
+                c.add(f"job{i}", pid=pid, every=args.every, keep_last=args.keep_last)
+                time.sleep(args.every / args.jobs)
+        t_start = time.time()
+        rss_start = rss(daemon.pid)
+        time.sleep(args.time)
+        t_end = time.time()
+        rss_end = rss(daemon.pid)
+        with Client(sock, timeout=60) as c:
+            hist = {j["name"]: c.history(j["name"], limit=100000) for j in c.jobs()}
+            jobs = {j["name"]: j for j in c.jobs()}
+            frozen = [v["frozen"] for j in jobs for v in c.versions(j) if v["frozen"]]
+        with_daemon = [statistics.mean(rates(o, t_start + 1, t_end)) for o in outs]
+        baseline = [statistics.mean(rates(o, t_base, t_base_end)) for o in outs]
+        after = None
+        if args.baseline:
+            daemon.kill()
+            daemon.wait()
+            daemon = None
+            t_after = time.time() + 1.0
+            time.sleep(args.baseline + 1.0)
+            after = [statistics.mean(rates(o, t_after, time.time())) for o in outs]
+    finally:
+        if daemon is not None:
+            daemon.kill()
+            daemon.wait()
+        kill_all(pids)
+
+    lateness, lost, failed, taken, secs = [], 0, 0, 0, []
+    for name, h in hist.items():
+        done = [a for a in h if a["kind"] == "checkpoint" and a["due"] is not None]
+        failed += sum(a["status"] == "failed" for a in done)
+        ok = [a for a in done if a["status"] == "ok" and a["started"] <= t_end]
+        taken += len(ok)
+        lateness += [a["started"] - a["due"] for a in ok]
+        # the due times, one period apart from the first, that ended 2 s before the end
+        first = jobs[name]["created"] + args.every
+        due = [k for k in range(int((t_end - first) // args.every) + 1)
+               if first + k * args.every < t_end - 2]  # fmt: skip
+        got = {round((a["due"] - first) / args.every) for a in ok}
+        lost += sum(k not in got for k in due)
+    for h in hist.values():
+        for a in h:
+            if a["status"] == "ok" and a["finished"]:
+                secs.append(a["finished"] - a["started"])
+    lateness.sort()
+    ref = [statistics.mean(x) for x in zip(baseline, after or baseline, strict=True)]
+    slow = [(r - d) / r * 100 for r, d in zip(ref, with_daemon, strict=True)]
+    print(f"cryod: {args.jobs} jobs of {args.mib} MiB, every {args.every:g} s, for"
+          f" {args.time:g} s (max concurrent {args.max_concurrent}, keep last {args.keep_last},"
+          f" {args.dirty:g} MiB/s written by each job)")  # fmt: skip
+    print(f"  checkpoints taken        {taken} (failed {failed}; due and not taken: {lost})")
+    if frozen:
+        print(f"  frozen                   median {statistics.median(frozen) * 1000:.0f} ms,"
+              f" max {max(frozen) * 1000:.0f} ms")
+    if lateness:
+        p = lambda q: lateness[min(len(lateness) - 1, int(q * len(lateness)))]  # noqa: E731
+        print(f"  started after due time   median {p(0.5) * 1000:.0f} ms, p99"
+              f" {p(0.99) * 1000:.0f} ms, max {lateness[-1] * 1000:.0f} ms;"
+              f" {sum(x > 1.0 for x in lateness)} later than 1 s")  # fmt: skip
+    if secs:
+        print(f"  checkpoint duration      median {statistics.median(secs):.3f} s,"
+              f" max {max(secs):.3f} s")
+    print(f"  victims' iterations/s    baseline {statistics.mean(ref):,.0f}, with cryod"
+          f" {statistics.mean(with_daemon):,.0f}: slowdown {statistics.mean(slow):.2f}%"
+          f" (per job min {min(slow):.2f}%, max {max(slow):.2f}%)")  # fmt: skip
+    if after:
+        drift = (statistics.mean(after) - statistics.mean(baseline)) / statistics.mean(baseline)
+        print(f"  baseline before/after    {statistics.mean(baseline):,.0f} /"
+              f" {statistics.mean(after):,.0f} ({drift * 100:+.2f}%: the machine's own noise)")
+    print(f"  cryod RSS                {rss_start / 2**20:.1f} MiB after adding the jobs,"
+          f" {rss_end / 2**20:.1f} MiB at the end")  # fmt: skip
+    print(f"  store, state and log in  {base}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
