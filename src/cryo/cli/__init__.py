@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.register(sub)
     ipc.register(sub)
     store.register(sub)
+    from cryo.cli import migrate
+
+    migrate.register(sub)
     from cryo.cli import daemon, grid
 
     daemon.register(sub)

@@ -1,0 +1,159 @@
+"""``serve()`` and ``receive()``: take migrated processes and restart them here
+(docs/design.md, "Migration").
+
+Only an authenticated sender is read at all (cryo.migrate.auth).  The whole stream is
+received into memory, every frame checked, then restarted like any image (the same
+validation, trust rule and phases); the sender is told ``OKAY {pid}`` once the process
+runs, or ``FAIL {error, code}``.  A failure at any point leaves nothing here: no process
+(the restart kills what it built), no file (nothing was written; ``keep`` is written
+only once the process runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryo.engine.session import Restart
+from cryo.errors import CryoError, Usage
+from cryo.image.stream import Channel, Framer, StreamError, StreamSource
+from cryo.migrate import auth
+from cryo.migrate.sender import TIMEOUT, tune
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Received:
+    pid: int  # the restored root process (our child)
+    old_pid: int
+    peer: str
+    bytes_received: int
+    rounds: int
+    receive_seconds: float  # the stream, from the handshake to its end
+    restart_seconds: float
+    kept: str | None = None
+
+
+def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
+            trust_image: bool = False,
+            report: Callable[[str], None] | None = None) -> Received:  # fmt: skip
+    """One migration over ``channel``: authenticate, receive, restart, answer."""
+    say = report or (lambda _s: None)
+    framer = Framer(channel)
+    hello = auth.server(framer, secret)
+    peer = f"{hello.get('host', '?')} ({channel.name})"
+    t0 = time.perf_counter()
+
+    def on_frame(kind: bytes, meta: dict[str, object]) -> None:
+        if kind == b"ROND":
+            say(f"round {meta.get('round')} from {peer}: {meta.get('pages')} pages")
+
+    src: StreamSource | None = None
+    rs: Restart | None = None
+    try:
+        src = StreamSource(framer, path=f"migration from {peer}",
+                           authenticated=framer.keyed, on_frame=on_frame)  # fmt: skip
+        t1 = time.perf_counter()
+        src.keep_data = keep is not None  # (freed after the copy is kept)
+        rs = Restart(src, trust_image=trust_image)
+        rs.validate()
+        rs.prepare_shared()
+        rs.build_tree()
+        rs.build_processes()
+        rs.finalize()
+        result = rs.let_go()
+    except BaseException as err:
+        if rs is not None:
+            with contextlib.suppress(BaseException):
+                rs.abort()
+        if src is not None:
+            src.keep_data = False
+            src.close()
+        if isinstance(err, CryoError) and not isinstance(err, StreamError):
+            with contextlib.suppress(CryoError):
+                framer.send(b"FAIL", {"error": str(err), "code": err.exit_code})
+        elif not isinstance(err, StreamError):
+            with contextlib.suppress(CryoError):
+                framer.send(b"FAIL", {"error": f"a bug in cryo: {err!r}", "code": 70})
+        raise
+    t2 = time.perf_counter()
+    with contextlib.suppress(CryoError):  # (the sender gone now: the process runs here)
+        framer.send(b"OKAY", {"pid": result.pid, "old_pid": result.old_pid})
+    out = Received(result.pid, result.old_pid, peer, src.bytes_received, len(src.rounds),
+                   t1 - t0, t2 - t1)  # fmt: skip
+    try:
+        if keep is not None:
+            out.kept = src.keep(keep, force=True)
+            say(f"kept a copy in {out.kept}")
+    finally:
+        src.keep_data = False
+        src.close()
+    return out
+
+
+def listener(listen: str) -> socket.socket:
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not host:
+        raise Usage(f"--listen {listen!r}: give ADDR:PORT (0.0.0.0:PORT for every address)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, int(port)), family=family, backlog=4)
+    except OSError as err:
+        raise CryoError(f"cannot listen on {listen}: {err.strerror or err}") from err
+
+
+def serve(listen: str | socket.socket, *, secret: bytes | None, once: bool = False,
+          keep: str | None = None, trust_image: bool = False, timeout: float = TIMEOUT,
+          report: Callable[[str], None] | None = None,
+          ready: Callable[[int], None] | None = None) -> Received | None:  # fmt: skip
+    """Accept migrations on ``listen`` (ADDR:PORT) one at a time; with ``once``, return
+    after the first (its error raised).  ``ready(port)`` once listening."""
+    if secret is None:
+        raise Usage("cryo receive --listen needs the shared secret (--secret-file): whoever"
+                    " can connect could otherwise run any process here as root")
+    say = report or (lambda _s: None)
+    sock = listen if isinstance(listen, socket.socket) else listener(listen)
+    restored: list[int] = []
+    try:
+        if ready is not None:
+            ready(sock.getsockname()[1])
+        while True:
+            conn, addr = sock.accept()
+            tune(conn, timeout)
+            channel = Channel(conn, name=f"{addr[0]}:{addr[1]}")
+            try:
+                got = receive(channel, secret=secret, keep=keep, trust_image=trust_image,
+                              report=report)  # fmt: skip
+                restored.append(got.pid)
+                say(f"process {got.old_pid} from {got.peer} runs here as pid {got.pid}"
+                    f" ({got.bytes_received / 2**20:.1f} MiB in {got.receive_seconds:.3f} s,"
+                    f" restarted in {got.restart_seconds:.3f} s)")  # fmt: skip
+                if once:
+                    return got
+            except CryoError as err:
+                if once:
+                    raise
+                say(f"migration from {channel.name} failed: {err}")
+            finally:
+                channel.close()
+                _reap(restored)
+    finally:
+        if not isinstance(listen, socket.socket):
+            sock.close()
+
+
+def _reap(pids: list[int]) -> None:
+    """Collect the restored processes (our children) that have exited meanwhile."""
+    for pid in list(pids):
+        with contextlib.suppress(ChildProcessError):
+            got, _ = os.waitpid(pid, os.WNOHANG)
+            if got == 0:
+                continue
+        pids.remove(pid)

@@ -1,0 +1,180 @@
+"""``migrate()``: send a running process to a receiver that restarts it (docs/design.md,
+"Migration").
+
+Do no harm: the process runs during the pre-copy rounds and is frozen only for the
+final checkpoint; it stays frozen (held by the checkpoint's worker) until the receiver
+says the restored copy runs, and only then is it killed.  If anything fails before that
+answer (the connection is lost, the receiver refuses, its restart fails, cryo is
+killed), the checkpoint is aborted: the process goes on where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryo.engine.session import CheckpointSession
+from cryo.errors import CryoError, Usage
+from cryo.image import format as fmt
+from cryo.image.sink import Runs, Tag
+from cryo.image.stream import Channel, Framer, StreamSink
+from cryo.migrate import auth
+from cryo.migrate.precopy import MAX_ROUNDS, PreCopy, Round
+
+log = logging.getLogger(__name__)
+TIMEOUT = 60.0  # seconds without progress on the connection before it counts as lost
+
+
+@dataclass
+class MigrateResult:
+    pid: int  # the process's pid on the destination
+    host: str
+    rounds: list[Round] = field(default_factory=list)
+    arm_seconds: float = 0.0  # the pre-copy's arming freeze
+    final_bytes: int = 0  # page bytes sent in the freeze
+    memory_bytes: int = 0
+    bytes_sent: int = 0  # everything that went over the connection
+    downtime: float = 0.0  # from the freeze here to the answer that it runs there
+    frozen_write: float = 0.0  # of which: the final checkpoint sent
+    total_seconds: float = 0.0
+    killed: bool = True  # False with leave_running
+    warnings: list[str] = field(default_factory=list)
+
+
+def connect(to: str, *, secret_file: str | None = None, timeout: float = TIMEOUT,
+            remote_cryo: str = "cryo") -> tuple[Channel, subprocess.Popen[bytes] | None]:
+    """A channel to ``HOST:PORT`` (TCP) or ``ssh://[user@]host[:port]`` (``cryo receive
+    --stdio`` run there by ssh, which then authenticates the peer)."""
+    if to.startswith("ssh://"):
+        target = to[len("ssh://") :].rstrip("/")
+        argv = ["ssh", "-T", "-o", "BatchMode=yes"]
+        host, _, port = target.rpartition(":") if target.count(":") == 1 else (target, "", "")
+        if port:
+            argv += ["-p", port]
+        argv += [host or target, remote_cryo, "receive", "--stdio", "--once"]
+        argv += ["--secret-file", secret_file] if secret_file else ["--trust-image"]
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             close_fds=True)  # fmt: skip
+        assert p.stdin is not None and p.stdout is not None
+        return Channel(rfd=p.stdout.fileno(), wfd=p.stdin.fileno(), name=to), p
+    host, sep, port = to.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise Usage(f"--to {to!r}: give HOST:PORT or ssh://[user@]host")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as err:
+        raise CryoError(f"cannot connect to {to}: {err.strerror or err}") from err
+    tune(sock, timeout)
+    return Channel(sock, name=to), None
+
+
+def tune(sock: socket.socket, timeout: float) -> None:
+    """A dead peer noticed within about ``timeout`` seconds, also while idle."""
+    sock.settimeout(timeout)
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
+
+
+def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str | None = None,
+            scope: str = "process", leave_running: bool = False, pre_copy: bool = True,
+            keep: str | None = None, max_rounds: int | None = None,
+            timeout: float = TIMEOUT, report: Callable[[str], None] | None = None,
+            **engine: Any) -> MigrateResult:  # fmt: skip
+    """Move ``pid`` (with its ``scope``, as cryo.checkpoint) to the receiver at ``to``.
+    ``engine``: the checkpoint's options (shell_job, save_files, net, ...)."""
+    t0 = time.perf_counter()
+    say = report or (lambda _s: None)
+    if secret is None and not to.startswith("ssh://"):
+        raise Usage("a migration over TCP needs the shared secret (--secret-file)")
+    channel, proc = connect(to, secret_file=secret_file, timeout=timeout)
+    framer = Framer(channel)
+    try:
+        peer = auth.client(framer, secret, {"keep": keep, "root_pid": pid})
+        host = str(peer.get("host", to))
+        result = MigrateResult(pid=0, host=host)
+        tracking = None
+        if pre_copy:
+            def send(n: int, p: int, runs: list[list[int]], data: memoryview) -> None:
+                framer.send(b"PREP", {"round": n, "tag": ["pid", p], "runs": runs}, data)
+
+            def told(r: Round) -> None:
+                framer.send(b"ROND", {"round": r.number, "pages": r.pages, "bytes": r.bytes,
+                                      "seconds": r.seconds})  # fmt: skip
+                say(f"round {r.number}: {r.pages} pages, {r.bytes / 2**20:.1f} MiB,"
+                    f" {r.seconds:.3f} s")  # fmt: skip
+
+            pc = PreCopy(pid, send, scope=scope, report=told,
+                         max_rounds=max_rounds or MAX_ROUNDS)  # fmt: skip
+            pc.arm()
+            result.arm_seconds = pc.arm_seconds
+            pc.run()
+            result.rounds = pc.rounds
+
+            def selected(tag: Tag, present: Runs, reset: bool) -> None:
+                framer.send(b"INHR", {"tag": list(tag), "present": present, "reset": reset})
+
+            tracking = pc.tracking(selected)
+        answer_r, answer_w = os.pipe()
+        try:
+            def on_commit() -> None:  # in the checkpoint's worker: the receiver's answer
+                m = framer.expect(b"OKAY")
+                info = {"pid": m.get("pid"), "sent": channel.sent,
+                        "final": tracking.final_bytes if tracking else -1,
+                        "present": tracking.present_bytes if tracking else -1}
+                os.write(answer_w, fmt.pack(info))
+
+            sess = CheckpointSession(
+                pid, lambda: StreamSink(framer, path=f"{to}", tracking=tracking,
+                                        on_commit=on_commit),
+                scope=scope, hold=True, freeze_timeout=max(timeout * 2, 60.0),
+                signal_after=0 if leave_running else signal.SIGKILL, **engine)
+            try:
+                sess.prepare()
+                tf = time.perf_counter()
+                sess.freeze()
+                sess.collect()
+                sess.write()
+                tw = time.perf_counter()
+                sess.commit()
+                result.downtime = time.perf_counter() - tf
+                result.frozen_write = tw - tf
+                r = sess.resume()
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    sess.abort()
+                raise
+            info = fmt.unpack(os.read(answer_r, 1 << 16))
+        finally:
+            os.close(answer_r)
+            os.close(answer_w)
+        result.pid = int(info["pid"])
+        result.bytes_sent = int(info["sent"])
+        result.final_bytes = int(info["final"]) if info["final"] >= 0 else r.memory_bytes
+        result.memory_bytes = int(info["present"]) if info["present"] >= 0 \
+            else r.memory_bytes  # fmt: skip
+        result.killed = not leave_running
+        result.warnings = r.warnings
+        result.total_seconds = time.perf_counter() - t0
+        return result
+    finally:
+        channel.close()
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
