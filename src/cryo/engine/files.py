@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import anonfds, dirty, inet, sockets
+from cryo.engine import anonfds, dirty, inet, locks, sockets
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
@@ -42,6 +42,7 @@ DATA_KIND = b"FDAT"
 O_ACCMODE = 0o3
 O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC = 0o100, 0o200, 0o400, 0o1000
 O_NONBLOCK = 0o4000
+O_ASYNC = 0o20000
 O_CLOEXEC = 0o2000000
 O_PATH = 0o10000000
 F_SETFD = 2
@@ -365,7 +366,9 @@ def _translate(path: str, options: dict[str, Any]) -> str:
 
 
 def _open_flags(d: dict[str, Any]) -> int:
-    return int(d["flags"]) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC)
+    """The flags to open a description with; O_ASYNC is set afterwards with F_SETFL (an
+    open() with O_ASYNC marks the file without registering it: no signal ever comes)."""
+    return int(d["flags"]) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC | O_ASYNC)
 
 
 def _open_pipe(d: dict[str, Any], o: Opening) -> int:
@@ -415,6 +418,8 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
             os.unlink(created)
     if d["kind"] == "file" and not flags & O_PATH:
         os.lseek(fd, d["pos"], os.SEEK_SET)
+    if d["flags"] & O_ASYNC and not flags & O_PATH:
+        _set_flags(fd, int(d["flags"]))
     return fd
 
 
@@ -474,6 +479,7 @@ def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str,
             item["deleted"] = True
         if d.get("data"):
             item["in_flight"] = len(d["data"])
+        item.update(locks.describe(d))
         out.append(item)
     return out
 

@@ -1,0 +1,381 @@
+"""File locks: POSIX record locks (F_SETLK), OFD locks (F_OFD_SETLK), flock and leases,
+held again after a restart by the same owner; and a file's signal owner (F_SETOWN,
+F_SETSIG) and O_ASYNC.
+
+Dump: each fd's /proc/PID/fdinfo "lock:" lines name the locks taken through its open
+file description, by their owner: a POSIX lock belongs to the process (only its own are
+shown), an OFD lock, a flock or a lease to the description (shown in every process that
+has it).  They are kept on the description in FDSC: ``locks`` (OFD and flock, once per
+description), ``posix`` (per process and fd), ``lease``.  /proc/locks is then read once:
+a lock on a file a process of the checkpoint maps, that no fd of the checkpoint shows,
+is held through the mapping only (the fd closed, the file mapped: JVMs do this); cryo
+cannot give a restored mapping its lock back, so it refuses it by name.  A lease that is
+being broken, a delegation, or a lock of a kind not listed here is refused too.
+
+The owner of each description (F_GETOWN_EX) and its signal (F_GETSIG) are read by cryo
+on a duplicate of the fd (pidfd_getfd); an owner outside the checkpoint is refused.
+
+Restore: OFD locks and flocks are taken by cryo on its own fd of the description, before
+any process exists (every process inherits the description and the lock with it).
+POSIX locks and leases are taken by their process, with injected fcntl calls, once its
+fds are in place (the "files" stage; a POSIX lock is the process's, a lease signals the
+process that took it).  The signal owner is set by injected F_SETOWN_EX calls in the
+"creds" stage, once the process has its own credentials again (the kernel checks the
+setter's credentials when it sends the signal); F_SETSIG by cryo on its fd; O_ASYNC is
+set again by the process itself so that the kernel's si_fd is its own fd number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.inject import Injector
+from cryo.errors import CryoError, Unsupported
+from cryo.linux import libc
+from cryo.linux.consts import SYS
+
+log = logging.getLogger(__name__)
+
+# <asm-generic/fcntl.h>
+F_SETFL = 4
+F_SETLK = 6
+F_SETOWN = 8
+F_GETOWN = 9
+F_SETSIG = 10
+F_GETSIG = 11
+F_SETOWN_EX = 15
+F_GETOWN_EX = 16
+F_OFD_SETLK = 37
+F_SETLEASE = 1024
+F_GETLEASE = 1025
+F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
+F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
+O_ASYNC = 0o20000
+SEEK_SET = 0
+MODES = {"READ": F_RDLCK, "WRITE": F_WRLCK}
+FILE_KIND = b"FILE"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """One line of /proc/locks or of an fdinfo's "lock:" lines (fs/locks.c,
+    lock_get_status): ``1: POSIX  ADVISORY  WRITE 1234 fe:00:2147599 5 14``."""
+
+    kind: str  # POSIX, OFDLCK, FLOCK, LEASE, DELEG, ...
+    state: str  # ADVISORY, MANDATORY; for a lease ACTIVE, BREAKING, BREAKER
+    mode: str  # READ, WRITE, UNLCK
+    pid: int  # -1 for OFD locks
+    dev: tuple[int, int]  # major, minor
+    ino: int
+    start: int
+    end: int | None  # None: to the end of the file ("EOF")
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.kind, self.mode, self.pid, self.dev, self.ino, self.start, self.end)
+
+    def __str__(self) -> str:
+        end = "EOF" if self.end is None else str(self.end)
+        return f"{self.kind} {self.mode} {self.start}-{end}"
+
+
+def parse_lock(line: str) -> Lock | None:
+    """One lock line (without the "lock:" prefix of fdinfo); None for a blocked waiter
+    ("->") or a line that is not a lock."""
+    words = line.split()
+    if words and words[0].endswith(":"):
+        words = words[1:]
+    if not words or words[0] == "->" or len(words) < 7:
+        return None
+    kind, state, mode, pid_s, where, start_s, end_s = words[:7]
+    if not pid_s.lstrip("-").isdigit() or not start_s.isdigit():
+        return None
+    parts = where.split(":")
+    if len(parts) != 3:
+        return None
+    return Lock(kind, state, mode, int(pid_s), (int(parts[0], 16), int(parts[1], 16)),
+                int(parts[2]), int(start_s), None if end_s == "EOF" else int(end_s))  # fmt: skip
+
+
+def parse_fdinfo_locks(data: bytes) -> list[Lock]:
+    out = []
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("lock:"):
+            lk = parse_lock(line[len("lock:"):])
+            if lk is not None:
+                out.append(lk)
+    return out
+
+
+def parse_proc_locks(data: bytes) -> list[Lock]:
+    return [lk for line in data.decode(errors="replace").splitlines()
+            if (lk := parse_lock(line)) is not None]  # fmt: skip
+
+
+def _refuse(pid: int, fd: int | None, what: str) -> Unsupported:
+    res = f"fd {fd}" if fd is not None else "file lock"
+    return Unsupported(f"{res}: {what}" if fd is not None else what, pid=pid, resource=res)
+
+
+# -- dump ------------------------------------------------------------------------------
+
+
+def collect(ctx: DumpContext) -> None:
+    """Driver hook, after files.collect: the locks and the signal owner of every fd."""
+    rec = ctx.records[FILE_KIND]
+    descs = ctx.shared.descs.descs
+    seen: set[tuple[Any, ...]] = ctx.live.setdefault("locks_seen", set())
+    owners_done: set[int] = set()
+    for e in rec["fds"]:
+        fd = e["fd"]
+        d = descs[e["desc"]]
+        if d["kind"] == "stdio":
+            continue
+        try:
+            with open(f"/proc/{ctx.pid}/fdinfo/{fd}", "rb") as f:
+                info = f.read()
+        except FileNotFoundError as err:
+            raise CryoError(f"process {ctx.pid} vanished", pid=ctx.pid) from err
+        for lk in parse_fdinfo_locks(info):
+            seen.add(lk.key)
+            _keep(ctx.pid, fd, d, lk)
+        if e["desc"] not in owners_done and "owner" not in d:
+            owners_done.add(e["desc"])
+            _owner(ctx.pid, fd, d)
+
+
+def _keep(pid: int, fd: int, d: dict[str, Any], lk: Lock) -> None:
+    path = d["path"]
+    if lk.mode not in MODES:
+        raise _refuse(pid, fd, f"{lk.kind} {lk.mode} lock on {path} is not supported")
+    item = {"mode": lk.mode, "start": lk.start, "end": lk.end}
+    if lk.kind == "POSIX":
+        entry = {"pid": pid, "fd": fd, **item}
+        have = d.setdefault("posix", [])
+        if not any(x["pid"] == pid and (x["mode"], x["start"], x["end"]) == (
+                lk.mode, lk.start, lk.end) for x in have):  # fmt: skip
+            have.append(entry)
+    elif lk.kind in ("OFDLCK", "FLOCK"):
+        entry = {"kind": "ofd" if lk.kind == "OFDLCK" else "flock", **item}
+        have = d.setdefault("locks", [])
+        if entry not in have:
+            have.append(entry)
+    elif lk.kind == "LEASE":
+        if lk.state != "ACTIVE":
+            raise _refuse(pid, fd, f"a lease on {path} is being broken ({lk.state}); it"
+                          " cannot be restored in that state")  # fmt: skip
+        d.setdefault("lease", {"mode": lk.mode, "pid": pid, "fd": fd})
+    else:
+        raise _refuse(pid, fd, f"{lk.kind} lock on {path} is not supported")
+
+
+def _owner(pid: int, fd: int, d: dict[str, Any]) -> None:
+    """The description's signal owner and signal, read on a duplicate of the fd."""
+    try:
+        pidfd = libc.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        mine = libc.pidfd_getfd(pidfd, fd)
+    except OSError:
+        return  # some files cannot be duplicated: they have no owner worth keeping
+    finally:
+        os.close(pidfd)
+    try:
+        raw = fcntl.fcntl(mine, F_GETOWN_EX, bytes(8))
+        otype, opid = struct.unpack("ii", raw)
+        sig = fcntl.fcntl(mine, F_GETSIG)
+    except OSError:
+        return
+    finally:
+        os.close(mine)
+    if opid:
+        d["owner"] = {"type": otype, "pid": opid, "nspid": _nspid(opid, otype)}
+    if sig:
+        d["sig"] = sig
+
+
+def _nspid(pid: int, otype: int) -> int:
+    """``pid`` as its own innermost pid namespace sees it."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NSpid:") and otype != F_OWNER_PGRP:
+                return int(line.split()[-1])
+            if line.startswith("NSpgid:") and otype == F_OWNER_PGRP:
+                return int(line.split()[-1])
+    return pid
+
+
+def _maps(pid: int) -> dict[tuple[tuple[int, int], int], str]:
+    """The files a process maps: (dev, ino) -> path."""
+    out: dict[tuple[tuple[int, int], int], str] = {}
+    with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or parts[4] == "0":
+                continue
+            major, minor = parts[3].split(":")
+            out[((int(major, 16), int(minor, 16)), int(parts[4]))] = parts[5].strip()
+    return out
+
+
+def check_shared(session: Any) -> None:
+    """Driver hook, once for all processes: a lock only a mapping holds is refused; a
+    signal owner outside the checkpoint is refused."""
+    contexts: list[DumpContext] = session.contexts
+    pids = {c.pid for c in contexts}
+    seen: set[tuple[Any, ...]] = set()
+    for c in contexts:
+        seen |= c.live.pop("locks_seen", set())
+    mapped: dict[tuple[tuple[int, int], int], tuple[int, str]] = {}
+    for c in contexts:
+        for key, path in _maps(c.pid).items():
+            mapped.setdefault(key, (c.pid, path))
+    with open("/proc/locks", "rb") as f:
+        table = parse_proc_locks(f.read())
+    for lk in table:
+        where = mapped.get((lk.dev, lk.ino))
+        if where is None or lk.key in seen or not (lk.pid in pids or lk.pid == -1):
+            continue
+        pid, path = where
+        raise _refuse(pid, None, f"{lk} lock on {path} is held through a mapping only (its fd"
+                      " was closed); a restored mapping cannot hold it: not supported")
+    groups = {os.getpgid(p) for p in pids if _alive(p)}
+    for d in session.shared.descs.descs:
+        owner = d.get("owner")
+        if owner is None:
+            continue
+        inside = owner["pid"] in (groups if owner["type"] == F_OWNER_PGRP else pids)
+        if not inside and owner["type"] != F_OWNER_TID:
+            raise _refuse(d["pid"], d["fd"], f"the signal owner of {d['path']} (F_SETOWN"
+                          f" {owner['pid']}) is outside the checkpoint")  # fmt: skip
+        if owner["type"] == F_OWNER_TID and not _thread_of(owner["pid"], pids):
+            raise _refuse(d["pid"], d["fd"], f"the signal owner of {d['path']} (thread"
+                          f" {owner['pid']}) is outside the checkpoint")  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _thread_of(tid: int, pids: set[int]) -> bool:
+    return any(os.path.exists(f"/proc/{p}/task/{tid}") for p in pids)
+
+
+# -- restore ---------------------------------------------------------------------------
+
+
+def _flock_struct(mode: str, start: int, end: int | None) -> bytes:
+    """struct flock (x86_64): short l_type, l_whence; off_t l_start, l_len; pid_t l_pid."""
+    length = 0 if end is None else end - start + 1
+    return struct.pack("<hh4xqqi4x", MODES[mode], SEEK_SET, start, length, 0)
+
+
+def prepare(rs: Any) -> None:
+    """Driver hook, after files.prepare: OFD locks, flocks and F_SETSIG taken by cryo on
+    its own fd of each description, before any process inherits it."""
+    opened = rs.shared.opened
+    for d in rs.shared.descs:
+        fd = opened.fds.get(d["id"])
+        if fd is None:
+            continue
+        for lk in d.get("locks", []):
+            try:
+                if lk["kind"] == "flock":
+                    fcntl.flock(fd, (fcntl.LOCK_SH if lk["mode"] == "READ" else fcntl.LOCK_EX)
+                                | fcntl.LOCK_NB)  # fmt: skip
+                else:
+                    fcntl.fcntl(fd, F_OFD_SETLK, _flock_struct(lk["mode"], lk["start"],
+                                                                 lk["end"]))  # fmt: skip
+            except OSError as err:
+                raise _conflict(d, f"{lk['kind']} {lk['mode']}", err) from err
+        if d.get("sig"):
+            fcntl.fcntl(fd, F_SETSIG, d["sig"])
+
+
+def _conflict(d: dict[str, Any], what: str, err: OSError) -> CryoError:
+    busy = err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+    why = "another process holds a conflicting lock" if busy else err.strerror
+    return CryoError(f"fd {d['fd']} of {d['pid']}: cannot take the {what} lock on"
+                     f" {d['path']} again: {why}", pid=d["pid"], resource=f"fd {d['fd']}",
+                     path=d["path"])  # fmt: skip
+
+
+def restore(ctx: RestoreContext) -> None:
+    """Stage "files", after the fds are in place: the process's POSIX locks, its leases,
+    and O_ASYNC set again by the process itself."""
+    inj = ctx.inj
+    for e in ctx.records[FILE_KIND]["fds"]:
+        d = ctx.shared.descs[e["desc"]]
+        for lk in d.get("posix", []):
+            if lk["pid"] != ctx.old_pid or lk["fd"] != e["fd"]:
+                continue
+            try:
+                inj(SYS.fcntl, e["fd"], F_SETLK, inj.put(_flock_struct(
+                    lk["mode"], lk["start"], lk["end"])), what=f" F_SETLK fd {e['fd']}")
+            except OSError as err:
+                raise _conflict(d, f"POSIX {lk['mode']}", err) from err
+        lease = d.get("lease")
+        if lease and lease["pid"] == ctx.old_pid and lease["fd"] == e["fd"]:
+            try:
+                inj(SYS.fcntl, e["fd"], F_SETLEASE, MODES[lease["mode"]],
+                    what=f" F_SETLEASE fd {e['fd']}")  # fmt: skip
+            except OSError as err:
+                raise _conflict(d, f"lease {lease['mode']}", err) from err
+        if d["flags"] & O_ASYNC and d["kind"] != "stdio":
+            flags = d["flags"] & ~0o3 & 0xFFFFFFFF
+            inj(SYS.fcntl, e["fd"], F_SETFL, flags & ~O_ASYNC)
+            inj(SYS.fcntl, e["fd"], F_SETFL, flags, what=f" F_SETFL O_ASYNC fd {e['fd']}")
+
+
+def restore_owner(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:
+    """Stage "creds", in the leader once its own credentials are back (the task driver
+    sets them first): F_SETOWN_EX of each description this process saw first."""
+    if trec["tid"] != ctx.old_pid:
+        return
+    done: set[int] = set()
+    for e in ctx.records[FILE_KIND]["fds"]:
+        d = ctx.shared.descs[e["desc"]]
+        owner = d.get("owner")
+        if owner is None or d["pid"] != ctx.old_pid or e["desc"] in done:
+            continue
+        done.add(e["desc"])
+        if ctx.pidns:
+            target = owner["nspid"]
+        elif owner["type"] == F_OWNER_TID:
+            target = _new_tid(ctx, owner["pid"])
+        else:
+            target = ctx.pid_map.get(owner["pid"], owner["pid"])
+        inj(SYS.fcntl, e["fd"], F_SETOWN_EX, inj.put(struct.pack("ii", owner["type"], target)),
+            what=f" F_SETOWN_EX fd {e['fd']}")  # fmt: skip
+
+
+def _new_tid(ctx: RestoreContext, tid: int) -> int:
+    if tid in ctx.tid_map:
+        return ctx.tid_map[tid]
+    return ctx.pid_map.get(tid, tid)
+
+
+def describe(d: dict[str, Any]) -> dict[str, Any]:
+    """What `cryo show` says of a description's locks and owner."""
+    out: dict[str, Any] = {}
+    names = [f"{x['kind']} {x['mode']}" for x in d.get("locks", [])]
+    names += [f"posix {x['mode']} {x['start']}-{'EOF' if x['end'] is None else x['end']}"
+              f" (pid {x['pid']})" for x in d.get("posix", [])]  # fmt: skip
+    if d.get("lease"):
+        names.append(f"lease {d['lease']['mode']}")
+    if names:
+        out["locks"] = names
+    if d.get("owner"):
+        out["owner"] = d["owner"]["pid"]
+    if d.get("sig"):
+        out["sig"] = d["sig"]
+    return out

@@ -1,0 +1,109 @@
+"""File state beyond the fd table (issue 9, "Files"): locks, signal owners, deleted
+files, times, changed files, memfd, special fds.  Each victim checks itself after
+checkpoint, kill and restart and reports "ok N" or "FAIL what"; what the kernel offers no
+way to restore is refused at checkpoint (exit 9) with the target untouched."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from tests.conftest import Procs, Victim, reap, run_cryo
+
+
+def cycle(procs: Procs, v: Victim, img: Path) -> Victim:
+    """Checkpoint ``v`` (killed once the image is written), reap it, restart it; the
+    restored victim must pass two more rounds of its own checks."""
+    last = max(v.oks(), default=-1)
+    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    rr = restart(str(img))
+    procs.track(rr.pid)
+    new = Victim(rr.pid, v.out)
+    new.wait_ok_after(last + 2)
+    return new
+
+
+def untouched(v: Victim) -> None:
+    """The target still runs, untraced, and keeps passing its own checks."""
+    status = Path(f"/proc/{v.pid}/status").read_text()
+    assert "TracerPid:\t0" in status, status
+    v.wait_ok_after(max(v.oks(), default=-1) + 2)
+
+
+def refused(v: Victim, tmp_path: Path, *words: str) -> None:
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 9, r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+    assert not (tmp_path / "img").exists()
+    untouched(v)
+
+
+def spawn(procs: Procs, build: Any, tmp_path: Path, victim: str, *args: str) -> Victim:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build(victim), str(out), *args, str(work)], out)
+    v.wait_ok_after(1)
+    return v
+
+
+# -- locks -----------------------------------------------------------------------------
+
+
+def test_locks_held_again(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """POSIX record locks, an OFD lock, flocks and a lease are the restored process's."""
+    v = spawn(procs, build, tmp_path, "locks", "held")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    work = tmp_path / "work"
+    # seen from another process: the POSIX lock is the restored process's
+    fd = os.open(work / "a.dat", os.O_RDWR)
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("<hh4xqqi4x", fcntl.F_WRLCK, 0, 5, 1, 0))
+        l_type, _, _, _, l_pid = struct.unpack("<hh4xqqi4x", got)
+        assert (l_type, l_pid) == (fcntl.F_WRLCK, v.pid)
+    finally:
+        os.close(fd)
+    fd = os.open(work / "c.dat", os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+def test_lock_through_mapping_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v = spawn(procs, build, tmp_path, "locks", "mapped")
+    refused(v, tmp_path, "FLOCK WRITE", "m.dat", "held through a mapping only")
+
+
+def test_signal_owner_and_async(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """F_SETOWN (process and thread), F_SETSIG and O_ASYNC: the signal still comes."""
+    v = spawn(procs, build, tmp_path, "locks", "owner")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_lock_conflict_at_restart_is_an_error(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A lock someone else took meanwhile: the restart fails and says why."""
+    v = spawn(procs, build, tmp_path, "locks", "held")
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    fd = os.open(tmp_path / "work" / "c.dat", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        r = run_cryo("restart", "-D", str(tmp_path / "img"))
+        assert r.returncode == 1, r.stderr
+        assert "another process holds a conflicting lock" in r.stderr, r.stderr
+    finally:
+        os.close(fd)

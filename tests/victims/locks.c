@@ -1,0 +1,144 @@
+/* File locks and signal owners survive (issue 9, "Files").  argv[2] is the mode,
+ * argv[3] a scratch directory.
+ *   held    POSIX record locks (F_SETLK, a write and a read range), an OFD lock, a shared
+ *           and an exclusive flock, a read lease: each checked every round in the
+ *           kernel's own view (/proc/self/fdinfo "lock:" lines, F_GETLEASE)
+ *   mapped  a flock held only through a mapping (the fd closed): must be refused
+ *   owner   a pipe with O_ASYNC, F_SETOWN to itself and F_SETSIG SIGRTMIN+1: each round
+ *           a write to it must raise that signal with si_fd = the read end; a file with
+ *           F_SETOWN_EX to its own thread */
+#include "common.h"
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+static int has_lock(int fd, const char *kind, const char *mode, int pid, const char *range) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        char k[16], st[16], m[16], where[64], a[32], b[32];
+        int p;
+        if (sscanf(line, "lock:\t%*d: %15s %15s %15s %d %63s %31s %31s", k, st, m, &p, where, a, b) != 7)
+            continue;
+        char r[80];
+        snprintf(r, sizeof r, "%s %s", a, b);
+        if (!strcmp(k, kind) && !strcmp(m, mode) && (pid == 0 || p == pid) && !strcmp(r, range))
+            found = 1;
+    }
+    fclose(f);
+    return found;
+}
+
+static int posix_lock(int fd, short type, off_t start, off_t len) {
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+    return fcntl(fd, F_SETLK, &fl);
+}
+
+static int ofd_lock(int fd, short type, off_t start, off_t len) {
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+    return fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+static int make(const char *dir, const char *name, int flags) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    if (fd < 0 || ftruncate(fd, 8192)) _exit(4);
+    close(fd);
+    return open(path, flags);
+}
+
+static volatile sig_atomic_t got, got_fd, got_sig;
+
+static void on_io(int sig, siginfo_t *si, void *uc) {
+    (void)uc;
+    got++;
+    got_fd = si->si_fd;
+    got_sig = sig;
+}
+
+static void held(const char *dir) {
+    int fd_a = make(dir, "a.dat", O_RDWR);
+    int fd_b = open("a.dat", O_RDWR);
+    int fd_c = make(dir, "b.dat", O_RDONLY);
+    int fd_x = make(dir, "c.dat", O_RDWR);
+    int fd_l = make(dir, "l.dat", O_RDONLY);
+    if (posix_lock(fd_a, F_WRLCK, 5, 10) || posix_lock(fd_a, F_RDLCK, 1000, 0)) _exit(5);
+    if (ofd_lock(fd_b, F_WRLCK, 200, 10)) _exit(6);
+    if (flock(fd_c, LOCK_SH) || flock(fd_x, LOCK_EX)) _exit(7);
+    if (fcntl(fd_l, F_SETLEASE, F_RDLCK)) _exit(8);
+    int me = getpid();
+    report("ready %d", me);
+    for (long round = 0;; round++) {
+        int bad = 0;
+        if (!has_lock(fd_a, "POSIX", "WRITE", me, "5 14")) { FAIL("posix write lock"); bad = 1; }
+        if (!has_lock(fd_a, "POSIX", "READ", me, "1000 EOF")) { FAIL("posix read lock"); bad = 1; }
+        if (!has_lock(fd_b, "OFDLCK", "WRITE", -1, "200 209")) { FAIL("ofd lock"); bad = 1; }
+        if (!has_lock(fd_c, "FLOCK", "READ", 0, "0 EOF")) { FAIL("flock shared"); bad = 1; }
+        if (!has_lock(fd_x, "FLOCK", "WRITE", 0, "0 EOF")) { FAIL("flock exclusive"); bad = 1; }
+        if (fcntl(fd_l, F_GETLEASE) != F_RDLCK) { FAIL("lease %d", fcntl(fd_l, F_GETLEASE)); bad = 1; }
+        if (!has_lock(fd_l, "LEASE", "READ", me, "0 EOF")) { FAIL("lease owner"); bad = 1; }
+        if (!bad) report("ok %ld", round);
+        nap(20);
+    }
+}
+
+static void mapped(const char *dir) {
+    int fd = make(dir, "m.dat", O_RDWR);
+    if (flock(fd, LOCK_EX)) _exit(5);
+    char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) _exit(6);
+    close(fd);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        p[round % 8192] = 1;
+        report("ok %ld", round);
+        nap(20);
+    }
+}
+
+static void owner(const char *dir) {
+    int p[2];
+    if (pipe(p)) _exit(5);
+    struct sigaction sa = {.sa_sigaction = on_io, .sa_flags = SA_SIGINFO | SA_RESTART};
+    sigaction(SIGRTMIN + 1, &sa, NULL);
+    if (fcntl(p[0], F_SETOWN, getpid()) || fcntl(p[0], F_SETSIG, SIGRTMIN + 1)) _exit(6);
+    if (fcntl(p[0], F_SETFL, O_ASYNC | O_NONBLOCK)) _exit(7);
+    int fd_f = make(dir, "o.dat", O_RDWR);
+    struct f_owner_ex ox = {F_OWNER_TID, gettid()};
+    if (fcntl(fd_f, F_SETOWN_EX, &ox) || fcntl(fd_f, F_SETSIG, SIGUSR2)) _exit(8);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        int bad = 0;
+        if (fcntl(p[0], F_GETOWN) != getpid()) { FAIL("pipe owner %d", fcntl(p[0], F_GETOWN)); bad = 1; }
+        if (fcntl(p[0], F_GETSIG) != SIGRTMIN + 1) { FAIL("pipe sig %d", fcntl(p[0], F_GETSIG)); bad = 1; }
+        if (!(fcntl(p[0], F_GETFL) & O_ASYNC)) { FAIL("O_ASYNC"); bad = 1; }
+        struct f_owner_ex got_ox;
+        if (fcntl(fd_f, F_GETOWN_EX, &got_ox) || got_ox.type != F_OWNER_TID || got_ox.pid != gettid()) {
+            FAIL("file owner %d %d", got_ox.type, got_ox.pid); bad = 1;
+        }
+        if (fcntl(fd_f, F_GETSIG) != SIGUSR2) { FAIL("file sig"); bad = 1; }
+        int before = got;
+        if (write(p[1], "x", 1) != 1) { FAIL("write"); bad = 1; }
+        for (int i = 0; i < 100 && got == before; i++) nap(1);
+        char c;
+        while (read(p[0], &c, 1) == 1) {}
+        if (got == before) { FAIL("no SIGIO"); bad = 1; }
+        else if (got_fd != p[0] || got_sig != SIGRTMIN + 1) { FAIL("si_fd %d sig %d", got_fd, got_sig); bad = 1; }
+        if (!bad) report("ok %ld", round);
+        nap(20);
+    }
+}
+
+int main(int argc, char **argv) {
+    open_report(argc, argv);
+    if (argc < 4 || chdir(argv[3])) _exit(2);
+    if (!strcmp(argv[2], "held")) held(argv[3]);
+    if (!strcmp(argv[2], "mapped")) mapped(argv[3]);
+    if (!strcmp(argv[2], "owner")) owner(argv[3]);
+    return 2;
+}
