@@ -163,15 +163,13 @@ def write_inherited(ctx: Any, cow: dict[str, Any]) -> int:
         for addr, length, here in found:
             local.append((here, length))
             remote.append((addr, length))
-        if missing:
-            up = ctx.image.one(KIND, pid).get("cow")
-            if not up or pid in seen:
-                from cryo.errors import ImageCorrupt
-
-                raise ImageCorrupt(f"pages {missing[0][0]:#x}+{missing[0][1]:#x} of process"
-                                   f" {ctx.old_pid} are in no block of process {pid}")  # fmt: skip
+        up = ctx.image.one(KIND, pid).get("cow") if missing and pid not in seen else None
+        if up:  # what the ancestor inherited itself is in its own ancestor's blocks
             seen.add(pid)
-            todo.extend((up["from"], ma, mn) for ma, mn in missing)
+            for ma, mn in missing:
+                todo.extend((up["from"], a, n) for a, n in _inside([[ma, mn]], up["runs"]))
+        # the rest is in no block: a page of zeros that an image leaves out of an anonymous
+        # mapping (a store does), and that our fresh mapping reads as zeros already
     total = 0
     for i in range(0, len(local), libc.IOV_MAX):
         want = sum(n for _, n in local[i : i + libc.IOV_MAX])
@@ -214,6 +212,17 @@ def inherited_vmas(rec: dict[str, Any], parent_rec: dict[str, Any]) -> list[dict
 
 # VmFlags a fork copies into the child's mapping, that a restored child must have as its own
 _FORK_STATE = frozenset({"dc", "wf", "hg", "nh", "dd", "mg", "rr", "sr", "nr", "dp", "ht", "gd"})
+
+
+def _inside(runs: list[list[int]], others: list[list[int]]) -> list[tuple[int, int]]:
+    """The parts of ``runs`` that some run of ``others`` covers."""
+    out: list[tuple[int, int]] = []
+    for a, n in runs:
+        for b, m in others:
+            s, e = max(a, b), min(a + n, b + m)
+            if s < e:
+                out.append((s, e - s))
+    return out
 
 
 def outside(runs: list[list[int]], ranges: list[tuple[int, int]]) -> list[list[int]]:
