@@ -199,6 +199,18 @@ def test_periodic_versions_and_retention(cryod: Callable[..., Cryod], build: Any
     assert r.returncode == 0, r.stderr
     wait(lambda: not os.path.exists(f"/proc/{job['pid']}"), 10, "the job killed")
     assert d.jobs() == {}
+    # cryo run --every: a job of the daemon at once
+    quick = tmp_path / "quick.txt"
+    r = subprocess.run([sys.executable, "-m", "cryo", "run", "--every", "1s", "--keep-last",
+                        "1", "--socket", d.socket, "--", build("counter"), str(quick)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split()[-1])
+    d.procs.track(pid)
+    (name,) = d.jobs()
+    assert name == "counter-1" and d.jobs()[name]["pid"] == pid
+    wait(lambda: (d.jobs()[name]["last_version"] or 0) >= 2, 30, "versions of cryo run --every")
+    assert len(published(d, name)) <= 2
 
 
 # -- the daemon killed in the middle of a checkpoint ---------------------------------------

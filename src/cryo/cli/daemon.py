@@ -275,6 +275,60 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_options(p: argparse.ArgumentParser, cmd_run: Any) -> None:
+    """`cryo run --every T -- CMD`: the options that make `cryo run` start CMD as a job of
+    cryod (as `cryo job add`) instead of on its own; without --every, ``cmd_run``."""
+    g = p.add_argument_group("as a job of the daemon (cryod)")
+    g.add_argument("--every", type=duration, metavar="T",
+                   help="start it as a job of cryod, checkpointed every T (30s, 10m, 1h)")
+    g.add_argument("--name", metavar="NAME", help="the job's name (default: the program's"
+                   " name and a number)")
+    g.add_argument("--keep-last", type=int, metavar="N", help="keep the last N versions")
+    g.add_argument("--keep-every", type=keep_every, metavar="K|T",
+                   help="also keep every K-th version, or one per period T")
+    g.add_argument("--restart-on-failure", action="store_true",
+                   help="restart it from its last version when it dies by a signal")
+    g.add_argument("--max-restarts", type=int, metavar="N", help="at most N (default 3)")
+    _client(p)
+
+    def dispatch(args: argparse.Namespace) -> int:
+        if args.every is None:
+            return int(cmd_run(args) or 0)
+        return run_job(args)
+
+    p.set_defaults(func=dispatch)
+
+
+def run_job(args: argparse.Namespace) -> int:
+    import os
+
+    from cryo import safefile
+    from cryo.daemon import Client
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise Usage("which program? cryo run --every T -- CMD ARGS")
+    if args.pid_ns:
+        raise Usage("--pid-ns does not go with --every (yet)")
+    with Client(args.socket) as c:
+        name = args.name
+        if name is None:
+            taken = {j["name"] for j in c.jobs()}
+            stem = re.sub(r"[^A-Za-z0-9._+-]", "_", os.path.basename(cmd[0])).lstrip("._+-")
+            name = next(f"{stem or 'job'}-{i}" for i in range(1, 10**6)
+                        if f"{stem or 'job'}-{i}" not in taken)  # fmt: skip
+        job = c.add(name, cmd=cmd, output=os.path.abspath(args.output), every=args.every,
+                    keep_last=args.keep_last,
+                    keep_every=_keep_every(args.keep_every, args.every),
+                    restart_on_failure=args.restart_on_failure,
+                    max_restarts=args.max_restarts)  # fmt: skip
+    if args.pidfile:
+        safefile.write_pidfile(args.pidfile, job["pid"])
+    print(f"job {job['name']}: pid {job['pid']}, every {args.every:g} s", file=sys.stderr)
+    print(job["pid"])
+    return 0
+
+
 def cryod_main(argv: Sequence[str] | None = None) -> int:
     """The ``cryod`` console script: ``cryo daemon`` under its own name."""
     from cryo.cli import run
@@ -285,4 +339,4 @@ def cryod_main(argv: Sequence[str] | None = None) -> int:
     return run(parser, argv)
 
 
-__all__ = ["cryod_main", "duration", "register"]
+__all__ = ["cryod_main", "duration", "register", "run_job", "run_options"]
