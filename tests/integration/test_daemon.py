@@ -148,6 +148,57 @@ def published(d: Cryod, app: str) -> list[int]:
     return [v["version"] for v in entry["versions"] if not v["retired"]]
 
 
+# -- the protocol and the command line, without a daemon ------------------------------------
+
+
+def test_protocol_checks_every_message() -> None:
+    from cryo.daemon import protocol as P
+    from cryo.errors import CryoError, ImageMissing
+
+    op, args = P.check_request({"op": "job_restart", "args": {"name": "a", "version": 3}})
+    assert (op.name, args) == ("job_restart", {"name": "a", "version": 3})
+    for bad in ({}, {"op": 3}, {"op": "nope"}, {"op": "job_get"},
+                {"op": "job_get", "args": {"name": 1}},
+                {"op": "job_get", "args": {"name": "a", "extra": 1}},
+                {"op": "job_restart", "args": {"name": "a", "version": True}},
+                {"op": "jobs", "args": []}):  # fmt: skip
+        with pytest.raises(P.ProtocolError):
+            P.check_request(bad)
+    # an error crosses as its class and exit code
+    with pytest.raises(ImageMissing) as info:
+        P.raise_reply(P.reply_error(ImageMissing("no version 9")))
+    assert info.value.exit_code == ExitCode.IMAGE_MISSING
+    with pytest.raises(CryoError) as other:
+        P.raise_reply({"ok": False, "error": "FromTheFuture", "message": "m", "exit_code": 42})
+    assert other.value.exit_code == 42
+    assert P.raise_reply(P.reply_ok([1])) == [1]
+    # frames
+    a, b = socket.socketpair()
+    with a, b:
+        P.send(a, {"op": "ping"})
+        assert P.recv(b) == {"op": "ping"}
+        a.sendall(b"\x00\x00\x00\x02{x")
+        with pytest.raises(P.ProtocolError):
+            P.recv(b)
+        a.close()
+        assert P.recv(b) is None
+
+
+def test_print_unit_and_durations() -> None:
+    from cryo.cli.daemon import duration
+
+    assert [duration(x) for x in ("10m", "1.5h", "500ms", "1d", "30")] == [
+        600, 5400, 0.5, 86400, 30]  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "cryo", "daemon", "--print-unit", "--socket",
+                        "/run/cryo/x.sock"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "[Service]" in r.stdout and "--socket /run/cryo/x.sock" in r.stdout
+    assert "ExecStart=" in r.stdout and "WantedBy=multi-user.target" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "cryo", "jobs", "--socket", "/nonexistent.sock"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "cannot reach cryod" in r.stderr
+
+
 # -- periodic checkpoints and retention ----------------------------------------------
 
 
