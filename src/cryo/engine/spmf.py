@@ -77,7 +77,22 @@ def open_files(ctx: DumpContext, _sink: Any) -> None:
     ctx.live["spmf"] = held
 
 
+# file (dev, ino, size, mtime, ctime) -> its digest: processes of a tree share their
+# libraries, hashed once (a write to a file changes its mtime and ctime)
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
+
+
 def _digest(fd: int) -> str:
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        if len(_DIGESTS) > 4096:
+            _DIGESTS.clear()
+        _DIGESTS[key] = _hash(fd)
+    return _DIGESTS[key]
+
+
+def _hash(fd: int) -> str:
     h = fmt.content_hash()
     pos = 0
     while chunk := os.pread(fd, CHUNK, pos):
