@@ -15,10 +15,17 @@ Restore, two ways:
   :func:`write_inherited`.  The image is smaller; the restored pages are not shared.
 - by inheritance (CRIU's way, which keeps the restored tree as small as the original):
   the child is forked from its restored parent once the parent's pages are written and
-  before its protections, locks and seals are set; the child keeps the private anonymous
-  mappings it has in common with its parent (:func:`inherited_vmas`), drops what it
-  must not see of them (:func:`zap_foreign`), and writes only its own pages.  The
-  orchestrator decides the order; see ``memory.unmap_helper(..., inherit=...)``.
+  before its protections, locks, guards and seals are set (and before its fd table is
+  replaced: the child still needs cryo's descriptions); ``memory.inherit_from_parent``
+  picks the mappings the child keeps as they are (:func:`inherited_vmas`: same range,
+  kind and advice), ``memory.unmap_helper`` keeps them, ``memory.map_vmas`` drops from
+  them the parent's pages the child did not have (:func:`foreign_runs`) and
+  ``memory.write_pages`` writes only the child's own pages (and, from the blocks, the
+  shared pages of mappings it did not inherit).  The orchestrator decides the order:
+  per process in creation order, create it (forked by its parent), then its stages up
+  to writing pages; once every process is made, the rest (protect, restore_mm, files,
+  ...).  Checked with a prototype orchestrator on tests/victims/cowtree.c: the sum of
+  Pss went from 36 to 38 MiB (by copy: 128 MiB).
 """
 
 from __future__ import annotations
