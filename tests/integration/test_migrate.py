@@ -4,11 +4,20 @@ its own /tmp), pre-copy, a cut connection, a wrong secret."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
@@ -141,3 +150,211 @@ def test_stream_tampered_frame_refused(procs: Procs, build: Any, tmp_path: Path)
     assert isinstance(got[0], ImageCorrupt), got
     assert "does not authenticate" in str(got[0])
     v.wait_ok_after(max(v.oks()) + 1)
+
+
+# -- two hosts on this machine -----------------------------------------------------------
+
+SECRET = "k3Yq9mJx2N8vR4tP7wL5sB1cF6hD0gZa"
+
+
+class Hosts:
+    """Two "hosts": network namespaces A and B joined by a veth pair (10.213.N.1 and .2),
+    each with its own mount namespace in which /tmp is a tmpfs of its own.  ``shared``
+    (under /var/tmp) is seen by both, as a shared home directory would be."""
+
+    def __init__(self, tmp: Path) -> None:
+        n = os.getpid() % 200 + 20
+        self.tag = f"{os.getpid()}"
+        self.ns = {"A": f"cryo-mig-a{self.tag}", "B": f"cryo-mig-b{self.tag}"}
+        self.addr = {"A": f"10.213.{n}.1", "B": f"10.213.{n}.2"}
+        self.veth = {"A": f"cmga{self.tag[-6:]}", "B": f"cmgb{self.tag[-6:]}"}
+        self.mntdir = Path(f"/run/cryo-mig-{self.tag}")
+        self.shared = Path(f"/var/tmp/cryo-mig-{self.tag}")
+        self.made: list[str] = []
+
+    def sh(self, *argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+    def setup(self) -> None:
+        self.shared.mkdir(mode=0o755)
+        self.made.append("shared")
+        for h in "AB":
+            self.sh("ip", "netns", "add", self.ns[h])
+            self.made.append(f"ns{h}")
+        self.sh("ip", "link", "add", self.veth["A"], "type", "veth", "peer", "name",
+                self.veth["B"])  # fmt: skip
+        self.made.append("veth")
+        for h in "AB":
+            self.sh("ip", "link", "set", self.veth[h], "netns", self.ns[h])
+            self.sh("ip", "-n", self.ns[h], "addr", "add", f"{self.addr[h]}/24", "dev",
+                    self.veth[h])  # fmt: skip
+            self.sh("ip", "-n", self.ns[h], "link", "set", self.veth[h], "up")
+            self.sh("ip", "-n", self.ns[h], "link", "set", "lo", "up")
+        self.mntdir.mkdir(mode=0o700)
+        self.made.append("mntdir")
+        self.sh("mount", "--bind", str(self.mntdir), str(self.mntdir))
+        self.made.append("mntbind")
+        self.sh("mount", "--make-private", str(self.mntdir))
+        for h in "AB":
+            (self.mntdir / h).touch()
+            self.sh("unshare", f"--mount={self.mntdir / h}", "--propagation", "private",
+                    "mount", "-t", "tmpfs", "-o", "mode=1777", f"cryo-host{h}", "/tmp")
+            self.made.append(f"mnt{h}")
+
+    def argv(self, h: str, *argv: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.ns[h]}", f"--mount={self.mntdir / h}",
+                "--", *argv]  # fmt: skip
+
+    def run(self, h: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(h, *argv), capture_output=True, text=True,
+                              timeout=timeout, close_fds=True)  # fmt: skip
+
+    def pids(self, h: str) -> list[int]:
+        out = subprocess.run(["ip", "netns", "pids", self.ns[h]], capture_output=True,
+                             text=True, check=False).stdout  # fmt: skip
+        return [int(x) for x in out.split()]
+
+    def ns_inode(self, h: str, kind: str) -> int:
+        path = f"/run/netns/{self.ns[h]}" if kind == "net" else str(self.mntdir / h)
+        return os.stat(path).st_ino
+
+    def teardown(self) -> None:
+        for h in "AB":  # nothing may be left in the namespaces
+            for pid in self.pids(h) if f"ns{h}" in self.made else []:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for h in "BA":
+            if f"mnt{h}" in self.made:
+                subprocess.run(["umount", "-l", str(self.mntdir / h)], check=False)
+        if "mntbind" in self.made:
+            subprocess.run(["umount", "-l", str(self.mntdir)], check=False)
+        if "mntdir" in self.made:
+            shutil.rmtree(self.mntdir, ignore_errors=True)
+        if "veth" in self.made:  # (gone with its namespace, unless it never moved)
+            subprocess.run(["ip", "link", "del", self.veth["A"]], check=False,
+                           capture_output=True)  # fmt: skip
+        for h in "AB":
+            if f"ns{h}" in self.made:
+                subprocess.run(["ip", "netns", "del", self.ns[h]], check=False)
+        if "shared" in self.made:
+            shutil.rmtree(self.shared, ignore_errors=True)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    h = Hosts(tmp_path)
+    try:
+        h.setup()
+        yield h
+    finally:
+        h.teardown()
+    assert not os.path.exists(f"/run/netns/{h.ns['A']}")
+    assert not os.path.exists(f"/run/netns/{h.ns['B']}")
+
+
+PORT = 7707
+
+
+def _secret(hosts: Hosts, text: str = SECRET, name: str = "secret") -> str:
+    path = hosts.shared / name
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def _receiver(procs: Procs, hosts: Hosts, secret: str, *extra: str) -> Victim:
+    """`cryo receive --once` on host B; its stdout (the restored pid) into a file."""
+    out = hosts.shared / f"recv-{len(procs.pids)}.out"
+    err = hosts.shared / f"recv-{len(procs.pids)}.err"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        p = subprocess.Popen(hosts.argv("B", sys.executable, "-m", "cryo", "receive",
+                                        "--listen", f"{hosts.addr['B']}:{PORT}",
+                                        "--secret-file", secret, "--once", *extra),
+                             stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, close_fds=True,
+                             start_new_session=True)  # fmt: skip
+    p.returncode = 0
+    procs.track(p.pid)
+    v = Victim(p.pid, err, p)
+    v.wait_line("listening on", timeout=30)
+    return v
+
+
+def _migrate(hosts: Hosts, pid: int, secret: str, *extra: str,
+             timeout: float = 180) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return hosts.run("A", sys.executable, "-m", "cryo", "migrate", str(pid), "--to",
+                     f"{hosts.addr['B']}:{PORT}", "--secret-file", secret, *extra,
+                     timeout=timeout)  # fmt: skip
+
+
+def _spawn_on_a(procs: Procs, hosts: Hosts, argv: list[str], out: Path) -> Victim:
+    """A target on host A, its stdio on a file both hosts see (nsenter execs it: the
+    same pid)."""
+    log = hosts.shared / f"stdio-{len(procs.pids)}.log"
+    with open(log, "ab") as f:
+        p = subprocess.Popen(hosts.argv("A", *argv), stdin=subprocess.DEVNULL, stdout=f,
+                             stderr=f, close_fds=True, start_new_session=True)  # fmt: skip
+    p.returncode = 0
+    procs.track(p.pid)
+    v = Victim(p.pid, out, p)
+    v.wait_line("ready", timeout=60)
+    return v
+
+
+def _on(hosts: Hosts, h: str, pid: int) -> bool:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino == hosts.ns_inode(h, "net") and \
+        os.stat(f"/proc/{pid}/ns/mnt").st_ino == hosts.ns_inode(h, "mnt")  # fmt: skip
+
+
+def _untouched(v: Victim) -> None:
+    """The source after a failed migration: running, not traced, checking itself."""
+    status = Path(f"/proc/{v.pid}/status").read_text()
+    assert "TracerPid:\t0\n" in status, status
+    v.wait_ok_after(max(v.oks(), default=-1) + 2, timeout=30)
+    state = status.split("State:\t")[1][0]
+    assert state in "RS", state
+
+
+def _clean_b(hosts: Hosts, receiver: Victim) -> None:
+    """Nothing left on B: no process in its network namespace, nothing in its /tmp."""
+    reap(receiver.pid, timeout=30)
+    deadline = time.monotonic() + 10
+    while hosts.pids("B") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hosts.pids("B") == []
+    left = hosts.run("B", "ls", "-A", "/tmp").stdout.split()
+    assert left == [], left
+
+
+def _migrated(procs: Procs, hosts: Hosts, v: Victim, receiver: Victim,
+              res: subprocess.CompletedProcess[str]) -> Victim:  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    new_pid = int(res.stdout.split()[-1])
+    procs.track(new_pid)
+    assert _on(hosts, "B", new_pid)
+    reap(receiver.pid, timeout=30)  # --once: it is done (the process is ours now)
+    deadline = time.monotonic() + 10
+    while not gone_from(v.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone_from(v.pid), "the source must be killed once the process runs on B"
+    return Victim(new_pid, v.out)
+
+
+def gone_from(pid: int) -> bool:
+    from tests.conftest import gone
+
+    return gone(pid)
+
+
+def test_migrate_c_target(procs: Procs, build: Any, hosts: Hosts) -> None:
+    exe = shutil.copy(build("migr"), hosts.shared / "migr")
+    out = hosts.shared / "out.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "64", "200"], out)
+    v.wait_ok_after(1)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    last = max(v.oks())
+    res = _migrate(hosts, v.pid, secret)
+    assert "round 1:" in res.stderr and "downtime" in res.stderr, res.stderr
+    new = _migrated(procs, hosts, v, rcv, res)
+    new.wait_ok_after(last + 3, timeout=30)
+    assert not new.fails()
