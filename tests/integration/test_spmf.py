@@ -187,3 +187,47 @@ def test_save_files_in_a_store(procs: Procs, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     procs.track(int(r.stdout))
     v.wait_ok_after(last + 5)
+
+
+_SERVER = """
+import os, socket, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+srv = socket.socket(socket.AF_UNIX)
+srv.bind("sock")  # relative: under its cwd, DIR
+srv.listen(4)
+srv.settimeout(0.02)
+i = 0
+while True:
+    try:
+        c, _ = srv.accept()
+        c.sendall(b"pong " + os.getcwd().encode())
+        c.close()
+    except TimeoutError:
+        pass
+    out.write(f"ok {i}\\n")
+    i += 1
+"""
+
+
+def test_translate_unix_socket_path(procs: Procs, tmp_path: Path) -> None:
+    import socket
+    import sys
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", _SERVER, str(out)], out, cwd=str(a))
+    v.wait_ok_after(3)
+    img = tmp_path / "img"
+    assert run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill").returncode == 0
+    reap(v.pid)
+    last = max(v.oks())
+    os.rename(a, b)
+    r = run_cryo("restart", "-D", str(img), "--detach", "--translate", f"{a}={b}")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    v.wait_ok_after(last + 3)
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(10)
+        c.connect(str(b / "sock"))
+        assert c.recv(100) == f"pong {b}".encode()
