@@ -319,6 +319,8 @@ def test_shared_address_space_refused(procs: Procs, build: Any, tmp_path: Path) 
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "clonevm"], out)
     v.wait_ok_after(1)
+    for p in _tree(v.pid)[1:]:
+        procs.track(p)
     r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"))
     assert r.returncode == 9, r.stderr
     assert "shares its address space" in r.stderr, r.stderr

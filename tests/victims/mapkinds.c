@@ -13,6 +13,7 @@
 #include <sys/ioctl.h>
 #include <stdint.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
@@ -72,6 +73,7 @@ static int all(const unsigned char *p, size_t n, unsigned char c) {
 
 static int vm_child(void *arg) {
     volatile long *counter = arg;
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL); /* never outlives the test's victim */
     for (;;) {
         struct timespec ts = {0, 5000000};
         syscall(SYS_nanosleep, &ts, NULL);
