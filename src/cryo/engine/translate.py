@@ -122,8 +122,9 @@ def _need(what: str, path: str, new: str, fmt: int | None,
         raise PathMissing(f"{what}: {_named(path, new)}: {err.strerror}; give --translate"
                           " OLD=NEW if it moved", path=new) from err  # fmt: skip
     if fmt is not None and stat.S_IFMT(st.st_mode) != fmt:
-        raise PathMissing(f"{what}: {_named(path, new)} is {_TYPES.get(stat.S_IFMT(st.st_mode), 'another kind of file')},"  # noqa: E501
-                          f" not {_TYPES.get(fmt, 'what it was')}", path=new)
+        now = _TYPES.get(stat.S_IFMT(st.st_mode), "another kind of file")
+        raise PathMissing(f"{what}: {_named(path, new)} is {now}, not"
+                          f" {_TYPES.get(fmt, 'what it was')}", path=new)  # fmt: skip
     if size_mtime is not None and (st.st_size, st.st_mtime_ns) != size_mtime:
         raise PathMissing(f"{what}: {_named(path, new)} changed since the checkpoint"
                           f" (size {size_mtime[0]} -> {st.st_size}); checkpoint with"
