@@ -358,3 +358,145 @@ def test_migrate_c_target(procs: Procs, build: Any, hosts: Hosts) -> None:
     new = _migrated(procs, hosts, v, rcv, res)
     new.wait_ok_after(last + 3, timeout=30)
     assert not new.fails()
+
+
+def test_migrate_python_target(procs: Procs, hosts: Hosts) -> None:
+    """A Python program: every tick's line depends on its objects, a generator and the
+    random module; the lines go on after the migration exactly where they stopped."""
+    script = Path(__file__).parent.parent / "victims" / "pystate.py"
+    source = hosts.shared / "source.txt"
+    source.write_text("".join(f"line {i}\n" for i in range(50)))
+    out = hosts.shared / "py.txt"
+    v = _spawn_on_a(procs, hosts, [sys.executable, str(script), str(out), str(source)], out)
+    v.wait_line("tick 5")
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    res = _migrate(hosts, v.pid, secret)
+    n = len(v.lines())
+    new = _migrated(procs, hosts, v, rcv, res)
+    new.wait_for(lambda ls: len(ls) > n + 5, timeout=30)
+    ticks = [ln for ln in new.lines() if ln.startswith("tick ")]
+    assert [int(t.split()[1]) for t in ticks] == list(range(len(ticks)))
+    a, b = 0, 1
+    for t in ticks:  # fib= is the generator's state
+        assert f" fib={a} " in t, t
+        a, b = b, a + b
+
+
+def test_migrate_hard_writer(procs: Procs, build: Any, hosts: Hosts) -> None:
+    """A target rewriting its pages as fast as it can: the rounds stop when what is
+    written stops shrinking, the final freeze sends the rest, every page is right."""
+    exe = shutil.copy(build("migr"), hosts.shared / "migr")
+    out = hosts.shared / "out.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "64", "-1", "500"], out)
+    v.wait_ok_after(0)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    last = max(v.oks())
+    res = _migrate(hosts, v.pid, secret)
+    assert "round 2:" in res.stderr, res.stderr
+    new = _migrated(procs, hosts, v, rcv, res)
+    new.wait_ok_after(last + 2, timeout=60)
+    assert not new.fails()
+
+
+def test_wrong_secret_refused(procs: Procs, build: Any, hosts: Hosts) -> None:
+    """Another secret: refused (exit 11) on both sides before anything is frozen."""
+    exe = shutil.copy(build("migr"), hosts.shared / "migr")
+    out = hosts.shared / "out.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "16", "100"], out)
+    v.wait_ok_after(0)
+    rcv = _receiver(procs, hosts, _secret(hosts))
+    res = _migrate(hosts, v.pid, _secret(hosts, "another secret, 32 bytes of it..", "other"))
+    assert res.returncode == 11, res.stderr
+    assert "wrong secret" in res.stderr, res.stderr
+    assert _exit_status(rcv.pid) == 11
+    assert "does not hold the shared secret" in rcv.out.read_text()
+    _untouched(v)
+    _clean_b(hosts, rcv)
+
+
+@pytest.mark.parametrize("how", ["kill-receiver", "drop-link"])
+def test_connection_cut(procs: Procs, build: Any, hosts: Hosts, how: str) -> None:
+    """The connection cut in the middle of the pre-copy: the migration fails, the source
+    goes on untouched, host B is left with nothing."""
+    exe = shutil.copy(build("migr"), hosts.shared / "migr")
+    out = hosts.shared / "out.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "512", "100"], out)
+    v.wait_ok_after(0, timeout=60)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret, "--timeout", "5")
+    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
+                                      str(v.pid), "--to", f"{hosts.addr['B']}:{PORT}",
+                                      "--secret-file", secret, "--timeout", "5"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           close_fds=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while _rss(rcv.pid) < 64 << 20:  # the receiver holds 64 MiB of the pages: cut
+            assert time.monotonic() < deadline, "the receiver got nothing"
+            time.sleep(0.01)
+        if how == "kill-receiver":
+            os.kill(rcv.pid, signal.SIGKILL)
+        else:
+            hosts.sh("ip", "-n", hosts.ns["A"], "link", "set", hosts.veth["A"], "down")
+        _, err = mig.communicate(timeout=120)
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+    assert mig.returncode not in (0, 70), err
+    assert "round 1:" not in err or "final" not in err, err
+    _untouched(v)
+    _clean_b(hosts, rcv)
+
+
+def _exit_status(pid: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got == pid:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    raise AssertionError(f"{pid} did not exit")
+
+
+def _rss(pid: int) -> int:
+    """The resident memory of ``pid`` and its children (nsenter's child included)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for ln in Path(f"/proc/{p}/status").read_text().splitlines():
+                if ln.startswith("VmRSS:"):
+                    total += int(ln.split()[1]) * 1024
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [int(k) for k in kids] + [g for k in kids for g in _children(int(k))]
+
+
+def test_restart_fails_on_b(procs: Procs, hosts: Hosts) -> None:
+    """A file the target has open is in A's own /tmp, not on B: B's restart fails, says
+    why, leaves nothing; the source goes on."""
+    script = Path(__file__).parent.parent / "victims" / "pystate.py"
+    hosts.run("A", "sh", "-c", "seq 100 > /tmp/only-on-a.txt")
+    out = hosts.shared / "py.txt"
+    v = _spawn_on_a(procs, hosts, [sys.executable, str(script), str(out),
+                                   "/tmp/only-on-a.txt"], out)  # fmt: skip
+    v.wait_line("tick 2")
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    res = _migrate(hosts, v.pid, secret)
+    assert res.returncode not in (0, 70), res.stderr
+    assert "/tmp/only-on-a.txt" in res.stderr, res.stderr
+    n = len(v.lines())
+    v.wait_for(lambda ls: len(ls) > n + 3, timeout=30)
+    assert "TracerPid:\t0\n" in Path(f"/proc/{v.pid}/status").read_text()
+    _clean_b(hosts, rcv)
