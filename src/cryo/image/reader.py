@@ -103,16 +103,21 @@ class ImageReader:
         self.records: dict[bytes, list[Any]] = defaultdict(list)
         for rec in self.core_records:
             self.records[rec.kind].append(rec.payload)
+        self.head = self._check_head()
+        self._sides: dict[str, IO[bytes]] = {}
+        self.running_claim: Any = None  # cryo.image.running: held until close()
+
+    def _check_head(self) -> dict[str, Any]:
+        """The HEAD record of ``self.records``, of this machine's architecture."""
         heads = self.records.get(R.HEAD)
         if not heads or not isinstance(heads[0], dict):
             raise self.corrupt("no HEAD record")
-        self.head: dict[str, Any] = heads[0]
-        if self.head.get("arch") != platform.machine():
-            raise ImageIncompatible(f"{self.what} {self.path} is for {self.head.get('arch')},"
+        head: dict[str, Any] = heads[0]
+        if head.get("arch") != platform.machine():
+            raise ImageIncompatible(f"{self.what} {self.path} is for {head.get('arch')},"
                                     f" this machine is {platform.machine()}",
                                     path=self.path)  # fmt: skip
-        self._sides: dict[str, IO[bytes]] = {}
-        self.running_claim: Any = None  # cryo.image.running: held until close()
+        return head
 
     def corrupt(self, why: str, path: str | None = None) -> ImageCorrupt:
         return ImageCorrupt(f"{self.what} {self.path} is corrupt: {why}", path=path or self.path)

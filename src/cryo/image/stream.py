@@ -43,7 +43,6 @@ import hmac
 import io
 import mmap
 import os
-import platform
 import socket
 import struct
 import threading
@@ -51,7 +50,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import IO, Any, cast
 
-from cryo.errors import CryoError, ImageCorrupt, ImageIncompatible
+from cryo.errors import CryoError, ImageCorrupt
 from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.image import seal
@@ -405,14 +404,7 @@ class StreamSource(ImageReader):
         self.bytes_received = 0
         self.keep_data = False  # close() keeps the pages (for a copy written after)
         self._receive(framer, on_frame)
-        heads = self.records.get(R.HEAD)
-        if not heads or not isinstance(heads[0], dict):
-            raise self.corrupt("no HEAD record")
-        self.head: dict[str, Any] = heads[0]
-        if self.head.get("arch") != platform.machine():
-            raise ImageIncompatible(f"{self.what} {self.path} is for {self.head.get('arch')},"
-                                    f" this machine is {platform.machine()}",
-                                    path=self.path)  # fmt: skip
+        self.head = self._check_head()
         self._assemble()
 
     def _receive(self, framer: Framer,
