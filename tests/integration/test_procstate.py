@@ -79,11 +79,13 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def test_job_control_and_pdeathsig_in_a_tree(procs: Procs, build: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["", "tstp"])
+def test_job_control_and_pdeathsig_in_a_tree(procs: Procs, build: Any, tmp_path: Path,
+                                             how: str) -> None:  # fmt: skip
     """A stopped child is restored stopped, its parent collects that stop and then the
     continue, and a zombie killed by a signal; pdeathsig comes from the restored parent."""
     out = tmp_path / "out.txt"
-    v = procs.spawn([build("family"), str(out)], out)
+    v = procs.spawn([build("family"), str(out), how], out)
     _, parent, a, b, c = v.wait_line("ready").split()
     a_pid, b_pid = int(a), int(b)
     assert _state(int(c)) == "Z"
@@ -103,7 +105,8 @@ def test_job_control_and_pdeathsig_in_a_tree(procs: Procs, build: Any, tmp_path:
     v.wait_ok_after(last + 2)
     assert _state(a_pid) == "T", "the stopped child is stopped again"
     os.kill(v.pid, signal.SIGUSR1)
-    assert v.wait_line("waited stopped") == f"waited stopped 1 {signal.SIGSTOP}"
+    sig = signal.SIGTSTP if how else signal.SIGSTOP
+    assert v.wait_line("waited stopped") == f"waited stopped 1 {sig}"
     assert v.wait_line("waited continued") == "waited continued 1"
     assert v.wait_line("zombie") == f"zombie 1 {signal.SIGTERM}", "a zombie that died by a signal"
     v.wait_line("a continued")

@@ -1,5 +1,7 @@
 /* Job control and pdeathsig in a tree (issue 9).  The parent P forks A, which stops
- * itself with SIGSTOP (P does not collect that stop yet), and B, which asks for SIGUSR1
+ * itself with SIGSTOP, or with SIGTSTP in a process group of its own (argv[2] "tstp":
+ * the kernel ignores SIGTSTP in an orphaned group) (P does not collect that stop yet),
+ * and B, which asks for SIGUSR1
  * when its parent dies.  After a restart A must still be stopped; on SIGUSR1, P collects
  * A's stop with waitid(WSTOPPED), continues it and collects that with WCONTINUED; when
  * P is killed, B gets its pdeathsig.  C died by SIGTERM and is a zombie, collected by P
@@ -28,8 +30,9 @@ int main(int argc, char **argv) {
     open_report(argc, argv);
     pid_t parent = getpid();
     pid_t a = fork();
+    int tstp = argc > 2 && !strcmp(argv[2], "tstp");
     if (a == 0) {
-        raise(SIGSTOP);
+        if (tstp) { setpgid(0, 0); raise(SIGTSTP); } else raise(SIGSTOP);
         report("a continued");
         for (;;) nap(100);
     }

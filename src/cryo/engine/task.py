@@ -27,7 +27,7 @@ from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
 from cryo.engine.tree import TRACE_NEW
-from cryo.errors import RestoreConflict, Unsupported
+from cryo.errors import CryoError, RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import (
@@ -334,12 +334,34 @@ def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
 
 def stop_after_restore(tracee: Tracee, trec: dict[str, Any]) -> None:
     """A process that was stopped (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) stops again as
-    soon as it is let go, and its parent is told (waitid WSTOPPED): SIGSTOP is queued to
-    it while we still hold it, once, from its leader's record.  SIGSTOP, whatever the
-    original signal: the kernel drops the others in an orphaned process group, as a
-    restored job usually is, so waitid shows SIGSTOP as the stop signal."""
-    if tracee.tid == tracee.pid and trec.get("group_stop"):
-        os.kill(tracee.pid, signal.SIGSTOP)
+    soon as it is let go, and its parent is told (waitid WSTOPPED, with the signal):
+    the signal is queued to it while we still hold it, once, from its leader's record.
+    The kernel drops SIGTSTP, SIGTTIN and SIGTTOU in an orphaned process group (a
+    restored job whose parent is not in its session usually is one): SIGSTOP then."""
+    sig = trec.get("group_stop", 0)
+    if tracee.tid != tracee.pid or not sig:
+        return
+    if sig != signal.SIGSTOP and _orphaned_pgrp(tracee.pid):
+        sig = signal.SIGSTOP
+    os.kill(tracee.pid, sig)
+
+
+def _orphaned_pgrp(pid: int) -> bool:
+    """POSIX: no member of the process group has a parent in another group of the same
+    session."""
+    pgid, sid = os.getpgid(pid), os.getsid(pid)
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            st = procfs.parse_stat(procfs.read(int(name), "stat"))
+            if st.pgrp != pgid or st.state in ("Z", "X") or st.ppid <= 0:
+                continue
+            if os.getpgid(st.ppid) != pgid and os.getsid(st.ppid) == sid:
+                return False
+        except (CryoError, OSError):
+            continue
+    return True
 
 
 def describe(rec: dict[str, Any]) -> dict[str, Any]:
