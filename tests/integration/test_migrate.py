@@ -500,3 +500,61 @@ def test_restart_fails_on_b(procs: Procs, hosts: Hosts) -> None:
     v.wait_for(lambda ls: len(ls) > n + 3, timeout=30)
     assert "TracerPid:\t0\n" in Path(f"/proc/{v.pid}/status").read_text()
     _clean_b(hosts, rcv)
+
+
+# -- a local checkpoint with pre-copy (cryo checkpoint --pre-copy) ------------------------
+
+
+def test_checkpoint_pre_copy_restarts(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """Rounds while the target writes, a short final freeze, then a restart of the
+    directory image: every page holds its version."""
+    from cryo.migrate import checkpoint_pre_copy
+
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("migr"), str(out), "64", "500"], out)
+    v.wait_ok_after(0)
+    r, rounds, arm = checkpoint_pre_copy(v.pid, str(tmp_path / "img"),
+                                         signal_after=signal.SIGKILL)  # fmt: skip
+    assert len(rounds) >= 2 and rounds[0].bytes >= 64 << 20
+    assert r.memory_bytes < 16 << 20  # the final freeze copied only what was written
+    last = max(v.oks())
+    reap(v.pid)
+    rr = restart(str(tmp_path / "img"))
+    procs.track(rr.pid)
+    new = Victim(rr.pid, out)
+    new.wait_ok_after(last + 2, timeout=30)
+    assert not new.fails()
+
+
+def test_checkpoint_pre_copy_unmapped_meanwhile(procs: Procs, build: Any,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """Between the rounds the target unmaps a region, drops pages (MADV_DONTNEED) and
+    changes others (tests/victims/incr.c): the image holds exactly its last state."""
+    from cryo.migrate import checkpoint_pre_copy
+
+    mapped = tmp_path / "mapped.bin"
+    mapped.write_bytes(b"F" * 8 * 4096)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("incr"), str(out), "16", "20", str(mapped)], out)
+    v.wait_line("ready", timeout=30)
+    gen = [0]
+
+    def between(rnd: Any) -> None:  # a new generation after each of the first rounds
+        if rnd.number <= 3:
+            gen[0] += 1
+            start = len(v.lines())
+            os.kill(v.pid, signal.SIGUSR1)
+            v.wait_for(lambda ls: f"gen {gen[0]}" in ls[start:], timeout=30)
+
+    _r, rounds, _ = checkpoint_pre_copy(v.pid, str(tmp_path / "img"), report=between,
+                                        max_rounds=4, signal_after=signal.SIGKILL)  # fmt: skip
+    assert gen[0] >= 2, rounds
+    reap(v.pid)
+    rr = restart(str(tmp_path / "img"))
+    procs.track(rr.pid)
+    new = Victim(rr.pid, out)
+    start = len(new.lines())
+    os.kill(rr.pid, signal.SIGUSR2)
+    lines = new.wait_for(lambda ls: any(x.startswith(("ok ", "FAIL")) for x in ls[start:]),
+                         timeout=60)  # fmt: skip
+    assert f"ok {gen[0]}" in lines[start:], lines[start:]
