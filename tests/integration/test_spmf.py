@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,6 +114,7 @@ def test_save_files_replaced_binary_deleted_library(procs: Procs, tmp_path: Path
     img = tmp_path / "img"
     r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--save-files", "--kill")
     assert r.returncode == 0, r.stderr
+    assert re.search(r"saved [3-9] files into the image", r.stderr), r.stderr
     reap(v.pid)
     last = max(v.oks())
     saved = [n for n in os.listdir(img) if n.startswith(spmf.PREFIX)]

@@ -226,6 +226,10 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     print(f"checkpoint of {what} -> {r.path}: {human(held)} of memory{read},"
           f" {human(r.stored_bytes)} stored, {r.total_seconds:.3f} s ({rate:.2f} GB/s),"
           f" frozen {r.freeze_seconds:.3f} s", file=sys.stderr)  # fmt: skip
+    if args.save_files:
+        saved = {f["path"] for f in r.files if f["saved"] and f["use"] in ("exe", "mapped")}
+        print(f"saved {len(saved)} files into the image (the executable and libraries)",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 
