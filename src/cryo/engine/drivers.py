@@ -49,6 +49,7 @@ from cryo.engine import (
     task,
     threads,
     timers,
+    tty,
 )
 from cryo.engine.inject import Injector
 from cryo.engine.spmf import open_files as spmf_open
@@ -270,6 +271,7 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create}),
     Driver("inet", collect=inet.lock_connections, thaw=inet.thaw, prepare=inet.prepare,
            started=inet.started),
+    Driver("tty", shared=tty.check, prepare=tty.prepare, restore={"task": tty.restore_ctty}),
     Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import anonfds, dirty, inet, locks, sockets
+from cryo.engine import anonfds, dirty, inet, locks, sockets, tty
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
@@ -137,6 +137,16 @@ def _describe_inet(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict
 
 def _open_inet(d: dict[str, Any], o: Opening) -> int:
     fd = inet.open_socket(d, o.options)
+    _set_flags(fd, d["flags"])
+    return fd
+
+
+def _describe_pty(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
+    return tty.describe(f.pid, f.fd, f.target)
+
+
+def _open_pty(d: dict[str, Any], _o: Opening) -> int:
+    fd = tty.open_desc(d, d["flags"])
     _set_flags(fd, d["flags"])
     return fd
 
@@ -493,6 +503,8 @@ _ANON = [FdKind(name, _anon(name), _describe_anon, lambda d, _o: anonfds.open_de
 FD_KINDS: tuple[FdKind, ...] = (
     FdKind("file", lambda f: f.fmt == stat.S_IFREG, _describe_file, _open_path),
     FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, open=_open_path),
+    FdKind("pty", lambda f: f.fmt == stat.S_IFCHR and tty.is_pty(f.target), _describe_pty,
+           _open_pty),
     FdKind("tty", _is_tty, refuse=lambda f: f"terminal {f.target}; use --shell-job to hand"
            " the restored process the caller's terminal"),
     FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, open=_open_path),

@@ -1,0 +1,265 @@
+"""Pseudo-terminals whose master and slave are both in the checkpoint (a terminal
+multiplexer, ``script``, a program driving another through a pty): the pair with its
+index, termios settings, window size, packet mode and lock; the controlling terminal of
+each session and its foreground process group.
+
+Dump: a master (/dev/ptmx) is read from a duplicate: its index (TIOCGPTN), packet mode
+(TIOCGPKT) and lock (TIOCGPTLCK), and through a slave opened from it (TIOCGPTPEER,
+O_NOCTTY) the termios settings and window size.  Each session whose controlling
+terminal is one of these pairs is noted on the master's entry with its foreground
+process group.  A slave whose master is outside the checkpoint is refused (the caller's
+terminal: --shell-job hands fds 0-2 over).  Data waiting in the pair, both ways (typed
+and not read yet, written and not shown yet), cannot be peeked: it is read with the
+line discipline made raw for a moment, and written straight back the same way.
+
+Restart: cryo opens /dev/ptmx until it gets the old index (while that index is free),
+sets the settings, and opens the slaves; every process inherits them.  Once its fds are
+in place, each session leader takes its terminal back as controlling terminal
+(TIOCSCTTY) and gives the foreground to its old foreground group (TIOCSPGRP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+from typing import Any
+
+from cryo.errors import CryoError, Unsupported
+from cryo.linux import libc
+from cryo.linux.consts import SYS
+
+log = logging.getLogger(__name__)
+TCGETS, TCSETS = 0x5401, 0x5402
+TIOCGWINSZ, TIOCSWINSZ = 0x5413, 0x5414
+TIOCSCTTY, TIOCSPGRP = 0x540E, 0x5410
+TIOCPKT, TIOCGPKT = 0x5420, 0x80045438
+TIOCGPTN, TIOCSPTLCK, TIOCGPTLCK = 0x80045430, 0x40045431, 0x80045439
+TIOCGPTPEER = 0x5441
+TERMIOS_SIZE, WINSIZE_SIZE = 60, 8
+PTS_MAJORS = range(136, 144)
+MAX_TRIES = 4096
+
+
+def is_master(target: str) -> bool:
+    return target in ("/dev/ptmx", "/dev/pts/ptmx")
+
+
+def is_pty(target: str) -> bool:
+    return is_master(target) or (target.startswith("/dev/pts/") and target[9:].isdigit())
+
+
+def _dup(pid: int, fd: int) -> int:
+    pidfd = libc.pidfd_open(pid)
+    try:
+        return libc.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+
+
+def _int(fd: int, request: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(fd, request, b"\0" * 4))[0])
+
+
+def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
+    """The FDSC fields of a pty master or slave."""
+    if not is_master(target):
+        return {"index": int(target[9:]), "master": False}
+    mine = _dup(pid, fd)
+    try:
+        d: dict[str, Any] = {"index": _int(mine, TIOCGPTN), "master": True,
+                             "packet": _int(mine, TIOCGPKT), "locked": _int(mine, TIOCGPTLCK)}
+        peer = fcntl.ioctl(mine, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            d["termios"] = fcntl.ioctl(peer, TCGETS, b"\0" * TERMIOS_SIZE)
+            d["winsize"] = fcntl.ioctl(peer, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
+            d["to_slave"], d["to_master"] = _take_queues(mine, peer, d["termios"],
+                                                          bool(d["packet"]))  # fmt: skip
+        finally:
+            os.close(peer)
+    finally:
+        os.close(mine)
+    return d
+
+
+def _raw(termios: bytes) -> bytes:
+    """``termios`` with no processing of input or output (a copy of the queues goes
+    through the line discipline untouched): c_iflag, c_oflag, c_cflag, c_lflag, c_line,
+    c_cc[19] (VTIME 5, VMIN 6)."""
+    iflag, oflag, cflag, lflag = struct.unpack_from("IIII", termios)
+    iflag &= ~(0o2 | 0o40 | 0o100 | 0o200 | 0o400 | 0o2000 | 0o10000 | 0o4000)
+    oflag &= ~0o1  # OPOST
+    lflag &= ~(0o1 | 0o2 | 0o10 | 0o100 | 0o100000)  # ISIG ICANON ECHO ECHONL IEXTEN
+    cc = bytearray(termios[17:36])
+    cc[5], cc[6] = 0, 0
+    return struct.pack("IIII", iflag, oflag, cflag, lflag) + termios[16:17] + bytes(cc) + \
+        termios[36:]  # fmt: skip
+
+
+def _drain(fd: int) -> list[bytes]:
+    out: list[bytes] = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return out
+        if not data:
+            return out
+        out.append(data)
+
+
+def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: bytes) -> None:
+    """Data put back into a pair's two queues as it was, then its settings."""
+    fcntl.ioctl(peer, TCSETS, _raw(termios))
+    if to_slave:
+        os.write(master, to_slave)
+    if to_master:
+        os.write(peer, to_master)
+    fcntl.ioctl(peer, TCSETS, termios)
+
+
+def _take_queues(master: int, peer: int, termios: bytes, packet: bool) -> tuple[bytes, bytes]:
+    """What waits in the pair, both ways, read (it cannot be peeked) and put back at
+    once; the processes are frozen meanwhile.  A partial line typed in canonical mode
+    becomes readable as a line."""
+    fl = fcntl.fcntl(master, fcntl.F_GETFL)
+    fcntl.fcntl(master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(peer, TCSETS, _raw(termios))
+        to_slave = b"".join(_drain(peer))
+        chunks = _drain(master)
+        to_master = b"".join(c[1:] if packet else c for c in chunks)
+        _refill(master, peer, termios, to_slave, to_master)
+    finally:
+        fcntl.fcntl(master, fcntl.F_SETFL, fl)
+    return to_slave, to_master
+
+
+def _stat(pid: int) -> tuple[int, int, int]:
+    """(session, tty_nr, tpgid) of a process."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[3]), int(fields[4]), int(fields[5])
+
+
+def check(session: Any) -> None:
+    """Checkpoint, once every process is collected: every slave's master is in the
+    checkpoint; each session's controlling terminal, if it is one of the pairs, noted on
+    the master's entry (with the foreground group); data waiting in a pair: a warning."""
+    descs = session.shared.descs.descs
+    masters = {d["index"]: d for d in descs if d["kind"] == "pty" and d["master"]}
+    for d in descs:
+        if d["kind"] == "pty" and not d["master"] and d["index"] not in masters:
+            raise Unsupported(f"fd {d['fd']} of {d['pid']}: terminal {d['path']}, whose master"
+                              " is outside the checkpoint; use --shell-job to hand the"
+                              " restored process the caller's terminal", pid=d["pid"],
+                              resource=f"fd {d['fd']}")  # fmt: skip
+    for m in masters.values():
+        m["sessions"] = []
+    for p in session.procs.values():
+        if p.zombie:
+            continue
+        sid, tty_nr, tpgid = _stat(p.pid)
+        major, minor = os.major(tty_nr), os.minor(tty_nr)
+        if sid == p.pid and major in PTS_MAJORS and tty_nr:
+            index = (major - PTS_MAJORS.start) * 256 + minor
+            if index in masters:
+                masters[index]["sessions"].append([sid, tpgid])
+
+
+# -- restore ---------------------------------------------------------------------------
+
+# the pairs this restart made: old index -> (master fd, new index); set by prepare()
+_made: dict[int, tuple[int, int]] = {}
+_masters: dict[int, dict[str, Any]] = {}
+
+
+def prepare(rs: Any) -> None:
+    """Restart, before the descriptions are opened: the image's masters by index."""
+    _made.clear()
+    _masters.clear()
+    _masters.update({d["index"]: d for d in rs.plan.descs
+                     if d["kind"] == "pty" and d.get("master")})  # fmt: skip
+    rs.on_exit(_forget)
+
+
+def _forget() -> None:
+    for fd, _ in _made.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _made.clear()
+
+
+def _master(index: int) -> tuple[int, int]:
+    """A new master for old index ``index``: the same index while it is free."""
+    if index in _made:
+        return _made[index]
+    d = _masters.get(index)
+    if d is None:
+        raise CryoError(f"pty {index}: its master is not in the image")
+    extra: list[int] = []
+    try:
+        fd = -1
+        for _ in range(MAX_TRIES):
+            fd = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+            got = _int(fd, TIOCGPTN)
+            if got >= index:  # the kernel gives the lowest free index: past it, it is taken
+                break
+            extra.append(fd)
+        new = _int(fd, TIOCGPTN)
+    finally:
+        for x in extra:
+            os.close(x)
+    if new != index:
+        log.warning("pty %d comes back as /dev/pts/%d (the old one is taken)", index, new)
+    fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
+    peer = fcntl.ioctl(fd, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.ioctl(peer, TIOCSWINSZ, d["winsize"])
+        _refill(fd, peer, d["termios"], d.get("to_slave", b""), d.get("to_master", b""))
+    finally:
+        os.close(peer)
+    if d.get("packet"):
+        fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
+    if d.get("locked"):
+        fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 1))
+    _made[index] = (fd, new)
+    return _made[index]
+
+
+def open_desc(d: dict[str, Any], flags: int) -> int:
+    """The fd for pty description ``d`` (a master or a slave), made in cryo."""
+    fd, new = _master(d["index"])
+    if d["master"]:
+        return os.dup(fd)
+    locked = _masters[d["index"]].get("locked")
+    if locked:
+        fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
+    try:
+        return os.open(f"/dev/pts/{new}", (flags & ~0o3) | os.O_RDWR | os.O_NOCTTY)
+    finally:
+        if locked:
+            fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 1))
+
+
+def restore_ctty(ctx: Any) -> None:
+    """Per process, its fds in place: a session leader whose controlling terminal was one
+    of the image's pairs takes it back, and gives the foreground to its old group."""
+    for index, m in _masters.items():
+        for sid, tpgid in m.get("sessions", []):
+            if sid != ctx.old_pid:
+                continue
+            _fd, new = _made.get(index, (-1, index))
+            inj = ctx.inj
+            path = inj.put_str(f"/dev/pts/{new}")
+            tty = inj(SYS.open, path, os.O_RDWR, 0, what=f" open /dev/pts/{new}")
+            try:
+                inj(SYS.ioctl, tty, TIOCSCTTY, 0, what=" TIOCSCTTY")
+                if tpgid > 0:
+                    pgrp = ctx.pid_map.get(tpgid, tpgid)
+                    arg = inj.put(struct.pack("i", pgrp), 256)
+                    inj(SYS.ioctl, tty, TIOCSPGRP, arg, what=" TIOCSPGRP")
+            finally:
+                inj(SYS.close, tty)
