@@ -121,3 +121,25 @@ def cmd_receive(args: argparse.Namespace) -> int:
     if got2 is not None:
         print(got2.pid, flush=True)
     return 0
+
+
+def checkpoint_pre_copy(args: argparse.Namespace, pid: int, kw: dict[str, Any]) -> int:
+    """``cryo checkpoint --pre-copy -D DIR``: the rounds, then the final checkpoint."""
+    from cryo.migrate import checkpoint_pre_copy as run
+
+    if args.store:
+        raise Usage("--pre-copy writes an image directory (-D), not a store version")
+    if kw.get("compress"):
+        raise Usage("--pre-copy does not compress")
+    opts = {k: v for k, v in kw.items() if k not in ("compress", "direct_io", "scope")}
+    r, rounds, arm = run(pid, args.dir, scope=kw["scope"], force=args.force,
+                         direct_io=kw.get("direct_io", True),
+                         report=lambda x: _say(f"round {x.number}: {x.pages} pages,"
+                                               f" {human(x.bytes)}, {x.seconds:.3f} s"),
+                         **opts)  # fmt: skip
+    for w in r.warnings:
+        _say(f"cryo: warning: {w}")
+    _say(f"checkpoint of {r.pid} -> {r.path}: {len(rounds)} rounds while it ran (arming froze"
+         f" it {arm:.3f} s), then {human(r.memory_bytes)} frozen {r.freeze_seconds:.3f} s;"
+         f" {human(r.stored_bytes)} stored, {r.total_seconds:.3f} s in all")  # fmt: skip
+    return 0
