@@ -42,7 +42,8 @@ int main(int argc, char **argv) {
     double pps = atof(argv[3]);
     unsigned char *p = malloc(n);
     if (!p) return 3;
-    for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)i;
+    memset(p, 0x5a, n);  /* every page its own bytes: none is a page of zeros */
+    for (size_t i = 0; i < n; i += 4096) *(size_t *)(p + i) = i;
     FILE *f = fopen(argv[1], "a");
     if (!f) return 4;
     setvbuf(f, NULL, _IOLBF, 0);
@@ -99,6 +100,7 @@ def main() -> int:
     ap.add_argument("--dirty", type=float, default=1.0, help="MiB each job writes a second")
     ap.add_argument("--keep-last", type=int, default=3)
     ap.add_argument("--max-concurrent", type=int, default=2)
+    ap.add_argument("--nice", type=int, default=0, help="the daemon's nice (cryod --nice)")
     ap.add_argument("--dir", help="where the store and state go (default a new /tmp dir)")
     args = ap.parse_args()
 
@@ -129,7 +131,8 @@ def main() -> int:
         daemon = subprocess.Popen([sys.executable, "-m", "cryo", "daemon", "--socket", sock,
                                    "--state", str(base / "state"), "--store",
                                    str(base / "store"), "--log", str(base / "cryod.log"),
-                                   "--max-concurrent", str(args.max_concurrent)],
+                                   "--max-concurrent", str(args.max_concurrent),
+                                   "--nice", str(args.nice)],
                                   stdin=subprocess.DEVNULL, close_fds=True,
                                   start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 60
@@ -193,7 +196,8 @@ def main() -> int:
     ref = [statistics.mean(x) for x in zip(baseline, after or baseline, strict=True)]
     slow = [(r - d) / r * 100 for r, d in zip(ref, with_daemon, strict=True)]
     print(f"cryod: {args.jobs} jobs of {args.mib} MiB, every {args.every:g} s, for"
-          f" {args.time:g} s (max concurrent {args.max_concurrent}, keep last {args.keep_last},"
+          f" {args.time:g} s (max concurrent {args.max_concurrent}, nice {args.nice}, keep last"
+          f" {args.keep_last},"
           f" {args.dirty:g} MiB/s written by each job)")  # fmt: skip
     print(f"  checkpoints taken        {taken} (failed {failed}; due and not taken: {lost})")
     if frozen:

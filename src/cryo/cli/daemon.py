@@ -39,6 +39,8 @@ def unit(args: argparse.Namespace) -> str:
     if args.metrics:
         opts += f" --metrics {args.metrics}"
     opts += f" --max-concurrent {args.max_concurrent}"
+    if args.nice:
+        opts += f" --nice {args.nice}"
     return f"""[Unit]
 Description=cryo checkpoint daemon (periodic checkpoints, restart after a crash)
 Documentation=file://docs/protocol.md
@@ -75,6 +77,9 @@ def daemon_parser(p: argparse.ArgumentParser) -> None:
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics")
     p.add_argument("--max-concurrent", type=int, default=2, metavar="N",
                    help="at most N checkpoints at once (default 2)")
+    p.add_argument("--nice", type=int, default=0, metavar="N",
+                   help="run the daemon and its checkpoints at nice N (e.g. -5: due"
+                   " checkpoints keep their time on a busy machine); jobs it starts run at 0")
     p.add_argument("--staged-timeout", type=duration, default=120.0, metavar="T",
                    help="abort a staged checkpoint not resumed within T (default 2m)")
     p.add_argument("--log", metavar="FILE", help="JSON log lines to FILE (default stderr)")
