@@ -1,7 +1,7 @@
 /* Scheduling survives, per thread (issue 9): policy and priority (BATCH, IDLE, FIFO,
  * RR with SCHED_FLAG_RESET_ON_FORK), the nice value (also under a real-time policy,
  * where the kernel keeps it for later), CPU affinity, I/O priority; and the process's
- * oom_score_adj. */
+ * oom_score_adj and the nice value of its session's autogroup. */
 #include "common.h"
 #include <pthread.h>
 #include <sched.h>
@@ -73,6 +73,10 @@ int main(int argc, char **argv) {
     int fd = open("/proc/self/oom_score_adj", O_WRONLY);
     if (fd < 0 || write(fd, "345", 3) != 3) FAIL("oom_score_adj %d", errno);
     close(fd);
+    int autogroup = access("/proc/self/autogroup", F_OK) == 0;
+    fd = open("/proc/self/autogroup", O_WRONLY);
+    if (autogroup && (fd < 0 || write(fd, "6", 1) != 1)) FAIL("autogroup %d", errno);
+    close(fd);
     for (long i = 1; i < 4; i++) {
         pthread_t t;
         pthread_create(&t, NULL, worker, (void *)i);
@@ -86,6 +90,10 @@ int main(int argc, char **argv) {
         char buf[16] = {0};
         fd = open("/proc/self/oom_score_adj", O_RDONLY);
         if (read(fd, buf, sizeof buf - 1) < 0 || atoi(buf) != 345) { FAIL("oom_score_adj %s", buf); bad = 1; }
+        close(fd);
+        char ag[64] = {0};
+        fd = open("/proc/self/autogroup", O_RDONLY);
+        if (autogroup && (read(fd, ag, sizeof ag - 1) < 0 || !strstr(ag, "nice 6"))) { FAIL("autogroup %s", ag); bad = 1; }
         close(fd);
         if (!bad) report("ok %ld", round);
         nap(50);

@@ -111,6 +111,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         "rlimits": procfs.parse_limits(procfs.read(pid, "limits")), "prctl": prctl,
         "audit": list(audit) if audit else None,
         "oom_score_adj": int(procfs.read(pid, "oom_score_adj")),
+        "autogroup_nice": _autogroup_nice(pid),
     }  # fmt: skip
 
 
@@ -211,6 +212,16 @@ def _restore_audit(ctx: RestoreContext, rec: dict[str, Any]) -> None:
                               pid=ctx.old_pid, resource="audit session")  # fmt: skip
 
 
+def _autogroup_nice(pid: int | str) -> int | None:
+    """The nice value of the process's scheduler autogroup (its session's, shared by the
+    processes of the session; kernel.sched_autogroup_enabled), None without one."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _restore_oom(ctx: RestoreContext, value: int) -> None:
     try:
         with open(f"/proc/{ctx.pid}/oom_score_adj", "w") as f:
@@ -227,6 +238,10 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     _restore_audit(ctx, rec)
     if "oom_score_adj" in rec:
         _restore_oom(ctx, rec["oom_score_adj"])
+    nice = rec.get("autogroup_nice")
+    if nice is not None and _autogroup_nice(ctx.pid) not in (None, nice):
+        with open(f"/proc/{ctx.pid}/autogroup", "w") as f:  # the session's autogroup
+            f.write(str(nice))
     inj = ctx.inj
     trecs = getattr(ctx, "thread_records", None)
     if trecs:  # before the threads are made: the seccomp filters they all share
