@@ -4,7 +4,6 @@ its own /tmp), pre-copy, a cut connection, a wrong secret."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from cryo.image import records as R
 from cryo.image.reader import Image
 from cryo.image.stream import Channel, Framer, StreamSink, StreamSource
 from tests.conftest import Procs, Victim, reap
+from tests.hosts import Hosts
 
 VOLATILE = {R.HEAD, R.PBLK, b"MADE", b"SIDE", b"SEAL", b"END "}
 
@@ -157,92 +157,9 @@ def test_stream_tampered_frame_refused(procs: Procs, build: Any, tmp_path: Path)
 SECRET = "k3Yq9mJx2N8vR4tP7wL5sB1cF6hD0gZa"
 
 
-class Hosts:
-    """Two "hosts": network namespaces A and B joined by a veth pair (10.213.N.1 and .2),
-    each with its own mount namespace in which /tmp is a tmpfs of its own.  ``shared``
-    (under /var/tmp) is seen by both, as a shared home directory would be."""
-
-    def __init__(self, tmp: Path) -> None:
-        n = os.getpid() % 200 + 20
-        self.tag = f"{os.getpid()}"
-        self.ns = {"A": f"cryo-mig-a{self.tag}", "B": f"cryo-mig-b{self.tag}"}
-        self.addr = {"A": f"10.213.{n}.1", "B": f"10.213.{n}.2"}
-        self.veth = {"A": f"cmga{self.tag[-6:]}", "B": f"cmgb{self.tag[-6:]}"}
-        self.mntdir = Path(f"/run/cryo-mig-{self.tag}")
-        self.shared = Path(f"/var/tmp/cryo-mig-{self.tag}")
-        self.made: list[str] = []
-
-    def sh(self, *argv: str) -> None:
-        subprocess.run(argv, check=True, capture_output=True, timeout=30)
-
-    def setup(self) -> None:
-        self.shared.mkdir(mode=0o755)
-        self.made.append("shared")
-        for h in "AB":
-            self.sh("ip", "netns", "add", self.ns[h])
-            self.made.append(f"ns{h}")
-        self.sh("ip", "link", "add", self.veth["A"], "type", "veth", "peer", "name",
-                self.veth["B"])  # fmt: skip
-        self.made.append("veth")
-        for h in "AB":
-            self.sh("ip", "link", "set", self.veth[h], "netns", self.ns[h])
-            self.sh("ip", "-n", self.ns[h], "addr", "add", f"{self.addr[h]}/24", "dev",
-                    self.veth[h])  # fmt: skip
-            self.sh("ip", "-n", self.ns[h], "link", "set", self.veth[h], "up")
-            self.sh("ip", "-n", self.ns[h], "link", "set", "lo", "up")
-        self.mntdir.mkdir(mode=0o700)
-        self.made.append("mntdir")
-        self.sh("mount", "--bind", str(self.mntdir), str(self.mntdir))
-        self.made.append("mntbind")
-        self.sh("mount", "--make-private", str(self.mntdir))
-        for h in "AB":
-            (self.mntdir / h).touch()
-            self.sh("unshare", f"--mount={self.mntdir / h}", "--propagation", "private",
-                    "mount", "-t", "tmpfs", "-o", "mode=1777", f"cryo-host{h}", "/tmp")
-            self.made.append(f"mnt{h}")
-
-    def argv(self, h: str, *argv: str) -> list[str]:
-        return ["nsenter", f"--net=/run/netns/{self.ns[h]}", f"--mount={self.mntdir / h}",
-                "--", *argv]  # fmt: skip
-
-    def run(self, h: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(h, *argv), capture_output=True, text=True,
-                              timeout=timeout, close_fds=True)  # fmt: skip
-
-    def pids(self, h: str) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.ns[h]], capture_output=True,
-                             text=True, check=False).stdout  # fmt: skip
-        return [int(x) for x in out.split()]
-
-    def ns_inode(self, h: str, kind: str) -> int:
-        path = f"/run/netns/{self.ns[h]}" if kind == "net" else str(self.mntdir / h)
-        return os.stat(path).st_ino
-
-    def teardown(self) -> None:
-        for h in "AB":  # nothing may be left in the namespaces
-            for pid in self.pids(h) if f"ns{h}" in self.made else []:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for h in "BA":
-            if f"mnt{h}" in self.made:
-                subprocess.run(["umount", "-l", str(self.mntdir / h)], check=False)
-        if "mntbind" in self.made:
-            subprocess.run(["umount", "-l", str(self.mntdir)], check=False)
-        if "mntdir" in self.made:
-            shutil.rmtree(self.mntdir, ignore_errors=True)
-        if "veth" in self.made:  # (gone with its namespace, unless it never moved)
-            subprocess.run(["ip", "link", "del", self.veth["A"]], check=False,
-                           capture_output=True)  # fmt: skip
-        for h in "AB":
-            if f"ns{h}" in self.made:
-                subprocess.run(["ip", "netns", "del", self.ns[h]], check=False)
-        if "shared" in self.made:
-            shutil.rmtree(self.shared, ignore_errors=True)
-
-
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    h = Hosts(tmp_path)
+    h = Hosts()
     try:
         h.setup()
         yield h
@@ -513,7 +430,7 @@ def test_checkpoint_pre_copy_restarts(procs: Procs, build: Any, tmp_path: Path) 
     out = tmp_path / "out.txt"
     v = procs.spawn([build("migr"), str(out), "64", "500"], out)
     v.wait_ok_after(0)
-    r, rounds, arm = checkpoint_pre_copy(v.pid, str(tmp_path / "img"),
+    r, rounds, _arm = checkpoint_pre_copy(v.pid, str(tmp_path / "img"),
                                          signal_after=signal.SIGKILL)  # fmt: skip
     assert len(rounds) >= 2 and rounds[0].bytes >= 64 << 20
     assert r.memory_bytes < 16 << 20  # the final freeze copied only what was written
