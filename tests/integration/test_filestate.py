@@ -19,17 +19,24 @@ from cryo.engine.restore import restart
 from tests.conftest import Procs, Victim, reap, run_cryo
 
 
-def cycle(procs: Procs, v: Victim, img: Path) -> Victim:
+def cycle(procs: Procs, v: Victim, img: Path, scope: str = "process") -> Victim:
     """Checkpoint ``v`` (killed once the image is written), reap it, restart it; the
     restored victim must pass two more rounds of its own checks."""
     last = max(v.oks(), default=-1)
-    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    kids = _children(v.pid)
+    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL, scope=scope)
     reap(v.pid)
+    for k in kids:
+        reap(k)
     rr = restart(str(img))
     procs.track(rr.pid)
     new = Victim(rr.pid, v.out)
     new.wait_ok_after(last + 2)
     return new
+
+
+def _children(pid: int) -> list[int]:
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def untouched(v: Victim) -> None:
@@ -107,3 +114,32 @@ def test_lock_conflict_at_restart_is_an_error(procs: Procs, build: Any, tmp_path
         assert "another process holds a conflicting lock" in r.stderr, r.stderr
     finally:
         os.close(fd)
+
+
+# -- deleted files ---------------------------------------------------------------------
+
+
+def test_deleted_file_kept_whole(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """Holes, owner, mode and times of a deleted file; two descriptions of one deleted
+    file, and a child holding a third, still share one inode."""
+    v = spawn(procs, build, tmp_path, "ghost", "ghost")
+    v = cycle(procs, v, tmp_path / "img", scope="tree")
+    procs.pids.extend(_children(v.pid))
+    assert not v.fails()
+    assert not list((tmp_path / "work").iterdir()), "the recreated files are unlinked again"
+
+
+def test_deleted_file_larger_than_1_gib(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A 3 GiB sparse deleted file: saved by its data ranges, sparse again."""
+    v = spawn(procs, build, tmp_path, "ghost", "big")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    assert sum(f.stat().st_size for f in (tmp_path / "img").iterdir()) < 64 << 20
+
+
+@pytest.mark.parametrize(("mode", "words"), [("dir", ("deleted directory", "gone")),
+                                            ("cwd", ("working directory", "gone (deleted)"))])
+def test_deleted_directory_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,
+                                   words: tuple[str, ...]) -> None:  # fmt: skip
+    v = spawn(procs, build, tmp_path, "ghost", mode)
+    refused(v, tmp_path, *words)

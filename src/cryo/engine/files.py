@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import anonfds, dirty, inet, locks, sockets, tty
+from cryo.engine import anonfds, dirty, ghosts, inet, locks, sockets, tty
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
@@ -105,15 +105,10 @@ def _anon(name: str) -> Callable[[Found], bool]:
 
 
 def _describe_file(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
-    if f.st.st_nlink != 0:
+    if f.st.st_nlink != 0 and not f.target.endswith(ghosts.DELETED):
         return {}
-    if f.st.st_size > MAX_DELETED:
-        raise Unsupported(f"fd {f.fd}: deleted file {f.target} is larger than 1 GiB",
-                          pid=f.pid, resource=f"fd {f.fd}")  # fmt: skip
-    with open(f"/proc/{f.pid}/fd/{f.fd}", "rb") as fh:
-        descs.blobs.append(fh.read())
-    return {"blob": len(descs.blobs) - 1, "path": f.target.removesuffix(" (deleted)"),
-            "deleted": True}  # fmt: skip
+    return ghosts.describe(f.pid, f.fd, f.target, f.st, descs.ghosts, descs.blobs,
+                           len(descs.descs))  # fmt: skip
 
 
 def _describe_unix(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
@@ -164,6 +159,7 @@ class Descriptions:
     descs: list[dict[str, Any]] = field(default_factory=list)
     seen: list[tuple[int, int]] = field(default_factory=list)  # (pid, fd) of each desc
     blobs: list[bytes] = field(default_factory=list)  # FDAT records
+    ghosts: dict[tuple[int, int], str] = field(default_factory=dict)  # deleted files saved
     unix: dict[int, dict[str, Any]] | None = None  # sock_diag's view, asked once
 
     def find(self, pid: int, fd: int, kind: str, st: os.stat_result) -> int | None:
@@ -200,6 +196,12 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
             descs.descs.append(_describe(found, k, info, descs))
             descs.seen.append((pid, fd))
         table.append({"fd": fd, "desc": index, "cloexec": bool(info.flags & O_CLOEXEC)})
+    for what in ("cwd", "root"):
+        where = procfs.readlink(pid, what)
+        if where.endswith(ghosts.DELETED):
+            raise Unsupported(f"the {'working' if what == 'cwd' else 'root'} directory of"
+                              f" process {pid}, {where}, was deleted; not supported", pid=pid,
+                              resource=what, path=where)  # fmt: skip
     status = procfs.parse_status(procfs.read(pid, "status"))
     return {
         "pid": pid,
@@ -235,6 +237,7 @@ def dump_shared(session: Any) -> None:
 
 def shared_records(session: Any) -> list[tuple[bytes, Any, bool]]:
     descs: Descriptions = session.shared.descs
+    ghosts.write(session.sink, descs.descs)  # before the FDSC record: it adds their extents
     return [(DESC_KIND, {"descs": descs.descs}, False),
             *((DATA_KIND, blob, True) for blob in descs.blobs)]
 
@@ -366,6 +369,7 @@ def prepare(rs: Any) -> None:
     inherited by every process of the restart."""
     plan = rs.plan
     rs.shared.descs = plan.descs
+    ghosts.prepare(plan.descs, rs.image, lambda p: _translate(p, rs.options), rs.on_exit)
     rs.shared.opened = opened = open_all(plan.descs, plan.blobs,
                                          [r[KIND] for r in plan.procs.values()], rs.options)
     rs.on_exit(opened.close)
@@ -416,7 +420,9 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     flags = _open_flags(d)
     path = _translate(d["path"], o.options)
     created = None
-    if d.get("deleted"):
+    if d.get("deleted") and ghosts.open_path(d):
+        path = str(ghosts.open_path(d))
+    elif d.get("deleted"):
         path = created = _materialize({**d, "path": path}, o.blobs[d["blob"]])
     try:
         fd = os.open(path, flags)
@@ -501,6 +507,8 @@ _ANON = [FdKind(name, _anon(name), _describe_anon, lambda d, _o: anonfds.open_de
 
 # In the order the dump tries them; the first that matches is the fd's kind.
 FD_KINDS: tuple[FdKind, ...] = (
+    FdKind("deleted", lambda f: ghosts.refuse_special(f.target, f.fmt) is not None,
+           refuse=lambda f: str(ghosts.refuse_special(f.target, f.fmt))),
     FdKind("file", lambda f: f.fmt == stat.S_IFREG, _describe_file, _open_path),
     FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, open=_open_path),
     FdKind("pty", lambda f: f.fmt == stat.S_IFCHR and tty.is_pty(f.target), _describe_pty,

@@ -1,0 +1,203 @@
+"""Files deleted while open ("ghost" files): one file however many descriptions or
+processes have it open, with its holes, owner, mode and times.
+
+Dump: the first description of a deleted inode (matched by device and inode) saves its
+contents once, into a side file of the image ``ghost-ID``: only the data ranges
+(SEEK_DATA/SEEK_HOLE; any error but ENXIO, "no more data", fails the checkpoint rather
+than truncating the file), copied in blocks of 1 MiB, so that a file of any size is
+never held in memory.  Its FDSC entry keeps the ranges (``extents``), the side file
+(``ghost``), ``uid``, ``gid``, ``atime_ns`` and ``mtime_ns``; every other description
+of the inode names the same ``ghost``.  (Its ``blob`` names an empty FDAT record, for
+readers of the older form, where the blob held the whole contents.)
+
+Restore: before the descriptions are opened, each ghost is made once: created under its
+old name when that is free (else in the temporary directory), the size set, each range
+written back at its offset (the holes stay holes), then owner, mode and times set, and
+an anchor fd opened on it before it is unlinked again; every description of it is then
+opened through /proc/self/fd/ANCHOR: one inode, shared again by construction.
+
+Refused by name at checkpoint (the kernel gives no way to recreate them unlinked and
+shared): a file unlinked from the name it was opened by but still linked elsewhere, and
+deleted directories, FIFOs, sockets and device nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from cryo.errors import CryoError, ImageCorrupt, Unsupported
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+O_NOATIME = 0o1000000
+SEEK_DATA, SEEK_HOLE = 3, 4
+DELETED = " (deleted)"
+
+
+def extents(fd: int, size: int, what: str = "") -> list[list[int]]:
+    """The data ranges [offset, length] of the file open on ``fd`` up to ``size``."""
+    out: list[list[int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:
+                break  # no data after pos
+            raise CryoError(f"{what}: cannot find its data (SEEK_DATA at {pos}):"
+                            f" {err.strerror}") from err  # fmt: skip
+        if data >= size:
+            break
+        try:
+            hole = os.lseek(fd, data, SEEK_HOLE)
+        except OSError as err:
+            raise CryoError(f"{what}: cannot find its holes (SEEK_HOLE at {data}):"
+                            f" {err.strerror}") from err  # fmt: skip
+        end = min(hole, size)
+        out.append([data, end - data])
+        pos = end
+    return out
+
+
+def refuse_special(target: str, fmt: int) -> str | None:
+    """Why a deleted fd that is not a regular file cannot be saved, or None."""
+    if not target.endswith(DELETED) or fmt == stat.S_IFREG:
+        return None
+    what = {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device",
+            stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}.get(fmt, "special file")
+    return f"deleted {what} {target.removesuffix(DELETED)} is not supported"
+
+
+def describe(pid: int, fd: int, target: str, st: os.stat_result,
+             ghosts: dict[tuple[int, int], str], blobs: list[bytes], first_id: int
+             ) -> dict[str, Any]:  # fmt: skip
+    """The FDSC fields of a description of a deleted regular file."""
+    name = target.removesuffix(DELETED)
+    if st.st_nlink != 0:
+        raise Unsupported(f"fd {fd}: {name} was unlinked but the file still has"
+                          f" {st.st_nlink} other link(s); not supported", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
+    key = (st.st_dev, st.st_ino)
+    fields: dict[str, Any] = {"path": name, "deleted": True, "uid": st.st_uid,
+                              "gid": st.st_gid, "atime_ns": st.st_atime_ns,
+                              "mtime_ns": st.st_mtime_ns}  # fmt: skip
+    if key in ghosts:
+        fields["ghost"] = ghosts[key]
+        fields["blob"] = _empty(blobs)
+        return fields
+    ghosts[key] = fields["ghost"] = f"ghost-{first_id}"
+    fields["blob"] = _empty(blobs)
+    fields["source"] = [pid, fd]  # read at write time (dropped from the record then)
+    return fields
+
+
+def _empty(blobs: list[bytes]) -> int:
+    if b"" in blobs:
+        return blobs.index(b"")
+    blobs.append(b"")
+    return len(blobs) - 1
+
+
+def write(sink: Any, descs: list[dict[str, Any]]) -> None:
+    """Each ghost's data ranges into its side file, in blocks (the processes are still
+    frozen: the file cannot change meanwhile)."""
+    for d in descs:
+        source = d.pop("source", None)
+        if source is None:
+            continue
+        pid, fd = source
+        what = f"fd {fd} of {pid} (deleted file {d['path']})"
+        try:
+            src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | O_NOATIME)
+        except PermissionError:
+            src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY)
+        try:
+            d["extents"] = runs = extents(src, d["size"], what)
+            with sink.side_file(d["ghost"]) as out:
+                for off, length in runs:
+                    _copy(src, off, length, out.write, what)
+        finally:
+            os.close(src)
+        log.debug("%s: %d bytes in %d ranges", what, sum(n for _, n in runs), len(runs))
+
+
+def _copy(src: int, off: int, length: int, put: Callable[[bytes], Any], what: str) -> None:
+    end = off + length
+    while off < end:
+        chunk = os.pread(src, min(CHUNK, end - off), off)
+        if not chunk:
+            raise CryoError(f"{what}: shorter than its size while saved")
+        put(chunk)
+        off += len(chunk)
+
+
+# -- restore ---------------------------------------------------------------------------
+
+
+def prepare(descs: list[dict[str, Any]], image: Any, translate: Callable[[str], str],
+            on_exit: Callable[[Callable[[], None]], None]) -> None:  # fmt: skip
+    """Make every ghost of the image once; each description of it gets ``_anchor``, the
+    fd in cryo to open it through (closed when the restart ends)."""
+    made: dict[str, int] = {}
+    for d in descs:
+        name = d.get("ghost")
+        if not d.get("deleted") or name is None:
+            continue
+        if name not in made:
+            first = next((x for x in descs if x.get("ghost") == name and "extents" in x), None)
+            if first is None:
+                raise ImageCorrupt(f"deleted file {d['path']}: no description saves {name}")
+            made[name] = fd = _make(first, image.side_file(name), translate(first["path"]))
+            on_exit(_closer(fd))
+        d["_anchor"] = made[name]
+
+
+def _closer(fd: int) -> Callable[[], None]:
+    def close() -> None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    return close
+
+
+def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
+    if not os.path.isdir(os.path.dirname(path)) or os.path.lexists(path):
+        path = os.path.join(tempfile.gettempdir(), f".cryo-deleted-{os.getpid()}-{d['id']}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)  # fmt: skip
+    try:
+        os.unlink(path)  # from here on it is ours alone, as it was the program's
+        os.ftruncate(fd, d["size"])
+        for start, length in d["extents"]:
+            done = 0
+            while done < length:
+                chunk = data.read(min(CHUNK, length - done))
+                if not chunk:
+                    raise ImageCorrupt(f"deleted file {d['path']}: its side file is short")
+                os.pwrite(fd, chunk, start + done)
+                done += len(chunk)
+        if (d["uid"], d["gid"]) != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, d["uid"], d["gid"])
+            except PermissionError as err:
+                raise CryoError(f"deleted file {d['path']}: cannot give it its owner"
+                                f" {d['uid']}:{d['gid']}: {err.strerror}") from err  # fmt: skip
+        os.fchmod(fd, stat.S_IMODE(d["mode"]))
+        os.utime(fd, ns=(d["atime_ns"], d["mtime_ns"]))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_path(d: dict[str, Any]) -> str | None:
+    """The path to open a description of a ghost by, once prepare() made it."""
+    anchor = d.get("_anchor")
+    return None if anchor is None else f"/proc/self/fd/{anchor}"

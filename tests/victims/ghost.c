@@ -1,0 +1,127 @@
+/* Files deleted while open (issue 9, "Files").  argv[2] is the mode, argv[3] a scratch
+ * directory.
+ *   ghost  a sparse deleted file (data at 0 and at 1 MiB, 8 MiB long) with owner
+ *          1234:5678, mode 0640 and old times, open twice (two descriptions: one file),
+ *          and written through one and read through the other every round; a forked
+ *          child holds a third description of it and checks the same inode
+ *   big    a deleted sparse file of 3 GiB with data near its end
+ *   dir    an fd on a deleted directory (refused)
+ *   cwd    a deleted working directory (refused) */
+#include "common.h"
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#define MiB (1024L * 1024)
+
+static void fill(unsigned char *b, size_t n, unsigned long long seed) {
+    for (size_t i = 0; i < n; i++) b[i] = (unsigned char)mix(seed + i);
+}
+
+static int same_data(int fd, off_t off, unsigned long long seed) {
+    unsigned char want[4096], got[4096];
+    fill(want, sizeof want, seed);
+    return pread(fd, got, sizeof got, off) == sizeof got && !memcmp(got, want, sizeof got);
+}
+
+static void ghost(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/ghost.bin", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOATIME, 0600);
+    unsigned char b[4096];
+    fill(b, sizeof b, 1);
+    if (fd < 0 || pwrite(fd, b, sizeof b, 0) != sizeof b) _exit(4);
+    fill(b, sizeof b, 2);
+    if (pwrite(fd, b, sizeof b, MiB) != sizeof b || ftruncate(fd, 8 * MiB)) _exit(5);
+    int fd2 = open(path, O_RDWR | O_NOATIME);
+    snprintf(path, sizeof path, "%s/shared.bin", dir);
+    int fs = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    int fs2 = open(path, O_RDONLY);
+    if (fd2 < 0 || fs < 0 || fs2 < 0 || pwrite(fs, "0000", 4, 0) != 4) _exit(6);
+    if (fchown(fd, 1234, 5678) || fchmod(fd, 0640)) _exit(7);
+    struct timespec times[2] = {{1300000000, 5}, {1200000000, 7}};
+    if (futimens(fd, times)) _exit(8);
+    snprintf(path, sizeof path, "%s/ghost.bin", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/shared.bin", dir);
+    unlink(path);
+    lseek(fd, 4096 + 7, SEEK_SET);
+    struct stat st0;
+    fstat(fs, &st0);
+    pid_t child = fork();
+    if (child == 0) {
+        for (;;) {
+            struct stat st;
+            if (fstat(fs2, &st) || st.st_ino != st0.st_ino) report("FAIL child ino");
+            nap(20);
+        }
+    }
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        int bad = 0;
+        struct stat st, st2;
+        if (fstat(fd, &st) || fstat(fd2, &st2)) { FAIL("fstat"); bad = 1; }
+        if (st.st_nlink != 0 || st.st_size != 8 * MiB) { FAIL("nlink %ld size %ld", (long)st.st_nlink, (long)st.st_size); bad = 1; }
+        if (st.st_ino != st2.st_ino || st.st_dev != st2.st_dev) { FAIL("two files"); bad = 1; }
+        if ((st.st_mode & 07777) != 0640) { FAIL("mode %o", st.st_mode & 07777); bad = 1; }
+        if (st.st_uid != 1234 || st.st_gid != 5678) { FAIL("owner %d:%d", st.st_uid, st.st_gid); bad = 1; }
+        if (st.st_mtim.tv_sec != 1200000000 || st.st_mtim.tv_nsec != 7) { FAIL("mtime %ld", (long)st.st_mtim.tv_sec); bad = 1; }
+        if (st.st_atim.tv_sec != 1300000000 || st.st_atim.tv_nsec != 5) { FAIL("atime %ld", (long)st.st_atim.tv_sec); bad = 1; }
+        if (st.st_blocks > 64) { FAIL("not sparse: %ld blocks", (long)st.st_blocks); bad = 1; }
+        if (lseek(fd2, 0, SEEK_HOLE) != 4096 || lseek(fd2, 4096, SEEK_DATA) != MiB) { FAIL("holes"); bad = 1; }
+        if (!same_data(fd2, 0, 1) || !same_data(fd2, MiB, 2)) { FAIL("data"); bad = 1; }
+        if (lseek(fd, 0, SEEK_CUR) != 4096 + 7) { FAIL("offset"); bad = 1; }
+        char w[8], r[8];
+        snprintf(w, sizeof w, "%04ld", round % 10000);
+        if (pwrite(fs, w, 4, 0) != 4 || pread(fs2, r, 4, 0) != 4 || memcmp(w, r, 4)) { FAIL("shared write"); bad = 1; }
+        struct stat sa, sb;
+        if (fstat(fs, &sa) || fstat(fs2, &sb) || sa.st_ino != sb.st_ino) { FAIL("shared: two files"); bad = 1; }
+        if (waitpid(child, NULL, WNOHANG) != 0) { FAIL("child gone"); bad = 1; }
+        if (!bad) report("ok %ld", round);
+        nap(20);
+    }
+}
+
+static void big(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/big.bin", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    unsigned char b[4096];
+    fill(b, sizeof b, 3);
+    off_t at = 3 * 1024 * MiB - 2 * 4096;
+    if (fd < 0 || pwrite(fd, b, sizeof b, at) != sizeof b || ftruncate(fd, 3 * 1024 * MiB)) _exit(4);
+    unlink(path);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        struct stat st;
+        int bad = 0;
+        if (fstat(fd, &st) || st.st_size != 3 * 1024 * MiB || st.st_blocks > 64) { FAIL("big stat"); bad = 1; }
+        if (!same_data(fd, at, 3)) { FAIL("big data"); bad = 1; }
+        if (!bad) report("ok %ld", round);
+        nap(20);
+    }
+}
+
+static void special(const char *dir, int cwd) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/gone", dir);
+    if (mkdir(path, 0700)) _exit(4);
+    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    if (fd < 0 || (cwd && chdir(path))) _exit(5);
+    if (cwd) close(fd);
+    rmdir(path);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        report("ok %ld", round);
+        nap(20);
+    }
+}
+
+int main(int argc, char **argv) {
+    open_report(argc, argv);
+    if (argc < 4) _exit(2);
+    if (!strcmp(argv[2], "ghost")) ghost(argv[3]);
+    if (!strcmp(argv[2], "big")) big(argv[3]);
+    if (!strcmp(argv[2], "dir")) special(argv[3], 0);
+    if (!strcmp(argv[2], "cwd")) special(argv[3], 1);
+    return 2;
+}
