@@ -617,3 +617,35 @@ def test_half_closed(procs: Procs, ns: Netns, tmp_path: Path) -> None:
             c.close()
             assert Victim(v.pid, out).wait_line("got") == "got 5 b'after'"
         assert ns.tables() == []
+
+
+PING = r"""
+import socket, struct, sys, time
+# an ICMP "ping" socket (bound: its port is the echo identifier) pinging 127.0.0.1
+out = open(sys.argv[1], "a", buffering=1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+s.bind(("127.0.0.1", 4242))
+s.settimeout(5)
+n = 0
+while True:
+    s.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, n) + b"cryo", ("127.0.0.1", 0))
+    reply = s.recv(64)
+    typ, _code, _sum, ident, seq = struct.unpack("!BBHHH", reply[:8])
+    if typ != 0 or seq != n or ident != 4242 or s.getsockname()[1] != 4242:
+        out.write(f"FAIL reply {typ} {ident} {seq} for {n}\n")
+    out.write(f"tick {n}\n")
+    n += 1
+    time.sleep(0.01)
+"""
+
+
+def test_ping_socket(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """An ICMP ping socket comes back bound to its identifier and keeps pinging."""
+    ns.run("sysctl", "-w", "net.ipv4.ping_group_range=0 2147483647", check=True)
+    (tmp_path / "ping.py").write_text(PING)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "ping.py"), str(out)], out)
+    v.wait_ok_after(5)
+    pid = cycle(procs, ns, v.pid, tmp_path / "img")
+    seen = max(v.oks())
+    Victim(pid, out).wait_ok_after(seen + 10)
