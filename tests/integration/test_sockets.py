@@ -649,3 +649,20 @@ def test_ping_socket(procs: Procs, ns: Netns, tmp_path: Path) -> None:
     pid = cycle(procs, ns, v.pid, tmp_path / "img")
     seen = max(v.oks())
     Victim(pid, out).wait_ok_after(seen + 10)
+
+
+def test_multicast_is_said_lost(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A UDP socket that joined a multicast group: checkpointed and restored, with a
+    warning that its membership is not."""
+    code = ("import socket, struct, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 5353))\n"
+            "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,"
+            " struct.pack('4s4s', socket.inet_aton('239.1.2.3'), socket.inet_aton('127.0.0.1')))\n"
+            f"open({str(tmp_path / 'out')!r}, 'w').write('ready\\n')\n"
+            "time.sleep(600)\n")  # fmt: skip
+    v = spawn(procs, ns, [sys.executable, "-c", code], tmp_path / "out")
+    v.wait_line("ready")
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 0, r.stderr
+    assert "239.1.2.3" in r.stderr and "not restored" in r.stderr, r.stderr

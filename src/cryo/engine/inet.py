@@ -653,6 +653,7 @@ def lock_connections(ctx: Any) -> None:
                 socks.append((int(n), int(target[8:-1])))
     if not socks:
         return
+    _warn_multicast(ctx, pid, {ino for _, ino in socks})
     table = tcp_table(pid)
     for fd, ino in socks:  # what the fd kinds will ask (family_of), known already
         if ino in table:
@@ -687,6 +688,43 @@ def lock_connections(ctx: Any) -> None:
     _lock.add([c for _, _, c in todo])
     for fd, ino, _ in todo:
         hold(pid, fd, ino).state["lock"] = _image_lock
+
+
+def parse_igmp(data: bytes, v6: bool) -> list[str]:
+    """Multicast groups joined in a network namespace (/proc/net/igmp or igmp6), but
+    those every interface joins by itself."""
+    out = []
+    for line in data.decode(errors="replace").splitlines():
+        f = line.split()
+        if v6 and len(f) >= 3:
+            g = f[2]
+            if g not in ("ff020000000000000000000000000001", "ff010000000000000000000000000001") \
+                    and not g.startswith("ff0200000000000000000001ff"):  # fmt: skip
+                out.append(str(ipaddress.IPv6Address(bytes.fromhex(g))))
+        elif not v6 and line.startswith("\t\t") and f and len(f[0]) == 8 and \
+                f[0] != "010000E0":  # fmt: skip
+            out.append(str(ipaddress.IPv4Address(bytes.fromhex(f[0])[::-1])))
+    return out
+
+
+def _warn_multicast(ctx: Any, pid: int, inodes: set[int]) -> None:
+    """Multicast memberships cannot be read per socket: if the process has UDP or raw
+    sockets and its namespace has joined groups, say that they are not restored."""
+    dgram = False
+    for proto in ("udp", "udp6", "raw", "raw6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{proto}", "rb") as f:
+            dgram = dgram or any(int(x.split()[9]) in inodes
+                                 for x in f.read().splitlines()[1:] if len(x.split()) > 9)
+    if not dgram:
+        return
+    groups = []
+    for name, v6 in (("igmp", False), ("igmp6", True)):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}", "rb") as f:
+            groups += parse_igmp(f.read(), v6)
+    if groups:
+        ctx.warnings.append(f"process {pid}: multicast groups joined in its network namespace"
+                            f" ({', '.join(sorted(set(groups)))}) are not restored: the"
+                            " memberships of its sockets cannot be read")  # fmt: skip
 
 
 def thaw(session: Any) -> None:
