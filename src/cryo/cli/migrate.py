@@ -38,6 +38,8 @@ def register(sub: Any) -> None:
                    help="fds 0-2 on a terminal, pipe or socket are handed over")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="seconds without progress before the connection counts as lost")
+    p.add_argument("--json", action="store_true",
+                   help="print the figures (rounds, downtime, bytes) as JSON on stdout")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("receive", help="take processes migrated from another host",
@@ -94,7 +96,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _say(f"migrated {pid} to {r.host}: runs there as pid {r.pid} ({where}); downtime"
          f" {r.downtime:.3f} s, total {r.total_seconds:.3f} s, {human(r.bytes_sent)} sent"
          f" for {human(r.memory_bytes)} of memory")  # fmt: skip
-    print(r.pid)
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps(dataclasses.asdict(r)))
+    else:
+        print(r.pid)
     return 0
 
 
