@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,44 @@ def test_membarrier_registrations(procs: Procs, build: Any, tmp_path: Path) -> N
     v.wait_ok_after(1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+_LOGIN = """
+import os, signal, subprocess, sys, time
+open("/proc/self/loginuid", "w").write("1000")  # a new audit session, for us and children
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+exe, out, img = sys.argv[1:]
+v = subprocess.Popen([exe, out], close_fds=True, start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+while not os.path.exists(out) or "tick 1" not in open(out).read():
+    time.sleep(0.01)
+checkpoint(v.pid, img, signal_after=signal.SIGKILL)
+v.wait()
+print(restart(img).pid, open("/proc/self/sessionid").read())
+"""
+
+
+def test_audit_session(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A process of another audit session than cryo's is refused (the kernel gives a
+    restored process a new session id); in cryo's own session it comes back in it."""
+    out = tmp_path / "out.txt"
+    login = "import os, sys; open('/proc/self/loginuid', 'w').write('1000'); " \
+            "os.execv(sys.argv[1], sys.argv[1:])"  # fmt: skip
+    v = procs.spawn([sys.executable, "-c", login, build("counter"), str(out)], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img0"))
+    assert r.returncode == 9 and "audit" in r.stderr, r.stderr
+    v.wait_ok_after(max(v.oks()) + 1)  # untouched
+    reap(v.pid)
+    out2 = tmp_path / "out2.txt"
+    r2 = subprocess.run([sys.executable, "-c", _LOGIN, build("counter"), str(out2),
+                         str(tmp_path / "img")], capture_output=True, text=True,
+                        timeout=60, close_fds=True)  # fmt: skip
+    assert r2.returncode == 0, r2.stderr
+    pid, session = (int(x) for x in r2.stdout.split())
+    procs.track(pid)
+    assert Path(f"/proc/{pid}/loginuid").read_text() == "1000"
+    assert int(Path(f"/proc/{pid}/sessionid").read_text()) == session
+    Victim(pid, out2).wait_ok_after(max(Victim(pid, out2).oks()) + 1)
