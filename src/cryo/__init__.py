@@ -4,7 +4,11 @@ The public API:
 
 - :func:`checkpoint` (``cryo.engine.dump.checkpoint``): save a process, its threads and,
   by scope, its descendants, process group or session, into an image directory or a Sink;
+- :func:`start_checkpoint` (a handle to ``poll()``) and :func:`prepare` (a staged
+  checkpoint: ``write(dest)``, then ``resume()`` or ``abort()``); :class:`CheckpointSession`
+  to step through every phase;
 - :func:`restart` (``cryo.engine.restore.restart``): recreate them from an image;
+- ``cryo.app``: what an application imports to take part (callbacks, critical sections);
 - :func:`describe` (``cryo.engine.show.describe``): what an image holds, as plain data;
 - :func:`run` (``cryo.launch.run``): start a program so that it can be checkpointed;
 - ``cryo.store`` (versions, incremental) and ``cryo.ipc`` (System V IPC on its own);
@@ -17,6 +21,7 @@ from typing import Any
 
 from cryo.errors import (
     AccessDenied,
+    CheckpointRefused,
     CryoError,
     ImageCorrupt,
     ImageError,
@@ -33,6 +38,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "checkpoint": ("cryo.engine.dump", "checkpoint"),
+    "start_checkpoint": ("cryo.engine.dump", "start_checkpoint"),
+    "prepare": ("cryo.engine.dump", "prepare"),
+    "CheckpointSession": ("cryo.engine.session", "CheckpointSession"),
     "restart": ("cryo.engine.restore", "restart"),
     "describe": ("cryo.engine.show", "describe"),
     "run": ("cryo.launch", "run"),
@@ -50,6 +58,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AccessDenied",
+    "CheckpointRefused",
+    "CheckpointSession",
     "CryoError",
     "ImageCorrupt",
     "ImageError",
@@ -63,6 +73,8 @@ __all__ = [
     "__version__",
     "checkpoint",
     "describe",
+    "prepare",
     "restart",
     "run",
+    "start_checkpoint",
 ]

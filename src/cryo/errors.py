@@ -27,6 +27,7 @@ class ExitCode:
     UNSUPPORTED = 9
     CONFLICT = 10
     UNTRUSTED = 11
+    REFUSED = 13
     INTERRUPTED = 130
     INTERNAL = 70
 
@@ -42,6 +43,8 @@ class ExitCode:
                    " running already (--allow-duplicate)"),
         (UNTRUSTED, "the image's seal does not verify: edited, or made on a host with"
                     " another key (--trust-image)"),
+        (REFUSED, "the application refused the checkpoint: a callback aborted it, or it"
+                  " was inside a critical section (--nonblocking)"),
         (INTERNAL, "a bug in cryo"),
     )
 
@@ -111,6 +114,13 @@ class ImageUntrusted(ImageError):
     """The image's seal does not verify with this host's key (cryo.image.seal)."""
 
     exit_code = ExitCode.UNTRUSTED
+
+
+class CheckpointRefused(CryoError):
+    """The application said no (cryo.app): a callback aborted the checkpoint, or it was
+    inside a critical section and the checkpoint was non-blocking."""
+
+    exit_code = ExitCode.REFUSED
 
 
 class Unsupported(CryoError):

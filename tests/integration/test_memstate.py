@@ -227,8 +227,6 @@ def test_cow_pages_saved_once(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert after == pids
 
 
-@pytest.mark.xfail(strict=True, reason="needs the orchestrator to fork each child from its"
-                   " restored parent once the parent's pages are written (engine/cow.py)")
 def test_cow_tree_uses_no_more_memory(procs: Procs, build: Any, tmp_path: Path) -> None:
     """The restored tree shares its pages again: the sum of Pss is what it was (the
     children's old copies of the 1 MiB their parent rewrote, shared among the three
@@ -272,8 +270,6 @@ def test_no_vdso(procs: Procs, build: Any, tmp_path: Path,
     assert "[vdso]" not in Path(f"/proc/{v.pid}/maps").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="dump must call textscan.find_syscall instead of"
-                   " inject.find_vdso_syscall (engine/textscan.py)")
 def test_no_vdso_cli(procs: Procs, build: Any, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([build("novdso"), str(out)], out)

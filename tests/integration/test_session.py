@@ -177,8 +177,9 @@ def test_library_caller_killed_mid_checkpoint(procs: Procs, build: Any, tmp_path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("img.")] == []
 
 
-def test_restart_failing_after_threads_were_made(procs: Procs, build: Any, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_restart_failing_after_threads_were_made(
+    procs: Procs, build: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A restart that fails once the threads exist (here a driver's stage raises just
     after them) returns with the error, and leaves no process and no traced thread."""
     import dataclasses

@@ -42,6 +42,18 @@ def register(sub: Any) -> None:
                    help="put the executable and the libraries (every file mapped privately)"
                    " into the image: a restart uses them if the originals moved, were"
                    " deleted or changed")
+    p.add_argument("--pre-copy", action="store_true",
+                   help="copy the pages in rounds while the process runs, then freeze it"
+                   " only for those written meanwhile and its other state (-D only)")
+    p.add_argument("--no-callbacks", action="store_true",
+                   help="do not run the applications' callbacks (cryo.app); critical"
+                   " sections are still waited for")
+    p.add_argument("--nonblocking", action="store_true",
+                   help="fail at once (exit 13) if an application is inside a critical"
+                   " section, instead of waiting for its end")
+    p.add_argument("--callback-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds the applications' callbacks and critical sections may"
+                   " take (default 30)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--stop", dest="signal", action="store_const", const=signal.SIGSTOP,
                    help="stop the process after the checkpoint")
@@ -84,7 +96,9 @@ def register(sub: Any) -> None:
                    help="run it as pid 1 of a new pid namespace, so that a restart can always"
                    " give every process its old pid")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    p.set_defaults(func=cmd_run)
+    from cryo.cli.daemon import run_options  # --every T: a job of cryod (cli/daemon.py)
+
+    run_options(p, cmd_run)
 
     p = sub.add_parser("show", help="print what an image holds")
     p.add_argument("dir", metavar="DIR")
@@ -205,7 +219,13 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {"compress": args.compress, "shell_job": args.shell_job,
                           "save_files": args.save_files,
                           "signal_after": args.signal, "direct_io": not args.page_cache,
-                          "scope": scope, "net": _net_options(args)}
+                          "scope": scope, "net": _net_options(args),
+                          "no_callbacks": args.no_callbacks, "nonblocking": args.nonblocking,
+                          "callback_timeout": args.callback_timeout}
+    if args.pre_copy:  # (cryo.migrate: rounds while it runs)
+        from cryo.cli.migrate import checkpoint_pre_copy
+
+        return checkpoint_pre_copy(args, pid, kw)
     with _progress("checkpoint") as prog:
         if args.store:
             from cryo import store
@@ -307,8 +327,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  cwd {p['cwd']}  rip {regs['rip']}  rsp {regs['rsp']}{in_call}")
         print("  mappings:")
         for v in p["mappings"]:
+            state = f"  [{', '.join(v['state'])}]" if v.get("state") else ""
             print(f"    {v['start']}-{v['end']} {v['perms']} {human(v['size']):>10}"
-                  f"  saved {human(v['saved']):>10}  {v['kind']:<11} {v['path']}")  # fmt: skip
+                  f"  saved {human(v['saved']):>10}  {v['kind']:<11} {v['path']}"
+                  f"{state}")  # fmt: skip
         print("  files:")
         for f in p["files"]:
             extra = f"  (same as fd {f['same_as']})" if "same_as" in f else ""

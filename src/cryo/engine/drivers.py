@@ -18,9 +18,13 @@ Checkpoint phases a driver may act in (per process unless said otherwise):
     records        once: shared records (kind, payload, raw), after per-process ones
 
     written        per process, after its pages are in the sink, before the commit
+    before_freeze  once, at the end of prepare: the applications' callbacks (cryo.app)
+    thaw           once, just before the processes are let go (release or abort)
+    after_checkpoint  once, after the resume or in the abort (with why it failed)
 
 Restart: ``prepare`` once before any process exists (objects cryo makes and every
-process inherits; cleanups and undos go on the session), then per process the stages of
+process inherits; cleanups and undos go on the session), ``started`` once every process
+is built (before they run), ``after_restart`` once they run, and per process the stages of
 :data:`BUILD_STAGES` in order, and once every process is built :data:`FINISH_STAGES`;
 those in :data:`PER_THREAD` run once per thread (``restore_thread``), with that thread's
 injector and THRD record, the others once per process (``restore``).
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryo.engine import (
     anonfds,
+    appchannel,
     dirty,
     files,
     inet,
@@ -71,8 +76,11 @@ RecordsHook = Callable[[Any], Iterable[tuple[bytes, Any, bool]]]
 RestoreHook = Callable[["RestoreContext"], None]
 ThreadRestoreHook = Callable[["RestoreContext", "Injector", dict[str, Any]], None]
 
-BUILD_STAGES = ("early", "memory", "pages", "files", "task", "signals", "threads", "thread",
-                "timers", "creds", "pending")  # fmt: skip
+BUILD_STAGES = ("early", "memory", "pages", "protect", "files", "task", "signals", "threads",
+                "thread", "timers", "creds", "pending")  # fmt: skip
+# run as each process is made, before its children are forked from it: they inherit its
+# pages copy-on-write (and still all of cryo's fds: "files" comes later)
+BIRTH_STAGES = BUILD_STAGES[: BUILD_STAGES.index("protect")]
 FINISH_STAGES = ("regs",)  # once the restorer is gone, every process built
 PER_THREAD = frozenset({"thread", "creds", "regs"})
 
@@ -90,6 +98,11 @@ class Driver:
     written: WriteHook | None = None
     records: RecordsHook | None = None
     prepare: SessionHook | None = None
+    # checkpoint: at the end of prepare (before the freeze), and once it is over
+    # (after the resume, or in the abort: with why it failed)
+    before_freeze: SessionHook | None = None
+    after_checkpoint: Callable[[Any, str | None], None] | None = None
+    after_restart: SessionHook | None = None  # restart: once every process runs
     thaw: SessionHook | None = None  # checkpoint: before the processes are let go
     started: SessionHook | None = None  # restart: every process built, before they run
     restore: Mapping[str, RestoreHook] = field(default_factory=dict)
@@ -137,6 +150,9 @@ def _memory_layout(ctx: RestoreContext) -> None:
 
 def _memory_pages(ctx: RestoreContext) -> None:
     ctx.live["written"] = memory.write_pages(ctx, ctx.progress)
+
+
+def _memory_protect(ctx: RestoreContext) -> None:
     memory.protect(ctx, ctx.live.pop("fixup"))
     memory.restore_mm(ctx, _rs(ctx, R.MM))
 
@@ -258,7 +274,8 @@ DRIVERS: tuple[Driver, ...] = (
            restore_thread={"thread": _thread_state, "creds": _thread_creds}),
     Driver("memory", (R.MM,), inject=memory.dump_brk, collect=_memory_collect,
            shared=_object_sources,
-           restore={"memory": _memory_layout, "pages": _memory_pages}),
+           restore={"memory": _memory_layout, "pages": _memory_pages,
+                    "protect": _memory_protect}),
     Driver("sysvshm", write=_sysvshm_write, prepare=_sysvshm_prepare,
            restore={"memory": _sysvshm_attach}),
     Driver("signals", (R.SIGS,), inject=_keep(R.SIGS, signals.dump),
@@ -280,6 +297,10 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("unix", shared=sockets.check_peers),
     Driver("anonfds", restore={"files": _anonfds_register}),
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
+    # (the app driver before dirty: it leaves pages out before dirty selects them)
+    Driver("app", (appchannel.KIND,), optional=True, before_freeze=appchannel.before_freeze,
+           write=appchannel.write, after_checkpoint=appchannel.after_checkpoint,
+           prepare=appchannel.prepare, after_restart=appchannel.after_restart),
     Driver("dirty", (dirty.KIND,), optional=True, inject=_dirty_inject, write=_dirty_select,
            written=_dirty_inherit),
     Driver("registers", restore_thread={"regs": _thread_regs}),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import anonfds, dirty, ghosts, inet, locks, sockets, tty
+from cryo.engine import anonfds, appchannel, dirty, ghosts, inet, locks, sockets, tty
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
@@ -75,6 +75,7 @@ class Opening:
     unix: dict[int, dict[str, Any]]  # unix sockets of the image by inode
     pipes: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     pairs: dict[int, int] = field(default_factory=dict)
+    keep: dict[str, Any] = field(default_factory=dict)  # for later stages (the session's)
 
 
 @dataclass(frozen=True)
@@ -340,11 +341,13 @@ class Opened:
 
 
 def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[str, Any]],
-             options: dict[str, Any]) -> Opened:  # fmt: skip
-    """Open every description in cryo, on fds above every fd number the image uses."""
+             options: dict[str, Any], keep: dict[str, Any] | None = None) -> Opened:  # fmt: skip
+    """Open every description in cryo, on fds above every fd number the image uses;
+    what a kind must keep for a later stage goes into ``keep``."""
     top = max([e["fd"] for t in tables for e in t["fds"]] + [2])
     opened = Opened(base=max(top + 1, 10))
-    o = Opening(blobs, options, opened, {d["ino"]: d for d in descs if d["kind"] == "unix"})
+    o = Opening(blobs, options, opened, {d["ino"]: d for d in descs if d["kind"] == "unix"},
+                keep=keep if keep is not None else {})
     try:
         for d in descs:
             k = KINDS.get(d["kind"])
@@ -371,7 +374,8 @@ def prepare(rs: Any) -> None:
     rs.shared.descs = plan.descs
     ghosts.prepare(plan.descs, rs.image, lambda p: _translate(p, rs.options), rs.on_exit)
     rs.shared.opened = opened = open_all(plan.descs, plan.blobs,
-                                         [r[KIND] for r in plan.procs.values()], rs.options)
+                                         [r[KIND] for r in plan.procs.values()], rs.options,
+                                         rs.shared.keep)
     rs.on_exit(opened.close)
 
 
@@ -433,6 +437,11 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
         if created:
             os.unlink(created)
     if d["kind"] == "file" and not flags & O_PATH:
+        if not d.get("deleted"):
+            try:
+            except BaseException:
+                os.close(fd)
+                raise
         os.lseek(fd, d["pos"], os.SEEK_SET)
     if d["flags"] & O_ASYNC and not flags & O_PATH:
         _set_flags(fd, int(d["flags"]))
@@ -502,6 +511,18 @@ def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str,
 
 # -- the fd kinds ----------------------------------------------------------------------
 
+def _is_agent(listening: bool) -> Callable[[Found], bool]:
+    def match(f: Found) -> bool:
+        found = appchannel.agent_socket(f.pid, f.fd) if _is_socket(f) else None
+        return found is not None and found[1] == listening
+
+    return match
+
+
+def _describe_agent(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
+    return appchannel.describe_socket(f.pid, f.fd)
+
+
 _ANON = [FdKind(name, _anon(name), _describe_anon, lambda d, _o: anonfds.open_desc(d))
          for name in anonfds.KINDS.values()]  # fmt: skip
 
@@ -517,6 +538,11 @@ FD_KINDS: tuple[FdKind, ...] = (
            " the restored process the caller's terminal"),
     FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, open=_open_path),
     FdKind("pipe", lambda f: f.target.startswith("pipe:"), open=_open_pipe, in_flight=True),
+    # the two sockets of a cryo.app agent, before every other unix socket
+    FdKind("app_listen", _is_agent(listening=True), _describe_agent,
+           lambda d, _o: appchannel.open_listener(d)),
+    FdKind("app_conn", _is_agent(listening=False), _describe_agent,
+           lambda d, o: appchannel.open_connection(d, o.keep)),
     FdKind("unix", _is_family(socket.AF_UNIX), _describe_unix, _open_unix),
     FdKind("inet", _is_family(*inet.FAMILIES), _describe_inet, _open_inet),
     FdKind("socket", _is_socket, refuse=lambda f: f"{_socket_kind(f.pid, f.st.st_ino)} socket"

@@ -51,9 +51,9 @@ from typing import Any, TypeVar
 import cryo
 from cryo import procfs
 from cryo.engine import drivers as D
-from cryo.engine import files, memory, shmem, tree
+from cryo.engine import files, memory, shmem, textscan, tree
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import SCRATCH_SIZE, Injector, find_vdso_syscall
+from cryo.engine.inject import SCRATCH_SIZE, Injector
 from cryo.engine.spmf import of_session as files_of
 from cryo.errors import CryoError, translate_oserror
 from cryo.image import records as R
@@ -88,6 +88,8 @@ class Shared:
     descs: files.Descriptions = field(default_factory=files.Descriptions)
     objects: shmem.Objects = field(default_factory=shmem.Objects)
     sources: list[memory.Source] = field(default_factory=list)  # page sources of objects
+    channels: list[Any] = field(default_factory=list)  # open to applications' agents
+    app: dict[int, dict[str, Any]] = field(default_factory=dict)  # what each agent asked
 
 
 # where a checkpoint goes: a directory, a Sink, or a function that makes the Sink (called
@@ -119,13 +121,17 @@ class Checkpoint:
                  signal_after: int = 0, direct_io: bool = True, hold: bool = False,
                  freeze_timeout: float | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 in_worker: bool = False, net: dict[str, bool] | None = None) -> None:  # fmt: skip
+                 in_worker: bool = False, net: dict[str, bool] | None = None,
+                 no_callbacks: bool = False, nonblocking: bool = False,
+                 callback_timeout: float = 30.0) -> None:  # fmt: skip
         self.pid, self.scope, self.dest = pid, scope, dest
         self.net = net or {}  # tcp_established, tcp_close, ext_unix_sk
         self.sink_options = {"force": force, "compress": compress, "direct": direct_io}
         self.shell_job, self.signal_after, self.hold = shell_job, signal_after, hold
         self.save_files = save_files  # SPMF: the executable and libraries into the image
         self.freeze_timeout, self.progress = freeze_timeout, progress
+        self.app_options = {"no_callbacks": no_callbacks, "nonblocking": nonblocking,
+                            "callback_timeout": callback_timeout}  # fmt: skip
         self.in_worker = in_worker  # owns its signals: the watchdog may use SIGALRM
         self.critical = False  # an interruption now would leave a half state: later
         self.sink: Sink | None = None
@@ -147,6 +153,9 @@ class Checkpoint:
         tree.members(self.pid, self.scope)  # a scope with no process: an error first
         if self.dest is not None:
             self._open_sink(self.dest)
+        for d in D.DRIVERS:  # the applications' callbacks, before anything is touched
+            if d.before_freeze:
+                d.before_freeze(self)
 
     def freeze(self) -> None:
         self._phase("prepare", "freeze")
@@ -164,7 +173,7 @@ class Checkpoint:
             if p.zombie:
                 continue
             self.check()
-            ctx = DumpContext(p.pid, p.leader, Injector(p.leader, find_vdso_syscall(p.pid)),
+            ctx = DumpContext(p.pid, p.leader, Injector(p.leader, textscan.find_syscall(p.pid)),
                               options={"shell_job": self.shell_job, **self.net,
                                        "save_files": self.save_files,
                                        "track": self.tokens.get(p.pid) if self.track
@@ -272,23 +281,32 @@ class Checkpoint:
             if self.signal_after == signal.SIGKILL:
                 tree.collect_dead(self.procs)  # dead tracees wait for their tracer
         self.release()
+        self._after(None)
         self.result.total_seconds = time.perf_counter() - self._t0
         return self.result
 
-    def abort(self) -> None:
+    def abort(self, why: str = "aborted") -> None:
         """From any phase: the processes go on exactly as before; the sink leaves no
         trace."""
         try:
             if self.procs and not self.released:
-                self.released = False
                 self._thaw()
                 tree.let_go(self.procs)
                 self.released = True
                 self._watchdog(0)
         finally:
-            if self.sink is not None and self.phase not in ("commit", "resume"):
-                self.sink.abort()
-            self.phase = "aborted"
+            try:
+                if self.sink is not None and self.phase not in ("commit", "resume"):
+                    self.sink.abort()
+            finally:
+                self.phase = "aborted"
+                self._after(why)
+
+    def _after(self, failure: str | None) -> None:
+        for d in D.DRIVERS:
+            if d.after_checkpoint:
+                with contextlib.suppress(Exception):  # (telling must not fail the rest)
+                    d.after_checkpoint(self, failure)
 
     def run(self) -> DumpResult:
         """Every phase in order; on any failure, :meth:`abort`."""
@@ -370,6 +388,7 @@ class Checkpoint:
             "created": time.time(),
             "hostname": socket.gethostname(),
             "page_size": os.sysconf("SC_PAGE_SIZE"),
+            "addrs": _host_addresses(),
             "root_pid": self.pid,
             "pids": sorted(self.procs),
         }
@@ -396,6 +415,12 @@ def _all_or_abort(phases: tuple[Callable[[], object], ...], last: Callable[[], T
     except BaseException:
         abort()
         raise
+
+
+def _host_addresses() -> list[str]:
+    from cryo.engine.appchannel import host_addresses
+
+    return host_addresses()
 
 
 class CheckpointSession:
@@ -502,6 +527,7 @@ class Restart:
         self.reuse = False
         self.shared: Any = _RestoreShared()
         self.made: dict[int, tree.Made] = {}
+        self.pid_map: dict[int, int] = {}  # old pid -> new, filled as they are made
         self.area = 0
         self.result = RestoreResult(pid=0, old_pid=0)
         self._cleanups = contextlib.ExitStack()  # closed at the end, whatever happens
@@ -531,12 +557,12 @@ class Restart:
                 d.prepare(self)
 
     def build_tree(self) -> None:
+        """Every process made, parents first, each with its ids, session and group; and
+        as soon as it is made, its memory (drivers.BIRTH_STAGES), so that the children
+        forked from it next share its pages copy-on-write as they did."""
         own = [(v.start, v.end) for v in procfs.parse_maps(procfs.read("self", "maps"))]
         layouts = [r for recs in self.plan.procs.values() for r in memory.layout(recs[R.MM])]
         self.area = memory.free_area(own, layouts, size=tree.RESTORER_SIZE)
-        tree.build(self.plan.tree, self.made, self.reuse, self.shell_job, self.area)
-
-    def build_processes(self) -> None:
         total = sum(b["raw"] for b in self.image.blocks if "pid" in b)
         done = [0]
 
@@ -545,19 +571,34 @@ class Restart:
             if self.progress:
                 self.progress(done[0], total)
 
-        pid_map = {old: m.pid for old, m in self.made.items()}
-        for old, m in self.made.items():
-            if old not in self.plan.procs:
-                continue
+        procs = self.plan.procs
+        for p in tree.creation_order(self.plan.tree):
+            old = p["pid"]
+            tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
+                       self.area)  # fmt: skip
+            m = self.made[old]
+            self.pid_map[old] = m.pid
+            if old not in procs:
+                continue  # a zombie: it only exits, in finalize
             ctx = m.ctx = RestoreContext(
                 m.pid, old, m.tracee, m.inj, self.image, options=self.options,
-                pid_map=pid_map, shared=self.shared, records=self.plan.procs[old],
+                pid_map=self.pid_map, shared=self.shared, records=procs[old],
                 thread_records=self.plan.threads[old], proc=m.rec,
                 pidns=bool(self.plan.tree.get("pidns")), area=self.area,
                 area_size=tree.RESTORER_SIZE, progress=step)  # fmt: skip
-            self._stages(ctx, D.BUILD_STAGES)
-            self.result.memory_bytes += ctx.live.pop("written", 0)
-            self.result.warnings.extend(ctx.warnings)
+            if p["ppid"] in procs:  # forked from its restored parent: what it inherits
+                memory.inherit_from_parent(ctx, procs[old][R.MM], procs[p["ppid"]][R.MM])
+            self._stages(ctx, D.BIRTH_STAGES)
+
+    def build_processes(self) -> None:
+        """Once every process exists: the other stages of each."""
+        rest = D.BUILD_STAGES[len(D.BIRTH_STAGES) :]
+        for m in self.made.values():
+            if m.ctx is None:
+                continue
+            self._stages(m.ctx, rest)
+            self.result.memory_bytes += m.ctx.live.pop("written", 0)
+            self.result.warnings.extend(m.ctx.warnings)
 
     def finalize(self) -> None:
         for old, m in self.made.items():
@@ -576,6 +617,9 @@ class Restart:
                 t.detach()
         self.result.pid = self.made[self.plan.tree["root"]].pid
         self.result.pids = {old: m.pid for old, m in self.made.items()}
+        for d in D.DRIVERS:
+            if d.after_restart:
+                d.after_restart(self)
         self._cleanups.close()
         self.result.total_seconds = time.perf_counter() - self._t0
         return self.result
@@ -615,3 +659,4 @@ class _RestoreShared:
     objects: Any = None  # shmem.Made
     shm_ids: dict[int, int] = field(default_factory=dict)
     descs: list[dict[str, Any]] = field(default_factory=list)
+    keep: dict[str, Any] = field(default_factory=dict)  # what a kind opened keeps for later

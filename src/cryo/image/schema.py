@@ -331,6 +331,7 @@ VMA = Struct((
     F("hugetlb", Int(4096, 1 << 30), "its huge page size", required=False),
     F("guards", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
       "guard pages", required=False),
+    F("pkey", Int(0, 15), "its x86 protection key", required=False),
 ), name="vma")  # fmt: skip
 
 DESC = Struct((
@@ -374,6 +375,9 @@ OBJ = Struct((
     F("id", Int(0, MAX_ITEMS), "its index in `objs`"), F("kind", Str(choices=SHMO_KINDS)),
     F("size", Int(0, 1 << 46)), F("mode", Int(0, 0o7777)), F("name", Str()),
     F("dev", Int()), F("ino", Int()),
+    F("huge", Int(0, 1 << 30), "hugetlb: its page size (0: none)", required=False),
+    F("where", Tuple((PID, ADDR, ADDR), ("pid", "start", "end")),
+      "a mapping of it in a process, to read it from", required=False),
 ), name="object")  # fmt: skip
 
 
@@ -429,6 +433,11 @@ KINDS: tuple[Kind, ...] = (
             name="mm fields"), "{start_code, end_code, ..., env_end}"),
         F("mlockall", Int(0, 7), "MCL_ flags", required=False),
         F("ksm_merge_any", Bool(), required=False),
+        F("pkeys", List(Int(1, 15)), "x86 protection keys allocated", required=False),
+        F("cow", Struct((F("from", PID, "the parent"),
+                         F("runs", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
+                           "pages shared copy-on-write with it, saved with it")),
+                        name="cow"), required=False),
     ), name="mm"), "mm fields, auxv, exe, mappings"),
     Kind(b"SIGS", "engine/signals.py", "per process", Struct((
         F("pid", PID),
