@@ -437,11 +437,6 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
         if created:
             os.unlink(created)
     if d["kind"] == "file" and not flags & O_PATH:
-        if not d.get("deleted"):
-            try:
-            except BaseException:
-                os.close(fd)
-                raise
         os.lseek(fd, d["pos"], os.SEEK_SET)
     if d["flags"] & O_ASYNC and not flags & O_PATH:
         _set_flags(fd, int(d["flags"]))
