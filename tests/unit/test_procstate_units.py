@@ -2,6 +2,7 @@
 parser on captured text, the rewrite of an interrupted sleep."""
 
 import ctypes
+import struct
 
 from cryo import procfs
 from cryo.engine import registers
@@ -61,3 +62,15 @@ def test_sleep_keeps_its_remaining_time() -> None:
     r = registers.final_regs(_interrupted(SYS.clock_nanosleep, rdi=1, rsi=1, rdx=0x100,
                                           r10=0x200))  # fmt: skip
     assert r.rdx == 0x100, "TIMER_ABSTIME: the same deadline"
+
+
+def test_seccomp_notifier_filters_are_seen() -> None:
+    from cryo.engine import seccomp
+
+    def insn(code: int, k: int) -> bytes:
+        return struct.pack("<HBBI", code, 0, 0, k)
+
+    allow = insn(0x20, 0) + insn(0x06, 0x7FFF0000)
+    notify = insn(0x20, 0) + insn(0x06, 0x7FC00000)
+    assert not seccomp._notifies(allow)
+    assert seccomp._notifies(notify)

@@ -16,11 +16,13 @@ have (the kernel needs the same filter objects, not equal ones)."""
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import Any
 
 from cryo import procfs
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
+from cryo.errors import Unsupported
 from cryo.linux import structs as S
 from cryo.linux.consts import PR, SECCOMP_MODE, SECCOMP_SET, SYS
 
@@ -32,9 +34,27 @@ def mode(pid: int, tid: int) -> int:
     return int(status.get("Seccomp", "0"))
 
 
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K
+_RET_USER_NOTIF = 0x7FC00000
+
+
+def _notifies(prog: bytes) -> bool:
+    """Does the filter ever return SECCOMP_RET_USER_NOTIF (a constant return)?"""
+    for i in range(0, len(prog), 8):
+        code, _jt, _jf, k = struct.unpack_from("<HBBI", prog, i)
+        if code == _BPF_RET_K and k & 0xFFFF0000 == _RET_USER_NOTIF:
+            return True
+    return False
+
+
 def dump_thread(pid: int, tracee: Tracee) -> dict[str, Any]:
     m = mode(pid, tracee.tid)
     filters = tracee.seccomp_filters() if m == SECCOMP_MODE.FILTER else []
+    if any(_notifies(prog) for prog, _flags in filters):
+        raise Unsupported(f"thread {tracee.tid} of process {pid} has a seccomp filter that"
+                          " hands calls to a user-space notifier (SECCOMP_RET_USER_NOTIF),"
+                          " which cannot be connected again", pid=pid,
+                          resource="seccomp notifier")  # fmt: skip
     return {"seccomp": {"mode": m, "filters": [[prog, flags] for prog, flags in filters]}}
 
 
