@@ -307,20 +307,22 @@ class BufferPool:
     block costs more than the writer needs to free one, so a small ring is both the
     shorter freeze and the shorter dump when the disk keeps up."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, size: int = BLOCK) -> None:
         self.free: list[mmap.mmap] = []
         self.limit = max(limit, 2 * BLOCK)
         self.allocated = 0
+        # a checkpoint with little to copy (tracked, pre-copied) need not populate 64 MiB
+        self.size = max(PAGE_SIZE, min(size, BLOCK))
         self.cv = threading.Condition()
 
     def get(self) -> mmap.mmap:
         with self.cv:
-            while not self.free and self.allocated + BLOCK > self.limit:
+            while not self.free and self.allocated + self.size > self.limit:
                 self.cv.wait()
             if self.free:
                 return self.free.pop()
-            self.allocated += BLOCK
-        return mmap.mmap(-1, BLOCK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            self.allocated += self.size
+        return mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                          | getattr(mmap, "MAP_POPULATE", 0x8000))  # fmt: skip
 
     def put(self, buf: mmap.mmap) -> None:
@@ -372,7 +374,8 @@ def copy_pages(sources: list[Source],
     """
     stats = CopyStats()
     t0 = time.perf_counter()
-    pool = BufferPool(min(buffer_limit, RING * BLOCK))
+    largest = max((sum(n for _, n in src.runs) for src in sources), default=0)
+    pool = BufferPool(min(buffer_limit, RING * BLOCK), size=largest)
     q: queue.Queue[tuple[mmap.mmap, int, list[list[int]], int | None, dict[str, int]] | None]
     q = queue.Queue()
     metas: list[dict[str, Any]] = []
