@@ -210,8 +210,9 @@ def test_bad_input_and_damage(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert cryo("restart", "--store", str(st), "--app", "a/b")[0] == 1
     assert cryo("checkpoint", str(os.getpid()), "--store", str(st), "--app", "app",
                 "--compress")[0] == 1  # fmt: skip
-    assert cryo("restart", "-D", str(st), "--version", "1")[0] == 1
-    assert cryo("restart", "--store", str(st))[0] == 1  # --app missing
+    # bad command lines exit 2, as the README's table says (issue 12)
+    assert cryo("restart", "-D", str(st), "--version", "1")[0] == 2
+    assert cryo("restart", "--store", str(st))[0] == 2  # --app missing
     assert cryo("checkpoint", "999999999", "--store", str(st), "--app", "app")[0] == 3
     assert sorted(os.listdir(st / "app")) == [".lock", "v1", "v2"]
     # a page version 2 reads from version 1, damaged

@@ -57,6 +57,7 @@ from cryo.engine.inject import SCRATCH_SIZE, Injector
 from cryo.engine.spmf import of_session as files_of
 from cryo.errors import CryoError, translate_oserror
 from cryo.image import records as R
+from cryo.image import trust
 from cryo.image.sink import DirSink, Sink
 from cryo.linux.consts import SYS
 
@@ -617,6 +618,7 @@ class Restart:
                 t.detach()
         self.result.pid = self.made[self.plan.tree["root"]].pid
         self.result.pids = {old: m.pid for old, m in self.made.items()}
+        trust.restarted(self.image, self.result.pid)  # a second copy of it is refused
         for d in D.DRIVERS:
             if d.after_restart:
                 d.after_restart(self)
