@@ -98,7 +98,7 @@ def main() -> int:
     ap.add_argument("--time", type=float, default=300.0, help="seconds with the daemon")
     ap.add_argument("--baseline", type=float, default=30.0, help="seconds without it")
     ap.add_argument("--dirty", type=float, default=1.0, help="MiB each job writes a second")
-    ap.add_argument("--keep-last", type=int, default=3)
+    ap.add_argument("--keep-last", type=int, default=3, help="0: no retention")
     ap.add_argument("--max-concurrent", type=int, default=2)
     ap.add_argument("--nice", type=int, default=0, help="the daemon's nice (cryod --nice)")
     ap.add_argument("--dir", help="where the store and state go (default a new /tmp dir)")
@@ -148,11 +148,14 @@ def main() -> int:
         # jobs added P/N apart: their due times are spread over the period
         with Client(sock, timeout=60) as c:
             for i, pid in enumerate(pids):
-                c.add(f"job{i}", pid=pid, every=args.every, keep_last=args.keep_last)
+                c.add(f"job{i}", pid=pid, every=args.every, keep_last=args.keep_last or None)
                 time.sleep(args.every / args.jobs)
         t_start = time.time()
         rss_start = rss(daemon.pid)
-        time.sleep(args.time)
+        samples = []  # the daemon's RSS every tenth of the run: stable, or growing?
+        while time.time() < t_start + args.time:
+            time.sleep(min(args.time / 10, t_start + args.time - time.time()))
+            samples.append(rss(daemon.pid))
         t_end = time.time()
         rss_end = rss(daemon.pid)
         with Client(sock, timeout=60) as c:
@@ -219,7 +222,8 @@ def main() -> int:
         print(f"  baseline before/after    {statistics.mean(baseline):,.0f} /"
               f" {statistics.mean(after):,.0f} ({drift * 100:+.2f}%: the machine's own noise)")
     print(f"  cryod RSS                {rss_start / 2**20:.1f} MiB after adding the jobs,"
-          f" {rss_end / 2**20:.1f} MiB at the end")  # fmt: skip
+          f" {rss_end / 2**20:.1f} MiB at the end; every tenth of the run:"
+          f" {' '.join(f'{x / 2**20:.0f}' for x in samples)}")  # fmt: skip
     print(f"  store, state and log in  {base}")
     return 0
 
