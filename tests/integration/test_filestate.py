@@ -143,3 +143,31 @@ def test_deleted_directory_refused(procs: Procs, build: Any, tmp_path: Path, mod
                                    words: tuple[str, ...]) -> None:  # fmt: skip
     v = spawn(procs, build, tmp_path, "ghost", mode)
     refused(v, tmp_path, *words)
+
+
+# -- files changed since the checkpoint ------------------------------------------------
+
+
+def test_file_shorter_than_its_offset_refused_at_restart(procs: Procs, build: Any,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """data.txt (offset 1234 and on) truncated after the checkpoint: exit 12, nothing
+    created; the restart option ignore_changed_files restarts it anyway."""
+    from cryo.engine.changed import FileChanged
+    from cryo.engine.session import Restart
+
+    v = spawn(procs, build, tmp_path, "files")
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    os.truncate(tmp_path / "work" / "data.txt", 100)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    procs.track(v.pid)  # (were it restarted after all)
+    assert r.returncode == 12, r.stderr
+    assert "data.txt is 100 bytes now, shorter than the offset" in r.stderr, r.stderr
+    assert not os.path.exists(f"/proc/{v.pid}")
+    with pytest.raises(FileChanged):
+        restart(str(tmp_path / "img"))
+    session = Restart(str(tmp_path / "img"))
+    session.options["ignore_changed_files"] = True
+    rr = session.run()
+    procs.track(rr.pid)
+    assert os.path.exists(f"/proc/{rr.pid}")

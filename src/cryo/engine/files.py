@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import anonfds, appchannel, dirty, ghosts, inet, locks, sockets, tty
+from cryo.engine import anonfds, appchannel, changed, dirty, ghosts, inet, locks, sockets, tty
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
@@ -437,6 +437,12 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
         if created:
             os.unlink(created)
     if d["kind"] == "file" and not flags & O_PATH:
+        if not d.get("deleted"):
+            try:
+                changed.check_offset(d, fd, path, o.options)
+            except BaseException:
+                os.close(fd)
+                raise
         os.lseek(fd, d["pos"], os.SEEK_SET)
     if d["flags"] & O_ASYNC and not flags & O_PATH:
         _set_flags(fd, int(d["flags"]))
