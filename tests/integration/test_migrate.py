@@ -109,6 +109,28 @@ def test_restart_from_stream(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert not new.fails()
 
 
+WRITER = """
+import sys, time
+f = open(sys.argv[1], "w")  # written at its own offset: cryo.image.running counts it
+i = 0
+while True:
+    f.write(f"tick {i}\\n"); f.flush(); i += 1; time.sleep(0.02)
+"""
+
+
+def test_restart_from_stream_file_open_for_writing(procs: Procs, tmp_path: Path) -> None:
+    """A stream has no core.img: its identity for the "already running" check is its own."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", WRITER, str(out)], out)
+    v.wait_ok_after(2)
+    src = _stream_checkpoint(v.pid, signal_after=signal.SIGKILL)
+    last = max(v.oks())
+    reap(v.pid)
+    rr = restart(src)
+    procs.track(rr.pid)
+    Victim(rr.pid, out).wait_ok_after(last + 1)
+
+
 def test_stream_tampered_frame_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
     """A byte changed in flight: the frame does not authenticate (exit 5), and the
     process goes on untouched."""

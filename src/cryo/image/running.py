@@ -28,6 +28,8 @@ PROT_WRITE = 2
 
 
 def identity(image: Any) -> str:
+    if hasattr(image, "identity"):  # an image with no file (a stream): its own
+        return str(image.identity())
     core = os.path.join(image.path, "core.img")
     st = os.stat(core)
     text = f"{os.path.realpath(image.path)}\0{st.st_dev}\0{st.st_ino}"

@@ -543,6 +543,12 @@ class StreamSource(ImageReader):
     def owner_files(self) -> list[str]:
         return []
 
+    def identity(self) -> str:
+        """Which checkpoint this is (cryo.image.running): its host, time and processes."""
+        h = self.head
+        text = f"stream\0{h.get('hostname')}\0{h.get('created')!r}\0{h.get('pids')}"
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
     def keep(self, path: str, *, force: bool = False) -> str:
         """Write a directory image of what was received (``cryo receive --keep``)."""
         from cryo.image.sink import DirSink
