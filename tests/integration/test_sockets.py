@@ -666,3 +666,19 @@ def test_multicast_is_said_lost(procs: Procs, ns: Netns, tmp_path: Path) -> None
     r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
     assert "239.1.2.3" in r.stderr and "not restored" in r.stderr, r.stderr
+
+
+def test_socket_filter_is_refused(procs: Procs, tmp_path: Path) -> None:
+    """A socket with a classic BPF filter attached is refused by name, not restored
+    without it."""
+    code = ("import ctypes, socket, struct, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "prog = ctypes.create_string_buffer(struct.pack('HBBI', 6, 0, 0, 0xFFFFFFFF))\n"
+            "s.setsockopt(socket.SOL_SOCKET, 26, struct.pack('HxxxxxxQ', 1,"
+            " ctypes.addressof(prog)))\n"
+            f"open({str(tmp_path / 'out')!r}, 'w').write('ready\\n')\n"
+            "time.sleep(600)\n")  # fmt: skip
+    v = procs.spawn([sys.executable, "-c", code], tmp_path / "out")
+    v.wait_line("ready")
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 9 and "SO_ATTACH_FILTER" in r.stderr, r.stderr

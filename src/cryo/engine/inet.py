@@ -346,6 +346,9 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
 
     if family not in FAMILIES or typ not in TYPES:
         raise refuse("is not supported")
+    if N.filter_len(s.fileno()):
+        raise refuse("has a socket filter attached (SO_ATTACH_FILTER), which is not"
+                     " supported yet")
     d: dict[str, Any] = {"family": family, "sotype": TYPES[typ], "proto": proto,
                          "local": _addr(s, False), "remote": _addr(s, True)}  # fmt: skip
     tcp = family in (socket.AF_INET, socket.AF_INET6) and typ == socket.SOCK_STREAM

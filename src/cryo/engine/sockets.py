@@ -35,7 +35,7 @@ from typing import Any
 from cryo.engine import inet
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, Unsupported
-from cryo.linux import libc
+from cryo.linux import libc, net
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -153,6 +153,10 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> d
         d["peer_name"] = table[d["peer"]]["name"]
     s = _dup(pid, fd)
     try:
+        if net.filter_len(s.fileno()):
+            raise Unsupported(f"fd {fd}: unix socket {_show_name(name)} has a socket filter"
+                              " attached (SO_ATTACH_FILTER), which is not supported yet",
+                              pid=pid, resource=f"fd {fd}")  # fmt: skip
         d["queue"] = _peek_queue(s, pid, fd, typ) if d["peer"] or typ != socket.SOCK_STREAM \
             else []  # fmt: skip
         d["opts"] = inet.options(s, (socket.AF_UNIX, typ, 0))

@@ -275,3 +275,20 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
     if _setns(fd, nstype) == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"{os.strerror(err)} [setns fd={fd}]")
+
+
+SO_GET_FILTER = 26  # = SO_ATTACH_FILTER
+_getsockopt = ctypes.CDLL(None, use_errno=True).getsockopt
+_getsockopt.restype = ctypes.c_int
+_getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                        ctypes.POINTER(ctypes.c_uint32)]  # fmt: skip
+
+
+def filter_len(fd: int) -> int:
+    """How many instructions the classic BPF filter attached to socket ``fd`` has (0:
+    none); asked with a zero length, so that the kernel copies nothing."""
+    n = ctypes.c_uint32(0)
+    if _getsockopt(fd, SOL.SOCKET, SO_GET_FILTER, None, ctypes.byref(n)) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{os.strerror(err)} [getsockopt SO_GET_FILTER fd={fd}]")
+    return int(n.value)
