@@ -257,7 +257,9 @@ def prepare(rs: Any) -> None:
 
 
 def _put_back(rs: Any, f: dict[str, Any]) -> None:
-    path = f["path"]
+    from cryo.engine.translate import apply as translated
+
+    path = translated(rs.options, f["path"])  # the restart's one translation
     with rs.image.side_file(f["side"]) as src:
         data = src.read()
     if len(data) != f["size"]:

@@ -268,6 +268,8 @@ DRIVERS: tuple[Driver, ...] = (
     # restart: the saved files extracted where needed, then every path checked, before
     # any other driver creates anything
     Driver("spmf", write=spmf_open, written=spmf_save, prepare=spmf_prepare),
+    # the files an application saved (cryo.app) are back before any file is opened
+    Driver("app-files", prepare=appchannel.prepare),
     Driver("paths", prepare=check_paths),
     Driver("task", (R.TASK,), inject=_keep(R.TASK, task.dump),
            restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK))},
@@ -300,7 +302,7 @@ DRIVERS: tuple[Driver, ...] = (
     # (the app driver before dirty: it leaves pages out before dirty selects them)
     Driver("app", (appchannel.KIND,), optional=True, before_freeze=appchannel.before_freeze,
            write=appchannel.write, after_checkpoint=appchannel.after_checkpoint,
-           prepare=appchannel.prepare, after_restart=appchannel.after_restart),
+           after_restart=appchannel.after_restart),
     Driver("dirty", (dirty.KIND,), optional=True, inject=_dirty_inject, write=_dirty_select,
            written=_dirty_inherit),
     Driver("registers", restore_thread={"regs": _thread_regs}),
