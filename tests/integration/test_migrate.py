@@ -497,3 +497,43 @@ def test_checkpoint_pre_copy_unmapped_meanwhile(procs: Procs, build: Any,
     lines = new.wait_for(lambda ls: any(x.startswith(("ok ", "FAIL")) for x in ls[start:]),
                          timeout=60)  # fmt: skip
     assert f"ok {gen[0]}" in lines[start:], lines[start:]
+
+
+FAKE_SSH = """#!/bin/sh
+# ssh -T -o BatchMode=yes [-p PORT] HOST CMD...: runs CMD here (a stand-in for sshd)
+while [ $# -gt 0 ]; do
+    case "$1" in -T) shift ;; -o|-p) shift 2 ;; *) shift; break ;; esac
+done
+exec "$@"
+"""
+
+
+def test_migrate_over_stdio(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """--to ssh://host: `cryo receive --stdio` at the other end of ssh's pipes (here a
+    stand-in for ssh that runs it locally); no secret: the frames are checksummed and
+    the host seal over them verified."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ssh").write_text(FAKE_SSH)
+    (bindir / "ssh").chmod(0o755)
+    (bindir / "cryo").write_text(f"#!/bin/sh\nexec {sys.executable} -m cryo \"$@\"\n")
+    (bindir / "cryo").chmod(0o755)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("migr"), str(out), "16", "100"], out)
+    v.wait_ok_after(0)
+    last = max(v.oks())
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    res = subprocess.run([sys.executable, "-m", "cryo", "migrate", str(v.pid), "--to",
+                          "ssh://root@elsewhere"], capture_output=True, text=True,
+                         timeout=180, env=env, close_fds=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    new_pid = int(res.stdout.split()[-1])
+    procs.track(new_pid)
+    assert new_pid != v.pid  # (the same host: the old pid was still taken)
+    deadline = time.monotonic() + 10
+    while not gone_from(v.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone_from(v.pid)
+    new = Victim(new_pid, out)
+    new.wait_ok_after(last + 2, timeout=30)
+    assert not new.fails()
