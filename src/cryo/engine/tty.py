@@ -244,6 +244,21 @@ def open_desc(d: dict[str, Any], flags: int) -> int:
             fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 1))
 
 
+def take_ctty(inj: Any, old_pid: int) -> None:
+    """For the tree's builder: a new session leader (right after its setsid, before it
+    makes children, so that the processes of its session inherit it) takes back its
+    controlling terminal, if that was one of the image's pairs."""
+    for index, m in _masters.items():
+        if any(sid == old_pid for sid, _ in m.get("sessions", [])):
+            _fd, new = _made.get(index, (-1, index))
+            path = inj.put_str(f"/dev/pts/{new}")
+            tty = inj(SYS.open, path, os.O_RDWR, 0, what=f" open /dev/pts/{new}")
+            try:
+                inj(SYS.ioctl, tty, TIOCSCTTY, 0, what=" TIOCSCTTY")
+            finally:
+                inj(SYS.close, tty)
+
+
 def restore_ctty(ctx: Any) -> None:
     """Per process, its fds in place: a session leader whose controlling terminal was one
     of the image's pairs takes it back, and gives the foreground to its old group."""
