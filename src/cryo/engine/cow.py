@@ -34,9 +34,10 @@ import bisect
 import itertools
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used: a small checkpoint starts faster
+    import numpy as np
 
 from cryo.linux import libc
 from cryo.linux.mm import PM_PFN_MASK, PM_PRESENT
@@ -48,6 +49,8 @@ _READ = 1 << 16  # pagemap entries per read
 
 
 def _entries(fd: int, addr: int, length: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    import numpy as np
+
     n = length // PAGE
     out = np.empty(n, dtype=np.uint64)
     done = 0
@@ -68,6 +71,8 @@ def split(pid: int, parent: int, runs: list[tuple[int, int]]
     address).  Without the right to read page frames (not root), nothing is shared."""
     if not runs:
         return runs, []
+    import numpy as np
+
     own: list[tuple[int, int]] = []
     cow: list[list[int]] = []
     cfd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
