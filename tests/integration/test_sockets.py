@@ -682,3 +682,40 @@ def test_socket_filter_is_refused(procs: Procs, tmp_path: Path) -> None:
     v.wait_line("ready")
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
     assert r.returncode == 9 and "SO_ATTACH_FILTER" in r.stderr, r.stderr
+
+
+BIG_ECHO = ECHO.replace("srv = socket.socket()",
+                        "ballast = b'x' * (384 << 20)  # a long copy\nsrv = socket.socket()")
+
+
+def test_killed_cryo_leaves_no_lock(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """cryo killed with SIGKILL while it holds connections locked (its worker puts the
+    target back): no table is left, the connection works."""
+    (tmp_path / "echo.py").write_text(BIG_ECHO)
+    out = tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "echo.py"), "9700", str(out)], out)
+    v.wait_line("ready", timeout=30)
+    c = connect(ns, ("127.0.0.1", 9700))
+    f = c.makefile("rwb", buffering=0)
+    f.write(b"8\n")
+    assert f.readline() == b"64\n"
+    p = subprocess.Popen(ns.argv(sys.executable, "-m", "cryo", "checkpoint", str(v.pid), "-D",
+                                 str(tmp_path / "img"), "--page-cache", "--tcp-established"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not any(t.startswith("cryo-") for t in ns.tables()):
+            assert p.poll() is None, "the checkpoint ended before its lock was seen"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        p.kill()
+    finally:
+        p.wait()
+    deadline = time.monotonic() + 30
+    while ns.tables():
+        assert time.monotonic() < deadline, ns.tables()
+        time.sleep(0.05)
+    f.write(b"9\n")
+    assert f.readline() == b"81\n"
+    assert "TracerPid:\t0" in Path(f"/proc/{v.pid}/status").read_text()
+    c.close()
