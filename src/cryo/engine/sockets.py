@@ -166,26 +166,22 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> d
 
 
 def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int) -> list[bytes]:
-    if typ == socket.SOCK_STREAM:
-        try:
-            data, anc, _flags, _addr = s.recvmsg(1 << 24, 1024,
-                                                 socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return []
-        _no_fds(anc, pid, fd)
-        return [data] if data else []
+    """The receive queue, without consuming it: message by message (datagram, seqpacket)
+    or chunk by chunk (stream: a peek stops where the sender's credentials change) with
+    SO_PEEK_OFF moving past what was read."""
     out: list[bytes] = []
+    size = 1 << 24 if typ == socket.SOCK_STREAM else 1 << 20
     old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     try:
         while len(out) < MAX_MESSAGES:
             try:
-                data, anc, _f, _a = s.recvmsg(1 << 20, 1024,
-                                              socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                data, anc, _f, _a = s.recvmsg(size, 1024, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
             _no_fds(anc, pid, fd)
-            if not data and s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == sum(map(len, out)):
+            if not data and (typ == socket.SOCK_STREAM or s.getsockopt(
+                    socket.SOL_SOCKET, SO_PEEK_OFF) == sum(map(len, out))):  # fmt: skip
                 # the end of the stream (a peer that is gone), or an empty message, which
                 # does not move the peek offset: either way nothing more can be read
                 return out
