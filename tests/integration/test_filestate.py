@@ -167,7 +167,28 @@ def test_file_shorter_than_its_offset_refused_at_restart(procs: Procs, build: An
     with pytest.raises(FileChanged):
         restart(str(tmp_path / "img"))
     session = Restart(str(tmp_path / "img"))
-    session.options["ignore_changed_files"] = True
+    session.options["ignore_changed"] = True
     rr = session.run()
     procs.track(rr.pid)
     assert os.path.exists(f"/proc/{rr.pid}")
+
+
+# -- special fds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["ns", "opath"])
+def test_special_fds_survive(procs: Procs, build: Any, tmp_path: Path, mode: str) -> None:
+    """Namespace fds (the same namespaces), O_PATH fds on a directory and a symlink."""
+    v = spawn(procs, build, tmp_path, "special", mode)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+@pytest.mark.parametrize(("mode", "words"), [
+    ("proc", ("/status is a /proc file of process", "part of the checkpoint")),
+    ("link", ("O_PATH fd on the symbolic link", "/link")),
+    ("pidfd", ("anon_inode:[pidfd]",)), ("inotify", ("anon_inode:inotify",))])  # fmt: skip
+def test_special_fds_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,
+                             words: tuple[str, ...]) -> None:  # fmt: skip
+    v = spawn(procs, build, tmp_path, "special", mode)
+    refused(v, tmp_path, *words)

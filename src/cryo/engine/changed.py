@@ -4,7 +4,8 @@ A restart reopens the program's files by name; if one of them changed meanwhile 
 program would go on with state that no longer matches it (an offset past the end of a
 truncated file; a mapping whose unsaved pages are now other bytes).  Such a restart is
 refused with :class:`FileChanged` (exit 12) before any process is created, unless the
-user says ``--ignore-changed-files`` (restart option ``ignore_changed_files``).
+user says ``--ignore-changed-files`` (restart option ``ignore_changed``, which
+memory.py and translate.py read too; ``ignore_changed_files`` is taken as well).
 
 For mapped files, :func:`fingerprint` is what a checkpoint records of a file beyond its
 size and mtime (the ELF build-id when it has one, and a hash of its first and last
@@ -32,7 +33,7 @@ class FileChanged(CryoError):
 
 
 def ignored(options: dict[str, Any]) -> bool:
-    return bool(options.get("ignore_changed_files"))
+    return bool(options.get("ignore_changed_files") or options.get("ignore_changed"))
 
 
 def check_offset(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -> None:

@@ -28,7 +28,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import anonfds, appchannel, changed, dirty, ghosts, inet, locks, sockets, tty
+from cryo.engine import (
+    anonfds,
+    appchannel,
+    changed,
+    dirty,
+    ghosts,
+    inet,
+    locks,
+    sockets,
+    specialfds,
+    tty,
+)
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
@@ -106,6 +117,8 @@ def _anon(name: str) -> Callable[[Found], bool]:
 
 
 def _describe_file(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
+    if specialfds.is_ns(f.target):
+        return specialfds.describe_ns(f.target)
     if f.st.st_nlink != 0 and not f.target.endswith(ghosts.DELETED):
         return {}
     return ghosts.describe(f.pid, f.fd, f.target, f.st, descs.ghosts, descs.blobs,
@@ -234,6 +247,7 @@ def collect(ctx: DumpContext) -> None:
 def dump_shared(session: Any) -> None:
     """Driver hook, once for all processes: the data in flight in pipes and FIFOs."""
     dump_pipes(session.shared.descs, session.shell_job)
+    specialfds.check_proc(session.shared.descs.descs, {c.pid for c in session.contexts})
 
 
 def shared_records(session: Any) -> list[tuple[bytes, Any, bool]]:
@@ -424,7 +438,9 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     flags = _open_flags(d)
     path = _translate(d["path"], o.options)
     created = None
-    if d.get("deleted") and ghosts.open_path(d):
+    if d.get("ns"):
+        path = specialfds.find_ns(d)
+    elif d.get("deleted") and ghosts.open_path(d):
         path = str(ghosts.open_path(d))
     elif d.get("deleted"):
         path = created = _materialize({**d, "path": path}, o.blobs[d["blob"]])
@@ -436,7 +452,7 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     finally:
         if created:
             os.unlink(created)
-    if d["kind"] == "file" and not flags & O_PATH:
+    if d["kind"] == "file" and not flags & O_PATH and not d.get("ns"):
         if not d.get("deleted"):
             try:
                 changed.check_offset(d, fd, path, o.options)
@@ -532,6 +548,9 @@ FD_KINDS: tuple[FdKind, ...] = (
     FdKind("deleted", lambda f: ghosts.refuse_special(f.target, f.fmt) is not None,
            refuse=lambda f: str(ghosts.refuse_special(f.target, f.fmt))),
     FdKind("file", lambda f: f.fmt == stat.S_IFREG, _describe_file, _open_path),
+    # (reopening it is easy; the restart's path check, engine/translate.py, follows it)
+    FdKind("link", lambda f: f.fmt == stat.S_IFLNK, refuse=lambda f: f"O_PATH fd on the"
+           f" symbolic link {f.target} is not supported yet"),
     FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, open=_open_path),
     FdKind("pty", lambda f: f.fmt == stat.S_IFCHR and tty.is_pty(f.target), _describe_pty,
            _open_pty),
