@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import pwd
 import signal
 import socket
@@ -360,7 +361,8 @@ class Daemon:
                 try:
                     pid = self.alive(job)
                     self.ensure_store(job["store"])
-                    version, r = cstore.checkpoint(pid, job["store"], name, scope=job["scope"])
+                    version, r = in_child(cstore.checkpoint, pid, job["store"], name,
+                                          scope=job["scope"])  # fmt: skip
                 except BaseException as err:
                     self.failed(job, attempt, err)
                     raise
@@ -405,8 +407,8 @@ class Daemon:
         from cryo import store as cstore
 
         try:
-            reports = cstore.gc(job["store"], job["keep_last"], job["keep_every"],
-                                app=job["name"])  # fmt: skip
+            reports = in_child(cstore.gc, job["store"], job["keep_last"], job["keep_every"],
+                               app=job["name"])  # fmt: skip
         except CryoError as err:
             log.warning("gc failed", extra={"fields": {"job": job["name"], "message": str(err)}})
             return
@@ -621,6 +623,59 @@ class Daemon:
             self.abort_staged(name, "aborted")
         if self.server is not None:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+
+def in_child(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """``fn(*args, **kw)`` in a child process, its result or error handed back pickled.
+    Checkpoints and gc run so: the page maps and hash tables they load (numpy) never
+    stay in the daemon's memory, which thus stays flat however long it runs.  The child
+    dies with the daemon (PR_SET_PDEATHSIG), and the engine's worker with it, which lets
+    the targets go as they were."""
+    from cryo.errors import InternalError
+    from cryo.linux import libc
+    from cryo.linux.consts import PR
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (in the child)
+        code = 0
+        try:
+            os.close(r)
+            libc.prctl(PR.SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+            try:
+                out: tuple[str, Any] = ("ok", fn(*args, **kw))
+            except BaseException as err:
+                out = ("error", err)
+            try:
+                data = pickle.dumps(out)
+            except Exception as err:
+                data = pickle.dumps(("error", InternalError(f"cannot hand back {out[0]}:"
+                                                            f" {err!r}")))  # fmt: skip
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    try:
+        while chunk := os.read(r, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(child, 0)
+    if not chunks:
+        raise InternalError(f"the daemon's child for {getattr(fn, '__name__', fn)} ended"
+                            f" without an answer ({procs.Ended(status).describe()})")
+    kind, value = pickle.loads(b"".join(chunks))  # noqa: S301 (our own child's)
+    if kind == "error":
+        raise value
+    return value
 
 
 def _version_sink(store: str, app: str, version: int, parent: int | None) -> Any:
