@@ -775,4 +775,7 @@ def started(rs: Any) -> None:
         for d in conns:
             finish(rs.shared.opened.fds[d["id"]], d["tcp"])
     for lock in sorted({d["tcp"].get("lock", "") for d in conns} - {""}):
-        netlock.drop_table(lock)
+        try:
+            netlock.drop_table(lock)
+        except CryoError as err:  # the processes are built: say it, do not fail them
+            rs.result.warnings.append(f"the network lock {lock} is still there: {err}")
