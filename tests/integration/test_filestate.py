@@ -137,6 +137,12 @@ def test_deleted_file_larger_than_1_gib(procs: Procs, build: Any, tmp_path: Path
     assert sum(f.stat().st_size for f in (tmp_path / "img").iterdir()) < 64 << 20
 
 
+def test_memfd_comes_back_as_memfd(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v = spawn(procs, build, tmp_path, "ghost", "memfd")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
 @pytest.mark.parametrize(("mode", "words"), [("dir", ("deleted directory", "gone")),
                                             ("cwd", ("working directory", "gone (deleted)"))])
 def test_deleted_directory_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,

@@ -6,9 +6,13 @@
  *          child holds a third description of it and checks the same inode
  *   big    a deleted sparse file of 3 GiB with data near its end
  *   dir    an fd on a deleted directory (refused)
- *   cwd    a deleted working directory (refused) */
+ *   cwd    a deleted working directory (refused)
+ *   memfd  a sealed memfd (shrink, grow) and one that cannot be sealed: memfds again,
+ *          same names, seals, offset, data, on tmpfs, openable through /proc/self/fd */
 #include "common.h"
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 
 #define MiB (1024L * 1024)
@@ -116,6 +120,36 @@ static void special(const char *dir, int cwd) {
     }
 }
 
+static void memfd(void) {
+    int a = memfd_create("cryo-test", MFD_ALLOW_SEALING);
+    int b = memfd_create("plain", 0);
+    unsigned char blob[10000];
+    fill(blob, sizeof blob, 4);
+    if (a < 0 || b < 0 || write(a, blob, sizeof blob) != sizeof blob || write(b, "xyz", 3) != 3) _exit(4);
+    if (fcntl(a, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)) _exit(5);
+    lseek(a, 321, SEEK_SET);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        int bad = 0;
+        char path[64], link[128] = {0};
+        snprintf(path, sizeof path, "/proc/self/fd/%d", a);
+        if (readlink(path, link, sizeof link - 1) < 0 || strcmp(link, "/memfd:cryo-test (deleted)")) { FAIL("name %s", link); bad = 1; }
+        if (fcntl(a, F_GET_SEALS) != (F_SEAL_SHRINK | F_SEAL_GROW)) { FAIL("seals %d", fcntl(a, F_GET_SEALS)); bad = 1; }
+        if (fcntl(b, F_GET_SEALS) != F_SEAL_SEAL) { FAIL("plain seals %d", fcntl(b, F_GET_SEALS)); bad = 1; }
+        if (lseek(a, 0, SEEK_CUR) != 321) { FAIL("offset"); bad = 1; }
+        unsigned char back[10000];
+        if (pread(a, back, sizeof back, 0) != sizeof back || memcmp(back, blob, sizeof blob)) { FAIL("data"); bad = 1; }
+        struct statfs sf;
+        if (fstatfs(a, &sf) || sf.f_type != 0x01021994) { FAIL("not on tmpfs"); bad = 1; }
+        int c = open(path, O_RDWR);
+        struct stat s1, s2;
+        if (c < 0 || fstat(c, &s1) || fstat(a, &s2) || s1.st_ino != s2.st_ino) { FAIL("reopen"); bad = 1; }
+        if (c >= 0) close(c);
+        if (!bad) report("ok %ld", round);
+        nap(20);
+    }
+}
+
 int main(int argc, char **argv) {
     open_report(argc, argv);
     if (argc < 4) _exit(2);
@@ -123,5 +157,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[2], "big")) big(argv[3]);
     if (!strcmp(argv[2], "dir")) special(argv[3], 0);
     if (!strcmp(argv[2], "cwd")) special(argv[3], 1);
+    if (!strcmp(argv[2], "memfd")) memfd();
     return 2;
 }

@@ -16,6 +16,10 @@ written back at its offset (the holes stay holes), then owner, mode and times se
 an anchor fd opened on it before it is unlinked again; every description of it is then
 opened through /proc/self/fd/ANCHOR: one inode, shared again by construction.
 
+A memfd comes back as a memfd (memfd_create) of the same name, filled the same way,
+then sealed with the seals it had (F_GET_SEALS at dump, F_ADD_SEALS last); it is
+reopened through /proc/self/fd as any ghost.
+
 Refused by name at checkpoint (the kernel gives no way to recreate them unlinked and
 shared): a file unlinked from the name it was opened by but still linked elsewhere, and
 deleted directories, FIFOs, sockets and device nodes.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -33,9 +38,14 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
+from cryo.linux import libc
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+MEMFD = "/memfd:"
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+F_SEAL_SEAL = 0x1
+MFD_CLOEXEC, MFD_ALLOW_SEALING = 0x1, 0x2
 O_NOATIME = 0o1000000
 SEEK_DATA, SEEK_HOLE = 3, 4
 DELETED = " (deleted)"
@@ -88,6 +98,8 @@ def describe(pid: int, fd: int, target: str, st: os.stat_result,
     fields: dict[str, Any] = {"path": name, "deleted": True, "uid": st.st_uid,
                               "gid": st.st_gid, "atime_ns": st.st_atime_ns,
                               "mtime_ns": st.st_mtime_ns}  # fmt: skip
+    if name.startswith(MEMFD):
+        fields["memfd"] = {"name": name[len(MEMFD):], "seals": _seals(pid, fd)}
     if key in ghosts:
         fields["ghost"] = ghosts[key]
         fields["blob"] = _empty(blobs)
@@ -96,6 +108,22 @@ def describe(pid: int, fd: int, target: str, st: os.stat_result,
     fields["blob"] = _empty(blobs)
     fields["source"] = [pid, fd]  # read at write time (dropped from the record then)
     return fields
+
+
+def _seals(pid: int, fd: int) -> int:
+    """A memfd's seals (F_GET_SEALS on a duplicate of its fd)."""
+    pidfd = libc.pidfd_open(pid)
+    try:
+        mine = libc.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    try:
+        return int(fcntl.fcntl(mine, F_GET_SEALS))
+    except OSError as err:
+        raise Unsupported(f"fd {fd}: cannot read the seals of this memfd: {err.strerror}",
+                          pid=pid, resource=f"fd {fd}") from err
+    finally:
+        os.close(mine)
 
 
 def _empty(blobs: list[bytes]) -> int:
@@ -168,12 +196,20 @@ def _closer(fd: int) -> Callable[[], None]:
 
 
 def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
-    if not os.path.isdir(os.path.dirname(path)) or os.path.lexists(path):
-        path = os.path.join(tempfile.gettempdir(), f".cryo-deleted-{os.getpid()}-{d['id']}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)  # fmt: skip
+    memfd = d.get("memfd")
+    if memfd is not None:  # a memfd again, of the same name; sealed once filled
+        seals = int(memfd["seals"])
+        fd = os.memfd_create(memfd["name"], MFD_CLOEXEC | (
+            0 if seals == F_SEAL_SEAL else MFD_ALLOW_SEALING))  # fmt: skip
+    else:
+        if not os.path.isdir(os.path.dirname(path)) or os.path.lexists(path):
+            path = os.path.join(tempfile.gettempdir(),
+                                f".cryo-deleted-{os.getpid()}-{d['id']}")  # fmt: skip
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
     try:
-        os.unlink(path)  # from here on it is ours alone, as it was the program's
+        if memfd is None:
+            os.unlink(path)  # from here on it is ours alone, as it was the program's
         os.ftruncate(fd, d["size"])
         for start, length in d["extents"]:
             done = 0
@@ -191,6 +227,8 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
                                 f" {d['uid']}:{d['gid']}: {err.strerror}") from err  # fmt: skip
         os.fchmod(fd, stat.S_IMODE(d["mode"]))
         os.utime(fd, ns=(d["atime_ns"], d["mtime_ns"]))
+        if memfd is not None and memfd["seals"] not in (0, F_SEAL_SEAL):
+            fcntl.fcntl(fd, F_ADD_SEALS, memfd["seals"])
     except BaseException:
         os.close(fd)
         raise
