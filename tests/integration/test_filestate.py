@@ -22,12 +22,14 @@ from tests.conftest import Procs, Victim, reap, run_cryo
 def cycle(procs: Procs, v: Victim, img: Path, scope: str = "process") -> Victim:
     """Checkpoint ``v`` (killed once the image is written), reap it, restart it; the
     restored victim must pass two more rounds of its own checks."""
-    last = max(v.oks(), default=-1)
     kids = _children(v.pid)
     checkpoint(v.pid, str(img), signal_after=signal.SIGKILL, scope=scope)
     reap(v.pid)
     for k in kids:
         reap(k)
+    # counted once the target is dead: rounds it ran between a count taken earlier and
+    # the freeze would pass for the restored process's
+    last = max(v.oks(), default=-1)
     rr = restart(str(img))
     procs.track(rr.pid)
     new = Victim(rr.pid, v.out)
