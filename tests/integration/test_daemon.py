@@ -264,6 +264,41 @@ def test_periodic_versions_and_retention(cryod: Callable[..., Cryod], build: Any
     assert len(published(d, name)) <= 2
 
 
+def test_failing_checkpoint_retried_with_backoff(cryod: Callable[..., Cryod], build: Any,
+                                                 procs: Procs, tmp_path: Path) -> None:  # fmt: skip
+    d = cryod()
+    out = tmp_path / "counter.txt"
+    # its stdout is a pipe whose other end is ours: outside the checkpoint, unsupported
+    v = procs.spawn([build("counter"), str(out)], out=out, stdout=subprocess.PIPE)
+    assert v.popen is not None and v.popen.stdout is not None
+    with v.popen.stdout:  # (closed at the end)
+        _failing(d, v, out)
+
+
+def _failing(d: Cryod, v: Any, out: Path) -> None:
+    v.wait_line("tick")
+    with d.client() as c:
+        c.add("stuck", pid=v.pid, every=30.0)
+        # the first is due in 30 s: take one now, failing, then the retries follow
+        with pytest.raises(Exception, match="outside the checkpoint") as info:
+            c.checkpoint("stuck")
+        assert info.value.exit_code == ExitCode.UNSUPPORTED  # type: ignore[attr-defined]
+
+        def retried() -> list[dict[str, Any]]:
+            h = [a for a in c.history("stuck") if a["status"] == "failed"]
+            return h if len(h) >= 4 else []
+
+        hist = wait(retried, 30, "three retries")
+        job = c.job("stuck")
+    assert all(a["error"] == "Unsupported" for a in hist)
+    gaps = [b["started"] - a["started"] for a, b in itertools.pairwise(hist[:4])]
+    assert gaps[0] < gaps[1] < gaps[2] < 30, gaps  # 1, 2, 4 s: backoff, within the period
+    assert job["failures"] >= 4 and job["versions"] == 0
+    assert 'cryo_checkpoint_failures_total{job="stuck"}' in d.metrics()
+    unharmed(v.pid)
+    ticking(out)
+
+
 # -- the daemon killed in the middle of a checkpoint ---------------------------------------
 
 
