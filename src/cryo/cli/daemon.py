@@ -41,10 +41,16 @@ def unit(args: argparse.Namespace) -> str:
     opts += f" --max-concurrent {args.max_concurrent}"
     if args.nice:
         opts += f" --nice {args.nice}"
+    import os
+
+    import cryo
+
+    doc = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        cryo.__file__)))), "docs", "protocol.md")  # fmt: skip
+    docs = f"Documentation=file://{doc}\n" if os.path.exists(doc) else ""
     return f"""[Unit]
 Description=cryo checkpoint daemon (periodic checkpoints, restart after a crash)
-Documentation=file://docs/protocol.md
-After=local-fs.target
+{docs}After=local-fs.target
 RequiresMountsFor=/var/lib/cryo
 
 [Service]
