@@ -146,7 +146,9 @@ def test_memfd_comes_back_as_memfd(procs: Procs, build: Any, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("mode", "words"), [("dir", ("deleted directory", "gone")),
-                                            ("cwd", ("working directory", "gone (deleted)"))])
+                                            ("cwd", ("working directory", "gone (deleted)")),
+                                            ("mapped", ("both.bin (deleted) is also mapped",
+                                                        "two files"))])
 def test_deleted_directory_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,
                                    words: tuple[str, ...]) -> None:  # fmt: skip
     v = spawn(procs, build, tmp_path, "ghost", mode)

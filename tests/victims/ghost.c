@@ -7,6 +7,7 @@
  *   big    a deleted sparse file of 3 GiB with data near its end
  *   dir    an fd on a deleted directory (refused)
  *   cwd    a deleted working directory (refused)
+ *   mapped a deleted file open and mapped shared (refused: two files at restart)
  *   memfd  a sealed memfd (shrink, grow) and one that cannot be sealed: memfds again,
  *          same names, seals, offset, data, on tmpfs, openable through /proc/self/fd */
 #include "common.h"
@@ -152,6 +153,24 @@ static void memfd(void) {
     }
 }
 
+static void mapped(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/both.bin", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || ftruncate(fd, 4096)) _exit(4);
+    char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) _exit(5);
+    unlink(path);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        p[0] = (char)round;
+        char c;
+        if (pread(fd, &c, 1, 0) != 1 || c != (char)round) FAIL("fd and mapping differ");
+        else report("ok %ld", round);
+        nap(20);
+    }
+}
+
 int main(int argc, char **argv) {
     open_report(argc, argv);
     if (argc < 4) _exit(2);
@@ -160,5 +179,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[2], "dir")) special(argv[3], 0);
     if (!strcmp(argv[2], "cwd")) special(argv[3], 1);
     if (!strcmp(argv[2], "memfd")) memfd();
+    if (!strcmp(argv[2], "mapped")) mapped(argv[3]);
     return 2;
 }

@@ -126,6 +126,29 @@ def _seals(pid: int, fd: int) -> int:
         os.close(mine)
 
 
+def check_mapped(descs: list[dict[str, Any]], pids: set[int]) -> None:
+    """A ghost also mapped shared by a process of the checkpoint is refused: the mapping
+    is restored from its own object (engine/shmem.py), so the fd and the mapping would
+    come back as two files, each blind to the other's writes."""
+    ghosts = {(os.major(d["dev"]), os.minor(d["dev"]), d["ino"]): d for d in descs
+              if d.get("ghost")}  # fmt: skip
+    if not ghosts:
+        return
+    for pid in sorted(pids):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) < 6 or parts[1][3] != "s":
+                    continue
+                major, minor = (int(x, 16) for x in parts[3].split(":"))
+                d = ghosts.get((major, minor, int(parts[4])))
+                if d is not None:
+                    raise Unsupported(f"fd {d['fd']}: {d['path']} (deleted) is also mapped"
+                                      f" shared by process {pid}; the fd and the mapping"
+                                      " would be restored as two files: not supported",
+                                      pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+
+
 def _empty(blobs: list[bytes]) -> int:
     if b"" in blobs:
         return blobs.index(b"")
