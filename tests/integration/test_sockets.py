@@ -719,3 +719,62 @@ def test_killed_cryo_leaves_no_lock(procs: Procs, ns: Netns, tmp_path: Path) -> 
     assert f.readline() == b"81\n"
     assert "TracerPid:\t0" in Path(f"/proc/{v.pid}/status").read_text()
     c.close()
+
+
+INFLIGHT = r"""
+import os, socket, sys, time
+# file descriptors in flight: a seqpacket and a datagram pair each hold three messages,
+# the middle one carrying a pipe's read end (whose write end the process keeps) and a
+# file open at offset 3 that only the message holds
+out, go, path = sys.argv[1], sys.argv[2], sys.argv[3]
+pairs = [socket.socketpair(socket.AF_UNIX, t) for t in (socket.SOCK_SEQPACKET,
+                                                        socket.SOCK_DGRAM)]
+pipes = []
+for a, b in pairs:
+    r, w = os.pipe()
+    f = os.open(path, os.O_RDONLY)
+    os.lseek(f, 3, os.SEEK_SET)
+    b.send(b"first")
+    socket.send_fds(b, [b"fds"], [r, f])
+    os.close(r)
+    os.close(f)
+    b.send(b"last")
+    pipes.append(w)
+open(out, "a").write("ready\n")
+while not os.path.exists(go):
+    time.sleep(0.01)
+bad = []
+for (a, _b), w in zip(pairs, pipes):
+    first = a.recv(64)
+    msg, fds, _flags, _addr = socket.recv_fds(a, 64, 4)
+    last = a.recv(64)
+    if (first, msg, last) != (b"first", b"fds", b"last") or len(fds) != 2:
+        bad.append(f"messages {first!r} {msg!r} {last!r} {fds}")
+        continue
+    os.write(w, b"through the pipe")
+    if os.read(fds[0], 64) != b"through the pipe":
+        bad.append("pipe")
+    if os.read(fds[1], 64) != b"lo, file":
+        bad.append("file")
+open(out, "a").write("checked " + ("; ".join(bad) if bad else "good") + "\n")
+time.sleep(600)
+"""
+
+
+def test_fds_in_flight(procs: Procs, tmp_path: Path) -> None:
+    """File descriptors in flight on unix datagram and seqpacket sockets (SCM_RIGHTS):
+    one the process still holds the other end of, one only the message holds."""
+    (tmp_path / "inflight.py").write_text(INFLIGHT)
+    (tmp_path / "data").write_bytes(b"hello, file")
+    go, out = tmp_path / "go", tmp_path / "out"
+    v = procs.spawn([sys.executable, str(tmp_path / "inflight.py"), str(out), str(go),
+                     str(tmp_path / "data")], out)  # fmt: skip
+    v.wait_line("ready")
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    go.touch()
+    assert v.wait_line("checked", timeout=20) == "checked good"

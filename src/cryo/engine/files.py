@@ -128,7 +128,26 @@ def _describe_file(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[
 def _describe_unix(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
     if descs.unix is None:
         descs.unix = sockets.unix_sockets()
-    return sockets.describe(f.pid, f.fd, f.st.st_ino, descs.unix)
+    return sockets.describe(f.pid, f.fd, f.st.st_ino, descs.unix,
+                            lambda fd: _describe_held(fd, descs))
+
+
+def _describe_held(fd: int, descs: Descriptions) -> int:
+    """The description of a file cryo holds (one that was in flight on a unix socket),
+    as any process's: matched with those seen (kcmp), or added."""
+    me = os.getpid()
+    found = Found(me, fd, os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd))
+    k = kind_of(found, False)
+    if k.refuse is not None:
+        raise Unsupported(f"a file descriptor in flight on a unix socket: {k.refuse(found)}",
+                          resource="fd in flight")  # fmt: skip
+    index = descs.find(me, fd, k.name, found.st)
+    if index is None:
+        info = procfs.parse_fdinfo(procfs.read("self", f"fdinfo/{fd}"))
+        index = len(descs.descs)
+        descs.descs.append(_describe(found, k, info, descs))
+        descs.seen.append((me, fd))
+    return index
 
 
 def _describe_anon(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from cryo.engine import inet
@@ -119,7 +120,16 @@ def _show_name(name: bytes | None) -> str:
     return name.decode(errors="replace")
 
 
-def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> dict[str, Any]:
+# file descriptors found in flight, held by cryo until the checkpoint ends: (the
+# socket's entry, the message's index, the fd, the files module's describer)
+DescribeFd = Callable[[int], int]
+_in_flight: list[tuple[dict[str, Any], int, int, DescribeFd]] = []
+
+
+def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
+             describe_fd: DescribeFd | None = None) -> dict[str, Any]:  # fmt: skip
+    """The FDSC fields of a unix socket; ``describe_fd`` gives the description of a file
+    descriptor cryo holds (one found in flight), once every process was collected."""
     info = table.get(ino)
     if info is None or info["type"] not in TYPES:
         raise Unsupported(f"fd {fd}: this unix socket is not supported", pid=pid,
@@ -127,7 +137,9 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> d
     typ = info["type"]
     name = info["name"]
     d: dict[str, Any] = {"sotype": TYPES[typ], "peer": info["peer"], "name": name,
-                         "shutdown": info["shutdown"]}  # fmt: skip
+                         "shutdown": info["shutdown"],
+                         "in_flight": []}  # [[message, description]], filled in later
+    # (the list itself goes into the description: files copies this dict's items)
     if info["state"] == TCP_LISTEN:
         if info["rqueue"] or info["icons"]:
             raise Unsupported(f"fd {fd}: unix socket listening on {_show_name(name)} has"
@@ -157,7 +169,8 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> d
             raise Unsupported(f"fd {fd}: unix socket {_show_name(name)} has a socket filter"
                               " attached (SO_ATTACH_FILTER), which is not supported yet",
                               pid=pid, resource=f"fd {fd}")  # fmt: skip
-        d["queue"] = _peek_queue(s, pid, fd, typ) if d["peer"] or typ != socket.SOCK_STREAM \
+        d["queue"] = _peek_queue(s, pid, fd, typ, d, describe_fd) \
+            if d["peer"] or typ != socket.SOCK_STREAM \
             else []  # fmt: skip
         d["opts"] = inet.options(s, (socket.AF_UNIX, typ, 0))
     finally:
@@ -165,7 +178,8 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]]) -> d
     return d
 
 
-def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int) -> list[bytes]:
+def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any],
+                describe_fd: DescribeFd | None) -> list[bytes]:  # fmt: skip
     """The receive queue, without consuming it: message by message (datagram, seqpacket)
     or chunk by chunk (stream: a peek stops where the sender's credentials change) with
     SO_PEEK_OFF moving past what was read."""
@@ -179,7 +193,7 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int) -> list[bytes]:
                 data, anc, _f, _a = s.recvmsg(size, 1024, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
-            _no_fds(anc, pid, fd)
+            _fds_in_flight(anc, pid, fd, d, len(out), describe_fd)
             if not data and (typ == socket.SOCK_STREAM or s.getsockopt(
                     socket.SOL_SOCKET, SO_PEEK_OFF) == sum(map(len, out))):  # fmt: skip
                 # the end of the stream (a peer that is gone), or an empty message, which
@@ -192,13 +206,40 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int) -> list[bytes]:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
 
 
-def _no_fds(anc: list[tuple[int, int, bytes]], pid: int, fd: int) -> None:
+def _fds_in_flight(anc: list[tuple[int, int, bytes]], pid: int, fd: int, d: dict[str, Any],
+                   index: int, describe_fd: DescribeFd | None) -> None:  # fmt: skip
+    """File descriptors a message carries (SCM_RIGHTS): cryo's copies are kept, to be
+    described once every process was collected (:func:`check_peers`)."""
+    got = []
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            for i in range(0, len(data) - len(data) % 4, 4):
-                os.close(struct.unpack_from("<i", data, i)[0])
-            raise Unsupported(f"fd {fd}: file descriptors in flight on a unix socket are not"
-                              " supported", pid=pid, resource=f"fd {fd}")  # fmt: skip
+            got += list(struct.unpack(f"<{len(data) // 4}i", data[: len(data) // 4 * 4]))
+    if not got:
+        return
+    if describe_fd is None or d["sotype"] == "stream":
+        for x in got:
+            os.close(x)
+        why = "on a stream socket" if describe_fd else "here"
+        raise Unsupported(f"fd {fd}: file descriptors in flight {why} are not supported",
+                          pid=pid, resource=f"fd {fd}")  # fmt: skip
+    for x in got:
+        _in_flight.append((d, index, x, describe_fd))
+
+
+def release_in_flight(_session: Any = None) -> None:
+    """The checkpoint is over: cryo's copies of the fds in flight are closed."""
+    for _d, _i, x, _f in _in_flight:
+        with contextlib.suppress(OSError):
+            os.close(x)
+    _in_flight.clear()
+
+
+def describe_in_flight(_session: Any) -> None:
+    """Checkpoint, once every process is collected and before the data in pipes is read:
+    the files found in flight described (as any process's; a socket among them may carry
+    more, described in turn)."""
+    for d, index, x, describe_fd in _in_flight:
+        d["in_flight"].append([index, describe_fd(x)])
 
 
 def check_peers(session: Any) -> None:
@@ -266,8 +307,8 @@ def _refill(s: socket.socket, d: dict[str, Any]) -> None:
     if not d.get("queue"):
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
-        for data in d["queue"]:
-            tx.sendto(data, s.getsockname())
+        tx.connect(s.getsockname())
+        _queue_to(tx, socket.SOCK_DGRAM, d)
 
 
 def open_socket(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, int],
@@ -339,11 +380,9 @@ def _pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) 
         for level, opt, raw in (peer or {}).get("opts", []):
             with contextlib.suppress(OSError):
                 inet.set_option(b, level, opt, raw)
-        for data in d["queue"]:  # what d had to read comes from its peer
-            _send(b, typ, data)
+        _queue_to(b, typ, d)  # what d had to read comes from its peer
         if peer is not None:
-            for data in peer["queue"]:
-                _send(a, typ, data)
+            _queue_to(a, typ, peer)
         _shutdown(a, d)
         if peer is not None:
             _shutdown(b, peer)
@@ -356,6 +395,42 @@ def _pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) 
     else:
         made[peer["ino"]] = b.detach()
     return a.detach()
+
+
+# messages that carry file descriptors, sent once every description is open (by
+# finish_queues): (our copy of the sending socket, its type, [(data, desc ids)])
+_deferred: list[tuple[socket.socket, int, list[tuple[bytes, list[int]]]]] = []
+
+
+def _queue_to(sender: socket.socket, typ: int, d: dict[str, Any]) -> None:
+    """``d``'s receive queue, sent from ``sender``: now up to the first message that
+    carries file descriptors, the rest by :func:`finish_queues`."""
+    fds: dict[int, list[int]] = {}
+    for index, desc in d.get("in_flight", []):
+        fds.setdefault(index, []).append(desc)
+    msgs = d["queue"]
+    first = min(fds) if fds else len(msgs)
+    for data in msgs[:first]:
+        _send(sender, typ, data)
+    if fds:
+        mine = socket.socket(fileno=os.dup(sender.fileno()))
+        _deferred.append((mine, typ, [(m, fds.get(i, [])) for i, m in enumerate(msgs)
+                                      if i >= first]))  # fmt: skip
+
+
+def finish_queues(rs: Any) -> None:
+    """Restart, every description open: the messages with file descriptors in flight
+    (and those after them) sent with the descriptions cryo opened."""
+    try:
+        for sock, _typ, msgs in _deferred:
+            for data, ids in msgs:
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                        struct.pack(f"{len(ids)}i", *(rs.shared.opened.fds[i] for i in ids)))]
+                sock.sendmsg([data], anc if ids else [])
+    finally:
+        for sock, _typ, _msgs in _deferred:
+            sock.close()
+        _deferred.clear()
 
 
 def _send(s: socket.socket, typ: int, data: bytes) -> None:
