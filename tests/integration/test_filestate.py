@@ -202,27 +202,3 @@ def test_special_fds_refused(procs: Procs, build: Any, tmp_path: Path, mode: str
                              words: tuple[str, ...]) -> None:  # fmt: skip
     v = spawn(procs, build, tmp_path, "special", mode)
     refused(v, tmp_path, *words)
-
-
-@pytest.mark.parametrize("names", [
-    ("r.txt", "w.txt", "f"),
-    pytest.param(("m.txt",), marks=pytest.mark.xfail(strict=True, reason="memory.py maps a"
-                 " file at restart without O_NOATIME: mmap() moves its atime")),
-])  # fmt: skip
-def test_times_of_files_unchanged(procs: Procs, build: Any, tmp_path: Path,
-                                  names: tuple[str, ...]) -> None:  # fmt: skip
-    """Checkpoint and restart neither read nor write the program's files: atime and
-    mtime stay (atime older than mtime, so that any read would move it): files open
-    read-only and read-write, a FIFO with data in flight, a mapped file."""
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("r.txt", "w.txt", "m.txt"):
-        (work / name).write_bytes(b"x" * 8192)
-    os.mkfifo(work / "f")
-    v = spawn(procs, build, tmp_path, "special", "times")
-    for name in names:
-        os.utime(work / name, ns=(1_000_000_000_000_000_000, 1_100_000_000_000_000_000))
-    before = {n: (os.stat(work / n).st_atime_ns, os.stat(work / n).st_mtime_ns) for n in names}
-    v = cycle(procs, v, tmp_path / "img")
-    after = {n: (os.stat(work / n).st_atime_ns, os.stat(work / n).st_mtime_ns) for n in names}
-    assert after == before
