@@ -65,7 +65,10 @@ def run(n: int, work: Path) -> dict[str, float]:
     p = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
                          start_new_session=True)  # fmt: skip
-    connect().close()  # it listens
+    with connect() as c:  # it listens and answers (accepted: nothing left waiting)
+        c.sendall(b"up")
+        assert c.recv(16) == b"up"
+    time.sleep(0.1)  # and has closed its side
     clients = [connect() for _ in range(n)]
     for c in clients:  # every connection has carried data
         c.sendall(b"hello")
