@@ -136,7 +136,7 @@ def test_stopped_process_restored_stopped(procs: Procs, build: Any, tmp_path: Pa
     Victim(r.pid, out).wait_ok_after(last + 2)
 
 
-@pytest.mark.parametrize("hold", ["", "hold"])
+@pytest.mark.parametrize("hold", ["", "hold", "ignore"])
 def test_signals_and_thread_timers(procs: Procs, tmp_path: Path, hold: str) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([build_threaded(tmp_path, "sigtimers"), str(out), hold], out)

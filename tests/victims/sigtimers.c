@@ -5,7 +5,9 @@
  * flags and mask, SIGTRAP (which cryo's single steps raise) included: each round
  * raises every one and counts the calls.  argv[2] = "hold": keep SIGUSR2 pending in the
  * worker thread (blocked there) and SIGRTMIN+5 pending process-wide (blocked everywhere);
- * the worker blocks SIGTRAP too (a single step there would reset its action). */
+ * the worker blocks SIGTRAP too (a single step there would reset its action).
+ * argv[2] = "ignore": SIGTRAP is ignored (SIG_IGN), which a single step would also
+ * reset to SIG_DFL; each round raises it. */
 #include "common.h"
 #include <pthread.h>
 #include <signal.h>
@@ -13,7 +15,7 @@
 
 static volatile long calls[65], right, wrong, thread_ticks;
 static volatile pid_t worker_tid;
-static int TSIG;
+static int TSIG, ignore_trap;
 
 static void h_any(int s, siginfo_t *si, void *uc) { (void)si; (void)uc; calls[s]++; }
 static void h_tsig(int s, siginfo_t *si, void *uc) {
@@ -24,6 +26,7 @@ static void h_tsig(int s, siginfo_t *si, void *uc) {
 static void tick(union sigval v) { if (v.sival_int == 99) thread_ticks++; }
 static int skip(int s) {  /* not catchable, glibc's own, or used otherwise here */
     return s == SIGKILL || s == SIGSTOP || s == 32 || s == 33 || s == TSIG ||
+           (ignore_trap && s == SIGTRAP) ||
            s == SIGUSR2 || s == SIGRTMIN + 5;
 }
 static int mask_of(int s) {  /* one signal in its handler's mask */
@@ -54,6 +57,8 @@ static void *worker(void *arg) {
 int main(int argc, char **argv) {
     open_report(argc, argv);
     int hold = argc > 2 && !strcmp(argv[2], "hold");
+    ignore_trap = argc > 2 && !strcmp(argv[2], "ignore");
+    if (ignore_trap) signal(SIGTRAP, SIG_IGN);
     TSIG = SIGRTMIN + 2;
     for (int s = 1; s <= 64; s++) {
         if (skip(s)) continue;
@@ -100,6 +105,12 @@ int main(int argc, char **argv) {
             long c = calls[s];
             raise(s);
             if (calls[s] != c + 1) { FAIL("signal %d: handler not called", s); bad = 1; }
+        }
+        if (ignore_trap) {
+            struct sigaction sa;
+            sigaction(SIGTRAP, NULL, &sa);
+            if (sa.sa_handler != SIG_IGN) { FAIL("SIGTRAP no longer ignored"); bad = 1; }
+            else raise(SIGTRAP);  /* nothing happens */
         }
         nap(100);
         if (right <= r0) { FAIL("thread timer stopped"); bad = 1; }
