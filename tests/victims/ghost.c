@@ -7,7 +7,7 @@
  *   big    a deleted sparse file of 3 GiB with data near its end
  *   dir    an fd on a deleted directory (refused)
  *   cwd    a deleted working directory (refused)
- *   mapped a deleted file open and mapped shared (refused: two files at restart)
+ *   mapped a deleted file open and mapped shared: one file after restart
  *   memfd  a sealed memfd (shrink, grow) and one that cannot be sealed: memfds again,
  *          same names, seals, offset, data, on tmpfs, openable through /proc/self/fd */
 #include "common.h"

@@ -5,9 +5,15 @@
  *   link    an O_PATH|O_NOFOLLOW fd on a symbolic link (refused for now)
  *   proc    an fd on its own /proc/PID/status (refused)
  *   pidfd   a pidfd of itself (refused)
- *   inotify an inotify watch (refused) */
+ *   inotify an inotify watch (refused)
+ *   epoll   an epoll watching a pipe through an fd since closed (a duplicate keeps the
+ *           pipe): refused
+ *   times   files open read-only and read-write, mapped, a FIFO with data in flight:
+ *           left alone (the test checks that their times do not change) */
 #include "common.h"
+#include <sys/epoll.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
@@ -32,6 +38,21 @@ int main(int argc, char **argv) {
         a = open("/proc/self/status", O_RDONLY);
     } else if (!strcmp(mode, "pidfd")) {
         a = syscall(SYS_pidfd_open, getpid(), 0);
+    } else if (!strcmp(mode, "times")) {
+        a = open("r.txt", O_RDONLY);
+        b = open("w.txt", O_RDWR);
+        int m = open("m.txt", O_RDONLY);
+        if (m < 0 || mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, m, 0) == MAP_FAILED) _exit(3);
+        close(m);
+        int f = open("f", O_RDWR);
+        if (f < 0 || write(f, "hello", 5) != 5) _exit(3);
+    } else if (!strcmp(mode, "epoll")) {
+        int p[2];
+        a = epoll_create1(0);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 7};
+        if (pipe(p) || epoll_ctl(a, EPOLL_CTL_ADD, p[0], &ev)) _exit(3);
+        b = dup(p[0]);
+        close(p[0]);
     } else if (!strcmp(mode, "inotify")) {
         a = inotify_init1(0);
         if (inotify_add_watch(a, ".", IN_CREATE) < 0) _exit(3);

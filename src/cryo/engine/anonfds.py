@@ -26,6 +26,7 @@ KINDS = {"anon_inode:[eventfd]": "eventfd", "anon_inode:[signalfd]": "signalfd",
          "anon_inode:[timerfd]": "timerfd", "anon_inode:[eventpoll]": "epoll"}  # fmt: skip
 _TFD = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
 _PAIR = re.compile(r"\((\d+),\s*(\d+)\)")
+_TFD_FILE = re.compile(r"tfd:\s*(\d+)\s.*?ino:([0-9a-f]+)\s+sdev:([0-9a-f]+)")
 EPOLL_CTL_ADD = 1
 EFD_SEMAPHORE = 1
 O_NONBLOCK = 0o4000
@@ -50,8 +51,26 @@ def describe(kind: str, fdinfo: bytes, pid: int, fd: int) -> dict[str, Any]:
                 "settime_flags": int(kv["settime flags"], 8),
                 "value": list(value), "interval": list(interval)}  # fmt: skip
     if kind == "epoll":
+        for tfd, ino, sdev in _TFD_FILE.findall(text):
+            _check_target(pid, fd, int(tfd), int(ino, 16), int(sdev, 16))
         return {"watch": [[int(t), int(e, 16), int(d, 16)] for t, e, d in _TFD.findall(text)]}
     raise Unsupported(f"fd {fd}: {kind} is not supported", pid=pid, resource=f"fd {fd}")
+
+
+def _check_target(pid: int, fd: int, tfd: int, ino: int, sdev: int) -> None:
+    """An epoll watch names the file it watches by the fd it was added with; that fd may
+    have been closed since (the file kept alive by a duplicate) or reused for another
+    file.  The restart registers watches by fd number: refuse what it would get wrong."""
+    dev = os.makedev(sdev >> 20, sdev & 0xFFFFF)  # the kernel's dev_t (MINORBITS 20)
+    try:
+        st = os.stat(f"/proc/{pid}/fd/{tfd}")
+    except FileNotFoundError:
+        st = None
+    if st is None or (st.st_ino, st.st_dev) != (ino, dev):
+        now = "closed" if st is None else "now another file"
+        raise Unsupported(f"fd {fd}: epoll watches a file added as fd {tfd}, which is {now}"
+                          " (the file is held by a duplicate): not supported", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
 
 
 def open_desc(d: dict[str, Any]) -> int:

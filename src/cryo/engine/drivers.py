@@ -295,12 +295,14 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}),
-    Driver("locks", collect=locks.collect, shared=locks.check_shared, prepare=locks.prepare,
-           restore={"files": locks.restore}, restore_thread={"creds": locks.restore_owner}),
     Driver("unix", shared=sockets.check_peers, thaw=sockets.release_in_flight,
            prepare=sockets.finish_queues),
     Driver("anonfds", restore={"files": _anonfds_register}),
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
+    # (after files and shmem: its prepare reopens fds of mapped deleted files from their
+    # object, then takes the locks of the descriptions)
+    Driver("locks", collect=locks.collect, shared=locks.check_shared, prepare=locks.prepare,
+           restore={"files": locks.restore}, restore_thread={"creds": locks.restore_owner}),
     # (the app driver before dirty: it leaves pages out before dirty selects them)
     Driver("app", (appchannel.KIND,), optional=True, before_freeze=appchannel.before_freeze,
            write=appchannel.write, after_checkpoint=appchannel.after_checkpoint,

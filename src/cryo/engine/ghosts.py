@@ -20,6 +20,10 @@ A memfd comes back as a memfd (memfd_create) of the same name, filled the same w
 then sealed with the seals it had (F_GET_SEALS at dump, F_ADD_SEALS last); it is
 reopened through /proc/self/fd as any ghost.
 
+A ghost that a process of the checkpoint also maps is saved as that mapping's shared
+memory object instead (engine/shmem.py) and reopened from it: the fd and the mapping
+share one file again.
+
 Refused by name at checkpoint (the kernel gives no way to recreate them unlinked and
 shared): a file unlinked from the name it was opened by but still linked elsewhere, and
 deleted directories, FIFOs, sockets and device nodes.
@@ -126,10 +130,49 @@ def _seals(pid: int, fd: int) -> int:
         os.close(mine)
 
 
+def use_objects(descs: list[dict[str, Any]], objects: Any) -> None:
+    """Once every process was collected: a ghost that is also mapped is saved as that
+    shared memory object (engine/shmem.py saves its pages once); its descriptions are
+    reopened from the object at restart (:func:`reopen_objects`): one file again."""
+    for d in descs:
+        if not d.get("deleted") or "obj" in d:
+            continue
+        obj = objects.lookup(d["dev"], d["ino"])
+        if obj is None:
+            continue
+        d["obj"] = obj
+        d.pop("source", None)
+        d.pop("ghost", None)
+        d.pop("extents", None)
+
+
+def reopen_objects(descs: list[dict[str, Any]], opened: Any, objects: Any) -> None:
+    """After the shared memory objects are made: each description saved as one (opened
+    on /dev/null so far) becomes a new open of that object, on the same fd number."""
+    for d in descs:
+        if "obj" not in d or d["id"] not in opened.fds:
+            continue
+        flags = int(d["flags"]) & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
+                                    | os.O_CLOEXEC | 0o20000)  # fmt: skip
+        new = objects.reopen(d["obj"], flags)
+        try:
+            memfd = d.get("memfd")
+            if memfd is not None and memfd["seals"] not in (0, F_SEAL_SEAL):
+                try:
+                    fcntl.fcntl(new, F_ADD_SEALS, memfd["seals"])
+                except OSError as err:
+                    raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot seal memfd"
+                                    f" {memfd['name']} again: {err.strerror}") from err
+            os.lseek(new, d["pos"], os.SEEK_SET)
+            os.dup2(new, opened.fds[d["id"]], inheritable=False)
+        finally:
+            os.close(new)
+
+
 def check_mapped(descs: list[dict[str, Any]], pids: set[int]) -> None:
-    """A ghost also mapped shared by a process of the checkpoint is refused: the mapping
-    is restored from its own object (engine/shmem.py), so the fd and the mapping would
-    come back as two files, each blind to the other's writes."""
+    """A ghost also mapped shared by a process of the checkpoint that is not saved as
+    its shared memory object (use_objects) is refused: the fd and the mapping would come
+    back as two files, each blind to the other's writes."""
     ghosts = {(os.major(d["dev"]), os.minor(d["dev"]), d["ino"]): d for d in descs
               if d.get("ghost")}  # fmt: skip
     if not ghosts:
@@ -259,6 +302,9 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
 
 
 def open_path(d: dict[str, Any]) -> str | None:
-    """The path to open a description of a ghost by, once prepare() made it."""
+    """The path to open a description of a ghost by, once prepare() made it (for one
+    saved as a shared memory object, a stand-in until reopen_objects())."""
+    if "obj" in d:
+        return os.devnull
     anchor = d.get("_anchor")
     return None if anchor is None else f"/proc/self/fd/{anchor}"

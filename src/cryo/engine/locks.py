@@ -36,6 +36,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from cryo.engine import ghosts
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.errors import CryoError, Unsupported
@@ -280,9 +281,12 @@ def _flock_struct(mode: str, start: int, end: int | None) -> bytes:
 
 
 def prepare(rs: Any) -> None:
-    """Driver hook, after files.prepare: OFD locks, flocks and F_SETSIG taken by cryo on
-    its own fd of each description, before any process inherits it."""
+    """Driver hook, after files.prepare and shmem's: the descriptions of deleted files
+    that are also mapped reopened from their shared memory object (ghosts.py); then OFD
+    locks, flocks and F_SETSIG taken by cryo on its own fd of each description, before
+    any process inherits it."""
     opened = rs.shared.opened
+    ghosts.reopen_objects(rs.shared.descs, opened, rs.shared.objects)
     for d in rs.shared.descs:
         fd = opened.fds.get(d["id"])
         if fd is None:
