@@ -23,7 +23,8 @@ Checkpoint phases a driver may act in (per process unless said otherwise):
     after_checkpoint  once, after the resume or in the abort (with why it failed)
 
 Restart: ``prepare`` once before any process exists (objects cryo makes and every
-process inherits; cleanups and undos go on the session), ``started`` once every process
+process inherits; cleanups and undos go on the session), ``born`` for each process as
+soon as it is made (its session and group set, before its children), ``started`` once every process
 is built (before they run), ``after_restart`` once they run, and per process the stages of
 :data:`BUILD_STAGES` in order, and once every process is built :data:`FINISH_STAGES`;
 those in :data:`PER_THREAD` run once per thread (``restore_thread``), with that thread's
@@ -103,6 +104,8 @@ class Driver:
     before_freeze: SessionHook | None = None
     after_checkpoint: Callable[[Any, str | None], None] | None = None
     after_restart: SessionHook | None = None  # restart: once every process runs
+    # restart: a process just made, with its session and group, before its children
+    born: Callable[[Injector, int], None] | None = None  # (its injector, its old pid)
     thaw: SessionHook | None = None  # checkpoint: before the processes are let go
     started: SessionHook | None = None  # restart: every process built, before they run
     restore: Mapping[str, RestoreHook] = field(default_factory=dict)
@@ -291,7 +294,8 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("inet", collect=inet.lock_connections, thaw=inet.thaw, prepare=inet.prepare,
            started=inet.started),
     Driver("unix-in-flight", shared=sockets.describe_in_flight),
-    Driver("tty", shared=tty.check, prepare=tty.prepare, restore={"task": tty.restore_ctty}),
+    Driver("tty", shared=tty.check, prepare=tty.prepare, born=tty.take_ctty,
+           restore={"task": tty.restore_ctty}),
     Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}),

@@ -576,7 +576,7 @@ class Restart:
         for p in tree.creation_order(self.plan.tree):
             old = p["pid"]
             tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
-                       self.area)  # fmt: skip
+                       self.area, born=self._born)  # fmt: skip
             m = self.made[old]
             self.pid_map[old] = m.pid
             if old not in procs:
@@ -590,6 +590,12 @@ class Restart:
             if p["ppid"] in procs:  # forked from its restored parent: what it inherits
                 memory.inherit_from_parent(ctx, procs[old][R.MM], procs[p["ppid"]][R.MM])
             self._stages(ctx, D.BIRTH_STAGES)
+
+    @staticmethod
+    def _born(inj: Injector, old_pid: int) -> None:
+        for d in D.DRIVERS:
+            if d.born:
+                d.born(inj, old_pid)
 
     def build_processes(self) -> None:
         """Once every process exists: the other stages of each."""

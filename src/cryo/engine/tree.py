@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -359,7 +360,7 @@ def kill_made(made: dict[int, Made]) -> None:
 
 
 def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bool,
-          area: int) -> None:  # fmt: skip
+          area: int, born: Callable[[Injector, int], None] | None = None) -> None:  # fmt: skip
     """Create every process of TREE record ``rec``, parents first, with ids, sessions and
     groups.  Each gets the restorer area at ``area``: a root forked by cryo maps it,
     every other process inherits it from the restored parent that forks it."""
@@ -394,6 +395,8 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
         m.inj.syscall_addr = area
         m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE
         _ids(m, made, shell_job, root=parent is None)
+        if born is not None:  # (its session is its own now; it has no child yet)
+            born(m.inj, old)
 
 
 def _ids(m: Made, made: dict[int, Made], shell_job: bool, root: bool) -> None:
