@@ -447,7 +447,9 @@ def _open_fifo(d: dict[str, Any], o: Opening) -> int:
         anchor = os.open(path, os.O_RDWR | os.O_NONBLOCK)
         o.opened.anchors.append(anchor)
         if d.get("data"):
-            os.write(anchor, d["data"])
+            os.write(anchor, d["data"])  # (a write to a FIFO sets its mtime: put it back)
+            if "mtime_ns" in d:
+                os.utime(anchor, ns=(d["atime_ns"], d["mtime_ns"]))
         o.pipes[key] = (os.dup(anchor), os.dup(anchor))
     fd = os.open(path, flags | os.O_NONBLOCK)
     _set_flags(fd, flags)
@@ -591,7 +593,9 @@ FD_KINDS: tuple[FdKind, ...] = (
     *_ANON,
     FdKind("anon_inode", lambda f: f.target.startswith("anon_inode:"),
            refuse=lambda f: f"anonymous inode is not supported ({f.target})"),
-    FdKind("fifo", lambda f: f.fmt == stat.S_IFIFO, open=_open_fifo, in_flight=True),
+    FdKind("fifo", lambda f: f.fmt == stat.S_IFIFO, lambda f, _i, _d: {
+        "atime_ns": f.st.st_atime_ns, "mtime_ns": f.st.st_mtime_ns}, _open_fifo,
+        in_flight=True),
     FdKind("other", lambda _f: True, refuse=lambda f: f"special file is not supported"
            f" ({f.target})"),
 )
