@@ -233,3 +233,31 @@ def test_times_of_files_unchanged(procs: Procs, build: Any, tmp_path: Path,
     v = cycle(procs, v, tmp_path / "img")
     after = {n: (os.stat(work / n).st_atime_ns, os.stat(work / n).st_mtime_ns) for n in names}
     assert after == before
+
+
+def test_sqlite_wal_keeps_its_lock(procs: Procs, tmp_path: Path) -> None:
+    """SQLite in WAL mode with an exclusive lock: after a restart, another connection
+    still finds the database locked, and the program goes on writing it."""
+    import sqlite3
+    import sys
+
+    from tests.conftest import VICTIMS
+
+    out, db = tmp_path / "out.txt", tmp_path / "db.sqlite"
+    v = procs.spawn([sys.executable, str(VICTIMS / "sqlitewal.py"), str(out), str(db)], out)
+    v.wait_ok_after(2)
+
+    def locked() -> bool:
+        con = sqlite3.connect(db, timeout=0)
+        try:
+            con.execute("SELECT count(*) FROM t").fetchone()
+            return False
+        except sqlite3.OperationalError as err:
+            return "locked" in str(err)
+        finally:
+            con.close()
+
+    assert locked()
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    assert locked(), "the restored program lost its lock on the database"
