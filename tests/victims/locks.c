@@ -1,7 +1,7 @@
 /* File locks and signal owners survive (issue 9, "Files").  argv[2] is the mode,
  * argv[3] a scratch directory.
  *   held    POSIX record locks (F_SETLK, a write and a read range), an OFD lock, a shared
- *           and an exclusive flock, a read lease: each checked every round in the
+ *           and an exclusive flock, a read and a write lease: each checked every round in the
  *           kernel's own view (/proc/self/fdinfo "lock:" lines, F_GETLEASE)
  *   mapped  a flock held only through a mapping (the fd closed): must be refused
  *   owner   a pipe with O_ASYNC, F_SETOWN to itself and F_SETSIG SIGRTMIN+1: each round
@@ -67,10 +67,11 @@ static void held(const char *dir) {
     int fd_c = make(dir, "b.dat", O_RDONLY);
     int fd_x = make(dir, "c.dat", O_RDWR);
     int fd_l = make(dir, "l.dat", O_RDONLY);
+    int fd_wl = make(dir, "wl.dat", O_RDWR);
     if (posix_lock(fd_a, F_WRLCK, 5, 10) || posix_lock(fd_a, F_RDLCK, 1000, 0)) _exit(5);
     if (ofd_lock(fd_b, F_WRLCK, 200, 10)) _exit(6);
     if (flock(fd_c, LOCK_SH) || flock(fd_x, LOCK_EX)) _exit(7);
-    if (fcntl(fd_l, F_SETLEASE, F_RDLCK)) _exit(8);
+    if (fcntl(fd_l, F_SETLEASE, F_RDLCK) || fcntl(fd_wl, F_SETLEASE, F_WRLCK)) _exit(8);
     int me = getpid();
     report("ready %d", me);
     for (long round = 0;; round++) {
@@ -82,6 +83,7 @@ static void held(const char *dir) {
         if (!has_lock(fd_x, "FLOCK", "WRITE", 0, "0 EOF")) { FAIL("flock exclusive"); bad = 1; }
         if (fcntl(fd_l, F_GETLEASE) != F_RDLCK) { FAIL("lease %d", fcntl(fd_l, F_GETLEASE)); bad = 1; }
         if (!has_lock(fd_l, "LEASE", "READ", me, "0 EOF")) { FAIL("lease owner"); bad = 1; }
+        if (fcntl(fd_wl, F_GETLEASE) != F_WRLCK) { FAIL("write lease %d", fcntl(fd_wl, F_GETLEASE)); bad = 1; }
         if (!bad) report("ok %ld", round);
         nap(20);
     }
