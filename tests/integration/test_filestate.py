@@ -41,6 +41,13 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _files_shown(img: Path) -> list[dict[str, Any]]:
+    """The open files `cryo show` lists for the image's first process."""
+    from cryo.engine.show import describe
+
+    return list(describe(str(img))["processes"][0]["files"])
+
+
 def untouched(v: Victim) -> None:
     """The target still runs, untraced, and keeps passing its own checks."""
     status = Path(f"/proc/{v.pid}/status").read_text()
@@ -74,6 +81,9 @@ def test_locks_held_again(procs: Procs, build: Any, tmp_path: Path) -> None:
     v = spawn(procs, build, tmp_path, "locks", "held")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+    shown = [f.get("locks") for f in _files_shown(tmp_path / "img")]
+    assert [f"posix WRITE 5-14 (pid {v.pid})", f"posix READ 1000-EOF (pid {v.pid})"] in shown
+    assert ["lease WRITE"] in shown and ["flock WRITE"] in shown, shown
     work = tmp_path / "work"
     # seen from another process: the POSIX lock is the restored process's
     fd = os.open(work / "a.dat", os.O_RDWR)
@@ -151,6 +161,7 @@ def test_memfd_comes_back_as_memfd(procs: Procs, build: Any, tmp_path: Path) -> 
     v = spawn(procs, build, tmp_path, "ghost", "memfd")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+    assert {f.get("memfd") for f in _files_shown(tmp_path / "img")} >= {"cryo-test", "plain"}
 
 
 @pytest.mark.parametrize(("mode", "words"), [("dir", ("deleted directory", "gone")),

@@ -545,6 +545,7 @@ def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str,
         if d.get("data"):
             item["in_flight"] = len(d["data"])
         item.update(locks.describe(d))
+        item.update(ghosts.show(d))
         out.append(item)
     return out
 

@@ -301,6 +301,21 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
     return fd
 
 
+def show(d: dict[str, Any]) -> dict[str, Any]:
+    """What `cryo show` says of a deleted file, a memfd or a namespace fd."""
+    out: dict[str, Any] = {}
+    if d.get("memfd"):
+        out["memfd"] = d["memfd"]["name"]
+        out["seals"] = d["memfd"]["seals"]
+    if "extents" in d:
+        out["data"] = sum(n for _, n in d["extents"])  # the rest are holes
+    if "obj" in d:
+        out["object"] = d["obj"]
+    if d.get("ns"):
+        out["namespace"] = f"{d['ns']}:[{d['nsino']}]"
+    return out
+
+
 def open_path(d: dict[str, Any]) -> str | None:
     """The path to open a description of a ghost by, once prepare() made it (for one
     saved as a shared memory object, a stand-in until reopen_objects())."""
