@@ -369,6 +369,7 @@ TIMER = Struct((
     F("id", Int(0, (1 << 31) - 1)), F("signal", Int(0, 64)), F("value", Int()),
     F("notify", Str(choices=("signal", "none", "thread"))), F("tid", Int(0, MAX_PID)),
     F("clock", Int(0, 15)), F("spec", Bytes(32), "struct itimerspec"),
+    F("to_thread", Bool(), "SIGEV_THREAD_ID: aimed at thread `tid`", required=False),
 ), name="timer")  # fmt: skip
 
 OBJ = Struct((
@@ -423,6 +424,9 @@ KINDS: tuple[Kind, ...] = (
         F("audit", Nullable(List(Int(0, U32), size=2)), "[loginuid, sessionid]",
           required=False),
         F("oom_score_adj", Int(-1000, 1000), required=False),
+        F("membarrier", Int(0, U32), "MEMBARRIER_CMD_GET_REGISTRATIONS", required=False),
+        F("autogroup_nice", Nullable(Int(-20, 19)), "its scheduler autogroup's nice",
+          required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
     Kind(b"MM  ", "engine/memory.py", "per process", Struct((
         F("pid", PID), F("vmas", List(VMA), "the mappings, in address order (below)"),
@@ -477,6 +481,13 @@ KINDS: tuple[Kind, ...] = (
           required=False),
         F("affinity", List(Int(0, 8191), min=1), "CPUs", required=False),
         F("ioprio", Int(0, U16), required=False),
+        F("group_stop", Int(0, 64), "stopped by this signal when seized (0: running)",
+          required=False),
+        F("seccomp", Struct((F("mode", Int(0, 2)),
+                             F("filters", List(Tuple((Bytes(max=1 << 19), Int(0, U32)),
+                                                     ("bpf", "flags"))),
+                               "first installed first")),
+                      name="seccomp"), required=False),
     ), name="thread"), "one thread: registers, xstate, mask, pending, credentials"),
     Kind(b"FDSC", "engine/files.py", "at most one", Struct((
         F("descs", List(DESC), "every open file description, once (below)"),
