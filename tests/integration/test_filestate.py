@@ -203,9 +203,10 @@ def test_file_shorter_than_its_offset_refused_at_restart(procs: Procs, build: An
 # -- special fds -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["ns", "opath"])
+@pytest.mark.parametrize("mode", ["ns", "opath", "chroot"])
 def test_special_fds_survive(procs: Procs, build: Any, tmp_path: Path, mode: str) -> None:
-    """Namespace fds (the same namespaces), O_PATH fds on a directory and a symlink."""
+    """Namespace fds (the same namespaces), an O_PATH fd on a directory, a chrooted
+    process (its root and its cwd inside it)."""
     v = spawn(procs, build, tmp_path, "special", mode)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()

@@ -8,6 +8,8 @@
  *   inotify an inotify watch (refused)
  *   epoll   an epoll watching a pipe through an fd since closed (a duplicate keeps the
  *           pipe): refused
+ *   chroot  chrooted into a directory, working in a subdirectory of it: the same root
+ *           and cwd after restart (checked by inode and by getcwd)
  *   times   files open read-only and read-write, mapped, a FIFO with data in flight:
  *           left alone (the test checks that their times do not change) */
 #include "common.h"
@@ -38,6 +40,11 @@ int main(int argc, char **argv) {
         a = open("/proc/self/status", O_RDONLY);
     } else if (!strcmp(mode, "pidfd")) {
         a = syscall(SYS_pidfd_open, getpid(), 0);
+    } else if (!strcmp(mode, "chroot")) {
+        if (mkdir("jail", 0755) || mkdir("jail/sub", 0755)) _exit(3);
+        a = open("jail", O_RDONLY | O_DIRECTORY);
+        b = open("jail/sub", O_RDONLY | O_DIRECTORY);
+        if (chroot("jail") || chdir("/sub")) _exit(3);
     } else if (!strcmp(mode, "times")) {
         a = open("r.txt", O_RDONLY);
         b = open("w.txt", O_RDWR);
@@ -71,6 +78,13 @@ int main(int argc, char **argv) {
             if (b >= 0 && (fstatat(b, "", &st, AT_EMPTY_PATH) || !S_ISLNK(st.st_mode))) { FAIL("O_PATH link"); bad = 1; }
             if (b >= 0 && (readlinkat(b, "", buf, sizeof buf - 1) != 10 || strcmp(buf, "some/where"))) { FAIL("readlink %s", buf); bad = 1; }
             if (fstatat(a, "", &st, AT_EMPTY_PATH) || st.st_ino != ino_of("dir")) { FAIL("O_PATH dir ino"); bad = 1; }
+        }
+        if (!strcmp(mode, "chroot")) {
+            struct stat r, c, ja, jb;
+            char cwd[256];
+            if (stat("/", &r) || stat(".", &c) || fstat(a, &ja) || fstat(b, &jb)) { FAIL("stat"); bad = 1; }
+            else if (r.st_ino != ja.st_ino || c.st_ino != jb.st_ino) { FAIL("root or cwd moved"); bad = 1; }
+            if (!getcwd(cwd, sizeof cwd) || strcmp(cwd, "/sub")) { FAIL("getcwd"); bad = 1; }
         }
         if (!bad) report("ok %ld", round);
         nap(20);

@@ -523,9 +523,11 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
 def restore_fs(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     inj = ctx.inj
     root, cwd = _translate(rec["root"], ctx.options), _translate(rec["cwd"], ctx.options)
+    # the cwd first: its path is as seen from our root (/proc/PID/cwd), not from the
+    # process's; chroot() leaves the cwd where it is
+    inj(SYS.chdir, inj.put_str(cwd), what=f" chdir {cwd}")
     if rec["root"] != "/":
         inj(SYS.chroot, inj.put_str(root), what=f" chroot {root}")
-    inj(SYS.chdir, inj.put_str(cwd), what=f" chdir {cwd}")
     inj(SYS.umask, rec["umask"])
 
 
