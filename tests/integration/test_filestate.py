@@ -101,6 +101,23 @@ def test_locks_held_again(procs: Procs, build: Any, tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_posix_locks_of_a_tree(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A parent and its child each hold their own POSIX lock through one description."""
+    v = spawn(procs, build, tmp_path, "locks", "tree")
+    v = cycle(procs, v, tmp_path / "img", scope="tree")
+    (kid,) = _children(v.pid)
+    procs.track(kid)
+    assert not v.fails()
+    fd = os.open(tmp_path / "work" / "t.dat", os.O_RDWR)
+    try:
+        for start, owner in ((0, v.pid), (10, kid)):
+            got = fcntl.fcntl(fd, fcntl.F_GETLK,
+                              struct.pack("<hh4xqqi4x", fcntl.F_WRLCK, 0, start, 1, 0))
+            assert struct.unpack("<hh4xqqi4x", got)[4] == owner
+    finally:
+        os.close(fd)
+
+
 def test_lock_through_mapping_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
     v = spawn(procs, build, tmp_path, "locks", "mapped")
     refused(v, tmp_path, "FLOCK WRITE", "m.dat", "held through a mapping only")

@@ -3,6 +3,8 @@
  *   held    POSIX record locks (F_SETLK, a write and a read range), an OFD lock, a shared
  *           and an exclusive flock, a read and a write lease: each checked every round in the
  *           kernel's own view (/proc/self/fdinfo "lock:" lines, F_GETLEASE)
+ *   tree    a parent and its child each hold a POSIX lock on the same file, through
+ *           one shared description (their own, each): checked by each in fdinfo
  *   mapped  a flock held only through a mapping (the fd closed): must be refused
  *   owner   a pipe with O_ASYNC, F_SETOWN to itself and F_SETSIG SIGRTMIN+1: each round
  *           a write to it must raise that signal with si_fd = the read end; a file with
@@ -89,6 +91,27 @@ static void held(const char *dir) {
     }
 }
 
+static void tree(const char *dir) {
+    int fd = make(dir, "t.dat", O_RDWR);
+    if (posix_lock(fd, F_WRLCK, 0, 10)) _exit(5);
+    pid_t kid = fork();
+    if (kid == 0) {
+        if (posix_lock(fd, F_WRLCK, 10, 10)) _exit(6);
+        for (;;) {
+            if (!has_lock(fd, "POSIX", "WRITE", getpid(), "10 19")) report("FAIL child lock");
+            nap(20);
+        }
+    }
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        int bad = 0;
+        if (!has_lock(fd, "POSIX", "WRITE", getpid(), "0 9")) { FAIL("parent lock"); bad = 1; }
+        if (has_lock(fd, "POSIX", "WRITE", 0, "10 19")) { FAIL("child's lock seen as ours"); bad = 1; }
+        if (!bad) report("ok %ld", round);
+        nap(20);
+    }
+}
+
 static void mapped(const char *dir) {
     int fd = make(dir, "m.dat", O_RDWR);
     if (flock(fd, LOCK_EX)) _exit(5);
@@ -141,6 +164,7 @@ int main(int argc, char **argv) {
     if (argc < 4 || chdir(argv[3])) _exit(2);
     if (!strcmp(argv[2], "held")) held(argv[3]);
     if (!strcmp(argv[2], "mapped")) mapped(argv[3]);
+    if (!strcmp(argv[2], "tree")) tree(argv[3]);
     if (!strcmp(argv[2], "owner")) owner(argv[3]);
     return 2;
 }
