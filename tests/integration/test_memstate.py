@@ -290,8 +290,6 @@ def test_userfaultfd_region_refused(procs: Procs, build: Any, tmp_path: Path) ->
     untouched(v)
 
 
-@pytest.mark.xfail(strict=True, reason="files.py must open a deleted file or memfd that is"
-                   " also mapped from the shared object (shmem.Objects.lookup, Made.reopen)")
 def test_fd_and_mapping_stay_one_file(procs: Procs, build: Any, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "fd+map", str(tmp_path)], out)

@@ -131,16 +131,44 @@ class Injector:
         libc.process_vm_readv(self.t.tid, [(ctypes.addressof(buf), size)], [(addr, size)])
         return buf.raw
 
-    def put(self, data: bytes, offset: int = 0) -> int:
-        """Copy ``data`` into the scratch area at ``offset``; returns its address there."""
-        if offset + len(data) > self.scratch_size:
-            raise InternalError("scratch area too small")
-        self.write(self.scratch + offset, data)
-        return self.scratch + offset
+    def put(self, data: bytes) -> int:
+        """Copy ``data`` to the start of the scratch area; returns its address (for a call
+        that takes one buffer; several: :meth:`frame`)."""
+        return self.frame().put(data)
 
-    def put_str(self, s: str, offset: int = 0) -> int:
-        return self.put(s.encode(errors="surrogateescape") + b"\0", offset)
+    def put_str(self, s: str) -> int:
+        return self.frame().put_str(s)
+
+    def frame(self) -> ScratchFrame:
+        """The scratch area for one call's buffers, laid out one after another."""
+        return ScratchFrame(self)
+
 
     def finish(self, regs: S.user_regs_struct | None = None) -> None:
         """Put the task's registers back (or set ``regs``)."""
         self.t.setregs(regs if regs is not None else self.saved)
+
+
+class ScratchFrame:
+    """Buffers for one injected call (or a few that go together), each placed after the
+    previous one, 16-byte aligned, in the injector's scratch area: no offsets by hand."""
+
+    def __init__(self, inj: Injector) -> None:
+        self.inj = inj
+        self.used = 0
+
+    def reserve(self, size: int) -> int:
+        """Room for ``size`` bytes (a buffer the call fills); returns its address."""
+        at = self.used
+        if at + size > self.inj.scratch_size:
+            raise InternalError("scratch area too small")
+        self.used = (at + size + 15) & ~15
+        return self.inj.scratch + at
+
+    def put(self, data: bytes) -> int:
+        addr = self.reserve(len(data))
+        self.inj.write(addr, data)
+        return addr
+
+    def put_str(self, s: str) -> int:
+        return self.put(s.encode(errors="surrogateescape") + b"\0")

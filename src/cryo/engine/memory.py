@@ -794,18 +794,21 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     for k, val in mm.items():
         setattr(m, k, val)
     auxv = rec["auxv"]
-    m.auxv = inj.put(auxv, 1024)
+    frame = inj.frame()  # the struct, its auxv and the exe's path, side by side
+    at = frame.reserve(libc.sizeof(m))
+    m.auxv = frame.put(auxv)
     m.auxv_size = len(auxv)
     exe = translated(ctx.options, rec["exe"])  # --translate, or a saved copy (spmf.py)
     exe_fd = -1
     if not exe.endswith(" (deleted)") and os.path.exists(exe) and not _same_file(
         f"/proc/{ctx.pid}/exe", exe
     ):  # the helper runs the same binary already (a Python target): keep its exe_file
-        exe_fd = inj(SYS.openat, -100, inj.put_str(exe, 4096), 0, 0, what=f" open {exe}")
+        exe_fd = inj(SYS.openat, -100, frame.put_str(exe), 0, 0, what=f" open {exe}")
     m.exe_fd = exe_fd & 0xFFFFFFFF
     try:
-        inj(SYS.prctl, PR.SET_MM, PR_SET_MM_MAP, inj.put(libc.struct_bytes(m)),
-            libc.sizeof(m), 0, what=" PR_SET_MM_MAP")  # fmt: skip
+        inj.write(at, libc.struct_bytes(m))
+        inj(SYS.prctl, PR.SET_MM, PR_SET_MM_MAP, at, libc.sizeof(m), 0,
+            what=" PR_SET_MM_MAP")  # fmt: skip
     finally:
         if exe_fd >= 0:
             inj(SYS.close, exe_fd)

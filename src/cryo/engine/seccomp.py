@@ -26,8 +26,6 @@ from cryo.errors import Unsupported
 from cryo.linux import structs as S
 from cryo.linux.consts import PR, SECCOMP_MODE, SECCOMP_SET, SYS
 
-_FILTER_AT = 4096  # scratch offset of the BPF program being installed
-
 
 def mode(pid: int, tid: int) -> int:
     status = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
@@ -84,9 +82,10 @@ def restore_shared(inj: Injector, trecs: list[dict[str, Any]], options: int) -> 
 
 def _install(inj: Injector, chain: list[tuple[bytes, int]]) -> None:
     for prog, flags in chain:
-        addr = inj.put(prog, _FILTER_AT)
+        frame = inj.frame()
+        addr = frame.put(prog)
         fprog = S.sock_fprog(len(prog) // ctypes.sizeof(S.sock_filter), addr)
-        inj(SYS.seccomp, SECCOMP_SET.MODE_FILTER, flags, inj.put(bytes(fprog), 1024),
+        inj(SYS.seccomp, SECCOMP_SET.MODE_FILTER, flags, frame.put(bytes(fprog)),
             what=" installing a seccomp filter")  # fmt: skip
 
 

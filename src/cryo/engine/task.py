@@ -14,6 +14,7 @@ resets on a credential change."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -203,7 +204,7 @@ def _restore_audit(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     fd = inj(SYS.open, inj.put_str("/proc/self/loginuid"), os.O_WRONLY)
     try:
         text = str(AUDIT_UNSET).encode()
-        ret = inj.raw(SYS.write, fd, inj.put(text, 256), len(text))
+        ret = inj.raw(SYS.write, fd, inj.put(text), len(text))
     finally:
         inj(SYS.close, fd)
     if ret != len(text):
@@ -282,13 +283,16 @@ def _capset(inj: Injector, eff: int, prm: int, inh: int) -> None:
     data = (S.user_cap_data * 2)(S.user_cap_data(eff & 0xFFFFFFFF, prm & 0xFFFFFFFF,
                                                  inh & 0xFFFFFFFF),
                                  S.user_cap_data(eff >> 32, prm >> 32, inh >> 32))  # fmt: skip
-    inj(SYS.capset, inj.put(bytes(head), 0), inj.put(bytes(data), 64))
+    frame = inj.frame()
+    inj(SYS.capset, frame.put(bytes(head)), frame.put(bytes(data)))
 
 
 def _capget(inj: Injector) -> tuple[int, int, int]:
     head = S.user_cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
-    inj(SYS.capget, inj.put(bytes(head), 0), inj.put(bytes(24), 64))
-    d = (S.user_cap_data * 2).from_buffer_copy(inj.read(inj.scratch + 64, 24))
+    frame = inj.frame()
+    out = ctypes.sizeof(S.user_cap_data * 2)
+    inj(SYS.capget, frame.put(bytes(head)), at := frame.reserve(out))
+    d = (S.user_cap_data * 2).from_buffer_copy(inj.read(at, out))
     return (d[0].effective | d[1].effective << 32, d[0].permitted | d[1].permitted << 32,
             d[0].inheritable | d[1].inheritable << 32)  # fmt: skip
 

@@ -39,13 +39,13 @@ def create(ctx: RestoreContext, trec: dict[str, Any], want_tid: int | None) -> T
     args = S.clone_args()
     args.flags = CLONE_THREAD_FLAGS
     args.exit_signal = 0
+    frame = inj.frame()
     if want_tid is not None:
-        tid_addr = inj.put(struct.pack("<i", want_tid), 512)
-        args.set_tid = tid_addr
+        args.set_tid = frame.put(struct.pack("<i", want_tid))
         args.set_tid_size = 1
     size = len(bytes(args))
     known = {int(x) for x in os.listdir(f"/proc/{ctx.pid}/task")}
-    got = inj(SYS.clone3, inj.put(bytes(args)), size, what=f" clone3 thread {trec['tid']}")
+    got = inj(SYS.clone3, frame.put(bytes(args)), size, what=f" clone3 thread {trec['tid']}")
     if want_tid is not None and got != want_tid:
         raise CryoError(f"thread {trec['tid']} came back as {got}")
     tid = tree.new_thread(ctx.pid, known)  # the tid as we see it (pid namespaces)

@@ -69,12 +69,13 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             if t.get("to_thread") or t["notify"] == "thread":  # images before to_thread
                 ev.sigev_notify = SIGEV_THREAD_ID
                 ev.sigev_notify_thread_id = ns_tid(ctx.pid, ctx.tid_map.get(t["tid"], ctx.pid))
-            ev_addr = inj.put(bytes(ev))
-            id_addr = inj.put(t["id"].to_bytes(4, "little"), 256)
+            frame = inj.frame()
+            ev_addr = frame.put(bytes(ev))
+            id_addr = frame.put(t["id"].to_bytes(4, "little"))
             inj(SYS.timer_create, t["clock"], ev_addr, id_addr)
             got = int.from_bytes(inj.read(id_addr, 4), "little")
             if got != t["id"]:
                 ctx.warnings.append(f"POSIX timer {t['id']} came back as {got}")
-            inj(SYS.timer_settime, got, 0, inj.put(t["spec"], 512), 0)
+            inj(SYS.timer_settime, got, 0, inj.put(t["spec"]), 0)
     finally:
         inj(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)

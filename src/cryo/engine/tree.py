@@ -382,11 +382,13 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
             pinj = parent.inj
             args = S.clone_args()
             args.exit_signal = p["exit_signal"]
+            frame = pinj.frame()
             if reuse:
-                args.set_tid = pinj.put(struct.pack("<i", p["nspid"]), 512)
+                args.set_tid = frame.put(struct.pack("<i", p["nspid"]))
                 args.set_tid_size = 1
             known = set(children(parent.pid))
-            pinj(SYS.clone3, pinj.put(bytes(args)), len(bytes(args)), what=f" clone3 for {old}")
+            pinj(SYS.clone3, frame.put(bytes(args)), len(bytes(args)),
+                 what=f" clone3 for {old}")  # fmt: skip
             child = new_child(parent.pid, known)
             t = Tracee(child)
             t.attached = True  # traced from birth (PTRACE_O_TRACEFORK)
