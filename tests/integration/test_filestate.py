@@ -174,6 +174,13 @@ def test_deleted_file_open_and_mapped_is_one_file(procs: Procs, build: Any,
     assert not v.fails()
 
 
+def test_deleted_fifo_with_data(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v = spawn(procs, build, tmp_path, "ghost", "fifo")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    assert not list((tmp_path / "work").iterdir())
+
+
 def test_memfd_comes_back_as_memfd(procs: Procs, build: Any, tmp_path: Path) -> None:
     v = spawn(procs, build, tmp_path, "ghost", "memfd")
     v = cycle(procs, v, tmp_path / "img")

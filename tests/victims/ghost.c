@@ -7,6 +7,7 @@
  *   big    a deleted sparse file of 3 GiB with data near its end
  *   dir    an fd on a deleted directory (refused)
  *   cwd    a deleted working directory (refused)
+ *   fifo   a deleted FIFO with bytes in flight, open twice (read end, write end)
  *   mapped a deleted file open and mapped shared: one file after restart
  *   memfd  a sealed memfd (shrink, grow) and one that cannot be sealed: memfds again,
  *          same names, seals, offset, data, on tmpfs, openable through /proc/self/fd */
@@ -153,6 +154,28 @@ static void memfd(void) {
     }
 }
 
+static void fifo(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/pipe", dir);
+    if (mkfifo(path, 0640)) _exit(4);
+    int r = open(path, O_RDONLY | O_NONBLOCK);
+    int w = open(path, O_WRONLY);
+    if (r < 0 || w < 0 || write(w, "abc", 3) != 3) _exit(5);
+    unlink(path);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        int bad = 0;
+        struct stat sr, sw;
+        char buf[8] = {0};
+        if (fstat(r, &sr) || fstat(w, &sw) || !S_ISFIFO(sr.st_mode) || sr.st_ino != sw.st_ino || sr.st_nlink) { FAIL("fifo stat"); bad = 1; }
+        if ((sr.st_mode & 0777) != 0640) { FAIL("fifo mode %o", sr.st_mode & 0777); bad = 1; }
+        if (read(r, buf, 3) != 3 || strcmp(buf, "abc")) { FAIL("fifo data '%s'", buf); bad = 1; }
+        if (write(w, "abc", 3) != 3) { FAIL("fifo write"); bad = 1; }
+        if (!bad) report("ok %ld", round);
+        nap(20);
+    }
+}
+
 static void mapped(const char *dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/both.bin", dir);
@@ -180,5 +203,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[2], "cwd")) special(argv[3], 1);
     if (!strcmp(argv[2], "memfd")) memfd();
     if (!strcmp(argv[2], "mapped")) mapped(argv[3]);
+    if (!strcmp(argv[2], "fifo")) fifo(argv[3]);
     return 2;
 }

@@ -444,13 +444,16 @@ def _open_fifo(d: dict[str, Any], o: Opening) -> int:
     path = _translate(d["path"], o.options)
     key = (d["dev"], d["ino"])
     if key not in o.pipes:
-        anchor = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        anchor = ghosts.make_fifo(d, path) if d.get("deleted") else \
+            os.open(path, os.O_RDWR | os.O_NONBLOCK)  # fmt: skip
         o.opened.anchors.append(anchor)
         if d.get("data"):
             os.write(anchor, d["data"])  # (a write to a FIFO sets its mtime: put it back)
             if "mtime_ns" in d:
                 os.utime(anchor, ns=(d["atime_ns"], d["mtime_ns"]))
         o.pipes[key] = (os.dup(anchor), os.dup(anchor))
+    if d.get("deleted"):  # every description of it opened through the one made
+        path = f"/proc/self/fd/{o.pipes[key][0]}"
     fd = os.open(path, flags | os.O_NONBLOCK)
     _set_flags(fd, flags)
     return fd
@@ -596,8 +599,9 @@ FD_KINDS: tuple[FdKind, ...] = (
     *_ANON,
     FdKind("anon_inode", lambda f: f.target.startswith("anon_inode:"),
            refuse=lambda f: f"anonymous inode is not supported ({f.target})"),
-    FdKind("fifo", lambda f: f.fmt == stat.S_IFIFO, lambda f, _i, _d: {
-        "atime_ns": f.st.st_atime_ns, "mtime_ns": f.st.st_mtime_ns}, _open_fifo,
+    FdKind("fifo", lambda f: f.fmt == stat.S_IFIFO, lambda f, _i, d: {
+        "atime_ns": f.st.st_atime_ns, "mtime_ns": f.st.st_mtime_ns, "uid": f.st.st_uid,
+        "gid": f.st.st_gid, **ghosts.describe_fifo(f.target, d.blobs)}, _open_fifo,
         in_flight=True),
     FdKind("other", lambda _f: True, refuse=lambda f: f"special file is not supported"
            f" ({f.target})"),

@@ -26,7 +26,8 @@ share one file again.
 
 Refused by name at checkpoint (the kernel gives no way to recreate them unlinked and
 shared): a file unlinked from the name it was opened by but still linked elsewhere, and
-deleted directories, FIFOs, sockets and device nodes.
+deleted directories, sockets and device nodes.  A deleted FIFO is made again with
+mkfifo, opened and unlinked; its descriptions are opened through that one.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def extents(fd: int, size: int, what: str = "") -> list[list[int]]:
 
 def refuse_special(target: str, fmt: int) -> str | None:
     """Why a deleted fd that is not a regular file cannot be saved, or None."""
-    if not target.endswith(DELETED) or fmt == stat.S_IFREG:
+    if not target.endswith(DELETED) or fmt in (stat.S_IFREG, stat.S_IFIFO):
         return None
     what = {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device",
             stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}.get(fmt, "special file")
@@ -190,6 +191,36 @@ def check_mapped(descs: list[dict[str, Any]], pids: set[int]) -> None:
                                       f" shared by process {pid}; the fd and the mapping"
                                       " would be restored as two files: not supported",
                                       pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+
+
+def describe_fifo(target: str, blobs: list[bytes]) -> dict[str, Any]:
+    """A FIFO deleted while open: made again (mkfifo) and unlinked at restart."""
+    if not target.endswith(DELETED):
+        return {}
+    return {"path": target.removesuffix(DELETED), "deleted": True, "blob": _empty(blobs)}
+
+
+def make_fifo(d: dict[str, Any], path: str) -> int:
+    """A deleted FIFO made again: created where it was when that is free (else in the
+    temporary directory), opened, unlinked; returns the fd (read and write)."""
+    if not os.path.isdir(os.path.dirname(path)) or os.path.lexists(path):
+        path = os.path.join(tempfile.gettempdir(), f".cryo-fifo-{os.getpid()}-{d['id']}")
+    os.mkfifo(path, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    finally:
+        os.unlink(path)
+    try:
+        if (d.get("uid", os.geteuid()), d.get("gid", os.getegid())) != (os.geteuid(),
+                                                                       os.getegid()):
+            os.fchown(fd, d["uid"], d["gid"])
+        os.fchmod(fd, stat.S_IMODE(d["mode"]))
+        if "mtime_ns" in d:
+            os.utime(fd, ns=(d["atime_ns"], d["mtime_ns"]))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _empty(blobs: list[bytes]) -> int:
