@@ -106,10 +106,20 @@ class Driver:
     after_restart: SessionHook | None = None  # restart: once every process runs
     # restart: a process just made, with its session and group, before its children
     born: Callable[[Injector, int], None] | None = None  # (its injector, its old pid)
+    describe: Callable[[View], dict[str, Any]] | None = None  # cryo show: its fields
     thaw: SessionHook | None = None  # checkpoint: before the processes are let go
     started: SessionHook | None = None  # restart: every process built, before they run
     restore: Mapping[str, RestoreHook] = field(default_factory=dict)
     restore_thread: Mapping[str, ThreadRestoreHook] = field(default_factory=dict)
+
+
+@dataclass
+class View:
+    """What ``cryo show`` hands each driver's describe: one process of an image."""
+
+    records: dict[bytes, Any]  # its records by kind
+    threads: list[dict[str, Any]]  # its THRD records, the leader first
+    descs: list[dict[str, Any]]  # the image's open file descriptions
 
 
 # -- the hand-over between the context and each module's functions ----------------------
@@ -267,6 +277,48 @@ def _dirty_inherit(ctx: DumpContext, sink: Any) -> None:
         sink.tracking.inherit(*ctx.live.pop("inherit"))
 
 
+def _describe_task(v: View) -> dict[str, Any]:
+    t = v.records[R.TASK]
+    return {"comm": t["comm"], "uid": v.threads[0]["uids"][0], "task": task.describe(t)}
+
+
+def _describe_memory(v: View) -> dict[str, Any]:
+    mm = v.records[R.MM]
+    return {"exe": mm["exe"], "mappings": [
+        {"start": f"{m['start']:#x}", "end": f"{m['end']:#x}", "perms": _perms(m),
+         "size": m["end"] - m["start"], "saved": m.get("data", 0), "kind": m["kind"],
+         "path": m["path"], "state": memory.describe_state(m)}
+        for m in mm["vmas"]]}  # fmt: skip
+
+
+def _perms(m: dict[str, Any]) -> str:
+    p = m["prot"]
+    return ("r" if p & 1 else "-") + ("w" if p & 2 else "-") + ("x" if p & 4 else "-") + (
+        "s" if m["shared"] else "p")
+
+
+def _describe_threads(v: View) -> dict[str, Any]:
+    return {"threads": [_thread(t) for t in v.threads], "registers": _thread(v.threads[0])}
+
+
+def _thread(trec: dict[str, Any]) -> dict[str, Any]:
+    from cryo.linux import structs as S
+    from cryo.linux.sysnames import name as syscall_name
+
+    regs = S.user_regs_struct.from_buffer_copy(trec["regs"])
+    sc = registers.signed(regs.orig_rax)
+    return {"tid": trec["tid"], "comm": trec["comm"].decode(errors="replace"),
+            "rip": f"{regs.rip:#x}", "rsp": f"{regs.rsp:#x}", "fs_base": f"{regs.fs_base:#x}",
+            "syscall": sc if sc >= 0 else None,
+            "syscall_name": syscall_name(sc) if sc >= 0 else None,
+            "xstate_bytes": len(trec["xstate"]), **task.describe_thread(trec)}  # fmt: skip
+
+
+def _describe_files(v: View) -> dict[str, Any]:
+    rec = v.records[R.FILE]
+    return {"cwd": rec["cwd"], "files": files.describe(rec, v.descs)}
+
+
 DRIVERS: tuple[Driver, ...] = (
     # restart: the saved files extracted where needed, then every path checked, before
     # any other driver creates anything
@@ -276,21 +328,25 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("paths", prepare=check_paths),
     Driver("task", (R.TASK,), inject=_keep(R.TASK, task.dump),
            restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK))},
-           restore_thread={"thread": _thread_state, "creds": _thread_creds}),
+           restore_thread={"thread": _thread_state, "creds": _thread_creds},
+           describe=_describe_task),
     Driver("memory", (R.MM,), inject=memory.dump_brk, collect=_memory_collect,
            shared=_object_sources,
            restore={"memory": _memory_layout, "pages": _memory_pages,
-                    "protect": _memory_protect}),
+                    "protect": _memory_protect}, describe=_describe_memory),
     Driver("sysvshm", write=_sysvshm_write, prepare=_sysvshm_prepare,
            restore={"memory": _sysvshm_attach}),
     Driver("signals", (R.SIGS,), inject=_keep(R.SIGS, signals.dump),
            restore={"signals": lambda c: signals.restore_actions(c, _rs(c, R.SIGS)),
                     "pending": lambda c: signals.restore_pending(c, _rs(c, R.SIGS),
                                                                  c.thread_records)},
-           restore_thread={"thread": _thread_altstack}),
+           restore_thread={"thread": _thread_altstack},
+           describe=lambda v: {"signals": signals.describe(v.records[R.SIGS], v.threads)}),
     Driver("timers", (R.TIMR,), inject=_keep(R.TIMR, timers.dump),
-           restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))}),
-    Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create}),
+           restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))},
+           describe=lambda v: {"timers": len(v.records[R.TIMR]["posix"])}),
+    Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
+           describe=_describe_threads),
     Driver("inet", collect=inet.lock_connections, thaw=inet.thaw, prepare=inet.prepare,
            started=inet.started),
     Driver("unix-in-flight", shared=sockets.describe_in_flight),
@@ -298,7 +354,7 @@ DRIVERS: tuple[Driver, ...] = (
            restore={"task": tty.restore_ctty}),
     Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
            records=files.shared_records, prepare=files.prepare,
-           restore={"files": _files_restore}),
+           restore={"files": _files_restore}, describe=_describe_files),
     Driver("unix", shared=sockets.check_peers, thaw=sockets.release_in_flight,
            prepare=sockets.finish_queues),
     Driver("anonfds", restore={"files": _anonfds_register}),
