@@ -24,6 +24,8 @@ import io
 import logging
 import mmap
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,49 +206,90 @@ class PreCopy:
         return r
 
     def _copy(self, n: int, pid: int, runs: Runs) -> tuple[Runs, Runs]:
-        """Read ``runs`` of ``pid`` block by block and send them: (read, not read)."""
+        """Read ``runs`` of ``pid`` block by block and send them: (read, not read).  Two
+        buffers: a block is sent (hashed, written to the socket) by a thread of its own
+        while the next one is read."""
         done: Runs = []
         missed: Runs = []
-        buf = mmap.mmap(-1, memory.BLOCK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        total = sum(x for _, x in runs)
+        size = max(PAGE, min(memory.BLOCK, total))
+        bufs = [mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                for _ in range(2 if total > size else 1)]  # fmt: skip
+        free: queue.Queue[mmap.mmap] = queue.Queue()
+        for b in bufs:
+            free.put(b)
+        todo: queue.Queue[tuple[mmap.mmap, Runs, int] | None] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def sender() -> None:
+            while (item := todo.get()) is not None:
+                buf, got_runs, off = item
+                try:
+                    if not failure:
+                        self.send(n, pid, got_runs, memoryview(buf)[:off])
+                except BaseException as err:  # raised by the reader below
+                    failure.append(err)
+                finally:
+                    free.put(buf)
+
+        th = threading.Thread(target=sender, name="cryo-precopy-send", daemon=True)
+        th.start()
         try:
-            base = libc.buffer_address(buf)
-            for block in memory.split_blocks([(a, x) for a, x in runs]):
-                got_runs: Runs = []
-                off = 0
-                for i in range(0, len(block), libc.IOV_MAX):
-                    chunk = block[i : i + libc.IOV_MAX]
-                    local, pos = [], off
-                    for _a, x in chunk:
-                        local.append((base + pos, x))
-                        pos += x
-                    try:
-                        got = libc.process_vm_readv(pid, local, [(a, x) for a, x in chunk])
-                    except ProcessLookupError as err:
-                        raise CryoError(f"process {pid} exited during the pre-copy",
-                                        pid=pid) from err  # fmt: skip
-                    except OSError:
-                        got = 0
-                    if got == pos - off:
-                        got_runs.extend(chunk)
-                        off = pos
-                        continue
-                    for a, x in chunk:  # short: one run at a time, skipping the holes
-                        try:
-                            k = libc.process_vm_readv(pid, [(base + off, x)], [(a, x)])
-                        except OSError:
-                            k = 0
-                        if k == x:
-                            got_runs.append([a, x])
-                            off += x
-                        else:
-                            missed.append([a, x])
+            for block in memory.split_blocks([(a, x) for a, x in runs], size):
+                if failure:
+                    break
+                buf = free.get()
+                got_runs, off = self._read(pid, buf, block, missed)
                 if off:
-                    self.send(n, pid, got_runs, memoryview(buf)[:off])
+                    todo.put((buf, got_runs, off))
                     self.bytes_read += off
                     done.extend(got_runs)
+                else:
+                    free.put(buf)
         finally:
-            buf.close()
+            todo.put(None)
+            th.join()
+            for b in bufs:
+                b.close()
+        if failure:
+            raise failure[0]
         return normalize(done), normalize(missed)
+
+    @staticmethod
+    def _read(pid: int, buf: mmap.mmap, block: Runs, missed: Runs) -> tuple[Runs, int]:
+        """process_vm_readv of ``block`` into ``buf``: the runs read, their bytes; runs
+        that could not be read go to ``missed``."""
+        base = libc.buffer_address(buf)
+        got_runs: Runs = []
+        off = 0
+        for i in range(0, len(block), libc.IOV_MAX):
+            chunk = block[i : i + libc.IOV_MAX]
+            local, pos = [], off
+            for _a, x in chunk:
+                local.append((base + pos, x))
+                pos += x
+            try:
+                got = libc.process_vm_readv(pid, local, [(a, x) for a, x in chunk])
+            except ProcessLookupError as err:
+                raise CryoError(f"process {pid} exited during the pre-copy",
+                                pid=pid) from err  # fmt: skip
+            except OSError:
+                got = 0
+            if got == pos - off:
+                got_runs.extend(chunk)
+                off = pos
+                continue
+            for a, x in chunk:  # short: one run at a time, skipping the holes
+                try:
+                    k = libc.process_vm_readv(pid, [(base + off, x)], [(a, x)])
+                except OSError:
+                    k = 0
+                if k == x:
+                    got_runs.append([a, x])
+                    off += x
+                else:
+                    missed.append([a, x])
+        return got_runs, off
 
     def tracking(self, on_select: Callable[[Tag, Runs, bool], None] | None = None
                  ) -> FinalTracking:  # fmt: skip
