@@ -27,6 +27,7 @@ class ExitCode:
     UNSUPPORTED = 9
     CONFLICT = 10
     UNTRUSTED = 11
+    FILE_CHANGED = 12
     REFUSED = 13
     INTERRUPTED = 130
     INTERNAL = 70
@@ -43,6 +44,8 @@ class ExitCode:
                    " running already (--allow-duplicate)"),
         (UNTRUSTED, "the image's seal does not verify: edited, or made on a host with"
                     " another key (--trust-image)"),
+        (FILE_CHANGED, "a file the image needs changed since the checkpoint"
+                       " (--ignore-changed-files)"),
         (REFUSED, "the application refused the checkpoint: a callback aborted it, or it"
                   " was inside a critical section (--nonblocking)"),
         (INTERNAL, "a bug in cryo"),
@@ -114,6 +117,13 @@ class ImageUntrusted(ImageError):
     """The image's seal does not verify with this host's key (cryo.image.seal)."""
 
     exit_code = ExitCode.UNTRUSTED
+
+
+class FileChanged(CryoError):
+    """A file the image reopens is not the file it was at the checkpoint (shorter than
+    its saved offset, or a mapped file that differs)."""
+
+    exit_code = ExitCode.FILE_CHANGED
 
 
 class CheckpointRefused(CryoError):

@@ -249,8 +249,7 @@ def test_special_fds_refused(procs: Procs, build: Any, tmp_path: Path, mode: str
 
 @pytest.mark.parametrize("names", [
     ("r.txt", "w.txt", "f"),
-    pytest.param(("m.txt",), marks=pytest.mark.xfail(strict=True, reason="memory.py maps a"
-                 " file at restart without O_NOATIME: mmap() moves its atime")),
+    ("m.txt",),
 ])  # fmt: skip
 def test_times_of_files_unchanged(procs: Procs, build: Any, tmp_path: Path,
                                   names: tuple[str, ...]) -> None:  # fmt: skip

@@ -83,6 +83,9 @@ def register(sub: Any) -> None:
                    " host with another key); its owner's privileges still bound it")
     p.add_argument("--allow-duplicate", action="store_true",
                    help="restart a second copy of an image that is running already")
+    p.add_argument("--ignore-changed-files", action="store_true",
+                   help="reopen files that changed since the checkpoint (shorter than their"
+                   " saved offset, a mapped file that differs) instead of refusing (exit 12)")
     _net(p)
     p.set_defaults(func=cmd_restart)
 
@@ -154,7 +157,7 @@ def _scope(args: argparse.Namespace) -> tuple[int, str]:
         raise Usage("which process? give PID, --pgid PGID or --sid SID")
     if args.tree:
         return args.pid, "tree"
-    if args.process:
+    if getattr(args, "process", False):
         return args.pid, "process"
     from cryo.launch import RUN_MARK
 
@@ -261,7 +264,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
     _check_where(args)
     kw: dict[str, Any] = {"must_reuse_pid": args.must_reuse_pid, "shell_job": args.shell_job,
                           "translate": translate, "net": _net_options(args)}
-    kw.update({k: True for k in ("trust_image", "allow_duplicate") if getattr(args, k)})
+    kw.update({k: True for k in ("trust_image", "allow_duplicate", "ignore_changed_files")
+               if getattr(args, k)})
     with _progress("restart") as prog:
         if args.store:
             from cryo import store

@@ -67,13 +67,9 @@ def _say(text: str) -> None:
 
 
 def _scope(args: argparse.Namespace) -> tuple[int, str]:
-    if args.pgid is not None or args.sid is not None:
-        if args.pid is not None:
-            raise Usage("give either PID or --pgid/--sid")
-        return (args.pgid, "pgid") if args.pgid is not None else (args.sid, "sid")
-    if args.pid is None:
-        raise Usage("which process? give PID, --pgid PGID or --sid SID")
-    return args.pid, "tree" if args.tree else "process"
+    from cryo.cli.engine import _scope as scope  # the same scopes as cryo checkpoint
+
+    return scope(args)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

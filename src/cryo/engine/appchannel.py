@@ -41,16 +41,9 @@ SO_ACCEPTCONN = 30
 
 def _dup(pid: int, fd: int) -> socket.socket | None:
     try:
-        pidfd = libc.pidfd_open(pid)
+        return socket.socket(fileno=libc.fd_of(pid, fd))
     except OSError:
         return None
-    try:
-        mine = libc.pidfd_getfd(pidfd, fd)
-    except OSError:
-        return None
-    finally:
-        os.close(pidfd)
-    return socket.socket(fileno=mine)
 
 
 def agent_socket(pid: int, fd: int) -> tuple[bytes, bool] | None:

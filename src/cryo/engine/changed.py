@@ -19,17 +19,11 @@ import os
 import struct
 from typing import Any
 
-from cryo.errors import CryoError
+from cryo.errors import ExitCode, FileChanged
 
-FILE_CHANGED = 12  # exit code (cryo.errors.ExitCode has no other 12)
+FILE_CHANGED = ExitCode.FILE_CHANGED
 PAGE = 4096
 O_NOATIME = 0o1000000
-
-
-class FileChanged(CryoError):
-    """A file the image reopens is not the file it was at the checkpoint."""
-
-    exit_code = FILE_CHANGED
 
 
 def ignored(options: dict[str, Any]) -> bool:

@@ -117,11 +117,7 @@ def written(tr: Tracking, vmas: list[dict[str, Any]],
             present: list[tuple[int, int]]) -> list[list[int]] | None:  # fmt: skip
     """The runs of ``present`` written since the last checkpoint (None: unknown, save
     them all); every private anonymous mapping is protected again for the next one."""
-    pidfd = libc.pidfd_open(tr.pid)
-    try:
-        uffd = libc.pidfd_getfd(pidfd, tr.fd)
-    finally:
-        os.close(pidfd)
+    uffd = libc.fd_of(tr.pid, tr.fd)
     pm = os.open(f"/proc/{tr.pid}/pagemap", os.O_RDONLY)
     out: list[list[int]] = []
     try:

@@ -95,12 +95,7 @@ TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram
 
 def dup(pid: int, fd: int) -> socket.socket:
     """cryo's duplicate of socket ``fd`` of process ``pid``."""
-    pidfd = libc.pidfd_open(pid)
-    try:
-        mine = libc.pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
-    return socket.socket(fileno=mine)
+    return socket.socket(fileno=libc.fd_of(pid, fd))
 
 
 def identity(s: socket.socket) -> tuple[int, int, int]:

@@ -14,6 +14,7 @@ process_vm_writev straight from the mapped image, then protections and mm fields
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import mmap
@@ -29,7 +30,7 @@ from cryo import procfs
 from cryo.engine import cow, shmem
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
-from cryo.errors import CryoError, ImageIncompatible, InternalError, Unsupported
+from cryo.errors import CryoError, FileChanged, ImageIncompatible, InternalError, Unsupported
 from cryo.image.format import checksum
 from cryo.linux import libc
 from cryo.linux import structs as S
@@ -49,6 +50,7 @@ from cryo.linux.mm import (
 )
 
 log = logging.getLogger(__name__)
+O_NOATIME = 0o1000000  # open a mapped file without moving its atime
 KIND = b"MM  "
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
 SKIPPED = ("[vsyscall]", "[uprobes]")
@@ -708,11 +710,17 @@ def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
         raise CryoError(f"mapped file {path} no longer exists", path=path) from err
     _dev, _ino, size, mtime = v["file"]
     if (st.st_size, st.st_mtime_ns) != (size, mtime) and not ctx.options.get("ignore_changed"):
-        raise CryoError(f"mapped file {path} changed since the checkpoint"
-                        f" (size {size} -> {st.st_size})", path=path)  # fmt: skip
-    wr = v["shared"] and v["prot"] & PROT.WRITE
-    return ctx.inj(SYS.openat, -100, ctx.inj.put_str(path), 2 if wr else 0, 0,
-                   what=f" open {path}")  # fmt: skip
+        raise FileChanged(f"mapped file {path} changed since the checkpoint"
+                          f" (size {size} -> {st.st_size}; --ignore-changed-files)",
+                          path=path)  # fmt: skip
+    flags = 2 if v["shared"] and v["prot"] & PROT.WRITE else 0
+    name = ctx.inj.put_str(path)
+    fd = ctx.inj.raw(SYS.openat, -100, name, flags | O_NOATIME, 0)  # its atime stays
+    if fd == -errno.EPERM:  # O_NOATIME needs to own the file (or CAP_FOWNER)
+        fd = ctx.inj(SYS.openat, -100, name, flags, 0, what=f" open {path}")
+    elif fd < 0:
+        ctx.inj(SYS.openat, -100, name, flags, 0, what=f" open {path}")  # raises, named
+    return fd
 
 
 def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = None) -> int:

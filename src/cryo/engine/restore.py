@@ -128,15 +128,18 @@ def restart(
     trust_image: bool = False,
     allow_duplicate: bool = False,
     net: dict[str, bool] | None = None,
+    ignore_changed_files: bool = False,
 ) -> RestoreResult:
     """Recreate the processes saved in ``path`` (a directory image, or any ImageSource
     such as a version of a store); they run, the first one as our child, when this
     returns.  ``trust_image`` restores an image whose seal does not verify (the owner's
-    privileges still bound it); ``allow_duplicate`` a second copy of a running image.
+    privileges still bound it); ``allow_duplicate`` a second copy of a running image;
+    ``ignore_changed_files`` reopens files that changed since the checkpoint anyway.
     The phases are engine/session.py's :class:`Restart`."""
     return Restart(path, must_reuse_pid=must_reuse_pid, shell_job=shell_job,
                    translate=translate, progress=progress, trust_image=trust_image,
-                   allow_duplicate=allow_duplicate, net=net).run()
+                   allow_duplicate=allow_duplicate, net=net,
+                   ignore_changed_files=ignore_changed_files).run()
 
 
 def wait(pid: int, forward: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -517,10 +517,12 @@ class Restart:
                  translate: dict[str, str] | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  trust_image: bool = False, allow_duplicate: bool = False,
-                 net: dict[str, bool] | None = None) -> None:  # fmt: skip
+                 net: dict[str, bool] | None = None,
+                 ignore_changed_files: bool = False) -> None:  # fmt: skip
         self.path, self.must_reuse_pid, self.shell_job = path, must_reuse_pid, shell_job
         self.trust = {"trust_image": trust_image, "allow_duplicate": allow_duplicate}
         self.options: dict[str, Any] = {"shell_job": shell_job, "translate": translate or {},
+                                        "ignore_changed": ignore_changed_files,
                                         **(net or {})}  # fmt: skip
         self.progress = progress
         self.image: Any = None

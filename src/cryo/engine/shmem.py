@@ -12,6 +12,7 @@ at its old address and offset.  Pages are shared again exactly as they were.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -91,7 +92,10 @@ class Objects:
         while off < size:
             try:
                 data = os.lseek(fd, off, SEEK_DATA)
-            except OSError:  # ENXIO: no data after off
+            except OSError as err:  # ENXIO: no data after off; anything else fails
+                if err.errno != errno.ENXIO:
+                    os.close(fd)
+                    raise
                 break
             hole = os.lseek(fd, data, SEEK_HOLE)
             runs.append((data, min(hole, size) - data))

@@ -104,12 +104,7 @@ def unix_sockets() -> dict[int, dict[str, Any]]:
 
 
 def _dup(pid: int, fd: int) -> socket.socket:
-    pidfd = libc.pidfd_open(pid)
-    try:
-        mine = libc.pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
-    return socket.socket(fileno=mine)
+    return socket.socket(fileno=libc.fd_of(pid, fd))
 
 
 def _show_name(name: bytes | None) -> str:

@@ -52,11 +52,7 @@ def is_pty(target: str) -> bool:
 
 
 def _dup(pid: int, fd: int) -> int:
-    pidfd = libc.pidfd_open(pid)
-    try:
-        return libc.pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
+    return libc.fd_of(pid, fd)
 
 
 def _int(fd: int, request: int) -> int:
@@ -274,7 +270,7 @@ def restore_ctty(ctx: Any) -> None:
                 inj(SYS.ioctl, tty, TIOCSCTTY, 0, what=" TIOCSCTTY")
                 if tpgid > 0:
                     pgrp = ctx.pid_map.get(tpgid, tpgid)
-                    arg = inj.put(struct.pack("i", pgrp), 256)
+                    arg = inj.put(struct.pack("i", pgrp))
                     inj(SYS.ioctl, tty, TIOCSPGRP, arg, what=" TIOCSPGRP")
             finally:
                 inj(SYS.close, tty)

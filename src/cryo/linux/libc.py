@@ -254,6 +254,16 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     return syscall(_SYS_pidfd_getfd, pidfd, targetfd, 0)
 
 
+def fd_of(pid: int, fd: int) -> int:
+    """A duplicate, in this process, of fd ``fd`` of process ``pid`` (pidfd_open, then
+    pidfd_getfd)."""
+    pidfd = pidfd_open(pid)
+    try:
+        return pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+
+
 _tee = libc.tee
 _tee.restype = ctypes.c_ssize_t
 _tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
