@@ -217,3 +217,29 @@ def traced_by_us() -> list[int]:
             except OSError:  # gone meanwhile
                 pass
     return out
+
+
+def test_group_led_from_outside_refused_at_checkpoint(procs: Procs, build: Any,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    """A process of the checkpoint in a process group whose leader is not in it (nor the
+    root's group) cannot be rebuilt: the checkpoint says so (exit 9) and leaves the tree
+    running, instead of writing an image that no restart could use."""
+    code = ("import os,time\nb=os.fork()\nif b==0:\n  os.setpgid(0,0)\n  time.sleep(600)\n"
+            "time.sleep(0.2)\na=os.fork()\nif a==0:\n  x=os.fork()\n  if x==0:\n"
+            f"    os.setpgid(0,b)\n    os.execv('{build('counter')}', ['c',"
+            f" '{tmp_path / 'out.txt'}'])\n  time.sleep(600)\ntime.sleep(600)\n")
+    top = procs.spawn([sys.executable, "-c", code], tmp_path / "out.txt")
+    Victim(top.pid, tmp_path / "out.txt").wait_ok_after(2)
+    b, a = (int(x) for x in Path(f"/proc/{top.pid}/task/{top.pid}/children").read_text().split())
+    x = int(Path(f"/proc/{a}/task/{a}/children").read_text().split()[0])
+    for pid in (b, a, x):
+        procs.track(pid)
+    c = Victim(x, tmp_path / "out.txt")
+    r = subprocess.run([sys.executable, "-m", "cryo", "checkpoint", str(a), "--tree", "-D",
+                        str(tmp_path / "img")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 9, r.stderr
+    assert "process group" in r.stderr and "leader" in r.stderr, r.stderr
+    assert not (tmp_path / "img").exists()
+    for pid in (a, x):
+        assert "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text()
+    c.wait_ok_after(max(c.oks()) + 2)

@@ -165,6 +165,9 @@ class Checkpoint:
         self.procs = tree.freeze(self.pid, self.scope)
         self._t_freeze = time.perf_counter()
         self._watchdog(self.freeze_timeout or FREEZE_BASE)
+        # what a restart could not rebuild is refused now, not found out then: a group or
+        # a session whose leader is outside the checkpoint
+        tree.check_groups(tree.record(self.procs, self.pid, self.scope), self.shell_job)
         self.result.warnings.extend(files.check_shared_tables(
             [p.pid for p in self.procs.values() if not p.zombie]))
 
