@@ -27,6 +27,10 @@ class Hosts:
         self.mntdir = Path(f"/run/cryo-mig-{self.tag}")
         self.shared = Path(f"/var/tmp/cryo-mig-{self.tag}")
         self.made: list[str] = []
+        repo = Path(__file__).resolve().parent.parent
+        # what of the repository shows in the hosts' own /tmp (when it lives there)
+        self.repo_top = repo.parts[2] if repo.parts[1:2] == ("tmp",) and len(repo.parts) > 2 \
+            else ""  # fmt: skip
 
     def sh(self, *argv: str) -> None:
         subprocess.run(argv, check=True, capture_output=True, timeout=30)
@@ -51,10 +55,19 @@ class Hosts:
         self.sh("mount", "--bind", str(self.mntdir), str(self.mntdir))
         self.made.append("mntbind")
         self.sh("mount", "--make-private", str(self.mntdir))
+        # the repository itself stays visible on both hosts even when it lives under
+        # /tmp (a CI clone may): bound aside, /tmp replaced, bound back
+        repo = str(Path(__file__).resolve().parent.parent)
+        keep = self.mntdir / "keep"
+        keep.mkdir()
+        script = ('if [ "${1#/tmp/}" != "$1" ]; then mount --bind "$1" "$2"; fi; '
+                  'mount -t tmpfs -o mode=1777 "$3" /tmp; '
+                  'if [ "${1#/tmp/}" != "$1" ]; then mkdir -p "$1"; '
+                  'mount --bind "$2" "$1"; umount "$2"; fi')
         for h in "AB":
             (self.mntdir / h).touch()
             self.sh("unshare", f"--mount={self.mntdir / h}", "--propagation", "private",
-                    "mount", "-t", "tmpfs", "-o", "mode=1777", f"cryo-host{h}", "/tmp")
+                    "sh", "-c", script, "sh", repo, str(keep), f"cryo-host{h}")
             self.made.append(f"mnt{h}")
 
     def argv(self, h: str, *argv: str) -> list[str]:
