@@ -470,8 +470,13 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
         path = str(ghosts.open_path(d))
     elif d.get("deleted"):
         path = created = _materialize({**d, "path": path}, o.blobs[d["blob"]])
+    owner = o.options.get("owner")  # the image's owner (cryo.image.trust)
     try:
-        fd = os.open(path, flags)
+        if owner is not None and not owner.root and not created and not d.get("ns"):
+            from cryo.image import trust  # opened as the owner: what it may open, even if
+            fd = trust.open_as_owner(owner, [(path, flags, 0)])[0]  # a link was swapped in
+        else:
+            fd = os.open(path, flags)
     except OSError as err:
         raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot reopen {path}: {err.strerror}",
                         resource=f"fd {d['fd']}", path=path) from err  # fmt: skip

@@ -550,6 +550,7 @@ class Restart:
         from cryo.engine import restore
 
         self.image, self.plan = restore.validate(self.path, **self.trust)
+        self.options["owner"] = getattr(self.image, "owner", None)  # files open as it
         self.on_exit(self.image.close)
         tree.check_groups(self.plan.tree, self.shell_job)
         self.reuse = tree.pids_free(self.plan.tree)
