@@ -12,13 +12,14 @@ used: its code is emulated and a real syscall there is refused by the kernel.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 
 from cryo import procfs
 from cryo.engine.inject import find_vdso_syscall
-from cryo.errors import CryoError
+from cryo.errors import CryoError, NoSuchProcess
 
 log = logging.getLogger(__name__)
 SYSCALL = b"\x0f\x05"
@@ -35,6 +36,8 @@ def find_text_syscall(pid: int) -> int:
     try:
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     except OSError as err:
+        if err.errno in (errno.ESRCH, errno.ENOENT):
+            raise NoSuchProcess(f"process {pid} vanished", pid=pid) from err
         raise CryoError(f"cannot read the memory of {pid}: {err}", pid=pid) from err
     try:
         for v in text:
@@ -64,5 +67,7 @@ def find_syscall(pid: int) -> int:
     the target's executable mappings."""
     try:
         return find_vdso_syscall(pid)
+    except NoSuchProcess:
+        raise
     except CryoError:
         return find_text_syscall(pid)
