@@ -260,7 +260,8 @@ def test_periodic_versions_and_retention(cryod: Callable[..., Cryod], build: Any
     d.procs.track(pid)
     (name,) = d.jobs()
     assert name == "counter-1" and d.jobs()[name]["pid"] == pid
-    wait(lambda: (d.jobs()[name]["last_version"] or 0) >= 2, 30, "versions of cryo run --every")
+    wait(lambda: (d.jobs()[name]["last_version"] or 0) >= 2, 90,
+         "versions of cryo run --every")  # (a loaded machine: each version takes seconds)
     assert len(published(d, name)) <= 2
 
 
