@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -303,9 +304,16 @@ def test_sysv_mapping_state_survives(procs: Procs, build: Any, tmp_path: Path) -
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "sysv"], out)
     v.wait_line("ready")
-    poke(v, 2)
-    v = cycle(procs, v, tmp_path / "img")
-    assert not v.fails()
+    shmids = {int(line.split()[4]) for line in Path(f"/proc/{v.pid}/maps").read_text()
+              .splitlines() if "SYSV" in line}  # (its segment's inode is its id)
+    try:
+        poke(v, 2)
+        v = cycle(procs, v, tmp_path / "img")
+        assert not v.fails()
+    finally:  # the segment outlives the process: removed here
+        procs.kill(v.pid)
+        for shmid in shmids:
+            subprocess.run(["ipcrm", "-m", str(shmid)], check=False, capture_output=True)
 
 
 def test_shared_address_space_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
