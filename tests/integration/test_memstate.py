@@ -18,6 +18,7 @@ from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from cryo.engine.show import describe
 from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.integration.test_tree import tree_pids
 
 
 def poke(v: Victim, rounds: int = 1) -> None:
@@ -165,16 +166,6 @@ def test_hugetlb_restart_refused_without_pool(procs: Procs, build: Any, tmp_path
     assert "huge pages of 2048 kB" in r.stderr, r.stderr
 
 
-def _tree(root: int) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop(0)
-        out.append(p)
-        for t in Path(f"/proc/{p}/task").iterdir():
-            todo.extend(int(x) for x in (t / "children").read_text().split())
-    return sorted(out)
-
-
 def _pss(pids: list[int]) -> int:
     """Sum of the proportional set sizes of ``pids`` (bytes)."""
     total = 0
@@ -191,7 +182,7 @@ def _cow_tree(procs: Procs, build: Any, tmp_path: Path
     v = procs.spawn([build("cowtree"), str(out)], out)
     v.wait_for(lambda ls: sum("child" in x and " ok " in x for x in ls) >= 3, timeout=30)
     v.wait_ok_after(1, timeout=30)
-    pids = _tree(v.pid)
+    pids = tree_pids(v.pid)
     assert len(pids) == 4
     for p in pids[1:]:
         procs.track(p)
@@ -213,7 +204,7 @@ def _restart_tree(procs: Procs, v: Victim, tmp_path: Path) -> list[int]:
             x.startswith(f"child {k} ok") for x in ls[lines:]), timeout=30)  # fmt: skip
     new.wait_ok_after(max(new.oks()) + 1, timeout=30)
     assert not new.fails(), new.fails()
-    return _tree(rr.pid)
+    return tree_pids(rr.pid)
 
 
 def test_cow_pages_saved_once(procs: Procs, build: Any, tmp_path: Path) -> None:
@@ -321,7 +312,7 @@ def test_shared_address_space_refused(procs: Procs, build: Any, tmp_path: Path) 
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "clonevm"], out)
     v.wait_ok_after(1)
-    for p in _tree(v.pid)[1:]:
+    for p in tree_pids(v.pid)[1:]:
         procs.track(p)
     r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"))
     assert r.returncode == 9, r.stderr
