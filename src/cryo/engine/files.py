@@ -616,10 +616,16 @@ FD_KINDS: tuple[FdKind, ...] = (
 _STDIO = FdKind("stdio", lambda f: f.fd <= 2 and (
     _is_tty(f) or f.target.startswith(("pipe:", "socket:"))
     or (f.fmt == stat.S_IFREG and f.st.st_nlink == 0)), open=lambda d, _o: int(d["fd"]))
-KINDS = {k.name: k for k in (*FD_KINDS, _STDIO)}
+# any other fd of a shell job on its controlling terminal (/dev/tty, as less and top open
+# it): opened again on the restarter's terminal (engine/tty.py)
+_CTTY = FdKind("ctty", lambda f: tty.on_job_terminal(f.pid, f.fmt, f.st.st_rdev),
+               open=lambda d, _o: tty.open_job_terminal(d))
+KINDS = {k.name: k for k in (*FD_KINDS, _STDIO, _CTTY)}
 
 
 def kind_of(f: Found, shell_job: bool) -> FdKind:
-    if shell_job and _STDIO.match(f):
-        return _STDIO
+    if shell_job:
+        for k in (_STDIO, _CTTY):
+            if k.match(f):
+                return k
     return next(k for k in FD_KINDS if k.match(f))

@@ -144,7 +144,13 @@ def restart(
 
 def wait(pid: int, forward: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
          ) -> int:  # fmt: skip
-    """Wait for a restored child, forwarding ``forward`` signals to it; shell-style status."""
+    """Wait for a restored child, forwarding ``forward`` signals to it; shell-style status.
+    A shell job given the terminal is waited for as its shell would (engine/tty.py)."""
+    from cryo.engine import tty
+
+    if tty.handed_over(pid):
+        return tty.wait_job(pid, forward)
+
     def fwd(sig: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)

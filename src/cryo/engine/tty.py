@@ -16,6 +16,20 @@ Restart: cryo opens /dev/ptmx until it gets the old index (while that index is f
 sets the settings, and opens the slaves; every process inherits them.  Once its fds are
 in place, each session leader takes its terminal back as controlling terminal
 (TIOCSCTTY) and gives the foreground to its old foreground group (TIOCSPGRP).
+
+A shell job (--shell-job) keeps the terminal of whoever restarts it instead: fds 0-2
+are the caller's own (files.py, kind stdio), and any other fd on the job's controlling
+terminal (/dev/tty, as ``less`` and ``top`` open it, or the terminal by name) is a
+"ctty" description, opened again on the caller's terminal.  The checkpoint saves that
+terminal's settings (termios, window size) and whether the job was its foreground
+group.  At restart the job runs in the caller's session, so the caller's terminal is
+its controlling terminal; before it runs it gets the settings back (raw mode, echo as
+they were) and, if it was in the foreground and the caller is, the foreground
+(tcsetpgrp), then a SIGWINCH so that a full-screen program redraws.  ``wait_job`` waits
+for it as a shell would: when it stops (^Z), the caller's terminal state and foreground
+are put back and cryo stops too (so the caller's shell sees a stopped job); when cryo
+is continued, the job gets its terminal again and a SIGCONT; when it exits, the caller
+gets the terminal back as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +38,9 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from cryo.errors import CryoError, Unsupported
@@ -40,6 +56,7 @@ TIOCGPTN, TIOCSPTLCK, TIOCGPTLCK = 0x80045430, 0x40045431, 0x80045439
 TIOCGPTPEER = 0x5441
 TERMIOS_SIZE, WINSIZE_SIZE = 60, 8
 PTS_MAJORS = range(136, 144)
+DEV_TTY = os.makedev(5, 0)
 MAX_TRIES = 4096
 
 
@@ -133,11 +150,56 @@ def _take_queues(master: int, peer: int, termios: bytes, packet: bool) -> tuple[
     return to_slave, to_master
 
 
-def _stat(pid: int) -> tuple[int, int, int]:
+def _stat(pid: int | str) -> tuple[int, int, int]:
     """(session, tty_nr, tpgid) of a process."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return int(fields[3]), int(fields[4]), int(fields[5])
+
+
+def _pgrp(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[2])
+
+
+def on_job_terminal(pid: int, fmt: int, rdev: int) -> bool:
+    """Whether an fd (a character device ``rdev``) of a shell job is on its controlling
+    terminal: /dev/tty, or the terminal itself."""
+    import stat as st
+
+    if fmt != st.S_IFCHR:
+        return False
+    if rdev == DEV_TTY:
+        return True
+    tty_nr = _stat(pid)[1]
+    return tty_nr != 0 and rdev == tty_nr
+
+
+def _note_job_terminal(session: Any, descs: list[dict[str, Any]]) -> None:
+    """A shell job's terminal: its settings and whether the job was its foreground
+    group, noted on each description that is on it (fds 0-2 or a ctty one)."""
+    root = session.pid
+    if root not in session.procs or session.procs[root].zombie:
+        return
+    _sid, tty_nr, tpgid = _stat(root)
+    if not tty_nr:
+        return
+    for d in descs:
+        if d["kind"] not in ("stdio", "ctty"):
+            continue
+        try:
+            mine = _dup(d["pid"], d["fd"])
+        except OSError:
+            continue
+        try:
+            rdev = os.fstat(mine).st_rdev
+            if not os.isatty(mine) or rdev not in (tty_nr, DEV_TTY):
+                continue
+            d["termios"] = fcntl.ioctl(mine, TCGETS, b"\0" * TERMIOS_SIZE)
+            d["winsize"] = fcntl.ioctl(mine, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
+            d["foreground"] = tpgid == _pgrp(root)
+        finally:
+            os.close(mine)
 
 
 def check(session: Any) -> None:
@@ -145,6 +207,8 @@ def check(session: Any) -> None:
     checkpoint; each session's controlling terminal, if it is one of the pairs, noted on
     the master's entry (with the foreground group); data waiting in a pair: a warning."""
     descs = session.shared.descs.descs
+    if getattr(session, "shell_job", False):
+        _note_job_terminal(session, descs)
     masters = {d["index"]: d for d in descs if d["kind"] == "pty" and d["master"]}
     for d in descs:
         if d["kind"] == "pty" and not d["master"] and d["index"] not in masters:
@@ -274,3 +338,195 @@ def restore_ctty(ctx: Any) -> None:
                     inj(SYS.ioctl, tty, TIOCSPGRP, arg, what=" TIOCSPGRP")
             finally:
                 inj(SYS.close, tty)
+
+
+# -- a shell job's terminal ------------------------------------------------------------
+
+
+def _my_terminal() -> str | None:
+    """The path of this process's controlling terminal, or None."""
+    tty_nr = _stat("self")[1]
+    if not tty_nr:
+        return None
+    major, minor = os.major(tty_nr), os.minor(tty_nr)
+    if major in PTS_MAJORS:
+        return f"/dev/pts/{(major - PTS_MAJORS.start) * 256 + minor}"
+    return "/dev/tty"
+
+
+def open_job_terminal(d: dict[str, Any]) -> int:
+    """A "ctty" description of a shell job (an fd above 2 on its terminal): opened again
+    on the caller's terminal (as /dev/tty if that is how the job had opened it)."""
+    path = _my_terminal()
+    if path is None:
+        raise CryoError(f"fd {d['fd']} of {d['pid']} was on the job's terminal"
+                        f" ({d['path']}); --shell-job needs a restarting cryo with a"
+                        " controlling terminal to give it")  # fmt: skip
+    if d["path"] == "/dev/tty":
+        path = "/dev/tty"
+    keep = d["flags"] & (0o3 | os.O_NONBLOCK | os.O_APPEND)
+    return os.open(path, keep | os.O_NOCTTY)
+
+
+@dataclass
+class Job:
+    """The terminal a restarted shell job was given, and what to give back."""
+
+    pid: int  # the job's root
+    pgid: int  # its process group (maybe ours)
+    fd: int  # our controlling terminal
+    caller: bytes  # its termios before the job got it
+    termios: bytes  # the job's
+    foreground: bool  # the job has the foreground (we gave it)
+
+
+_job: Job | None = None
+
+
+def _no_ttou() -> Any:
+    """Calls on the terminal from a background process are allowed with SIGTTOU
+    blocked (else the kernel stops us)."""
+    return _Masked({signal.SIGTTOU})
+
+
+class _Masked:
+    def __init__(self, sigs: set[int]) -> None:
+        self.sigs = sigs
+        self.old: set[int] = set()
+
+    def __enter__(self) -> None:
+        self.old = set(signal.pthread_sigmask(signal.SIG_BLOCK, self.sigs))
+
+    def __exit__(self, *_exc: object) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+
+
+def _terminal_desc(rs: Any) -> dict[str, Any] | None:
+    for d in rs.plan.descs:
+        if d["kind"] in ("stdio", "ctty") and "termios" in d:
+            return dict(d)
+    return None
+
+
+def hand_over(rs: Any) -> None:
+    """Restart, every process built, before they run: a shell job gets back its
+    terminal settings and, if it had it and we have it, the foreground."""
+    global _job
+    _job = None
+    if not rs.options.get("shell_job"):
+        return
+    d = _terminal_desc(rs)
+    if d is None:
+        return
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        rs.result.warnings.append("--shell-job: cryo has no controlling terminal; the job"
+                                  " gets no terminal settings and no foreground")
+        return
+    root = rs.plan.tree["root"]
+    rec = next(p for p in rs.plan.tree["procs"] if p["pid"] == root)
+    pid = rs.made[root].pid
+    pgid = rs.pid_map.get(rec["pgid"], os.getpgrp()) if rec["pgid"] != root else pid
+    try:
+        caller = fcntl.ioctl(fd, TCGETS, b"\0" * TERMIOS_SIZE)
+        if os.tcgetpgrp(fd) != os.getpgrp():
+            rs.result.warnings.append("--shell-job: cryo is not in the foreground of its"
+                                      " terminal; the job stays in the background")
+            os.close(fd)
+            return
+        job = Job(pid, pgid, fd, caller, bytes(d["termios"]), bool(d.get("foreground")))
+        _give(job)
+    except OSError:
+        os.close(fd)
+        raise
+    _job = job
+    rs.on_failure(_release)
+
+
+def _give(job: Job) -> None:
+    """The job's terminal settings and the foreground, if the job had them (a job that
+    ran in the background leaves the terminal to its shell)."""
+    if not job.foreground:
+        return
+    with _no_ttou():
+        fcntl.ioctl(job.fd, TCSETS, job.termios)
+        os.tcsetpgrp(job.fd, job.pgid)
+
+
+def _take_back(job: Job) -> None:
+    if not job.foreground:
+        return
+    with _no_ttou():
+        with contextlib.suppress(OSError):
+            job.termios = fcntl.ioctl(job.fd, TCGETS, b"\0" * TERMIOS_SIZE)
+        fcntl.ioctl(job.fd, TCSETS, job.caller)
+        os.tcsetpgrp(job.fd, os.getpgrp())
+
+
+def _release() -> None:
+    """The caller's terminal as it was; the job forgotten."""
+    global _job
+    job, _job = _job, None
+    if job is None:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            _take_back(job)
+    finally:
+        os.close(job.fd)
+
+
+def _signal_job(job: Job, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if job.pgid != os.getpgrp():
+            os.killpg(job.pgid, sig)
+        else:
+            os.kill(job.pid, sig)
+
+
+def redraw(_rs: Any) -> None:
+    """Restart, once the job runs: a SIGWINCH, so that a full-screen program asks for the
+    window size and redraws."""
+    if _job is not None:
+        _signal_job(_job, signal.SIGWINCH)
+
+
+def handed_over(pid: int) -> bool:
+    return _job is not None and _job.pid == pid
+
+
+def wait_job(pid: int, forward: tuple[int, ...]) -> int:
+    """Wait for a restarted shell job as its shell would: stopped, the caller's terminal
+    comes back and cryo stops itself; continued, the job gets it again; exited, the
+    caller's terminal as it was.  Shell-style status."""
+    job = _job
+    assert job is not None
+
+    def fwd(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    old = {s: signal.signal(s, fwd) for s in forward}
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, os.WUNTRACED)
+            except ChildProcessError as err:
+                raise CryoError(f"process {pid} is not our child") from err
+            if not os.WIFSTOPPED(status):
+                break
+            _take_back(job)
+            os.kill(os.getpid(), signal.SIGSTOP)  # the caller's shell sees us stopped
+            with _no_ttou():  # continued: in the foreground again (fg), or not (bg)
+                job.caller = fcntl.ioctl(job.fd, TCGETS, b"\0" * TERMIOS_SIZE)
+                ours = os.tcgetpgrp(job.fd) == os.getpgrp()
+            if ours:
+                _give(job)
+            _signal_job(job, signal.SIGCONT)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _release()
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
+        128 + os.WTERMSIG(status)  # fmt: skip

@@ -304,8 +304,8 @@ ADDR = Int(0, U64, "address")  # (vsyscall sits at the top)
 HEX = Str(max=18, pattern=r"(0x)?[0-9a-fA-F]{1,16}")
 SIGINFO = Bytes(128)
 VMA_KINDS = ("anon", "file", "shmem", "shared-file", "sysv-shm", "special", "skip")
-DESC_KINDS = ("file", "dir", "chr", "stdio", "pipe", "fifo", "unix", "inet", "pty", "eventfd",
-              "signalfd", "timerfd", "epoll", "app_listen", "app_conn")  # fmt: skip
+DESC_KINDS = ("file", "dir", "chr", "stdio", "ctty", "pipe", "fifo", "unix", "inet", "pty",
+              "eventfd", "signalfd", "timerfd", "epoll", "app_listen", "app_conn")  # fmt: skip
 SHMO_KINDS = ("anon", "memfd", "deleted")
 
 PROC = Struct((
