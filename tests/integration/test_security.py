@@ -620,3 +620,93 @@ def test_open_as_owner(arena: Path) -> None:
         os.close(fd)
     with pytest.raises(PermissionError):
         trust.open_as_owner(owner, [(str(mine), os.O_RDONLY, 0), (str(secret), os.O_RDWR, 0)])
+
+
+# -- the grammar covers a real image whole ----------------------------------------------------
+
+RICH = r"""
+import fcntl, os, select, socket, struct, sys, time
+d = sys.argv[1]
+out = open(os.path.join(d, "rich.out"), "a", buffering=1)
+locked = open(os.path.join(d, "posix"), "w+"); fcntl.lockf(locked, fcntl.LOCK_EX)
+flocked = open(os.path.join(d, "flock"), "w+"); fcntl.flock(flocked, fcntl.LOCK_SH)
+ofd = os.open(os.path.join(d, "ofd"), os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.fcntl(ofd, 37, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 10, 0))  # F_OFD_SETLK
+leased = os.open(os.path.join(d, "lease"), os.O_RDONLY | os.O_CREAT, 0o600)
+fcntl.fcntl(leased, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+r, w = os.pipe()
+os.write(w, b"in the pipe")
+fcntl.fcntl(r, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(r, 10, 40)  # F_SETSIG
+fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC)
+ghost = open(os.path.join(d, "ghost"), "w+b")
+ghost.write(b"head"); ghost.seek(1 << 20); ghost.write(b"tail"); ghost.flush()
+os.fchmod(ghost.fileno(), 0o640)
+os.unlink(ghost.name)
+mfd = os.memfd_create("rich", os.MFD_ALLOW_SEALING)
+os.write(mfd, b"memfd bytes")
+fcntl.fcntl(mfd, 1033, 0x8)  # F_ADD_SEALS F_SEAL_WRITE
+os.mkfifo(os.path.join(d, "fifo"))
+fifo = os.open(os.path.join(d, "fifo"), os.O_RDWR | os.O_NONBLOCK)
+os.write(fifo, b"fifo bytes")
+os.unlink(os.path.join(d, "fifo"))
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.send(b"queued")
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(os.path.join(d, "srv")); srv.listen(4)
+tcp = socket.socket(); tcp.bind(("127.0.0.1", 0)); tcp.listen(3)
+tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("127.0.0.1", 0))
+efd = os.eventfd(5)
+ep = select.epoll(); ep.register(r, select.EPOLLIN)
+master, slave = os.openpty()
+os.write(master, b"typed\n")
+ns = os.open("/proc/self/ns/uts", os.O_RDONLY)
+out.write("ready\n")
+i = 0
+while True:
+    out.write(f"tick {i}\n"); i += 1
+    time.sleep(0.05)
+"""
+
+
+def test_real_image_has_no_undeclared_key(procs: Procs, arena: Path) -> None:
+    """A target holding files, locks of every kind, a lease, a signal owner, a deleted
+    file with a hole, a sealed memfd, a deleted FIFO, unix and TCP/UDP sockets, an
+    eventfd, an epoll, a pty pair and a namespace fd: its image fits the grammar with
+    no key the grammar does not declare (each is checked for its type), and restarts."""
+    from cryo.image import schema
+    from cryo.image.reader import Image
+
+    work = arena / "rich"
+    work.mkdir()
+    p = procs.spawn([sys.executable, "-c", RICH, str(work)])
+    out = work / "rich.out"
+    deadline = time.monotonic() + 15
+    while "ready" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, "the target did not get ready"
+        time.sleep(0.05)
+    img = arena / "richimg"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    image = Image(str(img))
+    try:
+        schema.check(image)
+        descs = image.raw(R.FDSC)[0]["descs"]
+        have = {k for dd in descs for k in dd}
+        for key in ("posix", "locks", "lease", "owner", "sig", "ghost", "extents", "memfd",
+                    "uid", "atime_ns", "name", "queue", "opts", "family", "local", "state",
+                    "backlog", "listen", "count", "watch", "index", "termios", "ns"):
+            assert key in have, f"the target's image has no {key}: it tests too little"
+        assert schema.undeclared_keys(image) == []
+    finally:
+        image.close()
+    r = restart(img)
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    n = len(out.read_text().splitlines())
+    deadline = time.monotonic() + 10
+    while len(out.read_text().splitlines()) < n + 3:
+        assert time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"), "not running"
+        time.sleep(0.05)

@@ -104,6 +104,18 @@ BAD = [  # (what to do to the records, words the error must hold)
     (lambda r: r[b"SIGS"][0]["actions"].update({99: bytes(32)}), "SIGS record 0"),
     (lambda r: r[b"TREE"].append(r[b"TREE"][0]), "TREE records"),
     (lambda r: r[b"HEAD"][0].update(root_pid=5), "root_pid or pids differ"),
+    (lambda r: r[b"FDSC"][0]["descs"][0].update(posix=[{"pid": 7, "fd": 0, "mode": "READ",
+                                                        "start": 0, "end": None}]),
+     "a lock of pid 7"),
+    (lambda r: r[b"FDSC"][0]["descs"][0].update(posix=[{"pid": PID, "fd": 0, "mode": "EVIL",
+                                                        "start": 0, "end": None}]),
+     "posix[0].mode: 'EVIL' is not one of READ, WRITE"),
+    (lambda r: r[b"FDSC"][0]["descs"][0].update(extents=[[0, 4096]]), "lies past its size"),
+    (lambda r: r[b"FDSC"][0]["descs"][0].update(memfd={"name": "m", "seals": 0}),
+     "a memfd that is not"),
+    (lambda r: r[b"FDSC"][0]["descs"][0].update(owner={"type": 9, "pid": PID, "nspid": PID}),
+     "owner.type"),
+    (lambda r: r[b"FDSC"][0]["descs"][0].update(ghost="../../etc/passwd"), "ghost"),
 ]
 
 
@@ -259,3 +271,125 @@ def test_dir_sink_capabilities_side_files_and_modes(tmp_path: Path, key_file: Pa
     with pytest.raises(ImageCorrupt, match="not part of it"):
         image.side_file("sysvshm-8.bin")
     image.close()
+
+
+# -- the whole grammar, walked -------------------------------------------------------------
+
+
+def example(t: schema.Type) -> Any:
+    """A value that fits ``t``, with every optional key of every map present."""
+    if isinstance(t, schema.Struct):
+        return {f.name: example(f.type) for f in t.fields}
+    if isinstance(t, schema.Nullable):
+        return example(t.inner)
+    if isinstance(t, schema.AnyOf):
+        return example(t.options[0])
+    if isinstance(t, schema.List):
+        n = t.size if t.size is not None else max(t.min, 1)
+        return [example(t.item) for _ in range(n)]
+    if isinstance(t, schema.Tuple):
+        return [example(x) for x in t.items]
+    if isinstance(t, schema.Dict):
+        return {example(t.key): example(t.value)}
+    if isinstance(t, schema.Path):
+        return "/x"
+    if isinstance(t, schema.Str):
+        if t.choices:
+            return t.choices[0]
+        return {r"ghost-[0-9]+": "ghost-1", r"spmf-[0-9a-f]{64}": "spmf-" + "0" * 64,
+                r"(0x)?[0-9a-fA-F]{1,16}": "0"}.get(t.pattern or "", "a")
+    if isinstance(t, schema.Bytes):
+        return bytes(t.size or 1)
+    if isinstance(t, schema.Int):
+        return t.lo
+    if isinstance(t, schema.Bool):
+        return True
+    if isinstance(t, schema.Num):
+        return 1.5
+    raise AssertionError(f"no example for {t!r}")
+
+
+def wrong(t: schema.Type) -> Any:
+    """A value that does not fit ``t``."""
+    if isinstance(t, schema.Nullable):
+        return wrong(t.inner)
+    if isinstance(t, (schema.Str, schema.Bytes, schema.List, schema.Tuple, schema.Dict,
+                      schema.Struct, schema.AnyOf)):  # fmt: skip
+        return 3.25
+    if isinstance(t, schema.Int):
+        return t.hi + 1 if t.hi < schema.U64 else "7"
+    return {"k": 1}  # Bool, Num
+
+
+def places(t: schema.Type, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...],
+                                                                         schema.Type]]:
+    """Every (path, type) in a value made by example(t)."""
+    yield path, t
+    if isinstance(t, schema.Struct):
+        for f in t.fields:
+            yield from places(f.type, (*path, f.name))
+    elif isinstance(t, schema.Nullable):
+        yield from places(t.inner, path)
+    elif isinstance(t, schema.List):
+        yield from places(t.item, (*path, 0))
+    elif isinstance(t, schema.Tuple):
+        for i, x in enumerate(t.items):
+            yield from places(x, (*path, i))
+
+
+def _set(v: Any, path: tuple[Any, ...], x: Any) -> None:
+    for k in path[:-1]:
+        v = v[k]
+    v[path[-1]] = x
+
+
+KIND_BODIES = [(k.name, k.body) for k in schema.KINDS if isinstance(k.body, schema.Struct)]
+
+
+@pytest.mark.parametrize(("name", "body"), KIND_BODIES, ids=[n for n, _ in KIND_BODIES])
+def test_every_key_of_every_kind_is_checked(name: str, body: schema.Struct) -> None:
+    """A record of each kind with every key there fits, and names none the grammar does
+    not declare; each key (at any depth) given a value of the wrong type is refused,
+    naming that key."""
+    good = example(body)
+    body.check(good)
+    assert list(schema.undeclared(body, good)) == []
+    n = 0
+    for path, t in places(body):
+        if not path:
+            continue
+        rec = copy.deepcopy(good)
+        _set(rec, path, wrong(t))
+        with pytest.raises(schema.Bad) as err:
+            body.check(rec)
+        assert err.value.where == tuple(f"[{p}]" if isinstance(p, int) else p for p in path)
+        n += 1
+    assert n >= len(body.fields)
+
+
+def test_every_record_kind_the_engine_writes_is_declared() -> None:
+    """Each driver's record kinds, and the image's own, have a declaration; each key of
+    the maps inside records has a type and says what it is for where its name does
+    not (the description map: every key but the common ones)."""
+    from cryo.engine.drivers import DRIVERS
+    from cryo.image import records as R
+
+    kinds = {k for d in DRIVERS for k in d.kinds} | set(R.KINDS) | {b"MADE", b"SEAL", b"SIDE"}
+    assert kinds - set(schema.BY_KIND) == set()
+    common = {"id", "kind", "path", "pos", "flags", "ino", "dev", "mode", "size", "pid", "fd"}
+    for f in schema.DESC.fields:
+        assert f.doc or f.name in common, f"FDSC description key {f.name} says nothing"
+    for t in schema.SUBSTRUCTS:
+        assert t.name in schema.doc_tables()
+
+
+def test_undeclared_keys_are_found_at_any_depth() -> None:
+    recs = copy.deepcopy(records())
+    recs[b"FDSC"][0]["descs"][0]["posix"] = [{"pid": PID, "fd": 0, "mode": "READ", "start": 0,
+                                              "end": None, "owner_of": 1}]  # fmt: skip
+    recs[b"FDSC"][0]["descs"][0]["surprise"] = 1
+    found = schema.undeclared_keys(Fake(recs))
+    assert "FDSC record 0: descs[0].surprise" in found
+    assert "THRD record 0: from_a_newer_engine" in found
+    with pytest.raises(ImageCorrupt, match=r"posix\[0\]: unknown keys \['owner_of'\]"):
+        schema.check(Fake(recs))

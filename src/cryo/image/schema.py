@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,7 +305,8 @@ HEX = Str(max=18, pattern=r"(0x)?[0-9a-fA-F]{1,16}")
 SIGINFO = Bytes(128)
 VMA_KINDS = ("anon", "file", "shmem", "shared-file", "sysv-shm", "special", "skip")
 DESC_KINDS = ("file", "dir", "chr", "stdio", "ctty", "pipe", "fifo", "unix", "inet", "pty",
-              "eventfd", "signalfd", "timerfd", "epoll", "app_listen", "app_conn")  # fmt: skip
+              "eventfd", "signalfd", "timerfd", "epoll", "app_listen", "app_conn",
+              "link", "pidfd", "proc", "inotify", "fanotify")  # fmt: skip
 SHMO_KINDS = ("anon", "memfd", "deleted")
 
 PROC = Struct((
@@ -334,6 +335,43 @@ VMA = Struct((
     F("pkey", Int(0, 15), "its x86 protection key", required=False),
 ), name="vma")  # fmt: skip
 
+NS_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+TCP_STATES = ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+              "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV")
+LOCK_MODES = ("READ", "WRITE")
+OFFSET = Int(0, (1 << 63) - 1)
+MEMFD = Struct((F("name", Str(max=249), "as given to memfd_create"),
+                F("seals", Int(0, U32), "F_GET_SEALS")), extra=False, name="memfd")
+POSIX_LOCK = Struct((
+    F("pid", PID, "the process that holds it"), F("fd", FD, "through which fd"),
+    F("mode", Str(choices=LOCK_MODES)), F("start", OFFSET),
+    F("end", Nullable(OFFSET), "last byte (nil: to the end of the file)"),
+), extra=False, name="posix lock")  # fmt: skip
+OWN_LOCK = Struct((
+    F("kind", Str(choices=("ofd", "flock"))), F("mode", Str(choices=LOCK_MODES)),
+    F("start", OFFSET), F("end", Nullable(OFFSET), "nil: to the end of the file"),
+), extra=False, name="description lock")  # fmt: skip
+LEASE = Struct((F("mode", Str(choices=LOCK_MODES)), F("pid", PID), F("fd", FD)),
+               extra=False, name="lease")  # fmt: skip
+SIG_OWNER = Struct((
+    F("type", Int(0, 2), "F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2"),
+    F("pid", PID, "as cryo saw it"), F("nspid", PID, "as its own pid namespace sees it"),
+), extra=False, name="signal owner")  # fmt: skip
+SOCKOPT = Tuple((Int(0, U32), Int(0, U32), Bytes(max=1 << 12)), ("level", "option", "value"))
+SOCKADDR = List(AnyOf((Int(-(1 << 63), U64), Str(max=256))), min=1, max=8)
+TCP_REPAIR = Struct((
+    F("state", Int(1, 12), "tcpi_state"), F("inq", Int(0, U32)), F("outq", Int(0, U32)),
+    F("unsent", Int(0, U32)), F("mss", Int(0, U32)), F("options", Int(0, U8), "tcpi_options"),
+    F("snd_wscale", Int(0, 15)), F("rcv_wscale", Int(0, 15)), F("timestamp", Int(0, U32)),
+    F("sndbuf", Int(0, U32)), F("rcvbuf", Int(0, U32)),
+    F("window", List(Int(0, U32), size=5), "snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup"),
+    F("inseq", Int(0, U32)), F("recvq", Bytes(max=1 << 30), "bytes received, unread"),
+    F("outseq", Int(0, U32)), F("sendq", Bytes(max=1 << 30), "bytes sent, unacknowledged"),
+    F("reuseaddr", Int(0, 1), "SO_REUSEADDR (repair mode overwrites it)"),
+    F("lock", Str(max=64), "the nftables table that holds the connection until the restart",
+      required=False),
+), extra=False, name="tcp repair")  # fmt: skip
+
 DESC = Struct((
     F("id", Int(0, MAX_ITEMS), "its index in `descs`"), F("kind", Str(choices=DESC_KINDS)),
     F("path", Str()), F("pos", Int(0, (1 << 63) - 1)), F("flags", Int(0, U32),
@@ -343,7 +381,7 @@ DESC = Struct((
     F("deleted", Bool(), "file: deleted while open", required=False),
     F("blob", Int(0, MAX_ITEMS), "its contents: index of an FDAT record", required=False),
     F("data", Bytes(max=1 << 24), "pipe, fifo: bytes in flight", required=False),
-    F("pipe_size", Int(4096, 1 << 31), required=False),
+    F("pipe_size", Int(4096, 1 << 31), "pipe, fifo: F_GETPIPE_SZ", required=False),
     F("sotype", Str(choices=("stream", "dgram", "seqpacket", "raw")), "unix, inet",
       required=False),
     F("peer", Int(), "unix: the other end's inode", required=False),
@@ -360,6 +398,68 @@ DESC = Struct((
       required=False),
     F("app_name", Bytes(max=108), "app_listen, app_conn: the cryo.app agent's socket name",
       required=False),
+    # files deleted while open, memfds, FIFOs (engine/ghosts.py)
+    F("uid", Int(0, U32), "file (deleted), fifo: its owner", required=False),
+    F("gid", Int(0, U32), "file (deleted), fifo: its group", required=False),
+    F("atime_ns", Int(0, (1 << 63) - 1), "file (deleted), fifo", required=False),
+    F("mtime_ns", Int(0, (1 << 63) - 1), "file (deleted), fifo", required=False),
+    F("ghost", Str(max=32, pattern=r"ghost-[0-9]+"), "file (deleted): the side file of its"
+      " contents (shared by every description of the inode)", required=False),
+    F("extents", List(Tuple((Int(0, (1 << 63) - 1), Int(1, (1 << 63) - 1)),
+                            ("offset", "length"))),
+      "file (deleted): its data ranges in the side file, in order (the rest are holes)",
+      required=False),
+    F("memfd", MEMFD, "file (deleted): a memfd", required=False),
+    F("obj", Int(0, MAX_ITEMS), "file (deleted): also mapped, saved as that SHMO object",
+      required=False),
+    F("ns", Str(choices=NS_KINDS), "file: a namespace fd (/proc/PID/ns/NAME)",
+      required=False),
+    F("nsino", Int(1, U64), "file: the namespace's inode", required=False),
+    # locks and signal owners (engine/locks.py)
+    F("posix", List(POSIX_LOCK), "POSIX record locks held through it", required=False),
+    F("locks", List(OWN_LOCK), "OFD locks and flocks held by it", required=False),
+    F("lease", LEASE, "a lease held through it", required=False),
+    F("owner", SIG_OWNER, "F_SETOWN_EX", required=False),
+    F("sig", Int(1, 64), "F_SETSIG", required=False),
+    # sockets (engine/sockets.py: unix; engine/inet.py: inet, packet, netlink)
+    F("name", Nullable(Bytes(max=108)), "unix: its address (a leading NUL: abstract)",
+      required=False),
+    F("shutdown", Int(0, 3), "unix: SHUT_RD 1, SHUT_WR 2", required=False),
+    F("in_flight", List(Tuple((Int(0, MAX_ITEMS), Int(0, MAX_ITEMS)),
+                              ("message", "description"))),
+      "unix: fds carried by a queued message (SCM_RIGHTS)", required=False),
+    F("listen", Int(0, U32), "unix: listening, with this backlog", required=False),
+    F("unlinked", Bool(), "unix: its path no longer names it", required=False),
+    F("cwd", Path(), "unix: the directory a relative address is in", required=False),
+    F("peer_gone", Bool(), "unix: its other end was closed", required=False),
+    F("peer_name", Nullable(Bytes(max=108)), "unix: the peer's address", required=False),
+    F("external", Bool(), "unix: the peer is outside the image (--ext-unix-sk)",
+      required=False),
+    F("opts", List(SOCKOPT), "unix, inet: options that differ from a new socket's",
+      required=False),
+    F("family", Int(0, 64, "address family"), "inet: AF_INET, AF_INET6, AF_PACKET,"
+      " AF_NETLINK", required=False),
+    F("proto", Int(0, U16), "inet", required=False),
+    F("local", Nullable(SOCKADDR), "inet: getsockname", required=False),
+    F("remote", Nullable(SOCKADDR), "inet: getpeername", required=False),
+    F("state", Str(choices=TCP_STATES), "inet, TCP: its state", required=False),
+    F("backlog", Int(0, U32), "inet, TCP LISTEN", required=False),
+    F("closed", Bool(), "inet, TCP: restored closed (--tcp-close)", required=False),
+    F("tcp", TCP_REPAIR, "inet, TCP connection (--tcp-established)", required=False),
+    F("groups", List(Int(1, 1 << 16)), "netlink: multicast groups", required=False),
+    # ptys (engine/tty.py)
+    F("index", Int(0, 1 << 20), "pty: its number (/dev/pts/N)", required=False),
+    F("master", Bool(), "pty: the master side", required=False),
+    F("packet", Int(0, 1), "pty master: TIOCPKT", required=False),
+    F("locked", Int(0, 1), "pty master: TIOCSPTLCK", required=False),
+    F("termios", Bytes(max=256), "pty master: the slave's struct termios", required=False),
+    F("winsize", Bytes(8), "pty master: struct winsize", required=False),
+    F("to_slave", Bytes(max=1 << 20), "pty master: bytes waiting for the slave",
+      required=False),
+    F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
+      required=False),
+    F("sessions", List(Tuple((PID, Int(0, MAX_PID)), ("sid", "foreground pgid"))),
+      "pty master: the sessions whose controlling terminal it is", required=False),
 ), name="description")  # fmt: skip
 
 FDENT = Struct((F("fd", FD), F("desc", Int(0, MAX_ITEMS), "index into FDSC descs"),
@@ -403,6 +503,8 @@ KINDS: tuple[Kind, ...] = (
         F("cryo", Str(), "version", required=False),
         F("created", Num(), "unix time", required=False), F("hostname", Str(), required=False),
         F("page_size", Int(4096, 1 << 30), required=False),
+        F("addrs", List(Str(max=64), max=1 << 12), "the host's addresses (cryo.app's"
+          " restart_info)", required=False),
         F("root_pid", PID, "the process checkpointed (TREE root)"),
         F("pids", List(PID, min=1), "every process of the image"),
     ), name="head"), "the image"),
@@ -544,7 +646,8 @@ KINDS: tuple[Kind, ...] = (
     ), name="seal"), "the last record before END"),
 )
 BY_KIND = {k.kind: k for k in KINDS}
-SUBSTRUCTS = (PROC, VMA, DESC, FDENT, OBJ, TIMER)
+SUBSTRUCTS = (PROC, VMA, DESC, FDENT, OBJ, TIMER, MEMFD, POSIX_LOCK, OWN_LOCK, LEASE,
+              SIG_OWNER, TCP_REPAIR)
 PER_PROCESS = (b"TASK", b"MM  ", b"SIGS", b"TIMR", b"FILE")
 
 
@@ -672,6 +775,26 @@ class _Checker:
                 raise self.fail(where, "an epoll without watch")
             if "data" in d and len(d["data"]) > d.get("pipe_size", 1 << 16):
                 raise self.fail(where, "more data in flight than the pipe holds")
+            end = 0
+            for off, n in d.get("extents", []):
+                if off < end or off + n > d["size"]:
+                    raise self.fail(where, f"extent {off}+{n} overlaps the one before or"
+                                    f" lies past its size {d['size']}")  # fmt: skip
+                end = off + n
+            for msg, desc in d.get("in_flight", []):
+                if desc >= len(descs) or msg >= len(d.get("queue", [])):
+                    raise self.fail(where, f"fd in flight: message {msg} or description"
+                                    f" {desc} is not there")  # fmt: skip
+            if d["kind"] == "inet" and d.get("state") == "LISTEN" and "backlog" not in d:
+                raise self.fail(where, "a TCP listener without backlog")
+            if d["kind"] == "inet" and "family" not in d:
+                raise self.fail(where, "an inet socket without family")
+            if "memfd" in d and not (d.get("deleted") and d["path"].startswith("/memfd:")):
+                raise self.fail(where, "a memfd that is not a deleted /memfd: file")
+            for lk in [*d.get("posix", []), *([d["lease"]] if "lease" in d else [])]:
+                if lk["pid"] not in live:
+                    raise self.fail(where, f"a lock of pid {lk['pid']}, which is not a live"
+                                    " process of TREE")  # fmt: skip
         for i, rec in enumerate(self.records(b"FILE")):
             fds = [e["fd"] for e in rec["fds"]]
             if len(set(fds)) != len(fds):
@@ -769,6 +892,47 @@ def _inside(spans: list[tuple[int, int]], a: int, b: int) -> bool:
 
     i = bisect.bisect_right(spans, (a, 1 << 64)) - 1
     return i >= 0 and spans[i][0] <= a and b <= spans[i][1]
+
+
+def undeclared(t: Type, v: Any, where: str = "") -> Iterator[str]:
+    """The keys of ``v`` that ``t`` does not declare (accepted as extra), as paths like
+    ``descs[3].locks[0].owner``: what a real image must not have (tests)."""
+    if isinstance(t, Struct) and isinstance(v, dict):
+        declared = {f.name: f.type for f in t.fields}
+        for k, x in v.items():
+            if k in declared:
+                yield from undeclared(declared[k], x, f"{where}.{k}" if where else str(k))
+            else:
+                yield f"{where}.{k}" if where else str(k)
+    elif isinstance(t, Nullable):
+        yield from undeclared(t.inner, v, where)
+    elif isinstance(t, AnyOf):
+        for o in t.options:
+            try:
+                o.check(v)
+            except Bad:
+                continue
+            yield from undeclared(o, v, where)
+            return
+    elif isinstance(t, List) and isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            yield from undeclared(t.item, x, f"{where}[{i}]")
+    elif isinstance(t, Tuple) and isinstance(v, (list, tuple)):
+        for i, (it, x) in enumerate(zip(t.items, v, strict=False)):
+            yield from undeclared(it, x, f"{where}[{i}]")
+    elif isinstance(t, Dict) and isinstance(v, dict):
+        for k, x in v.items():
+            yield from undeclared(t.value, x, f"{where}[{k!r}]")
+
+
+def undeclared_keys(image: Any) -> list[str]:
+    """Every key of every record of ``image`` that its declaration does not name, as
+    ``KIND record i: path`` (an empty list for an image the schema covers whole)."""
+    out: list[str] = []
+    for k in KINDS:
+        for i, rec in enumerate(image.raw(k.kind)):
+            out.extend(f"{k.name} record {i}: {p}" for p in undeclared(k.body, rec))
+    return out
 
 
 def check(image: Any) -> None:
