@@ -9,6 +9,7 @@ import grp
 import itertools
 import os
 import pwd
+import shutil
 import signal
 import socket
 import sqlite3
@@ -28,7 +29,8 @@ from cryo import store as cstore
 from cryo.daemon import Client
 from cryo.daemon.server import admit_for
 from cryo.errors import AccessDenied, ExitCode
-from tests.conftest import Procs
+from tests.conftest import Procs, gone
+from tests.integration.test_grid import etcd  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -407,6 +409,63 @@ def test_restart_after_reboot(cryod: Callable[..., Cryod], build: Any, procs: Pr
     ticking(out)
 
 
+def deaths(out: Path) -> list[tuple[int, int, int]]:
+    """The deathsig victim's lines: (tick, parent-death signals received, ppid)."""
+    return [(int(w[1]), int(w[3]), int(w[5])) for w in
+            (x.split() for x in out.read_text().splitlines()) if w[:1] == ["tick"]]
+
+
+def test_restored_job_keeps_its_parent(cryod: Callable[..., Cryod], build: Any,
+                                       procs: Procs, tmp_path: Path) -> None:  # fmt: skip
+    """A restored job whose process set PR_SET_PDEATHSIG: the kernel signals the death of
+    the *thread* that forked it, so the daemon forks restored processes from its main
+    thread, which lives as long as it: the thread of a request, or of a restart after a
+    failure, may end without the job being told its parent died.  The daemon's own death
+    is its parent's (the job is told, as it was set up to be, and goes on here)."""
+    d = cryod()
+    out = tmp_path / "deathsig.txt"
+    v = procs.spawn([build("deathsig"), str(out)], out=out)
+    v.wait_line("tick")
+    with d.client() as c:
+        c.add("heir", pid=v.pid, restart_on_failure=True, max_restarts=3)
+        assert c.checkpoint("heir")["version"] == 1
+    with d.client() as c:  # a connection of its own: its thread ends when it closes
+        r = c.restart("heir")
+    procs.track(r["pid"])
+    seen = len(deaths(out))  # (the old process was killed before the restart)
+
+    def settled(pid: int, seen: int) -> None:
+        """pid ticks as the daemon's child, two seconds after the thread that asked for
+        it ended, and was never told its parent died."""
+        wait(lambda: len(deaths(out)) > seen, 15, "ticks of the restored job")
+        n = deaths(out)[-1][0]
+        time.sleep(2.0)
+        last = deaths(out)[-1]
+        assert last[0] > n + 10 and last[1:] == (0, d.pid), deaths(out)[-3:]
+        assert "FAIL" not in out.read_text()
+        assert status(pid)["State"][0] in "RS"
+
+    settled(r["pid"], seen)
+    # restarted after a failure, by a thread of the scheduler that ends at once
+    os.kill(r["pid"], signal.SIGKILL)
+    wait(lambda: gone(r["pid"]), 10, "the job killed")
+    seen = len(deaths(out))
+    j = wait(lambda: (j := d.jobs()["heir"])["restarts"] == 1 and j["state"] == "running"
+             and not j["busy"] and j, 30, "the job restarted")  # fmt: skip
+    procs.track(j["pid"])
+    settled(j["pid"], seen)
+    # the daemon dies: that is its parent's death, signalled; it goes on, and the daemon
+    # started again finds it running
+    d.kill()
+    wait(lambda: deaths(out)[-1][1] >= 1, 15, "the parent's death signalled")
+    n = deaths(out)[-1][0]
+    wait(lambda: deaths(out)[-1][0] > n + 5, 15, "ticks after the daemon died")
+    d.start()
+    job = d.jobs()["heir"]
+    assert (job["pid"], job["state"], job["restarts"]) == (j["pid"], "running", 1)
+    assert "FAIL" not in out.read_text()
+
+
 # -- staged checkpoints ----------------------------------------------------------------
 
 
@@ -558,3 +617,61 @@ def test_user_manages_own_job_only(cryod: Callable[..., Cryod], build: Any, proc
         procs.cleanup()
         procs.pids.clear()
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# -- the grid agent inside the daemon (cryod --grid) ------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server missing")
+def test_grid_agent_inside_the_daemon(cryod: Callable[..., Cryod], build: Any, procs: Procs,
+                                      etcd: str, tmp_path: Path) -> None:  # noqa: F811
+    """`cryod --grid URL --host NAME`: the daemon registers its host in a real etcd (its
+    agent a child it supervises), runs the part of a grid application assigned to it
+    and takes part in a global checkpoint; an agent that dies is started again; the
+    daemon stopped takes its host out of the grid at once (the lease revoked)."""
+    from cryo.grid import keys as K
+    from cryo.grid.etcd import Etcd
+
+    e = Etcd(etcd)
+    gstore = tmp_path / "grid"
+    d = cryod("--grid", etcd, "--host", "hx", "--grid-store", str(gstore), "--grid-lease", "2")
+
+    def registered() -> dict[str, Any] | None:
+        rec = e.get(K.host("hx"))
+        if rec is None or gone(rec["pid"]):
+            return None
+        return rec if status(rec["pid"])["PPid"] == str(d.pid) else None
+
+    rec = wait(registered, 30, "host hx registered by the daemon's agent")
+    procs.track(rec["pid"])
+    with d.client() as c:
+        grid = c.ping()["grid"]
+    assert (grid["host"], grid["agent_pid"], grid["starts"]) == ("hx", rec["pid"], 1)
+    # a grid application of one part, on this host: the daemon's agent starts it
+    out = tmp_path / "part-{part}.txt"
+    r = subprocess.run([sys.executable, "-m", "cryo", "grid", "run", "--etcd", etcd, "--app",
+                        "solo", "--hosts", "hx", "--store", str(gstore), "--",
+                        build("counter"), str(out)],
+                       capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    part = e.get(K.part("solo", 0))
+    assert part is not None and part["state"] == "running", part
+    procs.track(part["pid"])
+    ticking(tmp_path / "part-0.txt")
+    r = subprocess.run([sys.executable, "-m", "cryo", "grid", "checkpoint", "--etcd", etcd,
+                        "solo"], capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert r.returncode == 0 and "global version 1 committed" in r.stdout, r.stderr
+    assert (gstore / "solo" / "v1" / "part0").is_dir()
+    ticking(tmp_path / "part-0.txt")
+    unharmed(part["pid"])
+    # the agent killed: the daemon starts another once the old lease expired
+    os.kill(rec["pid"], signal.SIGKILL)
+    again = wait(lambda: (x := registered()) and x["pid"] != rec["pid"] and x, 30,
+                 "the agent started again")  # fmt: skip
+    procs.track(again["pid"])
+    # the daemon stopped (SIGTERM): its agent leaves the grid at once
+    os.kill(d.pid, signal.SIGTERM)
+    wait(lambda: gone(d.pid), 30, "the daemon stopped")
+    wait(lambda: gone(again["pid"]), 15, "its agent stopped")
+    assert e.get(K.host("hx")) is None  # (revoked: the lease is 2 s, well before it ended)
+    ticking(tmp_path / "part-0.txt")  # the part goes on

@@ -41,6 +41,10 @@ def unit(args: argparse.Namespace) -> str:
     opts += f" --max-concurrent {args.max_concurrent}"
     if args.nice:
         opts += f" --nice {args.nice}"
+    if args.grid:
+        opts += f" --grid {args.grid} --grid-store {args.grid_store}"
+        opts += f" --host {args.host}" if args.host else ""
+        opts += f" --grid-lease {args.grid_lease}" if args.grid_lease != 5 else ""
     import os
 
     import cryo
@@ -71,6 +75,7 @@ WantedBy=multi-user.target
 
 
 def daemon_parser(p: argparse.ArgumentParser) -> None:
+    from cryo.daemon.gridhost import DEFAULT_STORE as DEFAULT_GRID_STORE
     from cryo.daemon.protocol import DEFAULT_SOCKET, DEFAULT_STATE, DEFAULT_STORE
 
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
@@ -89,6 +94,16 @@ def daemon_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--staged-timeout", type=duration, default=120.0, metavar="T",
                    help="abort a staged checkpoint not resumed within T (default 2m)")
     p.add_argument("--log", metavar="FILE", help="JSON log lines to FILE (default stderr)")
+    g = p.add_argument_group("the grid (issue 15): this daemon runs its host's grid agent")
+    g.add_argument("--grid", metavar="ETCD_URL",
+                   help="run the grid agent of this host inside the daemon, on this etcd")
+    g.add_argument("--host", metavar="NAME",
+                   help="this host's name in the grid (default: the hostname)")
+    g.add_argument("--grid-store", default=DEFAULT_GRID_STORE, metavar="DIR",
+                   help="where the parts' images go, as cryo grid agent --store (default"
+                   f" {DEFAULT_GRID_STORE})")
+    g.add_argument("--grid-lease", type=int, default=5, metavar="S",
+                   help="seconds without news after which this host counts as failed")
     p.add_argument("--print-unit", action="store_true", help="print a systemd unit and exit")
     p.set_defaults(func=cmd_daemon)
 

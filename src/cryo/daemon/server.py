@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import pwd
+import queue
 import signal
 import socket
 import socketserver
@@ -26,15 +27,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryo import __version__
+from cryo.asuser import AsUserFailed, call_as
 from cryo.daemon import procs
 from cryo.daemon import protocol as P
 from cryo.daemon.metrics import Metrics
 from cryo.daemon.state import State
 from cryo.errors import AccessDenied, CryoError, ImageExists, NoSuchProcess, Usage
+
+if TYPE_CHECKING:
+    from cryo.daemon.gridhost import GridHost
 
 log = logging.getLogger("cryo.daemon")
 DEFAULT_STATE, DEFAULT_STORE = P.DEFAULT_STATE, P.DEFAULT_STORE
@@ -80,7 +86,7 @@ class Daemon:
     def __init__(self, *, socket_path: str = P.DEFAULT_SOCKET, state_dir: str = DEFAULT_STATE,
                  store: str = DEFAULT_STORE, metrics: str | None = None,
                  max_concurrent: int = 2, staged_timeout: float = 120.0,
-                 backoff: float = 1.0) -> None:  # fmt: skip
+                 backoff: float = 1.0, grid: GridHost | None = None) -> None:  # fmt: skip
         self.socket_path = socket_path
         self.store = os.path.abspath(store)
         self.state = State(state_dir)
@@ -91,6 +97,7 @@ class Daemon:
         self.staged_timeout = staged_timeout
         self.backoff = backoff
         self.staged: dict[str, Staged] = {}
+        self.grid = grid  # this host's grid agent, supervised (cryod --grid)
         self._stores: set[str] = set()
         self._stores_lock = threading.Lock()
         self._busy: set[str] = set()
@@ -98,6 +105,50 @@ class Daemon:
         self.stopping = threading.Event()
         self.server: socketserver.UnixStreamServer | None = None
         self.threads: list[threading.Thread] = []
+        self._main: int | None = None  # the thread that forks restored processes
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = \
+            queue.SimpleQueue()  # fmt: skip
+
+    # -- the main thread: the parent of every restored process ------------------------
+
+    def in_main(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` run by the daemon's main thread, which :meth:`run` keeps
+        for this.  Restarts go there: the kernel tells a process of its parent's death
+        (PR_SET_PDEATHSIG, restored with it) when the *thread* that forked it ends, and
+        the thread of a request or of a restart after a failure ends right after it.
+        The main thread lives as long as the daemon, and orphans that come to the
+        daemon (the jobs it starts) are given to it as well."""
+        call = functools.partial(fn, *args, **kw)
+        if self._main is None or threading.get_ident() == self._main:
+            return call()
+        fut: Future[Any] = Future()
+        self._calls.put((call, fut))
+        return fut.result()
+
+    def run(self) -> None:
+        """Serve (the socket in a thread) and run :meth:`in_main`'s calls in this
+        thread, the main one, until :meth:`stop`."""
+        assert self.server is not None
+        self._main = threading.get_ident()
+        server = threading.Thread(target=self.server.serve_forever, kwargs={
+            "poll_interval": 0.2}, name="cryod-server", daemon=True)  # fmt: skip
+        server.start()
+        while server.is_alive():
+            try:
+                call, fut = self._calls.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(call())
+                except BaseException as err:
+                    fut.set_exception(err)
+        self.stopping.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                _, fut = self._calls.get_nowait()
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(CryoError("the daemon is stopping"))
 
     # -- one operation per job at a time ---------------------------------------------
 
@@ -159,7 +210,8 @@ class Daemon:
 
     def op_ping(self, caller: Caller, args: dict[str, Any]) -> Any:
         return {"version": __version__, "pid": os.getpid(), "uid": caller.uid,
-                "gid": caller.gid, "store": self.store}  # fmt: skip
+                "gid": caller.gid, "store": self.store,
+                "grid": self.grid.describe() if self.grid else None}  # fmt: skip
 
     def op_jobs(self, caller: Caller, args: dict[str, Any]) -> Any:
         return [self.describe(j) for j in self.visible(caller)]
@@ -255,39 +307,21 @@ class Daemon:
         env = args.get("env")
         env = {str(k): str(v) for k, v in env.items()} if env else {"PATH": os.defpath}
         output, cwd = args.get("output") or os.devnull, args.get("cwd") or "/"
-        groups = sorted(_groups(caller.uid, caller.gid))
-        r, w = os.pipe2(os.O_CLOEXEC)
-        child = os.fork()
-        if child == 0:  # pragma: no cover (in the child)
-            try:
-                os.close(r)
-                os.setpriority(os.PRIO_PROCESS, 0, 0)  # not the daemon's own (--nice)
-                if caller.uid != os.geteuid():
-                    os.setgroups(groups)
-                    os.setresgid(caller.gid, caller.gid, caller.gid)
-                    os.setresuid(caller.uid, caller.uid, caller.uid)
-                os.chdir(cwd)
-                os.environ.clear()
-                os.environ.update(env)
-                pid = launch.run(cmd, output)
-                os.write(w, f"ok {pid}".encode())
-            except BaseException as err:
-                what = err.strerror if isinstance(err, OSError) and err.strerror else err
-                os.write(w, f"error {what}".encode()[:4096])
-            finally:
-                os._exit(0)
-        os.close(w)
+        ids = None if caller.uid == os.geteuid() else (
+            caller.uid, caller.gid, _groups(caller.uid, caller.gid))  # fmt: skip
+
+        def start() -> bytes:  # in the child, as the caller
+            os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(env)
+            return str(launch.run(cmd, output)).encode()
+
         try:
-            data = b""
-            while chunk := os.read(r, 4096):
-                data += chunk
-        finally:
-            os.close(r)
-            os.waitpid(child, 0)
-        word, _, rest = data.decode(errors="replace").partition(" ")
-        if word != "ok":
-            raise CryoError(f"cannot start {cmd[0]} as uid {caller.uid}: {rest or 'failed'}")
-        return int(rest)
+            # (the priority first: not the daemon's own --nice, while it may still)
+            pid = call_as(ids, start, first=lambda: os.setpriority(os.PRIO_PROCESS, 0, 0))
+        except AsUserFailed as err:
+            raise CryoError(f"cannot start {cmd[0]} as uid {caller.uid}: {err}") from None
+        return int(pid)
 
     def op_job_rm(self, caller: Caller, args: dict[str, Any]) -> Any:
         job = self.job_of(caller, args["name"])
@@ -458,7 +492,7 @@ class Daemon:
                     procs.kill(job["pid"], job["start_time"], tree=job["scope"] == "tree")
                 if job["owner"] != ROOT:
                     admit_for(job["store"], name, v, job["owner"], job["gid"])
-                r = cstore.restart(job["store"], name, v)
+                r = self.in_main(cstore.restart, job["store"], name, v)
             except BaseException as err:
                 fields: dict[str, Any] = {}
                 if failure:
@@ -604,6 +638,8 @@ class Daemon:
                                          name="cryod-scheduler", daemon=True)]  # fmt: skip
         for t in self.threads:
             t.start()
+        if self.grid is not None:
+            self.grid.start()
         event("started", pid=os.getpid(), socket=self.socket_path, store=self.store,
               state=self.state.path, jobs=len(self.state.jobs()))  # fmt: skip
 
@@ -613,16 +649,14 @@ class Daemon:
             by_state[j["state"]] = by_state.get(j["state"], 0) + 1
         return self.metrics.render(by_state)
 
-    def serve_forever(self) -> None:
-        assert self.server is not None
-        self.server.serve_forever(poll_interval=0.2)
-
     def stop(self) -> None:
         self.stopping.set()
         for name in list(self.staged):
             self.abort_staged(name, "aborted")
         if self.server is not None:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
+        if self.grid is not None:
+            threading.Thread(target=self.grid.stop, daemon=True).start()
 
 
 def in_child(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -809,9 +843,15 @@ def main(args: Any) -> int:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    grid = None
+    if args.grid:
+        from cryo.daemon.gridhost import GridHost
+
+        grid = GridHost(args.grid, args.host or socket.gethostname(), args.grid_store,
+                        lease=args.grid_lease, output=stream)  # fmt: skip
     daemon = Daemon(socket_path=args.socket, state_dir=args.state, store=args.store,
                     metrics=args.metrics, max_concurrent=args.max_concurrent,
-                    staged_timeout=args.staged_timeout)  # fmt: skip
+                    staged_timeout=args.staged_timeout, grid=grid)  # fmt: skip
 
     def stop(sig: int, _frame: object) -> None:
         event("stopping", signal=signal.Signals(sig).name)
@@ -825,8 +865,9 @@ def main(args: Any) -> int:
         # they take as much CPU, but start and end on time on a busy machine
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     daemon.start()
-    daemon.serve_forever()
-    daemon.stopping.set()
+    daemon.run()
+    if grid is not None:
+        grid.stop()
     with contextlib.suppress(OSError):
         os.unlink(daemon.socket_path)
     event("stopped")
