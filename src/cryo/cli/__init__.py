@@ -17,8 +17,27 @@ def _epilog() -> str:
     return f"exit codes:\n    0  success\n    1  other errors\n    2  bad command line\n{rows}\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from cryo.cli import engine, ipc, store
+# which module of cryo.cli registers each command: the parser is built only for the
+# command asked for (importing every front end and its sub-parsers is most of a small
+# checkpoint's start-up); any other argv (--help, --version, a typo) gets them all
+COMMANDS = {"checkpoint": "engine", "restart": "engine", "run": "engine", "show": "engine",
+            "ipc": "ipc", "store": "store", "migrate": "migrate", "receive": "migrate",
+            "daemon": "daemon", "jobs": "daemon", "job": "daemon", "grid": "grid"}
+MODULES = ("engine", "ipc", "store", "migrate", "daemon", "grid")
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (after the global options), if it is one we know."""
+    for arg in argv:
+        if arg in ("-v", "--verbose") or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with ``argv`` only the part its command needs."""
+    import importlib
 
     parser = argparse.ArgumentParser(
         prog="cryo",
@@ -29,16 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="version", version=f"cryo {cryo.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    engine.register(sub)
-    ipc.register(sub)
-    store.register(sub)
-    from cryo.cli import migrate
-
-    migrate.register(sub)
-    from cryo.cli import daemon, grid
-
-    daemon.register(sub)
-    grid.register(sub)
+    command = _command(argv) if argv is not None else None
+    if command is not None:
+        module = importlib.import_module(f"cryo.cli.{COMMANDS[command]}")
+        if COMMANDS[command] == "engine":
+            module.register(sub, only=command)
+        else:
+            module.register(sub)
+        return parser
+    for name in MODULES:
+        importlib.import_module(f"cryo.cli.{name}").register(sub)
     return parser
 
 
@@ -61,4 +80,4 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv)
+    return run(build_parser(sys.argv[1:] if argv is None else argv), argv)

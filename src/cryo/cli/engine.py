@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -16,7 +15,15 @@ from cryo.cli.fmt import human
 from cryo.errors import Usage
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, only: str | None = None) -> None:
+    """The parsers of checkpoint, restart, run and show (or only the one named)."""
+    for name, add in (("checkpoint", _checkpoint), ("restart", _restart), ("run", _run),
+                      ("show", _show)):  # fmt: skip
+        if only in (None, name):
+            add(sub)
+
+
+def _checkpoint(sub: Any) -> None:
     p = sub.add_parser("checkpoint", help="save a running process into an image directory",
                        description="Save the complete state of process PID into DIR. The "
                        "process keeps running unless --stop, --kill or --signal is given; "
@@ -64,6 +71,8 @@ def register(sub: Any) -> None:
     _net(p)
     p.set_defaults(func=cmd_checkpoint, signal=0)
 
+
+def _restart(sub: Any) -> None:
     p = sub.add_parser("restart", help="recreate a process from an image directory",
                        description="Recreate the process saved in DIR. By default cryo "
                        "waits for it and exits with its status.")  # fmt: skip
@@ -89,6 +98,8 @@ def register(sub: Any) -> None:
     _net(p)
     p.set_defaults(func=cmd_restart)
 
+
+def _run(sub: Any) -> None:
     p = sub.add_parser("run", help="start a program so that it can be checkpointed",
                        description="Start CMD detached from the terminal, in its own "
                        "session, stdin from /dev/null, stdout and stderr to FILE.")  # fmt: skip
@@ -103,6 +114,8 @@ def register(sub: Any) -> None:
 
     run_options(p, cmd_run)
 
+
+def _show(sub: Any) -> None:
     p = sub.add_parser("show", help="print what an image holds")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -305,6 +318,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from cryo.engine.show import describe
 
     info = describe(args.dir, verify=not args.no_verify)  # exit 5 if a checksum fails
+    import json
+
     if args.files:
         if args.json:
             json.dump({"files": info["files"]}, sys.stdout, indent=2)

@@ -18,18 +18,56 @@ way.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import pickle
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
-import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
 from cryo.errors import CryoError, InternalError, Interrupted
+
+_HEAD = struct.Struct("<Q")
+
+
+class Connection:
+    """Pickled messages over a stream socket, each behind its length (what
+    multiprocessing.connection does, without importing multiprocessing: a small
+    checkpoint's start-up counts)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, obj: Any) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        self._sock.sendall(_HEAD.pack(len(data)) + data)
+
+    def _exactly(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            got = self._sock.recv(n - len(buf))
+            if not got:
+                raise EOFError("the other side closed the connection")
+            buf += got
+        return bytes(buf)
+
+    def recv(self) -> Any:
+        (n,) = _HEAD.unpack(self._exactly(_HEAD.size))
+        return pickle.loads(self._exactly(n))  # noqa: S301 (our own worker, a socket pair)
+
+    def poll(self, timeout: float) -> bool:
+        """A message (or the end) can be read within ``timeout`` seconds."""
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        return bool(ready)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class Worker:
@@ -41,18 +79,27 @@ class Worker:
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        # the objects that exist now are left out of the collector's walks (in both
+        # processes) so that the child does not write to every page it shares with us
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except BaseException:
+            gc.unfreeze()
+            raise
+        if pid != 0:
+            gc.unfreeze()
         if pid == 0:  # pragma: no cover (the child; its coverage is the tests' own)
             ours.close()
             code = 0
             try:
-                code = _serve(target, Connection(theirs.detach()), parent,
+                code = _serve(target, Connection(theirs), parent,
                               bool(progress))  # fmt: skip
             finally:
                 os._exit(code)
         theirs.close()
         self.pid = pid
-        self._conn: Connection | None = Connection(ours.detach())
+        self._conn: Connection | None = Connection(ours)
 
     def call(self, name: str, *args: Any) -> Any:
         conn = self._conn
@@ -223,5 +270,7 @@ def _portable(err: BaseException) -> BaseException:
         from cryo.errors import translate_oserror
 
         return translate_oserror(err, pid=getattr(err, "pid", None))
+    import traceback
+
     text = "".join(traceback.format_exception(err)).rstrip()
     return InternalError(f"{type(err).__name__}: {err}\n{text}")
