@@ -169,6 +169,40 @@ def test_pid_namespace(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert not new.fails()
 
 
+def test_kill_after_checkpoint_of_a_pid_namespace(procs: Procs, build: Any,
+                                                  tmp_path: Path) -> None:
+    """`cryo checkpoint --kill` of a `cryo run --pid-ns` job with children and threads
+    returns (it hung: waiting for the namespace's init, which waits for its children,
+    which are dead but traced by cryo), and the restart runs them all again."""
+    out = tmp_path / "out.txt"
+    r = run_cryo("run", "--pid-ns", "--output", str(tmp_path / "log"), "--",
+                 build("fanout"), str(out), "3", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    root = procs.track(int(r.stdout))
+    v = Victim(root, out)
+    v.wait_line("tick 2")
+    before = tree_pids(root)
+    assert len(before) == 4 and nspids(root)[-1] == "1"
+    for _ in range(3):  # it hung in about one of three tries
+        t = time.monotonic()
+        r = run_cryo("checkpoint", str(root), "-D", str(tmp_path / "img"), "--kill",
+                     "--force", timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t < 30
+        for p in before:
+            reap(p)  # killed by the checkpoint: gone
+        r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+        assert r.returncode == 0, r.stderr
+        root = procs.track(int(r.stdout))
+        before = tree_pids(root)
+        assert len(before) == 4 and nspids(root)[-1] == "1"
+        seen = len(v.lines())
+        v = Victim(root, out)
+        v.wait_for(lambda ls, seen=seen: len(ls) > seen + 3)  # ticks again
+        assert not v.fails()
+    kill_tree(before)
+
+
 def test_unsupported_child_leaves_the_whole_tree_alone(procs: Procs, build: Any,
                                                        tmp_path: Path) -> None:  # fmt: skip
     """One process of the tree holds a TCP listening socket with a connection waiting to

@@ -217,17 +217,35 @@ def let_go(procs: dict[int, Proc]) -> None:
         _let_go_one(p)
 
 
-def collect_dead(procs: dict[int, Proc]) -> None:
-    """After SIGKILL: wait for each traced thread's death (threads first, the leader
-    last, as the kernel reports them), so that none lingers traced by us."""
-    for p in procs.values():
-        for tid in sorted(p.tracees, key=lambda t: t == p.pid):
-            t = p.tracees[tid]
-            if not t.attached:
-                continue
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(tid, WALL)
-            t.attached = False
+def collect_dead(procs: dict[int, Proc], timeout: float = 30.0) -> None:
+    """After SIGKILL: collect each traced thread's death, so that none lingers traced by
+    us.  In whatever order the kernel reports them: the init of a pid namespace does not
+    finish dying until every process of its namespace is reaped, and those are traced by
+    us too, so waiting for any one task first could wait forever (it did, for a
+    `cryo run --pid-ns` job with children).  Tasks that are still not dead after
+    ``timeout`` seconds (stuck in the kernel) are left, with a warning."""
+    import time
+
+    left = {tid: t for p in procs.values() for tid, t in p.tracees.items() if t.attached}
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while left:
+        for tid in list(left):
+            try:
+                got, status = os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:  # reaped already (a thread, with its group)
+                got, status = tid, 0
+            if got == tid and not os.WIFSTOPPED(status):  # (a stop reported late: again)
+                left.pop(tid).attached = False
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            log.warning("tasks %s did not die within %.0f s of SIGKILL", sorted(left), timeout)
+            for t in left.values():
+                t.attached = False
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
 
 
 def record(procs: dict[int, Proc], target: int, scope: str) -> dict[str, Any]:
