@@ -335,6 +335,73 @@ def test_migrate_hard_writer(procs: Procs, build: Any, hosts: Hosts) -> None:
     assert not new.fails()
 
 
+def _runtime(pid: int) -> int:
+    """Nanoseconds pid has run on a CPU (/proc/PID/schedstat)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def test_migrate_keep_copy_restartable(procs: Procs, build: Any, hosts: Hosts) -> None:
+    """`cryo migrate --keep DIR`: the destination keeps a copy of the image in DIR (B's
+    own /tmp, not A's), which restarts there later, from the moment of the migration."""
+    exe = shutil.copy(build("migr"), hosts.shared / "migr")
+    out = hosts.shared / "out.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "16", "100"], out)
+    v.wait_ok_after(1)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    res = _migrate(hosts, v.pid, secret, "--keep", "/tmp/kept")
+    new = _migrated(procs, hosts, v, rcv, res)
+    at_migration = max(new.oks())
+    new.wait_ok_after(at_migration + 2, timeout=30)
+    assert "kept a copy in /tmp/kept" in rcv.out.read_text()
+    kept = hosts.run("B", "ls", "/tmp/kept")
+    assert kept.returncode == 0 and "core.img" in kept.stdout.split(), kept
+    assert hosts.run("A", "ls", "/tmp/kept").returncode != 0  # on the destination only
+    later = max(new.oks())
+    reap(new.pid)
+    r = hosts.run("B", sys.executable, "-m", "cryo", "restart", "-D", "/tmp/kept", "--detach")
+    assert r.returncode == 0, r.stderr
+    again = int(r.stdout.split()[-1])
+    procs.track(again)
+    assert _on(hosts, "B", again)
+    v2 = Victim(again, out)
+    v2.wait_ok_after(later + 2, timeout=30)
+    assert not v2.fails()
+    # it went back to the migration's moment: an "ok" at most the one printed then
+    oks = v2.oks()
+    back = [oks[i] for i in range(1, len(oks)) if oks[i] < oks[i - 1]]
+    assert back and back[-1] <= at_migration + 1, (at_migration, back)
+    reap(again)
+    assert hosts.run("B", "rm", "-rf", "/tmp/kept").returncode == 0
+
+
+def test_migrate_leave_running_clone(procs: Procs, build: Any, hosts: Hosts) -> None:
+    """`--leave-running`: the source is let go once the copy runs on B (a clone): both
+    run, neither is traced or stopped, both go on checking their pages."""
+    exe = shutil.copy(build("migr"), hosts.shared / "migr")
+    out = hosts.shared / "out.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "16", "100"], out)
+    v.wait_ok_after(1)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    res = _migrate(hosts, v.pid, secret, "--leave-running")
+    assert res.returncode == 0, res.stderr
+    assert "left running here" in res.stderr, res.stderr
+    clone = int(res.stdout.split()[-1])
+    procs.track(clone)
+    reap(rcv.pid, timeout=30)
+    assert _on(hosts, "B", clone) and _on(hosts, "A", v.pid)
+    before = {p: _runtime(p) for p in (v.pid, clone)}
+    n = len(v.oks())
+    v.wait_for(lambda ls: len([x for x in ls if x.startswith("ok ")]) > n + 6, timeout=30)
+    for pid in (v.pid, clone):
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert "TracerPid:\t0\n" in status, status
+        assert status.split("State:\t")[1][0] in "RS", status
+        assert _runtime(pid) > before[pid], f"{pid} does not run"
+    assert not v.fails()
+
+
 def test_wrong_secret_refused(procs: Procs, build: Any, hosts: Hosts) -> None:
     """Another secret: refused (exit 11) on both sides before anything is frozen."""
     exe = shutil.copy(build("migr"), hosts.shared / "migr")

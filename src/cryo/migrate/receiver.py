@@ -4,9 +4,10 @@
 Only an authenticated sender is read at all (cryo.migrate.auth).  The whole stream is
 received into memory, every frame checked, then restarted like any image (the same
 validation, trust rule and phases); the sender is told ``OKAY {pid}`` once the process
-runs, or ``FAIL {error, code}``.  A failure at any point leaves nothing here: no process
-(the restart kills what it built), no file (nothing was written; ``keep`` is written
-only once the process runs).
+runs, or ``FAIL {error, code}``.  A copy is kept in the directory of this side's
+``--keep``, else in the one the sender asked for (``cryo migrate --keep DIR``).  A
+failure at any point leaves nothing here: no process (the restart kills what it
+built), no file (nothing was written; ``keep`` is written only once the process runs).
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
     framer = Framer(channel)
     hello = auth.server(framer, secret)
     peer = f"{hello.get('host', '?')} ({channel.name})"
+    if keep is None and hello.get("keep") is not None:
+        # `cryo migrate --keep DIR`: asked by the sender, authenticated by now (one
+        # that may restore any process here as root may as well write a directory)
+        keep = hello["keep"]
+        if not isinstance(keep, str) or not os.path.isabs(keep):
+            framer.send(b"FAIL", {"error": f"--keep {keep!r}: give an absolute path on"
+                                  " the destination", "code": 2})  # fmt: skip
+            raise Usage(f"{peer} asked to keep a copy in {keep!r}: not an absolute path")
     t0 = time.perf_counter()
 
     def on_frame(kind: bytes, meta: dict[str, object]) -> None:

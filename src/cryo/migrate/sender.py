@@ -100,6 +100,8 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
     say = report or (lambda _s: None)
     if secret is None and not to.startswith("ssh://"):
         raise Usage("a migration over TCP needs the shared secret (--secret-file)")
+    if keep is not None and not os.path.isabs(keep):
+        raise Usage(f"--keep {keep}: give an absolute path (a directory on the destination)")
     channel, proc = connect(to, secret_file=secret_file, timeout=timeout)
     framer = Framer(channel)
     try:
