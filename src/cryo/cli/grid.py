@@ -22,14 +22,25 @@ def register(sub: Any) -> None:
     c = cmd("agent", "run this host's agent (one per host)")
     c.add_argument("--host", required=True, help="this host's name in the grid")
     c.add_argument("--store", required=True, metavar="DIR",
-                   help="where its parts' images go (shared with the other hosts)")
+                   help="where its parts' images go, and the replicas other hosts send")
     c.add_argument("--lease", type=int, default=5, metavar="S",
                    help="seconds without news after which the host counts as failed")
+    c.add_argument("--dev", metavar="IFACE",
+                   help="the interface service addresses go on (default: the one in their"
+                   " subnet)")
     c.set_defaults(func=_agent)
     c = cmd("run", "start one part of CMD on each host")
     c.add_argument("--app", required=True)
     c.add_argument("--hosts", required=True, help="h1,h2,...")
-    c.add_argument("--store", default="", metavar="DIR")
+    c.add_argument("--store", default="", metavar="DIR",
+                   help="a directory every host sees, for the parts' output (default: each"
+                   " host's store; a part moved off a failed host then cannot reopen it)")
+    c.add_argument("--services", metavar="A0,A1,...",
+                   help="one service address per part (IPv4, in a subnet of its host): it"
+                   " moves with the part, so that restored TCP connections stay valid")
+    c.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="each part's image is copied to N other hosts before it votes (0:"
+                   " the hosts share one store)")
     c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS ({part}: its number)")
     c.set_defaults(func=_run)
     c = cmd("checkpoint", "one consistent checkpoint of every part")
@@ -58,7 +69,7 @@ def _etcd(args: argparse.Namespace) -> Any:
 def _agent(args: argparse.Namespace) -> int:
     from cryo.grid.agent import Agent
 
-    agent = Agent(_etcd(args), args.host, args.store, lease=args.lease)
+    agent = Agent(_etcd(args), args.host, args.store, lease=args.lease, dev=args.dev)
     print(f"agent {args.host} registered", file=sys.stderr, flush=True)
     try:
         agent.serve()
@@ -74,7 +85,9 @@ def _run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise Usage("cryo grid run needs a command: -- CMD ARGS")
-    parts = coordinator.run(_etcd(args), args.app, args.hosts.split(","), cmd, args.store)
+    services = args.services.split(",") if args.services else []
+    parts = coordinator.run(_etcd(args), args.app, args.hosts.split(","), cmd, args.store,
+                            services=services, replicas=args.replicas)  # fmt: skip
     for n, p in sorted(parts.items()):
         print(f"part {n} on {p['host']}: pid {p['pid']}")
     return 0

@@ -2,7 +2,7 @@
 starts the parts assigned to its host, takes part in global checkpoints (prepare,
 write, vote; then resume, or abort and discard) and restarts parts when told to.
 
-    cryo grid agent --etcd URL --host NAME --store DIR [--lease S]
+    cryo grid agent --etcd URL --host NAME --store DIR [--lease S] [--dev IFACE]
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 from typing import Any
 
 from cryo.errors import CryoError
+from cryo.grid import hostnet
 from cryo.grid import keys as K
 from cryo.grid.coordinator import GRACE, resolve_stale
 from cryo.grid.etcd import Etcd
@@ -25,17 +25,23 @@ log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, etcd: Etcd, host: str, store: str, lease: int = 5) -> None:
+    """One host's agent.  ``dev`` names the interface that service addresses go on (by
+    default the one in each address's subnet)."""
+
+    def __init__(self, etcd: Etcd, host: str, store: str, lease: int = 5,
+                 dev: str | None = None) -> None:  # fmt: skip
         self.etcd, self.host, self.store = etcd, host, os.path.abspath(store)
-        self.ttl = lease
+        self.ttl, self.dev = lease, dev
+        os.makedirs(self.store, mode=0o700, exist_ok=True)
         self.lease = etcd.lease(lease)
-        if not etcd.create(K.host(host), {"host": host, "pid": os.getpid(),
+        if not etcd.create(K.host(host), {"host": host, "pid": os.getpid(), "store": self.store,
                                           "started": time.time()}, lease=self.lease):  # fmt: skip
             self.lease.revoke()
             raise CryoError(f"host {host} has an agent already")
-        self.held: dict[tuple[str, int, int], tuple[Any, str]] = {}  # (app, V, part)
+        self.held: dict[tuple[str, int, int], tuple[Any, list[str]]] = {}  # (app, V, part)
         self.running: dict[tuple[str, int], int] = {}  # (app, part) -> pid
         self.epochs: dict[str, int] = {}
+        self.locked: dict[str, tuple[int, float]] = {}  # app -> (epoch, until)
         self.stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
         self._keeper.start()
@@ -69,9 +75,10 @@ class Agent:
             if key.count("/") != 3:  # /cryo/apps/APP only
                 continue
             name = app["app"]
-            self._restarts(name)
+            self._restarts(name, app)
             self._starts(name, app)
-            self._rounds(name)
+            self._rounds(name, app)
+            self._unlock(name)
 
     def _mine(self, app: str) -> dict[int, dict[str, Any]]:
         out = {}
@@ -83,13 +90,24 @@ class Agent:
     def _starts(self, app: str, record: dict[str, Any]) -> None:
         from cryo.launch import run
 
+        services = record.get("services") or []
         for n, p in self._mine(app).items():
             if p["state"] != "starting" or p.get("pid"):
                 continue
-            cmd = [a.replace("{part}", str(n)) for a in record["cmd"]]
-            out = os.path.join(self.store, app, f"part{n}.log")
+            subst = {"{part}": str(n), "{addrs}": ",".join(services),
+                     "{addr}": services[n] if n < len(services) else ""}  # fmt: skip
+            cmd = []
+            for arg in record["cmd"]:
+                for k, v in subst.items():
+                    arg = arg.replace(k, v)  # noqa: PLW2901
+                cmd.append(arg)
+            # the part's output: in the application's store if it has one (every host
+            # sees it: a part that moves goes on writing there), else in this host's
+            out = os.path.join(record.get("store") or self.store, app, f"part{n}.log")
             os.makedirs(os.path.dirname(out), mode=0o700, exist_ok=True)
             try:
+                if n < len(services):
+                    hostnet.add_service(services[n], self.dev)
                 pid = run(cmd, out)
             except CryoError as err:
                 self.etcd.put(K.part(app, n), {**p, "state": "failed", "reason": str(err)})
@@ -97,9 +115,8 @@ class Agent:
             self.running[(app, n)] = pid
             self.etcd.put(K.part(app, n), {**p, "pid": pid, "state": "running", "epoch": 0})
 
-    def _rounds(self, app: str) -> None:
-        import cryo
-
+    # -- a global checkpoint ---------------------------------------------------------
+    def _rounds(self, app: str, record: dict[str, Any]) -> None:
         mine = self._mine(app)
         for key, r in self.etcd.prefix(K.rounds(app)):
             if "/votes/" in key:
@@ -115,65 +132,145 @@ class Agent:
                         continue
                     if self.etcd.get(K.vote(app, v, n)) is not None:
                         continue
-                    image = os.path.join(self.store, app, f"v{v}", f"part{n}")
-                    vote: dict[str, Any] = {"part": n, "ok": False, "image": image}
-                    try:
-                        left = max(1.0, r["deadline"] - time.time())
-                        handle = cryo.prepare(int(p["pid"]), freeze_timeout=left + GRACE + 10)
-                        try:
-                            os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
-                            handle.write(image)
-                        except BaseException:
-                            handle.abort()
-                            raise
-                        self.held[(app, v, n)] = (handle, image)
-                        vote["ok"] = True
-                    except CryoError as err:
-                        vote["reason"] = str(err)
-                    self.etcd.put(K.vote(app, v, n), vote)
+                    self.etcd.put(K.vote(app, v, n), self._prepare(app, record, r, n, p))
             else:
-                for (a, hv, n), (handle, image) in list(self.held.items()):
+                for (a, hv, n), (handle, paths) in list(self.held.items()):
                     if a != app or hv != v:
                         continue
                     del self.held[(a, hv, n)]
                     if r["state"] == K.COMMITTED:
                         handle.resume()
+                        self._retire(app, v)
                     else:
                         handle.abort()
-                        shutil.rmtree(image, ignore_errors=True)
-        for (a, hv, n), (handle, image) in list(self.held.items()):  # round vanished
+                        for path in paths:
+                            shutil.rmtree(path, ignore_errors=True)
+        for (a, hv, n), (handle, paths) in list(self.held.items()):  # round vanished
             if a == app and self.etcd.get(K.round_(app, hv)) is None:
                 del self.held[(a, hv, n)]
                 handle.abort()
-                shutil.rmtree(image, ignore_errors=True)
+                for path in paths:
+                    shutil.rmtree(path, ignore_errors=True)
 
-    def _restarts(self, app: str) -> None:
+    def _prepare(self, app: str, record: dict[str, Any], r: dict[str, Any], n: int,
+                 p: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """Prepare part ``n`` for round ``r``: freeze it (its connections locked), write
+        its image and the replicas; the vote."""
+        import cryo
+
+        v = int(r["version"])
+        image = os.path.join(self.store, app, f"v{v}", f"part{n}")
+        vote: dict[str, Any] = {"part": n, "ok": False, "image": image, "host": self.host}
+        paths: list[str] = []
+        try:
+            want = int(record.get("replicas", 0))
+            targets = self._replica_hosts(n, want) if want else {}
+            left = max(1.0, r["deadline"] - time.time())
+            handle = cryo.prepare(int(p["pid"]), freeze_timeout=left + GRACE + 10,
+                                  net={"tcp_established": True})  # fmt: skip
+            try:
+                os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
+                paths.append(image)
+                handle.write(image)
+                vote["replicas"] = {}
+                for h, store in targets.items():
+                    dst = os.path.join(store, app, f"v{v}", f"part{n}")
+                    paths.append(dst)
+                    replicate(image, dst)
+                    vote["replicas"][h] = dst
+            except BaseException:
+                handle.abort()
+                for path in paths:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
+            self.held[(app, v, n)] = (handle, paths)
+            vote["ok"] = True
+        except (CryoError, OSError) as err:
+            vote["reason"] = str(err)
+        return vote
+
+    def _replica_hosts(self, n: int, want: int) -> dict[str, str]:
+        """``want`` live hosts other than this one (spread by part number) and their
+        stores."""
+        from cryo.grid.coordinator import live_hosts
+
+        others = sorted((h, rec) for h, rec in live_hosts(self.etcd).items() if h != self.host)
+        if len(others) < want:
+            raise CryoError(f"{want} replicas wanted, but only {len(others)} other hosts live")
+        picked = [others[(n + i) % len(others)] for i in range(want)]
+        out = {}
+        for h, rec in picked:
+            if not rec.get("store"):
+                raise CryoError(f"host {h}'s agent names no store for replicas")
+            out[h] = str(rec["store"])
+        return out
+
+    def _retire(self, app: str, v: int) -> None:
+        """Version ``v`` committed: this host's older images and replicas go."""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(os.path.join(self.store, app)):
+                if name.startswith("v") and name[1:].isdigit() and int(name[1:]) < v:
+                    shutil.rmtree(os.path.join(self.store, app, name), ignore_errors=True)
+
+    # -- a restart ---------------------------------------------------------------------
+    def _restarts(self, app: str, record: dict[str, Any]) -> None:
         import cryo
 
         cmd = self.etcd.get(K.restart(app))
         if cmd is None or cmd["epoch"] <= self.epochs.get(app, 0):
             return
-        self.epochs[app] = cmd["epoch"]
+        epoch = int(cmd["epoch"])
+        self.epochs[app] = epoch
+        services: list[str] = record.get("services") or []
         parts = {int(k.rsplit("/", 1)[1]): p for k, p in self.etcd.prefix(K.parts(app))}
-        for n_s, host in cmd["assign"].items():
-            n = int(n_s)
-            now = parts.get(n, {})
-            pid = self.running.pop((app, n), None) or (
-                now.get("pid") if now.get("host") == self.host else None)
-            if pid:  # the part as it runs now: rolled back (or moved away)
-                _kill(int(pid))
-            if host != self.host:
-                continue
+        todo = [int(n) for n, h in cmd["assign"].items() if h == self.host
+                and parts.get(int(n), {}).get("epoch") != epoch]  # fmt: skip
+        old = {n: int(pid) for (a, n), pid in self.running.items() if a == app}
+        for n, p in parts.items():  # what runs here of an earlier epoch
+            if p.get("host") == self.host and p.get("pid") and p.get("epoch") != epoch:
+                old.setdefault(n, int(p["pid"]))
+        if not todo and not old:
+            return
+        if services:
+            hostnet.lock(app, services)
+            self.locked[app] = (epoch, time.monotonic() + 120)
+        for n, pid in old.items():  # rolled back (or moved away): gone without a word
+            self.running.pop((app, n), None)
+            hostnet.kill_silently(pid)
+            if n < len(services) and cmd["assign"].get(str(n)) != self.host:
+                with contextlib.suppress(CryoError):
+                    hostnet.remove_service(services[n])
+        for n in sorted(todo):
+            s = str(n)
+            image = cmd["images"][s]
+            if cmd.get("hosts", {}).get(s) != self.host:
+                image = cmd.get("replicas", {}).get(s, {}).get(self.host, image)
             try:
-                r = cryo.restart(cmd["images"][n_s])
+                if n < len(services):
+                    hostnet.add_service(services[n], self.dev)
+                r = cryo.restart(image, net={"tcp_established": True})
             except CryoError as err:
                 self.etcd.put(K.part(app, n), {"part": n, "host": self.host, "pid": None,
                                                "state": "failed", "reason": str(err),
-                                               "epoch": cmd["epoch"]})  # fmt: skip
+                                               "epoch": epoch})  # fmt: skip
                 continue
             self.running[(app, n)] = r.pid
             self.etcd.put(K.part(app, n), {"part": n, "host": self.host, "pid": r.pid,
-                                           "state": "running", "epoch": cmd["epoch"]})  # fmt: skip
+                                           "state": "running", "epoch": epoch,
+                                           "image": image})  # fmt: skip
+
+    def _unlock(self, app: str) -> None:
+        """The restart lock goes once every part runs at its epoch (or after two
+        minutes, when some part never will)."""
+        if app not in self.locked:
+            return
+        epoch, until = self.locked[app]
+        parts = [p for _, p in self.etcd.prefix(K.parts(app))]
+        done = all(p.get("epoch") == epoch and p["state"] in ("running", "failed")
+                   for p in parts)  # fmt: skip
+        if done or time.monotonic() > until:
+            hostnet.unlock(app)
+            del self.locked[app]
 
     def _reap(self) -> None:
         while True:
@@ -185,18 +282,12 @@ class Agent:
                 return
 
 
-def _kill(pid: int) -> None:
-    """SIGKILL ``pid`` and wait until it is gone (or a zombie its parent will reap)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
-        except FileNotFoundError:
-            return
-        time.sleep(0.01)
+def replicate(image: str, dst: str) -> None:
+    """A copy of image directory ``image`` at ``dst`` (written aside, then renamed): the
+    hosts' shared view of the file system, each file copied by the kernel."""
+    tmp = f"{dst}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
+    shutil.copytree(image, tmp, copy_function=shutil.copy2, symlinks=True)
+    os.replace(tmp, dst)

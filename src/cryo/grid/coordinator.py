@@ -41,15 +41,25 @@ def parts_of(etcd: Etcd, app: str) -> dict[int, dict[str, Any]]:
 
 
 def run(etcd: Etcd, app: str, hosts: list[str], cmd: list[str], store: str,
-        timeout: float = 30.0) -> dict[int, dict[str, Any]]:  # fmt: skip
+        timeout: float = 30.0, services: list[str] | None = None,
+        replicas: int = 0) -> dict[int, dict[str, Any]]:  # fmt: skip
     """Start one part of ``cmd`` per host (``{part}`` in its arguments is the part's
-    number); returns the parts once every one runs."""
+    number, ``{addr}`` its service address, ``{addrs}`` every part's, comma-separated);
+    returns the parts once every one runs.  ``services`` gives each part an address of
+    its own that moves with it; ``replicas`` is how many other hosts get a copy of each
+    part's image before it votes."""
     alive = live_hosts(etcd)
     missing = [h for h in hosts if h not in alive]
     if missing:
         raise CryoError(f"no grid agent on host {', '.join(missing)}")
-    if not etcd.create(K.app(app), {"app": app, "cmd": cmd, "hosts": hosts,
-                                    "store": store, "created": time.time()}):  # fmt: skip
+    services = services or []
+    if services and len(services) != len(hosts):
+        raise CryoError(f"{len(hosts)} parts but {len(services)} service addresses")
+    if replicas >= len(alive) and replicas:
+        raise CryoError(f"{replicas} replicas need {replicas + 1} live hosts; {len(alive)} live")
+    if not etcd.create(K.app(app), {"app": app, "cmd": cmd, "hosts": hosts, "store": store,
+                                    "services": services, "replicas": replicas,
+                                    "created": time.time()}):  # fmt: skip
         raise CryoError(f"application {app} exists already")
     for n, h in enumerate(hosts):
         etcd.put(K.part(app, n), {"part": n, "host": h, "pid": None, "state": "starting"})
@@ -135,8 +145,12 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0) -> int:
                 break
             if set(got) >= set(parts):
                 images = {str(n): got[n]["image"] for n in parts}
+                where = {str(n): got[n].get("host") for n in parts}
+                copies = {str(n): got[n].get("replicas") or {} for n in parts}
+                record = {"version": version, "images": images, "hosts": where,
+                          "replicas": copies}  # fmt: skip
                 if etcd.swap(key, raw, {**prepare, "state": K.COMMITTED},
-                             [(K.committed(app), {"version": version, "images": images})]):
+                             [(K.committed(app), record)]):
                     return version
                 failure = "the round was decided by another (aborted after its deadline)"
                 break
@@ -165,21 +179,39 @@ def restart(etcd: Etcd, app: str, version: int | None = None,
     if not alive:
         raise CryoError("no grid agent is alive")
     parts = parts_of(etcd, app)
+    shared = not int((etcd.get(K.app(app)) or {}).get("replicas", 0))
+
+    def holders(n: int) -> list[str]:
+        """The live hosts that can read part ``n``'s committed image: every one if the
+        store is shared (no replicas), else its own host's and its replicas'."""
+        if shared:
+            return list(load)
+        have = {committed.get("hosts", {}).get(str(n)),
+                *committed.get("replicas", {}).get(str(n), {})}
+        return [h for h in load if h in have]
+
     load = dict.fromkeys(alive, 0)
     assign: dict[str, str] = {}
     for n, p in sorted(parts.items()):  # a part stays where its host lives
-        if p["host"] in load:
+        if p["host"] in holders(n):
             assign[str(n)] = p["host"]
             load[p["host"]] += 1
-    for n, _p in sorted(parts.items()):  # the others go to the least loaded live host
-        if str(n) not in assign:
-            h = min(load, key=lambda x: (load[x], x))
-            assign[str(n)] = h
-            load[h] += 1
+    for n in sorted(parts):  # the others go to the least loaded live host with a copy
+        if str(n) in assign:
+            continue
+        can = holders(n)
+        if not can:
+            raise CryoError(f"part {n} of {app}: its image and every replica of it are on"
+                            " hosts that are gone")  # fmt: skip
+        h = min(can, key=lambda x: (load[x], x))
+        assign[str(n)] = h
+        load[h] += 1
     previous = etcd.get(K.restart(app)) or {"epoch": 0}
     epoch = int(previous["epoch"]) + 1
     etcd.put(K.restart(app), {"epoch": epoch, "version": committed["version"],
-                              "assign": assign, "images": committed["images"]})  # fmt: skip
+                              "assign": assign, "images": committed["images"],
+                              "hosts": committed.get("hosts", {}),
+                              "replicas": committed.get("replicas", {})})  # fmt: skip
     return wait_running(etcd, app, len(parts), timeout, epoch=epoch)
 
 

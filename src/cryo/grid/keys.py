@@ -2,15 +2,19 @@
 
 Every value is a JSON object.  Under ``/cryo/``:
 
-    hosts/HOST                        {host, pid, started}      under the agent's lease
-    apps/APP                          {app, cmd, hosts, store, created}
-    apps/APP/parts/N                  {part, host, pid, state}  state: starting, running,
-                                                                restarting, lost
-    apps/APP/rounds/V                 {version, state, deadline, by}  state: prepare,
-                                                                committed, aborted
-    apps/APP/rounds/V/votes/N         {part, ok, reason, image}
-    apps/APP/committed                {version, images: {N: image}}
-    apps/APP/restart                  {epoch, version, assign: {N: host}}
+    hosts/HOST                        {host, pid, store, started}  under the agent's lease
+    apps/APP                          {app, cmd, hosts, store, services, replicas, created}
+    apps/APP/parts/N                  {part, host, pid, state, epoch, image}  state:
+                                                                starting, running,
+                                                                failed, lost
+    apps/APP/rounds/V                 {version, state, deadline, by, parts}  state:
+                                                                prepare, committed,
+                                                                aborted
+    apps/APP/rounds/V/votes/N         {part, ok, reason, image, host, replicas: {HOST: path}}
+    apps/APP/committed                {version, images: {N: path}, hosts: {N: host},
+                                       replicas: {N: {HOST: path}}}
+    apps/APP/restart                  {epoch, version, assign: {N: host}, images, hosts,
+                                       replicas}
     apps/APP/coordinator              {by}                      under the coordinator's
                                                                 lease (its election)
 

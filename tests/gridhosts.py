@@ -1,0 +1,171 @@
+"""Three (or more) "hosts" on this machine for the grid tests and benchmark: network
+namespaces on one bridge.  The bridge lives in a namespace of its own (the "switch",
+10.201.0.254), where etcd listens and the operator's commands (cryo grid run,
+checkpoint, status, restart) are run; host i is a namespace with a veth to the bridge
+(10.201.0.(i+1)/24).  Every address is inside these namespaces only (the root
+namespace is untouched), so fixed addresses and ports are safe even when several runs
+go on at once.  The hosts share the machine's file system: each one's store is a
+directory of its own, and a host "fails" by losing its link, its processes, its store
+and its namespace.  Teardown removes every process, namespace, veth and directory
+made, whatever happened."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+NET = "10.201.0"
+ETCD_PORT = 2379
+
+
+class GridHosts:
+    def __init__(self, base: Path, count: int = 3) -> None:
+        self.tag = f"{os.getpid() % 100000}"
+        self.base = base
+        self.names = [f"h{i}" for i in range(count)]
+        self.switch = f"cryo-grs{self.tag}"
+        self.ns = {h: f"cryo-gr{h}-{self.tag}" for h in self.names}
+        self.addr = {h: f"{NET}.{i + 1}" for i, h in enumerate(self.names)}
+        self.services = [f"{NET}.{101 + i}" for i in range(count)]
+        self.etcd_url = f"http://{NET}.254:{ETCD_PORT}"
+        self.made: list[str] = []
+        self.alive = set(self.names)
+        self.etcd: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    def sh(self, *argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+    def setup(self) -> None:
+        self.sh("ip", "netns", "add", self.switch)
+        self.made.append(self.switch)
+        sw = ["ip", "-n", self.switch]
+        self.sh(*sw, "link", "add", "br0", "type", "bridge")
+        self.sh(*sw, "addr", "add", f"{NET}.254/24", "dev", "br0")
+        self.sh(*sw, "link", "set", "br0", "up")
+        self.sh(*sw, "link", "set", "lo", "up")
+        for i, h in enumerate(self.names):
+            ns = self.ns[h]
+            self.sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            # made inside the switch (names there are ours alone), one end moved out
+            self.sh(*sw, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0")
+            self.sh(*sw, "link", "set", "eth0", "netns", ns)
+            self.sh(*sw, "link", "set", f"p{i}", "master", "br0", "up")
+            self.sh("ip", "-n", ns, "addr", "add", f"{self.addr[h]}/24", "dev", "eth0")
+            self.sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            self.sh("ip", "-n", ns, "link", "set", "lo", "up")
+            (self.base / f"store-{h}").mkdir()
+
+    def argv(self, where: str, *argv: str) -> list[str]:
+        """``argv`` run in host ``where`` (or in the switch: ``"switch"``)."""
+        ns = self.switch if where == "switch" else self.ns[where]
+        return ["nsenter", f"--net=/run/netns/{ns}", "--", *argv]
+
+    def start_etcd(self) -> None:
+        import sys
+
+        log = open(self.base / "etcd.log", "wb")  # noqa: SIM115
+        peer = f"http://{NET}.254:{ETCD_PORT + 1}"
+        self.etcd = subprocess.Popen(self.argv(
+            "switch", "etcd", "--name", "g", "--data-dir", str(self.base / "etcd"),
+            "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"g={peer}"), stdout=log, stderr=log, close_fds=True)
+        log.close()
+        deadline = time.monotonic() + 30
+        probe = ("import sys; from cryo.grid.etcd import Etcd; Etcd(sys.argv[1])")
+        while subprocess.run(self.argv("switch", sys.executable, "-c", probe, self.etcd_url),
+                             capture_output=True, timeout=30).returncode:  # fmt: skip
+            assert self.etcd.poll() is None, (self.base / "etcd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "etcd did not start"
+            time.sleep(0.2)
+
+    def start_agent(self, h: str, lease: int = 2, *extra: str) -> subprocess.Popen[bytes]:
+        import sys
+
+        logf = self.base / f"agent-{h}.log"
+        log = open(logf, "ab")  # noqa: SIM115
+        p = subprocess.Popen(self.argv(h, sys.executable, "-m", "cryo", "grid", "agent",
+                                       "--etcd", self.etcd_url, "--host", h, "--store",
+                                       str(self.base / f"store-{h}"), "--lease", str(lease),
+                                       *extra),
+                             stdout=log, stderr=log, close_fds=True)  # fmt: skip
+        log.close()
+        self.agents[h] = p
+        deadline = time.monotonic() + 30
+        while "registered" not in logf.read_text():
+            assert p.poll() is None, logf.read_text()
+            assert time.monotonic() < deadline, f"agent {h} did not register"
+            time.sleep(0.05)
+        return p
+
+    def cryo(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``cryo grid ARGS`` as the operator, from the switch."""
+        import sys
+
+        return subprocess.run(self.argv("switch", sys.executable, "-m", "cryo", "grid",
+                                        args[0], "--etcd", self.etcd_url, *args[1:]),
+                              capture_output=True, text=True, timeout=timeout,
+                              close_fds=True)  # fmt: skip
+
+    def pids(self, where: str) -> list[int]:
+        ns = self.switch if where == "switch" else self.ns[where]
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                             check=False).stdout  # fmt: skip
+        return [int(x) for x in out.split()]
+
+    def fail(self, h: str) -> None:
+        """Host ``h`` dies: its link first (nothing it does after reaches the others, as
+        when a machine loses power), then its agent and every process in it, its store,
+        its namespace."""
+        subprocess.run(["ip", "-n", self.ns[h], "link", "set", "eth0", "down"], check=True,
+                       timeout=30)  # fmt: skip
+        _kill_all(self.pids(h))
+        if h in self.agents:
+            self.agents[h].wait()
+        shutil.rmtree(self.base / f"store-{h}", ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", self.ns[h]], check=False, timeout=30)
+        self.made.remove(self.ns[h])
+        self.alive.discard(h)
+
+    def teardown(self) -> None:
+        for ns in self.made:  # nothing may be left in the namespaces
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                                 check=False).stdout  # fmt: skip
+            _kill_all([int(x) for x in out.split()])
+        for p in [*self.agents.values(), *([self.etcd] if self.etcd else [])]:
+            with contextlib.suppress(Exception):
+                p.kill()
+            p.wait()
+        for ns in reversed(self.made):  # veths go with their namespaces
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        self.made.clear()
+        for h in self.names:
+            shutil.rmtree(self.base / f"store-{h}", ignore_errors=True)
+        shutil.rmtree(self.base / "etcd", ignore_errors=True)
+
+
+def _kill_all(pids: list[int]) -> None:
+    """SIGKILL every pid (all ours: what runs in our namespaces) and reap those that are
+    our children or come back to us (the caller is a child subreaper)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.01)
