@@ -4,11 +4,15 @@ timerfd (clock, remaining time, interval) and epoll (its interest list).
 Each is described from /proc/PID/fdinfo at dump and made again by cryo at restart, as
 any open file description (see files.py).  An epoll instance's interest list names fds
 of the process that registered them, so it is filled by that process, with injected
-epoll_ctl calls, once its fd table is back.
+epoll_ctl calls, once its fd table is back.  A watch added through an fd since closed
+(the file held by another fd: kcmp(KCMP_EPOLL_TFD) tells, as CRIU does) names the
+description it watches (``hidden``); files.restore_fds adds it with that same fd number
+on a temporary fd, then closes it (or puts back the file now at that number).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -18,7 +22,7 @@ from typing import Any
 
 from cryo.engine.context import RestoreContext
 from cryo.errors import Unsupported
-from cryo.linux import libc
+from cryo.linux import fdcalls, libc
 from cryo.linux.consts import SYS
 
 log = logging.getLogger(__name__)
@@ -51,26 +55,71 @@ def describe(kind: str, fdinfo: bytes, pid: int, fd: int) -> dict[str, Any]:
                 "settime_flags": int(kv["settime flags"], 8),
                 "value": list(value), "interval": list(interval)}  # fmt: skip
     if kind == "epoll":
-        for tfd, ino, sdev in _TFD_FILE.findall(text):
-            _check_target(pid, fd, int(tfd), int(ino, 16), int(sdev, 16))
-        return {"watch": [[int(t), int(e, 16), int(d, 16)] for t, e, d in _TFD.findall(text)]}
+        return _describe_epoll(pid, fd, text)
     raise Unsupported(f"fd {fd}: {kind} is not supported", pid=pid, resource=f"fd {fd}")
 
 
-def _check_target(pid: int, fd: int, tfd: int, ino: int, sdev: int) -> None:
-    """An epoll watch names the file it watches by the fd it was added with; that fd may
-    have been closed since (the file kept alive by a duplicate) or reused for another
-    file.  The restart registers watches by fd number: refuse what it would get wrong."""
-    dev = os.makedev(sdev >> 20, sdev & 0xFFFFF)  # the kernel's dev_t (MINORBITS 20)
-    try:
-        st = os.stat(f"/proc/{pid}/fd/{tfd}")
-    except FileNotFoundError:
-        st = None
-    if st is None or (st.st_ino, st.st_dev) != (ino, dev):
-        now = "closed" if st is None else "now another file"
-        raise Unsupported(f"fd {fd}: epoll watches a file added as fd {tfd}, which is {now}"
-                          " (the file is held by a duplicate): not supported", pid=pid,
-                          resource=f"fd {fd}")  # fmt: skip
+def _describe_epoll(pid: int, fd: int, text: str) -> dict[str, Any]:
+    """An epoll's interest list.  A watch names its file by the fd it was added with;
+    that fd may have been closed since (the file kept alive by a duplicate) or reused
+    for another file: kcmp(KCMP_EPOLL_TFD) tells.  A watch whose fd is still its file
+    is registered again by that fd (``watch``); the others (``hidden``) are matched
+    with the descriptions of the checkpoint once every process is collected
+    (:func:`find_hidden`)."""
+    watch, hidden = [], []
+    count: dict[int, int] = {}
+    for line in text.splitlines():
+        m = _TFD.search(line)
+        if m is None:
+            continue
+        tfd, events, data = int(m.group(1)), int(m.group(2), 16), int(m.group(3), 16)
+        toff = count.get(tfd, 0)  # the how-manieth watch added with that fd number
+        count[tfd] = toff + 1
+        f = _TFD_FILE.search(line)
+        try:
+            same = fdcalls.kcmp_epoll_tfd(pid, tfd, pid, fd, tfd, toff)
+        except OSError:  # (EBADF: no fd tfd now)
+            same = False
+        if same:
+            watch.append([tfd, events, data])
+        elif f is None:
+            raise Unsupported(f"fd {fd}: epoll watches a file added as fd {tfd} that is"
+                              " closed now, and fdinfo does not name it", pid=pid,
+                              resource=f"fd {fd}")  # fmt: skip
+        else:
+            sdev = int(f.group(3), 16)
+            hidden.append([tfd, events, data, int(f.group(2), 16),
+                           os.makedev(sdev >> 20, sdev & 0xFFFFF), toff])  # fmt: skip
+    out: dict[str, Any] = {"watch": watch}
+    if hidden:
+        out["hidden"] = hidden
+    return out
+
+
+def find_hidden(descs: list[dict[str, Any]], seen: list[tuple[int, int]]) -> None:
+    """Once every process is collected: the file of each hidden watch of an epoll is one
+    of the checkpoint's descriptions (kcmp with each of the same inode); its index
+    replaces the inode.  A file no process of the checkpoint holds is refused."""
+    by_inode: dict[tuple[int, int], list[int]] = {}
+    for i, d in enumerate(descs):
+        by_inode.setdefault((d["dev"], d["ino"]), []).append(i)
+    for d in descs:
+        if d["kind"] != "epoll" or not d.get("hidden") or len(d["hidden"][0]) != 6:
+            continue
+        out = []
+        for tfd, events, data, ino, dev, toff in d["hidden"]:
+            for i in by_inode.get((dev, ino), ()):
+                p0, fd0 = seen[i]
+                with contextlib.suppress(OSError):
+                    if fdcalls.kcmp_epoll_tfd(p0, fd0, d["pid"], d["fd"], tfd, toff):
+                        out.append([tfd, events, data, i])
+                        break
+            else:
+                raise Unsupported(f"fd {d['fd']}: epoll watches a file added as fd {tfd},"
+                                  " since closed, that no fd of the checkpoint holds (inode"
+                                  f" {ino}): not supported", pid=d["pid"],
+                                  resource=f"fd {d['fd']}")  # fmt: skip
+        d["hidden"] = out
 
 
 def open_desc(d: dict[str, Any]) -> int:

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from cryo.engine import (
     appchannel,
     changed,
     dirty,
+    fsnotify,
     ghosts,
     inet,
     locks,
@@ -144,10 +146,12 @@ def _describe_held(fd: int, descs: Descriptions) -> int:
     index = descs.find(me, fd, k.name, found.st)
     if index is None:
         info = procfs.parse_fdinfo(procfs.read("self", f"fdinfo/{fd}"))
-        index = len(descs.descs)
-        descs.descs.append(_describe(found, k, info, descs))
-        descs.seen.append((me, fd))
+        index = descs.add(_describe(found, k, info, descs), me, fd)
     return index
+
+
+def _fdinfo(f: Found) -> bytes:
+    return procfs.read(f.pid, f"fdinfo/{f.fd}")
 
 
 def _describe_anon(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
@@ -194,14 +198,23 @@ class Descriptions:
     blobs: list[bytes] = field(default_factory=list)  # FDAT records
     ghosts: dict[tuple[int, int], str] = field(default_factory=dict)  # deleted files saved
     unix: dict[int, dict[str, Any]] | None = None  # sock_diag's view, asked once
+    # (kind, dev, ino) -> the descriptions of that file: only those are compared (kcmp)
+    by_file: dict[tuple[str, int, int], list[int]] = field(default_factory=dict)
 
     def find(self, pid: int, fd: int, kind: str, st: os.stat_result) -> int | None:
-        for i, d in enumerate(self.descs):
-            if d["kind"] == kind and d["ino"] == st.st_ino and d["dev"] == st.st_dev:
-                p0, fd0 = self.seen[i]
-                if libc.kcmp_file(p0, fd0, pid, fd):
-                    return i
+        for i in self.by_file.get((kind, st.st_dev, st.st_ino), ()):
+            p0, fd0 = self.seen[i]
+            if libc.kcmp_file(p0, fd0, pid, fd):
+                return i
         return None
+
+    def add(self, d: dict[str, Any], pid: int, fd: int) -> int:
+        """A new description (``d["id"]`` its index), first seen as ``fd`` of ``pid``."""
+        index = d["id"] = len(self.descs)
+        self.descs.append(d)
+        self.seen.append((pid, fd))
+        self.by_file.setdefault((d["kind"], d["dev"], d["ino"]), []).append(index)
+        return index
 
 
 def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
@@ -225,9 +238,7 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
         kind = k.name
         index = descs.find(pid, fd, kind, st)
         if index is None:
-            index = len(descs.descs)
-            descs.descs.append(_describe(found, k, info, descs))
-            descs.seen.append((pid, fd))
+            index = descs.add(_describe(found, k, info, descs), pid, fd)
         table.append({"fd": fd, "desc": index, "cloexec": bool(info.flags & O_CLOEXEC)})
     for what in ("cwd", "root"):
         where = procfs.readlink(pid, what)
@@ -267,6 +278,7 @@ def dump_shared(session: Any) -> None:
     """Driver hook, once for all processes: the data in flight in pipes and FIFOs."""
     dump_pipes(session.shared.descs, session.shell_job)
     specialfds.check_proc(session.shared.descs.descs, {c.pid for c in session.contexts})
+    anonfds.find_hidden(session.shared.descs.descs, session.shared.descs.seen)
     ghosts.use_objects(session.shared.descs.descs, session.shared.objects)
     ghosts.check_mapped(session.shared.descs.descs, {c.pid for c in session.contexts})
 
@@ -297,13 +309,13 @@ def check_shared_tables(pids: list[int]) -> list[str]:
 
 def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
     """Copy, without consuming it, the data waiting in each pipe and FIFO (tee)."""
-    done: set[tuple[int, int]] = set()
+    ends: dict[tuple[int, int], list[dict[str, Any]]] = {}  # every end of each pipe
     for d in descs.descs:
-        if not KINDS[d["kind"]].in_flight or (d["dev"], d["ino"]) in done:
-            continue
-        done.add((d["dev"], d["ino"]))
-        readers = [e for e in descs.descs if (e["dev"], e["ino"]) == (d["dev"], d["ino"])
-                   and e["flags"] & O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]  # fmt: skip
+        if KINDS[d["kind"]].in_flight:
+            ends.setdefault((d["dev"], d["ino"]), []).append(d)
+    for same in ends.values():
+        d = same[0]
+        readers = [e for e in same if e["flags"] & O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
         if not readers:
             if d["kind"] == "pipe":
                 raise Unsupported(f"fd {d['fd']} of {d['pid']}: the read end of {d['path']} is"
@@ -321,9 +333,8 @@ def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
             d_data = _peek(mine, size)
         finally:
             os.close(mine)
-        for e in descs.descs:
-            if (e["dev"], e["ino"]) == (d["dev"], d["ino"]):
-                e["pipe_size"] = size
+        for e in same:
+            e["pipe_size"] = size
         d["data"] = d_data
         log.debug("pipe %s: %d bytes in flight", d["path"], len(d_data))
 
@@ -366,20 +377,26 @@ class Opened:
     fds: dict[int, int] = field(default_factory=dict)
     base: int = 0
     anchors: list[int] = field(default_factory=list)
+    # a pidfd of cryo, inherited by every process: each takes a late description with
+    # pidfd_getfd through it; and the late descriptions, opened once every process exists
+    me: int = -1
+    late: dict[int, int] = field(default_factory=dict)
 
     def close(self) -> None:
-        for fd in [*self.fds.values(), *self.anchors]:
+        for fd in [*self.fds.values(), *self.anchors, *self.late.values()]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
         self.anchors.clear()
+        self.late.clear()
 
 
 def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[str, Any]],
              options: dict[str, Any], keep: dict[str, Any] | None = None) -> Opened:  # fmt: skip
     """Open every description in cryo, on fds above every fd number the image uses;
     what a kind must keep for a later stage goes into ``keep``."""
-    top = max([e["fd"] for t in tables for e in t["fds"]] + [2])
+    top = max([e["fd"] for t in tables for e in t["fds"]] + [2]
+              + [w[0] for d in descs for w in d.get("hidden", ())])  # fmt: skip
     opened = Opened(base=max(top + 1, 10))
     o = Opening(blobs, options, opened, {d["ino"]: d for d in descs if d["kind"] == "unix"},
                 keep=keep if keep is not None else {})
@@ -388,6 +405,8 @@ def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[
             k = KINDS.get(d["kind"])
             if k is None or k.open is None:
                 raise ImageCorrupt(f"fd {d['fd']} of {d['pid']}: unknown kind {d['kind']!r}")
+            if d.get("late"):
+                continue  # opened once its process exists (restore_fds)
             fd = k.open(d, o)
             high = fcntl.fcntl(fd, fcntl.F_DUPFD, opened.base)
             if fd not in (0, 1, 2) or k is not _STDIO:
@@ -396,6 +415,11 @@ def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[
         for r, w in o.pipes.values():
             os.close(r)
             os.close(w)
+        if any(d.get("late") for d in descs):
+            me = os.pidfd_open(os.getpid())
+            opened.me = fcntl.fcntl(me, fcntl.F_DUPFD, opened.base)
+            os.close(me)
+            opened.anchors.append(opened.me)
     except BaseException:
         opened.close()
         raise
@@ -471,8 +495,12 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     elif d.get("deleted"):
         path = created = _materialize({**d, "path": path}, o.blobs[d["blob"]])
     owner = o.options.get("owner")  # the image's owner (cryo.image.trust)
+    own = ghosts.own_file(d) if d.get("deleted") else None
     try:
-        if owner is not None and not owner.root and not created and not d.get("ns"):
+        if own is not None:  # the memfd itself, as memfd_create gave it
+            fd = own
+            _set_flags(fd, flags)
+        elif owner is not None and not owner.root and not created and not d.get("ns"):
             from cryo.image import trust  # opened as the owner: what it may open, even if
             fd = trust.open_as_owner(owner, [(path, flags, 0)])[0]  # a link was swapped in
         else:
@@ -483,6 +511,11 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     finally:
         if created:
             os.unlink(created)
+    try:
+        _same_object(d, fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
     if d["kind"] == "file" and not flags & O_PATH and not d.get("ns"):
         if not d.get("deleted"):
             try:
@@ -494,6 +527,18 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     if d["flags"] & O_ASYNC and not flags & O_PATH:
         _set_flags(fd, int(d["flags"]))
     return fd
+
+
+def _same_object(d: dict[str, Any], fd: int, path: str) -> None:
+    """What was reopened by name is what the description was: a symbolic link is one
+    still; a /proc file of a process outside the checkpoint is that same process's."""
+    if d["kind"] == "link" and not stat.S_ISLNK(os.fstat(fd).st_mode):
+        raise CryoError(f"fd {d['fd']} of {d['pid']}: {path} is no longer a symbolic link",
+                        resource=f"fd {d['fd']}", path=path)  # fmt: skip
+    if "start" in d and d["kind"] in ("file", "dir"):
+        m = specialfds.PROC_PID.match(path)
+        if m is not None:
+            specialfds.same_process(d, int(m.group(1)), path)
 
 
 def _set_flags(fd: int, flags: int) -> None:
@@ -514,18 +559,72 @@ def _materialize(d: dict[str, Any], data: bytes) -> str:
 
 
 def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> None:
-    """Give the process its fds (inherited from cryo on high numbers), close the rest."""
+    """Give the process its fds (inherited from cryo on high numbers; a late one taken
+    from cryo), register the hidden watches of its epolls, close the rest."""
     inj = ctx.inj
-    wanted = {e["fd"] for e in rec["fds"]}
+    descs: list[dict[str, Any]] = ctx.shared.descs
+    wanted = {e["fd"]: e for e in rec["fds"]}
     for e in rec["fds"]:
-        inj(SYS.dup2, opened.fds[e["desc"]], e["fd"])
+        src = opened.fds.get(e["desc"])
+        if src is None:  # a late description: pidfd_getfd from cryo, onto a temporary fd
+            src = _take_late(ctx, opened, descs[e["desc"]])
+            if src != e["fd"]:
+                inj(SYS.dup2, src, e["fd"])
+                inj(SYS.close, src)
+        else:
+            inj(SYS.dup2, src, e["fd"])
         inj(SYS.fcntl, e["fd"], F_SETFD, FD_CLOEXEC if e["cloexec"] else 0)
+    for d in descs:
+        if d["kind"] == "epoll" and d.get("hidden") and d["pid"] == ctx.old_pid:
+            _register_hidden(ctx, d, opened, descs, wanted)
     lo = 0
     for fd in sorted(wanted):
         if fd > lo:
             inj(SYS.close_range, lo, fd - 1, 0)
         lo = fd + 1
     inj(SYS.close_range, lo, 0xFFFFFFFF, 0)
+
+
+SYS_PIDFD_GETFD = 438
+F_DUPFD_CLOEXEC = 1030
+EPOLL_CTL_ADD = 1
+
+
+def _take_late(ctx: RestoreContext, opened: Opened, d: dict[str, Any]) -> int:
+    """A late description (engine/specialfds.py) in the process, on a free fd: opened in
+    cryo the first time a process asks for it (every process exists by now)."""
+    if d["id"] not in opened.late:
+        opened.late[d["id"]] = specialfds.open_late(d, ctx.pid_map)
+    return int(ctx.inj(SYS_PIDFD_GETFD, opened.me, opened.late[d["id"]], 0,
+                       what=f" pidfd_getfd of fd {d['fd']}"))  # fmt: skip
+
+
+def _register_hidden(ctx: RestoreContext, d: dict[str, Any], opened: Opened,
+                     descs: list[dict[str, Any]], wanted: dict[int, dict[str, Any]]
+                     ) -> None:  # fmt: skip
+    """The watches of an epoll whose fd was closed after it was added (the file held by
+    another fd): added with that fd number on a temporary fd, as it was, then closed
+    (or the file now at that number put back)."""
+    inj = ctx.inj
+    ep = opened.fds[d["id"]]  # the epoll as every process inherited it
+    for tfd, events, data, index in d["hidden"]:
+        src = opened.fds.get(index)
+        took = src is None
+        if src is None:
+            src = _take_late(ctx, opened, descs[index])
+        saved = inj(SYS.fcntl, tfd, F_DUPFD_CLOEXEC, opened.base) if tfd in wanted else None
+        inj(SYS.dup2, src, tfd)
+        ev = struct.pack("<IQ", events & 0xFFFFFFFF, data)
+        inj(SYS.epoll_ctl, ep, EPOLL_CTL_ADD, tfd, inj.put(ev),
+            what=f" epoll_ctl {d['fd']} add {tfd} (closed since)")  # fmt: skip
+        if saved is not None:
+            inj(SYS.dup2, saved, tfd)
+            inj(SYS.close, saved)
+            inj(SYS.fcntl, tfd, F_SETFD, FD_CLOEXEC if wanted[tfd]["cloexec"] else 0)
+        else:
+            inj(SYS.close, tfd)
+        if took:
+            inj(SYS.close, src)
 
 
 def restore_fs(ctx: RestoreContext, rec: dict[str, Any]) -> None:
@@ -556,6 +655,11 @@ def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str,
             item["in_flight"] = len(d["data"])
         item.update(locks.describe(d))
         item.update(ghosts.show(d))
+        item.update(fsnotify.show(d))
+        item.update(specialfds.show(d))
+        if d.get("hidden"):
+            item["hidden_watches"] = [f"fd {w[0]} (closed since): {descs[w[3]]['path']}"
+                                      for w in d["hidden"]]  # fmt: skip
         out.append(item)
     return out
 
@@ -582,12 +686,12 @@ FD_KINDS: tuple[FdKind, ...] = (
     FdKind("deleted", lambda f: ghosts.refuse_special(f.target, f.fmt) is not None,
            refuse=lambda f: str(ghosts.refuse_special(f.target, f.fmt))),
     FdKind("file", lambda f: f.fmt == stat.S_IFREG, _describe_file, _open_path),
-    # (reopening it is easy; the restart's path check, engine/translate.py, follows it)
-    FdKind("link", lambda f: f.fmt == stat.S_IFLNK, refuse=lambda f: f"O_PATH fd on the"
-           f" symbolic link {f.target} is not supported yet"),
+    # an O_PATH|O_NOFOLLOW fd on a symbolic link: reopened so (the restart's path check,
+    # engine/translate.py, would follow it: _same_object checks it is a link still)
+    FdKind("link", lambda f: f.fmt == stat.S_IFLNK, open=_open_path),
     FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, open=_open_path),
-    FdKind("pty", lambda f: f.fmt == stat.S_IFCHR and tty.is_pty(f.target), _describe_pty,
-           _open_pty),
+    FdKind("pty", lambda f: f.fmt == stat.S_IFCHR and tty.is_pty(f.target, f.pid),
+           _describe_pty, _open_pty),
     FdKind("tty", _is_tty, refuse=lambda f: f"terminal {f.target}; use --shell-job to hand"
            " the restored process the caller's terminal"),
     FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, open=_open_path),
@@ -602,6 +706,15 @@ FD_KINDS: tuple[FdKind, ...] = (
     FdKind("socket", _is_socket, refuse=lambda f: f"{_socket_kind(f.pid, f.st.st_ino)} socket"
            f" is not supported ({f.target})"),
     *_ANON,
+    FdKind("pidfd", lambda f: f.target == specialfds.PIDFD,
+           lambda f, _i, _d: specialfds.describe_pidfd(f.pid, f.fd, _fdinfo(f)),
+           lambda d, _o: specialfds.open_pidfd(d)),
+    FdKind("inotify", lambda f: f.target == fsnotify.INOTIFY,
+           lambda f, _i, _d: fsnotify.describe_inotify(f.pid, f.fd, _fdinfo(f)),
+           lambda d, o: fsnotify.open_inotify(d, lambda p: _translate(p, o.options))),
+    FdKind("fanotify", lambda f: f.target == fsnotify.FANOTIFY,
+           lambda f, _i, _d: fsnotify.describe_fanotify(f.pid, f.fd, _fdinfo(f)),
+           lambda d, o: fsnotify.open_fanotify(d, lambda p: _translate(p, o.options))),
     FdKind("anon_inode", lambda f: f.target.startswith("anon_inode:"),
            refuse=lambda f: f"anonymous inode is not supported ({f.target})"),
     FdKind("fifo", lambda f: f.fmt == stat.S_IFIFO, lambda f, _i, d: {
@@ -611,6 +724,9 @@ FD_KINDS: tuple[FdKind, ...] = (
     FdKind("other", lambda _f: True, refuse=lambda f: f"special file is not supported"
            f" ({f.target})"),
 )
+# a /proc file of a process of the checkpoint (a "file" or "dir" at dump, made late by
+# specialfds.check_proc): opened once that process exists
+_PROC = FdKind("proc", lambda _f: False, open=lambda d, _o: -1)
 # a shell job's stdio (fds 0-2 on a terminal, pipe, socket or deleted file) belongs to
 # whoever restarts it: given the restarter's own
 _STDIO = FdKind("stdio", lambda f: f.fd <= 2 and (
@@ -620,7 +736,7 @@ _STDIO = FdKind("stdio", lambda f: f.fd <= 2 and (
 # it): opened again on the restarter's terminal (engine/tty.py)
 _CTTY = FdKind("ctty", lambda f: tty.on_job_terminal(f.pid, f.fmt, f.st.st_rdev),
                open=lambda d, _o: tty.open_job_terminal(d))
-KINDS = {k.name: k for k in (*FD_KINDS, _STDIO, _CTTY)}
+KINDS = {k.name: k for k in (*FD_KINDS, _STDIO, _CTTY, _PROC)}
 
 
 def kind_of(f: Found, shell_job: bool) -> FdKind:

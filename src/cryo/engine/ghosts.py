@@ -17,7 +17,11 @@ an anchor fd opened on it before it is unlinked again; every description of it i
 opened through /proc/self/fd/ANCHOR: one inode, shared again by construction.
 
 A memfd comes back as a memfd (memfd_create) of the same name, filled the same way,
-then sealed with the seals it had (F_GET_SEALS at dump, F_ADD_SEALS last); it is
+then sealed with the seals it had (F_GET_SEALS at dump, F_ADD_SEALS last); a hugetlb
+memfd (on hugetlbfs: its st_blksize is its huge page size) again with MFD_HUGETLB and
+that page size, filled through a shared mapping (hugetlbfs has no write()).  Its first
+read-write description is the memfd made itself (memfd_create's file, which does not
+count as a writer of the inode: execveat of it works as it did); the others are
 reopened through /proc/self/fd as any ghost.
 
 A ghost that a process of the checkpoint also maps is saved as that mapping's shared
@@ -50,7 +54,9 @@ CHUNK = 1 << 20
 MEMFD = "/memfd:"
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 F_SEAL_SEAL = 0x1
-MFD_CLOEXEC, MFD_ALLOW_SEALING = 0x1, 0x2
+MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB = 0x1, 0x2, 0x4
+MFD_HUGE_SHIFT = 26
+PAGE = 4096
 O_NOATIME = 0o1000000
 SEEK_DATA, SEEK_HOLE = 3, 4
 DELETED = " (deleted)"
@@ -105,6 +111,8 @@ def describe(pid: int, fd: int, target: str, st: os.stat_result,
                               "mtime_ns": st.st_mtime_ns}  # fmt: skip
     if name.startswith(MEMFD):
         fields["memfd"] = {"name": name[len(MEMFD):], "seals": _seals(pid, fd)}
+        if st.st_blksize > PAGE:  # on hugetlbfs (MFD_HUGETLB): its huge page size
+            fields["hugetlb"] = st.st_blksize
     if key in ghosts:
         fields["ghost"] = ghosts[key]
         fields["blob"] = _empty(blobs)
@@ -294,10 +302,17 @@ def _closer(fd: int) -> Callable[[], None]:
 
 def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
     memfd = d.get("memfd")
+    huge = int(d.get("hugetlb", 0))
     if memfd is not None:  # a memfd again, of the same name; sealed once filled
         seals = int(memfd["seals"])
-        fd = os.memfd_create(memfd["name"], MFD_CLOEXEC | (
-            0 if seals == F_SEAL_SEAL else MFD_ALLOW_SEALING))  # fmt: skip
+        flags = MFD_CLOEXEC | (0 if seals == F_SEAL_SEAL else MFD_ALLOW_SEALING)
+        if huge:  # on hugetlbfs again, with its page size
+            flags |= MFD_HUGETLB | ((huge.bit_length() - 1) << MFD_HUGE_SHIFT)
+        try:
+            fd = os.memfd_create(memfd["name"], flags)
+        except OSError as err:
+            raise CryoError(f"memfd {memfd['name']}: cannot make it again"
+                            f"{' on hugetlbfs' if huge else ''}: {err.strerror}") from err
     else:
         if not os.path.isdir(os.path.dirname(path)) or os.path.lexists(path):
             path = os.path.join(tempfile.gettempdir(),
@@ -308,7 +323,9 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
         if memfd is None:
             os.unlink(path)  # from here on it is ours alone, as it was the program's
         os.ftruncate(fd, d["size"])
-        for start, length in d["extents"]:
+        if huge:  # (hugetlbfs has no write(): through a shared mapping)
+            _fill_mapped(fd, d, data)
+        for start, length in [] if huge else d["extents"]:
             done = 0
             while done < length:
                 chunk = data.read(min(CHUNK, length - done))
@@ -332,12 +349,49 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
     return fd
 
 
+def _fill_mapped(fd: int, d: dict[str, Any], data: BinaryIO) -> None:
+    import mmap
+
+    if not d["size"]:
+        return
+    try:
+        m = mmap.mmap(fd, d["size"], mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as err:
+        raise CryoError(f"memfd {d['memfd']['name']}: {d['size']} bytes of huge pages:"
+                        f" {err.strerror} (is the pool big enough?)") from err
+    try:
+        for start, length in d["extents"]:
+            done = 0
+            while done < length:
+                chunk = data.read(min(CHUNK, length - done))
+                if not chunk:
+                    raise ImageCorrupt(f"deleted file {d['path']}: its side file is short")
+                m[start + done : start + done + len(chunk)] = chunk
+                done += len(chunk)
+    finally:
+        m.close()
+
+
+def own_file(d: dict[str, Any]) -> int | None:
+    """For the first description of a memfd opened read-write: the memfd made itself (a
+    duplicate of its anchor), not a reopening of it, as memfd_create gave it: one that
+    does not count as a writer of the inode (so execveat of it works, as it did)."""
+    anchor = d.get("_anchor")
+    if anchor is None or not d.get("memfd") or "extents" not in d:
+        return None
+    if d["flags"] & 0o3 != os.O_RDWR:
+        return None
+    return os.dup(anchor)
+
+
 def show(d: dict[str, Any]) -> dict[str, Any]:
     """What `cryo show` says of a deleted file, a memfd or a namespace fd."""
     out: dict[str, Any] = {}
     if d.get("memfd"):
         out["memfd"] = d["memfd"]["name"]
         out["seals"] = d["memfd"]["seals"]
+        if d.get("hugetlb"):
+            out["hugetlb"] = d["hugetlb"]
     if "extents" in d:
         out["data"] = sum(n for _, n in d["extents"])  # the rest are holes
     if "obj" in d:

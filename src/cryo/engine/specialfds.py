@@ -1,12 +1,21 @@
-"""Special files an fd may hold: namespace files (/proc/PID/ns/*), O_PATH fds on
-symbolic links, and /proc files of processes.
+"""Special files an fd may hold: namespace files (/proc/PID/ns/*), pidfds, and /proc
+files of processes.
 
 A namespace fd (its link reads ``net:[4026531833]``) is saved by its type and inode and
 reopened at restart from a process that is in that very namespace (cryo itself first);
-a namespace that no longer exists fails the restart with its name.  /proc files of a
-process of the checkpoint (``/proc/PID/status``, ``/proc/PID/maps``, ...) would be
-reopened before that process exists, on another process: refused at checkpoint, by
-name.  /proc files of other processes are reopened by name, as any file.
+a namespace that no longer exists fails the restart with its name.
+
+A pidfd (fdinfo ``Pid:``) of a process of the checkpoint, and an fd on a /proc file of
+one (``/proc/PID/status``, ``/proc/PID/maps``, the directory ``/proc/PID``, ...), are
+*late* descriptions: they can only be opened once that process exists again, so cryo
+opens them (pidfd_open of its new pid; the path with its new pid) once every process is
+made, and each process holding one takes it with an injected pidfd_getfd from cryo
+(through a pidfd of cryo it inherited), at the fd number it had: a description shared by
+several fds or processes stays one.  A pidfd of a process outside the checkpoint is
+reopened on that process only if it is still the one (same pid and start time); so is a
+/proc file of an outside process.  Refused by name: a pidfd of a process already reaped
+(``Pid: -1``) or not in our pid namespace, a pidfd or /proc file of a thread other than
+a leader (threads are made after the fds).
 """
 
 from __future__ import annotations
@@ -14,12 +23,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 from typing import Any
 
+from cryo import procfs
 from cryo.errors import CryoError, Unsupported
+from cryo.linux import fdcalls
 
 _NS = re.compile(r"^(cgroup|ipc|mnt|net|pid|time|user|uts):\[(\d+)\]$")
-_PROC = re.compile(r"^/proc/(\d+)(?:/|$)")
+PROC_PID = re.compile(r"^/proc/(\d+)(?:/|$)")
 
 
 def is_ns(target: str) -> bool:
@@ -53,14 +65,111 @@ def find_ns(d: dict[str, Any]) -> str:
                     " held no longer exists", pid=d["pid"], resource=f"fd {d['fd']}")
 
 
+PIDFD = "anon_inode:[pidfd]"
+PIDFD_FLAGS = os.O_NONBLOCK | fdcalls.PIDFD_THREAD
+
+
+def _start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[22 - 3])  # field 22
+
+
+def describe_pidfd(pid: int, fd: int, fdinfo: bytes) -> dict[str, Any]:
+    kv = procfs.parse_fdinfo(fdinfo).extra
+    target = int(kv.get("Pid", "0"))
+    if target == -1:
+        raise Unsupported(f"fd {fd}: pidfd of a process that has exited and was reaped (a"
+                          " pidfd of it cannot be made again)", pid=pid, resource=f"fd {fd}")
+    if target == 0:
+        raise Unsupported(f"fd {fd}: pidfd of a process outside our pid namespace", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
+    return {"target": target, "start": _start(target)}
+
+
 def check_proc(descs: list[dict[str, Any]], pids: set[int]) -> None:
-    """Refuse /proc files of the checkpoint's own processes (and their threads)."""
+    """Once every process is collected: pidfds and /proc files of the checkpoint's own
+    processes become late descriptions (opened once they exist again); those of their
+    threads other than the leader are refused; /proc files of other processes keep the
+    start time of that process (reopened only on the same one)."""
     for d in descs:
-        m = _PROC.match(str(d.get("path", "")))
-        if m is None:
+        if d["kind"] == "pidfd":
+            target = int(d["target"])
+            if target in pids:
+                d["late"] = True
+                continue
+            _refuse_thread(d, target, pids, f"pidfd of thread {target}")
             continue
-        pid = int(m.group(1))
-        if pid in pids or any(os.path.exists(f"/proc/{p}/task/{pid}") for p in pids):
-            raise Unsupported(f"fd {d['fd']}: {d['path']} is a /proc file of process {pid},"
-                              " which is part of the checkpoint: not supported", pid=d["pid"],
-                              resource=f"fd {d['fd']}", path=d["path"])  # fmt: skip
+        m = PROC_PID.match(str(d.get("path", "")))
+        if m is None or d["kind"] not in ("file", "dir"):
+            continue
+        target = int(m.group(1))
+        if target in pids:
+            d["proc"] = {"pid": target, "rest": d["path"][m.end(1):], "kind": d["kind"]}
+            d["kind"], d["late"] = "proc", True
+            continue
+        _refuse_thread(d, target, pids, f"{d['path']} is a /proc file of thread {target}")
+        d["start"] = _start(target)
+
+
+def _refuse_thread(d: dict[str, Any], tid: int, pids: set[int], what: str) -> None:
+    for p in pids:
+        if os.path.exists(f"/proc/{p}/task/{tid}"):
+            raise Unsupported(f"fd {d['fd']}: {what} of process {p}, which is part of the"
+                              " checkpoint: only a thread group leader's is supported",
+                              pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+
+
+def same_process(d: dict[str, Any], pid: int, what: str) -> None:
+    """At restart: ``pid`` is still the process it was at checkpoint (its start time)."""
+    if d.get("start") is None or _start(pid) != d["start"]:
+        raise CryoError(f"fd {d['fd']} of process {d['pid']}: {what} of process {pid}, which"
+                        " is no longer the process it was at checkpoint (it exited, or its pid"
+                        " was reused)", pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+
+
+def open_pidfd(d: dict[str, Any]) -> int:
+    """A pidfd of a process outside the checkpoint: the same process still."""
+    target = int(d["target"])
+    try:
+        fd = fdcalls.pidfd_open(target, d["flags"] & PIDFD_FLAGS)
+    except OSError:
+        same_process(d, target, "pidfd")
+        raise
+    try:
+        same_process(d, target, "pidfd")
+        signal.pidfd_send_signal(fd, 0)  # still alive after the check: not reused since
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_late(d: dict[str, Any], pid_map: dict[int, int]) -> int:
+    """In cryo, once every process exists: a late description of ``d`` (its processes
+    by their new pids)."""
+    if d["kind"] == "pidfd":
+        return fdcalls.pidfd_open(pid_map[int(d["target"])], d["flags"] & PIDFD_FLAGS)
+    p = d["proc"]
+    path = f"/proc/{pid_map[int(p['pid'])]}{p['rest']}"
+    flags = d["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | 0o20000)
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC)
+    except OSError as err:
+        raise CryoError(f"fd {d['fd']} of process {d['pid']}: cannot reopen {path}:"
+                        f" {err.strerror}", resource=f"fd {d['fd']}", path=path) from err
+    if d["pos"] and not flags & os.O_PATH:
+        os.lseek(fd, d["pos"], os.SEEK_SET)
+    return fd
+
+
+def show(d: dict[str, Any]) -> dict[str, Any]:
+    if d["kind"] == "pidfd":
+        return {"pidfd_of": d["target"]}
+    if d["kind"] == "proc":
+        return {"proc_of": d["proc"]["pid"]}
+    return {}

@@ -372,6 +372,24 @@ TCP_REPAIR = Struct((
       required=False),
 ), extra=False, name="tcp repair")  # fmt: skip
 
+_HANDLE = (
+    F("ino", Int(0, U64), "the inode watched"), F("dev", Int(0, U64), "its device"),
+    F("htype", Int(-(1 << 31), (1 << 31) - 1), "its file handle's type", required=False),
+    F("handle", Bytes(max=128), "its file handle (open_by_handle_at)", required=False),
+    F("path", Str(), "its path, found from the handle at checkpoint", required=False),
+    F("fmt", Int(0, U32), "its file type (S_IFMT)", required=False),
+)
+INOTIFY_WATCH = Struct((
+    F("wd", Int(1, 1 << 31)), F("mask", Int(0, U32), "with IN_ONESHOT, IN_EXCL_UNLINK"),
+    *_HANDLE), name="inotify watch")  # fmt: skip
+FAN_MARK = Struct((
+    F("on", Str(choices=("inode", "mount", "filesystem"))), F("mflags", Int(0, U32)),
+    F("mask", Int(0, U64)), F("ignored", Int(0, U64), "the ignored mask"),
+    *(F(f.name, f.type, f.doc, required=False) for f in _HANDLE),
+), name="fanotify mark")  # fmt: skip
+PROC_FILE = Struct((F("pid", PID), F("rest", Str(), "the path after /proc/PID"),
+                    F("kind", Str(choices=("file", "dir")))), name="proc file")  # fmt: skip
+
 DESC = Struct((
     F("id", Int(0, MAX_ITEMS), "its index in `descs`"), F("kind", Str(choices=DESC_KINDS)),
     F("path", Str()), F("pos", Int(0, (1 << 63) - 1)), F("flags", Int(0, U32),
@@ -460,6 +478,23 @@ DESC = Struct((
       required=False),
     F("sessions", List(Tuple((PID, Int(0, MAX_PID)), ("sid", "foreground pgid"))),
       "pty master: the sessions whose controlling terminal it is", required=False),
+    # pidfds, /proc files of the checkpoint's processes (engine/specialfds.py)
+    F("target", PID, "pidfd: the process it refers to, as cryo saw it", required=False),
+    F("start", Nullable(Int(0, U64)), "pidfd, /proc file of a process outside: that"
+      " process's start time (reopened only on the same one)", required=False),
+    F("late", Bool(), "pidfd, proc: opened once its process exists again", required=False),
+    F("proc", PROC_FILE, "proc: which process's /proc file", required=False),
+    # inotify and fanotify (engine/fsnotify.py); epoll watches of closed fds (anonfds.py)
+    F("watches", List(INOTIFY_WATCH), "inotify: its watches, by wd", required=False),
+    F("marks", List(FAN_MARK), "fanotify: its marks", required=False),
+    F("fan_flags", Int(0, U32), "fanotify: fanotify_init flags", required=False),
+    F("event_flags", Int(0, U32), "fanotify: fanotify_init event_f_flags", required=False),
+    F("hidden", List(Tuple((FD, Int(0, U32), Int(0, U64), Int(0, MAX_ITEMS)),
+                           ("fd", "events", "data", "desc"))),
+      "epoll: watches added by an fd since closed, and the description they watch",
+      required=False),
+    F("hugetlb", Int(4096, 1 << 30), "file (deleted): a hugetlb memfd's page size",
+      required=False),
 ), name="description")  # fmt: skip
 
 FDENT = Struct((F("fd", FD), F("desc", Int(0, MAX_ITEMS), "index into FDSC descs"),

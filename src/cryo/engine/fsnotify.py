@@ -1,0 +1,288 @@
+"""inotify and fanotify instances with their watches (marks).
+
+Dump: /proc/PID/fdinfo lists each watch: an inotify watch by its wd, the inode (ino,
+sdev), its mask and a file handle (``f_handle``); a fanotify mark by its object (an
+inode as above, a mount by ``mnt_id``, a filesystem by ``sdev``), its mark flags, mask
+and ignored mask.  The watched inode's path is looked up from the handle at dump
+(open_by_handle_at on a mount of that device, then /proc/self/fd), for ``cryo show``
+and as a fallback.  Refused by name: events queued and not yet read (FIONREAD on a
+duplicate: the kernel gives no way to queue them again), a watch whose object the
+handle does not open (a filesystem without file handles), fanotify groups of the
+permission classes (events read but not answered cannot be seen), and mount marks
+of mounts that no longer have a mount point.
+
+Restart, in cryo before any process exists (as any description): a new instance with
+the same flags; each watched object opened by its handle (the very inode, on a mount
+of its device), else by its path (then it must be the same kind of file), then
+watched through /proc/self/fd/N.  An inotify watch keeps its wd: the kernel hands them
+out one after another, so the wds skipped are taken and given back first (their
+IN_IGNORED events read off before the instance is handed out).  A watch whose object
+cannot be found fails the restart, naming it, before anything is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+import termios
+from typing import Any
+
+from cryo.errors import CryoError, Unsupported
+from cryo.linux import fdcalls, libc
+
+INOTIFY = "anon_inode:inotify"
+FANOTIFY = "anon_inode:[fanotify]"
+O_NONBLOCK = 0o4000
+O_LARGEFILE = 0o100000
+FAN_CLOEXEC, FAN_NONBLOCK = 0x1, 0x2
+FAN_CLASS_BITS = 0xC  # FAN_CLASS_CONTENT | FAN_CLASS_PRE_CONTENT
+FAN_MARK_ADD, FAN_MARK_IGNORED_MASK = 0x1, 0x20
+FAN_MARK_MOUNT, FAN_MARK_FILESYSTEM = 0x10, 0x100
+FAN_MARK_IGNORE = 0x400
+MAX_WD = 1 << 20  # the wds given back to reach a watch's wd, at most
+_KV = re.compile(r"([a-z_-]+):(\S*)")
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(_KV.findall(line))
+
+
+def _dev(sdev: str) -> int:
+    n = int(sdev, 16)
+    return os.makedev(n >> 20, n & 0xFFFFF)  # the kernel's dev_t (MINORBITS 20)
+
+
+def _mounts(pid: int | str = "self") -> list[tuple[int, int, str]]:
+    """(mount id, device, mount point) of each mount seen by ``pid``."""
+    out = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            major, minor = (int(x) for x in parts[2].split(":"))
+            point = parts[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            out.append((int(parts[0]), os.makedev(major, minor), point))
+    return out
+
+
+def _mount_fd(dev: int) -> int:
+    """An fd on the root of a mount of device ``dev`` (for open_by_handle_at)."""
+    for _mid, d, point in _mounts():
+        if d == dev:
+            with contextlib.suppress(OSError):  # (not O_PATH: open_by_handle_at refuses it)
+                return os.open(point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    raise FileNotFoundError(errno.ENOENT, f"no mount of device {os.major(dev)}:{os.minor(dev)}")
+
+
+def _by_handle(mark: dict[str, Any]) -> int:
+    """The watched inode, opened O_PATH by its handle; OSError if it cannot be."""
+    mfd = _mount_fd(mark["dev"])
+    try:
+        fd = fdcalls.open_by_handle_at(mfd, mark["htype"], mark["handle"],
+                                       os.O_PATH | os.O_CLOEXEC)  # fmt: skip
+    finally:
+        os.close(mfd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (mark["dev"], mark["ino"]):
+        os.close(fd)
+        raise FileNotFoundError(errno.ESTALE, "the handle opens another inode")
+    return fd
+
+
+def _mark(fields: dict[str, str]) -> dict[str, Any]:
+    """An inode mark as fdinfo shows it: the inode, and the handle that reopens it."""
+    m: dict[str, Any] = {"ino": int(fields["ino"], 16), "dev": _dev(fields["sdev"])}
+    if "f_handle" in fields:
+        m["htype"] = int(fields["fhandle-type"], 16)
+        m["handle"] = bytes.fromhex(fields["f_handle"])
+    return m
+
+
+def _find_path(m: dict[str, Any], where: str, pid: int, fd: int) -> None:
+    """Check at dump that the handle opens the watched inode, and name it."""
+    if "handle" not in m:
+        raise Unsupported(f"fd {fd}: {where} watches inode {m['ino']} of a filesystem"
+                          " without file handles: it could not be found again",
+                          pid=pid, resource=f"fd {fd}")  # fmt: skip
+    try:
+        ofd = _by_handle(m)
+    except OSError as err:
+        raise Unsupported(f"fd {fd}: {where} watches inode {m['ino']} that its handle does"
+                          f" not open ({err.strerror}): it could not be found again",
+                          pid=pid, resource=f"fd {fd}") from err  # fmt: skip
+    try:
+        m["path"] = os.readlink(f"/proc/self/fd/{ofd}")
+        m["fmt"] = stat.S_IFMT(os.fstat(ofd).st_mode)
+    finally:
+        os.close(ofd)
+
+
+def _queued(pid: int, fd: int, what: str) -> None:
+    mine = libc.fd_of(pid, fd)
+    try:
+        n = int.from_bytes(fcntl.ioctl(mine, termios.FIONREAD, b"\0" * 4), "little")
+    finally:
+        os.close(mine)
+    if n:
+        raise Unsupported(f"fd {fd}: {what} has {n} bytes of events not yet read (they"
+                          " cannot be queued again)", pid=pid, resource=f"fd {fd}")
+
+
+def describe_inotify(pid: int, fd: int, fdinfo: bytes) -> dict[str, Any]:
+    watches = []
+    for line in fdinfo.decode(errors="surrogateescape").splitlines():
+        if not line.startswith("inotify "):
+            continue
+        f = _fields(line)
+        m = _mark(f)
+        m["wd"] = int(f["wd"], 16)
+        m["mask"] = int(f["mask"], 16)
+        if m["wd"] > MAX_WD:
+            raise Unsupported(f"fd {fd}: inotify watch wd {m['wd']} is beyond what the restart"
+                              f" can reach ({MAX_WD})", pid=pid, resource=f"fd {fd}")
+        _find_path(m, f"inotify watch {m['wd']}", pid, fd)
+        watches.append(m)
+    _queued(pid, fd, "inotify")
+    return {"watches": sorted(watches, key=lambda m: int(m["wd"]))}
+
+
+def describe_fanotify(pid: int, fd: int, fdinfo: bytes) -> dict[str, Any]:
+    text = fdinfo.decode(errors="surrogateescape")
+    group: dict[str, str] = {}
+    marks = []
+    mounts = {mid: point for mid, _d, point in _mounts(pid)}
+    for line in text.splitlines():
+        if not line.startswith("fanotify "):
+            continue
+        f = _fields(line)
+        if "event-flags" in f:
+            group = f
+            continue
+        m: dict[str, Any] = {"mflags": int(f["mflags"], 16), "mask": int(f["mask"], 16),
+                             "ignored": int(f["ignored_mask"], 16)}  # fmt: skip
+        if "ino" in f:
+            m.update(_mark(f), on="inode")
+            _find_path(m, "fanotify mark", pid, fd)
+        elif "mnt_id" in f:
+            mid = int(f["mnt_id"], 16)
+            if mid not in mounts:
+                raise Unsupported(f"fd {fd}: fanotify marks mount {mid}, which has no mount"
+                                  " point now", pid=pid, resource=f"fd {fd}")  # fmt: skip
+            m.update(on="mount", path=mounts[mid])
+        elif "sdev" in f:
+            dev = _dev(f["sdev"])
+            points = [p for _i, d, p in _mounts(pid) if d == dev]
+            if not points:
+                raise Unsupported(f"fd {fd}: fanotify marks a filesystem without a mount",
+                                  pid=pid, resource=f"fd {fd}")  # fmt: skip
+            m.update(on="filesystem", dev=dev, path=points[0])
+        else:
+            raise Unsupported(f"fd {fd}: fanotify mark of a kind not supported ({line})",
+                              pid=pid, resource=f"fd {fd}")  # fmt: skip
+        marks.append(m)
+    flags = int(group.get("flags", "0"), 16)
+    if flags & FAN_CLASS_BITS:
+        raise Unsupported(f"fd {fd}: fanotify group of a permission class (flags {flags:#x}):"
+                          " events read and not yet answered cannot be seen", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
+    _queued(pid, fd, "fanotify")
+    return {"fan_flags": flags & ~(FAN_CLOEXEC | FAN_NONBLOCK),
+            "event_flags": int(group.get("event-flags", "0"), 16), "marks": marks}
+
+
+# -- restart ---------------------------------------------------------------------------
+
+
+def _reopen(m: dict[str, Any], where: str, translate: Any) -> int:
+    """The watched inode, O_PATH: by its handle, else by its path (the same kind)."""
+    try:
+        return _by_handle(m)
+    except OSError:
+        pass
+    path = translate(m["path"]) if m.get("path") else None
+    if path is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if stat.S_IFMT(os.fstat(fd).st_mode) == m.get("fmt"):
+                return fd
+            os.close(fd)
+    raise CryoError(f"{where}: the file it watched ({m.get('path') or 'inode ' + str(m['ino'])})"
+                    " cannot be found", path=path)  # fmt: skip
+
+
+def open_inotify(d: dict[str, Any], translate: Any) -> int:
+    fd = fdcalls.inotify_init1(O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        for m in d["watches"]:
+            where = f"fd {d['fd']} of {d['pid']}: inotify watch {m['wd']}"
+            obj = _reopen(m, where, translate)
+            try:
+                for _ in range(MAX_WD + 1):
+                    wd = fdcalls.inotify_add_watch(fd, f"/proc/self/fd/{obj}", m["mask"])
+                    if wd >= m["wd"]:
+                        break
+                    fdcalls.inotify_rm_watch(fd, wd)  # a wd skipped, given back
+            finally:
+                os.close(obj)
+            if wd != m["wd"]:
+                raise CryoError(f"{where}: the kernel gave wd {wd}")
+        _drain(fd)  # the IN_IGNORED of each wd given back
+        fcntl.fcntl(fd, fcntl.F_SETFL, d["flags"] & O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 65536):
+            pass
+
+
+def open_fanotify(d: dict[str, Any], translate: Any) -> int:
+    event_flags = d["event_flags"] & ~O_LARGEFILE
+    fd = fdcalls.fanotify_init(d["fan_flags"] | FAN_CLOEXEC | FAN_NONBLOCK, event_flags)
+    try:
+        for m in d["marks"]:
+            where = f"fd {d['fd']} of {d['pid']}: fanotify mark on {m.get('path')}"
+            kind = {"inode": 0, "mount": FAN_MARK_MOUNT,
+                    "filesystem": FAN_MARK_FILESYSTEM}[m["on"]]  # fmt: skip
+            if m["on"] == "inode":
+                obj = _reopen(m, where, translate)
+                path = f"/proc/self/fd/{obj}"
+            else:
+                obj, path = -1, translate(m["path"])
+            try:
+                flags = FAN_MARK_ADD | kind | (m["mflags"] & ~FAN_MARK_IGNORE)
+                if m["mask"]:
+                    fdcalls.fanotify_mark(fd, flags, m["mask"], -100, path)
+                if m["ignored"]:
+                    ign = FAN_MARK_IGNORE if m["mflags"] & FAN_MARK_IGNORE else \
+                        FAN_MARK_IGNORED_MASK  # fmt: skip
+                    fdcalls.fanotify_mark(fd, flags | ign, m["ignored"], -100, path)
+            except OSError as err:
+                raise CryoError(f"{where}: {err.strerror}") from err
+            finally:
+                if obj >= 0:
+                    os.close(obj)
+        fcntl.fcntl(fd, fcntl.F_SETFL, d["flags"] & O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def show(d: dict[str, Any]) -> dict[str, Any]:
+    """What `cryo show` says of an inotify or fanotify instance: its watches."""
+    if d["kind"] == "inotify":
+        return {"watches": [f"wd {m['wd']} {m.get('path', m['ino'])} mask {m['mask']:#x}"
+                            for m in d["watches"]]}  # fmt: skip
+    if d["kind"] == "fanotify":
+        return {"watches": [f"{m['on']} {m.get('path')} mask {m['mask']:#x}"
+                            + (f" ignored {m['ignored']:#x}" if m["ignored"] else "")
+                            for m in d["marks"]]}  # fmt: skip
+    return {}

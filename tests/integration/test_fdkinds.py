@@ -1,0 +1,226 @@
+"""fd kinds restored since issue 9 (they were refused): pidfds, /proc files of processes
+of the checkpoint, O_PATH fds on symbolic links, inotify and fanotify with their
+watches, epoll sets watching files whose fds were closed, a hugetlb memfd, a memfd
+executed with execveat.  Each victim (tests/victims/fdmore.c) checks itself every round
+after checkpoint, kill and restart; the one-shot checks run once the test makes the file
+"go" (after the restart), and report "done MODE"."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.integration.test_filestate import _children, _files_shown, cycle, refused, spawn
+
+
+def declared(img: Path) -> None:
+    """Every key the image has is one the schema declares (a mistyped one is refused)."""
+    from cryo.image import schema
+    from cryo.image.reader import Image
+
+    image = Image(str(img))
+    try:
+        schema.check(image)
+        assert schema.undeclared_keys(image) == []
+    finally:
+        image.close()
+
+
+def go(v: Victim, work: Path, mode: str, touch: Any = None) -> None:
+    if touch is not None:
+        touch()
+    (work / "go").write_text("")
+    line = v.wait_for(lambda ls: any(x.startswith(("done", "FAIL")) for x in ls), timeout=15)
+    assert f"done {mode}" in line, [x for x in line if x.startswith("FAIL")][-5:]
+    assert not v.fails()
+
+
+def test_pidfd_of_a_child_and_of_itself(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A pidfd of its child (readable once it exits, waitid gives its status) and one
+    of itself with PIDFD_NONBLOCK name the restored processes."""
+    v = spawn(procs, build, tmp_path, "fdmore", "pidfd")
+    (kid,) = _children(v.pid)
+    v = cycle(procs, v, tmp_path / "img", scope="tree")
+    declared(tmp_path / "img")
+    procs.track(kid)
+    assert not v.fails()
+    shown = {f.get("pidfd_of") for f in _files_shown(tmp_path / "img")}
+    assert {kid, v.pid} <= shown, shown
+    go(v, tmp_path / "work", "pidfd")
+
+
+def test_pidfd_of_a_process_outside(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A pidfd of a process outside the checkpoint: reopened on that process while it
+    is the same; once it has exited the restart fails, naming it, and makes nothing."""
+    import subprocess
+    import sys
+
+    other = subprocess.Popen(["sleep", "300"], close_fds=True)
+    procs.track(other.pid)
+    code = (f"import os, sys, time\nfd = os.pidfd_open({other.pid})\n"
+            "open(sys.argv[1], 'a').write(f'ready {os.getpid()}\\n')\n"
+            "i = 0\nwhile True:\n"
+            "    print(f'ok {i}', file=open(sys.argv[1], 'a'), flush=True)\n"
+            "    i += 1\n    time.sleep(0.02)\n")  # fmt: skip
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", code, str(out)], out)
+    v.wait_ok_after(1)
+    v2 = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    fds = [int(n) for n in os.listdir(f"/proc/{v2.pid}/fd")]
+    infos = [Path(f"/proc/{v2.pid}/fdinfo/{n}").read_text() for n in fds]
+    assert any(f"Pid:\t{other.pid}\n" in i for i in infos), infos
+    os.kill(v2.pid, signal.SIGKILL)
+    reap(v2.pid)
+    other.kill()
+    other.wait()
+    r = run_cryo("restart", "-D", str(tmp_path / "img"))
+    assert r.returncode == 1 and "no longer the process it was" in r.stderr, r.stderr
+
+
+def test_proc_files_of_the_tree(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """/proc/self/status (with its offset), the directory /proc/self and the child's
+    /proc/PID/stat are the restored processes' files."""
+    v = spawn(procs, build, tmp_path, "fdmore", "proc")
+    (kid,) = _children(v.pid)
+    v = cycle(procs, v, tmp_path / "img", scope="tree")
+    declared(tmp_path / "img")
+    procs.track(kid)
+    assert not v.fails()
+    assert {f.get("proc_of") for f in _files_shown(tmp_path / "img")} >= {v.pid, kid}
+
+
+def test_proc_files_follow_new_pids(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A second copy restarted while the first runs gets other pids: its /proc files
+    are its own processes' (they would name the first copy's if taken by the old pid)."""
+    from cryo.engine.restore import restart
+
+    v = spawn(procs, build, tmp_path, "fdmore", "proc")
+    (kid,) = _children(v.pid)
+    first = cycle(procs, v, tmp_path / "img", scope="tree")
+    declared(tmp_path / "img")
+    procs.track(kid)
+    rr = restart(str(tmp_path / "img"), allow_duplicate=True)
+    procs.track(rr.pid)
+    procs.pids.extend(_children(rr.pid))
+    assert rr.pid != first.pid
+    second = Victim(rr.pid, v.out)
+    second.wait_ok_after(max(second.oks()) + 10)
+    assert not second.fails()
+
+
+def test_opath_symlink(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v = spawn(procs, build, tmp_path, "fdmore", "link")
+    v = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    assert not v.fails()
+    assert "link" in {f["kind"] for f in _files_shown(tmp_path / "img")}
+
+
+def test_inotify_watches_fire_after_restart(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """Watches with their wds (1 and 3, wd 2 removed before): events for a file created
+    and a file written after the restart come with the right wd."""
+    v = spawn(procs, build, tmp_path, "fdmore", "inotify")
+    v = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    assert not v.fails()
+    (watch,) = [f["watches"] for f in _files_shown(tmp_path / "img") if f["kind"] == "inotify"]
+    assert len(watch) == 2 and watch[0].startswith("wd 1 ") and watch[1].startswith("wd 3 ")
+    work = tmp_path / "work"
+
+    def touch() -> None:
+        (work / "new").write_text("")
+        with open(work / "f", "a") as f:
+            f.write("more")
+
+    go(v, work, "inotify", touch)
+
+
+def test_inotify_with_events_queued_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """Events not yet read cannot be queued again: refused, the target untouched."""
+    v = spawn(procs, build, tmp_path, "fdmore", "inotify")
+    os.kill(v.pid, signal.SIGSTOP)  # it reads its events every round
+    try:
+        (tmp_path / "work" / "new").write_text("")
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+        assert r.returncode == 9, r.stderr
+        assert "events not yet read" in r.stderr, r.stderr
+        assert not (tmp_path / "img").exists()
+    finally:
+        os.kill(v.pid, signal.SIGCONT)
+
+
+def test_fanotify_mark_fires_after_restart(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v = spawn(procs, build, tmp_path, "fdmore", "fanotify")
+    v = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    assert not v.fails()
+    work = tmp_path / "work"
+    go(v, work, "fanotify", lambda: (work / "f2").write_text("x"))
+
+
+def test_epoll_watching_a_closed_fd(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """The pipe added as an fd since closed (another file has that number now) still
+    reports with its data; so does the eventfd now at that number."""
+    v = spawn(procs, build, tmp_path, "fdmore", "epoll")
+    v = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    assert not v.fails()
+    (ep,) = [f for f in _files_shown(tmp_path / "img") if f["kind"] == "epoll"]
+    assert len(ep["hidden_watches"]) == 1 and "pipe:" in ep["hidden_watches"][0], ep
+
+
+def test_execveat_of_a_restored_memfd(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v = spawn(procs, build, tmp_path, "fdmore", "execveat")
+    v = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    assert not v.fails()
+    go(v, tmp_path / "work", "execveat")
+    assert v.wait_line("exec ok")
+
+
+@pytest.fixture
+def hugepages() -> Any:
+    knob = Path("/proc/sys/vm/nr_hugepages")
+    old = knob.read_text()
+
+    def resize(n: int) -> None:
+        knob.write_text(str(n))
+        if int(knob.read_text()) < n:
+            pytest.skip(f"cannot get {n} huge pages")
+
+    yield resize
+    knob.write_text(old)
+
+
+def test_hugetlb_memfd_fd_stays_hugetlb(procs: Procs, build: Any, tmp_path: Path,
+                                        hugepages: Any) -> None:  # fmt: skip
+    """A hugetlb memfd held by an fd only: back on hugetlbfs with its bytes and offset."""
+    hugepages(8)
+    v = spawn(procs, build, tmp_path, "fdmore", "hugememfd")
+    v = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    assert not v.fails()
+
+
+def test_still_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A pidfd of a thread other than the leader stays refused by name (threads are
+    made after the fds)."""
+    import sys
+
+    code = ("import os, sys, threading, time\nev = threading.Event()\n"
+            "t = threading.Thread(target=ev.wait); t.start()\n"
+            "fd = os.pidfd_open(t.native_id, os.O_EXCL)\n"
+            "open(sys.argv[1], 'a').write(f'ready {os.getpid()}\\n')\n"
+            "i = 0\nwhile True:\n"
+            "    print(f'ok {i}', file=open(sys.argv[1], 'a'), flush=True)\n"
+            "    i += 1\n    time.sleep(0.02)\n")  # fmt: skip
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", code, str(out)], out)
+    v.wait_ok_after(1)
+    refused(v, tmp_path, "pidfd of thread", "only a thread group leader")
