@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from cryo.errors import AccessDenied, NoSuchProcess
@@ -89,36 +90,53 @@ class Vma:
 
 def _parse_maps_line(line: str) -> Vma:
     parts = line.split(None, 5)
-    start, end = (int(x, 16) for x in parts[0].split("-"))
-    path = parts[5] if len(parts) > 5 else ""
-    return Vma(start, end, parts[1], int(parts[2], 16), parts[3], int(parts[4]), path)
+    rng = parts[0]
+    dash = rng.index("-")
+    return Vma(int(rng[:dash], 16), int(rng[dash + 1 :], 16), parts[1], int(parts[2], 16),
+               parts[3], int(parts[4]), parts[5] if len(parts) > 5 else "")  # fmt: skip
 
 
 def parse_maps(data: bytes) -> list[Vma]:
     return [_parse_maps_line(ln) for ln in data.decode(errors="surrogateescape").splitlines() if ln]
 
 
+# a VMA's first line in smaps (as in maps), after its newline; the other lines are
+# "Key:  value" (a literal first character lets the search skip along: not "^" and
+# re.MULTILINE, which tries every position)
+_SMAPS_HEAD = re.compile(rb"\n[0-9a-f]+-[0-9a-f]+ [^\n]*")
+
+
+def _smaps_field(block: bytes, key: bytes) -> bytes | None:
+    """The value of ``key`` (b"\nVmFlags:") in one VMA's block of smaps."""
+    at = block.find(key)
+    if at < 0:
+        return None
+    end = block.find(b"\n", at + len(key))
+    return block[at + len(key) : end if end >= 0 else len(block)]
+
+
 def parse_smaps_flags(data: bytes) -> list[Vma]:
-    """Parse /proc/PID/smaps keeping each VMA's VmFlags (the rest is dropped)."""
+    """Parse /proc/PID/smaps keeping each VMA's VmFlags, KernelPageSize and ProtectionKey
+    (the rest is dropped).  Only the head lines are parsed one by one; the three fields
+    are found in each VMA's block (a few hundred VMAs of ~25 lines each, per process)."""
     out: list[Vma] = []
-    cur: Vma | None = None
-    for line in data.decode(errors="surrogateescape").splitlines():
-        head = line.split(None, 1)[0] if line else ""
-        if "-" in head and not head.endswith(":"):
-            if cur is not None:
-                out.append(cur)
-            cur = _parse_maps_line(line)
-        elif head == "VmFlags:" and cur is not None:
-            cur = Vma(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
-                      tuple(line.split()[1:]), cur.page_size, cur.pkey)  # fmt: skip
-        elif head == "KernelPageSize:" and cur is not None:
-            cur = Vma(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
-                      cur.flags, int(line.split()[1]) * 1024, cur.pkey)  # fmt: skip
-        elif head == "ProtectionKey:" and cur is not None:
-            cur = Vma(cur.start, cur.end, cur.perms, cur.offset, cur.dev, cur.inode, cur.path,
-                      cur.flags, cur.page_size, int(line.split()[1]))  # fmt: skip
-    if cur is not None:
-        out.append(cur)
+    data = b"\n" + data
+    heads = [m.span() for m in _SMAPS_HEAD.finditer(data)]
+    ends = [start for start, _ in heads[1:]] + [len(data)]
+    for (start, stop), end in zip(heads, ends, strict=False):  # (no head: no VMA)
+        parts = data[start + 1 : stop].decode(errors="surrogateescape").split(None, 5)
+        rng = parts[0]
+        dash = rng.index("-")
+        block = data[stop:end]
+        flags = _smaps_field(block, b"\nVmFlags:")
+        size = _smaps_field(block, b"\nKernelPageSize:")
+        pkey = _smaps_field(block, b"\nProtectionKey:")
+        out.append(Vma(int(rng[:dash], 16), int(rng[dash + 1 :], 16), parts[1],
+                       int(parts[2], 16), parts[3], int(parts[4]),
+                       parts[5] if len(parts) > 5 else "",
+                       tuple(flags.decode().split()) if flags is not None else (),
+                       int(size.split()[0]) * 1024 if size is not None else 4096,
+                       int(pkey) if pkey is not None else 0))  # fmt: skip
     return out
 
 
