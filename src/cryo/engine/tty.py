@@ -64,8 +64,21 @@ def is_master(target: str) -> bool:
     return target in ("/dev/ptmx", "/dev/pts/ptmx")
 
 
-def is_pty(target: str) -> bool:
+def is_pty(target: str, pid: int | None = None) -> bool:
+    """A master or a slave; with ``pid``, also /dev/tty when that process's controlling
+    terminal is a slave (a shell opens it for job control)."""
+    if target == "/dev/tty" and pid is not None:
+        return _ctty_index(pid) is not None
     return is_master(target) or (target.startswith("/dev/pts/") and target[9:].isdigit())
+
+
+def _ctty_index(pid: int | str) -> int | None:
+    """The index of a process's controlling terminal if it is a pty slave."""
+    tty_nr = _stat(pid)[1]
+    major = os.major(tty_nr)
+    if not tty_nr or major not in PTS_MAJORS:
+        return None
+    return (major - PTS_MAJORS.start) * 256 + os.minor(tty_nr)
 
 
 def _dup(pid: int, fd: int) -> int:
@@ -77,7 +90,9 @@ def _int(fd: int, request: int) -> int:
 
 
 def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
-    """The FDSC fields of a pty master or slave."""
+    """The FDSC fields of a pty master or slave (or /dev/tty on a slave)."""
+    if target == "/dev/tty":
+        return {"index": _ctty_index(pid), "master": False, "dev_tty": True}
     if not is_master(target):
         return {"index": int(target[9:]), "master": False}
     mine = _dup(pid, fd)
@@ -298,10 +313,49 @@ def open_desc(d: dict[str, Any], flags: int) -> int:
     if locked:
         fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
     try:
+        if d.get("dev_tty"):
+            return _open_dev_tty(new, flags)
         return os.open(f"/dev/pts/{new}", (flags & ~0o3) | os.O_RDWR | os.O_NOCTTY)
     finally:
         if locked:
             fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 1))
+
+
+def _open_dev_tty(index: int, flags: int) -> int:
+    """/dev/tty opened on slave ``index`` (not the slave by name: the file is /dev/tty's,
+    as the program had it): a child of cryo makes the slave the controlling terminal of
+    a session of its own, opens /dev/tty there and waits; cryo takes a copy of that fd
+    (pidfd_getfd); the child exits, which leaves the terminal without a session again,
+    free for the restored session leader to take."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # only system calls here, then _exit
+        code = 1
+        try:
+            os.close(go_w)
+            os.close(ready_r)
+            os.setsid()
+            fcntl.ioctl(os.open(f"/dev/pts/{index}", os.O_RDWR), TIOCSCTTY, 0)
+            got = os.open("/dev/tty", (flags & (0o3 | os.O_NONBLOCK | os.O_APPEND)) |
+                          os.O_NOCTTY)  # fmt: skip
+            os.write(ready_w, struct.pack("i", got))
+            os.read(go_r, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        said = os.read(ready_r, 4)
+        if len(said) != 4:
+            raise CryoError(f"cannot open /dev/tty on /dev/pts/{index}")
+        return libc.fd_of(child, struct.unpack("i", said)[0])
+    finally:
+        os.close(ready_r)
+        os.close(go_w)  # (the child's read returns: it exits)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
 
 
 def take_ctty(inj: Any, old_pid: int) -> None:
