@@ -270,3 +270,65 @@ def test_shell_job_less_on_dev_tty(procs: Procs, tmp_path: Path) -> None:
         assert _lflag(term.slave) & termios.ICANON
     finally:
         term.close()
+
+
+# -- a terminal multiplexer: tmux with two panes ---------------------------------------
+
+
+def test_tmux_two_panes(procs: Procs, tmp_path: Path) -> None:
+    """A tmux server (on a private socket) with a pane running sh and one running vi,
+    checkpointed as a tree and killed: after the restart both panes read the same
+    (capture-pane), the shell runs a command typed into it, vi takes an edit and saves."""
+    if shutil.which("tmux") is None or shutil.which("vi") is None:
+        pytest.skip("tmux or vi is not installed")
+    sock = tmp_path / "tmux.sock"
+    text = tmp_path / "f.txt"
+    text.write_text("hello file\n")
+
+    def tmux(*args: str) -> str:
+        r = subprocess.run(["tmux", "-S", str(sock), "-f", "/dev/null", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=20, close_fds=True,
+                           stdin=subprocess.DEVNULL)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def panes() -> list[str]:
+        return [tmux("capture-pane", "-p", "-t", p) for p in ("%0", "%1")]
+
+    def wait_pane(pane: int, text: str) -> None:
+        deadline = time.monotonic() + 20
+        while text not in panes()[pane]:
+            assert time.monotonic() < deadline, f"{text!r} not in pane {pane}: {panes()}"
+            time.sleep(0.05)
+
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "sh")
+    server = procs.track(int(tmux("display", "-p", "#{pid}")))
+    try:
+        tmux("split-window", "-v", f"vi -n {text}")
+        for p in tree_pids(server):
+            procs.track(p)
+        tmux("send-keys", "-t", "%0", "echo one", "Enter")
+        wait_pane(0, "one\n")
+        wait_pane(1, "hello file")
+        time.sleep(0.5)  # every process back in its wait
+        before = panes()
+        pids = tree_pids(server)
+        assert len(pids) == 3
+        r = run_cryo("checkpoint", str(server), "--tree", "-D", str(tmp_path / "img"),
+                     "--kill")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        kill_tree(pids)
+        r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+        assert r.returncode == 0, r.stderr
+        assert tree_pids(server) == pids
+        assert panes() == before
+        tmux("send-keys", "-t", "%0", "echo two", "Enter")
+        wait_pane(0, "two\n")
+        tmux("send-keys", "-t", "%1", "Goadded", "Escape", ":wq", "Enter")
+        deadline = time.monotonic() + 20
+        while text.read_text() != "hello file\nadded\n":
+            assert time.monotonic() < deadline, text.read_text()
+            time.sleep(0.05)
+    finally:
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
+                       timeout=20, close_fds=True)  # fmt: skip
