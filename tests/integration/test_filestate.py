@@ -289,3 +289,58 @@ def test_sqlite_wal_keeps_its_lock(procs: Procs, tmp_path: Path) -> None:
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
     assert locked(), "the restored program lost its lock on the database"
+
+
+def test_mapped_file_with_other_bytes_refused_at_restart(procs: Procs, build: Any,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """m.txt, mapped privately, rewritten after the checkpoint with other bytes of the
+    same size and its mtime put back: exit 12 (its pages would be read from the new
+    bytes), nothing created; --ignore-changed-files restarts it; with --save-files the
+    copy in the image is used."""
+    from cryo.engine.show import describe
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("r.txt", "w.txt", "m.txt"):
+        (work / name).write_bytes(b"x" * 8192)
+    os.mkfifo(work / "f")
+    v = spawn(procs, build, tmp_path, "special", "times")
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    checkpoint_saved = tmp_path / "saved"
+    reap(v.pid)
+    mapped = [m for m in describe(str(tmp_path / "img"))["processes"][0]["mapped_files"]
+              if m["path"].endswith("/m.txt")]
+    assert mapped == [{"path": str(work / "m.txt"), "size": 8192, "hashed": 4096}], mapped
+    st = (work / "m.txt").stat()
+    with open(work / "m.txt", "r+b") as f:
+        f.seek(100)
+        f.write(b"y")
+    os.utime(work / "m.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    procs.track(v.pid)  # (were it restarted after all)
+    assert r.returncode == 12, r.stderr
+    assert "m.txt changed since the checkpoint (the bytes it maps differ (same size and" \
+        " mtime))" in r.stderr, r.stderr  # fmt: skip
+    assert not os.path.exists(f"/proc/{v.pid}")
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--ignore-changed-files")
+    assert r.returncode == 0, r.stderr
+    os.kill(v.pid, signal.SIGKILL)
+    reap(v.pid)
+    # a checkpoint that saved the file: the copy is used (the original differs)
+    with open(work / "m.txt", "r+b") as f:
+        f.seek(100)
+        f.write(b"x")
+    os.utime(work / "m.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = tmp_path / "out.txt"
+    out.unlink()
+    v = spawn(procs, build, tmp_path, "special", "times")
+    checkpoint(v.pid, str(checkpoint_saved), signal_after=signal.SIGKILL, save_files=True)
+    reap(v.pid)
+    with open(work / "m.txt", "r+b") as f:
+        f.seek(100)
+        f.write(b"y")
+    os.utime(work / "m.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    last = max(v.oks(), default=-1)
+    rr = restart(str(checkpoint_saved))
+    procs.track(rr.pid)
+    Victim(rr.pid, v.out).wait_ok_after(last + 2)

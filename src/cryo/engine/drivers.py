@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from cryo.engine import (
     anonfds,
     appchannel,
+    changed,
     dirty,
     files,
     inet,
@@ -334,6 +335,10 @@ DRIVERS: tuple[Driver, ...] = (
            shared=_object_sources,
            restore={"memory": _memory_layout, "pages": _memory_pages,
                     "protect": _memory_protect}, describe=_describe_memory),
+    # the bytes of each file mapped privately (its pages not in the image come from it),
+    # checked at restart once the saved files are out and every path checked
+    Driver("fingerprints", (changed.KIND,), optional=True, collect=changed.collect,
+           prepare=changed.check_all, describe=changed.describe),
     Driver("sysvshm", write=_sysvshm_write, prepare=_sysvshm_prepare,
            restore={"memory": _sysvshm_attach}),
     Driver("signals", (R.SIGS,), inject=_keep(R.SIGS, signals.dump),

@@ -45,7 +45,10 @@ def describe(path: str, *, verify: bool = True) -> dict[str, Any]:
                                          "sid": p["sid"], "zombie": True,
                                          "exit_code": p["exit_code"]})  # fmt: skip
                 continue
-            view = D.View(records={k: image.one(k, pid) for k in PER_PROCESS},
+            records = {k: image.one(k, pid) for k in PER_PROCESS}
+            records.update((k, r) for d in D.DRIVERS if d.optional for k in d.kinds
+                           for r in image.raw(k) if isinstance(r, dict) and r.get("pid") == pid)
+            view = D.View(records=records,
                           threads=sorted((x for x in image.raw(R.THRD) if x["pid"] == pid),
                                          key=lambda x: (x["tid"] != pid, x["tid"])),
                           descs=descs)  # fmt: skip

@@ -15,9 +15,10 @@ that processes mapping the same library share one copy), and each process gets a
 
 Restart: the ``prepare`` hook, before any other, looks at each saved file where the
 restart would open it (translated): when it is missing or is not the file saved (size
-or mtime differ), the copy (checked against the sealed digest of its side file) is
-extracted into a private directory (0700), with its mode and mtime, and a translation
-original -> copy is added (engine/translate.py); the mapping and the executable are then
+or mtime differ, or the bytes its mappings cover: engine/changed.py), the copy (checked
+against the sealed digest of its side file) is extracted into a private directory
+(0700), with its mode and mtime, and a translation original -> copy is added
+(engine/translate.py); the mapping and the executable are then
 opened from there like any translated path.  The directory is removed once the
 processes run: they keep the copies mapped, unlinked.
 """
@@ -34,7 +35,7 @@ import tempfile
 from collections.abc import Iterable
 from typing import Any
 
-from cryo.engine import translate
+from cryo.engine import changed, translate
 from cryo.engine.context import DumpContext
 from cryo.image import format as fmt
 
@@ -159,6 +160,7 @@ def prepare(rs: Any) -> None:
     if not recs:
         return
     t = translate.of(rs.options)
+    fingerprints = changed.saved(rs.image)  # (its bytes: same size and mtime is not enough)
     directory: str | None = None
     done: set[str] = set()
     for rec in recs:
@@ -167,7 +169,9 @@ def prepare(rs: Any) -> None:
             if path in done:
                 continue
             done.add(path)
-            if _same(t.apply(path), f):
+            here = t.apply(path)
+            if _same(here, f) and not any(changed.differs(here, fp)
+                                          for fp in fingerprints.get(path, ())):  # fmt: skip
                 continue
             if directory is None:
                 directory = _private_dir()

@@ -664,6 +664,17 @@ KINDS: tuple[Kind, ...] = (
             F("mode", Int(0, 0o7777)), F("dev", Int(0, U64)), F("ino", Int(0, U64)),
         ), name="saved mapped file")), "the executable and libraries saved (--save-files)"),
     ), name="saved mapped files"), "the files a process maps, saved with --save-files"),
+    Kind(b"MAPF", "engine/changed.py", "any", Struct((
+        F("pid", PID),
+        F("files", List(Struct((
+            F("path", Path()), F("size", Int(0, 1 << 62)), F("mtime", Int(), "st_mtime_ns"),
+            F("ranges", List(Tuple((Int(0, 1 << 62), Int(0, 1 << 62)), ("offset", "length"))),
+              "the bytes its private mappings cover, merged"),
+            F("hash", Bytes(16), "xxh3-128 of those bytes"),
+            F("build_id", Bytes(max=64), "its ELF build-id", required=False),
+        ), name="mapped file")), "every file the process maps privately"),
+    ), name="mapped files"), "what a restart checks of each file mapped privately (its"
+         " pages not in the image are read from it)"),
     Kind(b"TRAK", "engine/dirty.py", "any", Struct((
         F("pid", PID), F("token", Str(max=64)),
     ), name="tracking"), "the write tracking armed in a process (stores)"),
