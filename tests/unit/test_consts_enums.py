@@ -1,5 +1,6 @@
-"""cryo.linux.consts makes its enums the fast way (enum._simple_enum): each must behave
-exactly as the plain ``class X(enum.IntEnum)`` / ``enum.IntFlag`` would."""
+"""cryo.linux.consts, net and mm make their enums the fast way (consts.fast_enum, on
+enum._simple_enum): each must behave exactly as the plain ``class X(enum.IntEnum)`` /
+``enum.IntFlag`` would."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import itertools
 import pickle
 from typing import Any
 
-from cryo.linux import consts
+from cryo.linux import consts, mm, net
 
 
 def _enums() -> list[type[enum.Enum]]:
-    return [v for v in vars(consts).values() if isinstance(v, type)
-            and issubclass(v, enum.Enum) and v.__module__ == consts.__name__]  # fmt: skip
+    return [v for mod in (consts, mm, net) for v in vars(mod).values() if isinstance(v, type)
+            and issubclass(v, enum.Enum) and v.__module__ == mod.__name__]  # fmt: skip
 
 
 def _plain(cls: type[enum.Enum]) -> Any:
@@ -29,7 +30,7 @@ def _show(m: Any) -> tuple[Any, ...]:
 
 def test_every_enum_behaves_as_the_plain_one() -> None:
     classes = _enums()
-    assert len(classes) >= 20
+    assert len(classes) >= 35
     for cls in classes:
         plain = _plain(cls)
         assert type(cls) is type(plain) and cls.__mro__[1:] == plain.__mro__[1:], cls

@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 _T = TypeVar("_T", bound=type)
 
+# ``@fast_enum(enum.IntEnum) class X(IntEnumBase)``: what the type checker sees is the
+# plain ``class X(enum.IntEnum)``, and so is what the decorator makes
 if TYPE_CHECKING:
-    _IntEnum = enum.IntEnum
-    _IntFlag = enum.IntFlag
-else:  # the decorator makes them enums
-    _IntEnum = _IntFlag = object
+    IntEnumBase = enum.IntEnum
+    IntFlagBase = enum.IntFlag
+else:
+    IntEnumBase = IntFlagBase = object
 
 
-def _fast(base: type[enum.Enum]) -> Callable[[_T], _T]:
+def fast_enum(base: type[enum.Enum]) -> Callable[[_T], _T]:
     """``class X(base)``, made the way the standard library makes its own enums
     (enum._simple_enum): the same members, types and behaviour (checked member by member
     against the plain classes), a few times faster to create; every cryo command imports
@@ -42,8 +44,8 @@ PAGE_SIZE = 4096
 NSIG = 64  # signals 1..64
 
 
-@_fast(enum.IntEnum)
-class PTRACE(_IntEnum):
+@fast_enum(enum.IntEnum)
+class PTRACE(IntEnumBase):
     TRACEME = 0
     PEEKTEXT = 1
     PEEKDATA = 2
@@ -74,8 +76,8 @@ class PTRACE(_IntEnum):
     GET_RSEQ_CONFIGURATION = 0x420F
 
 
-@_fast(enum.IntFlag)
-class PTRACE_O(_IntFlag):
+@fast_enum(enum.IntFlag)
+class PTRACE_O(IntFlagBase):
     TRACESYSGOOD = 1
     TRACEFORK = 2
     TRACEVFORK = 4
@@ -88,8 +90,8 @@ class PTRACE_O(_IntFlag):
     SUSPEND_SECCOMP = 0x200000
 
 
-@_fast(enum.IntEnum)
-class PTRACE_EVENT(_IntEnum):
+@fast_enum(enum.IntEnum)
+class PTRACE_EVENT(IntEnumBase):
     FORK = 1
     VFORK = 2
     CLONE = 3
@@ -103,23 +105,23 @@ class PTRACE_EVENT(_IntEnum):
 PTRACE_PEEKSIGINFO_SHARED = 1
 
 
-@_fast(enum.IntEnum)
-class PTRACE_SYSCALL_INFO(_IntEnum):
+@fast_enum(enum.IntEnum)
+class PTRACE_SYSCALL_INFO(IntEnumBase):
     NONE = 0
     ENTRY = 1
     EXIT = 2
     SECCOMP = 3
 
 
-@_fast(enum.IntEnum)
-class NT(_IntEnum):
+@fast_enum(enum.IntEnum)
+class NT(IntEnumBase):
     PRSTATUS = 1
     PRFPREG = 2
     X86_XSTATE = 0x202
 
 
-@_fast(enum.IntEnum)
-class SYS(_IntEnum):
+@fast_enum(enum.IntEnum)
+class SYS(IntEnumBase):
     read = 0
     write = 1
     open = 2
@@ -218,16 +220,16 @@ class SYS(_IntEnum):
     epoll_ctl = 233
 
 
-@_fast(enum.IntFlag)
-class PROT(_IntFlag):
+@fast_enum(enum.IntFlag)
+class PROT(IntFlagBase):
     NONE = 0
     READ = 1
     WRITE = 2
     EXEC = 4
 
 
-@_fast(enum.IntFlag)
-class MAP(_IntFlag):
+@fast_enum(enum.IntFlag)
+class MAP(IntFlagBase):
     SHARED = 0x01
     PRIVATE = 0x02
     FIXED = 0x10
@@ -237,15 +239,15 @@ class MAP(_IntFlag):
     FIXED_NOREPLACE = 0x100000
 
 
-@_fast(enum.IntFlag)
-class MREMAP(_IntFlag):
+@fast_enum(enum.IntFlag)
+class MREMAP(IntFlagBase):
     MAYMOVE = 1
     FIXED = 2
     DONTUNMAP = 4
 
 
-@_fast(enum.IntEnum)
-class PR(_IntEnum):
+@fast_enum(enum.IntEnum)
+class PR(IntEnumBase):
     SET_PDEATHSIG = 1
     GET_PDEATHSIG = 2
     GET_DUMPABLE = 3
@@ -272,16 +274,16 @@ class PR(_IntEnum):
     TIMER_CREATE_RESTORE_IDS = 77
 
 
-@_fast(enum.IntEnum)
-class PR_CAP_AMBIENT(_IntEnum):
+@fast_enum(enum.IntEnum)
+class PR_CAP_AMBIENT(IntEnumBase):
     IS_SET = 1
     RAISE = 2
     LOWER = 3
     CLEAR_ALL = 4
 
 
-@_fast(enum.IntFlag)
-class SECBIT(_IntFlag):
+@fast_enum(enum.IntFlag)
+class SECBIT(IntFlagBase):
     """include/uapi/linux/securebits.h"""
 
     NOROOT = 1 << 0
@@ -297,8 +299,8 @@ class SECBIT(_IntFlag):
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-@_fast(enum.IntEnum)
-class SECCOMP_MODE(_IntEnum):
+@fast_enum(enum.IntEnum)
+class SECCOMP_MODE(IntEnumBase):
     """include/uapi/linux/seccomp.h"""
 
     DISABLED = 0
@@ -306,21 +308,21 @@ class SECCOMP_MODE(_IntEnum):
     FILTER = 2
 
 
-@_fast(enum.IntEnum)
-class SECCOMP_SET(_IntEnum):
+@fast_enum(enum.IntEnum)
+class SECCOMP_SET(IntEnumBase):
     MODE_STRICT = 0
     MODE_FILTER = 1
 
 
-@_fast(enum.IntFlag)
-class SECCOMP_FILTER_FLAG(_IntFlag):
+@fast_enum(enum.IntFlag)
+class SECCOMP_FILTER_FLAG(IntFlagBase):
     TSYNC = 1 << 0
     LOG = 1 << 1
     SPEC_ALLOW = 1 << 2
 
 
-@_fast(enum.IntEnum)
-class SCHED(_IntEnum):
+@fast_enum(enum.IntEnum)
+class SCHED(IntEnumBase):
     """include/uapi/linux/sched.h"""
 
     OTHER = 0
@@ -331,8 +333,8 @@ class SCHED(_IntEnum):
     DEADLINE = 6
 
 
-@_fast(enum.IntFlag)
-class SCHED_FLAG(_IntFlag):
+@fast_enum(enum.IntFlag)
+class SCHED_FLAG(IntFlagBase):
     RESET_ON_FORK = 0x01
     RECLAIM = 0x02
     DL_OVERRUN = 0x04
@@ -345,8 +347,8 @@ class SCHED_FLAG(_IntFlag):
 IOPRIO_WHO_PROCESS = 1
 
 
-@_fast(enum.IntFlag)
-class MEMBARRIER_CMD(_IntFlag):
+@fast_enum(enum.IntFlag)
+class MEMBARRIER_CMD(IntFlagBase):
     """include/uapi/linux/membarrier.h"""
 
     QUERY = 0
@@ -368,8 +370,8 @@ PR_TIMER_CREATE_RESTORE_IDS_ON = 1
 PR_TIMER_CREATE_RESTORE_IDS_OFF = 0
 
 
-@_fast(enum.IntEnum)
-class ERESTART(_IntEnum):
+@fast_enum(enum.IntEnum)
+class ERESTART(IntEnumBase):
     """Kernel-internal return values of an interrupted syscall (include/linux/errno.h)."""
 
     SYS = 512
@@ -378,8 +380,8 @@ class ERESTART(_IntEnum):
     RESTARTBLOCK = 516
 
 
-@_fast(enum.IntFlag)
-class PAGE_IS(_IntFlag):
+@fast_enum(enum.IntFlag)
+class PAGE_IS(IntFlagBase):
     """Categories of PAGEMAP_SCAN (include/uapi/linux/fs.h)."""
 
     WPALLOWED = 1 << 0
@@ -400,8 +402,8 @@ CLOSE_RANGE_UNSHARE = 2
 RSEQ_FLAG_UNREGISTER = 1
 
 
-@_fast(enum.IntFlag)
-class CLONE(_IntFlag):
+@fast_enum(enum.IntFlag)
+class CLONE(IntFlagBase):
     """include/uapi/linux/sched.h"""
 
     VM = 0x100
@@ -426,8 +428,8 @@ CLONE_THREAD_FLAGS = (CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.
                       | CLONE.SYSVSEM)  # fmt: skip
 
 
-@_fast(enum.IntFlag)
-class UFFD(_IntFlag):
+@fast_enum(enum.IntFlag)
+class UFFD(IntFlagBase):
     """include/uapi/linux/userfaultfd.h"""
 
     USER_MODE_ONLY = 1

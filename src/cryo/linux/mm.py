@@ -8,8 +8,11 @@ import enum
 import os
 import struct
 
+from cryo.linux.consts import IntEnumBase, IntFlagBase, fast_enum
 
-class MADV(enum.IntEnum):
+
+@fast_enum(enum.IntEnum)
+class MADV(IntEnumBase):
     """madvise() advice (include/uapi/asm-generic/mman-common.h)."""
 
     NORMAL = 0
@@ -30,17 +33,20 @@ class MADV(enum.IntEnum):
     GUARD_REMOVE = 103
 
 
-class MLOCK(enum.IntFlag):
+@fast_enum(enum.IntFlag)
+class MLOCK(IntFlagBase):
     ONFAULT = 0x01
 
 
-class MCL(enum.IntFlag):
+@fast_enum(enum.IntFlag)
+class MCL(IntFlagBase):
     CURRENT = 1
     FUTURE = 2
     ONFAULT = 4
 
 
-class MAPX(enum.IntFlag):
+@fast_enum(enum.IntFlag)
+class MAPX(IntFlagBase):
     """mmap flags that consts.MAP lacks (include/uapi/linux/mman.h, asm-generic)."""
 
     DROPPABLE = 0x08
@@ -52,7 +58,8 @@ MAP_HUGE_SHIFT = 26
 MFD_HUGETLB = 0x0004
 
 
-class SYSX(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class SYSX(IntEnumBase):
     """System calls the memory engine injects that consts.SYS lacks."""
 
     mlockall = 151

@@ -16,8 +16,11 @@ import os
 import socket
 import struct
 
+from cryo.linux.consts import IntEnumBase, IntFlagBase, fast_enum
 
-class TCP(enum.IntEnum):
+
+@fast_enum(enum.IntEnum)
+class TCP(IntEnumBase):
     """TCP_* socket options (include/uapi/linux/tcp.h), level IPPROTO_TCP."""
 
     NODELAY = 1
@@ -44,7 +47,8 @@ class TCP(enum.IntEnum):
     REPAIR_WINDOW = 29
 
 
-class TCP_QUEUE(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class TCP_QUEUE(IntEnumBase):
     """TCP_REPAIR_QUEUE values."""
 
     NO_QUEUE = 0
@@ -52,7 +56,8 @@ class TCP_QUEUE(enum.IntEnum):
     SEND_QUEUE = 2
 
 
-class TCPOPT(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class TCPOPT(IntEnumBase):
     """TCP header option kinds, as TCP_REPAIR_OPTIONS takes them (include/net/tcp.h)."""
 
     MAXSEG = 2
@@ -61,7 +66,8 @@ class TCPOPT(enum.IntEnum):
     TIMESTAMP = 8
 
 
-class TCPI_OPT(enum.IntFlag):
+@fast_enum(enum.IntFlag)
+class TCPI_OPT(IntFlagBase):
     """tcp_info.tcpi_options bits."""
 
     TIMESTAMPS = 1
@@ -70,7 +76,8 @@ class TCPI_OPT(enum.IntFlag):
     ECN = 8
 
 
-class TCP_STATE(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class TCP_STATE(IntEnumBase):
     """Socket states (include/net/tcp_states.h)."""
 
     ESTABLISHED = 1
@@ -87,7 +94,8 @@ class TCP_STATE(enum.IntEnum):
     NEW_SYN_RECV = 12
 
 
-class SIOC(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class SIOC(IntEnumBase):
     """Socket ioctls (include/uapi/linux/sockios.h)."""
 
     INQ = 0x541B  # FIONREAD: bytes in the receive queue
@@ -95,7 +103,8 @@ class SIOC(enum.IntEnum):
     OUTQNSD = 0x894B  # bytes in the send queue never sent
 
 
-class SOL(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class SOL(IntEnumBase):
     SOCKET = 1
     IP = 0
     IPV6 = 41
@@ -105,7 +114,8 @@ class SOL(enum.IntEnum):
     NETLINK = 270
 
 
-class SO(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class SO(IntEnumBase):
     """SOL_SOCKET options (include/uapi/asm-generic/socket.h)."""
 
     DEBUG = 1
@@ -139,7 +149,8 @@ class SO(enum.IntEnum):
     PEEK_OFF = 42
 
 
-class IP(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class IP(IntEnumBase):
     """IPPROTO_IP options (include/uapi/linux/in.h)."""
 
     TOS = 1
@@ -161,7 +172,8 @@ class IP(enum.IntEnum):
     MULTICAST_ALL = 49
 
 
-class IPV6(enum.IntEnum):
+@fast_enum(enum.IntEnum)
+class IPV6(IntEnumBase):
     """IPPROTO_IPV6 options (include/uapi/linux/in6.h)."""
 
     UNICAST_HOPS = 16
