@@ -148,6 +148,10 @@ def open_desc(d: dict[str, Any]) -> int:
     raise Unsupported(f"{kind} is not supported")
 
 
+EPOLL_EVENT = 12  # struct epoll_event, packed on x86_64
+WATCHES_PER_BATCH = 1024  # their events in one buffer of the scratch area
+
+
 def register(ctx: RestoreContext, table: list[dict[str, Any]],
              descs: list[dict[str, Any]]) -> None:  # fmt: skip
     """Fill the interest list of each epoll this process registered fds in."""
@@ -159,11 +163,17 @@ def register(ctx: RestoreContext, table: list[dict[str, Any]],
             continue
         if d["pid"] != ctx.old_pid:
             continue  # the process that registered them fills it
+        watch = []
         for tfd, events, data in d["watch"]:
             if tfd not in mine:
                 ctx.warnings.append(f"epoll fd {e['fd']}: fd {tfd} is gone; not watched")
                 continue
-            ev = struct.pack("<IQ", events & 0xFFFFFFFF, data)
-            inj(SYS.epoll_ctl, e["fd"], EPOLL_CTL_ADD, tfd, inj.put(ev),
-                what=f" epoll_ctl {e['fd']} add {tfd}")  # fmt: skip
+            watch.append((tfd, struct.pack("<IQ", events & 0xFFFFFFFF, data)))
+        for at in range(0, len(watch), WATCHES_PER_BATCH):  # one stop per batch, not per fd
+            part = watch[at : at + WATCHES_PER_BATCH]
+            with inj.batch() as b:
+                evs = b.put(b"".join(ev for _, ev in part))
+                for k, (tfd, _ev) in enumerate(part):
+                    b.call(SYS.epoll_ctl, e["fd"], EPOLL_CTL_ADD, tfd, evs + k * EPOLL_EVENT,
+                           what=f" epoll_ctl {e['fd']} add {tfd}")  # fmt: skip
         d["registered"] = True
