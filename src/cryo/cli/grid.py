@@ -96,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
 def _checkpoint(args: argparse.Namespace) -> int:
     from cryo.grid import coordinator
 
-    v = coordinator.checkpoint(_etcd(args), args.app, timeout=args.timeout)
+    v = coordinator.checkpoint(_etcd(args), args.app, timeout=args.timeout,
+                               report=lambda what: print(what, file=sys.stderr, flush=True))
     print(f"{args.app}: global version {v} committed")
     return 0
 

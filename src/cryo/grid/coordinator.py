@@ -26,6 +26,7 @@ from cryo.grid import keys as K
 from cryo.grid.etcd import Etcd
 
 GRACE = 5.0  # seconds after a round's deadline before anyone may abort it
+ELECTION_TTL = 5  # seconds after a coordinator dies before the next may take over
 
 
 class RoundFailed(CryoError):
@@ -87,19 +88,66 @@ def wait_running(etcd: Etcd, app: str, count: int, timeout: float,
 
 class Election:
     """The application's coordinator: whoever created its coordinator key, under a
-    lease that expires if the coordinator dies."""
+    lease that expires ``ttl`` seconds after the coordinator dies.  ``wait`` is how long
+    to wait for the key when another holds it (a dead coordinator's lease to expire)."""
 
-    def __init__(self, etcd: Etcd, app: str, ttl: int = 10) -> None:
+    def __init__(self, etcd: Etcd, app: str, ttl: int = ELECTION_TTL,
+                 wait: float = 0.0) -> None:  # fmt: skip
         self.etcd, self.app = etcd, app
         self.me = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease = etcd.lease(ttl)
-        if not etcd.create(K.coordinator(app), {"by": self.me}, lease=self.lease):
-            self.lease.revoke()
-            who = (etcd.get(K.coordinator(app)) or {}).get("by")
-            raise CryoError(f"{app} has a coordinator already ({who})")
+        deadline = time.monotonic() + wait
+        while not etcd.create(K.coordinator(app), {"by": self.me}, lease=self.lease):
+            if time.monotonic() >= deadline:
+                self.lease.revoke()
+                who = (etcd.get(K.coordinator(app)) or {}).get("by")
+                raise CryoError(f"{app} has a coordinator already ({who})")
+            time.sleep(0.1)
 
     def close(self) -> None:
         self.lease.revoke()
+
+
+def resolve(etcd: Etcd, app: str, poll: float = 0.02) -> list[tuple[int, str]]:
+    """Decide every round left in "prepare" by a coordinator that is gone (we hold the
+    election, so none is deciding it): committed if every part voted yes (their images
+    are written and they are held), aborted at a no vote or once its deadline passed;
+    until then wait for the votes.  Returns (version, state) of each one decided."""
+    out = []
+    for key, r in etcd.prefix(K.rounds(app)):
+        if "/votes/" in key or r.get("state") != K.PREPARE:
+            continue
+        v = int(r["version"])
+        raw = etcd.get_raw(key)
+        while raw is not None:
+            got = {int(k.rsplit("/", 1)[1]): x for k, x in etcd.prefix(K.votes(app, v))}
+            parts = r.get("parts") or sorted(got)
+            # (never past the deadline plus GRACE: agents abort then, and a held part's
+            # watchdog may let it go soon after, so the cut would be no longer one)
+            if all(got.get(n, {}).get("ok") for n in parts) and \
+                    time.time() < r["deadline"] + GRACE:  # fmt: skip
+                record = _committed(v, got, parts)
+                if etcd.swap(key, raw, {**r, "state": K.COMMITTED},
+                             [(K.committed(app), record)]):  # fmt: skip
+                    out.append((v, K.COMMITTED))
+                break
+            if any(not x["ok"] for x in got.values()) or time.time() > r["deadline"]:
+                if etcd.swap(key, raw, {**r, "state": K.ABORTED}):
+                    out.append((v, K.ABORTED))
+                break
+            time.sleep(poll)
+            raw = etcd.get_raw(key)
+            now = K.decode(raw)
+            if now is None or now.get("state") != K.PREPARE:
+                break
+    return out
+
+
+def _committed(version: int, got: dict[int, dict[str, Any]], parts: list[int]) -> dict[str, Any]:
+    """The ``committed`` record of round ``version`` from its votes."""
+    return {"version": version, "images": {str(n): got[n]["image"] for n in parts},
+            "hosts": {str(n): got[n].get("host") for n in parts},
+            "replicas": {str(n): got[n].get("replicas") or {} for n in parts}}  # fmt: skip
 
 
 def resolve_stale(etcd: Etcd, app: str, now: float | None = None) -> list[int]:
@@ -116,14 +164,18 @@ def resolve_stale(etcd: Etcd, app: str, now: float | None = None) -> list[int]:
     return out
 
 
-def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0) -> int:
+def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
+               report: Any = None) -> int:  # fmt: skip
     """One global checkpoint; returns its version, or raises RoundFailed (every part
-    then resumes as it was)."""
+    then resumes as it was).  A round left half-done by a coordinator that died is
+    decided first (``report`` is called with what became of it)."""
     if etcd.get(K.app(app)) is None:
         raise CryoError(f"no grid application {app}")
-    election = Election(etcd, app)
+    election = Election(etcd, app, wait=ELECTION_TTL + 2)
     try:
-        resolve_stale(etcd, app)
+        for v, state in resolve(etcd, app):
+            if report is not None:
+                report(f"round {v} of {app}, left by a coordinator that is gone: {state}")
         parts = parts_of(etcd, app)
         versions = [int(v["version"]) for k, v in etcd.prefix(K.rounds(app))
                     if "/votes/" not in k]  # fmt: skip
@@ -144,11 +196,7 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0) -> int:
                 failure = f"part {no[0]['part']}: {no[0].get('reason')}"
                 break
             if set(got) >= set(parts):
-                images = {str(n): got[n]["image"] for n in parts}
-                where = {str(n): got[n].get("host") for n in parts}
-                copies = {str(n): got[n].get("replicas") or {} for n in parts}
-                record = {"version": version, "images": images, "hosts": where,
-                          "replicas": copies}  # fmt: skip
+                record = _committed(version, got, sorted(parts))
                 if etcd.swap(key, raw, {**prepare, "state": K.COMMITTED},
                              [(K.committed(app), record)]):
                     return version

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from cryo.errors import CryoError
 from cryo.grid import keys as K
+
+NO_LEADER_WAIT = 10.0  # seconds a request is retried while the member has no leader
 
 
 class EtcdUnavailable(CryoError):
@@ -42,16 +45,22 @@ class Etcd:
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         import requests
 
-        try:
-            return fn(*args, **kw)
-        except (requests.RequestException, OSError) as err:
-            raise EtcdUnavailable(f"etcd at {self.url} is unavailable: {err}") from err
-        except Exception as err:  # etcd3gw's own errors (Etcd3Exception and kin)
-            if type(err).__module__.startswith("etcd3gw"):
-                why = str(err) or type(err).__name__
-                raise EtcdUnavailable(f"etcd at {self.url} is unavailable or refused the"
-                                      f" request: {why}") from err  # fmt: skip
-            raise
+        deadline = time.monotonic() + NO_LEADER_WAIT
+        while True:
+            try:
+                return fn(*args, **kw)
+            except (requests.RequestException, OSError) as err:
+                raise EtcdUnavailable(f"etcd at {self.url} is unavailable: {err}") from err
+            except Exception as err:  # etcd3gw's own errors (Etcd3Exception and kin)
+                if not type(err).__module__.startswith("etcd3gw"):
+                    raise
+                # 503: the member has no leader (an election after a member died); the
+                # request was not applied, so it is asked again for a while
+                if "Service Unavailable" not in err.args[1:2] or time.monotonic() > deadline:
+                    why = str(err) or type(err).__name__
+                    raise EtcdUnavailable(f"etcd at {self.url} is unavailable or refused the"
+                                          f" request: {why}") from err  # fmt: skip
+            time.sleep(0.1)
 
     def get(self, key: str) -> dict[str, Any] | None:
         got = self._call(self.client.get, key)
