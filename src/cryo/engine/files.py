@@ -72,6 +72,9 @@ class Found:
     fd: int
     target: str  # the /proc/PID/fd link
     st: os.stat_result
+    # the sockets of its network namespace: inode -> (family, unix address as
+    # /proc/net/unix shows it), read once per namespace (None: ask the socket itself)
+    sockets: dict[int, tuple[int, str]] | None = None
 
     @property
     def fmt(self) -> int:
@@ -160,7 +163,40 @@ def _describe_anon(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict
 
 
 def _is_family(*families: int) -> Callable[[Found], bool]:
-    return lambda f: _is_socket(f) and inet.family_of(f.pid, f.fd, f.st.st_ino) in families
+    def match(f: Found) -> bool:
+        if not _is_socket(f):
+            return False
+        known = f.sockets.get(f.st.st_ino) if f.sockets is not None else None
+        return (known[0] if known is not None
+                else inet.family_of(f.pid, f.fd, f.st.st_ino)) in families  # fmt: skip
+
+    return match
+
+
+AGENT_NAME = "@cryo-app/"  # a cryo.app agent's abstract address, as /proc/net/unix shows it
+_NET_TABLES = (("unix", socket.AF_UNIX), ("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6),
+               ("udp", socket.AF_INET), ("udp6", socket.AF_INET6))  # fmt: skip
+
+
+def socket_table(pid: int) -> dict[int, tuple[int, str]]:
+    """inode -> (family, unix address) of the unix, TCP and UDP sockets of the network
+    namespace of ``pid`` (one read of /proc/PID/net/* instead of a question to each)."""
+    out: dict[int, tuple[int, str]] = {}
+    for name, family in _NET_TABLES:
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if family == socket.AF_UNIX:
+                        if len(parts) >= 7:
+                            out[int(parts[6])] = (family, parts[7] if len(parts) > 7 else "")
+                    elif len(parts) >= 10:
+                        out[int(parts[9])] = (family, "")
+        except (OSError, ValueError):
+            continue
+    out.pop(0, None)  # (sockets being set up show inode 0)
+    return out
 
 
 def _describe_inet(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
@@ -198,6 +234,7 @@ class Descriptions:
     blobs: list[bytes] = field(default_factory=list)  # FDAT records
     ghosts: dict[tuple[int, int], str] = field(default_factory=dict)  # deleted files saved
     unix: dict[int, dict[str, Any]] | None = None  # sock_diag's view, asked once
+    nets: dict[int, dict[int, tuple[int, str]]] = field(default_factory=dict)  # by netns
     # (kind, dev, ino) -> the descriptions of that file: only those are compared (kcmp)
     by_file: dict[tuple[str, int, int], list[int]] = field(default_factory=dict)
 
@@ -217,6 +254,20 @@ class Descriptions:
         return index
 
 
+def _is_socket_link(target: str) -> bool:
+    return target.startswith("socket:")
+
+
+def _sockets(pid: int, descs: Descriptions) -> dict[int, tuple[int, str]] | None:
+    try:
+        ns = os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+    if ns not in descs.nets:
+        descs.nets[ns] = socket_table(pid)
+    return descs.nets[ns]
+
+
 def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
     pid = ctx.pid
     shell_job = bool(ctx.options.get("shell_job"))
@@ -225,13 +276,16 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
         names = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
     except FileNotFoundError as err:
         raise CryoError(f"process {pid} vanished", pid=pid) from err
+    net: dict[int, tuple[int, str]] | None = None  # its netns's sockets, read once
     for fd in names:
         target = procfs.readlink(pid, f"fd/{fd}")
         if dirty.is_ours(fd, target):
             continue  # the write tracking cryo armed (engine/dirty.py): not the program's
         info = procfs.parse_fdinfo(procfs.read(pid, f"fdinfo/{fd}"))
         st = os.stat(f"/proc/{pid}/fd/{fd}")
-        found = Found(pid, fd, target, st)
+        if _is_socket_link(target) and net is None:
+            net = _sockets(pid, descs) or {}
+        found = Found(pid, fd, target, st, net if _is_socket_link(target) else None)
         k = kind_of(found, shell_job)
         if k.refuse is not None:
             raise Unsupported(f"fd {fd}: {k.refuse(found)}", pid=pid, resource=f"fd {fd}")
@@ -566,14 +620,16 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
     wanted = {e["fd"]: e for e in rec["fds"]}
     for e in rec["fds"]:
         src = opened.fds.get(e["desc"])
+        cloexec = O_CLOEXEC if e["cloexec"] else 0
         if src is None:  # a late description: pidfd_getfd from cryo, onto a temporary fd
             src = _take_late(ctx, opened, descs[e["desc"]])
-            if src != e["fd"]:
-                inj(SYS.dup2, src, e["fd"])
-                inj(SYS.close, src)
-        else:
-            inj(SYS.dup2, src, e["fd"])
-        inj(SYS.fcntl, e["fd"], F_SETFD, FD_CLOEXEC if e["cloexec"] else 0)
+            if src == e["fd"]:
+                inj(SYS.fcntl, e["fd"], F_SETFD, FD_CLOEXEC if cloexec else 0)
+                continue
+            inj(SYS_DUP3, src, e["fd"], cloexec)
+            inj(SYS.close, src)
+        else:  # (one call: dup3 sets or clears close-on-exec with the fd)
+            inj(SYS_DUP3, src, e["fd"], cloexec)
     for d in descs:
         if d["kind"] == "epoll" and d.get("hidden") and d["pid"] == ctx.old_pid:
             _register_hidden(ctx, d, opened, descs, wanted)
@@ -586,6 +642,7 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
 
 
 SYS_PIDFD_GETFD = 438
+SYS_DUP3 = 292
 F_DUPFD_CLOEXEC = 1030
 EPOLL_CTL_ADD = 1
 
@@ -668,10 +725,24 @@ def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str,
 
 def _is_agent(listening: bool) -> Callable[[Found], bool]:
     def match(f: Found) -> bool:
-        found = appchannel.agent_socket(f.pid, f.fd) if _is_socket(f) else None
+        if not _is_socket(f):
+            return False
+        known = f.sockets.get(f.st.st_ino) if f.sockets is not None else None
+        if known is not None and not (known[0] == socket.AF_UNIX
+                                      and known[1].startswith(AGENT_NAME)):  # fmt: skip
+            return False  # (no socket to duplicate and ask)
+        key = (f.pid, f.fd, f.st.st_ino)  # (asked once per socket for both kinds)
+        if key not in _AGENTS:
+            if len(_AGENTS) > 100_000:
+                _AGENTS.clear()
+            _AGENTS[key] = appchannel.agent_socket(f.pid, f.fd)
+        found = _AGENTS[key]
         return found is not None and found[1] == listening
 
     return match
+
+
+_AGENTS: dict[tuple[int, int, int], tuple[bytes, bool] | None] = {}
 
 
 def _describe_agent(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
