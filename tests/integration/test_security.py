@@ -221,8 +221,88 @@ def _raise_limit(recs: dict[bytes, list[Any]]) -> None:
     recs[R.TASK][0]["rlimits"][7] = [1 << 30, 1 << 30]
 
 
+def _add_desc(recs: dict[bytes, list[Any]], fd: int, **fields: Any) -> None:
+    """A description added to the image and given to its process as ``fd``."""
+    descs = recs[R.FDSC][0]["descs"]
+    d = dict(descs[0])
+    for k in list(d):
+        if k not in ("pid", "ino", "dev", "size", "pos", "flags"):
+            del d[k]
+    d.update({"id": len(descs), "fd": fd, "path": f"socket:[{d['ino']}]", "mode": 0o140777,
+              **fields})
+    descs.append(d)
+    recs[R.FILE][0]["fds"].append({"fd": fd, "desc": d["id"], "cloexec": False})
+
+
+def _put_back_over(target: Path) -> Callable[[dict[bytes, list[Any]]], None]:
+    def change(recs: dict[bytes, list[Any]]) -> None:
+        recs.setdefault(b"APPX", []).append({"pid": recs[R.TREE][0]["root"], "dropped": [],
+                                             "files": [{"path": str(target), "mode": 0o644,
+                                                        "side": "appfile-1-0.bin",
+                                                        "size": 5}]})  # fmt: skip
+    return change
+
+
+def _unix_bound_in_root_dir(recs: dict[bytes, list[Any]]) -> None:
+    arena = Path(recs[R.FILE][0]["cwd"]).parent  # root's, 0755
+    _add_desc(recs, 70, kind="unix", sotype="stream", peer=0, name=f"{arena}/evil.sock".encode(),
+              shutdown=0, in_flight=[], listen=4, unlinked=False, queue=[], opts=[])
+
+
+def _stream_to_outside(recs: dict[bytes, list[Any]]) -> None:
+    _add_desc(recs, 71, kind="unix", sotype="stream", peer=999999, name=None, shutdown=0,
+              in_flight=[], peer_name=b"/run/cryo-root-only.sock", external=True, queue=[],
+              opts=[])  # fmt: skip
+
+
+def _privileged_port(recs: dict[bytes, list[Any]]) -> None:
+    _add_desc(recs, 72, kind="inet", family=2, sotype="stream", proto=6,
+              local=["127.0.0.1", 81], remote=None, state="LISTEN", backlog=4, opts=[])
+
+
+def _raw_socket(recs: dict[bytes, list[Any]]) -> None:
+    _add_desc(recs, 73, kind="inet", family=2, sotype="raw", proto=1, local=["0.0.0.0", 0],
+              remote=None, opts=[])
+
+
+def _marked_socket(recs: dict[bytes, list[Any]]) -> None:
+    _add_desc(recs, 74, kind="inet", family=2, sotype="dgram", proto=17,
+              local=["127.0.0.1", 40000], remote=None,
+              opts=[[1, 36, (7).to_bytes(4, "little")]])  # SO_MARK 7
+
+
+def _foreign_namespace(recs: dict[bytes, list[Any]]) -> None:
+    _add_desc(recs, 75, kind="file", path="/proc/self/ns/net", mode=0o100444, ns="net",
+              nsino=4026531000 + 12345, flags=0)
+
+
+def _ghost_of(uid: int, gid: int, *, fifo: bool = False, memfd: bool = False
+              ) -> Callable[[dict[bytes, list[Any]]], None]:  # fmt: skip
+    def change(recs: dict[bytes, list[Any]]) -> None:
+        recs.setdefault(R.FDAT, []).append(b"")
+        home = Path(recs[R.FILE][0]["cwd"])
+        fields: dict[str, Any] = {"deleted": True, "blob": len(recs[R.FDAT]) - 1, "uid": uid,
+                                  "gid": gid, "atime_ns": 0, "mtime_ns": 0}  # fmt: skip
+        if fifo:
+            fields.update(kind="fifo", path=str(home / "fifo"), mode=0o10640, flags=2)
+        elif memfd:
+            fields.update(kind="file", path="/memfd:m", mode=0o100600, flags=2, size=0,
+                          memfd={"name": "m", "seals": 0}, ghost="ghost-99", extents=[])
+        _add_desc(recs, 76, **fields)
+    return change
+
+
 ATTACKS = {
     "uids and capabilities of root": (_root_uids, "would run as uids"),
+    "a saved file put back over root's": (None, "put back in"),
+    "a unix socket bound in a root directory": (_unix_bound_in_root_dir, "evil.sock in"),
+    "a stream connection made by root": (_stream_to_outside, "would be connected by root"),
+    "a port below 1024": (_privileged_port, "port 81, below the unprivileged"),
+    "a raw socket": (_raw_socket, "raw or packet socket"),
+    "a socket option only root may set": (_marked_socket, "SO_MARK 7"),
+    "a namespace the restart is not in": (_foreign_namespace, "namespace net:"),
+    "a deleted FIFO recreated as root's": (_ghost_of(0, 0, fifo=True), "owned by 0:0"),
+    "a memfd recreated in root's group": (_ghost_of(UID, 0, memfd=True), f"owned by {UID}:0"),
     "a root-only file opened read-write": (None, "Permission denied for that user"),
     "a setuid root file recreated": (None, "recreated with mode"),
     "a working directory the user may not enter": (_chdir_root, "working directory"),
@@ -237,7 +317,9 @@ def test_edited_image_grants_nothing(procs: Procs, arena: Path, attack: str) -> 
     secret.chmod(0o600)
     ghost = arena / "home" / "suid"
     given, words = ATTACKS[attack]
-    change = given or (_root_only_file(secret) if "root-only" in attack else _setuid_ghost(ghost))
+    change = given or (_root_only_file(secret) if "root-only" in attack else
+                       _put_back_over(secret) if "put back" in attack else
+                       _setuid_ghost(ghost))  # fmt: skip
     img = user_image(procs, arena)
     edit_as_user(img, change)
     before = _children()
@@ -252,6 +334,94 @@ def test_edited_image_grants_nothing(procs: Procs, arena: Path, attack: str) -> 
     assert _children() == before, "a process was created"
     assert secret.read_text() == "root only\n" and secret.stat().st_mode & 0o777 == 0o600
     assert not ghost.exists()
+    assert not any(p.stat().st_mode & 0o6000 for p in arena.rglob("*") if p.is_file())
+
+
+def test_translated_paths_are_checked_as_opened(procs: Procs, arena: Path) -> None:
+    """--translate moves the user's files: the rule applies to where they are opened
+    (a directory only root may enter: refused, nothing created), and a translation to a
+    place the user may reach restarts as the user."""
+    img = user_image(procs, arena)
+    home = arena / "home"
+    vault = arena / "vault"
+    vault.mkdir(mode=0o700)
+    (vault / "out.txt").write_text("root's\n")
+    before = _children()
+    r = restart(img, "--translate", f"{home}={vault}")
+    assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
+    assert str(vault) in r.stderr and f"uid {UID}" in r.stderr, r.stderr
+    assert _children() == before and (vault / "out.txt").read_text() == "root's\n"
+    moved = arena / "moved"
+    moved.mkdir()
+    os.chown(moved, UID, UID)
+    as_user(lambda: shutil.copy(home / "out.txt", moved / "out.txt"))
+    r = restart(img, "--translate", f"{home}={moved}")
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    assert status_of(pid)["Uid"].split() == [str(UID)] * 4
+    assert os.readlink(f"/proc/{pid}/cwd") == str(moved)
+    n = wait_ticks(moved / "out.txt")
+    assert wait_ticks(moved / "out.txt", n + 2) >= n
+
+
+MEMFD_FIFO = r"""
+import fcntl, os, sys, time
+d = sys.argv[1]
+out = open(os.path.join(d, "mf.out"), "a", buffering=1)
+m = os.memfd_create("users", os.MFD_ALLOW_SEALING)
+os.write(m, b"memfd data")
+os.fchmod(m, 0o600)
+fcntl.fcntl(m, 1033, 0x8)  # F_ADD_SEALS F_SEAL_WRITE
+os.mkfifo(os.path.join(d, "fifo"), 0o640)
+f = os.open(os.path.join(d, "fifo"), os.O_RDWR | os.O_NONBLOCK)
+os.write(f, b"fifo data")
+os.unlink(os.path.join(d, "fifo"))
+out.write(f"ready {m} {f}\n")
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.02)
+ok = (os.pread(m, 100, 0) == b"memfd data" and fcntl.fcntl(m, 1034) & 0x8
+      and os.read(f, 100) == b"fifo data")
+sm, sf = os.fstat(m), os.fstat(f)
+out.write(f"{'ok' if ok else 'FAIL'} {sm.st_uid} {sm.st_gid} {sm.st_mode:o} {sf.st_uid}"
+          f" {sf.st_gid} {sf.st_mode:o}\n")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_users_memfd_and_deleted_fifo_are_the_users(procs: Procs, arena: Path) -> None:
+    """A user's memfd (sealed) and deleted FIFO come back as that user's, with their
+    modes and data, and nothing set-id or root's is made for them (they were refused:
+    the memfd's "directory" / and the FIFO's type)."""
+    home = arena / "home"
+    p = subprocess.Popen([USER_PY, "-c", MEMFD_FIFO, str(home)], cwd=home,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
+    p.returncode = 0
+    procs.track(p.pid)
+    out = home / "mf.out"
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.read_text().startswith("ready")):
+        assert time.monotonic() < deadline, "the user's target did not get ready"
+        time.sleep(0.02)
+    img = home / "img"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    r = restart(img)
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    assert status_of(pid)["Uid"].split() == [str(UID)] * 4
+    as_user(lambda: (home / "go").write_text(""))
+    deadline = time.monotonic() + 10
+    while len(out.read_text().splitlines()) < 2:
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.02)
+    line = out.read_text().splitlines()[1]
+    assert line == f"ok {UID} {UID} 100600 {UID} {UID} 10640", line
     assert not any(p.stat().st_mode & 0o6000 for p in arena.rglob("*") if p.is_file())
 
 

@@ -82,10 +82,13 @@ def xstate_size_here() -> int:
 
 
 def validate(src: str | ImageSource, *, trust_image: bool = False,
-             allow_duplicate: bool = False) -> tuple[ImageSource, Plan]:
-    """Read and check everything before anything is created."""
+             allow_duplicate: bool = False,
+             translate: Callable[[str], str] | None = None) -> tuple[ImageSource, Plan]:
+    """Read and check everything before anything is created (the privilege rule on the
+    paths as ``translate``, the restart's --translate, makes them)."""
     image = Image(src) if isinstance(src, str) else src
-    trust.admit(image, trust_image=trust_image, allow_duplicate=allow_duplicate)
+    trust.admit(image, trust_image=trust_image, allow_duplicate=allow_duplicate,
+                translate=translate)
     trees = image.raw(R.TREE)
     if not trees:
         raise ImageCorrupt(f"image {image.path} is corrupt: no TREE record", path=image.path)

@@ -55,6 +55,7 @@ from cryo.engine import files, memory, shmem, textscan, tree
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector
 from cryo.engine.spmf import of_session as files_of
+from cryo.engine.translate import of as translate_of
 from cryo.errors import CryoError, translate_oserror
 from cryo.image import records as R
 from cryo.image import trust
@@ -523,10 +524,12 @@ class Restart:
                  net: dict[str, bool] | None = None,
                  ignore_changed_files: bool = False) -> None:  # fmt: skip
         self.path, self.must_reuse_pid, self.shell_job = path, must_reuse_pid, shell_job
-        self.trust = {"trust_image": trust_image, "allow_duplicate": allow_duplicate}
+        self.trust: dict[str, Any] = {"trust_image": trust_image,
+                                      "allow_duplicate": allow_duplicate}
         self.options: dict[str, Any] = {"shell_job": shell_job, "translate": translate or {},
                                         "ignore_changed": ignore_changed_files,
                                         **(net or {})}  # fmt: skip
+        self.trust["translate"] = translate_of(self.options).apply  # trust: paths opened
         self.progress = progress
         self.image: Any = None
         self.plan: Any = None

@@ -131,7 +131,7 @@ def _need(what: str, path: str, new: str, fmt: int | None,
                           " --save-files to keep a copy in the image", path=new)  # fmt: skip
 
 
-def _unix_path(d: dict[str, Any], key: str) -> str | None:
+def unix_path(d: dict[str, Any], key: str) -> str | None:
     """A unix socket's address ``key`` as a path (None if abstract or unnamed)."""
     name = d.get(key)
     if not isinstance(name, bytes) or not name or name[:1] == b"\0":
@@ -149,10 +149,10 @@ def paths(plan: Any) -> Iterator[tuple[str, str, int | None, tuple[int, int] | N
                    stat.S_IFMT(d["mode"]), None)  # fmt: skip
         if d["kind"] == "unix":  # a bound socket is made again in its directory; an
             what = f"unix socket fd {d['fd']} of process {d['pid']}"  # outside peer is there
-            name = _unix_path(d, "name")
+            name = unix_path(d, "name")
             if name and not d.get("unlinked"):
                 yield f"the directory of {what}", os.path.dirname(name), stat.S_IFDIR, None
-            peer = _unix_path(d, "peer_name") if d.get("external") else None
+            peer = unix_path(d, "peer_name") if d.get("external") else None
             if peer:
                 yield f"the peer of {what}", peer, stat.S_IFSOCK, None
     for pid, recs in plan.procs.items():
@@ -179,6 +179,11 @@ def check(rs: Any) -> None:
     from cryo.engine.appchannel import KIND as APP_KIND
 
     t = of(rs.options)
+    owner = rs.options.get("owner")  # the privilege rule (cryo.image.trust), for the
+    if owner is not None:  # mapped files a copy saved in the image may stand in for
+        from cryo.image import trust
+
+        trust.check_deferred(owner, t.apply)
     ignore_changed = bool(rs.options.get("ignore_changed"))
     # files the application saved with cryo.app are put back by its driver's prepare
     put_back = {f["path"] for r in rs.image.raw(APP_KIND) for f in r.get("files", ())}
@@ -193,4 +198,4 @@ def check(rs: Any) -> None:
             seen.add(key)
 
 
-__all__ = ["PathMissing", "Translation", "apply", "check", "of"]
+__all__ = ["PathMissing", "Translation", "apply", "check", "of", "unix_path"]

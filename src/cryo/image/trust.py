@@ -20,6 +20,7 @@ created:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -27,6 +28,7 @@ import os
 import pwd
 import resource
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,20 +51,27 @@ class Owner:
     gid: int = 0  # primary group
     gids: set[int] = field(default_factory=set)  # primary and supplementary groups
     why: str = ""
+    # mapped files and executables a copy saved in the image (--save-files) may stand
+    # in for: checked once the restart knows which it opens (check_deferred)
+    # (path, as translated when admitted, access mode, what)
+    deferred: list[tuple[str, str, int, str]] = field(default_factory=list)
 
     @property
     def root(self) -> bool:
         return self.uid == ROOT
 
 
-def admit(image: Any, *, trust_image: bool = False, allow_duplicate: bool = False) -> Owner:
+def admit(image: Any, *, trust_image: bool = False, allow_duplicate: bool = False,
+          translate: Callable[[str], str] | None = None) -> Owner:  # fmt: skip
     """Check ``image`` (an opened ImageSource) before a restart creates anything: grammar,
-    seal, the privilege rule, a copy already running.  Returns the owner."""
+    seal, the privilege rule, a copy already running.  Returns the owner.  ``translate``
+    is the restart's path translation (--translate): the rule applies to the paths
+    actually opened and created, not to the ones the image names."""
     image.check()
     sealed = check_seal(image, trust_image)
     owner = owner_of(image, sealed)
     if not owner.root:
-        check_privilege(image, owner)
+        check_privilege(image, owner, translate)
     running.check(image, allow_duplicate=allow_duplicate)
     image.owner = owner  # for what the restore creates (files.py: made as the owner's)
     return owner
@@ -153,14 +162,35 @@ def _deny(owner: Owner, what: str, path: str | None = None) -> AccessDenied:
 # -- the rule for an owner who is not root ----------------------------------------------
 
 
-def check_privilege(image: Any, owner: Owner) -> None:
+def check_privilege(image: Any, owner: Owner,
+                    translate: Callable[[str], str] | None = None) -> None:  # fmt: skip
     """Raise AccessDenied unless every privileged act of the restore is one ``owner``
-    could do."""
+    could do.  Paths are checked as ``translate`` makes them (the ones opened)."""
+    tr = translate or _same
     _credentials(image, owner)
     _task(image, owner)
     need: list[tuple[str, int, str]] = []  # (path, access mode, what) checked as the owner
-    _files(image, owner, need)
-    _memory(image, owner, need)
+    _files(image, owner, need, tr)
+    _sockets(image, owner, need, tr)
+    _memory(image, owner, need, tr)
+    _saved_files(image, owner, need, tr)
+    _check_access(owner, need)
+
+
+def _same(path: str) -> str:
+    return path
+
+
+def check_deferred(owner: Owner, opened: Callable[[str], str]) -> None:
+    """Once the restart has extracted the copies saved in the image (--save-files) and
+    knows which path it opens for each mapped file and executable (``opened``, the
+    translation they added to included): those it opens from where they are, not from a
+    copy, checked as the owner.  A copy holds only bytes of the image itself, made never
+    set-id in a directory of the restart's: nothing to check."""
+    if owner.root or not owner.deferred:
+        return
+    need = [(then, mode, what) for path, then, mode, what in owner.deferred
+            if opened(path) == then]  # fmt: skip
     _check_access(owner, need)
 
 
@@ -228,48 +258,216 @@ def _creatable(path: str) -> str:
     return parent if os.path.isdir(parent) else "/tmp"
 
 
-def _files(image: Any, owner: Owner, need: list[tuple[str, int, str]]) -> None:
+def _files(image: Any, owner: Owner, need: list[tuple[str, int, str]],
+           tr: Callable[[str], str]) -> None:  # fmt: skip
     fdsc = image.raw(b"FDSC")
     for d in fdsc[0]["descs"] if fdsc else []:
         what = f"fd {d['fd']} of process {d['pid']} ({d['kind']} {d['path']})"
         if d["kind"] not in ("file", "dir", "chr", "fifo"):
             continue
-        if d.get("deleted"):
-            if d["mode"] & SETID or not stat.S_ISREG(d["mode"]):
-                raise _deny(owner, f"{what} would be recreated with mode {d['mode']:o}")
-            need.append((_creatable(d["path"]), os.W_OK | os.X_OK, f"{what} recreated in"))
+        if d.get("ns"):
+            _namespace(owner, d, what)
             continue
-        need.append((d["path"], _access_of(d["flags"]), f"{what} opened"))
+        if d.get("deleted"):
+            _recreated(owner, d, what, need, tr)
+            continue
+        need.append((tr(d["path"]), _access_of(d["flags"]), f"{what} opened"))
     for rec in image.raw(b"FILE"):
         if rec["root"] != "/":
             raise _deny(owner, f"process {rec['pid']} would be chrooted to {rec['root']}")
-        need.append((rec["cwd"], os.X_OK, f"the working directory of {rec['pid']}"))
+        need.append((tr(rec["cwd"]), os.X_OK, f"the working directory of {rec['pid']}"))
 
 
-def _memory(image: Any, owner: Owner, need: list[tuple[str, int, str]]) -> None:
+def _recreated(owner: Owner, d: dict[str, Any], what: str, need: list[tuple[str, int, str]],
+               tr: Callable[[str], str]) -> None:  # fmt: skip
+    """A file deleted while open, made again by the restart: a regular file, a memfd or
+    a FIFO, never set-id, the owner's own (its uid, one of its groups), made where the
+    owner may create files (a memfd needs no directory)."""
+    mode = d["mode"]
+    fifo = d["kind"] == "fifo"
+    if mode & SETID or not (stat.S_ISFIFO(mode) if fifo else stat.S_ISREG(mode)):
+        raise _deny(owner, f"{what} would be recreated with mode {mode:o}")
+    uid, gid = d.get("uid", owner.uid), d.get("gid", owner.gid)
+    if uid != owner.uid or gid not in owner.gids:
+        raise _deny(owner, f"{what} would be recreated owned by {uid}:{gid}, not by the"
+                    f" owner (uid {owner.uid}, groups {sorted(owner.gids)})")  # fmt: skip
+    if "obj" in d or (not fifo and isinstance(d.get("memfd"), dict)):
+        return  # reopened from its shared memory object, or a memfd: no directory
+    need.append((_creatable(tr(d["path"])), os.W_OK | os.X_OK, f"{what} recreated in"))
+
+
+def _namespace(owner: Owner, d: dict[str, Any], what: str) -> None:
+    """A namespace fd is reopened by root from any process in that namespace: for
+    another owner, only the namespaces cryo (and so the restored processes) is in."""
+    kind, ino = d["ns"], d["nsino"]
+    for name in (kind, f"{kind}_for_children"):
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/self/ns/{name}").st_ino == ino:
+                return
+    raise _deny(owner, f"{what} would be the namespace {kind}:[{ino}], which the restored"
+                " processes are not in")  # fmt: skip
+
+
+def _memory(image: Any, owner: Owner, need: list[tuple[str, int, str]],
+            tr: Callable[[str], str]) -> None:  # fmt: skip
     shmo = image.raw(b"SHMO")
     for o in shmo[0]["objs"] if shmo else []:
         if o["mode"] & SETID:
             raise _deny(owner, f"shared memory object {o['id']} would have mode {o['mode']:o}")
         if o["kind"] == "deleted":
-            path = str(o["name"]).removesuffix(" (deleted)")
+            path = tr(str(o["name"]).removesuffix(" (deleted)"))
             need.append((_creatable(path), os.W_OK | os.X_OK,
                          f"shared memory object {o['id']} ({path}) recreated in"))
+    saved = {f["path"] for r in image.raw(b"SPMF") for f in r["files"]}
     segments: dict[int, Any] | None = None
+
+    def mapped(path: str, mode: int, what: str) -> None:
+        if path.removesuffix(" (deleted)") in saved:  # a copy may stand in: decided later
+            owner.deferred.append((path, tr(path), mode, what))
+        else:
+            need.append((tr(path), mode, what))
+
     for rec in image.raw(b"MM  "):
         pid = rec["pid"]
-        need.append((rec["exe"], os.X_OK, f"the executable of {pid}"))
+        mapped(rec["exe"], os.X_OK, f"the executable of {pid}")
         for v in rec["vmas"]:
             what = f"mapping {v['start']:#x} of {pid} ({v['path']})"
             if v["kind"] == "file":
-                need.append((v["path"], os.R_OK, f"{what} mapped"))
+                mapped(v["path"], os.R_OK, f"{what} mapped")
             elif v["kind"] == "shared-file":
                 mode = os.R_OK | (os.W_OK if v["prot"] & PROT_WRITE else 0)
-                need.append((v["path"], mode, f"{what} mapped shared"))
+                need.append((tr(v["path"]), mode, f"{what} mapped shared"))
             elif v["kind"] == "sysv-shm":
                 if segments is None:
                     segments = _live_segments()
                 _segment(image, owner, v, segments, what)
+
+
+def _saved_files(image: Any, owner: Owner, need: list[tuple[str, int, str]],
+                 tr: Callable[[str], str]) -> None:  # fmt: skip
+    """Files a cryo.app agent saved are put back (written, replaced) by the restart:
+    only where the owner may write them."""
+    for rec in image.raw(b"APPX"):
+        for f in rec["files"]:
+            path = tr(f["path"])
+            what = f"saved file {path} of process {rec['pid']} put back"
+            need.append((os.path.dirname(path) or "/", os.W_OK | os.X_OK, f"{what} in"))
+            if os.path.lexists(path):
+                need.append((path, os.W_OK, what))
+                _may_unlink(owner, path, what)
+
+
+def _may_unlink(owner: Owner, path: str, what: str) -> None:
+    """The restart replaces or unlinks ``path`` (as root): in a sticky directory (/tmp)
+    only a file of the owner's (access() does not say so)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        parent = os.lstat(os.path.dirname(path) or "/")
+        if parent.st_mode & stat.S_ISVTX and owner.uid not in (st.st_uid, parent.st_uid):
+            raise _deny(owner, f"{what}: {path} belongs to uid {st.st_uid} in a sticky"
+                        " directory", path)  # fmt: skip
+
+
+# -- sockets: made by root, so checked here -----------------------------------------------
+
+SO_PRIORITY, SO_MARK, IP_TRANSPARENT, TCP_CONGESTION = 12, 36, 19, 13
+SOL_SOCKET, SOL_IP, SOL_TCP = 1, 0, 6
+AF_INET, AF_INET6, AF_PACKET, AF_NETLINK = 2, 10, 17, 16
+IPPROTO_ICMP, IPPROTO_ICMPV6 = 1, 58
+NETLINK_NONROOT_RECV = {0, 15, 16}  # ROUTE, KOBJECT_UEVENT, GENERIC: groups for anyone
+
+
+def _sysctl(name: str, default: str) -> str:
+    try:
+        with open(f"/proc/sys/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def _sockets(image: Any, owner: Owner, need: list[tuple[str, int, str]],
+             tr: Callable[[str], str]) -> None:  # fmt: skip
+    """What the restart does as root for a socket, only where the owner could: bind a
+    unix socket where the owner may create files (and remove the socket file there only
+    if the owner may), connect to a unix socket outside the image only for datagrams
+    the owner may send there (a stream or seqpacket server would see root's
+    credentials), no raw or packet socket, no port below the unprivileged ones, no
+    netlink group only root may join, no option only root may set."""
+    from cryo.engine.translate import unix_path
+
+    fdsc = image.raw(b"FDSC")
+    for d in fdsc[0]["descs"] if fdsc else []:
+        what = f"fd {d['fd']} of process {d['pid']} ({d['kind']} socket)"
+        if d["kind"] == "unix":
+            name = unix_path(d, "name")
+            if name and not d.get("unlinked"):
+                path = tr(name)
+                need.append((os.path.dirname(path) or "/", os.W_OK | os.X_OK,
+                             f"{what} bound to {path} in"))  # fmt: skip
+                _may_unlink(owner, path, f"{what} bound")
+            if d.get("external"):
+                if d.get("sotype") != "dgram":
+                    raise _deny(owner, f"{what} would be connected by root to"
+                                f" {d.get('peer_name')!r} outside the image (its server would"
+                                " see root's credentials)")  # fmt: skip
+                peer = unix_path(d, "peer_name")
+                if peer:
+                    need.append((tr(peer), os.W_OK, f"{what} connected to"))
+        elif d["kind"] == "inet":
+            _inet(owner, d, what)
+        if d["kind"] in ("unix", "inet"):
+            _socket_options(owner, d, what)
+
+
+def _inet(owner: Owner, d: dict[str, Any], what: str) -> None:
+    family, sotype, proto = d.get("family"), d.get("sotype"), d.get("proto")
+    if family == AF_PACKET or sotype == "raw":
+        raise _deny(owner, f"{what} would be a raw or packet socket (CAP_NET_RAW)")
+    if family in (AF_INET, AF_INET6) and proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        lo, hi = (int(x) for x in _sysctl("net/ipv4/ping_group_range", "1 0").split())
+        if not any(lo <= g <= hi for g in owner.gids):
+            raise _deny(owner, f"{what} would be an ICMP socket, which its groups may not"
+                        " open (net.ipv4.ping_group_range)")  # fmt: skip
+    if family in (AF_INET, AF_INET6) and proto not in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        start = int(_sysctl("net/ipv4/ip_unprivileged_port_start", "1024"))
+        local = d.get("local")
+        port = local[1] if isinstance(local, list) and len(local) > 1 else 0
+        if isinstance(port, int) and 0 < port < start:
+            raise _deny(owner, f"{what} would have port {port}, below the unprivileged ports"
+                        f" ({start})")  # fmt: skip
+    if family == AF_NETLINK and d.get("groups") and proto not in NETLINK_NONROOT_RECV:
+        raise _deny(owner, f"{what} would join netlink groups {d['groups']} of protocol"
+                    f" {proto}, which only root may join")  # fmt: skip
+    t = d.get("tcp")
+    if isinstance(t, dict):
+        most = max(int(_sysctl("net/core/wmem_max", "212992")),
+                   int(_sysctl("net/core/rmem_max", "212992")),
+                   *(int(x) for x in (_sysctl("net/ipv4/tcp_wmem", "4096 16384 4194304")
+                                      + " " + _sysctl("net/ipv4/tcp_rmem",
+                                                      "4096 131072 6291456")).split()))
+        for key, queue in (("sndbuf", "sendq"), ("rcvbuf", "recvq")):
+            if t[key] > 2 * max(most, len(t[queue])):
+                raise _deny(owner, f"{what} would have {key} {t[key]} (forced by root)")
+
+
+def _socket_options(owner: Owner, d: dict[str, Any], what: str) -> None:
+    allowed = set(_sysctl("net/ipv4/tcp_allowed_congestion_control", "reno cubic").split())
+    for level, opt, raw in d.get("opts", []):
+        value = int.from_bytes(raw[:4], "little", signed=True) if len(raw) >= 4 else 0
+        if (level, opt) == (SOL_SOCKET, SO_MARK) and value:
+            bad = f"SO_MARK {value} (CAP_NET_ADMIN)"
+        elif (level, opt) == (SOL_SOCKET, SO_PRIORITY) and not 0 <= value <= 6:
+            bad = f"SO_PRIORITY {value} (CAP_NET_ADMIN)"
+        elif (level, opt) == (SOL_IP, IP_TRANSPARENT) and value:
+            bad = "IP_TRANSPARENT (CAP_NET_ADMIN)"
+        elif (level, opt) == (SOL_TCP, TCP_CONGESTION):
+            algo = bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+            if algo in allowed:
+                continue
+            bad = f"TCP_CONGESTION {algo} (not in net.ipv4.tcp_allowed_congestion_control)"
+        else:
+            continue
+        raise _deny(owner, f"{what} would have {bad}")
 
 
 def _live_segments() -> dict[int, Any]:
@@ -391,5 +589,5 @@ def open_as_owner(owner: Owner, requests: list[tuple[str, int, int]]) -> list[in
     return got
 
 
-__all__ = ["Owner", "admit", "check_privilege", "check_seal", "open_as_owner", "owner_of",
-           "restarted"]
+__all__ = ["Owner", "admit", "check_deferred", "check_privilege", "check_seal",
+           "open_as_owner", "owner_of", "restarted"]
