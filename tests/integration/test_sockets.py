@@ -778,3 +778,89 @@ def test_fds_in_flight(procs: Procs, tmp_path: Path) -> None:
     procs.track(int(r.stdout))
     go.touch()
     assert v.wait_line("checked", timeout=20) == "checked good"
+
+
+ACCEPTQ = r"""
+import os, socket, sys, time
+out, go, path = sys.argv[1:4]
+def say(line):
+    with open(out, "a") as f:
+        f.write(line + "\n")
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(8)
+kids = []
+for i in range(3):  # one after the other: the accept queue holds them in this order
+    pid = os.fork()
+    if pid == 0:
+        srv.close()
+        c = socket.socket(socket.AF_UNIX)
+        if i == 1:
+            c.bind("\0cryo-acceptq-client-%d" % os.getppid())  # a named client
+        c.connect(path)
+        say("connected %d" % i)
+        c.settimeout(120)
+        hello = c.recv(64)  # the server speaks first, once it accepts
+        c.sendall(b"%d:%s" % (i, hello))
+        time.sleep(600)
+    kids.append(pid)
+    while not os.path.exists(out) or "connected %d" % i not in open(out).read():
+        time.sleep(0.01)
+say("ready")
+while not os.path.exists(go):
+    time.sleep(0.01)
+got = []
+for k in range(3):
+    c, _ = srv.accept()
+    c.sendall(b"hello %d" % k)
+    c.settimeout(20)
+    got.append(c.recv(64))
+good = got == [b"%d:hello %d" % (k, k) for k in range(3)]
+say("checked " + ("good" if good else "bad %r" % got))
+time.sleep(600)
+"""
+
+
+def test_unix_accept_queue(procs: Procs, tmp_path: Path) -> None:
+    """A unix listener with three connections of its children waiting to be accepted
+    (one of them from a bound socket): after a restart the server accepts them in the
+    same order and talks to each client.  A client that had already sent data to a
+    connection not yet accepted is refused by name, and left running."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    (tmp_path / "acceptq.py").write_text(ACCEPTQ)
+    go, out, path = tmp_path / "go", tmp_path / "out", tmp_path / "srv"
+    v = procs.spawn([sys.executable, str(tmp_path / "acceptq.py"), str(out), str(go),
+                     str(path)], out)  # fmt: skip
+    v.wait_line("ready")
+    pids = tree_pids(v.pid)
+    assert len(pids) == 4
+    for p in pids:
+        procs.track(p)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    kill_tree(pids)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    assert tree_pids(v.pid) == pids
+    go.touch()
+    assert v.wait_line("checked", timeout=30) == "checked good"
+    kill_tree(pids)
+
+    # data already sent into a connection nobody accepted: refused, nothing touched
+    (tmp_path / "talker.py").write_text(
+        "import socket, sys, time\n"
+        "srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen(4)\n"
+        "c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); c.sendall(b'early')\n"
+        "open(sys.argv[2], 'w').write('ready\\n')\n"
+        "time.sleep(600)\n")  # fmt: skip
+    path2, out2 = tmp_path / "srv2", tmp_path / "out2"
+    v2 = procs.spawn([sys.executable, str(tmp_path / "talker.py"), str(path2), str(out2)],
+                     out2)  # fmt: skip
+    v2.wait_line("ready")
+    r = run_cryo("checkpoint", str(v2.pid), "-D", str(tmp_path / "img2"))
+    assert r.returncode == 9 and "waiting to be accepted already holds data" in r.stderr, \
+        r.stderr  # fmt: skip
+    assert not (tmp_path / "img2" / "core.img").exists()
+    with socket.socket(socket.AF_UNIX) as c:  # still listening
+        c.connect(str(path2))

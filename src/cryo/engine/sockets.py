@@ -9,15 +9,19 @@ Dump: the kernel's sock_diag netlink interface tells each socket's type, state, 
 peer, queue lengths, shutdown state and the inode of its file; the data waiting in a
 socket's receive queue is read from a duplicate of the fd with MSG_PEEK (stream), or
 message by message with SO_PEEK_OFF (datagram, seqpacket), so the application loses
-nothing.  Refused by name: file descriptors in flight (SCM_RIGHTS), a listening socket
-with connections waiting to be accepted, a socket connected to a peer outside the
-checkpoint (without ``--ext-unix-sk``).
+nothing.  A listener's connections waiting to be accepted are named by sock_diag
+(UNIX_DIAG_ICONS: their clients, in queue order).  Refused by name: file descriptors in
+flight on stream sockets (SCM_RIGHTS), a connection waiting to be accepted that holds
+data already (its client's write queue is not empty) or whose client is outside the
+checkpoint, a socket connected to a peer outside the checkpoint (without
+``--ext-unix-sk``).
 
 Restart: cryo makes each socket before the processes exist: a pair for two connected
 ends (each side's queued data sent from the other side, in order; an end that was gone
 closed again), a bound socket bound again (a stale socket file of the same path is
 replaced; a file that had been unlinked is unlinked again), listening with its backlog,
-a datagram socket connected to its bound peer once that one exists.  The accepted end of
+a datagram socket connected to its bound peer once that one exists, a listener's
+waiting clients connected to it again in their order.  The accepted end of
 a connection comes back unnamed (getsockname() is empty), and credentials of queued
 messages are cryo's.
 """
@@ -103,6 +107,16 @@ def unix_sockets() -> dict[int, dict[str, Any]]:
         nl.close()
 
 
+def _mark_queued(table: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each client whose connection waits in a listener's accept queue (the listener's
+    ICONS name the clients, in queue order) gets ``queued_on``: that listener."""
+    for ino, item in table.items():
+        for c in item["icons"]:
+            if c in table:
+                table[c]["queued_on"] = ino
+    return table
+
+
 def _dup(pid: int, fd: int) -> socket.socket:
     return socket.socket(fileno=libc.fd_of(pid, fd))
 
@@ -136,11 +150,25 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
                          "in_flight": []}  # [[message, description]], filled in later
     # (the list itself goes into the description: files copies this dict's items)
     if info["state"] == TCP_LISTEN:
-        if info["rqueue"] or info["icons"]:
+        for c in info["icons"]:  # connections waiting to be accepted: made again at restart
+            sent = table.get(c, {}).get("wqueue", 0)
+            if sent:
+                raise Unsupported(f"fd {fd}: unix socket listening on {_show_name(name)}:"
+                                  " a connection waiting to be accepted already holds data"
+                                  f" from its client ({sent} bytes in flight), which cannot"
+                                  " be read before it is accepted", pid=pid,
+                                  resource=f"fd {fd}")  # fmt: skip
+        if len(info["icons"]) != info["rqueue"]:
             raise Unsupported(f"fd {fd}: unix socket listening on {_show_name(name)} has"
-                              f" {info['rqueue']} connections waiting to be accepted; they"
-                              " cannot be saved yet", pid=pid, resource=f"fd {fd}")  # fmt: skip
+                              f" {info['rqueue']} connections waiting to be accepted, of"
+                              f" which {len(info['icons'])} could be named", pid=pid,
+                              resource=f"fd {fd}")  # fmt: skip
         d["listen"] = info["wqueue"]
+        d["queued"] = list(info["icons"])  # the clients, in the order they are accepted
+    queued_on = info.get("queued_on")
+    if queued_on is not None:  # a client whose connection waits to be accepted
+        d["queued_on"] = queued_on
+        d["peer_name"] = table[queued_on]["name"]
     if name and name[:1] != b"\0":  # bound to a path: is the file still that socket?
         path = name.decode(errors="surrogateescape")
         try:
@@ -153,7 +181,8 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
         if not path.startswith("/"):
             d["cwd"] = os.readlink(f"/proc/{pid}/cwd")
     gone = d["peer"] not in table if d["peer"] else \
-        info["state"] == TCP_ESTABLISHED and typ != socket.SOCK_DGRAM  # fmt: skip
+        info["state"] == TCP_ESTABLISHED and typ != socket.SOCK_DGRAM and \
+        queued_on is None  # fmt: skip
     if gone:
         d["peer_gone"] = True  # its other end was closed (its inode is 0 then)
     if d["peer"] and not d.get("peer_gone"):
@@ -244,9 +273,26 @@ def check_peers(session: Any) -> None:
     descs = session.shared.descs.descs
     inside = {d["ino"] for d in descs if d["kind"] == "unix"}
     for d in descs:
-        if d["kind"] != "unix" or not d["peer"] or d.get("peer_gone") or d["peer"] in inside:
+        if d["kind"] != "unix":
             continue
         where = f"fd {d['fd']} of {d['pid']}"
+        outside = [c for c in d.get("queued", []) if c not in inside]
+        if outside:
+            raise Unsupported(f"{where}: unix socket listening on {_show_name(d['name'])}:"
+                              f" {len(outside)} of the connections waiting to be accepted"
+                              " come from sockets outside the checkpoint", pid=d["pid"],
+                              resource=f"fd {d['fd']}")  # fmt: skip
+        if d.get("queued_on") is not None and d["queued_on"] not in inside:
+            if not session.net.get("ext_unix_sk"):
+                raise Unsupported(f"{where}: unix socket waiting to be accepted by"
+                                  f" {_show_name(d.get('peer_name'))}, outside the"
+                                  " checkpoint; checkpoint with --ext-unix-sk to connect"
+                                  " it to that address again at restart", pid=d["pid"],
+                                  resource=f"fd {d['fd']}")  # fmt: skip
+            d["external"] = True
+            continue
+        if not d["peer"] or d.get("peer_gone") or d["peer"] in inside:
+            continue
         if not session.net.get("ext_unix_sk"):
             raise Unsupported(f"{where}: unix socket connected to {_show_name(d.get('peer_name'))}"
                               " outside the checkpoint; checkpoint with --ext-unix-sk to"
@@ -323,6 +369,15 @@ def open_socket(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[i
 
 def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, int],
           options: dict[str, Any]) -> int:  # fmt: skip
+    listener = unix.get(d["queued_on"]) if d.get("queued_on") is not None else None
+    if listener is not None and not d.get("external"):
+        # waiting in the accept queue of a listener of the image: the listener, once
+        # made, connects its clients again in their order
+        if ~listener["ino"] not in made:
+            made[listener["ino"]] = open_socket(listener, unix, made, options)
+        if d["ino"] not in made:
+            raise CryoError(f"fd {d['fd']} of {d['pid']}: its listener did not make it")
+        return made.pop(d["ino"])
     peer = unix.get(d["peer"]) if d["peer"] else None
     if peer is not None and peer.get("peer") == d["ino"]:
         return _pair(d, peer, made)
@@ -334,6 +389,7 @@ def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, in
             _bind(s, d, options)
         if "listen" in d:
             s.listen(d["listen"])
+            _connect_queued(s, d, unix, made, options)
         target = None
         if peer is not None:  # a datagram socket connected to a bound one of the image
             if ~peer["ino"] not in made:
@@ -355,6 +411,28 @@ def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, in
         s.close()
         raise
     return s.detach()
+
+
+def _connect_queued(s: socket.socket, d: dict[str, Any], unix: dict[int, dict[str, Any]],
+                    made: dict[int, int], options: dict[str, Any]) -> None:  # fmt: skip
+    """The connections that waited in listener ``d``'s accept queue, in that order: each
+    client connected to it again (a new connection waiting to be accepted)."""
+    if not d.get("queued"):
+        return
+    name: bytes = d["name"]
+    addr: str | bytes = name if name[:1] == b"\0" else _path(d, options)
+    for c in d["queued"]:
+        cd = unix[c]
+        cs = _sock(cd)
+        try:
+            if cd.get("name"):
+                _bind(cs, cd, options)
+            cs.connect(addr)
+            _shutdown(cs, cd)
+        except BaseException:
+            cs.close()
+            raise
+        made[c] = cs.detach()
 
 
 def _shutdown(s: socket.socket, d: dict[str, Any]) -> None:
