@@ -329,9 +329,19 @@ class Injector:
             if not mask & 1 << (sig - 1):
                 return sig, None
         if self.t.options & PTRACE_O.EXITKILL:
-            sig = int(signal.SIGURG)
-            return sig, mask if mask & 1 << (sig - 1) else None
+            pending = self._pending()
+            for sig in _DEFAULT_IGNORED:  # one not pending: its unblocking delivers nothing
+                if not pending & 1 << (sig - 1):
+                    return int(sig), mask if mask & 1 << (sig - 1) else None
         return 0, None
+
+    def _pending(self) -> int:
+        try:
+            with open(f"/proc/{self.t.pid}/task/{self.t.tid}/status", "rb") as f:
+                status = procfs.parse_status(f.read())
+        except OSError:
+            return ~0
+        return int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
 
     def run_batch(self, calls: list[tuple[int, tuple[int | Ref, ...], bool, str]]) -> list[int]:
         """Run ``calls`` ((nr, args, may_fail, what) each) in order; their raw results.

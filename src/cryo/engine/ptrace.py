@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 XSTATE_MAX = 16384
 _WALL = 0x40000000
 _SIGTRAP_BIT = 1 << (signal.SIGTRAP - 1)
+# ptrace stops waited for in this process, for the benchmarks (bench/inject_stops.py)
+STATS = {"stops": 0}
 
 
 class Tracee:
@@ -88,6 +90,7 @@ class Tracee:
                 raise NoSuchProcess(f"process {self.pid} exited during the operation",
                                     pid=self.pid)  # fmt: skip
             if os.WIFSTOPPED(status):
+                STATS["stops"] += 1
                 return int(os.WSTOPSIG(status)) | ((status >> 16) << 8)
 
     def step(self) -> None:

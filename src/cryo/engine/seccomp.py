@@ -20,7 +20,7 @@ import struct
 from typing import Any
 
 from cryo import procfs
-from cryo.engine.inject import Injector
+from cryo.engine.inject import Batch, Injector
 from cryo.engine.ptrace import Tracee
 from cryo.errors import Unsupported
 from cryo.linux import structs as S
@@ -81,12 +81,16 @@ def restore_shared(inj: Injector, trecs: list[dict[str, Any]], options: int) -> 
 
 
 def _install(inj: Injector, chain: list[tuple[bytes, int]]) -> None:
+    with inj.batch() as b:
+        _queue_install(b, chain)
+
+
+def _queue_install(b: Batch, chain: list[tuple[bytes, int]]) -> None:
     for prog, flags in chain:
-        frame = inj.frame()
-        addr = frame.put(prog)
+        addr = b.put(prog)
         fprog = S.sock_fprog(len(prog) // ctypes.sizeof(S.sock_filter), addr)
-        inj(SYS.seccomp, SECCOMP_SET.MODE_FILTER, flags, frame.put(bytes(fprog)),
-            what=" installing a seccomp filter")  # fmt: skip
+        b.call(SYS.seccomp, SECCOMP_SET.MODE_FILTER, flags, b.put(bytes(fprog)),
+               what=" installing a seccomp filter")  # fmt: skip
 
 
 def restore_filters(inj: Injector, trec: dict[str, Any], options: int) -> None:
@@ -100,12 +104,25 @@ def restore_filters(inj: Injector, trec: dict[str, Any], options: int) -> None:
     _install(inj, _chain(trec)[sc.get("inherited", 0):])
 
 
+def queue_filters(b: Batch, trec: dict[str, Any]) -> None:
+    """:func:`restore_filters` as calls of a batch (the thread's seccomp already
+    suspended: Tracee.suspend_seccomp)."""
+    sc = trec.get("seccomp")
+    if sc and sc["mode"] != SECCOMP_MODE.DISABLED:
+        _queue_install(b, _chain(trec)[sc.get("inherited", 0):])
+
+
 def restore_strict(inj: Injector, trec: dict[str, Any]) -> None:
     """Strict mode, the thread's very last own call (then only read, write, exit and
     sigreturn are allowed; our later calls are not, being suspended)."""
+    with inj.batch() as b:
+        queue_strict(b, trec)
+
+
+def queue_strict(b: Batch, trec: dict[str, Any]) -> None:
     sc = trec.get("seccomp")
     if sc and sc["mode"] == SECCOMP_MODE.STRICT:
-        inj(SYS.prctl, PR.SET_SECCOMP, SECCOMP_MODE.STRICT, 0, 0, 0)
+        b.call(SYS.prctl, PR.SET_SECCOMP, SECCOMP_MODE.STRICT, 0, 0, 0)
 
 
 def describe(trec: dict[str, Any]) -> str | None:

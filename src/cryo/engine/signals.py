@@ -25,12 +25,13 @@ _SIZEOF_STACK = ctypes.sizeof(S.stack_t)
 def dump(ctx: DumpContext) -> dict[str, Any]:
     """Process-wide: the action of every signal and the process-wide pending signals."""
     inj = ctx.inj
-    actions: dict[int, bytes] = {}
-    for sig in range(1, NSIG + 1):
-        if sig in _UNCATCHABLE:
-            continue
-        inj(SYS.rt_sigaction, sig, 0, inj.scratch, 8)
-        actions[sig] = inj.read(inj.scratch, _SIZEOF_ACT)
+    sigs = [s for s in range(1, NSIG + 1) if s not in _UNCATCHABLE]
+    with inj.batch() as b:  # one stop for all of them
+        buf = b.reserve(_SIZEOF_ACT * len(sigs))
+        for k, sig in enumerate(sigs):
+            b.call(SYS.rt_sigaction, sig, 0, buf + k * _SIZEOF_ACT, 8)
+    raw = b.read(buf, _SIZEOF_ACT * len(sigs))
+    actions = {sig: raw[k * _SIZEOF_ACT : (k + 1) * _SIZEOF_ACT] for k, sig in enumerate(sigs)}
     return {
         "pid": ctx.pid,
         "actions": actions,
@@ -40,24 +41,26 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
 
 def dump_thread(tracee: Tracee, inj: Injector) -> dict[str, Any]:
     """Per thread: blocked mask, pending signals, alternate stack."""
-    inj(SYS.sigaltstack, 0, inj.scratch)
+    buf = inj.frame().reserve(_SIZEOF_STACK)
+    inj(SYS.sigaltstack, 0, buf)
     return {
         "blocked": tracee.get_sigmask(),
         "pending": tracee.peek_siginfo(shared=False),
-        "altstack": inj.read(inj.scratch, _SIZEOF_STACK),
+        "altstack": inj.read(buf, _SIZEOF_STACK),
     }
 
 
 def restore_actions(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     """Every action, SIGTRAP's included (cryo's injected calls never force a SIGTRAP on
-    a task that ignores or blocks it: Tracee.step)."""
+    a task that ignores or blocks it: Tracee.step), in one batch."""
     inj = ctx.inj
-    for sig, act in rec["actions"].items():
-        if int(sig) == signal.SIGTRAP and S.kernel_sigaction.from_buffer_copy(act).sa_handler == 1:
-            for t in {ctx.tracee, inj.t, *ctx.threads.values()}:
-                t.sigtrap_ignored = True  # before the call that makes it so
-        addr = inj.put(act)
-        inj(SYS.rt_sigaction, int(sig), addr, 0, 8)
+    with inj.batch() as b:
+        for sig, act in rec["actions"].items():
+            if int(sig) == signal.SIGTRAP and \
+                    S.kernel_sigaction.from_buffer_copy(act).sa_handler == 1:  # fmt: skip
+                for t in {ctx.tracee, inj.t, *ctx.threads.values()}:
+                    t.sigtrap_ignored = True  # before the call that makes it so
+            b.call(SYS.rt_sigaction, int(sig), b.put(act), 0, 8)
 
 
 def restore_altstack(inj: Injector, trec: dict[str, Any]) -> None:
@@ -76,9 +79,10 @@ def restore_pending(ctx: RestoreContext, rec: dict[str, Any],
     for t in ctx.threads.values():
         t.set_sigmask(ALL_SIGNALS)
     pid = ns_tid(ctx.pid, ctx.pid)
-    for info in rec["pending_shared"]:
-        signo = struct.unpack_from("<i", info)[0]
-        inj(SYS.rt_sigqueueinfo, pid, signo, inj.put(info))
+    with inj.batch() as b:
+        for info in rec["pending_shared"]:
+            signo = struct.unpack_from("<i", info)[0]
+            b.call(SYS.rt_sigqueueinfo, pid, signo, b.put(info))
     injectors = getattr(ctx, "injectors", None) or {}
     for trec in threads:
         new_tid = ctx.tid_map[trec["tid"]]
@@ -86,9 +90,10 @@ def restore_pending(ctx: RestoreContext, rec: dict[str, Any],
         # from the thread itself: the kernel lets no other thread queue a signal with
         # the siginfo of a tgkill or of the kernel (si_code SI_TKILL or >= 0)
         tinj = injectors.get(new_tid, inj)
-        for info in trec["pending"]:
-            signo = struct.unpack_from("<i", info)[0]
-            tinj(SYS.rt_tgsigqueueinfo, pid, tid, signo, tinj.put(info))
+        with tinj.batch() as b:
+            for info in trec["pending"]:
+                signo = struct.unpack_from("<i", info)[0]
+                b.call(SYS.rt_tgsigqueueinfo, pid, tid, signo, b.put(info))
 
 
 def describe(rec: dict[str, Any], threads: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import sched, seccomp
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import Injector
+from cryo.engine.inject import Batch, Injector
 from cryo.engine.ptrace import Tracee
 from cryo.engine.tree import TRACE_NEW
 from cryo.errors import CryoError, RestoreConflict, Unsupported
@@ -39,6 +39,7 @@ from cryo.linux.consts import (
     PTRACE_O,
     RSEQ_FLAG_UNREGISTER,
     SECBIT,
+    SECCOMP_MODE,
     SYS,
 )
 
@@ -96,12 +97,17 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
     pid, inj = ctx.pid, ctx.inj
     st = procfs.parse_stat(procfs.read(pid, "stat"))
     prctl: dict[str, int] = {}
-    for name, (get, _set) in _PRCTL_FLAGS.items():
-        if name in _BY_POINTER:
-            inj(SYS.prctl, get, inj.scratch, 0, 0, 0)
-            prctl[name] = int.from_bytes(inj.read(inj.scratch, 4), "little")
-        else:
-            prctl[name] = inj(SYS.prctl, get, 0, 0, 0, 0)
+    at: dict[str, int] = {}
+    with inj.batch() as b:
+        for name, (get, _set) in _PRCTL_FLAGS.items():
+            if name in _BY_POINTER:
+                at[name] = b.reserve(4)
+                b.call(SYS.prctl, get, at[name], 0, 0, 0)
+            else:
+                prctl[name] = b.call(SYS.prctl, get, 0, 0, 0, 0)
+    for name in _PRCTL_FLAGS:
+        prctl[name] = int.from_bytes(b.read(at[name], 4), "little") if name in at \
+            else b.result(prctl[name])  # fmt: skip
     with open(f"/proc/{pid}/personality") as f:
         personality = int(f.read(), 16)
     audit = _check_audit(pid, sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")))
@@ -151,24 +157,30 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
     """Per thread: credentials, comm, rseq, robust list, clear_child_tid, no_new_privs."""
     tid = tracee.tid
     status = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
-    inj(SYS.prctl, PR.GET_TID_ADDRESS, inj.scratch, 0, 0, 0)
-    clear_tid = int.from_bytes(inj.read(inj.scratch, 8), "little")
+    with inj.batch() as b:  # one stop
+        tid_at, sig_at = b.reserve(8), b.reserve(4)
+        b.call(SYS.prctl, PR.GET_TID_ADDRESS, tid_at, 0, 0, 0)
+        b.call(SYS.prctl, PR.GET_PDEATHSIG, sig_at, 0, 0, 0)
+        nnp = b.call(SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+        secbits = b.call(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0)
+        dumpable = b.call(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0)
+    raw = b.read(tid_at, sig_at + 4 - tid_at)
+    clear_tid = int.from_bytes(raw[:8], "little")
+    pdeathsig = int.from_bytes(raw[sig_at - tid_at :], "little")
     rseq = tracee.rseq_configuration()
     with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
         comm = f.read().rstrip(b"\n")
-    inj(SYS.prctl, PR.GET_PDEATHSIG, inj.scratch, 0, 0, 0)
-    pdeathsig = int.from_bytes(inj.read(inj.scratch, 4), "little")
     return {
         "comm": comm, "clear_tid": clear_tid,
         "rseq": [rseq.rseq_abi_pointer, rseq.rseq_abi_size, rseq.signature],
         "robust_list": list(libc.get_robust_list(tid)),
-        "no_new_privs": inj(SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        "no_new_privs": b.result(nnp),
         "uids": _ids(status["Uid"]), "gids": _ids(status["Gid"]),
         "groups": _ids(status.get("Groups", "")),
         "caps": {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
-        "securebits": inj(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0),
+        "securebits": b.result(secbits),
         "pdeathsig": pdeathsig,
-        "dumpable": inj(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0),  # the process's, set last
+        "dumpable": b.result(dumpable),  # the process's, set last
         **sched.dump_thread(tid), **seccomp.dump_thread(pid, tracee),
         "group_stop": tracee.group_stop,
     }  # fmt: skip
@@ -247,52 +259,64 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     trecs = getattr(ctx, "thread_records", None)
     if trecs:  # before the threads are made: the seccomp filters they all share
         seccomp.restore_shared(inj, trecs, _options(inj))
-    for cmd in _MEMBARRIER_REGISTER:
-        if rec.get("membarrier", 0) & cmd:
-            inj(SYS.membarrier, cmd, 0, 0, what=" registering membarriers")
-    for res, (soft, hard) in rec["rlimits"].items():
-        lim = S.rlimit64(soft, hard)
-        ret = inj.raw(SYS.prlimit64, 0, int(res), inj.put(libc.struct_bytes(lim)), 0)
-        if ret < 0:
-            ctx.warnings.append(f"rlimit {res} ({soft}, {hard}) not restored: errno {-ret}")
-    for name, value in rec["prctl"].items():
-        _get, set_ = _PRCTL_FLAGS[name]
-        if name == "dumpable" and value not in (0, 1):
-            continue
-        inj(SYS.prctl, set_, value, 0, 0, 0)
+    limits: list[tuple[int, str, int, int]] = []
+    with inj.batch() as b:  # one stop
+        for cmd in _MEMBARRIER_REGISTER:
+            if rec.get("membarrier", 0) & cmd:
+                b.call(SYS.membarrier, cmd, 0, 0, what=" registering membarriers")
+        for res, (soft, hard) in rec["rlimits"].items():
+            lim = S.rlimit64(soft, hard)
+            limits.append((b.call(SYS.prlimit64, 0, int(res), b.put(libc.struct_bytes(lim)), 0,
+                                  may_fail=True), res, soft, hard))  # fmt: skip
+        for name, value in rec["prctl"].items():
+            _get, set_ = _PRCTL_FLAGS[name]
+            if name == "dumpable" and value not in (0, 1):
+                continue
+            b.call(SYS.prctl, set_, value, 0, 0, 0)
+    for i, res, soft, hard in limits:
+        if b.result(i) < 0:
+            ctx.warnings.append(f"rlimit {res} ({soft}, {hard}) not restored:"
+                                f" errno {-b.result(i)}")  # fmt: skip
 
 
 def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
     """In the thread itself: its name and the kernel's registrations."""
-    inj(SYS.prctl, PR.SET_NAME, inj.put(trec["comm"][:15] + b"\0"), 0, 0, 0)
-    head, size = trec["robust_list"]
-    if head:
-        inj(SYS.set_robust_list, head, size)
-    inj(SYS.set_tid_address, trec["clear_tid"])
-    ptr, size, sig = trec["rseq"]
-    if ptr:
-        inj(SYS.rseq, ptr, size, 0, sig)
+    with inj.batch() as b:  # one stop
+        b.call(SYS.prctl, PR.SET_NAME, b.put(trec["comm"][:15] + b"\0"), 0, 0, 0)
+        head, size = trec["robust_list"]
+        if head:
+            b.call(SYS.set_robust_list, head, size)
+        b.call(SYS.set_tid_address, trec["clear_tid"])
+        ptr, size, sig = trec["rseq"]
+        if ptr:
+            b.call(SYS.rseq, ptr, size, 0, sig)
 
 
 def _caps(trec: dict[str, Any]) -> dict[str, int]:
     return {k[3:].lower(): int(v, 16) for k, v in trec["caps"].items()}
 
 
-def _capset(inj: Injector, eff: int, prm: int, inh: int) -> None:
+def _capset(b: Batch, eff: int, prm: int, inh: int) -> None:
     head = S.user_cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (S.user_cap_data * 2)(S.user_cap_data(eff & 0xFFFFFFFF, prm & 0xFFFFFFFF,
                                                  inh & 0xFFFFFFFF),
                                  S.user_cap_data(eff >> 32, prm >> 32, inh >> 32))  # fmt: skip
-    frame = inj.frame()
-    inj(SYS.capset, frame.put(bytes(head)), frame.put(bytes(data)))
+    b.call(SYS.capset, b.put(bytes(head)), b.put(bytes(data)))
 
 
-def _capget(inj: Injector) -> tuple[int, int, int]:
+_CAPS_OUT = ctypes.sizeof(S.user_cap_data * 2)
+
+
+def _capget(b: Batch) -> int:
+    """Queue a capget; returns the address its data will be in (:func:`_caps_read`)."""
     head = S.user_cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
-    frame = inj.frame()
-    out = ctypes.sizeof(S.user_cap_data * 2)
-    inj(SYS.capget, frame.put(bytes(head)), at := frame.reserve(out))
-    d = (S.user_cap_data * 2).from_buffer_copy(inj.read(at, out))
+    at = b.reserve(_CAPS_OUT)
+    b.call(SYS.capget, b.put(bytes(head)), at)
+    return at
+
+
+def _caps_read(b: Batch, at: int) -> tuple[int, int, int]:
+    d = (S.user_cap_data * 2).from_buffer_copy(b.read(at, _CAPS_OUT))
     return (d[0].effective | d[1].effective << 32, d[0].permitted | d[1].permitted << 32,
             d[0].inheritable | d[1].inheritable << 32)  # fmt: skip
 
@@ -318,37 +342,47 @@ def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
     credential change clears them); seccomp strict mode last.
     """
     groups = trec["groups"]
-    inj(SYS.setgroups, len(groups), inj.put(struct.pack(f"<{len(groups)}I", *groups) or b"\0"))
-    r, e, s, fs = trec["gids"]
-    inj(SYS.setresgid, r, e, s)
-    inj.raw(SYS.setfsgid, fs)  # returns the old fsgid, never an error
     caps = _caps(trec) if "securebits" in trec else None
+    with inj.batch() as b:  # one stop up to the capget, one after
+        b.call(SYS.setgroups, len(groups),
+               b.put(struct.pack(f"<{len(groups)}I", *groups) or b"\0"))  # fmt: skip
+        r, e, s, fs = trec["gids"]
+        b.call(SYS.setresgid, r, e, s)
+        b.call(SYS.setfsgid, fs, may_fail=True)  # returns the old fsgid, never an error
+        if caps is not None:
+            b.call(SYS.prctl, PR.SET_SECUREBITS, SECBIT.NO_SETUID_FIXUP, 0, 0, 0)
+        r, e, s, fs = trec["uids"]
+        b.call(SYS.setresuid, r, e, s)
+        b.call(SYS.setfsuid, fs, may_fail=True)
+        got = _capget(b) if caps is not None else 0
     if caps is not None:
-        inj(SYS.prctl, PR.SET_SECUREBITS, SECBIT.NO_SETUID_FIXUP, 0, 0, 0)
-    r, e, s, fs = trec["uids"]
-    inj(SYS.setresuid, r, e, s)
-    inj.raw(SYS.setfsuid, fs)
-    if caps is not None:
-        eff, prm, _inh = _capget(inj)
-        _capset(inj, eff, prm, caps["inh"])
-        inj(SYS.prctl, PR.CAP_AMBIENT, PR_CAP_AMBIENT.CLEAR_ALL, 0, 0, 0)
-        for cap in range(64):
-            if caps["amb"] >> cap & 1:
-                inj(SYS.prctl, PR.CAP_AMBIENT, PR_CAP_AMBIENT.RAISE, cap, 0, 0)
-        for cap in range(cap_last_cap() + 1):
-            if not caps["bnd"] >> cap & 1:
-                inj(SYS.prctl, PR.CAPBSET_DROP, cap, 0, 0, 0)
-    seccomp.restore_filters(inj, trec, _options(inj))
-    if caps is not None:
-        inj(SYS.prctl, PR.SET_SECUREBITS, trec["securebits"], 0, 0, 0)
-        _capset(inj, caps["eff"], caps["prm"], caps["inh"])
-    if trec["no_new_privs"]:
-        inj(SYS.prctl, PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    if "pdeathsig" in trec:
-        inj(SYS.prctl, PR.SET_PDEATHSIG, trec["pdeathsig"], 0, 0, 0)
-    if trec.get("dumpable") in (0, 1):  # 2 (suid_dumpable) cannot be set by prctl
-        inj(SYS.prctl, PR.SET_DUMPABLE, trec["dumpable"], 0, 0, 0)
-    seccomp.restore_strict(inj, trec)
+        eff, prm, _inh = _caps_read(b, got)
+    sc = trec.get("seccomp")
+    if sc and sc["mode"] != SECCOMP_MODE.DISABLED:
+        # suspended before the filters or strict mode come: the batch routine's own
+        # calls after them must not be filtered (nor cryo's later ones)
+        inj.t.suspend_seccomp(_options(inj))
+    with inj.batch() as b:
+        if caps is not None:
+            _capset(b, eff, prm, caps["inh"])
+            b.call(SYS.prctl, PR.CAP_AMBIENT, PR_CAP_AMBIENT.CLEAR_ALL, 0, 0, 0)
+            for cap in range(64):
+                if caps["amb"] >> cap & 1:
+                    b.call(SYS.prctl, PR.CAP_AMBIENT, PR_CAP_AMBIENT.RAISE, cap, 0, 0)
+            for cap in range(cap_last_cap() + 1):
+                if not caps["bnd"] >> cap & 1:
+                    b.call(SYS.prctl, PR.CAPBSET_DROP, cap, 0, 0, 0)
+        seccomp.queue_filters(b, trec)
+        if caps is not None:
+            b.call(SYS.prctl, PR.SET_SECUREBITS, trec["securebits"], 0, 0, 0)
+            _capset(b, caps["eff"], caps["prm"], caps["inh"])
+        if trec["no_new_privs"]:
+            b.call(SYS.prctl, PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if "pdeathsig" in trec:
+            b.call(SYS.prctl, PR.SET_PDEATHSIG, trec["pdeathsig"], 0, 0, 0)
+        if trec.get("dumpable") in (0, 1):  # 2 (suid_dumpable) cannot be set by prctl
+            b.call(SYS.prctl, PR.SET_DUMPABLE, trec["dumpable"], 0, 0, 0)
+        seccomp.queue_strict(b, trec)
 
 
 def stop_after_restore(tracee: Tracee, trec: dict[str, Any]) -> None:

@@ -37,45 +37,65 @@ def ns_tid(pid: int, tid: int) -> int:
 
 def dump(ctx: DumpContext) -> dict[str, Any]:
     inj = ctx.inj
-    itimers = []
-    for which in range(3):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
-        inj(SYS.getitimer, which, inj.scratch)
-        itimers.append(inj.read(inj.scratch, ctypes.sizeof(S.itimerval)))
+    timers = procfs.parse_timers(procfs.read(ctx.pid, "timers"))
+    itv, its = ctypes.sizeof(S.itimerval), ctypes.sizeof(S.itimerspec)
+    with inj.batch() as b:  # one stop for all of them
+        ibuf = b.reserve(3 * itv)
+        pbuf = b.reserve(max(1, len(timers)) * its)
+        for which in range(3):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+            b.call(SYS.getitimer, which, ibuf + which * itv)
+        for k, t in enumerate(timers):
+            b.call(SYS.timer_gettime, t.id, pbuf + k * its)
+    raw = b.read(ibuf, pbuf - ibuf + len(timers) * its)
+    itimers = [raw[which * itv : (which + 1) * itv] for which in range(3)]
     posix = []
-    for t in procfs.parse_timers(procfs.read(ctx.pid, "timers")):
-        inj(SYS.timer_gettime, t.id, inj.scratch)
+    for k, t in enumerate(timers):
+        at = pbuf - ibuf + k * its
         posix.append({
             "id": t.id, "signal": t.signal, "value": t.sigev_value, "notify": t.notify,
             "tid": t.notify_tid, "clock": t.clock, "to_thread": t.to_thread,
-            "spec": inj.read(inj.scratch, ctypes.sizeof(S.itimerspec)),
+            "spec": raw[at : at + its],
         })  # fmt: skip
     return {"pid": ctx.pid, "itimers": itimers, "posix": posix}
 
 
 def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
+    """In one batch: the interval timers, then each POSIX timer made again with its id
+    (PR_TIMER_CREATE_RESTORE_IDS, turned off again whatever happens) and armed."""
     inj = ctx.inj
-    for which, val in enumerate(rec["itimers"]):
-        if any(val):
-            inj(SYS.setitimer, which, inj.put(val), 0)
-    if not rec["posix"]:
-        return
-    inj(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0)
+    ids: list[tuple[int, int]] = []  # (wanted id, index of its timer_create)
     try:
-        for t in rec["posix"]:
-            ev = S.sigevent()
-            ev.sigev_value = t["value"]
-            ev.sigev_signo = t["signal"]
-            ev.sigev_notify = _NOTIFY[t["notify"]]
-            if t.get("to_thread") or t["notify"] == "thread":  # images before to_thread
-                ev.sigev_notify = SIGEV_THREAD_ID
-                ev.sigev_notify_thread_id = ns_tid(ctx.pid, ctx.tid_map.get(t["tid"], ctx.pid))
-            frame = inj.frame()
-            ev_addr = frame.put(bytes(ev))
-            id_addr = frame.put(t["id"].to_bytes(4, "little"))
-            inj(SYS.timer_create, t["clock"], ev_addr, id_addr)
-            got = int.from_bytes(inj.read(id_addr, 4), "little")
-            if got != t["id"]:
-                ctx.warnings.append(f"POSIX timer {t['id']} came back as {got}")
-            inj(SYS.timer_settime, got, 0, inj.put(t["spec"]), 0)
-    finally:
-        inj(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)
+        with inj.batch() as b:
+            for which, val in enumerate(rec["itimers"]):
+                if any(val):
+                    b.call(SYS.setitimer, which, b.put(val), 0)
+            if rec["posix"]:
+                b.call(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON,
+                       0, 0, 0)  # fmt: skip
+            for t in rec["posix"]:
+                ev = S.sigevent()
+                ev.sigev_value = t["value"]
+                ev.sigev_signo = t["signal"]
+                ev.sigev_notify = _NOTIFY[t["notify"]]
+                if t.get("to_thread") or t["notify"] == "thread":  # images before to_thread
+                    ev.sigev_notify = SIGEV_THREAD_ID
+                    ev.sigev_notify_thread_id = ns_tid(ctx.pid,
+                                                       ctx.tid_map.get(t["tid"], ctx.pid))
+                ev_addr = b.put(bytes(ev))
+                id_addr = b.put(t["id"].to_bytes(4, "little"))
+                b.call(SYS.timer_create, t["clock"], ev_addr, id_addr)
+                ids.append((t["id"], id_addr))
+                # the id asked for is the id made (checked below: a warning if not)
+                b.call(SYS.timer_settime, t["id"], 0, b.put(t["spec"]), 0)
+            if rec["posix"]:
+                b.call(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF,
+                       0, 0, 0)  # fmt: skip
+    except BaseException:
+        if rec["posix"]:
+            inj.raw(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF,
+                    0, 0, 0)  # fmt: skip
+        raise
+    for want, id_addr in ids:
+        got = int.from_bytes(inj.read(id_addr, 4), "little")
+        if got != want:
+            ctx.warnings.append(f"POSIX timer {want} came back as {got}")
