@@ -13,11 +13,14 @@ of mounts that no longer have a mount point.
 
 Restart, in cryo before any process exists (as any description): a new instance with
 the same flags; each watched object opened by its handle (the very inode, on a mount
-of its device), else by its path (then it must be the same kind of file), then
-watched through /proc/self/fd/N.  An inotify watch keeps its wd: the kernel hands them
-out one after another, so the wds skipped are taken and given back first (their
-IN_IGNORED events read off before the instance is handed out).  A watch whose object
-cannot be found fails the restart, naming it, before anything is made.
+of its device; if that device is here and the handle no longer opens, the inode is
+gone: the restart fails), else (another machine) by its path, which must be the same
+kind of file; then watched through /proc/self/fd/N.  An inotify watch keeps its wd:
+the kernel hands them out one after another, so the wds skipped are taken and given
+back first, every watch added meanwhile with IN_DELETE_SELF alone; once the IN_IGNORED
+of the wds given back are read off (nothing else can be queued then), each watch is
+given its mask.  A watch whose object cannot be found fails the restart, naming it,
+before anything is made.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import fcntl
 import os
 import re
 import stat
+import struct
 import termios
 from typing import Any
 
@@ -197,11 +201,15 @@ def describe_fanotify(pid: int, fd: int, fdinfo: bytes) -> dict[str, Any]:
 
 
 def _reopen(m: dict[str, Any], where: str, translate: Any) -> int:
-    """The watched inode, O_PATH: by its handle, else by its path (the same kind)."""
+    """The watched inode, O_PATH: by its handle; on another machine (no mount of its
+    device) by its path, the same kind of file.  On its device, a handle that no longer
+    opens means the inode is gone: watching another file of that name would be wrong."""
     try:
         return _by_handle(m)
-    except OSError:
-        pass
+    except OSError as err:
+        if any(d == m["dev"] for _i, d, _p in _mounts()):
+            raise CryoError(f"{where}: the file it watched ({m.get('path') or m['ino']}) no"
+                            f" longer exists ({err.strerror})", path=m.get("path")) from err
     path = translate(m["path"]) if m.get("path") else None
     if path is not None:
         with contextlib.suppress(OSError):
@@ -213,34 +221,57 @@ def _reopen(m: dict[str, Any], where: str, translate: Any) -> int:
                     " cannot be found", path=path)  # fmt: skip
 
 
+IN_DELETE_SELF, IN_IGNORED = 0x400, 0x8000
+
+
 def open_inotify(d: dict[str, Any], translate: Any) -> int:
+    """The instance again, each watch at its wd: first every watch with IN_DELETE_SELF
+    alone, the wds in between taken and given back (their IN_IGNORED events read off:
+    nothing else can be queued then), then each given its mask."""
     fd = fdcalls.inotify_init1(O_NONBLOCK | os.O_CLOEXEC)
+    objs: list[int] = []
     try:
+        pads: set[int] = set()
         for m in d["watches"]:
             where = f"fd {d['fd']} of {d['pid']}: inotify watch {m['wd']}"
             obj = _reopen(m, where, translate)
-            try:
-                for _ in range(MAX_WD + 1):
-                    wd = fdcalls.inotify_add_watch(fd, f"/proc/self/fd/{obj}", m["mask"])
-                    if wd >= m["wd"]:
-                        break
-                    fdcalls.inotify_rm_watch(fd, wd)  # a wd skipped, given back
-            finally:
-                os.close(obj)
+            objs.append(obj)
+            for _ in range(MAX_WD + 1):
+                wd = fdcalls.inotify_add_watch(fd, f"/proc/self/fd/{obj}", IN_DELETE_SELF)
+                if wd >= m["wd"]:
+                    break
+                fdcalls.inotify_rm_watch(fd, wd)  # a wd skipped, given back
+                pads.add(wd)
             if wd != m["wd"]:
                 raise CryoError(f"{where}: the kernel gave wd {wd}")
-        _drain(fd)  # the IN_IGNORED of each wd given back
+        _drain(fd, pads, d)
+        for m, obj in zip(d["watches"], objs, strict=True):
+            if fdcalls.inotify_add_watch(fd, f"/proc/self/fd/{obj}", m["mask"]) != m["wd"]:
+                raise CryoError(f"fd {d['fd']} of {d['pid']}: inotify watch {m['wd']} moved")
         fcntl.fcntl(fd, fcntl.F_SETFL, d["flags"] & O_NONBLOCK)
     except BaseException:
         os.close(fd)
         raise
+    finally:
+        for obj in objs:
+            os.close(obj)
     return fd
 
 
-def _drain(fd: int) -> None:
-    with contextlib.suppress(BlockingIOError):
-        while os.read(fd, 65536):
-            pass
+def _drain(fd: int, pads: set[int], d: dict[str, Any]) -> None:
+    """Read off the IN_IGNORED events of the wds given back (and only those)."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        pos = 0
+        while pos + 16 <= len(data):
+            wd, mask, _cookie, length = struct.unpack_from("<iIII", data, pos)
+            if wd not in pads or not mask & IN_IGNORED:
+                raise CryoError(f"fd {d['fd']} of {d['pid']}: a file inotify watch {wd} watches"
+                                " was deleted while the restart made the watch")  # fmt: skip
+            pos += 16 + length
 
 
 def open_fanotify(d: dict[str, Any], translate: Any) -> int:

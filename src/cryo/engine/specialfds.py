@@ -100,7 +100,7 @@ def check_proc(descs: list[dict[str, Any]], pids: set[int]) -> None:
         if d["kind"] == "pidfd":
             target = int(d["target"])
             if target in pids:
-                d["late"] = True
+                _late(d, pids, "a pidfd of a process of the checkpoint")
                 continue
             _refuse_thread(d, target, pids, f"pidfd of thread {target}")
             continue
@@ -109,11 +109,19 @@ def check_proc(descs: list[dict[str, Any]], pids: set[int]) -> None:
             continue
         target = int(m.group(1))
         if target in pids:
+            _late(d, pids, f"{d['path']}, a /proc file of a process of the checkpoint,")
             d["proc"] = {"pid": target, "rest": d["path"][m.end(1):], "kind": d["kind"]}
-            d["kind"], d["late"] = "proc", True
+            d["kind"] = "proc"
             continue
         _refuse_thread(d, target, pids, f"{d['path']} is a /proc file of thread {target}")
         d["start"] = _start(target)
+
+
+def _late(d: dict[str, Any], pids: set[int], what: str) -> None:
+    if d["pid"] not in pids:  # (one cryo holds: in flight on a unix socket)
+        raise Unsupported(f"{what} in flight on a unix socket is not supported (it can be"
+                          " made only once that process exists)", resource="fd in flight")
+    d["late"] = True
 
 
 def _refuse_thread(d: dict[str, Any], tid: int, pids: set[int], what: str) -> None:
