@@ -425,6 +425,84 @@ def test_users_memfd_and_deleted_fifo_are_the_users(procs: Procs, arena: Path) -
     assert not any(p.stat().st_mode & 0o6000 for p in arena.rglob("*") if p.is_file())
 
 
+WATCHER = r"""
+import ctypes, os, sys, time
+d = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+open(os.path.join(d, "watched"), "w").close()
+fd = libc.inotify_init1(0)
+assert libc.inotify_add_watch(fd, os.path.join(d, "watched").encode(), 2) == 1  # IN_MODIFY
+out = open(os.path.join(d, "w.out"), "a", buffering=1)
+out.write(f"ready {fd}\n")
+while True:
+    time.sleep(1)
+"""
+
+
+def _root_watch(path: Path) -> dict[str, Any]:
+    """ino, dev and file handle of ``path`` as an inotify watch of root's shows them."""
+    from cryo.engine import fsnotify
+    from cryo.linux import fdcalls
+
+    fd = fdcalls.inotify_init1(os.O_CLOEXEC)
+    try:
+        fdcalls.inotify_add_watch(fd, str(path), 2)
+        line = next(x for x in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+                    if x.startswith("inotify"))  # fmt: skip
+        return fsnotify._mark(fsnotify._fields(line))
+    finally:
+        os.close(fd)
+
+
+def test_inotify_watch_of_a_file_the_user_cannot_read(procs: Procs, arena: Path) -> None:
+    """An inotify watch is added again by its file handle (as root): a user's image whose
+    watch names the user's file but carries the handle of root's file is refused; the
+    user's own watch restarts."""
+    home = arena / "home"
+    p = subprocess.Popen([USER_PY, "-c", WATCHER, str(home)], cwd=home,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
+    p.returncode = 0
+    procs.track(p.pid)
+    out = home / "w.out"
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.read_text().startswith("ready")):
+        assert time.monotonic() < deadline, "the user's target did not get ready"
+        time.sleep(0.02)
+    img = home / "img"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    secret = arena / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    theirs = _root_watch(secret)
+
+    def swap(recs: dict[bytes, list[Any]]) -> None:
+        for d in recs[R.FDSC][0]["descs"]:
+            for w in d.get("watches", []):
+                w.update({k: theirs[k] for k in ("ino", "dev", "htype", "handle")})
+
+    good = (img / "core.img").read_bytes()
+    edit_as_user(img, swap)
+    before = _children()
+    r = restart(img, "--trust-image")
+    if r.returncode == 0:
+        procs.track(int(r.stdout))
+    assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
+    assert "which is not" in r.stderr and f"uid {UID}" in r.stderr, r.stderr
+    assert _children() == before
+    (img / "core.img").write_bytes(good)
+    r = restart(img)
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    fd = out.read_text().split()[1]
+    assert "inotify wd:1" in Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+
+
 def _children() -> set[int]:
     me = os.getpid()
     out = set()

@@ -263,6 +263,9 @@ def _files(image: Any, owner: Owner, need: list[tuple[str, int, str]],
     fdsc = image.raw(b"FDSC")
     for d in fdsc[0]["descs"] if fdsc else []:
         what = f"fd {d['fd']} of process {d['pid']} ({d['kind']} {d['path']})"
+        if d["kind"] in ("inotify", "fanotify"):
+            _watches(owner, d, what, need, tr)
+            continue
         if d["kind"] not in ("file", "dir", "chr", "fifo"):
             continue
         if d.get("ns"):
@@ -294,6 +297,37 @@ def _recreated(owner: Owner, d: dict[str, Any], what: str, need: list[tuple[str,
     if "obj" in d or (not fifo and isinstance(d.get("memfd"), dict)):
         return  # reopened from its shared memory object, or a memfd: no directory
     need.append((_creatable(tr(d["path"])), os.W_OK | os.X_OK, f"{what} recreated in"))
+
+
+FAN_FID_BITS = 0x1E00  # FAN_REPORT_FID, _DIR_FID, _NAME, _TARGET_FID
+
+
+def _watches(owner: Owner, d: dict[str, Any], what: str, need: list[tuple[str, int, str]],
+             tr: Callable[[str], str]) -> None:  # fmt: skip
+    """inotify watches and fanotify marks are added by root on inodes opened by their
+    file handle (CAP_DAC_READ_SEARCH): for another owner only on a file its path names
+    (that very inode, here) and the owner may read, as inotify_add_watch asks; a
+    fanotify group only of the kind a user may make (notification class, reporting
+    file ids), with inode marks only."""
+    if d["kind"] == "fanotify":
+        flags = d.get("fan_flags", 0)
+        if flags & ~FAN_FID_BITS or not flags & FAN_FID_BITS:
+            raise _deny(owner, f"{what} would be a fanotify group with flags {flags:#x},"
+                        " which only root may make")  # fmt: skip
+    for m in [*d.get("watches", []), *d.get("marks", [])]:
+        if m.get("on", "inode") != "inode":
+            raise _deny(owner, f"{what} would watch a whole {m['on']} (CAP_SYS_ADMIN)")
+        path = m.get("path")
+        if not path:
+            raise _deny(owner, f"{what} would watch inode {m['ino']} by its handle only")
+        path = tr(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (m["dev"], m["ino"]):
+            raise _deny(owner, f"{what} would watch inode {m['ino']}, which is not {path}")
+        need.append((path, os.R_OK, f"{what} watches"))
 
 
 def _namespace(owner: Owner, d: dict[str, Any], what: str) -> None:
