@@ -1,5 +1,3 @@
-import sys
+from cryo.cli import console
 
-from cryo.cli import main
-
-sys.exit(main())
+console()

@@ -60,14 +60,28 @@ def test_run_checkpoint_show_restart(procs: Procs, build: Any, tmp_path: Path) -
 
 
 def test_restart_in_foreground_returns_exit_status(procs: Procs, tmp_path: Path) -> None:
-    code = "import time,sys\nfor i in range(60): time.sleep(0.02)\nsys.exit(7)\n"
-    v = procs.spawn([sys.executable, "-c", code])
-    time.sleep(0.4)
+    # the program ends (status 7) once told to: not after a time, which a loaded machine's
+    # start-up of cryo could outlast
+    flag, out = tmp_path / "end", tmp_path / "out.txt"
+    code = (f"import os,sys,time\nwith open({str(out)!r}, 'a') as f: f.write('up\\n')\n"
+            f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\nsys.exit(7)\n")
+    v = procs.spawn([sys.executable, "-c", code], out)
+    v.wait_line("up")
     assert run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"),
                     "--kill").returncode == 0
     reap(v.pid)
-    r = run_cryo("restart", "-D", str(tmp_path / "img"))
-    assert r.returncode == 7, r.stderr
+    r = subprocess.Popen([sys.executable, "-m", "cryo", "restart", "-D", str(tmp_path / "img")],
+                         stderr=subprocess.PIPE, text=True, close_fds=True)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        assert r.poll() is None, "the restart waits for its process"
+        flag.touch()
+        _, err = r.communicate(timeout=60)
+    finally:
+        if r.poll() is None:
+            r.kill()
+            r.wait()
+    assert r.returncode == 7, err
 
 
 def test_compressed_image(procs: Procs, build: Any, tmp_path: Path) -> None:
