@@ -864,3 +864,81 @@ def test_unix_accept_queue(procs: Procs, tmp_path: Path) -> None:
     assert not (tmp_path / "img2" / "core.img").exists()
     with socket.socket(socket.AF_UNIX) as c:  # still listening
         c.connect(str(path2))
+
+
+TCP_ACCEPTQ = r"""
+import os, socket, sys, time
+out, go = sys.argv[1:3]
+def say(line):
+    with open(out, "a") as f:
+        f.write(line + "\n")
+srv = socket.socket()
+srv.bind(("127.0.0.1", 7070))
+srv.listen(4)
+pid = os.fork()
+if pid == 0:
+    srv.close()
+    c = socket.create_connection(("127.0.0.1", 7070))
+    say("connected")
+    c.settimeout(120)
+    hello = c.recv(64)  # the server speaks first, once it accepts
+    c.sendall(b"ack:" + hello)
+    time.sleep(600)
+while not os.path.exists(out) or "connected" not in open(out).read():
+    time.sleep(0.01)
+say("ready")
+while not os.path.exists(go):
+    time.sleep(0.01)
+c, _ = srv.accept()
+c.sendall(b"hello")
+c.settimeout(20)
+say("checked " + ("good" if c.recv(64) == b"ack:hello" else "bad"))
+time.sleep(600)
+"""
+
+
+def test_tcp_accept_queue(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A TCP listener with a connection of its child waiting to be accepted: after a
+    restart (--tcp-established) the server accepts it and the two talk.  One waiting
+    from a client outside the checkpoint is refused by name, the server left running."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    (tmp_path / "acceptq.py").write_text(TCP_ACCEPTQ)
+    go, out = tmp_path / "go", tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "acceptq.py"), str(out), str(go)],
+              out)  # fmt: skip
+    v.wait_line("ready")
+    server = v.pid  # (ip netns exec runs it in its place)
+    pids = tree_pids(server)
+    assert len(pids) == 2
+    for p in pids:
+        procs.track(p)
+    r = ns.cryo("checkpoint", str(server), "--tree", "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    kill_tree(pids)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established")
+    assert r.returncode == 0, r.stderr
+    assert tree_pids(server) == pids
+    go.touch()
+    assert v.wait_line("checked", timeout=30) == "checked good"
+    assert not [t for t in ns.tables() if t.startswith("cryo-")]
+    kill_tree(pids)
+
+    # a connection from outside waiting to be accepted: refused, nothing touched
+    out2 = tmp_path / "out2"
+    code = ("import socket, time\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 7071)); s.listen(4)\n"
+            f"open({str(out2)!r}, 'w').write('ready\\n')\n"
+            "time.sleep(600)\n")  # fmt: skip
+    v2 = spawn(procs, ns, [sys.executable, "-c", code], out2)
+    v2.wait_line("ready")
+    lone = v2.pid
+    with connect(ns, ("127.0.0.1", 7071)):
+        r = ns.cryo("checkpoint", str(lone), "-D", str(tmp_path / "img2"),
+                    "--tcp-established")  # fmt: skip
+        assert r.returncode == 9 and "whose client is outside the checkpoint" in r.stderr, \
+            r.stderr  # fmt: skip
+        with connect(ns, ("127.0.0.1", 7071)):  # still listening
+            pass
+    assert not (tmp_path / "img2" / "core.img").exists()

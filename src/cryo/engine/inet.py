@@ -15,7 +15,10 @@ so that the processes killed after it close it without a word to the peer.
 Restart: cryo makes each socket before the processes exist (socket, options, bind,
 listen or connect) and every process inherits it; a connection is rebuilt in repair
 mode (bind, sequence numbers, connect, options, queues, window) and leaves repair mode
-just before the processes run, once their network lock is removed.
+just before the processes run, once their network lock is removed.  The client of a
+connection that waited in a listener's accept queue (both in the checkpoint) is made
+again with a real handshake instead: bound, then connected to the restored listener
+once the lock is gone.
 
 Datagrams queued in UDP, raw, packet and netlink sockets are not saved (the protocols
 may lose them); neither are multicast memberships (refused by nothing: they are lost).
@@ -31,6 +34,7 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,8 +356,7 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
         state = ST(ti.tcpi_state)
         d["state"] = state.name
         if state == ST.LISTEN and ti.tcpi_unacked:
-            raise refuse(f"listening on {_show(d['local'])} has {ti.tcpi_unacked}"
-                         " connections waiting to be accepted; they cannot be saved yet")
+            d["queued"] = _waiting(pid, d["local"], int(ti.tcpi_unacked), refuse)
         if state == ST.LISTEN:
             d["backlog"] = int(ti.tcpi_sacked)
         elif state in SETTING_UP:
@@ -376,6 +379,87 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
         opts = [o for o in opts if (o[0], o[1]) not in CONNECTION_OWN]
     d["opts"] = opts
     return d
+
+
+def _waiting(pid: int, local: list[Any], n: int, refuse: Callable[[str], Unsupported]
+             ) -> list[list[Any]]:  # fmt: skip
+    """The connections waiting in the accept queue of a listener on ``local``: each as
+    its client's address ([address, port]).  They are sockets without a file (inode 0 in
+    /proc/net/tcp) on the listener's port.  Refused: more than one (the order in which
+    they would be accepted cannot be read), one that holds data from its client already
+    (it cannot be read before it is accepted), one not established any more."""
+    where = _show(local)
+    if n > 1:
+        raise refuse(f"listening on {where} has {n} connections waiting to be accepted;"
+                     " more than one cannot be saved (the order in which they would be"
+                     " accepted cannot be read)")  # fmt: skip
+    found = []
+    for proto in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{proto}", "rb") as f:
+                lines = f.read().decode().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            x = line.split()
+            if len(x) < 10 or x[9] != "0":
+                continue
+            (la, lp), (ra, rp) = _hexaddr(x[1]), _hexaddr(x[2])
+            if lp != local[1] or not (_is_any(socket.AF_INET6 if ":" in str(local[0])
+                                              else socket.AF_INET, [local[0], 0])
+                                      or _same_addr(la, str(local[0]))):  # fmt: skip
+                continue
+            found.append((int(x[3], 16), int(x[4].split(":")[1], 16), [ra, rp]))
+    if len(found) != n:
+        raise refuse(f"listening on {where} has {n} connections waiting to be accepted,"
+                     f" of which {len(found)} could be found")  # fmt: skip
+    out = []
+    for state, rx, client in found:
+        if state != ST.ESTABLISHED:
+            raise refuse(f"listening on {where}: the connection from {_show(client)} waiting"
+                         f" to be accepted is {ST(state).name} (its client closed it)")
+        if rx:
+            raise refuse(f"listening on {where}: the connection from {_show(client)} waiting"
+                         f" to be accepted already holds data from its client ({rx}"
+                         " bytes), which cannot be read before it is accepted")  # fmt: skip
+        out.append(client)
+    return out
+
+
+def _same_addr(a: str, b: str) -> bool:
+    ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    if isinstance(ia, ipaddress.IPv6Address) and ia.ipv4_mapped is not None:
+        ia = ia.ipv4_mapped
+    if isinstance(ib, ipaddress.IPv6Address) and ib.ipv4_mapped is not None:
+        ib = ib.ipv4_mapped
+    return ia == ib
+
+
+def check_queued(session: Any) -> None:
+    """Checkpoint, once every process is collected: the client of each connection waiting
+    in a listener's accept queue must be a connection of the checkpoint (--tcp-established
+    holds it), which the restart connects to the listener again; one from outside cannot
+    be put back in a listener's queue: refused."""
+    descs = session.shared.descs.descs
+    by_local: dict[tuple[str, int], dict[str, Any]] = {}
+    for d in descs:
+        if d["kind"] == "inet" and d.get("state") not in (None, "LISTEN") and d.get("local"):
+            by_local[(str(ipaddress.ip_address(d["local"][0])), d["local"][1])] = d
+    for d in descs:
+        if d["kind"] != "inet" or not d.get("queued"):
+            continue
+        for client in d["queued"]:
+            c = by_local.get((str(ipaddress.ip_address(client[0])), client[1]))
+            if c is None or not c.get("remote") or c["remote"][1] != d["local"][1]:
+                raise Unsupported(f"fd {d['fd']} of {d['pid']}: TCP listener on"
+                                  f" {_show(d['local'])} has a connection from"
+                                  f" {_show(client)} waiting to be accepted, whose client is"
+                                  " outside the checkpoint; a connection cannot be put back"
+                                  " in a listener's queue", pid=d["pid"],
+                                  resource=f"fd {d['fd']}")  # fmt: skip
+            if c.get("closed"):  # --tcp-close: restored closed, the listener gets nothing
+                continue
+            c["queued_on"] = d["id"]
 
 
 def _show(addr: list[Any] | None) -> str:
@@ -456,6 +540,9 @@ def open_socket(d: dict[str, Any], options: dict[str, Any]) -> int:
 def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:
     family = d["family"]
     t = d.get("tcp")
+    if t is not None and d.get("queued_on") is not None and not options.get("tcp_close"):
+        _build_queued(s, d)
+        return
     repair = t is not None and not options.get("tcp_close")
     if repair:
         s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
@@ -491,6 +578,36 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
             _restore_repair(s, d, t)
     elif d.get("remote"):
         s.connect(_sockaddr(family, d["remote"]))
+
+
+def _build_queued(s: socket.socket, d: dict[str, Any]) -> None:
+    """The client of a connection that waited in a listener's accept queue: its options,
+    bound to its address; :func:`connect_queued` connects it once the listener is there."""
+    for level, opt, raw in d["opts"]:
+        set_option(s, level, opt, raw)
+    s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, 1)  # (the old connection's port)
+    s.bind(_sockaddr(d["family"], _bound(d, d["local"])))
+    reuse = any((lv, o) == (N.SOL.SOCKET, N.SO.REUSEADDR) and int.from_bytes(raw, "little")
+                for lv, o, raw in d["opts"])  # fmt: skip
+    s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, int(reuse or d["tcp"].get("reuseaddr", 0)))
+
+
+def connect_queued(d: dict[str, Any], fd: int, listener: dict[str, Any]) -> None:
+    """A waiting connection made again: its client connects to the restored listener (on
+    loopback the handshake is over when connect returns), so it waits in its accept queue.
+    The client's socket may be non-blocking (its description's flags): waited for."""
+    import select
+
+    with socket.socket(fileno=os.dup(fd)) as s:
+        target = list(d["remote"])
+        err = s.connect_ex(_sockaddr(d["family"], target))
+        if err in (errno.EINPROGRESS, errno.EAGAIN):
+            _r, w, _x = select.select([], [s], [], 10)
+            err = s.getsockopt(N.SOL.SOCKET, N.SO.ERROR) if w else errno.ETIMEDOUT
+        if err:
+            raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot connect to the listener on"
+                            f" {_show(listener['local'])} again: {os.strerror(err)}",
+                            pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
 
 
 def _bound(d: dict[str, Any], local: list[Any]) -> list[Any]:
@@ -766,11 +883,16 @@ def started(rs: Any) -> None:
     conns = _connections(rs.shared.descs or [])
     if not conns:
         return
+    queued = [d for d in conns if d.get("queued_on") is not None]
     if not rs.options.get("tcp_close"):
         for d in conns:
-            finish(rs.shared.opened.fds[d["id"]], d["tcp"])
+            if d.get("queued_on") is None:
+                finish(rs.shared.opened.fds[d["id"]], d["tcp"])
     for lock in sorted({d["tcp"].get("lock", "") for d in conns} - {""}):
         try:
             netlock.drop_table(lock)
         except CryoError as err:  # the processes are built: say it, do not fail them
             rs.result.warnings.append(f"the network lock {lock} is still there: {err}")
+    if not rs.options.get("tcp_close"):  # (the lock is gone: the handshakes pass)
+        for d in queued:
+            connect_queued(d, rs.shared.opened.fds[d["id"]], rs.shared.descs[d["queued_on"]])
