@@ -110,13 +110,12 @@ def split(pid: int, parent: int, runs: list[tuple[int, int]]
 
 class _Index:
     """Where the page data of each process of an image is: sorted (address, length,
-    block, offset in block) per pid, and each block's data fetched once."""
+    block, offset in block) per pid."""
 
     def __init__(self, image: Any) -> None:
         self.image = image
         self.by_pid: dict[int, list[tuple[int, int, int, int]]] = {}
         self.starts: dict[int, list[int]] = {}
-        self.data: dict[int, tuple[object, int]] = {}
         for i, b in enumerate(image.blocks):
             if "pid" not in b:
                 continue
@@ -128,18 +127,13 @@ class _Index:
             ents.sort()
             self.starts[pid] = [e[0] for e in ents]
 
-    def block(self, i: int) -> tuple[object, int]:
-        if i not in self.data:
-            self.data[i] = self.image.block_data(self.image.blocks[i])
-        return self.data[i]
-
     def find(self, pid: int, addr: int, length: int
-             ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:  # fmt: skip
-        """Pieces of [addr, addr + length) in ``pid``'s blocks: (address, length, local
-        address), and the pieces it does not hold."""
+             ) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]]]:  # fmt: skip
+        """Pieces of [addr, addr + length) in ``pid``'s blocks: (address, length, block,
+        offset in the block's data), and the pieces it does not hold."""
         ents = self.by_pid.get(pid, [])
         starts = self.starts.get(pid, [])
-        found: list[tuple[int, int, int]] = []
+        found: list[tuple[int, int, int, int]] = []
         missing: list[tuple[int, int]] = []
         pos, end = addr, addr + length
         k = max(bisect.bisect_right(starts, pos) - 1, 0)
@@ -156,25 +150,23 @@ class _Index:
                 pos = a
                 continue
             take = min(a + n, end) - pos
-            owner, base = self.block(i)
-            found.append((pos, take, libc.buffer_address(owner) + base + off + pos - a))
+            found.append((pos, take, i, off + pos - a))
             pos += take
         return found, missing
 
 
 def write_inherited(ctx: Any, cow: dict[str, Any]) -> int:
-    """Write a restored child's inherited pages from its ancestors' page blocks."""
+    """Write a restored child's inherited pages from its ancestors' page blocks, one
+    block at a time (each read and checked once, through the image's few buffers)."""
     index = _Index(ctx.image)
-    local: list[tuple[int, int]] = []
-    remote: list[tuple[int, int]] = []
+    pieces: dict[int, list[tuple[int, int, int]]] = {}  # block -> (address, length, offset)
     todo = [(cow["from"], a, n) for a, n in cow["runs"]]
     seen: set[int] = set()
     while todo:
         pid, a, n = todo.pop()
         found, missing = index.find(pid, a, n)
-        for addr, length, here in found:
-            local.append((here, length))
-            remote.append((addr, length))
+        for addr, length, i, off in found:
+            pieces.setdefault(i, []).append((addr, length, off))
         up = ctx.image.one(KIND, pid).get("cow") if missing and pid not in seen else None
         if up:  # what the ancestor inherited itself is in its own ancestor's blocks
             seen.add(pid)
@@ -182,16 +174,31 @@ def write_inherited(ctx: Any, cow: dict[str, Any]) -> int:
                 todo.extend((up["from"], a, n) for a, n in _inside([[ma, mn]], up["runs"]))
         # the rest is in no block: a page of zeros that an image leaves out of an anonymous
         # mapping (a store does), and that our fresh mapping reads as zeros already
+    keys = sorted(pieces)
+    blocks = [ctx.image.blocks[i] for i in keys]
+    stream = getattr(ctx.image, "stream_blocks", None)
+    data = stream(blocks) if stream is not None else (
+        (b, *ctx.image.block_data(b)) for b in blocks)  # fmt: skip
     total = 0
-    for i in range(0, len(local), libc.IOV_MAX):
-        want = sum(n for _, n in local[i : i + libc.IOV_MAX])
-        got = libc.process_vm_writev(ctx.pid, local[i : i + libc.IOV_MAX],
-                                     remote[i : i + libc.IOV_MAX])  # fmt: skip
-        if got != want:
-            from cryo.errors import CryoError
+    try:
+        for i, (_b, owner, base) in zip(keys, data, strict=True):
+            here = libc.buffer_address(owner) + base
+            del owner
+            todo_b = pieces[i]
+            for k in range(0, len(todo_b), libc.IOV_MAX):
+                part = todo_b[k : k + libc.IOV_MAX]
+                local = [(here + off, length) for _a, length, off in part]
+                remote = [(addr, length) for addr, length, _o in part]
+                want = sum(n for _, n in local)
+                got = libc.process_vm_writev(ctx.pid, local, remote)
+                if got != want:
+                    from cryo.errors import CryoError
 
-            raise CryoError(f"short write of inherited pages into {ctx.pid}: {got} of {want}")
-        total += got
+                    raise CryoError(f"short write of inherited pages into {ctx.pid}:"
+                                    f" {got} of {want}")  # fmt: skip
+                total += got
+    finally:
+        data.close()
     return total
 
 

@@ -9,11 +9,13 @@ present pages of a shared anonymous mapping.  Pages move in large vectored calls
 
 Restore: the helper's own mappings are unmapped, the vDSO/vvar are moved to the old
 addresses, every VMA is mapped again (files by path), the pages are written with
-process_vm_writev straight from the mapped image, then protections and mm fields are set.
+process_vm_writev from the few buffers each block is read into and checked (a thread
+reads the next block meanwhile), then protections and mm fields are set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -22,7 +24,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -724,29 +726,22 @@ def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
 
 
 def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = None) -> int:
-    """process_vm_writev every block straight from the mapped image."""
+    """process_vm_writev every block of the process, each from a buffer it was just read
+    into and checked (the image's :meth:`stream_blocks`: the next block is read while
+    this one is written), or from where the image holds it (``block_data``)."""
     total = 0
-    for b in ctx.image.blocks:
-        if b.get("pid") != ctx.old_pid:
-            continue
-        owner, offset = ctx.image.block_data(b)
-        base = libc.buffer_address(owner) + offset
-        off = 0
-        runs = b["runs"]
-        for i in range(0, len(runs), libc.IOV_MAX):
-            chunk = runs[i : i + libc.IOV_MAX]
-            local = []
-            for _addr, length in chunk:
-                local.append((base + off, length))
-                off += length
-            want = sum(n for _, n in local)
-            got = libc.process_vm_writev(ctx.pid, local, [(a, n) for a, n in chunk])
-            if got != want:
-                raise CryoError(f"short write of pages into {ctx.pid}: {got} of {want}")
-        total += off
-        del owner
-        if progress:
-            progress(off)
+    mine = [b for b in ctx.image.blocks if b.get("pid") == ctx.old_pid]
+    stream = getattr(ctx.image, "stream_blocks", None)
+    blocks: Generator[tuple[dict[str, Any], object, int], None, None] = (
+        stream(mine) if stream is not None
+        else ((b, *ctx.image.block_data(b)) for b in mine))  # fmt: skip
+    with contextlib.closing(blocks):
+        for b, owner, offset in blocks:
+            n = _write_block(ctx.pid, b["runs"], libc.buffer_address(owner) + offset)
+            del owner
+            total += n
+            if progress:
+                progress(n)
     inherited = ctx.image.one(KIND, ctx.old_pid).get("cow")
     live = getattr(ctx, "live", None) or {}
     if inherited and live.get("cow_inherited"):  # only those outside inherited mappings
@@ -758,6 +753,22 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
         if progress:
             progress(n)
     return total
+
+
+def _write_block(pid: int, runs: list[list[int]], base: int) -> int:
+    """Write one block's data (at ``base`` here) to its runs in ``pid``."""
+    off = 0
+    for i in range(0, len(runs), libc.IOV_MAX):
+        chunk = runs[i : i + libc.IOV_MAX]
+        local = []
+        for _addr, length in chunk:
+            local.append((base + off, length))
+            off += length
+        want = sum(n for _, n in local)
+        got = libc.process_vm_writev(pid, local, [(a, n) for a, n in chunk])
+        if got != want:
+            raise CryoError(f"short write of pages into {pid}: {got} of {want}")
+    return off
 
 
 def _after_pages(v: dict[str, Any]) -> bool:

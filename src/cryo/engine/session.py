@@ -21,7 +21,9 @@ A checkpoint::
 
 A restart::
 
-    validate  every record and page block checked; ids, groups and sessions possible
+    validate  every record checked, and where the page blocks are (each block's checksum
+              when it is read, in tree; finalize checks any block left); ids, groups and
+              sessions possible
     shared    the drivers' ``prepare`` hooks: objects cryo opens once, inherited by all
     tree      every process created, parents first, with ids, sessions, groups
     processes per process, the stages of drivers.BUILD_STAGES
@@ -551,8 +553,18 @@ class Restart:
 
     def validate(self) -> None:
         from cryo.engine import restore
+        from cryo.image.reader import Image
 
-        self.image, self.plan = restore.validate(self.path, **self.trust)
+        # a directory image's page blocks are checked as they are read, in one pass: the
+        # processes stay ours (traced, stopped) until every block has been checked, and
+        # are killed if one fails (finalize; abort)
+        src = Image(self.path, defer_pages=True) if isinstance(self.path, str) else self.path
+        try:
+            self.image, self.plan = restore.validate(src, **self.trust)
+        except BaseException:
+            if src is not self.path:
+                src.close()
+            raise
         self.options["owner"] = getattr(self.image, "owner", None)  # files open as it
         self.on_exit(self.image.close)
         tree.check_groups(self.plan.tree, self.shell_job)
@@ -582,7 +594,12 @@ class Restart:
                 self.progress(done[0], total)
 
         procs = self.plan.procs
-        for p in tree.creation_order(self.plan.tree):
+        order = tree.creation_order(self.plan.tree)
+        expect = getattr(self.image, "expect", None)
+        if expect is not None:  # read ahead, in the order the processes will write them
+            expect([b for p in order if p["pid"] in procs
+                    for b in self.image.blocks if b.get("pid") == p["pid"]])  # fmt: skip
+        for p in order:
             old = p["pid"]
             tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
                        self.area, born=self._born)  # fmt: skip
@@ -617,6 +634,9 @@ class Restart:
             self.result.warnings.extend(m.ctx.warnings)
 
     def finalize(self) -> None:
+        verify_rest = getattr(self.image, "verify_rest", None)
+        if verify_rest is not None:  # every page block checked before anything runs
+            verify_rest()
         for old, m in self.made.items():
             if m.ctx is not None:  # the last injected call unmaps the restorer
                 m.inj(SYS.munmap, self.area, tree.RESTORER_SIZE)

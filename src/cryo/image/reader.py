@@ -8,14 +8,17 @@ kind and pid, side files checked against their sealed digest, the schema
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
 import hmac
 import mmap
 import os
 import platform
+import queue
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from typing import IO, Any, Protocol
 
 import zstandard
@@ -196,10 +199,60 @@ class ImageReader:
         self._sides.clear()
 
 
-class Image(ImageReader):
-    """A directory image (docs/image-format.md)."""
+BlockData = tuple[dict[str, Any], object, int]  # a block, a buffer, its first byte in it
+POOL = 3  # block buffers of a deferred image: read ahead, being written, spare
 
-    def __init__(self, path: str) -> None:
+
+class _Pool:
+    """Reusable block buffers, at most ``count`` of ``size`` bytes, made on first use
+    (touched once: fresh memory is slow to fault in on this VM, reused memory is not)."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count, self.size = count, max(size, mmap.PAGESIZE)
+        self.free: list[mmap.mmap] = []
+        self.made: list[mmap.mmap] = []
+        self.cv = threading.Condition()
+
+    def get(self, stop: threading.Event) -> mmap.mmap | None:
+        with self.cv:
+            while not self.free and len(self.made) >= self.count and not stop.is_set():
+                self.cv.wait()
+            if stop.is_set():
+                return None
+            if self.free:
+                return self.free.pop()
+            buf = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                            | getattr(mmap, "MAP_POPULATE", 0x8000))  # fmt: skip
+            self.made.append(buf)
+            return buf
+
+    def put(self, buf: mmap.mmap) -> None:
+        with self.cv:
+            self.free.append(buf)
+            self.cv.notify_all()
+
+    def wake(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    def close(self) -> None:
+        for buf in self.made:
+            with contextlib.suppress(BufferError):
+                buf.close()
+        self.made.clear()
+        self.free.clear()
+
+
+class Image(ImageReader):
+    """A directory image (docs/image-format.md).
+
+    With ``defer_pages`` (what a restart uses) :meth:`verify` checks only where the page
+    blocks are; each block is read and its checksum checked when it is used
+    (:meth:`stream_blocks`, :meth:`block_data`), and :meth:`verify_rest` checks those
+    no one used.  The data goes through a few reused buffers, never a mapping of
+    pages.img: one pass over the image, and memory bounded whatever its size."""
+
+    def __init__(self, path: str, *, defer_pages: bool = False) -> None:
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             raise ImageMissing(f"no image at {path}", path=path)
@@ -207,6 +260,16 @@ class Image(ImageReader):
         self.blocks: list[dict[str, Any]] = self.records.get(R.PBLK, [])
         self._pages: mmap.mmap | None = None
         self._dctx = zstandard.ZstdDecompressor()
+        self.defer_pages = defer_pages
+        self._fd = -1  # pages.img, of a deferred image
+        self._cold = False  # some of it was not in the page cache: leave none of it there
+        self._checked: set[int] = set()  # indices of the blocks read and checked
+        self._pool: _Pool | None = None
+        # the blocks a reader thread reads ahead (expect), in the order they will be used
+        self._plan: collections.deque[int] = collections.deque()
+        self._ready: queue.Queue[tuple[mmap.mmap | None, BaseException | None]] = queue.Queue()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def owner_files(self) -> list[str]:
         return [*super().owner_files(), os.path.join(self.path, "pages.img")]
@@ -233,10 +296,14 @@ class Image(ImageReader):
         return self._pages
 
     def verify(self, threads: int = 2) -> None:
-        """Check every page block's bounds and checksum (records were checked on reading).
+        """Check every page block's bounds and checksum (records were checked on reading);
+        of a deferred image, only the bounds (the checksums when the blocks are read).
 
         Blocks are read and hashed by ``threads`` threads: on a cold image the reads
         overlap, which measured faster than one sequential pass."""
+        if self.defer_pages:
+            self._verify_bounds()
+            return
         pages = self.pages
         for b in self.blocks:
             if b["offset"] + b["stored"] > len(pages):
@@ -269,7 +336,12 @@ class Image(ImageReader):
 
     def block_data(self, b: dict[str, Any]) -> tuple[object, int]:
         """Where the raw bytes of block ``b`` are: a writable buffer (keep it alive while
-        they are used) and the offset of the block's first byte in it."""
+        they are used) and the offset of the block's first byte in it.  Of a deferred
+        image, a new buffer read from pages.img and checked."""
+        if self.defer_pages:
+            buf = bytearray(b["stored"])
+            self._read_checked(b, memoryview(buf))
+            return self._decoded(b, buf), 0
         if b["codec"] == "none":
             return self.pages, b["offset"]
         if b["codec"] == "zstd":
@@ -284,8 +356,160 @@ class Image(ImageReader):
             return bytearray(data), 0
         raise ImageIncompatible(f"image {self.path}: unknown codec {b['codec']}")
 
+    # -- a deferred image: each block read and checked when it is used -------------------
+
+    def _verify_bounds(self) -> None:
+        path = os.path.join(self.path, "pages.img")
+        try:
+            self._fd = fd = open_nofollow(path)
+        except FileNotFoundError as err:
+            raise self.corrupt("pages.img is missing") from err
+        size = os.fstat(fd).st_size
+        if size < 4096:
+            raise self.corrupt("pages.img is truncated")
+        if not pages_header_ok(os.pread(fd, PAGES_HEADER.size, 0)):
+            raise self.corrupt("bad pages.img header")
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        for b in self.blocks:
+            if b["offset"] + b["stored"] > size:
+                raise self.corrupt(f"pages block {b['index']} is truncated")
+            if sum(r[1] for r in b["runs"]) != b["raw"]:
+                raise self.corrupt(f"pages block {b['index']} runs do not add up")
+            if b["codec"] not in ("none", "zstd"):
+                raise ImageIncompatible(f"image {self.path}: unknown codec {b['codec']}")
+
+    def _read_checked(self, b: dict[str, Any], view: memoryview) -> None:
+        """Read block ``b`` (its stored bytes) into ``view`` and check its checksum.
+
+        What the page cache holds is copied from it (RWF_NOWAIT); the rest is read from
+        the disk and dropped from the cache again, so that a cold image leaves the page
+        cache as it was (a restart needs the restored memory, not the image's too)."""
+        fd, off, n = self._fd, b["offset"], len(view)
+        try:
+            cached = os.preadv(fd, [view], off, os.RWF_NOWAIT)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+                raise self.corrupt(f"pages.img cannot be read: {err.strerror}") from err
+            cached = 0
+        got = cached
+        if cached < n:
+            self._cold = True
+            try:
+                got += pread_full(fd, view[cached:], off + cached)
+            except OSError as err:
+                raise self.corrupt(f"pages.img cannot be read: {err.strerror}") from err
+        if self._cold:  # (read ahead by the kernel, or read now: both from the disk)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)
+        if got != n:
+            raise self.corrupt(f"pages block {b['index']} is truncated")
+        if fmt.checksum(view) != b["csum"]:
+            raise self.corrupt(f"pages block {b['index']} checksum mismatch")
+        self._checked.add(b["index"])
+
+    def _decoded(self, b: dict[str, Any], stored: bytearray) -> bytearray:
+        if b["codec"] == "none":
+            return stored
+        try:
+            data = self._dctx.decompress(stored, max_output_size=b["raw"])
+        except zstandard.ZstdError as err:
+            raise self.corrupt(f"pages block {b['index']}: {err}") from err
+        if len(data) != b["raw"]:
+            raise self.corrupt(f"pages block {b['index']} holds {len(data)} bytes,"
+                               f" not {b['raw']}")  # fmt: skip
+        return bytearray(data)
+
+    def _buffers(self) -> _Pool:
+        if self._pool is None:
+            size = max((b["stored"] for b in self.blocks if b["codec"] == "none"), default=0)
+            self._pool = _Pool(POOL, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
+        return self._pool
+
+    def expect(self, blocks: Iterable[dict[str, Any]]) -> None:
+        """The order in which the caller will ask for ``blocks`` (:meth:`stream_blocks`):
+        a thread reads and checks them ahead, into the pool's few buffers, while the
+        caller writes the ones before (across processes too).  A block asked for out of
+        that order is read there and then."""
+        if not self.defer_pages:
+            return
+        self._stop_reader()
+        plan = [b for b in blocks if b["codec"] == "none"]
+        self._plan = collections.deque(b["index"] for b in plan)
+        pool = self._buffers()
+        q = self._ready = queue.Queue()
+        stop = self._stop = threading.Event()
+
+        def reader() -> None:
+            for b in plan:
+                buf = pool.get(stop)
+                if buf is None:
+                    return
+                try:
+                    self._read_checked(b, memoryview(buf)[: b["stored"]])
+                except BaseException as err:  # handed to the caller with its block
+                    pool.put(buf)
+                    q.put((None, err))
+                    return
+                q.put((buf, None))
+
+        self._reader = threading.Thread(target=reader, name="cryo-pages", daemon=True)
+        self._reader.start()
+
+    def stream_blocks(self, blocks: Iterable[dict[str, Any]]
+                      ) -> Generator[BlockData, None, None]:  # fmt: skip
+        """Each of ``blocks`` in order, checked: (block, buffer, offset of its first raw
+        byte), the buffer valid until the next one is asked for."""
+        for b in blocks:
+            if self._plan and self._plan[0] == b["index"]:
+                self._plan.popleft()
+                buf, err = self._ready.get()
+                if err is not None:
+                    self._plan.clear()
+                    raise err
+                assert buf is not None
+                try:
+                    yield b, buf, 0
+                finally:
+                    self._buffers().put(buf)
+            else:
+                owner, off = self.block_data(b)
+                yield b, owner, off
+                del owner
+
+    def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._stop.set()
+            if self._pool is not None:
+                self._pool.wake()
+            self._reader.join()
+            self._reader = None
+            while not self._ready.empty():
+                buf, _err = self._ready.get_nowait()
+                if buf is not None and self._pool is not None:
+                    self._pool.put(buf)
+        self._plan.clear()
+
+    def verify_rest(self) -> None:
+        """Every block no one has read yet, read and checked (a restart lets its
+        processes go only once every block of the image has been checked)."""
+        self._stop_reader()
+        for b in self.blocks:
+            if self.defer_pages and b["index"] not in self._checked:
+                self.block_data(b)
+
     def close(self) -> None:
         self._close_sides()
+        self._stop_reader()
+        if self._fd >= 0:
+            if self._cold:  # what the kernel read ahead of the last block too
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(self._fd)
+            self._fd = -1
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._pages is not None:
             with contextlib.suppress(BufferError):
                 self._pages.close()
