@@ -942,3 +942,29 @@ def test_tcp_accept_queue(procs: Procs, ns: Netns, tmp_path: Path) -> None:
         with connect(ns, ("127.0.0.1", 7071)):  # still listening
             pass
     assert not (tmp_path / "img2" / "core.img").exists()
+
+
+def test_fds_in_flight_on_a_stream_refused(procs: Procs, tmp_path: Path) -> None:
+    """File descriptors in flight on a unix stream socket: refused by name (exit 9, the
+    bytes they came with cannot be told), and the process goes on with them."""
+    out, go = tmp_path / "out", tmp_path / "go"
+    code = ("import os, socket, sys, time\n"
+            "a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "r, w = os.pipe()\n"
+            "b.send(b'before-'); socket.send_fds(b, [b'FDS'], [r]); os.close(r)\n"
+            f"open({str(out)!r}, 'w').write('ready\\n')\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+            "first = a.recv(7)\n"
+            "msg, fds, _f, _a = socket.recv_fds(a, 64, 4)\n"
+            "os.write(w, b'x')\n"
+            "good = (first, msg, len(fds)) == (b'before-', b'FDS', 1)\n"
+            "good = good and os.read(fds[0], 1) == b'x'\n"
+            f"open({str(out)!r}, 'a').write('checked ' + ('good' if good else 'bad') + '\\n')\n"
+            "time.sleep(600)\n")  # fmt: skip
+    v = procs.spawn([sys.executable, "-c", code], out)
+    v.wait_line("ready")
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 9 and "in flight on a stream socket" in r.stderr, r.stderr
+    assert not (tmp_path / "img" / "core.img").exists()
+    go.touch()
+    assert v.wait_line("checked", timeout=20) == "checked good"

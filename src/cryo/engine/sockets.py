@@ -243,9 +243,12 @@ def _fds_in_flight(anc: list[tuple[int, int, bytes]], pid: int, fd: int, d: dict
     if describe_fd is None or d["sotype"] == "stream":
         for x in got:
             os.close(x)
-        why = "on a stream socket" if describe_fd else "here"
-        raise Unsupported(f"fd {fd}: file descriptors in flight {why} are not supported",
-                          pid=pid, resource=f"fd {fd}")  # fmt: skip
+        why = "here are not supported" if describe_fd is None else \
+            ("on a stream socket are not supported: a peek returns them with every byte"
+             " queued before the write that carried them, and shows them to any peek that"
+             " starts before it, so the bytes they arrive with cannot be told")  # fmt: skip
+        raise Unsupported(f"fd {fd}: file descriptors in flight {why}", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
     for x in got:
         _in_flight.append((d, index, x, describe_fd))
 
