@@ -344,3 +344,22 @@ def test_mapped_file_with_other_bytes_refused_at_restart(procs: Procs, build: An
     rr = restart(str(checkpoint_saved))
     procs.track(rr.pid)
     Victim(rr.pid, v.out).wait_ok_after(last + 2)
+
+
+def test_mapped_file_of_another_size_is_exit_12(procs: Procs, build: Any,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """A mapped file grown since the checkpoint is a changed file too (exit 12)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("r.txt", "w.txt", "m.txt"):
+        (work / name).write_bytes(b"x" * 8192)
+    os.mkfifo(work / "f")
+    v = spawn(procs, build, tmp_path, "special", "times")
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    with open(work / "m.txt", "ab") as f:
+        f.write(b"more")
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    procs.track(v.pid)
+    assert r.returncode == 12, r.stderr
+    assert "m.txt changed since the checkpoint (its size was 8192, it is 8196 now)" in r.stderr

@@ -13,8 +13,8 @@ checkpoint (driver ``fingerprints``, :func:`collect`) records for every file a p
 maps privately, opened through /proc/PID/map_files (the very inode mapped), its size,
 mtime, ELF build-id when it has one, and a hash (xxh3-128) of every byte its mappings
 cover (ranges merged, each file hashed once per checkpoint); record kind ``MAPF``, one
-per process.  The restart (:func:`check_all`, a ``prepare`` hook, after the saved
-files were extracted and every path checked, before anything is made) hashes the same
+per process.  The restart (:func:`check_all`, a ``prepare`` hook, once the saved
+files were extracted, before the paths are checked and anything is made) hashes the same
 ranges of the file it will map (translated) and refuses with FileChanged (exit 12)
 when they differ, even with the same size and mtime.  Files mapped shared are the
 program's data shared with others: only their size and mtime are compared (memory.py).
@@ -219,7 +219,7 @@ def saved(image: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def check_all(rs: Any) -> None:
-    """Driver hook (prepare, after spmf and paths): every file the restart maps
+    """Driver hook (prepare, once the saved files are out): every file the restart maps
     privately is the one the image assumed (FileChanged, exit 12, before anything is
     made, unless --ignore-changed-files)."""
     if ignored(rs.options):
@@ -229,6 +229,8 @@ def check_all(rs: Any) -> None:
     done: set[tuple[str, Any]] = set()
     for path, fps in saved(rs.image).items():
         new = translated(rs.options, path)
+        if not os.path.exists(new):
+            continue  # (missing: the path check says so, with --translate)
         for fp in fps:
             key = (new, fp["hash"])
             if key in done:

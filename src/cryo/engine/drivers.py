@@ -326,6 +326,9 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("spmf", write=spmf_open, written=spmf_save, prepare=spmf_prepare),
     # the files an application saved (cryo.app) are back before any file is opened
     Driver("app-files", prepare=appchannel.prepare),
+    # a file mapped privately that is there but not what the image assumed: exit 12
+    # (FileChanged) before the path check would call it missing
+    Driver("fingerprint-check", prepare=changed.check_all),
     Driver("paths", prepare=check_paths),
     Driver("task", (R.TASK,), inject=_keep(R.TASK, task.dump),
            restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK))},
@@ -336,9 +339,9 @@ DRIVERS: tuple[Driver, ...] = (
            restore={"memory": _memory_layout, "pages": _memory_pages,
                     "protect": _memory_protect}, describe=_describe_memory),
     # the bytes of each file mapped privately (its pages not in the image come from it),
-    # checked at restart once the saved files are out and every path checked
+    # checked at restart by fingerprint-check, above
     Driver("fingerprints", (changed.KIND,), optional=True, collect=changed.collect,
-           prepare=changed.check_all, describe=changed.describe),
+           describe=changed.describe),
     Driver("sysvshm", write=_sysvshm_write, prepare=_sysvshm_prepare,
            restore={"memory": _sysvshm_attach}),
     Driver("signals", (R.SIGS,), inject=_keep(R.SIGS, signals.dump),
