@@ -1,0 +1,49 @@
+"""File state of issue 9 that no test covered (docs/state-coverage.md): deleted files
+the kernel gives no way to recreate unlinked are refused at checkpoint by name (exit 9),
+the target untouched, never restored as something else."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Procs, Victim, run_cryo
+
+TARGET = r"""
+import os, stat, sys, time
+d, mode = sys.argv[1], sys.argv[2]
+out = open(os.path.join(d, "out.txt"), "a", buffering=1)
+path = os.path.join(d, "victim")
+if mode == "device":
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of its own
+    fd = os.open(path, os.O_RDWR)
+    os.unlink(path)
+else:  # "linked": unlinked from the name it was opened by, still linked elsewhere
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"data")
+    os.link(path, os.path.join(d, "other-name"))
+    os.unlink(path)
+i = 0
+while True:
+    ok = os.fstat(fd).st_ino > 0
+    out.write(f"ok {i}\n" if ok else "FAIL fd\n"); i += 1
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize(("mode", "words"), [("device", "deleted character device"),
+                                            ("linked", "1 other link(s)")])
+def test_deleted_file_the_kernel_cannot_recreate_is_refused(
+        procs: Procs, tmp_path: Path, mode: str, words: str) -> None:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", TARGET, str(tmp_path), mode], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 9, (r.returncode, r.stderr)
+    assert words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "img").exists()
+    Victim(v.pid, out).wait_ok_after(max(v.oks()) + 2)  # untouched, not killed
+    assert os.path.exists(f"/proc/{v.pid}")
