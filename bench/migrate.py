@@ -176,6 +176,18 @@ class Bench:
                     os.kill(p, 9)
 
 
+def downtime_breakdown(pc: dict[str, Any]) -> str:
+    """Where the downtime went: on A the freeze and collect, the final write; on B each
+    step from the final checkpoint's first frame (cryo.migrate.receiver); the rest is
+    the answer's way back and what neither side counts (the frames in flight)."""
+    src = {"A freeze+collect": pc["frozen_collect"],
+           "A write": pc["frozen_write"] - pc["frozen_collect"]}  # fmt: skip
+    dst = {f"B {k}": float(v) for k, v in pc.get("destination", {}).items()}
+    rest = pc["downtime"] - pc["frozen_collect"] - sum(dst.values())
+    parts = {**src, **dst, "other": rest}
+    return ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
+
+
 def _pid_of(out: Path) -> int:
     raise RuntimeError(f"no pid from the restart ({out})")
 
@@ -207,6 +219,7 @@ def main() -> None:
                       f" {pc['total_seconds']:.2f} s, sent {pc['bytes_sent'] / 2**20:.1f} MiB ="
                       f" {pc['bytes_sent'] / (mem + written):.3f} x (memory + written"
                       f" {written / 2**20:.1f} MiB)")  # fmt: skip
+                print("  downtime breakdown: " + downtime_breakdown(pc))
                 print(f"streamed stop-and-copy (--no-pre-copy): downtime {nopc['downtime']:.3f}"
                       f" s, total {nopc['total_seconds']:.2f} s, sent"
                       f" {nopc['bytes_sent'] / 2**20:.1f} MiB")  # fmt: skip

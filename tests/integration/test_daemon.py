@@ -293,7 +293,7 @@ def _failing(d: Cryod, v: Any, out: Path) -> None:
 
         hist = wait(retried, 30, "three retries")
         job = c.job("stuck")
-    assert all(a["error"] == "Unsupported" for a in hist)
+    assert all(a["error"] == "Unsupported" for a in hist), hist
     gaps = [b["started"] - a["started"] for a, b in itertools.pairwise(hist[:4])]
     assert gaps[0] < gaps[1] < gaps[2] < 30, gaps  # 1, 2, 4 s: backoff, within the period
     assert job["failures"] >= 4 and job["versions"] == 0

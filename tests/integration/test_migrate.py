@@ -350,10 +350,13 @@ def test_migrate_keep_copy_restartable(procs: Procs, build: Any, hosts: Hosts) -
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     res = _migrate(hosts, v.pid, secret, "--keep", "/tmp/kept")
+    deadline = time.monotonic() + 60  # --once: it ends once the copy is written (after
+    while not gone_from(rcv.pid) and time.monotonic() < deadline:  # the answer)
+        time.sleep(0.05)
+    assert "kept a copy in /tmp/kept" in rcv.out.read_text(), rcv.out.read_text()
     new = _migrated(procs, hosts, v, rcv, res)
     at_migration = max(new.oks())
     new.wait_ok_after(at_migration + 2, timeout=30)
-    assert "kept a copy in /tmp/kept" in rcv.out.read_text()
     kept = hosts.run("B", "ls", "/tmp/kept")
     assert kept.returncode == 0 and "core.img" in kept.stdout.split(), kept
     assert hosts.run("A", "ls", "/tmp/kept").returncode != 0  # on the destination only

@@ -93,6 +93,9 @@ def daemon_parser(p: argparse.ArgumentParser) -> None:
                    " checkpoints keep their time on a busy machine); jobs it starts run at 0")
     p.add_argument("--staged-timeout", type=duration, default=120.0, metavar="T",
                    help="abort a staged checkpoint not resumed within T (default 2m)")
+    p.add_argument("--checkpoint-timeout", type=duration, default=3600.0, metavar="T",
+                   help="kill a checkpoint (or gc) that has not ended within T, which fails"
+                   " and is retried; its targets go on as they were (default 1h; 0: none)")
     p.add_argument("--log", metavar="FILE", help="JSON log lines to FILE (default stderr)")
     g = p.add_argument_group("the grid (issue 15): this daemon runs its host's grid agent")
     g.add_argument("--grid", metavar="ETCD_URL",

@@ -6,18 +6,19 @@ Due times follow the period, not the end of the last checkpoint (``due + every``
 are kept in the database, so a daemon started again keeps the cadence; a period missed
 altogether (the daemon was down, the slots were busy) is skipped, not made up.  A job's
 operations never overlap (the daemon's busy set); the global limit on concurrent
-checkpoints is the daemon's semaphore.
+checkpoints is the daemon's semaphore.  Due checkpoints and restarts after a failure
+are handed to the daemon's workers (a fixed set of threads: one thread per operation
+gave each its own malloc arena, and the daemon's RSS grew with them).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from cryo.daemon import procs
-from cryo.errors import CryoError
 
 if TYPE_CHECKING:
     from cryo.daemon.server import Daemon
@@ -62,7 +63,7 @@ def tick(daemon: Daemon) -> None:
                         "job": name, "due": due, "late": round(now - due, 3)}})  # fmt: skip
                     nxt = now + job["every"]
                 daemon.state.update_job(name, next_due=nxt)
-                _spawn(daemon, name, lambda n=name, d=due: daemon.checkpoint(n, due=d, held=True))
+                daemon.submit(name, functools.partial(daemon.checkpoint, name, due=due, held=True))
                 handed = True
         finally:
             if not handed:
@@ -88,23 +89,11 @@ def died(daemon: Daemon, job: dict[str, Any], ended: procs.Ended) -> bool:
             daemon.state.update_job(name, state="failed", status=f"{status}; no version")
             return False
         daemon.state.update_job(name, status=status)
-        _spawn(daemon, name, lambda: daemon.restart(name, held=True, failure=True))
+        daemon.submit(name, lambda: daemon.restart(name, held=True, failure=True))
         return True
     state = "exited" if not ended.abnormal else ("lost" if ended.status is None else "failed")
     daemon.state.update_job(name, state=state, status=status)
     return False
-
-
-def _spawn(daemon: Daemon, name: str, fn: Any) -> None:
-    def body() -> None:
-        try:
-            fn()
-        except CryoError:
-            pass  # reported where it failed (an attempt, a log line, a metric)
-        except Exception:
-            log.exception("job %s", name)
-
-    threading.Thread(target=body, name=f"cryod-{name}", daemon=True).start()
 
 
 __all__ = ["died", "run", "tick"]

@@ -19,6 +19,7 @@ import os
 import pickle
 import pwd
 import queue
+import select
 import signal
 import socket
 import socketserver
@@ -86,7 +87,8 @@ class Daemon:
     def __init__(self, *, socket_path: str = P.DEFAULT_SOCKET, state_dir: str = DEFAULT_STATE,
                  store: str = DEFAULT_STORE, metrics: str | None = None,
                  max_concurrent: int = 2, staged_timeout: float = 120.0,
-                 backoff: float = 1.0, grid: GridHost | None = None) -> None:  # fmt: skip
+                 backoff: float = 1.0, grid: GridHost | None = None,
+                 checkpoint_timeout: float | None = 3600.0) -> None:  # fmt: skip
         self.socket_path = socket_path
         self.store = os.path.abspath(store)
         self.state = State(state_dir)
@@ -96,6 +98,7 @@ class Daemon:
         self.slots = threading.BoundedSemaphore(self.max_concurrent)
         self.staged_timeout = staged_timeout
         self.backoff = backoff
+        self.checkpoint_timeout = checkpoint_timeout  # a checkpoint (its child) at most
         self.staged: dict[str, Staged] = {}
         self.grid = grid  # this host's grid agent, supervised (cryod --grid)
         self._stores: set[str] = set()
@@ -106,8 +109,28 @@ class Daemon:
         self.server: socketserver.UnixStreamServer | None = None
         self.threads: list[threading.Thread] = []
         self._main: int | None = None  # the thread that forks restored processes
+        # the workers: a fixed set of threads for periodic checkpoints and restarts
+        # after failures (threads made and ended per operation each took a malloc
+        # arena of their own: the daemon's RSS crept up with them)
+        self._work: queue.SimpleQueue[tuple[str, Callable[[], Any]]] = queue.SimpleQueue()
+        self.workers = [threading.Thread(target=self._worker, name=f"cryod-worker-{i}",
+                                         daemon=True) for i in range(self.max_concurrent)]
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = \
             queue.SimpleQueue()  # fmt: skip
+
+    def submit(self, name: str, fn: Callable[[], Any]) -> None:
+        """``fn()`` (an operation of job ``name``) run by the next free worker."""
+        self._work.put((name, fn))
+
+    def _worker(self) -> None:
+        while True:
+            name, fn = self._work.get()
+            try:
+                fn()
+            except CryoError:
+                pass  # reported where it failed (an attempt, a log line, a metric)
+            except Exception:
+                log.exception("job %s", name)
 
     # -- the main thread: the parent of every restored process ------------------------
 
@@ -396,7 +419,8 @@ class Daemon:
                     pid = self.alive(job)
                     self.ensure_store(job["store"])
                     version, r = in_child(cstore.checkpoint, pid, job["store"], name,
-                                          scope=job["scope"])  # fmt: skip
+                                          scope=job["scope"],
+                                          timeout=self.checkpoint_timeout)  # fmt: skip
                 except BaseException as err:
                     self.failed(job, attempt, err)
                     raise
@@ -442,7 +466,7 @@ class Daemon:
 
         try:
             reports = in_child(cstore.gc, job["store"], job["keep_last"], job["keep_every"],
-                               app=job["name"])  # fmt: skip
+                               app=job["name"], timeout=self.checkpoint_timeout)  # fmt: skip
         except CryoError as err:
             log.warning("gc failed", extra={"fields": {"job": job["name"], "message": str(err)}})
             return
@@ -622,6 +646,12 @@ class Daemon:
         from cryo.linux.consts import PR
 
         libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+        # the engine's and the store's modules, once: every checkpoint's child, forked
+        # from here, has them (each imported them again: a second of a checkpoint, on a
+        # loaded machine without bytecode cache, and its due time missed)
+        from cryo.preload import preload
+
+        preload()
         for a in self.state.interrupted():
             event("interrupted attempt", job=a["job"], kind=a["kind"], attempt=a["id"],
                   daemon=a["daemon"])  # fmt: skip
@@ -635,7 +665,8 @@ class Daemon:
 
             metrics.serve(self.metrics_address, self.render_metrics)
         self.threads = [threading.Thread(target=scheduler.run, args=(self,),
-                                         name="cryod-scheduler", daemon=True)]  # fmt: skip
+                                         name="cryod-scheduler", daemon=True),
+                        *self.workers]  # fmt: skip
         for t in self.threads:
             t.start()
         if self.grid is not None:
@@ -659,12 +690,15 @@ class Daemon:
             threading.Thread(target=self.grid.stop, daemon=True).start()
 
 
-def in_child(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+def in_child(fn: Callable[..., Any], *args: Any, timeout: float | None = None,
+             **kw: Any) -> Any:  # fmt: skip
     """``fn(*args, **kw)`` in a child process, its result or error handed back pickled.
     Checkpoints and gc run so: the page maps and hash tables they load (numpy) never
     stay in the daemon's memory, which thus stays flat however long it runs.  The child
     dies with the daemon (PR_SET_PDEATHSIG), and the engine's worker with it, which lets
-    the targets go as they were."""
+    the targets go as they were; one that has not answered after ``timeout`` seconds is
+    killed so (CryoError), so that a checkpoint that hangs cannot hold one of the
+    daemon's slots for ever."""
     from cryo.errors import InternalError
     from cryo.linux import libc
     from cryo.linux.consts import PR
@@ -697,12 +731,25 @@ def in_child(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
             os._exit(code)
     os.close(w)
     chunks = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    late = False
     try:
-        while chunk := os.read(r, 1 << 20):
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([r], [], [], left)[0]:
+                    late = True
+                    os.kill(child, signal.SIGKILL)
+                    break
+            if not (chunk := os.read(r, 1 << 20)):
+                break
             chunks.append(chunk)
     finally:
         os.close(r)
         _, status = os.waitpid(child, 0)
+    if late:
+        raise CryoError(f"{getattr(fn, '__name__', fn)} did not end within {timeout:g} s:"
+                        " killed (its targets are let go as they were)")
     if not chunks:
         raise InternalError(f"the daemon's child for {getattr(fn, '__name__', fn)} ended"
                             f" without an answer ({procs.Ended(status).describe()})")
@@ -851,7 +898,8 @@ def main(args: Any) -> int:
                         lease=args.grid_lease, output=stream)  # fmt: skip
     daemon = Daemon(socket_path=args.socket, state_dir=args.state, store=args.store,
                     metrics=args.metrics, max_concurrent=args.max_concurrent,
-                    staged_timeout=args.staged_timeout, grid=grid)  # fmt: skip
+                    staged_timeout=args.staged_timeout, grid=grid,
+                    checkpoint_timeout=args.checkpoint_timeout or None)  # fmt: skip
 
     def stop(sig: int, _frame: object) -> None:
         event("stopping", signal=signal.Signals(sig).name)

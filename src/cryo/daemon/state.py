@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job, id);
 """
 
+KEEP_ATTEMPTS = 1000  # per job: the last attempts kept (job_history)
+KEEP_DELETED = 100  # per job: the last versions gc removed, kept as deleted rows
 JOB_COLUMNS = ("name", "owner", "gid", "pid", "start_time", "state", "status", "launched",
                "cmd", "scope", "store", "created", "next_due", "failures", "restarts")
 POLICY_COLUMNS = ("every", "keep_last", "keep_every", "restart_on_failure", "max_restarts")
@@ -174,9 +176,11 @@ class State:
     def sync_versions(self, job: str, in_store: dict[int, dict[str, Any]]) -> tuple[
             list[int], list[int]]:  # fmt: skip
         """Make the versions of ``job`` those of the store: returns (added, deleted)."""
-        have = {v["version"]: v for v in self.versions(job, deleted=True)}
-        added = [v for v in in_store if v not in have or have[v]["deleted"]]
-        gone = [v for v, row in have.items() if v not in in_store and not row["deleted"]]
+        # (only the versions kept are read: the rows of versions gc removed pile up,
+        # and reading them all after every checkpoint made the daemon's memory grow)
+        have = {v["version"] for v in self.versions(job)}
+        added = [v for v in in_store if v not in have]
+        gone = [v for v in have if v not in in_store]
         if not added and not gone:
             return [], []
         with self.tx() as db:
@@ -194,10 +198,20 @@ class State:
     # -- attempts -----------------------------------------------------------------
 
     def begin(self, job: str, kind: str, due: float | None = None) -> int:
+        """A new attempt, running; the job's history beyond the last
+        :data:`KEEP_ATTEMPTS` attempts and :data:`KEEP_DELETED` deleted versions is
+        dropped in the same transaction, so that the database (and the daemon's
+        memory, which reads it) does not grow with the daemon's age."""
         with self.tx() as db:
             cur = db.execute("INSERT INTO attempts (job, kind, due, started, status, daemon)"
                              " VALUES (?,?,?,?,'running',?)",
                              (job, kind, due, time.time(), os.getpid()))  # fmt: skip
+            db.execute("DELETE FROM attempts WHERE job = ? AND status != 'running' AND id <="
+                       " (SELECT id FROM attempts WHERE job = ? ORDER BY id DESC LIMIT 1"
+                       " OFFSET ?)", (job, job, KEEP_ATTEMPTS))  # fmt: skip
+            db.execute("DELETE FROM versions WHERE job = ? AND deleted = 1 AND version <="
+                       " (SELECT version FROM versions WHERE job = ? AND deleted = 1 ORDER BY"
+                       " version DESC LIMIT 1 OFFSET ?)", (job, job, KEEP_DELETED))  # fmt: skip
             return int(cur.lastrowid or 0)
 
     def finish(self, attempt: int, status: str, *, version: int | None = None,

@@ -16,15 +16,17 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryo.engine.session import Restart
 from cryo.errors import CryoError, Usage
 from cryo.image.stream import Channel, Framer, StreamError, StreamSource
 from cryo.migrate import auth
 from cryo.migrate.sender import TIMEOUT, tune
+from cryo.preload import preload
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ class Received:
     receive_seconds: float  # the stream, from the handshake to its end
     restart_seconds: float
     kept: str | None = None
+    # seconds of each step here from the final checkpoint's first frame to the answer:
+    # "final frames" (its records and pages arriving), "assemble" (the blocks), then the
+    # restart's phases ("validate", ..., "let go")
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
@@ -46,6 +52,11 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
             report: Callable[[str], None] | None = None) -> Received:  # fmt: skip
     """One migration over ``channel``: authenticate, receive, restart, answer."""
     say = report or (lambda _s: None)
+    # the modules a restart imports on its way (the schema, the trust rule, drivers),
+    # imported while the handshake and the rounds go on: compiling and running them was
+    # a third of this side's part of the downtime
+    warm = threading.Thread(target=preload, name="cryo-preload", daemon=True)
+    warm.start()
     framer = Framer(channel)
     hello = auth.server(framer, secret)
     peer = f"{hello.get('host', '?')} ({channel.name})"
@@ -58,25 +69,41 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
                                   " the destination", "code": 2})  # fmt: skip
             raise Usage(f"{peer} asked to keep a copy in {keep!r}: not an absolute path")
     t0 = time.perf_counter()
+    marks: dict[str, float] = {}  # when the final checkpoint's frames began, ended
 
     def on_frame(kind: bytes, meta: dict[str, object]) -> None:
         if kind == b"ROND":
             say(f"round {meta.get('round')} from {peer}: {meta.get('pages')} pages")
+        elif kind not in (b"PREP", b"ROND"):
+            marks.setdefault("final", time.perf_counter())
+            if kind == b"END":
+                marks["end"] = time.perf_counter()
 
     src: StreamSource | None = None
     rs: Restart | None = None
+    phases: dict[str, float] = {}  # the destination's part of the downtime, by step
     try:
         src = StreamSource(framer, path=f"migration from {peer}",
                            authenticated=framer.keyed, on_frame=on_frame)  # fmt: skip
         t1 = time.perf_counter()
+        if "final" in marks:
+            phases["final frames"] = marks.get("end", t1) - marks["final"]
+        phases["assemble"] = t1 - marks.get("end", t1)
         src.keep_data = keep is not None  # (freed after the copy is kept)
+        ts = time.perf_counter()
+        warm.join()
+        phases["warm-up left"] = time.perf_counter() - ts
         rs = Restart(src, trust_image=trust_image)
-        rs.validate()
-        rs.prepare_shared()
-        rs.build_tree()
-        rs.build_processes()
-        rs.finalize()
+        steps = (("validate", rs.validate), ("prepare shared", rs.prepare_shared),
+                 ("build tree", rs.build_tree), ("build processes", rs.build_processes),
+                 ("finalize", rs.finalize))  # fmt: skip
+        for name, step in steps:
+            ts = time.perf_counter()
+            step()
+            phases[name] = time.perf_counter() - ts
+        ts = time.perf_counter()
         result = rs.let_go()
+        phases["let go"] = time.perf_counter() - ts
     except BaseException as err:
         if rs is not None:
             with contextlib.suppress(BaseException):
@@ -93,9 +120,10 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         raise
     t2 = time.perf_counter()
     with contextlib.suppress(CryoError):  # (the sender gone now: the process runs here)
-        framer.send(b"OKAY", {"pid": result.pid, "old_pid": result.old_pid})
+        framer.send(b"OKAY", {"pid": result.pid, "old_pid": result.old_pid,
+                              "phases": phases})  # fmt: skip
     out = Received(result.pid, result.old_pid, peer, src.bytes_received, len(src.rounds),
-                   t1 - t0, t2 - t1)  # fmt: skip
+                   t1 - t0, t2 - t1, phases=phases)  # fmt: skip
     try:
         if keep is not None:
             out.kept = src.keep(keep, force=True)

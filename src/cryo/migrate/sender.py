@@ -44,6 +44,10 @@ class MigrateResult:
     bytes_sent: int = 0  # everything that went over the connection
     downtime: float = 0.0  # from the freeze here to the answer that it runs there
     frozen_write: float = 0.0  # of which: the final checkpoint sent
+    frozen_collect: float = 0.0  # of which: the freeze and the collect phase
+    # the destination's part, by step (cryo.migrate.receiver.Received.phases), and the
+    # rest of the downtime: the answer's way back and what is not counted there
+    destination: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
     killed: bool = True  # False with leave_running
     warnings: list[str] = field(default_factory=list)
@@ -134,9 +138,12 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
         try:
             def on_commit() -> None:  # in the checkpoint's worker: the receiver's answer
                 m = framer.expect(b"OKAY")
-                info = {"pid": m.get("pid"), "sent": channel.sent,
-                        "final": tracking.final_bytes if tracking else -1,
-                        "present": tracking.present_bytes if tracking else -1}
+                phases = m.get("phases")
+                info: dict[str, Any] = {
+                    "pid": m.get("pid"), "sent": channel.sent,
+                    "phases": phases if isinstance(phases, dict) else {},
+                    "final": tracking.final_bytes if tracking else -1,
+                    "present": tracking.present_bytes if tracking else -1}  # fmt: skip
                 os.write(answer_w, fmt.pack(info))
 
             sess = CheckpointSession(
@@ -149,11 +156,13 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
                 tf = time.perf_counter()
                 sess.freeze()
                 sess.collect()
+                tc = time.perf_counter()
                 sess.write()
                 tw = time.perf_counter()
                 sess.commit()
                 result.downtime = time.perf_counter() - tf
                 result.frozen_write = tw - tf
+                result.frozen_collect = tc - tf
                 r = sess.resume()
             except BaseException:
                 with contextlib.suppress(BaseException):
@@ -165,6 +174,7 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
             os.close(answer_w)
         result.pid = int(info["pid"])
         result.bytes_sent = int(info["sent"])
+        result.destination = {str(k): float(v) for k, v in info.get("phases", {}).items()}
         result.final_bytes = int(info["final"]) if info["final"] >= 0 else r.memory_bytes
         result.memory_bytes = int(info["present"]) if info["present"] >= 0 \
             else r.memory_bytes  # fmt: skip
