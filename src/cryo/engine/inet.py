@@ -91,6 +91,23 @@ LOCK_MARK = 0xC114  # packets cryo makes up for a connection pass its network lo
 CONNECTED = {ST.ESTABLISHED, ST.FIN_WAIT1, ST.FIN_WAIT2, ST.CLOSE_WAIT, ST.LAST_ACK,
              ST.CLOSING}  # fmt: skip
 SETTING_UP = {ST.SYN_SENT, ST.SYN_RECV, ST.NEW_SYN_RECV}
+# plain ints for the per-connection paths (an enum member looked up on its class is a
+# descriptor call; a checkpoint of a busy server makes tens of thousands)
+_SOL_SOCKET, _SOL_TCP = int(N.SOL.SOCKET), int(N.SOL.TCP)
+_SO_REUSEADDR, _SO_SNDBUF, _SO_RCVBUF = int(N.SO.REUSEADDR), int(N.SO.SNDBUF), int(N.SO.RCVBUF)
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = int(N.SO.SNDBUFFORCE), int(N.SO.RCVBUFFORCE)
+_SO_DOMAIN, _SO_TYPE, _SO_PROTOCOL = int(N.SO.DOMAIN), int(N.SO.TYPE), int(N.SO.PROTOCOL)
+_TCP_REPAIR, _TCP_REPAIR_QUEUE = int(N.TCP.REPAIR), int(N.TCP.REPAIR_QUEUE)
+_TCP_QUEUE_SEQ, _TCP_MAXSEG, _TCP_TIMESTAMP = int(N.TCP.QUEUE_SEQ), int(N.TCP.MAXSEG), \
+    int(N.TCP.TIMESTAMP)  # fmt: skip
+_RECV_QUEUE, _SEND_QUEUE, _NO_QUEUE = int(N.TCP_QUEUE.RECV_QUEUE), \
+    int(N.TCP_QUEUE.SEND_QUEUE), int(N.TCP_QUEUE.NO_QUEUE)  # fmt: skip
+_INQ, _OUTQ, _OUTQNSD = int(N.SIOC.INQ), int(N.SIOC.OUTQ), int(N.SIOC.OUTQNSD)
+_OPT_SACK, _OPT_WSCALE, _OPT_TIMESTAMPS = int(N.TCPI_OPT.SACK), int(N.TCPI_OPT.WSCALE), \
+    int(N.TCPI_OPT.TIMESTAMPS)  # fmt: skip
+_TCPOPT_SACK_PERM, _TCPOPT_WINDOW = int(N.TCPOPT.SACK_PERM), int(N.TCPOPT.WINDOW)
+_TCPOPT_TIMESTAMP, _TCPOPT_MAXSEG = int(N.TCPOPT.TIMESTAMP), int(N.TCPOPT.MAXSEG)
+_U32 = struct.Struct("I")
 FAMILIES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6",
                             socket.AF_PACKET: "packet", socket.AF_NETLINK: "netlink"}  # fmt: skip
 TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
@@ -104,8 +121,8 @@ def dup(pid: int, fd: int) -> socket.socket:
 
 def identity(s: socket.socket) -> tuple[int, int, int]:
     """(family, type, protocol) of a socket."""
-    return (N.get_int(s, N.SOL.SOCKET, N.SO.DOMAIN), N.get_int(s, N.SOL.SOCKET, N.SO.TYPE),
-            N.get_int(s, N.SOL.SOCKET, N.SO.PROTOCOL))  # fmt: skip
+    return (s.getsockopt(_SOL_SOCKET, _SO_DOMAIN), s.getsockopt(_SOL_SOCKET, _SO_TYPE),
+            s.getsockopt(_SOL_SOCKET, _SO_PROTOCOL))  # fmt: skip
 
 
 _families: dict[tuple[int, int, int], int] = {}
@@ -219,13 +236,14 @@ class Held:
 HELD: dict[int, Held] = {}
 
 
-def tcp_table(pid: int) -> dict[int, tuple[int, Conn]]:
-    """TCP sockets of the network namespace of ``pid``: inode -> (state, connection)."""
+def tcp_table(pid: int, only: set[int] | None = None) -> dict[int, tuple[int, Conn]]:
+    """TCP sockets of the network namespace of ``pid``: inode -> (state, connection);
+    with ``only``, just those inodes (the others' addresses are not parsed)."""
     out: dict[int, tuple[int, Conn]] = {}
     for proto in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{proto}", "rb") as f:
-                out.update(parse_proc_net_tcp(f.read()))
+                out.update(parse_proc_net_tcp(f.read(), only))
         except FileNotFoundError:
             continue
     return out
@@ -241,15 +259,20 @@ def _hexaddr(text: str) -> tuple[str, int]:
     return addr, int(port, 16)
 
 
-def parse_proc_net_tcp(data: bytes) -> dict[int, tuple[int, Conn]]:
-    """/proc/net/tcp or tcp6: inode -> (state, (local, lport, remote, rport))."""
+def parse_proc_net_tcp(data: bytes, only: set[int] | None = None
+                       ) -> dict[int, tuple[int, Conn]]:  # fmt: skip
+    """/proc/net/tcp or tcp6: inode -> (state, (local, lport, remote, rport)); with
+    ``only``, just those inodes."""
     out: dict[int, tuple[int, Conn]] = {}
     for line in data.decode().splitlines()[1:]:
         f = line.split()
         if len(f) < 10:
             continue
+        ino = int(f[9])
+        if only is not None and ino not in only:
+            continue
         (la, lp), (ra, rp) = _hexaddr(f[1]), _hexaddr(f[2])
-        out[int(f[9])] = (int(f[3], 16), (la, lp, ra, rp))
+        out[ino] = (int(f[3], 16), (la, lp, ra, rp))
     return out
 
 
@@ -283,28 +306,28 @@ def _read_repair(s: socket.socket) -> dict[str, Any]:
     ti = N.tcp_info(s)
     state = ti.tcpi_state
     t: dict[str, Any] = {
-        "inq": N.queue_len(s, N.SIOC.INQ), "outq": N.queue_len(s, N.SIOC.OUTQ),
-        "unsent": N.queue_len(s, N.SIOC.OUTQNSD), "mss": N.get_int(s, N.SOL.TCP, N.TCP.MAXSEG),
+        "inq": N.queue_len(s, _INQ), "outq": N.queue_len(s, _OUTQ),
+        "unsent": N.queue_len(s, _OUTQNSD), "mss": s.getsockopt(_SOL_TCP, _TCP_MAXSEG),
         "options": int(ti.tcpi_options), "snd_wscale": ti.snd_wscale,
         "rcv_wscale": ti.rcv_wscale, "timestamp": 0,
-        "sndbuf": N.get_int(s, N.SOL.SOCKET, N.SO.SNDBUF),
-        "rcvbuf": N.get_int(s, N.SOL.SOCKET, N.SO.RCVBUF),
+        "sndbuf": s.getsockopt(_SOL_SOCKET, _SO_SNDBUF),
+        "rcvbuf": s.getsockopt(_SOL_SOCKET, _SO_RCVBUF),
     }  # fmt: skip
-    if ti.tcpi_options & N.TCPI_OPT.TIMESTAMPS:
-        t["timestamp"] = N.get_u32(s, N.SOL.TCP, N.TCP.TIMESTAMP)
+    if ti.tcpi_options & _OPT_TIMESTAMPS:
+        t["timestamp"] = _U32.unpack(s.getsockopt(_SOL_TCP, _TCP_TIMESTAMP, 4))[0]
     t["state"] = state
     if state in SNDQ_FIN:  # our FIN counts in the send queue, but is no data
         t["outq"] = max(t["outq"] - 1, 0)
         t["unsent"] = max(t["unsent"] - 1, 0)
     w = N.get_repair_window(s)
     t["window"] = [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup]
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
-    t["inseq"] = N.get_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ)
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
+    t["inseq"] = _U32.unpack(s.getsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, 4))[0]
     t["recvq"] = _peek(s, t["inq"])
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
-    t["outseq"] = N.get_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ)
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
+    t["outseq"] = _U32.unpack(s.getsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, 4))[0]
     t["sendq"] = _peek(s, t["outq"])
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.NO_QUEUE)
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
     if N.tcp_info(s).tcpi_state != state:
         raise CryoError("a TCP connection changed state while it was locked")
     return t
@@ -545,17 +568,17 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         return
     repair = t is not None and not options.get("tcp_close")
     if repair:
-        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
     reuse = False
     for level, opt, raw in d["opts"]:
         set_option(s, level, opt, raw)
-        if (level, opt) == (N.SOL.SOCKET, N.SO.REUSEADDR):
+        if level == _SOL_SOCKET and opt == _SO_REUSEADDR:
             reuse = bool(int.from_bytes(raw, "little"))
     tcp = "state" in d
     if repair:
         assert t is not None
-        s.setsockopt(N.SOL.SOCKET, N.SO.SNDBUFFORCE, max(t["sndbuf"] // 2, len(t["sendq"])))
-        s.setsockopt(N.SOL.SOCKET, N.SO.RCVBUFFORCE, max(t["rcvbuf"] // 2, len(t["recvq"])))
+        s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, max(t["sndbuf"] // 2, len(t["sendq"])))
+        s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, max(t["rcvbuf"] // 2, len(t["recvq"])))
     if family == socket.AF_NETLINK:
         s.bind(_sockaddr(family, d["local"]))
         for g in d.get("groups", []):
@@ -637,41 +660,45 @@ def _send_all(s: socket.socket, data: bytes) -> None:
 
 def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> None:
     """A connection, in repair mode (it leaves it in :func:`finish`)."""
-    state = ST(t.get("state", ST.ESTABLISHED))
+    state = t.get("state", ST.ESTABLISHED)  # (an int: compared with the sets of ST)
     inseq = t["inseq"] - (state in RCVQ_FIN)  # the FINs are put back afterwards
     outseq = t["outseq"] - (state in SNDQ_FIN)
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
-    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, inseq - t["inq"])
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
-    N.set_u32(s, N.SOL.TCP, N.TCP.QUEUE_SEQ, outseq - t["outq"])
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
+    s.setsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, _U32.pack((inseq - t["inq"]) & 0xFFFFFFFF))
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
+    s.setsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, _U32.pack((outseq - t["outq"]) & 0xFFFFFFFF))
     s.bind(_sockaddr(d["family"], d["local"]))
     s.connect(_sockaddr(d["family"], d["remote"]))
     opts: list[tuple[int, int]] = []
-    if t["options"] & N.TCPI_OPT.SACK:
-        opts.append((N.TCPOPT.SACK_PERM, 0))
-    if t["options"] & N.TCPI_OPT.WSCALE:
-        opts.append((N.TCPOPT.WINDOW, t["snd_wscale"] | t["rcv_wscale"] << 16))
-    if t["options"] & N.TCPI_OPT.TIMESTAMPS:
-        opts.append((N.TCPOPT.TIMESTAMP, 0))
-    opts.append((N.TCPOPT.MAXSEG, t["mss"]))
+    options = t["options"]
+    if options & _OPT_SACK:
+        opts.append((_TCPOPT_SACK_PERM, 0))
+    if options & _OPT_WSCALE:
+        opts.append((_TCPOPT_WINDOW, t["snd_wscale"] | t["rcv_wscale"] << 16))
+    if options & _OPT_TIMESTAMPS:
+        opts.append((_TCPOPT_TIMESTAMP, 0))
+    opts.append((_TCPOPT_MAXSEG, t["mss"]))
     N.set_repair_options(s, opts)
-    if t["options"] & N.TCPI_OPT.TIMESTAMPS:
-        N.set_u32(s, N.SOL.TCP, N.TCP.TIMESTAMP, t["timestamp"])
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.RECV_QUEUE)
-    _send_all(s, t["recvq"])
+    if options & _OPT_TIMESTAMPS:
+        s.setsockopt(_SOL_TCP, _TCP_TIMESTAMP, _U32.pack(t["timestamp"] & 0xFFFFFFFF))
+    if t["recvq"]:
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
+        _send_all(s, t["recvq"])
     sent = t["outq"] - t["unsent"]
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.SEND_QUEUE)
-    _send_all(s, t["sendq"][:sent])
+    if sent:
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
+        _send_all(s, t["sendq"][:sent])
     if t["unsent"]:  # never sent: queued as new data (it goes once the lock is gone)
-        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 0)
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR, 0)
         _send_all(s, t["sendq"][sent:])
-        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
     w = N.tcp_repair_window(*t["window"])
     if state in RCVQ_FIN:
         w.rcv_wup -= 1
         w.rcv_wnd += 1
     N.set_repair_window(s, w)
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR_QUEUE, N.TCP_QUEUE.NO_QUEUE)
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
     # half closed: our FIN into the send queue (shutdown), the peer's FIN (and its ACK of
     # ours) as packets made up from the peer to the socket, in the order they came
     window = min(t["window"][1] >> t["snd_wscale"], 0xFFFF)
@@ -737,15 +764,18 @@ def _inject(d: dict[str, Any], seq: int, ack: int, flags: int, window: int) -> N
 
 def _repair_off(s: socket.socket, reuse: int) -> None:
     """Out of repair mode (the kernel sends a window probe and clears SO_REUSEADDR)."""
-    s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 0)
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR, 0)
     if reuse:
-        s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, reuse)
+        s.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, reuse)
 
 
 def finish(fd: int, t: dict[str, Any]) -> None:
-    """A restored connection leaves repair mode."""
-    with socket.socket(fileno=os.dup(fd)) as s:
+    """A restored connection leaves repair mode (on cryo's fd itself: no copy made)."""
+    s = socket.socket(fileno=fd)
+    try:
         _repair_off(s, t.get("reuseaddr", 0))
+    finally:
+        s.detach()
 
 
 # -- the driver's hooks (engine/drivers.py) --------------------------------------------
@@ -768,8 +798,9 @@ def lock_connections(ctx: Any) -> None:
                 socks.append((int(n), int(target[8:-1])))
     if not socks:
         return
-    _warn_multicast(ctx, pid, {ino for _, ino in socks})
-    table = tcp_table(pid)
+    mine = {ino for _, ino in socks}
+    _warn_multicast(ctx, pid, mine)
+    table = tcp_table(pid, mine)
     for fd, ino in socks:  # what the fd kinds will ask (family_of), known already
         if ino in table:
             _families[(pid, fd, ino)] = socket.AF_INET6 if ":" in table[ino][1][0] \
