@@ -1,16 +1,19 @@
-"""Pure parsers of /proc text: bytes in, typed records out (tests feed captured text)."""
+"""Pure parsers of /proc text: bytes in, typed records out (tests feed captured text).
+
+The records are named tuples, immutable as frozen dataclasses would be, but made in a
+fraction of the time when cryo starts (four frozen dataclasses took ~2 ms each to
+create, at every command) and cheaper to build per line of /proc text."""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cryo.errors import AccessDenied, NoSuchProcess
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     pid: int
     comm: str
     state: str
@@ -58,8 +61,7 @@ def parse_status(data: bytes) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class Vma:
+class Vma(NamedTuple):
     start: int
     end: int
     perms: str  # "rwxp"
@@ -140,13 +142,12 @@ def parse_smaps_flags(data: bytes) -> list[Vma]:
     return out
 
 
-@dataclass(frozen=True)
-class FdInfo:
+class FdInfo(NamedTuple):
     pos: int
     flags: int  # octal in the file
     mnt_id: int
     ino: int
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str]  # every field, as text
 
 
 def parse_fdinfo(data: bytes) -> FdInfo:
@@ -186,8 +187,7 @@ def parse_limits(data: bytes) -> dict[int, tuple[int, int]]:
     return out
 
 
-@dataclass(frozen=True)
-class PosixTimer:
+class PosixTimer(NamedTuple):
     id: int
     signal: int
     sigev_value: int
