@@ -199,6 +199,8 @@ class Injector:
         self.calls = 0
         self.stops = 0
         self._seccomp_checked = False
+        self.exit_stop = False  # in the syscall-exit stop of a guarded call (guard.py)
+        self.xstate = b""  # the task's extended state, read once for guard.py
         self._routine: int | None = None  # the region's address, 0: none, None: not known
         self._routine_of = (0, 0)  # the scratch (address, size) it was looked for in
         self._ignored: list[int] = []  # signals the process ignores, in order of choice
@@ -260,7 +262,18 @@ class Injector:
         return start < region + BATCH_REGION and region < start + max(size, 1)
 
     def _single(self, nr: int, *args: int) -> int:
-        """One call from the plain syscall instruction, by a single step."""
+        """One call from the plain syscall instruction: guarded (engine/guard.py: the
+        target survives cryo's death in the middle of it), or by a single step."""
+        from cryo.engine import guard
+
+        got = guard.call(self, nr, list(args)) if self.batching else None
+        if got is not None:
+            self.calls += 1
+            self.stops += 2
+            STATS["single_calls"] += 1
+            if self._routine and nr in _MAPPING_CALLS and got >= 0:
+                self._routine = None
+            return got
         regs = S.user_regs_struct.from_buffer_copy(self.saved)
         a = [*args, 0, 0, 0, 0, 0, 0]
         regs.rax = nr
@@ -415,6 +428,7 @@ class Injector:
             self.t.set_sigmask(mask & ~(1 << (sig - 1)))
         try:
             self.t.setregs(regs)
+            self.exit_stop = False
             self._wait_back(region + BATCH_BACK, sig)
         finally:
             if mask is not None:
@@ -506,7 +520,13 @@ class Injector:
         return ScratchFrame(self)
 
     def finish(self, regs: S.user_regs_struct | None = None) -> None:
-        """Put the task's registers back (or set ``regs``)."""
+        """Put the task's registers back (or set ``regs``).  A task left in the
+        syscall-exit stop of a guarded call is parked first: there, its own registers
+        (an interrupted call's -ERESTART* result) would reach user space as they are
+        should cryo die, with no signal to have the kernel restart the call."""
+        if self.exit_stop:
+            self.t.park()
+            self.exit_stop = False
         self.t.setregs(regs if regs is not None else self.saved)
 
 
