@@ -618,10 +618,20 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
     inj = ctx.inj
     descs: list[dict[str, Any]] = ctx.shared.descs
     wanted = {e["fd"]: e for e in rec["fds"]}
+    pending: list[tuple[int, int, int]] = []  # dup3 calls, run in batches (one stop each)
+
+    def flush() -> None:
+        if pending:
+            with inj.batch() as b:
+                for src, fd, flags in pending:
+                    b.call(SYS_DUP3, src, fd, flags, what=f" dup3 {src} {fd}")
+            pending.clear()
+
     for e in rec["fds"]:
         src = opened.fds.get(e["desc"])
         cloexec = O_CLOEXEC if e["cloexec"] else 0
         if src is None:  # a late description: pidfd_getfd from cryo, onto a temporary fd
+            flush()
             src = _take_late(ctx, opened, descs[e["desc"]])
             if src == e["fd"]:
                 inj(SYS.fcntl, e["fd"], F_SETFD, FD_CLOEXEC if cloexec else 0)
@@ -629,16 +639,18 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
             inj(SYS_DUP3, src, e["fd"], cloexec)
             inj(SYS.close, src)
         else:  # (one call: dup3 sets or clears close-on-exec with the fd)
-            inj(SYS_DUP3, src, e["fd"], cloexec)
+            pending.append((src, e["fd"], cloexec))
+    flush()
     for d in descs:
         if d["kind"] == "epoll" and d.get("hidden") and d["pid"] == ctx.old_pid:
             _register_hidden(ctx, d, opened, descs, wanted)
     lo = 0
-    for fd in sorted(wanted):
-        if fd > lo:
-            inj(SYS.close_range, lo, fd - 1, 0)
-        lo = fd + 1
-    inj(SYS.close_range, lo, 0xFFFFFFFF, 0)
+    with inj.batch() as b:
+        for fd in sorted(wanted):
+            if fd > lo:
+                b.call(SYS.close_range, lo, fd - 1, 0, what=" close_range")
+            lo = fd + 1
+        b.call(SYS.close_range, lo, 0xFFFFFFFF, 0, what=" close_range")
 
 
 SYS_PIDFD_GETFD = 438
