@@ -8,6 +8,7 @@ write, vote; then resume, or abort and discard) and restarts parts when told to.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ class Agent:
         self.running: dict[tuple[str, int], int] = {}  # (app, part) -> pid
         self.epochs: dict[str, int] = {}
         self.locked: dict[str, tuple[int, float]] = {}  # app -> (epoch, until)
+        self.kv: dict[str, dict[str, Any]] = {}  # what etcd holds, as a step began
         self.stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
         self._keeper.start()
@@ -57,21 +59,38 @@ class Agent:
             self.lease.revoke()
 
     # -- the loop ----------------------------------------------------------------------
-    def serve(self, poll: float = 0.05) -> None:
+    def serve(self, poll: float = 0.25, reap_all: bool = True) -> None:
+        """Take part until :meth:`close` (or ``stop`` is set): woken by etcd's watch of
+        every key of the grid, and every ``poll`` seconds in any case.  ``reap_all``
+        reaps every child of this process (a process of its own); without it only the
+        parts it started or restored (inside a daemon that reaps its own children)."""
         from cryo.linux import libc
         from cryo.linux.consts import PR
 
         libc.prctl(PR.SET_CHILD_SUBREAPER, 1)  # restored parts come back to us
-        while not self.stop.is_set():
-            try:
-                self.step()
-            except CryoError as err:
-                log.warning("%s", err)
-            self._reap()
-            time.sleep(poll)
+        import cryo.engine.dump
+        import cryo.engine.restore  # noqa: F401  (now, not in the first round)
+
+        # the other parts' votes do not concern us: they would only wake every agent
+        # while the parts are being written
+        wake = threading.Event()
+        end = self.etcd.watch(K.ROOT, wake, ignore=lambda key: "/votes/" in key)
+        try:
+            while not self.stop.is_set():
+                wake.clear()
+                try:
+                    self.step()
+                except CryoError as err:
+                    log.warning("%s", err)
+                self._reap(reap_all)
+                wake.wait(poll)
+        finally:
+            end()
 
     def step(self) -> None:
-        for key, app in self.etcd.prefix(f"{K.ROOT}apps/"):
+        # every application's keys in one request: what this step acts on
+        self.kv = dict(self.etcd.prefix(f"{K.ROOT}apps/"))
+        for key, app in list(self.kv.items()):
             if key.count("/") != 3:  # /cryo/apps/APP only
                 continue
             name = app["app"]
@@ -80,9 +99,15 @@ class Agent:
             self._rounds(name, app)
             self._unlock(name)
 
+    def _get(self, key: str) -> dict[str, Any] | None:
+        return self.kv.get(key)
+
+    def _prefix(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(k, v) for k, v in self.kv.items() if k.startswith(prefix)]
+
     def _mine(self, app: str) -> dict[int, dict[str, Any]]:
         out = {}
-        for k, p in self.etcd.prefix(K.parts(app)):
+        for k, p in self._prefix(K.parts(app)):
             if p.get("host") == self.host:
                 out[int(k.rsplit("/", 1)[1])] = p
         return out
@@ -118,7 +143,7 @@ class Agent:
     # -- a global checkpoint ---------------------------------------------------------
     def _rounds(self, app: str, record: dict[str, Any]) -> None:
         mine = self._mine(app)
-        for key, r in self.etcd.prefix(K.rounds(app)):
+        for key, r in self._prefix(K.rounds(app)):
             if "/votes/" in key:
                 continue
             v = int(r["version"])
@@ -130,7 +155,7 @@ class Agent:
                 for n, p in mine.items():
                     if n not in r.get("parts", [n]) or (app, v, n) in self.held:
                         continue
-                    if self.etcd.get(K.vote(app, v, n)) is not None:
+                    if self._get(K.vote(app, v, n)) is not None:
                         continue
                     self.etcd.put(K.vote(app, v, n), self._prepare(app, record, r, n, p))
             else:
@@ -146,7 +171,7 @@ class Agent:
                         for path in paths:
                             shutil.rmtree(path, ignore_errors=True)
         for (a, hv, n), (handle, paths) in list(self.held.items()):  # round vanished
-            if a == app and self.etcd.get(K.round_(app, hv)) is None:
+            if a == app and self._get(K.round_(app, hv)) is None:
                 del self.held[(a, hv, n)]
                 handle.abort()
                 for path in paths:
@@ -166,18 +191,26 @@ class Agent:
             want = int(record.get("replicas", 0))
             targets = self._replica_hosts(n, want) if want else {}
             left = max(1.0, r["deadline"] - time.time())
+            t0 = time.time()
             handle = cryo.prepare(int(p["pid"]), freeze_timeout=left + GRACE + 10,
                                   net={"tcp_established": True})  # fmt: skip
             try:
+                t1 = time.time()
                 os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
                 paths.append(image)
                 handle.write(image)
+                t2 = time.time()
                 vote["replicas"] = {}
                 for h, store in targets.items():
                     dst = os.path.join(store, app, f"v{v}", f"part{n}")
                     paths.append(dst)
                     replicate(image, dst)
                     vote["replicas"][h] = dst
+                # when it began (etcd's view of the round came at "seen"), how long
+                # the freeze, the image and the replicas took: for status and profiles
+                vote["times"] = {"seen": round(t0, 4), "prepare": round(t1 - t0, 4),
+                                 "write": round(t2 - t1, 4),
+                                 "replicas": round(time.time() - t2, 4)}  # fmt: skip
             except BaseException:
                 handle.abort()
                 for path in paths:
@@ -214,15 +247,14 @@ class Agent:
 
     # -- a restart ---------------------------------------------------------------------
     def _restarts(self, app: str, record: dict[str, Any]) -> None:
-        import cryo
 
-        cmd = self.etcd.get(K.restart(app))
+        cmd = self._get(K.restart(app))
         if cmd is None or cmd["epoch"] <= self.epochs.get(app, 0):
             return
         epoch = int(cmd["epoch"])
         self.epochs[app] = epoch
         services: list[str] = record.get("services") or []
-        parts = {int(k.rsplit("/", 1)[1]): p for k, p in self.etcd.prefix(K.parts(app))}
+        parts = {int(k.rsplit("/", 1)[1]): p for k, p in self._prefix(K.parts(app))}
         todo = [int(n) for n, h in cmd["assign"].items() if h == self.host
                 and parts.get(int(n), {}).get("epoch") != epoch]  # fmt: skip
         old = {n: int(pid) for (a, n), pid in self.running.items() if a == app}
@@ -240,24 +272,25 @@ class Agent:
             if n < len(services) and cmd["assign"].get(str(n)) != self.host:
                 with contextlib.suppress(CryoError):
                     hostnet.remove_service(services[n])
+        images = {}
         for n in sorted(todo):
             s = str(n)
             image = cmd["images"][s]
             if cmd.get("hosts", {}).get(s) != self.host:
                 image = cmd.get("replicas", {}).get(s, {}).get(self.host, image)
-            try:
-                if n < len(services):
-                    hostnet.add_service(services[n], self.dev)
-                r = cryo.restart(image, net={"tcp_established": True})
-            except CryoError as err:
+            images[n] = image
+            if n < len(services):
+                hostnet.add_service(services[n], self.dev)
+        for n, got in restore_all(images).items():
+            if isinstance(got, str):
                 self.etcd.put(K.part(app, n), {"part": n, "host": self.host, "pid": None,
-                                               "state": "failed", "reason": str(err),
+                                               "state": "failed", "reason": got,
                                                "epoch": epoch})  # fmt: skip
                 continue
-            self.running[(app, n)] = r.pid
-            self.etcd.put(K.part(app, n), {"part": n, "host": self.host, "pid": r.pid,
+            self.running[(app, n)] = got
+            self.etcd.put(K.part(app, n), {"part": n, "host": self.host, "pid": got,
                                            "state": "running", "epoch": epoch,
-                                           "image": image})  # fmt: skip
+                                           "image": images[n]})  # fmt: skip
 
     def _unlock(self, app: str) -> None:
         """The restart lock goes once every part runs at its epoch (or after two
@@ -265,14 +298,19 @@ class Agent:
         if app not in self.locked:
             return
         epoch, until = self.locked[app]
-        parts = [p for _, p in self.etcd.prefix(K.parts(app))]
+        parts = [p for _, p in self._prefix(K.parts(app))]
         done = all(p.get("epoch") == epoch and p["state"] in ("running", "failed")
                    for p in parts)  # fmt: skip
         if done or time.monotonic() > until:
             hostnet.unlock(app)
             del self.locked[app]
 
-    def _reap(self) -> None:
+    def _reap(self, reap_all: bool = True) -> None:
+        if not reap_all:
+            for pid in list(self.running.values()):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            return
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -280,6 +318,52 @@ class Agent:
                 return
             if pid == 0:
                 return
+
+
+def restore_all(images: dict[int, str]) -> dict[int, int | str]:
+    """Restart every image at once (one forked process each when there are several, so
+    that a host taking over a failed host's part restores it beside its own): the pid
+    of each, or why it failed.  The restored processes come back to us (a child
+    subreaper) when the process that restored them exits."""
+    import cryo
+
+    net = {"tcp_established": True}
+    if len(images) == 1:
+        (n, image), = images.items()
+        try:
+            return {n: cryo.restart(image, net=net).pid}
+        except CryoError as err:
+            return {n: str(err)}
+    kids = {}
+    for n, image in images.items():
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (a child)
+            code = 0
+            try:
+                os.close(r)
+                try:
+                    out: dict[str, Any] = {"pid": cryo.restart(image, net=net).pid}
+                except CryoError as err:
+                    out = {"error": str(err)}
+                os.write(w, json.dumps(out).encode())
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        kids[n] = (pid, r)
+    done: dict[int, int | str] = {}
+    for n, (pid, r) in kids.items():
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        try:
+            got = json.loads(data)
+            done[n] = int(got["pid"]) if "pid" in got else str(got["error"])
+        except (ValueError, KeyError):
+            done[n] = f"the process restoring part {n} died"
+    return done
 
 
 def replicate(image: str, dst: str) -> None:

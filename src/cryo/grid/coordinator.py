@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -27,6 +28,7 @@ from cryo.grid.etcd import Etcd
 
 GRACE = 5.0  # seconds after a round's deadline before anyone may abort it
 ELECTION_TTL = 5  # seconds after a coordinator dies before the next may take over
+KEEP_ROUNDS = 8  # decided rounds kept in etcd (status shows them)
 
 
 class RoundFailed(CryoError):
@@ -83,7 +85,7 @@ def wait_running(etcd: Etcd, app: str, count: int, timeout: float,
         if time.monotonic() > deadline:
             raise CryoError(f"the parts of {app} did not all run within {timeout:g} s:"
                             f" {sorted(parts.items())}")  # fmt: skip
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 class Election:
@@ -103,9 +105,18 @@ class Election:
                 who = (etcd.get(K.coordinator(app)) or {}).get("by")
                 raise CryoError(f"{app} has a coordinator already ({who})")
             time.sleep(0.1)
+        self._done = threading.Event()  # kept alive while we coordinate
+        threading.Thread(target=self._keep_alive, args=(ttl,), daemon=True).start()
+
+    def _keep_alive(self, ttl: int) -> None:
+        while not self._done.wait(ttl / 3):
+            with contextlib.suppress(Exception):
+                self.lease.refresh()
 
     def close(self) -> None:
-        self.lease.revoke()
+        self._done.set()
+        with contextlib.suppress(Exception):  # (gone already if we were too slow)
+            self.lease.revoke()
 
 
 def resolve(etcd: Etcd, app: str, poll: float = 0.02) -> list[tuple[int, str]]:
@@ -164,6 +175,16 @@ def resolve_stale(etcd: Etcd, app: str, now: float | None = None) -> list[int]:
     return out
 
 
+def prune(etcd: Etcd, app: str, keep: int = KEEP_ROUNDS) -> None:
+    """Forget the decided rounds (and their votes) but the last ``keep``: what every
+    agent reads at each step stays small."""
+    rounds = [(int(r["version"]), r["state"]) for k, r in etcd.prefix(K.rounds(app))
+              if "/votes/" not in k]  # fmt: skip
+    for v, state in sorted(rounds)[:-keep]:
+        if state != K.PREPARE:
+            etcd.delete_prefix(K.round_(app, v))
+
+
 def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
                report: Any = None) -> int:  # fmt: skip
     """One global checkpoint; returns its version, or raises RoundFailed (every part
@@ -180,35 +201,50 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
         versions = [int(v["version"]) for k, v in etcd.prefix(K.rounds(app))
                     if "/votes/" not in k]  # fmt: skip
         version = max(versions, default=0) + 1
-        prepare = {"version": version, "state": K.PREPARE, "deadline": time.time() + timeout,
-                   "by": election.me, "parts": sorted(parts)}  # fmt: skip
+        now = time.time()
+        prepare = {"version": version, "state": K.PREPARE, "deadline": now + timeout,
+                   "by": election.me, "parts": sorted(parts), "created": now}  # fmt: skip
         key = K.round_(app, version)
-        if not etcd.create(key, prepare):
-            raise CryoError(f"round {version} of {app} exists already")
-        raw = etcd.get_raw(key)
-        assert raw is not None
-        deadline = time.monotonic() + timeout
-        failure = None
-        while time.monotonic() < deadline:
-            got = {int(k.rsplit("/", 1)[1]): v for k, v in etcd.prefix(K.votes(app, version))}
-            no = [v for v in got.values() if not v["ok"]]
-            if no:
-                failure = f"part {no[0]['part']}: {no[0].get('reason')}"
-                break
-            if set(got) >= set(parts):
-                record = _committed(version, got, sorted(parts))
-                if etcd.swap(key, raw, {**prepare, "state": K.COMMITTED},
-                             [(K.committed(app), record)]):
-                    return version
-                failure = "the round was decided by another (aborted after its deadline)"
-                break
-            time.sleep(0.02)
-        else:
-            failure = f"not every part voted within {timeout:g} s"
-        etcd.swap(key, raw, {**prepare, "state": K.ABORTED})
-        raise RoundFailed(f"global checkpoint {version} of {app} aborted: {failure}")
+        voted = threading.Event()  # woken by each vote (polled too, less often)
+        end = etcd.watch(K.votes(app, version), voted)
+        try:
+            return _decide(etcd, app, key, prepare, sorted(parts), timeout, voted)
+        finally:
+            end()
     finally:
         election.close()
+
+
+def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list[int],
+            timeout: float, voted: threading.Event) -> int:  # fmt: skip
+    """Write round ``prepare``, wait for the votes of ``parts`` and decide it."""
+    version = int(prepare["version"])
+    if not etcd.create(key, prepare):
+        raise CryoError(f"round {version} of {app} exists already")
+    raw = etcd.get_raw(key)
+    assert raw is not None
+    deadline = time.monotonic() + timeout
+    failure = None
+    while time.monotonic() < deadline:
+        voted.clear()
+        got = {int(k.rsplit("/", 1)[1]): v for k, v in etcd.prefix(K.votes(app, version))}
+        no = [v for v in got.values() if not v["ok"]]
+        if no:
+            failure = f"part {no[0]['part']}: {no[0].get('reason')}"
+            break
+        if set(got) >= set(parts):
+            record = _committed(version, got, parts)
+            if etcd.swap(key, raw, {**prepare, "state": K.COMMITTED, "decided": time.time()},
+                         [(K.committed(app), record)]):  # fmt: skip
+                prune(etcd, app)
+                return version
+            failure = "the round was decided by another (aborted after its deadline)"
+            break
+        voted.wait(0.25)
+    else:
+        failure = f"not every part voted within {timeout:g} s"
+    etcd.swap(key, raw, {**prepare, "state": K.ABORTED})
+    raise RoundFailed(f"global checkpoint {version} of {app} aborted: {failure}")
 
 
 def restart(etcd: Etcd, app: str, version: int | None = None,
@@ -276,20 +312,29 @@ def status(etcd: Etcd, app: str) -> dict[str, Any]:
 
 
 def watch(etcd: Etcd, app: str, every: float | None, stop: Any = None,
-          poll: float = 0.2) -> None:  # fmt: skip
+          poll: float = 0.5) -> None:  # fmt: skip
     """Periodic global checkpoints (``every`` seconds) and, when a host running a part
-    loses its lease, a restart of the application from its last committed version."""
+    loses its lease, a restart of the application from its last committed version.
+    Woken by etcd's watch of the hosts (a lease that expires deletes its key), and
+    every ``poll`` seconds in any case."""
+    wake = threading.Event()
+    end = etcd.watch(K.hosts(), wake)
     next_due = time.monotonic() + every if every else None
-    while stop is None or not stop.is_set():
-        alive = live_hosts(etcd)
-        parts = parts_of(etcd, app)
-        lost = [n for n, p in parts.items() if p["host"] not in alive]
-        if lost and etcd.get(K.committed(app)) is not None:
-            for n in lost:
-                etcd.put(K.part(app, n), {**parts[n], "state": "lost"})
-            restart(etcd, app)
-        if next_due is not None and time.monotonic() >= next_due:
-            with contextlib.suppress(CryoError):  # reported in its round; the next on time
-                checkpoint(etcd, app)
-            next_due = time.monotonic() + (every or 0)
-        time.sleep(poll)
+    try:
+        while stop is None or not stop.is_set():
+            wake.clear()
+            alive = live_hosts(etcd)
+            parts = parts_of(etcd, app)
+            lost = [n for n, p in parts.items() if p["host"] not in alive]
+            if lost and etcd.get(K.committed(app)) is not None:
+                for n in lost:
+                    etcd.put(K.part(app, n), {**parts[n], "state": "lost"})
+                restart(etcd, app)
+            if next_due is not None and time.monotonic() >= next_due:
+                with contextlib.suppress(CryoError):  # reported in its round; next on time
+                    checkpoint(etcd, app)
+                next_due = time.monotonic() + (every or 0)
+            left = poll if next_due is None else max(0.0, min(poll, next_due - time.monotonic()))
+            wake.wait(left)
+    finally:
+        end()

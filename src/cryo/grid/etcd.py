@@ -10,9 +10,11 @@ transactions and prefix reads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,9 +40,38 @@ class Etcd:
 
         u = urlsplit(url if "://" in url else f"http://{url}")
         self.url = url
-        self.client = etcd3gw.client(host=u.hostname or "127.0.0.1", port=u.port or 2379,
-                                     protocol=u.scheme or "http", timeout=timeout)  # fmt: skip
+        self._where = (u.hostname or "127.0.0.1", u.port or 2379, u.scheme or "http")
+        self.client = etcd3gw.client(host=self._where[0], port=self._where[1],
+                                     protocol=self._where[2], timeout=timeout)  # fmt: skip
         self._call(self.client.status)
+
+    def watch(self, prefix: str, wake: threading.Event,
+              ignore: Callable[[str], bool] | None = None) -> Callable[[], None]:  # fmt: skip
+        """Set ``wake`` at every change under ``prefix`` but of the keys ``ignore``
+        says (etcd's watch stream, on a connection of its own, read by a thread of its
+        own); returns what ends it.  A stream that breaks is not made again: callers
+        poll as well, less often."""
+        import etcd3gw
+
+        host, port, protocol = self._where
+        client = etcd3gw.client(host=host, port=port, protocol=protocol)
+        events, cancel = self._call(client.watch_prefix, prefix)
+
+        def follow() -> None:
+            with contextlib.suppress(Exception):
+                for event in events:
+                    key = event.get("kv", {}).get("key", b"")
+                    key = key.decode() if isinstance(key, bytes) else str(key)
+                    if ignore is None or not ignore(key):
+                        wake.set()
+
+        threading.Thread(target=follow, daemon=True, name=f"etcd watch {prefix}").start()
+
+        def end() -> None:
+            with contextlib.suppress(Exception):
+                cancel()
+
+        return end
 
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         import requests
@@ -90,6 +121,9 @@ class Etcd:
 
     def delete(self, key: str) -> None:
         self._call(self.client.delete, key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._call(self.client.delete_prefix, prefix)
 
     def lease(self, ttl: int) -> Any:
         return self._call(self.client.lease, ttl)
