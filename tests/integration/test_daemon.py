@@ -28,7 +28,7 @@ import pytest
 from cryo import store as cstore
 from cryo.daemon import Client
 from cryo.daemon.server import admit_for
-from cryo.errors import AccessDenied, ExitCode
+from cryo.errors import AccessDenied, CryoError, ExitCode
 from tests.conftest import Procs, gone
 from tests.integration.test_grid import etcd  # noqa: F401 (a fixture)
 
@@ -351,6 +351,29 @@ def test_daemon_sigkill_during_checkpoint(cryod: Callable[..., Cryod], build: An
     assert not cstore.verify(d.store).problems
     unharmed(job["pid"])
     ticking(out, 30)
+
+
+def test_checkpoint_timeout_kills_it_harmlessly(cryod: Callable[..., Cryod], build: Any,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """--checkpoint-timeout: a checkpoint that has not ended in time is killed (its child,
+    and the engine's worker with it) and fails like any other; the target goes on as it
+    was, and no version is published."""
+    d = cryod("--checkpoint-timeout", "300ms")
+    out = tmp_path / "big.txt"
+    with d.client() as c:
+        job = c.add("slow", cmd=[build("bigmem"), str(out), "384"])
+        d.procs.track(job["pid"])
+        wait(lambda: "ready" in out.read_text() if out.exists() else False, 30, "bigmem")
+        with pytest.raises(CryoError, match=r"did not end within 0\.3 s") as info:
+            c.checkpoint("slow")
+        assert info.value.exit_code == ExitCode.ERROR
+        (last,) = c.history("slow")
+        assert (last["status"], last["error"]) == ("failed", "CryoError"), last
+        assert c.job("slow")["versions"] == 0 and c.job("slow")["failures"] == 1
+    unharmed(job["pid"])
+    ticking(out, 30)
+    if (Path(d.store) / "slow").exists():
+        assert published(d, "slow") == []
 
 
 # -- restart after a crash, and after a "reboot" -------------------------------------------

@@ -234,6 +234,17 @@ def _spawn_on_a(procs: Procs, hosts: Hosts, argv: list[str], out: Path) -> Victi
     return v
 
 
+def _migr_on_a(procs: Procs, build: Any, hosts: Hosts, *args: str, ok: int = 1,
+               timeout: float = 10) -> Victim:  # fmt: skip
+    """tests/victims/migr.c (``args``: MIB PAGES_PER_S [CHECK_MS]) on host A, checking
+    itself: its "ok" lines past ``ok``."""
+    exe = shutil.copy(build("migr"), hosts.shared / "migr")
+    out = hosts.shared / "out.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), *args], out)
+    v.wait_ok_after(ok, timeout=timeout)
+    return v
+
+
 def _on(hosts: Hosts, h: str, pid: int) -> bool:
     return os.stat(f"/proc/{pid}/ns/net").st_ino == hosts.ns_inode(h, "net") and \
         os.stat(f"/proc/{pid}/ns/mnt").st_ino == hosts.ns_inode(h, "mnt")  # fmt: skip
@@ -281,10 +292,7 @@ def gone_from(pid: int) -> bool:
 
 
 def test_migrate_c_target(procs: Procs, build: Any, hosts: Hosts) -> None:
-    exe = shutil.copy(build("migr"), hosts.shared / "migr")
-    out = hosts.shared / "out.txt"
-    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "64", "200"], out)
-    v.wait_ok_after(1)
+    v = _migr_on_a(procs, build, hosts, "64", "200")
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     last = max(v.oks())
@@ -321,10 +329,7 @@ def test_migrate_python_target(procs: Procs, hosts: Hosts) -> None:
 def test_migrate_hard_writer(procs: Procs, build: Any, hosts: Hosts) -> None:
     """A target rewriting its pages as fast as it can: the rounds stop when what is
     written stops shrinking, the final freeze sends the rest, every page is right."""
-    exe = shutil.copy(build("migr"), hosts.shared / "migr")
-    out = hosts.shared / "out.txt"
-    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "64", "-1", "500"], out)
-    v.wait_ok_after(0)
+    v = _migr_on_a(procs, build, hosts, "64", "-1", "500", ok=0)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     last = max(v.oks())
@@ -343,10 +348,7 @@ def _runtime(pid: int) -> int:
 def test_migrate_keep_copy_restartable(procs: Procs, build: Any, hosts: Hosts) -> None:
     """`cryo migrate --keep DIR`: the destination keeps a copy of the image in DIR (B's
     own /tmp, not A's), which restarts there later, from the moment of the migration."""
-    exe = shutil.copy(build("migr"), hosts.shared / "migr")
-    out = hosts.shared / "out.txt"
-    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "16", "100"], out)
-    v.wait_ok_after(1)
+    v = _migr_on_a(procs, build, hosts, "16", "100")
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     res = _migrate(hosts, v.pid, secret, "--keep", "/tmp/kept")
@@ -367,7 +369,7 @@ def test_migrate_keep_copy_restartable(procs: Procs, build: Any, hosts: Hosts) -
     again = int(r.stdout.split()[-1])
     procs.track(again)
     assert _on(hosts, "B", again)
-    v2 = Victim(again, out)
+    v2 = Victim(again, v.out)
     v2.wait_ok_after(later + 2, timeout=30)
     assert not v2.fails()
     # it went back to the migration's moment: an "ok" at most the one printed then
@@ -381,10 +383,7 @@ def test_migrate_keep_copy_restartable(procs: Procs, build: Any, hosts: Hosts) -
 def test_migrate_leave_running_clone(procs: Procs, build: Any, hosts: Hosts) -> None:
     """`--leave-running`: the source is let go once the copy runs on B (a clone): both
     run, neither is traced or stopped, both go on checking their pages."""
-    exe = shutil.copy(build("migr"), hosts.shared / "migr")
-    out = hosts.shared / "out.txt"
-    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "16", "100"], out)
-    v.wait_ok_after(1)
+    v = _migr_on_a(procs, build, hosts, "16", "100")
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     res = _migrate(hosts, v.pid, secret, "--leave-running")
@@ -407,10 +406,7 @@ def test_migrate_leave_running_clone(procs: Procs, build: Any, hosts: Hosts) -> 
 
 def test_wrong_secret_refused(procs: Procs, build: Any, hosts: Hosts) -> None:
     """Another secret: refused (exit 11) on both sides before anything is frozen."""
-    exe = shutil.copy(build("migr"), hosts.shared / "migr")
-    out = hosts.shared / "out.txt"
-    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "16", "100"], out)
-    v.wait_ok_after(0)
+    v = _migr_on_a(procs, build, hosts, "16", "100", ok=0)
     rcv = _receiver(procs, hosts, _secret(hosts))
     res = _migrate(hosts, v.pid, _secret(hosts, "another secret, 32 bytes of it..", "other"))
     assert res.returncode == 11, res.stderr
@@ -425,10 +421,7 @@ def test_wrong_secret_refused(procs: Procs, build: Any, hosts: Hosts) -> None:
 def test_connection_cut(procs: Procs, build: Any, hosts: Hosts, how: str) -> None:
     """The connection cut in the middle of the pre-copy: the migration fails, the source
     goes on untouched, host B is left with nothing."""
-    exe = shutil.copy(build("migr"), hosts.shared / "migr")
-    out = hosts.shared / "out.txt"
-    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "512", "100"], out)
-    v.wait_ok_after(0, timeout=60)
+    v = _migr_on_a(procs, build, hosts, "512", "100", ok=0, timeout=60)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret, "--timeout", "5")
     mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",

@@ -41,6 +41,8 @@ def unit(args: argparse.Namespace) -> str:
     opts += f" --max-concurrent {args.max_concurrent}"
     if args.nice:
         opts += f" --nice {args.nice}"
+    if args.checkpoint_timeout != 3600.0:
+        opts += f" --checkpoint-timeout {args.checkpoint_timeout:g}"
     if args.grid:
         opts += f" --grid {args.grid} --grid-store {args.grid_store}"
         opts += f" --host {args.host}" if args.host else ""

@@ -92,7 +92,7 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         src.keep_data = keep is not None  # (freed after the copy is kept)
         ts = time.perf_counter()
         warm.join()
-        phases["warm-up left"] = time.perf_counter() - ts
+        phases["preload left"] = time.perf_counter() - ts
         rs = Restart(src, trust_image=trust_image)
         steps = (("validate", rs.validate), ("prepare shared", rs.prepare_shared),
                  ("build tree", rs.build_tree), ("build processes", rs.build_processes),
