@@ -599,8 +599,11 @@ class Restart:
         if expect is not None:  # read ahead, in the order the processes will write them
             expect([b for p in order if p["pid"] in procs
                     for b in self.image.blocks if b.get("pid") == p["pid"]])  # fmt: skip
+        pause = getattr(self.image, "pause", None)
         for p in order:
             old = p["pid"]
+            if pause is not None and p["ppid"] not in self.made:
+                pause()  # a root is forked by cryo itself: no reader thread may run then
             tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
                        self.area, born=self._born)  # fmt: skip
             m = self.made[old]
@@ -616,6 +619,8 @@ class Restart:
             if p["ppid"] in procs:  # forked from its restored parent: what it inherits
                 memory.inherit_from_parent(ctx, procs[old][R.MM], procs[p["ppid"]][R.MM])
             self._stages(ctx, D.BIRTH_STAGES)
+        if pause is not None:  # (every block of the plan is used by now)
+            pause()
 
     @staticmethod
     def _born(inj: Injector, old_pid: int) -> None:

@@ -223,6 +223,8 @@ class _Pool:
                 return self.free.pop()
             buf = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                             | getattr(mmap, "MAP_POPULATE", 0x8000))  # fmt: skip
+            with contextlib.suppress(OSError):  # a helper forked by a restart needs none
+                buf.madvise(getattr(mmap, "MADV_DONTFORK", 10))
             self.made.append(buf)
             return buf
 
@@ -268,6 +270,7 @@ class Image(ImageReader):
         # the blocks a reader thread reads ahead (expect), in the order they will be used
         self._plan: collections.deque[int] = collections.deque()
         self._ready: queue.Queue[tuple[mmap.mmap | None, BaseException | None]] = queue.Queue()
+        self._todo: collections.deque[dict[str, Any]] = collections.deque()  # not yet read
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -428,27 +431,44 @@ class Image(ImageReader):
 
     def expect(self, blocks: Iterable[dict[str, Any]]) -> None:
         """The order in which the caller will ask for ``blocks`` (:meth:`stream_blocks`):
-        a thread reads and checks them ahead, into the pool's few buffers, while the
-        caller writes the ones before (across processes too).  A block asked for out of
-        that order is read there and then."""
+        from the first one asked for, a thread reads and checks them ahead into the
+        pool's few buffers while the caller writes the ones before (across processes
+        too).  A block asked for out of that order is read there and then.  Call
+        :meth:`pause` before forking: a fork must not copy a thread in the middle of
+        its work (the child could inherit a lock held forever)."""
         if not self.defer_pages:
             return
         self._stop_reader()
         plan = [b for b in blocks if b["codec"] == "none"]
         self._plan = collections.deque(b["index"] for b in plan)
+        self._todo = collections.deque(plan)
+
+    def pause(self) -> None:
+        """No reader thread runs when this returns (what it read ahead stays ready); the
+        next :meth:`stream_blocks` starts it again."""
+        if self._reader is not None:
+            self._stop.set()
+            if self._pool is not None:
+                self._pool.wake()
+            self._reader.join()
+            self._reader = None
+
+    def _start_reader(self) -> None:
         pool = self._buffers()
-        q = self._ready = queue.Queue()
+        q, todo = self._ready, self._todo
         stop = self._stop = threading.Event()
 
         def reader() -> None:
-            for b in plan:
+            while todo:
                 buf = pool.get(stop)
                 if buf is None:
                     return
+                b = todo.popleft()
                 try:
                     self._read_checked(b, memoryview(buf)[: b["stored"]])
                 except BaseException as err:  # handed to the caller with its block
                     pool.put(buf)
+                    todo.clear()
                     q.put((None, err))
                     return
                 q.put((buf, None))
@@ -463,6 +483,8 @@ class Image(ImageReader):
         for b in blocks:
             if self._plan and self._plan[0] == b["index"]:
                 self._plan.popleft()
+                if self._reader is None and self._todo:  # (first use, or after a pause)
+                    self._start_reader()
                 buf, err = self._ready.get()
                 if err is not None:
                     self._plan.clear()
@@ -478,17 +500,13 @@ class Image(ImageReader):
                 del owner
 
     def _stop_reader(self) -> None:
-        if self._reader is not None:
-            self._stop.set()
-            if self._pool is not None:
-                self._pool.wake()
-            self._reader.join()
-            self._reader = None
-            while not self._ready.empty():
-                buf, _err = self._ready.get_nowait()
-                if buf is not None and self._pool is not None:
-                    self._pool.put(buf)
+        self.pause()
+        while not self._ready.empty():
+            buf, _err = self._ready.get_nowait()
+            if buf is not None and self._pool is not None:
+                self._pool.put(buf)
         self._plan.clear()
+        self._todo.clear()
 
     def verify_rest(self) -> None:
         """Every block no one has read yet, read and checked (a restart lets its
