@@ -42,15 +42,24 @@ def go(v: Victim, work: Path, mode: str, touch: Any = None) -> None:
 
 def test_pidfd_of_a_child_and_of_itself(procs: Procs, build: Any, tmp_path: Path) -> None:
     """A pidfd of its child (readable once it exits, waitid gives its status) and one
-    of itself with PIDFD_NONBLOCK name the restored processes."""
+    of itself with PIDFD_NONBLOCK name the restored processes; a second child holds the
+    very same descriptions again."""
+    from cryo.linux import libc
+
     v = spawn(procs, build, tmp_path, "fdmore", "pidfd")
-    (kid,) = _children(v.pid)
+    kid, holder = sorted(_children(v.pid))
     v = cycle(procs, v, tmp_path / "img", scope="tree")
     declared(tmp_path / "img")
     procs.track(kid)
+    procs.track(holder)
     assert not v.fails()
     shown = {f.get("pidfd_of") for f in _files_shown(tmp_path / "img")}
     assert {kid, v.pid} <= shown, shown
+    pidfds = [int(n) for n in os.listdir(f"/proc/{v.pid}/fd")
+              if "Pid:" in Path(f"/proc/{v.pid}/fdinfo/{n}").read_text()]
+    assert len(pidfds) == 2
+    for fd in pidfds:  # (one pidfd_open each, as before)
+        assert libc.kcmp_file(v.pid, fd, holder, fd), fd
     go(v, tmp_path / "work", "pidfd")
 
 

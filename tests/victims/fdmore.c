@@ -2,9 +2,9 @@
  * ("ok N") and, once the file "go" appears in the scratch directory (the test makes it
  * after the restart), a one-shot check that reports "done WHAT" or "FAIL ...".
  * argv[2] is the mode, argv[3] the scratch directory (the cwd).
- *   pidfd    a pidfd of a child waiting on a pipe and one of itself (PIDFD_NONBLOCK);
- *            go: the child is told to exit 7: its pidfd polls readable, waitid(P_PIDFD)
- *            says 7
+ *   pidfd    a pidfd of a child waiting on a pipe and one of itself (PIDFD_NONBLOCK),
+ *            both also held by a second child (one description each); go: the first
+ *            child is told to exit 7: its pidfd polls readable, waitid(P_PIDFD) says 7
  *   proc     /proc/self/status (read from offset 5), the directory /proc/self and
  *            /proc/CHILD/stat: they name the restored processes (its pid; the child's
  *            parent is this process)
@@ -79,6 +79,10 @@ int main(int argc, char **argv) {
         if (!strcmp(mode, "pidfd")) {
             a = pidfd_open(kid, 0);
             b = pidfd_open(getpid(), PIDFD_NONBLOCK);
+            if (fork() == 0) {  /* a second child holding both pidfds (shared with us) */
+                close(p[1]);
+                for (;;) pause();
+            }
         } else {
             char path[64];
             a = open("/proc/self/status", O_RDONLY);
