@@ -80,15 +80,16 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
         # the objects that exist now are left out of the collector's walks (in both
-        # processes) so that the child does not write to every page it shares with us
-        gc.freeze()
+        # processes) so that the child does not write to every page it shares with us;
+        # not if the caller froze some itself (unfreezing would undo theirs)
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
         try:
             pid = os.fork()
-        except BaseException:
-            gc.unfreeze()
-            raise
-        if pid != 0:
-            gc.unfreeze()
+        finally:
+            if freeze and os.getpid() == parent:
+                gc.unfreeze()
         if pid == 0:  # pragma: no cover (the child; its coverage is the tests' own)
             ours.close()
             code = 0
