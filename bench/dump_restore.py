@@ -1,16 +1,20 @@
-"""Dump and restore speed against this machine's copy bound (issue 2's goals).
+"""Dump and restore speed against this machine's copy bound (issues 2 and 16).
 
 For processes with 1 GiB and 4 GiB of touched anonymous memory: dump time, freeze time
-(how long the target is stopped), restore time, GB/s and image size; in the same run
-the time of `cp FILE COPY && sync` for a file of the same size, and the ratios.
-Then a small C process: `cryo checkpoint` and `cryo restart` wall time, Python start-up
-included.  Run as root:  python bench/dump_restore.py [--sizes 1024,4096]
+(how long the target is stopped), restore time from a cold image (its files dropped from
+the page cache) and from a warm one (read once before), GB/s and image size; the
+restart's peak RSS (VmHWM of the process that ran it) and how much the page cache grew
+during it; in the same run the time of `cp FILE COPY && sync` for a file of the same
+size, and the ratios.  Then a small C process: `cryo checkpoint` and `cryo restart` wall
+time, Python start-up included.  Run as root:  python bench/dump_restore.py [--sizes 1024,4096]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -19,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import build, reap
+from benchlib import build, kill_all, reap
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from cryo.linux import libc
@@ -56,6 +60,64 @@ def copy_bound(work: Path, size: int) -> float:
     return took
 
 
+def cached_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Cached:"):
+                return int(line.split()[1])
+    return 0
+
+
+def set_cache(img: Path, warm: bool) -> None:
+    """The image's files in the page cache (read once), or none of them (written back,
+    then dropped: only these files, not the whole machine's cache)."""
+    os.sync()
+    for p in sorted(img.rglob("*")):
+        if not p.is_file():
+            continue
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            if warm:
+                while os.read(fd, 1 << 24):
+                    pass
+            else:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measured_restart(img: Path, warm: bool) -> dict[str, float]:
+    """Restart ``img`` in a forked child (whose restored processes come back to us, the
+    subreaper): seconds, the child's peak RSS, the page cache's growth, the pids."""
+    set_cache(img, warm)
+    before = cached_kib()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        code = 0
+        try:
+            libc.prctl(PR.SET_CHILD_SUBREAPER, 0)
+            t = time.perf_counter()
+            rr = restart(str(img))
+            took = time.perf_counter() - t
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            os.write(w, json.dumps({"seconds": took, "hwm_mib": hwm,
+                                    "pids": list(rr.pids.values())}).encode())  # fmt: skip
+        except BaseException as err:  # reported by the parent
+            os.write(w, json.dumps({"error": repr(err)}).encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = json.loads(f.read() or b"{}")
+    os.waitpid(child, 0)
+    if "error" in got or not got:
+        raise SystemExit(f"restart of {img} failed: {got.get('error')}")
+    got["cache_mib"] = (cached_kib() - before) / 1024
+    return dict(got)
+
+
 def one_size(exe: str, work: Path, mib: int, direct: bool) -> dict[str, float]:
     out = Path(tempfile.mktemp(prefix=f"out-{mib}-", suffix=".txt", dir=work))
     p = subprocess.Popen([exe, str(out), str(mib)], stdin=subprocess.DEVNULL,
@@ -69,19 +131,24 @@ def one_size(exe: str, work: Path, mib: int, direct: bool) -> dict[str, float]:
         r = checkpoint(p.pid, str(img), signal_after=signal.SIGKILL, direct_io=direct)
         reap(p.pid)
         size = du(img)
-        t = time.perf_counter()
-        rr = restart(str(img))
-        restore_s = time.perf_counter() - t
-        before = out.read_text().count("tick")
-        wait_for(out, f"tick {before + 2}")
-        assert "FAIL" not in out.read_text()
-        reap(rr.pid)
+        got: dict[str, dict[str, float]] = {}
+        for warm in (False, True):
+            m = got["warm" if warm else "cold"] = measured_restart(img, warm)
+            try:
+                before = out.read_text().count("tick")
+                wait_for(out, f"tick {before + 2}")
+                assert "FAIL" not in out.read_text()
+            finally:
+                kill_all([int(x) for x in m.pop("pids")])  # type: ignore[attr-defined]
         shutil.rmtree(img)
     finally:
         reap(p.pid)
     cp = copy_bound(work, mib << 20)
+    c, w = got["cold"], got["warm"]
     return {"mib": mib, "dump": r.total_seconds, "freeze": r.freeze_seconds,
-            "restore": restore_s, "bytes": r.memory_bytes, "image": size, "cp": cp}
+            "cold": c["seconds"], "warm": w["seconds"],
+            "hwm": max(c["hwm_mib"], w["hwm_mib"]), "cache": c["cache_mib"],
+            "bytes": r.memory_bytes, "image": size, "cp": cp}  # fmt: skip
 
 
 def small_process(exe: str, work: Path) -> tuple[float, float]:
@@ -107,12 +174,19 @@ def small_process(exe: str, work: Path) -> tuple[float, float]:
     return ck, rs
 
 
+HEADER = (f"{'memory':>8} {'pages':>9} {'dump s':>8} {'freeze s':>9} {'cold s':>7}"
+          f" {'warm s':>7} {'dump GB/s':>10} {'warm GB/s':>10} {'cp+sync s':>10} {'dump/cp':>8}"
+          f" {'cold/cp':>8} {'warm/cp':>8} {'warm/cold':>9} {'RSS MiB':>8} {'cache MiB':>9}"
+          f" {'image/mem':>10}")  # fmt: skip
+
+
 def report(mib: int, direct: bool, m: dict[str, float]) -> None:
     gb = m["bytes"] / 1e9
     mode = "O_DIRECT" if direct else "cached"
-    print(f"{mib:>5}MiB {mode:>9} {m['dump']:>8.3f} {m['freeze']:>9.3f} {m['restore']:>10.3f}"
-          f" {gb / m['dump']:>10.2f} {gb / m['restore']:>10.2f} {m['cp']:>10.3f}"
-          f" {m['dump'] / m['cp']:>8.2f} {m['restore'] / m['cp']:>8.2f}"
+    print(f"{mib:>5}MiB {mode:>9} {m['dump']:>8.3f} {m['freeze']:>9.3f} {m['cold']:>7.3f}"
+          f" {m['warm']:>7.3f} {gb / m['dump']:>10.2f} {gb / m['warm']:>10.2f} {m['cp']:>10.3f}"
+          f" {m['dump'] / m['cp']:>8.2f} {m['cold'] / m['cp']:>8.2f} {m['warm'] / m['cp']:>8.2f}"
+          f" {m['warm'] / m['cold']:>9.2f} {m['hwm']:>8.0f} {m['cache']:>9.0f}"
           f" {m['image'] / (mib << 20):>10.4f}", flush=True)
 
 
@@ -128,10 +202,7 @@ def main() -> None:
     try:
         big = build("bigmem", work)
         small = build("counter", work)
-        print(f"{'memory':>8} {'pages':>9} {'dump s':>8} {'freeze s':>9} {'restore s':>10}"
-              f" {'dump GB/s':>10}"
-              f" {'rest GB/s':>10} {'cp+sync s':>10} {'dump/cp':>8} {'rest/cp':>8}"
-              f" {'image/mem':>10}")
+        print(HEADER)
         for mib in (int(x) for x in args.sizes.split(",")):
             for direct in (True, False):
                 for _ in range(args.runs):
@@ -140,9 +211,10 @@ def main() -> None:
         print(f"small C process via the CLI: checkpoint {ck:.3f} s, restart {rs:.3f} s"
               " (Python start-up included)")
         print("goals: dump/cp <= 1.0, restore/cp <= 0.8, image/mem <= 1.02 (+1 MiB),"
-              " small process < 0.15 s each")
-        print("reference (issue 2): CRIU 4.2 on this VM, 1 GiB: dump 0.33-0.49 s,"
-              " restore 0.31-0.34 s, cp 0.44 s")
+              " small process < 0.15 s each; warm/cold <= 1.0, RSS <= 256 MiB,"
+              " cache growth ~0 (issue 16)")
+        print("reference (issue 16): CRIU 4.2 on this VM, 1 GiB: restore warm ~0.57 x cp+sync"
+              " of the same run")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
