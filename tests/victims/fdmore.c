@@ -11,8 +11,9 @@
  *   link     an O_PATH|O_NOFOLLOW fd on a symbolic link: a link still, same target
  *   inotify  watches on "." (IN_CREATE, wd 1) and on "f" (IN_MODIFY, wd 3; wd 2 was
  *            removed); go: "new" created and "f" written by the test: both seen, by wd
- *   fanotify an inode mark on "." (FAN_CLOSE_WRITE, FAN_EVENT_ON_CHILD); go: the test
- *            writes "f2": the event comes with an fd on it
+ *   fanotify an inode mark on "." (FAN_CLOSE_WRITE, FAN_EVENT_ON_CHILD) and an ignored
+ *            mask on "quiet"; go: the test writes "quiet" then "f2": the event of f2
+ *            comes with an fd on it, none of quiet
  *   epoll    an epoll watching a pipe through an fd since closed (a duplicate keeps the
  *            pipe; an eventfd took the fd number) and an eventfd: every round a byte
  *            written to the pipe is reported with the data it was added with
@@ -106,9 +107,13 @@ int main(int argc, char **argv) {
         char ev[4096];
         while (read(a, ev, sizeof ev) > 0) {}  /* wd 2's IN_IGNORED */
     } else if (!strcmp(mode, "fanotify")) {
+        int q = open("quiet", O_CREAT | O_WRONLY, 0600);
+        close(q);
         a = fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK, O_RDONLY);
         if (a < 0 || fanotify_mark(a, FAN_MARK_ADD, FAN_CLOSE_WRITE | FAN_EVENT_ON_CHILD,
                                    AT_FDCWD, ".")) _exit(3);
+        if (fanotify_mark(a, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY,
+                          FAN_CLOSE_WRITE, AT_FDCWD, "quiet")) _exit(3);
     } else if (!strcmp(mode, "epoll")) {
         int q[2];
         a = epoll_create1(0);
@@ -212,6 +217,7 @@ int main(int argc, char **argv) {
                     if (m->fd >= 0 && readlink(link, where, sizeof where - 1) > 0) {
                         size_t l = strlen(where);
                         if ((m->mask & FAN_CLOSE_WRITE) && l > 3 && !strcmp(where + l - 3, "/f2") && !done) { done = 1; report("done fanotify"); }
+                        if (l > 6 && !strcmp(where + l - 6, "/quiet")) { FAIL("an event of the ignored file"); bad = 1; }
                     }
                     if (m->fd >= 0) close(m->fd);
                 }
