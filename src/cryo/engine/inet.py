@@ -184,6 +184,9 @@ def _read_options(s: socket.socket, opts: tuple[tuple[int, int, int], ...]
 
 
 _defaults: dict[tuple[int, int, int], dict[tuple[int, int], bytes]] = {}
+# per socket identity: its options as plain ints (level, option, size, default: an int
+# for an int option, bytes otherwise, None where a fresh socket refuses it)
+_plans: dict[tuple[int, int, int], list[tuple[int, int, int, Any]]] = {}
 
 
 def _default_options(ident: tuple[int, int, int]) -> dict[tuple[int, int], bytes]:
@@ -196,14 +199,34 @@ def _default_options(ident: tuple[int, int, int]) -> dict[tuple[int, int], bytes
     return _defaults[ident]
 
 
+def _plan(ident: tuple[int, int, int]) -> list[tuple[int, int, int, Any]]:
+    if ident not in _plans:
+        defaults = _default_options(ident)
+        plan = []
+        for level, opt, size in _options_for(ident):
+            raw = defaults.get((level, opt))
+            default: Any = raw if raw is None or size != _I else \
+                int.from_bytes(raw, "little", signed=True)  # fmt: skip
+            plan.append((int(level), int(opt), size, default))
+        _plans[ident] = plan
+    return _plans[ident]
+
+
 def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = True
             ) -> list[list[Any]]:  # fmt: skip
-    """The options of ``s`` that differ from a fresh socket's: [[level, opt, raw]]."""
-    defaults = _default_options(ident)
+    """The options of ``s`` that differ from a fresh socket's: [[level, opt, raw]] (an
+    int option compared as the int it is: its bytes made only when it differs)."""
     out = []
-    for (level, opt), raw in _read_options(s, _options_for(ident)).items():
-        if raw != defaults.get((level, opt)) and (buffers or (level, opt) not in BUFFERS):
-            out.append([level, opt, raw])
+    get = s.getsockopt
+    for level, opt, size, default in _plan(ident):
+        try:
+            value: Any = get(level, opt) if size == _I else get(level, opt, size)
+        except OSError:
+            continue
+        if value == default or (not buffers and (level, opt) in BUFFERS):
+            continue
+        raw = value.to_bytes(4, "little", signed=True) if size == _I else bytes(value)
+        out.append([level, opt, raw])
     return out
 
 
@@ -276,14 +299,30 @@ def parse_proc_net_tcp(data: bytes, only: set[int] | None = None
     return out
 
 
+_pidfds: dict[int, int] = {}  # while connections are being held: one pidfd per process
+
+
+def _dup_held(pid: int, fd: int) -> socket.socket:
+    if pid not in _pidfds:
+        _pidfds[pid] = libc.pidfd_open(pid)
+    return socket.socket(fileno=libc.pidfd_getfd(_pidfds[pid], fd))
+
+
+def _close_pidfds() -> None:
+    for pidfd in _pidfds.values():
+        with contextlib.suppress(OSError):
+            os.close(pidfd)
+    _pidfds.clear()
+
+
 def hold(pid: int, fd: int, ino: int) -> Held:
     """Put connection ``fd`` of ``pid`` (locked already) in repair mode and read it."""
     if ino in HELD:
         return HELD[ino]
-    s = dup(pid, fd)
+    s = _dup_held(pid, fd)
     try:
-        reuse = N.get_int(s, N.SOL.SOCKET, N.SO.REUSEADDR)  # repair mode overwrites it
-        s.setsockopt(N.SOL.TCP, N.TCP.REPAIR, 1)
+        reuse = s.getsockopt(_SOL_SOCKET, _SO_REUSEADDR)  # repair mode overwrites it
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
     except OSError:
         s.close()
         raise
@@ -832,8 +871,11 @@ def lock_connections(ctx: Any) -> None:
         _lock = netlock.Lock()
         _image_lock = netlock.image_lock_name(pid)
     _lock.add([c for _, _, c in todo])
-    for fd, ino, _ in todo:
-        hold(pid, fd, ino).state["lock"] = _image_lock
+    try:
+        for fd, ino, _ in todo:
+            hold(pid, fd, ino).state["lock"] = _image_lock
+    finally:
+        _close_pidfds()
 
 
 def parse_igmp(data: bytes, v6: bool) -> list[str]:
