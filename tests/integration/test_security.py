@@ -276,6 +276,15 @@ def _foreign_namespace(recs: dict[bytes, list[Any]]) -> None:
               nsino=4026531000 + 12345, flags=0)
 
 
+def _proc_root_link(recs: dict[bytes, list[Any]]) -> None:
+    """A /proc file of the image's own process, through its root link: root's secret."""
+    pid = recs[R.TREE][0]["root"]
+    secret = Path(recs[R.FILE][0]["cwd"]).parent / "secret"
+    _add_desc(recs, 77, kind="proc", path=f"/proc/{pid}/root{secret}", mode=0o100600,
+              flags=os.O_RDWR, late=True, proc={"pid": pid, "rest": f"/root{secret}",
+                                                "kind": "file"})  # fmt: skip
+
+
 def _ghost_of(uid: int, gid: int, *, fifo: bool = False, memfd: bool = False
               ) -> Callable[[dict[bytes, list[Any]]], None]:  # fmt: skip
     def change(recs: dict[bytes, list[Any]]) -> None:
@@ -301,6 +310,7 @@ ATTACKS = {
     "a raw socket": (_raw_socket, "raw or packet socket"),
     "a socket option only root may set": (_marked_socket, "SO_MARK 7"),
     "a namespace the restart is not in": (_foreign_namespace, "namespace net:"),
+    "a /proc file through its root link": (_proc_root_link, "opened by root through /proc"),
     "a deleted FIFO recreated as root's": (_ghost_of(0, 0, fifo=True), "owned by 0:0"),
     "a memfd recreated in root's group": (_ghost_of(UID, 0, memfd=True), f"owned by {UID}:0"),
     "a root-only file opened read-write": (None, "Permission denied for that user"),

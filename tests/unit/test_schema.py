@@ -297,7 +297,9 @@ def example(t: schema.Type) -> Any:
         if t.choices:
             return t.choices[0]
         return {r"ghost-[0-9]+": "ghost-1", r"spmf-[0-9a-f]{64}": "spmf-" + "0" * 64,
-                r"(0x)?[0-9a-fA-F]{1,16}": "0"}.get(t.pattern or "", "a")
+                r"[A-Za-z0-9][A-Za-z0-9._+-]*": "a",
+                r"(0x)?[0-9a-fA-F]{1,16}": "0"}.get(t.pattern or "", "a" if t.pattern is None
+                                                    else "/status")
     if isinstance(t, schema.Bytes):
         return bytes(t.size or 1)
     if isinstance(t, schema.Int):

@@ -387,7 +387,8 @@ FAN_MARK = Struct((
     F("mask", Int(0, U64)), F("ignored", Int(0, U64), "the ignored mask"),
     *(F(f.name, f.type, f.doc, required=False) for f in _HANDLE),
 ), name="fanotify mark")  # fmt: skip
-PROC_FILE = Struct((F("pid", PID), F("rest", Str(), "the path after /proc/PID"),
+PROC_FILE = Struct((F("pid", PID), F("rest", Str(pattern=r"(/(?!\.\.?(/|$))[^/]+)*/?"),
+                      "the path after /proc/PID (no `.` or `..` component)"),
                     F("kind", Str(choices=("file", "dir")))), name="proc file")  # fmt: skip
 
 DESC = Struct((
@@ -447,6 +448,10 @@ DESC = Struct((
                               ("message", "description"))),
       "unix: fds carried by a queued message (SCM_RIGHTS)", required=False),
     F("listen", Int(0, U32), "unix: listening, with this backlog", required=False),
+    F("queued", List(AnyOf((Int(0, U64), Tuple((Str(max=64), Int(0, U16)),
+                                                ("address", "port"))))),
+      "connections waiting to be accepted, in order: unix, their sockets' inodes; TCP,"
+      " their clients' [address, port]", required=False),
     F("unlinked", Bool(), "unix: its path no longer names it", required=False),
     F("cwd", Path(), "unix: the directory a relative address is in", required=False),
     F("peer_gone", Bool(), "unix: its other end was closed", required=False),
@@ -793,6 +798,7 @@ class _Checker:
         self.blocks(vmas)
 
     def files(self, live: dict[int, Any]) -> None:
+        pids = {p["pid"] for p in self.records(b"TREE")[0]["procs"]}
         fdsc = self.records(b"FDSC")
         descs = fdsc[0]["descs"] if fdsc else []
         blobs = len(self.records(b"FDAT"))
@@ -837,6 +843,10 @@ class _Checker:
                 raise self.fail(where, "an inet socket without family")
             if "memfd" in d and not (d.get("deleted") and d["path"].startswith("/memfd:")):
                 raise self.fail(where, "a memfd that is not a deleted /memfd: file")
+            if d["kind"] == "proc" and not ("proc" in d and d["proc"]["pid"] in pids):
+                raise self.fail(where, "a /proc file of a process that is not in TREE")
+            if d["kind"] == "pidfd" and d.get("late") and d.get("target") not in pids:
+                raise self.fail(where, f"a pidfd of {d.get('target')}, which is not in TREE")
             for lk in [*d.get("posix", []), *([d["lease"]] if "lease" in d else [])]:
                 if lk["pid"] not in live:
                     raise self.fail(where, f"a lock of pid {lk['pid']}, which is not a live"

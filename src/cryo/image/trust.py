@@ -266,6 +266,9 @@ def _files(image: Any, owner: Owner, need: list[tuple[str, int, str]],
         if d["kind"] in ("inotify", "fanotify"):
             _watches(owner, d, what, need, tr)
             continue
+        if d["kind"] == "proc":
+            _proc_file(owner, d, what)
+            continue
         if d["kind"] not in ("file", "dir", "chr", "fifo"):
             continue
         if d.get("ns"):
@@ -297,6 +300,19 @@ def _recreated(owner: Owner, d: dict[str, Any], what: str, need: list[tuple[str,
     if "obj" in d or (not fifo and isinstance(d.get("memfd"), dict)):
         return  # reopened from its shared memory object, or a memfd: no directory
     need.append((_creatable(tr(d["path"])), os.W_OK | os.X_OK, f"{what} recreated in"))
+
+
+PROC_LINKS = {"root", "cwd", "exe", "fd", "map_files"}  # lead out of /proc, anywhere
+
+
+def _proc_file(owner: Owner, d: dict[str, Any], what: str) -> None:
+    """A /proc file of a process of the image is opened by root once that process exists
+    again (the owner's own process): never through its magic links (root, cwd, exe, fd,
+    map_files), which would open any file as root."""
+    parts = str(d["proc"]["rest"]).split("/")
+    if PROC_LINKS & set(parts) or ".." in parts:
+        raise _deny(owner, f"{what} would be opened by root through /proc/PID"
+                    f"{d['proc']['rest']}")  # fmt: skip
 
 
 FAN_FID_BITS = 0x1E00  # FAN_REPORT_FID, _DIR_FID, _NAME, _TARGET_FID
