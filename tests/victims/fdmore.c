@@ -8,7 +8,8 @@
  *   proc     /proc/self/status (read from offset 5), the directory /proc/self and
  *            /proc/CHILD/stat: they name the restored processes (its pid; the child's
  *            parent is this process)
- *   link     an O_PATH|O_NOFOLLOW fd on a symbolic link: a link still, same target
+ *   link     an O_PATH|O_NOFOLLOW fd on a symbolic link (a link still, same target) and
+ *            an O_PATH fd on a FIFO (the FIFO, O_PATH: neither end)
  *   inotify  watches on "." (IN_CREATE, wd 1) and on "f" (IN_MODIFY, wd 3; wd 2 was
  *            removed); go: "new" created and "f" written by the test: both seen, by wd
  *   fanotify an inode mark on "." (FAN_CLOSE_WRITE, FAN_EVENT_ON_CHILD) and an ignored
@@ -94,8 +95,9 @@ int main(int argc, char **argv) {
             if (read(a, skip, 5) != 5) _exit(3);  /* an offset in it */
         }
     } else if (!strcmp(mode, "link")) {
-        if (symlink("some/where", "link")) _exit(3);
+        if (symlink("some/where", "link") || mkfifo("fifo", 0600)) _exit(3);
         a = open("link", O_PATH | O_NOFOLLOW);
+        b = open("fifo", O_PATH);
     } else if (!strcmp(mode, "inotify")) {
         int f = open("f", O_CREAT | O_WRONLY, 0600);
         close(f);
@@ -195,6 +197,7 @@ int main(int argc, char **argv) {
             if (fstatat(a, "", &st, AT_EMPTY_PATH) || !S_ISLNK(st.st_mode)) { FAIL("not a link"); bad = 1; }
             if (readlinkat(a, "", l, sizeof l - 1) != 10 || strcmp(l, "some/where")) { FAIL("readlink %s", l); bad = 1; }
             if (!(fcntl(a, F_GETFL) & O_PATH)) { FAIL("not O_PATH"); bad = 1; }
+            if (fstat(b, &st) || !S_ISFIFO(st.st_mode) || !(fcntl(b, F_GETFL) & O_PATH)) { FAIL("O_PATH fifo"); bad = 1; }
         } else if (!strcmp(mode, "inotify")) {
             ssize_t n;
             while ((n = read(a, buf, sizeof buf)) > 0) {

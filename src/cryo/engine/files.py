@@ -365,7 +365,7 @@ def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
     """Copy, without consuming it, the data waiting in each pipe and FIFO (tee)."""
     ends: dict[tuple[int, int], list[dict[str, Any]]] = {}  # every end of each pipe
     for d in descs.descs:
-        if KINDS[d["kind"]].in_flight:
+        if KINDS[d["kind"]].in_flight and not d["flags"] & O_PATH:  # (O_PATH: no end)
             ends.setdefault((d["dev"], d["ino"]), []).append(d)
     for same in ends.values():
         d = same[0]
@@ -520,6 +520,8 @@ def _open_pipe(d: dict[str, Any], o: Opening) -> int:
 def _open_fifo(d: dict[str, Any], o: Opening) -> int:
     flags = _open_flags(d)
     path = _translate(d["path"], o.options)
+    if flags & O_PATH and not d.get("deleted"):  # the FIFO's inode, neither end of it
+        return os.open(path, flags)
     key = (d["dev"], d["ino"])
     if key not in o.pipes:
         anchor = ghosts.make_fifo(d, path) if d.get("deleted") else \
