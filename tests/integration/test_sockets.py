@@ -968,3 +968,41 @@ def test_fds_in_flight_on_a_stream_refused(procs: Procs, tmp_path: Path) -> None
     assert not (tmp_path / "img" / "core.img").exists()
     go.touch()
     assert v.wait_line("checked", timeout=20) == "checked good"
+
+
+def test_unix_client_waiting_on_an_outside_listener(procs: Procs, tmp_path: Path) -> None:
+    """A unix client whose connection waits in the accept queue of a listener outside
+    the checkpoint: refused (it would have come back as a closed connection), unless
+    --ext-unix-sk: then the restart connects it to the listener's path again."""
+    path = str(tmp_path / "ext")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(4)
+    srv.settimeout(20)
+    code = ("import socket, time\n"
+            f"c = socket.socket(socket.AF_UNIX); c.connect({path!r})\n"
+            f"open({str(tmp_path / 'out')!r}, 'w').write('ready\\n')\n"
+            "c.settimeout(120)\n"
+            "c.sendall(b'got ' + c.recv(16))\n"
+            "time.sleep(600)\n")  # fmt: skip
+    v = procs.spawn([sys.executable, "-c", code], tmp_path / "out")
+    v.wait_line("ready")
+    time.sleep(0.2)  # in its recv
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 9 and "waiting to be accepted by" in r.stderr, r.stderr
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                 "--ext-unix-sk")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    old, _ = srv.accept()  # the killed process's connection: closed
+    old.settimeout(10)
+    assert old.recv(16) == b""
+    again, _ = srv.accept()
+    again.settimeout(10)
+    again.sendall(b"hi")
+    assert again.recv(16) == b"got hi"
+    for s in (old, again, srv):
+        s.close()

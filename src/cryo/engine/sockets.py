@@ -76,7 +76,7 @@ def unix_sockets() -> dict[int, dict[str, Any]]:
             while off < len(data):
                 length, kind = struct.unpack_from("<IH", data, off)
                 if kind == NLMSG_DONE:
-                    return out
+                    return _mark_queued(out)
                 if kind == NLMSG_ERROR:
                     raise OSError(-struct.unpack_from("<i", data, off + 16)[0], "sock_diag")
                 _fam, typ, state, _pad, ino = struct.unpack_from("<BBBBI", data, off + 16)
