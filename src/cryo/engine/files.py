@@ -8,8 +8,13 @@ an entry of the FDSC record; each process's FILE record maps its fds to descript
 
 Restore: cryo itself opens every description once, on fds above any the image uses,
 before the first process is created, so that every process of the tree inherits them;
-each process then dup2()s the ones it had to their numbers and closes the rest.  Shared
-descriptions are thus shared again: one offset, one set of flags, one pipe.  With
+each process then dup3()s the ones it had to their numbers and closes the rest.  Shared
+descriptions are thus shared again: one offset, one set of flags, one pipe.  A *late*
+description (a pidfd or /proc file of a process of the checkpoint: engine/specialfds.py)
+is opened by cryo only once every process exists, and each process that holds it takes
+it with an injected pidfd_getfd, through a pidfd of cryo it inherited.  An epoll's
+watches added through fds since closed are added again with those fd numbers on
+temporary fds before the rest is closed (engine/anonfds.py).  With
 --shell-job, fds 0-2 that are a terminal, a pipe, a socket or an unlinked file are given
 the restarter's own stdio.
 """
