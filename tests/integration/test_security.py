@@ -285,6 +285,24 @@ def _proc_root_link(recs: dict[bytes, list[Any]]) -> None:
                                                 "kind": "file"})  # fmt: skip
 
 
+def _locked_above_limit(recs: dict[bytes, list[Any]]) -> None:
+    recs[R.TASK][0]["rlimits"][8] = [65536, 65536]  # RLIMIT_MEMLOCK
+    for v in recs[R.MM][0]["vmas"]:
+        if v["kind"] == "anon" and "lo" not in v["flags"]:
+            v["flags"].append("lo")
+
+
+def _alarm_timerfd(recs: dict[bytes, list[Any]]) -> None:
+    _add_desc(recs, 78, kind="timerfd", path="anon_inode:[timerfd]", mode=0o600, clockid=9,
+              ticks=0, settime_flags=0, value=[100, 0], interval=[0, 0])
+
+
+def _alarm_timer(recs: dict[bytes, list[Any]]) -> None:
+    pid = recs[R.TREE][0]["root"]
+    recs[R.TIMR][0]["posix"].append({"id": 0, "signal": 14, "value": 0, "notify": "signal",
+                                     "tid": pid, "clock": 8, "spec": bytes(32)})
+
+
 def _ghost_of(uid: int, gid: int, *, fifo: bool = False, memfd: bool = False
               ) -> Callable[[dict[bytes, list[Any]]], None]:  # fmt: skip
     def change(recs: dict[bytes, list[Any]]) -> None:
@@ -311,6 +329,9 @@ ATTACKS = {
     "a socket option only root may set": (_marked_socket, "SO_MARK 7"),
     "a namespace the restart is not in": (_foreign_namespace, "namespace net:"),
     "a /proc file through its root link": (_proc_root_link, "opened by root through /proc"),
+    "memory locked above the limit": (_locked_above_limit, "above its RLIMIT_MEMLOCK"),
+    "a timerfd on an alarm clock": (_alarm_timerfd, "CLOCK_BOOTTIME_ALARM (CAP_WAKE_ALARM)"),
+    "a POSIX timer on an alarm clock": (_alarm_timer, "CLOCK_REALTIME_ALARM"),
     "a deleted FIFO recreated as root's": (_ghost_of(0, 0, fifo=True), "owned by 0:0"),
     "a memfd recreated in root's group": (_ghost_of(UID, 0, memfd=True), f"owned by {UID}:0"),
     "a root-only file opened read-write": (None, "Permission denied for that user"),

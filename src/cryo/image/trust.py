@@ -215,8 +215,32 @@ def _credentials(image: Any, owner: Owner) -> None:
             raise _deny(owner, f"{who} would have real-time I/O priority")
 
 
+CLOCK_ALARMS = {8: "CLOCK_REALTIME_ALARM", 9: "CLOCK_BOOTTIME_ALARM"}  # CAP_WAKE_ALARM
+RLIMIT_MEMLOCK = 8
+
+
 def _task(image: Any, owner: Owner) -> None:
+    limits = {rec["pid"]: rec["rlimits"] for rec in image.raw(b"TASK")}
+    for rec in image.raw(b"MM  "):  # mlock'ed by root: no more than the owner's limit
+        locked = sum(v["end"] - v["start"] for v in rec["vmas"] if "lo" in v["flags"])
+        soft = limits.get(rec["pid"], {}).get(RLIMIT_MEMLOCK, [0, 0])[0]
+        if locked and soft < (1 << 63) and locked > soft:
+            raise _deny(owner, f"process {rec['pid']} would have {locked} bytes locked in"
+                        f" memory, above its RLIMIT_MEMLOCK {soft} (CAP_IPC_LOCK)")  # fmt: skip
+    for rec in image.raw(b"TIMR"):
+        for t in rec["posix"]:
+            if t["clock"] in CLOCK_ALARMS:
+                raise _deny(owner, f"process {rec['pid']} would have a POSIX timer on"
+                            f" {CLOCK_ALARMS[t['clock']]} (CAP_WAKE_ALARM)")  # fmt: skip
+    fdsc = image.raw(b"FDSC")
+    for d in fdsc[0]["descs"] if fdsc else []:
+        if d["kind"] == "timerfd" and d.get("clockid") in CLOCK_ALARMS:
+            raise _deny(owner, f"fd {d['fd']} of process {d['pid']} would be a timerfd on"
+                        f" {CLOCK_ALARMS[d['clockid']]} (CAP_WAKE_ALARM)")  # fmt: skip
     for rec in image.raw(b"TASK"):
+        nice = rec.get("autogroup_nice")
+        if isinstance(nice, int) and nice < os.getpriority(os.PRIO_PROCESS, 0):
+            raise _deny(owner, f"process {rec['pid']} would have autogroup nice {nice}")
         for res, (soft, hard) in rec["rlimits"].items():
             mine = resource.getrlimit(int(res))[1]
             if _above(hard, mine) or _above(soft, hard):
