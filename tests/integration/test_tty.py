@@ -332,3 +332,41 @@ def test_tmux_two_panes(procs: Procs, tmp_path: Path) -> None:
     finally:
         subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
                        timeout=20, close_fds=True)  # fmt: skip
+
+
+_TTY_JOB = """
+import os, sys, termios, time, tty
+fd = os.open("/dev/tty", os.O_RDWR)
+old = termios.tcgetattr(fd)
+tty.setraw(fd)
+os.write(fd, b"ready\\r\\n")
+key = os.read(fd, 1)
+raw = not termios.tcgetattr(fd)[3] & termios.ICANON
+os.write(fd, b"got " + key + (b" raw" if raw else b" cooked") + b"\\r\\n")
+termios.tcsetattr(fd, termios.TCSADRAIN, old)
+"""
+
+
+def test_shell_job_dev_tty(procs: Procs, tmp_path: Path) -> None:
+    """A job that reads its keys from /dev/tty (fd 3, not stdio), in raw mode: restarted
+    with --shell-job it holds /dev/tty again (the file, not the terminal by name), on
+    the caller's terminal, still raw, and reads a key typed there."""
+    img, job = _checkpoint_job(procs, tmp_path, [sys.executable, "-c", _TTY_JOB], b"ready")
+    term = Terminal()
+    try:
+        mark = term.mark()
+        cryo = term.start([sys.executable, "-m", "cryo", "restart", "-D", str(img),
+                           "--shell-job"], tmp_path)  # fmt: skip
+        procs.track(cryo.pid)
+        term.wait_for(b"restarted", since=mark)
+        pid = procs.track(_job_of(cryo.pid))
+        assert pid == job
+        assert os.readlink(f"/proc/{pid}/fd/3") == "/dev/tty"
+        assert os.stat(f"/proc/{pid}/fd/3").st_rdev == os.makedev(5, 0)
+        assert not _lflag(term.slave) & termios.ICANON
+        term.type(b"k")
+        term.wait_for(b"got k raw", since=mark)
+        assert cryo.wait(timeout=30) == 0
+        assert _lflag(term.slave) & termios.ICANON
+    finally:
+        term.close()
