@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cryo.engine.dump import checkpoint
 from tests.conftest import Procs, Victim, reap, run_cryo
 from tests.integration.test_filestate import _children, _files_shown, cycle, refused, spawn
 
@@ -238,3 +239,21 @@ def test_still_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
     v = procs.spawn([sys.executable, "-c", code, str(out)], out)
     v.wait_ok_after(1)
     refused(v, tmp_path, "pidfd of thread", "only a thread group leader")
+
+
+def test_inotify_watch_of_a_file_replaced_fails_the_restart(procs: Procs, build: Any,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    """The file a watch watched was replaced by another of that name: watching the new
+    one would be wrong; the restart fails, naming it, and makes nothing."""
+    v = spawn(procs, build, tmp_path, "fdmore", "inotify")
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    f = tmp_path / "work" / "f"
+    f.unlink()
+    f.write_text("")
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    procs.track(v.pid)  # (were it restarted after all)
+    assert r.returncode == 1, r.stderr
+    assert "inotify watch 3: the file it watched" in r.stderr, r.stderr
+    assert "no longer exists" in r.stderr, r.stderr
+    assert not os.path.exists(f"/proc/{v.pid}")
