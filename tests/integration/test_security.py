@@ -27,7 +27,7 @@ from cryo.errors import CryoError, ExitCode
 from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.image import seal
-from tests.conftest import Procs, reap, run_cryo
+from tests.conftest import Procs, Victim, reap, run_cryo
 
 SRC = Path(__file__).parents[2] / "src"
 USER_PY = "/usr/bin/python3"  # (the test's own Python may be where the user cannot reach)
@@ -532,6 +532,47 @@ def test_inotify_watch_of_a_file_the_user_cannot_read(procs: Procs, arena: Path)
     pid = procs.track(int(r.stdout))
     fd = out.read_text().split()[1]
     assert "inotify wd:1" in Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+
+
+def test_users_saved_executable_is_used_or_checked(procs: Procs, arena: Path,
+                                                   build: Any) -> None:  # fmt: skip
+    """A user's image made with --save-files: with the executable gone, the copy in the
+    image stands in and the restart goes on as the user (it was refused: the missing
+    file was checked as the user before the copy was chosen); with the executable still
+    there but made root's only, it is what would be mapped, checked as the user then:
+    refused."""
+    home = arena / "home"
+    prog = home / "prog"
+    shutil.copy(build("counter"), prog)
+    os.chown(prog, UID, UID)
+    out = home / "c.out"
+    p = subprocess.Popen([str(prog), str(out)], cwd=home, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, preexec_fn=become_user)  # noqa: PLW1509
+    p.returncode = 0
+    procs.track(p.pid)
+    v = Victim(p.pid, out)
+    v.wait_ok_after(1)
+    img = home / "img"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill", "--save-files")
+    assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    last = max(v.oks())
+    os.chown(prog, 0, 0)  # (chown and chmod leave size and mtime: the original is used)
+    prog.chmod(0o700)
+    before = _children()
+    r = restart(img)
+    assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
+    assert str(prog) in r.stderr and f"uid {UID}" in r.stderr, r.stderr
+    assert _children() == before
+    prog.unlink()
+    r = restart(img)
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout))
+    assert status_of(pid)["Uid"].split() == [str(UID)] * 4
+    Victim(pid, out).wait_ok_after(last + 2)
 
 
 def _children() -> set[int]:
