@@ -97,16 +97,19 @@ def _merged(ranges: list[list[int]]) -> list[list[int]]:
 
 
 def _hash(fd: int, ranges: list[list[int]]) -> bytes:
-    """xxh3-128 of the bytes of ``ranges`` (reads of 1 MiB, not page by page)."""
+    """xxh3-128 of the bytes of ``ranges``, read 1 MiB at a time (never page by page;
+    not through a mapping: a file truncated meanwhile would kill us with SIGBUS)."""
     h = xxhash.xxh3_128()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
     for off, n in ranges:
         pos, end = off, off + n
         while pos < end:
-            chunk = os.pread(fd, min(CHUNK, end - pos), pos)
-            if not chunk:
+            got = os.preadv(fd, [view[: min(CHUNK, end - pos)]], pos)
+            if not got:
                 break  # (past the end: the size tells)
-            h.update(chunk)
-            pos += len(chunk)
+            h.update(view[:got])
+            pos += got
     return bytes(h.digest())
 
 
