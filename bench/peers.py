@@ -14,8 +14,8 @@ with the source cached, the same from cold caches, and ``dd`` with O_DIRECT on b
 sides), cryo's frozen time, its peak RSS (the largest of the command and its worker:
 wait4's ru_maxrss) and how much the page cache grew.  ``--criu PATH`` adds a CRIU
 column: ``criu dump -t PID -D DIR --shell-job`` and ``criu restore -D DIR --shell-job
--d`` on the same workloads.  ``--quick``: one round, 256 MiB instead of 1 GiB and 4 GiB,
-4 children of 16 MiB.
+-d`` on the same workloads.  ``--quick``: one round, 256 and 512 MiB instead of 1 and
+4 GiB, 4 children of 16 MiB.
 
 Run as root on a quiet machine:  python bench/peers.py [--criu /path/to/criu]
 It drops the page cache of the whole machine many times.
