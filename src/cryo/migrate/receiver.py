@@ -54,7 +54,8 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
     say = report or (lambda _s: None)
     # the modules a restart imports on its way (the schema, the trust rule, drivers),
     # imported while the handshake and the rounds go on: compiling and running them was
-    # a third of this side's part of the downtime
+    # a third of this side's part of the downtime (serve() has done it before, while
+    # listening: then this finds them imported)
     warm = threading.Thread(target=preload, name="cryo-preload", daemon=True)
     warm.start()
     framer = Framer(channel)
@@ -159,6 +160,7 @@ def serve(listen: str | socket.socket, *, secret: bytes | None, once: bool = Fal
     sock = listen if isinstance(listen, socket.socket) else listener(listen)
     restored: list[int] = []
     try:
+        preload()  # now, while no one is waiting (receive() would do it during a stream)
         if ready is not None:
             ready(sock.getsockname()[1])
         while True:
