@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cryo import store
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from cryo.errors import ImageCorrupt
@@ -134,3 +135,27 @@ def test_restart_memory_bounded_cache_left_alone(procs: Procs, build: Any, tmp_p
         assert after >= size // 4096 - 16, (before, after)
     else:
         assert after <= before + 64, (before, after)  # (a few pages: header, readahead)
+
+
+def test_store_restart_memory_is_bounded(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A store version's pages go through the same few buffers (they were read through a
+    mapping of every page file it uses: a restart needed the version's size again)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("bigmem"), str(out), "512"], out)
+    v.wait_line("tick 1")
+    st = tmp_path / "store"
+    store.checkpoint(v.pid, str(st), "app", signal_after=signal.SIGKILL)
+    code = ("import json, resource, sys\n"
+            "from cryo import store\n"
+            "r = store.restart(sys.argv[1], 'app')\n"
+            "print(json.dumps({'pid': r.pid, 'hwm_kib':"
+            " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n")  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    res = subprocess.run([sys.executable, "-c", code, str(st)], capture_output=True,
+                         text=True, env=env, timeout=120, close_fds=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    procs.track(got["pid"])
+    restored = Victim(got["pid"], out)
+    restored.wait_ok_after(max(restored.oks(), default=0) + 2)
+    assert got["hwm_kib"] * 1024 < 300 << 20, f"peak RSS {got['hwm_kib']} KiB"

@@ -245,7 +245,127 @@ class _Pool:
         self.free.clear()
 
 
-class Image(ImageReader):
+class ReadAhead:
+    """Blocks read ahead by a thread into a few reused buffers, in the order a restart
+    will write them (what both readers share: the directory :class:`Image` and the
+    store's ``VersionImage``).  A subclass says which blocks go that way and how one is
+    read (and checked); the others are ``block_data``'s."""
+
+    blocks: list[dict[str, Any]]
+
+    def _init_read_ahead(self) -> None:
+        self._pool: _Pool | None = None
+        # the blocks a reader thread reads ahead (expect), in the order they will be used
+        self._plan: collections.deque[int] = collections.deque()
+        self._todo: collections.deque[dict[str, Any]] = collections.deque()  # not yet read
+        self._ready: queue.Queue[tuple[mmap.mmap | None, BaseException | None]] = queue.Queue()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    def _ahead(self, b: dict[str, Any]) -> bool:
+        """Is block ``b`` read ahead (else by block_data when it is asked for)?"""
+        return False
+
+    def _ahead_size(self, b: dict[str, Any]) -> int:
+        return int(b["raw"])
+
+    def _read_ahead(self, b: dict[str, Any], view: memoryview) -> None:
+        raise NotImplementedError
+
+    def block_data(self, b: dict[str, Any]) -> tuple[object, int]:
+        raise NotImplementedError
+
+    def _buffers(self) -> _Pool:
+        if self._pool is None:
+            size = max((self._ahead_size(b) for b in self.blocks if self._ahead(b)), default=0)
+            self._pool = _Pool(POOL, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
+        return self._pool
+
+    def expect(self, blocks: Iterable[dict[str, Any]]) -> None:
+        """The order in which the caller will ask for ``blocks`` (:meth:`stream_blocks`):
+        from the first one asked for, a thread reads and checks them ahead into the
+        pool's few buffers while the caller writes the ones before (across processes
+        too).  A block asked for out of that order is read there and then.  Call
+        :meth:`pause` before forking: a fork must not copy a thread in the middle of
+        its work (the child could inherit a lock held forever)."""
+        self._stop_reader()
+        plan = [b for b in blocks if self._ahead(b)]
+        self._plan = collections.deque(b["index"] for b in plan)
+        self._todo = collections.deque(plan)
+
+    def pause(self) -> None:
+        """No reader thread runs when this returns (what it read ahead stays ready); the
+        next :meth:`stream_blocks` starts it again."""
+        if self._reader is not None:
+            self._stop.set()
+            if self._pool is not None:
+                self._pool.wake()
+            self._reader.join()
+            self._reader = None
+
+    def _start_reader(self) -> None:
+        pool = self._buffers()
+        q, todo = self._ready, self._todo
+        stop = self._stop = threading.Event()
+
+        def reader() -> None:
+            while todo:
+                buf = pool.get(stop)
+                if buf is None:
+                    return
+                b = todo.popleft()
+                try:
+                    self._read_ahead(b, memoryview(buf)[: self._ahead_size(b)])
+                except BaseException as err:  # handed to the caller with its block
+                    pool.put(buf)
+                    todo.clear()
+                    q.put((None, err))
+                    return
+                q.put((buf, None))
+
+        self._reader = threading.Thread(target=reader, name="cryo-pages", daemon=True)
+        self._reader.start()
+
+    def stream_blocks(self, blocks: Iterable[dict[str, Any]]
+                      ) -> Generator[BlockData, None, None]:  # fmt: skip
+        """Each of ``blocks`` in order, checked: (block, buffer, offset of its first raw
+        byte), the buffer valid until the next one is asked for."""
+        for b in blocks:
+            if self._plan and self._plan[0] == b["index"]:
+                self._plan.popleft()
+                if self._reader is None and self._todo:  # (first use, or after a pause)
+                    self._start_reader()
+                buf, err = self._ready.get()
+                if err is not None:
+                    self._plan.clear()
+                    raise err
+                assert buf is not None
+                try:
+                    yield b, buf, 0
+                finally:
+                    self._buffers().put(buf)
+            else:
+                owner, off = self.block_data(b)
+                yield b, owner, off
+                del owner
+
+    def _stop_reader(self) -> None:
+        self.pause()
+        while not self._ready.empty():
+            buf, _err = self._ready.get_nowait()
+            if buf is not None and self._pool is not None:
+                self._pool.put(buf)
+        self._plan.clear()
+        self._todo.clear()
+
+    def _close_read_ahead(self) -> None:
+        self._stop_reader()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+class Image(ReadAhead, ImageReader):
     """A directory image (docs/image-format.md).
 
     With ``defer_pages`` (what a restart uses) :meth:`verify` checks only where the page
@@ -266,13 +386,7 @@ class Image(ImageReader):
         self._fd = -1  # pages.img, of a deferred image
         self._cold = False  # some of it was not in the page cache: leave none of it there
         self._checked: set[int] = set()  # indices of the blocks read and checked
-        self._pool: _Pool | None = None
-        # the blocks a reader thread reads ahead (expect), in the order they will be used
-        self._plan: collections.deque[int] = collections.deque()
-        self._ready: queue.Queue[tuple[mmap.mmap | None, BaseException | None]] = queue.Queue()
-        self._todo: collections.deque[dict[str, Any]] = collections.deque()  # not yet read
-        self._stop = threading.Event()
-        self._reader: threading.Thread | None = None
+        self._init_read_ahead()
 
     def owner_files(self) -> list[str]:
         return [*super().owner_files(), os.path.join(self.path, "pages.img")]
@@ -411,6 +525,15 @@ class Image(ImageReader):
             raise self.corrupt(f"pages block {b['index']} checksum mismatch")
         self._checked.add(b["index"])
 
+    def _ahead(self, b: dict[str, Any]) -> bool:
+        return self.defer_pages and b["codec"] == "none"
+
+    def _ahead_size(self, b: dict[str, Any]) -> int:
+        return int(b["stored"])
+
+    def _read_ahead(self, b: dict[str, Any], view: memoryview) -> None:
+        self._read_checked(b, view)
+
     def _decoded(self, b: dict[str, Any], stored: bytearray) -> bytearray:
         if b["codec"] == "none":
             return stored
@@ -422,91 +545,6 @@ class Image(ImageReader):
             raise self.corrupt(f"pages block {b['index']} holds {len(data)} bytes,"
                                f" not {b['raw']}")  # fmt: skip
         return bytearray(data)
-
-    def _buffers(self) -> _Pool:
-        if self._pool is None:
-            size = max((b["stored"] for b in self.blocks if b["codec"] == "none"), default=0)
-            self._pool = _Pool(POOL, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
-        return self._pool
-
-    def expect(self, blocks: Iterable[dict[str, Any]]) -> None:
-        """The order in which the caller will ask for ``blocks`` (:meth:`stream_blocks`):
-        from the first one asked for, a thread reads and checks them ahead into the
-        pool's few buffers while the caller writes the ones before (across processes
-        too).  A block asked for out of that order is read there and then.  Call
-        :meth:`pause` before forking: a fork must not copy a thread in the middle of
-        its work (the child could inherit a lock held forever)."""
-        if not self.defer_pages:
-            return
-        self._stop_reader()
-        plan = [b for b in blocks if b["codec"] == "none"]
-        self._plan = collections.deque(b["index"] for b in plan)
-        self._todo = collections.deque(plan)
-
-    def pause(self) -> None:
-        """No reader thread runs when this returns (what it read ahead stays ready); the
-        next :meth:`stream_blocks` starts it again."""
-        if self._reader is not None:
-            self._stop.set()
-            if self._pool is not None:
-                self._pool.wake()
-            self._reader.join()
-            self._reader = None
-
-    def _start_reader(self) -> None:
-        pool = self._buffers()
-        q, todo = self._ready, self._todo
-        stop = self._stop = threading.Event()
-
-        def reader() -> None:
-            while todo:
-                buf = pool.get(stop)
-                if buf is None:
-                    return
-                b = todo.popleft()
-                try:
-                    self._read_checked(b, memoryview(buf)[: b["stored"]])
-                except BaseException as err:  # handed to the caller with its block
-                    pool.put(buf)
-                    todo.clear()
-                    q.put((None, err))
-                    return
-                q.put((buf, None))
-
-        self._reader = threading.Thread(target=reader, name="cryo-pages", daemon=True)
-        self._reader.start()
-
-    def stream_blocks(self, blocks: Iterable[dict[str, Any]]
-                      ) -> Generator[BlockData, None, None]:  # fmt: skip
-        """Each of ``blocks`` in order, checked: (block, buffer, offset of its first raw
-        byte), the buffer valid until the next one is asked for."""
-        for b in blocks:
-            if self._plan and self._plan[0] == b["index"]:
-                self._plan.popleft()
-                if self._reader is None and self._todo:  # (first use, or after a pause)
-                    self._start_reader()
-                buf, err = self._ready.get()
-                if err is not None:
-                    self._plan.clear()
-                    raise err
-                assert buf is not None
-                try:
-                    yield b, buf, 0
-                finally:
-                    self._buffers().put(buf)
-            else:
-                owner, off = self.block_data(b)
-                yield b, owner, off
-                del owner
-
-    def _stop_reader(self) -> None:
-        self.pause()
-        while not self._ready.empty():
-            buf, _err = self._ready.get_nowait()
-            if buf is not None and self._pool is not None:
-                self._pool.put(buf)
-        self._plan.clear()
-        self._todo.clear()
 
     def verify_rest(self) -> None:
         """Every block no one has read yet, read and checked (a restart lets its
@@ -525,9 +563,7 @@ class Image(ImageReader):
                     os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(self._fd)
             self._fd = -1
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        self._close_read_ahead()
         if self._pages is not None:
             with contextlib.suppress(BufferError):
                 self._pages.close()

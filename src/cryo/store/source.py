@@ -2,8 +2,11 @@
 
 Its records come from the version's core.img; its page blocks are planned from its page
 maps (cryo.store.plan) over the page files of every version it uses.  :meth:`verify`
-reads every page any block will write and checks its hash, then keeps every file mapped,
-so that nothing gc does afterwards can change what the restart writes.
+reads every page any block will write and checks its hash, then keeps every file open
+(gc replaces page files, it never rewrites one), so that nothing gc does afterwards can
+change what the restart writes.  A restart then reads the blocks ahead into a few reused
+buffers (cryo.image.reader.ReadAhead), never through a mapping of the files: its memory
+is bounded whatever the version's size.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ import numpy as np
 from cryo.errors import ImageCorrupt
 from cryo.image import format as fmt
 from cryo.image import records as R
-from cryo.image.reader import ImageReader, open_nofollow, pages_header_ok, pread_full, run_parallel
+from cryo.image.reader import (
+    ImageReader,
+    ReadAhead,
+    open_nofollow,
+    pages_header_ok,
+    pread_full,
+    run_parallel,
+)
 from cryo.image.sink import PAGES_HEADER
 from cryo.store import pages as P
 from cryo.store.layout import App, FileMeta, Sources
@@ -30,7 +40,7 @@ GATHER = 16384  # pages per gathered block (64 MiB)
 VERIFY_CHUNKS = 64  # chunks per read when verifying (16 MiB)
 
 
-class VersionImage(ImageReader):
+class VersionImage(ReadAhead, ImageReader):
     """Version ``version`` of ``app``, checked and planned; ``lock`` (a context manager
     already entered, or None) is left once the pages are verified and mapped."""
 
@@ -41,8 +51,9 @@ class VersionImage(ImageReader):
         self.app = app
         self.version = version
         self._lock = lock
-        self._maps: dict[int, mmap.mmap] = {}
+        self._fds: dict[int, int] = {}  # every page file used, open once verified
         self._zeros: list[mmap.mmap] = []
+        self._init_read_ahead()
         super().__init__(app.vdir(version), f"application {app.name!r} has no version {version}")
         self.sources = Sources(app)
         meta = self.sources.meta(version)
@@ -65,9 +76,11 @@ class VersionImage(ImageReader):
         base = {tag[0]: tag[1]}
         for k, used in plan.used.items():
             self._used[k] = self._used[k] | used if k in self._used else used
-        for nat in plan.natural:
-            runs = (nat.runs << P.SHIFT).tolist()
-            self._add(base, runs, nat=(nat.key, nat.off))
+        for nat in plan.natural:  # (in pieces of at most GATHER pages: one buffer each)
+            off = nat.off
+            for piece in _pieces((nat.runs << P.SHIFT).tolist(), GATHER * P.PAGE):
+                self._add(base, piece, nat=(nat.key, off))
+                off += sum(n for _, n in piece) // P.PAGE
         g = plan.gather
         for i in range(0, len(g), GATHER):
             part = P.PageMap(g.page[i : i + GATHER], g.src[i : i + GATHER],
@@ -127,29 +140,16 @@ class VersionImage(ImageReader):
                 k, where = bad[0]
                 raise self.corrupt(f"{where} of {self.sources.path(k)} do not match their"
                                    " checksum", path=self.sources.path(k))  # fmt: skip
-            for k, fd in fds.items():
-                size = os.fstat(fd).st_size
-                # private and writable, never written: ctypes can take its address
-                self._maps[k] = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
-                                          prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+            self._fds, fds = fds, {}
         finally:
             for fd in fds.values():
                 os.close(fd)
         self._unlock()
 
     def block_data(self, b: dict[str, Any]) -> tuple[object, int]:
-        if "_nat" in b:
-            k, off = b["_nat"]
-            return self._maps[k], P.data_offset(off)
-        if "_gather" in b:
-            part = self._gathers[b["_gather"]]
-            buf = bytearray(len(part) * P.PAGE)
-            at = P.breaks(part.off, same=(part.src,))
-            ends = np.append(at[1:], len(part))
-            for s, e in zip(at.tolist(), ends.tolist(), strict=True):
-                src = self._maps[int(part.src[s])]
-                off = P.data_offset(int(part.off[s]))
-                buf[s * P.PAGE : e * P.PAGE] = src[off : off + (e - s) * P.PAGE]
+        if "_nat" in b or "_gather" in b:
+            buf = bytearray(self._ahead_size(b))
+            self._read_ahead(b, memoryview(buf))
             return buf, 0
         if "_zero" in b:
             # an unpopulated anonymous mapping: reading it maps the zero page
@@ -158,12 +158,42 @@ class VersionImage(ImageReader):
             return zeros, 0
         raise self.corrupt("a block of unknown kind")
 
+    # -- read ahead (ReadAhead): what verify() checked, from the files it keeps open ----
+
+    def _ahead(self, b: dict[str, Any]) -> bool:
+        return "_nat" in b or "_gather" in b
+
+    def _ahead_size(self, b: dict[str, Any]) -> int:
+        if "_gather" in b:
+            return len(self._gathers[b["_gather"]]) * P.PAGE
+        return int(b["raw"])
+
+    def _read_ahead(self, b: dict[str, Any], view: memoryview) -> None:
+        if "_nat" in b:
+            k, off = b["_nat"]
+            self._pread(k, view, P.data_offset(off))
+            return
+        part = self._gathers[b["_gather"]]
+        at = P.breaks(part.off, same=(part.src,))
+        ends = np.append(at[1:], len(part))
+        for s, e in zip(at.tolist(), ends.tolist(), strict=True):
+            self._pread(int(part.src[s]), view[s * P.PAGE : e * P.PAGE],
+                        P.data_offset(int(part.off[s])))  # fmt: skip
+
+    def _pread(self, k: int, view: memoryview, offset: int) -> None:
+        if pread_full(self._fds[k], view, offset) != len(view):
+            raise self.corrupt(f"{self.sources.path(k)} is truncated",
+                               path=self.sources.path(k))  # fmt: skip
+
     def close(self) -> None:
         self._close_sides()
-        for m in [*self._maps.values(), *self._zeros]:
+        self._close_read_ahead()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        for m in self._zeros:
             with contextlib.suppress(BufferError):
                 m.close()
-        self._maps.clear()
         self._zeros.clear()
         self._unlock()
 
@@ -199,6 +229,24 @@ class VersionImage(ImageReader):
             for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
                 for i in range(s, s + c, VERIFY_CHUNKS):
                     yield k, i, min(VERIFY_CHUNKS, s + c - i)
+
+
+def _pieces(runs: list[list[int]], most: int) -> Iterator[list[list[int]]]:
+    """``runs`` ([address, length], ...) cut into consecutive pieces of ``most`` bytes
+    at most (whole pages)."""
+    cur: list[list[int]] = []
+    size = 0
+    for start, total in runs:
+        addr, length = start, total
+        while length:
+            take = min(length, most - size)
+            cur.append([addr, take])
+            size, addr, length = size + take, addr + take, length - take
+            if size == most:
+                yield cur
+                cur, size = [], 0
+    if cur:
+        yield cur
 
 
 Job = tuple[int, FileMeta, int, int, int]  # fd, file, tag, first chunk, chunks
