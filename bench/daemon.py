@@ -122,6 +122,9 @@ def main() -> int:
     ap.add_argument("--max-concurrent", type=int, default=2)
     ap.add_argument("--nice", type=int, default=0, help="the daemon's nice (cryod --nice)")
     ap.add_argument("--dir", help="where the store and state go (default a new /tmp dir)")
+    ap.add_argument("--checkpoint-timeout", type=float, default=120.0, metavar="S",
+                    help="cryod --checkpoint-timeout: a hung checkpoint fails (and is"
+                    " named below) instead of holding a slot for the rest of the run")
     ap.add_argument("--quick", action="store_true",
                     help="10 jobs of 16 MiB every 2 s for 120 s, 15 s of baseline")
     args = ap.parse_args()
@@ -157,7 +160,8 @@ def main() -> int:
                                    "--state", str(base / "state"), "--store",
                                    str(base / "store"), "--log", str(base / "cryod.log"),
                                    "--max-concurrent", str(args.max_concurrent),
-                                   "--nice", str(args.nice)],
+                                   "--nice", str(args.nice), "--checkpoint-timeout",
+                                   f"{args.checkpoint_timeout:g}"],
                                   stdin=subprocess.DEVNULL, close_fds=True,
                                   start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 60
@@ -203,9 +207,14 @@ def main() -> int:
         kill_all(pids)
 
     lateness, lost, failed, taken, secs = [], 0, 0, 0, []
+    errors: dict[str, int] = {}  # why checkpoints failed, and how often
     for name, h in hist.items():
         done = [a for a in h if a["kind"] == "checkpoint" and a["due"] is not None]
         failed += sum(a["status"] == "failed" for a in done)
+        for a in done:
+            if a["status"] == "failed":
+                why = f"{a['error']}: {(a['message'] or '')[:120]}"
+                errors[why] = errors.get(why, 0) + 1
         ok = [a for a in done if a["status"] == "ok" and a["started"] <= t_end]
         taken += len(ok)
         lateness += [a["started"] - a["due"] for a in ok]
@@ -229,6 +238,8 @@ def main() -> int:
           f" {args.dirty:g} MiB/s written by each job)")  # fmt: skip
     print(f"  checkpoints taken        {taken} (failed {failed}; due and not taken: {lost})"
           f"  goal none lost: {'met' if not lost else 'NOT met'}")
+    for why, n in sorted(errors.items(), key=lambda x: -x[1])[:5]:
+        print(f"    failed {n} x  {why}")
     if frozen:
         print(f"  frozen                   median {statistics.median(frozen) * 1000:.0f} ms,"
               f" max {max(frozen) * 1000:.0f} ms")
