@@ -1006,3 +1006,77 @@ def test_unix_client_waiting_on_an_outside_listener(procs: Procs, tmp_path: Path
     assert again.recv(16) == b"got hi"
     for s in (old, again, srv):
         s.close()
+
+
+CREDS = r"""
+import os, socket, struct, sys, time
+out, go = sys.argv[1:3]
+def say(line):
+    with open(out, "a") as f:
+        f.write(line + "\n")
+# a datagram pair whose reader shows credentials: a child sends one message as itself
+# and one as uid/gid 1234 (root may), the parent one as itself
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+pid = os.fork()
+if pid == 0:
+    b.send(b"child")
+    cred = struct.pack("iII", os.getpid(), 1234, 1234)
+    b.sendmsg([b"as 1234"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, cred)])
+    say("sent")
+    time.sleep(600)
+while not os.path.exists(out) or "sent" not in open(out).read():
+    time.sleep(0.01)
+b.send(b"parent")
+say("ready")
+while not os.path.exists(go):
+    time.sleep(0.01)
+got = []
+for _ in range(3):
+    data, anc, _f, _a = a.recvmsg(64, 64)
+    creds = [struct.unpack("iII", x[2][:12]) for x in anc if x[1] == socket.SCM_CREDENTIALS]
+    got.append((data, creds))
+want = [(b"child", [(pid, 0, 0)]), (b"as 1234", [(pid, 1234, 1234)]),
+        (b"parent", [(os.getpid(), 0, 0)])]
+say("checked " + ("good" if got == want else "bad %r" % got))
+time.sleep(600)
+"""
+
+
+def test_credentials_in_flight(procs: Procs, tmp_path: Path) -> None:
+    """Datagrams queued with their senders' credentials (SCM_CREDENTIALS, the reader has
+    SO_PASSCRED): after a restart each still names its sender, a process of the tree,
+    and the uid and gid it was sent as."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    (tmp_path / "creds.py").write_text(CREDS)
+    go, out = tmp_path / "go", tmp_path / "out"
+    v = procs.spawn([sys.executable, str(tmp_path / "creds.py"), str(out), str(go)], out)
+    v.wait_line("ready")
+    pids = tree_pids(v.pid)
+    assert len(pids) == 2
+    for p in pids:
+        procs.track(p)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    kill_tree(pids)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    assert tree_pids(v.pid) == pids
+    go.touch()
+    assert v.wait_line("checked", timeout=30) == "checked good"
+
+    # a datagram from a process outside the checkpoint, with its credentials: refused
+    path, out2 = tmp_path / "dgram", tmp_path / "out2"
+    code = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1); s.bind(sys.argv[1])\n"
+            "open(sys.argv[2], 'w').write('ready\\n')\n"
+            "time.sleep(600)\n")  # fmt: skip
+    v2 = procs.spawn([sys.executable, "-c", code, str(path), str(out2)], out2)
+    v2.wait_line("ready")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+        c.sendto(b"from outside", str(path))
+    r = run_cryo("checkpoint", str(v2.pid), "-D", str(tmp_path / "img2"))
+    assert r.returncode == 9 and f"process {os.getpid()}, outside" in r.stderr, r.stderr
+    assert not (tmp_path / "img2" / "core.img").exists()

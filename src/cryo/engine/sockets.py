@@ -22,8 +22,10 @@ closed again), a bound socket bound again (a stale socket file of the same path 
 replaced; a file that had been unlinked is unlinked again), listening with its backlog,
 a datagram socket connected to its bound peer once that one exists, a listener's
 waiting clients connected to it again in their order.  The accepted end of
-a connection comes back unnamed (getsockname() is empty), and credentials of queued
-messages are cryo's.
+a connection comes back unnamed (getsockname() is empty).  Queued messages that carry
+credentials (the reader has SO_PASSCRED) are sent again once every process exists,
+with SCM_CREDENTIALS naming their senders' new pids; those of processes outside the
+checkpoint are refused.
 """
 
 from __future__ import annotations
@@ -211,12 +213,17 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any]
     size = 1 << 24 if typ == socket.SOCK_STREAM else 1 << 20
     old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    passcred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
     try:
         while len(out) < MAX_MESSAGES:
             try:
                 data, anc, _f, _a = s.recvmsg(size, 1024, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
+            if passcred:  # the program sees who sent each message: kept with it
+                cred = _credentials(anc)
+                if cred is not None and cred[0]:
+                    d.setdefault("creds", []).append([len(out), *cred])
             _fds_in_flight(anc, pid, fd, d, len(out), describe_fd)
             if not data and (typ == socket.SOCK_STREAM or s.getsockopt(
                     socket.SOL_SOCKET, SO_PEEK_OFF) == sum(map(len, out))):  # fmt: skip
@@ -228,6 +235,15 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any]
                           " socket", pid=pid, resource=f"fd {fd}")  # fmt: skip
     finally:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+
+
+def _credentials(anc: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a message's SCM_CREDENTIALS, if it has them."""
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
+            pid, uid, gid = struct.unpack("iII", data[:12])
+            return pid, uid, gid
+    return None
 
 
 def _fds_in_flight(anc: list[tuple[int, int, bytes]], pid: int, fd: int, d: dict[str, Any],
@@ -275,10 +291,18 @@ def check_peers(session: Any) -> None:
     again to the peer's address at restart."""
     descs = session.shared.descs.descs
     inside = {d["ino"] for d in descs if d["kind"] == "unix"}
+    pids = set(session.procs)
     for d in descs:
         if d["kind"] != "unix":
             continue
         where = f"fd {d['fd']} of {d['pid']}"
+        strangers = sorted({c[1] for c in d.get("creds", []) if c[1] not in pids})
+        if strangers:
+            raise Unsupported(f"{where}: messages queued on this unix socket carry the"
+                              " credentials (SCM_CREDENTIALS) of process"
+                              f" {', '.join(map(str, strangers))}, outside the checkpoint;"
+                              " they could not be given again", pid=d["pid"],
+                              resource=f"fd {d['fd']}")  # fmt: skip
         outside = [c for c in d.get("queued", []) if c not in inside]
         if outside:
             raise Unsupported(f"{where}: unix socket listening on {_show_name(d['name'])}:"
@@ -473,40 +497,81 @@ def _pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) 
     return a.detach()
 
 
-# messages that carry file descriptors, sent once every description is open (by
-# finish_queues): (our copy of the sending socket, its type, [(data, desc ids)])
-_deferred: list[tuple[socket.socket, int, list[tuple[bytes, list[int]]]]] = []
+# messages that carry file descriptors or credentials, sent once every description is
+# open (finish_queues) and, from the first with credentials on, once every process
+# exists (send_credentialed): (our copy of the sending socket, its type,
+# [(data, desc ids, credentials or None)])
+Deferred = list[tuple[bytes, list[int], "list[int] | None"]]
+_deferred: list[tuple[socket.socket, int, Deferred]] = []
 
 
 def _queue_to(sender: socket.socket, typ: int, d: dict[str, Any]) -> None:
     """``d``'s receive queue, sent from ``sender``: now up to the first message that
-    carries file descriptors, the rest by :func:`finish_queues`."""
+    carries file descriptors or credentials, the rest by :func:`finish_queues`."""
     fds: dict[int, list[int]] = {}
     for index, desc in d.get("in_flight", []):
         fds.setdefault(index, []).append(desc)
+    creds = {c[0]: list(c[1:]) for c in d.get("creds", [])}
     msgs = d["queue"]
-    first = min(fds) if fds else len(msgs)
+    first = min([*fds, *creds, len(msgs)])
     for data in msgs[:first]:
         _send(sender, typ, data)
-    if fds:
+    if first < len(msgs):
         mine = socket.socket(fileno=os.dup(sender.fileno()))
-        _deferred.append((mine, typ, [(m, fds.get(i, [])) for i, m in enumerate(msgs)
-                                      if i >= first]))  # fmt: skip
+        _deferred.append((mine, typ, [(m, fds.get(i, []), creds.get(i))
+                                      for i, m in enumerate(msgs) if i >= first]))  # fmt: skip
+
+
+def _send_deferred(rs: Any, upto_creds: bool) -> None:
+    """The deferred messages of each socket, in order: all of them, or (``upto_creds``)
+    those before the first with credentials."""
+    for k, (sock, typ, msgs) in enumerate(_deferred):
+        sent = 0
+        for data, ids, cred in msgs:
+            if cred is not None and upto_creds:
+                break
+            anc = []
+            if ids:
+                anc.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(
+                    f"{len(ids)}i", *(rs.shared.opened.fds[i] for i in ids))))  # fmt: skip
+            if cred is not None:  # as the process that sent it (its new pid)
+                pid = rs.pid_map.get(cred[0], cred[0])
+                anc.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+                            struct.pack("iII", pid, cred[1], cred[2])))  # fmt: skip
+            sock.sendmsg([data], anc)  # (blocking: a stream's bytes all go)
+            sent += 1
+        _deferred[k] = (sock, typ, msgs[sent:])
+
+
+def _close_deferred() -> None:
+    for sock, _typ, _msgs in _deferred:
+        sock.close()
+    _deferred.clear()
 
 
 def finish_queues(rs: Any) -> None:
     """Restart, every description open: the messages with file descriptors in flight
-    (and those after them) sent with the descriptions cryo opened."""
+    (and those after them) sent with the descriptions cryo opened, up to the first that
+    carries credentials (those wait for the processes: :func:`send_credentialed`)."""
     try:
-        for sock, _typ, msgs in _deferred:
-            for data, ids in msgs:
-                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                        struct.pack(f"{len(ids)}i", *(rs.shared.opened.fds[i] for i in ids)))]
-                sock.sendmsg([data], anc if ids else [])
+        _send_deferred(rs, upto_creds=True)
+    except BaseException:
+        _close_deferred()
+        raise
+    if any(msgs for _s, _t, msgs in _deferred):
+        rs.on_exit(_close_deferred)
+    else:
+        _close_deferred()
+
+
+def send_credentialed(rs: Any) -> None:
+    """Restart, every process built, before they run: the messages that carry credentials
+    (and those after them), sent as their senders (SCM_CREDENTIALS with their new pids:
+    the kernel wants a live process)."""
+    try:
+        _send_deferred(rs, upto_creds=False)
     finally:
-        for sock, _typ, _msgs in _deferred:
-            sock.close()
-        _deferred.clear()
+        _close_deferred()
 
 
 def _send(s: socket.socket, typ: int, data: bytes) -> None:
