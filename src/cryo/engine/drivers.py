@@ -366,7 +366,7 @@ DRIVERS: tuple[Driver, ...] = (
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}, describe=_describe_files),
     Driver("unix", shared=sockets.check_peers, thaw=sockets.release_in_flight,
-           prepare=sockets.finish_queues),
+           prepare=sockets.finish_queues, started=sockets.send_credentialed),
     Driver("anonfds", restore={"files": _anonfds_register}),
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
     # (after files and shmem: its prepare reopens fds of mapped deleted files from their
