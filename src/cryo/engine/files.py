@@ -620,44 +620,38 @@ def _materialize(d: dict[str, Any], data: bytes) -> str:
 
 
 def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> None:
-    """Give the process its fds (inherited from cryo on high numbers; a late one taken
-    from cryo), register the hidden watches of its epolls, close the rest."""
+    """Give the process its fds (inherited from cryo on high numbers, given in one batch
+    of dup3 calls; a late one taken from cryo), register the hidden watches of its
+    epolls, close the rest."""
     inj = ctx.inj
     descs: list[dict[str, Any]] = ctx.shared.descs
     wanted = {e["fd"]: e for e in rec["fds"]}
-    pending: list[tuple[int, int, int]] = []  # dup3 calls, run in batches (one stop each)
-
-    def flush() -> None:
-        if pending:
-            with inj.batch() as b:
-                for src, fd, flags in pending:
-                    b.call(SYS_DUP3, src, fd, flags, what=f" dup3 {src} {fd}")
-            pending.clear()
-
-    for e in rec["fds"]:
-        src = opened.fds.get(e["desc"])
-        cloexec = O_CLOEXEC if e["cloexec"] else 0
-        if src is None:  # a late description: pidfd_getfd from cryo, onto a temporary fd
-            flush()
-            src = _take_late(ctx, opened, descs[e["desc"]])
-            if src == e["fd"]:
-                inj(SYS.fcntl, e["fd"], F_SETFD, FD_CLOEXEC if cloexec else 0)
-                continue
-            inj(SYS_DUP3, src, e["fd"], cloexec)
-            inj(SYS.close, src)
-        else:  # (one call: dup3 sets or clears close-on-exec with the fd)
-            pending.append((src, e["fd"], cloexec))
-    flush()
+    late = []
+    with inj.batch() as b:  # (one stop per batch: dup3 sets or clears close-on-exec too)
+        for e in rec["fds"]:
+            src = opened.fds.get(e["desc"])
+            if src is None:
+                late.append(e)
+            else:
+                b.call(SYS_DUP3, src, e["fd"], O_CLOEXEC if e["cloexec"] else 0,
+                       what=f" dup3 {src} {e['fd']}")  # fmt: skip
+    for e in late:  # pidfd_getfd from cryo, onto a temporary fd (the lowest free)
+        src = _take_late(ctx, opened, descs[e["desc"]])
+        if src == e["fd"]:
+            inj(SYS.fcntl, e["fd"], F_SETFD, FD_CLOEXEC if e["cloexec"] else 0)
+            continue
+        inj(SYS_DUP3, src, e["fd"], O_CLOEXEC if e["cloexec"] else 0)
+        inj(SYS.close, src)
     for d in descs:
         if d["kind"] == "epoll" and d.get("hidden") and d["pid"] == ctx.old_pid:
             _register_hidden(ctx, d, opened, descs, wanted)
-    lo = 0
     with inj.batch() as b:
+        lo = 0
         for fd in sorted(wanted):
             if fd > lo:
-                b.call(SYS.close_range, lo, fd - 1, 0, what=" close_range")
+                b.call(SYS.close_range, lo, fd - 1, 0)
             lo = fd + 1
-        b.call(SYS.close_range, lo, 0xFFFFFFFF, 0, what=" close_range")
+        b.call(SYS.close_range, lo, 0xFFFFFFFF, 0)
 
 
 SYS_PIDFD_GETFD = 438
