@@ -475,14 +475,21 @@ DESC = Struct((
     F("master", Bool(), "pty: the master side", required=False),
     F("packet", Int(0, 1), "pty master: TIOCPKT", required=False),
     F("locked", Int(0, 1), "pty master: TIOCSPTLCK", required=False),
-    F("termios", Bytes(max=256), "pty master: the slave's struct termios", required=False),
-    F("winsize", Bytes(8), "pty master: struct winsize", required=False),
+    F("termios", Bytes(max=256), "pty master: the slave's struct termios; stdio, ctty: the"
+      " job's terminal's", required=False),
+    F("winsize", Bytes(8), "pty master, stdio, ctty: struct winsize", required=False),
     F("to_slave", Bytes(max=1 << 20), "pty master: bytes waiting for the slave",
       required=False),
     F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
       required=False),
     F("sessions", List(Tuple((PID, Int(0, MAX_PID)), ("sid", "foreground pgid"))),
       "pty master: the sessions whose controlling terminal it is", required=False),
+    F("dev_tty", Bool(), "pty slave: opened as /dev/tty (its process's terminal)",
+      required=False),
+    F("foreground", Bool(), "stdio, ctty (--shell-job): the job was its terminal's"
+      " foreground group (`termios`, `winsize`: that terminal's)", required=False),
+    F("queued_on", Int(0, U64), "a connection waiting to be accepted: its listener (inet:"
+      " the listener's description; unix: the listener's inode)", required=False),
     # pidfds, /proc files of the checkpoint's processes (engine/specialfds.py)
     F("target", PID, "pidfd: the process it refers to, as cryo saw it", required=False),
     F("start", Nullable(Int(0, U64)), "pidfd, /proc file of a process outside: that"
@@ -843,6 +850,10 @@ class _Checker:
                 raise self.fail(where, "an inet socket without family")
             if "memfd" in d and not (d.get("deleted") and d["path"].startswith("/memfd:")):
                 raise self.fail(where, "a memfd that is not a deleted /memfd: file")
+            if d["kind"] == "inet" and "queued_on" in d and not (
+                    d["queued_on"] < len(descs) and descs[d["queued_on"]]["kind"] == "inet"):
+                raise self.fail(where, f"queued on description {d['queued_on']}, which is"
+                                " not a TCP listener of FDSC")  # fmt: skip
             if d["kind"] == "proc" and not ("proc" in d and d["proc"]["pid"] in pids):
                 raise self.fail(where, "a /proc file of a process that is not in TREE")
             if d["kind"] == "pidfd" and d.get("late") and d.get("target") not in pids:
