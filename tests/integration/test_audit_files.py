@@ -68,8 +68,6 @@ while True:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="engine/shmem.py _make() makes a memfd object again"
-                   " without its saved mode (SHMO mode): it comes back 0777")
 def test_mapped_memfd_keeps_its_mode(procs: Procs, tmp_path: Path) -> None:
     """A memfd both mapped shared and open (saved as a shared memory object) keeps its
     mode (fchmod 0600) across a restart, with its data."""

@@ -192,6 +192,7 @@ def _make(obj: dict[str, Any], made: Made, where: Callable[[str], str]) -> int:
         name = obj["name"].removeprefix("/memfd:").removesuffix(" (deleted)")
         fd = os.memfd_create(name, os.MFD_CLOEXEC | (
             MFD_HUGETLB | ((huge.bit_length() - 1) << MAP_HUGE_SHIFT) if huge else 0))
+        os.fchmod(fd, obj["mode"])  # memfd_create makes it 0777
         os.ftruncate(fd, size)
         return fd
     path = where(obj["name"].removesuffix(" (deleted)"))
