@@ -47,6 +47,7 @@ def unit(args: argparse.Namespace) -> str:
         opts += f" --grid {args.grid} --grid-store {args.grid_store}"
         opts += f" --host {args.host}" if args.host else ""
         opts += f" --grid-lease {args.grid_lease}" if args.grid_lease != 5 else ""
+        opts += f" --grid-dev {args.grid_dev}" if args.grid_dev else ""
     import os
 
     import cryo
@@ -109,6 +110,9 @@ def daemon_parser(p: argparse.ArgumentParser) -> None:
                    f" {DEFAULT_GRID_STORE})")
     g.add_argument("--grid-lease", type=int, default=5, metavar="S",
                    help="seconds without news after which this host counts as failed")
+    g.add_argument("--grid-dev", metavar="IFACE",
+                   help="the interface the parts' service addresses go on (cryo grid agent"
+                   " --dev; default: the one in their subnet)")
     p.add_argument("--print-unit", action="store_true", help="print a systemd unit and exit")
     p.set_defaults(func=cmd_daemon)
 

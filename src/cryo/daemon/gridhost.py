@@ -13,7 +13,7 @@ started again starts a new agent).  An agent that ends is started again (1, 2, 4
 ends it with SIGTERM, and the agent then revokes its lease (the host leaves the grid
 at once).
 
-    python -m cryo.daemon.gridhost --etcd URL --host NAME --store DIR --lease S
+    python -m cryo.daemon.gridhost --etcd URL --host NAME --store DIR --lease S [--dev IFACE]
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class GridHost:
     """Supervises the agent's child process (a thread of the daemon)."""
 
     def __init__(self, etcd: str, host: str, store: str, lease: int = 5,
-                 output: IO[Any] | None = None) -> None:  # fmt: skip
+                 output: IO[Any] | None = None, dev: str | None = None) -> None:  # fmt: skip
         self.etcd, self.host, self.store, self.lease = etcd, host, os.path.abspath(store), lease
+        self.dev = dev  # the interface service addresses go on (cryo grid agent --dev)
         self.output = output
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -61,7 +62,7 @@ class GridHost:
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "cryo.daemon.gridhost", "--etcd", self.etcd, "--host",
                 self.host, "--store", self.store, "--lease", str(self.lease),
-                "--parent", str(os.getpid())]  # fmt: skip
+                "--parent", str(os.getpid()), *(["--dev", self.dev] if self.dev else [])]
         out = self.output if self.output is not None else sys.stderr
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 close_fds=True)  # fmt: skip
@@ -127,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--store", required=True)
     ap.add_argument("--lease", type=int, default=5)
     ap.add_argument("--parent", type=int, default=0)
+    ap.add_argument("--dev")
     args = ap.parse_args(argv)
     stopping = threading.Event()
     agent: Agent | None = None
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = logging.getLogger("cryo.daemon.grid")
     try:
         os.makedirs(args.store, mode=0o700, exist_ok=True)
-        agent = Agent(Etcd(args.etcd), args.host, args.store, lease=args.lease)
+        agent = Agent(Etcd(args.etcd), args.host, args.store, lease=args.lease, dev=args.dev)
     except CryoError as err:
         say.warning("grid agent cannot start", extra={"fields": {
             "host": args.host, "message": str(err)}})  # fmt: skip

@@ -895,7 +895,7 @@ def main(args: Any) -> int:
         from cryo.daemon.gridhost import GridHost
 
         grid = GridHost(args.grid, args.host or socket.gethostname(), args.grid_store,
-                        lease=args.grid_lease, output=stream)  # fmt: skip
+                        lease=args.grid_lease, output=stream, dev=args.grid_dev)  # fmt: skip
     daemon = Daemon(socket_path=args.socket, state_dir=args.state, store=args.store,
                     metrics=args.metrics, max_concurrent=args.max_concurrent,
                     staged_timeout=args.staged_timeout, grid=grid,
