@@ -49,10 +49,11 @@ def test_pidfd_of_a_child_and_of_itself(procs: Procs, build: Any, tmp_path: Path
 
     v = spawn(procs, build, tmp_path, "fdmore", "pidfd")
     kid, holder = sorted(_children(v.pid))
+    procs.track(kid)  # (restored with the same pids; killed after the test whatever happens)
+    procs.track(holder)
     v = cycle(procs, v, tmp_path / "img", scope="tree")
     declared(tmp_path / "img")
-    procs.track(kid)
-    procs.track(holder)
+    assert sorted(_children(v.pid)) == [kid, holder]
     assert not v.fails()
     shown = {f.get("pidfd_of") for f in _files_shown(tmp_path / "img")}
     assert {kid, v.pid} <= shown, shown
@@ -98,9 +99,10 @@ def test_proc_files_of_the_tree(procs: Procs, build: Any, tmp_path: Path) -> Non
     /proc/PID/stat are the restored processes' files."""
     v = spawn(procs, build, tmp_path, "fdmore", "proc")
     (kid,) = _children(v.pid)
+    procs.track(kid)
     v = cycle(procs, v, tmp_path / "img", scope="tree")
     declared(tmp_path / "img")
-    procs.track(kid)
+    assert _children(v.pid) == [kid]
     assert not v.fails()
     assert {f.get("proc_of") for f in _files_shown(tmp_path / "img")} >= {v.pid, kid}
 
@@ -112,9 +114,10 @@ def test_proc_files_follow_new_pids(procs: Procs, build: Any, tmp_path: Path) ->
 
     v = spawn(procs, build, tmp_path, "fdmore", "proc")
     (kid,) = _children(v.pid)
+    procs.track(kid)
     first = cycle(procs, v, tmp_path / "img", scope="tree")
     declared(tmp_path / "img")
-    procs.track(kid)
+    assert _children(first.pid) == [kid]
     rr = restart(str(tmp_path / "img"), allow_duplicate=True)
     procs.track(rr.pid)
     procs.pids.extend(_children(rr.pid))
