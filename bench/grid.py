@@ -190,14 +190,28 @@ def main() -> None:
         kill_all([pids[1]])
         t0 = time.perf_counter()
         while etcd.get(K.restart("b")) is None:
-            time.sleep(0.005)
+            if time.perf_counter() - t0 > 120:
+                raise SystemExit("no restart was asked within 120 s")
+            time.sleep(0.01)
         expired = time.perf_counter() - t0
         while True:
             parts = C.parts_of(etcd, "b")
-            if all(p.get("epoch") == 1 and p["state"] == "running" for p in parts.values()):
+            epoch = int((etcd.get(K.restart("b")) or {}).get("epoch", 1))
+            if all(p.get("epoch") == epoch and p["state"] == "running"
+                   for p in parts.values()):  # fmt: skip
                 break
-            time.sleep(0.005)
+            if time.perf_counter() - t0 > 120:
+                raise SystemExit(f"the parts did not all run again within 120 s: {parts}")
+            time.sleep(0.01)
         total = time.perf_counter() - t0
+        asked = float((etcd.get(K.restart("b")) or {}).get("asked", 0))
+        pt = [p["times"] for p in parts.values() if p.get("times")]
+        print(f"    until each agent saw the restart {max(t['seen'] for t in pt) - asked:.3f} s,"
+              f" its parts killed and its lock {max(t['kill'] for t in pt):.3f} s, restored"
+              f" {max(t['restore'] for t in pt):.3f} s (slowest host)")
+        if epoch != 1:
+            print(f"  (the restart was planned {epoch} times: a host's lease expired while"
+                  " it was busy, or a host failed during the restart)")
         stop.set()
         watcher.join()
         procs += [int(p["pid"]) for p in parts.values()]

@@ -86,7 +86,7 @@ class GridHosts:
             assert time.monotonic() < deadline, "etcd did not start"
             time.sleep(0.2)
 
-    def start_agent(self, h: str, lease: int = 2, *extra: str) -> subprocess.Popen[bytes]:
+    def start_agent(self, h: str, lease: int = 3, *extra: str) -> subprocess.Popen[bytes]:
         import sys
 
         logf = self.base / f"agent-{h}.log"

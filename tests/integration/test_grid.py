@@ -75,7 +75,7 @@ class Grid:
     def agent(self, host: str) -> None:
         log = open(self.tmp / f"agent-{host}.log", "ab")  # noqa: SIM115
         p = subprocess.Popen([sys.executable, "-m", "cryo", "grid", "agent", "--etcd", self.etcd,
-                              "--host", host, "--store", str(self.store), "--lease", "2"],
+                              "--host", host, "--store", str(self.store), "--lease", "3"],
                              stdout=log, stderr=log, close_fds=True)  # fmt: skip
         log.close()
         self.procs.track(p.pid)

@@ -35,8 +35,7 @@ class Agent:
         self.ttl, self.dev = lease, dev
         os.makedirs(self.store, mode=0o700, exist_ok=True)
         self.lease = etcd.lease(lease)
-        if not etcd.create(K.host(host), {"host": host, "pid": os.getpid(), "store": self.store,
-                                          "started": time.time()}, lease=self.lease):  # fmt: skip
+        if not etcd.create(K.host(host), self._record(), lease=self.lease):
             self.lease.revoke()
             raise CryoError(f"host {host} has an agent already")
         self.held: dict[tuple[str, int, int], tuple[Any, list[str]]] = {}  # (app, V, part)
@@ -48,10 +47,22 @@ class Agent:
         self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
         self._keeper.start()
 
+    def _record(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": os.getpid(), "store": self.store,
+                "started": time.time()}  # fmt: skip
+
     def _keep_alive(self) -> None:
         while not self.stop.wait(self.ttl / 3):
             with contextlib.suppress(Exception):
-                self.lease.refresh()
+                if self.lease.refresh() > 0:
+                    continue
+                # the lease expired (this process was starved, or etcd unreachable for
+                # longer than it): the host counted as failed and its parts may run
+                # elsewhere now; it registers again, and the next restart's epoch
+                # kills what it still runs of theirs
+                log.warning("host %s: its lease expired; registered again", self.host)
+                self.lease = self.etcd.lease(self.ttl)
+                self.etcd.create(K.host(self.host), self._record(), lease=self.lease)
 
     def close(self) -> None:
         self.stop.set()
@@ -263,6 +274,7 @@ class Agent:
                 old.setdefault(n, int(p["pid"]))
         if not todo and not old:
             return
+        t0 = time.time()
         if services:
             hostnet.lock(app, services)
             self.locked[app] = (epoch, time.monotonic() + 120)
@@ -281,7 +293,11 @@ class Agent:
             images[n] = image
             if n < len(services):
                 hostnet.add_service(services[n], self.dev)
-        for n, got in restore_all(images).items():
+        t1 = time.time()
+        restored = restore_all(images)
+        times = {"seen": round(t0, 4), "kill": round(t1 - t0, 4),
+                 "restore": round(time.time() - t1, 4)}  # fmt: skip
+        for n, got in restored.items():
             if isinstance(got, str):
                 self.etcd.put(K.part(app, n), {"part": n, "host": self.host, "pid": None,
                                                "state": "failed", "reason": got,
@@ -290,7 +306,7 @@ class Agent:
             self.running[(app, n)] = got
             self.etcd.put(K.part(app, n), {"part": n, "host": self.host, "pid": got,
                                            "state": "running", "epoch": epoch,
-                                           "image": images[n]})  # fmt: skip
+                                           "image": images[n], "times": times})  # fmt: skip
 
     def _unlock(self, app: str) -> None:
         """The restart lock goes once every part runs at its epoch (or after two

@@ -16,6 +16,7 @@ round is decided exactly once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from cryo.errors import CryoError
 from cryo.grid import keys as K
 from cryo.grid.etcd import Etcd
 
+log = logging.getLogger(__name__)
 GRACE = 5.0  # seconds after a round's deadline before anyone may abort it
 ELECTION_TTL = 5  # seconds after a coordinator dies before the next may take over
 KEEP_ROUNDS = 8  # decided rounds kept in etcd (status shows them)
@@ -69,11 +71,19 @@ def run(etcd: Etcd, app: str, hosts: list[str], cmd: list[str], store: str,
     return wait_running(etcd, app, len(hosts), timeout)
 
 
-def wait_running(etcd: Etcd, app: str, count: int, timeout: float,
-                 epoch: int | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+def wait_running(etcd: Etcd, app: str, count: int, timeout: float, epoch: int | None = None,
+                 assign: dict[str, str] | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Wait until ``count`` parts run (at ``epoch``); with ``assign``, a host given a
+    part that dies meanwhile ends the wait (the restart is to be planned again)."""
     deadline = time.monotonic() + timeout
     while True:
         parts = parts_of(etcd, app)
+        if assign:
+            alive = live_hosts(etcd)
+            gone = sorted({h for n, h in assign.items() if h not in alive
+                           and parts.get(int(n), {}).get("epoch") != epoch})  # fmt: skip
+            if gone:
+                raise CryoError(f"host {', '.join(gone)} failed during the restart of {app}")
         ok = [p for p in parts.values() if p["state"] == "running" and p.get("pid")
               and (epoch is None or p.get("epoch") == epoch)]  # fmt: skip
         if len(ok) == count:
@@ -292,11 +302,11 @@ def restart(etcd: Etcd, app: str, version: int | None = None,
         load[h] += 1
     previous = etcd.get(K.restart(app)) or {"epoch": 0}
     epoch = int(previous["epoch"]) + 1
-    etcd.put(K.restart(app), {"epoch": epoch, "version": committed["version"],
+    etcd.put(K.restart(app), {"epoch": epoch, "version": committed["version"], "asked": time.time(),
                               "assign": assign, "images": committed["images"],
                               "hosts": committed.get("hosts", {}),
                               "replicas": committed.get("replicas", {})})  # fmt: skip
-    return wait_running(etcd, app, len(parts), timeout, epoch=epoch)
+    return wait_running(etcd, app, len(parts), timeout, epoch=epoch, assign=assign)
 
 
 def status(etcd: Etcd, app: str) -> dict[str, Any]:
@@ -329,7 +339,12 @@ def watch(etcd: Etcd, app: str, every: float | None, stop: Any = None,
             if lost and etcd.get(K.committed(app)) is not None:
                 for n in lost:
                     etcd.put(K.part(app, n), {**parts[n], "state": "lost"})
-                restart(etcd, app)
+                try:
+                    restart(etcd, app)
+                except CryoError as err:  # (a host that died meanwhile: planned again)
+                    log.warning("%s", err)
+                    time.sleep(poll)
+                    continue
             if next_due is not None and time.monotonic() >= next_due:
                 with contextlib.suppress(CryoError):  # reported in its round; next on time
                     checkpoint(etcd, app)

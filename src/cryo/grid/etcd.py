@@ -87,7 +87,7 @@ class Etcd:
                     raise
                 # 503: the member has no leader (an election after a member died); the
                 # request was not applied, so it is asked again for a while
-                if "Service Unavailable" not in err.args[1:2] or time.monotonic() > deadline:
+                if "Service Unavailable" not in err.args or time.monotonic() > deadline:
                     why = str(err) or type(err).__name__
                     raise EtcdUnavailable(f"etcd at {self.url} is unavailable or refused the"
                                           f" request: {why}") from err  # fmt: skip
