@@ -129,9 +129,6 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.mark.xfail(strict=True, reason="engine/dirty.py is_ours() takes every userfaultfd at"
-                   " fd >= 1000 for cryo's write tracking (it does not check the token"
-                   " mapping that names cryo's): the program's own is dropped, exit 0")
 def test_programs_own_userfaultfd_at_fd_1000(procs: Procs, tmp_path: Path) -> None:
     """A program's userfaultfd (no region registered) at fd 1000: the checkpoint saves it
     or refuses it by name (exit 9); it must not restart without it."""

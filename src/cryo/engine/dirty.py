@@ -82,11 +82,32 @@ def find(pid: int) -> tuple[str | None, int | None, int | None]:
     return None, None, None
 
 
-def is_ours(fd: int, target: str) -> bool:
-    """Is this fd a write-tracking uffd cryo made (in this process, or inherited from a
-    parent that was tracked when it forked)?  They live at HIGH_FD and above; a program's
-    own userfaultfd stays below (and is refused as unsupported)."""
-    return fd >= HIGH_FD and target == "anon_inode:[userfaultfd]"
+def is_ours(pid: int, fd: int, target: str) -> bool:
+    """Is this fd a write-tracking uffd cryo made: the one the process's token mapping
+    names, or the same description inherited from an ancestor that was tracked when it
+    forked (the token mapping is MADV_DONTFORK, the fd is not)?  Cryo's live at HIGH_FD
+    and above; any other userfaultfd, at whatever fd, is the program's own."""
+    if fd < HIGH_FD or target != "anon_inode:[userfaultfd]":
+        return False
+    start = pid
+    for _ in range(64):  # up the ancestors that may have passed it on
+        _, own, _ = find(pid)
+        if own is not None and (own == fd if pid == start else _same(start, fd, pid, own)):
+            return True
+        try:
+            pid = procfs.parse_stat(procfs.read(pid, "stat")).ppid
+        except OSError:
+            return False
+        if pid <= 1:
+            return False
+    return False
+
+
+def _same(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    try:
+        return libc.kcmp_file(pid1, fd1, pid2, fd2)
+    except OSError:
+        return False
 
 
 def prepare(ctx: DumpContext, previous_token: str | None) -> Tracking:

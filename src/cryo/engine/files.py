@@ -284,7 +284,7 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
     net: dict[int, tuple[int, str]] | None = None  # its netns's sockets, read once
     for fd in names:
         target = procfs.readlink(pid, f"fd/{fd}")
-        if dirty.is_ours(fd, target):
+        if dirty.is_ours(pid, fd, target):
             continue  # the write tracking cryo armed (engine/dirty.py): not the program's
         info = procfs.parse_fdinfo(procfs.read(pid, f"fdinfo/{fd}"))
         st = os.stat(f"/proc/{pid}/fd/{fd}")
