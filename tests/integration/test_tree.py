@@ -203,6 +203,59 @@ def test_kill_after_checkpoint_of_a_pid_namespace(procs: Procs, build: Any,
     kill_tree(before)
 
 
+def _running(marker: str) -> list[int]:
+    """The pids whose command line holds ``marker`` (zombies left out)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if marker.encode() not in Path(f"/proc/{d}/cmdline").read_bytes():
+                continue
+            if Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(int(d))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def test_failed_restart_of_a_pid_namespace_kills_it_all(procs: Procs, build: Any,
+                                                       tmp_path: Path) -> None:
+    """A restart of a `--pid-ns` job whose last page block is damaged fails once it reads
+    it, after its processes were made, and kills them all without waiting forever for
+    the namespace's init (which waits for its children, traced by cryo)."""
+    from cryo.image import format as fmt
+    from cryo.image import records as R
+
+    out = tmp_path / "out.txt"
+    r = run_cryo("run", "--pid-ns", "--output", str(tmp_path / "log"), "--",
+                 build("fanout"), str(out), "3", "4")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    root = procs.track(int(r.stdout))
+    Victim(root, out).wait_line("tick 2")
+    pids = tree_pids(root)
+    r = run_cryo("checkpoint", str(root), "-D", str(tmp_path / "img"), "--kill", timeout=60)
+    assert r.returncode == 0, r.stderr
+    for p in pids:
+        reap(p)
+    blocks = [x.payload for x in fmt.read_file(tmp_path / "img" / "core.img", R.CORE_MAGIC)
+              if x.kind == R.PBLK]  # fmt: skip
+    last = blocks[-1]
+    with open(tmp_path / "img" / "pages.img", "r+b") as f:
+        f.seek(last["offset"] + last["stored"] // 2)
+        b = f.read(1)
+        f.seek(last["offset"] + last["stored"] // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    t = time.monotonic()
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", timeout=60)
+    assert r.returncode == 5, r.stderr  # ImageCorrupt
+    assert "checksum" in r.stderr and time.monotonic() - t < 30
+    deadline = time.monotonic() + 10
+    while _running(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(str(out)), "no process of the failed restart is left"
+
+
 def test_unsupported_child_leaves_the_whole_tree_alone(procs: Procs, build: Any,
                                                        tmp_path: Path) -> None:  # fmt: skip
     """One process of the tree holds a TCP listening socket with a connection waiting to
