@@ -31,6 +31,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import cow, shmem
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.inject import Batch
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, FileChanged, ImageIncompatible, InternalError, Unsupported
 from cryo.image.format import checksum
@@ -605,73 +606,83 @@ def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
 
 def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     """mmap every VMA of the image; those that receive data are writable for now.
-    Returns the VMAs whose protection must be set afterwards."""
+    Returns the VMAs whose protection must be set afterwards.  The calls go in one
+    batch (one ptrace stop), the mapped files opened as they come."""
     inj = ctx.inj
     fds: dict[str, int] = {}
-    fixup = []
+    fixup: list[dict[str, Any]] = []
     _restore_pkeys(ctx, rec.get("pkeys", []))
     merge_any = bool(rec.get("ksm_merge_any"))
     inherited: dict[int, list[tuple[int, int]]] = (getattr(ctx, "live", None) or {}).get(
         "inherited", {})
-    if merge_any:  # every VMA mapped from now on is mergeable (the others are unmerged)
-        inj(SYS.prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what=" PR_SET_MEMORY_MERGE")
     try:
-        for v in rec["vmas"]:
-            kind = v["kind"]
-            if kind == "sysv-shm" and (_after_pages(v) or _MADVISE.keys() & set(v["flags"])):
-                fixup.append(v)  # sysvshm.attach maps it; its advice and lock in protect()
-            if kind in ("special", "skip", "sysv-shm"):  # sysvshm.attach maps the last
-                continue
-            size = v["end"] - v["start"]
-            prot = v["prot"]
-            if v.get("data"):
-                prot |= PROT.READ | PROT.WRITE
-            vflags = v["flags"]
-            if v["start"] in inherited:  # there already, with the parent's pages
-                inj(SYS.mprotect, v["start"], size, prot)
-                for addr, length in inherited[v["start"]]:  # pages the child did not have
-                    inj(SYS.madvise, addr, length, MADV.DONTNEED)
-                if prot != v["prot"] or _after_pages(v):
-                    fixup.append(v)
-                continue
-            flags = MAP.FIXED | (MAP.SHARED if v["shared"] else MAP.PRIVATE)
-            if "nr" in vflags:
-                flags |= MAPX.NORESERVE
-            if "dp" in vflags:  # MAP_DROPPABLE is a mapping type of its own
-                flags = (flags & ~MAP.PRIVATE) | MAPX.DROPPABLE
-            if kind == "shmem":  # the object's fd was inherited from cryo
-                inj(SYS.mmap, v["start"], size, prot, flags, ctx.shared.objects.fds[v["obj"]],
-                    v["pgoff"], what=f" mmap {v['path']}")  # fmt: skip
-            elif kind in ("file", "shared-file"):
-                fd = fds.get(v["path"])
-                if fd is None:
-                    fd = _open_mapped(ctx, v)
-                    fds[v["path"]] = fd
-                inj(SYS.mmap, v["start"], size, prot, flags, fd, v["pgoff"],
-                    what=f" mmap {v['path']}")  # fmt: skip
-            else:
-                flags |= MAP.ANONYMOUS
-                if "gd" in v["flags"]:
-                    flags |= MAP.GROWSDOWN
-                if v.get("hugetlb"):
-                    flags |= huge_flag(v["hugetlb"])
-                inj(SYS.mmap, v["start"], size, prot, flags, -1, 0)
-            name = _anon_name(v["path"])
-            if name is not None:  # PR_SET_VMA_ANON_NAME (CONFIG_ANON_VMA_NAME)
-                inj(SYS.prctl, PR_SET_VMA, PR_SET_VMA_ANON_NAME, v["start"], size,
-                    inj.put_str(name), what=f" PR_SET_VMA_ANON_NAME {v['path']}")  # fmt: skip
-            for flag in vflags:
-                if flag in _MADVISE:
-                    inj(SYS.madvise, v["start"], size, _MADVISE[flag],
-                        what=f" {_MADVISE[flag].name} {v['start']:#x}")  # fmt: skip
-            if merge_any and "mg" not in vflags:
-                inj(SYS.madvise, v["start"], size, MADV.UNMERGEABLE)
-            if prot != v["prot"] or _after_pages(v):
-                fixup.append(v)
+        for v in rec["vmas"]:  # first (their paths go through the scratch, as the batch's do)
+            if v["kind"] in ("file", "shared-file") and v["start"] not in inherited \
+                    and v["path"] not in fds:  # fmt: skip
+                fds[v["path"]] = _open_mapped(ctx, v)
+        with inj.batch() as bt:
+            _map_all(ctx, rec, bt, fds, fixup, inherited, merge_any)
     finally:
         for fd in fds.values():
             inj.raw(SYS.close, fd)
     return fixup
+
+
+def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str, int],
+             fixup: list[dict[str, Any]], inherited: dict[int, list[tuple[int, int]]],
+             merge_any: bool) -> None:  # fmt: skip
+    """map_vmas' calls, queued in ``bt`` (the mapped files are open in ``fds``)."""
+    if merge_any:  # every VMA mapped from now on is mergeable (the others are unmerged)
+        bt.call(SYS.prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what=" PR_SET_MEMORY_MERGE")
+    for v in rec["vmas"]:
+        kind = v["kind"]
+        if kind == "sysv-shm" and (_after_pages(v) or _MADVISE.keys() & set(v["flags"])):
+            fixup.append(v)  # sysvshm.attach maps it; its advice and lock in protect()
+        if kind in ("special", "skip", "sysv-shm"):  # sysvshm.attach maps the last
+            continue
+        size = v["end"] - v["start"]
+        prot = v["prot"]
+        if v.get("data"):
+            prot |= PROT.READ | PROT.WRITE
+        vflags = v["flags"]
+        if v["start"] in inherited:  # there already, with the parent's pages
+            bt.call(SYS.mprotect, v["start"], size, prot)
+            for addr, length in inherited[v["start"]]:  # pages the child did not have
+                bt.call(SYS.madvise, addr, length, MADV.DONTNEED)
+            if prot != v["prot"] or _after_pages(v):
+                fixup.append(v)
+            continue
+        flags = MAP.FIXED | (MAP.SHARED if v["shared"] else MAP.PRIVATE)
+        if "nr" in vflags:
+            flags |= MAPX.NORESERVE
+        if "dp" in vflags:  # MAP_DROPPABLE is a mapping type of its own
+            flags = (flags & ~MAP.PRIVATE) | MAPX.DROPPABLE
+        if kind == "shmem":  # the object's fd was inherited from cryo
+            bt.call(SYS.mmap, v["start"], size, prot, flags, ctx.shared.objects.fds[v["obj"]],
+                    v["pgoff"], what=f" mmap {v['path']}")  # fmt: skip
+        elif kind in ("file", "shared-file"):
+            bt.call(SYS.mmap, v["start"], size, prot, flags, fds[v["path"]], v["pgoff"],
+                    what=f" mmap {v['path']}")  # fmt: skip
+        else:
+            flags |= MAP.ANONYMOUS
+            if "gd" in v["flags"]:
+                flags |= MAP.GROWSDOWN
+            if v.get("hugetlb"):
+                flags |= huge_flag(v["hugetlb"])
+            bt.call(SYS.mmap, v["start"], size, prot, flags, -1, 0,
+                    what=f" mmap {v['start']:#x}")  # fmt: skip
+        name = _anon_name(v["path"])
+        if name is not None:  # PR_SET_VMA_ANON_NAME (CONFIG_ANON_VMA_NAME)
+            bt.call(SYS.prctl, PR_SET_VMA, PR_SET_VMA_ANON_NAME, v["start"], size,
+                    bt.put_str(name), what=f" PR_SET_VMA_ANON_NAME {v['path']}")  # fmt: skip
+        for flag in vflags:
+            if flag in _MADVISE:
+                bt.call(SYS.madvise, v["start"], size, _MADVISE[flag],
+                        what=f" {_MADVISE[flag].name} {v['start']:#x}")  # fmt: skip
+        if merge_any and "mg" not in vflags:
+            bt.call(SYS.madvise, v["start"], size, MADV.UNMERGEABLE)
+        if prot != v["prot"] or _after_pages(v):
+            fixup.append(v)
 
 
 def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> None:
@@ -780,29 +791,33 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
     """Once the pages are written: protections, then guard pages (refused by the kernel
     on a locked VMA), then mlock (it populates the pages, so after the data), then mseal
     (it forbids any later change)."""
-    inj = ctx.inj
+    with ctx.inj.batch() as bt:  # one ptrace stop for all
+        _protect_all(bt, fixup)
+
+
+def _protect_all(bt: Batch, fixup: list[dict[str, Any]]) -> None:
     for v in fixup:
         start, size = v["start"], v["end"] - v["start"]
         if v["kind"] == "sysv-shm":  # attached after map_vmas: its advice now
             for flag in v["flags"]:
                 if flag in _MADVISE:
-                    inj(SYS.madvise, start, size, _MADVISE[flag],
-                        what=f" {_MADVISE[flag].name} {start:#x}")  # fmt: skip
+                    bt.call(SYS.madvise, start, size, _MADVISE[flag],
+                            what=f" {_MADVISE[flag].name} {start:#x}")  # fmt: skip
         if v.get("data") and v["prot"] != v["prot"] | PROT.READ | PROT.WRITE:
-            inj(SYS.mprotect, start, size, v["prot"])
+            bt.call(SYS.mprotect, start, size, v["prot"])
         if v.get("pkey"):
-            inj(SYSX.pkey_mprotect, start, size, v["prot"], v["pkey"],
-                what=f" pkey_mprotect {start:#x} key {v['pkey']}")  # fmt: skip
+            bt.call(SYSX.pkey_mprotect, start, size, v["prot"], v["pkey"],
+                    what=f" pkey_mprotect {start:#x} key {v['pkey']}")  # fmt: skip
         for addr, length in v.get("guards", ()):
-            inj(SYS.madvise, addr, length, MADV.GUARD_INSTALL,
-                what=f" MADV_GUARD_INSTALL {addr:#x}")  # fmt: skip
+            bt.call(SYS.madvise, addr, length, MADV.GUARD_INSTALL,
+                    what=f" MADV_GUARD_INSTALL {addr:#x}")  # fmt: skip
         if "lo" in v["flags"]:
-            inj(SYSX.mlock2, start, size, MLOCK.ONFAULT if "lf" in v["flags"] else 0,
-                what=f" mlock2 {start:#x}")  # fmt: skip
+            bt.call(SYSX.mlock2, start, size, MLOCK.ONFAULT if "lf" in v["flags"] else 0,
+                    what=f" mlock2 {start:#x}")  # fmt: skip
     for v in fixup:
         if "sl" in v["flags"]:
-            inj(SYSX.mseal, v["start"], v["end"] - v["start"], 0,
-                what=f" mseal {v['start']:#x}")  # fmt: skip
+            bt.call(SYSX.mseal, v["start"], v["end"] - v["start"], 0,
+                    what=f" mseal {v['start']:#x}")  # fmt: skip
 
 
 def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
