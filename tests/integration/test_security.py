@@ -982,6 +982,15 @@ ep = select.epoll(); ep.register(r, select.EPOLLIN)
 master, slave = os.openpty()
 os.write(master, b"typed\n")
 ns = os.open("/proc/self/ns/uts", os.O_RDONLY)
+pidfd = os.pidfd_open(os.getpid())
+status = open("/proc/self/status")
+os.symlink("posix", os.path.join(d, "link"))
+opath = os.open(os.path.join(d, "link"), os.O_PATH | os.O_NOFOLLOW)
+import ctypes
+libc = ctypes.CDLL(None)
+ino = libc.inotify_init1(0)
+libc.inotify_add_watch(ino, os.path.join(d, "flock").encode(), 2)
+waiting = socket.create_connection(tcp.getsockname())  # in tcp's accept queue
 out.write("ready\n")
 i = 0
 while True:
@@ -992,9 +1001,11 @@ while True:
 
 def test_real_image_has_no_undeclared_key(procs: Procs, arena: Path) -> None:
     """A target holding files, locks of every kind, a lease, a signal owner, a deleted
-    file with a hole, a sealed memfd, a deleted FIFO, unix and TCP/UDP sockets, an
-    eventfd, an epoll, a pty pair and a namespace fd: its image fits the grammar with
-    no key the grammar does not declare (each is checked for its type), and restarts."""
+    file with a hole, a sealed memfd, a deleted FIFO, unix and TCP/UDP sockets (a TCP
+    connection waiting in its listener's accept queue), an eventfd, an epoll, a pty
+    pair, a namespace fd, a pidfd, a /proc file, an O_PATH fd on a symbolic link and an
+    inotify watch: its image fits the grammar with no key the grammar does not declare
+    (each is checked for its type), and restarts."""
     from cryo.image import schema
     from cryo.image.reader import Image
 
@@ -1007,7 +1018,7 @@ def test_real_image_has_no_undeclared_key(procs: Procs, arena: Path) -> None:
         assert time.monotonic() < deadline, "the target did not get ready"
         time.sleep(0.05)
     img = arena / "richimg"
-    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill", "--tcp-established")
     assert r.returncode == 0, r.stderr
     reap(p.pid)
     image = Image(str(img))
@@ -1017,12 +1028,13 @@ def test_real_image_has_no_undeclared_key(procs: Procs, arena: Path) -> None:
         have = {k for dd in descs for k in dd}
         for key in ("posix", "locks", "lease", "owner", "sig", "ghost", "extents", "memfd",
                     "uid", "atime_ns", "name", "queue", "opts", "family", "local", "state",
-                    "backlog", "listen", "count", "watch", "index", "termios", "ns"):
+                    "backlog", "listen", "count", "watch", "index", "termios", "ns",
+                    "target", "proc", "watches", "queued", "queued_on", "tcp"):
             assert key in have, f"the target's image has no {key}: it tests too little"
         assert schema.undeclared_keys(image) == []
     finally:
         image.close()
-    r = restart(img)
+    r = restart(img, "--tcp-established")
     assert r.returncode == 0, r.stderr
     pid = procs.track(int(r.stdout))
     n = len(out.read_text().splitlines())
