@@ -1055,3 +1055,35 @@ def _rich_image_checked(image: Any) -> None:
         assert schema.undeclared_keys(image) == []
     finally:
         image.close()
+
+
+SAVER = ("import sys,time\nimport cryo.app as a\na.add_saved_file(sys.argv[1])\n"
+         "open(sys.argv[2],'w').write('ready')\nwhile True:\n  time.sleep(0.05)\n")
+
+
+def test_saved_file_is_read_as_the_process(procs: Procs, arena: Path, tmp_path: Path) -> None:
+    """A user's process asking cryo.app to save a file its user cannot read (root's
+    0600 file) does not get it copied into its image: the checkpoint fails naming it,
+    the process goes on; a file of its own is saved."""
+    secret = arena / "secret"
+    secret.write_bytes(b"root only\n")
+    secret.chmod(0o600)
+    home = arena / "home"
+    ready = home / "ready"
+    p = subprocess.Popen([USER_PY, "-c", SAVER, str(secret), str(ready)], cwd=home,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
+    p.returncode = 0
+    procs.track(p.pid)
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the saver did not start"
+        time.sleep(0.05)
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img))
+    assert r.returncode != 0, "root's file was saved into a user's image"
+    assert str(secret) in r.stderr and "Permission denied" in r.stderr, r.stderr
+    assert not img.exists()
+    assert status_of(p.pid)["State"][0] in "SR", status_of(p.pid)["State"]
+    assert status_of(p.pid)["TracerPid"] == "0"

@@ -168,9 +168,25 @@ def _subtract(runs: list[tuple[int, int]], drops: list[list[int]]) -> list[tuple
     return out
 
 
+def _as_process(pid: int) -> Any:
+    """The process's file-system credentials, as a trust.Owner: what it may open."""
+    from cryo import procfs
+    from cryo.image.trust import Owner
+
+    status = procfs.parse_status(procfs.read(pid, "status"))
+    uid, gid = int(status["Uid"].split()[3]), int(status["Gid"].split()[3])  # fs ids
+    groups = {int(g) for g in status.get("Groups", "").split()}
+    return Owner(uid=uid, gid=gid, gids=groups | {gid})
+
+
 def _save_file(ctx: DumpContext, sink: Any, i: int, path: str) -> dict[str, Any]:
+    """Copy a file the application asked to save into the image, opened with the
+    process's own credentials: a process cannot have cryo (root) read for it a file its
+    user could not read."""
+    from cryo.image.trust import open_as_owner
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_as_owner(_as_process(ctx.pid), [(path, os.O_RDONLY | os.O_NOFOLLOW, 0)])[0]
     except OSError as err:
         raise CryoError(f"process {ctx.pid}: cannot save {path}: {err.strerror}",
                         pid=ctx.pid, path=path) from err  # fmt: skip
