@@ -162,7 +162,8 @@ def main() -> None:
                 shutil.rmtree(tmp / f"par-{i}-{n}", ignore_errors=True)
         g, s, par = med(globals_), med(slowest), med(parallel)
         print(f"{args.mib} MiB x 3 parts, {args.rounds} rounds (medians), replicas"
-              f" {args.replicas}, lease {args.lease} s")
+              f" {args.replicas}, lease {args.lease} s; the three hosts share this machine's"
+              f" {os.cpu_count()} CPUs and disk (load {os.getloadavg()[0]:.1f})")
         print(f"  global checkpoint, until every part runs (library)  {g:.3f} s")
         print(f"  slowest local checkpoint alone                      {s:.3f} s")
         print(f"  three local checkpoints at once (no etcd)           {par:.3f} s")

@@ -30,7 +30,7 @@ from cryo.grid.etcd import Etcd
 log = logging.getLogger(__name__)
 GRACE = 5.0  # seconds after a round's deadline before anyone may abort it
 ELECTION_TTL = 5  # seconds after a coordinator dies before the next may take over
-KEEP_ROUNDS = 8  # decided rounds kept in etcd (status shows them)
+KEEP_ROUNDS = 8  # decided rounds kept in etcd (status shows them), up to twice as many
 
 
 class RoundFailed(CryoError):
@@ -185,14 +185,15 @@ def resolve_stale(etcd: Etcd, app: str, now: float | None = None) -> list[int]:
     return out
 
 
-def prune(etcd: Etcd, app: str, keep: int = KEEP_ROUNDS) -> None:
-    """Forget the decided rounds (and their votes) but the last ``keep``: what every
-    agent reads at each step stays small."""
-    rounds = [(int(r["version"]), r["state"]) for k, r in etcd.prefix(K.rounds(app))
-              if "/votes/" not in k]  # fmt: skip
-    for v, state in sorted(rounds)[:-keep]:
-        if state != K.PREPARE:
-            etcd.delete_prefix(K.round_(app, v))
+def prune(etcd: Etcd, app: str, rounds: list[dict[str, Any]], keep: int = KEEP_ROUNDS) -> None:
+    """Forget the decided ``rounds`` (and their votes) but the last ``keep``, once there
+    are twice as many (what every agent reads at each step stays small; a checkpoint
+    seldom pays for it)."""
+    if len(rounds) < 2 * keep:
+        return
+    for r in sorted(rounds, key=lambda r: int(r["version"]))[:-keep]:
+        if r.get("state") != K.PREPARE:
+            etcd.delete_prefix(K.round_(app, int(r["version"])))
 
 
 def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
@@ -208,9 +209,9 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
             if report is not None:
                 report(f"round {v} of {app}, left by a coordinator that is gone: {state}")
         parts = parts_of(etcd, app)
-        versions = [int(v["version"]) for k, v in etcd.prefix(K.rounds(app))
-                    if "/votes/" not in k]  # fmt: skip
-        version = max(versions, default=0) + 1
+        rounds = [v for k, v in etcd.prefix(K.rounds(app)) if "/votes/" not in k]
+        version = max((int(r["version"]) for r in rounds), default=0) + 1
+        prune(etcd, app, rounds)
         now = time.time()
         prepare = {"version": version, "state": K.PREPARE, "deadline": now + timeout,
                    "by": election.me, "parts": sorted(parts), "created": now}  # fmt: skip
@@ -246,7 +247,6 @@ def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list
             record = _committed(version, got, parts)
             if etcd.swap(key, raw, {**prepare, "state": K.COMMITTED, "decided": time.time()},
                          [(K.committed(app), record)]):  # fmt: skip
-                prune(etcd, app)
                 return version
             failure = "the round was decided by another (aborted after its deadline)"
             break
