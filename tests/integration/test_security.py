@@ -1087,3 +1087,75 @@ def test_saved_file_is_read_as_the_process(procs: Procs, arena: Path, tmp_path: 
     assert not img.exists()
     assert status_of(p.pid)["State"][0] in "SR", status_of(p.pid)["State"]
     assert status_of(p.pid)["TracerPid"] == "0"
+
+
+MAPPED_MEMFD = r"""
+import mmap, os, sys, time
+d = sys.argv[1]
+out = open(os.path.join(d, "mm.out"), "a", buffering=1)
+m = os.memfd_create("mapped")
+os.ftruncate(m, 8192)
+os.fchmod(m, 0o600)
+view = mmap.mmap(m, 8192, flags=mmap.MAP_SHARED)
+view[:5] = b"hello"
+out.write("ready\n")
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.02)
+st = os.fstat(m)
+ok = view[:5] == b"hello" and os.pread(m, 5, 0) == b"hello"
+out.write(f"{'ok' if ok else 'FAIL'} {st.st_uid} {st.st_gid} {st.st_mode:o}\n")
+while True:
+    time.sleep(1)
+"""
+
+
+def mapped_memfd_image(procs: Procs, arena: Path) -> Path:
+    home = arena / "home"
+    p = subprocess.Popen([USER_PY, "-c", MAPPED_MEMFD, str(home)], cwd=home,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
+    p.returncode = 0
+    procs.track(p.pid)
+    out = home / "mm.out"
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.read_text().startswith("ready")):
+        assert time.monotonic() < deadline, "the user's target did not get ready"
+        time.sleep(0.02)
+    img = home / "img"
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(p.pid)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    return img
+
+
+def test_users_mapped_memfd_is_the_users(procs: Procs, arena: Path) -> None:
+    """A user's memfd mapped shared (saved as a shared memory object) comes back the
+    user's, with its mode and data: not root's, which the user could not reopen."""
+    home = arena / "home"
+    r = restart(mapped_memfd_image(procs, arena))
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    as_user(lambda: (home / "go").write_text(""))
+    out = home / "mm.out"
+    deadline = time.monotonic() + 10
+    while len(out.read_text().splitlines()) < 2:
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.02)
+    line = out.read_text().splitlines()[1]
+    assert line == f"ok {UID} {UID} 100600", line
+
+
+def test_users_shared_object_edited_to_roots_is_refused(procs: Procs, arena: Path) -> None:
+    """The same image with the object's owner edited to root: refused, nothing made."""
+    img = mapped_memfd_image(procs, arena)
+
+    def to_root(by: dict[bytes, list[Any]]) -> None:
+        by[b"SHMO"][0]["objs"][0]["uid"] = 0
+
+    edit_as_user(img, to_root)
+    r = restart(img, "--trust-image")  # past the seal: the privilege rule must hold
+    assert r.returncode in REFUSED, r.stderr
+    assert "would be owned by 0:" in r.stderr, r.stderr

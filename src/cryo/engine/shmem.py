@@ -68,6 +68,7 @@ class Objects:
             self.objs.append({"id": len(self.objs), "kind": kind, "size": st.st_size,
                               "mode": st.st_mode & 0o7777, "name": vma.path,
                               "dev": st.st_dev, "ino": st.st_ino,
+                              "uid": st.st_uid, "gid": st.st_gid,
                               "where": [pid, vma.start, vma.end],
                               "huge": vma.page_size if "ht" in vma.flags else 0})  # fmt: skip
         return self.by_key[key]
@@ -193,6 +194,7 @@ def _make(obj: dict[str, Any], made: Made, where: Callable[[str], str]) -> int:
         fd = os.memfd_create(name, os.MFD_CLOEXEC | (
             MFD_HUGETLB | ((huge.bit_length() - 1) << MAP_HUGE_SHIFT) if huge else 0))
         os.fchmod(fd, obj["mode"])  # memfd_create makes it 0777
+        _owner(fd, obj)
         os.ftruncate(fd, size)
         return fd
     path = where(obj["name"].removesuffix(" (deleted)"))
@@ -204,9 +206,16 @@ def _make(obj: dict[str, Any], made: Made, where: Callable[[str], str]) -> int:
         tmp = os.path.join(directory, f".cryo-{os.getpid()}-{obj['id']}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, obj["mode"])
     os.unlink(tmp)
+    _owner(fd, obj)
     os.fchmod(fd, obj["mode"])  # not narrowed by our umask
     os.ftruncate(fd, size)
     return fd
+
+
+def _owner(fd: int, obj: dict[str, Any]) -> None:
+    """The object's owner as it was (trust admitted it: a user's image names the user)."""
+    if "uid" in obj and (obj["uid"], obj["gid"]) != (os.geteuid(), os.getegid()):
+        os.fchown(fd, obj["uid"], obj["gid"])
 
 
 def fill(made: Made, obj_id: int, buf: Any, offset: int, runs: list[list[int]]) -> int:

@@ -523,6 +523,8 @@ OBJ = Struct((
     F("id", Int(0, MAX_ITEMS), "its index in `objs`"), F("kind", Str(choices=SHMO_KINDS)),
     F("size", Int(0, 1 << 46)), F("mode", Int(0, 0o7777)), F("name", Str()),
     F("dev", Int()), F("ino", Int()),
+    F("uid", Int(0, U32), "memfd, deleted: its owner", required=False),
+    F("gid", Int(0, U32), "memfd, deleted: its group", required=False),
     F("huge", Int(0, 1 << 30), "hugetlb: its page size (0: none)", required=False),
     F("where", Tuple((PID, ADDR, ADDR), ("pid", "start", "end")),
       "a mapping of it in a process, to read it from", required=False),

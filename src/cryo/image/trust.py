@@ -388,6 +388,10 @@ def _memory(image: Any, owner: Owner, need: list[tuple[str, int, str]],
     for o in shmo[0]["objs"] if shmo else []:
         if o["mode"] & SETID:
             raise _deny(owner, f"shared memory object {o['id']} would have mode {o['mode']:o}")
+        if not owner.root and "uid" in o and (o["uid"] != owner.uid
+                                              or o["gid"] not in owner.gids):
+            raise _deny(owner, f"shared memory object {o['id']} would be owned by"
+                        f" {o['uid']}:{o['gid']}")  # fmt: skip
         if o["kind"] == "deleted":
             path = tr(str(o["name"]).removesuffix(" (deleted)"))
             need.append((_creatable(path), os.W_OK | os.X_OK,
