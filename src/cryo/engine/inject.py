@@ -282,7 +282,7 @@ class Injector:
                                                                       for x in a[:6])  # fmt: skip
         regs.rip = self.syscall_addr
         self.t.setregs(regs)
-        self.t.step()
+        self.t.step(self.syscall_addr + 2)
         self.calls += 1
         self.stops += 1
         STATS["single_calls"] += 1

@@ -93,13 +93,14 @@ class Tracee:
                 STATS["stops"] += 1
                 return int(os.WSTOPSIG(status)) | ((status >> 16) << 8)
 
-    def step(self) -> None:
+    def step(self, expect_rip: int = 0) -> None:
         """Run one instruction, a ``syscall``; signals that arrive meanwhile are kept for
         later.  A single step ends in a SIGTRAP that the kernel forces on the task: were
         SIGTRAP blocked or ignored there, the kernel would first reset its action to
         SIG_DFL and unblock it, changing the task.  So then the call is run from
         syscall-entry to syscall-exit stop instead (PTRACE_SYSCALL), which raises no
-        signal (and costs one stop more)."""
+        signal (and costs one stop more).  ``expect_rip``: the address after the
+        instruction, which tells the step's trap from a SIGTRAP the task had pending."""
         if self.sigtrap_ignored or self.get_sigmask() & _SIGTRAP_BIT:
             self._syscall_step()
             return
@@ -108,7 +109,14 @@ class Tracee:
             stop = self.wait_stop()
             sig, event = stop & 0xFF, stop >> 8
             if sig == signal.SIGTRAP and event == 0:
-                return
+                # the step's own trap, or a SIGTRAP the task had pending, reported
+                # before the instruction ran (``expect_rip``: where the step ends)
+                if not expect_rip or self.getregs().rip == expect_rip:
+                    return
+                log.debug("pid %d: deferring a pending SIGTRAP", self.tid)
+                self.deferred_signals.append(sig)
+                libc.ptrace(PTRACE.SINGLESTEP, self.tid)
+                continue
             if event == PTRACE_EVENT.STOP or event:
                 libc.ptrace(PTRACE.SINGLESTEP, self.tid)
                 continue
