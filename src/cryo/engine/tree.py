@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from cryo.engine.ptrace import Tracee
 from cryo.errors import CryoError, NoSuchProcess, RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import CLONE, PAGE_SIZE, PTRACE, PTRACE_O, SYS
+from cryo.linux.consts import CLONE, PAGE_SIZE, PR, PTRACE, PTRACE_O, SYS
 
 log = logging.getLogger(__name__)
 KIND = b"TREE"
@@ -366,15 +367,58 @@ class Made:
 def kill_made(made: dict[int, Made]) -> None:
     """Undo :func:`build`: every process made so far killed, and every one of their
     threads we trace collected (threads first, each leader last, as the kernel reports
-    them: a leader's death waits for its traced threads to be reaped)."""
-    for m in reversed(list(made.values())):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(m.pid, signal.SIGKILL)
-    for m in reversed(list(made.values())):
-        tids = [t for t in (m.ctx.threads if m.ctx is not None else ()) if t != m.pid]
-        for tid in [*tids, m.pid]:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(tid, WALL)
+    them: a leader's death waits for its traced threads to be reaped).  We are a child
+    subreaper meanwhile, so that the processes a killed restored parent leaves come to
+    us and are reaped here, not left as zombies holding their pids for an init that
+    may never reap them."""
+    buf = bytearray(4)
+    was = 0
+    with contextlib.suppress(OSError):
+        libc.prctl(PR.GET_CHILD_SUBREAPER, libc.buffer_address(buf))
+        was = int.from_bytes(buf, "little")
+    with contextlib.suppress(OSError):
+        libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+    try:
+        for m in reversed(list(made.values())):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(m.pid, signal.SIGKILL)
+        for m in reversed(list(made.values())):
+            tids = [t for t in (m.ctx.threads if m.ctx is not None else ()) if t != m.pid]
+            for tid in [*tids, m.pid]:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(tid, WALL)
+        _reap_orphans([m.pid for m in made.values()])
+    finally:
+        if not was:
+            with contextlib.suppress(OSError):
+                libc.prctl(PR.SET_CHILD_SUBREAPER, 0)
+
+
+def _reap_orphans(pids: list[int], bound: float = 5.0) -> None:
+    """Reap those of ``pids`` that came to us (their restored parent died first); wait
+    at most ``bound`` seconds for the ones still on their way."""
+    deadline = time.monotonic() + bound
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            try:
+                if os.waitpid(pid, os.WNOHANG | WALL)[0] == pid:
+                    left.discard(pid)
+                continue
+            except ChildProcessError:
+                pass
+            try:  # not ours (yet): gone, or a zombie of a parent still dying
+                st = procfs.parse_stat(procfs.read(pid, "stat"))
+            except (OSError, NoSuchProcess):
+                left.discard(pid)
+                continue
+            if st.ppid not in (os.getpid(), *left):
+                left.discard(pid)  # someone else's to reap (outside what we made)
+        if left:
+            if time.monotonic() > deadline:
+                log.warning("processes %s of a failed restart were not reaped", sorted(left))
+                return
+            time.sleep(0.005)
 
 
 def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bool,
