@@ -84,6 +84,9 @@ def test_locks_held_again(procs: Procs, build: Any, tmp_path: Path) -> None:
     shown = [f.get("locks") for f in _files_shown(tmp_path / "img")]
     assert [f"posix WRITE 5-14 (pid {v.pid})", f"posix READ 1000-EOF (pid {v.pid})"] in shown
     assert ["lease WRITE"] in shown and ["flock WRITE"] in shown, shown
+    text = run_cryo("show", str(tmp_path / "img")).stdout  # the text output names them too
+    assert f"locks=[posix WRITE 5-14 (pid {v.pid}), posix READ 1000-EOF" in text, text
+    assert "locks=[lease WRITE]" in text and "locks=[flock WRITE]" in text, text
     work = tmp_path / "work"
     # seen from another process: the POSIX lock is the restored process's
     fd = os.open(work / "a.dat", os.O_RDWR)

@@ -353,6 +353,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("  files:")
         for f in p["files"]:
             extra = f"  (same as fd {f['same_as']})" if "same_as" in f else ""
+            own = {k: v for k, v in f.items() if k not in _FD_SHOWN}
+            if own:  # locks, owners, watches, memfd seals, ...: each kind's own state
+                extra += f"  [{_compact(own)}]"
             print(f"    {f['fd']:>4} {f['kind']:<6} pos {f['pos']:<8} flags {f['flags']:<9}"
                   f" {f['path']}{extra}")  # fmt: skip
         s = p["signals"]
@@ -360,4 +363,22 @@ def cmd_show(args: argparse.Namespace) -> int:
               f" altstack {s['altstack']}")  # fmt: skip
         for name, act in s["actions"].items():
             print(f"    {name}: {act}")
+        for key, value in p.items():  # what the other drivers describe (--json: all)
+            if key not in _PROCESS_SHOWN:
+                line = _compact(value)
+                print(f"  {key}: {line if len(line) <= 400 else line[:400] + ' ...'}")
     return 0
+
+
+_FD_SHOWN = {"fd", "kind", "pos", "flags", "path", "desc", "same_as"}
+_PROCESS_SHOWN = {"pid", "ppid", "pgid", "sid", "uid", "comm", "exe", "cwd", "registers",
+                  "mappings", "files", "signals"}
+
+
+def _compact(value: Any) -> str:
+    """One line for a described value: dicts as k=v, lists comma-separated."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_compact(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_compact(v) for v in value) + "]"
+    return str(value)
