@@ -137,8 +137,10 @@ def test_stopped_process_restored_stopped(procs: Procs, build: Any, tmp_path: Pa
 
 
 @pytest.mark.parametrize("hold", ["", pytest.param("hold", marks=pytest.mark.xfail(
-    strict=False, reason="known bug, seen twice in about ten runs under load: the target"
-    " with every signal held dies during the second checkpoint (NoSuchProcess)")), "ignore"])
+    strict=False, reason="known intermittent bug: 2 failures in 38 runs under load after"
+    " signals held back during injected calls go back to their own thread (the restored"
+    " process was killed by glibc's SIGTIMER, 32, re-sent to the whole process, whose"
+    " main thread does not block it); the remaining cause is not found yet")), "ignore"])
 def test_signals_and_thread_timers(procs: Procs, tmp_path: Path, hold: str) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([build_threaded(tmp_path, "sigtimers"), str(out), hold], out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import logging
@@ -14,7 +13,7 @@ from cryo import procfs
 from cryo.errors import AccessDenied, CryoError, NoSuchProcess
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import NT, PTRACE, PTRACE_EVENT, PTRACE_O, PTRACE_SYSCALL_INFO
+from cryo.linux.consts import NT, PTRACE, PTRACE_EVENT, PTRACE_O, PTRACE_SYSCALL_INFO, SYS
 
 log = logging.getLogger(__name__)
 XSTATE_MAX = 16384
@@ -176,20 +175,29 @@ class Tracee:
             libc.ptrace(PTRACE.CONT, self.tid)
 
     def detach(self, sig: int = 0) -> None:
+        """Let the task go (with ``sig`` delivered, from a signal-delivery stop).  The
+        signals held back meanwhile are sent again first, each to this thread (tgkill:
+        a signal aimed at one thread, a timer's SIGEV_THREAD_ID signal or glibc's
+        SIGTIMER to its helper, must not go to another thread, where its action may be
+        fatal, as os.kill of the process did), while it is still stopped: it takes them
+        once let go, under its own mask.  (Given as PTRACE_DETACH's signal instead, the
+        first was lost: the kernel uses it only from a signal-delivery stop, and a parked
+        task is in an event stop.)"""
         if not self.attached:
             return
-        pending = list(self.deferred_signals)
-        if not sig and pending:
-            sig = pending.pop(0)
+        for s in self.deferred_signals:
+            try:
+                libc.syscall(SYS.tgkill, self.pid, self.tid, s)
+            except OSError as err:
+                if err.errno != errno.ESRCH:
+                    raise
+        self.deferred_signals = []
         try:
             libc.ptrace(PTRACE.DETACH, self.tid, 0, sig)
         except OSError as err:
             if err.errno != errno.ESRCH:
                 raise
         self.attached = False
-        for s in pending:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, s)
 
     # -- seccomp -----------------------------------------------------------
     def suspend_seccomp(self, options: int | None = None) -> None:
