@@ -19,7 +19,8 @@ from pathlib import Path
 
 import xxhash
 
-from cryo.linux import libc
+from cryo.linux import libc, uffd
+from cryo.linux.consts import UFFD, SYS_userfaultfd
 from dump_restore import copy_bound
 
 BLOCK = 64 << 20
@@ -53,7 +54,11 @@ class Child:
             os.close(r)
             os.close(w2)
             m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            os.write(w, str(libc.buffer_address(m)).encode())
+            ufd = -1
+            if how == "uffd":  # what an injected call makes in a restored process
+                ufd = libc.syscall(SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK
+                                   | UFFD.USER_MODE_ONLY)  # fmt: skip
+            os.write(w, f"{libc.buffer_address(m)} {ufd}".encode())
             os.read(r2, 1)
             t = time.perf_counter()
             if how == "populate":
@@ -69,7 +74,8 @@ class Child:
         os.close(w)
         os.close(r2)
         self.r, self.w = r, w2
-        self.addr = int(os.read(r, 64))
+        addr, ufd = os.read(r, 64).split()
+        self.addr, self.ufd = int(addr), int(ufd)
 
     def run(self) -> float:
         os.write(self.w, b"g")
@@ -82,11 +88,18 @@ class Child:
         os.close(self.w)
 
 
-def from_buffers(path: Path, size: int, populate: bool, threads: bool) -> str:
+def from_buffers(path: Path, size: int, populate: bool, threads: bool,
+                 use_uffd: bool = False) -> str:  # fmt: skip
     """pread into reused 64 MiB buffers, xxh3, process_vm_writev into the child; with
-    ``threads`` a thread reads and checks the next block meanwhile (what a restart does)."""
-    c = Child(size, path, "populate" if populate else "")
+    ``threads`` a thread reads and checks the next block meanwhile (what a restart does);
+    with ``use_uffd`` UFFDIO_COPY through the child's userfaultfd instead."""
+    c = Child(size, path, "populate" if populate else ("uffd" if use_uffd else ""))
     pop = c.run()
+    ufd = -1
+    if use_uffd:
+        ufd = libc.fd_of(c.pid, c.ufd)
+        libc.uffd_api(ufd, 0)
+        uffd.register_missing(ufd, c.addr, size)
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0x8000)
     bufs = [mmap.mmap(-1, BLOCK, flags=flags) for _ in range(3 if threads else 1)]
     fd = os.open(path, os.O_RDONLY)
@@ -120,15 +133,23 @@ def from_buffers(path: Path, size: int, populate: bool, threads: bool) -> str:
         elif i:
             read(off, buf)
         t = time.perf_counter()
-        local = [(libc.buffer_address(buf), BLOCK)]
-        libc.process_vm_writev(c.pid, local, [(c.addr + off, BLOCK)])
+        if use_uffd:
+            if uffd.copy(ufd, c.addr + off, libc.buffer_address(buf), BLOCK) != BLOCK:
+                raise RuntimeError("UFFDIO_COPY stopped short")
+        else:
+            local = [(libc.buffer_address(buf), BLOCK)]
+            libc.process_vm_writev(c.pid, local, [(c.addr + off, BLOCK)])
         spent["write"] += time.perf_counter() - t
+    if use_uffd:
+        uffd.unregister(ufd, c.addr, size)
+        os.close(ufd)
     total = time.perf_counter() - t0
     os.close(fd)
     c.end()
     extra = f", populate first {pop:.3f}" if populate else ""
+    how = "UFFDIO_COPY" if use_uffd else "process_vm_writev"
     return (f"{total:.3f} s (read {spent['read']:.3f}, xxh3 {spent['hash']:.3f},"
-            f" process_vm_writev {spent['write']:.3f}{extra})")
+            f" {how} {spent['write']:.3f}{extra})")
 
 
 def in_child(path: Path, size: int, direct: bool) -> str:
@@ -159,13 +180,14 @@ def main() -> None:
                     ("pread, xxh3, process_vm_writev, one thread", "buffers", False, False),
                     ("the same, reading ahead in a thread (cryo)", "buffers", False, True),
                     ("the same, target populated first", "buffers", True, True),
+                    ("the same, UFFDIO_COPY instead", "uffd", False, True),
                     ("preadv by the target itself (no check)", "child", False, False),
                     ("O_DIRECT preadv by the target itself", "child", True, False),
                 ]
                 for name, kind, a, b in ways:
                     set_cache(path, warm)
-                    got = from_buffers(path, size, a, b) if kind == "buffers" else (
-                        in_child(path, size, a))  # fmt: skip
+                    got = from_buffers(path, size, a, b, kind == "uffd") if kind in (
+                        "buffers", "uffd") else in_child(path, size, a)  # fmt: skip
                     print(f"{temp} {name:<46} {got}", flush=True)
             c = Child(size, path, "populate")
             print(f"faulting in {args.mib} MiB of fresh memory (MADV_POPULATE_WRITE):"

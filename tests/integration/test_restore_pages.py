@@ -4,8 +4,11 @@ size; a cold image leaves the page cache as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,3 +162,106 @@ def test_store_restart_memory_is_bounded(procs: Procs, build: Any, tmp_path: Pat
     restored = Victim(got["pid"], out)
     restored.wait_ok_after(max(restored.oks(), default=0) + 2)
     assert got["hwm_kib"] * 1024 < 300 << 20, f"peak RSS {got['hwm_kib']} KiB"
+
+
+def _uffd_left(pid: int) -> list[str]:
+    """VmFlags of a userfaultfd registration and uffd descriptors left in ``pid``."""
+    left = [line for line in Path(f"/proc/{pid}/smaps").read_text().splitlines()
+            if line.startswith("VmFlags:") and {"um", "uw", "ui"} & set(line.split()[1:])]
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[userfaultfd]":
+                left.append(f"fd {fd}")
+    return left
+
+
+def test_pages_given_by_uffd_leave_nothing(procs: Procs, build: Any, tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """Fresh anonymous mappings are filled with UFFDIO_COPY, a private file mapping's
+    written pages with process_vm_writev; the process finds every word it had (and the
+    never-touched pages zero), can touch new pages, and has no userfaultfd registration
+    or descriptor left; then a checkpoint of it (which refuses a registered mapping) and
+    a second restart work too."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("fillcheck"), str(out), str(tmp_path / "mapped")], out)
+    v.wait_line("tick 1")
+    img = tmp_path / "img"
+    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    with caplog.at_level(logging.DEBUG, logger="cryo.engine.memory"):
+        r = restart(str(img))
+    procs.track(r.pid)
+    got = [m for m in caplog.messages if "by UFFDIO_COPY" in m]
+    assert got, "the uffd way was used"
+    copied, written = (int(x) for x in re.findall(r"(\d+) (?:bytes )?by ", got[0]))
+    assert copied >= 30 << 20, got  # a, b (3/4 of it), the heap
+    assert written >= 1 << 20, got  # the file mapping's written pages
+    restored = Victim(r.pid, out)
+    restored.wait_ok_after(max(restored.oks(), default=0) + 3)
+    assert not _uffd_left(r.pid), _uffd_left(r.pid)
+    img2 = tmp_path / "img2"
+    checkpoint(r.pid, str(img2), signal_after=signal.SIGKILL)
+    r2 = restart(str(img2))
+    procs.track(r2.pid)
+    again = Victim(r2.pid, out)
+    again.wait_ok_after(max(again.oks(), default=0) + 3)
+
+
+def test_uffd_filler_writes_present_pages(tmp_path: Path) -> None:
+    """Pages already present in a registered range (UFFDIO_COPY: EEXIST) are written with
+    process_vm_writev, the missing ones given: a child with every third page of 8 MiB
+    touched finds the whole pattern, and nothing of the uffd is left after close()."""
+    import mmap
+
+    from cryo.engine.memory import _Filler
+    from cryo.linux import libc
+    from cryo.linux import uffd as U
+    from cryo.linux.consts import UFFD, SYS_userfaultfd
+
+    size, pg = 8 << 20, 4096
+    pattern = bytes(range(256)) * (size // 256)
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: map, touch every third page, hand over a uffd, then check
+        code = 1
+        try:
+            os.close(r)
+            os.close(w2)
+            m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            for i in range(0, size, 3 * pg):
+                m[i] = 0xEE
+            ufd = libc.syscall(SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK
+                               | UFFD.USER_MODE_ONLY)  # fmt: skip
+            os.write(w, f"{libc.buffer_address(m)} {ufd}".encode())
+            os.read(r2, 1)
+            os.close(ufd)
+            code = 0 if m[:] == pattern else 2
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.close(r2)
+    try:
+        addr, low = (int(x) for x in os.read(r, 64).split())
+        fd = libc.fd_of(pid, low)
+        libc.uffd_api(fd, 0)
+        U.register_missing(fd, addr, size)
+        f = _Filler(pid, fd, [(addr, addr + size)])
+        src = mmap.mmap(-1, size)
+        src[:] = pattern
+        half = size // 2 + 5 * pg  # two runs, the second from the middle of a page run
+        assert f.write([[addr, half], [addr + half, size - half]],
+                       libc.buffer_address(src)) == size
+        f.close()
+        assert f.present == len(range(0, size, 3 * pg)), f.present
+        assert f.copied + f.present * pg == size
+        assert not [x for x in _uffd_left(pid) if x.startswith("VmFlags")], _uffd_left(pid)
+        os.write(w2, b"g")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child found its pattern"
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w2)
