@@ -276,10 +276,16 @@ def _hexaddr(text: str) -> tuple[str, int]:
     host, port = text.split(":")
     raw = bytes.fromhex(host)
     if len(raw) == 4:
-        addr = str(ipaddress.IPv4Address(raw[::-1]))
+        addr = socket.inet_ntop(socket.AF_INET, raw[::-1])
     else:  # four host-order 32-bit words
-        addr = str(ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))))
+        packed = _WORDS.pack(*_WORDS_LE.unpack(raw))
+        addr = socket.inet_ntop(socket.AF_INET6, packed)
+        if "." in addr:  # (a mapped or compatible address: ipaddress's spelling, as before)
+            addr = str(ipaddress.IPv6Address(packed))
     return addr, int(port, 16)
+
+
+_WORDS, _WORDS_LE = struct.Struct(">4I"), struct.Struct("<4I")
 
 
 def parse_proc_net_tcp(data: bytes, only: set[int] | None = None
@@ -503,6 +509,8 @@ def check_queued(session: Any) -> None:
     holds it), which the restart connects to the listener again; one from outside cannot
     be put back in a listener's queue: refused."""
     descs = session.shared.descs.descs
+    if not any(d.get("queued") for d in descs if d["kind"] == "inet"):
+        return  # (the usual case: no address parsed for each connection)
     by_local: dict[tuple[str, int], dict[str, Any]] = {}
     for d in descs:
         if d["kind"] == "inet" and d.get("state") not in (None, "LISTEN") and d.get("local"):

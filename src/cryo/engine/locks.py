@@ -135,6 +135,19 @@ def collect(ctx: DumpContext) -> None:
     descs = ctx.shared.descs.descs
     seen: set[tuple[Any, ...]] = ctx.live.setdefault("locks_seen", set())
     owners_done: set[int] = set()
+    try:  # one pidfd for all the process's fds (the owners are read on duplicates)
+        pidfd: int | None = libc.pidfd_open(ctx.pid)
+    except OSError:
+        pidfd = None
+    try:
+        _collect(ctx, rec, descs, seen, owners_done, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _collect(ctx: DumpContext, rec: dict[str, Any], descs: list[dict[str, Any]],
+             seen: set[tuple[Any, ...]], owners_done: set[int], pidfd: int | None) -> None:
     for e in rec["fds"]:
         fd = e["fd"]
         d = descs[e["desc"]]
@@ -150,7 +163,7 @@ def collect(ctx: DumpContext) -> None:
             _keep(ctx.pid, fd, d, lk)
         if e["desc"] not in owners_done and "owner" not in d:
             owners_done.add(e["desc"])
-            _owner(ctx.pid, fd, d)
+            _owner(ctx.pid, fd, d, pidfd)
 
 
 def _keep(pid: int, fd: int, d: dict[str, Any], lk: Lock) -> None:
@@ -178,18 +191,15 @@ def _keep(pid: int, fd: int, d: dict[str, Any], lk: Lock) -> None:
         raise _refuse(pid, fd, f"{lk.kind} lock on {path} is not supported")
 
 
-def _owner(pid: int, fd: int, d: dict[str, Any]) -> None:
-    """The description's signal owner and signal, read on a duplicate of the fd."""
-    try:
-        pidfd = libc.pidfd_open(pid)
-    except OSError:
+def _owner(pid: int, fd: int, d: dict[str, Any], pidfd: int | None) -> None:
+    """The description's signal owner and signal, read on a duplicate of the fd (through
+    ``pidfd``, the process's; None: it could not be opened, the process is gone)."""
+    if pidfd is None:
         return
     try:
         mine = libc.pidfd_getfd(pidfd, fd)
     except OSError:
         return  # some files cannot be duplicated: they have no owner worth keeping
-    finally:
-        os.close(pidfd)
     try:
         raw = fcntl.fcntl(mine, F_GETOWN_EX, bytes(8))
         otype, opid = struct.unpack("ii", raw)

@@ -140,7 +140,10 @@ class Lock:
             for key, elems in (("conn4", v4), ("conn6", v6)):
                 if elems:
                     script += f"add element inet {name} {key} {{ {', '.join(elems)} }}\n"
+            if self.made:  # in the same transaction: one nft run, no gap between the two
+                script += f"delete table inet {self.name}\n"
             _nft(script)
+            self.made = False
             other.conns = list(self.conns)
         self.drop()
         return other
@@ -160,5 +163,5 @@ def drop_table(name: str) -> None:
     """Remove table ``name`` if it is there (without nft there is none)."""
     if shutil.which("nft") is None:
         return
-    if name in tables():
-        _nft(f"delete table inet {name}\n")
+    # made (empty) if it is not there, then removed: one nft run, no listing first
+    _nft(f"table inet {name}\ndelete table inet {name}\n")
