@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 import platform
 from collections import defaultdict
@@ -395,3 +396,53 @@ def test_undeclared_keys_are_found_at_any_depth() -> None:
     assert "THRD record 0: from_a_newer_engine" in found
     with pytest.raises(ImageCorrupt, match=r"posix\[0\]: unknown keys \['owner_of'\]"):
         schema.check(Fake(recs))
+
+
+def _variants(t: schema.Type) -> list[Any]:
+    """Values near the edges of ``t``: some fit, most do not."""
+    out: list[Any] = [wrong(t), None, True, 0, 1.0, "", b"", [], {}]
+    if isinstance(t, schema.Int):
+        out += [t.lo, t.hi, t.lo - 1, t.hi + 1, float(t.lo), False]
+    if isinstance(t, schema.Num):
+        out += [math.nan, math.inf, 2, False]
+    if isinstance(t, schema.Str):
+        out += ["\0", "x" * (t.max + 1), "zz not a choice", "!!", "/x", "x/", *t.choices]
+    if isinstance(t, schema.Bytes):
+        out += [bytes((t.size or 1) + 1), bytearray(t.size or 1)]
+    if isinstance(t, (schema.List, schema.Tuple)):
+        good = example(t)
+        out += [good[:-1], [*good, good[0]] if good else [1], tuple(good)]
+    if isinstance(t, schema.Struct):
+        good = example(t)
+        for f in t.fields:
+            out.append({k: v for k, v in good.items() if k != f.name})
+        out.append({**good, "undeclared-key": 1})
+    return out
+
+
+@pytest.mark.parametrize(("name", "body"), KIND_BODIES, ids=[n for n, _ in KIND_BODIES])
+def test_the_fast_path_accepts_only_what_check_accepts(name: str, body: schema.Struct) -> None:
+    """schema.fast (the compiled predicate the image check runs first) accepts a good
+    record, and never a record that check refuses: every key at any depth given values
+    at the edges of its type (wrong type, out of range, NUL, too long, bool for int,
+    missing or undeclared keys) is accepted by the predicate only if check accepts it."""
+    ok = schema.fast(body)
+    good = example(body)
+    assert ok(good)
+    refused = 0
+    for path, t in places(body):
+        for x in _variants(t):
+            rec = copy.deepcopy(good)
+            if path:
+                _set(rec, path, x)
+            else:
+                rec = x
+            try:
+                body.check(rec)
+                fits = True
+            except schema.Bad:
+                fits = False
+                refused += 1
+            if ok(rec):
+                assert fits, (path, x)
+    assert refused >= len(body.fields)

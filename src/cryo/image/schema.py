@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,6 +287,167 @@ class Struct(Type):
             unknown = set(v) - {f.name for f in self.fields}
             if unknown:
                 raise Bad(f"unknown keys {sorted(map(str, unknown))}")
+
+
+# -- the fast path of the checks --------------------------------------------------------
+# Each type compiled once into a predicate: True only if its ``check`` would accept the
+# value (never more lenient; where unsure, False).  A record the predicate accepts is
+# accepted; any other is checked again with ``check``, which names what is wrong: the
+# refusals are exactly ``check``'s, the predicate only saves its per-field overhead.
+
+Fast = Callable[[Any], bool]
+_FAST: dict[int, tuple[Type, Fast]] = {}
+
+
+def fast(t: Type) -> Fast:
+    """The compiled predicate of ``t`` (made on first use, kept)."""
+    got = _FAST.get(id(t))
+    if got is None or got[0] is not t:
+        got = _FAST[id(t)] = (t, _compile(t))
+    return got[1]
+
+
+def _slow(t: Type) -> Fast:
+    def ok(v: Any) -> bool:
+        try:
+            t.check(v)
+        except Bad:
+            return False
+        return True
+
+    return ok
+
+
+class _Gen:
+    """The source of one predicate: leaf types become inline expressions, lists and
+    tuples loops and tests in it; a nested map (or anything else) a call to its own
+    compiled predicate.  Constants (choice sets, patterns, functions) by name."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, Any] = {"math": math}
+        self.lines: list[str] = []
+        self.n = 0
+
+    def const(self, value: Any) -> str:
+        self.n += 1
+        name = f"_c{self.n}"
+        self.env[name] = value
+        return name
+
+    def var(self) -> str:
+        self.n += 1
+        return f"_x{self.n}"
+
+    def expr(self, t: Type, x: str) -> str:
+        """An expression true only if ``x`` (a name) fits ``t``."""
+        k = type(t)
+        if k is Int:
+            assert isinstance(t, Int)
+            return f"(type({x}) is int and {t.lo} <= {x} <= {t.hi})"
+        if k is Bool:
+            return f"({x} is True or {x} is False or (type({x}) is int and 0 <= {x} <= 1))"
+        if k is Num:
+            return f"(type({x}) is int or (type({x}) is float and not math.isnan({x})))"
+        if k is Str or k is Path:
+            assert isinstance(t, Str)
+            out = f"type({x}) is str and len({x}) <= {t.max} and '\\0' not in {x}"
+            if t.choices:
+                out += f" and {x} in {self.const(frozenset(t.choices))}"
+            if t.pattern:
+                out += f" and {self.const(re.compile(t.pattern).fullmatch)}({x}) is not None"
+            if isinstance(t, Path) and t.absolute:
+                out += f" and {x}.startswith('/')"
+            return f"({out})"
+        if k is Bytes:
+            assert isinstance(t, Bytes)
+            size = f" and len({x}) == {t.size}" if t.size is not None else ""
+            return f"(type({x}) is bytes{size} and len({x}) <= {t.max})"
+        if k is Nullable:
+            assert isinstance(t, Nullable)
+            return f"({x} is None or {self.expr(t.inner, x)})"
+        if k is Tuple and len(t.items) <= 8:  # type: ignore[attr-defined]
+            assert isinstance(t, Tuple)
+            parts = [f"(type({x}) is list or type({x}) is tuple)", f"len({x}) == {len(t.items)}"]
+            for i, it in enumerate(t.items):
+                y = self.var()
+                parts.append(f"({y} := {x}[{i}]) is {y}")  # (always true: names the item)
+                parts.append(self.expr(it, y))
+            return "(" + " and ".join(parts) + ")"
+        return f"{self.const(fast(t))}({x})"
+
+
+def _compile(t: Type) -> Fast:
+    """The predicate of ``t`` as the source of one function, compiled."""
+    if type(t) not in (Int, Num, Bool, Str, Path, Bytes, Nullable, AnyOf, List, Tuple,
+                       Dict, Struct):  # fmt: skip
+        return _slow(t)  # a type of its own: its check, as it is
+    g = _Gen()
+    body: list[str] = []
+    if isinstance(t, Struct) and type(t) is Struct:
+        required = frozenset(f.name for f in t.fields if f.required)
+        body.append(f"if type(v) is not dict or not {g.const(required)}.issubset(v):")
+        body.append("    return False")
+        if len(t.fields) > 24:  # a wide map (a description): by the keys it has
+            checks = {f.name: fast(f.type) for f in t.fields}
+            body.append(f"get = {g.const(checks)}.get")
+            body.append("for name, x in v.items():")
+            body.append("    ok = get(name)")
+            body.append("    if ok is None:")
+            body.append(f"        if {not t.extra}:")
+            body.append("            return False")
+            body.append("    elif not ok(x):")
+            body.append("        return False")
+            body.append("return True")
+        else:
+            if not t.extra:
+                names = frozenset(f.name for f in t.fields)
+                body.append(f"if not {g.const(names)}.issuperset(v):")
+                body.append("    return False")
+            missing = g.const(object())
+            for f in t.fields:
+                x = g.var()
+                if f.required:
+                    body.append(f"{x} = v[{f.name!r}]")
+                    body.append(f"if not {g.expr(f.type, x)}:")
+                else:
+                    body.append(f"{x} = v.get({f.name!r}, {missing})")
+                    body.append(f"if {x} is not {missing} and not {g.expr(f.type, x)}:")
+                body.append("    return False")
+            body.append("return True")
+    elif type(t) is List:
+        assert isinstance(t, List)
+        size = f"n != {t.size} or " if t.size is not None else ""
+        body.append("if type(v) is not list and type(v) is not tuple:")
+        body.append("    return False")
+        body.append("n = len(v)")
+        body.append(f"if {size}not {t.min} <= n <= {t.max}:")
+        body.append("    return False")
+        body.append("for x in v:")
+        body.append(f"    if not {g.expr(t.item, 'x')}:")
+        body.append("        return False")
+        body.append("return True")
+    elif type(t) is Dict:
+        assert isinstance(t, Dict)
+        body.append(f"if type(v) is not dict or len(v) > {t.max}:")
+        body.append("    return False")
+        body.append("for a, b in v.items():")
+        body.append(f"    if not {g.expr(t.key, 'a')} or not {g.expr(t.value, 'b')}:")
+        body.append("        return False")
+        body.append("return True")
+    elif type(t) is AnyOf:
+        assert isinstance(t, AnyOf)
+        body.append("return " + " or ".join(g.expr(o, "v") for o in t.options))
+    elif type(t) is Tuple:  # a wide one: each item by its own predicate
+        assert isinstance(t, Tuple)
+        items = g.const(tuple(fast(x) for x in t.items))
+        body.append(f"return (type(v) is list or type(v) is tuple) and len(v) =="
+                    f" {len(t.items)} and all(f(x) for f, x in zip({items}, v))")
+    else:
+        body.append(f"return bool({g.expr(t, 'v')})")
+    src = "def ok(v):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(src, f"<schema fast path of {t.doc}>", "exec"), g.env)  # noqa: S102
+    fn: Fast = g.env["ok"]
+    return fn
 
 
 def _what(v: Any) -> str:
@@ -742,7 +903,10 @@ class _Checker:
                 raise self.fail(f"{k.name} records", f"{len(recs)}, not exactly one")
             if k.count == "at most one" and len(recs) > 1:
                 raise self.fail(f"{k.name} records", f"{len(recs)}, not at most one")
+            ok = fast(k.body)
             for i, rec in enumerate(recs):
+                if ok(rec):
+                    continue
                 try:
                     k.body.check(rec)
                 except Bad as err:
