@@ -65,7 +65,8 @@ class _Image:
 def test_index_find() -> None:
     index = cow._Index(_Image())
     found, missing = index.find(7, 0x4000, 0x8000)
-    assert [(a, n) for a, n, _ in found] == [(0x5000, 0x1000), (0x9000, 0x2000)]
+    # (address, length, block, offset of those bytes in the block's data)
+    assert found == [(0x5000, 0x1000, 0, 0), (0x9000, 0x2000, 0, 4096)]
     assert missing == [(0x4000, 0x1000), (0x6000, 0x3000), (0xB000, 0x1000)]
     assert index.find(8, 0x5000, 0x1000) == ([], [(0x5000, 0x1000)])
 
