@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from cryo.engine import netlock
+from cryo.linux import net as N
 from cryo.linux.net import setns
 from tests.conftest import Procs, Victim, reap, run_cryo
 
@@ -403,6 +405,23 @@ def test_stale_lock_is_removed(procs: Procs, ns: Netns, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert ns.tables() == []
     c.close()
+
+
+def test_lock_tables_are_listed_without_nft(ns: Netns) -> None:
+    """cryo lists the inet tables of the namespace over nfnetlink (no nft run) exactly as
+    ``nft list tables inet`` does, a dump over several messages too; other families'
+    tables are not listed."""
+    script = "".join(f"add table inet cryo-test-{i}\n" for i in range(600))
+    ns.run("nft", "add table ip cryo-not-inet", check=True)
+    r = subprocess.run(ns.argv("nft", "-f", "-"), input=script, capture_output=True,
+                       text=True, timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with inside(ns):
+        got = N.nft_tables()
+        ours = netlock.tables()
+    want = [t for t in ns.tables() if t.startswith("cryo-test-")]
+    assert sorted(got) == sorted(want) and len(got) == 600
+    assert sorted(ours) == sorted(want)  # (cryo's prefix only)
 
 
 def test_unix_sockets(procs: Procs, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable
 
 from cryo.errors import CryoError
+from cryo.linux import net as N
 
 log = logging.getLogger(__name__)
 PREFIX = "cryo-"
@@ -53,10 +54,16 @@ def _nft(script: str | None = None, *args: str) -> str:
 
 
 def tables() -> list[str]:
-    """The names of cryo's inet tables."""
-    out = _nft(None, "list", "tables", "inet")
-    return [m.group(1) for m in re.finditer(r"^table inet (\S+)$", out, re.M)
-            if m.group(1).startswith(PREFIX)]  # fmt: skip
+    """The names of cryo's inet tables (asked of the kernel over nfnetlink: no nft run;
+    by ``nft list tables`` if that fails, e.g. nf_tables not loaded yet)."""
+    try:
+        names = N.nft_tables() if shutil.which("nft") is not None else None
+    except OSError:
+        names = None
+    if names is None:
+        out = _nft(None, "list", "tables", "inet")
+        names = [m.group(1) for m in re.finditer(r"^table inet (\S+)$", out, re.M)]
+    return [n for n in names if n.startswith(PREFIX)]
 
 
 def sweep() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import errno
 import fcntl
 import os
 import socket
@@ -312,3 +313,54 @@ def filter_len(fd: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"{os.strerror(err)} [getsockopt SO_GET_FILTER fd={fd}]")
     return int(n.value)
+
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1  # (a dump answers each table as NEWTABLE)
+NFTA_TABLE_NAME = 1
+NFPROTO_INET = 1
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLMSG = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+
+
+def nft_tables(family: int = NFPROTO_INET) -> list[str]:
+    """The names of the nftables tables of ``family`` in this network namespace, asked
+    of the kernel directly (one nfnetlink dump, NFT_MSG_GETTABLE: what ``nft list
+    tables`` does, without starting nft)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       NETLINK_NETFILTER) as nl:  # fmt: skip
+        nl.settimeout(5)
+        typ = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
+        body = struct.pack("=BBH", family, 0, 0)  # struct nfgenmsg
+        nl.send(_NLMSG.pack(_NLMSG.size + len(body), typ, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+                + body)  # fmt: skip
+        names: list[str] = []
+        while True:
+            data = nl.recv(1 << 16)
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size:
+                    raise OSError(errno.EIO, "nfnetlink: a message shorter than its header")
+                if mtype == _NLMSG_DONE:
+                    return names
+                if mtype == _NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                    if err:
+                        raise OSError(err, f"{os.strerror(err)} [nfnetlink list tables]")
+                elif mtype == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE:
+                    a = off + _NLMSG.size + 4  # after struct nfgenmsg
+                    end = off + length
+                    while a + _NLA.size <= end:
+                        alen, atype = _NLA.unpack_from(data, a)
+                        if alen < _NLA.size:
+                            break
+                        if atype & 0x3FFF == NFTA_TABLE_NAME:
+                            names.append(data[a + 4 : a + alen].split(b"\0", 1)[0].decode())
+                        a += (alen + 3) & ~3
+                off += (length + 3) & ~3
+            if not data:
+                raise OSError(errno.EIO, "nfnetlink: the dump ended without its end")
