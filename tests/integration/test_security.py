@@ -126,25 +126,42 @@ def status_of(pid: int) -> dict[str, str]:
     return out
 
 
+def user_process(procs: Procs, code: str, *args: str, cwd: Path) -> int:
+    """Start Python ``code`` as the user, in its own session; its pid (tracked)."""
+    p = subprocess.Popen([USER_PY, "-c", code, *args], cwd=cwd,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
+    p.returncode = 0
+    return procs.track(p.pid)
+
+
+def wait_ready(out: Path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not (out.exists() and out.read_text().startswith("ready")):
+        assert time.monotonic() < deadline, "the user's target did not get ready"
+        time.sleep(0.02)
+
+
+def users_image(pid: int, img: Path) -> Path:
+    """Checkpoint the user's ``pid`` into ``img`` (killed after) and give the image to
+    the user, as a copy the user made, or a checkpoint of their own, would be."""
+    r = run_cryo("checkpoint", str(pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(pid)
+    for path in [img, *img.iterdir()]:
+        os.chown(path, UID, UID)
+    return img
+
+
 def user_image(procs: Procs, arena: Path, mode: str = "a") -> Path:
     """The user's ticker, checkpointed by root into the user's directory; the image is
     the user's (as a copy the user made, or a checkpoint of their own, would be)."""
     home = arena / "home"
     out = home / "out.txt"
-    p = subprocess.Popen([USER_PY, "-c", TICKER, str(out), mode], cwd=home,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True,
-                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
-    p.returncode = 0
-    procs.track(p.pid)
+    pid = user_process(procs, TICKER, str(out), mode, cwd=home)
     wait_ticks(out)
-    img = home / "img"
-    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
-    assert r.returncode == 0, r.stderr
-    reap(p.pid)
-    for path in [img, *img.iterdir()]:
-        os.chown(path, UID, UID)
-    return img
+    return users_image(pid, home / "img")
 
 
 def edit_as_user(img: Path, change: Callable[[dict[bytes, list[Any]]], None]) -> None:
@@ -425,23 +442,10 @@ def test_users_memfd_and_deleted_fifo_are_the_users(procs: Procs, arena: Path) -
     modes and data, and nothing set-id or root's is made for them (they were refused:
     the memfd's "directory" / and the FIFO's type)."""
     home = arena / "home"
-    p = subprocess.Popen([USER_PY, "-c", MEMFD_FIFO, str(home)], cwd=home,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True,
-                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
-    p.returncode = 0
-    procs.track(p.pid)
+    pid = user_process(procs, MEMFD_FIFO, str(home), cwd=home)
     out = home / "mf.out"
-    deadline = time.monotonic() + 10
-    while not (out.exists() and out.read_text().startswith("ready")):
-        assert time.monotonic() < deadline, "the user's target did not get ready"
-        time.sleep(0.02)
-    img = home / "img"
-    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
-    assert r.returncode == 0, r.stderr
-    reap(p.pid)
-    for path in [img, *img.iterdir()]:
-        os.chown(path, UID, UID)
+    wait_ready(out)
+    img = users_image(pid, home / "img")
     r = restart(img)
     assert r.returncode == 0, r.stderr
     pid = procs.track(int(r.stdout))
@@ -490,23 +494,10 @@ def test_inotify_watch_of_a_file_the_user_cannot_read(procs: Procs, arena: Path)
     watch names the user's file but carries the handle of root's file is refused; the
     user's own watch restarts."""
     home = arena / "home"
-    p = subprocess.Popen([USER_PY, "-c", WATCHER, str(home)], cwd=home,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True,
-                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
-    p.returncode = 0
-    procs.track(p.pid)
+    pid = user_process(procs, WATCHER, str(home), cwd=home)
     out = home / "w.out"
-    deadline = time.monotonic() + 10
-    while not (out.exists() and out.read_text().startswith("ready")):
-        assert time.monotonic() < deadline, "the user's target did not get ready"
-        time.sleep(0.02)
-    img = home / "img"
-    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
-    assert r.returncode == 0, r.stderr
-    reap(p.pid)
-    for path in [img, *img.iterdir()]:
-        os.chown(path, UID, UID)
+    wait_ready(out)
+    img = users_image(pid, home / "img")
     secret = arena / "secret"
     secret.write_text("root only\n")
     secret.chmod(0o600)
@@ -1070,23 +1061,15 @@ def test_saved_file_is_read_as_the_process(procs: Procs, arena: Path, tmp_path: 
     secret.chmod(0o600)
     home = arena / "home"
     ready = home / "ready"
-    p = subprocess.Popen([USER_PY, "-c", SAVER, str(secret), str(ready)], cwd=home,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True,
-                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
-    p.returncode = 0
-    procs.track(p.pid)
-    deadline = time.monotonic() + 20
-    while not ready.exists():
-        assert time.monotonic() < deadline, "the saver did not start"
-        time.sleep(0.05)
+    pid = user_process(procs, SAVER, str(secret), str(ready), cwd=home)
+    wait_ready(ready, timeout=20)
     img = tmp_path / "img"
-    r = run_cryo("checkpoint", str(p.pid), "-D", str(img))
+    r = run_cryo("checkpoint", str(pid), "-D", str(img))
     assert r.returncode != 0, "root's file was saved into a user's image"
     assert str(secret) in r.stderr and "Permission denied" in r.stderr, r.stderr
     assert not img.exists()
-    assert status_of(p.pid)["State"][0] in "SR", status_of(p.pid)["State"]
-    assert status_of(p.pid)["TracerPid"] == "0"
+    assert status_of(pid)["State"][0] in "SR", status_of(pid)["State"]
+    assert status_of(pid)["TracerPid"] == "0"
 
 
 MAPPED_MEMFD = r"""
@@ -1111,24 +1094,9 @@ while True:
 
 def mapped_memfd_image(procs: Procs, arena: Path) -> Path:
     home = arena / "home"
-    p = subprocess.Popen([USER_PY, "-c", MAPPED_MEMFD, str(home)], cwd=home,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True,
-                         preexec_fn=become_user)  # noqa: PLW1509  # fmt: skip
-    p.returncode = 0
-    procs.track(p.pid)
-    out = home / "mm.out"
-    deadline = time.monotonic() + 10
-    while not (out.exists() and out.read_text().startswith("ready")):
-        assert time.monotonic() < deadline, "the user's target did not get ready"
-        time.sleep(0.02)
-    img = home / "img"
-    r = run_cryo("checkpoint", str(p.pid), "-D", str(img), "--kill")
-    assert r.returncode == 0, r.stderr
-    reap(p.pid)
-    for path in [img, *img.iterdir()]:
-        os.chown(path, UID, UID)
-    return img
+    pid = user_process(procs, MAPPED_MEMFD, str(home), cwd=home)
+    wait_ready(home / "mm.out")
+    return users_image(pid, home / "img")
 
 
 def test_users_mapped_memfd_is_the_users(procs: Procs, arena: Path) -> None:
