@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +145,34 @@ def restart(
                    ignore_changed_files=ignore_changed_files).run()
 
 
+@contextlib.contextmanager
+def forwarding(pid: int, forward: tuple[int, ...]) -> Iterator[None]:
+    """While inside: the ``forward`` signals we get are passed on to ``pid``."""
+    def fwd(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    old = {s: signal.signal(s, fwd) for s in forward}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def waitpid_child(pid: int, options: int = 0) -> int:
+    """os.waitpid of our restored child ``pid``; its status."""
+    try:
+        return os.waitpid(pid, options)[1]
+    except ChildProcessError as err:
+        raise CryoError(f"process {pid} is not our child") from err
+
+
+def shell_status(status: int) -> int:
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
+        128 + os.WTERMSIG(status)  # fmt: skip
+
+
 def wait(pid: int, forward: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
          ) -> int:  # fmt: skip
     """Wait for a restored child, forwarding ``forward`` signals to it; shell-style status.
@@ -153,26 +181,8 @@ def wait(pid: int, forward: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, si
 
     if tty.handed_over(pid):
         return tty.wait_job(pid, forward)
-
-    def fwd(sig: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-    old = {s: signal.signal(s, fwd) for s in forward}
-    try:
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:  # pragma: no cover (PEP 475 retries)
-                continue
-            except ChildProcessError as err:
-                raise CryoError(f"process {pid} is not our child") from err
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
-        128 + os.WTERMSIG(status)  # fmt: skip
+    with forwarding(pid, forward):
+        return shell_status(waitpid_child(pid))
 
 
 __all__ = ["RestoreResult", "restart", "validate", "wait"]

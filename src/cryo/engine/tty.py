@@ -554,33 +554,24 @@ def wait_job(pid: int, forward: tuple[int, ...]) -> int:
     """Wait for a restarted shell job as its shell would: stopped, the caller's terminal
     comes back and cryo stops itself; continued, the job gets it again; exited, the
     caller's terminal as it was.  Shell-style status."""
+    from cryo.engine.restore import forwarding, shell_status, waitpid_child
+
     job = _job
     assert job is not None
-
-    def fwd(sig: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-    old = {s: signal.signal(s, fwd) for s in forward}
     try:
-        while True:
-            try:
-                _, status = os.waitpid(pid, os.WUNTRACED)
-            except ChildProcessError as err:
-                raise CryoError(f"process {pid} is not our child") from err
-            if not os.WIFSTOPPED(status):
-                break
-            _take_back(job)
-            os.kill(os.getpid(), signal.SIGSTOP)  # the caller's shell sees us stopped
-            with _no_ttou():  # continued: in the foreground again (fg), or not (bg)
-                job.caller = fcntl.ioctl(job.fd, TCGETS, b"\0" * TERMIOS_SIZE)
-                ours = os.tcgetpgrp(job.fd) == os.getpgrp()
-            if ours:
-                _give(job)
-            _signal_job(job, signal.SIGCONT)
+        with forwarding(pid, forward):
+            while True:
+                status = waitpid_child(pid, os.WUNTRACED)
+                if not os.WIFSTOPPED(status):
+                    break
+                _take_back(job)
+                os.kill(os.getpid(), signal.SIGSTOP)  # the caller's shell sees us stopped
+                with _no_ttou():  # continued: in the foreground again (fg), or not (bg)
+                    job.caller = fcntl.ioctl(job.fd, TCGETS, b"\0" * TERMIOS_SIZE)
+                    ours = os.tcgetpgrp(job.fd) == os.getpgrp()
+                if ours:
+                    _give(job)
+                _signal_job(job, signal.SIGCONT)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         _release()
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
-        128 + os.WTERMSIG(status)  # fmt: skip
+    return shell_status(status)
