@@ -89,10 +89,11 @@ class Child:
 
 
 def from_buffers(path: Path, size: int, populate: bool, threads: bool,
-                 use_uffd: bool = False) -> str:  # fmt: skip
-    """pread into reused 64 MiB buffers, xxh3, process_vm_writev into the child; with
-    ``threads`` a thread reads and checks the next block meanwhile (what a restart does);
-    with ``use_uffd`` UFFDIO_COPY through the child's userfaultfd instead."""
+                 use_uffd: bool = False, part: int = BLOCK) -> str:  # fmt: skip
+    """pread into reused 64 MiB buffers (or ``part``), xxh3, process_vm_writev into the
+    child; with ``threads`` a thread reads and checks the next block meanwhile; with
+    ``use_uffd`` UFFDIO_COPY through the child's userfaultfd instead (what a restart
+    does now: 4 MiB parts, UFFDIO_COPY, a thread reading ahead)."""
     c = Child(size, path, "populate" if populate else ("uffd" if use_uffd else ""))
     pop = c.run()
     ufd = -1
@@ -101,10 +102,10 @@ def from_buffers(path: Path, size: int, populate: bool, threads: bool,
         libc.uffd_api(ufd, 0)
         uffd.register_missing(ufd, c.addr, size)
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0x8000)
-    bufs = [mmap.mmap(-1, BLOCK, flags=flags) for _ in range(3 if threads else 1)]
+    t0 = time.perf_counter()  # (making the buffers counts: a restart makes them too)
+    bufs = [mmap.mmap(-1, part, flags=flags) for _ in range(3 if threads else 1)]
     fd = os.open(path, os.O_RDONLY)
     spent = {"read": 0.0, "hash": 0.0, "write": 0.0}
-    t0 = time.perf_counter()
 
     def read(off: int, buf: mmap.mmap) -> None:
         t = time.perf_counter()
@@ -114,7 +115,7 @@ def from_buffers(path: Path, size: int, populate: bool, threads: bool,
         spent["read"] += t1 - t
         spent["hash"] += time.perf_counter() - t1
 
-    offs = list(range(0, size, BLOCK))
+    offs = list(range(0, size, part))
     ahead: threading.Thread | None = None
     if not threads:
         read(0, bufs[0])
@@ -134,11 +135,11 @@ def from_buffers(path: Path, size: int, populate: bool, threads: bool,
             read(off, buf)
         t = time.perf_counter()
         if use_uffd:
-            if uffd.copy(ufd, c.addr + off, libc.buffer_address(buf), BLOCK) != BLOCK:
+            if uffd.copy(ufd, c.addr + off, libc.buffer_address(buf), part) != part:
                 raise RuntimeError("UFFDIO_COPY stopped short")
         else:
-            local = [(libc.buffer_address(buf), BLOCK)]
-            libc.process_vm_writev(c.pid, local, [(c.addr + off, BLOCK)])
+            local = [(libc.buffer_address(buf), part)]
+            libc.process_vm_writev(c.pid, local, [(c.addr + off, part)])
         spent["write"] += time.perf_counter() - t
     if use_uffd:
         uffd.unregister(ufd, c.addr, size)
@@ -178,16 +179,19 @@ def main() -> None:
                 temp = "warm" if warm else "cold"
                 ways = [
                     ("pread, xxh3, process_vm_writev, one thread", "buffers", False, False),
-                    ("the same, reading ahead in a thread (cryo)", "buffers", False, True),
+                    ("the same, reading ahead in a thread", "buffers", False, True),
                     ("the same, target populated first", "buffers", True, True),
                     ("the same, UFFDIO_COPY instead", "uffd", False, True),
+                    ("the same in 4 MiB parts (cryo)", "uffd4", False, True),
+                    ("4 MiB parts, process_vm_writev", "pvw4", False, True),
                     ("preadv by the target itself (no check)", "child", False, False),
                     ("O_DIRECT preadv by the target itself", "child", True, False),
                 ]
                 for name, kind, a, b in ways:
                     set_cache(path, warm)
-                    got = from_buffers(path, size, a, b, kind == "uffd") if kind in (
-                        "buffers", "uffd") else in_child(path, size, a)  # fmt: skip
+                    got = in_child(path, size, a) if kind == "child" else from_buffers(
+                        path, size, a, b, kind.startswith("uffd"),
+                        4 << 20 if kind.endswith("4") else BLOCK)  # fmt: skip
                     print(f"{temp} {name:<46} {got}", flush=True)
             c = Child(size, path, "populate")
             print(f"faulting in {args.mib} MiB of fresh memory (MADV_POPULATE_WRITE):"

@@ -178,13 +178,16 @@ def write_inherited(ctx: Any, cow: dict[str, Any]) -> int:
     blocks = [ctx.image.blocks[i] for i in keys]
     stream = getattr(ctx.image, "stream_blocks", None)
     data = stream(blocks) if stream is not None else (
-        (b, *ctx.image.block_data(b)) for b in blocks)  # fmt: skip
+        (b, *ctx.image.block_data(b), 0, b["raw"]) for b in blocks)  # fmt: skip
     total = 0
     try:
-        for i, (_b, owner, base) in zip(keys, data, strict=True):
+        where = {id(ctx.image.blocks[i]): i for i in keys}
+        for b, owner, base, start, size in data:  # a block, or a part of it
             here = libc.buffer_address(owner) + base
             del owner
-            todo_b = pieces[i]
+            todo_b = [(addr + s - off, e - s, s - start)
+                      for addr, length, off in pieces[where[id(b)]]
+                      if (s := max(off, start)) < (e := min(off + length, start + size))]
             for k in range(0, len(todo_b), libc.IOV_MAX):
                 part = todo_b[k : k + libc.IOV_MAX]
                 local = [(here + off, length) for _a, length, off in part]

@@ -757,19 +757,21 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
     total = 0
     mine = [b for b in ctx.image.blocks if b.get("pid") == ctx.old_pid]
     stream = getattr(ctx.image, "stream_blocks", None)
-    blocks: Generator[tuple[dict[str, Any], object, int], None, None] = (
+    blocks: Generator[tuple[dict[str, Any], object, int, int, int], None, None] = (
         stream(mine) if stream is not None
-        else ((b, *ctx.image.block_data(b)) for b in mine))  # fmt: skip
+        else ((b, *ctx.image.block_data(b), 0, b["raw"]) for b in mine))  # fmt: skip
     rec = ctx.image.one(KIND, ctx.old_pid)
     live = getattr(ctx, "live", None) or {}
     filler = _Filler.open(ctx, rec, live.get("inherited_ranges", []),
                           sum(n for b in mine for _, n in b["runs"]))
     try:
+        parts = _Parts()
         with contextlib.closing(blocks):
-            for b, owner, offset in blocks:
+            for b, owner, offset, start, length in blocks:
                 base = libc.buffer_address(owner) + offset
-                n = (filler.write(b["runs"], base) if filler is not None
-                     else _write_block(ctx.pid, b["runs"], base))  # fmt: skip
+                runs = parts.runs(b, start, length)
+                n = (filler.write(runs, base) if filler is not None
+                     else _write_block(ctx.pid, runs, base))  # fmt: skip
                 del owner
                 total += n
                 if progress:
@@ -787,6 +789,34 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
         if progress:
             progress(n)
     return total
+
+
+class _Parts:
+    """The runs of a part of a block (bytes [start, start+length) of its data)."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.ends: list[int] = []
+
+    def runs(self, b: dict[str, Any], start: int, length: int) -> list[list[int]]:
+        runs: list[list[int]] = b["runs"]
+        if start == 0 and length == b["raw"]:
+            return runs
+        if self.index != b["index"]:
+            self.index, self.ends, end = b["index"], [], 0
+            for _a, n in runs:
+                end += n
+                self.ends.append(end)
+        i = bisect.bisect_right(self.ends, start)
+        stop, out = start + length, []
+        while i < len(runs) and start < stop:
+            addr, n = runs[i]
+            first = self.ends[i] - n  # the run's first byte in the block
+            take = min(self.ends[i], stop) - start
+            out.append([addr + start - first, take])
+            start += take
+            i += 1
+        return out
 
 
 UFFD_MIN = 4 << 20  # below this many bytes of pages, the uffd's set-up is not worth it

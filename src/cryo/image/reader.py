@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable
 from typing import IO, Any, Protocol
 
+import xxhash
 import zstandard
 
 from cryo.errors import ImageCorrupt, ImageIncompatible, ImageMissing
@@ -199,8 +200,16 @@ class ImageReader:
         self._sides.clear()
 
 
-BlockData = tuple[dict[str, Any], object, int]  # a block, a buffer, its first byte in it
-POOL = 3  # block buffers of a deferred image: read ahead, being written, spare
+# a block, a buffer, where in it the part's first byte is, the part's first byte in the
+# block's raw data and its length (a whole block: 0 and b["raw"])
+BlockData = tuple[dict[str, Any], object, int, int, int]
+POOL = 3  # buffers of a deferred image: read ahead, being written, spare
+# A block is read, checked and handed over in parts of this size: the buffers stay in the
+# CPU's cache from the read to the check to the copy into the process (a warm 1 GiB read,
+# xxh3 and UFFDIO_COPY in one thread: 0.50 s in 4 MiB parts, 0.73 s in 64 MiB ones), and
+# three buffers of it are quick to populate (3 x 64 MiB took 0.07-0.13 s).  The process
+# a part goes into stays frozen until the last part's checksum is checked.
+PART = 4 << 20
 
 
 class _Pool:
@@ -257,8 +266,11 @@ class ReadAhead:
         self._pool: _Pool | None = None
         # the blocks a reader thread reads ahead (expect), in the order they will be used
         self._plan: collections.deque[int] = collections.deque()
-        self._todo: collections.deque[dict[str, Any]] = collections.deque()  # not yet read
-        self._ready: queue.Queue[tuple[mmap.mmap | None, BaseException | None]] = queue.Queue()
+        # the parts not yet read: (block, first byte, the block's running checksum state)
+        self._todo: collections.deque[tuple[dict[str, Any], int, list[Any]]] = (
+            collections.deque())
+        self._ready: queue.Queue[tuple[mmap.mmap | None, BaseException | None, int, int]] = (
+            queue.Queue())
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -272,12 +284,24 @@ class ReadAhead:
     def _read_ahead(self, b: dict[str, Any], view: memoryview) -> None:
         raise NotImplementedError
 
+    def _part_size(self, b: dict[str, Any]) -> int:
+        """How much of block ``b`` is read ahead at a time (by default all of it)."""
+        return self._ahead_size(b)
+
+    def _read_part(self, b: dict[str, Any], view: memoryview, start: int,
+                   state: list[Any]) -> None:  # fmt: skip
+        """Read bytes [start, start + len(view)) of block ``b`` into ``view`` (``state``:
+        what the block's parts share, empty at its first); the last part checks the
+        whole block.  By default, a part is the whole block."""
+        self._read_ahead(b, view)
+
     def block_data(self, b: dict[str, Any]) -> tuple[object, int]:
         raise NotImplementedError
 
     def _buffers(self) -> _Pool:
         if self._pool is None:
-            size = max((self._ahead_size(b) for b in self.blocks if self._ahead(b)), default=0)
+            size = max((min(self._part_size(b), self._ahead_size(b)) for b in self.blocks
+                        if self._ahead(b)), default=0)  # fmt: skip
             self._pool = _Pool(POOL, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE)
         return self._pool
 
@@ -291,7 +315,7 @@ class ReadAhead:
         self._stop_reader()
         plan = [b for b in blocks if self._ahead(b)]
         self._plan = collections.deque(b["index"] for b in plan)
-        self._todo = collections.deque(plan)
+        self._todo = collections.deque((b, 0, []) for b in plan)
 
     def pause(self) -> None:
         """No reader thread runs when this returns (what it read ahead stays ready); the
@@ -313,46 +337,57 @@ class ReadAhead:
                 buf = pool.get(stop)
                 if buf is None:
                     return
-                b = todo.popleft()
+                b, start, state = todo.popleft()
+                n = min(self._part_size(b), self._ahead_size(b) - start)
+                if start + n < self._ahead_size(b):  # the next part first in line
+                    todo.appendleft((b, start + n, state))
                 try:
-                    self._read_ahead(b, memoryview(buf)[: self._ahead_size(b)])
+                    self._read_part(b, memoryview(buf)[:n], start, state)
                 except BaseException as err:  # handed to the caller with its block
                     pool.put(buf)
                     todo.clear()
-                    q.put((None, err))
+                    q.put((None, err, 0, 0))
                     return
-                q.put((buf, None))
+                q.put((buf, None, start, n))
 
         self._reader = threading.Thread(target=reader, name="cryo-pages", daemon=True)
         self._reader.start()
 
     def stream_blocks(self, blocks: Iterable[dict[str, Any]]
                       ) -> Generator[BlockData, None, None]:  # fmt: skip
-        """Each of ``blocks`` in order, checked: (block, buffer, offset of its first raw
-        byte), the buffer valid until the next one is asked for."""
+        """The data of ``blocks`` in order, part after part (:data:`BlockData`; a block
+        read ahead comes in parts of :meth:`_part_size`, the others whole), the buffer
+        valid until the next part is asked for.  A part's bytes are checked only with
+        its block's last part: the caller must not let anyone use them before (a
+        restart keeps its processes frozen until every block is checked)."""
         for b in blocks:
             if self._plan and self._plan[0] == b["index"]:
                 self._plan.popleft()
-                if self._reader is None and self._todo:  # (first use, or after a pause)
-                    self._start_reader()
-                buf, err = self._ready.get()
-                if err is not None:
-                    self._plan.clear()
-                    raise err
-                assert buf is not None
-                try:
-                    yield b, buf, 0
-                finally:
-                    self._buffers().put(buf)
+                size, got = self._ahead_size(b), 0
+                while got < size or not got:
+                    if self._reader is None and self._todo:  # (first use, after a pause)
+                        self._start_reader()
+                    buf, err, start, n = self._ready.get()
+                    if err is not None:
+                        self._plan.clear()
+                        raise err
+                    assert buf is not None and start == got
+                    try:
+                        yield b, buf, 0, start, n
+                    finally:
+                        self._buffers().put(buf)
+                    got += n
+                    if not n:
+                        break
             else:
                 owner, off = self.block_data(b)
-                yield b, owner, off
+                yield b, owner, off, 0, int(b["raw"])
                 del owner
 
     def _stop_reader(self) -> None:
         self.pause()
         while not self._ready.empty():
-            buf, _err = self._ready.get_nowait()
+            buf, _err, _start, _n = self._ready.get_nowait()
             if buf is not None and self._pool is not None:
                 self._pool.put(buf)
         self._plan.clear()
@@ -497,12 +532,19 @@ class Image(ReadAhead, ImageReader):
                 raise ImageIncompatible(f"image {self.path}: unknown codec {b['codec']}")
 
     def _read_checked(self, b: dict[str, Any], view: memoryview) -> None:
-        """Read block ``b`` (its stored bytes) into ``view`` and check its checksum.
+        """Read block ``b`` (its stored bytes) into ``view`` and check its checksum."""
+        self._read_stored(b, view, b["offset"])
+        if fmt.checksum(view) != b["csum"]:
+            raise self.corrupt(f"pages block {b['index']} checksum mismatch")
+        self._checked.add(b["index"])
+
+    def _read_stored(self, b: dict[str, Any], view: memoryview, off: int) -> None:
+        """Read ``len(view)`` bytes of block ``b`` at ``off`` in pages.img.
 
         What the page cache holds is copied from it (RWF_NOWAIT); the rest is read from
         the disk and dropped from the cache again, so that a cold image leaves the page
         cache as it was (a restart needs the restored memory, not the image's too)."""
-        fd, off, n = self._fd, b["offset"], len(view)
+        fd, n = self._fd, len(view)
         try:
             cached = os.preadv(fd, [view], off, os.RWF_NOWAIT)
         except OSError as err:
@@ -521,9 +563,6 @@ class Image(ReadAhead, ImageReader):
                 os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)
         if got != n:
             raise self.corrupt(f"pages block {b['index']} is truncated")
-        if fmt.checksum(view) != b["csum"]:
-            raise self.corrupt(f"pages block {b['index']} checksum mismatch")
-        self._checked.add(b["index"])
 
     def _ahead(self, b: dict[str, Any]) -> bool:
         return self.defer_pages and b["codec"] == "none"
@@ -533,6 +572,23 @@ class Image(ReadAhead, ImageReader):
 
     def _read_ahead(self, b: dict[str, Any], view: memoryview) -> None:
         self._read_checked(b, view)
+
+    def _part_size(self, b: dict[str, Any]) -> int:
+        return PART
+
+    def _read_part(self, b: dict[str, Any], view: memoryview, start: int,
+                   state: list[Any]) -> None:  # fmt: skip
+        if start == 0 and len(view) == b["stored"]:
+            self._read_checked(b, view)
+            return
+        self._read_stored(b, view, b["offset"] + start)
+        if not state:  # the same digest as fmt.checksum's of the whole block
+            state.append(xxhash.xxh3_64())
+        state[0].update(view)
+        if start + len(view) == b["stored"]:
+            if state[0].intdigest() != b["csum"]:
+                raise self.corrupt(f"pages block {b['index']} checksum mismatch")
+            self._checked.add(b["index"])
 
     def _decoded(self, b: dict[str, Any], stored: bytearray) -> bytearray:
         if b["codec"] == "none":
