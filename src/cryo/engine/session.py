@@ -163,10 +163,9 @@ class Checkpoint:
 
     def freeze(self) -> None:
         self._phase("prepare", "freeze")
-        self._t_freeze = time.perf_counter()
+        self._t_freeze = time.perf_counter()  # frozen from the first process stopped on
         self.released = False
         self.procs = tree.freeze(self.pid, self.scope)
-        self._t_freeze = time.perf_counter()
         self._watchdog(self.freeze_timeout or FREEZE_BASE)
         # what a restart could not rebuild is refused now, not found out then: a group or
         # a session whose leader is outside the checkpoint
