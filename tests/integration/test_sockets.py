@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cryo.engine import netlock
+from cryo.engine import inet, netlock
 from cryo.linux import net as N
 from cryo.linux.net import setns
 from tests.conftest import Procs, Victim, reap, run_cryo
@@ -422,6 +422,48 @@ def test_lock_tables_are_listed_without_nft(ns: Netns) -> None:
     want = [t for t in ns.tables() if t.startswith("cryo-test-")]
     assert sorted(got) == sorted(want) and len(got) == 600
     assert sorted(ours) == sorted(want)  # (cryo's prefix only)
+
+
+def test_tcp_table_from_sock_diag_is_proc_net_tcp(ns: Netns) -> None:
+    """The TCP sockets of our own namespace are read from sock_diag (binary) and give
+    what /proc/net/tcp and tcp6 give: listeners, IPv4, IPv6, IPv4-mapped, half closed,
+    inode and state, addresses as /proc's reading spells them."""
+    keep: list[socket.socket] = []
+    try:
+        with inside(ns):
+            l6 = socket.socket(socket.AF_INET6)
+            l6.bind(("::", 0))
+            l6.listen(64)
+            l4 = socket.socket()
+            l4.bind(("127.0.0.1", 0))
+            l4.listen(64)
+            keep += [l6, l4]
+            for addr in (("127.0.0.1", l6.getsockname()[1]), ("::1", l6.getsockname()[1]),
+                         l4.getsockname(), l4.getsockname()):  # fmt: skip
+                keep.append(socket.create_connection(addr))
+            for lst in (l6, l6, l4, l4):
+                keep.append(lst.accept()[0])
+            keep[-1].shutdown(socket.SHUT_WR)  # FIN_WAIT2 here, CLOSE_WAIT at its peer
+            time.sleep(0.2)  # (its FIN acknowledged: FIN_WAIT1 no more)
+            pid = os.getpid()
+            got = inet.tcp_table(pid)
+            want: dict[int, Any] = {}
+            for proto in ("tcp", "tcp6"):
+                with open(f"/proc/{pid}/net/{proto}", "rb") as f:
+                    want.update(inet.parse_proc_net_tcp(f.read()))
+            mine = {os.fstat(x.fileno()).st_ino for x in keep}
+            assert inet._same_netns(pid)
+            assert {k: v for k, v in got.items() if k in mine} == \
+                {k: v for k, v in want.items() if k in mine}  # fmt: skip
+            assert len(mine & set(got)) == len(keep)
+            assert any(":" in v[1][0] and "." not in v[1][0] for v in got.values())
+            assert any(v[1][0].startswith("::ffff:") for v in got.values())
+            assert {v[0] for k, v in got.items() if k in mine} >= {1, 10, 5, 8}
+            only = {os.fstat(keep[2].fileno()).st_ino}
+            assert inet.tcp_table(pid, only) == {k: want[k] for k in only}
+    finally:
+        for x in keep:
+            x.close()
 
 
 def test_unix_sockets(procs: Procs, tmp_path: Path) -> None:

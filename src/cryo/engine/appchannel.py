@@ -66,27 +66,24 @@ def agent_socket(pid: int, fd: int) -> tuple[bytes, bool] | None:
 
 
 def _agents(pid: int) -> list[bytes]:
-    """The names of the agents listening in ``pid``: only the sockets that its network
-    namespace's tables (/proc/PID/net/unix, tcp, udp) do not show as something else are
-    duplicated and asked (a busy server's connections are not)."""
-    from cryo.engine.files import AGENT_NAME, socket_table  # (files imports this module)
-
+    """The names of the agents listening in ``pid``: only its unix sockets are duplicated
+    and asked (the protocol of each socket is its inode's system.sockprotoname, one
+    getxattr: a busy server's TCP connections are not duplicated)."""
     out: list[bytes] = []
     try:
         fds = [int(n) for n in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
         return out
-    known = socket_table(pid)
     for fd in fds:
+        link = f"/proc/{pid}/fd/{fd}"
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if not os.readlink(link).startswith("socket:["):
+                continue
+            proto = os.getxattr(link, "system.sockprotoname")
         except OSError:
+            proto = b"UNIX"  # (not told: asked as before)
+        if not proto.startswith(b"UNIX"):
             continue
-        if not target.startswith("socket:["):
-            continue
-        k = known.get(int(target[8:-1]))
-        if k is not None and not (k[0] == socket.AF_UNIX and k[1].startswith(AGENT_NAME)):
-            continue  # (a socket of another namespace is not in the tables: asked)
         found = agent_socket(pid, fd)
         if found is not None and found[1]:
             out.append(found[0])
