@@ -3,7 +3,9 @@
 times, and how long a connection stays silent: one of the clients pings the server
 every millisecond; its longest gap between two answers spans the checkpoint, the kill
 and the restart.  Everything runs in a network namespace of its own, removed at the
-end.  Run as root:  python bench/tcp.py [CONNECTIONS]
+end.  Each round runs both configurations in turn; the last lines are the medians of
+the rounds and their ratios against the goal.  Run as root:
+python bench/tcp.py [CONNECTIONS] [ROUNDS]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,32 +119,51 @@ def run(n: int, work: Path) -> dict[str, float]:
             "silent": max(gaps) if gaps else 0.0}  # fmt: skip
 
 
+def show(label: str, m: dict[str, float]) -> str:
+    silent = f"{m['silent']:.3f} s" if m["silent"] else "- (no connection to probe)"
+    return (f"  {label:>16}: checkpoint {m['checkpoint']:.3f} s (frozen {m['frozen']:.3f} s),"
+            f" restart {m['restart']:.3f} s, silent {silent}")
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * n + 256)), hard))
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
     name = f"cryo-bench-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
+    bases: list[dict[str, float]] = []
+    manys: list[dict[str, float]] = []
     try:
         fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
         setns(fd)  # this (single-threaded) process, its worker and nft: in the namespace
         os.close(fd)
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         with tempfile.TemporaryDirectory(prefix="cryo-bench-tcp-") as tmp:
-            for rnd in (1, 2):
+            for rnd in range(1, rounds + 1):
                 base = run(0, Path(tmp))
                 many = run(n, Path(tmp))
+                bases.append(base)
+                manys.append(many)
                 print(f"round {rnd}:")
-                for label, m in (("no connections", base), (f"{n} connections", many)):
-                    print(f"  {label:>16}: checkpoint {m['checkpoint']:.3f} s (frozen"
-                          f" {m['frozen']:.3f} s), restart {m['restart']:.3f} s"
-                          + (f", silent {m['silent']:.3f} s" if m["silent"] else ""))
+                print(show("no connections", base))
+                print(show(f"{n} connections", many))
                 print(f"  ratio: checkpoint {many['checkpoint'] / base['checkpoint']:.2f},"
                       f" restart {many['restart'] / base['restart']:.2f} (goal < 2)")
     finally:
         with contextlib.suppress(OSError):
             subprocess.run(["ip", "netns", "del", name], check=False)
+    med = {k: statistics.median(m[k] for m in bases) for k in bases[0]}
+    medn = {k: statistics.median(m[k] for m in manys) for k in manys[0]}
+    print(f"median of {rounds} rounds:")
+    print(show("no connections", med))
+    print(show(f"{n} connections", medn))
+    for what in ("checkpoint", "restart"):
+        ratio = statistics.median(b[what] and m[what] / b[what] for b, m in zip(bases, manys,
+                                                                              strict=True))
+        print(f"  {what} ratio {ratio:.2f} (median of the rounds' ratios; goal < 2:"
+              f" {'met' if ratio < 2 else 'not met'})")
 
 
 if __name__ == "__main__":
