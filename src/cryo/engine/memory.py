@@ -8,9 +8,10 @@ present pages of a shared anonymous mapping.  Pages move in large vectored calls
 (process_vm_readv into block buffers) while a writer thread stores earlier blocks.
 
 Restore: the helper's own mappings are unmapped, the vDSO/vvar are moved to the old
-addresses, every VMA is mapped again (files by path), the pages are written with
-process_vm_writev from the few buffers each block is read into and checked (a thread
-reads the next block meanwhile), then protections and mm fields are set.
+addresses, every VMA is mapped again (files by path), the pages are written from the
+few buffers each block is read into in parts (a thread reads the next part meanwhile; a
+block is checked with its last part), with UFFDIO_COPY into fresh private anonymous
+mappings and process_vm_writev elsewhere, then protections and mm fields are set.
 """
 
 from __future__ import annotations
