@@ -132,7 +132,8 @@ def test_restart_memory_bounded_cache_left_alone(procs: Procs, build: Any, tmp_p
     procs.track(got["pid"])
     restored = Victim(got["pid"], out)
     restored.wait_ok_after(max(restored.oks(), default=0) + 2)
-    assert got["hwm_kib"] * 1024 < 300 << 20, f"peak RSS {got['hwm_kib']} KiB"
+    # (4 MiB parts: 39-44 MiB; three buffers of the largest block, 64 MiB, made 222)
+    assert got["hwm_kib"] * 1024 < 150 << 20, f"peak RSS {got['hwm_kib']} KiB"
     after = _cached_pages(pages)
     if warm:
         assert after >= size // 4096 - 16, (before, after)
