@@ -35,9 +35,8 @@ CHILD = ("import time, json, sys\nt = time.perf_counter()\n"
          "print(json.dumps({'s': time.perf_counter() - t, 'pids': list(r.pids.values())}))\n")
 
 
-def restart_with(src: str, img: Path, out: Path) -> float:
-    env = dict(os.environ, PYTHONPATH=src,
-               PYTHONPYCACHEPREFIX=f"/tmp/cryo-ab-pyc-{abs(hash(src))}")  # fmt: skip
+def restart_with(src: str, img: Path, out: Path, pyc: Path) -> float:
+    env = dict(os.environ, PYTHONPATH=src, PYTHONPYCACHEPREFIX=str(pyc))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # (compiling every time is not cryo's cost)
     res = subprocess.run([sys.executable, "-c", CHILD, str(img)], capture_output=True,
                          text=True, env=env, timeout=300, close_fds=True)  # fmt: skip
@@ -89,7 +88,8 @@ def main() -> None:
                 for warm in (True, False):
                     set_cache(img / "pages.img", warm)
                     key = f"{name} {'warm' if warm else 'cold'}"
-                    res.setdefault(key, []).append(restart_with(versions[name], img, out))
+                    res.setdefault(key, []).append(
+                        restart_with(versions[name], img, out, work / f"pyc-{name}"))
     finally:
         kill_all(pids)
         shutil.rmtree(work, ignore_errors=True)
