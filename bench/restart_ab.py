@@ -83,6 +83,8 @@ def main() -> None:
         checkpoint(p.pid, str(img), scope=scope, signal_after=signal.SIGKILL)
         kill_all(pids)
         versions = {"before": args.before, "after": args.after}
+        for name, src in versions.items():  # uncounted: each compiles its bytecode once
+            restart_with(src, img, out, work / f"pyc-{name}")
         for r in range(args.rounds):
             for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
                 for warm in (True, False):
