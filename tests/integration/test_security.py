@@ -36,6 +36,7 @@ TICKER = ("import os,sys,time\nf=open(sys.argv[1],sys.argv[2] if len(sys.argv)>2
           " time.sleep(0.02)\n")  # fmt: skip
 REFUSED = {ExitCode.ACCESS_DENIED, ExitCode.IMAGE_CORRUPT, ExitCode.IMAGE_INCOMPATIBLE,
            ExitCode.IMAGE_MISSING, ExitCode.CONFLICT, ExitCode.UNTRUSTED,
+           ExitCode.FILE_CHANGED,  # (an edited fingerprint: the file no longer matches it)
            ExitCode.ERROR}  # fmt: skip
 
 
