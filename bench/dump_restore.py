@@ -69,10 +69,10 @@ def cached_kib() -> int:
 
 
 def set_cache(img: Path, warm: bool) -> None:
-    """The image's files in the page cache (read once), or none of them (written back,
-    then dropped: only these files, not the whole machine's cache)."""
+    """The image's files (or the one file ``img``) in the page cache (read once), or none
+    of them (written back, then dropped: only these files, not the whole machine's)."""
     os.sync()
-    for p in sorted(img.rglob("*")):
+    for p in [img] if img.is_file() else sorted(img.rglob("*")):
         if not p.is_file():
             continue
         fd = os.open(p, os.O_RDONLY)

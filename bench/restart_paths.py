@@ -21,23 +21,10 @@ import xxhash
 
 from cryo.linux import libc, uffd
 from cryo.linux.consts import UFFD, SYS_userfaultfd
-from dump_restore import copy_bound
+from dump_restore import copy_bound, set_cache
 
 BLOCK = 64 << 20
 MADV_POPULATE_WRITE = 23
-
-
-def set_cache(path: Path, warm: bool) -> None:
-    os.sync()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if warm:
-            while os.read(fd, 1 << 24):
-                pass
-        else:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 class Child:
