@@ -8,7 +8,9 @@ none of these restarts as often as asked.
 A restart that succeeds leaves a marker ``/run/cryo/running/<id>`` (the image's
 identity: its real path and core.img's device and inode) holding the restored root's pid
 and start time; it counts while that process lives.  From :func:`check` to the end of the
-restart the marker's lock is held, so two restarts racing see each other.
+restart the marker's lock is held, so two restarts racing see each other.  Markers of
+processes that ended are removed by the next restart that looks (:func:`prune`), each
+under its lock taken without waiting, so a restart holding one is never disturbed.
 """
 
 from __future__ import annotations
@@ -95,6 +97,57 @@ class Claim:
             self.fd = -1
 
 
+def _locked(path: str, *, wait: bool = True) -> int | None:
+    """``path``.lock opened and locked, and still the file at that path once locked (a
+    pruner may have removed it meanwhile: then again); None if busy and not ``wait``."""
+    while True:
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            st = os.stat(f"{path}.lock", follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        mine = os.fstat(fd)
+        if st is not None and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)
+
+
+def prune(run_dir: str = RUN_DIR) -> list[str]:
+    """Remove the markers (and their locks) of restarts whose process ended; returns
+    the identities removed."""
+    gone = []
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return gone
+    for ident in sorted({n.split(".", 1)[0] for n in names}):
+        path = os.path.join(run_dir, ident)
+        fd = _locked(path, wait=False)
+        if fd is None:  # a restart holds it now
+            continue
+        try:
+            if _who(path) is not None:
+                continue
+            for n in names:  # a marker half written by a restart that died (ID.PID)
+                if n.startswith(f"{ident}.") and n[len(ident) + 1 :].isdigit() \
+                        and _start_time(int(n[len(ident) + 1 :])) is None:  # fmt: skip
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(run_dir, n))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.unlink(f"{path}.lock")  # (under its lock: see _locked)
+            gone.append(ident)
+        finally:
+            os.close(fd)
+    return gone
+
+
 def check(image: Any, *, allow_duplicate: bool = False) -> None:
     """Refuse a second copy of a running image that would share state with the first;
     otherwise hold the image's marker lock until ``image.close()`` (see :func:`mark`)."""
@@ -104,11 +157,11 @@ def check(image: Any, *, allow_duplicate: bool = False) -> None:
     try:
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         path = os.path.join(RUN_DIR, identity(image))
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)  # fmt: skip
+        prune(RUN_DIR)
+        fd = _locked(path)
     except OSError:  # not root: no markers (the restart is this user's business)
         return
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    assert fd is not None
     claim = Claim(path, fd)
     pid = _who(path)
     if pid is not None and not allow_duplicate:
