@@ -121,7 +121,7 @@ def _locked(path: str, *, wait: bool = True) -> int | None:
 def prune(run_dir: str = RUN_DIR) -> list[str]:
     """Remove the markers (and their locks) of restarts whose process ended; returns
     the identities removed."""
-    gone = []
+    gone: list[str] = []
     try:
         names = os.listdir(run_dir)
     except FileNotFoundError:
