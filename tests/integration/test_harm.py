@@ -21,7 +21,8 @@ import pytest
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from cryo.errors import CryoError, NoSuchProcess
-from tests.conftest import Procs, Victim, gone, reap
+from cryo.image.reader import Image
+from tests.conftest import Procs, Victim, gone, reap, run_cryo
 from tests.integration.test_cli import assert_untouched, children, no_new_children
 
 
@@ -313,3 +314,22 @@ def test_sigkill_to_cryo_at_random_moments(procs: Procs, build: Any, tmp_path: P
             break
     print(moments)
     assert moments.get("in a batch", 0) >= 6, moments  # the kills did land inside
+    # what the killed checkpoints left (their scratch areas) the next one removes: each
+    # try's checkpoint removed the last one's; one more aimed in a batch leaves one now
+    for k in range(16):
+        if Path(f"/proc/{v.pid}/maps").read_text() != before:
+            break
+        kill_cryo_at_random_moments(v, tmp_path, 1, seed + 100 + k, before=before)
+    assert Path(f"/proc/{v.pid}/maps").read_text() != before
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "last"))
+    assert r.returncode == 0, r.stderr
+    assert Path(f"/proc/{v.pid}/maps").read_text() == before
+    from cryo.engine import scratchlog
+
+    assert not [n for n in os.listdir(scratchlog.LEDGER) if n.startswith(f"{v.pid}-")]
+    image = Image(str(tmp_path / "last"))
+    try:
+        vmas = [x for rec in image.raw(b"MM  ") for x in rec["vmas"]]
+    finally:
+        image.close()
+    assert not [x for x in vmas if x["prot"] == 7 and not x.get("path")]  # (nor the image)

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import cryo
 from cryo import procfs
 from cryo.engine import drivers as D
-from cryo.engine import files, memory, shmem, textscan, tree
+from cryo.engine import files, memory, scratchlog, shmem, textscan, tree
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector
 from cryo.engine.spmf import of_session as files_of
@@ -362,7 +362,15 @@ class Checkpoint:
         parked in a clean stop, so that if we die from here on the kernel lets it go
         exactly as it was."""
         inj = ctx.inj
-        inj.map_scratch(SCRATCH_SIZE)
+        scratchlog.sweep(p.pid, lambda addr, size: inj(SYS.munmap, addr, size, what=(
+            " removing the scratch area a killed checkpoint left")))  # fmt: skip
+        addr = scratchlog.choose(p.pid, SCRATCH_SIZE)
+        ledger = scratchlog.note(p.pid, addr, SCRATCH_SIZE) if addr else None
+        try:
+            inj.map_scratch(SCRATCH_SIZE, addr=addr)
+        except CryoError:
+            scratchlog.forget(ledger)  # (refused: nothing was mapped)
+            raise
         injectors = {p.pid: inj}
         try:
             for d in D.DRIVERS:
@@ -381,6 +389,7 @@ class Checkpoint:
         finally:
             try:
                 inj.unmap_scratch()
+                scratchlog.forget(ledger)
             finally:
                 for tid, tinj in injectors.items():
                     tinj.finish()
