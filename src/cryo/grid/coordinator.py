@@ -25,7 +25,7 @@ from typing import Any
 
 from cryo.errors import CryoError
 from cryo.grid import keys as K
-from cryo.grid.etcd import Etcd
+from cryo.grid.etcd import Etcd, LeaseGone
 
 log = logging.getLogger(__name__)
 GRACE = 5.0  # seconds after a round's deadline before anyone may abort it
@@ -109,9 +109,24 @@ class Election:
         self.me = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease = etcd.lease(ttl)
         deadline = time.monotonic() + wait
-        while not etcd.create(K.coordinator(app), {"by": self.me}, lease=self.lease):
+        refreshed = time.monotonic()
+        while True:
+            # our lease is kept alive while we wait for a dead coordinator's to expire
+            # (longer than its TTL when etcd's leader changed: the new one extends
+            # every lease): a key put under a lease that expired is refused (404)
+            if time.monotonic() - refreshed > ttl / 3:
+                with contextlib.suppress(Exception):
+                    self.lease.refresh()
+                refreshed = time.monotonic()
+            try:
+                if etcd.create(K.coordinator(app), {"by": self.me}, lease=self.lease):
+                    break
+            except LeaseGone:  # (we were starved for longer than the TTL)
+                self.lease = etcd.lease(ttl)
+                continue
             if time.monotonic() >= deadline:
-                self.lease.revoke()
+                with contextlib.suppress(Exception):
+                    self.lease.revoke()
                 who = (etcd.get(K.coordinator(app)) or {}).get("by")
                 raise CryoError(f"{app} has a coordinator already ({who})")
             time.sleep(0.1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,11 +22,38 @@ from urllib.parse import urlsplit
 from cryo.errors import CryoError
 from cryo.grid import keys as K
 
-NO_LEADER_WAIT = 10.0  # seconds a request is retried while the member has no leader
+log = logging.getLogger(__name__)
+
+RETRY_FOR = 10.0  # seconds a transient refusal (no leader, a timeout) is asked again
+# gRPC codes (etcd's grpc-gateway answers {"error", "message", "code"}) that say the
+# member could not serve the request now: 14 Unavailable (503: "etcdserver: no leader",
+# "leader changed", "request timed out", "timeout due to leader fail"...), 4
+# DeadlineExceeded (504), 8 ResourceExhausted (429: "too many requests")
+TRANSIENT = {14, 4, 8}
+NOT_FOUND = 5  # 404: for what the grid asks, "etcdserver: requested lease not found"
 
 
 class EtcdUnavailable(CryoError):
-    """etcd did not answer: nothing was done."""
+    """etcd did not answer, or refused the request: nothing was done."""
+
+
+class LeaseGone(EtcdUnavailable):
+    """A write under a lease that etcd no longer has (it expired or was revoked): the
+    caller's key is gone with it; nothing was done."""
+
+
+def _refusal(err: Exception) -> tuple[int | None, str]:
+    """The gRPC code and message of an etcd3gw error (its body is the gateway's JSON)."""
+    body = getattr(err, "detail_text", None)
+    try:
+        got = json.loads(body) if isinstance(body, str) else None
+    except ValueError:
+        got = None
+    if isinstance(got, dict):
+        code = got.get("code")
+        why = str(got.get("message") or got.get("error") or "")
+        return (code if isinstance(code, int) else None), why
+    return None, str(body or "")
 
 
 def _b64(v: str) -> str:
@@ -73,11 +101,20 @@ class Etcd:
 
         return end
 
-    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+    def _call(self, fn: Any, *args: Any, ambiguous: Callable[[], bool] | None = None,
+              **kw: Any) -> Any:
+        """``fn(*args, **kw)``; a transient refusal is asked again for up to RETRY_FOR
+        seconds.  A conditional write whose first try may have been applied (a timeout:
+        its answer was lost) passes ``ambiguous``: before asking again, it says whether
+        etcd holds what the write would have put (then True is the answer)."""
         import requests
 
-        deadline = time.monotonic() + NO_LEADER_WAIT
+        deadline = time.monotonic() + RETRY_FOR
+        tried = False
         while True:
+            if tried and ambiguous is not None and self._quiet(ambiguous):
+                return True
+            tried = True
             try:
                 return fn(*args, **kw)
             except (requests.RequestException, OSError) as err:
@@ -85,13 +122,26 @@ class Etcd:
             except Exception as err:  # etcd3gw's own errors (Etcd3Exception and kin)
                 if not type(err).__module__.startswith("etcd3gw"):
                     raise
-                # 503: the member has no leader (an election after a member died); the
-                # request was not applied, so it is asked again for a while
-                if "Service Unavailable" not in err.args or time.monotonic() > deadline:
-                    why = str(err) or type(err).__name__
+                code, why = _refusal(err)
+                why = why or str(err) or type(err).__name__
+                if code == NOT_FOUND and "lease not found" in why:
+                    raise LeaseGone(f"etcd at {self.url}: {why}") from err
+                if type(err).__name__ == "ConnectionFailedError":
+                    raise EtcdUnavailable(f"etcd at {self.url} is unavailable: {why}") from err
+                transient = code in TRANSIENT or (code is None and (
+                    "Service Unavailable" in err.args or "Gateway Timeout" in err.args
+                    or type(err).__name__ == "ConnectionTimeoutError"))  # fmt: skip
+                if not transient or time.monotonic() > deadline:
                     raise EtcdUnavailable(f"etcd at {self.url} is unavailable or refused the"
                                           f" request: {why}") from err  # fmt: skip
+                log.info("etcd at %s: %s; asked again", self.url, why)
             time.sleep(0.1)
+
+    def _quiet(self, check: Callable[[], bool]) -> bool:
+        try:
+            return check()
+        except Exception:  # (asked again, then)
+            return False
 
     def get(self, key: str) -> dict[str, Any] | None:
         got = self._call(self.client.get, key)
@@ -117,7 +167,13 @@ class Etcd:
 
     def create(self, key: str, value: dict[str, Any], lease: Any = None) -> bool:
         """Put ``key`` only if it does not exist."""
-        return bool(self._call(self.client.create, key, K.encode(value), lease=lease))
+        raw = K.encode(value)
+        return bool(self._call(self.client.create, key, raw, lease=lease,
+                               ambiguous=lambda: self._holds(key, raw)))  # fmt: skip
+
+    def _holds(self, key: str, raw: str) -> bool:
+        got = self.client.get(key)
+        return bool(got) and bytes(got[0]) == raw.encode()
 
     def delete(self, key: str) -> None:
         self._call(self.client.delete, key)
@@ -139,8 +195,10 @@ class Etcd:
                         for k, v in [(key, new), *also]],
             "failure": [],
         }  # fmt: skip
-        result = self._call(self.client.transaction, txn)
-        return bool(result.get("succeeded", False))
+        new_raw = K.encode(new)
+        result = self._call(self.client.transaction, txn,
+                            ambiguous=lambda: self._holds(key, new_raw))
+        return result is True or bool(result.get("succeeded", False))
 
 
 def dumps(value: Any) -> str:
