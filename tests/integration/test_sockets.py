@@ -1005,6 +1005,122 @@ def test_tcp_accept_queue(procs: Procs, ns: Netns, tmp_path: Path) -> None:
     assert not (tmp_path / "img2" / "core.img").exists()
 
 
+TCP_ACCEPTQ_N = r"""
+import os, select, socket, sys, time
+out, go, n, gap = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+def say(line):
+    with open(out, "a") as f:
+        f.write(line + "\n")
+def said(line):
+    return os.path.exists(out) and line in open(out).read().split("\n")
+srv = socket.socket()
+srv.bind(("127.0.0.1", 7072))
+srv.listen(16)
+if gap == 0 and os.fork() == 0:  # one client making them all, one right after the other
+    srv.close()
+    cs = [socket.create_connection(("127.0.0.1", 7072)) for i in range(n)]
+    say("connected %d" % (n - 1))
+    left = set(cs)
+    while left:
+        for c in select.select(list(left), [], [], 120)[0]:
+            if c.recv(64) == b"who?":
+                c.sendall(b"%d" % cs.index(c))
+            left.discard(c)
+    time.sleep(600)
+if gap and os.fork() == 0:  # the clients, one process each, the last made first to connect
+    srv.close()
+    for i in range(n):
+        if i == n - 1 or os.fork() == 0:
+            break
+    while i < n - 1 and not said("connected %d" % (i + 1)):
+        time.sleep(0.001)
+    time.sleep(gap)
+    c = socket.create_connection(("127.0.0.1", 7072))
+    say("connected %d" % i)
+    c.settimeout(120)
+    if c.recv(64) == b"who?":  # the server speaks first, once it accepts
+        c.sendall(b"%d" % i)
+    time.sleep(600)
+while not said("connected %d" % (0 if gap else n - 1)):
+    time.sleep(0.01)
+say("ready")
+while not os.path.exists(go):
+    time.sleep(0.01)
+got = []
+for _ in range(n):
+    c, _ = srv.accept()
+    c.settimeout(20)
+    c.sendall(b"who?")
+    got.append(int(c.recv(64)))
+want = list(range(n))[::-1] if gap else list(range(n))
+say("checked " + ("good" if got == want else "bad %s" % got))
+time.sleep(600)
+"""
+
+
+def _acceptq(procs: Procs, ns: Netns, tmp_path: Path, n: int, gap: float
+             ) -> tuple[Victim, list[int], Path]:  # fmt: skip
+    from tests.integration.test_tree import tree_pids
+
+    (tmp_path / "acceptq.py").write_text(TCP_ACCEPTQ_N)
+    go, out = tmp_path / "go", tmp_path / "out"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "acceptq.py"), str(out), str(go),
+                          str(n), str(gap)], out)  # fmt: skip
+    v.wait_line("ready", timeout=30)
+    pids = tree_pids(v.pid)
+    assert len(pids) == (n + 1 if gap else 2)
+    for p in pids:
+        procs.track(p)
+    return v, pids, go
+
+
+def test_tcp_accept_queue_order(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """A TCP listener with five connections of its children waiting to be accepted, made
+    20 ms apart, the last child first: after a restart (--tcp-established) the server
+    accepts them in the order they were made (each client says which it is when
+    accepted)."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    v, pids, go = _acceptq(procs, ns, tmp_path, 5, 0.02)
+    r = ns.cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    kill_tree(pids)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established")
+    assert r.returncode == 0, r.stderr
+    assert tree_pids(v.pid) == pids
+    go.touch()
+    assert v.wait_line("checked", timeout=30) == "checked good"
+    assert not [t for t in ns.tables() if t.startswith("cryo-")]
+    kill_tree(pids)
+
+
+def test_tcp_accept_queue_same_jiffy(procs: Procs, ns: Netns, tmp_path: Path) -> None:
+    """Two connections waiting to be accepted, made one right after the other by one
+    client (most often in the same jiffy): the checkpoint either refuses them by name (exit 9, the
+    server left running, then accepting them in their order) or restores them in their
+    order; never swapped."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    v, pids, go = _acceptq(procs, ns, tmp_path, 2, 0)
+    r = ns.cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    if r.returncode == 0:
+        kill_tree(pids)
+        r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established")
+        assert r.returncode == 0, r.stderr
+        assert tree_pids(v.pid) == pids
+    else:
+        assert r.returncode == 9 and "the order in which they would be accepted cannot" \
+            " be read" in r.stderr, r.stderr  # fmt: skip
+        assert "jiffy" in r.stderr or "told apart" in r.stderr, r.stderr
+        assert not (tmp_path / "img" / "core.img").exists()
+    go.touch()
+    assert v.wait_line("checked", timeout=30) == "checked good"
+    assert not [t for t in ns.tables() if t.startswith("cryo-")]
+    kill_tree(pids)
+
+
 def test_fds_in_flight_on_a_stream_refused(procs: Procs, tmp_path: Path) -> None:
     """File descriptors in flight on a unix stream socket: refused by name (exit 9, the
     bytes they came with cannot be told), and the process goes on with them."""

@@ -29,11 +29,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import itertools
 import logging
 import os
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -477,38 +479,25 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
 
 def _waiting(pid: int, local: list[Any], n: int, refuse: Callable[[str], Unsupported]
              ) -> list[list[Any]]:  # fmt: skip
-    """The connections waiting in the accept queue of a listener on ``local``: each as
-    its client's address ([address, port]).  They are sockets without a file (inode 0 in
-    /proc/net/tcp) on the listener's port.  Refused: more than one (the order in which
-    they would be accepted cannot be read), one that holds data from its client already
-    (it cannot be read before it is accepted), one not established any more."""
+    """The connections waiting in the accept queue of a listener on ``local``, in the
+    order they would be accepted: each as its client's address ([address, port]).  They
+    are sockets without a file (inode 0) on the listener's port, asked of sock_diag in
+    the network namespace of ``pid``.  Refused: one that holds data from its client
+    already (it cannot be read before it is accepted), one not established any more, and
+    two whose order cannot be told (made in the same jiffy: :func:`_queue_order`)."""
     where = _show(local)
-    if n > 1:
-        raise refuse(f"listening on {where} has {n} connections waiting to be accepted;"
-                     " more than one cannot be saved (the order in which they would be"
-                     " accepted cannot be read)")  # fmt: skip
+    family = socket.AF_INET6 if ":" in str(local[0]) else socket.AF_INET
+    anywhere = _is_any(family, [local[0], 0])
     found = []
-    for proto in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{proto}", "rb") as f:
-                lines = f.read().decode().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            x = line.split()
-            if len(x) < 10 or x[9] != "0":
-                continue
-            (la, lp), (ra, rp) = _hexaddr(x[1]), _hexaddr(x[2])
-            if lp != local[1] or not (_is_any(socket.AF_INET6 if ":" in str(local[0])
-                                              else socket.AF_INET, [local[0], 0])
-                                      or _same_addr(la, str(local[0]))):  # fmt: skip
-                continue
-            found.append((int(x[3], 16), int(x[4].split(":")[1], 16), [ra, rp]))
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for state, src, dst, rport, ifindex, rx in _in_netns(pid, N.tcp_orphans, fam,
+                                                             local[1]):  # fmt: skip
+            if anywhere or _same_addr(_ntop(fam, src), str(local[0])):
+                found.append((state, rx, [_ntop(fam, dst), rport], (fam, src, dst, ifindex)))
     if len(found) != n:
         raise refuse(f"listening on {where} has {n} connections waiting to be accepted,"
                      f" of which {len(found)} could be found")  # fmt: skip
-    out = []
-    for state, rx, client in found:
+    for state, rx, client, _key in found:
         if state != ST.ESTABLISHED:
             raise refuse(f"listening on {where}: the connection from {_show(client)} waiting"
                          f" to be accepted is {ST(state).name} (its client closed it)")
@@ -516,8 +505,112 @@ def _waiting(pid: int, local: list[Any], n: int, refuse: Callable[[str], Unsuppo
             raise refuse(f"listening on {where}: the connection from {_show(client)} waiting"
                          f" to be accepted already holds data from its client ({rx}"
                          " bytes), which cannot be read before it is accepted")  # fmt: skip
-        out.append(client)
-    return out
+    if n == 1:
+        return [found[0][2]]
+    asks = [(fam, src, local[1], dst, client[1], ifindex)
+            for _s, _r, client, (fam, src, dst, ifindex) in found]  # fmt: skip
+    order = _in_netns(pid, _queue_order, asks, [c for _s, _r, c, _k in found], where, refuse)
+    return [found[i][2] for i in order]
+
+
+QUEUE_PASSES = 12  # readings of the waiting connections' times before giving up
+
+
+def _queue_order(asks: list[tuple[int, bytes, int, bytes, int, int]], clients: list[Any],
+                 where: str, refuse: Callable[[str], Unsupported]) -> list[int]:  # fmt: skip
+    """The order in which waiting connections would be accepted: the accept queue is
+    FIFO, in the order the kernel made them, which is read from their tcp_info
+    (:class:`N.TcpTimes`: ms since the last data received, which for a connection never
+    accepted counts from its making; in whole jiffies).
+
+    Each answer is read at its own moment: between the answers for two connections the
+    kernel's jiffies may tick, so that the later-read one looks older by a jiffy than it
+    is.  A reading of A before B (in a half-pass of d ms, where at most d/jiffy + 2
+    jiffies, D ms, may pass) says that B was made k ms after A with k in
+    [age A - age B, age A - age B + D] (1 ms either side for jiffies_to_msecs' rounding);
+    B read before A says k in [age A - age B - D, age A - age B].  Half-passes go over the
+    connections in turn forwards and backwards, the intervals of each pair of neighbours
+    (by mean age) are intersected, until every pair is known to be at least 1 ms apart;
+    a pair whose interval stays around 0 is refused (made in the same jiffy: their order
+    in the queue cannot be read)."""
+    jiffy = N.jiffy_ms()
+    n = len(asks)
+    passes: list[tuple[list[int], list[int], int]] = []  # (ages, read position, D)
+    lo: dict[tuple[int, int], int] = {}
+    hi: dict[tuple[int, int], int] = {}
+    order = list(range(n))
+    with N.TcpTimes() as tt:
+        for p in range(QUEUE_PASSES * 2):
+            seq = list(range(n)) if p % 2 == 0 else list(range(n - 1, -1, -1))
+            ages = [0] * n
+            t0 = time.monotonic_ns()
+            for i in seq:
+                got = tt.ask(*asks[i])
+                if got is None or got[0] != ST.ESTABLISHED:
+                    raise refuse(f"listening on {where}: the connection from"
+                                 f" {_show(clients[i])} waiting to be accepted changed while"
+                                 " it was read")  # fmt: skip
+                ages[i] = got[1]
+            spent = (time.monotonic_ns() - t0) // 1_000_000
+            pos = [0] * n
+            for k, i in enumerate(seq):
+                pos[i] = k
+            passes.append((ages, pos, (spent // jiffy + 2) * jiffy))
+            if p % 2 == 0:
+                continue
+            mean = [sum(a[i] for a, _p, _d in passes) for i in range(n)]
+            order = sorted(range(n), key=lambda i: (-mean[i], i))  # the oldest first
+            lo.clear()
+            hi.clear()
+            for a, b in itertools.pairwise(order):  # k = made(b) - made(a), in ms
+                low, high = -(1 << 62), 1 << 62
+                for ages, pos, most in passes:
+                    obs = ages[a] - ages[b]
+                    if pos[a] < pos[b]:
+                        low, high = max(low, obs - 1), min(high, obs + most + 1)
+                    else:
+                        low, high = max(low, obs - most - 1), min(high, obs + 1)
+                lo[(a, b)], hi[(a, b)] = low, high
+            if all(v >= 1 for v in lo.values()):
+                return order
+    a, b = next(pair for pair, v in lo.items() if v < 1)
+    if lo[(a, b)] > -jiffy and hi[(a, b)] < jiffy:
+        why = f"were made in the same jiffy ({jiffy} ms)"
+    else:
+        why = f"could not be told apart in {QUEUE_PASSES} readings of their times"
+    raise refuse(f"listening on {where}: the connections from {_show(clients[a])} and"
+                 f" {_show(clients[b])} waiting to be accepted {why}; the order in which"
+                 " they would be accepted cannot be read (accept them, or checkpoint"
+                 " again)")  # fmt: skip
+
+
+def _in_netns(pid: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the network namespace of ``pid``: here if it is ours, else on a
+    thread of its own that joins it (a netlink socket talks to the namespace it was made
+    in)."""
+    if _same_netns(pid):
+        return fn(*args)
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                N.setns(fd)
+            finally:
+                os.close(fd)
+            box["value"] = fn(*args)
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+
+    t = threading.Thread(target=run, name="cryo-netns", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def _same_addr(a: str, b: str) -> bool:
@@ -1001,5 +1094,17 @@ def started(rs: Any) -> None:
         except CryoError as err:  # the processes are built: say it, do not fail them
             rs.result.warnings.append(f"the network lock {lock} is still there: {err}")
     if not rs.options.get("tcp_close"):  # (the lock is gone: the handshakes pass)
+        queued.sort(key=lambda d: _queue_position(d, rs.shared.descs[d["queued_on"]]))
         for d in queued:
             connect_queued(d, rs.shared.opened.fds[d["id"]], rs.shared.descs[d["queued_on"]])
+
+
+def _queue_position(d: dict[str, Any], listener: dict[str, Any]) -> tuple[int, int]:
+    """Where the client ``d`` waited in its listener's accept queue (the image's
+    ``queued``, in the order of the queue): the clients connect again in that order, so
+    that the program accepts them as it would have."""
+    mine = (str(ipaddress.ip_address(d["local"][0])), d["local"][1])
+    for i, c in enumerate(listener.get("queued") or []):
+        if (str(ipaddress.ip_address(c[0])), c[1]) == mine:
+            return d["queued_on"], i
+    return d["queued_on"], 1 << 30

@@ -16,6 +16,7 @@ import fcntl
 import os
 import socket
 import struct
+from collections.abc import Iterator
 
 from cryo.linux.consts import IntEnumBase, IntFlagBase, fast_enum
 
@@ -326,52 +327,84 @@ _NLMSG = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
 
 
+def _dump(protocol: int, sotype: int, request: int, body: bytes, what: str, bufsize: int,
+          timeout: float) -> Iterator[tuple[int, bytes, int, int]]:  # fmt: skip
+    """One netlink dump: the request sent, each answer yielded as (message type, the
+    buffer it is in, where its payload starts, where it ends) until NLMSG_DONE; an
+    NLMSG_ERROR with an error, a short message or a dump without its end raise OSError
+    (``what`` names the dump)."""
+    with socket.socket(socket.AF_NETLINK, sotype | socket.SOCK_CLOEXEC, protocol) as nl:
+        nl.settimeout(timeout)
+        nl.send(_NLMSG.pack(_NLMSG.size + len(body), request, _NLM_F_REQUEST | _NLM_F_DUMP,
+                            1, 0) + body)  # fmt: skip
+        header = _NLMSG.unpack_from
+        while True:
+            data = nl.recv(bufsize)
+            if not data:
+                raise OSError(errno.EIO, f"{what}: the dump ended without its end")
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, mtype, _flags, _seq, _pid = header(data, off)
+                if length < _NLMSG.size:
+                    raise OSError(errno.EIO, f"{what}: a message shorter than its header")
+                if mtype == _NLMSG_DONE:
+                    return
+                if mtype == _NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                    if err:
+                        raise OSError(err, f"{os.strerror(err)} [{what}]")
+                else:
+                    yield mtype, data, off + _NLMSG.size, off + length
+                off += (length + 3) & ~3
+
+
+def _attrs(data: bytes, a: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The netlink attributes between ``a`` and ``end``: (type, payload start, its end)."""
+    while a + _NLA.size <= end:
+        alen, atype = _NLA.unpack_from(data, a)
+        if alen < _NLA.size:
+            return
+        yield atype & 0x3FFF, a + _NLA.size, a + alen
+        a += (alen + 3) & ~3
+
+
 def nft_tables(family: int = NFPROTO_INET) -> list[str]:
     """The names of the nftables tables of ``family`` in this network namespace, asked
     of the kernel directly (one nfnetlink dump, NFT_MSG_GETTABLE: what ``nft list
     tables`` does, without starting nft)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       NETLINK_NETFILTER) as nl:  # fmt: skip
-        nl.settimeout(5)
-        typ = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
-        body = struct.pack("=BBH", family, 0, 0)  # struct nfgenmsg
-        nl.send(_NLMSG.pack(_NLMSG.size + len(body), typ, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-                + body)  # fmt: skip
-        names: list[str] = []
-        while True:
-            data = nl.recv(1 << 16)
-            off = 0
-            while off + _NLMSG.size <= len(data):
-                length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
-                if length < _NLMSG.size:
-                    raise OSError(errno.EIO, "nfnetlink: a message shorter than its header")
-                if mtype == _NLMSG_DONE:
-                    return names
-                if mtype == _NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
-                    if err:
-                        raise OSError(err, f"{os.strerror(err)} [nfnetlink list tables]")
-                elif mtype == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE:
-                    a = off + _NLMSG.size + 4  # after struct nfgenmsg
-                    end = off + length
-                    while a + _NLA.size <= end:
-                        alen, atype = _NLA.unpack_from(data, a)
-                        if alen < _NLA.size:
-                            break
-                        if atype & 0x3FFF == NFTA_TABLE_NAME:
-                            names.append(data[a + 4 : a + alen].split(b"\0", 1)[0].decode())
-                        a += (alen + 3) & ~3
-                off += (length + 3) & ~3
-            if not data:
-                raise OSError(errno.EIO, "nfnetlink: the dump ended without its end")
+    body = struct.pack("=BBH", family, 0, 0)  # struct nfgenmsg
+    names: list[str] = []
+    for mtype, data, start, end in _dump(NETLINK_NETFILTER, socket.SOCK_RAW,
+                                         NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, body,
+                                         "nfnetlink list tables", 1 << 16, 5):  # fmt: skip
+        if mtype != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE:
+            continue
+        for atype, a, aend in _attrs(data, start + 4, end):  # (after struct nfgenmsg)
+            if atype == NFTA_TABLE_NAME:
+                names.append(data[a:aend].split(b"\0", 1)[0].decode())
+    return names
 
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+INET_DIAG_INFO = 2  # the attribute that holds struct tcp_info (include/uapi/linux/inet_diag.h)
 _INET_DIAG_REQ = struct.Struct("=BBBBI48x")  # struct inet_diag_req_v2, any socket id
 _INET_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # struct inet_diag_msg
-_INO_AT = _NLMSG.size + _INET_DIAG_MSG.size - 4  # idiag_inode, its last field
+_INO_AT = _INET_DIAG_MSG.size - 4  # idiag_inode, its last field
 _U32 = struct.Struct("=I")
+# struct tcp_info from tcpi_last_data_sent (at byte 44): last_data_sent, last_ack_sent
+# (never set), last_data_recv, last_ack_recv, in ms before the moment it is read
+_TCPI_TIMES = struct.Struct("=IIII")
+_TCPI_TIMES_AT = 44
+
+
+def _inet_diag_msgs(family: int, protocol: int, states: int, ext: int
+                    ) -> Iterator[tuple[bytes, int, int]]:  # fmt: skip
+    req = _INET_DIAG_REQ.pack(family, protocol, ext, 0, states)
+    for _mtype, data, start, end in _dump(NETLINK_SOCK_DIAG, socket.SOCK_DGRAM,
+                                          SOCK_DIAG_BY_FAMILY, req, "sock_diag inet",
+                                          1 << 20, 10):  # fmt: skip
+        yield data, start, end
 
 
 def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xFFFFFFFF,
@@ -381,33 +414,109 @@ def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xF
     local address, local port, remote address, remote port), the addresses packed (4 or
     16 bytes, network order); with ``only``, just those inodes."""
     size = 4 if family == socket.AF_INET else 16
-    req = _INET_DIAG_REQ.pack(family, protocol, 0, 0, states)
     out: list[tuple[int, int, bytes, int, bytes, int]] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                       NETLINK_SOCK_DIAG) as nl:  # fmt: skip
-        nl.settimeout(10)
-        nl.send(_NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY,
-                            _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + req)  # fmt: skip
-        unpack = _INET_DIAG_MSG.unpack_from
-        while True:
-            data = nl.recv(1 << 20)
-            if not data:
-                raise OSError(errno.EIO, "sock_diag: the dump ended without its end")
-            off = 0
-            while off + _NLMSG.size <= len(data):
-                length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
-                if length < _NLMSG.size:
-                    raise OSError(errno.EIO, "sock_diag: a message shorter than its header")
-                if mtype == _NLMSG_DONE:
-                    return out
-                if mtype == _NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
-                    raise OSError(err, f"{os.strerror(err)} [sock_diag inet]")
-                if only is not None and _U32.unpack_from(data, off + _INO_AT)[0] not in only:
-                    off += (length + 3) & ~3
-                    continue
-                (_fam, state, _timer, _retrans, sport, dport, src, dst, _if, _cookie,
-                 _expires, _rq, _wq, _uid, ino) = unpack(data, off + _NLMSG.size)  # fmt: skip
-                out.append((ino, state, src[:size], int.from_bytes(sport, "big"), dst[:size],
-                            int.from_bytes(dport, "big")))  # fmt: skip
-                off += (length + 3) & ~3
+    unpack, ino_of = _INET_DIAG_MSG.unpack_from, _U32.unpack_from
+    for data, start, _end in _inet_diag_msgs(family, protocol, states, 0):
+        if only is not None and ino_of(data, start + _INO_AT)[0] not in only:
+            continue
+        (_fam, state, _timer, _retrans, sport, dport, src, dst, _if, _cookie,
+         _expires, _rq, _wq, _uid, ino) = unpack(data, start)  # fmt: skip
+        out.append((ino, state, src[:size], int.from_bytes(sport, "big"), dst[:size],
+                    int.from_bytes(dport, "big")))  # fmt: skip
+    return out
+
+
+def tcp_orphans(family: int, port: int) -> list[tuple[int, bytes, bytes, int, int, int]]:
+    """The TCP sockets without a file (inode 0) on local ``port`` of this thread's
+    network namespace: (state, local address, remote address (both packed, 4 or 16
+    bytes), remote port, interface, bytes received and not read), in one dump; their
+    times are asked one by one (:class:`TcpTimes`)."""
+    size = 4 if family == socket.AF_INET else 16
+    out: list[tuple[int, bytes, bytes, int, int, int]] = []
+    for data, start, _end in _inet_diag_msgs(family, socket.IPPROTO_TCP, 0xFFFFFFFF, 0):
+        (_fam, state, _timer, _retrans, sport, dport, src, dst, ifindex, _cookie,
+         _expires, rq, _wq, _uid, ino) = _INET_DIAG_MSG.unpack_from(data, start)  # fmt: skip
+        if ino or int.from_bytes(sport, "big") != port:
+            continue
+        out.append((state, src[:size], dst[:size], int.from_bytes(dport, "big"), ifindex, rq))
+    return out
+
+
+INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+_INET_DIAG_REQ_ONE = struct.Struct("=BBBBI2s2s16s16sIII")  # inet_diag_req_v2, a socket id
+
+
+class TcpTimes:
+    """The times of TCP sockets' tcp_info, asked of sock_diag one socket at a time (an
+    exact lookup by addresses, INET_DIAG_INFO) on one netlink socket of this thread's
+    network namespace: each answer is read at its own moment, microseconds apart.
+
+    A connection waiting in a listener's accept queue has never received nor sent
+    data: its times count from the moment the kernel made it (tcp_create_openreq_child
+    sets icsk_ack.lrcvtime and lsndtime to the jiffies of then; tcp_get_info gives, in
+    ms, the jiffies at the moment of the answer minus those)."""
+
+    def __init__(self) -> None:
+        self.nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                NETLINK_SOCK_DIAG)  # fmt: skip
+        self.nl.settimeout(10)
+
+    def close(self) -> None:
+        self.nl.close()
+
+    def __enter__(self) -> TcpTimes:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def ask(self, family: int, local: bytes, lport: int, remote: bytes, rport: int,
+            ifindex: int) -> tuple[int, int, int] | None:  # fmt: skip
+        """(state, ms since the last data received, ms since the last data sent) of the
+        connection, None if it is gone."""
+        req = _INET_DIAG_REQ_ONE.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1),
+                                      0, 0xFFFFFFFF, lport.to_bytes(2, "big"),
+                                      rport.to_bytes(2, "big"), local, remote, ifindex,
+                                      INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)  # fmt: skip
+        self.nl.send(_NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST,
+                                 2, 0) + req)  # fmt: skip
+        data = self.nl.recv(1 << 16)
+        length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(data, 0)
+        if mtype == _NLMSG_ERROR:
+            err = -struct.unpack_from("=i", data, _NLMSG.size)[0]
+            if err == errno.ENOENT:
+                return None
+            raise OSError(err, f"{os.strerror(err)} [sock_diag one socket]")
+        start, end = _NLMSG.size, min(length, len(data))
+        state = data[start + 1]
+        for atype, a, aend in _attrs(data, start + _INET_DIAG_MSG.size, end):
+            if atype == INET_DIAG_INFO and aend - a >= _TCPI_TIMES_AT + _TCPI_TIMES.size:
+                sent, _ack_sent, recv, _ack_recv = _TCPI_TIMES.unpack_from(
+                    data, a + _TCPI_TIMES_AT)
+                return state, recv, sent
+        raise OSError(errno.EIO, "sock_diag: an answer without tcp_info")
+
+
+_jiffy: list[int] = []
+
+
+def jiffy_ms() -> int:
+    """How many ms a jiffy lasts at most (1000/HZ rounded up, from the kernel's config:
+    /boot/config-RELEASE or /proc/config.gz); 10 (HZ=100, the coarsest) if neither can
+    be read, which can only make two times read apart look closer than they are."""
+    if not _jiffy:
+        import gzip
+        import re
+
+        text = ""
+        for path in (f"/boot/config-{os.uname().release}", "/proc/config.gz"):
+            try:
+                with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+                    text = f.read()
+                break
+            except OSError:
+                continue
+        m = re.search(r"^CONFIG_HZ=(\d+)$", text, re.M)
+        hz = int(m.group(1)) if m else 100
+        _jiffy.append(-(-1000 // hz) if hz > 0 else 10)
+    return _jiffy[0]
