@@ -51,3 +51,46 @@ def test_python_threads(procs: Procs, tmp_path: Path) -> None:
     v.wait_ok_after(5, timeout=20)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+LOW_THREAD = r"""
+import os, sys, threading, time
+out = open(sys.argv[1], "a", buffering=1)
+count = [0]
+def work():
+    while True:
+        count[0] += 1
+        time.sleep(0.005)
+# the next pid below ours: the thread's tid comes out lower than its leader's, as after
+# the pids wrapped around (pid_max)
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(os.getpid() - 40))
+t = threading.Thread(target=work, daemon=True)
+t.start()
+time.sleep(0.05)
+out.write(f"ready {os.getpid()} {t.native_id}\n")
+n = 0
+while True:
+    c = count[0]
+    time.sleep(0.05)
+    out.write(f"ok {n}\n" if count[0] > c else "FAIL the thread stopped\n")
+    n += 1
+"""
+
+
+def test_thread_with_a_lower_tid_than_its_leader(procs: Procs, tmp_path: Path) -> None:
+    """pids wrap (pid_max is 32768 on many machines): a thread may have a lower tid than
+    its process.  The image lists the leader first all the same (it used to sort the
+    tids, and the restart refused its own image as corrupt)."""
+    out = tmp_path / "out.txt"
+    for _ in range(5):  # (another process may take the pids below ours first)
+        v = procs.spawn([sys.executable, "-c", LOW_THREAD, str(out)], out)
+        v.wait_ok_after(1, timeout=20)
+        tids = _tids(v.pid)
+        if tids[0] < v.pid:
+            break
+        procs.kill(v.pid)
+        out.unlink()
+    assert tids[0] < v.pid, tids
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()

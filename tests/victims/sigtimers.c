@@ -7,20 +7,22 @@
  * worker thread (blocked there) and SIGRTMIN+5 pending process-wide (blocked everywhere);
  * the worker blocks SIGTRAP too (a single step there would reset its action).
  * argv[2] = "ignore": SIGTRAP is ignored (SIG_IGN), which a single step would also
- * reset to SIG_DFL; each round raises it. */
+ * reset to SIG_DFL; each round raises it.  argv[3]: the timers' period in microseconds
+ * (20000 if absent): a short one makes them fire while cryo holds the threads. */
 #include "common.h"
 #include <pthread.h>
 #include <signal.h>
 #include <sys/syscall.h>
 
-static volatile long calls[65], right, wrong, thread_ticks;
+static volatile long calls[65], right, wrong, badval, thread_ticks;
 static volatile pid_t worker_tid;
 static int TSIG, ignore_trap;
+static long period_ns = 20000000;
 
 static void h_any(int s, siginfo_t *si, void *uc) { (void)si; (void)uc; calls[s]++; }
 static void h_tsig(int s, siginfo_t *si, void *uc) {
     (void)s; (void)uc;
-    if (si->si_value.sival_int != 4242) return;
+    if (si->si_code != SI_TIMER || si->si_value.sival_int != 4242) { badval++; return; }
     if (syscall(SYS_gettid) == worker_tid) right++; else wrong++;
 }
 static void tick(union sigval v) { if (v.sival_int == 99) thread_ticks++; }
@@ -48,7 +50,7 @@ static void *worker(void *arg) {
     ev._sigev_un._tid = worker_tid;
     timer_t t;
     if (timer_create(CLOCK_MONOTONIC, &ev, &t)) FAIL("timer_create %d", errno);
-    struct itimerspec its = {{0, 20000000}, {0, 20000000}};
+    struct itimerspec its = {{0, period_ns}, {0, period_ns}};
     timer_settime(t, 0, &its, NULL);
     for (;;) nap(1000);
     return NULL;
@@ -58,6 +60,7 @@ int main(int argc, char **argv) {
     open_report(argc, argv);
     int hold = argc > 2 && !strcmp(argv[2], "hold");
     ignore_trap = argc > 2 && !strcmp(argv[2], "ignore");
+    if (argc > 3) period_ns = atol(argv[3]) * 1000;
     if (ignore_trap) signal(SIGTRAP, SIG_IGN);
     TSIG = SIGRTMIN + 2;
     for (int s = 1; s <= 64; s++) {
@@ -87,7 +90,7 @@ int main(int argc, char **argv) {
     ev.sigev_value.sival_int = 99;
     timer_t t;
     if (timer_create(CLOCK_MONOTONIC, &ev, &t)) FAIL("timer_create SIGEV_THREAD %d", errno);
-    struct itimerspec its = {{0, 20000000}, {0, 20000000}};
+    struct itimerspec its = {{0, period_ns}, {0, period_ns}};
     timer_settime(t, 0, &its, NULL);
     while (!worker_tid) nap(1);
     nap(100);
@@ -116,6 +119,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 40 && (right <= r0 || thread_ticks <= t0); i++) nap(50);  /* a loaded machine */
         if (right <= r0) { FAIL("thread timer stopped"); bad = 1; }
         if (wrong) { FAIL("thread timer signal in the wrong thread %ld times", wrong); bad = 1; }
+        if (badval) { FAIL("thread timer signal without its siginfo %ld times", badval); bad = 1; }
         if (thread_ticks <= t0) { FAIL("SIGEV_THREAD timer stopped"); bad = 1; }
         if (hold) {
             sigset_t p; sigpending(&p);  /* this thread's and the process's */

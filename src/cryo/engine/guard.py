@@ -200,6 +200,5 @@ def _entry_to_exit(t: Any) -> None:
                 return
             entered = True
         elif not event:
-            log.debug("pid %d: deferring signal %d", t.tid, sig)
-            t.deferred_signals.append(sig)
+            t.defer(sig)
         libc.ptrace(PTRACE.SYSCALL, t.tid, 0, 0)

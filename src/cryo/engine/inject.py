@@ -472,8 +472,7 @@ class Injector:
                 if got in _FAULTS and back - BATCH_BACK <= rip < back - BATCH_BACK + BATCH_REGION:
                     raise InternalError(f"cryo's batch routine faulted in {self.t.tid}"
                                         f" (signal {got} at {rip:#x})")  # fmt: skip
-                log.debug("pid %d: deferring signal %d", self.t.tid, got)
-                self.t.deferred_signals.append(got)
+                self.t.defer(got)
             libc.ptrace(PTRACE.CONT, self.t.tid, 0, 0)
 
     # -- scratch memory ----------------------------------------------------

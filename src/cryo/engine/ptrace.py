@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 XSTATE_MAX = 16384
 _WALL = 0x40000000
 _SIGTRAP_BIT = 1 << (signal.SIGTRAP - 1)
+SI_TKILL = -6
 # ptrace stops waited for in this process, for the benchmarks (bench/inject_stops.py)
 STATS = {"stops": 0}
 
@@ -30,7 +31,9 @@ class Tracee:
         self.pid = pid
         self.tid = tid or pid
         self.attached = False
-        self.deferred_signals: list[int] = []
+        # signals that arrived while we held the task, with their siginfo (sent again
+        # when we let go: detach)
+        self.deferred_signals: list[tuple[int, bytes]] = []
         self.options = 0  # the PTRACE_O_* flags in force (PTRACE_SETOPTIONS replaces them)
         self.group_stop = 0  # the stop signal, when the task was group-stopped when seized
         # the process ignores SIGTRAP: see step()
@@ -113,15 +116,14 @@ class Tracee:
                 if not expect_rip or self.getregs().rip == expect_rip:
                     return
                 log.debug("pid %d: deferring a pending SIGTRAP", self.tid)
-                self.deferred_signals.append(sig)
+                self.defer(sig)
                 libc.ptrace(PTRACE.SINGLESTEP, self.tid)
                 continue
             if event == PTRACE_EVENT.STOP or event:
                 libc.ptrace(PTRACE.SINGLESTEP, self.tid)
                 continue
             # a signal arrived: hold it back and deliver it when we let go
-            log.debug("pid %d: deferring signal %d", self.tid, sig)
-            self.deferred_signals.append(sig)
+            self.defer(sig)
             libc.ptrace(PTRACE.SINGLESTEP, self.tid)
 
     def _syscall_step(self) -> None:
@@ -137,8 +139,7 @@ class Tracee:
                     libc.ptrace(PTRACE.SYSCALL, self.tid)
                     continue
             if not event:  # a signal arrived: hold it back and deliver it when we let go
-                log.debug("pid %d: deferring signal %d", self.tid, sig)
-                self.deferred_signals.append(sig)
+                self.defer(sig)
             libc.ptrace(PTRACE.SYSCALL, self.tid)
 
     def syscall_info_op(self) -> int:
@@ -171,23 +172,46 @@ class Tracee:
             if event == PTRACE_EVENT.STOP:
                 return
             if not event and sig != signal.SIGTRAP:
-                self.deferred_signals.append(sig)
+                self.defer(sig)
             libc.ptrace(PTRACE.CONT, self.tid)
+
+    def defer(self, sig: int) -> None:
+        """In a signal-delivery stop for ``sig``: hold it back, with its siginfo, to be
+        sent again when we let go (the task does not get it now)."""
+        try:
+            info = ctypes.create_string_buffer(S.SIGINFO_SIZE)
+            libc.ptrace(PTRACE.GETSIGINFO, self.tid, 0, info)
+            raw = info.raw
+        except OSError:
+            raw = b""
+        log.debug("pid %d: deferring signal %d", self.tid, sig)
+        self.deferred_signals.append((sig, raw))
 
     def detach(self, sig: int = 0) -> None:
         """Let the task go (with ``sig`` delivered, from a signal-delivery stop).  The
-        signals held back meanwhile are sent again first, each to this thread (tgkill:
-        a signal aimed at one thread, a timer's SIGEV_THREAD_ID signal or glibc's
-        SIGTIMER to its helper, must not go to another thread, where its action may be
-        fatal, as os.kill of the process did), while it is still stopped: it takes them
-        once let go, under its own mask.  (Given as PTRACE_DETACH's signal instead, the
-        first was lost: the kernel uses it only from a signal-delivery stop, and a parked
-        task is in an event stop.)"""
+        signals held back meanwhile are sent again first, each to this thread (a signal
+        aimed at one thread, a timer's SIGEV_THREAD_ID signal or glibc's SIGTIMER to its
+        helper, must not go to another thread, where its action may be fatal, as
+        os.kill of the process did), while it is still stopped: it takes them once let
+        go, under its own mask.  Each with its own siginfo where the kernel lets another
+        process queue it (rt_tgsigqueueinfo: si_code < 0 but SI_TKILL: a timer's, a
+        sigqueue's, SIGIO's...): sent again with tgkill instead, glibc's timer helper
+        thread took its SIGTIMER for a cancellation (si_code SI_TKILL) and exited, and
+        a thread timer's si_value was lost.  The others (kill, tgkill, the kernel's own)
+        go with tgkill.  (Given as PTRACE_DETACH's signal instead, the first was lost:
+        the kernel uses it only from a signal-delivery stop, and a parked task is in an
+        event stop.)"""
         if not self.attached:
             return
-        for s in self.deferred_signals:
+        for s, raw in self.deferred_signals:
             try:
-                libc.syscall(SYS.tgkill, self.pid, self.tid, s)
+                code = struct.unpack_from("<i", raw, 8)[0] if len(raw) >= 12 else 0
+                if code < 0 and code != SI_TKILL:
+                    info = ctypes.create_string_buffer(raw, len(raw))
+                    libc.syscall(SYS.rt_tgsigqueueinfo, self.pid, self.tid, s,
+                                 ctypes.addressof(info))  # fmt: skip
+                else:
+                    libc.syscall(SYS.tgkill, self.pid, self.tid, s)
             except OSError as err:
                 if err.errno != errno.ESRCH:
                     raise

@@ -26,7 +26,7 @@ from cryo import procfs
 from cryo.engine.context import RestoreContext
 from cryo.engine.inject import Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
-from cryo.errors import CryoError, NoSuchProcess, RestoreConflict, Unsupported
+from cryo.errors import AccessDenied, CryoError, NoSuchProcess, RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import CLONE, PAGE_SIZE, PR, PTRACE, PTRACE_O, SYS
@@ -164,9 +164,15 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                     tids = []
                 for tid in tids:
                     if tid not in p.tracees:
-                        p.tracees[tid] = Tracee.seize(pid, tid)
+                        try:
+                            p.tracees[tid] = Tracee.seize(pid, tid)
+                        except (NoSuchProcess, AccessDenied):
+                            if tid == pid or not _thread_ended(pid, tid):
+                                raise
+                            continue  # a thread that ended as we seized it
                         new = True
-                p.threads = sorted(p.tracees)
+                # the leader first (the threads' tids may be lower: pids wrap)
+                p.threads = sorted(p.tracees, key=lambda t: (t != pid, t))
             # a process that went away meanwhile: drop it
             for pid in [q for q in procs if q not in pids]:
                 _let_go_one(procs.pop(pid))
@@ -183,6 +189,18 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
     except BaseException:
         let_go(procs)
         raise
+
+
+def _thread_ended(pid: int, tid: int) -> bool:
+    """Is thread ``tid`` of ``pid`` gone or exiting (ptrace refuses an exiting task)?
+    Threads come and go all the time in some programs (glibc's SIGEV_THREAD timers
+    start one per expiry)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return state in (b"Z", b"X")
 
 
 def nspid(pid: int, tid: int | None = None) -> int:
