@@ -6,6 +6,7 @@ way to restore is refused at checkpoint (exit 9) with the target untouched."""
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import signal
 import struct
@@ -17,6 +18,8 @@ import pytest
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from tests.conftest import Procs, Victim, reap, run_cryo
+
+F_OFD_SETLK = 37
 
 
 def cycle(procs: Procs, v: Victim, img: Path, scope: str = "process") -> Victim:
@@ -121,9 +124,66 @@ def test_posix_locks_of_a_tree(procs: Procs, build: Any, tmp_path: Path) -> None
         os.close(fd)
 
 
-def test_lock_through_mapping_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+def _proc_locks(path: Path) -> list[list[str]]:
+    """The lines of /proc/locks on ``path``'s inode, split."""
+    ino = os.stat(path).st_ino
+    return [w[1:] for line in Path("/proc/locks").read_text().splitlines()
+            if (w := line.split()) and len(w) > 5 and w[5].endswith(f":{ino}")]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["flock", "ofd"])
+def test_lock_through_mapping_held_again(procs: Procs, build: Any, tmp_path: Path,
+                                         kind: str) -> None:  # fmt: skip
+    """A lock held only through a mapping (flock or OFD lock taken, file mapped, fd
+    closed: a JVM's): held again by the restored mapping, which goes on writing."""
+    v = spawn(procs, build, tmp_path, "locks", "mapped" if kind == "flock" else "mapped-ofd")
+    work = tmp_path / "work"
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    from cryo.engine.show import describe
+
+    maps = {m["path"]: m for m in describe(str(tmp_path / "img"))["processes"][0]["mappings"]}
+    if kind == "flock":  # /proc/locks: the restored process's flock
+        assert maps[str(work / "m.dat")].get("locks") == ["flock WRITE"], maps
+        assert [w[:4] for w in _proc_locks(work / "m.dat")] == [
+            ["FLOCK", "ADVISORY", "WRITE", str(v.pid)]]
+    else:
+        assert maps[str(work / "m.dat")].get("locks") == ["ofd WRITE"], maps
+        assert [w[:4] for w in _proc_locks(work / "p.dat")] == [
+            ["OFDLCK", "ADVISORY", "WRITE", "-1"]]
+    # no fd of the restored process is on the files: the mapping holds the lock
+    assert not any(os.path.realpath(f"/proc/{v.pid}/fd/{n}").startswith(str(work))
+                   for n in os.listdir(f"/proc/{v.pid}/fd"))  # fmt: skip
+    fd = os.open(work / "m.dat", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            if kind == "flock":
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            else:
+                fcntl.fcntl(fd, F_OFD_SETLK, struct.pack("<hh4xqqi4x", fcntl.F_RDLCK, 0, 50, 1, 0))
+        os.kill(v.pid, signal.SIGKILL)  # the lock was the restored process's: it goes with it
+        reap(v.pid)
+        if kind == "flock":
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            fcntl.fcntl(fd, F_OFD_SETLK, struct.pack("<hh4xqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+    finally:
+        os.close(fd)
+    assert not _proc_locks(work / "p.dat")
+
+
+def test_lock_through_mapping_of_two_processes_refused(procs: Procs, build: Any,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    """The file is mapped by a process outside the checkpoint too: which mapping holds the
+    lock cannot be told, so it is refused."""
     v = spawn(procs, build, tmp_path, "locks", "mapped")
-    refused(v, tmp_path, "FLOCK WRITE", "m.dat", "held through a mapping only")
+    with open(tmp_path / "work" / "m.dat", "rb") as f:
+        other = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
+    try:
+        refused(v, tmp_path, "FLOCK WRITE", "m.dat", "held through a mapping only",
+                "outside the checkpoint maps the file")
+    finally:
+        other.close()
 
 
 def test_signal_owner_and_async(procs: Procs, build: Any, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
  *           kernel's own view (/proc/self/fdinfo "lock:" lines, F_GETLEASE)
  *   tree    a parent and its child each hold a POSIX lock on the same file, through
  *           one shared description (their own, each): checked by each in fdinfo
- *   mapped  a flock held only through a mapping (the fd closed): must be refused
+ *   mapped, mapped-ofd  an flock, OFD locks held only through a mapping (the fd closed)
  *   owner   a pipe with O_ASYNC, F_SETOWN to itself and F_SETSIG SIGRTMIN+1: each round
  *           a write to it must raise that signal with si_fd = the read end; a file with
  *           F_SETOWN_EX to its own thread */
@@ -112,16 +112,53 @@ static void tree(const char *dir) {
     }
 }
 
-static void mapped(const char *dir) {
-    int fd = make(dir, "m.dat", O_RDWR);
-    if (flock(fd, LOCK_EX)) _exit(5);
-    char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) _exit(6);
+/* Whether another description of `name` sees a write lock on byte `at`: a new fd's
+ * flock conflicts with an flock of ours (flock), F_OFD_GETLK reports an OFD write lock
+ * (ofd).  (Regular files only: a /proc file open at the freeze has no offset to keep.) */
+static int locked(const char *name, int ofd, off_t at) {
+    int fd = open(name, O_RDWR);
+    if (fd < 0) return 0;
+    int yes;
+    if (ofd) {
+        struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = at, .l_len = 1};
+        yes = fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_WRLCK && fl.l_pid == -1;
+    } else {
+        yes = flock(fd, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+    }
     close(fd);
+    return yes;
+}
+
+/* Locks held only through a mapping (the fd closed, as a JVM holds them):
+ *   mapped      an exclusive flock on m.dat, mapped shared and written
+ *   mapped-ofd  an OFD write lock on bytes 0-99 of m.dat, mapped shared and written; an OFD
+ *               write lock on the whole of p.dat, mapped private and read only (its
+ *               description was opened O_RDWR: the lock needs it)
+ * Each round: another description of each file sees the lock, and a write through the
+ * shared mapping is read back through a new fd (the test checks /proc/locks). */
+static void mapped(const char *dir, int ofd) {
+    int fd = make(dir, "m.dat", O_RDWR);
+    int fdp = make(dir, "p.dat", O_RDWR);
+    if (ofd ? ofd_lock(fd, F_WRLCK, 0, 100) || ofd_lock(fdp, F_WRLCK, 0, 0) : flock(fd, LOCK_EX))
+        _exit(5);
+    char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    char *q = mmap(NULL, 8192, PROT_READ, MAP_PRIVATE, fdp, 0);
+    if (p == MAP_FAILED || q == MAP_FAILED) _exit(6);
+    close(fd);
+    close(fdp);
     report("ready %d", getpid());
     for (long round = 0;; round++) {
-        p[round % 8192] = 1;
-        report("ok %ld", round);
+        int bad = 0;
+        if (!locked("m.dat", ofd, 50)) { FAIL("lock of m.dat"); bad = 1; }
+        if (ofd && !locked("p.dat", 1, 5000)) { FAIL("lock of p.dat"); bad = 1; }
+        snprintf(p, 64, "round %ld", round);
+        char back[64] = {0};
+        int rd = open("m.dat", O_RDONLY);
+        if (rd < 0 || pread(rd, back, sizeof back - 1, 0) < 0 || strcmp(back, p)) {
+            FAIL("write through the mapping not in the file: %s", back); bad = 1;
+        }
+        if (rd >= 0) close(rd);
+        if (!bad) report("ok %ld", round);
         nap(20);
     }
 }
@@ -163,7 +200,8 @@ int main(int argc, char **argv) {
     open_report(argc, argv);
     if (argc < 4 || chdir(argv[3])) _exit(2);
     if (!strcmp(argv[2], "held")) held(argv[3]);
-    if (!strcmp(argv[2], "mapped")) mapped(argv[3]);
+    if (!strcmp(argv[2], "mapped")) mapped(argv[3], 0);
+    if (!strcmp(argv[2], "mapped-ofd")) mapped(argv[3], 1);
     if (!strcmp(argv[2], "tree")) tree(argv[3]);
     if (!strcmp(argv[2], "owner")) owner(argv[3]);
     return 2;

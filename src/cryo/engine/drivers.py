@@ -288,7 +288,7 @@ def _describe_memory(v: View) -> dict[str, Any]:
     return {"exe": mm["exe"], "mappings": [
         {"start": f"{m['start']:#x}", "end": f"{m['end']:#x}", "perms": _perms(m),
          "size": m["end"] - m["start"], "saved": m.get("data", 0), "kind": m["kind"],
-         "path": m["path"], "state": memory.describe_state(m)}
+         "path": m["path"], "state": memory.describe_state(m), **locks.describe(m)}
         for m in mm["vmas"]]}  # fmt: skip
 
 

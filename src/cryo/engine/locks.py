@@ -40,6 +40,7 @@ from cryo.engine import ghosts
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.errors import CryoError, Unsupported
+from cryo.image import records as R
 from cryo.linux import libc
 from cryo.linux.consts import SYS
 
@@ -239,26 +240,21 @@ def _maps(pid: int) -> dict[tuple[tuple[int, int], int], str]:
 
 
 def check_shared(session: Any) -> None:
-    """Driver hook, once for all processes: a lock only a mapping holds is refused; a
-    signal owner outside the checkpoint is refused."""
+    """Driver hook, once for all processes: a lock only a mapping holds is kept on that
+    mapping (:func:`_through_mapping`); a signal owner outside the checkpoint is refused."""
     contexts: list[DumpContext] = session.contexts
     pids = {c.pid for c in contexts}
     seen: set[tuple[Any, ...]] = set()
     for c in contexts:
         seen |= c.live.pop("locks_seen", set())
-    mapped: dict[tuple[tuple[int, int], int], tuple[int, str]] = {}
-    for c in contexts:
-        for key, path in _maps(c.pid).items():
-            mapped.setdefault(key, (c.pid, path))
+    maps = {c.pid: _maps(c.pid) for c in contexts}
     with open("/proc/locks", "rb") as f:
         table = parse_proc_locks(f.read())
     for lk in table:
-        where = mapped.get((lk.dev, lk.ino))
-        if where is None or lk.key in seen or not (lk.pid in pids or lk.pid == -1):
+        users = [c for c in contexts if (lk.dev, lk.ino) in maps[c.pid]]
+        if not users or lk.key in seen or not (lk.pid in pids or lk.pid == -1):
             continue
-        pid, path = where
-        raise _refuse(pid, None, f"{lk} lock on {path} is held through a mapping only (its fd"
-                      " was closed); a restored mapping cannot hold it: not supported")
+        _through_mapping(users, pids, lk, maps[users[0].pid][(lk.dev, lk.ino)])
     groups = {os.getpgid(p) for p in pids if _alive(p)}
     for d in session.shared.descs.descs:
         owner = d.get("owner")
@@ -271,6 +267,102 @@ def check_shared(session: Any) -> None:
         if owner["type"] == F_OWNER_TID and not _thread_of(owner["pid"], pids):
             raise _refuse(d["pid"], d["fd"], f"the signal owner of {d['path']} (thread"
                           f" {owner['pid']}) is outside the checkpoint")  # fmt: skip
+
+
+def _through_mapping(users: list[DumpContext], pids: set[int], lk: Lock, path: str) -> None:
+    """``lk``, on a file that ``users`` map, is shown by no fd of the checkpoint: it is
+    held by an open file description that only a mapping keeps (its fd closed: JVMs do
+    this), or by a process outside the checkpoint.  An flock or an OFD lock belongs to
+    the description, which lives on as the mapping's vm_file: it is kept on the first
+    VMA of that file, and the restore takes it again on the fd the mapping is made
+    from, before that fd is closed (memory.map_vmas).  A POSIX lock cannot outlive the
+    close of its fd (filp_close drops the process's POSIX locks on the file), and a
+    lease is not restored this way: both are refused.  So is a lock no mapping can be
+    told to hold: the file mapped by several processes, or by one outside (whose own
+    fds do not show the lock)."""
+    c = users[0]
+    if lk.kind not in ("FLOCK", "OFDLCK") or lk.mode not in MODES:
+        raise _refuse(c.pid, None, f"{lk} lock on {path} is held through a mapping only (its"
+                      " fd was closed); only an flock or an OFD lock can be: not supported")
+    if len(users) > 1:
+        raise _refuse(c.pid, None, f"{lk} lock on {path} is held through a mapping only, and"
+                      f" processes {sorted(u.pid for u in users)} map the file: which mapping"
+                      " holds it cannot be told: not supported")  # fmt: skip
+    if lk.kind == "FLOCK" and lk.pid != c.pid:
+        raise _refuse(c.pid, None, f"{lk} lock on {path}, held through a mapping only, was"
+                      f" taken by process {lk.pid}, not by the process that maps it:"
+                      " not supported")  # fmt: skip
+    outside = _outside_holder(lk, pids)
+    if outside is False:
+        return  # an fd of a process outside the checkpoint shows it: not ours
+    if outside is not True:
+        raise _refuse(c.pid, None, f"{lk} lock on {path} is held through a mapping only, and"
+                      f" process {outside} outside the checkpoint maps the file too: which"
+                      " mapping holds it cannot be told: not supported")  # fmt: skip
+    for v in c.records[R.MM]["vmas"]:
+        st = v.get("file")
+        if v["kind"] in ("file", "shared-file") and st and st[1] == lk.ino \
+                and (os.major(st[0]), os.minor(st[0])) == lk.dev:  # fmt: skip
+            v.setdefault("locks", []).append({"kind": "ofd" if lk.kind == "OFDLCK" else "flock",
+                                              "mode": lk.mode, "start": lk.start,
+                                              "end": lk.end})  # fmt: skip
+            return
+    raise _refuse(c.pid, None, f"{lk} lock on {path} is held through a mapping only, of a"
+                  " file that is not mapped from its path (deleted?): not supported")
+
+
+def _outside_holder(lk: Lock, pids: set[int]) -> bool | int:
+    """Whether processes outside ``pids`` (and cryo) hold ``lk``'s file: False if one of
+    their fds shows the lock (it is theirs), the pid of one that maps the file, else True
+    (the lock is the checkpoint's).  A process whose /proc files even root may not read
+    (another user namespace's init, under some sandboxes) is not looked at."""
+    me = {os.getpid(), os.getppid()}
+    mapper: int | None = None
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in pids or int(name) in me:
+            continue
+        pid = int(name)
+        with contextlib.suppress(PermissionError):  # (one cryo may not read: not seen)
+            if mapper is None and (lk.dev, lk.ino) in _maps(pid):
+                mapper = pid
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as it:
+            for ent in it:
+                with contextlib.suppress(OSError):
+                    st = os.stat(ent.path)
+                    if st.st_ino != lk.ino or (os.major(st.st_dev), os.minor(st.st_dev)) \
+                            != lk.dev:  # fmt: skip
+                        continue
+                    with open(f"/proc/{pid}/fdinfo/{ent.name}", "rb") as f:
+                        if lk.key in {x.key for x in parse_fdinfo_locks(f.read())}:
+                            return False
+    return True if mapper is None else mapper
+
+
+def take_through_mapping(inj: Injector, fd: int, v: dict[str, Any]) -> None:
+    """memory.map_vmas' hook: the locks of mapping ``v`` taken by the process on ``fd``,
+    the fd its mappings of the file are made from (their open file description), before
+    it is closed: the mapping then holds them, as before."""
+    for lk in v.get("locks", []):
+        if lk["kind"] == "flock":
+            op = (fcntl.LOCK_SH if lk["mode"] == "READ" else fcntl.LOCK_EX) | fcntl.LOCK_NB
+            err = inj.raw(SYS.flock, fd, op)
+        else:
+            err = inj.raw(SYS.fcntl, fd, F_OFD_SETLK,
+                          inj.put(_flock_struct(lk["mode"], lk["start"], lk["end"])))
+        if err < 0:
+            busy = -err in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+            why = "another process holds a conflicting lock" if busy else os.strerror(-err)
+            raise CryoError(f"mapping {v['start']:#x} of {v['path']}: cannot take the"
+                            f" {lk['kind']} {lk['mode']} lock it held again: {why}",
+                            resource="memory", path=v["path"])  # fmt: skip
+
+
+def mapped_open_flags(v: dict[str, Any]) -> int:
+    """O_RDWR where a mapping's OFD write lock needs its description open for writing
+    (fcntl_setlk: F_WRLCK needs FMODE_WRITE; it had it, it took the lock), else 0."""
+    if any(lk["kind"] == "ofd" and lk["mode"] == "WRITE" for lk in v.get("locks", [])):
+        return os.O_RDWR
+    return 0
 
 
 def _alive(pid: int) -> bool:

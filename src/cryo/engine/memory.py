@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import cow, shmem
+from cryo.engine import cow, locks, shmem
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Batch
 from cryo.engine.translate import apply as translated
@@ -635,6 +635,9 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
                 fds[v["path"]] = _open_mapped(ctx, v)
         with inj.batch() as bt:
             _map_all(ctx, rec, bt, fds, fixup, inherited, merge_any)
+        for v in rec["vmas"]:  # a lock only the mapping held, on its description (locks.py)
+            if v.get("locks") and v["path"] in fds:
+                locks.take_through_mapping(inj, fds[v["path"]], v)
     finally:
         for fd in fds.values():
             inj.raw(SYS.close, fd)
@@ -739,7 +742,7 @@ def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
         raise FileChanged(f"mapped file {path} changed since the checkpoint"
                           f" (size {size} -> {st.st_size}; --ignore-changed-files)",
                           path=path)  # fmt: skip
-    flags = 2 if v["shared"] and v["prot"] & PROT.WRITE else 0
+    flags = (2 if v["shared"] and v["prot"] & PROT.WRITE else 0) | locks.mapped_open_flags(v)
     name = ctx.inj.put_str(path)
     fd = ctx.inj.raw(SYS.openat, -100, name, flags | O_NOATIME, 0)  # its atime stays
     if fd == -errno.EPERM:  # O_NOATIME needs to own the file (or CAP_FOWNER)

@@ -485,6 +485,13 @@ PROC = Struct((
     F("nstids", List(PID), "the threads' tids there"),
 ), name="proc")  # fmt: skip
 
+LOCK_MODES = ("READ", "WRITE")
+OFFSET = Int(0, (1 << 63) - 1)
+OWN_LOCK = Struct((
+    F("kind", Str(choices=("ofd", "flock"))), F("mode", Str(choices=LOCK_MODES)),
+    F("start", OFFSET), F("end", Nullable(OFFSET), "nil: to the end of the file"),
+), extra=False, name="description lock")  # fmt: skip
+
 VMA = Struct((
     F("start", ADDR), F("end", ADDR), F("prot", Int(0, 7)), F("shared", Bool()),
     F("kind", Str(choices=VMA_KINDS)), F("path", Str()), F("pgoff", Int()),
@@ -499,13 +506,13 @@ VMA = Struct((
     F("guards", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
       "guard pages", required=False),
     F("pkey", Int(0, 15), "its x86 protection key", required=False),
+    F("locks", List(OWN_LOCK), "flocks and OFD locks held only through this mapping's file"
+      " (its fd closed; engine/locks.py)", required=False),
 ), name="vma")  # fmt: skip
 
 NS_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 TCP_STATES = ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
               "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV")
-LOCK_MODES = ("READ", "WRITE")
-OFFSET = Int(0, (1 << 63) - 1)
 MEMFD = Struct((F("name", Str(max=249), "as given to memfd_create"),
                 F("seals", Int(0, U32), "F_GET_SEALS")), extra=False, name="memfd")
 POSIX_LOCK = Struct((
@@ -513,10 +520,6 @@ POSIX_LOCK = Struct((
     F("mode", Str(choices=LOCK_MODES)), F("start", OFFSET),
     F("end", Nullable(OFFSET), "last byte (nil: to the end of the file)"),
 ), extra=False, name="posix lock")  # fmt: skip
-OWN_LOCK = Struct((
-    F("kind", Str(choices=("ofd", "flock"))), F("mode", Str(choices=LOCK_MODES)),
-    F("start", OFFSET), F("end", Nullable(OFFSET), "nil: to the end of the file"),
-), extra=False, name="description lock")  # fmt: skip
 LEASE = Struct((F("mode", Str(choices=LOCK_MODES)), F("pid", PID), F("fd", FD)),
                extra=False, name="lease")  # fmt: skip
 SIG_OWNER = Struct((

@@ -150,6 +150,7 @@ class SYS(IntEnumBase):
     wait4 = 61
     kill = 62
     fcntl = 72
+    flock = 73
     chdir = 80
     fchdir = 81
     umask = 95
