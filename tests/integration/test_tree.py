@@ -111,6 +111,31 @@ def test_shell_pipeline_with_data_in_the_pipe(procs: Procs, tmp_path: Path) -> N
     assert got == list(range(len(got))), "every number once, in order, none lost in the pipe"
 
 
+def test_children_that_come_and_go_during_the_freeze(procs: Procs, tmp_path: Path) -> None:
+    """A shell that runs short-lived commands one after the other: a child that ends (or
+    execs) while the tree is being seized is looked at again (a zombie, or gone), not
+    taken for a reason to fail ("may not be traced", "does not exist": 3 of 80 before).
+    Every checkpoint succeeds and the shell goes on; so does the restarted one."""
+    count = tmp_path / "count"
+    v = procs.spawn(["bash", "-c", f"while :; do /bin/true; echo >> {count}; done"])
+    deadline = time.monotonic() + 10
+    while not count.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for i in range(80):
+        checkpoint(v.pid, str(tmp_path / f"img{i % 2}"), scope="tree", force=True)
+    size = count.stat().st_size
+    time.sleep(0.2)
+    assert count.stat().st_size > size, "the shell goes on"
+    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+    reap(v.pid)
+    r = restart(str(tmp_path / "img"))
+    procs.track(r.pid)
+    size = count.stat().st_size
+    time.sleep(0.3)
+    assert count.stat().st_size > size, "the restarted shell goes on"
+
+
 def test_multiprocessing_pool(procs: Procs, tmp_path: Path) -> None:
     out, progress = tmp_path / "out.txt", tmp_path / "progress.txt"
     v = procs.spawn([sys.executable, str(VICTIMS / "pool.py"), str(out), str(progress)], out)

@@ -162,15 +162,25 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                     tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
                 except FileNotFoundError:
                     tids = []
+                ended = False
                 for tid in tids:
                     if tid not in p.tracees:
                         try:
                             p.tracees[tid] = Tracee.seize(pid, tid)
                         except (NoSuchProcess, AccessDenied):
-                            if tid == pid or not _thread_ended(pid, tid):
+                            if not _thread_ended(pid, tid):
                                 raise
-                            continue  # a thread that ended as we seized it
+                            if tid != pid:
+                                continue  # a thread that ended as we seized it
+                            if pid == target or _tasks(pid) > 1:
+                                raise
+                            ended = True  # a process of the tree ending as we seized it:
+                            break  # looked at again (a zombie, or gone) in the next round
                         new = True
+                if ended:
+                    _let_go_one(procs.pop(pid))
+                    new = True
+                    continue
                 # the leader first (the threads' tids may be lower: pids wrap)
                 p.threads = sorted(p.tracees, key=lambda t: (t != pid, t))
             # a process that went away meanwhile: drop it
@@ -201,6 +211,13 @@ def _thread_ended(pid: int, tid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return True
     return state in (b"Z", b"X")
+
+
+def _tasks(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return 0
 
 
 def nspid(pid: int, tid: int | None = None) -> int:
