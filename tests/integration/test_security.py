@@ -273,6 +273,11 @@ def _stream_to_outside(recs: dict[bytes, list[Any]]) -> None:
               opts=[])  # fmt: skip
 
 
+def _root_peercred(recs: dict[bytes, list[Any]]) -> None:
+    _add_desc(recs, 79, kind="unix", sotype="stream", peer=0, name=None, shutdown=0,
+              peer_gone=True, queue=[], peercred=[1, 0, 0, [0]])
+
+
 def _privileged_port(recs: dict[bytes, list[Any]]) -> None:
     _add_desc(recs, 72, kind="inet", family=2, sotype="stream", proto=6,
               local=["127.0.0.1", 81], remote=None, state="LISTEN", backlog=4, opts=[])
@@ -342,6 +347,7 @@ ATTACKS = {
     "a saved file put back over root's": (None, "put back in"),
     "a unix socket bound in a root directory": (_unix_bound_in_root_dir, "evil.sock in"),
     "a stream connection made by root": (_stream_to_outside, "would be connected by root"),
+    "a socket pair made as root": (_root_peercred, "uid 0, gid 0, groups [0] (SO_PEERCRED)"),
     "a port below 1024": (_privileged_port, "port 81, below the unprivileged"),
     "a raw socket": (_raw_socket, "raw or packet socket"),
     "a socket option only root may set": (_marked_socket, "SO_MARK 7"),

@@ -1257,3 +1257,131 @@ def test_credentials_in_flight(procs: Procs, tmp_path: Path) -> None:
     r = run_cryo("checkpoint", str(v2.pid), "-D", str(tmp_path / "img2"))
     assert r.returncode == 9 and f"process {os.getpid()}, outside" in r.stderr, r.stderr
     assert not (tmp_path / "img2" / "core.img").exists()
+
+
+PEERCRED = r"""
+import os, socket, struct, sys, time
+out, srv = sys.argv[1:3]
+f = open(out, "a", buffering=1)
+def say(line):
+    f.write(line + "\n")
+def who(s):
+    pid, uid, gid = struct.unpack("iII", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    raw = s.getsockopt(socket.SOL_SOCKET, 59, 1024)  # SO_PEERGROUPS
+    groups = sorted(struct.unpack("%dI" % (len(raw) // 4), raw))
+    pidfd = s.getsockopt(socket.SOL_SOCKET, 77)  # SO_PEERPIDFD: the very process, or -1
+    info = open("/proc/self/fdinfo/%d" % pidfd).read()
+    os.close(pidfd)
+    alive = int(info.split("Pid:")[1].split()[0])
+    return (pid, uid, gid, groups, alive, s.getsockname())
+name = b"\0cryo-peercred-%d" % os.getpid()
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+child = os.fork()
+if child == 0:  # another user: it listens, accepts its parent, makes a pair of its own
+    os.setgroups([5, 6])
+    os.setresgid(1234, 1234, 1234)
+    os.setresuid(1234, 1234, 1234)
+    lis = socket.socket(socket.AF_UNIX)
+    lis.bind(name)
+    lis.listen(4)
+    os.write(ready_w, b"x")
+    acc, _ = lis.accept()
+    own = socket.socketpair()
+    socks = {"listener": lis, "accepted": acc, "own": own[0]}
+    before = {k: who(s) for k, s in socks.items()}
+    say("child ready %r" % (before,))
+    os.read(go_r, 1)
+    after = {k: who(s) for k, s in socks.items()}
+    say("child checked " + ("good" if after == before else "bad %r" % (after,)))
+    time.sleep(600)
+os.read(ready_r, 1)
+client = socket.socket(socket.AF_UNIX)
+client.connect(name)
+pair = socket.socketpair()
+plis = socket.socket(socket.AF_UNIX)  # a path listener: its accepted end has its name
+plis.bind(srv)
+plis.listen(4)
+pc = socket.socket(socket.AF_UNIX)
+pc.connect(srv)
+pacc, _ = plis.accept()
+plis2 = socket.socket(socket.AF_UNIX)  # a listener closed since: its file stays
+plis2.bind(srv + "2")
+plis2.listen(4)
+pc2 = socket.socket(socket.AF_UNIX)
+pc2.connect(srv + "2")
+pacc2, _ = plis2.accept()
+plis2.close()
+chan = socket.socketpair()
+helper = os.fork()  # a process that makes a pair, hands it over and is gone
+if helper == 0:
+    x, y = socket.socketpair()
+    socket.send_fds(chan[1], [b"p"], [x.fileno(), y.fileno()])
+    os._exit(0)
+os.waitpid(helper, 0)
+_m, fds, _f, _a = socket.recv_fds(chan[0], 1, 2)
+orphan = socket.socket(fileno=fds[0])
+# queued without credentials, then read with SO_PASSCRED: pid 0, the overflow ids
+dg = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+st = socket.socketpair()
+dg[1].send(b"no creds")
+st[1].send(b"none")
+dg[0].setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+st[0].setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+socks = {"client": client, "pair": pair[0], "plistener": plis, "pclient": pc,
+         "paccepted": pacc, "pclient2": pc2, "paccepted2": pacc2, "orphan": orphan}
+before = {k: who(s) for k, s in socks.items()}
+assert before["orphan"][0] == helper and before["orphan"][4] == -1, before
+say("ready %d %d %r" % (child, helper, before))
+while not os.path.exists(out + ".go"):
+    time.sleep(0.01)
+os.write(go_w, b"x")
+after = {k: who(s) for k, s in socks.items()}
+got = []
+for s in (dg[0], st[0]):
+    data, anc, _f, _a = s.recvmsg(64, 64)
+    got.append((data, [struct.unpack("iII", x[2][:12]) for x in anc
+                       if x[1] == socket.SCM_CREDENTIALS]))
+want = [(b"no creds", [(0, 65534, 65534)]), (b"none", [(0, 65534, 65534)])]
+bad = [] if after == before else ["creds %r" % (after,)]
+bad += [] if got == want else ["queued %r" % (got,)]
+bad += [] if os.path.exists(srv + "2") else ["the closed listener's file is gone"]
+say("checked " + ("good" if not bad else "bad " + " ".join(bad)))
+time.sleep(600)
+"""
+
+
+def test_unix_peer_credentials(procs: Procs, tmp_path: Path) -> None:
+    """SO_PEERCRED, SO_PEERGROUPS and SO_PEERPIDFD of every unix socket come back as the
+    program saw them (tests' own target checks): a socketpair of root and one of another
+    user (uid 1234, groups 5 and 6), a listener of that user, a connection between the
+    two (each end names the other process), the accepted ends of a path listener and of
+    one closed since with its name (getsockname), a pair made by a process that is gone
+    (its pid, and a
+    pidfd of nobody); and messages queued without credentials on a socket that shows
+    them read as the kernel gave them (pid 0, uid and gid 65534), not as cryo's."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    (tmp_path / "peercred.py").write_text(PEERCRED)
+    out = tmp_path / "out"
+    v = procs.spawn([sys.executable, str(tmp_path / "peercred.py"), str(out),
+                     str(tmp_path / "srv")], out)  # fmt: skip
+    v.wait_line("ready")
+    v.wait_line("child ready")
+    pids = tree_pids(v.pid)
+    assert len(pids) == 2
+    for p in pids:
+        procs.track(p)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    kill_tree(pids)
+    shown = run_cryo("show", str(tmp_path / "img")).stdout
+    child, helper = v.wait_line("ready").split()[1:3]
+    assert f"pid {child} uid 1234 gid 1234 groups [5, 6]" in shown, shown
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    assert tree_pids(v.pid) == pids
+    (tmp_path / "out.go").touch()
+    assert v.wait_line("checked", timeout=30) == "checked good"
+    assert v.wait_line("child checked", timeout=30) == "child checked good"
+    assert not os.path.exists(f"/proc/{helper}")  # the restart's helper is gone too

@@ -358,7 +358,10 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("inet", collect=inet.lock_connections, shared=inet.check_queued, thaw=inet.thaw,
            prepare=inet.prepare,
            started=inet.started),
-    Driver("unix-in-flight", shared=sockets.describe_in_flight),
+    # (restart: every unix socket made at the first process's "files" stage, before the
+    # files driver hands the processes their fds)
+    Driver("unix-in-flight", shared=sockets.describe_in_flight,
+           restore={"files": sockets.make_all}),
     Driver("tty", shared=tty.check, prepare=tty.prepare, born=tty.take_ctty,
            restore={"task": tty.restore_ctty}, started=tty.hand_over,
            after_restart=tty.redraw),
@@ -366,7 +369,7 @@ DRIVERS: tuple[Driver, ...] = (
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}, describe=_describe_files),
     Driver("unix", shared=sockets.check_peers, thaw=sockets.release_in_flight,
-           prepare=sockets.finish_queues, started=sockets.send_credentialed),
+           prepare=sockets.prepare_restart, started=sockets.send_credentialed),
     Driver("anonfds", restore={"files": _anonfds_register}),
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
     # (after files and shmem: its prepare reopens fds of mapped deleted files from their

@@ -464,8 +464,9 @@ def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[
             k = KINDS.get(d["kind"])
             if k is None or k.open is None:
                 raise ImageCorrupt(f"fd {d['fd']} of {d['pid']}: unknown kind {d['kind']!r}")
-            if d.get("late"):
-                continue  # opened once its process exists (restore_fds)
+            if d.get("late") or d["kind"] == "unix":
+                continue  # opened once its process exists (restore_fds; a unix socket:
+                # engine/sockets.py makes it then, from the process that made it)
             fd = k.open(d, o)
             high = fcntl.fcntl(fd, fcntl.F_DUPFD, opened.base)
             if fd not in (0, 1, 2) or k is not _STDIO:
@@ -474,7 +475,7 @@ def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[
         for r, w in o.pipes.values():
             os.close(r)
             os.close(w)
-        if any(d.get("late") for d in descs):
+        if any(d.get("late") or d["kind"] == "unix" for d in descs):
             me = os.pidfd_open(os.getpid())
             opened.me = fcntl.fcntl(me, fcntl.F_DUPFD, opened.base)
             os.close(me)
@@ -727,6 +728,7 @@ def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str,
         item.update(ghosts.show(d))
         item.update(fsnotify.show(d))
         item.update(specialfds.show(d))
+        item.update(sockets.show(d))
         if d.get("hidden"):
             item["hidden_watches"] = [f"fd {w[0]} (closed since): {descs[w[3]]['path']}"
                                       for w in d["hidden"]]  # fmt: skip

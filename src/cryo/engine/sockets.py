@@ -16,33 +16,42 @@ data already (its client's write queue is not empty) or whose client is outside 
 checkpoint, a socket connected to a peer outside the checkpoint (without
 ``--ext-unix-sk``).
 
-Restart: cryo makes each socket before the processes exist: a pair for two connected
-ends (each side's queued data sent from the other side, in order; an end that was gone
-closed again), a bound socket bound again (a stale socket file of the same path is
-replaced; a file that had been unlinked is unlinked again), listening with its backlog,
-a datagram socket connected to its bound peer once that one exists, a listener's
-waiting clients connected to it again in their order.  The accepted end of
-a connection comes back unnamed (getsockname() is empty).  Queued messages that carry
-credentials (the reader has SO_PASSCRED) are sent again once every process exists,
-with SCM_CREDENTIALS naming their senders' new pids; those of processes outside the
-checkpoint are refused.
+Each socket's SO_PEERCRED and SO_PEERGROUPS are recorded (``peercred``); one that
+names a live process outside the checkpoint is refused.
+
+Restart: cryo makes each socket once every process exists (see "restore" below: the
+calls that record credentials are made in the process SO_PEERCRED named): a pair for
+two connected ends, by socketpair() or, for a connection made by connect(), through
+its listener so that the accepted end has its name again (each side's queued data
+sent from the other side, in order; an end that was gone closed again), a bound
+socket bound again (a stale socket file of the same path is replaced; a file that had
+been unlinked is unlinked again), listening with its backlog, a datagram socket
+connected to its bound peer once that one exists, a listener's waiting clients
+connected to it again in their order.  Queued messages that carry credentials (the
+reader has SO_PASSCRED) are sent again once every process exists, with SCM_CREDENTIALS
+naming their senders' new pids; those of processes outside the checkpoint are refused.
+SO_PASSCRED is set last, so that a message queued without credentials still has none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import signal
 import socket
 import stat
 import struct
 from collections.abc import Callable
 from typing import Any
 
+from cryo import procfs
 from cryo.engine import inet
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, Unsupported
 from cryo.linux import libc, net
+from cryo.linux.consts import SYS
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -54,6 +63,8 @@ UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS = 0, 1, 2, 3
 UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 4, 6
 TCP_ESTABLISHED, TCP_LISTEN = 1, 10
 SO_PEEK_OFF = 42
+SO_PEERGROUPS, SO_PEERPIDFD = 59, 77
+SO_PASSCRED, SO_PASSPIDFD = 16, 76  # set last at restart: a message queued then gets none
 MAX_MESSAGES = 1 << 20
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
          socket.SOCK_SEQPACKET: "seqpacket"}  # fmt: skip
@@ -135,6 +146,8 @@ def _show_name(name: bytes | None) -> str:
 # socket's entry, the message's index, the fd, the files module's describer)
 DescribeFd = Callable[[int], int]
 _in_flight: list[tuple[dict[str, Any], int, int, DescribeFd]] = []
+# sockets whose SO_PEERCRED names a process outside the checkpoint: is it alive (by inode)
+_creator_alive: dict[int, bool] = {}
 
 
 def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
@@ -191,6 +204,12 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
         d["peer_name"] = table[d["peer"]]["name"]
     s = _dup(pid, fd)
     try:
+        cred = _peercred(s)
+        if cred is not None:  # who made it (socketpair, listen, connect): made so again
+            d["peercred"] = cred
+            _creator_alive[ino] = _alive(s)
+        if queued_on is not None:  # the accepted end will see who connects it: its holder
+            d["connect_cred"] = _holder_cred(pid)
         if net.filter_len(s.fileno()):
             raise Unsupported(f"fd {fd}: unix socket {_show_name(name)} has a socket filter"
                               " attached (SO_ATTACH_FILTER), which is not supported yet",
@@ -202,6 +221,48 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
     finally:
         s.close()
     return d
+
+
+def _peercred(s: socket.socket) -> list[Any] | None:
+    """SO_PEERCRED and SO_PEERGROUPS: [pid, euid, egid, groups] of the process that made
+    the socket's connection (or called listen()), None for a socket that has none."""
+    pid, uid, gid = struct.unpack("iII", s.getsockopt(socket.SOL_SOCKET,
+                                                      socket.SO_PEERCRED, 12))  # fmt: skip
+    if not pid:
+        return None
+    try:
+        raw = s.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)  # (Python's most)
+    except OSError as err:
+        if err.errno != errno.ERANGE:
+            raise
+        raise Unsupported("a unix socket's peer (SO_PEERGROUPS) has more than 256"
+                          " supplementary groups") from err  # fmt: skip
+    return [pid, uid, gid, list(struct.unpack(f"{len(raw) // 4}I", raw))]
+
+
+def _alive(s: socket.socket) -> bool:
+    """Whether the process SO_PEERCRED names is the live process that made it (its pid
+    may have been taken by another since: SO_PEERPIDFD tells the very process)."""
+    try:
+        pidfd = s.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        return False
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _holder_cred(pid: int) -> list[Any]:
+    """[pid, euid, egid, groups] of process ``pid`` (from its status)."""
+    st = procfs.parse_status(procfs.read(pid, "status"))
+    return [pid, int(st["Uid"].split()[1]), int(st["Gid"].split()[1]),
+            [int(g) for g in st.get("Groups", "").split()]]  # fmt: skip
 
 
 def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any],
@@ -275,6 +336,7 @@ def release_in_flight(_session: Any = None) -> None:
         with contextlib.suppress(OSError):
             os.close(x)
     _in_flight.clear()
+    _creator_alive.clear()
 
 
 def describe_in_flight(_session: Any) -> None:
@@ -290,7 +352,8 @@ def check_peers(session: Any) -> None:
     outside the checkpoint is refused, or with --ext-unix-sk marked to be connected
     again to the peer's address at restart."""
     descs = session.shared.descs.descs
-    inside = {d["ino"] for d in descs if d["kind"] == "unix"}
+    unix = {d["ino"]: d for d in descs if d["kind"] == "unix"}
+    inside = set(unix)
     pids = set(session.procs)
     for d in descs:
         if d["kind"] != "unix":
@@ -330,9 +393,245 @@ def check_peers(session: Any) -> None:
                               " the checkpoint (--ext-unix-sk needs an address)",
                               pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
         d["external"] = True
+    for d in unix.values():  # (one connected again outside gets the creds it had there)
+        if not d.get("external"):
+            _check_cred(d, unix, pids)
+
+
+def _check_cred(d: dict[str, Any], unix: dict[int, dict[str, Any]], pids: set[int]) -> None:
+    """Refused: a socket whose SO_PEERCRED names a live process outside the checkpoint
+    (the restart cannot make it from that process), or an accepted end whose listener
+    does not have the credentials its client saw."""
+    where = f"fd {d['fd']} of {d['pid']}"
+    cred = d.get("peercred")
+    if cred is not None and cred[0] not in pids and _creator_alive.get(d["ino"]):
+        raise Unsupported(f"{where}: the peer credentials (SO_PEERCRED) of this unix"
+                          f" socket name process {cred[0]}, alive outside the checkpoint:"
+                          " the restart could not make the socket from that process"
+                          " again", pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+    _check_listener_cred(d, unix, where)
+
+
+def _check_listener_cred(d: dict[str, Any], unix: dict[int, dict[str, Any]],
+                         where: str) -> None:  # fmt: skip
+    """An accepted end is made again through the listener of the image that has its name
+    (that name cannot be bound twice): refused when that listener's credentials are not
+    the ones its client recorded (the listener was made again since the connection)."""
+    peer = unix.get(d["peer"]) if d["peer"] else None
+    if peer is None or peer.get("peer") != d["ino"]:
+        return
+    ends = _ends(d, peer, unix)
+    if ends is None or ends[0] is not d:
+        return
+    listener = _listener_of(d, unix)
+    if listener is None or ends[1] is None:
+        return
+    if listener.get("peercred") != ends[1].get("peercred"):
+        raise Unsupported(f"{where}: this accepted unix socket's client recorded other peer"
+                          " credentials (SO_PEERCRED) than its listener"
+                          f" {_show_name(d['name'])} now has (the listener was made again"
+                          " since): the connection cannot be made through it again",
+                          pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+
+
+def _ends(d: dict[str, Any], peer: dict[str, Any] | None, unix: dict[int, dict[str, Any]]
+          ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:  # fmt: skip
+    """(the accepted end, its client) of a stream or seqpacket connection made by
+    connect() (the accepted end has its listener's name), None for one made by
+    socketpair() (both ends unnamed)."""
+    if d["sotype"] == "dgram":
+        return None
+    named = [x for x in (d, peer) if x is not None and x.get("name")]
+    if not named:
+        return None
+    if len(named) == 2:  # a client bound too: the end named like a listener of the image
+        named = [x for x in named if _listener_of(x, unix) is not None] or named
+    acc = named[0]
+    return acc, (peer if acc is d else d)
+
+
+_listeners: list[tuple[dict[int, dict[str, Any]], dict[tuple[str, bytes], dict[str, Any]]]] = []
+
+
+def _listener_of(acc: dict[str, Any], unix: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The listening socket of the image with ``acc``'s name and type, if any."""
+    if not _listeners or _listeners[0][0] is not unix:
+        _listeners[:] = [(unix, {(x["sotype"], x["name"]): x for x in unix.values()
+                                 if "listen" in x and x.get("name")})]  # fmt: skip
+    found = _listeners[0][1].get((acc["sotype"], acc["name"]))
+    return found if found is not None and found["ino"] != acc["ino"] else None
 
 
 # -- restore ---------------------------------------------------------------------------
+#
+# Every unix socket is made once every process exists (at the first process's "files"
+# stage), so that the calls that record credentials (socketpair, listen, connect) are
+# made by the process SO_PEERCRED named, with its euid, egid and groups: injected into
+# that process of the restart (still root then: its own credentials come later), or,
+# for one that is gone, made by a short-lived child of cryo with its pid.  cryo takes
+# the sockets (pidfd_getfd) and fills their queues; each process takes them as late
+# descriptions (engine/files.py).
+
+SYS_CONNECT, SYS_LISTEN, SYS_SOCKETPAIR, SYS_PIDFD_GETFD = 42, 50, 53, 438
+NOID = 0xFFFFFFFF  # (uid_t)-1: that id left as it is
+_restart: list[Any] = []  # the restart session, from prepare to the sockets' making
+
+
+def prepare_restart(rs: Any) -> None:
+    """Driver hook, before any process exists: the session kept for :func:`make_all`."""
+    if any(d["kind"] == "unix" for d in rs.shared.descs):
+        _restart[:] = [rs]
+        rs.on_exit(_restart.clear)
+
+
+def make_all(_ctx: Any) -> None:
+    """Stage "files" of the first process (every process exists): every unix socket of
+    the image made, its queue filled, left for the processes as a late description."""
+    if not _restart:
+        return
+    rs = _restart[0]
+    opened = rs.shared.opened
+    unix = {d["ino"]: d for d in rs.shared.descs if d["kind"] == "unix"}
+    made: dict[int, int] = {}
+    try:
+        for d in unix.values():
+            fd = open_socket(d, unix, made, rs.options)
+            opened.late[d["id"]] = fd
+            fcntl.fcntl(fd, fcntl.F_SETFL, d["flags"] & ~0o3)  # (not the access mode)
+            if d.get("sig"):
+                fcntl.fcntl(fd, F_SETSIG, d["sig"])
+    finally:
+        for k, fd in made.items():
+            if k >= 0:
+                os.close(fd)
+        _restart.clear()
+    finish_queues(rs)
+
+
+F_SETSIG = 10
+
+
+def _sockaddr(addr: str | bytes) -> bytes:
+    raw = addr if isinstance(addr, bytes) else os.fsencode(addr) + b"\0"
+    return struct.pack("H", socket.AF_UNIX) + raw
+
+
+def _as(cred: list[Any] | None, kind: str, s: socket.socket | None, arg: Any
+        ) -> tuple[socket.socket, socket.socket] | None:  # fmt: skip
+    """``kind`` ("socketpair" of type ``arg``, "listen" with backlog ``arg``, "connect"
+    to ``arg``) made on ``s`` as the process ``cred`` names ([pid, euid, egid, groups]),
+    with those credentials: the kernel records them (SO_PEERCRED).  Without ``cred``
+    (an image that has none), by cryo."""
+    rs = _restart[0] if _restart else None
+    if cred is None or rs is None:
+        if kind == "socketpair":
+            return socket.socketpair(socket.AF_UNIX, arg)
+        assert s is not None
+        if kind == "listen":
+            s.listen(arg)
+        else:
+            s.connect(arg)
+        return None
+    m = rs.made.get(cred[0])
+    if m is not None and m.ctx is not None:
+        return _injected(rs, m, cred, kind, s, arg)
+    if m is not None or rs.plan.tree.get("pidns"):
+        why = "a zombie of the image" if m is not None else "not in the new pid namespace"
+        raise CryoError(f"a unix socket's peer credentials (SO_PEERCRED) name process"
+                        f" {cred[0]}, {why}: they cannot be given again")  # fmt: skip
+    return _helper(rs, cred, kind, s, arg)
+
+
+def _injected(rs: Any, m: Any, cred: list[Any], kind: str, s: socket.socket | None,
+              arg: Any) -> tuple[socket.socket, socket.socket] | None:  # fmt: skip
+    inj = m.inj
+    groups = cred[3]
+    mine = os.getgroups()
+    out = 0
+    with inj.batch() as b:
+        t = -1
+        if s is not None:  # cryo's socket, in the process for the call
+            t = b.call(SYS_PIDFD_GETFD, rs.shared.opened.me, s.fileno(), 0,
+                       what=" pidfd_getfd of a unix socket")  # fmt: skip
+        b.call(SYS.setgroups, len(groups), b.put(struct.pack(f"{len(groups)}I", *groups)
+                                                 or b"\0" * 4))  # fmt: skip
+        b.call(SYS.setresgid, NOID, cred[2], NOID)
+        b.call(SYS.setresuid, NOID, cred[1], NOID)
+        b.call(SYS.setfsuid, 0)  # (the socket files are root's: reached as root)
+        if kind == "socketpair":
+            out = b.reserve(8)
+            i = b.call(SYS_SOCKETPAIR, socket.AF_UNIX, arg | socket.SOCK_CLOEXEC, 0, out,
+                       may_fail=True)  # fmt: skip
+        elif kind == "listen":
+            i = b.call(SYS_LISTEN, b.ref(t), arg, may_fail=True)
+        else:
+            raw = _sockaddr(arg)
+            i = b.call(SYS_CONNECT, b.ref(t), b.put(raw), len(raw), may_fail=True)
+        b.call(SYS.setresuid, NOID, os.geteuid(), NOID)
+        b.call(SYS.setresgid, NOID, os.getegid(), NOID)
+        b.call(SYS.setgroups, len(mine), b.put(struct.pack(f"{len(mine)}I", *mine)
+                                               or b"\0" * 4))  # fmt: skip
+        if s is not None:
+            b.call(SYS.close, b.ref(t))
+    ret = b.result(i)
+    if ret < 0:
+        raise OSError(-ret, f"{kind} in process {m.pid}: {os.strerror(-ret)}")
+    if kind != "socketpair":
+        return None
+    x, y = struct.unpack("ii", b.read(out, 8))
+    pidfd = os.pidfd_open(m.pid)
+    try:
+        return (socket.socket(fileno=libc.pidfd_getfd(pidfd, x)),
+                socket.socket(fileno=libc.pidfd_getfd(pidfd, y)))  # fmt: skip
+    finally:
+        os.close(pidfd)
+        with inj.batch() as b:
+            b.call(SYS.close, x)
+            b.call(SYS.close, y)
+
+
+def _helper(rs: Any, cred: list[Any], kind: str, s: socket.socket | None, arg: Any
+            ) -> tuple[socket.socket, socket.socket] | None:  # fmt: skip
+    """The call made by a child of cryo with the gone creator's pid (the same pid when
+    the restart keeps pids) and credentials, which exits afterwards."""
+    want = cred[0] if rs.reuse else None
+    if want is not None and os.path.exists(f"/proc/{want}"):
+        raise CryoError(f"a unix socket's peer credentials (SO_PEERCRED) name process"
+                        f" {want}, gone, and its pid is taken now: they cannot be given"
+                        " again")  # fmt: skip
+    back, there = socket.socketpair()
+    try:
+        child = libc.clone3(want) if want is not None else os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.setgroups(cred[3])
+                os.setresgid(-1, cred[2], -1)
+                os.setresuid(-1, cred[1], -1)
+                libc.syscall(SYS.setfsuid, 0)
+                if kind == "socketpair":
+                    x, y = socket.socketpair(socket.AF_UNIX, arg)
+                    socket.send_fds(there, [b"s"], [x.fileno(), y.fileno()])
+                elif kind == "listen":
+                    assert s is not None
+                    s.listen(arg)
+                else:
+                    assert s is not None
+                    s.connect(arg)
+                code = 0
+            finally:
+                os._exit(code)
+        _pid, status = os.waitpid(child, 0)
+        if status:
+            raise CryoError(f"a unix socket's {kind} as process {cred[0]} (uid {cred[1]}):"
+                            " the helper failed")  # fmt: skip
+        if kind != "socketpair":
+            return None
+        _m, fds, _f, _a = socket.recv_fds(back, 1, 2)
+        return socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1])
+    finally:
+        back.close()
+        there.close()
 
 
 def _addr(name: bytes, options: dict[str, Any]) -> str | bytes:
@@ -342,12 +641,32 @@ def _addr(name: bytes, options: dict[str, Any]) -> str | bytes:
     return translated(options, name.decode(errors="surrogateescape"))
 
 
+# options set only once every queue is filled: with SO_PASSCRED on either end, the
+# kernel would give a message sent without credentials cryo's
+_last_opts: list[tuple[socket.socket, int, int, bytes]] = []
+
+
+def _options(s: socket.socket, d: dict[str, Any] | None) -> None:
+    for level, opt, raw in (d or {}).get("opts", []):
+        if level == socket.SOL_SOCKET and opt in (SO_PASSCRED, SO_PASSPIDFD):
+            _last_opts.append((socket.socket(fileno=os.dup(s.fileno())), level, opt, raw))
+            continue
+        with contextlib.suppress(OSError):
+            inet.set_option(s, level, opt, raw)
+
+
+def _set_last_options() -> None:
+    for s, level, opt, raw in _last_opts:
+        with contextlib.suppress(OSError):
+            inet.set_option(s, level, opt, raw)
+        s.close()
+    _last_opts.clear()
+
+
 def _sock(d: dict[str, Any]) -> socket.socket:
     typ = {v: k for k, v in TYPES.items()}[d["sotype"]]
     s = socket.socket(socket.AF_UNIX, typ)
-    for level, opt, raw in d.get("opts", []):
-        with contextlib.suppress(OSError):
-            inet.set_option(s, level, opt, raw)
+    _options(s, d)
     return s
 
 
@@ -407,15 +726,16 @@ def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, in
         return made.pop(d["ino"])
     peer = unix.get(d["peer"]) if d["peer"] else None
     if peer is not None and peer.get("peer") == d["ino"]:
-        return _pair(d, peer, made)
+        return _pair(d, peer, unix, made, options)
     if d.get("peer_gone"):
-        return _pair(d, None, made)
+        return _pair(d, None, unix, made, options)
     s = _sock(d)
     try:
         if d.get("name"):
             _bind(s, d, options)
         if "listen" in d:
-            s.listen(d["listen"])
+            _as(d.get("peercred"), "listen", s, d["listen"])
+            _connect_accepted(s, d, unix, made, options)
             _connect_queued(s, d, unix, made, options)
         target = None
         if peer is not None:  # a datagram socket connected to a bound one of the image
@@ -440,26 +760,86 @@ def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, in
     return s.detach()
 
 
+def _listen_addr(d: dict[str, Any], options: dict[str, Any]) -> str | bytes:
+    name: bytes = d["name"]
+    return name if name[:1] == b"\0" else _path(d, options)
+
+
 def _connect_queued(s: socket.socket, d: dict[str, Any], unix: dict[int, dict[str, Any]],
                     made: dict[int, int], options: dict[str, Any]) -> None:  # fmt: skip
     """The connections that waited in listener ``d``'s accept queue, in that order: each
-    client connected to it again (a new connection waiting to be accepted)."""
+    client connected to it again (a new connection waiting to be accepted), by the
+    process that holds it (the accepted end will name it in SO_PEERCRED)."""
     if not d.get("queued"):
         return
-    name: bytes = d["name"]
-    addr: str | bytes = name if name[:1] == b"\0" else _path(d, options)
+    addr = _listen_addr(d, options)
     for c in d["queued"]:
         cd = unix[c]
         cs = _sock(cd)
         try:
             if cd.get("name"):
                 _bind(cs, cd, options)
-            cs.connect(addr)
+            _as(cd.get("connect_cred"), "connect", cs, addr)
             _shutdown(cs, cd)
         except BaseException:
             cs.close()
             raise
         made[c] = cs.detach()
+
+
+def _connect_accepted(s: socket.socket, d: dict[str, Any], unix: dict[int, dict[str, Any]],
+                      made: dict[int, int], options: dict[str, Any]) -> None:  # fmt: skip
+    """The accepted connections of listener ``d`` (their accepted end has its name),
+    made again through it before its waiting clients: connected and accepted."""
+    addr = _listen_addr(d, options)
+    for a in unix.values():
+        if a["ino"] in made or a.get("name") != d["name"] or a["ino"] == d["ino"] or \
+                "listen" in a:  # fmt: skip
+            continue
+        peer = unix.get(a["peer"]) if a["peer"] else None
+        if peer is not None and peer.get("peer") != a["ino"]:
+            continue
+        if peer is None and not a.get("peer_gone"):
+            continue
+        ends = _ends(a, peer, unix)
+        if ends is None or ends[0] is not a or _listener_of(a, unix) is not d:
+            continue
+        acc, cli = _through(s, addr, a, peer, options)
+        made[~a["ino"]] = 0
+        made[a["ino"]] = acc
+        if peer is not None:
+            made[~peer["ino"]] = 0
+            made[peer["ino"]] = cli
+
+
+def _through(ls: socket.socket, addr: str | bytes, acc: dict[str, Any],
+             cli: dict[str, Any] | None, options: dict[str, Any]) -> tuple[int, int]:
+    """A connection through listener ``ls`` (at ``addr``): the client (bound again if it
+    was) connected by the process its accepted end names, accepted; each end's queue
+    sent from the other; (the accepted end's fd, the client's, -1 if it was gone)."""
+    typ = {v: k for k, v in TYPES.items()}[acc["sotype"]]
+    cs = _sock(cli) if cli is not None else socket.socket(socket.AF_UNIX, typ)
+    a: socket.socket | None = None
+    try:
+        if cli is not None and cli.get("name"):
+            _bind(cs, cli, options)
+        _as(acc.get("peercred"), "connect", cs, addr)
+        a, _ = ls.accept()
+        _options(a, acc)
+        _queue_to(cs, typ, acc)  # what the accepted end had to read comes from its client
+        if cli is not None:
+            _queue_to(a, typ, cli)
+            _shutdown(cs, cli)
+        _shutdown(a, acc)
+    except BaseException:
+        cs.close()
+        if a is not None:
+            a.close()
+        raise
+    if cli is None:
+        cs.close()
+        return a.detach(), -1
+    return a.detach(), cs.detach()
 
 
 def _shutdown(s: socket.socket, d: dict[str, Any]) -> None:
@@ -469,17 +849,22 @@ def _shutdown(s: socket.socket, d: dict[str, Any]) -> None:
             s.shutdown({1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}[how])
 
 
-def _pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) -> int:
-    """Two connected ends: a new pair, each side's queue sent from the other side."""
+def _pair(d: dict[str, Any], peer: dict[str, Any] | None, unix: dict[int, dict[str, Any]],
+          made: dict[int, int], options: dict[str, Any]) -> int:  # fmt: skip
+    """Two connected ends (or one whose other end is gone): made by connect() through
+    their listener if they were (the accepted end has its name), else by socketpair(),
+    each side's queue sent from the other side."""
+    ends = _ends(d, peer, unix)
+    if ends is not None:
+        return _pair_connected(d, peer, ends, unix, made, options)
     typ = {v: k for k, v in TYPES.items()}[d["sotype"]]
-    a, b = socket.socketpair(socket.AF_UNIX, typ)
+    cred = d.get("peercred") or (peer or {}).get("peercred")
+    pair = _as(cred, "socketpair", None, typ)
+    assert pair is not None
+    a, b = pair
     try:
-        for level, opt, raw in d.get("opts", []):
-            with contextlib.suppress(OSError):
-                inet.set_option(a, level, opt, raw)
-        for level, opt, raw in (peer or {}).get("opts", []):
-            with contextlib.suppress(OSError):
-                inet.set_option(b, level, opt, raw)
+        _options(a, d)
+        _options(b, peer)
         _queue_to(b, typ, d)  # what d had to read comes from its peer
         if peer is not None:
             _queue_to(a, typ, peer)
@@ -495,6 +880,77 @@ def _pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) 
     else:
         made[peer["ino"]] = b.detach()
     return a.detach()
+
+
+def _stale(path: str, typ: int) -> bool:
+    """Whether ``path`` is a socket file nobody listens on any more."""
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        return False
+    with socket.socket(socket.AF_UNIX, typ) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def show(d: dict[str, Any]) -> dict[str, Any]:
+    """What `cryo show` says of a unix socket's credentials."""
+    out = {}
+    for key in ("peercred", "connect_cred"):
+        if d.get(key):
+            pid, uid, gid, groups = d[key]
+            out[key] = f"pid {pid} uid {uid} gid {gid} groups {groups}"
+    return out
+
+
+def _pair_connected(d: dict[str, Any], peer: dict[str, Any] | None,
+                    ends: tuple[dict[str, Any], dict[str, Any] | None],
+                    unix: dict[int, dict[str, Any]], made: dict[int, int],
+                    options: dict[str, Any]) -> int:  # fmt: skip
+    """A connection made by connect(): through the listener of the image that has the
+    accepted end's name (made first; it makes its connections), else through a
+    listener of that name made for the moment, by the process the client names."""
+    acc, cli = ends
+    real = _listener_of(acc, unix)
+    if real is not None:
+        if ~real["ino"] not in made:
+            made[real["ino"]] = open_socket(real, unix, made, options)
+        if d["ino"] not in made:
+            raise CryoError(f"fd {d['fd']} of {d['pid']}: its listener did not make it")
+        return made.pop(d["ino"])
+    typ = {v: k for k, v in TYPES.items()}[acc["sotype"]]
+    addr = _listen_addr(acc, options)
+    aside = None
+    if isinstance(addr, str) and os.path.lexists(addr):
+        if not _stale(addr, typ):
+            raise CryoError(f"fd {acc['fd']} of {acc['pid']}: an accepted unix socket of"
+                            f" {addr}, whose listener is gone, cannot be given its name"
+                            " again: the path is taken", pid=acc["pid"],
+                            resource=f"fd {acc['fd']}")  # fmt: skip
+        aside = f"{addr}.cryo-{os.getpid()}"  # the old listener's file, for a moment
+        os.rename(addr, aside)
+    ls = socket.socket(socket.AF_UNIX, typ)
+    try:
+        ls.bind(addr)
+        try:
+            _as(cli.get("peercred") if cli is not None else None, "listen", ls, 1)
+            fa, fc = _through(ls, addr, acc, cli, options)
+        finally:
+            if isinstance(addr, str):
+                os.unlink(addr)
+    finally:
+        ls.close()
+        if aside is not None:
+            os.rename(aside, str(addr))
+    if cli is None:
+        return fa
+    assert peer is not None
+    mine, other = (fa, fc) if acc is d else (fc, fa)
+    made[peer["ino"]] = other
+    return mine
 
 
 # messages that carry file descriptors or credentials, sent once every description is
@@ -522,6 +978,15 @@ def _queue_to(sender: socket.socket, typ: int, d: dict[str, Any]) -> None:
                                       for i, m in enumerate(msgs) if i >= first]))  # fmt: skip
 
 
+def _fd_of(rs: Any, index: int) -> int:
+    opened = rs.shared.opened
+    fd = opened.fds.get(index, opened.late.get(index))
+    if fd is None:
+        raise CryoError(f"a file in flight on a unix socket (description {index}) was not"
+                        " made")  # fmt: skip
+    return int(fd)
+
+
 def _send_deferred(rs: Any, upto_creds: bool) -> None:
     """The deferred messages of each socket, in order: all of them, or (``upto_creds``)
     those before the first with credentials."""
@@ -533,7 +998,7 @@ def _send_deferred(rs: Any, upto_creds: bool) -> None:
             anc = []
             if ids:
                 anc.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(
-                    f"{len(ids)}i", *(rs.shared.opened.fds[i] for i in ids))))  # fmt: skip
+                    f"{len(ids)}i", *(_fd_of(rs, i) for i in ids))))  # fmt: skip
             if cred is not None:  # as the process that sent it (its new pid)
                 pid = rs.pid_map.get(cred[0], cred[0])
                 anc.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
@@ -547,10 +1012,13 @@ def _close_deferred() -> None:
     for sock, _typ, _msgs in _deferred:
         sock.close()
     _deferred.clear()
+    for s, _l, _o, _r in _last_opts:
+        s.close()
+    _last_opts.clear()
 
 
 def finish_queues(rs: Any) -> None:
-    """Restart, every description open: the messages with file descriptors in flight
+    """Restart, every unix socket made: the messages with file descriptors in flight
     (and those after them) sent with the descriptions cryo opened, up to the first that
     carries credentials (those wait for the processes: :func:`send_credentialed`)."""
     try:
@@ -558,18 +1026,16 @@ def finish_queues(rs: Any) -> None:
     except BaseException:
         _close_deferred()
         raise
-    if any(msgs for _s, _t, msgs in _deferred):
-        rs.on_exit(_close_deferred)
-    else:
-        _close_deferred()
+    rs.on_exit(_close_deferred)
 
 
 def send_credentialed(rs: Any) -> None:
     """Restart, every process built, before they run: the messages that carry credentials
     (and those after them), sent as their senders (SCM_CREDENTIALS with their new pids:
-    the kernel wants a live process)."""
+    the kernel wants a live process); then SO_PASSCRED set where it was."""
     try:
         _send_deferred(rs, upto_creds=False)
+        _set_last_options()
     finally:
         _close_deferred()
 
@@ -584,13 +1050,3 @@ def _send(s: socket.socket, typ: int, data: bytes) -> None:
         if err.errno == errno.EAGAIN:
             raise CryoError("a unix socket's queue does not fit in a new socket") from err
         raise
-
-
-def open_pair(d: dict[str, Any], peer: dict[str, Any] | None, made: dict[int, int]) -> int:
-    """The fd for socket ``d`` of a connected pair (kept for callers of the old name)."""
-    if d["ino"] in made:
-        return made.pop(d["ino"])
-    if peer is None:
-        raise Unsupported(f"fd {d['fd']} of {d['pid']}: the other end of this unix socket"
-                          " is outside the checkpoint", pid=d["pid"])  # fmt: skip
-    return _pair(d, peer, made)

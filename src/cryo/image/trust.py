@@ -483,6 +483,12 @@ def _sockets(image: Any, owner: Owner, need: list[tuple[str, int, str]],
                 need.append((os.path.dirname(path) or "/", os.W_OK | os.X_OK,
                              f"{what} bound to {path} in"))  # fmt: skip
                 _may_unlink(owner, path, f"{what} bound")
+            for key in ("peercred", "connect_cred"):  # made with these creds (SO_PEERCRED)
+                cred = d.get(key)
+                if cred and not (cred[1] == owner.uid and cred[2] in owner.gids
+                                 and set(cred[3]) <= owner.gids):  # fmt: skip
+                    raise _deny(owner, f"{what} would carry the credentials uid {cred[1]},"
+                                f" gid {cred[2]}, groups {cred[3]} (SO_PEERCRED)")
             if d.get("external"):
                 if d.get("sotype") != "dgram":
                     raise _deny(owner, f"{what} would be connected by root to"
