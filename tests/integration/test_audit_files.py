@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cryo.errors import ExitCode
 from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.integration import test_security as sec
+from tests.integration.test_security import arena  # noqa: F401 (the fixture)
 
 TARGET = r"""
 import os, stat, sys, time
@@ -34,8 +37,7 @@ while True:
 """
 
 
-@pytest.mark.parametrize(("mode", "words"), [("device", "deleted character device"),
-                                            ("linked", "1 other link(s)")])
+@pytest.mark.parametrize(("mode", "words"), [("linked", "1 other link(s)")])
 def test_deleted_file_the_kernel_cannot_recreate_is_refused(
         procs: Procs, tmp_path: Path, mode: str, words: str) -> None:
     out = tmp_path / "out.txt"
@@ -81,3 +83,40 @@ def test_mapped_memfd_keeps_its_mode(procs: Procs, tmp_path: Path) -> None:
     r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
     assert r.returncode == 0, r.stderr
     Victim(procs.track(int(r.stdout)), out).wait_ok_after(last + 2)
+
+
+# -- deleted directories and device nodes in a user's image (the privilege rule) --------
+
+
+@pytest.mark.parametrize("what", ["dir", "dir in root's directory", "device"])
+def test_users_deleted_directory_and_device(procs: Procs, arena: Path,  # noqa: F811
+                                            what: str) -> None:  # fmt: skip
+    """A user's image may have a deleted directory made again where the user may create
+    one (and it is the user's, unlinked); not in a directory only root may write to, and
+    never a device node (mknod makes any device): exit 4, nothing made."""
+    img = sec.user_image(procs, arena)
+    home, vault = arena / "home", arena / "vault"
+    vault.mkdir(mode=0o700)
+    common = {"deleted": True, "node": True, "uid": sec.UID, "gid": sec.UID,
+              "atime_ns": 1_100_000_000 * 10**9, "mtime_ns": 1_000_000_000 * 10**9}
+    if what == "device":
+        path = home / "null"
+        fields = {"kind": "chr", "mode": 0o20600, "flags": os.O_RDWR, "rdev": os.makedev(1, 3)}
+    else:
+        path = (vault if "root" in what else home) / "gone"
+        fields = {"kind": "dir", "mode": 0o40750, "flags": os.O_RDONLY | os.O_DIRECTORY}
+    sec.edit_as_user(img, lambda recs: sec._add_desc(recs, 76, path=str(path), **common,
+                                                     **fields))  # fmt: skip
+    r = sec.restart(img, "--trust-image")
+    if what == "dir":
+        assert r.returncode == 0, r.stderr
+        pid = procs.track(int(r.stdout))
+        assert os.readlink(f"/proc/{pid}/fd/76") == f"{path} (deleted)"
+        st = os.stat(f"/proc/{pid}/fd/76")
+        assert (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_mtime_ns) == (
+            0o40750, 0, sec.UID, sec.UID, 1_000_000_000 * 10**9)
+        assert not path.exists()
+        return
+    assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
+    assert ("recreated with mode" if what == "device" else "recreated in") in r.stderr, r.stderr
+    assert not path.exists() and os.listdir(vault) == []

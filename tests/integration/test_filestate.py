@@ -251,12 +251,28 @@ def test_memfd_comes_back_as_memfd(procs: Procs, build: Any, tmp_path: Path) -> 
     assert {f.get("memfd") for f in _files_shown(tmp_path / "img")} >= {"cryo-test", "plain"}
 
 
-@pytest.mark.parametrize(("mode", "words"), [("dir", ("deleted directory", "gone")),
-                                            ("cwd", ("working directory", "gone (deleted)"))])
-def test_deleted_directory_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,
-                                   words: tuple[str, ...]) -> None:  # fmt: skip
+@pytest.mark.parametrize("mode", ["dir", "cwd", "cwd-alone", "device"])
+def test_deleted_directory_and_device_made_again(procs: Procs, build: Any, tmp_path: Path,
+                                                 mode: str) -> None:  # fmt: skip
+    """A directory deleted while open or as the cwd, a device node deleted while open:
+    made again where they were, with their mode, owner and times, and removed: the
+    process sees an unlinked node again (nlink 0, "... (deleted)", getcwd ENOENT), one
+    inode for its descriptions and its cwd; the directory they were in keeps its mtime."""
     v = spawn(procs, build, tmp_path, "ghost", mode)
-    refused(v, tmp_path, *words)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    gone = str(tmp_path / "work" / "gone")
+    links = [os.readlink(f"/proc/{v.pid}/fd/{n}") for n in os.listdir(f"/proc/{v.pid}/fd")]
+    want = {"dir": 2, "cwd": 2, "cwd-alone": 0, "device": 2}[mode]
+    assert links.count(f"{gone} (deleted)") == want, links
+    if mode.startswith("cwd"):
+        assert os.readlink(f"/proc/{v.pid}/cwd") == f"{gone} (deleted)"
+    assert not os.path.lexists(gone) and os.listdir(tmp_path / "work") == []
+    shown = run_cryo("show", str(tmp_path / "img")).stdout
+    if mode.startswith("cwd"):
+        assert f"{gone} (deleted)" in shown, shown
+    if mode == "device":
+        assert "rdev=1:3" in shown, shown
 
 
 # -- files changed since the checkpoint ------------------------------------------------

@@ -5,14 +5,15 @@
  *          and written through one and read through the other every round; a forked
  *          child holds a third description of it and checks the same inode
  *   big    a deleted sparse file of 3 GiB with data near its end
- *   dir    an fd on a deleted directory (refused)
- *   cwd    a deleted working directory (refused)
+ *   dir, cwd, cwd-alone, device  deleted directories, working directory, device node
  *   fifo   a deleted FIFO with bytes in flight, open twice (read end, write end)
  *   mapped a deleted file open and mapped shared: one file after restart
  *   memfd  a sealed memfd (shrink, grow) and one that cannot be sealed: memfds again,
  *          same names, seals, offset, data, on tmpfs, openable through /proc/self/fd */
 #include "common.h"
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -109,17 +110,82 @@ static void big(const char *dir) {
     }
 }
 
-static void special(const char *dir, int cwd) {
+/* Whether fd is an unlinked node of that type, mode, owner and mtime, whose link in
+ * /proc/self/fd (or cwd, fd < 0) is "path (deleted)". */
+static int unlinked(int fd, const char *path, mode_t type, mode_t mode, time_t mtime) {
+    struct stat st;
+    char link[64], got[4200], want[4200];
+    if (fd < 0 ? stat(".", &st) : fstat(fd, &st)) return 0;
+    if ((st.st_mode & S_IFMT) != type || (st.st_mode & 07777) != mode || st.st_nlink != 0) return 0;
+    if (st.st_uid != 1234 || st.st_gid != 5678 || st.st_mtime != mtime) return 0;
+    if (fd < 0) snprintf(link, sizeof link, "/proc/self/cwd");
+    else snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, got, sizeof got - 1);
+    if (n < 0) return 0;
+    got[n] = 0;
+    snprintf(want, sizeof want, "%s (deleted)", path);
+    return !strcmp(got, want);
+}
+
+static ino_t ino_of(int fd) {
+    struct stat st;
+    return (fd < 0 ? stat(".", &st) : fstat(fd, &st)) ? 0 : st.st_ino;
+}
+
+/* dir: two descriptions of a deleted directory (0750, 1234:5678, old mtime), one
+ *      inode; reading it gives ENOENT, nothing can be made in it.
+ * cwd: a deleted working directory, also held by an fd: the same inode; getcwd ENOENT.
+ * cwd-alone: a deleted working directory no fd holds.
+ * device: a deleted character device (a /dev/null of its own, 0640, 1234:5678), two
+ *      descriptions of one inode, that still acts as /dev/null.
+ * Each round the directory they were in keeps its mtime (the restart made them there). */
+static void special(const char *dir, const char *mode) {
     char path[4096];
+    int cwd = !strncmp(mode, "cwd", 3), device = !strcmp(mode, "device");
     snprintf(path, sizeof path, "%s/gone", dir);
-    if (mkdir(path, 0700)) _exit(4);
-    int fd = open(path, O_RDONLY | O_DIRECTORY);
-    if (fd < 0 || (cwd && chdir(path))) _exit(5);
-    if (cwd) close(fd);
-    rmdir(path);
+    if (device ? mknod(path, S_IFCHR | 0640, makedev(1, 3)) : mkdir(path, 0750)) _exit(4);
+    if (chown(path, 1234, 5678)) _exit(4);
+    struct timespec times[2] = {{1300000000, 0}, {1200000000, 0}};
+    if (utimensat(AT_FDCWD, path, times, 0)) _exit(4);
+    int fd = open(path, device ? O_RDWR : O_RDONLY | O_DIRECTORY);
+    int fd2 = open(path, device ? O_RDWR : O_RDONLY | O_DIRECTORY);
+    if (fd < 0 || fd2 < 0 || (cwd && chdir(path))) _exit(5);
+    if (!strcmp(mode, "cwd-alone")) { close(fd); close(fd2); fd = fd2 = -1; }
+    if (device ? unlink(path) : rmdir(path)) _exit(6);
+    struct stat parent;
+    if (stat(dir, &parent)) _exit(7);
+    mode_t type = device ? S_IFCHR : S_IFDIR, perm = device ? 0640 : 0750;
     report("ready %d", getpid());
     for (long round = 0;; round++) {
-        report("ok %ld", round);
+        int bad = 0;
+        struct stat p;
+        if (stat(dir, &p) || p.st_mtim.tv_sec != parent.st_mtim.tv_sec || p.st_mtim.tv_nsec != parent.st_mtim.tv_nsec) {
+            FAIL("the mtime of %s changed", dir); bad = 1;
+        }
+        if (cwd) {
+            char buf[4096];
+            if (getcwd(buf, sizeof buf) || errno != ENOENT) { FAIL("getcwd"); bad = 1; }
+            if (!unlinked(-1, path, type, perm, 1200000000)) { FAIL("cwd not the deleted directory"); bad = 1; }
+            if (fd >= 0 && ino_of(fd) != ino_of(-1)) { FAIL("cwd and fd not one directory"); bad = 1; }
+            if (open("new", O_CREAT | O_RDWR, 0600) >= 0 || errno != ENOENT) { FAIL("made a file in it"); bad = 1; }
+        }
+        if (fd >= 0) {
+            if (!unlinked(fd, path, type, perm, 1200000000) || !unlinked(fd2, path, type, perm, 1200000000)) {
+                FAIL("fd not the deleted node"); bad = 1;
+            }
+            if (ino_of(fd) != ino_of(fd2)) { FAIL("two inodes"); bad = 1; }
+        }
+        if (device) {
+            struct stat st;
+            char c;
+            if (fstat(fd, &st) || st.st_rdev != makedev(1, 3)) { FAIL("rdev"); bad = 1; }
+            if (write(fd, "x", 1) != 1 || read(fd2, &c, 1) != 0) { FAIL("not /dev/null"); bad = 1; }
+        } else if (fd >= 0) {
+            char buf[256];
+            if (syscall(SYS_getdents64, fd, buf, sizeof buf) != -1 || errno != ENOENT) { FAIL("getdents"); bad = 1; }
+            if (openat(fd, "x", O_CREAT | O_RDWR, 0600) >= 0 || errno != ENOENT) { FAIL("made a file in it"); bad = 1; }
+        }
+        if (!bad) report("ok %ld", round);
         nap(20);
     }
 }
@@ -199,8 +265,8 @@ int main(int argc, char **argv) {
     if (argc < 4) _exit(2);
     if (!strcmp(argv[2], "ghost")) ghost(argv[3]);
     if (!strcmp(argv[2], "big")) big(argv[3]);
-    if (!strcmp(argv[2], "dir")) special(argv[3], 0);
-    if (!strcmp(argv[2], "cwd")) special(argv[3], 1);
+    if (!strcmp(argv[2], "dir") || !strncmp(argv[2], "cwd", 3) || !strcmp(argv[2], "device"))
+        special(argv[3], argv[2]);
     if (!strcmp(argv[2], "memfd")) memfd();
     if (!strcmp(argv[2], "mapped")) mapped(argv[3]);
     if (!strcmp(argv[2], "fifo")) fifo(argv[3]);

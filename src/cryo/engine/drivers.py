@@ -317,7 +317,8 @@ def _thread(trec: dict[str, Any]) -> dict[str, Any]:
 
 def _describe_files(v: View) -> dict[str, Any]:
     rec = v.records[R.FILE]
-    return {"cwd": rec["cwd"], "files": files.describe(rec, v.descs)}
+    return {"cwd": rec["cwd"] + (" (deleted)" if rec.get("cwd_deleted") else ""),
+            "files": files.describe(rec, v.descs)}
 
 
 DRIVERS: tuple[Driver, ...] = (

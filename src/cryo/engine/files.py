@@ -299,7 +299,9 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
         if index is None:
             index = descs.add(_describe(found, k, info, descs), pid, fd)
         table.append({"fd": fd, "desc": index, "cloexec": bool(info.flags & O_CLOEXEC)})
-    for what in ("cwd", "root"):
+    cwd = procfs.readlink(pid, "cwd")
+    gone = ghosts.describe_cwd(pid) if cwd.endswith(ghosts.DELETED) else None
+    for what in ("root",) if gone else ("cwd", "root"):
         where = procfs.readlink(pid, what)
         if where.endswith(ghosts.DELETED):
             raise Unsupported(f"the {'working' if what == 'cwd' else 'root'} directory of"
@@ -309,7 +311,8 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
     return {
         "pid": pid,
         "fds": table,
-        "cwd": procfs.readlink(pid, "cwd"),
+        "cwd": cwd.removesuffix(ghosts.DELETED) if gone else cwd,
+        **({"cwd_deleted": gone} if gone else {}),
         "root": procfs.readlink(pid, "root"),
         "umask": int(status.get("Umask", "0022"), 8),
     }
@@ -492,6 +495,10 @@ def prepare(rs: Any) -> None:
     plan = rs.plan
     rs.shared.descs = plan.descs
     ghosts.prepare(plan.descs, rs.image, lambda p: _translate(p, rs.options), rs.on_exit)
+    owner = rs.options.get("owner")
+    ghosts.make_nodes(plan.descs, [r[KIND] for r in plan.procs.values()],
+                      lambda p: _translate(p, rs.options), owner is None or owner.root,
+                      rs.on_exit)  # fmt: skip
     rs.shared.opened = opened = open_all(plan.descs, plan.blobs,
                                          [r[KIND] for r in plan.procs.values()], rs.options,
                                          rs.shared.keep)
@@ -703,6 +710,7 @@ def restore_fs(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     root, cwd = _translate(rec["root"], ctx.options), _translate(rec["cwd"], ctx.options)
     # the cwd first: its path is as seen from our root (/proc/PID/cwd), not from the
     # process's; chroot() leaves the cwd where it is
+    cwd = ghosts.cwd_path(rec) or cwd  # a deleted one: made again (ghosts.make_nodes)
     inj(SYS.chdir, inj.put_str(cwd), what=f" chdir {cwd}")
     if rec["root"] != "/":
         inj(SYS.chroot, inj.put_str(root), what=f" chroot {root}")
@@ -760,6 +768,10 @@ def _is_agent(listening: bool) -> Callable[[Found], bool]:
 _AGENTS: dict[tuple[int, int, int], tuple[bytes, bool] | None] = {}
 
 
+def _describe_node(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
+    return ghosts.describe_node(f.pid, f.fd, f.target, f.st)  # deleted: made again
+
+
 def _describe_agent(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
     return appchannel.describe_socket(f.pid, f.fd)
 
@@ -775,12 +787,12 @@ FD_KINDS: tuple[FdKind, ...] = (
     # an O_PATH|O_NOFOLLOW fd on a symbolic link: reopened so (the restart's path check,
     # engine/translate.py, would follow it: _same_object checks it is a link still)
     FdKind("link", lambda f: f.fmt == stat.S_IFLNK, open=_open_path),
-    FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, open=_open_path),
+    FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, _describe_node, _open_path),
     FdKind("pty", lambda f: f.fmt == stat.S_IFCHR and tty.is_pty(f.target, f.pid),
            _describe_pty, _open_pty),
     FdKind("tty", _is_tty, refuse=lambda f: f"terminal {f.target}; use --shell-job to hand"
            " the restored process the caller's terminal"),
-    FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, open=_open_path),
+    FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, _describe_node, _open_path),
     FdKind("pipe", lambda f: f.target.startswith("pipe:"), open=_open_pipe, in_flight=True),
     # the two sockets of a cryo.app agent, before every other unix socket
     FdKind("app_listen", _is_agent(listening=True), _describe_agent,

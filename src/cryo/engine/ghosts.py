@@ -28,10 +28,20 @@ A ghost that a process of the checkpoint also maps is saved as that mapping's sh
 memory object instead (engine/shmem.py) and reopened from it: the fd and the mapping
 share one file again.
 
+A deleted FIFO is made again with mkfifo, opened and unlinked; its descriptions are
+opened through that one.  A deleted directory (empty: rmdir removed it), a deleted
+working directory and a deleted character device node are made again the same way
+(:func:`make_nodes`: mkdir or mknod where they were if the name is free, else under a
+temporary name beside it; owner, mode, times and the device number kept; an O_PATH
+anchor opened, then rmdir or unlink, and the times of the directory they were made in
+put back): the process sees an unlinked node again, one inode for its descriptions and
+its cwd.  A device node only in an image of root's (image/trust.py: mknod makes any
+device); a user's deleted directory only where the user may create one.
+
 Refused by name at checkpoint (the kernel gives no way to recreate them unlinked and
-shared): a file unlinked from the name it was opened by but still linked elsewhere, and
-deleted directories, sockets and device nodes.  A deleted FIFO is made again with
-mkfifo, opened and unlinked; its descriptions are opened through that one.
+shared): a file unlinked from the name it was opened by but still linked elsewhere,
+deleted sockets (bind makes a new one; the old one's peers would not see it) and
+deleted block devices.
 """
 
 from __future__ import annotations
@@ -88,8 +98,10 @@ def extents(fd: int, size: int, what: str = "") -> list[list[int]]:
 
 
 def refuse_special(target: str, fmt: int) -> str | None:
-    """Why a deleted fd that is not a regular file cannot be saved, or None."""
-    if not target.endswith(DELETED) or fmt in (stat.S_IFREG, stat.S_IFIFO):
+    """Why a deleted fd that is not a regular file cannot be saved, or None (a FIFO, a
+    directory and a character device are made again: :func:`describe_node`)."""
+    if not target.endswith(DELETED) or fmt in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFDIR,
+                                               stat.S_IFCHR):  # fmt: skip
         return None
     what = {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device",
             stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}.get(fmt, "special file")
@@ -199,6 +211,125 @@ def check_mapped(descs: list[dict[str, Any]], pids: set[int]) -> None:
                                       f" shared by process {pid}; the fd and the mapping"
                                       " would be restored as two files: not supported",
                                       pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+
+
+def describe_node(pid: int, fd: int, target: str, st: os.stat_result) -> dict[str, Any]:
+    """The FDSC fields of a description of a deleted directory or character device
+    (``{}`` for one that is not deleted): made again at restart (:func:`make_nodes`),
+    one inode for all its descriptions (those of the same device and inode).  A deleted
+    directory is empty (rmdir) and has no link left; a device node unlinked but still
+    linked elsewhere is refused, as a regular file is."""
+    if not target.endswith(DELETED):
+        return {}
+    name = target.removesuffix(DELETED)
+    if st.st_nlink != 0:
+        raise Unsupported(f"fd {fd}: {name} was unlinked but the file still has"
+                          f" {st.st_nlink} other link(s); not supported", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
+    return {"path": name, "deleted": True, "node": True, **_attrs(st)}
+
+
+def _attrs(st: os.stat_result) -> dict[str, Any]:
+    out = {"uid": st.st_uid, "gid": st.st_gid, "atime_ns": st.st_atime_ns,
+           "mtime_ns": st.st_mtime_ns}  # fmt: skip
+    if stat.S_ISCHR(st.st_mode):
+        out["rdev"] = st.st_rdev
+    return out
+
+
+def describe_cwd(pid: int) -> dict[str, Any] | None:
+    """A deleted working directory (its path ends with " (deleted)"): the FILE record's
+    ``cwd_deleted``, made again at restart as a deleted directory is; None if it still
+    has a link (a name that ends so)."""
+    st = os.stat(f"/proc/{pid}/cwd")
+    if st.st_nlink != 0:
+        return None
+    return {"dev": st.st_dev, "ino": st.st_ino, "mode": st.st_mode, **_attrs(st)}
+
+
+def make_nodes(descs: list[dict[str, Any]], files: list[dict[str, Any]],
+               translate: Callable[[str], str], root_image: bool,
+               on_exit: Callable[[Callable[[], None]], None]) -> None:  # fmt: skip
+    """Restart, before the descriptions are opened: each deleted directory or device
+    node of ``descs`` and each deleted working directory of the FILE records ``files``
+    made once (one inode for all that had the same one), as :func:`_make_node` does;
+    their ``_anchor`` is the O_PATH fd in cryo through which they are opened (closed
+    when the restart ends).  A device node only for an image of root's (mknod makes any
+    device: trust.py refuses it in a user's image; checked here again)."""
+    made: dict[tuple[int, int], int] = {}
+    items = [(d, (d["dev"], d["ino"])) for d in descs if d.get("node")]
+    items += [(dict(f["cwd_deleted"], path=f["cwd"], kind="dir", id=f"cwd-{f['pid']}"),
+               (f["cwd_deleted"]["dev"], f["cwd_deleted"]["ino"]))
+              for f in files if f.get("cwd_deleted")]  # fmt: skip
+    cwd_of = {f"cwd-{f['pid']}": f for f in files if f.get("cwd_deleted")}
+    for d, key in items:
+        if key not in made:
+            if d["kind"] == "chr" and not root_image:
+                raise CryoError(f"deleted device node {d['path']}: only an image of root's"
+                                " may make a device again", path=d["path"])  # fmt: skip
+            made[key] = fd = _make_node(d, translate(d["path"]))
+            on_exit(_closer(fd))
+        if str(d["id"]) in cwd_of:
+            cwd_of[str(d["id"])]["cwd_deleted"]["_anchor"] = made[key]
+        else:
+            d["_anchor"] = made[key]
+
+
+def _make_node(d: dict[str, Any], path: str) -> int:
+    """A deleted directory or character device made again: where it was when that name
+    is free (so /proc shows the same path, " (deleted)"), else under a free temporary
+    name in the same directory (in the temporary directory if that is gone too); its
+    owner, mode and times set through an O_PATH anchor opened on it, then removed (rmdir,
+    unlink), the times of the directory it was made in put back.  Returns the anchor."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        parent = tempfile.gettempdir()
+    if os.path.lexists(path) or os.path.dirname(path) != parent:
+        path = os.path.join(parent, f".cryo-{d['kind']}-{os.getpid()}-{d['id']}")
+    before = os.stat(parent)
+    is_dir = d["kind"] == "dir"
+    try:
+        if is_dir:
+            os.mkdir(path, 0o700)
+        else:
+            os.mknod(path, stat.S_IFCHR | 0o600, d["rdev"])
+    except OSError as err:
+        raise CryoError(f"deleted {'directory' if is_dir else 'device node'} {d['path']}:"
+                        f" cannot make it again in {parent}: {err.strerror}",
+                        path=d["path"]) from err  # fmt: skip
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | (os.O_DIRECTORY if is_dir else 0))  # fmt: skip
+    except BaseException:
+        (os.rmdir if is_dir else os.unlink)(path)
+        raise
+    via = f"/proc/self/fd/{fd}"  # (an O_PATH fd: the inode itself, whatever the path)
+    try:
+        try:
+            os.chown(via, d["uid"], d["gid"])
+            os.chmod(via, stat.S_IMODE(d["mode"]))
+            os.utime(via, ns=(d["atime_ns"], d["mtime_ns"]))
+        finally:
+            (os.rmdir if is_dir else os.unlink)(path)
+        os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns))
+    except OSError as err:
+        os.close(fd)
+        raise CryoError(f"deleted {'directory' if is_dir else 'device node'} {d['path']}:"
+                        f" cannot make it again: {err.strerror}", path=d["path"]) from err
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def cwd_path(rec: dict[str, Any]) -> str | None:
+    """The path a process with a deleted working directory chdir()s to (cryo's anchor
+    of the directory made again: the process is root's still, the file stage comes
+    before its credentials), or None."""
+    gone = rec.get("cwd_deleted")
+    if gone is None:
+        return None
+    return f"/proc/{os.getpid()}/fd/{gone['_anchor']}"
 
 
 def describe_fifo(target: str, blobs: list[bytes]) -> dict[str, Any]:
@@ -396,6 +527,8 @@ def show(d: dict[str, Any]) -> dict[str, Any]:
         out["data"] = sum(n for _, n in d["extents"])  # the rest are holes
     if "obj" in d:
         out["object"] = d["obj"]
+    if d.get("node") and "rdev" in d:  # a deleted device node, made again
+        out["rdev"] = f"{os.major(d['rdev'])}:{os.minor(d['rdev'])}"
     if d.get("ns"):
         out["namespace"] = f"{d['ns']}:[{d['nsino']}]"
     return out

@@ -166,7 +166,7 @@ def paths(plan: Any) -> Iterator[tuple[str, str, int | None, tuple[int, int] | N
                     yield (f"mapping {v['start']:#x} of process {pid}", v["path"], None,
                            (f[2], f[3]) if f else None)  # fmt: skip
         frec = recs.get(b"FILE")
-        if frec is not None:
+        if frec is not None and not frec.get("cwd_deleted"):  # (else made again)
             yield f"the working directory of process {pid}", frec["cwd"], stat.S_IFDIR, None
             if frec["root"] != "/":
                 yield f"the root directory of process {pid}", frec["root"], stat.S_IFDIR, None

@@ -591,6 +591,9 @@ DESC = Struct((
     F("gid", Int(0, U32), "file (deleted), fifo: its group", required=False),
     F("atime_ns", Int(0, (1 << 63) - 1), "file (deleted), fifo", required=False),
     F("mtime_ns", Int(0, (1 << 63) - 1), "file (deleted), fifo", required=False),
+    F("node", Bool(), "dir, chr (deleted): made again at restart (mkdir, mknod), one inode for"
+      " every description of the same dev and ino", required=False),
+    F("rdev", Int(0, U32), "chr (deleted): its device number", required=False),
     F("ghost", Str(max=32, pattern=r"ghost-[0-9]+"), "file (deleted): the side file of its"
       " contents (shared by every description of the inode)", required=False),
     F("extents", List(Tuple((Int(0, (1 << 63) - 1), Int(1, (1 << 63) - 1)),
@@ -786,6 +789,12 @@ KINDS: tuple[Kind, ...] = (
     Kind(b"FILE", "engine/files.py", "per process", Struct((
         F("pid", PID), F("fds", List(FDENT, max=1 << 20)), F("cwd", Path()),
         F("root", Path()), F("umask", Int(0, 0o777)),
+        F("cwd_deleted", Struct((
+            F("dev", Int(0, U32 * U32)), F("ino", Int(0, U32 * U32)), F("mode", Int(0, U32)),
+            F("uid", Int(0, U32)), F("gid", Int(0, U32)),
+            F("atime_ns", Int(0, (1 << 63) - 1)), F("mtime_ns", Int(0, (1 << 63) - 1)),
+        ), extra=False, name="deleted cwd"), "the working directory was deleted (``cwd`` is"
+          " its path): made again at restart (ghosts.make_nodes)", required=False),
     ), name="files"), "the fd table, cwd, root, umask"),
     Kind(b"THRD", "engine/threads.py", "per thread", Struct((
         F("pid", PID), F("tid", PID), F("regs", Bytes(216), "struct user_regs_struct"),
@@ -998,7 +1007,8 @@ class _Checker:
             where = f"FDSC description {i}"
             if d["id"] != i:
                 raise self.fail(where, f"id {d['id']}, not its index {i}")
-            if d.get("deleted") and not (isinstance(d.get("blob"), int) and d["blob"] < blobs):
+            if d.get("deleted") and not d.get("node") and not (
+                    isinstance(d.get("blob"), int) and d["blob"] < blobs):  # fmt: skip
                 raise self.fail(where, f"blob {d.get('blob')} is not an FDAT record")
             if "blob" in d and not d["blob"] < blobs:
                 raise self.fail(where, f"blob {d['blob']} is not an FDAT record")

@@ -305,17 +305,23 @@ def _files(image: Any, owner: Owner, need: list[tuple[str, int, str]],
     for rec in image.raw(b"FILE"):
         if rec["root"] != "/":
             raise _deny(owner, f"process {rec['pid']} would be chrooted to {rec['root']}")
+        if rec.get("cwd_deleted"):  # made again, as a deleted directory is
+            _recreated(owner, {**rec["cwd_deleted"], "kind": "dir", "path": rec["cwd"]},
+                       f"the deleted working directory {rec['cwd']} of {rec['pid']}", need,
+                       tr)  # fmt: skip
+            continue
         need.append((tr(rec["cwd"]), os.X_OK, f"the working directory of {rec['pid']}"))
 
 
 def _recreated(owner: Owner, d: dict[str, Any], what: str, need: list[tuple[str, int, str]],
                tr: Callable[[str], str]) -> None:  # fmt: skip
-    """A file deleted while open, made again by the restart: a regular file, a memfd or
-    a FIFO, never set-id, the owner's own (its uid, one of its groups), made where the
+    """A file deleted while open, made again by the restart: a regular file, a memfd, a
+    FIFO or a directory, never set-id, the owner's own (its uid, one of its groups), made where the
     owner may create files (a memfd needs no directory)."""
     mode = d["mode"]
     fifo = d["kind"] == "fifo"
-    if mode & SETID or not (stat.S_ISFIFO(mode) if fifo else stat.S_ISREG(mode)):
+    want = {"fifo": stat.S_ISFIFO, "dir": stat.S_ISDIR}.get(d["kind"], stat.S_ISREG)
+    if mode & SETID or not want(mode):  # (never a device: mknod makes any device)
         raise _deny(owner, f"{what} would be recreated with mode {mode:o}")
     uid, gid = d.get("uid", owner.uid), d.get("gid", owner.gid)
     if uid != owner.uid or gid not in owner.gids:
