@@ -1,6 +1,8 @@
 """The grid checkpointer against local checkpoints (issue 15's goals), on a real etcd.
 
-Three parts of SIZE MiB, one per agent (agents on this host, one shared store):
+Three parts of SIZE MiB, one per agent (agents on this host, each with a store of its
+own; with --replicas N each part's image is streamed to N other agents over loopback
+TCP, cryo.grid.replica; without, the stores count as shared):
 
 - a global checkpoint, until every part runs again (coordinator.checkpoint in this
   process, then the parts let go), against the slowest of the three local checkpoints
@@ -105,10 +107,16 @@ def main() -> None:
                     raise
                 time.sleep(0.1)
         stores = {h: tmp / f"store-{h}" for h in ("h0", "h1", "h2")}
+        secret = tmp / "grid.secret"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(24).hex().encode())
+        os.close(fd)
         for h, store in stores.items():
             agents[h] = subprocess.Popen([sys.executable, "-m", "cryo", "grid", "agent",
                                           "--etcd", url, "--host", h, "--store", str(store),
-                                          "--lease", str(args.lease)],
+                                          "--lease", str(args.lease), "--listen",
+                                          f"127.0.0.1:{free_port()}", "--secret-file",
+                                          str(secret)],
                                          stderr=subprocess.DEVNULL)  # fmt: skip
         while len(C.live_hosts(etcd)) < 3:
             time.sleep(0.05)

@@ -1,13 +1,17 @@
 """Three (or more) "hosts" on this machine for the grid tests and benchmark: network
 namespaces on one bridge.  The bridge lives in a namespace of its own (the "switch",
 10.201.0.254), where etcd listens and the operator's commands (cryo grid run,
-checkpoint, status, restart) are run; host i is a namespace with a veth to the bridge
-(10.201.0.(i+1)/24).  Every address is inside these namespaces only (the root
-namespace is untouched), so fixed addresses and ports are safe even when several runs
-go on at once.  The hosts share the machine's file system: each one's store is a
-directory of its own, and a host "fails" by losing its link, its processes, its store
-and its namespace.  Teardown removes every process, namespace, veth and directory
-made, whatever happened."""
+checkpoint, status, restart) are run; host i is a network namespace with a veth to the
+bridge (10.201.0.(i+1)/24) and a mount namespace of its own, held by a process of
+its own (``holder``), in which /tmp is a tmpfs of that host alone: its agent's store
+is there (``STORE``), so that what one host writes no other can read, and replicas
+must travel over the network.  Only the directories named ``shared`` (the test's own
+directory, for the parts' output, and where the victims are built) are seen by every
+host, as an NFS home would be.  Every address is inside these namespaces only (the
+root namespace is untouched), so fixed addresses and ports are safe even when several
+runs go on at once.  A host "fails" by losing its link, then its processes (the holder
+with them: its /tmp and store are gone) and its namespace.  Teardown removes every
+process, namespace, veth and directory made, whatever happened."""
 
 from __future__ import annotations
 
@@ -21,10 +25,24 @@ from pathlib import Path
 
 NET = "10.201.0"
 ETCD_PORT = 2379
+REPLICA_PORT = 7400
+STORE = "/tmp/cryo-grid-store"  # each host's, in its own /tmp
+# run in a host's network namespace by ``unshare --mount``: /tmp becomes the host's
+# own tmpfs, the shared directories ("$@") bound back at their paths
+HOLDER = """set -e
+mount -t tmpfs -o mode=700 cryo-grid-stage /mnt
+i=0; for d in "$@"; do mkdir /mnt/$i; mount --rbind "$d" /mnt/$i; i=$((i+1)); done
+mount -t tmpfs -o mode=1777 cryo-grid-tmp /tmp
+i=0; for d in "$@"; do mkdir -p "$d"; mount --move /mnt/$i "$d"; i=$((i+1)); done
+umount /mnt
+for f in /run/netns/*; do umount "$f" 2>/dev/null || true; done
+echo ready
+exec sleep 100000
+"""
 
 
 class GridHosts:
-    def __init__(self, base: Path, count: int = 3) -> None:
+    def __init__(self, base: Path, count: int = 3, shared: tuple[Path, ...] = ()) -> None:
         self.tag = f"{os.getpid() % 100000}"
         self.base = base
         self.names = [f"h{i}" for i in range(count)]
@@ -37,6 +55,9 @@ class GridHosts:
         self.alive = set(self.names)
         self.etcd: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.shared = [base, *shared]
+        self.holders: dict[str, subprocess.Popen[bytes]] = {}
+        self.secret = base / "grid.secret"
 
     def sh(self, *argv: str) -> None:
         subprocess.run(argv, check=True, capture_output=True, timeout=30)
@@ -60,12 +81,34 @@ class GridHosts:
             self.sh("ip", "-n", ns, "addr", "add", f"{self.addr[h]}/24", "dev", "eth0")
             self.sh("ip", "-n", ns, "link", "set", "eth0", "up")
             self.sh("ip", "-n", ns, "link", "set", "lo", "up")
-            (self.base / f"store-{h}").mkdir()
+            holder = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{ns}", "--", "unshare", "--mount",
+                 "--propagation", "private", "--", "sh", "-c", HOLDER, "holder",
+                 *map(str, self.shared)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)  # fmt: skip
+            self.holders[h] = holder
+            assert holder.stdout is not None
+            line = holder.stdout.readline()
+            assert line == b"ready\n", (line, holder.stderr.read() if holder.stderr else b"")
+        fd = os.open(self.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(24).hex().encode())
+        os.close(fd)
+
+    def root(self, h: str) -> Path:
+        """Host ``h``'s view of the file system (its own /tmp), from here."""
+        return Path(f"/proc/{self.holders[h].pid}/root")
+
+    def store(self, h: str) -> Path:
+        """Host ``h``'s store, seen from here."""
+        return Path(f"{self.root(h)}{STORE}")
 
     def argv(self, where: str, *argv: str) -> list[str]:
         """``argv`` run in host ``where`` (or in the switch: ``"switch"``)."""
-        ns = self.switch if where == "switch" else self.ns[where]
-        return ["nsenter", f"--net=/run/netns/{ns}", "--", *argv]
+        if where == "switch":
+            return ["nsenter", f"--net=/run/netns/{self.switch}", "--", *argv]
+        return ["nsenter", f"--net=/run/netns/{self.ns[where]}",
+                f"--mount=/proc/{self.holders[where].pid}/ns/mnt", f"--wd={os.getcwd()}",
+                "--", *argv]  # fmt: skip
 
     def start_etcd(self) -> None:
         import sys
@@ -87,19 +130,23 @@ class GridHosts:
             time.sleep(0.2)
 
     def start_agent(self, h: str, lease: int = 3, *extra: str) -> subprocess.Popen[bytes]:
+        """Host ``h``'s agent: its store in its own /tmp, taking replicas on its address
+        with the grid's secret."""
         import sys
 
         logf = self.base / f"agent-{h}.log"
+        before = logf.read_text().count("registered") if logf.exists() else 0
         log = open(logf, "ab")  # noqa: SIM115
         p = subprocess.Popen(self.argv(h, sys.executable, "-m", "cryo", "grid", "agent",
-                                       "--etcd", self.etcd_url, "--host", h, "--store",
-                                       str(self.base / f"store-{h}"), "--lease", str(lease),
-                                       *extra),
+                                       "--etcd", self.etcd_url, "--host", h, "--store", STORE,
+                                       "--lease", str(lease), "--listen",
+                                       f"{self.addr[h]}:{REPLICA_PORT}", "--secret-file",
+                                       str(self.secret), *extra),
                              stdout=log, stderr=log, close_fds=True)  # fmt: skip
         log.close()
         self.agents[h] = p
         deadline = time.monotonic() + 30
-        while "registered" not in logf.read_text():
+        while logf.read_text().count("registered") <= before:
             assert p.poll() is None, logf.read_text()
             assert time.monotonic() < deadline, f"agent {h} did not register"
             time.sleep(0.05)
@@ -127,27 +174,36 @@ class GridHosts:
         subprocess.run(["ip", "-n", self.ns[h], "link", "set", "eth0", "down"], check=True,
                        timeout=30)  # fmt: skip
         _kill_all(self.pids(h))
-        if h in self.agents:
-            self.agents[h].wait()
-        shutil.rmtree(self.base / f"store-{h}", ignore_errors=True)
+        for p in (self.agents.get(h), self.holders.get(h)):
+            if p is not None:
+                p.wait()
         subprocess.run(["ip", "netns", "del", self.ns[h]], check=False, timeout=30)
         self.made.remove(self.ns[h])
         self.alive.discard(h)
+
+    def partition(self, h: str, up: bool = False) -> None:
+        """Host ``h`` cut from the others and from etcd (its link down), or back."""
+        subprocess.run(["ip", "-n", self.ns[h], "link", "set", "eth0", "up" if up else "down"],
+                       check=True, timeout=30)  # fmt: skip
 
     def teardown(self) -> None:
         for ns in self.made:  # nothing may be left in the namespaces
             out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
                                  check=False).stdout  # fmt: skip
             _kill_all([int(x) for x in out.split()])
-        for p in [*self.agents.values(), *([self.etcd] if self.etcd else [])]:
+        for p in [*self.agents.values(), *self.holders.values(),
+                  *([self.etcd] if self.etcd else [])]:  # fmt: skip
             with contextlib.suppress(Exception):
                 p.kill()
             p.wait()
+            for f in (p.stdout, p.stderr):
+                if f is not None:
+                    f.close()
         for ns in reversed(self.made):  # veths go with their namespaces
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
         self.made.clear()
-        for h in self.names:
-            shutil.rmtree(self.base / f"store-{h}", ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.secret.unlink()
         shutil.rmtree(self.base / "etcd", ignore_errors=True)
 
 

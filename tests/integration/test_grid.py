@@ -365,12 +365,12 @@ def test_etcd_unavailable_is_refused(tmp_path: Path) -> None:
 
 # -- three hosts: network namespaces on a bridge (tests/gridhosts.py) ------------------
 @pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Any]:
-    if not all(shutil.which(x) for x in ("ip", "nft", "nsenter")):
-        pytest.skip("needs ip, nft and nsenter")
+def hosts(tmp_path: Path, build: Any) -> Iterator[Any]:
+    if not all(shutil.which(x) for x in ("ip", "nft", "nsenter", "unshare")):
+        pytest.skip("needs ip, nft, nsenter and unshare")
     from tests.gridhosts import GridHosts
 
-    g = GridHosts(tmp_path)
+    g = GridHosts(tmp_path, shared=(Path(build("ring")).parent,))
     try:
         g.setup()
         g.start_etcd()
@@ -391,16 +391,8 @@ def ring_parts(hosts: Any, procs: Procs, app: str) -> tuple[dict[str, Any], list
     return st, victims
 
 
-@pytest.mark.timeout(300)
-def test_ring_on_three_hosts_survives_a_host_failure(hosts: Any, procs: Procs,
-                                                    build: Any) -> None:  # fmt: skip
-    """Three parts on three hosts pass numbered messages round a ring of TCP connections
-    between their service addresses, each checking that none is lost or duplicated.
-    Two global checkpoints under load (the connections saved with their queues, under
-    the network lock), then host h1 dies (link, agent, processes, store, namespace) and
-    `cryo grid watch` restarts the ring once h1's lease expires: it goes on from the
-    last committed version, part 1 restored on a live host from its replica (h1's store
-    is gone), its service address moved with it, the others rolled back in place."""
+def start_ring(hosts: Any, procs: Procs, build: Any) -> list[Victim]:
+    """The agents, then the ring of three parts (one replica each), passing messages."""
     for h in hosts.names:
         hosts.start_agent(h)
     r = hosts.cryo("run", "--app", "ring", "--hosts", "h0,h1,h2", "--services",
@@ -408,43 +400,105 @@ def test_ring_on_three_hosts_survives_a_host_failure(hosts: Any, procs: Procs,
                    str(hosts.base), "--", build("ring"),
                    str(hosts.base / "ring-{part}.txt"), "{part}", "3", "{addrs}", "7000")
     assert r.returncode == 0, r.stderr
-    st, victims = ring_parts(hosts, procs, "ring")
+    _, victims = ring_parts(hosts, procs, "ring")
     for v in victims:
         v.wait_ok_after(300, timeout=30)
-    for version in (1, 2):
-        before = [max(v.oks()) for v in victims]
-        r = hosts.cryo("checkpoint", "ring")
-        assert r.returncode == 0, r.stderr
-        assert f"global version {version} committed" in r.stdout
-        at = [max(v.oks()) for v in victims]
-        for v in victims:
-            assert_running(v)
-            v.wait_ok_after(max(v.oks()) + 300, timeout=30)  # the ring goes on after it
-    st = json.loads(hosts.cryo("status", "ring").stdout)
-    assert st["committed"]["version"] == 2
-    copies = st["committed"]["replicas"]
-    assert all(len(copies[str(n)]) == 1 and hosts.base / f"store-h{n}" not in
-               [Path(p).parents[2] for p in copies[str(n)].values()] for n in range(3))
-    assert not list(hosts.base.glob("store-*/ring/v1")), "v1 retired once v2 committed"
-    # the operator's watcher restarts the ring when a host fails
-    log = open(hosts.base / "watch.log", "wb")  # noqa: SIM115
+    return victims
+
+
+def checkpoint_ring(hosts: Any, victims: list[Victim], version: int) -> tuple[list[int], ...]:
+    """Global checkpoint ``version`` under load: the ticks before it and when it
+    returned; every part goes on after it."""
+    before = [max(v.oks()) for v in victims]
+    r = hosts.cryo("checkpoint", "ring")
+    assert r.returncode == 0, r.stderr
+    assert f"global version {version} committed" in r.stdout
+    at = [max(v.oks()) for v in victims]
+    for v in victims:
+        assert_running(v)
+        v.wait_ok_after(max(v.oks()) + 300, timeout=30)  # the ring goes on after it
+    return before, at
+
+
+def check_replicas(hosts: Any, committed: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Each part's committed image is in its own host's store, its replica in one other
+    host's (at the same path there), and in no third host's: it travelled over the
+    network (each host's /tmp is its own; ours has neither)."""
+    copies: dict[str, dict[str, str]] = committed["replicas"]
+    for n in range(3):
+        image, own = committed["images"][str(n)], committed["hosts"][str(n)]
+        (where, path), = copies[str(n)].items()
+        assert where != own and path == image, (n, copies)
+        for h in hosts.alive:
+            there = (hosts.root(h) / image.lstrip("/")).is_dir()
+            assert there == (h in (own, where)), (n, h, image)
+        assert not Path(image).exists()
+        mine = sorted(p.name for p in (hosts.root(own) / image.lstrip("/")).iterdir())
+        assert mine == sorted(p.name for p in (hosts.root(where) / path.lstrip("/")).iterdir())
+    return copies
+
+
+def start_watcher(hosts: Any) -> subprocess.Popen[bytes]:
+    log = open(hosts.base / "watch.log", "ab")  # noqa: SIM115
     watcher = subprocess.Popen(hosts.argv("switch", sys.executable, "-m", "cryo", "grid",
                                           "watch", "--etcd", hosts.etcd_url, "ring"),
                                stdout=log, stderr=log, close_fds=True)  # fmt: skip
     log.close()
+    time.sleep(2)  # (its watch of the hosts is set up)
+    return watcher
+
+
+def wait_restarted(hosts: Any, watcher: subprocess.Popen[bytes], epoch: int = 1,
+                   timeout: float = 60) -> dict[str, Any]:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        st: dict[str, Any] = json.loads(hosts.cryo("status", "ring").stdout)
+        if all(p.get("epoch") == epoch and p["state"] == "running"
+               for p in st["parts"].values()):  # fmt: skip
+            return st
+        assert watcher.poll() is None, (hosts.base / "watch.log").read_text()
+        assert time.monotonic() < deadline, ("the ring was not restarted", st["parts"])
+        time.sleep(0.2)
+
+
+def check_went_on(victims: list[Victim], failed_at: list[int], before: list[int],
+                  at: list[int]) -> None:  # fmt: skip
+    for n, v in enumerate(victims):
+        v.wait_ok_after(failed_at[n] + 300, timeout=60)  # past where it was: it goes on
+        ticks = v.oks()
+        back = [i for i in range(1, len(ticks)) if ticks[i] < ticks[i - 1]]
+        assert len(back) == 1, (n, "rolled back once", back)
+        resumed = ticks[back[0]]
+        # from the last version: after it was asked, before the parts went on after it
+        assert before[n] <= resumed <= at[n] + 100, (n, before[n], resumed, at[n])
+        assert not v.fails(), v.fails()
+    assert "ready" not in "".join(v.lines()[-1] for v in victims)
+
+
+@pytest.mark.timeout(300)
+def test_ring_on_three_hosts_survives_a_host_failure(hosts: Any, procs: Procs,
+                                                    build: Any) -> None:  # fmt: skip
+    """Three parts on three hosts pass numbered messages round a ring of TCP connections
+    between their service addresses, each checking that none is lost or duplicated.
+    Two global checkpoints under load (the connections saved with their queues, under
+    the network lock; each part's image streamed to one other host's agent), then host
+    h1 dies (link, agent, processes, its /tmp with its store, namespace) and `cryo grid
+    watch` restarts the ring once h1's lease expires: it goes on from the last
+    committed version, part 1 restored on a live host from the replica it received,
+    its service address moved with it, the others rolled back in place."""
+    victims = start_ring(hosts, procs, build)
+    checkpoint_ring(hosts, victims, 1)
+    before, at = checkpoint_ring(hosts, victims, 2)
+    st = json.loads(hosts.cryo("status", "ring").stdout)
+    assert st["committed"]["version"] == 2
+    copies = check_replicas(hosts, st["committed"])
+    for h in hosts.names:
+        assert not (hosts.store(h) / "ring" / "v1").exists(), "v1 retired once v2 committed"
+    watcher = start_watcher(hosts)  # the operator's: restarts the ring when a host fails
     try:
-        time.sleep(2)  # (its watch of the hosts is set up)
         hosts.fail("h1")
         failed_at = [max(v.oks()) for v in victims]
-        deadline = time.monotonic() + 60
-        while True:
-            st = json.loads(hosts.cryo("status", "ring").stdout)
-            if all(p.get("epoch") == 1 and p["state"] == "running"
-                   for p in st["parts"].values()):  # fmt: skip
-                break
-            assert watcher.poll() is None, (hosts.base / "watch.log").read_text()
-            assert time.monotonic() < deadline, ("the ring was not restarted", st["parts"])
-            time.sleep(0.2)
+        st = wait_restarted(hosts, watcher)
         assert "h1" not in st["hosts"]
     finally:
         watcher.kill()
@@ -452,14 +506,63 @@ def test_ring_on_three_hosts_survives_a_host_failure(hosts: Any, procs: Procs,
     st, victims = ring_parts(hosts, procs, "ring")
     moved = st["parts"]["1"]
     assert moved["host"] in ("h0", "h2"), "part 1 moved to a live host"
-    assert moved["image"].startswith(str(hosts.base / f"store-{moved['host']}")), moved
-    for n, v in enumerate(victims):
-        v.wait_ok_after(failed_at[n] + 300, timeout=60)  # past where it was: it goes on
-        ticks = v.oks()
-        back = [i for i in range(1, len(ticks)) if ticks[i] < ticks[i - 1]]
-        assert len(back) == 1, (n, "rolled back once", back)
-        resumed = ticks[back[0]]
-        # from version 2: after it was asked, before the parts went on after it
-        assert before[n] <= resumed <= at[n] + 100, (n, before[n], resumed, at[n])
-        assert not v.fails(), v.fails()
-    assert "ready" not in "".join(v.lines()[-1] for v in victims)
+    assert moved["image"] == copies["1"][moved["host"]], (moved, copies)  # its replica
+    check_went_on(victims, failed_at, before, at)
+
+
+def has_address(hosts: Any, h: str, addr: str) -> bool:
+    out = subprocess.run(["ip", "-n", hosts.ns[h], "-4", "-o", "addr", "show"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return f" {addr}/" in out
+
+
+def nft_tables(hosts: Any, h: str) -> str:
+    return subprocess.run(hosts.argv(h, "nft", "list", "tables"), capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_partitioned_host_fences_its_part(hosts: Any, procs: Procs, build: Any) -> None:
+    """Host h1 is cut off (its link down) but lives: before its lease can expire its
+    agent stops its part and drops its service address's packets; once the lease has
+    expired the watcher restarts part 1 on another host from its replica.  When h1's
+    link comes back its agent learns that its lease is gone: it kills its part (never
+    two copies of it running), removes the service address (the restored part holds
+    it now) and its fence, then registers again; the ring goes on from the committed
+    version without losing or repeating a message."""
+    victims = start_ring(hosts, procs, build)
+    before, at = checkpoint_ring(hosts, victims, 1)
+    old = victims[1].pid
+    watcher = start_watcher(hosts)
+    try:
+        hosts.partition("h1")
+        failed_at = [max(v.oks()) for v in victims]
+        t0 = time.monotonic()
+        while "State:\tT" not in Path(f"/proc/{old}/status").read_text():
+            assert time.monotonic() - t0 < 3.0, "h1's part was not stopped within its lease"
+            time.sleep(0.02)
+        assert "cryo-fence-ring" in nft_tables(hosts, "h1")
+        st = wait_restarted(hosts, watcher)
+        assert st["parts"]["1"]["host"] in ("h0", "h2") and "h1" not in st["hosts"]
+        # still cut off: the old part is stopped, and never ran meanwhile
+        assert "State:\tT" in Path(f"/proc/{old}/status").read_text()
+        hosts.partition("h1", up=True)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{old}").exists() and \
+                "State:\tZ" not in Path(f"/proc/{old}/status").read_text():  # fmt: skip
+            assert time.monotonic() < deadline, "h1's old part was not killed"
+            time.sleep(0.05)
+        reap(old)
+        while "h1" not in json.loads(hosts.cryo("status", "ring").stdout)["hosts"]:
+            assert time.monotonic() < deadline, "h1 did not register again"
+            time.sleep(0.2)
+        assert not has_address(hosts, "h1", hosts.services[1])
+        assert has_address(hosts, st["parts"]["1"]["host"], hosts.services[1])
+        assert "cryo-fence-ring" not in nft_tables(hosts, "h1")
+        st = json.loads(hosts.cryo("status", "ring").stdout)
+        assert all(p["state"] == "running" and p["epoch"] == 1 for p in st["parts"].values())
+    finally:
+        watcher.kill()
+        watcher.wait()
+    st, victims = ring_parts(hosts, procs, "ring")
+    check_went_on(victims, failed_at, before, at)

@@ -28,6 +28,11 @@ def register(sub: Any) -> None:
     c.add_argument("--dev", metavar="IFACE",
                    help="the interface service addresses go on (default: the one in their"
                    " subnet)")
+    c.add_argument("--listen", metavar="ADDR:PORT",
+                   help="take other hosts' replicas here (the address they reach this one at)")
+    c.add_argument("--secret-file", metavar="FILE",
+                   help="the grid's shared secret (as cryo migrate's): replicas are streamed"
+                   " and taken only with it")  # fmt: skip
     c.set_defaults(func=_agent)
     c = cmd("run", "start one part of CMD on each host")
     c.add_argument("--app", required=True)
@@ -39,8 +44,8 @@ def register(sub: Any) -> None:
                    help="one service address per part (IPv4, in a subnet of its host): it"
                    " moves with the part, so that restored TCP connections stay valid")
     c.add_argument("--replicas", type=int, default=0, metavar="N",
-                   help="each part's image is copied to N other hosts before it votes (0:"
-                   " the hosts share one store)")
+                   help="each part's image is streamed to N other hosts' agents before it"
+                   " votes (0: the hosts share one store)")
     c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS ({part}: its number)")
     c.set_defaults(func=_run)
     c = cmd("checkpoint", "one consistent checkpoint of every part")
@@ -68,8 +73,11 @@ def _etcd(args: argparse.Namespace) -> Any:
 
 def _agent(args: argparse.Namespace) -> int:
     from cryo.grid.agent import Agent
+    from cryo.migrate.auth import read_secret
 
-    agent = Agent(_etcd(args), args.host, args.store, lease=args.lease, dev=args.dev)
+    secret = read_secret(args.secret_file) if args.secret_file else None
+    agent = Agent(_etcd(args), args.host, args.store, lease=args.lease, dev=args.dev,
+                  listen=args.listen, secret=secret)  # fmt: skip
     print(f"agent {args.host} registered", file=sys.stderr, flush=True)
     try:
         agent.serve()

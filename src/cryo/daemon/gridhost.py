@@ -14,6 +14,10 @@ ends it with SIGTERM, and the agent then revokes its lease (the host leaves the 
 at once).
 
     python -m cryo.daemon.gridhost --etcd URL --host NAME --store DIR --lease S [--dev IFACE]
+                                   [--listen ADDR:PORT --secret-file FILE]
+
+(``--listen`` and ``--secret-file``: the agent takes and sends replicas, as ``cryo grid
+agent``'s; ``GridHost(listen=, secret_file=)``.)
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ class GridHost:
     """Supervises the agent's child process (a thread of the daemon)."""
 
     def __init__(self, etcd: str, host: str, store: str, lease: int = 5,
-                 output: IO[Any] | None = None, dev: str | None = None) -> None:  # fmt: skip
+                 output: IO[Any] | None = None, dev: str | None = None,
+                 listen: str | None = None, secret_file: str | None = None) -> None:  # fmt: skip
         self.etcd, self.host, self.store, self.lease = etcd, host, os.path.abspath(store), lease
         self.dev = dev  # the interface service addresses go on (cryo grid agent --dev)
+        self.listen, self.secret_file = listen, secret_file  # replicas (agent --listen)
         self.output = output
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -62,7 +68,9 @@ class GridHost:
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "cryo.daemon.gridhost", "--etcd", self.etcd, "--host",
                 self.host, "--store", self.store, "--lease", str(self.lease),
-                "--parent", str(os.getpid()), *(["--dev", self.dev] if self.dev else [])]
+                "--parent", str(os.getpid()), *(["--dev", self.dev] if self.dev else []),
+                *(["--listen", self.listen] if self.listen else []),
+                *(["--secret-file", self.secret_file] if self.secret_file else [])]
         out = self.output if self.output is not None else sys.stderr
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 close_fds=True)  # fmt: skip
@@ -129,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lease", type=int, default=5)
     ap.add_argument("--parent", type=int, default=0)
     ap.add_argument("--dev")
+    ap.add_argument("--listen")
+    ap.add_argument("--secret-file")
     args = ap.parse_args(argv)
     stopping = threading.Event()
     agent: Agent | None = None
@@ -151,7 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = logging.getLogger("cryo.daemon.grid")
     try:
         os.makedirs(args.store, mode=0o700, exist_ok=True)
-        agent = Agent(Etcd(args.etcd), args.host, args.store, lease=args.lease, dev=args.dev)
+        from cryo.migrate.auth import read_secret
+
+        secret = read_secret(args.secret_file) if args.secret_file else None
+        agent = Agent(Etcd(args.etcd), args.host, args.store, lease=args.lease, dev=args.dev,
+                      listen=args.listen, secret=secret)  # fmt: skip
     except CryoError as err:
         say.warning("grid agent cannot start", extra={"fields": {
             "host": args.host, "message": str(err)}})  # fmt: skip

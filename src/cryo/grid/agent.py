@@ -3,6 +3,22 @@ starts the parts assigned to its host, takes part in global checkpoints (prepare
 write, vote; then resume, or abort and discard) and restarts parts when told to.
 
     cryo grid agent --etcd URL --host NAME --store DIR [--lease S] [--dev IFACE]
+                    [--listen ADDR:PORT --secret-file FILE]
+
+With ``--listen`` it takes the replicas of other hosts' parts (cryo.grid.replica: the
+migration's authenticated stream, keyed with the grid's shared secret) into its store,
+and sends its own parts' replicas the same way.
+
+**Fencing.**  A host whose lease may have expired must not run its parts on: once it
+expires they are restarted elsewhere.  A thread of the agent watches the lease: when
+no refresh has succeeded for ``lease - FENCE_MARGIN`` seconds (before etcd can expire
+it: the lease's time counts from the refresh's arrival there, later than its sending
+here), every part it runs is stopped (SIGSTOP) and every TCP packet from or to their
+service addresses dropped (an nftables table ``cryo-fence-APP``).  When etcd answers
+again: if the lease lives, the parts go on; if it is gone, they are killed silently,
+their service addresses removed, their records marked ``fenced`` where no restart has
+taken them elsewhere yet (``grid watch`` restarts them), and only then does the host
+register again.
 """
 
 from __future__ import annotations
@@ -12,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 from typing import Any
@@ -23,6 +40,7 @@ from cryo.grid.coordinator import GRACE, resolve_stale
 from cryo.grid.etcd import Etcd
 
 log = logging.getLogger(__name__)
+FENCE_MARGIN = 0.75  # seconds before the lease could expire that parts are stopped
 
 
 class Agent:
@@ -30,42 +48,150 @@ class Agent:
     default the one in each address's subnet)."""
 
     def __init__(self, etcd: Etcd, host: str, store: str, lease: int = 5,
-                 dev: str | None = None) -> None:  # fmt: skip
+                 dev: str | None = None, listen: str | None = None,
+                 secret: bytes | None = None) -> None:  # fmt: skip
+        from cryo.grid.replica import ReplicaServer
+
         self.etcd, self.host, self.store = etcd, host, os.path.abspath(store)
-        self.ttl, self.dev = lease, dev
+        self.ttl, self.dev, self.secret = lease, dev, secret
         os.makedirs(self.store, mode=0o700, exist_ok=True)
-        self.lease = etcd.lease(lease)
+        self._lock = threading.Lock()
+        self.received: dict[tuple[str, int], list[str]] = {}  # replicas taken, by round
+        self.replicas: ReplicaServer | None = None
+        if listen is not None:
+            if secret is None:
+                raise CryoError("agent --listen needs the grid's shared secret (--secret-file)")
+            self.replicas = ReplicaServer(listen, secret, self.store, self._received)
+        # the lease's own client: its requests time out before the fence is due
+        self._keeper_etcd = Etcd(etcd.url, timeout=max(0.5, lease / 3))
+        self.lease = self._keeper_etcd.lease(lease)
+        self.alive_at = time.monotonic()  # when the last refresh that succeeded was sent
         if not etcd.create(K.host(host), self._record(), lease=self.lease):
             self.lease.revoke()
+            if self.replicas is not None:
+                self.replicas.close()
             raise CryoError(f"host {host} has an agent already")
         self.held: dict[tuple[str, int, int], tuple[Any, list[str]]] = {}  # (app, V, part)
         self.running: dict[tuple[str, int], int] = {}  # (app, part) -> pid
         self.epochs: dict[str, int] = {}
         self.locked: dict[str, tuple[int, float]] = {}  # app -> (epoch, until)
         self.kv: dict[str, dict[str, Any]] = {}  # what etcd holds, as a step began
+        self.fenced: dict[tuple[str, int], int] = {}  # parts stopped: lease in doubt
         self.stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
         self._keeper.start()
+        self._fence = threading.Thread(target=self._fence_watch, daemon=True)
+        self._fence.start()
 
     def _record(self) -> dict[str, Any]:
-        return {"host": self.host, "pid": os.getpid(), "store": self.store,
-                "started": time.time()}  # fmt: skip
+        rec = {"host": self.host, "pid": os.getpid(), "store": self.store,
+               "started": time.time()}  # fmt: skip
+        if self.replicas is not None:
+            rec["replica"] = self.replicas.address
+        return rec
 
     def _keep_alive(self) -> None:
-        while not self.stop.wait(self.ttl / 3):
-            with contextlib.suppress(Exception):
-                if self.lease.refresh() > 0:
+        from cryo.grid.etcd import EtcdUnavailable
+
+        while not self.stop.wait(self.ttl / 3 if not self.fenced else 0.1):
+            sent = time.monotonic()
+            try:
+                ttl = self.lease.refresh()
+            except Exception as err:  # (unreachable: the fence watch counts the time)
+                log.debug("host %s: lease not refreshed: %s", self.host, err)
+                continue
+            if ttl > 0:
+                with self._lock:
+                    self.alive_at = sent
+                if self.fenced:
+                    self._unfence(kill=False)
+                continue
+            # the lease expired (etcd unreachable for longer than it, or this process
+            # starved): the host counted as failed and its parts may run elsewhere now.
+            # They are killed first, then the host registers again.
+            log.warning("host %s: its lease expired; its parts are killed, the host"
+                        " registers again", self.host)  # fmt: skip
+            self._fence_parts()
+            self._unfence(kill=True)
+            with contextlib.suppress(EtcdUnavailable):
+                self.lease = self._keeper_etcd.lease(self.ttl)
+                self._keeper_etcd.create(K.host(self.host), self._record(), lease=self.lease)
+                with self._lock:
+                    self.alive_at = sent
+
+    # -- fencing -----------------------------------------------------------------------
+    def _fence_watch(self) -> None:
+        while not self.stop.wait(0.05):
+            with self._lock:
+                doubt = time.monotonic() - self.alive_at > self.ttl - FENCE_MARGIN
+            if doubt and set(self.running) - set(self.fenced):
+                if not self.fenced:
+                    log.warning("host %s: no news from etcd for %.1f s; its parts are"
+                                " stopped until its lease is known", self.host,
+                                time.monotonic() - self.alive_at)  # fmt: skip
+                self._fence_parts()
+
+    def _fence_parts(self) -> None:
+        """Stop every part this host runs and drop its service addresses' packets.  A
+        part held by a checkpoint (traced) is not signalled: a stop signal pending in
+        it would be saved in its image; it is stopped once let go (the fence watch
+        tries again), and killed with the others if the lease is gone."""
+        with self._lock:
+            for key, pid in list(self.running.items()):
+                if key in self.fenced or _traced(pid):
                     continue
-                # the lease expired (this process was starved, or etcd unreachable for
-                # longer than it): the host counted as failed and its parts may run
-                # elsewhere now; it registers again, and the next restart's epoch
-                # kills what it still runs of theirs
-                log.warning("host %s: its lease expired; registered again", self.host)
-                self.lease = self.etcd.lease(self.ttl)
-                self.etcd.create(K.host(self.host), self._record(), lease=self.lease)
+                for p in hostnet.tree(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p, signal.SIGSTOP)
+                self.fenced[key] = pid
+            for app in {a for a, _ in self.fenced}:
+                addrs = self._services(app, [n for a, n in self.fenced if a == app])
+                with contextlib.suppress(CryoError):
+                    hostnet.lock(app, addrs, kind="fence")
+
+    def _services(self, app: str, parts: list[int]) -> list[str]:
+        services = (self.kv.get(K.app(app)) or {}).get("services") or []
+        return [services[n] for n in parts if n < len(services)]
+
+    def _unfence(self, kill: bool) -> None:
+        """The lease is known again: alive (``kill`` False), the fenced parts go on;
+        gone, they are killed silently, their service addresses removed and their
+        records marked ``fenced`` unless a restart took them elsewhere already."""
+        with self._lock:  # (cleared once done: no step meanwhile)
+            fenced = dict(self.fenced)
+            if kill:  # (held ones too)
+                fenced = {**self.running, **fenced}
+        for (app, n), pid in fenced.items():
+            if not kill:
+                for p in hostnet.tree(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p, signal.SIGCONT)
+                continue
+            self.running.pop((app, n), None)
+            hostnet.kill_silently(pid)
+            for addr in self._services(app, [n]):
+                with contextlib.suppress(CryoError):
+                    hostnet.remove_service(addr)
+            with contextlib.suppress(CryoError):
+                key = K.part(app, n)
+                raw = self._keeper_etcd.get_raw(key)
+                rec = K.decode(raw)
+                if raw is not None and rec and rec.get("host") == self.host \
+                        and rec.get("pid") == pid:  # fmt: skip
+                    self._keeper_etcd.swap(key, raw, {**rec, "state": "fenced", "pid": None})
+        for app in {a for a, _ in fenced}:
+            with contextlib.suppress(CryoError):
+                hostnet.unlock(app, kind="fence")
+        with self._lock:
+            for done in fenced:
+                self.fenced.pop(done, None)
+        if kill:
+            log.warning("host %s: parts %s killed (fenced)", self.host, sorted(fenced))
 
     def close(self) -> None:
         self.stop.set()
+        if self.replicas is not None:
+            self.replicas.close()
         with contextlib.suppress(Exception):
             self.lease.revoke()
 
@@ -99,6 +225,8 @@ class Agent:
             end()
 
     def step(self) -> None:
+        if self.fenced:  # nothing is done until the lease is known again
+            return
         # every application's keys in one request: what this step acts on
         self.kv = dict(self.etcd.prefix(f"{K.ROOT}apps/"))
         for key, app in list(self.kv.items()):
@@ -108,6 +236,7 @@ class Agent:
             self._restarts(name, app)
             self._starts(name, app)
             self._rounds(name, app)
+            self._replicas_decided(name)
             self._unlock(name)
 
     def _get(self, key: str) -> dict[str, Any] | None:
@@ -201,6 +330,7 @@ class Agent:
         try:
             want = int(record.get("replicas", 0))
             targets = self._replica_hosts(n, want) if want else {}
+            from cryo.grid import replica
             left = max(1.0, r["deadline"] - time.time())
             t0 = time.time()
             handle = cryo.prepare(int(p["pid"]), freeze_timeout=left + GRACE + 10,
@@ -212,11 +342,11 @@ class Agent:
                 handle.write(image)
                 t2 = time.time()
                 vote["replicas"] = {}
-                for h, store in targets.items():
-                    dst = os.path.join(store, app, f"v{v}", f"part{n}")
-                    paths.append(dst)
-                    replicate(image, dst)
-                    vote["replicas"][h] = dst
+                for h, to in targets.items():  # streamed to each (what it keeps of an
+                    assert self.secret is not None  # aborted round it removes itself)
+                    vote["replicas"][h] = replica.send(
+                        image, to, self.secret, app, v, n,
+                        timeout=max(5.0, r["deadline"] + GRACE - time.time()))
                 # when it began (etcd's view of the round came at "seen"), how long
                 # the freeze, the image and the replicas took: for status and profiles
                 vote["times"] = {"seen": round(t0, 4), "prepare": round(t1 - t0, 4),
@@ -234,20 +364,43 @@ class Agent:
         return vote
 
     def _replica_hosts(self, n: int, want: int) -> dict[str, str]:
-        """``want`` live hosts other than this one (spread by part number) and their
-        stores."""
+        """``want`` live hosts other than this one that take replicas (spread by part
+        number) and their agents' addresses."""
         from cryo.grid.coordinator import live_hosts
 
-        others = sorted((h, rec) for h, rec in live_hosts(self.etcd).items() if h != self.host)
+        if self.secret is None:
+            raise CryoError(f"{want} replicas wanted, but this host's agent has no shared"
+                            " secret to send them with (--secret-file)")  # fmt: skip
+        others = sorted((h, rec) for h, rec in live_hosts(self.etcd).items()
+                        if h != self.host and rec.get("replica"))  # fmt: skip
         if len(others) < want:
-            raise CryoError(f"{want} replicas wanted, but only {len(others)} other hosts live")
+            raise CryoError(f"{want} replicas wanted, but only {len(others)} other live hosts"
+                            " take replicas (agent --listen)")  # fmt: skip
         picked = [others[(n + i) % len(others)] for i in range(want)]
-        out = {}
-        for h, rec in picked:
-            if not rec.get("store"):
-                raise CryoError(f"host {h}'s agent names no store for replicas")
-            out[h] = str(rec["store"])
-        return out
+        return {h: str(rec["replica"]) for h, rec in picked}
+
+    def _received(self, app: str, version: int, path: str) -> None:
+        with self._lock:
+            self.received.setdefault((app, version), []).append(path)
+
+    def _replicas_decided(self, app: str) -> None:
+        """The replicas this host took of rounds now decided: kept if committed (and
+        the older versions retired), removed if aborted or forgotten uncommitted."""
+        with self._lock:
+            mine = [(v, paths) for (a, v), paths in self.received.items() if a == app]
+        committed = (self._get(K.committed(app)) or {}).get("version")
+        for v, paths in mine:
+            r = self._get(K.round_(app, v))
+            state = r.get("state") if r else (K.COMMITTED if v == committed else K.ABORTED)
+            if state == K.PREPARE:
+                continue
+            with self._lock:
+                self.received.pop((app, v), None)
+            if state == K.COMMITTED:
+                self._retire(app, v)
+            else:
+                for path in paths:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def _retire(self, app: str, v: int) -> None:
         """Version ``v`` committed: this host's older images and replicas go."""
@@ -336,6 +489,14 @@ class Agent:
                 return
 
 
+def _traced(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "TracerPid:\t0\n" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def restore_all(images: dict[int, str]) -> dict[int, int | str]:
     """Restart every image at once (one forked process each when there are several, so
     that a host taking over a failed host's part restores it beside its own): the pid
@@ -380,14 +541,3 @@ def restore_all(images: dict[int, str]) -> dict[int, int | str]:
         except (ValueError, KeyError):
             done[n] = f"the process restoring part {n} died"
     return done
-
-
-def replicate(image: str, dst: str) -> None:
-    """A copy of image directory ``image`` at ``dst`` (written aside, then renamed): the
-    hosts' shared view of the file system, each file copied by the kernel."""
-    tmp = f"{dst}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
-    shutil.copytree(image, tmp, copy_function=shutil.copy2, symlinks=True)
-    os.replace(tmp, dst)

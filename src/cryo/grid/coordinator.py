@@ -350,10 +350,13 @@ def watch(etcd: Etcd, app: str, every: float | None, stop: Any = None,
             wake.clear()
             alive = live_hosts(etcd)
             parts = parts_of(etcd, app)
-            lost = [n for n, p in parts.items() if p["host"] not in alive]
+            # (a part "fenced": its host lost its lease but lives, and killed it)
+            lost = [n for n, p in parts.items() if p["host"] not in alive
+                    or p.get("state") == "fenced"]  # fmt: skip
             if lost and etcd.get(K.committed(app)) is not None:
                 for n in lost:
-                    etcd.put(K.part(app, n), {**parts[n], "state": "lost"})
+                    if parts[n].get("state") != "fenced":
+                        etcd.put(K.part(app, n), {**parts[n], "state": "lost"})
                 try:
                     restart(etcd, app)
                 except CryoError as err:  # (a host that died meanwhile: planned again)

@@ -100,18 +100,19 @@ def gratuitous_arp(addr: str, ifname: str) -> None:
 
 
 # -- the restart lock ------------------------------------------------------------------
-def lock_name(app: str) -> str:
-    return "cryo-grid-" + re.sub(r"[^A-Za-z0-9_]", "_", app)[:40]
+def lock_name(app: str, kind: str = "grid") -> str:
+    return f"cryo-{kind}-" + re.sub(r"[^A-Za-z0-9_]", "_", app)[:40]
 
 
-def lock(app: str, addrs: list[str]) -> None:
-    """Drop every TCP packet from or to ``addrs`` on this host (made again if there)."""
+def lock(app: str, addrs: list[str], kind: str = "grid") -> None:
+    """Drop every TCP packet from or to ``addrs`` on this host (made again if there):
+    the restart lock (``kind`` "grid"), or a fenced host's ("fence")."""
     if not addrs:
         return
     if shutil.which("nft") is None:
         raise CryoError("the grid's restart lock needs nftables: nft is not installed",
                         resource="grid network")  # fmt: skip
-    name = lock_name(app)
+    name = lock_name(app, kind)
     elems = ", ".join(addrs)
     rules = [f"table inet {name}", f"delete table inet {name}", f"table inet {name} {{",
              f"  set svc {{ type ipv4_addr; elements = {{ {elems} }}; }}"]
@@ -125,17 +126,17 @@ def lock(app: str, addrs: list[str]) -> None:
     log.info("restart lock %s on %s", name, elems)
 
 
-def unlock(app: str) -> None:
+def unlock(app: str, kind: str = "grid") -> None:
     if shutil.which("nft") is None:
         return
-    name = lock_name(app)
+    name = lock_name(app, kind)
     if f"table inet {name}\n" in _run("nft", "list", "tables", "inet") + "\n":
         _run("nft", "delete", "table", "inet", name)
         log.info("restart lock %s removed", name)
 
 
 # -- a silent kill ---------------------------------------------------------------------
-def _tree(pid: int) -> list[int]:
+def tree(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -160,12 +161,12 @@ def kill_silently(pid: int, timeout: float = 5.0) -> None:
     (closed, they send nothing and vanish at once), and wait until it is gone."""
     from cryo.linux import libc
 
-    tree = _tree(pid)
-    for p in tree:
+    procs = tree(pid)
+    for p in procs:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGSTOP)
     held = []
-    for p in tree:
+    for p in procs:
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{p}/fd"):
                 with contextlib.suppress(OSError):
@@ -177,11 +178,11 @@ def kill_silently(pid: int, timeout: float = 5.0) -> None:
                             s.type == socket.SOCK_STREAM:  # fmt: skip
                         with contextlib.suppress(OSError):
                             s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
-    for p in tree:
+    for p in procs:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    for p in tree:
+    for p in procs:
         while not _gone(p) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p, os.WNOHANG)

@@ -2,11 +2,12 @@
 
 Every value is a JSON object.  Under ``/cryo/``:
 
-    hosts/HOST                        {host, pid, store, started}  under the agent's lease
+    hosts/HOST                        {host, pid, store, started, replica}  under the
+                                                                agent's lease
     apps/APP                          {app, cmd, hosts, store, services, replicas, created}
     apps/APP/parts/N                  {part, host, pid, state, epoch, image}  state:
                                                                 starting, running,
-                                                                failed, lost
+                                                                failed, lost, fenced
     apps/APP/rounds/V                 {version, state, deadline, by, parts}  state:
                                                                 prepare, committed,
                                                                 aborted
