@@ -356,6 +356,56 @@ def test_election_outwaits_its_own_lease(etcd: str) -> None:
     assert time.monotonic() - t0 < 2
 
 
+def test_replica_stream(tmp_path: Path) -> None:
+    """A replica streamed to a ReplicaServer on loopback arrives whole (files, sizes,
+    modes, mtimes) in the receiver's store; a sender without the secret, and a file
+    name that leaves the image, are refused and leave nothing there."""
+    from cryo.errors import CryoError
+    from cryo.grid import replica
+    from cryo.image.stream import Framer
+    from cryo.migrate import auth
+    from cryo.migrate.sender import connect
+
+    image = tmp_path / "image"
+    (image / "sub").mkdir(parents=True)
+    (image / "core.img").write_bytes(os.urandom(100))
+    (image / "pages.img").write_bytes(os.urandom(9 << 20 | 5))  # three frames
+    (image / "sub" / "empty").write_bytes(b"")
+    for f in image.rglob("*"):
+        if f.is_file():
+            f.chmod(0o600)
+    store = tmp_path / "store"
+    got: list[tuple[str, int, str]] = []
+    secret = os.urandom(24)
+    server = replica.ReplicaServer("127.0.0.1:0", secret, str(store),
+                                   lambda a, v, p: got.append((a, v, p)))  # fmt: skip
+    try:
+        path = replica.send(str(image), server.address, secret, "app", 3, 1)
+        assert path == str(store / "app" / "v3" / "part1") and got == [("app", 3, path)]
+        for f in image.rglob("*"):
+            twin = Path(path) / f.relative_to(image)
+            if f.is_file():
+                assert twin.read_bytes() == f.read_bytes()
+                assert twin.stat().st_mode == f.stat().st_mode
+                assert twin.stat().st_mtime_ns == f.stat().st_mtime_ns
+        with pytest.raises(CryoError, match="secret"):
+            replica.send(str(image), server.address, os.urandom(24), "app", 4, 1)
+        channel, _ = connect(server.address, timeout=10)  # a file outside the image
+        framer = Framer(channel)
+        try:
+            auth.client(framer, secret, {"kind": replica.KIND})
+            framer.send(b"REPL", {"app": "app", "version": 5, "part": 1,
+                                  "files": [["../../evil", 1, 0o600, 0]]})  # fmt: skip
+            with pytest.raises(CryoError, match="refused"):
+                framer.expect(b"OKAY")
+        finally:
+            channel.close()
+        assert sorted(p.name for p in (store / "app").iterdir()) == ["v3"]
+        assert not (store / "evil").exists() and not (tmp_path / "evil").exists()
+    finally:
+        server.close()
+
+
 def test_etcd_unavailable_is_refused(tmp_path: Path) -> None:
     r = run_cryo("grid", "checkpoint", "--etcd", f"http://127.0.0.1:{free_port()}", "x")
     assert r.returncode != 0 and "unavailable" in r.stderr, r.stderr
