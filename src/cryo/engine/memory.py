@@ -974,9 +974,13 @@ def _protect_all(bt: Batch, fixup: list[dict[str, Any]]) -> None:
         if v.get("pkey"):
             bt.call(SYSX.pkey_mprotect, start, size, v["prot"], v["pkey"],
                     what=f" pkey_mprotect {start:#x} key {v['pkey']}")  # fmt: skip
+    for v in fixup:  # once every VMA has its protection: a neighbour still writable
+        # would be merged with it for the while, and given its sticky VM_MAYBE_GUARD ("gu")
         for addr, length in v.get("guards", ()):
             bt.call(SYS.madvise, addr, length, MADV.GUARD_INSTALL,
                     what=f" MADV_GUARD_INSTALL {addr:#x}")  # fmt: skip
+    for v in fixup:
+        start, size = v["start"], v["end"] - v["start"]
         if "lo" in v["flags"]:
             bt.call(SYSX.mlock2, start, size, MLOCK.ONFAULT if "lf" in v["flags"] else 0,
                     what=f" mlock2 {start:#x}")  # fmt: skip
