@@ -68,7 +68,12 @@ def connect(to: str, *, secret_file: str | None = None, timeout: float = TIMEOUT
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              close_fds=True)  # fmt: skip
         assert p.stdin is not None and p.stdout is not None
-        return Channel(rfd=p.stdout.fileno(), wfd=p.stdin.fileno(), name=to), p
+        # the channel's own fds (it closes them): Popen's file objects closed now, not
+        # when collected (they would close whatever fd then has their number)
+        rfd, wfd = os.dup(p.stdout.fileno()), os.dup(p.stdin.fileno())
+        p.stdout.close()
+        p.stdin.close()
+        return Channel(rfd=rfd, wfd=wfd, name=to), p
     host, sep, port = to.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise Usage(f"--to {to!r}: give HOST:PORT or ssh://[user@]host")
