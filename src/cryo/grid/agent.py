@@ -347,6 +347,9 @@ class Agent:
                     vote["replicas"][h] = replica.send(
                         image, to, self.secret, app, v, n,
                         timeout=max(5.0, r["deadline"] + GRACE - time.time()))
+                if (app, n) in self.fenced:  # stopped by the fence as it was seized:
+                    # its image would restore it stopped
+                    raise CryoError(f"part {n} was fenced during its checkpoint")
                 # when it began (etcd's view of the round came at "seen"), how long
                 # the freeze, the image and the replicas took: for status and profiles
                 vote["times"] = {"seen": round(t0, 4), "prepare": round(t1 - t0, 4),
