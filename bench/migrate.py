@@ -85,9 +85,9 @@ class Bench:
             time.sleep(0.05)
         return p
 
-    def migrate(self, rate: int, *extra: str) -> dict[str, Any]:
+    def migrate(self, rate: int, *extra: str, staging: bool = True) -> dict[str, Any]:
         pid, out = self.target(rate)
-        recv = self.receiver()
+        recv = self.receiver(*(() if staging else ("--no-staging",)))
         try:
             res = self.h.run("A", *CRYO, "migrate", str(pid), "--to",
                              f"{self.h.addr['B']}:{PORT}", "--secret-file", str(self.secret),
@@ -176,6 +176,20 @@ class Bench:
                     os.kill(p, 9)
 
 
+def report_pre_copy(what: str, pc: dict[str, Any]) -> None:
+    mem = pc["memory_bytes"]
+    rounds = ", ".join(f"{r['pages']} p/{r['seconds']:.2f} s" for r in pc["rounds"])
+    written = sum(r["bytes"] for r in pc["rounds"][1:]) + pc["final_bytes"]
+    print(f"{what}: rounds [{rounds}], arming froze {pc['arm_seconds']:.3f}"
+          f" s, final {pc['final_bytes'] >> 10} KiB; downtime {pc['downtime']:.3f} s"
+          f" (frozen write {pc['frozen_write']:.3f} s), total"
+          f" {pc['total_seconds']:.2f} s, sent {pc['bytes_sent'] / 2**20:.1f} MiB ="
+          f" {pc['bytes_sent'] / (mem + written):.3f} x (memory + written"
+          f" {written / 2**20:.1f} MiB), staged on B {pc.get('staged_bytes', 0) / 2**20:.1f}"
+          " MiB")  # fmt: skip
+    print("  downtime breakdown: " + downtime_breakdown(pc))
+
+
 def downtime_breakdown(pc: dict[str, Any]) -> str:
     """Where the downtime went: on A the freeze and collect, the final write; on B each
     step from the final checkpoint's first frame (cryo.migrate.receiver); the rest is
@@ -196,6 +210,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--quick", action="store_true",
+                    help="only the pre-copy migrations, staged and not (receive --no-staging)")
     args = ap.parse_args()
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
     hosts = Hosts()
@@ -205,21 +221,17 @@ def main() -> None:
         pages = args.mib * 256
         for name, rate in (("idle", 0), ("writer 1%/s", max(1, pages // 100))):
             for run in range(args.runs):
+                print(f"\n== {args.mib} MiB, {name}, run {run + 1}")
                 pc = b.migrate(rate)
+                report_pre_copy("pre-copy migrate", pc)
+                unstaged = b.migrate(rate, staging=False)
+                report_pre_copy("the same, receive --no-staging", unstaged)
+                if args.quick:
+                    sys.stdout.flush()
+                    continue
                 nopc = b.migrate(rate, "--no-pre-copy")
                 sc = b.stop_and_copy(rate)
                 lo = b.local(rate)
-                mem = pc["memory_bytes"]
-                rounds = ", ".join(f"{r['pages']} p/{r['seconds']:.2f} s" for r in pc["rounds"])
-                written = sum(r["bytes"] for r in pc["rounds"][1:]) + pc["final_bytes"]
-                print(f"\n== {args.mib} MiB, {name}, run {run + 1}")
-                print(f"pre-copy migrate: rounds [{rounds}], arming froze {pc['arm_seconds']:.3f}"
-                      f" s, final {pc['final_bytes'] >> 10} KiB; downtime {pc['downtime']:.3f} s"
-                      f" (frozen write {pc['frozen_write']:.3f} s), total"
-                      f" {pc['total_seconds']:.2f} s, sent {pc['bytes_sent'] / 2**20:.1f} MiB ="
-                      f" {pc['bytes_sent'] / (mem + written):.3f} x (memory + written"
-                      f" {written / 2**20:.1f} MiB)")  # fmt: skip
-                print("  downtime breakdown: " + downtime_breakdown(pc))
                 print(f"streamed stop-and-copy (--no-pre-copy): downtime {nopc['downtime']:.3f}"
                       f" s, total {nopc['total_seconds']:.2f} s, sent"
                       f" {nopc['bytes_sent'] / 2**20:.1f} MiB")  # fmt: skip

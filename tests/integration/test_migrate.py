@@ -4,6 +4,7 @@ its own /tmp), pre-copy, a cut connection, a wrong secret."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -567,21 +568,27 @@ exec "$@"
 """
 
 
-def test_migrate_over_stdio(procs: Procs, build: Any, tmp_path: Path) -> None:
-    """--to ssh://host: `cryo receive --stdio` at the other end of ssh's pipes (here a
-    stand-in for ssh that runs it locally); no secret: the frames are checksummed and
-    the host seal over them verified."""
+def _fake_ssh(tmp_path: Path) -> str:
+    """A PATH whose ssh runs its command here, and whose cryo is this one."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "ssh").write_text(FAKE_SSH)
     (bindir / "ssh").chmod(0o755)
     (bindir / "cryo").write_text(f"#!/bin/sh\nexec {sys.executable} -m cryo \"$@\"\n")
     (bindir / "cryo").chmod(0o755)
+    return f"{bindir}:{os.environ['PATH']}"
+
+
+def test_migrate_over_stdio(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """--to ssh://host: `cryo receive --stdio` at the other end of ssh's pipes (here a
+    stand-in for ssh that runs it locally); no secret: the frames are checksummed and
+    the host seal over them verified."""
+    path = _fake_ssh(tmp_path)
     out = tmp_path / "out.txt"
     v = procs.spawn([build("migr"), str(out), "16", "100"], out)
     v.wait_ok_after(0)
     last = max(v.oks())
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": path}
     res = subprocess.run([sys.executable, "-m", "cryo", "migrate", str(v.pid), "--to",
                           "ssh://root@elsewhere"], capture_output=True, text=True,
                          timeout=180, env=env, close_fds=True)  # fmt: skip
@@ -596,3 +603,83 @@ def test_migrate_over_stdio(procs: Procs, build: Any, tmp_path: Path) -> None:
     new = Victim(new_pid, out)
     new.wait_ok_after(last + 2, timeout=30)
     assert not new.fails()
+
+
+# -- the rounds' pages staged on the destination (cryo.migrate.stage) --------------------
+
+
+@pytest.mark.parametrize("staging", [True, False])
+def test_migrate_staged_exact(procs: Procs, build: Any, hosts: Hosts, staging: bool) -> None:
+    """The rounds' pages staged on B and moved into place: the process there has the
+    source's mappings exactly (addresses, protections, names, VmFlags: advice, locks,
+    MAP_NORESERVE, MAP_DROPPABLE, guard pages, seals; tests/victims/madvise.c checks its
+    own) and its data."""
+    from tests.integration.test_memstate import poke, smaps_flags
+
+    exe = shutil.copy(build("madvise"), hosts.shared / "madvise")
+    out = hosts.shared / "madvise.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "regions"], out)
+    poke(v, 2)
+    maps = Path(f"/proc/{v.pid}/maps").read_text()
+    flags = smaps_flags(v.pid)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret, *(() if staging else ("--no-staging",)))
+    res = _migrate(hosts, v.pid, secret, "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert (got["staged_bytes"] > 0) == staging, got  # (0 before staging)
+    new = _migrated(procs, hosts, v, rcv, subprocess.CompletedProcess(
+        res.args, 0, str(got["pid"]), res.stderr))  # fmt: skip
+    assert Path(f"/proc/{new.pid}/maps").read_text() == maps
+    # (known, not of staging, --no-staging the same: once the write tracking is armed,
+    # the pages it marks write-protected without a page (uffd-wp markers) count as data
+    # in the final checkpoint, so they come back as pages of zeros: resident, and a
+    # PROT_NONE mapping is mapped writable then mprotected: VM_ACCOUNT, "ac", which the
+    # source's lacks; and the victim finds its mlock-onfault pages resident)
+    nf = {a: [x for x in f if x != "ac" or "rd" in f] for a, f in smaps_flags(new.pid).items()}
+    flags = {a: [x for x in f if x != "ac" or "rd" in f] for a, f in flags.items()}
+    assert nf == flags
+    start = len(new.lines())
+    os.kill(new.pid, signal.SIGUSR1)  # one round of its checks (tests/victims/rounds.h)
+    new.wait_for(lambda ls: any(x.startswith(("ok ", "FAIL")) for x in ls[start:]), timeout=30)
+    time.sleep(0.5)  # (the rest of the round's lines)
+    fails = [x for x in new.lines()[start:]
+             if x.startswith("FAIL") and "mlock-onfault: page" not in x]  # fmt: skip
+    assert not fails, fails
+
+
+def test_migrate_staged_layout_changes(procs: Procs, build: Any, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Between the rounds the target unmaps a region and maps it again, drops pages
+    (MADV_DONTNEED) and changes others (tests/victims/incr.c): of the pages staged on the
+    destination, only those still present are kept, a changed page's last copy wins,
+    and the process there holds exactly its last state."""
+    from cryo.migrate import migrate
+
+    monkeypatch.setenv("PATH", _fake_ssh(tmp_path))
+    mapped = tmp_path / "mapped.bin"
+    mapped.write_bytes(b"F" * 8 * 4096)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("incr"), str(out), "16", "20", str(mapped)], out)
+    v.wait_line("ready", timeout=30)
+    gen = [0]
+
+    def between(line: str) -> None:  # a new generation after each of the first rounds
+        if line.startswith("round ") and int(line.split()[1].rstrip(":")) <= 3:
+            gen[0] += 1
+            start = len(v.lines())
+            os.kill(v.pid, signal.SIGUSR1)
+            v.wait_for(lambda ls: f"gen {gen[0]}" in ls[start:], timeout=30)
+
+    r = migrate(v.pid, "ssh://root@elsewhere", report=between, max_rounds=4)
+    procs.track(r.pid)
+    assert gen[0] >= 2 and r.staged_bytes >= 16 << 20, r
+    deadline = time.monotonic() + 10
+    while not gone_from(v.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = Victim(r.pid, out)
+    start = len(new.lines())
+    os.kill(r.pid, signal.SIGUSR2)
+    lines = new.wait_for(lambda ls: any(x.startswith(("ok ", "FAIL")) for x in ls[start:]),
+                         timeout=60)  # fmt: skip
+    assert f"ok {gen[0]}" in lines[start:], lines[start:]

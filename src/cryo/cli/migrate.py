@@ -59,6 +59,9 @@ def register(sub: Any) -> None:
                    " verify with this host's key (ssh authenticated the sender)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="seconds without progress before a connection counts as lost")
+    p.add_argument("--no-staging", action="store_true",
+                   help="keep the pre-copy rounds' pages as received until the stream ends"
+                   " (the path before staging, for comparison)")
     p.set_defaults(func=cmd_receive)
 
 
@@ -115,11 +118,13 @@ def cmd_receive(args: argparse.Namespace) -> int:
         out = os.dup(1)
         os.dup2(2, 1)
         got = receive(Channel(rfd=0, wfd=out, name="stdio"), secret=secret, keep=args.keep,
-                      trust_image=args.trust_image, report=_say)  # fmt: skip
+                      trust_image=args.trust_image, report=_say,
+                      stage=not args.no_staging)  # fmt: skip
         _say(f"process {got.old_pid} from {got.peer} runs here as pid {got.pid}")
         return 0
     got2 = serve(args.listen, secret=secret, once=args.once, keep=args.keep,
                  trust_image=args.trust_image, timeout=args.timeout, report=_say,
+                 stage=not args.no_staging,
                  ready=lambda port: _say(f"listening on {args.listen.rpartition(':')[0]}:"
                                          f"{port}"))  # fmt: skip
     if got2 is not None:

@@ -157,7 +157,7 @@ def _memory_layout(ctx: RestoreContext) -> None:
     mm = _rs(ctx, R.MM)
     keep = (ctx.area, ctx.area + ctx.area_size)
     memory.unmap_helper(ctx, keep=keep)
-    temp = memory.free_area([keep], memory.layout(mm), size=1 << 20)
+    temp = memory.free_area([keep], memory.layout(mm), memory.staged_sources(ctx), size=1 << 20)
     memory.move_specials(ctx, mm, temp)
     ctx.live["fixup"] = memory.map_vmas(ctx, mm)
 

@@ -563,7 +563,7 @@ def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
     inj = ctx.inj
     maps = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
     inherited = (getattr(ctx, "live", None) or {}).get("inherited_ranges", [])
-    kept = sorted([keep, *also, *inherited]
+    kept = sorted([keep, *also, *inherited, *staged_sources(ctx)]
                   + [(v.start, v.end) for v in maps if v.path in SPECIAL])  # fmt: skip
     lo = PAGE_SIZE
     for start, end in kept:
@@ -572,6 +572,13 @@ def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
         lo = max(lo, end)
     if lo < TASK_SIZE:
         inj(SYS.munmap, lo, TASK_SIZE - lo)
+
+
+def staged_sources(ctx: RestoreContext) -> list[tuple[int, int]]:
+    """Where the pieces staged for this process are in the helper (cryo.migrate.stage:
+    ``ctx.live["staged"]``, [(start, end, address)]): kept until map_vmas moves them."""
+    staged = (getattr(ctx, "live", None) or {}).get("staged", ())
+    return [(at, at + e - s) for s, e, at in staged]
 
 
 def move_specials(ctx: RestoreContext, rec: dict[str, Any], temp: int) -> None:
@@ -626,15 +633,16 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     fixup: list[dict[str, Any]] = []
     _restore_pkeys(ctx, rec.get("pkeys", []))
     merge_any = bool(rec.get("ksm_merge_any"))
-    inherited: dict[int, list[tuple[int, int]]] = (getattr(ctx, "live", None) or {}).get(
-        "inherited", {})
+    live = getattr(ctx, "live", None) or {}
+    inherited: dict[int, list[tuple[int, int]]] = live.get("inherited", {})
+    staged = {s: (e, at) for s, e, at in live.get("staged", ())}
     try:
         for v in rec["vmas"]:  # first (their paths go through the scratch, as the batch's do)
             if v["kind"] in ("file", "shared-file") and v["start"] not in inherited \
                     and v["path"] not in fds:  # fmt: skip
                 fds[v["path"]] = _open_mapped(ctx, v)
         with inj.batch() as bt:
-            _map_all(ctx, rec, bt, fds, fixup, inherited, merge_any)
+            _map_all(ctx, rec, bt, fds, fixup, inherited, merge_any, staged)
         for v in rec["vmas"]:  # a lock only the mapping held, on its description (locks.py)
             if v.get("locks") and v["path"] in fds:
                 locks.take_through_mapping(inj, fds[v["path"]], v)
@@ -646,8 +654,10 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str, int],
              fixup: list[dict[str, Any]], inherited: dict[int, list[tuple[int, int]]],
-             merge_any: bool) -> None:  # fmt: skip
-    """map_vmas' calls, queued in ``bt`` (the mapped files are open in ``fds``)."""
+             merge_any: bool, staged: dict[int, tuple[int, int]]) -> None:  # fmt: skip
+    """map_vmas' calls, queued in ``bt`` (the mapped files are open in ``fds``).  A VMA
+    in ``staged`` (start -> (end, address)) is moved from where its pages were staged
+    (the rounds of a migration, cryo.migrate.stage): page tables move, no page is copied."""
     if merge_any:  # every VMA mapped from now on is mergeable (the others are unmerged)
         bt.call(SYS.prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what=" PR_SET_MEMORY_MERGE")
     for v in rec["vmas"]:
@@ -679,6 +689,12 @@ def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str,
         elif kind in ("file", "shared-file"):
             bt.call(SYS.mmap, v["start"], size, prot, flags, fds[v["path"]], v["pgoff"],
                     what=f" mmap {v['path']}")  # fmt: skip
+        elif v["start"] in staged and staged[v["start"]][0] == v["end"] and kind == "anon":
+            at = staged[v["start"]][1]
+            bt.call(SYS.mremap, at, size, size, MREMAP.MAYMOVE | MREMAP.FIXED, v["start"],
+                    what=f" mremap {at:#x} to {v['start']:#x}")  # fmt: skip
+            if prot != PROT.READ | PROT.WRITE:  # (staged read-write)
+                bt.call(SYS.mprotect, v["start"], size, prot)
         else:
             flags |= MAP.ANONYMOUS
             if "gd" in v["flags"]:
@@ -750,6 +766,10 @@ def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
     elif fd < 0:
         ctx.inj(SYS.openat, -100, name, flags, 0, what=f" open {path}")  # raises, named
     return fd
+
+
+def live_of(ctx: RestoreContext) -> dict[str, Any]:
+    return getattr(ctx, "live", None) or {}
 
 
 def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = None) -> int:
@@ -848,7 +868,7 @@ class _Filler:
              nbytes: int) -> _Filler | None:  # fmt: skip
         """None when there is nothing worth registering or the process cannot have a
         uffd (then everything goes through process_vm_writev)."""
-        kept = {a for a, _ in inherited}
+        kept = {a for a, _ in inherited} | {s for s, _e, _at in live_of(ctx).get("staged", ())}
         want = [(v["start"], v["end"]) for v in rec["vmas"]
                 if v["kind"] == "anon" and v.get("data") and not v.get("hugetlb")
                 and "dp" not in v["flags"] and v["start"] not in kept]  # fmt: skip

@@ -58,7 +58,7 @@ from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector
 from cryo.engine.spmf import of_session as files_of
 from cryo.engine.translate import of as translate_of
-from cryo.errors import CryoError, translate_oserror
+from cryo.errors import CryoError, InternalError, translate_oserror
 from cryo.image import records as R
 from cryo.image import trust
 from cryo.image.sink import DirSink, Sink
@@ -548,6 +548,9 @@ class Restart:
         self.made: dict[int, tree.Made] = {}
         self.pid_map: dict[int, int] = {}  # old pid -> new, filled as they are made
         self.area = 0
+        # old pid -> [(start, end, address)]: private anonymous pieces whose pages are
+        # staged in this process, moved into place by the memory driver (cryo.migrate.stage)
+        self.staged: dict[int, list[tuple[int, int, int]]] = {}
         self.result = RestoreResult(pid=0, old_pid=0)
         self._cleanups = contextlib.ExitStack()  # closed at the end, whatever happens
         self._undo: list[Callable[[], None]] = []  # run only if the restart fails
@@ -626,6 +629,10 @@ class Restart:
                 area_size=tree.RESTORER_SIZE, progress=step)  # fmt: skip
             if p["ppid"] in procs:  # forked from its restored parent: what it inherits
                 memory.inherit_from_parent(ctx, procs[old][R.MM], procs[p["ppid"]][R.MM])
+            if old in self.staged:  # (only a root forked by cryo has cryo's staging area)
+                if p["ppid"] in self.made:
+                    raise InternalError(f"pages of {old} staged, but it is not forked by cryo")
+                ctx.live["staged"] = self.staged[old]
             self._stages(ctx, D.BIRTH_STAGES)
         if pause is not None:  # (every block of the plan is used by now)
             pause()

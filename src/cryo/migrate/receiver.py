@@ -26,6 +26,7 @@ from cryo.errors import CryoError, Usage
 from cryo.image.stream import Channel, Framer, StreamError, StreamSource
 from cryo.migrate import auth
 from cryo.migrate.sender import TIMEOUT, tune
+from cryo.migrate.stage import StagedSource, StagingFramer
 from cryo.preload import preload
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Received:
     receive_seconds: float  # the stream, from the handshake to its end
     restart_seconds: float
     kept: str | None = None
+    staged_bytes: int = 0  # pages staged during the rounds and moved into place
     # seconds of each step here from the final checkpoint's first frame to the answer:
     # "final frames" (its records and pages arriving), "assemble" (the blocks), then the
     # restart's phases ("validate", ..., "let go")
@@ -48,9 +50,10 @@ class Received:
 
 
 def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
-            trust_image: bool = False,
-            report: Callable[[str], None] | None = None) -> Received:  # fmt: skip
-    """One migration over ``channel``: authenticate, receive, restart, answer."""
+            trust_image: bool = False, report: Callable[[str], None] | None = None,
+            stage: bool = True) -> Received:  # fmt: skip
+    """One migration over ``channel``: authenticate, receive, restart, answer; ``stage``:
+    the root's pre-copy pages staged as they arrive (cryo.migrate.stage)."""
     say = report or (lambda _s: None)
     # the modules a restart imports on its way (the schema, the trust rule, drivers),
     # imported while the handshake and the rounds go on: compiling and running them was
@@ -84,8 +87,13 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
     rs: Restart | None = None
     phases: dict[str, float] = {}  # the destination's part of the downtime, by step
     try:
-        src = StreamSource(framer, path=f"migration from {peer}",
-                           authenticated=framer.keyed, on_frame=on_frame)  # fmt: skip
+        if keep is None and stage:  # the root's rounds staged as they come (cryo.migrate.stage)
+            src = StagedSource(StagingFramer(framer, hello.get("root_pid")),
+                               path=f"migration from {peer}", authenticated=framer.keyed,
+                               on_frame=on_frame)  # fmt: skip
+        else:  # (a copy to keep needs every page as received)
+            src = StreamSource(framer, path=f"migration from {peer}",
+                               authenticated=framer.keyed, on_frame=on_frame)  # fmt: skip
         t1 = time.perf_counter()
         if "final" in marks:
             phases["final frames"] = marks.get("end", t1) - marks["final"]
@@ -95,12 +103,16 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         warm.join()
         phases["preload left"] = time.perf_counter() - ts
         rs = Restart(src, trust_image=trust_image)
+        if isinstance(src, StagedSource):
+            rs.staged = src.staged_moves
         steps = (("validate", rs.validate), ("prepare shared", rs.prepare_shared),
                  ("build tree", rs.build_tree), ("build processes", rs.build_processes),
                  ("finalize", rs.finalize))  # fmt: skip
         for name, step in steps:
             ts = time.perf_counter()
             step()
+            if name == "build tree" and isinstance(src, StagedSource):
+                src.release_staging()  # (the process has its pages now: ours go)
             phases[name] = time.perf_counter() - ts
         ts = time.perf_counter()
         result = rs.let_go()
@@ -120,11 +132,12 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
                 framer.send(b"FAIL", {"error": f"a bug in cryo: {err!r}", "code": 70})
         raise
     t2 = time.perf_counter()
+    staged = src.moved_bytes if isinstance(src, StagedSource) else 0
     with contextlib.suppress(CryoError):  # (the sender gone now: the process runs here)
         framer.send(b"OKAY", {"pid": result.pid, "old_pid": result.old_pid,
-                              "phases": phases})  # fmt: skip
+                              "phases": phases, "staged": staged})  # fmt: skip
     out = Received(result.pid, result.old_pid, peer, src.bytes_received, len(src.rounds),
-                   t1 - t0, t2 - t1, phases=phases)  # fmt: skip
+                   t1 - t0, t2 - t1, phases=phases, staged_bytes=staged)  # fmt: skip
     try:
         if keep is not None:
             out.kept = src.keep(keep, force=True)
@@ -150,7 +163,8 @@ def listener(listen: str) -> socket.socket:
 def serve(listen: str | socket.socket, *, secret: bytes | None, once: bool = False,
           keep: str | None = None, trust_image: bool = False, timeout: float = TIMEOUT,
           report: Callable[[str], None] | None = None,
-          ready: Callable[[int], None] | None = None) -> Received | None:  # fmt: skip
+          ready: Callable[[int], None] | None = None,
+          stage: bool = True) -> Received | None:  # fmt: skip
     """Accept migrations on ``listen`` (ADDR:PORT) one at a time; with ``once``, return
     after the first (its error raised).  ``ready(port)`` once listening."""
     if secret is None:
@@ -169,7 +183,7 @@ def serve(listen: str | socket.socket, *, secret: bytes | None, once: bool = Fal
             channel = Channel(conn, name=f"{addr[0]}:{addr[1]}")
             try:
                 got = receive(channel, secret=secret, keep=keep, trust_image=trust_image,
-                              report=report)  # fmt: skip
+                              report=report, stage=stage)  # fmt: skip
                 restored.append(got.pid)
                 say(f"process {got.old_pid} from {got.peer} runs here as pid {got.pid}"
                     f" ({got.bytes_received / 2**20:.1f} MiB in {got.receive_seconds:.3f} s,"

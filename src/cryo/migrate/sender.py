@@ -28,6 +28,7 @@ from cryo.image.sink import Runs, Tag
 from cryo.image.stream import Channel, Framer, StreamSink
 from cryo.migrate import auth
 from cryo.migrate.precopy import MAX_ROUNDS, PreCopy, Round
+from cryo.migrate.stage import layout_of
 
 log = logging.getLogger(__name__)
 TIMEOUT = 60.0  # seconds without progress on the connection before it counts as lost
@@ -49,6 +50,7 @@ class MigrateResult:
     # rest of the downtime: the answer's way back and what is not counted there
     destination: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
+    staged_bytes: int = 0  # of the rounds' pages: staged there as they came, moved in place
     killed: bool = True  # False with leave_running
     warnings: list[str] = field(default_factory=list)
 
@@ -119,8 +121,14 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
         result = MigrateResult(pid=0, host=host)
         tracking = None
         if pre_copy:
+            described: set[int] = set()
+
             def send(n: int, p: int, runs: list[list[int]], data: memoryview) -> None:
-                framer.send(b"PREP", {"round": n, "tag": ["pid", p], "runs": runs}, data)
+                meta: dict[str, Any] = {"round": n, "tag": ["pid", p], "runs": runs}
+                if scope == "process" and p not in described:  # (cryo.migrate.stage)
+                    described.add(p)
+                    meta["layout"] = layout_of(pc.procs[p].vmas)
+                framer.send(b"PREP", meta, data)
 
             def told(r: Round) -> None:
                 framer.send(b"ROND", {"round": r.number, "pages": r.pages, "bytes": r.bytes,
@@ -147,6 +155,7 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
                 info: dict[str, Any] = {
                     "pid": m.get("pid"), "sent": channel.sent,
                     "phases": phases if isinstance(phases, dict) else {},
+                    "staged": m.get("staged", 0),
                     "final": tracking.final_bytes if tracking else -1,
                     "present": tracking.present_bytes if tracking else -1}  # fmt: skip
                 os.write(answer_w, fmt.pack(info))
@@ -183,6 +192,7 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
         result.final_bytes = int(info["final"]) if info["final"] >= 0 else r.memory_bytes
         result.memory_bytes = int(info["present"]) if info["present"] >= 0 \
             else r.memory_bytes  # fmt: skip
+        result.staged_bytes = int(info.get("staged") or 0)
         result.killed = not leave_running
         result.warnings = r.warnings
         result.total_seconds = time.perf_counter() - t0
