@@ -11,9 +11,9 @@ and sends its own parts' replicas the same way.
 
 **Fencing.**  A host whose lease may have expired must not run its parts on: once it
 expires they are restarted elsewhere.  A thread of the agent watches the lease: when
-no refresh has succeeded for ``lease - FENCE_MARGIN`` seconds (before etcd can expire
-it: the lease's time counts from the refresh's arrival there, later than its sending
-here), every part it runs is stopped (SIGSTOP) and every TCP packet from or to their
+no refresh has succeeded for ``lease - FENCE_MARGIN`` seconds (less a quarter of the
+lease if that is less; before etcd can expire it: the lease's time counts from the
+refresh's arrival there, later than its sending here), every part it runs is stopped (SIGSTOP) and every TCP packet from or to their
 service addresses dropped (an nftables table ``cryo-fence-APP``).  When etcd answers
 again: if the lease lives, the parts go on; if it is gone, they are killed silently,
 their service addresses removed, their records marked ``fenced`` where no restart has
@@ -123,7 +123,8 @@ class Agent:
     def _fence_watch(self) -> None:
         while not self.stop.wait(0.05):
             with self._lock:
-                doubt = time.monotonic() - self.alive_at > self.ttl - FENCE_MARGIN
+                doubt = time.monotonic() - self.alive_at > \
+                    self.ttl - min(FENCE_MARGIN, self.ttl / 4)  # fmt: skip
             if doubt and set(self.running) - set(self.fenced):
                 if not self.fenced:
                     log.warning("host %s: no news from etcd for %.1f s; its parts are"
