@@ -234,3 +234,36 @@ def test_audit_session(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert Path(f"/proc/{pid}/loginuid").read_text() == "1000"
     assert int(Path(f"/proc/{pid}/sessionid").read_text()) == session
     Victim(pid, out2).wait_ok_after(max(Victim(pid, out2).oks()) + 1)
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_landlock_domain_refused(procs: Procs, build: Any, tmp_path: Path, where: str) -> None:
+    """A Landlock domain cannot be read back: a confined thread (the main one, or only
+    a second one) is refused, exit 9 naming it, no image, the target untouched and
+    still confined (it checks each round that it may not mkdir).  Restored, it ran
+    unconfined, and the restart exited 0."""
+    from cryo.errors import ExitCode
+
+    out, d = tmp_path / "out.txt", tmp_path / "d"
+    d.mkdir()
+    v = procs.spawn([build("landlock"), str(out), where, str(d)], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "confined by Landlock" in r.stderr
+    assert not (tmp_path / "img").exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
+def test_no_new_privs_without_a_landlock_domain_restores(procs: Procs, build: Any,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """no_new_privs alone (a thread that could enter a domain, and did not) is no
+    reason to refuse: restored, with no_new_privs, and free to mkdir."""
+    out, d = tmp_path / "out.txt", tmp_path / "d"
+    d.mkdir()
+    v = procs.spawn([build("landlock"), str(out), "nnp", str(d)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert "NoNewPrivs:\t1" in Path(f"/proc/{v.pid}/status").read_text()
+    assert not v.fails()

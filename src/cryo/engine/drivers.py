@@ -46,6 +46,7 @@ from cryo.engine import (
     dirty,
     files,
     inet,
+    landlock,
     locks,
     memory,
     registers,
@@ -354,6 +355,7 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("timers", (R.TIMR,), inject=_keep(R.TIMR, timers.dump),
            restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))},
            describe=lambda v: {"timers": len(v.records[R.TIMR]["posix"])}),
+    Driver("landlock", inject_thread=landlock.check_thread),  # (refuses: before any is read)
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
            describe=_describe_threads),
     Driver("inet", collect=inet.lock_connections, shared=inet.check_queued, thaw=inet.thaw,

@@ -1,0 +1,142 @@
+"""Landlock domains: refused at checkpoint (exit 9).
+
+A thread that called landlock_restrict_self() is confined by rules the kernel never
+shows again: no /proc file, syscall or fdinfo reads a domain back, so a restart would
+run the process unconfined (seen here: a process denied mkdir before the checkpoint
+could mkdir after it, and the restart exited 0).  So a confined thread is refused, by
+name, before anything is written.
+
+Telling whether a thread is confined: Landlock denies a confined task every ptrace
+access check against a task outside its domain (security/landlock/task.c), kcmp()
+included.  So a *witness* is made, a process in no domain whose ids are the thread's
+real ones, with no capability the thread lacks, dumpable, in the thread's pid namespace
+(so that the thread can name it); then ``kcmp(self, witness, KCMP_VM)`` is run inside
+the thread: EPERM means a domain.  Only threads that could have a domain are asked: the
+kernel requires no_new_privs, or CAP_SYS_ADMIN, of a thread that enters one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+from typing import Any
+
+from cryo import procfs
+from cryo.engine import tree
+from cryo.errors import Unsupported
+from cryo.linux import libc
+from cryo.linux import structs as S
+from cryo.linux.consts import PR, SYS
+from cryo.linux.fdcalls import SYS_KCMP
+from cryo.linux.net import setns
+
+KCMP_VM = 1
+CAP_SYS_ADMIN = 21
+_CAP_V3 = 0x20080522
+_CLONE_NEWPID = 0x20000000
+
+
+def could_be_confined(pid: int, tid: int) -> bool:
+    st = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+    return st.get("NoNewPrivs", "0").strip() == "1" or \
+        bool(int(st.get("CapEff", "0"), 16) >> CAP_SYS_ADMIN & 1)  # fmt: skip
+
+
+class Witness:
+    """A process in no Landlock domain, with ``tid``'s real uid, gid and groups and at
+    most its permitted capabilities, in its pid namespace; killed by :meth:`close`."""
+
+    def __init__(self, pid: int, tid: int) -> None:
+        st = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+        uid, gid = int(st["Uid"].split()[0]), int(st["Gid"].split()[0])
+        groups = [int(g) for g in st.get("Groups", "").split()]
+        prm = int(st.get("CapPrm", "0"), 16)
+        r, w = os.pipe()
+        self.go_r, self.go_w = os.pipe()
+        ns = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        first = os.fork()
+        if first == 0:  # pragma: no cover (in the child)
+            try:
+                os.close(r)
+                os.close(self.go_w)
+                libc.prctl(PR.SET_PDEATHSIG, signal.SIGKILL)
+                setns(ns, _CLONE_NEWPID)  # (its children are born in the target's)
+                child = os.fork()
+                if child == 0:
+                    libc.prctl(PR.SET_PDEATHSIG, signal.SIGKILL)
+                    os.setgroups(groups)
+                    os.setresgid(gid, gid, gid)
+                    os.setresuid(uid, uid, uid)
+                    _drop_to(prm)
+                    libc.prctl(PR.SET_DUMPABLE, 1)
+                    os.write(w, b"r")
+                    os.read(self.go_r, 1)  # until we are told (or our parent dies)
+                    os._exit(0)
+                os.write(w, str(child).encode().rjust(16))
+                os.read(self.go_r, 1)
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+            finally:
+                os._exit(0)
+        os.close(ns)
+        os.close(w)
+        os.close(self.go_r)
+        self.first = first
+        try:
+            got = b""
+            while len(got) < 17:
+                chunk = os.read(r, 17 - len(got))
+                if not chunk:
+                    raise OSError(errno.ESRCH, "the Landlock witness did not start")
+                got += chunk
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(r)
+        order = got.index(b"r")  # ("r" and the pid may come in either order)
+        self.pid = int((got[:order] + got[order + 1 :]).strip())
+        self.nspid = tree.nspid(self.pid)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.go_w)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.first, 0)
+
+
+def _drop_to(prm: int) -> None:
+    """Keep only capabilities in ``prm`` (effective = permitted = ``prm``)."""
+    head = S.user_cap_header(_CAP_V3, 0)
+    data = (S.user_cap_data * 2)(S.user_cap_data(prm & 0xFFFFFFFF, prm & 0xFFFFFFFF, 0),
+                                 S.user_cap_data(prm >> 32, prm >> 32, 0))  # fmt: skip
+    libc.syscall(SYS.capset, ctypes.addressof(head), ctypes.addressof(data))
+
+
+def _same_userns(pid: int) -> bool:
+    """(In another user namespace the witness, in ours, needs a capability there: EPERM
+    then says nothing about Landlock.)"""
+    return os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
+
+
+def check_thread(ctx: Any, t: Any, tinj: Any) -> dict[str, Any]:
+    """Driver hook (inject, per thread): refuse a thread confined by Landlock."""
+    if not could_be_confined(ctx.pid, t.tid):
+        return {}
+    w = Witness(ctx.pid, t.tid)
+    try:
+        ret = tinj.raw(SYS_KCMP, tree.nspid(ctx.pid), w.nspid, KCMP_VM, 0, 0)
+    finally:
+        w.close()
+    if ret == -errno.EPERM and _same_userns(ctx.pid):
+        raise Unsupported(f"thread {t.tid} is confined by Landlock (landlock_restrict_self):"
+                          " the kernel never shows its rules again, so a restart would run"
+                          " it unconfined", pid=ctx.pid, resource="landlock")  # fmt: skip
+    if ret < 0:
+        raise Unsupported(f"thread {t.tid}: cannot tell whether it is confined by Landlock"
+                          f" (kcmp: {os.strerror(-ret)})", pid=ctx.pid,
+                          resource="landlock")  # fmt: skip
+    return {}
