@@ -16,7 +16,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from tests.conftest import Procs, Victim, reap, run_cryo
-from tests.integration.test_filestate import _children, _files_shown, cycle, refused, spawn
+from tests.integration.test_filestate import _children, _files_shown, cycle, spawn
 
 
 def declared(img: Path) -> None:
@@ -226,14 +226,75 @@ def test_hugetlb_memfd_fd_stays_hugetlb(procs: Procs, build: Any, tmp_path: Path
     assert not v.fails()
 
 
-def test_still_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
-    """A pidfd of a thread other than the leader stays refused by name (threads are
-    made after the fds)."""
+THREAD_PIDFD = r"""
+import os, select, signal, sys, threading, time
+out = sys.argv[1]
+def report(line):
+    with open(out, "a") as f:
+        f.write(line + "\n")
+tid = [0]
+stop = threading.Event()
+def work():
+    while not stop.wait(0.01):
+        tid[0] = threading.get_native_id()  # its tid now (a restored thread has another)
+t = threading.Thread(target=work); t.start()
+while not tid[0]:
+    time.sleep(0.01)
+fd = os.pidfd_open(tid[0], os.O_EXCL)  # PIDFD_THREAD
+leader = os.pidfd_open(os.getpid())
+report(f"ready {os.getpid()}")
+i = 0
+while True:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        info = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    bad = []
+    if int(info["Pid"]) != tid[0]:
+        bad.append(f"pidfd of {info['Pid']}, the thread is {tid[0]}")
+    if not int(info["flags"], 8) & os.O_EXCL:
+        bad.append(f"not a thread pidfd: flags {info['flags']}")
+    if select.select([fd], [], [], 0)[0]:
+        bad.append("the thread's pidfd is readable: the thread ended?")
+    signal.pidfd_send_signal(fd, 0)
+    with open(f"/proc/self/fdinfo/{leader}") as f:
+        if f"Pid:\t{os.getpid()}" not in f.read():
+            bad.append("leader pidfd")
+    report(f"FAIL {bad}" if bad else f"ok {i}")
+    i += 1
+    time.sleep(0.02)
+"""
+
+
+def test_pidfd_of_a_thread(procs: Procs, tmp_path: Path) -> None:
+    """A pidfd of a thread other than the leader (PIDFD_THREAD) is given back on the
+    restored thread's new tid, still a thread pidfd, at its fd number."""
+    import sys
+
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", THREAD_PIDFD, str(out)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    declared(tmp_path / "img")
+    assert not v.fails()
+    tids = [int(t) for t in os.listdir(f"/proc/{v.pid}/task") if int(t) != v.pid]
+    pids = []
+    for n in os.listdir(f"/proc/{v.pid}/fd"):
+        if os.readlink(f"/proc/{v.pid}/fd/{n}") == "anon_inode:[pidfd]":
+            with open(f"/proc/{v.pid}/fdinfo/{n}") as f:
+                pids += [int(x.split()[1]) for x in f if x.startswith("Pid:")]
+    assert sorted(pids) == sorted([v.pid, *tids]), (pids, tids)
+
+
+def test_pidfd_of_another_process_s_thread_refused(procs: Procs, tmp_path: Path) -> None:
+    """A thread's pidfd held by another process of the tree stays refused by name (the
+    holder may be built before the thread exists)."""
     import sys
 
     code = ("import os, sys, threading, time\nev = threading.Event()\n"
             "t = threading.Thread(target=ev.wait); t.start()\n"
-            "fd = os.pidfd_open(t.native_id, os.O_EXCL)\n"
+            "fd = os.pidfd_open(t.native_id, os.O_EXCL)\nme = os.getpid()\n"
+            "if os.fork() == 0:  # holds the pidfd of its parent's thread\n"
+            "    while os.getppid() == me:\n        time.sleep(0.05)\n    os._exit(0)\n"
+            "os.close(fd)\n"
             "open(sys.argv[1], 'a').write(f'ready {os.getpid()}\\n')\n"
             "i = 0\nwhile True:\n"
             "    print(f'ok {i}', file=open(sys.argv[1], 'a'), flush=True)\n"
@@ -241,7 +302,11 @@ def test_still_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     v = procs.spawn([sys.executable, "-c", code, str(out)], out)
     v.wait_ok_after(1)
-    refused(v, tmp_path, "pidfd of thread", "only a thread group leader")
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"))
+    assert r.returncode == 9, r.stderr
+    assert "pidfd of thread" in r.stderr and "held by another process" in r.stderr, r.stderr
+    assert not (tmp_path / "img").exists()
+    Victim(v.pid, out).wait_ok_after(max(v.oks()) + 2)
 
 
 def test_inotify_watch_of_a_file_replaced_fails_the_restart(procs: Procs, build: Any,

@@ -53,6 +53,7 @@ from cryo.engine import (
     shmem,
     signals,
     sockets,
+    specialfds,
     sysvshm,
     task,
     threads,
@@ -371,6 +372,9 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}, describe=_describe_files),
+    # a pidfd of a thread: put in place once the process's threads exist
+    Driver("thread-pidfds", shared=specialfds.check_thread_pidfds,
+           restore={"timers": specialfds.restore_thread_pidfds}),
     Driver("unix", shared=sockets.check_peers, thaw=sockets.release_in_flight,
            prepare=sockets.prepare_restart, started=sockets.send_credentialed),
     Driver("anonfds", restore={"files": _anonfds_register}),

@@ -637,6 +637,8 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
     late = []
     with inj.batch() as b:  # (one stop per batch: dup3 sets or clears close-on-exec too)
         for e in rec["fds"]:
+            if "thread_of" in descs[e["desc"]]:
+                continue  # a thread's pidfd: once the threads exist (specialfds.py)
             src = opened.fds.get(e["desc"])
             if src is None:
                 late.append(e)

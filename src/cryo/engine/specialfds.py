@@ -13,9 +13,16 @@ made, and each process holding one takes it with an injected pidfd_getfd from cr
 (through a pidfd of cryo it inherited), at the fd number it had: a description shared by
 several fds or processes stays one.  A pidfd of a process outside the checkpoint is
 reopened on that process only if it is still the one (same pid and start time); so is a
-/proc file of an outside process.  Refused by name: a pidfd of a process already reaped
-(``Pid: -1``) or not in our pid namespace, a pidfd or /proc file of a thread other than
-a leader (threads are made after the fds).
+/proc file of an outside process.
+
+A pidfd of a thread other than a leader (pidfd_open with PIDFD_THREAD, or of its tid),
+held only by that thread's own process, is late too, later still: the threads are made
+after the fds, so it is opened (pidfd_open of the thread's new tid) and put at its fd
+number (pidfd_getfd, dup3) in the "timers" stage, once that process's threads exist.
+Refused by name: a pidfd of a process already reaped (``Pid: -1``) or not in our pid
+namespace; a thread's pidfd held by another process (processes are built one after the
+other: the thread may not exist yet when the holder takes its fds); a /proc file of a
+thread other than a leader.
 """
 
 from __future__ import annotations
@@ -102,7 +109,10 @@ def check_proc(descs: list[dict[str, Any]], pids: set[int]) -> None:
             if target in pids:
                 _late(d, pids, "a pidfd of a process of the checkpoint")
                 continue
-            _refuse_thread(d, target, pids, f"pidfd of thread {target}")
+            owner = _process_of(target, pids)
+            if owner is not None:  # a thread's: opened once the threads exist
+                _late(d, pids, f"a pidfd of thread {target}")
+                d["thread_of"] = owner
             continue
         m = PROC_PID.match(str(d.get("path", "")))
         if m is None or d["kind"] not in ("file", "dir"):
@@ -122,6 +132,66 @@ def _late(d: dict[str, Any], pids: set[int], what: str) -> None:
         raise Unsupported(f"{what} in flight on a unix socket is not supported (it can be"
                           " made only once that process exists)", resource="fd in flight")
     d["late"] = True
+
+
+def _process_of(tid: int, pids: set[int]) -> int | None:
+    """The process of the checkpoint ``tid`` is a thread of, if any."""
+    for p in pids:
+        if os.path.exists(f"/proc/{p}/task/{tid}"):
+            return p
+    return None
+
+
+def check_thread_pidfds(session: Any) -> None:
+    """Driver hook, once for all processes (after files.dump_shared): a thread's pidfd
+    held by a process other than that thread's own is refused (see the module's text)."""
+    descs = session.shared.descs.descs
+    for c in session.contexts:
+        for e in c.records[b"FILE"]["fds"]:
+            d = descs[e["desc"]]
+            if "thread_of" in d and d["thread_of"] != c.pid:
+                raise Unsupported(f"fd {e['fd']}: pidfd of thread {d['target']} of process"
+                                  f" {d['thread_of']}, held by another process (its threads"
+                                  " are made after that process's fds): only the thread's own"
+                                  " process's is supported", pid=c.pid,
+                                  resource=f"fd {e['fd']}")  # fmt: skip
+
+
+def restore_thread_pidfds(ctx: Any) -> None:
+    """Stage "timers", once the process's threads exist: each pidfd of one of its threads
+    opened by cryo on the thread's new tid and put at its fd number."""
+    inj = ctx.inj
+    opened = ctx.shared.opened
+    mine = [e for e in ctx.records[b"FILE"]["fds"] if "thread_of" in ctx.shared.descs[e["desc"]]]
+    if not mine:
+        return
+    # the pidfd of cryo the process inherited is closed by now (files.restore_fds): one
+    # of its own, for pidfd_getfd (it is still root's: its credentials come later)
+    low = inj(SYS_PIDFD_OPEN, os.getpid(), 0, what=" pidfd_open of cryo")
+    try:  # above every fd number of the image (it could take a free one of theirs)
+        me = inj(SYS_FCNTL, low, F_DUPFD_CLOEXEC, opened.base, what=" F_DUPFD of cryo's pidfd")
+    finally:
+        inj(SYS_CLOSE, low)
+    try:
+        for e in mine:
+            d = ctx.shared.descs[e["desc"]]
+            if d["id"] not in opened.late:
+                tid = ctx.tid_map[int(d["target"])]
+                opened.late[d["id"]] = fdcalls.pidfd_open(tid, d["flags"] & PIDFD_FLAGS)
+            src = inj(SYS_PIDFD_GETFD, me, opened.late[d["id"]], 0,
+                      what=f" pidfd_getfd of fd {e['fd']}")  # fmt: skip
+            if src == e["fd"]:  # (its number was free: the lowest)
+                inj(SYS_FCNTL, src, F_SETFD, 1 if e["cloexec"] else 0)
+                continue
+            inj(SYS_DUP3, src, e["fd"], os.O_CLOEXEC if e["cloexec"] else 0,
+                what=f" dup3 to fd {e['fd']}")  # fmt: skip
+            inj(SYS_CLOSE, src)
+    finally:
+        inj(SYS_CLOSE, me)
+
+
+SYS_CLOSE, SYS_FCNTL, SYS_DUP3, SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 3, 72, 292, 434, 438
+F_SETFD, F_DUPFD_CLOEXEC = 2, 1030
 
 
 def _refuse_thread(d: dict[str, Any], tid: int, pids: set[int], what: str) -> None:
@@ -176,6 +246,8 @@ def open_late(d: dict[str, Any], pid_map: dict[int, int]) -> int:
 
 
 def show(d: dict[str, Any]) -> dict[str, Any]:
+    if d["kind"] == "pidfd" and "thread_of" in d:
+        return {"pidfd_of": d["target"], "thread_of": d["thread_of"]}
     if d["kind"] == "pidfd":
         return {"pidfd_of": d["target"]}
     if d["kind"] == "proc":

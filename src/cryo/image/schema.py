@@ -675,6 +675,8 @@ DESC = Struct((
       " the listener's description; unix: the listener's inode)", required=False),
     # pidfds, /proc files of the checkpoint's processes (engine/specialfds.py)
     F("target", PID, "pidfd: the process it refers to, as cryo saw it", required=False),
+    F("thread_of", PID, "pidfd of a thread (``target``): that thread's process, the only one"
+      " that holds it", required=False),
     F("start", Nullable(Int(0, U64)), "pidfd, /proc file of a process outside: that"
       " process's start time (reopened only on the same one)", required=False),
     F("late", Bool(), "pidfd, proc: opened once its process exists again", required=False),
@@ -1051,7 +1053,12 @@ class _Checker:
                                 " not a TCP listener of FDSC")  # fmt: skip
             if d["kind"] == "proc" and not ("proc" in d and d["proc"]["pid"] in pids):
                 raise self.fail(where, "a /proc file of a process that is not in TREE")
-            if d["kind"] == "pidfd" and d.get("late") and d.get("target") not in pids:
+            if d["kind"] == "pidfd" and "thread_of" in d:  # a thread's (specialfds.py)
+                procs = {p["pid"]: p for p in self.records(b"TREE")[0]["procs"]}
+                if d.get("target") not in procs.get(d["thread_of"], {}).get("threads", ()):
+                    raise self.fail(where, f"a pidfd of {d.get('target')}, which is not a"
+                                    f" thread of process {d['thread_of']} of TREE")  # fmt: skip
+            elif d["kind"] == "pidfd" and d.get("late") and d.get("target") not in pids:
                 raise self.fail(where, f"a pidfd of {d.get('target')}, which is not in TREE")
             for lk in [*d.get("posix", []), *([d["lease"]] if "lease" in d else [])]:
                 if lk["pid"] not in live:
