@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cryo.errors import ExitCode
+from cryo.image import records as R
 from tests.conftest import Procs, Victim, reap, run_cryo
 from tests.integration import test_security as sec
 from tests.integration.test_security import arena  # noqa: F401 (the fixture)
@@ -88,7 +90,8 @@ def test_mapped_memfd_keeps_its_mode(procs: Procs, tmp_path: Path) -> None:
 # -- deleted directories and device nodes in a user's image (the privilege rule) --------
 
 
-@pytest.mark.parametrize("what", ["dir", "dir in root's directory", "device"])
+@pytest.mark.parametrize("what", ["dir", "cwd", "dir in root's directory",
+                                  "cwd in root's directory", "device"])
 def test_users_deleted_directory_and_device(procs: Procs, arena: Path,  # noqa: F811
                                             what: str) -> None:  # fmt: skip
     """A user's image may have a deleted directory made again where the user may create
@@ -99,15 +102,34 @@ def test_users_deleted_directory_and_device(procs: Procs, arena: Path,  # noqa: 
     vault.mkdir(mode=0o700)
     common = {"deleted": True, "node": True, "uid": sec.UID, "gid": sec.UID,
               "atime_ns": 1_100_000_000 * 10**9, "mtime_ns": 1_000_000_000 * 10**9}
+    path = (vault if "root" in what else home) / "gone"
     if what == "device":
         path = home / "null"
         fields = {"kind": "chr", "mode": 0o20600, "flags": os.O_RDWR, "rdev": os.makedev(1, 3)}
     else:
-        path = (vault if "root" in what else home) / "gone"
         fields = {"kind": "dir", "mode": 0o40750, "flags": os.O_RDONLY | os.O_DIRECTORY}
-    sec.edit_as_user(img, lambda recs: sec._add_desc(recs, 76, path=str(path), **common,
-                                                     **fields))  # fmt: skip
+
+    def change(recs: dict[bytes, list[Any]]) -> None:
+        if what.startswith("cwd"):  # its working directory, deleted
+            frec = recs[R.FILE][0]
+            frec["cwd"] = str(path)
+            frec["cwd_deleted"] = {"dev": 1, "ino": 1, "mode": 0o40750, "uid": sec.UID,
+                                   "gid": sec.UID, "atime_ns": common["atime_ns"],
+                                   "mtime_ns": common["mtime_ns"]}  # fmt: skip
+        else:
+            sec._add_desc(recs, 76, path=str(path), **common, **fields)
+
+    sec.edit_as_user(img, change)
     r = sec.restart(img, "--trust-image")
+    if what == "cwd":
+        assert r.returncode == 0, r.stderr
+        pid = procs.track(int(r.stdout))
+        assert os.readlink(f"/proc/{pid}/cwd") == f"{path} (deleted)"
+        st = os.stat(f"/proc/{pid}/cwd")
+        assert (st.st_mode, st.st_nlink, st.st_uid) == (0o40750, 0, sec.UID)
+        lines = (home / "out.txt").read_text().count("tick ")
+        sec.wait_ticks(home / "out.txt", lines + 2)  # it goes on, in its deleted cwd
+        return
     if what == "dir":
         assert r.returncode == 0, r.stderr
         pid = procs.track(int(r.stdout))
