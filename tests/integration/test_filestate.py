@@ -306,6 +306,56 @@ def test_file_shorter_than_its_offset_refused_at_restart(procs: Procs, build: An
 # -- special fds -----------------------------------------------------------------------
 
 
+READDIR = r"""
+import os, sys, time
+d = sys.argv[2]
+for i in range(40):
+    open(os.path.join(d, f"entry-{i:02}"), "w").close()
+fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(256)
+if libc.syscall(217, fd, buf, 256) <= 0:  # getdents64: the first few entries only
+    sys.exit(3)
+pos = os.lseek(fd, 0, os.SEEK_CUR)
+def rest():  # the names a readdir from here still gives (on a duplicate: the offset stays)
+    dup = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY)
+    os.lseek(dup, pos, os.SEEK_SET)
+    names = []
+    while (n := libc.syscall(217, dup, buf, 256)) > 0:
+        off = 0
+        while off < n:
+            reclen = int.from_bytes(buf.raw[off + 16:off + 18], "little")
+            names.append(buf.raw[off + 19:off + reclen].split(b"\0")[0])
+            off += reclen
+    os.close(dup)
+    return sorted(names)
+want = rest()
+out = open(sys.argv[1], "a", buffering=1)
+out.write(f"ready {os.getpid()}\n")
+i = 0
+while True:
+    now = os.lseek(fd, 0, os.SEEK_CUR)
+    out.write(f"ok {i}\n" if now == pos and rest() == want else f"FAIL offset {now}, not {pos}\n")
+    i += 1
+    time.sleep(0.02)
+"""
+
+
+def test_directory_offset_kept(procs: Procs, tmp_path: Path) -> None:
+    """A directory read part way (getdents64) keeps its offset: the readdir goes on
+    where it was, giving the entries it had not given yet."""
+    import sys
+
+    out = tmp_path / "out.txt"
+    d = tmp_path / "d"
+    d.mkdir()
+    v = procs.spawn([sys.executable, "-c", READDIR, str(out), str(d)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
 @pytest.mark.parametrize("mode", ["ns", "opath", "chroot", "link", "proc", "pidfd", "inotify",
                                   "epoll"])  # fmt: skip
 def test_special_fds_survive(procs: Procs, build: Any, tmp_path: Path, mode: str) -> None:

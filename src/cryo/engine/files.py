@@ -593,6 +593,8 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
                 os.close(fd)
                 raise
         os.lseek(fd, d["pos"], os.SEEK_SET)
+    if d["kind"] == "dir" and d["pos"] and not flags & O_PATH and not d.get("deleted"):
+        os.lseek(fd, d["pos"], os.SEEK_SET)  # a readdir in progress (the fs's own cookie)
     if d["flags"] & O_ASYNC and not flags & O_PATH:
         _set_flags(fd, int(d["flags"]))
     return fd
