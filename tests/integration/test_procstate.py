@@ -267,3 +267,47 @@ def test_no_new_privs_without_a_landlock_domain_restores(procs: Procs, build: An
     v = cycle(procs, v, tmp_path / "img")
     assert "NoNewPrivs:\t1" in Path(f"/proc/{v.pid}/status").read_text()
     assert not v.fails()
+
+
+UTS_VICTIM = r"""
+import os, socket, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+out.write(f"ready {os.getpid()}\n")
+n = 0
+while True:
+    name = socket.gethostname()
+    out.write(f"ok {n}\n" if name == "cryo-uts-test" else f"FAIL hostname {name}\n")
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+def test_process_in_a_namespace_of_its_own(procs: Procs, tmp_path: Path) -> None:
+    """A process in a UTS namespace of its own (its own hostname) is refused, exit 9
+    naming it, target untouched: restored, it came back with the host's hostname, exit 0.
+    Checkpointed and restarted by a cryo inside that namespace, it keeps it."""
+    from cryo.errors import ExitCode
+
+    out = tmp_path / "out.txt"
+    v = procs.spawn(["unshare", "--uts", "sh", "-c",
+                     f"hostname cryo-uts-test && exec {sys.executable} -c '{UTS_VICTIM}' {out}"],
+                    out)  # fmt: skip
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "uts namespace" in r.stderr
+    assert not (tmp_path / "img").exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    inside = ["nsenter", "-t", str(v.pid), "-u", sys.executable, "-m", "cryo"]
+    r = subprocess.run([*inside, "checkpoint", str(v.pid), "-D", str(tmp_path / "img"),
+                        "--kill"], capture_output=True, text=True, timeout=60, close_fds=True)
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    last = max(v.oks())
+    r = subprocess.run(["unshare", "--uts", "sh", "-c", "hostname cryo-uts-test && exec "
+                        f"{sys.executable} -m cryo restart -D {tmp_path / 'img'} --detach"],
+                       capture_output=True, text=True, timeout=60, close_fds=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    v = Victim(procs.track(int(r.stdout)), out)
+    v.wait_ok_after(last + 2)
+    assert not v.fails()

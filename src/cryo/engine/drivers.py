@@ -49,6 +49,7 @@ from cryo.engine import (
     landlock,
     locks,
     memory,
+    namespaces,
     registers,
     shmem,
     signals,
@@ -356,6 +357,7 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("timers", (R.TIMR,), inject=_keep(R.TIMR, timers.dump),
            restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))},
            describe=lambda v: {"timers": len(v.records[R.TIMR]["posix"])}),
+    Driver("namespaces", collect=namespaces.check),
     Driver("landlock", inject_thread=landlock.check_thread),  # (refuses: before any is read)
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
            describe=_describe_threads),
