@@ -258,13 +258,17 @@ def dump_brk(ctx: DumpContext) -> None:
     MCL_FUTURE, which no /proc file shows: the scratch mapping, mapped just now by an
     injected mmap, is locked (VmFlags lo, lf) if and only if the mm's default flags
     lock every new mapping."""
-    ctx.live["brk"] = ctx.inj(SYS.brk, 0)
+    inj = ctx.inj
+    scratch = inj.scratch
+    with inj.batch() as b:  # one stop for brk and the protection keys
+        brk = b.call(SYS.brk, 0)
+        pkeys = _allocated_pkeys(b, scratch) if scratch and _has_pku() else {}
+    ctx.live["brk"] = b.result(brk)
+    ctx.live["pkeys"] = [k for k, i in pkeys.items() if b.result(i) == 0]
     ctx.live["mlockall"] = 0
-    scratch = ctx.inj.scratch
     for v in procfs.parse_smaps_flags(procfs.read(ctx.pid, "smaps")):
         if scratch and v.start <= scratch < v.end and "lo" in v.flags:
             ctx.live["mlockall"] = MCL.FUTURE | (MCL.ONFAULT if "lf" in v.flags else 0)
-    ctx.live["pkeys"] = _allocated_pkeys(ctx) if scratch and _has_pku() else []
 
 
 @functools.cache
@@ -276,17 +280,17 @@ def _has_pku() -> bool:
     return False
 
 
-def _allocated_pkeys(ctx: DumpContext) -> list[int]:
+def _allocated_pkeys(b: Batch, scratch: int) -> dict[int, int]:
     """The protection keys the process has allocated (pkey_alloc), used by a mapping or
     not: no /proc file lists them, but pkey_mprotect() of our scratch page with a key
-    fails with EINVAL exactly when the key is not allocated.  The scratch goes back to
-    key 0; nothing of the process changes."""
-    inj = ctx.inj
+    fails with EINVAL exactly when the key is not allocated.  Queued in ``b`` (one stop,
+    not one single-stepped call per key); returns {key: index of its call}: allocated
+    if that call returned 0.  The scratch goes back to key 0 (always allocated) last;
+    nothing of the process changes."""
     prot = PROT.READ | PROT.WRITE
-    keys = [k for k in range(1, PKEYS)
-            if inj.raw(SYSX.pkey_mprotect, inj.scratch, PAGE_SIZE, prot, k) == 0]
-    if keys:
-        inj(SYSX.pkey_mprotect, inj.scratch, PAGE_SIZE, prot, 0)
+    keys = {k: b.call(SYSX.pkey_mprotect, scratch, PAGE_SIZE, prot, k, may_fail=True)
+            for k in range(1, PKEYS)}  # fmt: skip
+    b.call(SYSX.pkey_mprotect, scratch, PAGE_SIZE, prot, 0, what="pkey_mprotect(key 0)")
     return keys
 
 
