@@ -91,7 +91,7 @@ def test_mapped_memfd_keeps_its_mode(procs: Procs, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("what", ["dir", "cwd", "dir in root's directory",
-                                  "cwd in root's directory", "device"])
+                                  "cwd in root's directory", "device", "device as a file"])
 def test_users_deleted_directory_and_device(procs: Procs, arena: Path,  # noqa: F811
                                             what: str) -> None:  # fmt: skip
     """A user's image may have a deleted directory made again where the user may create
@@ -103,9 +103,11 @@ def test_users_deleted_directory_and_device(procs: Procs, arena: Path,  # noqa: 
     common = {"deleted": True, "node": True, "uid": sec.UID, "gid": sec.UID,
               "atime_ns": 1_100_000_000 * 10**9, "mtime_ns": 1_000_000_000 * 10**9}
     path = (vault if "root" in what else home) / "gone"
-    if what == "device":
+    if what.startswith("device"):  # (as a file: a regular file's kind and mode, an rdev)
         path = home / "null"
         fields = {"kind": "chr", "mode": 0o20600, "flags": os.O_RDWR, "rdev": os.makedev(1, 3)}
+        if what == "device as a file":
+            fields.update(kind="file", mode=0o100600)
     else:
         fields = {"kind": "dir", "mode": 0o40750, "flags": os.O_RDONLY | os.O_DIRECTORY}
 
@@ -139,6 +141,11 @@ def test_users_deleted_directory_and_device(procs: Procs, arena: Path,  # noqa: 
             0o40750, 0, sec.UID, sec.UID, 1_000_000_000 * 10**9)
         assert not path.exists()
         return
-    assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
-    assert ("recreated with mode" if what == "device" else "recreated in") in r.stderr, r.stderr
+    if what == "device as a file":  # never a device, whatever its kind says
+        assert r.returncode == ExitCode.IMAGE_CORRUPT, (r.returncode, r.stderr)
+        assert "(node) must be a deleted directory" in r.stderr, r.stderr
+    else:
+        assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
+        assert ("recreated with mode" if what == "device" else "recreated in") in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
     assert not path.exists() and os.listdir(vault) == []

@@ -263,6 +263,11 @@ def make_nodes(descs: list[dict[str, Any]], files: list[dict[str, Any]],
               for f in files if f.get("cwd_deleted")]  # fmt: skip
     cwd_of = {f"cwd-{f['pid']}": f for f in files if f.get("cwd_deleted")}
     for d, key in items:
+        if d["kind"] not in ("dir", "chr") or (d["kind"] == "chr") != ("rdev" in d):
+            raise ImageCorrupt(f"deleted {d['kind']} {d['path']}: only a directory or a"
+                               " character device (with its rdev) is made again so")
+        if stat.S_IFMT(d["mode"]) != (stat.S_IFDIR if d["kind"] == "dir" else stat.S_IFCHR):
+            raise ImageCorrupt(f"deleted {d['kind']} {d['path']}: mode {d['mode']:o}")
         if key not in made:
             if d["kind"] == "chr" and not root_image:
                 raise CryoError(f"deleted device node {d['path']}: only an image of root's"

@@ -1009,6 +1009,10 @@ class _Checker:
             where = f"FDSC description {i}"
             if d["id"] != i:
                 raise self.fail(where, f"id {d['id']}, not its index {i}")
+            if d.get("node") and (d["kind"] not in ("dir", "chr") or not d.get("deleted")
+                                  or (d["kind"] == "chr") != ("rdev" in d)):  # fmt: skip
+                raise self.fail(where, f"a {d['kind']} made again (node) must be a deleted"
+                                " directory, or a deleted character device with its rdev")
             if d.get("deleted") and not d.get("node") and not (
                     isinstance(d.get("blob"), int) and d["blob"] < blobs):  # fmt: skip
                 raise self.fail(where, f"blob {d.get('blob')} is not an FDAT record")
