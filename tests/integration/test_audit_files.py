@@ -149,3 +149,23 @@ def test_users_deleted_directory_and_device(procs: Procs, arena: Path,  # noqa: 
         assert ("recreated with mode" if what == "device" else "recreated in") in r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     assert not path.exists() and os.listdir(vault) == []
+
+
+def test_users_write_lock_through_a_mapping_needs_write_access(
+        procs: Procs, arena: Path) -> None:  # noqa: F811  # fmt: skip
+    """An OFD write lock held through a mapping is taken again on the file opened for
+    writing: in a user's image, only on a file the user may write (a library of root's,
+    mapped read-only, is refused: exit 4, nothing made)."""
+    img = sec.user_image(procs, arena)
+
+    def change(recs: dict[bytes, list[Any]]) -> None:
+        v = next(v for v in recs[R.MM][0]["vmas"] if v["kind"] == "file"
+                 and os.stat(v["path"]).st_uid == 0)  # fmt: skip
+        v["locks"] = [{"kind": "ofd", "mode": "WRITE", "start": 0, "end": None}]
+
+    sec.edit_as_user(img, change)
+    before = sec._children()
+    r = sec.restart(img, "--trust-image")
+    assert r.returncode == ExitCode.ACCESS_DENIED, (r.returncode, r.stderr)
+    assert "write-locked (OFD)" in r.stderr and f"uid {sec.UID}" in r.stderr, r.stderr
+    assert sec._children() == before

@@ -416,6 +416,9 @@ def _memory(image: Any, owner: Owner, need: list[tuple[str, int, str]],
         mapped(rec["exe"], os.X_OK, f"the executable of {pid}")
         for v in rec["vmas"]:
             what = f"mapping {v['start']:#x} of {pid} ({v['path']})"
+            if any(lk["kind"] == "ofd" and lk["mode"] == "WRITE" for lk in v.get("locks", ())):
+                # its file opened for writing, to take the lock again (engine/locks.py)
+                need.append((tr(v["path"]), os.R_OK | os.W_OK, f"{what} write-locked (OFD)"))
             if v["kind"] == "file":
                 mapped(v["path"], os.R_OK, f"{what} mapped")
             elif v["kind"] == "shared-file":
