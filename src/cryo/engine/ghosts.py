@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import stat
@@ -283,46 +284,63 @@ def make_nodes(descs: list[dict[str, Any]], files: list[dict[str, Any]],
 def _make_node(d: dict[str, Any], path: str) -> int:
     """A deleted directory or character device made again: where it was when that name
     is free (so /proc shows the same path, " (deleted)"), else under a free temporary
-    name in the same directory (in the temporary directory if that is gone too); its
-    owner, mode and times set through an O_PATH anchor opened on it, then removed (rmdir,
-    unlink), the times of the directory it was made in put back.  Returns the anchor."""
+    name in the same directory (in the temporary directory if that is gone too).  Made
+    root's and 0700 (0600) through an fd of that directory, an O_PATH anchor opened on
+    it (checked to be the node just made), removed at once (rmdir, unlink: no one can
+    put anything in it or swap it meanwhile), then its owner, mode and times set through
+    the anchor and the times of the directory it was made in put back.  Returns the
+    anchor."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         parent = tempfile.gettempdir()
+    name = os.path.basename(path)
     if os.path.lexists(path) or os.path.dirname(path) != parent:
-        path = os.path.join(parent, f".cryo-{d['kind']}-{os.getpid()}-{d['id']}")
-    before = os.stat(parent)
+        name = f".cryo-{d['kind']}-{os.getpid()}-{d['id']}"
     is_dir = d["kind"] == "dir"
+    what = f"deleted {'directory' if is_dir else 'device node'} {d['path']}"
+    try:
+        pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise CryoError(f"{what}: cannot open {parent}: {err.strerror}", path=d["path"]) from err
+    try:
+        return _make_in(d, pfd, name, is_dir, what)
+    finally:
+        os.close(pfd)
+
+
+def _make_in(d: dict[str, Any], pfd: int, name: str, is_dir: bool, what: str) -> int:
+    before = os.stat(pfd)
+    remove = functools.partial(os.rmdir if is_dir else os.unlink, name, dir_fd=pfd)
     try:
         if is_dir:
-            os.mkdir(path, 0o700)
+            os.mkdir(name, 0o700, dir_fd=pfd)
         else:
-            os.mknod(path, stat.S_IFCHR | 0o600, d["rdev"])
+            os.mknod(name, stat.S_IFCHR | 0o600, d["rdev"], dir_fd=pfd)
     except OSError as err:
-        raise CryoError(f"deleted {'directory' if is_dir else 'device node'} {d['path']}:"
-                        f" cannot make it again in {parent}: {err.strerror}",
-                        path=d["path"]) from err  # fmt: skip
+        raise CryoError(f"{what}: cannot make it again: {err.strerror}", path=d["path"]) from err
+    fd = -1
     try:
-        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-                     | (os.O_DIRECTORY if is_dir else 0))  # fmt: skip
-    except BaseException:
-        (os.rmdir if is_dir else os.unlink)(path)
-        raise
-    via = f"/proc/self/fd/{fd}"  # (an O_PATH fd: the inode itself, whatever the path)
-    try:
-        try:
-            os.chown(via, d["uid"], d["gid"])
-            os.chmod(via, stat.S_IMODE(d["mode"]))
-            os.utime(via, ns=(d["atime_ns"], d["mtime_ns"]))
-        finally:
-            (os.rmdir if is_dir else os.unlink)(path)
-        os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns))
-    except OSError as err:
-        os.close(fd)
-        raise CryoError(f"deleted {'directory' if is_dir else 'device node'} {d['path']}:"
-                        f" cannot make it again: {err.strerror}", path=d["path"]) from err
-    except BaseException:
-        os.close(fd)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | (os.O_DIRECTORY if is_dir else 0), dir_fd=pfd)  # fmt: skip
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != (0o700 if is_dir else 0o600) \
+                or (not is_dir and (not stat.S_ISCHR(st.st_mode) or st.st_rdev != d["rdev"])):
+            raise CryoError(f"{what}: {name} was replaced as it was made again",
+                            path=d["path"])  # fmt: skip
+        remove()
+        via = f"/proc/self/fd/{fd}"  # (an O_PATH fd: the inode itself, unlinked now)
+        os.chown(via, d["uid"], d["gid"])
+        os.chmod(via, stat.S_IMODE(d["mode"]))
+        os.utime(via, ns=(d["atime_ns"], d["mtime_ns"]))
+        os.utime(f"/proc/self/fd/{pfd}", ns=(before.st_atime_ns, before.st_mtime_ns))
+    except BaseException as err:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            remove()  # (if it is still there, and ours: a replacement would not be empty)
+        if isinstance(err, OSError):
+            raise CryoError(f"{what}: cannot make it again: {err.strerror}",
+                            path=d["path"]) from err  # fmt: skip
         raise
     return fd
 
