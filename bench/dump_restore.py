@@ -6,7 +6,10 @@ the page cache) and from a warm one (read once before), GB/s and image size; the
 restart's peak RSS (VmHWM of the process that ran it) and how much the page cache grew
 during it; in the same run the time of `cp FILE COPY && sync` for a file of the same
 size, and the ratios.  Then a small C process: `cryo checkpoint` and `cryo restart` wall
-time, Python start-up included.  Run as root:  python bench/dump_restore.py [--sizes 1024,4096]
+time, Python start-up included.  Rows say how page data went: O_DIRECT (the default) or
+through the page cache (``--page-cache``).  Run as root:
+python bench/dump_restore.py [--sizes 1024,4096] [--modes direct,page-cache] [--dump-only]
+(``--dump-only``: checkpoints alone, no restarts)
 """
 
 from __future__ import annotations
@@ -118,7 +121,8 @@ def measured_restart(img: Path, warm: bool) -> dict[str, float]:
     return dict(got)
 
 
-def one_size(exe: str, work: Path, mib: int, direct: bool) -> dict[str, float]:
+def one_size(exe: str, work: Path, mib: int, direct: bool,
+             restarts: bool = True) -> dict[str, float]:  # fmt: skip
     out = Path(tempfile.mktemp(prefix=f"out-{mib}-", suffix=".txt", dir=work))
     p = subprocess.Popen([exe, str(out), str(mib)], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
@@ -131,8 +135,9 @@ def one_size(exe: str, work: Path, mib: int, direct: bool) -> dict[str, float]:
         r = checkpoint(p.pid, str(img), signal_after=signal.SIGKILL, direct_io=direct)
         reap(p.pid)
         size = du(img)
-        got: dict[str, dict[str, float]] = {}
-        for warm in (False, True):
+        nan = {"seconds": float("nan"), "hwm_mib": 0.0, "cache_mib": 0.0}
+        got: dict[str, dict[str, float]] = {"cold": nan, "warm": nan}
+        for warm in (False, True) if restarts else ():
             m = got["warm" if warm else "cold"] = measured_restart(img, warm)
             try:
                 before = out.read_text().count("tick")
@@ -182,7 +187,7 @@ HEADER = (f"{'memory':>8} {'pages':>9} {'dump s':>8} {'freeze s':>9} {'cold s':>
 
 def report(mib: int, direct: bool, m: dict[str, float]) -> None:
     gb = m["bytes"] / 1e9
-    mode = "O_DIRECT" if direct else "cached"
+    mode = "O_DIRECT" if direct else "pagecache"
     print(f"{mib:>5}MiB {mode:>9} {m['dump']:>8.3f} {m['freeze']:>9.3f} {m['cold']:>7.3f}"
           f" {m['warm']:>7.3f} {gb / m['dump']:>10.2f} {gb / m['warm']:>10.2f} {m['cp']:>10.3f}"
           f" {m['dump'] / m['cp']:>8.2f} {m['cold'] / m['cp']:>8.2f} {m['warm'] / m['cp']:>8.2f}"
@@ -196,6 +201,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2,
                     help="repetitions of each size (the first touches fresh memory of the VM)")
     ap.add_argument("--dir", default=None, help="where images go (default: a temp dir in /tmp)")
+    ap.add_argument("--modes", default="direct,page-cache",
+                    help="how page data is written: direct (O_DIRECT, the default of cryo)"
+                         " and/or page-cache (--page-cache), comma separated")  # fmt: skip
+    ap.add_argument("--dump-only", action="store_true",
+                    help="checkpoints only: no restarts (their columns then say nan)")
     args = ap.parse_args()
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
     work = Path(tempfile.mkdtemp(prefix="cryo-bench-", dir=args.dir))
@@ -204,9 +214,13 @@ def main() -> None:
         small = build("counter", work)
         print(HEADER)
         for mib in (int(x) for x in args.sizes.split(",")):
-            for direct in (True, False):
+            for mode in args.modes.split(","):
+                if mode not in ("direct", "page-cache"):
+                    raise SystemExit(f"unknown mode {mode!r}: direct or page-cache")
                 for _ in range(args.runs):
-                    report(mib, direct, one_size(big, work, mib, direct))
+                    direct = mode == "direct"
+                    report(mib, direct, one_size(big, work, mib, direct,
+                                                 restarts=not args.dump_only))
         ck, rs = small_process(small, work)
         print(f"small C process via the CLI: checkpoint {ck:.3f} s, restart {rs:.3f} s"
               " (Python start-up included)")
