@@ -1385,3 +1385,27 @@ def test_unix_peer_credentials(procs: Procs, tmp_path: Path) -> None:
     assert v.wait_line("checked", timeout=30) == "checked good"
     assert v.wait_line("child checked", timeout=30) == "child checked good"
     assert not os.path.exists(f"/proc/{helper}")  # the restart's helper is gone too
+
+
+def test_unix_pair_made_outside_is_refused(procs: Procs, tmp_path: Path) -> None:
+    """A socket pair made by a live process outside the checkpoint (the test, which hands
+    both ends to the target): its SO_PEERCRED names a process the restart cannot make
+    it from, so the checkpoint is refused naming SO_PEERCRED, and the target goes on."""
+    a, b = socket.socketpair()
+    out = tmp_path / "out"
+    code = ("import socket, sys, time\n"
+            "a, b = (socket.socket(fileno=int(x)) for x in sys.argv[1:3])\n"
+            "open(sys.argv[3], 'w').write('ready\\n')\n"
+            "while True:\n"
+            "  a.send(b'x'); assert b.recv(1) == b'x'; time.sleep(0.05)\n")  # fmt: skip
+    v = procs.spawn([sys.executable, "-c", code, str(a.fileno()), str(b.fileno()), str(out)],
+                    out, pass_fds=(a.fileno(), b.fileno()))  # fmt: skip
+    a.close()
+    b.close()
+    v.wait_line("ready")
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == 9, r.stderr
+    assert f"SO_PEERCRED) of this unix socket name process {os.getpid()}" in r.stderr, r.stderr
+    assert not (tmp_path / "img" / "core.img").exists()
+    time.sleep(0.3)  # the target goes on talking to itself through the pair
+    assert os.waitpid(v.pid, os.WNOHANG)[0] == 0
