@@ -311,3 +311,17 @@ def test_process_in_a_namespace_of_its_own(procs: Procs, tmp_path: Path) -> None
     v = Victim(procs.track(int(r.stdout)), out)
     v.wait_ok_after(last + 2)
     assert not v.fails()
+
+
+def test_prctl_state_of_each_thread(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """Each thread's timer slack, machine-check kill policy and PR_SET_TSC, and the
+    process's MDWE, come back (each thread its own): restored, all four were lost and
+    the restart exited 0 (found by probing)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("prctls"), str(out)], out)
+    v.wait_ok_after(1)
+    checkpoint(v.pid, str(tmp_path / "img0"))  # and it goes on as it was
+    v.wait_ok_after(max(v.oks()) + 1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert Path(f"/proc/{v.pid}/timerslack_ns").read_text().strip() == "123457"
+    assert not v.fails()

@@ -52,6 +52,8 @@ _PRCTL_FLAGS = {  # name: (get, set)
     "child_subreaper": (PR.GET_CHILD_SUBREAPER, PR.SET_CHILD_SUBREAPER),
 }
 _BY_POINTER = ("pdeathsig", "child_subreaper")  # these getters store through a pointer
+PR_MCE_KILL_SET, PR_MCE_KILL_LATE, PR_MCE_KILL_EARLY = 1, 0, 1
+PR_TSC_SIGSEGV = 2
 
 
 AUDIT_UNSET = 0xFFFFFFFF  # loginuid and sessionid of a task never logged in
@@ -105,6 +107,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
                 b.call(SYS.prctl, get, at[name], 0, 0, 0)
             else:
                 prctl[name] = b.call(SYS.prctl, get, 0, 0, 0, 0)
+        mdwe = b.call(SYS.prctl, PR.GET_MDWE, 0, 0, 0, 0, may_fail=True)  # (Linux 6.3)
     for name in _PRCTL_FLAGS:
         prctl[name] = int.from_bytes(b.read(at[name], 4), "little") if name in at \
             else b.result(prctl[name])  # fmt: skip
@@ -119,6 +122,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         "audit": list(audit) if audit else None,
         "oom_score_adj": int(procfs.read(pid, "oom_score_adj")),
         "autogroup_nice": _autogroup_nice(pid),
+        **({"mdwe": b.result(mdwe)} if b.result(mdwe) > 0 else {}),
     }  # fmt: skip
 
 
@@ -164,9 +168,15 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         nnp = b.call(SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0)
         secbits = b.call(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0)
         dumpable = b.call(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0)
+        slack = b.call(SYS.prctl, PR.GET_TIMERSLACK, 0, 0, 0, 0)
+        mce = b.call(SYS.prctl, PR.MCE_KILL_GET, 0, 0, 0, 0)
+        tsc_at = b.reserve(4)
+        tsc = b.call(SYS.prctl, PR.GET_TSC, tsc_at, 0, 0, 0, may_fail=True)
     raw = b.read(tid_at, sig_at + 4 - tid_at)
     clear_tid = int.from_bytes(raw[:8], "little")
     pdeathsig = int.from_bytes(raw[sig_at - tid_at :], "little")
+    tsc_mode = {"tsc": int.from_bytes(b.read(tsc_at, 4), "little")} if b.result(tsc) == 0 \
+        else {}  # fmt: skip
     rseq = tracee.rseq_configuration()
     with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
         comm = f.read().rstrip(b"\n")
@@ -181,6 +191,7 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "securebits": b.result(secbits),
         "pdeathsig": pdeathsig,
         "dumpable": b.result(dumpable),  # the process's, set last
+        "timerslack": b.result(slack), "mce_kill": b.result(mce), **tsc_mode,
         **sched.dump_thread(tid), **seccomp.dump_thread(pid, tracee),
         "group_stop": tracee.group_stop,
     }  # fmt: skip
@@ -273,6 +284,8 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             if name == "dumpable" and value not in (0, 1):
                 continue
             b.call(SYS.prctl, set_, value, 0, 0, 0)
+        if rec.get("mdwe"):  # (no mapping is made executable after this stage)
+            b.call(SYS.prctl, PR.SET_MDWE, rec["mdwe"], 0, 0, 0, what=" PR_SET_MDWE")
     for i, res, soft, hard in limits:
         if b.result(i) < 0:
             ctx.warnings.append(f"rlimit {res} ({soft}, {hard}) not restored:"
@@ -283,6 +296,12 @@ def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
     """In the thread itself: its name and the kernel's registrations."""
     with inj.batch() as b:  # one stop
         b.call(SYS.prctl, PR.SET_NAME, b.put(trec["comm"][:15] + b"\0"), 0, 0, 0)
+        if trec.get("timerslack"):  # (0: a real-time thread's, which the kernel sets)
+            b.call(SYS.prctl, PR.SET_TIMERSLACK, trec["timerslack"], 0, 0, 0)
+        if trec.get("mce_kill") in (PR_MCE_KILL_LATE, PR_MCE_KILL_EARLY):
+            b.call(SYS.prctl, PR.MCE_KILL, PR_MCE_KILL_SET, trec["mce_kill"], 0, 0)
+        if trec.get("tsc") == PR_TSC_SIGSEGV:
+            b.call(SYS.prctl, PR.SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0)
         head, size = trec["robust_list"]
         if head:
             b.call(SYS.set_robust_list, head, size)
@@ -420,7 +439,7 @@ def _orphaned_pgrp(pid: int) -> bool:
 def describe(rec: dict[str, Any]) -> dict[str, Any]:
     """``cryo show``: the process-wide state of a TASK record."""
     out: dict[str, Any] = {"prctl": rec["prctl"], "personality": f"{rec['personality']:#x}"}
-    for key in ("oom_score_adj", "membarrier"):
+    for key in ("oom_score_adj", "membarrier", "mdwe"):
         if key in rec:
             out[key] = rec[key]
     if rec.get("audit"):
@@ -432,7 +451,7 @@ def describe_thread(trec: dict[str, Any]) -> dict[str, Any]:
     """``cryo show``: a thread's credentials, scheduling, seccomp and stop state."""
     out: dict[str, Any] = {"uids": trec["uids"], "gids": trec["gids"], "groups": trec["groups"],
                            "caps": trec["caps"], "no_new_privs": trec["no_new_privs"]}
-    for key in ("securebits", "pdeathsig", "dumpable"):
+    for key in ("securebits", "pdeathsig", "dumpable", "timerslack", "mce_kill", "tsc"):
         if key in trec:
             out[key] = trec[key]
     out.update(sched.describe(trec))

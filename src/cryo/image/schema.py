@@ -763,6 +763,7 @@ KINDS: tuple[Kind, ...] = (
         F("membarrier", Int(0, U32), "MEMBARRIER_CMD_GET_REGISTRATIONS", required=False),
         F("autogroup_nice", Nullable(Int(-20, 19)), "its scheduler autogroup's nice",
           required=False),
+        F("mdwe", Int(1, U32), "PR_GET_MDWE, when set", required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
     Kind(b"MM  ", "engine/memory.py", "per process", Struct((
         F("pid", PID), F("vmas", List(VMA), "the mappings, in address order (below)"),
@@ -815,6 +816,9 @@ KINDS: tuple[Kind, ...] = (
           "hex masks as in /proc"),
         F("securebits", Int(0, U32), required=False),
         F("pdeathsig", Int(0, 64), required=False), F("dumpable", Int(0, 3), required=False),
+        F("timerslack", Int(0), "PR_GET_TIMERSLACK (ns)", required=False),
+        F("mce_kill", Int(0, 2), "PR_MCE_KILL_GET: late, early, default", required=False),
+        F("tsc", Int(1, 2), "PR_GET_TSC: enable, SIGSEGV", required=False),
         F("sched", Struct((
             F("policy", Int(0, 7)), F("flags", Int()), F("nice", Int(-20, 19)),
             F("priority", Int(0, 99)), F("runtime", Int()), F("deadline", Int()),
