@@ -53,13 +53,14 @@ class Bench:
         self.secret.chmod(0o600)
         self.n = 0
 
-    def target(self, rate: int) -> tuple[int, Path]:
-        """The victim on host A, filled and checking itself."""
+    def target(self, rate: int, on_a: bool = True) -> tuple[int, Path]:
+        """The victim on host A (else in this process's namespaces), filled and
+        checking itself."""
         self.n += 1
         out = self.h.shared / f"out-{self.n}.txt"
+        argv = [str(self.exe), str(out), str(self.mib), str(rate), "2000"]
         with open(self.h.shared / f"stdio-{self.n}.log", "ab") as f:
-            p = subprocess.Popen(self.h.argv("A", str(self.exe), str(out), str(self.mib),
-                                             str(rate), "2000"),
+            p = subprocess.Popen(self.h.argv("A", *argv) if on_a else argv,
                                  stdin=subprocess.DEVNULL, stdout=f, stderr=f,
                                  close_fds=True, start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 120
@@ -155,8 +156,9 @@ class Bench:
             self.cleanup()
 
     def local(self, rate: int) -> dict[str, float]:
-        """The final freeze of checkpoint --pre-copy, and of a plain checkpoint."""
-        pid, _out = self.target(rate)
+        """The final freeze of checkpoint --pre-copy, and of a plain checkpoint (of a
+        target in cryo's own network namespace: another one is refused)."""
+        pid, _out = self.target(rate, on_a=False)
         d = Path(tempfile.mkdtemp(prefix="cryo-bench-pc."))
         try:
             r, rounds, arm = checkpoint_pre_copy(pid, str(d / "pc"))

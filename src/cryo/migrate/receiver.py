@@ -2,12 +2,14 @@
 (docs/design.md, "Migration").
 
 Only an authenticated sender is read at all (cryo.migrate.auth).  The whole stream is
-received into memory, every frame checked, then restarted like any image (the same
-validation, trust rule and phases); the sender is told ``OKAY {pid}`` once the process
-runs, or ``FAIL {error, code}``.  A copy is kept in the directory of this side's
-``--keep``, else in the one the sender asked for (``cryo migrate --keep DIR``).  A
-failure at any point leaves nothing here: no process (the restart kills what it
-built), no file (nothing was written; ``keep`` is written only once the process runs).
+received into memory, every frame checked (the root process's pre-copy pages copied into
+a staging area as they arrive, to be moved into place: cryo.migrate.stage), then
+restarted like any image (the same validation, trust rule and phases); the sender is
+told ``OKAY {pid}`` once the process runs, or ``FAIL {error, code}``.  A copy is kept
+in the directory of this side's ``--keep``, else in the one the sender asked for
+(``cryo migrate --keep DIR``).  A failure at any point leaves nothing here: no process
+(the restart kills what it built), no file (nothing was written; ``keep`` is written
+only once the process runs).
 """
 
 from __future__ import annotations
