@@ -325,3 +325,55 @@ def test_inotify_watch_of_a_file_replaced_fails_the_restart(procs: Procs, build:
     assert "inotify watch 3: the file it watched" in r.stderr, r.stderr
     assert "no longer exists" in r.stderr, r.stderr
     assert not os.path.exists(f"/proc/{v.pid}")
+
+
+SPECIAL_FS = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+out = open(sys.argv[1], "a", buffering=1)
+kind, name = sys.argv[2], sys.argv[3].encode()
+if kind == "mqueue":
+    rt = ctypes.CDLL("librt.so.1", use_errno=True)
+    rt.mq_open.restype = ctypes.c_int
+    fd = rt.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None)
+    assert fd >= 0, ctypes.get_errno()
+    assert rt.mq_send(fd, b"hello", 5, 3) == 0
+else:
+    fd = libc.syscall(447, 0)  # memfd_secret
+    assert fd >= 0, ctypes.get_errno()
+    os.ftruncate(fd, 4096)
+out.write(f"ready {os.getpid()}\n")
+n, size = 0, os.fstat(fd).st_size
+while True:
+    st = os.fstat(fd)  # (a queue's size: what its messages take)
+    out.write(f"ok {n}\n" if st.st_size == size else f"FAIL size {st.st_size}\n")
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("kind", ["mqueue", "secretmem"])
+def test_files_of_the_kernel_s_own_filesystems_refused(procs: Procs, tmp_path: Path,
+                                                       kind: str) -> None:  # fmt: skip
+    """A POSIX message queue fd and a memfd_secret fd are refused by name, the target
+    untouched.  A queue was saved as a plain file named /NAME: the checkpoint exited 0,
+    the restart looked for /NAME on the root filesystem, and its messages were not in
+    the image; secret memory no other process can read."""
+    import sys
+
+    name = f"/cryo-test-{os.getpid()}"
+    out = tmp_path / "out.txt"
+    try:
+        v = procs.spawn([sys.executable, "-c", SPECIAL_FS, str(out), kind, name], out)
+        v.wait_ok_after(1)
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+        assert r.returncode == 9, r.stderr
+        assert ("POSIX message queue" if kind == "mqueue" else "memfd_secret") in r.stderr
+        assert not (tmp_path / "img").exists()
+        v.wait_ok_after(max(v.oks()) + 2)
+        assert not v.fails()
+    finally:
+        if kind == "mqueue":
+            import ctypes
+
+            ctypes.CDLL("librt.so.1").mq_unlink(name.encode())

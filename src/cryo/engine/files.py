@@ -50,7 +50,7 @@ from cryo.engine import (
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
-from cryo.linux import libc
+from cryo.linux import fdcalls, libc
 from cryo.linux.consts import SYS
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,23 @@ class FdKind:
     open: Callable[[dict[str, Any], Opening], int] | None = None
     refuse: Callable[[Found], str] | None = None
     in_flight: bool = False  # data waiting in it is copied (tee) and written back
+
+
+_SPECIAL_FS = {fdcalls.MQUEUE_MAGIC: "POSIX message queue (mq_open)",
+               fdcalls.SECRETMEM_MAGIC: "memfd_secret() file"}
+
+
+def _special_fs(f: Found) -> str | None:
+    """What a regular file on a filesystem of the kernel's own is (a POSIX message
+    queue, a memfd_secret), or None: reopened by its name, as a file, a queue would lose
+    its messages and its attributes (and be looked for on the root filesystem), and
+    secret memory cannot be read by anyone but its owner."""
+    if f.fmt != stat.S_IFREG or os.major(f.st.st_dev) != 0:  # (those have no disk)
+        return None
+    try:
+        return _SPECIAL_FS.get(fdcalls.fs_type(f"/proc/{f.pid}/fd/{f.fd}"))
+    except OSError:
+        return None
 
 
 def _is_tty(f: Found) -> bool:
@@ -785,6 +802,8 @@ _ANON = [FdKind(name, _anon(name), _describe_anon, lambda d, _o: anonfds.open_de
 
 # In the order the dump tries them; the first that matches is the fd's kind.
 FD_KINDS: tuple[FdKind, ...] = (
+    FdKind("special-fs", lambda f: _special_fs(f) is not None,
+           refuse=lambda f: f"{_special_fs(f)} {f.target} is not supported"),
     FdKind("deleted", lambda f: ghosts.refuse_special(f.target, f.fmt) is not None,
            refuse=lambda f: str(ghosts.refuse_special(f.target, f.fmt))),
     FdKind("file", lambda f: f.fmt == stat.S_IFREG, _describe_file, _open_path),

@@ -94,3 +94,18 @@ def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int
 def pidfd_open(pid: int, flags: int) -> int:
     return _check(int(_syscall(ctypes.c_long(SYS_PIDFD_OPEN), ctypes.c_long(pid),
                                ctypes.c_uint(flags))), f"pidfd_open {pid}")  # fmt: skip
+
+
+MQUEUE_MAGIC = 0x19800202
+SECRETMEM_MAGIC = 0x5345434D
+_statfs = libc.statfs
+_statfs.restype = ctypes.c_int
+_statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+
+
+def fs_type(path: str) -> int:
+    """statfs(2)'s f_type of the filesystem ``path`` is on (a /proc/PID/fd/N link is
+    followed to the open file's)."""
+    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type comes first
+    _check(_statfs(os.fsencode(path), buf), f"statfs {path}")
+    return int.from_bytes(buf.raw[:8], "little", signed=True)
