@@ -214,22 +214,32 @@ def _plan(ident: tuple[int, int, int]) -> list[tuple[int, int, int, Any]]:
     return _plans[ident]
 
 
-def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = True
-            ) -> list[list[Any]]:  # fmt: skip
+def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = True,
+            connection: bool = False) -> list[list[Any]]:  # fmt: skip
     """The options of ``s`` that differ from a fresh socket's: [[level, opt, raw]] (an
-    int option compared as the int it is: its bytes made only when it differs)."""
+    int option compared as the int it is: its bytes made only when it differs).  Not
+    asked: the buffer sizes without ``buffers``, and with ``connection`` what a
+    connection's own state sets (:data:`CONNECTION_OWN`, restored by TCP_REPAIR)."""
+    key = (ident, buffers, connection)
+    plan = _asked.get(key)
+    if plan is None:
+        skip = (set() if buffers else BUFFERS) | (CONNECTION_OWN if connection else set())
+        plan = _asked[key] = [p for p in _plan(ident) if (p[0], p[1]) not in skip]
     out = []
     get = s.getsockopt
-    for level, opt, size, default in _plan(ident):
+    for level, opt, size, default in plan:
         try:
             value: Any = get(level, opt) if size == _I else get(level, opt, size)
         except OSError:
             continue
-        if value == default or (not buffers and (level, opt) in BUFFERS):
+        if value == default:
             continue
         raw = value.to_bytes(4, "little", signed=True) if size == _I else bytes(value)
         out.append([level, opt, raw])
     return out
+
+
+_asked: dict[tuple[tuple[int, int, int], bool, bool], list[tuple[int, int, int, Any]]] = {}
 
 
 def _addr(s: socket.socket, peer: bool) -> list[Any] | None:
@@ -470,10 +480,9 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
                       for g in range(i * 8, i * 8 + 32)
                       if int.from_bytes(raw[i:i + 4], "little") >> (g - i * 8) & 1]  # fmt: skip
             d["groups"] = groups
-    opts = options(s, ident, buffers=not (tcp and "tcp" in d))
-    if tcp and d.get("remote"):  # the connection's own: mss, clamp, SO_REUSEADDR (held)
-        opts = [o for o in opts if (o[0], o[1]) not in CONNECTION_OWN]
-    d["opts"] = opts
+    # (a connection's own: mss, clamp, SO_REUSEADDR (held), not asked)
+    d["opts"] = options(s, ident, buffers=not (tcp and "tcp" in d),
+                        connection=bool(tcp and d.get("remote")))  # fmt: skip
     return d
 
 

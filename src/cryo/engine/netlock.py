@@ -66,13 +66,24 @@ def tables() -> list[str]:
     return [n for n in names if n.startswith(PREFIX)]
 
 
+def _delete(name: str) -> None:
+    """Remove table ``name`` if it is there: one nfnetlink batch (no nft run; the time
+    is the kernel's commit), by nft if that fails."""
+    try:
+        N.nft_delete_table(name)
+    except OSError as err:
+        log.debug("nfnetlink delete table %s: %s; by nft", name, err)
+        # made (empty) if it is not there, then removed: one nft run, no listing first
+        _nft(f"table inet {name}\ndelete table inet {name}\n")
+
+
 def sweep() -> list[str]:
     """Remove the tables of cryo processes that are gone (killed with SIGKILL)."""
     removed = []
     for name in tables():
         m = re.fullmatch(r"cryo-(\d+)", name)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            _nft(f"delete table inet {name}\n")
+            _delete(name)
             removed.append(name)
             log.info("removed the network lock %s of a cryo that is gone", name)
     return removed
@@ -157,7 +168,7 @@ class Lock:
 
     def drop(self) -> None:
         if self.made:
-            _nft(f"delete table inet {self.name}\n")
+            _delete(self.name)
             self.made = False
             log.debug("network lock %s removed", self.name)
 
@@ -170,5 +181,4 @@ def drop_table(name: str) -> None:
     """Remove table ``name`` if it is there (without nft there is none)."""
     if shutil.which("nft") is None:
         return
-    # made (empty) if it is not there, then removed: one nft run, no listing first
-    _nft(f"table inet {name}\ndelete table inet {name}\n")
+    _delete(name)
