@@ -1409,3 +1409,54 @@ def test_unix_pair_made_outside_is_refused(procs: Procs, tmp_path: Path) -> None
     assert not (tmp_path / "img" / "core.img").exists()
     time.sleep(0.3)  # the target goes on talking to itself through the pair
     assert os.waitpid(v.pid, os.WNOHANG)[0] == 0
+
+
+ORPHAN_PAIR = r"""
+import os, socket, struct, sys, time
+out = sys.argv[1]
+chan = socket.socketpair()
+helper = os.fork()  # makes a pair, hands it over and is gone
+if helper == 0:
+    x, y = socket.socketpair()
+    socket.send_fds(chan[1], [b"p"], [x.fileno(), y.fileno()])
+    os._exit(0)
+os.waitpid(helper, 0)
+_m, fds, _f, _a = socket.recv_fds(chan[0], 1, 2)
+x = socket.socket(fileno=fds[0])
+open(out, "w").write("ready %d\n" % helper)
+while not os.path.exists(out + ".go"):
+    time.sleep(0.01)
+pid = struct.unpack("iII", x.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+open(out, "a").write("checked " + ("good" if pid == helper else "bad %d" % pid) + "\n")
+time.sleep(600)
+"""
+
+
+def test_unix_pair_of_a_gone_process_whose_pid_is_taken(procs: Procs, tmp_path: Path) -> None:
+    """A pair made by a process that is gone is made again by a helper with its pid; if
+    that pid is taken at restart, the restart fails naming SO_PEERCRED and leaves
+    nothing behind; once the pid is free, it restarts and the pair names that pid."""
+    from cryo.engine import tree
+
+    (tmp_path / "orphan.py").write_text(ORPHAN_PAIR)
+    out = tmp_path / "out"
+    v = procs.spawn([sys.executable, str(tmp_path / "orphan.py"), str(out)], out)
+    helper = int(v.wait_line("ready").split()[1])
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    taker = tree.spawn_helper(helper)  # (stopped, traced by us: ends below)
+    try:
+        assert taker == helper
+        r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+        assert r.returncode != 0 and "SO_PEERCRED" in r.stderr and "taken" in r.stderr, \
+            r.stderr  # fmt: skip
+        assert not os.path.exists(f"/proc/{v.pid}")
+    finally:
+        os.kill(taker, signal.SIGKILL)
+        os.waitpid(taker, 0)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(v.pid)
+    (tmp_path / "out.go").touch()
+    assert v.wait_line("checked", timeout=20) == "checked good"

@@ -500,6 +500,9 @@ def make_all(_ctx: Any) -> None:
             fcntl.fcntl(fd, fcntl.F_SETFL, d["flags"] & ~0o3)  # (not the access mode)
             if d.get("sig"):
                 fcntl.fcntl(fd, F_SETSIG, d["sig"])
+    except BaseException:
+        _close_deferred()  # (cryo's copies of the senders and of the sockets' options)
+        raise
     finally:
         for k, fd in made.items():
             if k >= 0:
