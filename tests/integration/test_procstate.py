@@ -325,3 +325,69 @@ def test_prctl_state_of_each_thread(procs: Procs, build: Any, tmp_path: Path) ->
     v = cycle(procs, v, tmp_path / "img")
     assert Path(f"/proc/{v.pid}/timerslack_ns").read_text().strip() == "123457"
     assert not v.fails()
+
+
+CGROUP_VICTIM = r"""
+import os, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+want = sys.argv[2]
+while want not in open("/proc/self/cgroup").read():  # (the test moves it there)
+    time.sleep(0.01)
+out.write(f"ready {os.getpid()}\n")
+n = 0
+while True:
+    mine = open("/proc/self/cgroup").read()
+    out.write(f"ok {n}\n" if want in mine else f"FAIL cgroups {mine!r}\n")
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+def _cgroup_mount() -> tuple[str, str]:
+    """A hierarchy to make a test cgroup in: cgroup v2's mount (a child with no
+    controllers enabled may hold processes), else v1's pids; and its /proc key."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split(" - ") for line in f]
+    for pre, post in mounts:
+        if post.split()[0] == "cgroup2" and pre.split()[3] == "/":
+            return pre.split()[4], ""
+    for pre, post in mounts:
+        if post.split()[0] == "cgroup" and "pids" in post.split()[2].split(","):
+            return pre.split()[4], "pids"
+    pytest.skip("no cgroup hierarchy to test with")
+
+
+def test_cgroup_membership(procs: Procs, tmp_path: Path) -> None:
+    """A process comes back in its cgroup (it came back in cryo's, exit 0), and in
+    one made again when it was removed meanwhile (an image of root's)."""
+    mount, key = _cgroup_mount()
+    name = f"cryo-test-{os.getpid()}"
+    cg = Path(mount) / name
+    cg.mkdir()
+    try:
+        out = tmp_path / "out.txt"
+        v = procs.spawn([sys.executable, "-c", CGROUP_VICTIM, str(out), f":/{name}\n"])
+        (cg / "cgroup.procs").write_text(str(v.pid))
+        v.out = out
+        v.wait_ok_after(1)
+        checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+        reap(v.pid)
+        cg.rmdir()  # gone: made again by the restart
+        last = max(v.oks())
+        rr = restart(str(tmp_path / "img"))
+        procs.track(rr.pid)
+        v = Victim(rr.pid, out)
+        v.wait_ok_after(last + 2)
+        assert not v.fails()
+        assert str(rr.pid) in (cg / "cgroup.procs").read_text().split()
+        procs.kill(rr.pid)
+        reap(rr.pid)
+    finally:
+        deadline = time.monotonic() + 10
+        while cg.exists():
+            try:
+                cg.rmdir()
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    assert key in ("", "pids")

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from cryo.engine import (
     anonfds,
     appchannel,
+    cgroups,
     changed,
     dirty,
     files,
@@ -358,6 +359,7 @@ DRIVERS: tuple[Driver, ...] = (
            restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))},
            describe=lambda v: {"timers": len(v.records[R.TIMR]["posix"])}),
     Driver("namespaces", collect=namespaces.check),
+    Driver("cgroups", prepare=cgroups.prepare, born=cgroups.born),
     Driver("landlock", inject_thread=landlock.check_thread),  # (refuses: before any is read)
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
            describe=_describe_threads),

@@ -23,7 +23,7 @@ import struct
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import sched, seccomp
+from cryo.engine import cgroups, sched, seccomp
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Batch, Injector
 from cryo.engine.ptrace import Tracee
@@ -122,6 +122,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         "audit": list(audit) if audit else None,
         "oom_score_adj": int(procfs.read(pid, "oom_score_adj")),
         "autogroup_nice": _autogroup_nice(pid),
+        "cgroups": cgroups.dump(ctx),
         **({"mdwe": b.result(mdwe)} if b.result(mdwe) > 0 else {}),
     }  # fmt: skip
 

@@ -764,6 +764,8 @@ KINDS: tuple[Kind, ...] = (
         F("autogroup_nice", Nullable(Int(-20, 19)), "its scheduler autogroup's nice",
           required=False),
         F("mdwe", Int(1, U32), "PR_GET_MDWE, when set", required=False),
+        F("cgroups", List(List(Str(max=4096), size=3), max=64),
+          "[[hierarchy id, controllers, path]] as in /proc/PID/cgroup", required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
     Kind(b"MM  ", "engine/memory.py", "per process", Struct((
         F("pid", PID), F("vmas", List(VMA), "the mappings, in address order (below)"),
