@@ -1312,6 +1312,13 @@ pc2 = socket.socket(socket.AF_UNIX)
 pc2.connect(srv + "2")
 pacc2, _ = plis2.accept()
 plis2.close()
+os.chdir(os.path.dirname(srv))  # a listener bound to a relative path: named so again
+rlis = socket.socket(socket.AF_UNIX)
+rlis.bind("rel")
+rlis.listen(4)
+rc = socket.socket(socket.AF_UNIX)
+rc.connect("rel")
+racc, _ = rlis.accept()
 chan = socket.socketpair()
 helper = os.fork()  # a process that makes a pair, hands it over and is gone
 if helper == 0:
@@ -1329,9 +1336,11 @@ st[1].send(b"none")
 dg[0].setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 st[0].setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 socks = {"client": client, "pair": pair[0], "plistener": plis, "pclient": pc,
-         "paccepted": pacc, "pclient2": pc2, "paccepted2": pacc2, "orphan": orphan}
+         "paccepted": pacc, "pclient2": pc2, "paccepted2": pacc2, "orphan": orphan,
+         "rlistener": rlis, "raccepted": racc}
 before = {k: who(s) for k, s in socks.items()}
 assert before["orphan"][0] == helper and before["orphan"][4] == -1, before
+assert before["raccepted"][5] == "rel", before
 say("ready %d %d %r" % (child, helper, before))
 while not os.path.exists(out + ".go"):
     time.sleep(0.01)
@@ -1355,11 +1364,11 @@ def test_unix_peer_credentials(procs: Procs, tmp_path: Path) -> None:
     """SO_PEERCRED, SO_PEERGROUPS and SO_PEERPIDFD of every unix socket come back as the
     program saw them (tests' own target checks): a socketpair of root and one of another
     user (uid 1234, groups 5 and 6), a listener of that user, a connection between the
-    two (each end names the other process), the accepted ends of a path listener and of
-    one closed since with its name (getsockname), a pair made by a process that is gone
-    (its pid, and a
-    pidfd of nobody); and messages queued without credentials on a socket that shows
-    them read as the kernel gave them (pid 0, uid and gid 65534), not as cryo's."""
+    two (each end names the other process), the accepted ends of a path listener, of one
+    closed since and of one bound to a relative path with its name as it was
+    (getsockname), a pair made by a process that is gone (its pid, and a pidfd of
+    nobody); and messages queued without credentials on a socket that shows them read
+    as the kernel gave them (pid 0, uid and gid 65534), not as cryo's."""
     from tests.integration.test_tree import kill_tree, tree_pids
 
     (tmp_path / "peercred.py").write_text(PEERCRED)

@@ -688,7 +688,30 @@ def _bind(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)  # the socket file the old process left
-    s.bind(path)
+    _bind_path(s, d, options)
+
+
+def _bind_path(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:
+    """Bound to its path as it was given: a relative one (getsockname() shows it so)
+    bound by a child of cryo in the directory it was bound in."""
+    name: str = d["name"].decode(errors="surrogateescape")
+    if name.startswith("/"):
+        s.bind(_path(d, options))
+        return
+    where = translated(options, d.get("cwd", "/"))
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            os.chdir(where)
+            s.bind(name)
+            code = 0
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(child, 0)
+    if status:
+        raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot bind a unix socket to {name!r}"
+                        f" in {where} again", pid=d["pid"], resource=f"fd {d['fd']}")
 
 
 def _refill(s: socket.socket, d: dict[str, Any]) -> None:
@@ -937,7 +960,10 @@ def _pair_connected(d: dict[str, Any], peer: dict[str, Any] | None,
         os.rename(addr, aside)
     ls = socket.socket(socket.AF_UNIX, typ)
     try:
-        ls.bind(addr)
+        if isinstance(addr, str):
+            _bind_path(ls, acc, options)
+        else:
+            ls.bind(addr)
         try:
             _as(cli.get("peercred") if cli is not None else None, "listen", ls, 1)
             fa, fc = _through(ls, addr, acc, cli, options)
