@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -389,10 +390,14 @@ def test_connection_being_set_up_is_refused(procs: Procs, ns: Netns, tmp_path: P
 
 
 def test_stale_lock_is_removed(procs: Procs, ns: Netns, tmp_path: Path) -> None:
-    """A table left by a cryo killed with SIGKILL (its pid gone) goes at the next run."""
+    """A table left by a cryo killed with SIGKILL (its pid gone) goes at the next run,
+    and so does the table of connections it held (but not an image's, held by nobody)."""
     dead = subprocess.Popen(["true"])
     dead.wait()
     ns.run("nft", f"add table inet cryo-{dead.pid}", check=True)
+    ns.run("nft", f"add table inet cryo-{dead.pid}-holds-cryo-image-1-ab", check=True)
+    ns.run("nft", "add table inet cryo-image-1-ab", check=True)
+    ns.run("nft", "add table inet cryo-image-2-cd", check=True)
     (tmp_path / "echo.py").write_text(ECHO)
     out = tmp_path / "out"
     v = spawn(procs, ns, [sys.executable, str(tmp_path / "echo.py"), "9400", str(out)], out)
@@ -403,7 +408,8 @@ def test_stale_lock_is_removed(procs: Procs, ns: Netns, tmp_path: Path) -> None:
     assert f.readline() == b"4\n"
     r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--tcp-established")
     assert r.returncode == 0, r.stderr
-    assert ns.tables() == []
+    assert ns.tables() == ["cryo-image-2-cd"]
+    ns.run("nft", "delete table inet cryo-image-2-cd", check=True)
     c.close()
 
 
@@ -502,7 +508,8 @@ def test_unix_sockets(procs: Procs, tmp_path: Path) -> None:
 
 def test_unix_peer_outside(procs: Procs, tmp_path: Path) -> None:
     """A unix socket connected to a server outside the checkpoint is refused, unless
-    --ext-unix-sk: then the restart connects it to the same path again."""
+    --ext-unix-sk: then the restart connects it to the same path again, from the
+    restored process (the server's SO_PEERCRED names it, not cryo)."""
     path = str(tmp_path / "ext")
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(path)
@@ -524,10 +531,13 @@ def test_unix_peer_outside(procs: Procs, tmp_path: Path) -> None:
     reap(v.pid)
     r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
     assert r.returncode == 0, r.stderr
-    procs.track(int(r.stdout))
+    restored = procs.track(int(r.stdout))
     again, _ = srv.accept()
     again.settimeout(10)
     assert again.recv(1) == b"x"
+    # the server sees the restored process connect, as it saw the original (not cryo)
+    cred = struct.unpack("iII", again.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    assert cred == (restored, 0, 0), cred
     for s in (first, again, srv):
         s.close()
 

@@ -379,7 +379,7 @@ def check_peers(session: Any) -> None:
                                   " checkpoint; checkpoint with --ext-unix-sk to connect"
                                   " it to that address again at restart", pid=d["pid"],
                                   resource=f"fd {d['fd']}")  # fmt: skip
-            d["external"] = True
+            _external(d)
             continue
         if not d["peer"] or d.get("peer_gone") or d["peer"] in inside:
             continue
@@ -392,10 +392,19 @@ def check_peers(session: Any) -> None:
             raise Unsupported(f"{where}: unix socket connected to an unnamed socket outside"
                               " the checkpoint (--ext-unix-sk needs an address)",
                               pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
-        d["external"] = True
+        _external(d)
     for d in unix.values():  # (one connected again outside gets the creds it had there)
         if not d.get("external"):
             _check_cred(d, unix, pids)
+
+
+def _external(d: dict[str, Any]) -> None:
+    """Connected again at restart to its peer outside (--ext-unix-sk): a stream or
+    seqpacket one by the process that holds it, with its credentials (the server sees
+    them in SO_PEERCRED)."""
+    d["external"] = True
+    if d["sotype"] != "dgram":
+        d["connect_cred"] = _holder_cred(d["pid"])
 
 
 def _check_cred(d: dict[str, Any], unix: dict[int, dict[str, Any]], pids: set[int]) -> None:
@@ -774,7 +783,7 @@ def _open(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, in
             raise Unsupported(f"fd {d['fd']} of {d['pid']}: the other end of this unix socket"
                               " is outside the checkpoint", pid=d["pid"])  # fmt: skip
         if target:
-            s.connect(_addr(target, options))
+            _as(d.get("connect_cred"), "connect", s, _addr(target, options))
         elif d.get("name") and d["sotype"] == "dgram":
             _refill(s, d)
         if d.get("name") and d.get("unlinked") and d["name"][:1] != b"\0":
