@@ -1004,8 +1004,8 @@ def lock_connections(ctx: Any) -> None:
     if not todo:
         return
     if _lock is None:
-        _lock = netlock.Lock()
         _image_lock = netlock.image_lock_name(pid)
+        _lock = netlock.Lock(_image_lock)
     _lock.add([c for _, _, c in todo])
     try:
         for fd, ino, _ in todo:
@@ -1061,7 +1061,7 @@ def thaw(session: Any) -> None:
     lock, _lock = _lock, None
     if lock is not None:
         if killed:
-            lock.keep_as(_image_lock)
+            lock.keep()
             log.info("connections held by %s until the restart", _image_lock)
         else:
             lock.drop()

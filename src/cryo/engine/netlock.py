@@ -2,21 +2,29 @@
 restart has put them back, every packet of theirs is dropped by nftables, so that the
 peer sees a silent connection (it retransmits) and never a reset.
 
-One nftables table per holder, of our own, in family ``inet``:
+Tables of our own, in family ``inet``:
 
-    cryo-<pid>            held by the live cryo process <pid> during a checkpoint or a
-                          restart; a table whose process is gone is a leftover of a cryo
-                          killed with SIGKILL, removed by the next run (:func:`sweep`)
-    cryo-image-<pid>-<t>  the connections of an image whose processes were killed after
-                          the checkpoint (<pid> its root, <t> when it was made): kept
-                          until ``cryo restart`` of that image puts them back and removes
-                          it (its name is in the image); ``nft delete table inet NAME``
-                          gives the connections up
+    cryo-image-<pid>-<t>  the connections of a checkpoint (<pid> its root, <t> when it
+                          was made; the name is in the image): while the checkpoint runs,
+                          held by its cryo (below); when the processes were killed after
+                          the checkpoint, kept until ``cryo restart`` of that image puts
+                          them back and removes it; ``nft delete table inet NAME`` gives
+                          the connections up
+    cryo-<pid>-holds-<image table>
+                          empty, made in the same transaction as the image table: the
+                          live cryo process <pid> holds it; removed with it when the
+                          checkpoint ends (the processes go on), alone when they were
+                          killed (the connections stay locked for the restart).  Whose
+                          process is gone (a cryo killed with SIGKILL), it and the table
+                          it holds are leftovers, removed by the next run (:func:`sweep`)
+    cryo-<pid>            the same for a table without connections of an image
 
-Each table has two sets of connections (``conn4``, ``conn6``: local address . local
+Each table of connections has two sets (``conn4``, ``conn6``: local address . local
 port . remote address . remote port) and drops, in the input and output hooks, every
 packet that belongs to one of them in either direction.  IPv4-mapped IPv6 connections
-travel as IPv4 and go in ``conn4``.
+travel as IPv4 and go in ``conn4``.  Keeping the connections of a killed checkpoint is
+the removal of one empty table (no copy of the connections into a table of another
+name).
 """
 
 from __future__ import annotations
@@ -66,26 +74,32 @@ def tables() -> list[str]:
     return [n for n in names if n.startswith(PREFIX)]
 
 
-def _delete(name: str) -> None:
-    """Remove table ``name`` if it is there: one nfnetlink batch (no nft run; the time
-    is the kernel's commit), by nft if that fails."""
+def _delete(*names: str) -> None:
+    """Remove tables ``names`` (each there) in one transaction: one nfnetlink batch (no
+    nft run; the time is the kernel's commit), by nft if that fails."""
     try:
-        N.nft_delete_table(name)
+        N.nft_delete_tables(names)
     except OSError as err:
-        log.debug("nfnetlink delete table %s: %s; by nft", name, err)
-        # made (empty) if it is not there, then removed: one nft run, no listing first
-        _nft(f"table inet {name}\ndelete table inet {name}\n")
+        log.debug("nfnetlink delete tables %s: %s; by nft", names, err)
+        # made (empty) if one is not there, then removed: one nft run, no listing first
+        _nft("".join(f"table inet {n}\ndelete table inet {n}\n" for n in names))
+
+
+_OWNER = re.compile(r"cryo-(\d+)(?:-holds-(cryo-image-\S+))?")
 
 
 def sweep() -> list[str]:
-    """Remove the tables of cryo processes that are gone (killed with SIGKILL)."""
+    """Remove the tables of cryo processes that are gone (killed with SIGKILL), and the
+    tables of connections they held."""
     removed = []
-    for name in tables():
-        m = re.fullmatch(r"cryo-(\d+)", name)
+    names = tables()
+    for name in names:
+        m = _OWNER.fullmatch(name)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            _delete(name)
-            removed.append(name)
-            log.info("removed the network lock %s of a cryo that is gone", name)
+            gone = [name] + ([m.group(2)] if m.group(2) in names else [])
+            _delete(*gone)
+            removed += gone
+            log.info("removed the network lock %s of a cryo that is gone", ", ".join(gone))
     return removed
 
 
@@ -124,10 +138,13 @@ def _table(name: str) -> str:
 
 
 class Lock:
-    """One table of ours: made on the first connection added, removed by :meth:`drop`."""
+    """The table ``name`` of connections, held by this process (its owner table beside
+    it): made on the first connection added; :meth:`drop` removes both, :meth:`keep`
+    only the owner's, leaving the connections locked for a restart."""
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"{PREFIX}{os.getpid()}"
+        self.owner = f"{PREFIX}{os.getpid()}-holds-{self.name}" if name else None
         self.conns: list[Conn] = []
         self.made = False
 
@@ -137,7 +154,7 @@ class Lock:
         script = ""
         if not self.made:
             sweep()
-            script = _table(self.name)
+            script = (f"table inet {self.owner}\n" if self.owner else "") + _table(self.name)
         v4, v6 = _elements(conns)
         for key, elems in (("conn4", v4), ("conn6", v6)):
             if elems:
@@ -147,28 +164,17 @@ class Lock:
         self.conns.extend(conns)
         log.debug("network lock %s: %d connections", self.name, len(self.conns))
 
-    def keep_as(self, name: str) -> Lock:
-        """The same connections locked by a new table ``name`` (made before this one is
-        removed, so that no packet passes between the two)."""
-        other = Lock(name)
-        if self.conns:
-            other.made = True
-            script = f"table inet {name}\ndelete table inet {name}\n" + _table(name)
-            v4, v6 = _elements(self.conns)
-            for key, elems in (("conn4", v4), ("conn6", v6)):
-                if elems:
-                    script += f"add element inet {name} {key} {{ {', '.join(elems)} }}\n"
-            if self.made:  # in the same transaction: one nft run, no gap between the two
-                script += f"delete table inet {self.name}\n"
-            _nft(script)
-            self.made = False
-            other.conns = list(self.conns)
-        self.drop()
-        return other
+    def keep(self) -> None:
+        """The connections stay locked once this process is gone (until a restart
+        removes the table, or ``nft delete table``): the owner's table is removed."""
+        if self.made and self.owner:
+            _delete(self.owner)
+            log.debug("network lock %s kept", self.name)
+        self.made = False
 
     def drop(self) -> None:
         if self.made:
-            _delete(self.name)
+            _delete(*([self.owner] if self.owner else []), self.name)
             self.made = False
             log.debug("network lock %s removed", self.name)
 
@@ -181,4 +187,5 @@ def drop_table(name: str) -> None:
     """Remove table ``name`` if it is there (without nft there is none)."""
     if shutil.which("nft") is None:
         return
-    _delete(name)
+    if name in tables():  # (a batch that fails aborts: asked first, over nfnetlink)
+        _delete(name)

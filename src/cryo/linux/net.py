@@ -16,7 +16,7 @@ import fcntl
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from cryo.linux.consts import IntEnumBase, IntFlagBase, fast_enum
 
@@ -390,49 +390,48 @@ NFT_MSG_DELTABLE = 2
 _NLM_F_ACK = 0x4
 
 
-def nft_delete_table(name: str, family: int = NFPROTO_INET) -> bool:
-    """Remove nftables table ``name`` of ``family`` (and its sets, chains and rules)
-    with one nfnetlink batch (NFT_MSG_DELTABLE between BATCH_BEGIN and BATCH_END: what
-    ``nft delete table`` sends, without starting nft); False if there was none."""
+def nft_delete_tables(names: Iterable[str], family: int = NFPROTO_INET) -> None:
+    """Remove nftables tables ``names`` of ``family`` (with their sets, chains and
+    rules) in one transaction: one nfnetlink batch (an NFT_MSG_DELTABLE each, between
+    BATCH_BEGIN and BATCH_END: what ``nft delete table`` sends, without starting nft).
+    A table that is not there fails the whole batch (ENOENT): nothing is removed."""
     nfgen = struct.Struct("=BBH")  # struct nfgenmsg: family, version, res_id (big endian)
-    attr = name.encode() + b"\0"
-    attr = _NLA.pack(_NLA.size + len(attr), NFTA_TABLE_NAME) + attr
-    attr += b"\0" * (-len(attr) % 4)
 
     def msg(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
         return _NLMSG.pack(_NLMSG.size + len(body), mtype, flags, seq, 0) + body
 
     batch = nfgen.pack(socket.AF_UNSPEC, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
-    req = (msg(NFNL_MSG_BATCH_BEGIN, _NLM_F_REQUEST, 1, batch)
-           + msg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE, _NLM_F_REQUEST | _NLM_F_ACK,
-                 2, nfgen.pack(family, 0, 0) + attr)
-           + msg(NFNL_MSG_BATCH_END, _NLM_F_REQUEST, 3, batch))  # fmt: skip
+    req = msg(NFNL_MSG_BATCH_BEGIN, _NLM_F_REQUEST, 1, batch)
+    waiting = set()
+    for seq, name in enumerate(names, 2):
+        attr = name.encode() + b"\0"
+        attr = _NLA.pack(_NLA.size + len(attr), NFTA_TABLE_NAME) + attr
+        attr += b"\0" * (-len(attr) % 4)
+        req += msg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE, _NLM_F_REQUEST | _NLM_F_ACK,
+                   seq, nfgen.pack(family, 0, 0) + attr)  # fmt: skip
+        waiting.add(seq)
+    if not waiting:
+        return
+    req += msg(NFNL_MSG_BATCH_END, _NLM_F_REQUEST, max(waiting) + 1, batch)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        NETLINK_NETFILTER) as nl:  # fmt: skip
         nl.settimeout(5)
         nl.send(req)
-        while True:
+        while waiting:
             data = nl.recv(1 << 16)
+            if not data:
+                raise OSError(errno.EIO, "nfnetlink: no answer to delete table")
             off = 0
             while off + _NLMSG.size <= len(data):
                 length, mtype, _flags, seq, _pid = _NLMSG.unpack_from(data, off)
                 if length < _NLMSG.size:
                     raise OSError(errno.EIO, "nfnetlink: a message shorter than its header")
-                if mtype == _NLMSG_ERROR and seq == 2:
-                    err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
-                    if err == errno.ENOENT:
-                        return False
-                    if err:
-                        raise OSError(err, f"{os.strerror(err)} [nfnetlink delete table"
-                                           f" {name}]")  # fmt: skip
-                    return True
-                if mtype == _NLMSG_ERROR:  # the batch's own messages
+                if mtype == _NLMSG_ERROR:  # an ACK (0) or an error, for the message seq
                     err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
                     if err:
-                        raise OSError(err, f"{os.strerror(err)} [nfnetlink batch]")
+                        raise OSError(err, f"{os.strerror(err)} [nfnetlink delete table]")
+                    waiting.discard(seq)
                 off += (length + 3) & ~3
-            if not data:
-                raise OSError(errno.EIO, "nfnetlink: no answer to delete table")
 
 
 NETLINK_SOCK_DIAG = 4
