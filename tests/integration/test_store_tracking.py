@@ -64,3 +64,30 @@ def test_child_forked_after_arming(procs: Procs, tmp_path: Path) -> None:
     Victim(r.pid, out).wait_ok_after(last + 3)
     time.sleep(0.05)
     assert all(Path(f"/proc/{p}").exists() for p in pids)
+
+
+def test_pages_dropped_since_the_last_version_stay_dropped(procs: Procs, build: Any,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """Pages written, saved in version 1, then dropped (MADV_DONTNEED): the tracking
+    reports them written (their PTEs were cleared), and version 2 saved them as pages
+    of zeros, so the restarted process had them resident again.  Now only pages present
+    (or swapped) are taken: they stay out of memory, and read as zeros when touched."""
+    out, go = tmp_path / "out.txt", tmp_path / "go"
+    v = procs.spawn([build("resident"), str(out), str(go)], out)
+    v.wait_ok_after(1)
+    st = str(tmp_path / "store")
+    store.checkpoint(v.pid, st, "app")
+    go.write_text("")
+    deadline = time.monotonic() + 10
+    while "dropped" not in v.lines():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    v.wait_ok_after(max(v.oks()) + 1)
+    version, second = store.checkpoint(v.pid, st, "app", signal_after=signal.SIGKILL)
+    assert version == 2
+    reap(v.pid)
+    last = max(v.oks())
+    r = store.restart(st, "app")
+    procs.track(r.pid)
+    Victim(r.pid, out).wait_ok_after(last + 3)
+    assert not v.fails()

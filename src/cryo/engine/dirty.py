@@ -152,9 +152,11 @@ def written(tr: Tracking, vmas: list[dict[str, Any]],
                 continue
             if tr.trusted:
                 try:
+                    # written, and there: a page written and then dropped (its PTE
+                    # cleared, marker and all) reads "written", and holds nothing
                     for s, e, _c in libc.pagemap_scan(
-                        pm, start, end, 0, PAGE_IS.WRITTEN, mask=PAGE_IS.WRITTEN,
-                        flags=PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                        pm, start, end, PAGE_IS.PRESENT | PAGE_IS.SWAPPED, PAGE_IS.WRITTEN,
+                        mask=PAGE_IS.WRITTEN, flags=PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
                     ):  # fmt: skip
                         out.append([s, e - s])
                     continue

@@ -177,7 +177,8 @@ class PreCopy:
                     if v["kind"] != "anon" or not v["prot"] & PROT.READ:
                         continue
                     try:
-                        got = libc.pagemap_scan(pm, v["start"], v["end"], PAGE_IS.WRITTEN,
+                        got = libc.pagemap_scan(pm, v["start"], v["end"],  # (written, and
+                                                PAGE_IS.PRESENT | PAGE_IS.SWAPPED,  # there)
                                                 PAGE_IS.WRITTEN, mask=PAGE_IS.WRITTEN,
                                                 flags=PM_SCAN_WP_MATCHING
                                                 | PM_SCAN_CHECK_WPASYNC)  # fmt: skip

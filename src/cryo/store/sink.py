@@ -257,7 +257,9 @@ class VersionSink(ImageWriter):
         if written is None or table is None:
             return present
         have = P.run_pages(present)
-        need = np.union1d(P.run_pages(written), have[~table.map.find(present)[1]])
+        # (only pages present: one written and dropped since holds nothing to copy)
+        need = np.union1d(np.intersect1d(P.run_pages(written), have, assume_unique=True),
+                          have[~table.map.find(present)[1]])  # fmt: skip
         return P.page_runs(need)
 
     def inherit(self, tag: Tag, present: list[list[int]], copied: list[list[int]]) -> None:
