@@ -126,7 +126,9 @@ class Etcd:
                 why = why or str(err) or type(err).__name__
                 if code == NOT_FOUND and "lease not found" in why:
                     raise LeaseGone(f"etcd at {self.url}: {why}") from err
-                if type(err).__name__ == "ConnectionFailedError":
+                # (etcd3gw raises ConnectionFailedError for a 503 too, with the body)
+                if code is None and type(err).__name__ == "ConnectionFailedError" \
+                        and "Service Unavailable" not in err.args:  # fmt: skip
                     raise EtcdUnavailable(f"etcd at {self.url} is unavailable: {why}") from err
                 transient = code in TRANSIENT or (code is None and (
                     "Service Unavailable" in err.args or "Gateway Timeout" in err.args
