@@ -131,7 +131,8 @@ def main() -> None:
                 time.sleep(0.05)
         globals_, clis, slowest, parallel = [], [], [], []
         phases: dict[str, list[float]] = {k: [] for k in (
-            "seen", "prepare", "write", "replicas", "decide", "resume")}  # fmt: skip
+            "seen", "prepare", "write", "cut", "replicas", "decide", "resume")}  # fmt: skip
+        frozen: list[float] = []  # from the round's start to the last part let go
         for i in range(args.rounds):
             t0 = time.perf_counter()
             v = C.checkpoint(etcd, "b")
@@ -145,8 +146,16 @@ def main() -> None:
             phases["seen"].append(max(t["seen"] for t in times) - r["created"])
             for k in ("prepare", "write", "replicas"):
                 phases[k].append(max(t[k] for t in times))
-            ends = [t["seen"] + t["prepare"] + t["write"] + t["replicas"] for t in times]
-            phases["decide"].append(r["decided"] - max(ends))
+            written = max(t["seen"] + t["prepare"] + t["write"] for t in times)
+            if "cut" in r:  # (replicas: the parts go on at the cut, then send them)
+                resumed = max(t["resumed"] for t in times)
+                phases["cut"].append(resumed - written)
+                ends = [t["resumed"] + t["replicas"] for t in times]
+                phases["decide"].append(r["decided"] - max(ends))
+                frozen.append(resumed - r["created"])
+            else:
+                phases["decide"].append(r["decided"] - written)
+                frozen.append(t_run - t0)
             phases["resume"].append(t_run - t_commit)
             t0 = time.perf_counter()
             cryo_cli("grid", "checkpoint", "--etcd", url, "b")
@@ -178,6 +187,7 @@ def main() -> None:
         print(f"  ratio global/slowest alone {g / s:.2f} (goal <= 1.3);"
               f" global/three at once {g / par:.2f}")
         print(f"  cryo grid checkpoint (command line, until running)  {med(clis):.3f} s")
+        print(f"  parts frozen: from the round to the last part let go {med(frozen):.3f} s")
         print("  where the global checkpoint's time goes (slowest part of each phase):")
         for k, xs in phases.items():
             print(f"    {k:9s} {med(xs):.3f} s")

@@ -406,6 +406,48 @@ def test_replica_stream(tmp_path: Path) -> None:
         server.close()
 
 
+def test_etcd_refusals() -> None:
+    """What etcd3gw raises for the gateway's answers: a 503 (ConnectionFailedError with
+    the body, gRPC 14: "leader changed") is asked again; a 404 "requested lease not
+    found" is LeaseGone at once; a connection refused is EtcdUnavailable at once; a
+    conditional write whose answer timed out counts as done if etcd holds its value."""
+    from etcd3gw import exceptions as X
+
+    from cryo.grid.etcd import Etcd, EtcdUnavailable, LeaseGone
+
+    def body(code: int, why: str) -> str:
+        return json.dumps({"error": why, "message": why, "code": code})
+
+    e = Etcd.__new__(Etcd)
+    e.url = "http://etcd.test"
+    answers: list[Any] = [X.ConnectionFailedError(body(14, "etcdserver: leader changed"),
+                                                  "Service Unavailable"),
+                          X.ConnectionTimeoutError(body(14, "etcdserver: request timed out"),
+                                                   "Gateway Timeout"), 7]  # fmt: skip
+
+    def fn() -> Any:
+        got = answers.pop(0)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    assert e._call(fn) == 7 and not answers
+    answers[:] = [X.Etcd3Exception(body(5, "etcdserver: requested lease not found"),
+                                   "Not Found"), 7]  # fmt: skip
+    with pytest.raises(LeaseGone):
+        e._call(fn)
+    answers[:] = [X.ConnectionFailedError("Max retries exceeded (refused)"), 7]
+    with pytest.raises(EtcdUnavailable, match="refused"):
+        e._call(fn)
+    answers[:] = [X.Etcd3Exception(body(3, "etcdserver: key is not provided"),
+                                   "Bad Request"), 7]  # fmt: skip
+    with pytest.raises(EtcdUnavailable, match="not provided"):
+        e._call(fn)
+    answers[:] = [X.ConnectionTimeoutError(body(14, "etcdserver: request timed out"),
+                                           "Gateway Timeout"), False]  # fmt: skip
+    assert e._call(fn, ambiguous=lambda: True) is True  # applied: its answer was lost
+
+
 def test_etcd_unavailable_is_refused(tmp_path: Path) -> None:
     r = run_cryo("grid", "checkpoint", "--etcd", f"http://127.0.0.1:{free_port()}", "x")
     assert r.returncode != 0 and "unavailable" in r.stderr, r.stderr
@@ -541,6 +583,9 @@ def test_ring_on_three_hosts_survives_a_host_failure(hosts: Any, procs: Procs,
     before, at = checkpoint_ring(hosts, victims, 2)
     st = json.loads(hosts.cryo("status", "ring").stdout)
     assert st["committed"]["version"] == 2
+    # the parts went on at the round's cut (every part written), then sent their replicas
+    last = max(st["rounds"], key=lambda r: r["version"])
+    assert last["state"] == "committed" and last["created"] < last["cut"] < last["decided"]
     copies = check_replicas(hosts, st["committed"])
     for h in hosts.names:
         assert not (hosts.store(h) / "ring" / "v1").exists(), "v1 retired once v2 committed"

@@ -13,8 +13,9 @@ and sends its own parts' replicas the same way.
 expires they are restarted elsewhere.  A thread of the agent watches the lease: when
 no refresh has succeeded for ``lease - FENCE_MARGIN`` seconds (less a quarter of the
 lease if that is less; before etcd can expire it: the lease's time counts from the
-refresh's arrival there, later than its sending here), every part it runs is stopped (SIGSTOP) and every TCP packet from or to their
-service addresses dropped (an nftables table ``cryo-fence-APP``).  When etcd answers
+refresh's arrival there, later than its sending here), every part it runs is stopped
+(SIGSTOP) and every TCP packet from or to their service addresses dropped (an
+nftables table ``cryo-fence-APP``).  When etcd answers
 again: if the lease lives, the parts go on; if it is gone, they are killed silently,
 their service addresses removed, their records marked ``fenced`` where no restart has
 taken them elsewhere yet (``grid watch`` restarts them), and only then does the host
@@ -72,6 +73,7 @@ class Agent:
                 self.replicas.close()
             raise CryoError(f"host {host} has an agent already")
         self.held: dict[tuple[str, int, int], tuple[Any, list[str]]] = {}  # (app, V, part)
+        self.cut: dict[tuple[str, int, int], list[str]] = {}  # let go at the cut: images
         self.running: dict[tuple[str, int], int] = {}  # (app, part) -> pid
         self.epochs: dict[str, int] = {}
         self.locked: dict[str, tuple[int, float]] = {}  # app -> (epoch, until)
@@ -288,6 +290,20 @@ class Agent:
             if "/votes/" in key:
                 continue
             v = int(r["version"])
+            if r["state"] in (K.PREPARE, K.CUT) and time.time() > r["deadline"] + GRACE:
+                # its coordinator died: anyone may abort it now
+                resolve_stale(self.etcd, app, now=time.time() - GRACE)
+                continue
+            if r["state"] == K.CUT:  # every part is written: ours go on, then replicas
+                for (a, hv, n), (handle, paths) in list(self.held.items()):
+                    if a != app or hv != v:
+                        continue
+                    del self.held[(a, hv, n)]
+                    handle.resume()
+                    self.cut[(a, hv, n)] = paths
+                    vote = self._get(K.vote(app, v, n)) or {}
+                    self.etcd.put(K.vote(app, v, n), self._replicate(app, record, r, n, vote))
+                continue
             if r["state"] == K.PREPARE:
                 if time.time() > r["deadline"] + GRACE:
                     # its coordinator died: anyone may abort it now
@@ -311,12 +327,28 @@ class Agent:
                         handle.abort()
                         for path in paths:
                             shutil.rmtree(path, ignore_errors=True)
+                for (a, hv, n), paths in list(self.cut.items()):  # (running since the cut)
+                    if a != app or hv != v:
+                        continue
+                    del self.cut[(a, hv, n)]
+                    if r["state"] == K.COMMITTED:
+                        self._retire(app, v)
+                    else:
+                        for path in paths:
+                            shutil.rmtree(path, ignore_errors=True)
         for (a, hv, n), (handle, paths) in list(self.held.items()):  # round vanished
             if a == app and self._get(K.round_(app, hv)) is None:
                 del self.held[(a, hv, n)]
                 handle.abort()
                 for path in paths:
                     shutil.rmtree(path, ignore_errors=True)
+        committed = (self._get(K.committed(app)) or {}).get("version")
+        for (a, hv, n), paths in list(self.cut.items()):
+            if a == app and self._get(K.round_(app, hv)) is None:
+                del self.cut[(a, hv, n)]
+                if hv != committed:
+                    for path in paths:
+                        shutil.rmtree(path, ignore_errors=True)
 
     def _prepare(self, app: str, record: dict[str, Any], r: dict[str, Any], n: int,
                  p: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
@@ -331,7 +363,6 @@ class Agent:
         try:
             want = int(record.get("replicas", 0))
             targets = self._replica_hosts(n, want) if want else {}
-            from cryo.grid import replica
             left = max(1.0, r["deadline"] - time.time())
             t0 = time.time()
             handle = cryo.prepare(int(p["pid"]), freeze_timeout=left + GRACE + 10,
@@ -342,20 +373,17 @@ class Agent:
                 paths.append(image)
                 handle.write(image)
                 t2 = time.time()
+                # the replicas go once every part is written and let go (the round's
+                # cut): the vote says so
                 vote["replicas"] = {}
-                for h, to in targets.items():  # streamed to each (what it keeps of an
-                    assert self.secret is not None  # aborted round it removes itself)
-                    vote["replicas"][h] = replica.send(
-                        image, to, self.secret, app, v, n,
-                        timeout=max(5.0, r["deadline"] + GRACE - time.time()))
+                vote["replicated"] = not targets
                 if (app, n) in self.fenced:  # stopped by the fence as it was seized:
                     # its image would restore it stopped
                     raise CryoError(f"part {n} was fenced during its checkpoint")
                 # when it began (etcd's view of the round came at "seen"), how long
                 # the freeze, the image and the replicas took: for status and profiles
                 vote["times"] = {"seen": round(t0, 4), "prepare": round(t1 - t0, 4),
-                                 "write": round(t2 - t1, 4),
-                                 "replicas": round(time.time() - t2, 4)}  # fmt: skip
+                                 "write": round(t2 - t1, 4), "replicas": 0.0}  # fmt: skip
             except BaseException:
                 handle.abort()
                 for path in paths:
@@ -366,6 +394,30 @@ class Agent:
         except (CryoError, OSError) as err:
             vote["reason"] = str(err)
         return vote
+
+    def _replicate(self, app: str, record: dict[str, Any], r: dict[str, Any], n: int,
+                   vote: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """Round ``r`` is cut (every part written; ours runs again): part ``n``'s image
+        streamed to its replica hosts; its vote again, ``replicated`` or a no."""
+        from cryo.grid import replica
+
+        v = int(r["version"])
+        t0 = time.time()
+        out = {**vote, "replicas": {}, "replicated": False}
+        try:
+            targets = self._replica_hosts(n, int(record.get("replicas", 0)))
+            assert self.secret is not None
+            for h, to in targets.items():  # (what a host keeps of an aborted round it
+                out["replicas"][h] = replica.send(  # removes itself)
+                    vote["image"], to, self.secret, app, v, n,
+                    timeout=max(5.0, r["deadline"] + GRACE - time.time()))
+            out["replicated"] = True
+        except (CryoError, OSError, KeyError) as err:
+            out.update(ok=False, reason=f"replicas: {err}")
+        times = dict(vote.get("times") or {})
+        times.update(resumed=round(t0, 4), replicas=round(time.time() - t0, 4))
+        out["times"] = times
+        return out
 
     def _replica_hosts(self, n: int, want: int) -> dict[str, str]:
         """``want`` live hosts other than this one that take replicas (spread by part
@@ -396,7 +448,7 @@ class Agent:
         for v, paths in mine:
             r = self._get(K.round_(app, v))
             state = r.get("state") if r else (K.COMMITTED if v == committed else K.ABORTED)
-            if state == K.PREPARE:
+            if state in (K.PREPARE, K.CUT):
                 continue
             with self._lock:
                 self.received.pop((app, v), None)

@@ -150,10 +150,10 @@ def resolve(etcd: Etcd, app: str, poll: float = 0.02) -> list[tuple[int, str]]:
     are written and they are held), aborted at a no vote or once its deadline passed;
     until then wait for the votes.  Returns (version, state) of each one decided."""
     out = []
-    for key, r in etcd.prefix(K.rounds(app)):
-        if "/votes/" in key or r.get("state") != K.PREPARE:
+    for key, first in etcd.prefix(K.rounds(app)):
+        if "/votes/" in key or first.get("state") not in (K.PREPARE, K.CUT):
             continue
-        v = int(r["version"])
+        r, v = first, int(first["version"])
         raw = etcd.get_raw(key)
         while raw is not None:
             got = {int(k.rsplit("/", 1)[1]): x for k, x in etcd.prefix(K.votes(app, v))}
@@ -162,9 +162,13 @@ def resolve(etcd: Etcd, app: str, poll: float = 0.02) -> list[tuple[int, str]]:
             # watchdog may let it go soon after, so the cut would be no longer one)
             if all(got.get(n, {}).get("ok") for n in parts) and \
                     time.time() < r["deadline"] + GRACE:  # fmt: skip
-                record = _committed(v, got, parts)
-                if etcd.swap(key, raw, {**r, "state": K.COMMITTED},
-                             [(K.committed(app), record)]):  # fmt: skip
+                done = _next(etcd, app, key, raw, r, got, parts)
+                if done is None:  # (cut: the replicas are on their way)
+                    time.sleep(poll)
+                    raw = etcd.get_raw(key)
+                    r = K.decode(raw) or r
+                    continue
+                if done:
                     out.append((v, K.COMMITTED))
                 break
             if any(not x["ok"] for x in got.values()) or time.time() > r["deadline"]:
@@ -174,9 +178,25 @@ def resolve(etcd: Etcd, app: str, poll: float = 0.02) -> list[tuple[int, str]]:
             time.sleep(poll)
             raw = etcd.get_raw(key)
             now = K.decode(raw)
-            if now is None or now.get("state") != K.PREPARE:
+            if now is None or now.get("state") not in (K.PREPARE, K.CUT):
                 break
+            r = now
     return out
+
+
+def _next(etcd: Etcd, app: str, key: str, raw: bytes, r: dict[str, Any],
+          got: dict[int, dict[str, Any]], parts: list[int]) -> bool | None:  # fmt: skip
+    """Every part of round ``r`` (held in etcd as ``raw``) voted yes: commit it (True;
+    False if another decided it first), or, when replicas are still to be sent, cut it
+    first (the parts go on, then send them) and wait for them (None)."""
+    if all(got[n].get("replicated", True) for n in parts):
+        record = _committed(int(r["version"]), got, parts)
+        return etcd.swap(key, raw, {**r, "state": K.COMMITTED, "decided": time.time()},
+                         [(K.committed(app), record)])  # fmt: skip
+    if r["state"] == K.PREPARE and not etcd.swap(key, raw, {**r, "state": K.CUT,
+                                                           "cut": time.time()}):  # fmt: skip
+        return False
+    return None
 
 
 def _committed(version: int, got: dict[int, dict[str, Any]], parts: list[int]) -> dict[str, Any]:
@@ -192,7 +212,8 @@ def resolve_stale(etcd: Etcd, app: str, now: float | None = None) -> list[int]:
     now = time.time() if now is None else now
     out = []
     for key, r in etcd.prefix(K.rounds(app)):
-        if "/votes/" in key or r.get("state") != K.PREPARE or now < r["deadline"]:
+        if "/votes/" in key or r.get("state") not in (K.PREPARE, K.CUT) \
+                or now < r["deadline"]:  # fmt: skip
             continue
         raw = etcd.get_raw(key)
         if raw is not None and etcd.swap(key, raw, {**r, "state": K.ABORTED}):
@@ -207,7 +228,7 @@ def prune(etcd: Etcd, app: str, rounds: list[dict[str, Any]], keep: int = KEEP_R
     if len(rounds) < 2 * keep:
         return
     for r in sorted(rounds, key=lambda r: int(r["version"]))[:-keep]:
-        if r.get("state") != K.PREPARE:
+        if r.get("state") not in (K.PREPARE, K.CUT):
             etcd.delete_prefix(K.round_(app, int(r["version"])))
 
 
@@ -249,6 +270,7 @@ def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list
         raise CryoError(f"round {version} of {app} exists already")
     raw = etcd.get_raw(key)
     assert raw is not None
+    current = prepare
     deadline = time.monotonic() + timeout
     failure = None
     while time.monotonic() < deadline:
@@ -258,17 +280,22 @@ def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list
         if no:
             failure = f"part {no[0]['part']}: {no[0].get('reason')}"
             break
-        if set(got) >= set(parts):
-            record = _committed(version, got, parts)
-            if etcd.swap(key, raw, {**prepare, "state": K.COMMITTED, "decided": time.time()},
-                         [(K.committed(app), record)]):  # fmt: skip
+        if set(got) >= set(parts) and (current["state"] == K.PREPARE or all(
+                got[n].get("replicated", True) for n in parts)):  # fmt: skip
+            done = _next(etcd, app, key, raw, current, got, parts)
+            if done:
                 return version
-            failure = "the round was decided by another (aborted after its deadline)"
-            break
+            if done is False:
+                failure = "the round was decided by another (aborted after its deadline)"
+                break
+            raw = etcd.get_raw(key)  # cut: the parts go on and send their replicas
+            assert raw is not None
+            current = K.decode(raw) or current
+            continue
         voted.wait(0.25)
     else:
         failure = f"not every part voted within {timeout:g} s"
-    etcd.swap(key, raw, {**prepare, "state": K.ABORTED})
+    etcd.swap(key, raw, {**current, "state": K.ABORTED})
     raise RoundFailed(f"global checkpoint {version} of {app} aborted: {failure}")
 
 

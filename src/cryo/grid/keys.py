@@ -9,9 +9,11 @@ Every value is a JSON object.  Under ``/cryo/``:
                                                                 starting, running,
                                                                 failed, lost, fenced
     apps/APP/rounds/V                 {version, state, deadline, by, parts}  state:
-                                                                prepare, committed,
+                                                                prepare, cut (with
+                                                                replicas), committed,
                                                                 aborted
-    apps/APP/rounds/V/votes/N         {part, ok, reason, image, host, replicas: {HOST: path}}
+    apps/APP/rounds/V/votes/N         {part, ok, reason, image, host, replicated,
+                                       replicas: {HOST: path}}
     apps/APP/committed                {version, images: {N: path}, hosts: {N: host},
                                        replicas: {N: {HOST: path}}}
     apps/APP/restart                  {epoch, version, assign: {N: host}, images, hosts,
@@ -31,6 +33,7 @@ from typing import Any
 
 ROOT = "/cryo/"
 PREPARE, COMMITTED, ABORTED = "prepare", "committed", "aborted"
+CUT = "cut"  # every part written and voted: they go on; their replicas are being sent
 
 
 def host(name: str) -> str:
