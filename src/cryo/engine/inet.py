@@ -98,7 +98,6 @@ SETTING_UP = {ST.SYN_SENT, ST.SYN_RECV, ST.NEW_SYN_RECV}
 _SOL_SOCKET, _SOL_TCP = int(N.SOL.SOCKET), int(N.SOL.TCP)
 _SO_REUSEADDR, _SO_SNDBUF, _SO_RCVBUF = int(N.SO.REUSEADDR), int(N.SO.SNDBUF), int(N.SO.RCVBUF)
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = int(N.SO.SNDBUFFORCE), int(N.SO.RCVBUFFORCE)
-_SO_DOMAIN, _SO_TYPE, _SO_PROTOCOL = int(N.SO.DOMAIN), int(N.SO.TYPE), int(N.SO.PROTOCOL)
 _TCP_REPAIR, _TCP_REPAIR_QUEUE = int(N.TCP.REPAIR), int(N.TCP.REPAIR_QUEUE)
 _TCP_QUEUE_SEQ, _TCP_MAXSEG, _TCP_TIMESTAMP = int(N.TCP.QUEUE_SEQ), int(N.TCP.MAXSEG), \
     int(N.TCP.TIMESTAMP)  # fmt: skip
@@ -122,9 +121,10 @@ def dup(pid: int, fd: int) -> socket.socket:
 
 
 def identity(s: socket.socket) -> tuple[int, int, int]:
-    """(family, type, protocol) of a socket."""
-    return (s.getsockopt(_SOL_SOCKET, _SO_DOMAIN), s.getsockopt(_SOL_SOCKET, _SO_TYPE),
-            s.getsockopt(_SOL_SOCKET, _SO_PROTOCOL))  # fmt: skip
+    """(family, type, protocol) of a socket: as Python's socket object has them (asked
+    of the kernel when it was made from an fd without them: getsockname's family,
+    SO_TYPE and SO_PROTOCOL; given by :func:`_dup_held`, which knows them)."""
+    return int(s.family), int(s.type), int(s.proto)
 
 
 _families: dict[tuple[int, int, int], int] = {}
@@ -346,10 +346,13 @@ def parse_proc_net_tcp(data: bytes, only: set[int] | None = None
 _pidfds: dict[int, int] = {}  # while connections are being held: one pidfd per process
 
 
-def _dup_held(pid: int, fd: int) -> socket.socket:
+def _dup_held(pid: int, fd: int, family: int) -> socket.socket:
+    """cryo's duplicate of TCP connection ``fd`` of ``pid``, made with its family, type
+    and protocol (known from the TCP table: Python asks none of them)."""
     if pid not in _pidfds:
         _pidfds[pid] = libc.pidfd_open(pid)
-    return socket.socket(fileno=libc.pidfd_getfd(_pidfds[pid], fd))
+    return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP,
+                         libc.pidfd_getfd(_pidfds[pid], fd))  # fmt: skip
 
 
 def _close_pidfds() -> None:
@@ -359,11 +362,11 @@ def _close_pidfds() -> None:
     _pidfds.clear()
 
 
-def hold(pid: int, fd: int, ino: int) -> Held:
+def hold(pid: int, fd: int, ino: int, family: int) -> Held:
     """Put connection ``fd`` of ``pid`` (locked already) in repair mode and read it."""
     if ino in HELD:
         return HELD[ino]
-    s = _dup_held(pid, fd)
+    s = _dup_held(pid, fd, family)
     try:
         reuse = s.getsockopt(_SOL_SOCKET, _SO_REUSEADDR)  # repair mode overwrites it
         s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
@@ -944,9 +947,10 @@ def _repair_off(s: socket.socket, reuse: int) -> None:
         s.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, reuse)
 
 
-def finish(fd: int, t: dict[str, Any]) -> None:
-    """A restored connection leaves repair mode (on cryo's fd itself: no copy made)."""
-    s = socket.socket(fileno=fd)
+def finish(fd: int, t: dict[str, Any], family: int) -> None:
+    """A restored connection leaves repair mode (on cryo's fd itself: no copy made; the
+    socket object made with its family, type and protocol: Python asks none of them)."""
+    s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fd)
     try:
         _repair_off(s, t.get("reuseaddr", 0))
     finally:
@@ -1008,8 +1012,9 @@ def lock_connections(ctx: Any) -> None:
         _lock = netlock.Lock(_image_lock)
     _lock.add([c for _, _, c in todo])
     try:
-        for fd, ino, _ in todo:
-            hold(pid, fd, ino).state["lock"] = _image_lock
+        for fd, ino, conn in todo:
+            family = socket.AF_INET6 if ":" in conn[0] else socket.AF_INET
+            hold(pid, fd, ino, family).state["lock"] = _image_lock
     finally:
         _close_pidfds()
 
@@ -1096,7 +1101,7 @@ def started(rs: Any) -> None:
     if not rs.options.get("tcp_close"):
         for d in conns:
             if d.get("queued_on") is None:
-                finish(rs.shared.opened.fds[d["id"]], d["tcp"])
+                finish(rs.shared.opened.fds[d["id"]], d["tcp"], d["family"])
     for lock in sorted({d["tcp"].get("lock", "") for d in conns} - {""}):
         try:
             netlock.drop_table(lock)
