@@ -342,6 +342,14 @@ else:
     fd = libc.syscall(447, 0)  # memfd_secret
     assert fd >= 0, ctypes.get_errno()
     os.ftruncate(fd, 4096)
+    if kind == "secretmap":  # mapped, the fd closed: only the mapping holds it
+        libc.mmap.restype = ctypes.c_void_p  # (Python's mmap would keep a dup of the fd)
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        addr = libc.mmap(None, 4096, 3, 1, fd, 0)  # PROT_READ|PROT_WRITE, MAP_SHARED
+        ctypes.memmove(addr, b"secret", 6)
+        os.close(fd)
+        fd = os.dup(0)
 out.write(f"ready {os.getpid()}\n")
 n, size = 0, os.fstat(fd).st_size
 while True:
@@ -352,13 +360,14 @@ while True:
 """
 
 
-@pytest.mark.parametrize("kind", ["mqueue", "secretmem"])
+@pytest.mark.parametrize("kind", ["mqueue", "secretmem", "secretmap"])
 def test_files_of_the_kernel_s_own_filesystems_refused(procs: Procs, tmp_path: Path,
                                                        kind: str) -> None:  # fmt: skip
     """A POSIX message queue fd and a memfd_secret fd are refused by name, the target
-    untouched.  A queue was saved as a plain file named /NAME: the checkpoint exited 0,
-    the restart looked for /NAME on the root filesystem, and its messages were not in
-    the image; secret memory no other process can read."""
+    untouched; so is a mapping of secret memory whose fd was closed.  A queue was saved
+    as a plain file named /NAME: the checkpoint exited 0, the restart looked for /NAME
+    on the root filesystem, and its messages were not in the image; secret memory no
+    other process can read (the mapping failed the checkpoint with ENXIO, exit 1)."""
     import sys
 
     name = f"/cryo-test-{os.getpid()}"
@@ -368,7 +377,8 @@ def test_files_of_the_kernel_s_own_filesystems_refused(procs: Procs, tmp_path: P
         v.wait_ok_after(1)
         r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
         assert r.returncode == 9, r.stderr
-        assert ("POSIX message queue" if kind == "mqueue" else "memfd_secret") in r.stderr
+        assert {"mqueue": "POSIX message queue", "secretmem": "memfd_secret",
+                "secretmap": "mapping"}[kind] in r.stderr  # fmt: skip
         assert not (tmp_path / "img").exists()
         v.wait_ok_after(max(v.oks()) + 2)
         assert not v.fails()

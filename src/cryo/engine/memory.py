@@ -74,6 +74,7 @@ BLOCK = 64 << 20  # bytes of page data per block
 _ANON_NAMES = ("", "[heap]", "[stack]")
 KCMP_VM = 1
 AIO_RING = "/[aio] (deleted)"  # an io_setup() context's ring
+SECRETMEM = "/secretmem (deleted)"  # memfd_secret()
 HUGETLB_ANON = "/anon_hugepage (deleted)"  # MAP_HUGETLB | MAP_ANONYMOUS
 # VmFlags (smaps) that map to an madvise() advice, restored after mapping
 _MADVISE = {"dc": MADV.DONTFORK, "wf": MADV.WIPEONFORK, "hg": MADV.HUGEPAGE,
@@ -96,6 +97,8 @@ def _classify(v: procfs.Vma) -> str:
         return "skip"
     if path == AIO_RING:
         return "aio"
+    if path == SECRETMEM:  # (no other process can read it: not even with ptrace)
+        return "unsupported"
     if not v.shared:
         if path in _ANON_NAMES or path.startswith("[anon:") or path == HUGETLB_ANON:
             return "anon"
