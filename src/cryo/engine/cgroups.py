@@ -12,8 +12,10 @@ namespace.  A cgroup that is gone is made again (mkdir: its limits are the paren
 defaults, as CRIU's ``--manage-cgroups=soft``) for an image of root's; for another
 user's image the restart fails instead (cryo makes nothing the owner could not, and
 a cgroup owner may not always move a process; docs/design.md, "Trust and privilege"),
-as it does when a hierarchy is not mounted here.  Threads are moved with their process
-(cgroup.procs); threads of one process in different cgroups are refused at checkpoint.
+as it does when a hierarchy of a cgroup to enter is not mounted here (processes
+already in their cgroups need no mount: `ip netns exec` gives a /sys without them).
+Threads are moved with their process (cgroup.procs); threads of one process in
+different cgroups are refused at checkpoint.
 """
 
 from __future__ import annotations
@@ -82,16 +84,12 @@ def prepare(rs: Any) -> None:
     # True for root's image, else the owner (uid, gids)
     _state["root"] = True if owner is None or getattr(owner, "uid", 0) == 0 else \
         (owner.uid, set(getattr(owner, "gids", ())))  # fmt: skip
-    _state["mounts"] = mounts = _mounts()
+    _state["mounts"] = _mounts()
     for old, recs in rs.plan.procs.items():
         lines = recs[R.TASK].get("cgroups")
         if not lines:
             continue
         _want[old] = lines
-        for _id, ctrl, _path in lines:
-            if _key(ctrl) not in mounts:
-                raise CryoError(f"process {old} was in a cgroup hierarchy"
-                                f" ({ctrl or 'cgroup v2'}) that is not mounted here")
     rs.on_exit(_want.clear)
 
 
@@ -114,7 +112,10 @@ def born(inj: Any, old_pid: int) -> None:
         key = _key(ctrl)
         if now.get(key) == path:
             continue
-        base = _state["mounts"][key]
+        base = _state["mounts"].get(key)
+        if base is None:  # (`ip netns exec`, say, mounts a /sys of its own, without them)
+            raise CryoError(f"process {old_pid} was in cgroup {path} ({ctrl or 'v2'}), of a"
+                            " hierarchy not mounted here")  # fmt: skip
         where = os.path.join(base, path.lstrip("/"))
         if not os.path.isdir(where):
             if _state["root"] is not True:
