@@ -11,6 +11,7 @@ replica on another host."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -661,3 +662,39 @@ def test_partitioned_host_fences_its_part(hosts: Any, procs: Procs, build: Any) 
         watcher.wait()
     st, victims = ring_parts(hosts, procs, "ring")
     check_went_on(victims, failed_at, before, at)
+
+
+@pytest.mark.timeout(300)
+def test_replica_that_fails_after_the_cut_aborts(hosts: Any, procs: Procs, build: Any) -> None:
+    """Host h1 refuses replicas (its port rejected by an nft rule in its namespace):
+    the round is cut (every part written and let go), part 0's replica to h1 fails, its
+    second vote is a no and the round aborts: nothing is committed, no image or replica
+    of it is left on any host, and the ring was never rolled back."""
+    from tests.gridhosts import REPLICA_PORT
+
+    victims = start_ring(hosts, procs, build)
+    nft = hosts.argv("h1", "nft", "-f", "-")
+    rules = ("table inet cryo-test-refuse {\n chain in { type filter hook input priority 0;"
+             f" tcp dport {REPLICA_PORT} reject with tcp reset; }}\n}}\n")
+    subprocess.run(nft, input=rules, text=True, check=True, timeout=30)
+    try:
+        r = hosts.cryo("checkpoint", "ring")
+        assert r.returncode != 0 and "aborted" in r.stderr and "replicas" in r.stderr, r.stderr
+        st = json.loads(hosts.cryo("status", "ring").stdout)
+        assert st["committed"] is None
+        (round_,) = st["rounds"]
+        assert round_["state"] == "aborted" and "cut" in round_, round_
+        deadline = time.monotonic() + 20
+        while any((hosts.store(h) / "ring" / "v1").exists() and
+                  list((hosts.store(h) / "ring" / "v1").iterdir()) for h in hosts.names):
+            assert time.monotonic() < deadline, "the aborted round's images were kept"
+            time.sleep(0.2)
+        for v in victims:
+            assert_running(v)
+            v.wait_ok_after(max(v.oks()) + 300, timeout=30)
+            ticks = v.oks()
+            assert all(b > a for a, b in itertools.pairwise(ticks)), "never rolled back"
+            assert not v.fails(), v.fails()
+    finally:
+        subprocess.run(hosts.argv("h1", "nft", "delete", "table", "inet", "cryo-test-refuse"),
+                       check=False, timeout=30)  # fmt: skip
