@@ -83,7 +83,7 @@ def test_pages_dropped_since_the_last_version_stay_dropped(procs: Procs, build: 
         assert time.monotonic() < deadline
         time.sleep(0.01)
     v.wait_ok_after(max(v.oks()) + 1)
-    version, second = store.checkpoint(v.pid, st, "app", signal_after=signal.SIGKILL)
+    version, _ = store.checkpoint(v.pid, st, "app", signal_after=signal.SIGKILL)
     assert version == 2
     reap(v.pid)
     last = max(v.oks())
