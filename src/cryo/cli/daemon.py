@@ -48,6 +48,8 @@ def unit(args: argparse.Namespace) -> str:
         opts += f" --host {args.host}" if args.host else ""
         opts += f" --grid-lease {args.grid_lease}" if args.grid_lease != 5 else ""
         opts += f" --grid-dev {args.grid_dev}" if args.grid_dev else ""
+        opts += f" --grid-listen {args.grid_listen}" if args.grid_listen else ""
+        opts += f" --grid-secret-file {args.grid_secret_file}" if args.grid_secret_file else ""
     import os
 
     import cryo
@@ -113,6 +115,10 @@ def daemon_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grid-dev", metavar="IFACE",
                    help="the interface the parts' service addresses go on (cryo grid agent"
                    " --dev; default: the one in their subnet)")
+    g.add_argument("--grid-listen", metavar="ADDR:PORT",
+                   help="take other hosts' replicas here (cryo grid agent --listen)")
+    g.add_argument("--grid-secret-file", metavar="FILE",
+                   help="the grid's shared secret (cryo grid agent --secret-file)")
     p.add_argument("--print-unit", action="store_true", help="print a systemd unit and exit")
     p.set_defaults(func=cmd_daemon)
 

@@ -895,7 +895,9 @@ def main(args: Any) -> int:
         from cryo.daemon.gridhost import GridHost
 
         grid = GridHost(args.grid, args.host or socket.gethostname(), args.grid_store,
-                        lease=args.grid_lease, output=stream, dev=args.grid_dev)  # fmt: skip
+                        lease=args.grid_lease, output=stream, dev=args.grid_dev,
+                        listen=args.grid_listen,
+                        secret_file=args.grid_secret_file)  # fmt: skip
     daemon = Daemon(socket_path=args.socket, state_dir=args.state, store=args.store,
                     metrics=args.metrics, max_concurrent=args.max_concurrent,
                     staged_timeout=args.staged_timeout, grid=grid,
