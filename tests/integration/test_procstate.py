@@ -314,9 +314,9 @@ def test_process_in_a_namespace_of_its_own(procs: Procs, tmp_path: Path) -> None
 
 
 def test_prctl_state_of_each_thread(procs: Procs, build: Any, tmp_path: Path) -> None:
-    """Each thread's timer slack, machine-check kill policy and PR_SET_TSC, and the
-    process's MDWE, come back (each thread its own): restored, all four were lost and
-    the restart exited 0 (found by probing)."""
+    """Each thread's timer slack, machine-check kill policy, PR_SET_TSC and NUMA memory
+    policy, and the process's MDWE and coredump filter, come back (each thread its own):
+    restored, all were lost and the restart exited 0 (found by probing)."""
     out = tmp_path / "out.txt"
     v = procs.spawn([build("prctls"), str(out)], out)
     v.wait_ok_after(1)
@@ -391,3 +391,18 @@ def test_cgroup_membership(procs: Procs, tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
     assert key in ("", "pids")
+
+
+def test_mapping_with_a_memory_policy_of_its_own_refused(procs: Procs, build: Any,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """A mapping's own NUMA policy (mbind) is not made again: refused by name, exit 9,
+    the target untouched (it was restored without it, exit 0)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("prctls"), str(out), "mbind"], out)
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 9, r.stderr
+    assert "mbind" in r.stderr
+    assert not (tmp_path / "img").exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()

@@ -113,6 +113,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             else b.result(prctl[name])  # fmt: skip
     with open(f"/proc/{pid}/personality") as f:
         personality = int(f.read(), 16)
+    _refuse_vma_policies(pid)
     audit = _check_audit(pid, sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")))
     return {
         "membarrier": _membarrier_registrations(ctx),
@@ -123,6 +124,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         "oom_score_adj": int(procfs.read(pid, "oom_score_adj")),
         "autogroup_nice": _autogroup_nice(pid),
         "cgroups": cgroups.dump(ctx),
+        "coredump_filter": int(procfs.read(pid, "coredump_filter"), 16),
         **({"mdwe": b.result(mdwe)} if b.result(mdwe) > 0 else {}),
     }  # fmt: skip
 
@@ -158,6 +160,27 @@ def _membarrier_registrations(ctx: DumpContext) -> int:
     return mask
 
 
+def _refuse_vma_policies(pid: int) -> None:
+    """A NUMA memory policy of a mapping of its own (mbind) is refused: the restore does
+    not make it again.  /proc/PID/numa_maps shows each mapping's policy, the task's
+    where the mapping has none: a mapping whose policy is not the one of the first
+    mapping (the executable's, which no program binds) has its own."""
+    try:
+        text = procfs.read(pid, "numa_maps").decode(errors="replace")
+    except FileNotFoundError:  # (a kernel without NUMA)
+        return
+    lines = [(*line.split(maxsplit=2), "", "")[:2] for line in text.splitlines()]
+    task = lines[0][1] if lines else "default"
+    for addr, policy in lines:
+        if policy != task:
+            raise Unsupported(f"process {pid}: mapping {addr} has a NUMA memory policy of"
+                              f" its own ({policy}, mbind): not supported", pid=pid,
+                              resource="mbind")  # fmt: skip
+
+
+MAX_NODES = 1024  # bits of the node masks read and given (get/set_mempolicy)
+
+
 def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
     """Per thread: credentials, comm, rseq, robust list, clear_child_tid, no_new_privs."""
     tid = tracee.tid
@@ -173,11 +196,16 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         mce = b.call(SYS.prctl, PR.MCE_KILL_GET, 0, 0, 0, 0)
         tsc_at = b.reserve(4)
         tsc = b.call(SYS.prctl, PR.GET_TSC, tsc_at, 0, 0, 0, may_fail=True)
+        mode_at, nodes_at = b.reserve(8), b.reserve(MAX_NODES // 8)
+        pol = b.call(SYS.get_mempolicy, mode_at, nodes_at, MAX_NODES, 0, 0, may_fail=True)
     raw = b.read(tid_at, sig_at + 4 - tid_at)
     clear_tid = int.from_bytes(raw[:8], "little")
     pdeathsig = int.from_bytes(raw[sig_at - tid_at :], "little")
-    tsc_mode = {"tsc": int.from_bytes(b.read(tsc_at, 4), "little")} if b.result(tsc) == 0 \
-        else {}  # fmt: skip
+    extra: dict[str, Any] = {"tsc": int.from_bytes(b.read(tsc_at, 4), "little")} \
+        if b.result(tsc) == 0 else {}  # fmt: skip
+    mode = int.from_bytes(b.read(mode_at, 4), "little") if b.result(pol) == 0 else 0
+    if mode:  # the thread's NUMA memory policy (set_mempolicy): its mode, flags, nodes
+        extra["mempolicy"] = [mode, b.read(nodes_at, MAX_NODES // 8).rstrip(b"\0")]
     rseq = tracee.rseq_configuration()
     with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
         comm = f.read().rstrip(b"\n")
@@ -192,7 +220,7 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "securebits": b.result(secbits),
         "pdeathsig": pdeathsig,
         "dumpable": b.result(dumpable),  # the process's, set last
-        "timerslack": b.result(slack), "mce_kill": b.result(mce), **tsc_mode,
+        "timerslack": b.result(slack), "mce_kill": b.result(mce), **extra,
         **sched.dump_thread(tid), **seccomp.dump_thread(pid, tracee),
         "group_stop": tracee.group_stop,
     }  # fmt: skip
@@ -263,6 +291,9 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     _restore_audit(ctx, rec)
     if "oom_score_adj" in rec:
         _restore_oom(ctx, rec["oom_score_adj"])
+    if "coredump_filter" in rec:
+        with open(f"/proc/{ctx.pid}/coredump_filter", "w") as f:
+            f.write(f"{rec['coredump_filter']:#x}")
     nice = rec.get("autogroup_nice")
     if nice is not None and _autogroup_nice(ctx.pid) not in (None, nice):
         with open(f"/proc/{ctx.pid}/autogroup", "w") as f:  # the session's autogroup
@@ -303,6 +334,10 @@ def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
             b.call(SYS.prctl, PR.MCE_KILL, PR_MCE_KILL_SET, trec["mce_kill"], 0, 0)
         if trec.get("tsc") == PR_TSC_SIGSEGV:
             b.call(SYS.prctl, PR.SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0)
+        if trec.get("mempolicy"):
+            mode, nodes = trec["mempolicy"]
+            b.call(SYS.set_mempolicy, mode, b.put(nodes.ljust(MAX_NODES // 8, b"\0")),
+                   MAX_NODES, what=" set_mempolicy")  # fmt: skip
         head, size = trec["robust_list"]
         if head:
             b.call(SYS.set_robust_list, head, size)
@@ -440,7 +475,7 @@ def _orphaned_pgrp(pid: int) -> bool:
 def describe(rec: dict[str, Any]) -> dict[str, Any]:
     """``cryo show``: the process-wide state of a TASK record."""
     out: dict[str, Any] = {"prctl": rec["prctl"], "personality": f"{rec['personality']:#x}"}
-    for key in ("oom_score_adj", "membarrier", "mdwe"):
+    for key in ("oom_score_adj", "membarrier", "mdwe", "coredump_filter"):
         if key in rec:
             out[key] = rec[key]
     if rec.get("audit"):
@@ -452,7 +487,8 @@ def describe_thread(trec: dict[str, Any]) -> dict[str, Any]:
     """``cryo show``: a thread's credentials, scheduling, seccomp and stop state."""
     out: dict[str, Any] = {"uids": trec["uids"], "gids": trec["gids"], "groups": trec["groups"],
                            "caps": trec["caps"], "no_new_privs": trec["no_new_privs"]}
-    for key in ("securebits", "pdeathsig", "dumpable", "timerslack", "mce_kill", "tsc"):
+    for key in ("securebits", "pdeathsig", "dumpable", "timerslack", "mce_kill", "tsc",
+                "mempolicy"):
         if key in trec:
             out[key] = trec[key]
     out.update(sched.describe(trec))

@@ -764,6 +764,7 @@ KINDS: tuple[Kind, ...] = (
         F("autogroup_nice", Nullable(Int(-20, 19)), "its scheduler autogroup's nice",
           required=False),
         F("mdwe", Int(1, U32), "PR_GET_MDWE, when set", required=False),
+        F("coredump_filter", Int(0, U32), "/proc/PID/coredump_filter", required=False),
         F("cgroups", List(List(Str(max=4096), size=3), max=64),
           "[[hierarchy id, controllers, path]] as in /proc/PID/cgroup", required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
@@ -821,6 +822,9 @@ KINDS: tuple[Kind, ...] = (
         F("timerslack", Int(0), "PR_GET_TIMERSLACK (ns)", required=False),
         F("mce_kill", Int(0, 2), "PR_MCE_KILL_GET: late, early, default", required=False),
         F("tsc", Int(1, 2), "PR_GET_TSC: enable, SIGSEGV", required=False),
+        F("mempolicy", Tuple((Int(1, U32), Bytes(max=128)), ("mode", "nodes")),
+          "get_mempolicy's mode (with its flags) and node mask, when not the default",
+          required=False),
         F("sched", Struct((
             F("policy", Int(0, 7)), F("flags", Int()), F("nice", Int(-20, 19)),
             F("priority", Int(0, 99)), F("runtime", Int()), F("deadline", Int()),

@@ -168,6 +168,8 @@ class SYS(IntEnumBase):
     munlockall = 152
     capget = 125
     capset = 126
+    set_mempolicy = 238
+    get_mempolicy = 239
     sched_setaffinity = 203
     sched_getaffinity = 204
     ioprio_set = 251
