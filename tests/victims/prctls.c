@@ -1,6 +1,6 @@
 /* Per-thread state the kernel keeps for a task, each thread its own, and some per
  * process: the timer slack, the machine-check kill policy, PR_SET_TSC, the NUMA memory
- * policy (set_mempolicy), and MDWE (no mapping may become writable and executable) and
+ * policy (set_mempolicy), cpuid faulting (ARCH_SET_CPUID, where the CPU has it), and MDWE (no mapping may become writable and executable) and
  * the coredump filter.  Each round both threads check theirs and the main thread tries
  * to make a writable mapping executable (refused under MDWE).  argv[2] = "mbind": a
  * mapping with a memory policy of its own (which cryo refuses). */
@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <asm/prctl.h>
 
 #ifndef PR_SET_MDWE
 #define PR_SET_MDWE 65
@@ -16,13 +17,15 @@
 #define PR_MDWE_REFUSE_EXEC_GAIN 1
 #endif
 
-static volatile int bad2, ready2;
+static volatile int bad2, ready2, cpuid_faults;
 
 static int mine(long slack, int mce, int tsc, int policy) {
     int t = 0, mode = -1;
     unsigned long nodes = 0;
     prctl(PR_GET_TSC, &t, 0, 0, 0);
     syscall(SYS_get_mempolicy, &mode, &nodes, 64, 0, 0);
+    if (syscall(SYS_arch_prctl, ARCH_GET_CPUID, 0) != (policy == 2 && cpuid_faults ? 0 : 1) &&
+        cpuid_faults >= 0) return 0;
     return prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == slack &&
            prctl(PR_MCE_KILL_GET, 0, 0, 0, 0) == mce && t == tsc && mode == policy &&
            (policy == 0 || nodes == 1);
@@ -52,6 +55,7 @@ int main(int argc, char **argv) {
     prctl(PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0);
     unsigned long node0 = 1;
     if (syscall(SYS_set_mempolicy, 2 /* MPOL_BIND */, &node0, 64)) FAIL("set_mempolicy %d", errno);
+    cpuid_faults = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0 ? 1 : -1;  /* the main thread only */
     int cf = open("/proc/self/coredump_filter", O_WRONLY);
     if (cf < 0 || write(cf, "0x5b", 4) != 4) FAIL("coredump_filter %d", errno);
     close(cf);

@@ -54,6 +54,7 @@ _PRCTL_FLAGS = {  # name: (get, set)
 _BY_POINTER = ("pdeathsig", "child_subreaper")  # these getters store through a pointer
 PR_MCE_KILL_SET, PR_MCE_KILL_LATE, PR_MCE_KILL_EARLY = 1, 0, 1
 PR_TSC_SIGSEGV = 2
+ARCH_GET_CPUID, ARCH_SET_CPUID = 0x1011, 0x1012
 
 
 AUDIT_UNSET = 0xFFFFFFFF  # loginuid and sessionid of a task never logged in
@@ -196,6 +197,7 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         mce = b.call(SYS.prctl, PR.MCE_KILL_GET, 0, 0, 0, 0)
         tsc_at = b.reserve(4)
         tsc = b.call(SYS.prctl, PR.GET_TSC, tsc_at, 0, 0, 0, may_fail=True)
+        cpuid = b.call(SYS.arch_prctl, ARCH_GET_CPUID, 0, may_fail=True)
         mode_at, nodes_at = b.reserve(8), b.reserve(MAX_NODES // 8)
         pol = b.call(SYS.get_mempolicy, mode_at, nodes_at, MAX_NODES, 0, 0, may_fail=True)
     raw = b.read(tid_at, sig_at + 4 - tid_at)
@@ -204,6 +206,8 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
     extra: dict[str, Any] = {"tsc": int.from_bytes(b.read(tsc_at, 4), "little")} \
         if b.result(tsc) == 0 else {}  # fmt: skip
     mode = int.from_bytes(b.read(mode_at, 4), "little") if b.result(pol) == 0 else 0
+    if b.result(cpuid) == 0:  # cpuid faults (ARCH_SET_CPUID 0: SIGSEGV on cpuid)
+        extra["cpuid"] = 0
     if mode:  # the thread's NUMA memory policy (set_mempolicy): its mode, flags, nodes
         extra["mempolicy"] = [mode, b.read(nodes_at, MAX_NODES // 8).rstrip(b"\0")]
     rseq = tracee.rseq_configuration()
@@ -334,6 +338,8 @@ def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
             b.call(SYS.prctl, PR.MCE_KILL, PR_MCE_KILL_SET, trec["mce_kill"], 0, 0)
         if trec.get("tsc") == PR_TSC_SIGSEGV:
             b.call(SYS.prctl, PR.SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0)
+        if trec.get("cpuid") == 0:
+            b.call(SYS.arch_prctl, ARCH_SET_CPUID, 0, what=" ARCH_SET_CPUID")
         if trec.get("mempolicy"):
             mode, nodes = trec["mempolicy"]
             b.call(SYS.set_mempolicy, mode, b.put(nodes.ljust(MAX_NODES // 8, b"\0")),
@@ -488,7 +494,7 @@ def describe_thread(trec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"uids": trec["uids"], "gids": trec["gids"], "groups": trec["groups"],
                            "caps": trec["caps"], "no_new_privs": trec["no_new_privs"]}
     for key in ("securebits", "pdeathsig", "dumpable", "timerslack", "mce_kill", "tsc",
-                "mempolicy"):
+                "mempolicy", "cpuid"):
         if key in trec:
             out[key] = trec[key]
     out.update(sched.describe(trec))
