@@ -406,3 +406,26 @@ def test_mapping_with_a_memory_policy_of_its_own_refused(procs: Procs, build: An
     assert not (tmp_path / "img").exists()
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
+
+
+def test_syscall_user_dispatch(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A thread's syscall user dispatch comes back (restored, its calls were no longer
+    sent to SIGSYS, exit 0); a thread whose selector blocks system calls at the freeze
+    is refused untouched (cryo's own calls would have been sent to it as SIGSYS)."""
+    from cryo.errors import ExitCode
+
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("sud"), str(out), "allow"], out)
+    v.wait_ok_after(1)
+    checkpoint(v.pid, str(tmp_path / "img0"))  # and it goes on as it was
+    v.wait_ok_after(max(v.oks()) + 1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    out2 = tmp_path / "out2.txt"
+    b = procs.spawn([build("sud"), str(out2), "block"], out2)
+    b.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(b.pid), "-D", str(tmp_path / "img2"))
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "syscall user dispatch" in r.stderr
+    b.wait_ok_after(max(b.oks()) + 2)  # the main thread spins on
+    assert not b.fails()

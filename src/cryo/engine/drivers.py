@@ -56,6 +56,7 @@ from cryo.engine import (
     signals,
     sockets,
     specialfds,
+    sud,
     sysvshm,
     task,
     threads,
@@ -395,4 +396,5 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("dirty", (dirty.KIND,), optional=True, inject=_dirty_inject, write=_dirty_select,
            written=_dirty_inherit),
     Driver("registers", restore_thread={"regs": _thread_regs}),
+    Driver("sud", restore_thread={"regs": sud.restore_thread}),  # (no call injected after)
 )

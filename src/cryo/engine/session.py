@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import cryo
 from cryo import procfs
 from cryo.engine import drivers as D
-from cryo.engine import files, memory, scratchlog, shmem, textscan, tree
+from cryo.engine import files, memory, scratchlog, shmem, sud, textscan, tree
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector
 from cryo.engine.spmf import of_session as files_of
@@ -362,6 +362,7 @@ class Checkpoint:
         parked in a clean stop, so that if we die from here on the kernel lets it go
         exactly as it was."""
         inj = ctx.inj
+        sud.check(p.pid, p.threads)  # (before any call is injected)
         scratchlog.sweep(p.pid, lambda addr, size: inj(SYS.munmap, addr, size, what=(
             " removing the scratch area a killed checkpoint left")))  # fmt: skip
         addr = scratchlog.choose(p.pid, SCRATCH_SIZE)

@@ -23,7 +23,7 @@ import struct
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import cgroups, sched, seccomp
+from cryo.engine import cgroups, sched, seccomp, sud
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Batch, Injector
 from cryo.engine.ptrace import Tracee
@@ -227,6 +227,7 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "timerslack": b.result(slack), "mce_kill": b.result(mce), **extra,
         **sched.dump_thread(tid), **seccomp.dump_thread(pid, tracee),
         "group_stop": tracee.group_stop,
+        **({"sud": cfg} if (cfg := sud.read(tid)) else {}),
     }  # fmt: skip
 
 

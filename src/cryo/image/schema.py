@@ -823,6 +823,8 @@ KINDS: tuple[Kind, ...] = (
         F("mce_kill", Int(0, 2), "PR_MCE_KILL_GET: late, early, default", required=False),
         F("tsc", Int(1, 2), "PR_GET_TSC: enable, SIGSEGV", required=False),
         F("cpuid", Int(0, 0), "ARCH_GET_CPUID, when cpuid faults", required=False),
+        F("sud", List(Int(), size=4), "syscall user dispatch, when on: mode, selector,"
+          " offset, len", required=False),
         F("mempolicy", Tuple((Int(1, U32), Bytes(max=128)), ("mode", "nodes")),
           "get_mempolicy's mode (with its flags) and node mask, when not the default",
           required=False),
