@@ -362,7 +362,8 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("namespaces", collect=namespaces.check),
     Driver("cgroups", prepare=cgroups.prepare, born=cgroups.born),
     # (refuses: before any thread is read)
-    Driver("landlock", inject_thread=landlock.check_thread, thaw=landlock.release),
+    Driver("landlock", inject_thread=landlock.check_thread, shared=landlock.release,
+           thaw=landlock.release),
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
            describe=_describe_threads),
     Driver("inet", collect=inet.lock_connections, shared=inet.check_queued, thaw=inet.thaw,

@@ -130,7 +130,10 @@ def _same_userns(pid: int) -> bool:
 
 CAP_SYS_PTRACE = 19
 # witnesses made during this checkpoint, by (pid namespace, uid, gid, groups, caps): one
-# serves every thread with those ids (closed at thaw: release)
+# serves every thread with those ids; closed once every process is collected (release,
+# the "shared" hook, or at thaw on an abort): one left in the pid namespace of a job
+# that --kill then ends would keep its init from dying (zap_pid_ns_processes waits for
+# it: test_kill_after_checkpoint_of_a_pid_namespace waited 30 s)
 _witnesses: dict[tuple[Any, ...], Witness] = {}
 
 
@@ -160,7 +163,7 @@ def _witness(pid: int, tid: int, st: dict[str, str]) -> Witness:
 
 
 def release(_session: Any = None) -> None:
-    """Driver hook (thaw): the checkpoint's witnesses go."""
+    """Driver hook (shared, and thaw): the checkpoint's witnesses go."""
     for w in _witnesses.values():
         w.close()
     _witnesses.clear()

@@ -400,6 +400,17 @@ class ReadAhead:
             self._pool = None
 
 
+def _mostly_uncached(fd: int) -> bool | None:
+    """Is less than 90% of the file in the page cache (None: cachestat cannot tell)?"""
+    from cryo.linux.fdcalls import cached_pages
+
+    try:
+        have = cached_pages(fd)
+    except OSError:
+        return None
+    return have < 0.9 * (os.fstat(fd).st_size // mmap.PAGESIZE)
+
+
 class Image(ReadAhead, ImageReader):
     """A directory image (docs/image-format.md).
 
@@ -419,7 +430,9 @@ class Image(ReadAhead, ImageReader):
         self._dctx = zstandard.ZstdDecompressor()
         self.defer_pages = defer_pages
         self._fd = -1  # pages.img, of a deferred image
-        self._cold = False  # some of it was not in the page cache: leave none of it there
+        # some of it was not in the page cache: leave none of it there (None: not known
+        # yet; asked of cachestat(2) once, else found by a read the cache could not give)
+        self._cold: bool | None = None
         self._checked: set[int] = set()  # indices of the blocks read and checked
         self._init_read_ahead()
 
@@ -545,6 +558,8 @@ class Image(ReadAhead, ImageReader):
         the disk and dropped from the cache again, so that a cold image leaves the page
         cache as it was (a restart needs the restored memory, not the image's too)."""
         fd, n = self._fd, len(view)
+        if self._cold is None:
+            self._cold = _mostly_uncached(fd)
         try:
             cached = os.preadv(fd, [view], off, os.RWF_NOWAIT)
         except OSError as err:
@@ -553,7 +568,10 @@ class Image(ReadAhead, ImageReader):
             cached = 0
         got = cached
         if cached < n:
-            self._cold = True
+            # (a page the kernel marked for read-ahead also stops a RWF_NOWAIT read: only
+            # cachestat's count says whether the image was in the cache)
+            if self._cold is None:
+                self._cold = True
             try:
                 got += pread_full(fd, view[cached:], off + cached)
             except OSError as err:

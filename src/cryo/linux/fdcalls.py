@@ -109,3 +109,26 @@ def fs_type(path: str) -> int:
     buf = ctypes.create_string_buffer(120)  # struct statfs; f_type comes first
     _check(_statfs(os.fsencode(path), buf), f"statfs {path}")
     return int.from_bytes(buf.raw[:8], "little", signed=True)
+
+
+SYS_CACHESTAT = 451
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = (("off", ctypes.c_uint64), ("len", ctypes.c_uint64))
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = (("nr_cache", ctypes.c_uint64), ("nr_dirty", ctypes.c_uint64),
+                ("nr_writeback", ctypes.c_uint64), ("nr_evicted", ctypes.c_uint64),
+                ("nr_recently_evicted", ctypes.c_uint64))  # fmt: skip
+
+
+def cached_pages(fd: int, off: int = 0, length: int = 0) -> int:
+    """How many pages of [off, off + length) of the file (0: to its end) are in the page
+    cache (cachestat(2), Linux 6.5)."""
+    rng, cs = _CachestatRange(off, length), _Cachestat()
+    _check(_syscall(ctypes.c_long(SYS_CACHESTAT), ctypes.c_long(fd),
+                    ctypes.c_void_p(ctypes.addressof(rng)), ctypes.c_void_p(ctypes.addressof(cs)),
+                    ctypes.c_long(0)), "cachestat")  # fmt: skip
+    return int(cs.nr_cache)
