@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import cryo
+
 NET = "10.201.0"
 ETCD_PORT = 2379
 REPLICA_PORT = 7400
@@ -55,7 +57,10 @@ class GridHosts:
         self.alive = set(self.names)
         self.etcd: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
-        self.shared = [base, *shared]
+        # (and cryo's own source, which every host's commands import: a checkout in
+        # /tmp, as CI's may be, would be hidden by the host's own /tmp)
+        src = Path(cryo.__file__).resolve().parents[1]
+        self.shared = [base, *shared, *([src] if src.is_relative_to("/tmp") else [])]
         self.holders: dict[str, subprocess.Popen[bytes]] = {}
         self.secret = base / "grid.secret"
 
