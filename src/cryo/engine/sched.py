@@ -49,16 +49,18 @@ def dump_thread(tid: int) -> dict[str, Any]:
 
 def restore_thread(tid: int, trec: dict[str, Any]) -> None:
     """From cryo, on the restored thread ``tid``: affinity, I/O priority, nice, policy."""
+    if "affinity" in trec:  # (each of the three is optional in the image on its own)
+        try:
+            os.sched_setaffinity(tid, trec["affinity"])
+        except OSError as err:
+            raise RestoreConflict(f"thread {trec['tid']}: CPU affinity {trec['affinity']}"
+                                  f" cannot be set here ({err.strerror}); this machine has"
+                                  f" CPUs {sorted(os.sched_getaffinity(0))}", pid=trec["pid"],
+                                  resource="cpu affinity") from err  # fmt: skip
+    if "ioprio" in trec:
+        libc.syscall(SYS.ioprio_set, IOPRIO_WHO_PROCESS, tid, trec["ioprio"])
     if "sched" not in trec:
         return
-    try:
-        os.sched_setaffinity(tid, trec["affinity"])
-    except OSError as err:
-        raise RestoreConflict(f"thread {trec['tid']}: CPU affinity {trec['affinity']} cannot"
-                              f" be set here ({err.strerror}); this machine has CPUs"
-                              f" {sorted(os.sched_getaffinity(0))}", pid=trec["pid"],
-                              resource="cpu affinity") from err  # fmt: skip
-    libc.syscall(SYS.ioprio_set, IOPRIO_WHO_PROCESS, tid, trec["ioprio"])
     s = trec["sched"]
     if s["policy"] not in _NICE_SET:  # idle and real-time tasks keep a nice value for later
         sched_setattr(tid, S.sched_attr(sched_policy=SCHED.OTHER, sched_nice=s["nice"]))
@@ -78,4 +80,4 @@ def describe(trec: dict[str, Any]) -> dict[str, Any]:
     pol = SCHED(s["policy"]).name if s["policy"] in SCHED._value2member_map_ else s["policy"]
     return {"sched": f"{pol} prio {s['priority']} nice {s['nice']}"
                      + (" reset-on-fork" if s["flags"] & SCHED_FLAG.RESET_ON_FORK else ""),
-            "affinity": trec["affinity"], "ioprio": trec["ioprio"]}  # fmt: skip
+            "affinity": trec.get("affinity"), "ioprio": trec.get("ioprio")}  # fmt: skip
