@@ -429,3 +429,39 @@ def test_syscall_user_dispatch(procs: Procs, build: Any, tmp_path: Path) -> None
     assert "syscall user dispatch" in r.stderr
     b.wait_ok_after(max(b.oks()) + 2)  # the main thread spins on
     assert not b.fails()
+
+
+KEYRING_VICTIM = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+out = open(sys.argv[1], "a", buffering=1)
+if sys.argv[2] == "session":
+    ring = libc.syscall(250, 1, sys.argv[3].encode())  # KEYCTL_JOIN_SESSION_KEYRING
+else:
+    ring = libc.syscall(250, 0, -2, 1)  # KEYCTL_GET_KEYRING_ID, process keyring, create
+assert ring > 0, ctypes.get_errno()
+out.write(f"ready {os.getpid()}\n")
+n = 0
+while True:
+    now = libc.syscall(250, 0, -3 if sys.argv[2] == "session" else -2, 0)
+    out.write(f"ok {n}\n" if now == ring else f"FAIL keyring {now} not {ring}\n")
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("kind", ["session", "process"])
+def test_keyrings_of_its_own_refused(procs: Procs, tmp_path: Path, kind: str) -> None:
+    """Keyrings are not saved: a process that joined a named session keyring, or made a
+    process keyring, is refused, exit 9, the target untouched (restored, it found
+    itself in cryo's session keyring, exit 0)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", KEYRING_VICTIM, str(out), kind,
+                     f"cryo-test-{os.getpid()}"], out)  # fmt: skip
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 9, r.stderr
+    assert "keyring" in r.stderr
+    assert not (tmp_path / "img").exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()

@@ -109,6 +109,12 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             else:
                 prctl[name] = b.call(SYS.prctl, get, 0, 0, 0, 0)
         mdwe = b.call(SYS.prctl, PR.GET_MDWE, 0, 0, 0, 0, may_fail=True)  # (Linux 6.3)
+        rings = [b.call(SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, spec, 0, may_fail=True)
+                 for spec in (KEY_SPEC_THREAD_KEYRING, KEY_SPEC_PROCESS_KEYRING,
+                              KEY_SPEC_SESSION_KEYRING)]  # fmt: skip
+        desc_at = b.reserve(256)
+        b.call(SYS_KEYCTL, KEYCTL_DESCRIBE, b.ref(rings[2]), desc_at, 256, may_fail=True)
+    _check_keyrings(pid, [b.result(i) for i in rings], b.read(desc_at, 256))
     for name in _PRCTL_FLAGS:
         prctl[name] = int.from_bytes(b.read(at[name], 4), "little") if name in at \
             else b.result(prctl[name])  # fmt: skip
@@ -159,6 +165,35 @@ def _membarrier_registrations(ctx: DumpContext) -> int:
                           " (MEMBARRIER_CMD_GET_REGISTRATIONS needs Linux 6.3)",
                           pid=ctx.pid, resource="membarrier")  # fmt: skip
     return mask
+
+
+SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, KEYCTL_DESCRIBE = 250, 0, 6
+KEY_SPEC_THREAD_KEYRING, KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_SESSION_KEYRING = -1, -2, -3
+
+
+def _check_keyrings(pid: int, ids: list[int], desc: bytes) -> None:
+    """Keyrings are not saved: a restart gets the restarter's session keyring and no
+    thread or process keyring.  So a thread or process keyring (keys the process made
+    for itself) is refused, and so is a session keyring the process joined by name
+    (KEYCTL_JOIN_SESSION_KEYRING) that is not cryo's own; a login session's anonymous
+    one ("_ses", "_uid_ses.N") is left to be the restarter's (found by probing: a process
+    that had joined a named session keyring came back, exit 0, in cryo's)."""
+    thread, process, session = ids
+    for what, got in (("a thread keyring", thread), ("a process keyring", process)):
+        if got >= 0:
+            raise Unsupported(f"process {pid} has {what} (keyctl): keys are not saved",
+                              pid=pid, resource="keyrings")  # fmt: skip
+    if session < 0:
+        return
+    try:
+        mine = libc.syscall(SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)
+    except OSError:
+        mine = -1
+    name = desc.split(b"\0", 1)[0].decode(errors="replace").rsplit(";", 1)[-1]
+    if session != mine and name != "_ses" and not name.startswith("_uid_ses."):
+        raise Unsupported(f"process {pid} joined the session keyring {name!r} (keyctl): it"
+                          " would be restored in cryo's, and keys are not saved", pid=pid,
+                          resource="keyrings")  # fmt: skip
 
 
 def _refuse_vma_policies(pid: int) -> None:
