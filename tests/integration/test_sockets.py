@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -892,28 +892,46 @@ time.sleep(600)
 """
 
 
+def _tracked_tree(procs: Procs, v: Victim, count: int) -> list[int]:
+    """The pids of ``v``'s tree, ``count`` of them, each tracked."""
+    from tests.integration.test_tree import tree_pids
+
+    pids = tree_pids(v.pid)
+    assert len(pids) == count
+    for p in pids:
+        procs.track(p)
+    return pids
+
+
+def _tree_cycle(v: Victim, pids: list[int], img: Path, *opts: str,
+                cryo: Callable[..., subprocess.CompletedProcess[str]] = run_cryo
+                ) -> None:  # fmt: skip
+    """Checkpoint ``v``'s tree with --kill, end what is left of it, restart it: the same
+    pids come back."""
+    from tests.integration.test_tree import kill_tree, tree_pids
+
+    r = cryo("checkpoint", str(v.pid), "--tree", "-D", str(img), "--kill", *opts)
+    assert r.returncode == 0, r.stderr
+    kill_tree(pids)
+    r = cryo("restart", "-D", str(img), "--detach", *opts)
+    assert r.returncode == 0, r.stderr
+    assert tree_pids(v.pid) == pids
+
+
 def test_unix_accept_queue(procs: Procs, tmp_path: Path) -> None:
     """A unix listener with three connections of its children waiting to be accepted
     (one of them from a bound socket): after a restart the server accepts them in the
     same order and talks to each client.  A client that had already sent data to a
     connection not yet accepted is refused by name, and left running."""
-    from tests.integration.test_tree import kill_tree, tree_pids
+    from tests.integration.test_tree import kill_tree
 
     (tmp_path / "acceptq.py").write_text(ACCEPTQ)
     go, out, path = tmp_path / "go", tmp_path / "out", tmp_path / "srv"
     v = procs.spawn([sys.executable, str(tmp_path / "acceptq.py"), str(out), str(go),
                      str(path)], out)  # fmt: skip
     v.wait_line("ready")
-    pids = tree_pids(v.pid)
-    assert len(pids) == 4
-    for p in pids:
-        procs.track(p)
-    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == 0, r.stderr
-    kill_tree(pids)
-    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
-    assert r.returncode == 0, r.stderr
-    assert tree_pids(v.pid) == pids
+    pids = _tracked_tree(procs, v, 4)
+    _tree_cycle(v, pids, tmp_path / "img")
     go.touch()
     assert v.wait_line("checked", timeout=30) == "checked good"
     kill_tree(pids)
@@ -1089,16 +1107,10 @@ def test_tcp_accept_queue_order(procs: Procs, ns: Netns, tmp_path: Path) -> None
     20 ms apart, the last child first: after a restart (--tcp-established) the server
     accepts them in the order they were made (each client says which it is when
     accepted)."""
-    from tests.integration.test_tree import kill_tree, tree_pids
+    from tests.integration.test_tree import kill_tree
 
     v, pids, go = _acceptq(procs, ns, tmp_path, 5, 0.02)
-    r = ns.cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill",
-                "--tcp-established")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    kill_tree(pids)
-    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established")
-    assert r.returncode == 0, r.stderr
-    assert tree_pids(v.pid) == pids
+    _tree_cycle(v, pids, tmp_path / "img", "--tcp-established", cryo=ns.cryo)
     go.touch()
     assert v.wait_line("checked", timeout=30) == "checked good"
     assert not [t for t in ns.tables() if t.startswith("cryo-")]
@@ -1234,22 +1246,13 @@ def test_credentials_in_flight(procs: Procs, tmp_path: Path) -> None:
     """Datagrams queued with their senders' credentials (SCM_CREDENTIALS, the reader has
     SO_PASSCRED): after a restart each still names its sender, a process of the tree,
     and the uid and gid it was sent as."""
-    from tests.integration.test_tree import kill_tree, tree_pids
 
     (tmp_path / "creds.py").write_text(CREDS)
     go, out = tmp_path / "go", tmp_path / "out"
     v = procs.spawn([sys.executable, str(tmp_path / "creds.py"), str(out), str(go)], out)
     v.wait_line("ready")
-    pids = tree_pids(v.pid)
-    assert len(pids) == 2
-    for p in pids:
-        procs.track(p)
-    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == 0, r.stderr
-    kill_tree(pids)
-    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
-    assert r.returncode == 0, r.stderr
-    assert tree_pids(v.pid) == pids
+    pids = _tracked_tree(procs, v, 2)
+    _tree_cycle(v, pids, tmp_path / "img")
     go.touch()
     assert v.wait_line("checked", timeout=30) == "checked good"
 
@@ -1387,10 +1390,7 @@ def test_unix_peer_credentials(procs: Procs, tmp_path: Path) -> None:
                      str(tmp_path / "srv")], out)  # fmt: skip
     v.wait_line("ready")
     v.wait_line("child ready")
-    pids = tree_pids(v.pid)
-    assert len(pids) == 2
-    for p in pids:
-        procs.track(p)
+    pids = _tracked_tree(procs, v, 2)
     r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
     assert r.returncode == 0, r.stderr
     kill_tree(pids)
