@@ -116,6 +116,28 @@ def _classify(v: procfs.Vma) -> str:
     return "unsupported"
 
 
+PM_SWAP = 1 << 62
+SWP_PTE_MARKER = 31  # the last swap type (1 << MAX_SWAPFILES_SHIFT) - 1: a PTE marker
+
+
+def _swapped_not_markers(pm: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The pages of a "swapped" PAGEMAP_SCAN region that hold data: not PTE markers.  A
+    uffd-wp marker (the write tracking's, on a page never populated: WP_UNPOPULATED) is
+    a swap entry too; taken for a swapped page it was saved as a page of zeros, and the
+    restore made it resident (and a PROT_NONE mapping writable for the while: VM_ACCOUNT)."""
+    import numpy as np
+
+    n = (end - start) // PAGE_SIZE
+    raw = os.pread(pm, n * 8, start // PAGE_SIZE * 8)
+    ent = np.frombuffer(raw, dtype=np.uint64)
+    data = ~(((ent & np.uint64(PM_SWAP)) != 0) & ((ent & np.uint64(0x1F)) == SWP_PTE_MARKER))
+    if data.all():
+        return [(start, end)]
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], data, [False])).astype(np.int8)))
+    return [(start + int(a) * PAGE_SIZE, start + int(b) * PAGE_SIZE)
+            for a, b in zip(edges[::2], edges[1::2], strict=True)]  # fmt: skip
+
+
 def _wanted(kind: str, cats: int) -> bool:
     """Does a PAGEMAP_SCAN region of this VMA kind hold data we must save?  (A guard
     page shows as swapped: it is a marker, not data.)"""
@@ -176,10 +198,14 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                 ent["guards"] = _guards(pm, v.start, v.end)
             if kind in ("anon", "file") or (kind == "shmem" and not v.shared):
                 nbytes = 0
-                for s, e, cats in libc.pagemap_scan(pm, v.start, v.end,
-                                                    PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
-                                                    _SCAN_RET):  # fmt: skip
-                    if _wanted(kind, cats):
+                for s0, e0, cats in libc.pagemap_scan(pm, v.start, v.end,
+                                                      PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
+                                                      _SCAN_RET):  # fmt: skip
+                    if not _wanted(kind, cats):
+                        continue
+                    pieces = [(s0, e0)] if cats & PAGE_IS.PRESENT else \
+                        _swapped_not_markers(pm, s0, e0)  # fmt: skip
+                    for s, e in pieces:
                         if runs and runs[-1][0] + runs[-1][1] == s:
                             runs[-1] = (runs[-1][0], runs[-1][1] + e - s)
                         else:
