@@ -53,6 +53,16 @@ def parse_stat(data: bytes) -> Stat:
     )  # fmt: skip
 
 
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (when the process started, in clock ticks since boot:
+    with the pid, who it is), None if there is no such process (a zombie has one)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def parse_status(data: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in data.decode(errors="surrogateescape").splitlines():

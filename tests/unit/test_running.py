@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+from cryo import procfs
 from cryo.image import running
 
 
@@ -26,7 +27,7 @@ def _dead_pid() -> int:
 
 def test_prune_removes_only_the_markers_of_ended_processes(tmp_path: Path) -> None:
     me = os.getpid()
-    start = running._start_time(me)
+    start = procfs.start_time(me)
     assert start is not None
     live = _marker(tmp_path, "a" * 32, me, start)
     dead = _marker(tmp_path, "b" * 32, _dead_pid(), 1)

@@ -20,19 +20,12 @@ import logging
 import os
 from collections.abc import Callable
 
+from cryo import procfs
 from cryo.linux.consts import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 LEDGER = "/run/cryo/scratch"
 TOP = 0x7FFFFFFFF000
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _maps(pid: int) -> list[tuple[int, int, str, str]]:
@@ -64,7 +57,7 @@ def choose(pid: int, size: int) -> int:
 
 
 def _entry(pid: int, addr: int) -> str | None:
-    start = _start_time(pid)
+    start = procfs.start_time(pid)
     return None if start is None else os.path.join(LEDGER, f"{pid}-{start}-{addr:x}")
 
 
@@ -100,7 +93,7 @@ def left(pid: int) -> list[tuple[str, int, int]]:
         names = os.listdir(LEDGER)
     except FileNotFoundError:
         return []
-    start = _start_time(pid)
+    start = procfs.start_time(pid)
     vmas: list[tuple[int, int, str, str]] | None = None
     out = []
     for name in names:
@@ -110,7 +103,7 @@ def left(pid: int) -> list[tuple[str, int, int]]:
         except ValueError:
             continue
         path = os.path.join(LEDGER, name)
-        if _start_time(epid) != estart:  # that process is gone
+        if procfs.start_time(epid) != estart:  # that process is gone
             forget(path)
             continue
         if epid != pid or estart != start:

@@ -22,6 +22,7 @@ import json
 import os
 from typing import Any
 
+from cryo import procfs
 from cryo.errors import RestoreConflict
 
 RUN_DIR = "/run/cryo/running"
@@ -56,14 +57,6 @@ def shared_state(image: Any) -> list[str]:
     return out
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _who(path: str) -> int | None:
     """The pid a marker names, if that process still runs."""
     try:
@@ -72,7 +65,7 @@ def _who(path: str) -> int | None:
         pid, start = int(m["pid"]), int(m["start"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return pid if _start_time(pid) == start else None
+    return pid if procfs.start_time(pid) == start else None
 
 
 class Claim:
@@ -83,7 +76,7 @@ class Claim:
         self.fd = fd
 
     def mark(self, pid: int) -> None:
-        start = _start_time(pid)
+        start = procfs.start_time(pid)
         if start is None:
             return
         tmp = f"{self.path}.{os.getpid()}"
@@ -136,7 +129,7 @@ def prune(run_dir: str = RUN_DIR) -> list[str]:
                 continue
             for n in names:  # a marker half written by a restart that died (ID.PID)
                 if n.startswith(f"{ident}.") and n[len(ident) + 1 :].isdigit() \
-                        and _start_time(int(n[len(ident) + 1 :])) is None:  # fmt: skip
+                        and procfs.start_time(int(n[len(ident) + 1 :])) is None:  # fmt: skip
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(run_dir, n))
             with contextlib.suppress(FileNotFoundError):
