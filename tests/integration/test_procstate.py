@@ -33,6 +33,19 @@ def cycle(procs: Procs, v: Victim, img: Path, **restart_kw: Any) -> Victim:
     return new
 
 
+def refused_untouched(v: Victim, img: Path, needle: str) -> None:
+    """``cryo checkpoint --kill`` of ``v`` is refused: exit 9 naming ``needle``, no
+    image, and the target goes on checking itself."""
+    from cryo.errors import ExitCode
+
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert needle in r.stderr, r.stderr
+    assert not img.exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
 def build_threaded(tmp_path: Path, name: str) -> str:
     exe = tmp_path / name
     subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe),
@@ -242,18 +255,11 @@ def test_landlock_domain_refused(procs: Procs, build: Any, tmp_path: Path, where
     a second one) is refused, exit 9 naming it, no image, the target untouched and
     still confined (it checks each round that it may not mkdir).  Restored, it ran
     unconfined, and the restart exited 0."""
-    from cryo.errors import ExitCode
-
     out, d = tmp_path / "out.txt", tmp_path / "d"
     d.mkdir()
     v = procs.spawn([build("landlock"), str(out), where, str(d)], out)
     v.wait_ok_after(1)
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
-    assert "confined by Landlock" in r.stderr
-    assert not (tmp_path / "img").exists()
-    v.wait_ok_after(max(v.oks()) + 2)
-    assert not v.fails()
+    refused_untouched(v, tmp_path / "img", "confined by Landlock")
 
 
 def test_no_new_privs_without_a_landlock_domain_restores(procs: Procs, build: Any,
@@ -286,18 +292,12 @@ def test_process_in_a_namespace_of_its_own(procs: Procs, tmp_path: Path) -> None
     """A process in a UTS namespace of its own (its own hostname) is refused, exit 9
     naming it, target untouched: restored, it came back with the host's hostname, exit 0.
     Checkpointed and restarted by a cryo inside that namespace, it keeps it."""
-    from cryo.errors import ExitCode
-
     out = tmp_path / "out.txt"
     v = procs.spawn(["unshare", "--uts", "sh", "-c",
                      f"hostname cryo-uts-test && exec {sys.executable} -c '{UTS_VICTIM}' {out}"],
                     out)  # fmt: skip
     v.wait_ok_after(1)
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
-    assert "uts namespace" in r.stderr
-    assert not (tmp_path / "img").exists()
-    v.wait_ok_after(max(v.oks()) + 2)
+    refused_untouched(v, tmp_path / "img", "uts namespace")
     inside = ["nsenter", "-t", str(v.pid), "-u", sys.executable, "-m", "cryo"]
     r = subprocess.run([*inside, "checkpoint", str(v.pid), "-D", str(tmp_path / "img"),
                         "--kill"], capture_output=True, text=True, timeout=60, close_fds=True)
@@ -400,19 +400,13 @@ def test_mapping_with_a_memory_policy_of_its_own_refused(procs: Procs, build: An
     out = tmp_path / "out.txt"
     v = procs.spawn([build("prctls"), str(out), "mbind"], out)
     v.wait_ok_after(1)
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == 9, r.stderr
-    assert "mbind" in r.stderr
-    assert not (tmp_path / "img").exists()
-    v.wait_ok_after(max(v.oks()) + 2)
-    assert not v.fails()
+    refused_untouched(v, tmp_path / "img", "mbind")
 
 
 def test_syscall_user_dispatch(procs: Procs, build: Any, tmp_path: Path) -> None:
     """A thread's syscall user dispatch comes back (restored, its calls were no longer
     sent to SIGSYS, exit 0); a thread whose selector blocks system calls at the freeze
     is refused untouched (cryo's own calls would have been sent to it as SIGSYS)."""
-    from cryo.errors import ExitCode
 
     out = tmp_path / "out.txt"
     v = procs.spawn([build("sud"), str(out), "allow"], out)
@@ -424,11 +418,7 @@ def test_syscall_user_dispatch(procs: Procs, build: Any, tmp_path: Path) -> None
     out2 = tmp_path / "out2.txt"
     b = procs.spawn([build("sud"), str(out2), "block"], out2)
     b.wait_ok_after(1)
-    r = run_cryo("checkpoint", str(b.pid), "-D", str(tmp_path / "img2"))
-    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
-    assert "syscall user dispatch" in r.stderr
-    b.wait_ok_after(max(b.oks()) + 2)  # the main thread spins on
-    assert not b.fails()
+    refused_untouched(b, tmp_path / "img2", "syscall user dispatch")  # (it spins on)
 
 
 KEYRING_VICTIM = r"""
@@ -459,9 +449,4 @@ def test_keyrings_of_its_own_refused(procs: Procs, tmp_path: Path, kind: str) ->
     v = procs.spawn([sys.executable, "-c", KEYRING_VICTIM, str(out), kind,
                      f"cryo-test-{os.getpid()}"], out)  # fmt: skip
     v.wait_ok_after(1)
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == 9, r.stderr
-    assert "keyring" in r.stderr
-    assert not (tmp_path / "img").exists()
-    v.wait_ok_after(max(v.oks()) + 2)
-    assert not v.fails()
+    refused_untouched(v, tmp_path / "img", "keyring")
