@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryo import procfs
+from cryo.asuser import AsUserFailed, call_as
 from cryo.engine import inet
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, Unsupported
@@ -708,19 +709,18 @@ def _bind_path(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> 
         s.bind(_path(d, options))
         return
     where = translated(options, d.get("cwd", "/"))
-    child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            os.chdir(where)
-            s.bind(name)
-            code = 0
-        finally:
-            os._exit(code)
-    _pid, status = os.waitpid(child, 0)
-    if status:
+
+    def bind() -> bytes:
+        os.chdir(where)
+        s.bind(name)
+        return b""
+
+    try:
+        call_as(None, bind)
+    except AsUserFailed as err:
         raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot bind a unix socket to {name!r}"
-                        f" in {where} again", pid=d["pid"], resource=f"fd {d['fd']}")
+                        f" in {where} again: {err}", pid=d["pid"],
+                        resource=f"fd {d['fd']}") from err  # fmt: skip
 
 
 def _refill(s: socket.socket, d: dict[str, Any]) -> None:
