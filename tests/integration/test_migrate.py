@@ -525,38 +525,53 @@ def test_checkpoint_pre_copy_restarts(procs: Procs, build: Any, tmp_path: Path) 
     assert not new.fails()
 
 
+class _Generations:
+    """tests/victims/incr.c: its memory changes by generations (SIGUSR1: next) between
+    the rounds, and a process restored from it checks every byte against the last
+    generation (SIGUSR2: check)."""
+
+    def __init__(self, procs: Procs, build: Any, tmp_path: Path) -> None:
+        mapped = tmp_path / "mapped.bin"
+        mapped.write_bytes(b"F" * 8 * 4096)
+        self.out = tmp_path / "out.txt"
+        self.v = procs.spawn([build("incr"), str(self.out), "16", "20", str(mapped)], self.out)
+        self.v.wait_line("ready", timeout=30)
+        self.gen = 0
+
+    def next(self) -> None:
+        self.gen += 1
+        start = len(self.v.lines())
+        os.kill(self.v.pid, signal.SIGUSR1)
+        self.v.wait_for(lambda ls: f"gen {self.gen}" in ls[start:], timeout=30)
+
+    def check(self, pid: int) -> None:
+        new = Victim(pid, self.out)
+        start = len(new.lines())
+        os.kill(pid, signal.SIGUSR2)
+        lines = new.wait_for(lambda ls: any(x.startswith(("ok ", "FAIL")) for x in ls[start:]),
+                             timeout=60)  # fmt: skip
+        assert f"ok {self.gen}" in lines[start:], lines[start:]
+
+
 def test_checkpoint_pre_copy_unmapped_meanwhile(procs: Procs, build: Any,
                                                 tmp_path: Path) -> None:  # fmt: skip
     """Between the rounds the target unmaps a region, drops pages (MADV_DONTNEED) and
     changes others (tests/victims/incr.c): the image holds exactly its last state."""
     from cryo.migrate import checkpoint_pre_copy
 
-    mapped = tmp_path / "mapped.bin"
-    mapped.write_bytes(b"F" * 8 * 4096)
-    out = tmp_path / "out.txt"
-    v = procs.spawn([build("incr"), str(out), "16", "20", str(mapped)], out)
-    v.wait_line("ready", timeout=30)
-    gen = [0]
+    g = _Generations(procs, build, tmp_path)
 
     def between(rnd: Any) -> None:  # a new generation after each of the first rounds
         if rnd.number <= 3:
-            gen[0] += 1
-            start = len(v.lines())
-            os.kill(v.pid, signal.SIGUSR1)
-            v.wait_for(lambda ls: f"gen {gen[0]}" in ls[start:], timeout=30)
+            g.next()
 
-    _r, rounds, _ = checkpoint_pre_copy(v.pid, str(tmp_path / "img"), report=between,
+    _r, rounds, _ = checkpoint_pre_copy(g.v.pid, str(tmp_path / "img"), report=between,
                                         max_rounds=4, signal_after=signal.SIGKILL)  # fmt: skip
-    assert gen[0] >= 2, rounds
-    reap(v.pid)
+    assert g.gen >= 2, rounds
+    reap(g.v.pid)
     rr = restart(str(tmp_path / "img"))
     procs.track(rr.pid)
-    new = Victim(rr.pid, out)
-    start = len(new.lines())
-    os.kill(rr.pid, signal.SIGUSR2)
-    lines = new.wait_for(lambda ls: any(x.startswith(("ok ", "FAIL")) for x in ls[start:]),
-                         timeout=60)  # fmt: skip
-    assert f"ok {gen[0]}" in lines[start:], lines[start:]
+    g.check(rr.pid)
 
 
 FAKE_SSH = """#!/bin/sh
@@ -651,29 +666,16 @@ def test_migrate_staged_layout_changes(procs: Procs, build: Any, tmp_path: Path,
     from cryo.migrate import migrate
 
     monkeypatch.setenv("PATH", _fake_ssh(tmp_path))
-    mapped = tmp_path / "mapped.bin"
-    mapped.write_bytes(b"F" * 8 * 4096)
-    out = tmp_path / "out.txt"
-    v = procs.spawn([build("incr"), str(out), "16", "20", str(mapped)], out)
-    v.wait_line("ready", timeout=30)
-    gen = [0]
+    g = _Generations(procs, build, tmp_path)
 
     def between(line: str) -> None:  # a new generation after each of the first rounds
         if line.startswith("round ") and int(line.split()[1].rstrip(":")) <= 3:
-            gen[0] += 1
-            start = len(v.lines())
-            os.kill(v.pid, signal.SIGUSR1)
-            v.wait_for(lambda ls: f"gen {gen[0]}" in ls[start:], timeout=30)
+            g.next()
 
-    r = migrate(v.pid, "ssh://root@elsewhere", report=between, max_rounds=4)
+    r = migrate(g.v.pid, "ssh://root@elsewhere", report=between, max_rounds=4)
     procs.track(r.pid)
-    assert gen[0] >= 2 and r.staged_bytes >= 16 << 20, r
+    assert g.gen >= 2 and r.staged_bytes >= 16 << 20, r
     deadline = time.monotonic() + 10
-    while not gone_from(v.pid) and time.monotonic() < deadline:
+    while not gone_from(g.v.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    new = Victim(r.pid, out)
-    start = len(new.lines())
-    os.kill(r.pid, signal.SIGUSR2)
-    lines = new.wait_for(lambda ls: any(x.startswith(("ok ", "FAIL")) for x in ls[start:]),
-                         timeout=60)  # fmt: skip
-    assert f"ok {gen[0]}" in lines[start:], lines[start:]
+    g.check(r.pid)
