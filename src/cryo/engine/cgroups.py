@@ -81,10 +81,10 @@ def prepare(rs: Any) -> None:
 
     _want.clear()
     owner = rs.options.get("owner")
-    # True for root's image, else the owner (uid, gids)
-    _state["root"] = True if owner is None or getattr(owner, "uid", 0) == 0 else \
+    # None for root's image, else the owner's (uid, gids); the mounts once one is needed
+    _state["owner"] = None if owner is None or getattr(owner, "uid", 0) == 0 else \
         (owner.uid, set(getattr(owner, "gids", ())))  # fmt: skip
-    _state["mounts"] = _mounts()
+    _state["mounts"] = None
     for old, recs in rs.plan.procs.items():
         lines = recs[R.TASK].get("cgroups")
         if not lines:
@@ -112,17 +112,20 @@ def born(inj: Any, old_pid: int) -> None:
         key = _key(ctrl)
         if now.get(key) == path:
             continue
+        if _state["mounts"] is None:
+            _state["mounts"] = _mounts()
         base = _state["mounts"].get(key)
         if base is None:  # (`ip netns exec`, say, mounts a /sys of its own, without them)
             raise CryoError(f"process {old_pid} was in cgroup {path} ({ctrl or 'v2'}), of a"
                             " hierarchy not mounted here")  # fmt: skip
         where = os.path.join(base, path.lstrip("/"))
+        owner = _state["owner"]
         if not os.path.isdir(where):
-            if _state["root"] is not True:
+            if owner is not None:
                 raise CryoError(f"process {old_pid}: cgroup {path} ({ctrl or 'v2'}) does"
                                 " not exist here")  # fmt: skip
             os.makedirs(where, exist_ok=True)
-        elif _state["root"] is not True and not _owner_may_enter(where, _state["root"]):
+        elif owner is not None and not _owner_may_enter(where, owner):
             raise CryoError(f"process {old_pid}: the image's owner may not move a process"
                             f" into cgroup {path} ({ctrl or 'v2'})")  # fmt: skip
         try:
