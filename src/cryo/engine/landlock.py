@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import signal
 from typing import Any
 
 from cryo import procfs
-from cryo.engine import tree
+from cryo.engine import namespaces, tree
 from cryo.errors import Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
@@ -122,12 +123,6 @@ def _drop_to(prm: int) -> None:
     libc.syscall(SYS.capset, ctypes.addressof(head), ctypes.addressof(data))
 
 
-def _same_userns(pid: int) -> bool:
-    """(In another user namespace the witness, in ours, needs a capability there: EPERM
-    then says nothing about Landlock.)"""
-    return os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
-
-
 CAP_SYS_PTRACE = 19
 # witnesses made during this checkpoint, by (pid namespace, uid, gid, groups, caps): one
 # serves every thread with those ids; closed once every process is collected (release,
@@ -144,13 +139,16 @@ def _cryo_may_witness(pid: int, st: dict[str, str]) -> bool:
     every root process, frozen meanwhile."""
     if st["Uid"].split()[0] != "0" or st["Gid"].split()[0] != "0":
         return False
-    mine = procfs.parse_status(procfs.read(os.getpid(), "status"))
-    eff, prm, cryo_prm = (int(x, 16) for x in (st["CapEff"], st["CapPrm"], mine["CapPrm"]))
+    eff, prm, cryo_prm = int(st["CapEff"], 16), int(st["CapPrm"], 16), _my_permitted()
     if not (eff >> CAP_SYS_PTRACE & 1 or prm & cryo_prm == cryo_prm):
         return False
-    same = [os.stat(f"/proc/{pid}/ns/{k}").st_ino == os.stat(f"/proc/self/ns/{k}").st_ino
-            for k in ("pid", "user")]  # fmt: skip
-    return all(same)
+    return namespaces.same(pid, "pid") and namespaces.same(pid, "user")
+
+
+@functools.cache
+def _my_permitted() -> int:
+    """cryo's permitted capabilities (read once: they do not change)."""
+    return int(procfs.parse_status(procfs.read(os.getpid(), "status"))["CapPrm"], 16)
 
 
 def _witness(pid: int, tid: int, st: dict[str, str]) -> Witness:
@@ -180,7 +178,9 @@ def check_thread(ctx: Any, t: Any, tinj: Any) -> dict[str, Any]:
         ret = tinj.raw(SYS_KCMP, me, os.getpid(), KCMP_VM, 0, 0)
     if ret == -errno.EPERM:  # (or made sure of with a witness of its own ids)
         ret = tinj.raw(SYS_KCMP, me, _witness(ctx.pid, t.tid, st).nspid, KCMP_VM, 0, 0)
-    if ret == -errno.EPERM and _same_userns(ctx.pid):
+    # (in another user namespace the witness, in ours, needs a capability there: EPERM
+    # then says nothing about Landlock)
+    if ret == -errno.EPERM and namespaces.same(ctx.pid, "user"):
         raise Unsupported(f"thread {t.tid} is confined by Landlock (landlock_restrict_self):"
                           " the kernel never shows its rules again, so a restart would run"
                           " it unconfined", pid=ctx.pid, resource="landlock")  # fmt: skip

@@ -31,13 +31,17 @@ def _ino(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def same(pid: int, kind: str) -> bool:
+    """Is ``pid`` in cryo's own namespace of ``kind`` (or has the kernel none of it)?"""
+    mine, theirs = _ino(f"/proc/self/ns/{kind}"), _ino(f"/proc/{pid}/ns/{kind}")
+    return mine is None or theirs is None or mine == theirs
+
+
 def check(ctx: Any) -> None:
     """Driver hook (collect, per process): refuse a process in a namespace of another
     kind than pid and mount that is not cryo's own."""
     for kind in KINDS:
-        mine = _ino(f"/proc/self/ns/{kind}")
-        theirs = _ino(f"/proc/{ctx.pid}/ns/{kind}")
-        if mine is not None and theirs is not None and mine != theirs:
+        if not same(ctx.pid, kind):
             link = os.readlink(f"/proc/{ctx.pid}/ns/{kind}")
             raise Unsupported(f"process {ctx.pid} is in a {kind} namespace ({link}) other"
                               f" than cryo's: it would be restored in cryo's; run cryo"
