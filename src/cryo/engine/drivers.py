@@ -388,7 +388,8 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
     # (after files and shmem: its prepare reopens fds of mapped deleted files from their
     # object, then takes the locks of the descriptions)
-    Driver("locks", collect=locks.collect, shared=locks.check_shared, prepare=locks.prepare,
+    Driver("locks", inject=locks.read_table_early, collect=locks.collect,
+           shared=locks.check_shared, prepare=locks.prepare,
            restore={"files": locks.restore}, restore_thread={"creds": locks.restore_owner}),
     # (the app driver before dirty: it leaves pages out before dirty selects them)
     Driver("app", (appchannel.KIND,), optional=True, before_freeze=appchannel.before_freeze,

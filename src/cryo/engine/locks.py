@@ -33,6 +33,7 @@ import fcntl
 import logging
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,6 +240,38 @@ def _maps(pid: int) -> dict[tuple[tuple[int, int], int], str]:
     return out
 
 
+def read_table_early(ctx: DumpContext) -> None:
+    """Driver hook (inject, every process frozen): /proc/locks read in a thread, for
+    :func:`check_shared`.  Its seq_file takes fs/locks.c's file_rwsem for writing, which
+    waits for an RCU grace period unless one just passed (10-25 ms here): that wait now
+    goes on while the rest of the freeze does.  The processes are frozen, so the table
+    cannot change for their locks before check_shared reads the result."""
+    if "locks" in ctx.shared.early:
+        return
+    box: list[bytes | BaseException] = []
+
+    def read() -> None:
+        try:
+            with open("/proc/locks", "rb") as f:
+                box.append(f.read())
+        except BaseException as err:  # (raised where the table is used)
+            box.append(err)
+
+    th = threading.Thread(target=read, name="cryo-proc-locks", daemon=True)
+    th.start()
+    ctx.shared.early["locks"] = (th, box)
+
+
+def _proc_locks(early: tuple[threading.Thread, list[bytes | BaseException]] | None) -> bytes:
+    if early is not None:
+        th, box = early
+        th.join()
+        if box and isinstance(box[0], bytes):
+            return box[0]
+    with open("/proc/locks", "rb") as f:  # (no early read, or it failed: once more)
+        return f.read()
+
+
 def check_shared(session: Any) -> None:
     """Driver hook, once for all processes: a lock only a mapping holds is kept on that
     mapping (:func:`_through_mapping`); a signal owner outside the checkpoint is refused."""
@@ -248,8 +281,7 @@ def check_shared(session: Any) -> None:
     for c in contexts:
         seen |= c.live.pop("locks_seen", set())
     maps = {c.pid: _maps(c.pid) for c in contexts}
-    with open("/proc/locks", "rb") as f:
-        table = parse_proc_locks(f.read())
+    table = parse_proc_locks(_proc_locks(session.shared.early.pop("locks", None)))
     for lk in table:
         users = [c for c in contexts if (lk.dev, lk.ino) in maps[c.pid]]
         if not users or lk.key in seen or not (lk.pid in pids or lk.pid == -1):

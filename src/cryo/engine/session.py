@@ -94,6 +94,7 @@ class Shared:
     sources: list[memory.Source] = field(default_factory=list)  # page sources of objects
     channels: list[Any] = field(default_factory=list)  # open to applications' agents
     app: dict[int, dict[str, Any]] = field(default_factory=dict)  # what each agent asked
+    early: dict[str, Any] = field(default_factory=dict)  # reads begun in the freeze, by name
 
 
 # where a checkpoint goes: a directory, a Sink, or a function that makes the Sink (called
