@@ -72,8 +72,11 @@ class CryoError(Exception):
         self.path = path
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # keyword-only arguments do not survive the default pickling
-        return (_rebuild, (type(self), self.message, self.pid, self.resource, self.path))
+        # keyword-only arguments do not survive the default pickling; other attributes
+        # (a worker's traceback, a subclass's own) go as the state
+        rest = {k: v for k, v in self.__dict__.items()
+                if k not in ("message", "pid", "resource", "path")}  # fmt: skip
+        return (_rebuild, (type(self), self.message, self.pid, self.resource, self.path), rest)
 
     def __str__(self) -> str:
         return self.message
@@ -168,6 +171,9 @@ def translate_oserror(
     what = f"{resource}: " if resource else ""
     msg = f"{what}{err.strerror or err}"
     if err.errno == errno.ESRCH:
+        name = err.filename if isinstance(err.filename, str) else ""
+        if name.startswith("/proc/") and name[6:].split("/", 1)[0].isdigit():
+            pid = int(name[6:].split("/", 1)[0])  # the process that was gone, not the target
         return NoSuchProcess(
             f"process {pid} does not exist" if pid else msg, pid=pid, resource=resource, path=path
         )

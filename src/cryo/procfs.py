@@ -243,5 +243,5 @@ def read(pid: int | str, name: str) -> bytes:
 def readlink(pid: int, name: str) -> str:
     try:
         return os.readlink(f"/proc/{pid}/{name}")
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ProcessLookupError) as err:
         raise NoSuchProcess(f"process {pid} or its {name} does not exist", pid=pid) from err

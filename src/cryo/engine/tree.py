@@ -77,7 +77,7 @@ def children(pid: int) -> list[int]:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 out.extend(int(x) for x in f.read().split())
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone: ESRCH while being reaped
         pass
     return out
 
@@ -160,7 +160,7 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                     continue
                 try:
                     tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-                except FileNotFoundError:
+                except (FileNotFoundError, ProcessLookupError):
                     tids = []
                 ended = False
                 for tid in tids:
@@ -216,7 +216,7 @@ def _thread_ended(pid: int, tid: int) -> bool:
 def _tasks(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/task"))
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import pickle
 import select
@@ -33,6 +34,7 @@ from typing import Any
 
 from cryo.errors import CryoError, InternalError, Interrupted
 
+log = logging.getLogger(__name__)
 _HEAD = struct.Struct("<Q")
 
 
@@ -135,7 +137,11 @@ class Worker:
                 if interrupted:
                     raise KeyboardInterrupt
                 return msg[1]
-            raise msg[1]
+            err = msg[1]
+            where = getattr(err, "worker_traceback", None)
+            if where:
+                log.debug("raised in the worker:\n%s", where)
+            raise err
 
     def close(self) -> None:
         """Done: a checkpoint still in progress is aborted by the worker, which exits."""
@@ -263,15 +269,17 @@ def _inside(frame: FrameType | None, modules: tuple[str, ...]) -> bool:
 
 
 def _portable(err: BaseException) -> BaseException:
-    """An error as the caller will see it: ours as they are, OSError translated, anything
-    else as a bug in cryo with its traceback."""
-    if isinstance(err, CryoError):
-        return err
-    if isinstance(err, OSError):
-        from cryo.errors import translate_oserror
-
-        return translate_oserror(err, pid=getattr(err, "pid", None))
+    """An error as the caller will see it: ours as they are, OSError translated (each
+    carrying where it was raised, which the caller logs at debug level), anything else as
+    a bug in cryo with its traceback."""
     import traceback
 
     text = "".join(traceback.format_exception(err)).rstrip()
+    if isinstance(err, CryoError | OSError):
+        if isinstance(err, OSError):
+            from cryo.errors import translate_oserror
+
+            err = translate_oserror(err, pid=getattr(err, "pid", None))
+        err.worker_traceback = text  # type: ignore[attr-defined]  # logged by the caller
+        return err
     return InternalError(f"{type(err).__name__}: {err}\n{text}")
