@@ -430,6 +430,63 @@ def test_lock_tables_are_listed_without_nft(ns: Netns) -> None:
     assert sorted(ours) == sorted(want)  # (cryo's prefix only)
 
 
+def test_lock_is_made_over_nfnetlink(ns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network lock is made by one nfnetlink batch (no nft run: nft's script is the
+    fallback) and is what nft makes of that script, byte code and elements (IPv4, IPv6,
+    IPv4-mapped); its connection's packets are dropped until it is removed."""
+    def no_nft(*_args: Any) -> str:
+        raise AssertionError("nft was run")
+
+    conns = [("127.0.0.1", 7777, "127.0.0.1", 40000), ("::1", 80, "::1", 5000),
+             ("::ffff:10.0.0.1", 22, "::ffff:10.0.0.2", 3333),
+             ("fe80::1", 1, "2001:db8::5", 65535)]  # fmt: skip
+    v4, v6 = netlock._elements(conns)
+    script = netlock._table("cryo-image-1-nft") + "".join(
+        f"add element inet cryo-image-1-nft {k} {{ {', '.join(e)} }}\n"
+        for k, e in (("conn4", v4), ("conn6", v6)))  # fmt: skip
+    r = subprocess.run(ns.argv("nft", "-f", "-"), input=script, capture_output=True,
+                       text=True, timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with inside(ns):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        a = socket.create_connection(srv.getsockname())
+        b = srv.accept()[0]
+    try:
+        with inside(ns):
+            monkeypatch.setattr(netlock, "_nft", no_nft)
+            lock = netlock.Lock("cryo-image-1-nl")
+            lock.add(conns[:2])
+            lock.add([*conns[2:], (*a.getsockname(), *a.getpeername())])
+            monkeypatch.undo()
+        assert sorted(ns.tables()) == sorted(["cryo-image-1-nft", "cryo-image-1-nl",
+                                              lock.owner])  # fmt: skip
+        listed = {}
+        for t in ("cryo-image-1-nft", "cryo-image-1-nl"):
+            r = ns.run("nft", "--debug=netlink", "list", "table", "inet", t, check=True)
+            code = (r.stdout + r.stderr).replace(t, "T").split("table inet T {")[0]
+            listed[t] = sorted(line for line in code.splitlines() if "element" not in line)
+            r = ns.run("nft", "list", "set", "inet", t, "conn6", check=True)
+            assert "::ffff" not in r.stdout
+        assert listed["cryo-image-1-nft"] == listed["cryo-image-1-nl"]
+        r = ns.run("nft", "list", "table", "inet", "cryo-image-1-nl", check=True)
+        assert f"127.0.0.1 . {a.getsockname()[1]} . 127.0.0.1 . {srv.getsockname()[1]}" \
+            in r.stdout and "10.0.0.1 . 22 . 10.0.0.2 . 3333" in r.stdout  # fmt: skip
+        a.sendall(b"held")
+        b.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            b.recv(16)
+        with inside(ns):
+            lock.drop()
+        b.settimeout(10)  # (retransmitted once the lock is gone)
+        assert b.recv(16) == b"held"
+        assert sorted(ns.tables()) == ["cryo-image-1-nft"]
+    finally:
+        for x in (a, b, srv):
+            x.close()
+
+
 def test_tcp_table_from_sock_diag_is_proc_net_tcp(ns: Netns) -> None:
     """The TCP sockets of our own namespace are read from sock_diag (binary) and give
     what /proc/net/tcp and tcp6 give: listeners, IPv4, IPv6, IPv4-mapped, half closed,

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterable
@@ -112,6 +113,17 @@ def _elements(conns: Iterable[Conn]) -> tuple[list[str], list[str]]:
     return v4, v6
 
 
+def _keys(conns: Iterable[Conn]) -> dict[int, list[bytes]]:
+    """The connections as the elements of sets conn4 and conn6 (linux/net.lock_key)."""
+    out: dict[int, list[bytes]] = {4: [], 6: []}
+    pton, key = socket.inet_pton, N.lock_key
+    for la, lp, ra, rp in conns:
+        a, b = _unmapped(la), _unmapped(ra)
+        family, version = (socket.AF_INET6, 6) if ":" in a else (socket.AF_INET, 4)
+        out[version].append(key(pton(family, a), lp, pton(family, b), rp))
+    return out
+
+
 def _unmapped(addr: str) -> str:
     """An IPv4-mapped IPv6 address as the IPv4 address it travels as."""
     if addr.startswith("::ffff:") and "." in addr:
@@ -151,15 +163,21 @@ class Lock:
     def add(self, conns: list[Conn]) -> None:
         if not conns:
             return
-        script = ""
         if not self.made:
             sweep()
-            script = (f"table inet {self.owner}\n" if self.owner else "") + _table(self.name)
-        v4, v6 = _elements(conns)
-        for key, elems in (("conn4", v4), ("conn6", v6)):
-            if elems:
-                script += f"add element inet {self.name} {key} {{ {', '.join(elems)} }}\n"
-        _nft(script)
+        try:  # one nfnetlink batch (no nft run: 10-15 ms for 1,000 connections)
+            N.nft_lock(self.name, _keys(conns), make=not self.made, owner=self.owner or "",
+                       mark=MARK)  # fmt: skip
+        except OSError as err:
+            log.debug("nfnetlink network lock %s: %s; by nft", self.name, err)
+            script = ""
+            if not self.made:
+                script = (f"table inet {self.owner}\n" if self.owner else "") + _table(self.name)
+            v4, v6 = _elements(conns)
+            for key, elems in (("conn4", v4), ("conn6", v6)):
+                if elems:
+                    script += f"add element inet {self.name} {key} {{ {', '.join(elems)} }}\n"
+            _nft(script)
         self.made = True
         self.conns.extend(conns)
         log.debug("network lock %s: %d connections", self.name, len(self.conns))

@@ -9,6 +9,7 @@ lengths through ``fcntl.ioctl``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import errno
@@ -16,6 +17,7 @@ import fcntl
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 
 from cryo.linux.consts import IntEnumBase, IntFlagBase, fast_enum
@@ -327,13 +329,30 @@ _NLMSG = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
 
 
+@contextlib.contextmanager
+def _netlink(protocol: int, sotype: int) -> Iterator[socket.socket]:
+    """A netlink socket of this thread's network namespace while inside.  An nfnetlink
+    one is closed on a thread of its own: the last close of one waits until the objects
+    that the namespace's last nftables transactions removed are destroyed (nf_tables'
+    NETLINK_URELEASE notifier flushes its destroy work, which waits for an RCU grace
+    period: 6-15 ms here), though the transactions are complete already."""
+    nl = socket.socket(socket.AF_NETLINK, sotype | socket.SOCK_CLOEXEC, protocol)
+    try:
+        yield nl
+    finally:
+        if protocol == NETLINK_NETFILTER:
+            threading.Thread(target=nl.close, name="cryo-nfnl-close", daemon=True).start()
+        else:
+            nl.close()
+
+
 def _dump(protocol: int, sotype: int, request: int, body: bytes, what: str, bufsize: int,
           timeout: float) -> Iterator[tuple[int, bytes, int, int]]:  # fmt: skip
     """One netlink dump: the request sent, each answer yielded as (message type, the
     buffer it is in, where its payload starts, where it ends) until NLMSG_DONE; an
     NLMSG_ERROR with an error, a short message or a dump without its end raise OSError
     (``what`` names the dump)."""
-    with socket.socket(socket.AF_NETLINK, sotype | socket.SOCK_CLOEXEC, protocol) as nl:
+    with _netlink(protocol, sotype) as nl:
         nl.settimeout(timeout)
         nl.send(_NLMSG.pack(_NLMSG.size + len(body), request, _NLM_F_REQUEST | _NLM_F_DUMP,
                             1, 0) + body)  # fmt: skip
@@ -385,6 +404,35 @@ def nft_tables(family: int = NFPROTO_INET) -> list[str]:
     return names
 
 
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+RT_SCOPE_UNIVERSE = 0
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+
+
+def host_addresses() -> list[str]:
+    """Every address of global scope in this network namespace, IPv4 then IPv6 as the
+    kernel lists them (one rtnetlink dump, RTM_GETADDR: what ``ip addr`` shows, the
+    secondary addresses of an interface too, which SIOCGIFADDR does not give)."""
+    body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    out: list[str] = []
+    for mtype, data, start, end in _dump(socket.NETLINK_ROUTE, socket.SOCK_RAW, RTM_GETADDR,
+                                         body, "rtnetlink list addresses", 1 << 16, 5):  # fmt: skip
+        if mtype != RTM_NEWADDR or end - start < _IFADDRMSG.size:
+            continue
+        family, _plen, _flags, scope, _index = _IFADDRMSG.unpack_from(data, start)
+        if scope != RT_SCOPE_UNIVERSE or family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        found: dict[int, bytes] = {}
+        for atype, a, aend in _attrs(data, start + _IFADDRMSG.size, end):
+            if atype in (IFA_ADDRESS, IFA_LOCAL):
+                found[atype] = data[a:aend]
+        raw = found.get(IFA_LOCAL, found.get(IFA_ADDRESS))  # (IPv4's own is IFA_LOCAL)
+        if raw is not None:
+            out.append(socket.inet_ntop(family, raw))
+    return out
+
+
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_DELTABLE = 2
 _NLM_F_ACK = 0x4
@@ -413,14 +461,22 @@ def nft_delete_tables(names: Iterable[str], family: int = NFPROTO_INET) -> None:
     if not waiting:
         return
     req += msg(NFNL_MSG_BATCH_END, _NLM_F_REQUEST, max(waiting) + 1, batch)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       NETLINK_NETFILTER) as nl:  # fmt: skip
+    _nft_batch(req, waiting, "delete table")
+
+
+def _nft_batch(req: bytes, waiting: set[int], what: str) -> None:
+    """Send nfnetlink batch ``req`` (one transaction) and wait for the answer to each
+    message of ``waiting`` (their sequence numbers, sent with NLM_F_ACK): OSError for
+    the first that failed (the kernel then applied none of the batch)."""
+    with _netlink(NETLINK_NETFILTER, socket.SOCK_RAW) as nl:
         nl.settimeout(5)
+        if len(req) > 200_000:  # (a batch is one message: within the send buffer)
+            nl.setsockopt(socket.SOL_SOCKET, 32, len(req) + 4096)  # SO_SNDBUFFORCE
         nl.send(req)
         while waiting:
             data = nl.recv(1 << 16)
             if not data:
-                raise OSError(errno.EIO, "nfnetlink: no answer to delete table")
+                raise OSError(errno.EIO, f"nfnetlink: no answer to {what}")
             off = 0
             while off + _NLMSG.size <= len(data):
                 length, mtype, _flags, seq, _pid = _NLMSG.unpack_from(data, off)
@@ -429,9 +485,148 @@ def nft_delete_tables(names: Iterable[str], family: int = NFPROTO_INET) -> None:
                 if mtype == _NLMSG_ERROR:  # an ACK (0) or an error, for the message seq
                     err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
                     if err:
-                        raise OSError(err, f"{os.strerror(err)} [nfnetlink delete table]")
+                        raise OSError(err, f"{os.strerror(err)} [nfnetlink {what}]")
                     waiting.discard(seq)
                 off += (length + 3) & ~3
+
+
+# the nftables messages of a network lock (include/uapi/linux/netfilter/nf_tables.h)
+NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM = 3, 6, 9, 12
+_NLM_F_CREATE, _NLM_F_APPEND, _NLA_F_NESTED = 0x400, 0x800, 0x8000
+NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT = 1, 3
+NF_DROP, NF_ACCEPT = 0, 1
+NFT_META_MARK, NFT_META_NFPROTO, NFT_META_L4PROTO = 3, 15, 16
+NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
+# registers: NFT_REG_1..4 (16 bytes each) are NFT_REG32_00..15 (8..23), 4 bytes each
+NFT_REG_VERDICT, NFT_REG_1, NFT_REG_2 = 0, 1, 2
+# the sets' key types and userdata as nft 1.0.6 writes them for "ipvN_addr .
+# inet_service . ipvN_addr . inet_service" (what nft list shows; the kernel keeps them)
+_SET_KEY = {4: (0x001CD1CD, 16), 6: (0x0020D20D, 40)}
+_SET_USERDATA = bytes.fromhex("00040000000003080004 0d00 00000100".replace(" ", ""))
+_BE32 = struct.Struct(">I")
+
+
+def _nla(atype: int, payload: bytes) -> bytes:
+    out = _NLA.pack(_NLA.size + len(payload), atype) + payload
+    return out + b"\0" * (-len(out) % 4)
+
+
+def _nest(atype: int, *attrs: bytes) -> bytes:
+    return _nla(atype | _NLA_F_NESTED, b"".join(attrs))
+
+
+def _str(atype: int, text: str) -> bytes:
+    return _nla(atype, text.encode() + b"\0")
+
+
+def _u32(atype: int, value: int) -> bytes:
+    return _nla(atype, _BE32.pack(value & 0xFFFFFFFF))
+
+
+def _expr(name: str, *attrs: bytes) -> bytes:
+    return _nest(1, _str(1, name), _nest(2, *attrs))  # NFTA_LIST_ELEM: NAME, DATA
+
+
+def _meta(key: int, dreg: int) -> bytes:
+    return _expr("meta", _u32(2, key), _u32(1, dreg))  # NFTA_META_KEY, _DREG
+
+
+def _cmp_eq(sreg: int, value: bytes) -> bytes:
+    return _expr("cmp", _u32(1, sreg), _u32(2, 0), _nest(3, _nla(1, value)))  # SREG, OP eq
+
+
+def _payload(base: int, offset: int, length: int, dreg: int) -> bytes:
+    return _expr("payload", _u32(1, dreg), _u32(2, base), _u32(3, offset), _u32(4, length))
+
+
+def _verdict(code: int) -> bytes:  # immediate: DREG verdict, DATA { VERDICT { CODE } }
+    return _expr("immediate", _u32(1, NFT_REG_VERDICT), _nest(2, _nest(2, _u32(1, code))))
+
+
+def _lock_rules(mark: int) -> list[bytes]:
+    """The expressions of each rule of a lock's chain: packets marked ``mark`` pass;
+    those whose addresses and ports, either way round, are an element of set conn4 or
+    conn6 are dropped (what netlock's nft script says, as nft compiles it)."""
+    rules = [_meta(NFT_META_MARK, NFT_REG_1) + _cmp_eq(NFT_REG_1, struct.pack("=I", mark))
+             + _verdict(NF_ACCEPT)]  # fmt: skip
+    for version, nfproto, (src, dst, alen), regs, set_id in (
+            (4, socket.AF_INET, (12, 16, 4), (NFT_REG_1, 9, 10, 11), 1),
+            (6, socket.AF_INET6, (8, 24, 16), (NFT_REG_1, NFT_REG_2, 13, 17), 2)):  # fmt: skip
+        for first, second in ((src, dst), (dst, src)):  # (saddr . sport . daddr . dport)
+            sport, dport = (0, 2) if first == src else (2, 0)
+            rules.append(
+                _meta(NFT_META_NFPROTO, NFT_REG_1) + _cmp_eq(NFT_REG_1, bytes([nfproto]))
+                + _meta(NFT_META_L4PROTO, NFT_REG_1)
+                + _cmp_eq(NFT_REG_1, bytes([socket.IPPROTO_TCP]))
+                + _payload(NFT_PAYLOAD_NETWORK_HEADER, first, alen, regs[0])
+                + _payload(NFT_PAYLOAD_TRANSPORT_HEADER, sport, 2, regs[1])
+                + _payload(NFT_PAYLOAD_NETWORK_HEADER, second, alen, regs[2])
+                + _payload(NFT_PAYLOAD_TRANSPORT_HEADER, dport, 2, regs[3])
+                + _expr("lookup", _str(1, f"conn{version}"), _u32(2, NFT_REG_1),
+                        _u32(4, set_id))  # NFTA_LOOKUP_SET, _SREG, _SET_ID
+                + _verdict(NF_DROP))  # fmt: skip
+    return rules
+
+
+def lock_key(local: bytes, lport: int, remote: bytes, rport: int) -> bytes:
+    """The element of a lock's set conn4 or conn6 for a connection (addresses packed, 4
+    or 16 bytes): each field in a register of its own, a port padded to 4 bytes."""
+    return b"".join((local, lport.to_bytes(2, "big"), b"\0\0", remote,
+                     rport.to_bytes(2, "big"), b"\0\0"))  # fmt: skip
+
+
+def nft_lock(table: str, keys: dict[int, list[bytes]], *, make: bool, owner: str = "",
+             mark: int = 0, family: int = NFPROTO_INET) -> None:
+    """One nfnetlink transaction (what ``nft -f`` of netlock's script sends, without
+    starting nft): with ``make``, table ``owner`` (empty; none if "") and table
+    ``table`` with sets conn4 and conn6 and chains in and out (:func:`_lock_rules`,
+    hooked at priority -300); then ``keys`` (by IP version, :func:`lock_key`) added to
+    the sets.  All or nothing: OSError if the kernel refused any of it."""
+    nfgen = struct.Struct("=BBH")
+    seq = 1
+    waiting: set[int] = set()
+
+    def msg(mtype: int, flags: int, *attrs: bytes, fam: int = family, subsys: bool = True
+            ) -> bytes:  # fmt: skip
+        nonlocal seq
+        seq += 1
+        body = nfgen.pack(fam, 0, 0 if subsys else socket.htons(NFNL_SUBSYS_NFTABLES))
+        body += b"".join(attrs)
+        if flags & _NLM_F_ACK:
+            waiting.add(seq)
+        mt = NFNL_SUBSYS_NFTABLES << 8 | mtype if subsys else mtype
+        return _NLMSG.pack(_NLMSG.size + len(body), mt, flags, seq, 0) + body
+
+    create = _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_ACK
+    out = [msg(NFNL_MSG_BATCH_BEGIN, _NLM_F_REQUEST, fam=socket.AF_UNSPEC, subsys=False)]
+    if make:
+        if owner:
+            out.append(msg(NFT_MSG_NEWTABLE, create, _str(NFTA_TABLE_NAME, owner), _u32(2, 0)))
+        out.append(msg(NFT_MSG_NEWTABLE, create, _str(NFTA_TABLE_NAME, table), _u32(2, 0)))
+        for name, hook in (("in", NF_INET_LOCAL_IN), ("out", NF_INET_LOCAL_OUT)):
+            out.append(msg(NFT_MSG_NEWCHAIN, create, _str(1, table), _str(3, name),
+                           _nest(4, _u32(1, hook), _u32(2, -300)), _u32(5, NF_ACCEPT),
+                           _str(7, "filter")))  # TABLE, NAME, HOOK, POLICY, TYPE
+        for set_id, version in ((1, 4), (2, 6)):
+            ktype, klen = _SET_KEY[version]
+            out.append(msg(NFT_MSG_NEWSET, create, _str(1, table), _str(2, f"conn{version}"),
+                           _u32(3, 0), _u32(4, ktype), _u32(5, klen), _u32(10, set_id),
+                           _nla(13, _SET_USERDATA)))  # fmt: skip
+        for name in ("in", "out"):
+            for exprs in _lock_rules(mark):
+                out.append(msg(NFT_MSG_NEWRULE, create | _NLM_F_APPEND, _str(1, table),
+                               _str(2, name), _nla(4 | _NLA_F_NESTED, exprs)))  # fmt: skip
+    for set_id, version in ((1, 4), (2, 6)):
+        elems = keys.get(version) or []
+        for i in range(0, len(elems), 4096):  # (a message's length is 32 bits: any size)
+            listed = b"".join(_nest(1, _nest(1, _nla(1, k))) for k in elems[i:i + 4096])
+            out.append(msg(NFT_MSG_NEWSETELEM, create, _str(1, table),
+                           _str(2, f"conn{version}"), _nla(3 | _NLA_F_NESTED, listed),
+                           *((_u32(4, set_id),) if make else ())))  # fmt: skip
+    if not waiting:
+        return
+    out.append(msg(NFNL_MSG_BATCH_END, _NLM_F_REQUEST, fam=socket.AF_UNSPEC, subsys=False))
+    _nft_batch(b"".join(out), waiting, "make the network lock")
 
 
 NETLINK_SOCK_DIAG = 4
