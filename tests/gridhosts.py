@@ -2,12 +2,13 @@
 namespaces on one bridge.  The bridge lives in a namespace of its own (the "switch",
 10.201.0.254), where etcd listens and the operator's commands (cryo grid run,
 checkpoint, status, restart) are run; host i is a network namespace with a veth to the
-bridge (10.201.0.(i+1)/24) and a mount namespace of its own, held by a process of
-its own (``holder``), in which /tmp is a tmpfs of that host alone: its agent's store
-is there (``STORE``), so that what one host writes no other can read, and replicas
-must travel over the network.  Only the directories named ``shared`` (the test's own
-directory, for the parts' output, and where the victims are built) are seen by every
-host, as an NFS home would be.  Every address is inside these namespaces only (the
+bridge (10.201.0.(i+1)/24), a UTS namespace whose hostname is its name (h0, h1, ...)
+and a mount namespace of its own, held by a process of its own (``holder``), in which
+/tmp is a tmpfs of that host alone: its agent's store is there (``STORE``), so that
+what one host writes no other can read, and replicas must travel over the network.
+Only the directories named ``shared`` (the test's own directory, for the parts'
+output, and where the victims are built) are seen by every host, as an NFS home
+would be.  Every address is inside these namespaces only (the
 root namespace is untouched), so fixed addresses and ports are safe even when several
 runs go on at once.  A host "fails" by losing its link, then its processes (the holder
 with them: its /tmp and store are gone) and its namespace.  Teardown removes every
@@ -29,9 +30,11 @@ NET = "10.201.0"
 ETCD_PORT = 2379
 REPLICA_PORT = 7400
 STORE = "/tmp/cryo-grid-store"  # each host's, in its own /tmp
-# run in a host's network namespace by ``unshare --mount``: /tmp becomes the host's
-# own tmpfs, the shared directories ("$@") bound back at their paths
+# run in a host's network namespace by ``unshare --mount --uts``: the host's name ($1)
+# is its hostname (restart_info() tells a part that moved so), /tmp becomes the host's
+# own tmpfs, the shared directories (the other arguments) bound back at their paths
 HOLDER = """set -e
+hostname "$1"; shift
 mount -t tmpfs -o mode=700 cryo-grid-stage /mnt
 i=0; for d in "$@"; do mkdir /mnt/$i; mount --rbind "$d" /mnt/$i; i=$((i+1)); done
 mount -t tmpfs -o mode=1777 cryo-grid-tmp /tmp
@@ -87,8 +90,8 @@ class GridHosts:
             self.sh("ip", "-n", ns, "link", "set", "eth0", "up")
             self.sh("ip", "-n", ns, "link", "set", "lo", "up")
             holder = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{ns}", "--", "unshare", "--mount",
-                 "--propagation", "private", "--", "sh", "-c", HOLDER, "holder",
+                ["nsenter", f"--net=/run/netns/{ns}", "--", "unshare", "--mount", "--uts",
+                 "--propagation", "private", "--", "sh", "-c", HOLDER, "holder", h,
                  *map(str, self.shared)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)  # fmt: skip
             self.holders[h] = holder
@@ -111,9 +114,9 @@ class GridHosts:
         """``argv`` run in host ``where`` (or in the switch: ``"switch"``)."""
         if where == "switch":
             return ["nsenter", f"--net=/run/netns/{self.switch}", "--", *argv]
-        return ["nsenter", f"--net=/run/netns/{self.ns[where]}",
-                f"--mount=/proc/{self.holders[where].pid}/ns/mnt", f"--wd={os.getcwd()}",
-                "--", *argv]  # fmt: skip
+        ns = f"/proc/{self.holders[where].pid}/ns"
+        return ["nsenter", f"--net=/run/netns/{self.ns[where]}", f"--mount={ns}/mnt",
+                f"--uts={ns}/uts", f"--wd={os.getcwd()}", "--", *argv]  # fmt: skip
 
     def start_etcd(self) -> None:
         import sys

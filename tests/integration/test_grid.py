@@ -26,9 +26,11 @@ from typing import Any
 
 import pytest
 
+from cryo.grid.agent import FENCE_MARGIN
 from tests.conftest import Procs, Victim, reap, run_cryo
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server missing")
+APPCB = Path(__file__).parent.parent / "victims" / "appcb.py"  # takes part through cryo.app
 
 
 def free_port() -> int:
@@ -463,7 +465,7 @@ def hosts(tmp_path: Path, build: Any) -> Iterator[Any]:
         pytest.skip("needs ip, nft, nsenter and unshare")
     from tests.gridhosts import GridHosts
 
-    g = GridHosts(tmp_path, shared=(Path(build("ring")).parent,))
+    g = GridHosts(tmp_path, shared=(Path(build("ring")).parent, APPCB.parent))
     try:
         g.setup()
         g.start_etcd()
@@ -480,7 +482,7 @@ def ring_parts(hosts: Any, procs: Procs, app: str) -> tuple[dict[str, Any], list
     for n in range(3):
         p = st["parts"][str(n)]
         procs.track(int(p["pid"]))
-        victims.append(Victim(int(p["pid"]), hosts.base / f"ring-{n}.txt"))
+        victims.append(Victim(int(p["pid"]), hosts.base / f"{app}-{n}.txt"))
     return st, victims
 
 
@@ -617,6 +619,15 @@ def nft_tables(hosts: Any, h: str) -> str:
                           text=True, check=True).stdout  # fmt: skip
 
 
+LEASE = 3  # the test hosts' agents' (GridHosts.start_agent)
+# how late the fence may be beyond what the design promises, when the whole suite loads
+# the machine: the fence watch's 50 ms step, the SIGSTOPs, one nft run, the scheduler
+# (the bound was 3 s, 0.75 s past it, and the table was looked for at once after the
+# stop: it failed once in CI); the lease's own last FENCE_MARGIN seconds are the
+# design's margin before etcd can expire it
+FENCE_SLACK = 1.5
+
+
 @pytest.mark.timeout(300)
 def test_partitioned_host_fences_its_part(hosts: Any, procs: Procs, build: Any) -> None:
     """Host h1 is cut off (its link down) but lives: before its lease can expire its
@@ -632,12 +643,19 @@ def test_partitioned_host_fences_its_part(hosts: Any, procs: Procs, build: Any) 
     watcher = start_watcher(hosts)
     try:
         hosts.partition("h1")
+        t0 = time.monotonic()  # (h1's last refresh that succeeded was sent before this)
         failed_at = [max(v.oks()) for v in victims]
-        t0 = time.monotonic()
+        # what the design promises (docs/protocol.md, Fencing): the part stopped, then its
+        # packets dropped, once lease - FENCE_MARGIN has passed since that refresh was
+        # sent; allowed FENCE_SLACK more for a loaded machine
+        due = LEASE - min(FENCE_MARGIN, LEASE / 4) + FENCE_SLACK
         while "State:\tT" not in Path(f"/proc/{old}/status").read_text():
-            assert time.monotonic() - t0 < 3.0, "h1's part was not stopped within its lease"
+            assert time.monotonic() - t0 < due, f"h1's part was not stopped within {due} s"
             time.sleep(0.02)
-        assert "cryo-fence-ring" in nft_tables(hosts, "h1")
+        # (the table is made after the stop, by an nft of its own: not at once)
+        while "cryo-fence-ring" not in nft_tables(hosts, "h1"):
+            assert time.monotonic() - t0 < due, f"h1's fence table was not made within {due} s"
+            time.sleep(0.05)
         st = wait_restarted(hosts, watcher)
         assert st["parts"]["1"]["host"] in ("h0", "h2") and "h1" not in st["hosts"]
         # still cut off: the old part is stopped, and never ran meanwhile
@@ -698,3 +716,50 @@ def test_replica_that_fails_after_the_cut_aborts(hosts: Any, procs: Procs, build
     finally:
         subprocess.run(hosts.argv("h1", "nft", "delete", "table", "inet", "cryo-test-refuse"),
                        check=False, timeout=30)  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_part_told_it_moved(hosts: Any, procs: Procs) -> None:
+    """Three parts that take part in their checkpoints through cryo.app
+    (tests/victims/appcb.py: a callback that waits in checkpoint_ready()) on three hosts,
+    each with a hostname of its own.  After a global checkpoint, host h1 dies; once its
+    lease has expired the application is restarted: part 1, restored on a live host from
+    its replica, learns from restart_info() that it moved (from h1, h1's address, to the
+    host it runs on now and that host's addresses, its service address among them);
+    parts 0 and 2, rolled back in place, that they did not."""
+    for h in hosts.names:
+        hosts.start_agent(h)
+    r = hosts.cryo("run", "--app", "told", "--hosts", "h0,h1,h2", "--services",
+                   ",".join(hosts.services), "--replicas", "1", "--store", str(hosts.base),
+                   "--", sys.executable, str(APPCB), str(hosts.base / "told-{part}.txt"),
+                   "plain")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    _, victims = ring_parts(hosts, procs, "told")
+    for v in victims:
+        v.wait_ok_after(2, timeout=30)
+    r = hosts.cryo("checkpoint", "told")
+    assert r.returncode == 0 and "global version 1 committed" in r.stdout, r.stderr
+    for v in victims:
+        v.wait_line("callback CONTINUED", timeout=30)
+    hosts.fail("h1")
+    deadline = time.monotonic() + 30
+    while "h1" in json.loads(hosts.cryo("status", "told").stdout)["hosts"]:
+        assert time.monotonic() < deadline, "h1's lease did not expire"
+        time.sleep(0.2)
+    r = hosts.cryo("restart", "told")
+    assert r.returncode == 0, r.stderr
+    st, victims = ring_parts(hosts, procs, "told")
+    for n, v in enumerate(victims):
+        got = v.wait_line("callback RESTARTED", timeout=30)
+        fields = dict(f.split("=", 1) for f in got.split()[2:] if "=" in f)
+        now, was = st["parts"][str(n)]["host"], f"h{n}"
+        assert fields["pid"] == str(v.pid) and fields["new"] == str(v.pid), (n, got)
+        assert (fields["from"], fields["host"]) == (was, now), (n, got)
+        old_addrs, new_addrs = (a.split(",") for a in fields["addrs"].split(">"))
+        assert hosts.addr[was] in old_addrs and hosts.addr[now] in new_addrs, (n, got)
+        assert hosts.services[n] in old_addrs and hosts.services[n] in new_addrs, (n, got)
+        if n == 1:
+            assert now in ("h0", "h2"), "part 1 moved to a live host"
+            assert hosts.addr["h1"] not in new_addrs, (n, got)
+        v.wait_ok_after(max(v.oks()) + 5, timeout=30)  # and it goes on
+        assert not v.fails(), v.fails()

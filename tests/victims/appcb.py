@@ -43,7 +43,8 @@ def callback(_data: object) -> None:
         ri = cr.restart_info()
         assert ri is not None
         say(f"callback RESTARTED old={ri.old_pid} new={ri.new_pid} pid={os.getpid()}"
-            f" host={ri.new_host} dropped={list(ri.dropped)}")
+            f" host={ri.new_host} dropped={list(ri.dropped)} from={ri.old_host}"
+            f" addrs={','.join(ri.old_addrs)}>{','.join(ri.new_addrs)}")
     elif got == cr.CONTINUED:
         say("callback CONTINUED")
     else:

@@ -16,13 +16,11 @@ per-process APPX record.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
 import socket
 import stat
-import struct
 from typing import Any
 
 from cryo.app import protocol as P
@@ -304,22 +302,10 @@ def _put_back(rs: Any, f: dict[str, Any]) -> None:
 
 
 def host_addresses() -> list[str]:
-    """This host's IP addresses (loopback left out)."""
-    out = []
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _, ifname in socket.if_nameindex():
-            with contextlib.suppress(OSError):
-                req = struct.pack("256s", ifname.encode()[:15])
-                got = fcntl.ioctl(s.fileno(), 0x8915, req)  # SIOCGIFADDR
-                addr = socket.inet_ntoa(got[20:24])
-                if not addr.startswith("127."):
-                    out.append(addr)
-    finally:
-        s.close()
-    with contextlib.suppress(OSError), open("/proc/net/if_inet6") as f:
-        for line in f:
-            hexaddr, _, _, scope, _, _ = line.split()
-            if scope == "00":  # global
-                out.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr)))
-    return out
+    """This host's IP addresses of global scope (loopback and link-local left out), a
+    grid part's service address among them (a secondary address of its interface)."""
+    from cryo.linux.net import host_addresses as addresses
+
+    with contextlib.suppress(OSError):
+        return addresses()
+    return []
