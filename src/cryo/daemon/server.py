@@ -16,10 +16,8 @@ import functools
 import json
 import logging
 import os
-import pickle
 import pwd
 import queue
-import select
 import signal
 import socket
 import socketserver
@@ -37,6 +35,7 @@ from cryo.asuser import AsUserFailed, call_as
 from cryo.daemon import procs
 from cryo.daemon import protocol as P
 from cryo.daemon.metrics import Metrics
+from cryo.daemon.runner import Runner
 from cryo.daemon.state import State
 from cryo.errors import AccessDenied, CryoError, ImageExists, NoSuchProcess, Usage
 
@@ -95,7 +94,14 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics_address = metrics
         self.max_concurrent = max(1, max_concurrent)
-        self.slots = threading.BoundedSemaphore(self.max_concurrent)
+        # the checkpointers (daemon/runner.py), forked at start: an operation holds one,
+        # so that there are at most --max-concurrent checkpoints (and gc) at once
+        self._runners: queue.SimpleQueue[Runner] = queue.SimpleQueue()
+        self._metrics_fds: list[int] = []
+        # the scheduler's wake-up: a byte on this pipe (a change of state, a job no
+        # longer busy) ends its sleep
+        self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.state.on_change = self.wake
         self.staged_timeout = staged_timeout
         self.backoff = backoff
         self.checkpoint_timeout = checkpoint_timeout  # a checkpoint (its child) at most
@@ -173,6 +179,21 @@ class Daemon:
                 if fut.set_running_or_notify_cancel():
                     fut.set_exception(CryoError("the daemon is stopping"))
 
+    # -- the checkpointers: the global limit ------------------------------------------
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Runner]:
+        """One of the ``--max-concurrent`` checkpointers, waited for."""
+        runner = self._runners.get()
+        try:
+            yield runner
+        finally:
+            self._runners.put(runner)
+
+    def _listening_fds(self) -> list[int]:
+        fds = [self.server.fileno()] if self.server is not None else []
+        return fds + list(self._metrics_fds)
+
     # -- one operation per job at a time ---------------------------------------------
 
     def try_busy(self, name: str) -> bool:
@@ -192,10 +213,17 @@ class Daemon:
                 self._cond.wait(left)
             self._busy.add(name)
 
-    def unbusy(self, name: str) -> None:
+    def unbusy(self, name: str, *, wake: bool = True) -> None:
         with self._cond:
             self._busy.discard(name)
             self._cond.notify_all()
+        if wake:
+            self.wake()
+
+    def wake(self) -> None:
+        """The scheduler looks again now (what is due, what ended)."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
 
     def is_busy(self, name: str) -> bool:
         with self._cond:
@@ -404,13 +432,11 @@ class Daemon:
     def checkpoint(self, name: str, *, due: float | None = None,
                    held: bool = False) -> dict[str, Any]:  # fmt: skip
         """A new version of job ``name``, then retention by its policy."""
-        from cryo import store as cstore
-
         with self.busy(name, held=held):
             job = self.state.job(name)
             if job is None:
                 raise CryoError(f"there is no job {name}")
-            with self.slots:  # the global limit on concurrent checkpoints
+            with self.slot() as runner:  # the global limit on concurrent checkpoints
                 attempt = self.state.begin(name, "checkpoint", due)
                 started = time.time()
                 if due is not None:
@@ -418,21 +444,21 @@ class Daemon:
                 try:
                     pid = self.alive(job)
                     self.ensure_store(job["store"])
-                    version, r = in_child(cstore.checkpoint, pid, job["store"], name,
-                                          scope=job["scope"],
-                                          timeout=self.checkpoint_timeout)  # fmt: skip
+                    version, r = runner.call("checkpoint", pid, job["store"], name,
+                                             job["scope"],
+                                             timeout=self.checkpoint_timeout)  # fmt: skip
                 except BaseException as err:
                     self.failed(job, attempt, err)
                     raise
-            self.state.add_version(name, version, memory=r.memory_bytes,
-                                   stored=r.stored_bytes, frozen=r.freeze_seconds,
-                                   seconds=r.total_seconds, attempt=attempt)  # fmt: skip
-            self.counted(name, r)
-            event("checkpoint", job=name, version=version, memory=r.memory_bytes,
-                  stored=r.stored_bytes, frozen=round(r.freeze_seconds, 4),
-                  seconds=round(r.total_seconds, 4),
-                  late=round(started - due, 4) if due is not None else None)  # fmt: skip
-            self.retain(job)
+                self.state.add_version(name, version, memory=r.memory_bytes,
+                                       stored=r.stored_bytes, frozen=r.freeze_seconds,
+                                       seconds=r.total_seconds, attempt=attempt)  # fmt: skip
+                self.counted(name, r)
+                event("checkpoint", job=name, version=version, memory=r.memory_bytes,
+                      stored=r.stored_bytes, frozen=round(r.freeze_seconds, 4),
+                      seconds=round(r.total_seconds, 4),
+                      late=round(started - due, 4) if due is not None else None)  # fmt: skip
+                self.retain(job, runner)
             return {"version": version, "memory": r.memory_bytes, "stored": r.stored_bytes,
                     "frozen": r.freeze_seconds, "seconds": r.total_seconds}  # fmt: skip
 
@@ -459,42 +485,36 @@ class Daemon:
             "job": job["name"], "error": type(err).__name__, "message": str(err),
             "failures": failures, "retry": fields.get("next_due")}})  # fmt: skip
 
-    def retain(self, job: dict[str, Any]) -> None:
+    def retain(self, job: dict[str, Any], runner: Runner | None = None) -> None:
+        """gc by the job's policy, by ``runner`` (or the next free one)."""
         if not job["keep_last"]:
             return
-        from cryo import store as cstore
-
+        if runner is None:
+            with self.slot() as free:
+                self.retain(job, free)
+            return
         try:
-            reports = in_child(cstore.gc, job["store"], job["keep_last"], job["keep_every"],
-                               app=job["name"], timeout=self.checkpoint_timeout)  # fmt: skip
+            reports = runner.call("gc", job["store"], job["keep_last"], job["keep_every"],
+                                  job["name"], timeout=self.checkpoint_timeout)  # fmt: skip
         except CryoError as err:
             log.warning("gc failed", extra={"fields": {"job": job["name"], "message": str(err)}})
             return
-        for rep in reports:
-            if rep.deleted or rep.retired:
+        if any(rep.deleted or rep.retired for rep in reports):
+            for rep in reports:
                 event("gc", job=job["name"], deleted=rep.deleted, retired=rep.retired,
                       freed=rep.freed)  # fmt: skip
-        self.sync(job["name"], job["store"])
+            self.sync(job["name"], job["store"], runner)
 
-    def sync(self, name: str, store: str | None = None) -> tuple[list[int], list[int]]:
-        """The job's versions in the database made those of the store."""
-        from cryo.store.layout import Store
-
+    def sync(self, name: str, store: str | None = None,
+             runner: Runner | None = None) -> tuple[list[int], list[int]]:  # fmt: skip
+        """The job's versions in the database made those of the store (read by a
+        checkpointer: the page maps of a version's metadata never load in the daemon)."""
         job = self.state.job(name)
         store = store or (job["store"] if job else self.store)
-        try:
-            app = Store(store).app(name)
-            published = app.published()
-        except CryoError:
-            published = []
-        info: dict[int, dict[str, Any]] = {}
-        for v in published:
-            try:
-                meta = app.meta(v)
-                info[v] = {"created": meta.info.get("created"), "memory": meta.info.get(
-                    "memory"), "stored": meta.info.get("new")}  # fmt: skip
-            except CryoError:
-                info[v] = {}
+        if runner is None:
+            with self.slot() as free:
+                return self.sync(name, store, free)
+        info = runner.call("versions", store, name, timeout=self.checkpoint_timeout)
         return self.state.sync_versions(name, info)
 
     # -- restarts --------------------------------------------------------------------
@@ -579,7 +599,7 @@ class Daemon:
         if st.version is not None:
             raise CryoError(f"job {job['name']}: the staged checkpoint is written already")
         name = job["name"]
-        with self.slots:
+        with self.slot():
             self.ensure_store(job["store"])
             a = Store(job["store"]).app(name, create=True)
             with a.lock(exclusive=True):  # (held here while the worker writes)
@@ -652,6 +672,10 @@ class Daemon:
         from cryo.preload import preload
 
         preload()
+        import numpy.ma  # noqa: F401 (numpy's set routines import it at their first call)
+
+        for _ in range(self.max_concurrent):
+            self._runners.put(Runner(forker=self.in_main, close_fds=self._listening_fds))
         for a in self.state.interrupted():
             event("interrupted attempt", job=a["job"], kind=a["kind"], attempt=a["id"],
                   daemon=a["daemon"])  # fmt: skip
@@ -663,7 +687,8 @@ class Daemon:
         if self.metrics_address:
             from cryo.daemon import metrics
 
-            metrics.serve(self.metrics_address, self.render_metrics)
+            httpd = metrics.serve(self.metrics_address, self.render_metrics)
+            self._metrics_fds.append(httpd.fileno())
         self.threads = [threading.Thread(target=scheduler.run, args=(self,),
                                          name="cryod-scheduler", daemon=True),
                         *self.workers]  # fmt: skip
@@ -680,83 +705,22 @@ class Daemon:
             by_state[j["state"]] = by_state.get(j["state"], 0) + 1
         return self.metrics.render(by_state)
 
+    def close_runners(self) -> None:
+        """The idle checkpointers end (one still at work stops when the daemon exits:
+        its parent-death signal)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._runners.get_nowait().close()
+
     def stop(self) -> None:
         self.stopping.set()
+        self.wake()
         for name in list(self.staged):
             self.abort_staged(name, "aborted")
         if self.server is not None:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
         if self.grid is not None:
             threading.Thread(target=self.grid.stop, daemon=True).start()
-
-
-def in_child(fn: Callable[..., Any], *args: Any, timeout: float | None = None,
-             **kw: Any) -> Any:  # fmt: skip
-    """``fn(*args, **kw)`` in a child process, its result or error handed back pickled.
-    Checkpoints and gc run so: the page maps and hash tables they load (numpy) never
-    stay in the daemon's memory, which thus stays flat however long it runs.  The child
-    dies with the daemon (PR_SET_PDEATHSIG), and the engine's worker with it, which lets
-    the targets go as they were; one that has not answered after ``timeout`` seconds is
-    killed so (CryoError), so that a checkpoint that hangs cannot hold one of the
-    daemon's slots for ever."""
-    from cryo.errors import InternalError
-    from cryo.linux import libc
-    from cryo.linux.consts import PR
-
-    r, w = os.pipe2(os.O_CLOEXEC)
-    parent = os.getpid()
-    child = os.fork()
-    if child == 0:  # pragma: no cover (in the child)
-        code = 0
-        try:
-            os.close(r)
-            libc.prctl(PR.SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                os._exit(1)
-            try:
-                out: tuple[str, Any] = ("ok", fn(*args, **kw))
-            except BaseException as err:
-                out = ("error", err)
-            try:
-                data = pickle.dumps(out)
-            except Exception as err:
-                data = pickle.dumps(("error", InternalError(f"cannot hand back {out[0]}:"
-                                                            f" {err!r}")))  # fmt: skip
-            view = memoryview(data)
-            while view:
-                view = view[os.write(w, view):]
-        except BaseException:
-            code = 70
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    deadline = None if timeout is None else time.monotonic() + timeout
-    late = False
-    try:
-        while True:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([r], [], [], left)[0]:
-                    late = True
-                    os.kill(child, signal.SIGKILL)
-                    break
-            if not (chunk := os.read(r, 1 << 20)):
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        _, status = os.waitpid(child, 0)
-    if late:
-        raise CryoError(f"{getattr(fn, '__name__', fn)} did not end within {timeout:g} s:"
-                        " killed (its targets are let go as they were)")
-    if not chunks:
-        raise InternalError(f"the daemon's child for {getattr(fn, '__name__', fn)} ended"
-                            f" without an answer ({procs.Ended(status).describe()})")
-    kind, value = pickle.loads(b"".join(chunks))  # noqa: S301 (our own child's)
-    if kind == "error":
-        raise value
-    return value
 
 
 def _version_sink(store: str, app: str, version: int, parent: int | None) -> Any:
@@ -916,6 +880,7 @@ def main(args: Any) -> int:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     daemon.start()
     daemon.run()
+    daemon.close_runners()
     if grid is not None:
         grid.stop()
     with contextlib.suppress(OSError):

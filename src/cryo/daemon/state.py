@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -76,7 +76,12 @@ POLICY_COLUMNS = ("every", "keep_last", "keep_every", "restart_on_failure", "max
 
 
 class State:
-    """One SQLite database, shared by the daemon's threads under one lock."""
+    """One SQLite database, shared by the daemon's threads under one lock.
+
+    The jobs are read from it once per change: :meth:`jobs` answers from a copy that
+    every transaction drops (the scheduler asks for them at each of its wake-ups, and
+    querying SQLite each time cost the idle daemon more CPU than its checkpoints).
+    ``on_change`` is called after each transaction (the scheduler's wake-up)."""
 
     def __init__(self, directory: str) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -89,6 +94,8 @@ class State:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._jobs: list[dict[str, Any]] | None = None  # the jobs as last read
+        self.on_change: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         with self._lock:
@@ -98,6 +105,7 @@ class State:
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction: all of it committed, or none."""
         with self._lock:
+            self._jobs = None
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -105,6 +113,7 @@ class State:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        self.on_change()
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -139,14 +148,18 @@ class State:
             db.execute("DELETE FROM attempts WHERE job = ?", (name,))
 
     def jobs(self) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT j.*, p.every, p.keep_last, p.keep_every,"
-                          " p.restart_on_failure, p.max_restarts FROM jobs j"
-                          " JOIN policies p ON p.job = j.name ORDER BY j.created, j.name")
-        for r in rows:
-            r["cmd"] = json.loads(r["cmd"]) if r["cmd"] else None
-            r["launched"] = bool(r["launched"])
-            r["restart_on_failure"] = bool(r["restart_on_failure"])
-        return rows
+        """Every job with its policy (each a new dict: the caller's to change)."""
+        with self._lock:
+            if self._jobs is None:
+                rows = self._rows("SELECT j.*, p.every, p.keep_last, p.keep_every,"
+                                  " p.restart_on_failure, p.max_restarts FROM jobs j JOIN"
+                                  " policies p ON p.job = j.name ORDER BY j.created, j.name")
+                for r in rows:
+                    r["cmd"] = json.loads(r["cmd"]) if r["cmd"] else None
+                    r["launched"] = bool(r["launched"])
+                    r["restart_on_failure"] = bool(r["restart_on_failure"])
+                self._jobs = rows
+            return [{**r, "cmd": list(r["cmd"]) if r["cmd"] else r["cmd"]} for r in self._jobs]
 
     def job(self, name: str) -> dict[str, Any] | None:
         return next((j for j in self.jobs() if j["name"] == name), None)
