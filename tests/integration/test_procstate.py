@@ -450,3 +450,31 @@ def test_keyrings_of_its_own_refused(procs: Procs, tmp_path: Path, kind: str) ->
                      f"cryo-test-{os.getpid()}"], out)  # fmt: skip
     v.wait_ok_after(1)
     refused_untouched(v, tmp_path / "img", "keyring")
+
+
+@pytest.mark.parametrize("catch", ["", "catch"])
+def test_signals_from_another_process_keep_their_sender(procs: Procs, build: Any,
+                                                        tmp_path: Path, catch: str) -> None:
+    """A process of uid 1000 sends kill(), tgkill() and sigqueue() signals without pause
+    to a target of its uid whose SA_SIGINFO handler checks each one's si_code, si_pid,
+    si_uid and si_value, through checkpoints and a restart: those that arrive while cryo
+    holds the target (its injected calls) are given back with the sender's siginfo.
+    Sent again by cryo with tgkill, a kill()'s and a tgkill()'s came as cryo's (si_pid
+    cryo's, si_uid 0, SI_TKILL).  "catch": the target ignores no signal (none can carry
+    another's siginfo: each carries its own)."""
+    exe = build("siginfo")
+    out, pidfile = tmp_path / "out.txt", tmp_path / "sender"
+    v = procs.spawn([exe, str(out), str(pidfile), catch], out)
+    sender = procs.spawn([exe, "send", str(v.pid)])
+    (tmp_path / "sender.tmp").write_text(str(sender.pid))
+    (tmp_path / "sender.tmp").rename(pidfile)
+    v.wait_ok_after(1)
+    for i in range(4):
+        checkpoint(v.pid, str(tmp_path / f"img{i}"))
+        v.wait_ok_after(max(v.oks()) + 2)
+        assert not v.fails(), i
+    v = cycle(procs, v, tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+    last = v.lines()[-1].split()
+    assert all(int(n) > 0 for n in last[2:]), last  # every kind of signal came

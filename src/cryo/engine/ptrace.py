@@ -20,6 +20,10 @@ XSTATE_MAX = 16384
 _WALL = 0x40000000
 _SIGTRAP_BIT = 1 << (signal.SIGTRAP - 1)
 SI_TKILL = -6
+# sent again with tgkill (their sending is what acts), never given back through a carrier
+_SENT_PLAIN = {signal.SIGKILL, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN,
+               signal.SIGTTOU, signal.SIGCONT}  # fmt: skip
+_DEFAULT_IGNORED = (signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH)
 # ptrace stops waited for in this process, for the benchmarks (bench/inject_stops.py)
 STATS = {"stops": 0}
 
@@ -31,6 +35,7 @@ class Tracee:
         self.pid = pid
         self.tid = tid or pid
         self.attached = False
+        self.seized = False  # attached with PTRACE_SEIZE (PTRACE_INTERRUPT works)
         # signals that arrived while we held the task, with their siginfo (sent again
         # when we let go: detach)
         self.deferred_signals: list[tuple[int, bytes]] = []
@@ -54,6 +59,7 @@ class Tracee:
                 raise AccessDenied(f"process {pid} may not be traced{why}", pid=pid) from err
             raise
         t.attached = True
+        t.seized = True
         t.options = options
         try:
             libc.ptrace(PTRACE.INTERRUPT, t.tid)
@@ -189,21 +195,64 @@ class Tracee:
 
     def detach(self, sig: int = 0) -> None:
         """Let the task go (with ``sig`` delivered, from a signal-delivery stop).  The
-        signals held back meanwhile are sent again first, each to this thread (a signal
-        aimed at one thread, a timer's SIGEV_THREAD_ID signal or glibc's SIGTIMER to its
-        helper, must not go to another thread, where its action may be fatal, as
-        os.kill of the process did), while it is still stopped: it takes them once let
-        go, under its own mask.  Each with its own siginfo where the kernel lets another
-        process queue it (rt_tgsigqueueinfo: si_code < 0 but SI_TKILL: a timer's, a
-        sigqueue's, SIGIO's...): sent again with tgkill instead, glibc's timer helper
-        thread took its SIGTIMER for a cancellation (si_code SI_TKILL) and exited, and
-        a thread timer's si_value was lost.  The others (kill, tgkill, the kernel's own)
-        go with tgkill.  (Given as PTRACE_DETACH's signal instead, the first was lost:
-        the kernel uses it only from a signal-delivery stop, and a parked task is in an
-        event stop.)"""
+        signals held back meanwhile go back to this thread first (a signal aimed at one
+        thread, a timer's SIGEV_THREAD_ID signal or glibc's SIGTIMER to its helper, must
+        not go to another, where its action may be fatal, as os.kill of the process
+        did), each with its own siginfo: :meth:`give_back`."""
         if not self.attached:
             return
-        for s, raw in self.deferred_signals:
+        try:
+            self.give_back()
+        except OSError as err:  # (the task goes on without the rest)
+            if err.errno != errno.ESRCH:
+                log.warning("pid %d: signals held back not all given back: %s", self.tid, err)
+        try:
+            libc.ptrace(PTRACE.DETACH, self.tid, 0, sig)
+        except OSError as err:
+            if err.errno != errno.ESRCH:
+                raise
+        self.attached = False
+
+    def give_back(self) -> None:
+        """The signals held back (``deferred_signals``) given back to the thread, each
+        with its own siginfo (si_code, si_pid, si_uid, si_value...: an SA_SIGINFO
+        handler reads them, and glibc's SIGEV_THREAD helper took a SIGTIMER sent again
+        with tgkill, SI_TKILL, for a cancellation and exited).  The kernel lets another
+        process queue a siginfo only when si_code < 0 and not SI_TKILL (a timer's, a
+        sigqueue's, SIGIO's...: rt_tgsigqueueinfo from here); a kill()'s (SI_USER), a
+        tgkill()'s (SI_TKILL) or the kernel's own (si_code > 0) sent again by cryo would
+        name cryo as the sender.  Those are delivered by ptrace instead (:meth:`
+        _deliver`): a *carrier*, a signal the process ignores, sent to the thread, and
+        in its signal-delivery stop the siginfo replaced (PTRACE_SETSIGINFO) and the
+        task resumed with the signal itself, which the kernel delivers with that
+        siginfo, or queues with it if the thread blocks it (ptrace_signal).  Stop
+        signals, SIGCONT, a thread in a group stop, one not seized (a restored thread's
+        are queued again from inside it with the image's pending ones:
+        signals.restore_pending), or no carrier (and the signal blocked, which could
+        carry itself): tgkill as before.  Costs nothing when no signal was held back."""
+        todo, self.deferred_signals = self.deferred_signals, []
+        if not todo:
+            return
+        carrier = self._carrier() if self.seized and not self.group_stop else 0
+        blocked = self.get_sigmask() if self.seized and not carrier else 0
+        budget = 16 * len(todo) + 64  # stops, against a flood of new signals
+        rest: list[tuple[int, bytes]] = []
+        for s, raw in todo:
+            code = struct.unpack_from("<i", raw, 8)[0] if len(raw) >= 12 else 0
+            if self.seized and not self.group_stop and budget > 0 \
+                    and len(raw) == S.SIGINFO_SIZE and (code >= 0 or code == SI_TKILL) \
+                    and s not in _SENT_PLAIN:  # fmt: skip
+                # no carrier: the signal itself, where the thread did not block it (a
+                # handler's mask from a signal given back before is lifted for the while)
+                c = carrier or (0 if blocked >> (s - 1) & 1 else s)
+                if c:
+                    try:
+                        budget -= self._deliver(c, s, raw)
+                    except NoSuchProcess:
+                        return  # (a signal given back was fatal)
+                    continue
+            rest.append((s, raw))
+        for s, raw in rest:
             try:
                 code = struct.unpack_from("<i", raw, 8)[0] if len(raw) >= 12 else 0
                 if code < 0 and code != SI_TKILL:
@@ -215,13 +264,67 @@ class Tracee:
             except OSError as err:
                 if err.errno != errno.ESRCH:
                     raise
-        self.deferred_signals = []
+
+    def _carrier(self) -> int:
+        """A signal to carry a siginfo (:meth:`give_back`): one the process ignores (set
+        to SIG_IGN, a real-time one first, which never merges with one pending; or
+        SIGCHLD, SIGURG, SIGWINCH left to their default), that this thread does not
+        block and that is not pending: should cryo die before the swap, the kernel
+        delivers it, and it does nothing.  0 if there is none."""
         try:
-            libc.ptrace(PTRACE.DETACH, self.tid, 0, sig)
-        except OSError as err:
-            if err.errno != errno.ESRCH:
-                raise
-        self.attached = False
+            with open(f"/proc/{self.pid}/task/{self.tid}/status", "rb") as f:
+                st = procfs.parse_status(f.read())
+        except OSError:
+            return 0
+        ign, cgt, blk = (int(st.get(k, "0"), 16) for k in ("SigIgn", "SigCgt", "SigBlk"))
+        busy = blk | int(st.get("SigPnd", "0"), 16) | int(st.get("ShdPnd", "0"), 16)
+        ignored = [x for x in range(64, 0, -1) if ign >> (x - 1) & 1 and x not in _SENT_PLAIN
+                   and x != signal.SIGTRAP]  # fmt: skip
+        ignored += [int(x) for x in _DEFAULT_IGNORED if not (cgt | ign) >> (x - 1) & 1]
+        return next((x for x in ignored if not busy >> (x - 1) & 1), 0)
+
+    def _deliver(self, carrier: int, s: int, raw: bytes) -> int:
+        """Deliver ``s`` with the siginfo ``raw`` through a signal-delivery stop of
+        ``carrier`` (see :meth:`give_back`); the task ends in an event stop (the
+        interrupt asked before it goes on).  Signals that arrive meanwhile are delivered
+        as they are.  Returns the number of stops it took."""
+        bit = 1 << (carrier - 1)
+        libc.syscall(SYS.tgkill, self.pid, self.tid, carrier)
+        stops = 0
+        while True:
+            # a handler's mask (of a signal delivered just before) may block the carrier:
+            # unblocked for the while (its sigreturn puts the mask back all the same)
+            mask = self.get_sigmask()
+            if mask & bit:
+                self.set_sigmask(mask & ~bit)
+            libc.ptrace(PTRACE.CONT, self.tid, 0, 0)
+            stop = self.wait_stop()
+            stops += 1
+            if mask & bit:
+                self.set_sigmask(mask)
+            got, event = stop & 0xFF, stop >> 8
+            if event:
+                continue  # (an event stop: go on to the carrier)
+            if got == carrier:
+                info = ctypes.create_string_buffer(raw, S.SIGINFO_SIZE)
+                libc.ptrace(PTRACE.SETSIGINFO, self.tid, 0, info)
+            libc.ptrace(PTRACE.INTERRUPT, self.tid)
+            libc.ptrace(PTRACE.CONT, self.tid, 0, s if got == carrier else got)
+            stops += self._wait_event_stop()
+            if got == carrier:
+                return stops
+
+    def _wait_event_stop(self) -> int:
+        """After an interrupt: resume until the event stop, delivering the signals met
+        on the way as they are."""
+        n = 0
+        while True:
+            stop = self.wait_stop()
+            n += 1
+            got, event = stop & 0xFF, stop >> 8
+            if event == PTRACE_EVENT.STOP:
+                return n
+            libc.ptrace(PTRACE.CONT, self.tid, 0, 0 if event else got)
 
     # -- seccomp -----------------------------------------------------------
     def suspend_seccomp(self, options: int | None = None) -> None:

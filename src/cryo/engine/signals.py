@@ -20,6 +20,7 @@ _UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)
 ALL_SIGNALS = 0xFFFFFFFFFFFFFFFF
 _SIZEOF_ACT = ctypes.sizeof(S.kernel_sigaction)
 _SIZEOF_STACK = ctypes.sizeof(S.stack_t)
+_PER_BATCH = 256  # siginfo queued per batch: 32 KiB of the scratch area
 
 
 def dump(ctx: DumpContext) -> dict[str, Any]:
@@ -79,10 +80,12 @@ def restore_pending(ctx: RestoreContext, rec: dict[str, Any],
     for t in ctx.threads.values():
         t.set_sigmask(ALL_SIGNALS)
     pid = ns_tid(ctx.pid, ctx.pid)
-    with inj.batch() as b:
-        for info in rec["pending_shared"]:
-            signo = struct.unpack_from("<i", info)[0]
-            b.call(SYS.rt_sigqueueinfo, pid, signo, b.put(info))
+    shared = rec["pending_shared"]
+    for at in range(0, len(shared), _PER_BATCH):
+        with inj.batch() as b:
+            for info in shared[at : at + _PER_BATCH]:
+                signo = struct.unpack_from("<i", info)[0]
+                b.call(SYS.rt_sigqueueinfo, pid, signo, b.put(info))
     injectors = getattr(ctx, "injectors", None) or {}
     for trec in threads:
         new_tid = ctx.tid_map[trec["tid"]]
@@ -90,10 +93,20 @@ def restore_pending(ctx: RestoreContext, rec: dict[str, Any],
         # from the thread itself: the kernel lets no other thread queue a signal with
         # the siginfo of a tgkill or of the kernel (si_code SI_TKILL or >= 0)
         tinj = injectors.get(new_tid, inj)
-        with tinj.batch() as b:
-            for info in trec["pending"]:
-                signo = struct.unpack_from("<i", info)[0]
-                b.call(SYS.rt_tgsigqueueinfo, pid, tid, signo, b.put(info))
+        # and the signals that came while cryo held it (kill()'s from outside...), with
+        # their siginfo: once every signal is blocked, none is taken any more
+        held = ctx.threads.get(new_tid)
+        deferred: list[bytes] = []
+        if held is not None:
+            deferred = [raw for _s, raw in held.deferred_signals if len(raw) == S.SIGINFO_SIZE]
+            held.deferred_signals = [d for d in held.deferred_signals
+                                     if len(d[1]) != S.SIGINFO_SIZE]  # fmt: skip
+        infos = [*trec["pending"], *deferred]
+        for at in range(0, len(infos), _PER_BATCH):  # (their siginfo fill the scratch area)
+            with tinj.batch() as b:
+                for info in infos[at : at + _PER_BATCH]:
+                    signo = struct.unpack_from("<i", info)[0]
+                    b.call(SYS.rt_tgsigqueueinfo, pid, tid, signo, b.put(info))
 
 
 def describe(rec: dict[str, Any], threads: list[dict[str, Any]]) -> dict[str, Any]:
