@@ -10,10 +10,11 @@ TCP, cryo.grid.replica; without, the stores count as shared):
   the three local checkpoints taken at once (what the grid does, without etcd): the
   first ratio is the goal (<= 1.3), the second how much of it is the machine (three
   dumps sharing its cores and disk) and not the coordination;
-- where a global checkpoint's time goes, from the round's records in etcd: until every
-  agent saw the round (their polling), the freeze, the image, the replicas, the
-  decision, the resume; and the same through the command line (cryo grid checkpoint,
-  Python's start-up included);
+- where a global checkpoint's time goes, from the round's records in etcd: until the
+  round was written (the election, the application's keys read), until every agent
+  saw it (etcd's watch, then one read of every application's keys), the freeze, the
+  image, the replicas, the decision, the resume; and the same through the command line
+  (cryo grid checkpoint, Python's start-up included);
 - the time from a host's failure (its agent and part killed) to every part running
   again (coordinator.watch, as `cryo grid watch` runs it: the lease's expiry, then the
   restart), against the lease plus one local restart of one part alone plus 1 s (the
@@ -130,11 +131,11 @@ def main() -> None:
                     if (tmp / f"out-{n}.txt").exists() else True:  # fmt: skip
                 time.sleep(0.05)
         globals_, clis, slowest, parallel = [], [], [], []
-        phases: dict[str, list[float]] = {k: [] for k in (
-            "seen", "prepare", "write", "cut", "replicas", "decide", "resume")}  # fmt: skip
+        phases: dict[str, list[float]] = {k: [] for k in ("setup", "seen", "prepare", "write",
+                                                          "cut", "replicas", "decide", "resume")}
         frozen: list[float] = []  # from the round's start to the last part let go
         for i in range(args.rounds):
-            t0 = time.perf_counter()
+            t0, w0 = time.perf_counter(), time.time()
             v = C.checkpoint(etcd, "b")
             t_commit = time.perf_counter()
             let_go(pids)
@@ -143,6 +144,7 @@ def main() -> None:
             r = etcd.get(K.round_("b", v)) or {}
             votes = [x for _, x in etcd.prefix(K.votes("b", v))]
             times = [x["times"] for x in votes]
+            phases["setup"].append(r["created"] - w0)  # election, the application read
             phases["seen"].append(max(t["seen"] for t in times) - r["created"])
             for k in ("prepare", "write", "replicas"):
                 phases[k].append(max(t[k] for t in times))
@@ -186,6 +188,9 @@ def main() -> None:
         print(f"  three local checkpoints at once (no etcd)           {par:.3f} s")
         print(f"  ratio global/slowest alone {g / s:.2f} (goal <= 1.3);"
               f" global/three at once {g / par:.2f}")
+        waking = sum(med(phases[k]) for k in ("setup", "seen", "decide", "resume"))
+        print(f"  coordination: global - three at once {g - par:.3f} s, of which etcd and"
+              f" waking (setup + seen + decide + resume) {waking:.3f} s")
         print(f"  cryo grid checkpoint (command line, until running)  {med(clis):.3f} s")
         print(f"  parts frozen: from the round to the last part let go {med(frozen):.3f} s")
         print("  where the global checkpoint's time goes (slowest part of each phase):")

@@ -144,13 +144,15 @@ class Election:
             self.lease.revoke()
 
 
-def resolve(etcd: Etcd, app: str, poll: float = 0.02) -> list[tuple[int, str]]:
+def resolve(etcd: Etcd, app: str, poll: float = 0.02,
+            rounds: list[tuple[str, dict[str, Any]]] | None = None) -> list[tuple[int, str]]:
     """Decide every round left in "prepare" by a coordinator that is gone (we hold the
     election, so none is deciding it): committed if every part voted yes (their images
     are written and they are held), aborted at a no vote or once its deadline passed;
-    until then wait for the votes.  Returns (version, state) of each one decided."""
+    until then wait for the votes.  ``rounds``: the rounds' keys as just read, if they
+    were.  Returns (version, state) of each one decided."""
     out = []
-    for key, first in etcd.prefix(K.rounds(app)):
+    for key, first in etcd.prefix(K.rounds(app)) if rounds is None else rounds:
         if "/votes/" in key or first.get("state") not in (K.PREPARE, K.CUT):
             continue
         r, v = first, int(first["version"])
@@ -237,23 +239,28 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
     """One global checkpoint; returns its version, or raises RoundFailed (every part
     then resumes as it was).  A round left half-done by a coordinator that died is
     decided first (``report`` is called with what became of it)."""
-    if etcd.get(K.app(app)) is None:
-        raise CryoError(f"no grid application {app}")
     election = Election(etcd, app, wait=ELECTION_TTL + 2)
     try:
-        for v, state in resolve(etcd, app):
+        # every key of the application in one request (its record, parts, rounds and
+        # their votes): what the round is planned from
+        kv = [(k, v) for k, v in etcd.prefix(K.app(app)) if k == K.app(app)
+              or k.startswith(K.app(app) + "/")]  # fmt: skip
+        if not any(k == K.app(app) for k, _ in kv):
+            raise CryoError(f"no grid application {app}")
+        at_start = [(k, v) for k, v in kv if k.startswith(K.rounds(app))]
+        for v, state in resolve(etcd, app, rounds=at_start):
             if report is not None:
                 report(f"round {v} of {app}, left by a coordinator that is gone: {state}")
-        parts = parts_of(etcd, app)
-        rounds = [v for k, v in etcd.prefix(K.rounds(app)) if "/votes/" not in k]
+        parts = {int(k.rsplit("/", 1)[1]): v for k, v in kv if k.startswith(K.parts(app))}
+        rounds = [v for k, v in at_start if "/votes/" not in k]
         version = max((int(r["version"]) for r in rounds), default=0) + 1
         prune(etcd, app, rounds)
         now = time.time()
         prepare = {"version": version, "state": K.PREPARE, "deadline": now + timeout,
                    "by": election.me, "parts": sorted(parts), "created": now}  # fmt: skip
         key = K.round_(app, version)
-        voted = threading.Event()  # woken by each vote (polled too, less often)
-        end = etcd.watch(K.votes(app, version), voted)
+        voted = Votes()  # each vote as the watch brings it (polled too, less often)
+        end = etcd.watch(K.votes(app, version), voted.event, seen=voted.seen)
         try:
             return _decide(etcd, app, key, prepare, sorted(parts), timeout, voted)
         finally:
@@ -262,20 +269,48 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
         election.close()
 
 
+class Votes:
+    """A round's votes as etcd's watch of them brings them (the decision waits for no
+    read once the last one lands), or as read when the watch did not (it is made some
+    moments after it is asked for; a stream that breaks is not made again): of each
+    part, the vote of the latest revision either gave."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()  # set at each vote
+        self._lock = threading.Lock()
+        self._got: dict[int, tuple[int, dict[str, Any] | None]] = {}
+
+    def seen(self, key: str, revision: int, value: dict[str, Any] | None) -> None:
+        n = int(key.rsplit("/", 1)[1])
+        with self._lock:
+            if revision >= self._got.get(n, (0, None))[0]:
+                self._got[n] = (revision, value)
+
+    def now(self) -> dict[int, dict[str, Any]]:
+        with self._lock:
+            return {n: v for n, (_, v) in self._got.items() if v is not None}
+
+    def read(self, etcd: Etcd, app: str, version: int) -> dict[int, dict[str, Any]]:
+        for key, revision, value in etcd.prefix_revisions(K.votes(app, version)):
+            self.seen(key, revision, value)
+        return self.now()
+
+
 def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list[int],
-            timeout: float, voted: threading.Event) -> int:  # fmt: skip
+            timeout: float, voted: Votes) -> int:  # fmt: skip
     """Write round ``prepare``, wait for the votes of ``parts`` and decide it."""
     version = int(prepare["version"])
     if not etcd.create(key, prepare):
         raise CryoError(f"round {version} of {app} exists already")
-    raw = etcd.get_raw(key)
-    assert raw is not None
+    raw = K.encode(prepare).encode()  # (what the create put: no need to read it back)
     current = prepare
     deadline = time.monotonic() + timeout
     failure = None
+    woken = True  # (no vote can be there yet)
     while time.monotonic() < deadline:
-        voted.clear()
-        got = {int(k.rsplit("/", 1)[1]): v for k, v in etcd.prefix(K.votes(app, version))}
+        voted.event.clear()
+        # the votes the watch brought; read from etcd when none came for a while
+        got = voted.now() if woken else voted.read(etcd, app, version)
         no = [v for v in got.values() if not v["ok"]]
         if no:
             failure = f"part {no[0]['part']}: {no[0].get('reason')}"
@@ -288,11 +323,11 @@ def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list
             if done is False:
                 failure = "the round was decided by another (aborted after its deadline)"
                 break
-            raw = etcd.get_raw(key)  # cut: the parts go on and send their replicas
-            assert raw is not None
-            current = K.decode(raw) or current
+            now = etcd.get_raw(key)  # cut: the parts go on and send their replicas
+            assert now is not None
+            raw, current = now, K.decode(now) or current
             continue
-        voted.wait(0.25)
+        woken = voted.event.wait(0.25)
     else:
         failure = f"not every part voted within {timeout:g} s"
     etcd.swap(key, raw, {**current, "state": K.ABORTED})

@@ -74,11 +74,15 @@ class Etcd:
         self._call(self.client.status)
 
     def watch(self, prefix: str, wake: threading.Event,
-              ignore: Callable[[str], bool] | None = None) -> Callable[[], None]:  # fmt: skip
+              ignore: Callable[[str], bool] | None = None,
+              seen: Callable[[str, int, dict[str, Any] | None], None] | None = None,
+              ) -> Callable[[], None]:  # fmt: skip
         """Set ``wake`` at every change under ``prefix`` but of the keys ``ignore``
         says (etcd's watch stream, on a connection of its own, read by a thread of its
-        own); returns what ends it.  A stream that breaks is not made again: callers
-        poll as well, less often."""
+        own), after ``seen(key, revision, value)`` is told what changed (value None:
+        deleted; the revision of the change, etcd's mod_revision); returns
+        what ends it.  A stream that breaks is not made again, and one is made only
+        some moments after this returns: callers poll as well, less often."""
         import etcd3gw
 
         host, port, protocol = self._where
@@ -90,8 +94,15 @@ class Etcd:
                 for event in events:
                     key = event.get("kv", {}).get("key", b"")
                     key = key.decode() if isinstance(key, bytes) else str(key)
-                    if ignore is None or not ignore(key):
-                        wake.set()
+                    if ignore is not None and ignore(key):
+                        continue
+                    if seen is not None:
+                        kv = event.get("kv", {})
+                        value = kv.get("value")
+                        seen(key, int(kv.get("mod_revision", 0)),
+                             K.decode(value) if value is not None
+                             and event.get("type") != "DELETE" else None)  # fmt: skip
+                    wake.set()
 
         threading.Thread(target=follow, daemon=True, name=f"etcd watch {prefix}").start()
 
@@ -162,6 +173,17 @@ class Etcd:
             decoded = K.decode(value)
             if decoded is not None:
                 out.append((key, decoded))
+        return out
+
+    def prefix_revisions(self, prefix: str) -> list[tuple[str, int, dict[str, Any]]]:
+        """As :meth:`prefix`, with the revision each key was last changed at."""
+        out = []
+        for value, meta in self._call(self.client.get_prefix, prefix):
+            key = meta["key"]
+            key = key.decode() if isinstance(key, bytes) else key
+            decoded = K.decode(value)
+            if decoded is not None:
+                out.append((key, int(meta.get("mod_revision", 0)), decoded))
         return out
 
     def put(self, key: str, value: dict[str, Any], lease: Any = None) -> None:
