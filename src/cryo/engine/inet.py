@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import itertools
 import logging
@@ -99,6 +100,9 @@ _SOL_SOCKET, _SOL_TCP = int(N.SOL.SOCKET), int(N.SOL.TCP)
 _SO_REUSEADDR, _SO_SNDBUF, _SO_RCVBUF = int(N.SO.REUSEADDR), int(N.SO.SNDBUF), int(N.SO.RCVBUF)
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = int(N.SO.SNDBUFFORCE), int(N.SO.RCVBUFFORCE)
 _TCP_REPAIR, _TCP_REPAIR_QUEUE = int(N.TCP.REPAIR), int(N.TCP.REPAIR_QUEUE)
+_TCP_INFO, _TCP_REPAIR_WINDOW = int(N.TCP.INFO), int(N.TCP.REPAIR_WINDOW)
+_TCP_REPAIR_OPTIONS = int(N.TCP.REPAIR_OPTIONS)
+_RWIN = struct.Struct("=5I")  # struct tcp_repair_window
 _TCP_QUEUE_SEQ, _TCP_MAXSEG, _TCP_TIMESTAMP = int(N.TCP.QUEUE_SEQ), int(N.TCP.MAXSEG), \
     int(N.TCP.TIMESTAMP)  # fmt: skip
 _RECV_QUEUE, _SEND_QUEUE, _NO_QUEUE = int(N.TCP_QUEUE.RECV_QUEUE), \
@@ -113,6 +117,7 @@ FAMILIES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6",
                             socket.AF_PACKET: "packet", socket.AF_NETLINK: "netlink"}  # fmt: skip
 TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
                          socket.SOCK_RAW: "raw", socket.SOCK_SEQPACKET: "seqpacket"}  # fmt: skip
+_TYPE_OF = {v: int(k) for k, v in TYPES.items()}
 
 
 def dup(pid: int, fd: int) -> socket.socket:
@@ -280,6 +285,8 @@ def tcp_table(pid: int, only: set[int] | None = None) -> dict[int, tuple[int, Co
     if _same_netns(pid):
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
+                if only is not None and len(out) == len(only):
+                    break  # (every one found: no dump of the other family)
                 for ino, state, src, sport, dst, dport in N.inet_diag(family, only=only):
                     out[ino] = (state, (_ntop(family, src), sport, _ntop(family, dst), dport))
             return out
@@ -389,34 +396,39 @@ def _peek(s: socket.socket, n: int) -> bytes:
 
 
 def _read_repair(s: socket.socket) -> dict[str, Any]:
-    ti = N.tcp_info(s)
-    state = ti.tcpi_state
+    get, fd = s.getsockopt, s.fileno()
+    head = get(_SOL_TCP, _TCP_INFO, 8)  # (struct tcp_info's first bytes: linux/net.py)
+    state, options, wscale = head[0], head[5], head[6]
     t: dict[str, Any] = {
-        "inq": N.queue_len(s, _INQ), "outq": N.queue_len(s, _OUTQ),
-        "unsent": N.queue_len(s, _OUTQNSD), "mss": s.getsockopt(_SOL_TCP, _TCP_MAXSEG),
-        "options": int(ti.tcpi_options), "snd_wscale": ti.snd_wscale,
-        "rcv_wscale": ti.rcv_wscale, "timestamp": 0,
-        "sndbuf": s.getsockopt(_SOL_SOCKET, _SO_SNDBUF),
-        "rcvbuf": s.getsockopt(_SOL_SOCKET, _SO_RCVBUF),
+        "inq": _queue(fd, _INQ), "outq": _queue(fd, _OUTQ), "unsent": _queue(fd, _OUTQNSD),
+        "mss": get(_SOL_TCP, _TCP_MAXSEG), "options": options, "snd_wscale": wscale & 0xF,
+        "rcv_wscale": wscale >> 4, "timestamp": 0, "sndbuf": get(_SOL_SOCKET, _SO_SNDBUF),
+        "rcvbuf": get(_SOL_SOCKET, _SO_RCVBUF),
     }  # fmt: skip
-    if ti.tcpi_options & _OPT_TIMESTAMPS:
-        t["timestamp"] = _U32.unpack(s.getsockopt(_SOL_TCP, _TCP_TIMESTAMP, 4))[0]
+    if options & _OPT_TIMESTAMPS:
+        t["timestamp"] = _U32.unpack(get(_SOL_TCP, _TCP_TIMESTAMP, 4))[0]
     t["state"] = state
     if state in SNDQ_FIN:  # our FIN counts in the send queue, but is no data
         t["outq"] = max(t["outq"] - 1, 0)
         t["unsent"] = max(t["unsent"] - 1, 0)
-    w = N.get_repair_window(s)
-    t["window"] = [w.snd_wl1, w.snd_wnd, w.max_window, w.rcv_wnd, w.rcv_wup]
+    # snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup (struct tcp_repair_window)
+    t["window"] = list(_RWIN.unpack(get(_SOL_TCP, _TCP_REPAIR_WINDOW, _RWIN.size)))
     s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
-    t["inseq"] = _U32.unpack(s.getsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, 4))[0]
+    t["inseq"] = _U32.unpack(get(_SOL_TCP, _TCP_QUEUE_SEQ, 4))[0]
     t["recvq"] = _peek(s, t["inq"])
     s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
-    t["outseq"] = _U32.unpack(s.getsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, 4))[0]
+    t["outseq"] = _U32.unpack(get(_SOL_TCP, _TCP_QUEUE_SEQ, 4))[0]
     t["sendq"] = _peek(s, t["outq"])
-    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
-    if N.tcp_info(s).tcpi_state != state:
+    # (the send queue stays selected: the selection counts only in repair mode, for
+    # cryo's reads; the kernel forgets it when repair mode is turned on again)
+    if get(_SOL_TCP, _TCP_INFO, 1)[0] != state:
         raise CryoError("a TCP connection changed state while it was locked")
     return t
+
+
+def _queue(fd: int, request: int) -> int:
+    """A queue's length (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD)."""
+    return int.from_bytes(fcntl.ioctl(fd, request, b"\0\0\0\0"), "little", signed=True)
 
 
 def let_go_held(*, keep_repair: bool) -> None:
@@ -461,12 +473,15 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
                          "local": _addr(s, False), "remote": _addr(s, True)}  # fmt: skip
     tcp = family in (socket.AF_INET, socket.AF_INET6) and typ == socket.SOCK_STREAM
     if tcp:
-        ti = N.tcp_info(s)
-        state = ST(ti.tcpi_state)
+        if held is None:
+            ti: Any = N.tcp_info(s)
+            state = ST(ti.tcpi_state)
+        else:  # (read in repair mode, locked)
+            ti, state = None, ST(held.state["state"])
         d["state"] = state.name
-        if state == ST.LISTEN and ti.tcpi_unacked:
+        if state == ST.LISTEN and ti is not None and ti.tcpi_unacked:
             d["queued"] = _waiting(pid, d["local"], int(ti.tcpi_unacked), refuse)
-        if state == ST.LISTEN:
+        if state == ST.LISTEN and ti is not None:
             d["backlog"] = int(ti.tcpi_sacked)
         elif state in SETTING_UP:
             raise refuse(f"{_show(d['local'])} -> {_show(d['remote'])} is being set up"
@@ -723,7 +738,7 @@ def _is_any(family: int, addr: list[Any]) -> bool:
 
 def open_socket(d: dict[str, Any], options: dict[str, Any]) -> int:
     """The socket of description ``d``, made in cryo; returns its fd."""
-    family, typ, proto = d["family"], {v: k for k, v in TYPES.items()}[d["sotype"]], d["proto"]
+    family, typ, proto = d["family"], _TYPE_OF[d["sotype"]], d["proto"]
     s = socket.socket(family, typ, proto)
     try:
         _build(s, d, options)
@@ -765,7 +780,7 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         return
     local = d["local"]
     connection = t is not None or d.get("closed")  # bound by _restore_repair, or closed
-    if local and not _is_any(family, local) and not connection:
+    if local and not connection and not _is_any(family, local):
         if tcp and not repair and not reuse:  # not kept out by TIME_WAIT connections
             s.setsockopt(N.SOL.SOCKET, N.SO.REUSEADDR, 1)
         s.bind(_sockaddr(family, _bound(d, local)))
@@ -847,16 +862,16 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
     s.setsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, _U32.pack((outseq - t["outq"]) & 0xFFFFFFFF))
     s.bind(_sockaddr(d["family"], d["local"]))
     s.connect(_sockaddr(d["family"], d["remote"]))
-    opts: list[tuple[int, int]] = []
+    opts: list[int] = []  # struct tcp_repair_opt: code, value
     options = t["options"]
     if options & _OPT_SACK:
-        opts.append((_TCPOPT_SACK_PERM, 0))
+        opts += (_TCPOPT_SACK_PERM, 0)
     if options & _OPT_WSCALE:
-        opts.append((_TCPOPT_WINDOW, t["snd_wscale"] | t["rcv_wscale"] << 16))
+        opts += (_TCPOPT_WINDOW, t["snd_wscale"] | t["rcv_wscale"] << 16)
     if options & _OPT_TIMESTAMPS:
-        opts.append((_TCPOPT_TIMESTAMP, 0))
-    opts.append((_TCPOPT_MAXSEG, t["mss"]))
-    N.set_repair_options(s, opts)
+        opts += (_TCPOPT_TIMESTAMP, 0)
+    opts += (_TCPOPT_MAXSEG, t["mss"])
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_OPTIONS, struct.pack(f"{len(opts)}I", *opts))
     if options & _OPT_TIMESTAMPS:
         s.setsockopt(_SOL_TCP, _TCP_TIMESTAMP, _U32.pack(t["timestamp"] & 0xFFFFFFFF))
     if t["recvq"]:
@@ -871,12 +886,13 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
         s.setsockopt(_SOL_TCP, _TCP_REPAIR, 0)
         _send_all(s, t["sendq"][sent:])
         s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
-    w = N.tcp_repair_window(*t["window"])
+    snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup = t["window"]
     if state in RCVQ_FIN:
-        w.rcv_wup -= 1
-        w.rcv_wnd += 1
-    N.set_repair_window(s, w)
-    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
+        rcv_wup, rcv_wnd = (rcv_wup - 1) & 0xFFFFFFFF, (rcv_wnd + 1) & 0xFFFFFFFF
+    s.setsockopt(_SOL_TCP, _TCP_REPAIR_WINDOW,
+                 _RWIN.pack(snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup))  # fmt: skip
+    if state in SNDQ_FIN or state in RCVQ_FIN:  # (the FINs into no queue but as said)
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
     # half closed: our FIN into the send queue (shutdown), the peer's FIN (and its ACK of
     # ours) as packets made up from the peer to the socket, in the order they came
     window = min(t["window"][1] >> t["snd_wscale"], 0xFFFF)
