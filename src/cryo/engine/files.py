@@ -31,27 +31,23 @@ import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryo import procfs
-from cryo.engine import (
-    anonfds,
-    appchannel,
-    changed,
-    dirty,
-    fsnotify,
-    ghosts,
-    inet,
-    locks,
-    sockets,
-    specialfds,
-    tty,
-)
+from cryo.engine import anonfds, changed, dirty, ghosts, locks, specialfds
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
+from cryo.lazy import lazy
 from cryo.linux import fdcalls, libc
 from cryo.linux.consts import SYS
+
+if TYPE_CHECKING:
+    from cryo.engine import appchannel, fsnotify, inet, sockets, tty
+else:  # imported once a process has such an fd (docs/design.md, "Start-up")
+    appchannel, fsnotify = lazy("cryo.engine.appchannel"), lazy("cryo.engine.fsnotify")
+    inet, sockets = lazy("cryo.engine.inet"), lazy("cryo.engine.sockets")
+    tty = lazy("cryo.engine.tty")
 
 log = logging.getLogger(__name__)
 KIND = b"FILE"
@@ -823,7 +819,8 @@ FD_KINDS: tuple[FdKind, ...] = (
     FdKind("app_conn", _is_agent(listening=False), _describe_agent,
            lambda d, o: appchannel.open_connection(d, o.keep)),
     FdKind("unix", _is_family(socket.AF_UNIX), _describe_unix, _open_unix),
-    FdKind("inet", _is_family(*inet.FAMILIES), _describe_inet, _open_inet),
+    FdKind("inet", lambda f: _is_socket(f) and _is_family(*inet.FAMILIES)(f), _describe_inet,
+           _open_inet),  # (inet's families read from a socket on: it is imported then)
     FdKind("socket", _is_socket, refuse=lambda f: f"{_socket_kind(f.pid, f.st.st_ino)} socket"
            f" is not supported ({f.target})"),
     *_ANON,
