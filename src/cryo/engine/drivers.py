@@ -30,23 +30,27 @@ is built (before they run), ``after_restart`` once they run, and per process the
 those in :data:`PER_THREAD` run once per thread (``restore_thread``), with that thread's
 injector and THRD record, the others once per process (``restore``).
 
-Adding a resource: a module with its dump and restore halves, and one line here.
+Adding a resource: a module with its dump and restore halves, and one line here.  A
+resource most programs lack has its module imported on first use: its hooks here are
+``_when(module, hook, need)`` (imported and run only where ``need`` finds the resource)
+and ``_used(module, hook)`` (run only if something imported the module), so that a small
+program's checkpoint and restart import none of it (tests/unit/test_startup.py).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cryo.engine import (
     anonfds,
-    appchannel,
     cgroups,
     changed,
     dirty,
     files,
-    inet,
     landlock,
     locks,
     memory,
@@ -54,14 +58,12 @@ from cryo.engine import (
     registers,
     shmem,
     signals,
-    sockets,
     specialfds,
     sud,
     sysvshm,
     task,
     threads,
     timers,
-    tty,
 )
 from cryo.engine.inject import Injector
 from cryo.engine.spmf import open_files as spmf_open
@@ -92,40 +94,152 @@ FINISH_STAGES = ("regs",)  # once the restorer is gone, every process built
 PER_THREAD = frozenset({"thread", "creds", "regs"})
 
 
-@dataclass(frozen=True)
+_HOOKS = ("inject", "inject_thread", "collect", "shared", "write", "written", "records",
+          "prepare", "before_freeze", "after_checkpoint", "after_restart", "born", "describe",
+          "thaw", "started")
+
+
 class Driver:
+    """One resource kind: the record kinds it writes and a function for each phase it
+    acts in (a plain class, not a dataclass: made at import, on every command's path).
+
+    ``kinds``: per-process records it writes, in this order; ``optional``: its records
+    may be absent (else every process has them).  Checkpoint hooks: ``inject``,
+    ``inject_thread``, ``collect``, ``shared``, ``write``, ``written``, ``records``;
+    ``before_freeze`` (at the end of prepare), ``after_checkpoint`` (after the resume,
+    or in the abort, with why it failed), ``thaw`` (before the processes are let go).
+    Restart: ``prepare``, ``born`` (a process just made, with its session and group,
+    before its children: its injector and old pid), ``started`` (every process built,
+    before they run), ``after_restart`` (once they run), ``restore`` and
+    ``restore_thread`` (stage -> hook).  ``describe``: its fields for ``cryo show``."""
+
+    __slots__ = ("kinds", "name", "optional", "restore", "restore_thread", *_HOOKS)
     name: str
-    kinds: tuple[bytes, ...] = ()  # per-process records it writes, in this order
-    optional: bool = False  # its records may be absent (else every process has them)
-    inject: DumpHook | None = None
-    inject_thread: ThreadDumpHook | None = None
-    collect: DumpHook | None = None
-    shared: SessionHook | None = None
-    write: WriteHook | None = None
-    written: WriteHook | None = None
-    records: RecordsHook | None = None
-    prepare: SessionHook | None = None
-    # checkpoint: at the end of prepare (before the freeze), and once it is over
-    # (after the resume, or in the abort: with why it failed)
-    before_freeze: SessionHook | None = None
-    after_checkpoint: Callable[[Any, str | None], None] | None = None
-    after_restart: SessionHook | None = None  # restart: once every process runs
-    # restart: a process just made, with its session and group, before its children
-    born: Callable[[Injector, int], None] | None = None  # (its injector, its old pid)
-    describe: Callable[[View], dict[str, Any]] | None = None  # cryo show: its fields
-    thaw: SessionHook | None = None  # checkpoint: before the processes are let go
-    started: SessionHook | None = None  # restart: every process built, before they run
-    restore: Mapping[str, RestoreHook] = field(default_factory=dict)
-    restore_thread: Mapping[str, ThreadRestoreHook] = field(default_factory=dict)
+    kinds: tuple[bytes, ...]
+    optional: bool
+    inject: DumpHook | None
+    inject_thread: ThreadDumpHook | None
+    collect: DumpHook | None
+    shared: SessionHook | None
+    write: WriteHook | None
+    written: WriteHook | None
+    records: RecordsHook | None
+    prepare: SessionHook | None
+    before_freeze: SessionHook | None
+    after_checkpoint: Callable[[Any, str | None], None] | None
+    after_restart: SessionHook | None
+    born: Callable[[Injector, int], None] | None
+    describe: Callable[[View], dict[str, Any]] | None
+    thaw: SessionHook | None
+    started: SessionHook | None
+    restore: Mapping[str, RestoreHook]
+    restore_thread: Mapping[str, ThreadRestoreHook]
+
+    def __init__(self, name: str, kinds: tuple[bytes, ...] = (), optional: bool = False, *,
+                 restore: Mapping[str, RestoreHook] | None = None,
+                 restore_thread: Mapping[str, ThreadRestoreHook] | None = None,
+                 **hooks: Any) -> None:
+        unknown = set(hooks) - set(_HOOKS)
+        if unknown:
+            raise TypeError(f"driver {name}: no phase {', '.join(sorted(unknown))}")
+        self.name, self.kinds, self.optional = name, kinds, optional
+        self.restore, self.restore_thread = restore or {}, restore_thread or {}
+        for hook in _HOOKS:
+            setattr(self, hook, hooks.get(hook))
+
+    def __repr__(self) -> str:
+        return f"Driver({self.name!r})"
 
 
-@dataclass
 class View:
     """What ``cryo show`` hands each driver's describe: one process of an image."""
 
-    records: dict[bytes, Any]  # its records by kind
-    threads: list[dict[str, Any]]  # its THRD records, the leader first
-    descs: list[dict[str, Any]]  # the image's open file descriptions
+    __slots__ = ("descs", "records", "threads")
+
+    def __init__(self, records: dict[bytes, Any], threads: list[dict[str, Any]],
+                 descs: list[dict[str, Any]]) -> None:
+        self.records = records  # its records by kind
+        self.threads = threads  # its THRD records, the leader first
+        self.descs = descs  # the image's open file descriptions
+
+
+# -- the drivers of modules imported on first use: each such hook runs only where it has
+# something to do, so that a program without the resource never imports the module (a
+# TCP connection, a unix socket, a terminal, an agent of cryo.app: docs/design.md,
+# "Start-up").  A hook that acts only on what its module itself set up earlier in the
+# same checkpoint or restart (its module state) is skipped while the module was never
+# imported; the others are asked first whether the target has the resource at all.
+# Once the module is imported, each of its hooks runs as it always did.
+
+_APPCHANNEL, _INET = "cryo.engine.appchannel", "cryo.engine.inet"
+_SOCKETS, _TTY = "cryo.engine.sockets", "cryo.engine.tty"
+APPX = b"APPX"  # appchannel.KIND (tests/unit/test_startup.py checks it is the same)
+
+
+def _used(module: str, fn: str) -> Callable[..., Any]:
+    """The hook ``fn`` of ``module``, run only once something imported the module."""
+
+    def hook(*args: Any) -> Any:
+        mod = sys.modules.get(module)
+        return None if mod is None else getattr(mod, fn)(*args)
+
+    hook.__qualname__ = f"{module}.{fn}"
+    return hook
+
+
+def _when(module: str, fn: str, need: Callable[..., bool]) -> Callable[..., Any]:
+    """The hook ``fn`` of ``module``, run where ``need`` says it has something to do
+    (or where the module is imported already)."""
+
+    def hook(*args: Any) -> Any:
+        if module not in sys.modules and not need(*args):
+            return None
+        return getattr(importlib.import_module(module), fn)(*args)
+
+    hook.__qualname__ = f"{module}.{fn}"
+    return hook
+
+
+def _has_socket(pid: int) -> bool:
+    """Whether process ``pid`` holds a socket (one readlink per fd)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True  # (let the driver say why)
+    for n in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{n}").startswith("socket:["):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _kind_in(kind: str, descs: Iterable[dict[str, Any]]) -> bool:
+    return any(d["kind"] == kind for d in descs)
+
+
+def _dumped(kind: str) -> Callable[[Any], bool]:
+    """Checkpoint: a description of ``kind`` was collected."""
+    return lambda session: _kind_in(kind, session.shared.descs.descs)
+
+
+def _planned(kind: str) -> Callable[[Any], bool]:
+    """Restart, before the descriptions are opened: the image has one of ``kind``."""
+    return lambda rs: _kind_in(kind, rs.plan.descs)
+
+
+def _opened(kind: str) -> Callable[[Any], bool]:
+    """Restart, the descriptions opened: one of ``kind`` among them."""
+    return lambda rs: _kind_in(kind, rs.shared.descs or [])
+
+
+def _agents_possible(session: Any) -> bool:
+    """Checkpoint, before the freeze: a process of the scope holds a socket (an agent of
+    cryo.app listens on a unix socket)."""
+    from cryo.engine import tree
+
+    return any(_has_socket(pid) for pid in tree.members(session.pid, session.scope))
 
 
 # -- the hand-over between the context and each module's functions ----------------------
@@ -331,7 +445,7 @@ DRIVERS: tuple[Driver, ...] = (
     # any other driver creates anything
     Driver("spmf", write=spmf_open, written=spmf_save, prepare=spmf_prepare),
     # the files an application saved (cryo.app) are back before any file is opened
-    Driver("app-files", prepare=appchannel.prepare),
+    Driver("app-files", prepare=_when(_APPCHANNEL, "prepare", lambda rs: bool(rs.image.raw(APPX)))),
     # a file mapped privately that is there but not what the image assumed: exit 12
     # (FileChanged) before the path check would call it missing
     Driver("fingerprint-check", prepare=changed.check_all),
@@ -366,24 +480,30 @@ DRIVERS: tuple[Driver, ...] = (
            thaw=landlock.release),
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
            describe=_describe_threads),
-    Driver("inet", collect=inet.lock_connections, shared=inet.check_queued, thaw=inet.thaw,
-           prepare=inet.prepare,
-           started=inet.started),
+    Driver("inet", collect=_when(_INET, "lock_connections", lambda c: _has_socket(c.pid)),
+           shared=_when(_INET, "check_queued", _dumped("inet")), thaw=_used(_INET, "thaw"),
+           prepare=_when(_INET, "prepare", _planned("inet")),
+           started=_when(_INET, "started", _opened("inet"))),
     # (restart: every unix socket made at the first process's "files" stage, before the
     # files driver hands the processes their fds)
-    Driver("unix-in-flight", shared=sockets.describe_in_flight,
-           restore={"files": sockets.make_all}),
-    Driver("tty", shared=tty.check, prepare=tty.prepare, born=tty.take_ctty,
-           restore={"task": tty.restore_ctty}, started=tty.hand_over,
-           after_restart=tty.redraw),
+    Driver("unix-in-flight", shared=_used(_SOCKETS, "describe_in_flight"),
+           restore={"files": _used(_SOCKETS, "make_all")}),
+    Driver("tty", shared=_when(_TTY, "check", lambda s: getattr(s, "shell_job", False)
+                                  or _dumped("pty")(s)),
+           prepare=_when(_TTY, "prepare", _planned("pty")), born=_used(_TTY, "take_ctty"),
+           restore={"task": _used(_TTY, "restore_ctty")},
+           started=_when(_TTY, "hand_over", lambda rs: bool(rs.options.get("shell_job"))),
+           after_restart=_used(_TTY, "redraw")),
     Driver("files", (R.FILE,), collect=files.collect, shared=files.dump_shared,
            records=files.shared_records, prepare=files.prepare,
            restore={"files": _files_restore}, describe=_describe_files),
     # a pidfd of a thread: put in place once the process's threads exist
     Driver("thread-pidfds", shared=specialfds.check_thread_pidfds,
            restore={"timers": specialfds.restore_thread_pidfds}),
-    Driver("unix", shared=sockets.check_peers, thaw=sockets.release_in_flight,
-           prepare=sockets.prepare_restart, started=sockets.send_credentialed),
+    Driver("unix", shared=_when(_SOCKETS, "check_peers", _dumped("unix")),
+           thaw=_used(_SOCKETS, "release_in_flight"),
+           prepare=_when(_SOCKETS, "prepare_restart", _opened("unix")),
+           started=_used(_SOCKETS, "send_credentialed")),
     Driver("anonfds", restore={"files": _anonfds_register}),
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
     # (after files and shmem: its prepare reopens fds of mapped deleted files from their
@@ -392,9 +512,13 @@ DRIVERS: tuple[Driver, ...] = (
            shared=locks.check_shared, prepare=locks.prepare,
            restore={"files": locks.restore}, restore_thread={"creds": locks.restore_owner}),
     # (the app driver before dirty: it leaves pages out before dirty selects them)
-    Driver("app", (appchannel.KIND,), optional=True, before_freeze=appchannel.before_freeze,
-           write=appchannel.write, after_checkpoint=appchannel.after_checkpoint,
-           after_restart=appchannel.after_restart),
+    Driver("app", (APPX,), optional=True,
+           before_freeze=_when(_APPCHANNEL, "before_freeze", _agents_possible),
+           write=_when(_APPCHANNEL, "write", lambda c, _sink: bool(c.shared.app)),
+           after_checkpoint=_when(_APPCHANNEL, "after_checkpoint",
+                                  lambda s, _why: bool(s.shared.channels)),
+           after_restart=_when(_APPCHANNEL, "after_restart",
+                               lambda rs: "app_channels" in rs.shared.keep)),
     Driver("dirty", (dirty.KIND,), optional=True, inject=_dirty_inject, write=_dirty_select,
            written=_dirty_inherit),
     Driver("registers", restore_thread={"regs": _thread_regs}),
