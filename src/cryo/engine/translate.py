@@ -176,7 +176,7 @@ def check(rs: Any) -> None:
     """Driver hook (prepare, before any other): every path the restart will open
     exists, translated, and is of the type it was; a mapped file is the one mapped
     then (same size and mtime; --save-files keeps a copy when it is not)."""
-    from cryo.engine.appchannel import KIND as APP_KIND
+    from cryo.engine.drivers import APPX as APP_KIND  # (not appchannel: lazy)
 
     t = of(rs.options)
     owner = rs.options.get("owner")  # the privilege rule (cryo.image.trust), for the
