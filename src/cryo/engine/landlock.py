@@ -32,7 +32,6 @@ from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import PR, SYS
 from cryo.linux.fdcalls import SYS_KCMP
-from cryo.linux.net import setns
 
 KCMP_VM = 1
 CAP_SYS_ADMIN = 21
@@ -51,6 +50,8 @@ class Witness:
     most its permitted capabilities, in its pid namespace; killed by :meth:`close`."""
 
     def __init__(self, pid: int, tid: int) -> None:
+        from cryo.linux.net import setns  # (the witness's own: not on a fast path)
+
         st = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
         uid, gid = int(st["Uid"].split()[0]), int(st["Gid"].split()[0])
         groups = [int(g) for g in st.get("Groups", "").split()]
