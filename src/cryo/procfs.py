@@ -231,9 +231,15 @@ def parse_timers(data: bytes) -> list[PosixTimer]:
 def read(pid: int | str, name: str) -> bytes:
     """Read /proc/PID/NAME, translating the errors that mean the process is gone."""
     path = f"/proc/{pid}/{name}"
-    try:
-        with open(path, "rb") as f:
-            return f.read()
+    try:  # (os calls: the io stack's open, buffering and read to EOF cost 2-10 us more)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):  # (to the end: a read may come back short)
+                chunks.append(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
     except (FileNotFoundError, ProcessLookupError) as err:
         raise NoSuchProcess(f"process {pid} does not exist", pid=int(pid)) from err
     except PermissionError as err:
