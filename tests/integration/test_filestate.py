@@ -475,6 +475,68 @@ def test_mapped_file_with_other_bytes_refused_at_restart(procs: Procs, build: An
     Victim(rr.pid, v.out).wait_ok_after(last + 2)
 
 
+def test_executable_touched_since_the_checkpoint_restarts(procs: Procs, build: Any,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """A privately mapped file whose mtime changed but whose bytes did not (touch, a
+    package reinstalled with the same bytes) is the file the image assumed: the restart
+    goes on (before: exit 1, "changed since the checkpoint (size 16504 -> 16504)")."""
+    import shutil
+
+    exe = tmp_path / "counter"
+    shutil.copy(build("counter"), exe)
+    v = procs.spawn([str(exe), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(2)
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    last = max(v.oks())
+    os.utime(exe, ns=(exe.stat().st_atime_ns, exe.stat().st_mtime_ns + 10**9))
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    procs.track(v.pid)
+    assert r.returncode == 0, r.stderr
+    v.wait_ok_after(last + 2)
+
+
+SHARED_MAP = """
+import mmap, os, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+fd = os.open(sys.argv[2], os.O_RDWR)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
+m[0:5] = b"hello"
+i = 0
+while True:
+    print("ok", i, file=out) if m[0:5] in (b"hello", b"HELLO") else print("FAIL", m[0:5], file=out)
+    i += 1
+    time.sleep(0.02)
+"""
+
+
+def test_shared_mapping_of_a_changed_file_is_exit_12(procs: Procs, tmp_path: Path) -> None:
+    """A file mapped shared holds its data itself, not the image: one modified since the
+    checkpoint (same size, new mtime) would come back as the process never saw it, so
+    the restart refuses, exit 12 (before: exit 1, naming --save-files, which saves no
+    shared mapping), nothing made; --ignore-changed-files restarts on the file as it is."""
+    import sys
+
+    data, out = tmp_path / "data", tmp_path / "out.txt"
+    data.write_bytes(b"\0" * 4096)
+    v = procs.spawn([sys.executable, "-c", SHARED_MAP, str(out), str(data)], out)
+    v.wait_ok_after(2)
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    with open(data, "r+b") as f:
+        f.write(b"HELLO")
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    procs.track(v.pid)  # (were it restarted after all)
+    assert r.returncode == 12, r.stderr
+    assert f"{data} changed since the checkpoint (same size, modified since (mtime))" \
+        in r.stderr and "--ignore-changed-files" in r.stderr, r.stderr  # fmt: skip
+    assert not os.path.exists(f"/proc/{v.pid}")
+    last = max(v.oks())
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--ignore-changed-files")
+    assert r.returncode == 0, r.stderr
+    v.wait_ok_after(last + 2)
+
+
 def test_mapped_file_of_another_size_is_exit_12(procs: Procs, build: Any,
                                                 tmp_path: Path) -> None:  # fmt: skip
     """A mapped file grown since the checkpoint is a changed file too (exit 12)."""

@@ -35,6 +35,7 @@ from cryo.engine import cow, locks, shmem
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Batch
 from cryo.engine.translate import apply as translated
+from cryo.engine.translate import changed_how
 from cryo.errors import CryoError, FileChanged, ImageIncompatible, InternalError, Unsupported
 from cryo.image.format import checksum
 from cryo.linux import libc, uffd
@@ -786,10 +787,11 @@ def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
         st = os.stat(path)
     except FileNotFoundError as err:
         raise CryoError(f"mapped file {path} no longer exists", path=path) from err
-    _dev, _ino, size, mtime = v["file"]
-    if (st.st_size, st.st_mtime_ns) != (size, mtime) and not ctx.options.get("ignore_changed"):
+    _dev, _ino, size, mtime = v["file"]  # (a private mapping's bytes: changed.py's check)
+    if v["kind"] == "shared-file" and (st.st_size, st.st_mtime_ns) != (size, mtime) \
+            and not ctx.options.get("ignore_changed"):  # fmt: skip
         raise FileChanged(f"mapped file {path} changed since the checkpoint"
-                          f" (size {size} -> {st.st_size}; --ignore-changed-files)",
+                          f" ({changed_how((size, mtime), st)}; --ignore-changed-files)",
                           path=path)  # fmt: skip
     flags = (2 if v["shared"] and v["prot"] & PROT.WRITE else 0) | locks.mapped_open_flags(v)
     name = ctx.inj.put_str(path)
@@ -819,6 +821,9 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
         else ((b, *ctx.image.block_data(b), 0, b["raw"]) for b in mine))  # fmt: skip
     rec = ctx.image.one(KIND, ctx.old_pid)
     live = getattr(ctx, "live", None) or {}
+    lazy = live.get("lazy")
+    if lazy is not None:  # (before any block: their mappings are not the filler's)
+        _register_lazy(ctx, rec, lazy)
     filler = _Filler.open(ctx, rec, live.get("inherited_ranges", []),
                           sum(n for b in mine for _, n in b["runs"]))
     try:
@@ -876,6 +881,47 @@ class _Parts:
         return out
 
 
+def _register_lazy(ctx: RestoreContext, rec: dict[str, Any], lazy: dict[str, Any]) -> None:
+    """Post-copy (cryo.migrate.lazy): the mappings of the pages that are not in the image
+    yet (``lazy["runs"]``) registered in a userfaultfd of the process (missing mode, with
+    its fork, remap, remove and unmap events), handed to ``lazy["start"]`` to be served
+    from now on (every later stage may touch them).  Made by an injected call while the
+    process still has cryo's credentials (the "creds" stage is later), not user-mode
+    only: a fault in the kernel (a read() into such a page) must wait for the page too,
+    not get a zero page."""
+    from cryo.image.stream import intersect, normalize
+
+    runs = normalize(lazy["runs"])
+    want = []
+    for v in rec["vmas"]:
+        if not intersect(runs, [[v["start"], v["end"] - v["start"]]]):
+            continue
+        if v["kind"] != "anon" or v.get("shared") or v.get("hugetlb") or \
+                {"lo", "lf", "dp", "wf"} & set(v["flags"]):  # fmt: skip
+            raise CryoError(f"lazy pages in mapping {v['start']:#x}-{v['end']:#x}, which"
+                            " cannot be filled lazily", pid=ctx.pid)  # fmt: skip
+        want.append((v["start"], v["end"]))
+    inside = normalize([[s, e - s] for s, e in want])
+    if sum(n for _, n in intersect(runs, inside)) != sum(n for _, n in runs):
+        raise CryoError("lazy pages outside every private anonymous mapping", pid=ctx.pid)
+    low = ctx.inj.raw(SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK)
+    if low < 0:
+        raise CryoError(f"no userfaultfd for the lazy pages: {os.strerror(-low)}", pid=ctx.pid)
+    try:
+        fd = libc.fd_of(ctx.pid, low)
+    finally:
+        ctx.inj.raw(SYS.close, low)
+    try:
+        libc.uffd_api(fd, lazy["features"])
+        for start, end in want:
+            uffd.register_missing(fd, start, end - start)
+    except BaseException:
+        os.close(fd)
+        raise
+    ctx.live["lazy_ranges"] = want
+    lazy["start"](fd)  # (the fd is the pager's now)
+
+
 UFFD_MIN = 4 << 20  # below this many bytes of pages, the uffd's set-up is not worth it
 
 
@@ -901,7 +947,8 @@ class _Filler:
              nbytes: int) -> _Filler | None:  # fmt: skip
         """None when there is nothing worth registering or the process cannot have a
         uffd (then everything goes through process_vm_writev)."""
-        kept = {a for a, _ in inherited} | {s for s, _e, _at in live_of(ctx).get("staged", ())}
+        kept = {a for a, _ in inherited} | {s for s, _e, _at in live_of(ctx).get("staged", ())} \
+            | {s for s, _e in live_of(ctx).get("lazy_ranges", ())}  # fmt: skip
         want = [(v["start"], v["end"]) for v in rec["vmas"]
                 if v["kind"] == "anon" and v.get("data") and not v.get("hugetlb")
                 and "dp" not in v["flags"] and v["start"] not in kept]  # fmt: skip

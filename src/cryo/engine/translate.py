@@ -21,7 +21,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from cryo.errors import CryoError, Usage
+from cryo.errors import CryoError, FileChanged, Usage
 
 DELETED = " (deleted)"
 
@@ -126,9 +126,17 @@ def _need(what: str, path: str, new: str, fmt: int | None,
         raise PathMissing(f"{what}: {_named(path, new)} is {now}, not"
                           f" {_TYPES.get(fmt, 'what it was')}", path=new)  # fmt: skip
     if size_mtime is not None and (st.st_size, st.st_mtime_ns) != size_mtime:
-        raise PathMissing(f"{what}: {_named(path, new)} changed since the checkpoint"
-                          f" (size {size_mtime[0]} -> {st.st_size}); checkpoint with"
-                          " --save-files to keep a copy in the image", path=new)  # fmt: skip
+        raise FileChanged(f"{what}: {_named(path, new)} changed since the checkpoint"
+                          f" ({changed_how(size_mtime, st)}); its data is the file's, not the"
+                          " image's: --ignore-changed-files restarts anyway",
+                          path=new)  # fmt: skip
+
+
+def changed_how(size_mtime: tuple[int, int], st: os.stat_result) -> str:
+    """In words, how a file's (size, mtime) differs from ``size_mtime``."""
+    if st.st_size != size_mtime[0]:
+        return f"its size was {size_mtime[0]}, it is {st.st_size} now"
+    return "same size, modified since (mtime)"
 
 
 def unix_path(d: dict[str, Any], key: str) -> str | None:
@@ -161,10 +169,10 @@ def paths(plan: Any) -> Iterator[tuple[str, str, int | None, tuple[int, int] | N
             if not mm["exe"].endswith(DELETED):
                 yield f"the executable of process {pid}", mm["exe"], stat.S_IFREG, None
             for v in mm["vmas"]:
-                if v["kind"] in ("file", "shared-file"):
-                    f = v.get("file")
+                if v["kind"] in ("file", "shared-file"):  # a private one's bytes are
+                    f = v.get("file")  # compared by changed.py (its mtime may differ)
                     yield (f"mapping {v['start']:#x} of process {pid}", v["path"], None,
-                           (f[2], f[3]) if f else None)  # fmt: skip
+                           (f[2], f[3]) if f and v["kind"] == "shared-file" else None)  # fmt: skip
         frec = recs.get(b"FILE")
         if frec is not None and not frec.get("cwd_deleted"):  # (else made again)
             yield f"the working directory of process {pid}", frec["cwd"], stat.S_IFDIR, None
