@@ -15,8 +15,11 @@ being broken, a delegation, or a lock of a kind not listed here is refused too.
 The owner of each description (F_GETOWN_EX) and its signal (F_GETSIG) are read by cryo
 on a duplicate of the fd (pidfd_getfd); an owner outside the checkpoint is refused.
 
-Restore: OFD locks and flocks are taken by cryo on its own fd of the description, before
-any process exists (every process inherits the description and the lock with it).
+Restore: OFD locks are taken by cryo on its own fd of the description, before any
+process exists (every process inherits the description and the lock with it), or, for
+a description cryo makes late (a unix socket), once it has made it; so are flocks whose
+taker is not in the image.  A flock is taken again by the process that took it (its fd
+in place, the "files" stage): /proc/locks and fdinfo show the taker's pid.
 POSIX locks and leases are taken by their process, with injected fcntl calls, once its
 fds are in place (the "files" stage; a POSIX lock is the process's, a lease signals the
 process that took it).  The signal owner is set by injected F_SETOWN_EX calls in the
@@ -181,6 +184,8 @@ def _keep(pid: int, fd: int, d: dict[str, Any], lk: Lock) -> None:
             have.append(entry)
     elif lk.kind in ("OFDLCK", "FLOCK"):
         entry = {"kind": "ofd" if lk.kind == "OFDLCK" else "flock", **item}
+        if lk.kind == "FLOCK":  # (the process that took it: /proc/locks and fdinfo show it)
+            entry["pid"] = lk.pid
         have = d.setdefault("locks", [])
         if entry not in have:
             have.append(entry)
@@ -421,22 +426,32 @@ def prepare(rs: Any) -> None:
     any process inherits it."""
     opened = rs.shared.opened
     ghosts.reopen_objects(rs.shared.descs, opened, rs.shared.objects)
+    flockers = rs.shared.keep["flockers"] = set(rs.plan.procs)
     for d in rs.shared.descs:
         fd = opened.fds.get(d["id"])
         if fd is None:
-            continue
-        for lk in d.get("locks", []):
-            try:
-                if lk["kind"] == "flock":
-                    fcntl.flock(fd, (fcntl.LOCK_SH if lk["mode"] == "READ" else fcntl.LOCK_EX)
-                                | fcntl.LOCK_NB)  # fmt: skip
-                else:
-                    fcntl.fcntl(fd, F_OFD_SETLK, _flock_struct(lk["mode"], lk["start"],
-                                                                 lk["end"]))  # fmt: skip
-            except OSError as err:
-                raise _conflict(d, f"{lk['kind']} {lk['mode']}", err) from err
+            continue  # (a late one, a unix socket: once cryo has made it, in restore)
+        _take(d, fd, flockers)
         if d.get("sig"):
             fcntl.fcntl(fd, F_SETSIG, d["sig"])
+
+
+def _take(d: dict[str, Any], fd: int, flockers: set[int]) -> None:
+    """The OFD locks and flocks of description ``d``, taken by cryo on ``fd``, its own;
+    but a flock taken by a process of the image (``flockers``), which takes it again
+    itself (:func:`restore`): the kernel shows the taker's pid."""
+    for lk in d.get("locks", []):
+        if lk["kind"] == "flock" and lk.get("pid") in flockers:
+            continue
+        try:
+            if lk["kind"] == "flock":
+                fcntl.flock(fd, (fcntl.LOCK_SH if lk["mode"] == "READ" else fcntl.LOCK_EX)
+                            | fcntl.LOCK_NB)  # fmt: skip
+            else:
+                fcntl.fcntl(fd, F_OFD_SETLK, _flock_struct(lk["mode"], lk["start"],
+                                                             lk["end"]))  # fmt: skip
+        except OSError as err:
+            raise _conflict(d, f"{lk['kind']} {lk['mode']}", err) from err
 
 
 def _conflict(d: dict[str, Any], what: str, err: OSError) -> CryoError:
@@ -448,11 +463,32 @@ def _conflict(d: dict[str, Any], what: str, err: OSError) -> CryoError:
 
 
 def restore(ctx: RestoreContext) -> None:
-    """Stage "files", after the fds are in place: the process's POSIX locks, its leases,
+    """Stage "files", after the fds are in place: the OFD locks and flocks of the
+    descriptions cryo made late (unix sockets), the process's POSIX locks, its leases,
     and O_ASYNC set again by the process itself."""
     inj = ctx.inj
+    opened = ctx.shared.opened
+    flockers: set[int] = ctx.shared.keep.get("flockers", set())
+    taken: set[int] = set()
     for e in ctx.records[FILE_KIND]["fds"]:
         d = ctx.shared.descs[e["desc"]]
+        if d.get("locks") and d["pid"] == ctx.old_pid and d["id"] not in opened.fds:
+            # a description made late (a unix socket, a /proc file of the tree): cryo
+            # has its fd only now; lost before, the restart exiting 0 without the lock
+            fd = opened.late.get(d["id"])
+            if fd is None:
+                raise CryoError(f"fd {d['fd']} of {d['pid']}: its {d['locks'][0]['kind']}"
+                                " lock cannot be taken again: cryo holds no fd of it",
+                                pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+            _take(d, fd, flockers)
+        for lk in d.get("locks", []):
+            if lk["kind"] != "flock" or lk.get("pid") != ctx.old_pid or d["id"] in taken:
+                continue
+            taken.add(d["id"])  # the flock this process took, taken by it again
+            op = (fcntl.LOCK_SH if lk["mode"] == "READ" else fcntl.LOCK_EX) | fcntl.LOCK_NB
+            err = inj.raw(SYS.flock, e["fd"], op)
+            if err < 0:
+                raise _conflict(d, f"flock {lk['mode']}", OSError(-err, os.strerror(-err)))
         for lk in d.get("posix", []):
             if lk["pid"] != ctx.old_pid or lk["fd"] != e["fd"]:
                 continue

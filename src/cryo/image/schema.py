@@ -490,6 +490,7 @@ OFFSET = Int(0, (1 << 63) - 1)
 OWN_LOCK = Struct((
     F("kind", Str(choices=("ofd", "flock"))), F("mode", Str(choices=LOCK_MODES)),
     F("start", OFFSET), F("end", Nullable(OFFSET), "nil: to the end of the file"),
+    F("pid", PID, "an flock: the process that took it", required=False),
 ), extra=False, name="description lock")  # fmt: skip
 
 VMA = Struct((

@@ -1,0 +1,26 @@
+"""Kernel-visible state found by probing (issue 9, docs/state-coverage.md: "found by
+probing"): each victim sets one piece of state, is checkpointed, killed and restarted,
+and checks itself every round ("ok N" or "FAIL what"); what cannot be restored is
+refused (exit 9 naming it) with the target untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Procs
+from tests.integration.test_procstate import cycle
+
+
+def test_locks_on_sockets_pipes_and_their_takers(procs: Procs, build: Any,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """flocks on both ends of a unix socket pair, on an unbound unix datagram socket, on
+    a TCP socket, a pipe and a file, an OFD lock on a unix socket and a POSIX lock on a
+    TCP socket come back, each as fdinfo shows it, an flock naming its taker.  Before:
+    the unix sockets' flocks and OFD lock were lost (restart exit 0), and every flock
+    named the restarting cryo, a process gone, as its taker."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("sklocks"), str(out), str(tmp_path / "file")], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
