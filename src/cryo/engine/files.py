@@ -192,13 +192,13 @@ def _is_family(*families: int) -> Callable[[Found], bool]:
 
 
 AGENT_NAME = "@cryo-app/"  # a cryo.app agent's abstract address, as /proc/net/unix shows it
-_NET_TABLES = (("unix", socket.AF_UNIX), ("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6),
-               ("udp", socket.AF_INET), ("udp6", socket.AF_INET6))  # fmt: skip
+_NET_TABLES = (("unix", socket.AF_UNIX), ("udp", socket.AF_INET), ("udp6", socket.AF_INET6))
 
 
 def socket_table(pid: int) -> dict[int, tuple[int, str]]:
-    """inode -> (family, unix address) of the unix, TCP and UDP sockets of the network
-    namespace of ``pid`` (one read of /proc/PID/net/* instead of a question to each)."""
+    """inode -> (family, unix address) of the unix and UDP sockets of the network
+    namespace of ``pid`` (one read of /proc/PID/net/* instead of a question to each);
+    the TCP ones of each process come from the inet driver's table (inet.tcp_sockets)."""
     out: dict[int, tuple[int, str]] = {}
     for name, family in _NET_TABLES:
         try:
@@ -303,6 +303,7 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
         st = os.stat(f"/proc/{pid}/fd/{fd}")
         if _is_socket_link(target) and net is None:
             net = _sockets(pid, descs) or {}
+            net.update(inet.tcp_sockets(pid))  # (read by the inet driver already)
         found = Found(pid, fd, target, st, net if _is_socket_link(target) else None)
         k = kind_of(found, shell_job)
         if k.refuse is not None:

@@ -996,10 +996,14 @@ def lock_connections(ctx: Any) -> None:
     mine = {ino for _, ino in socks}
     _warn_multicast(ctx, pid, mine)
     table = tcp_table(pid, mine)
+    seen = {ino: socket.AF_INET6 if ":" in conn[0] else socket.AF_INET
+            for ino, (_state, conn) in table.items()}  # fmt: skip
     for fd, ino in socks:  # what the fd kinds will ask (family_of), known already
-        if ino in table:
-            _families[(pid, fd, ino)] = socket.AF_INET6 if ":" in table[ino][1][0] \
-                else socket.AF_INET  # fmt: skip
+        if ino in seen:
+            _families[(pid, fd, ino)] = seen[ino]
+    if len(_TCP_OF) > 10_000:
+        _TCP_OF.clear()
+    _TCP_OF[pid] = {ino: (family, "") for ino, family in seen.items()}
     todo = []
     for fd, ino in socks:
         if ino not in table:
@@ -1033,6 +1037,16 @@ def lock_connections(ctx: Any) -> None:
             hold(pid, fd, ino, family).state["lock"] = _image_lock
     finally:
         _close_pidfds()
+
+
+_TCP_OF: dict[int, dict[int, tuple[int, str]]] = {}  # pid -> its TCP sockets, as below
+
+
+def tcp_sockets(pid: int) -> dict[int, tuple[int, str]]:
+    """inode -> (family, "") of the TCP sockets of ``pid`` found by
+    :func:`lock_connections` (files' table of the namespace's sockets takes them instead
+    of reading /proc/PID/net/tcp again); given once."""
+    return _TCP_OF.pop(pid, {})
 
 
 def parse_igmp(data: bytes, v6: bool) -> list[str]:
