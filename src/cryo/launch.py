@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 from cryo import safefile
 from cryo.errors import CryoError
@@ -18,6 +17,8 @@ def run(cmd: list[str], output: str = "/dev/null", *, pid_ns: bool = False) -> i
     appended to ``output``, no fd of ours.  With ``pid_ns`` it is pid 1 of a new pid
     namespace, so that a restart can always give every process its old pid.  Returns
     its pid (as we see it)."""
+    import subprocess  # (not for the checkpoint that reads RUN_MARK)
+
     if not cmd:
         raise CryoError("cryo run needs a command: cryo run -- CMD ARGS")
     env = dict(os.environ, **dict([RUN_MARK.split("=")]))

@@ -12,7 +12,6 @@ change: nothing in the process depends on it once attached.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from cryo.engine.context import DumpContext, RestoreContext
@@ -58,6 +57,8 @@ def check(image: Any, vmas: list[dict[str, Any]]) -> dict[int, Any]:
     ids = sorted({v["shmid"] for v in attached(vmas)})
     if not ids:
         return {}
+    from pathlib import Path
+
     from cryo.ipc import shm
 
     out = {}
