@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from cryo.errors import ImageCorrupt
@@ -45,17 +44,30 @@ class Bad(Exception):
 
 
 class Type:
+    """A type of the grammar.  The types are plain classes with ``__slots__``, made once
+    and never changed (not dataclasses: the grammar is imported by every restart and
+    ``cryo show``, and making eleven frozen dataclasses took most of its import)."""
+
+    __slots__ = ()
     doc = "?"
 
     def check(self, v: Any) -> None:
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in _slots(type(self)))
+        return f"{type(self).__name__}({args})"
 
-@dataclass(frozen=True)
+
+def _slots(cls: type) -> list[str]:
+    return [n for c in reversed(cls.__mro__) for n in getattr(c, "__slots__", ())]
+
+
 class Int(Type):
-    lo: int = 0
-    hi: int = U64
-    name: str = ""
+    __slots__ = ("hi", "lo", "name")
+
+    def __init__(self, lo: int = 0, hi: int = U64, name: str = "") -> None:
+        self.lo, self.hi, self.name = lo, hi, name
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -74,6 +86,7 @@ class Int(Type):
 
 
 class Num(Type):
+    __slots__ = ()
     doc = "number"
 
     def check(self, v: Any) -> None:
@@ -82,6 +95,7 @@ class Num(Type):
 
 
 class Bool(Type):
+    __slots__ = ()
     doc = "bool"
 
     def check(self, v: Any) -> None:
@@ -89,11 +103,12 @@ class Bool(Type):
             raise Bad(f"{_what(v)}, not a boolean")
 
 
-@dataclass(frozen=True)
 class Str(Type):
-    max: int = 4096
-    pattern: str | None = None
-    choices: tuple[str, ...] = ()
+    __slots__ = ("choices", "max", "pattern")
+
+    def __init__(self, max: int = 4096, pattern: str | None = None,
+                 choices: tuple[str, ...] = ()) -> None:
+        self.max, self.pattern, self.choices = max, pattern, choices
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -112,10 +127,11 @@ class Str(Type):
             raise Bad(f"{v!r} is not of the form {self.pattern}")
 
 
-@dataclass(frozen=True)
 class Bytes(Type):
-    size: int | None = None  # exactly
-    max: int = 1 << 30
+    __slots__ = ("max", "size")
+
+    def __init__(self, size: int | None = None, max: int = 1 << 30) -> None:
+        self.size, self.max = size, max  # (size: exactly)
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -130,11 +146,15 @@ class Bytes(Type):
             raise Bad(f"{len(v)} bytes (at most {self.max})")
 
 
-@dataclass(frozen=True)
 class Path(Str):
     """An absolute path (as /proc shows it), or a pseudo path like ``pipe:[123]``."""
 
-    absolute: bool = True
+    __slots__ = ("absolute",)
+
+    def __init__(self, max: int = 4096, pattern: str | None = None,
+                 choices: tuple[str, ...] = (), absolute: bool = True) -> None:
+        super().__init__(max, pattern, choices)
+        self.absolute = absolute
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -146,9 +166,11 @@ class Path(Str):
             raise Bad(f"{v!r} is not an absolute path")
 
 
-@dataclass(frozen=True)
 class Nullable(Type):
-    inner: Type
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Type) -> None:
+        self.inner = inner
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -159,9 +181,11 @@ class Nullable(Type):
             self.inner.check(v)
 
 
-@dataclass(frozen=True)
 class AnyOf(Type):
-    options: tuple[Type, ...]
+    __slots__ = ("options",)
+
+    def __init__(self, options: tuple[Type, ...]) -> None:
+        self.options = options
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -178,12 +202,12 @@ class AnyOf(Type):
         raise Bad("; ".join(errors))
 
 
-@dataclass(frozen=True)
 class List(Type):
-    item: Type
-    min: int = 0
-    max: int = MAX_ITEMS
-    size: int | None = None
+    __slots__ = ("item", "max", "min", "size")
+
+    def __init__(self, item: Type, min: int = 0, max: int = MAX_ITEMS,
+                 size: int | None = None) -> None:
+        self.item, self.min, self.max, self.size = item, min, max, size
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -204,10 +228,11 @@ class List(Type):
                 raise err.at(f"[{i}]") from None
 
 
-@dataclass(frozen=True)
 class Tuple(Type):
-    items: tuple[Type, ...]
-    names: tuple[str, ...] = ()
+    __slots__ = ("items", "names")
+
+    def __init__(self, items: tuple[Type, ...], names: tuple[str, ...] = ()) -> None:
+        self.items, self.names = items, names
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -225,11 +250,11 @@ class Tuple(Type):
                 raise err.at(f"[{i}]") from None
 
 
-@dataclass(frozen=True)
 class Dict(Type):
-    key: Type
-    value: Type
-    max: int = MAX_ITEMS
+    __slots__ = ("key", "max", "value")
+
+    def __init__(self, key: Type, value: Type, max: int = MAX_ITEMS) -> None:
+        self.key, self.value, self.max = key, value, max
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -251,21 +276,26 @@ class Dict(Type):
                 raise err.at(f"[{k!r}]") from None
 
 
-@dataclass(frozen=True)
 class F:
     """A key of a map: its type, whether it must be there, what it means."""
 
-    name: str
-    type: Type
-    doc: str = ""
-    required: bool = True
+    __slots__ = ("doc", "name", "required", "type")
+
+    def __init__(self, name: str, type: Type, doc: str = "",
+                 required: bool = True) -> None:
+        self.name, self.type, self.doc, self.required = name, type, doc, required
+
+    def __repr__(self) -> str:
+        return f"F({self.name!r}, {self.type!r}, required={self.required})"
 
 
-@dataclass(frozen=True)
 class Struct(Type):
-    fields: tuple[F, ...]
-    extra: bool = True  # keys not declared here are accepted (and ignored)
-    name: str = "map"
+    __slots__ = ("extra", "fields", "name")
+
+    def __init__(self, fields: tuple[F, ...], extra: bool = True, name: str = "map") -> None:
+        self.fields = fields
+        self.extra = extra  # keys not declared here are accepted (and ignored)
+        self.name = name
 
     @property
     def doc(self) -> str:  # type: ignore[override]
@@ -717,15 +747,20 @@ OBJ = Struct((
 ), name="object")  # fmt: skip
 
 
-@dataclass(frozen=True)
 class Kind:
     """One record kind of core.img."""
 
-    kind: bytes
-    by: str  # the module that writes it
-    count: str  # "one", "at most one", "per process", "per thread", "any"
-    body: Type
-    doc: str = ""
+    __slots__ = ("body", "by", "count", "doc", "kind")
+
+    def __init__(self, kind: bytes, by: str, count: str, body: Type, doc: str = "") -> None:
+        self.kind = kind
+        self.by = by  # the module that writes it
+        self.count = count  # "one", "at most one", "per process", "per thread", "any"
+        self.body = body
+        self.doc = doc
+
+    def __repr__(self) -> str:
+        return f"Kind({self.kind!r})"
 
     @property
     def name(self) -> str:
