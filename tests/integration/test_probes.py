@@ -24,3 +24,13 @@ def test_locks_on_sockets_pipes_and_their_takers(procs: Procs, build: Any,
     v.wait_ok_after(1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+def test_local_descriptor_table(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """The LDT's entries come back byte for byte, and a segment register that names one
+    of them (%es) with them.  Before: no LDT after the restart, exit 0 (and %es 0)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("ldt"), str(out)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()

@@ -52,6 +52,7 @@ from cryo.engine import (
     dirty,
     files,
     landlock,
+    ldt,
     locks,
     memory,
     namespaces,
@@ -454,6 +455,10 @@ DRIVERS: tuple[Driver, ...] = (
            restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK))},
            restore_thread={"thread": _thread_state, "creds": _thread_creds},
            describe=_describe_task),
+    # (after task: its entries go into TASK)
+    Driver("ldt", inject=ldt.dump, restore={"task": ldt.restore},
+           describe=lambda v: {"ldt": ldt.describe(v.records[R.TASK])}
+           if v.records[R.TASK].get("ldt") else {}),
     Driver("memory", (R.MM,), inject=memory.dump_brk, collect=_memory_collect,
            shared=_object_sources,
            restore={"memory": _memory_layout, "pages": _memory_pages,

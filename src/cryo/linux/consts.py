@@ -166,6 +166,7 @@ class SYS(IntEnumBase):
     sched_getscheduler = 145
     mlockall = 151
     munlockall = 152
+    modify_ldt = 154
     capget = 125
     capset = 126
     set_mempolicy = 238
