@@ -118,7 +118,7 @@ def test_proc_files_follow_new_pids(procs: Procs, build: Any, tmp_path: Path) ->
     first = cycle(procs, v, tmp_path / "img", scope="tree")
     declared(tmp_path / "img")
     assert _children(first.pid) == [kid]
-    rr = restart(str(tmp_path / "img"), allow_duplicate=True)
+    rr = restart(str(tmp_path / "img"), allow_duplicate=True, new_pids=True)
     procs.track(rr.pid)
     procs.pids.extend(_children(rr.pid))
     assert rr.pid != first.pid

@@ -93,10 +93,11 @@ def test_shell_pipeline_with_data_in_the_pipe(procs: Procs, tmp_path: Path) -> N
     while len(v.lines()) < 200:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    pids = tree_pids(v.pid)
     r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / "img"), "--kill")
     assert r.returncode == 0, r.stderr
     assert "3 processes" in r.stderr
-    kill_tree([v.pid])
+    kill_tree(pids)  # (all reaped: a zombie's pid is taken)
     time.sleep(0.2)
     n_before = len(v.lines())
     r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
@@ -134,6 +135,69 @@ def test_children_that_come_and_go_during_the_freeze(procs: Procs, tmp_path: Pat
     size = count.stat().st_size
     time.sleep(0.3)
     assert count.stat().st_size > size, "the restarted shell goes on"
+
+
+KNOWS_ITS_CHILD = """
+import os, sys, time
+out = open(sys.argv[1], "a", buffering=1)
+child = os.fork()
+if child == 0:
+    while True:
+        time.sleep(0.05)
+i = 0
+while True:
+    try:
+        os.kill(child, 0)
+        done, _ = os.waitpid(child, os.WNOHANG)
+        print("ok", i, file=out)
+    except OSError as err:
+        print("FAIL child", child, err, file=out)
+    i += 1
+    time.sleep(0.02)
+"""
+
+
+def test_a_tree_whose_pids_are_taken_is_refused(procs: Procs, tmp_path: Path) -> None:
+    """A parent keeps its child's pid (fork's answer) for kill and waitpid: restarted under
+    new pids it would signal whatever has the old one now. With the old pids taken (a copy
+    runs), a restart of the tree is refused, exit 10, naming the pid and --new-pids, and
+    makes nothing (before: it came back under new pids, exit 0, and the parent's kill
+    failed); --new-pids restarts it anyway, as asked."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([sys.executable, "-c", KNOWS_ITS_CHILD, str(out)], out)
+    v.wait_ok_after(2)
+    pids = tree_pids(v.pid)
+    assert len(pids) == 2
+    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+    kill_tree(pids)
+    first = restart(str(tmp_path / "img"))
+    for p in first.pids.values():
+        procs.track(p)
+    def copies() -> set[int]:  # processes running the script on this out.txt
+        found = set()
+        for p in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if str(out).encode() in Path(f"/proc/{p}/cmdline").read_bytes():
+                    found.add(int(p))
+        return found
+
+    assert copies() == set(first.pids.values())
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--allow-duplicate")
+    if r.returncode == 0:
+        procs.track(int(r.stdout))
+    assert r.returncode == 10, r.stderr
+    assert f"pid {pids[0]} is taken" in r.stderr and "know each other's pids" in r.stderr \
+        and "--new-pids" in r.stderr, r.stderr  # fmt: skip
+    assert copies() == set(first.pids.values()), "nothing made"
+    Victim(first.pid, out).wait_ok_after(max(v.oks()) + 2)
+    assert not Victim(first.pid, out).fails()
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--allow-duplicate",
+                 "--new-pids")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    second = int(r.stdout)
+    procs.track(second)
+    procs.pids.extend(tree_pids(second))
+    assert second != first.pid
 
 
 def test_multiprocessing_pool(procs: Procs, tmp_path: Path) -> None:
@@ -317,10 +381,11 @@ def test_process_group_scope(procs: Procs, tmp_path: Path) -> None:
     while len(v.lines()) < 100:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    pids = tree_pids(v.pid)
     r = run_cryo("checkpoint", "--pgid", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
     assert r.returncode == 0, r.stderr
     assert "3 processes" in r.stderr
-    kill_tree([v.pid])
+    kill_tree(pids)
     n = len(v.lines())
     r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
     assert r.returncode == 0, r.stderr

@@ -83,6 +83,9 @@ def _restart(sub: Any) -> None:
     p.add_argument("--pidfile", metavar="FILE", help="write the restored pid to FILE")
     p.add_argument("--must-reuse-pid", action="store_true",
                    help="fail unless the process gets its old pid back")
+    p.add_argument("--new-pids", action="store_true",
+                   help="restart even a tree or a threaded process whose pids are taken"
+                        " under new pids (they keep the old ones they know)")
     p.add_argument("--shell-job", action="store_true",
                    help="give the process this terminal/stdio for its saved fds 0-2")
     p.add_argument("--translate", action="append", default=[], metavar="OLD=NEW",
@@ -277,8 +280,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
     _check_where(args)
     kw: dict[str, Any] = {"must_reuse_pid": args.must_reuse_pid, "shell_job": args.shell_job,
                           "translate": translate, "net": _net_options(args)}
-    kw.update({k: True for k in ("trust_image", "allow_duplicate", "ignore_changed_files")
-               if getattr(args, k)})
+    kw.update({k: True for k in ("trust_image", "allow_duplicate", "ignore_changed_files",
+                                 "new_pids") if getattr(args, k)})  # fmt: skip
     with _progress("restart") as prog:
         if args.store:
             from cryo import store

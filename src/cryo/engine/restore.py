@@ -132,17 +132,20 @@ def restart(
     allow_duplicate: bool = False,
     net: dict[str, bool] | None = None,
     ignore_changed_files: bool = False,
+    new_pids: bool = False,
 ) -> RestoreResult:
     """Recreate the processes saved in ``path`` (a directory image, or any ImageSource
     such as a version of a store); they run, the first one as our child, when this
     returns.  ``trust_image`` restores an image whose seal does not verify (the owner's
     privileges still bound it); ``allow_duplicate`` a second copy of a running image;
     ``ignore_changed_files`` reopens files that changed since the checkpoint anyway.
-    The phases are engine/session.py's :class:`Restart`."""
+    Processes whose pids are taken get new ones only if that cannot go wrong (one
+    process of one thread) or with ``new_pids``; else RestoreConflict, as with
+    ``must_reuse_pid`` always.  The phases are engine/session.py's :class:`Restart`."""
     return Restart(path, must_reuse_pid=must_reuse_pid, shell_job=shell_job,
                    translate=translate, progress=progress, trust_image=trust_image,
                    allow_duplicate=allow_duplicate, net=net,
-                   ignore_changed_files=ignore_changed_files).run()
+                   ignore_changed_files=ignore_changed_files, new_pids=new_pids).run()
 
 
 @contextlib.contextmanager

@@ -356,12 +356,31 @@ def pids_free(rec: dict[str, Any]) -> bool:
                for t in (p["threads"] or [p["pid"]]))  # fmt: skip
 
 
-def need_free(rec: dict[str, Any]) -> None:
+def need_free(rec: dict[str, Any], why: str | None = None) -> None:
+    """Fail (RestoreConflict, exit 10) naming the first pid of ``rec`` that is taken;
+    ``why``: why new pids would not do."""
     for p in rec["procs"]:
         for t in p["threads"] or [p["pid"]]:
             if os.path.exists(f"/proc/{t}"):
-                raise RestoreConflict(f"pid {t} is taken; cannot restore with the same pids",
-                                      pid=t)  # fmt: skip
+                msg = f"pid {t} is taken; cannot restore with the same pids"
+                if why:
+                    msg += (f": {why}, so under new ones it would go wrong without a sign"
+                            " (--new-pids restarts it anyway)")
+                raise RestoreConflict(msg, pid=t)
+
+
+def pids_matter(rec: dict[str, Any]) -> str | None:
+    """Why the processes of ``rec`` cannot be given new pids without harm, or None (one
+    process of one thread: it asks its pid of the kernel).  A parent keeps its
+    children's pids (fork's answer, for waitpid and kill), and a thread library its
+    threads' ids (pthread_kill, the owner of a PI or robust mutex): under new ones a
+    signal goes to whatever has the old pid now."""
+    live = [p for p in rec["procs"] if not p["zombie"]]
+    if len(live) > 1:
+        return f"its {len(live)} processes know each other's pids"
+    if live and len(live[0]["threads"] or ()) > 1:
+        return f"process {live[0]['pid']}'s {len(live[0]['threads'])} threads know their ids"
+    return None
 
 
 def spawn_helper(want_pid: int | None, new_pidns: bool = False) -> int:
