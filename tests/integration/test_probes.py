@@ -5,10 +5,14 @@ refused (exit 9 naming it) with the target untouched."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Procs
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from tests.conftest import Procs, Victim, reap
 from tests.integration.test_procstate import cycle
 
 
@@ -34,3 +38,20 @@ def test_local_descriptor_table(procs: Procs, build: Any, tmp_path: Path) -> Non
     v.wait_ok_after(1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+def test_absolute_timerfd(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """timerfds set with TFD_TIMER_ABSTIME (CLOCK_REALTIME with TFD_TIMER_CANCEL_ON_SET,
+    and CLOCK_MONOTONIC) keep their flags and their expiry across a restart 1.5 s after
+    the checkpoint.  Before: made relative again, without flags (CANCEL_ON_SET lost: a
+    change of the clock no longer cancels them), expiring later by the time away."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("tfdabs"), str(out)], out)
+    v.wait_ok_after(1)
+    last = max(v.oks())
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    time.sleep(1.5)
+    rr = restart(str(tmp_path / "img"))
+    procs.track(rr.pid)
+    Victim(rr.pid, out).wait_ok_after(last + 2)

@@ -18,6 +18,7 @@ import os
 import re
 import select
 import struct
+import time
 from typing import Any
 
 from cryo.engine.context import RestoreContext
@@ -40,6 +41,8 @@ def kind_of(target: str) -> str | None:
     return KINDS.get(target)
 
 
+TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET = 1, 2
+
 def describe(kind: str, fdinfo: bytes, pid: int, fd: int) -> dict[str, Any]:
     text = fdinfo.decode()
     kv = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.splitlines())}
@@ -51,9 +54,16 @@ def describe(kind: str, fdinfo: bytes, pid: int, fd: int) -> dict[str, Any]:
     if kind == "timerfd":
         value = tuple(int(x) for x in _PAIR.findall(kv["it_value"])[0])
         interval = tuple(int(x) for x in _PAIR.findall(kv["it_interval"])[0])
-        return {"clockid": int(kv["clockid"]), "ticks": int(kv["ticks"]),
-                "settime_flags": int(kv["settime flags"], 8),
-                "value": list(value), "interval": list(interval)}  # fmt: skip
+        clockid, flags = int(kv["clockid"]), int(kv["settime flags"], 8)
+        out: dict[str, Any] = {"clockid": clockid, "ticks": int(kv["ticks"]),
+                               "settime_flags": flags, "value": list(value),
+                               "interval": list(interval)}  # fmt: skip
+        if flags & TFD_TIMER_ABSTIME and value != (0, 0):
+            # fdinfo shows the time left: an absolute timer keeps its expiry on its clock
+            # (now, the process frozen), so that a later restart fires it then, not later
+            t = time.clock_gettime_ns(clockid) + value[0] * 10**9 + value[1]
+            out["deadline"] = [t // 10**9, t % 10**9]
+        return out
     if kind == "epoll":
         return _describe_epoll(pid, fd, text)
     raise Unsupported(f"fd {fd}: {kind} is not supported", pid=pid, resource=f"fd {fd}")
@@ -137,7 +147,12 @@ def open_desc(d: dict[str, Any]) -> int:
         value = (int(d["value"][0]), int(d["value"][1]))
         if d["ticks"] and value == (0, 0):
             value = (0, 1)  # expirations not yet read: let it expire again at once
-        if value != (0, 0):
+        flags = d.get("settime_flags", 0) & (TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET)
+        if value != (0, 0) and "deadline" in d and flags & TFD_TIMER_ABSTIME:
+            # (past: it fires at once, its missed intervals counted as ticks)
+            libc.timerfd_settime(fd, flags, (d["interval"][0], d["interval"][1]),
+                                 (int(d["deadline"][0]), int(d["deadline"][1])))  # fmt: skip
+        elif value != (0, 0):
             libc.timerfd_settime(fd, 0, (d["interval"][0], d["interval"][1]), value)
         return fd
     if kind == "epoll":

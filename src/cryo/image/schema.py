@@ -613,6 +613,8 @@ DESC = Struct((
     F("settime_flags", Int(0, U32), "timerfd", required=False),
     F("value", List(Int(), size=2), "timerfd: [sec, nsec]", required=False),
     F("interval", List(Int(), size=2), "timerfd: [sec, nsec]", required=False),
+    F("deadline", List(Int(), size=2), "timerfd with TFD_TIMER_ABSTIME: its expiry on its"
+      " clock, [sec, nsec]", required=False),
     F("watch", List(List(Int(), size=3)), "epoll: [[fd, events, data], ...]",
       required=False),
     F("app_name", Bytes(max=108), "app_listen, app_conn: the cryo.app agent's socket name",
