@@ -60,7 +60,6 @@ from cryo.engine.spmf import of_session as files_of
 from cryo.engine.translate import of as translate_of
 from cryo.errors import CryoError, InternalError, translate_oserror
 from cryo.image import records as R
-from cryo.image import trust
 from cryo.image.sink import DirSink, Sink
 from cryo.linux.consts import SYS
 
@@ -435,9 +434,13 @@ def _all_or_abort(phases: tuple[Callable[[], object], ...], last: Callable[[], T
 
 
 def _host_addresses() -> list[str]:
-    from cryo.engine.appchannel import host_addresses
+    """This host's addresses of global scope, for HEAD (not appchannel's: the cryo.app
+    channel is imported only for a program that has an agent)."""
+    from cryo.linux.net import host_addresses
 
-    return host_addresses()
+    with contextlib.suppress(OSError):
+        return host_addresses()
+    return []
 
 
 class CheckpointSession:
@@ -680,6 +683,8 @@ class Restart:
                 t.detach()
         self.result.pid = self.made[self.plan.tree["root"]].pid
         self.result.pids = {old: m.pid for old, m in self.made.items()}
+        from cryo.image import trust
+
         trust.restarted(self.image, self.result.pid)  # a second copy of it is refused
         for d in D.DRIVERS:
             if d.after_restart:
