@@ -1,0 +1,69 @@
+"""What a command imports before it is needed (issue 16, docs/design.md "Start-up"): the
+engine's modules as a checkpoint and a restart import them, in a fresh interpreter, leave
+out the drivers of resources a small program lacks; the stand-ins of cryo.lazy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# the modules of resources a small program lacks, and what only they import (a
+# checkpoint imports tty for any character device: /dev/null is asked whether it is a pty)
+LAZY = ("cryo.engine.inet", "cryo.engine.netlock", "cryo.engine.sockets",
+        "cryo.engine.appchannel", "cryo.app", "cryo.engine.fsnotify")  # fmt: skip
+RESTART_LAZY = (*LAZY, "cryo.engine.tty")
+
+
+def imported_by(code: str) -> set[str]:
+    r = subprocess.run([sys.executable, "-c", f"{code}\nimport sys, json\n"
+                        "print(json.dumps(sorted(sys.modules)))"],
+                       capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return set(json.loads(r.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("command", ["checkpoint", "restart"])
+def test_engine_import_leaves_out_the_resources_drivers(command: str) -> None:
+    engine = "cryo.engine.dump" if command == "checkpoint" else "cryo.engine.restore"
+    mods = imported_by(f"import cryo.cli, cryo.cli.engine, {engine}")
+    assert engine in mods and "cryo.engine.files" in mods
+    assert not mods & set(RESTART_LAZY), sorted(mods & set(RESTART_LAZY))
+
+
+def test_app_record_kind_is_the_drivers() -> None:
+    from cryo.engine import appchannel, drivers
+
+    assert drivers.APPX == appchannel.KIND
+    app = next(d for d in drivers.DRIVERS if d.name == "app")
+    assert app.kinds == (appchannel.KIND,)
+
+
+def test_every_hook_of_a_driver_is_a_phase() -> None:
+    from cryo.engine.drivers import Driver
+
+    with pytest.raises(TypeError, match="no phase colect"):
+        Driver("x", colect=print)
+
+
+def test_lazy_module_is_imported_on_first_use() -> None:
+    code = ("from cryo.lazy import lazy\nimport sys\nm = lazy('cryo.engine.tty')\n"
+            "assert 'cryo.engine.tty' not in sys.modules, 'imported early'\n"
+            "assert m.is_pty('/dev/pts/3') and 'cryo.engine.tty' in sys.modules\n"
+            "import cryo.engine.tty as real\nreal.SOMETHING = 5\nassert m.SOMETHING == 5\n"
+            "m.OTHER = 6\nassert real.OTHER == 6\nassert 'not imported' not in repr(m)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_light_commands_are_the_short_ones() -> None:
+    # bin/cryo starts the short commands without site's work; they are cryo.cli's
+    import ast
+    from pathlib import Path
+
+    from cryo.cli import FAST_EXIT
+
+    text = (Path(__file__).resolve().parents[2] / "bin" / "cryo").read_text()
+    light = next(n.value for n in ast.parse(text).body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "LIGHT")  # fmt: skip
+    assert ast.literal_eval(light) == FAST_EXIT
