@@ -43,7 +43,9 @@ from benchlib import build, kill_all
 from cryo.linux import libc
 from cryo.linux.consts import PR
 
-CRYO = [sys.executable, "-m", "cryo"]
+# the cryo command as bin/cryo (the installed `cryo`) starts itself: the interpreter with
+# -S (docs/design.md, "Start-up"); --module: `python -m cryo`
+CRYO = [sys.executable, "-S", str(Path(__file__).resolve().parent.parent / "bin" / "cryo")]
 
 
 @dataclass
@@ -325,9 +327,13 @@ def main() -> None:
                     help="one round of small workloads (shows the benchmark works)")
     ap.add_argument("--only", metavar="NAME", help="only workloads whose name has NAME")
     ap.add_argument("--dir", default=None, help="where images go (default: a temp dir)")
+    ap.add_argument("--module", action="store_true",
+                    help="run cryo as python -m cryo (default: as bin/cryo starts itself)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (ptrace, drop_caches)")
+    if args.module:
+        CRYO[:] = [sys.executable, "-m", "cryo"]
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
     rounds = 1 if args.quick else args.rounds
     work = Path(tempfile.mkdtemp(prefix="cryo-peers-", dir=args.dir))

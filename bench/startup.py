@@ -1,0 +1,154 @@
+"""A small program's whole ``cryo checkpoint`` and ``cryo restart`` (issue 16: each at most
+0.08 s, start-up included), and against another tree of cryo in the same run.
+
+tests/victims/counter.c (1 MiB of heap, one file open, its stdio on /dev/null) is
+checkpointed with ``--kill`` and restarted with ``--detach``, over and over; each
+restarted counter is checked to go on before the next round.  Each command is timed
+from outside, as a user runs it: wall time around the whole process, its CPU time (user
++ system, with its worker's: wait4) from the kernel.  ``--before SRC`` (another tree's
+``src``) runs every command of the other tree in turn with this one's (A B A B ...,
+on the same counter), and prints the ratios pair by pair.  ``--cmd``: how cryo is
+started (default ``python -m cryo``; ``cryo`` for the console script on PATH).
+Beside them: ``python -c pass`` and ``python -S -c pass`` on the same machine, and the
+engine's own time as the command reports it.
+
+    python bench/startup.py [--rounds 20] [--before /path/to/old/src]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import build, kill_all
+from cryo.linux import libc
+from cryo.linux.consts import PR
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one command (with every child it waited for), stderr."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, close_fds=True)
+    err = p.stderr.read().decode() if p.stderr else ""
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"{shlex.join(argv)}: exit {p.returncode}\n{err}")
+    return wall, ru.ru_utime + ru.ru_stime, err
+
+
+def wait_ticks(out: Path, after: int, timeout: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = out.read_text().splitlines() if out.exists() else []
+        ticks = [int(x.split()[1]) for x in lines if x.startswith("tick ")]
+        if any(x.startswith("FAIL") for x in lines):
+            raise SystemExit(f"the counter failed: {lines[-3:]}")
+        if ticks and ticks[-1] > after:
+            return ticks[-1]
+        time.sleep(0.005)
+    raise SystemExit("the restarted counter does not go on")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--before", metavar="SRC", help="another tree's src, run in turn")
+    ap.add_argument("--after", metavar="SRC", default=str(SRC),
+                    help="the tree measured (default: this one's)")
+    ap.add_argument("--cmd", default=f"{sys.executable} -m cryo", help="how cryo is run")
+    ap.add_argument("--dir", default=None, help="where images go (default: a temporary one)")
+    args = ap.parse_args()
+    libc.prctl(PR.SET_CHILD_SUBREAPER, 1)  # the restarted counters come back to us
+    cmd = shlex.split(args.cmd)
+    trees = {"after": str(Path(args.after).resolve())}
+    if args.before:
+        trees = {"before": str(Path(args.before).resolve()), **trees}
+    work = Path(tempfile.mkdtemp(prefix="cryo-startup-", dir=args.dir))
+    pids: list[int] = []
+    fig: dict[str, list[float]] = {}
+    try:
+        exe = build("counter", work)
+        out = work / "out.txt"
+        p = subprocess.Popen([exe, str(out), "5"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             close_fds=True, start_new_session=True)  # fmt: skip
+        pid = p.pid
+        pids.append(pid)
+        tick = wait_ticks(out, 0)
+        image = work / "image"
+        for rnd in range(args.rounds + 1):  # the first round is not counted (warm-up)
+            for name, src in trees.items():
+                env = dict(os.environ, PYTHONPATH=src)
+                shutil.rmtree(image, ignore_errors=True)
+                for what, argv in (
+                        ("checkpoint", [*cmd, "checkpoint", str(pid), "-D", str(image),
+                                        "--kill"]),
+                        ("restart", [*cmd, "restart", "-D", str(image), "--detach"])):
+                    wall, cpu, err = timed(argv, env)
+                    if what == "checkpoint":  # killed: its zombie is ours (a subreaper)
+                        gone_by = time.monotonic() + 5
+                        while os.path.exists(f"/proc/{pid}") and time.monotonic() < gone_by:
+                            with contextlib.suppress(ChildProcessError):
+                                os.waitpid(pid, os.WNOHANG)
+                            time.sleep(0.001)
+                    own = re.search(r" in ([0-9.]+) s|, ([0-9.]+) s \(", err)
+                    if rnd:
+                        fig.setdefault(f"{name} {what} wall", []).append(wall)
+                        fig.setdefault(f"{name} {what} cpu", []).append(cpu)
+                        if own:
+                            fig.setdefault(f"{name} {what} own", []).append(
+                                float(own.group(1) or own.group(2)))
+                tick = wait_ticks(out, tick)
+        base = {}
+        for label, argv in (("python -c pass", [sys.executable, "-c", "pass"]),
+                            ("python -S -c pass", [sys.executable, "-S", "-c", "pass"])):
+            runs = [timed(argv, dict(os.environ)) for _ in range(max(args.rounds, 5))]
+            base[label] = (statistics.median(r[0] for r in runs),
+                           statistics.median(r[1] for r in runs))
+    finally:
+        kill_all(pids)
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
+    print(f"startup: {args.rounds} rounds, medians; cryo as {shlex.join(cmd)};"
+          f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if "PYTHONDONTWRITEBYTECODE" in os.environ:
+        print("warning: PYTHONDONTWRITEBYTECODE is set: each command may compile cryo")
+    names = list(trees)
+    head = ["", *[f"{n} wall" for n in names], *[f"{n} CPU" for n in names]]
+    if len(names) == 2:
+        head += ["wall after/before (median of pairs)"]
+    head += [f"{names[-1]} engine's own"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + " --- |" * len(head))
+    for what in ("checkpoint", "restart"):
+        row = [f"`cryo {what}`"]
+        row += [f"{statistics.median(fig[f'{n} {what} wall']):.3f} s" for n in names]
+        row += [f"{statistics.median(fig[f'{n} {what} cpu']):.3f} s" for n in names]
+        if len(names) == 2:
+            pairs = [a / b for a, b in zip(fig[f"after {what} wall"], fig[f"before {what} wall"],
+                                           strict=True)]  # fmt: skip
+            row.append(f"{statistics.median(pairs):.2f}")
+        own = fig.get(f"{names[-1]} {what} own")
+        row.append(f"{statistics.median(own):.3f} s" if own else "-")
+        print("| " + " | ".join(row) + " |")
+    for label, (wall, cpu) in base.items():
+        print(f"{label}: {wall:.3f} s wall, {cpu:.3f} s CPU")
+
+
+if __name__ == "__main__":
+    main()
