@@ -13,7 +13,7 @@ from typing import Any
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from tests.conftest import Procs, Victim, reap
-from tests.integration.test_procstate import cycle
+from tests.integration.test_procstate import cycle, refused_untouched
 
 
 def test_locks_on_sockets_pipes_and_their_takers(procs: Procs, build: Any,
@@ -55,3 +55,13 @@ def test_absolute_timerfd(procs: Procs, build: Any, tmp_path: Path) -> None:
     rr = restart(str(tmp_path / "img"))
     procs.track(rr.pid)
     Victim(rr.pid, out).wait_ok_after(last + 2)
+
+
+def test_dnotify_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A directory watched with dnotify (F_NOTIFY) is refused: exit 9 naming it, no
+    image, and the process still gets its signal each round.  Before: restart exit 0,
+    and no signal came any more."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("dnotify"), str(out)], out)
+    v.wait_ok_after(1)
+    refused_untouched(v, tmp_path / "img", "dnotify")

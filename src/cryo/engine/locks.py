@@ -297,6 +297,12 @@ def check_shared(session: Any) -> None:
         owner = d.get("owner")
         if owner is None:
             continue
+        if d["kind"] == "dir":
+            # F_NOTIFY makes its caller the directory's owner, and nothing else gives a
+            # directory one a use: dnotify, whose events no kernel interface shows
+            raise _refuse(d["pid"], d["fd"], f"the directory {d['path']} has a signal owner"
+                          " (F_SETOWN): a dnotify registration (F_NOTIFY), whose events"
+                          " cannot be read back, is not supported")  # fmt: skip
         inside = owner["pid"] in (groups if owner["type"] == F_OWNER_PGRP else pids)
         if not inside and owner["type"] != F_OWNER_TID:
             raise _refuse(d["pid"], d["fd"], f"the signal owner of {d['path']} (F_SETOWN"
