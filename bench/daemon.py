@@ -17,6 +17,9 @@ after the first fifth of the run, it grows by less than 1 MiB and 2%).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -92,6 +95,47 @@ def rss(pid: int) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def pss(pids: list[int]) -> int:
+    """Proportional set size of ``pids`` together (shared pages counted once)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def cpu(pid: int) -> float:
+    """CPU seconds of the daemon, of its children reaped, and of those alive."""
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    f = stat(pid)
+    ticks = sum(int(x) for x in f[11:15])
+    for c in children(pid):
+        with contextlib.suppress(OSError):
+            ticks += sum(int(x) for x in stat(c)[11:13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_verdict(samples: list[tuple[float, int]], seconds: float) -> tuple[bool, str]:
     """Stable: after the first fifth of the run (imports, the first checkpoints, SQLite's
     cache filling), the RSS grows by less than 1 MiB and 2%; the slope by a least-squares
@@ -120,7 +164,8 @@ def main() -> int:
     ap.add_argument("--dirty", type=float, default=1.0, help="MiB each job writes a second")
     ap.add_argument("--keep-last", type=int, default=3, help="0: no retention")
     ap.add_argument("--max-concurrent", type=int, default=2)
-    ap.add_argument("--nice", type=int, default=0, help="the daemon's nice (cryod --nice)")
+    ap.add_argument("--nice", type=int, help="the daemon's nice (cryod --nice; default its"
+                    " default)")
     ap.add_argument("--dir", help="where the store and state go (default a new /tmp dir)")
     ap.add_argument("--checkpoint-timeout", type=float, default=120.0, metavar="S",
                     help="cryod --checkpoint-timeout: a hung checkpoint fails (and is"
@@ -160,7 +205,8 @@ def main() -> int:
                                    "--state", str(base / "state"), "--store",
                                    str(base / "store"), "--log", str(base / "cryod.log"),
                                    "--max-concurrent", str(args.max_concurrent),
-                                   "--nice", str(args.nice), "--checkpoint-timeout",
+                                   *(["--nice", str(args.nice)] if args.nice is not None
+                                     else []), "--checkpoint-timeout",
                                    f"{args.checkpoint_timeout:g}"],
                                   stdin=subprocess.DEVNULL, close_fds=True,
                                   start_new_session=True)  # fmt: skip
@@ -180,12 +226,18 @@ def main() -> int:
                 c.add(f"job{i}", pid=pid, every=args.every, keep_last=args.keep_last or None)
                 time.sleep(args.every / args.jobs)
         t_start = time.time()
+        cpu0 = cpu(daemon.pid)
         samples = []  # (seconds since the start, the daemon's RSS), every second
+        total = []  # (seconds, PSS of the daemon and its checkpointers)
         while (now := time.time()) < t_start + args.time:
             samples.append((now - t_start, rss(daemon.pid)))
+            total.append((now - t_start, pss([daemon.pid, *children(daemon.pid)])))
             time.sleep(min(1.0, max(0.0, t_start + args.time - time.time())))
         t_end = time.time()
+        cpu1 = cpu(daemon.pid)
         samples.append((t_end - t_start, rss(daemon.pid)))
+        total.append((t_end - t_start, pss([daemon.pid, *children(daemon.pid)])))
+        nice = os.getpriority(os.PRIO_PROCESS, daemon.pid)
         with Client(sock, timeout=60) as c:
             hist = {j["name"]: c.history(j["name"], limit=100000) for j in c.jobs()}
             jobs = {j["name"]: j for j in c.jobs()}
@@ -233,7 +285,7 @@ def main() -> int:
     slow = [(r - d) / r * 100 for r, d in zip(ref, with_daemon, strict=True)]
     late = sum(x > 1.0 for x in lateness)
     print(f"cryod: {args.jobs} jobs of {args.mib} MiB, every {args.every:g} s, for"
-          f" {args.time:g} s (max concurrent {args.max_concurrent}, nice {args.nice}, keep last"
+          f" {args.time:g} s (max concurrent {args.max_concurrent}, nice {nice}, keep last"
           f" {args.keep_last},"
           f" {args.dirty:g} MiB/s written by each job)")  # fmt: skip
     print(f"  checkpoints taken        {taken} (failed {failed}; due and not taken: {lost})"
@@ -252,6 +304,22 @@ def main() -> int:
     if secs:
         print(f"  checkpoint duration      median {statistics.median(secs):.3f} s,"
               f" max {max(secs):.3f} s")
+    used = cpu1 - cpu0
+    print(f"  cryod's CPU              {used:.1f} s in {t_end - t_start:.0f} s"
+          f" ({used / (t_end - t_start) * 100:.1f}% of one CPU, of {os.cpu_count()}):"
+          f" {used / max(1, taken) * 1000:.0f} ms per checkpoint taken")
+    spent: dict[str, list[float]] = {"checkpoint": [], "gc": []}
+    for line in (base / "cryod.log").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("msg") in spent and rec.get("cpu") is not None \
+                and t_start <= rec["ts"] <= t_end:  # fmt: skip
+            spent[rec["msg"]].append(rec["cpu"])
+    if spent["checkpoint"]:
+        ck, gcs = spent["checkpoint"], spent["gc"]
+        print(f"    in its checkpointers   checkpoint median {statistics.median(ck) * 1000:.0f}"
+              f" ms, gc median {statistics.median(gcs or [0]) * 1000:.0f} ms ({len(gcs)}"
+              f" ran); the rest ({(used - sum(ck) - sum(gcs)) / max(1, taken) * 1000:.0f} ms"
+              " per checkpoint) the daemon's threads and the reading of versions")
     mean_slow = statistics.mean(slow)
     print(f"  victims' iterations/s    baseline {statistics.mean(ref):,.0f}, with cryod"
           f" {statistics.mean(with_daemon):,.0f}: slowdown {mean_slow:.2f}%"
@@ -263,6 +331,8 @@ def main() -> int:
               f" {statistics.mean(after):,.0f} ({drift * 100:+.2f}%: the machine's own noise)")
     stable, text = rss_verdict(samples, args.time)
     print(f"  cryod RSS (MiB)          {text}  goal stable: {'met' if stable else 'NOT met'}")
+    stable, text = rss_verdict(total, args.time)
+    print(f"  with its checkpointers   PSS {text}  goal stable: {'met' if stable else 'NOT met'}")
     step = max(1, len(samples) // 30)
     print("  cryod RSS series (s:MiB) " + " ".join(
         f"{t:.0f}:{x / 2**20:.1f}" for t, x in samples[::step]))  # fmt: skip

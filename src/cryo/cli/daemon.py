@@ -39,7 +39,7 @@ def unit(args: argparse.Namespace) -> str:
     if args.metrics:
         opts += f" --metrics {args.metrics}"
     opts += f" --max-concurrent {args.max_concurrent}"
-    if args.nice:
+    if args.nice != -10:
         opts += f" --nice {args.nice}"
     if args.checkpoint_timeout != 3600.0:
         opts += f" --checkpoint-timeout {args.checkpoint_timeout:g}"
@@ -93,9 +93,10 @@ def daemon_parser(p: argparse.ArgumentParser) -> None:
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics")
     p.add_argument("--max-concurrent", type=int, default=2, metavar="N",
                    help="at most N checkpoints at once (default 2)")
-    p.add_argument("--nice", type=int, default=0, metavar="N",
-                   help="run the daemon and its checkpoints at nice N (e.g. -5: due"
-                   " checkpoints keep their time on a busy machine); jobs it starts run at 0")
+    p.add_argument("--nice", type=int, default=-10, metavar="N",
+                   help="run the daemon and its checkpoints at nice N, and its session's"
+                   " autogroup (default -10: due checkpoints keep their time when the jobs"
+                   " fill the CPUs; 0: as the jobs); jobs it starts run at 0")
     p.add_argument("--staged-timeout", type=duration, default=120.0, metavar="T",
                    help="abort a staged checkpoint not resumed within T (default 2m)")
     p.add_argument("--checkpoint-timeout", type=duration, default=3600.0, metavar="T",

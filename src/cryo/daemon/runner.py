@@ -103,6 +103,7 @@ class Runner:
         self._close_fds = close_fds or list
         self.pid = 0
         self.served = 0
+        self.cpu = 0.0  # CPU seconds the last operation took in the runner
         self._end = -1
         self._conn: Connection | None = None
         self._spawn()
@@ -150,7 +151,7 @@ class Runner:
                     self.kill()
                     raise CryoError(f"{op} did not end within {timeout:g} s, nor stop within"
                                   f" {GRACE:g} s more: its checkpointer was killed")
-            kind, value = conn.recv()
+            kind, value, self.cpu = conn.recv()
         except (EOFError, OSError):
             status = self._reap()
             raise InternalError(f"the daemon's checkpointer {self.pid} died during {op}"
@@ -173,7 +174,24 @@ class Runner:
         self._reap()
 
     def close(self) -> None:
-        """Between operations: it reads the end and exits."""
+        """Between operations: it reads the end and exits (told with SIGTERM if it has
+        not after 10 s: another process holding our end of the pair)."""
+        if self._conn is None:
+            return
+        _ENDS.discard(self._end)
+        self._conn.close()
+        self._conn = None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(self.pid, os.WNOHANG)[0]:
+                        return
+                except ChildProcessError:
+                    return
+                time.sleep(0.01)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
         self._reap()
 
     def _reap(self) -> int:
@@ -242,27 +260,30 @@ def _serve(conn: Connection, parent: int) -> int:  # pragma: no cover (the runne
             return 0  # the daemon closed its end, or died
         except KeyboardInterrupt:
             return 0
-        out: tuple[str, Any]
+        out: tuple[str, Any, float]
+        cpu = time.process_time()
         try:
             try:
                 bound[0] = timeout or 0.0
                 if timeout:
                     signal.setitimer(signal.ITIMER_REAL, timeout)
-                out = ("ok", OPS[op](*args))
+                value = OPS[op](*args)
+                out = ("ok", value, time.process_time() - cpu)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 pending.clear()
         except KeyboardInterrupt:
             out = ("exit", CryoError(f"{op} interrupted: the daemon's checkpointer was told"
-                                     " to stop (its targets let go as they were)"))
+                                     " to stop (its targets let go as they were)"), 0.0)
         except BaseException as err:  # the targets are let go (the engine's abort)
-            out = ("error", err)
+            out = ("error", err, 0.0)
         try:
             conn.send(out)
         except OSError:
             return 0
         except Exception as err:  # (it could not be pickled)
-            conn.send(("error", InternalError(f"cannot hand back {out[0]} of {op}: {err!r}")))
+            conn.send(("error", InternalError(f"cannot hand back {out[0]} of {op}: {err!r}"),
+                       0.0))
     return 0
 
 

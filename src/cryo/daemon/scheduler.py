@@ -101,9 +101,12 @@ def run(daemon: Daemon) -> None:
                     keep = {j["pid"] for j in daemon.state.jobs() if j["pid"]}
                     for pid in reaper.sweep(keep):
                         log.debug("reaped orphan %d", pid)
+                ended = watch.wait(timeout, daemon.wake_fd)
             except Exception:
                 log.exception("scheduler")
-            ended = watch.wait(timeout, daemon.wake_fd)
+                watch.close()  # (opened again at the next turn)
+                ended = set()
+                daemon.stopping.wait(0.05)
     finally:
         watch.close()
 
@@ -131,8 +134,10 @@ def tick(daemon: Daemon, ended: set[str] | None = None, check_all: bool = True) 
                     log.warning("periods missed", extra={"fields": {
                         "job": name, "due": due, "late": round(now - due, 3)}})  # fmt: skip
                     after = now + job["every"]
-                daemon.state.update_job(name, next_due=after)
-                daemon.submit(name, functools.partial(daemon.checkpoint, name, due=due, held=True))
+                # (the next due time is written with the attempt, by the worker: the
+                # clock waits for no disk)
+                daemon.submit(name, functools.partial(daemon.checkpoint, name, due=due,
+                                                      next_due=after, held=True))  # fmt: skip
                 handed = True
             elif job["every"] and job["next_due"] is not None:
                 nxt = job["next_due"] if nxt is None else min(nxt, job["next_due"])

@@ -429,15 +429,18 @@ class Daemon:
                                 pid=pid)  # fmt: skip
         return int(pid)
 
-    def checkpoint(self, name: str, *, due: float | None = None,
+    def checkpoint(self, name: str, *, due: float | None = None, next_due: float | None = None,
                    held: bool = False) -> dict[str, Any]:  # fmt: skip
-        """A new version of job ``name``, then retention by its policy."""
+        """A new version of job ``name``, then retention by its policy; a periodic one
+        (``due``) records the ``next_due`` time with its attempt."""
         with self.busy(name, held=held):
             job = self.state.job(name)
             if job is None:
                 raise CryoError(f"there is no job {name}")
             with self.slot() as runner:  # the global limit on concurrent checkpoints
-                attempt = self.state.begin(name, "checkpoint", due)
+                fields = None if next_due is None else {"next_due": next_due}
+                attempt = self.state.begin(name, "checkpoint", due, job_fields=fields)
+                job.update(fields or {})
                 started = time.time()
                 if due is not None:
                     self.metrics.top("checkpoint_lateness_seconds_max", name, started - due)
@@ -456,7 +459,7 @@ class Daemon:
                 self.counted(name, r)
                 event("checkpoint", job=name, version=version, memory=r.memory_bytes,
                       stored=r.stored_bytes, frozen=round(r.freeze_seconds, 4),
-                      seconds=round(r.total_seconds, 4),
+                      seconds=round(r.total_seconds, 4), cpu=round(runner.cpu, 4),
                       late=round(started - due, 4) if due is not None else None)  # fmt: skip
                 self.retain(job, runner)
             return {"version": version, "memory": r.memory_bytes, "stored": r.stored_bytes,
@@ -500,9 +503,10 @@ class Daemon:
             log.warning("gc failed", extra={"fields": {"job": job["name"], "message": str(err)}})
             return
         if any(rep.deleted or rep.retired for rep in reports):
+            cpu = runner.cpu
             for rep in reports:
                 event("gc", job=job["name"], deleted=rep.deleted, retired=rep.retired,
-                      freed=rep.freed)  # fmt: skip
+                      freed=rep.freed, cpu=round(cpu, 4))  # fmt: skip
             self.sync(job["name"], job["store"], runner)
 
     def sync(self, name: str, store: str | None = None,
@@ -846,6 +850,26 @@ def _serve(daemon: Daemon) -> _Server:
     return server
 
 
+def set_nice(nice: int) -> None:
+    """The daemon's threads at ``nice``, and, when it leads its session, that session's
+    autogroup: with autogroups (kernel.sched_autogroup_enabled, the default) the
+    scheduler shares the CPUs between sessions first, so a task's own nice value
+    weighs only against the tasks of its session, and every job the daemon starts or
+    adopts is a session of its own.  Without it, a nice of -10 changed nothing against
+    busy jobs: a checkpoint had its share of a CPU among theirs (docs/protocol.md)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:  # not root, without CAP_SYS_NICE: a raise is refused
+        log.warning("nice %d refused: the daemon runs at %d", nice,
+                    os.getpriority(os.PRIO_PROCESS, 0))  # fmt: skip
+        return
+    if os.getsid(0) != os.getpid():
+        return  # (a session of a terminal's: not the daemon's to change)
+    # (no autogroups in this kernel: the nice value is all there is)
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+        f.write(str(nice))
+
+
 def main(args: Any) -> int:
     """``cryod`` / ``cryo daemon``: run until SIGTERM or SIGINT."""
     stream: Any = open(args.log, "a", buffering=1) if args.log else sys.stderr  # noqa: SIM115
@@ -875,9 +899,11 @@ def main(args: Any) -> int:
     signal.signal(signal.SIGINT, stop)
     faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)  # stacks, for bugs
     if args.nice:
-        # checkpoints (made by workers forked from the daemon) run at this priority:
-        # they take as much CPU, but start and end on time on a busy machine
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        # the daemon, its checkpointers and their checkpoints run at this priority (jobs
+        # it starts at 0, restored ones at their own): the same CPU, taken at once rather
+        # than in the jobs' gaps, so that checkpoints start and end on time on a machine
+        # whose CPUs the jobs fill (docs/protocol.md)
+        set_nice(args.nice)
     daemon.start()
     daemon.run()
     daemon.close_runners()

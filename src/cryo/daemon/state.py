@@ -210,12 +210,18 @@ class State:
 
     # -- attempts -----------------------------------------------------------------
 
-    def begin(self, job: str, kind: str, due: float | None = None) -> int:
+    def begin(self, job: str, kind: str, due: float | None = None, *,
+              job_fields: dict[str, Any] | None = None) -> int:  # fmt: skip
         """A new attempt, running; the job's history beyond the last
         :data:`KEEP_ATTEMPTS` attempts and :data:`KEEP_DELETED` deleted versions is
         dropped in the same transaction, so that the database (and the daemon's
-        memory, which reads it) does not grow with the daemon's age."""
+        memory, which reads it) does not grow with the daemon's age; ``job_fields``
+        are changed in it too (a periodic checkpoint's next due time)."""
         with self.tx() as db:
+            if job_fields:
+                sets = ", ".join(f"{c} = ?" for c in job_fields)
+                db.execute(f"UPDATE jobs SET {sets} WHERE name = ?",  # noqa: S608 (our names)
+                           [*[_enc(c, v) for c, v in job_fields.items()], job])
             cur = db.execute("INSERT INTO attempts (job, kind, due, started, status, daemon)"
                              " VALUES (?,?,?,?,'running',?)",
                              (job, kind, due, time.time(), os.getpid()))  # fmt: skip
