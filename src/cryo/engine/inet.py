@@ -118,6 +118,8 @@ FAMILIES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6",
 TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
                          socket.SOCK_RAW: "raw", socket.SOCK_SEQPACKET: "seqpacket"}  # fmt: skip
 _TYPE_OF = {v: int(k) for k, v in TYPES.items()}
+_STATE_NAME = {int(m): m.name for m in ST}
+_LISTEN = int(ST.LISTEN)
 
 
 def dup(pid: int, fd: int) -> socket.socket:
@@ -459,10 +461,10 @@ def describe(pid: int, fd: int, ino: int) -> dict[str, Any]:
 def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[str, Any]:
     ident = identity(s)
     family, typ, proto = ident
-    what = name(ident)
 
     def refuse(why: str) -> Unsupported:
-        return Unsupported(f"fd {fd}: {what} socket {why}", pid=pid, resource=f"fd {fd}")
+        return Unsupported(f"fd {fd}: {name(ident)} socket {why}", pid=pid,
+                           resource=f"fd {fd}")  # fmt: skip
 
     if family not in FAMILIES or typ not in TYPES:
         raise refuse("is not supported")
@@ -475,17 +477,17 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
     if tcp:
         if held is None:
             ti: Any = N.tcp_info(s)
-            state = ST(ti.tcpi_state)
+            state = int(ti.tcpi_state)
         else:  # (read in repair mode, locked)
-            ti, state = None, ST(held.state["state"])
-        d["state"] = state.name
-        if state == ST.LISTEN and ti is not None and ti.tcpi_unacked:
+            ti, state = None, held.state["state"]
+        d["state"] = _STATE_NAME.get(state) or ST(state).name
+        if state == _LISTEN and ti is not None and ti.tcpi_unacked:
             d["queued"] = _waiting(pid, d["local"], int(ti.tcpi_unacked), refuse)
-        if state == ST.LISTEN and ti is not None:
+        if state == _LISTEN and ti is not None:
             d["backlog"] = int(ti.tcpi_sacked)
         elif state in SETTING_UP:
             raise refuse(f"{_show(d['local'])} -> {_show(d['remote'])} is being set up"
-                         f" ({state.name}); checkpoint again once it is established")
+                         f" ({d['state']}); checkpoint again once it is established")
         elif state in CONNECTED:
             if held is None or not held.repair:
                 d["closed"] = True  # --tcp-close: restored closed
