@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.errors import CryoError
+from cryo.errors import CryoError, Unsupported
 from cryo.linux import structs as S
 from cryo.linux.consts import (
     PR,
@@ -49,6 +50,8 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
     raw = b.read(ibuf, pbuf - ibuf + len(timers) * its)
     itimers = [raw[which * itv : (which + 1) * itv] for which in range(3)]
     posix = []
+    for t in timers:
+        _check_clock(ctx.pid, t.id, t.clock)
     for k, t in enumerate(timers):
         at = pbuf - ibuf + k * its
         posix.append({
@@ -57,6 +60,27 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             "spec": raw[at : at + its],
         })  # fmt: skip
     return {"pid": ctx.pid, "itimers": itimers, "posix": posix}
+
+
+def _check_clock(pid: int, timer: int, clock: int) -> None:
+    """A CPU-time clock (negative: ``~pid << 3 | thread << 2 | kind``, as glibc makes
+    CLOCK_PROCESS_CPUTIME_ID and CLOCK_THREAD_CPUTIME_ID ones for pid 0, the caller) is
+    made again by the restored process for itself: the process's own (-8..-5) always;
+    its calling thread's (-4..-1) only in a process of one thread (which of several it
+    was is not shown); another process's or a thread named by its id is refused.  Such
+    timers' images were refused at restart as corrupt (clock out of range)."""
+    if clock >= 0:
+        return
+    who, thread = ~(clock >> 3), clock & 4
+    if who == 0 and not thread:
+        return
+    if who == 0 and len(os.listdir(f"/proc/{pid}/task")) == 1:
+        return
+    what = f"thread {who}'s" if who and thread else f"process {who}'s" if who else \
+        "the CPU clock of the thread that made it, in a process of several threads (which" \
+        " one is not shown):"  # fmt: skip
+    raise Unsupported(f"POSIX timer {timer} runs on {what} CPU-time clock ({clock}):"
+                      " not supported", pid=pid, resource="timer")  # fmt: skip
 
 
 def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:

@@ -733,7 +733,8 @@ FDENT = Struct((F("fd", FD), F("desc", Int(0, MAX_ITEMS), "index into FDSC descs
 TIMER = Struct((
     F("id", Int(0, (1 << 31) - 1)), F("signal", Int(0, 64)), F("value", Int()),
     F("notify", Str(choices=("signal", "none", "thread"))), F("tid", Int(0, MAX_PID)),
-    F("clock", Int(0, 15)), F("spec", Bytes(32), "struct itimerspec"),
+    F("clock", Int(-8, 15), "negative: the process's or its only thread's CPU clock"),
+    F("spec", Bytes(32), "struct itimerspec"),
     F("to_thread", Bool(), "SIGEV_THREAD_ID: aimed at thread `tid`", required=False),
 ), name="timer")  # fmt: skip
 
