@@ -618,8 +618,13 @@ def nft_lock(table: str, keys: dict[int, list[bytes]], *, make: bool, owner: str
                                _str(2, name), _nla(4 | _NLA_F_NESTED, exprs)))  # fmt: skip
     for set_id, version in ((1, 4), (2, 6)):
         elems = keys.get(version) or []
+        # each: NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } } (keys of
+        # one length, a multiple of 4: one header of 12 bytes for all)
+        klen = _SET_KEY[version][1]
+        head = _NLA.pack(12 + klen, 1 | _NLA_F_NESTED) + _NLA.pack(8 + klen, 1 | _NLA_F_NESTED) \
+            + _NLA.pack(4 + klen, 1)  # fmt: skip
         for i in range(0, len(elems), 4096):  # (a message's length is 32 bits: any size)
-            listed = b"".join(_nest(1, _nest(1, _nla(1, k))) for k in elems[i:i + 4096])
+            listed = head + head.join(elems[i:i + 4096])
             out.append(msg(NFT_MSG_NEWSETELEM, create, _str(1, table),
                            _str(2, f"conn{version}"), _nla(3 | _NLA_F_NESTED, listed),
                            *((_u32(4, set_id),) if make else ())))  # fmt: skip
