@@ -87,3 +87,16 @@ def test_thread_cpu_clock_timer_of_several_threads_refused(procs: Procs,
     v = procs.spawn([build_threaded(tmp_path, "cputimers"), str(out), "threads"], out)
     v.wait_ok_after(1)
     refused_untouched(v, tmp_path / "img", "CPU-time clock")
+
+
+def test_packet_pipes(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A pipe made with O_DIRECT and a FIFO given it keep packet mode and their queued
+    packets, each read alone.  Before: the restart failed (EINVAL: an open of a pipe
+    with O_DIRECT), and the packets would have come back as one stream."""
+    out, go = tmp_path / "out.txt", tmp_path / "go"
+    v = procs.spawn([build("packets"), str(out), str(tmp_path / "fifo"), str(go)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    go.touch()
+    v.wait_line("packets read")
+    assert not v.fails()

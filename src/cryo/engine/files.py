@@ -59,6 +59,7 @@ O_NONBLOCK = 0o4000
 O_ASYNC = 0o20000
 O_CLOEXEC = 0o2000000
 O_PATH = 0o10000000
+O_DIRECT = 0o40000
 F_SETFD = 2
 FD_CLOEXEC = 1
 MAX_DELETED = 1 << 30  # contents of a deleted file kept in the image, at most
@@ -404,29 +405,36 @@ def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
             mine = libc.pidfd_getfd(pidfd, r["fd"])
         finally:
             os.close(pidfd)
+        packets = any(e["flags"] & O_DIRECT for e in same)
         try:
             size = fcntl.fcntl(mine, fcntl.F_GETPIPE_SZ)
-            d_data = _peek(mine, size)
+            d_data, sizes = _peek(mine, size)
         finally:
             os.close(mine)
         for e in same:
             e["pipe_size"] = size
         d["data"] = d_data
+        if packets and sizes:  # a packet pipe (O_DIRECT): each read gave one packet
+            d["packets"] = sizes
         log.debug("pipe %s: %d bytes in flight", d["path"], len(d_data))
 
 
-def _peek(fd: int, size: int) -> bytes:
+def _peek(fd: int, size: int) -> tuple[bytes, list[int]]:
+    """The bytes in the pipe, and what each read of them gave (tee keeps each buffer's
+    packet flag: a read of a packet pipe's copy gives one packet)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, max(size, 4096))
         try:
             n = libc.tee(fd, w, size)
         except BlockingIOError:
-            return b""  # nothing in the pipe
-        out = b""
+            return b"", []  # nothing in the pipe
+        out, sizes = b"", []
         while len(out) < n:
-            out += os.read(r, n - len(out))
-        return out
+            got = os.read(r, n - len(out))
+            out += got
+            sizes.append(len(got))
+        return out, sizes
     finally:
         os.close(r)
         os.close(w)
@@ -535,11 +543,18 @@ def _open_pipe(d: dict[str, Any], o: Opening) -> int:
     if key not in o.pipes:
         r, w = os.pipe()
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, d.get("pipe_size", 65536))
-        if d.get("data"):
+        if d.get("packets"):  # a packet pipe's data (O_DIRECT): written back packet by packet
+            fcntl.fcntl(w, fcntl.F_SETFL, O_DIRECT)
+            at = 0
+            for n in d["packets"]:
+                os.write(w, d["data"][at : at + n])
+                at += n
+        elif d.get("data"):
             os.write(w, d["data"])
         o.pipes[key] = (r, w)
     end = o.pipes[key][0 if flags & O_ACCMODE == os.O_RDONLY else 1]
-    fd = os.open(f"/proc/self/fd/{end}", flags & ~O_NONBLOCK | os.O_NONBLOCK)
+    # (an open with O_DIRECT fails on a pipe: F_SETFL gives it, packet mode, below)
+    fd = os.open(f"/proc/self/fd/{end}", flags & ~(O_NONBLOCK | O_DIRECT) | os.O_NONBLOCK)
     _set_flags(fd, flags)
     return fd
 
@@ -555,13 +570,18 @@ def _open_fifo(d: dict[str, Any], o: Opening) -> int:
             os.open(path, os.O_RDWR | os.O_NONBLOCK)  # fmt: skip
         o.opened.anchors.append(anchor)
         if d.get("data"):
-            os.write(anchor, d["data"])  # (a write to a FIFO sets its mtime: put it back)
-            if "mtime_ns" in d:
+            if d.get("packets"):  # (O_DIRECT: packet by packet)
+                fcntl.fcntl(anchor, fcntl.F_SETFL, O_DIRECT | os.O_NONBLOCK)
+            at = 0
+            for n in d.get("packets") or [len(d["data"])]:
+                os.write(anchor, d["data"][at : at + n])
+                at += n
+            if "mtime_ns" in d:  # (a write to a FIFO sets its mtime: put it back)
                 os.utime(anchor, ns=(d["atime_ns"], d["mtime_ns"]))
         o.pipes[key] = (os.dup(anchor), os.dup(anchor))
     if d.get("deleted"):  # every description of it opened through the one made
         path = f"/proc/self/fd/{o.pipes[key][0]}"
-    fd = os.open(path, flags | os.O_NONBLOCK)
+    fd = os.open(path, flags & ~O_DIRECT | os.O_NONBLOCK)  # (O_DIRECT: F_SETFL's)
     _set_flags(fd, flags)
     return fd
 

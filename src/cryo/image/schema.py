@@ -601,6 +601,8 @@ DESC = Struct((
     F("blob", Int(0, MAX_ITEMS), "its contents: index of an FDAT record", required=False),
     F("data", Bytes(max=1 << 24), "pipe, fifo: bytes in flight", required=False),
     F("pipe_size", Int(4096, 1 << 31), "pipe, fifo: F_GETPIPE_SZ", required=False),
+    F("packets", List(Int(1, 1 << 31), max=1 << 16), "a packet pipe (O_DIRECT): the size"
+      " of each packet of `data`", required=False),
     F("sotype", Str(choices=("stream", "dgram", "seqpacket", "raw")), "unix, inet",
       required=False),
     F("peer", Int(), "unix: the other end's inode", required=False),
