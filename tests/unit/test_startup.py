@@ -67,3 +67,28 @@ def test_light_commands_are_the_short_ones() -> None:
     light = next(n.value for n in ast.parse(text).body if isinstance(n, ast.Assign)
                  and getattr(n.targets[0], "id", "") == "LIGHT")  # fmt: skip
     assert ast.literal_eval(light) == FAST_EXIT
+
+
+def test_light_start_adds_path_lines_and_runs_no_pth_code(tmp_path: object) -> None:
+    # a user site directory (PYTHONUSERBASE) with a .pth of a path line and a code line:
+    # bin/cryo's light start puts the path on sys.path and does not run the code line
+    # (site.main(), for the other commands, runs both)
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    user = base / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    user.mkdir(parents=True)
+    (base / "extra").mkdir()
+    (base / "extra" / "h3_probe_mod.py").write_text("X = 1\n")
+    marker = base / "ran"
+    (user / "probe.pth").write_text(f"{base / 'extra'}\nimport os; open({str(marker)!r}, 'w')\n")
+    script = (Path(__file__).resolve().parents[2] / "bin" / "cryo").read_text()
+    head = script.split('if __name__ == "__main__":')[0]
+    code = (f"import sys\nsys.argv = ['cryo', 'show']\nexec({head!r})\n"
+            "assert _site_paths()\nimport h3_probe_mod\n")  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUSERBASE": str(base)}
+    subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=60, env=env)
+    assert not marker.exists(), "a .pth file's code line ran"
+    subprocess.run([sys.executable, "-c", "import h3_probe_mod"], check=True, timeout=60,
+                   env=env)  # fmt: skip
+    assert marker.exists()  # (site.main() runs it: the probe itself works)
