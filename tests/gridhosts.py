@@ -217,18 +217,25 @@ class GridHosts:
 
 def _kill_all(pids: list[int]) -> None:
     """SIGKILL every pid (all ours: what runs in our namespaces) and reap those that are
-    our children or come back to us (the caller is a child subreaper)."""
+    our children or come back to us (the caller is a child subreaper): until each is
+    gone, its pid and its threads' ids free again for a restart that needs them (a
+    leader that is a zombie is not reaped while another of its threads still exits),
+    or is a zombie that is not ours."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     for pid in pids:
         while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
+                ours = True
+            except ChildProcessError:
+                ours = False
             try:
                 with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    if not ours and f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                         break
             except FileNotFoundError:
                 break

@@ -180,6 +180,37 @@ def test_global_checkpoint_and_host_failure(grid: Grid, build: Any) -> None:
         assert before[n] <= resumed <= at_checkpoint[n] + 1, (n, before[n], resumed,
                                                               at_checkpoint[n])
         assert not v.fails()
+    # a host that now runs two parts prepares and writes them at once, not one after
+    # the other, and holds both until the round is decided: round 2 is written here,
+    # as by a coordinator that has not decided it yet
+    from cryo.grid import keys as K
+    from cryo.grid.etcd import Etcd
+
+    e = Etcd(grid.etcd)
+    e.put(K.round_("ring", 2), {"version": 2, "state": K.PREPARE, "deadline": time.time() + 30,
+                                "by": "the test", "parts": [0, 1, 2], "created": time.time()})
+    deadline = time.monotonic() + 30
+    while len(votes := dict(e.prefix(K.votes("ring", 2)))) < 3:
+        assert time.monotonic() < deadline, ("not every part voted", votes)
+        time.sleep(0.05)
+    assert all(x["ok"] for x in votes.values()), votes
+    times = {int(k.rsplit("/", 1)[1]): x["times"] for k, x in votes.items()}
+    host = st["parts"]["1"]["host"]
+    two = [n for n in range(3) if st["parts"][str(n)]["host"] == host]
+    assert len(two) == 2, st["parts"]
+    (a, b) = sorted((times[n] for n in two), key=lambda t: t["seen"])
+    assert b["seen"] < a["seen"] + a["prepare"] + a["write"], ("one after the other", a, b)
+    time.sleep(1)  # (a part let go early would be let go by now)
+    for n in range(3):
+        status = Path(f"/proc/{new[n]}/status").read_text()
+        assert "TracerPid:\t0\n" not in status, (n, "let go before the decision")
+    raw = e.get_raw(K.round_("ring", 2))
+    assert raw is not None
+    assert e.swap(K.round_("ring", 2), raw, {**(K.decode(raw) or {}), "state": K.ABORTED})
+    for n in range(3):
+        assert_running(Victim(new[n], grid.tmp / f"out-{n}.txt"))
+    r = grid.cryo("checkpoint", "ring")
+    assert r.returncode == 0 and "global version 3 committed" in r.stdout, r.stderr
 
 
 def test_part_that_cannot_prepare_aborts_the_round(grid: Grid, build: Any) -> None:

@@ -24,6 +24,7 @@ register again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -32,6 +33,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from cryo.errors import CryoError
@@ -79,6 +81,11 @@ class Agent:
         self.locked: dict[str, tuple[int, float]] = {}  # app -> (epoch, until)
         self.kv: dict[str, dict[str, Any]] = {}  # what etcd holds, as a step began
         self.fenced: dict[tuple[str, int], int] = {}  # parts stopped: lease in doubt
+        # the threads that prepare a host's parts at once: they live as long as the
+        # agent, for a checkpoint's worker dies with the thread that forked it
+        # (PR_SET_PDEATHSIG), and a part stays held by it after its vote
+        self._preparers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="cryo-grid-prepare")
         self.stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep_alive, daemon=True)
         self._keeper.start()
@@ -193,6 +200,7 @@ class Agent:
 
     def close(self) -> None:
         self.stop.set()
+        self._preparers.shutdown(wait=False)
         if self.replicas is not None:
             self.replicas.close()
         with contextlib.suppress(Exception):
@@ -295,12 +303,15 @@ class Agent:
                 resolve_stale(self.etcd, app, now=time.time() - GRACE)
                 continue
             if r["state"] == K.CUT:  # every part is written: ours go on, then replicas
+                let_go = []
                 for (a, hv, n), (handle, paths) in list(self.held.items()):
                     if a != app or hv != v:
                         continue
                     del self.held[(a, hv, n)]
                     handle.resume()
                     self.cut[(a, hv, n)] = paths
+                    let_go.append(n)
+                for n in let_go:  # (every one runs again before any replica is sent)
                     vote = self._get(K.vote(app, v, n)) or {}
                     self.etcd.put(K.vote(app, v, n), self._replicate(app, record, r, n, vote))
                 continue
@@ -309,12 +320,11 @@ class Agent:
                     # its coordinator died: anyone may abort it now
                     resolve_stale(self.etcd, app, now=time.time() - GRACE)
                     continue
-                for n, p in mine.items():
-                    if n not in r.get("parts", [n]) or (app, v, n) in self.held:
-                        continue
-                    if self._get(K.vote(app, v, n)) is not None:
-                        continue
-                    self.etcd.put(K.vote(app, v, n), self._prepare(app, record, r, n, p))
+                todo = {n: p for n, p in mine.items() if n in r.get("parts", [n])
+                        and (app, v, n) not in self.held
+                        and self._get(K.vote(app, v, n)) is None}  # fmt: skip
+                for n, vote in self._prepare_all(app, record, r, todo):
+                    self.etcd.put(K.vote(app, v, n), vote)
             else:
                 for (a, hv, n), (handle, paths) in list(self.held.items()):
                     if a != app or hv != v:
@@ -350,8 +360,30 @@ class Agent:
                     for path in paths:
                         shutil.rmtree(path, ignore_errors=True)
 
+    def _prepare_all(self, app: str, record: dict[str, Any], r: dict[str, Any],
+                     todo: dict[int, dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every part of ``todo`` prepared for round ``r`` at once (in the agent's
+        threads for it, when this host runs several: each waits on its own
+        checkpoint's worker), each part's vote given as soon as it is written."""
+        from cryo.grid.coordinator import live_hosts
+
+        want = int(record.get("replicas", 0))
+        live = live_hosts(self.etcd) if want and todo else {}
+        if len(todo) <= 1:
+            for n, p in todo.items():
+                yield n, self._prepare(app, record, r, n, p, live)
+            return
+        futures = {self._preparers.submit(self._prepare, app, record, r, n, p, live): n
+                   for n, p in todo.items()}  # fmt: skip
+        for f in concurrent.futures.as_completed(futures):
+            n = futures[f]
+            try:
+                yield n, f.result()
+            except Exception as err:  # (never without a vote)
+                yield n, {"part": n, "ok": False, "host": self.host, "reason": repr(err)}
+
     def _prepare(self, app: str, record: dict[str, Any], r: dict[str, Any], n: int,
-                 p: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                 p: dict[str, Any], live: dict[str, dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
         """Prepare part ``n`` for round ``r``: freeze it (its connections locked), write
         its image and the replicas; the vote."""
         import cryo
@@ -362,7 +394,7 @@ class Agent:
         paths: list[str] = []
         try:
             want = int(record.get("replicas", 0))
-            targets = self._replica_hosts(n, want) if want else {}
+            targets = self._replica_hosts(n, want, live) if want else {}
             left = max(1.0, r["deadline"] - time.time())
             t0 = time.time()
             handle = cryo.prepare(int(p["pid"]), freeze_timeout=left + GRACE + 10,
@@ -419,15 +451,19 @@ class Agent:
         out["times"] = times
         return out
 
-    def _replica_hosts(self, n: int, want: int) -> dict[str, str]:
+    def _replica_hosts(self, n: int, want: int,
+                       live: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
         """``want`` live hosts other than this one that take replicas (spread by part
-        number) and their agents' addresses."""
+        number) and their agents' addresses (of the ``live`` hosts if given, else as
+        etcd says now)."""
         from cryo.grid.coordinator import live_hosts
 
+        if live is None:
+            live = live_hosts(self.etcd)
         if self.secret is None:
             raise CryoError(f"{want} replicas wanted, but this host's agent has no shared"
                             " secret to send them with (--secret-file)")  # fmt: skip
-        others = sorted((h, rec) for h, rec in live_hosts(self.etcd).items()
+        others = sorted((h, rec) for h, rec in live.items()
                         if h != self.host and rec.get("replica"))  # fmt: skip
         if len(others) < want:
             raise CryoError(f"{want} replicas wanted, but only {len(others)} other live hosts"
@@ -560,11 +596,12 @@ def restore_all(images: dict[int, str]) -> dict[int, int | str]:
     subreaper) when the process that restored them exits."""
     import cryo
 
-    net = {"tcp_established": True}
+    kw: dict[str, Any] = {"net": {"tcp_established": True},
+                          "new_pids": None}  # (a lone thread may take a new pid)  # fmt: skip
     if len(images) == 1:
         (n, image), = images.items()
         try:
-            return {n: cryo.restart(image, net=net).pid}
+            return {n: cryo.restart(image, **kw).pid}
         except CryoError as err:
             return {n: str(err)}
     kids = {}
@@ -576,7 +613,7 @@ def restore_all(images: dict[int, str]) -> dict[int, int | str]:
             try:
                 os.close(r)
                 try:
-                    out: dict[str, Any] = {"pid": cryo.restart(image, net=net).pid}
+                    out: dict[str, Any] = {"pid": cryo.restart(image, **kw).pid}
                 except CryoError as err:
                     out = {"error": str(err)}
                 os.write(w, json.dumps(out).encode())

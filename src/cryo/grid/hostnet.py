@@ -156,6 +156,21 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _wait_gone(pid: int, deadline: float) -> None:
+    """Until killed process ``pid`` is reaped, if it is our child (its pid, and its
+    threads' ids, are free again then: a restart in place needs them; a leader that is
+    a zombie is not reaped while another of its threads is still exiting), or else
+    until it is a zombie or gone (its parent reaps it); or the deadline."""
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid or not os.path.exists(f"/proc/{pid}"):
+                return
+        except ChildProcessError:  # (not ours)
+            if _gone(pid):
+                return
+        time.sleep(0.01)
+
+
 def kill_silently(pid: int, timeout: float = 5.0) -> None:
     """SIGKILL the process tree of ``pid`` with its TCP sockets in repair mode first
     (closed, they send nothing and vanish at once), and wait until it is gone."""
@@ -183,11 +198,6 @@ def kill_silently(pid: int, timeout: float = 5.0) -> None:
             os.kill(p, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     for p in procs:
-        while not _gone(p) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(p, os.WNOHANG)
-            time.sleep(0.01)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(p, os.WNOHANG)
+        _wait_gone(p, deadline)
     for s in held:
         s.close()
