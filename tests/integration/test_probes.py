@@ -6,6 +6,7 @@ refused (exit 9 naming it) with the target untouched."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,21 @@ def test_packet_pipes(procs: Procs, build: Any, tmp_path: Path) -> None:
     go.touch()
     v.wait_line("packets read")
     assert not v.fails()
+
+
+def test_calls_interrupted_by_the_freeze_go_on(procs: Procs, tmp_path: Path) -> None:
+    """epoll_wait(-1), epoll_pwait, recv with SO_RCVTIMEO, semtimedop and sigtimedwait,
+    which PTRACE_INTERRUPT makes fail with EINTR (no ERESTART* code), go on waiting
+    after a checkpoint that lets the process run, and after a restart.  Before: each
+    returned EINTR, a signal-less process's event loop seeing an error it cannot get."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build_threaded(tmp_path, "eintr"), str(out)], out)
+    sem = v.wait_line("sem ").split()[1]
+    try:
+        v.wait_ok_after(2)
+        checkpoint(v.pid, str(tmp_path / "img0"))
+        v.wait_ok_after(max(v.oks()) + 3)
+        v = cycle(procs, v, tmp_path / "img")
+        v.wait_ok_after(max(v.oks()) + 3)
+    finally:
+        subprocess.run(["ipcrm", "-s", sem], check=False, capture_output=True)

@@ -24,6 +24,18 @@ SI_TKILL = -6
 _SENT_PLAIN = {signal.SIGKILL, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN,
                signal.SIGTTOU, signal.SIGCONT}  # fmt: skip
 _DEFAULT_IGNORED = (signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH)
+# calls that return EINTR, not an ERESTART* code the kernel would restart, when woken by
+# anything that makes a signal pending, PTRACE_INTERRUPT's trap too (signal(7): as
+# after SIGSTOP and SIGCONT): epoll_wait even without a timeout, semop, sigtimedwait,
+# a socket's calls with SO_RCVTIMEO/SO_SNDTIMEO.  Where no signal is there to take, the
+# EINTR is cryo's doing, and the call runs again (connect and close are not: interrupted,
+# their work goes on or is done)
+EINTR_BY_TRACER = frozenset({
+    SYS.epoll_wait, SYS.epoll_pwait, SYS.epoll_pwait2, SYS.semop, SYS.semtimedop,
+    SYS.rt_sigtimedwait, SYS.read, SYS.readv, SYS.write, SYS.writev, SYS.recvfrom,
+    SYS.recvmsg, SYS.recvmmsg, SYS.sendto, SYS.sendmsg, SYS.sendmmsg, SYS.accept,
+    SYS.accept4})  # fmt: skip
+_EINTR = -errno.EINTR & 0xFFFFFFFFFFFFFFFF
 # ptrace stops waited for in this process, for the benchmarks (bench/inject_stops.py)
 STATS = {"stops": 0}
 
@@ -202,6 +214,7 @@ class Tracee:
         if not self.attached:
             return
         try:
+            self.undo_eintr()
             self.give_back()
         except OSError as err:  # (the task goes on without the rest)
             if err.errno != errno.ESRCH:
@@ -212,6 +225,29 @@ class Tracee:
             if err.errno != errno.ESRCH:
                 raise
         self.attached = False
+
+    def undo_eintr(self) -> None:
+        """A call of EINTR_BY_TRACER that cryo's interrupt made fail with EINTR, with no
+        signal held back nor pending for the thread to take, runs again when let go
+        (the registers as the kernel leaves them for a restart: the call's number, the
+        ``syscall`` instruction again): the target went on with EINTR after a mere
+        checkpoint, an event loop's epoll_wait(-1) among them.  A relative timeout runs
+        whole again."""
+        if self.deferred_signals or self.group_stop:
+            return
+        regs = self.getregs()
+        if regs.rax != _EINTR or regs.orig_rax not in EINTR_BY_TRACER:
+            return
+        try:
+            with open(f"/proc/{self.pid}/task/{self.tid}/status", "rb") as f:
+                st = procfs.parse_status(f.read())
+        except OSError:
+            return
+        pending = int(st.get("SigPnd", "0"), 16) | int(st.get("ShdPnd", "0"), 16)
+        if pending & ~int(st.get("SigBlk", "0"), 16):
+            return  # (a signal interrupted it: it comes next)
+        regs.rax, regs.rip = regs.orig_rax, regs.rip - 2
+        self.setregs(regs)
 
     def give_back(self) -> None:
         """The signals held back (``deferred_signals``) given back to the thread, each

@@ -15,7 +15,7 @@ from typing import Any
 
 from cryo.engine import sched, task
 from cryo.engine.inject import NO_SYSCALL, Injector
-from cryo.engine.ptrace import Tracee
+from cryo.engine.ptrace import EINTR_BY_TRACER, Tracee
 from cryo.errors import ImageIncompatible
 from cryo.linux import structs as S
 from cryo.linux.consts import ERESTART, SYS
@@ -33,12 +33,15 @@ def signed(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
-def final_regs(data: bytes) -> S.user_regs_struct:
-    """The registers to resume with: an interrupted syscall is set up to run again."""
+def final_regs(data: bytes, signals: bool = True) -> S.user_regs_struct:
+    """The registers to resume with: an interrupted syscall is set up to run again; one
+    that the freeze made fail with EINTR too, where no signal (``signals``: the thread
+    has one pending it does not block) explains it (ptrace.EINTR_BY_TRACER)."""
     regs = S.user_regs_struct.from_buffer_copy(data)
     nr, ret = signed(regs.orig_rax), signed(regs.rax)
     if nr >= 0:
-        if -ret in (ERESTART.SYS, ERESTART.NOINTR, ERESTART.NOHAND):
+        eintr = -ret == errno.EINTR and nr in EINTR_BY_TRACER and not signals
+        if eintr or -ret in (ERESTART.SYS, ERESTART.NOINTR, ERESTART.NOHAND):
             regs.rax = nr
             regs.rip -= 2
         elif -ret == ERESTART.RESTARTBLOCK:
@@ -53,6 +56,14 @@ def final_regs(data: bytes) -> S.user_regs_struct:
 
 
 TIMER_ABSTIME = 1
+
+
+def _takes_signal(trec: dict[str, Any]) -> bool:
+    """Has the thread a pending signal it does not block (queued again at restart)?"""
+    pending = 0
+    for info in trec.get("pending", []):
+        pending |= 1 << (int.from_bytes(info[:4], "little") - 1)
+    return bool(pending & ~trec["blocked"])
 
 
 def _keep_remaining(regs: S.user_regs_struct, nr: int) -> None:
@@ -76,6 +87,6 @@ def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
     real-time policy must not slow or race the restore); a stopped process is stopped
     again when let go."""
     tracee.set_xstate(trec["xstate"])
-    inj.finish(final_regs(trec["regs"]))
+    inj.finish(final_regs(trec["regs"], _takes_signal(trec)))
     sched.restore_thread(tracee.tid, trec)
     task.stop_after_restore(tracee, trec)

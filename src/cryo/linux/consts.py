@@ -222,6 +222,20 @@ class SYS(IntEnumBase):
     wait4_ = 61
     epoll_wait = 232
     epoll_ctl = 233
+    readv = 19
+    writev = 20
+    accept = 43
+    sendto = 44
+    recvfrom = 45
+    sendmsg = 46
+    recvmsg = 47
+    semop = 65
+    rt_sigtimedwait = 128
+    semtimedop = 220
+    accept4 = 288
+    recvmmsg = 299
+    sendmmsg = 307
+    epoll_pwait2 = 441
 
 
 @fast_enum(enum.IntFlag)
