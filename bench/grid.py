@@ -199,7 +199,7 @@ def main() -> None:
         # -- a host fails ----------------------------------------------------------
         last = tmp / f"alone-{args.rounds - 1}-1"
         t0 = time.perf_counter()
-        rr = lib.restart(str(last), allow_duplicate=True)
+        rr = lib.restart(str(last), allow_duplicate=True, new_pids=True)  # (it runs too)
         one_restart = time.perf_counter() - t0
         kill_all([rr.pid])
         shutil.rmtree(last, ignore_errors=True)
