@@ -185,8 +185,6 @@ def test_restart_failing_after_threads_were_made(
 ) -> None:
     """A restart that fails once the threads exist (here a driver's stage raises just
     after them) returns with the error, and leaves no process and no traced thread."""
-    import dataclasses
-
     from cryo.engine import drivers
 
     v = procs.spawn([build("threads"), str(tmp_path / "out.txt")], tmp_path / "out.txt")
@@ -199,7 +197,7 @@ def test_restart_failing_after_threads_were_made(
         assert len(ctx.threads) > 1  # the threads are there
         raise CryoError("a stage failed after the threads were made")
 
-    table = [dataclasses.replace(d, restore={**d.restore, "timers": boom})
+    table = [d.replace(restore={**d.restore, "timers": boom})
              if d.name == "timers" else d for d in drivers.DRIVERS]  # fmt: skip
     monkeypatch.setattr(drivers, "DRIVERS", tuple(table))
     t0 = time.monotonic()

@@ -45,6 +45,10 @@ def test_every_hook_of_a_driver_is_a_phase() -> None:
 
     with pytest.raises(TypeError, match="no phase colect"):
         Driver("x", colect=print)
+    d = Driver("x", (b"KIND",), collect=print, restore={"files": print})
+    e = d.replace(restore={}, thaw=len)
+    assert (e.name, e.kinds, e.collect, e.restore, e.thaw) == ("x", (b"KIND",), print, {}, len)
+    assert d.restore == {"files": print} and d.thaw is None
 
 
 def test_lazy_module_is_imported_on_first_use() -> None:

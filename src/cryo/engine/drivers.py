@@ -148,6 +148,12 @@ class Driver:
         for hook in _HOOKS:
             setattr(self, hook, hooks.get(hook))
 
+    def replace(self, **changes: Any) -> Driver:
+        """A copy with ``changes`` (as dataclasses.replace made of the frozen dataclass)."""
+        now = {k: getattr(self, k) for k in ("kinds", "optional", "restore", "restore_thread",
+                                              *_HOOKS)}  # fmt: skip
+        return Driver(changes.pop("name", self.name), **{**now, **changes})
+
     def __repr__(self) -> str:
         return f"Driver({self.name!r})"
 
