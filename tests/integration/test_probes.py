@@ -13,7 +13,7 @@ from typing import Any
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
-from tests.conftest import Procs, Victim, reap
+from tests.conftest import Procs, Victim, reap, run_cryo
 from tests.integration.test_procstate import build_threaded, cycle, refused_untouched
 
 
@@ -119,3 +119,22 @@ def test_calls_interrupted_by_the_freeze_go_on(procs: Procs, tmp_path: Path) -> 
         v.wait_ok_after(max(v.oks()) + 3)
     finally:
         subprocess.run(["ipcrm", "-s", sem], check=False, capture_output=True)
+
+
+def test_processes_sharing_cwd_root_umask_refused(procs: Procs, build: Any,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """A parent and a child made with CLONE_FS (one cwd, root and umask, not threads):
+    the checkpoint of the tree is refused (exit 9 naming CLONE_FS), no image, and they
+    go on sharing.  Before: exit 0 with a warning, restored as two copies (the child no
+    longer saw the parent's umask)."""
+    from cryo.errors import ExitCode
+
+    out, img = tmp_path / "out.txt", tmp_path / "img"
+    v = procs.spawn([build("sharedfs"), str(out)], out)
+    procs.track(int(v.wait_line("child ").split()[1]))
+    v.wait_ok_after(1)
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(img), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "CLONE_FS" in r.stderr, r.stderr
+    assert not img.exists()
+    v.wait_ok_after(max(v.oks()) + 2)

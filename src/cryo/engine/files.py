@@ -369,9 +369,10 @@ def shared_records(session: Any) -> list[tuple[bytes, Any, bool]]:
 
 def check_shared_tables(pids: list[int]) -> list[str]:
     """Separate processes sharing one fd table (clone with CLONE_FILES but not a thread)
-    cannot be restored that way yet: refuse, rather than split the table silently.  A
-    shared fs_struct (CLONE_FS: cwd, root, umask) is restored as copies: a warning."""
-    warnings = []
+    or one fs_struct (CLONE_FS: cwd, root, umask) cannot be restored that way yet:
+    refuse, rather than split them silently (restored as copies, with a warning, exit 0,
+    a chdir or umask of one no longer reached the other)."""
+    warnings: list[str] = []  # (none left: kept for the callers)
     for i, a in enumerate(pids):
         for b in pids[i + 1 :]:
             if libc.kcmp_same(libc.KCMP_FILES, a, b):
@@ -379,8 +380,9 @@ def check_shared_tables(pids: list[int]) -> list[str]:
                                   " which is not supported yet", pid=b,
                                   resource="fd table")  # fmt: skip
             if libc.kcmp_same(libc.KCMP_FS, a, b):
-                warnings.append(f"processes {a} and {b} share cwd/root/umask (CLONE_FS);"
-                                " they are restored as copies")  # fmt: skip
+                raise Unsupported(f"processes {a} and {b} share one cwd, root and umask"
+                                  " (CLONE_FS), which is not supported yet", pid=b,
+                                  resource="fs_struct")  # fmt: skip
     return warnings
 
 
