@@ -27,6 +27,7 @@ import pytest
 
 from cryo import store as cstore
 from cryo.daemon import Client
+from cryo.daemon.procs import start_time
 from cryo.daemon.server import admit_for
 from cryo.errors import AccessDenied, CryoError, ExitCode
 from tests.conftest import Procs, gone
@@ -136,6 +137,8 @@ def unharmed(pid: int) -> None:
 
 
 def ticks(out: Path) -> list[int]:
+    if not out.exists():  # (a job just started may not have made it yet)
+        return []
     return [int(x.split()[1]) for x in out.read_text().splitlines() if x.startswith("tick ")]
 
 
@@ -465,6 +468,9 @@ def test_restored_job_keeps_its_parent(cryod: Callable[..., Cryod], build: Any,
     with d.client() as c:
         c.add("heir", pid=v.pid, restart_on_failure=True, max_restarts=3)
         assert c.checkpoint("heir")["version"] == 1
+    # its parent (this test) reaps it once the restart has killed it: the restart waits
+    # for its pid, held by its zombie till then
+    threading.Thread(target=os.waitpid, args=(v.pid, 0), daemon=True).start()
     with d.client() as c:  # a connection of its own: its thread ends when it closes
         r = c.restart("heir")
     procs.track(r["pid"])
@@ -483,8 +489,10 @@ def test_restored_job_keeps_its_parent(cryod: Callable[..., Cryod], build: Any,
 
     settled(r["pid"], seen)
     # restarted after a failure, by a thread of the scheduler that ends at once
+    start = start_time(r["pid"])
     os.kill(r["pid"], signal.SIGKILL)
-    wait(lambda: gone(r["pid"]), 10, "the job killed")
+    # (gone, or already back under the same pid: the restart may take its pid again at once)
+    wait(lambda: start_time(r["pid"]) != start, 10, "the job killed")
     seen = len(deaths(out))
     j = wait(lambda: (j := d.jobs()["heir"])["restarts"] == 1 and j["state"] == "running"
              and not j["busy"] and j, 30, "the job restarted")  # fmt: skip
@@ -635,11 +643,20 @@ def test_user_manages_own_job_only(cryod: Callable[..., Cryod], build: Any, proc
         # the images are root's, unreadable by others
         st = os.stat(Path(d.store) / "mine")
         assert st.st_uid == 0 and st.st_mode & 0o777 == 0o700
-        # a restart of their own job runs as them
+        # a restart of their own job runs as them, at their nice value (the daemon's
+        # own --nice, -10 by default, is neither inherited nor granted)
         assert as_user(user, ["job", "restart", "mine", *sock]) == 0
         again = d.jobs()["mine"]
         procs.track(again["pid"])
         assert status(again["pid"])["Uid"].split() == [str(user.pw_uid)] * 4
+        assert os.getpriority(os.PRIO_PROCESS, again["pid"]) == 0
+        ticking(out)
+        os.setpriority(os.PRIO_PROCESS, again["pid"], -10)  # (root's doing, not theirs)
+        with d.client() as c:
+            assert c.checkpoint("mine")["version"] == 2
+        assert as_user(user, ["job", "restart", "mine", *sock]) == ExitCode.ACCESS_DENIED
+        assert d.jobs()["mine"]["pid"] == again["pid"]  # refused before anything was killed
+        os.setpriority(os.PRIO_PROCESS, again["pid"], 0)
         ticking(out)
         assert as_user(user, ["job", "rm", "mine", "--kill", *sock]) == 0
         assert set(d.jobs()) == {"rootjob"}

@@ -120,7 +120,9 @@ def session_members(sid: int) -> list[int]:
 
 def kill(pid: int, start: int | None, *, tree: bool, timeout: float = 10.0) -> None:
     """SIGKILL the process (and, with ``tree``, every process of its session when it
-    leads one) and wait until it is gone (reaped when it is our child)."""
+    leads one) and wait until it is gone (reaped when it is our child; by its parent
+    otherwise, for at most ``timeout``: a restart cannot have its pid while its zombie
+    holds it)."""
     p = stat(pid)
     if p is None or (start is not None and p.start_time != start):
         return
@@ -133,9 +135,7 @@ def kill(pid: int, start: int | None, *, tree: bool, timeout: float = 10.0) -> N
         q = stat(pid)
         if q is None or q.start_time != p.start_time:
             return
-        if q.state in ("Z", "X"):
-            if q.ppid != os.getpid():
-                return  # its parent reaps it
+        if q.state in ("Z", "X") and q.ppid == os.getpid():
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             return

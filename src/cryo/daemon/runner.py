@@ -98,8 +98,10 @@ class Runner:
     it)."""
 
     def __init__(self, *, forker: Callable[[Callable[[], None]], Any] | None = None,
-                 close_fds: Callable[[], list[int]] | None = None) -> None:  # fmt: skip
+                 close_fds: Callable[[], list[int]] | None = None,
+                 background: bool = False) -> None:  # fmt: skip
         self._forker = forker or (lambda fn: fn())
+        self.background = background  # a session (so an autogroup) of its own, at nice 0
         self._close_fds = close_fds or list
         self.pid = 0
         self.served = 0
@@ -124,7 +126,7 @@ class Runner:
                 for fd in closing:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                code = _serve(Connection(theirs), parent)
+                code = _serve(Connection(theirs), parent, self.background)
             finally:
                 os._exit(code)
         theirs.close()
@@ -219,14 +221,19 @@ def _inside(frame: FrameType | None) -> bool:
     return False
 
 
-def _serve(conn: Connection, parent: int) -> int:  # pragma: no cover (the runner)
-    """The runner's loop: one operation at a time until the daemon goes away."""
+def _serve(conn: Connection, parent: int, background: bool) -> int:  # pragma: no cover
+    """The runner's loop: one operation at a time until the daemon goes away.  A
+    ``background`` one (the daemon's gc) leaves the daemon's session, so its autogroup
+    and its --nice: it takes the CPU as the jobs do, and never before them."""
     from cryo.linux import libc
     from cryo.linux.consts import PR
 
     libc.prctl(PR.SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the daemon died already
         return 0
+    if background:
+        os.setsid()
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
     # what the daemon had when it forked us is left out of the collector's walks: they
     # would copy every page of it into this process
     gc.freeze()

@@ -98,6 +98,13 @@ class Daemon:
         # so that there are at most --max-concurrent checkpoints (and gc) at once
         self._runners: queue.SimpleQueue[Runner] = queue.SimpleQueue()
         self._metrics_fds: list[int] = []
+        # gc after a periodic checkpoint: queued (a job once however often), done by one
+        # background checkpointer of its own, so that it never holds a checkpoint's slot
+        self._gc_runner: Runner | None = None
+        self._gc_queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._gc_pending: set[str] = set()
+        self._gc_lock = threading.Lock()
+        self._gc_busy = threading.Lock()  # held while the background gc works
         # the scheduler's wake-up: a byte on this pipe (a change of state, a job no
         # longer busy) ends its sleep
         self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -461,7 +468,10 @@ class Daemon:
                       stored=r.stored_bytes, frozen=round(r.freeze_seconds, 4),
                       seconds=round(r.total_seconds, 4), cpu=round(runner.cpu, 4),
                       late=round(started - due, 4) if due is not None else None)  # fmt: skip
-                self.retain(job, runner)
+                if due is None:
+                    self.retain(job, runner)  # (an asked one returns once retention ran)
+            if due is not None:
+                self.retain_later(name)
             return {"version": version, "memory": r.memory_bytes, "stored": r.stored_bytes,
                     "frozen": r.freeze_seconds, "seconds": r.total_seconds}  # fmt: skip
 
@@ -487,6 +497,28 @@ class Daemon:
         log.warning("checkpoint failed", extra={"fields": {
             "job": job["name"], "error": type(err).__name__, "message": str(err),
             "failures": failures, "retry": fields.get("next_due")}})  # fmt: skip
+
+    def retain_later(self, name: str) -> None:
+        """Retention of job ``name`` by the background gc (queued once)."""
+        with self._gc_lock:
+            if name in self._gc_pending:
+                return
+            self._gc_pending.add(name)
+        self._gc_queue.put(name)
+
+    def _gc_worker(self) -> None:
+        while True:
+            name = self._gc_queue.get()
+            with self._gc_lock:
+                self._gc_pending.discard(name)
+            job = self.state.job(name)
+            if job is None or self._gc_runner is None:
+                continue
+            try:
+                with self._gc_busy:
+                    self.retain(job, self._gc_runner)
+            except Exception:
+                log.exception("gc of job %s", name)
 
     def retain(self, job: dict[str, Any], runner: Runner | None = None) -> None:
         """gc by the job's policy, by ``runner`` (or the next free one)."""
@@ -536,11 +568,11 @@ class Daemon:
                 from cryo.store.layout import Store
 
                 v = Store(job["store"]).app(name).resolve(version)
+                if job["owner"] != ROOT:  # (before what runs is killed: a refusal harms none)
+                    admit_for(job["store"], name, v, job["owner"], job["gid"])
                 if kill and job["pid"] and job["state"] == "running":
                     procs.kill(job["pid"], job["start_time"], tree=job["scope"] == "tree")
-                if job["owner"] != ROOT:
-                    admit_for(job["store"], name, v, job["owner"], job["gid"])
-                r = self.in_main(cstore.restart, job["store"], name, v)
+                r = self.in_main(at_jobs_nice, cstore.restart, job["store"], name, v)
             except BaseException as err:
                 fields: dict[str, Any] = {}
                 if failure:
@@ -680,6 +712,8 @@ class Daemon:
 
         for _ in range(self.max_concurrent):
             self._runners.put(Runner(forker=self.in_main, close_fds=self._listening_fds))
+        self._gc_runner = Runner(forker=self.in_main, close_fds=self._listening_fds,
+                                 background=True)  # fmt: skip
         for a in self.state.interrupted():
             event("interrupted attempt", job=a["job"], kind=a["kind"], attempt=a["id"],
                   daemon=a["daemon"])  # fmt: skip
@@ -695,6 +729,8 @@ class Daemon:
             self._metrics_fds.append(httpd.fileno())
         self.threads = [threading.Thread(target=scheduler.run, args=(self,),
                                          name="cryod-scheduler", daemon=True),
+                        threading.Thread(target=self._gc_worker, name="cryod-gc",
+                                         daemon=True),
                         *self.workers]  # fmt: skip
         for t in self.threads:
             t.start()
@@ -715,6 +751,8 @@ class Daemon:
         with contextlib.suppress(queue.Empty):
             while True:
                 self._runners.get_nowait().close()
+        if self._gc_runner is not None and self._gc_busy.acquire(blocking=False):
+            self._gc_runner.close()  # (and the lock stays held: no gc after this)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -756,10 +794,27 @@ def _groups(uid: int, gid: int) -> set[int]:
     return {gid, pw.pw_gid, *os.getgrouplist(pw.pw_name, pw.pw_gid)}
 
 
+def at_jobs_nice(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """``fn(*args, **kw)`` with this thread at nice 0, the jobs' (then back at the
+    daemon's ``--nice``): the privilege rule weighs an image's nice values against the
+    calling thread's, and the processes a restart forks inherit it until their own are
+    set; at the daemon's -10 a user's image could have had -10 granted."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)  # (this thread's: Linux keeps it per thread)
+    if nice >= 0:
+        return fn(*args, **kw)
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
+    try:
+        return fn(*args, **kw)
+    finally:
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
 def admit_for(store: str, app: str, version: int, uid: int, gid: int) -> None:
     """The privilege rule for a restart on behalf of ``uid``: the store is root's, so
     the image's files and MADE record say root; the rule is applied with the job's owner
-    as the image's owner instead (AccessDenied, exit 4, if it asks for more)."""
+    as the image's owner instead (AccessDenied, exit 4, if it asks for more), and with
+    the jobs' nice value, not the daemon's, as the one not to go below."""
     from cryo.image import trust
     from cryo.store.layout import Store
     from cryo.store.source import VersionImage
@@ -769,8 +824,8 @@ def admit_for(store: str, app: str, version: int, uid: int, gid: int) -> None:
         image = VersionImage(a, version, None)
         try:
             image.check()
-            trust.check_privilege(image, trust.Owner(uid, gid, _groups(uid, gid),
-                                                     why="the job's owner"))  # fmt: skip
+            at_jobs_nice(trust.check_privilege, image, trust.Owner(
+                uid, gid, _groups(uid, gid), why="the job's owner"))  # fmt: skip
         finally:
             image.close()
 
