@@ -138,3 +138,14 @@ def test_processes_sharing_cwd_root_umask_refused(procs: Procs, build: Any,
     assert "CLONE_FS" in r.stderr, r.stderr
     assert not img.exists()
     v.wait_ok_after(max(v.oks()) + 2)
+
+
+def test_packet_socket_bound_to_no_interface(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A packet socket never bound (all interfaces) comes back and sees traffic.  Before:
+    the checkpoint exited 0 and the restart failed: its name's empty interface was bound
+    to (ENODEV)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("pktsock"), str(out)], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()

@@ -734,6 +734,8 @@ def _setsockopt(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
 
 
 def _is_any(family: int, addr: list[Any]) -> bool:
+    if family == socket.AF_PACKET:  # bound to no interface (its protocol is socket()'s)
+        return not addr[0]
     return family in (socket.AF_INET, socket.AF_INET6) and not addr[1] and \
         ipaddress.ip_address(addr[0]).is_unspecified  # fmt: skip
 
@@ -741,6 +743,10 @@ def _is_any(family: int, addr: list[Any]) -> bool:
 def open_socket(d: dict[str, Any], options: dict[str, Any]) -> int:
     """The socket of description ``d``, made in cryo; returns its fd."""
     family, typ, proto = d["family"], _TYPE_OF[d["sotype"]], d["proto"]
+    if family == socket.AF_PACKET and not proto and d.get("local"):
+        # SO_PROTOCOL shows 0 for a packet socket: its protocol is its name's (one never
+        # bound has only socket()'s, which no bind can give it: ifname "" is no device)
+        proto = socket.htons(int(d["local"][1]))
     s = socket.socket(family, typ, proto)
     try:
         _build(s, d, options)
