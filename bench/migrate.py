@@ -6,6 +6,8 @@ pages a new version every second:
 
 - ``cryo migrate`` with pre-copy: the rounds, the downtime (from the final freeze on A
   to the answer that the process runs on B), the total time, the bytes sent;
+- ``cryo migrate --lazy`` (post-copy: it runs on B at once, its pages following): the
+  downtime, the time until every page is there, the faults served;
 - ``cryo migrate --no-pre-copy`` (stop and copy, streamed);
 - stop and copy through a directory: ``cryo checkpoint --kill`` on A into A's /tmp,
   the directory copied to B's /tmp over TCP (tar), ``cryo restart --detach`` there:
@@ -192,6 +194,16 @@ def report_pre_copy(what: str, pc: dict[str, Any]) -> None:
     print("  downtime breakdown: " + downtime_breakdown(pc))
 
 
+def report_lazy(lz: dict[str, Any]) -> None:
+    st = lz.get("lazy_stats", {})
+    print(f"post-copy migrate --lazy: downtime {lz['downtime']:.3f} s (frozen write"
+          f" {lz['frozen_write']:.3f} s, {lz['final_bytes'] >> 10} KiB in the freeze), every"
+          f" page there after {lz['all_pages_seconds']:.2f} s ({lz['lazy_bytes'] / 2**20:.1f}"
+          f" MiB after it ran, {int(st.get('faults', 0))} faults, {int(st.get('requests', 0))}"
+          f" page requests), total {lz['total_seconds']:.2f} s, sent"
+          f" {lz['bytes_sent'] / 2**20:.1f} MiB")  # fmt: skip
+
+
 def downtime_breakdown(pc: dict[str, Any]) -> str:
     """Where the downtime went: on A the freeze and collect, the final write; on B each
     step from the final checkpoint's first frame (cryo.migrate.receiver); the rest is
@@ -228,6 +240,8 @@ def main() -> None:
                 report_pre_copy("pre-copy migrate", pc)
                 unstaged = b.migrate(rate, staging=False)
                 report_pre_copy("the same, receive --no-staging", unstaged)
+                lz = b.migrate(rate, "--lazy")
+                report_lazy(lz)
                 if args.quick:
                     sys.stdout.flush()
                     continue

@@ -679,3 +679,85 @@ def test_migrate_staged_layout_changes(procs: Procs, build: Any, tmp_path: Path,
     while not gone_from(g.v.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     g.check(r.pid)
+
+
+def _no_uffd_left(pid: int) -> None:
+    """Nothing of the lazy phase left in the process: no userfaultfd, no `um` VmFlag."""
+    fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    assert "anon_inode:[userfaultfd]" not in fds, fds
+    flags = [ln for ln in Path(f"/proc/{pid}/smaps").read_text().splitlines()
+             if ln.startswith("VmFlags:") and " um" in ln]  # fmt: skip
+    assert flags == [], flags
+
+
+def test_migrate_lazy(procs: Procs, build: Any, hosts: Hosts) -> None:
+    """Post-copy: the process runs on B before its 256 MiB are there (its own check of
+    every page, every 100 ms, faults them in), every page holds its version, the source is
+    killed once all are in, and nothing of the lazy phase is left in the process."""
+    v = _migr_on_a(procs, build, hosts, "256", "500", "100")
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    last = max(v.oks())
+    res = _migrate(hosts, v.pid, secret, "--lazy", "--json")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout.splitlines()[-1])
+    assert r["lazy"] and r["rounds"] == [], r
+    assert r["lazy_bytes"] >= 256 << 20, r  # (the region's pages came after it ran)
+    assert 0 < r["downtime"] < r["all_pages_seconds"], r
+    assert "every page there" in res.stderr, res.stderr
+    new = _migrated(procs, hosts, v, rcv, _with_stdout(res, str(r["pid"])))
+    new.wait_ok_after(last + 3, timeout=30)
+    assert not new.fails()
+    _no_uffd_left(new.pid)
+
+
+def _with_stdout(res: subprocess.CompletedProcess[str],
+                 out: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return subprocess.CompletedProcess(res.args, res.returncode, out, res.stderr)
+
+
+def test_lazy_connection_cut(procs: Procs, build: Any, hosts: Hosts) -> None:
+    """The link dropped while the process runs on B and its pages are still coming: B
+    kills its copy and leaves nothing, the source (frozen with everything) goes on."""
+    v = _migr_on_a(procs, build, hosts, "768", "100", "200", ok=0, timeout=60)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret, "--timeout", "5")
+    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
+                                      str(v.pid), "--to", f"{hosts.addr['B']}:{PORT}",
+                                      "--secret-file", secret, "--timeout", "5", "--lazy"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           close_fds=True)  # fmt: skip
+    try:
+        rcv.wait_for(lambda ls: any("its pages follow" in x for x in ls), timeout=60)
+        hosts.sh("ip", "-n", hosts.ns["A"], "link", "set", hosts.veth["A"], "down")
+        _, err = mig.communicate(timeout=120)
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+    assert mig.returncode not in (0, 70), err
+    _untouched(v)
+    assert not v.fails()
+    _clean_b(hosts, rcv)
+
+
+def test_migrate_lazy_fork_remap_remove(procs: Procs, build: Any, hosts: Hosts) -> None:
+    """During the lazy phase the process forks children that check its memory (each gets
+    a uffd of its own: its missing pages come too), moves a mapping with mremap (its
+    missing pages follow it), drops pages with MADV_DONTNEED (they must read zero, not
+    come back from the source) and read()s into a missing page (a fault in the kernel):
+    every check passes, on B, and nothing of the lazy phase is left."""
+    exe = shutil.copy(build("lazyops"), hosts.shared / "lazyops")
+    out = hosts.shared / "lazyops.txt"
+    v = _spawn_on_a(procs, hosts, [str(exe), str(out), "256"], out)
+    v.wait_ok_after(0, timeout=60)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    last = max(v.oks())
+    res = _migrate(hosts, v.pid, secret, "--lazy", "--json")
+    assert res.returncode == 0, (res.stderr, rcv.lines())
+    r = json.loads(res.stdout.splitlines()[-1])
+    new = _migrated(procs, hosts, v, rcv, _with_stdout(res, str(r["pid"])))
+    new.wait_ok_after(last + 3, timeout=60)
+    assert not new.fails(), new.fails()
+    _no_uffd_left(new.pid)

@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-pre-copy", action="store_true",
                    help="no rounds: freeze at once and send everything (stop and copy)")
     p.add_argument("--max-rounds", type=int, metavar="N", help="at most N pre-copy rounds")
+    p.add_argument("--lazy", action="store_true",
+                   help="post-copy: start it there at once, its memory following as it"
+                   " touches it (the source frozen until every page is there)")
     p.add_argument("--shell-job", action="store_true",
                    help="fds 0-2 on a terminal, pipe or socket are handed over")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
@@ -84,7 +87,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     r = migrate(pid, args.to, secret=secret, secret_file=args.secret_file, scope=scope,
                 leave_running=args.leave_running, pre_copy=not args.no_pre_copy,
                 keep=args.keep, max_rounds=args.max_rounds, timeout=args.timeout,
-                report=_say, shell_job=args.shell_job)  # fmt: skip
+                report=_say, shell_job=args.shell_job, lazy=args.lazy)  # fmt: skip
     for w in r.warnings:
         _say(f"cryo: warning: {w}")
     if r.rounds:
@@ -95,6 +98,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _say(f"migrated {pid} to {r.host}: runs there as pid {r.pid} ({where}); downtime"
          f" {r.downtime:.3f} s, total {r.total_seconds:.3f} s, {human(r.bytes_sent)} sent"
          f" for {human(r.memory_bytes)} of memory")  # fmt: skip
+    if r.lazy:
+        _say(f"every page there {r.all_pages_seconds:.3f} s after the freeze"
+             f" ({human(r.lazy_bytes)} after it ran there,"
+             f" {int(r.lazy_stats.get('requests', 0))} page requests)")
     if args.json:
         import dataclasses
         import json

@@ -351,7 +351,7 @@ class Checkpoint:
             self.sink = dest() if callable(dest) else dest
         self.result.path = self.sink.path
         tracking = self.sink.tracking
-        self.track = tracking is not None
+        self.track = tracking is not None and getattr(tracking, "tracks_writes", True)
         if tracking is not None:
             from cryo.engine import dirty
 
@@ -557,6 +557,7 @@ class Restart:
         # old pid -> [(start, end, address)]: private anonymous pieces whose pages are
         # staged in this process, moved into place by the memory driver (cryo.migrate.stage)
         self.staged: dict[int, list[tuple[int, int, int]]] = {}
+        self.lazy: dict[int, Any] = {}  # old pid -> {runs, start(uffd)} (cryo.migrate.lazy)
         self.result = RestoreResult(pid=0, old_pid=0)
         self._cleanups = contextlib.ExitStack()  # closed at the end, whatever happens
         self._undo: list[Callable[[], None]] = []  # run only if the restart fails
@@ -643,6 +644,8 @@ class Restart:
                 if p["ppid"] in self.made:
                     raise InternalError(f"pages of {old} staged, but it is not forked by cryo")
                 ctx.live["staged"] = self.staged[old]
+            if old in self.lazy:  # its private anonymous pages come later (cryo.migrate.lazy)
+                ctx.live["lazy"] = self.lazy[old]
             self._stages(ctx, D.BIRTH_STAGES)
         if pause is not None:  # (every block of the plan is used by now)
             pause()

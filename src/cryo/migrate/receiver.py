@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ from cryo.engine.session import Restart
 from cryo.errors import CryoError, Usage
 from cryo.image.stream import Channel, Framer, StreamError, StreamSource
 from cryo.migrate import auth
+from cryo.migrate.lazy import FEATURES, LazyFramer, Pager
 from cryo.migrate.sender import TIMEOUT, tune
 from cryo.migrate.stage import StagedSource, StagingFramer
 from cryo.preload import preload
@@ -53,7 +55,7 @@ class Received:
 
 def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
             trust_image: bool = False, report: Callable[[str], None] | None = None,
-            stage: bool = True) -> Received:  # fmt: skip
+            stage: bool = True, timeout: float = TIMEOUT) -> Received:  # fmt: skip
     """One migration over ``channel``: authenticate, receive, restart, answer; ``stage``:
     the root's pre-copy pages staged as they arrive (cryo.migrate.stage)."""
     say = report or (lambda _s: None)
@@ -87,9 +89,19 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
 
     src: StreamSource | None = None
     rs: Restart | None = None
+    lazy = bool(hello.get("lazy"))
+    lframer: LazyFramer | None = None
+    pager: Pager | None = None
+    running = 0  # the restored process, once let go (killed if its pages cannot come)
     phases: dict[str, float] = {}  # the destination's part of the downtime, by step
     try:
-        if keep is None and stage:  # the root's rounds staged as they come (cryo.migrate.stage)
+        if lazy:  # post-copy: no rounds; the pages withheld named in LAZY frames
+            if keep is not None:
+                raise Usage("a lazy migration cannot be kept (--keep): its pages come later")
+            lframer = LazyFramer(framer)
+            src = StreamSource(lframer, path=f"migration from {peer}",  # type: ignore[arg-type]
+                               authenticated=framer.keyed, on_frame=on_frame)  # fmt: skip
+        elif keep is None and stage:  # the root's rounds staged as they come (cryo.migrate.stage)
             src = StagedSource(StagingFramer(framer, hello.get("root_pid")),
                                path=f"migration from {peer}", authenticated=framer.keyed,
                                on_frame=on_frame)  # fmt: skip
@@ -107,6 +119,8 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         rs = Restart(src, trust_image=trust_image)
         if isinstance(src, StagedSource):
             rs.staged = src.staged_moves
+        if lframer is not None:
+            pager = _pager(rs, framer, lframer, channel, timeout)
         steps = (("validate", rs.validate), ("prepare shared", rs.prepare_shared),
                  ("build tree", rs.build_tree), ("build processes", rs.build_processes),
                  ("finalize", rs.finalize))  # fmt: skip
@@ -119,7 +133,19 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         ts = time.perf_counter()
         result = rs.let_go()
         phases["let go"] = time.perf_counter() - ts
+        if pager is not None:  # it runs: its pages come while it does (cryo.migrate.lazy)
+            running = result.pid
+            framer.send(b"RUNS", {"pid": result.pid, "phases": phases})
+            say(f"process {result.old_pid} runs here as pid {result.pid}; its pages follow")
+            tl = time.perf_counter()
+            pager.wait()
+            pager.stop()
+            phases["lazy pages"] = time.perf_counter() - tl
     except BaseException as err:
+        if running:  # part of its memory is only on the source: it cannot go on
+            _kill(running)
+        if pager is not None:
+            pager.stop()
         if rs is not None:
             with contextlib.suppress(BaseException):
                 rs.abort()
@@ -137,7 +163,8 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
     staged = src.moved_bytes if isinstance(src, StagedSource) else 0
     with contextlib.suppress(CryoError):  # (the sender gone now: the process runs here)
         framer.send(b"OKAY", {"pid": result.pid, "old_pid": result.old_pid,
-                              "phases": phases, "staged": staged})  # fmt: skip
+                              "phases": phases, "staged": staged,
+                              "lazy": pager.stats() if pager is not None else {}})  # fmt: skip
     out = Received(result.pid, result.old_pid, peer, src.bytes_received, len(src.rounds),
                    t1 - t0, t2 - t1, phases=phases, staged_bytes=staged)  # fmt: skip
     try:
@@ -148,6 +175,27 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         src.keep_data = False
         src.close()
     return out
+
+
+def _pager(rs: Restart, framer: Framer, lframer: LazyFramer, channel: Channel,
+           timeout: float) -> Pager:
+    """The fault handler of a lazy migration's one process, started by its restart."""
+    tags = list(lframer.lazy)
+    if len(tags) > 1:
+        raise CryoError("a lazy migration of more than one process")
+    old, runs = (tags[0][1], lframer.lazy[tags[0]]) if tags else (0, [])
+    fileno = channel.sock.fileno() if channel.sock is not None else channel.rfd
+    pager = Pager(framer, fileno, runs, timeout=timeout)
+    if runs:
+        rs.lazy[old] = {"runs": runs, "features": FEATURES, "start": pager.start}
+    return pager
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def listener(listen: str) -> socket.socket:
@@ -185,7 +233,7 @@ def serve(listen: str | socket.socket, *, secret: bytes | None, once: bool = Fal
             channel = Channel(conn, name=f"{addr[0]}:{addr[1]}")
             try:
                 got = receive(channel, secret=secret, keep=keep, trust_image=trust_image,
-                              report=report, stage=stage)  # fmt: skip
+                              report=report, stage=stage, timeout=timeout)  # fmt: skip
                 restored.append(got.pid)
                 say(f"process {got.old_pid} from {got.peer} runs here as pid {got.pid}"
                     f" ({got.bytes_received / 2**20:.1f} MiB in {got.receive_seconds:.3f} s,"

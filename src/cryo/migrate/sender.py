@@ -51,6 +51,11 @@ class MigrateResult:
     destination: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
     staged_bytes: int = 0  # of the rounds' pages: staged there as they came, moved in place
+    # post-copy (--lazy): from the freeze to every page there; the destination's faults
+    lazy: bool = False
+    all_pages_seconds: float = 0.0
+    lazy_bytes: int = 0  # pages sent after the process ran there
+    lazy_stats: dict[str, float] = field(default_factory=dict)
     killed: bool = True  # False with leave_running
     warnings: list[str] = field(default_factory=list)
 
@@ -104,8 +109,10 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
             scope: str = "process", leave_running: bool = False, pre_copy: bool = True,
             keep: str | None = None, max_rounds: int | None = None,
             timeout: float = TIMEOUT, report: Callable[[str], None] | None = None,
-            **engine: Any) -> MigrateResult:  # fmt: skip
+            lazy: bool = False, **engine: Any) -> MigrateResult:  # fmt: skip
     """Move ``pid`` (with its ``scope``, as cryo.checkpoint) to the receiver at ``to``.
+    ``lazy``: post-copy (cryo.migrate.lazy): no rounds, the process starts there at once
+    and its private anonymous pages follow, the source frozen until every one is in.
     ``engine``: the checkpoint's options (shell_job, save_files, net, ...)."""
     t0 = time.perf_counter()
     say = report or (lambda _s: None)
@@ -113,14 +120,27 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
         raise Usage("a migration over TCP needs the shared secret (--secret-file)")
     if keep is not None and not os.path.isabs(keep):
         raise Usage(f"--keep {keep}: give an absolute path (a directory on the destination)")
+    if lazy and scope != "process":
+        raise Usage("--lazy moves one process (--process), not a tree or group")
+    if lazy and keep is not None:
+        raise Usage("--lazy cannot --keep a copy: the pages arrive after the process runs")
     channel, proc = connect(to, secret_file=secret_file, timeout=timeout)
     framer = Framer(channel)
     try:
-        peer = auth.client(framer, secret, {"keep": keep, "root_pid": pid})
+        hello: dict[str, Any] = {"keep": keep, "root_pid": pid}
+        if lazy:
+            hello["lazy"] = True
+        peer = auth.client(framer, secret, hello)
+        if lazy and not peer.get("takes_lazy"):
+            raise CryoError(f"{to} does not take lazy migrations (an older cryo receive)")
         host = str(peer.get("host", to))
-        result = MigrateResult(pid=0, host=host)
-        tracking = None
-        if pre_copy:
+        result = MigrateResult(pid=0, host=host, lazy=lazy)
+        tracking: Any = None
+        if lazy:
+            from cryo.migrate.lazy import LazyTracking
+
+            tracking = LazyTracking(framer)
+        elif pre_copy:
             described: set[int] = set()
 
             def send(n: int, p: int, runs: list[list[int]], data: memoryview) -> None:
@@ -150,14 +170,31 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
         answer_r, answer_w = os.pipe()
         try:
             def on_commit() -> None:  # in the checkpoint's worker: the receiver's answer
-                m = framer.expect(b"OKAY")
+                marks: dict[str, Any] = {}
+                if lazy:  # its pages, until it has them all (cryo.migrate.lazy)
+                    from cryo.migrate.lazy import serve_pages
+
+                    def running(meta: dict[str, Any]) -> None:
+                        marks["running"] = time.perf_counter()
+                        marks["pid"] = meta.get("pid")
+
+                    sent0 = channel.sent
+                    fileno = channel.sock.fileno() if channel.sock is not None \
+                        else channel.rfd  # fmt: skip
+                    m = serve_pages(framer, fileno, pid, tracking.lazy.get(pid, []),
+                                    timeout=timeout, on_running=running)  # fmt: skip
+                    marks["all"] = time.perf_counter()
+                    marks["lazy_sent"] = channel.sent - sent0
+                else:
+                    m = framer.expect(b"OKAY")
                 phases = m.get("phases")
                 info: dict[str, Any] = {
                     "pid": m.get("pid"), "sent": channel.sent,
                     "phases": phases if isinstance(phases, dict) else {},
                     "staged": m.get("staged", 0),
                     "final": tracking.final_bytes if tracking else -1,
-                    "present": tracking.present_bytes if tracking else -1}  # fmt: skip
+                    "present": tracking.present_bytes if tracking else -1,
+                    "marks": marks, "lazy": m.get("lazy") or {}}  # fmt: skip
                 os.write(answer_w, fmt.pack(info))
 
             sess = CheckpointSession(
@@ -187,6 +224,12 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
             os.close(answer_r)
             os.close(answer_w)
         result.pid = int(info["pid"])
+        marks = info.get("marks") or {}
+        if lazy and "running" in marks:
+            result.downtime = float(marks["running"]) - tf
+            result.all_pages_seconds = float(marks["all"]) - tf
+            result.lazy_bytes = int(marks.get("lazy_sent", 0))
+            result.lazy_stats = {str(k): float(v) for k, v in info.get("lazy", {}).items()}
         result.bytes_sent = int(info["sent"])
         result.destination = {str(k): float(v) for k, v in info.get("phases", {}).items()}
         result.final_bytes = int(info["final"]) if info["final"] >= 0 else r.memory_bytes
