@@ -28,8 +28,14 @@ echo "   the job is gone; its last line: $(tail -n 1 "$work/job.log")"
 echo "== cryo show $work/image (first lines)"
 $py -m cryo show "$work/image" | head -n 4 | sed 's/^/   /'
 
-echo "== cryo restart -D $work/image --detach"
-pid=$($py -m cryo restart -D "$work/image" --detach)
+new=""  # a restart takes the job's old pid back, or fails: unless --new-pids
+if grep -q '^State:.Z' "/proc/$pid/status" 2>/dev/null; then
+    echo "   (its pid is still held by its zombie: this machine's init does not reap"
+    echo "   orphans; so the restart is told it may take a new pid, --new-pids)"
+    new=--new-pids
+fi
+echo "== cryo restart -D $work/image --detach $new"
+pid=$($py -m cryo restart -D "$work/image" --detach $new)
 echo "   restarted as pid $pid"
 for _ in $(seq 50); do  # until it has written three more lines (at most 5 s)
     [ "$(wc -l < "$work/job.log")" -ge $((stopped + 3)) ] && break

@@ -231,8 +231,12 @@ def test_must_reuse_pid_conflict(procs: Procs, image: Path, build: Any) -> None:
     assert procs.track(int(first.stdout)) == old
     r = run_cryo("restart", "-D", str(image), "--must-reuse-pid")
     assert r.returncode == ExitCode.CONFLICT and f"pid {old} is taken" in r.stderr
-    # without the flag it gets a new pid and runs beside the first copy
-    second = run_cryo("restart", "-D", str(image), "--detach")
+    # nor without it (the default): the process might keep its pid
+    r = run_cryo("restart", "-D", str(image), "--detach")
+    assert r.returncode == ExitCode.CONFLICT and f"pid {old} is taken" in r.stderr \
+        and "--new-pids" in r.stderr, r.stderr  # fmt: skip
+    # --new-pids: a new pid, beside the first copy
+    second = run_cryo("restart", "-D", str(image), "--detach", "--new-pids")
     assert second.returncode == 0, second.stderr
     assert procs.track(int(second.stdout)) != old
 

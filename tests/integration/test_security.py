@@ -706,7 +706,7 @@ def test_second_copy_of_a_running_image_is_refused(procs: Procs, arena: Path) ->
         procs.track(int(second.stdout))
     assert second.returncode == ExitCode.CONFLICT, second.stderr
     assert f"is already running as pid {pid}" in second.stderr
-    third = restart(img, "--allow-duplicate")
+    third = restart(img, "--allow-duplicate", "--new-pids")  # (a copy: its pid is taken)
     assert third.returncode == 0, third.stderr
     procs.track(int(third.stdout))
     reap(pid)
@@ -860,7 +860,7 @@ def test_fuzz_every_record_kind(procs: Procs, arena: Path) -> None:
             w.close()
         try:
             r = run_cryo("restart", "-D", str(mimg), "--detach", "--allow-duplicate",
-                         timeout=30)  # fmt: skip
+                         "--new-pids", timeout=30)  # fmt: skip
         except subprocess.TimeoutExpired:
             pytest.fail(f"restart hung: {kind!r} {path} {how}")
         assert "Traceback" not in r.stderr, (kind, path, how, r.stderr)

@@ -128,10 +128,11 @@ def test_children_that_come_and_go_during_the_freeze(procs: Procs, tmp_path: Pat
     size = count.stat().st_size
     time.sleep(0.2)
     assert count.stat().st_size > size, "the shell goes on"
-    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
-    reap(v.pid)
+    done = checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+    kill_tree(done.pids)  # (the shell's child of the moment too: its zombie holds its pid)
     r = restart(str(tmp_path / "img"))
-    procs.track(r.pid)
+    for p in r.pids.values():
+        procs.track(p)
     size = count.stat().st_size
     time.sleep(0.3)
     assert count.stat().st_size > size, "the restarted shell goes on"

@@ -82,10 +82,10 @@ def _restart(sub: Any) -> None:
     p.add_argument("--detach", "-d", action="store_true", help="return once it runs")
     p.add_argument("--pidfile", metavar="FILE", help="write the restored pid to FILE")
     p.add_argument("--must-reuse-pid", action="store_true",
-                   help="fail unless the process gets its old pid back")
+                   help="fail unless every process gets its old pid back (the default)")
     p.add_argument("--new-pids", action="store_true",
-                   help="restart even a tree or a threaded process whose pids are taken"
-                        " under new pids (they keep the old ones they know)")
+                   help="where an old pid is taken, take a new one (a program that keeps"
+                        " pids, its own or its children's, may then go wrong)")
     p.add_argument("--shell-job", action="store_true",
                    help="give the process this terminal/stdio for its saved fds 0-2")
     p.add_argument("--translate", action="append", default=[], metavar="OLD=NEW",

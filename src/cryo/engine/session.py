@@ -537,9 +537,12 @@ class Restart:
                  progress: Callable[[int, int], None] | None = None,
                  trust_image: bool = False, allow_duplicate: bool = False,
                  net: dict[str, bool] | None = None,
-                 ignore_changed_files: bool = False, new_pids: bool = False) -> None:  # fmt: skip
+                 ignore_changed_files: bool = False,
+                 new_pids: bool | None = False) -> None:  # fmt: skip
         self.path, self.must_reuse_pid, self.shell_job = path, must_reuse_pid, shell_job
-        self.new_pids = new_pids  # new pids even for processes that know their pids
+        # where an old pid is taken: False fails (RestoreConflict), True takes new ones,
+        # None takes a new one for a lone thread only (tree.pids_matter)
+        self.new_pids = new_pids
         self.trust: dict[str, Any] = {"trust_image": trust_image,
                                       "allow_duplicate": allow_duplicate}
         self.options: dict[str, Any] = {"shell_job": shell_job, "translate": translate or {},
@@ -589,8 +592,8 @@ class Restart:
         self.reuse = tree.pids_free(self.plan.tree)
         if not self.reuse and self.must_reuse_pid:
             tree.need_free(self.plan.tree)
-        elif not self.reuse and not self.new_pids:  # a lone thread may take a new pid
-            why = tree.pids_matter(self.plan.tree)
+        elif not self.reuse and self.new_pids is not True:
+            why = tree.pids_matter(self.plan.tree, lone_ok=self.new_pids is None)
             if why:
                 tree.need_free(self.plan.tree, why)
         self.result.old_pid = self.plan.tree["root"]

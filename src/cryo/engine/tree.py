@@ -369,18 +369,23 @@ def need_free(rec: dict[str, Any], why: str | None = None) -> None:
                 raise RestoreConflict(msg, pid=t)
 
 
-def pids_matter(rec: dict[str, Any]) -> str | None:
-    """Why the processes of ``rec`` cannot be given new pids without harm, or None (one
-    process of one thread: it asks its pid of the kernel).  A parent keeps its
-    children's pids (fork's answer, for waitpid and kill), and a thread library its
-    threads' ids (pthread_kill, the owner of a PI or robust mutex): under new ones a
-    signal goes to whatever has the old pid now."""
+def pids_matter(rec: dict[str, Any], lone_ok: bool = False) -> str | None:
+    """Why the processes of ``rec`` cannot be given new pids without harm, or None
+    (``lone_ok``: one process of one thread may).  A parent keeps its children's pids
+    (fork's answer, for waitpid and kill), a thread library its threads' ids
+    (pthread_kill, the owner of a PI or robust mutex): under new ones a signal goes to
+    whatever has the old pid now.  A lone process keeps its own often enough: asyncio's
+    running loop is found only by the pid that set it (restarted under another,
+    asyncio.sleep fails with "no running event loop"), PostgreSQL signals and checks
+    its MyProcPid, and a pid file names it."""
     live = [p for p in rec["procs"] if not p["zombie"]]
     if len(live) > 1:
         return f"its {len(live)} processes know each other's pids"
     if live and len(live[0]["threads"] or ()) > 1:
         return f"process {live[0]['pid']}'s {len(live[0]['threads'])} threads know their ids"
-    return None
+    if lone_ok:
+        return None
+    return "a process may keep its own (asyncio's event loop, a server's pid file)"
 
 
 def spawn_helper(want_pid: int | None, new_pidns: bool = False) -> int:

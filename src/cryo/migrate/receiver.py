@@ -116,7 +116,9 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         ts = time.perf_counter()
         warm.join()
         phases["preload left"] = time.perf_counter() - ts
-        rs = Restart(src, trust_image=trust_image)
+        # (its pid, where taken on this host, a new one only for a lone thread: on one
+        # machine the source holds it until this side runs; docs/design.md, "Pids")
+        rs = Restart(src, trust_image=trust_image, new_pids=None)
         if isinstance(src, StagedSource):
             rs.staged = src.staged_moves
         if lframer is not None:
