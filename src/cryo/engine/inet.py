@@ -177,8 +177,12 @@ def _options_for(ident: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...
     return out
 
 
-def _read_options(s: socket.socket, opts: tuple[tuple[int, int, int], ...]
+def _read_options(s: socket.socket, opts: tuple[tuple[int, int, int], ...],
+                  refused: set[tuple[int, int]] | None = None
                   ) -> dict[tuple[int, int], bytes]:  # fmt: skip
+    """The options of ``s`` it answers; into ``refused``, those the kernel does not have
+    for a socket of its kind (ENOPROTOOPT, EOPNOTSUPP: SO_PASSCRED but on unix and
+    netlink sockets)."""
     got = {}
     for level, opt, size in opts:
         try:
@@ -187,7 +191,9 @@ def _read_options(s: socket.socket, opts: tuple[tuple[int, int, int], ...]
                                                                             signed=True)
             else:
                 got[(level, opt)] = bytes(s.getsockopt(level, opt, size))
-        except OSError:
+        except OSError as err:
+            if refused is not None and err.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                refused.add((level, opt))
             continue
     return got
 
@@ -198,21 +204,31 @@ _defaults: dict[tuple[int, int, int], dict[tuple[int, int], bytes]] = {}
 _plans: dict[tuple[int, int, int], list[tuple[int, int, int, Any]]] = {}
 
 
+# per socket identity: the options its kind has not (not asked of each socket: a
+# refusal costs a system call and an exception, per connection of a busy server)
+_refused: dict[tuple[int, int, int], set[tuple[int, int]]] = {}
+
+
 def _default_options(ident: tuple[int, int, int]) -> dict[tuple[int, int], bytes]:
     if ident not in _defaults:
+        refused = _refused[ident] = set()
         try:
             with socket.socket(*ident) as s:
-                _defaults[ident] = _read_options(s, _options_for(ident))
+                _defaults[ident] = _read_options(s, _options_for(ident), refused)
         except OSError:
             _defaults[ident] = {}
+            refused.clear()
     return _defaults[ident]
 
 
 def _plan(ident: tuple[int, int, int]) -> list[tuple[int, int, int, Any]]:
     if ident not in _plans:
         defaults = _default_options(ident)
+        refused = _refused.get(ident, set())
         plan = []
         for level, opt, size in _options_for(ident):
+            if (level, opt) in refused:
+                continue
             raw = defaults.get((level, opt))
             default: Any = raw if raw is None or size != _I else \
                 int.from_bytes(raw, "little", signed=True)  # fmt: skip
