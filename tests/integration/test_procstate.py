@@ -313,6 +313,47 @@ def test_process_in_a_namespace_of_its_own(procs: Procs, tmp_path: Path) -> None
     assert not v.fails()
 
 
+MNT_VICTIM = """
+import os, sys, time
+out, where, mounted = open(sys.argv[1], "a", buffering=1), sys.argv[2], sys.argv[3] == "1"
+f = open(os.path.join(where, "own.txt"), "w+")
+f.write("mine")
+f.flush()
+i = 0
+while True:
+    f.seek(0)
+    ok = f.read() == "mine" and os.path.ismount(where) == mounted
+    print("ok" if ok else "FAIL", i, file=out)
+    i += 1
+    time.sleep(0.02)
+"""
+
+
+def test_mount_namespace_with_mounts_of_its_own(procs: Procs, tmp_path: Path) -> None:
+    """A process in a mount namespace with a tmpfs of its own is refused, exit 9 naming
+    the mount, target untouched: restored in cryo's namespace it came back, exit 0,
+    reading a file of the host's of the same name, its mount gone. One whose namespace
+    shows the same mounts as cryo's (what `ip netns exec` gives each command) is
+    checkpointed and restarted as before."""
+    where = tmp_path / "mnt"
+    where.mkdir()
+    out = tmp_path / "out.txt"
+    v = procs.spawn(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                     f"mount -t tmpfs cryo-test {where} && exec {sys.executable} -c"
+                     f" '{MNT_VICTIM}' {out} {where} 1"], out)  # fmt: skip
+    v.wait_ok_after(1)
+    refused_untouched(v, tmp_path / "img", f"mount namespace whose mounts differ from"
+                      f" cryo's ({where}: tmpfs cryo-test")  # fmt: skip
+    procs.kill(v.pid)
+    out2 = tmp_path / "out2.txt"
+    v = procs.spawn(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                     MNT_VICTIM, str(out2), str(where), "0"], out2)  # fmt: skip
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img2")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
 def test_prctl_state_of_each_thread(procs: Procs, build: Any, tmp_path: Path) -> None:
     """Each thread's timer slack, machine-check kill policy, PR_SET_TSC and NUMA memory
     policy, and the process's MDWE and coredump filter, come back (each thread its own):

@@ -8,16 +8,21 @@ other privileges.  Run cryo inside them instead (`nsenter -t PID -a cryo ...`, o
 `ip netns exec NAME cryo ...`), as the daemon and `cryo receive` are for their hosts.
 
 Pid namespaces are the tree's business (a `cryo run --pid-ns` job is made again in a
-new one); mount namespaces are not compared: every path a restart needs is checked
-before anything is made, and `ip netns exec` gives each command a mount namespace of
-its own that differs only in /sys.
+new one).  A mount namespace other than cryo's is compared by what it shows, not by
+its identity: `ip netns exec` gives each command a mount namespace of its own, with the
+same mounts.  One whose mounts differ from cryo's (a service's private /tmp, a tmpfs
+of its own) is refused: restored in cryo's, the process would open the host's files
+of the same names (seen: a process in a mount namespace with a tmpfs of its own came
+back, exit 0, reading the host's file where its own had been).
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
+from cryo import procfs
 from cryo.errors import Unsupported
 
 KINDS = ("user", "uts", "ipc", "net", "cgroup", "time")
@@ -37,9 +42,43 @@ def same(pid: int, kind: str) -> bool:
     return mine is None or theirs is None or mine == theirs
 
 
+def _mounts(pid: int | str) -> Counter[tuple[str, ...]]:
+    """The mounts ``pid`` sees, each as (device, root, mount point, options, type,
+    source, superblock options): /proc/PID/mountinfo without the mount ids and the
+    propagation fields, which differ between copies of one table."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for line in procfs.read(pid, "mountinfo").decode(errors="surrogateescape").splitlines():
+        f = line.split(" ")
+        try:
+            sep = f.index("-", 6)
+        except ValueError:
+            continue
+        out[(f[2], f[3], f[4], f[5], *f[sep + 1 : sep + 4])] += 1
+    return out
+
+
+def check_mounts(pid: int) -> None:
+    """Refuse ``pid`` if it is in a mount namespace that shows other mounts than cryo's."""
+    if same(pid, "mnt"):
+        return
+    theirs, mine = _mounts(pid), _mounts("self")
+    if theirs == mine:
+        return
+    only = sorted(theirs - mine) or sorted(mine - theirs)
+    where = "its own" if theirs - mine else "cryo's alone"
+    dev, _root, point, _opts, fstype, source = only[0][:6]
+    raise Unsupported(f"process {pid} is in a mount namespace whose mounts differ from"
+                      f" cryo's ({point}: {fstype} {source}, device {dev}, is {where}): it"
+                      f" would be restored in cryo's and open other files; run cryo inside"
+                      f" it (nsenter -t {pid} -m ...)", pid=pid,
+                      resource="mount namespace")  # fmt: skip
+
+
 def check(ctx: Any) -> None:
     """Driver hook (collect, per process): refuse a process in a namespace of another
-    kind than pid and mount that is not cryo's own."""
+    kind than pid that is not cryo's own (a mount namespace: one that shows other
+    mounts)."""
+    check_mounts(ctx.pid)
     for kind in KINDS:
         if not same(ctx.pid, kind):
             link = os.readlink(f"/proc/{ctx.pid}/ns/{kind}")
