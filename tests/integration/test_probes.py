@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
-from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.conftest import VICTIMS, Procs, Victim, reap, run_cryo
 from tests.integration.test_procstate import build_threaded, cycle, refused_untouched
 
 
@@ -149,3 +151,34 @@ def test_packet_socket_bound_to_no_interface(procs: Procs, build: Any, tmp_path:
     v.wait_ok_after(1)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+def _amx(tmp_path: Path) -> str:
+    with open("/proc/cpuinfo") as f:
+        if " amx_tile" not in f.read():
+            pytest.skip("no AMX on this CPU")
+    exe = tmp_path / "amx"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-mamx-tile", "-o", str(exe),
+                    str(VICTIMS / "amx.c")], check=True)  # fmt: skip
+    return str(exe)
+
+
+def test_amx_permission_asked_again(procs: Procs, tmp_path: Path) -> None:
+    """A process that asked for AMX and released its tiles gets the permission again
+    after a restart, and its tile instructions work.  Before: restored without it (exit
+    0), its next tile instruction was fatal; with tiles in use the restart failed (EINVAL
+    from PTRACE_SETREGSET)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([_amx(tmp_path), str(out), "release"], out)
+    v.wait_ok_after(1)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_amx_tiles_holding_data_refused(procs: Procs, tmp_path: Path) -> None:
+    """A thread whose AMX tiles hold data is refused (exit 9 naming them, no image, the
+    target goes on): the kernel makes room for them at a thread's first use only."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([_amx(tmp_path), str(out), "hold"], out)
+    v.wait_ok_after(1)
+    refused_untouched(v, tmp_path / "img", "AMX tiles")

@@ -52,7 +52,6 @@ from cryo.engine import (
     dirty,
     files,
     landlock,
-    ldt,
     locks,
     memory,
     namespaces,
@@ -65,6 +64,7 @@ from cryo.engine import (
     task,
     threads,
     timers,
+    x86,
 )
 from cryo.engine.inject import Injector
 from cryo.engine.spmf import open_files as spmf_open
@@ -462,9 +462,9 @@ DRIVERS: tuple[Driver, ...] = (
            restore_thread={"thread": _thread_state, "creds": _thread_creds},
            describe=_describe_task),
     # (after task: its entries go into TASK)
-    Driver("ldt", inject=ldt.dump, restore={"task": ldt.restore},
-           describe=lambda v: {"ldt": ldt.describe(v.records[R.TASK])}
-           if v.records[R.TASK].get("ldt") else {}),
+    Driver("x86", inject=x86.dump, inject_thread=x86.check_thread,
+           restore={"task": x86.restore},
+           describe=lambda v: x86.describe(v.records[R.TASK])),
     Driver("memory", (R.MM,), inject=memory.dump_brk, collect=_memory_collect,
            shared=_object_sources,
            restore={"memory": _memory_layout, "pages": _memory_pages,

@@ -809,8 +809,10 @@ KINDS: tuple[Kind, ...] = (
         F("cgroups", List(List(Str(max=4096), size=3), max=64),
           "[[hierarchy id, controllers, path]] as in /proc/PID/cgroup", required=False),
         F("ldt", List(Tuple((Int(0, 8191), Int(1, U64)), ("index", "descriptor")),
-                      max=8192), "the LDT's non-empty entries (engine/ldt.py)",
+                      max=8192), "the LDT's non-empty entries (engine/x86.py)",
           required=False),
+        F("xcomp", Int(1, U64), "the xstate features permitted (ARCH_GET_XCOMP_PERM), when"
+          " more than a new process's (AMX)", required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
     Kind(b"MM  ", "engine/memory.py", "per process", Struct((
         F("pid", PID), F("vmas", List(VMA), "the mappings, in address order (below)"),
