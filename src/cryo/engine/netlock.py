@@ -29,6 +29,7 @@ name).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -205,5 +206,10 @@ def drop_table(name: str) -> None:
     """Remove table ``name`` if it is there (without nft there is none)."""
     if shutil.which("nft") is None:
         return
-    if name in tables():  # (a batch that fails aborts: asked first, over nfnetlink)
-        _delete(name)
+    try:  # (one batch; a table that is not there fails it, ENOENT, and nothing changes)
+        N.nft_delete_tables([name])
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            return
+        if name in tables():
+            _delete(name)
