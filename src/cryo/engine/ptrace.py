@@ -283,11 +283,17 @@ class Tracee:
                 c = carrier or (0 if blocked >> (s - 1) & 1 else s)
                 if c:
                     try:
-                        budget -= self._deliver(c, s, raw)
+                        budget -= self._deliver(c, s, raw, min(budget, 256))
+                        continue
                     except NoSuchProcess:
                         return  # (a signal given back was fatal)
-                    continue
+                    except _Starved:
+                        budget = 0  # (the rest as before)
+                        if c == s:
+                            continue  # (sent already, with tgkill's siginfo as before)
             rest.append((s, raw))
+        rest += self.deferred_signals  # (stop signals met on the way)
+        self.deferred_signals = []
         for s, raw in rest:
             try:
                 code = struct.unpack_from("<i", raw, 8)[0] if len(raw) >= 12 else 0
@@ -319,15 +325,19 @@ class Tracee:
         ignored += [int(x) for x in _DEFAULT_IGNORED if not (cgt | ign) >> (x - 1) & 1]
         return next((x for x in ignored if not busy >> (x - 1) & 1), 0)
 
-    def _deliver(self, carrier: int, s: int, raw: bytes) -> int:
+    def _deliver(self, carrier: int, s: int, raw: bytes, limit: int) -> int:
         """Deliver ``s`` with the siginfo ``raw`` through a signal-delivery stop of
         ``carrier`` (see :meth:`give_back`); the task ends in an event stop (the
         interrupt asked before it goes on).  Signals that arrive meanwhile are delivered
-        as they are.  Returns the number of stops it took."""
+        as they are.  Returns the number of stops it took; _Starved after ``limit``
+        stops without the carrier (a flood of lower signals, taken first: the carrier,
+        ignored, is left pending, the task in a stop)."""
         bit = 1 << (carrier - 1)
         libc.syscall(SYS.tgkill, self.pid, self.tid, carrier)
         stops = 0
         while True:
+            if stops >= limit:
+                raise _Starved
             # a handler's mask (of a signal delivered just before) may block the carrier:
             # unblocked for the while (its sigreturn puts the mask back all the same)
             mask = self.get_sigmask()
@@ -341,6 +351,9 @@ class Tracee:
             got, event = stop & 0xFF, stop >> 8
             if event:
                 continue  # (an event stop: go on to the carrier)
+            if got in _SENT_PLAIN and got != carrier:
+                self.defer(got)  # (a stop signal: sent again last, its sending acts)
+                continue
             if got == carrier:
                 info = ctypes.create_string_buffer(raw, S.SIGINFO_SIZE)
                 libc.ptrace(PTRACE.SETSIGINFO, self.tid, 0, info)
@@ -360,6 +373,9 @@ class Tracee:
             got, event = stop & 0xFF, stop >> 8
             if event == PTRACE_EVENT.STOP:
                 return n
+            if not event and got in _SENT_PLAIN:
+                self.defer(got)
+                got = 0
             libc.ptrace(PTRACE.CONT, self.tid, 0, 0 if event else got)
 
     # -- seccomp -----------------------------------------------------------
@@ -432,6 +448,10 @@ class Tracee:
         conf = S.ptrace_rseq_configuration()
         libc.ptrace(PTRACE.GET_RSEQ_CONFIGURATION, self.tid, ctypes.sizeof(conf), conf)
         return conf
+
+
+class _Starved(Exception):
+    """The carrier of a signal given back never came (Tracee._deliver)."""
 
 
 def _tracer_of(pid: int) -> int:
