@@ -127,12 +127,23 @@ def lock(app: str, addrs: list[str], kind: str = "grid") -> None:
 
 
 def unlock(app: str, kind: str = "grid") -> None:
-    if shutil.which("nft") is None:
-        return
+    """The lock goes, if it is there: asked of the kernel directly (one nfnetlink dump
+    and one batch, no nft run: the fence and the restart lock are lifted at once)."""
+    import errno
+
+    from cryo.linux import net
+
     name = lock_name(app, kind)
-    if f"table inet {name}\n" in _run("nft", "list", "tables", "inet") + "\n":
-        _run("nft", "delete", "table", "inet", name)
-        log.info("restart lock %s removed", name)
+    try:
+        if name not in net.nft_tables():
+            return
+        net.nft_delete_tables([name])
+    except OSError as err:
+        if err.errno == errno.ENOENT:  # (gone meanwhile)
+            return
+        raise CryoError(f"the {kind} lock {name} could not be removed: {err}",
+                        resource="grid network") from err  # fmt: skip
+    log.info("restart lock %s removed", name)
 
 
 # -- a silent kill ---------------------------------------------------------------------
