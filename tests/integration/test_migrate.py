@@ -304,9 +304,11 @@ def test_migrate_c_target(procs: Procs, build: Any, hosts: Hosts) -> None:
     assert not new.fails()
 
 
-def test_migrate_python_target(procs: Procs, hosts: Hosts) -> None:
+@pytest.mark.parametrize("how", ["pre-copy", "lazy"])
+def test_migrate_python_target(procs: Procs, hosts: Hosts, how: str) -> None:
     """A Python program: every tick's line depends on its objects, a generator and the
-    random module; the lines go on after the migration exactly where they stopped."""
+    random module; the lines go on after the migration exactly where they stopped (with
+    --lazy: its heap arriving as it runs)."""
     script = Path(__file__).parent.parent / "victims" / "pystate.py"
     source = hosts.shared / "source.txt"
     source.write_text("".join(f"line {i}\n" for i in range(50)))
@@ -315,7 +317,8 @@ def test_migrate_python_target(procs: Procs, hosts: Hosts) -> None:
     v.wait_line("tick 5")
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
-    res = _migrate(hosts, v.pid, secret)
+    res = _migrate(hosts, v.pid, secret, *(["--lazy"] if how == "lazy" else []))
+    assert how != "lazy" or "every page there" in res.stderr, res.stderr
     n = len(v.lines())
     new = _migrated(procs, hosts, v, rcv, res)
     new.wait_for(lambda ls: len(ls) > n + 5, timeout=30)
