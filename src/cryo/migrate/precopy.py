@@ -40,6 +40,7 @@ from cryo.image.sink import PAGE, Runs, Sink, Tag
 from cryo.image.stream import intersect, normalize, subtract
 from cryo.linux import libc
 from cryo.linux.consts import PAGE_IS, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, PROT
+from cryo.preload import preload
 
 log = logging.getLogger(__name__)
 SMALL = 4 << 20  # a round that finds at most this much written is the last
@@ -134,6 +135,7 @@ class PreCopy:
         self.rounds: list[Round] = []
         self.arm_seconds = 0.0  # how long the arming froze the processes
         self.bytes_read = 0
+        self._preload: threading.Thread | None = None
 
     def arm(self) -> None:
         """A short freeze: write tracking armed in every process of the scope."""
@@ -153,6 +155,11 @@ class PreCopy:
         """Rounds until what is written is small or stops shrinking."""
         if not self.procs:
             self.arm()
+        # what the final checkpoint's freeze would import on its way (the engine imports
+        # lazily: tty, guard, linux.net, numpy for memory.dump's markers ...), imported
+        # while the rounds run (after the arming's worker was forked, before the final's)
+        self._preload = threading.Thread(target=preload, name="cryo-preload", daemon=True)
+        self._preload.start()
         first = self.round({p.pid: p.present for p in self.procs.values()})
         last = first.bytes
         while len(self.rounds) < self.max_rounds:
@@ -295,9 +302,12 @@ class PreCopy:
     def tracking(self, on_select: Callable[[Tag, Runs, bool], None] | None = None
                  ) -> FinalTracking:  # fmt: skip
         """The final checkpoint's tracking.  What its freeze would import is imported
-        now, while the process runs: numpy, with which memory.dump tells the tracking's
-        uffd-wp markers from pages (85-100 ms of a 1 GiB process's final freeze)."""
-        import numpy  # noqa: F401
+        before it (the rounds' preload, joined here): numpy above all, with which
+        memory.dump tells the tracking's uffd-wp markers from pages (85-100 ms of a 1 GiB
+        process's final freeze), and the engine's lazily imported modules (7-14 ms)."""
+        if self._preload is not None:
+            self._preload.join()
+        import numpy  # noqa: F401  (in case the preload could not)
 
         return FinalTracking({p.pid: p.token for p in self.procs.values() if p.token},
                              {p.pid: p.sent for p in self.procs.values()}, on_select)
