@@ -259,6 +259,42 @@ def test_pid_namespace(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert not new.fails()
 
 
+def test_pid_namespace_init_alone_and_a_process_inside_one(procs: Procs, build: Any,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """The init of a pid namespace checkpointed as a process (the library's default
+    scope) comes back as the init of a new one, threads and all: it came back in cryo's
+    namespace, seeing another pid (with its old outer pid taken: "pid N is taken", or a
+    clone3 EEXIST for its threads). A process inside a pid namespace, not its init, is
+    refused, exit 9, untouched: restored, it would see another pid."""
+    from cryo import launch
+
+    out = tmp_path / "out.txt"
+    root = procs.track(launch.run([build("threads"), str(out)], pid_ns=True))
+    v = Victim(root, out)
+    v.wait_ok_after(2)
+    assert nspids(root)[-1] == "1" and len(os.listdir(f"/proc/{root}/task")) > 1
+    checkpoint(root, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    r = restart(str(tmp_path / "img"))  # (its zombie still holds the outer pid)
+    new = procs.track(r.pid)
+    assert new != root and nspids(new)[-1] == "1"
+    Victim(new, out).wait_ok_after(max(v.oks()) + 3)
+    assert not v.fails()
+    # a process one level down in a pid namespace of its own
+    counter = f"{build('counter')} {tmp_path / 'c.txt'} & wait"  # (sh is its init)
+    p = procs.spawn(["unshare", "-p", "-f", "sh", "-c", counter], tmp_path / "c.txt")
+    p.wait_ok_after(2)
+    pids = tree_pids(p.pid)  # unshare, sh, the counter
+    for q in pids:
+        procs.track(q)
+    (inner,) = [q for q in pids if len(nspids(q)) == 2 and nspids(q)[-1] != "1"]
+    r2 = run_cryo("checkpoint", str(inner), "-D", str(tmp_path / "img2"))
+    assert r2.returncode == 9 and f"process {inner} is in a pid namespace of its own" \
+        in r2.stderr, r2.stderr  # fmt: skip
+    assert not (tmp_path / "img2").exists()
+    c = Victim(inner, tmp_path / "c.txt")
+    c.wait_ok_after(max(c.oks()) + 3)
+
+
 def test_kill_after_checkpoint_of_a_pid_namespace(procs: Procs, build: Any,
                                                   tmp_path: Path) -> None:
     """`cryo checkpoint --kill` of a `cryo run --pid-ns` job with children and threads

@@ -51,6 +51,7 @@ class Proc:
     threads: list[int] = field(default_factory=list)
     tracees: dict[int, Tracee] = field(default_factory=dict)
     nspid: int = 0  # the pid in its own (innermost) pid namespace
+    nsdepth: int = 1  # how many pid namespaces deep from cryo's (1: cryo's own)
     nstids: list[int] = field(default_factory=list)
 
     @property
@@ -191,7 +192,8 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
         for p in procs.values():  # ids read again now that nothing moves
             st = _stat(p.pid)
             if st is not None:
-                p.nspid = nspid(p.pid)
+                ids = ns_ids(p.pid)
+                p.nspid, p.nsdepth = (ids[-1], len(ids)) if ids else (p.pid, 1)
             if st is not None and not p.zombie:
                 p.ppid, p.pgid, p.sid = st.ppid, st.pgrp, st.session
                 p.nstids = [nspid(p.pid, t) for t in p.threads]
@@ -218,6 +220,12 @@ def _tasks(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/task"))
     except (FileNotFoundError, ProcessLookupError):
         return 0
+
+
+def ns_ids(pid: int) -> list[int]:
+    """The process's pid in cryo's pid namespace and in each one below it (NSpid)."""
+    return [int(x) for x in procfs.parse_status(procfs.read(pid, "status")).get("NSpid",
+                                                                               "").split()]
 
 
 def nspid(pid: int, tid: int | None = None) -> int:
@@ -286,9 +294,19 @@ def collect_dead(procs: dict[int, Proc], timeout: float = 30.0) -> None:
 
 def record(procs: dict[int, Proc], target: int, scope: str) -> dict[str, Any]:
     """The TREE record; ``pidns`` when the root is the init of its own pid namespace (as
-    `cryo run --pid-ns` makes it): the restart then makes a new namespace, where every
-    pid is free."""
-    pidns = scope == "tree" and own_pidns(target)
+    `cryo run --pid-ns` makes it, whatever the scope): the restart then makes a new
+    namespace, where every pid is free.  A process in any other pid namespace than
+    cryo's (or, under such a root, than the root's) is refused: it would come back
+    seeing other pids."""
+    pidns = own_pidns(target)
+    for p in procs.values():  # (a restart makes every process in cryo's pid namespace,
+        if p.zombie or p.nsdepth <= 1 + pidns:  # or the root's in a new one as its init)
+            continue
+        where = "a pid namespace below its root's" if pidns else "a pid namespace of its own"
+        raise Unsupported(f"process {p.pid} is in {where} (its pid there {p.nspid}): restored,"
+                          " it would see another pid; checkpoint the init of that namespace"
+                          " (with --tree) instead", pid=p.pid,
+                          resource="pid namespace")  # fmt: skip
     return {"root": target, "scope": scope, "pidns": pidns,
             "procs": [p.record() for p in procs.values()]}  # fmt: skip
 
