@@ -720,10 +720,18 @@ def _with_stdout(res: subprocess.CompletedProcess[str],
     return subprocess.CompletedProcess(res.args, res.returncode, out, res.stderr)
 
 
-def test_lazy_connection_cut(procs: Procs, build: Any, hosts: Hosts) -> None:
+@pytest.mark.parametrize("victim", ["migr", "lazyops"])
+def test_lazy_connection_cut(procs: Procs, build: Any, hosts: Hosts, victim: str) -> None:
     """The link dropped while the process runs on B and its pages are still coming: B
-    kills its copy and leaves nothing, the source (frozen with everything) goes on."""
-    v = _migr_on_a(procs, build, hosts, "768", "100", "200", ok=0, timeout=60)
+    kills its copy, and the children it forked meanwhile (lazyops.c forks every 200 ms),
+    and leaves nothing; the source (frozen with everything) goes on."""
+    if victim == "migr":
+        v = _migr_on_a(procs, build, hosts, "768", "100", "200", ok=0, timeout=60)
+    else:
+        exe = shutil.copy(build("lazyops"), hosts.shared / "lazyops")
+        out = hosts.shared / "lazyops.txt"
+        v = _spawn_on_a(procs, hosts, [str(exe), str(out), "512"], out)
+        v.wait_ok_after(0, timeout=60)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret, "--timeout", "5")
     mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",

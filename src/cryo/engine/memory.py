@@ -921,7 +921,7 @@ def _register_lazy(ctx: RestoreContext, rec: dict[str, Any], lazy: dict[str, Any
         os.close(fd)
         raise
     ctx.live["lazy_ranges"] = want
-    lazy["start"](fd, want)  # (the fd is the pager's now)
+    lazy["start"](fd, want, ctx.pid)  # (the fd is the pager's now)
 
 
 UFFD_MIN = 4 << 20  # below this many bytes of pages, the uffd's set-up is not worth it

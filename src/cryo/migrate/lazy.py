@@ -33,6 +33,7 @@ import logging
 import mmap
 import os
 import select
+import signal
 import threading
 import time
 from collections import deque
@@ -189,6 +190,41 @@ def _send_pages(framer: Framer, pid: int, buf: mmap.mmap, want: Runs, read: Any)
 # -- the destination -------------------------------------------------------------------
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant (a child forked during the lazy phase misses
+    pages too), each stopped first so that none forks meanwhile; the walk is done twice
+    (a fork under way when its parent was stopped)."""
+    seen: list[int] = []
+    for _ in range(2):
+        todo = [pid]
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGSTOP)
+                seen.append(p)
+            todo.extend(c for c in _children(p) if c not in seen)
+    for p in reversed(seen):  # (children first)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+
 class LazyFramer:
     """A Framer that takes the ``LAZY`` frames out of the stream (:attr:`lazy`: tag ->
     the runs withheld) and hands the stream the rest."""
@@ -296,11 +332,13 @@ class Pager:
         self.bytes = 0
         self.t_done = 0.0
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self.pid = 0  # the process served (killed, with its children, if this fails)
         self._thread: threading.Thread | None = None
 
-    def start(self, fd: int, ranges: list[tuple[int, int]]) -> None:
-        """The uffd of the process (ours to close), every withheld page's mapping
+    def start(self, fd: int, ranges: list[tuple[int, int]], pid: int = 0) -> None:
+        """The uffd of process ``pid`` (ours to close), every withheld page's mapping
         (``ranges``) registered: serve it from now on."""
+        self.pid = pid
         pieces = [r for s, e in ranges for r in intersect(self.runs, [[s, e - s]])]
         self.spaces.append(_Space(fd, [[a, n, a] for a, n in pieces]))
         self.t_start = self.t_last = time.perf_counter()
@@ -365,6 +403,8 @@ class Pager:
                     return
         except BaseException as err:  # handed to wait()
             self.error = err
+            if self.pid:  # it cannot go on: at once, before its uffd closes (a fault of
+                kill_tree(self.pid)  # it would wait forever, or, closed, get zeros)
         finally:
             self.done.set()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -28,7 +27,7 @@ from cryo.engine.session import Restart
 from cryo.errors import CryoError, Usage
 from cryo.image.stream import Channel, Framer, StreamError, StreamSource
 from cryo.migrate import auth
-from cryo.migrate.lazy import FEATURES, LazyFramer, Pager
+from cryo.migrate.lazy import FEATURES, LazyFramer, Pager, kill_tree
 from cryo.migrate.sender import TIMEOUT, tune
 from cryo.migrate.stage import StagedSource, StagingFramer
 from cryo.preload import preload
@@ -146,11 +145,11 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
     except BaseException as err:
         if running:  # part of its memory is only on the source: it cannot go on
             _kill(running)
-        if pager is not None:
-            pager.stop()
         if rs is not None:
             with contextlib.suppress(BaseException):
                 rs.abort()
+        if pager is not None:  # (after the kill: no thread of it may find a page missing
+            pager.stop()  # once the uffd is closed, and get zeros)
         if src is not None:
             src.keep_data = False
             src.close()
@@ -194,8 +193,9 @@ def _pager(rs: Restart, framer: Framer, lframer: LazyFramer, channel: Channel,
 
 
 def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    """The lazily migrated process and its children (forked there meanwhile: they miss
+    pages too) killed; it reaped (our child)."""
+    kill_tree(pid)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
 
