@@ -598,10 +598,11 @@ def _fake_ssh(tmp_path: Path) -> str:
     return f"{bindir}:{os.environ['PATH']}"
 
 
-def test_migrate_over_stdio(procs: Procs, build: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["pre-copy", "lazy"])
+def test_migrate_over_stdio(procs: Procs, build: Any, tmp_path: Path, how: str) -> None:
     """--to ssh://host: `cryo receive --stdio` at the other end of ssh's pipes (here a
     stand-in for ssh that runs it locally); no secret: the frames are checksummed and
-    the host seal over them verified."""
+    the host seal over them verified.  --lazy: its pages come over the pipes too."""
     path = _fake_ssh(tmp_path)
     out = tmp_path / "out.txt"
     v = procs.spawn([build("migr"), str(out), "16", "100"], out)
@@ -609,9 +610,11 @@ def test_migrate_over_stdio(procs: Procs, build: Any, tmp_path: Path) -> None:
     last = max(v.oks())
     env = {**os.environ, "PATH": path}
     res = subprocess.run([sys.executable, "-m", "cryo", "migrate", str(v.pid), "--to",
-                          "ssh://root@elsewhere"], capture_output=True, text=True,
-                         timeout=180, env=env, close_fds=True)  # fmt: skip
+                          "ssh://root@elsewhere", *(["--lazy"] if how == "lazy" else [])],
+                         capture_output=True, text=True, timeout=180, env=env,
+                         close_fds=True)  # fmt: skip
     assert res.returncode == 0, res.stderr
+    assert how != "lazy" or "every page there" in res.stderr, res.stderr
     new_pid = int(res.stdout.split()[-1])
     procs.track(new_pid)
     assert new_pid != v.pid  # (the same host: the old pid was still taken)
