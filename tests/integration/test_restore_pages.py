@@ -23,7 +23,7 @@ from cryo.engine.restore import restart
 from cryo.errors import ImageCorrupt
 from cryo.image import format as fmt
 from cryo.image import records as R
-from tests.conftest import Procs, Victim
+from tests.conftest import Procs, Victim, reap
 from tests.integration.test_tree import kill_tree, tree_pids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,6 +118,7 @@ def test_restart_memory_bounded_cache_left_alone(procs: Procs, build: Any, tmp_p
     v.wait_line("tick 1")
     img = tmp_path / "img"
     checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    reap(v.pid)  # (its zombie would hold its pid)
     pages = img / "pages.img"
     size = pages.stat().st_size
     fd = os.open(pages, os.O_RDONLY)
@@ -151,6 +152,7 @@ def test_store_restart_memory_is_bounded(procs: Procs, build: Any, tmp_path: Pat
     v.wait_line("tick 1")
     st = tmp_path / "store"
     store.checkpoint(v.pid, str(st), "app", signal_after=signal.SIGKILL)
+    reap(v.pid)
     # (VmHWM, not ru_maxrss: after the vfork and exec of subprocess, ru_maxrss holds the
     # peak of the parent's memory too, pytest's, 160 MiB late in a full run)
     code = ("import json, sys\n"
@@ -192,6 +194,7 @@ def test_pages_given_by_uffd_leave_nothing(procs: Procs, build: Any, tmp_path: P
     v.wait_line("tick 1")
     img = tmp_path / "img"
     checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    reap(v.pid)
     with caplog.at_level(logging.DEBUG, logger="cryo.engine.memory"):
         r = restart(str(img))
     procs.track(r.pid)
@@ -205,6 +208,7 @@ def test_pages_given_by_uffd_leave_nothing(procs: Procs, build: Any, tmp_path: P
     assert not _uffd_left(r.pid), _uffd_left(r.pid)
     img2 = tmp_path / "img2"
     checkpoint(r.pid, str(img2), signal_after=signal.SIGKILL)
+    reap(r.pid)
     r2 = restart(str(img2))
     procs.track(r2.pid)
     again = Victim(r2.pid, out)
