@@ -167,13 +167,9 @@ def test_a_tree_whose_pids_are_taken_is_refused(procs: Procs, tmp_path: Path) ->
     out = tmp_path / "out.txt"
     v = procs.spawn([sys.executable, "-c", KNOWS_ITS_CHILD, str(out)], out)
     v.wait_ok_after(2)
-    pids = tree_pids(v.pid)
-    assert len(pids) == 2
-    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
-    kill_tree(pids)
-    first = restart(str(tmp_path / "img"))
-    for p in first.pids.values():
-        procs.track(p)
+    assert len(tree_pids(v.pid)) == 2
+    first, pids = cycle(procs, v, tmp_path / "img")
+
     def copies() -> set[int]:  # processes running the script on this out.txt
         found = set()
         for p in filter(str.isdigit, os.listdir("/proc")):
@@ -182,16 +178,16 @@ def test_a_tree_whose_pids_are_taken_is_refused(procs: Procs, tmp_path: Path) ->
                     found.add(int(p))
         return found
 
-    assert copies() == set(first.pids.values())
+    assert copies() == set(pids)
     r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--allow-duplicate")
     if r.returncode == 0:
         procs.track(int(r.stdout))
     assert r.returncode == 10, r.stderr
-    assert f"pid {pids[0]} is taken" in r.stderr and "know each other's pids" in r.stderr \
+    assert f"pid {first.pid} is taken" in r.stderr and "know each other's pids" in r.stderr \
         and "--new-pids" in r.stderr, r.stderr  # fmt: skip
-    assert copies() == set(first.pids.values()), "nothing made"
-    Victim(first.pid, out).wait_ok_after(max(v.oks()) + 2)
-    assert not Victim(first.pid, out).fails()
+    assert copies() == set(pids), "nothing made"
+    first.wait_ok_after(max(v.oks()) + 2)
+    assert not first.fails()
     r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--allow-duplicate",
                  "--new-pids")  # fmt: skip
     assert r.returncode == 0, r.stderr
