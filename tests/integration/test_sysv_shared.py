@@ -50,8 +50,12 @@ def _wait_past(out: Path, n: int, timeout: float = 10) -> None:
 
 
 def scenario(tmp: str) -> dict[str, Any]:
+    import ctypes
+
     from cryo.engine.dump import checkpoint
     from cryo.engine.restore import restart
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
     base = Path(tmp) / "out"
     p = subprocess.Popen([sys.executable, "-c", VICTIM, str(base)], stdin=subprocess.DEVNULL,
@@ -61,8 +65,11 @@ def scenario(tmp: str) -> dict[str, Any]:
     try:
         for o in outs:
             _wait_past(o, 2)
-        checkpoint(p.pid, f"{tmp}/img", scope="tree", signal_after=signal.SIGKILL)
+        done = checkpoint(p.pid, f"{tmp}/img", scope="tree", signal_after=signal.SIGKILL)
         p.wait()
+        for q in done.pids:  # the child too: its zombie would hold its pid (reaped by
+            with contextlib.suppress(ChildProcessError):  # us, a child subreaper)
+                os.waitpid(q, 0)
         last = [max(_oks(o)) for o in outs]
         img = Path(tmp) / "img"
         sides = sorted(x.name for x in img.iterdir() if x.name.startswith("sysvshm-"))
