@@ -172,8 +172,9 @@ def translate_oserror(
     msg = f"{what}{err.strerror or err}"
     if err.errno == errno.ESRCH:
         name = err.filename if isinstance(err.filename, str) else ""
-        if name.startswith("/proc/") and name[6:].split("/", 1)[0].isdigit():
-            pid = int(name[6:].split("/", 1)[0])  # the process that was gone, not the target
+        gone = name[6:].split("/", 1)[0] if name.startswith("/proc/") else ""
+        if gone.isdigit():
+            pid = int(gone)  # the process that was gone, not the target
         return NoSuchProcess(
             f"process {pid} does not exist" if pid else msg, pid=pid, resource=resource, path=path
         )

@@ -222,23 +222,17 @@ def _tasks(pid: int) -> int:
         return 0
 
 
-def ns_ids(pid: int) -> list[int]:
-    """The process's pid in cryo's pid namespace and in each one below it (NSpid)."""
-    return [int(x) for x in procfs.parse_status(procfs.read(pid, "status")).get("NSpid",
-                                                                               "").split()]
+def ns_ids(pid: int, tid: int | None = None) -> list[int]:
+    """The task's id in cryo's pid namespace and in each one below it (NSpid)."""
+    name = f"task/{tid}/status" if tid is not None else "status"
+    return [int(x) for x in procfs.parse_status(procfs.read(pid, name)).get("NSpid",
+                                                                            "").split()]
 
 
 def nspid(pid: int, tid: int | None = None) -> int:
     """The task's id in its own pid namespace (the last NSpid field)."""
-    name = f"task/{tid}/status" if tid is not None else "status"
-    ids = procfs.parse_status(procfs.read(pid, name)).get("NSpid", "")
-    return int(ids.split()[-1]) if ids else (tid or pid)
-
-
-def own_pidns(pid: int) -> bool:
-    """Is ``pid`` the init (pid 1) of a pid namespace of its own?"""
-    ids = procfs.parse_status(procfs.read(pid, "status")).get("NSpid", "").split()
-    return len(ids) > 1 and ids[-1] == "1"
+    ids = ns_ids(pid, tid)
+    return ids[-1] if ids else (tid or pid)
 
 
 def _exit_code(pid: int) -> int:
@@ -298,7 +292,8 @@ def record(procs: dict[int, Proc], target: int, scope: str) -> dict[str, Any]:
     namespace, where every pid is free.  A process in any other pid namespace than
     cryo's (or, under such a root, than the root's) is refused: it would come back
     seeing other pids."""
-    pidns = own_pidns(target)
+    root = procs.get(target)  # (the init of its own pid namespace: pid 1 there)
+    pidns = root is not None and root.nsdepth > 1 and root.nspid == 1
     for p in procs.values():  # (a restart makes every process in cryo's pid namespace,
         if p.zombie or p.nsdepth <= 1 + pidns:  # or the root's in a new one as its init)
             continue
