@@ -154,3 +154,21 @@ def run_cryo(*args: str, timeout: float = 60, **kw: object) -> subprocess.Comple
     """Run the cryo command line as a user would."""
     return subprocess.run([sys.executable, "-m", "cryo", *args], capture_output=True,
                           text=True, timeout=timeout, close_fds=True, **kw)  # type: ignore[call-overload]
+
+
+def counter_of_its_own(procs: Procs, build: Callable[[str], str], tmp_path: Path
+                       ) -> tuple[Path, Victim]:  # fmt: skip
+    """counter.c run from a copy of its binary in ``tmp_path`` (for a test to change),
+    checkpointed into ``tmp_path``/img and killed (reaped: its zombie would hold its
+    pid): the copy and the victim."""
+    import shutil
+
+    from cryo.engine.dump import checkpoint
+
+    exe = tmp_path / "counter"
+    shutil.copy(build("counter"), exe)
+    v = procs.spawn([str(exe), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(2)
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    return exe, v

@@ -17,7 +17,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
-from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.conftest import Procs, Victim, counter_of_its_own, reap, run_cryo
 
 F_OFD_SETLK = 37
 
@@ -480,14 +480,7 @@ def test_executable_touched_since_the_checkpoint_restarts(procs: Procs, build: A
     """A privately mapped file whose mtime changed but whose bytes did not (touch, a
     package reinstalled with the same bytes) is the file the image assumed: the restart
     goes on (before: exit 1, "changed since the checkpoint (size 16504 -> 16504)")."""
-    import shutil
-
-    exe = tmp_path / "counter"
-    shutil.copy(build("counter"), exe)
-    v = procs.spawn([str(exe), str(tmp_path / "out.txt")], tmp_path / "out.txt")
-    v.wait_ok_after(2)
-    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
-    reap(v.pid)
+    exe, v = counter_of_its_own(procs, build, tmp_path)
     last = max(v.oks())
     os.utime(exe, ns=(exe.stat().st_atime_ns, exe.stat().st_mtime_ns + 10**9))
     r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")

@@ -22,7 +22,7 @@ from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from cryo.errors import CryoError, NoSuchProcess
 from cryo.image.reader import Image
-from tests.conftest import Procs, Victim, gone, reap, run_cryo
+from tests.conftest import Procs, Victim, counter_of_its_own, gone, reap, run_cryo
 from tests.integration.test_cli import assert_untouched, children, no_new_children
 
 
@@ -135,12 +135,7 @@ def test_sigkill_to_cryo(procs: Procs, build: Any, tmp_path: Path) -> None:
 
 
 def test_failed_restart_leaves_no_process(procs: Procs, build: Any, tmp_path: Path) -> None:
-    exe = tmp_path / "counter"
-    shutil.copy(build("counter"), exe)
-    v = procs.spawn([str(exe), str(tmp_path / "out.txt")], tmp_path / "out.txt")
-    v.wait_ok_after(2)
-    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
-    reap(v.pid)
+    exe, v = counter_of_its_own(procs, build, tmp_path)
     exe.write_bytes(exe.read_bytes() + b"\0")  # the binary changed since the checkpoint
     before = children()
     with pytest.raises(CryoError, match="changed since the checkpoint"):

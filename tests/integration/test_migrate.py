@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -422,6 +422,26 @@ def test_wrong_secret_refused(procs: Procs, build: Any, hosts: Hosts) -> None:
     _clean_b(hosts, rcv)
 
 
+def _cut_migration(hosts: Hosts, v: Victim, secret: str, cut: Callable[[], None],
+                   *extra: str) -> str:  # fmt: skip
+    """`cryo migrate` of ``v`` from A to B (``extra`` options), ``cut`` while it runs: the
+    migration fails (neither exit 0 nor a bug's 70); what it printed."""
+    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
+                                      str(v.pid), "--to", f"{hosts.addr['B']}:{PORT}",
+                                      "--secret-file", secret, "--timeout", "5", *extra),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           close_fds=True)  # fmt: skip
+    try:
+        cut()
+        _, err = mig.communicate(timeout=120)
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+    assert mig.returncode not in (0, 70), err
+    return err
+
+
 @pytest.mark.parametrize("how", ["kill-receiver", "drop-link"])
 def test_connection_cut(procs: Procs, build: Any, hosts: Hosts, how: str) -> None:
     """The connection cut in the middle of the pre-copy: the migration fails, the source
@@ -429,12 +449,8 @@ def test_connection_cut(procs: Procs, build: Any, hosts: Hosts, how: str) -> Non
     v = _migr_on_a(procs, build, hosts, "512", "100", ok=0, timeout=60)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret, "--timeout", "5")
-    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
-                                      str(v.pid), "--to", f"{hosts.addr['B']}:{PORT}",
-                                      "--secret-file", secret, "--timeout", "5"),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           close_fds=True)  # fmt: skip
-    try:
+
+    def cut() -> None:
         deadline = time.monotonic() + 60
         while _rss(rcv.pid) < 64 << 20:  # the receiver holds 64 MiB of the pages: cut
             assert time.monotonic() < deadline, "the receiver got nothing"
@@ -443,12 +459,8 @@ def test_connection_cut(procs: Procs, build: Any, hosts: Hosts, how: str) -> Non
             os.kill(rcv.pid, signal.SIGKILL)
         else:
             hosts.sh("ip", "-n", hosts.ns["A"], "link", "set", hosts.veth["A"], "down")
-        _, err = mig.communicate(timeout=120)
-    finally:
-        if mig.poll() is None:
-            mig.kill()
-            mig.wait()
-    assert mig.returncode not in (0, 70), err
+
+    err = _cut_migration(hosts, v, secret, cut)
     assert "round 1:" not in err or "final" not in err, err
     _untouched(v)
     _clean_b(hosts, rcv)
@@ -737,20 +749,12 @@ def test_lazy_connection_cut(procs: Procs, build: Any, hosts: Hosts, victim: str
         v.wait_ok_after(0, timeout=60)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret, "--timeout", "5")
-    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
-                                      str(v.pid), "--to", f"{hosts.addr['B']}:{PORT}",
-                                      "--secret-file", secret, "--timeout", "5", "--lazy"),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           close_fds=True)  # fmt: skip
-    try:
+
+    def cut() -> None:
         rcv.wait_for(lambda ls: any("its pages follow" in x for x in ls), timeout=60)
         hosts.sh("ip", "-n", hosts.ns["A"], "link", "set", hosts.veth["A"], "down")
-        _, err = mig.communicate(timeout=120)
-    finally:
-        if mig.poll() is None:
-            mig.kill()
-            mig.wait()
-    assert mig.returncode not in (0, 70), err
+
+    _cut_migration(hosts, v, secret, cut, "--lazy")
     _untouched(v)
     assert not v.fails()
     _clean_b(hosts, rcv)

@@ -33,6 +33,19 @@ def cycle(procs: Procs, v: Victim, img: Path, **restart_kw: Any) -> Victim:
     return new
 
 
+def checkpoints_then_cycle(procs: Procs, v: Victim, tmp_path: Path) -> Victim:
+    """Four checkpoints that let ``v`` run on (each followed by two good rounds, no
+    failure), then :func:`cycle`; the restored victim, two more good rounds done."""
+    for i in range(4):
+        checkpoint(v.pid, str(tmp_path / f"img{i}"))
+        v.wait_ok_after(max(v.oks()) + 2)
+        assert not v.fails(), i
+    v = cycle(procs, v, tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+    return v
+
+
 def refused_untouched(v: Victim, img: Path, needle: str) -> None:
     """``cryo checkpoint --kill`` of ``v`` is refused: exit 9 naming ``needle``, no
     image, and the target goes on checking itself."""
@@ -170,13 +183,7 @@ def test_timer_signals_that_arrive_while_cryo_holds_the_threads(procs: Procs, tm
     out = tmp_path / "out.txt"
     v = procs.spawn([build_threaded(tmp_path, "sigtimers"), str(out), "", "300"], out)
     v.wait_ok_after(1)
-    for i in range(4):
-        checkpoint(v.pid, str(tmp_path / f"img{i}"))
-        v.wait_ok_after(max(v.oks()) + 2)
-        assert not v.fails(), i
-    v = cycle(procs, v, tmp_path / "img")
-    v.wait_ok_after(max(v.oks()) + 2)
-    assert not v.fails()
+    v = checkpoints_then_cycle(procs, v, tmp_path)
 
 
 def test_signals_and_thread_timers_in_a_pid_namespace(procs: Procs, tmp_path: Path) -> None:
@@ -510,12 +517,6 @@ def test_signals_from_another_process_keep_their_sender(procs: Procs, build: Any
     (tmp_path / "sender.tmp").write_text(str(sender.pid))
     (tmp_path / "sender.tmp").rename(pidfile)
     v.wait_ok_after(1)
-    for i in range(4):
-        checkpoint(v.pid, str(tmp_path / f"img{i}"))
-        v.wait_ok_after(max(v.oks()) + 2)
-        assert not v.fails(), i
-    v = cycle(procs, v, tmp_path / "img")
-    v.wait_ok_after(max(v.oks()) + 2)
-    assert not v.fails()
+    v = checkpoints_then_cycle(procs, v, tmp_path)
     last = v.lines()[-1].split()
     assert all(int(n) > 0 for n in last[2:]), last  # every kind of signal came
