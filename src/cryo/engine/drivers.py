@@ -56,6 +56,7 @@ from cryo.engine import (
     memory,
     namespaces,
     registers,
+    semundo,
     shmem,
     signals,
     specialfds,
@@ -485,6 +486,7 @@ DRIVERS: tuple[Driver, ...] = (
            restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))},
            describe=lambda v: {"timers": len(v.records[R.TIMR]["posix"])}),
     Driver("namespaces", collect=namespaces.check),
+    Driver("semundo", collect=semundo.check),
     Driver("cgroups", prepare=cgroups.prepare, born=cgroups.born),
     # (refuses: before any thread is read)
     Driver("landlock", inject_thread=landlock.check_thread, shared=landlock.release,
