@@ -10,9 +10,13 @@ from outside, as a user runs it: wall time around the whole process, its CPU tim
 on the same counter), and prints the ratios pair by pair.  ``--cmd``: how cryo is
 started (default ``python -m cryo``; ``cryo`` for the console script on PATH).
 Beside them: ``python -c pass`` and ``python -S -c pass`` on the same machine, and the
-engine's own time as the command reports it.
+engine's own time as the command reports it.  ``--daemon`` starts a cryod of the tree
+measured (its own socket, state and store) and adds, in the same rounds and on the same
+counter, the commands run through it by the thin client (``python -S bin/cryo`` with
+CRYO_DAEMON set: cryo.cli.thin); their CPU is the client's and the daemon's child's
+(with its worker: what the daemon's command server collected when it reaped it).
 
-    python bench/startup.py [--rounds 20] [--before /path/to/old/src]
+    python bench/startup.py [--rounds 20] [--before /path/to/old/src] [--daemon]
 """
 
 from __future__ import annotations
@@ -31,10 +35,48 @@ import time
 from pathlib import Path
 
 from benchlib import build, kill_all
+from cryo.daemon import Client
 from cryo.linux import libc
 from cryo.linux.consts import PR
 
 SRC = Path(__file__).resolve().parent.parent / "src"
+BIN = Path(__file__).resolve().parent.parent / "bin" / "cryo"
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the reaped children of ``pid`` (cutime + cstime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_daemon(work: Path, src: str) -> tuple[subprocess.Popen[bytes], str, int]:
+    """A cryod of tree ``src`` on ``work``/d: the process, its socket, its command
+    server's pid."""
+    d = work / "d"
+    d.mkdir()
+    sock = str(d / "s.sock")
+    p = subprocess.Popen([sys.executable, "-m", "cryo", "daemon", "--socket", sock,
+                          "--state", str(d / "state"), "--store", str(d / "store"),
+                          "--log", str(d / "log")], env=dict(os.environ, PYTHONPATH=src),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, close_fds=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with Client(sock, timeout=5) as c:
+                server = c.ping().get("commands")
+            if not server:
+                raise SystemExit("this cryod runs no commands (no command server)")
+            return p, sock, int(server)
+        except SystemExit:
+            p.kill()
+            raise
+        except Exception:
+            if time.monotonic() > deadline or p.poll() is not None:
+                p.kill()
+                raise SystemExit("cryod did not start") from None
+            time.sleep(0.05)
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -72,6 +114,8 @@ def main() -> None:
                     help="the tree measured (default: this one's)")
     ap.add_argument("--cmd", default=f"{sys.executable} -m cryo", help="how cryo is run")
     ap.add_argument("--dir", default=None, help="where images go (default: a temporary one)")
+    ap.add_argument("--daemon", action="store_true",
+                    help="also the commands run through a cryod by the thin client")
     args = ap.parse_args()
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)  # the restarted counters come back to us
     cmd = shlex.split(args.cmd)
@@ -81,7 +125,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cryo-startup-", dir=args.dir))
     pids: list[int] = []
     fig: dict[str, list[float]] = {}
+    daemon: subprocess.Popen[bytes] | None = None
+    server = 0
+    ways = {name: (cmd, {"PYTHONPATH": src}) for name, src in trees.items()}
     try:
+        if args.daemon:
+            daemon, sock, server = start_daemon(work, trees["after"])
+            ways["via cryod"] = ([sys.executable, "-S", str(BIN)],
+                                 {"PYTHONPATH": trees["after"], "CRYO_DAEMON": sock})
         exe = build("counter", work)
         out = work / "out.txt"
         p = subprocess.Popen([exe, str(out), "5"], stdin=subprocess.DEVNULL,
@@ -92,14 +143,17 @@ def main() -> None:
         tick = wait_ticks(out, 0)
         image = work / "image"
         for rnd in range(args.rounds + 1):  # the first round is not counted (warm-up)
-            for name, src in trees.items():
-                env = dict(os.environ, PYTHONPATH=src)
+            for name, (start, extra) in ways.items():
+                env = dict(os.environ, **extra)
                 shutil.rmtree(image, ignore_errors=True)
                 for what, argv in (
-                        ("checkpoint", [*cmd, "checkpoint", str(pid), "-D", str(image),
+                        ("checkpoint", [*start, "checkpoint", str(pid), "-D", str(image),
                                         "--kill"]),
-                        ("restart", [*cmd, "restart", "-D", str(image), "--detach"])):
+                        ("restart", [*start, "restart", "-D", str(image), "--detach"])):
+                    before = children_cpu(server) if server else 0.0
                     wall, cpu, err = timed(argv, env)
+                    if name == "via cryod":  # (the daemon's child: reaped before it answered)
+                        cpu += children_cpu(server) - before
                     if what == "checkpoint":  # killed: its zombie is ours (a subreaper)
                         gone_by = time.monotonic() + 5
                         while os.path.exists(f"/proc/{pid}") and time.monotonic() < gone_by:
@@ -122,30 +176,40 @@ def main() -> None:
                            statistics.median(r[1] for r in runs))
     finally:
         kill_all(pids)
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(30)
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
     print(f"startup: {args.rounds} rounds, medians; cryo as {shlex.join(cmd)};"
           f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if "PYTHONDONTWRITEBYTECODE" in os.environ:
         print("warning: PYTHONDONTWRITEBYTECODE is set: each command may compile cryo")
-    names = list(trees)
+    names = list(ways)
     head = ["", *[f"{n} wall" for n in names], *[f"{n} CPU" for n in names]]
-    if len(names) == 2:
+    if "before" in names:
         head += ["wall after/before (median of pairs)"]
-    head += [f"{names[-1]} engine's own"]
+    head += [f"{n} engine's own" for n in names if n != "before"]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for what in ("checkpoint", "restart"):
         row = [f"`cryo {what}`"]
         row += [f"{statistics.median(fig[f'{n} {what} wall']):.3f} s" for n in names]
         row += [f"{statistics.median(fig[f'{n} {what} cpu']):.3f} s" for n in names]
-        if len(names) == 2:
+        if "before" in names:
             pairs = [a / b for a, b in zip(fig[f"after {what} wall"], fig[f"before {what} wall"],
                                            strict=True)]  # fmt: skip
             row.append(f"{statistics.median(pairs):.2f}")
-        own = fig.get(f"{names[-1]} {what} own")
-        row.append(f"{statistics.median(own):.3f} s" if own else "-")
+        for n in names:
+            if n != "before":
+                own = fig.get(f"{n} {what} own")
+                row.append(f"{statistics.median(own):.3f} s" if own else "-")
         print("| " + " | ".join(row) + " |")
+    if args.daemon:
+        for what in ("checkpoint", "restart"):
+            wall = statistics.median(fig[f"via cryod {what} wall"])
+            print(f"via cryod, cryo {what}: {wall:.3f} s wall (median):"
+                  f" {'met' if wall <= 0.08 else 'not met'} against 0.08 s")
     for label, (wall, cpu) in base.items():
         print(f"{label}: {wall:.3f} s wall, {cpu:.3f} s CPU")
 

@@ -31,7 +31,8 @@ FAST_EXIT = ("checkpoint", "restart", "show", "run")
 def _command(argv: Sequence[str]) -> str | None:
     """The command named in ``argv`` (after the global options), if it is one we know."""
     for arg in argv:
-        if arg in ("-v", "--verbose") or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+        if arg in ("-v", "--verbose", "--via-daemon") or (
+                arg.startswith("-v") and set(arg[1:]) == {"v"}):
             continue
         return arg if arg in COMMANDS else None
     return None
@@ -49,6 +50,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="version", version=f"cryo {cryo.__version__}")
+    parser.add_argument("--via-daemon", action="store_true",
+                        help="checkpoint, restart or show run by a running cryod (root;"
+                        " also CRYO_DAEMON=1 or CRYO_DAEMON=SOCKET): no start-up; run here"
+                        " where the daemon does not take it (docs/protocol.md)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     command = _command(argv) if argv is not None else None
     if command is not None:
@@ -90,7 +95,15 @@ def console() -> None:
     commands of :data:`FAST_EXIT`, out without tearing the interpreter down module by
     module (a tenth of a small checkpoint's CPU time): the exit handlers run and the
     output is flushed first.  Other commands, or other threads still running: the usual
-    exit (which waits for them and finalizes every object)."""
+    exit (which waits for them and finalizes every object).  With ``--via-daemon`` or
+    CRYO_DAEMON, the command is first offered to cryod (:mod:`cryo.cli.thin`)."""
+    from cryo.cli import thin
+
+    asked, argv = thin.split(sys.argv[1:])
+    if asked:
+        taken = thin.run(argv)
+        if taken is not None:
+            sys.exit(taken)
     code = main()
     import atexit
     import contextlib

@@ -91,7 +91,23 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("job_resume", (_NAME,), "{}", "staged: let the processes go on"),
     Op("job_abort", (_NAME,), "{}", "staged: let them go on as before, nothing kept"
        " (a version already written stays)"),
+    # the thin client's (cryo.cli.thin, docs/protocol.md "Commands"): a cryo command line
+    # run by a child of the daemon; the request carries, with SCM_RIGHTS, the caller's
+    # fds 0, 1, 2 and its working directory (an O_PATH fd), in that order
+    Op("command", (
+        Field("argv", list, True, "the command line after `cryo` (checkpoint, restart, show)"),
+        Field("env", dict, True, "the command's environment"),
+        Field("umask", _INT, True, "the command's umask"),
+        Field("cwd", (str, type(None)), False, "the working directory's path (for messages;"
+              " the fd is the one used)"),
+    ), "{exit_code} once the command ended (an error reply: it was not run)",
+       "run a cryo command for a root caller, in its fds, cwd, umask, environment, nice"
+       " value and limits", root_only=True),
+    Op("command_signal", (Field("signal", _INT, True, "SIGINT, SIGTERM or SIGHUP"),),
+       "none", "on a connection running a command: send it this signal", root_only=True),
 )}
+COMMAND_FDS = 4  # the fds a command request carries: 0, 1, 2 and the cwd
+COMMAND_SIGNALS = (1, 2, 15)  # what command_signal forwards: SIGHUP, SIGINT, SIGTERM
 
 
 def check_request(msg: Any) -> tuple[Op, dict[str, Any]]:
@@ -162,10 +178,29 @@ def send(sock: socket.socket, msg: Any) -> None:
     sock.sendall(_LEN.pack(len(data)) + data)
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes | None:
+def send_fds(sock: socket.socket, msg: Any, fds: list[int]) -> None:
+    """:func:`send`, with ``fds`` passed (SCM_RIGHTS) on the frame's first byte."""
+    data = json.dumps(msg, separators=(",", ":")).encode()
+    if len(data) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(data)} bytes is too large")
+    frame = _LEN.pack(len(data)) + data
+    sent = socket.send_fds(sock, [frame], fds)
+    if sent < len(frame):
+        sock.sendall(frame[sent:])
+
+
+MAX_FDS = 8  # fds taken with one frame (more are closed by the kernel)
+
+
+def _read_exact(sock: socket.socket, n: int, fds: list[int] | None = None) -> bytes | None:
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
+        if fds is not None:  # (fds ride on the first byte: taken with the length)
+            chunk, got, _, _ = socket.recv_fds(sock, n - len(buf), MAX_FDS,
+                                               socket.MSG_CMSG_CLOEXEC)  # fmt: skip
+            fds.extend(got)
+        else:
+            chunk = sock.recv(n - len(buf))
         if not chunk:
             if buf:
                 raise ProtocolError("connection closed in the middle of a frame")
@@ -174,9 +209,10 @@ def _read_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def recv(sock: socket.socket) -> Any:
-    """The next message, or None at the end of the connection."""
-    head = _read_exact(sock, _LEN.size)
+def recv(sock: socket.socket, fds: list[int] | None = None) -> Any:
+    """The next message, or None at the end of the connection; with ``fds``, the fds
+    that came with it are added to that list (the caller closes them)."""
+    head = _read_exact(sock, _LEN.size, fds)
     if head is None:
         return None
     (n,) = _LEN.unpack(head)
@@ -191,6 +227,7 @@ def recv(sock: socket.socket) -> Any:
         raise ProtocolError(f"a frame is not JSON: {err}") from err
 
 
-__all__ = ["DEFAULT_SOCKET", "DEFAULT_STATE", "DEFAULT_STORE", "OPS", "SOCKET_ENV", "Field",
-           "Op", "ProtocolError", "check_request", "raise_reply", "recv", "reply_error",
-           "reply_ok", "request", "send"]
+__all__ = ["COMMAND_FDS", "COMMAND_SIGNALS", "DEFAULT_SOCKET", "DEFAULT_STATE",
+           "DEFAULT_STORE", "MAX_FDS", "OPS", "SOCKET_ENV", "Field", "Op", "ProtocolError",
+           "check_request", "raise_reply", "recv", "reply_error", "reply_ok", "request",
+           "send", "send_fds"]

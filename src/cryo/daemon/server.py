@@ -40,6 +40,7 @@ from cryo.daemon.state import State
 from cryo.errors import AccessDenied, CryoError, ImageExists, NoSuchProcess, Usage
 
 if TYPE_CHECKING:
+    from cryo.daemon.commands import CommandServer
     from cryo.daemon.gridhost import GridHost
 
 log = logging.getLogger("cryo.daemon")
@@ -130,6 +131,7 @@ class Daemon:
                                          daemon=True) for i in range(self.max_concurrent)]
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = \
             queue.SimpleQueue()  # fmt: skip
+        self.commands: CommandServer | None = None  # the thin client's (daemon/commands.py)
 
     def submit(self, name: str, fn: Callable[[], Any]) -> None:
         """``fn()`` (an operation of job ``name``) run by the next free worker."""
@@ -199,6 +201,7 @@ class Daemon:
 
     def _listening_fds(self) -> list[int]:
         fds = [self.server.fileno()] if self.server is not None else []
+        fds += self.commands.fds if self.commands is not None else []
         return fds + list(self._metrics_fds)
 
     # -- one operation per job at a time ---------------------------------------------
@@ -266,10 +269,44 @@ class Daemon:
         fn: Callable[[Caller, dict[str, Any]], Any] = getattr(self, f"op_{op.name}")
         return fn(caller, args)
 
+    def op_command(self, caller: Caller, args: dict[str, Any], fds: list[int] | None = None,
+                   conn: socket.socket | None = None) -> Any:
+        """A thin client's command line (cryo.cli.thin), handed with the connection and
+        the caller's fds to the command server, which answers when it ends; refused (and
+        so not run: the client runs it itself) for a caller whose namespaces, root or
+        cgroups are not the daemon's."""
+        from cryo.daemon.commands import COMMANDS, caller_limits, same_place
+
+        if fds is None or conn is None:
+            raise Usage("command: only on the daemon's socket, with its fds")
+        if len(fds) != P.COMMAND_FDS:
+            raise P.ProtocolError(f"command: {P.COMMAND_FDS} fds (0, 1, 2 and the cwd) go"
+                                  f" with it, not {len(fds)}")  # fmt: skip
+        argv = args["argv"]
+        if not all(isinstance(a, str) for a in argv) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in args["env"].items()):
+            raise P.ProtocolError("command: argv and env are strings")
+        if not set(argv) & set(COMMANDS):
+            raise Usage(f"command: the daemon runs {', '.join(COMMANDS)} only")
+        if self.commands is None:
+            raise CryoError("this daemon runs no commands")
+        differs = same_place(caller.pid)
+        if differs is not None:
+            raise AccessDenied(f"command: process {caller.pid} differs from cryod in"
+                               f" {differs}", pid=caller.pid)  # fmt: skip
+        job = {"argv": argv, "env": args["env"], "umask": args["umask"] & 0o777,
+               "cwd": args.get("cwd"), "caller": caller.pid, **caller_limits(caller.pid)}
+        self.commands.hand(conn, fds, job)
+        return None
+
+    def op_command_signal(self, caller: Caller, args: dict[str, Any]) -> Any:
+        raise Usage("command_signal: only on a connection running a command")
+
     def op_ping(self, caller: Caller, args: dict[str, Any]) -> Any:
         return {"version": __version__, "pid": os.getpid(), "uid": caller.uid,
                 "gid": caller.gid, "store": self.store,
-                "grid": self.grid.describe() if self.grid else None}  # fmt: skip
+                "grid": self.grid.describe() if self.grid else None,
+                "commands": self.commands.pid if self.commands else None}  # fmt: skip
 
     def op_jobs(self, caller: Caller, args: dict[str, Any]) -> Any:
         return [self.describe(j) for j in self.visible(caller)]
@@ -714,6 +751,10 @@ class Daemon:
             self._runners.put(Runner(forker=self.in_main, close_fds=self._listening_fds))
         self._gc_runner = Runner(forker=self.in_main, close_fds=self._listening_fds,
                                  background=True)  # fmt: skip
+        # the thin client's commands: forked now, while this is the only thread
+        from cryo.daemon.commands import CommandServer
+
+        self.commands = CommandServer()
         for a in self.state.interrupted():
             event("interrupted attempt", job=a["job"], kind=a["kind"], attempt=a["id"],
                   daemon=a["daemon"])  # fmt: skip
@@ -753,6 +794,8 @@ class Daemon:
                 self._runners.get_nowait().close()
         if self._gc_runner is not None and self._gc_busy.acquire(blocking=False):
             self._gc_runner.close()  # (and the lock stays held: no gc after this)
+        if self.commands is not None:
+            self.commands.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -845,9 +888,12 @@ class _Handler(socketserver.BaseRequestHandler):
         caller = Caller(pid, uid, gid)
         daemon = self.server.daemon
         while True:
+            fds: list[int] = []  # (a command's: the caller's fds 0-2 and cwd)
             try:
-                msg = P.recv(sock)
+                msg = P.recv(sock, fds)
             except (P.ProtocolError, OSError) as err:
+                for fd in fds:
+                    os.close(fd)
                 with contextlib.suppress(OSError):
                     P.send(sock, P.reply_error(err if isinstance(err, CryoError) else
                                                P.ProtocolError(str(err))))  # fmt: skip
@@ -855,18 +901,30 @@ class _Handler(socketserver.BaseRequestHandler):
             if msg is None:
                 return
             t0 = time.monotonic()
+            handed = False
             try:
                 op, args = P.check_request(msg)
                 if op.root_only and not caller.root:
                     raise AccessDenied(f"{op.name} is for root only")
-                reply = P.reply_ok(daemon.dispatch(caller, op, args))
+                if op.name == "command":  # (the command server answers, at its end)
+                    daemon.op_command(caller, args, fds, sock)
+                    handed = True
+                    reply = P.reply_ok(None)
+                else:
+                    reply = P.reply_ok(daemon.dispatch(caller, op, args))
             except Exception as err:
                 if not isinstance(err, CryoError):
                     log.exception("bug in %s", msg.get("op") if isinstance(msg, dict) else "?")
                 reply = P.reply_error(err)
+            finally:
+                for fd in fds:
+                    os.close(fd)
             event("request", op=msg.get("op") if isinstance(msg, dict) else None,
                   uid=uid, pid=pid, ok=reply["ok"], error=reply.get("error"),
                   seconds=round(time.monotonic() - t0, 4))  # fmt: skip
+            if handed:
+                self.server.handed(sock)
+                return
             try:
                 P.send(sock, reply)
             except OSError:
@@ -876,6 +934,19 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     daemon: Daemon
+    _handed: set[socket.socket]
+
+    def handed(self, request: socket.socket) -> None:
+        """``request`` (a command's connection) is the command server's now: closed
+        here without a shutdown, which would end it for the server as well."""
+        self._handed.add(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        if request in self._handed:
+            self._handed.discard(request)
+            self.close_request(request)
+            return
+        super().shutdown_request(request)
 
 
 def _serve(daemon: Daemon) -> _Server:
@@ -895,6 +966,7 @@ def _serve(daemon: Daemon) -> _Server:
             probe.close()
     server = _Server(path, _Handler, bind_and_activate=False)
     server.daemon = daemon
+    server._handed = set()
     old = os.umask(0o111)
     try:
         server.server_bind()
