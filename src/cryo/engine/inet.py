@@ -537,6 +537,12 @@ def _waiting(pid: int, local: list[Any], n: int, refuse: Callable[[str], Unsuppo
     for fam in (socket.AF_INET, socket.AF_INET6):
         for state, src, dst, rport, ifindex, rx in _in_netns(pid, N.tcp_orphans, fam,
                                                              local[1]):  # fmt: skip
+            # (a connection the program accepted and closed lingers here too, in
+            # FIN_WAIT*, CLOSING, LAST_ACK or TIME_WAIT; a handshake not done yet in
+            # SYN_RECV: neither is in the queue, whose ones are ESTABLISHED, or
+            # CLOSE_WAIT when their client closed)
+            if state not in (ST.ESTABLISHED, ST.CLOSE_WAIT):
+                continue
             if anywhere or _same_addr(_ntop(fam, src), str(local[0])):
                 found.append((state, rx, [_ntop(fam, dst), rport], (fam, src, dst, ifindex)))
     if len(found) != n:
