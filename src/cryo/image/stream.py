@@ -371,7 +371,11 @@ class StreamSink:
 
 
 class _Side(io.BytesIO):
-    """A side file kept in memory until commit."""
+    """A side file kept in memory until commit (its writer's close keeps the data:
+    spmf writes each saved file in a ``with``)."""
+
+    def close(self) -> None:
+        pass
 
 
 # -- the source --------------------------------------------------------------------------
