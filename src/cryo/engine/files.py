@@ -77,6 +77,8 @@ class Found:
     # the sockets of its network namespace: inode -> (family, unix address as
     # /proc/net/unix shows it), read once per namespace (None: ask the socket itself)
     sockets: dict[int, tuple[int, str]] | None = None
+    info: bytes = b""  # its /proc/PID/fdinfo, as read once (b"": not read)
+    links: dict[int, str] | None = None  # the process's fd table: fd -> link
 
     @property
     def fmt(self) -> int:
@@ -173,12 +175,12 @@ def _describe_held(fd: int, descs: Descriptions) -> int:
 
 
 def _fdinfo(f: Found) -> bytes:
-    return procfs.read(f.pid, f"fdinfo/{f.fd}")
+    return f.info or procfs.read(f.pid, f"fdinfo/{f.fd}")
 
 
 def _describe_anon(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
-    return anonfds.describe(anonfds.kind_of(f.target) or "", procfs.read(f.pid, f"fdinfo/{f.fd}"),
-                            f.pid, f.fd)  # fmt: skip
+    return anonfds.describe(anonfds.kind_of(f.target) or "", _fdinfo(f), f.pid, f.fd,
+                            f.links)  # fmt: skip
 
 
 def _is_family(*families: int) -> Callable[[Found], bool]:
@@ -291,21 +293,29 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
     pid = ctx.pid
     shell_job = bool(ctx.options.get("shell_job"))
     table: list[dict[str, Any]] = []
-    try:
-        names = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
-    except FileNotFoundError as err:
-        raise CryoError(f"process {pid} vanished", pid=pid) from err
+    # the fd table as the inet driver read it in this freeze, or read now
+    names, links = ctx.live.pop("fd_links", (None, {}))
+    if names is None:
+        try:
+            names = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
+        except FileNotFoundError as err:
+            raise CryoError(f"process {pid} vanished", pid=pid) from err
     net: dict[int, tuple[int, str]] | None = None  # its netns's sockets, read once
+    raw_infos: dict[int, bytes] = ctx.live.setdefault("fdinfo", {})  # (for locks.collect)
     for fd in names:
-        target = procfs.readlink(pid, f"fd/{fd}")
+        target = links.get(fd)
+        if target is None:
+            target = links[fd] = procfs.readlink(pid, f"fd/{fd}")
         if dirty.is_ours(pid, fd, target):
             continue  # the write tracking cryo armed (engine/dirty.py): not the program's
-        info = procfs.parse_fdinfo(procfs.read(pid, f"fdinfo/{fd}"))
+        raw = raw_infos[fd] = procfs.read(pid, f"fdinfo/{fd}")
+        info = procfs.parse_fdinfo(raw)
         st = os.stat(f"/proc/{pid}/fd/{fd}")
         if _is_socket_link(target) and net is None:
             net = _sockets(pid, descs) or {}
             net.update(inet.tcp_sockets(pid))  # (read by the inet driver already)
-        found = Found(pid, fd, target, st, net if _is_socket_link(target) else None)
+        found = Found(pid, fd, target, st, net if _is_socket_link(target) else None, raw,
+                      links)  # fmt: skip
         k = kind_of(found, shell_job)
         if k.refuse is not None:
             raise Unsupported(f"fd {fd}: {k.refuse(found)}", pid=pid, resource=f"fd {fd}")
@@ -878,6 +888,10 @@ _STDIO = FdKind("stdio", lambda f: f.fd <= 2 and (
 _CTTY = FdKind("ctty", lambda f: tty.on_job_terminal(f.pid, f.fmt, f.st.st_rdev),
                open=lambda d, _o: tty.open_job_terminal(d))
 KINDS = {k.name: k for k in (*FD_KINDS, _STDIO, _CTTY, _PROC)}
+_INET_KIND = KINDS["inet"]
+
+
+_INET_KNOWN = (socket.AF_INET, socket.AF_INET6)  # the families the socket table knows
 
 
 def kind_of(f: Found, shell_job: bool) -> FdKind:
@@ -885,4 +899,10 @@ def kind_of(f: Found, shell_job: bool) -> FdKind:
         for k in (_STDIO, _CTTY):
             if k.match(f):
                 return k
+    elif f.sockets is not None and stat.S_ISSOCK(f.st.st_mode):
+        # a TCP or UDP socket the namespace's table knows: every kind before "inet"
+        # asks for another file type, another link, or (agents, unix) another family
+        known = f.sockets.get(f.st.st_ino)
+        if known is not None and known[0] in _INET_KNOWN and _is_socket(f):
+            return _INET_KIND
     return next(k for k in FD_KINDS if k.match(f))

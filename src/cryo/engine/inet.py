@@ -120,6 +120,7 @@ TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram
 _TYPE_OF = {v: int(k) for k, v in TYPES.items()}
 _STATE_NAME = {int(m): m.name for m in ST}
 _LISTEN = int(ST.LISTEN)
+_STREAM, _TCP = int(socket.SOCK_STREAM), int(socket.IPPROTO_TCP)
 
 
 def dup(pid: int, fd: int) -> socket.socket:
@@ -287,6 +288,8 @@ class Held:
     sock: socket.socket
     state: dict[str, Any]
     repair: bool = True
+    conn: Conn | None = None  # its addresses, as the TCP table showed them
+    family: int = socket.AF_INET
 
 
 # the connections this checkpoint holds, by socket inode (engine/netlock.py's driver
@@ -398,7 +401,7 @@ def hold(pid: int, fd: int, ino: int, family: int) -> Held:
     except OSError:
         s.close()
         raise
-    h = HELD[ino] = Held(s, {})
+    h = HELD[ino] = Held(s, {}, family=family)
     h.state = _read_repair(s)
     h.state["reuseaddr"] = reuse
     return h
@@ -475,7 +478,8 @@ def describe(pid: int, fd: int, ino: int) -> dict[str, Any]:
 
 
 def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[str, Any]:
-    ident = identity(s)
+    # (a held connection's socket object was made with what it is: _dup_held)
+    ident = (held.family, _STREAM, _TCP) if held is not None else identity(s)
     family, typ, proto = ident
 
     def refuse(why: str) -> Unsupported:
@@ -487,8 +491,16 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
     if N.filter_len(s.fileno()):
         raise refuse("has a socket filter attached (SO_ATTACH_FILTER), which is not"
                      " supported yet")
+    if held is not None and held.conn is not None and family == socket.AF_INET:
+        # (an IPv4 connection's addresses as the TCP table gave them: getsockname's;
+        # an IPv6 one's have a flow label and scope besides)
+        la, lp, ra, rp = held.conn
+        local: list[Any] | None = [la, lp]
+        remote: list[Any] | None = [ra, rp]
+    else:
+        local, remote = _addr(s, False), _addr(s, True)
     d: dict[str, Any] = {"family": family, "sotype": TYPES[typ], "proto": proto,
-                         "local": _addr(s, False), "remote": _addr(s, True)}  # fmt: skip
+                         "local": local, "remote": remote}  # fmt: skip
     tcp = family in (socket.AF_INET, socket.AF_INET6) and typ == socket.SOCK_STREAM
     if tcp:
         if held is None:
@@ -1016,11 +1028,16 @@ def lock_connections(ctx: Any) -> None:
     global _lock, _image_lock
     pid = ctx.pid
     socks = []
-    for n in os.listdir(f"/proc/{pid}/fd"):
+    names = os.listdir(f"/proc/{pid}/fd")
+    links: dict[int, str] = {}
+    for n in names:
         with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{n}")
+            target = links[int(n)] = os.readlink(f"/proc/{pid}/fd/{n}")
             if target.startswith("socket:["):
                 socks.append((int(n), int(target[8:-1])))
+    # the fd table as read here, for the files driver (the process is frozen: it
+    # cannot change before files.dump reads it; one readlink per fd, not two)
+    ctx.live["fd_links"] = (sorted(int(n) for n in names), links)
     if not socks:
         return
     mine = {ino for _, ino in socks}
@@ -1064,7 +1081,9 @@ def lock_connections(ctx: Any) -> None:
     try:
         for fd, ino, conn in todo:
             family = socket.AF_INET6 if ":" in conn[0] else socket.AF_INET
-            hold(pid, fd, ino, family).state["lock"] = _image_lock
+            h = hold(pid, fd, ino, family)
+            h.state["lock"] = _image_lock
+            h.conn = conn
     finally:
         _close_pidfds()
 

@@ -153,22 +153,37 @@ def collect(ctx: DumpContext) -> None:
 
 def _collect(ctx: DumpContext, rec: dict[str, Any], descs: list[dict[str, Any]],
              seen: set[tuple[Any, ...]], owners_done: set[int], pidfd: int | None) -> None:
+    infos: dict[int, bytes] = ctx.live.pop("fdinfo", {})  # (as files.dump read them)
     for e in rec["fds"]:
         fd = e["fd"]
         d = descs[e["desc"]]
         if d["kind"] == "stdio":
             continue
-        try:
-            with open(f"/proc/{ctx.pid}/fdinfo/{fd}", "rb") as f:
-                info = f.read()
-        except FileNotFoundError as err:
-            raise CryoError(f"process {ctx.pid} vanished", pid=ctx.pid) from err
-        for lk in parse_fdinfo_locks(info):
-            seen.add(lk.key)
-            _keep(ctx.pid, fd, d, lk)
+        info = infos.get(fd)
+        if info is None:
+            try:
+                with open(f"/proc/{ctx.pid}/fdinfo/{fd}", "rb") as f:
+                    info = f.read()
+            except FileNotFoundError as err:
+                raise CryoError(f"process {ctx.pid} vanished", pid=ctx.pid) from err
+        if b"lock:" in info:
+            for lk in parse_fdinfo_locks(info):
+                seen.add(lk.key)
+                _keep(ctx.pid, fd, d, lk)
         if e["desc"] not in owners_done and "owner" not in d:
             owners_done.add(e["desc"])
-            _owner(ctx.pid, fd, d, pidfd)
+            _owner(ctx.pid, fd, d, pidfd, _held_fd(d))
+
+
+def _held_fd(d: dict[str, Any]) -> int | None:
+    """cryo's own duplicate of a TCP connection the inet driver holds (engine/inet.py),
+    or None: its owner is read on it instead of on a duplicate made for that."""
+    if d["kind"] != "inet" or "tcp" not in d:
+        return None
+    from cryo.engine import inet  # (imported already: it described the connection)
+
+    held = inet.HELD.get(d["ino"])
+    return held.sock.fileno() if held is not None else None
 
 
 def _keep(pid: int, fd: int, d: dict[str, Any], lk: Lock) -> None:
@@ -198,9 +213,14 @@ def _keep(pid: int, fd: int, d: dict[str, Any], lk: Lock) -> None:
         raise _refuse(pid, fd, f"{lk.kind} lock on {path} is not supported")
 
 
-def _owner(pid: int, fd: int, d: dict[str, Any], pidfd: int | None) -> None:
+def _owner(pid: int, fd: int, d: dict[str, Any], pidfd: int | None,
+           held: int | None = None) -> None:  # fmt: skip
     """The description's signal owner and signal, read on a duplicate of the fd (through
-    ``pidfd``, the process's; None: it could not be opened, the process is gone)."""
+    ``pidfd``, the process's; None: it could not be opened, the process is gone), or on
+    ``held``, cryo's duplicate of it already."""
+    if held is not None:
+        _read_owner(held, d)
+        return
     if pidfd is None:
         return
     try:
@@ -208,13 +228,18 @@ def _owner(pid: int, fd: int, d: dict[str, Any], pidfd: int | None) -> None:
     except OSError:
         return  # some files cannot be duplicated: they have no owner worth keeping
     try:
+        _read_owner(mine, d)
+    finally:
+        os.close(mine)
+
+
+def _read_owner(mine: int, d: dict[str, Any]) -> None:
+    try:
         raw = fcntl.fcntl(mine, F_GETOWN_EX, bytes(8))
         otype, opid = struct.unpack("ii", raw)
         sig = fcntl.fcntl(mine, F_GETSIG)
     except OSError:
         return
-    finally:
-        os.close(mine)
     if opid:
         d["owner"] = {"type": otype, "pid": opid, "nspid": _nspid(opid, otype)}
     if sig:
