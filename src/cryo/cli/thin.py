@@ -24,7 +24,7 @@ imports of ``enum`` and ``re`` would cost more than all the rest of the client).
 from __future__ import annotations
 
 import _json
-import _signal
+import _signal  # type: ignore[import-not-found]
 import _socket
 import os
 import sys
@@ -95,7 +95,7 @@ class _Ctx:  # what _json.make_scanner reads (json.JSONDecoder's attributes)
 
 
 def _loads(text: str) -> object:
-    value, _end = _json.make_scanner(_Ctx())(text, 0)
+    value, _end = _json.make_scanner(_Ctx())(text, 0)  # type: ignore[arg-type]
     return value
 
 
