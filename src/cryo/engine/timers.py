@@ -1,13 +1,33 @@
 """Timers: the three interval timers and POSIX timers, with their remaining time.  A
 POSIX timer aimed at one thread (SIGEV_THREAD_ID, as glibc's SIGEV_THREAD timers are:
 signal 32 to its helper thread) is aimed again at that thread's restored tid, as the
-process sees it (in a pid namespace of its own, not as cryo does)."""
+process sees it (in a pid namespace of its own, not as cryo does).
+
+A CLOCK_REALTIME timer set with TIMER_ABSTIME keeps its wall-clock expiry (restored
+relative, restarted later, it fired later by the time away).  No interface shows the
+flag (/proc/PID/timers: id, signal, notify, clock; timer_gettime: the time left), but the
+kernel shows its effect: a relative CLOCK_REALTIME timer runs on the monotonic hrtimer
+base (clock changes do not move it), an absolute one on the realtime base, and
+/proc/timer_list lists every armed hrtimer (posix_timer_fn) by base with its expiry in
+nanoseconds.  The timer is found there by that expiry, which lies between the clock
+read just before its timer_gettime and the clock read just after, plus the time left
+(a window of microseconds, the calls running in one batch in the frozen target).  A
+periodic timer that fired during the freeze is re-armed only when its signal is taken,
+so it is in no list then: it is found in the list read just before the freeze
+(:func:`snapshot`), its expiry now that one plus a whole number of intervals.  A
+CLOCK_REALTIME timer found in neither (SIGEV_NONE ones are never in the list; one whose
+signal was pending before the freeze; no /proc/timer_list, which only root may read)
+is refused: exit 9, naming it.  On the other clocks the flag changes nothing the kernel
+keeps (one base, the expiry absolute either way): they come back relative, their time
+left counted from the restart, as CRIU does."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import struct
 from typing import Any
 
 from cryo import procfs
@@ -25,6 +45,11 @@ log = logging.getLogger(__name__)
 KIND = b"TIMR"
 _NOTIFY = {"signal": 0, "none": 1, "thread": 2}  # SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD
 SIGEV_THREAD_ID = 4
+CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
+TIMER_ABSTIME = 1
+TIMER_LIST = "/proc/timer_list"
+_BASES = {0: "monotonic", 1: "realtime"}  # hrtimer base index & 3 (4-7: their soft twins)
+_NS = 10**9
 
 
 def ns_tid(pid: int, tid: int) -> int:
@@ -40,26 +65,131 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
     inj = ctx.inj
     timers = procfs.parse_timers(procfs.read(ctx.pid, "timers"))
     itv, its = ctypes.sizeof(S.itimerval), ctypes.sizeof(S.itimerspec)
+    real = any(t.clock == CLOCK_REALTIME for t in timers)
     with inj.batch() as b:  # one stop for all of them
         ibuf = b.reserve(3 * itv)
         pbuf = b.reserve(max(1, len(timers)) * its)
+        cbuf = b.reserve(4 * 16)  # the two clocks before and after the timers' reads
+        if real:
+            b.call(SYS.clock_gettime, CLOCK_REALTIME, cbuf)
+            b.call(SYS.clock_gettime, CLOCK_MONOTONIC, cbuf + 16)
         for which in range(3):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
             b.call(SYS.getitimer, which, ibuf + which * itv)
         for k, t in enumerate(timers):
             b.call(SYS.timer_gettime, t.id, pbuf + k * its)
-    raw = b.read(ibuf, pbuf - ibuf + len(timers) * its)
+        if real:
+            b.call(SYS.clock_gettime, CLOCK_REALTIME, cbuf + 32)
+            b.call(SYS.clock_gettime, CLOCK_MONOTONIC, cbuf + 48)
+    raw = b.read(ibuf, cbuf + 64 - ibuf)
     itimers = [raw[which * itv : (which + 1) * itv] for which in range(3)]
     posix = []
     for t in timers:
         _check_clock(ctx.pid, t.id, t.clock)
+    listed: dict[str, list[int]] | None = None
     for k, t in enumerate(timers):
         at = pbuf - ibuf + k * its
-        posix.append({
+        rec: dict[str, Any] = {
             "id": t.id, "signal": t.signal, "value": t.sigev_value, "notify": t.notify,
             "tid": t.notify_tid, "clock": t.clock, "to_thread": t.to_thread,
             "spec": raw[at : at + its],
-        })  # fmt: skip
+        }  # fmt: skip
+        spec = S.itimerspec.from_buffer_copy(raw[at : at + its])
+        left = spec.it_value.tv_sec * _NS + spec.it_value.tv_nsec
+        if t.clock == CLOCK_REALTIME and left:
+            if listed is None:
+                listed = _read_list()
+            c = [int.from_bytes(raw[cbuf - ibuf + 8 * i : cbuf - ibuf + 8 * i + 8], "little")
+                 for i in range(8)]  # fmt: skip
+            clocks = {"realtime": (c[0] * _NS + c[1], c[4] * _NS + c[5]),
+                      "monotonic": (c[2] * _NS + c[3], c[6] * _NS + c[7])}  # fmt: skip
+            iv = spec.it_interval.tv_sec * _NS + spec.it_interval.tv_nsec
+            deadline = _absolute(ctx, t.id, left, iv, clocks, listed)
+            if deadline is not None:
+                rec["deadline"] = deadline
+        posix.append(rec)
     return {"pid": ctx.pid, "itimers": itimers, "posix": posix}
+
+
+def snapshot(session: Any) -> None:
+    """Before the freeze: /proc/timer_list as it is (0.1 ms), for a periodic timer whose
+    signal comes during the freeze (see the module's note)."""
+    with contextlib.suppress(OSError, AttributeError):
+        session.shared.early["timer_list"] = _parse_list(_read_text())
+
+
+def _read_text() -> str:
+    with open(TIMER_LIST) as f:
+        return f.read()
+
+
+def _read_list() -> dict[str, list[int]] | None:
+    try:
+        return _parse_list(_read_text())
+    except OSError:
+        return None
+
+
+def _parse_list(text: str) -> dict[str, list[int]]:
+    """The expiry (soft, in its base's clock) of every armed POSIX timer, by base."""
+    out: dict[str, list[int]] = {"monotonic": [], "realtime": []}
+    base: str | None = None
+    fn = False
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("clock ") and s.endswith(":"):
+            base = _BASES.get(int(s[6:-1]) & 3)
+        elif s.startswith("#") and not s.startswith("# "):
+            fn = ", posix_timer_fn," in s
+        elif fn and base is not None and s.startswith("# expires at "):
+            out[base].append(int(s[13:].split("-", 1)[0]))
+            fn = False
+    return out
+
+
+def _absolute(ctx: DumpContext, timer: int, left: int, iv: int,
+              clocks: dict[str, tuple[int, int]],
+              listed: dict[str, list[int]] | None) -> int | None:  # fmt: skip
+    """A CLOCK_REALTIME timer's expiry (ns since the epoch) if it was set with
+    TIMER_ABSTIME, None if relative; refused where it cannot be told."""
+    found: set[str] = set()
+    if listed is not None:
+        found = {base for base, exp in listed.items() for e in exp
+                 if clocks[base][0] + left <= e <= clocks[base][1] + left}  # fmt: skip
+        if len(found) == 1:
+            return _deadline(found.pop(), listed, clocks, left, 0)
+        before = ctx.shared.early.get("timer_list") if ctx.shared is not None else None
+        if not found and iv and before is not None:
+            found = {base for base, exp in before.items() for e in exp
+                     if _hit(e, iv, clocks[base][0] + left, clocks[base][1] + left)}  # fmt: skip
+            if len(found) == 1:
+                return _deadline(found.pop(), before, clocks, left, iv)
+    why = "/proc/timer_list cannot be read" if listed is None else \
+        "its expiry matches timers of both hrtimer bases" if found else \
+        "its hrtimer is not armed (SIGEV_NONE, or its signal pending before the freeze)"
+    raise Unsupported(f"POSIX timer {timer} (CLOCK_REALTIME) is armed and whether it was set"
+                      f" with TIMER_ABSTIME cannot be seen: {why}", pid=ctx.pid,
+                      resource="timer")  # fmt: skip
+
+
+def _hit(e: int, iv: int, lo: int, hi: int) -> bool:
+    """Is some e + k * iv (k >= 0) in [lo, hi]?"""
+    if hi < e:
+        return False
+    k = max(0, (lo - e + iv - 1) // iv)
+    return e + k * iv <= hi
+
+
+def _deadline(base: str, listed: dict[str, list[int]], clocks: dict[str, tuple[int, int]],
+              left: int, iv: int) -> int | None:  # fmt: skip
+    if base == "monotonic":
+        return None  # relative: its time left, as before
+    lo, hi = clocks[base][0] + left, clocks[base][1] + left
+    for e in listed[base]:
+        if lo <= e <= hi:
+            return e
+        if iv and _hit(e, iv, lo, hi):
+            return e + max(0, (lo - e + iv - 1) // iv) * iv
+    return None
 
 
 def _check_clock(pid: int, timer: int, clock: int) -> None:
@@ -110,7 +240,12 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
                 b.call(SYS.timer_create, t["clock"], ev_addr, id_addr)
                 ids.append((t["id"], id_addr))
                 # the id asked for is the id made (checked below: a warning if not)
-                b.call(SYS.timer_settime, t["id"], 0, b.put(t["spec"]), 0)
+                if "deadline" in t:  # TIMER_ABSTIME: the same wall-clock expiry (past: now)
+                    d = t["deadline"]
+                    spec = t["spec"][:16] + struct.pack("<qq", d // _NS, d % _NS)
+                    b.call(SYS.timer_settime, t["id"], TIMER_ABSTIME, b.put(spec), 0)
+                else:
+                    b.call(SYS.timer_settime, t["id"], 0, b.put(t["spec"]), 0)
             if rec["posix"]:
                 b.call(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF,
                        0, 0, 0)  # fmt: skip
@@ -123,3 +258,24 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
         got = int.from_bytes(inj.read(id_addr, 4), "little")
         if got != want:
             ctx.warnings.append(f"POSIX timer {want} came back as {got}")
+
+
+_CLOCKS = {0: "realtime", 1: "monotonic", 2: "process-cpu", 3: "thread-cpu", 7: "boottime",
+           8: "realtime-alarm", 9: "boottime-alarm", 11: "tai"}  # fmt: skip
+
+
+def describe(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """``cryo show``: each POSIX timer, its clock, time left or wall-clock expiry."""
+    out = []
+    for t in rec["posix"]:
+        spec = S.itimerspec.from_buffer_copy(t["spec"])
+        d: dict[str, Any] = {
+            "id": t["id"], "signal": t["signal"],
+            "clock": _CLOCKS.get(t["clock"], "cpu" if t["clock"] < 0 else str(t["clock"])),
+            "left": spec.it_value.tv_sec + spec.it_value.tv_nsec / _NS,
+            "interval": spec.it_interval.tv_sec + spec.it_interval.tv_nsec / _NS,
+        }  # fmt: skip
+        if "deadline" in t:
+            d["absolute"] = t["deadline"] / _NS
+        out.append(d)
+    return out

@@ -738,6 +738,8 @@ TIMER = Struct((
     F("clock", Int(-8, 15), "negative: the process's or its only thread's CPU clock"),
     F("spec", Bytes(32), "struct itimerspec"),
     F("to_thread", Bool(), "SIGEV_THREAD_ID: aimed at thread `tid`", required=False),
+    F("deadline", Int(0, 1 << 63), "CLOCK_REALTIME set with TIMER_ABSTIME: its expiry, ns"
+      " since the epoch", required=False),
 ), name="timer")  # fmt: skip
 
 OBJ = Struct((

@@ -199,6 +199,7 @@ class SYS(IntEnumBase):
     timer_gettime = 224
     timer_getoverrun = 225
     timer_delete = 226
+    clock_gettime = 228
     clock_nanosleep = 230
     exit_group = 231
     tgkill = 234
