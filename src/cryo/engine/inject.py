@@ -53,7 +53,7 @@ from cryo.engine.ptrace import Tracee
 from cryo.errors import CryoError, InternalError, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import ERESTART, MAP, PROT, PTRACE, PTRACE_O, SYS
+from cryo.linux.consts import ERESTART, MAP, MREMAP, PROT, PTRACE, PTRACE_O, SYS
 
 log = logging.getLogger(__name__)
 _SYSCALL_IN_VDSO = re.compile(rb"\xb8[\x00-\xff]{2}\x00\x00\x0f\x05", re.DOTALL)
@@ -255,11 +255,27 @@ class Injector:
             return True
         if nr not in _MAPPING_CALLS:
             return False
-        if nr == SYS.mremap or any(isinstance(a, Ref) for a in args[:2]):
+        if any(isinstance(a, Ref) for a in args[:2]):
             return True
         start = int(args[0]) if args else 0  # type: ignore[arg-type]
         size = int(args[1]) if len(args) > 1 else 0  # type: ignore[arg-type]
-        return start < region + BATCH_REGION and region < start + max(size, 1)
+        if start < region + BATCH_REGION and region < start + max(size, 1):
+            return True
+        if nr != SYS.mremap:
+            return False
+        # mremap(old, old_size, new_size, flags, new): the old range is checked above; a
+        # move to a fixed address (MREMAP_FIXED, or MREMAP_DONTUNMAP's new range) could
+        # land on the routine, a growth in place (new_size > old_size) could not (the
+        # routine's mapping is in the way: ENOMEM)
+        if len(args) < 4 or any(isinstance(a, Ref) for a in args[2:5]):
+            return True
+        flags = int(args[3])  # type: ignore[arg-type]
+        if not flags & MREMAP.FIXED:
+            return False
+        if len(args) < 5:
+            return True
+        new, new_size = int(args[4]), int(args[2])  # type: ignore[arg-type]
+        return new < region + BATCH_REGION and region < new + max(new_size, 1)
 
     def _single(self, nr: int, *args: int) -> int:
         """One call from the plain syscall instruction: guarded (engine/guard.py: the

@@ -33,7 +33,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import cow, locks, shmem
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import Batch
+from cryo.engine.inject import Batch, syscall_error
 from cryo.engine.translate import apply as translated
 from cryo.engine.translate import changed_how
 from cryo.errors import CryoError, FileChanged, ImageIncompatible, InternalError, Unsupported
@@ -602,12 +602,13 @@ def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
     kept = sorted([keep, *also, *inherited, *staged_sources(ctx)]
                   + [(v.start, v.end) for v in maps if v.path in SPECIAL])  # fmt: skip
     lo = PAGE_SIZE
-    for start, end in kept:
-        if start > lo:
-            inj(SYS.munmap, lo, start - lo)
-        lo = max(lo, end)
-    if lo < TASK_SIZE:
-        inj(SYS.munmap, lo, TASK_SIZE - lo)
+    with inj.batch() as bt:  # one stop (a gap over the restorer would run on its own)
+        for start, end in kept:
+            if start > lo:
+                bt.call(SYS.munmap, lo, start - lo)
+            lo = max(lo, end)
+        if lo < TASK_SIZE:
+            bt.call(SYS.munmap, lo, TASK_SIZE - lo)
 
 
 def staged_sources(ctx: RestoreContext) -> list[tuple[int, int]]:
@@ -625,17 +626,18 @@ def move_specials(ctx: RestoreContext, rec: dict[str, Any], temp: int) -> None:
     want = {v["path"]: v for v in rec["vmas"] if v["kind"] == "special"}
     off = temp
     staged: dict[str, int] = {}
-    for path, v in cur.items():
-        if path not in want:
-            inj(SYS.munmap, v.start, v.size)
-            continue
-        inj(SYS.mremap, v.start, v.size, v.size, MREMAP.MAYMOVE | MREMAP.FIXED, off)
-        staged[path] = off
-        off += v.size
-    for path, addr in staged.items():
-        w = want[path]
-        inj(SYS.mremap, addr, w["end"] - w["start"], w["end"] - w["start"],
-            MREMAP.MAYMOVE | MREMAP.FIXED, w["start"])  # fmt: skip
+    with inj.batch() as bt:  # one stop: neither range is the restorer's
+        for path, v in cur.items():
+            if path not in want:
+                bt.call(SYS.munmap, v.start, v.size)
+                continue
+            bt.call(SYS.mremap, v.start, v.size, v.size, MREMAP.MAYMOVE | MREMAP.FIXED, off)
+            staged[path] = off
+            off += v.size
+        for path, addr in staged.items():
+            w = want[path]
+            bt.call(SYS.mremap, addr, w["end"] - w["start"], w["end"] - w["start"],
+                    MREMAP.MAYMOVE | MREMAP.FIXED, w["start"])  # fmt: skip
 
 
 def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
@@ -673,18 +675,24 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     inherited: dict[int, list[tuple[int, int]]] = live.get("inherited", {})
     staged = {s: (e, at) for s, e, at in live.get("staged", ())}
     try:
-        for v in rec["vmas"]:  # first (their paths go through the scratch, as the batch's do)
-            if v["kind"] in ("file", "shared-file") and v["start"] not in inherited \
-                    and v["path"] not in fds:  # fmt: skip
-                fds[v["path"]] = _open_mapped(ctx, v)
+        # first (their paths go through the scratch, as the batch's own buffers do)
+        _open_mapped(ctx, [v for v in rec["vmas"] if v["kind"] in ("file", "shared-file")
+                           and v["start"] not in inherited], fds)  # fmt: skip
+        held = [v for v in rec["vmas"] if v.get("locks") and v["path"] in fds]
         with inj.batch() as bt:
             _map_all(ctx, rec, bt, fds, fixup, inherited, merge_any, staged)
-        for v in rec["vmas"]:  # a lock only the mapping held, on its description (locks.py)
-            if v.get("locks") and v["path"] in fds:
-                locks.take_through_mapping(inj, fds[v["path"]], v)
+            if not held:  # the files are mapped: closed in the same stop
+                for fd in fds.values():
+                    bt.call(SYS.close, fd, may_fail=True)
+        if not held:
+            fds.clear()
+        for v in held:  # a lock only the mapping held, on its description (locks.py)
+            locks.take_through_mapping(inj, fds[v["path"]], v)
     finally:
-        for fd in fds.values():
-            inj.raw(SYS.close, fd)
+        if fds:
+            with inj.batch() as bt:
+                for fd in fds.values():
+                    bt.call(SYS.close, fd, may_fail=True)
     return fixup
 
 
@@ -761,9 +769,10 @@ def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> None:
     inj = ctx.inj
     if not want and not (getattr(ctx, "live", None) or {}).get("cow_inherited"):
         return  # a helper forked from cryo has no keys
-    for k in range(1, PKEYS):  # a process forked from a restored parent has its keys
-        if k not in want:
-            inj.raw(SYSX.pkey_free, k)
+    with inj.batch() as bt:  # a process forked from a restored parent has its keys
+        for k in range(1, PKEYS):
+            if k not in want:
+                bt.call(SYSX.pkey_free, k, may_fail=True)
     extra = []
     while want and (k := inj.raw(SYSX.pkey_alloc, 0, 0)) < max(want):
         if k < 0:
@@ -783,26 +792,60 @@ def _anon_name(path: str) -> str | None:
     return None
 
 
-def _open_mapped(ctx: RestoreContext, v: dict[str, Any]) -> int:
-    path = translated(ctx.options, v["path"])  # --translate, or a saved copy (spmf.py)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError as err:
-        raise CryoError(f"mapped file {path} no longer exists", path=path) from err
-    _dev, _ino, size, mtime = v["file"]  # (a private mapping's bytes: changed.py's check)
-    if v["kind"] == "shared-file" and (st.st_size, st.st_mtime_ns) != (size, mtime) \
-            and not ctx.options.get("ignore_changed"):  # fmt: skip
-        raise FileChanged(f"mapped file {path} changed since the checkpoint"
-                          f" ({changed_how((size, mtime), st)}; --ignore-changed-files)",
-                          path=path)  # fmt: skip
-    flags = (2 if v["shared"] and v["prot"] & PROT.WRITE else 0) | locks.mapped_open_flags(v)
-    name = ctx.inj.put_str(path)
-    fd = ctx.inj.raw(SYS.openat, -100, name, flags | O_NOATIME, 0)  # its atime stays
-    if fd == -errno.EPERM:  # O_NOATIME needs to own the file (or CAP_FOWNER)
-        fd = ctx.inj(SYS.openat, -100, name, flags, 0, what=f" open {path}")
-    elif fd < 0:
-        ctx.inj(SYS.openat, -100, name, flags, 0, what=f" open {path}")  # raises, named
-    return fd
+_OPEN_BATCH = 32 << 10  # bytes of paths per batch of opens (the scratch holds 52 KiB)
+
+
+def _open_mapped(ctx: RestoreContext, vmas: list[dict[str, Any]], fds: dict[str, int]) -> None:
+    """Open the file of each of ``vmas`` (once per path) in the process, into ``fds``
+    (path -> fd): every file checked here first, then opened in batches, without moving
+    its atime where the process may (O_NOATIME needs to own the file, or CAP_FOWNER:
+    EPERM, opened again without it).  A file that cannot be opened raises, named; the
+    files opened before it are in ``fds`` (the caller closes them)."""
+    todo: list[tuple[str, int]] = []  # (path, flags), checked
+    for v in vmas:
+        path = translated(ctx.options, v["path"])  # --translate, or a saved copy (spmf.py)
+        if v["path"] in fds or any(v["path"] == p for p, _f in todo):
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as err:
+            raise CryoError(f"mapped file {path} no longer exists", path=path) from err
+        _dev, _ino, size, mtime = v["file"]  # (a private mapping's bytes: changed.py's check)
+        if v["kind"] == "shared-file" and (st.st_size, st.st_mtime_ns) != (size, mtime) \
+                and not ctx.options.get("ignore_changed"):  # fmt: skip
+            raise FileChanged(f"mapped file {path} changed since the checkpoint"
+                              f" ({changed_how((size, mtime), st)}; --ignore-changed-files)",
+                              path=path)  # fmt: skip
+        flags = (2 if v["shared"] and v["prot"] & PROT.WRITE else 0) | locks.mapped_open_flags(v)
+        todo.append((v["path"], flags))
+    again: list[tuple[str, int]] = []
+    for noatime in (O_NOATIME, 0):
+        chunk: list[tuple[str, int]] = []
+        size = 0
+        for i, (vpath, flags) in enumerate(todo):
+            chunk.append((vpath, flags))
+            size += len(vpath.encode(errors="surrogateescape")) + 32
+            if size < _OPEN_BATCH and i + 1 < len(todo):
+                continue
+            with ctx.inj.batch() as bt:
+                calls = [bt.call(SYS.openat, -100, bt.put_str(translated(ctx.options, p)),
+                                 f | noatime, 0, may_fail=True) for p, f in chunk]  # fmt: skip
+            for (p, f), k in zip(chunk, calls, strict=True):
+                fd = bt.result(k)
+                if fd >= 0:
+                    fds[p] = fd
+                elif fd == -errno.EPERM and noatime:
+                    again.append((p, f))
+                else:
+                    raise _open_failed(ctx, SYS.openat, fd, translated(ctx.options, p))
+            chunk, size = [], 0
+        todo, again = again, []
+        if not todo:
+            break
+
+
+def _open_failed(ctx: RestoreContext, nr: int, ret: int, path: str) -> OSError:
+    return syscall_error(nr, ret, ctx.inj.t.tid, f" open {path}")
 
 
 def live_of(ctx: RestoreContext) -> dict[str, Any]:
@@ -1111,16 +1154,18 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     ):  # the helper runs the same binary already (a Python target): keep its exe_file
         exe_fd = inj(SYS.openat, -100, frame.put_str(exe), 0, 0, what=f" open {exe}")
     m.exe_fd = exe_fd & 0xFFFFFFFF
-    try:
-        inj.write(at, libc.struct_bytes(m))
-        inj(SYS.prctl, PR.SET_MM, PR_SET_MM_MAP, at, libc.sizeof(m), 0,
-            what=" PR_SET_MM_MAP")  # fmt: skip
-    finally:
-        if exe_fd >= 0:
-            inj(SYS.close, exe_fd)
     future = rec.get("mlockall", 0)
-    if future:  # MCL_FUTURE: only mappings made from now on (each VMA has its own lock)
-        inj(SYSX.mlockall, future, what=" mlockall")
+    inj.write(at, libc.struct_bytes(m))
+    with inj.batch() as bt:  # one stop: the exe's fd closed whether the prctl failed or not
+        calls = [(bt.call(SYS.prctl, PR.SET_MM, PR_SET_MM_MAP, at, libc.sizeof(m), 0,
+                          may_fail=True), " PR_SET_MM_MAP")]  # fmt: skip
+        if exe_fd >= 0:
+            bt.call(SYS.close, exe_fd, may_fail=True)
+        if future:  # MCL_FUTURE: only mappings made from now on (each has its own lock)
+            calls.append((bt.call(SYSX.mlockall, future, may_fail=True), " mlockall"))
+    for k, what in calls:
+        if -4096 < bt.result(k) < 0:
+            raise syscall_error(bt.calls[k][0], bt.result(k), inj.t.tid, what)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -55,13 +55,15 @@ def restore_actions(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     """Every action, SIGTRAP's included (cryo's injected calls never force a SIGTRAP on
     a task that ignores or blocks it: Tracee.step), in one batch."""
     inj = ctx.inj
+    actions = list(rec["actions"].items())
     with inj.batch() as b:
-        for sig, act in rec["actions"].items():
+        buf = b.put(b"".join(act for _sig, act in actions))  # one write for all of them
+        for k, (sig, act) in enumerate(actions):
             if int(sig) == signal.SIGTRAP and \
                     S.kernel_sigaction.from_buffer_copy(act).sa_handler == 1:  # fmt: skip
                 for t in {ctx.tracee, inj.t, *ctx.threads.values()}:
                     t.sigtrap_ignored = True  # before the call that makes it so
-            b.call(SYS.rt_sigaction, int(sig), b.put(act), 0, 8)
+            b.call(SYS.rt_sigaction, int(sig), buf + k * _SIZEOF_ACT, 0, 8)
 
 
 def restore_altstack(inj: Injector, trec: dict[str, Any]) -> None:
