@@ -1,7 +1,9 @@
 """Two "hosts" on this machine, for migration tests and benchmarks: network namespaces
 joined by a veth pair, each with its own mount namespace whose /tmp is its own tmpfs.
 Only addresses inside the namespaces (10.213.N.1 and .2) are used; teardown removes every
-namespace, veth and mount made, whatever happened."""
+namespace, veth and mount made, whatever happened.  :meth:`Hosts.add_client` adds a third
+"host", C, on a network of its own with A and B (a bridge in C: 10.214.N.1, .2 and .3),
+for a peer that talks to a process while it moves from A to B."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ class Hosts:
         self.mntdir = Path(f"/run/cryo-mig-{self.tag}")
         self.shared = Path(f"/var/tmp/cryo-mig-{self.tag}")
         self.made: list[str] = []
+        self.net = n
+        self.client: dict[str, str] = {}  # with add_client: addresses on the bridge
+        self.cdev: dict[str, str] = {}  # A's and B's interfaces on it
         repo = Path(__file__).resolve().parent.parent
         # what of the repository shows in the hosts' own /tmp (when it lives there)
         self.repo_top = repo.parts[2] if repo.parts[1:2] == ("tmp",) and len(repo.parts) > 2 \
@@ -70,7 +75,34 @@ class Hosts:
                     "sh", "-c", script, "sh", repo, str(keep), f"cryo-host{h}")
             self.made.append(f"mnt{h}")
 
+    def add_client(self) -> None:
+        """Host C: a network namespace with a bridge (10.214.N.3/24) on which A and B
+        each have an interface (10.214.N.1 and .2): one layer-2 segment, as a LAN."""
+        n, t = self.net, self.tag[-6:]
+        self.ns["C"] = f"cryo-mig-c{self.tag}"
+        self.sh("ip", "netns", "add", self.ns["C"])
+        self.made.append("nsC")
+        c = ["ip", "-n", self.ns["C"]]
+        self.sh(*c, "link", "add", f"cmbr{t}", "type", "bridge")
+        self.sh(*c, "addr", "add", f"10.214.{n}.3/24", "dev", f"cmbr{t}")
+        self.sh(*c, "link", "set", f"cmbr{t}", "up")
+        self.sh(*c, "link", "set", "lo", "up")
+        self.client = {"A": f"10.214.{n}.1", "B": f"10.214.{n}.2", "C": f"10.214.{n}.3"}
+        for h in "AB":
+            dev, peer = f"cmc{h.lower()}{t}", f"cmp{h.lower()}{t}"
+            self.sh("ip", "link", "add", dev, "type", "veth", "peer", "name", peer)
+            self.made.append(f"cveth{h}")
+            self.sh("ip", "link", "set", dev, "netns", self.ns[h])
+            self.sh("ip", "link", "set", peer, "netns", self.ns["C"])
+            self.sh(*c, "link", "set", peer, "master", f"cmbr{t}")
+            self.sh(*c, "link", "set", peer, "up")
+            self.sh("ip", "-n", self.ns[h], "addr", "add", f"{self.client[h]}/24", "dev", dev)
+            self.sh("ip", "-n", self.ns[h], "link", "set", dev, "up")
+            self.cdev[h] = dev
+
     def argv(self, h: str, *argv: str) -> list[str]:
+        if h == "C":  # (no mount namespace of its own)
+            return ["nsenter", f"--net=/run/netns/{self.ns[h]}", "--", *argv]
         return ["nsenter", f"--net=/run/netns/{self.ns[h]}", f"--mount={self.mntdir / h}",
                 "--", *argv]  # fmt: skip
 
@@ -88,7 +120,7 @@ class Hosts:
         return os.stat(path).st_ino
 
     def teardown(self) -> None:
-        for h in "AB":  # nothing may be left in the namespaces
+        for h in "ABC":  # nothing may be left in the namespaces
             for pid in self.pids(h) if f"ns{h}" in self.made else []:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -103,6 +135,10 @@ class Hosts:
             subprocess.run(["ip", "link", "del", self.veth["A"]], check=False,
                            capture_output=True)  # fmt: skip
         for h in "AB":
+            if f"cveth{h}" in self.made:
+                subprocess.run(["ip", "link", "del", f"cmc{h.lower()}{self.tag[-6:]}"],
+                               check=False, capture_output=True)  # fmt: skip
+        for h in "ABC":
             if f"ns{h}" in self.made:
                 subprocess.run(["ip", "netns", "del", self.ns[h]], check=False)
         if "shared" in self.made:
