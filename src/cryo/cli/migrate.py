@@ -39,6 +39,14 @@ def register(sub: Any) -> None:
                    " touches it (the source frozen until every page is there)")
     p.add_argument("--shell-job", action="store_true",
                    help="fds 0-2 on a terminal, pipe or socket are handed over")
+    p.add_argument("--save-files", action="store_true",
+                   help="the executable and the files mapped privately (libraries) go with"
+                   " it: the destination uses these copies where its own differ or are missing")
+    _net(p)  # --tcp-established, --tcp-close, --ext-unix-sk: as cryo checkpoint/restart
+    p.add_argument("--move-address", metavar="ADDR[/PREFIX]",
+                   help="this IPv4 address of this host moves with the process (taken off"
+                   " here, put on the destination's interface in its subnet, announced), so"
+                   " that its TCP connections (--tcp-established) and listeners on it go on")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="seconds without progress before the connection counts as lost")
     p.add_argument("--json", action="store_true",
@@ -68,6 +76,18 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_receive)
 
 
+def _net(p: argparse.ArgumentParser) -> None:
+    from cryo.cli.engine import _net as net
+
+    net(p)
+
+
+def _net_options(args: argparse.Namespace) -> dict[str, bool]:
+    from cryo.cli.engine import _net_options as net_options
+
+    return net_options(args)
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -87,7 +107,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     r = migrate(pid, args.to, secret=secret, secret_file=args.secret_file, scope=scope,
                 leave_running=args.leave_running, pre_copy=not args.no_pre_copy,
                 keep=args.keep, max_rounds=args.max_rounds, timeout=args.timeout,
-                report=_say, shell_job=args.shell_job, lazy=args.lazy)  # fmt: skip
+                report=_say, shell_job=args.shell_job, lazy=args.lazy,
+                save_files=args.save_files, net=_net_options(args),
+                move_address=args.move_address)  # fmt: skip
     for w in r.warnings:
         _say(f"cryo: warning: {w}")
     if r.rounds:

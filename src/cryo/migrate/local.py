@@ -22,7 +22,7 @@ from cryo.engine.session import CheckpointSession, DumpResult
 from cryo.image import records as R
 from cryo.image.sink import DirSink, Runs, Tag
 from cryo.image.stream import _contiguous, pieces
-from cryo.migrate.precopy import MAX_ROUNDS, PreCopy, Round
+from cryo.migrate.precopy import MAX_ROUNDS, PreCopy, Round, arm_options
 
 
 class PreCopyDirSink(DirSink):
@@ -95,7 +95,7 @@ def checkpoint_pre_copy(pid: int, path: str, *, scope: str = "process", force: b
     sink = PreCopyDirSink(path, force=force, direct=direct_io)
     try:
         pc = PreCopy(pid, lambda _n, p, runs, data: sink.round_block(p, runs, data),
-                     scope=scope, report=report,
+                     scope=scope, report=report, options=arm_options(engine),
                      max_rounds=max_rounds or MAX_ROUNDS)  # fmt: skip
         t0 = time.perf_counter()
         pc.arm()

@@ -121,6 +121,17 @@ class Tracked:
     sent: Runs = field(default_factory=list)
 
 
+def arm_options(engine: dict[str, Any]) -> dict[str, Any]:
+    """The arming's checkpoint options, of the final checkpoint's (``engine``): what
+    could refuse the process is allowed as the final checkpoint allows it, but its
+    established TCP connections are neither locked nor read (``tcp_close``: only the
+    final freeze holds them)."""
+    net = dict(engine.get("net") or {})
+    if net.pop("tcp_established", False):
+        net["tcp_close"] = True
+    return {k: v for k, v in (("shell_job", engine.get("shell_job")), ("net", net)) if v}
+
+
 class PreCopy:
     """The rounds of one pre-copy; ``send`` takes each block read."""
 

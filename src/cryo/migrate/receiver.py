@@ -75,6 +75,20 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
             framer.send(b"FAIL", {"error": f"--keep {keep!r}: give an absolute path on"
                                   " the destination", "code": 2})  # fmt: skip
             raise Usage(f"{peer} asked to keep a copy in {keep!r}: not an absolute path")
+    net = _net_options(hello.get("net"))
+    arrival = None
+    if hello.get("move_address") is not None:  # (cryo.migrate.address)
+        from cryo.migrate.address import Arrival
+
+        try:
+            arrival = Arrival(hello["move_address"])
+            arrival.check()
+        except CryoError as err:
+            with contextlib.suppress(CryoError):
+                framer.send(b"FAIL", {"error": str(err), "code": err.exit_code})
+            raise
+        framer.send(b"ADOK", {"dev": arrival.ifname})
+        say(f"{peer}: address {arrival.addr} will move here ({arrival.ifname})")
     t0 = time.perf_counter()
     marks: dict[str, float] = {}  # when the final checkpoint's frames began, ended
 
@@ -117,7 +131,10 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         phases["preload left"] = time.perf_counter() - ts
         # (its pid, where taken on this host, a new one only for a lone thread: on one
         # machine the source holds it until this side runs; docs/design.md, "Pids")
-        rs = Restart(src, trust_image=trust_image, new_pids=None)
+        if arrival is not None:  # the source has taken it off (before its END)
+            arrival.lock()
+            arrival.place()
+        rs = Restart(src, trust_image=trust_image, new_pids=None, net=net)
         if isinstance(src, StagedSource):
             rs.staged = src.staged_moves
         if lframer is not None:
@@ -134,6 +151,8 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         ts = time.perf_counter()
         result = rs.let_go()
         phases["let go"] = time.perf_counter() - ts
+        if arrival is not None:  # (it runs: the peers' retransmissions get through)
+            arrival.unlock()
         if pager is not None:  # it runs: its pages come while it does (cryo.migrate.lazy)
             running = result.pid
             framer.send(b"RUNS", {"pid": result.pid, "phases": phases})
@@ -148,6 +167,9 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         if rs is not None:
             with contextlib.suppress(BaseException):
                 rs.abort()
+        if arrival is not None:  # (before FAIL: the source puts it back when told)
+            with contextlib.suppress(BaseException):
+                arrival.undo()
         if pager is not None:  # (after the kill: no thread of it may find a page missing
             pager.stop()  # once the uffd is closed, and get zeros)
         if src is not None:
@@ -161,10 +183,12 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
                 framer.send(b"FAIL", {"error": f"a bug in cryo: {err!r}", "code": 70})
         raise
     t2 = time.perf_counter()
+    locks = sorted({d["tcp"].get("lock", "") for d in rs.shared.descs or []
+                    if isinstance(d, dict) and d.get("tcp")} - {""})  # fmt: skip
     staged = src.moved_bytes if isinstance(src, StagedSource) else 0
     with contextlib.suppress(CryoError):  # (the sender gone now: the process runs here)
         framer.send(b"OKAY", {"pid": result.pid, "old_pid": result.old_pid,
-                              "phases": phases, "staged": staged,
+                              "phases": phases, "staged": staged, "locks": locks,
                               "lazy": pager.stats() if pager is not None else {}})  # fmt: skip
     out = Received(result.pid, result.old_pid, peer, src.bytes_received, len(src.rounds),
                    t1 - t0, t2 - t1, phases=phases, staged_bytes=staged)  # fmt: skip
@@ -176,6 +200,13 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         src.keep_data = False
         src.close()
     return out
+
+
+def _net_options(asked: object) -> dict[str, bool]:
+    """The sender's net options (cryo checkpoint's), for the restart here."""
+    if not isinstance(asked, dict):
+        return {}
+    return {k: True for k in ("tcp_established", "tcp_close", "ext_unix_sk") if asked.get(k)}
 
 
 def _pager(rs: Restart, framer: Framer, lframer: LazyFramer, channel: Channel,

@@ -27,7 +27,7 @@ from cryo.image import format as fmt
 from cryo.image.sink import Runs, Tag
 from cryo.image.stream import Channel, Framer, StreamSink
 from cryo.migrate import auth
-from cryo.migrate.precopy import MAX_ROUNDS, PreCopy, Round
+from cryo.migrate.precopy import MAX_ROUNDS, PreCopy, Round, arm_options
 from cryo.migrate.stage import layout_of
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,21 @@ def connect(to: str, *, secret_file: str | None = None, timeout: float = TIMEOUT
     return Channel(sock, name=to), None
 
 
+def _drop_locks(names: Any, warnings: list[str]) -> None:
+    """The image's network locks (engine/netlock.py) removed here."""
+    from cryo.engine import netlock
+
+    if not isinstance(names, list):
+        return
+    for name in names:
+        if isinstance(name, str) and name.startswith(netlock.IMAGE_PREFIX) and \
+                len(name) < 64 and " " not in name:  # fmt: skip
+            try:
+                netlock.drop_table(name)
+            except CryoError as err:
+                warnings.append(f"the network lock {name} is still here: {err}")
+
+
 def tune(sock: socket.socket, timeout: float) -> None:
     """A dead peer noticed within about ``timeout`` seconds, also while idle."""
     sock.settimeout(timeout)
@@ -109,11 +124,14 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
             scope: str = "process", leave_running: bool = False, pre_copy: bool = True,
             keep: str | None = None, max_rounds: int | None = None,
             timeout: float = TIMEOUT, report: Callable[[str], None] | None = None,
-            lazy: bool = False, **engine: Any) -> MigrateResult:  # fmt: skip
+            lazy: bool = False, move_address: str | None = None,
+            **engine: Any) -> MigrateResult:  # fmt: skip
     """Move ``pid`` (with its ``scope``, as cryo.checkpoint) to the receiver at ``to``.
     ``lazy``: post-copy (cryo.migrate.lazy): no rounds, the process starts there at once
     and its private anonymous pages follow, the source frozen until every one is in.
-    ``engine``: the checkpoint's options (shell_job, save_files, net, ...)."""
+    ``move_address``: ``ADDR[/PREFIX]``, an IPv4 address of this host that moves with the
+    process (cryo.migrate.address).  ``engine``: the checkpoint's options (shell_job,
+    save_files, net: the restart there gets the same net options)."""
     t0 = time.perf_counter()
     say = report or (lambda _s: None)
     if secret is None and not to.startswith("ssh://"):
@@ -124,13 +142,28 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
         raise Usage("--lazy moves one process (--process), not a tree or group")
     if lazy and keep is not None:
         raise Usage("--lazy cannot --keep a copy: the pages arrive after the process runs")
+    net = {k: True for k, v in (engine.get("net") or {}).items() if v}
+    if (net.get("tcp_established") or move_address) and (leave_running or lazy):
+        raise Usage("--tcp-established and --move-address move the connections and the"
+                    " address: not with --leave-running (two copies of them) or --lazy")
+    departure = None
+    if move_address is not None:
+        from cryo.migrate.address import Departure
+
+        departure = Departure.find(move_address)
     channel, proc = connect(to, secret_file=secret_file, timeout=timeout)
     framer = Framer(channel)
     try:
         hello: dict[str, Any] = {"keep": keep, "root_pid": pid}
         if lazy:
             hello["lazy"] = True
+        if net:
+            hello["net"] = net
+        if departure is not None:
+            hello["move_address"] = departure.spec
         peer = auth.client(framer, secret, hello)
+        if departure is not None:  # (it can take the address: before anything is frozen)
+            framer.expect(b"ADOK")
         if lazy and not peer.get("takes_lazy"):
             raise CryoError(f"{to} does not take lazy migrations (an older cryo receive)")
         host = str(peer.get("host", to))
@@ -157,7 +190,8 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
                     f" {r.seconds:.3f} s")  # fmt: skip
 
             pc = PreCopy(pid, send, scope=scope, report=told,
-                         max_rounds=max_rounds or MAX_ROUNDS)  # fmt: skip
+                         max_rounds=max_rounds or MAX_ROUNDS,
+                         options=arm_options(engine))  # fmt: skip
             pc.arm()
             result.arm_seconds = pc.arm_seconds
             pc.run()
@@ -194,7 +228,8 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
                     "staged": m.get("staged", 0),
                     "final": tracking.final_bytes if tracking else -1,
                     "present": tracking.present_bytes if tracking else -1,
-                    "marks": marks, "lazy": m.get("lazy") or {}}  # fmt: skip
+                    "marks": marks, "lazy": m.get("lazy") or {},
+                    "locks": m.get("locks") or []}  # fmt: skip
                 os.write(answer_w, fmt.pack(info))
 
             sess = CheckpointSession(
@@ -202,24 +237,37 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
                                         on_commit=on_commit),
                 scope=scope, hold=True, freeze_timeout=max(timeout * 2, 60.0),
                 signal_after=0 if leave_running else signal.SIGKILL, **engine)
+            committed = False
             try:
                 sess.prepare()
                 tf = time.perf_counter()
                 sess.freeze()
                 sess.collect()
+                if departure is not None:  # (its connections locked, in repair mode)
+                    departure.take_off()
                 tc = time.perf_counter()
                 sess.write()
                 tw = time.perf_counter()
                 sess.commit()
+                committed = True  # (it runs there)
                 result.downtime = time.perf_counter() - tf
                 result.frozen_write = tw - tf
                 result.frozen_collect = tc - tf
                 r = sess.resume()
             except BaseException:
+                if departure is not None and not committed:
+                    try:  # (before its connections leave repair mode)
+                        departure.put_back()
+                    except BaseException as err:
+                        log.error("address %s could not be put back: %s", departure.addr, err)
                 with contextlib.suppress(BaseException):
                     sess.abort()
                 raise
             info = fmt.unpack(os.read(answer_r, 1 << 16))
+            if not leave_running:
+                # the copy here is gone: its connections' lock, kept for a restart here
+                # (engine/inet.thaw), goes too (named by the destination, from the image)
+                _drop_locks(info.get("locks"), result.warnings)
         finally:
             os.close(answer_r)
             os.close(answer_w)
@@ -237,7 +285,7 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
             else r.memory_bytes  # fmt: skip
         result.staged_bytes = int(info.get("staged") or 0)
         result.killed = not leave_running
-        result.warnings = r.warnings
+        result.warnings = r.warnings + result.warnings
         result.total_seconds = time.perf_counter() - t0
         return result
     finally:
