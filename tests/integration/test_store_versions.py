@@ -17,6 +17,7 @@ import pytest
 import xxhash
 
 from cryo import store
+from cryo.store import retention
 from tests.conftest import Procs, Victim, gone, reap, run_cryo
 
 MIB = 16
@@ -124,7 +125,7 @@ def test_versions_restart_latest_and_older(procs: Procs, build: Any, tmp_path: P
 
 def test_cli_ls_verify_gc_and_restart(procs: Procs, build: Any, tmp_path: Path) -> None:
     st = str(tmp_path / "store")
-    v = spawn(procs, build, tmp_path, permille=300)  # heavy churn: gc must merge
+    v = spawn(procs, build, tmp_path, mib=32, permille=300)  # heavy churn
     digests = {}
     for gen in range(6):
         if gen:
@@ -147,11 +148,14 @@ def test_cli_ls_verify_gc_and_restart(procs: Procs, build: Any, tmp_path: Path) 
     assert store.describe(st)[0]["versions"][0]["version"] == 1
     r = run_cryo("store", "gc", st, "--keep-last", "2", "--keep-every", "3")
     assert r.returncode == 0, r.stderr
-    assert "kept 3, 5, 6" in r.stdout and "copy" in r.stdout, r.stdout
+    # the files of 1, 2 and 4 are still mostly read: left in place, nothing copied
+    assert "kept 3, 5, 6; delete none; retire 1, 2, 4" in r.stdout, r.stdout
+    assert "copy" not in r.stdout, r.stdout
     kept = [x["version"] for x in store.describe(st)[0]["versions"] if not x["retired"]]
     assert kept == [3, 5, 6]
     assert run_cryo("store", "verify", st).returncode == 0
-    for version in (3, 5, 6):
+
+    def check(version: int) -> None:
         r = run_cryo("restart", "--store", st, "--app", "app", "--version", str(version),
                      "--detach")  # fmt: skip
         assert r.returncode == 0, r.stderr
@@ -159,6 +163,17 @@ def test_cli_ls_verify_gc_and_restart(procs: Procs, build: Any, tmp_path: Path) 
         w.check(version - 1)
         assert w.digest() == digests[version]
         reap(w.pid)
+
+    for version in (3, 5, 6):
+        check(version)
+    # keeping only 6, the dead pages outnumber the live ones: gc compacts (copies)
+    r = run_cryo("store", "gc", st, "--keep-last", "1")
+    assert r.returncode == 0, r.stderr
+    assert "kept 6;" in r.stdout and "copy" in r.stdout, r.stdout
+    assert run_cryo("store", "verify", st).returncode == 0
+    (rep,) = store.gc(st, keep_last=1, dry_run=True)
+    assert rep.stored <= 2 * rep.live + retention.SLACK, rep
+    check(6)
     r = run_cryo("restart", "--store", st, "--app", "app", "--version", "2", "--detach")
     assert r.returncode == 7, r.stderr
     assert "no version 2" in r.stderr
@@ -178,6 +193,35 @@ def test_gc_retires_a_big_version_kept_versions_read(procs: Procs, build: Any,
     w = restart(procs, v, st, None)
     w.check(3)
     assert not store.verify(st).problems
+
+
+def test_gc_after_each_version_copies_no_page(procs: Procs, build: Any,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """The daemon's way: gc keep 3 after every version of a job changing a few pages.
+    The files of the versions that go stay in place while kept versions read them (no
+    page is read or copied), and the kept versions restart exactly."""
+    st = str(tmp_path / "store")
+    v = spawn(procs, build, tmp_path, permille=20)
+    digests = {}
+    for gen in range(8):
+        if gen:
+            v.next(gen)
+        version, _ = store.checkpoint(v.pid, st, "app")
+        digests[version] = v.digest()
+        (r,) = store.gc(st, keep_last=3)
+        assert r.kept == list(range(max(1, version - 2), version + 1)), r
+        assert not r.merged, r  # nothing copied
+        assert r.retired == ([version - 3] if version > 3 else []), r
+        assert r.stored <= 2 * r.live + retention.SLACK, r
+    reap(v.pid)
+    listed = [x["version"] for x in store.describe(st)[0]["versions"] if not x["retired"]]
+    assert listed == [6, 7, 8]
+    assert not store.verify(st).problems
+    for version in (6, 8):
+        w = restart(procs, v, st, version)
+        w.check(version - 1)
+        assert w.digest() == digests[version]
+        reap(w.pid)
 
 
 def corrupt(path: Path, offset: int) -> None:

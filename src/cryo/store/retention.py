@@ -1,18 +1,28 @@
 """Deleting versions without breaking the ones kept (``cryo store gc``).
 
 Kept versions are the last ``keep_last`` and, with ``keep_every`` K, every version whose
-number is a multiple of K (stable: the same versions stay kept run after run).  For each
-page file of a version that goes, what the kept versions still read from it decides:
+number is a multiple of K (stable: the same versions stay kept run after run).  A
+version that goes is removed with every page file the kept versions no longer read;
+one whose files kept versions still read is *retired* (no longer listed or
+restartable, its records gone, those files left in place), and a retired version's
+files go as soon as no kept version reads them.  That is all gc does in the common case:
+it reads the page maps of the kept versions and the first record of the others, never a
+page, and writes only the page map of a version it retires.
 
-- nothing: the file goes;
-- at least half of its pages, and more than ``SMALL`` (16 MiB): the file stays where it
-  is, and its version is *retired* (no longer listed or restartable, its records gone;
-  its pages stay for later versions);
-- otherwise: those pages are copied ("merged") into a new file of the oldest kept
-  version that reads them (``pages-K.img``), and every kept version that read them is
-  pointed there; then the file goes.  Copied pages are checked against their hashes.
-
-So the store never holds more than about twice the bytes its kept versions need.
+Files left in place hold dead pages (pages no kept version reads).  A file is
+*merged* when few of its pages live: its live pages are copied into a new file of the
+oldest kept version that reads them (``pages-K.img``, each page checked against its
+hash), every kept version that read them is pointed there, and the file goes.  That
+happens to a retired file once at most 1/``SPARSE`` of it lives (so that a job that
+rewrites nearly all of its pages does not leave a file per version behind for the few
+it did not), and, when the dead pages of the whole application exceed its live ones
+(and ``SLACK``, 16 MiB), to the retired files with the smallest share of live pages (at
+most half), until the dead pages are at most half the live ones.  So the store holds at
+most about twice the pages its kept versions read (plus ``SLACK``), and each page copied
+frees at least one (seven, for a sparse file): the copying is paid for by pages that
+died, not done again at every gc (it was: the live pages of every small file that went,
+so a page was copied again each time the version holding it went, 30-85 ms of CPU a gc
+for a 64 MiB job).
 
 Every step leaves every version consistent, in this order: merged files written
 (atomically: temporary file, fsync, rename), the kept versions' page maps rewritten
@@ -28,6 +38,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +50,10 @@ from cryo.store import pages as P
 from cryo.store.layout import App, FileMeta, Sources, Store, VersionMeta, du, remove_version
 
 log = logging.getLogger(__name__)
-COPY = 4096  # pages per read while merging
-SMALL = 4096  # pages: fewer live pages than this are copied rather than kept in place
+COPY = 4096  # pages per read while merging (16 MiB)
+GAP = 16  # dead pages between two live ones that a merge reads through, not around
+SLACK = 4096  # pages (16 MiB): dead pages an application may hold before gc compacts it
+SPARSE = 8  # a retired file of which a kept version reads at most 1/SPARSE is copied
 _MERGED = re.compile(r"pages-[0-9]+\.img")
 
 
@@ -48,10 +61,12 @@ _MERGED = re.compile(r"pages-[0-9]+\.img")
 class GcReport:
     app: str
     kept: list[int] = field(default_factory=list)
-    deleted: list[int] = field(default_factory=list)
-    retired: list[int] = field(default_factory=list)  # files stay for later versions
+    deleted: list[int] = field(default_factory=list)  # version directories removed
+    retired: list[int] = field(default_factory=list)  # versions retired by this gc
     merged: list[tuple[int, int, int]] = field(default_factory=list)  # (from, into, pages)
     freed: int = 0  # bytes
+    live: int = 0  # pages the kept versions read
+    stored: int = 0  # pages in the application's files (after this gc)
 
 
 def kept_versions(published: list[int], keep_last: int, keep_every: int | None) -> list[int]:
@@ -82,60 +97,90 @@ def gc(store: str, keep_last: int, keep_every: int | None = None, *, app: str | 
 
 
 def _gc_app(app: App, keep_last: int, keep_every: int | None, dry_run: bool) -> GcReport:
-    before = sum(du(app.vdir(v)) for v in app.versions())
-    sources = Sources(app)
     versions = app.versions()
-    metas = {v: sources.meta(v) for v in versions}
+    published = [v for v in versions if app.is_published(v)]
+    # the kept versions' maps are read whole; of the others only their first record
+    # (what files they have), until one of them must be rewritten
+    sources = Sources(app, digest=False)
+    report = GcReport(app.name)
+    pub = [v for v in published if not sources.meta(v).retired]
+    report.kept = kept_versions(pub, keep_last, keep_every)
+    kept = set(report.kept)
+    info: dict[int, dict[str, Any]] = {}
+    for v in versions:
+        info[v] = sources.meta(v).info if v in kept else VersionMeta.head(app.vdir(v))
+    pages = {P.key(v, int(f[0])): int(f[2]) for v in versions for f in info[v]["files"]}
     if not dry_run:
-        _sweep_files(app, metas)
-    published = [v for v in versions if app.is_published(v) and not metas[v].retired]
-    report = GcReport(app.name, kept=kept_versions(published, keep_last, keep_every))
-    drop = [v for v in versions if v not in report.kept]
-    if not drop:
-        return report
-    gone = set(drop)
-    # which pages of the files of versions that go do kept versions still read
+        _sweep_files(app, info)
+    drop = [v for v in versions if v not in kept]
+    # which pages of every file the kept versions read, and the oldest that reads each
     live: dict[int, P.BOOL] = {}
     first_user: dict[int, int] = {}
     for v in report.kept:
-        for u in metas[v].units:
-            sources.check(u, f"store version {app.vdir(v)}")
-            for k in np.unique(u.map.src).tolist():
-                if k == P.ZERO or P.version_of(k) not in gone:
-                    continue
-                mask = live.setdefault(k, np.zeros(sources.file(k).pages, dtype=bool))
-                mask[u.map.off[u.map.src == k]] = True
+        for u in sources.meta(v).units:
+            pm, refs = u.map, u.keys()
+            for k in refs:
+                if k not in pages:
+                    raise ImageCorrupt(f"store version {app.vdir(v)} is corrupt: it reads"
+                                       f" a page file that version {P.version_of(k)} does"
+                                       " not have", path=app.vdir(v))  # fmt: skip
+                off = pm.off[pm.src == k]
+                if len(off) and int(off.max()) >= pages[k]:
+                    raise ImageCorrupt(f"store version {app.vdir(v)} is corrupt: a page map"
+                                       " points past the end of a page file",
+                                       path=app.vdir(v))  # fmt: skip
+                live.setdefault(k, np.zeros(pages[k], dtype=bool))[off] = True
                 first_user.setdefault(k, v)
-    keep_files: dict[int, list[int]] = {}
-    merges: dict[int, list[int]] = {}  # into version -> file keys
+    count = {k: int(m.sum()) for k, m in live.items()}
+    report.live = sum(count.values())
+    stored = sum(pages.values())
+    gone_keys = {P.key(d, int(f[0])) for d in drop for f in info[d]["files"]
+                 if not count.get(P.key(d, int(f[0])))}  # fmt: skip
+    dead = stored - report.live - sum(pages[k] for k in gone_keys)
+    # compaction: only under pressure, the emptiest files first, each at most half live
+    cands = sorted((count[k] / pages[k], k) for d in drop for k in
+                   (P.key(d, int(f[0])) for f in info[d]["files"])
+                   if count.get(k) and 2 * count[k] <= pages[k])  # fmt: skip
+    copy: list[int] = []
+    for share, k in cands:
+        if share > 1 / SPARSE and dead <= (report.live // 2 if copy else max(report.live,
+                                                                               SLACK)):
+            break
+        copy.append(k)
+        dead -= pages[k] - count[k]
+    for k in copy:
+        report.merged.append((P.version_of(k), first_user[k], count[k]))
+    stays = {d: [int(f[0]) for f in info[d]["files"]
+                 if count.get(P.key(d, int(f[0]))) and P.key(d, int(f[0])) not in copy]
+             for d in drop}  # fmt: skip
     for d in drop:
-        keep_files[d] = []
-        for fid, fm in metas[d].files.items():
-            k = P.key(d, fid)
-            n = int(live[k].sum()) if k in live else 0
-            if n == 0:
-                continue
-            if 2 * n >= fm.pages and n > SMALL:
-                keep_files[d].append(fid)
-            else:
-                merges.setdefault(first_user[k], []).append(k)
-                report.merged.append((d, first_user[k], n))
-    for d in drop:
-        (report.retired if keep_files[d] else report.deleted).append(d)
-    if dry_run:
+        if not stays[d]:
+            report.deleted.append(d)
+        elif d in published:
+            report.retired.append(d)
+    report.stored = stored - sum(pages[k] for k in gone_keys) - sum(pages[k] for k in copy) \
+        + sum(count[k] for k in copy)  # fmt: skip
+    if dry_run or not drop:
         return report
+    touched = [d for d in drop if d in report.deleted or d in report.retired
+               or stays[d] != [int(f[0]) for f in info[d]["files"]]
+               or not info[d].get("retired")]  # fmt: skip
+    merges: dict[int, list[int]] = {}  # into version -> file keys
+    for k in copy:
+        merges.setdefault(first_user[k], []).append(k)
+    before = sum(du(app.vdir(v)) for v in {*touched, *merges})
     remap: dict[int, tuple[int, P.I64]] = {}  # old key -> (new key, new offset per old page)
     added: dict[int, FileMeta] = {}
     for into, keys in sorted(merges.items()):
-        fm = _merge(app, sources, metas, report.kept, into, sorted(keys), live, remap)
-        added[into] = fm
+        added[into] = _merge(app, sources, into, sorted(keys), live, remap, report.kept)
     for v in report.kept:  # oldest first: a merged file is described before it is used
-        meta = metas[v]
+        meta = sources.meta(v)
         changed = v in added
         if v in added:
             meta.files[added[v].id] = added[v]
         for u in meta.units:
-            for k in np.unique(u.map.src).tolist():
+            refs = u.keys()
+            for k in refs:
                 if k in remap:
                     new_key, where = remap[k]
                     sel = u.map.src == k
@@ -145,82 +190,90 @@ def _gc_app(app: App, keep_last: int, keep_every: int | None, dry_run: bool) -> 
                     changed = True
         if changed:
             meta.write()
-    for d in sorted(drop, reverse=True):  # newest first: nothing left refers to it
-        if not keep_files[d]:
+    for d in sorted(touched, reverse=True):  # newest first: nothing left refers to it
+        if not stays[d]:
             remove_version(app, d)
-            continue
-        _retire(app, metas[d], keep_files[d])
-    report.freed = before - sum(du(app.vdir(v)) for v in app.versions())
+        else:
+            _retire(app, sources.meta(d), stays[d])
+    report.freed = before - sum(du(app.vdir(v)) for v in {*touched, *merges})
     return report
 
 
-def _merge(app: App, sources: Sources, metas: dict[int, VersionMeta], kept: list[int],
-           into: int, keys: list[int], live: dict[int, P.BOOL],
-           remap: dict[int, tuple[int, P.I64]]) -> FileMeta:  # fmt: skip
-    """Copy the live pages of files ``keys`` into a new page file of version ``into``,
-    in the order of the addresses kept versions have them at."""
-    fid = max(metas[into].files, default=0) + 1
+def _merge(app: App, sources: Sources, into: int, keys: list[int], live: dict[int, P.BOOL],
+           remap: dict[int, tuple[int, P.I64]], kept: list[int]) -> FileMeta:  # fmt: skip
+    """Copy the live pages of files ``keys`` into a new page file of version ``into``, in
+    file order (each file read in large reads), checked against their hashes."""
+    meta = sources.meta(into)
+    fid = max(meta.files, default=0) + 1
     new_key = P.key(into, fid)
-    src_key, src_off, nat = [], [], []
-    for k in keys:
-        offs = np.flatnonzero(live[k])
-        where = np.full(len(live[k]), -1, dtype=np.int64)
-        for v in kept:  # the first address a kept version has each page at
-            for u in metas[v].units:
+    where = {k: np.full(len(live[k]), -1, dtype=np.int64) for k in keys}
+    for v in kept:  # the first address a kept version has each page at: its natural one
+        for u in sources.meta(v).units:
+            for k in set(u.keys()) & set(keys):
                 sel = u.map.src == k
                 o, pg = u.map.off[sel], u.map.page[sel]
-                unset = where[o] == -1
-                where[o[unset]] = pg[unset]
-        src_key.append(np.full(len(offs), k, dtype=np.int64))
-        src_off.append(offs)
-        nat.append(where[offs])
-    keys_a, offs_a, nat_a = (np.concatenate(x) for x in (src_key, src_off, nat))
-    order = np.argsort(nat_a, kind="stable")
-    keys_a, offs_a, nat_a = keys_a[order], offs_a[order], nat_a[order]
-    for k in keys:
-        table = np.full(len(live[k]), -1, dtype=np.int64)
-        sel = keys_a == k
-        table[offs_a[sel]] = np.flatnonzero(sel)
-        remap[k] = (new_key, table)
-    hashes = np.zeros((len(keys_a), 2), dtype="<u8")
+                unset = where[k][o] == -1
+                where[k][o[unset]] = pg[unset]
+    hashes, layout = [], []
     chunks = P.ChunkSums(app.store.seed)
     path = os.path.join(app.vdir(into), P.file_name(fid))
-    fds = {k: os.open(sources.path(k), os.O_RDONLY | os.O_CLOEXEC) for k in keys}
-    try:
-        with fmt.atomic_file(path) as out:
-            out.write(PAGES_HEADER.pack(R.PAGES_MAGIC, fmt.FORMAT_VERSION).ljust(P.PAGE, b"\0"))
-            at = P.breaks(offs_a, same=(keys_a,))
-            ends = np.append(at[1:], len(keys_a))
-            for s, e in zip(at.tolist(), ends.tolist(), strict=True):
-                k = int(keys_a[s])
-                for i in range(s, e, COPY):
-                    n = min(COPY, e - i)
-                    first = int(offs_a[i])
-                    data = os.pread(fds[k], n * P.PAGE, P.data_offset(first))
-                    want = sources.file(k).hashes[first : first + n]
-                    if len(data) != n * P.PAGE or not P.same_rows(
-                            P.page_hashes(data, app.store.seed), want).all():  # fmt: skip
+    at = 0
+    with fmt.atomic_file(path) as out:
+        out.write(PAGES_HEADER.pack(R.PAGES_MAGIC, fmt.FORMAT_VERSION).ljust(P.PAGE, b"\0"))
+        for k in keys:
+            offs = np.flatnonzero(live[k])
+            table = np.full(len(live[k]), -1, dtype=np.int64)
+            table[offs] = at + np.arange(len(offs))
+            remap[k] = (new_key, table)
+            fm = sources.file(k)
+            fd = os.open(sources.path(k), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for first, last in _spans(offs):
+                    data = os.pread(fd, (last - first) * P.PAGE, P.data_offset(first))
+                    want = offs[(offs >= first) & (offs < last)]
+                    rel = want - first
+                    if len(data) != (last - first) * P.PAGE:
+                        raise ImageCorrupt(f"{sources.path(k)} is corrupt: it is shorter"
+                                           " than its pages", path=sources.path(k))  # fmt: skip
+                    pages = np.frombuffer(data, dtype=np.uint8).reshape(-1, P.PAGE)[rel]
+                    buf = pages.tobytes()
+                    if not P.same_rows(P.page_hashes(buf, app.store.seed),
+                                       fm.hashes[want]).all():  # fmt: skip
                         raise ImageCorrupt(f"{sources.path(k)} is corrupt: a page gc would"
                                            " keep does not match its checksum",
                                            path=sources.path(k))  # fmt: skip
-                    out.write(data)
-                    chunks.add(data)
-                    hashes[i : i + n] = want
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    log.info("merged %d pages into %s", len(keys_a), path)
-    return FileMeta(fid, P.file_name(fid), len(keys_a), hashes, nat_a, chunks.finish())
+                    out.write(buf)
+                    chunks.add(buf)
+                    hashes.append(fm.hashes[want])
+                    layout.append(where[k][want])
+            finally:
+                os.close(fd)
+            at += len(offs)
+    log.info("merged %d pages into %s", at, path)
+    return FileMeta(fid, P.file_name(fid), at, np.concatenate(hashes), np.concatenate(layout),
+                    chunks.finish())
 
 
-def _sweep_files(app: App, metas: dict[int, VersionMeta]) -> None:
+def _spans(offs: P.I64) -> list[tuple[int, int]]:
+    """[first, last) page ranges to read that cover ``offs`` (sorted): live pages less
+    than GAP apart read together, at most COPY pages a read."""
+    out: list[tuple[int, int]] = []
+    for o in offs.tolist():
+        if out and o - out[-1][1] < GAP and o + 1 - out[-1][0] <= COPY:
+            out[-1] = (out[-1][0], o + 1)
+        else:
+            out.append((o, o + 1))
+    return out
+
+
+def _sweep_files(app: App, info: dict[int, dict[str, Any]]) -> None:
     """Remove page files a killed gc wrote but did not get to describe, and its
     temporary files."""
-    for v, meta in metas.items():
-        names = {f.name for f in meta.files.values()}
+    for v, head in info.items():
+        names = {str(f[1]) for f in head["files"]}
         for name in os.listdir(app.vdir(v)):
-            head, _, pid = name.rpartition(".tmp.")  # (the lock is ours: all are stale)
-            stale_tmp = head and pid.isdigit() and int(pid) != os.getpid()
+            lead, _, pid = name.rpartition(".tmp.")  # (the lock is ours: all are stale)
+            stale_tmp = lead and pid.isdigit() and int(pid) != os.getpid()
             if stale_tmp or (_MERGED.fullmatch(name) and name not in names):
                 os.unlink(os.path.join(app.vdir(v), name))
 
