@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -285,6 +286,9 @@ def test_established_connection_moves_with_its_address(procs: Procs, hosts: Host
     res = _migrate(hosts, srv.pid, secret, "--tcp-established", "--move-address", own)
     new = _migrated(procs, hosts, srv, rcv, res)
     assert own in _addrs(hosts, "B") and own not in _addrs(hosts, "A")
+    _no_guard()  # (told it is done: it went, the address stays)
+    fds = [os.readlink(f"/proc/{new.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{new.pid}/fd")]
+    assert not [x for x in fds if x.startswith("pipe:")], fds  # (not the guard's)
     _ok_past(new)  # the client's lines arrive on B
     _ok_past(cli)  # and B's on the client
     _ok_past(new)
@@ -376,3 +380,71 @@ def test_save_files_through_migration(procs: Procs, hosts: Hosts) -> None:
     assert any(x.endswith("-libspmf.so") for x in maps.split()), maps
     reap(new.pid)
 
+
+
+def _guards() -> list[int]:
+    """The receivers' address guards running (cryo.migrate.address --guard)."""
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"cryo.migrate.address\0--guard" in cmd:
+                out.append(int(p))
+    return out
+
+
+def _no_guard(timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while _guards() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _guards() == []
+
+
+def test_receiver_killed_while_the_address_moves(procs: Procs, hosts: Hosts) -> None:
+    """The receiver SIGKILLed once the address is on B: its guard removes
+    the address and the table from B, the source puts the address back and goes on
+    talking to its client, every byte once; nothing is left on B."""
+    own = _moving(hosts)
+    srv = _server(procs, hosts, own, "stream")
+    cli = _client(procs, hosts, own)
+    _after(srv, f"accepted {hosts.client['C']}")
+    _ok_past(cli)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    assert _guards() == []
+    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
+                                      str(srv.pid), "--to", f"{hosts.addr['B']}:7707",
+                                      "--secret-file", secret, "--timeout", "10",
+                                      "--tcp-established", "--move-address", own),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           close_fds=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _guards():
+            assert time.monotonic() < deadline and mig.poll() is None, \
+                ("no guard seen", mig.communicate())  # fmt: skip
+        while True:  # stopped, a step at a time, until the address is on B: killed
+            os.kill(rcv.pid, signal.SIGSTOP)
+            if own in _addrs(hosts, "B"):
+                break
+            assert time.monotonic() < deadline and mig.poll() is None, "no address on B"
+            os.kill(rcv.pid, signal.SIGCONT)
+            time.sleep(0.002)
+        assert _tables(hosts, "B")  # (its lock)
+        os.kill(rcv.pid, signal.SIGKILL)
+        _, err = mig.communicate(timeout=60)
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+    assert mig.returncode not in (0, 70), err
+    _no_guard()
+    assert own in _addrs(hosts, "A")
+    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
+    _ok_past(srv)
+    _ok_past(cli)
+    assert not [x for x in srv.lines() if x.startswith("conn closed")]
+    _clean(hosts, rcv)

@@ -38,6 +38,8 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +152,7 @@ class Arrival:
         self.owner = f"{netlock.PREFIX}{os.getpid()}-holds-{self.name}"
         self.ifname = ""
         self.locked = self.placed = False
+        self._guard: int = -1  # the write end of the guard's pipe
 
     def check(self) -> None:
         """Can this host take the address?  (Before the source freezes anything.)"""
@@ -168,6 +171,7 @@ class Arrival:
 
     def lock(self) -> None:
         """Every TCP packet from or to the address dropped here (but cryo's own)."""
+        self.guard()
         netlock.sweep()
         rules = [f"table inet {self.owner}", f"table inet {self.name}",
                  f"delete table inet {self.name}", f"table inet {self.name} {{"]
@@ -205,3 +209,56 @@ class Arrival:
                 self.placed = False
         finally:
             self.unlock()
+            self.release()
+
+    def guard(self) -> None:
+        """Should this process die before :meth:`release` (a killed receiver), a process
+        of its own (``python -m cryo.migrate.address --guard``, told by the end of a
+        pipe) removes the address and the tables from this host."""
+        r, w = os.pipe()
+        try:
+            subprocess.Popen([sys.executable, "-m", "cryo.migrate.address", "--guard",
+                              f"{self.addr}/{self.prefix}", self.name, self.owner],
+                             stdin=r, stdout=subprocess.DEVNULL, close_fds=True,
+                             start_new_session=True)  # fmt: skip
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        os.set_inheritable(w, False)
+        self._guard = w
+
+    def release(self) -> None:
+        """Done (the process runs here with the address, or this side cleaned up): the
+        guard goes without touching anything."""
+        if self._guard >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._guard, b"k")
+            os.close(self._guard)
+            self._guard = -1
+
+
+def _guard_main(spec: str, name: str, owner: str) -> int:
+    """The guard: waits for the end of stdin; without the receiver's word first, the
+    address and the tables go."""
+    try:
+        said = sys.stdin.buffer.read(1)
+    except OSError:
+        said = b""
+    if said == b"k":
+        return 0
+    addr = spec.partition("/")[0]
+    with contextlib.suppress(CryoError):
+        hostnet.remove_service(addr)
+    with contextlib.suppress(CryoError, OSError):
+        names = [n for n in (owner, name) if n in netlock.tables()]
+        if names:
+            netlock._delete(*names)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--guard":
+        sys.exit(_guard_main(*sys.argv[2:]))
+    sys.exit(2)

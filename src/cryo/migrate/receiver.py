@@ -153,6 +153,7 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
         phases["let go"] = time.perf_counter() - ts
         if arrival is not None:  # (it runs: the peers' retransmissions get through)
             arrival.unlock()
+            arrival.release()
         if pager is not None:  # it runs: its pages come while it does (cryo.migrate.lazy)
             running = result.pid
             framer.send(b"RUNS", {"pid": result.pid, "phases": phases})
