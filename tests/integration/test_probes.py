@@ -5,6 +5,8 @@ refused (exit 9 naming it) with the target untouched."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import time
@@ -216,3 +218,40 @@ def test_realtime_posix_timer_of_unknown_kind_refused(procs: Procs, build: Any,
     v = procs.spawn([build("posixabs"), str(out), "none"], out)
     v.wait_ok_after(1)
     refused_untouched(v, tmp_path / "img", "TIMER_ABSTIME")
+
+
+@pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK")
+def test_jvm_perf_data_file_put_back(procs: Procs, tmp_path: Path) -> None:
+    """A JVM's /tmp/hsperfdata_USER/PID (its own, mapped shared, written as it runs) is
+    saved with the image and put back as it was: the image restarts a second time after
+    the restored JVM wrote its counters there (its dirty pages written back with fsync,
+    as the kernel does every 30 s, its next write moves the mtime), and after the file
+    was deleted (as a starting JVM deletes a dead pid's).  Before: the second restart
+    failed, exit 12 (FileChanged), and the third (the mapped file missing)."""
+    subprocess.run(["javac", "-d", str(tmp_path), str(VICTIMS / "JvmWork.java")],
+                   check=True, timeout=120)  # fmt: skip
+    out, img = tmp_path / "out.txt", str(tmp_path / "img")
+    v = procs.spawn(["java", "-Xmx256m", "-cp", str(tmp_path), "JvmWork", str(out)], out)
+    v.wait_ok_after(2, timeout=30)
+    maps = Path(f"/proc/{v.pid}/maps").read_text().splitlines()
+    perf = next(Path(line.split()[-1]) for line in maps if "/hsperfdata_" in line)
+    checkpoint(v.pid, img, signal_after=signal.SIGKILL)
+    reap(v.pid)
+    saved = perf.stat().st_mtime_ns
+    for how in ("written", "deleted", "again"):
+        rr = restart(img)
+        procs.track(rr.pid)
+        v = Victim(rr.pid, out)
+        v.wait_ok_after(max(v.oks()) + 1, timeout=20)
+        if how == "written":
+            fd = os.open(perf, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+            deadline = time.monotonic() + 20
+            while perf.stat().st_mtime_ns == saved and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert perf.stat().st_mtime_ns != saved, "the JVM wrote nothing"
+        reap(rr.pid)
+        if how == "deleted":
+            perf.unlink()
+    assert not v.fails()

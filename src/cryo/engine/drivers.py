@@ -182,6 +182,12 @@ class View:
 _APPCHANNEL, _INET = "cryo.engine.appchannel", "cryo.engine.inet"
 _SOCKETS, _TTY = "cryo.engine.sockets", "cryo.engine.tty"
 APPX = b"APPX"  # appchannel.KIND (tests/unit/test_startup.py checks it is the same)
+_HSPERF, HSPF = "cryo.engine.hsperf", b"HSPF"  # hsperf.KIND
+
+
+def _maps_hsperf(ctx: DumpContext) -> bool:
+    return any(v["kind"] == "shared-file" and v["path"].startswith("/tmp/hsperfdata_")
+               for v in ctx.records[R.MM]["vmas"])  # fmt: skip
 
 
 def _used(module: str, fn: str) -> Callable[..., Any]:
@@ -454,6 +460,10 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("spmf", write=spmf_open, written=spmf_save, prepare=spmf_prepare),
     # the files an application saved (cryo.app) are back before any file is opened
     Driver("app-files", prepare=_when(_APPCHANNEL, "prepare", lambda rs: bool(rs.image.raw(APPX)))),
+    # the JVM's performance-data file, put back as it was (engine/hsperf.py)
+    Driver("hsperf", (HSPF,), optional=True,
+           write=_when(_HSPERF, "write", lambda c, _sink: _maps_hsperf(c)),
+           prepare=_when(_HSPERF, "prepare", lambda rs: bool(rs.image.raw(HSPF)))),
     # a file mapped privately that is there but not what the image assumed: exit 12
     # (FileChanged) before the path check would call it missing
     Driver("fingerprint-check", prepare=changed.check_all),

@@ -920,6 +920,14 @@ KINDS: tuple[Kind, ...] = (
             F("mode", Int(0, 0o7777)), F("size", Int(0, 1 << 40)),
         ), name="saved file")), "files the application saved (cryo.app.add_saved_file)"),
     ), name="application"), "what a cryo.app agent asked of the checkpoint"),
+    Kind(b"HSPF", "engine/hsperf.py", "any", Struct((
+        F("pid", PID),
+        F("files", List(Struct((
+            F("path", Path()), F("side", Str(max=255, pattern=r"[A-Za-z0-9][A-Za-z0-9._+-]*")),
+            F("size", Int(0, 1 << 20)), F("mtime", Int(), "st_mtime_ns"),
+            F("mode", Int(0, 0o7777)), F("uid", Int(0, U32)), F("gid", Int(0, U32)),
+        ), name="JVM performance file"), min=1), "its bytes, put back at restart"),
+    ), name="hsperfdata"), "the JVM's /tmp/hsperfdata_USER/PID, mapped shared"),
     Kind(b"SPMF", "engine/spmf.py", "any", Struct((
         F("pid", PID),
         F("files", List(Struct((
