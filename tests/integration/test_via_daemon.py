@@ -227,3 +227,44 @@ def test_no_daemon_the_command_runs_here(build: Any, procs: Procs, tmp_path: Pat
     assert r.returncode == 0, r.stderr
     procs.track(int(r.stdout))
     Victim(v.pid, out).wait_ok_after(last + 3)
+
+
+def tracer(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(x for x in f if x.startswith("TracerPid:")).split()[1])
+
+
+def test_an_interrupted_checkpoint_lets_it_go(cryod: Callable[..., Cryod], build: Any,
+                                              procs: Procs, tmp_path: Path) -> None:
+    # the daemon's child checkpoints in itself (no worker: daemon/commands.py _as_worker);
+    # the client's ^C while the target is held stops it at a safe point: exit 130, the
+    # target let go as it was, its memory checked by itself
+    d = cryod()
+    server_of(d, procs)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("bigmem"), str(out), "384"], out=out)
+    v.wait_line("ready", timeout=60)
+    v.wait_ok_after(1)
+    env = dict(os.environ, CRYO_DAEMON=d.socket)
+    client = subprocess.Popen([sys.executable, "-S", BIN, "checkpoint", str(v.pid), "-D",
+                               str(tmp_path / "img"), "--compress"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while tracer(v.pid) == 0 and client.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == ExitCode.INTERRUPTED, err
+    assert "interrupted" in err.decode()
+    deadline = time.monotonic() + 10
+    while tracer(v.pid) != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert tracer(v.pid) == 0
+    v.wait_ok_after(max(v.oks()) + 3, timeout=30)
+    assert not (tmp_path / "img").exists() or not any((tmp_path / "img").iterdir())

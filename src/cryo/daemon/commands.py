@@ -244,8 +244,9 @@ def _reap(running: dict[int, _Running], conns: dict[int, _Running],
 
 
 def _parsers() -> dict[str, Any]:
-    """The parser of each command, built once (each child gets a copy)."""
-    from cryo import cli
+    """The parser of each command, built once (each child gets a copy), and what the
+    commands import beyond the daemon's preload."""
+    from cryo import cli, launch  # noqa: F401 (launch: a checkpoint's scope, RUN_MARK)
 
     return {c: cli.build_parser([c]) for c in COMMANDS}
 
@@ -309,6 +310,57 @@ def _start(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
     return _Running(pid, conn)
 
 
+def _as_worker(pid: int, dest: Any, *, worker: bool = True, **options: Any
+               ) -> Any:  # fmt: skip  # pragma: no cover (a command's child)
+    """cryo.engine.dump.checkpoint in a command's child, which is the worker itself
+    instead of forking one (a fork of this process and its exit: half of a small
+    program's checkpoint, 30 of 64 ms measured): the session runs here with the
+    worker's discipline (engine/worker.py): SIGTERM, SIGHUP, SIGINT and SIGQUIT (the
+    client's, forwarded; its hang-up) stop it at the next safe point, never inside an
+    injected call, a ptrace step or the image's commit; the watchdog's SIGALRM bounds
+    the freeze; every target is let go as it was on any failure.  As for the worker,
+    only a SIGKILL of this process cuts it short anywhere."""
+    from cryo.engine import worker as W
+    from cryo.engine.session import Checkpoint, FreezeTimeout
+    from cryo.errors import Interrupted, translate_oserror
+
+    target = Checkpoint(pid, dest, in_worker=True, **options)
+    pending: list[BaseException] = []
+
+    def interrupt(exc: BaseException, frame: Any) -> None:
+        if target.critical or W._inside(frame, W._CRITICAL):
+            pending.append(exc)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise exc
+
+    def stop(_sig: int, frame: Any) -> None:
+        interrupt(KeyboardInterrupt(), frame)
+
+    def alarm(_sig: int, frame: Any) -> None:
+        interrupt(pending.pop() if pending else FreezeTimeout(
+            "the targets were frozen longer than the watchdog allows; let go"), frame)
+
+    signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGALRM)
+    old = {sig: signal.signal(sig, alarm if sig == signal.SIGALRM else stop)
+           for sig in signals}  # fmt: skip
+    try:
+        try:
+            return target.run()
+        except BaseException as err:
+            with contextlib.suppress(BaseException):
+                target.abort()
+            if isinstance(err, KeyboardInterrupt):
+                raise Interrupted("interrupted") from None
+            if isinstance(err, OSError):
+                raise translate_oserror(err, pid=pid) from err
+            raise
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _child(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
            ) -> int:  # pragma: no cover (a command's child)
     """Become the caller's command, run it, its exit code."""
@@ -354,7 +406,9 @@ def _child(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
     argv = [str(a) for a in job["argv"]]
     sys.argv = ["cryo", *argv]
     from cryo import cli
+    from cryo.engine import dump  # (its checkpoint, in this child only: _as_worker)
 
+    dump.checkpoint = _as_worker
     try:
         command = cli._command(argv)
         parser = parsers.get(command) if command else None
