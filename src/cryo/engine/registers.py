@@ -6,7 +6,17 @@ A relative nanosleep or clock_nanosleep interrupted by the freeze keeps its rema
 time: the kernel wrote it to the call's ``rem`` argument when it was interrupted (part of
 the saved memory), and the restored task sleeps that long, the call rerun with ``rem``
 as its request.  Without a ``rem`` pointer the remaining time exists only in the kernel's
-restart block, which does not survive the task: the whole sleep runs again."""
+restart block, which does not survive the task: the whole sleep runs again.
+
+What the restart block keeps (ERESTART_RESTARTBLOCK, run by restart_syscall): poll() its
+fds and the absolute monotonic end of its timeout; FUTEX_WAIT with a timeout its word,
+value, bitset and absolute end; nanosleep/clock_nanosleep the absolute expiry and the
+``rem`` pointer.  No interface reads it back (the hrtimer it arms shows in
+/proc/timer_list only while the task sleeps, without its task).  CRIU makes these calls
+return EINTR; cryo runs them again whole, so that they may end late, never early.
+ppoll, select and pselect6 restart with ERESTARTNOHAND after the kernel wrote the time
+left into the caller's timeout (part of the saved memory): run again, they wait only that
+long (unless the STICKY_TIMEOUTS personality)."""
 
 from __future__ import annotations
 
