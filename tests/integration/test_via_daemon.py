@@ -268,3 +268,31 @@ def test_an_interrupted_checkpoint_lets_it_go(cryod: Callable[..., Cryod], build
     assert tracer(v.pid) == 0
     v.wait_ok_after(max(v.oks()) + 3, timeout=30)
     assert not (tmp_path / "img").exists() or not any((tmp_path / "img").iterdir())
+
+
+def test_the_daemon_refuses_what_it_would_not_run_right(cryod: Callable[..., Cryod],
+                                                        procs: Procs) -> None:
+    # each refused before anything runs (an error reply: the client runs it itself)
+    d = cryod()
+    server_of(d, procs)
+
+    def ask(argv: list[str], nfds: int = 4) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(d.socket)
+            cwd = os.open("/", os.O_PATH)
+            try:
+                P.send_fds(s, P.request("command", argv=argv, env={}, umask=0o22),
+                           [0, 1, 2, cwd][:nfds])  # fmt: skip
+            finally:
+                os.close(cwd)
+            reply = P.recv(s)
+        assert isinstance(reply, dict)
+        return reply
+
+    for argv, error in ((["job", "checkpoint", "x"], "Usage"), (["run", "--", "true"], "Usage"),
+                        (["restart", "-D", "/x", "--shell-job"], "Usage")):  # fmt: skip
+        reply = ask(argv)
+        assert (reply["ok"], reply["error"]) == (False, error), reply
+    reply = ask(["show", "/x"], nfds=3)
+    assert (reply["ok"], reply["error"]) == (False, "ProtocolError"), reply
+    assert [c["ok"] for c in commands(d)] == [False] * 4

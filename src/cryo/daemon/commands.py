@@ -45,6 +45,16 @@ COMMANDS = ("checkpoint", "restart", "show")
 _KEEP: list[Any] = []  # what the children replace, kept alive: its finalizer would close fds
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The command word of ``argv`` (after the global options), as cryo.cli reads it."""
+    for arg in argv:
+        if arg in ("-v", "--verbose", "--via-daemon") or (
+                arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            continue
+        return arg
+    return None
+
+
 class CommandServer:
     """The server process, forked now (from a thread that lives as long as the daemon:
     its parent-death signal is bound to the thread that forked it)."""
@@ -387,7 +397,7 @@ def _child(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
             with contextlib.suppress(OSError, ValueError):
                 resource.setrlimit(res, (soft, hard))
         os.setpriority(os.PRIO_PROCESS, 0, job["nice"])
-    except OSError as err:
+    except (OSError, ValueError) as err:  # (ValueError: a name putenv refuses)
         os.write(2, f"cryo: error: cryod could not set up the command: {err}\n".encode())
         return 1
     unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))

@@ -106,6 +106,12 @@ class Daemon:
         self._gc_pending: set[str] = set()
         self._gc_lock = threading.Lock()
         self._gc_busy = threading.Lock()  # held while the background gc works
+        # a store's background gc never runs while one of its jobs is checkpointed (its
+        # unlinks and fsyncs would lengthen that job's freeze): it waits for those in
+        # progress to end, and new ones wait for it (a few milliseconds, store.md)
+        self._gate = threading.Condition()
+        self._in_checkpoint: dict[str, int] = {}  # store -> checkpoints in progress
+        self._gc_at: dict[str, int] = {}  # store -> background gcs waiting or running
         # the scheduler's wake-up: a byte on this pipe (a change of state, a job no
         # longer busy) ends its sleep
         self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -275,7 +281,7 @@ class Daemon:
         the caller's fds to the command server, which answers when it ends; refused (and
         so not run: the client runs it itself) for a caller whose namespaces, root or
         cgroups are not the daemon's."""
-        from cryo.daemon.commands import COMMANDS, caller_limits, same_place
+        from cryo.daemon.commands import COMMANDS, caller_limits, command_of, same_place
 
         if fds is None or conn is None:
             raise Usage("command: only on the daemon's socket, with its fds")
@@ -286,8 +292,10 @@ class Daemon:
         if not all(isinstance(a, str) for a in argv) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in args["env"].items()):
             raise P.ProtocolError("command: argv and env are strings")
-        if not set(argv) & set(COMMANDS):
+        if command_of(argv) not in COMMANDS:
             raise Usage(f"command: the daemon runs {', '.join(COMMANDS)} only")
+        if "--shell-job" in argv:  # (its terminal and session are the caller's, not ours)
+            raise Usage("command: --shell-job is run by the caller itself")
         if self.commands is None:
             raise CryoError("this daemon runs no commands")
         differs = same_place(caller.pid)
@@ -491,9 +499,10 @@ class Daemon:
                 try:
                     pid = self.alive(job)
                     self.ensure_store(job["store"])
-                    version, r = runner.call("checkpoint", pid, job["store"], name,
-                                             job["scope"],
-                                             timeout=self.checkpoint_timeout)  # fmt: skip
+                    with self.gate(job["store"], gc=False):
+                        version, r = runner.call("checkpoint", pid, job["store"], name,
+                                                 job["scope"],
+                                                 timeout=self.checkpoint_timeout)  # fmt: skip
                 except BaseException as err:
                     self.failed(job, attempt, err)
                     raise
@@ -535,6 +544,27 @@ class Daemon:
             "job": job["name"], "error": type(err).__name__, "message": str(err),
             "failures": failures, "retry": fields.get("next_due")}})  # fmt: skip
 
+    @contextlib.contextmanager
+    def gate(self, store: str, *, gc: bool) -> Iterator[None]:
+        """Checkpoints of ``store`` (``gc`` False) together, or its background gc alone
+        (which new checkpoints wait for once it waits, so that it is not starved)."""
+        with self._gate:
+            if gc:
+                self._gc_at[store] = self._gc_at.get(store, 0) + 1
+                self._gate.wait_for(lambda: not self._in_checkpoint.get(store))
+            else:
+                self._gate.wait_for(lambda: not self._gc_at.get(store))
+                self._in_checkpoint[store] = self._in_checkpoint.get(store, 0) + 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                table = self._gc_at if gc else self._in_checkpoint
+                table[store] -= 1
+                if not table[store]:
+                    del table[store]
+                self._gate.notify_all()
+
     def retain_later(self, name: str) -> None:
         """Retention of job ``name`` by the background gc (queued once)."""
         with self._gc_lock:
@@ -552,7 +582,7 @@ class Daemon:
             if job is None or self._gc_runner is None:
                 continue
             try:
-                with self._gc_busy:
+                with self._gc_busy, self.gate(job["store"], gc=True):
                     self.retain(job, self._gc_runner)
             except Exception:
                 log.exception("gc of job %s", name)
