@@ -226,6 +226,7 @@ def main() -> int:
                 c.add(f"job{i}", pid=pid, every=args.every, keep_last=args.keep_last or None)
                 time.sleep(args.every / args.jobs)
         t_start = time.time()
+        load0 = os.getloadavg()
         cpu0 = cpu(daemon.pid)
         samples = []  # (seconds since the start, the daemon's RSS), every second
         total = []  # (seconds, PSS of the daemon and its checkpointers)
@@ -234,6 +235,7 @@ def main() -> int:
             total.append((now - t_start, pss([daemon.pid, *children(daemon.pid)])))
             time.sleep(min(1.0, max(0.0, t_start + args.time - time.time())))
         t_end = time.time()
+        load1 = os.getloadavg()
         cpu1 = cpu(daemon.pid)
         samples.append((t_end - t_start, rss(daemon.pid)))
         total.append((t_end - t_start, pss([daemon.pid, *children(daemon.pid)])))
@@ -284,6 +286,11 @@ def main() -> int:
     ref = [statistics.mean(x) for x in zip(baseline, after or baseline, strict=True)]
     slow = [(r - d) / r * 100 for r, d in zip(ref, with_daemon, strict=True)]
     late = sum(x > 1.0 for x in lateness)
+    import cryo
+
+    print(f"cryo from {os.path.dirname(cryo.__file__)}; load average at the start"
+          f" {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, at the end"
+          f" {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     print(f"cryod: {args.jobs} jobs of {args.mib} MiB, every {args.every:g} s, for"
           f" {args.time:g} s (max concurrent {args.max_concurrent}, nice {nice}, keep last"
           f" {args.keep_last},"

@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--profile", help="cProfile of the counted rounds into this file")
     ap.add_argument("--code", help="a src directory to import cryo from")
     ap.add_argument("--label", default="")
+    ap.add_argument("--phases", action="store_true", help="CPU per phase of the checkpoint")
     args = ap.parse_args()
     if args.code:
         sys.path.insert(0, args.code)
@@ -49,6 +50,30 @@ def main() -> int:
     from daemon import VICTIM
 
     cryo.preload.preload()  # as the daemon does before it forks its checkpointers
+    spent: dict[str, float] = {}  # CPU seconds (the whole process's) in each phase
+    counting = [False]
+    if args.phases:
+        from cryo.engine import session
+        from cryo.store import sink
+
+        def wrap(owner: object, name: str, label: str) -> None:
+            real = getattr(owner, name)
+
+            def timed_phase(*a, **kw):  # type: ignore[no-untyped-def]
+                c0 = time.process_time()
+                try:
+                    return real(*a, **kw)
+                finally:
+                    if counting[0]:
+                        spent[label] = spent.get(label, 0.0) + time.process_time() - c0
+
+            setattr(owner, name, timed_phase)
+
+        for name in ("prepare", "freeze", "collect", "write", "release", "commit", "resume"):
+            wrap(session.Checkpoint, name, f"engine {name}")
+        wrap(sink, "load_previous", "store load_previous")
+        for name in ("select", "inherit", "commit"):
+            wrap(sink.VersionSink, name, f"store {name}")
     base = Path(tempfile.mkdtemp(prefix="cryo-round-", dir="/var/tmp"))
     (base / "victim.c").write_text(VICTIM)
     exe = base / "victim"
@@ -68,6 +93,7 @@ def main() -> int:
         while not (out.exists() and "ready" in out.read_text()):
             time.sleep(0.05)
         for r in range(args.rounds + 2):
+            counting[0] = r >= 2
             if r == 2 and args.profile:
                 import cProfile
 
@@ -111,6 +137,8 @@ def main() -> int:
               f" {statistics.median(wall):6.1f}, max {max(wall):6.1f}")
     print(f"  frozen     median {statistics.median(frozen) * 1000:.1f} ms, max"
           f" {max(frozen) * 1000:.1f}")
+    for label, x in spent.items():
+        print(f"  {label:22s} {x / args.rounds * 1000:6.1f} ms of CPU a round")
     print(f"  gc copied  {sum(copied)} pages in {sum(1 for c in copied if c)} of"
           f" {len(copied)} rounds (max {max(copied)} in one)")
     print(f"  store      {len(dirs)} version directories, {size / 2**20:.1f} MiB on disk"

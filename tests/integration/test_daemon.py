@@ -369,6 +369,61 @@ def test_daemon_sigkill_during_checkpoint(cryod: Callable[..., Cryod], build: An
     _checks_itself(out, 1)
 
 
+def test_daemon_sigkill_during_gc(cryod: Callable[..., Cryod], build: Any,
+                                  tmp_path: Path) -> None:  # fmt: skip
+    """The daemon killed while its gc copies pages (a version's file of which the kept
+    version reads a tenth: merged): no version it keeps is lost, the store verifies, the
+    job goes on untouched, the next gc finishes, and the kept version restarts exactly."""
+    d = cryod()
+    out = tmp_path / "big.txt"
+    with d.client() as c:
+        job = c.add("big", cmd=[build("incr"), str(out), "512", "900"], keep_last=1)
+        d.procs.track(job["pid"])
+        wait(lambda: "ready" in out.read_text() if out.exists() else False, 30, "incr")
+        assert c.checkpoint("big")["version"] == 1
+        os.kill(job["pid"], signal.SIGUSR1)  # 90% of its pages new: version 1 goes sparse
+        wait(lambda: "gen 1" in out.read_text(), 30, "incr's generation 1")
+    v2 = Path(d.store) / "big" / "v2"
+
+    def call() -> None:
+        with contextlib.suppress(Exception), d.client() as c:
+            c.checkpoint("big")  # (returns once retention ran: it will not)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+
+    def merging() -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            return any(n.startswith("pages-1.img.tmp.") for n in os.listdir(v2))
+        return False
+
+    wait(merging, 60, "gc copying version 1's live pages into version 2")
+    d.kill()  # SIGKILL, in the middle of the copy
+    t.join(10)
+    unharmed(job["pid"])
+    _checks_itself(out, 1)
+    assert not cstore.verify(d.store).problems
+
+    d.start()
+    with d.client() as c:
+        assert [v["version"] for v in c.versions("big")] == published(d, "big")
+        assert 2 in published(d, "big")
+        assert c.checkpoint("big")["version"] == 3  # and its gc, to the end
+        assert [v["version"] for v in c.versions("big")] == published(d, "big") == [3]
+        assert not cstore.verify(d.store).problems
+        unharmed(job["pid"])
+        _checks_itself(out, 1)
+        # (the job, orphaned by the killed daemon, is ours now: killed and reaped here,
+        # its zombie would hold the pid the restart takes back)
+        os.kill(job["pid"], signal.SIGKILL)
+        os.waitpid(job["pid"], 0)
+        r = c.restart("big")
+        d.procs.track(r["pid"])
+    assert r["version"] == 3
+    wait(lambda: out.read_text().count("ready") >= 1, 30)
+    _checks_itself(out, 1)
+
+
 def test_checkpoint_timeout_kills_it_harmlessly(cryod: Callable[..., Cryod], build: Any,
                                                 tmp_path: Path) -> None:  # fmt: skip
     """--checkpoint-timeout: a checkpoint that has not ended in time is killed (its child,
