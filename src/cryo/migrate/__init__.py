@@ -6,7 +6,8 @@ make a local checkpoint that barely stops it.  docs/design.md, "Migration".
 - ``precopy``: write tracking armed, pages copied in rounds while the process runs, and
   the final checkpoint's tracking (only the pages written since);
 - ``sender``: ``migrate()``; ``receiver``: ``serve()`` and ``receive()``;
-- ``local``: ``checkpoint()`` with pre-copy into a directory image.
+- ``local``: ``checkpoint()`` with pre-copy into a directory image;
+- ``address``: ``--move-address``, the process's IPv4 address moved with it.
 """
 
 from cryo.migrate.auth import AuthFailed

@@ -5,7 +5,11 @@ Only an authenticated sender is read at all (cryo.migrate.auth).  The whole stre
 received into memory, every frame checked (the root process's pre-copy pages copied into
 a staging area as they arrive, to be moved into place: cryo.migrate.stage), then
 restarted like any image (the same validation, trust rule and phases); the sender is
-told ``OKAY {pid}`` once the process runs, or ``FAIL {error, code}``.  A copy is kept
+told ``OKAY {pid, locks}`` once the process runs (``locks``: the image's network
+locks, for the source to remove), or ``FAIL {error, code}``.  The restart gets the
+sender's net options (``HELO``'s ``net``); an address that moves with the process
+(``move_address``) is checked at once (``ADOK``) and taken here after the stream
+(cryo.migrate.address).  A copy is kept
 in the directory of this side's ``--keep``, else in the one the sender asked for
 (``cryo migrate --keep DIR``).  A failure at any point leaves nothing here: no process
 (the restart kills what it built), no file (nothing was written; ``keep`` is written
