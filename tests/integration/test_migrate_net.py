@@ -249,11 +249,17 @@ def test_listeners_move(procs: Procs, hosts: Hosts) -> None:
     srv.wait_ok_after(max(srv.oks()) + 3)
     _clean(hosts, rcv)
 
+    rcv = _receiver(procs, hosts, secret)  # its address does not move: B cannot bind it
+    res = _migrate(hosts, srv.pid, secret)
+    assert res.returncode not in (0, 70), res.stderr
+    assert _hi(hosts, own, 7802) == "hi 3"  # on A, as before
+    _clean(hosts, rcv)
+
     rcv = _receiver(procs, hosts, secret)
     res = _migrate(hosts, srv.pid, secret, "--move-address", own)
     new = _migrated(procs, hosts, srv, rcv, res)
-    assert _hi(hosts, own, 7802, timeout=5) == "hi 3"  # at once
-    assert _hi(hosts, hosts.client["B"], 7801, timeout=5) == "hi 4"
+    assert _hi(hosts, own, 7802, timeout=5) == "hi 4"  # at once
+    assert _hi(hosts, hosts.client["B"], 7801, timeout=5) == "hi 5"
     assert own in _addrs(hosts, "B") and own not in _addrs(hosts, "A")
     assert _tables(hosts, "A") == [] and _tables(hosts, "B") == []
     new.wait_ok_after(max(new.oks()) + 3)
@@ -319,6 +325,47 @@ def test_failed_migration_puts_the_address_back(procs: Procs, hosts: Hosts) -> N
     _ok_past(srv)
     assert not [x for x in srv.lines() if x.startswith("conn closed")]
     _clean(hosts, rcv)
+
+
+def test_connection_whose_address_stays_fails_there(procs: Procs, hosts: Hosts) -> None:
+    """A connection on A's own address (which does not move), with --tcp-established:
+    B's restart cannot make it; the source goes on with its client, B is left clean."""
+    own = hosts.client["A"]
+    srv = _server(procs, hosts, own, "stream")
+    cli = _client(procs, hosts, own)
+    _after(srv, f"accepted {hosts.client['C']}")
+    _ok_past(cli)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret)
+    res = _migrate(hosts, srv.pid, secret, "--tcp-established")
+    assert res.returncode not in (0, 70), res.stderr
+    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
+    _ok_past(srv)
+    _ok_past(cli)
+    assert not [x for x in srv.lines() if x.startswith("conn closed")]
+    _clean(hosts, rcv)
+
+
+def test_destination_that_cannot_take_the_address_refuses(procs: Procs, hosts: Hosts) -> None:
+    """B has no interface in the address's subnet, or has the address already: refused
+    at the handshake (nothing frozen, no round), the source untouched, B clean."""
+    own = _moving(hosts)
+    srv = _server(procs, hosts, own, "listen")
+    secret = _secret(hosts)
+    for spec, why in ((f"{own}/32", "no interface here is in the subnet"),
+                      (own, "is on an interface here already")):  # fmt: skip
+        if why.startswith("is on"):
+            hosts.sh("ip", "-n", hosts.ns["B"], "addr", "add", f"{own}/24", "dev",
+                     hosts.cdev["B"])  # fmt: skip
+        rcv = _receiver(procs, hosts, secret)
+        res = _migrate(hosts, srv.pid, secret, "--move-address", spec)
+        assert res.returncode == 1 and why in res.stderr, res.stderr
+        assert "round 1" not in res.stderr, res.stderr
+        assert own in _addrs(hosts, "A")
+        reap(rcv.pid, timeout=30)
+        _clean_b(hosts, rcv)
+    assert _hi(hosts, hosts.client["A"], 7801) == "hi 0"
+    srv.wait_ok_after(max(srv.oks()) + 3)
 
 
 def test_tcp_close_moves_it_closed(procs: Procs, hosts: Hosts) -> None:
