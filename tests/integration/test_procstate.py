@@ -441,16 +441,6 @@ def test_cgroup_membership(procs: Procs, tmp_path: Path) -> None:
     assert key in ("", "pids")
 
 
-def test_mapping_with_a_memory_policy_of_its_own_refused(procs: Procs, build: Any,
-                                                         tmp_path: Path) -> None:  # fmt: skip
-    """A mapping's own NUMA policy (mbind) is not made again: refused by name, exit 9,
-    the target untouched (it was restored without it, exit 0)."""
-    out = tmp_path / "out.txt"
-    v = procs.spawn([build("prctls"), str(out), "mbind"], out)
-    v.wait_ok_after(1)
-    refused_untouched(v, tmp_path / "img", "mbind")
-
-
 def test_syscall_user_dispatch(procs: Procs, build: Any, tmp_path: Path) -> None:
     """A thread's syscall user dispatch comes back (restored, its calls were no longer
     sent to SIGSYS, exit 0); a thread whose selector blocks system calls at the freeze

@@ -2,8 +2,8 @@
  * process: the timer slack, the machine-check kill policy, PR_SET_TSC, the NUMA memory
  * policy (set_mempolicy), cpuid faulting (ARCH_SET_CPUID, where the CPU has it), and MDWE (no mapping may become writable and executable) and
  * the coredump filter.  Each round both threads check theirs and the main thread tries
- * to make a writable mapping executable (refused under MDWE).  argv[2] = "mbind": a
- * mapping with a memory policy of its own (which cryo refuses). */
+ * to make a writable mapping executable (refused under MDWE).  (Mappings with
+ * policies of their own: numa.c.) */
 #include "common.h"
 #include <pthread.h>
 #include <sys/mman.h>
@@ -59,11 +59,6 @@ int main(int argc, char **argv) {
     int cf = open("/proc/self/coredump_filter", O_WRONLY);
     if (cf < 0 || write(cf, "0x5b", 4) != 4) FAIL("coredump_filter %d", errno);
     close(cf);
-    if (argc > 2 && !strcmp(argv[2], "mbind")) {
-        char *m = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (syscall(SYS_mbind, m, 1 << 16, 1 /* MPOL_PREFERRED */, &node0, 64, 0)) FAIL("mbind %d", errno);
-        m[0] = 1;
-    }
     if (prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)) FAIL("PR_SET_MDWE %d", errno);
     report("ready %d", getpid());
     for (long r = 0;; r++) {

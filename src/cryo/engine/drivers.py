@@ -55,6 +55,7 @@ from cryo.engine import (
     locks,
     memory,
     namespaces,
+    numa,
     registers,
     semundo,
     shmem,
@@ -486,6 +487,9 @@ DRIVERS: tuple[Driver, ...] = (
            describe=changed.describe),
     Driver("sysvshm", write=_sysvshm_write, prepare=_sysvshm_prepare,
            restore={"memory": _sysvshm_attach}),
+    # (after task, whose record it adds to; after memory and sysvshm, whose mappings it
+    # gives their policies before any page is written)
+    Driver("numa", inject=numa.dump, restore={"memory": numa.restore}),
     Driver("signals", (R.SIGS,), inject=_keep(R.SIGS, signals.dump),
            restore={"signals": lambda c: signals.restore_actions(c, _rs(c, R.SIGS)),
                     "pending": lambda c: signals.restore_pending(c, _rs(c, R.SIGS),

@@ -120,7 +120,6 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             else b.result(prctl[name])  # fmt: skip
     with open(f"/proc/{pid}/personality") as f:
         personality = int(f.read(), 16)
-    _refuse_vma_policies(pid)
     audit = _check_audit(pid, sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")))
     return {
         "membarrier": _membarrier_registrations(ctx),
@@ -194,24 +193,6 @@ def _check_keyrings(pid: int, ids: list[int], desc: bytes) -> None:
         raise Unsupported(f"process {pid} joined the session keyring {name!r} (keyctl): it"
                           " would be restored in cryo's, and keys are not saved", pid=pid,
                           resource="keyrings")  # fmt: skip
-
-
-def _refuse_vma_policies(pid: int) -> None:
-    """A NUMA memory policy of a mapping of its own (mbind) is refused: the restore does
-    not make it again.  /proc/PID/numa_maps shows each mapping's policy, the task's
-    where the mapping has none: a mapping whose policy is not the one of the first
-    mapping (the executable's, which no program binds) has its own."""
-    try:
-        text = procfs.read(pid, "numa_maps").decode(errors="replace")
-    except FileNotFoundError:  # (a kernel without NUMA)
-        return
-    lines = [(*line.split(maxsplit=2), "", "")[:2] for line in text.splitlines()]
-    task = lines[0][1] if lines else "default"
-    for addr, policy in lines:
-        if policy != task:
-            raise Unsupported(f"process {pid}: mapping {addr} has a NUMA memory policy of"
-                              f" its own ({policy}, mbind): not supported", pid=pid,
-                              resource="mbind")  # fmt: skip
 
 
 MAX_NODES = 1024  # bits of the node masks read and given (get/set_mempolicy)

@@ -815,6 +815,10 @@ KINDS: tuple[Kind, ...] = (
           required=False),
         F("xcomp", Int(1, U64), "the xstate features permitted (ARCH_GET_XCOMP_PERM), when"
           " more than a new process's (AMX)", required=False),
+        F("vma_policies", List(Tuple((ADDR, ADDR, Int(1, U32), Bytes(max=128)),
+                                     ("start", "end", "mode", "nodes")), max=1 << 16),
+          "the mappings' own NUMA policies, where not the task's (engine/numa.py)",
+          required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
     Kind(b"MM  ", "engine/memory.py", "per process", Struct((
         F("pid", PID), F("vmas", List(VMA), "the mappings, in address order (below)"),

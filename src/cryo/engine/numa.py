@@ -1,0 +1,100 @@
+"""NUMA memory policies of mappings (mbind), saved and set again.
+
+A mapping can have a memory policy of its own, set with ``mbind`` (OpenBLAS does it for
+its buffers, so every numpy program has one: "local"; numactl users bind or interleave
+a program's large arrays); the thread's policy (``set_mempolicy``) is engine/task.py's.
+/proc/PID/numa_maps shows each mapping's policy: its own, or the task's where it has
+none.  So the mappings shown with a policy other than "default" are asked, inside the
+process, ``get_mempolicy(MPOL_F_ADDR)`` at their start, which answers the mapping's own
+policy only (MPOL_DEFAULT where it has none, whatever the task's): the mode with its
+flags, and the node mask as the program gave it for the static and relative kinds.
+Those with one are kept in TASK["vma_policies"], and the restart gives each to
+``mbind`` once the mappings are made and before any page is written, so that the pages
+are placed as before.  A policy on shared memory (shmem, SysV) is the object's, and is
+set again the same way from any process that maps it.
+
+A child forked with copy-on-write memory (engine/cow.py) keeps mappings of its parent,
+with their policies: those it did not have itself are set back to none (MPOL_DEFAULT,
+over the whole mapping) before its own are given.  Before this module, a mapping with a
+policy of its own was refused (exit 9), and with it every numpy program.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryo import procfs
+from cryo.engine.context import DumpContext, RestoreContext
+from cryo.linux.consts import SYS
+
+SYS_MBIND = 237
+MPOL_DEFAULT = 0
+MPOL_F_ADDR = 2  # get_mempolicy: the policy of the mapping at addr
+MAX_NODES = 1024  # bits of the node masks read and given
+MASK = MAX_NODES // 8
+CHUNK = 32  # mappings asked per batch (their buffers in the scratch area)
+
+
+def _candidates(pid: int) -> list[tuple[int, int]]:
+    """(start, end) of the mappings /proc/PID/numa_maps shows with a policy other than
+    "default"."""
+    try:
+        text = procfs.read(pid, "numa_maps").decode(errors="replace")
+    except FileNotFoundError:  # (a kernel without NUMA)
+        return []
+    starts = [int(f[0], 16) for f in (line.split(maxsplit=2) for line in text.splitlines())
+              if len(f) > 1 and f[1] != "default"]  # fmt: skip
+    if not starts:
+        return []
+    ends = {}
+    for line in procfs.read(pid, "maps").decode(errors="replace").splitlines():
+        lo, _, hi = line.split(maxsplit=1)[0].partition("-")
+        ends[int(lo, 16)] = int(hi, 16)
+    return [(s, ends[s]) for s in starts if s in ends]
+
+
+def dump(ctx: DumpContext) -> None:
+    """Inject hook (after the task driver's): the mappings' own policies into
+    TASK["vma_policies"] as [[start, end, mode, nodes]], when there are any."""
+    todo = _candidates(ctx.pid)
+    if not todo:
+        return
+    inj = ctx.inj
+    out: list[list[Any]] = []
+    for i in range(0, len(todo), CHUNK):
+        part = todo[i : i + CHUNK]
+        with inj.batch() as b:
+            asked = []
+            for start, end in part:
+                m, n = b.reserve(8), b.reserve(MASK)
+                c = b.call(SYS.get_mempolicy, m, n, MAX_NODES, start, MPOL_F_ADDR,
+                           may_fail=True)  # fmt: skip
+                asked.append((start, end, m, n, c))
+        for start, end, m, n, c in asked:
+            if b.result(c) < 0:
+                continue  # (no NUMA support: no policy to keep)
+            mode = int.from_bytes(b.read(m, 4), "little")
+            if mode != MPOL_DEFAULT:
+                out.append([start, end, mode, b.read(n, MASK).rstrip(b"\0")])
+    if out:
+        ctx.records[b"TASK"]["vma_policies"] = out
+
+
+def restore(ctx: RestoreContext) -> None:
+    """Restore hook (memory stage, the mappings made, no page written yet): a forked
+    child's mappings kept from its parent back to no policy of their own, then each
+    saved one given again."""
+    pols = ctx.records[b"TASK"].get("vma_policies") or []
+    mm = ctx.records[b"MM  "]
+    runs = (mm.get("cow") or {}).get("runs") or []
+    own = {p[0] for p in pols}
+    kept = [(v["start"], v["end"]) for v in mm["vmas"] if v["start"] not in own
+            and any(a < v["end"] and v["start"] < a + n for a, n in runs)]  # fmt: skip
+    calls = [(start, end, MPOL_DEFAULT, b"") for start, end in kept] + \
+        [tuple(p) for p in pols]  # fmt: skip
+    for i in range(0, len(calls), CHUNK):
+        with ctx.inj.batch() as b:
+            for start, end, mode, nodes in calls[i : i + CHUNK]:
+                mask = b.put(nodes.ljust(MASK, b"\0")) if nodes else 0
+                b.call(SYS_MBIND, start, end - start, mode, mask, MAX_NODES if nodes else 0,
+                       0, what=f" mbind of {start:x}")  # fmt: skip
