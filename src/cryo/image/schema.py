@@ -817,7 +817,7 @@ KINDS: tuple[Kind, ...] = (
           " more than a new process's (AMX)", required=False),
         F("vma_policies", List(Tuple((ADDR, ADDR, Int(1, U32), Bytes(max=128)),
                                      ("start", "end", "mode", "nodes")), max=1 << 16),
-          "the mappings' own NUMA policies, where not the task's (engine/numa.py)",
+          "the mappings' own NUMA policies (mbind; engine/numa.py)",
           required=False),
     ), name="task"), "ids, limits, comm, personality, prctl flags"),
     Kind(b"MM  ", "engine/memory.py", "per process", Struct((
