@@ -310,9 +310,16 @@ def report(w: Workload, fig: Figures, tools: list[Tool]) -> None:
         row += [fmt(cp_w), fmt(cp_c), fmt(fig.med("dd O_DIRECT")),
                 f"{vals[0] / cp:.2f}x" if vals[0] and cp else "-"]
         print(" | ".join(f"{c:>14}" for c in row))
+    for what in ("checkpoint warm", "checkpoint cold", "restart warm", "restart cold"):
+        for n in names:  # every round: a median of 3 on a busy machine hides a lot
+            each = " ".join(fmt(v) for v in fig.rows.get(f"{n} {what}", []))
+            print(f"{n} {what}, each round: {each}")
+    print("cp+sync warm, cold, dd O_DIRECT, each round: " + ", ".join(
+        " ".join(fmt(v) for v in fig.rows.get(k, []))
+        for k in ("cp+sync warm", "cp+sync cold", "dd O_DIRECT")))  # fmt: skip
     for what in ("checkpoint warm", "checkpoint cold"):
         print(f"cryo {what}: frozen {fmt(fig.med(f'cryo {what} frozen'))} s", end="; ")
-    print()
+    print(f"load {os.getloadavg()[0]:.2f}")
     for what in ("checkpoint warm", "checkpoint cold", "restart warm", "restart cold"):
         print(f"cryo {what}: peak RSS {fmt(fig.med(f'cryo {what} rss'), 'MiB')} MiB,"
               f" page cache {(fig.med(f'cryo {what} cache') or 0) / 2**20:+.0f} MiB")  # fmt: skip
