@@ -6,10 +6,12 @@ restarted; it answers each client with what it sees."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +99,38 @@ def test_epoll_of_connections_and_owner(procs: Procs, ns: Netns, tmp_path: Path)
     finally:
         for c in clients:
             c.close()
+
+
+def test_options_sock_diag_shows_are_what_getsockopt_answers() -> None:
+    """A connection's options as inet.options reads them with what sock_diag showed
+    (diag_known: those at their default not asked) are what it reads asking each: with
+    every option sock_diag shows at its default, and with each set otherwise."""
+    from cryo.engine import inet
+    from cryo.linux import net as N
+
+    ident = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    cases: list[list[tuple[int, int, int | bytes]]] = [
+        [], [(N.SOL.IP, N.IP.TOS, 0x10)],
+        [(N.SOL.IP, N.IP.FREEBIND, 1), (N.SOL.IP, N.IP.RECVERR, 1)],
+        [(N.SOL.IP, N.IP.TRANSPARENT, 1), (N.SOL.IP, N.IP.BIND_ADDRESS_NO_PORT, 1)],
+        [(N.SOL.SOCKET, N.SO.MARK, 7), (N.SOL.SOCKET, N.SO.PRIORITY, 3)],
+        [(N.SOL.SOCKET, N.SO.MARK, -5)], [(N.SOL.SOCKET, N.SO.BINDTODEVICE, b"lo")],
+        [(N.SOL.TCP, N.TCP.CONGESTION, b"reno")],
+    ]  # fmt: skip
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        for opts in cases:
+            with socket.create_connection(srv.getsockname()) as _c, srv.accept()[0] as a:
+                for level, opt, value in opts:
+                    a.setsockopt(level, opt, value)
+                ino = os.fstat(a.fileno()).st_ino
+                attrs: dict[int, dict[int, Any]] = {}
+                N.inet_diag(socket.AF_INET, only={ino}, attrs=attrs)
+                known = inet.diag_known(attrs.get(ino))
+                assert known and len(known) >= 8, attrs
+                asked = inet.options(a, ident, buffers=False, connection=True)
+                assert inet.options(a, ident, buffers=False, connection=True,
+                                    known=known) == asked, opts  # fmt: skip
+                # (each option set is seen; IP_TOS sets SO_PRIORITY too)
+                assert {(lv, o) for lv, o, _v in opts} <= {(x[0], x[1]) for x in asked}, asked

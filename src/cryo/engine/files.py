@@ -226,7 +226,8 @@ def _describe_inet(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict
 
 def _open_inet(d: dict[str, Any], o: Opening) -> int:
     fd = inet.open_socket(d, o.options)
-    _set_flags(fd, d["flags"])
+    if d["flags"] & ~O_ACCMODE:  # (a new socket's are O_RDWR: a blocking one's already)
+        _set_flags(fd, d["flags"])
     return fd
 
 
@@ -291,6 +292,45 @@ def _sockets(pid: int, descs: Descriptions) -> dict[int, tuple[int, str]] | None
 
 def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
     pid = ctx.pid
+    try:  # (its fd and fdinfo directories, each opened once: no path walk per fd)
+        fd_dir = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise CryoError(f"process {pid} vanished", pid=pid) from err
+    try:
+        info_dir = os.open(f"/proc/{pid}/fdinfo", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError) as err:
+        os.close(fd_dir)
+        raise CryoError(f"process {pid} vanished", pid=pid) from err
+    try:
+        return _dump(ctx, descs, fd_dir, info_dir)
+    finally:
+        os.close(fd_dir)
+        os.close(info_dir)
+
+
+def _read_at(pid: int, dir_fd: int, name: str, one_read: bool = False) -> bytes:
+    """A /proc file of ``pid`` by its name in the directory ``dir_fd``; ``one_read``: a
+    seq_file of one record (a socket's fdinfo), whose read returns less than asked only
+    at its end (fs/seq_file.c)."""
+    try:
+        f = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except (FileNotFoundError, ProcessLookupError) as err:
+        raise CryoError(f"process {pid} vanished", pid=pid) from err
+    try:
+        data = os.read(f, _FDINFO_MAX)
+        if one_read and len(data) < _FDINFO_MAX:
+            return data
+        chunks = [data]
+        while chunk := os.read(f, 1 << 16):  # (to the end: a read may come back short)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(f)
+
+
+def _dump(ctx: DumpContext, descs: Descriptions, fd_dir: int, info_dir: int
+          ) -> dict[str, Any]:  # fmt: skip
+    pid = ctx.pid
     shell_job = bool(ctx.options.get("shell_job"))
     table: list[dict[str, Any]] = []
     # the fd table as the inet driver read it in this freeze, or read now
@@ -303,14 +343,25 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
     net: dict[int, tuple[int, str]] | None = None  # its netns's sockets, read once
     raw_infos: dict[int, bytes] = ctx.live.setdefault("fdinfo", {})  # (for locks.collect)
     for fd in names:
+        name = str(fd)
         target = links.get(fd)
         if target is None:
-            target = links[fd] = procfs.readlink(pid, f"fd/{fd}")
+            try:
+                target = links[fd] = os.readlink(name, dir_fd=fd_dir)
+            except (FileNotFoundError, ProcessLookupError) as err:
+                raise CryoError(f"process {pid} or its fd {fd} does not exist",
+                                pid=pid) from err  # fmt: skip
         if dirty.is_ours(pid, fd, target):
             continue  # the write tracking cryo armed (engine/dirty.py): not the program's
-        raw = raw_infos[fd] = procfs.read(pid, f"fdinfo/{fd}")
-        info = procfs.parse_fdinfo(raw)
-        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        if _is_socket_link(target):
+            raw = raw_infos[fd] = _read_at(pid, info_dir, name, one_read=True)
+            info = _fdinfo_head(raw)
+            held = inet.held_fd(int(target[8:-1]))  # (cryo's duplicate: the same file)
+            st = os.fstat(held) if held is not None else os.stat(name, dir_fd=fd_dir)
+        else:
+            raw = raw_infos[fd] = _read_at(pid, info_dir, name)
+            info = procfs.parse_fdinfo(raw)
+            st = os.stat(name, dir_fd=fd_dir)
         if _is_socket_link(target) and net is None:
             net = _sockets(pid, descs) or {}
             net.update(inet.tcp_sockets(pid))  # (read by the inet driver already)
@@ -341,6 +392,21 @@ def dump(ctx: DumpContext, descs: Descriptions) -> dict[str, Any]:
         "root": procfs.readlink(pid, "root"),
         "umask": int(status.get("Umask", "0022"), 8),
     }
+
+
+_FDINFO_MAX = 1 << 12
+
+
+def _fdinfo_head(raw: bytes) -> procfs.FdInfo:
+    """A socket's fdinfo: its pos, flags, mnt_id and ino lines, all its describe needs
+    (the socket kinds read nothing else of it; ``extra`` is left empty), or parsed
+    whole if it is not in that shape."""
+    lines = raw.split(b"\n", 4)
+    if len(lines) > 4 and lines[0][:4] == b"pos:" and lines[1][:6] == b"flags:" and \
+            lines[2][:7] == b"mnt_id:" and lines[3][:4] == b"ino:":  # fmt: skip
+        return procfs.FdInfo(int(lines[0][4:]), int(lines[1][6:], 8), int(lines[2][7:]),
+                             int(lines[3][4:]), {})  # fmt: skip
+    return procfs.parse_fdinfo(raw)
 
 
 def _describe(f: Found, k: FdKind, info: procfs.FdInfo, descs: Descriptions

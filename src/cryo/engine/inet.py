@@ -239,11 +239,14 @@ def _plan(ident: tuple[int, int, int]) -> list[tuple[int, int, int, Any]]:
 
 
 def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = True,
-            connection: bool = False) -> list[list[Any]]:  # fmt: skip
+            connection: bool = False, known: dict[tuple[int, int], Any] | None = None
+            ) -> list[list[Any]]:  # fmt: skip
     """The options of ``s`` that differ from a fresh socket's: [[level, opt, raw]] (an
     int option compared as the int it is: its bytes made only when it differs).  Not
     asked: the buffer sizes without ``buffers``, and with ``connection`` what a
-    connection's own state sets (:data:`CONNECTION_OWN`, restored by TCP_REPAIR)."""
+    connection's own state sets (:data:`CONNECTION_OWN`, restored by TCP_REPAIR); nor
+    those ``known`` shows at their default (:func:`diag_known`: what getsockopt would
+    answer)."""
     key = (ident, buffers, connection)
     plan = _asked.get(key)
     if plan is None:
@@ -251,7 +254,10 @@ def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = Tr
         plan = _asked[key] = [p for p in _plan(ident) if (p[0], p[1]) not in skip]
     out = []
     get = s.getsockopt
+    seen = known or {}
     for level, opt, size, default in plan:
+        if seen and seen.get((level, opt), _UNKNOWN) == default:
+            continue
         try:
             value: Any = get(level, opt) if size == _I else get(level, opt, size)
         except OSError:
@@ -264,6 +270,47 @@ def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = Tr
 
 
 _asked: dict[tuple[tuple[int, int, int], bool, bool], list[tuple[int, int, int, Any]]] = {}
+_UNKNOWN = object()
+# INET_DIAG_SOCKOPT's bit fields (struct inet_diag_sockopt: byte, bit): the flags that
+# getsockopt IP_RECVERR, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT answer
+_SOCKOPT_BITS = ((int(N.IP.RECVERR), 0, 0x01), (int(N.IP.FREEBIND), 0, 0x04),
+                 (int(N.IP.TRANSPARENT), 0, 0x20), (int(N.IP.BIND_ADDRESS_NO_PORT), 1, 0x01))
+_SOL_IP, _IP_TOS, _SO_MARK = int(N.SOL.IP), int(N.IP.TOS), int(N.SO.MARK)
+_SO_PRIORITY, _SO_BINDTODEVICE = int(N.SO.PRIORITY), int(N.SO.BINDTODEVICE)
+_TCP_CONGESTION = int(N.TCP.CONGESTION)
+
+
+def diag_known(attrs: dict[int, Any] | None) -> dict[tuple[int, int], Any] | None:
+    """Option values of an IPv4 TCP socket as its sock_diag answer shows them
+    (N.inet_diag's ``attrs``), each as getsockopt answers it (an int, or the bytes of a
+    raw option), where the kernel gives both from the same field (net/ipv4/inet_diag.c,
+    ip_sockglue.c, sock.c, tcp.c): the four inet flags, IP_TOS (inet->tos), SO_MARK
+    (sk_mark); SO_PRIORITY only as 0 (a class id of 0 is sent when both are 0, else the
+    class id), SO_BINDTODEVICE only as none (idiag_if 0); TCP_CONGESTION as its name,
+    zero-filled.  Only used to skip asking an option shown at a fresh socket's value."""
+    if not attrs:
+        return None
+    known: dict[tuple[int, int], Any] = {}
+    flags = attrs.get(N.INET_DIAG_SOCKOPT)
+    if flags is not None and len(flags) >= 2:
+        for opt, at, bit in _SOCKOPT_BITS:
+            known[(_SOL_IP, opt)] = int(bool(flags[at] & bit))
+    tos = attrs.get(N.INET_DIAG_TOS)
+    if tos is not None and len(tos) == 1:
+        known[(_SOL_IP, _IP_TOS)] = tos[0]
+    mark = attrs.get(N.INET_DIAG_MARK)
+    if mark is not None and len(mark) == 4:
+        known[(_SOL_SOCKET, _SO_MARK)] = int.from_bytes(mark, "little", signed=True)
+    if attrs.get(N.INET_DIAG_CLASS_ID) == b"\0\0\0\0":
+        known[(_SOL_SOCKET, _SO_PRIORITY)] = 0
+    if attrs.get(N.INET_DIAG_IF) == 0:
+        known[(_SOL_SOCKET, _SO_BINDTODEVICE)] = b""
+    cong = attrs.get(N.INET_DIAG_CONG)
+    if cong is not None:
+        name = cong.split(b"\0", 1)[0]
+        if len(name) < 16:
+            known[(_SOL_TCP, _TCP_CONGESTION)] = name.ljust(16, b"\0")
+    return known
 
 
 def _addr(s: socket.socket, peer: bool) -> list[Any] | None:
@@ -290,6 +337,7 @@ class Held:
     repair: bool = True
     conn: Conn | None = None  # its addresses, as the TCP table showed them
     family: int = socket.AF_INET
+    known: dict[tuple[int, int], Any] | None = None  # options sock_diag showed (diag_known)
 
 
 # the connections this checkpoint holds, by socket inode (engine/netlock.py's driver
@@ -297,7 +345,9 @@ class Held:
 HELD: dict[int, Held] = {}
 
 
-def tcp_table(pid: int, only: set[int] | None = None) -> dict[int, tuple[int, Conn]]:
+def tcp_table(pid: int, only: set[int] | None = None,
+              attrs: dict[int, dict[int, Any]] | None = None
+              ) -> dict[int, tuple[int, Conn]]:  # fmt: skip
     """TCP sockets of the network namespace of ``pid``: inode -> (state, connection);
     with ``only``, just those inodes (the others' addresses are not parsed).  Asked of
     sock_diag when ``pid`` is in our own network namespace (one binary dump; the text of
@@ -308,7 +358,10 @@ def tcp_table(pid: int, only: set[int] | None = None) -> dict[int, tuple[int, Co
             for family in (socket.AF_INET, socket.AF_INET6):
                 if only is not None and len(out) == len(only):
                     break  # (every one found: no dump of the other family)
-                for ino, state, src, sport, dst, dport in N.inet_diag(family, only=only):
+                # (the options sock_diag shows, for IPv4: diag_known)
+                got = attrs if family == socket.AF_INET else None
+                for ino, state, src, sport, dst, dport in N.inet_diag(family, only=only,
+                                                                      attrs=got):
                     out[ino] = (state, (_ntop(family, src), sport, _ntop(family, dst), dport))
             return out
         except OSError:
@@ -405,6 +458,12 @@ def hold(pid: int, fd: int, ino: int, family: int) -> Held:
     h.state = _read_repair(s)
     h.state["reuseaddr"] = reuse
     return h
+
+
+def held_fd(ino: int) -> int | None:
+    """cryo's fd of the connection of socket inode ``ino`` it holds, or None."""
+    h = HELD.get(ino)
+    return h.sock.fileno() if h is not None else None
 
 
 def _peek(s: socket.socket, n: int) -> bytes:
@@ -530,7 +589,8 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
             d["groups"] = groups
     # (a connection's own: mss, clamp, SO_REUSEADDR (held), not asked)
     d["opts"] = options(s, ident, buffers=not (tcp and "tcp" in d),
-                        connection=bool(tcp and d.get("remote")))  # fmt: skip
+                        connection=bool(tcp and d.get("remote")),
+                        known=held.known if held is not None else None)  # fmt: skip
     return d
 
 
@@ -1028,13 +1088,17 @@ def lock_connections(ctx: Any) -> None:
     global _lock, _image_lock
     pid = ctx.pid
     socks = []
-    names = os.listdir(f"/proc/{pid}/fd")
-    links: dict[int, str] = {}
-    for n in names:
-        with contextlib.suppress(OSError):
-            target = links[int(n)] = os.readlink(f"/proc/{pid}/fd/{n}")
-            if target.startswith("socket:["):
-                socks.append((int(n), int(target[8:-1])))
+    fd_dir = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # (names in it: no path walk for each)
+        names = os.listdir(fd_dir)
+        links: dict[int, str] = {}
+        for n in names:
+            with contextlib.suppress(OSError):
+                target = links[int(n)] = os.readlink(n, dir_fd=fd_dir)
+                if target.startswith("socket:["):
+                    socks.append((int(n), int(target[8:-1])))
+    finally:
+        os.close(fd_dir)
     # the fd table as read here, for the files driver (the process is frozen: it
     # cannot change before files.dump reads it; one readlink per fd, not two)
     ctx.live["fd_links"] = (sorted(int(n) for n in names), links)
@@ -1042,7 +1106,8 @@ def lock_connections(ctx: Any) -> None:
         return
     mine = {ino for _, ino in socks}
     _warn_multicast(ctx, pid, mine)
-    table = tcp_table(pid, mine)
+    attrs: dict[int, dict[int, Any]] = {}
+    table = tcp_table(pid, mine, attrs)
     seen = {ino: socket.AF_INET6 if ":" in conn[0] else socket.AF_INET
             for ino, (_state, conn) in table.items()}  # fmt: skip
     for fd, ino in socks:  # what the fd kinds will ask (family_of), known already
@@ -1084,6 +1149,8 @@ def lock_connections(ctx: Any) -> None:
             h = hold(pid, fd, ino, family)
             h.state["lock"] = _image_lock
             h.conn = conn
+            if family == socket.AF_INET:
+                h.known = diag_known(attrs.get(ino))
     finally:
         _close_pidfds()
 

@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from cryo.linux.consts import IntEnumBase, IntFlagBase, fast_enum
 
@@ -656,22 +657,45 @@ def _inet_diag_msgs(family: int, protocol: int, states: int, ext: int
         yield data, start, end
 
 
+# include/uapi/linux/inet_diag.h: attributes of an answer (and the bits of idiag_ext
+# that ask for some: 1 << (type - 1); INET_DIAG_CLASS_ID comes with INET_DIAG_TCLASS's)
+INET_DIAG_CONG, INET_DIAG_TOS, INET_DIAG_TCLASS = 4, 5, 6
+INET_DIAG_MARK, INET_DIAG_CLASS_ID, INET_DIAG_SOCKOPT = 15, 17, 22  # (MARK: CAP_NET_ADMIN)
+INET_DIAG_IF = -1  # (not an attribute: idiag_if of struct inet_diag_sockid, kept with them)
+_DIAG_EXT = (1 << (INET_DIAG_CONG - 1)) | (1 << (INET_DIAG_TOS - 1)) | \
+    (1 << (INET_DIAG_TCLASS - 1))  # fmt: skip
+
+
 def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xFFFFFFFF,
-              only: set[int] | None = None) -> list[tuple[int, int, bytes, int, bytes, int]]:
+              only: set[int] | None = None, attrs: dict[int, dict[int, Any]] | None = None
+              ) -> list[tuple[int, int, bytes, int, bytes, int]]:  # fmt: skip
     """The sockets of ``family`` and ``protocol`` of this thread's network namespace, in
     one sock_diag dump (what /proc/net/tcp shows, without its text): (inode, state,
     local address, local port, remote address, remote port), the addresses packed (4 or
-    16 bytes, network order); with ``only``, just those inodes."""
+    16 bytes, network order); with ``only``, just those inodes.  With ``attrs``, the
+    dump asks for the congestion control, TOS and class id too, and ``attrs[inode]``
+    gets each socket's attributes, type -> payload (and idiag_if as INET_DIAG_IF)."""
     size = 4 if family == socket.AF_INET else 16
     out: list[tuple[int, int, bytes, int, bytes, int]] = []
-    unpack, ino_of = _INET_DIAG_MSG.unpack_from, _U32.unpack_from
-    for data, start, _end in _inet_diag_msgs(family, protocol, states, 0):
+    unpack, ino_of, nla = _INET_DIAG_MSG.unpack_from, _U32.unpack_from, _NLA.unpack_from
+    for data, start, end in _inet_diag_msgs(family, protocol, states,
+                                            _DIAG_EXT if attrs is not None else 0):
         if only is not None and ino_of(data, start + _INO_AT)[0] not in only:
             continue
-        (_fam, state, _timer, _retrans, sport, dport, src, dst, _if, _cookie,
+        (_fam, state, _timer, _retrans, sport, dport, src, dst, ifindex, _cookie,
          _expires, _rq, _wq, _uid, ino) = unpack(data, start)  # fmt: skip
         out.append((ino, state, src[:size], int.from_bytes(sport, "big"), dst[:size],
                     int.from_bytes(dport, "big")))  # fmt: skip
+        if attrs is not None:
+            got: dict[int, Any] = {INET_DIAG_IF: ifindex}
+            at = start + _INET_DIAG_MSG.size
+            while at + 4 <= end:
+                length, typ = nla(data, at)
+                if length < 4:
+                    break
+                got[typ & 0x3FFF] = data[at + 4 : at + length]
+                at += (length + 3) & ~3
+            attrs[ino] = got
     return out
 
 
