@@ -5,13 +5,21 @@ every millisecond; its longest gap between two answers spans the checkpoint, the
 and the restart.  Everything runs in a network namespace of its own, removed at the
 end.  Each round runs both configurations in turn; the last lines are the medians of
 the rounds and their ratios against the goal, then the best round of each
-configuration (the one other work on the machine slowed least) and their ratio.  Run
-as root: python bench/tcp.py [CONNECTIONS] [ROUNDS]
+configuration (the one other work on the machine slowed least) and their ratio.
+``--before SRC`` (another tree's ``src``) measures that tree's cryo in the same run, in
+turn with this one's (``--after``, by default this tree's): each tree in a process of
+its own that imports it (PYTHONPATH), both in the namespace, round after round, and
+the figures of both trees side by side.  A first round of each is not counted (the
+modules it imports).  Run as root:
+
+    python bench/tcp.py [CONNECTIONS] [ROUNDS] [--before OLD/src]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -97,13 +105,13 @@ def run(n: int, work: Path) -> dict[str, float]:
         time.sleep(0.2)
     img = work / f"img-{n}"
     net = {"tcp_established": True}
-    t0 = time.perf_counter()
+    t0, u0 = time.perf_counter(), cpu()
     r = checkpoint(p.pid, str(img), signal_after=signal.SIGKILL, net=net)
-    t1 = time.perf_counter()
+    t1, u1 = time.perf_counter(), cpu()
     p.wait()
-    t2 = time.perf_counter()
+    t2, u2 = time.perf_counter(), cpu()
     rr = restart(str(img), net=net)
-    t3 = time.perf_counter()
+    t3, u3 = time.perf_counter(), cpu()
     if t:
         time.sleep(0.3)
         stop.set()
@@ -117,44 +125,69 @@ def run(n: int, work: Path) -> dict[str, float]:
     os.waitpid(rr.pid, 0)
     shutil.rmtree(img)
     return {"checkpoint": t1 - t0, "frozen": r.freeze_seconds, "restart": t3 - t2,
-            "silent": max(gaps) if gaps else 0.0}  # fmt: skip
+            "silent": max(gaps) if gaps else 0.0, "checkpoint_cpu": u1 - u0,
+            "restart_cpu": u3 - u2}  # fmt: skip
+
+
+def cpu() -> float:
+    """CPU time of this process and its children waited for (the checkpoint's worker);
+    the probe's thread's with it, a few ms a second."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), \
+        resource.getrusage(resource.RUSAGE_CHILDREN)  # fmt: skip
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def show(label: str, m: dict[str, float]) -> str:
     silent = f"{m['silent']:.3f} s" if m["silent"] else "- (no connection to probe)"
-    return (f"  {label:>16}: checkpoint {m['checkpoint']:.3f} s (frozen {m['frozen']:.3f} s),"
-            f" restart {m['restart']:.3f} s, silent {silent}")
+    return (f"  {label:>16}: checkpoint {m['checkpoint']:.3f} s (frozen {m['frozen']:.3f} s,"
+            f" CPU {m['checkpoint_cpu']:.3f} s), restart {m['restart']:.3f} s (CPU"
+            f" {m['restart_cpu']:.3f} s), silent {silent}")
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * n + 256)), hard))
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def serve() -> None:
+    """--serve: the measurements of one tree (the cryo this process imports), asked on
+    stdin (a number of connections a line), answered as JSON lines on stdout."""
+    import cryo
+
+    print(f"measuring {Path(cryo.__file__).parent}", file=sys.stderr, flush=True)
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
-    name = f"cryo-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    bases: list[dict[str, float]] = []
-    manys: list[dict[str, float]] = []
-    try:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        setns(fd)  # this (single-threaded) process, its worker and nft: in the namespace
-        os.close(fd)
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        with tempfile.TemporaryDirectory(prefix="cryo-bench-tcp-") as tmp:
-            for rnd in range(1, rounds + 1):
-                base = run(0, Path(tmp))
-                many = run(n, Path(tmp))
-                bases.append(base)
-                manys.append(many)
-                print(f"round {rnd}:")
-                print(show("no connections", base))
-                print(show(f"{n} connections", many))
-                print(f"  ratio: checkpoint {many['checkpoint'] / base['checkpoint']:.2f},"
-                      f" restart {many['restart'] / base['restart']:.2f} (goal < 2)")
-    finally:
-        with contextlib.suppress(OSError):
-            subprocess.run(["ip", "netns", "del", name], check=False)
+    with tempfile.TemporaryDirectory(prefix="cryo-bench-tcp-") as tmp:
+        for line in sys.stdin:
+            print(json.dumps(run(int(line), Path(tmp))), flush=True)
+
+
+class Tree:
+    """A process measuring one tree's cryo (:func:`serve`)."""
+
+    def __init__(self, src: str) -> None:
+        env = dict(os.environ, PYTHONPATH=src)
+        self.p = subprocess.Popen([sys.executable, __file__, "--serve"], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.stdin, self.stdout = self.p.stdin, self.p.stdout
+
+    def run(self, n: int) -> dict[str, float]:
+        self.stdin.write(f"{n}\n")
+        self.stdin.flush()
+        line = self.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the measuring process of {n} connections failed")
+        out: dict[str, float] = json.loads(line)
+        return out
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.p.wait()
+
+
+def summary(label: str, n: int, bases: list[dict[str, float]],
+            manys: list[dict[str, float]]) -> None:  # fmt: skip
+    rounds = len(bases)
+    if label:
+        print(f"== {label}")
     med = {k: statistics.median(m[k] for m in bases) for k in bases[0]}
     medn = {k: statistics.median(m[k] for m in manys) for k in manys[0]}
     print(f"median of {rounds} rounds:")
@@ -163,8 +196,10 @@ def main() -> None:
     for what in ("checkpoint", "restart"):
         ratio = statistics.median(b[what] and m[what] / b[what] for b, m in zip(bases, manys,
                                                                               strict=True))
+        cpu_ratio = statistics.median(b[f"{what}_cpu"] and m[f"{what}_cpu"] / b[f"{what}_cpu"]
+                                      for b, m in zip(bases, manys, strict=True))
         print(f"  {what} ratio {ratio:.2f} (median of the rounds' ratios; goal < 2:"
-              f" {'met' if ratio < 2 else 'not met'})")
+              f" {'met' if ratio < 2 else 'not met'}); of CPU time {cpu_ratio:.2f}")
     # the best round of each: what other work on the machine inflated least
     best = {k: min(m[k] for m in bases) for k in bases[0]}
     bestn = {k: min(m[k] for m in manys) for k in manys[0]}
@@ -173,6 +208,66 @@ def main() -> None:
     print(show(f"{n} connections", bestn))
     print(f"  ratio of the best: checkpoint {bestn['checkpoint'] / best['checkpoint']:.2f},"
           f" restart {bestn['restart'] / best['restart']:.2f} (goal < 2)")
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("connections", type=int, nargs="?", default=1000)
+    ap.add_argument("rounds", type=int, nargs="?", default=3)
+    ap.add_argument("--before", metavar="SRC", help="another tree's src, measured in turn")
+    ap.add_argument("--after", metavar="SRC", default=str(SRC), help="the tree measured")
+    args = ap.parse_args()
+    n, rounds = args.connections, args.rounds
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * n + 256)), hard))
+    libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+    name = f"cryo-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    srcs = {"after": args.after} if args.before is None else {"before": args.before,
+                                                              "after": args.after}
+    bases: dict[str, list[dict[str, float]]] = {t: [] for t in srcs}
+    manys: dict[str, list[dict[str, float]]] = {t: [] for t in srcs}
+    trees: dict[str, Tree] = {}
+    try:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        setns(fd)  # this (single-threaded) process, its worker and nft: in the namespace
+        os.close(fd)
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        for t, src in srcs.items():  # (each in the namespace: it inherits it)
+            trees[t] = Tree(str(Path(src).resolve()))
+        for rnd in range(rounds + 1):  # (round 0: the imports, not counted)
+            for t, tree in trees.items():
+                base = tree.run(0)
+                many = tree.run(n)
+                if not rnd:
+                    continue
+                bases[t].append(base)
+                manys[t].append(many)
+                print(f"round {rnd}{f' ({t})' if len(trees) > 1 else ''}:")
+                print(show("no connections", base))
+                print(show(f"{n} connections", many))
+                print(f"  ratio: checkpoint {many['checkpoint'] / base['checkpoint']:.2f},"
+                      f" restart {many['restart'] / base['restart']:.2f} (goal < 2)")
+    finally:
+        for tree in trees.values():
+            with contextlib.suppress(OSError):
+                tree.close()
+        with contextlib.suppress(OSError):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+    for t in srcs:
+        summary(t if len(srcs) > 1 else "", n, bases[t], manys[t])
+    if len(srcs) == 2:  # the same configuration of the two trees, round by round
+        print(f"after/before, median of the {rounds} rounds' pairs:")
+        for label, runs in (("no connections", bases), (f"{n} connections", manys)):
+            pairs = list(zip(runs["before"], runs["after"], strict=True))
+            ratios = {k: statistics.median(a[k] / b[k] for b, a in pairs)
+                      for k in ("checkpoint", "checkpoint_cpu", "restart", "restart_cpu")}
+            print(f"  {label:>16}: " + ", ".join(f"{k.replace('_cpu', ' CPU')} {v:.2f}"
+                                                 for k, v in ratios.items()))
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
