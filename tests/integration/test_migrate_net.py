@@ -472,7 +472,7 @@ def test_receiver_killed_while_the_address_moves(procs: Procs, hosts: Hosts) -> 
         deadline = time.monotonic() + 60
         while not _guards():
             assert time.monotonic() < deadline and mig.poll() is None, \
-                ("no guard seen", mig.communicate())  # fmt: skip
+                ("no guard seen", mig.communicate(), rcv.out.read_text())  # fmt: skip
         while True:  # stopped, a step at a time, until the address is on B: killed
             os.kill(rcv.pid, signal.SIGSTOP)
             if own in _addrs(hosts, "B"):
@@ -488,6 +488,54 @@ def test_receiver_killed_while_the_address_moves(procs: Procs, hosts: Hosts) -> 
             mig.kill()
             mig.wait()
     assert mig.returncode not in (0, 70), err
+    _no_guard()
+    assert own in _addrs(hosts, "A")
+    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
+    _ok_past(srv)
+    _ok_past(cli)
+    assert not [x for x in srv.lines() if x.startswith("conn closed")]
+    _clean(hosts, rcv)
+
+
+def test_link_cut_while_the_address_moves(procs: Procs, hosts: Hosts) -> None:
+    """The link between A and B cut once the address is on B (the receiver held there
+    meanwhile, then let go on): B builds the process but never hears the source's go
+    (GOGO), so it kills its copy and gives the address up; the source, told nothing,
+    puts the address back and goes on with its client, every byte once; B clean."""
+    own = _moving(hosts)
+    srv = _server(procs, hosts, own, "stream")
+    cli = _client(procs, hosts, own)
+    _after(srv, f"accepted {hosts.client['C']}")
+    _ok_past(cli)
+    secret = _secret(hosts)
+    rcv = _receiver(procs, hosts, secret, "--timeout", "15")
+    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
+                                      str(srv.pid), "--to", f"{hosts.addr['B']}:7707",
+                                      "--secret-file", secret, "--timeout", "15",
+                                      "--tcp-established", "--move-address", own),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           close_fds=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _guards():
+            assert time.monotonic() < deadline and mig.poll() is None, \
+                ("no guard seen", mig.communicate(), rcv.out.read_text())  # fmt: skip
+        while True:  # stopped, a step at a time, until the address is on B
+            os.kill(rcv.pid, signal.SIGSTOP)
+            if own in _addrs(hosts, "B"):
+                break
+            assert time.monotonic() < deadline and mig.poll() is None, "no address on B"
+            os.kill(rcv.pid, signal.SIGCONT)
+            time.sleep(0.002)
+        hosts.sh("ip", "-n", hosts.ns["A"], "link", "set", hosts.veth["A"], "down")
+        os.kill(rcv.pid, signal.SIGCONT)
+        _, err = mig.communicate(timeout=120)
+    finally:
+        if mig.poll() is None:
+            mig.kill()
+            mig.wait()
+    assert mig.returncode not in (0, 70), err
+    assert _exit_status(rcv.pid, timeout=60) not in (0, 70), rcv.out.read_text()
     _no_guard()
     assert own in _addrs(hosts, "A")
     assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()

@@ -74,7 +74,8 @@ def _nonce(meta: dict[str, Any], key: str) -> bytes:
 
 def _host() -> dict[str, Any]:
     return {"host": socket.gethostname(), "arch": platform.machine(),
-            "kernel": platform.release(), "takes_lazy": True}  # fmt: skip
+            "kernel": platform.release(), "takes_lazy": True,
+            "takes_address": True}  # fmt: skip
 
 
 def client(framer: Framer, secret: bytes | None, hello: dict[str, Any]) -> dict[str, Any]:

@@ -152,6 +152,12 @@ def receive(channel: Channel, *, secret: bytes | None, keep: str | None = None,
             if name == "build tree" and isinstance(src, StagedSource):
                 src.release_staging()  # (the process has its pages now: ours go)
             phases[name] = time.perf_counter() - ts
+        if arrival is not None:
+            # built, not running: it goes only on the sender's word, which the sender
+            # gives once, before it waits for OKAY; without it (the connection cut
+            # meanwhile) this copy is killed and the source, told nothing, goes on
+            framer.send(b"REDY", {})
+            framer.expect(b"GOGO")
         ts = time.perf_counter()
         result = rs.let_go()
         phases["let go"] = time.perf_counter() - ts

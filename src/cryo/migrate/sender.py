@@ -163,6 +163,8 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
             hello["move_address"] = departure.spec
         peer = auth.client(framer, secret, hello)
         if departure is not None:  # (it can take the address: before anything is frozen)
+            if not peer.get("takes_address"):
+                raise CryoError(f"{to} does not take --move-address (an older cryo receive)")
             framer.expect(b"ADOK")
         if lazy and not peer.get("takes_lazy"):
             raise CryoError(f"{to} does not take lazy migrations (an older cryo receive)")
@@ -220,6 +222,9 @@ def migrate(pid: int, to: str, *, secret: bytes | None = None, secret_file: str 
                     marks["all"] = time.perf_counter()
                     marks["lazy_sent"] = channel.sent - sent0
                 else:
+                    if departure is not None:  # it is built there: it may go (GOGO)
+                        framer.expect(b"REDY")
+                        framer.send(b"GOGO", {})
                     m = framer.expect(b"OKAY")
                 phases = m.get("phases")
                 info: dict[str, Any] = {
