@@ -296,3 +296,25 @@ def test_the_daemon_refuses_what_it_would_not_run_right(cryod: Callable[..., Cry
     reply = ask(["show", "/x"], nfds=3)
     assert (reply["ok"], reply["error"]) == (False, "ProtocolError"), reply
     assert [c["ok"] for c in commands(d)] == [False] * 4
+
+
+def test_another_namespace_is_refused_once_and_run_here(cryod: Callable[..., Cryod],
+                                                        procs: Procs, tmp_path: Path) -> None:
+    # root in a mount namespace of its own: the daemon would read other files; refused,
+    # and bin/cryo runs it itself (one request, not one more from cryo.cli)
+    d = cryod()
+    server_of(d, procs)
+    env = dict(os.environ, CRYO_DAEMON=d.socket)
+    env.pop("CRYO_DAEMON_SOCKET", None)
+    r = subprocess.run(["unshare", "-m", sys.executable, "-S", BIN, "-v", "show",
+                        str(tmp_path / "none")], capture_output=True, text=True, timeout=60,
+                       env=env)  # fmt: skip
+    assert r.returncode == ExitCode.IMAGE_MISSING, r.stderr
+    assert "did not take the command (AccessDenied" in r.stderr and "mnt namespace" in r.stderr
+    assert [(c["ok"], c["error"]) for c in commands(d)] == [(False, "AccessDenied")]
+    # the same through python -m cryo (cryo.cli.console offers it itself)
+    r = subprocess.run(["unshare", "-m", sys.executable, "-m", "cryo", "--via-daemon", "show",
+                        str(tmp_path / "none")], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, CRYO_DAEMON_SOCKET=d.socket))  # fmt: skip
+    assert r.returncode == ExitCode.IMAGE_MISSING, r.stderr
+    assert [(c["ok"], c["error"]) for c in commands(d)] == [(False, "AccessDenied")] * 2

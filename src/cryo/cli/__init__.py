@@ -90,20 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(build_parser(sys.argv[1:] if argv is None else argv), argv)
 
 
-def console() -> None:
+def console(offered: bool = False) -> None:
     """The ``cryo`` command (``python -m cryo``): :func:`main`, then, for the short
     commands of :data:`FAST_EXIT`, out without tearing the interpreter down module by
     module (a tenth of a small checkpoint's CPU time): the exit handlers run and the
     output is flushed first.  Other commands, or other threads still running: the usual
     exit (which waits for them and finalizes every object).  With ``--via-daemon`` or
-    CRYO_DAEMON, the command is first offered to cryod (:mod:`cryo.cli.thin`)."""
-    from cryo.cli import thin
+    CRYO_DAEMON, the command is first offered to cryod (:mod:`cryo.cli.thin`), unless it
+    was already (``offered``: bin/cryo does it before anything is imported)."""
+    if not offered and ("--via-daemon" in sys.argv or os.environ.get("CRYO_DAEMON")):
+        from cryo.cli import thin
 
-    asked, argv = thin.split(sys.argv[1:])
-    if asked:
-        taken = thin.run(argv)
-        if taken is not None:
-            sys.exit(taken)
+        asked, sys.argv[1:] = thin.split(sys.argv[1:])
+        if asked:
+            taken = thin.run(sys.argv[1:])
+            if taken is not None:
+                sys.exit(taken)
     code = main()
     import atexit
     import contextlib
