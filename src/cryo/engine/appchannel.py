@@ -68,23 +68,26 @@ def _agents(pid: int) -> list[bytes]:
     and asked (the protocol of each socket is its inode's system.sockprotoname, one
     getxattr: a busy server's TCP connections are not duplicated)."""
     out: list[bytes] = []
-    try:
-        fds = [int(n) for n in os.listdir(f"/proc/{pid}/fd")]
+    try:  # (the links read by name in the directory, opened once: no path walk each)
+        fd_dir = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return out
-    for fd in fds:
-        link = f"/proc/{pid}/fd/{fd}"
-        try:
-            if not os.readlink(link).startswith("socket:["):
+    try:
+        fds = os.listdir(fd_dir)
+        for n in fds:
+            try:
+                if not os.readlink(n, dir_fd=fd_dir).startswith("socket:["):
+                    continue
+                proto = os.getxattr(f"/proc/{pid}/fd/{n}", "system.sockprotoname")
+            except OSError:
+                proto = b"UNIX"  # (not told: asked as before)
+            if not proto.startswith(b"UNIX"):
                 continue
-            proto = os.getxattr(link, "system.sockprotoname")
-        except OSError:
-            proto = b"UNIX"  # (not told: asked as before)
-        if not proto.startswith(b"UNIX"):
-            continue
-        found = agent_socket(pid, fd)
-        if found is not None and found[1]:
-            out.append(found[0])
+            found = agent_socket(pid, int(n))
+            if found is not None and found[1]:
+                out.append(found[0])
+    finally:
+        os.close(fd_dir)
     return out
 
 
