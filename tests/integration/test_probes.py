@@ -255,3 +255,22 @@ def test_jvm_perf_data_file_put_back(procs: Procs, tmp_path: Path) -> None:
         if how == "deleted":
             perf.unlink()
     assert not v.fails()
+
+
+def test_epoll_ready_lists(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """Edge-triggered, one-shot and exclusive epoll watches whose files hold data keep
+    their ready lists: an edge already taken is not given again, a fired one-shot watch
+    stays disarmed, an edge queued and not yet taken is given once (victims/epollet.c),
+    through a checkpoint that lets it run and a restart.  Before: each watch whose file
+    had data came back with one more event (a ready file added again is queued) and the
+    one-shot watch armed again, exit 0."""
+    out, go = tmp_path / "out.txt", tmp_path / "go"
+    v = procs.spawn([build("epollet"), str(out), str(go)], out)
+    v.wait_ok_after(2)
+    checkpoint(v.pid, str(tmp_path / "img0"))
+    v.wait_ok_after(max(v.oks()) + 2)
+    v = cycle(procs, v, tmp_path / "img")
+    go.touch()
+    v.wait_line("ep2 ok")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()

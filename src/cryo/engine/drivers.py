@@ -39,6 +39,7 @@ program's checkpoint and restart import none of it (tests/unit/test_startup.py).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -184,6 +185,31 @@ _APPCHANNEL, _INET = "cryo.engine.appchannel", "cryo.engine.inet"
 _SOCKETS, _TTY = "cryo.engine.sockets", "cryo.engine.tty"
 APPX = b"APPX"  # appchannel.KIND (tests/unit/test_startup.py checks it is the same)
 _HSPERF, HSPF = "cryo.engine.hsperf", b"HSPF"  # hsperf.KIND
+_EPOLLREADY, EPRD = "cryo.engine.epollready", b"EPRD"  # epollready.KIND
+
+
+def _holds_socket(ctx: DumpContext) -> bool:
+    """Whether the process holds a socket, by the fd table _holds_epoll read if it did."""
+    links = ctx.live.get("fd_links", (None, None))[1]
+    if links is None:
+        return _has_socket(ctx.pid)
+    return any(t.startswith("socket:[") for t in links.values())
+
+
+def _holds_epoll(ctx: DumpContext) -> bool:
+    """Whether the process holds an epoll fd; the fd table read here is left for the
+    files driver (one readlink per fd, not two)."""
+    fd_dir = os.open(f"/proc/{ctx.pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        names = os.listdir(fd_dir)
+        links: dict[int, str] = {}
+        for n in names:
+            with contextlib.suppress(OSError):
+                links[int(n)] = os.readlink(n, dir_fd=fd_dir)
+    finally:
+        os.close(fd_dir)
+    ctx.live["fd_links"] = (sorted(int(n) for n in names), links)
+    return "anon_inode:[eventpoll]" in links.values()
 
 
 def _maps_hsperf(ctx: DumpContext) -> bool:
@@ -508,7 +534,7 @@ DRIVERS: tuple[Driver, ...] = (
            thaw=landlock.release),
     Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
            describe=_describe_threads),
-    Driver("inet", collect=_when(_INET, "lock_connections", lambda c: _has_socket(c.pid)),
+    Driver("inet", collect=_when(_INET, "lock_connections", _holds_socket),
            shared=_when(_INET, "check_queued", _dumped("inet")), thaw=_used(_INET, "thaw"),
            prepare=_when(_INET, "prepare", _planned("inet")),
            started=_when(_INET, "started", _opened("inet"))),
@@ -533,6 +559,10 @@ DRIVERS: tuple[Driver, ...] = (
            prepare=_when(_SOCKETS, "prepare_restart", _opened("unix")),
            started=_used(_SOCKETS, "send_credentialed")),
     Driver("anonfds", restore={"files": _anonfds_register}),
+    # (after anonfds: the interest lists are filled) edge-triggered epoll ready lists
+    Driver("epoll-ready", (EPRD,), optional=True,
+           inject=_when(_EPOLLREADY, "dump", _holds_epoll),
+           restore={"files": _when(_EPOLLREADY, "restore", lambda c: bool(c.image.raw(EPRD)))}),
     Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
     # (after files and shmem: its prepare reopens fds of mapped deleted files from their
     # object, then takes the locks of the descriptions)

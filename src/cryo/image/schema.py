@@ -924,6 +924,14 @@ KINDS: tuple[Kind, ...] = (
             F("mode", Int(0, 0o7777)), F("size", Int(0, 1 << 40)),
         ), name="saved file")), "files the application saved (cryo.app.add_saved_file)"),
     ), name="application"), "what a cryo.app agent asked of the checkpoint"),
+    Kind(b"EPRD", "engine/epollready.py", "any", Struct((
+        F("pid", PID),
+        F("epolls", List(Struct((
+            F("fd", FD),
+            F("ready", List(Tuple((FD, Int(0, U32), Int(0, U64)), ("fd", "events", "data"))),
+              "its edge-triggered and one-shot watches on its ready list, in order"),
+        ), name="epoll ready list"), min=1), "epolls with edge-triggered or one-shot watches"),
+    ), name="epoll ready lists"), "which watches wait on each epoll's ready list"),
     Kind(b"HSPF", "engine/hsperf.py", "any", Struct((
         F("pid", PID),
         F("files", List(Struct((
