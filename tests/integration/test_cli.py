@@ -312,3 +312,29 @@ def test_shell_job_read_restarts_on_callers_stdio(procs: Procs, tmp_path: Path) 
                               timeout=30, close_fds=True)  # fmt: skip
     assert restored.stdout == b"echo two\necho three\n", restored.stderr
     assert restored.returncode == 0
+
+
+def test_process_with_children_needs_a_scope(procs: Procs, tmp_path: Path) -> None:
+    """A process with a child, given without a scope, is refused (exit 9, naming the
+    child and both scopes; no image, both untouched): alone it would come back without
+    it.  --process takes it alone as asked, --tree with its child."""
+    out = tmp_path / "out"
+    code = ("import os, sys, time\n"
+            "kid = os.fork()\n"
+            "if kid == 0:\n  time.sleep(600)\n"
+            f"open({str(out)!r}, 'w').write(f'kid {{kid}}\\n')\n"
+            "time.sleep(600)\n")  # fmt: skip
+    v = procs.spawn([sys.executable, "-c", code], out)
+    kid = int(v.wait_line("kid").split()[1])
+    procs.track(kid)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert str(kid) in r.stderr and "--tree" in r.stderr and "--process" in r.stderr
+    assert not (tmp_path / "img").exists()
+    for pid in (v.pid, kid):
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "S"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "alone"), "--process")
+    assert r.returncode == 0, r.stderr
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "both"), "--tree")
+    assert r.returncode == 0 and "2 processes" in r.stderr, r.stderr

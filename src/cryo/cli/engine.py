@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -182,7 +183,29 @@ def _scope(args: argparse.Namespace) -> tuple[int, str]:
             started_by_run = RUN_MARK.encode() in f.read().split(b"\0")
     except OSError:
         started_by_run = False
+    if not started_by_run:
+        _alone(args.pid)
     return args.pid, "tree" if started_by_run else "process"
+
+
+def _alone(pid: int) -> None:
+    """A process with children, given without a scope, is refused: checkpointed alone it
+    would come back without them (found with PostgreSQL: its backends saw the postmaster
+    die, and the restored one had none), so the caller says which it means."""
+    kids: list[str] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += f.read().split()
+    except OSError:
+        return  # (no such process: the checkpoint says so)
+    if kids:
+        from cryo.errors import Unsupported
+
+        shown = ", ".join(kids[:8]) + (", ..." if len(kids) > 8 else "")
+        raise Unsupported(f"process {pid} has children ({shown}): alone, it would be restarted"
+                          " without them; give --tree to take them with it, or --process to"
+                          " take it alone", pid=pid, resource="children")  # fmt: skip
 
 
 def _directory(text: str) -> str:
