@@ -274,3 +274,22 @@ def test_epoll_ready_lists(procs: Procs, build: Any, tmp_path: Path) -> None:
     v.wait_line("ep2 ok")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
+
+
+def test_tracer_of_a_process_outside_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A process that ptraces another (its child, here, outside the checkpoint) is
+    refused: exit 9 naming ptrace, no image, and it goes on interrupting and resuming its
+    tracee.  Before: exit 0; restored, a tracer traces nothing (strace -p alike)."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("tracer"), str(out)], out)
+    from cryo.errors import ExitCode
+
+    procs.track(int(v.wait_line("child ").split()[1]))
+    v.wait_ok_after(1)
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "--process", "-D", str(img), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "ptrace" in r.stderr, r.stderr
+    assert not img.exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()

@@ -532,7 +532,8 @@ DRIVERS: tuple[Driver, ...] = (
     # (refuses: before any thread is read)
     Driver("landlock", inject_thread=landlock.check_thread, shared=landlock.release,
            thaw=landlock.release),
-    Driver("threads", inject_thread=threads.dump, restore={"threads": _threads_create},
+    Driver("threads", inject=threads.scan_tracees, inject_thread=threads.dump,
+           shared=threads.check_tracers, restore={"threads": _threads_create},
            describe=_describe_threads),
     Driver("inet", collect=_when(_INET, "lock_connections", _holds_socket),
            shared=_when(_INET, "check_queued", _dumped("inet")), thaw=_used(_INET, "thaw"),
