@@ -293,3 +293,31 @@ def test_tracer_of_a_process_outside_refused(procs: Procs, build: Any, tmp_path:
     assert not img.exists()
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="needs sqlite3")
+def test_sqlite3_shell_mid_transaction_in_wal_mode(procs: Procs, tmp_path: Path) -> None:
+    """The sqlite3 shell, reading its commands from a FIFO the test writes, in WAL mode
+    and inside a transaction (a row inserted, not committed: in its own cache), is
+    checkpointed, killed and restarted; the transaction then goes on and commits, and
+    the database holds every row and passes its integrity check."""
+    fifo, db, out = tmp_path / "in", tmp_path / "db.sqlite", tmp_path / "out.txt"
+    os.mkfifo(fifo)
+    sh = procs.spawn(["sh", "-c", f'exec sqlite3 "{db}" < "{fifo}" > "{out}" 2>&1'], out)
+    w = os.open(fifo, os.O_WRONLY)
+    try:
+        os.write(w, b"PRAGMA journal_mode=WAL;\nCREATE TABLE t(x);\nINSERT INTO t VALUES(1);\n"
+                 b"BEGIN;\nINSERT INTO t VALUES(2);\nSELECT 'in', count(*) FROM t;\n")
+        Victim(sh.pid, out).wait_line("in|2")
+        checkpoint(sh.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+        reap(sh.pid)
+        rr = restart(str(tmp_path / "img"))
+        procs.track(rr.pid)
+        os.write(w, b"INSERT INTO t VALUES(3);\nCOMMIT;\nSELECT 'rows', group_concat(x) FROM t;\n")
+        Victim(rr.pid, out).wait_line("rows|1,2,3")
+    finally:
+        os.close(w)
+    reap(rr.pid)
+    check = "SELECT group_concat(x) FROM t; PRAGMA integrity_check;"
+    r = subprocess.run(["sqlite3", str(db), check], capture_output=True, text=True, timeout=30)
+    assert r.stdout.split() == ["1,2,3", "ok"], r
