@@ -644,6 +644,25 @@ def as_user(u: pwd.struct_passwd, argv: list[str]) -> int:
     return os.waitstatus_to_exitcode(st)
 
 
+def test_process_with_children_needs_a_scope(cryod: Callable[..., Cryod], procs: Procs,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """A process with a child added by pid without a scope is refused, naming both
+    scopes (its periodic checkpoints would have left the child out); with one it is
+    added."""
+    d = cryod()
+    code = "import os, time\nif os.fork() == 0:\n  time.sleep(600)\ntime.sleep(600)\n"
+    v = procs.spawn([sys.executable, "-c", code], out=tmp_path / "out")
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{v.pid}/task/{v.pid}/children").read_text().split():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    procs.track(int(Path(f"/proc/{v.pid}/task/{v.pid}/children").read_text().split()[0]))
+    with d.client() as c:
+        with pytest.raises(Exception, match=r"has children.*--scope tree"):
+            c.add("parent", pid=v.pid)
+        assert c.add("parent", pid=v.pid, scope="tree")["scope"] == "tree"
+
+
 def test_user_manages_own_job_only(cryod: Callable[..., Cryod], build: Any, procs: Procs,
                                    user: pwd.struct_passwd) -> None:  # fmt: skip
     base = Path(tempfile.mkdtemp(prefix="cryod-", dir="/tmp"))  # both reach it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -192,20 +191,9 @@ def _alone(pid: int) -> None:
     """A process with children, given without a scope, is refused: checkpointed alone it
     would come back without them (found with PostgreSQL: its backends saw the postmaster
     die, and the restored one had none), so the caller says which it means."""
-    kids: list[str] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids += f.read().split()
-    except OSError:
-        return  # (no such process: the checkpoint says so)
-    if kids:
-        from cryo.errors import Unsupported
+    from cryo.engine.tree import refuse_children
 
-        shown = ", ".join(kids[:8]) + (", ..." if len(kids) > 8 else "")
-        raise Unsupported(f"process {pid} has children ({shown}): alone, it would be restarted"
-                          " without them; give --tree to take them with it, or --process to"
-                          " take it alone", pid=pid, resource="children")  # fmt: skip
+    refuse_children(pid, "give --tree to take them with it, or --process to take it alone")
 
 
 def _directory(text: str) -> str:

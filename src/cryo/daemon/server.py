@@ -378,7 +378,13 @@ class Daemon:
                 if not caller.root and not owned:
                     raise AccessDenied(f"process {pid} is not yours (uid {caller.uid}):"
                                        " access denied", pid=pid)  # fmt: skip
-                scope = scope or _scope_of(pid)
+                if scope is None:
+                    scope = _scope_of(pid)
+                    if scope == "process":  # (alone, it would come back without them)
+                        from cryo.engine.tree import refuse_children
+
+                        refuse_children(pid, "give --scope tree to take them with it, or"
+                                        " --scope process to take it alone")  # fmt: skip
             start = procs.start_time(pid)
             if start is None:
                 raise NoSuchProcess(f"process {pid} exited at once", pid=pid)

@@ -83,6 +83,17 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def refuse_children(pid: int, how: str) -> None:
+    """Refuse (exit 9) to take ``pid`` alone when it has children, named with ``how`` to
+    say what: alone, it would be restarted without them."""
+    kids = children(pid)
+    if kids:
+        shown = ", ".join(map(str, kids[:8])) + (", ..." if len(kids) > 8 else "")
+        raise Unsupported(f"process {pid} has children ({shown}): alone, it would be"
+                          f" restarted without them; {how}", pid=pid,
+                          resource="children")  # fmt: skip
+
+
 def _all_pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
