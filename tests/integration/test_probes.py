@@ -321,3 +321,42 @@ def test_sqlite3_shell_mid_transaction_in_wal_mode(procs: Procs, tmp_path: Path)
     check = "SELECT group_concat(x) FROM t; PRAGMA integrity_check;"
     r = subprocess.run(["sqlite3", str(db), check], capture_output=True, text=True, timeout=30)
     assert r.stdout.split() == ["1,2,3", "ok"], r
+
+
+def test_asyncio_server_keeps_its_clients(procs: Procs, tmp_path: Path) -> None:
+    """An asyncio server with three clients connected (each connection's count in its
+    handler coroutine, the total in the server) is checkpointed with its connections
+    (--tcp-established), killed and restarted; each client goes on on its connection,
+    its count and the total where they were, and a new client is served."""
+    import socket
+    import sys
+
+    out, img = tmp_path / "out.txt", tmp_path / "img"
+    v = procs.spawn([sys.executable, str(VICTIMS / "asyncsrv.py"), str(out)], out)
+    port = int(v.wait_line("port ").split()[1])
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3)]
+    files = [c.makefile("rw") for c in conns]
+
+    def ask(f: Any, msg: str) -> str:
+        f.write(msg + "\n")
+        f.flush()
+        return str(f.readline().strip())
+
+    try:
+        assert [ask(f, "a") for f in files] == ["1 1 a", "1 2 a", "1 3 a"]
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--tcp-established", "--kill")
+        assert r.returncode == 0, r.stderr
+        reap(v.pid)
+        r = run_cryo("restart", "-D", str(img), "--detach", "--tcp-established")
+        assert r.returncode == 0, r.stderr
+        procs.track(v.pid)
+        assert [ask(f, "b") for f in files] == ["2 4 b", "2 5 b", "2 6 b"]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            assert ask(c.makefile("rw"), "new") == "1 7 new"
+    finally:
+        for c in conns:
+            c.close()
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+        for line in tables.stdout.splitlines():  # (the image's lock, if a step failed)
+            if f"cryo-image-{v.pid}-" in line:
+                subprocess.run(["nft", "delete", "table", *line.split()[1:]], check=False)
