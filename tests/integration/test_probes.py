@@ -360,3 +360,79 @@ def test_asyncio_server_keeps_its_clients(procs: Procs, tmp_path: Path) -> None:
         for line in tables.stdout.splitlines():  # (the image's lock, if a step failed)
             if f"cryo-image-{v.pid}-" in line:
                 subprocess.run(["nft", "delete", "table", *line.split()[1:]], check=False)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx (Debian's nginx-light)")
+def test_nginx_master_and_workers(procs: Procs, tmp_path: Path) -> None:
+    """nginx, a master and two workers sharing its listening socket, checkpointed as a
+    tree, killed and restarted: it serves, reloads on SIGHUP (new workers, the old ones
+    reaped by the master), starts a new worker when one is killed, and quits on SIGQUIT."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "html").mkdir()
+    (tmp_path / "html" / "index.html").write_text("hello\n")
+    t = str(tmp_path)
+    temps = " ".join(f"{k}_temp_path {t}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; worker_processes 2; daemon off; master_process on; pid {t}/nginx.pid;\n"
+        f"error_log {t}/error.log; events {{ worker_connections 64; }}\n"
+        f"http {{ access_log {t}/access.log; {temps}\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {t}/html; }} }}\n")  # fmt: skip
+
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:
+            return str(r.read().decode())
+
+    def wait(cond: Any, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    v = procs.spawn(["nginx", "-c", f"{t}/nginx.conf", "-p", t])
+    wait(lambda: len(_children(v.pid)) == 2, "two workers")
+    workers = _children(v.pid)
+    for w in workers:
+        procs.track(w)
+    assert get() == "hello\n"
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", f"{t}/img", "--kill")
+    assert r.returncode == 0, r.stderr
+    for pid in (*workers, v.pid):
+        reap(pid)
+    r = run_cryo("restart", "-D", f"{t}/img", "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(v.pid)
+    assert sorted(_children(v.pid)) == sorted(workers)
+    assert [get() for _ in range(4)] == ["hello\n"] * 4
+    os.kill(v.pid, signal.SIGHUP)  # reload: new workers, the old ones reaped
+    wait(lambda: len(_children(v.pid)) == 2 and not set(_children(v.pid)) & set(workers),
+         "new workers after SIGHUP")  # fmt: skip
+    for w in _children(v.pid):
+        procs.track(w)
+    assert get() == "hello\n"
+    one = _children(v.pid)[0]
+    os.kill(one, signal.SIGKILL)
+    wait(lambda: len(_children(v.pid)) == 2 and one not in _children(v.pid), "a new worker")
+    for w in _children(v.pid):
+        procs.track(w)
+    assert get() == "hello\n"
+    os.kill(v.pid, signal.SIGQUIT)
+    wait(lambda: not os.path.exists(f"/proc/{v.pid}") or _state(v.pid) == "Z", "nginx quits")
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
