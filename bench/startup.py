@@ -118,6 +118,7 @@ def main() -> None:
                     help="also the commands run through a cryod by the thin client")
     args = ap.parse_args()
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)  # the restarted counters come back to us
+    load0 = os.getloadavg()
     cmd = shlex.split(args.cmd)
     trees = {"after": str(Path(args.after).resolve())}
     if args.before:
@@ -181,8 +182,9 @@ def main() -> None:
             daemon.wait(30)
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
-    print(f"startup: {args.rounds} rounds, medians; cryo as {shlex.join(cmd)};"
-          f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"startup: {args.rounds} rounds, medians; cryo as {shlex.join(cmd)}; load average"
+          f" {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at the start,"
+          f" {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end")
     if "PYTHONDONTWRITEBYTECODE" in os.environ:
         print("warning: PYTHONDONTWRITEBYTECODE is set: each command may compile cryo")
     names = list(ways)
