@@ -37,7 +37,7 @@ BIN = str(Path(__file__).resolve().parents[2] / "bin" / "cryo")
 
 def thin(d: Cryod, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     """``cryo ARGS`` as bin/cryo starts itself, through daemon ``d``."""
-    env = dict(os.environ, CRYO_DAEMON=d.socket)
+    env = kw.pop("env", None) or dict(os.environ, CRYO_DAEMON=d.socket)
     return subprocess.run([sys.executable, "-S", BIN, *args], capture_output=True, text=True,
                           timeout=60, close_fds=True, env=env, **kw)  # fmt: skip
 
@@ -97,7 +97,15 @@ def test_checkpoint_and_restart_through_the_daemon(cryod: Callable[..., Cryod], 
     r = thin(d, "show", str(img), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["processes"][0]["pid"] == v.pid
-    assert len(commands(d)) == 3
+    # the same output as the command run here, in the caller's environment (TZ, not the
+    # daemon's)
+    env = dict(os.environ, TZ="Asia/Kathmandu")
+    env.pop("CRYO_DAEMON", None)
+    here = subprocess.run([sys.executable, "-S", BIN, "show", str(img)], capture_output=True,
+                          text=True, timeout=60, env=env)  # fmt: skip
+    r = thin(d, "show", str(img), env=dict(env, CRYO_DAEMON=d.socket))
+    assert (r.returncode, r.stdout, r.stderr) == (0, here.stdout, here.stderr)
+    assert len(commands(d)) == 4
 
 
 def test_exit_codes_come_back(cryod: Callable[..., Cryod], build: Any, procs: Procs,

@@ -393,6 +393,9 @@ def _child(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
         os.umask(job["umask"])
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in job["env"].items()})
+        import time
+
+        time.tzset()  # (the caller's TZ, for the times a command prints)
         for res, soft, hard in job["rlimits"]:
             with contextlib.suppress(OSError, ValueError):
                 resource.setrlimit(res, (soft, hard))
