@@ -27,6 +27,12 @@ reachable by the fd they were added with (kcmp; not a watch of a file since clos
 handled; another comes back as before (one more event for a ready edge-triggered watch,
 which a reader that reads until EAGAIN takes as a spurious wakeup).  A file whose data
 comes back after the "files" stage (TCP queues are filled later) may still give one.
+
+Not yet safe against every death of cryo: the ready list is taken in one batch of
+injected calls and given back in the next (which watches to queue again depends on what
+the first returned); a cryo killed between the two leaves the process without those
+edges (an event loop waiting for them would wait on).  The window is the time between
+two batches, microseconds; no test aims at it.
 """
 
 from __future__ import annotations
