@@ -252,8 +252,8 @@ def test_bad_input_and_damage(procs: Procs, build: Any, tmp_path: Path) -> None:
     assert cryo("store", "verify", str(tmp_path / "none"))[0] == 7
     assert cryo("store", "gc", str(st), "--keep-last", "0")[0] == 1
     assert cryo("restart", "--store", str(st), "--app", "a/b")[0] == 1
-    assert cryo("checkpoint", str(os.getpid()), "--store", str(st), "--app", "app",
-                "--compress")[0] == 1  # fmt: skip
+    assert cryo("checkpoint", str(os.getpid()), "--process", "--store", str(st), "--app",
+                "app", "--compress")[0] == 1  # fmt: skip (--process: we have children)
     # bad command lines exit 2, as the README's table says (issue 12)
     assert cryo("restart", "-D", str(st), "--version", "1")[0] == 2
     assert cryo("restart", "--store", str(st))[0] == 2  # --app missing
