@@ -13,7 +13,8 @@ import pytest
 # the modules of resources a small program lacks, and what only they import (a
 # checkpoint imports tty for any character device: /dev/null is asked whether it is a pty)
 LAZY = ("cryo.engine.inet", "cryo.engine.netlock", "cryo.engine.sockets",
-        "cryo.engine.appchannel", "cryo.app", "cryo.engine.fsnotify")  # fmt: skip
+        "cryo.engine.appchannel", "cryo.app", "cryo.engine.fsnotify",
+        "zstandard", "platform")  # fmt: skip  (zstd: compressed images only)
 RESTART_LAZY = (*LAZY, "cryo.engine.tty")
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import signal
 import socket
 import time
@@ -398,8 +397,8 @@ class Checkpoint:
 
     def _head(self) -> dict[str, Any]:
         return {
-            "arch": platform.machine(),
-            "kernel": platform.release(),
+            "arch": os.uname().machine,  # (platform.machine() and release(): the same,
+            "kernel": os.uname().release,  # without importing platform)
             "cryo": cryo.__version__,
             "created": time.time(),
             "hostname": socket.gethostname(),

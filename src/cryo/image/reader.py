@@ -14,7 +14,6 @@ import errno
 import hmac
 import mmap
 import os
-import platform
 import queue
 import threading
 from collections import defaultdict
@@ -22,7 +21,6 @@ from collections.abc import Callable, Generator, Iterable
 from typing import IO, Any, Protocol
 
 import xxhash
-import zstandard
 
 from cryo.errors import ImageCorrupt, ImageIncompatible, ImageMissing
 from cryo.image import format as fmt
@@ -117,9 +115,10 @@ class ImageReader:
         if not heads or not isinstance(heads[0], dict):
             raise self.corrupt("no HEAD record")
         head: dict[str, Any] = heads[0]
-        if head.get("arch") != platform.machine():
+        machine = os.uname().machine  # (platform.machine(), without importing platform)
+        if head.get("arch") != machine:
             raise ImageIncompatible(f"{self.what} {self.path} is for {head.get('arch')},"
-                                    f" this machine is {platform.machine()}",
+                                    f" this machine is {machine}",
                                     path=self.path)  # fmt: skip
         return head
 
@@ -427,7 +426,7 @@ class Image(ReadAhead, ImageReader):
         super().__init__(path, f"{path} holds no image (no core.img)")
         self.blocks: list[dict[str, Any]] = self.records.get(R.PBLK, [])
         self._pages: mmap.mmap | None = None
-        self._dctx = zstandard.ZstdDecompressor()
+        self._zstd: Any = None  # the decompressor, made for the first compressed block
         self.defer_pages = defer_pages
         self._fd = -1  # pages.img, of a deferred image
         # some of it was not in the page cache: leave none of it there (None: not known
@@ -435,6 +434,11 @@ class Image(ReadAhead, ImageReader):
         self._cold: bool | None = None
         self._checked: set[int] = set()  # indices of the blocks read and checked
         self._init_read_ahead()
+
+    def _dctx(self) -> Any:
+        if self._zstd is None:
+            self._zstd = _zstandard().ZstdDecompressor()
+        return self._zstd
 
     def owner_files(self) -> list[str]:
         return [*super().owner_files(), os.path.join(self.path, "pages.img")]
@@ -511,8 +515,9 @@ class Image(ReadAhead, ImageReader):
             return self.pages, b["offset"]
         if b["codec"] == "zstd":
             view = memoryview(self.pages)[b["offset"] : b["offset"] + b["stored"]]
+            zstandard = _zstandard()
             try:
-                data = self._dctx.decompress(view, max_output_size=b["raw"])
+                data = self._dctx().decompress(view, max_output_size=b["raw"])
             except zstandard.ZstdError as err:
                 raise self.corrupt(f"pages block {b['index']}: {err}") from err
             if len(data) != b["raw"]:
@@ -611,8 +616,9 @@ class Image(ReadAhead, ImageReader):
     def _decoded(self, b: dict[str, Any], stored: bytearray) -> bytearray:
         if b["codec"] == "none":
             return stored
+        zstandard = _zstandard()
         try:
-            data = self._dctx.decompress(stored, max_output_size=b["raw"])
+            data = self._dctx().decompress(stored, max_output_size=b["raw"])
         except zstandard.ZstdError as err:
             raise self.corrupt(f"pages block {b['index']}: {err}") from err
         if len(data) != b["raw"]:
@@ -642,3 +648,11 @@ class Image(ReadAhead, ImageReader):
             with contextlib.suppress(BufferError):
                 self._pages.close()
             self._pages = None
+
+
+def _zstandard() -> Any:
+    """zstandard, imported for the first compressed block (it imports platform: 3-4 ms
+    of every restart of an uncompressed image)."""
+    import zstandard
+
+    return zstandard
