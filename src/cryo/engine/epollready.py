@@ -53,6 +53,7 @@ EPOLLEXCLUSIVE, EPOLLONESHOT, EPOLLET = 1 << 28, 1 << 30, 1 << 31
 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD = 1, 2, 3
 _EVENT = 12  # struct epoll_event, packed on x86_64
 _MAX = 2048  # events per epoll_wait (24 KiB of the scratch area)
+_PER_BATCH = 1024  # watches queued again per batch
 _TFD = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
 
 
@@ -116,8 +117,11 @@ def _drain(inj: Injector, ep: int) -> list[int]:
 
 def _queue(inj: Injector, ep: int, ready: list[list[int]]) -> None:
     """Queue these watches again, in order (MOD polls the file and queues it, ready)."""
-    if not ready:
-        return
+    for at in range(0, len(ready), _PER_BATCH):  # (their events fill the scratch area)
+        _queue_part(inj, ep, ready[at : at + _PER_BATCH])
+
+
+def _queue_part(inj: Injector, ep: int, ready: list[list[int]]) -> None:
     with inj.batch() as b:
         for tfd, events, data in ready:
             ev = b.put(struct.pack("<IQ", events & 0xFFFFFFFF, data))
