@@ -87,9 +87,13 @@ def remove_service(addr: str) -> None:
 
 def gratuitous_arp(addr: str, ifname: str) -> None:
     """An ARP request for ``addr`` from ``addr``, broadcast on ``ifname``: every neighbour
-    that knows ``addr`` updates its entry to our hardware address."""
-    with open(f"/sys/class/net/{ifname}/address") as f:
-        mac = bytes.fromhex(f.read().strip().replace(":", ""))
+    that knows ``addr`` updates its entry to our hardware address (asked of the kernel,
+    SIOCGIFHWADDR: this network namespace's interface; /sys may show another's, e.g.
+    under nsenter --net, and the neighbours would be pointed at a wrong address)."""
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        mac = fcntl.ioctl(s.fileno(), 0x8927, struct.pack("256s", ifname.encode()))[18:24]
     ip = socket.inet_aton(addr)
     arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, b"\0" * 6, ip)
     frame = b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp

@@ -31,13 +31,10 @@ cryo run that sweeps (netlock.sweep) removes both.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import logging
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -48,7 +45,6 @@ from cryo.errors import CryoError, Unsupported, Usage
 from cryo.grid import hostnet
 
 log = logging.getLogger(__name__)
-SIOCGIFHWADDR = 0x8927
 
 
 def parse(spec: str) -> tuple[str, int | None]:
@@ -76,19 +72,8 @@ def _where(addr: str) -> tuple[str, int] | None:
 
 
 def announce(addr: str, ifname: str) -> None:
-    """A gratuitous ARP for ``addr`` on ``ifname`` (hostnet's), the interface's hardware
-    address asked of the kernel (SIOCGIFHWADDR: this network namespace's interface,
-    whatever /sys shows)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
-    mac = req[18:24]
-    ip = socket.inet_aton(addr)
-    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, b"\0" * 6, ip)
-    frame = b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((ifname, 0))
-        for _ in range(2):
-            s.send(frame)
+    """A gratuitous ARP for ``addr`` on ``ifname``."""
+    hostnet.gratuitous_arp(addr, ifname)
 
 
 def _need_nft() -> None:
