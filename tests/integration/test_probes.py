@@ -254,6 +254,7 @@ def test_jvm_perf_data_file_put_back(procs: Procs, tmp_path: Path) -> None:
         reap(rr.pid)
         if how == "deleted":
             perf.unlink()
+    perf.unlink()  # (the killed JVM's, as a JVM exiting removes its own)
     assert not v.fails()
 
 
