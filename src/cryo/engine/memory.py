@@ -532,15 +532,23 @@ def _pread_full(fd: int, view: memoryview, addr: int) -> None:
 # -- restore ---------------------------------------------------------------------------
 
 
+_specials: dict[str, int] = {}  # own_specials() as last read
+
+
 def own_specials() -> dict[str, int]:
     """Sizes of this kernel's vDSO and vvar mappings (same in every process)."""
-    return {v.path: v.size for v in procfs.parse_maps(procfs.read("self", "maps"))
-            if v.path in SPECIAL}  # fmt: skip
+    got = {v.path: v.size for v in procfs.parse_maps(procfs.read("self", "maps"))
+           if v.path in SPECIAL}  # fmt: skip
+    _specials.clear()
+    _specials.update(got)
+    return got
 
 
 def check(rec: dict[str, Any]) -> None:
     check_hugepages(_hugetlb_private(rec))
-    here = own_specials()
+    # (what an earlier process's check read: our maps are ~300 lines, 1-2 ms to parse,
+    # once per process of an image; a size that differs is read again before it counts)
+    here = dict(_specials) or own_specials()
     for v in rec["vmas"]:
         if v["kind"] == "special" and here.get(v["path"]) != v["end"] - v["start"]:
             here = own_specials()  # read again: one restart of a JVM's image saw no
