@@ -677,7 +677,7 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     inj = ctx.inj
     fds: dict[str, int] = {}
     fixup: list[dict[str, Any]] = []
-    _restore_pkeys(ctx, rec.get("pkeys", []))
+    free_keys = _restore_pkeys(ctx, rec.get("pkeys", []))
     merge_any = bool(rec.get("ksm_merge_any"))
     live = getattr(ctx, "live", None) or {}
     inherited: dict[int, list[tuple[int, int]]] = live.get("inherited", {})
@@ -688,6 +688,8 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
                            and v["start"] not in inherited], fds)  # fmt: skip
         held = [v for v in rec["vmas"] if v.get("locks") and v["path"] in fds]
         with inj.batch() as bt:
+            for k in free_keys:  # (may fail: a CPU without protection keys)
+                bt.call(SYSX.pkey_free, k, may_fail=True)
             _map_all(ctx, rec, bt, fds, fixup, inherited, merge_any, staged)
             if not held:  # the files are mapped: closed in the same stop
                 for fd in fds.values():
@@ -769,14 +771,18 @@ def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str,
             fixup.append(v)
 
 
-def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> None:
+def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> list[int]:
     """Allocate exactly the protection keys of the image: pkey_alloc() gives the lowest
     free key, so every key up to the highest wanted is taken and the others given back.
     (The PKRU rights pkey_alloc sets in this thread are overwritten with the saved
-    registers.)"""
+    registers.)  Where none is wanted, the keys to free are returned, for the caller's
+    next batch."""
     inj = ctx.inj
-    if not want and not (getattr(ctx, "live", None) or {}).get("cow_inherited"):
-        return  # a helper forked from cryo has no keys
+    if not (getattr(ctx, "live", None) or {}).get("cow_inherited"):
+        if not want:
+            return []  # a helper forked from cryo has no keys
+    elif not want:  # a process forked from a restored parent has its keys: all freed
+        return list(range(1, PKEYS))
     with inj.batch() as bt:  # a process forked from a restored parent has its keys
         for k in range(1, PKEYS):
             if k not in want:
@@ -790,6 +796,7 @@ def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> None:
             extra.append(k)
     for k in extra:
         inj(SYSX.pkey_free, k)
+    return []
 
 
 def _anon_name(path: str) -> str | None:
@@ -1109,9 +1116,15 @@ def _after_pages(v: dict[str, Any]) -> bool:
 def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
     """Once the pages are written: protections, then guard pages (refused by the kernel
     on a locked VMA), then mlock (it populates the pages, so after the data), then mseal
-    (it forbids any later change)."""
+    (it forbids any later change).  The same stop opens the exe file restore_mm sets."""
+    rec = getattr(ctx, "records", {}).get(KIND)
+    exe = _exe_to_open(ctx, rec) if rec is not None and hasattr(ctx, "live") else None
     with ctx.inj.batch() as bt:  # one ptrace stop for all
         _protect_all(bt, fixup)
+        if exe is not None:
+            k = bt.call(SYS.openat, -100, bt.put_str(exe), 0, 0, what=f" open {exe}")
+    if exe is not None:
+        ctx.live["exe_fd"] = (exe, bt.result(k))
 
 
 def _protect_all(bt: Batch, fixup: list[dict[str, Any]]) -> None:
@@ -1155,25 +1168,39 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     at = frame.reserve(libc.sizeof(m))
     m.auxv = frame.put(auxv)
     m.auxv_size = len(auxv)
-    exe = translated(ctx.options, rec["exe"])  # --translate, or a saved copy (spmf.py)
-    exe_fd = -1
-    if not exe.endswith(" (deleted)") and os.path.exists(exe) and not _same_file(
-        f"/proc/{ctx.pid}/exe", exe
-    ):  # the helper runs the same binary already (a Python target): keep its exe_file
-        exe_fd = inj(SYS.openat, -100, frame.put_str(exe), 0, 0, what=f" open {exe}")
+    exe_fd = stale = -1
+    opened = (getattr(ctx, "live", None) or {}).pop("exe_fd", None)  # by protect()
+    exe = _exe_to_open(ctx, rec)
+    if opened is not None and opened[0] == exe:
+        exe_fd = opened[1]
+    else:
+        stale = opened[1] if opened is not None else -1  # (closed below)
+        if exe is not None:
+            exe_fd = inj(SYS.openat, -100, frame.put_str(exe), 0, 0, what=f" open {exe}")
     m.exe_fd = exe_fd & 0xFFFFFFFF
     future = rec.get("mlockall", 0)
     inj.write(at, libc.struct_bytes(m))
     with inj.batch() as bt:  # one stop: the exe's fd closed whether the prctl failed or not
         calls = [(bt.call(SYS.prctl, PR.SET_MM, PR_SET_MM_MAP, at, libc.sizeof(m), 0,
                           may_fail=True), " PR_SET_MM_MAP")]  # fmt: skip
-        if exe_fd >= 0:
-            bt.call(SYS.close, exe_fd, may_fail=True)
+        for fd in (exe_fd, stale):
+            if fd >= 0:
+                bt.call(SYS.close, fd, may_fail=True)
         if future:  # MCL_FUTURE: only mappings made from now on (each has its own lock)
             calls.append((bt.call(SYSX.mlockall, future, may_fail=True), " mlockall"))
     for k, what in calls:
         if -4096 < bt.result(k) < 0:
             raise syscall_error(bt.calls[k][0], bt.result(k), inj.t.tid, what)
+
+
+def _exe_to_open(ctx: RestoreContext, rec: dict[str, Any]) -> str | None:
+    """The exe file PR_SET_MM_MAP sets (its path here), or None: a deleted one, or the
+    helper runs the same binary already (a Python target): its exe_file is kept."""
+    exe = translated(ctx.options, rec["exe"])  # --translate, or a saved copy (spmf.py)
+    if exe.endswith(" (deleted)") or not os.path.exists(exe) or _same_file(
+            f"/proc/{ctx.pid}/exe", exe):  # fmt: skip
+        return None
+    return exe
 
 
 def _same_file(a: str, b: str) -> bool:
