@@ -754,7 +754,7 @@ def test_lazy_connection_cut(procs: Procs, build: Any, hosts: Hosts, victim: str
         rcv.wait_for(lambda ls: any("its pages follow" in x for x in ls), timeout=60)
         hosts.sh("ip", "-n", hosts.ns["A"], "link", "set", hosts.veth["A"], "down")
 
-    _cut_migration(hosts, v, secret, cut, "--lazy")
+    _cut_migration(hosts, v, secret, cut, "--lazy", "--process")  # (lazyops forks)
     _untouched(v)
     assert not v.fails()
     _clean_b(hosts, rcv)

@@ -352,8 +352,12 @@ class Injector:
         """A signal to end a batch with: one the process ignores and this thread does
         not block (sent to an untraced task, the kernel discards it).  In a restored
         task, which dies with cryo (PTRACE_O_EXITKILL), any of the default-ignored ones,
-        unblocked for the batch if need be: (signal, mask to set back after, if any)."""
-        mask = self.t.get_sigmask()
+        unblocked for the batch if need be: (signal, mask to set back after, if any).
+        The kernel's mask, not the program's: while a flood is held at bay every signal
+        but those ignored when it began is blocked, and a restored task's actions may
+        have changed since (seen: a restored process catching SIGCHLD, SIGURG and
+        SIGWINCH, flooded, spun for ever in the routine, its stop signal blocked)."""
+        mask = self.t.kernel_sigmask()
         for sig in self._ignored:
             if not mask & 1 << (sig - 1):
                 return sig, None
@@ -441,14 +445,16 @@ class Injector:
         regs.rip = region
         regs.orig_rax = NO_SYSCALL
         if mask is not None:
-            self.t.set_sigmask(mask & ~(1 << (sig - 1)))
+            self.t.set_kernel_sigmask(mask & ~(1 << (sig - 1)))
+        self.t.batch_signal = sig
         try:
             self.t.setregs(regs)
             self.exit_stop = False
             self._wait_back(region + BATCH_BACK, sig)
         finally:
+            self.t.batch_signal = 0
             if mask is not None:
-                self.t.set_sigmask(mask)
+                self.t.set_kernel_sigmask(mask)
         # back in cryo's hands: its own registers at once, so that from here on the
         # task would go on exactly as it was should cryo die
         self.t.setregs(self.saved)

@@ -54,6 +54,9 @@ class Tracee:
         # a flood of signals (one arriving at every resume) held at bay: the program's
         # own mask while every signal is blocked in the task (see defer)
         self.flood_mask: int | None = None
+        # the signal a batch of injected calls under way ends with (inject._run): never
+        # blocked by a flood's mask, which may begin in the middle of the batch
+        self.batch_signal = 0
         self.options = 0  # the PTRACE_O_* flags in force (PTRACE_SETOPTIONS replaces them)
         self.group_stop = 0  # the stop signal, when the task was group-stopped when seized
         # the process ignores SIGTRAP: see step()
@@ -226,6 +229,10 @@ class Tracee:
                 return
             self.flood_mask = self.get_sigmask()
             log.debug("pid %d: a flood of signals, all blocked while held", self.tid)
+            if self.batch_signal:  # (seen: a restored process catching SIGURG, which
+                # its batch ended with, flooded in the middle of it: the routine went on
+                # past its end into the program's code, and faulted there for ever)
+                ignored |= 1 << (self.batch_signal - 1)
             libc.ptrace(PTRACE.SETSIGMASK, self.tid, 8, ctypes.c_uint64(_BLOCK_ALL & ~ignored))
 
     def detach(self, sig: int = 0) -> None:
@@ -472,8 +479,16 @@ class Tracee:
         if self.flood_mask is not None:  # (set when we let go)
             self.flood_mask = mask
             return
-        m = ctypes.c_uint64(mask)
-        libc.ptrace(PTRACE.SETSIGMASK, self.tid, 8, m)
+        self.set_kernel_sigmask(mask)
+
+    def kernel_sigmask(self) -> int:
+        """The mask the kernel applies now (a flood's blocking included)."""
+        mask = ctypes.c_uint64()
+        libc.ptrace(PTRACE.GETSIGMASK, self.tid, 8, mask)
+        return mask.value
+
+    def set_kernel_sigmask(self, mask: int) -> None:
+        libc.ptrace(PTRACE.SETSIGMASK, self.tid, 8, ctypes.c_uint64(mask))
 
     def peek_siginfo(self, shared: bool) -> list[bytes]:
         """All pending signals' siginfo (128 bytes each), per-thread or process-wide."""
