@@ -39,13 +39,13 @@ program's checkpoint and restart import none of it (tests/unit/test_startup.py).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from cryo import procfs
 from cryo.engine import (
     anonfds,
     cgroups,
@@ -199,16 +199,8 @@ def _holds_socket(ctx: DumpContext) -> bool:
 def _holds_epoll(ctx: DumpContext) -> bool:
     """Whether the process holds an epoll fd; the fd table read here is left for the
     files driver (one readlink per fd, not two)."""
-    fd_dir = os.open(f"/proc/{ctx.pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        names = os.listdir(fd_dir)
-        links: dict[int, str] = {}
-        for n in names:
-            with contextlib.suppress(OSError):
-                links[int(n)] = os.readlink(n, dir_fd=fd_dir)
-    finally:
-        os.close(fd_dir)
-    ctx.live["fd_links"] = (sorted(int(n) for n in names), links)
+    ctx.live["fd_links"] = procfs.fd_links(ctx.pid)
+    links = ctx.live["fd_links"][1]
     return "anon_inode:[eventpoll]" in links.values()
 
 

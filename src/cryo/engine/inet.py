@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryo import procfs
 from cryo.engine import netlock
 from cryo.errors import CryoError, Unsupported
 from cryo.linux import libc
@@ -1091,19 +1092,11 @@ def lock_connections(ctx: Any) -> None:
     if "fd_links" in ctx.live:  # read in this freeze already (drivers._holds_epoll)
         links: dict[int, str] = ctx.live["fd_links"][1]
     else:
-        fd_dir = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:  # (names in it: no path walk for each)
-            names = os.listdir(fd_dir)
-            links = {}
-            for n in names:
-                with contextlib.suppress(OSError):
-                    links[int(n)] = os.readlink(n, dir_fd=fd_dir)
-        finally:
-            os.close(fd_dir)
         # the fd table as read here, for the files driver (the process is frozen and
         # cryo injects nothing that opens or closes its fds from here to files.dump:
         # one readlink per fd, not two)
-        ctx.live["fd_links"] = (sorted(int(n) for n in names), links)
+        ctx.live["fd_links"] = procfs.fd_links(pid)
+        links = ctx.live["fd_links"][1]
     for fd, target in links.items():
         if target.startswith("socket:["):
             socks.append((fd, int(target[8:-1])))
