@@ -23,6 +23,7 @@ import socket
 import stat
 from typing import Any
 
+from cryo import procfs
 from cryo.app import protocol as P
 from cryo.engine.context import DumpContext
 from cryo.errors import CheckpointRefused, CryoError, ImageCorrupt
@@ -69,25 +70,21 @@ def _agents(pid: int) -> list[bytes]:
     getxattr: a busy server's TCP connections are not duplicated)."""
     out: list[bytes] = []
     try:  # (the links read by name in the directory, opened once: no path walk each)
-        fd_dir = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+        links = procfs.fd_links(pid)[1]
+    except OSError:  # gone meanwhile (a child of the tree that ended): no agent
         return out
-    try:
-        fds = os.listdir(fd_dir)
-        for n in fds:
-            try:
-                if not os.readlink(n, dir_fd=fd_dir).startswith("socket:["):
-                    continue
-                proto = os.getxattr(f"/proc/{pid}/fd/{n}", "system.sockprotoname")
-            except OSError:
-                proto = b"UNIX"  # (not told: asked as before)
-            if not proto.startswith(b"UNIX"):
-                continue
-            found = agent_socket(pid, int(n))
-            if found is not None and found[1]:
-                out.append(found[0])
-    finally:
-        os.close(fd_dir)
+    for n, link in links.items():
+        if not link.startswith("socket:["):
+            continue
+        try:
+            proto = os.getxattr(f"/proc/{pid}/fd/{n}", "system.sockprotoname")
+        except OSError:
+            proto = b"UNIX"  # (not told: asked as before)
+        if not proto.startswith(b"UNIX"):
+            continue
+        found = agent_socket(pid, n)
+        if found is not None and found[1]:
+            out.append(found[0])
     return out
 
 

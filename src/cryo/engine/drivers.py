@@ -40,7 +40,6 @@ program's checkpoint and restart import none of it (tests/unit/test_startup.py).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -236,16 +235,10 @@ def _when(module: str, fn: str, need: Callable[..., bool]) -> Callable[..., Any]
 def _has_socket(pid: int) -> bool:
     """Whether process ``pid`` holds a socket (one readlink per fd)."""
     try:
-        names = os.listdir(f"/proc/{pid}/fd")
+        links = procfs.fd_links(pid)[1]
     except OSError:
         return True  # (let the driver say why)
-    for n in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{n}").startswith("socket:["):
-                return True
-        except OSError:
-            continue
-    return False
+    return any(t.startswith("socket:[") for t in links.values())
 
 
 def _kind_in(kind: str, descs: Iterable[dict[str, Any]]) -> bool:
