@@ -214,6 +214,25 @@ def _clean(hosts: Hosts, rcv: Victim) -> None:
     assert f"10.214.{hosts.net}.10" not in _addrs(hosts, "B")
 
 
+def _streaming(procs: Procs, hosts: Hosts, own: str, *files: str) -> tuple[Victim, Victim]:
+    """The server on A streaming both ways with its client on C, both under way."""
+    srv = _server(procs, hosts, own, "stream", *files)
+    cli = _client(procs, hosts, own)
+    _after(srv, f"accepted {hosts.client['C']}")
+    _ok_past(cli)
+    return srv, cli
+
+
+def _went_on(hosts: Hosts, srv: Victim, cli: Victim, rcv: Victim) -> None:
+    """After a failed migration: the source untraced, still talking to its client on
+    its one connection, and nothing of the migration left on B."""
+    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
+    _ok_past(srv)
+    _ok_past(cli)
+    assert not [x for x in srv.lines() if x.startswith("conn closed")]
+    _clean(hosts, rcv)
+
+
 def test_listeners_move(procs: Procs, hosts: Hosts) -> None:
     """Listeners on every address and on the process's own (--move-address): B accepts
     new clients on both at once.  A client waiting in the accept queue is refused by
@@ -308,42 +327,26 @@ def test_failed_migration_puts_the_address_back(procs: Procs, hosts: Hosts) -> N
     locks go, the source goes on talking to its client, nothing is left on B."""
     own = _moving(hosts)
     hosts.run("A", "sh", "-c", "seq 100 > /tmp/only-on-a.txt")
-    srv = _server(procs, hosts, own, "stream", "/tmp/only-on-a.txt")
-    cli = _client(procs, hosts, own)
-    _after(srv, f"accepted {hosts.client['C']}")
-    _ok_past(cli)
+    srv, cli = _streaming(procs, hosts, own, "/tmp/only-on-a.txt")
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     res = _migrate(hosts, srv.pid, secret, "--tcp-established", "--move-address", own)
     assert res.returncode not in (0, 70), res.stderr
     assert "/tmp/only-on-a.txt" in res.stderr, res.stderr
     assert own in _addrs(hosts, "A")
-    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
     assert _on(hosts, "A", srv.pid)
-    _ok_past(srv)
-    _ok_past(cli)
-    _ok_past(srv)
-    assert not [x for x in srv.lines() if x.startswith("conn closed")]
-    _clean(hosts, rcv)
+    _went_on(hosts, srv, cli, rcv)
 
 
 def test_connection_whose_address_stays_fails_there(procs: Procs, hosts: Hosts) -> None:
     """A connection on A's own address (which does not move), with --tcp-established:
     B's restart cannot make it; the source goes on with its client, B is left clean."""
-    own = hosts.client["A"]
-    srv = _server(procs, hosts, own, "stream")
-    cli = _client(procs, hosts, own)
-    _after(srv, f"accepted {hosts.client['C']}")
-    _ok_past(cli)
+    srv, cli = _streaming(procs, hosts, hosts.client["A"])
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     res = _migrate(hosts, srv.pid, secret, "--tcp-established")
     assert res.returncode not in (0, 70), res.stderr
-    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
-    _ok_past(srv)
-    _ok_past(cli)
-    assert not [x for x in srv.lines() if x.startswith("conn closed")]
-    _clean(hosts, rcv)
+    _went_on(hosts, srv, cli, rcv)
 
 
 def test_destination_that_cannot_take_the_address_refuses(procs: Procs, hosts: Hosts) -> None:
@@ -372,10 +375,7 @@ def test_tcp_close_moves_it_closed(procs: Procs, hosts: Hosts) -> None:
     """--tcp-close as in cryo restart: the process on B finds its connection closed
     and goes on; its listeners take new clients."""
     own = _moving(hosts)
-    srv = _server(procs, hosts, own, "stream")
-    cli = _client(procs, hosts, own)
-    _after(srv, f"accepted {hosts.client['C']}")
-    _ok_past(cli)
+    srv, _ = _streaming(procs, hosts, own)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     res = _migrate(hosts, srv.pid, secret, "--tcp-close", "--move-address", own)
@@ -428,7 +428,6 @@ def test_save_files_through_migration(procs: Procs, hosts: Hosts) -> None:
     reap(new.pid)
 
 
-
 def _guards() -> list[int]:
     """The receivers' address guards running (cryo.migrate.address --guard)."""
     out = []
@@ -450,36 +449,46 @@ def _no_guard(timeout: float = 10) -> None:
     assert _guards() == []
 
 
+def _migrating(hosts: Hosts, pid: int, secret: str, own: str, timeout: int
+               ) -> subprocess.Popen[str]:  # fmt: skip
+    """``cryo migrate --tcp-established --move-address`` started on A, not waited for."""
+    return subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
+                                       str(pid), "--to", f"{hosts.addr['B']}:7707",
+                                       "--secret-file", secret, "--timeout", str(timeout),
+                                       "--tcp-established", "--move-address", own),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            close_fds=True)  # fmt: skip
+
+
+def _held_once_the_address_is_on_b(hosts: Hosts, own: str, rcv: Victim,
+                                   mig: subprocess.Popen[str]) -> None:  # fmt: skip
+    """Let the receiver go a step at a time (SIGSTOP, look, SIGCONT) until the address
+    is on B; it is left stopped there."""
+    deadline = time.monotonic() + 60
+    while not _guards():
+        assert time.monotonic() < deadline and mig.poll() is None, \
+            ("no guard seen", mig.communicate(), rcv.out.read_text())  # fmt: skip
+    while True:
+        os.kill(rcv.pid, signal.SIGSTOP)
+        if own in _addrs(hosts, "B"):
+            return
+        assert time.monotonic() < deadline and mig.poll() is None, "no address on B"
+        os.kill(rcv.pid, signal.SIGCONT)
+        time.sleep(0.002)
+
+
 def test_receiver_killed_while_the_address_moves(procs: Procs, hosts: Hosts) -> None:
     """The receiver SIGKILLed once the address is on B: its guard removes
     the address and the table from B, the source puts the address back and goes on
     talking to its client, every byte once; nothing is left on B."""
     own = _moving(hosts)
-    srv = _server(procs, hosts, own, "stream")
-    cli = _client(procs, hosts, own)
-    _after(srv, f"accepted {hosts.client['C']}")
-    _ok_past(cli)
+    srv, cli = _streaming(procs, hosts, own)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret)
     assert _guards() == []
-    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
-                                      str(srv.pid), "--to", f"{hosts.addr['B']}:7707",
-                                      "--secret-file", secret, "--timeout", "10",
-                                      "--tcp-established", "--move-address", own),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           close_fds=True)  # fmt: skip
+    mig = _migrating(hosts, srv.pid, secret, own, 10)
     try:
-        deadline = time.monotonic() + 60
-        while not _guards():
-            assert time.monotonic() < deadline and mig.poll() is None, \
-                ("no guard seen", mig.communicate(), rcv.out.read_text())  # fmt: skip
-        while True:  # stopped, a step at a time, until the address is on B: killed
-            os.kill(rcv.pid, signal.SIGSTOP)
-            if own in _addrs(hosts, "B"):
-                break
-            assert time.monotonic() < deadline and mig.poll() is None, "no address on B"
-            os.kill(rcv.pid, signal.SIGCONT)
-            time.sleep(0.002)
+        _held_once_the_address_is_on_b(hosts, own, rcv, mig)
         assert _tables(hosts, "B")  # (its lock)
         os.kill(rcv.pid, signal.SIGKILL)
         _, err = mig.communicate(timeout=60)
@@ -490,11 +499,7 @@ def test_receiver_killed_while_the_address_moves(procs: Procs, hosts: Hosts) -> 
     assert mig.returncode not in (0, 70), err
     _no_guard()
     assert own in _addrs(hosts, "A")
-    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
-    _ok_past(srv)
-    _ok_past(cli)
-    assert not [x for x in srv.lines() if x.startswith("conn closed")]
-    _clean(hosts, rcv)
+    _went_on(hosts, srv, cli, rcv)
 
 
 def test_link_cut_while_the_address_moves(procs: Procs, hosts: Hosts) -> None:
@@ -503,30 +508,12 @@ def test_link_cut_while_the_address_moves(procs: Procs, hosts: Hosts) -> None:
     (GOGO), so it kills its copy and gives the address up; the source, told nothing,
     puts the address back and goes on with its client, every byte once; B clean."""
     own = _moving(hosts)
-    srv = _server(procs, hosts, own, "stream")
-    cli = _client(procs, hosts, own)
-    _after(srv, f"accepted {hosts.client['C']}")
-    _ok_past(cli)
+    srv, cli = _streaming(procs, hosts, own)
     secret = _secret(hosts)
     rcv = _receiver(procs, hosts, secret, "--timeout", "15")
-    mig = subprocess.Popen(hosts.argv("A", sys.executable, "-m", "cryo", "migrate",
-                                      str(srv.pid), "--to", f"{hosts.addr['B']}:7707",
-                                      "--secret-file", secret, "--timeout", "15",
-                                      "--tcp-established", "--move-address", own),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           close_fds=True)  # fmt: skip
+    mig = _migrating(hosts, srv.pid, secret, own, 15)
     try:
-        deadline = time.monotonic() + 60
-        while not _guards():
-            assert time.monotonic() < deadline and mig.poll() is None, \
-                ("no guard seen", mig.communicate(), rcv.out.read_text())  # fmt: skip
-        while True:  # stopped, a step at a time, until the address is on B
-            os.kill(rcv.pid, signal.SIGSTOP)
-            if own in _addrs(hosts, "B"):
-                break
-            assert time.monotonic() < deadline and mig.poll() is None, "no address on B"
-            os.kill(rcv.pid, signal.SIGCONT)
-            time.sleep(0.002)
+        _held_once_the_address_is_on_b(hosts, own, rcv, mig)
         hosts.sh("ip", "-n", hosts.ns["A"], "link", "set", hosts.veth["A"], "down")
         os.kill(rcv.pid, signal.SIGCONT)
         _, err = mig.communicate(timeout=120)
@@ -538,8 +525,4 @@ def test_link_cut_while_the_address_moves(procs: Procs, hosts: Hosts) -> None:
     assert _exit_status(rcv.pid, timeout=60) not in (0, 70), rcv.out.read_text()
     _no_guard()
     assert own in _addrs(hosts, "A")
-    assert "TracerPid:\t0\n" in Path(f"/proc/{srv.pid}/status").read_text()
-    _ok_past(srv)
-    _ok_past(cli)
-    assert not [x for x in srv.lines() if x.startswith("conn closed")]
-    _clean(hosts, rcv)
+    _went_on(hosts, srv, cli, rcv)
