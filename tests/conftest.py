@@ -133,6 +133,22 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         p.cleanup()
 
 
+@pytest.fixture
+def hugepages() -> Iterator[Callable[[int], None]]:
+    """Resize the pool of 2 MiB huge pages for the test (skipped if the kernel will not
+    give that many); the pool is put back as it was."""
+    knob = Path("/proc/sys/vm/nr_hugepages")
+    old = knob.read_text()
+
+    def resize(n: int) -> None:
+        knob.write_text(str(n))
+        if int(knob.read_text()) < n:
+            pytest.skip(f"cannot get {n} huge pages")
+
+    yield resize
+    knob.write_text(old)
+
+
 @pytest.fixture(scope="session")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
     """Compile tests/victims/NAME.c once per session; returns the binary's path."""

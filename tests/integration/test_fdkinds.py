@@ -202,20 +202,6 @@ def test_execveat_of_a_restored_memfd(procs: Procs, build: Any, tmp_path: Path) 
     assert v.wait_line("exec ok")
 
 
-@pytest.fixture
-def hugepages() -> Any:
-    knob = Path("/proc/sys/vm/nr_hugepages")
-    old = knob.read_text()
-
-    def resize(n: int) -> None:
-        knob.write_text(str(n))
-        if int(knob.read_text()) < n:
-            pytest.skip(f"cannot get {n} huge pages")
-
-    yield resize
-    knob.write_text(old)
-
-
 def test_hugetlb_memfd_fd_stays_hugetlb(procs: Procs, build: Any, tmp_path: Path,
                                         hugepages: Any) -> None:  # fmt: skip
     """A hugetlb memfd held by an fd only: back on hugetlbfs with its bytes and offset."""

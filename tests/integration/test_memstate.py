@@ -123,29 +123,20 @@ def test_aio_ring_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
     untouched(v)
 
 
-@pytest.fixture
-def hugepages() -> Any:
-    """A few 2 MiB huge pages for the test; the pool is put back as it was."""
-    knob = Path("/proc/sys/vm/nr_hugepages")
-    old = knob.read_text()
-
-    def resize(n: int) -> None:
-        knob.write_text(str(n))
-        if int(knob.read_text()) < n:
-            pytest.skip(f"cannot get {n} huge pages")
-
-    yield resize
-    knob.write_text(old)
-
-
-def test_hugetlb_mappings_survive(procs: Procs, build: Any, tmp_path: Path,
-                                  hugepages: Any) -> None:  # fmt: skip
-    """MAP_HUGETLB private (one huge page touched of two) and shared, a hugetlb memfd."""
+def _hugetlb_victim(procs: Procs, build: Any, tmp_path: Path, hugepages: Any) -> Victim:
+    """mapkinds.c's hugetlb mappings (8 huge pages in the pool), touched."""
     hugepages(8)
     out = tmp_path / "out.txt"
     v = procs.spawn([build("mapkinds"), str(out), "hugetlb"], out)
     v.wait_line("ready")
     poke(v, 2)
+    return v
+
+
+def test_hugetlb_mappings_survive(procs: Procs, build: Any, tmp_path: Path,
+                                  hugepages: Any) -> None:  # fmt: skip
+    """MAP_HUGETLB private (one huge page touched of two) and shared, a hugetlb memfd."""
+    v = _hugetlb_victim(procs, build, tmp_path, hugepages)
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
 
@@ -153,11 +144,7 @@ def test_hugetlb_mappings_survive(procs: Procs, build: Any, tmp_path: Path,
 def test_hugetlb_restart_refused_without_pool(procs: Procs, build: Any, tmp_path: Path,
                                               hugepages: Any) -> None:  # fmt: skip
     """With no huge pages left at restart, a clear error before anything is created."""
-    hugepages(8)
-    out = tmp_path / "out.txt"
-    v = procs.spawn([build("mapkinds"), str(out), "hugetlb"], out)
-    v.wait_line("ready")
-    poke(v, 2)
+    v = _hugetlb_victim(procs, build, tmp_path, hugepages)
     checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
     reap(v.pid)
     hugepages(0)
