@@ -43,11 +43,14 @@ def ignored(options: dict[str, Any]) -> bool:
 
 
 def check_offset(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -> None:
-    """A regular file reopened for an fd whose saved offset lies past its end now."""
+    """A regular file reopened for an fd whose saved offset lies past its end now, and
+    that is shorter than it was at the checkpoint (an offset already past the end then,
+    as lseek allows, is the program's own: found by probing, such a restart was refused
+    with the file unchanged)."""
     if ignored(options):
         return
     size = os.fstat(fd).st_size
-    if d["pos"] > size:
+    if d["pos"] > size and size < d.get("size", d["pos"]):
         raise FileChanged(f"fd {d['fd']} of process {d['pid']}: {path} is {size} bytes now,"
                           f" shorter than the offset {d['pos']} saved at the checkpoint (it"
                           " changed since); --ignore-changed-files restarts anyway",

@@ -1,0 +1,126 @@
+"""More kernel-visible state found by probing (issue 9, docs/state-coverage.md: "found by
+probing", session 7): victims/probemore.c sets one piece of state per mode (in its main
+thread and, where the kernel keeps it per thread, in a second thread with another
+value), is checkpointed, killed and restarted, and checks itself every round ("ok N" or
+"FAIL what"); what cannot be restored is refused (exit 9 naming it), the target
+untouched.  A mode whose kernel feature is missing here (or that needs a capability the
+tests lack) reports "skip ..." and checks nothing."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from tests.conftest import Procs, Victim, reap
+from tests.integration.test_procstate import cycle, refused_untouched
+
+
+def _spawn(procs: Procs, build: Any, tmp_path: Path, mode: str) -> Victim:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("probemore"), str(out), mode, str(tmp_path)], out)
+    v.wait_ok_after(1)
+    return v
+
+
+# each of these came back right on the code they were added to (no defect found): they
+# keep it so
+RESTORED = {
+    "rseq": "glibc's rseq area, length and signature registered again in each thread",
+    "altstack": "sigaltstack address, size and flags (SS_AUTODISARM) per thread",
+    "personality": "ADDR_NO_RANDOMIZE | READ_IMPLIES_EXEC, and PROT_READ maps r-x",
+    "rlimits": "all 16 resource limits, each its own soft and hard value",
+    "nofile": "RLIMIT_NOFILE (64, 128): the restart's own fds do not need more",
+    "subreaper": "PR_SET_CHILD_SUBREAPER",
+    "keepcaps": "PR_SET_KEEPCAPS in the main thread, cleared in the other",
+    "thp": "PR_SET_THP_DISABLE",
+    "ioflusher": "PR_SET_IO_FLUSHER (skips without CAP_SYS_RESOURCE)",
+    "spec": "PR_SET_SPECULATION_CTRL (skips where the CPU has no prctl control)",
+    "anonname": "PR_SET_VMA_ANON_NAME (skips without CONFIG_ANON_VMA_NAME)",
+    "fsgs": "arch_prctl GS base per thread, read through %gs",
+    "fpu": "MXCSR and x87 control word, each thread its own",
+    "robust": "robust futex list of each thread",
+    "tidaddr": "set_tid_address (PR_GET_TID_ADDRESS); a thread exiting after the restart"
+               " is joined",
+    "uclamp": "sched_setattr utilisation clamps (skips without CONFIG_UCLAMP_TASK)",
+    "pipesz": "F_SETPIPE_SZ of two pipes",
+    "signalfd": "a signalfd's mask, O_NONBLOCK, FD_CLOEXEC, and a signal read through it",
+    "mremap": "a region moved by mremap, one split by mprotect, the brk and its bytes",
+    "nocldwait": "SIGCHLD with SA_NOCLDWAIT: a child that exits leaves no zombie",
+    "mm": "/proc/self/auxv, cmdline, environ, exe and the mm fields of /proc/self/stat",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(RESTORED))
+def test_state_restored(procs: Procs, build: Any, tmp_path: Path, mode: str) -> None:
+    """Each mode's state (RESTORED) is the same after the restart, checked by the
+    process itself every round, in both threads where the kernel keeps it per thread."""
+    v = _spawn(procs, build, tmp_path, mode)
+    v = cycle(procs, v, tmp_path / "img")
+    (tmp_path / "go").touch()  # (tidaddr: the thread exits, and is joined)
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+    if mode == "tidaddr":
+        v.wait_line("joined")
+
+
+def test_fd_flags_and_an_offset_past_the_end(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """O_APPEND, O_NOATIME, O_DIRECT, O_NONBLOCK, O_SYNC and O_DSYNC on one file each,
+    FD_CLOEXEC on every other one, an O_PATH fd on /dev/null, and an fd whose offset
+    lies past the end of its file (as lseek allows) come back as they were.  Before: the
+    restart refused the image (exit 12, FileChanged: "shorter than the offset") though
+    the file had not changed since the checkpoint."""
+    v = _spawn(procs, build, tmp_path, "fdflags")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+@pytest.mark.parametrize("mode,needle", [("iouring", "io_uring"), ("perf", "perf_event"),
+                                         ("bpf", "bpf-map")])  # fmt: skip
+def test_kernel_object_fds_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,
+                                   needle: str) -> None:  # fmt: skip
+    """An io_uring, a perf_event and a bpf map fd are refused: exit 9 naming the fd's
+    kind, no image, the process still holds its fd and goes on."""
+    v = _spawn(procs, build, tmp_path, mode)
+    refused_untouched(v, tmp_path / "img", needle)
+
+
+def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A /dev/shm file mapped shared by a process and its child: each writes its counter
+    there and sees the other's move, after the restart of the two."""
+    v = _spawn(procs, build, tmp_path, "shmfile")
+    shm = Path(v.wait_line("shm ").split()[1])
+    child = int(v.wait_line("child ").split()[1])
+    procs.track(child)
+    try:
+        last = max(v.oks())
+        checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+        reap(v.pid)
+        reap(child)
+        rr = restart(str(tmp_path / "img"))
+        procs.track(rr.pid)
+        v = Victim(rr.pid, v.out)
+        v.wait_ok_after(last + 4)
+        assert not v.fails()
+    finally:
+        shm.unlink(missing_ok=True)
+
+
+def test_cwd_on_a_bind_mount(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A working directory reached through a bind mount: the same directory, mount id
+    and getcwd after the restart."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    subprocess.run(["mount", "--bind", str(tmp_path / "a"), str(tmp_path / "b")], check=True)
+    try:
+        v = _spawn(procs, build, tmp_path, "cwdbind")
+        v = cycle(procs, v, tmp_path / "img")
+        assert not v.fails()
+    finally:
+        procs.cleanup()
+        subprocess.run(["umount", str(tmp_path / "b")], check=True)

@@ -1,0 +1,635 @@
+/* More probes of kernel-visible state (issue 9, h6 of session 7): argv[2] names one
+ * piece of state; the program sets it (in the main thread and, where the kernel keeps
+ * it per thread, in a second thread with another value), reports "ready", then checks
+ * it every round from inside ("ok N", or "FAIL what").  argv[3] is a scratch directory
+ * where a mode needs one.  Built with -lpthread.
+ *   rseq        glibc's rseq registration: rseq() again with the same area, length and
+ *               signature answers EBUSY (registered, same), in each thread
+ *   altstack    sigaltstack: address, size and flags (SS_AUTODISARM in the thread)
+ *   personality ADDR_NO_RANDOMIZE | READ_IMPLIES_EXEC, and its effect (PROT_READ maps
+ *               executable)
+ *   itimers     ITIMER_REAL, VIRTUAL and PROF: interval exact, remaining never grows
+ *   rlimits     every resource limit, each its own soft and hard value
+ *   nofile      RLIMIT_NOFILE lowered to (64, 128)
+ *   subreaper   PR_SET_CHILD_SUBREAPER
+ *   keepcaps    PR_SET_KEEPCAPS in the main thread only
+ *   thp         PR_SET_THP_DISABLE
+ *   ioflusher   PR_SET_IO_FLUSHER in the main thread only
+ *   spec        PR_SET_SPECULATION_CTRL store bypass and indirect branch disabled in
+ *               the main thread only (skip line where the kernel has no prctl mode)
+ *   anonname    PR_SET_VMA_ANON_NAME on the middle page of three
+ *   fsgs        arch_prctl GS base per thread, read through %gs
+ *   fpu         MXCSR and the x87 control word, each thread its own
+ *   robust      robust futex lists of both threads
+ *   tidaddr     set_tid_address in the main thread (PR_GET_TID_ADDRESS); a thread that
+ *               exits after the restart (argv[3]/go) is joined (its clear_child_tid)
+ *   uclamp      sched_setattr utilisation clamps (skip line where the kernel has none)
+ *   pipesz      F_SETPIPE_SZ of two pipes
+ *   fdflags     O_APPEND, O_NOATIME, O_DIRECT, O_NONBLOCK, O_SYNC, O_DSYNC; FD_CLOEXEC on
+ *               some; an offset past the end of the file; O_PATH on /dev/null
+ *   signalfd    a signalfd's mask (fdinfo) and its O_NONBLOCK
+ *   mremap      a region grown and moved by mremap, split by mprotect; the brk
+ *   nocldwait   SIGCHLD with SA_NOCLDWAIT: a child that exits leaves no zombie
+ *   mm          /proc/self/auxv, cmdline, environ and the mm fields of /proc/self/stat
+ *   shmfile     a /dev/shm file mapped shared by this process and its child, each
+ *               writing its counter, each seeing the other's
+ *   cwdbind     the cwd is a bind mount (argv[3]/b of argv[3]/a): same mount id
+ *   iouring, perf, bpf   an io_uring, a perf_event (software clock) or a bpf array map
+ *               fd, kept open (to be refused: each round the fd is still there) */
+#include <linux/bpf.h>
+#include <linux/io_uring.h>
+#include <linux/perf_event.h>
+#include "common.h"
+#include <linux/rseq.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <asm/prctl.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#define PR_GET_IO_FLUSHER 58
+#endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
+#define RSEQ_SIG_X86 0x53053053
+#ifndef SS_AUTODISARM
+#define SS_AUTODISARM (1U << 31)
+#endif
+
+static const char *mode, *dir;
+static volatile int skipped;  /* the kernel has it not, or we may not set it */
+static volatile int thread_ready;
+
+/* ---- per-thread pieces: set(which) in a thread, check(which) each round ---- */
+
+static int rseq_len[2];
+static struct rseq *rseq_area(void) {
+    extern const ptrdiff_t __rseq_offset __attribute__((weak));
+    if (!&__rseq_offset) return NULL;
+    return (struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
+}
+static int rseq_state(struct rseq *rs, int len) {  /* errno of rseq() again */
+    if (syscall(SYS_rseq, rs, len, 0, RSEQ_SIG_X86) == 0) return 0;
+    return errno;
+}
+
+static char alt_mem[2][65536];
+static stack_t alt_want[2];
+
+static unsigned long gs_mem[2][4];
+
+static unsigned fpu_mxcsr[2] = {0x1f80 | 0x8000 | 0x6000, 0x1f80 | 0x2000 | 0x40};
+static unsigned short fpu_cw[2] = {0x037f & ~0x0300, 0x037f | 0x0c00};
+
+static void *robust_head[2];
+static size_t robust_len[2];
+
+static void set_one(int which) {
+    if (!strcmp(mode, "rseq")) {
+        struct rseq *rs = rseq_area();
+        if (!rs) { report("skip no rseq in glibc"); return; }
+        int lens[] = {32, 20, 28, 24, 64};
+        for (unsigned i = 0; i < sizeof lens / sizeof *lens; i++)
+            if (rseq_state(rs, lens[i]) == EBUSY) { rseq_len[which] = lens[i]; break; }
+        if (!rseq_len[which]) FAIL("rseq not registered before the checkpoint");
+    } else if (!strcmp(mode, "altstack")) {
+        alt_want[which].ss_sp = alt_mem[which] + 64 * which;
+        alt_want[which].ss_size = sizeof alt_mem[which] - 128 * which;
+        alt_want[which].ss_flags = which ? SS_AUTODISARM : 0;
+        if (sigaltstack(&alt_want[which], NULL)) FAIL("sigaltstack %d", errno);
+    } else if (!strcmp(mode, "fsgs")) {
+        gs_mem[which][0] = 0x1234567800 + which;
+        if (syscall(SYS_arch_prctl, ARCH_SET_GS, gs_mem[which])) FAIL("ARCH_SET_GS %d", errno);
+    } else if (!strcmp(mode, "fpu")) {
+        __asm__ volatile("ldmxcsr %0" :: "m"(fpu_mxcsr[which]));
+        __asm__ volatile("fldcw %0" :: "m"(fpu_cw[which]));
+    } else if (!strcmp(mode, "robust")) {
+        syscall(SYS_get_robust_list, 0, &robust_head[which], &robust_len[which]);
+        if (!robust_head[which]) FAIL("no robust list before the checkpoint");
+    } else if (!strcmp(mode, "keepcaps")) {  /* (a thread inherits it: the second clears it) */
+        if (prctl(PR_SET_KEEPCAPS, !which)) FAIL("PR_SET_KEEPCAPS %d", errno);
+    } else if (!strcmp(mode, "ioflusher")) {
+        if (prctl(PR_SET_IO_FLUSHER, !which, 0, 0, 0)) {
+            if (errno != EPERM) FAIL("PR_SET_IO_FLUSHER %d", errno);
+            else if (!which) report("skip PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE");
+            skipped = 1;
+        }
+    } else if (!strcmp(mode, "spec")) {
+        int ssb = prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, 0, 0, 0);
+        int ib = prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_INDIRECT_BRANCH, 0, 0, 0);
+        if (ssb < 0 || !(ssb & PR_SPEC_PRCTL) || ib < 0 || !(ib & PR_SPEC_PRCTL)) {
+            report("skip speculation control %d %d", ssb, ib);
+            return;
+        }
+        int v = which ? PR_SPEC_ENABLE : PR_SPEC_DISABLE;
+        if (prctl(PR_SET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, v, 0, 0) ||
+            prctl(PR_SET_SPECULATION_CTRL, PR_SPEC_INDIRECT_BRANCH, v, 0, 0))
+            FAIL("PR_SET_SPECULATION_CTRL %d", errno);
+    }
+}
+
+static int check_one(int which) {
+    int bad = 0;
+    if (!strcmp(mode, "rseq") && rseq_len[which]) {
+        struct rseq *rs = rseq_area();
+        int e = rseq_state(rs, rseq_len[which]);
+        if (e != EBUSY) { FAIL("rseq thread %d: errno %d, not EBUSY", which, e); bad = 1; }
+        if ((int)rs->cpu_id < 0) { FAIL("rseq cpu_id %d", (int)rs->cpu_id); bad = 1; }
+    } else if (!strcmp(mode, "altstack")) {
+        stack_t cur;
+        sigaltstack(NULL, &cur);
+        if (cur.ss_sp != alt_want[which].ss_sp || cur.ss_size != alt_want[which].ss_size ||
+            cur.ss_flags != alt_want[which].ss_flags) {
+            FAIL("altstack thread %d: %p %zu %#x", which, cur.ss_sp, cur.ss_size, cur.ss_flags);
+            bad = 1;
+        }
+    } else if (!strcmp(mode, "fsgs")) {
+        unsigned long base = 0, got;
+        syscall(SYS_arch_prctl, ARCH_GET_GS, &base);
+        __asm__ volatile("mov %%gs:0, %0" : "=r"(got));
+        if (base != (unsigned long)gs_mem[which] || got != gs_mem[which][0]) {
+            FAIL("gs base thread %d: %#lx %#lx", which, base, got);
+            bad = 1;
+        }
+    } else if (!strcmp(mode, "fpu")) {
+        unsigned m; unsigned short cw;
+        __asm__ volatile("stmxcsr %0" : "=m"(m));
+        __asm__ volatile("fnstcw %0" : "=m"(cw));
+        if ((m & ~0x3fu) != (fpu_mxcsr[which] & ~0x3fu) || cw != fpu_cw[which]) {
+            FAIL("fpu thread %d: mxcsr %#x cw %#x", which, m, cw);
+            bad = 1;
+        }
+    } else if (!strcmp(mode, "robust")) {
+        void *h; size_t l;
+        syscall(SYS_get_robust_list, 0, &h, &l);
+        if (h != robust_head[which] || l != robust_len[which]) {
+            FAIL("robust list thread %d: %p %zu", which, h, l);
+            bad = 1;
+        }
+    } else if (!strcmp(mode, "keepcaps")) {
+        int v = prctl(PR_GET_KEEPCAPS, 0, 0, 0, 0);
+        if (v != !which) { FAIL("keepcaps thread %d: %d", which, v); bad = 1; }
+    } else if (!strcmp(mode, "ioflusher") && !skipped) {
+        int v = prctl(PR_GET_IO_FLUSHER, 0, 0, 0, 0);
+        if (v != !which) { FAIL("io_flusher thread %d: %d", which, v); bad = 1; }
+    } else if (!strcmp(mode, "spec")) {
+        int ssb = prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, 0, 0, 0);
+        int ib = prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_INDIRECT_BRANCH, 0, 0, 0);
+        int want = which ? PR_SPEC_ENABLE : PR_SPEC_DISABLE;
+        if (ssb >= 0 && (ssb & PR_SPEC_PRCTL) &&
+            ((ssb & ~PR_SPEC_PRCTL) != want || (ib & ~PR_SPEC_PRCTL) != want)) {
+            FAIL("speculation thread %d: ssb %#x ib %#x", which, ssb, ib);
+            bad = 1;
+        }
+    }
+    return bad;
+}
+
+static void *thread_main(void *arg) {
+    (void)arg;
+    set_one(1);
+    thread_ready = 1;
+    for (;;) {
+        check_one(1);
+        nap(50);
+    }
+    return NULL;
+}
+
+/* ---- tidaddr: a thread told to exit after the restart, joined ---- */
+static void *exiter(void *arg) {
+    char go[4200];
+    snprintf(go, sizeof go, "%s/go", (const char *)arg);
+    while (access(go, F_OK)) nap(20);
+    return (void *)42;
+}
+
+/* ---- process-wide pieces ---- */
+static struct itimerval it_set[3] = {
+    {{3, 0}, {1000, 0}}, {{7, 0}, {1000, 0}}, {{9, 0}, {2000, 0}}};
+static struct itimerval it_last[3];
+
+struct lim { int res; rlim_t cur, max; };
+static struct lim lims[] = {
+    {RLIMIT_CPU, 100000, 100001}, {RLIMIT_FSIZE, 1ULL << 40, (1ULL << 40) + 4096},
+    {RLIMIT_DATA, 1ULL << 40, 1ULL << 41}, {RLIMIT_STACK, 16 << 20, 32 << 20},
+    {RLIMIT_CORE, 0, 4096 * 1000}, {RLIMIT_RSS, 1ULL << 40, 1ULL << 41},
+    {RLIMIT_NPROC, 10000, 10001}, {RLIMIT_NOFILE, 1000, 1001},
+    {RLIMIT_MEMLOCK, 1ULL << 30, 1ULL << 31}, {RLIMIT_AS, 1ULL << 45, 1ULL << 46},
+    {RLIMIT_LOCKS, 5000, 5001}, {RLIMIT_SIGPENDING, 7000, 7001},
+    {RLIMIT_MSGQUEUE, 900000, 900001}, {RLIMIT_NICE, 3, 4}, {RLIMIT_RTPRIO, 5, 6},
+    {RLIMIT_RTTIME, 10000000, 10000001}};
+
+struct sched_attr_ {
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+    uint32_t sched_util_min, sched_util_max;
+};
+
+static char *anon;
+static int pipes[2][2];
+static int fds[8];
+static char *moved, *split;
+static void *brk0;
+static char mm_auxv[4096], mm_cmdline[4096], mm_environ[8192], mm_stat[1024], mm_exe[4096];
+static ssize_t mm_auxv_n, mm_cmdline_n, mm_environ_n;
+static volatile uint64_t *shared;
+static pid_t child;
+static struct stat bind_st;
+static int sfd, kept_fd = -1;
+static int tid_word;
+
+static ssize_t slurp(const char *path, char *buf, size_t n) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    ssize_t got = read(fd, buf, n);
+    close(fd);
+    return got;
+}
+
+/* the mm fields of /proc/self/stat: startcode endcode startstack (26-28) and
+ * start_data ... env_end (45-51) */
+static void stat_mm(char *outbuf) {
+    char buf[1024];
+    ssize_t n = slurp("/proc/self/stat", buf, sizeof buf - 1);
+    buf[n > 0 ? n : 0] = 0;
+    char *p = strrchr(buf, ')') + 2;
+    char *tok, *save;
+    int field = 3;
+    outbuf[0] = 0;
+    for (tok = strtok_r(p, " ", &save); tok; tok = strtok_r(NULL, " ", &save), field++)
+        if ((field >= 26 && field <= 28) || (field >= 45 && field <= 51)) {
+            strcat(outbuf, tok);
+            strcat(outbuf, " ");
+        }
+}
+
+static unsigned long long mount_id(const char *path) {
+    struct statx sx;
+    if (statx(AT_FDCWD, path, 0, STATX_MNT_ID, &sx)) return 0;
+    return sx.stx_mnt_id;
+}
+static unsigned long long bind_mnt;
+
+static int fdinfo_line(int fd, const char *key, char *val, size_t n) {
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    ssize_t got = slurp(path, buf, sizeof buf - 1);
+    if (got <= 0) return -1;
+    buf[got] = 0;
+    char *p = strstr(buf, key);
+    if (!p) return -1;
+    p += strlen(key);
+    while (*p == ' ' || *p == '\t') p++;
+    size_t i = 0;
+    while (p[i] && p[i] != '\n' && i + 1 < n) { val[i] = p[i]; i++; }
+    val[i] = 0;
+    return 0;
+}
+static char sfd_mask[64];
+
+static void setup(void) {
+    char path[4200];
+    if (!strcmp(mode, "personality")) {
+        if (personality(ADDR_NO_RANDOMIZE | READ_IMPLIES_EXEC) < 0) FAIL("personality");
+    } else if (!strcmp(mode, "itimers")) {
+        signal(SIGALRM, SIG_IGN); signal(SIGVTALRM, SIG_IGN); signal(SIGPROF, SIG_IGN);
+        for (int w = 0; w < 3; w++) {
+            setitimer(w, &it_set[w], NULL);
+            getitimer(w, &it_last[w]);  /* (VIRTUAL and PROF: rounded up to a tick) */
+        }
+    } else if (!strcmp(mode, "rlimits")) {
+        for (unsigned i = 0; i < sizeof lims / sizeof *lims; i++) {
+            struct rlimit rl;  /* below the hard limit it has (raising needs CAP_SYS_RESOURCE) */
+            getrlimit(lims[i].res, &rl);
+            if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < lims[i].max) {
+                lims[i].max = rl.rlim_max > 2 ? rl.rlim_max - 1 : rl.rlim_max;
+                lims[i].cur = lims[i].max > 1 ? lims[i].max - 1 : 0;
+            }
+            rl.rlim_cur = lims[i].cur; rl.rlim_max = lims[i].max;
+            if (setrlimit(lims[i].res, &rl)) FAIL("setrlimit %d: %d", lims[i].res, errno);
+        }
+    } else if (!strcmp(mode, "nofile")) {
+        struct rlimit rl = {64, 128};
+        if (setrlimit(RLIMIT_NOFILE, &rl)) FAIL("setrlimit");
+    } else if (!strcmp(mode, "subreaper")) {
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
+    } else if (!strcmp(mode, "thp")) {
+        prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    } else if (!strcmp(mode, "anonname")) {
+        anon = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, anon + 4096, 4096, "cryo-probe")) {
+            if (errno != EINVAL) FAIL("PR_SET_VMA_ANON_NAME %d", errno);
+            else report("skip PR_SET_VMA_ANON_NAME: no CONFIG_ANON_VMA_NAME");
+            skipped = 1;
+        }
+        memset(anon, 7, 3 * 4096);
+    } else if (!strcmp(mode, "tidaddr")) {
+        syscall(SYS_set_tid_address, &tid_word);
+    } else if (!strcmp(mode, "uclamp")) {
+        struct sched_attr_ a = {0};
+        a.size = sizeof a;
+        a.sched_flags = 0x20 | 0x40 | 0x08 | 0x10;  /* UTIL_CLAMP_MIN|MAX, KEEP_POLICY|PARAMS */
+        a.sched_util_min = 100; a.sched_util_max = 800;
+        if (syscall(SYS_sched_setattr, 0, &a, 0)) {
+            report("skip uclamp %d", errno);
+            skipped = 1;
+        }
+    } else if (!strcmp(mode, "pipesz")) {
+        if (pipe(pipes[0]) || pipe(pipes[1])) FAIL("pipe");
+        if (fcntl(pipes[0][1], F_SETPIPE_SZ, 1 << 20) < 0 || fcntl(pipes[1][0], F_SETPIPE_SZ, 8192) < 0)
+            FAIL("F_SETPIPE_SZ %d", errno);
+        if (write(pipes[0][1], "abc", 3) != 3) FAIL("write");
+    } else if (!strcmp(mode, "fdflags")) {
+        snprintf(path, sizeof path, "%s/f", dir);
+        int base = open(path, O_RDWR | O_CREAT, 0644);
+        if (write(base, "0123456789", 10) != 10) FAIL("write");
+        int flags[] = {O_APPEND, O_NOATIME, O_DIRECT, O_NONBLOCK, O_SYNC, O_DSYNC, 0};
+        for (int i = 0; i < 7; i++) {
+            fds[i] = open(path, O_RDWR | flags[i] | (i % 2 ? O_CLOEXEC : 0));
+            if (fds[i] < 0) FAIL("open %d: %d", i, errno);
+        }
+        if (lseek(fds[6], 1 << 20, SEEK_SET) != 1 << 20) FAIL("lseek");
+        fds[7] = open("/dev/null", O_PATH | O_CLOEXEC);
+        close(base);
+    } else if (!strcmp(mode, "signalfd")) {
+        sigset_t m;
+        sigemptyset(&m); sigaddset(&m, SIGUSR1); sigaddset(&m, SIGRTMIN + 3); sigaddset(&m, SIGWINCH);
+        sigprocmask(SIG_BLOCK, &m, NULL);
+        sfd = signalfd(-1, &m, SFD_NONBLOCK | SFD_CLOEXEC);
+        if (fdinfo_line(sfd, "sigmask:", sfd_mask, sizeof sfd_mask)) FAIL("fdinfo");
+    } else if (!strcmp(mode, "mremap")) {
+        /* nine pages, the first eight grown to sixteen: the ninth is in the way, so
+         * the region moves (the ninth page stays behind) */
+        char *a = mmap(NULL, 9 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        for (int i = 0; i < 8 * 4096; i++) a[i] = (char)(i * 7);
+        moved = mremap(a, 8 * 4096, 16 * 4096, MREMAP_MAYMOVE);
+        if (moved == MAP_FAILED) FAIL("mremap");
+        for (int i = 8 * 4096; i < 16 * 4096; i++) moved[i] = (char)(i * 7);
+        split = mmap(NULL, 6 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(split, 5, 6 * 4096);
+        mprotect(split + 2 * 4096, 2 * 4096, PROT_READ);
+        mprotect(split + 4 * 4096, 4096, PROT_NONE);
+        void *cur = sbrk(0);
+        brk0 = (char *)cur + 3 * 4096 + 17;
+        if (brk(brk0)) FAIL("brk");
+        memset(cur, 9, 3 * 4096 + 17);
+    } else if (!strcmp(mode, "nocldwait")) {
+        struct sigaction sa = {0};
+        sa.sa_handler = SIG_DFL; sa.sa_flags = SA_NOCLDWAIT;
+        sigaction(SIGCHLD, &sa, NULL);
+    } else if (!strcmp(mode, "mm")) {
+        mm_auxv_n = slurp("/proc/self/auxv", mm_auxv, sizeof mm_auxv);
+        mm_cmdline_n = slurp("/proc/self/cmdline", mm_cmdline, sizeof mm_cmdline);
+        mm_environ_n = slurp("/proc/self/environ", mm_environ, sizeof mm_environ);
+        stat_mm(mm_stat);
+        if (readlink("/proc/self/exe", mm_exe, sizeof mm_exe - 1) < 0) FAIL("exe");
+    } else if (!strcmp(mode, "shmfile")) {
+        snprintf(path, sizeof path, "/dev/shm/cryo-probe-%d", getpid());
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd < 0 || ftruncate(fd, 4096)) FAIL("shm open");
+        shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        report("shm %s", path);
+        child = fork();
+        if (child == 0) {
+            for (uint64_t n = 1;; n++) {
+                shared[1] = n;
+                uint64_t seen = shared[0];
+                nap(30);
+                if (shared[0] == seen) nap(300);
+                if (shared[0] == seen) { FAIL("child: parent's counter stuck at %lu", (unsigned long)seen); nap(1000); }
+            }
+        }
+        report("child %d", child);
+    } else if (!strcmp(mode, "iouring")) {
+        struct io_uring_params p = {0};
+        kept_fd = syscall(SYS_io_uring_setup, 8, &p);
+    } else if (!strcmp(mode, "perf")) {
+        struct perf_event_attr a = {0};
+        a.size = sizeof a; a.type = PERF_TYPE_SOFTWARE; a.config = PERF_COUNT_SW_TASK_CLOCK;
+        a.exclude_kernel = 1;
+        kept_fd = syscall(SYS_perf_event_open, &a, 0, -1, -1, PERF_FLAG_FD_CLOEXEC);
+    } else if (!strcmp(mode, "bpf")) {
+        union bpf_attr a;
+        memset(&a, 0, sizeof a);
+        a.map_type = BPF_MAP_TYPE_ARRAY; a.key_size = 4; a.value_size = 8; a.max_entries = 4;
+        kept_fd = syscall(SYS_bpf, BPF_MAP_CREATE, &a, sizeof a);
+    } else if (!strcmp(mode, "cwdbind")) {
+        snprintf(path, sizeof path, "%s/b", dir);
+        if (chdir(path)) FAIL("chdir %d", errno);
+        stat(".", &bind_st);
+        bind_mnt = mount_id(".");
+    }
+}
+
+static int check(long round) {
+    int bad = 0;
+    char buf[8192];
+    if (!strcmp(mode, "personality")) {
+        int p = personality(0xffffffff);
+        if (p != (ADDR_NO_RANDOMIZE | READ_IMPLIES_EXEC)) { FAIL("personality %#x", p); bad = 1; }
+        char *m = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        char line[64];
+        snprintf(line, sizeof line, "%lx-", (unsigned long)m);
+        ssize_t n = slurp("/proc/self/maps", buf, sizeof buf - 1);
+        buf[n > 0 ? n : 0] = 0;
+        char *at = strstr(buf, line);
+        if (!at || strncmp(strchr(at, ' ') + 1, "r-x", 3)) { FAIL("READ_IMPLIES_EXEC: not r-x"); bad = 1; }
+        munmap(m, 4096);
+    } else if (!strcmp(mode, "itimers")) {
+        for (int w = 0; w < 3; w++) {
+            struct itimerval cur;
+            getitimer(w, &cur);
+            long long v = cur.it_value.tv_sec * 1000000LL + cur.it_value.tv_usec;
+            long long last = it_last[w].it_value.tv_sec * 1000000LL + it_last[w].it_value.tv_usec;
+            if (cur.it_interval.tv_sec != it_set[w].it_interval.tv_sec || cur.it_interval.tv_usec ||
+                v <= 0 || v > last) {
+                FAIL("itimer %d: interval %ld.%06ld value %lld (last %lld)", w,
+                     (long)cur.it_interval.tv_sec, (long)cur.it_interval.tv_usec, v, last);
+                bad = 1;
+            }
+            it_last[w] = cur;
+        }
+    } else if (!strcmp(mode, "rlimits")) {
+        for (unsigned i = 0; i < sizeof lims / sizeof *lims; i++) {
+            struct rlimit rl;
+            getrlimit(lims[i].res, &rl);
+            if (rl.rlim_cur != lims[i].cur || rl.rlim_max != lims[i].max) {
+                FAIL("rlimit %d: %llu %llu", lims[i].res, (unsigned long long)rl.rlim_cur,
+                     (unsigned long long)rl.rlim_max);
+                bad = 1;
+            }
+        }
+    } else if (!strcmp(mode, "nofile")) {
+        struct rlimit rl;
+        getrlimit(RLIMIT_NOFILE, &rl);
+        if (rl.rlim_cur != 64 || rl.rlim_max != 128) { FAIL("nofile %lu", (unsigned long)rl.rlim_cur); bad = 1; }
+    } else if (!strcmp(mode, "subreaper")) {
+        int v = 0;
+        prctl(PR_GET_CHILD_SUBREAPER, &v);
+        if (v != 1) { FAIL("subreaper %d", v); bad = 1; }
+    } else if (!strcmp(mode, "thp")) {
+        if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1) { FAIL("thp_disable"); bad = 1; }
+    } else if (!strcmp(mode, "anonname") && !skipped) {
+        char line[64];
+        ssize_t n = slurp("/proc/self/maps", buf, sizeof buf - 1);
+        buf[n > 0 ? n : 0] = 0;
+        snprintf(line, sizeof line, "%lx-%lx ", (unsigned long)anon + 4096, (unsigned long)anon + 8192);
+        char *at = strstr(buf, line);
+        char *eol = at ? strchr(at, '\n') : NULL;
+        if (!at || !eol || eol - at < 12 || strncmp(eol - 12, "[anon:cryo-probe]" + 5, 12)) {
+            FAIL("anon name lost"); bad = 1;
+        }
+        snprintf(line, sizeof line, "%lx-%lx ", (unsigned long)anon, (unsigned long)anon + 4096);
+        if (!strstr(buf, line)) { FAIL("the first page is not a mapping of its own"); bad = 1; }
+        for (int i = 0; i < 3 * 4096; i++) if (anon[i] != 7) { FAIL("anon data"); bad = 1; break; }
+    } else if (!strcmp(mode, "tidaddr")) {
+        void *addr = NULL;
+        prctl(PR_GET_TID_ADDRESS, &addr);
+        if (addr != &tid_word) { FAIL("tid address %p (was %p)", addr, (void *)&tid_word); bad = 1; }
+    } else if (!strcmp(mode, "uclamp") && !skipped) {
+        struct sched_attr_ a = {0};
+        if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) == 0 && a.size >= sizeof a &&
+            (a.sched_util_min != 100 || a.sched_util_max != 800)) {
+            FAIL("uclamp %u %u", a.sched_util_min, a.sched_util_max); bad = 1;
+        }
+    } else if (!strcmp(mode, "pipesz")) {
+        int a = fcntl(pipes[0][0], F_GETPIPE_SZ), b = fcntl(pipes[1][1], F_GETPIPE_SZ);
+        if (a != 1 << 20 || b != 8192) { FAIL("pipe sizes %d %d", a, b); bad = 1; }
+    } else if (!strcmp(mode, "fdflags")) {
+        int flags[] = {O_APPEND, O_NOATIME, O_DIRECT, O_NONBLOCK, O_SYNC, O_DSYNC, 0};
+        for (int i = 0; i < 7; i++) {
+            int fl = fcntl(fds[i], F_GETFL), fd = fcntl(fds[i], F_GETFD);
+            int mask = O_APPEND | O_NOATIME | O_DIRECT | O_NONBLOCK | O_SYNC | O_DSYNC | O_ACCMODE;
+            if ((fl & mask) != (O_RDWR | flags[i]) || fd != (i % 2 ? FD_CLOEXEC : 0)) {
+                FAIL("fd %d flags %#o fd flags %d (want %#o)", i, fl & mask, fd, O_RDWR | flags[i]);
+                bad = 1;
+            }
+        }
+        if (lseek(fds[6], 0, SEEK_CUR) != 1 << 20) { FAIL("offset past EOF"); bad = 1; }
+        struct stat a, b;
+        int fl = fcntl(fds[7], F_GETFL);
+        if (fstat(fds[7], &a) || stat("/dev/null", &b) || a.st_rdev != b.st_rdev ||
+            !(fl & O_PATH) || fcntl(fds[7], F_GETFD) != FD_CLOEXEC) {
+            FAIL("O_PATH /dev/null flags %#o", fl); bad = 1;
+        }
+    } else if (!strcmp(mode, "signalfd")) {
+        char m[64];
+        if (fdinfo_line(sfd, "sigmask:", m, sizeof m) || strcmp(m, sfd_mask) ||
+            !(fcntl(sfd, F_GETFL) & O_NONBLOCK) || fcntl(sfd, F_GETFD) != FD_CLOEXEC) {
+            FAIL("signalfd mask %s (was %s)", m, sfd_mask); bad = 1;
+        }
+        if (round % 3 == 0) {
+            kill(getpid(), SIGWINCH);
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) != sizeof si || si.ssi_signo != SIGWINCH) { FAIL("signalfd read"); bad = 1; }
+        }
+    } else if (!strcmp(mode, "mremap")) {
+        for (int i = 0; i < 16 * 4096; i++) if (moved[i] != (char)(i * 7)) { FAIL("moved data at %d", i); bad = 1; break; }
+        char want[3][32];
+        snprintf(want[0], 32, "%lx-%lx rw-p", (unsigned long)split, (unsigned long)split + 2 * 4096);
+        snprintf(want[1], 32, "%lx-%lx r--p", (unsigned long)split + 2 * 4096, (unsigned long)split + 4 * 4096);
+        snprintf(want[2], 32, "%lx-%lx ---p", (unsigned long)split + 4 * 4096, (unsigned long)split + 5 * 4096);
+        ssize_t n = slurp("/proc/self/maps", buf, sizeof buf - 1);
+        buf[n > 0 ? n : 0] = 0;
+        for (int i = 0; i < 3; i++) if (!strstr(buf, want[i])) { FAIL("split: no %s", want[i]); bad = 1; }
+        for (int i = 0; i < 4 * 4096; i++) if (split[i] != 5) { FAIL("split data"); bad = 1; break; }
+        /* the kernel's brk (not glibc's cached one), as it was at the first round
+         * (malloc may have moved it since the setup: pthread_create) */
+        static void *brk_seen;
+        void *kbrk = (void *)syscall(SYS_brk, 0);
+        if (!brk_seen) brk_seen = kbrk;
+        if (kbrk != brk_seen || kbrk < brk0) { FAIL("brk %p (was %p)", kbrk, brk_seen); bad = 1; }
+        for (char *p = (char *)brk0 - 3 * 4096 - 17; p < (char *)brk0; p++)
+            if (*p != 9) { FAIL("brk data"); bad = 1; break; }
+    } else if (!strcmp(mode, "nocldwait")) {
+        pid_t c = fork();
+        if (c == 0) _exit(0);
+        int st;
+        pid_t got = waitpid(c, &st, 0);
+        if (got != -1 || errno != ECHILD) { FAIL("SA_NOCLDWAIT: waitpid gave %d", got); bad = 1; }
+        struct sigaction sa;
+        sigaction(SIGCHLD, NULL, &sa);
+        if (!(sa.sa_flags & SA_NOCLDWAIT)) { FAIL("SA_NOCLDWAIT flag"); bad = 1; }
+    } else if (!strcmp(mode, "mm")) {
+        char b2[8192], st[1024], exe[4096] = {0};
+        ssize_t n = slurp("/proc/self/auxv", b2, sizeof b2);
+        if (n != mm_auxv_n || memcmp(b2, mm_auxv, n)) { FAIL("auxv"); bad = 1; }
+        n = slurp("/proc/self/cmdline", b2, sizeof b2);
+        if (n != mm_cmdline_n || memcmp(b2, mm_cmdline, n)) { FAIL("cmdline"); bad = 1; }
+        n = slurp("/proc/self/environ", b2, sizeof b2);
+        if (n != mm_environ_n || memcmp(b2, mm_environ, n)) { FAIL("environ"); bad = 1; }
+        stat_mm(st);
+        if (strcmp(st, mm_stat)) { FAIL("stat mm fields %s (was %s)", st, mm_stat); bad = 1; }
+        if (readlink("/proc/self/exe", exe, sizeof exe - 1) < 0 || strcmp(exe, mm_exe)) { FAIL("exe %s", exe); bad = 1; }
+    } else if (!strcmp(mode, "shmfile")) {
+        uint64_t seen = shared[1];
+        shared[0]++;
+        nap(30);
+        if (shared[1] == seen) nap(300);
+        if (shared[1] == seen) { FAIL("child's counter stuck at %lu", (unsigned long)seen); bad = 1; }
+    } else if (!strcmp(mode, "iouring") || !strcmp(mode, "perf") || !strcmp(mode, "bpf")) {
+        if (kept_fd < 0 || fcntl(kept_fd, F_GETFD) < 0) { FAIL("%s fd %d", mode, kept_fd); bad = 1; }
+    } else if (!strcmp(mode, "cwdbind")) {
+        struct stat st;
+        char cwd[4200], want[4200];
+        snprintf(want, sizeof want, "%s/b", dir);
+        if (stat(".", &st) || st.st_ino != bind_st.st_ino || st.st_dev != bind_st.st_dev ||
+            mount_id(".") != bind_mnt || !getcwd(cwd, sizeof cwd) || strcmp(cwd, want)) {
+            FAIL("cwd: mount %llu (was %llu) %s", mount_id("."), bind_mnt, cwd); bad = 1;
+        }
+    }
+    return bad;
+}
+
+int main(int argc, char **argv) {
+    open_report(argc, argv);
+    if (argc < 3) _exit(2);
+    mode = argv[2];
+    dir = argc > 3 ? argv[3] : "/tmp";
+    set_one(0);
+    setup();
+    pthread_t th, ex;
+    pthread_create(&th, NULL, thread_main, NULL);
+    while (!thread_ready) nap(5);
+    int joined = 0;
+    if (!strcmp(mode, "tidaddr")) pthread_create(&ex, NULL, exiter, (void *)dir);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        int bad = check_one(0) | check(round);
+        if (!strcmp(mode, "tidaddr") && !joined) {
+            char go[4200];
+            snprintf(go, sizeof go, "%s/go", dir);
+            if (!access(go, F_OK)) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_sec += 5;
+                void *ret;
+                int e = pthread_timedjoin_np(ex, &ret, &ts);
+                if (e || ret != (void *)42) { FAIL("join: %d", e); bad = 1; }
+                else report("joined");
+                joined = 1;
+            }
+        }
+        if (!bad) report("ok %ld", round);
+        nap(100);
+    }
+}
