@@ -21,8 +21,6 @@ else: it imports only built-in modules (no ``socket``, ``json`` or ``signal``, w
 imports of ``enum`` and ``re`` would cost more than all the rest of the client).
 """
 
-from __future__ import annotations
-
 import _json
 import _signal  # type: ignore[import-not-found]
 import _socket
