@@ -80,6 +80,17 @@ def test_fd_flags_and_an_offset_past_the_end(procs: Procs, build: Any, tmp_path:
     assert not v.fails()
 
 
+def test_interval_timers_keep_their_time(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF (1000-2000 s away, intervals of 3, 7
+    and 9 s) keep their intervals exactly and their time left never grows, through two
+    restarts.  Before: VIRTUAL and PROF came back a tick later each time (the kernel adds
+    one when they are set), exit 0: 1000.004 s left before, 1000.008 s after."""
+    v = _spawn(procs, build, tmp_path, "itimers")
+    v = cycle(procs, v, tmp_path / "img")
+    v = cycle(procs, v, tmp_path / "img2")
+    assert not v.fails()
+
+
 @pytest.mark.parametrize("mode,needle", [("iouring", "io_uring"), ("perf", "perf_event"),
                                          ("bpf", "bpf-map")])  # fmt: skip
 def test_kernel_object_fds_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,

@@ -28,6 +28,7 @@ import ctypes
 import logging
 import os
 import struct
+import time
 from typing import Any
 
 from cryo import procfs
@@ -213,6 +214,30 @@ def _check_clock(pid: int, timer: int, clock: int) -> None:
                       " not supported", pid=pid, resource="timer")  # fmt: skip
 
 
+ITIMER_REAL = 0
+CLOCK_MONOTONIC_COARSE = 6
+
+
+def _itimer_value(which: int, val: bytes) -> bytes:
+    """What to give setitimer for an interval timer whose getitimer said ``val``.  The
+    kernel adds a tick to the value of ITIMER_VIRTUAL and ITIMER_PROF when they are set
+    (kernel/time/itimer.c, set_cpu_itimer) and getitimer shows what is left of that: set
+    again as read, each restart left them a tick later (found by probing: 1000.004 s
+    left at the checkpoint, 1000.008 s after the restart).  So a tick (TICK_NSEC, the
+    resolution of the coarse clocks) is taken off first, where more than a tick is
+    left; less than that comes back late by under a tick (0 would disarm it)."""
+    if which == ITIMER_REAL:
+        return val
+    tv = S.itimerval.from_buffer_copy(val)
+    left = tv.it_value.tv_sec * 10**6 + tv.it_value.tv_usec
+    tick = round(time.clock_getres(CLOCK_MONOTONIC_COARSE) * 10**6)
+    if left <= tick:
+        return val
+    left -= tick
+    tv.it_value.tv_sec, tv.it_value.tv_usec = divmod(left, 10**6)
+    return bytes(tv)
+
+
 def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     """In one batch: the interval timers, then each POSIX timer made again with its id
     (PR_TIMER_CREATE_RESTORE_IDS, turned off again whatever happens) and armed."""
@@ -222,7 +247,7 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
         with inj.batch() as b:
             for which, val in enumerate(rec["itimers"]):
                 if any(val):
-                    b.call(SYS.setitimer, which, b.put(val), 0)
+                    b.call(SYS.setitimer, which, b.put(_itimer_value(which, val)), 0)
             if rec["posix"]:
                 b.call(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON,
                        0, 0, 0)  # fmt: skip
