@@ -53,6 +53,7 @@ RESTORED = {
     "mremap": "a region moved by mremap, one split by mprotect, the brk and its bytes",
     "nocldwait": "SIGCHLD with SA_NOCLDWAIT: a child that exits leaves no zombie",
     "mm": "/proc/self/auxv, cmdline, environ, exe and the mm fields of /proc/self/stat",
+    "kmsgw": "/dev/kmsg open for writing only (reopened: a writer keeps no position)",
 }
 
 
@@ -97,6 +98,23 @@ def test_kernel_object_fds_refused(procs: Procs, build: Any, tmp_path: Path, mod
                                    needle: str) -> None:  # fmt: skip
     """An io_uring, a perf_event and a bpf map fd are refused: exit 9 naming the fd's
     kind, no image, the process still holds its fd and goes on."""
+    v = _spawn(procs, build, tmp_path, mode)
+    refused_untouched(v, tmp_path / "img", needle)
+
+
+@pytest.mark.parametrize("mode,dev,needle", [
+    ("tun", "/dev/net/tun", "/dev/net/tun (10:200) is not supported"),
+    ("dmalatency", "/dev/cpu_dma_latency", "/dev/cpu_dma_latency (10:259) is not supported"),
+    ("kmsg", "/dev/kmsg", "/dev/kmsg open for reading")])  # fmt: skip
+def test_character_devices_with_state_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,
+                                              dev: str, needle: str) -> None:  # fmt: skip
+    """A character device whose open file holds state of its own is refused: exit 9
+    naming it, no image, the process goes on with its device.  Before: reopened by name,
+    exit 0, and each came back without it: /dev/net/tun detached from its tap interface
+    (TUNGETIFF EBADFD), /dev/cpu_dma_latency without its PM QoS request (a read gave
+    2000000000, not 7), /dev/kmsg read from its first record again."""
+    if not Path(dev).exists():
+        pytest.skip(f"no {dev} here")
     v = _spawn(procs, build, tmp_path, mode)
     refused_untouched(v, tmp_path / "img", needle)
 

@@ -35,10 +35,11 @@
  *               writing its counter, each seeing the other's
  *   cwdbind     the cwd is a bind mount (argv[3]/b of argv[3]/a): same mount id
  *   iouring, perf, bpf   an io_uring, a perf_event (software clock) or a bpf array map
- *               fd, kept open (to be refused: each round the fd is still there) */
-#include <linux/bpf.h>
-#include <linux/io_uring.h>
-#include <linux/perf_event.h>
+ *               fd, kept open (to be refused: each round the fd is still there)
+ *   tun         /dev/net/tun attached to a tap interface (TUNSETIFF): TUNGETIFF names it
+ *   dmalatency  /dev/cpu_dma_latency with a request of 7 us written: a read says 7
+ *   kmsg        /dev/kmsg read to its end: no message read twice
+ *   kmsgw       /dev/kmsg open for writing only */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -53,9 +54,16 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
+#include <linux/bpf.h>
+#include <linux/io_uring.h>
+#include <linux/perf_event.h>
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -255,6 +263,8 @@ static pid_t child;
 static struct stat bind_st;
 static int sfd, kept_fd = -1;
 static int tid_word;
+static char tun_name[IFNAMSIZ];
+static long long kmsg_seq = -1;
 
 static ssize_t slurp(const char *path, char *buf, size_t n) {
     int fd = open(path, O_RDONLY);
@@ -432,6 +442,26 @@ static void setup(void) {
         memset(&a, 0, sizeof a);
         a.map_type = BPF_MAP_TYPE_ARRAY; a.key_size = 4; a.value_size = 8; a.max_entries = 4;
         kept_fd = syscall(SYS_bpf, BPF_MAP_CREATE, &a, sizeof a);
+    } else if (!strcmp(mode, "tun")) {
+        struct ifreq ifr = {0};
+        kept_fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+        ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+        snprintf(ifr.ifr_name, IFNAMSIZ, "cryop%d", getpid() % 100000);
+        if (kept_fd < 0 || ioctl(kept_fd, TUNSETIFF, &ifr)) FAIL("TUNSETIFF %d", errno);
+        snprintf(tun_name, sizeof tun_name, "%s", ifr.ifr_name);
+    } else if (!strcmp(mode, "dmalatency")) {
+        int32_t want = 7;
+        kept_fd = open("/dev/cpu_dma_latency", O_RDWR | O_CLOEXEC);
+        if (kept_fd < 0 || write(kept_fd, &want, 4) != 4) FAIL("cpu_dma_latency %d", errno);
+    } else if (!strcmp(mode, "kmsg")) {
+        kept_fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        char rec[8192];
+        ssize_t n;
+        while ((n = read(kept_fd, rec, sizeof rec - 1)) > 0 || errno == EPIPE)
+            if (n > 0) { rec[n] = 0; sscanf(rec, "%*d,%lld", &kmsg_seq); }
+        if (errno != EAGAIN) FAIL("kmsg %d", errno);
+    } else if (!strcmp(mode, "kmsgw")) {
+        kept_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -588,6 +618,28 @@ static int check(long round) {
         if (shared[1] == seen) { FAIL("child's counter stuck at %lu", (unsigned long)seen); bad = 1; }
     } else if (!strcmp(mode, "iouring") || !strcmp(mode, "perf") || !strcmp(mode, "bpf")) {
         if (kept_fd < 0 || fcntl(kept_fd, F_GETFD) < 0) { FAIL("%s fd %d", mode, kept_fd); bad = 1; }
+    } else if (!strcmp(mode, "tun")) {
+        struct ifreq ifr = {0};
+        if (ioctl(kept_fd, TUNGETIFF, &ifr) || strcmp(ifr.ifr_name, tun_name)) {
+            FAIL("tun: TUNGETIFF %d (%s)", errno, tun_name); bad = 1;
+        }
+    } else if (!strcmp(mode, "dmalatency")) {
+        int32_t got = 0;
+        if (pread(kept_fd, &got, 4, 0) != 4 || got != 7) { FAIL("cpu_dma_latency %d", got); bad = 1; }
+    } else if (!strcmp(mode, "kmsg")) {
+        char rec[8192];
+        ssize_t n;
+        while ((n = read(kept_fd, rec, sizeof rec - 1)) > 0) {
+            rec[n] = 0;  /* "pri,seq,...": a sequence number never seen before */
+            long long seq = -1;
+            sscanf(rec, "%*d,%lld", &seq);
+            if (seq <= kmsg_seq) { FAIL("kmsg seq %lld again (last %lld)", seq, kmsg_seq); bad = 1; break; }
+            kmsg_seq = seq;
+        }
+    } else if (!strcmp(mode, "kmsgw")) {
+        struct stat st;
+        if (fstat(kept_fd, &st) || st.st_rdev != makedev(1, 11) ||
+            (fcntl(kept_fd, F_GETFL) & O_ACCMODE) != O_WRONLY) { FAIL("kmsg for writing"); bad = 1; }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];

@@ -884,6 +884,38 @@ def _is_agent(listening: bool) -> Callable[[Found], bool]:
 _AGENTS: dict[tuple[int, int, int], tuple[bytes, bool] | None] = {}
 
 
+# Character devices reopened by name (kind "chr"): those whose open file holds nothing
+# of its own but its offset and flags (CRIU alike takes the memory devices and refuses
+# the rest).  Any other keeps state no interface reads back: a tap interface attached
+# with TUNSETIFF, a FUSE connection, a PM QoS request written to /dev/cpu_dma_latency, a
+# grab of an input device; reopened, each came back detached or empty, exit 0 (found by
+# probing).  Memory devices (null, zero, full, random, urandom, mem, port, kmsg for
+# writing: /dev/kmsg read keeps a record sequence number that cannot be read back),
+# misc devices whose fd only makes others (kvm, loop-control, device-mapper and btrfs
+# control, hwrng), the CPU msr and cpuid devices (read at an offset).
+MEM_MAJOR, MISC_MAJOR, KMSG_MINOR = 1, 10, 11
+_STATELESS_MISC = {183, 232, 234, 236, 237}  # hwrng, kvm, btrfs-control, mapper, loop
+_STATELESS_MAJOR = {202, 203}  # /dev/cpu/N/msr, /dev/cpu/N/cpuid
+
+
+def _stateful_chr(f: Found) -> str | None:
+    """Why the character device of ``f`` cannot be reopened by name, or None."""
+    if f.fmt != stat.S_IFCHR:
+        return None
+    major, minor = os.major(f.st.st_rdev), os.minor(f.st.st_rdev)
+    if major == MEM_MAJOR:
+        if minor != KMSG_MINOR or \
+                procfs.parse_fdinfo(_fdinfo(f)).flags & O_ACCMODE == os.O_WRONLY:  # fmt: skip
+            return None
+        return f"{f.target} open for reading (its read position, a record sequence" \
+            " number, cannot be read back)"  # fmt: skip
+    if (major == MISC_MAJOR and minor in _STATELESS_MISC) or major in _STATELESS_MAJOR:
+        return None
+    return f"character device {f.target} ({major}:{minor}) is not supported (what its open" \
+        " file holds, such as a tun interface, a FUSE connection or a PM QoS request," \
+        " cannot be read back)"  # fmt: skip
+
+
 def _describe_node(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dict[str, Any]:
     return ghosts.describe_node(f.pid, f.fd, f.target, f.st)  # deleted: made again
 
@@ -910,6 +942,8 @@ FD_KINDS: tuple[FdKind, ...] = (
            _describe_pty, _open_pty),
     FdKind("tty", _is_tty, refuse=lambda f: f"terminal {f.target}; use --shell-job to hand"
            " the restored process the caller's terminal"),
+    FdKind("chrdev", lambda f: _stateful_chr(f) is not None,
+           refuse=lambda f: str(_stateful_chr(f))),
     FdKind("chr", lambda f: f.fmt == stat.S_IFCHR, _describe_node, _open_path),
     FdKind("pipe", lambda f: f.target.startswith("pipe:"), open=_open_pipe, in_flight=True),
     # the two sockets of a cryo.app agent, before every other unix socket
