@@ -119,6 +119,42 @@ def test_character_devices_with_state_refused(procs: Procs, build: Any, tmp_path
     refused_untouched(v, tmp_path / "img", needle)
 
 
+def test_o_tmpfile_file_can_still_be_linked(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A file made with open(DIR, O_TMPFILE) comes back as one: once the restart is done
+    the program gives it a name with linkat and reads its data back there.  Before: the
+    restart failed, ENOTDIR, after the checkpoint had exited 0 (its description was
+    reopened with its O_TMPFILE flags, O_DIRECTORY among them); and a file made again
+    by creat and unlink, as other deleted files are, cannot be linked (ENOENT)."""
+    v = _spawn(procs, build, tmp_path, "tmpfile")
+    v = cycle(procs, v, tmp_path / "img")
+    (tmp_path / "go").touch()
+    v.wait_line("linked")
+    v.wait_ok_after(max(v.oks()) + 1)
+    assert not v.fails()
+    assert (tmp_path / "linked").read_bytes() == b"tmpfile data"
+
+
+def test_deleted_file_keeps_its_user_xattrs(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A file deleted while open keeps its user extended attribute (fgetxattr each
+    round).  Before: made again without it (ENODATA), exit 0."""
+    v = _spawn(procs, build, tmp_path, "xattr")
+    if any(x.startswith("skip") for x in v.lines()):
+        pytest.skip("no user xattrs on this filesystem")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_deleted_file_with_a_trusted_xattr_refused(procs: Procs, build: Any,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    """A deleted file with a trusted.* extended attribute is refused: exit 9 naming it,
+    no image, the process goes on (only user attributes and POSIX ACLs are made
+    again)."""
+    v = _spawn(procs, build, tmp_path, "xattrtrusted")
+    if any(x.startswith("skip") for x in v.lines()):
+        pytest.skip("no trusted xattrs on this filesystem")
+    refused_untouched(v, tmp_path / "img", "extended attribute trusted.cryo")
+
+
 def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path) -> None:
     """A /dev/shm file mapped shared by a process and its child: each writes its counter
     there and sees the other's move, after the restart of the two."""

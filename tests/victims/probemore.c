@@ -39,7 +39,19 @@
  *   tun         /dev/net/tun attached to a tap interface (TUNSETIFF): TUNGETIFF names it
  *   dmalatency  /dev/cpu_dma_latency with a request of 7 us written: a read says 7
  *   kmsg        /dev/kmsg read to its end: no message read twice
- *   kmsgw       /dev/kmsg open for writing only */
+ *   kmsgw       /dev/kmsg open for writing only
+ *   sigwait     threads waiting in sigsuspend, ppoll, pselect6 and epoll_pwait with a
+ *               mask of their own (SIGUSR1 let through), each woken by SIGUSR1 every
+ *               round: the mask blocked after each return is the thread's own again
+ *   tmpfile     an O_TMPFILE file: once argv[3]/go exists, linkat gives it a name
+ *   xattr       a deleted file with a user xattr (fgetxattr)
+ *   xattrtrusted  a deleted file with a trusted.* xattr (to be refused)
+ *   exitsig     a child cloned with exit signal SIGUSR1 that exits once argv[3]/go
+ *               exists: the parent gets SIGUSR1 (not SIGCHLD) and reaps it
+ *   futexhash   PR_FUTEX_HASH_SET_SLOTS 16 (skip line without PR_FUTEX_HASH)
+ *   schedcore   a core-scheduling cookie of the process (PR_SCHED_CORE): both threads
+ *               share one (skip line without CONFIG_SCHED_CORE)
+ *   deadline    the thread under SCHED_DEADLINE (1 ms every 20 ms) */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -61,6 +73,10 @@
 #include <net/if.h>
 #include <linux/if_tun.h>
 #include <sys/ioctl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/xattr.h>
 #include <linux/bpf.h>
 #include <linux/io_uring.h>
 #include <linux/perf_event.h>
@@ -106,6 +122,15 @@ static unsigned short fpu_cw[2] = {0x037f & ~0x0300, 0x037f | 0x0c00};
 static void *robust_head[2];
 static size_t robust_len[2];
 
+struct sched_attr_ {
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+    uint32_t sched_util_min, sched_util_max;
+};
+
 static void set_one(int which) {
     if (!strcmp(mode, "rseq")) {
         struct rseq *rs = rseq_area();
@@ -128,6 +153,11 @@ static void set_one(int which) {
     } else if (!strcmp(mode, "robust")) {
         syscall(SYS_get_robust_list, 0, &robust_head[which], &robust_len[which]);
         if (!robust_head[which]) FAIL("no robust list before the checkpoint");
+    } else if (!strcmp(mode, "deadline") && which) {
+        struct sched_attr_ a = {0};
+        a.size = sizeof a; a.sched_policy = 6; /* SCHED_DEADLINE */
+        a.sched_runtime = 1000000; a.sched_deadline = 20000000; a.sched_period = 20000000;
+        if (syscall(SYS_sched_setattr, 0, &a, 0)) { report("skip SCHED_DEADLINE %d", errno); skipped = 1; }
     } else if (!strcmp(mode, "keepcaps")) {  /* (a thread inherits it: the second clears it) */
         if (prctl(PR_SET_KEEPCAPS, !which)) FAIL("PR_SET_KEEPCAPS %d", errno);
     } else if (!strcmp(mode, "ioflusher")) {
@@ -188,6 +218,17 @@ static int check_one(int which) {
             FAIL("robust list thread %d: %p %zu", which, h, l);
             bad = 1;
         }
+    } else if (!strcmp(mode, "deadline") && !skipped) {
+        struct sched_attr_ a = {0};
+        syscall(SYS_sched_getattr, 0, &a, sizeof a, 0);
+        unsigned want = which ? 6 : 0;
+        if (a.sched_policy != want || (which && (a.sched_runtime != 1000000 ||
+            a.sched_deadline != 20000000 || a.sched_period != 20000000))) {
+            FAIL("deadline thread %d: policy %u %llu/%llu/%llu", which, a.sched_policy,
+                 (unsigned long long)a.sched_runtime, (unsigned long long)a.sched_deadline,
+                 (unsigned long long)a.sched_period);
+            bad = 1;
+        }
     } else if (!strcmp(mode, "keepcaps")) {
         int v = prctl(PR_GET_KEEPCAPS, 0, 0, 0, 0);
         if (v != !which) { FAIL("keepcaps thread %d: %d", which, v); bad = 1; }
@@ -226,6 +267,13 @@ static void *exiter(void *arg) {
     return (void *)42;
 }
 
+static int exiter_main(void *arg) {
+    char go[4200];
+    snprintf(go, sizeof go, "%s/go", (const char *)arg);
+    while (access(go, F_OK)) nap(20);
+    _exit(42);
+}
+
 /* ---- process-wide pieces ---- */
 static struct itimerval it_set[3] = {
     {{3, 0}, {1000, 0}}, {{7, 0}, {1000, 0}}, {{9, 0}, {2000, 0}}};
@@ -242,14 +290,6 @@ static struct lim lims[] = {
     {RLIMIT_MSGQUEUE, 900000, 900001}, {RLIMIT_NICE, 3, 4}, {RLIMIT_RTPRIO, 5, 6},
     {RLIMIT_RTTIME, 10000000, 10000001}};
 
-struct sched_attr_ {
-    uint32_t size, sched_policy;
-    uint64_t sched_flags;
-    int32_t sched_nice;
-    uint32_t sched_priority;
-    uint64_t sched_runtime, sched_deadline, sched_period;
-    uint32_t sched_util_min, sched_util_max;
-};
 
 static char *anon;
 static int pipes[2][2];
@@ -265,6 +305,55 @@ static int sfd, kept_fd = -1;
 static int tid_word;
 static char tun_name[IFNAMSIZ];
 static long long kmsg_seq = -1;
+static volatile long usr1_count[5];
+static volatile pid_t waiter_tid[5];
+static volatile long exitsig_usr1, exitsig_chld;
+static pid_t exitsig_child;
+static int exitsig_reaped;
+static int tmp_fd = -1, tmp_linked;
+static unsigned long long core_cookie;
+#ifndef PR_FUTEX_HASH
+#define PR_FUTEX_HASH 78
+#define PR_FUTEX_HASH_SET_SLOTS 1
+#define PR_FUTEX_HASH_GET_SLOTS 2
+#endif
+#ifndef PR_SCHED_CORE
+#define PR_SCHED_CORE 62
+#endif
+
+static void h_usr1_wait(int sig) {
+    (void)sig;
+    pid_t me = gettid();
+    for (int i = 0; i < 5; i++) if (waiter_tid[i] == me) usr1_count[i]++;
+}
+static void h_exitsig(int sig) { if (sig == SIGUSR1) exitsig_usr1++; else exitsig_chld++; }
+
+/* sigwait: thread i waits in its own call with SIGUSR1 let through, then checks that
+ * the mask blocked is its own again ({SIGUSR1, SIGWINCH}) */
+static void *waiter(void *arg) {
+    int i = (int)(long)arg;
+    waiter_tid[i] = gettid();
+    sigset_t own, during;
+    sigemptyset(&own); sigaddset(&own, SIGUSR1); sigaddset(&own, SIGWINCH);
+    pthread_sigmask(SIG_SETMASK, &own, NULL);
+    sigemptyset(&during); sigaddset(&during, SIGWINCH);
+    int ep = epoll_create1(0);
+    for (;;) {
+        struct timespec ts = {5, 0};
+        switch (i) {
+        case 1: sigsuspend(&during); break;
+        case 2: ppoll(NULL, 0, &ts, &during); break;
+        case 3: pselect(0, NULL, NULL, NULL, &ts, &during); break;
+        case 4: { struct epoll_event ev; epoll_pwait(ep, &ev, 1, 5000, &during); break; }
+        }
+        sigset_t now;
+        pthread_sigmask(SIG_SETMASK, NULL, &now);
+        if (!sigismember(&now, SIGUSR1) || !sigismember(&now, SIGWINCH) || sigismember(&now, SIGUSR2))
+            FAIL("sigwait thread %d: mask after the call is not its own (SIGUSR1 %d)", i,
+                 sigismember(&now, SIGUSR1));
+    }
+    return NULL;
+}
 
 static ssize_t slurp(const char *path, char *buf, size_t n) {
     int fd = open(path, O_RDONLY);
@@ -462,6 +551,48 @@ static void setup(void) {
         if (errno != EAGAIN) FAIL("kmsg %d", errno);
     } else if (!strcmp(mode, "kmsgw")) {
         kept_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+    } else if (!strcmp(mode, "sigwait")) {
+        struct sigaction sa = {0};
+        sa.sa_handler = h_usr1_wait;
+        sigaction(SIGUSR1, &sa, NULL);
+        for (long i = 1; i < 5; i++) {
+            pthread_t t;
+            pthread_create(&t, NULL, waiter, (void *)i);
+        }
+        for (int i = 1; i < 5; i++) while (!waiter_tid[i]) nap(5);
+    } else if (!strcmp(mode, "tmpfile")) {
+        tmp_fd = open(dir, O_TMPFILE | O_RDWR, 0640);
+        if (tmp_fd < 0 || write(tmp_fd, "tmpfile data", 12) != 12) FAIL("O_TMPFILE %d", errno);
+    } else if (!strcmp(mode, "xattr") || !strcmp(mode, "xattrtrusted")) {
+        snprintf(path, sizeof path, "%s/x", dir);
+        tmp_fd = open(path, O_RDWR | O_CREAT, 0640);
+        const char *attr = mode[5] ? "trusted.cryo" : "user.cryo";
+        if (write(tmp_fd, "data", 4) != 4 || fsetxattr(tmp_fd, attr, "value", 5, 0)) {
+            report("skip xattr %d", errno);
+            skipped = 1;
+        }
+        unlink(path);
+    } else if (!strcmp(mode, "exitsig")) {
+        struct sigaction sa = {0};
+        sa.sa_handler = h_exitsig;
+        sigaction(SIGUSR1, &sa, NULL);
+        sigaction(SIGCHLD, &sa, NULL);
+        static char stack[1 << 16];
+        exitsig_child = clone((int (*)(void *))exiter_main, stack + sizeof stack, SIGUSR1, (void *)dir);
+        if (exitsig_child < 0) FAIL("clone %d", errno);
+        report("child %d", exitsig_child);
+    } else if (!strcmp(mode, "futexhash")) {
+        if (prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, 16, 0, 0)) {
+            report("skip PR_FUTEX_HASH %d", errno);
+            skipped = 1;
+        }
+    } else if (!strcmp(mode, "schedcore")) {
+        if (prctl(PR_SCHED_CORE, 1 /* CREATE */, 0, 1 /* PIDTYPE_TGID */, 0)) {
+            report("skip PR_SCHED_CORE %d", errno);
+            skipped = 1;
+        } else {
+            prctl(PR_SCHED_CORE, 0 /* GET */, 0, 0 /* PIDTYPE_PID */, &core_cookie);
+        }
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -640,6 +771,57 @@ static int check(long round) {
         struct stat st;
         if (fstat(kept_fd, &st) || st.st_rdev != makedev(1, 11) ||
             (fcntl(kept_fd, F_GETFL) & O_ACCMODE) != O_WRONLY) { FAIL("kmsg for writing"); bad = 1; }
+    } else if (!strcmp(mode, "sigwait")) {
+        for (int i = 1; i < 5; i++) {
+            long before = usr1_count[i];
+            for (int k = 0; k < 50 && usr1_count[i] == before; k++) {
+                syscall(SYS_tgkill, getpid(), waiter_tid[i], SIGUSR1);
+                nap(20);
+            }
+            if (usr1_count[i] == before) { FAIL("sigwait thread %d: no SIGUSR1", i); bad = 1; }
+        }
+    } else if (!strcmp(mode, "tmpfile")) {
+        char go[4200], name[4200], fdpath[64], got[16] = {0};
+        snprintf(go, sizeof go, "%s/go", dir);
+        if (!tmp_linked && !access(go, F_OK)) {
+            snprintf(name, sizeof name, "%s/linked", dir);
+            snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", tmp_fd);
+            int fd;
+            if (linkat(AT_FDCWD, fdpath, AT_FDCWD, name, AT_SYMLINK_FOLLOW)) {
+                FAIL("linkat of the O_TMPFILE file: %d", errno); bad = 1;
+            } else if ((fd = open(name, O_RDONLY)) < 0 || read(fd, got, 12) != 12 ||
+                       strcmp(got, "tmpfile data")) {
+                FAIL("linked file: %s", got); bad = 1;
+            } else {
+                report("linked");
+            }
+            tmp_linked = 1;
+        }
+    } else if ((!strcmp(mode, "xattr") || !strcmp(mode, "xattrtrusted")) && !skipped) {
+        char v[16] = {0};
+        if (fgetxattr(tmp_fd, mode[5] ? "trusted.cryo" : "user.cryo", v, sizeof v) != 5 || strcmp(v, "value")) {
+            FAIL("xattr of the deleted file: %d", errno); bad = 1;
+        }
+    } else if (!strcmp(mode, "exitsig")) {
+        if (!exitsig_reaped && exitsig_usr1) {
+            int st;
+            pid_t got = waitpid(exitsig_child, &st, __WALL);
+            if (got != exitsig_child || !WIFEXITED(st) || WEXITSTATUS(st) != 42 || exitsig_chld) {
+                FAIL("exit signal: waitpid %d status %#x, SIGCHLD %ld", got, st, exitsig_chld); bad = 1;
+            } else {
+                report("reaped");
+            }
+            exitsig_reaped = 1;
+        } else if (exitsig_chld) {
+            FAIL("SIGCHLD instead of SIGUSR1"); bad = 1;
+        }
+    } else if (!strcmp(mode, "futexhash") && !skipped) {
+        int n = prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0);
+        if (n != 16) { FAIL("futex hash slots %d", n); bad = 1; }
+    } else if (!strcmp(mode, "schedcore") && !skipped) {
+        unsigned long long c = 0;
+        prctl(PR_SCHED_CORE, 0, 0, 0, &c);
+        if (!c) { FAIL("core scheduling cookie lost"); bad = 1; }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];

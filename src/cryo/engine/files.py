@@ -612,7 +612,10 @@ def _translate(path: str, options: dict[str, Any]) -> str:
 def _open_flags(d: dict[str, Any]) -> int:
     """The flags to open a description with; O_ASYNC is set afterwards with F_SETFL (an
     open() with O_ASYNC marks the file without registering it: no signal ever comes)."""
-    return int(d["flags"]) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC | O_ASYNC)
+    flags = int(d["flags"]) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC | O_ASYNC)
+    if flags & ghosts.O_TMPFILE_FLAG:  # a file made with O_TMPFILE, reopened: a file now
+        flags &= ~os.O_TMPFILE
+    return flags
 
 
 def _open_pipe(d: dict[str, Any], o: Opening) -> int:

@@ -14,7 +14,11 @@ Restore: before the descriptions are opened, each ghost is made once: created un
 old name when that is free (else in the temporary directory), the size set, each range
 written back at its offset (the holes stay holes), then owner, mode and times set, and
 an anchor fd opened on it before it is unlinked again; every description of it is then
-opened through /proc/self/fd/ANCHOR: one inode, shared again by construction.
+opened through /proc/self/fd/ANCHOR: one inode, shared again by construction.  Its user
+extended attributes and POSIX ACLs are saved and set again (any other xattr is refused
+at checkpoint).  A file made with open(DIR, O_TMPFILE) (its flags keep __O_TMPFILE) is
+made again so, in its directory, and is its first description itself: linkat can still
+give it a name, as before (a file created and unlinked cannot be linked again).
 
 A memfd comes back as a memfd (memfd_create) of the same name, filled the same way,
 then sealed with the seals it had (F_GET_SEALS at dump, F_ADD_SEALS last); a hugetlb
@@ -133,7 +137,45 @@ def describe(pid: int, fd: int, target: str, st: os.stat_result,
     ghosts[key] = fields["ghost"] = f"ghost-{first_id}"
     fields["blob"] = _empty(blobs)
     fields["source"] = [pid, fd]  # read at write time (dropped from the record then)
+    attrs = _xattrs(pid, fd, name)
+    if attrs:
+        fields["xattrs"] = attrs
     return fields
+
+
+_XATTRS_KEPT = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def _xattrs(pid: int, fd: int, name: str) -> list[list[Any]]:
+    """A deleted file's extended attributes, [name, value] each: user ones and POSIX
+    ACLs (its owner may set them again); any other (security.*, trusted.*: a label,
+    file capabilities) is refused (found by probing: a deleted file's user xattr was
+    gone after the restart, exit 0)."""
+    path = f"/proc/{pid}/fd/{fd}"
+    try:
+        names = os.listxattr(path)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise CryoError(f"fd {fd} of {pid}: the extended attributes of deleted file {name}:"
+                        f" {err.strerror}", pid=pid, resource=f"fd {fd}") from err  # fmt: skip
+    out: list[list[Any]] = []
+    for attr in sorted(names):
+        if not attr.startswith("user.") and attr not in _XATTRS_KEPT:
+            raise Unsupported(f"fd {fd}: deleted file {name} has the extended attribute"
+                              f" {attr}: not supported (only user ones and POSIX ACLs are"
+                              " made again)", pid=pid, resource=f"fd {fd}")  # fmt: skip
+        out.append([attr, os.getxattr(path, attr)])
+    return out
+
+
+O_TMPFILE_FLAG = 0o20000000  # __O_TMPFILE, in the flags of a file made by open(O_TMPFILE)
+
+
+def is_tmpfile(d: dict[str, Any]) -> bool:
+    """A file made by open(DIR, O_TMPFILE) (fdinfo's flags keep __O_TMPFILE): made again
+    so at restart, it can still be given a name with linkat, as before."""
+    return bool(int(d["flags"]) & O_TMPFILE_FLAG) and not d.get("memfd")
 
 
 def _seals(pid: int, fd: int) -> int:
@@ -467,6 +509,15 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
         except OSError as err:
             raise CryoError(f"memfd {memfd['name']}: cannot make it again"
                             f"{' on hugetlbfs' if huge else ''}: {err.strerror}") from err
+    elif is_tmpfile(d):  # (an O_TMPFILE file: linkat can name it; one made and unlinked
+        where = os.path.dirname(path)  # cannot be, ENOENT: found by probing)
+        access = os.O_WRONLY if int(d["flags"]) & 0o3 == os.O_WRONLY else os.O_RDWR
+        try:
+            fd = os.open(where if os.path.isdir(where) else tempfile.gettempdir(),
+                         os.O_TMPFILE | access | os.O_CLOEXEC, 0o600)  # fmt: skip
+        except OSError as err:
+            raise CryoError(f"deleted file {d['path']} (O_TMPFILE): cannot make it again in"
+                            f" {where}: {err.strerror}") from err  # fmt: skip
     else:
         if not os.path.isdir(os.path.dirname(path)) or os.path.lexists(path):
             path = os.path.join(tempfile.gettempdir(),
@@ -474,7 +525,7 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)  # fmt: skip
     try:
-        if memfd is None:
+        if memfd is None and not is_tmpfile(d):
             os.unlink(path)  # from here on it is ours alone, as it was the program's
         os.ftruncate(fd, d["size"])
         if huge:  # (hugetlbfs has no write(): through a shared mapping)
@@ -494,6 +545,8 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
                 raise CryoError(f"deleted file {d['path']}: cannot give it its owner"
                                 f" {d['uid']}:{d['gid']}: {err.strerror}") from err  # fmt: skip
         os.fchmod(fd, stat.S_IMODE(d["mode"]))
+        for attr, value in d.get("xattrs", []):  # (after the mode: an ACL sets group bits)
+            os.setxattr(fd, attr, value)
         os.utime(fd, ns=(d["atime_ns"], d["mtime_ns"]))
         if memfd is not None and memfd["seals"] not in (0, F_SEAL_SEAL):
             fcntl.fcntl(fd, F_ADD_SEALS, memfd["seals"])
@@ -529,11 +582,14 @@ def _fill_mapped(fd: int, d: dict[str, Any], data: BinaryIO) -> None:
 def own_file(d: dict[str, Any]) -> int | None:
     """For the first description of a memfd opened read-write: the memfd made itself (a
     duplicate of its anchor), not a reopening of it, as memfd_create gave it: one that
-    does not count as a writer of the inode (so execveat of it works, as it did)."""
+    does not count as a writer of the inode (so execveat of it works, as it did).  For
+    the first of an O_TMPFILE file, the file made with O_TMPFILE."""
     anchor = d.get("_anchor")
-    if anchor is None or not d.get("memfd") or "extents" not in d:
+    if anchor is None or "extents" not in d:
         return None
-    if d["flags"] & 0o3 != os.O_RDWR:
+    if is_tmpfile(d):  # the O_TMPFILE file made, its flags (F_GETFL) as the program's
+        return os.dup(anchor)
+    if not d.get("memfd") or d["flags"] & 0o3 != os.O_RDWR:
         return None
     return os.dup(anchor)
 

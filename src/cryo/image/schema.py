@@ -636,6 +636,8 @@ DESC = Struct((
       "file (deleted): its data ranges in the side file, in order (the rest are holes)",
       required=False),
     F("memfd", MEMFD, "file (deleted): a memfd", required=False),
+    F("xattrs", List(Tuple((Str(max=255), Bytes(max=1 << 16)), ("name", "value"))),
+      "file (deleted): its extended attributes (user.*, POSIX ACLs)", required=False),
     F("obj", Int(0, MAX_ITEMS), "file (deleted): also mapped, saved as that SHMO object",
       required=False),
     F("ns", Str(choices=NS_KINDS), "file: a namespace fd (/proc/PID/ns/NAME)",
