@@ -48,7 +48,7 @@
  *   xattrtrusted  a deleted file with a trusted.* xattr (to be refused)
  *   exitsig     a child cloned with exit signal SIGUSR1 that exits once argv[3]/go
  *               exists: the parent gets SIGUSR1 (not SIGCHLD) and reaps it
- *   futexhash   PR_FUTEX_HASH_SET_SLOTS 16 (skip line without PR_FUTEX_HASH)
+ *   futexhash   PR_FUTEX_HASH_SET_SLOTS 128 (skip line without PR_FUTEX_HASH)
  *   schedcore   a core-scheduling cookie of the process (PR_SCHED_CORE): both threads
  *               share one (skip line without CONFIG_SCHED_CORE)
  *   deadline    the thread under SCHED_DEADLINE (1 ms every 20 ms) */
@@ -582,7 +582,7 @@ static void setup(void) {
         if (exitsig_child < 0) FAIL("clone %d", errno);
         report("child %d", exitsig_child);
     } else if (!strcmp(mode, "futexhash")) {
-        if (prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, 16, 0, 0)) {
+        if (prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, 128, 0, 0)) {
             report("skip PR_FUTEX_HASH %d", errno);
             skipped = 1;
         }
@@ -817,7 +817,7 @@ static int check(long round) {
         }
     } else if (!strcmp(mode, "futexhash") && !skipped) {
         int n = prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0);
-        if (n != 16) { FAIL("futex hash slots %d", n); bad = 1; }
+        if (n != 128) { FAIL("futex hash slots %d", n); bad = 1; }
     } else if (!strcmp(mode, "schedcore") && !skipped) {
         unsigned long long c = 0;
         prctl(PR_SCHED_CORE, 0, 0, 0, &c);

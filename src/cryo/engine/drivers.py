@@ -481,7 +481,8 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("fingerprint-check", prepare=changed.check_all),
     Driver("paths", prepare=check_paths),
     Driver("task", (R.TASK,), inject=_keep(R.TASK, task.dump),
-           restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK))},
+           restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK)),
+                    "timers": lambda c: task.restore_futex_hash(c, _rs(c, R.TASK))},
            restore_thread={"thread": _thread_state, "creds": _thread_creds},
            describe=_describe_task),
     # (after task: its entries go into TASK)

@@ -109,6 +109,8 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
             else:
                 prctl[name] = b.call(SYS.prctl, get, 0, 0, 0, 0)
         mdwe = b.call(SYS.prctl, PR.GET_MDWE, 0, 0, 0, 0, may_fail=True)  # (Linux 6.3)
+        slots = b.call(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_GET_SLOTS, 0, 0, 0,
+                       may_fail=True)  # (Linux 6.16)  # fmt: skip
         rings = [b.call(SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, spec, 0, may_fail=True)
                  for spec in (KEY_SPEC_THREAD_KEYRING, KEY_SPEC_PROCESS_KEYRING,
                               KEY_SPEC_SESSION_KEYRING)]  # fmt: skip
@@ -132,6 +134,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         "cgroups": cgroups.dump(ctx),
         "coredump_filter": int(procfs.read(pid, "coredump_filter"), 16),
         **({"mdwe": b.result(mdwe)} if b.result(mdwe) > 0 else {}),
+        **({"futex_slots": b.result(slots)} if b.result(slots) >= 0 else {}),
     }  # fmt: skip
 
 
@@ -343,6 +346,27 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
         if b.result(i) < 0:
             ctx.warnings.append(f"rlimit {res} ({soft}, {hard}) not restored:"
                                 f" errno {-b.result(i)}")  # fmt: skip
+
+
+FUTEX_HASH_SET_SLOTS, FUTEX_HASH_GET_SLOTS = 1, 2
+
+
+def restore_futex_hash(ctx: RestoreContext, rec: dict[str, Any]) -> None:
+    """Once the threads exist: the process's private futex hash (PR_FUTEX_HASH) of as
+    many slots as it had, where the kernel's own sizing (made at the first thread's
+    creation) gave it another number; a size the program set comes back so (found by
+    probing: 128 slots came back as the default 16, exit 0)."""
+    want = rec.get("futex_slots")
+    if want is None:
+        return
+    inj = ctx.inj
+    if inj.raw(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_GET_SLOTS, 0, 0, 0) == want:
+        return
+    got = inj.raw(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_SET_SLOTS, want, 0, 0)
+    if got < 0:
+        raise RestoreConflict(f"process {ctx.old_pid}: its private futex hash of {want}"
+                              f" slots cannot be made again (PR_FUTEX_HASH: errno {-got})",
+                              pid=ctx.old_pid, resource="futex hash")  # fmt: skip
 
 
 def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:

@@ -810,6 +810,8 @@ KINDS: tuple[Kind, ...] = (
           required=False),
         F("mdwe", Int(1, U32), "PR_GET_MDWE, when set", required=False),
         F("coredump_filter", Int(0, U32), "/proc/PID/coredump_filter", required=False),
+        F("futex_slots", Int(0, U32), "PR_FUTEX_HASH_GET_SLOTS: its private futex hash's"
+          " slots (0: the global hash)", required=False),
         F("cgroups", List(List(Str(max=4096), size=3), max=64),
           "[[hierarchy id, controllers, path]] as in /proc/PID/cgroup", required=False),
         F("ldt", List(Tuple((Int(0, 8191), Int(1, U64)), ("index", "descriptor")),

@@ -299,6 +299,7 @@ class PR(IntEnumBase):
     SET_MDWE = 65
     GET_MDWE = 66
     TIMER_CREATE_RESTORE_IDS = 77
+    FUTEX_HASH = 78  # (Linux 6.16) with PR_FUTEX_HASH_SET_SLOTS 1, PR_FUTEX_HASH_GET_SLOTS 2
 
 
 @fast_enum(enum.IntEnum)
