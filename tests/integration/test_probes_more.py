@@ -57,6 +57,8 @@ RESTORED = {
     "sigwait": "threads in sigsuspend, ppoll, pselect6, epoll_pwait with masks of their own:"
                " each one's own mask blocked again after each return",
     "deadline": "a thread under SCHED_DEADLINE (1 ms every 20 ms), the other SCHED_OTHER",
+    "truncmap": "a file mapped shared and truncated to its first page: that page's data, and"
+                " SIGBUS past the end",
 }
 
 
@@ -125,6 +127,42 @@ def test_child_with_another_exit_signal(procs: Procs, build: Any, tmp_path: Path
     v.wait_line("reaped")
     v.wait_ok_after(max(v.oks()) + 1)
     assert not v.fails()
+
+
+def test_thread_of_its_own_personality(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A thread whose personality (kept per thread) is ADDR_NO_RANDOMIZE, its process's
+    leader's 0: each its own after the restart.  Before: the thread came back with the
+    leader's, exit 0."""
+    v = _spawn(procs, build, tmp_path, "threadpers")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_thread_inside_a_handler_on_its_alternate_stack(procs: Procs, build: Any,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """A thread checkpointed inside a signal handler running on its alternate stack
+    (SS_ONSTACK) is still there after the restart, then returns from it; its stack is
+    armed again (flags 0), the program goes on."""
+    v = _spawn(procs, build, tmp_path, "onaltstack")
+    v = cycle(procs, v, tmp_path / "img")
+    (tmp_path / "go").touch()
+    v.wait_line("handler returned")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
+@pytest.mark.parametrize("mode,needle", [
+    ("threadfiles", "an fd table of its own (unshare(CLONE_FILES))"),
+    ("threadfs", "a cwd, root and umask of its own (unshare(CLONE_FS))"),
+    ("threaduts", "a uts namespace of its own")])  # fmt: skip
+def test_thread_that_unshared_refused(procs: Procs, build: Any, tmp_path: Path, mode: str,
+                                      needle: str) -> None:  # fmt: skip
+    """A thread that unshared its fd table, its cwd/root/umask, or its UTS namespace from
+    its process is refused: exit 9 naming it, no image, the thread goes on with its own.
+    Before: restored sharing the leader's, exit 0 (the thread's own fd was gone; its
+    hostname was the host's)."""
+    v = _spawn(procs, build, tmp_path, mode)
+    refused_untouched(v, tmp_path / "img", needle)
 
 
 @pytest.mark.parametrize("mode,needle", [("iouring", "io_uring"), ("perf", "perf_event"),

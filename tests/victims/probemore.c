@@ -51,7 +51,15 @@
  *   futexhash   PR_FUTEX_HASH_SET_SLOTS 128 (skip line without PR_FUTEX_HASH)
  *   schedcore   a core-scheduling cookie of the process (PR_SCHED_CORE): both threads
  *               share one (skip line without CONFIG_SCHED_CORE)
- *   deadline    the thread under SCHED_DEADLINE (1 ms every 20 ms) */
+ *   deadline    the thread under SCHED_DEADLINE (1 ms every 20 ms)
+ *   threadfs    the thread unshare(CLONE_FS)'d: its own cwd (argv[3]/sub) and umask
+ *   threadfiles the thread unshare(CLONE_FILES)'d: an fd only it has
+ *   threaduts   the thread unshare(CLONE_NEWUTS)'d with a hostname of its own
+ *   threadpers  the thread's own personality (ADDR_NO_RANDOMIZE), the main thread's 0
+ *   onaltstack  the thread inside a SIGUSR1 handler on its alternate stack (SS_ONSTACK)
+ *               at the checkpoint, looping there until argv[3]/go, then returning
+ *   truncmap    a file mapped shared (3 pages) and truncated to one page: the first
+ *               page holds its data, the third gives SIGBUS */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -77,6 +85,8 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/xattr.h>
+#include <setjmp.h>
+#include <sys/utsname.h>
 #include <linux/bpf.h>
 #include <linux/io_uring.h>
 #include <linux/perf_event.h>
@@ -96,7 +106,31 @@
 
 static const char *mode, *dir;
 static volatile int skipped;  /* the kernel has it not, or we may not set it */
+
+static int thread_fd = -1;
+static volatile int in_handler, handler_done;
 static volatile int thread_ready;
+static char *trunc_map;
+static sigjmp_buf bus_jmp;
+static void h_bus(int sig) { (void)sig; siglongjmp(bus_jmp, 1); }
+static void h_onstack(int sig) {
+    (void)sig;
+    char go[4200];
+    snprintf(go, sizeof go, "%s/go", dir);
+    in_handler = 1;
+    thread_ready = 1;
+    while (access(go, F_OK)) {
+        stack_t cur;
+        sigaltstack(NULL, &cur);
+        char here;
+        if (!(cur.ss_flags & SS_ONSTACK) || &here < (char *)cur.ss_sp ||
+            &here >= (char *)cur.ss_sp + cur.ss_size)
+            FAIL("onaltstack: not on the alternate stack (flags %#x)", cur.ss_flags);
+        nap(20);
+    }
+    in_handler = 0;
+    handler_done = 1;
+}
 
 /* ---- per-thread pieces: set(which) in a thread, check(which) each round ---- */
 
@@ -153,6 +187,27 @@ static void set_one(int which) {
     } else if (!strcmp(mode, "robust")) {
         syscall(SYS_get_robust_list, 0, &robust_head[which], &robust_len[which]);
         if (!robust_head[which]) FAIL("no robust list before the checkpoint");
+    } else if (!strcmp(mode, "threadfs") && which) {
+        char sub[4200];
+        snprintf(sub, sizeof sub, "%s/sub", dir);
+        mkdir(sub, 0755);
+        if (unshare(CLONE_FS) || chdir(sub)) FAIL("unshare(CLONE_FS) %d", errno);
+        umask(077);
+    } else if (!strcmp(mode, "threadfiles") && which) {
+        if (unshare(CLONE_FILES)) FAIL("unshare(CLONE_FILES) %d", errno);
+        thread_fd = open("/dev/null", O_RDONLY);  /* in the thread's table only */
+    } else if (!strcmp(mode, "threaduts") && which) {
+        if (unshare(CLONE_NEWUTS) || sethostname("cryo-thread", 11)) FAIL("uts %d", errno);
+    } else if (!strcmp(mode, "threadpers") && which) {
+        personality(ADDR_NO_RANDOMIZE);
+    } else if (!strcmp(mode, "onaltstack") && which) {
+        struct sigaction sa = {0};
+        sa.sa_handler = h_onstack; sa.sa_flags = SA_ONSTACK;
+        sigaction(SIGUSR1, &sa, NULL);
+        stack_t ss = {.ss_sp = alt_mem[1], .ss_size = sizeof alt_mem[1], .ss_flags = 0};
+        sigaltstack(&ss, NULL);
+        alt_want[1] = ss;
+        raise(SIGUSR1);  /* (to this thread: the handler runs until go) */
     } else if (!strcmp(mode, "deadline") && which) {
         struct sched_attr_ a = {0};
         a.size = sizeof a; a.sched_policy = 6; /* SCHED_DEADLINE */
@@ -218,6 +273,31 @@ static int check_one(int which) {
             FAIL("robust list thread %d: %p %zu", which, h, l);
             bad = 1;
         }
+    } else if (!strcmp(mode, "onaltstack") && which && handler_done) {
+        stack_t cur;
+        sigaltstack(NULL, &cur);
+        if (cur.ss_flags || cur.ss_sp != alt_mem[1]) {
+            FAIL("onaltstack: after the handler %p flags %#x", cur.ss_sp, cur.ss_flags); bad = 1;
+        }
+    } else if (!strcmp(mode, "threadfs")) {
+        char cwd[4200], want[4200];
+        snprintf(want, sizeof want, which ? "%s/sub" : "%s", dir);
+        mode_t m = umask(0); umask(m);
+        if (!getcwd(cwd, sizeof cwd) || strcmp(cwd, want) || m != (which ? 077 : 022)) {
+            FAIL("threadfs thread %d: cwd %s umask %o", which, cwd, m); bad = 1;
+        }
+    } else if (!strcmp(mode, "threadfiles")) {
+        int ok = which ? fcntl(thread_fd, F_GETFD) >= 0 : fcntl(thread_fd, F_GETFD) < 0;
+        if (!ok) { FAIL("threadfiles thread %d: fd %d %s", which, thread_fd, which ? "gone" : "seen"); bad = 1; }
+    } else if (!strcmp(mode, "threaduts")) {
+        struct utsname u;
+        uname(&u);
+        if ((which && strcmp(u.nodename, "cryo-thread")) || (!which && !strcmp(u.nodename, "cryo-thread"))) {
+            FAIL("threaduts thread %d: %s", which, u.nodename); bad = 1;
+        }
+    } else if (!strcmp(mode, "threadpers")) {
+        int p = personality(0xffffffff);
+        if (p != (which ? ADDR_NO_RANDOMIZE : 0)) { FAIL("threadpers thread %d: %#x", which, p); bad = 1; }
     } else if (!strcmp(mode, "deadline") && !skipped) {
         struct sched_attr_ a = {0};
         syscall(SYS_sched_getattr, 0, &a, sizeof a, 0);
@@ -406,6 +486,7 @@ static char sfd_mask[64];
 
 static void setup(void) {
     char path[4200];
+    if (!strcmp(mode, "threadfs") && chdir(dir)) FAIL("chdir");
     if (!strcmp(mode, "personality")) {
         if (personality(ADDR_NO_RANDOMIZE | READ_IMPLIES_EXEC) < 0) FAIL("personality");
     } else if (!strcmp(mode, "itimers")) {
@@ -593,6 +674,17 @@ static void setup(void) {
         } else {
             prctl(PR_SCHED_CORE, 0 /* GET */, 0, 0 /* PIDTYPE_PID */, &core_cookie);
         }
+    } else if (!strcmp(mode, "truncmap")) {
+        snprintf(path, sizeof path, "%s/t", dir);
+        int fd = open(path, O_RDWR | O_CREAT, 0644);
+        if (ftruncate(fd, 3 * 4096)) FAIL("ftruncate");
+        trunc_map = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        memset(trunc_map, 3, 3 * 4096);
+        if (ftruncate(fd, 4096)) FAIL("ftruncate");
+        close(fd);
+        struct sigaction sa = {0};
+        sa.sa_handler = h_bus; sa.sa_flags = SA_NODEFER;
+        sigaction(SIGBUS, &sa, NULL);
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -822,6 +914,18 @@ static int check(long round) {
         unsigned long long c = 0;
         prctl(PR_SCHED_CORE, 0, 0, 0, &c);
         if (!c) { FAIL("core scheduling cookie lost"); bad = 1; }
+    } else if (!strcmp(mode, "truncmap")) {
+        for (int i = 0; i < 4096; i++) if (trunc_map[i] != 3) { FAIL("truncmap data"); bad = 1; break; }
+        volatile char *far = trunc_map + 2 * 4096;
+        if (!sigsetjmp(bus_jmp, 1)) {
+            (void)*far;
+            FAIL("truncmap: no SIGBUS past the end"); bad = 1;
+        }
+    } else if (!strcmp(mode, "onaltstack")) {
+        char go[4200];
+        snprintf(go, sizeof go, "%s/go", dir);
+        if (access(go, F_OK) && !in_handler) { FAIL("onaltstack: handler gone"); bad = 1; }
+        if (handler_done && round % 5 == 0) report("handler returned");
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];

@@ -232,6 +232,13 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
     rseq = tracee.rseq_configuration()
     with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
         comm = f.read().rstrip(b"\n")
+    if tid != pid:
+        _check_thread_shares(pid, tid)
+        with open(f"/proc/{pid}/task/{tid}/personality") as f, \
+                open(f"/proc/{pid}/personality") as g:  # fmt: skip
+            own, leaders = int(f.read(), 16), int(g.read(), 16)
+        if own != leaders:  # (the kernel keeps it per thread: personality())
+            extra["personality"] = own
     return {
         "comm": comm, "clear_tid": clear_tid,
         "rseq": [rseq.rseq_abi_pointer, rseq.rseq_abi_size, rseq.signature],
@@ -248,6 +255,35 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
         "group_stop": tracee.group_stop,
         **({"sud": cfg} if (cfg := sud.read(tid)) else {}),
     }  # fmt: skip
+
+
+_NS_OF_THREADS = ("uts", "ipc", "net", "mnt", "cgroup", "user", "time", "pid_for_children")
+
+
+def _check_thread_shares(pid: int, tid: int) -> None:
+    """A thread that unshared what its process's threads share is refused (exit 9): its
+    own fd table (unshare(CLONE_FILES)), cwd, root and umask (CLONE_FS), or namespace;
+    restored, it would share the leader's (found by probing: a thread's own fd was gone,
+    its own hostname the host's, exit 0)."""
+    what = None
+    if not libc.kcmp_same(libc.KCMP_FILES, pid, tid):
+        what = "an fd table of its own (unshare(CLONE_FILES))"
+    elif not libc.kcmp_same(libc.KCMP_FS, pid, tid):
+        what = "a cwd, root and umask of its own (unshare(CLONE_FS))"
+    else:
+        for ns in _NS_OF_THREADS:
+            try:
+                mine = os.stat(f"/proc/{pid}/task/{tid}/ns/{ns}").st_ino
+                leaders = os.stat(f"/proc/{pid}/ns/{ns}").st_ino
+            except FileNotFoundError:
+                continue
+            if mine != leaders:
+                what = f"a {ns} namespace of its own (unshare)"
+                break
+    if what is not None:
+        raise Unsupported(f"thread {tid} of process {pid} has {what}: not supported (its"
+                          " threads are restored sharing the process's)", pid=pid,
+                          resource="thread")  # fmt: skip
 
 
 def unregister_rseq(tracee: Tracee, inj: Injector) -> None:
@@ -381,6 +417,8 @@ def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
             b.call(SYS.prctl, PR.SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0)
         if trec.get("cpuid") == 0:
             b.call(SYS.arch_prctl, ARCH_SET_CPUID, 0, what=" ARCH_SET_CPUID")
+        if "personality" in trec:  # a thread's own, other than its process's
+            b.call(SYS.personality, trec["personality"])
         if trec.get("mempolicy"):
             mode, nodes = trec["mempolicy"]
             b.call(SYS.set_mempolicy, mode, b.put(nodes.ljust(MAX_NODES // 8, b"\0")),
