@@ -72,8 +72,12 @@ def _where(addr: str) -> tuple[str, int] | None:
 
 
 def announce(addr: str, ifname: str) -> None:
-    """A gratuitous ARP for ``addr`` on ``ifname``."""
-    hostnet.gratuitous_arp(addr, ifname)
+    """A gratuitous ARP for ``addr`` on ``ifname``; if it cannot be sent, a warning: the
+    peers learn the address's new place when their entries go stale."""
+    try:
+        hostnet.gratuitous_arp(addr, ifname)
+    except OSError as err:
+        log.warning("no gratuitous ARP for %s on %s: %s", addr, ifname, err)
 
 
 def _need_nft() -> None:
@@ -118,10 +122,7 @@ class Departure:
         if _where(self.addr) is None:
             hostnet._run("ip", "addr", "add", f"{self.addr}/{self.here}", "dev", self.ifname)
         self.off = False
-        try:
-            announce(self.addr, self.ifname)
-        except OSError as err:  # (the peers learn it when their entries go stale)
-            log.warning("no gratuitous ARP for %s on %s: %s", self.addr, self.ifname, err)
+        announce(self.addr, self.ifname)
         log.info("address %s back on %s", self.addr, self.ifname)
 
 
@@ -172,10 +173,7 @@ class Arrival:
     def place(self) -> None:
         hostnet._run("ip", "addr", "add", f"{self.addr}/{self.prefix}", "dev", self.ifname)
         self.placed = True
-        try:
-            announce(self.addr, self.ifname)
-        except OSError as err:  # (the peers learn it when their entries go stale)
-            log.warning("no gratuitous ARP for %s on %s: %s", self.addr, self.ifname, err)
+        announce(self.addr, self.ifname)
         log.info("address %s put on %s", self.addr, self.ifname)
 
     def unlock(self) -> None:
