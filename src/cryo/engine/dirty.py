@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +115,7 @@ def prepare(ctx: DumpContext, previous_token: str | None) -> Tracking:
     name the arming with a new token."""
     inj = ctx.inj
     token, fd, addr = find(ctx.pid)
-    new = secrets.token_hex(8)
+    new = os.urandom(8).hex()  # (secrets.token_hex: its import brings hmac and OpenSSL)
     fresh = fd is None
     if addr is not None and fd is not None:
         _rename(inj, addr, f"{PREFIX}{new}:{fd}")

@@ -12,7 +12,7 @@ truncated file is always detected.
 
 from __future__ import annotations
 
-import hashlib
+import _operator
 import io
 import mmap
 import os
@@ -26,6 +26,16 @@ import msgpack
 import xxhash
 
 from cryo.errors import ImageCorrupt, ImageIncompatible, ImageMissing
+
+# hashlib's BLAKE2b and hmac's compare_digest, taken from the modules that define them:
+# importing hashlib or hmac loads OpenSSL's _hashlib, 2-4 ms of a small command's start
+# that nothing of an image needs (issue 16; docs/design.md "Start-up")
+try:
+    from _blake2 import blake2b as _blake2b
+except ImportError:  # pragma: no cover (an interpreter built without it)
+    from hashlib import blake2b as _blake2b
+blake2b = _blake2b
+compare_digest = _operator._compare_digest  # (what hmac.compare_digest falls back to)
 
 FORMAT_VERSION = 1
 _FILE_HEADER = struct.Struct("<8sII")
@@ -67,7 +77,7 @@ def kind_name(kind: bytes) -> str:
 
 def content_hash() -> Any:
     """The unkeyed hash a seal covers: BLAKE2b-256 of the file up to the SEAL record."""
-    return hashlib.blake2b(digest_size=32)
+    return blake2b(digest_size=32)
 
 
 Sealer = Callable[[bytes], Any]  # digest of the file so far -> the SEAL record's payload

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import hmac
 import mmap
 import os
 import queue
@@ -168,7 +167,7 @@ class ImageReader:
                 size += len(chunk)
             want = sides[name]
             if size != want.get("size") or not isinstance(want.get("digest"), bytes) \
-                    or not hmac.compare_digest(h.digest(), want["digest"]):  # fmt: skip
+                    or not fmt.compare_digest(h.digest(), want["digest"]):  # fmt: skip
                 f.close()
                 raise self.corrupt(f"side file {name} does not match its digest")
             f.seek(0)

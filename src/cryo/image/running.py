@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 from typing import Any
 
 from cryo import procfs
 from cryo.errors import RestoreConflict
+from cryo.image import format as fmt
 
 RUN_DIR = "/run/cryo/running"
 O_ACCMODE, O_APPEND, O_PATH = 0o3, 0o2000, 0o10000000
@@ -36,7 +36,7 @@ def identity(image: Any) -> str:
     core = os.path.join(image.path, "core.img")
     st = os.stat(core)
     text = f"{os.path.realpath(image.path)}\0{st.st_dev}\0{st.st_ino}"
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return fmt.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def shared_state(image: Any) -> list[str]:

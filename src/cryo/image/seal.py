@@ -15,10 +15,7 @@ a host with another key does not verify, and is refused unless trusted explicitl
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
-import secrets
 import stat
 from contextlib import suppress
 from typing import Any
@@ -58,7 +55,7 @@ def _create_key(path: str) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = fmt.create_private(tmp, replace_stale=True)
     try:
-        os.write(fd, secrets.token_bytes(KEY_BYTES))
+        os.write(fd, os.urandom(KEY_BYTES))  # (what secrets.token_bytes returns)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -96,11 +93,11 @@ def load_key(*, create: bool = False) -> bytes | None:
 
 def key_id(key: bytes) -> bytes:
     """8 bytes naming a key (not revealing it): tells "made with another key" apart."""
-    return hashlib.blake2b(b"key id", key=key, digest_size=8, person=_PERSON).digest()
+    return fmt.blake2b(b"key id", key=key, digest_size=8, person=_PERSON).digest()
 
 
 def mac(key: bytes, digest: bytes) -> bytes:
-    return hashlib.blake2b(digest, key=key, digest_size=32, person=_PERSON).digest()
+    return fmt.blake2b(digest, key=key, digest_size=32, person=_PERSON).digest()
 
 
 def sealer(key: bytes | None = None) -> fmt.Sealer | None:
@@ -129,7 +126,7 @@ def problem(records: list[fmt.Record], key: bytes | None, name: str) -> str | No
         return f"{name} has a malformed seal"
     if key is None:
         return f"{name} is sealed, but this host has no image key ({key_path()})"
-    if not hmac.compare_digest(p["mac"], mac(key, rec.digest)):
+    if not fmt.compare_digest(p["mac"], mac(key, rec.digest)):
         if p.get("key") != key_id(key):
             return f"{name} was sealed with another host's key"
         return f"{name} was changed after it was sealed"
