@@ -34,7 +34,22 @@ def preload(packages: tuple[str, ...] = PACKAGES) -> int:
                 log.debug("preload: %s: %r", m.name, err)
             else:
                 n += 1
+    _warm()
     return n
+
+
+def _warm() -> None:
+    """What the imported modules make on first use and keep, made now: the image
+    grammar's compiled checks (every restart and ``cryo show`` of a child of cryod
+    would otherwise make them again)."""
+    import sys
+
+    schema = sys.modules.get("cryo.image.schema")
+    if schema is not None:
+        try:
+            schema.compile_all()
+        except Exception as err:  # (a cache only)
+            log.debug("preload: schema: %r", err)
 
 
 __all__ = ["PACKAGES", "preload"]

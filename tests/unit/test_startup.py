@@ -98,3 +98,12 @@ def test_light_start_adds_path_lines_and_runs_no_pth_code(tmp_path: object) -> N
     subprocess.run([sys.executable, "-c", "import h3_probe_mod"], check=True, timeout=60,
                    env=env)  # fmt: skip
     assert marker.exists()  # (site.main() runs it: the probe itself works)
+
+
+def test_preload_makes_the_grammar_checks_once() -> None:
+    # cryod's preload compiles every record kind's check, so that its commands' forks
+    # (each restart and show) do not make them again
+    code = ("from cryo.preload import preload\nfrom cryo.image import schema\n"
+            "assert not schema._FAST\npreload(('cryo.image',))\n"
+            "assert all(schema._FAST[id(k.body)][0] is k.body for k in schema.KINDS)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -337,6 +337,13 @@ def fast(t: Type) -> Fast:
     return got[1]
 
 
+def compile_all() -> None:
+    """Every kind's predicate made now (1-2 ms): what a long-lived process does once so
+    that the checks of its forks (cryod's commands) do not each make them again."""
+    for k in KINDS:
+        fast(k.body)
+
+
 def _slow(t: Type) -> Fast:
     def ok(v: Any) -> bool:
         try:
