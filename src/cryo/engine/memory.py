@@ -484,20 +484,30 @@ def copy_pages(sources: list[Source],
 
     th = threading.Thread(target=writer, name="cryo-writer", daemon=True)
     th.start()
+    done = False
     try:
-        for src in sources:
-            for block_runs in split_blocks(src.runs):
-                if failure:
-                    break
-                buf = pool.get()
-                size = src.read(buf, block_runs)
-                # the reader has time to spare while the writer waits on the disk
-                csum = checksum(memoryview(buf)[:size]) if checksums else None
-                q.put((buf, size, block_runs, csum, src.tag))
-                stats.bytes += size
-        stats.read_seconds = time.perf_counter() - t0
-        if on_read_done and not failure:
-            on_read_done()
+        blocks = [(src, b) for src in sources for b in split_blocks(src.runs)]
+        for i, (src, block_runs) in enumerate(blocks):
+            if failure:
+                break
+            buf = pool.get()
+            size = src.read(buf, block_runs)
+            stats.bytes += size
+            if i == len(blocks) - 1:
+                # every page is in our buffers: the targets go before the writer takes
+                # the last block (hashing it, it held the GIL through each system call
+                # of the release, one switch interval each: milliseconds of the freeze)
+                stats.read_seconds = time.perf_counter() - t0
+                done = True
+                if on_read_done and not failure:
+                    on_read_done()
+            # the reader has time to spare while the writer waits on the disk
+            csum = checksum(memoryview(buf)[:size]) if checksums else None
+            q.put((buf, size, block_runs, csum, src.tag))
+        if not done:
+            stats.read_seconds = time.perf_counter() - t0
+            if on_read_done and not failure:
+                on_read_done()
     finally:
         q.put(None)
         th.join()
