@@ -59,6 +59,9 @@ RESTORED = {
     "deadline": "a thread under SCHED_DEADLINE (1 ms every 20 ms), the other SCHED_OTHER",
     "truncmap": "a file mapped shared and truncated to its first page: that page's data, and"
                 " SIGBUS past the end",
+    "memfdnoexec": "a memfd made with MFD_NOEXEC_SEAL: F_SEAL_EXEC, its mode without x",
+    "nestedepoll": "an epoll watching an epoll watching a pipe with data: both report",
+    "manyvmas": "20000 one-page mappings, every other one read-only, their bytes",
 }
 
 
@@ -226,6 +229,30 @@ def test_deleted_file_with_a_trusted_xattr_refused(procs: Procs, build: Any,
     if any(x.startswith("skip") for x in v.lines()):
         pytest.skip("no trusted xattrs on this filesystem")
     refused_untouched(v, tmp_path / "img", "extended attribute trusted.cryo")
+
+
+def test_mapped_memfd_with_write_seals(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A memfd mapped shared and writable, then sealed F_SEAL_FUTURE_WRITE | GROW |
+    SHRINK: after the restart the mapping still writes (read() sees each round's value),
+    the seals are the same and a new writable mapping is refused.  Before: the restart
+    failed after the checkpoint exited 0, first sealing its object (EPERM: made without
+    MFD_ALLOW_SEALING), then, sealed before the mappings were made, at the mapping's
+    mmap (EPERM)."""
+    v = _spawn(procs, build, tmp_path, "memfdseal")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_deleted_file_keeps_its_preallocated_space(procs: Procs, build: Any,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    """A deleted file with 1 MiB reserved by fallocate and 4 bytes written keeps its
+    size, data and st_blocks.  Before: the reserved range came back as a hole (st_blocks
+    8 instead of 2048 on ext4, whose SEEK_DATA skips unwritten extents), exit 0."""
+    v = _spawn(procs, build, tmp_path, "fallocghost")
+    if any(x.startswith("skip") for x in v.lines()):
+        pytest.skip("no fallocate on this filesystem")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
 
 
 def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path) -> None:

@@ -59,7 +59,14 @@
  *   onaltstack  the thread inside a SIGUSR1 handler on its alternate stack (SS_ONSTACK)
  *               at the checkpoint, looping there until argv[3]/go, then returning
  *   truncmap    a file mapped shared (3 pages) and truncated to one page: the first
- *               page holds its data, the third gives SIGBUS */
+ *               page holds its data, the third gives SIGBUS
+ *   memfdseal   a memfd mapped shared and writable, then sealed F_SEAL_FUTURE_WRITE |
+ *               F_SEAL_GROW | F_SEAL_SHRINK: the mapping still writes, read() sees it, the
+ *               seals are kept, a new writable mapping is refused
+ *   memfdnoexec a memfd made with MFD_NOEXEC_SEAL: F_SEAL_EXEC, mode without x
+ *   nestedepoll an epoll watching another epoll that watches a pipe with data
+ *   fallocghost a deleted file with 1 MiB preallocated by fallocate (st_blocks kept)
+ *   manyvmas    20000 mappings of one page each, every other one PROT_READ */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -392,6 +399,18 @@ static pid_t exitsig_child;
 static int exitsig_reaped;
 static int tmp_fd = -1, tmp_linked;
 static unsigned long long core_cookie;
+static int memfd = -1, ep_outer = -1, ep_inner = -1, nested_pipe[2];
+static char *memfd_map, **many;
+static long long falloc_blocks;
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008
+#endif
 #ifndef PR_FUTEX_HASH
 #define PR_FUTEX_HASH 78
 #define PR_FUTEX_HASH_SET_SLOTS 1
@@ -685,6 +704,42 @@ static void setup(void) {
         struct sigaction sa = {0};
         sa.sa_handler = h_bus; sa.sa_flags = SA_NODEFER;
         sigaction(SIGBUS, &sa, NULL);
+    } else if (!strcmp(mode, "memfdseal")) {
+        memfd = memfd_create("cryo-sealed", MFD_ALLOW_SEALING);
+        if (memfd < 0 || ftruncate(memfd, 8192)) FAIL("memfd");
+        memfd_map = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+        if (fcntl(memfd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_GROW | F_SEAL_SHRINK))
+            FAIL("F_ADD_SEALS %d", errno);
+    } else if (!strcmp(mode, "memfdnoexec")) {
+        memfd = memfd_create("cryo-noexec", MFD_NOEXEC_SEAL);
+        if (memfd < 0) { report("skip MFD_NOEXEC_SEAL %d", errno); skipped = 1; }
+        else if (write(memfd, "noexec", 6) != 6) FAIL("write");
+    } else if (!strcmp(mode, "nestedepoll")) {
+        if (pipe(nested_pipe) || write(nested_pipe[1], "x", 1) != 1) FAIL("pipe");
+        ep_inner = epoll_create1(0);
+        ep_outer = epoll_create1(0);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 77};
+        epoll_ctl(ep_inner, EPOLL_CTL_ADD, nested_pipe[0], &ev);
+        ev.data.u64 = 88;
+        if (epoll_ctl(ep_outer, EPOLL_CTL_ADD, ep_inner, &ev)) FAIL("nested epoll %d", errno);
+    } else if (!strcmp(mode, "fallocghost")) {
+        snprintf(path, sizeof path, "%s/fa", dir);
+        tmp_fd = open(path, O_RDWR | O_CREAT, 0640);
+        if (write(tmp_fd, "head", 4) != 4 || fallocate(tmp_fd, 0, 0, 1 << 20)) {
+            report("skip fallocate %d", errno); skipped = 1;
+        }
+        unlink(path);
+        struct stat st;
+        fstat(tmp_fd, &st);
+        falloc_blocks = st.st_blocks;
+    } else if (!strcmp(mode, "manyvmas")) {
+        many = malloc(20000 * sizeof *many);
+        for (int i = 0; i < 20000; i++) {
+            many[i] = mmap(NULL, 4096, i % 2 ? PROT_READ : PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (many[i] == MAP_FAILED) { FAIL("mmap %d", i); break; }
+            if (!(i % 2)) many[i][0] = (char)i;
+        }
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -926,6 +981,40 @@ static int check(long round) {
         snprintf(go, sizeof go, "%s/go", dir);
         if (access(go, F_OK) && !in_handler) { FAIL("onaltstack: handler gone"); bad = 1; }
         if (handler_done && round % 5 == 0) report("handler returned");
+    } else if (!strcmp(mode, "memfdseal")) {
+        int seals = fcntl(memfd, F_GET_SEALS);
+        ((volatile long *)memfd_map)[0] = round;
+        long got = -1;
+        if (pread(memfd, &got, sizeof got, 0) != sizeof got || got != round) { FAIL("memfd data %ld", got); bad = 1; }
+        if (seals != (F_SEAL_FUTURE_WRITE | F_SEAL_GROW | F_SEAL_SHRINK)) { FAIL("seals %#x", seals); bad = 1; }
+        void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+        if (m != MAP_FAILED) { FAIL("a writable mapping of the sealed memfd"); bad = 1; munmap(m, 4096); }
+    } else if (!strcmp(mode, "memfdnoexec") && !skipped) {
+        struct stat st;
+        int seals = fcntl(memfd, F_GET_SEALS);
+        char b[8] = {0};
+        if (fstat(memfd, &st) || (st.st_mode & 0111) || !(seals & F_SEAL_EXEC) ||
+            pread(memfd, b, 6, 0) != 6 || strcmp(b, "noexec")) {
+            FAIL("memfd noexec: mode %o seals %#x", st.st_mode, seals); bad = 1;
+        }
+    } else if (!strcmp(mode, "nestedepoll")) {
+        struct epoll_event ev;
+        int n = epoll_wait(ep_outer, &ev, 1, 0), m;
+        struct epoll_event ev2;
+        m = epoll_wait(ep_inner, &ev2, 1, 0);
+        if (n != 1 || ev.data.u64 != 88 || m != 1 || ev2.data.u64 != 77) {
+            FAIL("nested epoll: %d %llu, %d", n, (unsigned long long)ev.data.u64, m); bad = 1;
+        }
+    } else if (!strcmp(mode, "fallocghost") && !skipped) {
+        struct stat st;
+        char b[5] = {0};
+        if (fstat(tmp_fd, &st) || st.st_blocks != falloc_blocks || st.st_size != 1 << 20 ||
+            pread(tmp_fd, b, 4, 0) != 4 || strcmp(b, "head")) {
+            FAIL("fallocate'd ghost: blocks %lld (was %lld) size %lld", (long long)st.st_blocks,
+                 falloc_blocks, (long long)st.st_size); bad = 1;
+        }
+    } else if (!strcmp(mode, "manyvmas")) {
+        for (int i = 0; i < 20000; i += 2) if (many[i][0] != (char)i) { FAIL("vma %d", i); bad = 1; break; }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];

@@ -51,6 +51,7 @@ from cryo.engine import (
     changed,
     dirty,
     files,
+    ghosts,
     landlock,
     locks,
     memory,
@@ -550,7 +551,8 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("epoll-ready", (EPRD,), optional=True,
            inject=_when(_EPOLLREADY, "dump", _holds_epoll),
            restore={"files": _when(_EPOLLREADY, "restore", lambda c: bool(c.image.raw(EPRD)))}),
-    Driver("shmem", records=_shmem_records, prepare=_shmem_prepare),
+    Driver("shmem", records=_shmem_records, prepare=_shmem_prepare,
+           started=lambda rs: ghosts.seal_late(rs.shared.descs, rs.shared.opened)),
     # (after files and shmem: its prepare reopens fds of mapped deleted files from their
     # object, then takes the locks of the descriptions)
     Driver("locks", inject=locks.read_table_early, collect=locks.collect,

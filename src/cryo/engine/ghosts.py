@@ -57,6 +57,7 @@ import functools
 import logging
 import os
 import stat
+import struct
 import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -221,9 +222,9 @@ def reopen_objects(descs: list[dict[str, Any]], opened: Any, objects: Any) -> No
         new = objects.reopen(d["obj"], flags)
         try:
             memfd = d.get("memfd")
-            if memfd is not None and memfd["seals"] not in (0, F_SEAL_SEAL):
+            if memfd is not None and memfd["seals"]:  # (F_SEAL_SEAL alone too: unsealable)
                 try:
-                    fcntl.fcntl(new, F_ADD_SEALS, memfd["seals"])
+                    _add_seals(new, memfd["seals"] & ~_late_seals(memfd["seals"]))
                 except OSError as err:
                     raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot seal memfd"
                                     f" {memfd['name']} again: {err.strerror}") from err
@@ -231,6 +232,40 @@ def reopen_objects(descs: list[dict[str, Any]], opened: Any, objects: Any) -> No
             os.dup2(new, opened.fds[d["id"]], inheritable=False)
         finally:
             os.close(new)
+
+
+F_SEAL_WRITE, F_SEAL_FUTURE_WRITE = 0x8, 0x10
+
+
+def _late_seals(seals: int) -> int:
+    """The seals of a mapped memfd given only once its processes' mappings are made
+    (:func:`seal_late`): a write seal forbids the shared writable mapping of
+    F_SEAL_FUTURE_WRITE's (found by probing: the restart failed, EPERM from the
+    mapping's mmap), and F_SEAL_SEAL, which ends the sealing, goes with them."""
+    write = seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)
+    return write | (seals & F_SEAL_SEAL) if write else 0
+
+
+def _add_seals(fd: int, seals: int) -> None:
+    have = fcntl.fcntl(fd, F_GET_SEALS)  # (once per inode: a second description finds
+    if seals & ~have:  # them there)
+        fcntl.fcntl(fd, F_ADD_SEALS, seals & ~have)
+
+
+def seal_late(descs: list[dict[str, Any]], opened: Any) -> None:
+    """Once every process is built (its mappings made), before any runs: the write
+    seals (and F_SEAL_SEAL) of each mapped memfd on an fd of its description."""
+    for d in descs:
+        memfd = d.get("memfd")
+        if "obj" not in d or memfd is None or d["id"] not in opened.fds:
+            continue
+        late = _late_seals(memfd["seals"])
+        if late:
+            try:
+                _add_seals(opened.fds[d["id"]], late)
+            except OSError as err:
+                raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot seal memfd"
+                                f" {memfd['name']} again: {err.strerror}") from err
 
 
 def check_mapped(descs: list[dict[str, Any]], pids: set[int]) -> None:
@@ -449,12 +484,54 @@ def write(sink: Any, descs: list[dict[str, Any]]) -> None:
             src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY)
         try:
             d["extents"] = runs = extents(src, d["size"], what)
+            pre = preallocated(src)
+            if pre:
+                d["prealloc"] = pre
             with sink.side_file(d["ghost"]) as out:
                 for off, length in runs:
                     _copy(src, off, length, out.write, what)
         finally:
             os.close(src)
         log.debug("%s: %d bytes in %d ranges", what, sum(n for _, n in runs), len(runs))
+
+
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNWRITTEN = 0x1, 0x800
+_FIEMAP_BATCH = 256
+SYS_FALLOCATE, FALLOC_FL_KEEP_SIZE = 285, 0x1
+
+
+def preallocated(fd: int) -> list[list[int]]:
+    """The ranges [offset, length] of the file open on ``fd`` that fallocate reserved
+    and nothing wrote yet (FIEMAP's unwritten extents, past its end too: KEEP_SIZE),
+    which SEEK_DATA takes for holes; [] where the filesystem has no FIEMAP (found by
+    probing: a deleted file's 1 MiB fallocate'd came back as a hole, st_blocks 8 for
+    2048, and its space no longer reserved)."""
+    out: list[list[int]] = []
+    start = 0
+    while True:
+        head = struct.pack("=QQIIII", start, (1 << 64) - 1 - start, 0, 0, _FIEMAP_BATCH, 0)
+        buf = bytearray(head + bytes(56 * _FIEMAP_BATCH))
+        try:
+            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                return []
+            raise
+        mapped = struct.unpack_from("=I", buf, 20)[0]
+        last = False
+        for i in range(mapped):
+            logical, _phys, length = struct.unpack_from("=QQQ", buf, 32 + 56 * i)
+            flags = struct.unpack_from("=I", buf, 32 + 56 * i + 40)[0]
+            if flags & FIEMAP_EXTENT_UNWRITTEN:
+                if out and out[-1][0] + out[-1][1] == logical:
+                    out[-1][1] += length
+                else:
+                    out.append([logical, length])
+            start = logical + length
+            last = last or bool(flags & FIEMAP_EXTENT_LAST)
+        if last or mapped < _FIEMAP_BATCH:
+            return out
 
 
 def _copy(src: int, off: int, length: int, put: Callable[[bytes], Any], what: str) -> None:
@@ -530,6 +607,8 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
         os.ftruncate(fd, d["size"])
         if huge:  # (hugetlbfs has no write(): through a shared mapping)
             _fill_mapped(fd, d, data)
+        for start, length in d.get("prealloc", []):  # (reserved, unwritten: KEEP_SIZE)
+            libc.syscall(SYS_FALLOCATE, fd, FALLOC_FL_KEEP_SIZE, start, length)
         for start, length in [] if huge else d["extents"]:
             done = 0
             while done < length:

@@ -191,7 +191,9 @@ def _make(obj: dict[str, Any], made: Made, where: Callable[[str], str]) -> int:
         return os.open(f"/proc/self/map_files/{addr:x}-{addr + len(m):x}", os.O_RDWR)
     if obj["kind"] == "memfd":
         name = obj["name"].removeprefix("/memfd:").removesuffix(" (deleted)")
-        fd = os.memfd_create(name, os.MFD_CLOEXEC | (
+        # (sealable: the seals its fds had go on once they are reopened on it,
+        # ghosts.reopen_objects; made without, it has F_SEAL_SEAL and takes none)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | (
             MFD_HUGETLB | ((huge.bit_length() - 1) << MAP_HUGE_SHIFT) if huge else 0))
         os.fchmod(fd, obj["mode"])  # memfd_create makes it 0777
         _owner(fd, obj)

@@ -643,6 +643,10 @@ DESC = Struct((
       "file (deleted): its data ranges in the side file, in order (the rest are holes)",
       required=False),
     F("memfd", MEMFD, "file (deleted): a memfd", required=False),
+    F("prealloc", List(Tuple((Int(0, (1 << 63) - 1), Int(1, (1 << 63) - 1)),
+                             ("offset", "length"))),
+      "file (deleted): ranges fallocate reserved and nothing wrote (FIEMAP's unwritten"
+      " extents), past its end too", required=False),
     F("xattrs", List(Tuple((Str(max=255), Bytes(max=1 << 16)), ("name", "value"))),
       "file (deleted): its extended attributes (user.*, POSIX ACLs)", required=False),
     F("obj", Int(0, MAX_ITEMS), "file (deleted): also mapped, saved as that SHMO object",
@@ -793,6 +797,11 @@ KINDS: tuple[Kind, ...] = (
           " restart_info)", required=False),
         F("root_pid", PID, "the process checkpointed (TREE root)"),
         F("pids", List(PID, min=1), "every process of the image"),
+        F("clocks", Struct((
+            F("monotonic", Int(0, 1 << 62), "ns"), F("boottime", Int(0, 1 << 62), "ns"),
+            F("realtime", Int(0, (1 << 63) - 1), "ns since 1970"),
+        ), name="clocks"), "the clocks as the processes read them when frozen (engine/"
+          "clocks.py)", required=False),
     ), name="head"), "the image"),
     Kind(b"TREE", "engine/tree.py", "one", Struct((
         F("root", PID), F("scope", Str(choices=("process", "tree", "pgid", "sid"))),
