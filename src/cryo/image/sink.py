@@ -194,13 +194,13 @@ class ImageWriter:
             before_seal()
         self.core.close()
         self._core_f.flush()
+        # every change made before the first fsync: where one journal commit carries
+        # them all (ext4), the fsyncs after it find little left to do
+        os.ftruncate(self._pages_fd, pages_size)
         os.fsync(self._core_f.fileno())
         self._core_f.close()
-        if self._direct_fd >= 0:
-            os.fsync(self._direct_fd)
-            self._close_direct()
-        os.ftruncate(self._pages_fd, pages_size)
-        os.fsync(self._pages_fd)
+        os.fsync(self._pages_fd)  # (one for the file: its O_DIRECT writes and its size)
+        self._close_direct()
         os.close(self._pages_fd)
         self._pages_fd = -1
         for name in self._sides:
