@@ -232,10 +232,12 @@ def pagemap_scan(fd: int, start: int, end: int, anyof: int, return_mask: int,
     arg.category_mask = mask
     arg.category_anyof_mask = anyof
     arg.return_mask = return_mask
+    words = memoryview(vec).cast("B").cast("Q")  # (start, end, categories) each
     while start < end:
         arg.start, arg.end, arg.walk_end = start, end, 0
         n = ioctl(fd, PAGEMAP_SCAN, arg)
-        out.extend((vec[i].start, vec[i].end, vec[i].categories) for i in range(n))
+        got = words[: 3 * n].tolist()  # (not a ctypes field at a time: 1,300 scattered
+        out.extend(zip(got[0::3], got[1::3], got[2::3], strict=True))  # pages, 1-2 ms)
         if arg.walk_end <= start:
             break
         start = arg.walk_end
