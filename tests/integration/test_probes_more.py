@@ -62,6 +62,7 @@ RESTORED = {
     "memfdnoexec": "a memfd made with MFD_NOEXEC_SEAL: F_SEAL_EXEC, its mode without x",
     "nestedepoll": "an epoll watching an epoll watching a pipe with data: both report",
     "manyvmas": "20000 one-page mappings, every other one read-only, their bytes",
+    "avx": "ymm0-15 and x87 st0 of each thread, its own pattern, held across a raw syscall",
 }
 
 
@@ -255,10 +256,20 @@ def test_deleted_file_keeps_its_preallocated_space(procs: Procs, build: Any,
     assert not v.fails()
 
 
-def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path) -> None:
-    """A /dev/shm file mapped shared by a process and its child: each writes its counter
-    there and sees the other's move, after the restart of the two."""
-    v = _spawn(procs, build, tmp_path, "shmfile")
+def test_pty_slave_in_exclusive_mode(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A pseudo-terminal pair whose slave is in exclusive mode (TIOCEXCL) keeps it
+    (TIOCGEXCL each round).  Before: the restart made it again without, exit 0."""
+    v = _spawn(procs, build, tmp_path, "ptyexcl")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+@pytest.mark.parametrize("mode", ["shmfile", "devzero"])
+def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path,
+                                             mode: str) -> None:  # fmt: skip
+    """A /dev/shm file, or /dev/zero, mapped shared by a process and its child: each
+    writes its counter there and sees the other's move, after the restart of the two."""
+    v = _spawn(procs, build, tmp_path, mode)
     shm = Path(v.wait_line("shm ").split()[1])
     child = int(v.wait_line("child ").split()[1])
     procs.track(child)
@@ -273,7 +284,8 @@ def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path:
         v.wait_ok_after(last + 4)
         assert not v.fails()
     finally:
-        shm.unlink(missing_ok=True)
+        if mode == "shmfile":
+            shm.unlink(missing_ok=True)
 
 
 def test_cwd_on_a_bind_mount(procs: Procs, build: Any, tmp_path: Path) -> None:

@@ -66,7 +66,11 @@
  *   memfdnoexec a memfd made with MFD_NOEXEC_SEAL: F_SEAL_EXEC, mode without x
  *   nestedepoll an epoll watching another epoll that watches a pipe with data
  *   fallocghost a deleted file with 1 MiB preallocated by fallocate (st_blocks kept)
- *   manyvmas    20000 mappings of one page each, every other one PROT_READ */
+ *   manyvmas    20000 mappings of one page each, every other one PROT_READ
+ *   avx         ymm0-15 and the x87 register st0 loaded with each thread's own pattern,
+ *               held across a raw nanosleep, compared after it
+ *   ptyexcl     a pseudo-terminal pair whose slave is in exclusive mode (TIOCEXCL)
+ *   devzero     /dev/zero mapped shared by this process and its child, as shmfile */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -242,8 +246,45 @@ static void set_one(int which) {
     }
 }
 
+static int avx_round(int which) {
+    unsigned char pat[512], got[512];
+    for (int i = 0; i < 512; i++) pat[i] = (unsigned char)(mix(i + 1000 * which) & 0xff);
+    struct timespec ts = {0, 20000000};
+    long double x = 1.25L + which, y = 0;
+    __asm__ volatile(
+        "fldt %[x]\n\t"
+        "vmovdqu 0(%[p]), %%ymm0\n\t" "vmovdqu 32(%[p]), %%ymm1\n\t"
+        "vmovdqu 64(%[p]), %%ymm2\n\t" "vmovdqu 96(%[p]), %%ymm3\n\t"
+        "vmovdqu 128(%[p]), %%ymm4\n\t" "vmovdqu 160(%[p]), %%ymm5\n\t"
+        "vmovdqu 192(%[p]), %%ymm6\n\t" "vmovdqu 224(%[p]), %%ymm7\n\t"
+        "vmovdqu 256(%[p]), %%ymm8\n\t" "vmovdqu 288(%[p]), %%ymm9\n\t"
+        "vmovdqu 320(%[p]), %%ymm10\n\t" "vmovdqu 352(%[p]), %%ymm11\n\t"
+        "vmovdqu 384(%[p]), %%ymm12\n\t" "vmovdqu 416(%[p]), %%ymm13\n\t"
+        "vmovdqu 448(%[p]), %%ymm14\n\t" "vmovdqu 480(%[p]), %%ymm15\n\t"
+        "mov $35, %%eax\n\t" "mov %[ts], %%rdi\n\t" "xor %%esi, %%esi\n\t" "syscall\n\t"
+        "vmovdqu %%ymm0, 0(%[g])\n\t" "vmovdqu %%ymm1, 32(%[g])\n\t"
+        "vmovdqu %%ymm2, 64(%[g])\n\t" "vmovdqu %%ymm3, 96(%[g])\n\t"
+        "vmovdqu %%ymm4, 128(%[g])\n\t" "vmovdqu %%ymm5, 160(%[g])\n\t"
+        "vmovdqu %%ymm6, 192(%[g])\n\t" "vmovdqu %%ymm7, 224(%[g])\n\t"
+        "vmovdqu %%ymm8, 256(%[g])\n\t" "vmovdqu %%ymm9, 288(%[g])\n\t"
+        "vmovdqu %%ymm10, 320(%[g])\n\t" "vmovdqu %%ymm11, 352(%[g])\n\t"
+        "vmovdqu %%ymm12, 384(%[g])\n\t" "vmovdqu %%ymm13, 416(%[g])\n\t"
+        "vmovdqu %%ymm14, 448(%[g])\n\t" "vmovdqu %%ymm15, 480(%[g])\n\t"
+        "fstpt %[y]\n\t"
+        : [y] "=m"(y)
+        : [p] "r"(pat), [g] "r"(got), [ts] "r"(&ts), [x] "m"(x)
+        : "rax", "rdi", "rsi", "rcx", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4",
+          "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13",
+          "xmm14", "xmm15");
+    int bad = 0;
+    if (memcmp(pat, got, 512)) { FAIL("avx thread %d: ymm registers changed", which); bad = 1; }
+    if (y != x) { FAIL("avx thread %d: st0 changed", which); bad = 1; }
+    return bad;
+}
+
 static int check_one(int which) {
     int bad = 0;
+    if (!strcmp(mode, "avx")) bad |= avx_round(which);
     if (!strcmp(mode, "rseq") && rseq_len[which]) {
         struct rseq *rs = rseq_area();
         int e = rseq_state(rs, rseq_len[which]);
@@ -389,7 +430,7 @@ static volatile uint64_t *shared;
 static pid_t child;
 static struct stat bind_st;
 static int sfd, kept_fd = -1;
-static int tid_word;
+static int tid_word, pty_slave = -1;
 static char tun_name[IFNAMSIZ];
 static long long kmsg_seq = -1;
 static volatile long usr1_count[5];
@@ -600,10 +641,21 @@ static void setup(void) {
         mm_environ_n = slurp("/proc/self/environ", mm_environ, sizeof mm_environ);
         stat_mm(mm_stat);
         if (readlink("/proc/self/exe", mm_exe, sizeof mm_exe - 1) < 0) FAIL("exe");
-    } else if (!strcmp(mode, "shmfile")) {
-        snprintf(path, sizeof path, "/dev/shm/cryo-probe-%d", getpid());
-        int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
-        if (fd < 0 || ftruncate(fd, 4096)) FAIL("shm open");
+    } else if (!strcmp(mode, "ptyexcl")) {
+        kept_fd = posix_openpt(O_RDWR | O_NOCTTY);
+        if (kept_fd < 0 || grantpt(kept_fd) || unlockpt(kept_fd)) FAIL("ptmx %d", errno);
+        pty_slave = open(ptsname(kept_fd), O_RDWR | O_NOCTTY);
+        if (pty_slave < 0 || ioctl(pty_slave, TIOCEXCL)) FAIL("TIOCEXCL %d", errno);
+    } else if (!strcmp(mode, "shmfile") || !strcmp(mode, "devzero")) {
+        int fd;
+        if (mode[0] == 's') {
+            snprintf(path, sizeof path, "/dev/shm/cryo-probe-%d", getpid());
+            fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+            if (fd < 0 || ftruncate(fd, 4096)) FAIL("shm open");
+        } else {
+            fd = open("/dev/zero", O_RDWR);
+            snprintf(path, sizeof path, "/dev/zero");
+        }
         shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         close(fd);
         report("shm %s", path);
@@ -888,7 +940,10 @@ static int check(long round) {
         stat_mm(st);
         if (strcmp(st, mm_stat)) { FAIL("stat mm fields %s (was %s)", st, mm_stat); bad = 1; }
         if (readlink("/proc/self/exe", exe, sizeof exe - 1) < 0 || strcmp(exe, mm_exe)) { FAIL("exe %s", exe); bad = 1; }
-    } else if (!strcmp(mode, "shmfile")) {
+    } else if (!strcmp(mode, "ptyexcl")) {
+        int excl = 0;
+        if (ioctl(pty_slave, TIOCGEXCL, &excl) || excl != 1) { FAIL("TIOCGEXCL %d", excl); bad = 1; }
+    } else if (!strcmp(mode, "shmfile") || !strcmp(mode, "devzero")) {
         uint64_t seen = shared[1];
         shared[0]++;
         nap(30);

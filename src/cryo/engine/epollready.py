@@ -37,11 +37,11 @@ two batches, microseconds; no test aims at it.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from typing import Any
 
+from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
 from cryo.image import records as R
@@ -59,11 +59,12 @@ _TFD = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
 
 def dump(ctx: DumpContext) -> None:
     """Driver hook (inject): each epoll with edge-triggered or one-shot watches asked
-    (the fd table as drivers._holds_epoll read it in this freeze)."""
+    (the fd table as drivers._holds_epoll read it in this freeze; read here when it did
+    not run, this module imported already, and left for the inet and files drivers)."""
     pid = ctx.pid
-    _names, links = ctx.live.get("fd_links", (None, {}))
-    if _names is None:
-        links = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+    if "fd_links" not in ctx.live:
+        ctx.live["fd_links"] = procfs.fd_links(pid)
+    links = ctx.live["fd_links"][1]
     epolls = []
     for ep in sorted(fd for fd, t in links.items() if t == "anon_inode:[eventpoll]"):
         watches = _watches(pid, ep)

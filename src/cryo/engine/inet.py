@@ -240,22 +240,29 @@ def _plan(ident: tuple[int, int, int]) -> list[tuple[int, int, int, Any]]:
 
 
 def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = True,
-            connection: bool = False, known: dict[tuple[int, int], Any] | None = None
-            ) -> list[list[Any]]:  # fmt: skip
+            connection: bool = False, known: dict[tuple[int, int], Any] | None = None,
+            known_sig: tuple[Any, ...] | None = None) -> list[list[Any]]:
     """The options of ``s`` that differ from a fresh socket's: [[level, opt, raw]] (an
     int option compared as the int it is: its bytes made only when it differs).  Not
     asked: the buffer sizes without ``buffers``, and with ``connection`` what a
     connection's own state sets (:data:`CONNECTION_OWN`, restored by TCP_REPAIR); nor
     those ``known`` shows at their default (:func:`diag_known`: what getsockopt would
-    answer)."""
-    key = (ident, buffers, connection)
+    answer).  ``known_sig`` (:func:`diag_signature`), when given, is what ``known`` was
+    made from: the options left to ask are then planned once per signature (the
+    connections of a server mostly share one), not compared for each socket."""
+    key = (ident, buffers, connection, known_sig if known else None)
     plan = _asked.get(key)
     if plan is None:
+        if len(_asked) > 1000:
+            _asked.clear()
         skip = (set() if buffers else BUFFERS) | (CONNECTION_OWN if connection else set())
-        plan = _asked[key] = [p for p in _plan(ident) if (p[0], p[1]) not in skip]
+        plan = [p for p in _plan(ident) if (p[0], p[1]) not in skip]
+        if known and known_sig is not None:
+            plan = [p for p in plan if known.get((p[0], p[1]), _UNKNOWN) != p[3]]
+        _asked[key] = plan
     out = []
     get = s.getsockopt
-    seen = known or {}
+    seen = known if known and known_sig is None else None
     for level, opt, size, default in plan:
         if seen and seen.get((level, opt), _UNKNOWN) == default:
             continue
@@ -270,7 +277,7 @@ def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = Tr
     return out
 
 
-_asked: dict[tuple[tuple[int, int, int], bool, bool], list[tuple[int, int, int, Any]]] = {}
+_asked: dict[tuple[Any, ...], list[tuple[int, int, int, Any]]] = {}
 _UNKNOWN = object()
 # INET_DIAG_SOCKOPT's bit fields (struct inet_diag_sockopt: byte, bit): the flags that
 # getsockopt IP_RECVERR, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT answer
@@ -314,6 +321,32 @@ def diag_known(attrs: dict[int, Any] | None) -> dict[tuple[int, int], Any] | Non
     return known
 
 
+def diag_signature(attrs: dict[int, Any] | None) -> tuple[Any, ...] | None:
+    """What :func:`diag_known` reads of a socket's sock_diag attributes, as a key: the
+    sockets with one signature have the same known options."""
+    if not attrs:
+        return None
+    get = attrs.get
+    return (get(N.INET_DIAG_SOCKOPT), get(N.INET_DIAG_TOS), get(N.INET_DIAG_MARK),
+            get(N.INET_DIAG_CLASS_ID), get(N.INET_DIAG_IF), get(N.INET_DIAG_CONG))
+
+
+# signature -> diag_known's answer (one dict shared by the connections that have it)
+_known: dict[tuple[Any, ...], dict[tuple[int, int], Any] | None] = {}
+
+
+def _known_of(attrs: dict[int, Any] | None) -> tuple[tuple[Any, ...] | None,
+                                                     dict[tuple[int, int], Any] | None]:
+    sig = diag_signature(attrs)
+    if sig is None:
+        return None, None
+    if sig not in _known:
+        if len(_known) > 1000:
+            _known.clear()
+        _known[sig] = diag_known(attrs)
+    return sig, _known[sig]
+
+
 def _addr(s: socket.socket, peer: bool) -> list[Any] | None:
     try:
         a = s.getpeername() if peer else s.getsockname()
@@ -339,6 +372,7 @@ class Held:
     conn: Conn | None = None  # its addresses, as the TCP table showed them
     family: int = socket.AF_INET
     known: dict[tuple[int, int], Any] | None = None  # options sock_diag showed (diag_known)
+    known_sig: tuple[Any, ...] | None = None  # what known was made from (diag_signature)
 
 
 # the connections this checkpoint holds, by socket inode (engine/netlock.py's driver
@@ -591,7 +625,8 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
     # (a connection's own: mss, clamp, SO_REUSEADDR (held), not asked)
     d["opts"] = options(s, ident, buffers=not (tcp and "tcp" in d),
                         connection=bool(tcp and d.get("remote")),
-                        known=held.known if held is not None else None)  # fmt: skip
+                        known=held.known if held is not None else None,
+                        known_sig=held.known_sig if held is not None else None)  # fmt: skip
     return d
 
 
@@ -1148,7 +1183,7 @@ def lock_connections(ctx: Any) -> None:
             h.state["lock"] = _image_lock
             h.conn = conn
             if family == socket.AF_INET:
-                h.known = diag_known(attrs.get(ino))
+                h.known_sig, h.known = _known_of(attrs.get(ino))
     finally:
         _close_pidfds()
 

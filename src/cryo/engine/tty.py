@@ -1,6 +1,7 @@
 """Pseudo-terminals whose master and slave are both in the checkpoint (a terminal
 multiplexer, ``script``, a program driving another through a pty): the pair with its
-index, termios settings, window size, packet mode and lock; the controlling terminal of
+index, termios settings, window size, packet mode, lock and the slave's exclusive mode
+(TIOCEXCL); the controlling terminal of
 each session and its foreground process group.
 
 Dump: a master (/dev/ptmx) is read from a duplicate: its index (TIOCGPTN), packet mode
@@ -54,6 +55,7 @@ TIOCSCTTY, TIOCSPGRP = 0x540E, 0x5410
 TIOCPKT, TIOCGPKT = 0x5420, 0x80045438
 TIOCGPTN, TIOCSPTLCK, TIOCGPTLCK = 0x80045430, 0x40045431, 0x80045439
 TIOCGPTPEER = 0x5441
+TIOCEXCL, TIOCGEXCL = 0x540C, 0x80045440
 TERMIOS_SIZE, WINSIZE_SIZE = 60, 8
 PTS_MAJORS = range(136, 144)
 DEV_TTY = os.makedev(5, 0)
@@ -103,6 +105,8 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
         try:
             d["termios"] = fcntl.ioctl(peer, TCGETS, b"\0" * TERMIOS_SIZE)
             d["winsize"] = fcntl.ioctl(peer, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
+            if _int(peer, TIOCGEXCL):  # the slave in exclusive mode (TIOCEXCL)
+                d["excl"] = 1
             d["to_slave"], d["to_master"] = _take_queues(mine, peer, d["termios"],
                                                           bool(d["packet"]))  # fmt: skip
         finally:
@@ -294,6 +298,8 @@ def _master(index: int) -> tuple[int, int]:
     try:
         fcntl.ioctl(peer, TIOCSWINSZ, d["winsize"])
         _refill(fd, peer, d["termios"], d.get("to_slave", b""), d.get("to_master", b""))
+        if d.get("excl"):  # (cryo, with CAP_SYS_ADMIN, still opens the slaves after it)
+            fcntl.ioctl(peer, TIOCEXCL)
     finally:
         os.close(peer)
     if d.get("packet"):
