@@ -352,6 +352,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"image {os.path.abspath(args.dir)}: format {h['format']}, {h['arch']},"
           f" kernel {h['kernel']}, cryo {h['cryo']}, {h['created']}")  # fmt: skip
     print(f"  pages: {human(h['memory'])} in {h['blocks']} blocks, {human(h['stored'])} stored")
+    if "clocks" in h:
+        print(f"  clocks when frozen: monotonic {h['clocks']['monotonic']:.3f} s, boottime"
+              f" {h['clocks']['boottime']:.3f} s")  # fmt: skip
     for p in info["processes"]:
         print(f"process {p['pid']} ({p['comm']}): ppid {p['ppid']} pgid {p['pgid']} sid"
               f" {p['sid']} uid {p['uid']} exe {p['exe']}")  # fmt: skip

@@ -1,11 +1,15 @@
 """Namespaces: a process is saved as part of the namespaces cryo itself runs in, and a
 restart makes it again in the restarting cryo's.  So a process in a UTS, IPC, network,
-cgroup, time or user namespace other than the checkpointing cryo's is refused (exit 9,
+cgroup or user namespace other than the checkpointing cryo's is refused (exit 9,
 naming the namespace): restored, it would find the host's hostname instead of its own
 (seen here: a process that unshared its UTS namespace and set its hostname came back,
-exit 0, with the host's), other IPC objects and interfaces, other clock offsets, or
-other privileges.  Run cryo inside them instead (`nsenter -t PID -a cryo ...`, or
-`ip netns exec NAME cryo ...`), as the daemon and `cryo receive` are for their hosts.
+exit 0, with the host's), other IPC objects and interfaces, or other privileges.  A
+time namespace is engine/clocks.py's: its clocks are saved as the process reads them,
+and the restart gives it a namespace of its own where cryo's would be behind; only
+processes of one checkpoint in different time namespaces, or a namespace made for a
+process's children to come (unshare(CLONE_NEWTIME)), are refused.  Run cryo inside
+the others instead (`nsenter -t PID -a cryo ...`, or `ip netns exec NAME cryo ...`), as
+the daemon and `cryo receive` are for their hosts.
 
 Pid namespaces are the tree's business (a `cryo run --pid-ns` job is made again in a
 new one).  A mount namespace other than cryo's is compared by what it shows, not by
@@ -25,7 +29,7 @@ from typing import Any
 from cryo import procfs
 from cryo.errors import Unsupported
 
-KINDS = ("user", "uts", "ipc", "net", "cgroup", "time")
+KINDS = ("user", "uts", "ipc", "net", "cgroup")
 
 
 def _ino(path: str) -> tuple[int, int] | None:
@@ -79,6 +83,7 @@ def check(ctx: Any) -> None:
     kind than pid that is not cryo's own (a mount namespace: one that shows other
     mounts)."""
     check_mounts(ctx.pid)
+    check_time(ctx)
     for kind in KINDS:
         if not same(ctx.pid, kind):
             link = os.readlink(f"/proc/{ctx.pid}/ns/{kind}")
@@ -86,3 +91,24 @@ def check(ctx: Any) -> None:
                               f" than cryo's: it would be restored in cryo's; run cryo"
                               f" inside it (nsenter -t {ctx.pid} ...)", pid=ctx.pid,
                               resource=f"{kind} namespace")  # fmt: skip
+
+
+def check_time(ctx: Any) -> None:
+    """Refuse a process whose time namespace is not the first checked process's (one set
+    of clocks per image: HEAD["clocks"]), or whose namespace for its children is
+    another (made by unshare(CLONE_NEWTIME): its children to come would get offsets
+    that the restart does not know)."""
+    pid = ctx.pid
+    mine, kids = _ino(f"/proc/{pid}/ns/time"), _ino(f"/proc/{pid}/ns/time_for_children")
+    if mine is None:
+        return  # (a kernel without time namespaces)
+    if kids != mine:
+        raise Unsupported(f"process {pid} made a time namespace for its children to come"
+                          " (unshare(CLONE_NEWTIME)): its offsets would be lost", pid=pid,
+                          resource="time namespace")  # fmt: skip
+    first = ctx.shared.early.setdefault("time namespace", (pid, mine))
+    if first[1] != mine:
+        raise Unsupported(f"process {pid} is in another time namespace than process"
+                          f" {first[0]} ({os.readlink(f'/proc/{pid}/ns/time')}): an image"
+                          " has one set of clocks", pid=pid,
+                          resource="time namespace")  # fmt: skip

@@ -51,8 +51,8 @@ from typing import Any, TypeVar
 
 import cryo
 from cryo import procfs
+from cryo.engine import clocks, files, memory, scratchlog, shmem, sud, textscan, tree
 from cryo.engine import drivers as D
-from cryo.engine import files, memory, scratchlog, shmem, sud, textscan, tree
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector
 from cryo.engine.spmf import of_session as files_of
@@ -406,6 +406,7 @@ class Checkpoint:
             "addrs": _host_addresses(),
             "root_pid": self.pid,
             "pids": sorted(self.procs),
+            "clocks": clocks.view(self.pid),
         }
 
     def _watchdog(self, seconds: float) -> None:
@@ -624,12 +625,17 @@ class Restart:
             expect([b for p in order if p["pid"] in procs
                     for b in self.image.blocks if b.get("pid") == p["pid"]])  # fmt: skip
         pause = getattr(self.image, "pause", None)
+        timens = clocks.offsets_for(self.image.head.get("clocks"))
+        if timens is not None:
+            self.result.warnings.append(
+                "this host's monotonic and boot-time clocks are behind the image's: restarted"
+                " in a time namespace of its own, in which they go on from where they were")
         for p in order:
             old = p["pid"]
             if pause is not None and p["ppid"] not in self.made:
                 pause()  # a root is forked by cryo itself: no reader thread may run then
             tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
-                       self.area, born=self._born)  # fmt: skip
+                       self.area, born=self._born, timens=timens)  # fmt: skip
             m = self.made[old]
             self.pid_map[old] = m.pid
             if old not in procs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cryo.engine import clocks
 from cryo.engine import drivers as D
 from cryo.engine.restore import _PER_PROCESS as PER_PROCESS
 from cryo.engine.spmf import of_image as files_of
@@ -31,6 +32,7 @@ def describe(path: str, *, verify: bool = True) -> dict[str, Any]:
                 "memory": sum(b["raw"] for b in image.blocks),
                 "stored": sum(b["stored"] for b in image.blocks),
                 "blocks": len(image.blocks),
+                **clocks.describe(h.get("clocks")),
             },
             "processes": [],
         }  # fmt: skip

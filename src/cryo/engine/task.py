@@ -257,7 +257,8 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_NS_OF_THREADS = ("uts", "ipc", "net", "mnt", "cgroup", "user", "time", "pid_for_children")
+_NS_OF_THREADS = ("uts", "ipc", "net", "mnt", "cgroup", "user", "time", "pid_for_children",
+                  "time_for_children")  # fmt: skip
 
 
 def _check_thread_shares(pid: int, tid: int) -> None:

@@ -412,9 +412,15 @@ def pids_matter(rec: dict[str, Any], lone_ok: bool = False) -> str | None:
     return "a process may keep its own (asyncio's event loop, a server's pid file)"
 
 
-def spawn_helper(want_pid: int | None, new_pidns: bool = False) -> int:
+def spawn_helper(want_pid: int | None, new_pidns: bool = False,
+                 timens: tuple[int, int] | None = None) -> int:  # fmt: skip
     """Fork a child that stops itself under our trace; with ``want_pid``, as that pid;
-    with ``new_pidns`` as pid 1 of a new pid namespace."""
+    with ``new_pidns`` as pid 1 of a new pid namespace; with ``timens`` in a new time
+    namespace with those (monotonic, boottime) offsets (engine/clocks.py)."""
+    if timens is not None:
+        from cryo.engine import clocks
+
+        return clocks.fork_in_timens(timens, want_pid, CLONE.NEWPID if new_pidns else 0)
     if new_pidns:
         child = libc.clone3(None, CLONE.NEWPID)
     else:
@@ -505,16 +511,18 @@ def _reap_orphans(pids: list[int], bound: float = 5.0) -> None:
 
 
 def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bool,
-          area: int, born: Callable[[Injector, int], None] | None = None) -> None:  # fmt: skip
+          area: int, born: Callable[[Injector, int], None] | None = None,
+          timens: tuple[int, int] | None = None) -> None:  # fmt: skip
     """Create every process of TREE record ``rec``, parents first, with ids, sessions and
     groups.  Each gets the restorer area at ``area``: a root forked by cryo maps it,
-    every other process inherits it from the restored parent that forks it."""
+    every other process inherits it from the restored parent that forks it.  A root is
+    forked into a time namespace with offsets ``timens`` if given (engine/clocks.py)."""
     for p in creation_order(rec):
         old = p["pid"]
         parent = made.get(p["ppid"])
         if parent is None:  # a root: forked by cryo
             try:
-                child = spawn_helper(old if reuse else None, bool(rec.get("pidns")))
+                child = spawn_helper(old if reuse else None, bool(rec.get("pidns")), timens)
             except OSError as err:
                 if err.errno != errno.EEXIST:
                     raise

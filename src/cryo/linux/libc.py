@@ -156,7 +156,8 @@ def get_robust_list(pid: int) -> tuple[int, int]:
 
 def clone3(set_tid: int | None = None, flags: int = 0) -> int:
     """Fork this process like fork(), the child getting pid ``set_tid`` (in its innermost
-    pid namespace) and clone ``flags`` (CLONE_NEWPID: the child is pid 1 of a new one).
+    pid namespace) and clone ``flags`` (CLONE_NEWPID: the child is pid 1 of a new one;
+    CLONE_PARENT: the child is our parent's).
 
     The GIL stays held across the call, so the child returns into Python in the
     parent's exact interpreter state; it must only run trivial code and then stop or exec.
@@ -166,7 +167,8 @@ def clone3(set_tid: int | None = None, flags: int = 0) -> int:
     tid = (ctypes.c_int32 * 1)(set_tid or 0)
     args = S.clone_args()
     args.flags = flags
-    args.exit_signal = signal.SIGCHLD
+    # (CLONE_PARENT: the caller's own exit signal, which clone3 wants given as 0)
+    args.exit_signal = 0 if flags & 0x8000 else signal.SIGCHLD
     if set_tid is not None:
         args.set_tid = ctypes.addressof(tid)
         args.set_tid_size = 1
