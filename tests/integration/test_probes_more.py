@@ -221,6 +221,18 @@ def test_deleted_file_keeps_its_user_xattrs(procs: Procs, build: Any, tmp_path: 
     assert not v.fails()
 
 
+def test_deleted_and_mapped_file_keeps_its_user_xattrs(procs: Procs, build: Any,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    """The same for a deleted file that is also mapped shared (saved as its shared
+    memory object): its data through the mapping and the fd, its user xattr.  Before:
+    the xattr was gone (ENODATA), exit 0."""
+    v = _spawn(procs, build, tmp_path, "xattrmapped")
+    if any(x.startswith("skip") for x in v.lines()):
+        pytest.skip("no user xattrs on this filesystem")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
 def test_deleted_file_with_a_trusted_xattr_refused(procs: Procs, build: Any,
                                                    tmp_path: Path) -> None:  # fmt: skip
     """A deleted file with a trusted.* extended attribute is refused: exit 9 naming it,
@@ -242,6 +254,15 @@ def test_mapped_memfd_with_write_seals(procs: Procs, build: Any, tmp_path: Path)
     v = _spawn(procs, build, tmp_path, "memfdseal")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+
+
+def test_mapped_memfd_with_f_seal_write_refused(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A memfd mapped shared (read-only, through a read-only open) and sealed
+    F_SEAL_WRITE is refused: exit 9 naming it, no image, the process goes on.  Before:
+    the checkpoint exited 0 and the restart failed (EPERM, then EBUSY: its mappings are
+    made again through a writable file, which the seal forbids)."""
+    v = _spawn(procs, build, tmp_path, "memfdwseal")
+    refused_untouched(v, tmp_path / "img", "sealed F_SEAL_WRITE")
 
 
 def test_deleted_file_keeps_its_preallocated_space(procs: Procs, build: Any,

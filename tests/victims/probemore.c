@@ -46,6 +46,8 @@
  *   tmpfile     an O_TMPFILE file: once argv[3]/go exists, linkat gives it a name
  *   xattr       a deleted file with a user xattr (fgetxattr)
  *   xattrtrusted  a deleted file with a trusted.* xattr (to be refused)
+ *   xattrmapped a deleted file with a user xattr, also mapped shared
+ *   memfdwseal  a memfd mapped shared read-only and sealed F_SEAL_WRITE | F_SEAL_SEAL
  *   exitsig     a child cloned with exit signal SIGUSR1 that exits once argv[3]/go
  *               exists: the parent gets SIGUSR1 (not SIGCHLD) and reaps it
  *   futexhash   PR_FUTEX_HASH_SET_SLOTS 128 (skip line without PR_FUTEX_HASH)
@@ -715,11 +717,16 @@ static void setup(void) {
     } else if (!strcmp(mode, "tmpfile")) {
         tmp_fd = open(dir, O_TMPFILE | O_RDWR, 0640);
         if (tmp_fd < 0 || write(tmp_fd, "tmpfile data", 12) != 12) FAIL("O_TMPFILE %d", errno);
-    } else if (!strcmp(mode, "xattr") || !strcmp(mode, "xattrtrusted")) {
+    } else if (!strcmp(mode, "xattr") || !strcmp(mode, "xattrtrusted") || !strcmp(mode, "xattrmapped")) {
         snprintf(path, sizeof path, "%s/x", dir);
         tmp_fd = open(path, O_RDWR | O_CREAT, 0640);
-        const char *attr = mode[5] ? "trusted.cryo" : "user.cryo";
-        if (write(tmp_fd, "data", 4) != 4 || fsetxattr(tmp_fd, attr, "value", 5, 0)) {
+        const char *attr = mode[5] == 't' ? "trusted.cryo" : "user.cryo";
+        if (mode[5] == 'm') {
+            if (ftruncate(tmp_fd, 4096)) FAIL("ftruncate");
+            memfd_map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, tmp_fd, 0);
+            memfd_map[100] = 42;
+        }
+        if (pwrite(tmp_fd, "data", 4, 0) != 4 || fsetxattr(tmp_fd, attr, "value", 5, 0)) {
             report("skip xattr %d", errno);
             skipped = 1;
         }
@@ -762,6 +769,16 @@ static void setup(void) {
         memfd_map = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
         if (fcntl(memfd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_GROW | F_SEAL_SHRINK))
             FAIL("F_ADD_SEALS %d", errno);
+    } else if (!strcmp(mode, "memfdwseal")) {
+        memfd = memfd_create("cryo-wsealed", MFD_ALLOW_SEALING);
+        if (memfd < 0 || ftruncate(memfd, 8192) || pwrite(memfd, "sealed", 6, 0) != 6) FAIL("memfd");
+        char ro[64];  /* (mapped through a read-only open: no VM_MAYWRITE, F_SEAL_WRITE allowed) */
+        snprintf(ro, sizeof ro, "/proc/self/fd/%d", memfd);
+        int rofd = open(ro, O_RDONLY);
+        memfd_map = mmap(NULL, 8192, PROT_READ, MAP_SHARED, rofd, 0);
+        close(rofd);
+        if (memfd_map == MAP_FAILED || fcntl(memfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL))
+            FAIL("F_SEAL_WRITE %d", errno);
     } else if (!strcmp(mode, "memfdnoexec")) {
         memfd = memfd_create("cryo-noexec", MFD_NOEXEC_SEAL);
         if (memfd < 0) { report("skip MFD_NOEXEC_SEAL %d", errno); skipped = 1; }
@@ -999,9 +1016,10 @@ static int check(long round) {
             }
             tmp_linked = 1;
         }
-    } else if ((!strcmp(mode, "xattr") || !strcmp(mode, "xattrtrusted")) && !skipped) {
+    } else if ((!strcmp(mode, "xattr") || !strcmp(mode, "xattrtrusted") || !strcmp(mode, "xattrmapped")) && !skipped) {
         char v[16] = {0};
-        if (fgetxattr(tmp_fd, mode[5] ? "trusted.cryo" : "user.cryo", v, sizeof v) != 5 || strcmp(v, "value")) {
+        if (mode[5] == 'm' && (memfd_map[100] != 42 || memfd_map[0] != 'd')) { FAIL("xattrmapped data"); bad = 1; }
+        if (fgetxattr(tmp_fd, mode[5] == 't' ? "trusted.cryo" : "user.cryo", v, sizeof v) != 5 || strcmp(v, "value")) {
             FAIL("xattr of the deleted file: %d", errno); bad = 1;
         }
     } else if (!strcmp(mode, "exitsig")) {
@@ -1044,6 +1062,10 @@ static int check(long round) {
         if (seals != (F_SEAL_FUTURE_WRITE | F_SEAL_GROW | F_SEAL_SHRINK)) { FAIL("seals %#x", seals); bad = 1; }
         void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
         if (m != MAP_FAILED) { FAIL("a writable mapping of the sealed memfd"); bad = 1; munmap(m, 4096); }
+    } else if (!strcmp(mode, "memfdwseal")) {
+        int seals = fcntl(memfd, F_GET_SEALS);
+        if (seals != (F_SEAL_WRITE | F_SEAL_SEAL) || memcmp(memfd_map, "sealed", 6) ||
+            pwrite(memfd, "x", 1, 0) != -1) { FAIL("memfd write-sealed: seals %#x", seals); bad = 1; }
     } else if (!strcmp(mode, "memfdnoexec") && !skipped) {
         struct stat st;
         int seals = fcntl(memfd, F_GET_SEALS);

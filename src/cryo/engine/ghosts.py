@@ -205,6 +205,11 @@ def use_objects(descs: list[dict[str, Any]], objects: Any) -> None:
         obj = objects.lookup(d["dev"], d["ino"])
         if obj is None:
             continue
+        if d.get("memfd") and d["memfd"]["seals"] & F_SEAL_WRITE:
+            raise Unsupported(f"fd {d['fd']}: memfd {d['memfd']['name']} is mapped shared and"
+                              " sealed F_SEAL_WRITE: not supported (its mappings would be"
+                              " made again through a writable file, which the seal forbids)",
+                              pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
         d["obj"] = obj
         d.pop("source", None)
         d.pop("ghost", None)
@@ -228,6 +233,8 @@ def reopen_objects(descs: list[dict[str, Any]], opened: Any, objects: Any) -> No
                 except OSError as err:
                     raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot seal memfd"
                                     f" {memfd['name']} again: {err.strerror}") from err
+            for attr, value in d.get("xattrs", []):  # (a deleted file's, see _xattrs)
+                os.setxattr(new, attr, value)
             os.lseek(new, d["pos"], os.SEEK_SET)
             os.dup2(new, opened.fds[d["id"]], inheritable=False)
         finally:
