@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import os
 import re
 import secrets
 import shutil
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,18 +292,15 @@ class VersionMeta:
         return next((u for u in self.units if u.tag == tag), None)
 
     @classmethod
-    def load(cls, vdir: str, *, digest: bool = True, data: bytes | None = None) -> VersionMeta:
+    def load(cls, vdir: str, *, digest: bool = True) -> VersionMeta:
         """pmap.img of ``vdir``; without ``digest`` its seal's digest is not computed
         (every record's checksum still is): for gc and the next checkpoint, which do not
-        verify seals (a BLAKE2b pass over the file, 10 ms a round for a 64 MiB job).
-        ``data``: the file's bytes, read already (without ``digest``)."""
+        verify seals (a BLAKE2b pass over the file, 10 ms a round for a 64 MiB job)."""
         path = os.path.join(vdir, "pmap.img")
         name = os.path.basename(vdir)
         try:
             if digest:
                 recs = fmt.read_file(path, PMAP_MAGIC)
-            elif data is not None:
-                recs = list(fmt.read_records(io.BytesIO(data), PMAP_MAGIC, path))
             else:
                 with open(path, "rb") as f:
                     recs = list(fmt.read_records(f, PMAP_MAGIC, path))
@@ -392,48 +386,14 @@ class VersionMeta:
                 os.fsync(f.fileno())
 
 
-_READ_ONLY: OrderedDict[str, tuple[bytes, VersionMeta]] = OrderedDict()
-READ_ONLY_BYTES = 32 << 20  # of pmap.img files kept parsed (the runner's memory: bounded)
-_READ_ONLY_LOCK = threading.Lock()
-
-
-def read_only_meta(vdir: str) -> VersionMeta:
-    """``VersionMeta.load(vdir, digest=False)`` for a reader that changes nothing of
-    it (the next checkpoint's comparison): the object parsed before, its page maps
-    decoded, while pmap.img holds exactly the same bytes.  A daemon's checkpointer
-    compares each round with the job's last version, whose maps refer to a dozen older
-    versions' files: parsing every one of them again was 5-7 ms of each round."""
-    path = os.path.join(vdir, "pmap.img")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return VersionMeta.load(vdir, digest=False)  # (which says what is wrong)
-    with _READ_ONLY_LOCK:
-        hit = _READ_ONLY.get(path)
-        if hit is not None and hit[0] == data:
-            _READ_ONLY.move_to_end(path)
-            return hit[1]
-    meta = VersionMeta.load(vdir, digest=False, data=data)
-    with _READ_ONLY_LOCK:
-        _READ_ONLY[path] = (data, meta)
-        _READ_ONLY.move_to_end(path)
-        total = sum(len(d) for d, _ in _READ_ONLY.values())
-        while total > READ_ONLY_BYTES and len(_READ_ONLY) > 1:
-            total -= len(_READ_ONLY.popitem(last=False)[1][0])
-    return meta
-
-
 class Sources:
-    """The page files of an application's versions, loaded when first needed.
-    ``read_only``: for a reader that changes none of them (:func:`read_only_meta`)."""
+    """The page files of an application's versions, loaded when first needed."""
 
     def __init__(self, app: App, metas: dict[int, VersionMeta] | None = None, *,
-                 digest: bool = True, read_only: bool = False) -> None:  # fmt: skip
+                 digest: bool = True) -> None:  # fmt: skip
         self.app = app
         self.metas: dict[int, VersionMeta] = dict(metas or {})
         self._digest = digest  # (seals verified from these metas need it)
-        self._read_only = read_only and not digest
 
     def meta(self, version: int) -> VersionMeta:
         if version not in self.metas:
@@ -441,8 +401,7 @@ class Sources:
                 raise ImageCorrupt(f"store application {self.app.path} is corrupt: version"
                                    f" {version} is referred to but missing",
                                    path=self.app.vdir(version))  # fmt: skip
-            self.metas[version] = (read_only_meta(self.app.vdir(version)) if self._read_only
-                                   else self.app.meta(version, digest=self._digest))
+            self.metas[version] = self.app.meta(version, digest=self._digest)
         return self.metas[version]
 
     def file(self, k: int) -> FileMeta:

@@ -54,7 +54,7 @@ class _Block:
 def load_previous(app: App, version: int) -> dict[Tag, HashTable]:
     """The page maps of ``version`` and where their pages' hashes are, for the next
     checkpoint to compare against (their seals are not checked here: no digest)."""
-    sources = Sources(app, digest=False, read_only=True)
+    sources = Sources(app, digest=False)
     out = {}
     for unit in sources.meta(version).units:
         sources.check(unit, f"store version {app.vdir(version)}")
