@@ -8,6 +8,7 @@ tests lack) reports "skip ..." and checks nothing."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -282,6 +283,27 @@ def test_pty_slave_in_exclusive_mode(procs: Procs, build: Any, tmp_path: Path) -
     (TIOCGEXCL each round).  Before: the restart made it again without, exit 0."""
     v = _spawn(procs, build, tmp_path, "ptyexcl")
     v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
+def test_deleted_exe_is_its_exe_again(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A process whose binary was deleted while it runs (as a package upgrade leaves a
+    daemon) has that binary as its exe after the restart: /proc/PID/exe names it
+    "(deleted)" and reads its bytes.  Before: its exe was the restarting cryo's python,
+    exit 0 (a re-exec of /proc/self/exe would have run python)."""
+    import shutil
+
+    exe = tmp_path / "probemore"
+    shutil.copy(build("probemore"), exe)
+    blob = exe.read_bytes()
+    out = tmp_path / "out.txt"
+    v = procs.spawn([str(exe), str(out), "thp", str(tmp_path)], out)
+    v.wait_ok_after(1)
+    exe.unlink()
+    v = cycle(procs, v, tmp_path / "img")
+    assert os.readlink(f"/proc/{v.pid}/exe") == f"{exe} (deleted)"
+    with open(f"/proc/{v.pid}/exe", "rb") as f:
+        assert f.read() == blob
     assert not v.fails()
 
 

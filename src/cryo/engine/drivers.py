@@ -386,6 +386,8 @@ def _shmem_prepare(rs: Any) -> None:
         if "obj" in b:
             owner, offset = rs.image.block_data(b)
             shmem.fill(objects, b["obj"], owner, offset, b["runs"])
+    shmem.exes_read_only(objects, rs.plan.objects.get("objs", []),
+                         {recs[R.MM]["exe"] for recs in rs.plan.procs.values() if R.MM in recs})
 
 
 def _sysvshm_prepare(rs: Any) -> None:

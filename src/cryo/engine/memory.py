@@ -1265,6 +1265,9 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
         stale = opened[1] if opened is not None else -1  # (closed below)
         if exe is not None:
             exe_fd = inj(SYS.openat, -100, frame.put_str(exe), 0, 0, what=f" open {exe}")
+        elif (obj := _deleted_exe_object(ctx, rec)) is not None:  # (a duplicate: the
+            exe_fd = inj(SYS.fcntl, obj, F_DUPFD_CLOEXEC, 0,  # object's fd stays)
+                         what=" dup the deleted exe")  # fmt: skip
     m.exe_fd = exe_fd & 0xFFFFFFFF
     future = rec.get("mlockall", 0)
     inj.write(at, libc.struct_bytes(m))
@@ -1289,6 +1292,24 @@ def _exe_to_open(ctx: RestoreContext, rec: dict[str, Any]) -> str | None:
             f"/proc/{ctx.pid}/exe", exe):  # fmt: skip
         return None
     return exe
+
+
+F_DUPFD_CLOEXEC = 1030
+
+
+def _deleted_exe_object(ctx: RestoreContext, rec: dict[str, Any]) -> int | None:
+    """A deleted exe (a binary replaced or removed while it runs, as a package upgrade
+    leaves a daemon): its private mappings made it a shared memory object of kind
+    "deleted", made again and unlinked at restart, whose fd the process inherited; that
+    file is its exe again, "(deleted)" in /proc/PID/exe as before (found by probing: the
+    restored process's exe was cryo's python, exit 0, and a re-exec of /proc/self/exe
+    would have run python)."""
+    if not rec["exe"].endswith(" (deleted)"):
+        return None
+    for v in rec["vmas"]:
+        if v.get("path") == rec["exe"] and "obj" in v:
+            return int(ctx.shared.objects.fds[v["obj"]])
+    return None
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -214,6 +214,21 @@ def _make(obj: dict[str, Any], made: Made, where: Callable[[str], str]) -> int:
     return fd
 
 
+def exes_read_only(made: Made, objs: list[dict[str, Any]], exes: set[str]) -> None:
+    """Once filled: each object that is a process's deleted exe is held read-only, on its
+    same fd number (the processes inherit it), as a running binary is (the kernel makes
+    an exe of no file open for writing: PR_SET_MM_MAP fails, EACCES, and its private
+    mappings need no more).  memory.restore_mm sets it as the process's exe again."""
+    for obj in objs:
+        if obj["kind"] == "deleted" and obj["name"] in exes and obj["id"] in made.fds:
+            fd = made.fds[obj["id"]]
+            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.dup2(ro, fd)  # (inheritable, as _high made it)
+            finally:
+                os.close(ro)
+
+
 def _owner(fd: int, obj: dict[str, Any]) -> None:
     """The object's owner as it was (trust admitted it: a user's image names the user)."""
     if "uid" in obj and (obj["uid"], obj["gid"]) != (os.geteuid(), os.getegid()):
