@@ -98,6 +98,9 @@ def _restart(sub: Any) -> None:
     p.add_argument("--ignore-changed-files", action="store_true",
                    help="reopen files that changed since the checkpoint (shorter than their"
                    " saved offset, a mapped file that differs) instead of refusing (exit 12)")
+    p.add_argument("--ignore-cpu", action="store_true",
+                   help="restart an image made on a CPU with instruction-set extensions this"
+                   " one lacks instead of refusing (exit 6); the program must not use them")
     _net(p)
     p.set_defaults(func=cmd_restart)
 
@@ -292,7 +295,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {"must_reuse_pid": args.must_reuse_pid, "shell_job": args.shell_job,
                           "translate": translate, "net": _net_options(args)}
     kw.update({k: True for k in ("trust_image", "allow_duplicate", "ignore_changed_files",
-                                 "new_pids") if getattr(args, k)})  # fmt: skip
+                                 "ignore_cpu", "new_pids") if getattr(args, k)})  # fmt: skip
     with _progress("restart") as prog:
         if args.store:
             from cryo import store

@@ -132,13 +132,15 @@ def restart(
     allow_duplicate: bool = False,
     net: dict[str, bool] | None = None,
     ignore_changed_files: bool = False,
+    ignore_cpu: bool = False,
     new_pids: bool | None = False,
 ) -> RestoreResult:
     """Recreate the processes saved in ``path`` (a directory image, or any ImageSource
     such as a version of a store); they run, the first one as our child, when this
     returns.  ``trust_image`` restores an image whose seal does not verify (the owner's
     privileges still bound it); ``allow_duplicate`` a second copy of a running image;
-    ``ignore_changed_files`` reopens files that changed since the checkpoint anyway.
+    ``ignore_changed_files`` reopens files that changed since the checkpoint anyway;
+    ``ignore_cpu`` restarts an image of a CPU with extensions this one lacks (engine/cpu.py).
     Every process gets its old pid back, or the restart fails (RestoreConflict, exit
     10) before anything is made: a program keeps pids (its children's, its threads', its
     own); ``new_pids`` takes new ones where the old are taken (None: for a process of
@@ -146,7 +148,8 @@ def restart(
     return Restart(path, must_reuse_pid=must_reuse_pid, shell_job=shell_job,
                    translate=translate, progress=progress, trust_image=trust_image,
                    allow_duplicate=allow_duplicate, net=net,
-                   ignore_changed_files=ignore_changed_files, new_pids=new_pids).run()
+                   ignore_changed_files=ignore_changed_files, ignore_cpu=ignore_cpu,
+                   new_pids=new_pids).run()
 
 
 @contextlib.contextmanager

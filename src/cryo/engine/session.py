@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 
 import cryo
 from cryo import procfs
-from cryo.engine import clocks, files, memory, scratchlog, shmem, sud, textscan, tree
+from cryo.engine import clocks, cpu, files, memory, scratchlog, shmem, sud, textscan, tree
 from cryo.engine import drivers as D
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector
@@ -407,6 +407,7 @@ class Checkpoint:
             "root_pid": self.pid,
             "pids": sorted(self.procs),
             "clocks": clocks.view(self.pid),
+            "cpu": cpu.here(),
         }
 
     def _watchdog(self, seconds: float) -> None:
@@ -537,7 +538,7 @@ class Restart:
                  progress: Callable[[int, int], None] | None = None,
                  trust_image: bool = False, allow_duplicate: bool = False,
                  net: dict[str, bool] | None = None,
-                 ignore_changed_files: bool = False,
+                 ignore_changed_files: bool = False, ignore_cpu: bool = False,
                  new_pids: bool | None = False) -> None:  # fmt: skip
         self.path, self.must_reuse_pid, self.shell_job = path, must_reuse_pid, shell_job
         # where an old pid is taken: False fails (RestoreConflict), True takes new ones,
@@ -547,7 +548,7 @@ class Restart:
                                       "allow_duplicate": allow_duplicate}
         self.options: dict[str, Any] = {"shell_job": shell_job, "translate": translate or {},
                                         "ignore_changed": ignore_changed_files,
-                                        **(net or {})}  # fmt: skip
+                                        "ignore_cpu": ignore_cpu, **(net or {})}  # fmt: skip
         self.trust["translate"] = translate_of(self.options).apply  # trust: paths opened
         self.progress = progress
         self.image: Any = None
@@ -588,6 +589,7 @@ class Restart:
             raise
         self.options["owner"] = getattr(self.image, "owner", None)  # files open as it
         self.on_exit(self.image.close)
+        cpu.check(self.image.head.get("cpu"), self.options["ignore_cpu"])
         tree.check_groups(self.plan.tree, self.shell_job)
         self.reuse = tree.pids_free(self.plan.tree)
         if not self.reuse and self.must_reuse_pid:

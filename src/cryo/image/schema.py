@@ -804,6 +804,9 @@ KINDS: tuple[Kind, ...] = (
             F("realtime", Int(0, (1 << 63) - 1), "ns since 1970"),
         ), name="clocks"), "the clocks as the processes read them when frozen (engine/"
           "clocks.py)", required=False),
+        F("cpu", Struct((F("vendor", Str(max=64)), F("flags", List(Str(max=64), max=1024))),
+                        name="cpu"), "the CPU's vendor and /proc/cpuinfo flags (engine/cpu.py)",
+          required=False),
     ), name="head"), "the image"),
     Kind(b"TREE", "engine/tree.py", "one", Struct((
         F("root", PID), F("scope", Str(choices=("process", "tree", "pgid", "sid"))),
