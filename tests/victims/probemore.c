@@ -72,7 +72,10 @@
  *   avx         ymm0-15 and the x87 register st0 loaded with each thread's own pattern,
  *               held across a raw nanosleep, compared after it
  *   ptyexcl     a pseudo-terminal pair whose slave is in exclusive mode (TIOCEXCL)
- *   devzero     /dev/zero mapped shared by this process and its child, as shmfile */
+ *   devzero     /dev/zero mapped shared by this process and its child, as shmfile
+ *   clocks      POSIX timers and timerfds on CLOCK_BOOTTIME, CLOCK_TAI and the alarm
+ *               clocks (CLOCK_REALTIME_ALARM, CLOCK_BOOTTIME_ALARM), periodic (40 ms):
+ *               each keeps firing, its clock and interval as before */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -98,6 +101,7 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/xattr.h>
+#include <sys/timerfd.h>
 #include <setjmp.h>
 #include <sys/utsname.h>
 #include <linux/bpf.h>
@@ -442,6 +446,16 @@ static pid_t exitsig_child;
 static int exitsig_reaped;
 static int tmp_fd = -1, tmp_linked;
 static unsigned long long core_cookie;
+static const int clk_ids[4] = {7 /* BOOTTIME */, 11 /* TAI */, 8 /* REALTIME_ALARM */,
+                               9 /* BOOTTIME_ALARM */};
+static timer_t clk_timers[4];
+static int clk_fds[4] = {-1, -1, -1, -1}, clk_made[4];
+static volatile long clk_ticks[4];
+static void h_clk(int sig, siginfo_t *si, void *uc) {
+    (void)sig; (void)uc;
+    int i = si->si_value.sival_int;
+    if (i >= 0 && i < 4) clk_ticks[i]++;
+}
 static int memfd = -1, ep_outer = -1, ep_inner = -1, nested_pipe[2];
 static char *memfd_map, **many;
 static long long falloc_blocks;
@@ -809,6 +823,20 @@ static void setup(void) {
             if (many[i] == MAP_FAILED) { FAIL("mmap %d", i); break; }
             if (!(i % 2)) many[i][0] = (char)i;
         }
+    } else if (!strcmp(mode, "clocks")) {
+        struct sigaction sa = {0};
+        sa.sa_sigaction = h_clk; sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigaction(SIGRTMIN + 2, &sa, NULL);
+        struct itimerspec its = {{0, 40000000}, {0, 40000000}};
+        for (int i = 0; i < 4; i++) {
+            struct sigevent ev = {0};
+            ev.sigev_notify = SIGEV_SIGNAL; ev.sigev_signo = SIGRTMIN + 2; ev.sigev_value.sival_int = i;
+            if (timer_create(clk_ids[i], &ev, &clk_timers[i]) == 0 &&
+                timer_settime(clk_timers[i], 0, &its, NULL) == 0) clk_made[i] |= 1;
+            clk_fds[i] = timerfd_create(clk_ids[i], TFD_NONBLOCK | TFD_CLOEXEC);
+            if (clk_fds[i] >= 0 && timerfd_settime(clk_fds[i], 0, &its, NULL) == 0) clk_made[i] |= 2;
+            if (clk_made[i] != 3) report("skip clock %d: %d", clk_ids[i], clk_made[i]);
+        }
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -1092,6 +1120,23 @@ static int check(long round) {
         }
     } else if (!strcmp(mode, "manyvmas")) {
         for (int i = 0; i < 20000; i += 2) if (many[i][0] != (char)i) { FAIL("vma %d", i); bad = 1; break; }
+    } else if (!strcmp(mode, "clocks")) {
+        long before[4];
+        for (int i = 0; i < 4; i++) before[i] = clk_ticks[i];
+        nap(200);
+        for (int i = 0; i < 4; i++) {
+            if ((clk_made[i] & 1) && clk_ticks[i] <= before[i]) { FAIL("timer on clock %d stopped", clk_ids[i]); bad = 1; }
+            struct itimerspec cur;
+            if ((clk_made[i] & 1) && (timer_gettime(clk_timers[i], &cur) || cur.it_interval.tv_nsec != 40000000)) {
+                FAIL("timer on clock %d: interval", clk_ids[i]); bad = 1;
+            }
+            uint64_t n = 0;
+            if ((clk_made[i] & 2) && (read(clk_fds[i], &n, 8) != 8 || !n)) { FAIL("timerfd on clock %d stopped", clk_ids[i]); bad = 1; }
+            char c[32];
+            if ((clk_made[i] & 2) && (fdinfo_line(clk_fds[i], "clockid:", c, sizeof c) || atoi(c) != clk_ids[i])) {
+                FAIL("timerfd clock %s, not %d", c, clk_ids[i]); bad = 1;
+            }
+        }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];
