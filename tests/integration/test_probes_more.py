@@ -309,6 +309,24 @@ def test_deleted_exe_is_its_exe_again(procs: Procs, build: Any, tmp_path: Path) 
     assert not v.fails()
 
 
+def test_memfd_exe_is_its_exe_again(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A process run from a memfd (fexecve, as runc runs itself): /proc/PID/exe is that
+    memfd again after the restart.  Before: cryo's python, exit 0."""
+    import sys
+
+    out = tmp_path / "out.txt"
+    code = ("import os, sys; fd = os.memfd_create('probemore', os.MFD_CLOEXEC);"
+            f" os.write(fd, open({build('probemore')!r}, 'rb').read());"
+            " os.execve(fd, sys.argv[1:], {})")
+    v = procs.spawn([sys.executable, "-c", code, "probemore", str(out), "thp", str(tmp_path)],
+                    out)  # fmt: skip
+    v.wait_ok_after(1)
+    assert os.readlink(f"/proc/{v.pid}/exe") == "/memfd:probemore (deleted)"
+    v = cycle(procs, v, tmp_path / "img")
+    assert os.readlink(f"/proc/{v.pid}/exe") == "/memfd:probemore (deleted)"
+    assert not v.fails()
+
+
 @pytest.mark.parametrize("mode", ["shmfile", "devzero"])
 def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path,
                                              mode: str) -> None:  # fmt: skip
