@@ -397,7 +397,9 @@ class Agent:
             targets = self._replica_hosts(n, want, live) if want else {}
             left = max(1.0, r["deadline"] - time.time())
             t0 = time.time()
-            handle = cryo.prepare(int(p["pid"]), freeze_timeout=left + GRACE + 10,
+            # (the part is a process tree: its root and every descendant, frozen together)
+            handle = cryo.prepare(int(p["pid"]), scope="tree",
+                                  freeze_timeout=left + GRACE + 10,
                                   net={"tcp_established": True})  # fmt: skip
             try:
                 t1 = time.time()
