@@ -327,6 +327,19 @@ def test_memfd_exe_is_its_exe_again(procs: Procs, build: Any, tmp_path: Path) ->
     assert not v.fails()
 
 
+def test_robust_and_pi_mutexes_across_a_restart(procs: Procs, build: Any,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """A thread holding a robust mutex and a PI mutex at the checkpoint, another waiting
+    on the PI one (FUTEX_LOCK_PI): after the restart the holder unlocks the PI one and
+    exits holding the robust one; the waiter gets the PI one, then EOWNERDEAD (the
+    restored thread's robust list and its tid in the futex words)."""
+    v = _spawn(procs, build, tmp_path, "ownerdead")
+    v = cycle(procs, v, tmp_path / "img")
+    (tmp_path / "go").touch()
+    v.wait_line("ownerdead")
+    assert not v.fails()
+
+
 @pytest.mark.parametrize("mode", ["shmfile", "devzero"])
 def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path,
                                              mode: str) -> None:  # fmt: skip
@@ -351,14 +364,16 @@ def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path:
             shm.unlink(missing_ok=True)
 
 
-def test_cwd_on_a_bind_mount(procs: Procs, build: Any, tmp_path: Path) -> None:
-    """A working directory reached through a bind mount: the same directory, mount id
-    and getcwd after the restart."""
+@pytest.mark.parametrize("mode", ["cwdbind", "rootbind"])
+def test_cwd_on_a_bind_mount(procs: Procs, build: Any, tmp_path: Path, mode: str) -> None:
+    """A working directory, or a root (chroot), reached through a bind mount: the same
+    directory, mount id (and getcwd) after the restart."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").touch()
     subprocess.run(["mount", "--bind", str(tmp_path / "a"), str(tmp_path / "b")], check=True)
     try:
-        v = _spawn(procs, build, tmp_path, "cwdbind")
+        v = _spawn(procs, build, tmp_path, mode)
         v = cycle(procs, v, tmp_path / "img")
         assert not v.fails()
     finally:

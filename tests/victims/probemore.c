@@ -75,7 +75,13 @@
  *   devzero     /dev/zero mapped shared by this process and its child, as shmfile
  *   clocks      POSIX timers and timerfds on CLOCK_BOOTTIME, CLOCK_TAI and the alarm
  *               clocks (CLOCK_REALTIME_ALARM, CLOCK_BOOTTIME_ALARM), periodic (40 ms):
- *               each keeps firing, its clock and interval as before */
+ *               each keeps firing, its clock and interval as before
+ *   ownerdead   the thread holds a robust mutex and a PI mutex at the checkpoint, the
+ *               main thread waits on the PI one; once argv[3]/go exists the thread exits
+ *               holding the robust one: the main thread gets the PI one (its holder
+ *               unlocked it), then EOWNERDEAD for the robust one
+ *   rootbind    chrooted into argv[3]/b, a bind mount of argv[3]/a: same root inode and
+ *               mount id */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -446,6 +452,30 @@ static pid_t exitsig_child;
 static int exitsig_reaped;
 static int tmp_fd = -1, tmp_linked;
 static unsigned long long core_cookie;
+static pthread_mutex_t robust_mx, pi_mx;
+static volatile int od_phase;
+static void *od_holder(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&robust_mx);
+    pthread_mutex_lock(&pi_mx);
+    od_phase = 1;
+    char go[4200];
+    snprintf(go, sizeof go, "%s/go", dir);
+    while (access(go, F_OK)) nap(20);
+    pthread_mutex_unlock(&pi_mx);
+    return NULL;  /* still holding robust_mx */
+}
+static void *od_waiter(void *arg) {
+    (void)arg;
+    while (od_phase < 1) nap(5);
+    if (pthread_mutex_lock(&pi_mx)) FAIL("PI mutex lock");  /* (waits in FUTEX_LOCK_PI) */
+    od_phase = 2;
+    pthread_mutex_unlock(&pi_mx);
+    int e = pthread_mutex_lock(&robust_mx);
+    if (e != EOWNERDEAD) FAIL("robust mutex: %d, not EOWNERDEAD", e);
+    else report("ownerdead");
+    return NULL;
+}
 static const int clk_ids[4] = {7 /* BOOTTIME */, 11 /* TAI */, 8 /* REALTIME_ALARM */,
                                9 /* BOOTTIME_ALARM */};
 static timer_t clk_timers[4];
@@ -837,6 +867,24 @@ static void setup(void) {
             if (clk_fds[i] >= 0 && timerfd_settime(clk_fds[i], 0, &its, NULL) == 0) clk_made[i] |= 2;
             if (clk_made[i] != 3) report("skip clock %d: %d", clk_ids[i], clk_made[i]);
         }
+    } else if (!strcmp(mode, "ownerdead")) {
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_PRIVATE);
+        pthread_mutex_init(&robust_mx, &a);
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setprotocol(&a, PTHREAD_PRIO_INHERIT);
+        pthread_mutex_init(&pi_mx, &a);
+        pthread_t t1, t2;
+        pthread_create(&t1, NULL, od_holder, NULL);
+        pthread_create(&t2, NULL, od_waiter, NULL);
+        while (od_phase < 1) nap(5);
+    } else if (!strcmp(mode, "rootbind")) {
+        snprintf(path, sizeof path, "%s/b", dir);
+        if (chroot(path) || chdir("/")) FAIL("chroot %d", errno);
+        stat("/", &bind_st);
+        bind_mnt = mount_id("/");
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -1137,6 +1185,10 @@ static int check(long round) {
                 FAIL("timerfd clock %s, not %d", c, clk_ids[i]); bad = 1;
             }
         }
+    } else if (!strcmp(mode, "rootbind")) {
+        struct stat st;
+        if (stat("/", &st) || st.st_ino != bind_st.st_ino || mount_id("/") != bind_mnt ||
+            access("/x", F_OK)) { FAIL("root: mount %llu (was %llu)", mount_id("/"), bind_mnt); bad = 1; }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];
