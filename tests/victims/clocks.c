@@ -2,9 +2,12 @@
  * system call, must never go back, never jump by more than a minute (a restart's time
  * away is seconds), and the two ways must agree (a vDSO whose time-namespace page is
  * wrong would not).  "ok N" per round; "ready PID" first.  With "setsid", in a session of
- * its own first (started by unshare --fork, it would be in unshare's). */
+ * its own first (started by unshare --fork, it would be in unshare's).  And a timerfd set
+ * with TFD_TIMER_ABSTIME on CLOCK_MONOTONIC, 2 s ahead each time it fires: never early,
+ * never more than 2 s late, on the process's own clock. */
 #include "common.h"
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 
 static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
 
@@ -26,8 +29,24 @@ int main(int argc, char **argv) {
     clockid_t clk[2] = {CLOCK_MONOTONIC, CLOCK_BOOTTIME};
     const char *name[2] = {"monotonic", "boottime"};
     long long last[2] = {vdso(CLOCK_MONOTONIC), vdso(CLOCK_BOOTTIME)};
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    long long due = vdso(CLOCK_MONOTONIC) + 2000000000LL;
+    struct itimerspec its = {{0, 0}, {due / 1000000000LL, due % 1000000000LL}};
+    if (tfd < 0 || timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL)) FAIL("timerfd");
     report("ready %d", getpid());
     for (long i = 0;; i++) {
+        unsigned long long n;
+        long long now = vdso(CLOCK_MONOTONIC);
+        if (read(tfd, &n, sizeof n) == sizeof n) {
+            if (now < due) FAIL("the timerfd fired %.3f s early", (due - now) / 1e9);
+            due = now + 2000000000LL;
+            its.it_value.tv_sec = due / 1000000000LL;
+            its.it_value.tv_nsec = due % 1000000000LL;
+            if (timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL)) FAIL("timerfd again");
+        } else if (now > due + 2000000000LL) {
+            FAIL("the timerfd is %.3f s late", (now - due) / 1e9);
+            due = now;
+        }
         for (int k = 0; k < 2; k++) {
             long long a = vdso(clk[k]), b = sys(clk[k]), c = vdso(clk[k]);
             if (b < a || b > c) FAIL("%s: the system call says %lld, the vDSO %lld..%lld", name[k], b, a, c);

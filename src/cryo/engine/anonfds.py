@@ -22,6 +22,7 @@ import struct
 import time
 from typing import Any
 
+from cryo.engine import clocks
 from cryo.engine.context import RestoreContext
 from cryo.errors import Unsupported
 from cryo.linux import fdcalls, libc
@@ -65,7 +66,9 @@ def describe(kind: str, fdinfo: bytes, pid: int, fd: int,
         if flags & TFD_TIMER_ABSTIME and value != (0, 0):
             # fdinfo shows the time left: an absolute timer keeps its expiry on its clock
             # (now, the process frozen), so that a later restart fires it then, not later
-            t = time.clock_gettime_ns(clockid) + value[0] * 10**9 + value[1]
+            # (on the process's clock: its time namespace may be ahead of cryo's)
+            t = time.clock_gettime_ns(clockid) + value[0] * 10**9 + value[1] + \
+                clocks.on_clock(clockid, clocks.shift(pid))  # fmt: skip
             out["deadline"] = [t // 10**9, t % 10**9]
         return out
     if kind == "epoll":
@@ -157,7 +160,7 @@ def find_hidden(descs: list[dict[str, Any]], seen: list[tuple[int, int]]) -> Non
         d["hidden"] = out
 
 
-def open_desc(d: dict[str, Any]) -> int:
+def open_desc(d: dict[str, Any], options: dict[str, Any]) -> int:
     """Make the file again in cryo (the interest list of an epoll comes later)."""
     kind, nonblock = d["kind"], d["flags"] & O_NONBLOCK
     if kind == "eventfd":
@@ -175,8 +178,13 @@ def open_desc(d: dict[str, Any]) -> int:
         flags = d.get("settime_flags", 0) & (TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET)
         if value != (0, 0) and "deadline" in d and flags & TFD_TIMER_ABSTIME:
             # (past: it fires at once, its missed intervals counted as ticks)
+            # its expiry on the process's clock, set from cryo's: the restored processes'
+            # may be ahead (a time namespace of their own: engine/clocks.py)
+            at = d["deadline"][0] * 10**9 + d["deadline"][1] - clocks.on_clock(
+                d["clockid"], options.get("clock_shift", (0, 0)))  # fmt: skip
+            at = max(at, 1)  # (past: at once)
             libc.timerfd_settime(fd, flags, (d["interval"][0], d["interval"][1]),
-                                 (int(d["deadline"][0]), int(d["deadline"][1])))  # fmt: skip
+                                 (at // 10**9, at % 10**9))  # fmt: skip
         elif value != (0, 0):
             libc.timerfd_settime(fd, 0, (d["interval"][0], d["interval"][1]), value)
         return fd

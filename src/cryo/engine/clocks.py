@@ -62,14 +62,40 @@ def _own() -> tuple[int, int]:
             time.clock_gettime_ns(time.CLOCK_BOOTTIME))  # fmt: skip
 
 
-def view(pid: int) -> dict[str, int]:
-    """HEAD["clocks"]: the process's CLOCK_MONOTONIC and CLOCK_BOOTTIME now (cryo's, with
-    the difference of their namespaces' offsets: namespaces.check made sure the process's
-    namespace is the one its file shows), and the wall clock, in ns."""
+def shift(pid: int) -> tuple[int, int]:
+    """How far process ``pid``'s CLOCK_MONOTONIC and CLOCK_BOOTTIME are ahead of cryo's,
+    in ns (the difference of their time namespaces' offsets: namespaces.check made sure
+    the process's namespace is the one its file shows)."""
     pm, pb = _offsets(f"/proc/{pid}/timens_offsets")
     cm, cb = _offsets("/proc/self/timens_offsets")
+    return pm - cm, pb - cb
+
+
+# the clocks a time namespace shifts: CLOCK_MONOTONIC, CLOCK_BOOTTIME, CLOCK_BOOTTIME_ALARM
+_SHIFTED = {1: 0, 7: 1, 9: 1}
+
+
+def on_clock(clockid: int, by: tuple[int, int]) -> int:
+    """The part of a (monotonic, boottime) shift ``by`` that applies to ``clockid``."""
+    k = _SHIFTED.get(clockid)
+    return 0 if k is None else by[k]
+
+
+def view(pid: int) -> dict[str, int]:
+    """HEAD["clocks"]: the process's CLOCK_MONOTONIC and CLOCK_BOOTTIME now, and the wall
+    clock, in ns."""
+    sm, sb = shift(pid)
     m, b = _own()
-    return {"monotonic": m - cm + pm, "boottime": b - cb + pb, "realtime": time.time_ns()}
+    return {"monotonic": m + sm, "boottime": b + sb, "realtime": time.time_ns()}
+
+
+def restart_shift(offsets: tuple[int, int] | None) -> tuple[int, int]:
+    """How far the restored processes' clocks will be ahead of cryo's (the time
+    namespace :func:`offsets_for` gives them, or none)."""
+    if offsets is None:
+        return 0, 0
+    cm, cb = _offsets("/proc/self/timens_offsets")
+    return offsets[0] - cm, offsets[1] - cb
 
 
 def offsets_for(saved: dict[str, int] | None) -> tuple[int, int] | None:

@@ -927,7 +927,7 @@ def _describe_agent(f: Found, _info: procfs.FdInfo, _descs: Descriptions) -> dic
     return appchannel.describe_socket(f.pid, f.fd)
 
 
-_ANON = [FdKind(name, _anon(name), _describe_anon, lambda d, _o: anonfds.open_desc(d))
+_ANON = [FdKind(name, _anon(name), _describe_anon, lambda d, o: anonfds.open_desc(d, o.options))
          for name in anonfds.KINDS.values()]  # fmt: skip
 
 # In the order the dump tries them; the first that matches is the fd's kind.

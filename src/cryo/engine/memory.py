@@ -452,7 +452,8 @@ def copy_pages(sources: list[Source],
                *, buffer_limit: int, progress: Callable[[int], None] | None = None,
                on_read_done: Callable[[], None] | None = None, checksums: bool = True,
                ) -> tuple[list[dict[str, Any]], CopyStats]:  # fmt: skip
-    """Read every source block by block; a writer thread hands each to ``store``.
+    """Read every source block by block; a writer thread hands each to ``store`` (a
+    single block: this thread, once it is read).
 
     ``on_read_done`` runs as soon as every page is in our buffers (the targets may go).
     With ``checksums`` each block's checksum is computed here and handed to ``store``.
@@ -467,26 +468,37 @@ def copy_pages(sources: list[Source],
     metas: list[dict[str, Any]] = []
     failure: list[BaseException] = []
 
+    def write(item: tuple[mmap.mmap, int, list[list[int]], int | None, dict[str, int]]
+              ) -> None:  # fmt: skip
+        buf, size, block_runs, csum, tag = item
+        try:
+            if not failure:
+                meta = store(memoryview(buf)[:size], block_runs, csum)
+                meta.update(tag)
+                metas.append(meta)
+                if progress:
+                    progress(size)
+        except BaseException as err:
+            failure.append(err)
+        finally:
+            pool.put(buf)
+
     def writer() -> None:
         while (item := q.get()) is not None:
-            buf, size, block_runs, csum, tag = item
-            try:
-                if not failure:
-                    meta = store(memoryview(buf)[:size], block_runs, csum)
-                    meta.update(tag)
-                    metas.append(meta)
-                    if progress:
-                        progress(size)
-            except BaseException as err:
-                failure.append(err)
-            finally:
-                pool.put(buf)
+            write(item)
 
-    th = threading.Thread(target=writer, name="cryo-writer", daemon=True)
-    th.start()
+    th: threading.Thread | None = None
     done = False
     try:
         blocks = [(src, b) for src in sources for b in split_blocks(src.runs)]
+        # one block (a small program's memory) is written here, after its read as the
+        # writer would: no thread to start and join (Thread.start waits until the new
+        # thread runs: a wait for a CPU on a loaded machine, in every small checkpoint)
+        put = write
+        if len(blocks) > 1:
+            th = threading.Thread(target=writer, name="cryo-writer", daemon=True)
+            th.start()
+            put = q.put
         for i, (src, block_runs) in enumerate(blocks):
             if failure:
                 break
@@ -503,14 +515,15 @@ def copy_pages(sources: list[Source],
                     on_read_done()
             # the reader has time to spare while the writer waits on the disk
             csum = checksum(memoryview(buf)[:size]) if checksums else None
-            q.put((buf, size, block_runs, csum, src.tag))
+            put((buf, size, block_runs, csum, src.tag))
         if not done:
             stats.read_seconds = time.perf_counter() - t0
             if on_read_done and not failure:
                 on_read_done()
     finally:
-        q.put(None)
-        th.join()
+        if th is not None:
+            q.put(None)
+            th.join()
         pool.keep()
         for src in sources:
             src.close()

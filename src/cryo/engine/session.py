@@ -590,6 +590,15 @@ class Restart:
         self.options["owner"] = getattr(self.image, "owner", None)  # files open as it
         self.on_exit(self.image.close)
         cpu.check(self.image.head.get("cpu"), self.options["ignore_cpu"])
+        # where this host's clocks are behind the image's, the processes get a time
+        # namespace of their own (made with the roots: tree.build), their clocks ahead
+        # of cryo's by clock_shift (the files cryo opens for them: timerfds)
+        self.options["timens"] = timens = clocks.offsets_for(self.image.head.get("clocks"))
+        self.options["clock_shift"] = clocks.restart_shift(timens)
+        if timens is not None:
+            self.result.warnings.append(
+                "this host's monotonic and boot-time clocks are behind the image's: restarted"
+                " in a time namespace of its own, in which they go on from where they were")
         tree.check_groups(self.plan.tree, self.shell_job)
         self.reuse = tree.pids_free(self.plan.tree)
         if not self.reuse and self.must_reuse_pid:
@@ -627,11 +636,7 @@ class Restart:
             expect([b for p in order if p["pid"] in procs
                     for b in self.image.blocks if b.get("pid") == p["pid"]])  # fmt: skip
         pause = getattr(self.image, "pause", None)
-        timens = clocks.offsets_for(self.image.head.get("clocks"))
-        if timens is not None:
-            self.result.warnings.append(
-                "this host's monotonic and boot-time clocks are behind the image's: restarted"
-                " in a time namespace of its own, in which they go on from where they were")
+        timens = self.options.get("timens")
         for p in order:
             old = p["pid"]
             if pause is not None and p["ppid"] not in self.made:
