@@ -332,6 +332,7 @@ def _anonfds_register(ctx: RestoreContext) -> None:
 
 def _thread_state(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:
     task.restore_thread(inj, trec)
+    task.restore_thread_fs(ctx, inj, trec)
 
 
 def _thread_creds(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:

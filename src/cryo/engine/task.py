@@ -27,6 +27,7 @@ from cryo.engine import cgroups, sched, seccomp, sud
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Batch, Injector
 from cryo.engine.ptrace import Tracee
+from cryo.engine.translate import apply as translated
 from cryo.engine.tree import TRACE_NEW
 from cryo.errors import CryoError, RestoreConflict, Unsupported
 from cryo.linux import libc
@@ -233,7 +234,8 @@ def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
     with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
         comm = f.read().rstrip(b"\n")
     if tid != pid:
-        _check_thread_shares(pid, tid)
+        if _check_thread_shares(pid, tid):
+            extra["fs"] = _thread_fs(pid, tid)
         with open(f"/proc/{pid}/task/{tid}/personality") as f, \
                 open(f"/proc/{pid}/personality") as g:  # fmt: skip
             own, leaders = int(f.read(), 16), int(g.read(), 16)
@@ -261,16 +263,17 @@ _NS_OF_THREADS = ("uts", "ipc", "net", "mnt", "cgroup", "user", "time", "pid_for
                   "time_for_children")  # fmt: skip
 
 
-def _check_thread_shares(pid: int, tid: int) -> None:
+def _check_thread_shares(pid: int, tid: int) -> bool:
     """A thread that unshared what its process's threads share is refused (exit 9): its
-    own fd table (unshare(CLONE_FILES)), cwd, root and umask (CLONE_FS), or namespace;
-    restored, it would share the leader's (found by probing: a thread's own fd was gone,
-    its own hostname the host's, exit 0)."""
+    own fd table (unshare(CLONE_FILES)) or namespace; restored, it would share the
+    leader's (found by probing: a thread's own fd was gone, its own hostname the
+    host's, exit 0).  True for a thread with a cwd and umask of its own (CLONE_FS, as
+    Samba's thread pool gives each worker): :func:`_thread_fs`."""
     what = None
     if not libc.kcmp_same(libc.KCMP_FILES, pid, tid):
         what = "an fd table of its own (unshare(CLONE_FILES))"
     elif not libc.kcmp_same(libc.KCMP_FS, pid, tid):
-        what = "a cwd, root and umask of its own (unshare(CLONE_FS))"
+        return True
     else:
         for ns in _NS_OF_THREADS:
             try:
@@ -285,6 +288,48 @@ def _check_thread_shares(pid: int, tid: int) -> None:
         raise Unsupported(f"thread {tid} of process {pid} has {what}: not supported (its"
                           " threads are restored sharing the process's)", pid=pid,
                           resource="thread")  # fmt: skip
+    return False
+
+
+def _thread_fs(pid: int, tid: int) -> dict[str, Any]:
+    """The cwd and umask of a thread that has a cwd, root and umask of its own, given
+    back by restore_thread_fs.  Refused: such a thread of a chrooted process, one with a
+    root of its own or a deleted cwd, and one sharing its fs_struct with another thread
+    but the leader (made again, each would have its own)."""
+    base = f"/proc/{pid}/task/{tid}"
+    cwd, root = os.readlink(f"{base}/cwd"), os.readlink(f"{base}/root")
+    why = None
+    if root != "/" or os.readlink(f"/proc/{pid}/root") != "/":
+        why = "in a chrooted process, or with a root of its own"
+    elif cwd.endswith(" (deleted)"):
+        why = "with a deleted cwd"
+    else:
+        for other in os.listdir(f"/proc/{pid}/task"):
+            if int(other) not in (pid, tid) and libc.kcmp_same(libc.KCMP_FS, tid, int(other)):
+                why = f"sharing it with thread {other}"
+                break
+    if why is not None:
+        raise Unsupported(f"thread {tid} of process {pid} has a cwd, root and umask of its own"
+                          f" (unshare(CLONE_FS)) {why}: not supported", pid=pid,
+                          resource="thread")  # fmt: skip
+    status = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+    return {"cwd": cwd, "umask": int(status.get("Umask", "0022"), 8)}
+
+
+CLONE_FS = 0x200
+
+
+def restore_thread_fs(ctx: RestoreContext, inj: Injector, trec: dict[str, Any]) -> None:
+    """In a thread that had a cwd and umask of its own (see _thread_fs): unshare(CLONE_FS),
+    then its cwd (translated as every path of the restart) and umask."""
+    fs = trec.get("fs")
+    if not fs:
+        return
+    cwd = translated(ctx.options, fs["cwd"])
+    with inj.batch() as b:
+        b.call(SYS.unshare, CLONE_FS, what=" unshare(CLONE_FS)")
+        b.call(SYS.chdir, b.put_str(cwd), what=f" chdir {cwd}")
+        b.call(SYS.umask, fs["umask"])
 
 
 def unregister_rseq(tracee: Tracee, inj: Injector) -> None:

@@ -900,6 +900,8 @@ KINDS: tuple[Kind, ...] = (
         F("mce_kill", Int(0, 2), "PR_MCE_KILL_GET: late, early, default", required=False),
         F("personality", Int(0, U32), "a thread's own personality, where it differs from"
           " its process's", required=False),
+        F("fs", Struct((F("cwd", Str()), F("umask", Int(0, 0o777))), name="thread fs"),
+          "a thread's own cwd and umask (unshare(CLONE_FS))", required=False),
         F("tsc", Int(1, 2), "PR_GET_TSC: enable, SIGSEGV", required=False),
         F("cpuid", Int(0, 0), "ARCH_GET_CPUID, when cpuid faults", required=False),
         F("sud", List(Int(), size=4), "syscall user dispatch, when on: mode, selector,"

@@ -190,6 +190,7 @@ class SYS(IntEnumBase):
     prctl = 157
     arch_prctl = 158
     chroot = 161
+    unshare = 272
     gettid = 186
     futex = 202
     set_tid_address = 218
