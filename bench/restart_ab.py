@@ -4,7 +4,9 @@ figures of one run, whatever the load does meanwhile.
 A target (bench/tree.py's fanout or bigmem) is checkpointed once; then, round after
 round, each version restarts it warm (image in the page cache) and cold (dropped), in a
 fresh interpreter timed from before ``import cryo.engine.restore``; the restored program
-must go on (two ticks, no FAIL) before it is killed.  Medians.  Run as root:
+must go on (two ticks, no FAIL) before it is killed.  Medians of the wall time and of
+the CPU time of the restarting interpreter (all its threads, start-up included), which
+the other work on a busy machine changes less than the wall time.  Run as root:
   python bench/restart_ab.py --before /path/to/old/src [--tree | --mib 1024] [--rounds 4]
 (an old tree: ``git archive COMMIT | tar -x -C DIR``, then DIR/src).
 """
@@ -30,12 +32,16 @@ from cryo.linux.consts import PR
 from restart_paths import set_cache
 from tree import descendants
 
-CHILD = ("import time, json, sys\nt = time.perf_counter()\n"
+CHILD = ("import time, json, os, sys\nt = time.perf_counter()\n"
          "from cryo.engine.restore import restart\nr = restart(sys.argv[1])\n"
-         "print(json.dumps({'s': time.perf_counter() - t, 'pids': list(r.pids.values())}))\n")
+         "c = os.times()\n"
+         "print(json.dumps({'s': time.perf_counter() - t, 'cpu': c.user + c.system,"
+         " 'pids': list(r.pids.values())}))\n")  # fmt: skip
 
 
-def restart_with(src: str, img: Path, out: Path, pyc: Path) -> float:
+def restart_with(src: str, img: Path, out: Path, pyc: Path) -> tuple[float, float]:
+    """Wall seconds of one restart by ``src`` and the CPU seconds of its interpreter
+    (all its threads, start-up included)."""
     env = dict(os.environ, PYTHONPATH=src, PYTHONPYCACHEPREFIX=str(pyc))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # (compiling every time is not cryo's cost)
     res = subprocess.run([sys.executable, "-c", CHILD, str(img)], capture_output=True,
@@ -54,7 +60,7 @@ def restart_with(src: str, img: Path, out: Path, pyc: Path) -> float:
             raise SystemExit(f"the program restarted by {src} found its memory wrong")
     finally:
         kill_all([int(p) for p in got["pids"]])
-    return float(got["s"])
+    return float(got["s"]), float(got["cpu"])
 
 
 def main() -> None:
@@ -74,7 +80,7 @@ def main() -> None:
                          stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
     p.returncode = 0  # reaped by kill_all
     pids = [p.pid]
-    res: dict[str, list[float]] = {}
+    res: dict[str, list[tuple[float, float]]] = {}
     try:
         while not (out.exists() and "tick 1" in out.read_text()):
             time.sleep(0.01)
@@ -98,9 +104,10 @@ def main() -> None:
     what = "17 processes, 16 x 64 MiB" if args.tree else f"1 process, {args.mib} MiB"
     print(f"{what}: {args.rounds} rounds, load {os.getloadavg()[0]:.2f}")
     for key in ("before warm", "after warm", "before cold", "after cold"):
-        v = res[key]
-        each = " ".join(f"{x:.3f}" for x in v)
-        print(f"  {key:<12} median {statistics.median(v):.3f} s ({each})")
+        wall, cpu = [w for w, _ in res[key]], [c for _, c in res[key]]
+        each = " ".join(f"{x:.3f}" for x in wall)
+        print(f"  {key:<12} median {statistics.median(wall):.3f} s ({each}),"
+              f" CPU {statistics.median(cpu):.3f} s")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,76 @@ def test_corrupt_last_block_found_late_leaves_no_process(procs: Procs, build: An
     Victim(r.pid, out).wait_ok_after(max(Victim(r.pid, out).oks(), default=0) + 2)
 
 
+def test_corrupt_block_of_a_leaf_filled_aside_leaves_nothing(
+        procs: Procs, build: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The pages of processes that fork no child are filled by worker threads while the
+    next processes are made (memory.Fills): a damaged block of the first of them is
+    found there, and the restart still fails naming it, with no process and no worker
+    thread left behind; repaired, the image restarts and every child has its 16 MiB
+    exactly as before (read through /proc/PID/mem)."""
+    import threading
+
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("fanout"), str(out), "4", "16"], out)
+    v.wait_line("ready")
+    pids = tree_pids(v.pid)
+    had = {p: _touched(p) for p in pids if p != v.pid}
+    img = tmp_path / "img"
+    checkpoint(v.pid, str(img), scope="tree", signal_after=signal.SIGKILL)
+    kill_tree(pids)
+    blocks = _blocks(img)
+    first = min(p for p in pids if p != v.pid)  # the first child made
+    bad = min((b for b in blocks if b.get("pid") == first), key=lambda b: b["index"])
+    _flip(img, bad["offset"] + 4096)
+    # in the page cache: the workers' way (a cold image's pages are read by the image's
+    # own thread, as in the test above)
+    (img / "pages.img").read_bytes()
+    with caplog.at_level(logging.DEBUG, logger="cryo.engine.memory"), \
+            pytest.raises(ImageCorrupt, match=f"pages block {bad['index']} checksum mismatch"):
+        restart(str(img))
+    assert any("pages by the fill workers" in m for m in caplog.messages), "the workers' way"
+    assert not _alive(pids), "every process made is gone"
+    left = [p for p in pids if os.path.exists(f"/proc/{p}")]
+    assert not left, f"not reaped by the failed restart: {left}"
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("cryo-")]
+    assert not workers, f"threads left: {workers}"
+    _flip(img, bad["offset"] + 4096)
+    (img / "pages.img").read_bytes()
+    r = restart(str(img))
+    for p in r.pids.values():
+        procs.track(p)
+    assert sorted(r.pids.values()) == pids
+    assert {p: _touched(p) for p in had} == had
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("cryo-")]
+    _ticks_past(out, out.read_text().count("tick") + 2)
+
+
+def _touched(pid: int, size: int = 16 << 20) -> list[bytes]:
+    """Digests of the private anonymous mappings of ``size`` bytes of ``pid`` (fanout's
+    children's touched memory), read through /proc/PID/mem."""
+    import hashlib
+
+    got = []
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            f = line.split()
+            start, end = (int(x, 16) for x in f[0].split("-"))
+            if f[1] == "rw-p" and f[4] == "0" and end - start == size:
+                mem.seek(start)
+                got.append(hashlib.sha256(mem.read(size)).digest())
+    assert got, f"no mapping of {size} bytes in {pid}"
+    return got
+
+
+def _ticks_past(out: Path, n: int, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while out.read_text().count("tick") < n:
+        assert time.monotonic() < deadline, "the restored tree does not go on"
+        time.sleep(0.01)
+
+
 def _restart_in_child(img: Path) -> dict[str, Any]:
     """Restart ``img`` from a fresh interpreter; its peak RSS and the restored pid."""
     # (VmHWM, not ru_maxrss: after the vfork and exec of subprocess, ru_maxrss holds the

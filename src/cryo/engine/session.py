@@ -631,16 +631,27 @@ class Restart:
 
         procs = self.plan.procs
         order = tree.creation_order(self.plan.tree)
+        # the pages of processes that fork no child here are filled by workers while the
+        # next processes are made (memory.Fills); the others' read ahead by the image
+        fills = memory.Fills(self.image) if memory.Fills.usable(self.image) else None
+        parents = {p["ppid"] for p in order}
+        later = {p["pid"] for p in order if fills is not None and p["pid"] in procs
+                 and p["pid"] not in parents and p["pid"] not in self.lazy
+                 and p["pid"] not in self.staged and fills.takes(self._blocks_of(p["pid"]))}
+        if fills is not None and later:
+            self.on_exit(fills.close)  # (before the image closes: the workers read it)
         expect = getattr(self.image, "expect", None)
         if expect is not None:  # read ahead, in the order the processes will write them
-            expect([b for p in order if p["pid"] in procs
-                    for b in self.image.blocks if b.get("pid") == p["pid"]])  # fmt: skip
+            expect([b for p in order if p["pid"] in procs and p["pid"] not in later
+                    for b in self._blocks_of(p["pid"])])  # fmt: skip
         pause = getattr(self.image, "pause", None)
         timens = self.options.get("timens")
         for p in order:
             old = p["pid"]
             if pause is not None and p["ppid"] not in self.made:
                 pause()  # a root is forked by cryo itself: no reader thread may run then
+                if fills is not None:
+                    fills.drain()  # nor a worker
             tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
                        self.area, born=self._born, timens=timens)  # fmt: skip
             m = self.made[old]
@@ -661,9 +672,14 @@ class Restart:
                 ctx.live["staged"] = self.staged[old]
             if old in self.lazy:  # its private anonymous pages come later (cryo.migrate.lazy)
                 ctx.live["lazy"] = self.lazy[old]
+            if old in later:
+                ctx.live["fills"] = fills
             self._stages(ctx, D.BIRTH_STAGES)
         if pause is not None:  # (every block of the plan is used by now)
             pause()
+
+    def _blocks_of(self, old: int) -> list[dict[str, Any]]:
+        return [b for b in self.image.blocks if b.get("pid") == old]
 
     @staticmethod
     def _born(inj: Injector, old_pid: int) -> None:

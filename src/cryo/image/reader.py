@@ -612,6 +612,23 @@ class Image(ReadAhead, ImageReader):
                 raise self.corrupt(f"pages block {b['index']} checksum mismatch")
             self._checked.add(b["index"])
 
+    def cached(self) -> bool:
+        """Is pages.img (of a deferred image, once validated) in the page cache, as far
+        as cachestat(2) can tell?  (What a cold restart reads, it drops again.)"""
+        if self._fd < 0:
+            return False
+        if self._cold is None:
+            self._cold = _mostly_uncached(self._fd)
+        return self._cold is False
+
+    def read_checked_part(self, b: dict[str, Any], view: memoryview, start: int,
+                          state: list[Any]) -> None:  # fmt: skip
+        """Bytes [start, start + len(view)) of block ``b`` (stored uncompressed) read
+        into ``view``; ``state`` is what the block's parts share (empty at the first), and
+        its last part checks the block (ImageCorrupt).  Safe from any thread: the
+        restart's Fills workers read leaf processes' blocks so (engine/memory.py)."""
+        self._read_part(b, view, start, state)
+
     def _decoded(self, b: dict[str, Any], stored: bytearray) -> bytearray:
         if b["codec"] == "none":
             return stored
