@@ -108,11 +108,14 @@ def test_futex_hash_of_its_own_size(procs: Procs, build: Any, tmp_path: Path) ->
     """A private futex hash of 128 slots set with PR_FUTEX_HASH comes back with 128
     (PR_FUTEX_HASH_GET_SLOTS each round).  Before: the default the kernel gives a
     process at its first thread (16 here), exit 0."""
+    from cryo.engine.show import describe
+
     v = _spawn(procs, build, tmp_path, "futexhash")
     if any(x.startswith("skip") for x in v.lines()):
         pytest.skip("no PR_FUTEX_HASH in this kernel")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+    assert describe(str(tmp_path / "img"))["processes"][0]["task"]["futex_slots"] == 128
 
 
 def test_child_with_another_exit_signal(procs: Procs, build: Any, tmp_path: Path) -> None:
@@ -140,9 +143,13 @@ def test_thread_of_its_own_personality(procs: Procs, build: Any, tmp_path: Path)
     """A thread whose personality (kept per thread) is ADDR_NO_RANDOMIZE, its process's
     leader's 0: each its own after the restart.  Before: the thread came back with the
     leader's, exit 0."""
+    from cryo.engine.show import describe
+
     v = _spawn(procs, build, tmp_path, "threadpers")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+    threads = describe(str(tmp_path / "img"))["processes"][0]["threads"]
+    assert [t.get("personality") for t in threads] == [None, "0x40000"]
 
 
 def test_thread_of_its_own_cwd_and_umask(procs: Procs, build: Any, tmp_path: Path) -> None:
@@ -150,9 +157,13 @@ def test_thread_of_its_own_cwd_and_umask(procs: Procs, build: Any, tmp_path: Pat
     thread pool gives each worker) keeps its own cwd (a subdirectory) and umask (077)
     after the restart, the leader its own (the directory, 022).  Before: restored
     sharing the leader's, exit 0 (later: refused, exit 9)."""
+    from cryo.engine.show import describe
+
     v = _spawn(procs, build, tmp_path, "threadfs")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+    threads = describe(str(tmp_path / "img"))["processes"][0]["threads"]
+    assert [t.get("fs") for t in threads] == [None, {"cwd": f"{tmp_path}/sub", "umask": 0o77}]
 
 
 def test_thread_inside_a_handler_on_its_alternate_stack(procs: Procs, build: Any,
@@ -282,11 +293,15 @@ def test_deleted_file_keeps_its_preallocated_space(procs: Procs, build: Any,
     """A deleted file with 1 MiB reserved by fallocate and 4 bytes written keeps its
     size, data and st_blocks.  Before: the reserved range came back as a hole (st_blocks
     8 instead of 2048 on ext4, whose SEEK_DATA skips unwritten extents), exit 0."""
+    from cryo.engine.show import describe
+
     v = _spawn(procs, build, tmp_path, "fallocghost")
     if any(x.startswith("skip") for x in v.lines()):
         pytest.skip("no fallocate on this filesystem")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
+    files = describe(str(tmp_path / "img"))["processes"][0]["files"]
+    assert any(f.get("preallocated") for f in files), files
 
 
 def test_pty_slave_in_exclusive_mode(procs: Procs, build: Any, tmp_path: Path) -> None:

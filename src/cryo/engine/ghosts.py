@@ -690,6 +690,12 @@ def show(d: dict[str, Any]) -> dict[str, Any]:
             out["hugetlb"] = d["hugetlb"]
     if "extents" in d:
         out["data"] = sum(n for _, n in d["extents"])  # the rest are holes
+    if d.get("prealloc"):
+        out["preallocated"] = sum(n for _, n in d["prealloc"])
+    if d.get("xattrs"):
+        out["xattrs"] = [name for name, _ in d["xattrs"]]
+    if d.get("flags", 0) & O_TMPFILE_FLAG:
+        out["tmpfile"] = True
     if "obj" in d:
         out["object"] = d["obj"]
     if d.get("node") and "rdev" in d:  # a deleted device node, made again

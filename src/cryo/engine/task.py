@@ -606,7 +606,7 @@ def _orphaned_pgrp(pid: int) -> bool:
 def describe(rec: dict[str, Any]) -> dict[str, Any]:
     """``cryo show``: the process-wide state of a TASK record."""
     out: dict[str, Any] = {"prctl": rec["prctl"], "personality": f"{rec['personality']:#x}"}
-    for key in ("oom_score_adj", "membarrier", "mdwe", "coredump_filter"):
+    for key in ("oom_score_adj", "membarrier", "mdwe", "coredump_filter", "futex_slots"):
         if key in rec:
             out[key] = rec[key]
     if rec.get("audit"):
@@ -619,9 +619,11 @@ def describe_thread(trec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"uids": trec["uids"], "gids": trec["gids"], "groups": trec["groups"],
                            "caps": trec["caps"], "no_new_privs": trec["no_new_privs"]}
     for key in ("securebits", "pdeathsig", "dumpable", "timerslack", "mce_kill", "tsc",
-                "mempolicy", "cpuid"):
+                "mempolicy", "cpuid", "fs"):
         if key in trec:
             out[key] = trec[key]
+    if "personality" in trec:  # (its own, other than its process's)
+        out["personality"] = f"{trec['personality']:#x}"
     out.update(sched.describe(trec))
     sc = seccomp.describe(trec)
     if sc:
