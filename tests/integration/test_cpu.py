@@ -32,14 +32,20 @@ def _made_on_a_cpu_with(img: Path, flag: str) -> None:
     (img / "core.img").write_bytes(fmt.encode_file(R.CORE_MAGIC, out))
 
 
-@pytest.mark.skipif(not MISSING, reason="this CPU has every extension cryo compares")
-def test_image_of_a_cpu_with_more_extensions(procs: Procs, build: Any, tmp_path: Path) -> None:
+def _counter_image(procs: Procs, build: Any, tmp_path: Path) -> tuple[Victim, Path]:
+    """A counter checkpointed (killed, reaped) into ``tmp_path``/img."""
     out = tmp_path / "out.txt"
     v = procs.spawn([build("counter"), str(out)], out)
     v.wait_ok_after(2)
     img = tmp_path / "img"
     checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
     reap(v.pid)
+    return v, img
+
+
+@pytest.mark.skipif(not MISSING, reason="this CPU has every extension cryo compares")
+def test_image_of_a_cpu_with_more_extensions(procs: Procs, build: Any, tmp_path: Path) -> None:
+    v, img = _counter_image(procs, build, tmp_path)
     _made_on_a_cpu_with(img, MISSING[0])
     r = run_cryo("restart", "-D", str(img), "--detach", "--trust-image")
     assert r.returncode == ExitCode.IMAGE_INCOMPATIBLE, r.stderr
@@ -48,21 +54,16 @@ def test_image_of_a_cpu_with_more_extensions(procs: Procs, build: Any, tmp_path:
     last = max(v.oks())
     r = run_cryo("restart", "-D", str(img), "--detach", "--trust-image", "--ignore-cpu")
     assert r.returncode == 0, r.stderr
-    Victim(procs.track(int(r.stdout)), out).wait_ok_after(last + 3)
+    Victim(procs.track(int(r.stdout)), v.out).wait_ok_after(last + 3)
 
 
-def test_cpu_of_the_image_is_shown(procs: Procs, build: Any, tmp_path: Path) -> None:
+def test_image_of_this_cpu(procs: Procs, build: Any, tmp_path: Path) -> None:
     """The image's HEAD holds this CPU's flags; restarted here, no refusal."""
-    out = tmp_path / "out.txt"
-    v = procs.spawn([build("counter"), str(out)], out)
-    v.wait_ok_after(2)
-    img = tmp_path / "img"
-    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
-    reap(v.pid)
+    v, img = _counter_image(procs, build, tmp_path)
     head = next(r.payload for r in fmt.read_file(img / "core.img", R.CORE_MAGIC)
                 if r.kind == R.HEAD)  # fmt: skip
     assert head["cpu"] == cpu.here()
     last = max(v.oks())
     r = run_cryo("restart", "-D", str(img), "--detach")
     assert r.returncode == 0, r.stderr
-    Victim(procs.track(int(r.stdout)), out).wait_ok_after(last + 3)
+    Victim(procs.track(int(r.stdout)), v.out).wait_ok_after(last + 3)
