@@ -202,6 +202,16 @@ def test_kernel_object_fds_refused(procs: Procs, build: Any, tmp_path: Path, mod
     refused_untouched(v, tmp_path / "img", needle)
 
 
+def test_inotify_watch_of_a_deleted_file_refused(procs: Procs, build: Any,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """An inotify watch on a file deleted since (still open, so still there) is refused:
+    exit 9 naming the deleted file, no image, the watch still reports each write.
+    Before: the checkpoint exited 0 and the restart failed (ESTALE: the file made again
+    is another inode, which the watch's handle does not open)."""
+    v = _spawn(procs, build, tmp_path, "inotifyghost")
+    refused_untouched(v, tmp_path / "img", "watched (deleted), a deleted file")
+
+
 @pytest.mark.parametrize("mode,dev,needle", [
     ("tun", "/dev/net/tun", "/dev/net/tun (10:200) is not supported"),
     ("dmalatency", "/dev/cpu_dma_latency", "/dev/cpu_dma_latency (10:259) is not supported"),

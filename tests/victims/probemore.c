@@ -81,7 +81,9 @@
  *               holding the robust one: the main thread gets the PI one (its holder
  *               unlocked it), then EOWNERDEAD for the robust one
  *   rootbind    chrooted into argv[3]/b, a bind mount of argv[3]/a: same root inode and
- *               mount id */
+ *               mount id
+ *   inotifyghost an inotify watch (IN_MODIFY) on a file then deleted, still open: each
+ *               round's write to it gives an event with the watch's wd */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -107,6 +109,7 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/xattr.h>
+#include <sys/inotify.h>
 #include <sys/timerfd.h>
 #include <setjmp.h>
 #include <sys/utsname.h>
@@ -452,6 +455,7 @@ static pid_t exitsig_child;
 static int exitsig_reaped;
 static int tmp_fd = -1, tmp_linked;
 static unsigned long long core_cookie;
+static int in_fd = -1, in_wd = -1;
 static pthread_mutex_t robust_mx, pi_mx;
 static volatile int od_phase;
 static void *od_holder(void *arg) {
@@ -885,6 +889,14 @@ static void setup(void) {
         if (chroot(path) || chdir("/")) FAIL("chroot %d", errno);
         stat("/", &bind_st);
         bind_mnt = mount_id("/");
+    } else if (!strcmp(mode, "inotifyghost")) {
+        snprintf(path, sizeof path, "%s/watched", dir);
+        tmp_fd = open(path, O_RDWR | O_CREAT, 0640);
+        in_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        in_wd = inotify_add_watch(in_fd, path, IN_MODIFY);
+        if (tmp_fd < 0 || in_wd < 0 || unlink(path)) FAIL("inotify %d", errno);
+        char ev[4096];
+        while (read(in_fd, ev, sizeof ev) > 0) {}  /* (IN_ATTRIB of the unlink) */
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -1189,6 +1201,17 @@ static int check(long round) {
         struct stat st;
         if (stat("/", &st) || st.st_ino != bind_st.st_ino || mount_id("/") != bind_mnt ||
             access("/x", F_OK)) { FAIL("root: mount %llu (was %llu)", mount_id("/"), bind_mnt); bad = 1; }
+    } else if (!strcmp(mode, "inotifyghost")) {
+        if (write(tmp_fd, "x", 1) != 1) FAIL("write");
+        char ev[4096] __attribute__((aligned(8)));
+        int found = 0;
+        nap(20);
+        ssize_t n = read(in_fd, ev, sizeof ev);
+        for (char *p = ev; n > 0 && p < ev + n; p += sizeof(struct inotify_event) + ((struct inotify_event *)p)->len) {
+            struct inotify_event *e = (struct inotify_event *)p;
+            if (e->wd == in_wd && (e->mask & IN_MODIFY)) found = 1;
+        }
+        if (!found) { FAIL("inotify: no IN_MODIFY on the deleted file (read %zd)", n); bad = 1; }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];

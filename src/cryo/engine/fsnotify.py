@@ -120,8 +120,14 @@ def _find_path(m: dict[str, Any], where: str, pid: int, fd: int) -> None:
     try:
         m["path"] = os.readlink(f"/proc/self/fd/{ofd}")
         m["fmt"] = stat.S_IFMT(os.fstat(ofd).st_mode)
+        gone = os.fstat(ofd).st_nlink == 0
     finally:
         os.close(ofd)
+    if gone or m["path"].endswith(" (deleted)"):  # (found by probing: the restart failed)
+        raise Unsupported(f"fd {fd}: {where} watches {m['path']}, a deleted file: not"
+                          " supported (it is made again at restart as another inode, which"
+                          " the watch's handle does not open)", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
 
 
 def _queued(pid: int, fd: int, what: str) -> None:
