@@ -64,13 +64,15 @@ def agent_socket(pid: int, fd: int) -> tuple[bytes, bool] | None:
         return name, bool(s.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN))
 
 
-def _agents(pid: int) -> list[bytes]:
+def _agents(pid: int, links: dict[int, str] | None = None) -> list[bytes]:
     """The names of the agents listening in ``pid``: only its unix sockets are duplicated
     and asked (the protocol of each socket is its inode's system.sockprotoname, one
-    getxattr: a busy server's TCP connections are not duplicated)."""
+    getxattr: a busy server's TCP connections are not duplicated); ``links``: its fd
+    table as read just before (drivers._agents_possible), else read here."""
     out: list[bytes] = []
     try:  # (the links read by name in the directory, opened once: no path walk each)
-        links = procfs.fd_links(pid)[1]
+        if links is None:
+            links = procfs.fd_links(pid)[1]
     except OSError:  # gone meanwhile (a child of the tree that ended): no agent
         return out
     for n, link in links.items():
@@ -97,8 +99,9 @@ def before_freeze(session: Any) -> None:
 
     opts = session.app_options
     timeout = float(opts.get("callback_timeout", 30.0))
+    read = session.shared.early.pop("fd_links before", {})
     for pid in tree.members(session.pid, session.scope):
-        for name in _agents(pid):
+        for name in _agents(pid, read.get(pid)):
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
                 conn.settimeout(timeout + 5)

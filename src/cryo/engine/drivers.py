@@ -263,10 +263,20 @@ def _opened(kind: str) -> Callable[[Any], bool]:
 
 def _agents_possible(session: Any) -> bool:
     """Checkpoint, before the freeze: a process of the scope holds a socket (an agent of
-    cryo.app listens on a unix socket)."""
+    cryo.app listens on a unix socket).  The fd tables read are left for appchannel's
+    search (shared.early 'fd_links before', taken once: one readlink per fd, not two)."""
     from cryo.engine import tree
 
-    return any(_has_socket(pid) for pid in tree.members(session.pid, session.scope))
+    read: dict[int, dict[int, str]] = session.shared.early.setdefault("fd_links before", {})
+
+    def has_socket(pid: int) -> bool:
+        try:
+            links = read[pid] = procfs.fd_links(pid)[1]
+        except OSError:
+            return True  # (let the driver say why)
+        return any(t.startswith("socket:[") for t in links.values())
+
+    return any(has_socket(pid) for pid in tree.members(session.pid, session.scope))
 
 
 # -- the hand-over between the context and each module's functions ----------------------
