@@ -132,5 +132,10 @@ def test_options_sock_diag_shows_are_what_getsockopt_answers() -> None:
                 asked = inet.options(a, ident, buffers=False, connection=True)
                 assert inet.options(a, ident, buffers=False, connection=True,
                                     known=known) == asked, opts  # fmt: skip
+                # (as lock_connections asks: the plan made once per sock_diag signature)
+                sig, shared = inet._known_of(attrs.get(ino))
+                assert sig is not None and shared == known, (sig, shared)
+                assert inet.options(a, ident, buffers=False, connection=True, known=shared,
+                                    known_sig=sig) == asked, opts  # fmt: skip
                 # (each option set is seen; IP_TOS sets SO_PRIORITY too)
                 assert {(lv, o) for lv, o, _v in opts} <= {(x[0], x[1]) for x in asked}, asked
