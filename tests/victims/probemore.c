@@ -83,7 +83,9 @@
  *   rootbind    chrooted into argv[3]/b, a bind mount of argv[3]/a: same root inode and
  *               mount id
  *   inotifyghost an inotify watch (IN_MODIFY) on a file then deleted, still open: each
- *               round's write to it gives an event with the watch's wd */
+ *               round's write to it gives an event with the watch's wd
+ *   lockghost   a deleted file with an flock (LOCK_EX) on one fd and an OFD write lock
+ *               on another description of it: both in fdinfo each round */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -109,6 +111,7 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/xattr.h>
+#include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/timerfd.h>
 #include <setjmp.h>
@@ -455,7 +458,7 @@ static pid_t exitsig_child;
 static int exitsig_reaped;
 static int tmp_fd = -1, tmp_linked;
 static unsigned long long core_cookie;
-static int in_fd = -1, in_wd = -1;
+static int in_fd = -1, in_wd = -1, lock_fd2 = -1;
 static pthread_mutex_t robust_mx, pi_mx;
 static volatile int od_phase;
 static void *od_holder(void *arg) {
@@ -897,6 +900,13 @@ static void setup(void) {
         if (tmp_fd < 0 || in_wd < 0 || unlink(path)) FAIL("inotify %d", errno);
         char ev[4096];
         while (read(in_fd, ev, sizeof ev) > 0) {}  /* (IN_ATTRIB of the unlink) */
+    } else if (!strcmp(mode, "lockghost")) {
+        snprintf(path, sizeof path, "%s/locked", dir);
+        tmp_fd = open(path, O_RDWR | O_CREAT, 0640);
+        lock_fd2 = open(path, O_RDWR);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 10, .l_len = 5};
+        if (flock(tmp_fd, LOCK_EX) || fcntl(lock_fd2, F_OFD_SETLK, &fl) || unlink(path))
+            FAIL("locks %d", errno);
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -1212,6 +1222,12 @@ static int check(long round) {
             if (e->wd == in_wd && (e->mask & IN_MODIFY)) found = 1;
         }
         if (!found) { FAIL("inotify: no IN_MODIFY on the deleted file (read %zd)", n); bad = 1; }
+    } else if (!strcmp(mode, "lockghost")) {
+        char l1[256] = "", l2[256] = "";
+        if (fdinfo_line(tmp_fd, "lock:", l1, sizeof l1) || !strstr(l1, "FLOCK") || !strstr(l1, "WRITE") ||
+            fdinfo_line(lock_fd2, "lock:", l2, sizeof l2) || !strstr(l2, "OFDLCK") || !strstr(l2, " 10 14")) {
+            FAIL("locks of the deleted file: '%s' '%s'", l1, l2); bad = 1;
+        }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
         char cwd[4200], want[4200];
