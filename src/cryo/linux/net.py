@@ -674,10 +674,13 @@ def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xF
     local address, local port, remote address, remote port), the addresses packed (4 or
     16 bytes, network order); with ``only``, just those inodes.  With ``attrs``, the
     dump asks for the congestion control, TOS and class id too, and ``attrs[inode]``
-    gets each socket's attributes, type -> payload (and idiag_if as INET_DIAG_IF)."""
+    gets each socket's attributes, type -> payload (and idiag_if as INET_DIAG_IF): one
+    dict, not to be changed, for the sockets whose attributes are the same bytes (a
+    server's connections mostly: parsed once)."""
     size = 4 if family == socket.AF_INET else 16
     out: list[tuple[int, int, bytes, int, bytes, int]] = []
     unpack, ino_of, nla = _INET_DIAG_MSG.unpack_from, _U32.unpack_from, _NLA.unpack_from
+    parsed: dict[tuple[int, bytes], dict[int, Any]] = {}
     for data, start, end in _inet_diag_msgs(family, protocol, states,
                                             _DIAG_EXT if attrs is not None else 0):
         if only is not None and ino_of(data, start + _INO_AT)[0] not in only:
@@ -687,14 +690,17 @@ def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xF
         out.append((ino, state, src[:size], int.from_bytes(sport, "big"), dst[:size],
                     int.from_bytes(dport, "big")))  # fmt: skip
         if attrs is not None:
-            got: dict[int, Any] = {INET_DIAG_IF: ifindex}
-            at = start + _INET_DIAG_MSG.size
-            while at + 4 <= end:
-                length, typ = nla(data, at)
-                if length < 4:
-                    break
-                got[typ & 0x3FFF] = data[at + 4 : at + length]
-                at += (length + 3) & ~3
+            key = (ifindex, data[start + _INET_DIAG_MSG.size : end])
+            got = parsed.get(key)
+            if got is None:
+                got = parsed[key] = {INET_DIAG_IF: ifindex}
+                at = start + _INET_DIAG_MSG.size
+                while at + 4 <= end:
+                    length, typ = nla(data, at)
+                    if length < 4:
+                        break
+                    got[typ & 0x3FFF] = data[at + 4 : at + length]
+                    at += (length + 3) & ~3
             attrs[ino] = got
     return out
 
