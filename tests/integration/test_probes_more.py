@@ -18,7 +18,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
-from tests.conftest import Procs, Victim, reap
+from tests.conftest import Procs, Victim, reap, run_cryo
 from tests.integration.test_procstate import cycle, refused_untouched
 
 
@@ -83,6 +83,35 @@ def test_state_restored(procs: Procs, build: Any, tmp_path: Path, mode: str) -> 
     assert not v.fails()
     if mode == "tidaddr":
         v.wait_line("joined")
+
+
+def test_restart_that_cannot_give_a_hard_limit_fails(procs: Procs, build: Any,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """A restart by a cryo whose own hard RLIMIT_NOFILE is below the image's (no
+    CAP_SYS_RESOURCE to raise it) fails naming the limit, exit 10, no process left; a
+    restart that can goes on.  Before: exit 0 with a warning, the process running with
+    the lower limit."""
+    import resource
+
+    from cryo.errors import ExitCode
+
+    v = _spawn(procs, build, tmp_path, "thp")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("this session's hard RLIMIT_NOFILE is too low")
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", preexec_fn=lower)
+    assert r.returncode == ExitCode.CONFLICT, r.stderr
+    assert "RLIMIT_NOFILE" in r.stderr, r.stderr
+    assert not os.path.exists(f"/proc/{v.pid}")
+    rr = restart(str(tmp_path / "img"))
+    procs.track(rr.pid)
+    Victim(rr.pid, v.out).wait_ok_after(max(v.oks()) + 2)
 
 
 def test_fd_flags_and_an_offset_past_the_end(procs: Procs, build: Any, tmp_path: Path) -> None:

@@ -424,10 +424,16 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             b.call(SYS.prctl, set_, value, 0, 0, 0)
         if rec.get("mdwe"):  # (no mapping is made executable after this stage)
             b.call(SYS.prctl, PR.SET_MDWE, rec["mdwe"], 0, 0, 0, what=" PR_SET_MDWE")
-    for i, res, soft, hard in limits:
-        if b.result(i) < 0:
-            ctx.warnings.append(f"rlimit {res} ({soft}, {hard}) not restored:"
-                                f" errno {-b.result(i)}")  # fmt: skip
+    for i, res, soft, hard in limits:  # (found by probing: a warning only, exit 0, and
+        if b.result(i) < 0:  # the process ran with cryo's lower limit)
+            import resource as rsrc  # (names only; not imported by a restart that works)
+
+            name = next((n for n in dir(rsrc) if n.startswith("RLIMIT_")
+                         and getattr(rsrc, n) == int(res)), str(res))  # fmt: skip
+            raise RestoreConflict(f"process {ctx.old_pid}: its resource limit {name} ({soft},"
+                                  f" {hard}) cannot be set (errno {-b.result(i)}): raising a"
+                                  " hard limit above this cryo's needs CAP_SYS_RESOURCE",
+                                  pid=ctx.old_pid, resource="rlimit")  # fmt: skip
 
 
 FUTEX_HASH_SET_SLOTS, FUTEX_HASH_GET_SLOTS = 1, 2
