@@ -405,6 +405,42 @@ def test_robust_and_pi_mutexes_across_a_restart(procs: Procs, build: Any,
     assert not v.fails()
 
 
+def test_pty_whose_index_is_taken(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A pty pair whose old index is taken at restart: the restart fails, exit 10,
+    naming /dev/pts/N, nothing made; with --new-pids (new_pids=True) it comes back under
+    another index; once the index is free, under its own.  Before: another index with a
+    log line only, exit 0 (the program's terminal renamed)."""
+    import fcntl
+    import struct
+
+    from cryo.errors import RestoreConflict
+
+    v = _spawn(procs, build, tmp_path, "ptyexcl")
+    index = int(v.wait_line("pty ").split()[1].rsplit("/", 1)[1])
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    held: list[int] = []
+    try:
+        for _ in range(256):  # take the old index (the kernel gives the lowest free one)
+            fd = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+            held.append(fd)
+            got = struct.unpack("i", fcntl.ioctl(fd, 0x80045430, b"\0" * 4))[0]
+            if got >= index:
+                break
+        if got != index:
+            pytest.skip(f"/dev/pts/{index} was taken by another process meanwhile")
+        with pytest.raises(RestoreConflict, match=f"/dev/pts/{index} is taken"):
+            restart(str(tmp_path / "img"))
+        assert not os.path.exists(f"/proc/{v.pid}")
+        rr = restart(str(tmp_path / "img"), new_pids=True)
+        procs.track(rr.pid)
+        Victim(rr.pid, v.out).wait_ok_after(max(v.oks()) + 2)
+        assert not Victim(rr.pid, v.out).fails()
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 @pytest.mark.parametrize("mode", ["shmfile", "devzero"])
 def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path: Path,
                                              mode: str) -> None:  # fmt: skip

@@ -699,6 +699,7 @@ static void setup(void) {
         if (kept_fd < 0 || grantpt(kept_fd) || unlockpt(kept_fd)) FAIL("ptmx %d", errno);
         pty_slave = open(ptsname(kept_fd), O_RDWR | O_NOCTTY);
         if (pty_slave < 0 || ioctl(pty_slave, TIOCEXCL)) FAIL("TIOCEXCL %d", errno);
+        report("pty %s", ptsname(kept_fd));
     } else if (!strcmp(mode, "shmfile") || !strcmp(mode, "devzero")) {
         int fd;
         if (mode[0] == 's') {

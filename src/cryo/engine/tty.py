@@ -44,7 +44,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from cryo.errors import CryoError, Unsupported
+from cryo.errors import CryoError, RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux.consts import SYS
 
@@ -255,10 +255,14 @@ _made: dict[int, tuple[int, int]] = {}
 _masters: dict[int, dict[str, Any]] = {}
 
 
+_new_index_ok = [False]  # (the restart's --new-pids: another index where the old is taken)
+
+
 def prepare(rs: Any) -> None:
     """Restart, before the descriptions are opened: the image's masters by index."""
     _made.clear()
     _masters.clear()
+    _new_index_ok[0] = getattr(rs, "new_pids", False) is not False
     _masters.update({d["index"]: d for d in rs.plan.descs
                      if d["kind"] == "pty" and d.get("master")})  # fmt: skip
     rs.on_exit(_forget)
@@ -291,6 +295,11 @@ def _master(index: int) -> tuple[int, int]:
     finally:
         for x in extra:
             os.close(x)
+    if new != index and not _new_index_ok[0]:  # (found by probing: a log line, exit 0,
+        os.close(fd)  # and the program's terminal had another name)
+        raise RestoreConflict(f"pty {index}: /dev/pts/{index} is taken here (the pair would"
+                              f" come back as /dev/pts/{new}); --new-pids lets it",
+                              resource="pty")  # fmt: skip
     if new != index:
         log.warning("pty %d comes back as /dev/pts/%d (the old one is taken)", index, new)
     fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
