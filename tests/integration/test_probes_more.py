@@ -114,6 +114,18 @@ def test_restart_that_cannot_give_a_hard_limit_fails(procs: Procs, build: Any,
     Victim(rr.pid, v.out).wait_ok_after(max(v.oks()) + 2)
 
 
+def test_mapped_file_with_a_newline_in_its_name(procs: Procs, build: Any,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """A file whose name holds a newline and a backslash ("a\\nb\\\\012c"), mapped privately
+    and open, comes back: its bytes through the mapping and the fd, the fd's link.
+    Before: the name was taken as /proc/PID/maps writes it ("\\012" for the newline):
+    the restart failed, PathMissing, after the checkpoint exited 0 (with this name's
+    backslash, the checkpoint itself failed, FileNotFoundError)."""
+    v = _spawn(procs, build, tmp_path, "nlname")
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+
+
 def test_fd_flags_and_an_offset_past_the_end(procs: Procs, build: Any, tmp_path: Path) -> None:
     """O_APPEND, O_NOATIME, O_DIRECT, O_NONBLOCK, O_SYNC and O_DSYNC on one file each,
     FD_CLOEXEC on every other one, an O_PATH fd on /dev/null, and an fd whose offset

@@ -85,7 +85,9 @@
  *   inotifyghost an inotify watch (IN_MODIFY) on a file then deleted, still open: each
  *               round's write to it gives an event with the watch's wd
  *   lockghost   a deleted file with an flock (LOCK_EX) on one fd and an OFD write lock
- *               on another description of it: both in fdinfo each round */
+ *               on another description of it: both in fdinfo each round
+ *   nlname      a file whose name holds a newline and a backslash, mapped privately and
+ *               open: its bytes through both, the fd's link names it */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -459,6 +461,7 @@ static int exitsig_reaped;
 static int tmp_fd = -1, tmp_linked;
 static unsigned long long core_cookie;
 static int in_fd = -1, in_wd = -1, lock_fd2 = -1;
+static char nl_path[4200];
 static pthread_mutex_t robust_mx, pi_mx;
 static volatile int od_phase;
 static void *od_holder(void *arg) {
@@ -908,6 +911,13 @@ static void setup(void) {
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 10, .l_len = 5};
         if (flock(tmp_fd, LOCK_EX) || fcntl(lock_fd2, F_OFD_SETLK, &fl) || unlink(path))
             FAIL("locks %d", errno);
+    } else if (!strcmp(mode, "nlname")) {
+        snprintf(nl_path, sizeof nl_path, "%s/a\nb\\012c", dir);
+        tmp_fd = open(nl_path, O_RDWR | O_CREAT, 0644);
+        char buf[8192];
+        memset(buf, 'A', sizeof buf);
+        if (tmp_fd < 0 || write(tmp_fd, buf, sizeof buf) != sizeof buf) FAIL("nlname %d", errno);
+        memfd_map = mmap(NULL, 8192, PROT_READ, MAP_PRIVATE, tmp_fd, 0);
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -1228,6 +1238,13 @@ static int check(long round) {
         if (fdinfo_line(tmp_fd, "lock:", l1, sizeof l1) || !strstr(l1, "FLOCK") || !strstr(l1, "WRITE") ||
             fdinfo_line(lock_fd2, "lock:", l2, sizeof l2) || !strstr(l2, "OFDLCK") || !strstr(l2, " 10 14")) {
             FAIL("locks of the deleted file: '%s' '%s'", l1, l2); bad = 1;
+        }
+    } else if (!strcmp(mode, "nlname")) {
+        char link[4300] = {0}, fdp[64], b[4];
+        snprintf(fdp, sizeof fdp, "/proc/self/fd/%d", tmp_fd);
+        if (memfd_map[0] != 'A' || memfd_map[8191] != 'A' || pread(tmp_fd, b, 4, 100) != 4 ||
+            b[0] != 'A' || readlink(fdp, link, sizeof link - 1) < 0 || strcmp(link, nl_path)) {
+            FAIL("nlname: %s", link); bad = 1;
         }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;

@@ -155,12 +155,26 @@ def _wanted(kind: str, cats: int) -> bool:
 # -- dump ------------------------------------------------------------------------------
 
 
+def _real_path(pid: int, v: procfs.Vma) -> procfs.Vma:
+    """A mapped file's name as it is: /proc/PID/maps writes a newline in it as "\\012"
+    (and a backslash as itself, so the text cannot be told apart), its map_files link
+    gives the name itself (found by probing: a file with a newline in its name was
+    looked for under the escaped one, the restart failed PathMissing after the
+    checkpoint exited 0)."""
+    if "\\012" not in v.path or not v.path.startswith("/"):
+        return v
+    try:
+        return v._replace(path=os.readlink(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"))
+    except OSError:
+        return v
+
+
 def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                                                             list[tuple[int, int]]]:  # fmt: skip
     """Describe the address space; returns the MM record and the page runs to save.
     Shared memory objects go to ``objects``, whose data is saved once for all."""
     pid = ctx.pid
-    vmas = procfs.parse_smaps_flags(procfs.read(pid, "smaps"))
+    vmas = [_real_path(pid, v) for v in procfs.parse_smaps_flags(procfs.read(pid, "smaps"))]
     st = procfs.parse_stat(procfs.read(pid, "stat"))
     brk = ctx.live["brk"]
     runs: list[tuple[int, int]] = []
