@@ -128,6 +128,26 @@ def test_corrupt_block_of_a_leaf_filled_aside_leaves_nothing(
     _ticks_past(out, out.read_text().count("tick") + 2)
 
 
+def test_progress_while_the_workers_fill(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """A lone process's pages from a warm image go through the fill workers; the
+    restart's progress still moves part by part up to the whole, not once at the end."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("bigmem"), str(out), "128"], out)
+    v.wait_line("tick 1")
+    img = tmp_path / "img"
+    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    (img / "pages.img").read_bytes()  # warm: the workers' way
+    seen: list[tuple[int, int]] = []
+    r = restart(str(img), progress=lambda done, total: seen.append((done, total)))
+    procs.track(r.pid)
+    assert len(seen) >= 4, seen
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen), seen
+    assert seen[-1][0] == seen[-1][1] >= 128 << 20, seen[-1]
+    restored = Victim(r.pid, out)
+    restored.wait_ok_after(max(restored.oks(), default=0) + 2)
+
+
 def _touched(pid: int, size: int = 16 << 20) -> list[bytes]:
     """Digests of the private anonymous mappings of ``size`` bytes of ``pid`` (fanout's
     children's touched memory), read through /proc/PID/mem."""

@@ -1052,7 +1052,7 @@ class _Fill:
                  ) -> None:  # fmt: skip
         self.pid, self.filler = pid, filler
         self.left = len(blocks)  # blocks not yet filled
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()  # notified at each part and at the end
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.written = 0
@@ -1154,7 +1154,9 @@ class Fills:
         except OSError as err:
             job.error = job.error or err
         finally:
-            job.done.set()
+            with job.lock:
+                job.done.set()
+                job.lock.notify_all()
             with self.idle:
                 self.running -= 1
                 self.idle.notify_all()
@@ -1174,6 +1176,7 @@ class Fills:
                  else _write_block(job.pid, runs, base))  # fmt: skip
             with job.lock:
                 job.written += n
+                job.lock.notify_all()
 
 
 def wait_fill(ctx: RestoreContext) -> None:
@@ -1182,6 +1185,17 @@ def wait_fill(ctx: RestoreContext) -> None:
     job: _Fill | None = live_of(ctx).pop("fill", None)
     if job is None:
         return
+    told = 0
+    while ctx.progress:  # the caller's progress part by part, from this thread
+        with job.lock:
+            while job.written == told and not job.done.is_set():
+                job.lock.wait()
+            written, over = job.written, job.done.is_set()
+        if written > told:
+            ctx.progress(written - told)
+            told = written
+        if over:
+            break
     job.done.wait()
     if job.error is not None:
         raise job.error
@@ -1190,8 +1204,8 @@ def wait_fill(ctx: RestoreContext) -> None:
     if inherited:
         n += cow.write_inherited(ctx, inherited)
     ctx.live["written"] = ctx.live.get("written", 0) + n
-    if ctx.progress:
-        ctx.progress(n)
+    if ctx.progress and n > told:
+        ctx.progress(n - told)
 
 
 class _Parts:
