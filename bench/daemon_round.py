@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def main() -> int:
         size = sum(du(a.vdir(v)) for v in dirs)
     finally:
         kill_all([p.pid])
+        shutil.rmtree(base, ignore_errors=True)  # (the store: ~80 MiB a run)
     load = os.getloadavg()
     print(f"{args.label or cryo.__file__}: {args.rounds} rounds of a {args.mib} MiB job"
           f" writing {args.dirty:g} MiB/s, every {args.every:g} s, keep {args.keep_last}"
