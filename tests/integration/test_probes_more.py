@@ -69,6 +69,9 @@ RESTORED = {
     "clocks": "periodic POSIX timers and timerfds on CLOCK_BOOTTIME, CLOCK_TAI and the alarm"
               " clocks (those this kernel allows): each still fires, clock and interval kept",
     "lockghost": "a deleted file with an flock on one description, an OFD lock on another",
+    "uname26": "personality UNAME26: uname() says 2.6.x",
+    "lowmap": "a mapping at 0x10000, just above mmap_min_addr, with its bytes",
+    "appendghost": "a deleted file open O_APPEND: each write lands at its end",
 }
 
 

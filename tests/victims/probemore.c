@@ -87,7 +87,10 @@
  *   lockghost   a deleted file with an flock (LOCK_EX) on one fd and an OFD write lock
  *               on another description of it: both in fdinfo each round
  *   nlname      a file whose name holds a newline and a backslash, mapped privately and
- *               open: its bytes through both, the fd's link names it */
+ *               open: its bytes through both, the fd's link names it
+ *   uname26     personality UNAME26: uname() says 2.6.x
+ *   lowmap      a mapping at 0x10000 (just above mmap_min_addr) holding data
+ *   appendghost a deleted file open O_APPEND: each round's write lands at its end */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -918,6 +921,18 @@ static void setup(void) {
         memset(buf, 'A', sizeof buf);
         if (tmp_fd < 0 || write(tmp_fd, buf, sizeof buf) != sizeof buf) FAIL("nlname %d", errno);
         memfd_map = mmap(NULL, 8192, PROT_READ, MAP_PRIVATE, tmp_fd, 0);
+    } else if (!strcmp(mode, "uname26")) {
+        if (personality(UNAME26) < 0) FAIL("UNAME26");
+    } else if (!strcmp(mode, "lowmap")) {
+        memfd_map = mmap((void *)0x10000, 8192, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        if (memfd_map != (char *)0x10000) { report("skip lowmap %d", errno); skipped = 1; }
+        else memset(memfd_map, 0x5a, 8192);
+    } else if (!strcmp(mode, "appendghost")) {
+        snprintf(path, sizeof path, "%s/app", dir);
+        tmp_fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0640);
+        lock_fd2 = open(path, O_RDONLY);
+        if (write(tmp_fd, "start", 5) != 5 || unlink(path)) FAIL("append");
     } else if (!strcmp(mode, "cwdbind")) {
         snprintf(path, sizeof path, "%s/b", dir);
         if (chdir(path)) FAIL("chdir %d", errno);
@@ -1245,6 +1260,20 @@ static int check(long round) {
         if (memfd_map[0] != 'A' || memfd_map[8191] != 'A' || pread(tmp_fd, b, 4, 100) != 4 ||
             b[0] != 'A' || readlink(fdp, link, sizeof link - 1) < 0 || strcmp(link, nl_path)) {
             FAIL("nlname: %s", link); bad = 1;
+        }
+    } else if (!strcmp(mode, "uname26")) {
+        struct utsname u;
+        uname(&u);
+        if (strncmp(u.release, "2.6.", 4)) { FAIL("uname26: release %s", u.release); bad = 1; }
+    } else if (!strcmp(mode, "lowmap") && !skipped) {
+        for (int i = 0; i < 8192; i++) if (memfd_map[i] != 0x5a) { FAIL("lowmap data"); bad = 1; break; }
+    } else if (!strcmp(mode, "appendghost")) {
+        struct stat st;
+        fstat(tmp_fd, &st);
+        lseek(tmp_fd, 0, SEEK_SET);  /* (O_APPEND writes at the end anyway) */
+        char c = 0;
+        if (write(tmp_fd, "X", 1) != 1 || pread(lock_fd2, &c, 1, st.st_size) != 1 || c != 'X') {
+            FAIL("appendghost: the write did not land at the end (%lld)", (long long)st.st_size); bad = 1;
         }
     } else if (!strcmp(mode, "cwdbind")) {
         struct stat st;
