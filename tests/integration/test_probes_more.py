@@ -248,6 +248,15 @@ def test_kernel_object_fds_refused(procs: Procs, build: Any, tmp_path: Path, mod
     refused_untouched(v, tmp_path / "img", needle)
 
 
+def test_process_whose_main_thread_exited_refused(procs: Procs, build: Any,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """A process whose main thread called pthread_exit while another thread runs (its
+    leader a zombie thread) is refused: exit 9 naming it, no image, the thread goes on.
+    Before: exit 3, 'process N is a zombie' (as if it had ended)."""
+    v = _spawn(procs, build, tmp_path, "leaderexit")
+    refused_untouched(v, tmp_path / "img", "its main thread has exited")
+
+
 def test_inotify_watch_of_a_deleted_file_refused(procs: Procs, build: Any,
                                                  tmp_path: Path) -> None:  # fmt: skip
     """An inotify watch on a file deleted since (still open, so still there) is refused:

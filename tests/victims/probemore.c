@@ -90,7 +90,9 @@
  *               open: its bytes through both, the fd's link names it
  *   uname26     personality UNAME26: uname() says 2.6.x
  *   lowmap      a mapping at 0x10000 (just above mmap_min_addr) holding data
- *   appendghost a deleted file open O_APPEND: each round's write lands at its end */
+ *   appendghost a deleted file open O_APPEND: each round's write lands at its end
+ *   leaderexit  the main thread calls pthread_exit: the other thread goes on alone,
+ *               reporting the rounds (the leader a zombie thread) */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -403,8 +405,9 @@ static void *thread_main(void *arg) {
     (void)arg;
     set_one(1);
     thread_ready = 1;
-    for (;;) {
-        check_one(1);
+    for (long round = 0;; round++) {
+        int bad = check_one(1);
+        if (!strcmp(mode, "leaderexit") && !bad && round > 2) report("ok %ld", round);
         nap(50);
     }
     return NULL;
@@ -1300,6 +1303,7 @@ int main(int argc, char **argv) {
     int joined = 0;
     if (!strcmp(mode, "tidaddr")) pthread_create(&ex, NULL, exiter, (void *)dir);
     report("ready %d", getpid());
+    if (!strcmp(mode, "leaderexit")) pthread_exit(NULL);  /* (the process goes on) */
     for (long round = 0;; round++) {
         int bad = check_one(0) | check(round);
         if (!strcmp(mode, "tidaddr") && !joined) {

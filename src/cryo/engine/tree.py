@@ -126,6 +126,15 @@ def members(target: int, scope: str) -> list[int]:
         raise CryoError("cryo cannot checkpoint itself", pid=os.getpid())
     st = _stat(target)
     if scope in ("process", "tree") and st is not None and st.state in ("Z", "X"):
+        try:
+            threads = len(os.listdir(f"/proc/{target}/task"))
+        except OSError:
+            threads = 0
+        if threads > 1:  # (its leader exited, pthread_exit in main: found by probing)
+            raise Unsupported(f"process {target}: its main thread has exited while its"
+                              f" {threads - 1} other thread(s) run (pthread_exit in main):"
+                              " not supported (a leader cannot be made again as a zombie)",
+                              pid=target, resource="thread")  # fmt: skip
         raise NoSuchProcess(f"process {target} is a zombie", pid=target)
     return pids
 
