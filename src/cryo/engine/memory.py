@@ -22,6 +22,7 @@ import bisect
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import mmap
 import os
@@ -1092,7 +1093,14 @@ class Fills:
 
     @staticmethod
     def takes(blocks: list[dict[str, Any]]) -> bool:
-        return bool(blocks) and all(b.get("codec") == "none" for b in blocks)
+        """Can the workers fill these blocks of a process, in any order?  Not compressed
+        ones, and not blocks that write a page twice: a pre-copy image's later rounds
+        write again the pages that changed, and the last block must be the one that
+        stays (written in block order, as :func:`write_pages` does)."""
+        if not blocks or any(b.get("codec") != "none" for b in blocks):
+            return False
+        runs = sorted((a, a + n) for b in blocks for a, n in b["runs"])
+        return all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(runs))
 
     def submit(self, pid: int, filler: _Filler | None, blocks: list[dict[str, Any]]) -> _Fill:
         job = _Fill(pid, filler, blocks)
