@@ -42,7 +42,16 @@ def _kill(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def scenario(exe: str, tmp: str, remove_segments: bool) -> dict[str, Any]:
+SHM_DEST = 0o1000
+
+
+def _marked() -> list[bool]:
+    """Of each live segment: is it marked for removal (/proc/sysvipc/shm's perms)?"""
+    rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return sorted(bool(int(r.split()[2], 8) & SHM_DEST) for r in rows)
+
+
+def scenario(exe: str, tmp: str, case: str) -> dict[str, Any]:
     out = Path(tmp) / "out.txt"
     p = subprocess.Popen([exe, str(out), hex(KEY)], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
@@ -50,9 +59,12 @@ def scenario(exe: str, tmp: str, remove_segments: bool) -> dict[str, Any]:
         _wait(out, lambda ls: len(_oks(out)) > 2 or any("FAIL" in x for x in ls))
         maps_before = [ln for ln in Path(f"/proc/{p.pid}/maps").read_text().splitlines()
                        if "SYSV" in ln]
+        if case == "marked":  # IPC_RMID while attached: gone with the last detach
+            for o in live("shm"):
+                sysv.shmctl(o.id, 0)
         checkpoint(p.pid, f"{tmp}/img", signal_after=signal.SIGKILL)
         p.wait()
-        if remove_segments:
+        if case == "recreated":
             for o in live("shm"):
                 sysv.shmctl(o.id, 0)  # IPC_RMID: gone with their last attach, which was p
         last = max(_oks(out))
@@ -62,8 +74,10 @@ def scenario(exe: str, tmp: str, remove_segments: bool) -> dict[str, Any]:
             maps_after = [ln for ln in Path(f"/proc/{r.pid}/maps").read_text().splitlines()
                           if "SYSV" in ln]
             segs = [(o.key, o.size) for o in live("shm")]
+            marked = _marked()
         finally:
             _kill(r.pid)
+        left = [(o.key, o.size) for o in live("shm")]
     finally:
         if p.poll() is None:
             p.kill()
@@ -71,13 +85,23 @@ def scenario(exe: str, tmp: str, remove_segments: bool) -> dict[str, Any]:
     fails = [x for x in _lines(out) if "FAIL" in x]
     strip = [" ".join(ln.split()[:2]) for ln in maps_before], [" ".join(ln.split()[:2])
                                                                 for ln in maps_after]
-    return {"fails": fails, "maps": strip, "segs": sorted(segs)}
+    return {"fails": fails, "maps": strip, "segs": sorted(segs), "marked": marked,
+            "left": sorted(left)}  # fmt: skip
 
 
-@pytest.mark.parametrize("remove_segments", [False, True], ids=["outlived", "recreated"])
-def test_attached_segments(build: Any, tmp_path: Path, remove_segments: bool) -> None:
-    res = in_new_ipc_ns(scenario, build("shm"), str(tmp_path), remove_segments)
+@pytest.mark.parametrize("case", ["outlived", "recreated", "marked"])
+def test_attached_segments(build: Any, tmp_path: Path, case: str) -> None:
+    """Marked: segments marked for removal while attached come back marked (their keys
+    IPC_PRIVATE, as the kernel left them) and go with the restored process."""
+    res = in_new_ipc_ns(scenario, build("shm"), str(tmp_path), case)
     assert res["fails"] == []
     before, after = res["maps"]
     assert before == after and len(before) == 3  # same addresses and protections
-    assert res["segs"] == [(0, 64 * 1024), (KEY, 1 << 20)]
+    if case == "marked":
+        assert res["segs"] == [(0, 64 * 1024), (0, 1 << 20)]
+        assert res["marked"] == [True, True]
+        assert res["left"] == []  # (before: both outlived it)
+    else:
+        assert res["segs"] == [(0, 64 * 1024), (KEY, 1 << 20)]
+        assert res["marked"] == [False, False]
+        assert res["left"] == [(0, 64 * 1024), (KEY, 1 << 20)]

@@ -512,7 +512,8 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("fingerprints", (changed.KIND,), optional=True, collect=changed.collect,
            describe=changed.describe),
     Driver("sysvshm", write=_sysvshm_write, prepare=_sysvshm_prepare,
-           restore={"memory": _sysvshm_attach}),
+           restore={"memory": _sysvshm_attach},
+           started=lambda rs: sysvshm.mark_removed(rs.plan.segments, rs.shared.shm_ids)),
     # (after task, whose record it adds to; after memory and sysvshm, whose mappings it
     # gives their policies before any page is written)
     Driver("numa", inject=numa.dump, restore={"memory": numa.restore}),

@@ -6,7 +6,10 @@ process attaches to it again at the same address.  The segment is found by its k
 one with that key is alive (it outlived the process, or another restored process made
 it already: "the first process sets up the segment, the others link to it"); otherwise
 it is recreated from the image, with its old id when that id is free.  The shmid may
-change: nothing in the process depends on it once attached.
+change: nothing in the process depends on it once attached.  A segment that was marked
+for removal (IPC_RMID while attached: SHM_DEST, its key IPC_PRIVATE) is marked so again
+once every process has attached it (:func:`mark_removed`), so that it goes with the
+last detach as it would have, instead of outliving the restored processes.
 """
 
 from __future__ import annotations
@@ -111,6 +114,17 @@ def attach(ctx: RestoreContext, vmas: list[dict[str, Any]], ids: dict[int, int])
             done.add(base)
         want = v["prot"]
         inj(SYS.mprotect, v["start"], v["end"] - v["start"], want)
+
+
+def mark_removed(saved: dict[int, Any], ids: dict[int, int]) -> None:
+    """Restart, every process built: IPC_RMID again for the segments that were marked
+    for removal at the checkpoint (attached now, they go with the last detach)."""
+    from cryo.linux import sysv
+
+    for shmid, image in saved.items():
+        if image.meta.get("dest") and shmid in ids:
+            sysv.shmctl(ids[shmid], IPC_RMID)
+            log.debug("shm %d (now %d) marked for removal again", shmid, ids[shmid])
 
 
 def remove(created: list[int]) -> None:
