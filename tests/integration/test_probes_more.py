@@ -72,6 +72,7 @@ RESTORED = {
     "uname26": "personality UNAME26: uname() says 2.6.x",
     "lowmap": "a mapping at 0x10000, just above mmap_min_addr, with its bytes",
     "appendghost": "a deleted file open O_APPEND: each write lands at its end",
+    "rsequnreg": "a thread that unregistered glibc's rseq area is not registered again",
 }
 
 

@@ -92,7 +92,9 @@
  *   lowmap      a mapping at 0x10000 (just above mmap_min_addr) holding data
  *   appendghost a deleted file open O_APPEND: each round's write lands at its end
  *   leaderexit  the main thread calls pthread_exit: the other thread goes on alone,
- *               reporting the rounds (the leader a zombie thread) */
+ *               reporting the rounds (the leader a zombie thread)
+ *   rsequnreg   the thread unregisters glibc's rseq area and writes 12345 in its cpu_id:
+ *               no kernel writes it again (not registered again by the restart) */
 #include "common.h"
 #include <linux/rseq.h>
 #include <pthread.h>
@@ -244,6 +246,14 @@ static void set_one(int which) {
         sigaltstack(&ss, NULL);
         alt_want[1] = ss;
         raise(SIGUSR1);  /* (to this thread: the handler runs until go) */
+    } else if (!strcmp(mode, "rsequnreg") && which) {
+        struct rseq *rs = rseq_area();
+        int lens[] = {32, 20, 28, 24, 64};
+        int done = 0;
+        for (unsigned i = 0; rs && i < sizeof lens / sizeof *lens && !done; i++)
+            done = syscall(SYS_rseq, rs, lens[i], RSEQ_FLAG_UNREGISTER, RSEQ_SIG_X86) == 0;
+        if (!done) { report("skip rseq not registered"); skipped = 1; }
+        else rs->cpu_id = 12345;
     } else if (!strcmp(mode, "deadline") && which) {
         struct sched_attr_ a = {0};
         a.size = sizeof a; a.sched_policy = 6; /* SCHED_DEADLINE */
@@ -371,6 +381,10 @@ static int check_one(int which) {
     } else if (!strcmp(mode, "threadpers")) {
         int p = personality(0xffffffff);
         if (p != (which ? ADDR_NO_RANDOMIZE : 0)) { FAIL("threadpers thread %d: %#x", which, p); bad = 1; }
+    } else if (!strcmp(mode, "rsequnreg") && which && !skipped) {
+        struct rseq *rs = rseq_area();
+        nap(20);
+        if (rs->cpu_id != 12345) { FAIL("rsequnreg: cpu_id %u: registered again", rs->cpu_id); bad = 1; }
     } else if (!strcmp(mode, "deadline") && !skipped) {
         struct sched_attr_ a = {0};
         syscall(SYS_sched_getattr, 0, &a, sizeof a, 0);
