@@ -599,9 +599,12 @@ def prepare(rs: Any) -> None:
     ghosts.make_nodes(plan.descs, [r[KIND] for r in plan.procs.values()],
                       lambda p: _translate(p, rs.options), owner is None or owner.root,
                       rs.on_exit)  # fmt: skip
-    rs.shared.opened = opened = open_all(plan.descs, plan.blobs,
-                                         [r[KIND] for r in plan.procs.values()], rs.options,
-                                         rs.shared.keep)
+    try:
+        rs.shared.opened = opened = open_all(plan.descs, plan.blobs,
+                                             [r[KIND] for r in plan.procs.values()],
+                                             rs.options, rs.shared.keep)  # fmt: skip
+    finally:
+        ghosts.unlink_names(plan.descs)  # (kept for O_NOFOLLOW opens)
     rs.on_exit(opened.close)
 
 
@@ -674,6 +677,8 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     created = None
     if d.get("ns"):
         path = specialfds.find_ns(d)
+    elif d.get("deleted") and ghosts.nofollow_path(d, flags):
+        path = str(ghosts.nofollow_path(d, flags))  # (the inode checked below)
     elif d.get("deleted") and ghosts.open_path(d):
         path = str(ghosts.open_path(d))
     elif d.get("deleted"):

@@ -559,6 +559,7 @@ def prepare(descs: list[dict[str, Any]], image: Any, translate: Callable[[str], 
     """Make every ghost of the image once; each description of it gets ``_anchor``, the
     fd in cryo to open it through (closed when the restart ends)."""
     made: dict[str, int] = {}
+    names: dict[str, str] = {}
     for d in descs:
         name = d.get("ghost")
         if not d.get("deleted") or name is None:
@@ -567,9 +568,35 @@ def prepare(descs: list[dict[str, Any]], image: Any, translate: Callable[[str], 
             first = next((x for x in descs if x.get("ghost") == name and "extents" in x), None)
             if first is None:
                 raise ImageCorrupt(f"deleted file {d['path']}: no description saves {name}")
-            made[name] = fd = _make(first, image.side_file(name), translate(first["path"]))
+            # a description opened with O_NOFOLLOW (shm_open's) must be opened by a real
+            # path, not through /proc/self/fd's link: the name is kept until then
+            nofollow = any(x.get("ghost") == name and int(x["flags"]) & os.O_NOFOLLOW
+                           for x in descs)  # fmt: skip
+            keep: list[str] | None = [] if nofollow else None
+            made[name] = fd = _make(first, image.side_file(name), translate(first["path"]),
+                                    keep)  # fmt: skip
             on_exit(_closer(fd))
+            if keep:
+                names[name] = keep[0]
+                on_exit(lambda: unlink_names(descs))  # (if open_all did not get to it)
         d["_anchor"] = made[name]
+        if name in names:
+            d["_name"] = names[name]
+
+
+def nofollow_path(d: dict[str, Any], flags: int) -> str | None:
+    """The kept name to open a ghost's description by, for one with O_NOFOLLOW."""
+    return d.get("_name") if flags & os.O_NOFOLLOW else None
+
+
+def unlink_names(descs: list[dict[str, Any]]) -> None:
+    """The ghosts' names kept for the O_NOFOLLOW opens gone again (once every
+    description is open, before any process runs)."""
+    for d in descs:
+        name = d.pop("_name", None)
+        if name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
 
 def _closer(fd: int) -> Callable[[], None]:
@@ -580,7 +607,9 @@ def _closer(fd: int) -> Callable[[], None]:
     return close
 
 
-def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
+def _make(d: dict[str, Any], data: BinaryIO, path: str, keep: list[str] | None = None) -> int:
+    """The ghost made again (filled, its owner, mode, times); its name unlinked at once,
+    or, with ``keep``, left for the caller (its path appended to ``keep``)."""
     memfd = d.get("memfd")
     huge = int(d.get("hugetlb", 0))
     if memfd is not None:  # a memfd again, of the same name; sealed once filled
@@ -610,7 +639,10 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str) -> int:
                      0o600)  # fmt: skip
     try:
         if memfd is None and not is_tmpfile(d):
-            os.unlink(path)  # from here on it is ours alone, as it was the program's
+            if keep is None:
+                os.unlink(path)  # from here on it is ours alone, as it was the program's
+            else:
+                keep.append(path)
         os.ftruncate(fd, d["size"])
         if huge:  # (hugetlbfs has no write(): through a shared mapping)
             _fill_mapped(fd, d, data)

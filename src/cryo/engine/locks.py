@@ -456,7 +456,10 @@ def prepare(rs: Any) -> None:
     locks, flocks and F_SETSIG taken by cryo on its own fd of each description, before
     any process inherits it."""
     opened = rs.shared.opened
-    ghosts.reopen_objects(rs.shared.descs, opened, rs.shared.objects)
+    try:
+        ghosts.reopen_objects(rs.shared.descs, opened, rs.shared.objects)
+    finally:  # (their names were kept for the reopens: shmem.Made.reopen)
+        rs.shared.objects.unlink_names()
     flockers = rs.shared.keep["flockers"] = set(rs.plan.procs)
     for d in rs.shared.descs:
         fd = opened.fds.get(d["id"])

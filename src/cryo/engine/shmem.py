@@ -116,6 +116,9 @@ class Made:
     """Objects cryo made for a restart: id -> fd (inherited by every process)."""
 
     fds: dict[int, int] = field(default_factory=dict)
+    # a deleted file's name, kept until its descriptions are reopened (:meth:`reopen`:
+    # one opened with O_NOFOLLOW must be opened by a real path, not /proc/self/fd's link)
+    names: dict[int, str] = field(default_factory=dict)
     maps: list[mmap.mmap] = field(default_factory=list)
     # hugetlb objects are filled through a mapping (hugetlbfs has no write())
     views: dict[int, mmap.mmap] = field(default_factory=dict)
@@ -124,9 +127,25 @@ class Made:
         """A new open file description of object ``obj_id`` with open ``flags`` (for an
         fd of the image on that file: the same file as the mappings, not a copy)."""
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
-        return os.open(f"/proc/self/fd/{self.fds[obj_id]}", flags)
+        name = self.names.get(obj_id)
+        if not flags & os.O_NOFOLLOW or name is None:
+            return os.open(f"/proc/self/fd/{self.fds[obj_id]}", flags)
+        fd = os.open(name, flags)  # (shm_open's O_NOFOLLOW: kept in F_GETFL)
+        st, want = os.fstat(fd), os.fstat(self.fds[obj_id])
+        if (st.st_dev, st.st_ino) != (want.st_dev, want.st_ino):
+            os.close(fd)
+            raise CryoError(f"{name}: another file took its place while the restart made it")
+        return fd
+
+    def unlink_names(self) -> None:
+        """The deleted files' names gone again (before any process runs)."""
+        for name in self.names.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        self.names.clear()
 
     def close(self) -> None:
+        self.unlink_names()
         for fd in self.fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -207,7 +226,7 @@ def _make(obj: dict[str, Any], made: Made, where: Callable[[str], str]) -> int:
     except OSError:
         tmp = os.path.join(directory, f".cryo-{os.getpid()}-{obj['id']}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, obj["mode"])
-    os.unlink(tmp)
+    made.names[obj["id"]] = tmp  # (unlinked once its descriptions are reopened)
     _owner(fd, obj)
     os.fchmod(fd, obj["mode"])  # not narrowed by our umask
     os.ftruncate(fd, size)
