@@ -300,24 +300,21 @@ def test_o_tmpfile_file_can_still_be_linked(procs: Procs, build: Any, tmp_path: 
     assert (tmp_path / "linked").read_bytes() == b"tmpfile data"
 
 
-def test_deleted_file_keeps_its_user_xattrs(procs: Procs, build: Any, tmp_path: Path) -> None:
+def _xattr_victim(procs: Procs, build: Any, tmp_path: Path, mode: str, kind: str) -> Victim:
+    v = _spawn(procs, build, tmp_path, mode)
+    if any(x.startswith("skip") for x in v.lines()):
+        pytest.skip(f"no {kind} xattrs on this filesystem")
+    return v
+
+
+@pytest.mark.parametrize("mode", ["xattr", "xattrmapped"])
+def test_deleted_file_keeps_its_user_xattrs(procs: Procs, build: Any, tmp_path: Path,
+                                            mode: str) -> None:  # fmt: skip
     """A file deleted while open keeps its user extended attribute (fgetxattr each
-    round).  Before: made again without it (ENODATA), exit 0."""
-    v = _spawn(procs, build, tmp_path, "xattr")
-    if any(x.startswith("skip") for x in v.lines()):
-        pytest.skip("no user xattrs on this filesystem")
-    v = cycle(procs, v, tmp_path / "img")
-    assert not v.fails()
-
-
-def test_deleted_and_mapped_file_keeps_its_user_xattrs(procs: Procs, build: Any,
-                                                       tmp_path: Path) -> None:  # fmt: skip
-    """The same for a deleted file that is also mapped shared (saved as its shared
-    memory object): its data through the mapping and the fd, its user xattr.  Before:
-    the xattr was gone (ENODATA), exit 0."""
-    v = _spawn(procs, build, tmp_path, "xattrmapped")
-    if any(x.startswith("skip") for x in v.lines()):
-        pytest.skip("no user xattrs on this filesystem")
+    round); so does one also mapped shared (saved as its shared memory object: its data
+    through the mapping and the fd too).  Before: made again without it (ENODATA), exit
+    0."""
+    v = _xattr_victim(procs, build, tmp_path, mode, "user")
     v = cycle(procs, v, tmp_path / "img")
     assert not v.fails()
 
@@ -327,9 +324,7 @@ def test_deleted_file_with_a_trusted_xattr_refused(procs: Procs, build: Any,
     """A deleted file with a trusted.* extended attribute is refused: exit 9 naming it,
     no image, the process goes on (only user attributes and POSIX ACLs are made
     again)."""
-    v = _spawn(procs, build, tmp_path, "xattrtrusted")
-    if any(x.startswith("skip") for x in v.lines()):
-        pytest.skip("no trusted xattrs on this filesystem")
+    v = _xattr_victim(procs, build, tmp_path, "xattrtrusted", "trusted")
     refused_untouched(v, tmp_path / "img", "extended attribute trusted.cryo")
 
 
