@@ -172,6 +172,17 @@ def run_cryo(*args: str, timeout: float = 60, **kw: object) -> subprocess.Comple
                           text=True, timeout=timeout, close_fds=True, **kw)  # type: ignore[call-overload]
 
 
+def cli_cycle(procs: Procs, pid: int, img: Path, *checkpoint_args: str) -> int:
+    """As a user would: ``cryo checkpoint PID -D IMG --kill ARGS``, the process reaped,
+    then ``cryo restart -D IMG --detach``; the restored pid, tracked."""
+    r = run_cryo("checkpoint", str(pid), "-D", str(img), "--kill", *checkpoint_args)
+    assert r.returncode == 0, r.stderr
+    reap(pid)
+    r = run_cryo("restart", "-D", str(img), "--detach")
+    assert r.returncode == 0, r.stderr
+    return procs.track(int(r.stdout))
+
+
 def counter_of_its_own(procs: Procs, build: Callable[[str], str], tmp_path: Path
                        ) -> tuple[Path, Victim]:  # fmt: skip
     """counter.c run from a copy of its binary in ``tmp_path`` (for a test to change),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, reap, run_cryo
+from tests.conftest import Procs, cli_cycle
 
 VICTIM = r"""
 import fcntl, mmap, os, sys, time
@@ -50,12 +50,7 @@ def test_unlinked_shm_open_file(procs: Procs, tmp_path: Path, mode: str) -> None
     v = procs.spawn([sys.executable, str(tmp_path / "victim.py"), str(out), str(go), mode], out)
     v.wait_line("ready")
     shm_before = set(os.listdir("/dev/shm"))
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == 0, r.stderr
-    reap(v.pid)
-    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
-    assert r.returncode == 0, r.stderr
-    procs.track(int(r.stdout))
+    cli_cycle(procs, v.pid, tmp_path / "img")
     assert set(os.listdir("/dev/shm")) <= shm_before
     go.touch()
     assert v.wait_line("checked", timeout=20) == "checked good"

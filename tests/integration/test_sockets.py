@@ -24,7 +24,7 @@ import pytest
 from cryo.engine import inet, netlock
 from cryo.linux import net as N
 from cryo.linux.net import setns
-from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.conftest import Procs, Victim, cli_cycle, reap, run_cryo
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/nft")
                                 and not os.path.exists("/usr/bin/nft"),
@@ -582,13 +582,7 @@ def test_unix_peer_outside(procs: Procs, tmp_path: Path) -> None:
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
     assert r.returncode == 9 and "--ext-unix-sk" in r.stderr, r.stderr
     assert first.recv(1) == b"x"  # untouched
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
-                 "--ext-unix-sk")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    reap(v.pid)
-    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
-    assert r.returncode == 0, r.stderr
-    restored = procs.track(int(r.stdout))
+    restored = cli_cycle(procs, v.pid, tmp_path / "img", "--ext-unix-sk")
     again, _ = srv.accept()
     again.settimeout(10)
     assert again.recv(1) == b"x"
@@ -898,12 +892,7 @@ def test_fds_in_flight(procs: Procs, tmp_path: Path) -> None:
     v = procs.spawn([sys.executable, str(tmp_path / "inflight.py"), str(out), str(go),
                      str(tmp_path / "data")], out)  # fmt: skip
     v.wait_line("ready")
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
-    assert r.returncode == 0, r.stderr
-    reap(v.pid)
-    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
-    assert r.returncode == 0, r.stderr
-    procs.track(int(r.stdout))
+    cli_cycle(procs, v.pid, tmp_path / "img")
     go.touch()
     assert v.wait_line("checked", timeout=20) == "checked good"
 
@@ -1246,13 +1235,7 @@ def test_unix_client_waiting_on_an_outside_listener(procs: Procs, tmp_path: Path
     time.sleep(0.2)  # in its recv
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
     assert r.returncode == 9 and "waiting to be accepted by" in r.stderr, r.stderr
-    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
-                 "--ext-unix-sk")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    reap(v.pid)
-    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
-    assert r.returncode == 0, r.stderr
-    procs.track(int(r.stdout))
+    cli_cycle(procs, v.pid, tmp_path / "img", "--ext-unix-sk")
     old, _ = srv.accept()  # the killed process's connection: closed
     old.settimeout(10)
     assert old.recv(16) == b""
