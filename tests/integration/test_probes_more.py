@@ -166,20 +166,27 @@ def test_futex_hash_of_its_own_size(procs: Procs, build: Any, tmp_path: Path) ->
     assert describe(str(tmp_path / "img"))["processes"][0]["task"]["futex_slots"] == 128
 
 
+def _tree_cycle(procs: Procs, v: Victim, child: int, img: Path, rounds: int) -> Victim:
+    """``v`` and its ``child`` checkpointed as a tree, killed, reaped, restarted; the
+    restored ``v`` once it went ``rounds`` rounds on."""
+    last = max(v.oks())
+    checkpoint(v.pid, str(img), scope="tree", signal_after=signal.SIGKILL)
+    reap(v.pid)
+    reap(child)
+    rr = restart(str(img))
+    procs.track(rr.pid)
+    new = Victim(rr.pid, v.out)
+    new.wait_ok_after(last + rounds)
+    return new
+
+
 def test_child_with_another_exit_signal(procs: Procs, build: Any, tmp_path: Path) -> None:
     """A child cloned with SIGUSR1 as its exit signal, exiting after the restart of the
     two: the parent gets SIGUSR1, not SIGCHLD, and reaps it (waitpid __WALL, status
     42)."""
     v = _spawn(procs, build, tmp_path, "exitsig")
     child = int(v.wait_line("child ").split()[1])
-    last = max(v.oks())
-    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
-    reap(v.pid)
-    reap(child)
-    rr = restart(str(tmp_path / "img"))
-    procs.track(rr.pid)
-    v = Victim(rr.pid, v.out)
-    v.wait_ok_after(last + 2)
+    v = _tree_cycle(procs, v, child, tmp_path / "img", 2)
     (tmp_path / "go").touch()
     v.wait_line("reaped")
     v.wait_ok_after(max(v.oks()) + 1)
@@ -470,14 +477,7 @@ def test_shm_file_mapped_by_parent_and_child(procs: Procs, build: Any, tmp_path:
     shm = Path(v.wait_line("shm ").split()[1])
     child = int(v.wait_line("child ").split()[1])
     try:
-        last = max(v.oks())
-        checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
-        reap(v.pid)
-        reap(child)
-        rr = restart(str(tmp_path / "img"))
-        procs.track(rr.pid)
-        v = Victim(rr.pid, v.out)
-        v.wait_ok_after(last + 4)
+        v = _tree_cycle(procs, v, child, tmp_path / "img", 4)
         assert not v.fails()
     finally:
         if mode == "shmfile":
