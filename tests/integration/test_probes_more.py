@@ -220,17 +220,23 @@ def test_thread_of_its_own_cwd_and_umask(procs: Procs, build: Any, tmp_path: Pat
     assert [t.get("fs") for t in threads] == [None, {"cwd": f"{tmp_path}/sub", "umask": 0o77}]
 
 
+def _restarted_then_go(procs: Procs, build: Any, tmp_path: Path, mode: str, line: str,
+                       rounds: int) -> None:  # fmt: skip
+    """``mode`` restarted once, then told to go on (the file go): it reports ``line``,
+    goes ``rounds`` more rounds, and nothing failed."""
+    v = cycle(procs, _spawn(procs, build, tmp_path, mode), tmp_path / "img")
+    (tmp_path / "go").touch()
+    v.wait_line(line)
+    v.wait_ok_after(max(v.oks()) + rounds)
+    assert not v.fails()
+
+
 def test_thread_inside_a_handler_on_its_alternate_stack(procs: Procs, build: Any,
                                                         tmp_path: Path) -> None:  # fmt: skip
     """A thread checkpointed inside a signal handler running on its alternate stack
     (SS_ONSTACK) is still there after the restart, then returns from it; its stack is
     armed again (flags 0), the program goes on."""
-    v = _spawn(procs, build, tmp_path, "onaltstack")
-    v = cycle(procs, v, tmp_path / "img")
-    (tmp_path / "go").touch()
-    v.wait_line("handler returned")
-    v.wait_ok_after(max(v.oks()) + 2)
-    assert not v.fails()
+    _restarted_then_go(procs, build, tmp_path, "onaltstack", "handler returned", 2)
 
 
 @pytest.mark.parametrize("mode,needle", [
@@ -298,12 +304,7 @@ def test_o_tmpfile_file_can_still_be_linked(procs: Procs, build: Any, tmp_path: 
     restart failed, ENOTDIR, after the checkpoint had exited 0 (its description was
     reopened with its O_TMPFILE flags, O_DIRECTORY among them); and a file made again
     by creat and unlink, as other deleted files are, cannot be linked (ENOENT)."""
-    v = _spawn(procs, build, tmp_path, "tmpfile")
-    v = cycle(procs, v, tmp_path / "img")
-    (tmp_path / "go").touch()
-    v.wait_line("linked")
-    v.wait_ok_after(max(v.oks()) + 1)
-    assert not v.fails()
+    _restarted_then_go(procs, build, tmp_path, "tmpfile", "linked", 1)
     assert (tmp_path / "linked").read_bytes() == b"tmpfile data"
 
 
