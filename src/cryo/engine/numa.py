@@ -38,37 +38,30 @@ CHUNK = 32  # mappings asked their node masks per batch (their buffers in the sc
 MODES = 2048  # mappings asked their mode alone per batch (8 bytes each in the scratch area)
 
 
-def _mappings(pid: int) -> list[tuple[int, int]]:
-    """(start, end) of every mapping of ``pid`` (/proc/PID/maps: no page walk)."""
-    out = []
-    for line in procfs.read(pid, "maps").splitlines():
-        lo, _, hi = line.split(maxsplit=1)[0].partition(b"-")
-        out.append((int(lo, 16), int(hi, 16)))
-    return out
-
-
 def _modes(ctx: DumpContext, todo: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The mappings of ``todo`` with a policy of their own (the mode alone asked)."""
+    """The mappings of ``todo`` with a policy of their own (the mode alone asked, into
+    one buffer read back at once)."""
     out: list[tuple[int, int]] = []
     for i in range(0, len(todo), MODES):
         part = todo[i : i + MODES]
         with ctx.inj.batch() as b:
-            asked = []
-            for start, end in part:
-                m = b.reserve(8)
-                asked.append((start, end, m, b.call(SYS.get_mempolicy, m, 0, 0, start,
-                                                    MPOL_F_ADDR, may_fail=True)))  # fmt: skip
-        for start, end, m, c in asked:
+            modes = b.reserve(8 * len(part))
+            calls = [b.call(SYS.get_mempolicy, modes + 8 * k, 0, 0, start, MPOL_F_ADDR,
+                            may_fail=True) for k, (start, _end) in enumerate(part)]  # fmt: skip
+        got = b.read(modes, 8 * len(part))
+        for k, (vma, c) in enumerate(zip(part, calls, strict=True)):
             # (a call that failed: no NUMA support, or no mapping at start: [vsyscall])
-            if b.result(c) >= 0 and int.from_bytes(b.read(m, 4), "little") != MPOL_DEFAULT:
-                out.append((start, end))
+            mode = int.from_bytes(got[8 * k : 8 * k + 4], "little")
+            if b.result(c) >= 0 and mode != MPOL_DEFAULT:
+                out.append(vma)
     return out
 
 
 def dump(ctx: DumpContext) -> None:
     """Inject hook (after the task driver's): the mappings' own policies into
     TASK["vma_policies"] as [[start, end, mode, nodes]], when there are any."""
-    todo = _modes(ctx, _mappings(ctx.pid))
+    vmas = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
+    todo = _modes(ctx, [(v.start, v.end) for v in vmas])
     if not todo:
         return
     inj = ctx.inj
