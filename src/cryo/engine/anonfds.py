@@ -181,7 +181,7 @@ def open_desc(d: dict[str, Any], options: dict[str, Any]) -> int:
             # its expiry on the process's clock, set from cryo's: the restored processes'
             # may be ahead (a time namespace of their own: engine/clocks.py)
             at = d["deadline"][0] * 10**9 + d["deadline"][1] - clocks.on_clock(
-                d["clockid"], options.get("clock_shift", (0, 0)))  # fmt: skip
+                d["clockid"], options.get("clock_shift") or (0, 0))  # fmt: skip
             at = max(at, 1)  # (past: at once)
             libc.timerfd_settime(fd, flags, (d["interval"][0], d["interval"][1]),
                                  (at // 10**9, at % 10**9))  # fmt: skip

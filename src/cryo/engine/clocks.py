@@ -89,26 +89,18 @@ def view(pid: int) -> dict[str, int]:
     return {"monotonic": m + sm, "boottime": b + sb, "realtime": time.time_ns()}
 
 
-def restart_shift(offsets: tuple[int, int] | None) -> tuple[int, int]:
-    """How far the restored processes' clocks will be ahead of cryo's (the time
-    namespace :func:`offsets_for` gives them, or none)."""
-    if offsets is None:
-        return 0, 0
-    cm, cb = _offsets("/proc/self/timens_offsets")
-    return offsets[0] - cm, offsets[1] - cb
-
-
-def offsets_for(saved: dict[str, int] | None) -> tuple[int, int] | None:
-    """The (monotonic, boottime) offsets of the time namespace the restart must make for
-    clocks read as ``saved`` (HEAD["clocks"]), or None when cryo's own are not behind."""
+def restart_shift(saved: dict[str, int] | None) -> tuple[int, int] | None:
+    """How far ahead of cryo's the restored processes' CLOCK_MONOTONIC and CLOCK_BOOTTIME
+    must be (in ns) for clocks read as ``saved`` (HEAD["clocks"]) to go on: the shift of
+    the time namespace the restart makes for them, or None when cryo's own are not
+    behind (no namespace)."""
     if not saved:
         return None
     m, b = _own()
     if m >= saved["monotonic"] and b >= saved["boottime"]:
         return None  # (the same boot, or a host up for longer: the clocks go on)
     away = max(0, time.time_ns() - saved["realtime"])
-    cm, cb = _offsets("/proc/self/timens_offsets")
-    return cm + saved["monotonic"] + away - m, cb + saved["boottime"] + away - b
+    return saved["monotonic"] + away - m, saved["boottime"] + away - b
 
 
 def _line(name: str, off: int) -> str:
@@ -116,11 +108,14 @@ def _line(name: str, off: int) -> str:
     return f"{name} {sec} {nsec}\n"
 
 
-def fork_in_timens(offsets: tuple[int, int], set_tid: int | None, flags: int) -> int:
-    """fork() into a new time namespace with ``offsets``; the child (pid ``set_tid`` if
-    given; clone ``flags``) calls PTRACE_TRACEME and stops itself, as tree.spawn_helper's
-    does, and is cryo's child.  Returns its pid; an OSError of the clone (EEXIST: the pid
-    is taken) is raised as such."""
+def fork_in_timens(by: tuple[int, int], set_tid: int | None, flags: int) -> int:
+    """fork() into a new time namespace whose clocks are ahead of cryo's ``by`` (its
+    offsets cryo's plus those); the child (pid ``set_tid`` if given; clone ``flags``)
+    calls PTRACE_TRACEME and stops itself, as tree.spawn_helper's does, and is cryo's
+    child.  Returns its pid; an OSError of the clone (EEXIST: the pid is taken) is
+    raised as such."""
+    cm, cb = _offsets("/proc/self/timens_offsets")
+    offsets = cm + by[0], cb + by[1]
     r, w = os.pipe()
     mid = os.fork()
     if mid == 0:  # the go-between: the namespace, then the root as its sibling

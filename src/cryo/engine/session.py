@@ -592,10 +592,9 @@ class Restart:
         cpu.check(self.image.head.get("cpu"), self.options["ignore_cpu"])
         # where this host's clocks are behind the image's, the processes get a time
         # namespace of their own (made with the roots: tree.build), their clocks ahead
-        # of cryo's by clock_shift (the files cryo opens for them: timerfds)
-        self.options["timens"] = timens = clocks.offsets_for(self.image.head.get("clocks"))
-        self.options["clock_shift"] = clocks.restart_shift(timens)
-        if timens is not None:
+        # of cryo's by clock_shift (and so the expiries of the timerfds cryo opens)
+        shift = self.options["clock_shift"] = clocks.restart_shift(self.image.head.get("clocks"))
+        if shift is not None:
             self.result.warnings.append(
                 "this host's monotonic and boot-time clocks are behind the image's: restarted"
                 " in a time namespace of its own, in which they go on from where they were")
@@ -645,7 +644,7 @@ class Restart:
             expect([b for p in order if p["pid"] in procs and p["pid"] not in later
                     for b in self._blocks_of(p["pid"])])  # fmt: skip
         pause = getattr(self.image, "pause", None)
-        timens = self.options.get("timens")
+        timens = self.options.get("clock_shift")
         for p in order:
             old = p["pid"]
             if pause is not None and p["ppid"] not in self.made:

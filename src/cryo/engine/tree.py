@@ -425,7 +425,8 @@ def spawn_helper(want_pid: int | None, new_pidns: bool = False,
                  timens: tuple[int, int] | None = None) -> int:  # fmt: skip
     """Fork a child that stops itself under our trace; with ``want_pid``, as that pid;
     with ``new_pidns`` as pid 1 of a new pid namespace; with ``timens`` in a new time
-    namespace with those (monotonic, boottime) offsets (engine/clocks.py)."""
+    namespace whose (monotonic, boottime) clocks are that far ahead of ours
+    (engine/clocks.py)."""
     if timens is not None:
         from cryo.engine import clocks
 
@@ -525,7 +526,7 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
     """Create every process of TREE record ``rec``, parents first, with ids, sessions and
     groups.  Each gets the restorer area at ``area``: a root forked by cryo maps it,
     every other process inherits it from the restored parent that forks it.  A root is
-    forked into a time namespace with offsets ``timens`` if given (engine/clocks.py)."""
+    forked into a time namespace ``timens`` ahead of ours if given (engine/clocks.py)."""
     for p in creation_order(rec):
         old = p["pid"]
         parent = made.get(p["ppid"])
