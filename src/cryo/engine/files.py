@@ -677,8 +677,8 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     created = None
     if d.get("ns"):
         path = specialfds.find_ns(d)
-    elif d.get("deleted") and ghosts.nofollow_path(d, flags):
-        path = str(ghosts.nofollow_path(d, flags))  # (the inode checked below)
+    elif d.get("deleted") and (kept := ghosts.nofollow_path(d, flags)):
+        path = kept  # (the inode checked below)
     elif d.get("deleted") and ghosts.open_path(d):
         path = str(ghosts.open_path(d))
     elif d.get("deleted"):

@@ -577,8 +577,9 @@ def prepare(descs: list[dict[str, Any]], image: Any, translate: Callable[[str], 
                                     keep)  # fmt: skip
             on_exit(_closer(fd))
             if keep:
+                if not names:  # (once: if open_all did not get to it)
+                    on_exit(lambda: unlink_names(descs))
                 names[name] = keep[0]
-                on_exit(lambda: unlink_names(descs))  # (if open_all did not get to it)
         d["_anchor"] = made[name]
         if name in names:
             d["_name"] = names[name]
