@@ -595,8 +595,6 @@ def _read_many(pid: int, mem_fd: int, buf: mmap.mmap, runs: list[list[int]],
     copies: 1,300 runs were 3-5 ms of its freeze gathered one by one): the iovecs made
     as arrays, IOV_MAX at a time; a run in a mapping we may not read directly through
     /proc/PID/mem, as there."""
-    from itertools import pairwise
-
     import numpy as np
 
     arr = np.array(runs, dtype=np.uint64).reshape(-1, 2)
@@ -608,7 +606,7 @@ def _read_many(pid: int, mem_fd: int, buf: mmap.mmap, runs: list[list[int]],
     base = libc.buffer_address(buf)
     # stretches of runs all readable directly, or all not
     cuts = [0, *(np.flatnonzero(bad[1:] != bad[:-1]) + 1).tolist(), len(arr)]
-    for a, b in pairwise(cuts):
+    for a, b in itertools.pairwise(cuts):
         if bad[a]:
             for k in range(a, b):
                 at, n = int(offs[k]), int(lens[k])
