@@ -500,3 +500,26 @@ def test_cwd_on_a_bind_mount(procs: Procs, build: Any, tmp_path: Path, mode: str
     finally:
         procs.cleanup()
         subprocess.run(["umount", str(tmp_path / "b")], check=True)
+
+
+def test_a_thread_whose_own_cwd_is_gone_is_refused_before_anything_is_made(
+        procs: Procs, build: Any, tmp_path: Path) -> None:  # fmt: skip
+    """The restart checks a thread's own cwd (unshare(CLONE_FS)) up front, as it checks
+    its process's: gone, the restart fails naming it before a process is made, and
+    `cryo files` lists it.  Before: only the processes' cwds were checked; the thread's
+    chdir failed half-way through the restore."""
+    from cryo.engine.translate import PathMissing
+
+    v = _spawn(procs, build, tmp_path, "threadfs")
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    listed = run_cryo("show", "--files", str(tmp_path / "img"))
+    assert f"{tmp_path}/sub" in listed.stdout, listed.stdout
+    os.rename(tmp_path / "sub", tmp_path / "moved")
+    with pytest.raises(PathMissing, match=f"working directory of thread .* {tmp_path}/sub"):
+        restart(str(tmp_path / "img"))
+    assert not os.path.exists(f"/proc/{v.pid}")
+    os.rename(tmp_path / "moved", tmp_path / "sub")
+    rr = restart(str(tmp_path / "img"))
+    procs.track(rr.pid)
+    Victim(rr.pid, v.out).wait_ok_after(max(v.oks()) + 2)

@@ -199,10 +199,11 @@ def _extract(src: Any, copy: str, f: dict[str, Any]) -> None:
 
 
 def depends(file_recs: Iterable[dict[str, Any]], mm_recs: Iterable[dict[str, Any]],
-            descs: list[dict[str, Any]], spmf_recs: Iterable[dict[str, Any]] = ()
-            ) -> list[dict[str, Any]]:  # fmt: skip
+            descs: list[dict[str, Any]], spmf_recs: Iterable[dict[str, Any]] = (),
+            thread_recs: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:  # fmt: skip
     """Every file a restart of these records opens, once each: {path, use (open, exe,
-    mapped, cwd, root), pids, saved (its content is in the image)}, sorted by path."""
+    mapped, cwd, root), pids, saved (its content is in the image)}, sorted by path.  A
+    thread's own cwd (its THRD record's ``fs``) is a cwd of its process."""
     saved = {f["path"] for r in spmf_recs for f in r["files"]}
     out: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -222,6 +223,9 @@ def depends(file_recs: Iterable[dict[str, Any]], mm_recs: Iterable[dict[str, Any
         add(rec["cwd"], "cwd", pid)
         if rec["root"] != "/":
             add(rec["root"], "root", pid)
+    for t in thread_recs:
+        if t.get("fs"):
+            add(t["fs"]["cwd"], "cwd", t["pid"])
     for mm in mm_recs:
         pid = mm["pid"]
         add(mm["exe"], "exe", pid)
@@ -237,14 +241,15 @@ def of_session(session: Any) -> list[dict[str, Any]]:
     return depends([c.records[b"FILE"] for c in ctxs if b"FILE" in c.records],
                    [c.records[b"MM  "] for c in ctxs if b"MM  " in c.records],
                    session.shared.descs.descs,
-                   [c.records[KIND] for c in ctxs if KIND in c.records])  # fmt: skip
+                   [c.records[KIND] for c in ctxs if KIND in c.records],
+                   [t for c in ctxs for t in c.thread_records])  # fmt: skip
 
 
 def of_image(image: Any) -> list[dict[str, Any]]:
     """:func:`depends` for an image (``cryo show --files``)."""
     fdsc = image.raw(b"FDSC")
     return depends(image.raw(b"FILE"), image.raw(b"MM  "), fdsc[0]["descs"] if fdsc else [],
-                   image.raw(KIND))  # fmt: skip
+                   image.raw(KIND), image.raw(b"THRD"))  # fmt: skip
 
 
 __all__ = ["KIND", "depends", "of_image", "of_session", "open_files", "prepare", "save"]

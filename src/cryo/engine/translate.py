@@ -178,6 +178,11 @@ def paths(plan: Any) -> Iterator[tuple[str, str, int | None, tuple[int, int] | N
             yield f"the working directory of process {pid}", frec["cwd"], stat.S_IFDIR, None
             if frec["root"] != "/":
                 yield f"the root directory of process {pid}", frec["root"], stat.S_IFDIR, None
+    for pid, trecs in plan.threads.items():  # a thread's own (unshare(CLONE_FS))
+        for t in trecs:
+            if t.get("fs"):
+                yield (f"the working directory of thread {t['tid']} of process {pid}",
+                       t["fs"]["cwd"], stat.S_IFDIR, None)  # fmt: skip
 
 
 def check(rs: Any) -> None:

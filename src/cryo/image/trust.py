@@ -311,6 +311,10 @@ def _files(image: Any, owner: Owner, need: list[tuple[str, int, str]],
                        tr)  # fmt: skip
             continue
         need.append((tr(rec["cwd"]), os.X_OK, f"the working directory of {rec['pid']}"))
+    for t in image.raw(b"THRD"):  # a thread's own (unshare(CLONE_FS))
+        if t.get("fs"):
+            need.append((tr(t["fs"]["cwd"]), os.X_OK,
+                         f"the working directory of thread {t['tid']} of {t['pid']}"))
 
 
 def _recreated(owner: Owner, d: dict[str, Any], what: str, need: list[tuple[str, int, str]],
