@@ -28,6 +28,7 @@ from cryo.app import protocol as P
 from cryo.engine.context import DumpContext
 from cryo.errors import CheckpointRefused, CryoError, ImageCorrupt
 from cryo.linux import libc
+from cryo.linux import net as N
 
 log = logging.getLogger(__name__)
 KIND = b"APPX"
@@ -64,26 +65,48 @@ def agent_socket(pid: int, fd: int) -> tuple[bytes, bool] | None:
         return name, bool(s.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN))
 
 
+def _agent_listeners(pid: int) -> set[int] | None:
+    """The inodes of the listening unix sockets named as agents (:data:`P.PREFIX`) in the
+    network namespace of ``pid``, from one sock_diag dump of its listeners, when that is
+    cryo's own namespace (None otherwise, or if sock_diag does not answer: each socket is
+    then asked its protocol)."""
+    try:
+        here = os.stat("/proc/thread-self/ns/net")
+        there = os.stat(f"/proc/{pid}/ns/net")
+        if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+            return None
+        return {ino for ino, name in N.unix_listeners().items() if name.startswith(P.PREFIX)}
+    except OSError:
+        return None
+
+
 def _agents(pid: int, links: dict[int, str] | None = None) -> list[bytes]:
-    """The names of the agents listening in ``pid``: only its unix sockets are duplicated
-    and asked (the protocol of each socket is its inode's system.sockprotoname, one
-    getxattr: a busy server's TCP connections are not duplicated); ``links``: its fd
-    table as read just before (drivers._agents_possible), else read here."""
+    """The names of the agents listening in ``pid``: only its sockets that its
+    namespace's sock_diag shows listening under an agent's name are duplicated and asked
+    (:func:`_agent_listeners`; where it cannot tell, its unix sockets: the protocol of
+    each is its inode's system.sockprotoname, one getxattr; a busy server's TCP
+    connections are not duplicated); ``links``: its fd table as read just before
+    (drivers._agents_possible), else read here."""
     out: list[bytes] = []
     try:  # (the links read by name in the directory, opened once: no path walk each)
         if links is None:
             links = procfs.fd_links(pid)[1]
     except OSError:  # gone meanwhile (a child of the tree that ended): no agent
         return out
+    listening = _agent_listeners(pid)
     for n, link in links.items():
         if not link.startswith("socket:["):
             continue
-        try:
-            proto = os.getxattr(f"/proc/{pid}/fd/{n}", "system.sockprotoname")
-        except OSError:
-            proto = b"UNIX"  # (not told: asked as before)
-        if not proto.startswith(b"UNIX"):
-            continue
+        if listening is not None:  # (the sockets of its namespace that may be agents)
+            if int(link[8:-1]) not in listening:
+                continue
+        else:
+            try:
+                proto = os.getxattr(f"/proc/{pid}/fd/{n}", "system.sockprotoname")
+            except OSError:
+                proto = b"UNIX"  # (not told: asked as before)
+            if not proto.startswith(b"UNIX"):
+                continue
         found = agent_socket(pid, n)
         if found is not None and found[1]:
             out.append(found[0])

@@ -705,6 +705,29 @@ def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xF
     return out
 
 
+_UNIX_DIAG_REQ = struct.Struct("=BBHIII2I")  # struct unix_diag_req
+_UNIX_DIAG_MSG = struct.Struct("=BBBBI8x")  # struct unix_diag_msg (its cookie not read)
+_UNIX_LISTEN, _UDIAG_SHOW_NAME, _UNIX_DIAG_NAME = 10, 1, 0
+
+
+def unix_listeners() -> dict[int, bytes]:
+    """The listening unix sockets of this thread's network namespace, in one sock_diag
+    dump (the kernel keeps the others out: udiag_states): inode -> its address (b"" for
+    none; an abstract one starts with a NUL)."""
+    req = _UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 1 << _UNIX_LISTEN, 0, _UDIAG_SHOW_NAME,
+                              0xFFFFFFFF, 0xFFFFFFFF)  # fmt: skip
+    out: dict[int, bytes] = {}
+    for _mtype, data, start, end in _dump(NETLINK_SOCK_DIAG, socket.SOCK_DGRAM,
+                                          SOCK_DIAG_BY_FAMILY, req, "sock_diag unix",
+                                          1 << 16, 10):  # fmt: skip
+        ino = _UNIX_DIAG_MSG.unpack_from(data, start)[4]
+        out[ino] = b""
+        for typ, a, b in _attrs(data, start + _UNIX_DIAG_MSG.size, end):
+            if typ == _UNIX_DIAG_NAME:
+                out[ino] = bytes(data[a:b])
+    return out
+
+
 def tcp_orphans(family: int, port: int) -> list[tuple[int, bytes, bytes, int, int, int]]:
     """The TCP sockets without a file (inode 0) on local ``port`` of this thread's
     network namespace: (state, local address, remote address (both packed, 4 or 16
