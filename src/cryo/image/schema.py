@@ -406,6 +406,11 @@ def _compile(t: Type) -> Fast:
         return lambda v: v is None or inner(v)
     if k is AnyOf:
         assert isinstance(t, AnyOf)
+        ranges = [(o.lo, o.hi) for o in t.options if isinstance(o, Int) and type(o) is Int]
+        rest = [fast(o) for o in t.options if type(o) is not Int]
+        if len(ranges) == 1 and len(rest) == 1:  # (an int or one other: no generator each)
+            (ilo, ihi), other = ranges[0], rest[0]
+            return lambda v: (type(v) is int and ilo <= v <= ihi) or other(v)
         opts = tuple(fast(o) for o in t.options)
         return lambda v: any(o(v) for o in opts)
     if k is List:
