@@ -29,6 +29,7 @@ class ExitCode:
     UNTRUSTED = 11
     FILE_CHANGED = 12
     REFUSED = 13
+    UNKNOWN_HOST = 14
     INTERRUPTED = 130
     INTERNAL = 70
 
@@ -41,13 +42,16 @@ class ExitCode:
         (IMAGE_EXISTS, "an image is already there (use --force to replace it)"),
         (UNSUPPORTED, "the process uses a resource cryo cannot save yet"),
         (CONFLICT, "a pid, IPC id or key needed by the restore is taken, or the image is"
-                   " running already (--allow-duplicate)"),
+                   " running already (--allow-duplicate); a grid application's name is"
+                   " taken"),
         (UNTRUSTED, "the image's seal does not verify: edited, or made on a host with"
                     " another key (--trust-image)"),
         (FILE_CHANGED, "a file the image needs changed since the checkpoint"
                        " (--ignore-changed-files)"),
         (REFUSED, "the application refused the checkpoint: a callback aborted it, or it"
                   " was inside a critical section (--nonblocking)"),
+        (UNKNOWN_HOST, "a grid host has no live agent (none is registered in etcd under"
+                       " that name)"),
         (INTERNAL, "a bug in cryo"),
     )
 

@@ -252,6 +252,60 @@ def test_coordinator_dead_between_the_phases(grid: Grid, build: Any) -> None:
     assert "global version 2 committed" in r.stdout
 
 
+def app_keys(e: Any, app: str) -> list[str]:
+    """Every key of application ``app`` in etcd (its record, parts, rounds...)."""
+    from cryo.grid import keys as K
+
+    return [k for k, _ in e.prefix(K.app(app)) if k == K.app(app) or k.startswith(K.app(app) + "/")]
+
+
+def test_adopt_refusals_leave_nothing(grid: Grid, procs: Procs, build: Any) -> None:
+    """`cryo grid adopt` refuses, each with its own exit code, an unknown host (14), a
+    pid that is not there (3), a process not the caller's (4, through the Python call)
+    and a name that is taken (10); when one of several parts is refused, nothing of
+    the application is left in etcd and no agent keeps the others: the same process
+    is then adopted alone, checkpointed and goes on."""
+    from cryo.errors import AccessDenied
+    from cryo.grid import coordinator
+    from cryo.grid.etcd import Etcd
+
+    for h in ("h0", "h1"):
+        grid.agent(h)
+    e = Etcd(grid.etcd)
+    v = procs.spawn([build("counter"), str(grid.tmp / "adopted.txt")], grid.tmp / "adopted.txt")
+    w = procs.spawn([build("counter"), str(grid.tmp / "other.txt")], grid.tmp / "other.txt")
+    gone = procs.spawn([build("counter"), str(grid.tmp / "gone.txt")], grid.tmp / "gone.txt")
+    for x in (v, w, gone):
+        x.wait_ok_after(2)
+    reap(gone.pid)
+    r = grid.cryo("adopt", "x", f"h0:{v.pid}", f"h9:{w.pid}")
+    assert r.returncode == 14 and "no grid agent on host h9" in r.stderr, r
+    assert app_keys(e, "x") == []
+    r = grid.cryo("adopt", "x", f"h0:{v.pid}", f"h1:{gone.pid}")
+    assert r.returncode == 3 and f"no process {gone.pid} on host h1" in r.stderr, r
+    assert app_keys(e, "x") == []
+    with pytest.raises(AccessDenied, match="not the caller's"):
+        coordinator.adopt(e, "x", [("h1", w.pid), ("h0", v.pid)], uid=65534)
+    assert app_keys(e, "x") == []
+    for x in (v, w):
+        assert_running(x)  # never touched
+    # part 0 of the first tries was taken by h0's agent before part 1 was refused, or
+    # not: either way h0 keeps nothing, and takes it again
+    r = grid.cryo("adopt", "y", f"h0:{v.pid}", "--store", str(grid.store))
+    assert r.returncode == 0 and f"part 0 on h0: pid {v.pid} adopted" in r.stdout, r
+    r = grid.cryo("adopt", "y", f"h1:{w.pid}")
+    assert r.returncode == 10 and "exists already" in r.stderr, r
+    st = grid.status("y")
+    assert [p["pid"] for p in st["parts"].values()] == [v.pid] and "adopting" not in st["app"]
+    r = grid.cryo("adopt", "z", f"h0:{v.pid}")  # a part already
+    assert r.returncode == 10 and "already" in r.stderr, r
+    assert app_keys(e, "z") == []
+    r = grid.cryo("checkpoint", "y")
+    assert r.returncode == 0 and "global version 1 committed" in r.stdout, r.stderr
+    assert (grid.store / "y" / "v1" / "part0").is_dir()
+    assert_running(v)
+
+
 @pytest.fixture
 def etcd_cluster(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, subprocess.Popen[bytes]]]]:
     """Three etcd members on loopback, one cluster: their client URLs and processes."""
@@ -612,7 +666,40 @@ def test_ring_on_three_hosts_survives_a_host_failure(hosts: Any, procs: Procs,
     watch` restarts the ring once h1's lease expires: it goes on from the last
     committed version, part 1 restored on a live host from the replica it received,
     its service address moved with it, the others rolled back in place."""
-    victims = start_ring(hosts, procs, build)
+    ring_survives_a_host_failure(hosts, procs, start_ring(hosts, procs, build))
+
+
+@pytest.mark.timeout(300)
+def test_adopted_ring_survives_a_host_failure(hosts: Any, procs: Procs, build: Any) -> None:
+    """The ring started by hand, one part in each host (its service address put on the
+    host by hand, as an operator's launcher would), then taken under the grid with
+    `cryo grid adopt`: from then on it is checkpointed, fails over and goes on exactly
+    as the ring `grid run` starts (the same checks)."""
+    for h in hosts.names:
+        hosts.start_agent(h)
+    for h, addr in zip(hosts.names, hosts.services, strict=True):
+        subprocess.run(["ip", "-n", hosts.ns[h], "addr", "add", f"{addr}/24", "dev", "eth0"],
+                       check=True, timeout=30)  # fmt: skip
+    by_hand = [procs.spawn(hosts.argv(h, build("ring"), str(hosts.base / f"ring-{n}.txt"),
+                                      str(n), "3", ",".join(hosts.services), "7000"),
+                           hosts.base / f"ring-{n}.txt")
+               for n, h in enumerate(hosts.names)]  # fmt: skip
+    for v in by_hand:
+        v.wait_ok_after(300, timeout=30)
+    r = hosts.cryo("adopt", "ring", *(f"{h}:{v.pid}" for h, v in zip(hosts.names, by_hand,
+                                                                      strict=True)),
+                   "--services", ",".join(hosts.services), "--replicas", "1",
+                   "--store", str(hosts.base))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    st, victims = ring_parts(hosts, procs, "ring")
+    assert [v.pid for v in victims] == [v.pid for v in by_hand], st["parts"]
+    assert all(p["state"] == "running" and p["epoch"] == 0 for p in st["parts"].values())
+    ring_survives_a_host_failure(hosts, procs, victims)
+
+
+def ring_survives_a_host_failure(hosts: Any, procs: Procs, victims: list[Victim]) -> None:
+    """Two global checkpoints of the running ring, then host h1 fails; the ring goes
+    on from the last committed version (test_ring_on_three_hosts_survives_a_host_failure)."""
     checkpoint_ring(hosts, victims, 1)
     before, at = checkpoint_ring(hosts, victims, 2)
     st = json.loads(hosts.cryo("status", "ring").stdout)

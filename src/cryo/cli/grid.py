@@ -1,4 +1,4 @@
-"""``cryo grid agent | run | checkpoint | status | restart | watch``."""
+"""``cryo grid agent | run | adopt | checkpoint | status | restart | watch``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,18 @@ def register(sub: Any) -> None:
                    " votes (0: the hosts share one store)")
     c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS ({part}: its number)")
     c.set_defaults(func=_run)
+    c = cmd("adopt", "take processes that already run as the parts of an application")
+    c.add_argument("app")
+    c.add_argument("parts", nargs="+", metavar="HOST:PID",
+                   help="part n: the process tree of PID on grid host HOST")
+    c.add_argument("--store", default="", metavar="DIR", help="as for grid run")
+    c.add_argument("--services", metavar="A0,A1,...",
+                   help="the parts' service addresses, already on their hosts (as for grid"
+                   " run): they move with the parts")  # fmt: skip
+    c.add_argument("--replicas", type=int, default=0, metavar="N", help="as for grid run")
+    c.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="how long the agents may take (default 30 s)")
+    c.set_defaults(func=_adopt)
     c = cmd("checkpoint", "one consistent checkpoint of every part")
     c.add_argument("app")
     c.add_argument("--timeout", type=float, default=60.0, metavar="S")
@@ -98,6 +110,24 @@ def _run(args: argparse.Namespace) -> int:
                             services=services, replicas=args.replicas)  # fmt: skip
     for n, p in sorted(parts.items()):
         print(f"part {n} on {p['host']}: pid {p['pid']}")
+    return 0
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    from cryo.errors import Usage
+    from cryo.grid import coordinator
+
+    parts = []
+    for spec in args.parts:
+        host, _, pid = spec.rpartition(":")
+        if not host or not pid.isdigit():
+            raise Usage(f"cryo grid adopt: {spec!r} is not HOST:PID")
+        parts.append((host, int(pid)))
+    services = args.services.split(",") if args.services else []
+    got = coordinator.adopt(_etcd(args), args.app, parts, args.store, services=services,
+                            replicas=args.replicas, timeout=args.timeout)  # fmt: skip
+    for n, p in sorted(got.items()):
+        print(f"part {n} on {p['host']}: pid {p['pid']} adopted")
     return 0
 
 

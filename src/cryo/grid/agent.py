@@ -240,12 +240,19 @@ class Agent:
             return
         # every application's keys in one request: what this step acts on
         self.kv = dict(self.etcd.prefix(f"{K.ROOT}apps/"))
+        # an application that is gone (an adoption undone, or its adopter died half-way
+        # and its lease took its keys): its parts are forgotten, left running as they are
+        for a, n in [k for k in self.running if K.app(k[0]) not in self.kv]:
+            log.info("host %s: part %d of %s forgotten (the application is gone)",
+                     self.host, n, a)  # fmt: skip
+            del self.running[(a, n)]
         for key, app in list(self.kv.items()):
             if key.count("/") != 3:  # /cryo/apps/APP only
                 continue
             name = app["app"]
             self._restarts(name, app)
             self._starts(name, app)
+            self._adopts(name, app)
             self._rounds(name, app)
             self._replicas_decided(name)
             self._unlock(name)
@@ -290,6 +297,62 @@ class Agent:
                 continue
             self.running[(app, n)] = pid
             self.etcd.put(K.part(app, n), {**p, "pid": pid, "state": "running", "epoch": 0})
+
+    # -- adoption (grid adopt) ---------------------------------------------------------
+    def _adopts(self, app: str, record: dict[str, Any]) -> None:
+        """The parts ``grid adopt`` gave this host (state ``adopting``): each taken
+        (``running``, epoch 0) or refused with why (``refused``, its error's class), by
+        a compare-and-swap on the record as read, under the adoption's lease: an
+        adoption undone meanwhile (its keys deleted) takes nothing here."""
+        services = record.get("services") or []
+        for n, p in self._mine(app).items():
+            if p.get("state") != "adopting":
+                continue
+            raw, lease = K.encode(p).encode(), p.get("lease")
+            try:
+                pid = int(p["pid"])
+                self._adoptable(app, pid, int(p.get("uid", -1)),
+                                services[n] if n < len(services) else None)  # fmt: skip
+            except CryoError as err:
+                self.etcd.swap(K.part(app, n), raw, {**p, "state": "refused", "reason": str(err),
+                                                     "error": type(err).__name__}, lease=lease)
+                continue
+            if self.etcd.swap(K.part(app, n), raw, {**p, "state": "running", "epoch": 0},
+                              lease=lease):  # fmt: skip
+                self.running[(app, n)] = pid
+                log.info("host %s: process %d adopted as part %d of %s", self.host, pid, n, app)
+
+    def _adoptable(self, app: str, pid: int, uid: int, service: str | None) -> None:
+        """Process ``pid`` may become a part: it runs here (not a zombie), belongs to
+        ``uid`` (its real, effective, saved and file system uids; and it runs no setgid
+        program; any process, for root), is not this agent or one of its ancestors and shares
+        no process with a part this host runs; its service address is on this host."""
+        from cryo import errors
+
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except (FileNotFoundError, ValueError):
+            status = {}
+        if pid <= 0 or not status or status.get("State", "").split()[:1] in (["Z"], ["X"]):
+            raise errors.NoSuchProcess(f"no process {pid} on host {self.host}", pid=pid)
+        # (as the daemon's job_add: every uid its owner's, and no setgid program)
+        uids = {int(x) for x in status["Uid"].split()}
+        if uid != 0 and (uids != {uid} or len(set(status["Gid"].split())) != 1):
+            raise errors.AccessDenied(f"process {pid} on host {self.host} is not the"
+                                      f" caller's (uids {sorted(uids)}, not {uid}, or"
+                                      " setgid)", pid=pid)  # fmt: skip
+        if os.getpid() in hostnet.tree(pid):
+            raise errors.AccessDenied(f"process {pid} is host {self.host}'s grid agent or one"
+                                      " of its ancestors", pid=pid)  # fmt: skip
+        mine = set(hostnet.tree(pid))
+        for (a, n), q in self.running.items():
+            if q in mine or pid in hostnet.tree(q):
+                raise errors.RestoreConflict(f"process {pid} on host {self.host} is (in) part"
+                                             f" {n} of {a} already", pid=pid)  # fmt: skip
+        if service is not None and not hostnet.has_address(service):
+            raise CryoError(f"service address {service} of {app} is not on host {self.host}"
+                            " (a part adopted with --services binds to its own)")  # fmt: skip
 
     # -- a global checkpoint ---------------------------------------------------------
     def _rounds(self, app: str, record: dict[str, Any]) -> None:

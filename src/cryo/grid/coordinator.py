@@ -23,7 +23,8 @@ import time
 import uuid
 from typing import Any
 
-from cryo.errors import CryoError
+from cryo import errors
+from cryo.errors import CryoError, ExitCode
 from cryo.grid import keys as K
 from cryo.grid.etcd import Etcd, LeaseGone
 
@@ -35,6 +36,21 @@ KEEP_ROUNDS = 8  # decided rounds kept in etcd (status shows them), up to twice 
 
 class RoundFailed(CryoError):
     """A global checkpoint was aborted: a part could not prepare, or time ran out."""
+
+
+class UnknownHost(CryoError):
+    """A host named for a part has no live agent (none registered in etcd)."""
+
+    exit_code = ExitCode.UNKNOWN_HOST
+
+
+class AppExists(CryoError):
+    """An application of that name is in the grid already."""
+
+    exit_code = ExitCode.CONFLICT
+
+
+ADOPT_TTL = 10  # seconds an adoption's keys outlive an adopter that died half-way
 
 
 def live_hosts(etcd: Etcd) -> dict[str, dict[str, Any]]:
@@ -53,22 +69,113 @@ def run(etcd: Etcd, app: str, hosts: list[str], cmd: list[str], store: str,
     returns the parts once every one runs.  ``services`` gives each part an address of
     its own that moves with it; ``replicas`` is how many other hosts get a copy of each
     part's image before it votes."""
+    services = _check_hosts(etcd, hosts, services, replicas)
+    if not etcd.create(K.app(app), {"app": app, "cmd": cmd, "hosts": hosts, "store": store,
+                                    "services": services, "replicas": replicas,
+                                    "created": time.time()}):  # fmt: skip
+        raise AppExists(f"application {app} exists already")
+    for n, h in enumerate(hosts):
+        etcd.put(K.part(app, n), {"part": n, "host": h, "pid": None, "state": "starting"})
+    return wait_running(etcd, app, len(hosts), timeout)
+
+
+def _check_hosts(etcd: Etcd, hosts: list[str], services: list[str] | None,
+                 replicas: int) -> list[str]:  # fmt: skip
+    """Every host has a live agent, one service address per part (or none), enough
+    live hosts for the replicas: the service addresses."""
     alive = live_hosts(etcd)
-    missing = [h for h in hosts if h not in alive]
+    missing = sorted({h for h in hosts if h not in alive})
     if missing:
-        raise CryoError(f"no grid agent on host {', '.join(missing)}")
+        raise UnknownHost(f"no grid agent on host {', '.join(missing)} (live: "
+                          f"{', '.join(sorted(alive)) or 'none'})")  # fmt: skip
     services = services or []
     if services and len(services) != len(hosts):
         raise CryoError(f"{len(hosts)} parts but {len(services)} service addresses")
     if replicas >= len(alive) and replicas:
         raise CryoError(f"{replicas} replicas need {replicas + 1} live hosts; {len(alive)} live")
-    if not etcd.create(K.app(app), {"app": app, "cmd": cmd, "hosts": hosts, "store": store,
-                                    "services": services, "replicas": replicas,
-                                    "created": time.time()}):  # fmt: skip
-        raise CryoError(f"application {app} exists already")
-    for n, h in enumerate(hosts):
-        etcd.put(K.part(app, n), {"part": n, "host": h, "pid": None, "state": "starting"})
-    return wait_running(etcd, app, len(hosts), timeout)
+    return services
+
+
+def adopt(etcd: Etcd, app: str, parts: list[tuple[str, int]], store: str = "",
+          services: list[str] | None = None, replicas: int = 0, timeout: float = 30.0,
+          uid: int | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Take processes that already run under the grid as application ``app``: part n
+    is process tree ``parts[n] = (host, pid)``, taken by that host's agent, and from
+    then on a part like those :func:`run` starts.  Every part is adopted or none:
+    an unknown host (:class:`UnknownHost`), an application of that name
+    (:class:`AppExists`), a pid that is not there (NoSuchProcess) or not of ``uid``
+    (AccessDenied; by default the caller's; root's may be any) and a part its agent
+    does not take within ``timeout`` leave nothing in etcd, and no agent keeps a part.
+
+    The keys are written under a lease of the adopter's (ADOPT_TTL, kept alive while it
+    waits) and taken off it in the one transaction that ends the adoption: an adopter
+    that dies half-way leaves nothing once the lease expires; an agent forgets the
+    parts of an application that is gone."""
+    hosts = [h for h, _ in parts]
+    pids = [(h, int(pid)) for h, pid in parts]
+    if not pids:
+        raise errors.Usage("nothing to adopt: HOST:PID ...")
+    if len(set(pids)) != len(pids):
+        raise errors.Usage(f"a part named twice: {sorted(p for p in pids if pids.count(p) > 1)}")
+    services = _check_hosts(etcd, hosts, services, replicas)
+    uid = os.getuid() if uid is None else uid
+    lease = etcd.lease(ADOPT_TTL)
+    record = {"app": app, "cmd": None, "hosts": hosts, "store": store, "services": services,
+              "replicas": replicas, "created": time.time(), "adopted": True,
+              "adopting": True}  # fmt: skip
+    try:
+        if not etcd.create(K.app(app), record, lease=lease):
+            raise AppExists(f"application {app} exists already")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            lease.revoke()
+        raise
+    try:
+        for n, (h, pid) in enumerate(pids):
+            etcd.put(K.part(app, n), {"part": n, "host": h, "pid": pid, "state": "adopting",
+                                      "uid": uid, "lease": lease.id}, lease=lease)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        refreshed = time.monotonic()
+        while True:
+            got = {int(k.rsplit("/", 1)[1]): (k, v) for k, v in etcd.prefix(K.parts(app))}
+            refused = [v for _, v in got.values() if v.get("state") == "refused"]
+            if refused:
+                p = refused[0]
+                cls = getattr(errors, str(p.get("error")), None)
+                if not (isinstance(cls, type) and issubclass(cls, CryoError)):
+                    cls = CryoError
+                raise cls(f"part {p['part']} ({p['host']}:{p['pid']}) not adopted:"
+                          f" {p.get('reason')}")  # fmt: skip
+            if len(got) == len(pids) and all(v.get("state") == "running"
+                                               for _, v in got.values()):  # fmt: skip
+                break
+            if time.monotonic() > deadline:
+                slow = sorted(n for n, (_, v) in got.items() if v.get("state") != "running")
+                raise CryoError(f"parts {slow} of {app} were not adopted within {timeout:g} s")
+            if time.monotonic() - refreshed > ADOPT_TTL / 3:
+                lease.refresh()
+                refreshed = time.monotonic()
+            time.sleep(0.02)
+        # the end: every key off the lease at once, if none changed meanwhile
+        raw = {k: etcd.get_raw(k) for k in [K.app(app), *(k for k, _ in got.values())]}
+        if any(v is None for v in raw.values()):
+            raise CryoError(f"the adoption of {app} lost its keys (its lease expired)")
+        final = {k: K.decode(v) or {} for k, v in raw.items()}
+        final[K.app(app)].pop("adopting", None)
+        for v in final.values():
+            v.pop("lease", None)
+        if not etcd.txn([(k, v) for k, v in raw.items() if v is not None],
+                        list(final.items())):  # fmt: skip
+            raise CryoError(f"the keys of {app} changed during its adoption")
+    except BaseException:
+        with contextlib.suppress(Exception):  # (if this fails too: the lease's expiry)
+            etcd.delete_tree(K.app(app))
+        with contextlib.suppress(Exception):
+            lease.revoke()
+        raise
+    with contextlib.suppress(Exception):  # (its keys are off it)
+        lease.revoke()
+    return parts_of(etcd, app)
 
 
 def wait_running(etcd: Etcd, app: str, count: int, timeout: float, epoch: int | None = None,
@@ -247,6 +354,8 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
               or k.startswith(K.app(app) + "/")]  # fmt: skip
         if not any(k == K.app(app) for k, _ in kv):
             raise CryoError(f"no grid application {app}")
+        if dict(kv)[K.app(app)].get("adopting"):
+            raise CryoError(f"{app} is being adopted (grid adopt): not every part is taken")
         at_start = [(k, v) for k, v in kv if k.startswith(K.rounds(app))]
         for v, state in resolve(etcd, app, rounds=at_start):
             if report is not None:

@@ -205,25 +205,48 @@ class Etcd:
     def delete_prefix(self, prefix: str) -> None:
         self._call(self.client.delete_prefix, prefix)
 
+    def delete_tree(self, key: str) -> None:
+        """``key`` and every key under ``key/``, in one transaction (not the keys that
+        merely begin as ``key`` does: another application's)."""
+        under = key + "/"
+        end = under[:-1] + chr(ord(under[-1]) + 1)
+        txn = {"compare": [], "failure": [],
+               "success": [{"request_delete_range": {"key": _b64(key)}},
+                           {"request_delete_range": {"key": _b64(under),
+                                                     "range_end": _b64(end)}}]}  # fmt: skip
+        self._call(self.client.transaction, txn)
+
     def lease(self, ttl: int) -> Any:
         return self._call(self.client.lease, ttl)
 
     def swap(self, key: str, old: bytes, new: dict[str, Any],
-             also: Sequence[tuple[str, dict[str, Any]]] = ()) -> bool:
+             also: Sequence[tuple[str, dict[str, Any]]] = (), lease: int | None = None) -> bool:
         """One transaction: if ``key`` still holds ``old``, put ``new`` there (and each
-        of ``also``); True if it did."""
+        of ``also``; under lease id ``lease`` if given); True if it did."""
+        return self.txn([(key, old)], [(key, new), *also], lease=lease)
+
+    def txn(self, compares: Sequence[tuple[str, bytes]],
+            puts: Sequence[tuple[str, dict[str, Any]]], lease: int | None = None) -> bool:
+        """One transaction: if every key of ``compares`` still holds its value, put each
+        of ``puts`` (under lease id ``lease`` if given, else under none: a key put so
+        leaves the lease it was under); True if it did.  A first try whose answer was
+        lost counts as done if the first put's key holds its value."""
+        put: list[dict[str, Any]] = []
+        for k, v in puts:
+            request: dict[str, Any] = {"key": _b64(k), "value": _b64(K.encode(v))}
+            if lease is not None:
+                request["lease"] = int(lease)
+            put.append({"request_put": request})
         txn = {
-            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "VALUE",
-                         "value": base64.b64encode(old).decode()}],
-            "success": [{"request_put": {"key": _b64(k), "value": _b64(K.encode(v))}}
-                        for k, v in [(key, new), *also]],
+            "compare": [{"key": _b64(k), "result": "EQUAL", "target": "VALUE",
+                         "value": base64.b64encode(raw).decode()} for k, raw in compares],
+            "success": put,
             "failure": [],
         }  # fmt: skip
-        new_raw = K.encode(new)
+        first, first_raw = puts[0][0], K.encode(puts[0][1])
         result = self._call(self.client.transaction, txn,
-                            ambiguous=lambda: self._holds(key, new_raw))
+                            ambiguous=lambda: self._holds(first, first_raw))
         return result is True or bool(result.get("succeeded", False))
-
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)

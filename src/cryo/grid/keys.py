@@ -4,10 +4,13 @@ Every value is a JSON object.  Under ``/cryo/``:
 
     hosts/HOST                        {host, pid, store, started, replica}  under the
                                                                 agent's lease
-    apps/APP                          {app, cmd, hosts, store, services, replicas, created}
+    apps/APP                          {app, cmd, hosts, store, services, replicas, created,
+                                       adopted, adopting}
     apps/APP/parts/N                  {part, host, pid, state, epoch, image}  state:
                                                                 starting, running,
-                                                                failed, lost, fenced
+                                                                failed, lost, fenced;
+                                                                adopting, refused
+                                                                (grid adopt)
     apps/APP/rounds/V                 {version, state, deadline, by, parts}  state:
                                                                 prepare, cut (with
                                                                 replicas), committed,
