@@ -8,7 +8,8 @@ from outside, as a user runs it: wall time around the whole process, its CPU tim
 + system, with its worker's: wait4) from the kernel.  ``--before SRC`` (another tree's
 ``src``) runs every command of the other tree in turn with this one's (A B A B ...,
 on the same counter), and prints the ratios pair by pair.  ``--cmd``: how cryo is
-started (default ``python -m cryo``; ``cryo`` for the console script on PATH).
+started (default ``python -m cryo``; ``cryo`` for the console script on PATH; with
+``bin/cryo`` in it, each tree's own bin/cryo where it has one).
 Beside them: ``python -c pass`` and ``python -S -c pass`` on the same machine, and the
 engine's own time as the command reports it.  ``--daemon`` starts a cryod of the tree
 measured (its own socket, state and store) and adds, in the same rounds and on the same
@@ -128,7 +129,10 @@ def main() -> None:
     fig: dict[str, list[float]] = {}
     daemon: subprocess.Popen[bytes] | None = None
     server = 0
-    ways = {name: (cmd, {"PYTHONPATH": src}) for name, src in trees.items()}
+    # (a tree's own bin/cryo, when cryo is started by one: its start-up is the tree's)
+    ways = {name: ([str(Path(src).parent / "bin" / "cryo") if Path(a).resolve() == BIN and
+                    (Path(src).parent / "bin" / "cryo").exists() else a for a in cmd],
+                   {"PYTHONPATH": src}) for name, src in trees.items()}  # fmt: skip
     try:
         if args.daemon:
             daemon, sock, server = start_daemon(work, trees["after"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 
 from cryo.errors import CryoError
 
@@ -23,6 +22,8 @@ def write_replace(path: str, text: str) -> None:
     parent = os.path.dirname(path)
     if os.path.isdir(path) and not os.path.islink(path):
         raise _refuse(path, "it is a directory")
+    import tempfile  # (here: it imports shutil and random, 3 ms a command)
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
     except OSError as err:

@@ -16,6 +16,8 @@ from cryo.engine.ptrace import Tracee
 
 @dataclass
 class DumpContext:
+    """What the drivers share about one process during a checkpoint."""
+
     pid: int
     tracee: Tracee  # the thread group leader
     inj: Injector  # injects into the leader
@@ -35,6 +37,8 @@ class DumpContext:
 
 @dataclass
 class RestoreContext:
+    """What the drivers share about one process during a restart."""
+
     pid: int  # pid of the restored process
     old_pid: int  # pid in the image
     tracee: Tracee  # its leader thread

@@ -58,6 +58,8 @@ O_CLOEXEC, O_NONBLOCK = 0o2000000, 0o4000
 
 @dataclass
 class Tracking:
+    """A process's write tracking (its uffd and token) in this checkpoint."""
+
     pid: int
     token: str  # the new token, recorded by this checkpoint
     fd: int  # the uffd, in the process

@@ -28,7 +28,6 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -740,6 +739,8 @@ def _materialize(d: dict[str, Any], data: bytes) -> str:
     """Recreate the contents of a file deleted while open; returns a path to open."""
     path = str(d["path"])
     if not os.path.isdir(os.path.dirname(path)) or os.path.exists(path):
+        import tempfile  # (not at the top: 3 ms of a checkpoint's start-up)
+
         path = os.path.join(tempfile.gettempdir(), f".cryo-deleted-{os.getpid()}-{d['id']}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(d["mode"]))
     try:

@@ -366,6 +366,8 @@ def split_blocks(runs: list[tuple[int, int]], block: int = BLOCK) -> Iterator[li
 
 @dataclass
 class CopyStats:
+    """What a copy of pages took: bytes, seconds frozen, seconds in all."""
+
     bytes: int = 0
     read_seconds: float = 0.0  # how long the target had to stay frozen for its pages
     total_seconds: float = 0.0

@@ -70,6 +70,8 @@ FREEZE_PER_GIB = 15.0
 
 @dataclass
 class DumpResult:
+    """What a checkpoint made: where, of which processes, how much, how long."""
+
     path: str
     pid: int
     pids: list[int] = field(default_factory=list)
@@ -521,6 +523,8 @@ class CheckpointSession:
 
 @dataclass
 class RestoreResult:
+    """What a restart made: the new pids, how much, how long."""
+
     pid: int
     old_pid: int
     pids: dict[int, int] = field(default_factory=dict)  # old pid -> new pid

@@ -53,6 +53,8 @@ def private_kind(path: str) -> str | None:
 
 @dataclass
 class Objects:
+    """The shared memory objects of a checkpoint, each described once."""
+
     objs: list[dict[str, Any]] = field(default_factory=list)
     by_key: dict[tuple[int, int], int] = field(default_factory=dict)
     # processes whose memory was described already (pages shared copy-on-write with a

@@ -41,6 +41,8 @@ WALL = 0x40000000  # __WALL: wait for threads too
 
 @dataclass
 class Proc:
+    """A process of the checkpoint, as its tree was read."""
+
     pid: int
     ppid: int
     pgid: int

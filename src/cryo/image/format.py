@@ -61,6 +61,8 @@ def unpack(data: bytes | memoryview) -> Any:
 
 @dataclass(frozen=True)
 class Record:
+    """One record of an image file: its kind and payload."""
+
     kind: bytes
     payload: Any  # decoded msgpack object, or bytes when raw
     raw: bool = False
