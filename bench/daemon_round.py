@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,10 +35,16 @@ def main() -> int:
     ap.add_argument("--every", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=24)
     ap.add_argument("--keep-last", type=int, default=3)
+    ap.add_argument("--gc-every", type=int, default=1,
+                    help="gc (and the versions read) after every N-th round only")
     ap.add_argument("--profile", help="cProfile of the counted rounds into this file")
     ap.add_argument("--code", help="a src directory to import cryo from")
     ap.add_argument("--label", default="")
     ap.add_argument("--phases", action="store_true", help="CPU per phase of the checkpoint")
+    ap.add_argument("--drivers", action="store_true",
+                    help="CPU, wall, ptrace stops and injected calls per driver hook")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="cryo's system calls a round (perf stat on this process)")
     args = ap.parse_args()
     if args.code:
         sys.path.insert(0, args.code)
@@ -75,6 +82,7 @@ def main() -> int:
         wrap(sink, "load_previous", "store load_previous")
         for name in ("select", "inherit", "commit"):
             wrap(sink.VersionSink, name, f"store {name}")
+    per_hook = hook_profiler(counting) if args.drivers else None
     base = Path(tempfile.mkdtemp(prefix="cryo-round-", dir="/var/tmp"))
     (base / "victim.c").write_text(VICTIM)
     exe = base / "victim"
@@ -90,15 +98,19 @@ def main() -> int:
     frozen: list[float] = []
     copied: list[int] = []  # pages gc copied, each round
     prof = None
+    perf = None
+    syscalls = 0
     try:
         while not (out.exists() and "ready" in out.read_text()):
             time.sleep(0.05)
         for r in range(args.rounds + 2):
             counting[0] = r >= 2
+            if r == 2 and args.syscalls:
+                perf = start_perf(base / "perf.txt")
             if r == 2 and args.profile:
                 import cProfile
 
-                prof = cProfile.Profile()
+                prof = cProfile.Profile(time.thread_time)  # (CPU, this thread)
                 prof.enable()
             t_next = time.monotonic() + args.every
 
@@ -113,11 +125,14 @@ def main() -> int:
                            scope="process", worker=False)  # fmt: skip
             if r >= 2:
                 frozen.append(res.freeze_seconds)
-            (rep,) = timed("gc", cstore.gc, store, args.keep_last, None, app="job")
-            if r >= 2:
-                copied.append(sum(n for _, _, n in rep.merged))
-            timed("versions", OPS["versions"], store, "job")
+            if r % args.gc_every == args.gc_every - 1:
+                (rep,) = timed("gc", cstore.gc, store, args.keep_last, None, app="job")
+                if r >= 2:
+                    copied.append(sum(n for _, _, n in rep.merged))
+                timed("versions", OPS["versions"], store, "job")
             time.sleep(max(0.0, t_next - time.monotonic()))
+        if perf is not None:
+            syscalls = stop_perf(perf, base / "perf.txt")
         if prof is not None:
             prof.disable()
             prof.dump_stats(args.profile)
@@ -125,6 +140,9 @@ def main() -> int:
         dirs = a.versions()
         size = sum(du(a.vdir(v)) for v in dirs)
     finally:
+        if perf is not None and perf.poll() is None:
+            perf.kill()
+            perf.wait()
         kill_all([p.pid])
         shutil.rmtree(base, ignore_errors=True)  # (the store: ~80 MiB a run)
     load = os.getloadavg()
@@ -136,15 +154,121 @@ def main() -> int:
         wall = [x[1] * 1000 for x in xs]
         print(f"  {name:10s} CPU median {statistics.median(cpu):6.1f} ms, mean"
               f" {statistics.mean(cpu):6.1f}, max {max(cpu):6.1f};  wall median"
-              f" {statistics.median(wall):6.1f}, max {max(wall):6.1f}")
+              f" {statistics.median(wall):6.1f}, max {max(wall):6.1f}"
+              f"{f'; {sum(cpu) / args.rounds:.1f} ms a round' if args.gc_every > 1 else ''}")
     print(f"  frozen     median {statistics.median(frozen) * 1000:.1f} ms, max"
           f" {max(frozen) * 1000:.1f}")
     for label, x in spent.items():
         print(f"  {label:22s} {x / args.rounds * 1000:6.1f} ms of CPU a round")
+    if args.syscalls:
+        print(f"  syscalls   {syscalls / args.rounds:.0f} a round (cryo's threads: checkpoint,"
+              f" gc, versions, the sleep between rounds)")
+    if per_hook is not None:
+        print_hooks(per_hook, args.rounds)
     print(f"  gc copied  {sum(copied)} pages in {sum(1 for c in copied if c)} of"
           f" {len(copied)} rounds (max {max(copied)} in one)")
     print(f"  store      {len(dirs)} version directories, {size / 2**20:.1f} MiB on disk"
           f" for {args.mib} MiB of memory")
+    return 0
+
+
+def hook_profiler(counting: list[bool]) -> dict[str, list[float]]:
+    """Wrap every checkpoint hook of every driver, and the session's own steps around
+    them, to add up per label: CPU of the calling thread, wall, ptrace stops, batches of
+    injected calls, single injected calls, and times called; exclusive of nested labels
+    (a driver's hook that calls a wrapped step is charged without it)."""
+    from cryo.engine import drivers as D
+    from cryo.engine import inject, ptrace, scratchlog, session, sud, textscan, tree
+
+    acc: dict[str, list[float]] = {}
+    stack: list[list[float]] = []  # per open label: what its nested labels took
+
+    def now() -> list[float]:
+        return [time.thread_time(), time.perf_counter(), ptrace.STATS["stops"],
+                inject.STATS["batches"], inject.STATS["single_calls"], 0.0]
+
+    def wrap(label: str, fn):  # type: ignore[no-untyped-def]
+        def profiled(*a, **kw):  # type: ignore[no-untyped-def]
+            if not counting[0]:
+                return fn(*a, **kw)
+            t0 = now()
+            stack.append([0.0] * 6)
+            try:
+                return fn(*a, **kw)
+            finally:
+                nested = stack.pop()
+                t1 = now()
+                total = [t1[i] - t0[i] for i in range(5)] + [1.0]
+                row = acc.setdefault(label, [0.0] * 6)
+                for i in range(6):
+                    row[i] += total[i] - (nested[i] if i < 5 else 0.0)
+                if stack:
+                    for i in range(5):
+                        stack[-1][i] += total[i]
+
+        return profiled
+
+    hooks = ("inject", "inject_thread", "collect", "shared", "write", "written", "records",
+             "before_freeze", "after_checkpoint", "thaw")
+    new = []
+    for d in D.DRIVERS:
+        changes = {h: wrap(f"{d.name}.{h}", getattr(d, h)) for h in hooks if getattr(d, h)}
+        new.append(d.replace(**changes) if changes else d)
+    D.DRIVERS = tuple(new)
+    for mod, name, label in (
+            (tree, "freeze", "session: tree.freeze"), (tree, "let_go", "session: tree.let_go"),
+            (tree, "check_groups", "session: tree.check_groups"),
+            (session.files, "check_shared_tables", "session: files.check_shared_tables"),
+            (textscan, "find_syscall", "session: textscan.find_syscall"),
+            (sud, "check", "session: sud.check"), (scratchlog, "sweep", "session: scratchlog"),
+            (scratchlog, "choose", "session: scratchlog"),
+            (scratchlog, "note", "session: scratchlog"),
+            (scratchlog, "forget", "session: scratchlog"),
+            (inject.Injector, "map_scratch", "session: map_scratch"),
+            (inject.Injector, "unmap_scratch", "session: unmap_scratch"),
+            (inject.Injector, "finish", "session: injector finish"),
+            (session.memory, "copy_pages", "session: memory.copy_pages"),
+            (session.Checkpoint, "_head", "session: HEAD record"),
+            (session.Checkpoint, "prepare", "phase prepare (rest)"),
+            (session.Checkpoint, "freeze", "phase freeze (rest)"),
+            (session.Checkpoint, "collect", "phase collect (rest)"),
+            (session.Checkpoint, "write", "phase write (rest)"),
+            (session.Checkpoint, "commit", "phase commit (the sink's)"),
+            (session.Checkpoint, "resume", "phase resume (rest)")):  # fmt: skip
+        setattr(mod, name, wrap(label, getattr(mod, name)))
+    ptrace.Tracee.park = wrap("session: park", ptrace.Tracee.park)  # type: ignore[method-assign]
+    return acc
+
+
+def print_hooks(acc: dict[str, list[float]], rounds: int) -> None:
+    print(f"  {'a round, exclusive of nested rows':38s} {'CPU ms':>7s} {'wall ms':>8s}"
+          f" {'stops':>6s} {'batches':>7s} {'singles':>7s} {'calls':>5s}")
+    rows = sorted(acc.items(), key=lambda kv: -kv[1][0])
+    tot = [0.0] * 6
+    for label, v in rows:
+        tot = [a + b for a, b in zip(tot, v, strict=True)]
+        print(f"  {label:38s} {v[0] / rounds * 1000:7.2f} {v[1] / rounds * 1000:8.2f}"
+              f" {v[2] / rounds:6.1f} {v[3] / rounds:7.1f} {v[4] / rounds:7.1f}"
+              f" {v[5] / rounds:5.1f}")
+    print(f"  {'total':38s} {tot[0] / rounds * 1000:7.2f} {tot[1] / rounds * 1000:8.2f}"
+          f" {tot[2] / rounds:6.1f} {tot[3] / rounds:7.1f} {tot[4] / rounds:7.1f}")
+
+
+def start_perf(out: Path) -> subprocess.Popen[bytes]:
+    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p",
+                             str(os.getpid()), "-o", str(out)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.3)  # (attached)
+    return perf
+
+
+def stop_perf(perf: subprocess.Popen[bytes], out: Path) -> int:
+    perf.send_signal(signal.SIGINT)
+    perf.wait(timeout=10)
+    for line in out.read_text().splitlines():
+        if "raw_syscalls:sys_enter" in line:
+            return int(line.split(",")[0])
     return 0
 
 

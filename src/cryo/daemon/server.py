@@ -47,6 +47,15 @@ log = logging.getLogger("cryo.daemon")
 DEFAULT_STATE, DEFAULT_STORE = P.DEFAULT_STATE, P.DEFAULT_STORE
 ROOT = 0
 GC_WAIT = 1.0  # seconds a background gc waits for no checkpoint of its store in progress
+# a job's retention after its periodic versions: after every GC_ROUNDS-th one, or the
+# first one GC_DELAY seconds or more after its last gc (a job every 10 minutes: each;
+# every 5 s: every fourth).  A gc's cost is mostly that of loading the kept versions'
+# maps, whatever it deletes (bench/daemon_round.py --gc-every: 12 ms of CPU a round
+# after each, 4 ms after every fourth); the versions over the policy meanwhile are at
+# most GC_ROUNDS - 1, for at most GC_DELAY s plus a period.  An asked checkpoint's
+# retention runs at once, as before.
+GC_ROUNDS = 4
+GC_DELAY = 60.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,8 @@ class Daemon:
         self._gc_pending: set[str] = set()
         self._gc_lock = threading.Lock()
         self._gc_busy = threading.Lock()  # held while the background gc works
+        # job -> (periodic versions since its last gc, monotonic time of that gc)
+        self._gc_since: dict[str, tuple[int, float]] = {}
         # a store's background gc starts when none of its jobs is being checkpointed (its
         # unlinks and fsyncs would lengthen that job's freeze): see gate()
         self._gate = threading.Condition()
@@ -443,6 +454,8 @@ class Daemon:
                 procs.kill(job["pid"], job["start_time"], tree=job["scope"] == "tree")
             self.state.remove_job(name)
         self.metrics.forget(name)
+        with self._gc_lock:
+            self._gc_since.pop(name, None)
         event("job removed", job=name, kill=bool(args.get("kill")))
         return {}
 
@@ -521,7 +534,7 @@ class Daemon:
                       late=round(started - due, 4) if due is not None else None)  # fmt: skip
                 if due is None:
                     self.retain(job, runner)  # (an asked one returns once retention ran)
-            if due is not None:
+            if due is not None and self.gc_due(name):
                 self.retain_later(name)
             return {"version": version, "memory": r.memory_bytes, "stored": r.stored_bytes,
                     "frozen": r.freeze_seconds, "seconds": r.total_seconds}  # fmt: skip
@@ -572,6 +585,18 @@ class Daemon:
                         del self._in_checkpoint[store]
                         self._gate.notify_all()
 
+    def gc_due(self, name: str) -> bool:
+        """After a periodic version of job ``name``: whether its retention runs now
+        (:data:`GC_ROUNDS`, :data:`GC_DELAY`; the first after the daemon's start does)."""
+        now = time.monotonic()
+        with self._gc_lock:
+            rounds, last = self._gc_since.get(name, (GC_ROUNDS - 1, now - GC_DELAY))
+            if rounds + 1 < GC_ROUNDS and now - last < GC_DELAY:
+                self._gc_since[name] = (rounds + 1, last)
+                return False
+            self._gc_since[name] = (0, now)
+            return True
+
     def retain_later(self, name: str) -> None:
         """Retention of job ``name`` by the background gc (queued once)."""
         with self._gc_lock:
@@ -598,6 +623,8 @@ class Daemon:
         """gc by the job's policy, by ``runner`` (or the next free one)."""
         if not job["keep_last"]:
             return
+        with self._gc_lock:
+            self._gc_since[job["name"]] = (0, time.monotonic())
         if runner is None:
             with self.slot() as free:
                 self.retain(job, free)
