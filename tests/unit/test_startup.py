@@ -38,6 +38,7 @@ def test_app_record_kind_is_the_drivers() -> None:
     from cryo.engine import appchannel, drivers
 
     assert drivers.APPX == appchannel.KIND
+    assert drivers.AGENT_PREFIX == appchannel.P.PREFIX
     app = next(d for d in drivers.DRIVERS if d.name == "app")
     assert app.kinds == (appchannel.KIND,)
 

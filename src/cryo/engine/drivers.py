@@ -40,6 +40,7 @@ program's checkpoint and restart import none of it (tests/unit/test_startup.py).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -268,8 +269,14 @@ def _agents_possible(session: Any) -> bool:
     from cryo.engine import tree
 
     read: dict[int, dict[int, str]] = session.shared.early.setdefault("fd_links before", {})
+    here: list[bool] = []  # (asked once: an agent listens in cryo's own namespace)
 
     def has_socket(pid: int) -> bool:
+        if _netns_is_mine(pid):  # none listens in it: no fd table read (a busy server's)
+            if not here:
+                here.append(_agent_listens_here())
+            if not here[0]:
+                return False
         try:
             links = read[pid] = procfs.fd_links(pid)[1]
         except OSError:
@@ -277,6 +284,28 @@ def _agents_possible(session: Any) -> bool:
         return any(t.startswith("socket:[") for t in links.values())
 
     return any(has_socket(pid) for pid in tree.members(session.pid, session.scope))
+
+
+AGENT_PREFIX = b"\0cryo-app/"  # cryo.app.protocol.PREFIX (tests/unit/test_startup.py)
+
+
+def _netns_is_mine(pid: int) -> bool:
+    try:
+        a, b = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _agent_listens_here() -> bool:
+    """A unix socket of cryo's network namespace listens under a cryo.app agent's name
+    (one sock_diag dump of the listening ones; True where it cannot tell)."""
+    from cryo.linux import net
+
+    try:
+        return any(n.startswith(AGENT_PREFIX) for n in net.unix_listeners().values())
+    except OSError:
+        return True
 
 
 # -- the hand-over between the context and each module's functions ----------------------
