@@ -523,3 +523,39 @@ def test_a_thread_whose_own_cwd_is_gone_is_refused_before_anything_is_made(
     rr = restart(str(tmp_path / "img"))
     procs.track(rr.pid)
     Victim(rr.pid, v.out).wait_ok_after(max(v.oks()) + 2)
+
+
+def _exe_unmapped(procs: Procs, tmp_path: Path, mode: str) -> Victim:
+    """victims/exeunmap.c: a process that unmapped its executable (and, in mode
+    "deleted", unlinked it), running on from a library."""
+    src = str(Path(__file__).parent.parent / "victims" / "exeunmap.c")
+    exe, lib = tmp_path / "exeunmap", tmp_path / "libexeunmap.so"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-DLAUNCHER", "-o", str(exe), src],
+                   check=True)  # fmt: skip
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", "-Wl,-z,now", "-o",
+                    str(lib), src], check=True)  # fmt: skip
+    out = tmp_path / "out.txt"
+    v = procs.spawn([str(exe), str(out), mode, str(lib)], out)
+    v.wait_ok_after(1)
+    assert v.lines()[0].startswith("unmapped ") and v.lines()[0] != "unmapped 0", v.lines()
+    return v
+
+
+def test_an_executable_no_mapping_maps(procs: Procs, tmp_path: Path) -> None:
+    """A process that unmapped its executable (as packers and loaders do) keeps its exe
+    through a restart: /proc/self/exe names it, and nothing maps it."""
+    v = cycle(procs, _exe_unmapped(procs, tmp_path, "kept"), tmp_path / "img")
+    assert not v.fails()
+
+
+def test_a_deleted_executable_no_mapping_maps_is_refused(procs: Procs, tmp_path: Path) -> None:
+    """Deleted as well, the executable has nothing to be made again from: refused (exit 9
+    naming it), the target untouched; with --save-files its copy stands in.  Before: the
+    restored process's exe was cryo's python, exit 0."""
+    v = _exe_unmapped(procs, tmp_path, "deleted")
+    refused_untouched(v, tmp_path / "img", "is deleted and no mapping maps it")
+    checkpoint(v.pid, str(tmp_path / "img2"), signal_after=signal.SIGKILL, save_files=True)
+    reap(v.pid)
+    rr = restart(str(tmp_path / "img2"))
+    procs.track(rr.pid)
+    assert os.readlink(f"/proc/{rr.pid}/exe").endswith("-exeunmap (deleted)")

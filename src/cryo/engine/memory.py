@@ -258,7 +258,23 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                "arg_start": st.arg_start, "arg_end": st.arg_end,
                "env_start": st.env_start, "env_end": st.env_end},
     }  # fmt: skip
+    _check_exe(ctx, rec)
     return rec, runs
+
+
+def _check_exe(ctx: DumpContext, rec: dict[str, Any]) -> None:
+    """A deleted executable that no mapping maps (a program that unmapped its own image,
+    as packers and loaders do) has nothing to be made again from (_deleted_exe_object):
+    restored, the process's exe was cryo's python, exit 0 (found by probing).  Refused,
+    unless --save-files keeps its bytes (spmf.py: it comes back as the saved copy,
+    deleted)."""
+    exe = rec["exe"]
+    if (exe.endswith(" (deleted)") and not ctx.options.get("save_files")
+            and not any(v.get("path") == exe and "obj" in v for v in rec["vmas"])):  # fmt: skip
+        raise Unsupported(f"the executable of process {ctx.pid}, {exe}, is deleted and no"
+                          " mapping maps it: nothing would make it again (--save-files"
+                          " keeps a copy of it in the image)", pid=ctx.pid,
+                          resource="executable")  # fmt: skip
 
 
 # VmFlags that no system call can give a mapping back, refused before anything is done
