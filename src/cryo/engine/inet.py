@@ -894,6 +894,16 @@ def open_socket(d: dict[str, Any], options: dict[str, Any]) -> int:
 def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:
     family = d["family"]
     t = d.get("tcp")
+    if t is not None and d.get("queued_on") is None and not options.get("tcp_close") and \
+            d.get("state") in _CONNECTED_NAMES:  # fmt: skip
+        # (a connection, rebuilt in repair mode: what the steps below do for it, in order)
+        s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
+        for level, opt, raw in d["opts"]:
+            set_option(s, level, opt, raw)
+        s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, max(t["sndbuf"] // 2, len(t["sendq"])))
+        s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, max(t["rcvbuf"] // 2, len(t["recvq"])))
+        _restore_repair(s, d, t)
+        return
     if t is not None and d.get("queued_on") is not None and not options.get("tcp_close"):
         _build_queued(s, d)
         return
@@ -991,57 +1001,88 @@ def _send_all(s: socket.socket, data: bytes) -> None:
 
 def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> None:
     """A connection, in repair mode (it leaves it in :func:`finish`)."""
-    state = t.get("state", ST.ESTABLISHED)  # (an int: compared with the sets of ST)
-    inseq = t["inseq"] - (state in RCVQ_FIN)  # the FINs are put back afterwards
-    outseq = t["outseq"] - (state in SNDQ_FIN)
-    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
-    s.setsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, _U32.pack((inseq - t["inq"]) & 0xFFFFFFFF))
-    s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
-    s.setsockopt(_SOL_TCP, _TCP_QUEUE_SEQ, _U32.pack((outseq - t["outq"]) & 0xFFFFFFFF))
-    s.bind(_sockaddr(d["family"], d["local"]))
-    s.connect(_sockaddr(d["family"], d["remote"]))
-    opts: list[int] = []  # struct tcp_repair_opt: code, value
+    state = t.get("state", _ESTABLISHED)  # (an int: compared with the sets of ST)
+    half = state in _HALF_CLOSED
+    inseq = t["inseq"] - (half and state in RCVQ_FIN)  # the FINs are put back afterwards
+    outseq = t["outseq"] - (half and state in SNDQ_FIN)
+    inq, outq, unsent = t["inq"], t["outq"], t["unsent"]
+    set_ = s.setsockopt
+    set_(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
+    set_(_SOL_TCP, _TCP_QUEUE_SEQ, _U32.pack((inseq - inq) & 0xFFFFFFFF))
+    set_(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
+    set_(_SOL_TCP, _TCP_QUEUE_SEQ, _U32.pack((outseq - outq) & 0xFFFFFFFF))
+    family, local, remote = d["family"], d["local"], d["remote"]
+    if family == socket.AF_INET:
+        s.bind((local[0], local[1]))
+        s.connect((remote[0], remote[1]))
+    else:
+        s.bind(_sockaddr(family, local))
+        s.connect(_sockaddr(family, remote))
     options = t["options"]
-    if options & _OPT_SACK:
-        opts += (_TCPOPT_SACK_PERM, 0)
-    if options & _OPT_WSCALE:
-        opts += (_TCPOPT_WINDOW, t["snd_wscale"] | t["rcv_wscale"] << 16)
+    set_(_SOL_TCP, _TCP_REPAIR_OPTIONS, _repair_options(options, t["snd_wscale"],
+                                                        t["rcv_wscale"], t["mss"]))
     if options & _OPT_TIMESTAMPS:
-        opts += (_TCPOPT_TIMESTAMP, 0)
-    opts += (_TCPOPT_MAXSEG, t["mss"])
-    s.setsockopt(_SOL_TCP, _TCP_REPAIR_OPTIONS, struct.pack(f"{len(opts)}I", *opts))
-    if options & _OPT_TIMESTAMPS:
-        s.setsockopt(_SOL_TCP, _TCP_TIMESTAMP, _U32.pack(t["timestamp"] & 0xFFFFFFFF))
+        set_(_SOL_TCP, _TCP_TIMESTAMP, _U32.pack(t["timestamp"] & 0xFFFFFFFF))
     if t["recvq"]:
-        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
+        set_(_SOL_TCP, _TCP_REPAIR_QUEUE, _RECV_QUEUE)
         _send_all(s, t["recvq"])
-    sent = t["outq"] - t["unsent"]
+    sent = outq - unsent
     if sent:
-        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
+        set_(_SOL_TCP, _TCP_REPAIR_QUEUE, _SEND_QUEUE)
         _send_all(s, t["sendq"][:sent])
-    if t["unsent"]:  # never sent: queued as new data (it goes once the lock is gone)
-        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
-        s.setsockopt(_SOL_TCP, _TCP_REPAIR, 0)
+    if unsent:  # never sent: queued as new data (it goes once the lock is gone)
+        set_(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
+        set_(_SOL_TCP, _TCP_REPAIR, 0)
         _send_all(s, t["sendq"][sent:])
-        s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
+        set_(_SOL_TCP, _TCP_REPAIR, 1)
+    if not half:
+        set_(_SOL_TCP, _TCP_REPAIR_WINDOW, _RWIN.pack(*t["window"]))
+        return
     snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup = t["window"]
     if state in RCVQ_FIN:
         rcv_wup, rcv_wnd = (rcv_wup - 1) & 0xFFFFFFFF, (rcv_wnd + 1) & 0xFFFFFFFF
-    s.setsockopt(_SOL_TCP, _TCP_REPAIR_WINDOW,
-                 _RWIN.pack(snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup))  # fmt: skip
-    if state in SNDQ_FIN or state in RCVQ_FIN:  # (the FINs into no queue but as said)
-        s.setsockopt(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
+    set_(_SOL_TCP, _TCP_REPAIR_WINDOW, _RWIN.pack(snd_wl1, snd_wnd, max_window, rcv_wnd,
+                                                  rcv_wup))  # fmt: skip
+    # (the FINs into no queue but as said)
+    set_(_SOL_TCP, _TCP_REPAIR_QUEUE, _NO_QUEUE)
     # half closed: our FIN into the send queue (shutdown), the peer's FIN (and its ACK of
     # ours) as packets made up from the peer to the socket, in the order they came
     window = min(t["window"][1] >> t["snd_wscale"], 0xFFFF)
     if state in SNDQ_FIRST_FIN:
         _fin_in_sendq(s, acked=state == ST.FIN_WAIT2)
     if state in RCVQ_FIN:
-        _inject(d, inseq, outseq - t["outq"], FIN | ACK, window)
+        _inject(d, inseq, outseq - outq, FIN | ACK, window)
     if state in SNDQ_SECOND_FIN:
         _fin_in_sendq(s, acked=False)
     if state == ST.FIN_WAIT2:
-        _inject(d, inseq, outseq + 1 - t["outq"], ACK, window)
+        _inject(d, inseq, outseq + 1 - outq, ACK, window)
+
+
+_ESTABLISHED = int(ST.ESTABLISHED)
+_CONNECTED_NAMES = frozenset(x.name for x in CONNECTED)
+_HALF_CLOSED = frozenset(int(x) for x in SNDQ_FIN | RCVQ_FIN)
+# (tcpi_options, snd_wscale, rcv_wscale, mss) -> TCP_REPAIR_OPTIONS' argument (the
+# connections of a server mostly share one)
+_repair_opts: dict[tuple[int, int, int, int], bytes] = {}
+
+
+def _repair_options(options: int, snd_wscale: int, rcv_wscale: int, mss: int) -> bytes:
+    """struct tcp_repair_opt {code, value} of each option the connection negotiated."""
+    key = (options, snd_wscale, rcv_wscale, mss)
+    got = _repair_opts.get(key)
+    if got is None:
+        opts: list[int] = []
+        if options & _OPT_SACK:
+            opts += (_TCPOPT_SACK_PERM, 0)
+        if options & _OPT_WSCALE:
+            opts += (_TCPOPT_WINDOW, snd_wscale | rcv_wscale << 16)
+        if options & _OPT_TIMESTAMPS:
+            opts += (_TCPOPT_TIMESTAMP, 0)
+        opts += (_TCPOPT_MAXSEG, mss)
+        if len(_repair_opts) > 1000:
+            _repair_opts.clear()
+        got = _repair_opts[key] = struct.pack(f"{len(opts)}I", *opts)
+    return got
 
 
 FIN, ACK = 0x01, 0x10
