@@ -13,8 +13,11 @@ TCP, cryo.grid.replica; without, the stores count as shared):
   own work without etcd: the three parts prepared at once (cryo.prepare in threads
   that outlive the call, as the agents' do), written, held until the last is written,
   then let go.  The parts' frozen time is shown beside the local checkpoints' (a local
-  one lets its target go once its pages are in memory, before they are written; a
-  part is held until the round is decided);
+  one lets its target go once its pages are in memory, before they are written; so
+  does a part, once every part is frozen and collected: early release), and the same
+  rounds asked with ``hold`` (each part held until the decision, as before), alternated
+  with them in the same run: the round until every part runs, and the longest a part
+  was held, sampled from /proc;
 - where a global checkpoint's time goes, from the round's records in etcd: until the
   round was written (the election, the application's keys read), until every agent
   saw it (etcd's watch, then one read of every application's keys), the freeze, the
@@ -74,6 +77,37 @@ def let_go(pids: list[int], timeout: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"part {pid} is still held")
             time.sleep(0.01)
+
+
+class Sampler:
+    """How long each of ``pids`` is held (traced or stopped), read from /proc every
+    2 ms by a thread of its own while the ``with`` block runs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.spans: dict[int, list[float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            now = time.perf_counter()
+            for pid in self.pids:
+                status = Path(f"/proc/{pid}/status").read_text()
+                if "TracerPid:\t0\n" not in status or "State:\tt" in status:
+                    span = self.spans.setdefault(pid, [now, now])
+                    span[1] = now
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def longest(self) -> float:
+        return max((b - a for a, b in self.spans.values()), default=0.0)
 
 
 def med(xs: list[float]) -> float:
@@ -152,33 +186,59 @@ def main() -> None:
                 h.abort()
                 raise
             return h
-        phases: dict[str, list[float]] = {k: [] for k in ("setup", "seen", "prepare", "write",
-                                                          "cut", "replicas", "decide", "resume")}
+        phases: dict[str, list[float]] = {k: [] for k in ("setup", "seen", "prepare", "wait",
+                                                          "write", "cut", "replicas", "decide",
+                                                          "resume")}  # fmt: skip
         frozen: list[float] = []  # from the round's start to the last part let go
+        sampled: list[float] = []  # the longest a part was seen held (early release)
+        own: list[float] = []  # the longest a part's worker says it froze it
+        held_g: list[float] = []  # rounds asked with hold (let go at the decision)
+        held_sampled: list[float] = []
         for i in range(args.rounds):
-            t0, w0 = time.perf_counter(), time.time()
-            v = C.checkpoint(etcd, "b")
-            t_commit = time.perf_counter()
-            let_go(pids)
-            t_run = time.perf_counter()
+            # the same round with the parts held until the decision (as before early
+            # release), before or after the other in turn
+            if i % 2 == 0:
+                with Sampler(pids) as sam:
+                    t0 = time.perf_counter()
+                    C.checkpoint(etcd, "b", hold=True)
+                    let_go(pids)
+                    held_g.append(time.perf_counter() - t0)
+                held_sampled.append(sam.longest())
+            with Sampler(pids) as sam:
+                t0, w0 = time.perf_counter(), time.time()
+                v = C.checkpoint(etcd, "b")
+                t_commit = time.perf_counter()
+                let_go(pids)
+                t_run = time.perf_counter()
+            sampled.append(sam.longest())
+            if i % 2 == 1:
+                with Sampler(pids) as sam:
+                    t0_ = time.perf_counter()
+                    C.checkpoint(etcd, "b", hold=True)
+                    let_go(pids)
+                    held_g.append(time.perf_counter() - t0_)
+                held_sampled.append(sam.longest())
             globals_.append(t_run - t0)
             r = etcd.get(K.round_("b", v)) or {}
             votes = [x for _, x in etcd.prefix(K.votes("b", v))]
             times = [x["times"] for x in votes]
             phases["setup"].append(r["created"] - w0)  # election, the application read
             phases["seen"].append(max(t["seen"] for t in times) - r["created"])
-            for k in ("prepare", "write", "replicas"):
+            for k in ("prepare", "wait", "write", "replicas"):
                 phases[k].append(max(t[k] for t in times))
-            written = max(t["seen"] + t["prepare"] + t["write"] for t in times)
+            own.append(max(t["frozen"] for t in times))
+            written = max(t["seen"] + t["prepare"] + t["wait"] + t["write"] for t in times)
+            # (early release: each part goes on once every part is collected and its
+            # own pages are read, before the decision)
+            frozen.append(max(t["seen"] + t["prepare"] + t["wait"] for t in times)
+                          - r["created"])  # fmt: skip
             if "cut" in r:  # (replicas: the parts go on at the cut, then send them)
                 resumed = max(t["resumed"] for t in times)
                 phases["cut"].append(resumed - written)
                 ends = [t["resumed"] + t["replicas"] for t in times]
                 phases["decide"].append(r["decided"] - max(ends))
-                frozen.append(resumed - r["created"])
             else:
                 phases["decide"].append(r["decided"] - written)
-                frozen.append(t_run - t0)
             phases["resume"].append(t_run - t_commit)
             t0 = time.perf_counter()
             cryo_cli("grid", "checkpoint", "--etcd", url, "b")
@@ -234,9 +294,14 @@ def main() -> None:
         print(f"  coordination: global - three at once {g - par:.3f} s, of which etcd and"
               f" waking (setup + seen + decide + resume) {waking:.3f} s")
         print(f"  cryo grid checkpoint (command line, until running)  {med(clis):.3f} s")
-        print(f"  parts frozen: from the round to the last part let go {med(frozen):.3f} s;"
-              f" the slowest local checkpoint alone froze its part {med(frozen_alone):.3f} s,"
-              f" the three at once {med(frozen_par):.3f} s (the longest)")
+        print(f"  early release against parts held until the decision, rounds alternated:"
+              f" global until running {g:.3f} s / held {med(held_g):.3f} s; the longest a"
+              f" part was held (sampled every 2 ms) {med(sampled):.3f} s / held"
+              f" {med(held_sampled):.3f} s")
+        print(f"  parts frozen (early release): the longest a part's worker froze it"
+              f" {med(own):.3f} s; from the round until the last was collected and began"
+              f" its pages {med(frozen):.3f} s; the slowest local checkpoint alone froze its"
+              f" part {med(frozen_alone):.3f} s, the three at once {med(frozen_par):.3f} s")
         print("  where the global checkpoint's time goes (slowest part of each phase):")
         for k, xs in phases.items():
             print(f"    {k:9s} {med(xs):.3f} s")

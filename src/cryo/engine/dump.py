@@ -126,10 +126,14 @@ class StagedCheckpoint:
         self._session.abort()
 
 
-def prepare(pid: int, **options: Any) -> StagedCheckpoint:
+def prepare(pid: int, *, hold: bool = True, **options: Any) -> StagedCheckpoint:
     """Seed 003's sys_checkpoint_prepare: run the applications' callbacks and freeze
-    the processes (the options of :func:`checkpoint`, but for ``dest``)."""
-    session = CheckpointSession(pid, None, hold=True, **options)
+    the processes (the options of :func:`checkpoint`, but for ``dest``).  With
+    ``hold=False``, :meth:`StagedCheckpoint.write` lets them go as soon as their pages
+    are in cryo's buffers (as a local checkpoint does), before the image is written;
+    ``resume()`` or ``abort()`` still ends the checkpoint (an abort then only discards
+    what the sink holds uncommitted)."""
+    session = CheckpointSession(pid, None, hold=hold, **options)
     try:
         session.prepare()
         session.freeze()

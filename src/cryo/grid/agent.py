@@ -432,23 +432,35 @@ class Agent:
 
         want = int(record.get("replicas", 0))
         live = live_hosts(self.etcd) if want and todo else {}
-        if len(todo) <= 1:
-            for n, p in todo.items():
-                yield n, self._prepare(app, record, r, n, p, live)
-            return
-        futures = {self._preparers.submit(self._prepare, app, record, r, n, p, live): n
-                   for n, p in todo.items()}  # fmt: skip
-        for f in concurrent.futures.as_completed(futures):
-            n = futures[f]
-            try:
-                yield n, f.result()
-            except Exception as err:  # (never without a vote)
-                yield n, {"part": n, "ok": False, "host": self.host, "reason": repr(err)}
+        # (the round's votes and state, watched from now: the parts are written once
+        # every part of the round is frozen and collected)
+        gate = None if r.get("hold") or not todo else Gate(self.etcd.url, app, int(r["version"]))
+        try:
+            if len(todo) <= 1:
+                for n, p in todo.items():
+                    yield n, self._prepare(app, record, r, n, p, live, gate)
+                return
+            futures = {self._preparers.submit(self._prepare, app, record, r, n, p, live,
+                                              gate): n for n, p in todo.items()}  # fmt: skip
+            for f in concurrent.futures.as_completed(futures):
+                n = futures[f]
+                try:
+                    yield n, f.result()
+                except Exception as err:  # (never without a vote)
+                    yield n, {"part": n, "ok": False, "host": self.host, "reason": repr(err)}
+        finally:
+            if gate is not None:
+                gate.close()
 
     def _prepare(self, app: str, record: dict[str, Any], r: dict[str, Any], n: int,
-                 p: dict[str, Any], live: dict[str, dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
-        """Prepare part ``n`` for round ``r``: freeze it (its connections locked), write
-        its image and the replicas; the vote."""
+                 p: dict[str, Any], live: dict[str, dict[str, Any]],
+                 gate: Gate | None = None) -> dict[str, Any]:  # fmt: skip
+        """Prepare part ``n`` for round ``r``: freeze it (its connections locked) and
+        collect its state; with a ``gate`` (the round's default, **early release**) say
+        so (a vote ``collected``) and wait until every part of the round has, then
+        write its image, which lets it go once its pages are in memory; without (a
+        round asked with ``hold``) write it at once, the part held until the decision.
+        The replicas go at the cut.  Returns the vote (``written``)."""
         import cryo
 
         v = int(r["version"])
@@ -461,26 +473,41 @@ class Agent:
             left = max(1.0, r["deadline"] - time.time())
             t0 = time.time()
             # (the part is a process tree: its root and every descendant, frozen together)
-            handle = cryo.prepare(int(p["pid"]), scope="tree",
+            handle = cryo.prepare(int(p["pid"]), scope="tree", hold=gate is None,
                                   freeze_timeout=left + GRACE + 10,
                                   net={"tcp_established": True})  # fmt: skip
             try:
                 t1 = time.time()
+                if gate is not None:
+                    # no part may go on before every part's state is collected: a part
+                    # let go earlier could send what another's image then records as
+                    # received while its own image does not record it as sent
+                    gate.vote(n, {**vote, "ok": True, "phase": "collected", "image": None,
+                                  "times": {"seen": round(t0, 4),
+                                            "prepare": round(t1 - t0, 4)}})  # fmt: skip
+                    why = gate.wait(r.get("parts") or [n], r["deadline"])
+                    if why is not None:
+                        raise CryoError(f"part {n} let go unwritten: {why}")
+                t2 = time.time()
                 os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
                 paths.append(image)
-                handle.write(image)
-                t2 = time.time()
-                # the replicas go once every part is written and let go (the round's
-                # cut): the vote says so
+                result = handle.write(image)
+                t3 = time.time()
+                # the replicas go once every part is written (the round's cut): the vote
+                # says so
                 vote["replicas"] = {}
                 vote["replicated"] = not targets
                 if (app, n) in self.fenced:  # stopped by the fence as it was seized:
                     # its image would restore it stopped
                     raise CryoError(f"part {n} was fenced during its checkpoint")
                 # when it began (etcd's view of the round came at "seen"), how long
-                # the freeze, the image and the replicas took: for status and profiles
+                # the freeze and collect, the wait for the other parts', the image and
+                # the replicas took, how long the part was frozen when let go early
                 vote["times"] = {"seen": round(t0, 4), "prepare": round(t1 - t0, 4),
-                                 "write": round(t2 - t1, 4), "replicas": 0.0}  # fmt: skip
+                                 "wait": round(t2 - t1, 4), "write": round(t3 - t2, 4),
+                                 "replicas": 0.0}  # fmt: skip
+                if gate is not None:
+                    vote["times"]["frozen"] = round(result.freeze_seconds, 4)
             except BaseException:
                 handle.abort()
                 for path in paths:
@@ -488,6 +515,7 @@ class Agent:
                 raise
             self.held[(app, v, n)] = (handle, paths)
             vote["ok"] = True
+            vote["phase"] = "written"
         except (CryoError, OSError) as err:
             vote["reason"] = str(err)
         return vote
@@ -644,6 +672,65 @@ class Agent:
                 return
             if pid == 0:
                 return
+
+
+class Gate:
+    """One round's votes and state as seen by this host's agent while its parts are
+    frozen (early release): from etcd's watch of the round's keys, on a client of its
+    own (the parts' threads share it, under a lock), read again when no event came for
+    0.25 s (a watch is made some moments after it is asked for)."""
+
+    def __init__(self, url: str, app: str, version: int) -> None:
+        self.app, self.version = app, version
+        self.etcd = Etcd(url)
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._votes: dict[int, tuple[int, dict[str, Any] | None]] = {}
+        self._state: str | None = None
+        self._end = self.etcd.watch(K.round_(app, version), self.event, seen=self._seen)
+
+    def _seen(self, key: str, revision: int, value: dict[str, Any] | None) -> None:
+        with self._lock:
+            if "/votes/" in key:
+                n = int(key.rsplit("/", 1)[1])
+                if revision >= self._votes.get(n, (0, None))[0]:
+                    self._votes[n] = (revision, value)
+            elif key == K.round_(self.app, self.version):
+                self._state = (value or {}).get("state", "gone")
+
+    def vote(self, n: int, vote: dict[str, Any]) -> None:
+        with self._lock:
+            self.etcd.put(K.vote(self.app, self.version, n), vote)
+
+    def wait(self, parts: list[int], deadline: float) -> str | None:
+        """None once every part of ``parts`` has voted yes (collected or written); else
+        why not: a no vote, the round decided or gone, its deadline passed."""
+        woken = False  # (read first: the watch may not be there yet)
+        while True:
+            self.event.clear()
+            if not woken:
+                with self._lock:
+                    got = self.etcd.prefix_revisions(K.round_(self.app, self.version))
+                for key, revision, value in got:
+                    self._seen(key, revision, value)
+                if not any(k == K.round_(self.app, self.version) for k, _, _ in got):
+                    self._seen(K.round_(self.app, self.version), 0, None)
+            with self._lock:
+                votes = {n: x for n, (_, x) in self._votes.items() if x is not None}
+                state = self._state
+            no = [x for x in votes.values() if not x.get("ok")]
+            if no:
+                return f"part {no[0].get('part')} voted no: {no[0].get('reason')}"
+            if state is not None and state != K.PREPARE:
+                return f"the round is {state}"
+            if all(n in votes for n in parts):
+                return None
+            if time.time() > deadline:
+                return "the round's deadline passed before every part was collected"
+            woken = self.event.wait(0.25)
+
+    def close(self) -> None:
+        self._end()
 
 
 def _traced(pid: int) -> bool:

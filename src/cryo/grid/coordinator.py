@@ -269,7 +269,7 @@ def resolve(etcd: Etcd, app: str, poll: float = 0.02,
             parts = r.get("parts") or sorted(got)
             # (never past the deadline plus GRACE: agents abort then, and a held part's
             # watchdog may let it go soon after, so the cut would be no longer one)
-            if all(got.get(n, {}).get("ok") for n in parts) and \
+            if all(got.get(n, {}).get("ok") and written(got[n]) for n in parts) and \
                     time.time() < r["deadline"] + GRACE:  # fmt: skip
                 done = _next(etcd, app, key, raw, r, got, parts)
                 if done is None:  # (cut: the replicas are on their way)
@@ -291,6 +291,11 @@ def resolve(etcd: Etcd, app: str, poll: float = 0.02,
                 break
             r = now
     return out
+
+
+def written(vote: dict[str, Any]) -> bool:
+    """A yes vote whose part's image is written (not only collected: early release)."""
+    return bool(vote.get("phase", "written") == "written")
 
 
 def _next(etcd: Etcd, app: str, key: str, raw: bytes, r: dict[str, Any],
@@ -342,10 +347,12 @@ def prune(etcd: Etcd, app: str, rounds: list[dict[str, Any]], keep: int = KEEP_R
 
 
 def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
-               report: Any = None) -> int:  # fmt: skip
+               report: Any = None, hold: bool = False) -> int:  # fmt: skip
     """One global checkpoint; returns its version, or raises RoundFailed (every part
     then resumes as it was).  A round left half-done by a coordinator that died is
-    decided first (``report`` is called with what became of it)."""
+    decided first (``report`` is called with what became of it).  The parts are let
+    go once every part is frozen and collected and its own pages are read (early
+    release); with ``hold``, only at the decision (or the cut), as before."""
     election = Election(etcd, app, wait=ELECTION_TTL + 2)
     try:
         # every key of the application in one request (its record, parts, rounds and
@@ -367,6 +374,8 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
         now = time.time()
         prepare = {"version": version, "state": K.PREPARE, "deadline": now + timeout,
                    "by": election.me, "parts": sorted(parts), "created": now}  # fmt: skip
+        if hold:
+            prepare["hold"] = True
         key = K.round_(app, version)
         voted = Votes()  # each vote as the watch brings it (polled too, less often)
         end = etcd.watch(K.votes(app, version), voted.event, seen=voted.seen)
@@ -424,7 +433,8 @@ def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list
         if no:
             failure = f"part {no[0]['part']}: {no[0].get('reason')}"
             break
-        if set(got) >= set(parts) and (current["state"] == K.PREPARE or all(
+        if set(got) >= set(parts) and all(written(got[n]) for n in parts) and (
+                current["state"] == K.PREPARE or all(
                 got[n].get("replicated", True) for n in parts)):  # fmt: skip
             done = _next(etcd, app, key, raw, current, got, parts)
             if done:
