@@ -15,7 +15,8 @@ engine's own time as the command reports it.  ``--daemon`` starts a cryod of the
 measured (its own socket, state and store) and adds, in the same rounds and on the same
 counter, the commands run through it by the thin client (``python -S bin/cryo`` with
 CRYO_DAEMON set: cryo.cli.thin); their CPU is the client's and the daemon's child's
-(with its worker: what the daemon's command server collected when it reaped it).
+(with its worker: what the daemon's command server collected when it reaped it); with
+``--before`` too, a cryod of each tree, in turn.
 
     python bench/startup.py [--rounds 20] [--before /path/to/old/src] [--daemon]
 """
@@ -51,10 +52,11 @@ def children_cpu(pid: int) -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_daemon(work: Path, src: str) -> tuple[subprocess.Popen[bytes], str, int]:
-    """A cryod of tree ``src`` on ``work``/d: the process, its socket, its command
+def start_daemon(work: Path, src: str, name: str = "d"
+                 ) -> tuple[subprocess.Popen[bytes], str, int]:  # fmt: skip
+    """A cryod of tree ``src`` on ``work``/``name``: the process, its socket, its command
     server's pid."""
-    d = work / "d"
+    d = work / name
     d.mkdir()
     sock = str(d / "s.sock")
     p = subprocess.Popen([sys.executable, "-m", "cryo", "daemon", "--socket", sock,
@@ -115,6 +117,9 @@ def main() -> None:
                     help="the tree measured (default: this one's)")
     ap.add_argument("--cmd", default=f"{sys.executable} -m cryo", help="how cryo is run")
     ap.add_argument("--dir", default=None, help="where images go (default: a temporary one)")
+    ap.add_argument("--gap", type=float, default=0.0, metavar="S",
+                    help="seconds idle before each command (a daemon's spare child is"
+                    " forked while it is idle)")
     ap.add_argument("--daemon", action="store_true",
                     help="also the commands run through a cryod by the thin client")
     args = ap.parse_args()
@@ -127,17 +132,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cryo-startup-", dir=args.dir))
     pids: list[int] = []
     fig: dict[str, list[float]] = {}
-    daemon: subprocess.Popen[bytes] | None = None
-    server = 0
+    daemons: list[subprocess.Popen[bytes]] = []
+    servers: dict[str, int] = {}  # way -> its cryod's command server
     # (a tree's own bin/cryo, when cryo is started by one: its start-up is the tree's)
     ways = {name: ([str(Path(src).parent / "bin" / "cryo") if Path(a).resolve() == BIN and
                     (Path(src).parent / "bin" / "cryo").exists() else a for a in cmd],
                    {"PYTHONPATH": src}) for name, src in trees.items()}  # fmt: skip
     try:
-        if args.daemon:
-            daemon, sock, server = start_daemon(work, trees["after"])
-            ways["via cryod"] = ([sys.executable, "-S", str(BIN)],
-                                 {"PYTHONPATH": trees["after"], "CRYO_DAEMON": sock})
+        if args.daemon:  # (with --before, a cryod of each tree)
+            for tree, way in (("before", "before via cryod"), ("after", "via cryod")):
+                if tree in trees:
+                    daemon, sock, servers[way] = start_daemon(work, trees[tree], tree)
+                    daemons.append(daemon)
+                    ways[way] = ([sys.executable, "-S", str(BIN)],
+                                 {"PYTHONPATH": trees[tree], "CRYO_DAEMON": sock})
         exe = build("counter", work)
         out = work / "out.txt"
         p = subprocess.Popen([exe, str(out), "5"], stdin=subprocess.DEVNULL,
@@ -155,9 +163,11 @@ def main() -> None:
                         ("checkpoint", [*start, "checkpoint", str(pid), "-D", str(image),
                                         "--kill"]),
                         ("restart", [*start, "restart", "-D", str(image), "--detach"])):
+                    server = servers.get(name, 0)
+                    time.sleep(args.gap)
                     before = children_cpu(server) if server else 0.0
                     wall, cpu, err = timed(argv, env)
-                    if name == "via cryod":  # (the daemon's child: reaped before it answered)
+                    if server:  # (the daemon's child: reaped before it answered)
                         cpu += children_cpu(server) - before
                     if what == "checkpoint":  # killed: its zombie is ours (a subreaper)
                         gone_by = time.monotonic() + 5
@@ -181,7 +191,7 @@ def main() -> None:
                            statistics.median(r[1] for r in runs))
     finally:
         kill_all(pids)
-        if daemon is not None:
+        for daemon in daemons:
             daemon.terminate()
             daemon.wait(30)
         shutil.rmtree(work, ignore_errors=True)
@@ -193,8 +203,9 @@ def main() -> None:
         print("warning: PYTHONDONTWRITEBYTECODE is set: each command may compile cryo")
     names = list(ways)
     head = ["", *[f"{n} wall" for n in names], *[f"{n} CPU" for n in names]]
-    if "before" in names:
-        head += ["wall after/before (median of pairs)"]
+    ratios = [(a, b) for a, b in (("after", "before"), ("via cryod", "before via cryod"))
+              if b in names]  # fmt: skip
+    head += [f"wall {a}/{b} (median of pairs)" for a, b in ratios]
     head += [f"{n} engine's own" for n in names if n != "before"]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
@@ -202,8 +213,8 @@ def main() -> None:
         row = [f"`cryo {what}`"]
         row += [f"{statistics.median(fig[f'{n} {what} wall']):.3f} s" for n in names]
         row += [f"{statistics.median(fig[f'{n} {what} cpu']):.3f} s" for n in names]
-        if "before" in names:
-            pairs = [a / b for a, b in zip(fig[f"after {what} wall"], fig[f"before {what} wall"],
+        for a, b in ratios:
+            pairs = [x / y for x, y in zip(fig[f"{a} {what} wall"], fig[f"{b} {what} wall"],
                                            strict=True)]  # fmt: skip
             row.append(f"{statistics.median(pairs):.2f}")
         for n in names:

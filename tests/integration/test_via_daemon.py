@@ -326,3 +326,52 @@ def test_another_namespace_is_refused_once_and_run_here(cryod: Callable[..., Cry
                        env=dict(os.environ, CRYO_DAEMON_SOCKET=d.socket))  # fmt: skip
     assert r.returncode == ExitCode.IMAGE_MISSING, r.stderr
     assert [(c["ok"], c["error"]) for c in commands(d)] == [(False, "AccessDenied")] * 2
+
+
+def spares(server: int) -> list[int]:
+    """The command server's children that are interpreters (not restored programs)."""
+    exe = os.path.realpath(sys.executable)
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if ppid(int(name)) == server and os.path.realpath(f"/proc/{name}/exe") == exe:
+                    found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_spare_child_runs_the_next_command(cryod: Callable[..., Cryod], build: Any,
+                                             procs: Procs, tmp_path: Path) -> None:
+    # the command server keeps a child forked ahead (its own session already), which takes
+    # the next command; another after each command; one killed before it had a command:
+    # the commands still run (each in a child forked for it), and no more spares
+    d = cryod()
+    server = server_of(d, procs)
+    deadline = time.monotonic() + 10
+    while not spares(server) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (first,) = spares(server)
+    assert os.getsid(first) == first
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("counter"), str(out), "5"], out=out)
+    v.wait_ok_after(2)
+    img = tmp_path / "img"
+    r = thin(d, "checkpoint", str(v.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    last = max(v.oks())
+    while (spares(server) in ([], [first])) and time.monotonic() < deadline + 10:
+        time.sleep(0.01)
+    (second,) = spares(server)
+    assert second != first and not os.path.exists(f"/proc/{first}")
+    os.kill(second, signal.SIGKILL)  # (the daemon's, which this test started)
+    while os.path.exists(f"/proc/{second}") and time.monotonic() < deadline + 20:
+        time.sleep(0.01)
+    r = thin(d, "restart", "-D", str(img), "--detach")
+    assert r.returncode == 0, r.stderr
+    procs.track(v.pid)
+    Victim(v.pid, out).wait_ok_after(last + 3)
+    time.sleep(0.3)
+    assert spares(server) == []

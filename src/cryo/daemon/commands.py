@@ -8,21 +8,21 @@ SCM_RIGHTS its fds 0-2 and its working directory; the daemon's request thread ch
 the caller and hands all of it, with the connection, to this server.
 
 The server is one process, forked from the daemon at its start, after the engine was
-preloaded and before any other thread of the daemon ran (so no lock of another thread
-is held in it, nor in what it forks), with every fd of the daemon closed but its
-stdio.  It is single-threaded; for each command it forks a child that becomes the
-caller's command: the caller's fds as 0-2, its cwd, umask, environment, nice value and
-resource limits, a session of its own (out of the daemon's autogroup, whose nice value
-is the daemon's), the signal dispositions and mask of a fresh interpreter, the
-daemon's logging and exit handlers left out; then ``cryo.cli`` parses and runs the
-command as the ``cryo`` command would, and the child exits with its code.  The server
-holds the child unreaped until it ends, so that the signals the client
+preloaded and before any other thread of the daemon ran (so no lock of another thread is
+held in it, nor in what it forks), with every fd of the daemon closed but its stdio. It
+is single-threaded; for each command it has a child become the caller's command (one
+forked ahead while the server was idle and set up as far as it can be without the
+command, waiting for it; else one forked then): the caller's fds as 0-2, its cwd, umask,
+environment, nice value and resource limits, a session of its own (out of the daemon's
+autogroup, whose nice value is the daemon's), the signal dispositions and mask of a
+fresh interpreter, the daemon's logging and exit handlers left out; then ``cryo.cli``
+parses and runs the command as the ``cryo`` command would, and the child exits with its
+code. The server holds the child unreaped until it ends, so that the signals the client
 forwards (``command_signal``) reach that child and no other process; a client that goes
-away is a hang-up (SIGHUP, as for a command whose terminal closed).  When the child
-ends, the server answers the client with its exit code (128 + N for a child killed by
-signal N) and closes the connection.  A restored process's parent is that child; once it
-exits, the server (a child subreaper), which reaps it as soon as it ends.
-"""
+away is a hang-up (SIGHUP, as for a command whose terminal closed). When the child ends,
+the server answers the client with its exit code (128 + N for a child killed by signal
+N) and closes the connection. A restored process's parent is that child; once it exits,
+the server (a child subreaper), which reaps it as soon as it ends."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ from cryo.errors import CryoError
 # the commands a thin client may send (their parsers are built once, in the server)
 COMMANDS = ("checkpoint", "restart", "show")
 _KEEP: list[Any] = []  # what the children replace, kept alive: its finalizer would close fds
+# the spare (a command's child forked ahead) is forked once the server was idle this long
+# (ms): a fork and set-up right after a command, while the caller may be starting the
+# next, were in its way (a restart's wall 1.15x in a back-to-back run)
+SPARE_IDLE = 50
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -186,6 +190,7 @@ def _serve(ctl: socket.socket, parent: int) -> int:  # pragma: no cover (the ser
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)  # (the byte on wake_w)
     gc.freeze()  # (the children's collections would copy every page they walk)
+    spare = _Spares(_fork_spare(parsers))  # a command's child forked ahead
     running: dict[int, _Running] = {}  # by pid: unreaped until we answer
     conns: dict[int, _Running] = {}  # by the connection's fd, while it is open
     poll = select.poll()
@@ -193,10 +198,13 @@ def _serve(ctl: socket.socket, parent: int) -> int:  # pragma: no cover (the ser
     poll.register(wake_r, select.POLLIN)
     open_ctl = True
     while open_ctl or running:
+        want = spare.now is None and open_ctl and not spare.off
         try:
-            events = poll.poll()
+            events = poll.poll(SPARE_IDLE if want else None)
         except InterruptedError:
             continue
+        if not events and want:  # (idle a while: not in a command's way)
+            spare.now = _fork_spare(parsers)
         for fd, _ in events:
             if fd == ctl.fileno():
                 fds: list[int] = []
@@ -210,7 +218,7 @@ def _serve(ctl: socket.socket, parent: int) -> int:  # pragma: no cover (the ser
                     for f in fds:
                         os.close(f)
                     continue
-                r = _start(job, fds, parsers)
+                r = _start(job, fds, parsers, spare)
                 if r is not None:
                     running[r.pid] = r
                     conns[r.conn.fileno()] = r
@@ -219,20 +227,23 @@ def _serve(ctl: socket.socket, parent: int) -> int:  # pragma: no cover (the ser
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
                         pass
-                _reap(running, conns, poll)
+                _reap(running, conns, poll, spare)
             elif fd in conns:
                 r = conns[fd]
                 if not _client_says(r):  # it went away: a hang-up
                     poll.unregister(fd)
                     del conns[fd]
                     os.kill(r.pid, signal.SIGHUP)  # (unreaped: it is that child)
+        if not open_ctl and spare.now is not None:  # (its end closed: it exits)
+            _drop_spare(spare)
     return 0
 
 
-def _reap(running: dict[int, _Running], conns: dict[int, _Running],
-          poll: select.poll) -> None:  # fmt: skip  # pragma: no cover (the server)
+def _reap(running: dict[int, _Running], conns: dict[int, _Running], poll: select.poll,
+          spare: _Spares) -> None:  # fmt: skip  # pragma: no cover (the server)
     """Every child that ended: a command's is answered with its code, an orphan's is
-    only reaped."""
+    only reaped (and a spare that ended before it had a command, forgotten: no more
+    spares then, each command's child forked for it)."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -240,6 +251,9 @@ def _reap(running: dict[int, _Running], conns: dict[int, _Running],
             return
         if pid == 0:
             return
+        if spare.now is not None and spare.now.pid == pid:
+            spare.now.sock.close()
+            spare.now, spare.off = None, True
         r = running.pop(pid, None)
         if r is None:
             continue  # (an orphan)
@@ -289,15 +303,93 @@ def _client_says(r: _Running) -> bool:  # pragma: no cover (the server)
     return True
 
 
-def _start(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
-           ) -> _Running | None:  # fmt: skip  # pragma: no cover (the server)
-    """Fork the child for ``job``; the server's side of it (None if the request is
-    malformed: the connection is closed, which the client reports)."""
+class _Spare:
+    __slots__ = ("pid", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid, self.sock = pid, sock
+
+
+class _Spares:
+    """The spare (or None), and whether spares are off (one ended without a command)."""
+
+    __slots__ = ("now", "off")
+
+    def __init__(self, now: _Spare | None) -> None:
+        self.now, self.off = now, False
+
+
+def _fork_spare(parsers: dict[str, Any]) -> _Spare | None:  # pragma: no cover (the server)
+    """A command's child forked ahead and set up as far as no command is needed (its
+    fork, the signal state, its session, the daemon's fds, logging and exit handlers
+    gone: 5-7 ms and ~400 page faults off the command's path); it waits on its own
+    socket pair for the job and its fds (:func:`_start`), or ends when that closes."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        code = 70
+        try:
+            signal.set_wakeup_fd(-1)  # (the server's, closed below: not the command's)
+            ours.close()
+            code = _spare(theirs, parsers)
+        finally:
+            os._exit(code)
+    theirs.close()
+    return _Spare(pid, ours)
+
+
+def _drop_spare(spare: _Spares) -> None:  # pragma: no cover (the server)
+    """The spare told to go (its socket closed) and reaped."""
+    s, spare.now = spare.now, None
+    if s is None:
+        return
+    s.sock.close()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(s.pid, 0)
+
+
+def _spare(sock: socket.socket, parsers: dict[str, Any]) -> int:  # pragma: no cover
+    """The spare's life: set up, wait for the job, run it as :func:`_child` does."""
+    _ready(keep=sock.fileno())
+    fds: list[int] = []
+    try:
+        job = P.recv(sock, fds)
+    except (OSError, P.ProtocolError):
+        job = None
+    sock.close()
+    if job is None or len(fds) != P.COMMAND_FDS:
+        return 0  # (the server is gone, or took no command)
+    return _child(job, fds, parsers, ready=True)
+
+
+def _start(job: dict[str, Any], fds: list[int], parsers: dict[str, Any],
+           spare: _Spares) -> _Running | None:  # fmt: skip  # pragma: no cover
+    """Fork the child for ``job`` (or hand it to the spare); the server's side of it
+    (None if the request is malformed: the connection is closed, which the client
+    reports)."""
     if len(fds) != 1 + P.COMMAND_FDS:
         for f in fds:
             os.close(f)
         return None
     conn = socket.socket(fileno=fds[0])
+    s, spare.now = spare.now, None
+    if s is not None:
+        try:
+            P.send_fds(s.sock, job, fds[1:])
+            handed = True
+        except OSError:  # (it ended meanwhile: reaped as an orphan; a fork of our own)
+            handed = False
+        s.sock.close()  # (it has what it needs: no more from us)
+        if handed:
+            for f in fds[1:]:
+                os.close(f)
+            conn.setblocking(True)
+            return _Running(s.pid, conn)
     try:
         pid = os.fork()
     except OSError as err:
@@ -371,25 +463,52 @@ def _as_worker(pid: int, dest: Any, *, worker: bool = True, **options: Any
             signal.signal(sig, handler)
 
 
-def _child(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
-           ) -> int:  # pragma: no cover (a command's child)
-    """Become the caller's command, run it, its exit code."""
+def _ready(keep: int = -1) -> None:  # pragma: no cover (a command's child)
+    """What a command's child is before it knows its command: the signal state of a
+    fresh interpreter, a session of its own, none of the server's fds but 0-2 (and
+    ``keep``), the daemon's logging and exit handlers left out, the engine's checkpoint
+    run in this process (:func:`_as_worker`)."""
+    import atexit
+    import logging
+
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
+                signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):  # fmt: skip
+        signal.signal(sig, signal.SIG_DFL)
+    top = os.sysconf("SC_OPEN_MAX")
+    if keep >= 3:
+        os.closerange(3, keep)  # (their objects are never freed here)
+        os.closerange(keep + 1, top)
+    else:
+        os.closerange(3, top)
+    os.setsid()
+    root = logging.getLogger()
+    _KEEP.append(root.handlers[:])
+    root.handlers[:] = []
+    root.setLevel(logging.WARNING)
+    atexit._clear()  # (the daemon's exit handlers are not the command's)
+    from cryo.engine import dump  # (its checkpoint, in this child only: _as_worker)
+
+    dump.checkpoint = _as_worker
+
+
+def _child(job: dict[str, Any], fds: list[int], parsers: dict[str, Any],
+           ready: bool = False) -> int:  # fmt: skip  # pragma: no cover (a command's child)
+    """Become the caller's command, run it, its exit code (``ready``: a spare, which
+    did :func:`_ready` before its command came)."""
     import atexit
     import io
-    import logging
     import resource
 
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):  # fmt: skip
-            signal.signal(sig, signal.SIG_DFL)
         for i in range(3):
             os.dup2(fds[i], i)
         os.fchdir(fds[3])
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # (their objects are never freed here)
-        os.setsid()
+        if ready:
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        else:
+            _ready()  # (which closes fds[...] too)
         os.umask(job["umask"])
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in job["env"].items()})
@@ -411,17 +530,10 @@ def _child(job: dict[str, Any], fds: list[int], parsers: dict[str, Any]
                          errors=errors, line_buffering=os.isatty(fd) or unbuffered,
                          write_through=unbuffered)
         for fd, errors in ((1, "strict"), (2, "backslashreplace")))  # fmt: skip
-    root = logging.getLogger()
-    _KEEP.append(root.handlers[:])
-    root.handlers[:] = []
-    root.setLevel(logging.WARNING)
-    atexit._clear()  # (the daemon's exit handlers are not the command's)
     argv = [str(a) for a in job["argv"]]
     sys.argv = ["cryo", *argv]
     from cryo import cli
-    from cryo.engine import dump  # (its checkpoint, in this child only: _as_worker)
 
-    dump.checkpoint = _as_worker
     try:
         command = cli._command(argv)
         parser = parsers.get(command) if command else None
