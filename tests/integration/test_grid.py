@@ -602,6 +602,30 @@ def test_etcd_unavailable_is_refused(tmp_path: Path) -> None:
         assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("argv", "code", "imported"), [
+    (["grid", "--help"], 0, False),
+    (["grid", "adopt", "--etcd", "http://127.0.0.1:9", "app", "h0-no-pid"], 2, False),
+    (["grid", "run", "--etcd", "http://127.0.0.1:9", "--app", "a", "--hosts", "h0"], 2, False),
+    (["status"], None, False),
+    (["grid", "status", "--etcd", "http://127.0.0.1:9", "app"], 1, True),
+])  # fmt: skip
+def test_cli_imports_etcd3gw_only_to_talk_to_etcd(argv: list[str], code: int | None,
+                                                   imported: bool) -> None:  # fmt: skip
+    """etcd3gw (requests, charset_normalizer, futurist: 0.12-0.26 s) is imported only by
+    a command that talks to etcd, not by `grid --help`, a command line refused before
+    (a part that is not HOST:PID, `grid run` without a command) or any other command."""
+    probe = ("import sys\nfrom cryo.cli import main\nsys.argv[1:] = sys.argv[2:]\n"
+             "try:\n    got = main()\nexcept SystemExit as e:\n    got = e.code\n"
+             "print('\\nPROBE', got, 'etcd3gw' in sys.modules, 'requests' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", probe, "-", *argv], capture_output=True,
+                       text=True, timeout=60, check=False)  # fmt: skip
+    line = next(x for x in r.stdout.splitlines() if x.startswith("PROBE"))
+    got = line.split()[1:]
+    if code is not None:
+        assert got[0] == str(code), (r.stdout, r.stderr)
+    assert got[1:] == [str(imported), str(imported)], (argv, r.stdout, r.stderr)
+
+
 # -- three hosts: network namespaces on a bridge (tests/gridhosts.py) ------------------
 @pytest.fixture
 def hosts(tmp_path: Path, build: Any) -> Iterator[Any]:
