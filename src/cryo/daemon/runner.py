@@ -180,13 +180,25 @@ class Runner:
     def close(self) -> None:
         """Between operations: it reads the end and exits (told with SIGTERM if it has
         not after 10 s: another process holding our end of the pair)."""
+        if self.end():
+            self.wait_end()
+
+    def end(self) -> bool:
+        """Our end of the pair closed (the runner reads the end): whether it was open.
+        Several runners ended first and then waited for (:meth:`wait_end`) take the
+        longest one's time, not the sum."""
         if self._conn is None:
-            return
+            return False
         _ENDS.discard(self._end)
         self._conn.close()
         self._conn = None
+        return True
+
+    def wait_end(self, grace: float = 10.0) -> None:
+        """Wait for the ended runner to exit: SIGTERM after ``grace`` seconds, SIGKILL
+        ``grace`` seconds later."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            deadline = time.monotonic() + 10.0
+            deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 try:
                     if os.waitpid(self.pid, os.WNOHANG)[0]:
