@@ -341,9 +341,8 @@ def _task_early(ctx: RestoreContext) -> None:
 def _memory_layout(ctx: RestoreContext) -> None:
     mm = _rs(ctx, R.MM)
     keep = (ctx.area, ctx.area + ctx.area_size)
-    memory.unmap_helper(ctx, keep=keep)
     temp = memory.free_area([keep], memory.layout(mm), memory.staged_sources(ctx), size=1 << 20)
-    memory.move_specials(ctx, mm, temp)
+    memory.unmap_helper(ctx, keep=keep, specials=(mm, temp))  # (one stop for both)
     ctx.live["fixup"] = memory.map_vmas(ctx, mm)
 
 

@@ -734,10 +734,13 @@ TASK_SIZE = 0x7FFFFFFFF000
 
 
 def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
-                 also: list[tuple[int, int]] | tuple[()] = ()) -> None:  # fmt: skip
+                 also: list[tuple[int, int]] | tuple[()] = (),
+                 specials: tuple[dict[str, Any], int] | None = None) -> None:  # fmt: skip
     """Unmap everything of the helper but ``keep``, ``also`` (the mappings a child
     inherits from its restored parent: :func:`inherit_from_parent`) and the vDSO/vvar:
-    one munmap per gap between them (unmapping a range with holes in it is fine)."""
+    one munmap per gap between them (unmapping a range with holes in it is fine).  With
+    ``specials`` (the MM record and a free address), the vDSO and vvar are then moved to
+    where the image had them in the same stop (:func:`move_specials`)."""
     inj = ctx.inj
     maps = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
     inherited = (getattr(ctx, "live", None) or {}).get("inherited_ranges", [])
@@ -751,6 +754,8 @@ def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
             lo = max(lo, end)
         if lo < TASK_SIZE:
             bt.call(SYS.munmap, lo, TASK_SIZE - lo)
+        if specials is not None:  # (the munmaps left them where they are in maps)
+            _move_specials(bt, {v.path: v for v in maps if v.path in SPECIAL}, *specials)
 
 
 def staged_sources(ctx: RestoreContext) -> list[tuple[int, int]]:
@@ -762,24 +767,28 @@ def staged_sources(ctx: RestoreContext) -> list[tuple[int, int]]:
 
 def move_specials(ctx: RestoreContext, rec: dict[str, Any], temp: int) -> None:
     """Move the helper's vDSO and vvar to where the image had them (through ``temp``)."""
-    inj = ctx.inj
     cur = {v.path: v for v in procfs.parse_maps(procfs.read(ctx.pid, "maps"))
            if v.path in SPECIAL}  # fmt: skip
+    with ctx.inj.batch() as bt:  # one stop: neither range is the restorer's
+        _move_specials(bt, cur, rec, temp)
+
+
+def _move_specials(bt: Batch, cur: dict[str, procfs.Vma], rec: dict[str, Any], temp: int
+                   ) -> None:  # fmt: skip
     want = {v["path"]: v for v in rec["vmas"] if v["kind"] == "special"}
     off = temp
     staged: dict[str, int] = {}
-    with inj.batch() as bt:  # one stop: neither range is the restorer's
-        for path, v in cur.items():
-            if path not in want:
-                bt.call(SYS.munmap, v.start, v.size)
-                continue
-            bt.call(SYS.mremap, v.start, v.size, v.size, MREMAP.MAYMOVE | MREMAP.FIXED, off)
-            staged[path] = off
-            off += v.size
-        for path, addr in staged.items():
-            w = want[path]
-            bt.call(SYS.mremap, addr, w["end"] - w["start"], w["end"] - w["start"],
-                    MREMAP.MAYMOVE | MREMAP.FIXED, w["start"])  # fmt: skip
+    for path, v in cur.items():
+        if path not in want:
+            bt.call(SYS.munmap, v.start, v.size)
+            continue
+        bt.call(SYS.mremap, v.start, v.size, v.size, MREMAP.MAYMOVE | MREMAP.FIXED, off)
+        staged[path] = off
+        off += v.size
+    for path, addr in staged.items():
+        w = want[path]
+        bt.call(SYS.mremap, addr, w["end"] - w["start"], w["end"] - w["start"],
+                MREMAP.MAYMOVE | MREMAP.FIXED, w["start"])  # fmt: skip
 
 
 def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
@@ -828,6 +837,11 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
             if not held:  # the files are mapped: closed in the same stop
                 for fd in fds.values():
                     bt.call(SYS.close, fd, may_fail=True)
+            # the userfaultfd the pages will go through (_Filler.open), made in this stop
+            made = _Filler.wanted(ctx, rec, live.get("inherited_ranges", []))
+            uffd_call = bt.call(SYS_userfaultfd, _UFFD_FLAGS, may_fail=True) if made else -1
+        if uffd_call >= 0:
+            live["uffd"] = bt.result(uffd_call)
         if not held:
             fds.clear()
         for v in held:  # a lock only the mapping held, on its description (locks.py)
@@ -1310,6 +1324,7 @@ def _register_lazy(ctx: RestoreContext, rec: dict[str, Any], lazy: dict[str, Any
 
 
 UFFD_MIN = 4 << 20  # below this many bytes of pages, the uffd's set-up is not worth it
+_UFFD_FLAGS = os.O_CLOEXEC | os.O_NONBLOCK | UFFD.USER_MODE_ONLY
 
 
 class _Filler:
@@ -1329,29 +1344,62 @@ class _Filler:
         self.starts = [a for a, _ in ranges]
         self.copied = self.written = self.present = 0  # bytes, bytes, pages
 
-    @classmethod
-    def open(cls, ctx: RestoreContext, rec: dict[str, Any], inherited: list[tuple[int, int]],
-             nbytes: int) -> _Filler | None:  # fmt: skip
-        """None when there is nothing worth registering or the process cannot have a
-        uffd (then everything goes through process_vm_writev)."""
+    @staticmethod
+    def _want(ctx: RestoreContext, rec: dict[str, Any], inherited: list[tuple[int, int]],
+              nbytes: int) -> list[tuple[int, int]]:  # fmt: skip
+        """The ranges worth registering (none: not worth a uffd's set-up)."""
         kept = {a for a, _ in inherited} | {s for s, _e, _at in live_of(ctx).get("staged", ())} \
             | {s for s, _e in live_of(ctx).get("lazy_ranges", ())}  # fmt: skip
         want = [(v["start"], v["end"]) for v in rec["vmas"]
                 if v["kind"] == "anon" and v.get("data") and not v.get("hugetlb")
                 and "dp" not in v["flags"] and v["start"] not in kept]  # fmt: skip
         if nbytes < UFFD_MIN or sum(e - s for s, e in want) < UFFD_MIN:
+            return []
+        return want
+
+    @classmethod
+    def wanted(cls, ctx: RestoreContext, rec: dict[str, Any],
+               inherited: list[tuple[int, int]]) -> bool:  # fmt: skip
+        """Will :meth:`open` want a uffd (map_vmas then makes it in its own stop)?  Not
+        for post-copy (its own uffd comes first) nor where the image holds no blocks."""
+        live = live_of(ctx)
+        blocks = getattr(ctx.image, "blocks", None)
+        if "lazy" in live or not blocks or not hasattr(ctx, "live"):
+            return False
+        nbytes = sum(n for b in blocks if b.get("pid") == ctx.old_pid for _, n in b["runs"])
+        return bool(cls._want(ctx, rec, inherited, nbytes))
+
+    @classmethod
+    def open(cls, ctx: RestoreContext, rec: dict[str, Any], inherited: list[tuple[int, int]],
+             nbytes: int) -> _Filler | None:  # fmt: skip
+        """None when there is nothing worth registering or the process cannot have a
+        uffd (then everything goes through process_vm_writev).  The process's uffd is
+        the one map_vmas made, or made here; closed in the process at once, or, for a
+        process whose pages :class:`Fills` writes (it forks no child), in protect's
+        stop."""
+        live = live_of(ctx)
+        made = live.pop("uffd", None)
+        want = cls._want(ctx, rec, inherited, nbytes)
+        if not want:
+            if made is not None and made >= 0:
+                ctx.inj.raw(SYS.close, made)
             return None
-        low = ctx.inj.raw(SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK | UFFD.USER_MODE_ONLY)
+        low = ctx.inj.raw(SYS_userfaultfd, _UFFD_FLAGS) if made is None else made
         if low < 0:
             log.debug("pid %d: no userfaultfd (%s): process_vm_writev", ctx.pid,
                       os.strerror(-low))  # fmt: skip
             return None
+        later = "fills" in live  # (no child of it is forked before protect)
         try:
             fd = libc.fd_of(ctx.pid, low)
         except OSError:
+            later = False
             return None
         finally:
-            ctx.inj.raw(SYS.close, low)
+            if later:
+                live["uffd_close"] = low
+            else:
+                ctx.inj.raw(SYS.close, low)
         ranges: list[tuple[int, int]] = []
         try:
             libc.uffd_api(fd, 0)
@@ -1447,7 +1495,10 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
     wait_fill(ctx)  # (its pages handed to Fills' workers: all in first)
     rec = getattr(ctx, "records", {}).get(KIND)
     exe = _exe_to_open(ctx, rec) if rec is not None and hasattr(ctx, "live") else None
+    low = live_of(ctx).pop("uffd_close", None)  # (_Filler.open's, left for this stop)
     with ctx.inj.batch() as bt:  # one ptrace stop for all
+        if low is not None:
+            bt.call(SYS.close, low, may_fail=True)
         _protect_all(bt, fixup)
         if exe is not None:
             k = bt.call(SYS.openat, -100, bt.put_str(exe), 0, 0, what=f" open {exe}")

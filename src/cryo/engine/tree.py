@@ -463,6 +463,7 @@ class Made:
     tracee: Tracee
     inj: Injector
     ctx: RestoreContext | None = None
+    ids_kept: bool = False  # its session and group are the image's (_ids): a child inherits
 
 
 def kill_made(made: dict[int, Made]) -> None:
@@ -567,18 +568,28 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
 
 
 def _ids(m: Made, made: dict[int, Made], shell_job: bool, root: bool) -> None:
-    """Session and process group, set right after birth, before any child is made."""
+    """Session and process group, set right after birth, before any child is made.  A
+    child forked by a restored parent whose session and group are the image's, and
+    which had the same, has them already (no stop)."""
     rec, inj = m.rec, m.inj
     old = rec["pid"]
+    parent = None if root else made.get(rec["ppid"])
+    same = parent is not None and parent.ids_kept and \
+        (parent.rec["sid"], parent.rec["pgid"]) == (rec["sid"], rec["pgid"])  # fmt: skip
     if rec["sid"] == old:
         if not (root and shell_job):
             inj(SYS.setsid)
+            m.ids_kept = rec["pgid"] == old
         return
-    if rec["pgid"] == old:
+    if same:
+        m.ids_kept = True
+    elif rec["pgid"] == old:
         inj(SYS.setpgid, 0, 0)
+        m.ids_kept = parent is not None and parent.ids_kept and parent.rec["sid"] == rec["sid"]
     elif rec["pgid"] in made and not root:  # the leader's pid as the process sees it
         leader = made[rec["pgid"]]
         inj(SYS.setpgid, 0, nspid(leader.pid))
+        m.ids_kept = parent is not None and parent.ids_kept and parent.rec["sid"] == rec["sid"]
 
 
 def finish_zombie(m: Made, area: int) -> None:
