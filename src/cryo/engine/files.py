@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -470,13 +471,9 @@ def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
     for same in ends.values():
         d = same[0]
         readers = [e for e in same if e["flags"] & O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
-        if not readers:
-            if d["kind"] == "pipe":
-                raise Unsupported(f"fd {d['fd']} of {d['pid']}: the read end of {d['path']} is"
-                                  " outside the checkpoint", pid=d["pid"],
-                                  resource=f"fd {d['fd']}")  # fmt: skip
+        if not readers and d["kind"] != "pipe":
             continue
-        r = readers[0]
+        r = readers[0] if readers else d
         pidfd = libc.pidfd_open(r["pid"])
         try:
             mine = libc.pidfd_getfd(pidfd, r["fd"])
@@ -484,6 +481,13 @@ def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
             os.close(pidfd)
         packets = any(e["flags"] & O_DIRECT for e in same)
         try:
+            if d["kind"] == "pipe":
+                _other_end_closed(same, readers, mine)
+            if not readers:  # (no reader anywhere: one, while the process is frozen, peeks)
+                reader = os.open(f"/proc/self/fd/{mine}", os.O_RDONLY | os.O_NONBLOCK
+                                 | os.O_CLOEXEC)  # fmt: skip
+                os.close(mine)
+                mine = reader
             size = fcntl.fcntl(mine, fcntl.F_GETPIPE_SZ)
             d_data, sizes = _peek(mine, size)
         finally:
@@ -494,6 +498,25 @@ def dump_pipes(descs: Descriptions, shell_job: bool) -> None:
         if packets and sizes:  # a packet pipe (O_DIRECT): each read gave one packet
             d["packets"] = sizes
         log.debug("pipe %s: %d bytes in flight", d["path"], len(d_data))
+
+
+def _other_end_closed(same: list[dict[str, Any]], readers: list[dict[str, Any]], mine: int
+                      ) -> None:  # fmt: skip
+    """A pipe with no write end (or no read end) in the checkpoint is restored with that
+    end closed, which is right only where no process holds it: the kernel shows that on
+    the end held (``mine``, a duplicate of it), POLLHUP on a read end once no writer is
+    left, POLLERR on a write end once no reader is.  Held by a process outside (a
+    producer piping into the process, still running): refused."""
+    if readers and any(e["flags"] & O_ACCMODE in (os.O_WRONLY, os.O_RDWR) for e in same):
+        return
+    d = same[0]
+    end, bit = ("write", select.POLLHUP) if readers else ("read", select.POLLERR)
+    p = select.poll()
+    p.register(mine, 0)
+    if not any(ev & bit for _, ev in p.poll(0)):
+        raise Unsupported(f"fd {d['fd']} of {d['pid']}: the {end} end of {d['path']} is"
+                          " outside the checkpoint", pid=d["pid"],
+                          resource=f"fd {d['fd']}")  # fmt: skip
 
 
 def _peek(fd: int, size: int) -> tuple[bytes, list[int]]:

@@ -159,6 +159,43 @@ def _parents_first(pids: list[int]) -> list[int]:
     return out
 
 
+def _refuse_vfork_parent(pid: int) -> None:
+    """A process whose child shares its address space (vfork, or clone with CLONE_VM)
+    cannot be restored so (two processes, one memory), and a thread of it waiting in
+    vfork for the child to exec or exit never stops for PTRACE_INTERRUPT: the freeze
+    would wait for it forever, the rest held.  Refused before it is seized."""
+    for kid in children(pid):
+        with contextlib.suppress(OSError):
+            if libc.kcmp_same(_KCMP_VM, pid, kid):
+                raise Unsupported(f"process {pid} shares its address space with its child"
+                                  f" {kid} (vfork, not yet exec'd, or clone with CLONE_VM):"
+                                  " not supported", pid=pid, resource="memory")  # fmt: skip
+
+
+_KCMP_VM = 1  # (linux/kcmp.h)
+
+
+def _refuse_traced_inside(pid: int, pids: list[int]) -> None:
+    """A thread traced by a process of the checkpoint (a parent that ptraces its child,
+    a debugger taken with its inferior): the relation is not restored, refused by name
+    rather than found out by the seize (exit 4, "already traced")."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return  # (gone: the seize tells)
+    for tid in tids:
+        tgid = 0
+        with contextlib.suppress(OSError, CryoError, KeyError, ValueError):
+            tracer = int(procfs.parse_status(procfs.read(int(tid), "status"))
+                         .get("TracerPid", "0"))  # fmt: skip
+            if tracer:
+                tgid = int(procfs.parse_status(procfs.read(tracer, "status"))["Tgid"])
+        if tgid in pids:
+            raise Unsupported(f"thread {tid} of process {pid} is traced by process {tgid}"
+                              " of the checkpoint (ptrace): not supported", pid=pid,
+                              resource="ptrace")  # fmt: skip
+
+
 def freeze(target: int, scope: str) -> dict[int, Proc]:
     """Seize and stop every thread of every process of the scope; on failure, let go."""
     procs: dict[int, Proc] = {}
@@ -181,6 +218,9 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                         continue
                 if p.zombie:
                     continue
+                if not p.tracees:
+                    _refuse_vfork_parent(pid)
+                    _refuse_traced_inside(pid, pids)
                 try:
                     tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
                 except (FileNotFoundError, ProcessLookupError):
