@@ -70,15 +70,23 @@ def scan_tracees(ctx: DumpContext) -> None:
     box: list[list[tuple[int, int]]] = []
 
     def scan() -> None:
+        # (os.open and one os.read, not open(): a file object per process was a third
+        # of the scan's CPU, 2.4 -> 1.6 ms for 105 processes; TracerPid is in the first
+        # few hundred bytes, and the kernel makes the whole file at the first read)
         found = []
         for d in os.listdir("/proc"):
             if not d.isdigit():
                 continue
             try:
-                with open(f"/proc/{d}/status", "rb") as f:
-                    s = f.read()
+                fd = os.open(f"/proc/{d}/status", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
+            try:
+                s = os.read(fd, 4096)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             at = s.find(b"TracerPid:\t")
             tracer = int(s[at + 11 : s.index(b"\n", at)]) if at >= 0 else 0
             if tracer:
