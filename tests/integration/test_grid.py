@@ -285,6 +285,36 @@ def test_early_release_waits_for_every_part(grid: Grid, build: Any) -> None:
         assert all(b > a for a, b in itertools.pairwise(ticks)), "never rolled back"
 
 
+def test_early_release_does_not_wait_for_a_host_that_is_gone(grid: Grid, build: Any) -> None:
+    """A round whose part's host is gone (h2's agent and part killed, its lease
+    expired): the other parts, collected, do not wait for its vote until the round's
+    deadline (60 s here) but are let go unwritten at once and vote no."""
+    from cryo.grid import keys as K
+    from cryo.grid.etcd import Etcd
+
+    pids, victims = counter_app(grid, build, "gone")
+    grid.agents["h2"].kill()
+    grid.agents["h2"].wait()
+    reap(pids[2])
+    deadline = time.monotonic() + 15
+    while "h2" in grid.status("gone")["hosts"]:
+        assert time.monotonic() < deadline, "h2's lease never expired"
+        time.sleep(0.2)
+    e = Etcd(grid.etcd)
+    t0 = time.monotonic()
+    e.put(K.round_("gone", 1), {"version": 1, "state": K.PREPARE, "by": "the test",
+                                "deadline": time.time() + 60, "parts": [0, 1, 2],
+                                "created": time.time()})  # fmt: skip
+    while len(votes := dict(e.prefix(K.votes("gone", 1)))) < 2 or \
+            any(x["ok"] for x in votes.values()):  # fmt: skip
+        assert time.monotonic() - t0 < 20, ("parts 0 and 1 waited", votes)
+        time.sleep(0.05)
+    assert all("host h2 is gone" in x["reason"] for x in votes.values()), votes
+    for v in victims[:2]:
+        assert_running(v)
+    assert not list((grid.store / "gone").glob("v1/part*"))
+
+
 def test_coordinator_dead_between_the_phases(grid: Grid, build: Any) -> None:
     """A round written in "prepare" by a coordinator that then died: the agents prepare,
     vote and hold their parts; past the deadline the round is aborted and every part

@@ -485,7 +485,9 @@ class Agent:
                     gate.vote(n, {**vote, "ok": True, "phase": "collected", "image": None,
                                   "times": {"seen": round(t0, 4),
                                             "prepare": round(t1 - t0, 4)}})  # fmt: skip
-                    why = gate.wait(r.get("parts") or [n], r["deadline"])
+                    hosts = {int(k.rsplit("/", 1)[1]): str(x.get("host"))
+                             for k, x in self._prefix(K.parts(app))}  # fmt: skip
+                    why = gate.wait(r.get("parts") or [n], r["deadline"], hosts)
                     if why is not None:
                         raise CryoError(f"part {n} let go unwritten: {why}")
                 t2 = time.time()
@@ -702,12 +704,31 @@ class Gate:
         with self._lock:
             self.etcd.put(K.vote(self.app, self.version, n), vote)
 
-    def wait(self, parts: list[int], deadline: float) -> str | None:
+    def wait(self, parts: list[int], deadline: float,
+             hosts: dict[int, str] | None = None) -> str | None:  # fmt: skip
         """None once every part of ``parts`` has voted yes (collected or written); else
-        why not: a no vote, the round decided or gone, its deadline passed."""
+        why not: a no vote, the round decided or gone, its deadline passed, the host of
+        a part that has not voted gone (``hosts``: each part's), a restart asked (its
+        parts would wait for the deadline, and this agent's restart with them)."""
         woken = False  # (read first: the watch may not be there yet)
+        epoch: Any = ()  # (not read yet)
+        checked = 0.0
         while True:
             self.event.clear()
+            if time.monotonic() - checked > 0.25:
+                with self._lock:
+                    live = {k.rsplit("/", 1)[1] for k, _ in self.etcd.prefix(K.hosts())}
+                    now = (self.etcd.get(K.restart(self.app)) or {}).get("epoch")
+                checked = time.monotonic()
+                epoch = now if epoch == () else epoch
+                if now != epoch:
+                    return "a restart was asked"
+                with self._lock:
+                    voted = {n for n, (_, x) in self._votes.items() if x is not None}
+                gone = sorted({(hosts or {}).get(n, "") for n in parts if n not in voted}
+                              - live - {""})  # fmt: skip
+                if hosts and gone:
+                    return f"host {', '.join(gone)} is gone"
             if not woken:
                 with self._lock:
                     got = self.etcd.prefix_revisions(K.round_(self.app, self.version))
