@@ -5,7 +5,10 @@ termios cryo copies a pty's queues through, the TCP checksum."""
 from __future__ import annotations
 
 import ctypes
+import os
+import socket
 import struct
+import tempfile
 
 from cryo.engine import inet, netlock, tty
 from cryo.linux import net as N
@@ -72,3 +75,23 @@ def test_raw_termios() -> None:
 def test_checksum() -> None:
     # RFC 1071's example: the one's complement sum of these words is 0xddf2
     assert inet._checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
+
+
+def test_unix_listeners_names_only_the_listening() -> None:
+    """One sock_diag dump of the namespace's listening unix sockets (what the cryo.app
+    agent search asks instead of a getxattr per fd): a listener with its abstract name,
+    a path one with its path, not a bound socket that does not listen."""
+    tag = os.urandom(6).hex().encode()
+    with tempfile.TemporaryDirectory() as tmp, \
+            socket.socket(socket.AF_UNIX) as abstract, socket.socket(socket.AF_UNIX) as path, \
+            socket.socket(socket.AF_UNIX) as bound:  # fmt: skip
+        abstract.bind(b"\0cryo-app/test-" + tag)
+        abstract.listen()
+        path.bind(f"{tmp}/s")
+        path.listen()
+        bound.bind(b"\0cryo-app/bound-" + tag)
+        got = N.unix_listeners()
+        ino = {s: os.fstat(s.fileno()).st_ino for s in (abstract, path, bound)}
+        assert got[ino[abstract]] == b"\0cryo-app/test-" + tag
+        assert got[ino[path]].split(b"\0")[0] == f"{tmp}/s".encode()
+        assert ino[bound] not in got
