@@ -160,6 +160,32 @@ def test_checkpoint_self(procs: Procs, tmp_path: Path) -> None:
     Victim(pid, v.out).wait_ok_after(max(v.oks()) + 2)
 
 
+def test_checkpoint_self_that_fails_says_why(tmp_path: Path) -> None:
+    """checkpoint_self into a directory that holds an image already: RuntimeError with
+    cryo's own message, and the program goes on; nothing of cryo's is left open or on
+    disk (its stderr went to a file of its own, removed)."""
+    import subprocess
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "core.img").touch()
+    code = (
+        "import os, cryo.app as cr\n"
+        "try:\n"
+        f"    cr.checkpoint_self({str(tmp_path / 'img')!r})\n"
+        "except RuntimeError as e:\n"
+        "    print('raised', e)\n"
+        "print('fds', len(os.listdir('/proc/self/fd')))\n"
+    )
+    before = set(os.listdir("/tmp"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, close_fds=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert "raised checkpoint_self: no checkpoint was taken" in r.stdout, (r.stdout, r.stderr)
+    assert "already holds an image" in r.stdout, r.stdout
+    # 0-2, the agent's socket and listdir's own: no pipe or log of cryo's left open
+    assert "fds 5" in r.stdout, r.stdout
+    assert not {f for f in set(os.listdir("/tmp")) - before if f.startswith("cryo-self-")}
+
+
 def test_staged_prepare_write_resume(procs: Procs, tmp_path: Path) -> None:
     v = start(procs, tmp_path, "plain")
     handle = cryo.prepare(v.pid)

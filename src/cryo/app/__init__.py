@@ -38,6 +38,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -399,36 +400,76 @@ def _range(obj: Any) -> tuple[int, int]:
 def checkpoint_self(dest: str, *args: str, timeout: float = 300.0) -> int:
     """Ask for a checkpoint of this process into ``dest`` (more ``cryo checkpoint``
     options in ``args``); returns CONTINUED once it is written, RESTARTED when the
-    program runs again from it.  Raises RuntimeError if the checkpoint failed."""
+    program runs again from it.  Raises RuntimeError if the checkpoint failed.
+
+    cryo runs in a grandchild (not ours, not saved), its stderr a file of its own; this
+    process holds no fd of it while it is checkpointed (a pipe from cryo would be one
+    whose writer is outside the checkpoint, which is refused), and watches it by pid
+    and start time until the agent is told the outcome or cryo is gone."""
+    import tempfile
+
     a = _get()
     ev = threading.Event()
     with a.lock:
         a.waiters.append(ev)
-    r, w = os.pipe()
+    logfd, log = tempfile.mkstemp(prefix="cryo-self-", suffix=".log")
+    r, w = os.pipe()  # the grandchild's pid, then closed: before cryo starts
     cmd = [sys.executable, "-m", "cryo", "checkpoint", str(os.getpid()), "-D", dest, *args]
     child = os.fork()
-    if child == 0:  # pragma: no cover (cryo runs in a grandchild: not ours, not saved)
+    if child == 0:  # pragma: no cover
         try:
             os.setsid()
-            if os.fork() == 0:
+            grandchild = os.fork()
+            if grandchild == 0:
                 devnull = os.open(os.devnull, os.O_RDWR)
-                for fd, to in ((devnull, 0), (devnull, 1), (w, 2)):
+                for fd, to in ((devnull, 0), (devnull, 1), (logfd, 2)):
                     os.dup2(fd, to)
                 os.closerange(3, 1 << 16)
                 os.execv(cmd[0], cmd)  # noqa: S606 (our own interpreter, argv of our making)
+            os.write(w, str(grandchild).encode())
         finally:
             os._exit(127)
     os.close(w)
+    os.close(logfd)
     os.waitpid(child, 0)
-    with os.fdopen(r, "rb") as f:  # what cryo says; EOF once it is done (or restarted)
-        said = f.read().decode(errors="replace").strip()
-    # cryo tells the agent the outcome before it exits: a moment's grace, no more
-    if not ev.wait(2.0):
-        with a.lock:
-            if ev in a.waiters:
-                a.waiters.remove(ev)
-        raise RuntimeError(f"checkpoint_self: no checkpoint was taken: {said}")
-    outcome = a.results.pop(id(ev), FAILED)
-    if outcome == FAILED:
-        raise RuntimeError(f"checkpoint_self: the checkpoint failed: {said}")
-    return outcome
+    with os.fdopen(r, "rb") as f:
+        cryo_pid = int(f.read() or b"0")
+    started = _start_time(cryo_pid)
+    try:
+        # until the agent is told (cryo tells it before it exits: a moment's grace) or
+        # cryo is gone without telling it
+        gone_at = None
+        while not ev.wait(0.05):
+            if gone_at is None and (not started or _start_time(cryo_pid) != started):
+                gone_at = time.monotonic()
+            if gone_at is not None and time.monotonic() - gone_at > 2.0:
+                with a.lock:
+                    if ev in a.waiters:
+                        a.waiters.remove(ev)
+                raise RuntimeError(f"checkpoint_self: no checkpoint was taken: {_said(log)}")
+        outcome = a.results.pop(id(ev), FAILED)
+        if outcome == FAILED:
+            raise RuntimeError(f"checkpoint_self: the checkpoint failed: {_said(log)}")
+        return outcome
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(log)
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (/proc/PID/stat), None once it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else fields[19].decode()
+
+
+def _said(log: str) -> str:
+    """What cryo wrote to its stderr."""
+    try:
+        with open(log, "rb") as f:
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
