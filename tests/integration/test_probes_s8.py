@@ -71,11 +71,14 @@ SINGLE = {
     "sysfs": "a sysfs file's offset, the cgroup directory and cgroup.procs open",
     "highfd": "fds 900 and 901 with RLIMIT_NOFILE lowered to 64 afterwards",
     "epollflags": "epoll watches with EPOLLRDHUP, EPOLLPRI, EPOLLWAKEUP, EPOLLOUT | EPOLLERR",
+    "rtorder": "real-time signals of one number queued with values to the process and to a"
+               " thread: each taken by its own thread, in order, values kept",
 }
 
 # after go, the line each of these writes once its last step is right
 LAST_STEP = {"inotifyflags": "oneshot", "widowpipe": "eof", "zombie": "reaped",
-             "subreaped": "reaped", "vfork": "vforkdone"}
+             "subreaped": "reaped", "vfork": "vforkdone", "pidfdzombie": "reaped",
+             "rtorder": "rtdone"}
 
 
 @pytest.mark.parametrize("mode", sorted(SINGLE))
@@ -84,6 +87,9 @@ def test_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> No
     itself every round, in both threads."""
     v = _spawn(procs, exe, tmp_path, mode)
     v = cycle(procs, v, tmp_path / "img")
+    (tmp_path / "go").touch()
+    if mode in LAST_STEP:
+        v.wait_line(LAST_STEP[mode])
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
 
@@ -117,6 +123,8 @@ TREE = {
     "zombie": (0, "a zombie child seen with waitid WNOWAIT, reaped after the restart"),
     "subreaped": (1, "a grandchild reparented to the subreaper, reaped after the restart"),
     "sessions": (3, "a child leading its group, a grandchild its session, and one in it"),
+    "pidfdzombie": (0, "a pidfd of a zombie child: POLLIN, then waitid(P_PIDFD) its status"),
+    "fownchild": (1, "a pipe whose O_ASYNC signal owner (F_SETOWN, F_SETSIG) is the child"),
     "uidchild": (1, "a child of other uids, gids, groups and capabilities than its parent"),
 }
 
@@ -221,3 +229,27 @@ def test_pipe_whose_writer_is_outside_refused(procs: Procs, exe: str, tmp_path: 
         v.wait_line("read late")
     finally:
         os.close(w)
+
+
+def test_nanosleep_of_a_process_stopped_by_sigstop(procs: Procs, exe: str,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    """A thread in nanosleep (1.5 s) when the process is stopped by SIGSTOP, checkpointed
+    stopped, restarted stopped and continued: the sleep returns 0 (ERESTART_RESTARTBLOCK
+    taken up again), never early, and the next ones too."""
+    import time
+
+    v = _spawn(procs, exe, tmp_path, "sleepstop")
+    v.wait_line("slept 0", timeout=20)
+    time.sleep(0.5)  # (inside the next sleep)
+    os.kill(v.pid, signal.SIGSTOP)
+    v.wait_for(lambda _: Path(f"/proc/{v.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+               == "T")  # fmt: skip
+    n = len([x for x in v.lines() if x.startswith("slept ")])
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    rr = restart(str(tmp_path / "img"))
+    procs.track(rr.pid)
+    os.kill(rr.pid, signal.SIGCONT)
+    v.wait_for(lambda ls: len([x for x in ls if x.startswith("slept ")]) >= n + 2
+               or bool(v.fails()), timeout=20)  # fmt: skip
+    assert not v.fails()

@@ -25,6 +25,12 @@
  *               each round no POLLHUP (a writer is there); what it writes is read
  *   epollflags  epoll watches with EPOLLRDHUP | EPOLLPRI | EPOLLWAKEUP and EPOLLOUT:
  *               fdinfo events of each
+ *   rtorder     SIGRTMIN+2 blocked, queued with values 1, 2, 3 to the process and 4, 5
+ *               to the second thread: after go the main thread takes 1, 2, 3 in order,
+ *               then the thread 4, 5
+ *   sleepstop   the second thread sleeps 1.5 s at a time in nanosleep (the test stops
+ *               the process with SIGSTOP, checkpoints it stopped, continues the restored
+ *               one): each sleep returns 0, never early ("slept N")
  * Trees (checkpointed with their children):
  *   shm3        shared anonymous memory of 4 pages in three processes: the parent maps
  *               all, a child pages 1-3 (page 0 unmapped), another has pages 2-3 moved
@@ -41,6 +47,10 @@
  *               grandchild's parent is the main process; after go it exits 5, reaped
  *   sessions    a child leads its own group, a grandchild its own session, a great-
  *               grandchild in that session: getpgrp/getsid of each
+ *   pidfdzombie a pidfd of a child that exited 9: POLLIN each round, after go
+ *               waitid(P_PIDFD) gives 9
+ *   fownchild   a pipe with O_ASYNC whose signal owner (F_SETOWN, F_SETSIG SIGRTMIN+7)
+ *               is the child: each write of the parent signals the child
  *   uidchild    a child with uids 1000/1001/1002, gids 1003, groups {5} and a capability
  *               set of its own (kept with PR_SET_KEEPCAPS), the parent root */
 #include "common.h"
@@ -192,6 +202,7 @@ static int ptrace_check(void) {
 }
 
 static int nop_check(void) { return 0; }
+static void on_child_sig(int s) { (void)s; shared[20]++; }
 
 static int dupflock_child_check(void) {
     char l[256];
@@ -322,6 +333,28 @@ static void setup_tree(void) {
         }
         while (!shared[10]) nap(5);
         nap(100);
+    } else if (!strcmp(mode, "pidfdzombie")) {
+        kid = fork();
+        if (kid == 0) _exit(9);
+        fd_a = syscall(SYS_pidfd_open, kid, 0);
+        if (fd_a < 0) FAIL("pidfd_open: %s", strerror(errno));
+        report("other %d", kid);
+        nap(50);
+    } else if (!strcmp(mode, "fownchild")) {
+        int p[2];
+        if (pipe(p)) FAIL("pipe");
+        fd_a = p[0]; fd_b = p[1];
+        kid = fork();
+        if (kid == 0) {
+            struct sigaction sa = {0};
+            sa.sa_handler = on_child_sig;
+            sigaction(SIGRTMIN + 7, &sa, NULL);
+            shared[21] = 1;
+            child_rounds(nop_check);
+        }
+        while (!shared[21]) nap(5);
+        if (fcntl(fd_a, F_SETOWN, kid) || fcntl(fd_a, F_SETSIG, SIGRTMIN + 7) ||
+            fcntl(fd_a, F_SETFL, fcntl(fd_a, F_GETFL) | O_ASYNC | O_NONBLOCK)) FAIL("fown setup: %s", strerror(errno));
     } else if (!strcmp(mode, "uidchild")) {
         kid = fork();
         if (kid == 0) {
@@ -380,6 +413,29 @@ static int tree_check(long round) {
             kid = -1;
         }
     } else if (!strcmp(mode, "sessions")) bad = sessions_check();
+    else if (!strcmp(mode, "pidfdzombie") && fd_a >= 0) {
+        struct pollfd pf = {fd_a, POLLIN, 0};
+        if (poll(&pf, 1, 0) != 1 || !(pf.revents & POLLIN)) { FAIL("pidfd of the zombie: revents %#x", pf.revents); bad = 1; }
+        else if (go()) {
+            siginfo_t si;
+            memset(&si, 0, sizeof si);
+            if (waitid(P_PIDFD, fd_a, &si, WEXITED) || si.si_pid != kid || si.si_status != 9) {
+                FAIL("waitid P_PIDFD: %s pid %d status %d", strerror(errno), si.si_pid, si.si_status); bad = 1;
+            } else report("reaped");
+            close(fd_a);
+            fd_a = -1;
+        }
+    } else if (!strcmp(mode, "fownchild")) {
+        long before = shared[20];
+        char c;
+        if (write(fd_b, "x", 1) != 1) FAIL("write");
+        for (int i = 0; i < 100 && shared[20] == before; i++) nap(2);
+        while (read(fd_a, &c, 1) == 1) {}
+        if (shared[20] == before) { FAIL("fownchild: the child got no signal"); bad = 1; }
+        if (fcntl(fd_a, F_GETOWN) != kid || fcntl(fd_a, F_GETSIG) != SIGRTMIN + 7) {
+            FAIL("fownchild: owner %d sig %d", fcntl(fd_a, F_GETOWN), fcntl(fd_a, F_GETSIG)); bad = 1;
+        }
+    }
     else if (!strcmp(mode, "vfork")) bad = 0;
     return bad;
 }
@@ -391,8 +447,34 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int want_round;
 
+static int rt_taken;
+
+static int rt_take(const int *want, int n, const char *who) {
+    sigset_t w;
+    sigemptyset(&w);
+    sigaddset(&w, SIGRTMIN + 2);
+    struct timespec zero = {0, 0};
+    siginfo_t si;
+    int got[8], k = 0;
+    while (k < 8 && sigtimedwait(&w, &si, &zero) == SIGRTMIN + 2) got[k++] = si.si_value.sival_int;
+    int bad = k != n;
+    for (int i = 0; i < k && i < n; i++) bad |= got[i] != want[i];
+    if (bad) { FAIL("rtorder %s: %d taken: %d %d %d", who, k, k > 0 ? got[0] : -1, k > 1 ? got[1] : -1, k > 2 ? got[2] : -1); }
+    return bad;
+}
+
 static int thread_check(void) {
-    if (!strcmp(mode, "sigign")) {
+    if (!strcmp(mode, "rtorder")) {
+        sigset_t p;
+        sigpending(&p);
+        if (!rt_taken && !sigismember(&p, SIGRTMIN + 2)) { FAIL("rtorder thread: not pending"); return 1; }
+        if (rt_taken == 1) {
+            static const int want[] = {4, 5};
+            rt_taken = 2;
+            if (rt_take(want, 2, "thread")) return 1;
+            report("rtdone");
+        }
+    } else if (!strcmp(mode, "sigign")) {
         sigset_t p;
         sigpending(&p);
         if (!sigismember(&p, SIGUSR2) || !sigismember(&p, SIGRTMIN + 4)) { FAIL("sigign thread: pending usr2 %d rt4 %d", sigismember(&p, SIGUSR2), sigismember(&p, SIGRTMIN + 4)); return 1; }
@@ -416,8 +498,26 @@ static void *thread_main(void *arg) {
     } else if (!strcmp(mode, "pdeath")) {
         prctl(PR_SET_PDEATHSIG, SIGWINCH);
     }
+    if (!strcmp(mode, "rtorder")) {
+        sigset_t b;
+        sigemptyset(&b);
+        sigaddset(&b, SIGRTMIN + 2);
+        pthread_sigmask(SIG_BLOCK, &b, NULL);
+    }
     thread_ready = 1;
     if (!strcmp(mode, "vfork")) return vfork_rounds(NULL);
+    if (!strcmp(mode, "sleepstop")) {
+        for (long n = 0;; n++) {
+            struct timespec a, b, d = {1, 500000000};
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            long r = syscall(SYS_nanosleep, &d, NULL);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            double el = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
+            if (r) FAIL("nanosleep: %s after %.3f s", strerror(errno), el);
+            else if (el < 1.5) FAIL("nanosleep returned early: %.3f s", el);
+            else report("slept %ld %.3f", n, el);
+        }
+    }
     int seen = 0;
     for (;;) {
         pthread_mutex_lock(&mu);
@@ -437,7 +537,12 @@ static void *thread_main(void *arg) {
 static int in_fd = -1, oneshot_done, eof_done;
 
 static void setup_one(void) {
-    if (!strcmp(mode, "sigign")) {
+    if (!strcmp(mode, "rtorder")) {
+        sigset_t b;
+        sigemptyset(&b);
+        sigaddset(&b, SIGRTMIN + 2);
+        sigprocmask(SIG_BLOCK, &b, NULL);
+    } else if (!strcmp(mode, "sigign")) {
         sigset_t b;
         sigemptyset(&b);
         sigaddset(&b, SIGUSR2);
@@ -535,7 +640,16 @@ static long ev_a = -1, ev_b = -1;
 static int check_one(long round) {
     int bad = 0;
     (void)round;
-    if (!strcmp(mode, "sigign")) {
+    if (!strcmp(mode, "rtorder")) {
+        sigset_t p;
+        sigpending(&p);
+        if (!rt_taken && !sigismember(&p, SIGRTMIN + 2)) { FAIL("rtorder: not pending"); bad = 1; }
+        if (!rt_taken && go()) {
+            static const int want[] = {1, 2, 3};
+            bad |= rt_take(want, 3, "main");
+            rt_taken = 1;
+        }
+    } else if (!strcmp(mode, "sigign")) {
         sigset_t p;
         struct sigaction sa;
         sigpending(&p);
@@ -644,7 +758,8 @@ static int check_one(long round) {
 
 static int is_tree(void) {
     static const char *trees[] = {"shm3", "vfork", "ptracechild", "dupflock", "ofdposix", "zombie",
-                                  "subreaped", "sessions", "uidchild", NULL};
+                                  "subreaped", "sessions", "uidchild", "pidfdzombie", "fownchild",
+                                  NULL};
     for (int i = 0; trees[i]; i++) if (!strcmp(mode, trees[i])) return 1;
     return 0;
 }
@@ -697,7 +812,8 @@ int main(int argc, char **argv) {
             for (;;) pause();
         }
         setup_tree();
-        if (kid > 0 && strcmp(mode, "subreaped") && strcmp(mode, "zombie")) report("child %d", kid);
+        if (kid > 0 && strcmp(mode, "subreaped") && strcmp(mode, "zombie") && strcmp(mode, "pidfdzombie"))
+            report("child %d", kid);
         if (kid2 > 0) report("child %d", kid2);
         report("ready %d", getpid());
         for (long round = 0;; round++) {
@@ -709,6 +825,19 @@ int main(int argc, char **argv) {
     pthread_t th;
     pthread_create(&th, NULL, thread_main, NULL);
     while (!thread_ready) nap(5);
+    if (!strcmp(mode, "rtorder")) {
+        for (int i = 1; i <= 5; i++) {
+            siginfo_t si;
+            memset(&si, 0, sizeof si);
+            si.si_signo = SIGRTMIN + 2;
+            si.si_code = SI_QUEUE;
+            si.si_pid = getpid();
+            si.si_uid = getuid();
+            si.si_value.sival_int = i;
+            if (i <= 3) syscall(SYS_rt_sigqueueinfo, getpid(), SIGRTMIN + 2, &si);
+            else syscall(SYS_rt_tgsigqueueinfo, getpid(), other_tid, SIGRTMIN + 2, &si);
+        }
+    }
     if (!strcmp(mode, "sigign")) {
         kill(getpid(), SIGUSR2);
         syscall(SYS_tgkill, getpid(), other_tid, SIGRTMIN + 4);
@@ -716,6 +845,11 @@ int main(int argc, char **argv) {
     report("ready %d", getpid());
     for (long round = 0;; round++) {
         int bad = check_one(round);
+        if (!strcmp(mode, "sleepstop")) {  /* (its thread sleeps on its own) */
+            if (!bad) report("ok %ld", round);
+            nap(100);
+            continue;
+        }
         pthread_mutex_lock(&mu);
         want_round = round + 1;
         pthread_cond_broadcast(&cv);

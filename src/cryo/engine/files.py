@@ -430,7 +430,8 @@ def collect(ctx: DumpContext) -> None:
 def dump_shared(session: Any) -> None:
     """Driver hook, once for all processes: the data in flight in pipes and FIFOs."""
     dump_pipes(session.shared.descs, session.shell_job)
-    specialfds.check_proc(session.shared.descs.descs, {c.pid for c in session.contexts})
+    specialfds.check_proc(session.shared.descs.descs, {c.pid for c in session.contexts},
+                          frozenset(p.pid for p in session.procs.values() if p.zombie))
     anonfds.find_hidden(session.shared.descs.descs, session.shared.descs.seen)
     ghosts.use_objects(session.shared.descs.descs, session.shared.objects)
     ghosts.check_mapped(session.shared.descs.descs, {c.pid for c in session.contexts})

@@ -98,15 +98,17 @@ def describe_pidfd(pid: int, fd: int, fdinfo: bytes) -> dict[str, Any]:
     return {"target": target, "start": _start(target)}
 
 
-def check_proc(descs: list[dict[str, Any]], pids: set[int]) -> None:
+def check_proc(descs: list[dict[str, Any]], pids: set[int],
+               zombies: frozenset[int] = frozenset()) -> None:  # fmt: skip
     """Once every process is collected: pidfds and /proc files of the checkpoint's own
     processes become late descriptions (opened once they exist again); those of their
     threads other than the leader are refused; /proc files of other processes keep the
-    start time of that process (reopened only on the same one)."""
+    start time of that process (reopened only on the same one).  A pidfd of one of its
+    ``zombies`` is late too: the zombie-to-be exists until the restart's last stage."""
     for d in descs:
         if d["kind"] == "pidfd":
             target = int(d["target"])
-            if target in pids:
+            if target in pids or target in zombies:
                 _late(d, pids, "a pidfd of a process of the checkpoint")
                 continue
             owner = _process_of(target, pids)
