@@ -253,3 +253,22 @@ def test_nanosleep_of_a_process_stopped_by_sigstop(procs: Procs, exe: str,
     v.wait_for(lambda ls: len([x for x in ls if x.startswith("slept ")]) >= n + 2
                or bool(v.fails()), timeout=20)  # fmt: skip
     assert not v.fails()
+
+
+def test_fifo_kept_open_by_a_writer_outside(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A FIFO the process reads, with "abc" waiting, whose writer (this test) is outside
+    the checkpoint and keeps it open: after the restart the process reads "abc" once,
+    then what the writer sent since ("XY").  Before: "abcabcXY", exit 0 (the FIFO lived
+    on with its bytes, and the restart wrote the saved ones into it again)."""
+    v = _spawn(procs, exe, tmp_path, "fifoin")
+    w = os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(w, b"abc")
+        v = cycle(procs, v, tmp_path / "img")
+        os.write(w, b"XY")
+        (tmp_path / "go").touch()
+        v.wait_line("fifo ")
+        v.wait_ok_after(max(v.oks()) + 2)
+        assert [x for x in v.lines() if x.startswith("fifo ")] == ["fifo abcXY"]
+    finally:
+        os.close(w)

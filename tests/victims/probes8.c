@@ -23,6 +23,8 @@
  *               "abc" queued (POLLIN|POLLHUP; after go "abc" then EOF)
  *   pipein      fd argv[4] is the read end of a pipe whose write end a process outside holds:
  *               each round no POLLHUP (a writer is there); what it writes is read
+ *   fifoin      argv[3]/fifo opened for reading (O_NONBLOCK); once go exists, what is
+ *               in it is read and reported ("fifo BYTES"), each round after
  *   epollflags  epoll watches with EPOLLRDHUP | EPOLLPRI | EPOLLWAKEUP and EPOLLOUT:
  *               fdinfo events of each
  *   rtorder     SIGRTMIN+2 blocked, queued with values 1, 2, 3 to the process and 4, 5
@@ -623,6 +625,11 @@ static void setup_one(void) {
         if (write(q[1], "abc", 3) != 3) FAIL("write");
         close(q[1]);
         fd_b = q[0];
+    } else if (!strcmp(mode, "fifoin")) {
+        snprintf(path_a, sizeof path_a, "%s/fifo", dir);
+        mkfifo(path_a, 0600);
+        fd_a = open(path_a, O_RDONLY | O_NONBLOCK);
+        if (fd_a < 0) FAIL("fifo open: %s", strerror(errno));
     } else if (!strcmp(mode, "epollflags")) {
         int p[2];
         if (pipe(p)) FAIL("pipe");
@@ -737,6 +744,10 @@ static int check_one(long round) {
                 eof_done = 1;
             }
         }
+    } else if (!strcmp(mode, "fifoin")) {
+        char b[64];
+        ssize_t n = go() ? read(fd_a, b, sizeof b - 1) : 0;
+        if (n > 0) { b[n] = 0; report("fifo %s", b); }
     } else if (!strcmp(mode, "pipein")) {
         struct pollfd pf = {pipe_in, POLLIN, 0};
         char b[64];

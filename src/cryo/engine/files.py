@@ -676,7 +676,12 @@ def _open_fifo(d: dict[str, Any], o: Opening) -> int:
         anchor = ghosts.make_fifo(d, path) if d.get("deleted") else \
             os.open(path, os.O_RDWR | os.O_NONBLOCK)  # fmt: skip
         o.opened.anchors.append(anchor)
-        if d.get("data"):
+        if d.get("data") and not d.get("deleted") and (held := _queued(anchor)):
+            # the FIFO lived on, kept open by a process outside: its bytes are still in it
+            # (and what that process wrote since); written again, they would come twice
+            log.info("FIFO %s holds %d bytes already: its data is not written again", path,
+                     held)  # fmt: skip
+        elif d.get("data"):
             if d.get("packets"):  # (O_DIRECT: packet by packet)
                 fcntl.fcntl(anchor, fcntl.F_SETFL, O_DIRECT | os.O_NONBLOCK)
             at = 0
@@ -691,6 +696,13 @@ def _open_fifo(d: dict[str, Any], o: Opening) -> int:
     fd = os.open(path, flags & ~O_DIRECT | os.O_NONBLOCK)  # (O_DIRECT: F_SETFL's)
     _set_flags(fd, flags)
     return fd
+
+
+def _queued(fd: int) -> int:
+    """The bytes waiting in the pipe or FIFO of ``fd`` (FIONREAD)."""
+    buf = bytearray(4)
+    fcntl.ioctl(fd, 0x541B, buf)  # FIONREAD
+    return int.from_bytes(buf, "little")
 
 
 def _open_path(d: dict[str, Any], o: Opening) -> int:
