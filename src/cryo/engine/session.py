@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 
 import cryo
 from cryo import procfs
-from cryo.engine import clocks, cpu, files, memory, scratchlog, shmem, sud, textscan, tree
+from cryo.engine import clocks, cpu, files, memory, scratchlog, shmem, sud, textscan, tree, vdso
 from cryo.engine import drivers as D
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import SCRATCH_SIZE, Injector
@@ -410,6 +410,7 @@ class Checkpoint:
             "pids": sorted(self.procs),
             "clocks": clocks.view(self.pid),
             "cpu": cpu.here(),
+            **({"vdso": v} if (v := vdso.here()) else {}),
         }
 
     def _watchdog(self, seconds: float) -> None:
@@ -594,6 +595,7 @@ class Restart:
         self.options["owner"] = getattr(self.image, "owner", None)  # files open as it
         self.on_exit(self.image.close)
         cpu.check(self.image.head.get("cpu"), self.options["ignore_cpu"])
+        vdso.check(self.image.head.get("vdso"), self.plan, self.image.head.get("kernel"))
         # where this host's clocks are behind the image's, the processes get a time
         # namespace of their own (made with the roots: tree.build), their clocks ahead
         # of cryo's by clock_shift (and so the expiries of the timerfds cryo opens)

@@ -812,6 +812,12 @@ KINDS: tuple[Kind, ...] = (
         F("cpu", Struct((F("vendor", Str(max=64)), F("flags", List(Str(max=64), max=1024))),
                         name="cpu"), "the CPU's vendor and /proc/cpuinfo flags (engine/cpu.py)",
           required=False),
+        F("vdso", Struct((
+            F("symbols", List(Tuple((Str(max=256), Int(), Int()), ("name", "offset", "size")),
+                              max=1024)),
+            F("checksum", Int(), "xxh3-64 of its image"),
+        ), name="vdso"), "the kernel's vDSO: its dynamic symbols (engine/vdso.py)",
+          required=False),
     ), name="head"), "the image"),
     Kind(b"TREE", "engine/tree.py", "one", Struct((
         F("root", PID), F("scope", Str(choices=("process", "tree", "pgid", "sid"))),
