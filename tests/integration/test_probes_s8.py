@@ -77,7 +77,7 @@ SINGLE = {
 
 # after go, the line each of these writes once its last step is right
 LAST_STEP = {"inotifyflags": "oneshot", "widowpipe": "eof", "zombie": "reaped",
-             "subreaped": "reaped", "vfork": "vforkdone", "pidfdzombie": "reaped",
+             "subreaped": "reaped", "vfork": "vforkdone", "pidfdzombie": "reaped", "pipeeof": "eof", "zombieleader": "reaped",
              "rtorder": "rtdone"}
 
 
@@ -124,6 +124,9 @@ TREE = {
     "subreaped": (1, "a grandchild reparented to the subreaper, reaped after the restart"),
     "sessions": (3, "a child leading its group, a grandchild its session, and one in it"),
     "pidfdzombie": (0, "a pidfd of a zombie child: POLLIN, then waitid(P_PIDFD) its status"),
+    "pipeeof": (1, "a pipe read by the parent, written by its child: EOF and POLLHUP once"
+                   " the child exits after the restart"),
+    "zombieleader": (1, "a process group whose leader is a zombie, its member a grandchild"),
     "fownchild": (1, "a pipe whose O_ASYNC signal owner (F_SETOWN, F_SETSIG) is the child"),
     "uidchild": (1, "a child of other uids, gids, groups and capabilities than its parent"),
 }

@@ -53,6 +53,12 @@
  *               waitid(P_PIDFD) gives 9
  *   fownchild   a pipe with O_ASYNC whose signal owner (F_SETOWN, F_SETSIG SIGRTMIN+7)
  *               is the child: each write of the parent signals the child
+ *   pipeeof     the parent holds only the read end of a pipe, its child only the write
+ *               end (and writes "w" each round): after go the child exits, the parent
+ *               sees POLLHUP and EOF ("eof")
+ *   zombieleader (a subreaper) a child led its own process group, forked a grandchild
+ *               into it and exited: the group's leader a zombie (waitid WNOWAIT each round), the
+ *               grandchild still in that group; after go the zombie is reaped (4)
  *   uidchild    a child with uids 1000/1001/1002, gids 1003, groups {5} and a capability
  *               set of its own (kept with PR_SET_KEEPCAPS), the parent root */
 #include "common.h"
@@ -204,6 +210,16 @@ static int ptrace_check(void) {
 }
 
 static int nop_check(void) { return 0; }
+static int zleader_check(void) {
+    shared[13] = 1;
+    if (getpgrp() != (pid_t)shared[12]) { FAIL("zombieleader: group %d, not %ld", getpgrp(), shared[12]); return 1; }
+    return 0;
+}
+static int pipeeof_child(void) {
+    if (go()) _exit(0);
+    if (write(fd_b, "w", 1) != 1) { FAIL("pipeeof child: write: %s", strerror(errno)); return 1; }
+    return 0;
+}
 static void on_child_sig(int s) { (void)s; shared[20]++; }
 
 static int dupflock_child_check(void) {
@@ -292,6 +308,8 @@ static void setup_tree(void) {
     } else if (!strcmp(mode, "zombie")) {
         kid = fork();
         if (kid == 0) _exit(7);
+        siginfo_t si;
+        waitid(P_PID, kid, &si, WEXITED | WNOWAIT);  /* (a zombie now, not reaped) */
         report("other %d", kid);
         nap(50);
     } else if (!strcmp(mode, "subreaped")) {
@@ -339,6 +357,8 @@ static void setup_tree(void) {
         kid = fork();
         if (kid == 0) _exit(9);
         fd_a = syscall(SYS_pidfd_open, kid, 0);
+        siginfo_t si;
+        waitid(P_PID, kid, &si, WEXITED | WNOWAIT);  /* (a zombie now, not reaped) */
         if (fd_a < 0) FAIL("pidfd_open: %s", strerror(errno));
         report("other %d", kid);
         nap(50);
@@ -357,6 +377,32 @@ static void setup_tree(void) {
         while (!shared[21]) nap(5);
         if (fcntl(fd_a, F_SETOWN, kid) || fcntl(fd_a, F_SETSIG, SIGRTMIN + 7) ||
             fcntl(fd_a, F_SETFL, fcntl(fd_a, F_GETFL) | O_ASYNC | O_NONBLOCK)) FAIL("fown setup: %s", strerror(errno));
+    } else if (!strcmp(mode, "pipeeof")) {
+        int p[2];
+        if (pipe(p)) FAIL("pipe");
+        kid = fork();
+        if (kid == 0) {
+            close(p[0]);
+            fd_b = p[1];
+            child_rounds(pipeeof_child);
+        }
+        close(p[1]);
+        fd_a = p[0];
+        fcntl(fd_a, F_SETFL, O_NONBLOCK);
+    } else if (!strcmp(mode, "zombieleader")) {
+        prctl(PR_SET_CHILD_SUBREAPER, 1);  /* (the grandchild comes to it: in the tree) */
+        kid = fork();
+        if (kid == 0) {
+            setpgid(0, 0);
+            shared[12] = getpid();
+            pid_t g = fork();
+            if (g == 0) child_rounds(zleader_check);
+            while (!shared[13]) nap(5);
+            _exit(4);
+        }
+        report("other %d", kid);
+        siginfo_t si;
+        waitid(P_PID, kid, &si, WEXITED | WNOWAIT);  /* (a zombie now, not reaped) */
     } else if (!strcmp(mode, "uidchild")) {
         kid = fork();
         if (kid == 0) {
@@ -406,6 +452,17 @@ static int tree_check(long round) {
                                si.si_code != CLD_EXITED || si.si_status != 7)) {
             FAIL("zombie: pid %d code %d status %d", si.si_pid, si.si_code, si.si_status); bad = 1;
         }
+    } else if (!strcmp(mode, "zombieleader") && kid > 0) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (go()) {
+            int st;
+            if (waitpid(kid, &st, WNOHANG) != kid || !WIFEXITED(st) || WEXITSTATUS(st) != 4) { FAIL("zombie leader reaped: %#x", st); bad = 1; }
+            else report("reaped");
+            kid = -1;
+        } else if (waitid(P_PID, kid, &si, WEXITED | WNOHANG | WNOWAIT) || si.si_pid != kid || si.si_status != 4) {
+            FAIL("zombie leader: pid %d status %d", si.si_pid, si.si_status); bad = 1;
+        }
     } else if (!strcmp(mode, "subreaped")) {
         if (kid > 0 && go()) {
             int st;
@@ -415,6 +472,21 @@ static int tree_check(long round) {
             kid = -1;
         }
     } else if (!strcmp(mode, "sessions")) bad = sessions_check();
+    else if (!strcmp(mode, "pipeeof") && fd_a >= 0) {
+        char b[4096];
+        ssize_t n;
+        while ((n = read(fd_a, b, sizeof b)) > 0) {}
+        if (n == 0) {  /* EOF: the child is gone, and so is every other writer */
+            struct pollfd pf = {fd_a, POLLIN, 0};
+            if (!go() || poll(&pf, 1, 0) != 1 || !(pf.revents & POLLHUP)) { FAIL("pipeeof: EOF, revents %#x", pf.revents); bad = 1; }
+            else report("eof");
+            close(fd_a);
+            fd_a = -1;
+        } else if (go()) {
+            static int waited;
+            if (++waited > 30) { FAIL("pipeeof: no EOF 3 s after the child's exit: a writer left"); bad = 1; }
+        }
+    }
     else if (!strcmp(mode, "pidfdzombie") && fd_a >= 0) {
         struct pollfd pf = {fd_a, POLLIN, 0};
         if (poll(&pf, 1, 0) != 1 || !(pf.revents & POLLIN)) { FAIL("pidfd of the zombie: revents %#x", pf.revents); bad = 1; }
@@ -769,7 +841,7 @@ static int check_one(long round) {
 
 static int is_tree(void) {
     static const char *trees[] = {"shm3", "vfork", "ptracechild", "dupflock", "ofdposix", "zombie",
-                                  "subreaped", "sessions", "uidchild", "pidfdzombie", "fownchild",
+                                  "subreaped", "sessions", "uidchild", "pidfdzombie", "fownchild", "pipeeof", "zombieleader",
                                   NULL};
     for (int i = 0; trees[i]; i++) if (!strcmp(mode, trees[i])) return 1;
     return 0;
@@ -823,13 +895,17 @@ int main(int argc, char **argv) {
             for (;;) pause();
         }
         setup_tree();
-        if (kid > 0 && strcmp(mode, "subreaped") && strcmp(mode, "zombie") && strcmp(mode, "pidfdzombie"))
+        if (kid > 0 && strcmp(mode, "subreaped") && strcmp(mode, "zombie") && strcmp(mode, "pidfdzombie") &&
+            strcmp(mode, "zombieleader"))
             report("child %d", kid);
         if (kid2 > 0) report("child %d", kid2);
         report("ready %d", getpid());
+        int fast = !strcmp(mode, "zombieleader");  /* (looks for its zombie every 0.1 ms) */
         for (long round = 0;; round++) {
-            if (!tree_check(round)) report("ok %ld", round);
-            nap(100);
+            int bad = 0;
+            for (int i = 0; fast && i < 1000 && !bad; i++) { bad = tree_check(round); nap(0); }
+            if (!bad && !tree_check(round)) report("ok %ld", round);
+            nap(fast ? 0 : 100);
         }
     }
     setup_one();

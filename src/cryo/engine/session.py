@@ -717,9 +717,13 @@ class Restart:
         for d in D.DRIVERS:
             if d.started:
                 d.started(self)
-        for m in self.made.values():
+        # the zombies first, each dead before any live process runs: a parent let go
+        # first could look for its zombie (waitid WNOWAIT) while it still ran its exit
+        for m in sorted(self.made.values(), key=lambda m: m.ctx is not None):
             for t in ([m.tracee] if m.ctx is None else m.ctx.threads.values()):
                 t.detach()
+            if m.ctx is None:
+                tree.wait_dead(m.pid)
         self.result.pid = self.made[self.plan.tree["root"]].pid
         self.result.pids = {old: m.pid for old, m in self.made.items()}
         from cryo.image import trust

@@ -632,6 +632,18 @@ def _ids(m: Made, made: dict[int, Made], shell_job: bool, root: bool) -> None:
         m.ids_kept = parent is not None and parent.ids_kept and parent.rec["sid"] == rec["sid"]
 
 
+def wait_dead(pid: int, timeout: float = 5.0) -> None:
+    """Until the zombie-to-be ``pid``, let go, is a zombie (its exit takes microseconds:
+    the bound is for a host that does not run it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = _stat(pid)
+        if st is None or st.state in ("Z", "X"):
+            return
+        time.sleep(0.0005)
+    log.warning("process %d, let go to exit, is not a zombie yet", pid)
+
+
 def finish_zombie(m: Made, area: int) -> None:
     """Let a zombie-to-be go straight into exit_group (or a fatal signal) with the
     status its parent will collect."""
