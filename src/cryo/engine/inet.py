@@ -56,35 +56,55 @@ _I = 0  # an int option; any other size is raw bytes of that length
 OPTIONS: tuple[tuple[int, int, int], ...] = (
     *((N.SOL.SOCKET, o, _I) for o in (
         N.SO.REUSEADDR, N.SO.REUSEPORT, N.SO.KEEPALIVE, N.SO.BROADCAST, N.SO.OOBINLINE,
-        N.SO.PRIORITY, N.SO.RCVLOWAT, N.SO.MARK, N.SO.PASSCRED, N.SO.DONTROUTE,
-        N.SO.TIMESTAMP_OLD, N.SO.RXQ_OVFL, N.SO.PEEK_OFF, N.SO.SNDBUF, N.SO.RCVBUF)),
+        N.SO.RCVLOWAT, N.SO.MARK, N.SO.PASSCRED, N.SO.DONTROUTE,
+        N.SO.TIMESTAMP_OLD, N.SO.RXQ_OVFL, N.SO.PEEK_OFF, N.SO.SNDBUF, N.SO.RCVBUF,
+        N.SO.TIMESTAMPNS_OLD, N.SO.TIMESTAMPING_OLD, N.SO.WIFI_STATUS, N.SO.SELECT_ERR_QUEUE,
+        N.SO.BUSY_POLL, N.SO.MAX_PACING_RATE, N.SO.INCOMING_CPU, N.SO.ZEROCOPY,
+        N.SO.PREFER_BUSY_POLL, N.SO.TXREHASH, N.SO.RCVMARK, N.SO.PASSPIDFD, N.SO.PASSSEC,
+        N.SO.PASSRIGHTS)),
     (N.SOL.SOCKET, N.SO.LINGER, 8), (N.SOL.SOCKET, N.SO.RCVTIMEO_OLD, 16),
     (N.SOL.SOCKET, N.SO.SNDTIMEO_OLD, 16), (N.SOL.SOCKET, N.SO.BINDTODEVICE, 16),
 )  # fmt: skip
-IP_OPTIONS = tuple((N.SOL.IP, o, _I) for o in (
+IP_OPTIONS = (*((N.SOL.IP, o, _I) for o in (
     N.IP.TOS, N.IP.TTL, N.IP.FREEBIND, N.IP.TRANSPARENT, N.IP.RECVERR, N.IP.PKTINFO,
     N.IP.MTU_DISCOVER, N.IP.RECVTTL, N.IP.RECVTOS, N.IP.MULTICAST_TTL, N.IP.MULTICAST_LOOP,
-    N.IP.MULTICAST_ALL, N.IP.BIND_ADDRESS_NO_PORT))  # fmt: skip
+    N.IP.MULTICAST_ALL, N.IP.BIND_ADDRESS_NO_PORT, N.IP.RECVOPTS, N.IP.RETOPTS,
+    N.IP.PASSSEC, N.IP.RECVORIGDSTADDR, N.IP.MINTTL, N.IP.NODEFRAG, N.IP.CHECKSUM,
+    N.IP.RECVERR_RFC4884, N.IP.UNICAST_IF, N.IP.LOCAL_PORT_RANGE, N.IP.RECVFRAGSIZE)),
+    (N.SOL.IP, N.IP.OPTIONS, 40))  # fmt: skip
 IPV6_OPTIONS = tuple((N.SOL.IPV6, o, _I) for o in (
     N.IPV6.V6ONLY, N.IPV6.FREEBIND, N.IPV6.TCLASS, N.IPV6.UNICAST_HOPS,
     N.IPV6.MULTICAST_HOPS, N.IPV6.MULTICAST_LOOP, N.IPV6.RECVPKTINFO, N.IPV6.MTU_DISCOVER,
-    N.IPV6.RECVERR))  # fmt: skip
+    N.IPV6.RECVERR, N.IPV6.RECVERR_RFC4884, N.IPV6.FLOWINFO_SEND, N.IPV6.RECVHOPLIMIT,
+    N.IPV6.RECVHOPOPTS, N.IPV6.RECVRTHDR, N.IPV6.RECVDSTOPTS, N.IPV6.RECVPATHMTU,
+    N.IPV6.DONTFRAG, N.IPV6.RECVTCLASS, N.IPV6.AUTOFLOWLABEL, N.IPV6.ADDR_PREFERENCES,
+    N.IPV6.MINHOPCOUNT, N.IPV6.RECVORIGDSTADDR, N.IPV6.UNICAST_IF,
+    N.IPV6.MULTICAST_IF))  # fmt: skip
 TCP_OPTIONS = (
     *((N.SOL.TCP, o, _I) for o in (
         N.TCP.NODELAY, N.TCP.CORK, N.TCP.KEEPIDLE, N.TCP.KEEPINTVL, N.TCP.KEEPCNT,
         N.TCP.SYNCNT, N.TCP.LINGER2, N.TCP.DEFER_ACCEPT, N.TCP.WINDOW_CLAMP,
-        N.TCP.USER_TIMEOUT, N.TCP.FASTOPEN, N.TCP.NOTSENT_LOWAT, N.TCP.MAXSEG)),
+        N.TCP.USER_TIMEOUT, N.TCP.FASTOPEN, N.TCP.NOTSENT_LOWAT, N.TCP.MAXSEG,
+        N.TCP.THIN_LINEAR_TIMEOUTS, N.TCP.SAVE_SYN, N.TCP.FASTOPEN_CONNECT,
+        N.TCP.FASTOPEN_NO_COOKIE, N.TCP.INQ, N.TCP.TX_DELAY, N.TCP.RTO_MIN_US,
+        N.TCP.DELACK_MAX_US, N.TCP.QUICKACK)),
     (N.SOL.TCP, N.TCP.CONGESTION, 16),
 )  # fmt: skip
 RAW_OPTIONS = ((N.SOL.IP, N.IP.HDRINCL, _I),)
+UDP_OPTIONS = tuple((N.SOL.UDP, o, _I) for o in (
+    N.UDP.CORK, N.UDP.NO_CHECK6_TX, N.UDP.NO_CHECK6_RX, N.UDP.SEGMENT, N.UDP.GRO))
+# set last: IP_TOS sets the priority from the TOS (a program's own SO_PRIORITY set after
+# it would be overwritten)
+LAST_OPTIONS = ((N.SOL.SOCKET, N.SO.PRIORITY, _I),)
 MULTICAST = {(N.SOL.IP, N.IP.MULTICAST_TTL), (N.SOL.IP, N.IP.MULTICAST_LOOP),
              (N.SOL.IP, N.IP.MULTICAST_ALL), (N.SOL.IPV6, N.IPV6.MULTICAST_HOPS),
-             (N.SOL.IPV6, N.IPV6.MULTICAST_LOOP)}  # fmt: skip
+             (N.SOL.IPV6, N.IPV6.MULTICAST_LOOP), (N.SOL.IPV6, N.IPV6.MULTICAST_IF)}  # fmt: skip
 BUFFERS = {(N.SOL.SOCKET, N.SO.SNDBUF), (N.SOL.SOCKET, N.SO.RCVBUF)}
 # what a connection's state sets, not the program: restored by TCP_REPAIR (SO_REUSEADDR
-# is read before repair mode overwrites it, and set again when the connection leaves it)
+# is read before repair mode overwrites it, and set again when the connection leaves it;
+# TCP_FASTOPEN_CONNECT acts at connect() only, which repair mode's connect must not defer)
 CONNECTION_OWN = {(N.SOL.TCP, N.TCP.MAXSEG), (N.SOL.TCP, N.TCP.WINDOW_CLAMP),
-                  (N.SOL.SOCKET, N.SO.REUSEADDR)}  # fmt: skip
+                  (N.SOL.SOCKET, N.SO.REUSEADDR), (N.SOL.TCP, N.TCP.FASTOPEN_CONNECT)}  # fmt: skip
 # the half-closed states (CRIU's soccr): a FIN of ours in the send queue, first (we
 # closed first) or second; a FIN of the peer's in the receive queue, first or second
 SNDQ_FIRST_FIN = {ST.FIN_WAIT1, ST.FIN_WAIT2, ST.CLOSING}
@@ -176,7 +196,9 @@ def _options_for(ident: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...
         out = tuple(o for o in out if (o[0], o[1]) not in MULTICAST)
     if family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_TCP:
         out += TCP_OPTIONS
-    return out
+    elif family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_UDP:
+        out += UDP_OPTIONS
+    return out + LAST_OPTIONS
 
 
 def _read_options(s: socket.socket, opts: tuple[tuple[int, int, int], ...],
@@ -834,6 +856,8 @@ def _sockaddr(family: int, addr: list[Any]) -> Any:
 
 
 def set_option(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
+    if level == _SOL_TCP and opt == _TCP_MAXSEG and s.getsockopt(level, opt, 4) == raw:
+        return  # (what the socket's own state gives, as IP_OPTIONS do: not the program's)
     try:
         _setsockopt(s, level, opt, raw)
     except OSError as err:
@@ -844,7 +868,7 @@ def set_option(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
 def _option_names() -> dict[tuple[int, int], str]:
     out = {}
     for enum_, level in ((N.SO, N.SOL.SOCKET), (N.IP, N.SOL.IP), (N.IPV6, N.SOL.IPV6),
-                         (N.TCP, N.SOL.TCP)):  # fmt: skip
+                         (N.TCP, N.SOL.TCP), (N.UDP, N.SOL.UDP)):  # fmt: skip
         for member in enum_:
             out[(int(level), int(member))] = f"{enum_.__name__}_{member.name}"
     return out

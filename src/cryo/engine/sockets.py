@@ -66,6 +66,8 @@ TCP_ESTABLISHED, TCP_LISTEN = 1, 10
 SO_PEEK_OFF = 42
 SO_PEERGROUPS, SO_PEERPIDFD = 59, 77
 SO_PASSCRED, SO_PASSPIDFD = 16, 76  # set last at restart: a message queued then gets none
+SO_PASSRIGHTS = 83  # (set last too: off, the queue's messages carrying fds could not be sent)
+LAST_OPTS = (SO_PASSCRED, SO_PASSPIDFD, SO_PASSRIGHTS)
 MAX_MESSAGES = 1 << 20
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
          socket.SOCK_SEQPACKET: "seqpacket"}  # fmt: skip
@@ -661,7 +663,7 @@ _last_opts: list[tuple[socket.socket, int, int, bytes]] = []
 
 def _options(s: socket.socket, d: dict[str, Any] | None) -> None:
     for level, opt, raw in (d or {}).get("opts", []):
-        if level == socket.SOL_SOCKET and opt in (SO_PASSCRED, SO_PASSPIDFD):
+        if level == socket.SOL_SOCKET and opt in LAST_OPTS:
             _last_opts.append((socket.socket(fileno=os.dup(s.fileno())), level, opt, raw))
             continue
         with contextlib.suppress(OSError):

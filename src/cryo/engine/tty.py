@@ -56,6 +56,8 @@ TIOCPKT, TIOCGPKT = 0x5420, 0x80045438
 TIOCGPTN, TIOCSPTLCK, TIOCGPTLCK = 0x80045430, 0x40045431, 0x80045439
 TIOCGPTPEER = 0x5441
 TIOCEXCL, TIOCGEXCL = 0x540C, 0x80045440
+TIOCSETD, TIOCGETD = 0x5423, 0x5424
+N_TTY, N_NULL = 0, 27  # line disciplines: N_NULL holds nothing (it drops what comes)
 TERMIOS_SIZE, WINSIZE_SIZE = 60, 8
 PTS_MAJORS = range(136, 144)
 DEV_TTY = os.makedev(5, 0)
@@ -102,7 +104,17 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
         d: dict[str, Any] = {"index": _int(mine, TIOCGPTN), "master": True,
                              "packet": _int(mine, TIOCGPKT), "locked": _int(mine, TIOCGPTLCK)}
         peer = fcntl.ioctl(mine, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        ldisc = _int(peer, TIOCGETD)
         try:
+            if ldisc != N_TTY:
+                if ldisc != N_NULL:  # (PPP, SLIP, GSM...: a network device or a modem's)
+                    raise Unsupported(f"fd {fd}: pty {d['index']}'s slave has line"
+                                      f" discipline {ldisc}, which cryo does not restore",
+                                      pid=pid, resource=f"fd {fd}")  # fmt: skip
+                # under N_NULL termios cannot be read (TCGETS is the line discipline's):
+                # N_TTY for the moment of the reading (N_NULL held nothing to lose)
+                d["ldisc"] = ldisc
+                fcntl.ioctl(peer, TIOCSETD, struct.pack("i", N_TTY))
             d["termios"] = fcntl.ioctl(peer, TCGETS, b"\0" * TERMIOS_SIZE)
             d["winsize"] = fcntl.ioctl(peer, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
             if _int(peer, TIOCGEXCL):  # the slave in exclusive mode (TIOCEXCL)
@@ -110,6 +122,8 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
             d["to_slave"], d["to_master"] = _take_queues(mine, peer, d["termios"],
                                                           bool(d["packet"]))  # fmt: skip
         finally:
+            if ldisc == N_NULL:
+                fcntl.ioctl(peer, TIOCSETD, struct.pack("i", N_NULL))
             os.close(peer)
     finally:
         os.close(mine)
@@ -309,6 +323,8 @@ def _master(index: int) -> tuple[int, int]:
         _refill(fd, peer, d["termios"], d.get("to_slave", b""), d.get("to_master", b""))
         if d.get("excl"):  # (cryo, with CAP_SYS_ADMIN, still opens the slaves after it)
             fcntl.ioctl(peer, TIOCEXCL)
+        if d.get("ldisc"):
+            fcntl.ioctl(peer, TIOCSETD, struct.pack("i", d["ldisc"]))
     finally:
         os.close(peer)
     if d.get("packet"):

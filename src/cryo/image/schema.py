@@ -713,6 +713,8 @@ DESC = Struct((
     F("locked", Int(0, 1), "pty master: TIOCSPTLCK", required=False),
     F("excl", Int(1, 1), "pty master: its slave in exclusive mode (TIOCEXCL)",
       required=False),
+    F("ldisc", Int(27, 27), "pty master: its slave's line discipline (TIOCSETD) when not"
+      " N_TTY: N_NULL", required=False),
     F("termios", Bytes(max=256), "pty master: the slave's struct termios; stdio, ctty: the"
       " job's terminal's", required=False),
     F("winsize", Bytes(8), "pty master, stdio, ctty: struct winsize", required=False),

@@ -41,6 +41,7 @@ class TCP(IntEnumBase):
     INFO = 11
     QUICKACK = 12
     CONGESTION = 13
+    THIN_LINEAR_TIMEOUTS = 16
     USER_TIMEOUT = 18
     REPAIR = 19
     REPAIR_QUEUE = 20
@@ -49,7 +50,14 @@ class TCP(IntEnumBase):
     FASTOPEN = 23
     TIMESTAMP = 24
     NOTSENT_LOWAT = 25
+    SAVE_SYN = 27
     REPAIR_WINDOW = 29
+    FASTOPEN_CONNECT = 30
+    FASTOPEN_NO_COOKIE = 34
+    INQ = 36
+    TX_DELAY = 37
+    RTO_MIN_US = 45
+    DELACK_MAX_US = 46
 
 
 @fast_enum(enum.IntEnum)
@@ -143,15 +151,28 @@ class SO(IntEnumBase):
     SNDTIMEO_OLD = 21
     BINDTODEVICE = 25
     TIMESTAMP_OLD = 29
+    TIMESTAMPNS_OLD = 35
     ACCEPTCONN = 30
     SNDBUFFORCE = 32
     RCVBUFFORCE = 33
     PASSSEC = 34
     MARK = 36
+    TIMESTAMPING_OLD = 37
     PROTOCOL = 38
     DOMAIN = 39
     RXQ_OVFL = 40
+    WIFI_STATUS = 41
     PEEK_OFF = 42
+    SELECT_ERR_QUEUE = 45
+    BUSY_POLL = 46
+    MAX_PACING_RATE = 47
+    INCOMING_CPU = 49
+    ZEROCOPY = 60
+    PREFER_BUSY_POLL = 69
+    TXREHASH = 74
+    RCVMARK = 75
+    PASSPIDFD = 76
+    PASSRIGHTS = 83
 
 
 @fast_enum(enum.IntEnum)
@@ -163,18 +184,39 @@ class IP(IntEnumBase):
     HDRINCL = 3
     OPTIONS = 4
     RECVOPTS = 6
+    RETOPTS = 7
     PKTINFO = 8
     MTU_DISCOVER = 10
     RECVERR = 11
     RECVTTL = 12
     RECVTOS = 13
     FREEBIND = 15
+    PASSSEC = 18
     TRANSPARENT = 19
+    RECVORIGDSTADDR = 20
+    MINTTL = 21
+    NODEFRAG = 22
+    CHECKSUM = 23
     BIND_ADDRESS_NO_PORT = 24
+    RECVFRAGSIZE = 25
+    RECVERR_RFC4884 = 26
     MULTICAST_IF = 32
     MULTICAST_TTL = 33
     MULTICAST_LOOP = 34
     MULTICAST_ALL = 49
+    UNICAST_IF = 50
+    LOCAL_PORT_RANGE = 51
+
+
+@fast_enum(enum.IntEnum)
+class UDP(IntEnumBase):
+    """IPPROTO_UDP options (include/uapi/linux/udp.h)."""
+
+    CORK = 1
+    NO_CHECK6_TX = 101
+    NO_CHECK6_RX = 102
+    SEGMENT = 103
+    GRO = 104
 
 
 @fast_enum(enum.IntEnum)
@@ -188,8 +230,22 @@ class IPV6(IntEnumBase):
     MTU_DISCOVER = 23
     RECVERR = 25
     V6ONLY = 26
+    RECVERR_RFC4884 = 31
+    FLOWINFO_SEND = 33
     RECVPKTINFO = 49
+    RECVHOPLIMIT = 51
+    RECVHOPOPTS = 53
+    RECVRTHDR = 56
+    RECVDSTOPTS = 58
+    RECVPATHMTU = 60
+    DONTFRAG = 62
+    RECVTCLASS = 66
     TCLASS = 67
+    AUTOFLOWLABEL = 70
+    ADDR_PREFERENCES = 72
+    MINHOPCOUNT = 73
+    RECVORIGDSTADDR = 74
+    UNICAST_IF = 76
     FREEBIND = 78
 
 

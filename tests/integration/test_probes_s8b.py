@@ -1,0 +1,54 @@
+"""Sockets and terminals probed in session 8 by h7 (issue 9, docs/state-coverage.md:
+"Found by probing, session 8 (h7)"): victims/probes8b.c sets one piece of state per
+mode, is checkpointed, killed and restarted, and checks itself every round ("ok N" or
+"FAIL what"); after go it does its last step ("done")."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Procs, Victim
+from tests.integration.test_procstate import cycle
+
+pytestmark = pytest.mark.timeout(120)
+VICTIMS = Path(__file__).resolve().parent.parent / "victims"
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("probes8b") / "probes8b"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out),
+                    str(VICTIMS / "probes8b.c"), "-lrt", "-lpthread"], check=True)  # fmt: skip
+    return str(out)
+
+
+def _spawn(procs: Procs, exe: str, tmp_path: Path, mode: str) -> Victim:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([exe, str(out), mode, str(tmp_path)], out)
+    v.wait_line("ready")
+    v.wait_ok_after(1)
+    return v
+
+
+MODES = {
+    "inetopts": "TCP, UDP, UDPv6 socket options a fresh socket does not have",
+    "unixopts": "unix stream and datagram sockets' options, the program's own SO_PEEK_OFF",
+    "ptyldisc": "a pty slave with line discipline N_NULL, its raw mode and window size",
+    "ptyhup": "a pty master whose slave is closed: POLLHUP, EIO",
+}
+LAST = {"unixopts", "ptyldisc"}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> None:
+    """Each mode's state (MODES) is the same after the restart, checked by the process."""
+    v = _spawn(procs, exe, tmp_path, mode)
+    v = cycle(procs, v, tmp_path / "img")
+    (tmp_path / "go").touch()
+    if mode in LAST:
+        v.wait_for(lambda _: "done" in v.lines() or bool(v.fails()))
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
