@@ -53,7 +53,7 @@ from cryo.engine.ptrace import Tracee
 from cryo.errors import CryoError, InternalError, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import ERESTART, MAP, MREMAP, PROT, PTRACE, PTRACE_O, SYS
+from cryo.linux.consts import ERESTART, MAP, MREMAP, PROT, PTRACE, PTRACE_EVENT, PTRACE_O, SYS
 
 log = logging.getLogger(__name__)
 _SYSCALL_IN_VDSO = re.compile(rb"\xb8[\x00-\xff]{2}\x00\x00\x0f\x05", re.DOTALL)
@@ -86,6 +86,7 @@ _NEVER_STOP_WITH = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT, signal.SIGTS
 _PKEY_MPROTECT = 329
 _MAPPING_CALLS = {SYS.munmap, SYS.mremap, SYS.mprotect, SYS.mmap, SYS.madvise, _PKEY_MPROTECT}
 _FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
+_FORK_EVENTS = (PTRACE_EVENT.FORK, PTRACE_EVENT.VFORK, PTRACE_EVENT.CLONE)
 STATS = {"batches": 0, "batched_calls": 0, "single_calls": 0}
 
 
@@ -204,6 +205,7 @@ class Injector:
         self._routine: int | None = None  # the region's address, 0: none, None: not known
         self._routine_of = (0, 0)  # the scratch (address, size) it was looked for in
         self._ignored: list[int] = []  # signals the process ignores, in order of choice
+        self.born: int | None = None  # the pid (ours) of the last child a batch forked
         # batching off: CRYO_NO_BATCH=1 (benchmarks compare the two in one run)
         self.batching = os.environ.get("CRYO_NO_BATCH", "") in ("", "0")
 
@@ -495,6 +497,10 @@ class Injector:
                     raise InternalError(f"cryo's batch routine faulted in {self.t.tid}"
                                         f" (signal {got} at {rip:#x})")  # fmt: skip
                 self.t.defer(got)
+            elif event in _FORK_EVENTS:  # a clone3 of the batch: its child's pid, as we see it
+                msg = ctypes.c_ulong()
+                libc.ptrace(PTRACE.GETEVENTMSG, self.t.tid, 0, msg)
+                self.born = msg.value
             libc.ptrace(PTRACE.CONT, self.t.tid, 0, 0)
 
     # -- scratch memory ----------------------------------------------------

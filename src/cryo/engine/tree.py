@@ -592,10 +592,13 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
             if reuse:
                 args.set_tid = frame.put(struct.pack("<i", p["nspid"]))
                 args.set_tid_size = 1
-            known = set(children(parent.pid))
+            pinj.born = None
             pinj(SYS.clone3, frame.put(bytes(args)), len(bytes(args)),
                  what=f" clone3 for {old}")  # fmt: skip
-            child = new_child(parent.pid, known)
+            # (its fork event said which; else the one child of it not made before: a
+            # restored parent, stopped, forks no other)
+            child = pinj.born if pinj.born is not None else \
+                new_child(parent.pid, {x.pid for x in made.values()})  # fmt: skip
             t = Tracee(child)
             t.attached = True  # traced from birth (PTRACE_O_TRACEFORK)
             t.wait_stop()
