@@ -77,8 +77,8 @@ SINGLE = {
 
 # after go, the line each of these writes once its last step is right
 LAST_STEP = {"inotifyflags": "oneshot", "widowpipe": "eof", "zombie": "reaped",
-             "subreaped": "reaped", "vfork": "vforkdone", "pidfdzombie": "reaped", "pipeeof": "eof", "zombieleader": "reaped",
-             "rtorder": "rtdone"}
+             "subreaped": "reaped", "vfork": "vforkdone", "pidfdzombie": "reaped",
+             "pipeeof": "eof", "zombieleader": "reaped", "rtorder": "rtdone"}
 
 
 @pytest.mark.parametrize("mode", sorted(SINGLE))
@@ -127,6 +127,7 @@ TREE = {
     "pipeeof": (1, "a pipe read by the parent, written by its child: EOF and POLLHUP once"
                    " the child exits after the restart"),
     "zombieleader": (1, "a process group whose leader is a zombie, its member a grandchild"),
+    "sigchld": (0, "a SIGCHLD handler that ran once for a zombie child runs no more"),
     "fownchild": (1, "a pipe whose O_ASYNC signal owner (F_SETOWN, F_SETSIG) is the child"),
     "uidchild": (1, "a child of other uids, gids, groups and capabilities than its parent"),
 }

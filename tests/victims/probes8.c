@@ -59,6 +59,8 @@
  *   zombieleader (a subreaper) a child led its own process group, forked a grandchild
  *               into it and exited: the group's leader a zombie (waitid WNOWAIT each round), the
  *               grandchild still in that group; after go the zombie is reaped (4)
+ *   sigchld     a SIGCHLD handler counting its calls; a child that exited (a zombie, not
+ *               reaped): the count stays 1 ("sigchld N" each round it changes)
  *   uidchild    a child with uids 1000/1001/1002, gids 1003, groups {5} and a capability
  *               set of its own (kept with PR_SET_KEEPCAPS), the parent root */
 #include "common.h"
@@ -210,6 +212,8 @@ static int ptrace_check(void) {
 }
 
 static int nop_check(void) { return 0; }
+static volatile sig_atomic_t chlds;
+static void on_chld(int s) { (void)s; chlds++; }
 static int zleader_check(void) {
     shared[13] = 1;
     if (getpgrp() != (pid_t)shared[12]) { FAIL("zombieleader: group %d, not %ld", getpgrp(), shared[12]); return 1; }
@@ -389,7 +393,7 @@ static void setup_tree(void) {
         close(p[1]);
         fd_a = p[0];
         fcntl(fd_a, F_SETFL, O_NONBLOCK);
-    } else if (!strcmp(mode, "zombieleader")) {
+    } else if (!strcmp(mode, "zombieleader") && strcmp(mode, "sigchld")) {
         prctl(PR_SET_CHILD_SUBREAPER, 1);  /* (the grandchild comes to it: in the tree) */
         kid = fork();
         if (kid == 0) {
@@ -403,6 +407,17 @@ static void setup_tree(void) {
         report("other %d", kid);
         siginfo_t si;
         waitid(P_PID, kid, &si, WEXITED | WNOWAIT);  /* (a zombie now, not reaped) */
+    } else if (!strcmp(mode, "sigchld")) {
+        struct sigaction sa = {0};
+        sa.sa_handler = on_chld;
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGCHLD, &sa, NULL);
+        kid = fork();
+        if (kid == 0) _exit(3);
+        siginfo_t si;
+        waitid(P_PID, kid, &si, WEXITED | WNOWAIT);  /* (a zombie now, not reaped) */
+        while (!chlds) nap(5);
+        report("other %d", kid);
     } else if (!strcmp(mode, "uidchild")) {
         kid = fork();
         if (kid == 0) {
@@ -463,6 +478,8 @@ static int tree_check(long round) {
         } else if (waitid(P_PID, kid, &si, WEXITED | WNOHANG | WNOWAIT) || si.si_pid != kid || si.si_status != 4) {
             FAIL("zombie leader: pid %d status %d", si.si_pid, si.si_status); bad = 1;
         }
+    } else if (!strcmp(mode, "sigchld")) {
+        if (chlds != 1) { FAIL("sigchld: the handler ran %d times for one child", (int)chlds); bad = 1; }
     } else if (!strcmp(mode, "subreaped")) {
         if (kid > 0 && go()) {
             int st;
@@ -841,7 +858,7 @@ static int check_one(long round) {
 
 static int is_tree(void) {
     static const char *trees[] = {"shm3", "vfork", "ptracechild", "dupflock", "ofdposix", "zombie",
-                                  "subreaped", "sessions", "uidchild", "pidfdzombie", "fownchild", "pipeeof", "zombieleader",
+                                  "subreaped", "sessions", "uidchild", "pidfdzombie", "fownchild", "pipeeof", "zombieleader", "sigchld",
                                   NULL};
     for (int i = 0; trees[i]; i++) if (!strcmp(mode, trees[i])) return 1;
     return 0;
@@ -896,7 +913,7 @@ int main(int argc, char **argv) {
         }
         setup_tree();
         if (kid > 0 && strcmp(mode, "subreaped") && strcmp(mode, "zombie") && strcmp(mode, "pidfdzombie") &&
-            strcmp(mode, "zombieleader"))
+            strcmp(mode, "zombieleader") && strcmp(mode, "sigchld"))
             report("child %d", kid);
         if (kid2 > 0) report("child %d", kid2);
         report("ready %d", getpid());

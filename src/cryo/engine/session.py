@@ -44,6 +44,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -534,6 +535,13 @@ class RestoreResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _shared_pending(pid: int) -> int:
+    try:
+        return int(procfs.parse_status(procfs.read(pid, "status")).get("ShdPnd", "0"), 16)
+    except CryoError:
+        return 0
+
+
 class Restart:
     """One restart, phase by phase; the processes are our children and tracees until
     :meth:`let_go` (PTRACE_O_EXITKILL: if we die, so does everything half-built)."""
@@ -706,12 +714,47 @@ class Restart:
         verify_rest = getattr(self.image, "verify_rest", None)
         if verify_rest is not None:  # every page block checked before anything runs
             verify_rest()
-        for old, m in self.made.items():
+        self._zombies_die()
+        for m in self.made.values():
             if m.ctx is not None:  # the last injected call unmaps the restorer
                 m.inj(SYS.munmap, self.area, tree.RESTORER_SIZE)
                 self._stages(m.ctx, D.FINISH_STAGES)
-            elif old not in self.plan.procs:
+
+    def _zombies_die(self) -> None:
+        """The zombies exit now, each a zombie before any live process runs (a parent
+        let go first looked for its zombie, waitid WNOWAIT, while it still ran its
+        exit).  The signal each sends its restored parent (its exit signal, SIGCHLD;
+        blocked there still, as every signal is until the "regs" stage) is not the
+        image's: the parent's handler ran for that child before the checkpoint.  It is
+        taken back (rt_sigtimedwait in the parent) unless that signal was pending in the
+        image (a standard signal is pending once: the same)."""
+        sent: dict[int, int] = {}  # parent's old pid -> the exit signals of its zombies
+        for old, m in self.made.items():
+            if m.ctx is None and old not in self.plan.procs:
                 tree.finish_zombie(m, self.area)
+                m.tracee.detach()
+                tree.wait_dead(m.pid)
+                sig = int(m.rec.get("exit_signal", signal.SIGCHLD))
+                if 0 < sig < 32:
+                    sent[m.rec["ppid"]] = sent.get(m.rec["ppid"], 0) | 1 << (sig - 1)
+        for old, signals in sent.items():
+            p, mask = self.made.get(old), signals
+            if p is None or p.ctx is None:
+                continue
+            rec = p.ctx.records[R.SIGS]
+            for info in [*rec["pending_shared"], *(i for t in p.ctx.thread_records
+                                                   for i in t["pending"])]:  # fmt: skip
+                mask &= ~(1 << (struct.unpack_from("<i", info)[0] - 1))
+            if not mask:
+                continue
+            deadline = time.monotonic() + 1.0  # (its exit is seen before its signal is sent)
+            while _shared_pending(p.pid) & mask != mask and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            for sig in range(1, 32):
+                if mask & 1 << (sig - 1):
+                    f = p.inj.frame()  # (one buffer each: the set, a zero timeout)
+                    one = (1 << (sig - 1)).to_bytes(8, "little")
+                    p.inj.raw(SYS.rt_sigtimedwait, f.put(one), 0, f.put(bytes(16)), 8)
 
     def let_go(self) -> RestoreResult:
         for d in D.DRIVERS:
