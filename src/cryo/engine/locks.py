@@ -36,12 +36,12 @@ import fcntl
 import logging
 import os
 import struct
-import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from cryo.engine import ghosts
-from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.context import DumpContext, RestoreContext, background
 from cryo.engine.inject import Injector
 from cryo.errors import CryoError, Unsupported
 from cryo.image import records as R
@@ -278,26 +278,18 @@ def read_table_early(ctx: DumpContext) -> None:
     cannot change for their locks before check_shared reads the result."""
     if "locks" in ctx.shared.early:
         return
-    box: list[bytes | BaseException] = []
 
-    def read() -> None:
-        try:
-            with open("/proc/locks", "rb") as f:
-                box.append(f.read())
-        except BaseException as err:  # (raised where the table is used)
-            box.append(err)
+    def read() -> bytes:
+        with open("/proc/locks", "rb") as f:
+            return f.read()
 
-    th = threading.Thread(target=read, name="cryo-proc-locks", daemon=True)
-    th.start()
-    ctx.shared.early["locks"] = (th, box)
+    ctx.shared.early["locks"] = background(read)
 
 
-def _proc_locks(early: tuple[threading.Thread, list[bytes | BaseException]] | None) -> bytes:
+def _proc_locks(early: Future[bytes] | None) -> bytes:
     if early is not None:
-        th, box = early
-        th.join()
-        if box and isinstance(box[0], bytes):
-            return box[0]
+        with contextlib.suppress(Exception):
+            return early.result()
     with open("/proc/locks", "rb") as f:  # (no early read, or it failed: once more)
         return f.read()
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import threading
 from typing import Any
 
 from cryo.engine import registers, signals, task, tree
-from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.context import DumpContext, RestoreContext, background
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
 from cryo.errors import CryoError, Unsupported
@@ -67,9 +66,8 @@ def scan_tracees(ctx: DumpContext) -> None:
     thread while the freeze goes on (2-3 ms for 120 processes), for :func:`check_tracers`."""
     if ctx.shared is None or "tracees" in ctx.shared.early:
         return
-    box: list[list[tuple[int, int]]] = []
 
-    def scan() -> None:
+    def scan() -> list[tuple[int, int]]:
         # (os.open and one os.read, not open(): a file object per process was a third
         # of the scan's CPU, 2.4 -> 1.6 ms for 105 processes; TracerPid is in the first
         # few hundred bytes, and the kernel makes the whole file at the first read)
@@ -91,11 +89,9 @@ def scan_tracees(ctx: DumpContext) -> None:
             tracer = int(s[at + 11 : s.index(b"\n", at)]) if at >= 0 else 0
             if tracer:
                 found.append((int(d), tracer))
-        box.append(found)
+        return found
 
-    th = threading.Thread(target=scan, name="cryo-tracees", daemon=True)
-    th.start()
-    ctx.shared.early["tracees"] = (th, box)
+    ctx.shared.early["tracees"] = background(scan)
 
 
 def check_tracers(session: Any) -> None:
@@ -105,12 +101,11 @@ def check_tracers(session: Any) -> None:
     0).  A tracee inside the checkpoint cannot be seized by cryo and fails earlier, exit
     4.  Only tracees' leaders are read: a tracer of another process's non-leader thread
     alone is not seen."""
-    th, box = session.shared.early.pop("tracees", (None, []))
-    if th is None:
+    scan = session.shared.early.pop("tracees", None)
+    if scan is None:
         return
-    th.join()
     owner = {tid: p.pid for p in session.procs.values() for tid in p.threads}
-    for tracee, tracer in box[0] if box else []:
+    for tracee, tracer in scan.result():
         if tracer in owner and tracee not in owner:
             pid = owner[tracer]
             raise Unsupported(f"process {pid} traces process {tracee} (ptrace, thread"
