@@ -15,7 +15,9 @@ sides), cryo's frozen time, its peak RSS (the largest of the command and its wor
 wait4's ru_maxrss) and how much the page cache grew.  ``--criu PATH`` adds a CRIU
 column: ``criu dump -t PID -D DIR --shell-job`` and ``criu restore -D DIR --shell-job
 -d`` on the same workloads.  ``--quick``: one round, 256 and 512 MiB instead of 1 and
-4 GiB, 4 children of 16 MiB.
+4 GiB, 4 children of 16 MiB.  ``--recycle``: before each restart, warm or cold, as much
+anonymous memory as the workload holds is touched and freed, so that both get memory
+freed a moment before (this VM is slow to touch memory left free a while: recycle()).
 
 Run as root on a quiet machine:  python bench/peers.py [--criu /path/to/criu]
 It drops the page cache of the whole machine many times.
@@ -213,8 +215,25 @@ def gone(pids: list[int]) -> None:
     kill_all(pids)
 
 
-def one_round(tool: Tool, w: Workload, work: Path, fig: Figures) -> None:
-    """Checkpoint warm, restart warm and cold from that image; a checkpoint cold."""
+def recycle(mib: int) -> None:
+    """Touch and free ``mib`` MiB of anonymous memory (MADV_POPULATE_WRITE), so that the
+    next allocations get memory freed a moment before.  On this VM, memory left free
+    for a second or more is two to three times slower to touch again than memory freed
+    just now (4 GiB: 3.5-7 s against 2.0 s, docs/design.md), so a restart right after
+    its program was killed (cold, here: after the warm restart's) gets faster memory
+    than one after the image was read into the cache (warm): ``--recycle`` gives both
+    the same start."""
+    # in a process of its own: a child's ru_maxrss starts from its parent's peak (the
+    # commands' peak RSS would read as the memory recycled here)
+    subprocess.run([sys.executable, "-S", "-c", "import mmap, sys\n"
+                    "m = mmap.mmap(-1, int(sys.argv[1]) << 20, flags=mmap.MAP_PRIVATE"
+                    " | mmap.MAP_ANONYMOUS)\nm.madvise(getattr(mmap, 'MADV_POPULATE_WRITE', 23))",
+                    str(mib)], check=True, close_fds=True)  # fmt: skip
+
+
+def one_round(tool: Tool, w: Workload, work: Path, fig: Figures, same: bool = False) -> None:
+    """Checkpoint warm, restart warm and cold from that image; a checkpoint cold.
+    ``same``: memory of the workload's size recycled before each restart."""
     for cold in (False, True):
         out = work / f"{w.name}-{tool.name}-{int(cold)}.txt"
         with contextlib.suppress(FileNotFoundError):
@@ -242,6 +261,8 @@ def one_round(tool: Tool, w: Workload, work: Path, fig: Figures) -> None:
                 drop_caches()
             else:
                 read_all(img)
+            if same:
+                recycle(w.mib)
             seen = ticks(out)
             rr, pid = tool.restore(img)
             try:
@@ -334,6 +355,9 @@ def main() -> None:
                     help="one round of small workloads (shows the benchmark works)")
     ap.add_argument("--only", metavar="NAME", help="only workloads whose name has NAME")
     ap.add_argument("--dir", default=None, help="where images go (default: a temp dir)")
+    ap.add_argument("--recycle", action="store_true",
+                    help="touch and free the workload's size of memory before each restart"
+                         " (warm and cold then start alike: see recycle())")
     ap.add_argument("--module", action="store_true",
                     help="run cryo as python -m cryo (default: as bin/cryo starts itself)")
     args = ap.parse_args()
@@ -342,6 +366,8 @@ def main() -> None:
     if args.module:
         CRYO[:] = [sys.executable, "-m", "cryo"]
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+    # killed by a timeout: the finally blocks still kill the programs it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rounds = 1 if args.quick else args.rounds
     work = Path(tempfile.mkdtemp(prefix="cryo-peers-", dir=args.dir))
     tools: list[Tool] = [Cryo()]
@@ -363,12 +389,13 @@ def main() -> None:
             print("warning: PYTHONDONTWRITEBYTECODE is set: each command compiles cryo"
                   " from source (set PYTHONPYCACHEPREFIX and unset it for real figures)")
         print(f"peers: {rounds} round(s), medians; cryo {' '.join(CRYO)};"
-              f" criu {args.criu or '(not given)'}; load {os.getloadavg()[0]:.2f}")
+              f" criu {args.criu or '(not given)'}; load {os.getloadavg()[0]:.2f}"
+              f"{'; memory recycled before each restart' if args.recycle else ''}")
         for w in workloads:
             fig = Figures()
             for _ in range(rounds):
                 for tool in tools:
-                    one_round(tool, w, work, fig)
+                    one_round(tool, w, work, fig, args.recycle)
                 copy_bound(work, w.mib, fig)
             report(w, fig, tools)
         print(f"\nload at the end {os.getloadavg()[0]:.2f} (a busy machine makes every"
