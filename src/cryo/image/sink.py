@@ -108,6 +108,16 @@ def side_record(name: str, size: int, digest: bytes) -> dict[str, Any]:
     return {"name": name, "size": size, "digest": digest}
 
 
+# Page data written through the page cache goes in writes of this size: the kernel sizes
+# the page cache's folios by the write (ext4's large folios), and on this VM, whose free
+# memory of 2 MiB blocks and more goes back to its host after a few seconds (free page
+# reporting, order 9), large folios come from that memory and their first touch is a
+# host fault each: 1 GiB written by dd after 8 s idle took 9.3-10 s in writes of 4 or 64
+# MiB, 5.1 s of 1 MiB, 1.1-1.6 s of 16-256 KiB (docs/design.md, "Where a checkpoint's
+# time goes")
+CACHED_WRITE = 256 << 10
+
+
 class ImageWriter:
     """A directory being written: ``core.img`` (sealed with this host's key), ``pages.img``
     (header page; page data written with O_DIRECT when asked and possible) and side
@@ -160,6 +170,19 @@ class ImageWriter:
         """Write ``iov`` at ``pos`` of pages.img (O_DIRECT if open and the filesystem
         takes it, else through the page cache, starting its writeback at once)."""
         first = pos
+        if self._direct_fd < 0:  # (the page cache: in small writes, see CACHED_WRITE)
+            for view in iov:
+                for off in range(0, len(view), CACHED_WRITE):
+                    part = view[off : off + CACHED_WRITE]
+                    done = 0
+                    while done < len(part):
+                        n = os.pwrite(self._pages_fd, part[done:], pos + done)
+                        if n <= 0:
+                            raise OSError(errno.EIO, "short write to pages.img")
+                        done += n
+                    pos += len(part)
+            libc.sync_file_range(self._pages_fd, first, pos - first)
+            return
         for i in range(0, len(iov), libc.IOV_MAX):
             chunk = iov[i : i + libc.IOV_MAX]
             want = sum(len(c) for c in chunk)
