@@ -276,3 +276,21 @@ def test_fifo_kept_open_by_a_writer_outside(procs: Procs, exe: str, tmp_path: Pa
         assert [x for x in v.lines() if x.startswith("fifo ")] == ["fifo abcXY"]
     finally:
         os.close(w)
+
+
+@pytest.mark.xfail(strict=True, reason="cryo's own open and read of a privately mapped file"
+                   " (the hash of its bytes, engine/changed.py) queue IN_OPEN, IN_ACCESS and"
+                   " IN_CLOSE_NOWRITE on the process's watch: the running process sees them,"
+                   " and the checkpoint refuses its events not yet read (exit 9)")
+def test_no_inotify_event_from_cryo_itself(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A file the process holds open and maps privately, watched by its own inotify:
+    neither a checkpoint that lets it run nor a restart may make events on it (cryo
+    opens and reads such files: the mapped bytes' hash, the reopen).  Broken: see the
+    mark; without the mapping no event comes."""
+    v = _spawn(procs, exe, tmp_path, "inotifyquiet")
+    checkpoint(v.pid, str(tmp_path / "img0"))
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+    v = cycle(procs, v, tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()

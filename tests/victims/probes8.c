@@ -25,6 +25,9 @@
  *               each round no POLLHUP (a writer is there); what it writes is read
  *   fifoin      argv[3]/fifo opened for reading (O_NONBLOCK); once go exists, what is
  *               in it is read and reported ("fifo BYTES"), each round after
+ *   inotifyquiet a file open read-write and mapped privately, watched (IN_OPEN, IN_ACCESS,
+ *               IN_MODIFY, IN_ATTRIB, IN_CLOSE_*) by an inotify of the process: no one
+ *               else touches it, so no event may come ("events N" where one does)
  *   epollflags  epoll watches with EPOLLRDHUP | EPOLLPRI | EPOLLWAKEUP and EPOLLOUT:
  *               fdinfo events of each
  *   rtorder     SIGRTMIN+2 blocked, queued with values 1, 2, 3 to the process and 4, 5
@@ -714,6 +717,15 @@ static void setup_one(void) {
         if (write(q[1], "abc", 3) != 3) FAIL("write");
         close(q[1]);
         fd_b = q[0];
+    } else if (!strcmp(mode, "inotifyquiet")) {
+        snprintf(path_a, sizeof path_a, "%s/quiet", dir);
+        fd_a = open(path_a, O_RDWR | O_CREAT, 0644);
+        if (ftruncate(fd_a, 8192)) FAIL("ftruncate");
+        shm_base = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd_a, 0);
+        shm_base[0] = 1;
+        in_fd = inotify_init1(IN_NONBLOCK);
+        wd1 = inotify_add_watch(in_fd, path_a, IN_OPEN | IN_ACCESS | IN_MODIFY | IN_ATTRIB |
+                                IN_CLOSE_WRITE | IN_CLOSE_NOWRITE);
     } else if (!strcmp(mode, "fifoin")) {
         snprintf(path_a, sizeof path_a, "%s/fifo", dir);
         mkfifo(path_a, 0600);
@@ -832,6 +844,13 @@ static int check_one(long round) {
                 else report("eof");
                 eof_done = 1;
             }
+        }
+    } else if (!strcmp(mode, "inotifyquiet")) {
+        char ev[4096] __attribute__((aligned(8)));
+        ssize_t n = read(in_fd, ev, sizeof ev);
+        if (n > 0) {
+            struct inotify_event *e = (struct inotify_event *)ev;
+            FAIL("inotifyquiet: %zd bytes of events, the first mask %#x", n, e->mask); bad = 1;
         }
     } else if (!strcmp(mode, "fifoin")) {
         char b[64];
