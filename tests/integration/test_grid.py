@@ -234,6 +234,47 @@ def test_part_that_cannot_prepare_aborts_the_round(grid: Grid, build: Any) -> No
     assert not list((grid.store / "shaky").glob("v1/part*"))  # no uncommitted image kept
 
 
+def test_adopter_that_dies_leaves_nothing(grid: Grid, procs: Procs, build: Any) -> None:
+    """`cryo grid adopt` killed while it waits for the agents (h1's agent stopped
+    meanwhile, so that its part is not taken yet): its lease takes the application's
+    keys with it (within ADOPT_TTL), the agent that had taken its part forgets it (the
+    process runs on, and is adopted again under another name)."""
+    from cryo.grid.coordinator import ADOPT_TTL
+    from cryo.grid.etcd import Etcd
+
+    for h in ("h0", "h1"):
+        grid.agent(h, lease=15)  # (outlasts h1's agent being stopped)
+    e = Etcd(grid.etcd)
+    v = procs.spawn([build("counter"), str(grid.tmp / "a.txt")], grid.tmp / "a.txt")
+    w = procs.spawn([build("counter"), str(grid.tmp / "b.txt")], grid.tmp / "b.txt")
+    for x in (v, w):
+        x.wait_ok_after(2)
+    h1 = grid.agents["h1"].pid
+    os.kill(h1, signal.SIGSTOP)
+    try:
+        adopter = subprocess.Popen([sys.executable, "-m", "cryo", "grid", "adopt", "--etcd",
+                                    grid.etcd, "half", f"h0:{v.pid}", f"h1:{w.pid}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   close_fds=True)  # fmt: skip
+        procs.track(adopter.pid)
+        deadline = time.monotonic() + 30
+        while (e.get("/cryo/apps/half/parts/0") or {}).get("state") != "running":
+            assert adopter.poll() is None and time.monotonic() < deadline, "h0 never took it"
+            time.sleep(0.05)
+        adopter.kill()
+        adopter.wait()
+    finally:
+        os.kill(h1, signal.SIGCONT)
+    t0 = time.monotonic()
+    while app_keys(e, "half"):
+        assert time.monotonic() - t0 < ADOPT_TTL + 5, app_keys(e, "half")
+        time.sleep(0.2)
+    for x in (v, w):
+        assert_running(x)
+    r = grid.cryo("adopt", "whole", f"h0:{v.pid}", f"h1:{w.pid}")
+    assert r.returncode == 0, r.stderr  # (neither agent keeps it)
+
+
 def test_early_release_waits_for_every_part(grid: Grid, build: Any) -> None:
     """Early release: a part is let go only once every part of the round is frozen and
     collected (h2's agent is stopped meanwhile: parts 0 and 1, collected, stay held),
