@@ -5,9 +5,11 @@ For processes with 1 GiB and 4 GiB of touched anonymous memory: dump time, freez
 the page cache) and from a warm one (read once before), GB/s and image size; the
 restart's peak RSS (VmHWM of the process that ran it) and how much the page cache grew
 during it; in the same run the time of `cp FILE COPY && sync` for a file of the same
-size, and the ratios.  Then a small C process: `cryo checkpoint` and `cryo restart` wall
-time, Python start-up included.  Rows say how page data went: O_DIRECT (the default) or
-through the page cache (``--page-cache``).  Run as root:
+size, and dd of the same size as the pages go (O_DIRECT in 64 MiB writes, or through
+the page cache in 256 KiB writes and an fsync), and the ratios.  Then a small C
+process: `cryo checkpoint` and `cryo restart` wall time, Python start-up included.
+Rows say how page data went: O_DIRECT (the default) or through the page cache
+(``--page-cache``).  Run as root:
 python bench/dump_restore.py [--sizes 1024,4096] [--modes direct,page-cache] [--dump-only]
 (``--dump-only``: checkpoints alone, no restarts)
 """
@@ -57,6 +59,25 @@ def copy_bound(work: Path, size: int) -> float:
     t = time.perf_counter()
     subprocess.run(["cp", str(src), str(dst)], check=True)
     subprocess.run(["sync"], check=True)
+    took = time.perf_counter() - t
+    src.unlink()
+    dst.unlink()
+    return took
+
+
+def dd_bound(work: Path, size: int, direct: bool) -> float:
+    """Seconds for dd of ``size`` bytes of a cached source into a new file, as the
+    checkpoint writes its pages: ``oflag=direct`` in 64 MiB writes, or through the page
+    cache in 256 KiB writes (sink.CACHED_WRITE) with ``conv=fsync``."""
+    src, dst = work / "dd-src", work / "dd-dst"
+    chunk = os.urandom(1 << 20) * 64
+    with open(src, "wb") as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+    subprocess.run(["sync"], check=True)
+    how = ["bs=64M", "oflag=direct"] if direct else ["bs=256k", "conv=fsync"]
+    t = time.perf_counter()
+    subprocess.run(["dd", f"if={src}", f"of={dst}", *how, "status=none"], check=True)
     took = time.perf_counter() - t
     src.unlink()
     dst.unlink()
@@ -149,11 +170,12 @@ def one_size(exe: str, work: Path, mib: int, direct: bool,
     finally:
         reap(p.pid)
     cp = copy_bound(work, mib << 20)
+    dd = dd_bound(work, mib << 20, direct)
     c, w = got["cold"], got["warm"]
     return {"mib": mib, "dump": r.total_seconds, "freeze": r.freeze_seconds,
             "cold": c["seconds"], "warm": w["seconds"],
             "hwm": max(c["hwm_mib"], w["hwm_mib"]), "cache": c["cache_mib"],
-            "bytes": r.memory_bytes, "image": size, "cp": cp}  # fmt: skip
+            "bytes": r.memory_bytes, "image": size, "cp": cp, "dd": dd}  # fmt: skip
 
 
 def small_process(exe: str, work: Path) -> tuple[float, float]:
@@ -182,7 +204,7 @@ def small_process(exe: str, work: Path) -> tuple[float, float]:
 HEADER = (f"{'memory':>8} {'pages':>9} {'dump s':>8} {'freeze s':>9} {'cold s':>7}"
           f" {'warm s':>7} {'dump GB/s':>10} {'warm GB/s':>10} {'cp+sync s':>10} {'dump/cp':>8}"
           f" {'cold/cp':>8} {'warm/cp':>8} {'warm/cold':>9} {'RSS MiB':>8} {'cache MiB':>9}"
-          f" {'image/mem':>10}")  # fmt: skip
+          f" {'image/mem':>10} {'dd s':>7} {'dump/dd':>8}")  # fmt: skip
 
 
 def report(mib: int, direct: bool, m: dict[str, float]) -> None:
@@ -192,7 +214,8 @@ def report(mib: int, direct: bool, m: dict[str, float]) -> None:
           f" {m['warm']:>7.3f} {gb / m['dump']:>10.2f} {gb / m['warm']:>10.2f} {m['cp']:>10.3f}"
           f" {m['dump'] / m['cp']:>8.2f} {m['cold'] / m['cp']:>8.2f} {m['warm'] / m['cp']:>8.2f}"
           f" {m['warm'] / m['cold']:>9.2f} {m['hwm']:>8.0f} {m['cache']:>9.0f}"
-          f" {m['image'] / (mib << 20):>10.4f}", flush=True)
+          f" {m['image'] / (mib << 20):>10.4f} {m['dd']:>7.3f} {m['dump'] / m['dd']:>8.2f}",
+          flush=True)  # fmt: skip
 
 
 def main() -> None:
