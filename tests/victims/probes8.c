@@ -64,6 +64,8 @@
  *               grandchild still in that group; after go the zombie is reaped (4)
  *   sigchld     a SIGCHLD handler counting its calls; a child that exited (a zombie, not
  *               reaped): the count stays 1 ("sigchld N" each round it changes)
+ *   sigchldstop a SIGCHLD handler (SA_SIGINFO) counting CLD_STOPPED; a child that stopped
+ *               itself (SIGSTOP) once: the count stays 1
  *   uidchild    a child with uids 1000/1001/1002, gids 1003, groups {5} and a capability
  *               set of its own (kept with PR_SET_KEEPCAPS), the parent root */
 #include "common.h"
@@ -217,6 +219,8 @@ static int ptrace_check(void) {
 static int nop_check(void) { return 0; }
 static volatile sig_atomic_t chlds;
 static void on_chld(int s) { (void)s; chlds++; }
+static volatile sig_atomic_t stops;
+static void on_chld_info(int s, siginfo_t *si, void *uc) { (void)s; (void)uc; if (si->si_code == CLD_STOPPED) stops++; }
 static int zleader_check(void) {
     shared[13] = 1;
     if (getpgrp() != (pid_t)shared[12]) { FAIL("zombieleader: group %d, not %ld", getpgrp(), shared[12]); return 1; }
@@ -396,7 +400,8 @@ static void setup_tree(void) {
         close(p[1]);
         fd_a = p[0];
         fcntl(fd_a, F_SETFL, O_NONBLOCK);
-    } else if (!strcmp(mode, "zombieleader") && strcmp(mode, "sigchld")) {
+    } else if (!strcmp(mode, "zombieleader") && strcmp(mode, "sigchld") &&
+            strcmp(mode, "sigchldstop")) {
         prctl(PR_SET_CHILD_SUBREAPER, 1);  /* (the grandchild comes to it: in the tree) */
         kid = fork();
         if (kid == 0) {
@@ -410,6 +415,15 @@ static void setup_tree(void) {
         report("other %d", kid);
         siginfo_t si;
         waitid(P_PID, kid, &si, WEXITED | WNOWAIT);  /* (a zombie now, not reaped) */
+    } else if (!strcmp(mode, "sigchldstop")) {
+        struct sigaction sa = {0};
+        sa.sa_sigaction = on_chld_info;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigaction(SIGCHLD, &sa, NULL);
+        kid = fork();
+        if (kid == 0) { raise(SIGSTOP); _exit(0); }
+        while (!stops) nap(5);
+        report("other %d", kid);
     } else if (!strcmp(mode, "sigchld")) {
         struct sigaction sa = {0};
         sa.sa_handler = on_chld;
@@ -481,6 +495,8 @@ static int tree_check(long round) {
         } else if (waitid(P_PID, kid, &si, WEXITED | WNOHANG | WNOWAIT) || si.si_pid != kid || si.si_status != 4) {
             FAIL("zombie leader: pid %d status %d", si.si_pid, si.si_status); bad = 1;
         }
+    } else if (!strcmp(mode, "sigchldstop")) {
+        if (stops != 1) { FAIL("sigchldstop: CLD_STOPPED came %d times for one stop", (int)stops); bad = 1; }
     } else if (!strcmp(mode, "sigchld")) {
         if (chlds != 1) { FAIL("sigchld: the handler ran %d times for one child", (int)chlds); bad = 1; }
     } else if (!strcmp(mode, "subreaped")) {
@@ -878,6 +894,7 @@ static int check_one(long round) {
 static int is_tree(void) {
     static const char *trees[] = {"shm3", "vfork", "ptracechild", "dupflock", "ofdposix", "zombie",
                                   "subreaped", "sessions", "uidchild", "pidfdzombie", "fownchild", "pipeeof", "zombieleader", "sigchld",
+                                  "sigchldstop",
                                   NULL};
     for (int i = 0; trees[i]; i++) if (!strcmp(mode, trees[i])) return 1;
     return 0;
@@ -932,7 +949,8 @@ int main(int argc, char **argv) {
         }
         setup_tree();
         if (kid > 0 && strcmp(mode, "subreaped") && strcmp(mode, "zombie") && strcmp(mode, "pidfdzombie") &&
-            strcmp(mode, "zombieleader") && strcmp(mode, "sigchld"))
+            strcmp(mode, "zombieleader") && strcmp(mode, "sigchld") &&
+            strcmp(mode, "sigchldstop"))
             report("child %d", kid);
         if (kid2 > 0) report("child %d", kid2);
         report("ready %d", getpid());
