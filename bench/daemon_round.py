@@ -237,6 +237,40 @@ def hook_profiler(counting: list[bool]) -> dict[str, list[float]]:
             (session.Checkpoint, "resume", "phase resume (rest)")):  # fmt: skip
         setattr(mod, name, wrap(label, getattr(mod, name)))
     ptrace.Tracee.park = wrap("session: park", ptrace.Tracee.park)  # type: ignore[method-assign]
+    import threading
+
+    run = threading.Thread.run
+
+    def thread_run(self: threading.Thread) -> None:  # the CPU of the other threads
+        c0 = time.thread_time()
+        try:
+            run(self)
+        finally:
+            if counting[0]:
+                row = acc.setdefault(f"thread {self.name.split('_')[0]}", [0.0] * 6)
+                row[0] += time.thread_time() - c0
+                row[5] += 1
+
+    threading.Thread.run = thread_run  # type: ignore[method-assign]
+    from cryo.engine import locks, threads
+
+    for mod in (threads, locks):  # the reads beside the freeze, in the kept pool thread
+        real, name = mod.background, "thread (pool) " + mod.__name__.rsplit(".", 1)[-1]
+
+        def background(fn, real=real, label=name):  # type: ignore[no-untyped-def]
+            def timed() -> object:
+                c0 = time.thread_time()
+                try:
+                    return fn()
+                finally:
+                    if counting[0]:
+                        row = acc.setdefault(label, [0.0] * 6)
+                        row[0] += time.thread_time() - c0
+                        row[5] += 1
+
+            return real(timed)
+
+        mod.background = background  # type: ignore[attr-defined]
     return acc
 
 
