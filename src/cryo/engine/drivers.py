@@ -342,8 +342,9 @@ def _memory_layout(ctx: RestoreContext) -> None:
     mm = _rs(ctx, R.MM)
     keep = (ctx.area, ctx.area + ctx.area_size)
     temp = memory.free_area([keep], memory.layout(mm), memory.staged_sources(ctx), size=1 << 20)
-    memory.unmap_helper(ctx, keep=keep, specials=(mm, temp))  # (one stop for both)
-    ctx.live["fixup"] = memory.map_vmas(ctx, mm)
+    # (the helper unmapped and the specials moved in the stop that opens the mapped files)
+    ctx.live["fixup"] = memory.map_vmas(ctx, mm, first=lambda bt: memory.unmap_helper(
+        ctx, keep=keep, specials=(mm, temp), into=bt))
 
 
 def _memory_pages(ctx: RestoreContext) -> None:

@@ -735,19 +735,21 @@ TASK_SIZE = 0x7FFFFFFFF000
 
 def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
                  also: list[tuple[int, int]] | tuple[()] = (),
-                 specials: tuple[dict[str, Any], int] | None = None) -> None:  # fmt: skip
+                 specials: tuple[dict[str, Any], int] | None = None,
+                 into: Batch | None = None) -> None:  # fmt: skip
     """Unmap everything of the helper but ``keep``, ``also`` (the mappings a child
     inherits from its restored parent: :func:`inherit_from_parent`) and the vDSO/vvar:
     one munmap per gap between them (unmapping a range with holes in it is fine).  With
     ``specials`` (the MM record and a free address), the vDSO and vvar are then moved to
-    where the image had them in the same stop (:func:`move_specials`)."""
-    inj = ctx.inj
+    where the image had them in the same stop (:func:`move_specials`).  The calls go in
+    a batch of their own, or at the end of ``into`` (map_vmas' first: one stop less)."""
     maps = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
     inherited = (getattr(ctx, "live", None) or {}).get("inherited_ranges", [])
     kept = sorted([keep, *also, *inherited, *staged_sources(ctx)]
                   + [(v.start, v.end) for v in maps if v.path in SPECIAL])  # fmt: skip
     lo = PAGE_SIZE
-    with inj.batch() as bt:  # one stop (a gap over the restorer would run on its own)
+    with contextlib.nullcontext(into) if into is not None else ctx.inj.batch() as bt:
+        # one stop (a gap over the restorer would run on its own)
         for start, end in kept:
             if start > lo:
                 bt.call(SYS.munmap, lo, start - lo)
@@ -813,11 +815,15 @@ def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
     return ranges
 
 
-def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
+def map_vmas(ctx: RestoreContext, rec: dict[str, Any],
+             first: Callable[[Batch], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """mmap every VMA of the image; those that receive data are writable for now.
     Returns the VMAs whose protection must be set afterwards.  The calls go in one
-    batch (one ptrace stop), the mapped files opened as they come."""
+    batch (one ptrace stop), the mapped files opened as they come.  ``first`` queues
+    calls that must come before the mappings (unmap_helper's) into the first batch,
+    after the files' opens."""
     inj = ctx.inj
+    before = [first] if first is not None else []
     fds: dict[str, int] = {}
     fixup: list[dict[str, Any]] = []
     free_keys = _restore_pkeys(ctx, rec.get("pkeys", []))
@@ -828,9 +834,11 @@ def map_vmas(ctx: RestoreContext, rec: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         # first (their paths go through the scratch, as the batch's own buffers do)
         _open_mapped(ctx, [v for v in rec["vmas"] if v["kind"] in ("file", "shared-file")
-                           and v["start"] not in inherited], fds)  # fmt: skip
+                           and v["start"] not in inherited], fds, before)  # fmt: skip
         held = [v for v in rec["vmas"] if v.get("locks") and v["path"] in fds]
         with inj.batch() as bt:
+            while before:  # (no file to open: here)
+                before.pop()(bt)
             for k in free_keys:  # (may fail: a CPU without protection keys)
                 bt.call(SYSX.pkey_free, k, may_fail=True)
             _map_all(ctx, rec, bt, fds, fixup, inherited, merge_any, staged)
@@ -958,12 +966,14 @@ def _anon_name(path: str) -> str | None:
 _OPEN_BATCH = 32 << 10  # bytes of paths per batch of opens (the scratch holds 52 KiB)
 
 
-def _open_mapped(ctx: RestoreContext, vmas: list[dict[str, Any]], fds: dict[str, int]) -> None:
+def _open_mapped(ctx: RestoreContext, vmas: list[dict[str, Any]], fds: dict[str, int],
+                 before: list[Callable[[Batch], None]] | None = None) -> None:  # fmt: skip
     """Open the file of each of ``vmas`` (once per path) in the process, into ``fds``
     (path -> fd): every file checked here first, then opened in batches, without moving
     its atime where the process may (O_NOATIME needs to own the file, or CAP_FOWNER:
     EPERM, opened again without it).  A file that cannot be opened raises, named; the
-    files opened before it are in ``fds`` (the caller closes them)."""
+    files opened before it are in ``fds`` (the caller closes them).  The first batch also
+    runs the calls ``before`` queues (taken from the list), after its opens."""
     todo: list[tuple[str, int]] = []  # (path, flags), checked
     for v in vmas:
         path = translated(ctx.options, v["path"])  # --translate, or a saved copy (spmf.py)
@@ -993,6 +1003,8 @@ def _open_mapped(ctx: RestoreContext, vmas: list[dict[str, Any]], fds: dict[str,
             with ctx.inj.batch() as bt:
                 calls = [bt.call(SYS.openat, -100, bt.put_str(translated(ctx.options, p)),
                                  f | noatime, 0, may_fail=True) for p, f in chunk]  # fmt: skip
+                while before:
+                    before.pop()(bt)
             for (p, f), k in zip(chunk, calls, strict=True):
                 fd = bt.result(k)
                 if fd >= 0:
