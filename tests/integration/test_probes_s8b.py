@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, Victim
+from tests.conftest import Procs, Victim, run_cryo
 from tests.integration.test_procstate import cycle
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,6 +38,8 @@ MODES = {
     "unixopts": "unix stream and datagram sockets' options, the program's own SO_PEEK_OFF",
     "ptyldisc": "a pty slave with line discipline N_NULL, its raw mode and window size",
     "ptyhup": "a pty master whose slave is closed: POLLHUP, EIO",
+    "autobind": "a unix datagram socket's autobound name",
+    "udpshut": "a connected UDP socket shut for reading (SHUT_RD)",
 }
 LAST = {"unixopts", "ptyldisc"}
 
@@ -50,5 +52,25 @@ def test_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> No
     (tmp_path / "go").touch()
     if mode in LAST:
         v.wait_for(lambda _: "done" in v.lines() or bool(v.fails()))
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
+def test_datagrams_from_named_senders_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A unix datagram socket holding datagrams from senders bound to names of their own
+    (a control socket's clients, as wpa_supplicant's): the restart would send them again
+    from no address (recvfrom gives none, a reply goes nowhere), exit 0 before.  Now
+    refused, exit 9 naming the sender, no image; the process then reads each datagram
+    with its sender's address and its replies arrive."""
+    from cryo.errors import ExitCode
+
+    v = _spawn(procs, exe, tmp_path, "dgramfrom")
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "holds a datagram from @cryo-p8b-" in r.stderr, r.stderr
+    assert not img.exists()
+    (tmp_path / "go").touch()
+    v.wait_for(lambda _: "done" in v.lines() or bool(v.fails()))
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()

@@ -13,9 +13,11 @@
  *               queued, from two senders bound to abstract names ("s1", "s2", "s1"),
  *               and an autobound socket: its name kept; after go recvfrom gives each
  *               datagram with its sender's address, and a reply to it arrives
+ *   autobind    the same sockets, nothing queued: the autobound name kept
  *   ptyldisc    a pty pair whose slave is in raw mode with a window size, then given
  *               line discipline N_NULL: TIOCGETD, the window size; after go N_TTY again:
  *               raw mode as it was
+ *   udpshut     a connected UDP socket shut for reading (SHUT_RD): poll says POLLRDHUP
  *   ptyhup      a pty pair whose slave is closed: the master's read fails with EIO and
  *               poll says POLLHUP
  */
@@ -194,7 +196,7 @@ static socklen_t abstract(struct sockaddr_un *a, const char *name) {
     return offsetof(struct sockaddr_un, sun_path) + 1 + strlen(a->sun_path + 1);
 }
 
-static void setup_dgramfrom(void) {
+static void setup_dgramfrom(int named) {
     struct sockaddr_un a;
     rx = socket(AF_UNIX, SOCK_DGRAM, 0);
     s1 = socket(AF_UNIX, SOCK_DGRAM, 0);
@@ -208,6 +210,7 @@ static void setup_dgramfrom(void) {
     ab_len = sizeof ab_name;
     getsockname(ab, (void *)&ab_name, &ab_len);
     socklen_t al = abstract(&a, "rx");
+    if (!named) return;
     if (sendto(s1, "one", 3, 0, (void *)&a, al) != 3 || sendto(s2, "two", 3, 0, (void *)&a, al) != 3 ||
         sendto(s1, "three", 5, 0, (void *)&a, al) != 5) { FAIL("sendto %d", errno); _exit(1); }
 }
@@ -236,6 +239,24 @@ static int dgram_last(void) {
         if (sendto(rx, "re", 2, 0, (void *)&n, l) != 2) { FAIL("reply %d: %d", i, errno); return 1; }
         if (recv(socks[i], b, sizeof b, MSG_DONTWAIT) != 2) { FAIL("reply %d not received", i); return 1; }
     }
+    return 0;
+}
+
+static int ush;
+
+/* a UDP socket connected to another (both bound on 127.0.0.1), shut for reading */
+static void setup_udpshut(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)}, b;
+    socklen_t l = sizeof b;
+    int peer = socket(AF_INET, SOCK_DGRAM, 0);
+    ush = socket(AF_INET, SOCK_DGRAM, 0);
+    if (bind(peer, (void *)&a, sizeof a) || getsockname(peer, (void *)&b, &l) || connect(ush, (void *)&b, l)) _exit(1);
+    if (shutdown(ush, SHUT_RD)) { FAIL("shutdown %d", errno); _exit(1); }
+}
+
+static int udpshut_check(void) {
+    struct pollfd p = {ush, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLRDHUP)) { FAIL("udp shut for reading: revents %#x, want POLLRDHUP", p.revents); return 1; }
     return 0;
 }
 
@@ -291,7 +312,9 @@ int main(int argc, char **argv) {
     int (*check)(void) = check_opts, (*last)(void) = NULL;
     if (!strcmp(mode, "inetopts")) setup_inetopts();
     else if (!strcmp(mode, "unixopts")) { setup_unixopts(); last = unix_last; }
-    else if (!strcmp(mode, "dgramfrom")) { setup_dgramfrom(); check = dgram_check; last = dgram_last; }
+    else if (!strcmp(mode, "dgramfrom")) { setup_dgramfrom(1); check = dgram_check; last = dgram_last; }
+    else if (!strcmp(mode, "autobind")) { setup_dgramfrom(0); check = dgram_check; }
+    else if (!strcmp(mode, "udpshut")) { setup_udpshut(); check = udpshut_check; }
     else if (!strcmp(mode, "ptyldisc")) { setup_pty(0); check = pty_check; }
     else if (!strcmp(mode, "ptyhup")) { setup_pty(1); check = pty_check; }
     else _exit(2);

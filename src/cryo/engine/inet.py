@@ -33,6 +33,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -308,6 +309,7 @@ _SOCKOPT_BITS = ((int(N.IP.RECVERR), 0, 0x01), (int(N.IP.FREEBIND), 0, 0x04),
 _SOL_IP, _IP_TOS, _SO_MARK = int(N.SOL.IP), int(N.IP.TOS), int(N.SO.MARK)
 _SO_PRIORITY, _SO_BINDTODEVICE = int(N.SO.PRIORITY), int(N.SO.BINDTODEVICE)
 _TCP_CONGESTION = int(N.TCP.CONGESTION)
+_POLLRDHUP = 0x2000
 
 
 def diag_known(attrs: dict[int, Any] | None) -> dict[tuple[int, int], Any] | None:
@@ -637,6 +639,16 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
                 d["closed"] = True  # --tcp-close: restored closed
             else:
                 d["tcp"] = held.state
+    if not tcp and family in (socket.AF_INET, socket.AF_INET6):
+        # shutdown() of a datagram socket: poll shows SHUT_RD (POLLRDHUP) and both
+        # (POLLHUP); SHUT_WR alone shows nowhere but in a send
+        p = select.poll()
+        p.register(s.fileno(), select.POLLIN | _POLLRDHUP)
+        ev = p.poll(0)
+        got = ev[0][1] if ev else 0
+        how = 3 if got & select.POLLHUP else 1 if got & _POLLRDHUP else 0
+        if how:
+            d["shutdown"] = how
     if family == socket.AF_NETLINK:
         with contextlib.suppress(OSError):
             raw = s.getsockopt(N.SOL.NETLINK, 9, 128)  # NETLINK_LIST_MEMBERSHIPS
@@ -966,6 +978,12 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
             _restore_repair(s, d, t)
     elif d.get("remote"):
         s.connect(_sockaddr(family, d["remote"]))
+    if d.get("shutdown"):  # (a datagram socket's; unconnected: ENOTCONN, yet it is shut)
+        try:
+            s.shutdown(d["shutdown"] - 1)  # SHUT_RD 0, SHUT_RDWR 2
+        except OSError as err:
+            if err.errno != errno.ENOTCONN:
+                raise
 
 
 def _build_queued(s: socket.socket, d: dict[str, Any]) -> None:

@@ -281,9 +281,16 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any]
     try:
         while len(out) < MAX_MESSAGES:
             try:
-                data, anc, _f, _a = s.recvmsg(size, 1024, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                data, anc, _f, sender = s.recvmsg(size, 1024,
+                                                  socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
+            if typ == socket.SOCK_DGRAM and _named_sender(sender, d):
+                raise Unsupported(f"fd {fd}: unix socket {_show_name(d.get('name'))} holds a"
+                                  f" datagram from {_show_name(_raw_name(sender))}, whose"
+                                  " address the restart could not give it again (it would"
+                                  " come from no address)", pid=pid,
+                                  resource=f"fd {fd}")  # fmt: skip
             if passcred:  # the program sees who sent each message: kept with it
                 cred = _credentials(anc)
                 if cred is not None and cred[0]:
@@ -299,6 +306,21 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any]
                           " socket", pid=pid, resource=f"fd {fd}")  # fmt: skip
     finally:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+
+
+def _raw_name(addr: str | bytes | None) -> bytes:
+    return os.fsencode(addr) if isinstance(addr, str) else (addr or b"")
+
+
+def _named_sender(addr: str | bytes | None, d: dict[str, Any]) -> bool:
+    """Whether a queued datagram came from a socket bound to a name of its own (bind(),
+    not autobind's five hex digits) other than the peer it is connected to (whose
+    socket sends the queue again at restart, under its name)."""
+    name = _raw_name(addr)
+    if not name or name == d.get("peer_name"):
+        return False
+    return not (len(name) == 6 and name[0] == 0 and all(
+        c in b"0123456789abcdef" for c in name[1:]))  # fmt: skip
 
 
 def _credentials(anc: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:

@@ -668,7 +668,8 @@ DESC = Struct((
     # sockets (engine/sockets.py: unix; engine/inet.py: inet, packet, netlink)
     F("name", Nullable(Bytes(max=108)), "unix: its address (a leading NUL: abstract)",
       required=False),
-    F("shutdown", Int(0, 3), "unix: SHUT_RD 1, SHUT_WR 2", required=False),
+    F("shutdown", Int(0, 3), "unix, inet datagram: SHUT_RD 1, SHUT_WR 2 (inet: 1 or 3)",
+      required=False),
     F("in_flight", List(Tuple((Int(0, MAX_ITEMS), Int(0, MAX_ITEMS)),
                               ("message", "description"))),
       "unix: fds carried by a queued message (SCM_RIGHTS)", required=False),
