@@ -40,8 +40,11 @@ MODES = {
     "ptyhup": "a pty master whose slave is closed: POLLHUP, EIO",
     "autobind": "a unix datagram socket's autobound name",
     "udpshut": "a connected UDP socket shut for reading (SHUT_RD)",
+    "reuseport": "two UDP sockets of one SO_REUSEPORT group share its datagrams",
+    "sarestart": "a thread blocked in read: a handler without SA_RESTART ends it (EINTR),"
+                 " one with SA_RESTART does not",
 }
-LAST = {"unixopts", "ptyldisc"}
+LAST = {"unixopts", "ptyldisc", "sarestart"}
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -18,6 +18,10 @@
  *               line discipline N_NULL: TIOCGETD, the window size; after go N_TTY again:
  *               raw mode as it was
  *   udpshut     a connected UDP socket shut for reading (SHUT_RD): poll says POLLRDHUP
+ *   reuseport   two UDP sockets of one SO_REUSEPORT group: datagrams from 32 source
+ *               ports reach both, every one arrives
+ *   sarestart   a thread blocked in read on a pipe, SIGUSR1's handler without SA_RESTART,
+ *               SIGUSR2's with: after go SIGUSR1 ends the read (EINTR), SIGUSR2 does not
  *   ptyhup      a pty pair whose slave is closed: the master's read fails with EIO and
  *               poll says POLLHUP
  */
@@ -26,6 +30,8 @@
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <pty.h>
 #include <termios.h>
 #include <sys/ioctl.h>
@@ -260,6 +266,87 @@ static int udpshut_check(void) {
     return 0;
 }
 
+static int rp[2];
+static struct sockaddr_in rp_addr;
+
+/* two UDP sockets of one SO_REUSEPORT group on 127.0.0.1:P */
+static void setup_reuseport(void) {
+    rp_addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof rp_addr;
+    int one = 1;
+    for (int i = 0; i < 2; i++) {
+        rp[i] = socket(AF_INET, SOCK_DGRAM, 0);
+        if (setsockopt(rp[i], SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) ||
+            bind(rp[i], (void *)&rp_addr, sizeof rp_addr) || getsockname(rp[i], (void *)&rp_addr, &l)) _exit(1);
+    }
+}
+
+/* datagrams from sources of 32 ports: both sockets get some, and every one arrives */
+static int reuseport_try(void) {
+    int got[2] = {0, 0}, bad = 0;
+    for (int i = 0; i < 32; i++) {
+        int tx = socket(AF_INET, SOCK_DGRAM, 0);
+        if (sendto(tx, "x", 1, 0, (void *)&rp_addr, sizeof rp_addr) != 1) bad = 1;
+        close(tx);
+    }
+    nap(20);
+    char c;
+    for (int k = 0; k < 2; k++)
+        while (recv(rp[k], &c, 1, MSG_DONTWAIT) == 1) got[k]++;
+    if (bad || got[0] + got[1] != 32 || !got[0] || !got[1]) { report("try: %d + %d of 32", got[0], got[1]); return 1; }
+    return 0;
+}
+
+/* (a try the checkpoint cuts loses its datagrams: UDP queues are not saved) */
+static int reuseport_check(void) {
+    for (int t = 0; t < 3; t++)
+        if (!reuseport_try()) return 0;
+    FAIL("reuseport: three tries failed");
+    return 1;
+}
+
+static int rdpipe[2];
+static pthread_t reader;
+static volatile int reader_state;  /* 1 reading, 2 EINTR seen, 3 read the byte after SIGUSR2 */
+static void on_usr(int sig) { (void)sig; }
+
+/* a thread blocked in read on a pipe; SIGUSR1's handler without SA_RESTART, SIGUSR2's with */
+static void *reader_main(void *arg) {
+    (void)arg;
+    char c;
+    reader_state = 1;
+    ssize_t r = read(rdpipe[0], &c, 1);
+    if (r != -1 || errno != EINTR) { FAIL("read: %zd errno %d, want EINTR (SIGUSR1, no SA_RESTART)", r, errno); return NULL; }
+    reader_state = 2;
+    r = read(rdpipe[0], &c, 1);  /* SIGUSR2 comes meanwhile: restarted */
+    if (r != 1 || c != 'z') { FAIL("read after SIGUSR2: %zd errno %d", r, errno); return NULL; }
+    reader_state = 3;
+    return NULL;
+}
+
+static void setup_sarestart(void) {
+    struct sigaction a = {.sa_handler = on_usr}, b = {.sa_handler = on_usr, .sa_flags = SA_RESTART};
+    if (pipe(rdpipe) || sigaction(SIGUSR1, &a, NULL) || sigaction(SIGUSR2, &b, NULL)) _exit(1);
+    pthread_create(&reader, NULL, reader_main, NULL);
+    while (reader_state != 1) nap(5);
+}
+
+static int sarestart_last(void) {
+    pthread_kill(reader, SIGUSR1);
+    for (int i = 0; i < 100 && reader_state == 1; i++) nap(10);
+    if (reader_state != 2) { FAIL("the reader did not see EINTR (state %d)", reader_state); return 1; }
+    nap(50);
+    pthread_kill(reader, SIGUSR2);
+    nap(50);
+    if (reader_state != 2) { FAIL("SIGUSR2 (SA_RESTART) ended the read (state %d)", reader_state); return 1; }
+    if (write(rdpipe[1], "z", 1) != 1) return 1;
+    for (int i = 0; i < 100 && reader_state == 2; i++) nap(10);
+    if (reader_state != 3) { FAIL("the reader did not read after SIGUSR2 (state %d)", reader_state); return 1; }
+    return 0;
+}
+
+static int sarestart_check(void) { return 0; }
+
 static int pm, ps;
 
 static void setup_pty(int hup) {
@@ -315,6 +402,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "dgramfrom")) { setup_dgramfrom(1); check = dgram_check; last = dgram_last; }
     else if (!strcmp(mode, "autobind")) { setup_dgramfrom(0); check = dgram_check; }
     else if (!strcmp(mode, "udpshut")) { setup_udpshut(); check = udpshut_check; }
+    else if (!strcmp(mode, "reuseport")) { setup_reuseport(); check = reuseport_check; }
+    else if (!strcmp(mode, "sarestart")) { setup_sarestart(); check = sarestart_check; last = sarestart_last; }
     else if (!strcmp(mode, "ptyldisc")) { setup_pty(0); check = pty_check; }
     else if (!strcmp(mode, "ptyhup")) { setup_pty(1); check = pty_check; }
     else _exit(2);
