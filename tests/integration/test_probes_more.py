@@ -559,3 +559,57 @@ def test_a_deleted_executable_no_mapping_maps_is_refused(procs: Procs, tmp_path:
     rr = restart(str(tmp_path / "img2"))
     procs.track(rr.pid)
     assert os.readlink(f"/proc/{rr.pid}/exe").endswith("-exeunmap (deleted)")
+
+
+def _held_in_vfork(procs: Procs, build: Any, tmp_path: Path) -> tuple[Victim, int]:
+    """victims/vforknovm.c: the parent held in state D by its CLONE_VFORK child."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("vforknovm"), str(out)], out)
+    kid = int(v.wait_line("child ").split()[1])
+    procs.track(kid)
+    return v, kid
+
+
+def _let_go_then_runs(v: Victim, kid: int) -> None:
+    """Not traced, not stopped: the child killed, the parent's clone returns and it runs."""
+    assert procs_status(v.pid)["TracerPid"] == "0"
+    os.kill(kid, signal.SIGKILL)
+    v.wait_line("back")
+    v.wait_ok_after(2)
+
+
+def procs_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_a_thread_held_in_the_kernel_is_refused_before_it_is_seized(
+        procs: Procs, build: Any, tmp_path: Path) -> None:  # fmt: skip
+    """A parent waiting in state D for its clone(CLONE_VFORK) child (no CLONE_VM: the
+    vfork check by address space does not see it) is refused after 2 s, exit 9 naming
+    where it waits, never seized.  Before: `cryo checkpoint` never returned, and the
+    target stayed traced by cryo's worker after cryo was killed."""
+    v, kid = _held_in_vfork(procs, build, tmp_path)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--tree", timeout=30)
+    assert r.returncode == 9, r.stderr
+    assert "is held in the kernel (state D" in r.stderr, r.stderr
+    assert not (tmp_path / "img").exists()
+    _let_go_then_runs(v, kid)
+
+
+def test_the_freeze_bound_holds_while_a_thread_does_not_stop(
+        procs: Procs, build: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Were such a thread seized (it entered the wait just after it was looked at), the
+    watchdog still bounds the freeze: the seize's wait for its stop is interrupted, the
+    checkpoint fails, and the worker that traced it ends, which lets it go.  Before: the
+    watchdog was armed only once every thread had stopped, and its signal was put off
+    for as long as the seize waited, which was for ever."""
+    from cryo.engine import tree
+    from cryo.engine.session import FreezeTimeout
+
+    monkeypatch.setattr(tree, "_refuse_held_in_kernel", lambda pid, tid: None)
+    v, kid = _held_in_vfork(procs, build, tmp_path)
+    with pytest.raises(FreezeTimeout):
+        checkpoint(v.pid, str(tmp_path / "img"), scope="tree", freeze_timeout=1.5)
+    assert not (tmp_path / "img").exists()
+    _let_go_then_runs(v, kid)

@@ -167,8 +167,9 @@ class Checkpoint:
         self._phase("prepare", "freeze")
         self._t_freeze = time.perf_counter()  # frozen from the first process stopped on
         self.released = False
-        self.procs = tree.freeze(self.pid, self.scope)
+        # (armed before the first seize: a thread that never stops would hold the others)
         self._watchdog(self.freeze_timeout or FREEZE_BASE)
+        self.procs = tree.freeze(self.pid, self.scope)
         # what a restart could not rebuild is refused now, not found out then: a group or
         # a session whose leader is outside the checkpoint
         tree.check_groups(tree.record(self.procs, self.pid, self.scope), self.shell_job)

@@ -173,6 +173,42 @@ def _refuse_vfork_parent(pid: int) -> None:
 
 
 _KCMP_VM = 1  # (linux/kcmp.h)
+# how long a thread in uninterruptible sleep (state D: a disk read, usually a moment) is
+# waited for before it is seized; one still there is refused
+HELD_BOUND = 2.0
+
+
+def _refuse_held_in_kernel(pid: int, tid: int) -> None:
+    """A thread held in the kernel in a wait that a signal does not end (state D: the
+    parent of a clone with CLONE_VFORK but not CLONE_VM, until the child execs or exits;
+    a hung NFS or FUSE call) would not stop for PTRACE_INTERRUPT, and, seized, could not
+    be let go until it stopped: the freeze would wait for it, the rest held (found by
+    probing: `cryo checkpoint` never returned, the target still traced after it was
+    killed).  Such a thread is waited for before it is seized, up to :data:`HELD_BOUND`,
+    then refused (exit 9, naming where it waits), nothing of it touched."""
+    deadline = 0.0
+    while True:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split(None, 1)[0]
+        except (OSError, IndexError):
+            return  # (gone: the seize tells)
+        if state != b"D":
+            return
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + HELD_BOUND
+        elif now > deadline:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                    where = f.read().strip() or "?"
+            except OSError:
+                where = "?"
+            raise Unsupported(f"thread {tid} of process {pid} is held in the kernel (state D,"
+                              f" in {where}) for more than {HELD_BOUND:g} s: a vfork'd child"
+                              " that has not exec'd, or a hung NFS or FUSE call; it would not"
+                              " stop for the freeze", pid=pid, resource="thread")  # fmt: skip
+        time.sleep(0.001)
 
 
 def _refuse_traced_inside(pid: int, pids: list[int]) -> None:
@@ -228,6 +264,7 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                 ended = False
                 for tid in tids:
                     if tid not in p.tracees:
+                        _refuse_held_in_kernel(pid, tid)
                         try:
                             p.tracees[tid] = Tracee.seize(pid, tid)
                         except (NoSuchProcess, AccessDenied):

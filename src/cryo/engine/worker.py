@@ -188,7 +188,7 @@ def _serve(target: Any, conn: Connection, parent: int, progress: bool) -> int:
         """Raise ``exc`` here, unless we are in the middle of something that must not be
         cut short (an injected call: the task's registers are ours; the commit of the
         image): then a moment later, once out of it."""
-        if target.critical or _inside(frame, _CRITICAL):
+        if target.critical or (_inside(frame, _CRITICAL) and not _seizing(frame)):
             pending.append(exc)
             signal.setitimer(signal.ITIMER_REAL, 0.02)
             return
@@ -258,6 +258,16 @@ def _serve(target: Any, conn: Connection, parent: int, progress: bool) -> int:
 
 
 _CRITICAL = ("cryo.engine.inject", "cryo.engine.ptrace")
+
+
+def _seizing(frame: FrameType | None) -> bool:
+    """Inside Tracee.seize: waiting for a thread's first stop, nothing of it changed yet
+    (a thread that never stops must not defer the watchdog for ever: seize lets it go)."""
+    while frame is not None:
+        if frame.f_code.co_name == "seize" and frame.f_globals.get("__name__") == _CRITICAL[1]:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _inside(frame: FrameType | None, modules: tuple[str, ...]) -> bool:
