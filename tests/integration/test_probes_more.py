@@ -598,7 +598,8 @@ def test_a_thread_held_in_the_kernel_is_refused_before_it_is_seized(
 
 
 def test_the_freeze_bound_holds_while_a_thread_does_not_stop(
-        procs: Procs, build: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        procs: Procs, build: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Were such a thread seized (it entered the wait just after it was looked at), the
     watchdog still bounds the freeze: the seize's wait for its stop is interrupted, the
     checkpoint fails, and the worker that traced it ends, which lets it go.  Before: the
