@@ -7,6 +7,7 @@ its own state every round; the test asks its server too, where it has one."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -87,4 +88,11 @@ def test_numpy_job(procs: Procs, tmp_path: Path) -> None:
 def test_jvm_threads_and_gc(procs: Procs, tmp_path: Path) -> None:
     subprocess.run(["javac", "-d", str(tmp_path), str(VICTIMS / "JvmWork.java")],
                    check=True, timeout=120)  # fmt: skip
-    _service(procs, tmp_path, ["java", "-Xmx256m", "-cp", str(tmp_path), "JvmWork"], _line)
+    perf = Path("/tmp") / f"hsperfdata_{pwd.getpwuid(os.getuid()).pw_name}"
+    before = set(perf.glob("*"))
+    try:
+        _service(procs, tmp_path, ["java", "-Xmx256m", "-cp", str(tmp_path), "JvmWork"],
+                 _line)
+    finally:  # the restored JVM is killed (SIGKILL): its performance-data file stays
+        for f in set(perf.glob("*")) - before:
+            f.unlink(missing_ok=True)
