@@ -189,11 +189,10 @@ def _refuse_held_in_kernel(pid: int, tid: int) -> None:
     deadline = 0.0
     while True:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split(None, 1)[0]
-        except (OSError, IndexError):
+            state = procfs.parse_stat(procfs.read(pid, f"task/{tid}/stat")).state
+        except NoSuchProcess:
             return  # (gone: the seize tells)
-        if state != b"D":
+        if state != "D":
             return
         now = time.monotonic()
         if not deadline:

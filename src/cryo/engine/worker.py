@@ -257,14 +257,15 @@ def _serve(target: Any, conn: Connection, parent: int, progress: bool) -> int:
     return 0
 
 
-_CRITICAL = ("cryo.engine.inject", "cryo.engine.ptrace")
+_PTRACE = "cryo.engine.ptrace"
+_CRITICAL = ("cryo.engine.inject", _PTRACE)
 
 
 def _seizing(frame: FrameType | None) -> bool:
     """Inside Tracee.seize: waiting for a thread's first stop, nothing of it changed yet
     (a thread that never stops must not defer the watchdog for ever: seize lets it go)."""
     while frame is not None:
-        if frame.f_code.co_name == "seize" and frame.f_globals.get("__name__") == _CRITICAL[1]:
+        if frame.f_code.co_name == "seize" and frame.f_globals.get("__name__") == _PTRACE:
             return True
         frame = frame.f_back
     return False
