@@ -186,6 +186,46 @@ def test_checkpoint_self_that_fails_says_why(tmp_path: Path) -> None:
     assert not {f for f in set(os.listdir("/tmp")) - before if f.startswith("cryo-self-")}
 
 
+def test_checkpoint_self_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    """checkpoint_self(timeout=1) while a critical section holds the checkpoint off (cryo
+    would wait 30 s for it): cryo is killed after 1 s, RuntimeError says so, no image is
+    written, and the program goes on, not stopped or traced, with no cryo left."""
+    import subprocess
+
+    img = tmp_path / "img"
+    code = (
+        "import os, threading, time, cryo.app as cr\n"
+        "inside = threading.Event()\n"
+        "def hold():\n"
+        "    with cr.critical():\n"
+        "        inside.set(); time.sleep(8)\n"
+        "threading.Thread(target=hold, daemon=True).start(); inside.wait()\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        f"    cr.checkpoint_self({str(img)!r}, timeout=1)\n"
+        "except RuntimeError as e:\n"
+        "    print('raised', e)\n"
+        "print('after %.1f' % (time.monotonic() - t))\n"
+        "st = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines())\n"
+        "print('tracer', st['TracerPid'].strip())\n"
+        "me = f'checkpoint\\0{os.getpid()}\\0'.encode()\n"
+        "def cmd(p):\n"
+        "    try: return open(f'/proc/{p}/cmdline', 'rb').read()\n"
+        "    except OSError: return b''\n"
+        "print('cryo left', sum(me in cmd(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+    )
+    before = set(os.listdir("/tmp"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, close_fds=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert "did not finish within 1 s" in r.stdout, (r.stdout, r.stderr)
+    after = float(r.stdout.split("after ", 1)[1].split()[0])
+    assert 1.0 <= after < 6.0, r.stdout  # the timeout, then the grace, not cryo's 30 s
+    assert "tracer 0" in r.stdout, r.stdout
+    assert "cryo left 0" in r.stdout, r.stdout
+    assert not (img / "core.img").exists()
+    assert not {f for f in set(os.listdir("/tmp")) - before if f.startswith("cryo-self-")}
+
+
 def test_staged_prepare_write_resume(procs: Procs, tmp_path: Path) -> None:
     v = start(procs, tmp_path, "plain")
     handle = cryo.prepare(v.pid)

@@ -400,7 +400,9 @@ def _range(obj: Any) -> tuple[int, int]:
 def checkpoint_self(dest: str, *args: str, timeout: float = 300.0) -> int:
     """Ask for a checkpoint of this process into ``dest`` (more ``cryo checkpoint``
     options in ``args``); returns CONTINUED once it is written, RESTARTED when the
-    program runs again from it.  Raises RuntimeError if the checkpoint failed.
+    program runs again from it.  Raises RuntimeError if the checkpoint failed, or if cryo
+    had not finished within ``timeout`` seconds (it is then killed: an interrupted
+    checkpoint writes no image and leaves this process running).
 
     cryo runs in a grandchild (not ours, not saved), its stderr a file of its own; this
     process holds no fd of it while it is checkpointed (a pipe from cryo would be one
@@ -435,21 +437,30 @@ def checkpoint_self(dest: str, *args: str, timeout: float = 300.0) -> int:
     with os.fdopen(r, "rb") as f:
         cryo_pid = int(f.read() or b"0")
     started = _start_time(cryo_pid)
+    deadline = time.monotonic() + timeout
+    killed = False
     try:
         # until the agent is told (cryo tells it before it exits: a moment's grace) or
         # cryo is gone without telling it
         gone_at = None
         while not ev.wait(0.05):
+            now = time.monotonic()
             if gone_at is None and (not started or _start_time(cryo_pid) != started):
-                gone_at = time.monotonic()
-            if gone_at is not None and time.monotonic() - gone_at > 2.0:
+                gone_at = now
+            elif gone_at is None and now > deadline and not killed:
+                # still the cryo we started (pid and start time): no other process's pid
+                os.kill(cryo_pid, signal.SIGKILL)
+                killed = True
+            if gone_at is not None and now - gone_at > 2.0:
                 with a.lock:
                     if ev in a.waiters:
                         a.waiters.remove(ev)
-                raise RuntimeError(f"checkpoint_self: no checkpoint was taken: {_said(log)}")
+                why = f"cryo did not finish within {timeout:g} s" if killed else _said(log)
+                raise RuntimeError(f"checkpoint_self: no checkpoint was taken: {why}")
         outcome = a.results.pop(id(ev), FAILED)
         if outcome == FAILED:
-            raise RuntimeError(f"checkpoint_self: the checkpoint failed: {_said(log)}")
+            why = f"cryo did not finish within {timeout:g} s" if killed else _said(log)
+            raise RuntimeError(f"checkpoint_self: the checkpoint failed: {why}")
         return outcome
     finally:
         with contextlib.suppress(OSError):
