@@ -117,7 +117,7 @@ def process_vm_readv(pid: int, local: Sequence[tuple[int, int]],
 
 def process_vm_readv_raw(pid: int, local: int, remote: int, count: int) -> int:
     """process_vm_readv with ``count`` iovecs at addresses ``local`` and ``remote``
-    (arrays the caller made: numpy's, for thousands of runs)."""
+    (arrays the caller made: engine/memory.py's, for thousands of runs)."""
     return _check(_process_vm_readv(pid, local, count, remote, count, 0),
                   f"process_vm_readv pid={pid}")
 
