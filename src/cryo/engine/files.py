@@ -37,7 +37,8 @@ from cryo import procfs
 from cryo.engine import anonfds, changed, dirty, ghosts, locks, specialfds
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.translate import apply as translated
-from cryo.errors import CryoError, ImageCorrupt, Unsupported
+from cryo.engine.translate import changed_how
+from cryo.errors import CryoError, FileChanged, ImageCorrupt, Unsupported
 from cryo.lazy import lazy
 from cryo.linux import fdcalls, libc
 from cryo.linux.consts import SYS
@@ -146,9 +147,54 @@ def _describe_file(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[
     if specialfds.is_ns(f.target):
         return specialfds.describe_ns(f.target)
     if f.st.st_nlink != 0 and not f.target.endswith(ghosts.DELETED):
-        return {}
+        return _identity(f)
     return ghosts.describe(f.pid, f.fd, f.target, f.st, descs.ghosts, descs.blobs,
                            len(descs.descs))  # fmt: skip
+
+
+def _identity(f: Found) -> dict[str, Any]:
+    """What tells, at restart, that the file reopened by its name is the one the fd had
+    (:func:`_same_file`): its mtime (with its size, already in the description) and its
+    file handle (name_to_handle_at: inode and generation numbers on ext4, xfs, btrfs,
+    tmpfs; none on filesystems without one)."""
+    out: dict[str, Any] = {"mtime_ns": f.st.st_mtime_ns}
+    handle = fdcalls.name_to_handle_at(-100, f"/proc/{f.pid}/fd/{f.fd}",
+                                       fdcalls.AT_SYMLINK_FOLLOW)  # fmt: skip
+    if handle is not None:
+        out["handle"] = handle
+    return out
+
+
+def _same_file(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -> None:
+    """The regular file reopened by name for ``d`` is the file it was, or FileChanged
+    (exit 12; --ignore-changed-files restarts anyway).  A file renamed over it or
+    deleted and made again under its name, as long or longer, was reopened silently
+    before: the program went on with another file.  On the filesystem it was on (same
+    device, the path not translated), it must be the same inode, and where a file
+    handle was saved the same handle (an inode number the filesystem gave again to a
+    new file has another generation); it may have been written since (a log another
+    run appended to is still the program's file).  Elsewhere (another machine, a copy
+    through --translate) no number is stable: it must have the size and mtime it had
+    (CRIU's rule for regular files: criu/files-reg.c compares the size and mode)."""
+    if "mtime_ns" not in d or changed.ignored(options):
+        return  # (an image of before: no identity saved)
+    st = os.fstat(fd)
+    why = None
+    if st.st_dev == d["dev"] and path == d["path"]:
+        if st.st_ino != d["ino"]:
+            why = f"another file now (inode {st.st_ino}, was {d['ino']})"
+        elif "handle" in d and (handle := fdcalls.name_to_handle_at(
+                fd, "", fdcalls.AT_EMPTY_PATH)) is not None and handle != d["handle"]:
+            why = "another file now (its inode number given again to a new file)"
+    elif (st.st_size, st.st_mtime_ns) != (d["size"], d["mtime_ns"]):
+        how = changed_how((d["size"], d["mtime_ns"]), st)
+        why = f"not the file of the checkpoint ({how}; on another filesystem only its size" \
+            " and mtime can tell)"  # fmt: skip
+    if why is not None:
+        raise FileChanged(f"fd {d['fd']} of process {d['pid']}: {path} is {why}: it was"
+                          " replaced since the checkpoint; --ignore-changed-files restarts"
+                          " anyway", pid=d["pid"], resource=f"fd {d['fd']}",
+                          path=path)  # fmt: skip
 
 
 def _describe_unix(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
@@ -740,6 +786,12 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     except BaseException:
         os.close(fd)
         raise
+    if d["kind"] == "file" and not d.get("deleted") and not d.get("ns"):
+        try:
+            _same_file(d, fd, path, o.options)
+        except BaseException:
+            os.close(fd)
+            raise
     if d["kind"] == "file" and not flags & O_PATH and not d.get("ns"):
         if not d.get("deleted"):
             try:

@@ -637,7 +637,10 @@ DESC = Struct((
     F("uid", Int(0, U32), "file (deleted), fifo: its owner", required=False),
     F("gid", Int(0, U32), "file (deleted), fifo: its group", required=False),
     F("atime_ns", Int(0, (1 << 63) - 1), "file (deleted), fifo", required=False),
-    F("mtime_ns", Int(0, (1 << 63) - 1), "file (deleted), fifo", required=False),
+    F("mtime_ns", Int(0, (1 << 63) - 1), "file, fifo", required=False),
+    F("handle", Bytes(max=4 + 128), "file: its file handle (name_to_handle_at: the handle"
+      " type, 4 bytes little-endian, then the handle), the same file at restart",
+      required=False),
     F("node", Bool(), "dir, chr (deleted): made again at restart (mkdir, mknod), one inode for"
       " every description of the same dev and ino", required=False),
     F("rdev", Int(0, U32), "chr (deleted): its device number", required=False),

@@ -91,6 +91,27 @@ def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int
     return _check(int(ret), "open_by_handle_at")
 
 
+AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x400, 0x1000
+
+
+def name_to_handle_at(dirfd: int, path: str, flags: int) -> bytes | None:
+    """The file handle of ``path`` (relative to ``dirfd``; with AT_EMPTY_PATH and "" the
+    file of ``dirfd`` itself) as handle_type (4 bytes, little-endian) and its bytes; None
+    where the filesystem gives none.  It names one inode of one filesystem for as long
+    as it lives (the generation number besides the inode number: a reused number gives
+    another handle)."""
+    buf = ctypes.create_string_buffer(8 + MAX_HANDLE_SZ)
+    ctypes.memmove(buf, MAX_HANDLE_SZ.to_bytes(4, "little"), 4)
+    mount_id = ctypes.c_int()
+    ret = _syscall(ctypes.c_long(SYS_NAME_TO_HANDLE_AT), ctypes.c_long(dirfd),
+                   ctypes.c_char_p(os.fsencode(path)), ctypes.c_void_p(ctypes.addressof(buf)),
+                   ctypes.c_void_p(ctypes.addressof(mount_id)), ctypes.c_long(flags))  # fmt: skip
+    if ret == -1:
+        return None
+    n = int.from_bytes(buf.raw[:4], "little")
+    return buf.raw[4 : 8 + min(n, MAX_HANDLE_SZ)]
+
+
 def pidfd_open(pid: int, flags: int) -> int:
     return _check(int(_syscall(ctypes.c_long(SYS_PIDFD_OPEN), ctypes.c_long(pid),
                                ctypes.c_uint(flags))), f"pidfd_open {pid}")  # fmt: skip

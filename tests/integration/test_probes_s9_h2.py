@@ -1,0 +1,102 @@
+"""Files and sockets that came back wrong, exit 0 (issue 9, session 9, h2):
+victims/files_s9.c sets one piece of state per mode, is checkpointed, killed and
+restarted, and checks itself every round ("ok N" or "FAIL what")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cryo.errors import ExitCode
+from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.integration.test_procstate import cycle
+
+pytestmark = pytest.mark.timeout(120)
+VICTIMS = Path(__file__).resolve().parent.parent / "victims"
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("files_s9") / "files_s9"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out),
+                    str(VICTIMS / "files_s9.c")], check=True)  # fmt: skip
+    return str(out)
+
+
+def _spawn(procs: Procs, exe: str, tmp_path: Path, mode: str) -> Victim:
+    out = tmp_path / "out.txt"
+    v = procs.spawn([exe, str(out), mode, str(tmp_path)], out)
+    v.wait_line("ready")
+    v.wait_ok_after(1)
+    return v
+
+
+def _rename_over(path: Path) -> None:
+    new = path.with_name("new")
+    new.write_bytes(b"z" * 8192)  # longer than the file it replaces
+    os.rename(new, path)
+
+
+def _remade(path: Path) -> None:
+    path.unlink()
+    path.write_bytes(b"y" * 4096)  # as long (on ext4 often with the inode number again)
+
+
+def _copied_same_stat(path: Path) -> None:
+    """A copy of other bytes, given the size and mtime of the file it replaces (only a
+    file handle or the inode tells it from the one the image had)."""
+    st = path.stat()
+    new = path.with_name("new")
+    new.write_bytes(b"x" * st.st_size)
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(new, path)
+
+
+@pytest.mark.parametrize("how", [_rename_over, _remade, _copied_same_stat],
+                         ids=["renamed-over", "deleted-and-made-again", "same-size-and-mtime"])
+def test_a_file_replaced_since_the_checkpoint_is_refused(procs: Procs, exe: str,
+                                                         tmp_path: Path, how: object) -> None:
+    """A regular file open in the process, replaced under its name after the checkpoint
+    by one as long or longer: the restart reopened the name, exit 0, and the process
+    read another file's bytes.  Now FileChanged, exit 12, naming the file, nothing
+    made; --ignore-changed-files restarts anyway (the process then sees the other file,
+    as asked)."""
+    v = _spawn(procs, exe, tmp_path, "file")
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    assert callable(how)
+    how(tmp_path / "data")
+    r = run_cryo("restart", "-D", str(img), "--detach")
+    if r.returncode == 0:  # (the old code: track it, to be reaped)
+        procs.track(int(r.stdout))
+    assert r.returncode == ExitCode.FILE_CHANGED, (r.returncode, r.stderr)
+    assert f"{tmp_path / 'data'} is another file now" in r.stderr, r.stderr
+    assert not os.path.exists(f"/proc/{v.pid}")
+    r = run_cryo("restart", "-D", str(img), "--detach", "--ignore-changed-files")
+    assert r.returncode == 0, r.stderr
+    w = Victim(procs.track(int(r.stdout)), v.out)
+    w.wait_for(lambda _: bool(w.fails()))
+
+
+def test_a_file_written_since_is_still_the_file(procs: Procs, exe: str, tmp_path: Path
+                                                ) -> None:  # fmt: skip
+    """The same file, written to after the checkpoint (its size and mtime changed, its
+    inode the same): restarted; the restored process still sees its own file.  And a
+    file replaced before the checkpoint is the one the fd has (deleted: saved whole)."""
+    v = _spawn(procs, exe, tmp_path, "file")
+    data = tmp_path / "data"
+    fd = os.open(data, os.O_RDWR)  # (the same bytes again: a new mtime)
+    try:
+        os.pwrite(fd, os.pread(fd, 16, 0), 0)
+    finally:
+        os.close(fd)
+    v = cycle(procs, v, tmp_path / "img")
+    assert not v.fails()
+    _rename_over(data)
+    v = cycle(procs, v, tmp_path / "img2")
+    assert not v.fails()

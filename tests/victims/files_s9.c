@@ -1,0 +1,140 @@
+/* Probes of session 9 (issue 9, h2): files and sockets that came back wrong, exit 0.
+ * argv[2] names one piece of state; the program sets it, reports "ready PID", then
+ * checks it every round ("ok N", or "FAIL what").  argv[3] is a scratch directory.
+ *   file       argv[3]/data (4096 bytes of a pattern) open read-write at offset 100:
+ *              each round its size, the offset and the pattern read back (pread)
+ *   udpshutwr  a connected UDP socket shut for writing (SHUT_WR): send fails, EPIPE
+ *   md5        a TCP listener on 127.0.0.1 with a TCP_MD5SIG key for 127.0.0.1
+ *   ao         a TCP socket with a TCP-AO key (TCP_AO_ADD_KEY; "skip" without TCP-AO)
+ *   dgramauto  a unix datagram socket bound to an abstract name holding two datagrams
+ *              from an autobound sender that is closed since: recvfrom gives each
+ *              with the sender's "\0xxxxx" address (checked at each round by peeking)
+ *   dgramautoheld  the same, the sender still open
+ */
+#include "common.h"
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <stddef.h>
+
+static const char *mode, *dir;
+static int fd = -1, sock = -1;
+static char pat[4096];
+
+static void setup_file(void) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data", dir);
+    for (int i = 0; i < (int)sizeof pat; i++) pat[i] = 'a' + (int)(mix(i) % 26);
+    fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || write(fd, pat, sizeof pat) != (ssize_t)sizeof pat || lseek(fd, 100, SEEK_SET) != 100) _exit(1);
+}
+
+static int file_check(void) {
+    struct stat st;
+    char got[sizeof pat];
+    if (fstat(fd, &st) || st.st_size != (off_t)sizeof pat) { FAIL("size %ld", (long)st.st_size); return 1; }
+    if (lseek(fd, 0, SEEK_CUR) != 100) { FAIL("offset"); return 1; }
+    if (pread(fd, got, sizeof got, 0) != (ssize_t)sizeof got || memcmp(got, pat, sizeof pat)) { FAIL("another file's bytes"); return 1; }
+    return 0;
+}
+
+static void setup_udpshutwr(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)}, b;
+    socklen_t l = sizeof b;
+    int peer = socket(AF_INET, SOCK_DGRAM, 0);
+    sock = socket(AF_INET, SOCK_DGRAM, 0);
+    if (bind(peer, (void *)&a, sizeof a) || getsockname(peer, (void *)&b, &l) || connect(sock, (void *)&b, l)) _exit(1);
+    if (shutdown(sock, SHUT_WR)) { FAIL("shutdown %d", errno); _exit(1); }
+}
+
+static int udpshutwr_check(void) {
+    ssize_t r = send(sock, "x", 1, MSG_NOSIGNAL);
+    if (r != -1 || errno != EPIPE) { FAIL("udp shut for writing: send %zd errno %d, want EPIPE", r, errno); return 1; }
+    return 0;
+}
+
+static void setup_md5(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct tcp_md5sig m;
+    memset(&m, 0, sizeof m);
+    memcpy(&m.tcpm_addr, &a, sizeof a);
+    m.tcpm_keylen = 6;
+    memcpy(m.tcpm_key, "secret", 6);
+    sock = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(sock, (void *)&a, sizeof a) || listen(sock, 4)) _exit(1);
+    if (setsockopt(sock, IPPROTO_TCP, TCP_MD5SIG, &m, sizeof m)) { FAIL("TCP_MD5SIG %d", errno); _exit(1); }
+}
+
+/* include/uapi/linux/tcp.h (6.7) */
+struct ao_add { struct sockaddr_storage addr; char alg_name[64]; int ifindex;
+    unsigned set_current:1, set_rnext:1, reserved:30; unsigned short reserved2; unsigned char prefix, sndid, rcvid, maclen, keyflags, keylen;
+    unsigned char key[80]; } __attribute__((aligned(8)));
+
+static void setup_ao(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct ao_add k;
+    memset(&k, 0, sizeof k);
+    memcpy(&k.addr, &a, sizeof a);
+    strcpy(k.alg_name, "hmac(sha1)");
+    k.prefix = 32; k.sndid = 1; k.rcvid = 1; k.keylen = 6;
+    memcpy(k.key, "secret", 6);
+    sock = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(sock, (void *)&a, sizeof a) || listen(sock, 4)) _exit(1);
+    if (setsockopt(sock, IPPROTO_TCP, 38 /* TCP_AO_ADD_KEY */, &k, sizeof k)) { report("skip TCP-AO %d", errno); }
+}
+
+static socklen_t abstract(struct sockaddr_un *a, const char *name) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    snprintf(a->sun_path + 1, sizeof a->sun_path - 1, "cryo-s9h2-%d-%s", getpid(), name);
+    return offsetof(struct sockaddr_un, sun_path) + 1 + strlen(a->sun_path + 1);
+}
+
+static struct sockaddr_un from;
+static socklen_t from_len;
+
+static void setup_dgramauto(int keep) {
+    struct sockaddr_un a;
+    socklen_t al = abstract(&a, "rx");
+    sa_family_t fam = AF_UNIX;
+    sock = socket(AF_UNIX, SOCK_DGRAM, 0);
+    int tx = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (bind(sock, (void *)&a, al) || bind(tx, (void *)&fam, sizeof fam)) _exit(1);  /* autobind */
+    from_len = sizeof from;
+    getsockname(tx, (void *)&from, &from_len);
+    if (sendto(tx, "one", 3, 0, (void *)&a, al) != 3 || sendto(tx, "two", 3, 0, (void *)&a, al) != 3) _exit(1);
+    if (!keep) close(tx);
+}
+
+static int dgramauto_check(void) {
+    struct sockaddr_un n;
+    socklen_t l = sizeof n;
+    char b[8] = {0};
+    memset(&n, 0, sizeof n);
+    ssize_t r = recvfrom(sock, b, sizeof b, MSG_PEEK | MSG_DONTWAIT, (void *)&n, &l);
+    if (r != 3 || memcmp(b, "one", 3)) { FAIL("datagram: %zd '%s'", r, b); return 1; }
+    if (l != from_len || memcmp(&n, &from, l)) { FAIL("datagram from %d bytes, want the autobound %d", l, from_len); return 1; }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    open_report(argc, argv);
+    if (argc < 4) _exit(2);
+    mode = argv[2];
+    dir = argv[3];
+    int (*check)(void) = NULL;
+    if (!strcmp(mode, "file")) { setup_file(); check = file_check; }
+    else if (!strcmp(mode, "udpshutwr")) { setup_udpshutwr(); check = udpshutwr_check; }
+    else if (!strcmp(mode, "md5")) setup_md5();
+    else if (!strcmp(mode, "ao")) setup_ao();
+    else if (!strcmp(mode, "dgramauto")) { setup_dgramauto(0); check = dgramauto_check; }
+    else if (!strcmp(mode, "dgramautoheld")) { setup_dgramauto(1); check = dgramauto_check; }
+    else _exit(2);
+    report("ready %d", getpid());
+    for (long round = 0;; round++) {
+        if (!check || !check()) report("ok %ld", round);
+        nap(100);
+    }
+}
