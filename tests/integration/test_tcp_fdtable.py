@@ -113,6 +113,7 @@ def test_options_sock_diag_shows_are_what_getsockopt_answers() -> None:
         [], [(N.SOL.IP, N.IP.TOS, 0x10)],
         [(N.SOL.IP, N.IP.FREEBIND, 1), (N.SOL.IP, N.IP.RECVERR, 1)],
         [(N.SOL.IP, N.IP.TRANSPARENT, 1), (N.SOL.IP, N.IP.BIND_ADDRESS_NO_PORT, 1)],
+        [(N.SOL.IP, N.IP.RECVERR_RFC4884, 1)],
         [(N.SOL.SOCKET, N.SO.MARK, 7), (N.SOL.SOCKET, N.SO.PRIORITY, 3)],
         [(N.SOL.SOCKET, N.SO.MARK, -5)], [(N.SOL.SOCKET, N.SO.BINDTODEVICE, b"lo")],
         [(N.SOL.TCP, N.TCP.CONGESTION, b"reno")],
@@ -128,7 +129,7 @@ def test_options_sock_diag_shows_are_what_getsockopt_answers() -> None:
                 attrs: dict[int, dict[int, Any]] = {}
                 N.inet_diag(socket.AF_INET, only={ino}, attrs=attrs)
                 known = inet.diag_known(attrs.get(ino))
-                assert known and len(known) >= 8, attrs
+                assert known and len(known) >= 10, attrs
                 asked = inet.options(a, ident, buffers=False, connection=True)
                 assert inet.options(a, ident, buffers=False, connection=True,
                                     known=known) == asked, opts  # fmt: skip

@@ -303,9 +303,13 @@ def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = Tr
 _asked: dict[tuple[Any, ...], list[tuple[int, int, int, Any]]] = {}
 _UNKNOWN = object()
 # INET_DIAG_SOCKOPT's bit fields (struct inet_diag_sockopt: byte, bit): the flags that
-# getsockopt IP_RECVERR, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT answer
+# getsockopt IP_RECVERR, IP_FREEBIND, IP_TRANSPARENT, IP_NODEFRAG, IP_BIND_ADDRESS_NO_PORT
+# and IP_RECVERR_RFC4884 answer (the others: is_icsk, hdrincl and multicast's, which a
+# stream has not, and defer_connect, TCP_FASTOPEN_CONNECT's state)
 _SOCKOPT_BITS = ((int(N.IP.RECVERR), 0, 0x01), (int(N.IP.FREEBIND), 0, 0x04),
-                 (int(N.IP.TRANSPARENT), 0, 0x20), (int(N.IP.BIND_ADDRESS_NO_PORT), 1, 0x01))
+                 (int(N.IP.TRANSPARENT), 0, 0x20), (int(N.IP.NODEFRAG), 0, 0x80),
+                 (int(N.IP.BIND_ADDRESS_NO_PORT), 1, 0x01),
+                 (int(N.IP.RECVERR_RFC4884), 1, 0x02))  # fmt: skip
 _SOL_IP, _IP_TOS, _SO_MARK = int(N.SOL.IP), int(N.IP.TOS), int(N.SO.MARK)
 _SO_PRIORITY, _SO_BINDTODEVICE = int(N.SO.PRIORITY), int(N.SO.BINDTODEVICE)
 _TCP_CONGESTION = int(N.TCP.CONGESTION)
@@ -316,7 +320,7 @@ def diag_known(attrs: dict[int, Any] | None) -> dict[tuple[int, int], Any] | Non
     """Option values of an IPv4 TCP socket as its sock_diag answer shows them
     (N.inet_diag's ``attrs``), each as getsockopt answers it (an int, or the bytes of a
     raw option), where the kernel gives both from the same field (net/ipv4/inet_diag.c,
-    ip_sockglue.c, sock.c, tcp.c): the four inet flags, IP_TOS (inet->tos), SO_MARK
+    ip_sockglue.c, sock.c, tcp.c): six inet flags, IP_TOS (inet->tos), SO_MARK
     (sk_mark); SO_PRIORITY only as 0 (a class id of 0 is sent when both are 0, else the
     class id), SO_BINDTODEVICE only as none (idiag_if 0); TCP_CONGESTION as its name,
     zero-filled.  Only used to skip asking an option shown at a fresh socket's value."""
