@@ -97,6 +97,9 @@ class Opening:
     pipes: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     pairs: dict[int, int] = field(default_factory=dict)
     keep: dict[str, Any] = field(default_factory=dict)  # for later stages (the session's)
+    # files the restart itself put back (saved with cryo.app, the JVM's hsperf file):
+    # the image's bytes in a new inode, not a file replaced since
+    put_back: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -175,9 +178,11 @@ def _same_file(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -
     new file has another generation); it may have been written since (a log another
     run appended to is still the program's file).  Elsewhere (another machine, a copy
     through --translate) no number is stable: it must have the size and mtime it had
-    (CRIU's rule for regular files: criu/files-reg.c compares the size and mode)."""
-    if "mtime_ns" not in d or changed.ignored(options):
-        return  # (an image of before: no identity saved)
+    (CRIU's rule for regular files: criu/files-reg.c compares the size and mode).  A
+    file of a filesystem without file handles (/proc, /sys: their inode numbers and
+    mtimes are made at each lookup) is reopened by its name as before."""
+    if "handle" not in d or changed.ignored(options):
+        return  # (or an image of before: no identity saved)
     st = os.fstat(fd)
     why = None
     if st.st_dev == d["dev"] and path == d["path"]:
@@ -623,14 +628,16 @@ class Opened:
 
 
 def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[str, Any]],
-             options: dict[str, Any], keep: dict[str, Any] | None = None) -> Opened:  # fmt: skip
+             options: dict[str, Any], keep: dict[str, Any] | None = None,
+             put_back: frozenset[str] = frozenset()) -> Opened:  # fmt: skip
     """Open every description in cryo, on fds above every fd number the image uses;
-    what a kind must keep for a later stage goes into ``keep``."""
+    what a kind must keep for a later stage goes into ``keep``; ``put_back``: the paths
+    of files the restart put back from the image (:class:`Opening`)."""
     top = max([e["fd"] for t in tables for e in t["fds"]] + [2]
               + [w[0] for d in descs for w in d.get("hidden", ())])  # fmt: skip
     opened = Opened(base=max(top + 1, 10))
     o = Opening(blobs, options, opened, {d["ino"]: d for d in descs if d["kind"] == "unix"},
-                keep=keep if keep is not None else {})
+                keep=keep if keep is not None else {}, put_back=put_back)
     try:
         for d in descs:
             k = KINDS.get(d["kind"])
@@ -668,10 +675,14 @@ def prepare(rs: Any) -> None:
     ghosts.make_nodes(plan.descs, [r[KIND] for r in plan.procs.values()],
                       lambda p: _translate(p, rs.options), owner is None or owner.root,
                       rs.on_exit)  # fmt: skip
+    from cryo.engine.drivers import APPX, HSPF  # (not appchannel, hsperf: lazy)
+
+    put_back = frozenset(f["path"] for kind in (APPX, HSPF) for r in rs.image.raw(kind)
+                         for f in r.get("files", ()))  # fmt: skip
     try:
         rs.shared.opened = opened = open_all(plan.descs, plan.blobs,
                                              [r[KIND] for r in plan.procs.values()],
-                                             rs.options, rs.shared.keep)  # fmt: skip
+                                             rs.options, rs.shared.keep, put_back)  # fmt: skip
     finally:
         ghosts.unlink_names(plan.descs)  # (kept for O_NOFOLLOW opens)
     rs.on_exit(opened.close)
@@ -786,7 +797,8 @@ def _open_path(d: dict[str, Any], o: Opening) -> int:
     except BaseException:
         os.close(fd)
         raise
-    if d["kind"] == "file" and not d.get("deleted") and not d.get("ns"):
+    if d["kind"] == "file" and not d.get("deleted") and not d.get("ns") and \
+            d["path"] not in o.put_back:  # fmt: skip
         try:
             _same_file(d, fd, path, o.options)
         except BaseException:
