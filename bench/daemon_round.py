@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -187,8 +188,23 @@ def hook_profiler(counting: list[bool]) -> dict[str, list[float]]:
         return [time.thread_time(), time.perf_counter(), ptrace.STATS["stops"],
                 inject.STATS["batches"], inject.STATS["single_calls"], 0.0]
 
+    def stepped(label, g):  # type: ignore[no-untyped-def]
+        """A queue hook's generator, each of its steps counted under ``label``."""
+        step = wrap(label, next)
+        sent = wrap(label, lambda g, v: g.send(v))
+        try:
+            got = step(g)
+            while True:
+                got = sent(g, (yield got))
+        except StopIteration as done:
+            return done.value
+
     def wrap(label: str, fn):  # type: ignore[no-untyped-def]
         def profiled(*a, **kw):  # type: ignore[no-untyped-def]
+            out = once(*a, **kw)
+            return stepped(label, out) if isinstance(out, types.GeneratorType) else out
+
+        def once(*a, **kw):  # type: ignore[no-untyped-def]
             if not counting[0]:
                 return fn(*a, **kw)
             t0 = now()
@@ -208,11 +224,12 @@ def hook_profiler(counting: list[bool]) -> dict[str, list[float]]:
 
         return profiled
 
-    hooks = ("inject", "inject_thread", "collect", "shared", "write", "written", "records",
-             "before_freeze", "after_checkpoint", "thaw")
+    hooks = ("queue", "queue_thread", "inject", "collect", "shared", "write", "written",
+             "records", "before_freeze", "after_checkpoint", "thaw")
     new = []
     for d in D.DRIVERS:
-        changes = {h: wrap(f"{d.name}.{h}", getattr(d, h)) for h in hooks if getattr(d, h)}
+        changes = {h: wrap(f"{d.name}.{h}", getattr(d, h)) for h in hooks
+                   if getattr(d, h, None)}  # (an older tree's drivers: --code)
         new.append(d.replace(**changes) if changes else d)
     D.DRIVERS = tuple(new)
     for mod, name, label in (
@@ -224,6 +241,7 @@ def hook_profiler(counting: list[bool]) -> dict[str, list[float]]:
             (scratchlog, "choose", "session: scratchlog"),
             (scratchlog, "note", "session: scratchlog"),
             (scratchlog, "forget", "session: scratchlog"),
+            (inject.Batch, "run", "session: batches run"),
             (inject.Injector, "map_scratch", "session: map_scratch"),
             (inject.Injector, "unmap_scratch", "session: unmap_scratch"),
             (inject.Injector, "finish", "session: injector finish"),

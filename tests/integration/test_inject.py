@@ -168,3 +168,43 @@ def test_tracer_dies_in_a_batch(procs: Procs, build: Any, tmp_path: Path, when: 
         assert any(line.split()[-1] == "0" and int(line.split()[0].split("-")[1], 16)
                    - int(line.split()[0].split("-")[0], 16) == 65536 and "rwxp" in line
                    for line in maps.splitlines())  # fmt: skip
+
+
+def test_together_starts_a_run_and_results_are_kept(held: tuple[Victim, Injector]) -> None:
+    """Calls queued ``together`` are not cut by the end of a run (they begin the next
+    one); what a batch's calls wrote in the scratch area is read as they left it, even
+    after a later batch wrote over the same bytes."""
+    v, inj = held
+    stops = inj.stops
+    with inj.batch() as b:
+        ppids = [b.call(SYS.getppid) for _ in range(BATCH_MAX - 3)]
+        with b.together():
+            pids = [b.call(SYS.getpid) for _ in range(10)]
+        act = b.reserve(32)
+        b.call(SYS.rt_sigaction, signal.SIGTERM, 0, act, 8)
+    assert inj.stops - stops == 2, "the ten together in the second run, not cut after 3"
+    assert {b.result(i) for i in pids} == {v.pid} and len({b.result(i) for i in ppids}) == 1
+    first = b.read(act, 32)
+    with inj.batch() as b2:
+        b2.put(b"\xff" * 64)  # the same bytes of the scratch area
+        b2.call(SYS.getpid)
+    assert inj.read(act, 32) == b"\xff" * 32
+    assert b.read(act, 32) == first != b"\xff" * 32
+
+
+def test_one_batch_for_every_driver(procs: Procs, build: Any, tmp_path: Path) -> None:
+    """The drivers' calls for a one-thread process run in one batch (issue 14: they
+    were ten, one or two per driver): two runs of the routine, two stops, for its ~116
+    calls (BATCH_MAX a run), and the process goes on."""
+    from cryo.engine import inject
+    from cryo.engine.dump import checkpoint
+
+    v = procs.spawn([build("counter"), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(1)
+    before = dict(inject.STATS)
+    checkpoint(v.pid, str(tmp_path / "img"), worker=False)
+    got = {k: inject.STATS[k] - before[k] for k in before}
+    assert got["batches"] <= 2, got
+    assert got["batched_calls"] > 60, got  # (the signals' actions alone are 62)
+    v.wait_ok_after(max(v.oks()) + 1)
+    assert not v.fails()

@@ -9,9 +9,14 @@ import each other: what one phase leaves for a later one goes through the contex
 
 Checkpoint phases a driver may act in (per process unless said otherwise):
 
-    inject         inside the frozen task, a scratch page mapped (``ctx.inj``)
-    inject_thread  the same, for each thread (``inj`` injects into that thread); only
-                   the threads driver: it returns the thread's THRD record
+    queue          inside the frozen task, a scratch page mapped: the calls it needs
+                   queued into the process's one batch (``queue(ctx, b)``), see below
+    queue_thread   the same, for each thread (``queue_thread(ctx, tracee, b)``, ``b``
+                   that thread's batch; the leader's is the process's): what it returns
+                   goes into the thread's THRD record
+    inject         then, every queued call read: calls of its own (``ctx.inj``), those
+                   that change the process (the write-tracking token), after every
+                   refusal of the queue hooks
     collect        from outside the task (/proc, ptrace, process_vm_readv)
     shared         once for all processes, after every process was collected
     write          per process, the sink known: side data, which pages to copy
@@ -30,6 +35,16 @@ is built (before they run), ``after_restart`` once they run, and per process the
 those in :data:`PER_THREAD` run once per thread (``restore_thread``), with that thread's
 injector and THRD record, the others once per process (``restore``).
 
+The queue hooks of every driver share one batch of injected calls per thread, so that a
+process is stopped once for all of them, not once per driver (issue 14).  A queue hook is
+a generator: it queues its calls in ``b`` and yields; the session runs every thread's
+batch, then resumes the hooks in driver order, each reading its results (``b.result``,
+``b.read``) and returning what it found (its record, for a driver that keeps one; a
+refusal raises here, before anything is written in the process).  A hook that needs an
+earlier result for its next calls queues them in the batch its yield returns
+(``nb = yield``) and yields again: the session runs a second round for those.  A queue
+hook with nothing to queue may be a plain function (it returns None).
+
 Adding a resource: a module with its dump and restore halves, and one line here.  A
 resource most programs lack has its module imported on first use: its hooks here are
 ``_when(module, hook, need)`` (imported and run only where ``need`` finds the resource)
@@ -42,7 +57,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cryo import procfs
@@ -70,7 +85,7 @@ from cryo.engine import (
     timers,
     x86,
 )
-from cryo.engine.inject import Injector
+from cryo.engine.inject import Batch, Injector
 from cryo.engine.spmf import open_files as spmf_open
 from cryo.engine.spmf import prepare as spmf_prepare
 from cryo.engine.spmf import save as spmf_save
@@ -83,7 +98,9 @@ if TYPE_CHECKING:
     from cryo.engine.ptrace import Tracee
 
 DumpHook = Callable[["DumpContext"], None]
-ThreadDumpHook = Callable[["DumpContext", "Tracee", "Injector"], dict[str, Any]]
+Queued = Generator[None, Batch, Any]  # yields once its calls are queued (see above)
+QueueHook = Callable[["DumpContext", Batch], Queued | None]
+ThreadQueueHook = Callable[["DumpContext", "Tracee", Batch], Queued | None]
 SessionHook = Callable[[Any], None]  # takes the session (engine/session.py)
 WriteHook = Callable[["DumpContext", Any], None]  # the context and the sink
 RecordsHook = Callable[[Any], Iterable[tuple[bytes, Any, bool]]]
@@ -99,7 +116,7 @@ FINISH_STAGES = ("regs",)  # once the restorer is gone, every process built
 PER_THREAD = frozenset({"thread", "creds", "regs"})
 
 
-_HOOKS = ("inject", "inject_thread", "collect", "shared", "write", "written", "records",
+_HOOKS = ("queue", "queue_thread", "inject", "collect", "shared", "write", "written", "records",
           "prepare", "before_freeze", "after_checkpoint", "after_restart", "born", "describe",
           "thaw", "started")
 
@@ -109,8 +126,9 @@ class Driver:
     acts in (a plain class, not a dataclass: made at import, on every command's path).
 
     ``kinds``: per-process records it writes, in this order; ``optional``: its records
-    may be absent (else every process has them).  Checkpoint hooks: ``inject``,
-    ``inject_thread``, ``collect``, ``shared``, ``write``, ``written``, ``records``;
+    may be absent (else every process has them).  Checkpoint hooks: ``queue``,
+    ``queue_thread``, ``inject``, ``collect``, ``shared``, ``write``, ``written``,
+    ``records``;
     ``before_freeze`` (at the end of prepare), ``after_checkpoint`` (after the resume,
     or in the abort, with why it failed), ``thaw`` (before the processes are let go).
     Restart: ``prepare``, ``born`` (a process just made, with its session and group,
@@ -122,8 +140,9 @@ class Driver:
     name: str
     kinds: tuple[bytes, ...]
     optional: bool
+    queue: QueueHook | None
+    queue_thread: ThreadQueueHook | None
     inject: DumpHook | None
-    inject_thread: ThreadDumpHook | None
     collect: DumpHook | None
     shared: SessionHook | None
     write: WriteHook | None
@@ -311,11 +330,11 @@ def _agent_listens_here() -> bool:
 # -- the hand-over between the context and each module's functions ----------------------
 
 
-def _keep(kind: bytes, fn: Callable[[DumpContext], Any]) -> DumpHook:
-    """An inject hook whose result is the process's record ``kind``."""
+def _keep(kind: bytes, fn: Callable[[DumpContext, Batch], Queued]) -> QueueHook:
+    """A queue hook whose result is the process's record ``kind``."""
 
-    def hook(ctx: DumpContext) -> None:
-        ctx.records[kind] = fn(ctx)
+    def hook(ctx: DumpContext, b: Batch) -> Queued:
+        ctx.records[kind] = yield from fn(ctx, b)
 
     return hook
 
@@ -523,16 +542,16 @@ DRIVERS: tuple[Driver, ...] = (
     # (FileChanged) before the path check would call it missing
     Driver("fingerprint-check", prepare=changed.check_all),
     Driver("paths", prepare=check_paths),
-    Driver("task", (R.TASK,), inject=_keep(R.TASK, task.dump),
+    Driver("task", (R.TASK,), queue=_keep(R.TASK, task.dump),
            restore={"early": _task_early, "task": lambda c: task.restore(c, _rs(c, R.TASK)),
                     "timers": lambda c: task.restore_futex_hash(c, _rs(c, R.TASK))},
            restore_thread={"thread": _thread_state, "creds": _thread_creds},
            describe=_describe_task),
     # (after task: its entries go into TASK)
-    Driver("x86", inject=x86.dump, inject_thread=x86.check_thread,
+    Driver("x86", queue=x86.dump, queue_thread=x86.check_thread,
            restore={"task": x86.restore},
            describe=lambda v: x86.describe(v.records[R.TASK])),
-    Driver("memory", (R.MM,), inject=memory.dump_brk, collect=_memory_collect,
+    Driver("memory", (R.MM,), queue=memory.dump_brk, collect=_memory_collect,
            shared=_object_sources,
            restore={"memory": _memory_layout, "pages": _memory_pages,
                     "protect": _memory_protect}, describe=_describe_memory),
@@ -545,14 +564,14 @@ DRIVERS: tuple[Driver, ...] = (
            started=lambda rs: sysvshm.mark_removed(rs.plan.segments, rs.shared.shm_ids)),
     # (after task, whose record it adds to; after memory and sysvshm, whose mappings it
     # gives their policies before any page is written)
-    Driver("numa", inject=numa.dump, restore={"memory": numa.restore}),
-    Driver("signals", (R.SIGS,), inject=_keep(R.SIGS, signals.dump),
+    Driver("numa", queue=numa.dump, restore={"memory": numa.restore}),
+    Driver("signals", (R.SIGS,), queue=_keep(R.SIGS, signals.dump),
            restore={"signals": lambda c: signals.restore_actions(c, _rs(c, R.SIGS)),
                     "pending": lambda c: signals.restore_pending(c, _rs(c, R.SIGS),
                                                                  c.thread_records)},
            restore_thread={"thread": _thread_altstack},
            describe=lambda v: {"signals": signals.describe(v.records[R.SIGS], v.threads)}),
-    Driver("timers", (R.TIMR,), inject=_keep(R.TIMR, timers.dump),
+    Driver("timers", (R.TIMR,), queue=_keep(R.TIMR, timers.dump),
            before_freeze=timers.snapshot,
            restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))},
            describe=lambda v: {"timers": timers.describe(v.records[R.TIMR])}),
@@ -560,9 +579,9 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("semundo", collect=semundo.check),
     Driver("cgroups", prepare=cgroups.prepare, born=cgroups.born),
     # (refuses: before any thread is read)
-    Driver("landlock", inject_thread=landlock.check_thread, shared=landlock.release,
+    Driver("landlock", queue_thread=landlock.check_thread, shared=landlock.release,
            thaw=landlock.release),
-    Driver("threads", inject=threads.scan_tracees, inject_thread=threads.dump,
+    Driver("threads", queue=lambda c, _b: threads.scan_tracees(c), queue_thread=threads.dump,
            shared=threads.check_tracers, restore={"threads": _threads_create},
            describe=_describe_threads),
     Driver("inet", collect=_when(_INET, "lock_connections", _holds_socket),
@@ -598,7 +617,7 @@ DRIVERS: tuple[Driver, ...] = (
            started=lambda rs: ghosts.seal_late(rs.shared.descs, rs.shared.opened)),
     # (after files and shmem: its prepare reopens fds of mapped deleted files from their
     # object, then takes the locks of the descriptions)
-    Driver("locks", inject=locks.read_table_early, collect=locks.collect,
+    Driver("locks", queue=lambda c, _b: locks.read_table_early(c), collect=locks.collect,
            shared=locks.check_shared, prepare=locks.prepare,
            restore={"files": locks.restore}, restore_thread={"creds": locks.restore_owner}),
     # (the app driver before dirty: it leaves pages out before dirty selects them)

@@ -151,11 +151,13 @@ class Batch:
     naming it; results are read afterwards: ``result(i)`` (the raw result, a negative
     errno for a call that may fail), ``read(addr, size)``."""
 
-    def __init__(self, inj: Injector) -> None:
+    def __init__(self, inj: Injector, frame: ScratchFrame | None = None) -> None:
         self.inj = inj
-        self.frame = inj.frame()
+        self.frame = frame or inj.frame()
         self.calls: list[tuple[int, tuple[int | Ref, ...], bool, str]] = []
         self.results: list[int] = []
+        self.unsplit: dict[int, int] = {}  # first call -> one past the last: one run
+        self._snap: tuple[int, bytes] | None = None  # the frame as the calls left it
 
     def call(self, nr: int, *args: int | Ref, may_fail: bool = False, what: str = "") -> int:
         if len(args) > 6:
@@ -181,10 +183,37 @@ class Batch:
     def reserve(self, size: int) -> int:
         return self.frame.reserve(size)
 
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """The calls queued in the block run in one run of the routine, with no stop in
+        between (a window bracketed by clock reads: engine/timers.py), where they fit."""
+        first = len(self.calls)
+        yield
+        if len(self.calls) - first > 1:
+            self.unsplit[first] = len(self.calls)
+
+    def run(self) -> None:
+        """Run the queued calls (:meth:`Injector.run_batch`), then read the frame's
+        buffers back in one go: :meth:`read` answers from that copy, so that later calls
+        into the same scratch area (another batch, another driver's) do not change what
+        this batch's calls wrote."""
+        self.results = self.inj.run_batch(self.calls, self.unsplit)
+        used = self.frame.used  # (a frame of the scratch area: from its start)
+        self._snap = (self.inj.scratch, self.inj.read(self.inj.scratch, used)) \
+            if used and type(self.frame) is ScratchFrame else None  # fmt: skip
+
+    def room(self) -> int:
+        """Bytes of the scratch area this batch's buffers may still take."""
+        return self.inj.scratch_size - BATCH_REGION - self.frame.used
+
     def result(self, index: int) -> int:
         return self.results[index]
 
     def read(self, addr: int, size: int) -> bytes:
+        if self._snap is not None:
+            base, data = self._snap
+            if base <= addr and addr + size <= base + len(data):
+                return data[addr - base : addr - base + size]
         return self.inj.read(addr, size)
 
 
@@ -324,7 +353,7 @@ class Injector:
         where the routine cannot run); then ``b.result(i)``.  See :class:`Batch`."""
         b = Batch(self)
         yield b
-        b.results = self.run_batch(b.calls)
+        b.run()
 
     def routine(self) -> int:
         """The batch routine's region in this task's scratch mapping (written there the
@@ -378,9 +407,12 @@ class Injector:
             return ~0
         return int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
 
-    def run_batch(self, calls: list[tuple[int, tuple[int | Ref, ...], bool, str]]) -> list[int]:
+    def run_batch(self, calls: list[tuple[int, tuple[int | Ref, ...], bool, str]],
+                  unsplit: dict[int, int] | None = None) -> list[int]:  # fmt: skip
         """Run ``calls`` ((nr, args, may_fail, what) each) in order; their raw results.
-        The first that fails and may not raises SyscallError (the rest do not run)."""
+        The first that fails and may not raises SyscallError (the rest do not run).
+        ``unsplit``: {first: end} ranges of calls begun in a new run of the routine
+        rather than cut by the end of one (where they fit in one)."""
         if not self._seccomp_checked:
             self._first_call()
         results: list[int] = []
@@ -388,6 +420,10 @@ class Injector:
         while i < len(calls):
             run: list[tuple[int, list[int], int, int]] = []  # nr, args, flags, ref
             while i + len(run) < len(calls) and len(run) < BATCH_MAX:
+                end = unsplit.get(i + len(run)) if unsplit else None
+                if end is not None and run and len(run) + end - (i + len(run)) > BATCH_MAX \
+                        and end - (i + len(run)) <= BATCH_MAX:  # fmt: skip
+                    break
                 nr, args, may_fail, _what = calls[i + len(run)]
                 if self._plain(nr, args):
                     break

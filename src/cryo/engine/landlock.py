@@ -23,6 +23,7 @@ import errno
 import functools
 import os
 import signal
+from collections.abc import Generator
 from typing import Any
 
 from cryo import procfs
@@ -168,15 +169,18 @@ def release(_session: Any = None) -> None:
     _witnesses.clear()
 
 
-def check_thread(ctx: Any, t: Any, tinj: Any) -> dict[str, Any]:
-    """Driver hook (inject, per thread): refuse a thread confined by Landlock."""
+def check_thread(ctx: Any, t: Any, b: Any) -> Generator[None, Any, None]:
+    """Driver hook (queue_thread, its kcmp in the thread's batch ``b``): refuse a
+    thread confined by Landlock."""
     if not could_be_confined(ctx.pid, t.tid):
-        return {}
+        return
     st = procfs.parse_status(procfs.read(ctx.pid, f"task/{t.tid}/status"))
     me = tree.nspid(ctx.pid)
-    ret = -errno.EPERM
-    if _cryo_may_witness(ctx.pid, st):
-        ret = tinj.raw(SYS_KCMP, me, os.getpid(), KCMP_VM, 0, 0)
+    mine = b.call(SYS_KCMP, me, os.getpid(), KCMP_VM, 0, 0, may_fail=True) \
+        if _cryo_may_witness(ctx.pid, st) else None  # fmt: skip
+    yield
+    tinj = b.inj
+    ret = -errno.EPERM if mine is None else b.result(mine)
     if ret == -errno.EPERM:  # (or made sure of with a witness of its own ids)
         ret = tinj.raw(SYS_KCMP, me, _witness(ctx.pid, t.tid, st).nspid, KCMP_VM, 0, 0)
     # (in another user namespace the witness, in ours, needs a capability there: EPERM
@@ -189,4 +193,3 @@ def check_thread(ctx: Any, t: Any, tinj: Any) -> dict[str, Any]:
         raise Unsupported(f"thread {t.tid}: cannot tell whether it is confined by Landlock"
                           f" (kcmp: {os.strerror(-ret)})", pid=ctx.pid,
                           resource="landlock")  # fmt: skip
-    return {}

@@ -317,18 +317,17 @@ def _guards(pm: int, start: int, end: int) -> list[list[int]]:
     return out
 
 
-def dump_brk(ctx: DumpContext) -> None:
-    """brk(0) returns the current break: only the task can tell.  And mlockall's
-    MCL_FUTURE, which no /proc file shows: the scratch mapping, mapped just now by an
-    injected mmap, is locked (VmFlags lo, lf) if and only if the mm's default flags
-    lock every new mapping.  That takes smaps, which walks every page (10-15 ms for 1 GiB
-    resident): read only when the status's VmLck says some mapping is locked (with
-    MCL_FUTURE, the scratch is)."""
-    inj = ctx.inj
-    scratch = inj.scratch
-    with inj.batch() as b:  # one stop for brk and the protection keys
-        brk = b.call(SYS.brk, 0)
-        pkeys = _allocated_pkeys(b, scratch) if scratch and _has_pku() else {}
+def dump_brk(ctx: DumpContext, b: Batch) -> Generator[None, Batch, None]:
+    """Queue hook (drivers.py).  brk(0) returns the current break: only the task can
+    tell.  And mlockall's MCL_FUTURE, which no /proc file shows: the scratch mapping,
+    mapped just now by an injected mmap, is locked (VmFlags lo, lf) if and only if the
+    mm's default flags lock every new mapping.  That takes smaps, which walks every
+    page (10-15 ms for 1 GiB resident): read only when the status's VmLck says some
+    mapping is locked (with MCL_FUTURE, the scratch is)."""
+    scratch = ctx.inj.scratch
+    brk = b.call(SYS.brk, 0)  # (with the protection keys, in the process's batch)
+    pkeys = _allocated_pkeys(b, scratch) if scratch and _has_pku() else {}
+    yield
     ctx.live["brk"] = b.result(brk)
     ctx.live["pkeys"] = [k for k, i in pkeys.items() if b.result(i) == 0]
     ctx.live["mlockall"] = 0

@@ -23,10 +23,12 @@ policy of its own was refused (exit 9), and with it every numpy program.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.inject import Batch
 from cryo.linux.consts import SYS
 
 SYS_MBIND = 237
@@ -36,6 +38,7 @@ MAX_NODES = 1024  # bits of the node masks read and given
 MASK = MAX_NODES // 8
 CHUNK = 32  # mappings asked their node masks per batch (their buffers in the scratch area)
 MODES = 2048  # mappings asked their mode alone per batch (8 bytes each in the scratch area)
+ROOM = 16384  # of the scratch area left for the other drivers' calls in the process's batch
 
 
 def _modes(ctx: DumpContext, todo: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -43,44 +46,57 @@ def _modes(ctx: DumpContext, todo: list[tuple[int, int]]) -> list[tuple[int, int
     one buffer read back at once)."""
     out: list[tuple[int, int]] = []
     for i in range(0, len(todo), MODES):
-        part = todo[i : i + MODES]
         with ctx.inj.batch() as b:
-            modes = b.reserve(8 * len(part))
-            calls = [b.call(SYS.get_mempolicy, modes + 8 * k, 0, 0, start, MPOL_F_ADDR,
-                            may_fail=True) for k, (start, _end) in enumerate(part)]  # fmt: skip
-        got = b.read(modes, 8 * len(part))
-        for k, (vma, c) in enumerate(zip(part, calls, strict=True)):
-            # (a call that failed: no NUMA support, or no mapping at start: [vsyscall])
-            mode = int.from_bytes(got[8 * k : 8 * k + 4], "little")
-            if b.result(c) >= 0 and mode != MPOL_DEFAULT:
-                out.append(vma)
+            read = _queue_modes(b, todo[i : i + MODES])
+        out.extend(read())
     return out
 
 
-def dump(ctx: DumpContext) -> None:
-    """Inject hook (after the task driver's): the mappings' own policies into
-    TASK["vma_policies"] as [[start, end, mode, nodes]], when there are any."""
-    vmas = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
-    todo = _modes(ctx, [(v.start, v.end) for v in vmas])
+def _queue_modes(b: Batch, todo: list[tuple[int, int]]) -> Callable[[], list[tuple[int, int]]]:
+    """The mode of each mapping of ``todo`` asked in ``b`` (into one buffer); then
+    those with a policy of their own."""
+    modes = b.reserve(8 * len(todo))
+    calls = [b.call(SYS.get_mempolicy, modes + 8 * k, 0, 0, start, MPOL_F_ADDR,
+                    may_fail=True) for k, (start, _end) in enumerate(todo)]  # fmt: skip
+
+    def read() -> list[tuple[int, int]]:
+        got = b.read(modes, 8 * len(todo))
+        # (a call that failed: no NUMA support, or no mapping at start: [vsyscall])
+        return [vma for k, (vma, c) in enumerate(zip(todo, calls, strict=True))
+                if b.result(c) >= 0 and int.from_bytes(got[8 * k : 8 * k + 4], "little")
+                != MPOL_DEFAULT]  # fmt: skip
+
+    return read
+
+
+def dump(ctx: DumpContext, b: Batch) -> Generator[None, Batch, None]:
+    """Queue hook (after the task driver's): the mappings' own policies into
+    TASK["vma_policies"] as [[start, end, mode, nodes]], when there are any.  The modes
+    are asked in the process's batch where their buffer leaves room for the other
+    drivers' (``ROOM``), else in batches of their own."""
+    vmas = [(v.start, v.end) for v in procfs.parse_maps(procfs.read(ctx.pid, "maps"))]
+    queued = _queue_modes(b, vmas) if b.room() - 8 * len(vmas) >= ROOM else None
+    yield
+    todo = queued() if queued else _modes(ctx, vmas)
     if not todo:
         return
     inj = ctx.inj
     out: list[list[Any]] = []
     for i in range(0, len(todo), CHUNK):
         part = todo[i : i + CHUNK]
-        with inj.batch() as b:
+        with inj.batch() as pb:
             asked = []
             for start, end in part:
-                m, n = b.reserve(8), b.reserve(MASK)
-                c = b.call(SYS.get_mempolicy, m, n, MAX_NODES, start, MPOL_F_ADDR,
+                m, n = pb.reserve(8), pb.reserve(MASK)
+                c = pb.call(SYS.get_mempolicy, m, n, MAX_NODES, start, MPOL_F_ADDR,
                            may_fail=True)  # fmt: skip
                 asked.append((start, end, m, n, c))
         for start, end, m, n, c in asked:
-            if b.result(c) < 0:
+            if pb.result(c) < 0:
                 continue  # (no NUMA support: no policy to keep)
-            mode = int.from_bytes(b.read(m, 4), "little")
+            mode = int.from_bytes(pb.read(m, 4), "little")
             if mode != MPOL_DEFAULT:
-                out.append([start, end, mode, b.read(n, MASK).rstrip(b"\0")])
+                out.append([start, end, mode, pb.read(n, MASK).rstrip(b"\0")])
     if out:
         ctx.records[b"TASK"]["vma_policies"] = out
 

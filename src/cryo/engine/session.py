@@ -7,9 +7,10 @@ A checkpoint::
               before anything is touched); a store's write tracking is looked up
     freeze    every thread of every process of the scope seized and stopped (tree.freeze);
               from here a watchdog bounds how long they may stay frozen
-    collect   per process: the drivers' ``inject`` hooks run inside it (a scratch page
-              mapped), then every thread is parked in a clean stop; then the ``collect``
-              hooks read from outside; once for all: the ``shared`` hooks
+    collect   per process, a scratch page mapped in it: the drivers' ``queue`` hooks'
+              calls run in one batch per thread, each hook then reads its results,
+              then the ``inject`` hooks; every thread is parked in a clean stop; then
+              the ``collect`` hooks read from outside; once for all: the ``shared`` hooks
     write     per process the ``write`` hooks (side data, which pages); the records; the
               pages copied into buffers and written by a writer thread; the processes
               are *released* as soon as their last page is in our buffers, unless a
@@ -46,7 +47,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -55,7 +56,7 @@ from cryo import procfs
 from cryo.engine import clocks, cpu, files, memory, scratchlog, shmem, sud, textscan, tree, vdso
 from cryo.engine import drivers as D
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import SCRATCH_SIZE, Injector
+from cryo.engine.inject import SCRATCH_SIZE, Batch, Injector
 from cryo.engine.spmf import of_session as files_of
 from cryo.engine.translate import of as translate_of
 from cryo.errors import CryoError, InternalError, translate_oserror
@@ -377,19 +378,14 @@ class Checkpoint:
             raise
         injectors = {p.pid: inj}
         try:
+            for tid in p.threads:
+                if tid not in injectors:
+                    tinj = injectors[tid] = Injector(p.tracees[tid], inj.syscall_addr)
+                    tinj.scratch, tinj.scratch_size = inj.scratch, inj.scratch_size
+            ctx.thread_records.extend(_queued(ctx, p, injectors))
             for d in D.DRIVERS:
                 if d.inject:
                     d.inject(ctx)
-            for tid in p.threads:
-                t = p.tracees[tid]
-                tinj = injectors.get(tid) or Injector(t, inj.syscall_addr)
-                tinj.scratch, tinj.scratch_size = inj.scratch, inj.scratch_size
-                injectors[tid] = tinj
-                trec: dict[str, Any] = {}
-                for d in D.DRIVERS:
-                    if d.inject_thread:
-                        trec.update(d.inject_thread(ctx, t, tinj))
-                ctx.thread_records.append(trec)
         finally:
             try:
                 inj.unmap_scratch()
@@ -421,6 +417,55 @@ class Checkpoint:
         self._deadline = time.monotonic() + seconds if seconds else 0.0
         if self.in_worker:
             signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def _queued(ctx: DumpContext, p: tree.Proc, injectors: dict[int, Injector]
+            ) -> list[dict[str, Any]]:  # fmt: skip
+    """The drivers' queue hooks (drivers.py): every driver's calls for one thread in one
+    batch (the leader's process-wide ones in the leader's), all the batches run, then
+    each hook resumed in driver order to read its results; rounds again while a hook
+    queued more.  The THRD record of each thread, in the order of ``p.threads``."""
+    tids = list(dict.fromkeys([p.pid, *p.threads]))
+    batches = {tid: Batch(injectors[tid]) for tid in tids}
+    trecs: dict[int, dict[str, Any]] = {tid: {} for tid in p.threads}
+    # (what each hook's result is for: None for a process hook, the thread's tid)
+    going: list[tuple[Generator[None, Batch, Any], int | None]] = []
+
+    def started(g: Generator[None, Batch, Any] | None, tid: int | None) -> None:
+        if g is None:
+            return
+        try:
+            next(g)
+        except StopIteration as done:
+            ended(done.value, tid)
+        else:
+            going.append((g, tid))
+
+    def ended(value: Any, tid: int | None) -> None:
+        if tid is not None and value:
+            trecs[tid].update(value)
+
+    for d in D.DRIVERS:
+        if d.queue:
+            started(d.queue(ctx, batches[p.pid]), None)
+    for tid in p.threads:
+        for d in D.DRIVERS:
+            if d.queue_thread:
+                started(d.queue_thread(ctx, p.tracees[tid], batches[tid]), tid)
+    while going:
+        for b in batches.values():
+            if b.calls:
+                b.run()
+        batches = {tid: Batch(injectors[tid]) for tid in tids}
+        now, going = going, []
+        for g, whose in now:
+            try:
+                g.send(batches[p.pid if whose is None else whose])
+            except StopIteration as done:
+                ended(done.value, whose)
+            else:
+                going.append((g, whose))
+    return [trecs[tid] for tid in p.threads]
 
 
 def _all_or_abort(phases: tuple[Callable[[], object], ...], last: Callable[[], T],

@@ -6,10 +6,11 @@ from __future__ import annotations
 import ctypes
 import signal
 import struct
+from collections.abc import Generator
 from typing import Any
 
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import Injector
+from cryo.engine.inject import Batch, Injector
 from cryo.engine.ptrace import Tracee
 from cryo.engine.timers import ns_tid
 from cryo.linux import structs as S
@@ -23,14 +24,14 @@ _SIZEOF_STACK = ctypes.sizeof(S.stack_t)
 _PER_BATCH = 256  # siginfo queued per batch: 32 KiB of the scratch area
 
 
-def dump(ctx: DumpContext) -> dict[str, Any]:
-    """Process-wide: the action of every signal and the process-wide pending signals."""
-    inj = ctx.inj
+def dump(ctx: DumpContext, b: Batch) -> Generator[None, Batch, dict[str, Any]]:
+    """Queue hook (drivers.py), process-wide: the action of every signal and the
+    process-wide pending signals."""
     sigs = [s for s in range(1, NSIG + 1) if s not in _UNCATCHABLE]
-    with inj.batch() as b:  # one stop for all of them
-        buf = b.reserve(_SIZEOF_ACT * len(sigs))
-        for k, sig in enumerate(sigs):
-            b.call(SYS.rt_sigaction, sig, 0, buf + k * _SIZEOF_ACT, 8)
+    buf = b.reserve(_SIZEOF_ACT * len(sigs))
+    for k, sig in enumerate(sigs):
+        b.call(SYS.rt_sigaction, sig, 0, buf + k * _SIZEOF_ACT, 8)
+    yield
     raw = b.read(buf, _SIZEOF_ACT * len(sigs))
     actions = {sig: raw[k * _SIZEOF_ACT : (k + 1) * _SIZEOF_ACT] for k, sig in enumerate(sigs)}
     return {
@@ -40,14 +41,16 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
     }
 
 
-def dump_thread(tracee: Tracee, inj: Injector) -> dict[str, Any]:
-    """Per thread: blocked mask, pending signals, alternate stack."""
-    buf = inj.frame().reserve(_SIZEOF_STACK)
-    inj(SYS.sigaltstack, 0, buf)
+def dump_thread(tracee: Tracee, b: Batch) -> Generator[None, Batch, dict[str, Any]]:
+    """Per thread, its call queued in its batch ``b`` (threads.dump): blocked mask,
+    pending signals, alternate stack."""
+    buf = b.reserve(_SIZEOF_STACK)
+    b.call(SYS.sigaltstack, 0, buf)
+    yield
     return {
         "blocked": tracee.get_sigmask(),
         "pending": tracee.peek_siginfo(shared=False),
-        "altstack": inj.read(buf, _SIZEOF_STACK),
+        "altstack": b.read(buf, _SIZEOF_STACK),
     }
 
 

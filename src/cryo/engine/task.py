@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import struct
+from collections.abc import Generator
 from typing import Any
 
 from cryo import procfs
@@ -96,30 +97,31 @@ def _check_audit(pid: int, tids: list[int]) -> tuple[int, int] | None:
         " login session", pid=pid, resource="audit session")  # fmt: skip
 
 
-def dump(ctx: DumpContext) -> dict[str, Any]:
-    """Process-wide state (credentials are read per thread, see dump_thread)."""
-    pid, inj = ctx.pid, ctx.inj
+def dump(ctx: DumpContext, b: Batch) -> Generator[None, Batch, dict[str, Any]]:
+    """Queue hook (drivers.py): process-wide state (credentials are read per thread,
+    see dump_thread)."""
+    pid = ctx.pid
     st = procfs.parse_stat(procfs.read(pid, "stat"))
     prctl: dict[str, int] = {}
     at: dict[str, int] = {}
-    with inj.batch() as b:
-        for name, (get, _set) in _PRCTL_FLAGS.items():
-            if name in _BY_POINTER:
-                at[name] = b.reserve(4)
-                b.call(SYS.prctl, get, at[name], 0, 0, 0)
-            else:
-                prctl[name] = b.call(SYS.prctl, get, 0, 0, 0, 0)
-        mdwe = b.call(SYS.prctl, PR.GET_MDWE, 0, 0, 0, 0, may_fail=True)  # (Linux 6.3)
-        slots = b.call(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_GET_SLOTS, 0, 0, 0,
-                       may_fail=True)  # (Linux 6.16)  # fmt: skip
-        rings = [b.call(SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, spec, 0, may_fail=True)
-                 for spec in (KEY_SPEC_THREAD_KEYRING, KEY_SPEC_PROCESS_KEYRING,
-                              KEY_SPEC_SESSION_KEYRING)]  # fmt: skip
-        desc_at = b.reserve(256)
-        b.call(SYS_KEYCTL, KEYCTL_DESCRIBE, b.ref(rings[2]), desc_at, 256, may_fail=True)
-        # (here, not a stop of its own: one round trip fewer in every checkpoint)
-        barriers = b.call(SYS.membarrier, MEMBARRIER_CMD.GET_REGISTRATIONS, 0, 0,
-                          may_fail=True)  # fmt: skip
+    for name, (get, _set) in _PRCTL_FLAGS.items():
+        if name in _BY_POINTER:
+            at[name] = b.reserve(4)
+            b.call(SYS.prctl, get, at[name], 0, 0, 0)
+        else:
+            prctl[name] = b.call(SYS.prctl, get, 0, 0, 0, 0)
+    mdwe = b.call(SYS.prctl, PR.GET_MDWE, 0, 0, 0, 0, may_fail=True)  # (Linux 6.3)
+    slots = b.call(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_GET_SLOTS, 0, 0, 0,
+                   may_fail=True)  # (Linux 6.16)  # fmt: skip
+    rings = [b.call(SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, spec, 0, may_fail=True)
+             for spec in (KEY_SPEC_THREAD_KEYRING, KEY_SPEC_PROCESS_KEYRING,
+                          KEY_SPEC_SESSION_KEYRING)]  # fmt: skip
+    desc_at = b.reserve(256)
+    b.call(SYS_KEYCTL, KEYCTL_DESCRIBE, b.ref(rings[2]), desc_at, 256, may_fail=True)
+    # (here, not a stop of its own: one round trip fewer in every checkpoint)
+    barriers = b.call(SYS.membarrier, MEMBARRIER_CMD.GET_REGISTRATIONS, 0, 0,
+                      may_fail=True)  # fmt: skip
+    yield
     _check_keyrings(pid, [b.result(i) for i in rings], b.read(desc_at, 256))
     for name in _PRCTL_FLAGS:
         prctl[name] = int.from_bytes(b.read(at[name], 4), "little") if name in at \
@@ -205,24 +207,25 @@ def _check_keyrings(pid: int, ids: list[int], desc: bytes) -> None:
 MAX_NODES = 1024  # bits of the node masks read and given (get/set_mempolicy)
 
 
-def dump_thread(pid: int, tracee: Tracee, inj: Injector) -> dict[str, Any]:
-    """Per thread: credentials, comm, rseq, robust list, clear_child_tid, no_new_privs."""
+def dump_thread(pid: int, tracee: Tracee, b: Batch) -> Generator[None, Batch, dict[str, Any]]:
+    """Per thread, its calls queued in its batch ``b`` (threads.dump): credentials,
+    comm, rseq, robust list, clear_child_tid, no_new_privs."""
     tid = tracee.tid
     status = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
-    with inj.batch() as b:  # one stop
-        tid_at, sig_at = b.reserve(8), b.reserve(4)
-        b.call(SYS.prctl, PR.GET_TID_ADDRESS, tid_at, 0, 0, 0)
-        b.call(SYS.prctl, PR.GET_PDEATHSIG, sig_at, 0, 0, 0)
-        nnp = b.call(SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0)
-        secbits = b.call(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0)
-        dumpable = b.call(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0)
-        slack = b.call(SYS.prctl, PR.GET_TIMERSLACK, 0, 0, 0, 0)
-        mce = b.call(SYS.prctl, PR.MCE_KILL_GET, 0, 0, 0, 0)
-        tsc_at = b.reserve(4)
-        tsc = b.call(SYS.prctl, PR.GET_TSC, tsc_at, 0, 0, 0, may_fail=True)
-        cpuid = b.call(SYS.arch_prctl, ARCH_GET_CPUID, 0, may_fail=True)
-        mode_at, nodes_at = b.reserve(8), b.reserve(MAX_NODES // 8)
-        pol = b.call(SYS.get_mempolicy, mode_at, nodes_at, MAX_NODES, 0, 0, may_fail=True)
+    tid_at, sig_at = b.reserve(8), b.reserve(4)
+    b.call(SYS.prctl, PR.GET_TID_ADDRESS, tid_at, 0, 0, 0)
+    b.call(SYS.prctl, PR.GET_PDEATHSIG, sig_at, 0, 0, 0)
+    nnp = b.call(SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+    secbits = b.call(SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0)
+    dumpable = b.call(SYS.prctl, PR.GET_DUMPABLE, 0, 0, 0, 0)
+    slack = b.call(SYS.prctl, PR.GET_TIMERSLACK, 0, 0, 0, 0)
+    mce = b.call(SYS.prctl, PR.MCE_KILL_GET, 0, 0, 0, 0)
+    tsc_at = b.reserve(4)
+    tsc = b.call(SYS.prctl, PR.GET_TSC, tsc_at, 0, 0, 0, may_fail=True)
+    cpuid = b.call(SYS.arch_prctl, ARCH_GET_CPUID, 0, may_fail=True)
+    mode_at, nodes_at = b.reserve(8), b.reserve(MAX_NODES // 8)
+    pol = b.call(SYS.get_mempolicy, mode_at, nodes_at, MAX_NODES, 0, 0, may_fail=True)
+    yield
     raw = b.read(tid_at, sig_at + 4 - tid_at)
     clear_tid = int.from_bytes(raw[:8], "little")
     pdeathsig = int.from_bytes(raw[sig_at - tid_at :], "little")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Generator
 from typing import Any
 
 from cryo.engine import registers, signals, task, tree
 from cryo.engine.context import DumpContext, RestoreContext, background
-from cryo.engine.inject import Injector
+from cryo.engine.inject import Batch
 from cryo.engine.ptrace import Tracee
-from cryo.errors import CryoError, Unsupported
+from cryo.errors import CryoError, InternalError, Unsupported
 from cryo.linux import structs as S
 from cryo.linux.consts import CLONE_THREAD_FLAGS, SYS
 
@@ -27,10 +28,24 @@ log = logging.getLogger(__name__)
 KIND = b"THRD"
 
 
-def dump(ctx: DumpContext, tracee: Tracee, inj: Injector) -> dict[str, Any]:
-    """The THRD record of one thread; ``inj`` injects into that thread."""
-    return {"pid": ctx.pid, "tid": tracee.tid, **registers.dump(tracee, inj),
-            **signals.dump_thread(tracee, inj), **task.dump_thread(ctx.pid, tracee, inj)}
+def dump(ctx: DumpContext, tracee: Tracee, b: Batch) -> Generator[None, Batch, dict[str, Any]]:
+    """Queue-thread hook (drivers.py): the THRD record of one thread, the calls queued in
+    ``b``, that thread's batch."""
+    parts = [signals.dump_thread(tracee, b), task.dump_thread(ctx.pid, tracee, b)]
+    for g in parts:
+        next(g)
+    yield
+    return {"pid": ctx.pid, "tid": tracee.tid, **registers.dump(tracee, b.inj),
+            **_result(parts[0]), **_result(parts[1])}
+
+
+def _result(g: Generator[None, Batch, dict[str, Any]]) -> dict[str, Any]:
+    """What a queued part returns once its calls ran (it queues nothing more)."""
+    try:
+        g.send(None)  # type: ignore[arg-type]
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    raise InternalError("a thread's part queued a second round")
 
 
 def create(ctx: RestoreContext, trec: dict[str, Any], want_tid: int | None) -> Tracee:

@@ -29,10 +29,12 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Generator
 from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.inject import Batch
 from cryo.errors import CryoError, Unsupported
 from cryo.linux import structs as S
 from cryo.linux.consts import (
@@ -62,15 +64,16 @@ def ns_tid(pid: int, tid: int) -> int:
     return int(ids.split()[-1]) if ids else tid
 
 
-def dump(ctx: DumpContext) -> dict[str, Any]:
-    inj = ctx.inj
+def dump(ctx: DumpContext, b: Batch) -> Generator[None, Batch, dict[str, Any]]:
+    """Queue hook (drivers.py): the timers' calls in the process's batch, in one run of
+    the routine (no stop between the clock reads that bracket them: ``together``)."""
     timers = procfs.parse_timers(procfs.read(ctx.pid, "timers"))
     itv, its = ctypes.sizeof(S.itimerval), ctypes.sizeof(S.itimerspec)
     real = any(t.clock == CLOCK_REALTIME for t in timers)
-    with inj.batch() as b:  # one stop for all of them
-        ibuf = b.reserve(3 * itv)
-        pbuf = b.reserve(max(1, len(timers)) * its)
-        cbuf = b.reserve(4 * 16)  # the two clocks before and after the timers' reads
+    ibuf = b.reserve(3 * itv)
+    pbuf = b.reserve(max(1, len(timers)) * its)
+    cbuf = b.reserve(4 * 16)  # the two clocks before and after the timers' reads
+    with b.together():
         if real:
             b.call(SYS.clock_gettime, CLOCK_REALTIME, cbuf)
             b.call(SYS.clock_gettime, CLOCK_MONOTONIC, cbuf + 16)
@@ -81,6 +84,7 @@ def dump(ctx: DumpContext) -> dict[str, Any]:
         if real:
             b.call(SYS.clock_gettime, CLOCK_REALTIME, cbuf + 32)
             b.call(SYS.clock_gettime, CLOCK_MONOTONIC, cbuf + 48)
+    yield
     raw = b.read(ibuf, cbuf + 64 - ibuf)
     itimers = [raw[which * itv : (which + 1) * itv] for which in range(3)]
     posix = []

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Generator
 from typing import Any
 
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import Injector
+from cryo.engine.inject import Batch
 from cryo.engine.ptrace import Tracee
 from cryo.errors import Unsupported
 from cryo.linux import libc
@@ -38,16 +39,16 @@ ARCH_GET_XCOMP_PERM, ARCH_REQ_XCOMP_PERM = 0x1022, 0x1023  # <asm/prctl.h>
 XFEATURE_XTILEDATA = 18
 
 
-def dump(ctx: DumpContext) -> None:
-    """Inject hook, in the leader, one batch: the xstate features permitted, into
+def dump(ctx: DumpContext, b: Batch) -> Generator[None, Batch, None]:
+    """Queue hook (drivers.py), in the leader: the xstate features permitted, into
     TASK["xcomp"] where they are more than a new process's; the LDT's non-empty entries
     into TASK["ldt"] as [[index, descriptor]], when it has any."""
     inj = ctx.inj
-    with inj.batch() as b:
-        probe = b.reserve(ENTRY)
-        perm = b.reserve(8)
-        has_ldt = b.call(SYS.modify_ldt, _READ, probe, ENTRY)
-        got_perm = b.call(SYS.arch_prctl, ARCH_GET_XCOMP_PERM, perm, may_fail=True)
+    probe = b.reserve(ENTRY)
+    perm = b.reserve(8)
+    has_ldt = b.call(SYS.modify_ldt, _READ, probe, ENTRY)
+    got_perm = b.call(SYS.arch_prctl, ARCH_GET_XCOMP_PERM, perm, may_fail=True)
+    yield
     if b.result(got_perm) == 0:
         xcomp = int.from_bytes(b.read(perm, 8), "little")
         if xcomp & ~_default_xcomp():
@@ -68,12 +69,14 @@ def dump(ctx: DumpContext) -> None:
         ctx.records[b"TASK"]["ldt"] = entries
 
 
-def check_thread(ctx: DumpContext, t: Tracee, inj: Injector) -> dict[str, Any]:
-    """Inject-thread hook: a thread whose AMX tiles hold data (XSTATE_BV's XTILEDATA
-    bit) is refused: the kernel makes room for them only when the thread itself first
-    uses them, and a restored thread's xstate cannot be given them before (EINVAL).
-    Tiles released (tilerelease, as libraries do after each kernel) are not kept: the
-    permission is asked for again."""
+def check_thread(ctx: DumpContext, t: Tracee, _b: Batch) -> Generator[None, Batch, None]:
+    """Queue-thread hook (no call: it waits for the process's xcomp, read by dump): a
+    thread whose AMX tiles hold data (XSTATE_BV's XTILEDATA bit) is refused: the kernel
+    makes room for them only when the thread itself first uses them, and a restored
+    thread's xstate cannot be given them before (EINVAL).  Tiles released (tilerelease,
+    as libraries do after each kernel) are not kept: the permission is asked for
+    again."""
+    yield
     if ctx.records[b"TASK"].get("xcomp", 0) & 1 << XFEATURE_XTILEDATA:
         xs = t.get_xstate()
         if int.from_bytes(xs[512:520], "little") & 1 << XFEATURE_XTILEDATA:
@@ -81,7 +84,6 @@ def check_thread(ctx: DumpContext, t: Tracee, inj: Injector) -> dict[str, Any]:
                               " tiles, which a restored thread cannot be given (the kernel"
                               " makes room for them at its first use): not supported",
                               pid=ctx.pid, resource="AMX tiles")  # fmt: skip
-    return {}
 
 
 def user_desc(index: int, d: int) -> bytes:
