@@ -62,7 +62,7 @@ OPTIONS: tuple[tuple[int, int, int], ...] = (
         N.SO.TIMESTAMPNS_OLD, N.SO.TIMESTAMPING_OLD, N.SO.WIFI_STATUS, N.SO.SELECT_ERR_QUEUE,
         N.SO.BUSY_POLL, N.SO.MAX_PACING_RATE, N.SO.INCOMING_CPU, N.SO.ZEROCOPY,
         N.SO.PREFER_BUSY_POLL, N.SO.TXREHASH, N.SO.RCVMARK, N.SO.PASSPIDFD, N.SO.PASSSEC,
-        N.SO.PASSRIGHTS)),
+        N.SO.PASSRIGHTS, N.SO.BUF_LOCK)),  # (SO_BUF_LOCK after the sizes, which lock them)
     (N.SOL.SOCKET, N.SO.LINGER, 8), (N.SOL.SOCKET, N.SO.RCVTIMEO_OLD, 16),
     (N.SOL.SOCKET, N.SO.SNDTIMEO_OLD, 16), (N.SOL.SOCKET, N.SO.BINDTODEVICE, 16),
 )  # fmt: skip
@@ -101,6 +101,9 @@ MULTICAST = {(N.SOL.IP, N.IP.MULTICAST_TTL), (N.SOL.IP, N.IP.MULTICAST_LOOP),
              (N.SOL.IP, N.IP.MULTICAST_ALL), (N.SOL.IPV6, N.IPV6.MULTICAST_HOPS),
              (N.SOL.IPV6, N.IPV6.MULTICAST_LOOP), (N.SOL.IPV6, N.IPV6.MULTICAST_IF)}  # fmt: skip
 BUFFERS = {(N.SOL.SOCKET, N.SO.SNDBUF), (N.SOL.SOCKET, N.SO.RCVBUF)}
+# not asked of a connection, whose repair state has its sizes and locks (sndbuf, rcvbuf,
+# buflock: _read_repair)
+_NO_BUFFERS = BUFFERS | {(N.SOL.SOCKET, N.SO.BUF_LOCK)}
 # what a connection's state sets, not the program: restored by TCP_REPAIR (SO_REUSEADDR
 # is read before repair mode overwrites it, and set again when the connection leaves it;
 # TCP_FASTOPEN_CONNECT acts at connect() only, which repair mode's connect must not defer)
@@ -121,6 +124,7 @@ SETTING_UP = {ST.SYN_SENT, ST.SYN_RECV, ST.NEW_SYN_RECV}
 _SOL_SOCKET, _SOL_TCP = int(N.SOL.SOCKET), int(N.SOL.TCP)
 _SO_REUSEADDR, _SO_SNDBUF, _SO_RCVBUF = int(N.SO.REUSEADDR), int(N.SO.SNDBUF), int(N.SO.RCVBUF)
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = int(N.SO.SNDBUFFORCE), int(N.SO.RCVBUFFORCE)
+_SO_BUF_LOCK, _BOTH_LOCKED = int(N.SO.BUF_LOCK), 3  # SOCK_SNDBUF_LOCK 1 | SOCK_RCVBUF_LOCK 2
 _TCP_REPAIR, _TCP_REPAIR_QUEUE = int(N.TCP.REPAIR), int(N.TCP.REPAIR_QUEUE)
 _TCP_INFO, _TCP_REPAIR_WINDOW = int(N.TCP.INFO), int(N.TCP.REPAIR_WINDOW)
 _TCP_REPAIR_OPTIONS = int(N.TCP.REPAIR_OPTIONS)
@@ -278,7 +282,7 @@ def options(s: socket.socket, ident: tuple[int, int, int], *, buffers: bool = Tr
     if plan is None:
         if len(_asked) > 1000:
             _asked.clear()
-        skip = (set() if buffers else BUFFERS) | (CONNECTION_OWN if connection else set())
+        skip = (set() if buffers else _NO_BUFFERS) | (CONNECTION_OWN if connection else set())
         plan = [p for p in _plan(ident) if (p[0], p[1]) not in skip]
         if known and known_sig is not None:
             plan = [p for p in plan if known.get((p[0], p[1]), _UNKNOWN) != p[3]]
@@ -548,6 +552,8 @@ def _read_repair(s: socket.socket) -> dict[str, Any]:
         "rcv_wscale": wscale >> 4, "timestamp": 0, "sndbuf": get(_SOL_SOCKET, _SO_SNDBUF),
         "rcvbuf": get(_SOL_SOCKET, _SO_RCVBUF),
     }  # fmt: skip
+    with contextlib.suppress(OSError):  # the sizes the program fixed; Linux 5.14
+        t["buflock"] = get(_SOL_SOCKET, _SO_BUF_LOCK)
     if options & _OPT_TIMESTAMPS:
         t["timestamp"] = _U32.unpack(get(_SOL_TCP, _TCP_TIMESTAMP, 4))[0]
     t["state"] = state
@@ -943,6 +949,7 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, max(t["sndbuf"] // 2, len(t["sendq"])))
         s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, max(t["rcvbuf"] // 2, len(t["recvq"])))
         _restore_repair(s, d, t)
+        _buffer_locks(s, t)
         return
     if t is not None and d.get("queued_on") is not None and not options.get("tcp_close"):
         _build_queued(s, d)
@@ -980,6 +987,7 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         elif repair:
             assert t is not None
             _restore_repair(s, d, t)
+            _buffer_locks(s, t)
     elif d.get("remote"):
         s.connect(_sockaddr(family, d["remote"]))
     if d.get("shutdown"):  # (a datagram socket's; unconnected: ENOTCONN, yet it is shut)
@@ -988,6 +996,15 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         except OSError as err:
             if err.errno != errno.ENOTCONN:
                 raise
+
+
+def _buffer_locks(s: socket.socket, t: dict[str, Any]) -> None:
+    """A connection's buffer locks as they were (SO_SNDBUFFORCE and SO_RCVBUFFORCE lock
+    both sizes; one the program did not fix is the kernel's to tune again), once it is
+    connected (connect in repair mode tunes an unlocked send buffer)."""
+    lock = t.get("buflock")
+    if lock is not None and lock != _BOTH_LOCKED:
+        s.setsockopt(_SOL_SOCKET, _SO_BUF_LOCK, lock)
 
 
 def _build_queued(s: socket.socket, d: dict[str, Any]) -> None:

@@ -169,6 +169,7 @@ class SO(IntEnumBase):
     INCOMING_CPU = 49
     ZEROCOPY = 60
     PREFER_BUSY_POLL = 69
+    BUF_LOCK = 72
     TXREHASH = 74
     RCVMARK = 75
     PASSPIDFD = 76
