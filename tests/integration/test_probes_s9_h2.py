@@ -5,6 +5,7 @@ restarted, and checks itself every round ("ok N" or "FAIL what")."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from cryo.errors import ExitCode
 from tests.conftest import Procs, Victim, reap, run_cryo
-from tests.integration.test_procstate import cycle
+from tests.integration.test_procstate import cycle, refused_untouched
 
 pytestmark = pytest.mark.timeout(120)
 VICTIMS = Path(__file__).resolve().parent.parent / "victims"
@@ -100,3 +101,54 @@ def test_a_file_written_since_is_still_the_file(procs: Procs, exe: str, tmp_path
     _rename_over(data)
     v = cycle(procs, v, tmp_path / "img2")
     assert not v.fails()
+
+
+def test_a_udp_socket_shut_for_writing(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A connected UDP socket shut for writing (SHUT_WR): the restart made it open for
+    writing (poll shows only SHUT_RD and both), exit 0, and a send went out.  Now read
+    from sock_diag (INET_DIAG_SHUTDOWN) and shut again: send fails, EPIPE."""
+    v = _spawn(procs, exe, tmp_path, "udpshutwr")
+    v = cycle(procs, v, tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
+def test_tcp_md5_keys_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A TCP listener with a TCP_MD5SIG key: restored without it, exit 0 (its peers'
+    signed segments would be dropped, its own go unsigned).  Now refused, exit 9 naming
+    the key, the process untouched."""
+    v = _spawn(procs, exe, tmp_path, "md5")
+    refused_untouched(v, tmp_path / "img", "has TCP MD5 signature keys (TCP_MD5SIG)")
+
+
+def test_tcp_ao_keys_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A TCP socket with a TCP-AO key (Linux 6.7, CONFIG_TCP_AO): refused, exit 9."""
+    with socket.socket() as s:
+        try:
+            s.getsockopt(socket.IPPROTO_TCP, 40, 48)  # TCP_AO_INFO
+        except OSError as err:
+            if err.errno == 92:  # ENOPROTOOPT
+                pytest.skip("this kernel has no TCP-AO")
+    v = _spawn(procs, exe, tmp_path, "ao")
+    if any(line.startswith("skip") for line in v.lines()):
+        pytest.skip(f"TCP-AO key not taken: {v.lines()}")
+    refused_untouched(v, tmp_path / "img", "has TCP-AO keys")
+
+
+def test_datagrams_from_an_autobound_sender(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A bound unix datagram socket holding datagrams from an autobound sender closed
+    since: sent again from an unnamed socket, exit 0, recvfrom gave no address.  Now
+    sent again from a socket bound to that name ("\\0" and five hex digits) for the
+    moment: the process reads them with its sender's address."""
+    v = _spawn(procs, exe, tmp_path, "dgramauto")
+    v = cycle(procs, v, tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
+def test_datagrams_from_a_live_autobound_sender_refused(procs: Procs, exe: str,
+                                                        tmp_path: Path) -> None:
+    """The same, the sender still open (it holds its name: no socket the restart makes
+    can take it): refused, exit 9 naming it, the process untouched."""
+    v = _spawn(procs, exe, tmp_path, "dgramautoheld")
+    refused_untouched(v, tmp_path / "img", "holds a datagram from the autobound @")

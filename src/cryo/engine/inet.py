@@ -141,6 +141,7 @@ _TCPOPT_TIMESTAMP, _TCPOPT_MAXSEG = int(N.TCPOPT.TIMESTAMP), int(N.TCPOPT.MAXSEG
 _U32 = struct.Struct("I")
 FAMILIES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6",
                             socket.AF_PACKET: "packet", socket.AF_NETLINK: "netlink"}  # fmt: skip
+FAMILIES_INET = (socket.AF_INET, socket.AF_INET6)
 TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram",
                          socket.SOCK_RAW: "raw", socket.SOCK_SEQPACKET: "seqpacket"}  # fmt: skip
 _TYPE_OF = {v: int(k) for k, v in TYPES.items()}
@@ -651,7 +652,8 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
                 d["tcp"] = held.state
     if not tcp and family in (socket.AF_INET, socket.AF_INET6):
         # shutdown() of a datagram socket: poll shows SHUT_RD (POLLRDHUP) and both
-        # (POLLHUP); SHUT_WR alone shows nowhere but in a send
+        # (POLLHUP); SHUT_WR alone shows nowhere but in a send and in sock_diag (a UDP
+        # socket's: check_diag)
         p = select.poll()
         p.register(s.fileno(), select.POLLIN | _POLLRDHUP)
         ev = p.poll(0)
@@ -825,11 +827,105 @@ def _same_addr(a: str, b: str) -> bool:
     return ia == ib
 
 
+_SHUTDOWN, _MD5SIG = 8, 18  # INET_DIAG_SHUTDOWN (sk_shutdown), INET_DIAG_MD5SIG
+_DIAG_INFO = 1 << (N.INET_DIAG_INFO - 1)  # (the MD5 keys come only with tcp_info)
+_UDPS = (socket.IPPROTO_UDP, socket.IPPROTO_UDPLITE)
+
+
+def _diag_of(asks: dict[tuple[int, int], set[int]]) -> dict[int, tuple[int, bool]]:
+    """inode -> (sk_shutdown, has TCP MD5 keys) of the sockets ``asks`` names by
+    (family, protocol): one sock_diag dump of each, in this thread's namespace."""
+    out: dict[int, tuple[int, bool]] = {}
+    ino_of, nla = N._U32.unpack_from, N._NLA.unpack_from
+    for (family, proto), only in asks.items():
+        ext = _DIAG_INFO if proto == socket.IPPROTO_TCP else 0
+        for data, start, end in N._inet_diag_msgs(family, proto, 0xFFFFFFFF, ext):
+            ino = ino_of(data, start + N._INO_AT)[0]
+            if ino not in only:
+                continue
+            shut, md5 = 0, False
+            at = start + N._INET_DIAG_MSG.size
+            while at + 4 <= end:
+                length, typ = nla(data, at)
+                if length < 4:
+                    break
+                if typ & 0x3FFF == _SHUTDOWN:
+                    shut = data[at + 4]
+                elif typ & 0x3FFF == _MD5SIG:
+                    md5 = length > 4
+                at += (length + 3) & ~3
+            out[ino] = (shut, md5)
+    return out
+
+
+TCP_AO_INFO = 40  # (Linux 6.7, CONFIG_TCP_AO: ENOPROTOOPT without it)
+_ao: list[bool] = []
+
+
+def _has_ao(s: socket.socket) -> bool:
+    """Whether TCP socket ``s`` has TCP-AO keys (getsockopt TCP_AO_INFO: ENOENT without;
+    asked only where this kernel has TCP-AO, probed once on a fresh socket)."""
+    if not _ao:
+        with socket.socket() as fresh:
+            _ao.append(libc.getsockopt_zeroed(fresh.fileno(), socket.IPPROTO_TCP,
+                                              TCP_AO_INFO, 48) != errno.ENOPROTOOPT)
+    return _ao[0] and libc.getsockopt_zeroed(s.fileno(), socket.IPPROTO_TCP, TCP_AO_INFO,
+                                             48) == 0  # fmt: skip
+
+
+def check_diag(session: Any) -> None:
+    """Checkpoint, once every process is collected: what sock_diag shows of the internet
+    sockets and neither poll nor getsockopt does, asked in one dump per namespace and
+    protocol.  A UDP socket's shutdown (SHUT_WR shows nowhere else: poll has only
+    SHUT_RD and both), kept in ``shutdown``.  TCP MD5 signature keys (TCP_MD5SIG,
+    RFC 2385; sock_diag shows them with tcp_info, not their interface binding) and
+    TCP-AO keys (RFC 5925, never read back): refused, exit 9, as a restored socket
+    without its keys would talk unsigned (or be dropped by its peer)."""
+    descs = [d for d in session.shared.descs.descs
+             if d["kind"] == "inet" and d.get("family") in FAMILIES_INET
+             and (d["sotype"] == "stream" or d.get("proto") in _UDPS)]  # fmt: skip
+    if not descs:
+        return
+    by_ns: dict[int, tuple[int, dict[tuple[int, int], set[int]]]] = {}
+    for d in descs:
+        try:
+            ns = os.stat(f"/proc/{d['pid']}/ns/net").st_ino
+        except OSError as err:
+            raise CryoError(f"process {d['pid']} vanished", pid=d["pid"]) from err
+        proto = socket.IPPROTO_TCP if d["sotype"] == "stream" else int(d["proto"])
+        by_ns.setdefault(ns, (d["pid"], {}))[1].setdefault((d["family"], proto),
+                                                           set()).add(d["ino"])
+    found: dict[int, tuple[int, bool]] = {}
+    for pid, asks in by_ns.values():
+        found.update(_in_netns(pid, _diag_of, asks))
+    for d in descs:
+        shut, md5 = found.get(d["ino"], (0, False))
+        if d["sotype"] != "stream":
+            if shut:
+                d["shutdown"] = shut  # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2)
+            continue
+        why = "TCP MD5 signature keys (TCP_MD5SIG)" if md5 else None
+        if why is None and _ao[:1] != [False]:
+            held = HELD.get(d["ino"])
+            s = held.sock if held is not None else dup(d["pid"], d["fd"])
+            try:
+                why = "TCP-AO keys (TCP_AO_ADD_KEY)" if _has_ao(s) else None
+            finally:
+                if held is None:
+                    s.close()
+        if why is not None:
+            raise Unsupported(f"fd {d['fd']} of {d['pid']}: TCP socket {_show(d['local'])}"
+                              f" has {why}, which the kernel does not give back: restored"
+                              " without them it would send unsigned segments",
+                              pid=d["pid"], resource=f"fd {d['fd']}")  # fmt: skip
+
+
 def check_queued(session: Any) -> None:
     """Checkpoint, once every process is collected: the client of each connection waiting
     in a listener's accept queue must be a connection of the checkpoint (--tcp-established
     holds it), which the restart connects to the listener again; one from outside cannot
-    be put back in a listener's queue: refused."""
+    be put back in a listener's queue: refused.  First :func:`check_diag`."""
+    check_diag(session)
     descs = session.shared.descs.descs
     if not any(d.get("queued") for d in descs if d["kind"] == "inet"):
         return  # (the usual case: no address parsed for each connection)

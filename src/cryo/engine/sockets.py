@@ -217,7 +217,7 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
             raise Unsupported(f"fd {fd}: unix socket {_show_name(name)} has a socket filter"
                               " attached (SO_ATTACH_FILTER), which is not supported yet",
                               pid=pid, resource=f"fd {fd}")  # fmt: skip
-        d["queue"] = _peek_queue(s, pid, fd, typ, d, describe_fd) \
+        d["queue"] = _peek_queue(s, pid, fd, typ, d, describe_fd, table) \
             if d["peer"] or typ != socket.SOCK_STREAM \
             else []  # fmt: skip
         d["opts"] = inet.options(s, (socket.AF_UNIX, typ, 0))
@@ -269,10 +269,16 @@ def _holder_cred(pid: int) -> list[Any]:
 
 
 def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any],
-                describe_fd: DescribeFd | None) -> list[bytes]:  # fmt: skip
+                describe_fd: DescribeFd | None, table: dict[int, dict[str, Any]]
+                ) -> list[bytes]:  # fmt: skip
     """The receive queue, without consuming it: message by message (datagram, seqpacket)
     or chunk by chunk (stream: a peek stops where the sender's credentials change) with
-    SO_PEEK_OFF moving past what was read."""
+    SO_PEEK_OFF moving past what was read.  A datagram from an autobound sender
+    ("\\0" and five hex digits) other than the peer keeps its sender's name in
+    ``senders``: sent again from that name at restart (:func:`_refill`), which only a
+    sender closed since leaves free (one still open, in the checkpoint or not, holds it:
+    refused, as a named sender)."""
+    special = -1  # the first message with fds or credentials (sent later at restart)
     out: list[bytes] = []
     size = 1 << 24 if typ == socket.SOCK_STREAM else 1 << 20
     old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
@@ -291,10 +297,24 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any]
                                   " address the restart could not give it again (it would"
                                   " come from no address)", pid=pid,
                                   resource=f"fd {fd}")  # fmt: skip
+            if typ == socket.SOCK_DGRAM and _autobound_sender(sender, d):
+                name = _raw_name(sender)
+                if special >= 0 or any(t["name"] == name for t in table.values()):
+                    why = "that sender still holds it" if special < 0 else \
+                        "it comes after a message carrying fds or credentials"  # fmt: skip
+                    raise Unsupported(f"fd {fd}: unix socket {_show_name(d.get('name'))}"
+                                      f" holds a datagram from the autobound"
+                                      f" {_show_name(name)}, whose address the restart"
+                                      f" could not give it again ({why})", pid=pid,
+                                      resource=f"fd {fd}")  # fmt: skip
+                d.setdefault("senders", []).append([len(out), name])
             if passcred:  # the program sees who sent each message: kept with it
                 cred = _credentials(anc)
                 if cred is not None and cred[0]:
                     d.setdefault("creds", []).append([len(out), *cred])
+                    special = len(out) if special < 0 else special
+            if special < 0 and any(a[1] == socket.SCM_RIGHTS for a in anc):
+                special = len(out)
             _fds_in_flight(anc, pid, fd, d, len(out), describe_fd)
             if not data and (typ == socket.SOCK_STREAM or s.getsockopt(
                     socket.SOL_SOCKET, SO_PEEK_OFF) == sum(map(len, out))):  # fmt: skip
@@ -321,6 +341,12 @@ def _named_sender(addr: str | bytes | None, d: dict[str, Any]) -> bool:
         return False
     return not (len(name) == 6 and name[0] == 0 and all(
         c in b"0123456789abcdef" for c in name[1:]))  # fmt: skip
+
+
+def _autobound_sender(addr: str | bytes | None, d: dict[str, Any]) -> bool:
+    """Whether a queued datagram came from an autobound socket other than the peer."""
+    name = _raw_name(addr)
+    return bool(name) and name != d.get("peer_name") and not _named_sender(addr, d)
 
 
 def _credentials(anc: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
@@ -748,12 +774,33 @@ def _bind_path(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> 
 
 
 def _refill(s: socket.socket, d: dict[str, Any]) -> None:
-    """Datagrams waiting in a bound socket, sent again to it (from an unnamed socket:
-    their senders' addresses are lost)."""
+    """Datagrams waiting in a bound socket, sent again to it: from an unnamed socket, or
+    one from an autobound sender closed since (``senders``) from a socket bound to that
+    name for the moment (none of those comes after a message with fds or credentials:
+    the checkpoint refuses it)."""
     if not d.get("queue"):
         return
+    senders = {int(i): bytes(n) for i, n in d.get("senders", ())}
+    upto = max(senders) + 1 if senders else 0
+    to = s.getsockname()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
-        tx.connect(s.getsockname())
+        tx.connect(to)
+        named: dict[bytes, socket.socket] = {}
+        try:
+            for i, data in enumerate(d["queue"][:upto]):
+                name = senders.get(i)
+                if name is not None and name not in named:
+                    named[name] = u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    u.bind(name)
+                    u.connect(to)
+                _send(named[name] if name is not None else tx, socket.SOCK_DGRAM, data)
+        finally:
+            for u in named.values():
+                u.close()
+        if upto:
+            d = {**d, "queue": d["queue"][upto:],
+                 "in_flight": [[i - upto, x] for i, x in d.get("in_flight", [])],
+                 "creds": [[c[0] - upto, *c[1:]] for c in d.get("creds", [])]}  # fmt: skip
         _queue_to(tx, socket.SOCK_DGRAM, d)
 
 

@@ -673,7 +673,7 @@ DESC = Struct((
     # sockets (engine/sockets.py: unix; engine/inet.py: inet, packet, netlink)
     F("name", Nullable(Bytes(max=108)), "unix: its address (a leading NUL: abstract)",
       required=False),
-    F("shutdown", Int(0, 3), "unix, inet datagram: SHUT_RD 1, SHUT_WR 2 (inet: 1 or 3)",
+    F("shutdown", Int(0, 3), "unix, inet datagram: SHUT_RD 1, SHUT_WR 2, both 3",
       required=False),
     F("in_flight", List(Tuple((Int(0, MAX_ITEMS), Int(0, MAX_ITEMS)),
                               ("message", "description"))),
@@ -700,6 +700,9 @@ DESC = Struct((
     F("creds", List(Tuple((Int(0, MAX_ITEMS), Int(), Int(0, U32), Int(0, U32)),
                           ("message", "pid", "uid", "gid"))),
       "unix: SCM_CREDENTIALS of queued messages (SO_PASSCRED)", required=False),
+    F("senders", List(Tuple((Int(0, MAX_ITEMS), Bytes(max=108)), ("message", "name"))),
+      "unix datagram: queued messages from an autobound sender closed since, and its name"
+      " (sent again from it)", required=False),
     F("opts", List(SOCKOPT), "unix, inet: options that differ from a new socket's",
       required=False),
     F("family", Int(0, 64, "address family"), "inet: AF_INET, AF_INET6, AF_PACKET,"

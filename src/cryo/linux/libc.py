@@ -331,3 +331,14 @@ def uffd_writeprotect(fd: int, start: int, length: int) -> None:
 
     ioctl(fd, UFFDIO_WRITEPROTECT,
           S.uffdio_writeprotect(S.uffdio_range(start, length), UFFDIO_WRITEPROTECT_MODE_WP))
+
+
+def getsockopt_zeroed(fd: int, level: int, opt: int, size: int) -> int:
+    """getsockopt(2) of an option that reads its buffer as input too (TCP_AO_INFO), on
+    ``size`` zeroed bytes: 0, or the errno it failed with (the value is not kept)."""
+    buf = ctypes.create_string_buffer(size)
+    n = ctypes.c_uint32(size)
+    if libc.getsockopt(ctypes.c_int(fd), ctypes.c_int(level), ctypes.c_int(opt), buf,
+                       ctypes.byref(n)) == 0:  # fmt: skip
+        return 0
+    return ctypes.get_errno()
