@@ -12,9 +12,12 @@ TCP, cryo.grid.replica; without, the stores count as shared):
   dumps sharing its cores and disk) and not the coordination; and against the grid's
   own work without etcd: the three parts prepared at once (cryo.prepare in threads
   that outlive the call, as the agents' do), written, held until the last is written,
-  then let go.  The parts' frozen time is shown beside the local checkpoints' (a local
-  one lets its target go once its pages are in memory, before they are written; so
-  does a part, once every part is frozen and collected: early release), and the same
+  then let go; and the same with early release (each written once every part is
+  collected, a barrier of threads, and let go once its own pages are read): the
+  grid's protocol without etcd, agents or waking.  The parts' frozen time is shown
+  beside the local checkpoints' (a local one lets its target go once its pages are in
+  memory, before they are written; so does a part, once every part is frozen and
+  collected: early release), and the same
   rounds asked with ``hold`` (each part held until the decision, as before), alternated
   with them in the same run: the round until every part runs, and the longest a part
   was held, sampled from /proc;
@@ -28,7 +31,15 @@ TCP, cryo.grid.replica; without, the stores count as shared):
   restart), against the lease plus one local restart of one part alone plus 1 s (the
   goal).
 
+Every timed step begins on a quiet disk: the agents have removed the older versions a
+commit retires, and the bench its own images, then everything is synced (an ext4
+mounted with ``discard`` commits those deletes' discards with the next journal commit,
+which an fsync then waits for: etcd's own writes, and a checkpoint's). ``--etcd-dir``
+puts etcd's data elsewhere (``/dev/shm``: etcd on a disk of its own, as etcd's
+documentation asks of a deployment; by default beside the stores, on the same disk).
+
 Run as root:  python bench/grid.py [--mib 256] [--rounds 3] [--lease 2] [--replicas 0]
+                                   [--etcd-dir DIR]
 """
 
 from __future__ import annotations
@@ -110,6 +121,16 @@ class Sampler:
         return max((b - a for a, b in self.spans.values()), default=0.0)
 
 
+def quiesce(stores: list[Path], timeout: float = 30) -> None:
+    """The disk quiet before a timed step: every agent has retired the versions older
+    than its newest (a commit's cleanup), then everything is synced."""
+    deadline = time.monotonic() + timeout
+    for store in stores:
+        while len(list(store.glob("*/v[0-9]*"))) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    os.sync()
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -120,6 +141,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lease", type=int, default=2)
     ap.add_argument("--replicas", type=int, default=0)
+    ap.add_argument("--etcd-dir", default=None, help="etcd's data (default: beside the"
+                    " stores, on the same disk)")  # fmt: skip
     args = ap.parse_args()
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
     import cryo as lib
@@ -132,7 +155,9 @@ def main() -> None:
     agents: dict[str, subprocess.Popen[bytes]] = {}
     client, peer = free_port(), free_port()
     url = f"http://127.0.0.1:{client}"
-    etcd_p = subprocess.Popen(["etcd", "--name", "b", "--data-dir", str(tmp / "etcd"),
+    etcd_dir = Path(tempfile.mkdtemp(prefix="cryo-bench-etcd-", dir=args.etcd_dir)) \
+        if args.etcd_dir else tmp / "etcd"  # fmt: skip
+    etcd_p = subprocess.Popen(["etcd", "--name", "b", "--data-dir", str(etcd_dir),
                                "--listen-client-urls", url, "--advertise-client-urls", url,
                                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
@@ -172,20 +197,45 @@ def main() -> None:
                     if (tmp / f"out-{n}.txt").exists() else True:  # fmt: skip
                 time.sleep(0.05)
         globals_, clis, slowest, parallel, staged = [], [], [], [], []
+        early: list[float] = []  # staged, early release: the grid's protocol without etcd
         frozen_alone: list[float] = []  # the slowest local checkpoint's freeze
         frozen_par: list[float] = []  # the longest freeze of the three at once
         # the threads of the staged baseline live as long as the run: a checkpoint's
         # worker dies with the thread that forked it (as in the agent)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=3)
 
-        def prepare_and_write(pid: int, dest: str) -> Any:
-            h = lib.prepare(pid, net={"tcp_established": True})  # (as the agents ask)
+        def prepare_and_write(pid: int, dest: str, gate: threading.Barrier | None = None) -> Any:
+            # (as the agents ask; with ``gate``, as for early release: every part
+            # frozen and collected before any is written, each let go once its pages
+            # are read)
+            h = lib.prepare(pid, net={"tcp_established": True}, scope="tree",
+                            hold=gate is None)  # fmt: skip
             try:
+                if gate is not None:
+                    gate.wait(60)
                 h.write(dest)
             except BaseException:
                 h.abort()
                 raise
             return h
+
+        def staged_round(dest: str, gate: threading.Barrier | None = None) -> float:
+            t0 = time.perf_counter()
+            futures = [pool.submit(prepare_and_write, pid, f"{dest}-{n}", gate)
+                       for n, pid in enumerate(pids)]  # fmt: skip
+            concurrent.futures.wait(futures)
+            failed = [f.exception() for f in futures if f.exception() is not None]
+            for f in futures:  # every part let go: resumed, or aborted if one failed
+                if f.exception() is not None:
+                    continue
+                if failed:
+                    f.result().abort()
+                else:
+                    f.result().resume()
+            if failed:
+                raise SystemExit(f"a staged local checkpoint failed: {failed[0]!r}")
+            let_go(pids)
+            return time.perf_counter() - t0
         phases: dict[str, list[float]] = {k: [] for k in ("setup", "seen", "prepare", "wait",
                                                           "write", "cut", "replicas", "decide",
                                                           "resume")}  # fmt: skip
@@ -197,13 +247,16 @@ def main() -> None:
         for i in range(args.rounds):
             # the same round with the parts held until the decision (as before early
             # release), before or after the other in turn
+            quiet = list(stores.values())
             if i % 2 == 0:
+                quiesce(quiet)
                 with Sampler(pids) as sam:
                     t0 = time.perf_counter()
                     C.checkpoint(etcd, "b", hold=True)
                     let_go(pids)
                     held_g.append(time.perf_counter() - t0)
                 held_sampled.append(sam.longest())
+            quiesce(quiet)
             with Sampler(pids) as sam:
                 t0, w0 = time.perf_counter(), time.time()
                 v = C.checkpoint(etcd, "b")
@@ -212,6 +265,7 @@ def main() -> None:
                 t_run = time.perf_counter()
             sampled.append(sam.longest())
             if i % 2 == 1:
+                quiesce(quiet)
                 with Sampler(pids) as sam:
                     t0_ = time.perf_counter()
                     C.checkpoint(etcd, "b", hold=True)
@@ -240,12 +294,18 @@ def main() -> None:
             else:
                 phases["decide"].append(r["decided"] - written)
             phases["resume"].append(t_run - t_commit)
+            quiesce(quiet)
             t0 = time.perf_counter()
             cryo_cli("grid", "checkpoint", "--etcd", url, "b")
             let_go(pids)
             clis.append(time.perf_counter() - t0)
             alone = []
+            quiesce(quiet)
             for n, pid in enumerate(pids):
+                if n:  # (the one kept for the restart below: the last round's part 1)
+                    if i < args.rounds - 1 or n - 1 != 1:
+                        shutil.rmtree(tmp / f"alone-{i}-{n - 1}", ignore_errors=True)
+                    quiesce(quiet)
                 t0 = time.perf_counter()
                 res = lib.checkpoint(pid, str(tmp / f"alone-{i}-{n}"))
                 alone.append(time.perf_counter() - t0)
@@ -253,32 +313,26 @@ def main() -> None:
                     frozen_one = res.freeze_seconds
             slowest.append(max(alone))
             frozen_alone.append(frozen_one)
+            quiesce(quiet)
             t0 = time.perf_counter()
             handles = [lib.start_checkpoint(pid, str(tmp / f"par-{i}-{n}"))
                        for n, pid in enumerate(pids)]  # fmt: skip
             frozen_par.append(max(h_.result().freeze_seconds for h_ in handles))
             parallel.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            futures = [pool.submit(prepare_and_write, pid, str(tmp / f"staged-{i}-{n}"))
-                       for n, pid in enumerate(pids)]  # fmt: skip
-            concurrent.futures.wait(futures)
-            failed = [f.exception() for f in futures if f.exception() is not None]
-            for f in futures:  # every part let go: resumed, or aborted if one failed
-                if f.exception() is not None:
-                    continue
-                if failed:
-                    f.result().abort()
-                else:
-                    f.result().resume()
-            if failed:
-                raise SystemExit(f"a staged local checkpoint failed: {failed[0]!r}")
-            let_go(pids)
-            staged.append(time.perf_counter() - t0)
+            for n in range(3):
+                shutil.rmtree(tmp / f"par-{i}-{n}", ignore_errors=True)
+            quiesce(quiet)
+            staged.append(staged_round(str(tmp / f"staged-{i}")))
+            for n in range(3):
+                shutil.rmtree(tmp / f"staged-{i}-{n}", ignore_errors=True)
+            quiesce(quiet)
+            early.append(staged_round(str(tmp / f"early-{i}"), threading.Barrier(3)))
             for n in range(3):
                 if i < args.rounds - 1 or n != 1:  # one alone image kept for the restart
                     shutil.rmtree(tmp / f"alone-{i}-{n}", ignore_errors=True)
                 shutil.rmtree(tmp / f"par-{i}-{n}", ignore_errors=True)
                 shutil.rmtree(tmp / f"staged-{i}-{n}", ignore_errors=True)
+                shutil.rmtree(tmp / f"early-{i}-{n}", ignore_errors=True)
         pool.shutdown()
         g, s, par, stg = med(globals_), med(slowest), med(parallel), med(staged)
         print(f"{args.mib} MiB x 3 parts, {args.rounds} rounds (medians), replicas"
@@ -288,8 +342,11 @@ def main() -> None:
         print(f"  slowest local checkpoint alone                      {s:.3f} s")
         print(f"  three local checkpoints at once (no etcd)           {par:.3f} s")
         print(f"  three prepared at once, written, then let go (no etcd) {stg:.3f} s")
+        print(f"  the same, each written once all are collected and let go once its pages"
+              f" are read (early release, no etcd) {med(early):.3f} s")
         print(f"  ratio global/slowest alone {g / s:.2f} (goal <= 1.3);"
-              f" global/three at once {g / par:.2f}; global/three prepared {g / stg:.2f}")
+              f" global/three at once {g / par:.2f}; global/three prepared {g / stg:.2f};"
+              f" global/early release without etcd {g / med(early):.2f}")
         waking = sum(med(phases[k]) for k in ("setup", "seen", "decide", "resume"))
         print(f"  coordination: global - three at once {g - par:.3f} s, of which etcd and"
               f" waking (setup + seen + decide + resume) {waking:.3f} s")
@@ -361,6 +418,7 @@ def main() -> None:
         etcd_p.kill()
         etcd_p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(etcd_dir, ignore_errors=True)
         os.sync()
 
 

@@ -574,6 +574,101 @@ def test_election_outwaits_its_own_lease(etcd: str) -> None:
     assert time.monotonic() - t0 < 2
 
 
+def test_election_and_round_in_one_transaction(etcd: str) -> None:
+    """The quick way into a round: the coordinator's key (under the process's kept
+    lease) and the round created by one transaction, only if neither exists; the
+    commit deletes the key with it (no request after the decision), and the next
+    round in the process grants no lease; a watch from the round's revision sees the
+    votes put before it was made."""
+    import threading
+
+    from cryo.grid import keys as K
+    from cryo.grid.coordinator import Election
+    from cryo.grid.etcd import Etcd
+
+    e = Etcd(etcd)
+    first = Election(e, "one", take=False)
+    r1 = {"version": 1, "state": K.PREPARE}
+    made = first.open(K.round_("one", 1), r1)
+    assert made is not None and made > 0
+    assert e.get(K.coordinator("one")) == {"by": first.me} and e.get(K.round_("one", 1)) == r1
+    # the key is under the lease: its TTL is the election's
+    assert int(e.client.post(e.client.get_url("/kv/lease/timetolive"),
+                             json={"ID": first.kept.id})["TTL"]) > 0  # fmt: skip
+    second = Election(e, "one", take=False)
+    assert second.kept is first.kept  # (one lease for the process's rounds)
+    assert second.open(K.round_("one", 2), {"version": 2}) is None  # another holds the key
+    assert e.get(K.round_("one", 2)) is None and not second.held
+    # votes put before the watch: a watch from the round's revision is told of them
+    e.put(K.vote("one", 1, 0), {"part": 0, "ok": True})
+    e.put(K.vote("one", 1, 1), {"part": 1, "ok": True})
+    seen: dict[str, Any] = {}
+    wake = threading.Event()
+    end = e.watch(K.votes("one", 1), wake, seen=lambda k, rev, v: seen.__setitem__(k, v),
+                  start=made)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, seen
+            wake.wait(0.1)
+    finally:
+        end()
+    assert seen[K.vote("one", 1, 1)] == {"part": 1, "ok": True}
+    # the commit deletes the coordinator's key, only if it is still ours
+    raw = K.encode(r1).encode()
+    assert e.swap(K.round_("one", 1), raw, {**r1, "state": K.COMMITTED}, drop=second.dropped())
+    assert e.get(K.coordinator("one")) == {"by": first.me}  # (not second's)
+    raw = K.encode({**r1, "state": K.COMMITTED}).encode()
+    assert e.swap(K.round_("one", 1), raw, {**r1, "state": K.ABORTED}, drop=first.dropped())
+    assert e.get(K.coordinator("one")) is None
+    first.close(deleted=True)
+    assert second.open(K.round_("one", 1), {"version": 1}) is None  # the round exists
+    assert second.open(K.round_("one", 2), {"version": 2}) is not None
+    second.close()
+    assert e.get(K.coordinator("one")) is None
+    kept = e.kept_lease(5)
+    assert kept is first.kept  # (kept alive for the next round)
+    kept.release()
+
+
+def test_quick_round_falls_back_to_the_election(grid: Grid, build: Any) -> None:
+    """A coordinator whose read did not see another's key (taken just after it): its
+    one transaction fails, and it waits for the election as a coordinator that saw
+    the key does; its round is committed once the other's lease is gone."""
+    import threading
+
+    from cryo.grid import coordinator as C
+    from cryo.grid import keys as K
+    from cryo.grid.etcd import Etcd
+
+    _, victims = counter_app(grid, build, "race")
+
+    class Late(Etcd):
+        """Its first read of the application's keys was before the other's key."""
+
+        hidden = True
+
+        def prefix(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+            got = super().prefix(prefix)
+            if self.hidden and prefix == K.app("race"):
+                self.hidden = False
+                return [(k, v) for k, v in got if k != K.coordinator("race")]
+            return got
+
+    e = Late(grid.etcd)
+    other = e.lease(10)
+    assert e.create(K.coordinator("race"), {"by": "another"}, lease=other)
+    threading.Timer(2.0, other.revoke).start()
+    t0 = time.monotonic()
+    assert C.checkpoint(e, "race") == 1
+    assert time.monotonic() - t0 > 1.5  # (it waited for the other)
+    assert not e.hidden
+    assert e.get(K.committed("race"))["version"] == 1  # type: ignore[index]
+    assert e.get(K.coordinator("race")) is None  # (deleted by the commit)
+    for v in victims:
+        assert_running(v)
+
+
 def test_replica_stream(tmp_path: Path) -> None:
     """A replica streamed to a ReplicaServer on loopback arrives whole (files, sizes,
     modes, mtimes) in the receiver's store; a sender without the secret, and a file

@@ -33,7 +33,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cryo.errors import CryoError
@@ -81,6 +81,13 @@ class Agent:
         self.locked: dict[str, tuple[int, float]] = {}  # app -> (epoch, until)
         self.kv: dict[str, dict[str, Any]] = {}  # what etcd holds, as a step began
         self.fenced: dict[tuple[str, int], int] = {}  # parts stopped: lease in doubt
+        # the rounds' keys as the watch of every grid key brings them (votes too; they
+        # do not wake the loop), for the gates of early release: (app, V) -> events
+        self._round_events: dict[tuple[str, int], list[tuple[str, int, Any]]] = {}
+        self._gates: dict[tuple[str, int], Gate] = {}
+        self._events_lock = threading.Lock()
+        self._gate_etcd: Etcd | None = None  # the gates' client (made once, then kept)
+        self._gate_lock = threading.Lock()  # (its requests, one at a time)
         # the threads that prepare a host's parts at once: they live as long as the
         # agent, for a checkpoint's worker dies with the thread that forked it
         # (PR_SET_PDEATHSIG), and a part stays held by it after its vote
@@ -219,10 +226,10 @@ class Agent:
         import cryo.engine.dump
         import cryo.engine.restore  # noqa: F401  (now, not in the first round)
 
-        # the other parts' votes do not concern us: they would only wake every agent
-        # while the parts are being written
+        # the other parts' votes do not wake the loop (they would wake every agent
+        # while the parts are being written): they go to the gates of early release
         wake = threading.Event()
-        end = self.etcd.watch(K.ROOT, wake, ignore=lambda key: "/votes/" in key)
+        end = self.etcd.watch(K.ROOT, wake, seen=self._saw, quiet=lambda key: "/votes/" in key)
         try:
             while not self.stop.is_set():
                 wake.clear()
@@ -423,6 +430,50 @@ class Agent:
                     for path in paths:
                         shutil.rmtree(path, ignore_errors=True)
 
+    def _saw(self, key: str, revision: int, value: dict[str, Any] | None) -> None:
+        """A change under the grid's keys, from the watch: a round's (its state or a
+        vote) goes to that round's gate, or is kept for one made later (of the last
+        few rounds of each application)."""
+        at = key.rfind("/rounds/")
+        if at < 0 or not key.startswith(f"{K.ROOT}apps/"):
+            return
+        app = key[len(f"{K.ROOT}apps/"):at]
+        try:
+            v = int(key[at + len("/rounds/"):].split("/", 1)[0])
+        except ValueError:
+            return
+        with self._events_lock:
+            gate = self._gates.get((app, v))
+            if gate is None:
+                self._round_events.setdefault((app, v), []).append((key, revision, value))
+                old = sorted(x for x in self._round_events if x[0] == app)[:-4]
+                for x in old:
+                    del self._round_events[x]
+        if gate is not None:
+            gate.seen(key, revision, value)
+
+    def _gate(self, app: str, v: int) -> Gate:
+        """Round ``v``'s gate: what etcd held of it at this step's read, then every
+        change the watch brought, from before the gate too."""
+        if self._gate_etcd is None:
+            self._gate_etcd = Etcd(self.etcd.url)
+        restart = (self._get(K.restart(app)) or {}).get("epoch")
+        gate = Gate(self._gate_etcd, app, v, epoch=restart, done=lambda: self._ungate(app, v),
+                    client_lock=self._gate_lock)  # fmt: skip
+        for key, value in self._prefix(K.round_(app, v)):
+            if key == K.round_(app, v) or key.startswith(K.votes(app, v)):
+                gate.seen(key, 0, value)
+        with self._events_lock:
+            early = self._round_events.pop((app, v), [])
+            self._gates[(app, v)] = gate
+        for event in early:
+            gate.seen(*event)
+        return gate
+
+    def _ungate(self, app: str, v: int) -> None:
+        with self._events_lock:
+            self._gates.pop((app, v), None)
+
     def _prepare_all(self, app: str, record: dict[str, Any], r: dict[str, Any],
                      todo: dict[int, dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Every part of ``todo`` prepared for round ``r`` at once (in the agent's
@@ -434,7 +485,7 @@ class Agent:
         live = live_hosts(self.etcd) if want and todo else {}
         # (the round's votes and state, watched from now: the parts are written once
         # every part of the round is frozen and collected)
-        gate = None if r.get("hold") or not todo else Gate(self.etcd.url, app, int(r["version"]))
+        gate = None if r.get("hold") or not todo else self._gate(app, int(r["version"]))
         try:
             if len(todo) <= 1:
                 for n, p in todo.items():
@@ -678,50 +729,57 @@ class Agent:
 
 class Gate:
     """One round's votes and state as seen by this host's agent while its parts are
-    frozen (early release): from etcd's watch of the round's keys, on a client of its
-    own (the parts' threads share it, under a lock), read again when no event came for
-    0.25 s (a watch is made some moments after it is asked for)."""
+    frozen (early release): what its step read, then what the agent's watch of every
+    grid key brings (:meth:`seen`); read again when no event came for 0.25 s (a watch
+    is made some moments after it is asked for, and a stream that breaks is not made
+    again).  Its client is the agent's gates' own (the parts' threads share it, under a
+    lock)."""
 
-    def __init__(self, url: str, app: str, version: int) -> None:
-        self.app, self.version = app, version
-        self.etcd = Etcd(url)
+    def __init__(self, etcd: Etcd, app: str, version: int, epoch: Any = None,
+                 done: Callable[[], None] | None = None,
+                 client_lock: threading.Lock | None = None) -> None:  # fmt: skip
+        self.app, self.version, self.etcd = app, version, etcd
+        self.epoch = epoch  # the application's restart epoch at the step's read
         self.event = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what it saw
+        self._client = client_lock or threading.Lock()  # the client's requests
         self._votes: dict[int, tuple[int, dict[str, Any] | None]] = {}
-        self._state: str | None = None
-        self._end = self.etcd.watch(K.round_(app, version), self.event, seen=self._seen)
+        self._state: tuple[int, str] | None = None
+        self._done = done
 
-    def _seen(self, key: str, revision: int, value: dict[str, Any] | None) -> None:
+    def seen(self, key: str, revision: int, value: dict[str, Any] | None) -> None:
         with self._lock:
-            if "/votes/" in key:
+            if key.startswith(K.votes(self.app, self.version)):
                 n = int(key.rsplit("/", 1)[1])
                 if revision >= self._votes.get(n, (0, None))[0]:
                     self._votes[n] = (revision, value)
-            elif key == K.round_(self.app, self.version):
-                self._state = (value or {}).get("state", "gone")
+            elif key == K.round_(self.app, self.version) and (
+                    self._state is None or revision >= self._state[0]):  # fmt: skip
+                self._state = (revision, (value or {}).get("state", "gone"))
+        self.event.set()
 
     def vote(self, n: int, vote: dict[str, Any]) -> None:
-        with self._lock:
+        with self._client:
             self.etcd.put(K.vote(self.app, self.version, n), vote)
+        self.seen(K.vote(self.app, self.version, n), 0, vote)  # (ours: at once)
 
     def wait(self, parts: list[int], deadline: float,
              hosts: dict[int, str] | None = None) -> str | None:  # fmt: skip
         """None once every part of ``parts`` has voted yes (collected or written); else
         why not: a no vote, the round decided or gone, its deadline passed, the host of
         a part that has not voted gone (``hosts``: each part's), a restart asked (its
-        parts would wait for the deadline, and this agent's restart with them)."""
-        woken = False  # (read first: the watch may not be there yet)
-        epoch: Any = ()  # (not read yet)
-        checked = 0.0
+        parts would wait for the deadline, and this agent's restart with them); checked
+        in etcd every 0.25 s."""
+        woken = True
+        checked = time.monotonic()
         while True:
             self.event.clear()
             if time.monotonic() - checked > 0.25:
-                with self._lock:
+                with self._client:
                     live = {k.rsplit("/", 1)[1] for k, _ in self.etcd.prefix(K.hosts())}
                     now = (self.etcd.get(K.restart(self.app)) or {}).get("epoch")
                 checked = time.monotonic()
-                epoch = now if epoch == () else epoch
-                if now != epoch:
+                if now != self.epoch:
                     return "a restart was asked"
                 with self._lock:
                     voted = {n for n, (_, x) in self._votes.items() if x is not None}
@@ -730,15 +788,15 @@ class Gate:
                 if hosts and gone:
                     return f"host {', '.join(gone)} is gone"
             if not woken:
-                with self._lock:
+                with self._client:
                     got = self.etcd.prefix_revisions(K.round_(self.app, self.version))
                 for key, revision, value in got:
-                    self._seen(key, revision, value)
+                    self.seen(key, revision, value)
                 if not any(k == K.round_(self.app, self.version) for k, _, _ in got):
-                    self._seen(K.round_(self.app, self.version), 0, None)
+                    self.seen(K.round_(self.app, self.version), 1 << 62, None)
             with self._lock:
                 votes = {n: x for n, (_, x) in self._votes.items() if x is not None}
-                state = self._state
+                state = self._state[1] if self._state is not None else None
             no = [x for x in votes.values() if not x.get("ok")]
             if no:
                 return f"part {no[0].get('part')} voted no: {no[0].get('reason')}"
@@ -751,7 +809,8 @@ class Gate:
             woken = self.event.wait(0.25)
 
     def close(self) -> None:
-        self._end()
+        if self._done is not None:
+            self._done()
 
 
 def _traced(pid: int) -> bool:

@@ -208,47 +208,86 @@ def wait_running(etcd: Etcd, app: str, count: int, timeout: float, epoch: int | 
 class Election:
     """The application's coordinator: whoever created its coordinator key, under a
     lease that expires ``ttl`` seconds after the coordinator dies.  ``wait`` is how long
-    to wait for the key when another holds it (a dead coordinator's lease to expire)."""
+    to wait for the key when another holds it (a dead coordinator's lease to expire).
+    With ``take`` False the key is taken later, by :meth:`take`, or with a first round
+    by :meth:`open`.  The lease is the process's kept one (Etcd.kept_lease): rounds in
+    a row grant one lease, and a coordinator's key is deleted, not its lease revoked
+    (by the round's commit, else by :meth:`close`)."""
 
     def __init__(self, etcd: Etcd, app: str, ttl: int = ELECTION_TTL,
-                 wait: float = 0.0) -> None:  # fmt: skip
-        self.etcd, self.app = etcd, app
+                 wait: float = 0.0, take: bool = True) -> None:  # fmt: skip
+        self.etcd, self.app, self.ttl, self.wait = etcd, app, ttl, wait
         self.me = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease = etcd.lease(ttl)
-        deadline = time.monotonic() + wait
-        refreshed = time.monotonic()
+        self.raw = K.encode({"by": self.me}).encode()  # the key's value
+        self.kept = etcd.kept_lease(ttl)
+        self.held = False  # the key is ours (and not yet deleted)
+        if take:
+            try:
+                self.take()
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def lease(self) -> Any:
+        return self.kept.lease
+
+    def _renew(self) -> None:
+        """Our lease was gone (we were starved for longer than its TTL): another."""
+        old = self.kept
+        self.kept = self.etcd.kept_lease(self.ttl, stale=old.lease)
+        old.release()
+
+    def take(self) -> None:
+        etcd, app = self.etcd, self.app
+        deadline = time.monotonic() + self.wait
         while True:
             # our lease is kept alive while we wait for a dead coordinator's to expire
             # (longer than its TTL when etcd's leader changed: the new one extends
             # every lease): a key put under a lease that expired is refused (404)
-            if time.monotonic() - refreshed > ttl / 3:
-                with contextlib.suppress(Exception):
-                    self.lease.refresh()
-                refreshed = time.monotonic()
+            if not self.kept.alive():
+                self._renew()
             try:
-                if etcd.create(K.coordinator(app), {"by": self.me}, lease=self.lease):
+                if etcd.create(K.coordinator(app), {"by": self.me}, lease=self.kept.lease):
                     break
-            except LeaseGone:  # (we were starved for longer than the TTL)
-                self.lease = etcd.lease(ttl)
+            except LeaseGone:
+                self._renew()
                 continue
             if time.monotonic() >= deadline:
-                with contextlib.suppress(Exception):
-                    self.lease.revoke()
                 who = (etcd.get(K.coordinator(app)) or {}).get("by")
                 raise CryoError(f"{app} has a coordinator already ({who})")
             time.sleep(0.1)
-        self._done = threading.Event()  # kept alive while we coordinate
-        threading.Thread(target=self._keep_alive, args=(ttl,), daemon=True).start()
+        self.held = True
 
-    def _keep_alive(self, ttl: int) -> None:
-        while not self._done.wait(ttl / 3):
-            with contextlib.suppress(Exception):
-                self.lease.refresh()
+    def open(self, key: str, value: dict[str, Any]) -> int | None:
+        """Take the key and create round ``key`` (``value``) in one transaction, if no
+        coordinator holds the key and the round does not exist: the revision of both
+        (0: not known), or None if nothing was done."""
+        if not self.kept.alive():
+            self._renew()
+        try:
+            got = self.etcd.txn_revision([], [(K.coordinator(self.app), {"by": self.me}),
+                                              (key, value)],
+                                         absent=[K.coordinator(self.app), key],
+                                         leases={K.coordinator(self.app): self.kept.id})
+        except LeaseGone:  # (the slow way, then)
+            self._renew()
+            return None
+        self.held = got is not None
+        return got
 
-    def close(self) -> None:
-        self._done.set()
-        with contextlib.suppress(Exception):  # (gone already if we were too slow)
-            self.lease.revoke()
+    def dropped(self) -> tuple[str, bytes]:
+        """What a decision deletes with it: our key, if it still holds our value."""
+        return K.coordinator(self.app), self.raw
+
+    def close(self, deleted: bool = False) -> None:
+        """The end: our key deleted (unless ``deleted``: a commit did), the lease let
+        go (it expires once unused)."""
+        if self.held and not deleted:
+            with contextlib.suppress(Exception):  # (gone with its lease, else)
+                self.etcd.txn([], [], drop=self.dropped())
+        self.held = False
+        self.kept.release()
 
 
 def resolve(etcd: Etcd, app: str, poll: float = 0.02,
@@ -299,14 +338,16 @@ def written(vote: dict[str, Any]) -> bool:
 
 
 def _next(etcd: Etcd, app: str, key: str, raw: bytes, r: dict[str, Any],
-          got: dict[int, dict[str, Any]], parts: list[int]) -> bool | None:  # fmt: skip
+          got: dict[int, dict[str, Any]], parts: list[int],
+          drop: tuple[str, bytes] | None = None) -> bool | None:  # fmt: skip
     """Every part of round ``r`` (held in etcd as ``raw``) voted yes: commit it (True;
-    False if another decided it first), or, when replicas are still to be sent, cut it
-    first (the parts go on, then send them) and wait for them (None)."""
+    False if another decided it first; ``drop``: the coordinator's key, deleted with
+    it), or, when replicas are still to be sent, cut it first (the parts go on, then
+    send them) and wait for them (None)."""
     if all(got[n].get("replicated", True) for n in parts):
         record = _committed(int(r["version"]), got, parts)
         return etcd.swap(key, raw, {**r, "state": K.COMMITTED, "decided": time.time()},
-                         [(K.committed(app), record)])  # fmt: skip
+                         [(K.committed(app), record)], drop=drop)  # fmt: skip
     if r["state"] == K.PREPARE and not etcd.swap(key, raw, {**r, "state": K.CUT,
                                                            "cut": time.time()}):  # fmt: skip
         return False
@@ -341,9 +382,10 @@ def prune(etcd: Etcd, app: str, rounds: list[dict[str, Any]], keep: int = KEEP_R
     seldom pays for it)."""
     if len(rounds) < 2 * keep:
         return
-    for r in sorted(rounds, key=lambda r: int(r["version"]))[:-keep]:
-        if r.get("state") not in (K.PREPARE, K.CUT):
-            etcd.delete_prefix(K.round_(app, int(r["version"])))
+    # (one transaction; K.round_ is the round's key and its votes')
+    etcd.delete_prefixes([K.round_(app, int(r["version"])) for r in
+                          sorted(rounds, key=lambda r: int(r["version"]))[:-keep]
+                          if r.get("state") not in (K.PREPARE, K.CUT)])  # fmt: skip
 
 
 def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
@@ -353,38 +395,73 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
     decided first (``report`` is called with what became of it).  The parts are let
     go once every part is frozen and collected and its own pages are read (early
     release); with ``hold``, only at the decision (or the cut), as before."""
-    election = Election(etcd, app, wait=ELECTION_TTL + 2)
+    # the lease first; then, when etcd holds no coordinator and no round half-done,
+    # the election and the round in one transaction (else the election, then what a
+    # coordinator that is gone left, then the round)
+    election = Election(etcd, app, wait=ELECTION_TTL + 2, take=False)
+    committed = False
     try:
-        # every key of the application in one request (its record, parts, rounds and
-        # their votes): what the round is planned from
-        kv = [(k, v) for k, v in etcd.prefix(K.app(app)) if k == K.app(app)
-              or k.startswith(K.app(app) + "/")]  # fmt: skip
-        if not any(k == K.app(app) for k, _ in kv):
-            raise CryoError(f"no grid application {app}")
-        if dict(kv)[K.app(app)].get("adopting"):
-            raise CryoError(f"{app} is being adopted (grid adopt): not every part is taken")
-        at_start = [(k, v) for k, v in kv if k.startswith(K.rounds(app))]
-        for v, state in resolve(etcd, app, rounds=at_start):
-            if report is not None:
-                report(f"round {v} of {app}, left by a coordinator that is gone: {state}")
-        parts = {int(k.rsplit("/", 1)[1]): v for k, v in kv if k.startswith(K.parts(app))}
-        rounds = [v for k, v in at_start if "/votes/" not in k]
-        version = max((int(r["version"]) for r in rounds), default=0) + 1
-        prune(etcd, app, rounds)
-        now = time.time()
-        prepare = {"version": version, "state": K.PREPARE, "deadline": now + timeout,
-                   "by": election.me, "parts": sorted(parts), "created": now}  # fmt: skip
-        if hold:
-            prepare["hold"] = True
-        key = K.round_(app, version)
-        voted = Votes()  # each vote as the watch brings it (polled too, less often)
-        end = etcd.watch(K.votes(app, version), voted.event, seen=voted.seen)
+        quick = True  # (until the one transaction fails once)
+        while True:
+            # every key of the application in one request (its record, parts, rounds
+            # and their votes): what the round is planned from
+            kv = [(k, v) for k, v in etcd.prefix(K.app(app)) if k == K.app(app)
+                  or k.startswith(K.app(app) + "/")]  # fmt: skip
+            if not any(k == K.app(app) for k, _ in kv):
+                raise CryoError(f"no grid application {app}")
+            if dict(kv)[K.app(app)].get("adopting"):
+                raise CryoError(f"{app} is being adopted (grid adopt): not every part is"
+                                " taken")  # fmt: skip
+            at_start = [(k, v) for k, v in kv if k.startswith(K.rounds(app))]
+            half_done = any("/votes/" not in k and v.get("state") in (K.PREPARE, K.CUT)
+                            for k, v in at_start)  # fmt: skip
+            if not election.held and (not quick or half_done
+                                      or any(k == K.coordinator(app) for k, _ in kv)):
+                election.take()
+                continue  # (read again: what is there now that we coordinate)
+            if election.held:
+                for v, state in resolve(etcd, app, rounds=at_start):
+                    if report is not None:
+                        report(f"round {v} of {app}, left by a coordinator that is gone:"
+                               f" {state}")  # fmt: skip
+            parts = {int(k.rsplit("/", 1)[1]): v for k, v in kv
+                     if k.startswith(K.parts(app))}  # fmt: skip
+            rounds = [v for k, v in at_start if "/votes/" not in k]
+            version = max((int(r["version"]) for r in rounds), default=0) + 1
+            now = time.time()
+            prepare = {"version": version, "state": K.PREPARE, "deadline": now + timeout,
+                       "by": election.me, "parts": sorted(parts), "created": now}  # fmt: skip
+            if hold:
+                prepare["hold"] = True
+            key = K.round_(app, version)
+            if election.held:
+                made = etcd.txn_revision([], [(key, prepare)], absent=[key])
+                if made is None:
+                    raise CryoError(f"round {version} of {app} exists already")
+                break
+            made = election.open(key, prepare)
+            if made is not None:
+                break
+            quick = False  # another coordinates, or was quicker: the election first
+        # each vote as the watch brings it (from the round's revision on: none is
+        # missed, and the agents prepare while it is made; polled too, less often)
+        voted = Votes()
+        end = etcd.watch(K.votes(app, version), voted.event, seen=voted.seen,
+                         start=made or None)  # fmt: skip
         try:
-            return _decide(etcd, app, key, prepare, sorted(parts), timeout, voted)
+            # (the commit deletes our election key with it: no request after it)
+            version = _decide(etcd, app, key, prepare, sorted(parts), timeout, voted,
+                              election.dropped())  # fmt: skip
+            committed = True
+            return version
         finally:
             end()
+            # (the decided rounds but the last are forgotten after the round, not
+            # before: the round waits for no delete)
+            with contextlib.suppress(CryoError):
+                prune(etcd, app, rounds)
     finally:
-        election.close()
+        election.close(deleted=committed)
 
 
 class Votes:
@@ -415,12 +492,11 @@ class Votes:
 
 
 def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list[int],
-            timeout: float, voted: Votes) -> int:  # fmt: skip
-    """Write round ``prepare``, wait for the votes of ``parts`` and decide it."""
+            timeout: float, voted: Votes, drop: tuple[str, bytes] | None = None,
+            ) -> int:  # fmt: skip
+    """Wait for the votes of ``parts`` in round ``prepare`` (written) and decide it."""
     version = int(prepare["version"])
-    if not etcd.create(key, prepare):
-        raise CryoError(f"round {version} of {app} exists already")
-    raw = K.encode(prepare).encode()  # (what the create put: no need to read it back)
+    raw = K.encode(prepare).encode()  # (what was put: no need to read it back)
     current = prepare
     deadline = time.monotonic() + timeout
     failure = None
@@ -436,7 +512,7 @@ def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list
         if set(got) >= set(parts) and all(written(got[n]) for n in parts) and (
                 current["state"] == K.PREPARE or all(
                 got[n].get("replicated", True) for n in parts)):  # fmt: skip
-            done = _next(etcd, app, key, raw, current, got, parts)
+            done = _next(etcd, app, key, raw, current, got, parts, drop)
             if done:
                 return version
             if done is False:

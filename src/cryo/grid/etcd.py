@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,6 +60,12 @@ def _b64(v: str) -> str:
     return base64.b64encode(v.encode()).decode()
 
 
+def _after(prefix: str) -> str:
+    """The end of the range of keys that begin with ``prefix`` (its last byte + 1)."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
 class Etcd:
     """A thin, typed wrapper: JSON values, cryo's errors."""
 
@@ -72,22 +78,27 @@ class Etcd:
         self.client = etcd3gw.client(host=self._where[0], port=self._where[1],
                                      protocol=self._where[2], timeout=timeout)  # fmt: skip
         self._call(self.client.status)
+        self._kept: dict[int, KeptLease] = {}  # by TTL (kept_lease)
+        self._kept_lock = threading.Lock()
 
     def watch(self, prefix: str, wake: threading.Event,
               ignore: Callable[[str], bool] | None = None,
               seen: Callable[[str, int, dict[str, Any] | None], None] | None = None,
+              quiet: Callable[[str], bool] | None = None, start: int | None = None,
               ) -> Callable[[], None]:  # fmt: skip
-        """Set ``wake`` at every change under ``prefix`` but of the keys ``ignore``
-        says (etcd's watch stream, on a connection of its own, read by a thread of its
-        own), after ``seen(key, revision, value)`` is told what changed (value None:
-        deleted; the revision of the change, etcd's mod_revision); returns
-        what ends it.  A stream that breaks is not made again, and one is made only
-        some moments after this returns: callers poll as well, less often."""
+        """Set ``wake`` at every change under ``prefix`` but of the keys ``ignore`` or
+        ``quiet`` says (etcd's watch stream, on a connection of its own, read by a
+        thread of its own), after ``seen(key, revision, value)`` is told what changed
+        (value None: deleted; the revision of the change, etcd's mod_revision; not of
+        the ``ignore`` keys); with ``start``, every change from that revision on, those
+        made before the watch too; returns what ends it.  A stream that breaks is not
+        made again, and one is made only some moments after this returns: callers
+        poll as well, less often (or pass ``start``)."""
         import etcd3gw
 
         host, port, protocol = self._where
         client = etcd3gw.client(host=host, port=port, protocol=protocol)
-        events, cancel = self._call(client.watch_prefix, prefix)
+        events, cancel = self._call(client.watch_prefix, prefix, start_revision=start)
 
         def follow() -> None:
             with contextlib.suppress(Exception):
@@ -102,7 +113,8 @@ class Etcd:
                         seen(key, int(kv.get("mod_revision", 0)),
                              K.decode(value) if value is not None
                              and event.get("type") != "DELETE" else None)  # fmt: skip
-                    wake.set()
+                    if quiet is None or not quiet(key):
+                        wake.set()
 
         threading.Thread(target=follow, daemon=True, name=f"etcd watch {prefix}").start()
 
@@ -205,6 +217,14 @@ class Etcd:
     def delete_prefix(self, prefix: str) -> None:
         self._call(self.client.delete_prefix, prefix)
 
+    def delete_prefixes(self, prefixes: Sequence[str]) -> None:
+        """Every key under each of ``prefixes``, in one transaction."""
+        if not prefixes:
+            return
+        ops = [{"request_delete_range": {"key": _b64(p), "range_end": _b64(_after(p))}}
+               for p in prefixes]  # fmt: skip
+        self._call(self.client.transaction, {"compare": [], "success": ops, "failure": []})
+
     def delete_tree(self, key: str) -> None:
         """``key`` and every key under ``key/``, in one transaction (not the keys that
         merely begin as ``key`` does: another application's)."""
@@ -219,34 +239,142 @@ class Etcd:
     def lease(self, ttl: int) -> Any:
         return self._call(self.client.lease, ttl)
 
+    def kept_lease(self, ttl: int, stale: Any = None) -> KeptLease:
+        """A lease of ``ttl`` seconds that a thread keeps alive while it is used and
+        for KEPT_IDLE seconds after (:meth:`KeptLease.release`), so that the calls
+        of one process in a row (a coordinator's rounds) grant one, not one each;
+        ``stale``: one found gone, not to be handed out again.  Nothing else may be
+        put under it for longer than its use: its keys are deleted by who put them
+        (it is not revoked; once let go it expires with none)."""
+        with self._kept_lock:
+            kept = self._kept.get(ttl)
+            if kept is not None and (kept.lease is stale or not kept.alive()):
+                kept.stop()
+                kept = None
+            if kept is None:
+                kept = self._kept[ttl] = KeptLease(self.lease(ttl), ttl, self._kept_done)
+            kept.users += 1
+            return kept
+
+    def _kept_done(self, kept: KeptLease) -> None:
+        with self._kept_lock:
+            if self._kept.get(kept.ttl) is kept:
+                del self._kept[kept.ttl]
+
     def swap(self, key: str, old: bytes, new: dict[str, Any],
-             also: Sequence[tuple[str, dict[str, Any]]] = (), lease: int | None = None) -> bool:
+             also: Sequence[tuple[str, dict[str, Any]]] = (), lease: int | None = None,
+             drop: tuple[str, bytes] | None = None) -> bool:  # fmt: skip
         """One transaction: if ``key`` still holds ``old``, put ``new`` there (and each
-        of ``also``; under lease id ``lease`` if given); True if it did."""
-        return self.txn([(key, old)], [(key, new), *also], lease=lease)
+        of ``also``; under lease id ``lease`` if given; and delete ``drop``'s key if it
+        holds its value); True if it did."""
+        return self.txn([(key, old)], [(key, new), *also], lease=lease, drop=drop)
 
     def txn(self, compares: Sequence[tuple[str, bytes]],
-            puts: Sequence[tuple[str, dict[str, Any]]], lease: int | None = None) -> bool:
-        """One transaction: if every key of ``compares`` still holds its value, put each
-        of ``puts`` (under lease id ``lease`` if given, else under none: a key put so
-        leaves the lease it was under); True if it did.  A first try whose answer was
-        lost counts as done if the first put's key holds its value."""
+            puts: Sequence[tuple[str, dict[str, Any]]], lease: int | None = None, *,
+            absent: Sequence[str] = (), leases: Mapping[str, int] | None = None,
+            drop: tuple[str, bytes] | None = None) -> bool:  # fmt: skip
+        """One transaction: if every key of ``compares`` still holds its value and no
+        key of ``absent`` exists, put each of ``puts`` (under lease id ``lease`` if
+        given, or the one ``leases`` gives its key; else under none: a key put so
+        leaves the lease it was under), and delete ``drop``'s key if it then holds its
+        value (a transaction nested in it); True if it did.  A first try whose answer
+        was lost counts as done if the first put's key holds its value."""
+        request = self._request(compares, puts, lease, absent, leases, drop)
+        return self._txn(request, puts) is not None
+
+    @staticmethod
+    def _request(compares: Sequence[tuple[str, bytes]],
+                 puts: Sequence[tuple[str, dict[str, Any]]], lease: int | None,
+                 absent: Sequence[str], leases: Mapping[str, int] | None,
+                 drop: tuple[str, bytes] | None = None) -> dict[str, Any]:  # fmt: skip
         put: list[dict[str, Any]] = []
         for k, v in puts:
             request: dict[str, Any] = {"key": _b64(k), "value": _b64(K.encode(v))}
-            if lease is not None:
-                request["lease"] = int(lease)
+            held = (leases or {}).get(k, lease)
+            if held is not None:
+                request["lease"] = int(held)
             put.append({"request_put": request})
-        txn = {
+        if drop is not None:
+            put.append({"request_txn": {
+                "compare": [{"key": _b64(drop[0]), "result": "EQUAL", "target": "VALUE",
+                             "value": base64.b64encode(drop[1]).decode()}],
+                "success": [{"request_delete_range": {"key": _b64(drop[0])}}],
+                "failure": []}})  # fmt: skip
+        return {
             "compare": [{"key": _b64(k), "result": "EQUAL", "target": "VALUE",
-                         "value": base64.b64encode(raw).decode()} for k, raw in compares],
+                         "value": base64.b64encode(raw).decode()} for k, raw in compares]
+                       + [{"key": _b64(k), "result": "EQUAL", "target": "CREATE",
+                           "create_revision": 0} for k in absent],
             "success": put,
             "failure": [],
         }  # fmt: skip
-        first, first_raw = puts[0][0], K.encode(puts[0][1])
-        result = self._call(self.client.transaction, txn,
-                            ambiguous=lambda: self._holds(first, first_raw))
-        return result is True or bool(result.get("succeeded", False))
+
+    def txn_revision(self, compares: Sequence[tuple[str, bytes]],
+                     puts: Sequence[tuple[str, dict[str, Any]]], lease: int | None = None, *,
+                     absent: Sequence[str] = (),
+                     leases: Mapping[str, int] | None = None) -> int | None:  # fmt: skip
+        """As :meth:`txn`: None if nothing was put, else the revision its puts made (0
+        when a first try's answer was lost: done, at a revision not known)."""
+        return self._txn(self._request(compares, puts, lease, absent, leases), puts)
+
+    def _txn(self, txn: dict[str, Any], puts: Sequence[tuple[str, dict[str, Any]]]) -> int | None:
+        ambiguous = None
+        if puts:
+            first, first_raw = puts[0][0], K.encode(puts[0][1])
+            ambiguous = lambda: self._holds(first, first_raw)  # noqa: E731
+        result = self._call(self.client.transaction, txn, ambiguous=ambiguous)
+        if result is True:
+            return 0
+        if not result.get("succeeded", False):
+            return None
+        return int((result.get("header") or {}).get("revision", 0))
+
+
+KEPT_IDLE = 30.0  # seconds a kept lease outlives its last use
+
+
+class KeptLease:
+    """A lease (``lease``: etcd3gw's) refreshed every ``ttl``/3 seconds by a thread of
+    its own while it has users, and for KEPT_IDLE seconds after the last let it go."""
+
+    def __init__(self, lease: Any, ttl: int, done: Callable[[KeptLease], None]) -> None:
+        self.lease, self.ttl, self.id = lease, ttl, int(lease.id)
+        self.users = 0
+        self._lock = threading.Lock()
+        self._used = self._ok = time.monotonic()
+        self._stop = threading.Event()
+        self._done = done
+        threading.Thread(target=self._keep, daemon=True, name=f"etcd lease {self.id}").start()
+
+    def alive(self) -> bool:
+        """Refreshed lately enough that it surely lives (less than half its TTL ago)."""
+        return not self._stop.is_set() and time.monotonic() - self._ok < self.ttl / 2
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            self._used = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with self._lock:
+                idle = self.users <= 0 and time.monotonic() - self._used > KEPT_IDLE
+            if idle:
+                break
+            sent = time.monotonic()
+            try:
+                if self.lease.refresh() <= 0:
+                    break
+            except Exception as err:  # (unreachable for now: alive() says so in time)
+                log.debug("etcd lease %d not refreshed: %s", self.id, err)
+                continue
+            self._ok = sent
+        self._stop.set()
+        self._done(self)
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
