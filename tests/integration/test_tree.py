@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
 from tests.conftest import VICTIMS, Procs, Victim, reap, run_cryo
@@ -197,22 +199,42 @@ def test_a_tree_whose_pids_are_taken_is_refused(procs: Procs, tmp_path: Path) ->
     assert second != first.pid
 
 
-def test_multiprocessing_pool(procs: Procs, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("method", "nprocs", "when"), [
+    ("fork", 3, "busy"), ("forkserver", 5, "idle"), ("spawn", 4, "idle")])
+def test_multiprocessing_pool(procs: Procs, tmp_path: Path, method: str, nprocs: int,
+                              when: str) -> None:  # fmt: skip
+    """Under forkserver and spawn the pool's locks are semaphores that the main process
+    maps as "/dev/shm/sem.XXXXXX (deleted)" (glibc's sem_open links the file it made to
+    its name, then unlinks the first) and the workers by that name: restored as a copy,
+    the lock was no longer shared, and a pool checkpointed while a waiting worker held
+    its task queue's lock hung at its end, the result never written (found by probing)."""
     out, progress = tmp_path / "out.txt", tmp_path / "progress.txt"
-    v = procs.spawn([sys.executable, str(VICTIMS / "pool.py"), str(out), str(progress)], out)
-    deadline = time.monotonic() + 20
-    while not progress.exists() or len(progress.read_text().split()) < 60:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    pids = tree_pids(v.pid)
-    assert len(pids) == 3
-    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
-    kill_tree(pids)
-    r = restart(str(tmp_path / "img"))
-    for p in r.pids.values():
-        procs.track(p)
-    line = Victim(r.pid, out).wait_line("result", timeout=30)
-    assert line == f"result {sum(x * x + 1 for x in range(300))} 300"
+    shm_before = set(os.listdir("/dev/shm"))
+    try:
+        v = procs.spawn([sys.executable, str(VICTIMS / "pool.py"), str(out), str(progress),
+                         method, when], out)  # fmt: skip
+        if when == "idle":
+            v.wait_line("idle", timeout=30)
+            time.sleep(0.3)
+        deadline = time.monotonic() + 20
+        while not progress.exists() or len(progress.read_text().split()) < 60:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pids = tree_pids(v.pid)
+        assert len(pids) == nprocs
+        checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+        kill_tree(pids)
+        r = restart(str(tmp_path / "img"))
+        for p in r.pids.values():
+            procs.track(p)
+        line = Victim(r.pid, out).wait_line("result", timeout=30)
+        assert line == f"result {sum(x * x + 1 for x in range(300))} 300"
+    finally:
+        procs.cleanup()
+        for name in set(os.listdir("/dev/shm")) - shm_before:
+            if name.startswith("sem.mp-"):  # the pool's (its resource tracker was killed)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"/dev/shm/{name}")
 
 
 def test_anonymous_files_and_socket_pairs(procs: Procs, build: Any, tmp_path: Path) -> None:

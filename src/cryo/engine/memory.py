@@ -163,12 +163,44 @@ def _real_path(pid: int, v: procfs.Vma) -> procfs.Vma:
     gives the name itself (found by probing: a file with a newline in its name was
     looked for under the escaped one, the restart failed PathMissing after the
     checkpoint exited 0)."""
+    if v.path.endswith(DELETED) and v.path.startswith("/") and v.path not in _KERNEL_FILES \
+            and not v.path.startswith(("/memfd:", "/SYSV")):  # fmt: skip
+        return _linked_elsewhere(pid, v)
     if "\\012" not in v.path or not v.path.startswith("/"):
         return v
     try:
         return v._replace(path=os.readlink(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"))
     except OSError:
         return v
+
+
+DELETED = " (deleted)"
+_KERNEL_FILES = (AIO_RING, SECRETMEM, HUGETLB_ANON, "/dev/zero (deleted)")
+
+
+def _linked_elsewhere(pid: int, v: procfs.Vma) -> procfs.Vma:
+    """A "(deleted)" file that still has a link: glibc's sem_open makes a semaphore as
+    /dev/shm/sem.XXXXXX, maps it, links it to its name and unlinks the first, so the
+    process that made it maps "sem.XXXXXX (deleted)" and the others the same file by its
+    name (Python's multiprocessing locks under forkserver and spawn).  Saved as a deleted
+    file, it came back as a copy of its own, the semaphore no longer shared with the
+    processes that opened it by name: a restored multiprocessing pool hung on its lock
+    at exit (found by probing).  The mapping is that of the file's other name, looked
+    for in the directory it was made in; one that cannot be found is refused."""
+    st = os.stat(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
+    if st.st_nlink == 0:
+        return v
+    where = os.path.dirname(v.path)
+    with contextlib.suppress(OSError), os.scandir(where) as it:
+        for e in it:
+            if e.inode() == st.st_ino:
+                with contextlib.suppress(OSError):
+                    if e.stat(follow_symlinks=False).st_dev == st.st_dev:
+                        return v._replace(path=e.path)
+    raise Unsupported(f"mapping {v.start:#x}-{v.end:#x} of {v.path}: the file was unlinked"
+                      f" from that name but still has {st.st_nlink} link(s), not in {where};"
+                      " restored as a copy it would no longer be shared with them: not"
+                      " supported", pid=pid, resource="memory")  # fmt: skip
 
 
 def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
