@@ -147,6 +147,7 @@ TYPES: dict[int, str] = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram
 _TYPE_OF = {v: int(k) for k, v in TYPES.items()}
 _STATE_NAME = {int(m): m.name for m in ST}
 _LISTEN = int(ST.LISTEN)
+_AF_PACKET = int(socket.AF_PACKET)
 _STREAM, _TCP = int(socket.SOCK_STREAM), int(socket.IPPROTO_TCP)
 
 
@@ -995,11 +996,16 @@ def _option_names() -> dict[tuple[int, int], str]:
 _OPTION_NAMES = _option_names()
 
 
+# (plain ints: a restart of a busy server sets thousands of options)
+_BUFFERS_INT = frozenset((int(level), int(opt)) for level, opt in BUFFERS)
+_NAMES_INT = frozenset({(_SOL_SOCKET, int(N.SO.BINDTODEVICE)), (_SOL_TCP, int(N.TCP.CONGESTION))})
+
+
 def _setsockopt(s: socket.socket, level: int, opt: int, raw: bytes) -> None:
-    if (level, opt) in BUFFERS:
+    key = (level, opt)
+    if key in _BUFFERS_INT:
         s.setsockopt(level, opt, int.from_bytes(raw, "little", signed=True) // 2)
-    elif (level, opt) == (N.SOL.SOCKET, N.SO.BINDTODEVICE) or (level, opt) == (
-            N.SOL.TCP, N.TCP.CONGESTION):  # fmt: skip
+    elif key in _NAMES_INT:  # a name, set without the NULs it was read with
         s.setsockopt(level, opt, raw.rstrip(b"\0"))
     else:
         s.setsockopt(level, opt, raw)
@@ -1015,7 +1021,7 @@ def _is_any(family: int, addr: list[Any]) -> bool:
 def open_socket(d: dict[str, Any], options: dict[str, Any]) -> int:
     """The socket of description ``d``, made in cryo; returns its fd."""
     family, typ, proto = d["family"], _TYPE_OF[d["sotype"]], d["proto"]
-    if family == socket.AF_PACKET and not proto and d.get("local"):
+    if family == _AF_PACKET and not proto and d.get("local"):
         # SO_PROTOCOL shows 0 for a packet socket: its protocol is its name's (one never
         # bound has only socket()'s, which no bind can give it: ifname "" is no device)
         proto = socket.htons(int(d["local"][1]))
