@@ -152,3 +152,19 @@ def test_datagrams_from_a_live_autobound_sender_refused(procs: Procs, exe: str,
     can take it): refused, exit 9 naming it, the process untouched."""
     v = _spawn(procs, exe, tmp_path, "dgramautoheld")
     refused_untouched(v, tmp_path / "img", "holds a datagram from the autobound @")
+
+
+def test_an_o_tmpfile_o_excl_file_stays_unlinkable(procs: Procs, exe: str, tmp_path: Path
+                                                    ) -> None:  # fmt: skip
+    """A file made with O_TMPFILE | O_EXCL (glibc's tmpfile(), Python's TemporaryFile):
+    restored linkable, exit 0 (open() drops O_EXCL from f_flags).  Now its inode's
+    I_LINKABLE state is read at checkpoint (a BPF task_file iterator) and it is made
+    again with O_EXCL: linkat still fails, ENOENT; the O_TMPFILE file beside it is made
+    linkable again (test_probes_more's test_o_tmpfile_file_can_still_be_linked links
+    one after the restart)."""
+    v = _spawn(procs, exe, tmp_path, "tmpexcl")
+    v = cycle(procs, v, tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+    r = run_cryo("show", str(tmp_path / "img"))
+    assert "unlinkable (O_EXCL)" in r.stdout, r.stdout

@@ -10,6 +10,9 @@
  *              from an autobound sender that is closed since: recvfrom gives each
  *              with the sender's "\0xxxxx" address (checked at each round by peeking)
  *   dgramautoheld  the same, the sender still open
+ *   tmpexcl    a file made with O_TMPFILE | O_EXCL in argv[3] (never to be named) and one
+ *              with O_TMPFILE alone, both holding a pattern: each round the first cannot
+ *              be linked (linkat ENOENT, which changes nothing); both hold their bytes
  */
 #include "common.h"
 #include <netinet/in.h>
@@ -85,6 +88,32 @@ static void setup_ao(void) {
     if (setsockopt(sock, IPPROTO_TCP, 38 /* TCP_AO_ADD_KEY */, &k, sizeof k)) { report("skip TCP-AO %d", errno); }
 }
 
+static int tmpx, tmpl;
+static char link_path[4200];
+
+static void setup_tmpexcl(void) {
+    for (int i = 0; i < (int)sizeof pat; i++) pat[i] = 'a' + (int)(mix(i) % 26);
+    tmpx = open(dir, O_TMPFILE | O_EXCL | O_RDWR, 0600);
+    tmpl = open(dir, O_TMPFILE | O_RDWR, 0600);
+    if (tmpx < 0 || tmpl < 0 || write(tmpx, pat, sizeof pat) != (ssize_t)sizeof pat ||
+        write(tmpl, pat, sizeof pat) != (ssize_t)sizeof pat) _exit(1);
+    snprintf(link_path, sizeof link_path, "%s/linked", dir);
+}
+
+static int tmpexcl_check(void) {
+    char proc[64], got[sizeof pat];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", tmpx);
+    if (!linkat(AT_FDCWD, proc, AT_FDCWD, link_path, AT_SYMLINK_FOLLOW)) {
+        unlink(link_path);
+        FAIL("the O_EXCL file could be linked");
+        return 1;
+    }
+    if (errno != ENOENT) { FAIL("linkat errno %d, want ENOENT", errno); return 1; }
+    if (pread(tmpx, got, sizeof got, 0) != (ssize_t)sizeof got || memcmp(got, pat, sizeof pat) ||
+        pread(tmpl, got, sizeof got, 0) != (ssize_t)sizeof got || memcmp(got, pat, sizeof pat)) { FAIL("bytes"); return 1; }
+    return 0;
+}
+
 static socklen_t abstract(struct sockaddr_un *a, const char *name) {
     memset(a, 0, sizeof *a);
     a->sun_family = AF_UNIX;
@@ -131,6 +160,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "ao")) setup_ao();
     else if (!strcmp(mode, "dgramauto")) { setup_dgramauto(0); check = dgramauto_check; }
     else if (!strcmp(mode, "dgramautoheld")) { setup_dgramauto(1); check = dgramauto_check; }
+    else if (!strcmp(mode, "tmpexcl")) { setup_tmpexcl(); check = tmpexcl_check; }
     else _exit(2);
     report("ready %d", getpid());
     for (long round = 0;; round++) {

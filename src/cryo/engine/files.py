@@ -486,6 +486,7 @@ def dump_shared(session: Any) -> None:
     anonfds.find_hidden(session.shared.descs.descs, session.shared.descs.seen)
     ghosts.use_objects(session.shared.descs.descs, session.shared.objects)
     ghosts.check_mapped(session.shared.descs.descs, {c.pid for c in session.contexts})
+    ghosts.check_linkable(session.shared.descs.descs)
 
 
 def shared_records(session: Any) -> list[tuple[bytes, Any, bool]]:

@@ -178,6 +178,43 @@ def is_tmpfile(d: dict[str, Any]) -> bool:
     return bool(int(d["flags"]) & O_TMPFILE_FLAG) and not d.get("memfd")
 
 
+def check_linkable(descs: list[dict[str, Any]]) -> None:
+    """Checkpoint, every process collected: whether each deleted file made with O_TMPFILE
+    may still be given a name (``unlinkable`` where not: made with O_EXCL, or linked
+    and unlinked since), made again so at restart (O_EXCL).  open() drops O_EXCL from
+    f_flags; only the inode's I_LINKABLE state keeps it, which a BPF iterator over the
+    fd table reads (cryo.linux.bpf; a linkat to find out would name the file and clear
+    the state for good).  Where that cannot be read (no BTF, no CAP_BPF), refused:
+    restored linkable, an O_EXCL file could be named (found by probing, exit 0)."""
+    by_inode: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for d in descs:
+        if d["kind"] == "file" and d.get("deleted") and is_tmpfile(d) and "obj" not in d:
+            by_inode.setdefault((d["dev"], d["ino"]), []).append(d)
+    if not by_inode:
+        return
+    from cryo.linux import bpf
+
+    states: dict[int, dict[int, int]] = {}
+    for same in by_inode.values():
+        d = same[0]
+        try:
+            bit = bpf.linkable_bit()
+            if d["pid"] not in states:
+                states[d["pid"]] = bpf.inode_states(d["pid"])
+        except bpf.Unavailable as err:
+            raise Unsupported(f"fd {d['fd']}: deleted file {d['path']} made with O_TMPFILE:"
+                              " whether linkat may still name it (O_EXCL) cannot be read"
+                              f" here ({err.strerror}); not supported", pid=d["pid"],
+                              resource=f"fd {d['fd']}") from err  # fmt: skip
+        state = states[d["pid"]].get(d["fd"])
+        if state is None:
+            raise CryoError(f"fd {d['fd']} of {d['pid']}: not in its fd table (BPF"
+                            " task_file)", pid=d["pid"])  # fmt: skip
+        if not state & bit:
+            for e in same:
+                e["unlinkable"] = True
+
+
 def _seals(pid: int, fd: int) -> int:
     """A memfd's seals (F_GET_SEALS on a duplicate of its fd)."""
     pidfd = libc.pidfd_open(pid)
@@ -632,8 +669,9 @@ def _make(d: dict[str, Any], data: BinaryIO, path: str, keep: list[str] | None =
         where = os.path.dirname(path)  # cannot be, ENOENT: found by probing)
         access = os.O_WRONLY if int(d["flags"]) & 0o3 == os.O_WRONLY else os.O_RDWR
         try:
+            excl = os.O_EXCL if d.get("unlinkable") else 0  # (never to be named)
             fd = os.open(where if os.path.isdir(where) else tempfile.gettempdir(),
-                         os.O_TMPFILE | access | os.O_CLOEXEC, 0o600)  # fmt: skip
+                         os.O_TMPFILE | access | excl | os.O_CLOEXEC, 0o600)  # fmt: skip
         except OSError as err:
             raise CryoError(f"deleted file {d['path']} (O_TMPFILE): cannot make it again in"
                             f" {where}: {err.strerror}") from err  # fmt: skip
@@ -733,7 +771,7 @@ def show(d: dict[str, Any]) -> dict[str, Any]:
     if d.get("xattrs"):
         out["xattrs"] = [name for name, _ in d["xattrs"]]
     if d.get("flags", 0) & O_TMPFILE_FLAG:
-        out["tmpfile"] = True
+        out["tmpfile"] = "unlinkable (O_EXCL)" if d.get("unlinkable") else True
     if "obj" in d:
         out["object"] = d["obj"]
     if d.get("node") and "rdev" in d:  # a deleted device node, made again

@@ -657,6 +657,8 @@ DESC = Struct((
                              ("offset", "length"))),
       "file (deleted): ranges fallocate reserved and nothing wrote (FIEMAP's unwritten"
       " extents), past its end too", required=False),
+    F("unlinkable", Bool(), "file (deleted, O_TMPFILE): linkat cannot name it (made with"
+      " O_EXCL, or linked and unlinked since: its inode not I_LINKABLE)", required=False),
     F("xattrs", List(Tuple((Str(max=255), Bytes(max=1 << 16)), ("name", "value"))),
       "file (deleted): its extended attributes (user.*, POSIX ACLs)", required=False),
     F("obj", Int(0, MAX_ITEMS), "file (deleted): also mapped, saved as that SHMO object",
