@@ -278,15 +278,15 @@ def test_fifo_kept_open_by_a_writer_outside(procs: Procs, exe: str, tmp_path: Pa
         os.close(w)
 
 
-@pytest.mark.xfail(strict=True, reason="cryo's own open and read of a privately mapped file"
-                   " (the hash of its bytes, engine/changed.py) queue IN_OPEN, IN_ACCESS and"
-                   " IN_CLOSE_NOWRITE on the process's watch: the running process sees them,"
-                   " and the checkpoint refuses its events not yet read (exit 9)")
 def test_no_inotify_event_from_cryo_itself(procs: Procs, exe: str, tmp_path: Path) -> None:
     """A file the process holds open and maps privately, watched by its own inotify:
-    neither a checkpoint that lets it run nor a restart may make events on it (cryo
-    opens and reads such files: the mapped bytes' hash, the reopen).  Broken: see the
-    mark; without the mapping no event comes."""
+    neither a checkpoint that lets it run nor a restart may make events on it.  Before:
+    cryo's hash of the mapped bytes (engine/changed.py) opened and read the file,
+    IN_OPEN, IN_ACCESS and IN_CLOSE_NOWRITE, which the running process read and a
+    checkpoint refused (exit 9); and the restart's open of the file to map it queued
+    IN_OPEN on the restored watch.  Now the bytes are read through the process's
+    mappings, and the restored watches get their masks once every process is built
+    (engine/fsnotify.py arm)."""
     v = _spawn(procs, exe, tmp_path, "inotifyquiet")
     checkpoint(v.pid, str(tmp_path / "img0"))
     v.wait_ok_after(max(v.oks()) + 2)

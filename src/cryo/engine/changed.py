@@ -10,25 +10,40 @@ memory.py and translate.py read too; ``ignore_changed_files`` is taken as well).
 For mapped files, what the image assumes is the file's bytes: the pages of a private
 file mapping that the image does not hold are read from the file at restart.  So the
 checkpoint (driver ``fingerprints``, :func:`collect`) records for every file a process
-maps privately, opened through /proc/PID/map_files (the very inode mapped), its size,
-mtime, ELF build-id when it has one, and a hash (xxh3-128) of every byte its mappings
-cover (ranges merged, each file hashed once per checkpoint); record kind ``MAPF``, one
-per process.  The restart (:func:`check_all`, a ``prepare`` hook, once the saved
-files were extracted, before the paths are checked and anything is made) hashes the same
-ranges of the file it will map (translated) and refuses with FileChanged (exit 12)
-when they differ, even with the same size and mtime.  Files mapped shared are the
-program's data shared with others: only their size and mtime are compared (memory.py).
+maps privately its size, mtime, ELF build-id when it has one, and a hash (xxh3-128) of
+the bytes its mappings cover that the image does not hold (the pages copied on write,
+swapped or guarded are the image's: left out; ranges merged); record kind ``MAPF``, one
+per process.  Those bytes are read through the process's own mappings
+(/proc/PID/mem), never from the file: an open and a read of it would queue IN_OPEN,
+IN_ACCESS and IN_CLOSE_NOWRITE on the process's own inotify or fanotify watches
+(fsnotify_open in vfs_open, fsnotify_access in vfs_read; a page fault, which is how
+the kernel fills a mapping, notifies no one: found by probing, such a checkpoint
+refused its own events, exit 9, and a running process saw them).  A page the process
+maps from the file is the file's page (its page cache page: what the restart would
+read); one not yet faulted in is faulted in by the read, as the process's own read
+would (its rss grows; the page cache holds it either way).  The file itself is only
+looked at with stat (its map_files link: the very inode mapped), which notifies no
+one.  The restart (:func:`check_all`, a ``prepare`` hook, once the saved files were
+extracted, before the paths are checked and anything is made, so before the restored
+watches exist) hashes the same ranges of the file it will map (translated) and refuses
+with FileChanged (exit 12) when they differ, even with the same size and mtime.  Files
+mapped shared are the program's data shared with others: only their size and mtime are
+compared (memory.py).
 """
 
 from __future__ import annotations
 
+import bisect
+import ctypes
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import xxhash
 
 from cryo.errors import ExitCode, FileChanged
+from cryo.linux import libc
 
 FILE_CHANGED = ExitCode.FILE_CHANGED
 PAGE = 4096
@@ -66,24 +81,31 @@ def _open(path: str) -> int:
 
 def build_id(fd: int) -> bytes | None:
     """The GNU build-id of an ELF file (its PT_NOTE segments), or None."""
-    head = os.pread(fd, 64, 0)
+    return _build_id(lambda n, off: os.pread(fd, n, off))
+
+
+def _build_id(pread: Callable[[int, int], bytes]) -> bytes | None:
+    """The GNU build-id of the ELF file whose bytes ``pread(n, offset)`` gives (fewer
+    where it cannot: then None, as for a file that is not ELF or has no build-id)."""
+    head = pread(64, 0)
     if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
         return None  # not a 64-bit little-endian ELF file
     phoff, = struct.unpack_from("<Q", head, 32)
     phentsize, phnum = struct.unpack_from("<HH", head, 54)
-    table = os.pread(fd, phentsize * phnum, phoff)
-    for i in range(phnum):
+    table = pread(phentsize * phnum, phoff)
+    for i in range(min(phnum, len(table) // max(phentsize, 1))):
         p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from("<IIQQQQ", table,
                                                                           i * phentsize)
         if p_type != 4:  # PT_NOTE
             continue
-        notes = os.pread(fd, min(p_filesz, 1 << 16), p_offset)
+        notes = pread(min(p_filesz, 1 << 16), p_offset)
         pos = 0
         while pos + 12 <= len(notes):
             namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
             name_end = pos + 12 + ((namesz + 3) & ~3)
             desc_end = name_end + ((descsz + 3) & ~3)
-            if notes[pos + 12 : pos + 12 + namesz] == b"GNU\0" and ntype == 3:
+            if notes[pos + 12 : pos + 12 + namesz] == b"GNU\0" and ntype == 3 \
+                    and name_end + descsz <= len(notes):  # fmt: skip
                 return notes[name_end : name_end + descsz]
             pos = desc_end
     return None
@@ -165,8 +187,8 @@ def differs(path: str, saved: dict[str, Any]) -> str | None:
             now = _SEEN[key] = _fingerprint(fd, saved["ranges"])
     finally:
         os.close(fd)
-    if saved.get("build_id") != now.get("build_id"):
-        return "its ELF build-id differs"
+    if "build_id" in saved and saved["build_id"] != now.get("build_id"):
+        return "its ELF build-id differs"  # (none taken: its ELF header was not mapped)
     if saved["size"] != now["size"]:
         return f"its size was {saved['size']}, it is {now['size']} now"
     if saved["hash"] != now["hash"]:
@@ -184,35 +206,155 @@ _SEEN: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
 def collect(ctx: Any) -> None:
-    """Driver hook (collect, after the memory driver's): the fingerprint of every file
-    the process maps privately (record MAPF)."""
-    mm = ctx.records[b"MM  "]
-    by_file: dict[str, tuple[str, list[list[int]]]] = {}
-    for v in mm["vmas"]:
+    """Driver hook (collect, after the memory driver's, the process frozen): the
+    fingerprint of every file the process maps privately (record MAPF), its bytes read
+    through the process's mappings, the file itself only stat'ed (no fsnotify event)."""
+    pid = ctx.pid
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for v in ctx.records[b"MM  "]["vmas"]:
         if v["kind"] != "file" or v["path"].endswith(DELETED) or not v["path"].startswith("/"):
             continue
-        where, ranges = by_file.setdefault(
-            v["path"], (f"/proc/{ctx.pid}/map_files/{v['start']:x}-{v['end']:x}", []))
-        ranges.append([v["pgoff"], v["end"] - v["start"]])
+        by_file.setdefault(v["path"], []).append(v)
     files = []
-    for path, (where, ranges) in by_file.items():
-        try:
-            fd = _open(where)
-        except OSError:
-            continue  # (memory.py refuses what it cannot map again)
-        try:
-            st = os.fstat(fd)
+    held = _held(ctx)
+    mem = _Mem(pid)
+    try:
+        for path, vmas in by_file.items():
+            try:
+                st = os.stat(f"/proc/{pid}/map_files/{vmas[0]['start']:x}-{vmas[0]['end']:x}")
+            except OSError:
+                continue  # (memory.py refuses what it cannot map again)
+            segs = _cover([p for v in vmas for p in _file_pages(v, st.st_size, held)])
+            ranges = _merged([[off, n] for off, n, _a, _r in segs])
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                   tuple(tuple(r) for r in _merged(ranges)))  # fmt: skip
+                   tuple(tuple(r) for r in ranges))  # fmt: skip
             fp = _SEEN.get(key)
             if fp is None:
                 if len(_SEEN) > 4096:
                     _SEEN.clear()
-                fp = _SEEN[key] = _fingerprint(fd, ranges)
-        finally:
-            os.close(fd)
-        files.append({"path": path, **fp})
-    ctx.records[KIND] = {"pid": ctx.pid, "files": files}
+                fp = _SEEN[key] = _from_memory(mem, segs, ranges, st)
+            files.append({"path": path, **fp})
+    finally:
+        mem.close()
+    ctx.records[KIND] = {"pid": pid, "files": files}
+
+
+Seg = tuple[int, int, int, bool]  # file offset, length, address, mapped with PROT_READ
+
+
+def _held(ctx: Any) -> tuple[list[int], list[int]]:
+    """The pages the image holds (the memory driver's runs: in a private file mapping
+    the pages copied on write, or swapped; and those shared copy-on-write with the
+    parent, its pages) and the guard pages, which no one reads: (starts, ends) of
+    merged runs, in order."""
+    mm = ctx.records[b"MM  "]
+    runs = [*ctx.runs, *((a, n) for a, n in (mm.get("cow") or {}).get("runs", ())),
+            *((a, n) for v in mm["vmas"] for a, n in v.get("guards", ()))]  # fmt: skip
+    starts: list[int] = []
+    ends: list[int] = []
+    for a, n in sorted(runs):
+        if ends and a <= ends[-1]:
+            ends[-1] = max(ends[-1], a + n)
+        else:
+            starts.append(a)
+            ends.append(a + n)
+    return starts, ends
+
+
+def _file_pages(v: dict[str, Any], size: int, held: tuple[list[int], list[int]]) -> list[Seg]:
+    """The runs of the mapping ``v`` whose bytes a restart reads from the file (the
+    pages the image does not hold: ``held``), within the file's ``size``."""
+    start, end, off, readable = v["start"], v["end"], v["pgoff"], bool(v["prot"] & 1)
+    end = min(end, start + max(0, size - off))
+    if end <= start:
+        return []
+    starts, ends = held
+    out: list[Seg] = []
+    pos = start
+    i = bisect.bisect_right(ends, start)  # the first held run that ends after start
+    while i < len(starts) and starts[i] < end:
+        if starts[i] > pos:
+            out.append((off + pos - start, starts[i] - pos, pos, readable))
+        pos = max(pos, ends[i])
+        i += 1
+    if pos < end:
+        out.append((off + pos - start, end - pos, pos, readable))
+    return out
+
+
+def _cover(pieces: list[Seg]) -> list[Seg]:
+    """The union of ``pieces``, as runs in order of file offset that do not overlap,
+    each read at an address that maps it (the file mapped twice: either mapping's page
+    is the file's)."""
+    out: list[Seg] = []
+    done = -1
+    for off, n, addr, readable in sorted(pieces):
+        end = off + n
+        if end <= done:
+            continue
+        begin = max(off, done)
+        out.append((begin, end - begin, addr + begin - off, readable))
+        done = end
+    return out
+
+
+class _Mem:
+    """Reads of a process's memory: process_vm_readv (pages pinned in batches, copied
+    once), or /proc/PID/mem for a mapping without PROT_READ (FOLL_FORCE; it copies a page
+    at a time through a page of its own: 2.3x slower)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.fd = pid, -1
+
+    def read(self, addr: int, view: memoryview, local: int, readable: bool) -> int:
+        """Bytes read into ``view`` (at address ``local``) from ``addr``: fewer, or 0,
+        where nothing is there (the file cut short meanwhile: EFAULT, EIO)."""
+        try:
+            if readable:
+                return libc.process_vm_readv(self.pid, [(local, len(view))],
+                                             [(addr, len(view))])  # fmt: skip
+            if self.fd < 0:
+                self.fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            return os.preadv(self.fd, [view], addr)
+        except OSError:
+            return 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _from_memory(mem: _Mem, segs: list[Seg], ranges: list[list[int]],
+                 st: os.stat_result) -> dict[str, Any]:  # fmt: skip
+    """The fingerprint of a mapped file whose bytes ``segs`` are read from the process's
+    memory, 1 MiB at a time."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    local = ctypes.addressof((ctypes.c_char * CHUNK).from_buffer(buf))
+    for _off, n, addr, readable in segs:
+        pos, end = addr, addr + n
+        while pos < end:
+            got = mem.read(pos, view[: min(CHUNK, end - pos)], local, readable)
+            if not got:
+                break  # (the hash then differs from the file's: refused at restart)
+            h.update(view[:got])
+            pos += got
+
+    def pread(n: int, off: int) -> bytes:
+        for o, k, addr, readable in segs:  # (the ELF header and notes: the first mapping)
+            if o <= off < o + k:
+                m = min(n, o + k - off, CHUNK)
+                return bytes(view[: mem.read(addr + off - o, view[:m], local, readable)])
+        return b""
+
+    out: dict[str, Any] = {"size": st.st_size, "mtime": st.st_mtime_ns, "ranges": ranges,
+                           "hash": bytes(h.digest())}  # fmt: skip
+    bid = _build_id(pread)
+    if bid is not None:
+        out["build_id"] = bid
+    return out
 
 
 def saved(image: Any) -> dict[str, list[dict[str, Any]]]:

@@ -633,4 +633,7 @@ DRIVERS: tuple[Driver, ...] = (
            written=_dirty_inherit),
     Driver("registers", restore_thread={"regs": _thread_regs}),
     Driver("sud", restore_thread={"regs": sud.restore_thread}),  # (no call injected after)
+    # (the last started hook) inotify watches get their masks, fanotify groups their
+    # marks: nothing the restart did to the files queued an event (engine/fsnotify.py)
+    Driver("fsnotify", started=_used("cryo.engine.fsnotify", "arm")),
 )

@@ -1072,10 +1072,10 @@ FD_KINDS: tuple[FdKind, ...] = (
            lambda d, _o: specialfds.open_pidfd(d)),
     FdKind("inotify", lambda f: f.target == fsnotify.INOTIFY,
            lambda f, _i, _d: fsnotify.describe_inotify(f.pid, f.fd, _fdinfo(f)),
-           lambda d, o: fsnotify.open_inotify(d, lambda p: _translate(p, o.options))),
+           lambda d, o: fsnotify.open_inotify(d, lambda p: _translate(p, o.options), o)),
     FdKind("fanotify", lambda f: f.target == fsnotify.FANOTIFY,
            lambda f, _i, _d: fsnotify.describe_fanotify(f.pid, f.fd, _fdinfo(f)),
-           lambda d, o: fsnotify.open_fanotify(d, lambda p: _translate(p, o.options))),
+           lambda d, o: fsnotify.open_fanotify(d, lambda p: _translate(p, o.options), o)),
     FdKind("anon_inode", lambda f: f.target.startswith("anon_inode:"),
            refuse=lambda f: f"anonymous inode is not supported ({f.target})"),
     FdKind("fifo", lambda f: f.fmt == stat.S_IFIFO, lambda f, _i, d: {

@@ -19,8 +19,11 @@ kind of file; then watched through /proc/self/fd/N.  An inotify watch keeps its 
 the kernel hands them out one after another, so the wds skipped are taken and given
 back first, every watch added meanwhile with IN_DELETE_SELF alone; once the IN_IGNORED
 of the wds given back are read off (nothing else can be queued then), each watch is
-given its mask.  A watch whose object cannot be found fails the restart, naming it,
-before anything is made.
+given its mask, and a fanotify group its marks, only once every process is built
+(:func:`arm`, a ``started`` hook; the objects kept open, O_PATH, till then): what the
+restart itself does to watched files (it opens and maps them, reads a saved copy, makes
+a ghost) queues no event the processes would read.  A watch whose object cannot be
+found fails the restart, naming it, before anything is made.
 """
 
 from __future__ import annotations
@@ -230,10 +233,13 @@ def _reopen(m: dict[str, Any], where: str, translate: Any) -> int:
 IN_DELETE_SELF, IN_IGNORED = 0x400, 0x8000
 
 
-def open_inotify(d: dict[str, Any], translate: Any) -> int:
+def open_inotify(d: dict[str, Any], translate: Any, o: Any = None) -> int:
     """The instance again, each watch at its wd: first every watch with IN_DELETE_SELF
     alone, the wds in between taken and given back (their IN_IGNORED events read off:
-    nothing else can be queued then), then each given its mask."""
+    nothing else can be queued then), then each given its mask: in a restart (``o``,
+    files.py's Opening), not here but by :func:`arm` once every process is built, so
+    that the restart's own opens, reads and mappings of watched files queue no event
+    (the watched objects, O_PATH, kept open till then among ``o``'s anchors)."""
     fd = fdcalls.inotify_init1(O_NONBLOCK | os.O_CLOEXEC)
     objs: list[int] = []
     try:
@@ -251,17 +257,53 @@ def open_inotify(d: dict[str, Any], translate: Any) -> int:
             if wd != m["wd"]:
                 raise CryoError(f"{where}: the kernel gave wd {wd}")
         _drain(fd, pads, d)
-        for m, obj in zip(d["watches"], objs, strict=True):
-            if fdcalls.inotify_add_watch(fd, f"/proc/self/fd/{obj}", m["mask"]) != m["wd"]:
-                raise CryoError(f"fd {d['fd']} of {d['pid']}: inotify watch {m['wd']} moved")
+        if o is None:
+            _arm_inotify(fd, d, objs)
         fcntl.fcntl(fd, fcntl.F_SETFL, d["flags"] & O_NONBLOCK)
     except BaseException:
         os.close(fd)
-        raise
-    finally:
         for obj in objs:
             os.close(obj)
+        raise
+    _later(o, d, objs)
     return fd
+
+
+KEEP = "fsnotify"  # in the restart's keep: [(description, objects)] for arm()
+
+
+def _later(o: Any, d: dict[str, Any], objs: list[int]) -> None:
+    """Keep the description's watched objects for arm() (closed with the restart's
+    descriptions), or close them (not a restart)."""
+    if o is None:
+        for obj in objs:
+            os.close(obj)
+        return
+    o.opened.anchors.extend(objs)
+    o.keep.setdefault(KEEP, []).append((d, objs))
+
+
+def _arm_inotify(fd: int, d: dict[str, Any], objs: list[int]) -> None:
+    for m, obj in zip(d["watches"], objs, strict=True):
+        if fdcalls.inotify_add_watch(fd, f"/proc/self/fd/{obj}", m["mask"]) != m["wd"]:
+            raise CryoError(f"fd {d['fd']} of {d['pid']}: inotify watch {m['wd']} moved")
+
+
+def arm(rs: Any) -> None:
+    """Driver hook (started: every process built, none let go yet): every inotify
+    watch its mask, every fanotify group its marks (cryo's fd of the description is the
+    processes' too), with no open of any file on the way.  Before (found by probing),
+    the restart's own open of a file the process maps queued IN_OPEN on the restored
+    watch, and a fanotify mark of a mount or a filesystem saw whatever the restart
+    touched there."""
+    from cryo.engine.translate import apply as translated
+
+    for d, objs in rs.shared.keep.pop(KEEP, []):
+        fd = rs.shared.opened.fds[d["id"]]
+        if d["kind"] == "fanotify":
+            _mark_fanotify(fd, d, objs, lambda p: translated(rs.options, p))
+        else:
+            _arm_inotify(fd, d, objs)
 
 
 def _drain(fd: int, pads: set[int], d: dict[str, Any]) -> None:
@@ -280,37 +322,52 @@ def _drain(fd: int, pads: set[int], d: dict[str, Any]) -> None:
             pos += 16 + length
 
 
-def open_fanotify(d: dict[str, Any], translate: Any) -> int:
+def open_fanotify(d: dict[str, Any], translate: Any, o: Any = None) -> int:
+    """The group again, and its marks: in a restart (``o``) by :func:`arm` once every
+    process is built (see open_inotify), each marked inode found here."""
     event_flags = d["event_flags"] & ~O_LARGEFILE
     fd = fdcalls.fanotify_init(d["fan_flags"] | FAN_CLOEXEC | FAN_NONBLOCK, event_flags)
+    objs: list[int] = []
     try:
         for m in d["marks"]:
-            where = f"fd {d['fd']} of {d['pid']}: fanotify mark on {m.get('path')}"
-            kind = {"inode": 0, "mount": FAN_MARK_MOUNT,
-                    "filesystem": FAN_MARK_FILESYSTEM}[m["on"]]  # fmt: skip
             if m["on"] == "inode":
-                obj = _reopen(m, where, translate)
-                path = f"/proc/self/fd/{obj}"
+                objs.append(_reopen(m, f"fd {d['fd']} of {d['pid']}: fanotify mark on"
+                                       f" {m.get('path')}", translate))  # fmt: skip
             else:
-                obj, path = -1, translate(m["path"])
-            try:
-                flags = FAN_MARK_ADD | kind | (m["mflags"] & ~FAN_MARK_IGNORE)
-                if m["mask"]:
-                    fdcalls.fanotify_mark(fd, flags, m["mask"], -100, path)
-                if m["ignored"]:
-                    ign = FAN_MARK_IGNORE if m["mflags"] & FAN_MARK_IGNORE else \
-                        FAN_MARK_IGNORED_MASK  # fmt: skip
-                    fdcalls.fanotify_mark(fd, flags | ign, m["ignored"], -100, path)
-            except OSError as err:
-                raise CryoError(f"{where}: {err.strerror}") from err
-            finally:
-                if obj >= 0:
-                    os.close(obj)
+                path = translate(m["path"])
+                if not os.path.exists(path):
+                    raise CryoError(f"fd {d['fd']} of {d['pid']}: fanotify mark on {path}:"
+                                    " not found", path=path)  # fmt: skip
+        if o is None:
+            _mark_fanotify(fd, d, objs, translate)
         fcntl.fcntl(fd, fcntl.F_SETFL, d["flags"] & O_NONBLOCK)
     except BaseException:
         os.close(fd)
+        for obj in objs:
+            os.close(obj)
         raise
+    _later(o, d, objs)
     return fd
+
+
+def _mark_fanotify(fd: int, d: dict[str, Any], objs: list[int], translate: Any) -> None:
+    """Add the marks of group ``fd``, its marked inodes ``objs`` (O_PATH, in order)."""
+    inodes = iter(objs)
+    for m in d["marks"]:
+        where = f"fd {d['fd']} of {d['pid']}: fanotify mark on {m.get('path')}"
+        kind = {"inode": 0, "mount": FAN_MARK_MOUNT,
+                "filesystem": FAN_MARK_FILESYSTEM}[m["on"]]  # fmt: skip
+        path = f"/proc/self/fd/{next(inodes)}" if m["on"] == "inode" else translate(m["path"])
+        try:
+            flags = FAN_MARK_ADD | kind | (m["mflags"] & ~FAN_MARK_IGNORE)
+            if m["mask"]:
+                fdcalls.fanotify_mark(fd, flags, m["mask"], -100, path)
+            if m["ignored"]:
+                ign = FAN_MARK_IGNORE if m["mflags"] & FAN_MARK_IGNORE else \
+                    FAN_MARK_IGNORED_MASK  # fmt: skip
+                fdcalls.fanotify_mark(fd, flags | ign, m["ignored"], -100, path)
+        except OSError as err:
+            raise CryoError(f"{where}: {err.strerror}") from err
 
 
 def show(d: dict[str, Any]) -> dict[str, Any]:

@@ -1008,7 +1008,7 @@ KINDS: tuple[Kind, ...] = (
         F("files", List(Struct((
             F("path", Path()), F("size", Int(0, 1 << 62)), F("mtime", Int(), "st_mtime_ns"),
             F("ranges", List(Tuple((Int(0, 1 << 62), Int(0, 1 << 62)), ("offset", "length"))),
-              "the bytes its private mappings cover, merged"),
+              "the bytes its private mappings cover that the image does not hold, merged"),
             F("hash", Bytes(16), "xxh3-128 of those bytes"),
             F("build_id", Bytes(max=64), "its ELF build-id", required=False),
         ), name="mapped file")), "every file the process maps privately"),
