@@ -157,20 +157,10 @@ def _rename(inj: Injector, addr: int, name: str) -> None:
             raise syscall_error(nr, b.result(i), inj.t.tid, " (the write-tracking token)")
 
 
-def scan_flags(tr: Tracking) -> int:
-    """The PAGEMAP_SCAN flags with which memory.dump's scan of the present pages of a
-    private anonymous mapping also finds those written since the last checkpoint (and
-    protects them again), or 0 where the tracking is not trusted: one walk of the page
-    tables, not two (:func:`written` takes what it found)."""
-    return PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC if tr.trusted else 0
-
-
-def written(tr: Tracking, vmas: list[dict[str, Any]], present: list[tuple[int, int]],
-            scanned: dict[int, list[list[int]] | None] | None = None
-            ) -> list[list[int]] | None:  # fmt: skip
+def written(tr: Tracking, vmas: list[dict[str, Any]],
+            present: list[tuple[int, int]]) -> list[list[int]] | None:  # fmt: skip
     """The runs of ``present`` written since the last checkpoint (None: unknown, save
-    them all); every private anonymous mapping is protected again for the next one.
-    ``scanned``: what memory.dump's scan found with :func:`scan_flags`, by mapping."""
+    them all); every private anonymous mapping is protected again for the next one."""
     uffd = libc.fd_of(tr.pid, tr.fd)
     pm = os.open(f"/proc/{tr.pid}/pagemap", os.O_RDONLY)
     out: list[list[int]] = []
@@ -183,13 +173,7 @@ def written(tr: Tracking, vmas: list[dict[str, Any]], present: list[tuple[int, i
                 if v["kind"] == "file":  # copied-on-write pages: not tracked, all count
                     out.extend(_within(present, start, end))
                 continue
-            if tr.trusted and scanned is not None and start in scanned:
-                got = scanned[start]
-                if got is not None:
-                    out.extend(got)
-                    continue
-                out.extend(_within(present, start, end))  # mapped since: not tracked
-            elif tr.trusted:
+            if tr.trusted:
                 try:
                     # written, and there: a page written and then dropped (its PTE
                     # cleared, marker and all) reads "written", and holds nothing

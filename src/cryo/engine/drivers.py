@@ -459,8 +459,7 @@ def _dirty_inject(ctx: DumpContext) -> None:
     """For a store that tracks writes: name this checkpoint's arming in the process."""
     token = ctx.options.get("track", False)
     if token is not False:
-        tracking = ctx.live["tracking"] = dirty.prepare(ctx, token)
-        ctx.live["scan_written"] = dirty.scan_flags(tracking)  # (for memory.dump's scan)
+        ctx.live["tracking"] = dirty.prepare(ctx, token)
 
 
 def _dirty_select(ctx: DumpContext, sink: Any) -> None:
@@ -471,8 +470,8 @@ def _dirty_select(ctx: DumpContext, sink: Any) -> None:
         return
     tag = ("pid", ctx.pid)
     present = [[a, n] for a, n in ctx.runs]
-    written = dirty.written(tracking, ctx.records[R.MM]["vmas"], ctx.runs,
-                            ctx.live.pop("written_by_vma", None)) if tracking else None  # fmt: skip
+    written = dirty.written(tracking, ctx.records[R.MM]["vmas"], ctx.runs) if tracking \
+        else None  # fmt: skip
     need = tracker.select(tag, present, written)
     ctx.live["inherit"] = (tag, present, need)
     ctx.runs = [(a, n) for a, n in need]

@@ -214,13 +214,6 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
     runs: list[tuple[int, int]] = []
     out: list[dict[str, Any]] = []
     armed = any(v.path.startswith("/memfd:cryo-wp:") for v in vmas)  # dirty.py's uffd
-    # the pages written since the last checkpoint, asked in the same scan of each private
-    # anonymous mapping where the dirty driver trusts its tracking (the scan's flags: it
-    # protects them again): {start: runs, or None where the scan refused the mapping}
-    also = ctx.live.get("scan_written", 0)
-    written: dict[int, list[list[int]] | None] = {}
-    if also:
-        ctx.live["written_by_vma"] = written
     for v in vmas:
         _refuse(pid, v, armed)
     pm = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
@@ -256,8 +249,9 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                 ent["guards"] = _guards(pm, v.start, v.end)
             if kind in ("anon", "file") or (kind == "shmem" and not v.shared):
                 nbytes = 0
-                for s0, e0, cats in _scan(pm, v.start, v.end, also if kind == "anon" else 0,
-                                          written):  # fmt: skip
+                for s0, e0, cats in libc.pagemap_scan(pm, v.start, v.end,
+                                                      PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
+                                                      _SCAN_RET):  # fmt: skip
                     if not _wanted(kind, cats):
                         continue
                     pieces = [(s0, e0)] if cats & PAGE_IS.PRESENT else \
@@ -342,25 +336,6 @@ def _ksm_merge_any(pid: int) -> bool:
         return b"ksm_merge_any: yes" in procfs.read(pid, "ksm_stat")
     except (CryoError, OSError):
         return False
-
-
-def _scan(pm: int, start: int, end: int, flags: int,
-          written: dict[int, list[list[int]] | None]) -> list[tuple[int, int, int]]:  # fmt: skip
-    """The present and swapped pages of [start, end) with their categories; with
-    ``flags`` (engine/dirty.py's PAGEMAP_SCAN flags) the written ones among them too,
-    into ``written[start]`` (None where the scan with the flags failed: the mapping is
-    not tracked, mapped since)."""
-    anyof = PAGE_IS.PRESENT | PAGE_IS.SWAPPED
-    if flags:
-        try:
-            got = libc.pagemap_scan(pm, start, end, anyof, _SCAN_RET | PAGE_IS.WRITTEN,
-                                    flags=flags)  # fmt: skip
-        except OSError:
-            written[start] = None
-        else:
-            written[start] = [[s, e - s] for s, e, c in got if c & PAGE_IS.WRITTEN]
-            return got
-    return libc.pagemap_scan(pm, start, end, anyof, _SCAN_RET)
 
 
 def _guards(pm: int, start: int, end: int) -> list[list[int]]:
