@@ -572,7 +572,7 @@ DRIVERS: tuple[Driver, ...] = (
            restore_thread={"thread": _thread_altstack},
            describe=lambda v: {"signals": signals.describe(v.records[R.SIGS], v.threads)}),
     Driver("timers", (R.TIMR,), queue=_keep(R.TIMR, timers.dump),
-           before_freeze=timers.snapshot,
+           before_freeze=timers.snapshot, collect=timers.check_pending,
            restore={"timers": lambda c: timers.restore(c, _rs(c, R.TIMR))},
            describe=lambda v: {"timers": timers.describe(v.records[R.TIMR])}),
     Driver("namespaces", collect=namespaces.check),

@@ -427,6 +427,9 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             _get, set_ = _PRCTL_FLAGS[name]
             if name == "dumpable" and value not in (0, 1):
                 continue
+            if name == "thp_disable":  # 3: 1 | PR_THP_DISABLE_EXCEPT_ADVISED << 1 (6.18)
+                b.call(SYS.prctl, set_, value & 1, value & ~1, 0, 0)  # (found by probing:
+                continue  # set as 3, it came back 1, all huge pages off, exit 0)
             b.call(SYS.prctl, set_, value, 0, 0, 0)
         if rec.get("mdwe"):  # (no mapping is made executable after this stage)
             b.call(SYS.prctl, PR.SET_MDWE, rec["mdwe"], 0, 0, 0, what=" PR_SET_MDWE")
