@@ -224,8 +224,8 @@ def hook_profiler(counting: list[bool]) -> dict[str, list[float]]:
 
         return profiled
 
-    hooks = ("queue", "queue_thread", "inject", "collect", "shared", "write", "written",
-             "records", "before_freeze", "after_checkpoint", "thaw")
+    hooks = ("queue", "queue_thread", "inject", "inject_thread", "collect", "shared", "write",
+             "written", "records", "before_freeze", "after_checkpoint", "thaw")  # fmt: skip
     new = []
     for d in D.DRIVERS:
         changes = {h: wrap(f"{d.name}.{h}", getattr(d, h)) for h in hooks
@@ -253,7 +253,8 @@ def hook_profiler(counting: list[bool]) -> dict[str, list[float]]:
             (session.Checkpoint, "write", "phase write (rest)"),
             (session.Checkpoint, "commit", "phase commit (the sink's)"),
             (session.Checkpoint, "resume", "phase resume (rest)")):  # fmt: skip
-        setattr(mod, name, wrap(label, getattr(mod, name)))
+        if hasattr(mod, name):  # (Batch.run: not in an older tree, --code)
+            setattr(mod, name, wrap(label, getattr(mod, name)))
     ptrace.Tracee.park = wrap("session: park", ptrace.Tracee.park)  # type: ignore[method-assign]
     import threading
 
