@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, Victim, run_cryo
+from tests.conftest import Procs, Victim, cli_cycle, run_cryo
 from tests.integration.test_tree import kill_tree, tree_pids
 
 VICTIMS = Path(__file__).parent.parent / "victims"
@@ -45,6 +45,26 @@ def test_pty_pair_in_tree(procs: Procs, tmp_path: Path) -> None:
     assert v.wait_line("checked", timeout=20) == "checked good"
     assert v.wait_line("leader", timeout=20) == "leader good"
     v.wait_ok_after(max(v.oks()) + 5)
+
+
+@pytest.mark.parametrize("kill", [True, False])
+def test_canonical_lines_waiting(procs: Procs, tmp_path: Path, kill: bool) -> None:
+    """Input waiting on a pty in canonical mode: each complete line is read alone after
+    the restart as before (a newline, the EOL character, EOF, an empty EOF line, a
+    newline typed after ^V), and the line being typed is still open: written back raw,
+    the lines ran together and the line being typed came back as one a read returned
+    whole (found by probing).  Without --kill the running program sees the same."""
+    go = tmp_path / "go"
+    v = procs.spawn([sys.executable, str(VICTIMS / "ptylines.py"), str(tmp_path / "out"),
+                     str(go)], tmp_path / "out")  # fmt: skip
+    v.wait_line("ready")
+    if kill:
+        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
+    else:
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr
+    go.touch()
+    assert v.wait_line("checked", timeout=20) == "checked good"
 
 
 def test_terminal_outside_is_refused(procs: Procs, tmp_path: Path) -> None:

@@ -10,8 +10,15 @@ O_NOCTTY) the termios settings and window size.  Each session whose controlling
 terminal is one of these pairs is noted on the master's entry with its foreground
 process group.  A slave whose master is outside the checkpoint is refused (the caller's
 terminal: --shell-job hands fds 0-2 over).  Data waiting in the pair, both ways (typed
-and not read yet, written and not shown yet), cannot be peeked: it is read with the
-line discipline made raw for a moment, and written straight back the same way.
+and not read yet, written and not shown yet), cannot be peeked: it is read and written
+straight back.  In canonical mode the input is lines: each complete line is read as the
+program would read it (one read, one line: its delimiter, a newline or the EOL
+character, or an EOF that ends it), then the line being typed with the line discipline
+made raw for a moment; they are written back with the discipline canonical but blind
+(no echo, no signals, no input processing, every special character off but the one
+that ends the line being written), so that each line ends where it ended and the one
+being typed stays open (written back raw, the lines ran together into one and the line
+being typed became one that a read returned whole: found by probing).
 
 Restart: cryo opens /dev/ptmx until it gets the old index (while that index is free),
 sets the settings, and opens the slaves; every process inherits them.  Once its fds are
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -57,6 +65,7 @@ TIOCGPTN, TIOCSPTLCK, TIOCGPTLCK = 0x80045430, 0x40045431, 0x80045439
 TIOCGPTPEER = 0x5441
 TIOCEXCL, TIOCGEXCL = 0x540C, 0x80045440
 TIOCSETD, TIOCGETD = 0x5423, 0x5424
+FIONREAD = 0x541B  # TIOCINQ: in canonical mode, the bytes of the complete lines
 N_TTY, N_NULL = 0, 27  # line disciplines: N_NULL holds nothing (it drops what comes)
 TERMIOS_SIZE, WINSIZE_SIZE = 60, 8
 PTS_MAJORS = range(136, 144)
@@ -119,8 +128,10 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
             d["winsize"] = fcntl.ioctl(peer, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
             if _int(peer, TIOCGEXCL):  # the slave in exclusive mode (TIOCEXCL)
                 d["excl"] = 1
-            d["to_slave"], d["to_master"] = _take_queues(mine, peer, d["termios"],
-                                                          bool(d["packet"]))  # fmt: skip
+            d["to_slave"], d["to_master"], lines = _take_queues(mine, peer, d["termios"],
+                                                                 bool(d["packet"]))  # fmt: skip
+            if lines is not None and any(kind != TYPING or data for data, kind in lines):
+                d["to_slave_lines"] = lines
         finally:
             if ldisc == N_NULL:
                 fcntl.ioctl(peer, TIOCSETD, struct.pack("i", N_NULL))
@@ -156,31 +167,151 @@ def _drain(fd: int) -> list[bytes]:
         out.append(data)
 
 
-def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: bytes) -> None:
-    """Data put back into a pair's two queues as it was, then its settings."""
+ICANON, IEXTEN, EXTPROC = 0o2, 0o100000, 0o200000
+VEOF, VLNEXT, VEOL = 4, 15, 11  # indices in c_cc
+LINE, EOF_LINE, TYPING = 0, 1, 2  # how a piece of canonical input ends
+
+
+def _canonical(termios: bytes) -> bool:
+    lflag = struct.unpack_from("I", termios, 12)[0]
+    return bool(lflag & ICANON) and not lflag & EXTPROC
+
+
+def _blind(termios: bytes, eof: int = 0, eol: int = 0, lnext: int = 0) -> bytes:
+    """``termios`` canonical with nothing else: no echo, no signals, no input or output
+    processing, every special character off (0, _POSIX_VDISABLE) but VEOF, VEOL and
+    VLNEXT (with IEXTEN) when given: a line written through the master is stored as it
+    is, and ends at a newline or at that character."""
+    cflag = struct.unpack_from("I", termios, 8)[0]
+    cc = bytearray(19)
+    cc[VEOF], cc[VEOL], cc[VLNEXT] = eof, eol, lnext
+    lflag = ICANON | (IEXTEN if lnext else 0)
+    return struct.pack("IIII", 0, 0, cflag, lflag) + termios[16:17] + bytes(cc) + \
+        termios[36:]  # fmt: skip
+
+
+def _read_lines(peer: int, termios: bytes) -> list[list[Any]]:
+    """The complete lines waiting in canonical mode, one read each as a program gets
+    them: [bytes, LINE] (its delimiter included: a newline or the EOL/EOL2 character) or
+    [bytes, EOF_LINE] (ended by the EOF character, which a read does not return; an
+    empty one is a read of 0 bytes)."""
+    cc = termios[17:36]
+    delims = {10} | {c for c in (cc[VEOL], cc[16]) if c}  # VEOL2 is c_cc[16]
+    lines: list[list[Any]] = []
+    while True:
+        try:
+            data = os.read(peer, 65536)
+        except BlockingIOError:
+            return lines
+        lines.append([data, LINE if data and data[-1] in delims else EOF_LINE])
+
+
+def _unused(data: bytes, *also: int) -> int:
+    """A byte value neither in ``data`` nor newline nor one of ``also``, 0 if none."""
+    taken = set(data) | {0, 10, *also}
+    return next((c for c in range(1, 256) if c not in taken), 0)
+
+
+TIOCSTI = 0x5412
+
+
+@functools.cache
+def _can_type() -> bool:
+    """Whether cryo may put input into a terminal that is not its own (TIOCSTI needs
+    CAP_SYS_ADMIN then)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            eff = next(ln for ln in f if ln.startswith(b"CapEff:"))
+        return bool(int(eff.split()[1], 16) >> 21 & 1)
+    except (OSError, StopIteration, ValueError):
+        return False
+
+
+def _type(master: int, peer: int, data: bytes) -> None:
+    """``data`` as input of the slave, taken by its line discipline under the settings
+    of this moment.  A write to the master is taken later, by a kernel worker, perhaps
+    under the next settings (found by probing: lines written back blind were echoed and
+    ran together); TIOCSTI hands each byte to the discipline at once."""
+    if not _can_type():
+        os.write(master, data)  # (raw input, and the settings set after it: see _refill)
+        return
+    for c in data:
+        fcntl.ioctl(peer, TIOCSTI, bytes([c]))
+
+
+def _write_lines(master: int, peer: int, termios: bytes, lines: list[list[Any]]) -> None:
+    """Canonical input written back as it was read (``_read_lines``, then the line
+    being typed as [bytes, TYPING]).  A newline inside a line (typed after ^V), or the
+    line's own end character, goes in after a VLNEXT character of the moment, as it was
+    typed; the pair is empty and raw before."""
+    for data, kind in lines:
+        body, end = (data[:-1], data[-1:]) if kind == LINE else (data, b"")
+        eol = end[0] if end and end[0] != 10 else 0
+        eof = _unused(body) if kind == EOF_LINE else 0
+        specials = {10, eol} - {0}
+        lnext = _unused(body, eof, eol) if specials & set(body) else 0
+        if kind == EOF_LINE:
+            end = bytes([eof])
+        if lnext:
+            body = b"".join(bytes([lnext, c]) if c in specials else bytes([c]) for c in body)
+        fcntl.ioctl(peer, TCSETS, _blind(termios, eof=eof, eol=eol, lnext=lnext))
+        if body or end:
+            _type(master, peer, body + end)
+
+
+def _writable(lines: list[list[Any]]) -> bool:
+    """Whether every line has the free byte values _write_lines needs (a line of 4095
+    bytes could hold every value)."""
+    return all(_unused(d, *d[-1:]) and _unused(d, _unused(d), *d[-1:]) for d, _ in lines)
+
+
+def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: bytes,
+            lines: list[list[Any]] | None = None) -> None:  # fmt: skip
+    """Data put back into a pair's two queues as it was, then its settings; ``lines``:
+    the slave's input as canonical lines (to_slave is then their bytes), written last:
+    a change of ICANON after them would join them into one line."""
     fcntl.ioctl(peer, TCSETS, _raw(termios))
-    if to_slave:
-        os.write(master, to_slave)
     if to_master:
         os.write(peer, to_master)
+    if lines is not None:
+        _write_lines(master, peer, termios, lines)
+    elif to_slave:
+        _type(master, peer, to_slave)
     fcntl.ioctl(peer, TCSETS, termios)
 
 
-def _take_queues(master: int, peer: int, termios: bytes, packet: bool) -> tuple[bytes, bytes]:
+def _take_queues(master: int, peer: int, termios: bytes, packet: bool
+                 ) -> tuple[bytes, bytes, list[list[Any]] | None]:  # fmt: skip
     """What waits in the pair, both ways, read (it cannot be peeked) and put back at
-    once; the processes are frozen meanwhile.  A partial line typed in canonical mode
-    becomes readable as a line."""
+    once; the processes are frozen meanwhile.  In canonical mode the slave's input is
+    also returned as lines (``_read_lines``) and the line being typed."""
     fl = fcntl.fcntl(master, fcntl.F_GETFL)
     fcntl.fcntl(master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    lines = None
     try:
+        if _canonical(termios):
+            if not _can_type():  # lines could not be put back one by one
+                if _int(peer, FIONREAD):
+                    raise Unsupported("a pty in canonical mode holds lines not read yet:"
+                                      " cryo needs CAP_SYS_ADMIN to put them back as"
+                                      " lines (TIOCSTI)", resource="pty")  # fmt: skip
+            else:
+                lines = _read_lines(peer, termios)
         fcntl.ioctl(peer, TCSETS, _raw(termios))
-        to_slave = b"".join(_drain(peer))
+        typing = b"".join(_drain(peer))
+        if lines is not None:
+            lines.append([typing, TYPING])
+        to_slave = b"".join(d for d, _ in lines) if lines is not None else typing
         chunks = _drain(master)
         to_master = b"".join(c[1:] if packet else c for c in chunks)
-        _refill(master, peer, termios, to_slave, to_master)
+        if lines is not None and not _writable(lines):
+            _refill(master, peer, termios, to_slave, to_master)
+            raise Unsupported("a pty holds a typed line of every byte value: not supported",
+                              resource="pty")  # fmt: skip
+        _refill(master, peer, termios, to_slave, to_master, lines)
     finally:
         fcntl.fcntl(master, fcntl.F_SETFL, fl)
-    return to_slave, to_master
+    return to_slave, to_master, lines
 
 
 def _stat(pid: int | str) -> tuple[int, int, int]:
@@ -320,7 +451,11 @@ def _master(index: int) -> tuple[int, int]:
     peer = fcntl.ioctl(fd, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
     try:
         fcntl.ioctl(peer, TIOCSWINSZ, d["winsize"])
-        _refill(fd, peer, d["termios"], d.get("to_slave", b""), d.get("to_master", b""))
+        if d.get("to_slave_lines") and not _can_type():
+            raise CryoError(f"pty {index}: its lines not read yet can only be put back as"
+                            " lines with CAP_SYS_ADMIN (TIOCSTI)")  # fmt: skip
+        _refill(fd, peer, d["termios"], d.get("to_slave", b""), d.get("to_master", b""),
+                d.get("to_slave_lines"))  # fmt: skip
         if d.get("excl"):  # (cryo, with CAP_SYS_ADMIN, still opens the slaves after it)
             fcntl.ioctl(peer, TIOCEXCL)
         if d.get("ldisc"):

@@ -731,6 +731,11 @@ DESC = Struct((
     F("winsize", Bytes(8), "pty master, stdio, ctty: struct winsize", required=False),
     F("to_slave", Bytes(max=1 << 20), "pty master: bytes waiting for the slave",
       required=False),
+    F("to_slave_lines", List(Tuple((Bytes(max=1 << 20), Int(0, 2)),
+                                   ("bytes", "0 a line, 1 one ended by EOF, 2 being typed"))),
+      "pty master, its slave canonical: `to_slave` as the lines a read returns one by one"
+      " (a line's delimiter included, an EOF not), then the line being typed",
+      required=False),
     F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
       required=False),
     F("sessions", List(Tuple((PID, Int(0, MAX_PID)), ("sid", "foreground pgid"))),

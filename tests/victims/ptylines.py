@@ -1,0 +1,74 @@
+"""A pty pair in canonical mode with input waiting: complete lines ended four ways (a
+newline, the EOL character, EOF, an empty EOF line), one with a newline typed after ^V,
+and a line still being typed (an erase in it).  After ``go`` appears, the same is
+typed on a new pair, the rest of each typed line ("def\\n") on both, and every read of
+the slave (one a line) and the echo on the master compared with the new pair's.
+Arguments: OUT GO"""
+
+import fcntl
+import os
+import sys
+import termios
+import time
+
+out, go = sys.argv[1:3]
+
+
+def pair() -> tuple[int, int]:
+    m, s = os.openpty()
+    a = termios.tcgetattr(s)
+    a[3] |= termios.ICANON | termios.ECHO | termios.ECHOE | termios.ISIG | termios.IEXTEN
+    a[6][termios.VEOL] = b"!"
+    a[6][termios.VEOF] = b"\x04"
+    a[6][termios.VLNEXT] = b"\x16"
+    termios.tcsetattr(s, termios.TCSANOW, a)
+    for fd in (m, s):
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    return m, s
+
+
+def type_in(m: int) -> None:
+    for chunk in (b"one\n", b"two!", b"three\x04", b"\x04", b"fo\x16\nur\n", b"abcX\x7f"):
+        os.write(m, chunk)
+        time.sleep(0.02)
+
+
+def rest(m: int, s: int) -> tuple[list[bytes], bytes]:
+    os.write(m, b"def\n")
+    time.sleep(0.2)
+    reads = []
+    while True:
+        try:
+            reads.append(os.read(s, 4096))
+        except BlockingIOError:
+            break
+    echo = b""
+    while True:
+        try:
+            echo += os.read(m, 4096)
+        except BlockingIOError:
+            break
+    return reads, echo
+
+
+a = pair()
+type_in(a[0])
+time.sleep(0.1)
+with open(out, "w") as f:
+    f.write("ready\n")
+while not os.path.exists(go):
+    time.sleep(0.01)
+b = pair()
+type_in(b[0])
+time.sleep(0.1)
+got, want = rest(*a), rest(*b)
+bad = []
+if got[0] != want[0]:
+    bad.append(f"reads {got[0]!r} not {want[0]!r}")
+if got[1] != want[1]:
+    bad.append(f"echo {got[1]!r} not {want[1]!r}")
+if len(want[0]) != 6:
+    bad.append(f"the new pair gave {want[0]!r}")
+with open(out, "a") as f:
+    f.write("checked " + ("; ".join(bad) or "good") + "\n")
+time.sleep(600)
