@@ -859,7 +859,7 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
     descs: list[dict[str, Any]] = ctx.shared.descs
     wanted = {e["fd"]: e for e in rec["fds"]}
     late = []
-    with inj.batch() as b:  # (one stop per batch: dup3 sets or clears close-on-exec too)
+    with inj.hold() as b:  # (with the next stop's calls: dup3 sets or clears close-on-exec too)
         for e in rec["fds"]:
             if "thread_of" in descs[e["desc"]]:
                 continue  # a thread's pidfd: once the threads exist (specialfds.py)
@@ -879,7 +879,7 @@ def restore_fds(ctx: RestoreContext, rec: dict[str, Any], opened: Opened) -> Non
     for d in descs:
         if d["kind"] == "epoll" and d.get("hidden") and d["pid"] == ctx.old_pid:
             _register_hidden(ctx, d, opened, descs, wanted)
-    with inj.batch() as b:
+    with inj.hold() as b:
         lo = 0
         for fd in sorted(wanted):
             if fd > lo:
@@ -937,10 +937,12 @@ def restore_fs(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     # the cwd first: its path is as seen from our root (/proc/PID/cwd), not from the
     # process's; chroot() leaves the cwd where it is
     cwd = ghosts.cwd_path(rec) or cwd  # a deleted one: made again (ghosts.make_nodes)
-    inj(SYS.chdir, inj.put_str(cwd), what=f" chdir {cwd}")
-    if rec["root"] != "/":
-        inj(SYS.chroot, inj.put_str(root), what=f" chroot {root}")
-    inj(SYS.umask, rec["umask"])
+    with inj.hold(room=len(cwd.encode(errors="surrogateescape")) + len(root.encode(
+            errors="surrogateescape")) + 32) as b:  # (with the next stop's calls)  # fmt: skip
+        b.call(SYS.chdir, b.put_str(cwd), what=f" chdir {cwd}")
+        if rec["root"] != "/":
+            b.call(SYS.chroot, b.put_str(root), what=f" chroot {root}")
+        b.call(SYS.umask, rec["umask"])
 
 
 def describe(rec: dict[str, Any], descs: list[dict[str, Any]]) -> list[dict[str, Any]]:

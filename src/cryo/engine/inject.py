@@ -45,8 +45,8 @@ import os
 import re
 import signal
 import struct
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from cryo import procfs
 from cryo.engine.ptrace import Tracee
@@ -235,6 +235,7 @@ class Injector:
         self._routine_of = (0, 0)  # the scratch (address, size) it was looked for in
         self._ignored: list[int] = []  # signals the process ignores, in order of choice
         self.born: int | None = None  # the pid (ours) of the last child a batch forked
+        self._after: list[Callable[[], None]] = []  # (hold: checks of calls not yet run)
         # batching off: CRYO_NO_BATCH=1 (benchmarks compare the two in one run)
         self.batching = os.environ.get("CRYO_NO_BATCH", "") in ("", "0")
 
@@ -592,6 +593,99 @@ class Injector:
             self.exit_stop = False
         self.t.setregs(regs if regs is not None else self.saved)
 
+    # -- calls that may wait (a restart: HoldingInjector) ------------------------------
+    @contextlib.contextmanager
+    def hold(self, room: int = 0) -> Iterator[Batch]:
+        """``with inj.hold() as b:`` queues calls as :meth:`batch` does, for calls whose
+        results nothing needs before the task's next stop: here they run at the end of
+        the block, as a batch; a :class:`HoldingInjector` keeps them for its next batch
+        (one stop for both).  A check of their results goes to :meth:`after`; ``room``:
+        the bytes the block puts in the scratch area, at most HELD_ROOM to be held."""
+        n0 = len(self._after)
+        with self.batch() as b:
+            yield b
+            mine = self._after[n0:]
+            del self._after[n0:]
+        for fn in mine:
+            fn()
+
+    def after(self, fn: Callable[[], None]) -> None:
+        """``fn()`` once the calls held so far have run (it reads their results, and
+        may raise: the restart aborts)."""
+        self._after.append(fn)
+
+    def flush(self) -> None:
+        """Run the calls held (none here)."""
+
+
+HELD_SIZE = 16384  # a HoldingInjector's area for the buffers of its held calls
+_MAKES_TASKS = frozenset({SYS.clone3, SYS.clone, SYS.fork})
+HELD_ROOM = 8192  # the most one hold block may put there
+
+
+class HoldingInjector(Injector):
+    """A restored process's injector (engine/tree.py): the calls of :meth:`hold` blocks
+    wait, in one batch, for the next batch or single call into the task, which they
+    precede in the same run of the routine, or for :meth:`flush`; their checks run once
+    they ran.  Their buffers lie in HELD_SIZE bytes right after the scratch area
+    (``scratch + scratch_size``, the batch routine's region being the scratch area's
+    last BATCH_REGION bytes), which no other frame uses.  Whatever acts on the task from
+    outside (its pages written, a ptrace request) after a held call must flush first."""
+
+    def __init__(self, tracee: Tracee, syscall_addr: int) -> None:
+        super().__init__(tracee, syscall_addr)
+        self._held: Batch | None = None
+
+    @contextlib.contextmanager
+    def hold(self, room: int = 0) -> Iterator[Batch]:
+        if room > HELD_ROOM or not self.scratch:
+            with super().hold(room) as b:
+                yield b
+            return
+        if self._held is not None and self._held.frame.used + room > HELD_SIZE - HELD_ROOM:
+            self.flush()
+        if self._held is None:
+            self._held = Batch(self)
+            self._held.frame = _HeldFrame(self)
+        yield self._held
+
+    def flush(self) -> None:
+        if self._held is not None:
+            self.run_batch([])
+
+    def run_batch(self, calls: list[tuple[int, tuple[int | Ref, ...], bool, str]],
+                  *rest: Any, **kw: Any) -> list[int]:  # fmt: skip
+        """The calls held first, in the same runs of the routine, then ``calls``."""
+        held, self._held = self._held, None
+        if held is None:
+            return super().run_batch(calls, *rest, **kw)
+        after, self._after = self._after, []
+        n = len(held.calls)
+        # (a batch's own ``unsplit`` ranges, {first: end}, if any: counted after the held)
+        unsplit = rest[0] if len(rest) == 1 and isinstance(rest[0], dict) else None
+        # a batch that makes a task runs after the held calls' checks: one that fails
+        # then must not leave a child or thread the restart has not recorded to kill
+        if kw or not calls or (rest and unsplit is None and rest != (None,)) \
+                or any(c[0] in _MAKES_TASKS for c in calls):  # fmt: skip
+            held.results = super().run_batch(held.calls)
+            for fn in after:
+                fn()
+            return super().run_batch(calls, *rest, **kw) if calls else []
+        merged = held.calls + [
+            (nr, tuple(Ref(a.call + n) if isinstance(a, Ref) else a for a in args), mf, w)
+            for nr, args, mf, w in calls]  # fmt: skip
+        extra = [{k + n: e + n for k, e in unsplit.items()}] if unsplit else []
+        got = super().run_batch(merged, *extra)
+        held.results, out = got[:n], got[n:]
+        for fn in after:
+            fn()
+        return out
+
+    def _single(self, nr: int, *args: int) -> int:
+        if self._held is not None:  # (a call that cannot go into a batch: the held first)
+            self.flush()
+        return super()._single(nr, *args)
+
 
 class ScratchFrame:
     """Buffers for one injected call (or a few that go together), each placed after the
@@ -616,3 +710,13 @@ class ScratchFrame:
 
     def put_str(self, s: str) -> int:
         return self.put(s.encode(errors="surrogateescape") + b"\0")
+
+class _HeldFrame(ScratchFrame):
+    """The held calls' buffers, after the scratch area (:class:`HoldingInjector`)."""
+
+    def reserve(self, size: int) -> int:
+        at = self.used
+        if at + size > HELD_SIZE:
+            raise InternalError("the held calls' scratch area is too small")
+        self.used = (at + size + 15) & ~15
+        return self.inj.scratch + self.inj.scratch_size + at

@@ -37,7 +37,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import cow, locks, shmem
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.inject import Batch, syscall_error
+from cryo.engine.inject import Batch, Injector, syscall_error
 from cryo.engine.translate import apply as translated
 from cryo.engine.translate import changed_how
 from cryo.errors import CryoError, FileChanged, ImageIncompatible, InternalError, Unsupported
@@ -1081,6 +1081,7 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
         _register_lazy(ctx, rec, lazy)
     filler = _Filler.open(ctx, rec, live.get("inherited_ranges", []),
                           sum(n for b in mine for _, n in b["runs"]))
+    ctx.inj.flush()  # the calls held (NUMA policies, the uffd's close) before any page
     fills: Fills | None = live.get("fills")
     if fills is not None:  # (the pages it shares with its parent: wait_fill's)
         blocks.close()
@@ -1429,7 +1430,8 @@ class _Filler:
         want = cls._want(ctx, rec, inherited, nbytes)
         if not want:
             if made is not None and made >= 0:
-                ctx.inj.raw(SYS.close, made)
+                with ctx.inj.hold() as b:  # (write_pages flushes before the first page)
+                    b.call(SYS.close, made, may_fail=True)
             return None
         low = ctx.inj.raw(SYS_userfaultfd, _UFFD_FLAGS) if made is None else made
         if low < 0:
@@ -1446,7 +1448,8 @@ class _Filler:
             if later:
                 live["uffd_close"] = low
             else:
-                ctx.inj.raw(SYS.close, low)
+                with ctx.inj.hold() as b:  # (write_pages flushes before the first page)
+                    b.call(SYS.close, low, may_fail=True)
         ranges: list[tuple[int, int]] = []
         try:
             libc.uffd_api(fd, 0)
@@ -1590,10 +1593,7 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     for k, val in mm.items():
         setattr(m, k, val)
     auxv = rec["auxv"]
-    frame = inj.frame()  # the struct, its auxv and the exe's path, side by side
-    at = frame.reserve(libc.sizeof(m))
-    m.auxv = frame.put(auxv)
-    m.auxv_size = len(auxv)
+    frame = inj.frame()  # the exe's path
     exe_fd = stale = -1
     opened = (getattr(ctx, "live", None) or {}).pop("exe_fd", None)  # by protect()
     exe = _exe_to_open(ctx, rec)
@@ -1608,8 +1608,13 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
                          what=" dup the deleted exe")  # fmt: skip
     m.exe_fd = exe_fd & 0xFFFFFFFF
     future = rec.get("mlockall", 0)
-    inj.write(at, libc.struct_bytes(m))
-    with inj.batch() as bt:  # one stop: the exe's fd closed whether the prctl failed or not
+    # held for the next stop (the files stage's): the exe's fd closed whether the prctl
+    # failed or not; the struct and its auxv in the held calls' area
+    with inj.hold(room=libc.sizeof(m) + len(auxv) + 32) as bt:
+        at = bt.reserve(libc.sizeof(m))
+        m.auxv = bt.put(auxv)
+        m.auxv_size = len(auxv)
+        inj.write(at, libc.struct_bytes(m))
         calls = [(bt.call(SYS.prctl, PR.SET_MM, PR_SET_MM_MAP, at, libc.sizeof(m), 0,
                           may_fail=True), " PR_SET_MM_MAP")]  # fmt: skip
         for fd in (exe_fd, stale):
@@ -1617,6 +1622,10 @@ def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:
                 bt.call(SYS.close, fd, may_fail=True)
         if future:  # MCL_FUTURE: only mappings made from now on (each has its own lock)
             calls.append((bt.call(SYSX.mlockall, future, may_fail=True), " mlockall"))
+    inj.after(lambda: _mm_set(inj, bt, calls))
+
+
+def _mm_set(inj: Injector, bt: Batch, calls: list[tuple[int, str]]) -> None:
     for k, what in calls:
         if -4096 < bt.result(k) < 0:
             raise syscall_error(bt.calls[k][0], bt.result(k), inj.t.tid, what)

@@ -113,8 +113,8 @@ def restore(ctx: RestoreContext) -> None:
             and any(a < v["end"] and v["start"] < a + n for a, n in runs)]  # fmt: skip
     calls = [(start, end, MPOL_DEFAULT, b"") for start, end in kept] + \
         [tuple(p) for p in pols]  # fmt: skip
-    for i in range(0, len(calls), CHUNK):
-        with ctx.inj.batch() as b:
+    for i in range(0, len(calls), CHUNK):  # (held: memory.write_pages runs them first)
+        with ctx.inj.hold(room=CHUNK * MASK) as b:
             for start, end, mode, nodes in calls[i : i + CHUNK]:
                 mask = b.put(nodes.ljust(MASK, b"\0")) if nodes else 0
                 b.call(SYS_MBIND, start, end - start, mode, mask, MAX_NODES if nodes else 0,

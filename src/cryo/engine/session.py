@@ -753,6 +753,7 @@ class Restart:
             if m.ctx is None:
                 continue
             self._stages(m.ctx, rest)
+            m.ctx.inj.flush()  # (its calls held for a next stop: inject.HoldingInjector)
             self.result.memory_bytes += m.ctx.live.pop("written", 0)
             self.result.warnings.extend(m.ctx.warnings)
 

@@ -59,7 +59,7 @@ def restore_actions(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     a task that ignores or blocks it: Tracee.step), in one batch."""
     inj = ctx.inj
     actions = list(rec["actions"].items())
-    with inj.batch() as b:
+    with inj.hold(room=len(actions) * _SIZEOF_ACT) as b:  # (with the next stop's calls)
         buf = b.put(b"".join(act for _sig, act in actions))  # one write for all of them
         for k, (sig, act) in enumerate(actions):
             if int(sig) == signal.SIGTRAP and \
@@ -73,7 +73,8 @@ def restore_altstack(inj: Injector, trec: dict[str, Any]) -> None:
     ss = S.stack_t.from_buffer_copy(trec["altstack"])
     if ss.ss_flags & 1:  # SS_ONSTACK is read-only state: the kernel derives it from rsp
         ss.ss_flags &= ~1
-    inj(SYS.sigaltstack, inj.put(bytes(ss)), 0)
+    with inj.hold(room=len(bytes(ss))) as b:
+        b.call(SYS.sigaltstack, b.put(bytes(ss)), 0)
 
 
 def restore_pending(ctx: RestoreContext, rec: dict[str, Any],

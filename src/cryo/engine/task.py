@@ -342,13 +342,15 @@ def unregister_rseq(tracee: Tracee, inj: Injector) -> None:
     """The restore helper's own rseq area is about to disappear: unregister it first."""
     conf = tracee.rseq_configuration()
     if conf.rseq_abi_pointer:
-        inj(SYS.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER,
-            conf.signature)  # fmt: skip
+        with inj.hold() as b:  # (with the first batch of the memory stage)
+            b.call(SYS.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER,
+                   conf.signature)  # fmt: skip
 
 
 def restore_early(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     """Before memory: personality (it changes how the kernel lays out mappings)."""
-    ctx.inj(SYS.personality, rec["personality"])
+    with ctx.inj.hold() as b:
+        b.call(SYS.personality, rec["personality"])
 
 
 def _restore_audit(ctx: RestoreContext, rec: dict[str, Any]) -> None:
@@ -415,7 +417,7 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     if trecs:  # before the threads are made: the seccomp filters they all share
         seccomp.restore_shared(inj, trecs, _options(inj))
     limits: list[tuple[int, str, int, int]] = []
-    with inj.batch() as b:  # one stop
+    with inj.hold(room=16 * len(rec["rlimits"])) as b:  # (with the next stop's calls)
         for cmd in _MEMBARRIER_REGISTER:
             if rec.get("membarrier", 0) & cmd:
                 b.call(SYS.membarrier, cmd, 0, 0, what=" registering membarriers")
@@ -433,6 +435,11 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             b.call(SYS.prctl, set_, value, 0, 0, 0)
         if rec.get("mdwe"):  # (no mapping is made executable after this stage)
             b.call(SYS.prctl, PR.SET_MDWE, rec["mdwe"], 0, 0, 0, what=" PR_SET_MDWE")
+    inj.after(lambda: _limits_set(ctx, b, limits))
+
+
+def _limits_set(ctx: RestoreContext, b: Batch, limits: list[tuple[int, str, int, int]]
+                ) -> None:  # fmt: skip
     for i, res, soft, hard in limits:  # (found by probing: a warning only, exit 0, and
         if b.result(i) < 0:  # the process ran with cryo's lower limit)
             import resource as rsrc  # (names only; not imported by a restart that works)
@@ -457,9 +464,15 @@ def restore_futex_hash(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     if want is None:
         return
     inj = ctx.inj
-    if inj.raw(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_GET_SLOTS, 0, 0, 0) == want:
+    with inj.hold() as b:  # (asked with the next stop's calls)
+        k = b.call(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_GET_SLOTS, 0, 0, 0, may_fail=True)
+    inj.after(lambda: _futex_hash_set(ctx, want, b.result(k)))
+
+
+def _futex_hash_set(ctx: RestoreContext, want: int, have: int) -> None:
+    if have == want:
         return
-    got = inj.raw(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_SET_SLOTS, want, 0, 0)
+    got = ctx.inj.raw(SYS.prctl, PR.FUTEX_HASH, FUTEX_HASH_SET_SLOTS, want, 0, 0)
     if got < 0:
         raise RestoreConflict(f"process {ctx.old_pid}: its private futex hash of {want}"
                               f" slots cannot be made again (PR_FUTEX_HASH: errno {-got})",
@@ -468,7 +481,7 @@ def restore_futex_hash(ctx: RestoreContext, rec: dict[str, Any]) -> None:
 
 def restore_thread(inj: Injector, trec: dict[str, Any]) -> None:
     """In the thread itself: its name and the kernel's registrations."""
-    with inj.batch() as b:  # one stop
+    with inj.hold(room=256) as b:  # (with the next stop's calls)
         b.call(SYS.prctl, PR.SET_NAME, b.put(trec["comm"][:15] + b"\0"), 0, 0, 0)
         if trec.get("timerslack"):  # (0: a real-time thread's, which the kernel sets)
             b.call(SYS.prctl, PR.SET_TIMERSLACK, trec["timerslack"], 0, 0, 0)

@@ -24,7 +24,7 @@ from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import RestoreContext
-from cryo.engine.inject import Injector, find_vdso_syscall
+from cryo.engine.inject import HELD_SIZE, HoldingInjector, Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
 from cryo.errors import AccessDenied, CryoError, NoSuchProcess, RestoreConflict, Unsupported
 from cryo.linux import libc
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 KIND = b"TREE"
 SCOPES = ("process", "tree", "pgid", "sid")
 TRACE_NEW = PTRACE_O.TRACEFORK | PTRACE_O.TRACEVFORK | PTRACE_O.TRACECLONE
-RESTORER_SIZE = 64 * 1024  # restart: `syscall; int3` and scratch, in every process
+RESTORER_SIZE = 80 * 1024  # restart: `syscall; int3`, scratch and held calls' buffers
 WALL = 0x40000000  # __WALL: wait for threads too
 
 
@@ -617,7 +617,7 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
                     raise
                 raise RestoreConflict(f"pid {old} was taken meanwhile", pid=old) from err
             t = Tracee.adopt_traceme_child(child, TRACE_NEW)
-            made[old] = m = Made(p, child, t, Injector(t, find_vdso_syscall(child)))
+            made[old] = m = Made(p, child, t, HoldingInjector(t, find_vdso_syscall(child)))
             m.inj.map_scratch(RESTORER_SIZE, addr=area, exe=True)
             m.inj.write(area, b"\x0f\x05\xcc")  # syscall; int3
         else:  # forked by its restored parent
@@ -638,9 +638,10 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
             t = Tracee(child)
             t.attached = True  # traced from birth (PTRACE_O_TRACEFORK)
             t.wait_stop()
-            made[old] = m = Made(p, child, t, Injector(t, area))
+            made[old] = m = Made(p, child, t, HoldingInjector(t, area))
         m.inj.syscall_addr = area
-        m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE
+        # (the held calls' buffers after the scratch area: inject.HoldingInjector)
+        m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE - HELD_SIZE
         _ids(m, made, shell_job, root=parent is None)
         if born is not None:  # (its session is its own now; it has no child yet)
             born(m.inj, old)

@@ -1,0 +1,43 @@
+"""How many times a restart stops each restored process (issue 16): the restore hooks'
+injected calls wait in the process's injector (inject.HoldingInjector) and run with the
+next batch that must run, so that a process is stopped a few times, not once per
+driver and stage."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from cryo.engine import inject
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from tests.conftest import Procs, Victim
+from tests.integration.test_tree import kill_tree, tree_pids
+
+
+def test_a_tree_restarts_in_few_stops_per_process(procs: Procs, build: Any,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """A parent and 4 children (1 MiB each), restarted in this process: at most 8
+    batches of injected calls per process (7 here: the mappings, the pages, the
+    protections, the files to the timers in one, the credentials in two; the parent's
+    clone3 of each child), where every stage of every driver had a batch of its own
+    before (18 per process), and the tree goes on ticking, each process with its pid."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("fanout"), str(out), "4", "1"], out)
+    v.wait_line("ready")
+    pids = tree_pids(v.pid)
+    img = tmp_path / "img"
+    checkpoint(v.pid, str(img), scope="tree", signal_after=signal.SIGKILL)
+    kill_tree(pids)
+    before = dict(inject.STATS)
+    r = restart(str(img))
+    got = {k: inject.STATS[k] - before[k] for k in before}
+    for p in r.pids.values():
+        procs.track(p)
+    assert sorted(r.pids.values()) == pids
+    assert got["batches"] <= 8 * len(pids), got
+    w = Victim(r.pid, out)
+    w.wait_ok_after(max(w.oks(), default=0) + 2)
+    assert all(os.path.exists(f"/proc/{p}") for p in pids)
