@@ -34,20 +34,23 @@ def type_in(m: int) -> None:
 
 
 def rest(m: int, s: int) -> tuple[list[bytes], bytes]:
+    """Every read of the slave until the one that ends with "def\\n", and the echo until
+    its end (the line discipline takes what the master writes in a kernel worker: no
+    fixed wait is enough on a loaded machine); 10 s at most."""
     os.write(m, b"def\n")
-    time.sleep(0.2)
-    reads = []
-    while True:
+    reads: list[bytes] = []
+    echo = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (reads and reads[-1].endswith(b"def\n")):
         try:
             reads.append(os.read(s, 4096))
         except BlockingIOError:
-            break
-    echo = b""
-    while True:
+            time.sleep(0.01)
+    while time.monotonic() < deadline and not echo.endswith(b"def\r\n"):
         try:
             echo += os.read(m, 4096)
         except BlockingIOError:
-            break
+            time.sleep(0.01)
     return reads, echo
 
 
