@@ -37,6 +37,8 @@ STATE = {
     "comm": "each thread's own name, one set with PR_SET_NAME, one through"
             " /proc/self/task/TID/comm",
     "zmm": "AVX-512: zmm16-31 and k1-k7 of each thread, caught in a raw nanosleep",
+    "ghostflags": "a deleted file's inode flags (append-only, no-dump, no-atime): came back"
+                  " without them, exit 0",
 }
 
 

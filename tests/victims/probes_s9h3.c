@@ -15,6 +15,8 @@
  *   timerpendstd the same with SIGUSR1
  *   zmm         AVX-512: zmm16-31 and k1-k7 hold a pattern of each thread's own, checked
  *               after a raw syscall each round (skip without AVX-512)
+ *   ghostflags  a file of argv[3] open O_APPEND, written, given inode flags (FS_IOC_SETFLAGS:
+ *               append-only, no-dump, no-atime) once unlinked: its flags and data
  *   cputime     the process's CPU clock (CLOCK_PROCESS_CPUTIME_ID) and each thread's own:
  *               never smaller than the last value read ("cputime back" otherwise;
  *               they start again from 0 after a restart: docs/design.md, a known limit)
@@ -23,7 +25,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #ifndef PR_THP_DISABLE_EXCEPT_ADVISED
@@ -168,6 +173,33 @@ static int timer_check(void) {
     return bad;
 }
 
+/* --- ghostflags --------------------------------------------------------------- */
+static int ghost_fd = -1;
+#define GHOST_FLAGS (FS_APPEND_FL | FS_NODUMP_FL | FS_NOATIME_FL)
+
+static void ghost_setup(void) {
+    char p[4300];
+    snprintf(p, sizeof p, "%s/ghost", dir);
+    ghost_fd = open(p, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (ghost_fd < 0 || write(ghost_fd, "abcdef", 6) != 6) FAIL("ghost open/write %d", errno);
+    if (unlink(p)) FAIL("unlink %d", errno);  /* (an append-only file cannot be) */
+    int fl = 0;
+    if (ioctl(ghost_fd, FS_IOC_GETFLAGS, &fl)) FAIL("FS_IOC_GETFLAGS %d", errno);
+    fl |= GHOST_FLAGS;
+    if (ioctl(ghost_fd, FS_IOC_SETFLAGS, &fl)) FAIL("FS_IOC_SETFLAGS %d", errno);
+}
+
+static int ghost_check(void) {
+    int fl = 0;
+    char buf[16] = {0};
+    struct stat st;
+    if (ioctl(ghost_fd, FS_IOC_GETFLAGS, &fl)) { FAIL("FS_IOC_GETFLAGS %d", errno); return 1; }
+    if ((fl & GHOST_FLAGS) != GHOST_FLAGS) { FAIL("inode flags %#x, want %#x", fl, GHOST_FLAGS); return 1; }
+    if (fstat(ghost_fd, &st) || st.st_nlink != 0 || st.st_size != 6) { FAIL("ghost stat"); return 1; }
+    if (pread(ghost_fd, buf, 6, 0) != 6 || memcmp(buf, "abcdef", 6)) { FAIL("ghost data %s", buf); return 1; }
+    return 0;
+}
+
 static int check(int which, long round) {
     (void)round;
     if (is("thpadvised")) {
@@ -180,6 +212,8 @@ static int check(int which, long round) {
         return comm_check(which ? "probe-other" : "probe-main", which ? other_tid : getpid());
     } else if (is("zmm")) {
         return have_avx512 ? zmm_check(which ? 2000 : 1000) : 0;
+    } else if (is("ghostflags")) {
+        return which ? 0 : ghost_check();
     } else if (is("cputime")) {
         return cpu_check(which);
     } else if ((is("timerpend") || is("timerpendstd")) && which == 0) {
@@ -225,6 +259,7 @@ int main(int argc, char **argv) {
         report("skip PR_THP_DISABLE_EXCEPT_ADVISED: errno %d", errno);
     if (is("dumpable0")) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (is("comm")) prctl(PR_SET_NAME, "probe-main", 0, 0, 0);
+    if (is("ghostflags")) ghost_setup();
     if (is("zmm")) {
         if (!have_avx512) report("skip no AVX-512");
     }

@@ -16,7 +16,9 @@ written back at its offset (the holes stay holes), then owner, mode and times se
 an anchor fd opened on it before it is unlinked again; every description of it is then
 opened through /proc/self/fd/ANCHOR: one inode, shared again by construction.  Its user
 extended attributes and POSIX ACLs are saved and set again (any other xattr is refused
-at checkpoint).  A file made with open(DIR, O_TMPFILE) (its flags keep __O_TMPFILE) is
+at checkpoint), and its inode flags that chattr sets (S, i, a, d, A: FS_IOC_GETFLAGS),
+once every description is open (an append-only file cannot be opened for writing without
+O_APPEND); the other flags a user may set (c, j, C, ...) are refused.  A file made with open(DIR, O_TMPFILE) (its flags keep __O_TMPFILE) is
 made again so, in its directory, and is its first description itself: linkat can still
 give it a name, as before (a file created and unlinked cannot be linked again).
 
@@ -140,7 +142,46 @@ def describe(pid: int, fd: int, target: str, st: os.stat_result,
     attrs = _xattrs(pid, fd, name)
     if attrs:
         fields["xattrs"] = attrs
+    iflags = _inode_flags(pid, fd, name)
+    if iflags:
+        fields["iflags"] = iflags
     return fields
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # linux/fs.h (an int, in fact)
+# chattr's S, i, a, d, A (FS_SYNC_FL, IMMUTABLE, APPEND, NODUMP, NOATIME): made again
+IFLAGS_KEPT = 0x8 | 0x10 | 0x20 | 0x40 | 0x80
+# the other flags a user sets (s u c j t D T C P m x F: FS_SECRM_FL, UNRM, COMPR,
+# JOURNAL_DATA, NOTAIL, DIRSYNC, TOPDIR, NOCOW, PROJINHERIT, NOCOMP, DAX, CASEFOLD):
+# refused; the rest (extents, inline data, ...) are the filesystem's own
+IFLAGS_REFUSED = (0x1 | 0x2 | 0x4 | 0x4000 | 0x8000 | 0x10000 | 0x20000 | 0x800000
+                  | 0x20000000 | 0x400 | 0x2000000 | 0x40000000)  # fmt: skip
+
+
+def _inode_flags(pid: int, fd: int, name: str) -> int:
+    """A deleted file's inode flags that chattr sets (FS_IOC_GETFLAGS; found by probing:
+    a deleted file made append-only, no-dump and no-atime came back without them, exit
+    0); 0 where its filesystem has none."""
+    try:
+        f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise CryoError(f"fd {fd} of {pid}: deleted file {name}: {err.strerror}", pid=pid,
+                        resource=f"fd {fd}") from err  # fmt: skip
+    try:
+        flags: int = struct.unpack("<i", fcntl.ioctl(f, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+    except OSError as err:
+        if err.errno in (errno.ENOTTY, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL):
+            return 0
+        raise CryoError(f"fd {fd} of {pid}: the inode flags of deleted file {name}:"
+                        f" {err.strerror}", pid=pid, resource=f"fd {fd}") from err  # fmt: skip
+    finally:
+        os.close(f)
+    if flags & IFLAGS_REFUSED:
+        raise Unsupported(f"fd {fd}: deleted file {name} has inode flags"
+                          f" {flags & IFLAGS_REFUSED:#x} (FS_IOC_GETFLAGS): not supported"
+                          " (only chattr's S, i, a, d and A are made again)", pid=pid,
+                          resource=f"fd {fd}")  # fmt: skip
+    return flags & IFLAGS_KEPT
 
 
 _XATTRS_KEPT = ("system.posix_acl_access", "system.posix_acl_default")
@@ -297,7 +338,9 @@ def _add_seals(fd: int, seals: int) -> None:
 
 def seal_late(descs: list[dict[str, Any]], opened: Any) -> None:
     """Once every process is built (its mappings made), before any runs: the write
-    seals (and F_SEAL_SEAL) of each mapped memfd on an fd of its description."""
+    seals (and F_SEAL_SEAL) of each mapped memfd on an fd of its description; each
+    ghost's inode flags (:func:`_set_inode_flags`)."""
+    _set_inode_flags(descs)
     for d in descs:
         memfd = d.get("memfd")
         if "obj" not in d or memfd is None or d["id"] not in opened.fds:
@@ -309,6 +352,24 @@ def seal_late(descs: list[dict[str, Any]], opened: Any) -> None:
             except OSError as err:
                 raise CryoError(f"fd {d['fd']} of {d['pid']}: cannot seal memfd"
                                 f" {memfd['name']} again: {err.strerror}") from err
+
+
+def _set_inode_flags(descs: list[dict[str, Any]]) -> None:
+    """A ghost's inode flags, set on its anchor once all its descriptions are open (an
+    append-only or immutable file could not be opened for writing, nor its times set)."""
+    done: set[str] = set()
+    for d in descs:
+        want, anchor = int(d.get("iflags", 0)), d.get("_anchor")
+        if not want or anchor is None or d["ghost"] in done:
+            continue
+        done.add(d["ghost"])
+        try:
+            have = struct.unpack("<i", fcntl.ioctl(anchor, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+            if want & ~have:
+                fcntl.ioctl(anchor, FS_IOC_SETFLAGS, struct.pack("<iI", have | want, 0))
+        except OSError as err:
+            raise CryoError(f"deleted file {d['path']}: cannot give it its inode flags"
+                            f" {want:#x} again (FS_IOC_SETFLAGS): {err.strerror}") from err
 
 
 def check_mapped(descs: list[dict[str, Any]], pids: set[int]) -> None:
@@ -770,6 +831,10 @@ def show(d: dict[str, Any]) -> dict[str, Any]:
         out["preallocated"] = sum(n for _, n in d["prealloc"])
     if d.get("xattrs"):
         out["xattrs"] = [name for name, _ in d["xattrs"]]
+    if d.get("iflags"):  # (as lsattr names them)
+        out["inode_flags"] = "".join(c for bit, c in ((0x8, "S"), (0x10, "i"), (0x20, "a"),
+                                                      (0x40, "d"), (0x80, "A"))
+                                     if d["iflags"] & bit)  # fmt: skip
     if d.get("flags", 0) & O_TMPFILE_FLAG:
         out["tmpfile"] = "unlinkable (O_EXCL)" if d.get("unlinkable") else True
     if "obj" in d:

@@ -661,6 +661,8 @@ DESC = Struct((
       " O_EXCL, or linked and unlinked since: its inode not I_LINKABLE)", required=False),
     F("xattrs", List(Tuple((Str(max=255), Bytes(max=1 << 16)), ("name", "value"))),
       "file (deleted): its extended attributes (user.*, POSIX ACLs)", required=False),
+    F("iflags", Int(1, 0xF8), "file (deleted): its inode flags chattr sets (S, i, a, d, A;"
+      " FS_IOC_GETFLAGS)", required=False),
     F("obj", Int(0, MAX_ITEMS), "file (deleted): also mapped, saved as that SHMO object",
       required=False),
     F("ns", Str(choices=NS_KINDS), "file: a namespace fd (/proc/PID/ns/NAME)",
