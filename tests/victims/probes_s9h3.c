@@ -17,6 +17,12 @@
  *               after a raw syscall each round (skip without AVX-512)
  *   ghostflags  a file of argv[3] open O_APPEND, written, given inode flags (FS_IOC_SETFLAGS:
  *               append-only, no-dump, no-atime) once unlinked: its flags and data
+ *   mdwe        PR_SET_MDWE with PR_MDWE_REFUSE_EXEC_GAIN | PR_MDWE_NO_INHERIT: PR_GET_MDWE 3
+ *   slice       a custom time slice of SCHED_OTHER (sched_attr.sched_runtime, Linux 6.12):
+ *               2 ms in the main thread, 7 ms in the other (sched_getattr)
+ *   timeroneshot a one-shot CLOCK_MONOTONIC POSIX timer fired with its signal blocked:
+ *               after go the signal is taken once (SI_TIMER, its id, si_overrun 0), and
+ *               no other comes
  *   cputime     the process's CPU clock (CLOCK_PROCESS_CPUTIME_ID) and each thread's own:
  *               never smaller than the last value read ("cputime back" otherwise;
  *               they start again from 0 after a restart: docs/design.md, a known limit)
@@ -200,6 +206,56 @@ static int ghost_check(void) {
     return 0;
 }
 
+/* --- slice -------------------------------------------------------------------- */
+struct sched_attr_ {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+    uint32_t util_min, util_max;
+};
+
+static int slice_set(uint64_t ns) {
+    struct sched_attr_ a = {.size = sizeof a, .policy = 0, .runtime = ns};
+    return syscall(SYS_sched_setattr, 0, &a, 0);
+}
+
+static int slice_check(uint64_t ns) {
+    struct sched_attr_ a;
+    memset(&a, 0, sizeof a);
+    if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0)) { FAIL("sched_getattr %d", errno); return 1; }
+    if (a.runtime != ns) { FAIL("sched_runtime %llu, want %llu", (unsigned long long)a.runtime, (unsigned long long)ns); return 1; }
+    return 0;
+}
+
+/* --- timeroneshot --------------------------------------------------------------- */
+static int oneshot_taken;
+
+static int oneshot_check(void) {
+    sigset_t s, w;
+    sigpending(&s);
+    if (oneshot_taken) {
+        if (sigismember(&s, tsig)) { FAIL("one-shot timer signal again"); return 1; }
+        return 0;
+    }
+    if (!sigismember(&s, tsig)) { FAIL("one-shot timer signal not pending"); return 1; }
+    if (!go()) return 0;
+    sigemptyset(&w);
+    sigaddset(&w, tsig);
+    siginfo_t si;
+    struct timespec to = {0, 0};
+    if (sigtimedwait(&w, &si, &to) != tsig) { FAIL("one-shot signal not taken %d", errno); return 1; }
+    oneshot_taken = 1;
+    if (si.si_code != SI_TIMER || si.si_timerid != (int)(intptr_t)tid_timer || si.si_overrun != 0) {
+        FAIL("one-shot siginfo code %d id %d overrun %d", si.si_code, si.si_timerid, si.si_overrun); return 1;
+    }
+    struct itimerspec its;
+    if (timer_gettime(tid_timer, &its) || its.it_value.tv_sec || its.it_value.tv_nsec) { FAIL("one-shot armed"); return 1; }
+    report("oneshot taken");
+    return 0;
+}
+
 static int check(int which, long round) {
     (void)round;
     if (is("thpadvised")) {
@@ -212,6 +268,13 @@ static int check(int which, long round) {
         return comm_check(which ? "probe-other" : "probe-main", which ? other_tid : getpid());
     } else if (is("zmm")) {
         return have_avx512 ? zmm_check(which ? 2000 : 1000) : 0;
+    } else if (is("mdwe")) {
+        int v = prctl(66 /* PR_GET_MDWE */, 0, 0, 0, 0);
+        if (v != 3) { FAIL("PR_GET_MDWE %d, want 3", v); return 1; }
+    } else if (is("slice")) {
+        return slice_check(which ? 7000000 : 2000000);
+    } else if (is("timeroneshot") && which == 0) {
+        return oneshot_check();
     } else if (is("ghostflags")) {
         return which ? 0 : ghost_check();
     } else if (is("cputime")) {
@@ -232,6 +295,7 @@ static void *thread_main(void *arg) {
         if (f < 0 || write(f, "probe-other", 11) != 11) FAIL("write comm %d", errno);
         if (f >= 0) close(f);
     }
+    if (is("slice") && slice_set(7000000)) FAIL("sched_setattr %d", errno);
     thread_ready = 1;
     for (long r = 1;; r++) {
         pthread_mutex_lock(&mu);
@@ -260,6 +324,8 @@ int main(int argc, char **argv) {
     if (is("dumpable0")) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (is("comm")) prctl(PR_SET_NAME, "probe-main", 0, 0, 0);
     if (is("ghostflags")) ghost_setup();
+    if (is("mdwe") && prctl(65 /* PR_SET_MDWE */, 3, 0, 0, 0)) FAIL("PR_SET_MDWE %d", errno);
+    if (is("slice") && slice_set(2000000)) FAIL("sched_setattr %d", errno);
     if (is("zmm")) {
         if (!have_avx512) report("skip no AVX-512");
     }
@@ -279,6 +345,16 @@ int main(int argc, char **argv) {
         if (timer_create(CLOCK_MONOTONIC, &sev, &tid_timer)) FAIL("timer_create %d", errno);
         struct itimerspec its = {{0, 20000000}, {0, 20000000}};
         armed_ns = ns_of(CLOCK_MONOTONIC);
+        if (timer_settime(tid_timer, 0, &its, NULL)) FAIL("timer_settime %d", errno);
+        nap(100);
+    }
+    if (is("timeroneshot")) {
+        struct sigevent sev;
+        memset(&sev, 0, sizeof sev);
+        sev.sigev_notify = SIGEV_SIGNAL;
+        sev.sigev_signo = tsig;
+        if (timer_create(CLOCK_MONOTONIC, &sev, &tid_timer)) FAIL("timer_create %d", errno);
+        struct itimerspec its = {{0, 0}, {0, 20000000}};
         if (timer_settime(tid_timer, 0, &its, NULL)) FAIL("timer_settime %d", errno);
         nap(100);
     }
