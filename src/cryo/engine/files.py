@@ -165,6 +165,8 @@ def _identity(f: Found) -> dict[str, Any]:
                                        fdcalls.AT_SYMLINK_FOLLOW)  # fmt: skip
     if handle is not None:
         out["handle"] = handle
+        with contextlib.suppress(OSError):  # (with dev: which filesystem it was on)
+            out["fsid"] = os.statvfs(f"/proc/{f.pid}/fd/{f.fd}").f_fsid
     return out
 
 
@@ -173,7 +175,9 @@ def _same_file(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -
     (exit 12; --ignore-changed-files restarts anyway).  A file renamed over it or
     deleted and made again under its name, as long or longer, was reopened silently
     before: the program went on with another file.  On the filesystem it was on (same
-    device, the path not translated), it must be the same inode, and where a file
+    device number and filesystem id, statfs f_fsid: another machine's root filesystem
+    has the same device number, and a copy of the file there another inode; the path
+    not translated), it must be the same inode, and where a file
     handle was saved the same handle (an inode number the filesystem gave again to a
     new file has another generation); it may have been written since (a log another
     run appended to is still the program's file).  Elsewhere (another machine, a copy
@@ -185,7 +189,8 @@ def _same_file(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -
         return  # (or an image of before: no identity saved)
     st = os.fstat(fd)
     why = None
-    if st.st_dev == d["dev"] and path == d["path"]:
+    if st.st_dev == d["dev"] and path == d["path"] and d.get("fsid", -1) in (
+            -1, os.fstatvfs(fd).f_fsid):  # fmt: skip
         if st.st_ino != d["ino"]:
             why = f"another file now (inode {st.st_ino}, was {d['ino']})"
         elif "handle" in d and (handle := fdcalls.name_to_handle_at(

@@ -643,6 +643,9 @@ DESC = Struct((
     F("handle", Bytes(max=4 + 128), "file: its file handle (name_to_handle_at: the handle"
       " type, 4 bytes little-endian, then the handle), the same file at restart",
       required=False),
+    F("fsid", Int(0, (1 << 64) - 1), "file (with a handle): its filesystem's id (statfs"
+      " f_fsid): with `dev`, the filesystem it was on (another machine's has the same"
+      " device number)", required=False),
     F("node", Bool(), "dir, chr (deleted): made again at restart (mkdir, mknod), one inode for"
       " every description of the same dev and ino", required=False),
     F("rdev", Int(0, U32), "chr (deleted): its device number", required=False),
