@@ -168,3 +168,29 @@ def test_an_o_tmpfile_o_excl_file_stays_unlinkable(procs: Procs, exe: str, tmp_p
     assert not v.fails()
     r = run_cryo("show", str(tmp_path / "img"))
     assert "unlinkable (O_EXCL)" in r.stdout, r.stdout
+
+
+def test_a_packet_socket_s_options(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A packet socket bound to lo with SOL_PACKET options set (PACKET_AUXDATA, ORIGDEV,
+    VERSION, RESERVE, LOSS, TIMESTAMP, QDISC_BYPASS, IGNORE_OUTGOING, a FANOUT group):
+    each came back at its default, exit 0.  Now saved and set again (PACKET_FANOUT
+    after bind, which fails once the socket is in a group)."""
+    v = _spawn(procs, exe, tmp_path, "packetopts")
+    v = cycle(procs, v, tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+
+
+@pytest.mark.parametrize(("mode", "needle"), [
+    ("packetmr", "has memberships (PACKET_ADD_MEMBERSHIP"),
+    ("packetring", "has a receive ring (PACKET_RX_RING)"),
+    ("unixoob", "holds an urgent byte (MSG_OOB)"),
+])  # fmt: skip
+def test_socket_state_no_option_gives_back_refused(procs: Procs, exe: str, tmp_path: Path,
+                                                   mode: str, needle: str) -> None:
+    """A packet socket in promiscuous mode (PACKET_ADD_MEMBERSHIP) or with a receive
+    ring, seen in packet_diag; a unix stream socket holding an urgent byte (MSG_OOB):
+    each came back without it, exit 0 (the ring, the membership, the byte lost: recv
+    MSG_OOB gave EINVAL).  Now refused, exit 9 naming it, the process untouched."""
+    v = _spawn(procs, exe, tmp_path, mode)
+    refused_untouched(v, tmp_path / "img", needle)

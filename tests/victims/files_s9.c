@@ -10,6 +10,13 @@
  *              from an autobound sender that is closed since: recvfrom gives each
  *              with the sender's "\0xxxxx" address (checked at each round by peeking)
  *   dgramautoheld  the same, the sender still open
+ *   packetopts a packet socket bound to lo with options of SOL_PACKET set (each one this
+ *              kernel takes; "skip NAME" for the others): each round getsockopt of each
+ *              equals what it read right after setting
+ *   packetmr   a packet socket bound to lo in promiscuous mode (PACKET_ADD_MEMBERSHIP)
+ *   packetring a packet socket bound to lo with a receive ring (PACKET_RX_RING, not mapped)
+ *   unixoob    a unix stream pair with "ab", an urgent byte "X" (MSG_OOB) and "cd" queued:
+ *              each round a peek of the urgent byte gives "X"
  *   tmpexcl    a file made with O_TMPFILE | O_EXCL in argv[3] (never to be named) and one
  *              with O_TMPFILE alone, both holding a pattern: each round the first cannot
  *              be linked (linkat ENOENT, which changes nothing); both hold their bytes
@@ -21,6 +28,10 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <stddef.h>
+#include <net/if.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
+#include <linux/net_tstamp.h>
 
 static const char *mode, *dir;
 static int fd = -1, sock = -1;
@@ -114,6 +125,80 @@ static int tmpexcl_check(void) {
     return 0;
 }
 
+/* an option set on fd and the bytes read back right after */
+struct opt { int fd, level, name, len; const char *what; unsigned char want[64]; };
+static struct opt opts[64];
+static int nopts;
+
+static void setopt(int s, int level, int name, const char *what, const void *v, int len) {
+    struct opt *o = &opts[nopts];
+    if (setsockopt(s, level, name, v, len)) { report("skip %s %d", what, errno); return; }
+    socklen_t l = sizeof o->want;
+    memset(o->want, 0, sizeof o->want);
+    if (getsockopt(s, level, name, o->want, &l)) { report("skip %s get %d", what, errno); return; }
+    o->fd = s; o->level = level; o->name = name; o->len = l; o->what = what;
+    nopts++;
+}
+static void seti(int s, int level, int name, const char *what, int v) { setopt(s, level, name, what, &v, sizeof v); }
+
+static int check_opts(void) {
+    int bad = 0;
+    for (int i = 0; i < nopts; i++) {
+        struct opt *o = &opts[i];
+        unsigned char got[64] = {0};
+        socklen_t l = sizeof got;
+        if (getsockopt(o->fd, o->level, o->name, got, &l)) { FAIL("%s: get %d", o->what, errno); bad = 1; continue; }
+        if ((int)l != o->len || memcmp(got, o->want, l)) {
+            FAIL("%s: %d (%d bytes) want %d (%d bytes)", o->what, *(int *)got, l, *(int *)o->want, o->len);
+            bad = 1;
+        }
+    }
+    return bad;
+}
+
+static void setup_packetopts(void) {
+    struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)if_nametoindex("lo")};
+    sock = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    if (sock < 0 || bind(sock, (void *)&a, sizeof a)) { FAIL("packet socket %d", errno); _exit(1); }
+    seti(sock, SOL_PACKET, PACKET_AUXDATA, "PACKET_AUXDATA", 1);
+    seti(sock, SOL_PACKET, PACKET_ORIGDEV, "PACKET_ORIGDEV", 1);
+    seti(sock, SOL_PACKET, PACKET_VERSION, "PACKET_VERSION", TPACKET_V2);
+    seti(sock, SOL_PACKET, PACKET_RESERVE, "PACKET_RESERVE", 64);
+    seti(sock, SOL_PACKET, PACKET_LOSS, "PACKET_LOSS", 1);
+    seti(sock, SOL_PACKET, PACKET_TIMESTAMP, "PACKET_TIMESTAMP", SOF_TIMESTAMPING_RAW_HARDWARE);
+    seti(sock, SOL_PACKET, PACKET_QDISC_BYPASS, "PACKET_QDISC_BYPASS", 1);
+    seti(sock, SOL_PACKET, PACKET_IGNORE_OUTGOING, "PACKET_IGNORE_OUTGOING", 1);
+    seti(sock, SOL_PACKET, PACKET_VNET_HDR, "PACKET_VNET_HDR", 0);
+    seti(sock, SOL_PACKET, PACKET_FANOUT, "PACKET_FANOUT", (getpid() & 0xffff) | (PACKET_FANOUT_HASH << 16));
+}
+
+static void setup_packetmr(int ring) {
+    struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)if_nametoindex("lo")};
+    sock = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    if (sock < 0 || bind(sock, (void *)&a, sizeof a)) { FAIL("packet socket %d", errno); _exit(1); }
+    if (ring) {
+        struct tpacket_req r = {.tp_block_size = 4096, .tp_block_nr = 2, .tp_frame_size = 2048, .tp_frame_nr = 4};
+        if (setsockopt(sock, SOL_PACKET, PACKET_RX_RING, &r, sizeof r)) { FAIL("PACKET_RX_RING %d", errno); _exit(1); }
+        return;
+    }
+    struct packet_mreq m = {.mr_ifindex = a.sll_ifindex, .mr_type = PACKET_MR_PROMISC};
+    if (setsockopt(sock, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &m, sizeof m)) { FAIL("PACKET_ADD_MEMBERSHIP %d", errno); _exit(1); }
+}
+
+static int sp[2];
+
+static void setup_unixoob(void) {
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) || send(sp[0], "ab", 2, 0) != 2 || send(sp[0], "X", 1, MSG_OOB) != 1 ||
+        send(sp[0], "cd", 2, 0) != 2) { FAIL("unix oob %d", errno); _exit(1); }
+}
+
+static int unixoob_check(void) {
+    char c = 0;
+    ssize_t r = recv(sp[1], &c, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT);
+    if (r != 1 || c != 'X') { FAIL("urgent byte: %zd errno %d", r, errno); return 1; }
+    return 0;
+}
+
 static socklen_t abstract(struct sockaddr_un *a, const char *name) {
     memset(a, 0, sizeof *a);
     a->sun_family = AF_UNIX;
@@ -160,6 +245,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "ao")) setup_ao();
     else if (!strcmp(mode, "dgramauto")) { setup_dgramauto(0); check = dgramauto_check; }
     else if (!strcmp(mode, "dgramautoheld")) { setup_dgramauto(1); check = dgramauto_check; }
+    else if (!strcmp(mode, "packetopts")) { setup_packetopts(); check = check_opts; }
+    else if (!strcmp(mode, "packetmr")) setup_packetmr(0);
+    else if (!strcmp(mode, "packetring")) setup_packetmr(1);
+    else if (!strcmp(mode, "unixoob")) { setup_unixoob(); check = unixoob_check; }
     else if (!strcmp(mode, "tmpexcl")) { setup_tmpexcl(); check = tmpexcl_check; }
     else _exit(2);
     report("ready %d", getpid());

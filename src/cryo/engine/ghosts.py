@@ -18,9 +18,11 @@ opened through /proc/self/fd/ANCHOR: one inode, shared again by construction.  I
 extended attributes and POSIX ACLs are saved and set again (any other xattr is refused
 at checkpoint), and its inode flags that chattr sets (S, i, a, d, A: FS_IOC_GETFLAGS),
 once every description is open (an append-only file cannot be opened for writing without
-O_APPEND); the other flags a user may set (c, j, C, ...) are refused.  A file made with open(DIR, O_TMPFILE) (its flags keep __O_TMPFILE) is
-made again so, in its directory, and is its first description itself: linkat can still
-give it a name, as before (a file created and unlinked cannot be linked again).
+O_APPEND); the other flags a user may set (c, j, C, ...) are refused.  A file made with
+open(DIR, O_TMPFILE) (its flags keep __O_TMPFILE) is made again so, in its directory,
+and is its first description itself: linkat can still give it a name, as before (a
+file created and unlinked cannot be linked again); one made with O_EXCL too, or linked
+and unlinked since (its inode not I_LINKABLE: :func:`check_linkable`), with O_EXCL.
 
 A memfd comes back as a memfd (memfd_create) of the same name, filled the same way,
 then sealed with the seals it had (F_GET_SEALS at dump, F_ADD_SEALS last); a hugetlb

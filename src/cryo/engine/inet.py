@@ -92,6 +92,14 @@ TCP_OPTIONS = (
     (N.SOL.TCP, N.TCP.CONGESTION, 16),
 )  # fmt: skip
 RAW_OPTIONS = ((N.SOL.IP, N.IP.HDRINCL, _I),)
+# packet sockets' own (linux/if_packet.h), before bind but PACKET_FANOUT (a bind fails
+# once the socket is in a fanout group: set after it, _build); not PACKET_STATISTICS,
+# whose read resets it, nor PACKET_HDRLEN, a question
+_SOL_PACKET, _PACKET_FANOUT = 263, 18
+PACKET_OPTIONS = tuple((_SOL_PACKET, o, _I) for o in (
+    7, 8, 9, 15, 24, 10, 12, 14, 17, 19, 20, 23, _PACKET_FANOUT))  # COPY_THRESH, AUXDATA,
+# ORIGDEV, VNET_HDR, VNET_HDR_SZ, VERSION, RESERVE, LOSS, TIMESTAMP, TX_HAS_OFF,
+# QDISC_BYPASS, IGNORE_OUTGOING
 UDP_OPTIONS = tuple((N.SOL.UDP, o, _I) for o in (
     N.UDP.CORK, N.UDP.NO_CHECK6_TX, N.UDP.NO_CHECK6_RX, N.UDP.SEGMENT, N.UDP.GRO))
 # set last: IP_TOS sets the priority from the TOS (a program's own SO_PRIORITY set after
@@ -199,6 +207,8 @@ def _options_for(ident: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...
         out += IP_OPTIONS + (RAW_OPTIONS if typ == socket.SOCK_RAW else ())
     elif family == socket.AF_INET6:
         out += IPV6_OPTIONS
+    elif family == socket.AF_PACKET:
+        out += PACKET_OPTIONS
     if typ == socket.SOCK_STREAM:  # the kernel refuses multicast options on a stream
         out = tuple(o for o in out if (o[0], o[1]) not in MULTICAST)
     if family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_TCP:
@@ -662,6 +672,8 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
         how = 3 if got & select.POLLHUP else 1 if got & _POLLRDHUP else 0
         if how:
             d["shutdown"] = how
+    if family == socket.AF_PACKET:
+        _refuse_packet(s, pid, refuse)
     if family == socket.AF_NETLINK:
         with contextlib.suppress(OSError):
             raw = s.getsockopt(N.SOL.NETLINK, 9, 128)  # NETLINK_LIST_MEMBERSHIPS
@@ -675,6 +687,51 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
                         known=held.known if held is not None else None,
                         known_sig=held.known_sig if held is not None else None)  # fmt: skip
     return d
+
+
+_FANOUT_UNIQUEID, _FANOUT_CBPF, _FANOUT_EBPF = 0x2000, 6, 7
+# packet_diag (linux/packet_diag.h): PACKET_SHOW_MCLIST, RING_CFG; the attributes
+_PACKET_SHOW = 0x2 | 0x4
+_PACKET_DIAG_MCLIST, _PACKET_DIAG_RX_RING, _PACKET_DIAG_TX_RING = 1, 2, 3
+_PACKET_DIAG_REQ = struct.Struct("=BBHII8x")  # struct packet_diag_req
+_PACKET_DIAG_MSG = struct.Struct("=BBHI8x")  # struct packet_diag_msg: family, type,
+# num, ino, cookie
+
+
+def _refuse_packet(s: socket.socket, pid: int, refuse: Callable[[str], Unsupported]) -> None:
+    """What a packet socket holds that no option gives back, found by packet_diag (one
+    dump of the namespace's packet sockets): a ring (PACKET_RX_RING, PACKET_TX_RING,
+    mapped by the program), memberships (PACKET_ADD_MEMBERSHIP: promiscuous mode, a
+    multicast address); and a fanout group steered by a BPF program (PACKET_FANOUT_DATA
+    cannot be read).  Each was lost before, exit 0: refused."""
+    try:
+        fanout = s.getsockopt(_SOL_PACKET, _PACKET_FANOUT)
+    except OSError:
+        fanout = 0
+    if (fanout >> 16) & 0xFF in (_FANOUT_CBPF, _FANOUT_EBPF):
+        raise refuse("is in a fanout group steered by a BPF program (PACKET_FANOUT_DATA),"
+                     " which cannot be read back")
+    ino = os.fstat(s.fileno()).st_ino
+    req = _PACKET_DIAG_REQ.pack(socket.AF_PACKET, 0, 0, 0, _PACKET_SHOW)
+
+    def dump() -> set[int]:
+        found: set[int] = set()
+        for _t, data, start, end in N._dump(N.NETLINK_SOCK_DIAG, socket.SOCK_DGRAM,
+                                            N.SOCK_DIAG_BY_FAMILY, req, "packet_diag",
+                                            1 << 16, 10):  # fmt: skip
+            if _PACKET_DIAG_MSG.unpack_from(data, start)[3] == ino:
+                found.update(t for t, a, b in N._attrs(data, start + _PACKET_DIAG_MSG.size,
+                                                        end) if b > a)  # fmt: skip
+        return found
+
+    attrs = _in_netns(pid, dump)
+    what = [name for name, t in (("a receive ring (PACKET_RX_RING)", _PACKET_DIAG_RX_RING),
+                                 ("a transmit ring (PACKET_TX_RING)", _PACKET_DIAG_TX_RING),
+                                 ("memberships (PACKET_ADD_MEMBERSHIP: promiscuous mode or"
+                                  " a multicast address)", _PACKET_DIAG_MCLIST))
+            if t in attrs]  # fmt: skip
+    if what:
+        raise refuse(f"has {' and '.join(what)}, which the restart would not make again")
 
 
 def _waiting(pid: int, local: list[Any], n: int, refuse: Callable[[str], Unsupported]
@@ -1061,6 +1118,8 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
     reuse = False
     for level, opt, raw in d["opts"]:
+        if level == _SOL_PACKET and opt == _PACKET_FANOUT:
+            continue  # (after bind: below)
         set_option(s, level, opt, raw)
         if level == _SOL_SOCKET and opt == _SO_REUSEADDR:
             reuse = bool(int.from_bytes(raw, "little"))
@@ -1092,6 +1151,11 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
             _buffer_locks(s, t)
     elif d.get("remote"):
         s.connect(_sockaddr(family, d["remote"]))
+    for level, opt, raw in d["opts"] if family == socket.AF_PACKET else ():
+        if level == _SOL_PACKET and opt == _PACKET_FANOUT:  # its group joined again (a
+            # unique id asked of the kernel then is given as the id it got)
+            val = int.from_bytes(raw, "little") & ~(_FANOUT_UNIQUEID << 16)
+            set_option(s, level, opt, val.to_bytes(4, "little"))
     if d.get("shutdown"):  # (a datagram socket's; unconnected: ENOTCONN, yet it is shut)
         try:
             s.shutdown(d["shutdown"] - 1)  # SHUT_RD 0, SHUT_RDWR 2

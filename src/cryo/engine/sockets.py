@@ -217,6 +217,11 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
             raise Unsupported(f"fd {fd}: unix socket {_show_name(name)} has a socket filter"
                               " attached (SO_ATTACH_FILTER), which is not supported yet",
                               pid=pid, resource=f"fd {fd}")  # fmt: skip
+        if typ == socket.SOCK_STREAM and _urgent(s):
+            raise Unsupported(f"fd {fd}: unix socket {_show_name(name)} holds an urgent byte"
+                              " (MSG_OOB) not yet read, which the restart could not put back"
+                              " at its place in the stream", pid=pid,
+                              resource=f"fd {fd}")  # fmt: skip
         d["queue"] = _peek_queue(s, pid, fd, typ, d, describe_fd, table) \
             if d["peer"] or typ != socket.SOCK_STREAM \
             else []  # fmt: skip
@@ -224,6 +229,16 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
     finally:
         s.close()
     return d
+
+
+def _urgent(s: socket.socket) -> bool:
+    """Whether a unix stream socket holds an urgent byte (send MSG_OOB, Linux 5.15) not
+    yet read: a peek of it (MSG_OOB | MSG_PEEK leaves it there; EINVAL without one, or
+    with SO_OOBINLINE, where it is read in the stream as any byte)."""
+    try:
+        return bool(s.recv(1, socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
 
 
 def _peercred(s: socket.socket) -> list[Any] | None:
