@@ -82,3 +82,26 @@ def test_periodic_timer_with_its_signal_pending_refused(
     v.wait_line("timer taken")
     v.wait_ok_after(max(v.oks()) + 3)
     assert not v.fails()
+
+
+def test_process_sharing_its_memory_with_its_parent_outside_refused(
+    procs: Procs, exe: str, tmp_path: Path
+) -> None:
+    """A child made with clone(CLONE_VM) (no CLONE_THREAD) checkpointed alone, its parent
+    outside writing the memory they share: restored, it had a memory of its own and the
+    parent's count no longer reached it, exit 0 (only a parent inside the checkpoint was
+    compared).  Now exit 9 naming the parent, no image, and the child still sees the
+    count move."""
+    out = tmp_path / "out.txt"
+    parent = procs.spawn([exe, str(out), "vmchild", str(tmp_path)], out)
+    kid = int(parent.wait_line("child ").split()[1])
+    procs.track(kid)
+    v = Victim(kid, out)
+    v.wait_ok_after(1)
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(kid), "-D", str(img), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert f"shares its address space with its parent {parent.pid}" in r.stderr, r.stderr
+    assert not img.exists()
+    v.wait_ok_after(max(v.oks()) + 3)
+    assert not v.fails()

@@ -23,6 +23,9 @@
  *   timeroneshot a one-shot CLOCK_MONOTONIC POSIX timer fired with its signal blocked:
  *               after go the signal is taken once (SI_TIMER, its id, si_overrun 0), and
  *               no other comes
+ *   vmchild     (not checkpointed itself) a child made with clone(CLONE_VM) shares the
+ *               memory of this process, which counts in it every 20 ms: the child
+ *               ("child PID") checks each round that the count goes on ("ok N")
  *   cputime     the process's CPU clock (CLOCK_PROCESS_CPUTIME_ID) and each thread's own:
  *               never smaller than the last value read ("cputime back" otherwise;
  *               they start again from 0 after a restart: docs/design.md, a known limit)
@@ -36,6 +39,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 #ifndef PR_THP_DISABLE_EXCEPT_ADVISED
 #define PR_THP_DISABLE_EXCEPT_ADVISED (1 << 1)
@@ -311,12 +315,43 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
+/* --- vmchild: raw system calls only in both (they share the TLS too) -------------- */
+static volatile long vm_count;
+
+static int vm_child(void *arg) {
+    (void)arg;
+    report("child %ld", (long)syscall(SYS_getpid));
+    long last = vm_count;
+    for (long round = 0;; round++) {
+        struct timespec ts = {0, 100000000};
+        while (syscall(SYS_nanosleep, &ts, &ts) && errno == EINTR) {}
+        long now = vm_count;
+        if (now == last) FAIL("the shared count stays at %ld", now);
+        else report("ok %ld", round);
+        last = now;
+    }
+    return 0;
+}
+
+static void vm_parent(void) {
+    static char stack[1 << 16] __attribute__((aligned(16)));
+    extern int clone(int (*)(void *), void *, int, void *, ...);
+    if (clone(vm_child, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL) < 0) FAIL("clone %d", errno);
+    for (;;) {
+        struct timespec ts = {0, 20000000};
+        syscall(SYS_nanosleep, &ts, NULL);
+        vm_count++;
+        syscall(SYS_wait4, -1, NULL, WNOHANG, NULL);  /* (a killed child does not hold its pid) */
+    }
+}
+
 int main(int argc, char **argv) {
     open_report(argc, argv);
     if (argc < 3) _exit(2);
     mode = argv[2];
     dir = argc > 3 ? argv[3] : "/tmp";
     snprintf(go_path, sizeof go_path, "%s/go", dir);
+    if (is("vmchild")) vm_parent();
     __builtin_cpu_init();
     have_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
     if (is("thpadvised") && prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0))
