@@ -185,6 +185,7 @@ def test_together_starts_a_run_and_results_are_kept(held: tuple[Victim, Injector
     assert inj.stops - stops == 2, "the ten together in the second run, not cut after 3"
     assert {b.result(i) for i in pids} == {v.pid} and len({b.result(i) for i in ppids}) == 1
     first = b.read(act, 32)
+    b.run(keep=True)  # (the drivers' batches: session._queued)
     with inj.batch() as b2:
         b2.put(b"\xff" * 64)  # the same bytes of the scratch area
         b2.call(SYS.getpid)

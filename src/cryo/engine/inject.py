@@ -192,15 +192,15 @@ class Batch:
         if len(self.calls) - first > 1:
             self.unsplit[first] = len(self.calls)
 
-    def run(self) -> None:
-        """Run the queued calls (:meth:`Injector.run_batch`), then read the frame's
-        buffers back in one go: :meth:`read` answers from that copy, so that later calls
-        into the same scratch area (another batch, another driver's) do not change what
-        this batch's calls wrote."""
+    def run(self, keep: bool = False) -> None:
+        """Run the queued calls (:meth:`Injector.run_batch`).  ``keep``: then read the
+        frame's buffers back in one go, and :meth:`read` answers from that copy, so that
+        later calls into the same scratch area (another batch, another driver's) do not
+        change what this batch's calls wrote (the drivers' queued batches)."""
         self.results = self.inj.run_batch(self.calls, self.unsplit)
         used = self.frame.used  # (a frame of the scratch area: from its start)
         self._snap = (self.inj.scratch, self.inj.read(self.inj.scratch, used)) \
-            if used and type(self.frame) is ScratchFrame else None  # fmt: skip
+            if keep and used and type(self.frame) is ScratchFrame else None  # fmt: skip
 
     def room(self) -> int:
         """Bytes of the scratch area this batch's buffers may still take."""

@@ -455,7 +455,7 @@ def _queued(ctx: DumpContext, p: tree.Proc, injectors: dict[int, Injector]
     while going:
         for b in batches.values():
             if b.calls:
-                b.run()
+                b.run(keep=True)
         batches = {tid: Batch(injectors[tid]) for tid in tids}
         now, going = going, []
         for g, whose in now:
