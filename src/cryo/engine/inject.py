@@ -711,6 +711,7 @@ class ScratchFrame:
     def put_str(self, s: str) -> int:
         return self.put(s.encode(errors="surrogateescape") + b"\0")
 
+
 class _HeldFrame(ScratchFrame):
     """The held calls' buffers, after the scratch area (:class:`HoldingInjector`)."""
 
