@@ -362,9 +362,10 @@ class Checkpoint:
             self.tokens = {r["pid"]: r["token"] for r in tracking.previous_records(dirty.KIND)}
 
     def _inject(self, ctx: DumpContext, p: tree.Proc) -> None:
-        """The drivers' inject hooks, while a scratch page is mapped; then every thread is
-        parked in a clean stop, so that if we die from here on the kernel lets it go
-        exactly as it was."""
+        """The drivers' queue hooks (their calls in one batch a thread: _queued), then
+        their inject hooks, while a scratch page is mapped; then every thread is parked
+        in a clean stop, so that if we die from here on the kernel lets it go exactly as
+        it was."""
         inj = ctx.inj
         sud.check(p.pid, p.threads)  # (before any call is injected)
         scratchlog.sweep(p.pid, lambda addr, size: inj(SYS.munmap, addr, size, what=(

@@ -77,8 +77,9 @@ def tid_free(tid: int) -> bool:
 # -- tracers: a process of the checkpoint that ptraces another ---------------------------
 
 def scan_tracees(ctx: DumpContext) -> None:
-    """Driver hook (inject, once per checkpoint): every process's TracerPid read in a
-    thread while the freeze goes on (2-3 ms for 120 processes), for :func:`check_tracers`."""
+    """Driver hook (queue, with no call; once per checkpoint): every process's TracerPid
+    read in a thread while the freeze goes on (2-3 ms for 120 processes), for
+    :func:`check_tracers`."""
     if ctx.shared is None or "tracees" in ctx.shared.early:
         return
 
