@@ -170,12 +170,16 @@ def test_an_o_tmpfile_o_excl_file_stays_unlinkable(procs: Procs, exe: str, tmp_p
     assert "unlinkable (O_EXCL)" in r.stdout, r.stdout
 
 
-def test_a_packet_socket_s_options(procs: Procs, exe: str, tmp_path: Path) -> None:
-    """A packet socket bound to lo with SOL_PACKET options set (PACKET_AUXDATA, ORIGDEV,
-    VERSION, RESERVE, LOSS, TIMESTAMP, QDISC_BYPASS, IGNORE_OUTGOING, a FANOUT group):
-    each came back at its default, exit 0.  Now saved and set again (PACKET_FANOUT
-    after bind, which fails once the socket is in a group)."""
-    v = _spawn(procs, exe, tmp_path, "packetopts")
+@pytest.mark.parametrize("mode", ["packetopts", "netlinkopts", "seqrights"])
+def test_socket_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> None:
+    """packetopts: a packet socket bound to lo with SOL_PACKET options set
+    (PACKET_AUXDATA, ORIGDEV, VERSION, RESERVE, LOSS, TIMESTAMP, QDISC_BYPASS,
+    IGNORE_OUTGOING, a FANOUT group): each came back at its default, exit 0; now saved
+    and set again (PACKET_FANOUT after bind, which fails once the socket is in a group).
+    netlinkopts: a route netlink socket's NETLINK_* options, lost the same way.
+    seqrights: a unix seqpacket pair with a message carrying a pipe (SCM_RIGHTS) queued
+    behind another: restored right (no fix)."""
+    v = _spawn(procs, exe, tmp_path, mode)
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()

@@ -15,6 +15,11 @@
  *              equals what it read right after setting
  *   packetmr   a packet socket bound to lo in promiscuous mode (PACKET_ADD_MEMBERSHIP)
  *   packetring a packet socket bound to lo with a receive ring (PACKET_RX_RING, not mapped)
+ *   netlinkopts a route netlink socket bound (its port id) with NETLINK_* options set
+ *              (PKTINFO, BROADCAST_ERROR, NO_ENOBUFS, CAP_ACK, EXT_ACK, GET_STRICT_CHK):
+ *              each round getsockopt of each equals what it read right after setting
+ *   seqrights  a unix seqpacket pair with two messages queued, the second carrying a
+ *              pipe's read end (SCM_RIGHTS) holding "p": each round a peek of both
  *   unixoob    a unix stream pair with "ab", an urgent byte "X" (MSG_OOB) and "cd" queued:
  *              each round a peek of the urgent byte gives "X"
  *   tmpexcl    a file made with O_TMPFILE | O_EXCL in argv[3] (never to be named) and one
@@ -29,6 +34,8 @@
 #include <sys/un.h>
 #include <stddef.h>
 #include <net/if.h>
+#include <sys/ioctl.h>
+#include <linux/netlink.h>
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
 #include <linux/net_tstamp.h>
@@ -185,7 +192,60 @@ static void setup_packetmr(int ring) {
     if (setsockopt(sock, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &m, sizeof m)) { FAIL("PACKET_ADD_MEMBERSHIP %d", errno); _exit(1); }
 }
 
+static void setup_netlinkopts(void) {
+    struct sockaddr_nl a = {.nl_family = AF_NETLINK};
+    sock = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    if (sock < 0 || bind(sock, (void *)&a, sizeof a)) { FAIL("netlink %d", errno); _exit(1); }
+    seti(sock, SOL_NETLINK, NETLINK_PKTINFO, "NETLINK_PKTINFO", 1);
+    seti(sock, SOL_NETLINK, NETLINK_BROADCAST_ERROR, "NETLINK_BROADCAST_ERROR", 1);
+    seti(sock, SOL_NETLINK, NETLINK_NO_ENOBUFS, "NETLINK_NO_ENOBUFS", 1);
+    seti(sock, SOL_NETLINK, NETLINK_CAP_ACK, "NETLINK_CAP_ACK", 1);
+    seti(sock, SOL_NETLINK, NETLINK_EXT_ACK, "NETLINK_EXT_ACK", 1);
+    seti(sock, SOL_NETLINK, NETLINK_GET_STRICT_CHK, "NETLINK_GET_STRICT_CHK", 1);
+}
+
 static int sp[2];
+
+static void setup_seqrights(void) {
+    int p[2];
+    char one = 'p';
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp) || pipe(p) || write(p[1], &one, 1) != 1) _exit(1);
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    memset(cbuf, 0, sizeof cbuf);
+    struct iovec iov = {"second", 6};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET; c->cmsg_type = SCM_RIGHTS; c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &p[0], sizeof(int));
+    if (send(sp[0], "first", 5, 0) != 5 || sendmsg(sp[0], &m, 0) != 6) { FAIL("seqpacket send %d", errno); _exit(1); }
+    close(p[0]); close(p[1]);
+}
+
+static int seqrights_check(void) {
+    char b[16] = {0};
+    int peek = 0;
+    setsockopt(sp[1], SOL_SOCKET, SO_PEEK_OFF, &peek, sizeof peek);
+    ssize_t r = recv(sp[1], b, sizeof b, MSG_PEEK | MSG_DONTWAIT);
+    if (r != 5 || memcmp(b, "first", 5)) { FAIL("first message: %zd '%s'", r, b); return 1; }
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {b, sizeof b};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+    memset(b, 0, sizeof b);
+    r = recvmsg(sp[1], &m, MSG_PEEK | MSG_DONTWAIT);  /* (the peek offset moved past "first") */
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    if (r != 6 || memcmp(b, "second", 6) || !c || c->cmsg_type != SCM_RIGHTS) { FAIL("second message: %zd '%s' %s", r, b, c ? "cmsg" : "no fd"); return 1; }
+    int fd2;
+    memcpy(&fd2, CMSG_DATA(c), sizeof fd2);
+    char got = 0;
+    int ok = read(fd2, &got, 0) == 0;  /* (the byte stays for the next round: FIONREAD) */
+    int n = 0;
+    ioctl(fd2, FIONREAD, &n);
+    close(fd2);
+    peek = -1;
+    setsockopt(sp[1], SOL_SOCKET, SO_PEEK_OFF, &peek, sizeof peek);
+    if (!ok || n != 1) { FAIL("the pipe in flight holds %d bytes", n); return 1; }
+    return 0;
+}
 
 static void setup_unixoob(void) {
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) || send(sp[0], "ab", 2, 0) != 2 || send(sp[0], "X", 1, MSG_OOB) != 1 ||
@@ -248,6 +308,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "packetopts")) { setup_packetopts(); check = check_opts; }
     else if (!strcmp(mode, "packetmr")) setup_packetmr(0);
     else if (!strcmp(mode, "packetring")) setup_packetmr(1);
+    else if (!strcmp(mode, "netlinkopts")) { setup_netlinkopts(); check = check_opts; }
+    else if (!strcmp(mode, "seqrights")) { setup_seqrights(); check = seqrights_check; }
     else if (!strcmp(mode, "unixoob")) { setup_unixoob(); check = unixoob_check; }
     else if (!strcmp(mode, "tmpexcl")) { setup_tmpexcl(); check = tmpexcl_check; }
     else _exit(2);

@@ -100,6 +100,9 @@ PACKET_OPTIONS = tuple((_SOL_PACKET, o, _I) for o in (
     7, 8, 9, 15, 24, 10, 12, 14, 17, 19, 20, 23, _PACKET_FANOUT))  # COPY_THRESH, AUXDATA,
 # ORIGDEV, VNET_HDR, VNET_HDR_SZ, VERSION, RESERVE, LOSS, TIMESTAMP, TX_HAS_OFF,
 # QDISC_BYPASS, IGNORE_OUTGOING
+# netlink sockets' (linux/netlink.h): PKTINFO, BROADCAST_ERROR, NO_ENOBUFS,
+# LISTEN_ALL_NSID, CAP_ACK, EXT_ACK, GET_STRICT_CHK
+NETLINK_OPTIONS = tuple((N.SOL.NETLINK, o, _I) for o in (3, 4, 5, 8, 10, 11, 12))
 UDP_OPTIONS = tuple((N.SOL.UDP, o, _I) for o in (
     N.UDP.CORK, N.UDP.NO_CHECK6_TX, N.UDP.NO_CHECK6_RX, N.UDP.SEGMENT, N.UDP.GRO))
 # set last: IP_TOS sets the priority from the TOS (a program's own SO_PRIORITY set after
@@ -209,6 +212,8 @@ def _options_for(ident: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...
         out += IPV6_OPTIONS
     elif family == socket.AF_PACKET:
         out += PACKET_OPTIONS
+    elif family == socket.AF_NETLINK:
+        out += NETLINK_OPTIONS
     if typ == socket.SOCK_STREAM:  # the kernel refuses multicast options on a stream
         out = tuple(o for o in out if (o[0], o[1]) not in MULTICAST)
     if family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_TCP:
