@@ -58,3 +58,62 @@ def test_a_copied_file_on_another_machine_with_the_same_device_number(
     assert r.returncode == 0, r.stderr
     w = Victim(procs.track(int(r.stdout)), v.out)
     w.wait_ok_after(max(w.oks()) + 2)
+
+
+FAST_TIMER = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+static volatile long ticks;
+static void tick(int s) { (void)s; ticks++; }
+int main(int argc, char **argv) {
+    struct sigaction sa = {0};
+    sa.sa_handler = tick;
+    sigaction(SIGRTMIN, &sa, NULL);
+    struct sigevent sev = {0};
+    sev.sigev_notify = SIGEV_SIGNAL;
+    sev.sigev_signo = SIGRTMIN;
+    timer_t t;
+    timer_create(CLOCK_MONOTONIC, &sev, &t);
+    struct itimerspec its = {{0, 1000000}, {0, 1000000}};  /* every 1 ms */
+    timer_settime(t, 0, &its, NULL);
+    FILE *f = fopen(argv[1], "a");
+    setvbuf(f, NULL, _IOLBF, 0);
+    for (long round = 0;; round++) {
+        long t0 = ticks;
+        struct timespec ts = {0, 50000000};
+        while (nanosleep(&ts, &ts)) {}
+        if (ticks > t0) fprintf(f, "ok %ld\n", round);
+        else fprintf(f, "FAIL no tick\n");
+    }
+    (void)argc;
+}
+"""
+
+
+def test_a_fast_periodic_timer_whose_signal_comes_during_the_freeze(
+        procs: Procs, tmp_path: Path) -> None:  # fmt: skip
+    """A periodic POSIX timer (1 ms) whose signal, handled and not blocked, comes while
+    the process is frozen: it is pending then, only because the process does not run.
+    Refused as a timer whose blocked signal waits (its periods not shown), most
+    checkpoints of such a process failed, exit 9 (1 in 15 with a 30 ms timer).  Every
+    checkpoint is taken, and the restored process ticks on."""
+    import subprocess
+
+    src, binary = tmp_path / "fast.c", tmp_path / "fast"
+    src.write_text(FAST_TIMER)
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(src), "-lrt"], check=True)
+    out = tmp_path / "out.txt"
+    v = procs.spawn([str(binary), str(out)], out)
+    v.wait_ok_after(2)
+    for i in range(5):
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / f"img{i}"))
+        assert r.returncode == 0, r.stderr
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    w = Victim(procs.track(int(r.stdout)), out)
+    w.wait_ok_after(max(w.oks()) + 3)
+    assert not w.fails()
