@@ -6,6 +6,7 @@ what"); what cannot be restored is refused (exit 9 naming it), the target untouc
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,22 +44,41 @@ STATE = {
     "slice": "a custom time slice of SCHED_OTHER (sched_runtime) of each thread",
     "timeroneshot": "a one-shot POSIX timer's signal pending (blocked): taken once after go,"
                     " SI_TIMER with its id and no overrun, no other",
+    "dirpos": "directories (ext4 and tmpfs) read half way with getdents64: the rest, once",
 }
 # after the restart, go: the line a mode writes once its last step is right
-LAST_STEP = {"timeroneshot": "oneshot taken"}
+LAST_STEP = {"timeroneshot": "oneshot taken", "dirpos": "dirdone"}
 
 
 @pytest.mark.parametrize("mode", sorted(STATE))
 def test_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> None:
     """Each STATE mode's state is the same after the restart, checked by the process
     itself every round, in both threads."""
-    v = cycle(procs, _spawn(procs, exe, tmp_path, mode), tmp_path / "img")
-    v.wait_ok_after(max(v.oks()) + 2)
-    if mode in LAST_STEP:
-        (tmp_path / "go").touch()
-        v.wait_line(LAST_STEP[mode])
+    v = _spawn(procs, exe, tmp_path, mode)
+    try:
+        v = cycle(procs, v, tmp_path / "img")
         v.wait_ok_after(max(v.oks()) + 2)
-    assert not v.fails()
+        if mode in LAST_STEP:
+            (tmp_path / "go").touch()
+            v.wait_line(LAST_STEP[mode])
+            v.wait_ok_after(max(v.oks()) + 2)
+        assert not v.fails()
+    finally:  # (dirpos: its directory in /dev/shm, the machine's)
+        shutil.rmtree(f"/dev/shm/probes_s9h3.{v.pid}", ignore_errors=True)
+
+
+@pytest.mark.xfail(strict=True, reason="found, not fixed: a restored process's address"
+                   " space is laid out by the cryo it is forked from (randomized)")
+def test_layout_of_a_process_without_address_randomization(
+    procs: Procs, exe: str, tmp_path: Path
+) -> None:
+    """ADDR_NO_RANDOMIZE (setarch -R, gdb's inferiors and their children): the kernel
+    lays out a process's address space at exec (mmap_base), without randomization
+    here, so that a new mmap(NULL) lands where it did before.  Restored, the process is
+    a child of cryo, never exec'd: its personality says ADDR_NO_RANDOMIZE, but its
+    mmap_base is cryo's, randomized, and mmap(NULL) lands elsewhere (exit 0)."""
+    v = cycle(procs, _spawn(procs, exe, tmp_path, "norandmap"), tmp_path / "img")
+    v.wait_ok_after(max(v.oks()) + 2)
 
 
 @pytest.mark.parametrize("mode", ["timerpend", "timerpendstd"])

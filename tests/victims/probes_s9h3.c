@@ -26,6 +26,12 @@
  *   vmchild     (not checkpointed itself) a child made with clone(CLONE_VM) shares the
  *               memory of this process, which counts in it every 20 ms: the child
  *               ("child PID") checks each round that the count goes on ("ok N")
+ *   dirpos      a directory of 300 entries (in argv[3], and one in /dev/shm) read half way
+ *               with getdents64 (its offset where the kernel left it); after go the rest
+ *               read: every name exactly once ("dirdone")
+ *   norandmap   ADDR_NO_RANDOMIZE (the program execs itself again with it, as setarch -R
+ *               does): the address a new mmap(NULL) gets each round, the same as the
+ *               first round's
  *   cputime     the process's CPU clock (CLOCK_PROCESS_CPUTIME_ID) and each thread's own:
  *               never smaller than the last value read ("cputime back" otherwise;
  *               they start again from 0 after a restart: docs/design.md, a known limit)
@@ -36,6 +42,8 @@
 #include <stdint.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -260,6 +268,77 @@ static int oneshot_check(void) {
     return 0;
 }
 
+/* --- dirpos ---------------------------------------------------------------------- */
+#define NDIR 300
+static int dir_fd[2] = {-1, -1};
+static unsigned char dir_seen[2][NDIR];
+static char dir_path[2][4300];
+static int dir_done;
+
+static int dir_read(int k, int max) {  /* names read, or -1 */
+    char buf[1024];
+    int n = 0;
+    while (max < 0 || n < max) {
+        long r = syscall(SYS_getdents64, dir_fd[k], buf, max < 0 ? sizeof buf : 200);
+        if (r < 0) { FAIL("getdents64 %d", errno); return -1; }
+        if (r == 0) break;
+        for (long off = 0; off < r;) {
+            unsigned short reclen = *(unsigned short *)(buf + off + 16);
+            const char *name = buf + off + 19;
+            int i;
+            if (sscanf(name, "e%d", &i) == 1 && i >= 0 && i < NDIR) {
+                if (dir_seen[k][i]++) { FAIL("dir %d: %s twice", k, name); return -1; }
+                n++;
+            }
+            off += reclen;
+        }
+    }
+    return n;
+}
+
+static void dir_setup(void) {
+    snprintf(dir_path[0], sizeof dir_path[0], "%s/d", dir);
+    snprintf(dir_path[1], sizeof dir_path[1], "/dev/shm/probes_s9h3.%d", getpid());
+    for (int k = 0; k < 2; k++) {
+        mkdir(dir_path[k], 0755);
+        for (int i = 0; i < NDIR; i++) {
+            char p[8800];
+            snprintf(p, sizeof p, "%s/e%d", dir_path[k], i);
+            close(open(p, O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+        }
+        dir_fd[k] = open(dir_path[k], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_read(k, NDIR / 2) < 0) FAIL("dir setup");
+    }
+}
+
+static int dir_check(void) {
+    if (dir_done || !go()) return 0;
+    for (int k = 0; k < 2; k++) {
+        if (dir_read(k, -1) < 0) return 1;
+        for (int i = 0; i < NDIR; i++)
+            if (dir_seen[k][i] != 1) { FAIL("dir %d: e%d seen %d times", k, i, dir_seen[k][i]); return 1; }
+        for (int i = 0; i < NDIR; i++) {  /* (removed: /dev/shm is the machine's) */
+            char p[8800];
+            snprintf(p, sizeof p, "%s/e%d", dir_path[k], i);
+            unlink(p);
+        }
+        rmdir(dir_path[k]);
+    }
+    dir_done = 1;
+    report("dirdone");
+    return 0;
+}
+
+static void *first_map;
+
+static int map_check(void) {
+    void *p = mmap(NULL, 1 << 20, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    munmap(p, 1 << 20);
+    if (!first_map) first_map = p;
+    if (p != first_map) { FAIL("mmap(NULL) at %p, first at %p", p, first_map); return 1; }
+    return 0;
+}
+
 static int check(int which, long round) {
     (void)round;
     if (is("thpadvised")) {
@@ -279,6 +358,10 @@ static int check(int which, long round) {
         return slice_check(which ? 7000000 : 2000000);
     } else if (is("timeroneshot") && which == 0) {
         return oneshot_check();
+    } else if (is("norandmap")) {
+        return which ? 0 : map_check();
+    } else if (is("dirpos")) {
+        return which ? 0 : dir_check();
     } else if (is("ghostflags")) {
         return which ? 0 : ghost_check();
     } else if (is("cputime")) {
@@ -352,6 +435,11 @@ int main(int argc, char **argv) {
     dir = argc > 3 ? argv[3] : "/tmp";
     snprintf(go_path, sizeof go_path, "%s/go", dir);
     if (is("vmchild")) vm_parent();
+    if (is("norandmap") && !(personality(0xffffffff) & ADDR_NO_RANDOMIZE)) {
+        personality(personality(0xffffffff) | ADDR_NO_RANDOMIZE);
+        execv("/proc/self/exe", argv);
+        FAIL("execv %d", errno);
+    }
     __builtin_cpu_init();
     have_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
     if (is("thpadvised") && prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0))
@@ -359,6 +447,7 @@ int main(int argc, char **argv) {
     if (is("dumpable0")) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (is("comm")) prctl(PR_SET_NAME, "probe-main", 0, 0, 0);
     if (is("ghostflags")) ghost_setup();
+    if (is("dirpos")) dir_setup();
     if (is("mdwe") && prctl(65 /* PR_SET_MDWE */, 3, 0, 0, 0)) FAIL("PR_SET_MDWE %d", errno);
     if (is("slice") && slice_set(2000000)) FAIL("sched_setattr %d", errno);
     if (is("zmm")) {
