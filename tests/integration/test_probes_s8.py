@@ -296,13 +296,12 @@ def test_no_inotify_event_from_cryo_itself(procs: Procs, exe: str, tmp_path: Pat
     assert not v.fails()
 
 
-@pytest.mark.xfail(strict=True, reason="a restored stopped child stops again once let go,"
-                   " after its parent (task.stop_after_restore): the parent's SIGCHLD"
-                   " (CLD_STOPPED) comes a second time, as its waitid WSTOPPED report does"
-                   " (design.md, job control)")
 def test_sigchld_of_a_stop_comes_once(procs: Procs, exe: str, tmp_path: Path) -> None:
     """A SIGCHLD handler (SA_SIGINFO) that ran once for its child's stop (SIGSTOP)
-    checkpointed with it runs no more after the restart."""
+    checkpointed with it runs no more after the restart.  Before: the restored child
+    stopped again once let go, after its parent (task.stop_after_restore), and the
+    handler ran a second time (CLD_STOPPED twice); now the child stops while cryo holds
+    its parent, which the SIGCHLD is taken back from (engine/jobctl.py)."""
     v = _spawn(procs, exe, tmp_path, "sigchldstop")
     v = _tree_cycle(procs, v, tmp_path)
     v.wait_ok_after(max(v.oks()) + 2)

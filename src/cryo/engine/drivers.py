@@ -551,6 +551,9 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("x86", queue=x86.dump, queue_thread=x86.check_thread,
            restore={"task": x86.restore},
            describe=lambda v: x86.describe(v.records[R.TASK])),
+    # (after task: its entry goes into TASK) the stops of its children its waits took
+    Driver("jobctl", inject=_when("cryo.engine.jobctl", "dump",
+                                  lambda c: any(p.ppid == c.pid for p in c.shared.procs.values()))),
     Driver("memory", (R.MM,), queue=memory.dump_brk, collect=_memory_collect,
            shared=_object_sources,
            restore={"memory": _memory_layout, "pages": _memory_pages,

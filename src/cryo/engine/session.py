@@ -97,6 +97,7 @@ class Shared:
     channels: list[Any] = field(default_factory=list)  # open to applications' agents
     app: dict[int, dict[str, Any]] = field(default_factory=dict)  # what each agent asked
     early: dict[str, Any] = field(default_factory=dict)  # reads begun in the freeze, by name
+    procs: dict[int, Any] = field(default_factory=dict)  # the frozen tree: tree.Proc by pid
 
 
 # where a checkpoint goes: a directory, a Sink, or a function that makes the Sink (called
@@ -170,7 +171,7 @@ class Checkpoint:
         self.released = False
         # (armed before the first seize: a thread that never stops would hold the others)
         self._watchdog(self.freeze_timeout or FREEZE_BASE)
-        self.procs = tree.freeze(self.pid, self.scope)
+        self.procs = self.shared.procs = tree.freeze(self.pid, self.scope)
         # what a restart could not rebuild is refused now, not found out then: a group or
         # a session whose leader is outside the checkpoint
         tree.check_groups(tree.record(self.procs, self.pid, self.scope), self.shell_job)
@@ -763,10 +764,17 @@ class Restart:
         if verify_rest is not None:  # every page block checked before anything runs
             verify_rest()
         self._zombies_die()
-        for m in self.made.values():
+        from cryo.engine import jobctl
+
+        first = jobctl.stopped_first(self.made)  # (stopped children, before their parents)
+        rest = set(self.made) - set(first)
+        for old in [*first, *(o for o in self.made if o in rest)]:
+            m = self.made[old]
             if m.ctx is not None:  # the last injected call unmaps the restorer
                 m.inj(SYS.munmap, self.area, tree.RESTORER_SIZE)
                 self._stages(m.ctx, D.FINISH_STAGES)
+                if old not in rest:  # let go now: it stops while its parent is held
+                    jobctl.stop_now(self.made, old, tree.nspid)
 
     def _zombies_die(self) -> None:
         """The zombies exit now, each a zombie before any live process runs (a parent

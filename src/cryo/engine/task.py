@@ -604,7 +604,10 @@ def stop_after_restore(tracee: Tracee, trec: dict[str, Any]) -> None:
     soon as it is let go, and its parent is told (waitid WSTOPPED, with the signal):
     the signal is queued to it while we still hold it, once, from its leader's record.
     The kernel drops SIGTSTP, SIGTTIN and SIGTTOU in an orphaned process group (a
-    restored job whose parent is not in its session usually is one): SIGSTOP then."""
+    restored job whose parent is not in its session usually is one): SIGSTOP then.  A
+    process whose parent is in the restart is finished and let go before its parent
+    (engine/jobctl.py): it stops while its parent is held, which keeps of the stop what
+    it had at the checkpoint (its SIGCHLD, its wait's report)."""
     sig = trec.get("group_stop", 0)
     if tracee.tid != tracee.pid or not sig:
         return

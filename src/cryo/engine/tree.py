@@ -349,8 +349,28 @@ def _let_go_one(p: Proc) -> None:
 
 
 def let_go(procs: dict[int, Proc]) -> None:
-    for p in procs.values():
+    """Every process let go: the group-stopped ones first, each back in its stop before
+    any other runs (found by probing: a parent let go first saw its stopped child in
+    /proc as "t", still traced, or "R", on its way back into the stop)."""
+    stopped = [p for p in procs.values() if not p.zombie and p.pid in p.tracees
+               and p.tracees[p.pid].group_stop]  # fmt: skip
+    for p in stopped:
         _let_go_one(p)
+    deadline = time.monotonic() + 1.0
+    while stopped and time.monotonic() < deadline and not all(
+            _stopped_again(p) for p in stopped):  # fmt: skip
+        time.sleep(0.0005)
+    for p in procs.values():
+        if p not in stopped:
+            _let_go_one(p)
+
+
+def _stopped_again(p: Proc) -> bool:
+    try:
+        return all(procfs.parse_stat(procfs.read(p.pid, f"task/{t}/stat")).state == "T"
+                   for t in p.tracees)  # fmt: skip
+    except (CryoError, OSError):
+        return True  # (gone: nothing to wait for)
 
 
 def collect_dead(procs: dict[int, Proc], timeout: float = 30.0) -> None:

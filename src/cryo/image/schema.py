@@ -867,6 +867,8 @@ KINDS: tuple[Kind, ...] = (
         F("coredump_filter", Int(0, U32), "/proc/PID/coredump_filter", required=False),
         F("futex_slots", Int(0, U32), "PR_FUTEX_HASH_GET_SLOTS: its private futex hash's"
           " slots (0: the global hash)", required=False),
+        F("stops_collected", List(PID), "its group-stopped children whose stop a wait of its"
+          " took (engine/jobctl.py)", required=False),
         F("cgroups", List(List(Str(max=4096), size=3), max=64),
           "[[hierarchy id, controllers, path]] as in /proc/PID/cgroup", required=False),
         F("ldt", List(Tuple((Int(0, 8191), Int(1, U64)), ("index", "descriptor")),

@@ -1,0 +1,147 @@
+"""Job control between a stopped process and its parent, both in the checkpoint.
+
+A child's group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) tells its parent twice: a
+SIGCHLD (CLD_STOPPED, unless the parent ignores SIGCHLD or set SA_NOCLDSTOP) and a
+report for waitid(WSTOPPED), which the parent's first such wait takes (the child's
+signal->group_exit_code, cleared by a wait without WNOWAIT: kernel/exit.c
+wait_task_stopped).  Only a fresh stop tells: a stopped task that a tracer lets go
+stops again without a word (kernel/ptrace.c __ptrace_unlink: JOBCTL_STOP_PENDING
+without JOBCTL_STOP_CONSUME).
+
+Dump (:func:`dump`, an inject hook in the parent): for each group-stopped child in the
+checkpoint, waitid(P_PID, child, WSTOPPED | WNOHANG | WNOWAIT) in the parent tells
+whether its report is still there (WNOWAIT: nothing taken); the children whose report
+the parent took go into its TASK record (``stops_collected``).
+
+Restart (:func:`stopped_first`, :func:`stop_now`, from the session's finalize): such a
+child (its parent a live process of the restart) is finished first, children before
+their parents, and let go at once with its stop signal queued (task.stop_after_restore):
+it stops before it runs an instruction of its own, and the stop, a fresh one, tells the
+parent, which cryo still holds, all its signals blocked.  There the SIGCHLD is taken
+back (rt_sigtimedwait) unless one was pending in the image (a standard signal is
+pending once: the same), and a report the parent had taken is taken again (waitid
+WSTOPPED | WNOHANG).  Before (found by probing, session 8): the child stopped once let
+go, after its parent, whose SIGCHLD handler ran a second time for the one stop and
+whose waitid(WSTOPPED) reported it again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+from typing import Any
+
+from cryo import procfs
+from cryo.errors import CryoError
+from cryo.linux.consts import SYS
+
+P_PID = 1
+SYS_WAITID = 247
+WNOHANG, WSTOPPED, WNOWAIT, WALL = 0x1, 0x2, 0x1000000, 0x40000000
+CLD_STOPPED = 5
+SIGINFO_SIZE = 128
+SIG_IGN, SA_NOCLDSTOP = 1, 1
+TASK = b"TASK"
+SIGS = b"SIGS"
+KEY = "stops_collected"
+
+
+# -- dump ------------------------------------------------------------------------------
+
+
+def dump(ctx: Any) -> None:
+    """Driver hook (inject, in the parent, after the task driver's): which of its
+    group-stopped children in the checkpoint had their stop collected by a wait."""
+    procs = getattr(ctx.shared, "procs", None) or {}
+    kids = [p for p in procs.values() if p.ppid == ctx.pid and not p.zombie
+            and p.pid in p.tracees and p.tracees[p.pid].group_stop]  # fmt: skip
+    if not kids:
+        return
+    collected: list[int] = []
+    for i in range(0, len(kids), 64):  # (64 siginfos: 8 KiB of the scratch area)
+        part = kids[i : i + 64]
+        with ctx.inj.batch() as b:
+            bufs = [b.reserve(SIGINFO_SIZE) for _ in part]
+            calls = [b.call(SYS_WAITID, P_PID, k.nspid or k.pid, buf,
+                            WSTOPPED | WNOHANG | WNOWAIT | WALL, 0, may_fail=True)
+                     for k, buf in zip(part, bufs, strict=True)]  # fmt: skip
+        for k, buf, c in zip(part, bufs, calls, strict=True):
+            if b.result(c) < 0:
+                continue  # (not its child after all: nothing to say)
+            info = b.read(buf, 20)  # (si_code at 8, si_pid at 16: the union is 8-aligned)
+            code, pid = struct.unpack_from("<i", info, 8)[0], struct.unpack_from("<i", info, 16)[0]
+            if not (pid and code == CLD_STOPPED):
+                collected.append(k.pid)
+    if collected:
+        ctx.records[TASK][KEY] = collected
+
+
+# -- restart ---------------------------------------------------------------------------
+
+
+def _stop_signal(m: Any) -> int:
+    return int(m.ctx.thread_records[0].get("group_stop", 0)) if m.ctx is not None else 0
+
+
+def stopped_first(made: dict[int, Any]) -> list[int]:
+    """The processes (old pids) to finish and let go before the others: those stopped
+    whose parent is a live process of the restart, each after its own such children."""
+    def depth(old: int) -> int:
+        n, seen = 0, set()
+        while old in made and old not in seen:
+            seen.add(old)
+            old = made[old].rec["ppid"]
+            n += 1
+        return n
+
+    first = [old for old, m in made.items() if _stop_signal(m)
+             and m.rec["ppid"] in made and made[m.rec["ppid"]].ctx is not None]  # fmt: skip
+    return sorted(first, key=depth, reverse=True)
+
+
+def _all_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` in its group stop (or gone: nothing to wait for)."""
+    try:
+        return all(procfs.parse_stat(procfs.read(pid, f"task/{t}/stat")).state == "T"
+                   for t in os.listdir(f"/proc/{pid}/task"))  # fmt: skip
+    except (CryoError, OSError):
+        return True
+
+
+def _shared_pending(pid: int) -> int:
+    try:
+        return int(procfs.parse_status(procfs.read(pid, "status")).get("ShdPnd", "0"), 16)
+    except CryoError:
+        return 0
+
+
+def stop_now(made: dict[int, Any], old: int, nspid: Any) -> None:
+    """The process ``old``, finished (its stop signal queued), let go: it stops at once;
+    its parent, still held, keeps of that stop what it had at the checkpoint
+    (``nspid``: a pid as the processes see it, tree.nspid)."""
+    m = made[old]
+    for t in m.ctx.threads.values():
+        t.detach()
+    parent = made[m.rec["ppid"]]
+    sigs = parent.ctx.records[SIGS]
+    act = sigs["actions"].get(signal.SIGCHLD) or sigs["actions"].get(str(int(signal.SIGCHLD)))
+    handler, flags = struct.unpack_from("<QQ", act) if act else (0, 0)
+    told = handler != SIG_IGN and not flags & SA_NOCLDSTOP
+    bit = 1 << (signal.SIGCHLD - 1)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and not (
+            _all_stopped(m.pid) and (not told or _shared_pending(parent.pid) & bit)):  # fmt: skip
+        time.sleep(0.0005)
+    pending = [struct.unpack_from("<i", info)[0] for info in
+               [*sigs["pending_shared"], *(i for t in parent.ctx.thread_records
+                                           for i in t["pending"])]]  # fmt: skip
+    inj = parent.inj
+    if told and signal.SIGCHLD not in pending and _shared_pending(parent.pid) & bit:
+        f = inj.frame()  # (the set, a zero timeout)
+        inj.raw(SYS.rt_sigtimedwait, f.put(bit.to_bytes(8, "little")), 0, f.put(bytes(16)), 8)
+    if old in parent.ctx.records[TASK].get(KEY, ()):
+        f = inj.frame()
+        inj.raw(SYS_WAITID, P_PID, nspid(m.pid), f.reserve(SIGINFO_SIZE),
+                WSTOPPED | WNOHANG | WALL, 0)

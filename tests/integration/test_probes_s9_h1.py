@@ -1,0 +1,74 @@
+"""Job control probed in session 9 (h1, issue 9): victims/jobctl_s9.c, a parent and its
+stopped children checkpointed as a tree (once letting them run on, once killed and
+restarted); the parent checks each round what a wait and its SIGCHLD handler find of
+each stop, then, once ``go`` exists, continues and reaps its child."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from tests.conftest import Procs, Victim, reap
+from tests.integration.test_procstate import build_threaded
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_threaded(tmp_path_factory.mktemp("jobctl"), "jobctl_s9")
+
+
+def _others(v: Victim) -> list[int]:
+    return sorted({int(x.split()[1]) for x in v.lines() if x.startswith("other ")})
+
+
+# mode -> (what it holds, the lines its last steps write)
+MODES = {
+    "collected": ("the parent's handler ran once for the stop and its waitid took the report:"
+                  " none after the restart (before: reported again, CLD_STOPPED twice)",
+                  ["continued", "reaped"]),
+    "pending": ("the parent's handler ran once, the report not taken: still there, once",
+                ["took", "continued", "reaped"]),
+    "blocked": ("SIGCHLD blocked in the parent: pending once, its siginfo the child's stop",
+                ["sigchld once", "continued", "reaped"]),
+    "chain": ("a stopped child whose own stopped child's report it took: neither reported"
+              " again, each handler ran once", ["took", "child ok", "continued", "reaped"]),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_stops_of_children_reported_as_before(procs: Procs, exe: str, tmp_path: Path,
+                                              mode: str) -> None:  # fmt: skip
+    out = tmp_path / "out.txt"
+    v = procs.spawn([exe, str(out), mode, str(tmp_path)], out)
+    try:
+        v.wait_line("ready")
+        v.wait_ok_after(1)
+    finally:
+        for pid in _others(v):
+            procs.track(pid)
+    checkpoint(v.pid, str(tmp_path / "img0"), scope="tree")  # and the tree goes on as it was
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()
+    last = max(v.oks())
+    checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+    for pid in [v.pid, *_others(v)]:
+        reap(pid)
+    rr = restart(str(tmp_path / "img"))
+    for pid in rr.pids.values():
+        procs.track(pid)
+    v = Victim(rr.pid, out)
+    v.wait_ok_after(last + 3)
+    assert not v.fails()
+    (tmp_path / "go").touch()
+    want = MODES[mode][1]
+    v.wait_for(lambda ls: all(w in ls for w in want) or bool(v.fails()))
+    v.wait_ok_after(max(v.oks()) + 1)
+    assert not v.fails()
+    assert os.path.exists(f"/proc/{v.pid}")
