@@ -893,16 +893,20 @@ def _same_addr(a: str, b: str) -> bool:
 _SHUTDOWN, _MD5SIG = 8, 18  # INET_DIAG_SHUTDOWN (sk_shutdown), INET_DIAG_MD5SIG
 _DIAG_INFO = 1 << (N.INET_DIAG_INFO - 1)  # (the MD5 keys come only with tcp_info)
 _UDPS = (socket.IPPROTO_UDP, socket.IPPROTO_UDPLITE)
+_BOUND_INACTIVE = 1 << 13
 
 
-def _diag_of(asks: dict[tuple[int, int], set[int]]) -> dict[int, tuple[int, bool]]:
+def _diag_of(asks: dict[tuple[int, int], tuple[set[int], int]]
+             ) -> dict[int, tuple[int, bool]]:  # fmt: skip
     """inode -> (sk_shutdown, has TCP MD5 keys) of the sockets ``asks`` names by
-    (family, protocol): one sock_diag dump of each, in this thread's namespace."""
+    (family, protocol), with the states they are in (a bit each: TIME_WAIT and the
+    other states no fd holds are not dumped): one sock_diag dump of each, in this
+    thread's namespace."""
     out: dict[int, tuple[int, bool]] = {}
     ino_of, nla = N._U32.unpack_from, N._NLA.unpack_from
-    for (family, proto), only in asks.items():
+    for (family, proto), (only, states) in asks.items():
         ext = _DIAG_INFO if proto == socket.IPPROTO_TCP else 0
-        for data, start, end in N._inet_diag_msgs(family, proto, 0xFFFFFFFF, ext):
+        for data, start, end in N._inet_diag_msgs(family, proto, states, ext):
             ino = ino_of(data, start + N._INO_AT)[0]
             if ino not in only:
                 continue
@@ -949,15 +953,21 @@ def check_diag(session: Any) -> None:
              and (d["sotype"] == "stream" or d.get("proto") in _UDPS)]  # fmt: skip
     if not descs:
         return
-    by_ns: dict[int, tuple[int, dict[tuple[int, int], set[int]]]] = {}
+    by_ns: dict[int, tuple[int, dict[tuple[int, int], tuple[set[int], int]]]] = {}
     for d in descs:
         try:
             ns = os.stat(f"/proc/{d['pid']}/ns/net").st_ino
         except OSError as err:
             raise CryoError(f"process {d['pid']} vanished", pid=d["pid"]) from err
         proto = socket.IPPROTO_TCP if d["sotype"] == "stream" else int(d["proto"])
-        by_ns.setdefault(ns, (d["pid"], {}))[1].setdefault((d["family"], proto),
-                                                           set()).add(d["ino"])
+        asks = by_ns.setdefault(ns, (d["pid"], {}))[1]
+        inodes, states = asks.get((d["family"], proto), (set(), 0))
+        inodes.add(d["ino"])
+        state = d.get("state")  # (a TCP socket's; UDP: any)
+        bits = 0xFFFFFFFF if not state else 1 << int(ST.__members__[state])
+        if state == "CLOSE":  # (bound, not connected: TCPF_BOUND_INACTIVE, Linux 6.6; its
+            bits |= _BOUND_INACTIVE  # MD5 keys are not shown then)
+        asks[(d["family"], proto)] = (inodes, states | bits)
     found: dict[int, tuple[int, bool]] = {}
     for pid, asks in by_ns.values():
         found.update(_in_netns(pid, _diag_of, asks))
