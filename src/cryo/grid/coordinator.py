@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from cryo import errors
@@ -55,6 +56,14 @@ ADOPT_TTL = 10  # seconds an adoption's keys outlive an adopter that died half-w
 
 def live_hosts(etcd: Etcd) -> dict[str, dict[str, Any]]:
     return {k.rsplit("/", 1)[1]: v for k, v in etcd.prefix(K.hosts())}
+
+
+def app_keys(etcd: Etcd, app: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every key of application ``app`` (its record, parts, rounds and their votes,
+    committed, restart...) in one request; not those of an application whose name
+    begins as this one's does."""
+    return [(k, v) for k, v in etcd.prefix(K.app(app))
+            if k == K.app(app) or k.startswith(K.app(app) + "/")]  # fmt: skip
 
 
 def parts_of(etcd: Etcd, app: str) -> dict[int, dict[str, Any]]:
@@ -405,8 +414,7 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
         while True:
             # every key of the application in one request (its record, parts, rounds
             # and their votes): what the round is planned from
-            kv = [(k, v) for k, v in etcd.prefix(K.app(app)) if k == K.app(app)
-                  or k.startswith(K.app(app) + "/")]  # fmt: skip
+            kv = app_keys(etcd, app)
             if not any(k == K.app(app) for k, _ in kv):
                 raise CryoError(f"no grid application {app}")
             if dict(kv)[K.app(app)].get("adopting"):
@@ -530,10 +538,17 @@ def _decide(etcd: Etcd, app: str, key: str, prepare: dict[str, Any], parts: list
 
 
 def restart(etcd: Etcd, app: str, version: int | None = None,
-            timeout: float = 60.0) -> dict[int, dict[str, Any]]:  # fmt: skip
+            timeout: float = 60.0, *, kv: dict[str, dict[str, Any]] | None = None,
+            alive_hosts: dict[str, dict[str, Any]] | None = None,
+            lost: Sequence[int] = ()) -> dict[int, dict[str, Any]]:  # fmt: skip
     """Restart every part of ``app`` from global version ``version`` (the last
-    committed by default): in place where its host lives, elsewhere where it failed."""
-    committed = etcd.get(K.committed(app))
+    committed by default): in place where its host lives, elsewhere where it failed.
+    ``kv`` (every key of the application) and ``alive_hosts`` (the live hosts) as
+    just read, if they were; the parts of ``lost`` are marked so in the transaction
+    that asks the restart."""
+    if kv is None:
+        kv = dict(app_keys(etcd, app))
+    committed = kv.get(K.committed(app))
     if committed is None:
         raise CryoError(f"{app} has no committed global checkpoint")
     if version is not None and version != committed["version"]:
@@ -541,11 +556,11 @@ def restart(etcd: Etcd, app: str, version: int | None = None,
         if r is None or r["state"] != K.COMMITTED:
             raise CryoError(f"version {version} of {app} is not a committed checkpoint")
         raise CryoError("only the last committed version can be restarted for now")
-    alive = sorted(live_hosts(etcd))
+    alive = sorted(live_hosts(etcd) if alive_hosts is None else alive_hosts)
     if not alive:
         raise CryoError("no grid agent is alive")
-    parts = parts_of(etcd, app)
-    shared = not int((etcd.get(K.app(app)) or {}).get("replicas", 0))
+    parts = {int(k.rsplit("/", 1)[1]): v for k, v in kv.items() if k.startswith(K.parts(app))}
+    shared = not int((kv.get(K.app(app)) or {}).get("replicas", 0))
 
     def holders(n: int) -> list[str]:
         """The live hosts that can read part ``n``'s committed image: every one if the
@@ -572,12 +587,16 @@ def restart(etcd: Etcd, app: str, version: int | None = None,
         h = min(can, key=lambda x: (load[x], x))
         assign[str(n)] = h
         load[h] += 1
-    previous = etcd.get(K.restart(app)) or {"epoch": 0}
+    previous = kv.get(K.restart(app)) or {"epoch": 0}
     epoch = int(previous["epoch"]) + 1
-    etcd.put(K.restart(app), {"epoch": epoch, "version": committed["version"], "asked": time.time(),
-                              "assign": assign, "images": committed["images"],
-                              "hosts": committed.get("hosts", {}),
-                              "replicas": committed.get("replicas", {})})  # fmt: skip
+    # (one transaction: the restart asked, and the lost parts marked so)
+    etcd.txn([], [(K.restart(app), {"epoch": epoch, "version": committed["version"],
+                                    "asked": time.time(), "assign": assign,
+                                    "images": committed["images"],
+                                    "hosts": committed.get("hosts", {}),
+                                    "replicas": committed.get("replicas", {})}),
+                  *((K.part(app, n), {**parts[n], "state": "lost"}) for n in lost
+                    if n in parts)])  # fmt: skip
     return wait_running(etcd, app, len(parts), timeout, epoch=epoch, assign=assign)
 
 
@@ -605,17 +624,18 @@ def watch(etcd: Etcd, app: str, every: float | None, stop: Any = None,
     try:
         while stop is None or not stop.is_set():
             wake.clear()
+            # (two requests: the live hosts, every key of the application)
             alive = live_hosts(etcd)
-            parts = parts_of(etcd, app)
+            kv = dict(app_keys(etcd, app))
+            parts = {int(k.rsplit("/", 1)[1]): v for k, v in kv.items()
+                     if k.startswith(K.parts(app))}  # fmt: skip
             # (a part "fenced": its host lost its lease but lives, and killed it)
             lost = [n for n, p in parts.items() if p["host"] not in alive
                     or p.get("state") == "fenced"]  # fmt: skip
-            if lost and etcd.get(K.committed(app)) is not None:
-                for n in lost:
-                    if parts[n].get("state") != "fenced":
-                        etcd.put(K.part(app, n), {**parts[n], "state": "lost"})
+            if lost and kv.get(K.committed(app)) is not None:
                 try:
-                    restart(etcd, app)
+                    restart(etcd, app, kv=kv, alive_hosts=alive,
+                            lost=[n for n in lost if parts[n].get("state") != "fenced"])
                 except CryoError as err:  # (a host that died meanwhile: planned again)
                     log.warning("%s", err)
                     time.sleep(poll)
