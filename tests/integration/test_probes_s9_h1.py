@@ -39,7 +39,18 @@ MODES = {
                 ["sigchld once", "continued", "reaped"]),
     "chain": ("a stopped child whose own stopped child's report it took: neither reported"
               " again, each handler ran once", ["took", "child ok", "continued", "reaped"]),
+    "group": ("two children of a group of their own stopped by one kill(-pgid): the first's"
+              " report taken, the second's not", ["reaped"]),
 }
+
+
+@pytest.mark.xfail(strict=True, reason="a CLD_CONTINUED report not yet collected at the"
+                   " checkpoint is lost: the restored child was never stopped, so its"
+                   " signal->flags hold no SIGNAL_STOP_CONTINUED (design.md, job control)")
+def test_continued_report_kept(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A child stopped and continued by its parent, which took the stop's report but not
+    the continue's: after the restart waitid(WCONTINUED | WNOWAIT) still finds it."""
+    test_stops_of_children_reported_as_before(procs, exe, tmp_path, "continued")
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -67,7 +78,7 @@ def test_stops_of_children_reported_as_before(procs: Procs, exe: str, tmp_path: 
     v.wait_ok_after(last + 3)
     assert not v.fails()
     (tmp_path / "go").touch()
-    want = MODES[mode][1]
+    want = MODES[mode][1] if mode in MODES else ["took continued", "reaped"]
     v.wait_for(lambda ls: all(w in ls for w in want) or bool(v.fails()))
     v.wait_ok_after(max(v.oks()) + 1)
     assert not v.fails()

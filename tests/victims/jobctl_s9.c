@@ -17,7 +17,15 @@
  *              not taken.  After go: the parent takes it ("took") and continues the
  *              child, which checks
  *              that it finds no report of its grandchild and that its own handler ran
- *              once ("child ok" or FAIL), continues and reaps the grandchild, exits 5 */
+ *              once ("child ok" or FAIL), continues and reaps the grandchild, exits 5
+ *   group      two children in a process group of their own, stopped by one kill(-pgid,
+ *              SIGSTOP): the handler's count as it was, the first child's report taken,
+ *              the second's not.  After go: SIGCONT to the group, each reaped
+ *   continued  a child stopped and continued (SIGCONT) by the parent, which took the stop
+ *              report but not the continued one: each round waitid WNOWAIT finds
+ *              CLD_CONTINUED (SIGCONT), the child runs (it reports "cok N" rounds).  After
+ *              go: waitid(WCONTINUED) takes it ("took continued"), the child is killed
+ *              (SIGTERM) and reaped */
 #include "common.h"
 #include <signal.h>
 #include <sys/wait.h>
@@ -95,6 +103,86 @@ static void chain_child(void) {
     _exit(5);
 }
 
+static pid_t kid2 = -1;
+static int group_stops;
+
+static int group_main(void) {
+    pid_t a = fork();
+    if (a == 0) { setpgid(0, 0); for (;;) nap(1000); }
+    setpgid(a, a);
+    pid_t b = fork();
+    if (b == 0) { setpgid(0, a); for (;;) nap(1000); }
+    setpgid(b, a);
+    kid = a; kid2 = b;
+    nap(50);
+    kill(-a, SIGSTOP);  /* (two SIGCHLDs close together may come as one: counted as seen) */
+    while (!stops || state_of(a) != 'T' || state_of(b) != 'T') nap(5);
+    nap(100);
+    group_stops = stops;
+    siginfo_t si;
+    if (waitid(P_PID, a, &si, WSTOPPED) || si.si_code != CLD_STOPPED) FAIL("group: waitid");
+    report("other %d", a);
+    report("other %d", b);
+    return 0;
+}
+
+static int group_check(void) {
+    int bad = 0;
+    if (report_of(kid) != 0) { FAIL("group: the first's stop reported again: %#x", report_of(kid)); bad = 1; }
+    if (report_of(kid2) != (CLD_STOPPED << 8 | SIGSTOP)) { FAIL("group: the second's report %#x", report_of(kid2)); bad = 1; }
+    if (stops != group_stops || others) { FAIL("group: CLD_STOPPED %d times, not %d, others %d", (int)stops, group_stops, (int)others); bad = 1; }
+    if (state_of(kid) != 'T' || state_of(kid2) != 'T') { FAIL("group: %c %c", state_of(kid), state_of(kid2)); bad = 1; }
+    if (getpgid(kid) != kid || getpgid(kid2) != kid) { FAIL("group: groups %d %d", getpgid(kid), getpgid(kid2)); bad = 1; }
+    return bad;
+}
+
+static void group_last(void) {
+    kill(-kid, SIGCONT);
+    kill(-kid, SIGTERM);
+    int st, n = 0;
+    for (int i = 0; i < 2; i++) {
+        pid_t w = waitpid(-kid, &st, 0);
+        if ((w == kid || w == kid2) && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM) n++;
+    }
+    if (n != 2) FAIL("group: reaped %d", n);
+    else report("reaped");
+}
+
+static int continued_main(void) {
+    kid = fork();
+    if (kid == 0) {
+        for (long r = 0;; r++) { report("cok %d %ld", getpid(), r); nap(50); }
+    }
+    report("child %d", kid);
+    nap(50);
+    kill(kid, SIGSTOP);
+    while (!stops) nap(5);
+    siginfo_t si;
+    if (waitid(P_PID, kid, &si, WSTOPPED) || si.si_code != CLD_STOPPED) FAIL("continued: waitid stop");
+    kill(kid, SIGCONT);
+    while (!others) nap(5);
+    report("other %d", kid);
+    return 0;
+}
+
+static int continued_check(void) {
+    int bad = 0;
+    if (report_of(kid) != (CLD_CONTINUED << 8 | SIGCONT)) { FAIL("continued: the report is %#x", report_of(kid)); bad = 1; }
+    if (stops != 1 || others != 1) { FAIL("continued: CLD_STOPPED %d, others %d", (int)stops, (int)others); bad = 1; }
+    return bad;
+}
+
+static void continued_last(void) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, kid, &si, WCONTINUED | WNOHANG) || si.si_code != CLD_CONTINUED) FAIL("took continued: %d", si.si_code);
+    else report("took continued");
+    kill(kid, SIGTERM);
+    int st;
+    if (waitpid(kid, &st, 0) != kid || !WIFSIGNALED(st)) FAIL("reaped %#x", st);
+    else report("reaped");
+}
+
 int main(int argc, char **argv) {
     open_report(argc, argv);
     if (argc < 4) _exit(2);
@@ -105,6 +193,23 @@ int main(int argc, char **argv) {
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     handler();
+    int group = !strcmp(mode, "group"), cont = !strcmp(mode, "continued");
+    if (group || cont) {
+        if (group) group_main();
+        else continued_main();
+        report("ready %d", getpid());
+        int done = 0;
+        for (long round = 0;; round++) {
+            int bad = done ? 0 : group ? group_check() : continued_check();
+            if (!done && go()) {
+                done = 1;
+                if (group) group_last();
+                else continued_last();
+            }
+            if (!bad) report("ok %ld", round);
+            nap(50);
+        }
+    }
     if (blocked) sigprocmask(SIG_BLOCK, &chld, NULL);
     kid = fork();
     if (kid == 0) {
