@@ -83,3 +83,40 @@ def test_stops_of_children_reported_as_before(procs: Procs, exe: str, tmp_path: 
     v.wait_ok_after(max(v.oks()) + 1)
     assert not v.fails()
     assert os.path.exists(f"/proc/{v.pid}")
+
+
+@pytest.fixture(scope="module")
+def fsexe(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_threaded(tmp_path_factory.mktemp("fsnotify"), "fsnotify_s9")
+
+
+@pytest.mark.parametrize("kind", ["mount", "fs"])
+def test_no_fanotify_event_from_cryo_itself(procs: Procs, fsexe: str, tmp_path: Path,
+                                            kind: str) -> None:  # fmt: skip
+    """A fanotify mark of the process on a mount of its own (a tmpfs; FAN_MARK_MOUNT or
+    FAN_MARK_FILESYSTEM: FAN_OPEN, FAN_ACCESS, FAN_CLOSE_NOWRITE), a file there mapped
+    privately and held open: neither a checkpoint that lets it run nor a restart makes
+    an event there (the mapped bytes read through the mapping; the marks added once
+    every process is built: engine/fsnotify.py arm)."""
+    import subprocess
+
+    from tests.integration.test_procstate import cycle
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "cryo-h1", str(mnt)], check=True)
+    try:
+        out = tmp_path / "out.txt"
+        v = procs.spawn([fsexe, str(out), kind, str(mnt)], out)
+        v.wait_line("ready")
+        v.wait_ok_after(1)
+        checkpoint(v.pid, str(tmp_path / "img0"))
+        v.wait_ok_after(max(v.oks()) + 2)
+        assert not v.fails()
+        v = cycle(procs, v, tmp_path / "img")
+        v.wait_ok_after(max(v.oks()) + 2)
+        assert not v.fails()
+        os.kill(v.pid, signal.SIGKILL)
+        reap(v.pid)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
