@@ -233,6 +233,9 @@ class Injector:
         self.xstate = b""  # the task's extended state, read once for guard.py
         self._routine: int | None = None  # the region's address, 0: none, None: not known
         self._routine_of = (0, 0)  # the scratch (address, size) it was looked for in
+        # (address, size, executable) of the scratch mapping map_scratch made (an injector
+        # of another thread of the process may be given it with the scratch itself)
+        self.scratch_known: tuple[int, int, bool] | None = None
         self._ignored: list[int] = []  # signals the process ignores, in order of choice
         self.born: int | None = None  # the pid (ours) of the last child a batch forked
         self._after: list[Callable[[], None]] = []  # (hold: checks of calls not yet run)
@@ -372,6 +375,9 @@ class Injector:
         return self._routine
 
     def _scratch_executable(self) -> bool:
+        known = self.scratch_known  # (mapped by map_scratch: no need to read the maps)
+        if known is not None and known[:2] == (self.scratch, self.scratch_size):
+            return known[2]
         try:
             maps = procfs.parse_maps(procfs.read(self.t.pid, "maps"))
         except CryoError:
@@ -548,12 +554,14 @@ class Injector:
         flags = MAP.PRIVATE | MAP.ANONYMOUS | (MAP.FIXED_NOREPLACE if addr else 0)
         rw = PROT.READ | PROT.WRITE
         ret = self.raw(SYS.mmap, addr, size, rw | PROT.EXEC, flags, -1, 0) if exe else -1
+        executable = exe and not -4096 < ret < 0
         if not exe or ret in (-errno.EACCES, -errno.EPERM):
             ret = self.raw(SYS.mmap, addr, size, rw, flags, -1, 0)
         if -4096 < ret < 0:
             raise syscall_error(SYS.mmap, ret, self.t.tid, " mapping cryo's scratch area")
         self.scratch = ret
         self.scratch_size = size
+        self.scratch_known = (ret, size, executable)
         return self.scratch
 
     def unmap_scratch(self) -> None:

@@ -40,8 +40,10 @@ _CAP_V3 = 0x20080522
 _CLONE_NEWPID = 0x20000000
 
 
-def could_be_confined(pid: int, tid: int) -> bool:
-    st = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
+def could_be_confined(pid: int, tid: int, st: dict[str, str] | None = None) -> bool:
+    """(``st``: the thread's status, parsed, if read already)"""
+    if st is None:
+        st = procfs.parse_status(procfs.read(pid, f"task/{tid}/status"))
     return st.get("NoNewPrivs", "0").strip() == "1" or \
         bool(int(st.get("CapEff", "0"), 16) >> CAP_SYS_ADMIN & 1)  # fmt: skip
 
@@ -172,9 +174,9 @@ def release(_session: Any = None) -> None:
 def check_thread(ctx: Any, t: Any, b: Any) -> Generator[None, Any, None]:
     """Driver hook (queue_thread, its kcmp in the thread's batch ``b``): refuse a
     thread confined by Landlock."""
-    if not could_be_confined(ctx.pid, t.tid):
-        return
     st = procfs.parse_status(procfs.read(ctx.pid, f"task/{t.tid}/status"))
+    if not could_be_confined(ctx.pid, t.tid, st):
+        return
     me = tree.nspid(ctx.pid)
     mine = b.call(SYS_KCMP, me, os.getpid(), KCMP_VM, 0, 0, may_fail=True) \
         if _cryo_may_witness(ctx.pid, st) else None  # fmt: skip

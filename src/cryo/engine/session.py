@@ -384,6 +384,7 @@ class Checkpoint:
                 if tid not in injectors:
                     tinj = injectors[tid] = Injector(p.tracees[tid], inj.syscall_addr)
                     tinj.scratch, tinj.scratch_size = inj.scratch, inj.scratch_size
+                    tinj.scratch_known = inj.scratch_known  # (no maps read per thread)
             ctx.thread_records.extend(_queued(ctx, p, injectors))
             for d in D.DRIVERS:
                 if d.inject:
