@@ -1557,14 +1557,29 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
     rec = getattr(ctx, "records", {}).get(KIND)
     exe = _exe_to_open(ctx, rec) if rec is not None and hasattr(ctx, "live") else None
     low = live_of(ctx).pop("uffd_close", None)  # (_Filler.open's, left for this stop)
-    with ctx.inj.batch() as bt:  # one ptrace stop for all
+    # held for the next stop, restore_mm's too: the exe's fd, which PR_SET_MM_MAP takes
+    # in its struct, is put on a number known now (above every fd the process has)
+    fixed = _free_fd(ctx.pid) if exe is not None else -1
+    with ctx.inj.hold(room=len(exe.encode(errors="surrogateescape")) + 32 if exe else 0
+                      ) as bt:  # fmt: skip
         if low is not None:
             bt.call(SYS.close, low, may_fail=True)
         _protect_all(bt, fixup)
         if exe is not None:
             k = bt.call(SYS.openat, -100, bt.put_str(exe), 0, 0, what=f" open {exe}")
+            bt.call(SYS_DUP3, bt.ref(k), fixed, os.O_CLOEXEC, what=f" dup3 of {exe}")
+            bt.call(SYS.close, bt.ref(k))
     if exe is not None:
-        ctx.live["exe_fd"] = (exe, bt.result(k))
+        ctx.live["exe_fd"] = (exe, fixed)
+
+
+SYS_DUP3 = 292
+
+
+def _free_fd(pid: int) -> int:
+    """An fd number above every one process ``pid`` has: free until the calls held now
+    run (they run before any other call that could open one)."""
+    return max((int(n) for n in os.listdir(f"/proc/{pid}/fd")), default=2) + 1
 
 
 def _protect_all(bt: Batch, fixup: list[dict[str, Any]]) -> None:

@@ -14,7 +14,6 @@ resets on a credential change."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -518,23 +517,6 @@ def _capset(b: Batch, eff: int, prm: int, inh: int) -> None:
     b.call(SYS.capset, b.put(bytes(head)), b.put(bytes(data)))
 
 
-_CAPS_OUT = ctypes.sizeof(S.user_cap_data * 2)
-
-
-def _capget(b: Batch) -> int:
-    """Queue a capget; returns the address its data will be in (:func:`_caps_read`)."""
-    head = S.user_cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
-    at = b.reserve(_CAPS_OUT)
-    b.call(SYS.capget, b.put(bytes(head)), at)
-    return at
-
-
-def _caps_read(b: Batch, at: int) -> tuple[int, int, int]:
-    d = (S.user_cap_data * 2).from_buffer_copy(b.read(at, _CAPS_OUT))
-    return (d[0].effective | d[1].effective << 32, d[0].permitted | d[1].permitted << 32,
-            d[0].inheritable | d[1].inheritable << 32)  # fmt: skip
-
-
 def cap_last_cap() -> int:
     with open("/proc/sys/kernel/cap_last_cap") as f:
         return int(f.read())
@@ -543,6 +525,14 @@ def cap_last_cap() -> int:
 def _options(inj: Injector) -> int:
     """The ptrace options of a restored task (traced from birth, it inherited them)."""
     return inj.t.options or int(PTRACE_O.EXITKILL | TRACE_NEW)
+
+
+def _caps_now(t: Tracee) -> tuple[int, int]:
+    """The effective and permitted sets of the stopped thread ``t`` (as capget in it
+    would answer), from /proc: no stop for it."""
+    with open(f"/proc/{t.pid}/task/{t.tid}/status", "rb") as f:
+        status = procfs.parse_status(f.read())
+    return int(status["CapEff"], 16), int(status["CapPrm"], 16)
 
 
 def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
@@ -557,7 +547,14 @@ def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
     """
     groups = trec["groups"]
     caps = _caps(trec) if "securebits" in trec else None
-    with inj.batch() as b:  # one stop up to the capget, one after
+    if caps is not None:  # (the uid change below keeps them: SECBIT_NO_SETUID_FIXUP)
+        eff, prm = _caps_now(inj.t)
+    sc = trec.get("seccomp")
+    if sc and sc["mode"] != SECCOMP_MODE.DISABLED:
+        # suspended before the filters or strict mode come: the batch routine's own
+        # calls after them must not be filtered (nor cryo's later ones)
+        inj.t.suspend_seccomp(_options(inj))
+    with inj.batch() as b:  # one stop
         b.call(SYS.setgroups, len(groups),
                b.put(struct.pack(f"<{len(groups)}I", *groups) or b"\0"))  # fmt: skip
         r, e, s, fs = trec["gids"]
@@ -568,15 +565,6 @@ def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
         r, e, s, fs = trec["uids"]
         b.call(SYS.setresuid, r, e, s)
         b.call(SYS.setfsuid, fs, may_fail=True)
-        got = _capget(b) if caps is not None else 0
-    if caps is not None:
-        eff, prm, _inh = _caps_read(b, got)
-    sc = trec.get("seccomp")
-    if sc and sc["mode"] != SECCOMP_MODE.DISABLED:
-        # suspended before the filters or strict mode come: the batch routine's own
-        # calls after them must not be filtered (nor cryo's later ones)
-        inj.t.suspend_seccomp(_options(inj))
-    with inj.batch() as b:
         if caps is not None:
             _capset(b, eff, prm, caps["inh"])
             b.call(SYS.prctl, PR.CAP_AMBIENT, PR_CAP_AMBIENT.CLEAR_ALL, 0, 0, 0)
