@@ -209,3 +209,40 @@ def test_one_batch_for_every_driver(procs: Procs, build: Any, tmp_path: Path) ->
     assert got["batched_calls"] > 60, got  # (the signals' actions alone are 62)
     v.wait_ok_after(max(v.oks()) + 1)
     assert not v.fails()
+
+
+def test_a_queue_hook_takes_a_second_round(procs: Procs, build: Any, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A queue hook whose next call needs an earlier result queues it in the batch its
+    yield returns (drivers.py): the session runs a second round for it, the other
+    drivers' calls having run in the first; a thread hook's result goes to THRD."""
+    from cryo.engine import drivers as D
+    from cryo.engine import inject
+    from cryo.engine.dump import checkpoint
+
+    seen: dict[str, Any] = {}
+
+    def twice(ctx: Any, b: Any) -> Any:
+        pid = b.call(SYS.getpid)
+        nb = yield
+        seen["first"] = b.result(pid)
+        pgid = nb.call(121, b.result(pid))  # getpgid(its own pid)
+        yield
+        seen["second"] = nb.result(pgid)
+
+    def per_thread(ctx: Any, t: Any, b: Any) -> Any:
+        tid = b.call(186)  # gettid
+        yield
+        seen.setdefault("tids", []).append(b.result(tid))
+        return {}
+
+    extra = D.Driver("test-rounds", queue=twice, queue_thread=per_thread)
+    monkeypatch.setattr(D, "DRIVERS", (*D.DRIVERS, extra))
+    v = procs.spawn([build("counter"), str(tmp_path / "out.txt")], tmp_path / "out.txt")
+    v.wait_ok_after(1)
+    before = inject.STATS["batches"]
+    checkpoint(v.pid, str(tmp_path / "img"), worker=False)
+    assert seen == {"first": v.pid, "second": os.getpgid(v.pid), "tids": [v.pid]}
+    assert inject.STATS["batches"] - before <= 3  # the first round's two runs, the second
+    v.wait_ok_after(max(v.oks()) + 1)
+    assert not v.fails()
