@@ -135,12 +135,17 @@ def test_tcp_ao_keys_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
     refused_untouched(v, tmp_path / "img", "has TCP-AO keys")
 
 
-def test_datagrams_from_an_autobound_sender(procs: Procs, exe: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["dgramauto", "dgramautocred"])
+def test_datagrams_from_an_autobound_sender(procs: Procs, exe: str, tmp_path: Path,
+                                            mode: str) -> None:
     """A bound unix datagram socket holding datagrams from an autobound sender closed
     since: sent again from an unnamed socket, exit 0, recvfrom gave no address.  Now
     sent again from a socket bound to that name ("\\0" and five hex digits) for the
-    moment: the process reads them with its sender's address."""
-    v = _spawn(procs, exe, tmp_path, "dgramauto")
+    moment: the process reads them with its sender's address; dgramautocred: the
+    receiver has SO_PASSCRED (the sender autobound by its own), each datagram keeps its
+    credentials too (those are sent once the processes exist, from a copy of that
+    socket)."""
+    v = _spawn(procs, exe, tmp_path, mode)
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()

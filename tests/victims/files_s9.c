@@ -10,6 +10,9 @@
  *              from an autobound sender that is closed since: recvfrom gives each
  *              with the sender's "\0xxxxx" address (checked at each round by peeking)
  *   dgramautoheld  the same, the sender still open
+ *   dgramautocred  the same, the receiver with SO_PASSCRED and the sender autobound by
+ *              its own SO_PASSCRED: each datagram has its sender's address and the
+ *              program's pid, uid and gid (SCM_CREDENTIALS)
  *   packetopts a packet socket bound to lo with options of SOL_PACKET set (each one this
  *              kernel takes; "skip NAME" for the others): each round getsockopt of each
  *              equals what it read right after setting
@@ -269,27 +272,51 @@ static socklen_t abstract(struct sockaddr_un *a, const char *name) {
 static struct sockaddr_un from;
 static socklen_t from_len;
 
+static int cred_mode;
+
 static void setup_dgramauto(int keep) {
     struct sockaddr_un a;
     socklen_t al = abstract(&a, "rx");
     sa_family_t fam = AF_UNIX;
+    int one = 1;
     sock = socket(AF_UNIX, SOCK_DGRAM, 0);
     int tx = socket(AF_UNIX, SOCK_DGRAM, 0);
-    if (bind(sock, (void *)&a, al) || bind(tx, (void *)&fam, sizeof fam)) _exit(1);  /* autobind */
+    if (bind(sock, (void *)&a, al)) _exit(1);
+    if (cred_mode) {  /* (autobound at its first send, as SO_PASSCRED makes it) */
+        if (setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) ||
+            setsockopt(tx, SOL_SOCKET, SO_PASSCRED, &one, sizeof one)) _exit(1);
+    } else if (bind(tx, (void *)&fam, sizeof fam)) _exit(1);  /* autobind */
+    if (cred_mode && (sendto(tx, "one", 3, 0, (void *)&a, al) != 3 || sendto(tx, "two", 3, 0, (void *)&a, al) != 3)) _exit(1);
     from_len = sizeof from;
     getsockname(tx, (void *)&from, &from_len);
-    if (sendto(tx, "one", 3, 0, (void *)&a, al) != 3 || sendto(tx, "two", 3, 0, (void *)&a, al) != 3) _exit(1);
+    if (!cred_mode && (sendto(tx, "one", 3, 0, (void *)&a, al) != 3 || sendto(tx, "two", 3, 0, (void *)&a, al) != 3)) _exit(1);
     if (!keep) close(tx);
 }
 
 static int dgramauto_check(void) {
-    struct sockaddr_un n;
-    socklen_t l = sizeof n;
-    char b[8] = {0};
-    memset(&n, 0, sizeof n);
-    ssize_t r = recvfrom(sock, b, sizeof b, MSG_PEEK | MSG_DONTWAIT, (void *)&n, &l);
-    if (r != 3 || memcmp(b, "one", 3)) { FAIL("datagram: %zd '%s'", r, b); return 1; }
-    if (l != from_len || memcmp(&n, &from, l)) { FAIL("datagram from %d bytes, want the autobound %d", l, from_len); return 1; }
+    const char *want[] = {"one", "two"};
+    int peek = 0;
+    setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &peek, sizeof peek);
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_un n;
+        char b[8] = {0}, cbuf[CMSG_SPACE(sizeof(struct ucred))];
+        struct iovec iov = {b, sizeof b};
+        struct msghdr m = {.msg_name = &n, .msg_namelen = sizeof n, .msg_iov = &iov, .msg_iovlen = 1,
+                           .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+        memset(&n, 0, sizeof n);
+        ssize_t r = recvmsg(sock, &m, MSG_PEEK | MSG_DONTWAIT);
+        if (r != 3 || memcmp(b, want[i], 3)) { FAIL("datagram %d: %zd '%s'", i, r, b); return 1; }
+        if (m.msg_namelen != from_len || memcmp(&n, &from, from_len)) { FAIL("datagram %d from %d bytes, want the autobound %d", i, m.msg_namelen, from_len); return 1; }
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        if (cred_mode) {
+            struct ucred u;
+            if (!c || c->cmsg_type != SCM_CREDENTIALS) { FAIL("datagram %d: no credentials", i); return 1; }
+            memcpy(&u, CMSG_DATA(c), sizeof u);
+            if (u.pid != getpid() || u.uid != getuid() || u.gid != getgid()) { FAIL("datagram %d from pid %d", i, u.pid); return 1; }
+        }
+    }
+    peek = -1;
+    setsockopt(sock, SOL_SOCKET, SO_PEEK_OFF, &peek, sizeof peek);
     return 0;
 }
 
@@ -305,6 +332,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "ao")) setup_ao();
     else if (!strcmp(mode, "dgramauto")) { setup_dgramauto(0); check = dgramauto_check; }
     else if (!strcmp(mode, "dgramautoheld")) { setup_dgramauto(1); check = dgramauto_check; }
+    else if (!strcmp(mode, "dgramautocred")) { cred_mode = 1; setup_dgramauto(0); check = dgramauto_check; }
     else if (!strcmp(mode, "packetopts")) { setup_packetopts(); check = check_opts; }
     else if (!strcmp(mode, "packetmr")) setup_packetmr(0);
     else if (!strcmp(mode, "packetring")) setup_packetmr(1);

@@ -293,7 +293,6 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any]
     ``senders``: sent again from that name at restart (:func:`_refill`), which only a
     sender closed since leaves free (one still open, in the checkpoint or not, holds it:
     refused, as a named sender)."""
-    special = -1  # the first message with fds or credentials (sent later at restart)
     out: list[bytes] = []
     size = 1 << 24 if typ == socket.SOCK_STREAM else 1 << 20
     old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
@@ -314,22 +313,17 @@ def _peek_queue(s: socket.socket, pid: int, fd: int, typ: int, d: dict[str, Any]
                                   resource=f"fd {fd}")  # fmt: skip
             if typ == socket.SOCK_DGRAM and _autobound_sender(sender, d):
                 name = _raw_name(sender)
-                if special >= 0 or any(t["name"] == name for t in table.values()):
-                    why = "that sender still holds it" if special < 0 else \
-                        "it comes after a message carrying fds or credentials"  # fmt: skip
+                if any(t["name"] == name for t in table.values()):
                     raise Unsupported(f"fd {fd}: unix socket {_show_name(d.get('name'))}"
                                       f" holds a datagram from the autobound"
                                       f" {_show_name(name)}, whose address the restart"
-                                      f" could not give it again ({why})", pid=pid,
-                                      resource=f"fd {fd}")  # fmt: skip
+                                      " could not give it again (that sender still holds"
+                                      " it)", pid=pid, resource=f"fd {fd}")  # fmt: skip
                 d.setdefault("senders", []).append([len(out), name])
             if passcred:  # the program sees who sent each message: kept with it
                 cred = _credentials(anc)
                 if cred is not None and cred[0]:
                     d.setdefault("creds", []).append([len(out), *cred])
-                    special = len(out) if special < 0 else special
-            if special < 0 and any(a[1] == socket.SCM_RIGHTS for a in anc):
-                special = len(out)
             _fds_in_flight(anc, pid, fd, d, len(out), describe_fd)
             if not data and (typ == socket.SOCK_STREAM or s.getsockopt(
                     socket.SOL_SOCKET, SO_PEEK_OFF) == sum(map(len, out))):  # fmt: skip
@@ -791,32 +785,30 @@ def _bind_path(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> 
 def _refill(s: socket.socket, d: dict[str, Any]) -> None:
     """Datagrams waiting in a bound socket, sent again to it: from an unnamed socket, or
     one from an autobound sender closed since (``senders``) from a socket bound to that
-    name for the moment (none of those comes after a message with fds or credentials:
-    the checkpoint refuses it)."""
+    name for the moment (kept, as a copy, until its deferred messages are sent)."""
     if not d.get("queue"):
         return
     senders = {int(i): bytes(n) for i, n in d.get("senders", ())}
-    upto = max(senders) + 1 if senders else 0
     to = s.getsockname()
+    named: dict[bytes, socket.socket] = {}
+
+    def sender_of(i: int) -> socket.socket | None:
+        name = senders.get(i)
+        if name is None:
+            return None
+        if name not in named:
+            named[name] = u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            u.bind(name)
+            u.connect(to)
+        return named[name]
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
         tx.connect(to)
-        named: dict[bytes, socket.socket] = {}
         try:
-            for i, data in enumerate(d["queue"][:upto]):
-                name = senders.get(i)
-                if name is not None and name not in named:
-                    named[name] = u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                    u.bind(name)
-                    u.connect(to)
-                _send(named[name] if name is not None else tx, socket.SOCK_DGRAM, data)
+            _queue_to(tx, socket.SOCK_DGRAM, d, sender_of if senders else None)
         finally:
             for u in named.values():
                 u.close()
-        if upto:
-            d = {**d, "queue": d["queue"][upto:],
-                 "in_flight": [[i - upto, x] for i, x in d.get("in_flight", [])],
-                 "creds": [[c[0] - upto, *c[1:]] for c in d.get("creds", [])]}  # fmt: skip
-        _queue_to(tx, socket.SOCK_DGRAM, d)
 
 
 def open_socket(d: dict[str, Any], unix: dict[int, dict[str, Any]], made: dict[int, int],
@@ -1081,25 +1073,31 @@ def _pair_connected(d: dict[str, Any], peer: dict[str, Any] | None,
 # open (finish_queues) and, from the first with credentials on, once every process
 # exists (send_credentialed): (our copy of the sending socket, its type,
 # [(data, desc ids, credentials or None)])
-Deferred = list[tuple[bytes, list[int], "list[int] | None"]]
+Deferred = list[tuple[bytes, list[int], "list[int] | None", "socket.socket | None"]]
 _deferred: list[tuple[socket.socket, int, Deferred]] = []
 
 
-def _queue_to(sender: socket.socket, typ: int, d: dict[str, Any]) -> None:
-    """``d``'s receive queue, sent from ``sender``: now up to the first message that
-    carries file descriptors or credentials, the rest by :func:`finish_queues`."""
+def _queue_to(sender: socket.socket, typ: int, d: dict[str, Any],
+              sender_of: Callable[[int], socket.socket | None] | None = None) -> None:
+    """``d``'s receive queue, sent from ``sender`` (or the socket ``sender_of`` gives for
+    a message): now up to the first message that carries file descriptors or
+    credentials, the rest by :func:`finish_queues`."""
     fds: dict[int, list[int]] = {}
     for index, desc in d.get("in_flight", []):
         fds.setdefault(index, []).append(desc)
     creds = {c[0]: list(c[1:]) for c in d.get("creds", [])}
     msgs = d["queue"]
     first = min([*fds, *creds, len(msgs)])
-    for data in msgs[:first]:
-        _send(sender, typ, data)
+    for i, data in enumerate(msgs[:first]):
+        _send((sender_of(i) if sender_of is not None else None) or sender, typ, data)
     if first < len(msgs):
         mine = socket.socket(fileno=os.dup(sender.fileno()))
-        _deferred.append((mine, typ, [(m, fds.get(i, []), creds.get(i))
-                                      for i, m in enumerate(msgs) if i >= first]))  # fmt: skip
+        later: Deferred = []
+        for i, m in enumerate(msgs[first:], first):
+            own = sender_of(i) if sender_of is not None else None
+            later.append((m, fds.get(i, []), creds.get(i),
+                          socket.socket(fileno=os.dup(own.fileno())) if own else None))
+        _deferred.append((mine, typ, later))
 
 
 def _fd_of(rs: Any, index: int) -> int:
@@ -1116,7 +1114,7 @@ def _send_deferred(rs: Any, upto_creds: bool) -> None:
     those before the first with credentials."""
     for k, (sock, typ, msgs) in enumerate(_deferred):
         sent = 0
-        for data, ids, cred in msgs:
+        for data, ids, cred, own in msgs:
             if cred is not None and upto_creds:
                 break
             anc = []
@@ -1127,14 +1125,19 @@ def _send_deferred(rs: Any, upto_creds: bool) -> None:
                 pid = rs.pid_map.get(cred[0], cred[0])
                 anc.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
                             struct.pack("iII", pid, cred[1], cred[2])))  # fmt: skip
-            sock.sendmsg([data], anc)  # (blocking: a stream's bytes all go)
+            (own or sock).sendmsg([data], anc)  # (blocking: a stream's bytes all go)
+            if own is not None:  # (a copy of the socket of an autobound sender's name)
+                own.close()
             sent += 1
         _deferred[k] = (sock, typ, msgs[sent:])
 
 
 def _close_deferred() -> None:
-    for sock, _typ, _msgs in _deferred:
+    for sock, _typ, msgs in _deferred:
         sock.close()
+        for *_m, own in msgs:
+            if own is not None:
+                own.close()
     _deferred.clear()
     for s, _l, _o, _r in _last_opts:
         s.close()
