@@ -203,3 +203,30 @@ def test_socket_state_no_option_gives_back_refused(procs: Procs, exe: str, tmp_p
     MSG_OOB gave EINVAL).  Now refused, exit 9 naming it, the process untouched."""
     v = _spawn(procs, exe, tmp_path, mode)
     refused_untouched(v, tmp_path / "img", needle)
+
+
+def test_a_translated_copy_of_another_size_is_refused(procs: Procs, exe: str,
+                                                      tmp_path: Path) -> None:
+    """Through --translate the file is the user's copy (another inode, the copy's
+    mtime): restarted when it has the size the file had, refused (exit 12) when not."""
+    v = _spawn(procs, exe, tmp_path, "file")
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "data").write_bytes((tmp_path / "data").read_bytes() + b"more")
+    r = run_cryo("restart", "-D", str(img), "--detach", "--translate",
+                 f"{tmp_path / 'data'}={moved / 'data'}")
+    if r.returncode == 0:
+        procs.track(int(r.stdout))
+    assert r.returncode == ExitCode.FILE_CHANGED, (r.returncode, r.stderr)
+    assert "translated, only its size can tell" in r.stderr, r.stderr
+    (moved / "data").write_bytes((tmp_path / "data").read_bytes())
+    r = run_cryo("restart", "-D", str(img), "--detach", "--translate",
+                 f"{tmp_path / 'data'}={moved / 'data'}")
+    assert r.returncode == 0, r.stderr
+    w = Victim(procs.track(int(r.stdout)), v.out)
+    w.wait_ok_after(max(v.oks()) + 2)
+    assert not w.fails()

@@ -180,9 +180,10 @@ def _same_file(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -
     not translated), it must be the same inode, and where a file
     handle was saved the same handle (an inode number the filesystem gave again to a
     new file has another generation); it may have been written since (a log another
-    run appended to is still the program's file).  Elsewhere (another machine, a copy
-    through --translate) no number is stable: it must have the size and mtime it had
-    (CRIU's rule for regular files: criu/files-reg.c compares the size and mode).  A
+    run appended to is still the program's file).  Elsewhere (another machine) no
+    number is stable: it must have the size and mtime it had (CRIU's rule for regular
+    files: criu/files-reg.c compares the size and mode); a copy the user named with
+    --translate, the size it had (its mtime is the copy's).  A
     file of a filesystem without file handles (/proc, /sys: their inode numbers and
     mtimes are made at each lookup) is reopened by its name as before."""
     if "handle" not in d or changed.ignored(options):
@@ -196,7 +197,11 @@ def _same_file(d: dict[str, Any], fd: int, path: str, options: dict[str, Any]) -
         elif "handle" in d and (handle := fdcalls.name_to_handle_at(
                 fd, "", fdcalls.AT_EMPTY_PATH)) is not None and handle != d["handle"]:
             why = "another file now (its inode number given again to a new file)"
-    elif (st.st_size, st.st_mtime_ns) != (d["size"], d["mtime_ns"]):
+    elif path != d["path"] and st.st_size != d["size"]:  # (a copy the user put there
+        # and named with --translate: its mtime is the copy's, unless cp -p made it)
+        why = f"not the file of the checkpoint (its size was {d['size']}, it is" \
+            f" {st.st_size} now; translated, only its size can tell)"  # fmt: skip
+    elif path == d["path"] and (st.st_size, st.st_mtime_ns) != (d["size"], d["mtime_ns"]):
         how = changed_how((d["size"], d["mtime_ns"]), st)
         why = f"not the file of the checkpoint ({how}; on another filesystem only its size" \
             " and mtime can tell)"  # fmt: skip
