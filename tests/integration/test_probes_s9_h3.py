@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cryo.engine.dump import checkpoint
 from cryo.errors import ExitCode
 from tests.conftest import Procs, Victim, run_cryo
 from tests.integration.test_procstate import build_threaded, cycle
@@ -45,6 +46,8 @@ STATE = {
     "timeroneshot": "a one-shot POSIX timer's signal pending (blocked): taken once after go,"
                     " SI_TIMER with its id and no overrun, no other",
     "dirpos": "directories (ext4 and tmpfs) read half way with getdents64: the rest, once",
+    "secbits": "SECBIT_EXEC_RESTRICT_FILE and SECBIT_EXEC_DENY_INTERACTIVE (Linux 6.14) in"
+               " one thread only",
 }
 # after the restart, go: the line a mode writes once its last step is right
 LAST_STEP = {"timeroneshot": "oneshot taken", "dirpos": "dirdone"}
@@ -125,3 +128,22 @@ def test_process_sharing_its_memory_with_its_parent_outside_refused(
     assert not img.exists()
     v.wait_ok_after(max(v.oks()) + 3)
     assert not v.fails()
+
+
+def test_a_program_that_single_steps_itself_gets_no_trap_from_a_checkpoint(
+    procs: Procs, exe: str, tmp_path: Path
+) -> None:
+    """A thread that single-steps itself (EFLAGS.TF, a SIGTRAP handler counting) through
+    stretches of 200 nops, checkpointed six times while it runs: each checkpoint gave it
+    one trap more than its instructions (the calls cryo injects ran with its trap flag
+    set), exit 0.  Now none more.  (A trap lost now and then, one stretch counting one
+    less, is known and not fixed: docs/state-coverage.md.)"""
+    v = _spawn(procs, exe, tmp_path, "selfstep")
+    for i in range(6):
+        checkpoint(v.pid, str(tmp_path / f"img{i}"))
+        n = max(v.oks()) + 2
+        v.wait_for(lambda _, n=n: max(v.oks()) > n)  # (a lost trap's FAIL line allowed)
+    more = [x for x in v.fails() if x.startswith("FAIL a stretch gave")
+            and int(x.split()[4]) > int(x.split()[-1])]  # fmt: skip
+    assert not more, more
+    assert all(x.startswith("FAIL a stretch gave") for x in v.fails()), v.fails()

@@ -32,6 +32,11 @@
  *   norandmap   ADDR_NO_RANDOMIZE (the program execs itself again with it, as setarch -R
  *               does): the address a new mmap(NULL) gets each round, the same as the
  *               first round's
+ *   secbits     SECBIT_EXEC_RESTRICT_FILE and SECBIT_EXEC_DENY_INTERACTIVE (Linux 6.14) in
+ *               the main thread only: PR_GET_SECUREBITS 0x500 there, 0 in the other
+ *   selfstep    the second thread single-steps itself (EFLAGS.TF set with popf, a SIGTRAP
+ *               handler counting) through stretches of 200 nops, without end: each
+ *               stretch gives the first one's count of traps
  *   cputime     the process's CPU clock (CLOCK_PROCESS_CPUTIME_ID) and each thread's own:
  *               never smaller than the last value read ("cputime back" otherwise;
  *               they start again from 0 after a restart: docs/design.md, a known limit)
@@ -339,6 +344,33 @@ static int map_check(void) {
     return 0;
 }
 
+/* --- selfstep --------------------------------------------------------------------- */
+static volatile long traps;
+static volatile long step_bad, stretches;
+
+static void on_trap(int sig) { (void)sig; traps++; }
+
+static long stretch(void) {
+    long before = traps;
+    __asm__ volatile("pushfq\n\torq $0x100, (%%rsp)\n\tpopfq\n\t"
+                     ".rept 200\n\tnop\n\t.endr\n\t"
+                     "pushfq\n\tandq $~0x100, (%%rsp)\n\tpopfq" ::: "memory", "cc");
+    return traps - before;
+}
+
+static void stepper(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_trap;
+    sigaction(SIGTRAP, &sa, NULL);
+    long first = stretch();
+    for (;;) {
+        long n = stretch();
+        if (n != first) step_bad = n * 1000 + first;
+        stretches++;
+    }
+}
+
 static int check(int which, long round) {
     (void)round;
     if (is("thpadvised")) {
@@ -358,6 +390,15 @@ static int check(int which, long round) {
         return slice_check(which ? 7000000 : 2000000);
     } else if (is("timeroneshot") && which == 0) {
         return oneshot_check();
+    } else if (is("selfstep")) {
+        static long last = -1;
+        if (which) return 0;
+        if (step_bad) { FAIL("a stretch gave %ld traps, the first %ld", step_bad / 1000, step_bad % 1000); step_bad = 0; return 1; }
+        if (stretches == last) { FAIL("no stretch since the last round"); return 1; }
+        last = stretches;
+    } else if (is("secbits")) {
+        int v = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0), want = which ? 0 : 0x500;
+        if (v != want) { FAIL("securebits %#x, want %#x", v, want); return 1; }
     } else if (is("norandmap")) {
         return which ? 0 : map_check();
     } else if (is("dirpos")) {
@@ -384,6 +425,7 @@ static void *thread_main(void *arg) {
     }
     if (is("slice") && slice_set(7000000)) FAIL("sched_setattr %d", errno);
     thread_ready = 1;
+    if (is("selfstep")) stepper();  /* (never returns; the main thread checks it) */
     for (long r = 1;; r++) {
         pthread_mutex_lock(&mu);
         while (want_round < r) pthread_cond_wait(&cv, &mu);
@@ -482,13 +524,14 @@ int main(int argc, char **argv) {
         if (timer_settime(tid_timer, 0, &its, NULL)) FAIL("timer_settime %d", errno);
         nap(100);
     }
+    if (is("secbits") && prctl(PR_SET_SECUREBITS, 0x500, 0, 0, 0)) report("skip secbits: errno %d", errno);
     report("ready %d", getpid());
     for (long round = 0;; round++) {
         int bad = check(0, round);
         pthread_mutex_lock(&mu);
         want_round = round + 1;
         pthread_cond_broadcast(&cv);
-        while (thread_checks != want_round) pthread_cond_wait(&cv, &mu);
+        while (!is("selfstep") && thread_checks != want_round) pthread_cond_wait(&cv, &mu);
         bad |= thread_bad;
         pthread_mutex_unlock(&mu);
         if (!bad) report("ok %ld", round);

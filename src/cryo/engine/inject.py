@@ -114,6 +114,9 @@ def _name(nr: int) -> str:
     return SYS(nr).name if nr in SYS._value2member_map_ else str(nr)
 
 
+X86_EFLAGS_TF = 0x100  # the trap flag: a program that single-steps itself sets it
+
+
 def syscall_error(nr: int, ret: int, tid: int, what: str = "") -> SyscallError:
     return SyscallError(-ret, f"{os.strerror(-ret)} [{_name(nr)} in pid {tid}{what}]")
 
@@ -326,6 +329,7 @@ class Injector:
                 self._routine = None
             return got
         regs = S.user_regs_struct.from_buffer_copy(self.saved)
+        regs.eflags &= ~X86_EFLAGS_TF  # (the program's own single-stepping: not ours)
         a = [*args, 0, 0, 0, 0, 0, 0]
         regs.rax = nr
         regs.orig_rax = NO_SYSCALL
@@ -488,6 +492,7 @@ class Injector:
         self.write(region + _RESUME, bytes(table))
         regs = S.user_regs_struct.from_buffer_copy(self.saved)
         regs.rip = region
+        regs.eflags &= ~X86_EFLAGS_TF
         regs.orig_rax = NO_SYSCALL
         if mask is not None:
             self.t.set_kernel_sigmask(mask & ~(1 << (sig - 1)))
