@@ -316,11 +316,12 @@ def _itimer_value(which: int, val: bytes) -> bytes:
 
 def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     """In one batch: the interval timers, then each POSIX timer made again with its id
-    (PR_TIMER_CREATE_RESTORE_IDS, turned off again whatever happens) and armed."""
+    (PR_TIMER_CREATE_RESTORE_IDS, turned off again whatever happens) and armed; held for
+    the process's next stop (the credentials'), the ids checked once they ran."""
     inj = ctx.inj
     ids: list[tuple[int, int]] = []  # (wanted id, index of its timer_create)
     try:
-        with inj.batch() as b:
+        with inj.hold(room=128 + 128 * len(rec["posix"])) as b:
             for which, val in enumerate(rec["itimers"]):
                 if any(val):
                     b.call(SYS.setitimer, which, b.put(_itimer_value(which, val)), 0)
@@ -355,8 +356,12 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             inj.raw(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF,
                     0, 0, 0)  # fmt: skip
         raise
+    inj.after(lambda: _ids_made(ctx, b, ids))
+
+
+def _ids_made(ctx: RestoreContext, b: Batch, ids: list[tuple[int, int]]) -> None:
     for want, id_addr in ids:
-        got = int.from_bytes(inj.read(id_addr, 4), "little")
+        got = int.from_bytes(b.read(id_addr, 4), "little")
         if got != want:
             ctx.warnings.append(f"POSIX timer {want} came back as {got}")
 
