@@ -117,3 +117,53 @@ def test_a_fast_periodic_timer_whose_signal_comes_during_the_freeze(
     w = Victim(procs.track(int(r.stdout)), out)
     w.wait_ok_after(max(w.oks()) + 3)
     assert not w.fails()
+
+
+MANY_FDS = r"""
+import os, resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(1200)]
+pipes = [os.pipe() for _ in range(100)]
+for r, w in pipes:
+    os.write(w, b"x" * 10)
+with open(sys.argv[1], "w") as f:
+    f.write("ready\n")
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+bad = sum(os.read(r, 100) != b"x" * 10 for r, w in pipes)
+alive = sum(os.path.exists(f"/proc/self/fd/{fd}") for fd in fds)
+with open(sys.argv[1], "a") as f:
+    f.write(f"checked {bad} {alive} {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}\n")
+time.sleep(600)
+"""
+
+
+def test_many_fds_and_the_usual_soft_limit(procs: Procs, tmp_path: Path) -> None:
+    """1,400 fds (1,200 descriptions of /dev/null, each its own, and 100 pipes holding
+    data), restarted by a cryo whose soft RLIMIT_NOFILE is the usual 1,024: cryo opens
+    every description above the image's highest fd, so it needs twice as many; the
+    restart failed, "Too many open files", and finding which fds share a description
+    compared every new fd with every one before it (kcmp: 8,000 such fds held the
+    target frozen past the watchdog's minute).  Now cryo raises its soft limit as far
+    as its hard one allows, or says what it would need."""
+    import resource
+    import sys
+
+    (tmp_path / "v.py").write_text(MANY_FDS)
+    out, go = tmp_path / "out", tmp_path / "go"
+    v = procs.spawn([sys.executable, str(tmp_path / "v.py"), str(out), str(go)], out)
+    v.wait_line("ready")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+    def usual() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                 preexec_fn=usual)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", preexec_fn=usual)
+    assert r.returncode == 0, r.stderr
+    w = Victim(procs.track(int(r.stdout)), out)
+    go.touch()
+    assert w.wait_line("checked", timeout=20) == "checked 0 1200 4096"

@@ -211,6 +211,13 @@ def kcmp_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
     return syscall(_SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0
 
 
+def kcmp_order(pid1: int, fd1: int, pid2: int, fd2: int) -> int:
+    """0 when the two fds refer to the same open file description; else 1 or 2 as the
+    first's sorts before or after the second's (a total order of the kernel's objects,
+    stable while they live: what a sorted search of descriptions needs)."""
+    return int(syscall(_SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2))
+
+
 def kcmp_same(kind: int, pid1: int, pid2: int) -> bool:
     """True when two processes share one kernel object (KCMP_FILES: fd table, KCMP_FS)."""
     return syscall(_SYS_kcmp, pid1, pid2, kind, 0, 0) == 0
