@@ -147,3 +147,18 @@ def test_a_program_that_single_steps_itself_gets_no_trap_from_a_checkpoint(
             and int(x.split()[4]) > int(x.split()[-1])]  # fmt: skip
     assert not more, more
     assert all(x.startswith("FAIL a stretch gave") for x in v.fails()), v.fails()
+
+
+def test_absolute_sleep_on_a_cpu_clock_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A thread in clock_nanosleep(CLOCK_PROCESS_CPUTIME_ID, TIMER_ABSTIME): the process's
+    CPU clocks start again from 0 at a restart, so the sleep run again with its deadline
+    would last the CPU time used before the checkpoint too (restored so, exit 0).  Now
+    exit 9 naming it, no image, the thread still asleep."""
+    v = _spawn(procs, exe, tmp_path, "cpusleep")
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "CPU-time clock" in r.stderr and "TIMER_ABSTIME" in r.stderr, r.stderr
+    assert not img.exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()

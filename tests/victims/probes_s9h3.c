@@ -37,6 +37,9 @@
  *   selfstep    the second thread single-steps itself (EFLAGS.TF set with popf, a SIGTRAP
  *               handler counting) through stretches of 200 nops, without end: each
  *               stretch gives the first one's count of traps
+ *   cpusleep    the second thread sleeps in clock_nanosleep(CLOCK_PROCESS_CPUTIME_ID,
+ *               TIMER_ABSTIME) until the process's CPU clock is 1000 s further; the
+ *               main thread checks that it still sleeps ("cpusleep woke" otherwise)
  *   cputime     the process's CPU clock (CLOCK_PROCESS_CPUTIME_ID) and each thread's own:
  *               never smaller than the last value read ("cputime back" otherwise;
  *               they start again from 0 after a restart: docs/design.md, a known limit)
@@ -424,6 +427,15 @@ static void *thread_main(void *arg) {
         if (f >= 0) close(f);
     }
     if (is("slice") && slice_set(7000000)) FAIL("sched_setattr %d", errno);
+    if (is("cpusleep")) {
+        thread_ready = 1;
+        struct timespec dl;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &dl);
+        dl.tv_sec += 1000;
+        int r = clock_nanosleep(CLOCK_PROCESS_CPUTIME_ID, TIMER_ABSTIME, &dl, NULL);
+        FAIL("cpusleep woke: %d", r);
+        for (;;) pause();
+    }
     thread_ready = 1;
     if (is("selfstep")) stepper();  /* (never returns; the main thread checks it) */
     for (long r = 1;; r++) {
@@ -531,7 +543,8 @@ int main(int argc, char **argv) {
         pthread_mutex_lock(&mu);
         want_round = round + 1;
         pthread_cond_broadcast(&cv);
-        while (!is("selfstep") && thread_checks != want_round) pthread_cond_wait(&cv, &mu);
+        while (!is("selfstep") && !is("cpusleep") && thread_checks != want_round)
+            pthread_cond_wait(&cv, &mu);
         bad |= thread_bad;
         pthread_mutex_unlock(&mu);
         if (!bad) report("ok %ld", round);

@@ -131,6 +131,7 @@ def check_pending(ctx: DumpContext) -> None:
     next to it and the periods before the checkpoint were lost (found by probing: two
     signals pending at once, si_overrun 0 then the periods since the restart, exit 0). A
     one-shot timer's pending signal, which carries no count, is restored as before."""
+    _check_cpu_sleeps(ctx)
     rec, sigs = ctx.records.get(KIND), ctx.records.get(R.SIGS)
     if not rec or sigs is None:
         return
@@ -154,6 +155,22 @@ def check_pending(ctx: DumpContext) -> None:
                 " periods it counted since (its si_overrun) is not shown, and a timer"
                 " whose signal is pending cannot be made again", pid=ctx.pid,
                 resource="timer")  # fmt: skip
+
+
+def _check_cpu_sleeps(ctx: DumpContext) -> None:
+    """A thread in clock_nanosleep on a CPU-time clock with TIMER_ABSTIME is refused:
+    the process's CPU clocks start again from 0 at the restart (docs/design.md), so the
+    sleep, run again with its deadline, would last the CPU time used before the
+    checkpoint too (a relative one keeps its time left through ``rem``, or runs again
+    whole)."""
+    for t in ctx.thread_records:
+        regs = S.user_regs_struct.from_buffer_copy(t["regs"])
+        clock = ctypes.c_int32(regs.rdi & 0xFFFFFFFF).value
+        if regs.orig_rax == SYS.clock_nanosleep and clock < 0 and regs.rsi & TIMER_ABSTIME:
+            raise Unsupported(f"thread {t['tid']} sleeps until a CPU-time clock ({clock})"
+                              " reaches a deadline (clock_nanosleep, TIMER_ABSTIME): the"
+                              " CPU clocks start again from 0 at a restart", pid=ctx.pid,
+                              resource="timer")  # fmt: skip
 
 
 def _waited_for(ctx: DumpContext) -> int:
