@@ -94,6 +94,12 @@ class Worker:
                 gc.unfreeze()
         if pid == 0:  # pragma: no cover (the child; its coverage is the tests' own)
             ours.close()
+            # numpy, if the child is the first to import it (cow.split, the store's page
+            # maps): OpenBLAS would start a thread per CPU, spinning for work that never
+            # comes, on the CPUs the checkpoint needs (h5, session 9: a third of a
+            # 1,000-connection checkpoint's samples).  The child runs no program of
+            # anyone's, so its environment is its own.
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
             code = 0
             try:
                 code = _serve(target, Connection(theirs), parent,
