@@ -230,3 +230,17 @@ def test_a_translated_copy_of_another_size_is_refused(procs: Procs, exe: str,
     w = Victim(procs.track(int(r.stdout)), v.out)
     w.wait_ok_after(max(v.oks()) + 2)
     assert not w.fails()
+
+
+def test_tcp_urgent_data_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
+    """A TCP connection holding an urgent byte not yet read (MSG_OOB), checkpointed with
+    --tcp-established: TCP_REPAIR put its queue back without it (recv MSG_OOB: EINVAL),
+    exit 0.  Now refused, exit 9 naming it, the process untouched."""
+    v = _spawn(procs, exe, tmp_path, "tcpoob")
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill", "--tcp-established")
+    assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
+    assert "holds an urgent byte (MSG_OOB)" in r.stderr, r.stderr
+    assert not img.exists()
+    v.wait_ok_after(max(v.oks()) + 2)
+    assert not v.fails()

@@ -23,6 +23,8 @@
  *              each round getsockopt of each equals what it read right after setting
  *   seqrights  a unix seqpacket pair with two messages queued, the second carrying a
  *              pipe's read end (SCM_RIGHTS) holding "p": each round a peek of both
+ *   tcpoob     a loopback TCP connection of the process itself with "ab", an urgent byte
+ *              "X" (MSG_OOB) and "cd" sent: each round a peek of the urgent byte gives "X"
  *   unixoob    a unix stream pair with "ab", an urgent byte "X" (MSG_OOB) and "cd" queued:
  *              each round a peek of the urgent byte gives "X"
  *   tmpexcl    a file made with O_TMPFILE | O_EXCL in argv[3] (never to be named) and one
@@ -255,6 +257,18 @@ static void setup_unixoob(void) {
         send(sp[0], "cd", 2, 0) != 2) { FAIL("unix oob %d", errno); _exit(1); }
 }
 
+static void setup_tcpoob(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof a;
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    sp[0] = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(ls, (void *)&a, sizeof a) || listen(ls, 1) || getsockname(ls, (void *)&a, &l) ||
+        connect(sp[0], (void *)&a, l) || (sp[1] = accept(ls, NULL, NULL)) < 0) { FAIL("tcp %d", errno); _exit(1); }
+    close(ls);
+    if (send(sp[0], "ab", 2, 0) != 2 || send(sp[0], "X", 1, MSG_OOB) != 1 || send(sp[0], "cd", 2, 0) != 2) _exit(1);
+    nap(50);
+}
+
 static int unixoob_check(void) {
     char c = 0;
     ssize_t r = recv(sp[1], &c, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT);
@@ -338,6 +352,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "packetring")) setup_packetmr(1);
     else if (!strcmp(mode, "netlinkopts")) { setup_netlinkopts(); check = check_opts; }
     else if (!strcmp(mode, "seqrights")) { setup_seqrights(); check = seqrights_check; }
+    else if (!strcmp(mode, "tcpoob")) { setup_tcpoob(); check = unixoob_check; }
     else if (!strcmp(mode, "unixoob")) { setup_unixoob(); check = unixoob_check; }
     else if (!strcmp(mode, "tmpexcl")) { setup_tmpexcl(); check = tmpexcl_check; }
     else _exit(2);

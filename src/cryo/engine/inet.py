@@ -666,6 +666,10 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
                 d["closed"] = True  # --tcp-close: restored closed
             else:
                 d["tcp"] = held.state
+                if _urgent(s):
+                    raise refuse(f"{_show(d['local'])} -> {_show(d['remote'])} holds an"
+                                 " urgent byte (MSG_OOB) not yet read, which TCP_REPAIR"
+                                 " cannot put back")
     if not tcp and family in (socket.AF_INET, socket.AF_INET6):
         # shutdown() of a datagram socket: poll shows SHUT_RD (POLLRDHUP) and both
         # (POLLHUP); SHUT_WR alone shows nowhere but in a send and in sock_diag (a UDP
@@ -737,6 +741,19 @@ def _refuse_packet(s: socket.socket, pid: int, refuse: Callable[[str], Unsupport
             if t in attrs]  # fmt: skip
     if what:
         raise refuse(f"has {' and '.join(what)}, which the restart would not make again")
+
+
+_OOB_PEEK = socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+def _urgent(s: socket.socket) -> bool:
+    """Whether a connection holds an urgent byte not yet read (send MSG_OOB): one peek
+    (it works in repair mode; EINVAL without one, or with SO_OOBINLINE, where the byte
+    is in the stream, saved as any), ~2 us a connection."""
+    try:
+        return bool(s.recv(1, _OOB_PEEK))
+    except OSError:
+        return False
 
 
 def _waiting(pid: int, local: list[Any], n: int, refuse: Callable[[str], Unsupported]
