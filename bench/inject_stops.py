@@ -4,19 +4,25 @@ The 17-process tree (a parent and 16 children, 8 MiB each: memory is not the poi
 here) and one process with 32 threads, checkpointed and restarted in this process (no
 worker, so that the counts are this process's), with injected calls in batches
 (Injector.batch) and, in the same run, one at a time (CRYO_NO_BATCH=1, every call its
-own stop as before); medians of 3 rounds.  Run as root:  python bench/inject_stops.py
+own stop as before); medians of 3 rounds.  ``--stages``: then, for one batched restart of
+the tree, the batches and stops of each restore stage and driver, the root apart from
+its children (where a restored process still stops).  Run as root:
+  python bench/inject_stops.py [--stages]
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchlib import build, kill_all
 from cryo.engine import inject, ptrace
@@ -80,8 +86,38 @@ def one(argv: list[str], work: Path, scope: str, batching: bool) -> dict[str, fl
         shutil.rmtree(img, ignore_errors=True)
 
 
+def by_stage() -> collections.Counter[tuple[str, str, str, str]]:
+    """Wrap the restart's stage walk (session.Restart._stages): what each (stage,
+    driver, root or child) costs, counted into the Counter returned."""
+    from cryo.engine import drivers as D
+    from cryo.engine import session
+
+    got: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+
+    def stages(ctx: Any, names: tuple[str, ...]) -> None:
+        for stage in names:
+            for d in D.DRIVERS:
+                for per_thread, table in ((False, d.restore), (True, d.restore_thread)):
+                    hook: Any = table.get(stage)
+                    if hook is None:
+                        continue
+                    c0 = counts()
+                    if per_thread:
+                        for trec in ctx.thread_records:
+                            hook(ctx, ctx.thread_injector(trec), trec)
+                    else:
+                        hook(ctx)
+                    who = "root" if ctx.proc.get("ppid") not in ctx.pid_map else "child"
+                    for k, v in delta(c0).items():
+                        got[(stage, d.name, who, k)] += v
+
+    session.Restart._stages = staticmethod(stages)  # type: ignore[method-assign,assignment]
+    return got
+
+
 def main() -> None:
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+    stages = "--stages" in sys.argv[1:]
     work = Path(tempfile.mkdtemp(prefix="cryo-inject-bench-"))
     try:
         fan = build("fanout", work)
@@ -99,6 +135,15 @@ def main() -> None:
                       f" {m['restart_single']:>6.0f} {m['restart_stops']:>6.0f}"
                       f" {m['restart_s']:>9.3f} {m['dump_stops']:>10.0f} {m['dump_s']:>7.3f}",
                       flush=True)  # fmt: skip
+        if stages:
+            cost = by_stage()
+            one(rows[0][1], work, "tree", True)
+            print(f"\n{'stage':<8} {'driver':<14} {'who':<5} {'batches':>7} {'single':>6}"
+                  f" {'stops':>6}")
+            for key in sorted({k[:3] for k in cost}):
+                b, n, st = (cost[(*key, k)] for k in ("batches", "single_calls", "stops"))
+                if b or n or st:
+                    print(f"{key[0]:<8} {key[1]:<14} {key[2]:<5} {b:>7} {n:>6} {st:>6}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
