@@ -111,6 +111,8 @@ def test_a_udp_socket_shut_for_writing(procs: Procs, exe: str, tmp_path: Path) -
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
+    r = run_cryo("show", str(tmp_path / "img"))
+    assert "SHUT_WR" in r.stdout, r.stdout
 
 
 def test_tcp_md5_keys_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
@@ -149,6 +151,8 @@ def test_datagrams_from_an_autobound_sender(procs: Procs, exe: str, tmp_path: Pa
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
+    r = run_cryo("show", str(tmp_path / "img"))
+    assert "message 1 from @" in r.stdout, r.stdout
 
 
 def test_datagrams_from_a_live_autobound_sender_refused(procs: Procs, exe: str,

@@ -1010,12 +1010,17 @@ def _stale(path: str, typ: int) -> bool:
 
 
 def show(d: dict[str, Any]) -> dict[str, Any]:
-    """What `cryo show` says of a unix socket's credentials."""
-    out = {}
+    """What `cryo show` says of a socket's credentials, of the autobound senders of a
+    unix socket's queued datagrams, and of a socket's shutdown."""
+    out: dict[str, Any] = {}
     for key in ("peercred", "connect_cred"):
         if d.get(key):
             pid, uid, gid, groups = d[key]
             out[key] = f"pid {pid} uid {uid} gid {gid} groups {groups}"
+    if d.get("senders"):
+        out["senders"] = [f"message {i} from {_show_name(bytes(n))}" for i, n in d["senders"]]
+    if d.get("shutdown") and d["kind"] in ("unix", "inet"):
+        out["shutdown"] = {1: "SHUT_RD", 2: "SHUT_WR", 3: "SHUT_RDWR"}.get(d["shutdown"])
     return out
 
 
