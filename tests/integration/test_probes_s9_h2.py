@@ -198,13 +198,16 @@ def test_socket_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str
     ("packetmr", "has memberships (PACKET_ADD_MEMBERSHIP"),
     ("packetring", "has a receive ring (PACKET_RX_RING)"),
     ("unixoob", "holds an urgent byte (MSG_OOB)"),
+    ("nldump", "holds replies to its own request not yet read"),
 ])  # fmt: skip
 def test_socket_state_no_option_gives_back_refused(procs: Procs, exe: str, tmp_path: Path,
                                                    mode: str, needle: str) -> None:
     """A packet socket in promiscuous mode (PACKET_ADD_MEMBERSHIP) or with a receive
-    ring, seen in packet_diag; a unix stream socket holding an urgent byte (MSG_OOB):
-    each came back without it, exit 0 (the ring, the membership, the byte lost: recv
-    MSG_OOB gave EINVAL).  Now refused, exit 9 naming it, the process untouched."""
+    ring, seen in packet_diag; a unix stream socket holding an urgent byte (MSG_OOB); a
+    netlink socket holding the replies of a dump it asked for: each came back without
+    it, exit 0 (the ring, the membership, the byte lost: recv MSG_OOB gave EINVAL; the
+    replies gone: a program waiting for them hangs).  Now refused, exit 9 naming it,
+    the process untouched."""
     v = _spawn(procs, exe, tmp_path, mode)
     refused_untouched(v, tmp_path / "img", needle)
 

@@ -21,6 +21,8 @@
  *   netlinkopts a route netlink socket bound (its port id) with NETLINK_* options set
  *              (PKTINFO, BROADCAST_ERROR, NO_ENOBUFS, CAP_ACK, EXT_ACK, GET_STRICT_CHK):
  *              each round getsockopt of each equals what it read right after setting
+ *   nldump     a route netlink socket that asked for a dump of the links (RTM_GETLINK)
+ *              and has not read the replies: each round a peek finds them waiting
  *   seqrights  a unix seqpacket pair with two messages queued, the second carrying a
  *              pipe's read end (SCM_RIGHTS) holding "p": each round a peek of both
  *   tcpoob     a loopback TCP connection of the process itself with "ab", an urgent byte
@@ -209,6 +211,28 @@ static void setup_netlinkopts(void) {
     seti(sock, SOL_NETLINK, NETLINK_GET_STRICT_CHK, "NETLINK_GET_STRICT_CHK", 1);
 }
 
+static void setup_nldump(void) {
+    struct sockaddr_nl a = {.nl_family = AF_NETLINK};
+    struct { struct nlmsghdr h; unsigned char g[16]; } req;
+    sock = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    if (sock < 0 || bind(sock, (void *)&a, sizeof a)) { FAIL("netlink %d", errno); _exit(1); }
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = 18;  /* RTM_GETLINK */
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.h.nlmsg_seq = 7;
+    req.g[0] = AF_UNSPEC;
+    if (send(sock, &req, sizeof req, 0) != sizeof req) { FAIL("netlink send %d", errno); _exit(1); }
+    nap(50);
+}
+
+static int nldump_check(void) {
+    char b[64];
+    ssize_t r = recv(sock, b, sizeof b, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
+    if (r <= 0) { FAIL("the dump's replies are gone: %zd errno %d", r, errno); return 1; }
+    return 0;
+}
+
 static int sp[2];
 
 static void setup_seqrights(void) {
@@ -351,6 +375,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "packetmr")) setup_packetmr(0);
     else if (!strcmp(mode, "packetring")) setup_packetmr(1);
     else if (!strcmp(mode, "netlinkopts")) { setup_netlinkopts(); check = check_opts; }
+    else if (!strcmp(mode, "nldump")) { setup_nldump(); check = nldump_check; }
     else if (!strcmp(mode, "seqrights")) { setup_seqrights(); check = seqrights_check; }
     else if (!strcmp(mode, "tcpoob")) { setup_tcpoob(); check = unixoob_check; }
     else if (!strcmp(mode, "unixoob")) { setup_unixoob(); check = unixoob_check; }

@@ -684,6 +684,7 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
     if family == socket.AF_PACKET:
         _refuse_packet(s, pid, refuse)
     if family == socket.AF_NETLINK:
+        _refuse_replies(s, refuse)
         with contextlib.suppress(OSError):
             raw = s.getsockopt(N.SOL.NETLINK, 9, 128)  # NETLINK_LIST_MEMBERSHIPS
             groups = [g + 1 for i in range(0, len(raw), 4)
@@ -744,6 +745,23 @@ def _refuse_packet(s: socket.socket, pid: int, refuse: Callable[[str], Unsupport
 
 
 _OOB_PEEK = socket.MSG_OOB | socket.MSG_PEEK | socket.MSG_DONTWAIT
+_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
+
+
+def _refuse_replies(s: socket.socket, refuse: Callable[[str], Unsupported]) -> None:
+    """A netlink socket whose first queued message is addressed to it (nlmsg_pid its own
+    port id: the kernel's reply to its request, a dump's next part): queued datagrams
+    are not saved, and a program waiting for a reply that never comes hangs (found by
+    probing: a dump asked and not read yet came back empty, exit 0).  Refused, exit 9;
+    notifications (to a multicast group) are lost as other datagrams are."""
+    try:
+        head = s.recv(_NLMSG.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        own = s.getsockname()[0]
+    except OSError:
+        return
+    if len(head) == _NLMSG.size and own and _NLMSG.unpack(head)[4] == own:
+        raise refuse(f"(port id {own}) holds replies to its own request not yet read (a"
+                     " dump, an answer), which the restart could not queue again")
 
 
 def _urgent(s: socket.socket) -> bool:
