@@ -44,12 +44,12 @@ MODES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a CLD_CONTINUED report not yet collected at the"
-                   " checkpoint is lost: the restored child was never stopped, so its"
-                   " signal->flags hold no SIGNAL_STOP_CONTINUED (design.md, job control)")
 def test_continued_report_kept(procs: Procs, exe: str, tmp_path: Path) -> None:
     """A child stopped and continued by its parent, which took the stop's report but not
-    the continue's: after the restart waitid(WCONTINUED | WNOWAIT) still finds it."""
+    the continue's: after the restart waitid(WCONTINUED | WNOWAIT) still finds it, and
+    the child runs.  Before: the report was lost (the restored child was never stopped:
+    nothing held SIGNAL_STOP_CONTINUED); now the restart stops and continues it before
+    its last stage, its parent held (engine/jobctl.py continue_now)."""
     test_stops_of_children_reported_as_before(procs, exe, tmp_path, "continued")
 
 

@@ -169,6 +169,7 @@ static int continued_check(void) {
     int bad = 0;
     if (report_of(kid) != (CLD_CONTINUED << 8 | SIGCONT)) { FAIL("continued: the report is %#x", report_of(kid)); bad = 1; }
     if (stops != 1 || others != 1) { FAIL("continued: CLD_STOPPED %d, others %d", (int)stops, (int)others); bad = 1; }
+    if (state_of(kid) == 'T') { FAIL("continued: the child is stopped"); bad = 1; }
     return bad;
 }
 

@@ -23,6 +23,15 @@ pending once: the same), and a report the parent had taken is taken again (waiti
 WSTOPPED | WNOHANG).  Before (found by probing, session 8): the child stopped once let
 go, after its parent, whose SIGCHLD handler ran a second time for the one stop and
 whose waitid(WSTOPPED) reported it again.
+
+A continue tells the parent the same two ways (SIGCHLD, CLD_CONTINUED, and a report for
+waitid(WCONTINUED): the child's SIGNAL_STOP_CONTINUED, which only a SIGCONT after a
+stop sets).  Dump: for the parent's other children, waitid(WCONTINUED | WNOHANG |
+WNOWAIT) finds those whose report no wait took yet (TASK ``continued_pending``).
+Restart (:func:`continued_first`, :func:`continue_now`): each such child (one thread)
+is stopped and continued under ptrace before its last stage, the parent held, which
+the SIGCHLD is taken back from.  Before (found by probing, session 9): the report was
+lost.
 """
 
 from __future__ import annotations
@@ -40,12 +49,14 @@ from cryo.linux.consts import SYS
 P_PID = 1
 SYS_WAITID = 247
 WNOHANG, WSTOPPED, WNOWAIT, WALL = 0x1, 0x2, 0x1000000, 0x40000000
-CLD_STOPPED = 5
+CLD_STOPPED, CLD_CONTINUED = 5, 6
+WCONTINUED = 0x8
 SIGINFO_SIZE = 128
 SIG_IGN, SA_NOCLDSTOP = 1, 1
 TASK = b"TASK"
 SIGS = b"SIGS"
 KEY = "stops_collected"
+CONTINUED = "continued_pending"
 
 
 # -- dump ------------------------------------------------------------------------------
@@ -53,29 +64,37 @@ KEY = "stops_collected"
 
 def dump(ctx: Any) -> None:
     """Driver hook (inject, in the parent, after the task driver's): which of its
-    group-stopped children in the checkpoint had their stop collected by a wait."""
+    group-stopped children in the checkpoint had their stop collected by a wait, and
+    which of its others (continued) have a CLD_CONTINUED report no wait took yet."""
     procs = getattr(ctx.shared, "procs", None) or {}
     kids = [p for p in procs.values() if p.ppid == ctx.pid and not p.zombie
-            and p.pid in p.tracees and p.tracees[p.pid].group_stop]  # fmt: skip
+            and p.pid in p.tracees]  # fmt: skip
     if not kids:
         return
     collected: list[int] = []
+    continued: list[int] = []
     for i in range(0, len(kids), 64):  # (64 siginfos: 8 KiB of the scratch area)
         part = kids[i : i + 64]
         with ctx.inj.batch() as b:
             bufs = [b.reserve(SIGINFO_SIZE) for _ in part]
             calls = [b.call(SYS_WAITID, P_PID, k.nspid or k.pid, buf,
-                            WSTOPPED | WNOHANG | WNOWAIT | WALL, 0, may_fail=True)
+                            (WSTOPPED if k.tracees[k.pid].group_stop else WCONTINUED)
+                            | WNOHANG | WNOWAIT | WALL, 0, may_fail=True)
                      for k, buf in zip(part, bufs, strict=True)]  # fmt: skip
         for k, buf, c in zip(part, bufs, calls, strict=True):
             if b.result(c) < 0:
                 continue  # (not its child after all: nothing to say)
             info = b.read(buf, 20)  # (si_code at 8, si_pid at 16: the union is 8-aligned)
             code, pid = struct.unpack_from("<i", info, 8)[0], struct.unpack_from("<i", info, 16)[0]
-            if not (pid and code == CLD_STOPPED):
-                collected.append(k.pid)
+            if k.tracees[k.pid].group_stop:
+                if not (pid and code == CLD_STOPPED):
+                    collected.append(k.pid)
+            elif pid and code == CLD_CONTINUED:
+                continued.append(k.pid)
     if collected:
         ctx.records[TASK][KEY] = collected
+    if continued:
+        ctx.records[TASK][CONTINUED] = continued
 
 
 # -- restart ---------------------------------------------------------------------------
@@ -145,3 +164,67 @@ def stop_now(made: dict[int, Any], old: int, nspid: Any) -> None:
         f = inj.frame()
         inj.raw(SYS_WAITID, P_PID, nspid(m.pid), f.reserve(SIGINFO_SIZE),
                 WSTOPPED | WNOHANG | WALL, 0)
+
+
+def continued_first(made: dict[int, Any]) -> list[int]:
+    """The processes (old pids) whose parent, a live process of the restart, had a
+    CLD_CONTINUED report of theirs no wait had taken (a single thread each: the stop
+    below is one thread's)."""
+    return [old for old, m in made.items() if m.ctx is not None and not _stop_signal(m)
+            and len(m.ctx.threads) == 1 and m.rec["ppid"] in made
+            and made[m.rec["ppid"]].ctx is not None
+            and old in made[m.rec["ppid"]].ctx.records[TASK].get(CONTINUED, ())]  # fmt: skip
+
+
+def continue_now(made: dict[int, Any], old: int) -> None:
+    """Before its last stage (every signal blocked in it, cryo's tracee): the process
+    ``old`` stops and is continued, so that its held parent has a CLD_CONTINUED report
+    of it again (the kernel's SIGNAL_STOP_CONTINUED, which only a continue after a stop
+    sets).  Its SIGSTOP taken into a group stop (PTRACE_CONT with the signal, from its
+    delivery stop); then SIGCONT, and a SIGSTOP at once, which takes the SIGCONT out of
+    its queue (a tracee's signals are never ignored) and which it meets, once resumed,
+    right after telling its parent it continues (get_signal): left in that delivery stop,
+    the SIGSTOP goes with the next resume (signal 0).  It never runs an instruction of
+    its own meanwhile.  Then the parent's SIGCHLD is taken back as for a stop."""
+    from cryo.linux import libc
+    from cryo.linux.consts import PTRACE, PTRACE_EVENT
+
+    m = made[old]
+    t = m.ctx.threads[m.pid]
+
+    def step(sig: int, what: str) -> None:
+        libc.ptrace(PTRACE.CONT, t.tid, 0, sig)
+        stop = t.wait_stop()
+        if stop & 0xFF != signal.SIGSTOP or stop >> 8 not in (0, PTRACE_EVENT.STOP):
+            raise CryoError(f"process {m.pid}: stop {stop:#x} where {what} was awaited",
+                            pid=m.pid)  # fmt: skip
+
+    os.kill(m.pid, signal.SIGSTOP)
+    step(0, "its SIGSTOP")
+    step(signal.SIGSTOP, "its group stop")
+    os.kill(m.pid, signal.SIGCONT)
+    os.kill(m.pid, signal.SIGSTOP)
+    step(0, "its continue")
+    _take_back(made, m)
+
+
+def _take_back(made: dict[int, Any], m: Any) -> None:
+    """The SIGCHLD that the stop (or the continue) of ``m`` sent its held parent taken
+    back, unless one was pending there in the image."""
+    parent = made[m.rec["ppid"]]
+    sigs = parent.ctx.records[SIGS]
+    act = sigs["actions"].get(signal.SIGCHLD) or sigs["actions"].get(str(int(signal.SIGCHLD)))
+    handler, flags = struct.unpack_from("<QQ", act) if act else (0, 0)
+    if handler == SIG_IGN or flags & SA_NOCLDSTOP:
+        return
+    bit = 1 << (signal.SIGCHLD - 1)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and not _shared_pending(parent.pid) & bit:
+        time.sleep(0.0005)
+    pending = [struct.unpack_from("<i", info)[0] for info in
+               [*sigs["pending_shared"], *(i for t in parent.ctx.thread_records
+                                           for i in t["pending"])]]  # fmt: skip
+    if signal.SIGCHLD not in pending and _shared_pending(parent.pid) & bit:
+        f = parent.inj.frame()  # (the set, a zero timeout)
+        parent.inj.raw(SYS.rt_sigtimedwait, f.put(bit.to_bytes(8, "little")), 0,
+                       f.put(bytes(16)), 8)  # fmt: skip

@@ -767,6 +767,8 @@ class Restart:
         self._zombies_die()
         from cryo.engine import jobctl
 
+        for old in jobctl.continued_first(self.made):  # (a continued child's report)
+            jobctl.continue_now(self.made, old)
         first = jobctl.stopped_first(self.made)  # (stopped children, before their parents)
         rest = set(self.made) - set(first)
         for old in [*first, *(o for o in self.made if o in rest)]:

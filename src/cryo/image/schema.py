@@ -869,6 +869,8 @@ KINDS: tuple[Kind, ...] = (
           " slots (0: the global hash)", required=False),
         F("stops_collected", List(PID), "its group-stopped children whose stop a wait of its"
           " took (engine/jobctl.py)", required=False),
+        F("continued_pending", List(PID), "its children whose CLD_CONTINUED report no wait"
+          " of its took yet (engine/jobctl.py)", required=False),
         F("cgroups", List(List(Str(max=4096), size=3), max=64),
           "[[hierarchy id, controllers, path]] as in /proc/PID/cgroup", required=False),
         F("ldt", List(Tuple((Int(0, 8191), Int(1, U64)), ("index", "descriptor")),
