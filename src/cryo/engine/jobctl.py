@@ -143,23 +143,12 @@ def stop_now(made: dict[int, Any], old: int, nspid: Any) -> None:
     m = made[old]
     for t in m.ctx.threads.values():
         t.detach()
-    parent = made[m.rec["ppid"]]
-    sigs = parent.ctx.records[SIGS]
-    act = sigs["actions"].get(signal.SIGCHLD) or sigs["actions"].get(str(int(signal.SIGCHLD)))
-    handler, flags = struct.unpack_from("<QQ", act) if act else (0, 0)
-    told = handler != SIG_IGN and not flags & SA_NOCLDSTOP
-    bit = 1 << (signal.SIGCHLD - 1)
     deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and not (
-            _all_stopped(m.pid) and (not told or _shared_pending(parent.pid) & bit)):  # fmt: skip
+    while time.monotonic() < deadline and not _all_stopped(m.pid):
         time.sleep(0.0005)
-    pending = [struct.unpack_from("<i", info)[0] for info in
-               [*sigs["pending_shared"], *(i for t in parent.ctx.thread_records
-                                           for i in t["pending"])]]  # fmt: skip
+    _take_back(made, m)
+    parent = made[m.rec["ppid"]]
     inj = parent.inj
-    if told and signal.SIGCHLD not in pending and _shared_pending(parent.pid) & bit:
-        f = inj.frame()  # (the set, a zero timeout)
-        inj.raw(SYS.rt_sigtimedwait, f.put(bit.to_bytes(8, "little")), 0, f.put(bytes(16)), 8)
     if old in parent.ctx.records[TASK].get(KEY, ()):
         f = inj.frame()
         inj.raw(SYS_WAITID, P_PID, nspid(m.pid), f.reserve(SIGINFO_SIZE),
