@@ -192,7 +192,7 @@ static int timer_check(void) {
        together, the periods since the first one taken (taken as it arrives) */
     long long now = ns_of(CLOCK_MONOTONIC), want = (now - first_taken_ns) / 20000000;
     long long periods = taken - 1 + taken_overruns - first_overrun;
-    if (periods > want + 2 || periods < want - 2) {
+    if (periods > want + 5 || periods < want - 5) {  /* (100 ms: a thread late to run) */
         FAIL("timer periods %lld since the first taken, want %lld", periods, want); bad = 1;
     }
     report("timer taken %d overruns %d periods %lld want %lld", taken, taken_overruns, periods, want);
