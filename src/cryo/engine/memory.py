@@ -1577,9 +1577,12 @@ SYS_DUP3 = 292
 
 
 def _free_fd(pid: int) -> int:
-    """An fd number above every one process ``pid`` has: free until the calls held now
-    run (they run before any other call that could open one)."""
-    return max((int(n) for n in os.listdir(f"/proc/{pid}/fd")), default=2) + 1
+    """An fd number above every one process ``pid`` has, and above the one the open
+    held with it gets (the lowest free, at most one past the highest: dup3 onto its own
+    number is EINVAL, which failed every restart of a process whose fds had no gap):
+    free until the calls held now run (they run before any other call that could open
+    one)."""
+    return max((int(n) for n in os.listdir(f"/proc/{pid}/fd")), default=2) + 2
 
 
 def _protect_all(bt: Batch, fixup: list[dict[str, Any]]) -> None:
