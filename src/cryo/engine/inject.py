@@ -648,6 +648,8 @@ class HoldingInjector(Injector):
     def __init__(self, tracee: Tracee, syscall_addr: int) -> None:
         super().__init__(tracee, syscall_addr)
         self._held: Batch | None = None
+        # the signal actions it has from its birth (tree.build, signals.restore_actions)
+        self.born_actions: dict[int, bytes] | None = None
 
     @contextlib.contextmanager
     def hold(self, room: int = 0) -> Iterator[Batch]:

@@ -56,16 +56,22 @@ def dump_thread(tracee: Tracee, b: Batch) -> Generator[None, Batch, dict[str, An
 
 def restore_actions(ctx: RestoreContext, rec: dict[str, Any]) -> None:
     """Every action, SIGTRAP's included (cryo's injected calls never force a SIGTRAP on
-    a task that ignores or blocks it: Tracee.step), in one batch."""
+    a task that ignores or blocks it: Tracee.step), in one batch; those the process has
+    already, byte for byte (the restore helper's, cryo's own when it was forked, as
+    tree.build noted them: ``born_actions``), are left as they are."""
     inj = ctx.inj
-    actions = list(rec["actions"].items())
+    for sig, act in rec["actions"].items():
+        if int(sig) == signal.SIGTRAP and \
+                S.kernel_sigaction.from_buffer_copy(act).sa_handler == 1:  # fmt: skip
+            for t in {ctx.tracee, inj.t, *ctx.threads.values()}:
+                t.sigtrap_ignored = True  # before the call that makes it so
+    have: dict[int, bytes] = getattr(inj, "born_actions", None) or {}
+    actions = [(sig, act) for sig, act in rec["actions"].items() if have.get(int(sig)) != act]
+    if have:
+        setattr(inj, "born_actions", None)  # (a child it forks from now on has these)  # noqa: B010
     with inj.hold(room=len(actions) * _SIZEOF_ACT) as b:  # (with the next stop's calls)
         buf = b.put(b"".join(act for _sig, act in actions))  # one write for all of them
-        for k, (sig, act) in enumerate(actions):
-            if int(sig) == signal.SIGTRAP and \
-                    S.kernel_sigaction.from_buffer_copy(act).sa_handler == 1:  # fmt: skip
-                for t in {ctx.tracee, inj.t, *ctx.threads.values()}:
-                    t.sigtrap_ignored = True  # before the call that makes it so
+        for k, (sig, _act) in enumerate(actions):
             b.call(SYS.rt_sigaction, int(sig), buf + k * _SIZEOF_ACT, 0, 8)
 
 

@@ -12,6 +12,7 @@ consistent moment.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -519,6 +520,19 @@ def pids_matter(rec: dict[str, Any], lone_ok: bool = False) -> str | None:
     return "a process may keep its own (asyncio's event loop, a server's pid file)"
 
 
+def own_actions() -> dict[int, bytes]:
+    """This process's action of every signal (as rt_sigaction gives them to a restore
+    helper forked now): signals.restore_actions leaves those the image has alike."""
+    buf = ctypes.create_string_buffer(32)
+    out = {}
+    for sig in range(1, 65):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        libc.syscall(SYS.rt_sigaction, sig, 0, ctypes.addressof(buf), 8)
+        out[sig] = buf.raw
+    return out
+
+
 def spawn_helper(want_pid: int | None, new_pidns: bool = False,
                  timens: tuple[int, int] | None = None) -> int:  # fmt: skip
     """Fork a child that stops itself under our trace; with ``want_pid``, as that pid;
@@ -630,6 +644,8 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
         old = p["pid"]
         parent = made.get(p["ppid"])
         if parent is None:  # a root: forked by cryo
+            # (its actions are cryo's: none differs, but through a time namespace's fork)
+            acts = own_actions() if timens is None else None
             try:
                 child = spawn_helper(old if reuse else None, bool(rec.get("pidns")), timens)
             except OSError as err:
@@ -637,7 +653,9 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
                     raise
                 raise RestoreConflict(f"pid {old} was taken meanwhile", pid=old) from err
             t = Tracee.adopt_traceme_child(child, TRACE_NEW)
-            made[old] = m = Made(p, child, t, HoldingInjector(t, find_vdso_syscall(child)))
+            hinj = HoldingInjector(t, find_vdso_syscall(child))
+            hinj.born_actions = acts
+            made[old] = m = Made(p, child, t, hinj)
             m.inj.map_scratch(RESTORER_SIZE, addr=area, exe=True)
             m.inj.write(area, b"\x0f\x05\xcc")  # syscall; int3
         else:  # forked by its restored parent
@@ -658,7 +676,9 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
             t = Tracee(child)
             t.attached = True  # traced from birth (PTRACE_O_TRACEFORK)
             t.wait_stop()
-            made[old] = m = Made(p, child, t, HoldingInjector(t, area))
+            hinj = HoldingInjector(t, area)  # (its actions its parent's: none once set)
+            hinj.born_actions = getattr(parent.inj, "born_actions", None)
+            made[old] = m = Made(p, child, t, hinj)
         m.inj.syscall_addr = area
         # (the held calls' buffers after the scratch area: inject.HoldingInjector)
         m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE - HELD_SIZE
