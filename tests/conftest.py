@@ -172,6 +172,16 @@ def run_cryo(*args: str, timeout: float = 60, **kw: object) -> subprocess.Comple
                           text=True, timeout=timeout, close_fds=True, **kw)  # type: ignore[call-overload]
 
 
+def spawn_mode(procs: Procs, exe: str, tmp_path: Path, mode: str) -> Victim:
+    """A probe victim (``EXE OUT MODE DIR``: one piece of state set per mode, then a
+    check each round, "ok N" or "FAIL what") started and seen to run."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([exe, str(out), mode, str(tmp_path)], out)
+    v.wait_line("ready")
+    v.wait_ok_after(1)
+    return v
+
+
 def cli_cycle(procs: Procs, pid: int, img: Path, *checkpoint_args: str) -> int:
     """As a user would: ``cryo checkpoint PID -D IMG --kill ARGS``, the process reaped,
     then ``cryo restart -D IMG --detach``; the restored pid, tracked."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, Victim, run_cryo
+from tests.conftest import Procs, run_cryo, spawn_mode
 from tests.integration.test_procstate import cycle
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,14 +23,6 @@ def exe(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out),
                     str(VICTIMS / "probes8b.c"), "-lrt", "-lpthread"], check=True)  # fmt: skip
     return str(out)
-
-
-def _spawn(procs: Procs, exe: str, tmp_path: Path, mode: str) -> Victim:
-    out = tmp_path / "out.txt"
-    v = procs.spawn([exe, str(out), mode, str(tmp_path)], out)
-    v.wait_line("ready")
-    v.wait_ok_after(1)
-    return v
 
 
 MODES = {
@@ -50,7 +42,7 @@ LAST = {"unixopts", "ptyldisc", "sarestart"}
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> None:
     """Each mode's state (MODES) is the same after the restart, checked by the process."""
-    v = _spawn(procs, exe, tmp_path, mode)
+    v = spawn_mode(procs, exe, tmp_path, mode)
     v = cycle(procs, v, tmp_path / "img")
     (tmp_path / "go").touch()
     if mode in LAST:
@@ -67,7 +59,7 @@ def test_datagrams_from_named_senders_refused(procs: Procs, exe: str, tmp_path: 
     with its sender's address and its replies arrive."""
     from cryo.errors import ExitCode
 
-    v = _spawn(procs, exe, tmp_path, "dgramfrom")
+    v = spawn_mode(procs, exe, tmp_path, "dgramfrom")
     img = tmp_path / "img"
     r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
     assert r.returncode == ExitCode.UNSUPPORTED, r.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cryo.errors import ExitCode
-from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.conftest import Procs, Victim, reap, run_cryo, spawn_mode
 from tests.integration.test_procstate import cycle, refused_untouched
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,14 +25,6 @@ def exe(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(out),
                     str(VICTIMS / "files_s9.c")], check=True)  # fmt: skip
     return str(out)
-
-
-def _spawn(procs: Procs, exe: str, tmp_path: Path, mode: str) -> Victim:
-    out = tmp_path / "out.txt"
-    v = procs.spawn([exe, str(out), mode, str(tmp_path)], out)
-    v.wait_line("ready")
-    v.wait_ok_after(1)
-    return v
 
 
 def _rename_over(path: Path) -> None:
@@ -65,7 +57,7 @@ def test_a_file_replaced_since_the_checkpoint_is_refused(procs: Procs, exe: str,
     read another file's bytes.  Now FileChanged, exit 12, naming the file, nothing
     made; --ignore-changed-files restarts anyway (the process then sees the other file,
     as asked)."""
-    v = _spawn(procs, exe, tmp_path, "file")
+    v = spawn_mode(procs, exe, tmp_path, "file")
     img = tmp_path / "img"
     r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
     assert r.returncode == 0, r.stderr
@@ -89,7 +81,7 @@ def test_a_file_written_since_is_still_the_file(procs: Procs, exe: str, tmp_path
     """The same file, written to after the checkpoint (its size and mtime changed, its
     inode the same): restarted; the restored process still sees its own file.  And a
     file replaced before the checkpoint is the one the fd has (deleted: saved whole)."""
-    v = _spawn(procs, exe, tmp_path, "file")
+    v = spawn_mode(procs, exe, tmp_path, "file")
     data = tmp_path / "data"
     fd = os.open(data, os.O_RDWR)  # (the same bytes again: a new mtime)
     try:
@@ -107,7 +99,7 @@ def test_a_udp_socket_shut_for_writing(procs: Procs, exe: str, tmp_path: Path) -
     """A connected UDP socket shut for writing (SHUT_WR): the restart made it open for
     writing (poll shows only SHUT_RD and both), exit 0, and a send went out.  Now read
     from sock_diag (INET_DIAG_SHUTDOWN) and shut again: send fails, EPIPE."""
-    v = _spawn(procs, exe, tmp_path, "udpshutwr")
+    v = spawn_mode(procs, exe, tmp_path, "udpshutwr")
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
@@ -119,7 +111,7 @@ def test_tcp_md5_keys_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
     """A TCP listener with a TCP_MD5SIG key: restored without it, exit 0 (its peers'
     signed segments would be dropped, its own go unsigned).  Now refused, exit 9 naming
     the key, the process untouched."""
-    v = _spawn(procs, exe, tmp_path, "md5")
+    v = spawn_mode(procs, exe, tmp_path, "md5")
     refused_untouched(v, tmp_path / "img", "has TCP MD5 signature keys (TCP_MD5SIG)")
 
 
@@ -131,7 +123,7 @@ def test_tcp_ao_keys_refused(procs: Procs, exe: str, tmp_path: Path) -> None:
         except OSError as err:
             if err.errno == 92:  # ENOPROTOOPT
                 pytest.skip("this kernel has no TCP-AO")
-    v = _spawn(procs, exe, tmp_path, "ao")
+    v = spawn_mode(procs, exe, tmp_path, "ao")
     if any(line.startswith("skip") for line in v.lines()):
         pytest.skip(f"TCP-AO key not taken: {v.lines()}")
     refused_untouched(v, tmp_path / "img", "has TCP-AO keys")
@@ -147,7 +139,7 @@ def test_datagrams_from_an_autobound_sender(procs: Procs, exe: str, tmp_path: Pa
     receiver has SO_PASSCRED (the sender autobound by its own), each datagram keeps its
     credentials too (those are sent once the processes exist, from a copy of that
     socket)."""
-    v = _spawn(procs, exe, tmp_path, mode)
+    v = spawn_mode(procs, exe, tmp_path, mode)
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
@@ -159,7 +151,7 @@ def test_datagrams_from_a_live_autobound_sender_refused(procs: Procs, exe: str,
                                                         tmp_path: Path) -> None:
     """The same, the sender still open (it holds its name: no socket the restart makes
     can take it): refused, exit 9 naming it, the process untouched."""
-    v = _spawn(procs, exe, tmp_path, "dgramautoheld")
+    v = spawn_mode(procs, exe, tmp_path, "dgramautoheld")
     refused_untouched(v, tmp_path / "img", "holds a datagram from the autobound @")
 
 
@@ -171,7 +163,7 @@ def test_an_o_tmpfile_o_excl_file_stays_unlinkable(procs: Procs, exe: str, tmp_p
     again with O_EXCL: linkat still fails, ENOENT; the O_TMPFILE file beside it is made
     linkable again (test_probes_more's test_o_tmpfile_file_can_still_be_linked links
     one after the restart)."""
-    v = _spawn(procs, exe, tmp_path, "tmpexcl")
+    v = spawn_mode(procs, exe, tmp_path, "tmpexcl")
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
@@ -188,7 +180,7 @@ def test_socket_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str
     netlinkopts: a route netlink socket's NETLINK_* options, lost the same way.
     seqrights: a unix seqpacket pair with a message carrying a pipe (SCM_RIGHTS) queued
     behind another: restored right (no fix)."""
-    v = _spawn(procs, exe, tmp_path, mode)
+    v = spawn_mode(procs, exe, tmp_path, mode)
     v = cycle(procs, v, tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
     assert not v.fails()
@@ -208,7 +200,7 @@ def test_socket_state_no_option_gives_back_refused(procs: Procs, exe: str, tmp_p
     it, exit 0 (the ring, the membership, the byte lost: recv MSG_OOB gave EINVAL; the
     replies gone: a program waiting for them hangs).  Now refused, exit 9 naming it,
     the process untouched."""
-    v = _spawn(procs, exe, tmp_path, mode)
+    v = spawn_mode(procs, exe, tmp_path, mode)
     refused_untouched(v, tmp_path / "img", needle)
 
 
@@ -216,7 +208,7 @@ def test_a_translated_copy_of_another_size_is_refused(procs: Procs, exe: str,
                                                       tmp_path: Path) -> None:
     """Through --translate the file is the user's copy (another inode, the copy's
     mtime): restarted when it has the size the file had, refused (exit 12) when not."""
-    v = _spawn(procs, exe, tmp_path, "file")
+    v = spawn_mode(procs, exe, tmp_path, "file")
     img = tmp_path / "img"
     r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
     assert r.returncode == 0, r.stderr
@@ -243,7 +235,7 @@ def test_tcp_urgent_data_refused(procs: Procs, exe: str, tmp_path: Path) -> None
     """A TCP connection holding an urgent byte not yet read (MSG_OOB), checkpointed with
     --tcp-established: TCP_REPAIR put its queue back without it (recv MSG_OOB: EINVAL),
     exit 0.  Now refused, exit 9 naming it, the process untouched."""
-    v = _spawn(procs, exe, tmp_path, "tcpoob")
+    v = spawn_mode(procs, exe, tmp_path, "tcpoob")
     img = tmp_path / "img"
     r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill", "--tcp-established")
     assert r.returncode == ExitCode.UNSUPPORTED, r.stderr

@@ -13,7 +13,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.errors import ExitCode
-from tests.conftest import Procs, Victim, run_cryo
+from tests.conftest import Procs, Victim, run_cryo, spawn_mode
 from tests.integration.test_procstate import build_threaded, cycle
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,14 +22,6 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def exe(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_threaded(tmp_path_factory.mktemp("probes_s9h3"), "probes_s9h3")
-
-
-def _spawn(procs: Procs, exe: str, tmp_path: Path, mode: str) -> Victim:
-    out = tmp_path / "out.txt"
-    v = procs.spawn([exe, str(out), mode, str(tmp_path)], out)
-    v.wait_line("ready")
-    v.wait_ok_after(1)
-    return v
 
 
 STATE = {
@@ -57,7 +49,7 @@ LAST_STEP = {"timeroneshot": "oneshot taken", "dirpos": "dirdone"}
 def test_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> None:
     """Each STATE mode's state is the same after the restart, checked by the process
     itself every round, in both threads."""
-    v = _spawn(procs, exe, tmp_path, mode)
+    v = spawn_mode(procs, exe, tmp_path, mode)
     try:
         v = cycle(procs, v, tmp_path / "img")
         v.wait_ok_after(max(v.oks()) + 2)
@@ -80,7 +72,7 @@ def test_layout_of_a_process_without_address_randomization(
     here, so that a new mmap(NULL) lands where it did before.  Restored, the process is
     a child of cryo, never exec'd: its personality says ADDR_NO_RANDOMIZE, but its
     mmap_base is cryo's, randomized, and mmap(NULL) lands elsewhere (exit 0)."""
-    v = cycle(procs, _spawn(procs, exe, tmp_path, "norandmap"), tmp_path / "img")
+    v = cycle(procs, spawn_mode(procs, exe, tmp_path, "norandmap"), tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
 
 
@@ -94,7 +86,7 @@ def test_periodic_timer_with_its_signal_pending_refused(
     timer's own (two pending at once, the periods before the checkpoint lost: exit 0);
     now exit 9 naming the timer, no image, and the process goes on: after go it takes
     the signal once, the periods it counts matching the time gone by."""
-    v = _spawn(procs, exe, tmp_path, mode)
+    v = spawn_mode(procs, exe, tmp_path, mode)
     img = tmp_path / "img"
     r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
     assert r.returncode == ExitCode.UNSUPPORTED, r.stderr
@@ -138,7 +130,7 @@ def test_a_program_that_single_steps_itself_gets_no_trap_from_a_checkpoint(
     one trap more than its instructions (the calls cryo injects ran with its trap flag
     set), exit 0.  Now none more.  (A trap lost now and then, one stretch counting one
     less, is known and not fixed: docs/state-coverage.md.)"""
-    v = _spawn(procs, exe, tmp_path, "selfstep")
+    v = spawn_mode(procs, exe, tmp_path, "selfstep")
     for i in range(6):
         checkpoint(v.pid, str(tmp_path / f"img{i}"))
         n = max(v.oks()) + 2
@@ -154,7 +146,7 @@ def test_absolute_sleep_on_a_cpu_clock_refused(procs: Procs, exe: str, tmp_path:
     CPU clocks start again from 0 at a restart, so the sleep run again with its deadline
     would last the CPU time used before the checkpoint too (restored so, exit 0).  Now
     exit 9 naming it, no image, the thread still asleep."""
-    v = _spawn(procs, exe, tmp_path, "cpusleep")
+    v = spawn_mode(procs, exe, tmp_path, "cpusleep")
     img = tmp_path / "img"
     r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
     assert r.returncode == ExitCode.UNSUPPORTED, r.stderr

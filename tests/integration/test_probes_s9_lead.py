@@ -13,8 +13,8 @@ import pytest
 from cryo.engine.dump import checkpoint
 from cryo.image import format as fmt
 from cryo.image import records as R
-from tests.conftest import Procs, Victim, reap, run_cryo
-from tests.integration.test_probes_s9_h2 import _spawn, exe  # noqa: F401 (a fixture)
+from tests.conftest import Procs, Victim, reap, run_cryo, spawn_mode
+from tests.integration.test_probes_s9_h2 import exe  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +38,7 @@ def test_a_copied_file_on_another_machine_with_the_same_device_number(
     exit 12.  The filesystem is now told by its id too (statfs f_fsid, FDSC `fsid`):
     elsewhere a file is the one of the checkpoint by its size and mtime.  The other
     machine is played by an image whose fsid is another one."""
-    v = _spawn(procs, exe, tmp_path, "file")
+    v = spawn_mode(procs, exe, tmp_path, "file")
     img = tmp_path / "img"
     checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
     reap(v.pid)
