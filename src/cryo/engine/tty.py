@@ -52,6 +52,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from cryo.engine import tree
 from cryo.errors import CryoError, RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux.consts import SYS
@@ -554,6 +555,8 @@ def restore_ctty(ctx: Any) -> None:
                 inj(SYS.ioctl, tty, TIOCSCTTY, 0, what=" TIOCSCTTY")
                 if tpgid > 0:
                     pgrp = ctx.pid_map.get(tpgid, tpgid)
+                    with contextlib.suppress(OSError):  # as the process sees it (--pid-ns)
+                        pgrp = tree.nspid(pgrp)
                     arg = inj.put(struct.pack("i", pgrp))
                     inj(SYS.ioctl, tty, TIOCSPGRP, arg, what=" TIOCSPGRP")
             finally:
