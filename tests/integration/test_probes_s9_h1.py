@@ -90,11 +90,13 @@ def fsexe(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_threaded(tmp_path_factory.mktemp("fsnotify"), "fsnotify_s9")
 
 
-@pytest.mark.parametrize("kind", ["mount", "fs"])
+@pytest.mark.parametrize("kind", ["mount", "fs", "inoroot"])
 def test_no_fanotify_event_from_cryo_itself(procs: Procs, fsexe: str, tmp_path: Path,
                                             kind: str) -> None:  # fmt: skip
     """A fanotify mark of the process on a mount of its own (a tmpfs; FAN_MARK_MOUNT or
-    FAN_MARK_FILESYSTEM: FAN_OPEN, FAN_ACCESS, FAN_CLOSE_NOWRITE), a file there mapped
+    FAN_MARK_FILESYSTEM: FAN_OPEN, FAN_ACCESS, FAN_CLOSE_NOWRITE; or an inotify watch of
+    that mount's root, "inoroot", which the checkpoint's look-up of the watch by its
+    handle opened before: exit 9, its own events), a file there mapped
     privately and held open: neither a checkpoint that lets it run nor a restart makes
     an event there (the mapped bytes read through the mapping; the marks added once
     every process is built: engine/fsnotify.py arm)."""

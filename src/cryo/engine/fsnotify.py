@@ -32,14 +32,17 @@ import contextlib
 import errno
 import fcntl
 import os
+import queue
 import re
 import stat
 import struct
 import termios
+import threading
 from typing import Any
 
 from cryo.errors import CryoError, Unsupported
 from cryo.linux import fdcalls, libc
+from cryo.linux.consts import SYS
 
 INOTIFY = "anon_inode:inotify"
 FANOTIFY = "anon_inode:[fanotify]"
@@ -108,6 +111,69 @@ def _mark(fields: dict[str, str]) -> dict[str, Any]:
     return m
 
 
+CLONE_FS = 0x200
+
+
+def _by_handle_quietly(mark: dict[str, Any]) -> int:
+    """:func:`_by_handle` without an open of the mount's root (which queues IN_OPEN and
+    IN_CLOSE_NOWRITE on a watch of that root: found by probing, the checkpoint refused
+    its own events, exit 9): open_by_handle_at(AT_FDCWD) in a thread of cryo's whose
+    working directory, its own (unshare CLONE_FS), is a mount of the device (chdir opens
+    nothing).  One such thread serves every look-up of the process (a thread each cost
+    60-110 us more a watch)."""
+    global _QUIET
+    if _QUIET is None or _QUIET[0] != os.getpid():  # (none yet, or made before a fork)
+        _QUIET = (os.getpid(), queue.SimpleQueue())
+        threading.Thread(target=_serve, args=(_QUIET[1],), name="cryo-handles",
+                         daemon=True).start()  # fmt: skip
+    reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    _QUIET[1].put((mark, reply))
+    got = reply.get()
+    if isinstance(got, OSError):
+        raise got
+    fd = int(got)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (mark["dev"], mark["ino"]):
+        os.close(fd)
+        raise FileNotFoundError(errno.ESTALE, "the handle opens another inode")
+    return fd
+
+
+_QUIET: tuple[int, queue.SimpleQueue[Any]] | None = None
+
+
+def _serve(requests: queue.SimpleQueue[Any]) -> None:
+    """The look-up thread: its own working directory, moved to a mount of each mark's
+    device (the last one kept)."""
+    here = None
+    failed: OSError | None = None
+    try:
+        libc.syscall(SYS.unshare, CLONE_FS)
+    except OSError as e:
+        failed = e
+    while True:
+        mark, reply = requests.get()
+        if failed is not None:
+            reply.put(failed)
+            continue
+        last: OSError = FileNotFoundError(errno.ENOENT, "no mount of its device")
+        for _mid, d, point in ([(0, here[0], here[1])] if here and here[0] == mark["dev"]
+                               else []) + _mounts():  # fmt: skip
+            if d != mark["dev"]:
+                continue
+            try:
+                if here != (d, point):
+                    os.chdir(point)
+                    here = (d, point)
+                reply.put(fdcalls.open_by_handle_at(-100, mark["htype"], mark["handle"],
+                                                    os.O_PATH | os.O_CLOEXEC))  # fmt: skip
+                break
+            except OSError as e:
+                last, here = e, None
+        else:
+            reply.put(last)
+
+
 def _find_path(m: dict[str, Any], where: str, pid: int, fd: int) -> None:
     """Check at dump that the handle opens the watched inode, and name it."""
     if "handle" not in m:
@@ -115,7 +181,7 @@ def _find_path(m: dict[str, Any], where: str, pid: int, fd: int) -> None:
                           " without file handles: it could not be found again",
                           pid=pid, resource=f"fd {fd}")  # fmt: skip
     try:
-        ofd = _by_handle(m)
+        ofd = _by_handle_quietly(m)
     except OSError as err:
         raise Unsupported(f"fd {fd}: {where} watches inode {m['ino']} that its handle does"
                           f" not open ({err.strerror}): it could not be found again",
