@@ -4,12 +4,13 @@ Dump: /proc/PID/fdinfo lists each watch: an inotify watch by its wd, the inode (
 sdev), its mask and a file handle (``f_handle``); a fanotify mark by its object (an
 inode as above, a mount by ``mnt_id``, a filesystem by ``sdev``), its mark flags, mask
 and ignored mask.  The watched inode's path is looked up from the handle at dump
-(open_by_handle_at on a mount of that device, then /proc/self/fd), for ``cryo show``
-and as a fallback.  Refused by name: events queued and not yet read (FIONREAD on a
-duplicate: the kernel gives no way to queue them again), a watch whose object the
-handle does not open (a filesystem without file handles), fanotify groups of the
-permission classes (events read but not answered cannot be seen), and mount marks
-of mounts that no longer have a mount point.
+(open_by_handle_at on a mount of that device, the working directory of a thread of
+cryo's: no open of the mount's root, which a watch of it would see; then /proc/self/fd),
+for ``cryo show`` and as a fallback.  Refused by name: events queued and not yet read
+(FIONREAD on a duplicate: the kernel gives no way to queue them again), a watch whose
+object the handle does not open (a filesystem without file handles), fanotify groups of
+the permission classes (events read but not answered cannot be seen), and mount marks of
+mounts that no longer have a mount point.
 
 Restart, in cryo before any process exists (as any description): a new instance with
 the same flags; each watched object opened by its handle (the very inode, on a mount
