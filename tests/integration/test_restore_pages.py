@@ -108,6 +108,9 @@ def test_corrupt_block_of_a_leaf_filled_aside_leaves_nothing(
     # in the page cache: the workers' way (a cold image's pages are read by the image's
     # own thread, as in the test above)
     (img / "pages.img").read_bytes()
+    # (the threads kept for the freeze's side reads, context.background, made by an
+    # earlier checkpoint in this process, stay by design: only the restart's count)
+    kept = {t.ident for t in threading.enumerate()}
     with caplog.at_level(logging.DEBUG, logger="cryo.engine.memory"), \
             pytest.raises(ImageCorrupt, match=f"pages block {bad['index']} checksum mismatch"):
         restart(str(img))
@@ -115,7 +118,8 @@ def test_corrupt_block_of_a_leaf_filled_aside_leaves_nothing(
     assert not _alive(pids), "every process made is gone"
     left = [p for p in pids if os.path.exists(f"/proc/{p}")]
     assert not left, f"not reaped by the failed restart: {left}"
-    workers = [t.name for t in threading.enumerate() if t.name.startswith("cryo-")]
+    workers = [t.name for t in threading.enumerate()
+               if t.name.startswith("cryo-") and t.ident not in kept]  # fmt: skip
     assert not workers, f"threads left: {workers}"
     _flip(img, bad["offset"] + 4096)
     (img / "pages.img").read_bytes()
@@ -124,7 +128,8 @@ def test_corrupt_block_of_a_leaf_filled_aside_leaves_nothing(
         procs.track(p)
     assert sorted(r.pids.values()) == pids
     assert {p: _touched(p) for p in had} == had
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("cryo-")]
+    assert not [t.name for t in threading.enumerate()
+                if t.name.startswith("cryo-") and t.ident not in kept]  # fmt: skip
     _ticks_past(out, out.read_text().count("tick") + 2)
 
 
