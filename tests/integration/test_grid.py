@@ -1159,30 +1159,7 @@ def test_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> None:
         victims.append(Victim(pid, hosts.base / "mpi" / f"part{n}.log"))  # (its output)
     for v in victims:
         v.wait_ok_after(50, timeout=60)
-    before = [max(v.oks()) for v in victims]
-    r = hosts.cryo("checkpoint", "mpi")
-    assert r.returncode == 0, r.stderr
-    assert "global version 1 committed" in r.stdout
-    at = [max(v.oks()) for v in victims]
-    for v in victims:  # every job goes on after it
-        v.wait_ok_after(max(v.oks()) + 50, timeout=30)
-    watcher = start_watcher(hosts, "mpi")
-    try:
-        hosts.fail("h1")
-        failed_at = [max(v.oks()) for v in victims]
-        st = wait_restarted(hosts, watcher, app="mpi")
-    finally:
-        watcher.kill()
-        watcher.wait()
-    assert st["parts"]["1"]["host"] in ("h0", "h2"), "part 1 moved to a live host"
-    for n, v in enumerate(victims):
-        procs.track(int(st["parts"][str(n)]["pid"]))
-        v.wait_ok_after(failed_at[n] + 50, timeout=60)  # past where it was: it goes on
-        laps = v.oks()
-        back = [i for i in range(1, len(laps)) if laps[i] < laps[i - 1]]
-        assert len(back) == 1, (n, "rolled back once", back)
-        assert before[n] <= laps[back[0]] <= at[n] + 10, (n, before[n], laps[back[0]], at[n])
-        assert not v.fails(), v.fails()
+    _checkpoint_then_lose_h1(hosts, procs, victims)
 
 
 def test_adopted_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> None:
@@ -1221,6 +1198,16 @@ def test_adopted_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> No
     assert r.returncode == 0, r.stderr
     st = json.loads(hosts.cryo("status", "mpi").stdout)
     assert [int(st["parts"][str(n)]["pid"]) for n in range(3)] == [v.pid for v in victims]
+    st = _checkpoint_then_lose_h1(hosts, procs, victims)
+    for n, v in enumerate(victims):
+        assert len(_tree(int(st["parts"][str(n)]["pid"]))) == ranks[v.pid], "every rank back"
+    reaper.stop()
+
+
+def _checkpoint_then_lose_h1(hosts: Any, procs: Procs, victims: list[Victim]) -> Any:
+    """A global checkpoint of app mpi (its parts' rings each go on after it), then host
+    h1 fails: part 1 moves to a live host, every part is rolled back once to the
+    committed version and goes on past where it was, with no FAIL; the status."""
     before = [max(v.oks()) for v in victims]
     r = hosts.cryo("checkpoint", "mpi")
     assert r.returncode == 0, r.stderr
@@ -1245,8 +1232,7 @@ def test_adopted_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> No
         assert len(back) == 1, (n, "rolled back once", back)
         assert before[n] <= laps[back[0]] <= at[n] + 10, (n, before[n], laps[back[0]], at[n])
         assert not v.fails(), v.fails()
-        assert len(_tree(int(st["parts"][str(n)]["pid"]))) == ranks[v.pid], "every rank back"
-    reaper.stop()
+    return st
 
 
 class _Reaper:
