@@ -1229,7 +1229,8 @@ def _checkpoint_then_lose_h1(hosts: Any, procs: Procs, victims: list[Victim]) ->
         v.wait_ok_after(failed_at[n] + 50, timeout=60)  # past where it was: it goes on
         laps = v.oks()
         back = [i for i in range(1, len(laps)) if laps[i] < laps[i - 1]]
-        assert len(back) == 1, (n, "rolled back once", back)
+        assert len(back) == 1, (n, "rolled back once", back, st["parts"][str(n)],
+                                laps[-3:], v.lines()[-3:])  # fmt: skip
         assert before[n] <= laps[back[0]] <= at[n] + 10, (n, before[n], laps[back[0]], at[n])
         assert not v.fails(), v.fails()
     return st
