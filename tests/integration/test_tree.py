@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -209,7 +210,7 @@ def test_multiprocessing_pool(procs: Procs, tmp_path: Path, method: str, nprocs:
     the lock was no longer shared, and a pool checkpointed while a waiting worker held
     its task queue's lock hung at its end, the result never written (found by probing)."""
     out, progress = tmp_path / "out.txt", tmp_path / "progress.txt"
-    shm_before = set(os.listdir("/dev/shm"))
+    shm_before, tmp_before = set(os.listdir("/dev/shm")), set(os.listdir("/tmp"))
     try:
         v = procs.spawn([sys.executable, str(VICTIMS / "pool.py"), str(out), str(progress),
                          method, when], out)  # fmt: skip
@@ -235,6 +236,9 @@ def test_multiprocessing_pool(procs: Procs, tmp_path: Path, method: str, nprocs:
             if name.startswith("sem.mp-"):  # the pool's (its resource tracker was killed)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"/dev/shm/{name}")
+        for name in set(os.listdir("/tmp")) - tmp_before:
+            if name.startswith("pymp-"):  # the forkserver's socket directory
+                shutil.rmtree(f"/tmp/{name}", ignore_errors=True)
 
 
 def test_anonymous_files_and_socket_pairs(procs: Procs, build: Any, tmp_path: Path) -> None:
