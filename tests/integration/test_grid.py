@@ -1139,14 +1139,7 @@ def test_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> None:
     restored on a live host from its replica, the others rolled back in place, and
     every ring goes on from the committed version with no message lost or duplicated
     (rank 0 checks each lap)."""
-    mpicc, mpiexec = shutil.which("mpicc"), shutil.which("mpiexec")
-    if mpicc is None or mpiexec is None:
-        pytest.skip("needs mpich (apt-get install mpich)")
-    exe = hosts.base / "mpiring"  # (the test's directory: every host sees it)
-    subprocess.run([mpicc, "-O1", "-o", str(exe), str(APPCB.parent / "mpiring.c")],
-                   check=True, timeout=120)  # fmt: skip
-    for h in hosts.names:
-        hosts.start_agent(h)
+    mpiexec, exe = _mpiring(hosts)
     # UCX over TCP on loopback only: a job's connections then move with it to any host
     r = hosts.cryo("run", "--app", "mpi", "--hosts", "h0,h1,h2", "--replicas", "1",
                    "--store", str(hosts.base), "--", "env", "UCX_TLS=tcp,self",
@@ -1169,14 +1162,7 @@ def test_adopted_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> No
     process tree, ranks included): a global checkpoint, host h1 fails, its job is
     restored on a live host from its replica, the others rolled back in place, and
     every ring goes on from the committed version, no message lost or duplicated."""
-    mpicc, mpiexec = shutil.which("mpicc"), shutil.which("mpiexec")
-    if mpicc is None or mpiexec is None:
-        pytest.skip("needs mpich (apt-get install mpich)")
-    exe = hosts.base / "mpiring"  # (the test's directory: every host sees it)
-    subprocess.run([mpicc, "-O1", "-o", str(exe), str(APPCB.parent / "mpiring.c")],
-                   check=True, timeout=120)  # fmt: skip
-    for h in hosts.names:
-        hosts.start_agent(h)
+    mpiexec, exe = _mpiring(hosts)
     victims = []
     for n, h in enumerate(hosts.names):  # (exec: the part is mpiexec itself; appended to,
         # as a restored part writes where its file ends)
@@ -1202,6 +1188,20 @@ def test_adopted_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> No
     for n, v in enumerate(victims):
         assert len(_tree(int(st["parts"][str(n)]["pid"]))) == ranks[v.pid], "every rank back"
     reaper.stop()
+
+
+def _mpiring(hosts: Any) -> tuple[str, Path]:
+    """mpich's mpiexec and victims/mpiring.c built where every host sees it, an agent on
+    every host (the test skipped without mpich)."""
+    mpicc, mpiexec = shutil.which("mpicc"), shutil.which("mpiexec")
+    if mpicc is None or mpiexec is None:
+        pytest.skip("needs mpich (apt-get install mpich)")
+    exe = hosts.base / "mpiring"  # (the test's directory: every host sees it)
+    subprocess.run([mpicc, "-O1", "-o", str(exe), str(APPCB.parent / "mpiring.c")],
+                   check=True, timeout=120)  # fmt: skip
+    for h in hosts.names:
+        hosts.start_agent(h)
+    return mpiexec, exe
 
 
 def _checkpoint_then_lose_h1(hosts: Any, procs: Procs, victims: list[Victim]) -> Any:
