@@ -240,30 +240,43 @@ def _type(master: int, peer: int, data: bytes) -> None:
         fcntl.ioctl(peer, TIOCSTI, bytes([c]))
 
 
+def _plan(data: bytes, kind: int) -> tuple[bytes, int, int, int] | None:
+    """How one piece of canonical input (``_read_lines``, or the line being typed as
+    [bytes, TYPING]) is typed back: (the bytes, VEOF, VEOL, VLNEXT of the moment).  A
+    newline inside a line (typed after ^V), or the line's own end character, goes in
+    after a VLNEXT character, as it was typed; an EOF-ended line ends with an EOF
+    character none of its bytes is.  None where no byte value is free for them (a line
+    of 4095 bytes could hold every one)."""
+    body, end = (data[:-1], data[-1:]) if kind == LINE else (data, b"")
+    eol = end[0] if end and end[0] != 10 else 0
+    eof = 0
+    if kind == EOF_LINE:
+        eof = _unused(body)
+        if not eof:
+            return None
+        end = bytes([eof])
+    specials = {10, eol} - {0}
+    lnext = 0
+    if specials & set(body):
+        lnext = _unused(body, eof, eol)
+        if not lnext:
+            return None
+        body = b"".join(bytes([lnext, c]) if c in specials else bytes([c]) for c in body)
+    return body + end, eof, eol, lnext
+
+
 def _write_lines(master: int, peer: int, termios: bytes, lines: list[list[Any]]) -> None:
-    """Canonical input written back as it was read (``_read_lines``, then the line
-    being typed as [bytes, TYPING]).  A newline inside a line (typed after ^V), or the
-    line's own end character, goes in after a VLNEXT character of the moment, as it was
-    typed; the pair is empty and raw before."""
+    """Canonical input typed back as it was read (:func:`_plan`); the pair is empty and
+    raw before."""
     for data, kind in lines:
-        body, end = (data[:-1], data[-1:]) if kind == LINE else (data, b"")
-        eol = end[0] if end and end[0] != 10 else 0
-        eof = _unused(body) if kind == EOF_LINE else 0
-        specials = {10, eol} - {0}
-        lnext = _unused(body, eof, eol) if specials & set(body) else 0
-        if kind == EOF_LINE:
-            end = bytes([eof])
-        if lnext:
-            body = b"".join(bytes([lnext, c]) if c in specials else bytes([c]) for c in body)
+        planned = _plan(data, kind)
+        if planned is None:
+            raise CryoError("a pty's typed line holds every byte value: it cannot be"
+                            " typed back")  # fmt: skip
+        typed, eof, eol, lnext = planned
         fcntl.ioctl(peer, TCSETS, _blind(termios, eof=eof, eol=eol, lnext=lnext))
-        if body or end:
-            _type(master, peer, body + end)
-
-
-def _writable(lines: list[list[Any]]) -> bool:
-    """Whether every line has the free byte values _write_lines needs (a line of 4095
-    bytes could hold every value)."""
-    return all(_unused(d, *d[-1:]) and _unused(d, _unused(d), *d[-1:]) for d, _ in lines)
+        if typed:
+            _type(master, peer, typed)
 
 
 def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: bytes,
@@ -305,7 +318,7 @@ def _take_queues(master: int, peer: int, termios: bytes, packet: bool
         to_slave = b"".join(d for d, _ in lines) if lines is not None else typing
         chunks = _drain(master)
         to_master = b"".join(c[1:] if packet else c for c in chunks)
-        if lines is not None and not _writable(lines):
+        if lines is not None and any(_plan(d, k) is None for d, k in lines):
             _refill(master, peer, termios, to_slave, to_master)
             raise Unsupported("a pty holds a typed line of every byte value: not supported",
                               resource="pty")  # fmt: skip
