@@ -663,17 +663,16 @@ class Opened:
         self.late.clear()
 
 
-def _room_for_fds(need: int) -> int:
+def _room_for_fds(need: int) -> None:
     """cryo's soft RLIMIT_NOFILE raised towards ``need`` (up to its hard limit): every
     description is opened in cryo above the highest fd number the image uses, so a
     process with 600 fds needs 1,200 (the usual soft limit is 1,024: such a restart
     failed, "Too many open files"); the restored processes get their own limits back
-    (task driver).  Returns ``need``."""
+    (task driver)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == resource.RLIM_INFINITY
                                                     else min(need, hard), hard))  # fmt: skip
-    return need
 
 
 def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[str, Any]],
@@ -687,7 +686,8 @@ def open_all(descs: list[dict[str, Any]], blobs: list[bytes], tables: list[dict[
     opened = Opened(base=max(top + 1, 10))
     o = Opening(blobs, options, opened, {d["ino"]: d for d in descs if d["kind"] == "unix"},
                 keep=keep if keep is not None else {}, put_back=put_back)
-    need = _room_for_fds(opened.base + 2 * len(descs) + 64)
+    need = opened.base + 2 * len(descs) + 64
+    _room_for_fds(need)
     try:
         for d in descs:
             k = KINDS.get(d["kind"])
