@@ -37,6 +37,7 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import cow, locks, shmem
 from cryo.engine.context import DumpContext, RestoreContext
+from cryo.engine.ghosts import DELETED
 from cryo.engine.inject import Batch, Injector, syscall_error
 from cryo.engine.translate import apply as translated
 from cryo.engine.translate import changed_how
@@ -183,7 +184,6 @@ def _real_path(pid: int, v: procfs.Vma) -> procfs.Vma:
         return v
 
 
-DELETED = " (deleted)"
 _KERNEL_FILES = (AIO_RING, SECRETMEM, HUGETLB_ANON, "/dev/zero (deleted)")
 
 
