@@ -54,12 +54,14 @@ def parse_stat(data: bytes) -> Stat:
     )  # fmt: skip
 
 
-def start_time(pid: int) -> int | None:
+def start_time(pid: int, alive: bool = False) -> int | None:
     """Field 22 of /proc/PID/stat (when the process started, in clock ticks since boot:
-    with the pid, who it is), None if there is no such process (a zombie has one)."""
+    with the pid, who it is), None if there is no such process (a zombie has one, unless
+    ``alive``: then None for a zombie too)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if alive and fields[0] in (b"Z", b"X") else int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryo import procfs
 from cryo.app import protocol as P
 
 CONTINUED, RESTARTED, FAILED = 0, 1, -1  # what checkpoint_ready() returns
@@ -436,7 +437,7 @@ def checkpoint_self(dest: str, *args: str, timeout: float = 300.0) -> int:
     os.waitpid(child, 0)
     with os.fdopen(r, "rb") as f:
         cryo_pid = int(f.read() or b"0")
-    started = _start_time(cryo_pid)
+    started = procfs.start_time(cryo_pid, alive=True)
     deadline = time.monotonic() + timeout
     killed = False
     try:
@@ -445,7 +446,8 @@ def checkpoint_self(dest: str, *args: str, timeout: float = 300.0) -> int:
         gone_at = None
         while not ev.wait(0.05):
             now = time.monotonic()
-            if gone_at is None and (not started or _start_time(cryo_pid) != started):
+            if gone_at is None and (
+                    not started or procfs.start_time(cryo_pid, alive=True) != started):
                 gone_at = now
             elif gone_at is None and now > deadline and not killed:
                 # still the cryo we started (pid and start time): no other process's pid
@@ -465,16 +467,6 @@ def checkpoint_self(dest: str, *args: str, timeout: float = 300.0) -> int:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(log)
-
-
-def _start_time(pid: int) -> str | None:
-    """A process's start time (/proc/PID/stat), None once it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in (b"Z", b"X") else fields[19].decode()
 
 
 def _said(log: str) -> str:
