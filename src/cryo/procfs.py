@@ -54,6 +54,10 @@ def parse_stat(data: bytes) -> Stat:
     )  # fmt: skip
 
 
+# what the kernel appends to the path of a file that has no name left (d_path)
+DELETED = " (deleted)"
+
+
 def start_time(pid: int, alive: bool = False) -> int | None:
     """Field 22 of /proc/PID/stat (when the process started, in clock ticks since boot:
     with the pid, who it is), None if there is no such process (a zombie has one, unless

@@ -151,7 +151,7 @@ def _anon(name: str) -> Callable[[Found], bool]:
 def _describe_file(f: Found, _info: procfs.FdInfo, descs: Descriptions) -> dict[str, Any]:
     if specialfds.is_ns(f.target):
         return specialfds.describe_ns(f.target)
-    if f.st.st_nlink != 0 and not f.target.endswith(ghosts.DELETED):
+    if f.st.st_nlink != 0 and not f.target.endswith(procfs.DELETED):
         return _identity(f)
     return ghosts.describe(f.pid, f.fd, f.target, f.st, descs.ghosts, descs.blobs,
                            len(descs.descs))  # fmt: skip
@@ -462,10 +462,10 @@ def _dump(ctx: DumpContext, descs: Descriptions, fd_dir: int, info_dir: int
             index = descs.add(_describe(found, k, info, descs), pid, fd)
         table.append({"fd": fd, "desc": index, "cloexec": bool(info.flags & O_CLOEXEC)})
     cwd = procfs.readlink(pid, "cwd")
-    gone = ghosts.describe_cwd(pid) if cwd.endswith(ghosts.DELETED) else None
+    gone = ghosts.describe_cwd(pid) if cwd.endswith(procfs.DELETED) else None
     for what in ("root",) if gone else ("cwd", "root"):
         where = procfs.readlink(pid, what)
-        if where.endswith(ghosts.DELETED):
+        if where.endswith(procfs.DELETED):
             raise Unsupported(f"the {'working' if what == 'cwd' else 'root'} directory of"
                               f" process {pid}, {where}, was deleted; not supported", pid=pid,
                               resource=what, path=where)  # fmt: skip
@@ -473,7 +473,7 @@ def _dump(ctx: DumpContext, descs: Descriptions, fd_dir: int, info_dir: int
     return {
         "pid": pid,
         "fds": table,
-        "cwd": cwd.removesuffix(ghosts.DELETED) if gone else cwd,
+        "cwd": cwd.removesuffix(procfs.DELETED) if gone else cwd,
         **({"cwd_deleted": gone} if gone else {}),
         "root": procfs.readlink(pid, "root"),
         "umask": int(status.get("Umask", "0022"), 8),

@@ -67,6 +67,7 @@ from typing import Any, BinaryIO
 
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
 from cryo.linux import libc
+from cryo.procfs import DELETED
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -78,7 +79,6 @@ MFD_HUGE_SHIFT = 26
 PAGE = 4096
 O_NOATIME = 0o1000000
 SEEK_DATA, SEEK_HOLE = 3, 4
-DELETED = " (deleted)"
 
 
 def extents(fd: int, size: int, what: str = "") -> list[list[int]]:

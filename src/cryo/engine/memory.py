@@ -37,7 +37,6 @@ from typing import Any
 from cryo import procfs
 from cryo.engine import cow, locks, shmem
 from cryo.engine.context import DumpContext, RestoreContext
-from cryo.engine.ghosts import DELETED
 from cryo.engine.inject import Batch, Injector, syscall_error
 from cryo.engine.translate import apply as translated
 from cryo.engine.translate import changed_how
@@ -70,6 +69,7 @@ from cryo.linux.mm import (
     huge_flag,
     hugepages_available,
 )
+from cryo.procfs import DELETED
 
 log = logging.getLogger(__name__)
 O_NOATIME = 0o1000000  # open a mapped file without moving its atime

@@ -33,6 +33,7 @@ import stat
 from collections.abc import Iterable
 from typing import Any
 
+from cryo import procfs
 from cryo.engine import changed, translate
 from cryo.engine.context import DumpContext
 from cryo.image import format as fmt
@@ -68,7 +69,7 @@ def open_files(ctx: DumpContext, _sink: Any) -> None:
     try:
         for path, where, exe in _mapped(ctx):
             fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
-            held.append((path.removesuffix(translate.DELETED), fd, exe))
+            held.append((path.removesuffix(procfs.DELETED), fd, exe))
     except BaseException:
         for _p, fd, _e in held:
             os.close(fd)
@@ -210,7 +211,7 @@ def depends(file_recs: Iterable[dict[str, Any]], mm_recs: Iterable[dict[str, Any
     out: dict[tuple[str, str], dict[str, Any]] = {}
 
     def add(path: str, use: str, pid: int, in_image: bool = False) -> None:
-        base = path.removesuffix(translate.DELETED)
+        base = path.removesuffix(procfs.DELETED)
         e = out.setdefault((base, use), {"path": base, "use": use, "pids": [],
                                          "saved": in_image or base in saved})  # fmt: skip
         if pid not in e["pids"]:

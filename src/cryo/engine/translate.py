@@ -22,8 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cryo.errors import CryoError, FileChanged, Usage
-
-DELETED = " (deleted)"
+from cryo.procfs import DELETED
 
 
 class Translation(Mapping[str, str]):
