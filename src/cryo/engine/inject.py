@@ -90,8 +90,10 @@ _FORK_EVENTS = (PTRACE_EVENT.FORK, PTRACE_EVENT.VFORK, PTRACE_EVENT.CLONE)
 STATS = {"batches": 0, "batched_calls": 0, "single_calls": 0}
 
 
-def find_vdso_syscall(pid: int) -> int:
-    for vma in procfs.parse_maps(procfs.read(pid, "maps")):
+def find_vdso_syscall(pid: int, maps: list[procfs.Vma] | None = None) -> int:
+    """A syscall instruction in the vDSO of ``pid`` (whose maps are ``maps`` if given: a
+    restore helper forked from cryo has cryo's)."""
+    for vma in procfs.parse_maps(procfs.read(pid, "maps")) if maps is None else maps:
         if vma.path == "[vdso]":
             buf = bytearray(vma.size)
             libc.process_vm_readv(pid, [(libc.buffer_address(buf), vma.size)],

@@ -788,8 +788,9 @@ def unmap_helper(ctx: RestoreContext, keep: tuple[int, int],
     one munmap per gap between them (unmapping a range with holes in it is fine).  With
     ``specials`` (the MM record and a free address), the vDSO and vvar are then moved to
     where the image had them in the same stop (:func:`move_specials`).  The calls go in
-    a batch of their own, or at the end of ``into`` (map_vmas' first: one stop less)."""
-    maps = procfs.parse_maps(procfs.read(ctx.pid, "maps"))
+    a batch of their own, or at the end of ``into`` (map_vmas' first: one stop less).
+    A root forked by cryo has cryo's vDSO and vvar: its maps are not read again."""
+    maps = ctx.live.get("helper_maps") or procfs.parse_maps(procfs.read(ctx.pid, "maps"))
     inherited = (getattr(ctx, "live", None) or {}).get("inherited_ranges", [])
     kept = sorted([keep, *also, *inherited, *staged_sources(ctx)]
                   + [(v.start, v.end) for v in maps if v.path in SPECIAL])  # fmt: skip

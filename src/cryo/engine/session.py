@@ -680,7 +680,8 @@ class Restart:
         """Every process made, parents first, each with its ids, session and group; and
         as soon as it is made, its memory (drivers.BIRTH_STAGES), so that the children
         forked from it next share its pages copy-on-write as they did."""
-        own = [(v.start, v.end) for v in procfs.parse_maps(procfs.read("self", "maps"))]
+        own_maps = procfs.parse_maps(procfs.read("self", "maps"))  # (a root's too: tree.build)
+        own = [(v.start, v.end) for v in own_maps]
         layouts = [r for recs in self.plan.procs.values() for r in memory.layout(recs[R.MM])]
         self.area = memory.free_area(own, layouts, size=tree.RESTORER_SIZE)
         total = sum(b["raw"] for b in self.image.blocks if "pid" in b)
@@ -715,7 +716,7 @@ class Restart:
                 if fills is not None:
                     fills.drain()  # nor a worker
             tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
-                       self.area, born=self._born, timens=timens)  # fmt: skip
+                       self.area, born=self._born, timens=timens, own=own_maps)  # fmt: skip
             m = self.made[old]
             self.pid_map[old] = m.pid
             if old not in procs:
@@ -726,6 +727,8 @@ class Restart:
                 thread_records=self.plan.threads[old], proc=m.rec,
                 pidns=bool(self.plan.tree.get("pidns")), area=self.area,
                 area_size=tree.RESTORER_SIZE, progress=step)  # fmt: skip
+            if m.forked_maps is not None:
+                ctx.live["helper_maps"] = m.forked_maps
             if p["ppid"] in procs:  # forked from its restored parent: what it inherits
                 memory.inherit_from_parent(ctx, procs[old][R.MM], procs[p["ppid"]][R.MM])
             if old in self.staged:  # (only a root forked by cryo has cryo's staging area)

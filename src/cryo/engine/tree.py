@@ -574,6 +574,8 @@ class Made:
     inj: Injector
     ctx: RestoreContext | None = None
     ids_kept: bool = False  # its session and group are the image's (_ids): a child inherits
+    # a root forked by cryo: cryo's maps then, where its vDSO and vvar are (unmap_helper)
+    forked_maps: list[procfs.Vma] | None = None
 
 
 def kill_made(made: dict[int, Made]) -> None:
@@ -635,11 +637,14 @@ def _reap_orphans(pids: list[int], bound: float = 5.0) -> None:
 
 def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bool,
           area: int, born: Callable[[Injector, int], None] | None = None,
-          timens: tuple[int, int] | None = None) -> None:  # fmt: skip
+          timens: tuple[int, int] | None = None,
+          own: list[procfs.Vma] | None = None) -> None:  # fmt: skip
     """Create every process of TREE record ``rec``, parents first, with ids, sessions and
     groups.  Each gets the restorer area at ``area``: a root forked by cryo maps it,
     every other process inherits it from the restored parent that forks it.  A root is
-    forked into a time namespace ``timens`` ahead of ours if given (engine/clocks.py)."""
+    forked into a time namespace ``timens`` ahead of ours if given (engine/clocks.py).
+    ``own``: cryo's maps, which a root forked by cryo (not through a time namespace) has
+    (its vDSO is found there, its specials noted: Made.specials), read once."""
     for p in creation_order(rec):
         old = p["pid"]
         parent = made.get(p["ppid"])
@@ -653,11 +658,14 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
                     raise
                 raise RestoreConflict(f"pid {old} was taken meanwhile", pid=old) from err
             t = Tracee.adopt_traceme_child(child, TRACE_NEW)
-            hinj = HoldingInjector(t, find_vdso_syscall(child))
+            maps = own if timens is None else None
+            hinj = HoldingInjector(t, find_vdso_syscall(child, maps))
             hinj.born_actions = acts
             made[old] = m = Made(p, child, t, hinj)
+            m.forked_maps = maps
             m.inj.map_scratch(RESTORER_SIZE, addr=area, exe=True)
             m.inj.write(area, b"\x0f\x05\xcc")  # syscall; int3
+            executable = (m.inj.scratch_known or (0, 0, None))[2]
         else:  # forked by its restored parent
             pinj = parent.inj
             args = S.clone_args()
@@ -679,9 +687,12 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
             hinj = HoldingInjector(t, area)  # (its actions its parent's: none once set)
             hinj.born_actions = getattr(parent.inj, "born_actions", None)
             made[old] = m = Made(p, child, t, hinj)
+            executable = (parent.inj.scratch_known or (0, 0, None))[2]  # (its mapping)
         m.inj.syscall_addr = area
         # (the held calls' buffers after the scratch area: inject.HoldingInjector)
         m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE - HELD_SIZE
+        if executable is not None:  # (inside the area map_scratch mapped: no maps read)
+            m.inj.scratch_known = (m.inj.scratch, m.inj.scratch_size, executable)
         _ids(m, made, shell_job, root=parent is None)
         if born is not None:  # (its session is its own now; it has no child yet)
             born(m.inj, old)
