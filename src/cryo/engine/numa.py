@@ -103,14 +103,18 @@ def dump(ctx: DumpContext, b: Batch) -> Generator[None, Batch, None]:
 
 def restore(ctx: RestoreContext) -> None:
     """Restore hook (memory stage, the mappings made, no page written yet): a forked
-    child's mappings kept from its parent back to no policy of their own, then each
-    saved one given again."""
+    child's mappings kept from its parent back to no policy of their own (those where
+    the parent has one: ``ctx.live["parent_policies"]``, its saved ones, given to it
+    before the child's fork), then each saved one given again."""
     pols = ctx.records[b"TASK"].get("vma_policies") or []
     mm = ctx.records[b"MM  "]
     runs = (mm.get("cow") or {}).get("runs") or []
     own = {p[0] for p in pols}
+    theirs = (getattr(ctx, "live", None) or {}).get("parent_policies")
     kept = [(v["start"], v["end"]) for v in mm["vmas"] if v["start"] not in own
-            and any(a < v["end"] and v["start"] < a + n for a, n in runs)]  # fmt: skip
+            and any(a < v["end"] and v["start"] < a + n for a, n in runs)
+            and (theirs is None or any(s < v["end"] and v["start"] < e
+                                       for s, e, *_ in theirs))]  # fmt: skip
     calls = [(start, end, MPOL_DEFAULT, b"") for start, end in kept] + \
         [tuple(p) for p in pols]  # fmt: skip
     for i in range(0, len(calls), CHUNK):  # (held: memory.write_pages runs them first)

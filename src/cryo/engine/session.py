@@ -729,6 +729,8 @@ class Restart:
                 area_size=tree.RESTORER_SIZE, progress=step)  # fmt: skip
             if m.forked_maps is not None:
                 ctx.live["helper_maps"] = m.forked_maps
+            if p["ppid"] in procs:  # (the policies its parent's mappings had: numa.restore)
+                ctx.live["parent_policies"] = procs[p["ppid"]][R.TASK].get("vma_policies") or []
             if p["ppid"] in procs:  # forked from its restored parent: what it inherits
                 memory.inherit_from_parent(ctx, procs[old][R.MM], procs[p["ppid"]][R.MM])
             if old in self.staged:  # (only a root forked by cryo has cryo's staging area)
