@@ -37,7 +37,7 @@ def dump(ctx: DumpContext, b: Batch) -> Generator[None, Batch, dict[str, Any]]:
     return {
         "pid": ctx.pid,
         "actions": actions,
-        "pending_shared": ctx.tracee.peek_siginfo(shared=True),
+        "pending_shared": ctx.tracee.pending(shared=True),
     }
 
 
@@ -49,7 +49,7 @@ def dump_thread(tracee: Tracee, b: Batch) -> Generator[None, Batch, dict[str, An
     yield
     return {
         "blocked": tracee.get_sigmask(),
-        "pending": tracee.peek_siginfo(shared=False),
+        "pending": tracee.pending(shared=False),
         "altstack": b.read(buf, _SIZEOF_STACK),
     }
 

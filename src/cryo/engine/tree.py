@@ -296,6 +296,8 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
             if st is not None and not p.zombie:
                 p.ppid, p.pgid, p.sid = st.ppid, st.pgrp, st.session
                 p.nstids = [nspid(p.pid, t) for t in p.threads]
+                for tid, t in p.tracees.items():  # (before a call resumes any task)
+                    t.note_pending(shared=tid == p.pid)
         return procs
     except BaseException:
         let_go(procs)
