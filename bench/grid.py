@@ -14,7 +14,11 @@ TCP, cryo.grid.replica; without, the stores count as shared):
   that outlive the call, as the agents' do), written, held until the last is written,
   then let go; and the same with early release (each written once every part is
   collected, a barrier of threads, and let go once its own pages are read): the
-  grid's protocol without etcd, agents or waking.  The parts' frozen time is shown
+  grid's protocol without etcd, agents or waking; and, with part 2 prepared
+  ``--late`` seconds after the others (a part whose callbacks or collect take longer),
+  that protocol with each part written once every part is collected against each
+  written at once and let go once every part is collected (cryo.prepare's
+  ``release_gate``, as the agents do since session 10), alternated.  The parts' frozen time is shown
   beside the local checkpoints' (a local one lets its target go once its pages are in
   memory, before they are written; so does a part, once every part is frozen and
   collected: early release), and the same
@@ -39,7 +43,7 @@ puts etcd's data elsewhere (``/dev/shm``: etcd on a disk of its own, as etcd's
 documentation asks of a deployment; by default beside the stores, on the same disk).
 
 Run as root:  python bench/grid.py [--mib 256] [--rounds 3] [--lease 2] [--replicas 0]
-                                   [--etcd-dir DIR]
+                                   [--etcd-dir DIR] [--late 0.3]
 """
 
 from __future__ import annotations
@@ -143,6 +147,8 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=0)
     ap.add_argument("--etcd-dir", default=None, help="etcd's data (default: beside the"
                     " stores, on the same disk)")  # fmt: skip
+    ap.add_argument("--late", type=float, default=0.3, help="seconds part 2 is prepared"
+                    " late in the early-write comparison (0: none)")  # fmt: skip
     args = ap.parse_args()
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
     import cryo as lib
@@ -198,6 +204,7 @@ def main() -> None:
                 time.sleep(0.05)
         globals_, clis, slowest, parallel, staged = [], [], [], [], []
         early: list[float] = []  # staged, early release: the grid's protocol without etcd
+        late: dict[bool, list[float]] = {False: [], True: []}  # part 2 late; written at once
         frozen_alone: list[float] = []  # the slowest local checkpoint's freeze
         frozen_par: list[float] = []  # the longest freeze of the three at once
         # the threads of the staged baseline live as long as the run: a checkpoint's
@@ -219,10 +226,52 @@ def main() -> None:
                 raise
             return h
 
-        def staged_round(dest: str, gate: threading.Barrier | None = None) -> float:
+        def prepare_write_gated(pid: int, dest: str, gate: threading.Barrier) -> Any:
+            # (as the agents do since session 10: the image written at once, the part
+            # held once its pages are read until every part is collected)
+            r, w = os.pipe2(os.O_CLOEXEC)
+            try:
+                h = lib.prepare(pid, net={"tcp_established": True}, scope="tree",
+                                hold=False, release_gate=r)  # fmt: skip
+                out: list[BaseException] = []
+
+                def write() -> None:
+                    try:
+                        h.write(dest)
+                    except BaseException as err:
+                        out.append(err)
+
+                th = threading.Thread(target=write)
+                th.start()
+                try:
+                    gate.wait(60)
+                    os.write(w, b"g")
+                except BaseException:
+                    os.write(w, b"n")
+                    raise
+                finally:
+                    th.join()
+                if out:
+                    h.abort()
+                    raise out[0]
+                return h
+            finally:
+                os.close(r)
+                os.close(w)
+
+        def staged_round(dest: str, gate: threading.Barrier | None = None,
+                         late: float = 0.0, write_at_once: bool = False) -> float:
             t0 = time.perf_counter()
-            futures = [pool.submit(prepare_and_write, pid, f"{dest}-{n}", gate)
-                       for n, pid in enumerate(pids)]  # fmt: skip
+
+            def one(n: int, pid: int) -> Any:
+                if n == 2 and late:  # (a part whose callbacks or collect take longer)
+                    time.sleep(late)
+                if write_at_once:
+                    assert gate is not None
+                    return prepare_write_gated(pid, f"{dest}-{n}", gate)
+                return prepare_and_write(pid, f"{dest}-{n}", gate)
+
+            futures = [pool.submit(one, n, pid) for n, pid in enumerate(pids)]
             concurrent.futures.wait(futures)
             failed = [f.exception() for f in futures if f.exception() is not None]
             for f in futures:  # every part let go: resumed, or aborted if one failed
@@ -327,12 +376,21 @@ def main() -> None:
                 shutil.rmtree(tmp / f"staged-{i}-{n}", ignore_errors=True)
             quiesce(quiet)
             early.append(staged_round(str(tmp / f"early-{i}"), threading.Barrier(3)))
+            if args.late:  # one part late: written once all are collected, or at once
+                for at_once in ((False, True) if i % 2 == 0 else (True, False)):
+                    for n in range(3):
+                        shutil.rmtree(tmp / f"late-{i}-{n}", ignore_errors=True)
+                    quiesce(quiet)
+                    late[at_once].append(staged_round(str(tmp / f"late-{i}"),
+                                                      threading.Barrier(3), args.late,
+                                                      write_at_once=at_once))  # fmt: skip
             for n in range(3):
                 if i < args.rounds - 1 or n != 1:  # one alone image kept for the restart
                     shutil.rmtree(tmp / f"alone-{i}-{n}", ignore_errors=True)
                 shutil.rmtree(tmp / f"par-{i}-{n}", ignore_errors=True)
                 shutil.rmtree(tmp / f"staged-{i}-{n}", ignore_errors=True)
                 shutil.rmtree(tmp / f"early-{i}-{n}", ignore_errors=True)
+                shutil.rmtree(tmp / f"late-{i}-{n}", ignore_errors=True)
         pool.shutdown()
         g, s, par, stg = med(globals_), med(slowest), med(parallel), med(staged)
         print(f"{args.mib} MiB x 3 parts, {args.rounds} rounds (medians), replicas"
@@ -347,6 +405,11 @@ def main() -> None:
         print(f"  ratio global/slowest alone {g / s:.2f} (goal <= 1.3);"
               f" global/three at once {g / par:.2f}; global/three prepared {g / stg:.2f};"
               f" global/early release without etcd {g / med(early):.2f}")
+        if args.late:
+            print(f"  part 2 prepared {args.late:.2f} s late (no etcd; rounds alternated):"
+                  f" each written once all are collected {med(late[False]):.3f} s, each"
+                  f" written at once and let go once all are collected (the agents' since"
+                  f" session 10) {med(late[True]):.3f} s")  # fmt: skip
         waking = sum(med(phases[k]) for k in ("setup", "seen", "decide", "resume"))
         print(f"  coordination: global - three at once {g - par:.3f} s, of which etcd and"
               f" waking (setup + seen + decide + resume) {waking:.3f} s")

@@ -275,10 +275,12 @@ def test_adopter_that_dies_leaves_nothing(grid: Grid, procs: Procs, build: Any) 
     assert r.returncode == 0, r.stderr  # (neither agent keeps it)
 
 
+@pytest.mark.timeout(120)
 def test_early_release_waits_for_every_part(grid: Grid, build: Any) -> None:
     """Early release: a part is let go only once every part of the round is frozen and
-    collected (h2's agent is stopped meanwhile: parts 0 and 1, collected, stay held),
-    then each goes on while its image is written, before the decision.  The round
+    collected (h2's agent is stopped meanwhile: parts 0 and 1, collected, stay held,
+    their images being written already), then each goes on while the rest of its
+    image is written, before the decision.  The round
     aborted after that leaves no image of it and nothing committed, and no part was
     ever rolled back."""
     from cryo.grid import keys as K
@@ -301,6 +303,11 @@ def test_early_release_waits_for_every_part(grid: Grid, build: Any) -> None:
         time.sleep(1.0)
         assert held(pids[0]) and held(pids[1]), "let go before part 2 was collected"
         assert len(e.prefix(K.votes("early", 1))) == 2 and not held(pids[2])
+        # meanwhile their images are being written: from their collect on, not from
+        # the last part's (each a temporary directory of the store's sink until written)
+        v1 = grid.store / "early" / "v1"
+        writing = sorted(x.name.split(".tmp.")[0] for x in v1.iterdir()) if v1.is_dir() else []
+        assert writing == ["part0", "part1"], ("not written while held", writing)
     finally:
         os.kill(h2, signal.SIGCONT)
     while len(votes := dict(e.prefix(K.votes("early", 1)))) < 3 or \

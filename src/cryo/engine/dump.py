@@ -132,7 +132,10 @@ def prepare(pid: int, *, hold: bool = True, **options: Any) -> StagedCheckpoint:
     ``hold=False``, :meth:`StagedCheckpoint.write` lets them go as soon as their pages
     are in cryo's buffers (as a local checkpoint does), before the image is written;
     ``resume()`` or ``abort()`` still ends the checkpoint (an abort then only discards
-    what the sink holds uncommitted)."""
+    what the sink holds uncommitted).  ``release_gate`` (an fd, a pipe's read end)
+    holds them, their pages read, until one byte comes there: ``b"g"`` lets them go,
+    anything else fails the write (a coordinated checkpoint that writes each part at
+    once and lets none go before every part is frozen: grid/agent.py)."""
     session = CheckpointSession(pid, None, hold=hold, **options)
     try:
         session.prepare()

@@ -131,8 +131,13 @@ class Checkpoint:
                  progress: Callable[[int, int], None] | None = None,
                  in_worker: bool = False, net: dict[str, bool] | None = None,
                  no_callbacks: bool = False, nonblocking: bool = False,
-                 callback_timeout: float = 30.0) -> None:  # fmt: skip
+                 callback_timeout: float = 30.0,
+                 release_gate: int | None = None) -> None:  # fmt: skip
         self.pid, self.scope, self.dest = pid, scope, dest
+        # an fd of the caller's (a pipe: the worker, forked, has it too): once every
+        # page is read the targets wait for one byte there, b"g" to go on, anything
+        # else to be let go unwritten (a coordinated checkpoint: grid/agent.py)
+        self.release_gate = release_gate
         self.net = net or {}  # tcp_established, tcp_close, ext_unix_sk
         self.sink_options = {"force": force, "compress": compress, "direct": direct_io}
         self.shell_job, self.signal_after, self.hold = shell_job, signal_after, hold
@@ -241,6 +246,8 @@ class Checkpoint:
                 self.progress(done[0], total)
 
         def read_done() -> None:
+            if self.release_gate is not None:
+                self._await_gate(self.release_gate)
             if not self.signal_after and not self.hold:
                 self.release()
 
@@ -256,6 +263,12 @@ class Checkpoint:
                     d.written(ctx, sink)
         self.result.memory_bytes = stats.bytes
         self.result.files = files_of(self)
+
+    def _await_gate(self, fd: int) -> None:
+        """Until the caller opens the release gate (the watchdog bounds the wait); a
+        gate that says no fails the write: the targets are let go, nothing kept."""
+        if os.read(fd, 1) != b"g":  # (b"": every write end closed)
+            raise CryoError("the coordinated checkpoint was called off before its release")
 
     def release(self) -> None:
         """Let every process go on as it was (the pages are in our buffers, or the

@@ -44,6 +44,7 @@ from cryo.grid.etcd import Etcd
 
 log = logging.getLogger(__name__)
 FENCE_MARGIN = 0.75  # seconds before the lease could expire that parts are stopped
+CANCELLED = "its write failed"  # why Gate.wait returned when its cancel was set
 
 
 class Agent:
@@ -523,28 +524,35 @@ class Agent:
             targets = self._replica_hosts(n, want, live) if want else {}
             left = max(1.0, r["deadline"] - time.time())
             t0 = time.time()
-            # (the part is a process tree: its root and every descendant, frozen together)
-            handle = cryo.prepare(int(p["pid"]), scope="tree", hold=gate is None,
-                                  freeze_timeout=left + GRACE + 10,
-                                  net={"tcp_established": True})  # fmt: skip
+            # (early release: the part's worker, forked by prepare, waits at this pipe
+            # before it lets the part go)
+            release = os.pipe2(os.O_CLOEXEC) if gate is not None else None
             try:
-                t1 = time.time()
-                if gate is not None:
-                    # no part may go on before every part's state is collected: a part
-                    # let go earlier could send what another's image then records as
-                    # received while its own image does not record it as sent
-                    gate.vote(n, {**vote, "ok": True, "phase": "collected", "image": None,
-                                  "times": {"seen": round(t0, 4),
-                                            "prepare": round(t1 - t0, 4)}})  # fmt: skip
-                    hosts = {int(k.rsplit("/", 1)[1]): str(x.get("host"))
-                             for k, x in self._prefix(K.parts(app))}  # fmt: skip
-                    why = gate.wait(r.get("parts") or [n], r["deadline"], hosts)
-                    if why is not None:
-                        raise CryoError(f"part {n} let go unwritten: {why}")
-                t2 = time.time()
-                os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
-                paths.append(image)
-                result = handle.write(image)
+                # (the part is a process tree: its root and every descendant, frozen
+                # together)
+                handle = cryo.prepare(int(p["pid"]), scope="tree", hold=gate is None,
+                                      freeze_timeout=left + GRACE + 10,
+                                      net={"tcp_established": True},
+                                      release_gate=release[0] if release else None)  # fmt: skip
+                try:
+                    t1 = time.time()
+                    os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
+                    paths.append(image)
+                    if release is not None:
+                        assert gate is not None
+                        result, t2 = self._write_gated(handle, image, gate, release[1], r,
+                                                       n, vote, t0, t1)  # fmt: skip
+                    else:
+                        t2 = time.time()
+                        result = handle.write(image)
+                except BaseException:
+                    with contextlib.suppress(CryoError):  # (a failed write ended it)
+                        handle.abort()
+                    raise
+            finally:
+                for fd in release or ():
+                    os.close(fd)
+            try:
                 t3 = time.time()
                 # the replicas go once every part is written (the round's cut): the vote
                 # says so
@@ -563,15 +571,58 @@ class Agent:
                     vote["times"]["frozen"] = round(result.freeze_seconds, 4)
             except BaseException:
                 handle.abort()
-                for path in paths:
-                    shutil.rmtree(path, ignore_errors=True)
                 raise
             self.held[(app, v, n)] = (handle, paths)
             vote["ok"] = True
             vote["phase"] = "written"
         except (CryoError, OSError) as err:
             vote["reason"] = str(err)
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
         return vote
+
+    def _write_gated(self, handle: Any, image: str, gate: Gate, release: int,
+                     r: dict[str, Any], n: int, vote: dict[str, Any], t0: float,
+                     t1: float) -> tuple[Any, float]:  # fmt: skip
+        """Early release of part ``n``, frozen and collected: its vote ``collected``,
+        then its image written at once, in a thread of its own, while this one waits
+        until every part of the round has voted so; the part's worker holds it once
+        its pages are read until the release pipe says go (b"g", or no: let go
+        unwritten).  The write's result, and when the gate opened."""
+        app = gate.app
+        # no part may go on before every part's state is collected: a part let go
+        # earlier could send what another's image then records as received while its
+        # own image does not record it as sent
+        gate.vote(n, {**vote, "ok": True, "phase": "collected", "image": None,
+                      "times": {"seen": round(t0, 4), "prepare": round(t1 - t0, 4)}})
+        hosts = {int(k.rsplit("/", 1)[1]): str(x.get("host"))
+                 for k, x in self._prefix(K.parts(app))}  # fmt: skip
+        done = threading.Event()
+        out: dict[str, Any] = {}
+
+        def write() -> None:
+            try:
+                out["result"] = handle.write(image)
+            except BaseException as err:  # (handed to the waiting thread)
+                out["error"] = err
+            finally:
+                done.set()
+                gate.event.set()
+
+        writer = threading.Thread(target=write, name=f"cryo-grid-write-{n}", daemon=True)
+        writer.start()
+        why: str | None = "the wait for the other parts failed"
+        try:
+            why = gate.wait(r.get("parts") or [n], r["deadline"], hosts, cancel=done)
+        finally:
+            opened = time.time()
+            os.write(release, b"n" if why is not None else b"g")
+            writer.join()
+        if "error" in out and why in (None, CANCELLED):
+            raise out["error"]  # (its write failed first)
+        if why is not None:
+            raise CryoError(f"part {n} let go unwritten: {why}")
+        return out["result"], opened
 
     def _replicate(self, app: str, record: dict[str, Any], r: dict[str, Any], n: int,
                    vote: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
@@ -763,17 +814,20 @@ class Gate:
             self.etcd.put(K.vote(self.app, self.version, n), vote)
         self.seen(K.vote(self.app, self.version, n), 0, vote)  # (ours: at once)
 
-    def wait(self, parts: list[int], deadline: float,
-             hosts: dict[int, str] | None = None) -> str | None:  # fmt: skip
+    def wait(self, parts: list[int], deadline: float, hosts: dict[int, str] | None = None,
+             cancel: threading.Event | None = None) -> str | None:  # fmt: skip
         """None once every part of ``parts`` has voted yes (collected or written); else
         why not: a no vote, the round decided or gone, its deadline passed, the host of
         a part that has not voted gone (``hosts``: each part's), a restart asked (its
         parts would wait for the deadline, and this agent's restart with them); checked
-        in etcd every 0.25 s."""
+        in etcd every 0.25 s; ``cancel`` set (:data:`CANCELLED`: the part's write
+        failed; whoever sets it sets :attr:`event` too)."""
         woken = True
         checked = time.monotonic()
         while True:
             self.event.clear()
+            if cancel is not None and cancel.is_set():
+                return CANCELLED
             if time.monotonic() - checked > 0.25:
                 with self._client:
                     live = {k.rsplit("/", 1)[1] for k, _ in self.etcd.prefix(K.hosts())}
