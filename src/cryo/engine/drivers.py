@@ -633,7 +633,8 @@ DRIVERS: tuple[Driver, ...] = (
                                lambda rs: "app_channels" in rs.shared.keep)),
     Driver("dirty", (dirty.KIND,), optional=True, inject=_dirty_inject, write=_dirty_select,
            written=_dirty_inherit),
-    Driver("registers", restore_thread={"regs": _thread_regs}),
+    Driver("registers", restore_thread={"creds": registers.restart_block,
+                                        "regs": _thread_regs}),
     Driver("sud", restore_thread={"regs": sud.restore_thread}),  # (no call injected after)
     # (the last started hook) inotify watches get their masks, fanotify groups their
     # marks: nothing the restart did to the files queued an event (engine/fsnotify.py)

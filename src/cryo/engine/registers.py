@@ -11,9 +11,13 @@ restart block, which does not survive the task: the whole sleep runs again.
 What the restart block keeps (ERESTART_RESTARTBLOCK, run by restart_syscall): poll() its
 fds and the absolute monotonic end of its timeout; FUTEX_WAIT with a timeout its word,
 value, bitset and absolute end; nanosleep/clock_nanosleep the absolute expiry and the
-``rem`` pointer.  No interface reads it back (the hrtimer it arms shows in
-/proc/timer_list only while the task sleeps, without its task).  CRIU makes these calls
-return EINTR; cryo runs them again whole, so that they may end late, never early.
+``rem`` pointer.  No interface reads it back; a BPF task iterator does: the checkpoint
+saves the time left of poll, relative FUTEX_WAIT and rem-less relative sleeps (THRD
+``restart``), and the restart rebuilds the block by injecting the same call with that
+time left (engine/restartblock.py); the thread resumes with restart_syscall.  Without
+BPF (no CAP_BPF, no BTF) or when the rebuilt call ends otherwise (the word changed, an fd
+is ready) the call runs again whole, so that it may end late, never early (CRIU makes
+these calls return EINTR).  epoll_wait keeps no restart block (EINTR): run whole.
 ppoll, select and pselect6 restart with ERESTARTNOHAND after the kernel wrote the time
 left into the caller's timeout (part of the saved memory): run again, they wait only that
 long (unless the STICKY_TIMEOUTS personality)."""
@@ -23,7 +27,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cryo.engine import sched, task
+from cryo.engine import restartblock, sched, task
 from cryo.engine.inject import NO_SYSCALL, Injector
 from cryo.engine.ptrace import EINTR_BY_TRACER, Tracee
 from cryo.errors import ImageIncompatible
@@ -36,7 +40,12 @@ _RERUN = {SYS.nanosleep, SYS.clock_nanosleep, SYS.poll, SYS.ppoll, SYS.select, S
 
 
 def dump(tracee: Tracee, inj: Injector) -> dict[str, Any]:
-    return {"regs": bytes(inj.saved), "xstate": tracee.get_xstate()}
+    out: dict[str, Any] = {"regs": bytes(inj.saved), "xstate": tracee.get_xstate()}
+    if restartblock.wanted(inj.saved):
+        block = restartblock.dump(tracee.tid, inj.saved)
+        if block is not None:
+            out["restart"] = block
+    return out
 
 
 def signed(v: int) -> int:
@@ -92,11 +101,23 @@ def check(trec: dict[str, Any], xstate_here: int) -> None:
         )
 
 
+def restart_block(ctx: Any, inj: Injector, trec: dict[str, Any]) -> None:
+    """Thread hook ("creds" stage): the restart block of a thread whose sleep only it
+    held (engine/restartblock.py), unless a signal it takes first voids the block."""
+    if "restart" in trec and not _takes_signal(trec):
+        saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
+        restartblock.rebuild(inj, saved, trec["restart"])
+
+
 def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
     """The thread's last step: registers, then its scheduling (from outside: an idle or
     real-time policy must not slow or race the restore); a stopped process is stopped
     again when let go."""
     tracee.set_xstate(trec["xstate"])
-    inj.finish(final_regs(trec["regs"], _takes_signal(trec)))
+    regs = final_regs(trec["regs"], _takes_signal(trec))
+    if "restart" in trec:
+        saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
+        regs = restartblock.final(tracee, saved, regs)
+    inj.finish(regs)
     sched.restore_thread(tracee.tid, trec)
     task.stop_after_restore(tracee, trec)

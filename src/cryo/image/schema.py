@@ -962,6 +962,10 @@ KINDS: tuple[Kind, ...] = (
                                                      ("bpf", "flags"))),
                                "first installed first")),
                       name="seccomp"), required=False),
+        F("restart", Struct((F("fn", Str()), F("left_ns", Int(0))), name="restart block"),
+          "stopped in poll, FUTEX_WAIT or nanosleep whose time left only its restart"
+          " block holds: its fn and that time (ns; engine/restartblock.py)",
+          required=False),
     ), name="thread"), "one thread: registers, xstate, mask, pending, credentials"),
     Kind(b"FDSC", "engine/files.py", "at most one", Struct((
         F("descs", List(DESC), "every open file description, once (below)"),

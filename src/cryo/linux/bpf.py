@@ -16,6 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from cryo.errors import InternalError
 from cryo.linux.libc import libc
 
 SYS_BPF = 321
@@ -235,3 +236,277 @@ def linkable_bit() -> int:
         raise Unavailable(0, f"I_LINKABLE not found in inode->i_state ({bit:#x})")
     _layout[0] = Layout(lay.iter_id, lay.f_inode, lay.i_state, lay.state_size, bit)
     return bit
+
+
+# -- a general reader: one iterator program per question, offsets from BTF -----------------
+
+BPF_FUNC_PROBE_READ_KERNEL = 113
+_CACHE = "/run/cryo/btf-offsets"  # the offsets this boot's kernel has (boot id, JSON)
+# what the readers ask of BTF: a name -> (struct, dotted member path through anonymous
+# members) for an offset, (struct, "") for a size, (None, func) for an iterator's BTF id
+_WANTED: dict[str, tuple[str | None, str]] = {
+    "iter_task": (None, "bpf_iter_task"),
+    "iter_task_file": (None, "bpf_iter_task_file"),
+    "task.pid": ("task_struct", "pid"),
+    "task.tgid": ("task_struct", "tgid"),
+    "task.restart_block": ("task_struct", "restart_block"),
+    "task.io_context": ("task_struct", "io_context"),
+    "restart_block": ("restart_block", ""),
+    "rb.fn": ("restart_block", "fn"),
+    "rb.futex.uaddr": ("restart_block", "futex.uaddr"),
+    "rb.futex.val": ("restart_block", "futex.val"),
+    "rb.futex.flags": ("restart_block", "futex.flags"),
+    "rb.futex.bitset": ("restart_block", "futex.bitset"),
+    "rb.futex.time": ("restart_block", "futex.time"),
+    "rb.nanosleep.clockid": ("restart_block", "nanosleep.clockid"),
+    "rb.nanosleep.rmtp": ("restart_block", "nanosleep.rmtp"),
+    "rb.nanosleep.expires": ("restart_block", "nanosleep.expires"),
+    "rb.poll.ufds": ("restart_block", "poll.ufds"),
+    "rb.poll.nfds": ("restart_block", "poll.nfds"),
+    "rb.poll.has_timeout": ("restart_block", "poll.has_timeout"),
+    "rb.poll.tv_sec": ("restart_block", "poll.tv_sec"),
+    "rb.poll.tv_nsec": ("restart_block", "poll.tv_nsec"),
+}
+# kernel functions whose addresses the readers compare with (/proc/kallsyms)
+SYMBOLS = ("do_restart_poll", "futex_wait_restart", "hrtimer_nanosleep_restart")
+_offsets: dict[str, int] = {}
+
+
+def _read_btf() -> dict[str, int]:
+    """Every name of _WANTED that this kernel's BTF has, as a number (a name it lacks is
+    left out: the reader that needs it is unavailable)."""
+    try:
+        with open(BTF_PATH, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise Unavailable(err.errno, f"{BTF_PATH}: {err.strerror}") from err
+    _magic, _ver, _flags, hdr, toff, tlen, soff, slen = struct.unpack_from("<HBBIIIII", data)
+    types = data[hdr + toff : hdr + toff + tlen]
+    strs = data[hdr + soff : hdr + soff + slen]
+    names = {m if s is None else s for s, m in _WANTED.values()}
+    offs = {}
+    for n in names:  # (vmlinux's strings are deduplicated: one offset a name)
+        at_ = strs.find(b"\0" + n.encode() + b"\0")
+        if at_ >= 0:
+            offs[at_ + 1] = n
+    at: list[int] = []
+    found: dict[tuple[int, str], int] = {}
+    pos, size = 0, len(types)
+    while pos < size:
+        at.append(pos)
+        name_off, info, _sz = _TYPE.unpack_from(types, pos)
+        kind = (info >> 24) & 0x1F
+        if name_off in offs and kind in (_BTF_STRUCT, _BTF_FUNC):
+            found.setdefault((kind, offs[name_off]), len(at))
+        pos += 12 + _EXTRA.get(kind, 0) + _PER_ITEM.get(kind, 0) * (info & 0xFFFF)
+
+    def resolve(tid: int) -> tuple[int, int, int]:  # through typedefs and qualifiers
+        while True:
+            _n, info, sz = _TYPE.unpack_from(types, at[tid - 1])
+            kind = (info >> 24) & 0x1F
+            if kind not in (8, 9, 10, 11, 18):
+                return tid, kind, info
+            tid = sz
+
+    def member(sid: int, name: str) -> tuple[int, int] | None:
+        """(byte offset, type id) of ``name`` in struct or union ``sid``, looked for in its
+        anonymous members too."""
+        sid, kind, info = resolve(sid)
+        if kind not in (_BTF_STRUCT, 5):
+            return None
+        p = at[sid - 1]
+        for i in range(info & 0xFFFF):
+            mn, mt, mo = _MEMBER.unpack_from(types, p + 12 + 12 * i)
+            bits = mo & 0xFFFFFF if info >> 31 else mo
+            if mn and _name(strs, mn) == name.encode():
+                return bits // 8, mt
+            if not mn:
+                inner = member(mt, name)
+                if inner is not None:
+                    return bits // 8 + inner[0], inner[1]
+        return None
+
+    out: dict[str, int] = {}
+    for key, (sname, path) in _WANTED.items():
+        if sname is None:
+            if (_BTF_FUNC, path) in found:
+                out[key] = found[(_BTF_FUNC, path)]
+            continue
+        sid = found.get((_BTF_STRUCT, sname))
+        if sid is None:
+            continue
+        if not path:
+            out[key] = _TYPE.unpack_from(types, at[sid - 1])[2]
+            continue
+        off, t = 0, sid
+        for part in path.split("."):
+            got = member(t, part)
+            if got is None:
+                break
+            off, t = off + got[0], got[1]
+        else:
+            out[key] = off
+    return out
+
+
+def _kallsyms() -> dict[str, int]:
+    want = {s.encode() for s in SYMBOLS}
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/kallsyms", "rb") as f:
+            for line in f:
+                addr, _t, name = line.split(maxsplit=2)
+                name = name.rstrip(b"\n")
+                if name in want and int(addr, 16):
+                    out["sym." + name.decode()] = int(addr, 16)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def offsets() -> dict[str, int]:
+    """What the readers need of this kernel (its BTF, the addresses of SYMBOLS): read once
+    a boot (kept in /run, keyed by the boot id: BTF takes ~0.5 s to walk) and once a
+    process."""
+    import json
+
+    if _offsets:
+        return _offsets
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    try:
+        with open(_CACHE) as f:
+            got = json.load(f)
+        if boot and got.get("boot") == boot and set(got.get("asked", ())) == set(_WANTED):
+            _offsets.update(got["offsets"])
+            return _offsets
+    except (OSError, ValueError, AttributeError):
+        pass
+    found = {**_read_btf(), **_kallsyms()}
+    _offsets.update(found)
+    try:
+        os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
+        tmp = f"{_CACHE}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"boot": boot, "asked": sorted(_WANTED), "offsets": found}, f)
+        os.replace(tmp, _CACHE)
+    except OSError:  # a cache only
+        pass
+    return _offsets
+
+
+def need(*keys: str) -> list[int]:
+    """The offsets named (offsets()), or Unavailable naming those this kernel lacks."""
+    offs = offsets()
+    lacks = [k for k in keys if k not in offs]
+    if lacks:
+        raise Unavailable(0, f"this kernel's BTF or symbols lack {', '.join(lacks)}")
+    return [offs[k] for k in keys]
+
+
+# A read of the reader: ``size`` bytes (a multiple of 8) at ``off`` from the iterated
+# object (base -1: the task; -2: the file, for task_file) or from the pointer that an
+# earlier read (its index) gave
+@dataclass(frozen=True)
+class Read:
+    off: int
+    size: int
+    base: int = -1
+
+
+_programs: dict[tuple[str, tuple[Read, ...]], int] = {}
+
+
+def _reader(iter_name: str, reads: tuple[Read, ...]) -> int:
+    """The program (loaded once) that writes, for each object the iterator visits, the
+    bytes of ``reads`` one after another (bpf_probe_read_kernel: a read that faults gives
+    zeros) to the iterator's seq_file; for task_file the fd first (8 bytes)."""
+    key = (iter_name, reads)
+    if key in _programs:
+        return _programs[key]
+    (iter_id,) = need(iter_name)
+    file_iter = iter_name == "iter_task_file"
+    ldx_dw, ldx_w, stx_dw = 0x79, 0x61, 0x7B
+    head = 8 if file_iter else 0
+    total = head + sum(r.size for r in reads)
+    if total > 512 or any(r.size % 8 or r.size <= 0 for r in reads):
+        raise InternalError("a BPF reader's reads do not fit its stack")
+    code = [_insn(0xBF, 6, 1),  # r6 = ctx
+            _insn(ldx_dw, 7, 6, 8)]  # r7 = ctx->task
+    body: list[bytes] = []
+    if file_iter:
+        body += [_insn(ldx_dw, 8, 6, 24),  # r8 = ctx->file
+                 _insn(ldx_w, 2, 6, 16),  # r2 = ctx->fd
+                 _insn(stx_dw, 10, 2, -total)]  # the fd first
+    at = -total + head
+    where: list[int] = []
+    for r in reads:
+        where.append(at)
+        if r.base == -1:
+            base = [_insn(0xBF, 3, 7)]  # r3 = task
+        elif r.base == -2:
+            base = [_insn(0xBF, 3, 8)]  # r3 = file
+        else:
+            base = [_insn(ldx_dw, 3, 10, where[r.base])]  # r3 = the pointer read before
+        body += [*base,
+                 _insn(0x07, 3, 0, 0, r.off),  # r3 += off
+                 _insn(0xBF, 1, 10), _insn(0x07, 1, 0, 0, at),  # r1 = fp + at
+                 _insn(0xB7, 2, 0, 0, r.size),  # r2 = size
+                 _insn(0x85, 0, 0, 0, BPF_FUNC_PROBE_READ_KERNEL)]
+        at += r.size
+    body += [_insn(ldx_dw, 1, 6, 0), _insn(ldx_dw, 1, 1, 0),  # r1 = ctx->meta->seq
+             _insn(0xBF, 2, 10), _insn(0x07, 2, 0, 0, -total),  # r2 = fp - total
+             _insn(0xB7, 3, 0, 0, total),  # r3 = total
+             _insn(0x85, 0, 0, 0, BPF_FUNC_SEQ_WRITE)]
+    skip = len(body) + (2 if file_iter else 0)
+    code.append(_insn(0x15, 7, 0, skip))  # if task == 0 goto out
+    if file_iter:
+        code += [body[0], _insn(0x15, 8, 0, len(body) - 1)]  # if file == 0 goto out
+        body = body[1:]
+    code += [*body, _insn(0xB7, 0, 0, 0, 0), _insn(0x95)]  # out: return 0
+    insns = ctypes.create_string_buffer(b"".join(code))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 14)
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_TRACING, len(insns.raw) // 8,
+                     ctypes.addressof(insns), ctypes.addressof(license_), 1, len(log),
+                     ctypes.addressof(log))  # fmt: skip
+    struct.pack_into("8s", attr, 48, b"cryo_rd")  # prog_name
+    struct.pack_into("<I", attr, 68, BPF_TRACE_ITER)  # expected_attach_type
+    struct.pack_into("<I", attr, 108, iter_id)  # attach_btf_id
+    try:
+        fd = _bpf(BPF_PROG_LOAD, attr, f"prog_load {iter_name}")
+    except Unavailable as err:
+        text = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        raise Unavailable(err.errno, f"{err.strerror} {' / '.join(text)}") from err
+    _programs[key] = fd
+    return fd
+
+
+def read(iter_name: str, reads: tuple[Read, ...], *, tid: int = 0, pid: int = 0) -> bytes:
+    """One run of the reader of ``reads`` over the tasks (``iter_task``) or the files
+    (``iter_task_file``) of thread ``tid``, of process ``pid``'s threads, or of every
+    task (neither): the records it wrote, one after another."""
+    prog = _reader(iter_name, reads)
+    info = ctypes.create_string_buffer(16)  # union bpf_iter_link_info: task.tid, .pid
+    struct.pack_into("<II", info, 0, tid, pid)
+    attr = ctypes.create_string_buffer(64)
+    struct.pack_into("<IIIIQI", attr, 0, prog, 0, BPF_TRACE_ITER, 0, ctypes.addressof(info),
+                     len(info))  # fmt: skip
+    link = _bpf(BPF_LINK_CREATE, attr, f"link_create {iter_name} tid={tid} pid={pid}")
+    try:
+        attr = ctypes.create_string_buffer(8)
+        struct.pack_into("<I", attr, 0, link)
+        it = _bpf(BPF_ITER_CREATE, attr, "iter_create")
+        try:
+            chunks = []
+            while chunk := os.read(it, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(it)
+    finally:
+        os.close(link)
+    return b"".join(chunks)

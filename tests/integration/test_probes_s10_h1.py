@@ -1,0 +1,67 @@
+"""State only the kernel's own structures hold, read with a BPF iterator (issue 9, session
+10, h1; engine/restartblock.py, linux/bpf.py).
+
+A thread in poll(pipe, 3000 ms), FUTEX_WAIT with a relative 3 s, or a relative nanosleep
+or clock_nanosleep of 3 s without ``rem`` (victims/restartblock_s10.c), checkpointed with
+--kill ~1.5 s in and restarted: its call returns after 3 s of its own CLOCK_MONOTONIC
+time minus the time it was dead, with its own result (before: the whole 3 s again after
+the restart, 4.5 s)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from cryo.engine.dump import checkpoint
+from cryo.engine.restore import restart
+from cryo.image.reader import Image
+from cryo.linux import bpf
+from tests.conftest import Procs, Victim, reap
+from tests.integration.test_procstate import build_threaded
+
+pytestmark = pytest.mark.timeout(120)
+
+# mode -> (the result it must return: ret, errno)
+CALLS = {"poll": (0, 0), "futex": (-1, 110), "nanosleep": (0, 0), "clock_nanosleep": (0, 0)}
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_threaded(tmp_path_factory.mktemp("restartblock"), "restartblock_s10")
+
+
+def _bpf_or_skip() -> None:
+    try:  # (the code before this change has no bpf.need: its layout then)
+        getattr(bpf, "need", lambda *_: bpf.layout())("task.restart_block", "iter_task")
+    except bpf.Unavailable as err:
+        pytest.skip(f"no BPF iterator here: {err}")
+
+
+@pytest.mark.parametrize("mode", list(CALLS))
+def test_sleep_keeps_its_time_left(procs: Procs, exe: str, tmp_path: Path, mode: str) -> None:
+    _bpf_or_skip()
+    out = tmp_path / "out.txt"
+    v = procs.spawn([exe, str(out), mode], out)
+    v.wait_line("ready")
+    time.sleep(1.5)
+    t_dead = time.monotonic()
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    time.sleep(0.5)
+    rr = restart(str(tmp_path / "img"))
+    dead = time.monotonic() - t_dead
+    procs.track(rr.pid)
+    v = Victim(rr.pid, out)
+    line = v.wait_line("done", timeout=10)
+    m = re.fullmatch(r"done (\S+) ret=(-?\d+) errno=(\d+) ms=(\d+)", line)
+    assert m, line
+    assert (int(m[2]), int(m[3])) == CALLS[mode], line
+    own = int(m[4]) / 1000 - dead  # its own time in the call, the dead time taken out
+    assert 2.85 < own < 3.4, f"{line}: {own:.3f} s of its own (dead {dead:.3f} s)"
+    assert not v.fails()
+    (rec,) = Image(str(tmp_path / "img")).raw(b"THRD")
+    assert 1.2e9 < rec["restart"]["left_ns"] < 1.6e9, rec["restart"]
