@@ -409,6 +409,10 @@ def split_blocks(runs: list[tuple[int, int]], block: int = BLOCK) -> Iterator[li
     cur: list[list[int]] = []
     size = 0
     for start, total in runs:
+        if total and size + total < block:  # (most runs: a few pages written here and there)
+            cur.append([start, total])
+            size += total
+            continue
         addr, length = start, total
         while length:
             take = min(length, block - size)
@@ -662,7 +666,11 @@ def _read_many(pid: int, mem_fd: int, buf: mmap.mmap, runs: list[list[int]],
     lens = [n for _, n in runs]
     offs = list(itertools.accumulate(lens, initial=0))
     base = libc.buffer_address(buf)
-    bad = [any(s <= a < e for s, e in unreadable) for a, _ in runs] if unreadable else None
+    bad = None
+    if unreadable:  # bounds s0 e0 s1 e1 ...: a run starts in one where its index is odd
+        bounds = sorted(itertools.chain.from_iterable(unreadable))
+        odd = [bisect.bisect_right(bounds, a) & 1 for a, _ in runs]
+        bad = odd if any(odd) else None
     i, n = 0, len(runs)
     while i < n:
         j = n

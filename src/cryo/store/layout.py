@@ -256,6 +256,12 @@ class Unit:
     def pages(self) -> int:
         return int(self._rec["pages"]) if self._rec is not None else len(self.map)
 
+    def nbytes(self) -> int:
+        """Bytes its map takes in memory (decoded, or as read)."""
+        if self._map is not None:
+            return int(self._map.page.nbytes + self._map.src.nbytes + self._map.off.nbytes)
+        return len(self._rec["runs"]) if self._rec is not None else 0
+
     def record(self) -> dict[str, Any]:
         runs, table = self.map.encode()
         rec: dict[str, Any] = {self.tag[0]: self.tag[1], "sources": table, "runs": runs,

@@ -173,9 +173,10 @@ def extents(values: I64) -> tuple[I64, I64]:
     return values[at], counts.astype(np.int64)
 
 
-def run_pages(runs: list[list[int]] | list[tuple[int, int]]) -> I64:
-    """Page numbers of engine runs ([[address, length], ...], whole pages)."""
-    if not runs:
+def run_pages(runs: list[list[int]] | list[tuple[int, int]] | I64) -> I64:
+    """Page numbers of engine runs ([[address, length], ...] or such an array, whole
+    pages)."""
+    if not len(runs):
         return np.zeros(0, dtype=np.int64)
     arr = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
     return ramp(arr[:, 0] >> SHIFT, arr[:, 1] >> SHIFT)

@@ -51,14 +51,66 @@ class _Block:
 
 
 
+# The pmap.img of the versions the last checkpoint of each application compared with,
+# and of the version it wrote, as loaded (or written) in this process, with the identity
+# of the file they came from: a process that checkpoints the same applications again and
+# again (the daemon's checkpointers) reads only those that changed since (gc rewrites a
+# version's pmap.img atomically: a new file).  Read-only once kept; bounded by KEEP_BYTES.
+_KEPT: dict[str, dict[int, tuple[tuple[int, ...], VersionMeta]]] = {}
+KEEP_BYTES = 64 << 20
+
+
+def _identity(vdir: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(os.path.join(vdir, "pmap.img"))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _kept(app: App) -> dict[int, VersionMeta]:
+    """The metas kept of ``app`` whose pmap.img is still the one they came from."""
+    return {v: meta for v, (ident, meta) in _KEPT.pop(app.path, {}).items()
+            if _identity(app.vdir(v)) == ident}  # fmt: skip
+
+
+def _keep(app: App, metas: dict[int, VersionMeta],
+          idents: dict[int, tuple[int, ...] | None] | None = None) -> None:  # fmt: skip
+    """Keep ``metas`` as the application's set (the most recent one), the oldest sets
+    dropped beyond KEEP_BYTES."""
+    idents = idents or {}
+    kept = {}
+    for v, meta in metas.items():
+        ident = idents[v] if v in idents else _identity(app.vdir(v))
+        if ident is not None:
+            kept[v] = (ident, meta)
+    _KEPT.pop(app.path, None)
+    _KEPT[app.path] = kept
+    sizes = {path: sum(_size(m) for _, m in got.values()) for path, got in _KEPT.items()}
+    total = sum(sizes.values())
+    for path in list(_KEPT):
+        if total <= KEEP_BYTES:
+            break
+        total -= sizes[path]
+        del _KEPT[path]
+
+
+def _size(meta: VersionMeta) -> int:
+    """Bytes the arrays of ``meta`` hold (about)."""
+    return sum(f.hashes.nbytes + f.layout.nbytes + f.chunks.nbytes
+               for f in meta.files.values()) + sum(u.nbytes() for u in meta.units)  # fmt: skip
+
+
 def load_previous(app: App, version: int) -> dict[Tag, HashTable]:
     """The page maps of ``version`` and where their pages' hashes are, for the next
     checkpoint to compare against (their seals are not checked here: no digest)."""
-    sources = Sources(app, digest=False)
+    sources = Sources(app, _kept(app), digest=False)
     out = {}
     for unit in sources.meta(version).units:
         sources.check(unit, f"store version {app.vdir(version)}")
         out[unit.tag] = sources.hashes(unit)
+    used = {version, *(P.version_of(int(k)) for t in out.values() for k in t.keys)}
+    _keep(app, {v: m for v, m in sources.metas.items() if v in used})
     return out
 
 
@@ -118,8 +170,8 @@ class VersionSink(ImageWriter):
 
         The block goes in parts: while the pages one part stores are written (by our own
         I/O thread, the GIL released), the next part is hashed."""
-        data, runs = _whole_pages(data, runs)
-        page = P.run_pages(runs)
+        data, arr = _whole_pages(data, runs)
+        page = P.run_pages(arr)
         n = len(page)
         src = np.full(n, NEW, dtype=np.int64)
         off = np.zeros(n, dtype=np.int64)
@@ -232,6 +284,12 @@ class VersionSink(ImageWriter):
         fmt.fsync_dir(self.app.path)
         self.stored_bytes = sum(os.path.getsize(os.path.join(self.path, n))
                                 for n in os.listdir(self.path))  # fmt: skip
+        # what the next checkpoint's load_previous would read back: this version and
+        # those it refers to, kept (as if loaded: the path, the maps it wrote)
+        meta.path = self.path
+        metas = _kept(self.app)  # (a superset of those it refers to: the next load keeps
+        metas[self.version] = meta  # only the versions it used)
+        _keep(self.app, metas)
 
     def abort(self) -> None:
         with contextlib.suppress(BaseException):
@@ -331,13 +389,13 @@ class VersionSink(ImageWriter):
         return units
 
 
-def _whole_pages(data: memoryview, runs: list[list[int]]
-                 ) -> tuple[memoryview, list[list[int]]]:  # fmt: skip
-    """Page data and runs in whole pages.  The last run of a shared object may end
-    inside a page (its size): that page is padded with zeros, and the object's size
-    cuts it again at restart."""
-    if all(start % P.PAGE == 0 and length % P.PAGE == 0 for start, length in runs):
-        return data, runs
+def _whole_pages(data: memoryview, runs: list[list[int]]) -> tuple[memoryview, P.I64]:
+    """Page data and runs (as an (n, 2) array) in whole pages.  The last run of a shared
+    object may end inside a page (its size): that page is padded with zeros, and the
+    object's size cuts it again at restart."""
+    arr = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+    if not (arr & (P.PAGE - 1)).any():  # (one test for the 1,300 runs of a round)
+        return data, arr
     out = bytearray()
     fixed = []
     pos = 0
@@ -350,7 +408,7 @@ def _whole_pages(data: memoryview, runs: list[list[int]]
         out += chunk
         out += bytes(pad)
         fixed.append([start, length + pad])
-    return memoryview(out), fixed
+    return memoryview(out), np.asarray(fixed, dtype=np.int64).reshape(-1, 2)
 
 
 class Untracked:
