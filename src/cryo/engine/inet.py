@@ -334,17 +334,23 @@ _SOCKOPT_BITS = ((int(N.IP.RECVERR), 0, 0x01), (int(N.IP.FREEBIND), 0, 0x04),
 _SOL_IP, _IP_TOS, _SO_MARK = int(N.SOL.IP), int(N.IP.TOS), int(N.SO.MARK)
 _SO_PRIORITY, _SO_BINDTODEVICE = int(N.SO.PRIORITY), int(N.SO.BINDTODEVICE)
 _TCP_CONGESTION = int(N.TCP.CONGESTION)
+_SO_MAX_PACING_RATE = int(N.SO.MAX_PACING_RATE)
 _POLLRDHUP = 0x2000
+# struct tcp_info's tcpi_max_pacing_rate (u64, ~0 for none), at byte 112
+_TCPI_MAX_PACING = slice(112, 120)
 
 
-def diag_known(attrs: dict[int, Any] | None) -> dict[tuple[int, int], Any] | None:
+def diag_known(attrs: dict[int, Any] | None, info: bytes | None = None
+               ) -> dict[tuple[int, int], Any] | None:  # fmt: skip
     """Option values of an IPv4 TCP socket as its sock_diag answer shows them
     (N.inet_diag's ``attrs``), each as getsockopt answers it (an int, or the bytes of a
     raw option), where the kernel gives both from the same field (net/ipv4/inet_diag.c,
     ip_sockglue.c, sock.c, tcp.c): six inet flags, IP_TOS (inet->tos), SO_MARK
     (sk_mark); SO_PRIORITY only as 0 (a class id of 0 is sent when both are 0, else the
     class id), SO_BINDTODEVICE only as none (idiag_if 0); TCP_CONGESTION as its name,
-    zero-filled.  Only used to skip asking an option shown at a fresh socket's value."""
+    zero-filled; with the socket's tcp_info (``info``), SO_MAX_PACING_RATE
+    (sk_max_pacing_rate, which getsockopt's 32 bits give as min(~0U, rate)).  Only used
+    to skip asking an option shown at a fresh socket's value."""
     if not attrs:
         return None
     known: dict[tuple[int, int], Any] = {}
@@ -367,32 +373,38 @@ def diag_known(attrs: dict[int, Any] | None) -> dict[tuple[int, int], Any] | Non
         name = cong.split(b"\0", 1)[0]
         if len(name) < 16:
             known[(_SOL_TCP, _TCP_CONGESTION)] = name.ljust(16, b"\0")
+    rate = info[_TCPI_MAX_PACING] if info is not None else b""
+    if len(rate) == 8:
+        v = min(int.from_bytes(rate, "little"), 0xFFFFFFFF)
+        known[(_SOL_SOCKET, _SO_MAX_PACING_RATE)] = v - (1 << 32) if v >> 31 else v
     return known
 
 
-def diag_signature(attrs: dict[int, Any] | None) -> tuple[Any, ...] | None:
-    """What :func:`diag_known` reads of a socket's sock_diag attributes, as a key: the
-    sockets with one signature have the same known options."""
+def diag_signature(attrs: dict[int, Any] | None, info: bytes | None = None
+                   ) -> tuple[Any, ...] | None:  # fmt: skip
+    """What :func:`diag_known` reads of a socket's sock_diag attributes (and tcp_info), as
+    a key: the sockets with one signature have the same known options."""
     if not attrs:
         return None
     get = attrs.get
     return (get(N.INET_DIAG_SOCKOPT), get(N.INET_DIAG_TOS), get(N.INET_DIAG_MARK),
-            get(N.INET_DIAG_CLASS_ID), get(N.INET_DIAG_IF), get(N.INET_DIAG_CONG))
+            get(N.INET_DIAG_CLASS_ID), get(N.INET_DIAG_IF), get(N.INET_DIAG_CONG),
+            info[_TCPI_MAX_PACING] if info is not None else None)
 
 
 # signature -> diag_known's answer (one dict shared by the connections that have it)
 _known: dict[tuple[Any, ...], dict[tuple[int, int], Any] | None] = {}
 
 
-def _known_of(attrs: dict[int, Any] | None) -> tuple[tuple[Any, ...] | None,
-                                                     dict[tuple[int, int], Any] | None]:
-    sig = diag_signature(attrs)
+def _known_of(attrs: dict[int, Any] | None, info: bytes | None = None
+              ) -> tuple[tuple[Any, ...] | None, dict[tuple[int, int], Any] | None]:  # fmt: skip
+    sig = diag_signature(attrs, info)
     if sig is None:
         return None, None
     if sig not in _known:
         if len(_known) > 1000:
             _known.clear()
-        _known[sig] = diag_known(attrs)
+        _known[sig] = diag_known(attrs, info)
     return sig, _known[sig]
 
 
@@ -430,26 +442,33 @@ HELD: dict[int, Held] = {}
 
 
 def tcp_table(pid: int, only: set[int] | None = None,
-              attrs: dict[int, dict[int, Any]] | None = None
+              attrs: dict[int, dict[int, Any]] | None = None,
+              each: dict[int, dict[int, bytes]] | None = None
               ) -> dict[int, tuple[int, Conn]]:  # fmt: skip
     """TCP sockets of the network namespace of ``pid``: inode -> (state, connection);
     with ``only``, just those inodes (the others' addresses are not parsed).  Asked of
     sock_diag when ``pid`` is in our own network namespace (one binary dump; the text of
-    /proc/net/tcp costs the kernel and us more), else read from /proc/PID/net/tcp."""
+    /proc/net/tcp costs the kernel and us more), else read from /proc/PID/net/tcp;
+    ``attrs`` and ``each`` get what the dump shows of each (N.inet_diag), nothing when
+    it is read from /proc."""
     out: dict[int, tuple[int, Conn]] = {}
     if _same_netns(pid):
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
                 if only is not None and len(out) == len(only):
                     break  # (every one found: no dump of the other family)
-                # (the options sock_diag shows, for IPv4: diag_known)
-                got = attrs if family == socket.AF_INET else None
+                # (the options sock_diag shows: diag_known, for IPv4; each socket's
+                # tcp_info, memory and MD5 keys, for both)
+                got = attrs if family == socket.AF_INET or each is not None else None
                 for ino, state, src, sport, dst, dport in N.inet_diag(family, only=only,
-                                                                      attrs=got):
+                                                                      attrs=got, each=each):
                     out[ino] = (state, (_ntop(family, src), sport, _ntop(family, dst), dport))
             return out
         except OSError:
             out.clear()
+            for d in (attrs, each):
+                if d is not None:
+                    d.clear()
     for proto in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{proto}", "rb") as f:
@@ -616,13 +635,14 @@ def describe(pid: int, fd: int, ino: int) -> dict[str, Any]:
     held = HELD.get(ino)
     s = held.sock if held is not None else dup(pid, fd)
     try:
-        return _describe(s, pid, fd, held)
+        return _describe(s, pid, fd, ino, held)
     finally:
         if held is None:
             s.close()
 
 
-def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[str, Any]:
+def _describe(s: socket.socket, pid: int, fd: int, ino: int, held: Held | None
+              ) -> dict[str, Any]:  # fmt: skip
     # (a held connection's socket object was made with what it is: _dup_held)
     ident = (held.family, _STREAM, _TCP) if held is not None else identity(s)
     family, typ, proto = ident
@@ -633,7 +653,7 @@ def _describe(s: socket.socket, pid: int, fd: int, held: Held | None) -> dict[st
 
     if family not in FAMILIES or typ not in TYPES:
         raise refuse("is not supported")
-    if N.filter_len(s.fileno()):
+    if not (proto == _TCP and _no_filter(ino)) and N.filter_len(s.fileno()):
         raise refuse("has a socket filter attached (SO_ATTACH_FILTER), which is not"
                      " supported yet")
     if held is not None and held.conn is not None and family == socket.AF_INET:
@@ -929,6 +949,9 @@ _SHUTDOWN, _MD5SIG = 8, 18  # INET_DIAG_SHUTDOWN (sk_shutdown), INET_DIAG_MD5SIG
 _DIAG_INFO = 1 << (N.INET_DIAG_INFO - 1)  # (the MD5 keys come only with tcp_info)
 _UDPS = (socket.IPPROTO_UDP, socket.IPPROTO_UDPLITE)
 _BOUND_INACTIVE = 1 << 13
+# a TCP state's name -> its bit in a dump's states; CLOSE's (bound, not connected) with
+# TCPF_BOUND_INACTIVE's (Linux 6.6), where such a socket is (its MD5 keys are not shown)
+_STATE_BIT = {m.name: 1 << int(m) | (_BOUND_INACTIVE if m == ST.CLOSE else 0) for m in ST}
 
 
 def _diag_of(asks: dict[tuple[int, int], tuple[set[int], int]]
@@ -989,25 +1012,32 @@ def check_diag(session: Any) -> None:
     if not descs:
         return
     by_ns: dict[int, tuple[int, dict[tuple[int, int], tuple[set[int], int]]]] = {}
+    ns_of: dict[int, int] = {}  # pid -> its network namespace (a stat a process)
     for d in descs:
-        try:
-            ns = os.stat(f"/proc/{d['pid']}/ns/net").st_ino
-        except OSError as err:
-            raise CryoError(f"process {d['pid']} vanished", pid=d["pid"]) from err
+        pid = d["pid"]
+        ns = ns_of.get(pid)
+        if ns is None:
+            try:
+                ns = ns_of[pid] = os.stat(f"/proc/{pid}/ns/net").st_ino
+            except OSError as err:
+                raise CryoError(f"process {pid} vanished", pid=pid) from err
         proto = socket.IPPROTO_TCP if d["sotype"] == "stream" else int(d["proto"])
-        asks = by_ns.setdefault(ns, (d["pid"], {}))[1]
+        asks = by_ns.setdefault(ns, (pid, {}))[1]
+        if proto == socket.IPPROTO_TCP and d["ino"] in DIAGS:
+            continue  # (its MD5 keys shown by the TCP table's dump in the freeze)
         inodes, states = asks.get((d["family"], proto), (set(), 0))
         inodes.add(d["ino"])
         state = d.get("state")  # (a TCP socket's; UDP: any)
-        bits = 0xFFFFFFFF if not state else 1 << int(ST.__members__[state])
-        if state == "CLOSE":  # (bound, not connected: TCPF_BOUND_INACTIVE, Linux 6.6; its
-            bits |= _BOUND_INACTIVE  # MD5 keys are not shown then)
+        bits = 0xFFFFFFFF if not state else _STATE_BIT[state]
         asks[(d["family"], proto)] = (inodes, states | bits)
     found: dict[int, tuple[int, bool]] = {}
     for pid, asks in by_ns.values():
-        found.update(_in_netns(pid, _diag_of, asks))
+        if asks:
+            found.update(_in_netns(pid, _diag_of, asks))
     for d in descs:
-        shut, md5 = found.get(d["ino"], (0, False))
+        seen = DIAGS.get(d["ino"]) if d["sotype"] == "stream" else None
+        shut, md5 = found.get(d["ino"], (0, False)) if seen is None else \
+            (0, bool(seen.get(N.INET_DIAG_MD5SIG)))  # fmt: skip
         if d["sotype"] != "stream":
             if shut:
                 d["shutdown"] = shut  # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2)
@@ -1460,7 +1490,9 @@ def lock_connections(ctx: Any) -> None:
     mine = {ino for _, ino in socks}
     _warn_multicast(ctx, pid, mine)
     attrs: dict[int, dict[int, Any]] = {}
-    table = tcp_table(pid, mine, attrs)
+    each: dict[int, dict[int, bytes]] = {}
+    table = tcp_table(pid, mine, attrs, each)
+    DIAGS.update(each)
     seen = {ino: socket.AF_INET6 if ":" in conn[0] else socket.AF_INET
             for ino, (_state, conn) in table.items()}  # fmt: skip
     for fd, ino in socks:  # what the fd kinds will ask (family_of), known already
@@ -1503,12 +1535,26 @@ def lock_connections(ctx: Any) -> None:
             h.state["lock"] = _image_lock
             h.conn = conn
             if family == socket.AF_INET:
-                h.known_sig, h.known = _known_of(attrs.get(ino))
+                h.known_sig, h.known = _known_of(attrs.get(ino),
+                                                 each.get(ino, {}).get(N.INET_DIAG_INFO))
     finally:
         _close_pidfds()
 
 
 _TCP_OF: dict[int, dict[int, tuple[int, str]]] = {}  # pid -> its TCP sockets, as below
+# socket inode -> what the TCP table's dump showed of it in this checkpoint's freeze
+# (N.inet_diag's each: tcp_info, memory, MD5 keys), for the TCP sockets of the processes
+# in cryo's network namespace; emptied when the checkpoint ends (thaw)
+DIAGS: dict[int, dict[int, bytes]] = {}
+
+
+def _no_filter(ino: int) -> bool:
+    """Whether the dump showed TCP socket ``ino`` with no option memory (sk_omem_alloc 0):
+    then it has no socket filter, which is charged there when attached (net/core/filter.c
+    __sk_filter_charge; a filter inherited by accept() as well)."""
+    mem = DIAGS.get(ino, {}).get(N.INET_DIAG_SKMEMINFO, b"")
+    at = N.SK_MEMINFO_OPTMEM * 4
+    return len(mem) >= at + 4 and mem[at : at + 4] == b"\0\0\0\0"
 
 
 def tcp_sockets(pid: int) -> dict[int, tuple[int, str]]:
@@ -1562,6 +1608,7 @@ def thaw(session: Any) -> None:
     global _lock
     killed = session.phase == "resume" and session.signal_after == signal.SIGKILL
     let_go_held(keep_repair=killed)
+    DIAGS.clear()
     lock, _lock = _lock, None
     if lock is not None:
         if killed:

@@ -721,10 +721,18 @@ INET_DIAG_MARK, INET_DIAG_CLASS_ID, INET_DIAG_SOCKOPT = 15, 17, 22  # (MARK: CAP
 INET_DIAG_IF = -1  # (not an attribute: idiag_if of struct inet_diag_sockid, kept with them)
 _DIAG_EXT = (1 << (INET_DIAG_CONG - 1)) | (1 << (INET_DIAG_TOS - 1)) | \
     (1 << (INET_DIAG_TCLASS - 1))  # fmt: skip
+# each socket's own, kept apart (:func:`inet_diag`'s ``each``): struct tcp_info, the
+# memory (u32 SK_MEMINFO_*: OPTMEM, sk_omem_alloc, at 6) and TCP MD5 keys (they come
+# with tcp_info, for CAP_NET_ADMIN)
+INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG = 7, 18
+SK_MEMINFO_OPTMEM = 6
+_EACH = frozenset({INET_DIAG_INFO, INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG})
+_EACH_EXT = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1))
 
 
 def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xFFFFFFFF,
-              only: set[int] | None = None, attrs: dict[int, dict[int, Any]] | None = None
+              only: set[int] | None = None, attrs: dict[int, dict[int, Any]] | None = None,
+              each: dict[int, dict[int, bytes]] | None = None
               ) -> list[tuple[int, int, bytes, int, bytes, int]]:  # fmt: skip
     """The sockets of ``family`` and ``protocol`` of this thread's network namespace, in
     one sock_diag dump (what /proc/net/tcp shows, without its text): (inode, state,
@@ -733,13 +741,15 @@ def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xF
     dump asks for the congestion control, TOS and class id too, and ``attrs[inode]``
     gets each socket's attributes, type -> payload (and idiag_if as INET_DIAG_IF): one
     dict, not to be changed, for the sockets whose attributes are the same bytes (a
-    server's connections mostly: parsed once)."""
+    server's connections mostly: parsed once).  With ``each`` too, the dump asks for
+    tcp_info and the memory besides (which differ from socket to socket): they and the
+    MD5 keys (:data:`_EACH`) go in ``each[inode]``, not in ``attrs``."""
     size = 4 if family == socket.AF_INET else 16
     out: list[tuple[int, int, bytes, int, bytes, int]] = []
     unpack, ino_of, nla = _INET_DIAG_MSG.unpack_from, _U32.unpack_from, _NLA.unpack_from
-    parsed: dict[tuple[int, bytes], dict[int, Any]] = {}
-    for data, start, end in _inet_diag_msgs(family, protocol, states,
-                                            _DIAG_EXT if attrs is not None else 0):
+    parsed: dict[tuple[Any, ...], dict[int, Any]] = {}
+    ext = 0 if attrs is None else _DIAG_EXT | (_EACH_EXT if each is not None else 0)
+    for data, start, end in _inet_diag_msgs(family, protocol, states, ext):
         if only is not None and ino_of(data, start + _INO_AT)[0] not in only:
             continue
         (_fam, state, _timer, _retrans, sport, dport, src, dst, ifindex, _cookie,
@@ -747,7 +757,23 @@ def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xF
         out.append((ino, state, src[:size], int.from_bytes(sport, "big"), dst[:size],
                     int.from_bytes(dport, "big")))  # fmt: skip
         if attrs is not None:
-            key = (ifindex, data[start + _INET_DIAG_MSG.size : end])
+            if each is None:
+                key: tuple[Any, ...] = (ifindex, data[start + _INET_DIAG_MSG.size : end])
+            else:  # (the attributes but the socket's own, which go to each)
+                mine = each[ino] = {}
+                key, at = (ifindex,), start + _INET_DIAG_MSG.size
+                rest = at
+                while at + 4 <= end:
+                    length, typ = nla(data, at)
+                    if length < 4:
+                        break
+                    after = at + ((length + 3) & ~3)
+                    if typ & 0x3FFF in _EACH:
+                        mine[typ & 0x3FFF] = data[at + 4 : at + length]
+                        key += (data[rest:at],)
+                        rest = after
+                    at = after
+                key += (data[rest:end],)
             got = parsed.get(key)
             if got is None:
                 got = parsed[key] = {INET_DIAG_IF: ifindex}
@@ -756,7 +782,8 @@ def inet_diag(family: int, protocol: int = socket.IPPROTO_TCP, states: int = 0xF
                     length, typ = nla(data, at)
                     if length < 4:
                         break
-                    got[typ & 0x3FFF] = data[at + 4 : at + length]
+                    if each is None or typ & 0x3FFF not in _EACH:
+                        got[typ & 0x3FFF] = data[at + 4 : at + length]
                     at += (length + 3) & ~3
             attrs[ino] = got
     return out
