@@ -56,3 +56,21 @@ def test_a_thread_single_stepping_itself_loses_no_trap(
         shutil.rmtree(img)
         _run_past(v, max(v.oks()) + 2)
     assert not _lost_traps(v), _lost_traps(v)
+
+
+@pytest.fixture(scope="module")
+def jobctl_s9(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_threaded(tmp_path_factory.mktemp("jobctl"), "jobctl_s9")
+
+
+def test_continued_report_of_a_threaded_child_kept(
+    procs: Procs, jobctl_s9: str, tmp_path: Path
+) -> None:
+    """As test_probes_s9_h1::test_continued_report_kept, the child with two threads: its
+    parent had taken the stop's report, not the continue's.  Restarted, the report was
+    lost (the restart stopped and continued only a child of one thread); now
+    waitid(WCONTINUED | WNOWAIT) still finds it, once, and no thread of the child is
+    left stopped (the parent checks every round)."""
+    from tests.integration.test_probes_s9_h1 import test_stops_of_children_reported_as_before
+
+    test_stops_of_children_reported_as_before(procs, jobctl_s9, tmp_path, "continuedmt")

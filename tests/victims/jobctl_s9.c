@@ -25,8 +25,11 @@
  *              report but not the continued one: each round waitid WNOWAIT finds
  *              CLD_CONTINUED (SIGCONT), the child runs (it reports "cok N" rounds).  After
  *              go: waitid(WCONTINUED) takes it ("took continued"), the child is killed
- *              (SIGTERM) and reaped */
+ *              (SIGTERM) and reaped
+ *   continuedmt  the same, the child with a second thread (which reports "tok N") */
 #include "common.h"
+#include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -148,9 +151,17 @@ static void group_last(void) {
     else report("reaped");
 }
 
-static int continued_main(void) {
+static void *kid_thread(void *arg) {
+    (void)arg;
+    for (long r = 0;; r++) { report("tok %d %ld", getpid(), r); nap(50); }
+    return NULL;
+}
+
+static int continued_main(int mt) {
     kid = fork();
     if (kid == 0) {
+        pthread_t th;
+        if (mt && pthread_create(&th, NULL, kid_thread, NULL)) FAIL("pthread_create");
         for (long r = 0;; r++) { report("cok %d %ld", getpid(), r); nap(50); }
     }
     report("child %d", kid);
@@ -165,8 +176,32 @@ static int continued_main(void) {
     return 0;
 }
 
+/* the threads of pid in a group stop (T: not t, a tracer's, as while a checkpoint holds it) */
+static int stopped_threads(pid_t pid) {
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d/task", pid);
+    DIR *d = opendir(p);
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char q[600], buf[512];
+        snprintf(q, sizeof q, "%s/%s/stat", p, e->d_name);
+        int f = open(q, O_RDONLY | O_CLOEXEC);
+        ssize_t k = f < 0 ? -1 : read(f, buf, sizeof buf - 1);
+        if (f >= 0) close(f);
+        if (k <= 0) continue;
+        buf[k] = 0;
+        char *r = strrchr(buf, ')');
+        if (r && r[2] == 'T') n++;
+    }
+    closedir(d);
+    return n;
+}
+
 static int continued_check(void) {
     int bad = 0;
+    if (stopped_threads(kid)) { FAIL("continued: %d threads of the child stopped", stopped_threads(kid)); bad = 1; }
     if (report_of(kid) != (CLD_CONTINUED << 8 | SIGCONT)) { FAIL("continued: the report is %#x", report_of(kid)); bad = 1; }
     if (stops != 1 || others != 1) { FAIL("continued: CLD_STOPPED %d, others %d", (int)stops, (int)others); bad = 1; }
     if (state_of(kid) == 'T') { FAIL("continued: the child is stopped"); bad = 1; }
@@ -194,10 +229,11 @@ int main(int argc, char **argv) {
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     handler();
-    int group = !strcmp(mode, "group"), cont = !strcmp(mode, "continued");
+    int group = !strcmp(mode, "group"), mt = !strcmp(mode, "continuedmt");
+    int cont = mt || !strcmp(mode, "continued");
     if (group || cont) {
         if (group) group_main();
-        else continued_main();
+        else continued_main(mt);
         report("ready %d", getpid());
         int done = 0;
         for (long round = 0;; round++) {
