@@ -34,6 +34,7 @@ class Stat(NamedTuple):
     env_start: int
     env_end: int
     exit_signal: int
+    flags: int = 0  # the task's PF_* flags (include/linux/sched.h)
 
 
 def parse_stat(data: bytes) -> Stat:
@@ -50,7 +51,7 @@ def parse_stat(data: bytes) -> Stat:
         pid=pid, comm=comm, state=f[0].decode(), ppid=n(4), pgrp=n(5), session=n(6),
         tty_nr=n(7), num_threads=n(20), start_code=n(26), end_code=n(27), start_stack=n(28),
         exit_signal=n(38), start_data=n(45), end_data=n(46), start_brk=n(47), arg_start=n(48),
-        arg_end=n(49), env_start=n(50), env_end=n(51),
+        arg_end=n(49), env_start=n(50), env_end=n(51), flags=n(9),
     )  # fmt: skip
 
 

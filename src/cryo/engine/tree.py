@@ -177,6 +177,7 @@ _KCMP_VM = 1  # (linux/kcmp.h)
 # how long a thread in uninterruptible sleep (state D: a disk read, usually a moment) is
 # waited for before it is seized; one still there is refused
 HELD_BOUND = 2.0
+PF_IO_WORKER = 0x10  # a task's flag: a kernel thread of io_uring (include/linux/sched.h)
 
 
 def _refuse_held_in_kernel(pid: int, tid: int) -> None:
@@ -186,13 +187,23 @@ def _refuse_held_in_kernel(pid: int, tid: int) -> None:
     be let go until it stopped: the freeze would wait for it, the rest held (found by
     probing: `cryo checkpoint` never returned, the target still traced after it was
     killed).  Such a thread is waited for before it is seized, up to :data:`HELD_BOUND`,
-    then refused (exit 9, naming where it waits), nothing of it touched."""
+    then refused (exit 9, naming where it waits), nothing of it touched.
+
+    An io_uring thread of the process (an SQPOLL ring's iou-sqp, an io-wq worker's
+    iou-wrk) is refused at once: it stops for ptrace but never returns to user space, so
+    an injected call in it never ended, the target held for ever (node with
+    UV_USE_IO_URING=1, session 10), and io_uring itself is not supported."""
     deadline = 0.0
     while True:
         try:
-            state = procfs.parse_stat(procfs.read(pid, f"task/{tid}/stat")).state
+            st = procfs.parse_stat(procfs.read(pid, f"task/{tid}/stat"))
         except NoSuchProcess:
             return  # (gone: the seize tells)
+        if st.flags & PF_IO_WORKER:
+            raise Unsupported(f"thread {tid} of process {pid} ({st.comm}) is a kernel thread"
+                              " of io_uring (an SQPOLL ring's or an io-wq worker): io_uring"
+                              " is not supported", pid=pid, resource="io_uring")  # fmt: skip
+        state = st.state
         if state != "D":
             return
         now = time.monotonic()
