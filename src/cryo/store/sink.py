@@ -37,6 +37,7 @@ from cryo.store.layout import App, FileMeta, HashTable, Sources, Unit, VersionMe
 log = logging.getLogger(__name__)
 NEW = -2  # a page not seen before: to be stored
 PART = 4096  # pages hashed at a time (16 MiB), the previous part being written meanwhile
+TRAK = b"TRAK"  # (engine/dirty.py's KIND: the write tracking's token of each process)
 ASYNC_PAGES = 256  # fewer pages to store are written at once, without the I/O thread
 
 
@@ -56,43 +57,46 @@ class _Block:
 # of the file they came from: a process that checkpoints the same applications again and
 # again (the daemon's checkpointers) reads only those that changed since (gc rewrites a
 # version's pmap.img atomically: a new file).  Read-only once kept; bounded by KEEP_BYTES.
-_KEPT: dict[str, dict[int, tuple[tuple[int, ...], VersionMeta]]] = {}
+_Kept = dict[int, tuple[tuple[int, ...], VersionMeta]]  # version -> (identity, meta)
+_KEPT: dict[str, tuple[int, _Kept]] = {}  # app path -> (bytes, its metas)
 KEEP_BYTES = 64 << 20
 
 
-def _identity(vdir: str) -> tuple[int, ...] | None:
+# the write tracking's records (TRAK) of the last version each application got from
+# this process: the next checkpoint's look for its token reads no core.img
+_TRACKS: dict[str, tuple[int, tuple[int, ...] | None, list[Any]]] = {}
+
+
+def _identity(vdir: str, name: str = "pmap.img") -> tuple[int, ...] | None:
     try:
-        st = os.stat(os.path.join(vdir, "pmap.img"))
+        st = os.stat(os.path.join(vdir, name))
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _kept(app: App) -> dict[int, VersionMeta]:
+def _kept(app: App) -> _Kept:
     """The metas kept of ``app`` whose pmap.img is still the one they came from."""
-    return {v: meta for v, (ident, meta) in _KEPT.pop(app.path, {}).items()
+    _, got = _KEPT.pop(app.path, (0, {}))
+    return {v: (ident, meta) for v, (ident, meta) in got.items()
             if _identity(app.vdir(v)) == ident}  # fmt: skip
 
 
-def _keep(app: App, metas: dict[int, VersionMeta],
-          idents: dict[int, tuple[int, ...] | None] | None = None) -> None:  # fmt: skip
-    """Keep ``metas`` as the application's set (the most recent one), the oldest sets
-    dropped beyond KEEP_BYTES."""
-    idents = idents or {}
-    kept = {}
+def _keep(app: App, kept: _Kept, metas: dict[int, VersionMeta]) -> None:
+    """Keep ``metas`` as the application's set (the most recent one; the identity of
+    those in ``kept`` known), the oldest sets dropped beyond KEEP_BYTES."""
+    out: _Kept = {}
     for v, meta in metas.items():
-        ident = idents[v] if v in idents else _identity(app.vdir(v))
+        ident = kept[v][0] if v in kept and kept[v][1] is meta else _identity(app.vdir(v))
         if ident is not None:
-            kept[v] = (ident, meta)
+            out[v] = (ident, meta)
     _KEPT.pop(app.path, None)
-    _KEPT[app.path] = kept
-    sizes = {path: sum(_size(m) for _, m in got.values()) for path, got in _KEPT.items()}
-    total = sum(sizes.values())
+    _KEPT[app.path] = (sum(_size(m) for _, m in out.values()), out)
+    total = sum(n for n, _ in _KEPT.values())
     for path in list(_KEPT):
         if total <= KEEP_BYTES:
             break
-        total -= sizes[path]
-        del _KEPT[path]
+        total -= _KEPT.pop(path)[0]
 
 
 def _size(meta: VersionMeta) -> int:
@@ -104,13 +108,14 @@ def _size(meta: VersionMeta) -> int:
 def load_previous(app: App, version: int) -> dict[Tag, HashTable]:
     """The page maps of ``version`` and where their pages' hashes are, for the next
     checkpoint to compare against (their seals are not checked here: no digest)."""
-    sources = Sources(app, _kept(app), digest=False)
+    kept = _kept(app)
+    sources = Sources(app, {v: m for v, (_, m) in kept.items()}, digest=False)
     out = {}
     for unit in sources.meta(version).units:
         sources.check(unit, f"store version {app.vdir(version)}")
         out[unit.tag] = sources.hashes(unit)
     used = {version, *(P.version_of(int(k)) for t in out.values() for k in t.keys)}
-    _keep(app, {v: m for v, m in sources.metas.items() if v in used})
+    _keep(app, kept, {v: m for v, m in sources.metas.items() if v in used})
     return out
 
 
@@ -149,6 +154,7 @@ class VersionSink(ImageWriter):
         self._units: dict[tuple[str, int], list[int]] = {}
         self._root: int | None = None
         self._sizes: dict[int, int] = {}
+        self._tracks: list[Any] | None = []  # its TRAK records
         self.written_pages = 0  # pages handed to us
         self.new_pages = 0  # pages stored (after zeros and identical pages)
 
@@ -160,6 +166,11 @@ class VersionSink(ImageWriter):
             return
         if kind == R.HEAD:
             self._root = int(payload["root_pid"])
+        if kind == TRAK and self._tracks is not None:
+            if raw or not isinstance(payload, dict):
+                self._tracks = None  # (not kept: read back from core.img)
+            else:
+                self._tracks.append(dict(payload))
         if kind == b"SHMO" and isinstance(payload, dict):
             self._sizes = {int(o["id"]): int(o["size"]) for o in payload.get("objs", [])}
         super().record(kind, payload, raw=raw)
@@ -287,9 +298,14 @@ class VersionSink(ImageWriter):
         # what the next checkpoint's load_previous would read back: this version and
         # those it refers to, kept (as if loaded: the path, the maps it wrote)
         meta.path = self.path
-        metas = _kept(self.app)  # (a superset of those it refers to: the next load keeps
-        metas[self.version] = meta  # only the versions it used)
-        _keep(self.app, metas)
+        kept = _kept(self.app)  # (a superset of those it refers to: the next load keeps
+        metas = {v: m for v, (_, m) in kept.items()}  # only the versions it used)
+        metas[self.version] = meta
+        _keep(self.app, kept, metas)
+        _TRACKS.pop(self.app.path, None)
+        if self._tracks is not None:
+            _TRACKS[self.app.path] = (self.version, _identity(self.path, "core.img"),
+                                      self._tracks)  # fmt: skip
 
     def abort(self) -> None:
         with contextlib.suppress(BaseException):
@@ -303,7 +319,12 @@ class VersionSink(ImageWriter):
         finds there the token of the write tracking it armed then)."""
         if self._parent is None:
             return []
-        core = os.path.join(self.app.vdir(self._parent), "core.img")
+        vdir = self.app.vdir(self._parent)
+        got = _TRACKS.get(self.app.path)
+        if kind == TRAK and got is not None and got[0] == self._parent and got[1] is not None \
+                and got[1] == _identity(vdir, "core.img"):  # fmt: skip
+            return [dict(p) for p in got[2]]
+        core = os.path.join(vdir, "core.img")
         return [r.payload for r in fmt.read_file(core, R.CORE_MAGIC) if r.kind == kind]
 
     def select(self, tag: Tag, present: list[list[int]], written: list[list[int]] | None
