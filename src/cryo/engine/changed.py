@@ -13,44 +13,52 @@ checkpoint (driver ``fingerprints``, :func:`collect`) records for every file a p
 maps privately its size, mtime, ELF build-id when it has one, and a hash (xxh3-128) of
 the bytes its mappings cover that the image does not hold (the pages copied on write,
 swapped or guarded are the image's: left out; ranges merged); record kind ``MAPF``, one
-per process.  Those bytes are read through the process's own mappings
-(/proc/PID/mem), never from the file: an open and a read of it would queue IN_OPEN,
-IN_ACCESS and IN_CLOSE_NOWRITE on the process's own inotify or fanotify watches
-(fsnotify_open in vfs_open, fsnotify_access in vfs_read; a page fault, which is how
-the kernel fills a mapping, notifies no one: found by probing, such a checkpoint
-refused its own events, exit 9, and a running process saw them).  A page the process
-maps from the file is the file's page (its page cache page: what the restart would
-read); one not yet faulted in is faulted in by the read, as the process's own read
-would (its rss grows; the page cache holds it either way).  The file itself is only
-looked at with stat (its map_files link: the very inode mapped), which notifies no
-one.  The restart (:func:`check_all`, a ``prepare`` hook, once the saved files were
-extracted, before the paths are checked and anything is made, so before the restored
-watches exist) hashes the same ranges of the file it will map (translated) and refuses
-with FileChanged (exit 12) when they differ, even with the same size and mtime.  Files
-mapped shared are the program's data shared with others: only their size and mtime are
-compared (memory.py).
+per process.  No page of the process is faulted in for it (session 10: reading every
+such byte through its mappings made its rss grow to the whole of each file mapped, and
+read the files into the page cache): the pages it has in memory (PAGEMAP's present
+bit) are read through its mappings (process_vm_readv; /proc/PID/mem for a mapping
+without PROT_READ), which is its page cache page, what the restart would read; the
+others from the file itself, opened through its map_files link (the very inode mapped)
+with O_NOATIME and mapped in cryo, and the pages of it that were not in the page cache
+before (mincore) dropped from it again (POSIX_FADV_DONTNEED) once hashed.  That open
+and the close queue IN_OPEN and IN_CLOSE_NOWRITE (fsnotify_open in vfs_open; the reads
+are page faults of cryo's, which notify no one): where a process of the checkpoint
+holds an inotify or fanotify fd, whose watches would see them (found by probing in
+session 9: such a checkpoint refused its own events, exit 9, and a running process saw
+them), the pages are read through the process's mappings as before, faulted in (its
+rss grows; the page cache holds them either way).  Watches of processes outside the
+checkpoint see cryo's open as they would any reader's.  The restart (:func:`check_all`,
+a ``prepare`` hook, once the saved files were extracted, before the paths are checked
+and anything is made, so before the restored watches exist) hashes the same ranges of
+the file it will map (translated) and refuses with FileChanged (exit 12) when they
+differ, even with the same size and mtime.  Files mapped shared are the program's data
+shared with others: only their size and mtime are compared (memory.py).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
+import mmap
 import os
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
 
 import xxhash
 
+from cryo import procfs
 from cryo.errors import ExitCode, FileChanged
-from cryo.linux import libc
+from cryo.linux import libc, sysv
 
 FILE_CHANGED = ExitCode.FILE_CHANGED
 PAGE = 4096
 CHUNK = 1 << 20
 O_NOATIME = 0o1000000
 KIND = b"MAPF"
-DELETED = " (deleted)"
+DELETED = procfs.DELETED
 
 
 def ignored(options: dict[str, Any]) -> bool:
@@ -217,7 +225,7 @@ def collect(ctx: Any) -> None:
         by_file.setdefault(v["path"], []).append(v)
     files = []
     held = _held(ctx)
-    mem = _Mem(pid)
+    mem = _Mem(pid, by_file=not _watching(ctx))
     try:
         for path, vmas in by_file.items():
             try:
@@ -232,7 +240,9 @@ def collect(ctx: Any) -> None:
             if fp is None:
                 if len(_SEEN) > 4096:
                     _SEEN.clear()
+                mem.file = f"/proc/{pid}/map_files/{vmas[0]['start']:x}-{vmas[0]['end']:x}"
                 fp = _SEEN[key] = _from_memory(mem, segs, ranges, st)
+                mem.close_file()
             files.append({"path": path, **fp})
     finally:
         mem.close()
@@ -298,13 +308,134 @@ def _cover(pieces: list[Seg]) -> list[Seg]:
     return out
 
 
-class _Mem:
-    """Reads of a process's memory: process_vm_readv (pages pinned in batches, copied
-    once), or /proc/PID/mem for a mapping without PROT_READ (FOLL_FORCE; it copies a page
-    at a time through a page of its own: 2.3x slower)."""
+def _watching(ctx: Any) -> bool:
+    """Does a process of the checkpoint hold an inotify or fanotify fd (whose watches an
+    open and a read of a mapped file by cryo could reach)?  Looked at once a checkpoint."""
+    shared = ctx.shared
+    got = getattr(shared, "_fsnotify_held", None)
+    if got is None:
+        procs = getattr(shared, "procs", None) or {}
+        pids = [p.pid for p in procs.values() if not p.zombie] or [ctx.pid]
+        got = False
+        for pid in pids:
+            try:
+                links = procfs.fd_links(pid)[1]
+            except OSError:
+                got = True  # (not known: as if it did)
+                break
+            if any(x in ("anon_inode:inotify", "anon_inode:[fanotify]") for x in links.values()):
+                got = True
+                break
+        setattr(shared, "_fsnotify_held", got)  # noqa: B010
+    return bool(got)
 
-    def __init__(self, pid: int) -> None:
-        self.pid, self.fd = pid, -1
+
+class _Mem:
+    """Reads of a process's mapped file pages without faulting any in: the pages the
+    process has in memory (PAGEMAP's present bit) through its mappings, with
+    process_vm_readv (pages pinned in batches, copied once), or /proc/PID/mem for a
+    mapping without PROT_READ (FOLL_FORCE; it copies a page at a time through a page
+    of its own: 2.3x slower); the others from the file (``file``: its map_files link),
+    mapped in cryo, where ``by_file``, and the pages that this brought into the page
+    cache dropped from it again (POSIX_FADV_DONTNEED).  Not ``by_file`` (a process of
+    the checkpoint holds an inotify or fanotify fd, whose watches cryo's open would
+    reach): through the process's mappings, which faults them in (its rss grows)."""
+
+    def __init__(self, pid: int, by_file: bool = True) -> None:
+        self.pid, self.fd, self.by_file = pid, -1, by_file
+        self.pagemap = self.fd_file = -1
+        self.file = ""  # the file of the mapping being read (map_files link)
+        self._map: mmap.mmap | None = None  # the file mapped in cryo, read-only
+        self._cached = b""  # its pages in the page cache (mincore): b"1" or b"0" each
+        self._loaded: list[tuple[int, int]] = []  # (first page, end page) read in by cryo
+
+    def present(self, addr: int, n: int) -> bytes:
+        """For each page of [addr, addr + n), b"1" if it is in the process's memory
+        (PAGEMAP's bit 63: the top bit of each entry's last byte), else b"0"."""
+        first, end = addr // PAGE, (addr + n + PAGE - 1) // PAGE
+        try:
+            if self.pagemap < 0:
+                self.pagemap = os.open(f"/proc/{self.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            raw = os.pread(self.pagemap, 8 * (end - first), 8 * first)
+        except OSError:
+            raw = b""
+        if len(raw) != 8 * (end - first):
+            return b"1" * (end - first)  # (not known: read as before)
+        return raw[7::8].translate(_TOP_BIT)
+
+    def read_seg(self, off: int, addr: int, view: memoryview, local: int,
+                 readable: bool) -> int:  # fmt: skip
+        """Bytes of the file at ``off``, mapped at ``addr``, read into ``view`` (at
+        address ``local``): fewer, or 0, where nothing is there."""
+        n = len(view)
+        if not self.by_file or not self.file:
+            return self.read(addr, view, local, readable)
+        here = self.present(addr, n)
+        base = addr - addr % PAGE
+        done = 0
+        for a, b, resident in _runs(here):
+            lo, hi = max(addr, base + a * PAGE) - addr, min(addr + n, base + b * PAGE) - addr
+            part = view[lo:hi]
+            if resident:  # (through its mapping: no fault)
+                got = self.read(addr + lo, part, local + lo, readable)
+            else:
+                got = self._from_file(off + lo, part)
+            done += got
+            if got < hi - lo:
+                break
+        return done
+
+    def _from_file(self, off: int, view: memoryview) -> int:
+        m = self._mapped()
+        if m is None:
+            return 0
+        n = max(0, min(len(view), len(m) - off))
+        first, end = off // PAGE, (off + n + PAGE - 1) // PAGE
+        self._loaded += [(first + a, first + b)  # (brought in: dropped at close_file)
+                         for a, b, cached in _runs(self._cached[first:end]) if not cached]
+        view[:n] = memoryview(m)[off : off + n]
+        return n
+
+    def _mapped(self) -> mmap.mmap | None:
+        if self._map is None:
+            try:
+                fd = os.open(self.file, os.O_RDONLY | O_NOATIME | os.O_CLOEXEC)
+            except OSError:
+                self.by_file = False
+                return None
+            try:
+                size = os.fstat(fd).st_size
+                if not size:
+                    os.close(fd)
+                    return None
+                self.fd_file = fd
+                # (private and writable for ctypes to take its address; never written)
+                self._map = mmap.mmap(fd, size, mmap.MAP_PRIVATE,
+                                      mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+                arr = (ctypes.c_char * size).from_buffer(self._map)
+                addr = ctypes.addressof(arr)
+                del arr
+                self._cached = sysv.mincore(addr, size, PAGE).translate(_LOW_BIT)
+            except OSError:
+                os.close(fd)
+                self.fd_file = -1
+                self._map = None
+                return None
+        return self._map
+
+    def close_file(self) -> None:
+        """The file let go; the pages cryo's reads brought into the page cache dropped."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+            fd = self.fd_file
+            for first, end in self._loaded:  # (pages the page cache did not hold)
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, first * PAGE, (end - first) * PAGE,
+                                     os.POSIX_FADV_DONTNEED)  # fmt: skip
+            os.close(fd)
+            self.fd_file = -1
+        self._loaded, self._cached, self.file = [], b"", ""
 
     def read(self, addr: int, view: memoryview, local: int, readable: bool) -> int:
         """Bytes read into ``view`` (at address ``local``) from ``addr``: fewer, or 0,
@@ -320,9 +451,23 @@ class _Mem:
             return 0
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.close_file()
+        for name in ("fd", "pagemap"):
+            if getattr(self, name) >= 0:
+                os.close(getattr(self, name))
+                setattr(self, name, -1)
+
+
+# a byte per page (PAGEMAP entry's last byte, mincore's) as b"1" or b"0"
+_TOP_BIT = bytes(b"01"[x >> 7] for x in range(256))
+_LOW_BIT = bytes(b"01"[x & 1] for x in range(256))
+_RUN = re.compile(rb"1+|0+")
+
+
+def _runs(flags: bytes) -> list[tuple[int, int, bool]]:
+    """The runs of equal flags (b"1" or b"0" a page): (start, end, set) each, in order
+    (a regular expression's scan: no loop over pages in Python)."""
+    return [(m.start(), m.end(), flags[m.start()] == 0x31) for m in _RUN.finditer(flags)]
 
 
 def _from_memory(mem: _Mem, segs: list[Seg], ranges: list[list[int]],
@@ -333,10 +478,11 @@ def _from_memory(mem: _Mem, segs: list[Seg], ranges: list[list[int]],
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     local = ctypes.addressof((ctypes.c_char * CHUNK).from_buffer(buf))
-    for _off, n, addr, readable in segs:
+    for off, n, addr, readable in segs:
         pos, end = addr, addr + n
         while pos < end:
-            got = mem.read(pos, view[: min(CHUNK, end - pos)], local, readable)
+            got = mem.read_seg(off + pos - addr, pos, view[: min(CHUNK, end - pos)], local,
+                               readable)  # fmt: skip
             if not got:
                 break  # (the hash then differs from the file's: refused at restart)
             h.update(view[:got])
@@ -346,7 +492,8 @@ def _from_memory(mem: _Mem, segs: list[Seg], ranges: list[list[int]],
         for o, k, addr, readable in segs:  # (the ELF header and notes: the first mapping)
             if o <= off < o + k:
                 m = min(n, o + k - off, CHUNK)
-                return bytes(view[: mem.read(addr + off - o, view[:m], local, readable)])
+                return bytes(view[: mem.read_seg(off, addr + off - o, view[:m], local,
+                                                 readable)])  # fmt: skip
         return b""
 
     out: dict[str, Any] = {"size": st.st_size, "mtime": st.st_mtime_ns, "ranges": ranges,
