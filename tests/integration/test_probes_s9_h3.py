@@ -62,16 +62,15 @@ def test_state_restored(procs: Procs, exe: str, tmp_path: Path, mode: str) -> No
         shutil.rmtree(f"/dev/shm/probes_s9h3.{v.pid}", ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="found, not fixed: a restored process's address"
-                   " space is laid out by the cryo it is forked from (randomized)")
 def test_layout_of_a_process_without_address_randomization(
     procs: Procs, exe: str, tmp_path: Path
 ) -> None:
     """ADDR_NO_RANDOMIZE (setarch -R, gdb's inferiors and their children): the kernel
     lays out a process's address space at exec (mmap_base), without randomization
     here, so that a new mmap(NULL) lands where it did before.  Restored, the process is
-    a child of cryo, never exec'd: its personality says ADDR_NO_RANDOMIZE, but its
-    mmap_base is cryo's, randomized, and mmap(NULL) lands elsewhere (exit 0)."""
+    a child of cryo, never exec'd: its personality said ADDR_NO_RANDOMIZE, but its
+    mmap_base was cryo's, randomized, and mmap(NULL) landed elsewhere (exit 0).  Now it
+    is exec'd for its layout first (engine/execlayout.py; test_probes_s10_h2.py)."""
     v = cycle(procs, spawn_mode(procs, exe, tmp_path, "norandmap"), tmp_path / "img")
     v.wait_ok_after(max(v.oks()) + 2)
 

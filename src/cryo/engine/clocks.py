@@ -28,14 +28,13 @@ namespace for their children.
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import time
 from typing import Any
 
 from cryo.errors import CryoError
 from cryo.linux import libc
-from cryo.linux.consts import CLONE, PTRACE
+from cryo.linux.consts import CLONE
 
 CLONE_NEWTIME = 0x80
 SYS_UNSHARE = 272
@@ -108,12 +107,16 @@ def _line(name: str, off: int) -> str:
     return f"{name} {sec} {nsec}\n"
 
 
-def fork_in_timens(by: tuple[int, int], set_tid: int | None, flags: int) -> int:
+def fork_in_timens(by: tuple[int, int], set_tid: int | None, flags: int,
+                   plan: Any = None) -> int:  # fmt: skip
     """fork() into a new time namespace whose clocks are ahead of cryo's ``by`` (its
     offsets cryo's plus those); the child (pid ``set_tid`` if given; clone ``flags``)
     calls PTRACE_TRACEME and stops itself, as tree.spawn_helper's does, and is cryo's
     child.  Returns its pid; an OSError of the clone (EEXIST: the pid is taken) is
-    raised as such."""
+    raised as such.  ``plan``: as tree.spawn_helper's (engine/execlayout.py)."""
+    from cryo.engine import execlayout
+
+    fd = execlayout.stub_fd() if plan is not None else -1
     cm, cb = _offsets("/proc/self/timens_offsets")
     offsets = cm + by[0], cb + by[1]
     r, w = os.pipe()
@@ -130,11 +133,7 @@ def fork_in_timens(by: tuple[int, int], set_tid: int | None, flags: int) -> int:
             except OSError as e:
                 child, err = 0, e.errno or 0
             if child == 0 and not err:  # the root: traced by cryo, its parent
-                try:
-                    libc.ptrace(PTRACE.TRACEME, 0)
-                    os.kill(os.getpid(), signal.SIGSTOP)
-                finally:
-                    os._exit(127)
+                execlayout.become(plan, fd)
         except BaseException as e:  # (unshare or the offsets refused)
             child, err = -1, getattr(e, "errno", 0) or 0
         try:

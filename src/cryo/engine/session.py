@@ -722,6 +722,11 @@ class Restart:
                     for b in self._blocks_of(p["pid"])])  # fmt: skip
         pause = getattr(self.image, "pause", None)
         timens = self.options.get("clock_shift")
+        from cryo.engine import execlayout
+
+        tasks = {o: recs[R.TASK] for o, recs in procs.items()}  # (tree.build: execlayout)
+        execlayout.prepare(tasks)  # (before the first fork: every process inherits it)
+        self.on_exit(execlayout.close)
         for p in order:
             old = p["pid"]
             if pause is not None and p["ppid"] not in self.made:
@@ -729,7 +734,8 @@ class Restart:
                 if fills is not None:
                     fills.drain()  # nor a worker
             tree.build(dict(self.plan.tree, procs=[p]), self.made, self.reuse, self.shell_job,
-                       self.area, born=self._born, timens=timens, own=own_maps)  # fmt: skip
+                       self.area, born=self._born, timens=timens, own=own_maps,
+                       tasks=tasks)  # fmt: skip
             m = self.made[old]
             self.pid_map[old] = m.pid
             if old not in procs:
@@ -744,10 +750,10 @@ class Restart:
                 ctx.live["helper_maps"] = m.forked_maps
             if p["ppid"] in procs:  # (the policies its parent's mappings had: numa.restore)
                 ctx.live["parent_policies"] = procs[p["ppid"]][R.TASK].get("vma_policies") or []
-            if p["ppid"] in procs:  # forked from its restored parent: what it inherits
+            if p["ppid"] in procs and not m.execd:  # forked from its restored parent
                 memory.inherit_from_parent(ctx, procs[old][R.MM], procs[p["ppid"]][R.MM])
             if old in self.staged:  # (only a root forked by cryo has cryo's staging area)
-                if p["ppid"] in self.made:
+                if p["ppid"] in self.made or m.execd:
                     raise InternalError(f"pages of {old} staged, but it is not forked by cryo")
                 ctx.live["staged"] = self.staged[old]
             if old in self.lazy:  # its private anonymous pages come later (cryo.migrate.lazy)

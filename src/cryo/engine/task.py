@@ -346,10 +346,15 @@ def unregister_rseq(tracee: Tracee, inj: Injector) -> None:
                    conf.signature)  # fmt: skip
 
 
+READ_IMPLIES_EXEC = 0x0400000
+
+
 def restore_early(ctx: RestoreContext, rec: dict[str, Any]) -> None:
-    """Before memory: personality (it changes how the kernel lays out mappings)."""
+    """Before memory: personality (it changes how the kernel lays out mappings), but
+    READ_IMPLIES_EXEC, which would add PROT_EXEC to the image's readable mappings as
+    they are made (an r-- one came back r-x): set with the rest of the task (restore)."""
     with ctx.inj.hold() as b:
-        b.call(SYS.personality, rec["personality"])
+        b.call(SYS.personality, rec["personality"] & ~READ_IMPLIES_EXEC)
 
 
 def _restore_audit(ctx: RestoreContext, rec: dict[str, Any]) -> None:
@@ -434,6 +439,8 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             b.call(SYS.prctl, set_, value, 0, 0, 0)
         if rec.get("mdwe"):  # (no mapping is made executable after this stage)
             b.call(SYS.prctl, PR.SET_MDWE, rec["mdwe"], 0, 0, 0, what=" PR_SET_MDWE")
+        if rec["personality"] & READ_IMPLIES_EXEC:  # (every mapping made: restore_early)
+            b.call(SYS.personality, rec["personality"])
     inj.after(lambda: _limits_set(ctx, b, limits))
 
 

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryo import procfs
+from cryo.engine import execlayout
 from cryo.engine.context import RestoreContext
 from cryo.engine.inject import HELD_SIZE, HoldingInjector, Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
 from cryo.errors import AccessDenied, CryoError, NoSuchProcess, RestoreConflict, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
-from cryo.linux.consts import CLONE, PAGE_SIZE, PR, PTRACE, PTRACE_O, SYS
+from cryo.linux.consts import CLONE, PAGE_SIZE, PR, PTRACE_O, SYS
 
 log = logging.getLogger(__name__)
 KIND = b"TREE"
@@ -547,25 +548,25 @@ def own_actions() -> dict[int, bytes]:
 
 
 def spawn_helper(want_pid: int | None, new_pidns: bool = False,
-                 timens: tuple[int, int] | None = None) -> int:  # fmt: skip
+                 timens: tuple[int, int] | None = None,
+                 plan: execlayout.Plan | None = None) -> int:  # fmt: skip
     """Fork a child that stops itself under our trace; with ``want_pid``, as that pid;
     with ``new_pidns`` as pid 1 of a new pid namespace; with ``timens`` in a new time
     namespace whose (monotonic, boottime) clocks are that far ahead of ours
-    (engine/clocks.py)."""
+    (engine/clocks.py); with ``plan``, stopped once it exec'd with that layout
+    (engine/execlayout.py)."""
+    fd = execlayout.stub_fd() if plan is not None else -1
     if timens is not None:
         from cryo.engine import clocks
 
-        return clocks.fork_in_timens(timens, want_pid, CLONE.NEWPID if new_pidns else 0)
+        return clocks.fork_in_timens(timens, want_pid, CLONE.NEWPID if new_pidns else 0,
+                                     plan)  # fmt: skip
     if new_pidns:
         child = libc.clone3(None, CLONE.NEWPID)
     else:
         child = libc.clone3(want_pid) if want_pid is not None else os.fork()
     if child == 0:  # the child: become traceable and stop; we take it from there
-        try:
-            libc.ptrace(PTRACE.TRACEME, 0)
-            os.kill(os.getpid(), signal.SIGSTOP)
-        finally:
-            os._exit(127)
+        execlayout.become(plan, fd)
     return child
 
 
@@ -587,6 +588,10 @@ class Made:
     inj: Injector
     ctx: RestoreContext | None = None
     ids_kept: bool = False  # its session and group are the image's (_ids): a child inherits
+    # the layout exec gave its address space (engine/execlayout.py), and whether it was
+    # exec'd for it (then it inherited no mapping from its parent)
+    layout: execlayout.Layout | None = None
+    execd: bool = False
     # a root forked by cryo: cryo's maps then, where its vDSO and vvar are (unmap_helper)
     forked_maps: list[procfs.Vma] | None = None
 
@@ -651,27 +656,34 @@ def _reap_orphans(pids: list[int], bound: float = 5.0) -> None:
 def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bool,
           area: int, born: Callable[[Injector, int], None] | None = None,
           timens: tuple[int, int] | None = None,
-          own: list[procfs.Vma] | None = None) -> None:  # fmt: skip
+          own: list[procfs.Vma] | None = None,
+          tasks: dict[int, dict[str, Any]] | None = None) -> None:  # fmt: skip
     """Create every process of TREE record ``rec``, parents first, with ids, sessions and
     groups.  Each gets the restorer area at ``area``: a root forked by cryo maps it,
     every other process inherits it from the restored parent that forks it.  A root is
     forked into a time namespace ``timens`` ahead of ours if given (engine/clocks.py).
     ``own``: cryo's maps, which a root forked by cryo (not through a time namespace) has
-    (its vDSO is found there, its specials noted: Made.specials), read once."""
+    (its vDSO is found there, its specials noted: Made.specials), read once.  ``tasks``:
+    the TASK records by old pid; a process whose exec-time layout is not the one it
+    would inherit is exec'd for it (engine/execlayout.py)."""
     for p in creation_order(rec):
         old = p["pid"]
         parent = made.get(p["ppid"])
+        plan = execlayout.plan((tasks or {}).get(old))
+        inherits = execlayout.own() if parent is None else parent.layout
+        execd = plan is not None and plan.layout != inherits
         if parent is None:  # a root: forked by cryo
             # (its actions are cryo's: none differs, but through a time namespace's fork)
-            acts = own_actions() if timens is None else None
+            acts = own_actions() if timens is None and not execd else None
             try:
-                child = spawn_helper(old if reuse else None, bool(rec.get("pidns")), timens)
+                child = spawn_helper(old if reuse else None, bool(rec.get("pidns")), timens,
+                                     plan if execd else None)  # fmt: skip
             except OSError as err:
                 if err.errno != errno.EEXIST:
                     raise
                 raise RestoreConflict(f"pid {old} was taken meanwhile", pid=old) from err
             t = Tracee.adopt_traceme_child(child, TRACE_NEW)
-            maps = own if timens is None else None
+            maps = own if timens is None and not execd else None
             hinj = HoldingInjector(t, find_vdso_syscall(child, maps))
             hinj.born_actions = acts
             made[old] = m = Made(p, child, t, hinj)
@@ -701,6 +713,17 @@ def build(rec: dict[str, Any], made: dict[int, Made], reuse: bool, shell_job: bo
             hinj.born_actions = getattr(parent.inj, "born_actions", None)
             made[old] = m = Made(p, child, t, hinj)
             executable = (parent.inj.scratch_known or (0, 0, None))[2]  # (its mapping)
+            if execd and plan is not None:  # (the exec takes its parent's mappings away)
+                m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE \
+                    - HELD_SIZE  # fmt: skip
+                t.options = parent.tracee.options  # (inherited: EXITKILL, no guard)
+                execlayout.exec_child(t, m.inj, plan, execlayout.stub_fd(), area, t.options)
+                m.inj = HoldingInjector(t, find_vdso_syscall(child))
+                m.inj.map_scratch(RESTORER_SIZE, addr=area, exe=True)
+                m.inj.write(area, b"\x0f\x05\xcc")  # syscall; int3
+                executable = (m.inj.scratch_known or (0, 0, None))[2]
+        m.layout = plan.layout if execd and plan is not None else inherits
+        m.execd = execd
         m.inj.syscall_addr = area
         # (the held calls' buffers after the scratch area: inject.HoldingInjector)
         m.inj.scratch, m.inj.scratch_size = area + PAGE_SIZE, RESTORER_SIZE - PAGE_SIZE - HELD_SIZE
