@@ -220,4 +220,5 @@ def _ours(t: Tracee) -> bool:
     info = ctypes.create_string_buffer(S.SIGINFO_SIZE)
     libc.ptrace(PTRACE.GETSIGINFO, t.tid, 0, info)
     _signo, _errno, code, pid = struct.unpack_from("<iii4xi", info.raw)  # (si_pid at 16)
-    return bool(code == SI_TKILL and pid == os.getpid())
+    # (si_pid as the thread's pid namespace sees cryo: 0 from outside it, a --pid-ns job)
+    return bool(code == SI_TKILL and pid in (os.getpid(), 0))
