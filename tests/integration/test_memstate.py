@@ -227,7 +227,8 @@ def _use_text_syscall(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("cryo.engine.") and name != "cryo.engine.textscan" and hasattr(
             mod, "find_vdso_syscall"
         ):
-            monkeypatch.setattr(mod, "find_vdso_syscall", textscan.find_syscall)
+            monkeypatch.setattr(mod, "find_vdso_syscall",
+                                lambda pid, maps=None: textscan.find_syscall(pid))
 
 
 def test_no_vdso(procs: Procs, build: Any, tmp_path: Path,
