@@ -407,11 +407,14 @@ def need(*keys: str) -> list[int]:
     return [offs[k] for k in keys]
 
 
-# A read of the reader: ``size`` bytes (a multiple of 8) at ``off`` from the iterated
-# object (base -1: the task; -2: the file, for task_file) or from the pointer that an
-# earlier read (its index) gave
 @dataclass(frozen=True)
 class Read:
+    """A read of the reader: ``size`` bytes (a multiple of 8) at ``off`` from the
+    iterated object (base -1: the task; -2: the file, for task_file) or from the pointer
+    that an earlier read (its index) gave.  (A docstring of its own: without one,
+    dataclass asks inspect for a signature, and inspect costs a small program's
+    checkpoint ast and dis, test_startup.)"""
+
     off: int
     size: int
     base: int = -1
