@@ -194,6 +194,9 @@ def describe(pid: int, fd: int, ino: int, table: dict[int, dict[str, Any]],
                 os.stat(os.path.join(f"/proc/{pid}/cwd", path))  # fmt: skip
             d["unlinked"] = not (stat.S_ISSOCK(st.st_mode) and info["vfs"] is not None
                                  and st.st_ino == info["vfs"][0])  # fmt: skip
+            if not d["unlinked"]:  # (screen tells a session's state by its socket's mode)
+                d["sockfile"] = [stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                                 st.st_atime_ns, st.st_mtime_ns]  # fmt: skip
         except FileNotFoundError:
             d["unlinked"] = True
         if not path.startswith("/"):
@@ -758,6 +761,35 @@ def _bind(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)  # the socket file the old process left
     _bind_path(s, d, options)
+    if d.get("sockfile"):
+        _sockfile(d, path)
+
+
+def _sockfile(d: dict[str, Any], path: str) -> None:
+    """The file the bind made, as the old one was: its mode, owner and times (screen
+    tells a session attached or detached by its socket's mode).  Changed through an
+    O_PATH descriptor of the file itself, not its name: a name swapped for a symlink in
+    between (in /tmp, say) must not get another file chmod'ed by a root restart."""
+    mode, uid, gid, atime, mtime = d["sockfile"]
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise CryoError(f"fd {d['fd']} of {d['pid']}: the socket file {path} it was bound"
+                        f" to again is gone: {err}", pid=d["pid"],
+                        resource=f"fd {d['fd']}") from err  # fmt: skip
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise CryoError(f"fd {d['fd']} of {d['pid']}: {path}, the socket file it was"
+                            " bound to again, was replaced", pid=d["pid"],
+                            resource=f"fd {d['fd']}")  # fmt: skip
+        via = f"/proc/self/fd/{fd}"  # (the inode itself: a magic link)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(via, uid, gid)
+        os.chmod(via, mode)
+        os.utime(via, ns=(atime, mtime))
+    finally:
+        os.close(fd)
 
 
 def _bind_path(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None:

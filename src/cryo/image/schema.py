@@ -691,6 +691,11 @@ DESC = Struct((
       "connections waiting to be accepted, in order: unix, their sockets' inodes; TCP,"
       " their clients' [address, port]", required=False),
     F("unlinked", Bool(), "unix: its path no longer names it", required=False),
+    F("sockfile", Tuple((Int(0, 0o7777), Int(0, U32), Int(0, U32), Int(0, (1 << 63) - 1),
+                         Int(0, (1 << 63) - 1)), ("mode", "uid", "gid", "atime_ns",
+                                                  "mtime_ns")),
+      "unix bound to a path: its socket file's permissions, owner and times, put back"
+      " on the file the restart binds", required=False),
     F("cwd", Path(), "unix: the directory a relative address is in", required=False),
     F("peer_gone", Bool(), "unix: its other end was closed", required=False),
     F("peer_name", Nullable(Bytes(max=108)), "unix: the peer's address", required=False),
