@@ -18,6 +18,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
+from cryo.errors import Unsupported
 from cryo.image.reader import Image
 from cryo.linux import bpf
 from tests.conftest import Procs, Victim, reap
@@ -65,3 +66,34 @@ def test_sleep_keeps_its_time_left(procs: Procs, exe: str, tmp_path: Path, mode:
     assert not v.fails()
     (rec,) = Image(str(tmp_path / "img")).raw(b"THRD")
     assert 1.2e9 < rec["restart"]["left_ns"] < 1.6e9, rec["restart"]
+
+
+@pytest.fixture(scope="module")
+def cloneio(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_threaded(tmp_path_factory.mktemp("cloneio"), "cloneio_s10")
+
+
+def test_shared_io_context_refused(procs: Procs, cloneio: str, tmp_path: Path) -> None:
+    """A child made with clone(CLONE_IO) shares its parent's I/O context (its I/O priority
+    with it): refused by name, exit 9, the tree running on (before: checkpointed, and
+    restarted with two I/O contexts).  A child made by fork, its priority copied into an
+    I/O context of its own, is checkpointed and restarted."""
+    _bpf_or_skip()
+    for mode in ("own", "shared"):
+        out = tmp_path / f"{mode}.txt"
+        v = procs.spawn([cloneio, str(out), mode], out)
+        child = Victim(0, Path(f"{out}.child"))
+        v.wait_ok_after(2)
+        child.wait_ok_after(2)
+        procs.track(int(Path(f"/proc/{v.pid}/task/{v.pid}/children").read_text().split()[0]))
+        img = str(tmp_path / f"img-{mode}")
+        if mode == "own":
+            checkpoint(v.pid, img, scope="tree")
+            v.wait_ok_after(max(v.oks()) + 3)
+            child.wait_ok_after(max(child.oks()) + 3)
+            continue
+        with pytest.raises(Unsupported, match=r"I/O context .*CLONE_IO") as err:
+            checkpoint(v.pid, img, scope="tree")
+        assert err.value.exit_code == 9
+        v.wait_ok_after(max(v.oks()) + 3)
+        child.wait_ok_after(max(child.oks()) + 3)

@@ -580,6 +580,8 @@ DRIVERS: tuple[Driver, ...] = (
            describe=lambda v: {"timers": timers.describe(v.records[R.TIMR])}),
     Driver("namespaces", collect=namespaces.check),
     Driver("semundo", collect=semundo.check),
+    Driver("io-context", shared=_when("cryo.engine.iocontext", "check", lambda s: sum(
+        len(p.threads) for p in s.procs.values() if not p.zombie) > 1)),
     Driver("cgroups", prepare=cgroups.prepare, born=cgroups.born),
     # (refuses: before any thread is read)
     Driver("landlock", queue_thread=landlock.check_thread, shared=landlock.release,

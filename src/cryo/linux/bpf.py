@@ -251,6 +251,7 @@ _WANTED: dict[str, tuple[str | None, str]] = {
     "task.tgid": ("task_struct", "tgid"),
     "task.restart_block": ("task_struct", "restart_block"),
     "task.io_context": ("task_struct", "io_context"),
+    "task.flags": ("task_struct", "flags"),
     "restart_block": ("restart_block", ""),
     "rb.fn": ("restart_block", "fn"),
     "rb.futex.uaddr": ("restart_block", "futex.uaddr"),
