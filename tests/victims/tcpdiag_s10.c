@@ -4,9 +4,12 @@
  * 64 bits; getsockopt's 32 bits give min(~0U, rate)), shown by tcp_info's
  * tcpi_max_pacing_rate; c2 and a2 as the kernel made them (~0: none).  With "filter", a1
  * has a classic BPF filter (SO_ATTACH_FILTER: accept all), which the checkpoint must
- * refuse though sock_diag shows no filter (only its option memory).  Every round checks
- * the four sockets' SO_MAX_PACING_RATE (32 and 64 bits) and sends a byte each way on
- * each connection ("ok N", or "FAIL what").
+ * refuse though sock_diag shows no filter (only its option memory).  A third
+ * connection's c3 is shut for reading (SHUT_RD: sk_shutdown's RCV_SHUTDOWN, which
+ * sock_diag shows and no getsockopt; the peer sent no FIN): a read gives 0 at once.
+ * Every round checks the four sockets' SO_MAX_PACING_RATE (32 and 64 bits), sends a
+ * byte each way on the first two connections, and reads c3 without waiting ("ok N",
+ * or "FAIL what").
  *
  *   tcpdiag_s10 OUT [filter] */
 #include "common.h"
@@ -42,10 +45,12 @@ int main(int argc, char **argv) {
     socklen_t al = sizeof a;
     if (l < 0 || bind(l, (void *)&a, sizeof a) || listen(l, 4) ||
         getsockname(l, (void *)&a, &al)) { FAIL("listen %d", errno); return 1; }
-    int fd[4];  /* c1 a1 c2 a2 */
+    int fd[6];  /* c1 a1 c2 a2 c3 a3 */
     pair(l, &a, &fd[0], &fd[1]);
     pair(l, &a, &fd[2], &fd[3]);
+    pair(l, &a, &fd[4], &fd[5]);
     close(l);
+    if (shutdown(fd[4], SHUT_RD)) { FAIL("shutdown %d", errno); return 1; }
     uint32_t r32 = 12345;
     uint64_t r64 = 3000000000ULL;
     if (setsockopt(fd[0], SOL_SOCKET, SO_MAX_PACING_RATE, &r32, sizeof r32) ||
@@ -81,6 +86,9 @@ int main(int argc, char **argv) {
         }
         for (int k = 0; k < 4; k += 2)
             if (!echo(fd[k], fd[k + 1], (char)('a' + round % 26))) { FAIL("echo %d", errno); bad = 1; }
+        char x;
+        ssize_t got = recv(fd[4], &x, 1, MSG_DONTWAIT);
+        if (got != 0) { FAIL("c3 shut for reading: recv %zd errno %d", got, errno); bad = 1; }
         if (!bad) report("ok %d", round);
         nap(100);
     }

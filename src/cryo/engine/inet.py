@@ -111,6 +111,7 @@ LAST_OPTIONS = ((N.SOL.SOCKET, N.SO.PRIORITY, _I),)
 MULTICAST = {(N.SOL.IP, N.IP.MULTICAST_TTL), (N.SOL.IP, N.IP.MULTICAST_LOOP),
              (N.SOL.IP, N.IP.MULTICAST_ALL), (N.SOL.IPV6, N.IPV6.MULTICAST_HOPS),
              (N.SOL.IPV6, N.IPV6.MULTICAST_LOOP), (N.SOL.IPV6, N.IPV6.MULTICAST_IF)}  # fmt: skip
+_IP_RECVFRAGSIZE = (N.SOL.IP, N.IP.RECVFRAGSIZE)
 BUFFERS = {(N.SOL.SOCKET, N.SO.SNDBUF), (N.SOL.SOCKET, N.SO.RCVBUF)}
 # not asked of a connection, whose repair state has its sizes and locks (sndbuf, rcvbuf,
 # buflock: _read_repair)
@@ -214,8 +215,10 @@ def _options_for(ident: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...
         out += PACKET_OPTIONS
     elif family == socket.AF_NETLINK:
         out += NETLINK_OPTIONS
-    if typ == socket.SOCK_STREAM:  # the kernel refuses multicast options on a stream
-        out = tuple(o for o in out if (o[0], o[1]) not in MULTICAST)
+    if typ == socket.SOCK_STREAM:  # the kernel refuses multicast options on a stream,
+        # and IP_RECVFRAGSIZE (EINVAL but on raw and datagram sockets): never set there
+        out = tuple(o for o in out if (o[0], o[1]) not in MULTICAST
+                    and (o[0], o[1]) != _IP_RECVFRAGSIZE)  # fmt: skip
     if family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_TCP:
         out += TCP_OPTIONS
     elif family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_UDP:
@@ -582,8 +585,10 @@ def _read_repair(s: socket.socket) -> dict[str, Any]:
     get, fd = s.getsockopt, s.fileno()
     head = get(_SOL_TCP, _TCP_INFO, 8)  # (struct tcp_info's first bytes: linux/net.py)
     state, options, wscale = head[0], head[5], head[6]
+    outq = _queue(fd, _OUTQ)
     t: dict[str, Any] = {
-        "inq": _queue(fd, _INQ), "outq": _queue(fd, _OUTQ), "unsent": _queue(fd, _OUTQNSD),
+        # (not sent yet: write_seq - snd_nxt, at most outq's write_seq - snd_una)
+        "inq": _queue(fd, _INQ), "outq": outq, "unsent": _queue(fd, _OUTQNSD) if outq else 0,
         "mss": get(_SOL_TCP, _TCP_MAXSEG), "options": options, "snd_wscale": wscale & 0xF,
         "rcv_wscale": wscale >> 4, "timestamp": 0, "sndbuf": get(_SOL_SOCKET, _SO_SNDBUF),
         "rcvbuf": get(_SOL_SOCKET, _SO_RCVBUF),
@@ -1036,12 +1041,20 @@ def check_diag(session: Any) -> None:
             found.update(_in_netns(pid, _diag_of, asks))
     for d in descs:
         seen = DIAGS.get(d["ino"]) if d["sotype"] == "stream" else None
-        shut, md5 = found.get(d["ino"], (0, False)) if seen is None else \
-            (0, bool(seen.get(N.INET_DIAG_MD5SIG)))  # fmt: skip
+        if seen is None:
+            shut, md5 = found.get(d["ino"], (0, False))
+        else:
+            shut = seen.get(N.INET_DIAG_SHUTDOWN, b"\0")[0]
+            md5 = bool(seen.get(N.INET_DIAG_MD5SIG))
         if d["sotype"] != "stream":
             if shut:
                 d["shutdown"] = shut  # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2)
             continue
+        t = d.get("tcp")
+        if shut & 1 and t is not None and t["state"] not in _RCVQ_FIN:
+            # shut for reading (SHUT_RD) with no FIN of the peer's that did it: restored
+            # by a shutdown() (SEND_SHUTDOWN goes with our FIN: the state has it)
+            d["shutdown"] = 1
         why = "TCP MD5 signature keys (TCP_MD5SIG)" if md5 else None
         if why is None and _ao[:1] != [False]:
             held = HELD.get(d["ino"])
@@ -1189,6 +1202,8 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, max(t["rcvbuf"] // 2, len(t["recvq"])))
         _restore_repair(s, d, t)
         _buffer_locks(s, t)
+        if d.get("shutdown") == 1:  # (SHUT_RD: sk_shutdown's bit only, in any state)
+            s.shutdown(socket.SHUT_RD)
         return
     if t is not None and d.get("queued_on") is not None and not options.get("tcp_close"):
         _build_queued(s, d)
@@ -1370,6 +1385,7 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
 _ESTABLISHED = int(ST.ESTABLISHED)
 _CONNECTED_NAMES = frozenset(x.name for x in CONNECTED)
 _HALF_CLOSED = frozenset(int(x) for x in SNDQ_FIN | RCVQ_FIN)
+_RCVQ_FIN = frozenset(int(x) for x in RCVQ_FIN)
 # (tcpi_options, snd_wscale, rcv_wscale, mss) -> TCP_REPAIR_OPTIONS' argument (the
 # connections of a server mostly share one)
 _repair_opts: dict[tuple[int, int, int, int], bytes] = {}

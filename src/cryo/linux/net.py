@@ -722,11 +722,11 @@ INET_DIAG_IF = -1  # (not an attribute: idiag_if of struct inet_diag_sockid, kep
 _DIAG_EXT = (1 << (INET_DIAG_CONG - 1)) | (1 << (INET_DIAG_TOS - 1)) | \
     (1 << (INET_DIAG_TCLASS - 1))  # fmt: skip
 # each socket's own, kept apart (:func:`inet_diag`'s ``each``): struct tcp_info, the
-# memory (u32 SK_MEMINFO_*: OPTMEM, sk_omem_alloc, at 6) and TCP MD5 keys (they come
-# with tcp_info, for CAP_NET_ADMIN)
-INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG = 7, 18
+# memory (u32 SK_MEMINFO_*: OPTMEM, sk_omem_alloc, at 6), TCP MD5 keys (they come with
+# tcp_info, for CAP_NET_ADMIN) and sk_shutdown (a byte: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2)
+INET_DIAG_SHUTDOWN, INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG = 8, 7, 18
 SK_MEMINFO_OPTMEM = 6
-_EACH = frozenset({INET_DIAG_INFO, INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG})
+_EACH = frozenset({INET_DIAG_INFO, INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG, INET_DIAG_SHUTDOWN})
 _EACH_EXT = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1))
 
 
