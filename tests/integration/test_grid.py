@@ -1198,6 +1198,98 @@ def test_adopted_mpi_jobs_survive_a_host_failure(hosts: Any, procs: Procs) -> No
     reaper.stop()
 
 
+@pytest.mark.timeout(300)
+def test_mpi_job_across_three_hosts_survives_a_host_failure(hosts: Any, procs: Procs) -> None:
+    """One mpich job spread over the three hosts, a rank on each, passing a counter
+    round a ring over UCX's TCP transport between the hosts (rank 0 checks every lap),
+    taken under the grid with `cryo grid adopt`: each host's part is its hydra proxy
+    with its rank (started by hand as hydra's manual launcher asks; h0's part also
+    holds mpiexec), and every connection of a part (rank to rank, proxy to mpiexec)
+    is between service addresses, each the only address of an interface of its own
+    (svc0, which UCX_NET_DEVICES and mpiexec's -iface name). A global checkpoint, then
+    h1 fails: its part is restored on a live host from its replica, its service
+    address moved with it, the others rolled back in place, and the ring goes on from
+    the committed version with no message lost or duplicated."""
+    mpiexec, exe = _mpiring(hosts)
+    svc = [f"10.202.0.{n + 1}" for n in range(3)]
+    sw = ["ip", "-n", hosts.switch]
+    for n, h in enumerate(hosts.names):
+        # (a second link to the switch's bridge; the host's /sys its own network
+        # namespace's, where UCX looks for svc0, and its cgroups as before)
+        subprocess.run([*sw, "link", "add", f"q{n}", "type", "veth", "peer", "name", "svc0"],
+                       check=True, timeout=30)  # fmt: skip
+        subprocess.run([*sw, "link", "set", "svc0", "netns", hosts.ns[h]], check=True,
+                       timeout=30)  # fmt: skip
+        subprocess.run([*sw, "link", "set", f"q{n}", "master", "br0", "up"], check=True,
+                       timeout=30)  # fmt: skip
+        subprocess.run(["ip", "-n", hosts.ns[h], "addr", "add", f"{svc[n]}/24", "dev", "svc0"],
+                       check=True, timeout=30)  # fmt: skip
+        subprocess.run(["ip", "-n", hosts.ns[h], "link", "set", "svc0", "up"], check=True,
+                       timeout=30)  # fmt: skip
+        for kind, where in (("sysfs", "/sys"), ("cgroup2", "/sys/fs/cgroup")):
+            subprocess.run(hosts.argv(h, "mount", "-t", kind, f"cryo-grid-{kind}", where),
+                           check=True, timeout=30)  # fmt: skip
+    env = ["env", "UCX_TLS=tcp,self", "UCX_NET_DEVICES=svc0"]
+    out = hosts.base / "mpi.log"  # (mpiexec's: the launch lines, then rank 0's)
+    start = (f"exec >>{out} 2>&1; {' '.join(env)} {mpiexec} -launcher manual -iface svc0"
+             f" -hosts {','.join(svc)} -n 3 -ppn 1 {exe} &"
+             f" until grep -q HYDRA_LAUNCH_END {out}; do sleep 0.05; done;"
+             f" {' '.join(env)} $(sed -n 's/^HYDRA_LAUNCH: \\(.*--proxy-id 0 \\)$/\\1/p' {out}) &"
+             " wait")  # fmt: skip
+    job = procs.spawn(hosts.argv("h0", "sh", "-c", start), out)
+    deadline = time.monotonic() + 30
+    while "HYDRA_LAUNCH_END" not in (text := out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+    launch = {int(x.rsplit("--proxy-id ", 1)[1].split()[0]): x.split(": ", 1)[1]
+              for x in text.splitlines() if x.startswith("HYDRA_LAUNCH: ")}  # fmt: skip
+    proxies = [procs.spawn(hosts.argv(h, *env, "sh", "-c", f"exec {launch[n]}"))
+               for n, h in enumerate(hosts.names) if n]  # fmt: skip
+    ring = Victim(job.pid, out)
+    ring.wait_ok_after(50, timeout=60)
+    tops = [job.pid, *(p.pid for p in proxies)]
+    sizes = [len(_tree(pid)) for pid in tops]
+    assert sizes[0] >= 4 and sizes[1:] == [2, 2], sizes  # sh, mpiexec, proxy, rank; proxy, rank
+    reaper = _Reaper([p for pid in tops for p in _tree(pid)])  # (the launcher reaps them)
+    try:
+        r = hosts.cryo("adopt", "mpi", *(f"{h}:{pid}" for h, pid in zip(hosts.names, tops,
+                                                                        strict=True)),
+                       "--services", ",".join(svc), "--replicas", "1",
+                       "--store", str(hosts.base))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        before = max(ring.oks())
+        r = hosts.cryo("checkpoint", "mpi")
+        assert r.returncode == 0 and "global version 1 committed" in r.stdout, r.stderr
+        at = max(ring.oks())
+        ring.wait_ok_after(at + 50, timeout=30)  # it goes on after it
+        watcher = start_watcher(hosts, "mpi")
+        try:
+            subprocess.run(["ip", "-n", hosts.ns["h1"], "link", "set", "svc0", "down"],
+                           check=True, timeout=30)  # fmt: skip
+            hosts.fail("h1")
+            failed_at = max(ring.oks())
+            st = wait_restarted(hosts, watcher, app="mpi")
+        finally:
+            watcher.kill()
+            watcher.wait()
+        moved = st["parts"]["1"]["host"]
+        assert moved in ("h0", "h2"), "part 1 moved to a live host"
+        assert has_address(hosts, moved, svc[1]), "its service address moved with it"
+        for n in range(3):
+            procs.track(int(st["parts"][str(n)]["pid"]))
+        # (the ring is one job: it stopped when h1 failed, and goes on once every rank
+        # runs again)
+        ring.wait_for(lambda _: bool(ring.fails()) or
+                      _after_rollback(ring.oks()) > failed_at + 50, timeout=60)  # fmt: skip
+        laps = ring.oks()
+        back = [i for i in range(1, len(laps)) if laps[i] < laps[i - 1]]
+        assert len(back) == 1, ("rolled back once", back, laps[-3:], ring.lines()[-3:])
+        assert before <= laps[back[0]] <= at + 10, (before, laps[back[0]], at)
+        assert not ring.fails(), ring.fails()
+    finally:
+        reaper.stop()
+
+
 def _mpiring(hosts: Any) -> tuple[str, Path]:
     """mpich's mpiexec and victims/mpiring.c built where every host sees it, an agent on
     every host (the test skipped without mpich)."""

@@ -52,13 +52,20 @@ def _addresses() -> list[dict[str, object]]:
 
 def device_for(addr: str, dev: str | None = None) -> tuple[str, int]:
     """The interface (and prefix length) on which service address ``addr`` goes: ``dev``
-    if given, else the one with an address of this host in the same subnet."""
+    if given, else the one with an address of this host in the same subnet, else the
+    one that has ``addr`` already (a part rolled back in place whose service address is
+    its interface's only one)."""
     ip = ipaddress.IPv4Address(addr)
+    holder = None
     for link in _addresses():
         for a in link.get("addr_info", []):  # type: ignore[attr-defined]
             net = ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False)
             if (dev is None and ip in net and a["local"] != addr) or link["ifname"] == dev:
                 return str(link["ifname"]), int(a["prefixlen"])
+            if dev is None and a["local"] == addr:
+                holder = str(link["ifname"]), int(a["prefixlen"])
+    if holder is not None:
+        return holder
     raise CryoError(f"no interface of this host is in the subnet of service address {addr}"
                     + (f" (or is {dev})" if dev else ""), resource="grid network")  # fmt: skip
 
