@@ -47,8 +47,11 @@ import fcntl
 import functools
 import logging
 import os
+import select
 import signal
 import struct
+import termios
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,8 +132,12 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
             d["winsize"] = fcntl.ioctl(peer, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
             if _int(peer, TIOCGEXCL):  # the slave in exclusive mode (TIOCEXCL)
                 d["excl"] = 1
-            d["to_slave"], d["to_master"], lines = _take_queues(mine, peer, d["termios"],
-                                                                 bool(d["packet"]))  # fmt: skip
+            d["to_slave"], d["to_master"], lines, stopped, status = _take_queues(
+                mine, peer, d["termios"], bool(d["packet"]))
+            if stopped:
+                d["stopped"] = stopped
+            if status:
+                d["pktstatus"] = status
             if lines is not None and any(kind != TYPING or data for data, kind in lines):
                 d["to_slave_lines"] = lines
         finally:
@@ -294,38 +301,201 @@ def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: 
     fcntl.ioctl(peer, TCSETS, termios)
 
 
-def _take_queues(master: int, peer: int, termios: bytes, packet: bool
-                 ) -> tuple[bytes, bytes, list[list[Any]] | None]:  # fmt: skip
+TCXONC, TCOOFF, TCOON = 0x540A, 0, 1  # tcflow
+TCFLSH, TCIFLUSH, TCOFLUSH = 0x540B, 0, 1  # tcflush
+IXON = 0o2000
+VSTART, VSTOP = 8, 9  # indices in c_cc
+STOP_CHAR, STOP_TCO = 1, 2  # how a slave's output was stopped ("stopped")
+# a packet-mode master's control status (TIOCPKT_*): what its next read returns
+PKT_FLUSHREAD, PKT_FLUSHWRITE, PKT_STOP, PKT_START = 1, 2, 4, 8
+PKT_NOSTOP, PKT_DOSTOP, PKT_IOCTL = 16, 32, 64
+
+
+def _status(master: int) -> int:
+    """The control status a packet-mode master holds, taken (a read returns it alone,
+    and clears it; POLLPRI tells there is one): 0 if none."""
+    p = select.poll()
+    p.register(master, select.POLLPRI)
+    if not p.poll(0):
+        return 0
+    return os.read(master, 1)[0]
+
+
+def _round_trip(master: int, peer: int, packet: bool) -> tuple[bool, bytes]:
+    """Whether the slave's output goes on (not stopped by ^S or tcflow): a NUL written
+    to the slave (output processing passes it, no column moves) waits (EAGAIN: stopped;
+    the master's queue was drained) or is read back from the master, with whatever was
+    on its way there before it (the second part)."""
+    fl = fcntl.fcntl(peer, fcntl.F_GETFL)
+    fcntl.fcntl(peer, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    try:
+        os.write(peer, b"\0")
+    except BlockingIOError:
+        return False, b""
+    finally:
+        fcntl.fcntl(peer, fcntl.F_SETFL, fl)
+    p = select.poll()
+    p.register(master, select.POLLIN)
+    got = b""
+    deadline = time.monotonic() + 10
+    while not got.endswith(b"\0"):  # (a data byte: in packet mode b"\0" and the data)
+        left = deadline - time.monotonic()
+        if left <= 0 or not p.poll(int(left * 1000) + 1):
+            raise CryoError("pty: a byte written to its slave never reached its master")
+        data = os.read(master, 65536)
+        got += data[1:] if packet else data
+    return True, got[:-1]
+
+
+def _stop_state(master: int, peer: int, packet: bool) -> tuple[int, bytes]:
+    """0 while the slave's output goes on, else how it was stopped: a tcflow(TCOOFF)
+    ends with TCOON (it goes on then, for the refill: :func:`_set_flow` stops it
+    again), the STOP character's does not; and the bytes that reached the master
+    meanwhile."""
+    going, extra = _round_trip(master, peer, packet)
+    if going:
+        return 0, extra
+    termios.tcflow(peer, TCOON)  # (a STOP character's stop is not ended by it)
+    going, extra = _round_trip(master, peer, packet)
+    return (STOP_TCO if going else STOP_CHAR), extra  # (going on now: stopped at the end)
+
+
+def _flow(termios_: bytes) -> bool:
+    """The kernel's "flow" for packet mode's DOSTOP/NOSTOP: IXON with ^S and ^Q."""
+    iflag = struct.unpack_from("I", termios_)[0]
+    cc = termios_[17:36]
+    return bool(iflag & IXON) and cc[VSTOP] == 0o23 and cc[VSTART] == 0o21
+
+
+def _flow_problem(termios_: bytes, stopped: int, status: int, to_slave: bytes,
+                  to_master: bytes) -> str | None:  # fmt: skip
+    """Why the stop and the control status cannot be made again (:func:`_set_flow`), or
+    None."""
+    lflag = struct.unpack_from("I", termios_, 12)[0]
+    extproc = bool(lflag & EXTPROC)
+    if stopped == STOP_CHAR:
+        if not termios_[17 + VSTOP] or extproc or not struct.unpack_from("I", termios_)[0] & IXON:
+            return "its output stopped by a STOP character it no longer takes"
+        if not _can_type():
+            return ("its output stopped by its STOP character: cryo needs CAP_SYS_ADMIN to"
+                    " type it again (TIOCSTI)")  # fmt: skip
+    if bool(status & PKT_STOP) != bool(stopped) and status & (PKT_STOP | PKT_START):
+        return f"packet status {status:#x} and its output {'' if stopped else 'not '}stopped"
+    if status & (PKT_STOP | PKT_START) == PKT_STOP | PKT_START:
+        return f"packet status {status:#x}"
+    if status & (PKT_DOSTOP | PKT_NOSTOP):
+        if bool(status & PKT_DOSTOP) == bool(status & PKT_NOSTOP) or \
+                bool(status & PKT_DOSTOP) != _flow(termios_):  # fmt: skip
+            return f"packet status {status:#x} against its settings"
+        if extproc and not status & PKT_IOCTL:
+            return f"packet status {status:#x} under EXTPROC without TIOCPKT_IOCTL"
+    if status & PKT_IOCTL and not extproc:
+        return f"packet status {status:#x}: TIOCPKT_IOCTL without EXTPROC"
+    if status & PKT_FLUSHREAD and to_slave:
+        return "packet status TIOCPKT_FLUSHREAD with input typed after the flush"
+    if status & PKT_FLUSHWRITE and len(to_master) >= 4096:
+        return "packet status TIOCPKT_FLUSHWRITE with more than 4 KiB written after it"
+    return None
+
+
+def _stop(master: int, peer: int, termios_: bytes, how: int) -> None:
+    if how == STOP_TCO:
+        termios.tcflow(peer, TCOOFF)
+    else:  # its STOP character typed (the START character then goes on, as before)
+        _type(master, peer, termios_[17 + VSTOP:18 + VSTOP])
+
+
+def _set_flow(master: int, peer: int, termios_: bytes, packet: bool, stopped: int,
+              status: int, to_master: bytes) -> None:  # fmt: skip
+    """Once the pair holds its data and settings: its slave's output stopped as it was
+    (^S, or tcflow), and a packet-mode master's pending control status made again (the
+    refill's own settings changes set some of their own: dropped first), by the calls
+    that set each bit: a settings change of the flow (DOSTOP, NOSTOP; IOCTL under
+    EXTPROC), a stop (STOP), a stop and a start (START), a flush of an empty queue
+    (FLUSHREAD, FLUSHWRITE)."""
+    fl = fcntl.fcntl(master, fcntl.F_GETFL)
+    fcntl.fcntl(master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    try:
+        if packet:
+            _status(master)
+        if stopped and not status & PKT_STOP:
+            _stop(master, peer, termios_, stopped)
+            if packet:
+                _status(master)
+        if status & (PKT_DOSTOP | PKT_NOSTOP):
+            other = bytearray(termios_)  # the flow the other way (IXON itself kept on: a
+            if _flow(termios_):  # STOP character's stop ends when IXON goes off)
+                other[17 + VSTART] = 0
+            else:
+                struct.pack_into("I", other, 0, struct.unpack_from("I", termios_)[0] | IXON)
+                other[17 + VSTOP], other[17 + VSTART] = 0o23, 0o21
+            fcntl.ioctl(peer, TCSETS, bytes(other))
+            fcntl.ioctl(peer, TCSETS, termios_)
+        elif status & PKT_IOCTL:
+            fcntl.ioctl(peer, TCSETS, termios_)
+        if stopped and status & PKT_STOP:
+            _stop(master, peer, termios_, stopped)
+        if not stopped and status & PKT_START:
+            termios.tcflow(peer, TCOOFF)
+            termios.tcflow(peer, TCOON)
+        if status & PKT_FLUSHREAD:
+            termios.tcflush(peer, TCIFLUSH)
+        if status & PKT_FLUSHWRITE:  # (it flushes what is still on its way to the master)
+            deadline = time.monotonic() + 10
+            while _int(master, FIONREAD) < len(to_master):
+                if time.monotonic() > deadline:
+                    raise CryoError("pty: its output never reached its master")
+                time.sleep(0.001)
+            termios.tcflush(peer, TCOFLUSH)
+        if stopped and _round_trip(master, peer, packet)[0]:
+            raise CryoError("pty: its output could not be stopped again")
+    finally:
+        fcntl.fcntl(master, fcntl.F_SETFL, fl)
+
+
+def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
+                 ) -> tuple[bytes, bytes, list[list[Any]] | None, int, int]:  # fmt: skip
     """What waits in the pair, both ways, read (it cannot be peeked) and put back at
     once; the processes are frozen meanwhile.  In canonical mode the slave's input is
-    also returned as lines (``_read_lines``) and the line being typed."""
+    also returned as lines (``_read_lines``) and the line being typed.  Also how its
+    output was stopped (``_stop_state``) and a packet-mode master's control status,
+    both made again after (the raw settings of the copy end a ^S: found by probing, a
+    checkpoint, even a refused one, started a terminal stopped with ^S, and gave a
+    packet-mode master a TIOCPKT_DOSTOP of its own)."""
     fl = fcntl.fcntl(master, fcntl.F_GETFL)
     fcntl.fcntl(master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
     lines = None
     try:
-        if _canonical(termios):
-            if not _can_type():  # lines could not be put back one by one
-                if _int(peer, FIONREAD):
-                    raise Unsupported("a pty in canonical mode holds lines not read yet:"
-                                      " cryo needs CAP_SYS_ADMIN to put them back as"
-                                      " lines (TIOCSTI)", resource="pty")  # fmt: skip
-            else:
-                lines = _read_lines(peer, termios)
-        fcntl.ioctl(peer, TCSETS, _raw(termios))
+        if _canonical(termios_) and not _can_type() and _int(peer, FIONREAD):
+            raise Unsupported("a pty in canonical mode holds lines not read yet: cryo"
+                              " needs CAP_SYS_ADMIN to put them back as lines (TIOCSTI)",
+                              resource="pty")  # fmt: skip
+        status = _status(master) if packet else 0
+        chunks = _drain(master)
+        to_master = b"".join(c[1:] if packet else c for c in chunks)
+        stopped, extra = _stop_state(master, peer, packet)
+        to_master += extra
+        if _canonical(termios_) and _can_type():
+            lines = _read_lines(peer, termios_)
+        fcntl.ioctl(peer, TCSETS, _raw(termios_))
+        if stopped == STOP_CHAR:  # started: the echoes it held back come out now
+            to_master += _round_trip(master, peer, packet)[1]
         typing = b"".join(_drain(peer))
         if lines is not None:
             lines.append([typing, TYPING])
         to_slave = b"".join(d for d, _ in lines) if lines is not None else typing
-        chunks = _drain(master)
-        to_master = b"".join(c[1:] if packet else c for c in chunks)
+        problem = _flow_problem(termios_, stopped, status, to_slave, to_master)
         if lines is not None and any(_plan(d, k) is None for d, k in lines):
-            _refill(master, peer, termios, to_slave, to_master)
-            raise Unsupported("a pty holds a typed line of every byte value: not supported",
-                              resource="pty")  # fmt: skip
-        _refill(master, peer, termios, to_slave, to_master, lines)
+            problem = "a typed line of every byte value"
+            lines = None
+        _refill(master, peer, termios_, to_slave, to_master, lines)
+        with contextlib.suppress(OSError, CryoError):
+            _set_flow(master, peer, termios_, packet, stopped, status, to_master)
+        if problem:
+            raise Unsupported(f"a pty holds {problem}: not supported", resource="pty")
     finally:
         fcntl.fcntl(master, fcntl.F_SETFL, fl)
-    return to_slave, to_master, lines
+    return to_slave, to_master, lines, stopped, status
 
 
 def _stat(pid: int | str) -> tuple[int, int, int]:
@@ -468,16 +638,23 @@ def _master(index: int) -> tuple[int, int]:
         if d.get("to_slave_lines") and not _can_type():
             raise CryoError(f"pty {index}: its lines not read yet can only be put back as"
                             " lines with CAP_SYS_ADMIN (TIOCSTI)")  # fmt: skip
-        _refill(fd, peer, d["termios"], d.get("to_slave", b""), d.get("to_master", b""),
-                d.get("to_slave_lines"))  # fmt: skip
+        stopped, status = d.get("stopped", 0), d.get("pktstatus", 0)
+        to_slave, to_master = d.get("to_slave", b""), d.get("to_master", b"")
+        problem = _flow_problem(d["termios"], stopped, status, to_slave, to_master)
+        if problem:
+            raise CryoError(f"pty {index}: it holds {problem}")
+        _refill(fd, peer, d["termios"], to_slave, to_master, d.get("to_slave_lines"))
+        if d.get("packet"):  # (after the refill: its settings changes set no status)
+            fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
+        if stopped or status:
+            _set_flow(fd, peer, d["termios"], bool(d.get("packet")), stopped, status,
+                      to_master)  # fmt: skip
         if d.get("excl"):  # (cryo, with CAP_SYS_ADMIN, still opens the slaves after it)
             fcntl.ioctl(peer, TIOCEXCL)
         if d.get("ldisc"):
             fcntl.ioctl(peer, TIOCSETD, struct.pack("i", d["ldisc"]))
     finally:
         os.close(peer)
-    if d.get("packet"):
-        fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
     if d.get("locked"):
         fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 1))
     _made[index] = (fd, new)

@@ -738,6 +738,11 @@ DESC = Struct((
       " N_TTY: N_NULL", required=False),
     F("termios", Bytes(max=256), "pty master: the slave's struct termios; stdio, ctty: the"
       " job's terminal's", required=False),
+    F("stopped", Int(1, 2), "pty master: its slave's output stopped, by its STOP character"
+      " under IXON (1; the START character goes on) or by tcflow TCOOFF (2)",
+      required=False),
+    F("pktstatus", Int(1, 255), "pty master in packet mode: the control status its next"
+      " read returns (TIOCPKT_*)", required=False),
     F("winsize", Bytes(8), "pty master, stdio, ctty: struct winsize", required=False),
     F("to_slave", Bytes(max=1 << 20), "pty master: bytes waiting for the slave",
       required=False),
