@@ -613,7 +613,18 @@ def _read_repair(s: socket.socket) -> dict[str, Any]:
     # cryo's reads; the kernel forgets it when repair mode is turned on again)
     if get(_SOL_TCP, _TCP_INFO, 1)[0] != state:
         raise CryoError("a TCP connection changed state while it was locked")
+    if t["outq"] and not _writable(s):
+        t["full"] = 1  # (its writer waits for the edge that space frees: finish())
     return t
+
+
+def _writable(s: socket.socket) -> bool:
+    """Whether poll shows POLLOUT (tcp_poll: a third of the send buffer free).  Polled
+    when it does not, the kernel marks the socket's writer as waiting (SOCK_NOSPACE):
+    acknowledged data that frees the room wakes it (tcp_check_space)."""
+    p = select.poll()
+    p.register(s.fileno(), select.POLLOUT)
+    return bool(p.poll(0))
 
 
 def _queue(fd: int, request: int) -> int:
@@ -1201,7 +1212,7 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, max(t["sndbuf"] // 2, len(t["sendq"])))
         s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, max(t["rcvbuf"] // 2, len(t["recvq"])))
         _restore_repair(s, d, t)
-        _buffer_locks(s, t)
+        _buffer_sizes(s, t)
         if d.get("shutdown") == 1:  # (SHUT_RD: sk_shutdown's bit only, in any state)
             s.shutdown(socket.SHUT_RD)
         return
@@ -1243,7 +1254,7 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         elif repair:
             assert t is not None
             _restore_repair(s, d, t)
-            _buffer_locks(s, t)
+            _buffer_sizes(s, t)
     elif d.get("remote"):
         s.connect(_sockaddr(family, d["remote"]))
     for level, opt, raw in d["opts"] if family == socket.AF_PACKET else ():
@@ -1257,6 +1268,24 @@ def _build(s: socket.socket, d: dict[str, Any], options: dict[str, Any]) -> None
         except OSError as err:
             if err.errno != errno.ENOTCONN:
                 raise
+
+
+def _buffer_sizes(s: socket.socket, t: dict[str, Any]) -> None:
+    """A connection's queues refilled: its buffer sizes as they were (the refill needed
+    room for the queues: a send buffer twice their length read twice what the program
+    had), then their locks.  A connection whose send queue was full at the checkpoint
+    (its writer waiting for the room acknowledged data frees: an edge-triggered epoll
+    watch gets EPOLLOUT only then, and only if the kernel marked the socket as waited
+    on) gets the smallest send buffer for now, and polled so, is marked waited on as the
+    original was: its size comes back in :func:`finish`, once the epolls are filled, and
+    if its queue fits it then, setting it wakes the writer as freed room would have."""
+    if t.get("full"):
+        s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, 0)  # (SOCK_MIN_SNDBUF)
+        _writable(s)
+    else:
+        s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, t["sndbuf"] // 2)
+    s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, t["rcvbuf"] // 2)
+    _buffer_locks(s, t)
 
 
 def _buffer_locks(s: socket.socket, t: dict[str, Any]) -> None:
@@ -1473,6 +1502,9 @@ def finish(fd: int, t: dict[str, Any], family: int) -> None:
     s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fd)
     try:
         _repair_off(s, t.get("reuseaddr", 0))
+        if t.get("full"):  # (the size as it was: wakes the writer if its queue fits)
+            s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, t["sndbuf"] // 2)
+            _buffer_locks(s, t)
     finally:
         s.detach()
 

