@@ -68,6 +68,9 @@ def test_callback_continues_then_restarts(procs: Procs, tmp_path: Path, mode: st
     got = v.wait_line("callback RESTARTED", timeout=20)
     assert f"old={v.pid} new={pid} pid={pid}" in got, got
     assert f"host={socket.gethostname()}" in got
+    # (the image's HEAD holds the host's addresses where an agent asked: the same host)
+    old_addrs, new_addrs = got.split(" addrs=")[1].split(">")
+    assert old_addrs == new_addrs, got
     Victim(pid, v.out).wait_ok_after(n + 2)
     assert not v.fails()
 

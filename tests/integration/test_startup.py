@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Procs, Victim, reap
-from tests.unit.test_startup import LAZY, RESTART_LAZY
+from tests.unit.test_startup import CHECKPOINT_LATER, LAZY, RESTART_LATER, RESTART_LAZY
 
 BIN = str(Path(__file__).resolve().parents[2] / "bin" / "cryo")
 # how the command is started: as tests and benchmarks do, and as bin/cryo starts itself
@@ -47,6 +47,7 @@ def test_small_program_imports_no_driver_it_lacks(procs: Procs, build: Any, tmp_
     assert r.returncode == 0, r.stderr
     assert "cryo.engine.files" in mods and "cryo.engine.memory" in mods
     assert not mods & set(LAZY), sorted(mods & set(LAZY))
+    assert not mods & set(CHECKPOINT_LATER), sorted(mods & set(CHECKPOINT_LATER))
     if start == "script":
         assert not mods & set(SCRIPT_LAZY), sorted(mods & set(SCRIPT_LAZY))
     reap(v.pid)
@@ -56,6 +57,7 @@ def test_small_program_imports_no_driver_it_lacks(procs: Procs, build: Any, tmp_
     procs.track(int(r.stdout))
     assert "cryo.engine.restore" in mods
     assert not mods & set(RESTART_LAZY), sorted(mods & set(RESTART_LAZY))
+    assert not mods & set(RESTART_LATER), sorted(mods & set(RESTART_LATER))
     if start == "script":
         assert not mods & set(SCRIPT_LAZY), sorted(mods & set(SCRIPT_LAZY))
     Victim(v.pid, v.out).wait_ok_after(last + 3)

@@ -17,6 +17,14 @@ LAZY = ("cryo.engine.inet", "cryo.engine.netlock", "cryo.engine.sockets",
         "zstandard", "platform",  # (zstd: compressed images only)
         "_hashlib", "hmac", "secrets")  # fmt: skip  (OpenSSL: no image hash needs it)
 RESTART_LAZY = (*LAZY, "cryo.engine.tty")
+# what the engine imports where it is used, not before (session 11): the host's
+# addresses (an agent's only), json (a user's restart, an image's marker), the early
+# reads' thread pool (a checkpoint's), mincore (a checkpoint's), the exec'd layout (a
+# restart's)
+LATER = ("cryo.linux.net", "concurrent.futures", "cryo.linux.sysv",
+         "cryo.engine.execlayout")  # (and json, which imported_by prints with)
+CHECKPOINT_LATER = ("cryo.linux.net", "json", "cryo.engine.execlayout")
+RESTART_LATER = ("cryo.linux.net", "json", "concurrent.futures", "cryo.linux.sysv")
 
 
 def imported_by(code: str) -> set[str]:
@@ -32,6 +40,7 @@ def test_engine_import_leaves_out_the_resources_drivers(command: str) -> None:
     mods = imported_by(f"import cryo.cli, cryo.cli.engine, {engine}")
     assert engine in mods and "cryo.engine.files" in mods
     assert not mods & set(RESTART_LAZY), sorted(mods & set(RESTART_LAZY))
+    assert not mods & set(LATER), sorted(mods & set(LATER))
 
 
 def test_app_record_kind_is_the_drivers() -> None:

@@ -51,7 +51,7 @@ import xxhash
 
 from cryo import procfs
 from cryo.errors import ExitCode, FileChanged
-from cryo.linux import libc, sysv
+from cryo.linux import libc
 
 FILE_CHANGED = ExitCode.FILE_CHANGED
 PAGE = 4096
@@ -415,6 +415,8 @@ class _Mem:
                 arr = (ctypes.c_char * size).from_buffer(self._map)
                 addr = ctypes.addressof(arr)
                 del arr
+                from cryo.linux import sysv  # (not every checkpoint: 1 ms at start-up)
+
                 self._cached = sysv.mincore(addr, size, PAGE).translate(_LOW_BIT)
             except OSError:
                 os.close(fd)

@@ -290,22 +290,38 @@ def _agents_possible(session: Any) -> bool:
     read: dict[int, dict[int, str]] = session.shared.early.setdefault("fd_links before", {})
     here: list[bool] = []  # (asked once: an agent listens in cryo's own namespace)
 
+    def listens_here() -> bool:
+        if not here:
+            here.append(_agent_listens_here())
+        return here[0]
+
     def has_socket(pid: int) -> bool:
-        if _netns_is_mine(pid):  # none listens in it: no fd table read (a busy server's)
-            if not here:
-                here.append(_agent_listens_here())
-            if not here[0]:
-                return False
+        mine = _netns_is_mine(pid)
+        # a process of few fds has them read first (a few readlinks, where the dump of
+        # the listeners imports cryo.linux.net: 3-4 ms of a small program's checkpoint);
+        # a busy server's are not read where no agent listens in cryo's namespace
+        few = mine and _few_fds(pid)
+        if mine and not few and not listens_here():
+            return False
         try:
             links = read[pid] = procfs.fd_links(pid)[1]
         except OSError:
             return True  # (let the driver say why)
-        return any(t.startswith("socket:[") for t in links.values())
+        if not any(t.startswith("socket:[") for t in links.values()):
+            return False
+        return not few or listens_here()
 
     return any(has_socket(pid) for pid in tree.members(session.pid, session.scope))
 
 
 AGENT_PREFIX = b"\0cryo-app/"  # cryo.app.protocol.PREFIX (tests/unit/test_startup.py)
+
+
+def _few_fds(pid: int, most: int = 64) -> bool:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd")) <= most
+    except OSError:
+        return False
 
 
 def _netns_is_mine(pid: int) -> bool:

@@ -36,9 +36,8 @@ import fcntl
 import logging
 import os
 import struct
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryo.engine import ghosts
 from cryo.engine.context import DumpContext, RestoreContext, background
@@ -47,6 +46,9 @@ from cryo.errors import CryoError, Unsupported
 from cryo.image import records as R
 from cryo.linux import libc
 from cryo.linux.consts import SYS
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryo import procfs
-from cryo.engine import execlayout
 from cryo.engine.context import RestoreContext
 from cryo.engine.inject import HELD_SIZE, HoldingInjector, Injector, find_vdso_syscall
 from cryo.engine.ptrace import Tracee
@@ -32,6 +31,13 @@ from cryo.errors import AccessDenied, CryoError, NoSuchProcess, RestoreConflict,
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import CLONE, PAGE_SIZE, PR, PTRACE_O, SYS
+
+if TYPE_CHECKING:
+    from cryo.engine import execlayout
+else:  # (a restart's: a checkpoint never needs it)
+    from cryo.lazy import lazy
+
+    execlayout = lazy("cryo.engine.execlayout")
 
 log = logging.getLogger(__name__)
 KIND = b"TREE"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from typing import Any
 
@@ -59,6 +58,8 @@ def shared_state(image: Any) -> list[str]:
 
 def _who(path: str) -> int | None:
     """The pid a marker names, if that process still runs."""
+    import json  # (only where an image has a marker: 2 ms of start-up)
+
     try:
         with open(path) as f:
             m = json.load(f)
@@ -79,6 +80,8 @@ class Claim:
         start = procfs.start_time(pid)
         if start is None:
             return
+        import json
+
         tmp = f"{self.path}.{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump({"pid": pid, "start": start}, f)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import pwd
@@ -609,6 +608,7 @@ def _check_access(owner: Owner, need: list[tuple[str, int, str]]) -> None:
     permissions on the whole path, ACLs, mounts), all at once."""
     if not need:
         return
+    import json  # (a user's restart only: 2 ms of a root's start-up, docs/design.md)
 
     def attempt() -> bytes:
         for i, (path, mode, _what) in enumerate(need):
@@ -646,6 +646,7 @@ def open_as_owner(owner: Owner, requests: list[tuple[str, int, int]]) -> list[in
                 os.close(fd)
             raise
         return out
+    import json
     import socket
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
