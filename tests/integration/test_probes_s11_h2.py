@@ -188,3 +188,200 @@ def test_nginx_large_response_mid_transfer_and_keepalive(
     _wait(lambda: not os.path.exists(f"/proc/{pid}/task/{pid}/children")
           or not _children(pid), "nginx's workers quit")  # fmt: skip
     assert ns.tables() == []
+
+
+# ---------------------------------------------------------------------------- redis
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def _talk(c: socket.socket, request: bytes, end: bytes) -> bytes:
+    c.sendall(request)
+    data = b""
+    while not data.endswith(end):
+        chunk = c.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def _info(c: socket.socket, section: str) -> dict[str, str]:
+    raw = _talk(c, _resp(b"INFO", section.encode()), b"\r\n\r\n")  # (ends in a blank line)
+    text = raw.split(b"\r\n", 1)[1].decode()
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+@_needs("redis-server")
+def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: F811
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """redis-server with AOF on (appendfsync everysec: its bio thread fsyncs) and a BGSAVE
+    child in the middle of writing its snapshot (rdb-key-save-delay: 20 ms a key, 200
+    keys), a client connected and another whose pipeline of 200 GETs is half answered.
+    Checkpointed as a tree with --tcp-established, killed, restarted: the pipeline's
+    answers go on byte for byte, the child finishes its snapshot and the server takes
+    its end (rdb_last_bgsave_status ok, no save in progress); the client's connection
+    reads every key; more writes; then a fresh redis-server started on the snapshot
+    alone and another on the AOF alone each hold exactly what they must."""
+    d = tmp_path / "data"
+    d.mkdir()
+    argv = ["redis-server", "--port", "6390", "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+            "--dir", str(d), "--rdb-key-save-delay", "20000"]  # fmt: skip
+    v = spawn(procs, ns, argv, tmp_path / "out")
+    c = connect(ns, ("127.0.0.1", 6390), timeout=60)
+    keys = {b"k%03d" % i: os.urandom(64 + i * 37).hex().encode() for i in range(200)}
+    for k, val in keys.items():
+        assert _talk(c, _resp(b"SET", k, val), b"\r\n") == b"+OK\r\n"
+    assert _talk(c, _resp(b"BGSAVE"), b"\r\n") == b"+Background saving started\r\n"
+    _wait(lambda: _children(v.pid), "the BGSAVE child")
+    child = _children(v.pid)
+    for p in child:
+        procs.track(p)
+    time.sleep(1)  # ~50 of 200 keys written
+    assert _info(c, "persistence")["rdb_bgsave_in_progress"] == "1"
+    # after the snapshot began: in the AOF and the server's memory, not in the snapshot
+    assert _talk(c, _resp(b"SET", b"after", b"bgsave"), b"\r\n") == b"+OK\r\n"
+    p = connect(ns, ("127.0.0.1", 6390), timeout=60)  # a pipeline, its answers half read
+    p.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+    p.sendall(b"".join(_resp(b"GET", k) for k in keys))
+    answers = b"".join(b"$%d\r\n%s\r\n" % (len(val), val) for val in keys.values())
+    first = _recv_exact(p, 100_000)
+    pid = _tree_cycle(procs, ns, v.pid, tmp_path / "img", child, "--tcp-established")
+    assert pid == v.pid and _children(pid) == child
+    assert first + _recv_exact(p, len(answers) - len(first)) == answers
+    p.close()
+    for k, val in keys.items():
+        assert _talk(c, _resp(b"GET", k), b"\r\n" + val + b"\r\n").endswith(val + b"\r\n")
+    assert _talk(c, _resp(b"SET", b"restored", b"yes"), b"\r\n") == b"+OK\r\n"
+    _wait(lambda: _info(c, "persistence")["rdb_bgsave_in_progress"] == "0",
+          "the snapshot finished", timeout=60)  # fmt: skip
+    info = _info(c, "persistence")
+    assert info["rdb_last_bgsave_status"] == "ok", info
+    assert info["aof_last_write_status"] == "ok" and info["aof_last_bgrewrite_status"] == "ok"
+    assert _children(pid) == []
+    time.sleep(1.5)  # (everysec: the AOF written and fsynced)
+    c.sendall(_resp(b"SHUTDOWN", b"NOSAVE"))
+    c.close()
+    _wait(lambda: not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", "redis quits")
+    for only, want in (("rdb", {**keys}), ("aof", {**keys, b"after": b"bgsave",
+                                                   b"restored": b"yes"})):  # fmt: skip
+        e = tmp_path / only
+        e.mkdir()
+        if only == "rdb":
+            shutil.copy(d / "dump.rdb", e / "dump.rdb")
+            extra = ["--appendonly", "no"]
+        else:
+            shutil.copytree(d / "appendonlydir", e / "appendonlydir")
+            extra = ["--appendonly", "yes"]
+        w = spawn(procs, ns, ["redis-server", "--port", "6391", "--bind", "127.0.0.1",
+                              "--save", "", "--daemonize", "no", "--dir", str(e), *extra],
+                  tmp_path / f"out-{only}")  # fmt: skip
+        with connect(ns, ("127.0.0.1", 6391), timeout=60) as q:
+            _wait(lambda q=q: _info(q, "persistence")["loading"] == "0", "loaded")
+            n = int(_talk(q, _resp(b"DBSIZE"), b"\r\n")[1:])
+            assert n == len(want), (only, n)
+            for k, val in want.items():
+                got = _talk(q, _resp(b"GET", k), b"\r\n" + val + b"\r\n")
+                assert got.endswith(val + b"\r\n"), (only, k)
+        reap(w.pid)
+    assert ns.tables() == []
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+# ---------------------------------------------------------------------------- sqlite
+
+
+def _locks(pids: list[int]) -> list[tuple[int, str, str, str, str, str]]:
+    """The file locks these processes hold (/proc/locks): pid, kind, mode, inode, range."""
+    got = []
+    with open("/proc/locks") as f:
+        for line in f:
+            w = line.split()
+            if w[1] == "->":  # (a waiter)
+                continue
+            if int(w[4]) in pids:
+                got.append((int(w[4]), w[1], w[3], w[5], w[6], w[7]))
+    return sorted(got)
+
+
+def _busy(db: Path) -> tuple[bool, tuple[int, int, int]]:
+    """From outside: whether the write lock is taken (BEGIN IMMEDIATE fails at once), and
+    what a TRUNCATE checkpoint of the WAL finds (busy, log frames, frames checkpointed)."""
+    import sqlite3
+
+    c = sqlite3.connect(str(db), timeout=0, isolation_level=None)
+    try:
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("ROLLBACK")
+            locked = False
+        except sqlite3.OperationalError as err:
+            assert "locked" in str(err), err
+            locked = True
+        row = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return locked, (row[0], row[1], row[2])
+    finally:
+        c.close()
+
+
+def test_sqlite_wal_reader_and_writer_mid_transaction(procs: Procs, tmp_path: Path) -> None:
+    """victims/sqlwal_s11_h2.py: SQLite in WAL mode, a reader process holding a snapshot
+    and a writer process holding the write lock with 50 rows not committed, checkpointed
+    as a tree, killed, restarted: they hold the same locks (/proc/locks: kind, mode,
+    inode, range), an outside connection still finds the write lock taken, the reader's
+    snapshot still shows 100 rows after the writer commits, a new one 150, and the
+    database passes its integrity check."""
+    import sqlite3
+
+    from cryo.engine.dump import checkpoint
+    from cryo.engine.restore import restart
+    from tests.conftest import Victim
+
+    out, db = tmp_path / "out.txt", tmp_path / "db.sqlite"
+    v = procs.spawn([sys.executable, str(VICTIMS / "sqlwal_s11_h2.py"), str(out), str(db)], out)
+    v.wait_line("reader ready", timeout=30)
+    v.wait_line("writer ready", timeout=30)
+    kids = _children(v.pid)
+    for k in kids:
+        procs.track(k)
+    fifos = {n: os.open(f"{db}.{n}", os.O_WRONLY) for n in ("r", "w")}
+    try:
+        time.sleep(0.2)
+        before = _locks(kids)
+        assert {p for p, *_ in before} == set(kids), before  # (each holds some)
+        outside = _busy(db)
+        assert outside[0], outside
+        checkpoint(v.pid, str(tmp_path / "img"), scope="tree", signal_after=signal.SIGKILL)
+        for p in (*kids, v.pid):
+            reap(p)
+        rr = restart(str(tmp_path / "img"))
+        procs.track(rr.pid)
+        v = Victim(rr.pid, out)
+        assert sorted(_children(rr.pid)) == sorted(kids)
+        assert _locks(kids) == before
+        assert _busy(db) == outside
+        os.write(fifos["r"], b"count\n")
+        assert v.wait_line("reader sees") == "reader sees 100"
+        os.write(fifos["w"], b"commit\n")
+        v.wait_line("writer committed")
+        os.write(fifos["r"], b"count\nend\n")
+        v.wait_line("reader after")
+        assert [x for x in v.lines() if x.startswith("reader ")][1:] == \
+            ["reader sees 100", "reader sees 100", "reader after 150"]  # fmt: skip
+    finally:
+        for fd in fifos.values():
+            os.close(fd)
+    v.wait_line("done")
+    c = sqlite3.connect(str(db))
+    assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 150
+    c.close()
