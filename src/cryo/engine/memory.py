@@ -1607,20 +1607,29 @@ def _protect_all(bt: Batch, fixup: list[dict[str, Any]]) -> None:
         if v.get("pkey"):
             bt.call(SYSX.pkey_mprotect, start, size, v["prot"], v["pkey"],
                     what=f" pkey_mprotect {start:#x} key {v['pkey']}")  # fmt: skip
+    # mlock populates, so after the data; the VMAs locked without guard pages first, so
+    # that their lock parts them from a neighbour that gets guard pages (found by probing:
+    # locked after, a locked VMA next to an unlocked one with guard pages came back with
+    # that one's sticky VM_MAYBE_GUARD, "gu", and so did the rest of it, exit 0)
+    _mlock(bt, [v for v in fixup if "lo" in v["flags"] and not v.get("guards")])
     for v in fixup:  # once every VMA has its protection: a neighbour still writable
         # would be merged with it for the while, and given its sticky VM_MAYBE_GUARD ("gu")
         for addr, length in v.get("guards", ()):
             bt.call(SYS.madvise, addr, length, MADV.GUARD_INSTALL,
                     what=f" MADV_GUARD_INSTALL {addr:#x}")  # fmt: skip
-    for v in fixup:
-        start, size = v["start"], v["end"] - v["start"]
-        if "lo" in v["flags"]:
-            bt.call(SYSX.mlock2, start, size, MLOCK.ONFAULT if "lf" in v["flags"] else 0,
-                    what=f" mlock2 {start:#x}")  # fmt: skip
+    # (guard pages cannot be installed in a locked VMA: one that has both is locked last)
+    _mlock(bt, [v for v in fixup if "lo" in v["flags"] and v.get("guards")])
     for v in fixup:
         if "sl" in v["flags"]:
             bt.call(SYSX.mseal, v["start"], v["end"] - v["start"], 0,
                     what=f" mseal {v['start']:#x}")  # fmt: skip
+
+
+def _mlock(bt: Batch, vmas: list[dict[str, Any]]) -> None:
+    for v in vmas:
+        start, size = v["start"], v["end"] - v["start"]
+        bt.call(SYSX.mlock2, start, size, MLOCK.ONFAULT if "lf" in v["flags"] else 0,
+                what=f" mlock2 {start:#x}")  # fmt: skip
 
 
 def restore_mm(ctx: RestoreContext, rec: dict[str, Any]) -> None:

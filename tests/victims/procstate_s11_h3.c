@@ -1,0 +1,218 @@
+/* Unusual process state for test_probes_s11_h3: OUT MODES DIR, MODES a comma list.
+ * Sets each mode's state (in the main thread and two more), prints "ready", then sits in
+ * sigsuspend (the threads in pause, every signal blocked) so that the test can read its
+ * /proc files twice and find them equal; each SIGUSR1 makes it check, from inside, what
+ * /proc does not show, and print "ok N" or "FAIL what". */
+#include "common.h"
+#include <linux/sched.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#define PR_GET_IO_FLUSHER 58
+#endif
+#ifndef PR_SET_MDWE
+#define PR_SET_MDWE 65
+#define PR_GET_MDWE 66
+#endif
+#define MDWE_REFUSE_EXEC_GAIN 1
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+
+struct attr {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t prio;
+    uint64_t runtime, deadline, period;
+    uint32_t util_min, util_max;
+};
+
+static int has(const char *modes, const char *m) {
+    size_t n = strlen(m);
+    for (const char *p = modes; (p = strstr(p, m)); p += n)
+        if ((p == modes || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
+    return 0;
+}
+
+static const char *modes;
+static volatile sig_atomic_t go;
+static pthread_barrier_t bar;
+static long spec = -1;
+static int io_flusher;
+static char *maps[16];
+
+static int pfd[2];
+
+static void on_usr1(int s) { (void)s; go = 1; }
+
+static int getattr_(pid_t tid, struct attr *a) {
+    memset(a, 0, sizeof *a);
+    return syscall(SYS_sched_getattr, tid, a, sizeof *a, 0);
+}
+
+static pid_t tids[3];
+
+static void *thread(void *arg) {
+    long i = (long)arg;
+    tids[i] = gettid();
+    char name[16];
+    snprintf(name, sizeof name, "worker-%ld", i);
+    if (has(modes, "prctl")) {
+        prctl(PR_SET_NAME, name);
+        prctl(PR_SET_TIMERSLACK, 1000 + 777 * i);
+    }
+    if (has(modes, "sched")) {
+        struct attr a = {.size = sizeof a};
+        if (i == 1) {  /* fair, utilization clamps and a custom slice */
+            a.policy = SCHED_NORMAL; a.nice = 3; a.runtime = 2500000;
+            a.flags = SCHED_FLAG_UTIL_CLAMP_MIN | SCHED_FLAG_UTIL_CLAMP_MAX;
+            a.util_min = 100; a.util_max = 800;
+        } else {  /* deadline */
+            a.policy = SCHED_DEADLINE; a.runtime = 1000000; a.deadline = 8000000;
+            a.period = 10000000;
+        }
+        if (syscall(SYS_sched_setattr, 0, &a, 0) && errno == EOPNOTSUPP && i == 1) {
+            a.flags = 0;  /* a kernel without CONFIG_UCLAMP_TASK */
+            a.util_min = 0; a.util_max = 1024;
+            syscall(SYS_sched_setattr, 0, &a, 0);
+        }
+        struct attr g;
+        if (getattr_(0, &g) || g.policy != a.policy) report("FAIL sched_setattr %ld %d", i, errno);
+    }
+    pthread_barrier_wait(&bar);
+    for (;;) pause();
+    return NULL;
+}
+
+static void set_state(const char *dir) {
+    (void)dir;
+    if (has(modes, "prctl")) {
+        prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
+        prctl(PR_SET_KEEPCAPS, 1);
+        prctl(PR_SET_TIMERSLACK, 123456);
+        prctl(PR_SET_NAME, "main-s11");
+        if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0) io_flusher = 1;
+        else if (errno != EPERM) report("FAIL io_flusher %d", errno);  /* (CAP_SYS_RESOURCE) */
+        if (prctl(PR_SET_MDWE, MDWE_REFUSE_EXEC_GAIN, 0, 0, 0)) report("FAIL mdwe %d", errno);
+        if (prctl(PR_SET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, PR_SPEC_DISABLE, 0, 0) == 0)
+            spec = prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, 0, 0, 0);
+    }
+    if (has(modes, "rlimit")) {
+        struct rlimit r;
+        int res[] = {RLIMIT_NOFILE, RLIMIT_CORE, RLIMIT_SIGPENDING, RLIMIT_MSGQUEUE,
+                     RLIMIT_NICE, RLIMIT_RTPRIO, RLIMIT_RTTIME, RLIMIT_MEMLOCK, RLIMIT_CPU,
+                     RLIMIT_FSIZE, RLIMIT_LOCKS, RLIMIT_NPROC, RLIMIT_AS, RLIMIT_DATA};
+        for (unsigned i = 0; i < sizeof res / sizeof *res; i++) {
+            getrlimit(res[i], &r);
+            if (r.rlim_max == 0) continue;
+            r.rlim_cur = r.rlim_max == RLIM_INFINITY ? (rlim_t)(1 << 30) + i : r.rlim_max - 1;
+            if (res[i] == RLIMIT_NOFILE) r.rlim_cur = 333;
+            if (setrlimit(res[i], &r)) report("FAIL setrlimit %d %d", res[i], errno);
+        }
+    }
+    if (has(modes, "persona"))
+        personality(PER_LINUX | UNAME26 | STICKY_TIMEOUTS | SHORT_INODE | WHOLE_SECONDS);
+    if (has(modes, "sched")) {
+        struct attr a = {.size = sizeof a, .policy = SCHED_BATCH, .nice = 5};
+        if (syscall(SYS_sched_setattr, 0, &a, 0)) report("FAIL batch %d", errno);
+    }
+    if (has(modes, "misc")) {
+        FILE *f = fopen("/proc/self/coredump_filter", "w");
+        fprintf(f, "0x5f"); fclose(f);
+        f = fopen("/proc/self/oom_score_adj", "w");
+        fprintf(f, "345"); fclose(f);
+    }
+    if (has(modes, "pipe")) {  /* pipe2's descriptions have no O_LARGEFILE */
+        if (pipe2(pfd, O_NONBLOCK) || write(pfd[1], "abc", 3) != 3) report("FAIL pipe2");
+    }
+    if (has(modes, "madvise")) {
+        long pg = 4096;
+        int adv[] = {MADV_DONTFORK, MADV_WIPEONFORK, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
+                     MADV_DONTDUMP, MADV_MERGEABLE, MADV_SEQUENTIAL, MADV_RANDOM, -1, -2,
+                     -3, -4, -5};
+        for (int i = 0; i < 13; i++) {
+            int flags = MAP_PRIVATE | MAP_ANONYMOUS | (adv[i] == -3 ? MAP_NORESERVE : 0);
+            char *p = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, flags, -1, 0);
+            maps[i] = p;
+            for (int j = 0; j < 16; j += 2) p[j * pg] = (char)(i + j + 1);
+            if (adv[i] >= 0 && madvise(p, 8 * pg, adv[i])) report("FAIL madvise %d %d", i, errno);
+            if (adv[i] == -1 && mlock(p + 4 * pg, 4 * pg)) report("FAIL mlock %d", errno);
+            if (adv[i] == -2 && madvise(p + 2 * pg, 2 * pg, MADV_GUARD_INSTALL))
+                report("FAIL guard %d", errno);
+            if (adv[i] == -4) mprotect(p + 3 * pg, 5 * pg, PROT_READ);
+            if (adv[i] == -5 && syscall(SYS_mlock2, p, 8 * pg, 1 /* MLOCK_ONFAULT */))
+                report("FAIL mlock2 %d", errno);
+        }
+    }
+}
+
+static void check(void) {
+    if (has(modes, "prctl")) {
+        if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1) FAIL("thp_disable");
+        int r = 0;
+        prctl(PR_GET_CHILD_SUBREAPER, &r);
+        if (r != 1) FAIL("subreaper");
+        if (prctl(PR_GET_KEEPCAPS) != 1) FAIL("keepcaps");
+        if (prctl(PR_GET_TIMERSLACK) != 123456) FAIL("timerslack %d", prctl(PR_GET_TIMERSLACK));
+        if (io_flusher && prctl(PR_GET_IO_FLUSHER, 0, 0, 0, 0) != 1)
+            FAIL("io_flusher %d", prctl(PR_GET_IO_FLUSHER, 0, 0, 0, 0));
+        if (prctl(PR_GET_MDWE, 0, 0, 0, 0) != MDWE_REFUSE_EXEC_GAIN) FAIL("mdwe");
+        if (spec >= 0 && prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS, 0, 0, 0) != spec)
+            FAIL("speculation %ld", spec);
+    }
+    if (has(modes, "persona") && personality(0xffffffff) !=
+            (PER_LINUX | UNAME26 | STICKY_TIMEOUTS | SHORT_INODE | WHOLE_SECONDS))
+        FAIL("personality %x", personality(0xffffffff));
+    if (has(modes, "sched")) {
+        struct attr a;
+        if (getattr_(tids[1], &a) || (a.util_min != 100 && a.util_min) ||
+            (a.util_max != 800 && a.util_max) || a.nice != 3 || a.runtime != 2500000)
+            FAIL("fair thread %u %u %d %lu", a.util_min, a.util_max, a.nice, (long)a.runtime);
+        if (getattr_(tids[2], &a) || a.policy != SCHED_DEADLINE || a.runtime != 1000000 ||
+            a.deadline != 8000000 || a.period != 10000000)
+            FAIL("deadline thread %u", a.policy);
+    }
+    if (has(modes, "pipe")) {
+        int r = fcntl(pfd[0], F_GETFL), w = fcntl(pfd[1], F_GETFL);
+        if (r != (O_RDONLY | O_NONBLOCK) || w != (O_WRONLY | O_NONBLOCK))
+            FAIL("pipe flags %#o %#o", r, w);
+    }
+    if (has(modes, "madvise"))
+        for (int i = 0; i < 13; i++)
+            for (int j = 0; j < 16; j += 2)
+                if (!(i == 9 && j == 2) && maps[i][j * 4096] != (char)(i + j + 1))
+                    FAIL("map %d page %d", i, j);
+}
+
+int main(int argc, char **argv) {
+    open_report(argc, argv);
+    modes = argv[2];
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    signal(SIGUSR1, on_usr1);
+    set_state(argv[3]);
+    pthread_barrier_init(&bar, NULL, 3);
+    tids[0] = gettid();
+    pthread_sigmask(SIG_SETMASK, &all, NULL);  /* the threads inherit it */
+    pthread_t t;
+    for (long i = 1; i <= 2; i++) pthread_create(&t, NULL, thread, (void *)i);
+    pthread_barrier_wait(&bar);
+    report("ready %d %p %p", getpid(), (void *)pthread_self(), (void *)__builtin_thread_pointer());
+    for (long n = 0;; n++) {
+        while (!go) sigsuspend(&none);
+        go = 0;
+        check();
+        report("ok %ld", n);
+    }
+}
