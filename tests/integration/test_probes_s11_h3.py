@@ -384,7 +384,7 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path,
 
 
 @pytest.mark.parametrize("modes", ["plain", "prctl", "rlimit", "persona", "sched", "misc",
-                                   "madvise"])
+                                   "madvise", "pipe"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path)

@@ -63,6 +63,7 @@ O_ASYNC = 0o20000
 O_CLOEXEC = 0o2000000
 O_PATH = 0o10000000
 O_DIRECT = 0o40000
+O_LARGEFILE = 0o100000
 F_SETFD = 2
 FD_CLOEXEC = 1
 MAX_DELETED = 1 << 30  # contents of a deleted file kept in the image, at most
@@ -97,6 +98,7 @@ class Opening:
     opened: Opened
     unix: dict[int, dict[str, Any]]  # unix sockets of the image by inode
     pipes: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    ends: set[int] = field(default_factory=set)  # pipe ends handed out as they are
     pairs: dict[int, int] = field(default_factory=dict)
     keep: dict[str, Any] = field(default_factory=dict)  # for later stages (the session's)
     # files the restart itself put back (saved with cryo.app, the JVM's hsperf file):
@@ -776,8 +778,13 @@ def _open_pipe(d: dict[str, Any], o: Opening) -> int:
             os.write(w, d["data"])
         o.pipes[key] = (r, w)
     end = o.pipes[key][0 if flags & O_ACCMODE == os.O_RDONLY else 1]
-    # (an open with O_DIRECT fails on a pipe: F_SETFL gives it, packet mode, below)
-    fd = os.open(f"/proc/self/fd/{end}", flags & ~(O_NONBLOCK | O_DIRECT) | os.O_NONBLOCK)
+    if not flags & O_LARGEFILE and flags & O_ACCMODE != os.O_RDWR and end not in o.ends:
+        # the description pipe2 made (the only one without O_LARGEFILE, which every open
+        # forces: reopened, F_GETFL showed 0100000 more, exit 0): that end itself
+        o.ends.add(end)
+        fd = os.dup(end)
+    else:  # (an open with O_DIRECT fails on a pipe: F_SETFL gives it, packet mode, below)
+        fd = os.open(f"/proc/self/fd/{end}", flags & ~(O_NONBLOCK | O_DIRECT) | os.O_NONBLOCK)
     _set_flags(fd, flags)
     return fd
 
