@@ -23,7 +23,8 @@ STARTS = {"module": ["-m", "cryo"], "script": ["-S", BIN]}
 # what bin/cryo's short commands import on first use only (argparse's formatter asks
 # shutil for the width, dataclasses names inspect, the image's temporary directory):
 # site's own hooks import some of them under ``-m cryo``
-SCRIPT_LAZY = ("shutil", "tempfile", "random", "bz2", "inspect", "ast", "dis")
+SCRIPT_LAZY = ("shutil", "tempfile", "random", "bz2", "inspect", "ast", "dis",
+               "traceback", "linecache", "tokenize", "textwrap")  # (logging's traceback)
 
 
 def cryo_imports(*args: str, start: str = "module"

@@ -8,40 +8,93 @@ from __future__ import annotations
 
 import os
 import threading
+from _queue import SimpleQueue
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cryo.engine.inject import Injector
 from cryo.engine.ptrace import Tracee
 
-if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
-
 T = TypeVar("T")
-_POOL: ThreadPoolExecutor | None = None
+
+
+class Early(Generic[T]):
+    """A read :func:`background` runs: :meth:`result` waits for it and gives what it
+    returned, or raises what it raised (concurrent.futures.Future's, without its import:
+    4-5 ms of a small program's checkpoint, docs/design.md "Start-up")."""
+
+    __slots__ = ("_done", "_error", "_fn", "_value")
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn: Callable[[], T] | None = fn
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        fn, self._fn = self._fn, None
+        try:
+            self._value = fn() if fn is not None else None
+        except BaseException as err:  # (handed to whoever asks for the result)
+            self._error = err
+        finally:
+            self._done.set()
+
+    def result(self) -> T:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+_WORKERS = 4
+_queue: SimpleQueue[Early[Any]] | None = None
+_idle = 0  # threads of the pool done with their work, not yet handed more
+_threads = 0
 _POOL_LOCK = threading.Lock()
 
 
-def background(fn: Callable[[], T]) -> Future[T]:
+def _serve(q: SimpleQueue[Early[Any]]) -> None:
+    global _idle
+    while True:
+        job = q.get()
+        job._run()
+        del job
+        with _POOL_LOCK:
+            _idle += 1
+
+
+def background(fn: Callable[[], T]) -> Early[T]:
     """``fn`` run beside the freeze by a thread kept for such reads (the tracer scan,
     /proc/locks), made at the first one in this process: handing it work does not wait
     for a new thread to be scheduled, as Thread.start does (2.1-2.4 ms of the freeze
     each at load 3-4, 0.1-0.2 ms of CPU: bench/daemon_round.py --drivers; a daemon's
-    checkpointer makes them once)."""
-    global _POOL
+    checkpointer makes them once).  As ThreadPoolExecutor(4): a new thread while none
+    is idle, up to four; daemon threads (each waits for work, holding nothing)."""
+    global _queue, _idle, _threads
+    job = Early(fn)
     with _POOL_LOCK:
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor  # (not a restart's: 1.5 ms)
-
-            _POOL = ThreadPoolExecutor(4, thread_name_prefix="cryo-early")
-        return _POOL.submit(fn)
+        if _queue is None:
+            _queue = SimpleQueue()
+        q = _queue
+        start = False
+        if _idle:
+            _idle -= 1
+        elif _threads < _WORKERS:
+            _threads += 1
+            start = True
+        q.put(job)
+    if start:
+        threading.Thread(target=_serve, args=(q,), name=f"cryo-early-{_threads}",
+                         daemon=True).start()  # fmt: skip
+    return job
 
 
 def _forget_pool() -> None:
     """In a forked child: none of the pool's threads is there."""
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
+    global _queue, _idle, _threads, _POOL_LOCK
+    _queue, _idle, _threads, _POOL_LOCK = None, 0, 0, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)

@@ -37,18 +37,15 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryo.engine import ghosts
-from cryo.engine.context import DumpContext, RestoreContext, background
+from cryo.engine.context import DumpContext, Early, RestoreContext, background
 from cryo.engine.inject import Injector
 from cryo.errors import CryoError, Unsupported
 from cryo.image import records as R
 from cryo.linux import libc
 from cryo.linux.consts import SYS
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +285,7 @@ def read_table_early(ctx: DumpContext) -> None:
     ctx.shared.early["locks"] = background(read)
 
 
-def _proc_locks(early: Future[bytes] | None) -> bytes:
+def _proc_locks(early: Early[bytes] | None) -> bytes:
     if early is not None:
         with contextlib.suppress(Exception):
             return early.result()
