@@ -385,3 +385,227 @@ def test_sqlite_wal_reader_and_writer_mid_transaction(procs: Procs, tmp_path: Pa
     assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 150
     c.close()
+
+
+# ---------------------------------------------------------------------------- Go
+
+
+def _chunked_lines(s: socket.socket, buf: bytearray, n: int) -> list[str]:
+    """Read ``n`` lines of a chunked body whose chunks each hold one line (Go's Flush)."""
+    lines: list[str] = []
+    while len(lines) < n:
+        while b"\r\n" not in buf:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed after {lines[-3:]}"
+            buf += chunk
+        size_line, _, rest = bytes(buf).partition(b"\r\n")
+        size = int(size_line, 16)
+        while len(rest) < size + 2:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed after {lines[-3:]}"
+            rest += chunk
+        lines += rest[:size].decode().splitlines()
+        buf[:] = rest[size + 2 :]
+    return lines
+
+
+@_needs("go")
+def test_go_http_server_streaming_big_and_timers(procs: Procs, ns: Netns,  # noqa: F811
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """A Go net/http server (victims/gohttp_s11_h2.go: goroutines, the netpoller with its
+    edge-triggered epoll, timers) in the middle of: a stream of lines every 20 ms (a
+    ticker), a 32 MiB response written in one Write (its goroutine parked until the
+    socket drains), a handler waiting on a 2 s timer, and an idle keep-alive
+    connection.  Checkpointed with --tcp-established, killed, restarted: the stream
+    goes on with no line lost or doubled, the download ends byte for byte, the timer's
+    answer comes, the idle connection serves again."""
+    import subprocess
+
+    exe = tmp_path / "gohttp"
+    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOFLAGS": "",
+           "CGO_ENABLED": "0"}  # fmt: skip
+    subprocess.run(["go", "build", "-o", str(exe), str(VICTIMS / "gohttp_s11_h2.go")],
+                   check=True, env=env, cwd=tmp_path, timeout=180)  # fmt: skip
+    out = tmp_path / "out.txt"
+    v = spawn(procs, ns, [str(exe), str(out)], out)
+    v.wait_line("ready", timeout=30)
+    addr = ("127.0.0.1", 8081)
+    idle = connect(ns, addr, timeout=60)
+    idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = _http_head(idle)
+    assert body.endswith(b"served 1\n") or _recv_exact(idle, 9) == b"served 1\n"
+    st = connect(ns, addr, timeout=60)
+    st.sendall(b"GET /stream?n=250 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, rest = _http_head(st)
+    assert b"chunked" in head, head
+    sbuf = bytearray(rest)
+    lines = _chunked_lines(st, sbuf, 40)
+    big = connect(ns, addr, timeout=60)
+    big.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    whole = hashlib.sha256(_get(big, "/big", 32 << 20)).digest()  # (once, whole)
+    got = _get(big, "/big", 32 << 20, first=1 << 20)
+    slow = connect(ns, addr, timeout=60)
+    slow.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.5)
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established",
+                timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    for c in (idle, st, big, slow):
+        c.settimeout(30)
+    head, body = _http_head(slow)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    while not body.endswith(b"\n"):
+        body += slow.recv(100)
+    assert body.endswith(b"slept true\n"), body
+    lines += _chunked_lines(st, sbuf, 250 - len(lines))
+    assert lines == [f"line {i}" for i in range(250)], [x for x in lines if "FAIL" in x]
+    rest = _recv_exact(big, (32 << 20) - len(got))
+    assert hashlib.sha256(got + rest).digest() == whole
+    idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = _http_head(idle)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    for c in (idle, st, big, slow):
+        c.close()
+    assert ns.tables() == []
+
+
+
+# ---------------------------------------------------------------------------- memcached
+
+
+@_needs("memcached")
+def test_memcached_many_connections_mid_request(procs: Procs, ns: Netns,  # noqa: F811
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """memcached (4 worker threads) with 240 client connections: 80 idle after a SET of
+    their own, 80 in the middle of a SET (the command line and half the value sent),
+    80 with a GET of a 512 KiB value answered and not read (each client reads 100 bytes
+    of it).  Checkpointed with --tcp-established, killed, restarted: the half-sent SETs
+    complete and are STORED, the unread answers read byte for byte, the idle ones get
+    their own value back, and a new connection sees every key."""
+    v = spawn(procs, ns, ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", "11311", "-U",
+                          "0", "-t", "4", "-c", "1024", "-m", "256", "-I", "2m"],
+              tmp_path / "out")  # fmt: skip
+    first = connect(ns, ("127.0.0.1", 11311), timeout=60)
+    bigval = os.urandom(256 << 10).hex().encode()  # 512 KiB
+    assert _talk(first, b"set big 0 0 %d\r\n%s\r\n" % (len(bigval), bigval), b"\r\n") == \
+        b"STORED\r\n"  # fmt: skip
+    idle, half, unread = [], [], []
+    for i in range(80):
+        c = connect(ns, ("127.0.0.1", 11311))
+        val = b"idle-%d" % i
+        assert _talk(c, b"set i%d 0 0 %d\r\n%s\r\n" % (i, len(val), val), b"\r\n") == \
+            b"STORED\r\n"  # fmt: skip
+        idle.append((c, val))
+    for i in range(80):
+        c = connect(ns, ("127.0.0.1", 11311))
+        val = os.urandom(3000 + i).hex().encode()
+        c.sendall(b"set h%d 0 0 %d\r\n%s" % (i, len(val), val[: len(val) // 2]))
+        half.append((c, val))
+    answer = b"VALUE big 0 %d\r\n%s\r\nEND\r\n" % (len(bigval), bigval)
+    for _ in range(80):
+        c = connect(ns, ("127.0.0.1", 11311))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+        c.sendall(b"get big\r\n")
+        unread.append((c, _recv_exact(c, 100)))
+    time.sleep(0.5)
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established",
+                timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    for c, val in half:
+        c.settimeout(20)
+        c.sendall(val[len(val) // 2 :] + b"\r\n")
+        assert _recv_exact(c, 8) == b"STORED\r\n"
+    for c, got in unread:
+        c.settimeout(20)
+        assert got + _recv_exact(c, len(answer) - len(got)) == answer
+    for i, (c, val) in enumerate(idle):
+        c.settimeout(20)
+        assert _talk(c, b"get i%d\r\n" % i, b"END\r\n") == \
+            b"VALUE i%d 0 %d\r\n%s\r\nEND\r\n" % (i, len(val), val)  # fmt: skip
+    with connect(ns, ("127.0.0.1", 11311)) as c:
+        for i, (_c, val) in enumerate(half):
+            assert _talk(c, b"get h%d\r\n" % i, b"END\r\n") == \
+                b"VALUE h%d 0 %d\r\n%s\r\nEND\r\n" % (i, len(val), val)  # fmt: skip
+        stats = _talk(c, b"stats\r\n", b"END\r\n").decode()
+        assert "STAT curr_items 161\r\n" in stats, stats
+    for c, *_ in (*idle, *half, *unread):
+        c.close()
+    first.close()
+    assert ns.tables() == []
+
+
+# ---------------------------------------------------------------------------- asyncio
+
+
+def _lines(s: socket.socket, buf: bytearray, n: int) -> list[str]:
+    lines: list[str] = []
+    while len(lines) < n:
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed after {lines[-3:]}"
+            buf += chunk
+        line, _, rest = bytes(buf).partition(b"\n")
+        lines.append(line.decode())
+        buf[:] = rest
+    return lines
+
+
+def test_asyncio_server_streaming(procs: Procs, ns: Netns,  # noqa: F811
+                                  tmp_path: Path) -> None:  # fmt: skip
+    """victims/aiostream_s11_h2.py: an asyncio server in the middle of streaming lines
+    to three clients (each at its own line: asyncio.sleep between them) and of a
+    16 MiB answer its client does not read (the transport's buffer full, writing
+    paused), checkpointed with --tcp-established, killed, restarted: each stream goes
+    on with no line lost or doubled, the answer ends byte for byte, its loop's clock
+    never went back, and the server counts every request."""
+    out = tmp_path / "out.txt"
+    v = spawn(procs, ns, [sys.executable, str(VICTIMS / "aiostream_s11_h2.py"), str(out),
+                          "9310"], out)  # fmt: skip
+    v.wait_line("port", timeout=30)
+    streams = []
+    for n in (150, 200, 300):
+        c = connect(ns, ("127.0.0.1", 9310), timeout=60)
+        c.sendall(b"stream %d\n" % n)
+        streams.append((c, n, bytearray()))
+    got = [_lines(c, buf, 20) for c, _n, buf in streams]
+    big = connect(ns, ("127.0.0.1", 9310), timeout=60)
+    big.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+    size = 16 << 20
+    big.sendall(b"big %d\n" % size)
+    first = _recv_exact(big, 1 << 20)
+    time.sleep(0.3)
+    last = max(v.oks())
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established",
+                timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    v.wait_ok_after(last + 3, timeout=30)
+    for (c, n, buf), g in zip(streams, got, strict=True):
+        c.settimeout(30)
+        lines = g + _lines(c, buf, n - len(g))
+        assert lines == [f"line {i}" for i in range(n)]
+    big.settimeout(30)
+    pattern = bytes(range(256)) * 4093
+    want = (pattern * (size // len(pattern) + 1))[:size]
+    assert first + _recv_exact(big, size - len(first)) == want
+    big.sendall(b"count\n")
+    assert _lines(big, bytearray(), 1) == ["served 5"]
+    assert not v.fails(), v.fails()
+    for c, *_ in streams:
+        c.close()
+    big.close()
+    assert ns.tables() == []
