@@ -3,13 +3,20 @@ restart gave back different, each in the smallest program that shows it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import struct
+import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import VICTIMS, Procs, Victim, cli_cycle, run_cryo
+from tests.integration.test_tree import kill_tree, tree_pids
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,5 +61,223 @@ def test_refused_checkpoint_leaves_a_stopped_terminal_stopped(procs: Procs, tmp_
     finally:
         os.close(r)
         os.close(w)
+    go.touch()
+    assert v.wait_line("checked", timeout=20) == "checked good"
+
+
+# -- a tmux server with interactive programs, as a user leaves them ---------------------
+
+_VMIN = """
+import os, sys, termios, time
+a = termios.tcgetattr(0)
+a[3] &= ~(termios.ICANON | termios.ECHO)
+a[6][termios.VMIN], a[6][termios.VTIME] = 3, 0  # 3 bytes, no timer
+termios.tcsetattr(0, termios.TCSANOW, a)
+os.write(1, b"vmin ready\\r\\n")
+while True:
+    data = os.read(0, 100)
+    os.write(1, b"got %r\\r\\n" % data)
+    if data.startswith(b"q"):
+        break
+"""
+
+_PENDING = """
+import os, sys, termios, time
+a = termios.tcgetattr(0)
+a[3] &= ~(termios.ICANON | termios.ECHO)
+termios.tcsetattr(0, termios.TCSANOW, a)
+os.write(1, b"pending ready\\r\\n")
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+data = os.read(0, 100)
+os.write(1, b"read %r\\r\\n" % data)
+time.sleep(600)
+"""
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _tty_state(path: str) -> dict[str, object]:
+    """What the kernel shows of a slave: termios (c_line too), window size, bytes
+    waiting to be read, line discipline, exclusive mode."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        return {"termios": fcntl.ioctl(fd, termios.TCGETS, b"\0" * 60),
+                "winsize": fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8),
+                "inq": struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0],
+                "ldisc": struct.unpack("i", fcntl.ioctl(fd, termios.TIOCGETD, b"\0" * 4))[0],
+                "excl": struct.unpack("i", fcntl.ioctl(fd, 0x80045440, b"\0" * 4))[0]}
+    finally:
+        os.close(fd)
+
+
+def _procs_state(pids: list[int]) -> dict[int, tuple[str, ...]]:
+    """Each process's state letter, process group, session, terminal, foreground group
+    of its terminal, and command line."""
+    out = {}
+    for p in pids:
+        f = _stat(p)
+        cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        out[p] = (f[0], f[2], f[3], f[4], f[5], cmd)
+    return out
+
+
+def test_tmux_interactive_programs(procs: Procs, tmp_path: Path) -> None:
+    """A tmux server (private socket) with a window each for: vim with a modified
+    buffer and an operator pending (d), less on a long file at an offset, top, python3
+    -i with a line half typed (readline), python3 -S -i with one half typed in the
+    canonical buffer, bash with a job in the background (sleep) and one stopped by
+    SIGTTIN (cat &), a program reading with VMIN/VTIME with one byte of three typed, one
+    with noncanonical input waiting, and a window whose size a program set (stty).
+    Checkpointed as a tree with --kill and restarted: every process with the same
+    state, group, session and terminal, every pane's terminal the same (termios,
+    window size, bytes waiting, line discipline) and reading the same (capture-pane;
+    top's clock aside); then each finishes what it was doing."""
+    for prog in ("tmux", "vim", "less", "top", "bash"):
+        if shutil.which(prog) is None:
+            pytest.skip(f"{prog} is not installed")
+    sock = tmp_path / "tmux.sock"
+    text = tmp_path / "edit.txt"
+    text.write_text("one\ntwo\nthree\n")
+    long = tmp_path / "long.txt"
+    long.write_text("".join(f"row {i:04}\n" for i in range(1, 2001)))
+    go = tmp_path / "go"
+    env = {**os.environ, "TERM": "xterm", "HOME": str(tmp_path), "PS1": "$ ",
+           "INPUTRC": "/dev/null", "PYTHONSTARTUP": ""}  # fmt: skip
+
+    def tmux(*args: str) -> str:
+        r = subprocess.run(["tmux", "-S", str(sock), "-f", "/dev/null", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=20, close_fds=True,
+                           stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    windows = {"vim": f"vim -u NONE -i NONE -N -n {text}", "less": f"less {long}",
+               "top": "top -d 1", "pyrl": f"{sys.executable} -i -q",
+               "pycanon": f"{sys.executable} -S -i -q",
+               "bash": "env PS1='$ ' bash --norc --noprofile -i",
+               "vmin": f"{sys.executable} -c '{_VMIN}'",
+               "pending": f"{sys.executable} -c '{_PENDING}' {go}",
+               "size": "sh -c 'stty rows 17 cols 61; exec cat'"}  # fmt: skip
+
+    def capture(w: str) -> str:
+        return tmux("capture-pane", "-p", "-t", f"s:{w}")
+
+    def wait_for(w: str, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while what not in capture(w):
+            assert time.monotonic() < deadline, f"{what!r} not in {w}: {capture(w)!r}"
+            time.sleep(0.05)
+
+    def keys(w: str, *k: str) -> None:
+        tmux("send-keys", "-t", f"s:{w}", *k)
+
+    first, *rest = windows
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "s", "-n", first, windows[first])
+    server = procs.track(int(tmux("display", "-p", "#{pid}")))
+    try:
+        for w in rest:
+            tmux("new-window", "-d", "-n", w, windows[w])
+        for p in tree_pids(server):
+            procs.track(p)
+        wait_for("vim", "three")
+        keys("vim", "ggAX", "Escape", "j", "d")  # modified; d waits for its motion
+        wait_for("less", "row 0001")
+        keys("less", "100g")
+        wait_for("less", "row 0100")
+        wait_for("top", "PID")
+        wait_for("pyrl", ">>>")
+        keys("pyrl", "x = 6 *")
+        wait_for("pyrl", "x = 6 *")
+        wait_for("pycanon", ">>>")
+        keys("pycanon", "y = 7 *")
+        wait_for("pycanon", "y = 7 *")
+        wait_for("bash", "$")
+        keys("bash", "sleep 100 &", "Enter")
+        wait_for("bash", "[1]")
+        keys("bash", "cat &", "Enter")
+        wait_for("bash", "[2]")
+        keys("bash", "jobs", "Enter")
+        wait_for("bash", "Stopped")
+        wait_for("vmin", "vmin ready")
+        keys("vmin", "a")
+        wait_for("pending", "pending ready")
+        keys("pending", "zz")
+        time.sleep(1.5)  # every process back in its read; top drawn again
+        pids = tree_pids(server)
+        for p in pids:
+            procs.track(p)
+        ttys = {w: tmux("display", "-p", "-t", f"s:{w}", "#{pane_tty}").strip()
+                for w in windows}  # fmt: skip
+        screens = {w: capture(w) for w in windows if w != "top"}
+        before = (_procs_state(pids), {w: _tty_state(t) for w, t in ttys.items()})
+        assert before[1]["pending"]["inq"] == 2 and before[1]["vmin"]["inq"] == 0, before[1]
+        assert struct.unpack("HHHH", before[1]["size"]["winsize"])[:2] == (17, 61)
+        r = run_cryo("checkpoint", str(server), "--tree", "-D", str(tmp_path / "img"),
+                     "--kill")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        kill_tree(pids)
+        r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+        assert r.returncode == 0, r.stderr
+        assert tree_pids(server) == pids
+        time.sleep(1.5)
+        after = (_procs_state(pids), {w: _tty_state(t) for w, t in ttys.items()})
+        assert after[0] == before[0]
+        for w in windows:
+            assert after[1][w] == before[1][w], w
+        assert {w: capture(w) for w in screens} == screens
+        wait_for("top", "PID")
+        # each goes on from where it was
+        keys("vim", "d")  # dd: "two" deleted
+        keys("vim", ":wq", "Enter")
+        keys("less", "G")
+        wait_for("less", "row 2000")
+        keys("pyrl", " 7", "Enter", "print(x)", "Enter")
+        wait_for("pyrl", "42")
+        keys("pycanon", " 6", "Enter", "print(y)", "Enter")
+        wait_for("pycanon", "42")
+        keys("bash", "jobs", "Enter")
+        wait_for("bash", "Running")
+        keys("bash", "fg %2", "Enter")
+        keys("bash", "meow", "Enter")
+        wait_for("bash", "meow\nmeow")
+        keys("vmin", "bc")
+        wait_for("vmin", "got b'abc'")
+        go.touch()
+        wait_for("pending", "read b'zz'")
+        keys("top", "q")
+        deadline = time.monotonic() + 20
+        while text.read_text() != "oneX\nthree\n":
+            assert time.monotonic() < deadline, text.read_text()
+            time.sleep(0.05)
+    finally:
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
+                       timeout=20, close_fds=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["restart", "running"])
+def test_vmin_read_with_bytes_of_it_typed(procs: Procs, tmp_path: Path, kill: bool) -> None:
+    """A noncanonical read waiting for VMIN 3 bytes with one typed: the freeze's
+    interrupt makes it return that byte alone (a signal would, and cryo's is none);
+    the byte goes back into the terminal's input and the read runs again, so that it
+    returns all three once the others are typed, after a restart or a checkpoint."""
+    go = tmp_path / "go"
+    v = procs.spawn([sys.executable, str(VICTIMS / "ptyvmin_s11_h1.py"), str(tmp_path / "out"),
+                     str(go)], tmp_path / "out")  # fmt: skip
+    v.wait_line("ready")
+    pids = tree_pids(v.pid)
+    for p in pids:
+        procs.track(p)
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "--tree", "-D", str(img), *(["--kill"] * kill))
+    assert r.returncode == 0, r.stderr
+    if kill:
+        kill_tree(pids)
+        r = run_cryo("restart", "-D", str(img), "--detach")
+        assert r.returncode == 0, r.stderr
+        assert tree_pids(v.pid) == pids
+    time.sleep(0.3)
     go.touch()
     assert v.wait_line("checked", timeout=20) == "checked good"

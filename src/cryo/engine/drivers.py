@@ -253,6 +253,12 @@ def _when(module: str, fn: str, need: Callable[..., bool]) -> Callable[..., Any]
     return hook
 
 
+def _read_returned(_ctx: Any, _t: Any, b: Any) -> bool:
+    """A thread stopped as its read() returned bytes (tty.undo_short_read)."""
+    regs = b.inj.saved
+    return bool(regs.orig_rax == 0 and 0 < regs.rax < 1 << 63)  # (read is call 0)
+
+
 def _has_socket(pid: int) -> bool:
     """Whether process ``pid`` holds a socket (one readlink per fd)."""
     try:
@@ -602,6 +608,8 @@ DRIVERS: tuple[Driver, ...] = (
     # (refuses: before any thread is read)
     Driver("landlock", queue_thread=landlock.check_thread, shared=landlock.release,
            thaw=landlock.release),
+    # (before threads, which reads the registers it may set)
+    Driver("tty-read", queue_thread=_when(_TTY, "undo_short_read", _read_returned)),
     Driver("threads", queue=lambda c, _b: threads.scan_tracees(c), queue_thread=threads.dump,
            shared=threads.check_tracers, restore={"threads": _threads_create},
            describe=_describe_threads),

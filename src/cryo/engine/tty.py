@@ -498,6 +498,99 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
     return to_slave, to_master, lines, stopped, status
 
 
+ERESTARTSYS = 512
+VTIME, VMIN = 5, 6  # indices in c_cc
+# what would process typed bytes again: ISTRIP INLCR IGNCR ICRNL IUCLC IXANY; ISIG ECHO
+_RETYPE_IFLAG = 0o40 | 0o100 | 0o200 | 0o400 | 0o1000 | 0o4000
+_RETYPE_LFLAG = 0o1 | 0o10 | 0o100 | IEXTEN  # (ECHONL IEXTEN)
+
+
+def undo_short_read(ctx: Any, tracee: Any, b: Any) -> None:
+    """Driver hook (queue_thread, before the thread's registers are read): a thread
+    stopped as its read() of a pty slave in noncanonical mode returned fewer bytes than
+    VMIN asks (and the count): the freeze's interrupt ended the read early, as a signal
+    would, with the bytes it had (found by probing: a program reading with VMIN 3, one
+    byte typed, got that byte alone after a checkpoint, and its next read waited for
+    three more).  Those bytes go back into the terminal's input (typed with TIOCSTI,
+    nothing processing them again; the input was empty: the read had taken it all) and
+    the read is set up to run again (-ERESTARTSYS: the kernel's restart of an
+    interrupted call, when let go, and the restart's), so that it returns them with the
+    rest; a pair whose master was described already gets them in its copy of the
+    input.  Not where a signal the thread takes explains the short read."""
+    regs = b.inj.saved
+    if regs.orig_rax != SYS.read or not 0 < regs.rax < 1 << 63:
+        return
+    got, fd, count = int(regs.rax), ctypes_int(regs.rdi), int(regs.rdx)
+    if tracee.deferred_signals or tracee.group_stop or fd < 0:
+        return
+    try:
+        target = os.readlink(f"/proc/{ctx.pid}/fd/{fd}")
+        with open(f"/proc/{ctx.pid}/fdinfo/{fd}", "rb") as f:
+            flags = int(next(ln for ln in f if ln.startswith(b"flags:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        return
+    if flags & os.O_NONBLOCK or not is_pty(target, ctx.pid) or is_master(target):
+        return
+    index = _ctty_index(ctx.pid) if target == "/dev/tty" else int(target[9:])
+    mine = _dup(ctx.pid, fd)
+    try:
+        settings = fcntl.ioctl(mine, TCGETS, b"\0" * TERMIOS_SIZE)
+        iflag, _o, _c, lflag = struct.unpack_from("IIII", settings)
+        vmin = settings[17 + VMIN]
+        if lflag & ICANON or not vmin or got >= min(vmin, count):  # (EXTPROC: at once)
+            return
+        if _signal_waits(ctx.pid, tracee.tid):
+            return
+        data = b.inj.read(regs.rsi, got)
+        flow = {settings[17 + VSTART], settings[17 + VSTOP]} if iflag & IXON else set()
+        problem = None
+        if not _can_type():
+            problem = "cryo needs CAP_SYS_ADMIN to type them back (TIOCSTI)"
+        elif _int(mine, FIONREAD):
+            problem = "more input came after them"
+        elif flow & set(data):
+            problem = "they hold its START or STOP character"
+        if problem:
+            raise Unsupported(f"fd {fd} of {ctx.pid}: its read of {target} returned {got} of"
+                              f" the {vmin} bytes VMIN asks, ended by the freeze; {problem}",
+                              pid=ctx.pid, resource=f"fd {fd}")  # fmt: skip
+        quiet = bytearray(settings)
+        struct.pack_into("I", quiet, 0, iflag & ~_RETYPE_IFLAG)
+        struct.pack_into("I", quiet, 12, lflag & ~_RETYPE_LFLAG)
+        with _no_ttou():
+            fcntl.ioctl(mine, TCSETS, bytes(quiet))
+            try:
+                for c in data:
+                    fcntl.ioctl(mine, TIOCSTI, bytes([c]))
+            finally:
+                fcntl.ioctl(mine, TCSETS, settings)
+    finally:
+        os.close(mine)
+    regs.rax = -ERESTARTSYS & ((1 << 64) - 1)
+    log.debug("pid %d: its short read of %s (%d of %d bytes) runs again", tracee.tid, target,
+              got, vmin)  # fmt: skip
+    for d in ctx.shared.descs.descs if ctx.shared is not None else ():
+        if d["kind"] == "pty" and d.get("master") and d["index"] == index:
+            d["to_slave"] = data + d.get("to_slave", b"")
+
+
+def ctypes_int(v: int) -> int:
+    """A register's low 32 bits as a C int (an fd argument)."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _signal_waits(pid: int, tid: int) -> bool:
+    """Whether the thread has a signal pending that it does not block."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+            st = {k: v for k, _, v in (ln.partition(b":") for ln in f)}
+    except OSError:
+        return True
+    pending = int(st.get(b"SigPnd", b"0"), 16) | int(st.get(b"ShdPnd", b"0"), 16)
+    return bool(pending & ~int(st.get(b"SigBlk", b"0"), 16))
+
+
 def _stat(pid: int | str) -> tuple[int, int, int]:
     """(session, tty_nr, tpgid) of a process."""
     with open(f"/proc/{pid}/stat", "rb") as f:
