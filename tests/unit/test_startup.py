@@ -22,11 +22,13 @@ RESTART_LAZY = (*LAZY, "cryo.engine.tty")
 # reads' thread pool (a checkpoint's), mincore (a checkpoint's), the exec'd layout (a
 # restart's)
 LATER = ("cryo.linux.net", "concurrent.futures", "cryo.linux.sysv",
-         "cryo.engine.execlayout", "pickle")  # (and json, which imported_by prints with)
-# (the early reads' pool is cryo.engine.context's own; the worker's messages _pickle's)
+         "cryo.engine.execlayout", "pickle", "socket")  # (and json: imported_by's)
+# (the early reads' pool is cryo.engine.context's own; the worker's messages _pickle's,
+# over _socket's socket pair)
 CHECKPOINT_LATER = ("cryo.linux.net", "json", "cryo.engine.execlayout",
-                    "concurrent.futures", "pickle")
-RESTART_LATER = ("cryo.linux.net", "json", "concurrent.futures", "cryo.linux.sysv")
+                    "concurrent.futures", "pickle", "socket", "selectors")
+RESTART_LATER = ("cryo.linux.net", "json", "concurrent.futures", "cryo.linux.sysv",
+                 "socket", "selectors")
 
 
 def imported_by(code: str) -> set[str]:

@@ -12,12 +12,12 @@ on a temporary fd, then closes it (or puts back the file now at that number).
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import logging
 import os
 import re
 import select
-import socket
 import struct
 import time
 from typing import Any
@@ -128,8 +128,11 @@ def _is_socket_at(link: str | None, f: re.Match[str]) -> bool:
     if link is None or not link.startswith("socket:[") or int(link[8:-1]) != int(f.group(2), 16):
         return False
     if not _sockfs_dev:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)  # (socket.py not imported)
+        try:
             _sockfs_dev.append(os.fstat(s.fileno()).st_dev)
+        finally:
+            s.close()
     sdev = int(f.group(3), 16)  # (the kernel's dev_t: major << 20 | minor)
     return os.makedev(sdev >> 20, sdev & 0xFFFFF) == _sockfs_dev[0]
 

@@ -44,7 +44,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import struct
 import time
 from collections.abc import Callable, Generator
@@ -417,7 +416,7 @@ class Checkpoint:
             "kernel": os.uname().release,  # without importing platform)
             "cryo": cryo.__version__,
             "created": time.time(),
-            "hostname": socket.gethostname(),
+            "hostname": os.uname().nodename,  # (socket.gethostname(): the same)
             "page_size": os.sysconf("SC_PAGE_SIZE"),
             # (for the agents of cryo.app only, their restart_info's old_addrs: an
             # rtnetlink dump and cryo.linux.net's import, 3-4 ms, for no other program)

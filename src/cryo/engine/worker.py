@@ -17,14 +17,14 @@ way.
 
 from __future__ import annotations
 
+import _pickle as pickle  # (pickle's own C code: pickle.py is 1 ms of start-up more)
+import _socket
 import contextlib
 import gc
 import logging
 import os
-import _pickle as pickle  # (pickle's own C code: pickle.py is 1 ms of start-up more)
 import select
 import signal
-import socket
 import struct
 import sys
 import threading
@@ -43,7 +43,7 @@ class Connection:
     multiprocessing.connection does, without importing multiprocessing: a small
     checkpoint's start-up counts)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:  # (socket.socket is one)
         self._sock = sock
 
     def send(self, obj: Any) -> None:
@@ -61,7 +61,7 @@ class Connection:
 
     def recv(self) -> Any:
         (n,) = _HEAD.unpack(self._exactly(_HEAD.size))
-        return pickle.loads(self._exactly(n))  # noqa: S301 (our own worker, a socket pair)
+        return pickle.loads(self._exactly(n))  # (our own worker, a socket pair)
 
     def poll(self, timeout: float) -> bool:
         """A message (or the end) can be read within ``timeout`` seconds."""
@@ -77,7 +77,8 @@ class Worker:
 
     def __init__(self, target: Any, progress: Callable[[int, int], None] | None = None) -> None:
         self._progress = progress
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # (_socket's: socket.py would be 3 ms of a small program's checkpoint more)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
