@@ -1390,6 +1390,7 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
         set_(_SOL_TCP, _TCP_REPAIR, 1)
     if not half:
         set_(_SOL_TCP, _TCP_REPAIR_WINDOW, _RWIN.pack(*t["window"]))
+        _sync_mss(s, family)
         return
     snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup = t["window"]
     if state in RCVQ_FIN:
@@ -1409,6 +1410,20 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
         _fin_in_sendq(s, acked=False)
     if state == ST.FIN_WAIT2:
         _inject(d, inseq, outseq + 1 - outq, ACK, window)
+    _sync_mss(s, family)
+
+
+def _sync_mss(s: socket.socket, family: int) -> None:
+    """The connection's segment size made again from its MSS (TCP_REPAIR_OPTIONS sets
+    the clamp only) and its window: connect in repair mode computed it from the default
+    clamp, 536 (TCP_MAXSEG read 524 instead of 32768 on loopback, and the connection sent
+    524-byte segments until the peer's window grew).  Setting a socket's IP options,
+    here the ones it has, makes the kernel compute it again (do_ip_setsockopt:
+    icsk_sync_mss); not for an IPv6 connection to an IPv6 address, whose IPv6 options
+    sync it only when there are some."""
+    if family == socket.AF_INET or (family == socket.AF_INET6 and s.getsockname()[0]
+                                    .startswith("::ffff:")):  # fmt: skip
+        s.setsockopt(N.SOL.IP, N.IP.OPTIONS, s.getsockopt(N.SOL.IP, N.IP.OPTIONS, 40))
 
 
 _ESTABLISHED = int(ST.ESTABLISHED)

@@ -549,6 +549,9 @@ VMA = Struct((
     F("guards", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
       "guard pages", required=False),
     F("pkey", Int(0, 15), "its x86 protection key", required=False),
+    F("zeros", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
+      "kind anon: runs of pages mapped to the shared zero page (read, never written)",
+      required=False),
     F("locks", List(OWN_LOCK), "flocks and OFD locks held only through this mapping's file"
       " (its fd closed; engine/locks.py)", required=False),
 ), name="vma")  # fmt: skip
