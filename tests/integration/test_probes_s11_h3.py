@@ -124,6 +124,7 @@ def _autogroup(text: str) -> str:
 
 
 SLEEPS = {"7", "35", "202", "230"}  # poll, nanosleep, futex, clock_nanosleep
+EPOLL_WAITS = {"232", "281"}  # epoll_wait, epoll_pwait
 
 
 def _syscall(text: str) -> str:
@@ -131,6 +132,8 @@ def _syscall(text: str) -> str:
     sleep the checkpoint interrupted goes on in restart_syscall (219), as after any
     signal: taken for the call it continues (its arguments are compared)."""
     parts = text.split()
+    if parts and parts[0] in EPOLL_WAITS:  # its timeout: what was left of it, at a restart
+        parts[4] = "timeout"
     if parts and parts[0] not in ("running", "-1"):
         return " ".join(["sleep" if parts[0] in SLEEPS | {"219"} else parts[0], *parts[1:7]])
     return parts[0] if parts else text
@@ -159,10 +162,8 @@ def _task(base: str, out: Snap, prefix: str) -> None:
             raw = _autogroup(_text(raw))
         elif name == "syscall":
             raw = _syscall(_text(raw))
-        elif name == "mountinfo":  # (the namespace's: others mount and unmount in it)
-            for line in _text(raw).splitlines():
-                out[f"{prefix}mountinfo {line.split()[0]}"] = line
-            continue
+        elif name == "mountinfo":  # the namespace's, compared as ns/mnt: others mount
+            continue  # and unmount in it, bind namespaces' files (ip netns add) to it
         elif name == "numa_maps":
             for line in _numa_maps(_text(raw)).splitlines():
                 out[f"{prefix}numa_maps {line.split()[0]}"] = line
@@ -314,8 +315,6 @@ def diff(before: Snap, after: Snap, allowed: dict[str, str] | None = None) -> li
     pats = [re.compile(p) for p in (allowed or {})]
     out = []
     for k in sorted(before.keys() | after.keys()):
-        if "mountinfo " in k and (k not in before or k not in after):
-            continue  # a mount made or removed meanwhile by another (ns/mnt is compared)
         if before.get(k) != after.get(k) and not any(p.search(k) for p in pats):
             out.append(f"{k}: {before.get(k, '<none>')!r} -> {after.get(k, '<none>')!r}")
     for at in sorted(before.pages.keys() & after.pages.keys()):
@@ -384,7 +383,7 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path,
 
 
 @pytest.mark.parametrize("modes", ["plain", "prctl", "rlimit", "persona", "sched", "misc",
-                                   "madvise", "pipe"])
+                                   "madvise", "pipe", "zeropage"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path)
@@ -411,7 +410,7 @@ def _runtime(procs: Procs, tmp: Path, argv: list[str], poke: Path | None = None,
     return d
 
 
-@pytest.mark.xfail(strict=True, reason="pages mapped to the zero page come back unmapped")
+@pytest.mark.xfail(reason="two adjacent anonymous VMAs come back merged (not always)")
 def test_python(procs: Procs, tmp_path: Path) -> None:
     import sys
 
@@ -419,7 +418,6 @@ def test_python(procs: Procs, tmp_path: Path) -> None:
     assert not d, "\n".join(d)
 
 
-@pytest.mark.xfail(strict=True, reason="pages mapped to the zero page come back unmapped")
 def test_go(procs: Procs, tmp_path: Path) -> None:
     import shutil
 
@@ -433,7 +431,7 @@ def test_go(procs: Procs, tmp_path: Path) -> None:
     assert not d, "\n".join(d)
 
 
-@pytest.mark.xfail(strict=True, reason="two adjacent anonymous VMAs come back merged")
+@pytest.mark.xfail(reason="two adjacent anonymous VMAs come back merged (not always)")
 def test_java(procs: Procs, tmp_path: Path) -> None:
     import shutil
 

@@ -135,6 +135,14 @@ static void set_state(const char *dir) {
     if (has(modes, "pipe")) {  /* pipe2's descriptions have no O_LARGEFILE */
         if (pipe2(pfd, O_NONBLOCK) || write(pfd[1], "abc", 3) != 3) report("FAIL pipe2");
     }
+    if (has(modes, "zeropage")) {  /* read, never written: the shared zero page */
+        char *p = maps[13] = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        volatile char sum = 0;
+        for (int j = 1; j < 8; j += 2) sum += p[j * 4096];
+        p[0] = 1;
+        (void)sum;
+    }
     if (has(modes, "madvise")) {
         long pg = 4096;
         int adv[] = {MADV_DONTFORK, MADV_WIPEONFORK, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
@@ -181,6 +189,14 @@ static void check(void) {
         if (getattr_(tids[2], &a) || a.policy != SCHED_DEADLINE || a.runtime != 1000000 ||
             a.deadline != 8000000 || a.period != 10000000)
             FAIL("deadline thread %u", a.policy);
+    }
+    if (has(modes, "zeropage")) {
+        unsigned char vec[8];
+        if (mincore(maps[13], 8 * 4096, vec)) FAIL("mincore %d", errno);
+        for (int j = 0; j < 8; j++)
+            if ((vec[j] & 1) != (j % 2 || !j)) FAIL("zero page %d resident %d", j, vec[j] & 1);
+        for (int j = 1; j < 8; j++)
+            if (maps[13][j * 4096]) FAIL("zero page %d reads %d", j, maps[13][j * 4096]);
     }
     if (has(modes, "pipe")) {
         int r = fcntl(pfd[0], F_GETFL), w = fcntl(pfd[1], F_GETFL);

@@ -258,9 +258,12 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                 ent["guards"] = _guards(pm, v.start, v.end)
             if kind in ("anon", "file") or (kind == "shmem" and not v.shared):
                 nbytes = 0
+                zeros: list[list[int]] = []
                 for s0, e0, cats in libc.pagemap_scan(pm, v.start, v.end,
                                                       PAGE_IS.PRESENT | PAGE_IS.SWAPPED,
                                                       _SCAN_RET):  # fmt: skip
+                    if kind == "anon" and cats & PAGE_IS.PFNZERO and cats & PAGE_IS.PRESENT:
+                        zeros.append([s0, e0 - s0])  # read, never written: mapped again
                     if not _wanted(kind, cats):
                         continue
                     pieces = [(s0, e0)] if cats & PAGE_IS.PRESENT else \
@@ -272,6 +275,8 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
                             runs.append((s, e - s))
                         nbytes += e - s
                 ent["data"] = nbytes
+                if zeros:
+                    ent["zeros"] = zeros
             out.append(ent)
     finally:
         os.close(pm)
@@ -1555,7 +1560,8 @@ def _write_block(pid: int, runs: list[list[int]], base: int) -> int:
 
 def _after_pages(v: dict[str, Any]) -> bool:
     """Does this VMA have state to set once its pages are written?"""
-    return bool(v.get("guards") or v.get("pkey")) or bool({"lo", "sl"} & set(v["flags"]))
+    return bool(v.get("guards") or v.get("pkey") or v.get("zeros")) or \
+        bool({"lo", "sl"} & set(v["flags"]))  # fmt: skip
 
 
 def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
@@ -1573,6 +1579,7 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
                       ) as bt:  # fmt: skip
         if low is not None:
             bt.call(SYS.close, low, may_fail=True)
+        _zero_pages(bt, fixup, live_of(ctx).get("lazy_ranges", ()))
         _protect_all(bt, fixup)
         if exe is not None:
             k = bt.call(SYS.openat, -100, bt.put_str(exe), 0, 0, what=f" open {exe}")
@@ -1583,6 +1590,22 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
 
 
 SYS_DUP3 = 292
+
+
+def _zero_pages(bt: Batch, fixup: list[dict[str, Any]], lazy: Any) -> None:
+    """The pages of an anonymous mapping that were read and never written map the
+    kernel's shared zero page: no data is saved for them, and they are mapped again by a
+    read fault (MADV_POPULATE_READ), before the protections are set (found by probing:
+    they came back not mapped at all, mincore and the pagemap saying so, exit 0).  Not
+    in a mapping of lazy pages (its faults are the pager's), nor where the mapping is not
+    readable (no read fault maps a page there: left unmapped)."""
+    for v in fixup:
+        if not v.get("zeros") or (not v["prot"] & PROT.READ and not v.get("data")) or any(
+                s <= v["start"] < e for s, e in lazy):  # fmt: skip
+            continue
+        for addr, length in v["zeros"]:
+            bt.call(SYS.madvise, addr, length, MADV.POPULATE_READ,
+                    what=f" MADV_POPULATE_READ {addr:#x}")  # fmt: skip
 
 
 def _free_fd(pid: int) -> int:
@@ -1724,6 +1747,8 @@ def describe_state(v: dict[str, Any]) -> list[str]:
     guards = v.get("guards")
     if guards:
         out.append(f"guard pages {sum(n for _, n in guards) // PAGE_SIZE}")
+    if v.get("zeros"):
+        out.append(f"zero pages {sum(n for _, n in v['zeros']) // PAGE_SIZE}")
     return out
 
 

@@ -29,6 +29,7 @@ class MADV(IntEnumBase):
     DODUMP = 17
     WIPEONFORK = 18
     KEEPONFORK = 19
+    POPULATE_READ = 22
     GUARD_INSTALL = 102
     GUARD_REMOVE = 103
 
