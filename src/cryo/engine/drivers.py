@@ -24,6 +24,7 @@ Checkpoint phases a driver may act in (per process unless said otherwise):
 
     written        per process, after its pages are in the sink, before the commit
     before_freeze  once, at the end of prepare: the applications' callbacks (cryo.app)
+    frozen         once, every process stopped, before anything is injected or read
     thaw           once, just before the processes are let go (release or abort)
     after_checkpoint  once, after the resume or in the abort (with why it failed)
 
@@ -74,6 +75,7 @@ from cryo.engine import (
     namespaces,
     numa,
     registers,
+    restartblock,
     semundo,
     shmem,
     signals,
@@ -117,8 +119,8 @@ PER_THREAD = frozenset({"thread", "creds", "regs"})
 
 
 _HOOKS = ("queue", "queue_thread", "inject", "collect", "shared", "write", "written", "records",
-          "prepare", "before_freeze", "after_checkpoint", "after_restart", "born", "describe",
-          "thaw", "started")
+          "prepare", "before_freeze", "frozen", "after_checkpoint", "after_restart", "born",
+          "describe", "thaw", "started")
 
 
 class Driver:
@@ -150,6 +152,7 @@ class Driver:
     records: RecordsHook | None
     prepare: SessionHook | None
     before_freeze: SessionHook | None
+    frozen: SessionHook | None
     after_checkpoint: Callable[[Any, str | None], None] | None
     after_restart: SessionHook | None
     born: Callable[[Injector, int], None] | None
@@ -659,8 +662,10 @@ DRIVERS: tuple[Driver, ...] = (
                                lambda rs: "app_channels" in rs.shared.keep)),
     Driver("dirty", (dirty.KIND,), optional=True, inject=_dirty_inject, write=_dirty_select,
            written=_dirty_inherit),
-    Driver("registers", restore_thread={"creds": registers.restart_block,
-                                        "regs": _thread_regs}),
+    # (the last before_freeze hook, after the applications' callbacks: the epoll sleeps
+    # read just before the freeze, engine/restartblock.py)
+    Driver("registers", before_freeze=restartblock.snapshot, frozen=restartblock.frozen,
+           restore_thread={"creds": registers.restart_block, "regs": _thread_regs}),
     Driver("sud", restore_thread={"regs": sud.restore_thread}),  # (no call injected after)
     # (the last started hook) inotify watches get their masks, fanotify groups their
     # marks: nothing the restart did to the files queued an event (engine/fsnotify.py)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import struct
+import time
 
 from cryo import procfs
 from cryo.errors import AccessDenied, CryoError, NoSuchProcess
@@ -62,6 +63,7 @@ class Tracee:
         self.batch_signal = 0
         self.options = 0  # the PTRACE_O_* flags in force (PTRACE_SETOPTIONS replaces them)
         self.group_stop = 0  # the stop signal, when the task was group-stopped when seized
+        self.timeout_end = 0  # an epoll sleep's end (CLOCK_MONOTONIC ns), where read
         # the process ignores SIGTRAP: see step()
         self.sigtrap_ignored = False
         # the pending signals' siginfo (own, process-wide) when the freeze was done
@@ -297,6 +299,11 @@ class Tracee:
         if pending & ~int(st.get("SigBlk", "0"), 16):
             return  # (a signal interrupted it: it comes next)
         regs.rax, regs.rip = regs.orig_rax, regs.rip - 2
+        if self.timeout_end and regs.orig_rax in (SYS.epoll_wait, SYS.epoll_pwait):
+            # (its sleep's end, read before the freeze: it waits on to it, the frozen
+            # time counted as the kernel counts it; engine/restartblock.py)
+            left = self.timeout_end - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            regs.r10 = (regs.r10 & ~0xFFFFFFFF) | -(-max(0, left) // 1_000_000)
         self.setregs(regs)
 
     def give_back(self) -> None:

@@ -17,7 +17,9 @@ saves the time left of poll, relative FUTEX_WAIT and rem-less relative sleeps (T
 time left (engine/restartblock.py); the thread resumes with restart_syscall.  Without
 BPF (no CAP_BPF, no BTF) or when the rebuilt call ends otherwise (the word changed, an fd
 is ready) the call runs again whole, so that it may end late, never early (CRIU makes
-these calls return EINTR).  epoll_wait keeps no restart block (EINTR): run whole.
+these calls return EINTR).  epoll_wait and epoll_pwait keep no restart block (EINTR):
+their timeout's end is read off the sleeping thread's kernel stack just before the
+freeze, and they run again with what is left (engine/restartblock.py).
 ppoll, select and pselect6 restart with ERESTARTNOHAND after the kernel wrote the time
 left into the caller's timeout (part of the saved memory): run again, they wait only that
 long (unless the STICKY_TIMEOUTS personality)."""
@@ -39,10 +41,16 @@ _RERUN = {SYS.nanosleep, SYS.clock_nanosleep, SYS.poll, SYS.ppoll, SYS.select, S
           SYS.epoll_wait, SYS.epoll_pwait, SYS.futex}  # fmt: skip
 
 
-def dump(tracee: Tracee, inj: Injector) -> dict[str, Any]:
+def dump(tracee: Tracee, inj: Injector, early: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The thread's registers, and where the freeze interrupted a sleep whose time left
+    only the kernel held, that time (``early``: the session's reads before the freeze)."""
     out: dict[str, Any] = {"regs": bytes(inj.saved), "xstate": tracee.get_xstate()}
     if restartblock.wanted(inj.saved):
         block = restartblock.dump(tracee.tid, inj.saved)
+        if block is not None:
+            out["restart"] = block
+    elif early and restartblock.EARLY in early:
+        block = restartblock.dump_epoll(tracee, inj.saved, early[restartblock.EARLY])
         if block is not None:
             out["restart"] = block
     return out
@@ -104,7 +112,7 @@ def check(trec: dict[str, Any], xstate_here: int) -> None:
 def restart_block(ctx: Any, inj: Injector, trec: dict[str, Any]) -> None:
     """Thread hook ("creds" stage): the restart block of a thread whose sleep only it
     held (engine/restartblock.py), unless a signal it takes first voids the block."""
-    if "restart" in trec and not _takes_signal(trec):
+    if "restart" in trec and trec["restart"]["fn"] != "epoll" and not _takes_signal(trec):
         saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
         restartblock.rebuild(inj, saved, trec["restart"])
 
@@ -117,7 +125,10 @@ def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
     regs = final_regs(trec["regs"], _takes_signal(trec))
     if "restart" in trec:
         saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
-        regs = restartblock.final(tracee, saved, regs)
+        if trec["restart"]["fn"] == "epoll":
+            regs = restartblock.final_epoll(saved, regs, trec["restart"])
+        else:
+            regs = restartblock.final(tracee, saved, regs)
     inj.finish(regs)
     sched.restore_thread(tracee.tid, trec)
     task.stop_after_restore(tracee, trec)

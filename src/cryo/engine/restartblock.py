@@ -23,8 +23,24 @@ runs again as before, which is then correct.  The time the restart spends after 
 thread's last step (until it is let go) counts in the sleep: a few ms.
 
 epoll_wait and epoll_pwait have no restart block: interrupted they fail with EINTR
-(fs/eventpoll.c; no time left is kept anywhere), and cryo runs them again whole, as it
-does when no BPF iterator is available (no CAP_BPF, no BTF: bpf.Unavailable).
+(fs/eventpoll.c), and the end of their timeout lives only in the hrtimer_sleeper on the
+sleeping thread's kernel stack, gone once the freeze wakes it.  So just before the
+freeze (:func:`snapshot`, a before_freeze hook) each thread of the scope that sleeps in
+one with a timeout (/proc/PID/task/TID/syscall) has its kernel stack read by a BPF task
+iterator (bpf.task_stack), and the sleeper found there (its function hrtimer_wakeup, its
+task the thread, enqueued) gives the end, with the thread's voluntary context switches.
+At the collect, the call the freeze interrupted is taken for that same sleep only if it
+has the same arguments and the thread switched once since (the freeze's own stop): a
+call that ended and began again in between switched twice, and runs whole as before.
+Its time left is counted from the snapshot (a little more than it had: late by the
+moments up to the freeze, never early).  A target that goes on after the checkpoint
+waits on to the same end (Tracee.undo_eintr: the frozen time counted, as by the kernel;
+a call whose end went by runs with a timeout of 0); a restarted one waits its time left,
+the time away not counted, as the blocks above: either way the call runs again with
+its timeout argument (r10, which the kernel does not change and no caller reads back)
+set to what is left, in ms rounded up.  epoll_pwait2's timeout is a timespec in the
+program's memory: it runs whole again, as every one does without a BPF iterator (no
+CAP_BPF, no BTF: bpf.Unavailable).
 """
 
 from __future__ import annotations
@@ -52,6 +68,9 @@ FN: dict[int, str] = {SYS.poll: "do_restart_poll", SYS.futex: "futex_wait_restar
       SYS.nanosleep: "hrtimer_nanosleep_restart",
       SYS.clock_nanosleep: "hrtimer_nanosleep_restart"}  # fmt: skip
 _unavailable: list[str] = []  # why no block could be read (said once a process)
+EPOLL = frozenset({SYS.epoll_wait, SYS.epoll_pwait})  # (their timeout: ms in r10)
+EARLY = "epoll sleeps"  # shared.early's key: tid -> Sleep
+_no_stack: list[str] = []  # why no kernel stack could be read (once a process)
 
 
 def _signed(v: int) -> int:
@@ -222,3 +241,130 @@ def _ours(t: Tracee) -> bool:
     _signo, _errno, code, pid = struct.unpack_from("<iii4xi", info.raw)  # (si_pid at 16)
     # (si_pid as the thread's pid namespace sees cryo: 0 from outside it, a --pid-ns job)
     return bool(code == SI_TKILL and pid in (os.getpid(), 0))
+
+
+class Sleep:
+    """A thread's epoll sleep as the snapshot found it: the call's arguments, the end of
+    its timeout (CLOCK_MONOTONIC ns), its voluntary switches and when it was read."""
+
+    __slots__ = ("args", "at", "end", "nvcsw")
+
+    def __init__(self, args: tuple[int, ...], end: int, nvcsw: int, at: int) -> None:
+        self.args, self.end, self.nvcsw, self.at = args, end, nvcsw, at
+
+
+def snapshot(session: Any) -> None:
+    """Before the freeze (before_freeze hook): the epoll sleeps of the scope's threads
+    (module note).  A few us a thread where none sleeps so; no BPF: nothing."""
+    from cryo.engine import tree
+
+    if _no_stack:
+        return
+    found: dict[int, Sleep] = {}
+    for pid in tree.members(session.pid, session.scope):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{pid}/task/{t}/syscall", "rb") as f:
+                    fields = f.read().split()
+                nr = int(fields[0])
+            except (OSError, ValueError, IndexError):
+                continue  # ("running", or gone)
+            if nr in EPOLL and len(fields) >= 5 and ctypes.c_int32(int(fields[4], 16)).value > 0:
+                sleep = _sleeper(int(t), tuple(int(x, 16) for x in fields[1:5]))
+                if sleep is not None:
+                    found[int(t)] = sleep
+    if found:
+        session.shared.early[EARLY] = found
+
+
+def _sleeper(tid: int, args: tuple[int, ...]) -> Sleep | None:
+    try:
+        fn_off, task_off, exp_off, state_off, wakeup = bpf.need(
+            "hrt.function", "hrs.task", "hrt.expires", "hrt.state", "sym.hrtimer_wakeup")
+        got = bpf.task_stack(tid)
+    except (bpf.Unavailable, OSError) as err:
+        _no_stack.append(str(err))
+        log.info("no BPF iterator (%s): an epoll_wait's timeout runs whole again", err)
+        return None
+    at = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    if got is None:
+        return None
+    nvcsw, task, _stack, data = got
+    key, words = struct.pack("<Q", wakeup), []
+    i = data.find(key)
+    while i >= 0:
+        if i % 8 == 0 and i >= fn_off:
+            base = i - fn_off
+            if (base + task_off + 8 <= len(data) and data[base + state_off] & 1 and
+                    struct.unpack_from("<Q", data, base + task_off)[0] == task):  # fmt: skip
+                words.append(struct.unpack_from("<q", data, base + exp_off)[0])
+        i = data.find(key, i + 1)
+    timeout = ctypes.c_int32(args[3]).value * 1_000_000
+    if len(words) != 1 or not 0 <= words[0] - at <= timeout + _slack(tid):
+        return None  # (none, two, or not this call's: the call runs whole)
+    return Sleep(args, words[0], nvcsw, at)
+
+
+def _slack(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/timerslack_ns", "rb") as f:
+            return int(f.read()) + 1000
+    except (OSError, ValueError):
+        return 50_000 + 1000
+
+
+def frozen(session: Any) -> None:
+    """Every process stopped (frozen hook), nothing injected yet: a sleep of the snapshot
+    is the one the freeze interrupted only if its thread switched exactly once since
+    (the freeze's stop; module note).  The others are dropped."""
+    sleeps: dict[int, Sleep] | None = session.shared.early.get(EARLY)
+    if not sleeps:
+        return
+    tgid = {t: p.pid for p in session.procs.values() for t in p.threads}
+    for tid, sleep in list(sleeps.items()):
+        if tid not in tgid or _switches(tgid[tid], tid) != sleep.nvcsw + 1:
+            del sleeps[tid]  # (it woke and slept again in between, or is gone)
+
+
+def _switches(pid: int, tid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def dump_epoll(tracee: Tracee, regs: S.user_regs_struct,
+               early: dict[int, Sleep] | None) -> dict[str, Any] | None:
+    """THRD ``restart`` of a thread whose epoll sleep the freeze interrupted, where the
+    snapshot found that sleep (module note); sets ``tracee.timeout_end`` for a target
+    that goes on.  None where it was not found, or is not the same sleep."""
+    sleep = (early or {}).get(tracee.tid)
+    nr, ret = int(regs.orig_rax), _signed(regs.rax)
+    if sleep is None or nr not in EPOLL or ret != -errno.EINTR:
+        return None
+    if sleep.args != (regs.rdi, regs.rsi, regs.rdx, regs.r10):
+        return None
+    tracee.timeout_end = sleep.end
+    return {"fn": "epoll", "left_ns": max(0, sleep.end - sleep.at)}
+
+
+def timeout_ms(left_ns: int) -> int:
+    """An epoll timeout argument for ``left_ns`` (ms, rounded up: never early)."""
+    return -(-max(0, left_ns) // 1_000_000)
+
+
+def final_epoll(saved: S.user_regs_struct, regs: S.user_regs_struct,
+                restart: dict[str, Any]) -> S.user_regs_struct:
+    """The registers to resume with (``regs``: final_regs'): an epoll call run again
+    waits only its time left."""
+    if _signed(regs.rax) == _signed(saved.orig_rax) and int(saved.orig_rax) in EPOLL:
+        regs.r10 = (regs.r10 & ~0xFFFFFFFF) | timeout_ms(int(restart["left_ns"]))
+    return regs

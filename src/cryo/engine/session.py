@@ -181,6 +181,9 @@ class Checkpoint:
         tree.check_groups(tree.record(self.procs, self.pid, self.scope), self.shell_job)
         self.result.warnings.extend(files.check_shared_tables(
             [p.pid for p in self.procs.values() if not p.zombie]))
+        for d in D.DRIVERS:
+            if d.frozen:
+                d.frozen(self)
 
     def collect(self) -> None:
         self._phase("freeze", "collect")

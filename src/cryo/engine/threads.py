@@ -35,7 +35,8 @@ def dump(ctx: DumpContext, tracee: Tracee, b: Batch) -> Generator[None, Batch, d
     for g in parts:
         next(g)
     yield
-    return {"pid": ctx.pid, "tid": tracee.tid, **registers.dump(tracee, b.inj),
+    early = ctx.shared.early if ctx.shared is not None else None
+    return {"pid": ctx.pid, "tid": tracee.tid, **registers.dump(tracee, b.inj, early),
             **_result(parts[0]), **_result(parts[1])}
 
 

@@ -11,6 +11,7 @@ kernel with CONFIG_DEBUG_INFO_BTF; else :class:`Unavailable`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import struct
@@ -252,6 +253,12 @@ _WANTED: dict[str, tuple[str | None, str]] = {
     "task.restart_block": ("task_struct", "restart_block"),
     "task.io_context": ("task_struct", "io_context"),
     "task.flags": ("task_struct", "flags"),
+    "task.nvcsw": ("task_struct", "nvcsw"),
+    "task.stack": ("task_struct", "stack"),
+    "hrs.task": ("hrtimer_sleeper", "task"),
+    "hrt.function": ("hrtimer", "function"),
+    "hrt.expires": ("hrtimer", "node.expires"),
+    "hrt.state": ("hrtimer", "state"),
     "restart_block": ("restart_block", ""),
     "rb.fn": ("restart_block", "fn"),
     "rb.futex.uaddr": ("restart_block", "futex.uaddr"),
@@ -269,7 +276,8 @@ _WANTED: dict[str, tuple[str | None, str]] = {
     "rb.poll.tv_nsec": ("restart_block", "poll.tv_nsec"),
 }
 # kernel functions whose addresses the readers compare with (/proc/kallsyms)
-SYMBOLS = ("do_restart_poll", "futex_wait_restart", "hrtimer_nanosleep_restart")
+SYMBOLS = ("do_restart_poll", "futex_wait_restart", "hrtimer_nanosleep_restart",
+           "hrtimer_wakeup")
 _offsets: dict[str, int] = {}
 
 
@@ -471,30 +479,98 @@ def _reader(iter_name: str, reads: tuple[Read, ...]) -> int:
         code += [body[0], _insn(0x15, 8, 0, len(body) - 1)]  # if file == 0 goto out
         body = body[1:]
     code += [*body, _insn(0xB7, 0, 0, 0, 0), _insn(0x95)]  # out: return 0
+    fd = _load_iter(code, iter_id, iter_name)
+    _programs[key] = fd
+    return fd
+
+
+def _load_iter(code: list[bytes], iter_id: int, what: str) -> int:
+    """An iterator program loaded (BPF_PROG_LOAD, attached to ``iter_id``): its fd."""
     insns = ctypes.create_string_buffer(b"".join(code))
     license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(1 << 14)
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_TRACING, len(insns.raw) // 8,
-                     ctypes.addressof(insns), ctypes.addressof(license_), 1, len(log),
-                     ctypes.addressof(log))  # fmt: skip
-    struct.pack_into("8s", attr, 48, b"cryo_rd")  # prog_name
-    struct.pack_into("<I", attr, 68, BPF_TRACE_ITER)  # expected_attach_type
-    struct.pack_into("<I", attr, 108, iter_id)  # attach_btf_id
-    try:
-        fd = _bpf(BPF_PROG_LOAD, attr, f"prog_load {iter_name}")
+
+    def load(level: int) -> int:
+        attr = ctypes.create_string_buffer(128)
+        struct.pack_into("<IIQQIIQ", attr, 0, BPF_PROG_TYPE_TRACING, len(insns.raw) // 8,
+                         ctypes.addressof(insns), ctypes.addressof(license_), level,
+                         len(log) if level else 0, ctypes.addressof(log) if level else 0)
+        struct.pack_into("8s", attr, 48, b"cryo_rd")  # prog_name
+        struct.pack_into("<I", attr, 68, BPF_TRACE_ITER)  # expected_attach_type
+        struct.pack_into("<I", attr, 108, iter_id)  # attach_btf_id
+        return _bpf(BPF_PROG_LOAD, attr, f"prog_load {what}")
+
+    try:  # (no verifier log unless it fails: a long program's would not fit, ENOSPC)
+        return load(0)
     except Unavailable as err:
+        with contextlib.suppress(Unavailable):
+            return load(1)
         text = log.value.decode(errors="replace").strip().splitlines()[-3:]
         raise Unavailable(err.errno, f"{err.strerror} {' / '.join(text)}") from err
-    _programs[key] = fd
+
+
+STACK_SIZE = 16384  # THREAD_SIZE on x86_64 (a KASAN kernel's is twice: its top not read)
+_STACK = struct.Struct("<iiQQQ")  # tid, tgid, nvcsw, task->stack, task
+
+
+def _stack_reader() -> int:
+    """The program (loaded once) that writes, for each task, its tid and tgid, nvcsw, the
+    addresses of its kernel stack and of itself, then the STACK_SIZE bytes of that stack
+    (in 512-byte pieces: the BPF stack holds no more)."""
+    if ("stack", ()) in _programs:
+        return _programs[("stack", ())]
+    iter_id, pid, nvcsw, stack = need("iter_task", "task.pid", "task.nvcsw", "task.stack")
+    ldx_dw, piece = 0x79, 512
+
+    def probe(src_reg: int, off: int, at: int, size: int) -> list[bytes]:
+        return [_insn(0xBF, 3, src_reg), _insn(0x07, 3, 0, 0, off),  # r3 = src + off
+                _insn(0xBF, 1, 10), _insn(0x07, 1, 0, 0, at),  # r1 = fp + at
+                _insn(0xB7, 2, 0, 0, size),
+                _insn(0x85, 0, 0, 0, BPF_FUNC_PROBE_READ_KERNEL)]  # fmt: skip
+
+    def write(at: int, size: int) -> list[bytes]:
+        return [_insn(ldx_dw, 1, 6, 0), _insn(ldx_dw, 1, 1, 0),  # r1 = ctx->meta->seq
+                _insn(0xBF, 2, 10), _insn(0x07, 2, 0, 0, at),  # r2 = fp + at
+                _insn(0xB7, 3, 0, 0, size), _insn(0x85, 0, 0, 0, BPF_FUNC_SEQ_WRITE)]
+
+    head = _STACK.size
+    body = [*probe(7, pid, -head, 8), *probe(7, nvcsw, -head + 8, 8),
+            *probe(7, stack, -head + 16, 8),
+            _insn(0x7B, 10, 7, -head + 24),  # the task's address
+            _insn(ldx_dw, 8, 10, -head + 16),  # r8 = task->stack
+            *write(-head, head)]  # fmt: skip
+    for k in range(STACK_SIZE // piece):
+        body += [*probe(8, k * piece, -piece, piece), *write(-piece, piece)]
+    code = [_insn(0xBF, 6, 1), _insn(ldx_dw, 7, 6, 8),  # r6 = ctx, r7 = ctx->task
+            _insn(0x15, 7, 0, len(body)),  # if task == 0 goto out
+            *body, _insn(0xB7, 0, 0, 0, 0), _insn(0x95)]  # fmt: skip
+    fd = _load_iter(code, iter_id, "stack reader")
+    _programs[("stack", ())] = fd
     return fd
+
+
+def task_stack(tid: int) -> tuple[int, int, int, bytes] | None:
+    """Thread ``tid``'s voluntary context switches, the address of its task_struct and
+    of its kernel stack, and that stack's bytes as they are now (a sleeping thread's
+    frames: what its sleep keeps there); None if it is gone."""
+    prog = _stack_reader()
+    data = _run(prog, tid, 0, "stack reader")
+    if len(data) < _STACK.size + STACK_SIZE:
+        return None
+    got, _tgid, nvcsw, stack, task = _STACK.unpack_from(data)
+    if got != tid:
+        return None
+    return nvcsw, task, stack, data[_STACK.size : _STACK.size + STACK_SIZE]
 
 
 def read(iter_name: str, reads: tuple[Read, ...], *, tid: int = 0, pid: int = 0) -> bytes:
     """One run of the reader of ``reads`` over the tasks (``iter_task``) or the files
     (``iter_task_file``) of thread ``tid``, of process ``pid``'s threads, or of every
     task (neither): the records it wrote, one after another."""
-    prog = _reader(iter_name, reads)
+    return _run(_reader(iter_name, reads), tid, pid, iter_name)
+
+
+def _run(prog: int, tid: int, pid: int, iter_name: str) -> bytes:
     info = ctypes.create_string_buffer(16)  # union bpf_iter_link_info: task.tid, .pid
     struct.pack_into("<II", info, 0, tid, pid)
     attr = ctypes.create_string_buffer(64)
