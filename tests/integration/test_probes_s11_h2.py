@@ -649,3 +649,99 @@ def test_idle_connections_show_the_same_options(procs: Procs, ns: Netns,  # noqa
     for c in conns:
         c.close()
     assert ns.tables() == []
+
+
+# ---------------------------------------------------------------------------- a client
+
+
+def _nginx_serving(procs: Procs, ns: Netns, tmp_path: Path, port: int) -> int:  # noqa: F811
+    """An nginx of the test's (one worker, not checkpointed) serving tmp_path/html."""
+    t = str(tmp_path)
+    temps = " ".join(f"{k}_temp_path {t}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; worker_processes 1; daemon off; master_process on; pid {t}/nginx.pid;\n"
+        f"error_log {t}/error.log; events {{ worker_connections 64; }}\n"
+        f"http {{ access_log {t}/access.log; {temps} keepalive_timeout 300s;\n"
+        f"  send_timeout 300s; server {{ listen 127.0.0.1:{port}; root {t}/html; }} }}\n")
+    v = spawn(procs, ns, ["nginx", "-c", f"{t}/nginx.conf", "-p", t], tmp_path / "nginx.out")
+    _wait(lambda: len(_children(v.pid)) == 1, "a worker")
+    procs.track(_children(v.pid)[0])
+    return v.pid
+
+
+@_needs("nginx")
+@_needs("curl")
+def test_curl_mid_download(procs: Procs, ns: Netns, tmp_path: Path) -> None:  # noqa: F811
+    """curl downloading 64 MiB from a server outside the checkpoint (an nginx of the
+    test's), at 8 MB/s (--limit-rate: its own timers), checkpointed with
+    --tcp-established mid-download, killed, restarted: it finishes with status 200 and
+    the file it wrote is the server's, byte for byte."""
+    (tmp_path / "html").mkdir()
+    big = os.urandom(1 << 20) * 64
+    (tmp_path / "html" / "big.bin").write_bytes(big)
+    _nginx_serving(procs, ns, tmp_path, 8082)
+    dest, out = tmp_path / "got.bin", tmp_path / "curl.out"
+    c = spawn(procs, ns, ["sh", "-c", f'exec curl -sS --limit-rate 8M -o "{dest}" -w'
+                          f' "%{{http_code}} %{{size_download}}\\n"'
+                          f' http://127.0.0.1:8082/big.bin > "{out}"'], out)  # fmt: skip
+    _wait(lambda: dest.exists() and dest.stat().st_size > 8 << 20, "8 MiB downloaded")
+    r = ns.cryo("checkpoint", str(c.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(c.pid)
+    at = dest.stat().st_size
+    assert at < len(big)
+    r = ns.run(sys.executable, "-m", "cryo", "restart", "-D", str(tmp_path / "img"),
+               "--tcp-established", timeout=120)  # fmt: skip (waits for it: curl's status)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert out.read_text() == f"200 {len(big)}\n"
+    assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(big).digest()
+    assert ns.tables() == []
+
+
+def _resets(ns: Netns) -> int:  # noqa: F811
+    """The resets sent in the namespace so far (both ends are in it: /proc/net/snmp)."""
+    rows = [line.split() for line in ns.run("cat", "/proc/net/snmp").stdout.splitlines()
+            if line.startswith("Tcp:")]  # fmt: skip
+    return int(rows[1][rows[0].index("OutRsts")])
+
+
+def test_clients_act_while_the_server_is_down(procs: Procs, ns: Netns,  # noqa: F811
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """The asyncio server of victims/aiostream_s11_h2.py checkpointed with three clients;
+    while it is gone (killed, its connections locked) one sends a request, one shuts
+    its side (FIN), one closes.  Restarted: the request is answered, the half-closed
+    client reads the server's end (0 bytes, no reset), and no reset is sent by anyone
+    in the namespace."""
+    out = tmp_path / "out.txt"
+    v = spawn(procs, ns, [sys.executable, str(VICTIMS / "aiostream_s11_h2.py"), str(out),
+                          "9311"], out)  # fmt: skip
+    v.wait_line("port", timeout=30)
+    ask, half, gone = (connect(ns, ("127.0.0.1", 9311), timeout=60) for _ in range(3))
+    for c in (ask, half, gone):
+        c.sendall(b"count\n")
+    assert sorted(_lines(c, bytearray(), 1)[0] for c in (ask, half, gone)) == \
+        ["served 1", "served 2", "served 3"]  # fmt: skip
+    resets = _resets(ns)
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    ask.sendall(b"count\n")
+    half.shutdown(socket.SHUT_WR)
+    gone.close()
+    time.sleep(0.5)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established",
+                timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    ask.settimeout(30)
+    half.settimeout(30)
+    assert _lines(ask, bytearray(), 1) == ["served 4"]
+    assert half.recv(100) == b""
+    time.sleep(0.5)
+    assert _resets(ns) == resets
+    ask.close()
+    half.close()
+    assert ns.tables() == []
