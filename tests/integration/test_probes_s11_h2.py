@@ -745,3 +745,71 @@ def test_clients_act_while_the_server_is_down(procs: Procs, ns: Netns,  # noqa: 
     ask.close()
     half.close()
     assert ns.tables() == []
+
+
+BACKEND = """
+import hashlib, http.server, os, sys
+BIG = os.urandom(1 << 20) * 48
+open(sys.argv[2], "w").write(hashlib.sha256(BIG).hexdigest())
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BIG)))
+        self.end_headers()
+        self.wfile.write(BIG)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@_needs("nginx")
+def test_nginx_proxy_buffering_to_a_slow_client(procs: Procs, ns: Netns,  # noqa: F811
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """nginx as a reverse proxy (a master, one worker) between a backend outside the
+    checkpoint (a Python server sending 48 MiB at once) and a client that reads slowly:
+    the worker holds its upstream connection and its client's, and buffers what the
+    client has not taken in a temporary file it unlinked (proxy_temp_path).  Checkpointed
+    as a tree with --tcp-established mid-transfer, killed, restarted: the client reads
+    the 48 MiB byte for byte, and a second request through the proxy works."""
+    t = str(tmp_path)
+    (tmp_path / "backend.py").write_text(BACKEND)
+    spawn(procs, ns, [sys.executable, str(tmp_path / "backend.py"), "9330",
+                      str(tmp_path / "sha")], tmp_path / "backend.out")  # fmt: skip
+    _wait(lambda: (tmp_path / "sha").exists() and (tmp_path / "sha").read_text(), "backend")
+    temps = " ".join(f"{k}_temp_path {t}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; worker_processes 1; daemon off; master_process on; pid {t}/nginx.pid;\n"
+        f"error_log {t}/error.log; events {{ worker_connections 64; }}\n"
+        f"http {{ access_log {t}/access.log; {temps} keepalive_timeout 300s;\n"
+        f"  send_timeout 300s; proxy_read_timeout 300s; proxy_max_temp_file_size 1024m;\n"
+        f"  upstream b {{ server 127.0.0.1:9330; keepalive 4; }}\n"
+        f"  server {{ listen 127.0.0.1:8083; location / {{ proxy_pass http://b;\n"
+        f'    proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}\n')
+    v = spawn(procs, ns, ["nginx", "-c", f"{t}/nginx.conf", "-p", t], tmp_path / "out")
+    _wait(lambda: len(_children(v.pid)) == 1, "a worker")
+    workers = _children(v.pid)
+    procs.track(workers[0])
+    sha = bytes.fromhex((tmp_path / "sha").read_text())
+    size = 48 << 20
+    c = connect(ns, ("127.0.0.1", 8083), timeout=60)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    got = _get(c, "/", size, first=2 << 20)
+
+    def buffered() -> bool:
+        fds = os.listdir(f"/proc/{workers[0]}/fd")
+        return any("/proxy/" in os.readlink(f"/proc/{workers[0]}/fd/{fd}") and "(deleted)"
+                   in os.readlink(f"/proc/{workers[0]}/fd/{fd}") for fd in fds)  # fmt: skip
+
+    _wait(buffered, "the worker buffers in a temporary file")
+    time.sleep(0.5)
+    pid = _tree_cycle(procs, ns, v.pid, tmp_path / "img", workers, "--tcp-established")
+    assert _children(pid) == workers
+    c.settimeout(30)
+    rest = _recv_exact(c, size - len(got))
+    assert hashlib.sha256(got + rest).digest() == sha
+    assert hashlib.sha256(_get(c, "/", size)).digest() == sha
+    c.close()
+    assert ns.tables() == []
