@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import VICTIMS, Procs, Victim, cli_cycle, run_cryo
 from tests.integration.test_tree import kill_tree, tree_pids
+from tests.integration.test_tty import _SHELL, Terminal, _checkpoint_job, _job_of, _lflag
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -281,3 +282,182 @@ def test_vmin_read_with_bytes_of_it_typed(procs: Procs, tmp_path: Path, kill: bo
     time.sleep(0.3)
     go.touch()
     assert v.wait_line("checked", timeout=20) == "checked good"
+
+
+# -- --shell-job: interactive programs on the caller's terminal --------------------------
+
+
+def _restart_on(term: Terminal, img: Path, tmp_path: Path, procs: Procs, job: int
+                ) -> subprocess.Popen[bytes]:  # fmt: skip
+    mark = term.mark()
+    cryo = term.start([sys.executable, "-m", "cryo", "restart", "-D", str(img), "--shell-job"],
+                      tmp_path)  # fmt: skip
+    procs.track(cryo.pid)
+    term.wait_for(b"restarted", since=mark)
+    assert procs.track(_job_of(cryo.pid)) == job
+    return cryo
+
+
+def test_shell_job_top(procs: Procs, tmp_path: Path) -> None:
+    """top restarted with --shell-job draws its screen again on the new terminal, in
+    its raw mode, and quits on q, the caller's terminal as it was."""
+    if shutil.which("top") is None:
+        pytest.skip("top is not installed")
+    img, job = _checkpoint_job(procs, tmp_path, ["top", "-d", "1"], b"PID")
+    term = Terminal()
+    try:
+        cryo = _restart_on(term, img, tmp_path, procs, job)
+        mark = term.mark()
+        term.wait_for(b"PID", since=mark)
+        assert not _lflag(term.slave) & termios.ICANON
+        term.type(b"q")
+        assert cryo.wait(timeout=30) == 0
+        assert _lflag(term.slave) & termios.ICANON
+    finally:
+        term.close()
+
+
+def test_shell_job_python_readline_line_half_typed(procs: Procs, tmp_path: Path) -> None:
+    """python3 -i (readline: the half-typed line is the program's own) restarted with
+    --shell-job: the rest of the line typed on the new terminal completes it."""
+    img, job = _checkpoint_job(procs, tmp_path, [sys.executable, "-i", "-q"], b">>> ",
+                               b"x = 6 *", b"x = 6 *")  # fmt: skip
+    term = Terminal()
+    try:
+        cryo = _restart_on(term, img, tmp_path, procs, job)
+        mark = term.mark()
+        term.type(b" 7\r")
+        term.type(b"print(x + 0)\r")
+        term.wait_for(b"42", since=mark)
+        term.type(b"\x04")
+        assert cryo.wait(timeout=30) == 0
+    finally:
+        term.close()
+
+
+def test_shell_job_bash_with_jobs(procs: Procs, tmp_path: Path) -> None:
+    """An interactive bash with a job in the background (sleep) and one stopped by
+    SIGTTIN (cat &), restarted with --shell-job: jobs lists both, fg gives cat the
+    terminal (its group, in cryo's session now), cat echoes a line, ^D ends it, and
+    bash exits."""
+    env = ["env", "PS1=$ ", "INPUTRC=/dev/null", "bash", "--norc", "--noprofile", "-i"]
+    term_keys = b"sleep 100 &\rcat &\rsleep 0.5; jobs\r"
+    term = Terminal()
+    try:
+        shell = term.start([sys.executable, "-c", _SHELL, *env], tmp_path)
+        procs.track(shell.pid)
+        job = procs.track(_job_of(shell.pid))
+        term.wait_for(b"$ ")
+        term.type(term_keys)
+        term.wait_for(b"Stopped")
+        time.sleep(0.3)
+        pids = tree_pids(job)
+        for k in pids:
+            procs.track(k)
+        img = tmp_path / "img"
+        r = run_cryo("checkpoint", str(job), "--tree", "-D", str(img), "--shell-job", "--kill")
+        assert r.returncode == 0, r.stderr
+        kill_tree(pids)
+        shell.wait(timeout=20)
+    finally:
+        term.close()
+    term = Terminal()
+    try:
+        cryo = _restart_on(term, img, tmp_path, procs, job)
+        kids = [int(k) for k in Path(f"/proc/{job}/task/{job}/children").read_text().split()]
+        for k in kids:
+            procs.track(k)
+        assert len(kids) == 2
+        mark = term.mark()
+        term.type(b"jobs\r")
+        term.wait_for(b"Running", since=mark)
+        term.wait_for(b"Stopped", since=mark)
+        term.type(b"fg %2\r")
+        time.sleep(0.5)
+        term.type(b"meow\r")
+        term.wait_for(b"meow\r\nmeow", since=mark)
+        term.type(b"\x04")
+        time.sleep(0.3)
+        term.type(b"kill %1; exit\r")
+        assert cryo.wait(timeout=30) == 0
+    finally:
+        term.close()
+
+
+def test_shell_job_canonical_line_half_typed(procs: Procs, tmp_path: Path) -> None:
+    """A program reading a line from its terminal (canonical mode: the half-typed line
+    waits in the kernel's buffer, not the program's) restarted with --shell-job: the
+    rest of the line typed on the new terminal completes it."""
+    prog = "import os; os.write(1, b'? '); print(eval(os.read(0, 100)))"
+    img, job = _checkpoint_job(procs, tmp_path, [sys.executable, "-c", prog], b"? ",
+                               b"7 *", b"7 *")  # fmt: skip
+    term = Terminal()
+    try:
+        cryo = _restart_on(term, img, tmp_path, procs, job)
+        mark = term.mark()
+        term.type(b" 6\n")
+        assert cryo.wait(timeout=30) == 0
+        term.wait_for(b"42", since=mark)
+    finally:
+        term.close()
+
+
+_TYPEAHEAD = """
+import os, sys, time, tty
+if sys.argv[1] == "raw":
+    tty.setraw(0)
+os.write(1, b"ready\\r\\n")
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.02)
+reads = [os.read(0, 100)]
+if sys.argv[1] == "canon":
+    reads.append(os.read(0, 100))
+os.write(1, b"reads %r\\r\\n" % reads)
+"""
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["restart", "running"])
+@pytest.mark.parametrize("mode", ["canon", "raw"])
+def test_shell_job_typed_ahead(procs: Procs, tmp_path: Path, mode: str, kill: bool) -> None:
+    """Keys typed on a shell job's terminal that it has not read yet (it is in the
+    foreground, busy): a complete line and half of the next in canonical mode, keys in
+    raw mode.  After a checkpoint it reads them as before; restarted with --shell-job
+    on another terminal, it reads them there (they were lost: the restart gave it the
+    caller's terminal and nothing of the old one's input, exit 0)."""
+    go = tmp_path / "go"
+    keys, rest = (b"one\ntw", b"o\n") if mode == "canon" else (b"abc", b"")
+    want = b"reads [b'one\\n', b'two\\n']" if mode == "canon" else b"reads [b'abc']"
+    term = Terminal()
+    try:
+        shell = term.start([sys.executable, "-c", _SHELL, sys.executable, "-c", _TYPEAHEAD,
+                            mode, str(go)], tmp_path)  # fmt: skip
+        procs.track(shell.pid)
+        job = procs.track(_job_of(shell.pid))
+        term.wait_for(b"ready")
+        time.sleep(0.2)  # (its settings made)
+        term.type(keys)
+        time.sleep(0.3)
+        img = tmp_path / "img"
+        r = run_cryo("checkpoint", str(job), "-D", str(img), "--shell-job",
+                     *(["--kill"] * kill))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        if not kill:
+            mark = term.mark()
+            go.touch()
+            term.type(rest)
+            term.wait_for(want, since=mark)
+            shell.wait(timeout=20)
+            return
+        shell.wait(timeout=20)
+    finally:
+        term.close()
+    term = Terminal()
+    try:
+        cryo = _restart_on(term, img, tmp_path, procs, job)
+        mark = term.mark()
+        go.touch()
+        term.type(rest)
+        term.wait_for(want, since=mark)
+        assert cryo.wait(timeout=30) == 0
+    finally:
+        term.close()

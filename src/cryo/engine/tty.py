@@ -616,6 +616,77 @@ def on_job_terminal(pid: int, fmt: int, rdev: int) -> bool:
     return tty_nr != 0 and rdev == tty_nr
 
 
+def _poll_in(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+def _keep_ixon(settings: bytes, termios_: bytes) -> bytes:
+    """``settings`` with the IXON of ``termios_``: IXON going off would start a terminal
+    stopped by ^S (n_tty_set_termios), its caller's to keep."""
+    iflag = struct.unpack_from("I", settings)[0] & ~IXON
+    iflag |= struct.unpack_from("I", termios_)[0] & IXON
+    return struct.pack("I", iflag) + settings[4:]
+
+
+def _take_input(tty: int, termios_: bytes) -> tuple[bytes, list[list[Any]] | None]:
+    """The input waiting on a terminal cryo holds no master of (a shell job's), read as
+    the job would read it (:func:`_take_queues`, the slave's half: in canonical mode
+    its lines one read each, then the line being typed with the settings raw for a
+    moment; poll before each read: the description is the job's, its flags left
+    alone) and typed straight back; IXON is left as it is throughout.  (the bytes, the
+    lines or None)."""
+    lines: list[list[Any]] | None = None
+    if _canonical(termios_):
+        lines = []
+        cc = termios_[17:36]
+        delims = {10} | {c for c in (cc[VEOL], cc[16]) if c}
+        while _poll_in(tty):
+            data = os.read(tty, 65536)
+            lines.append([data, LINE if data and data[-1] in delims else EOF_LINE])
+    with _no_ttou():
+        fcntl.ioctl(tty, TCSETS, _keep_ixon(_raw(termios_), termios_))
+        try:
+            typing = b""
+            while _poll_in(tty):
+                typing += os.read(tty, 65536)
+            if lines is not None:
+                lines.append([typing, TYPING])
+            data = b"".join(d for d, _ in lines) if lines is not None else typing
+            _put_input(tty, termios_, data, lines)
+        finally:
+            fcntl.ioctl(tty, TCSETS, termios_)
+    return data, lines
+
+
+def _put_input(tty: int, termios_: bytes, data: bytes, lines: list[list[Any]] | None) -> None:
+    """Input typed into a terminal (TIOCSTI) as :func:`_take_input` read it, IXON kept;
+    the terminal's settings ``termios_`` at the end."""
+    flow = {termios_[17 + VSTART], termios_[17 + VSTOP]} if \
+        struct.unpack_from("I", termios_)[0] & IXON else set()  # fmt: skip
+    if flow & set(data):
+        raise Unsupported("the input waiting on the job's terminal holds its START or STOP"
+                          " character", resource="terminal")  # fmt: skip
+    with _no_ttou():
+        fcntl.ioctl(tty, TCSETS, _keep_ixon(_raw(termios_), termios_))
+        if lines is None:
+            for c in data:
+                fcntl.ioctl(tty, TIOCSTI, bytes([c]))
+        else:
+            for piece, kind in lines:
+                planned = _plan(piece, kind)
+                if planned is None:
+                    raise Unsupported("the input waiting on the job's terminal holds a"
+                                      " typed line of every byte value", resource="terminal")
+                typed, eof, eol, lnext = planned
+                fcntl.ioctl(tty, TCSETS, _keep_ixon(_blind(termios_, eof, eol, lnext),
+                                                    termios_))  # fmt: skip
+                for c in typed:
+                    fcntl.ioctl(tty, TIOCSTI, bytes([c]))
+        fcntl.ioctl(tty, TCSETS, termios_)
+
+
 def _note_job_terminal(session: Any, descs: list[dict[str, Any]]) -> None:
     """A shell job's terminal: its settings and whether the job was its foreground
     group, noted on each description that is on it (fds 0-2 or a ctty one)."""
@@ -625,7 +696,8 @@ def _note_job_terminal(session: Any, descs: list[dict[str, Any]]) -> None:
     _sid, tty_nr, tpgid = _stat(root)
     if not tty_nr:
         return
-    for d in descs:
+    taken = False
+    for d in sorted(descs, key=lambda d: d["kind"] != "stdio"):
         if d["kind"] not in ("stdio", "ctty"):
             continue
         try:
@@ -639,6 +711,22 @@ def _note_job_terminal(session: Any, descs: list[dict[str, Any]]) -> None:
             d["termios"] = fcntl.ioctl(mine, TCGETS, b"\0" * TERMIOS_SIZE)
             d["winsize"] = fcntl.ioctl(mine, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
             d["foreground"] = tpgid == _pgrp(root)
+            if d["foreground"] and not taken:  # its input, typed and not read yet, once
+                taken = True
+                if _stat("self")[1] == tty_nr:  # (ours too, and the job in its foreground:
+                    log.warning("the job's terminal is cryo's: its input is not saved")
+                    continue  # cryo would be stopped reading it, SIGTTIN)
+                if not _can_type():
+                    if _int(mine, FIONREAD):
+                        raise Unsupported("the job's terminal holds input it has not read:"
+                                          " cryo needs CAP_SYS_ADMIN to put it back"
+                                          " (TIOCSTI)", resource="terminal")  # fmt: skip
+                    continue
+                data, lines = _take_input(mine, d["termios"])
+                if data or (lines and any(k != TYPING for _, k in lines)):
+                    d["to_slave"] = data
+                    if lines is not None:
+                        d["to_slave_lines"] = lines
         finally:
             os.close(mine)
 
@@ -943,6 +1031,9 @@ def hand_over(rs: Any) -> None:
             return
         job = Job(pid, pgid, fd, caller, bytes(d["termios"]), bool(d.get("foreground")))
         _give(job)
+        if job.foreground and (d.get("to_slave") or d.get("to_slave_lines")):
+            # the input it had not read, typed on this terminal (TIOCSTI: ours)
+            _put_input(fd, job.termios, d.get("to_slave", b""), d.get("to_slave_lines"))
     except OSError:
         os.close(fd)
         raise

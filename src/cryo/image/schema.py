@@ -741,19 +741,21 @@ DESC = Struct((
       required=False),
     F("ldisc", Int(27, 27), "pty master: its slave's line discipline (TIOCSETD) when not"
       " N_TTY: N_NULL", required=False),
-    F("termios", Bytes(max=256), "pty master: the slave's struct termios; stdio, ctty: the"
-      " job's terminal's", required=False),
     F("stopped", Int(1, 2), "pty master: its slave's output stopped, by its STOP character"
       " under IXON (1; the START character goes on) or by tcflow TCOOFF (2)",
       required=False),
     F("pktstatus", Int(1, 255), "pty master in packet mode: the control status its next"
       " read returns (TIOCPKT_*)", required=False),
+    F("termios", Bytes(max=256), "pty master: the slave's struct termios; stdio, ctty: the"
+      " job's terminal's", required=False),
     F("winsize", Bytes(8), "pty master, stdio, ctty: struct winsize", required=False),
-    F("to_slave", Bytes(max=1 << 20), "pty master: bytes waiting for the slave",
+    F("to_slave", Bytes(max=1 << 20), "pty master: bytes waiting for the slave; stdio,"
+      " ctty (--shell-job, the job in the foreground): input waiting on its terminal",
       required=False),
     F("to_slave_lines", List(Tuple((Bytes(max=1 << 20), Int(0, 2)),
                                    ("bytes", "0 a line, 1 one ended by EOF, 2 being typed"))),
-      "pty master, its slave canonical: `to_slave` as the lines a read returns one by one"
+      "pty master, its slave canonical (stdio, ctty: the terminal): `to_slave` as the"
+      " lines a read returns one by one"
       " (a line's delimiter included, an EOF not), then the line being typed",
       required=False),
     F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
