@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -813,3 +814,97 @@ def test_nginx_proxy_buffering_to_a_slow_client(procs: Procs, ns: Netns,  # noqa
     assert hashlib.sha256(_get(c, "/", size)).digest() == sha
     c.close()
     assert ns.tables() == []
+
+
+_LISTENER_OPTS = {
+    "SO_REUSEADDR": (socket.SOL_SOCKET, socket.SO_REUSEADDR),
+    "SO_REUSEPORT": (socket.SOL_SOCKET, socket.SO_REUSEPORT),
+    "SO_RCVBUF": (socket.SOL_SOCKET, socket.SO_RCVBUF),
+    "SO_SNDBUF": (socket.SOL_SOCKET, socket.SO_SNDBUF),
+    "SO_KEEPALIVE": (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    "TCP_KEEPIDLE": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    "TCP_KEEPINTVL": (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    "TCP_KEEPCNT": (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    "TCP_DEFER_ACCEPT": (socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT),
+    "TCP_FASTOPEN": (socket.IPPROTO_TCP, socket.TCP_FASTOPEN),
+    "TCP_NODELAY": (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    "IPV6_V6ONLY": (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+}
+
+
+def _listeners(pid: int) -> dict[int, dict[str, object]]:
+    """What each listening TCP socket of ``pid`` shows (through a duplicate of its fd):
+    its address, the options above, and its backlog (ss's Send-Q of a listener)."""
+    from cryo.linux import libc
+
+    got: dict[int, dict[str, object]] = {}
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            fd = int(name)
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            s = socket.socket(fileno=libc.pidfd_getfd(pidfd, fd))
+            try:
+                if s.type != socket.SOCK_STREAM or not s.getsockopt(socket.SOL_SOCKET,
+                                                                     socket.SO_ACCEPTCONN):
+                    continue  # fmt: skip
+                o: dict[str, object] = {"name": s.getsockname()}
+                for k, (lv, opt) in _LISTENER_OPTS.items():
+                    if lv == socket.IPPROTO_IPV6 and s.family != socket.AF_INET6:
+                        continue
+                    o[k] = s.getsockopt(lv, opt)
+                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+                o["backlog"] = struct.unpack_from("I", info, 28)[0]  # tcpi_sacked: backlog
+                got[fd] = o
+            finally:
+                s.close()
+    finally:
+        os.close(pidfd)
+    return got
+
+
+@_needs("nginx")
+def test_nginx_listeners_keep_their_options(procs: Procs, ns: Netns,  # noqa: F811
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """nginx with listeners made with every option its listen directive has: reuseport
+    (a socket per worker, one SO_REUSEPORT group), deferred (TCP_DEFER_ACCEPT), fastopen,
+    backlog, so_keepalive, rcvbuf, sndbuf, an IPv6 one with ipv6only.  After a tree
+    checkpoint, a kill and a restart every listener of every process shows the same
+    address, options and backlog, and each serves."""
+    t = str(tmp_path)
+    (tmp_path / "html").mkdir()
+    (tmp_path / "html" / "index.html").write_text("hi\n")
+    temps = " ".join(f"{k}_temp_path {t}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; worker_processes 2; daemon off; master_process on; pid {t}/nginx.pid;\n"
+        f"error_log {t}/error.log; events {{ worker_connections 64; }}\n"
+        f"http {{ access_log {t}/access.log; {temps}\n"
+        f"  server {{ listen 127.0.0.1:8085 reuseport deferred fastopen=16 backlog=77\n"
+        f"      so_keepalive=30s:10s:3 rcvbuf=65536 sndbuf=131072;\n"
+        f"    listen 127.0.0.1:8086 backlog=33 so_keepalive=on;\n"
+        f"    listen [::1]:8087 ipv6only=on backlog=55; root {t}/html; }} }}\n")
+    v = spawn(procs, ns, ["nginx", "-c", f"{t}/nginx.conf", "-p", t], tmp_path / "out")
+    _wait(lambda: len(_children(v.pid)) == 2, "two workers")
+    workers = _children(v.pid)
+    for w in workers:
+        procs.track(w)
+    before = {p: _listeners(p) for p in (v.pid, *workers)}
+    assert sum(len(x) for x in before.values()) >= 9, before
+    pid = _tree_cycle(procs, ns, v.pid, tmp_path / "img", workers)
+    assert sorted(_children(pid)) == sorted(workers)
+    after = {p: _listeners(p) for p in (v.pid, *workers)}
+    assert after == before
+    for port, fam, host in ((8085, socket.AF_INET, "127.0.0.1"), (8086, socket.AF_INET,
+                            "127.0.0.1"), (8087, socket.AF_INET6, "::1")):  # fmt: skip
+        for _ in range(4):
+            with connect(ns, (host, port), family=fam) as c:
+                c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := c.recv(4096):
+                    data += chunk
+                assert data.endswith(b"\r\n\r\nhi\n"), data
