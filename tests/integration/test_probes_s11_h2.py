@@ -908,3 +908,29 @@ def test_nginx_listeners_keep_their_options(procs: Procs, ns: Netns,  # noqa: F8
                 while chunk := c.recv(4096):
                     data += chunk
                 assert data.endswith(b"\r\n\r\nhi\n"), data
+
+
+@_needs("redis-server")
+@pytest.mark.parametrize("ext", [False, True])
+def test_redis_unix_socket_client_outside(procs: Procs, tmp_path: Path, ext: bool) -> None:
+    """redis-server on a unix socket with a client outside the checkpoint connected to
+    it: the checkpoint is refused, exit 9, naming the socket, the server going on
+    serving that client; with --ext-unix-sk too (the accepted end of a connection
+    cannot be connected again: its client is the one outside)."""
+    from tests.conftest import run_cryo
+
+    path = tmp_path / "redis.sock"
+    v = procs.spawn(["redis-server", "--port", "0", "--unixsocket", str(path), "--save", "",
+                     "--appendonly", "no", "--daemonize", "no", "--dir", str(tmp_path)],
+                    tmp_path / "out")  # fmt: skip
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(20)
+    _wait(lambda: c.connect_ex(str(path)) == 0, "the socket")
+    assert _talk(c, _resp(b"SET", b"k", b"v"), b"\r\n") == b"+OK\r\n"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                 *(["--ext-unix-sk"] if ext else []))  # fmt: skip
+    assert r.returncode == 9, (r.returncode, r.stderr)
+    assert "outside" in r.stderr or "ext-unix-sk" in r.stderr, r.stderr
+    assert not (tmp_path / "img").exists() or not any((tmp_path / "img").iterdir())
+    assert _talk(c, _resp(b"GET", b"k"), b"v\r\n") == b"$1\r\nv\r\n"
+    c.close()
