@@ -383,7 +383,7 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path,
 
 
 @pytest.mark.parametrize("modes", ["plain", "prctl", "rlimit", "persona", "sched", "misc",
-                                   "madvise", "pipe", "zeropage"])
+                                   "madvise", "pipe", "zeropage", "vmasplit"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path)
@@ -410,7 +410,6 @@ def _runtime(procs: Procs, tmp: Path, argv: list[str], poke: Path | None = None,
     return d
 
 
-@pytest.mark.xfail(reason="two adjacent anonymous VMAs come back merged (not always)")
 def test_python(procs: Procs, tmp_path: Path) -> None:
     import sys
 
@@ -431,7 +430,6 @@ def test_go(procs: Procs, tmp_path: Path) -> None:
     assert not d, "\n".join(d)
 
 
-@pytest.mark.xfail(reason="two adjacent anonymous VMAs come back merged (not always)")
 def test_java(procs: Procs, tmp_path: Path) -> None:
     import shutil
 

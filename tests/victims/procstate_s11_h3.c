@@ -143,6 +143,17 @@ static void set_state(const char *dir) {
         p[0] = 1;
         (void)sum;
     }
+    if (has(modes, "vmasplit")) {  /* two adjacent anonymous VMAs the kernel keeps apart */
+        char *a = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        char *b = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        a[0] = 1; b[4096] = 2;  /* (each its own anon_vma) */
+        munmap(a + 4 * 4096, 4 * 4096);
+        if (mremap(b, 4 * 4096, 4 * 4096, MREMAP_MAYMOVE | MREMAP_FIXED, a + 4 * 4096) == MAP_FAILED)
+            report("FAIL mremap %d", errno);
+        maps[14] = a;
+    }
     if (has(modes, "madvise")) {
         long pg = 4096;
         int adv[] = {MADV_DONTFORK, MADV_WIPEONFORK, MADV_HUGEPAGE, MADV_NOHUGEPAGE,
@@ -197,6 +208,15 @@ static void check(void) {
             if ((vec[j] & 1) != (j % 2 || !j)) FAIL("zero page %d resident %d", j, vec[j] & 1);
         for (int j = 1; j < 8; j++)
             if (maps[13][j * 4096]) FAIL("zero page %d reads %d", j, maps[13][j * 4096]);
+    }
+    if (has(modes, "vmasplit")) {
+        char line[256], want[64];
+        int n = 0;
+        FILE *f = fopen("/proc/self/maps", "r");
+        snprintf(want, sizeof want, "%lx-%lx ", (long)maps[14], (long)maps[14] + 4 * 4096);
+        while (fgets(line, sizeof line, f)) n += !strncmp(line, want, strlen(want));
+        fclose(f);
+        if (n != 1 || maps[14][0] != 1 || maps[14][5 * 4096] != 2) FAIL("vmasplit %d", n);
     }
     if (has(modes, "pipe")) {
         int r = fcntl(pfd[0], F_GETFL), w = fcntl(pfd[1], F_GETFL);

@@ -930,8 +930,10 @@ def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str,
     (the rounds of a migration, cryo.migrate.stage): page tables move, no page is copied."""
     if merge_any:  # every VMA mapped from now on is mergeable (the others are unmerged)
         bt.call(SYS.prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, what=" PR_SET_MEMORY_MERGE")
+    prev: dict[str, Any] | None = None  # the anonymous VMA mapped just before, if any
     for v in rec["vmas"]:
         kind = v["kind"]
+        last, prev = prev, None
         if kind == "sysv-shm" and (_after_pages(v) or _MADVISE.keys() & set(v["flags"])):
             fixup.append(v)  # sysvshm.attach maps it; its advice and lock in protect()
         if kind in ("special", "skip", "sysv-shm"):  # sysvshm.attach maps the last
@@ -971,8 +973,13 @@ def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str,
                 flags |= MAP.GROWSDOWN
             if v.get("hugetlb"):
                 flags |= huge_flag(v["hugetlb"])
-            bt.call(SYS.mmap, v["start"], size, prot, flags, -1, 0,
-                    what=f" mmap {v['start']:#x}")  # fmt: skip
+            if last is not None and _would_merge(last, v):
+                _map_apart(bt, v, prot, flags)
+            else:
+                bt.call(SYS.mmap, v["start"], size, prot, flags, -1, 0,
+                        what=f" mmap {v['start']:#x}")  # fmt: skip
+            if not v["shared"] and not v.get("hugetlb") and "gd" not in v["flags"]:
+                prev = v
         name = _anon_name(v["path"])
         if name is not None:  # PR_SET_VMA_ANON_NAME (CONFIG_ANON_VMA_NAME)
             bt.call(SYS.prctl, PR_SET_VMA, PR_SET_VMA_ANON_NAME, v["start"], size,
@@ -985,6 +992,33 @@ def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str,
             bt.call(SYS.madvise, v["start"], size, MADV.UNMERGEABLE)
         if prot != v["prot"] or _after_pages(v):
             fixup.append(v)
+
+
+def _would_merge(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Would the kernel merge anonymous VMA ``b``, mapped right after ``a``, into it?
+    Two such VMAs were kept apart by what /proc does not show (their pgoff, their
+    anon_vma: a VMA moved there by mremap, as glibc's realloc and the JVM do)."""
+    return (a["end"] == b["start"] and a["prot"] == b["prot"] and a["flags"] == b["flags"]
+            and a["path"] == b["path"] and not b["shared"] and not b.get("hugetlb")
+            and "gd" not in b["flags"])  # fmt: skip
+
+
+def _map_apart(bt: Batch, v: dict[str, Any], prot: int, flags: int) -> None:
+    """Map anonymous VMA ``v`` so that it stays a VMA of its own, as it was (found by
+    probing: two adjacent VMAs of a JVM and of python3 came back as one, exit 0): mapped
+    where the kernel likes, one page of it written (MADV_POPULATE_WRITE: it gets an
+    anon_vma of its own, and mremap keeps its pgoff then), moved into place, that page
+    dropped again.  Neither its anon_vma nor its pgoff is the neighbour's: no merge."""
+    size = v["end"] - v["start"]
+    k = bt.call(SYS.mmap, 0, size, PROT.READ | PROT.WRITE, flags & ~MAP.FIXED, -1, 0,
+                what=f" mmap for {v['start']:#x}")  # fmt: skip
+    bt.call(SYS.madvise, bt.ref(k), PAGE_SIZE, MADV.POPULATE_WRITE,
+            what=f" MADV_POPULATE_WRITE for {v['start']:#x}")  # fmt: skip
+    bt.call(SYS.mremap, bt.ref(k), size, size, MREMAP.MAYMOVE | MREMAP.FIXED, v["start"],
+            what=f" mremap to {v['start']:#x}")  # fmt: skip
+    bt.call(SYS.madvise, v["start"], PAGE_SIZE, MADV.DONTNEED)
+    if prot != PROT.READ | PROT.WRITE:
+        bt.call(SYS.mprotect, v["start"], size, prot)
 
 
 def _restore_pkeys(ctx: RestoreContext, want: list[int]) -> list[int]:
