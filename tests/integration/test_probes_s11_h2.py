@@ -215,16 +215,18 @@ def _info(c: socket.socket, section: str) -> dict[str, str]:
 
 
 @_needs("redis-server")
+@pytest.mark.parametrize("op", ["BGSAVE", "BGREWRITEAOF"])
 def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: F811
-                                              tmp_path: Path) -> None:  # fmt: skip
-    """redis-server with AOF on (appendfsync everysec: its bio thread fsyncs) and a BGSAVE
-    child in the middle of writing its snapshot (rdb-key-save-delay: 20 ms a key, 200
-    keys), a client connected and another whose pipeline of 200 GETs is half answered.
-    Checkpointed as a tree with --tcp-established, killed, restarted: the pipeline's
-    answers go on byte for byte, the child finishes its snapshot and the server takes
-    its end (rdb_last_bgsave_status ok, no save in progress); the client's connection
-    reads every key; more writes; then a fresh redis-server started on the snapshot
-    alone and another on the AOF alone each hold exactly what they must."""
+                                              tmp_path: Path, op: str) -> None:  # fmt: skip
+    """redis-server with AOF on (appendfsync everysec: its bio thread fsyncs) and a child
+    in the middle of writing a snapshot (rdb-key-save-delay: 20 ms a key, 200 keys): a
+    BGSAVE, or a BGREWRITEAOF (the AOF's new base, the parent writing a new increment
+    meanwhile); a client connected and another whose pipeline of 200 GETs is half
+    answered.  Checkpointed as a tree with --tcp-established, killed, restarted: the
+    pipeline's answers go on byte for byte, the child finishes and the server takes its
+    end (its last status ok, nothing in progress); the client's connection reads every
+    key; more writes; then a fresh redis-server started on the snapshot alone (BGSAVE)
+    and another on the AOF alone each hold exactly what they must."""
     d = tmp_path / "data"
     d.mkdir()
     argv = ["redis-server", "--port", "6390", "--bind", "127.0.0.1", "--save", "",
@@ -235,14 +237,17 @@ def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: 
     keys = {b"k%03d" % i: os.urandom(64 + i * 37).hex().encode() for i in range(200)}
     for k, val in keys.items():
         assert _talk(c, _resp(b"SET", k, val), b"\r\n") == b"+OK\r\n"
-    assert _talk(c, _resp(b"BGSAVE"), b"\r\n") == b"+Background saving started\r\n"
-    _wait(lambda: _children(v.pid), "the BGSAVE child")
+    started = {"BGSAVE": b"+Background saving started\r\n",
+               "BGREWRITEAOF": b"+Background append only file rewriting started\r\n"}
+    busy = {"BGSAVE": "rdb_bgsave_in_progress", "BGREWRITEAOF": "aof_rewrite_in_progress"}
+    assert _talk(c, _resp(op.encode()), b"\r\n") == started[op]
+    _wait(lambda: _children(v.pid), "the child")
     child = _children(v.pid)
     for p in child:
         procs.track(p)
     time.sleep(1)  # ~50 of 200 keys written
-    assert _info(c, "persistence")["rdb_bgsave_in_progress"] == "1"
-    # after the snapshot began: in the AOF and the server's memory, not in the snapshot
+    assert _info(c, "persistence")[busy[op]] == "1"
+    # after the child began: in the AOF and the server's memory, not in the snapshot
     assert _talk(c, _resp(b"SET", b"after", b"bgsave"), b"\r\n") == b"+OK\r\n"
     p = connect(ns, ("127.0.0.1", 6390), timeout=60)  # a pipeline, its answers half read
     p.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
@@ -256,8 +261,8 @@ def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: 
     for k, val in keys.items():
         assert _talk(c, _resp(b"GET", k), b"\r\n" + val + b"\r\n").endswith(val + b"\r\n")
     assert _talk(c, _resp(b"SET", b"restored", b"yes"), b"\r\n") == b"+OK\r\n"
-    _wait(lambda: _info(c, "persistence")["rdb_bgsave_in_progress"] == "0",
-          "the snapshot finished", timeout=60)  # fmt: skip
+    _wait(lambda: _info(c, "persistence")[busy[op]] == "0", "the child finished",
+          timeout=60)  # fmt: skip
     info = _info(c, "persistence")
     assert info["rdb_last_bgsave_status"] == "ok", info
     assert info["aof_last_write_status"] == "ok" and info["aof_last_bgrewrite_status"] == "ok"
@@ -266,8 +271,10 @@ def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: 
     c.sendall(_resp(b"SHUTDOWN", b"NOSAVE"))
     c.close()
     _wait(lambda: not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", "redis quits")
-    for only, want in (("rdb", {**keys}), ("aof", {**keys, b"after": b"bgsave",
-                                                   b"restored": b"yes"})):  # fmt: skip
+    checks = [("aof", {**keys, b"after": b"bgsave", b"restored": b"yes"})]
+    if op == "BGSAVE":
+        checks.append(("rdb", {**keys}))
+    for only, want in checks:
         e = tmp_path / only
         e.mkdir()
         if only == "rdb":
@@ -287,6 +294,9 @@ def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: 
                 got = _talk(q, _resp(b"GET", k), b"\r\n" + val + b"\r\n")
                 assert got.endswith(val + b"\r\n"), (only, k)
         reap(w.pid)
+    if op == "BGREWRITEAOF":  # (the rewrite's base holds the 200 keys, the rest after it)
+        m = (d / "appendonlydir" / "appendonly.aof.manifest").read_text()
+        assert "type b" in m and m.count("type i") == 1, m
     assert ns.tables() == []
 
 
@@ -419,7 +429,8 @@ def test_go_http_server_streaming_big_and_timers(procs: Procs, ns: Netns,  # noq
     socket drains), a handler waiting on a 2 s timer, and an idle keep-alive
     connection.  Checkpointed with --tcp-established, killed, restarted: the stream
     goes on with no line lost or doubled, the download ends byte for byte, the timer's
-    answer comes, the idle connection serves again."""
+    answer comes, the idle connection serves again, and 30 signals sent to it
+    (signal.Notify) are all taken."""
     import subprocess
 
     exe = tmp_path / "gohttp"
@@ -470,6 +481,20 @@ def test_go_http_server_streaming_big_and_timers(procs: Procs, ns: Netns,  # noq
     idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     head, body = _http_head(idle)
     assert head.startswith(b"HTTP/1.1 200"), head
+    pid = int(r.stdout)
+    for k in range(30):  # (its threads take them in turn: each its own sigaltstack)
+        os.kill(pid, signal.SIGUSR1 if k % 2 else signal.SIGHUP)
+        time.sleep(0.01)
+
+    def signals() -> bytes:
+        idle.sendall(b"GET /signals HTTP/1.1\r\nHost: x\r\n\r\n")
+        _head, body = _http_head(idle)
+        while not body.endswith(b"\n"):
+            body += idle.recv(100)
+        return body
+
+    _wait(lambda: signals() == b"signals 30\n", "30 signals taken")
+    assert not os.path.exists(f"/proc/{pid}") or _state(pid) not in ("Z", "gone")
     for c in (idle, st, big, slow):
         c.close()
     assert ns.tables() == []

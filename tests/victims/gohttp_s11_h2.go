@@ -1,7 +1,8 @@
 // A Go net/http server for test_probes_s11_h2: /stream writes "line N" every 20 ms
 // (a time.Ticker, Flush each), /big 32 MiB from memory in one Write (the goroutine
 // parked in the netpoller until the socket drains), /slow answers after a 2 s timer,
-// / the count of requests served.  Ports and "ready" on stdout's file.
+// / the count of requests served, /signals the SIGUSR1s and SIGHUPs it was sent
+// (signal.Notify: the runtime's handlers, on each thread's alternate stack).  Ports and "ready" on stdout's file.
 package main
 
 import (
@@ -9,12 +10,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
-var served int64
+var served, signals int64
 
 func main() {
 	out, _ := os.OpenFile(os.Args[1], os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0644)
@@ -24,7 +27,17 @@ func main() {
 		x = x*1103515245 + 12345
 		big[i] = byte(x >> 16)
 	}
+	sig := make(chan os.Signal, 16)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGHUP)
+	go func() {
+		for range sig {
+			atomic.AddInt64(&signals, 1)
+		}
+	}()
 	mux := http.NewServeMux()
+	mux.HandleFunc("/signals", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "signals %d\n", atomic.LoadInt64(&signals))
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "served %d\n", atomic.AddInt64(&served, 1))
 	})
