@@ -959,3 +959,48 @@ def test_redis_unix_socket_client_outside(procs: Procs, tmp_path: Path, ext: boo
     assert not (tmp_path / "img").exists() or not any((tmp_path / "img").iterdir())
     assert _talk(c, _resp(b"GET", b"k"), b"v\r\n") == b"$1\r\nv\r\n"
     c.close()
+
+
+@_needs("nginx")
+def test_nginx_reload_after_restart_mid_download(procs: Procs, ns: Netns,  # noqa: F811
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """nginx restored in the middle of a 48 MiB download, then reloaded (SIGHUP): the old
+    worker, shutting down, finishes the download byte for byte and exits, the master
+    reaps it and runs the new workers, which serve."""
+    t = str(tmp_path)
+    (tmp_path / "html").mkdir()
+    big = os.urandom(1 << 20) * 48
+    (tmp_path / "html" / "big.bin").write_bytes(big)
+    (tmp_path / "html" / "small.txt").write_bytes(b"small and fine\n")
+    temps = " ".join(f"{k}_temp_path {t}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; worker_processes 1; daemon off; master_process on; pid {t}/nginx.pid;\n"
+        f"error_log {t}/error.log; events {{ worker_connections 64; }}\n"
+        f"http {{ access_log {t}/access.log; {temps} sendfile on; send_timeout 300s;\n"
+        f"  server {{ listen 127.0.0.1:8088; root {t}/html; }} }}\n")  # fmt: skip
+    v = spawn(procs, ns, ["nginx", "-c", f"{t}/nginx.conf", "-p", t], tmp_path / "out")
+    _wait(lambda: len(_children(v.pid)) == 1, "a worker")
+    workers = _children(v.pid)
+    procs.track(workers[0])
+    dl = connect(ns, ("127.0.0.1", 8088), timeout=60)
+    dl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    got = _get(dl, "/big.bin", len(big), first=3 << 20)
+    time.sleep(0.5)
+    pid = _tree_cycle(procs, ns, v.pid, tmp_path / "img", workers, "--tcp-established")
+    assert _children(pid) == workers
+    os.kill(pid, signal.SIGHUP)
+    _wait(lambda: len(set(_children(pid)) - set(workers)) == 1, "a new worker")
+    for w in _children(pid):
+        procs.track(w)
+    with connect(ns, ("127.0.0.1", 8088)) as c:
+        assert _get(c, "/small.txt", 15) == b"small and fine\n"
+    assert workers[0] in _children(pid)  # (shutting down: its download goes on)
+    dl.settimeout(30)
+    rest = _recv_exact(dl, len(big) - len(got))
+    assert hashlib.sha256(got + rest).digest() == hashlib.sha256(big).digest()
+    _wait(lambda: workers[0] not in _children(pid), "the old worker exits, reaped")
+    with connect(ns, ("127.0.0.1", 8088)) as c:
+        assert _get(c, "/small.txt", 15) == b"small and fine\n"
+    dl.close()
+    assert ns.tables() == []
