@@ -1229,7 +1229,9 @@ def test_mpi_job_across_three_hosts_survives_a_host_failure(hosts: Any, procs: P
         for kind, where in (("sysfs", "/sys"), ("cgroup2", "/sys/fs/cgroup")):
             subprocess.run(hosts.argv(h, "mount", "-t", kind, f"cryo-grid-{kind}", where),
                            check=True, timeout=30)  # fmt: skip
-    env = ["env", "UCX_TLS=tcp,self", "UCX_NET_DEVICES=svc0"]
+    # (niced: the ranks poll without sleeping, and three of them on this machine's two
+    # CPUs starved the agents until a lease ran out under a loaded CI: host_alive False)
+    env = ["nice", "-n", "10", "env", "UCX_TLS=tcp,self", "UCX_NET_DEVICES=svc0"]
     out = hosts.base / "mpi.log"  # (mpiexec's: the launch lines, then rank 0's)
     start = (f"exec >>{out} 2>&1; {' '.join(env)} {mpiexec} -launcher manual -iface svc0"
              f" -hosts {','.join(svc)} -n 3 -ppn 1 {exe} &"
