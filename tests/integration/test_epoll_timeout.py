@@ -20,7 +20,7 @@ from cryo.engine.restore import restart
 from cryo.engine.session import CheckpointSession
 from cryo.image.reader import Image
 from cryo.linux import bpf
-from tests.conftest import Procs, Victim, reap
+from tests.conftest import Procs, Victim, reap, run_cryo
 
 pytestmark = pytest.mark.timeout(120)
 MODES = ("epoll_wait", "epoll_pwait")
@@ -64,6 +64,8 @@ def test_restarted_wait_keeps_its_time_left(procs: Procs, build: Callable[[str],
     assert 2.9 < own < 3.4, f"{line}: {own:.3f} s of its own (dead {dead:.3f} s)"
     (rec,) = Image(str(tmp_path / "img")).raw(b"THRD")
     assert rec["restart"]["fn"] == "epoll" and 1.3e9 < rec["restart"]["left_ns"] < 1.6e9, rec
+    r = run_cryo("show", str(tmp_path / "img"))
+    assert re.search(rf"in {mode}\(\), 1[345]\d\d ms left", r.stdout), r.stdout
     v.wait_ok_after(3)
     assert not v.fails()
 

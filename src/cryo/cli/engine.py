@@ -363,6 +363,8 @@ def cmd_show(args: argparse.Namespace) -> int:
               f" {p['sid']} uid {p['uid']} exe {p['exe']}")  # fmt: skip
         regs = p["registers"]
         in_call = f"  in {regs['syscall_name']}()" if regs["syscall"] is not None else ""
+        if "time_left_ms" in regs:  # (the time left that only the kernel held)
+            in_call += f", {regs['time_left_ms']:.0f} ms left"
         print(f"  cwd {p['cwd']}  rip {regs['rip']}  rsp {regs['rsp']}{in_call}")
         print("  mappings:")
         for v in p["mappings"]:

@@ -544,7 +544,9 @@ def _thread(trec: dict[str, Any]) -> dict[str, Any]:
             "rip": f"{regs.rip:#x}", "rsp": f"{regs.rsp:#x}", "fs_base": f"{regs.fs_base:#x}",
             "syscall": sc if sc >= 0 else None,
             "syscall_name": syscall_name(sc) if sc >= 0 else None,
-            "xstate_bytes": len(trec["xstate"]), **task.describe_thread(trec)}  # fmt: skip
+            "xstate_bytes": len(trec["xstate"]), **task.describe_thread(trec),
+            **({"time_left_ms": round(trec["restart"]["left_ns"] / 1e6, 3)}
+               if "restart" in trec else {})}  # fmt: skip
 
 
 def _describe_files(v: View) -> dict[str, Any]:
