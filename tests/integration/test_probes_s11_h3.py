@@ -184,6 +184,7 @@ def _task(base: str, out: Snap, prefix: str) -> None:
 
 
 OBJECT = re.compile(r"^(pipe|socket):\[(\d+)\]$")
+MADE_AGAIN = ("/memfd:", "/dev/zero (deleted)")  # objects made again: a new inode
 
 
 def _fds(pid: int, out: Snap) -> None:
@@ -198,6 +199,8 @@ def _fds(pid: int, out: Snap) -> None:
             m = OBJECT.match(link)
             if m:
                 link = names.setdefault(int(m[2]), f"{m[1]}:[as fd {fd}]")
+            elif link.startswith(MADE_AGAIN):
+                names.setdefault(os.stat(f"/proc/{pid}/fd/{fd}").st_ino, f"inode of fd {fd}")
             out[f"fd/{fd}"] = link
     for fd in fds:
         info = _text(_read(f"/proc/{pid}/fdinfo/{fd}"))
@@ -205,6 +208,7 @@ def _fds(pid: int, out: Snap) -> None:
             info = re.sub(rf"\bino:(\s*){ino}\n", rf"ino:\g<1>{name}\n", info)
             info = info.replace(f" ino:{ino:x} ", f" ino:{name} ")
         out[f"fdinfo/{fd}"] = info
+    out.objects = names
 
 
 PM_PRESENT, PM_SWAP, PM_FILE, PM_EXCL, PM_WP, PM_SOFT, PM_GUARD = (
@@ -217,6 +221,7 @@ class Snap(dict[str, str]):
     """The snapshot's keys and values, and the contents of the private pages present."""
 
     pages: dict[int, tuple[str, bytes]]
+    objects: dict[int, str]  # inode -> its name in the snapshot (made again: a new inode)
 
 
 def _mappings(pid: int, out: Snap, contents: bool) -> None:
@@ -233,8 +238,11 @@ def _mappings(pid: int, out: Snap, contents: bool) -> None:
         if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
             parts = line.split(None, 5)
             lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            cur = f"map {parts[0]} {parts[1]} {parts[2]} {parts[4]} " + (
-                parts[5] if len(parts) > 5 else "")  # fmt: skip
+            path = parts[5] if len(parts) > 5 else ""
+            ino = parts[4]
+            if path.startswith(MADE_AGAIN):  # named as the fd that holds it, or in order
+                ino = out.objects.setdefault(int(ino), f"object {len(out.objects)}")
+            cur = f"map {parts[0]} {parts[1]} {parts[2]} {ino} {path}"
             out[cur] = ""
             regions.append((lo, hi, cur))
             continue
@@ -383,7 +391,8 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path,
 
 
 @pytest.mark.parametrize("modes", ["plain", "prctl", "rlimit", "persona", "sched", "misc",
-                                   "madvise", "pipe", "zeropage", "vmasplit"])
+                                   "madvise", "pipe", "zeropage", "vmasplit", "signals",
+                                   "timers", "creds", "shared", "ksm", "affinity"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path)

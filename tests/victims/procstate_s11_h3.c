@@ -13,6 +13,11 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -23,6 +28,7 @@
 #define PR_GET_MDWE 66
 #endif
 #define MDWE_REFUSE_EXEC_GAIN 1
+#define CAP_SYS_BOOT_ 22
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #endif
@@ -53,6 +59,7 @@ static char *maps[16];
 static int pfd[2];
 
 static void on_usr1(int s) { (void)s; go = 1; }
+static void on_other(int s, siginfo_t *si, void *uc) { (void)s; (void)si; (void)uc; }
 
 static int getattr_(pid_t tid, struct attr *a) {
     memset(a, 0, sizeof *a);
@@ -87,6 +94,28 @@ static void *thread(void *arg) {
         }
         struct attr g;
         if (getattr_(0, &g) || g.policy != a.policy) report("FAIL sched_setattr %ld %d", i, errno);
+    }
+    if (has(modes, "signals")) {  /* its own alternate stack and mask, a signal pending */
+        stack_t ss = {.ss_sp = malloc(65536), .ss_size = 65536};
+        if (sigaltstack(&ss, NULL)) report("FAIL sigaltstack %d", errno);
+        sigset_t m;
+        sigemptyset(&m);
+        sigaddset(&m, SIGRTMIN + (int)i);
+        sigaddset(&m, SIGWINCH);
+        pthread_sigmask(SIG_BLOCK, &m, NULL);
+        union sigval sv = {.sival_int = 40 + (int)i};
+        if (syscall(SYS_rt_tgsigqueueinfo, getpid(), gettid(), SIGRTMIN + (int)i,
+                    &(siginfo_t){.si_signo = SIGRTMIN + (int)i, .si_code = SI_QUEUE,
+                                 .si_pid = getpid(), .si_value = sv}))
+            report("FAIL tgsigqueueinfo %d", errno);
+    }
+    if (has(modes, "affinity")) {
+        cpu_set_t c;
+        CPU_ZERO(&c);
+        CPU_SET(i % 2, &c);
+        sched_setaffinity(0, sizeof c, &c);
+        setpriority(PRIO_PROCESS, 0, (int)i * 2);
+        syscall(SYS_ioprio_set, 1, 0, (2 << 13) | (int)i);  /* best effort, level i */
     }
     pthread_barrier_wait(&bar);
     for (;;) pause();
@@ -125,6 +154,68 @@ static void set_state(const char *dir) {
     if (has(modes, "sched")) {
         struct attr a = {.size = sizeof a, .policy = SCHED_BATCH, .nice = 5};
         if (syscall(SYS_sched_setattr, 0, &a, 0)) report("FAIL batch %d", errno);
+    }
+    if (has(modes, "signals")) {  /* actions with flags, a process-wide pending signal */
+        struct sigaction sa = {.sa_sigaction = on_other,
+                               .sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER | SA_RESTART};
+        sigaddset(&sa.sa_mask, SIGTERM);
+        sigaction(SIGWINCH, &sa, NULL);
+        sa.sa_flags = SA_RESETHAND | SA_SIGINFO;
+        sigaction(SIGURG, &sa, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        sigset_t m;
+        sigemptyset(&m);
+        sigaddset(&m, SIGWINCH);
+        sigprocmask(SIG_BLOCK, &m, NULL);
+        kill(getpid(), SIGWINCH);  /* pending, shared */
+    }
+    if (has(modes, "timers")) {  /* POSIX timers of several clocks, interval timers */
+        clockid_t clocks[] = {CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME,
+                              CLOCK_PROCESS_CPUTIME_ID};
+        for (int k = 0; k < 4; k++) {
+            struct sigevent ev = {.sigev_notify = k == 3 ? SIGEV_NONE : SIGEV_SIGNAL,
+                                  .sigev_signo = SIGRTMIN + 5 + k};
+            timer_t t;
+            if (timer_create(clocks[k], &ev, &t)) { report("FAIL timer_create %d", errno); continue; }
+            struct itimerspec its = {.it_value = {3600 + k, 0}, .it_interval = {7200, 0}};
+            timer_settime(t, 0, &its, NULL);
+        }
+        struct itimerval iv = {.it_value = {5000, 0}, .it_interval = {5000, 0}};
+        signal(SIGALRM, SIG_IGN);
+        setitimer(ITIMER_REAL, &iv, NULL);
+    }
+    if (has(modes, "creds")) {  /* fewer capabilities, securebits, no_new_privs, seccomp */
+        prctl(PR_CAPBSET_DROP, CAP_SYS_BOOT_, 0, 0, 0);
+        prctl(PR_SET_SECUREBITS, 1 << 2 /* SECBIT_NO_SETUID_FIXUP */, 0, 0, 0);
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        struct sock_filter f[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+        struct sock_fprog prog = {.len = 1, .filter = f};
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) report("FAIL seccomp %d", errno);
+        if (setresgid(0, 1234, 0) || setresuid(0, 4321, 0)) report("FAIL setres %d", errno);
+    }
+    if (has(modes, "shared")) {  /* shared anonymous memory and a memfd, mapped */
+        char *p = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        memset(p, 's', 4096 * 2);
+        int fd = memfd_create("s11-h3", MFD_ALLOW_SEALING);
+        if (ftruncate(fd, 3 * 4096)) report("FAIL ftruncate");
+        char *q = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        q[4096] = 'm';
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+        maps[15] = p;
+    }
+    if (has(modes, "ksm")) {
+        if (prctl(67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)) report("FAIL memory_merge %d", errno);
+        char *p = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(p, 'k', 8 * 4096);
+    }
+    if (has(modes, "child")) {  /* a child in pause, a zombie */
+        if (fork() == 0) {
+            prctl(PR_SET_NAME, "s11-child");
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
+            for (;;) pause();
+        }
+        if (fork() == 0) _exit(7);
+        usleep(100000);
     }
     if (has(modes, "misc")) {
         FILE *f = fopen("/proc/self/coredump_filter", "w");

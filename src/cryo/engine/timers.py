@@ -345,7 +345,9 @@ def restore(ctx: RestoreContext, rec: dict[str, Any]) -> None:
             if rec["posix"]:
                 b.call(SYS.prctl, PR.TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON,
                        0, 0, 0)  # fmt: skip
-            for t in rec["posix"]:
+            # the oldest first: /proc/PID/timers lists the newest first (its list takes
+            # each new timer at its head); made in that order, they were listed reversed
+            for t in reversed(rec["posix"]):
                 ev = S.sigevent()
                 ev.sigev_value = t["value"]
                 ev.sigev_signo = t["signal"]
