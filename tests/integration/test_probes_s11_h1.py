@@ -96,6 +96,14 @@ time.sleep(600)
 """
 
 
+_TICKS = """
+import itertools, time
+for n in itertools.count():
+    print("tick", n)
+    time.sleep(0.05)
+"""
+
+
 def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
@@ -115,13 +123,14 @@ def _tty_state(path: str) -> dict[str, object]:
 
 
 def _procs_state(pids: list[int]) -> dict[int, tuple[str, ...]]:
-    """Each process's state letter, process group, session, terminal, foreground group
-    of its terminal, and command line."""
+    """Each process's state (stopped or not), process group, session, terminal,
+    foreground group of its terminal, and command line."""
     out = {}
     for p in pids:
         f = _stat(p)
         cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        out[p] = (f[0], f[2], f[3], f[4], f[5], cmd)
+        state = f[0] if f[0] in "Tt" else "going"  # (S or R: a poll loop wakes)
+        out[p] = (state, f[2], f[3], f[4], f[5], cmd)
     return out
 
 
@@ -130,8 +139,9 @@ def test_tmux_interactive_programs(procs: Procs, tmp_path: Path) -> None:
     buffer and an operator pending (d), less on a long file at an offset, top, python3
     -i with a line half typed (readline), python3 -S -i with one half typed in the
     canonical buffer, bash with a job in the background (sleep) and one stopped by
-    SIGTTIN (cat &), a program reading with VMIN/VTIME with one byte of three typed, one
-    with noncanonical input waiting, and a window whose size a program set (stty).
+    SIGTTIN (cat &), a program reading with VMIN with one byte of three typed, one
+    with noncanonical input waiting, a window whose size a program set (stty), and a
+    program printing ticks whose output was stopped with ^S (^Q lets it go on after).
     Checkpointed as a tree with --kill and restarted: every process with the same
     state, group, session and terminal, every pane's terminal the same (termios,
     window size, bytes waiting, line discipline) and reading the same (capture-pane;
@@ -161,7 +171,8 @@ def test_tmux_interactive_programs(procs: Procs, tmp_path: Path) -> None:
                "bash": "env PS1='$ ' bash --norc --noprofile -i",
                "vmin": f"{sys.executable} -c '{_VMIN}'",
                "pending": f"{sys.executable} -c '{_PENDING}' {go}",
-               "size": "sh -c 'stty rows 17 cols 61; exec cat'"}  # fmt: skip
+               "size": "sh -c 'stty rows 17 cols 61; exec cat'",
+               "flow": f"{sys.executable} -u -c '{_TICKS}'"}  # fmt: skip
 
     def capture(w: str) -> str:
         return tmux("capture-pane", "-p", "-t", f"s:{w}")
@@ -206,6 +217,8 @@ def test_tmux_interactive_programs(procs: Procs, tmp_path: Path) -> None:
         keys("vmin", "a")
         wait_for("pending", "pending ready")
         keys("pending", "zz")
+        wait_for("flow", "tick 3")
+        keys("flow", "C-s")  # its output stopped: the ticks wait in its write
         time.sleep(1.5)  # every process back in its read; top drawn again
         pids = tree_pids(server)
         for p in pids:
@@ -230,7 +243,11 @@ def test_tmux_interactive_programs(procs: Procs, tmp_path: Path) -> None:
             assert after[1][w] == before[1][w], w
         assert {w: capture(w) for w in screens} == screens
         wait_for("top", "PID")
+        assert capture("flow") == screens["flow"]  # still stopped
         # each goes on from where it was
+        last = max(int(w) for w in screens["flow"].split() if w.isdigit())
+        keys("flow", "C-q")
+        wait_for("flow", f"tick {last + 5}")
         keys("vim", "d")  # dd: "two" deleted
         keys("vim", ":wq", "Enter")
         keys("less", "G")
