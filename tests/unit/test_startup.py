@@ -26,7 +26,8 @@ LATER = ("cryo.linux.net", "concurrent.futures", "cryo.linux.sysv",
 # (the early reads' pool is cryo.engine.context's own; the worker's messages _pickle's,
 # over _socket's socket pair)
 CHECKPOINT_LATER = ("cryo.linux.net", "json", "cryo.engine.execlayout",
-                    "concurrent.futures", "pickle", "socket", "selectors")
+                    "concurrent.futures", "pickle", "socket", "selectors",
+                    "cryo.linux.sysv")  # (mincore of a mapped file: libc's)
 RESTART_LATER = ("cryo.linux.net", "json", "concurrent.futures", "cryo.linux.sysv",
                  "socket", "selectors")
 

@@ -415,9 +415,7 @@ class _Mem:
                 arr = (ctypes.c_char * size).from_buffer(self._map)
                 addr = ctypes.addressof(arr)
                 del arr
-                from cryo.linux import sysv  # (not every checkpoint: 1 ms at start-up)
-
-                self._cached = sysv.mincore(addr, size, PAGE).translate(_LOW_BIT)
+                self._cached = libc.mincore(addr, size, PAGE).translate(_LOW_BIT)
             except OSError:
                 os.close(fd)
                 self.fd_file = -1

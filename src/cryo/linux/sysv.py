@@ -17,7 +17,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from cryo.linux.libc import _check, libc
+from cryo.linux.libc import _check, libc, mincore
 
 c_int = ctypes.c_int32
 c_uint = ctypes.c_uint32
@@ -396,13 +396,6 @@ def shmdt(shmaddr: int) -> None:
 
 def madvise(addr: int, length: int, advice: int) -> None:
     _sys(SYS_IPC.madvise, f"madvise {addr:#x}+{length:#x} {advice}", addr, length, advice)
-
-
-def mincore(addr: int, length: int, page_size: int) -> bytes:
-    """One byte per page of [addr, addr+length): bit 0 set when the page is in memory."""
-    vec = ctypes.create_string_buffer((length + page_size - 1) // page_size)
-    _sys(SYS_IPC.mincore, f"mincore {addr:#x}+{length:#x}", addr, length, _addr(vec))
-    return vec.raw
 
 
 @contextmanager
