@@ -250,6 +250,8 @@ def _mappings(pid: int, out: Snap, contents: bool) -> None:
         if k not in SMAPS_SKIP:
             out[f"{cur}:{k}"] = " ".join(v.split())
     out.pages = {}
+    if not regions:  # (a zombie: no memory, its pagemap not to be opened)
+        return
     with open(f"/proc/{pid}/pagemap", "rb") as pm, open(f"/proc/{pid}/mem", "rb") as mem:
         for lo, hi, key in regions:
             if hi - lo > PM_BIG or key.endswith(("[vsyscall]", "[vvar]", "[vvar_vclock]",
@@ -283,6 +285,28 @@ def _runs(idx: list[int]) -> str:
             start = i
         prev = i
     return ",".join(runs)
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, parents first."""
+    out = [pid]
+    for p in out:
+        for t in os.listdir(f"/proc/{p}/task"):
+            out += [int(c) for c in _text(_read(f"/proc/{p}/task/{t}/children")).split()
+                    if c.isdigit()]  # fmt: skip
+    return out
+
+
+def snapshot_tree(pid: int, contents: bool = True) -> Snap:
+    """:func:`snapshot` of ``pid`` and of each of its descendants (keys "pid N/...")."""
+    out = Snap()
+    out.pages, out.objects = {}, {}
+    for p in tree(pid):
+        one = snapshot(p, contents)
+        out.update({f"pid {p}/{k}": v for k, v in one.items()})
+        out.pages.update({(p << 48) | at: (f"pid {p}/{key}", data)
+                          for at, (key, data) in one.pages.items()})  # fmt: skip
+    return out
 
 
 def snapshot(pid: int, contents: bool = True) -> Snap:
@@ -342,15 +366,19 @@ def cycle(procs: Procs, pid: int, img: Path, settle: float = 0.3, contents: bool
           *checkpoint_args: str) -> tuple[Snap, Snap, int]:
     """Snapshot, ``cryo checkpoint --kill``, reap, ``cryo restart --detach``, let it
     settle, snapshot: both snapshots and the restored pid."""
-    before = snapshot(pid, contents)
+    pids = tree(pid)
+    before = snapshot_tree(pid, contents)
     r = run_cryo("checkpoint", str(pid), "-D", str(img), "--kill", *checkpoint_args)
     assert r.returncode == 0, r.stderr
-    reap(pid)
+    for p in reversed(pids):
+        reap(p)
     r = run_cryo("restart", "-D", str(img), "--detach")
     assert r.returncode == 0, r.stderr
     new = procs.track(int(r.stdout))
     time.sleep(settle)
-    return before, snapshot(new, contents), new
+    for p in tree(new)[1:]:
+        procs.track(p)
+    return before, snapshot_tree(new, contents), new
 
 
 def _exe(name: str, tmp: Path, *libs: str) -> str:
@@ -381,9 +409,9 @@ def _check(v: Victim, pid: int) -> None:
     assert not v.fails(), v.fails()
 
 
-def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path,
+def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path, *args: str,
                       allowed: dict[str, str] | None = None) -> list[str]:
-    before, after, new = cycle(procs, v.pid, tmp / "img")
+    before, after, new = cycle(procs, v.pid, tmp / "img", 0.3, True, *args)
     d = diff(before, after, allowed)
     (tmp / "diff.txt").write_text("\n".join(d))
     _check(Victim(new, v.out), new)
@@ -392,10 +420,11 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path,
 
 @pytest.mark.parametrize("modes", ["plain", "prctl", "rlimit", "persona", "sched", "misc",
                                    "madvise", "pipe", "zeropage", "vmasplit", "signals",
-                                   "timers", "creds", "shared", "ksm", "affinity"])
+                                   "timers", "creds", "shared", "ksm", "affinity", "child",
+                                   "creds,child"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
-    d = _diff_after_cycle(procs, v, tmp_path)
+    d = _diff_after_cycle(procs, v, tmp_path, *(["--tree"] if "child" in modes else []))
     assert not d, "\n".join(d)
 
 

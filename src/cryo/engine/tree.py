@@ -63,6 +63,7 @@ class Proc:
     nspid: int = 0  # the pid in its own (innermost) pid namespace
     nsdepth: int = 1  # how many pid namespaces deep from cryo's (1: cryo's own)
     nstids: list[int] = field(default_factory=list)
+    task: dict[str, Any] | None = None  # a zombie's: _zombie_task
 
     @property
     def leader(self) -> Tracee:
@@ -72,7 +73,8 @@ class Proc:
         return {"pid": self.pid, "ppid": self.ppid, "pgid": self.pgid, "sid": self.sid,
                 "zombie": self.zombie, "exit_code": self.exit_code,
                 "exit_signal": self.exit_signal, "threads": self.threads,
-                "nspid": self.nspid or self.pid, "nstids": self.nstids or self.threads}  # fmt: skip
+                "nspid": self.nspid or self.pid, "nstids": self.nstids or self.threads,
+                **({"task": self.task} if self.task else {})}  # fmt: skip
 
 
 def _stat(pid: int) -> procfs.Stat | None:
@@ -269,6 +271,7 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                     if st.state in ("Z", "X"):
                         p.zombie = True
                         p.exit_code = _exit_code(pid)
+                        p.task = _zombie_task(pid)
                         continue
                 if p.zombie:
                     continue
@@ -352,6 +355,26 @@ def nspid(pid: int, tid: int | None = None) -> int:
     """The task's id in its own pid namespace (the last NSpid field)."""
     ids = ns_ids(pid, tid)
     return ids[-1] if ids else (tid or pid)
+
+
+def _zombie_task(pid: int) -> dict[str, Any] | None:
+    """What /proc shows of a zombie's task, made again by finish_zombie (found by
+    probing: a zombie came back named python3, with cryo's signal dispositions, root's
+    ids and capabilities and no seccomp filter, exit 0)."""
+    try:
+        status = procfs.parse_status(procfs.read(pid, "status"))
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            comm = f.read().rstrip(b"\n")
+    except (CryoError, OSError):
+        return None  # (reaped meanwhile)
+    ids = [[int(x) for x in status.get(k, "").split()] for k in ("Uid", "Gid", "Groups")]
+    return {"comm": comm, "uids": ids[0], "gids": ids[1], "groups": ids[2],
+            "caps": {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+            "no_new_privs": int(status.get("NoNewPrivs", "0")),
+            "blocked": int(status["SigBlk"], 16), "ignored": int(status["SigIgn"], 16),
+            "caught": int(status["SigCgt"], 16),
+            "filters": int(status.get("Seccomp_filters", "0"))
+            if status.get("Seccomp") == "2" else 0}  # fmt: skip
 
 
 def _exit_code(pid: int) -> int:
@@ -765,6 +788,39 @@ def _ids(m: Made, made: dict[int, Made], shell_job: bool, root: bool) -> None:
         m.ids_kept = parent is not None and parent.ids_kept and parent.rec["sid"] == rec["sid"]
 
 
+SECCOMP_SET_MODE_FILTER = 1
+_ALLOW = struct.pack("<HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
+
+
+def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: int) -> None:
+    """In a zombie-to-be, before it exits: its name, its signal dispositions (a caught
+    signal's handler is an address of the restorer's area: no handler of a zombie ever
+    runs, and none can be read back), its mask, as many seccomp filters as it had (each
+    allows every call: a zombie's filters cannot be read, only counted), then its ids
+    and capabilities (task.restore_creds; securebits 0: a zombie's are not shown)."""
+    from cryo.engine import task as taskmod  # (task imports tree)
+
+    with inj.batch() as b:  # one stop
+        b.call(SYS.prctl, PR.SET_NAME, b.put(task["comm"][:15] + b"\0"), 0, 0, 0)
+        for n in range(1, 65):
+            if n in (signal.SIGKILL, signal.SIGSTOP):
+                continue
+            bit = 1 << (n - 1)
+            handler = 1 if task["ignored"] & bit else area if task["caught"] & bit else 0
+            b.call(SYS.rt_sigaction, n, b.put(struct.pack("<QQQQ", handler, 0, 0, 0)), 0, 8,
+                   may_fail=True)  # fmt: skip
+        mask = task["blocked"] & ~(1 << (sig - 1) if sig else 0)
+        b.call(SYS.rt_sigprocmask, 2, b.put(mask.to_bytes(8, "little")), 0, 8)  # SETMASK
+        if task["filters"]:
+            prog = b.put(_ALLOW)
+            fprog = b.put(struct.pack("<HxxxxxxQ", 1, prog))
+            for _ in range(task["filters"]):
+                b.call(SYS.seccomp, SECCOMP_SET_MODE_FILTER, 0, fprog)
+    taskmod.restore_creds(inj, {"uids": task["uids"], "gids": task["gids"],
+                                "groups": task["groups"], "caps": task["caps"],
+                                "securebits": 0, "no_new_privs": task["no_new_privs"]})
+
+
 def wait_dead(pid: int, timeout: float = 5.0) -> None:
     """Until the zombie-to-be ``pid``, let go, is a zombie (its exit takes microseconds:
     the bound is for a host that does not run it)."""
@@ -782,6 +838,9 @@ def finish_zombie(m: Made, area: int) -> None:
     status its parent will collect."""
     status = m.rec["exit_code"]
     inj = m.inj
+    if m.rec.get("task"):
+        _zombie_task_restore(inj, m.rec["task"], area,
+                             os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0)  # fmt: skip
     regs = S.user_regs_struct.from_buffer_copy(inj.saved)
     regs.rip = area
     regs.orig_rax = 0xFFFFFFFFFFFFFFFF

@@ -525,6 +525,14 @@ PROC = Struct((
     F("threads", List(PID), "tids, the leader first (none for a zombie)"),
     F("nspid", PID, "its pid in its own namespace"),
     F("nstids", List(PID), "the threads' tids there"),
+    F("task", Struct((
+        F("comm", Bytes(max=64)), F("uids", List(Int(0, U32), size=4)),
+        F("gids", List(Int(0, U32), size=4)), F("groups", List(Int(0, U32), max=1 << 16)),
+        F("caps", Struct(tuple(F(n, HEX) for n in ("CapInh", "CapPrm", "CapEff", "CapBnd",
+                                                    "CapAmb")), name="zombie caps")),
+        F("no_new_privs", Int(0, 1)), F("blocked", Int(0, U64)), F("ignored", Int(0, U64)),
+        F("caught", Int(0, U64)), F("filters", Int(0, 1 << 16), "seccomp filters"),
+    ), name="zombie task"), "a zombie: what /proc shows of its task", required=False),
 ), name="proc")  # fmt: skip
 
 LOCK_MODES = ("READ", "WRITE")
