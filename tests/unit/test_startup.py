@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-# the modules of resources a small program lacks, and what only they import (a
-# checkpoint imports tty for any character device: /dev/null is asked whether it is a pty)
+# the modules of resources a small program lacks, and what only they import (and tty at
+# a restart: a checkpoint's /dev/null is not a name tty.is_pty takes, CHECKPOINT_LATER)
 LAZY = ("cryo.engine.inet", "cryo.engine.netlock", "cryo.engine.sockets",
         "cryo.engine.appchannel", "cryo.app", "cryo.engine.fsnotify",
         "zstandard", "platform",  # (zstd: compressed images only)
@@ -27,7 +27,8 @@ LATER = ("cryo.linux.net", "concurrent.futures", "cryo.linux.sysv",
 # over _socket's socket pair)
 CHECKPOINT_LATER = ("cryo.linux.net", "json", "cryo.engine.execlayout",
                     "concurrent.futures", "pickle", "socket", "selectors",
-                    "cryo.linux.sysv")  # (mincore of a mapped file: libc's)
+                    "cryo.linux.sysv",  # (mincore of a mapped file: libc's)
+                    "cryo.engine.tty", "termios")
 RESTART_LATER = ("cryo.linux.net", "json", "concurrent.futures", "cryo.linux.sysv",
                  "socket", "selectors")
 
@@ -46,6 +47,17 @@ def test_engine_import_leaves_out_the_resources_drivers(command: str) -> None:
     assert engine in mods and "cryo.engine.files" in mods
     assert not mods & set(RESTART_LAZY), sorted(mods & set(RESTART_LAZY))
     assert not mods & set(LATER), sorted(mods & set(LATER))
+
+
+def test_only_pty_names_ask_tty() -> None:
+    # files.py asks tty.is_pty (importing tty) of a character device only by these names
+    from cryo.engine import files, tty
+
+    for name in ("/dev/ptmx", "/dev/pts/ptmx", "/dev/pts/0", "/dev/pts/17"):
+        assert tty.is_pty(name) and name.startswith(files._PTY_NAMES), name
+    assert "/dev/tty".startswith(files._PTY_NAMES)  # (with a pid: its controlling terminal)
+    for name in ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/fuse", "/dev/kvm"):
+        assert not tty.is_pty(name) and not name.startswith(files._PTY_NAMES), name
 
 
 def test_app_record_kind_is_the_drivers() -> None:

@@ -142,6 +142,17 @@ def _is_tty(f: Found) -> bool:
                                       or f.target == "/dev/console")  # fmt: skip
 
 
+# every name tty.is_pty takes (/dev/ptmx, /dev/pts/ptmx, /dev/pts/N, /dev/tty) begins so:
+# another character device (/dev/null, /dev/urandom ...) is not asked, and tty (2.5 ms
+# to import, termios with it) stays out of a small program's checkpoint
+_PTY_NAMES = ("/dev/pt", "/dev/tty")
+
+
+def _is_pty(f: Found) -> bool:
+    return f.fmt == stat.S_IFCHR and f.target.startswith(_PTY_NAMES) \
+        and tty.is_pty(f.target, f.pid)  # fmt: skip
+
+
 def _is_socket(f: Found) -> bool:
     return f.target.startswith("socket:")
 
@@ -1115,8 +1126,7 @@ FD_KINDS: tuple[FdKind, ...] = (
     # engine/translate.py, would follow it: _same_object checks it is a link still)
     FdKind("link", lambda f: f.fmt == stat.S_IFLNK, open=_open_path),
     FdKind("dir", lambda f: f.fmt == stat.S_IFDIR, _describe_node, _open_path),
-    FdKind("pty", lambda f: f.fmt == stat.S_IFCHR and tty.is_pty(f.target, f.pid),
-           _describe_pty, _open_pty),
+    FdKind("pty", _is_pty, _describe_pty, _open_pty),
     FdKind("tty", _is_tty, refuse=lambda f: f"terminal {f.target}; use --shell-job to hand"
            " the restored process the caller's terminal"),
     FdKind("chrdev", lambda f: _stateful_chr(f) is not None,
