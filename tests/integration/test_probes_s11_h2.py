@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VICTIMS, Procs, reap
-from tests.integration.test_sockets import Netns, connect, ns, pytestmark, spawn  # noqa: F401 (ns)
+from tests.integration.test_sockets import Netns, connect, inside, ns, pytestmark, spawn  # noqa: F401
 
 pytestmark = [pytestmark, pytest.mark.timeout(300)]
 
@@ -1004,3 +1004,38 @@ def test_nginx_reload_after_restart_mid_download(procs: Procs, ns: Netns,  # noq
         assert _get(c, "/small.txt", 15) == b"small and fine\n"
     dl.close()
     assert ns.tables() == []
+
+
+def _mptcp() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _mptcp(), reason="needs MPTCP (CONFIG_MPTCP, net.mptcp.enabled)")
+def test_mptcp_connection_refused_by_name(procs: Procs, ns: Netns,  # noqa: F811
+                                          tmp_path: Path) -> None:  # fmt: skip
+    """An MPTCP connection (victims/mptcp_s11_h2.py) checkpointed with --tcp-established:
+    refused, exit 9, naming MPTCP (TCP_REPAIR works on neither the connection nor its
+    subflows), no lock left, the server serving its client on.  Before: exit 1,
+    'Protocol not available'."""
+    out = tmp_path / "out.txt"
+    v = spawn(procs, ns, [sys.executable, str(VICTIMS / "mptcp_s11_h2.py"), str(out),
+                          "9340"], out)  # fmt: skip
+    v.wait_line("port", timeout=30)
+    with inside(ns):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    c.settimeout(20)
+    _wait(lambda: c.connect_ex(("127.0.0.1", 9340)) == 0, "connected")
+    f = c.makefile("rwb", buffering=0)
+    f.write(b"a\n")
+    assert f.readline() == b"reply 1 a\n"
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established")  # fmt: skip
+    assert r.returncode == 9 and "MPTCP" in r.stderr, (r.returncode, r.stderr)
+    assert ns.tables() == []
+    f.write(b"b\n")
+    assert f.readline() == b"reply 2 b\n"
+    c.close()

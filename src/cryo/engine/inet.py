@@ -542,6 +542,9 @@ def _dup_held(pid: int, fd: int, family: int) -> socket.socket:
                          libc.pidfd_getfd(_pidfds[pid], fd))  # fmt: skip
 
 
+_IPPROTO_MPTCP = 262
+
+
 def _close_pidfds() -> None:
     for pidfd in _pidfds.values():
         with contextlib.suppress(OSError):
@@ -557,8 +560,15 @@ def hold(pid: int, fd: int, ino: int, family: int) -> Held:
     try:
         reuse = s.getsockopt(_SOL_SOCKET, _SO_REUSEADDR)  # repair mode overwrites it
         s.setsockopt(_SOL_TCP, _TCP_REPAIR, 1)
-    except OSError:
+    except OSError as err:
+        mptcp = err.errno == errno.ENOPROTOOPT and \
+            s.getsockopt(_SOL_SOCKET, socket.SO_PROTOCOL) == _IPPROTO_MPTCP  # fmt: skip
         s.close()
+        if mptcp:  # (the TCP table's dump shows it as a TCP connection)
+            raise Unsupported(f"fd {fd}: an MPTCP connection (IPPROTO_MPTCP): TCP_REPAIR"
+                              " can neither read nor rebuild it; checkpoint with --tcp-close"
+                              " to restore it closed", pid=pid,
+                              resource=f"fd {fd}") from err  # fmt: skip
         raise
     h = HELD[ino] = Held(s, {}, family=family)
     h.state = _read_repair(s)
