@@ -1039,3 +1039,46 @@ def test_mptcp_connection_refused_by_name(procs: Procs, ns: Netns,  # noqa: F811
     f.write(b"b\n")
     assert f.readline() == b"reply 2 b\n"
     c.close()
+
+
+@_needs("nginx")
+def test_nginx_checkpointed_again_and_again_mid_download(procs: Procs, ns: Netns,  # noqa: F811
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """nginx checkpointed three times while it goes on (as cryod's periodic checkpoints
+    would), each in the middle of a slow client's 48 MiB download, with a keep-alive
+    client asking for a small file after each: the download ends byte for byte, every
+    answer is right, no lock is left after any of them."""
+    t = str(tmp_path)
+    (tmp_path / "html").mkdir()
+    big = os.urandom(1 << 20) * 48
+    (tmp_path / "html" / "big.bin").write_bytes(big)
+    (tmp_path / "html" / "small.txt").write_bytes(b"small and fine\n")
+    temps = " ".join(f"{k}_temp_path {t}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; worker_processes 2; daemon off; master_process on; pid {t}/nginx.pid;\n"
+        f"error_log {t}/error.log; events {{ worker_connections 64; }}\n"
+        f"http {{ access_log {t}/access.log; {temps} sendfile on; send_timeout 300s;\n"
+        f"  keepalive_timeout 300s; server {{ listen 127.0.0.1:8089; root {t}/html; }} }}\n")
+    v = spawn(procs, ns, ["nginx", "-c", f"{t}/nginx.conf", "-p", t], tmp_path / "out")
+    _wait(lambda: len(_children(v.pid)) == 2, "two workers")
+    for w in _children(v.pid):
+        procs.track(w)
+    dl = connect(ns, ("127.0.0.1", 8089), timeout=60)
+    dl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    dl.settimeout(30)
+    got = _get(dl, "/big.bin", len(big), first=2 << 20)
+    small = connect(ns, ("127.0.0.1", 8089), timeout=60)
+    for i in range(3):
+        r = ns.cryo("checkpoint", str(v.pid), "--tree", "-D", str(tmp_path / f"img{i}"),
+                    "--tcp-established", timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert ns.tables() == []
+        assert _get(small, "/small.txt", 15) == b"small and fine\n"
+        got += _recv_exact(dl, 8 << 20)
+        time.sleep(0.3)
+    rest = _recv_exact(dl, len(big) - len(got))
+    assert hashlib.sha256(got + rest).digest() == hashlib.sha256(big).digest()
+    assert _get(dl, "/small.txt", 15) == b"small and fine\n"
+    for c in (dl, small):
+        c.close()
