@@ -4,7 +4,7 @@ edge-triggered watch; it writes until EAGAIN, then waits for the next EPOLLOUT e
 buffer sizes are its own (SO_SNDBUF, SO_RCVBUF); it does not read what its client
 sends until it has written everything.
 
-argv: OUT PORT TOTAL INCOMING.  Reports "port N", "full QUEUED" once its first write
+argv: OUT PORT TOTAL INCOMING [HOST].  Reports "port N", "full QUEUED" once its first write
 met EAGAIN, "tick N" every 0.1 s, "wrote TOTAL" when all is written, then "read
 INCOMING" and "ok sizes" once it read what its client sent and found its buffer sizes
 as they were; "FAIL ..." otherwise."""
@@ -17,11 +17,12 @@ import sys
 
 out = open(sys.argv[1], "a", buffering=1)  # noqa: SIM115
 port, total, incoming = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+host = sys.argv[5] if len(sys.argv) > 5 else "127.0.0.1"
 PATTERN = bytes(range(251)) * 1045  # 262,295 bytes: chunks never line up with buffers
 
-ln = socket.socket()
+ln = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
 ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ln.bind(("127.0.0.1", port))
+ln.bind((host, port))
 ln.listen(1)
 print(f"port {port}", file=out)
 c, _ = ln.accept()
