@@ -478,3 +478,22 @@ def test_shell_job_typed_ahead(procs: Procs, tmp_path: Path, mode: str, kill: bo
         assert cryo.wait(timeout=30) == 0
     finally:
         term.close()
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["restart", "running"])
+def test_pty_speeds_and_locks(procs: Procs, tmp_path: Path, kill: bool
+                                              ) -> None:  # fmt: skip
+    """victims/ptymisc_s11_h1.py: a slave's speeds set with TCSETS2 (BOTHER) and its
+    locked termios bits (TIOCSLCKTRMIOS) come back as they were: TCGETS has no speeds
+    (the restart gave 38400 back) and nothing read the locks (gone, exit 0)."""
+    go = tmp_path / "go"
+    v = procs.spawn([sys.executable, str(VICTIMS / "ptymisc_s11_h1.py"), str(tmp_path / "out"),
+                     str(go)], tmp_path / "out")  # fmt: skip
+    v.wait_line("ready")
+    if kill:
+        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
+    else:
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr
+    go.touch()
+    assert v.wait_line("checked", timeout=20) == "checked good"

@@ -62,6 +62,8 @@ from cryo.linux.consts import SYS
 
 log = logging.getLogger(__name__)
 TCGETS, TCSETS = 0x5401, 0x5402
+TCGETS2, TCSETS2 = 0x802C542A, 0x402C542B  # struct termios2: c_ispeed, c_ospeed too
+TIOCGLCKTRMIOS, TIOCSLCKTRMIOS = 0x5456, 0x5457  # the bits a program cannot change
 TIOCGWINSZ, TIOCSWINSZ = 0x5413, 0x5414
 TIOCSCTTY, TIOCSPGRP = 0x540E, 0x5410
 TIOCPKT, TIOCGPKT = 0x5420, 0x80045438
@@ -128,12 +130,26 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
                 # N_TTY for the moment of the reading (N_NULL held nothing to lose)
                 d["ldisc"] = ldisc
                 fcntl.ioctl(peer, TIOCSETD, struct.pack("i", N_TTY))
-            d["termios"] = fcntl.ioctl(peer, TCGETS, b"\0" * TERMIOS_SIZE)
+            # (termios2: the speeds too, which a program may set apart from c_cflag's
+            # bits with BOTHER; TCGETS has none, the restart gave 38400)
+            d["termios"] = fcntl.ioctl(peer, TCGETS2, b"\0" * TERMIOS_SIZE)
             d["winsize"] = fcntl.ioctl(peer, TIOCGWINSZ, b"\0" * WINSIZE_SIZE)
             if _int(peer, TIOCGEXCL):  # the slave in exclusive mode (TIOCEXCL)
                 d["excl"] = 1
-            d["to_slave"], d["to_master"], lines, stopped, status = _take_queues(
-                mine, peer, d["termios"], bool(d["packet"]))
+            locked = fcntl.ioctl(peer, TIOCGLCKTRMIOS, b"\0" * 36)
+            if any(locked):  # (the copy's own settings must take: unlocked meanwhile)
+                if not _can_type():
+                    raise Unsupported(f"fd {fd}: pty {d['index']} has locked settings"
+                                      " (TIOCSLCKTRMIOS): cryo needs CAP_SYS_ADMIN to set"
+                                      " them again", pid=pid, resource=f"fd {fd}")
+                d["termios_locked"] = locked
+                fcntl.ioctl(peer, TIOCSLCKTRMIOS, bytes(36))
+            try:
+                d["to_slave"], d["to_master"], lines, stopped, status = _take_queues(
+                    mine, peer, d["termios"], bool(d["packet"]))
+            finally:
+                if any(locked):
+                    fcntl.ioctl(peer, TIOCSLCKTRMIOS, locked)
             if stopped:
                 d["stopped"] = stopped
             if status:
@@ -298,7 +314,7 @@ def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: 
         _write_lines(master, peer, termios, lines)
     elif to_slave:
         _type(master, peer, to_slave)
-    fcntl.ioctl(peer, TCSETS, termios)
+    fcntl.ioctl(peer, TCSETS2, termios)
 
 
 TCXONC, TCOOFF, TCOON = 0x540A, 0, 1  # tcflow
@@ -429,10 +445,10 @@ def _set_flow(master: int, peer: int, termios_: bytes, packet: bool, stopped: in
             else:
                 struct.pack_into("I", other, 0, struct.unpack_from("I", termios_)[0] | IXON)
                 other[17 + VSTOP], other[17 + VSTART] = 0o23, 0o21
-            fcntl.ioctl(peer, TCSETS, bytes(other))
-            fcntl.ioctl(peer, TCSETS, termios_)
+            fcntl.ioctl(peer, TCSETS2, bytes(other))
+            fcntl.ioctl(peer, TCSETS2, termios_)
         elif status & PKT_IOCTL:
-            fcntl.ioctl(peer, TCSETS, termios_)
+            fcntl.ioctl(peer, TCSETS2, termios_)
         if stopped and status & PKT_STOP:
             _stop(master, peer, termios_, stopped)
         if not stopped and status & PKT_START:
@@ -830,6 +846,8 @@ def _master(index: int) -> tuple[int, int]:
         if stopped or status:
             _set_flow(fd, peer, d["termios"], bool(d.get("packet")), stopped, status,
                       to_master)  # fmt: skip
+        if d.get("termios_locked"):
+            fcntl.ioctl(peer, TIOCSLCKTRMIOS, d["termios_locked"])
         if d.get("excl"):  # (cryo, with CAP_SYS_ADMIN, still opens the slaves after it)
             fcntl.ioctl(peer, TIOCEXCL)
         if d.get("ldisc"):

@@ -754,9 +754,12 @@ DESC = Struct((
       required=False),
     F("pktstatus", Int(1, 255), "pty master in packet mode: the control status its next"
       " read returns (TIOCPKT_*)", required=False),
-    F("termios", Bytes(max=256), "pty master: the slave's struct termios; stdio, ctty: the"
-      " job's terminal's", required=False),
+    F("termios", Bytes(max=256), "pty master: the slave's struct termios2 (its speeds"
+      " too; an image of before: termios); stdio, ctty: the job's terminal's termios",
+      required=False),
     F("winsize", Bytes(8), "pty master, stdio, ctty: struct winsize", required=False),
+    F("termios_locked", Bytes(36), "pty master: its slave's locked settings"
+      " (TIOCSLCKTRMIOS: the bits a program cannot change), when any", required=False),
     F("to_slave", Bytes(max=1 << 20), "pty master: bytes waiting for the slave; stdio,"
       " ctty (--shell-job, the job in the foreground): input waiting on its terminal",
       required=False),
