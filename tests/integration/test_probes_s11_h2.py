@@ -91,9 +91,11 @@ def _get(s: socket.socket, path: str, size: int, first: int | None = None) -> by
 # ----------------------------------------------- an edge-triggered writer, full queues
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize(("host", "lowat"), [("127.0.0.1", 0), ("::1", 0),
+                                             ("127.0.0.1", 16384)])  # fmt: skip
 def test_edge_triggered_writer_with_full_queues(procs: Procs, ns: Netns,  # noqa: F811
-                                                tmp_path: Path, host: str) -> None:  # fmt: skip
+                                                tmp_path: Path, host: str, lowat: int
+                                                ) -> None:  # fmt: skip
     """victims/etwrite_s11_h2.py (nginx's way of writing: non-blocking, an edge-triggered
     epoll watch, write until EAGAIN, wait for the next EPOLLOUT edge) with its send queue
     full (its client reads nothing) and its receive queue holding 300,000 bytes it has
@@ -108,7 +110,7 @@ def test_edge_triggered_writer_with_full_queues(procs: Procs, ns: Netns,  # noqa
     out = tmp_path / "out.txt"
     total, incoming = 24 << 20, 300_000
     v = spawn(procs, ns, [sys.executable, str(VICTIMS / "etwrite_s11_h2.py"), str(out), "9300",
-                          str(total), str(incoming), host], out)  # fmt: skip
+                          str(total), str(incoming), host, str(lowat)], out)  # fmt: skip
     v.wait_line("port")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     c = connect(ns, (host, 9300), family=family, timeout=60)

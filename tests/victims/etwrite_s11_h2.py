@@ -4,10 +4,11 @@ edge-triggered watch; it writes until EAGAIN, then waits for the next EPOLLOUT e
 buffer sizes are its own (SO_SNDBUF, SO_RCVBUF); it does not read what its client
 sends until it has written everything.
 
-argv: OUT PORT TOTAL INCOMING [HOST].  Reports "port N", "full QUEUED" once its first write
-met EAGAIN, "tick N" every 0.1 s, "wrote TOTAL" when all is written, then "read
-INCOMING" and "ok sizes" once it read what its client sent and found its buffer sizes
-as they were; "FAIL ..." otherwise."""
+argv: OUT PORT TOTAL INCOMING [HOST [LOWAT]] (LOWAT: its TCP_NOTSENT_LOWAT, as HTTP/2
+servers set it, so that its writes stop once that much is queued unsent).  Reports
+"port N", "full QUEUED" once its first write met EAGAIN, "tick N" every 0.1 s, "wrote
+TOTAL" when all is written, then "read INCOMING" and "ok sizes" once it read what its
+client sent and found its buffer sizes as they were; "FAIL ..." otherwise."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sys
 out = open(sys.argv[1], "a", buffering=1)  # noqa: SIM115
 port, total, incoming = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 host = sys.argv[5] if len(sys.argv) > 5 else "127.0.0.1"
+lowat = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 PATTERN = bytes(range(251)) * 1045  # 262,295 bytes: chunks never line up with buffers
 
 ln = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -28,6 +30,8 @@ print(f"port {port}", file=out)
 c, _ = ln.accept()
 c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
 c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
+if lowat:
+    c.setsockopt(socket.IPPROTO_TCP, 25, lowat)  # TCP_NOTSENT_LOWAT
 sizes = (c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
          c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))  # fmt: skip
 c.setblocking(False)
