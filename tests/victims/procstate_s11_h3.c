@@ -203,6 +203,13 @@ static void set_state(const char *dir) {
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
         maps[15] = p;
     }
+    if (has(modes, "thp")) {  /* a huge page, faulted in whole (MADV_HUGEPAGE) */
+        char *p = mmap(NULL, 8 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        char *h = (char *)(((long)p + (2 << 20) - 1) & ~((2L << 20) - 1));
+        if (madvise(h, 4 << 20, MADV_HUGEPAGE)) report("FAIL thp madvise %d", errno);
+        memset(h, 't', 2 << 20);
+        h[(2 << 20) + 5] = 'u';  /* and one small page write in the next 2 MiB */
+    }
     if (has(modes, "ksm")) {
         if (prctl(67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)) report("FAIL memory_merge %d", errno);
         char *p = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

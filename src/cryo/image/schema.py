@@ -560,6 +560,9 @@ VMA = Struct((
     F("zeros", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
       "kind anon: runs of pages mapped to the shared zero page (read, never written)",
       required=False),
+    F("thp", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
+      "kind anon: runs mapped by transparent huge pages, collapsed again (MADV_COLLAPSE)",
+      required=False),
     F("locks", List(OWN_LOCK), "flocks and OFD locks held only through this mapping's file"
       " (its fd closed; engine/locks.py)", required=False),
 ), name="vma")  # fmt: skip
