@@ -1086,3 +1086,60 @@ def test_nginx_checkpointed_again_and_again_mid_download(procs: Procs, ns: Netns
     assert _get(dl, "/small.txt", 15) == b"small and fine\n"
     for c in (dl, small):
         c.close()
+
+
+THREADED = """
+import http.server, sys
+PATTERN = bytes(range(256)) * 4099
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        n = int(self.path[1:])
+        body = (PATTERN * (n // len(PATTERN) + 1))[:n]
+        self.send_response(200)
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        self.wfile.write(body)  # (one blocking sendall in this client's thread)
+    def log_message(self, *a):
+        pass
+print("port", sys.argv[1], file=open(sys.argv[2], "a"), flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_threaded_server_blocked_in_sendall(procs: Procs, ns: Netns,  # noqa: F811
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """Python's ThreadingHTTPServer with 12 clients that read slowly, each of its threads
+    blocked in one sendall of an 8 MiB body (a blocking socket: the freeze interrupts
+    the call mid-copy, and Python's sendall goes on where the kernel left it).
+    Checkpointed with --tcp-established, killed, restarted: every client reads its
+    body byte for byte, and a new one is served."""
+    (tmp_path / "srv.py").write_text(THREADED)
+    out = tmp_path / "out.txt"
+    v = spawn(procs, ns, [sys.executable, str(tmp_path / "srv.py"), "9350", str(out)], out)
+    v.wait_line("port", timeout=30)
+    size = 8 << 20
+    pattern = bytes(range(256)) * 4099
+    want = (pattern * (size // len(pattern) + 1))[:size]
+    clients = []
+    for _ in range(12):
+        c = connect(ns, ("127.0.0.1", 9350), timeout=60)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+        clients.append((c, _get(c, f"/{size}", size, first=200_000)))
+    time.sleep(0.5)
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established",
+                timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    for c, got in clients:
+        c.settimeout(30)
+        assert got + _recv_exact(c, size - len(got)) == want
+    with connect(ns, ("127.0.0.1", 9350)) as c:
+        assert _get(c, "/1000", 1000) == want[:1000]
+    for c, _got in clients:
+        c.close()
+    assert ns.tables() == []
