@@ -46,7 +46,7 @@ def dump(tracee: Tracee, inj: Injector, early: dict[str, Any] | None = None) -> 
     only the kernel held, that time (``early``: the session's reads before the freeze)."""
     out: dict[str, Any] = {"regs": bytes(inj.saved), "xstate": tracee.get_xstate()}
     if restartblock.wanted(inj.saved):
-        block = restartblock.dump(tracee.tid, inj.saved)
+        block = restartblock.dump(tracee.tid, inj.saved, early)
         if block is not None:
             out["restart"] = block
     elif early and restartblock.EARLY in early:

@@ -91,9 +91,12 @@ def wanted(regs: S.user_regs_struct) -> bool:
     return ctypes.c_int32(regs.rdx).value >= 0  # poll with a timeout
 
 
-def dump(tid: int, regs: S.user_regs_struct) -> dict[str, Any] | None:
+def dump(tid: int, regs: S.user_regs_struct,
+         early: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """THRD ``restart`` of a thread stopped so (:func:`wanted`): its fn and the time left
-    (ns), or None where the block cannot be read or is not the call's."""
+    (ns) when the freeze began (``early``'s clocks: before the thread stopped, so never
+    less than it had; now without them), or None where the block cannot be read or is
+    not the call's."""
     try:
         o = bpf.offsets()
         rb, size, pid_off = bpf.need("task.restart_block", "restart_block", "task.pid")
@@ -131,8 +134,9 @@ def dump(tid: int, regs: S.user_regs_struct) -> dict[str, Any] | None:
             return None
         clock = u("rb.nanosleep.clockid", "<i")  # (a relative CLOCK_REALTIME: MONOTONIC)
         end = u("rb.nanosleep.expires")
+    here = (early or {}).get("clocks at freeze", {}).get(clock)
     try:
-        here = time.clock_gettime_ns(clock)
+        here = time.clock_gettime_ns(clock) if here is None else here
     except OSError:
         return None
     return {"fn": FN[nr], "left_ns": max(0, end - here)}

@@ -172,6 +172,11 @@ class Checkpoint:
     def freeze(self) -> None:
         self._phase("prepare", "freeze")
         self._t_freeze = time.perf_counter()  # frozen from the first process stopped on
+        # (the clocks then: a sleep's time left counted from before its thread stopped,
+        # never after, engine/restartblock.py)
+        self.shared.early["clocks at freeze"] = {
+            c: time.clock_gettime_ns(c) for c in (time.CLOCK_MONOTONIC, time.CLOCK_REALTIME,
+                                                  time.CLOCK_BOOTTIME, time.CLOCK_TAI)}
         self.released = False
         # (armed before the first seize: a thread that never stops would hold the others)
         self._watchdog(self.freeze_timeout or FREEZE_BASE)
