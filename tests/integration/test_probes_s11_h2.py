@@ -1143,3 +1143,54 @@ def test_threaded_server_blocked_in_sendall(procs: Procs, ns: Netns,  # noqa: F8
     for c, _got in clients:
         c.close()
     assert ns.tables() == []
+
+
+@_needs("node")
+def test_node_server_streaming(procs: Procs, ns: Netns, tmp_path: Path) -> None:  # noqa: F811
+    """A Node.js HTTP server (victims/nodestream_s11_h2.js: libuv's loop, setInterval,
+    backpressure by 'drain') in the middle of a chunked stream of lines and of a 32 MiB
+    answer its client does not read, with an idle keep-alive connection: after
+    --tcp-established, a kill and a restart the stream goes on with no line lost or
+    doubled, the answer ends byte for byte, the idle connection serves again."""
+    out = tmp_path / "out.txt"
+    v = spawn(procs, ns, ["node", str(VICTIMS / "nodestream_s11_h2.js"), str(out), "9360"], out)
+    v.wait_line("port", timeout=30)
+    addr = ("127.0.0.1", 9360)
+    idle = connect(ns, addr, timeout=60)
+    idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = _http_head(idle)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    while not body.endswith(b"\n"):  # (the body read: the connection idle)
+        body += idle.recv(100)
+    st = connect(ns, addr, timeout=60)
+    st.sendall(b"GET /stream?n=250 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, rest = _http_head(st)
+    assert b"chunked" in head, head
+    sbuf = bytearray(rest)
+    lines = _chunked_lines(st, sbuf, 30)
+    size = 32 << 20
+    pattern = bytes(range(256)) * 4099
+    want = (pattern * (size // len(pattern) + 1))[:size]
+    big = connect(ns, addr, timeout=60)
+    big.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+    got = _get(big, f"/big?n={size}", size, first=1 << 20)
+    time.sleep(0.3)
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established",
+                timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    for c in (idle, st, big):
+        c.settimeout(30)
+    lines += _chunked_lines(st, sbuf, 250 - len(lines))
+    assert lines == [f"line {i}" for i in range(250)]
+    assert got + _recv_exact(big, size - len(got)) == want
+    idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _body = _http_head(idle)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    for c in (idle, st, big):
+        c.close()
+    assert ns.tables() == []
