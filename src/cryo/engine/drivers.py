@@ -114,8 +114,11 @@ BUILD_STAGES = ("early", "memory", "pages", "protect", "files", "task", "signals
 # run as each process is made, before its children are forked from it: they inherit its
 # pages copy-on-write (and still all of cryo's fds: "files" comes later)
 BIRTH_STAGES = BUILD_STAGES[: BUILD_STAGES.index("protect")]
+# every process built and its pages checked, the restorer still there: what must come as
+# close to the let-go as it can (a sleep's restart block: its time runs from there on)
+LATE_STAGES = ("late",)
 FINISH_STAGES = ("regs",)  # once the restorer is gone, every process built
-PER_THREAD = frozenset({"thread", "creds", "regs"})
+PER_THREAD = frozenset({"thread", "creds", "late", "regs"})
 
 
 _HOOKS = ("queue", "queue_thread", "inject", "collect", "shared", "write", "written", "records",
@@ -667,7 +670,7 @@ DRIVERS: tuple[Driver, ...] = (
     # (the last before_freeze hook, after the applications' callbacks: the epoll sleeps
     # read just before the freeze, engine/restartblock.py)
     Driver("registers", before_freeze=restartblock.snapshot, frozen=restartblock.frozen,
-           restore_thread={"creds": registers.restart_block, "regs": _thread_regs}),
+           restore_thread={"late": registers.restart_block, "regs": _thread_regs}),
     Driver("sud", restore_thread={"regs": sud.restore_thread}),  # (no call injected after)
     # (the last started hook) inotify watches get their masks, fanotify groups their
     # marks: nothing the restart did to the files queued an event (engine/fsnotify.py)

@@ -110,8 +110,10 @@ def check(trec: dict[str, Any], xstate_here: int) -> None:
 
 
 def restart_block(ctx: Any, inj: Injector, trec: dict[str, Any]) -> None:
-    """Thread hook ("creds" stage): the restart block of a thread whose sleep only it
-    held (engine/restartblock.py), unless a signal it takes first voids the block."""
+    """Thread hook ("late" stage: every process built and its pages checked, so that
+    the rebuilt block's time runs from as near the let-go as can be): the restart block
+    of a thread whose sleep only it held (engine/restartblock.py), unless a signal it
+    takes first voids the block."""
     if "restart" in trec and trec["restart"]["fn"] != "epoll" and not _takes_signal(trec):
         saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
         restartblock.rebuild(inj, saved, trec["restart"])

@@ -14,13 +14,15 @@ injected (same uaddr/val/bitset, ufds/nfds, clock and rem pointer) with the time
 a relative timeout (a timespec in the injector's scratch; poll's milliseconds rounded
 up), run from its syscall-entry stop with a signal of cryo's queued right behind it
 (dropped at its delivery stop: the thread never gets it), so that it checks its
-condition once and leaves with -ERESTART_RESTARTBLOCK (in the thread's "creds" stage,
-while the restorer is there: the program's memory is back); the thread then
+condition once and leaves with -ERESTART_RESTARTBLOCK (in the thread's "late" stage:
+every process built and every page checked, the restorer still there); the thread then
 resumes at its own syscall instruction with restart_syscall, which runs the rebuilt
 block: it waits what it had left, and its word, fds and rem are the program's.  If the
 call ends otherwise (the word changed, an fd is ready, the time is up), the whole call
 runs again as before, which is then correct.  The time the restart spends after the
-thread's last step (until it is let go) counts in the sleep: a few ms.
+rebuild (the last steps of this and the later processes, until all are let go) counts in
+the sleep: a few ms (in the "creds" stage, before the other processes were built and the
+pages checked, it was up to seconds for a large image).
 
 epoll_wait and epoll_pwait have no restart block: interrupted they fail with EINTR
 (fs/eventpoll.c), and the end of their timeout lives only in the hrtimer_sleeper on the
@@ -147,7 +149,7 @@ _done: dict[tuple[int, int], int | None] = {}
 
 
 def rebuild(inj: Injector, saved: S.user_regs_struct, restart: dict[str, Any]) -> None:
-    """Rebuild the restart block of ``inj``'s thread (in its "creds" stage: its memory is
+    """Rebuild the restart block of ``inj``'s thread (in its "late" stage: its memory is
     back, the restorer's ``syscall`` and scratch are still there); the thread is left
     stopped with the registers it had.  :func:`final` tells its last step the outcome."""
     t, nr, left = inj.t, int(saved.orig_rax), int(restart["left_ns"])

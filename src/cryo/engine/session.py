@@ -28,7 +28,8 @@ A restart::
     shared    the drivers' ``prepare`` hooks: objects cryo opens once, inherited by all
     tree      every process created, parents first, with ids, sessions, groups
     processes per process, the stages of drivers.BUILD_STAGES
-    finalize  the restorer unmapped, drivers.FINISH_STAGES per thread, zombies exit
+    finalize  drivers.LATE_STAGES, the restorer unmapped, drivers.FINISH_STAGES per thread,
+              zombies exit
     let_go    every task detached at once: they run
     abort     from any phase: every process built so far killed, cleanups run
 
@@ -807,6 +808,7 @@ class Restart:
         for old in [*first, *(o for o in self.made if o in rest)]:
             m = self.made[old]
             if m.ctx is not None:  # the last injected call unmaps the restorer
+                self._stages(m.ctx, D.LATE_STAGES)
                 m.inj(SYS.munmap, self.area, tree.RESTORER_SIZE)
                 self._stages(m.ctx, D.FINISH_STAGES)
                 if old not in rest:  # let go now: it stops while its parent is held
