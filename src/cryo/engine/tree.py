@@ -368,7 +368,14 @@ def _zombie_task(pid: int) -> dict[str, Any] | None:
     except (CryoError, OSError):
         return None  # (reaped meanwhile)
     ids = [[int(x) for x in status.get(k, "").split()] for k in ("Uid", "Gid", "Groups")]
-    return {"comm": comm, "uids": ids[0], "gids": ids[1], "groups": ids[2],
+    data = procfs.read(pid, "stat")
+    fields = data[data.rindex(b")") + 2 :].split()  # field N is fields[N - 3]
+    nice, prio, policy = int(fields[16]), int(fields[37]), int(fields[38])
+    sched = [policy, nice, prio] if policy != 6 else None  # (deadline: its parameters are
+    # not shown for a zombie)
+    return {"comm": comm, **({"sched": sched} if sched else {}),
+            "timerslack": int(procfs.read(pid, "timerslack_ns")),
+            "uids": ids[0], "gids": ids[1], "groups": ids[2],
             "caps": {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
             "no_new_privs": int(status.get("NoNewPrivs", "0")),
             "blocked": int(status["SigBlk"], 16), "ignored": int(status["SigIgn"], 16),
@@ -793,7 +800,8 @@ _ALLOW = struct.pack("<HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K, SECCOMP_
 
 
 def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: int) -> None:
-    """In a zombie-to-be, before it exits: its name, its signal dispositions (a caught
+    """In a zombie-to-be, before it exits: its name, timer slack, scheduling policy,
+    nice value and real-time priority, its signal dispositions (a caught
     signal's handler is an address of the restorer's area: no handler of a zombie ever
     runs, and none can be read back), its mask, as many seccomp filters as it had (each
     allows every call: a zombie's filters cannot be read, only counted), then its ids
@@ -809,6 +817,13 @@ def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: in
             handler = 1 if task["ignored"] & bit else area if task["caught"] & bit else 0
             b.call(SYS.rt_sigaction, n, b.put(struct.pack("<QQQQ", handler, 0, 0, 0)), 0, 8,
                    may_fail=True)  # fmt: skip
+        if task.get("timerslack"):
+            b.call(SYS.prctl, PR.SET_TIMERSLACK, task["timerslack"], 0, 0, 0)
+        if task.get("sched"):  # (before its ids: a real-time policy needs CAP_SYS_NICE)
+            policy, nice, prio = task["sched"]
+            attr = S.sched_attr(size=ctypes.sizeof(S.sched_attr), sched_policy=policy,
+                                sched_nice=nice, sched_priority=prio)  # fmt: skip
+            b.call(SYS.sched_setattr, 0, b.put(bytes(attr)), 0, what=" sched_setattr")
         mask = task["blocked"] & ~(1 << (sig - 1) if sig else 0)
         b.call(SYS.rt_sigprocmask, 2, b.put(mask.to_bytes(8, "little")), 0, 8)  # SETMASK
         if task["filters"]:
