@@ -188,27 +188,7 @@ def _load(lay: Layout) -> int:
 
 def inode_states(pid: int) -> dict[int, int]:
     """fd -> inode->i_state of each open file of process ``pid``."""
-    lay = layout()
-    prog = _load(lay)
-    info = ctypes.create_string_buffer(16)  # union bpf_iter_link_info: task.tid, .pid
-    struct.pack_into("<II", info, 0, 0, pid)
-    attr = ctypes.create_string_buffer(64)
-    struct.pack_into("<IIIIQI", attr, 0, prog, 0, BPF_TRACE_ITER, 0, ctypes.addressof(info),
-                     len(info))  # fmt: skip
-    link = _bpf(BPF_LINK_CREATE, attr, f"link_create task_file pid={pid}")
-    try:
-        attr = ctypes.create_string_buffer(8)
-        struct.pack_into("<I", attr, 0, link)
-        it = _bpf(BPF_ITER_CREATE, attr, "iter_create")
-        try:
-            chunks = []
-            while chunk := os.read(it, 1 << 16):
-                chunks.append(chunk)
-        finally:
-            os.close(it)
-    finally:
-        os.close(link)
-    data = b"".join(chunks)
+    data = _run(_load(layout()), 0, pid, "task_file")
     return {int(fd): int(state)
             for fd, state in struct.iter_unpack("<QQ", data[: len(data) // 16 * 16])}
 
@@ -571,6 +551,8 @@ def read(iter_name: str, reads: tuple[Read, ...], *, tid: int = 0, pid: int = 0)
 
 
 def _run(prog: int, tid: int, pid: int, iter_name: str) -> bytes:
+    """Iterator program ``prog`` run once over thread ``tid``, process ``pid``'s threads
+    or every task (neither): what it wrote."""
     info = ctypes.create_string_buffer(16)  # union bpf_iter_link_info: task.tid, .pid
     struct.pack_into("<II", info, 0, tid, pid)
     attr = ctypes.create_string_buffer(64)
