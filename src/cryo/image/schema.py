@@ -601,7 +601,6 @@ TCP_REPAIR = Struct((
       " SOCK_RCVBUF_LOCK 2), the others the kernel's to tune", required=False),
     F("full", Int(1, 1), "its send queue full (no POLLOUT): its writer waits for room",
       required=False),
-    F("clamp", Int(0, U32), "TCP_WINDOW_CLAMP", required=False),
     F("lock", Str(max=64), "the nftables table that holds the connection until the restart",
       required=False),
 ), extra=False, name="tcp repair")  # fmt: skip
@@ -778,9 +777,6 @@ DESC = Struct((
       required=False),
     F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
       required=False),
-    F("to_slave_queued", Int(0, 1 << 20), "pty master, its slave noncanonical: how many of"
-      " `to_slave`'s bytes its line discipline held (the rest was still in the"
-      " terminal's buffer, taken under its settings later)", required=False),
     F("sessions", List(Tuple((PID, Int(0, MAX_PID)), ("sid", "foreground pgid"))),
       "pty master: the sessions whose controlling terminal it is", required=False),
     F("dev_tty", Bool(), "pty slave: opened as /dev/tty (its process's terminal)",
