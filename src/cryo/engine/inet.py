@@ -139,7 +139,7 @@ _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = int(N.SO.SNDBUFFORCE), int(N.SO.RCVBUFFORCE)
 _SO_BUF_LOCK, _BOTH_LOCKED = int(N.SO.BUF_LOCK), 3  # SOCK_SNDBUF_LOCK 1 | SOCK_RCVBUF_LOCK 2
 _TCP_REPAIR, _TCP_REPAIR_QUEUE = int(N.TCP.REPAIR), int(N.TCP.REPAIR_QUEUE)
 _TCP_INFO, _TCP_REPAIR_WINDOW = int(N.TCP.INFO), int(N.TCP.REPAIR_WINDOW)
-_TCP_REPAIR_OPTIONS = int(N.TCP.REPAIR_OPTIONS)
+_TCP_REPAIR_OPTIONS, _TCP_WINDOW_CLAMP = int(N.TCP.REPAIR_OPTIONS), int(N.TCP.WINDOW_CLAMP)
 _RWIN = struct.Struct("=5I")  # struct tcp_repair_window
 _TCP_QUEUE_SEQ, _TCP_MAXSEG, _TCP_TIMESTAMP = int(N.TCP.QUEUE_SEQ), int(N.TCP.MAXSEG), \
     int(N.TCP.TIMESTAMP)  # fmt: skip
@@ -601,7 +601,7 @@ def _read_repair(s: socket.socket) -> dict[str, Any]:
         "inq": _queue(fd, _INQ), "outq": outq, "unsent": _queue(fd, _OUTQNSD) if outq else 0,
         "mss": get(_SOL_TCP, _TCP_MAXSEG), "options": options, "snd_wscale": wscale & 0xF,
         "rcv_wscale": wscale >> 4, "timestamp": 0, "sndbuf": get(_SOL_SOCKET, _SO_SNDBUF),
-        "rcvbuf": get(_SOL_SOCKET, _SO_RCVBUF),
+        "rcvbuf": get(_SOL_SOCKET, _SO_RCVBUF), "clamp": get(_SOL_TCP, _TCP_WINDOW_CLAMP),
     }  # fmt: skip
     with contextlib.suppress(OSError):  # the sizes the program fixed; Linux 5.14
         t["buflock"] = get(_SOL_SOCKET, _SO_BUF_LOCK)
@@ -1400,6 +1400,7 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
         set_(_SOL_TCP, _TCP_REPAIR, 1)
     if not half:
         set_(_SOL_TCP, _TCP_REPAIR_WINDOW, _RWIN.pack(*t["window"]))
+        _window_clamp(s, t)
         _sync_mss(s, family)
         return
     snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup = t["window"]
@@ -1420,7 +1421,18 @@ def _restore_repair(s: socket.socket, d: dict[str, Any], t: dict[str, Any]) -> N
         _fin_in_sendq(s, acked=False)
     if state == ST.FIN_WAIT2:
         _inject(d, inseq, outseq + 1 - outq, ACK, window)
+    _window_clamp(s, t)
     _sync_mss(s, family)
+
+
+def _window_clamp(s: socket.socket, t: dict[str, Any]) -> None:
+    """The connection's window clamp as it was (TCP_WINDOW_CLAMP: the program's, or the
+    kernel's, which its receive buffer's tuning moves), once its window is back: connect
+    in repair mode computes one of its own (a program's 40000 came back 65536), and
+    TCP_REPAIR_WINDOW has none."""
+    clamp = t.get("clamp")
+    if clamp and s.getsockopt(_SOL_TCP, _TCP_WINDOW_CLAMP) != clamp:
+        s.setsockopt(_SOL_TCP, _TCP_WINDOW_CLAMP, clamp)
 
 
 def _sync_mss(s: socket.socket, family: int) -> None:

@@ -601,6 +601,7 @@ TCP_REPAIR = Struct((
       " SOCK_RCVBUF_LOCK 2), the others the kernel's to tune", required=False),
     F("full", Int(1, 1), "its send queue full (no POLLOUT): its writer waits for room",
       required=False),
+    F("clamp", Int(0, U32), "TCP_WINDOW_CLAMP", required=False),
     F("lock", Str(max=64), "the nftables table that holds the connection until the restart",
       required=False),
 ), extra=False, name="tcp repair")  # fmt: skip
