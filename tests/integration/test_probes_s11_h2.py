@@ -1196,3 +1196,46 @@ def test_node_server_streaming(procs: Procs, ns: Netns, tmp_path: Path) -> None:
     for c in (idle, st, big):
         c.close()
     assert ns.tables() == []
+
+
+@_needs("redis-server")
+@pytest.mark.parametrize("which", ["master", "replica"])
+def test_redis_master_with_a_replica(procs: Procs, ns: Netns,  # noqa: F811
+                                     tmp_path: Path, which: str) -> None:  # fmt: skip
+    """A redis master and its replica streaming their replication link: one of them
+    checkpointed with --tcp-established, killed, restarted (the other outside the
+    checkpoint); writes made then reach the replica over the same link, which never
+    broke (one full sync only, the master's and the replica's offsets equal)."""
+    for name in ("m", "r"):
+        (tmp_path / name).mkdir()
+    base = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--repl-timeout", "120"]  # fmt: skip
+    m = spawn(procs, ns, [*base, "--port", "6392", "--dir", str(tmp_path / "m")],
+              tmp_path / "m.out")  # fmt: skip
+    mc = connect(ns, ("127.0.0.1", 6392), timeout=60)
+    r = spawn(procs, ns, [*base, "--port", "6393", "--dir", str(tmp_path / "r"),
+                          "--replicaof", "127.0.0.1", "6392"], tmp_path / "r.out")  # fmt: skip
+    rc = connect(ns, ("127.0.0.1", 6393), timeout=60)
+    _wait(lambda: _info(rc, "replication").get("master_link_status") == "up", "replica up")
+    for i in range(100):
+        assert _talk(mc, _resp(b"SET", b"a%d" % i, b"%d" % i), b"\r\n") == b"+OK\r\n"
+    _wait(lambda: _talk(rc, _resp(b"GET", b"a99"), b"\r\n").endswith(b"99\r\n"), "copied")
+    target = m if which == "master" else r
+    pid = _tree_cycle(procs, ns, target.pid, tmp_path / "img", [], "--tcp-established")
+    for i in range(100):
+        assert _talk(mc, _resp(b"SET", b"b%d" % i, b"%d" % i), b"\r\n") == b"+OK\r\n"
+    _wait(lambda: _talk(rc, _resp(b"GET", b"b99"), b"\r\n").endswith(b"99\r\n"),
+          "copied after the restart")  # fmt: skip
+
+    def offsets() -> tuple[str, str]:
+        return (_info(mc, "replication")["master_repl_offset"],
+                _info(rc, "replication")["master_repl_offset"])  # fmt: skip
+
+    _wait(lambda: len(set(offsets())) == 1, "the offsets meet")
+    assert _info(mc, "stats")["sync_full"] == "1"
+    assert _info(rc, "replication")["master_link_status"] == "up"
+    assert int(_talk(rc, _resp(b"DBSIZE"), b"\r\n")[1:]) == 200
+    assert pid == target.pid
+    mc.close()
+    rc.close()
+    assert ns.tables() == []
