@@ -22,7 +22,8 @@ RESTART_LAZY = (*LAZY, "cryo.engine.tty")
 # reads' thread pool (a checkpoint's), mincore (a checkpoint's), the exec'd layout (a
 # restart's)
 LATER = ("cryo.linux.net", "concurrent.futures", "cryo.linux.sysv",
-         "cryo.engine.execlayout", "pickle", "socket")  # (and json: imported_by's)
+         "cryo.engine.execlayout", "pickle", "socket",  # (and json: imported_by's)
+         "cryo.linux.bpf")  # (a sleep only the kernel holds, a deleted file's inode)
 # (the early reads' pool is cryo.engine.context's own; the worker's messages _pickle's,
 # over _socket's socket pair)
 CHECKPOINT_LATER = ("cryo.linux.net", "json", "cryo.engine.execlayout",

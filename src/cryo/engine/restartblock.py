@@ -58,7 +58,7 @@ from typing import Any
 
 from cryo.engine.inject import NO_SYSCALL, Injector
 from cryo.engine.ptrace import Tracee
-from cryo.linux import bpf, libc
+from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import ERESTART, PTRACE, PTRACE_SYSCALL_INFO, SYS
 
@@ -99,13 +99,15 @@ def dump(tid: int, regs: S.user_regs_struct,
     (ns) when the freeze began (``early``'s clocks: before the thread stopped, so never
     less than it had; now without them), or None where the block cannot be read or is
     not the call's."""
+    from cryo.linux import bpf  # (where a thread sleeps so: imported then only)
+
     try:
         o = bpf.offsets()
         rb, size, pid_off = bpf.need("task.restart_block", "restart_block", "task.pid")
         fn_addr = bpf.need("sym." + FN[int(regs.orig_rax)])[0]
         data = bpf.read("iter_task", (bpf.Read(pid_off, 8), bpf.Read(rb, (size + 7) & ~7)),
                         tid=tid)
-    except (bpf.Unavailable, OSError) as err:
+    except OSError as err:  # (bpf.Unavailable is one)
         if not _unavailable:
             _unavailable.append(str(err))
             log.info("no BPF iterator (%s): a sleep whose time left only the kernel holds"
@@ -288,11 +290,13 @@ def snapshot(session: Any) -> None:
 
 
 def _sleeper(tid: int, args: tuple[int, ...]) -> Sleep | None:
+    from cryo.linux import bpf
+
     try:
         fn_off, task_off, exp_off, state_off, wakeup = bpf.need(
             "hrt.function", "hrs.task", "hrt.expires", "hrt.state", "sym.hrtimer_wakeup")
         got = bpf.task_stack(tid)
-    except (bpf.Unavailable, OSError) as err:
+    except OSError as err:  # (bpf.Unavailable is one)
         _no_stack.append(str(err))
         log.info("no BPF iterator (%s): an epoll_wait's timeout runs whole again", err)
         return None
