@@ -199,7 +199,7 @@ def _fds(pid: int, out: Snap) -> None:
             m = OBJECT.match(link)
             if m:
                 link = names.setdefault(int(m[2]), f"{m[1]}:[as fd {fd}]")
-            elif link.startswith(MADE_AGAIN):
+            elif link.startswith(MADE_AGAIN) or link.endswith(" (deleted)"):
                 names.setdefault(os.stat(f"/proc/{pid}/fd/{fd}").st_ino, f"inode of fd {fd}")
             out[f"fd/{fd}"] = link
     for fd in fds:
@@ -240,7 +240,8 @@ def _mappings(pid: int, out: Snap, contents: bool) -> None:
             lo, hi = (int(x, 16) for x in parts[0].split("-"))
             path = parts[5] if len(parts) > 5 else ""
             ino = parts[4]
-            if path.startswith(MADE_AGAIN):  # named as the fd that holds it, or in order
+            if path.startswith(MADE_AGAIN) or path.endswith(" (deleted)"):  # named as the
+                # fd that holds it, or in order (a deleted file is made again: a new inode)
                 ino = out.objects.setdefault(int(ino), f"object {len(out.objects)}")
             cur = f"map {parts[0]} {parts[1]} {parts[2]} {ino} {path}"
             out[cur] = ""
@@ -447,7 +448,7 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path, *args: str,
 @pytest.mark.parametrize("modes", ["plain", "prctl", "rlimit", "persona", "sched", "misc",
                                    "madvise", "pipe", "zeropage", "vmasplit", "signals",
                                    "timers", "creds", "shared", "ksm", "affinity", "child",
-                                   "creds,child", "thp"])
+                                   "creds,child", "thp", "softdirty"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path, *(["--tree"] if "child" in modes else []))

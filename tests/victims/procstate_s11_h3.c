@@ -54,7 +54,7 @@ static volatile sig_atomic_t go;
 static pthread_barrier_t bar;
 static long spec = -1;
 static int io_flusher;
-static char *maps[16];
+static char *maps[24];
 
 static int pfd[2];
 
@@ -209,6 +209,16 @@ static void set_state(const char *dir) {
         if (madvise(h, 4 << 20, MADV_HUGEPAGE)) report("FAIL thp madvise %d", errno);
         memset(h, 't', 2 << 20);
         h[(2 << 20) + 5] = 'u';  /* and one small page write in the next 2 MiB */
+    }
+    if (has(modes, "softdirty")) {  /* soft-dirty bits cleared, then 2 of 8 pages written */
+        char *p = maps[12 + 4] = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        memset(p, 'd', 8 * 4096);
+        int fd = open("/proc/self/clear_refs", O_WRONLY);
+        if (fd < 0 || write(fd, "4", 1) != 1) report("FAIL clear_refs %d", errno);
+        close(fd);
+        p[2 * 4096] = 'e';
+        p[5 * 4096] = 'f';
     }
     if (has(modes, "ksm")) {
         if (prctl(67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)) report("FAIL memory_merge %d", errno);
