@@ -1239,3 +1239,45 @@ def test_redis_master_with_a_replica(procs: Procs, ns: Netns,  # noqa: F811
     mc.close()
     rc.close()
     assert ns.tables() == []
+
+
+def test_asyncio_server_mid_upload(procs: Procs, ns: Netns,  # noqa: F811
+                                   tmp_path: Path) -> None:  # fmt: skip
+    """The asyncio server of victims/aiostream_s11_h2.py in the middle of reading a
+    48 MiB upload slowly (its receive window full, the client blocked on a full send
+    queue, zero-window probes going): checkpointed with --tcp-established, killed,
+    restarted, it reads the rest and answers the sha256 of exactly what was sent."""
+    import threading
+
+    out = tmp_path / "out.txt"
+    v = spawn(procs, ns, [sys.executable, str(VICTIMS / "aiostream_s11_h2.py"), str(out),
+                          "9312"], out)  # fmt: skip
+    v.wait_line("port", timeout=30)
+    data = os.urandom(1 << 20) * 48
+    c = connect(ns, ("127.0.0.1", 9312), timeout=60)
+    c.settimeout(60)
+    c.sendall(b"upload %d\n" % len(data))
+    sent: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            c.sendall(data)
+        except BaseException as err:  # (told to the test)
+            sent.append(err)
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(1.5)  # (a part read, the rest waiting)
+    r = ns.cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill",
+                "--tcp-established", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = ns.cryo("restart", "-D", str(tmp_path / "img"), "--detach", "--tcp-established",
+                timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    procs.track(int(r.stdout))
+    t.join(60)
+    assert not t.is_alive() and not sent, sent
+    assert _lines(c, bytearray(), 1) == [f"sha {hashlib.sha256(data).hexdigest()}"]
+    c.close()
+    assert ns.tables() == []

@@ -1,13 +1,16 @@
 """An asyncio server that streams (for test_probes_s11_h2): a client's "stream N\\n"
 gets N lines "line I", one every 10 ms (asyncio.sleep, drain after each); "big N\\n"
 gets N bytes of a pattern in one write, drained (its transport's buffer holds what the
-socket will not take: add_writer, pause_writing); "count\\n" the requests served.
+socket will not take: add_writer, pause_writing); "upload N\\n" reads N bytes, 64 KiB
+at a time with a 2 ms sleep after each (its receive window full, the client's send
+queue full), and answers their sha256; "count\\n" the requests served.
 
 argv: OUT PORT.  Reports "port N", then "tick N" every 0.1 s from a task of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 
 out = open(sys.argv[1], "a", buffering=1)  # noqa: SIM115
@@ -28,6 +31,17 @@ async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         elif cmd == "big":
             n = int(arg)
             w.write((PATTERN * (n // len(PATTERN) + 1))[:n])
+            await w.drain()
+        elif cmd == "upload":
+            n, h = int(arg), hashlib.sha256()
+            while n:
+                chunk = await r.read(min(n, 65536))
+                if not chunk:
+                    break
+                h.update(chunk)
+                n -= len(chunk)
+                await asyncio.sleep(0.002)
+            w.write(f"sha {h.hexdigest()}\n".encode())
             await w.drain()
         elif cmd == "count":
             w.write(f"served {served}\n".encode())
