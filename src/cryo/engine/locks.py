@@ -36,8 +36,7 @@ import fcntl
 import logging
 import os
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryo.engine import ghosts
 from cryo.engine.context import DumpContext, Early, RestoreContext, background
@@ -69,10 +68,10 @@ MODES = {"READ": F_RDLCK, "WRITE": F_WRLCK}
 FILE_KIND = b"FILE"
 
 
-@dataclass(frozen=True)
-class Lock:
+class Lock(NamedTuple):
     """One line of /proc/locks or of an fdinfo's "lock:" lines (fs/locks.c,
-    lock_get_status): ``1: POSIX  ADVISORY  WRITE 1234 fe:00:2147599 5 14``."""
+    lock_get_status): ``1: POSIX  ADVISORY  WRITE 1234 fe:00:2147599 5 14``.  (A named
+    tuple, not a dataclass: made at every command's import, issue 16.)"""
 
     kind: str  # POSIX, OFDLCK, FLOCK, LEASE, DELEG, ...
     state: str  # ADVISORY, MANDATORY; for a lease ACTIVE, BREAKING, BREAKER
