@@ -1281,3 +1281,53 @@ def test_asyncio_server_mid_upload(procs: Procs, ns: Netns,  # noqa: F811
     assert _lines(c, bytearray(), 1) == [f"sha {hashlib.sha256(data).hexdigest()}"]
     c.close()
     assert ns.tables() == []
+
+
+@_needs("nginx")
+def test_nginx_pipelined_requests_mid_response(procs: Procs, ns: Netns,  # noqa: F811
+                                               tmp_path: Path) -> None:  # fmt: skip
+    """Three requests pipelined on one keep-alive connection (a 32 MiB file, a small
+    one, the large one again), the client reading the first answer slowly: nginx
+    checkpointed as a tree with --tcp-established in the middle of the first, killed,
+    restarted; the three answers come in order, byte for byte."""
+    (tmp_path / "html").mkdir()
+    big = os.urandom(1 << 20) * 32
+    (tmp_path / "html" / "big.bin").write_bytes(big)
+    (tmp_path / "html" / "small.txt").write_bytes(b"small and fine\n")
+    master = _nginx_serving(procs, ns, tmp_path, 8090)
+    workers = _children(master)
+    c = connect(ns, ("127.0.0.1", 8090), timeout=60)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    c.settimeout(30)
+    c.sendall(b"".join(f"GET /{p} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                       for p in ("big.bin", "small.txt", "big.bin")))  # fmt: skip
+    buf = bytearray()
+
+    def take(n: int) -> bytes:
+        while len(buf) < n:
+            chunk = c.recv(1 << 20)
+            assert chunk, f"connection closed after {len(buf)} of {n} bytes"
+            buf.extend(chunk)
+        got = bytes(buf[:n])
+        del buf[:n]
+        return got
+
+    def head() -> int:
+        while b"\r\n\r\n" not in buf:
+            chunk = c.recv(4096)
+            assert chunk, "connection closed"
+            buf.extend(chunk)
+        h, _, _ = bytes(buf).partition(b"\r\n\r\n")
+        del buf[: len(h) + 4]
+        assert h.startswith(b"HTTP/1.1 200"), h
+        return int(h.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+
+    assert head() == len(big)
+    first = take(2 << 20)
+    time.sleep(0.5)
+    _tree_cycle(procs, ns, master, tmp_path / "img", workers, "--tcp-established")
+    assert first + take(len(big) - len(first)) == big
+    assert head() == 15 and take(15) == b"small and fine\n"
+    assert head() == len(big) and take(len(big)) == big
+    c.close()
+    assert ns.tables() == []
