@@ -10,7 +10,6 @@ import os
 import threading
 from _queue import SimpleQueue
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from cryo.engine.inject import Injector
@@ -100,58 +99,74 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-@dataclass
 class DumpContext:
-    """What the drivers share about one process during a checkpoint."""
+    """What the drivers share about one process during a checkpoint.  (This and
+    RestoreContext: plain classes, not dataclasses, which cost every command ~1 ms each
+    to make at import: issue 16.)"""
 
-    pid: int
-    tracee: Tracee  # the thread group leader
-    inj: Injector  # injects into the leader
-    options: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    # facts only the task itself can tell, gathered in the inject phase and used by the
-    # same driver in a later phase ("brk", "task", "sigs", "timers", "tracking")
-    live: dict[str, Any] = field(default_factory=dict)
-    # what several processes share, collected once: the session's Shared
-    shared: Any = None
-    # this process's records by kind, and its THRD records (leader first)
-    records: dict[bytes, Any] = field(default_factory=dict)
-    thread_records: list[dict[str, Any]] = field(default_factory=list)
-    # the runs of its memory [address, length] whose pages go into the image
-    runs: list[tuple[int, int]] = field(default_factory=list)
+    def __init__(self, pid: int, tracee: Tracee, inj: Injector,
+                 options: dict[str, Any] | None = None, warnings: list[str] | None = None,
+                 live: dict[str, Any] | None = None, shared: Any = None,
+                 records: dict[bytes, Any] | None = None,
+                 thread_records: list[dict[str, Any]] | None = None,
+                 runs: list[tuple[int, int]] | None = None) -> None:  # fmt: skip
+        self.pid = pid
+        self.tracee = tracee  # the thread group leader
+        self.inj = inj  # injects into the leader
+        self.options: dict[str, Any] = {} if options is None else options
+        self.warnings: list[str] = [] if warnings is None else warnings
+        # facts only the task itself can tell, gathered in the inject phase and used by
+        # the same driver in a later phase ("brk", "task", "sigs", "timers", "tracking")
+        self.live: dict[str, Any] = {} if live is None else live
+        self.shared = shared  # what several processes share, collected once
+        # this process's records by kind, and its THRD records (leader first)
+        self.records: dict[bytes, Any] = {} if records is None else records
+        self.thread_records: list[dict[str, Any]] = [] if thread_records is None \
+            else thread_records  # fmt: skip
+        # the runs of its memory [address, length] whose pages go into the image
+        self.runs: list[tuple[int, int]] = [] if runs is None else runs
 
 
-@dataclass
 class RestoreContext:
     """What the drivers share about one process during a restart."""
 
-    pid: int  # pid of the restored process
-    old_pid: int  # pid in the image
-    tracee: Tracee  # its leader thread
-    inj: Injector  # injects into the leader
-    image: Any  # cryo.image.reader.ImageSource
-    options: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    # threads of this process by their new tid, and old tid -> new tid
-    threads: dict[int, Tracee] = field(default_factory=dict)
-    tid_map: dict[int, int] = field(default_factory=dict)
-    # old pid -> new pid for every process of the image
-    pid_map: dict[int, int] = field(default_factory=dict)
-    # what several processes share, made once: the restart session's Shared
-    shared: Any = None
-    # the process's records by kind, its THRD records (leader first), its TREE entry
-    records: dict[bytes, Any] = field(default_factory=dict)
-    thread_records: list[dict[str, Any]] = field(default_factory=list)
-    proc: dict[str, Any] = field(default_factory=dict)
-    pidns: bool = False  # restored into a new pid namespace
-    # new tid -> injector of that thread; the restorer area every process has
-    injectors: dict[int, Injector] = field(default_factory=dict)
-    area: int = 0
-    area_size: int = 0
-    # called with the number of bytes of pages written, as they are
-    progress: Callable[[int], None] | None = None
-    # what a stage leaves for a later stage of the same driver ("fixup", "written")
-    live: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, pid: int, old_pid: int, tracee: Tracee, inj: Injector, image: Any,
+                 options: dict[str, Any] | None = None, warnings: list[str] | None = None,
+                 threads: dict[int, Tracee] | None = None,
+                 tid_map: dict[int, int] | None = None, pid_map: dict[int, int] | None = None,
+                 shared: Any = None, records: dict[bytes, Any] | None = None,
+                 thread_records: list[dict[str, Any]] | None = None,
+                 proc: dict[str, Any] | None = None, pidns: bool = False,
+                 injectors: dict[int, Injector] | None = None, area: int = 0,
+                 area_size: int = 0, progress: Callable[[int], None] | None = None,
+                 live: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.pid = pid  # pid of the restored process
+        self.old_pid = old_pid  # pid in the image
+        self.tracee = tracee  # its leader thread
+        self.inj = inj  # injects into the leader
+        self.image = image  # cryo.image.reader.ImageSource
+        self.options: dict[str, Any] = {} if options is None else options
+        self.warnings: list[str] = [] if warnings is None else warnings
+        # threads of this process by their new tid, and old tid -> new tid
+        self.threads: dict[int, Tracee] = {} if threads is None else threads
+        self.tid_map: dict[int, int] = {} if tid_map is None else tid_map
+        # old pid -> new pid for every process of the image
+        self.pid_map: dict[int, int] = {} if pid_map is None else pid_map
+        self.shared = shared  # what several processes share, made once
+        # the process's records by kind, its THRD records (leader first), its TREE entry
+        self.records: dict[bytes, Any] = {} if records is None else records
+        self.thread_records: list[dict[str, Any]] = [] if thread_records is None \
+            else thread_records  # fmt: skip
+        self.proc: dict[str, Any] = {} if proc is None else proc
+        self.pidns = pidns  # restored into a new pid namespace
+        # new tid -> injector of that thread; the restorer area every process has
+        self.injectors: dict[int, Injector] = {} if injectors is None else injectors
+        self.area = area
+        self.area_size = area_size
+        # called with the number of bytes of pages written, as they are
+        self.progress = progress
+        # what a stage leaves for a later stage of the same driver ("fixup", "written")
+        self.live: dict[str, Any] = {} if live is None else live
 
     def thread_injector(self, trec: dict[str, Any]) -> Injector:
         return self.injectors[self.tid_map[trec["tid"]]]

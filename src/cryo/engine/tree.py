@@ -20,7 +20,6 @@ import signal
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cryo import procfs
@@ -47,23 +46,23 @@ RESTORER_SIZE = 80 * 1024  # restart: `syscall; int3`, scratch and held calls' b
 WALL = 0x40000000  # __WALL: wait for threads too
 
 
-@dataclass
 class Proc:
-    """A process of the checkpoint, as its tree was read."""
+    """A process of the checkpoint, as its tree was read.  (This and Made: plain
+    classes, not dataclasses, which cost every command ~1 ms each to make: issue 16.)"""
 
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    zombie: bool = False
-    exit_code: int = 0
-    exit_signal: int = 17
-    threads: list[int] = field(default_factory=list)
-    tracees: dict[int, Tracee] = field(default_factory=dict)
-    nspid: int = 0  # the pid in its own (innermost) pid namespace
-    nsdepth: int = 1  # how many pid namespaces deep from cryo's (1: cryo's own)
-    nstids: list[int] = field(default_factory=list)
-    task: dict[str, Any] | None = None  # a zombie's: _zombie_task
+    def __init__(self, pid: int, ppid: int, pgid: int, sid: int, zombie: bool = False,
+                 exit_code: int = 0, exit_signal: int = 17) -> None:  # fmt: skip
+        self.pid, self.ppid, self.pgid, self.sid = pid, ppid, pgid, sid
+        self.zombie, self.exit_code, self.exit_signal = zombie, exit_code, exit_signal
+        self.threads: list[int] = []
+        self.tracees: dict[int, Tracee] = {}
+        self.nspid = 0  # the pid in its own (innermost) pid namespace
+        self.nsdepth = 1  # how many pid namespaces deep from cryo's (1: cryo's own)
+        self.nstids: list[int] = []
+        self.task: dict[str, Any] | None = None  # a zombie's: _zombie_task
+
+    def __repr__(self) -> str:
+        return f"Proc(pid={self.pid}, ppid={self.ppid}, zombie={self.zombie})"
 
     @property
     def leader(self) -> Tracee:
@@ -614,22 +613,21 @@ def kill(pid: int) -> None:
         pass
 
 
-@dataclass
 class Made:
     """A process being built: its leader under our control."""
 
-    rec: dict[str, Any]
-    pid: int
-    tracee: Tracee
-    inj: Injector
-    ctx: RestoreContext | None = None
-    ids_kept: bool = False  # its session and group are the image's (_ids): a child inherits
-    # the layout exec gave its address space (engine/execlayout.py), and whether it was
-    # exec'd for it (then it inherited no mapping from its parent)
-    layout: execlayout.Layout | None = None
-    execd: bool = False
-    # a root forked by cryo: cryo's maps then, where its vDSO and vvar are (unmap_helper)
-    forked_maps: list[procfs.Vma] | None = None
+    def __init__(self, rec: dict[str, Any], pid: int, tracee: Tracee, inj: Injector) -> None:
+        self.rec, self.pid, self.tracee, self.inj = rec, pid, tracee, inj
+        self.ctx: RestoreContext | None = None
+        # its session and group are the image's (_ids): a child inherits
+        self.ids_kept = False
+        # the layout exec gave its address space (engine/execlayout.py), and whether it
+        # was exec'd for it (then it inherited no mapping from its parent)
+        self.layout: execlayout.Layout | None = None
+        self.execd = False
+        # a root forked by cryo: cryo's maps then, where its vDSO and vvar are
+        # (unmap_helper)
+        self.forked_maps: list[procfs.Vma] | None = None
 
 
 def kill_made(made: dict[int, Made]) -> None:
