@@ -1331,3 +1331,34 @@ def test_nginx_pipelined_requests_mid_response(procs: Procs, ns: Netns,  # noqa:
     assert head() == len(big) and take(len(big)) == big
     c.close()
     assert ns.tables() == []
+
+
+@_needs("nginx")
+def test_nginx_tcp_close_mid_download(procs: Procs, ns: Netns,  # noqa: F811
+                                      tmp_path: Path) -> None:  # fmt: skip
+    """nginx mid-download checkpointed and restarted with --tcp-close: the worker's
+    connection comes back closed, and the worker (an edge-triggered epoll watch waiting
+    for EPOLLOUT) learns it at once, as it would of a reset, and lets it go: no socket
+    of it is left after a few seconds; a new client is served."""
+    (tmp_path / "html").mkdir()
+    big = os.urandom(1 << 20) * 32
+    (tmp_path / "html" / "big.bin").write_bytes(big)
+    (tmp_path / "html" / "small.txt").write_bytes(b"small and fine\n")
+    master = _nginx_serving(procs, ns, tmp_path, 8091)
+    workers = _children(master)
+    c = connect(ns, ("127.0.0.1", 8091), timeout=60)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    _get(c, "/big.bin", len(big), first=2 << 20)
+    time.sleep(0.5)
+
+    def sockets(pid: int) -> int:
+        return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+                   for fd in os.listdir(f"/proc/{pid}/fd"))  # fmt: skip
+
+    before = sockets(workers[0])
+    _tree_cycle(procs, ns, master, tmp_path / "img", workers, "--tcp-close")
+    _wait(lambda: sockets(workers[0]) == before - 1, "the worker lets the connection go",
+          timeout=10)  # fmt: skip
+    with connect(ns, ("127.0.0.1", 8091)) as d:
+        assert _get(d, "/small.txt", 15) == b"small and fine\n"
+    c.close()

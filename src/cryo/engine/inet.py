@@ -1724,7 +1724,9 @@ def prepare(rs: Any) -> None:
 
 def started(rs: Any) -> None:
     """Restart, the processes built, just before they run: connections leave repair
-    mode, then the image's network lock is removed."""
+    mode, then the image's network lock is removed; connections restored closed are
+    shut (:func:`_shut_closed`)."""
+    _shut_closed(rs)
     conns = _connections(rs.shared.descs or [])
     if not conns:
         return
@@ -1742,6 +1744,29 @@ def started(rs: Any) -> None:
         queued.sort(key=lambda d: _queue_position(d, rs.shared.descs[d["queued_on"]]))
         for d in queued:
             connect_queued(d, rs.shared.opened.fds[d["id"]], rs.shared.descs[d["queued_on"]])
+
+
+def _shut_closed(rs: Any) -> None:
+    """Each connection restored closed (--tcp-close: a new socket, never connected) shut
+    both ways once every process is built, as a reset leaves a connection: its next
+    read returns 0, a write EPIPE, and the shutdown wakes whatever waits on it (an
+    epoll's watch, edge-triggered too: nginx's worker waiting for room to write had
+    never heard of it, and kept the connection for ever; a poll)."""
+    tcp_close = rs.options.get("tcp_close")
+    for d in rs.shared.descs or []:
+        if not (d.get("closed") or (tcp_close and d.get("tcp") is not None)):
+            continue
+        fd = rs.shared.opened.fds.get(d["id"])
+        if fd is None:
+            continue
+        s = socket.socket(d["family"], socket.SOCK_STREAM, socket.IPPROTO_TCP, fd)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError as err:
+            if err.errno != errno.ENOTCONN:  # (an unconnected socket's: shut all the same)
+                raise
+        finally:
+            s.detach()
 
 
 def _queue_position(d: dict[str, Any], listener: dict[str, Any]) -> tuple[int, int]:
