@@ -220,6 +220,14 @@ static void set_state(const char *dir) {
         p[2 * 4096] = 'e';
         p[5 * 4096] = 'f';
     }
+    if (has(modes, "account")) {  /* committed memory kept by no page: a JVM's guard */
+        char *p = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        p[0] = 1;
+        madvise(p, 4 * 4096, MADV_DONTNEED);
+        mprotect(p, 2 * 4096, PROT_NONE);
+        mprotect(p + 2 * 4096, 2 * 4096, PROT_READ);
+    }
     if (has(modes, "ksm")) {
         if (prctl(67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)) report("FAIL memory_merge %d", errno);
         char *p = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -982,7 +982,7 @@ def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str,
                 flags |= MAP.GROWSDOWN
             if v.get("hugetlb"):
                 flags |= huge_flag(v["hugetlb"])
-            if last is not None and _would_merge(last, v):
+            if (last is not None and _would_merge(last, v)) or _accounted(v, prot):
                 _map_apart(bt, v, prot, flags)
             else:
                 bt.call(SYS.mmap, v["start"], size, prot, flags, -1, 0,
@@ -1010,6 +1010,17 @@ def _would_merge(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return (a["end"] == b["start"] and a["prot"] == b["prot"] and a["flags"] == b["flags"]
             and a["path"] == b["path"] and not b["shared"] and not b.get("hugetlb")
             and "gd" not in b["flags"])  # fmt: skip
+
+
+def _accounted(v: dict[str, Any], prot: int) -> bool:
+    """Is private anonymous VMA ``v`` charged as committed memory (VM_ACCOUNT, "ac")
+    though it is mapped without PROT_WRITE?  A mapping made writable is, and keeps it
+    when made read-only or PROT_NONE once it has an anon_vma (a page was written: a
+    JVM's stack guard pages); mapped so directly it is not (found by probing: "ac"
+    lost, exit 0; the commit charge, Committed_AS, is what overcommit 2 limits).  Mapped
+    as _map_apart does (writable, a page written, then its protection), it keeps it."""
+    return "ac" in v["flags"] and not prot & PROT.WRITE and not v["shared"] \
+        and not v.get("hugetlb")  # fmt: skip
 
 
 def _map_apart(bt: Batch, v: dict[str, Any], prot: int, flags: int) -> None:
