@@ -389,7 +389,11 @@ def test_shell_job_bash_with_jobs(procs: Procs, tmp_path: Path) -> None:
         term.wait_for(b"Running", since=mark)
         term.wait_for(b"Stopped", since=mark)
         term.type(b"fg %2\r")
-        time.sleep(0.5)
+        cat = next(k for k in kids if Path(f"/proc/{k}/cmdline").read_bytes() == b"cat\0")
+        deadline = time.monotonic() + 20
+        while os.tcgetpgrp(term.master) != cat:  # (typed before, bash would read it)
+            assert time.monotonic() < deadline, "fg did not give cat the terminal"
+            time.sleep(0.02)
         term.type(b"meow\r")
         term.wait_for(b"meow\r\nmeow", since=mark)
         term.type(b"\x04")
@@ -496,3 +500,24 @@ def test_pty_speeds_and_locks(procs: Procs, tmp_path: Path, kill: bool
         assert r.returncode == 0, r.stderr
     go.touch()
     assert v.wait_line("checked", timeout=20) == "checked good"
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["restart", "running"])
+@pytest.mark.parametrize("mode", ["raw", "canon"])
+def test_pty_queues_larger_than_the_line_discipline(procs: Procs, tmp_path: Path, mode: str,
+                                                    kill: bool) -> None:  # fmt: skip
+    """victims/ptybig_s11_h1.py: more than 4 KiB waiting each way, nobody reading: every
+    byte comes back, in order (the refill lost all but what one write took and what the
+    line discipline holds: 4 KB of 18 of the input, half of the output, exit 0)."""
+    go = tmp_path / "go"
+    v = procs.spawn([sys.executable, str(VICTIMS / "ptybig_s11_h1.py"), str(tmp_path / "out"),
+                     str(go), mode], tmp_path / "out")  # fmt: skip
+    sizes = v.wait_line("ready").split()[1:]
+    assert all(int(n) > 8192 for n in sizes), sizes
+    if kill:
+        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
+    else:
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr
+    go.touch()
+    assert v.wait_line("checked", timeout=30) == "checked good"

@@ -495,14 +495,17 @@ def test_go(procs: Procs, tmp_path: Path) -> None:
     assert not d, "\n".join(d)
 
 
-def test_java(procs: Procs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("opts", [[], ["-XX:+UseTransparentHugePages", "-Xms64m",
+                                        "-XX:+AlwaysPreTouch", "-XX:+UseParallelGC"]],
+                         ids=["default", "thp"])  # fmt: skip
+def test_java(procs: Procs, tmp_path: Path, opts: list[str]) -> None:
     import shutil
 
     if shutil.which("javac") is None:
         pytest.skip("needs a JDK")
     subprocess.run(["javac", "-d", str(tmp_path), str(VICTIMS / "JvmIdle_s11_h3.java")],
                    check=True)  # fmt: skip
-    d = _runtime(procs, tmp_path, ["java", "-Xmx64m", "-XX:-UsePerfData", "-cp",
+    d = _runtime(procs, tmp_path, ["java", "-Xmx64m", "-XX:-UsePerfData", *opts, "-cp",
                                    str(tmp_path), "JvmIdle_s11_h3"], tmp_path / "poke")
     assert not d, "\n".join(d)
 

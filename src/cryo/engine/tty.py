@@ -145,8 +145,10 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
                 d["termios_locked"] = locked
                 fcntl.ioctl(peer, TIOCSLCKTRMIOS, bytes(36))
             try:
-                d["to_slave"], d["to_master"], lines, stopped, status = _take_queues(
+                d["to_slave"], d["to_master"], lines, stopped, status, queued = _take_queues(
                     mine, peer, d["termios"], bool(d["packet"]))
+                if queued is not None and queued < len(d["to_slave"]):
+                    d["to_slave_queued"] = queued
             finally:
                 if any(locked):
                     fcntl.ioctl(peer, TIOCSLCKTRMIOS, locked)
@@ -303,18 +305,65 @@ def _write_lines(master: int, peer: int, termios: bytes, lines: list[list[Any]])
 
 
 def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: bytes,
-            lines: list[list[Any]] | None = None) -> None:  # fmt: skip
+            lines: list[list[Any]] | None = None, queued: int | None = None) -> None:  # fmt: skip
     """Data put back into a pair's two queues as it was, then its settings; ``lines``:
     the slave's input as canonical lines (to_slave is then their bytes), written last:
-    a change of ICANON after them would join them into one line."""
+    a change of ICANON after them would join them into one line.  ``queued``: how many
+    of to_slave's bytes the line discipline held (typed back into it); the rest was
+    still in the terminal's buffer, not taken yet: written through the master once the
+    settings are back, taken under them as it would have been.  (The discipline holds
+    4095 bytes, TIOCSTI drops what comes after: found by probing, 22 KB waiting each
+    way, a mere checkpoint left 4 KB of the input and half of the output.)"""
+    if lines is not None:
+        cut, n = 0, 0
+        while cut < len(lines) and n + len(lines[cut][0]) <= CANON_ROOM:
+            n += len(lines[cut][0])
+            cut += 1
+        lines, later = lines[:cut], b"".join(d for d, _ in lines[cut:])
+    else:
+        n = len(to_slave) if queued is None else queued
+        to_slave, later = to_slave[:n], to_slave[n:]
     fcntl.ioctl(peer, TCSETS, _raw(termios))
     if to_master:
-        os.write(peer, to_master)
+        _write_all(peer, to_master)
     if lines is not None:
         _write_lines(master, peer, termios, lines)
     elif to_slave:
         _type(master, peer, to_slave)
     fcntl.ioctl(peer, TCSETS2, termios)
+    if later:
+        _write_all(master, later)
+
+
+CANON_ROOM = 4000  # (N_TTY_BUF_SIZE 4096, less a margin: a line typed back must fit whole)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``data`` written whole into a pty.  Its buffer's room is counted in the blocks
+    the kernel allocates for each write (one of 1,000 bytes takes a block of 1,024; one
+    of 64 KiB blocks of 1,792 and fewer of them fit: 13.8 KB in all against 22 KB), and
+    comes back as its worker moves the data on: written 1,000 bytes at a time, in
+    smaller pieces when that no longer goes (a block more fits, the limit once over);
+    10 s at most."""
+    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + 10
+    view, chunk = memoryview(data), 1000
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view[:chunk]):]
+                continue
+            except BlockingIOError:
+                pass
+            if time.monotonic() > deadline:
+                raise CryoError(f"pty: {len(view)} bytes could not be put back")
+            if not p.poll(20) and chunk > 1:  # (no room came back: smaller pieces)
+                chunk //= 2
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fl)
 
 
 TCXONC, TCOOFF, TCOON = 0x540A, 0, 1  # tcflow
@@ -470,7 +519,8 @@ def _set_flow(master: int, peer: int, termios_: bytes, packet: bool, stopped: in
 
 
 def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
-                 ) -> tuple[bytes, bytes, list[list[Any]] | None, int, int]:  # fmt: skip
+                 ) -> tuple[bytes, bytes, list[list[Any]] | None, int, int,
+                            int | None]:  # fmt: skip
     """What waits in the pair, both ways, read (it cannot be peeked) and put back at
     once; the processes are frozen meanwhile.  In canonical mode the slave's input is
     also returned as lines (``_read_lines``) and the line being typed.  Also how its
@@ -491,6 +541,7 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
         to_master = b"".join(c[1:] if packet else c for c in chunks)
         stopped, extra = _stop_state(master, peer, packet)
         to_master += extra
+        queued = None if _canonical(termios_) else _int(peer, FIONREAD)  # (taken already)
         if _canonical(termios_) and _can_type():
             lines = _read_lines(peer, termios_)
         fcntl.ioctl(peer, TCSETS, _raw(termios_))
@@ -504,14 +555,14 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
         if lines is not None and any(_plan(d, k) is None for d, k in lines):
             problem = "a typed line of every byte value"
             lines = None
-        _refill(master, peer, termios_, to_slave, to_master, lines)
+        _refill(master, peer, termios_, to_slave, to_master, lines, queued)
         with contextlib.suppress(OSError, CryoError):
             _set_flow(master, peer, termios_, packet, stopped, status, to_master)
         if problem:
             raise Unsupported(f"a pty holds {problem}: not supported", resource="pty")
     finally:
         fcntl.fcntl(master, fcntl.F_SETFL, fl)
-    return to_slave, to_master, lines, stopped, status
+    return to_slave, to_master, lines, stopped, status, queued
 
 
 ERESTARTSYS = 512
@@ -840,7 +891,8 @@ def _master(index: int) -> tuple[int, int]:
         problem = _flow_problem(d["termios"], stopped, status, to_slave, to_master)
         if problem:
             raise CryoError(f"pty {index}: it holds {problem}")
-        _refill(fd, peer, d["termios"], to_slave, to_master, d.get("to_slave_lines"))
+        _refill(fd, peer, d["termios"], to_slave, to_master, d.get("to_slave_lines"),
+                d.get("to_slave_queued"))  # fmt: skip
         if d.get("packet"):  # (after the refill: its settings changes set no status)
             fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
         if stopped or status:

@@ -778,6 +778,9 @@ DESC = Struct((
       required=False),
     F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
       required=False),
+    F("to_slave_queued", Int(0, 1 << 20), "pty master, its slave noncanonical: how many of"
+      " `to_slave`'s bytes its line discipline held (the rest was still in the"
+      " terminal's buffer, taken under its settings later)", required=False),
     F("sessions", List(Tuple((PID, Int(0, MAX_PID)), ("sid", "foreground pgid"))),
       "pty master: the sessions whose controlling terminal it is", required=False),
     F("dev_tty", Bool(), "pty slave: opened as /dev/tty (its process's terminal)",
