@@ -521,3 +521,49 @@ def test_pty_queues_larger_than_the_line_discipline(procs: Procs, tmp_path: Path
         assert r.returncode == 0, r.stderr
     go.touch()
     assert v.wait_line("checked", timeout=30) == "checked good"
+
+
+def test_tmux_with_a_client_attached_is_refused(procs: Procs, tmp_path: Path) -> None:
+    """A tmux server with a client attached from a terminal outside the checkpoint:
+    refused by name (exit 9: the server holds the client's terminal, passed to it over
+    its socket, whose master is outside), the server and the client going on as before
+    (a key typed in the client reaches the pane)."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    sock = tmp_path / "tmux.sock"
+    env = {**os.environ, "TERM": "xterm", "HOME": str(tmp_path)}
+
+    def tmux(*args: str) -> str:
+        r = subprocess.run(["tmux", "-S", str(sock), "-f", "/dev/null", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=20, close_fds=True,
+                           stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "s", "cat")
+    server = procs.track(int(tmux("display", "-p", "#{pid}")))
+    term = Terminal()
+    client = term.start(["tmux", "-S", str(sock), "attach", "-t", "s"], tmp_path)
+    procs.track(client.pid)
+    try:
+        for p in tree_pids(server):
+            procs.track(p)
+        deadline = time.monotonic() + 20
+        while "1" not in tmux("display", "-p", "#{session_attached}"):
+            assert time.monotonic() < deadline, "the client did not attach"
+            time.sleep(0.05)
+        r = run_cryo("checkpoint", str(server), "--tree", "-D", str(tmp_path / "img"))
+        assert r.returncode == 9, r.stderr
+        assert "outside" in r.stderr or "unix" in r.stderr, r.stderr
+        mark = term.mark()
+        term.type(b"hello\r")
+        term.wait_for(b"hello", since=mark)
+        deadline = time.monotonic() + 20
+        while "hello" not in tmux("capture-pane", "-p", "-t", "s"):
+            assert time.monotonic() < deadline, tmux("capture-pane", "-p", "-t", "s")
+            time.sleep(0.05)
+    finally:
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
+                       timeout=20, close_fds=True)  # fmt: skip
+        client.wait(timeout=20)
+        term.close()
