@@ -423,11 +423,15 @@ def test_shell_job_canonical_line_half_typed(procs: Procs, tmp_path: Path) -> No
 
 
 _TYPEAHEAD = """
-import os, sys, time, tty
-if sys.argv[1] == "raw":
+import os, sys, termios, time, tty
+if sys.argv[1] != "canon":
     tty.setraw(0)
+if sys.argv[1] == "vmin":
+    a = termios.tcgetattr(0)
+    a[6][termios.VMIN] = 3
+    termios.tcsetattr(0, termios.TCSANOW, a)
 os.write(1, b"ready\\r\\n")
-while not os.path.exists(sys.argv[2]):
+while sys.argv[1] != "vmin" and not os.path.exists(sys.argv[2]):
     time.sleep(0.02)
 reads = [os.read(0, 100)]
 if sys.argv[1] == "canon":
@@ -437,15 +441,18 @@ os.write(1, b"reads %r\\r\\n" % reads)
 
 
 @pytest.mark.parametrize("kill", [True, False], ids=["restart", "running"])
-@pytest.mark.parametrize("mode", ["canon", "raw"])
+@pytest.mark.parametrize("mode", ["canon", "raw", "vmin"])
 def test_shell_job_typed_ahead(procs: Procs, tmp_path: Path, mode: str, kill: bool) -> None:
     """Keys typed on a shell job's terminal that it has not read yet (it is in the
     foreground, busy): a complete line and half of the next in canonical mode, keys in
-    raw mode.  After a checkpoint it reads them as before; restarted with --shell-job
+    raw mode, one of the three bytes a read waiting for VMIN 3 had taken (the freeze
+    ended that read: the byte goes back, and is then the job's input like any other).
+    After a checkpoint it reads them as before; restarted with --shell-job
     on another terminal, it reads them there (they were lost: the restart gave it the
     caller's terminal and nothing of the old one's input, exit 0)."""
     go = tmp_path / "go"
-    keys, rest = (b"one\ntw", b"o\n") if mode == "canon" else (b"abc", b"")
+    keys, rest = {"canon": (b"one\ntw", b"o\n"), "raw": (b"abc", b""),
+                  "vmin": (b"a", b"bc")}[mode]  # (vmin: a read of 3 waiting, one typed)
     want = b"reads [b'one\\n', b'two\\n']" if mode == "canon" else b"reads [b'abc']"
     term = Terminal()
     try:
