@@ -448,7 +448,8 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path, *args: str,
 @pytest.mark.parametrize("modes", ["plain", "prctl", "rlimit", "persona", "sched", "misc",
                                    "madvise", "pipe", "zeropage", "vmasplit", "signals",
                                    "timers", "creds", "shared", "ksm", "affinity", "child",
-                                   "creds,child", "thp", "softdirty", "account"])
+                                   "creds,child", "thp", "softdirty", "account",
+                                   "fanotify"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path, *(["--tree"] if "child" in modes else []))

@@ -18,6 +18,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
+#include <sys/fanotify.h>
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -123,7 +124,6 @@ static void *thread(void *arg) {
 }
 
 static void set_state(const char *dir) {
-    (void)dir;
     if (has(modes, "prctl")) {
         prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
         prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -227,6 +227,18 @@ static void set_state(const char *dir) {
         madvise(p, 4 * 4096, MADV_DONTNEED);
         mprotect(p, 2 * 4096, PROT_NONE);
         mprotect(p + 2 * 4096, 2 * 4096, PROT_READ);
+    }
+    if (has(modes, "fanotify")) {  /* a group (FAN_NONBLOCK), two inode marks in order */
+        int g = fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK, O_RDONLY);
+        if (g < 0) report("FAIL fanotify_init %d", errno);
+        for (int k = 0; k < 2; k++) {
+            char path[512];
+            snprintf(path, sizeof path, "%s/fan%d", dir, k);
+            close(open(path, O_WRONLY | O_CREAT, 0644));
+            if (fanotify_mark(g, FAN_MARK_ADD, FAN_MODIFY | (k ? FAN_CLOSE_WRITE : 0), AT_FDCWD,
+                              path))
+                report("FAIL fanotify_mark %d", errno);
+        }
     }
     if (has(modes, "ksm")) {
         if (prctl(67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)) report("FAIL memory_merge %d", errno);

@@ -269,7 +269,7 @@ def describe_fanotify(pid: int, fd: int, fdinfo: bytes) -> dict[str, Any]:
                           " events read and not yet answered cannot be seen", pid=pid,
                           resource=f"fd {fd}")  # fmt: skip
     _queued(pid, fd, "fanotify")
-    return {"fan_flags": flags & ~(FAN_CLOEXEC | FAN_NONBLOCK),
+    return {"fan_flags": flags,  # (FAN_CLOEXEC and FAN_NONBLOCK too: fdinfo shows them)
             "event_flags": int(group.get("event-flags", "0"), 16), "marks": marks}
 
 
@@ -393,7 +393,11 @@ def open_fanotify(d: dict[str, Any], translate: Any, o: Any = None) -> int:
     """The group again, and its marks: in a restart (``o``) by :func:`arm` once every
     process is built (see open_inotify), each marked inode found here."""
     event_flags = d["event_flags"] & ~O_LARGEFILE
-    fd = fdcalls.fanotify_init(d["fan_flags"] | FAN_CLOEXEC | FAN_NONBLOCK, event_flags)
+    # with the group's own flags: made with FAN_CLOEXEC and FAN_NONBLOCK, fdinfo showed
+    # "fanotify flags:3" for 2 (found by probing, exit 0); cryo's fd is close-on-exec
+    fd = fdcalls.fanotify_init(d["fan_flags"], event_flags)
+    if not d["fan_flags"] & FAN_CLOEXEC:
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
     objs: list[int] = []
     try:
         for m in d["marks"]:
@@ -420,11 +424,14 @@ def open_fanotify(d: dict[str, Any], translate: Any, o: Any = None) -> int:
 def _mark_fanotify(fd: int, d: dict[str, Any], objs: list[int], translate: Any) -> None:
     """Add the marks of group ``fd``, its marked inodes ``objs`` (O_PATH, in order)."""
     inodes = iter(objs)
-    for m in d["marks"]:
+    paths = [f"/proc/self/fd/{next(inodes)}" if m["on"] == "inode" else translate(m["path"])
+             for m in d["marks"]]  # fmt: skip
+    # the oldest first: fdinfo lists a group's marks newest first (each new one at the
+    # head of its list); added in that order, they were listed reversed (exit 0)
+    for m, path in reversed(list(zip(d["marks"], paths, strict=True))):
         where = f"fd {d['fd']} of {d['pid']}: fanotify mark on {m.get('path')}"
         kind = {"inode": 0, "mount": FAN_MARK_MOUNT,
                 "filesystem": FAN_MARK_FILESYSTEM}[m["on"]]  # fmt: skip
-        path = f"/proc/self/fd/{next(inodes)}" if m["on"] == "inode" else translate(m["path"])
         try:
             flags = FAN_MARK_ADD | kind | (m["mflags"] & ~FAN_MARK_IGNORE)
             if m["mask"]:
