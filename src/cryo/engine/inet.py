@@ -1292,9 +1292,10 @@ def _buffer_sizes(s: socket.socket, t: dict[str, Any]) -> None:
     if t.get("full"):
         s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, 0)  # (SOCK_MIN_SNDBUF)
         _writable(s)
-    else:
+    elif len(t["sendq"]) > t["sndbuf"] // 2:  # (else the size the refill had)
         s.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, t["sndbuf"] // 2)
-    s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, t["rcvbuf"] // 2)
+    if len(t["recvq"]) > t["rcvbuf"] // 2:
+        s.setsockopt(_SOL_SOCKET, _SO_RCVBUFFORCE, t["rcvbuf"] // 2)
     _buffer_locks(s, t)
 
 
