@@ -229,8 +229,9 @@ def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: 
     answered.  Checkpointed as a tree with --tcp-established, killed, restarted: the
     pipeline's answers go on byte for byte, the child finishes and the server takes its
     end (its last status ok, nothing in progress); the client's connection reads every
-    key; more writes; then a fresh redis-server started on the snapshot alone (BGSAVE)
-    and another on the AOF alone each hold exactly what they must."""
+    key; more writes; the restored server forks a second child of the same, which
+    ends well; then a fresh redis-server started on the (second) snapshot alone
+    (BGSAVE) and another on the AOF alone each hold exactly what they must."""
     d = tmp_path / "data"
     d.mkdir()
     argv = ["redis-server", "--port", "6390", "--bind", "127.0.0.1", "--save", "",
@@ -271,18 +272,30 @@ def test_redis_aof_and_bgsave_child_in_flight(procs: Procs, ns: Netns,  # noqa: 
     assert info["rdb_last_bgsave_status"] == "ok", info
     assert info["aof_last_write_status"] == "ok" and info["aof_last_bgrewrite_status"] == "ok"
     assert _children(pid) == []
+    if op == "BGSAVE":
+        shutil.copy(d / "dump.rdb", tmp_path / "first.rdb")  # (the restored child's)
+    # and the restored server forks its children as before: one more of the same
+    assert _talk(c, _resp(b"CONFIG", b"SET", b"rdb-key-save-delay", b"0"), b"\r\n") == \
+        b"+OK\r\n"  # fmt: skip
+    assert _talk(c, _resp(op.encode()), b"\r\n") == started[op]
+    _wait(lambda: _info(c, "persistence")[busy[op]] == "0", "the second child finished",
+          timeout=60)  # fmt: skip
+    info = _info(c, "persistence")
+    assert info["rdb_last_bgsave_status"] == "ok" and info["aof_last_bgrewrite_status"] == \
+        "ok", info  # fmt: skip
     time.sleep(1.5)  # (everysec: the AOF written and fsynced)
     c.sendall(_resp(b"SHUTDOWN", b"NOSAVE"))
     c.close()
     _wait(lambda: not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", "redis quits")
-    checks = [("aof", {**keys, b"after": b"bgsave", b"restored": b"yes"})]
-    if op == "BGSAVE":
-        checks.append(("rdb", {**keys}))
+    everything = {**keys, b"after": b"bgsave", b"restored": b"yes"}
+    checks = [("aof", everything)]
+    if op == "BGSAVE":  # the restored child's snapshot, then the second's (made after all)
+        checks += [("first.rdb", keys), ("dump.rdb", everything)]
     for only, want in checks:
-        e = tmp_path / only
+        e = tmp_path / only.replace(".", "-")
         e.mkdir()
-        if only == "rdb":
-            shutil.copy(d / "dump.rdb", e / "dump.rdb")
+        if only.endswith(".rdb"):
+            shutil.copy(tmp_path / only if only == "first.rdb" else d / only, e / "dump.rdb")
             extra = ["--appendonly", "no"]
         else:
             shutil.copytree(d / "appendonlydir", e / "appendonlydir")
