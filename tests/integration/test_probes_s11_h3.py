@@ -449,7 +449,7 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path, *args: str,
                                    "madvise", "pipe", "zeropage", "vmasplit", "signals",
                                    "timers", "creds", "shared", "ksm", "affinity", "child",
                                    "creds,child", "thp", "softdirty", "account",
-                                   "fanotify"])
+                                   "fanotify", "oneshot"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path, *(["--tree"] if "child" in modes else []))
@@ -548,3 +548,17 @@ def test_pid_namespace_job(procs: Procs, victim: str, tmp_path: Path) -> None:
     d = diff(before, after)
     assert not d, "\n".join(d)
     _check(Victim(new, out), new)
+
+
+def test_disarmed_watch_of_a_file_ready_for_nothing_refused(procs: Procs, victim: str,
+                                                            tmp_path: Path) -> None:
+    """A one-shot watch that fired, on a pipe now empty: the restart could not disarm it
+    again (an epoll arms every watch it is given for EPOLLERR and EPOLLHUP, and only an
+    event taken disarms one), so the checkpoint is refused, exit 9, naming it; the
+    target goes on as before."""
+    v = _start(procs, victim, tmp_path, "oneshot,idle")
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 9, r.stderr
+    assert "one-shot watch" in r.stderr and "disarm" in r.stderr, r.stderr
+    assert not (tmp_path / "img").exists() or not any((tmp_path / "img").iterdir())
+    _check(v, v.pid)

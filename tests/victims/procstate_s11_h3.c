@@ -19,6 +19,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <sys/fanotify.h>
+#include <sys/epoll.h>
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -57,7 +58,7 @@ static long spec = -1;
 static int io_flusher;
 static char *maps[24];
 
-static int pfd[2];
+static int pfd[2], ofd[2], sfd[2], ep = -1;
 
 static void on_usr1(int s) { (void)s; go = 1; }
 static void on_other(int s, siginfo_t *si, void *uc) { (void)s; (void)si; (void)uc; }
@@ -240,6 +241,21 @@ static void set_state(const char *dir) {
                 report("FAIL fanotify_mark %d", errno);
         }
     }
+    if (has(modes, "oneshot")) {  /* one-shot watches that fired: disarmed */
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u64 = 1};
+        ep = epoll_create1(0);
+        if (pipe(ofd) || pipe(sfd)) report("FAIL pipe");
+        epoll_ctl(ep, EPOLL_CTL_ADD, ofd[0], &ev);
+        ev.events = EPOLLOUT | EPOLLONESHOT; ev.data.u64 = 2;  /* a write end with room */
+        epoll_ctl(ep, EPOLL_CTL_ADD, sfd[1], &ev);
+        if (write(ofd[1], "x", 1) != 1) report("FAIL write");
+        struct epoll_event got[4];
+        if (epoll_wait(ep, got, 4, 1000) != 2) report("FAIL epoll_wait");
+        char c;
+        if (read(ofd[0], &c, 1) != 1) report("FAIL read");
+        if (!has(modes, "idle") && write(ofd[1], "y", 1) != 1)  /* (readable: can fire) */
+            report("FAIL write");
+    }
     if (has(modes, "ksm")) {
         if (prctl(67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)) report("FAIL memory_merge %d", errno);
         char *p = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -345,6 +361,13 @@ static void check(void) {
         while (fgets(line, sizeof line, f)) n += !strncmp(line, want, strlen(want));
         fclose(f);
         if (n != 1 || maps[14][0] != 1 || maps[14][5 * 4096] != 2) FAIL("vmasplit %d", n);
+    }
+    if (has(modes, "oneshot")) {  /* disarmed: no event, not even a hang-up */
+        struct epoll_event got[4];
+        close(ofd[1]);
+        close(sfd[0]);
+        int n = epoll_wait(ep, got, 4, 0);
+        if (n) FAIL("oneshot: %d events (%lu)", n, n > 0 ? (unsigned long)got[0].data.u64 : 0);
     }
     if (has(modes, "pipe")) {
         int r = fcntl(pfd[0], F_GETFL), w = fcntl(pfd[1], F_GETFL);

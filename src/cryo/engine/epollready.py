@@ -37,15 +37,18 @@ two batches, microseconds; no test aims at it.
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import struct
 from typing import Any
 
 from cryo import procfs
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.engine.inject import Injector
+from cryo.errors import RestoreConflict, Unsupported
 from cryo.image import records as R
-from cryo.linux import fdcalls
+from cryo.linux import fdcalls, libc
 from cryo.linux.consts import SYS
 
 KIND = b"EPRD"
@@ -70,8 +73,9 @@ def dump(ctx: DumpContext) -> None:
         watches = _watches(pid, ep)
         if watches is None:
             continue
+        off = _disarmed(pid, ep, watches)
         ready = _take_ready(ctx.inj, ep, watches)
-        epolls.append({"fd": ep, "ready": ready})
+        epolls.append({"fd": ep, "ready": ready, **({"disarmed": off} if off else {})})
     if epolls:
         ctx.records[KIND] = {"pid": pid, "epolls": epolls}
 
@@ -90,16 +94,87 @@ def _watches(pid: int, ep: int) -> list[tuple[int, int, int]] | None:
         tfd, events, data = int(m.group(1)), int(m.group(2), 16), int(m.group(3), 16)
         seen[tfd] = seen.get(tfd, 0) + 1
         watches.append((tfd, events, data, seen[tfd] - 1))
-    edge = [w for w in watches if w[1] & EPOLLET or (w[1] & EPOLLONESHOT and w[1] & 0xFFFF)]
-    if not edge or len({w[2] for w in watches}) != len(watches):
+    edge = [w for w in watches if w[1] & EPOLLET or w[1] & EPOLLONESHOT]
+    if not edge:
         return None
-    for tfd, _events, _data, toff in edge:
+    if len({w[2] for w in watches}) != len(watches):
+        if any(w[1] & EPOLLONESHOT and not w[1] & _EVENTS for w in watches):
+            raise Unsupported(f"fd {ep}: an epoll with a one-shot watch that fired (disarmed)"
+                              " and watches of the same data: the restart could not tell"
+                              " which event disarms it", pid=pid,
+                              resource=f"fd {ep}")  # fmt: skip
+        return None
+    for tfd, events, _data, toff in edge:
         try:
-            if not fdcalls.kcmp_epoll_tfd(pid, tfd, pid, ep, tfd, toff):
-                return None
+            reachable = fdcalls.kcmp_epoll_tfd(pid, tfd, pid, ep, tfd, toff)
         except OSError:
+            reachable = False
+        if not reachable and not events & _EVENTS and events & EPOLLONESHOT:
+            raise Unsupported(f"fd {ep}: its one-shot watch of fd {tfd} fired (disarmed), and"
+                              f" fd {tfd} is no longer the file it watches", pid=pid,
+                              resource=f"fd {ep}")  # fmt: skip
+        if not reachable:
             return None
     return [(tfd, events, data) for tfd, events, data, _toff in watches]
+
+
+_EVENTS = 0xFFFF  # the event bits of a watch (the rest: EPOLLET, ONESHOT, WAKEUP, ...)
+_ALL = 0x27C7  # IN PRI OUT RDNORM RDBAND WRNORM WRBAND MSG RDHUP
+
+
+def _disarmed(pid: int, ep: int, watches: list[tuple[int, int, int]]) -> list[list[int]]:
+    """The one-shot watches that fired and were not rearmed: the kernel left them their
+    flags only (ep_send_events), and reports nothing for them; any watch added or
+    modified is armed for EPOLLERR and EPOLLHUP at least, so the restart disarms them the
+    kernel's way, by an event taken (restore).  That needs their file ready for some
+    event (as a connected socket with room to write is): one ready for none (an empty
+    pipe's read end, an idle listener) is refused (found by probing: restored, such a
+    watch reported the hang-up of its pipe, which the program's own never would, so two
+    threads could take one fd, exit 0)."""
+    out = []
+    for tfd, events, data in watches:
+        if not events & EPOLLONESHOT or events & _EVENTS:
+            continue
+        try:
+            mine = libc.fd_of(pid, tfd)
+        except OSError as err:
+            raise Unsupported(f"fd {ep}: its disarmed one-shot watch of fd {tfd} cannot be"
+                              f" looked at ({err.strerror})", pid=pid,
+                              resource=f"fd {ep}") from err  # fmt: skip
+        try:
+            p = select.poll()
+            p.register(mine, _ALL)
+            ready = bool(p.poll(0))
+        finally:
+            os.close(mine)
+        if not ready:
+            raise Unsupported(f"fd {ep}: its one-shot watch of fd {tfd} fired and is disarmed,"
+                              " and its file is ready for no event: the restart cannot"
+                              " disarm it again (an epoll arms every watch it is given for"
+                              " EPOLLERR and EPOLLHUP)", pid=pid,
+                              resource=f"fd {ep}")  # fmt: skip
+        out.append([tfd, events, data])
+    return out
+
+
+def _disarm(ctx: RestoreContext, ep: int, off: list[list[int]]) -> None:
+    """Arm each watch for every event (its file is ready for one: queued at once) before
+    the ready list is drained, which disarms it as it did the program's."""
+    with ctx.inj.batch() as b:
+        for tfd, events, data in off:
+            ev = b.put(struct.pack("<IQ", (events | _ALL) & 0xFFFFFFFF, data))
+            b.call(SYS.epoll_ctl, ep, EPOLL_CTL_MOD, tfd, ev, what=f" epoll_ctl {ep} mod {tfd}")
+
+
+def _check_disarmed(ctx: RestoreContext, ep: int, off: list[list[int]]) -> None:
+    with open(f"/proc/{ctx.pid}/fdinfo/{ep}") as f:
+        now = {int(m.group(1)): int(m.group(2), 16) for m in _TFD.finditer(f.read())}
+    for tfd, events, _data in off:
+        if now.get(tfd) != events:
+            raise RestoreConflict(f"process {ctx.old_pid}: fd {ep}: its one-shot watch of fd"
+                                  f" {tfd} cannot be disarmed again (its file is ready for no"
+                                  f" event now; events {now.get(tfd, 0):#x})",
+                                  pid=ctx.old_pid, resource=f"fd {ep}")  # fmt: skip
 
 
 def _drain(inj: Injector, ep: int) -> list[int]:
@@ -162,5 +237,9 @@ def restore(ctx: RestoreContext) -> None:
         d = ctx.shared.descs[table[e["fd"]]] if e["fd"] in table else {}
         if not d.get("registered"):
             continue  # (filled by another process, later: left as it comes)
+        if e.get("disarmed"):
+            _disarm(ctx, e["fd"], e["disarmed"])
         _drain(ctx.inj, e["fd"])
+        if e.get("disarmed"):
+            _check_disarmed(ctx, e["fd"], e["disarmed"])
         _queue(ctx.inj, e["fd"], e["ready"])

@@ -1040,6 +1040,8 @@ KINDS: tuple[Kind, ...] = (
             F("fd", FD),
             F("ready", List(Tuple((FD, Int(0, U32), Int(0, U64)), ("fd", "events", "data"))),
               "its edge-triggered and one-shot watches on its ready list, in order"),
+            F("disarmed", List(Tuple((FD, Int(0, U32), Int(0, U64)), ("fd", "events", "data"))),
+              "its one-shot watches that fired (no event until rearmed)", required=False),
         ), name="epoll ready list"), min=1), "epolls with edge-triggered or one-shot watches"),
     ), name="epoll ready lists"), "which watches wait on each epoll's ready list"),
     Kind(b"HSPF", "engine/hsperf.py", "any", Struct((
