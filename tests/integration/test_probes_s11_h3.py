@@ -449,7 +449,7 @@ def _diff_after_cycle(procs: Procs, v: Victim, tmp: Path, *args: str,
                                    "madvise", "pipe", "zeropage", "vmasplit", "signals",
                                    "timers", "creds", "shared", "ksm", "affinity", "child",
                                    "creds,child", "thp", "softdirty", "account",
-                                   "fanotify", "oneshot"])
+                                   "fanotify", "oneshot", "inotify"])
 def test_c_victim(procs: Procs, victim: str, tmp_path: Path, modes: str) -> None:
     v = _start(procs, victim, tmp_path, modes)
     d = _diff_after_cycle(procs, v, tmp_path, *(["--tree"] if "child" in modes else []))

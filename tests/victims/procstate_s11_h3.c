@@ -20,6 +20,7 @@
 #include <sched.h>
 #include <sys/fanotify.h>
 #include <sys/epoll.h>
+#include <sys/inotify.h>
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -255,6 +256,16 @@ static void set_state(const char *dir) {
         if (read(ofd[0], &c, 1) != 1) report("FAIL read");
         if (!has(modes, "idle") && write(ofd[1], "y", 1) != 1)  /* (readable: can fire) */
             report("FAIL write");
+    }
+    if (has(modes, "inotify")) {  /* three watches, in order */
+        int in = inotify_init1(IN_NONBLOCK);
+        for (int k = 0; k < 3; k++) {
+            char path[512];
+            snprintf(path, sizeof path, "%s/ino%d", dir, k);
+            close(open(path, O_WRONLY | O_CREAT, 0644));
+            if (inotify_add_watch(in, path, IN_MODIFY | (k ? IN_ATTRIB : 0)) < 0)
+                report("FAIL inotify_add_watch %d", errno);
+        }
     }
     if (has(modes, "ksm")) {
         if (prctl(67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)) report("FAIL memory_merge %d", errno);
