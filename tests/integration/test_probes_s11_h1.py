@@ -574,3 +574,49 @@ def test_tmux_with_a_client_attached_is_refused(procs: Procs, tmp_path: Path) ->
                        timeout=20, close_fds=True)  # fmt: skip
         client.wait(timeout=20)
         term.close()
+
+
+def test_shell_job_script_with_bash(procs: Procs, tmp_path: Path) -> None:
+    """script(1) run from a shell, an interactive bash on its pty: checkpointed as a
+    tree with --shell-job (script's own terminal handed over, its pair kept) and
+    restarted on another terminal, bash is on script's pty still and runs what is typed
+    there, through script (bash's fds 0-2 and 255 were given the caller's terminal too:
+    it read the keys itself, script waited for ever, exit 0)."""
+    if shutil.which("script") is None:
+        pytest.skip("script is not installed")
+    argv = ["script", "-q", "-c", "env PS1='$ ' INPUTRC=/dev/null bash --norc --noprofile -i",
+            "/dev/null"]  # fmt: skip
+    term = Terminal()
+    try:
+        shell = term.start([sys.executable, "-c", _SHELL, *argv], tmp_path)
+        procs.track(shell.pid)
+        job = procs.track(_job_of(shell.pid))
+        term.wait_for(b"$ ")
+        term.type(b"echo one\r")
+        term.wait_for(b"one\r\n")
+        time.sleep(0.3)
+        pids = tree_pids(job)
+        for k in pids:
+            procs.track(k)
+        img = tmp_path / "img"
+        r = run_cryo("checkpoint", str(job), "--tree", "-D", str(img), "--shell-job", "--kill")
+        assert r.returncode == 0, r.stderr
+        kill_tree(pids)
+        shell.wait(timeout=20)
+    finally:
+        term.close()
+    term = Terminal()
+    try:
+        cryo = _restart_on(term, img, tmp_path, procs, job)
+        for k in pids:
+            procs.track(k)
+        bash = next(k for k in pids if Path(f"/proc/{k}/cmdline").read_bytes()[:5] == b"bash\0")
+        mine = os.fstat(term.slave).st_rdev
+        assert os.stat(f"/proc/{bash}/fd/0").st_rdev != mine  # script's pty, not this
+        mark = term.mark()
+        term.type(b"echo $((6 * 7))\r")
+        term.wait_for(b"42", since=mark)
+        term.type(b"exit\r")
+        assert cryo.wait(timeout=30) == 0
+    finally:
+        term.close()

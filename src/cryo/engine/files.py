@@ -466,6 +466,8 @@ def _dump(ctx: DumpContext, descs: Descriptions, fd_dir: int, info_dir: int
         found = Found(pid, fd, target, st, net if _is_socket_link(target) else None, raw,
                       links)  # fmt: skip
         k = kind_of(found, shell_job)
+        if k in (_STDIO, _CTTY) and _is_tty(found) and _inner_terminal(pid, found, ctx):
+            k = kind_of(found, False)  # (a pair of the checkpoint: not the job's terminal)
         if k.refuse is not None:
             raise Unsupported(f"fd {fd}: {k.refuse(found)}", pid=pid, resource=f"fd {fd}")
         kind = k.name
@@ -1178,6 +1180,18 @@ _INET_KIND = KINDS["inet"]
 
 
 _INET_KNOWN = (AF_INET, AF_INET6)  # the families the socket table knows
+
+
+def _inner_terminal(pid: int, f: Found, ctx: DumpContext) -> bool:
+    """A shell job's fd on the controlling terminal of a session inside the checkpoint
+    (bash under script(1), on script's own pty): that terminal is not the job's, which
+    --shell-job hands over; found by probing: the restart gave bash the caller's
+    terminal, and script relayed nothing."""
+    with open(f"/proc/{pid}/stat", "rb") as st:
+        fields = st.read().rsplit(b")", 1)[1].split()
+    sid, tty_nr = int(fields[3]), int(fields[4])
+    return tty_nr != 0 and f.st.st_rdev in (tty_nr, os.makedev(5, 0)) and \
+        ctx.shared is not None and sid in ctx.shared.procs  # fmt: skip
 
 
 def kind_of(f: Found, shell_job: bool) -> FdKind:
