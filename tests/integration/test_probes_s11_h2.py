@@ -1443,3 +1443,28 @@ def _jvm_http(procs: Procs, ns: Netns, tmp_path: Path) -> None:  # noqa: F811
     for c in (idle, st, big):
         c.close()
     assert ns.tables() == []
+
+
+def test_unix_edge_triggered_writer_with_a_full_peer(procs: Procs, tmp_path: Path) -> None:
+    """victims/unixet_s11_h2.py: a unix stream pair, its writer end waiting for an
+    EPOLLOUT edge (edge-triggered, its peer's queue full) when checkpointed, killed,
+    restarted; then its reader end read slowly: the writer is woken each time room is
+    made and every byte arrives once, its SO_SNDBUF as it was."""
+    from cryo.engine.dump import checkpoint
+    from cryo.engine.restore import restart
+    from tests.conftest import Victim
+
+    out, go = tmp_path / "out.txt", tmp_path / "go"
+    v = procs.spawn([sys.executable, str(VICTIMS / "unixet_s11_h2.py"), str(out), str(go),
+                     str(1 << 20)], out)  # fmt: skip
+    v.wait_line("full", timeout=30)
+    v.wait_ok_after(3, timeout=30)
+    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    rr = restart(str(tmp_path / "img"))
+    procs.track(rr.pid)
+    v = Victim(rr.pid, out)
+    go.write_text("")
+    v.wait_line("ok sizes", timeout=60)
+    assert not v.fails(), v.fails()
+    assert v.wait_line("read") == f"read {1 << 20}"
