@@ -374,6 +374,7 @@ def _zombie_task(pid: int) -> dict[str, Any] | None:
     # not shown for a zombie)
     return {"comm": comm, **({"sched": sched} if sched else {}),
             "timerslack": int(procfs.read(pid, "timerslack_ns")),
+            "rlimits": procfs.parse_limits(procfs.read(pid, "limits")),
             "uids": ids[0], "gids": ids[1], "groups": ids[2],
             "caps": {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
             "no_new_privs": int(status.get("NoNewPrivs", "0")),
@@ -798,7 +799,8 @@ _ALLOW = struct.pack("<HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K, SECCOMP_
 
 
 def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: int) -> None:
-    """In a zombie-to-be, before it exits: its name, timer slack, scheduling policy,
+    """In a zombie-to-be, before it exits: its name, timer slack, resource limits,
+    scheduling policy,
     nice value and real-time priority, its signal dispositions (a caught
     signal's handler is an address of the restorer's area: no handler of a zombie ever
     runs, and none can be read back), its mask, as many seccomp filters as it had (each
@@ -817,6 +819,9 @@ def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: in
                    may_fail=True)  # fmt: skip
         if task.get("timerslack"):
             b.call(SYS.prctl, PR.SET_TIMERSLACK, task["timerslack"], 0, 0, 0)
+        for res, (soft, hard) in (task.get("rlimits") or {}).items():  # (a hard limit above
+            b.call(SYS.prlimit64, 0, int(res), b.put(struct.pack("<QQ", soft, hard)), 0,
+                   may_fail=True)  # cryo's needs CAP_SYS_RESOURCE: left)  # fmt: skip
         if task.get("sched"):  # (before its ids: a real-time policy needs CAP_SYS_NICE)
             policy, nice, prio = task["sched"]
             attr = S.sched_attr(size=ctypes.sizeof(S.sched_attr), sched_policy=policy,
@@ -860,7 +865,9 @@ def finish_zombie(m: Made, area: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         inj(SYS.rt_sigaction, sig, inj.put(bytes(32)), 0, 8)  # SIG_DFL
-        inj(SYS.prlimit64, 0, 4, inj.put(bytes(16)), 0)  # RLIMIT_CORE 0: no core file
+        limits = (m.rec.get("task") or {}).get("rlimits") or {}
+        core = limits.get(4) or limits.get("4") or (0, 0)  # (its hard limit kept)
+        inj(SYS.prlimit64, 0, 4, inj.put(struct.pack("<QQ", 0, core[1])), 0)  # no core file
         me = nspid(m.pid)  # the call runs in the process: its pid as it sees it
         regs.rax, regs.rdi, regs.rsi, regs.rdx = SYS.tgkill, me, me, sig
     else:

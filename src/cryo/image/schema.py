@@ -535,6 +535,8 @@ PROC = Struct((
         F("sched", List(Int(-20, 99), size=3), "policy, nice, real-time priority",
           required=False),
         F("timerslack", Int(0), "ns", required=False),
+        F("rlimits", Dict(Int(0, 15), Tuple((Int(), Int()), ("soft", "hard"))),
+          "{resource: [soft, hard]}", required=False),
     ), name="zombie task"), "a zombie: what /proc shows of its task", required=False),
 ), name="proc")  # fmt: skip
 
