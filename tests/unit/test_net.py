@@ -95,3 +95,18 @@ def test_unix_listeners_names_only_the_listening() -> None:
         assert got[ino[abstract]] == b"\0cryo-app/test-" + tag
         assert got[ino[path]].split(b"\0")[0] == f"{tmp}/s".encode()
         assert ino[bound] not in got
+
+
+def test_ulp_name_of_a_diag_attribute() -> None:
+    """INET_DIAG_ULP_INFO's payload as tcp_diag_put_ulp writes it (nested: the name,
+    then the ULP's own info), which check_diag refuses by that name: kTLS cannot be
+    set up on this kernel (no tls module), so the refusal itself is not run here."""
+
+    def nla(typ: int, payload: bytes) -> bytes:
+        return struct.pack("=HH", 4 + len(payload), typ) + payload + \
+            b"\0" * (-len(payload) % 4)  # fmt: skip
+
+    info = nla(N.INET_ULP_INFO_NAME, b"tls\0") + nla(2, nla(1, struct.pack("=H", 0x0304)))
+    assert N.ulp_name(info) == "tls"
+    assert N.ulp_name(nla(2, b"\0" * 4)) == "?"
+    assert N.INET_DIAG_ULP_INFO in N._EACH  # (kept per socket, as the MD5 keys)

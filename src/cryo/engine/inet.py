@@ -981,12 +981,12 @@ _STATE_BIT = {m.name: 1 << int(m) | (_BOUND_INACTIVE if m == ST.CLOSE else 0) fo
 
 
 def _diag_of(asks: dict[tuple[int, int], tuple[set[int], int]]
-             ) -> dict[int, tuple[int, bool]]:  # fmt: skip
-    """inode -> (sk_shutdown, has TCP MD5 keys) of the sockets ``asks`` names by
-    (family, protocol), with the states they are in (a bit each: TIME_WAIT and the
-    other states no fd holds are not dumped): one sock_diag dump of each, in this
-    thread's namespace."""
-    out: dict[int, tuple[int, bool]] = {}
+             ) -> dict[int, tuple[int, bool, str]]:  # fmt: skip
+    """inode -> (sk_shutdown, has TCP MD5 keys, its upper-layer protocol or "") of the
+    sockets ``asks`` names by (family, protocol), with the states they are in (a bit
+    each: TIME_WAIT and the other states no fd holds are not dumped): one sock_diag
+    dump of each, in this thread's namespace."""
+    out: dict[int, tuple[int, bool, str]] = {}
     ino_of, nla = N._U32.unpack_from, N._NLA.unpack_from
     for (family, proto), (only, states) in asks.items():
         ext = _DIAG_INFO if proto == socket.IPPROTO_TCP else 0
@@ -994,7 +994,7 @@ def _diag_of(asks: dict[tuple[int, int], tuple[set[int], int]]
             ino = ino_of(data, start + N._INO_AT)[0]
             if ino not in only:
                 continue
-            shut, md5 = 0, False
+            shut, md5, ulp = 0, False, ""
             at = start + N._INET_DIAG_MSG.size
             while at + 4 <= end:
                 length, typ = nla(data, at)
@@ -1004,8 +1004,10 @@ def _diag_of(asks: dict[tuple[int, int], tuple[set[int], int]]
                     shut = data[at + 4]
                 elif typ & 0x3FFF == _MD5SIG:
                     md5 = length > 4
+                elif typ & 0x3FFF == N.INET_DIAG_ULP_INFO:
+                    ulp = N.ulp_name(data[at + 4 : at + length])
                 at += (length + 3) & ~3
-            out[ino] = (shut, md5)
+            out[ino] = (shut, md5, ulp)
     return out
 
 
@@ -1031,7 +1033,8 @@ def check_diag(session: Any) -> None:
     SHUT_RD and both), kept in ``shutdown``.  TCP MD5 signature keys (TCP_MD5SIG,
     RFC 2385; sock_diag shows them with tcp_info, not their interface binding) and
     TCP-AO keys (RFC 5925, never read back): refused, exit 9, as a restored socket
-    without its keys would talk unsigned (or be dropped by its peer)."""
+    without its keys would talk unsigned (or be dropped by its peer); so is an
+    upper-layer protocol (TCP_ULP: kTLS's keys and record sequence numbers)."""
     descs = [d for d in session.shared.descs.descs
              if d["kind"] == "inet" and d.get("family") in FAMILIES_INET
              and (d["sotype"] == "stream" or d.get("proto") in _UDPS)]  # fmt: skip
@@ -1056,17 +1059,19 @@ def check_diag(session: Any) -> None:
         state = d.get("state")  # (a TCP socket's; UDP: any)
         bits = 0xFFFFFFFF if not state else _STATE_BIT[state]
         asks[(d["family"], proto)] = (inodes, states | bits)
-    found: dict[int, tuple[int, bool]] = {}
+    found: dict[int, tuple[int, bool, str]] = {}
     for pid, asks in by_ns.values():
         if asks:
             found.update(_in_netns(pid, _diag_of, asks))
     for d in descs:
         seen = DIAGS.get(d["ino"]) if d["sotype"] == "stream" else None
         if seen is None:
-            shut, md5 = found.get(d["ino"], (0, False))
+            shut, md5, ulp = found.get(d["ino"], (0, False, ""))
         else:
             shut = seen.get(N.INET_DIAG_SHUTDOWN, b"\0")[0]
             md5 = bool(seen.get(N.INET_DIAG_MD5SIG))
+            info = seen.get(N.INET_DIAG_ULP_INFO)
+            ulp = N.ulp_name(info) if info is not None else ""
         if d["sotype"] != "stream":
             if shut:
                 d["shutdown"] = shut  # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2)
@@ -1076,6 +1081,11 @@ def check_diag(session: Any) -> None:
             # shut for reading (SHUT_RD) with no FIN of the peer's that did it: restored
             # by a shutdown() (SEND_SHUTDOWN goes with our FIN: the state has it)
             d["shutdown"] = 1
+        if ulp:  # (kTLS: its keys and record state in the kernel, never read back)
+            raise Unsupported(f"fd {d['fd']} of {d['pid']}: TCP socket {_show(d['local'])}"
+                              f" has the upper-layer protocol {ulp!r} (TCP_ULP), whose"
+                              " state the kernel does not give back", pid=d["pid"],
+                              resource=f"fd {d['fd']}")  # fmt: skip
         why = "TCP MD5 signature keys (TCP_MD5SIG)" if md5 else None
         if why is None and _ao[:1] != [False]:
             held = HELD.get(d["ino"])

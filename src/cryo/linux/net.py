@@ -723,10 +723,27 @@ _DIAG_EXT = (1 << (INET_DIAG_CONG - 1)) | (1 << (INET_DIAG_TOS - 1)) | \
     (1 << (INET_DIAG_TCLASS - 1))  # fmt: skip
 # each socket's own, kept apart (:func:`inet_diag`'s ``each``): struct tcp_info, the
 # memory (u32 SK_MEMINFO_*: OPTMEM, sk_omem_alloc, at 6), TCP MD5 keys (they come with
-# tcp_info, for CAP_NET_ADMIN) and sk_shutdown (a byte: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2)
+# tcp_info, for CAP_NET_ADMIN), sk_shutdown (a byte: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2)
+# and the upper-layer protocol (TCP_ULP: nested, its name INET_ULP_INFO_NAME; with the MD5
+# keys, tcp_diag_get_aux)
 INET_DIAG_SHUTDOWN, INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG = 8, 7, 18
+INET_DIAG_ULP_INFO, INET_ULP_INFO_NAME = 28, 1
 SK_MEMINFO_OPTMEM = 6
-_EACH = frozenset({INET_DIAG_INFO, INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG, INET_DIAG_SHUTDOWN})
+_EACH = frozenset({INET_DIAG_INFO, INET_DIAG_SKMEMINFO, INET_DIAG_MD5SIG, INET_DIAG_SHUTDOWN,
+                   INET_DIAG_ULP_INFO})  # fmt: skip
+
+
+def ulp_name(info: bytes) -> str:
+    """The name in an INET_DIAG_ULP_INFO attribute's payload ("tls", "espintcp", ...)."""
+    at = 0
+    while at + 4 <= len(info):
+        length, typ = _NLA.unpack_from(info, at)
+        if length < 4:
+            break
+        if typ & 0x3FFF == INET_ULP_INFO_NAME:
+            return info[at + 4 : at + length].split(b"\0", 1)[0].decode(errors="replace")
+        at += (length + 3) & ~3
+    return "?"
 _EACH_EXT = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1))
 
 
