@@ -620,3 +620,97 @@ def test_shell_job_script_with_bash(procs: Procs, tmp_path: Path) -> None:
         assert cryo.wait(timeout=30) == 0
     finally:
         term.close()
+
+
+def test_tmux_more_interactive_programs(procs: Procs, tmp_path: Path) -> None:
+    """More programs in tmux windows, each with a line half typed (or mid-page), as a
+    user leaves them: node's REPL (raw mode, its own line editing), sqlite3, bc, ed
+    (canonical lines), ipython3 (prompt_toolkit), watch, man at an offset.  After
+    --kill and a restart every pane reads the same (watch's clock aside) and each
+    finishes its line as if nothing happened."""
+    progs = {"node": "node", "sqlite": "sqlite3", "bc": "bc -q", "ed": "ed -p '*'",
+             "ipy": "ipython3 --no-banner --colors=NoColor --simple-prompt",
+             "watch": "watch -n 1 date +%s%N", "man": "man ls"}  # fmt: skip
+    windows = {w: c for w, c in progs.items() if shutil.which(c.split()[0])}
+    if shutil.which("tmux") is None or len(windows) < 3:
+        pytest.skip("tmux or the programs are not installed")
+    sock = tmp_path / "tmux.sock"
+    env = {**os.environ, "TERM": "xterm", "HOME": str(tmp_path), "MANPAGER": "less",
+           "PAGER": "less", "NODE_NO_READLINE": "", "INPUTRC": "/dev/null"}  # fmt: skip
+
+    def tmux(*args: str) -> str:
+        r = subprocess.run(["tmux", "-S", str(sock), "-f", "/dev/null", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=20, close_fds=True,
+                           stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def capture(w: str) -> str:
+        return tmux("capture-pane", "-p", "-t", f"s:{w}")
+
+    def wait_for(w: str, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while what not in capture(w):
+            assert time.monotonic() < deadline, f"{what!r} not in {w}: {capture(w)!r}"
+            time.sleep(0.05)
+
+    def keys(w: str, *k: str) -> None:
+        tmux("send-keys", "-t", f"s:{w}", *k)
+
+    first, *rest = windows
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "s", "-n", first, windows[first])
+    server = procs.track(int(tmux("display", "-p", "#{pid}")))
+    ready = {"node": ">", "sqlite": "sqlite>", "bc": "", "ed": "*", "ipy": "In [1]:",
+             "watch": "Every", "man": "LS"}  # fmt: skip
+    half = {"node": "6 *", "sqlite": "select 6 *", "bc": "6 *", "ipy": "6 *"}
+    try:
+        for w in rest:
+            tmux("new-window", "-d", "-n", w, windows[w])
+        for w in windows:
+            wait_for(w, ready[w])
+        if "ed" in windows:
+            keys("ed", "a", "Enter", "line one", "Enter", ".", "Enter", ",p")
+            wait_for("ed", ",p")
+        if "man" in windows:
+            keys("man", "40g")
+        for w, text in half.items():
+            if w in windows:
+                time.sleep(0.5)
+                keys(w, text)
+                wait_for(w, text)
+        time.sleep(1.5)
+        pids = tree_pids(server)
+        for p in pids:
+            procs.track(p)
+        screens = {w: capture(w) for w in windows if w != "watch"}
+        watcher = int(tmux("display", "-p", "-t", "s:watch", "#{pane_pid}")) \
+            if "watch" in windows else 0  # fmt: skip
+        passing = {p for p in pids if int(_stat(p)[1]) == watcher}  # (watch's commands)
+        r = run_cryo("checkpoint", str(server), "--tree", "-D", str(tmp_path / "img"),
+                     "--kill", timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        kill_tree(pids)
+        r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach", timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert set(pids) - passing <= set(tree_pids(server))
+        time.sleep(1)
+        assert {w: capture(w) for w in screens} == screens
+        for w in half:
+            if w in windows:
+                keys(w, " 7\\;" if w == "sqlite" else " 7", "Enter")  # (tmux: a ; ends a command)
+                wait_for(w, "42")
+        if "ed" in windows:
+            keys("ed", "Enter")
+            wait_for("ed", ",p*\nline one")  # (the half-typed command, ended, ran)
+        if "watch" in windows:
+            before = capture("watch")
+            deadline = time.monotonic() + 20
+            while capture("watch") == before:
+                assert time.monotonic() < deadline, "watch does not go on"
+                time.sleep(0.2)
+        if "man" in windows:
+            keys("man", "G")
+            wait_for("man", "(END)")
+    finally:
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
+                       timeout=20, close_fds=True)  # fmt: skip
