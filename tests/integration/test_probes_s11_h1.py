@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -17,7 +18,14 @@ import pytest
 
 from tests.conftest import VICTIMS, Procs, Victim, cli_cycle, run_cryo
 from tests.integration.test_tree import kill_tree, tree_pids
-from tests.integration.test_tty import _SHELL, Terminal, _checkpoint_job, _job_of, _lflag
+from tests.integration.test_tty import (
+    _SHELL,
+    Terminal,
+    _checkpoint_job,
+    _job_of,
+    _lflag,
+    _wait_state,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -714,3 +722,59 @@ def test_tmux_more_interactive_programs(procs: Procs, tmp_path: Path) -> None:
     finally:
         subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
                        timeout=20, close_fds=True)  # fmt: skip
+
+
+def test_shell_job_stopped_in_the_background(procs: Procs, tmp_path: Path) -> None:
+    """vim stopped with ^Z in an interactive bash (stopped, in the background, the
+    shell's settings on the terminal), checkpointed with --shell-job and restarted on
+    another terminal: cryo stops with it (the caller's shell sees a stopped job); when
+    cryo is continued in the foreground (fg), vim gets the terminal, redraws, takes an
+    edit and saves."""
+    if shutil.which("vim") is None:
+        pytest.skip("vim is not installed")
+    text = tmp_path / "notes.txt"
+    text.write_text("first line\n")
+    term = Terminal()
+    try:
+        bash = term.start(["env", "PS1=$ ", "INPUTRC=/dev/null", "bash", "--norc",
+                           "--noprofile", "-i"], tmp_path)  # fmt: skip
+        procs.track(bash.pid)
+        term.wait_for(b"$ ")
+        term.type(f"vim -u NONE -i NONE -N -n {text}\r".encode())
+        term.wait_for(b"first line")
+        vim = procs.track(_job_of(bash.pid))
+        time.sleep(0.3)
+        term.type(b"ggOalpha\x1b")
+        term.wait_for(b"alpha")
+        time.sleep(0.3)
+        term.type(b"\x1a")
+        _wait_state(vim, "T")
+        assert os.tcgetpgrp(term.master) == bash.pid
+        r = run_cryo("checkpoint", str(vim), "-D", str(tmp_path / "img"), "--shell-job",
+                     "--kill")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        term.type(b"exit\r")
+        time.sleep(0.3)
+        term.type(b"exit\r")
+        bash.wait(timeout=20)
+    finally:
+        term.close()
+    term = Terminal()
+    try:
+        mark = term.mark()
+        cryo = term.start([sys.executable, "-m", "cryo", "restart", "-D", str(tmp_path / "img"),
+                           "--shell-job"], tmp_path)  # fmt: skip
+        procs.track(cryo.pid)
+        term.wait_for(b"restarted", since=mark)
+        assert procs.track(_job_of(cryo.pid)) == vim
+        _, status = os.waitpid(cryo.pid, os.WUNTRACED)  # stopped with it
+        assert os.WIFSTOPPED(status)
+        mark = term.mark()
+        os.kill(cryo.pid, signal.SIGCONT)  # fg (cryo has the terminal's foreground)
+        term.wait_for(b"alpha", since=mark)
+        assert os.tcgetpgrp(term.master) == vim
+        term.type(b"Gobeta\x1b:wq\r")
+        assert cryo.wait(timeout=30) == 0
+        assert text.read_text() == "alpha\nfirst line\nbeta\n"
+    finally:
+        term.close()

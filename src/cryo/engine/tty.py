@@ -1182,7 +1182,10 @@ def wait_job(pid: int, forward: tuple[int, ...]) -> int:
                 with _no_ttou():  # continued: in the foreground again (fg), or not (bg)
                     job.caller = fcntl.ioctl(job.fd, TCGETS, b"\0" * TERMIOS_SIZE)
                     ours = os.tcgetpgrp(job.fd) == os.getpgrp()
-                if ours:
+                if ours and not job.foreground:  # fg of a job that was in the background:
+                    job.foreground = True  # the terminal, with the settings it has now, as
+                    job.termios = job.caller  # a shell's fg (found by probing: vim ^Z'd,
+                if ours:  # restarted, fg'd, stayed in the background: SIGTTOU, stopped again)
                     _give(job)
                 _signal_job(job, signal.SIGCONT)
     finally:
