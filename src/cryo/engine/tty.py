@@ -808,9 +808,13 @@ def check(session: Any) -> None:
     masters = {d["index"]: d for d in descs if d["kind"] == "pty" and d["master"]}
     for d in descs:
         if d["kind"] == "pty" and not d["master"] and d["index"] not in masters:
+            hint = "; use --shell-job to hand the restored process the caller's terminal" \
+                if d["fd"] <= 2 or d.get("dev_tty") or _ctty_index(d["pid"]) == d["index"] \
+                else (": not its controlling terminal nor fds 0-2 (passed to it, as a tmux"
+                      " server holds its clients' terminals), which --shell-job does not"
+                      " hand over")  # fmt: skip
             raise Unsupported(f"fd {d['fd']} of {d['pid']}: terminal {d['path']}, whose master"
-                              " is outside the checkpoint; use --shell-job to hand the"
-                              " restored process the caller's terminal", pid=d["pid"],
+                              f" is outside the checkpoint{hint}", pid=d["pid"],
                               resource=f"fd {d['fd']}")  # fmt: skip
     for m in masters.values():
         m["sessions"] = []
