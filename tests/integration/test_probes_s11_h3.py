@@ -208,6 +208,10 @@ def _fds(pid: int, out: Snap) -> None:
         for ino, name in names.items():
             info = re.sub(rf"\bino:(\s*){ino}\n", rf"ino:\g<1>{name}\n", info)
             info = info.replace(f" ino:{ino:x} ", f" ino:{name} ")
+        if "\ntfd:" in info:  # an epoll's watches: in its tree's order, by the kernel
+            # addresses of their files: sorted (each with its events, data, file)
+            head, *tfds = re.split(r"\n(?=tfd:)", info.rstrip("\n"))
+            info = "\n".join([head, *sorted(tfds, key=lambda t: (int(t.split()[1]), t))]) + "\n"
         out[f"fdinfo/{fd}"] = info
     out.objects = names
 

@@ -1020,7 +1020,7 @@ def _accounted(v: dict[str, Any], prot: int) -> bool:
     lost, exit 0; the commit charge, Committed_AS, is what overcommit 2 limits).  Mapped
     as _map_apart does (writable, a page written, then its protection), it keeps it."""
     return "ac" in v["flags"] and not prot & PROT.WRITE and not v["shared"] \
-        and not v.get("hugetlb")  # fmt: skip
+        and not v.get("hugetlb") and "gd" not in v["flags"]  # fmt: skip
 
 
 def _map_apart(bt: Batch, v: dict[str, Any], prot: int, flags: int) -> None:
