@@ -116,12 +116,42 @@ class Procs:
 
     def cleanup(self) -> None:
         # a tracer goes before the process it traces; every process is killed before any
-        # is waited for, so that a child's zombie is not left waiting on a live parent
-        for pid in reversed(self.pids):
+        # is waited for, so that a child's zombie is not left waiting on a live parent.
+        # The descendants of those it tracked go too (theirs: nginx's workers restored
+        # with other pids than the test tracked were left running after a failed test)
+        extra = [d for pid in self.pids for d in _descendants(pid) if d not in self.pids]
+        for pid in [*reversed(self.pids), *extra]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for pid in reversed(self.pids):
             reap(pid)
+        for pid in extra:  # (orphans of the killed: ours to reap, as a child subreaper)
+            with contextlib.suppress(AssertionError):
+                reap(pid, timeout=2)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (its threads' children, theirs, ...)."""
+    out: list[int] = []
+    todo, seen = [pid], {pid}
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            for k in kids:
+                if k not in seen:
+                    seen.add(k)
+                    out.append(k)
+                    todo.append(k)
+    return out
 
 
 @pytest.fixture
