@@ -14,9 +14,26 @@ from typing import Any
 
 import pytest
 
-from cryo.engine.dump import checkpoint
+from cryo.engine.dump import checkpoint as _checkpoint
 from cryo.engine.restore import restart
+from cryo.errors import Unsupported
 from tests.conftest import VICTIMS, Procs, Victim, reap, run_cryo
+
+
+def checkpoint(pid: int, dest: str, **kw: Any) -> Any:
+    """cryo's checkpoint, taken again where it was refused, untouched, for a periodic
+    timer's signal pending while no thread waits for it (timers.check_pending: its
+    overrun count cannot be kept), as a timer of 300 us finds glibc's SIGEV_THREAD
+    helper busy starting the last expiry's thread in about one checkpoint in three:
+    a refusal that is right: the test takes the checkpoint again."""
+    for _ in range(20):
+        try:
+            return _checkpoint(pid, dest, **kw)
+        except Unsupported as err:
+            if "has its signal" not in str(err) or "pending" not in str(err):
+                raise
+            time.sleep(0.005)
+    return _checkpoint(pid, dest, **kw)
 
 
 def cycle(procs: Procs, v: Victim, img: Path, **restart_kw: Any) -> Victim:
