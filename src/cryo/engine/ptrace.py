@@ -44,6 +44,11 @@ _EINTR = -errno.EINTR & 0xFFFFFFFFFFFFFFFF
 STATS = {"stops": 0}
 
 
+def timeout_ms(left_ns: int) -> int:
+    """An epoll timeout argument for ``left_ns`` (ms, rounded up: never early)."""
+    return -(-max(0, left_ns) // 1_000_000)
+
+
 class Tracee:
     """One task (thread) that we hold in a ptrace-stop."""
 
@@ -303,7 +308,7 @@ class Tracee:
             # (its sleep's end, read before the freeze: it waits on to it, the frozen
             # time counted as the kernel counts it; engine/restartblock.py)
             left = self.timeout_end - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            regs.r10 = (regs.r10 & ~0xFFFFFFFF) | -(-max(0, left) // 1_000_000)
+            regs.r10 = (regs.r10 & ~0xFFFFFFFF) | timeout_ms(left)
         self.setregs(regs)
 
     def give_back(self) -> None:

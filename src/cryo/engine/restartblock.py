@@ -57,7 +57,7 @@ import time
 from typing import Any
 
 from cryo.engine.inject import NO_SYSCALL, Injector
-from cryo.engine.ptrace import Tracee
+from cryo.engine.ptrace import Tracee, timeout_ms
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import ERESTART, PTRACE, PTRACE_SYSCALL_INFO, SYS
@@ -364,11 +364,6 @@ def dump_epoll(tracee: Tracee, regs: S.user_regs_struct,
         return None
     tracee.timeout_end = sleep.end
     return {"fn": "epoll", "left_ns": max(0, sleep.end - sleep.at)}
-
-
-def timeout_ms(left_ns: int) -> int:
-    """An epoll timeout argument for ``left_ns`` (ms, rounded up: never early)."""
-    return -(-max(0, left_ns) // 1_000_000)
 
 
 def final_epoll(saved: S.user_regs_struct, regs: S.user_regs_struct,
