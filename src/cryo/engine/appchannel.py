@@ -123,7 +123,7 @@ def before_freeze(session: Any) -> None:
     opts = session.app_options
     timeout = float(opts.get("callback_timeout", 30.0))
     read = session.shared.early.pop("fd_links before", {})
-    for pid in tree.members(session.pid, session.scope):
+    for pid in tree.scope_members(session):
         for name in _agents(pid, read.get(pid)):
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:

@@ -323,7 +323,7 @@ def _agents_possible(session: Any) -> bool:
             return False
         return not few or listens_here()
 
-    return any(has_socket(pid) for pid in tree.members(session.pid, session.scope))
+    return any(has_socket(pid) for pid in tree.scope_members(session))
 
 
 AGENT_PREFIX = b"\0cryo-app/"  # cryo.app.protocol.PREFIX (tests/unit/test_startup.py)

@@ -269,7 +269,7 @@ def snapshot(session: Any) -> None:
     if _no_stack:
         return
     found: dict[int, Sleep] = {}
-    for pid in tree.members(session.pid, session.scope):
+    for pid in tree.scope_members(session):
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:

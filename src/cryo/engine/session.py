@@ -163,7 +163,9 @@ class Checkpoint:
     # -- the phases ----------------------------------------------------------------------
     def prepare(self) -> None:
         self._phase("new", "prepare")
-        tree.members(self.pid, self.scope)  # a scope with no process: an error first
+        # a scope with no process: an error first; the walk is kept for the hooks before
+        # the freeze (tree.scope_members: one walk, not one per hook)
+        self.shared.early["members"] = tree.members(self.pid, self.scope)
         if self.dest is not None:
             self._open_sink(self.dest)
         for d in D.DRIVERS:  # the applications' callbacks, before anything is touched

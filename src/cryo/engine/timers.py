@@ -199,7 +199,7 @@ def snapshot(session: Any) -> None:
     from cryo.engine import tree
 
     with contextlib.suppress(OSError, AttributeError):
-        if any(_has_realtime(pid) for pid in tree.members(session.pid, session.scope)):
+        if any(_has_realtime(pid) for pid in tree.scope_members(session)):
             session.shared.early["timer_list"] = _parse_list(_read_text())
 
 

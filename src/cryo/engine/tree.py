@@ -150,6 +150,13 @@ def members(target: int, scope: str) -> list[int]:
     return pids
 
 
+def scope_members(session: Any) -> list[int]:
+    """The pids of a checkpoint's scope as its prepare phase found them, for the hooks
+    that run before the freeze (the freeze walks the scope again, as it stops it)."""
+    got = session.shared.early.get("members")
+    return list(got) if got is not None else members(session.pid, session.scope)
+
+
 def _parents_first(pids: list[int]) -> list[int]:
     ppid = {p: (st.ppid if (st := _stat(p)) else 0) for p in pids}
     out: list[int] = []
