@@ -516,9 +516,6 @@ def test_java(procs: Procs, tmp_path: Path, opts: list[str]) -> None:
     assert not d, "\n".join(d)
 
 
-@pytest.mark.xfail(strict=True, reason="a restored stopped process stops before it enters"
-                   " again the sigsuspend it stopped in: /proc/PID/syscall -1, SigBlk its"
-                   " own mask, not sigsuspend's (right once it is continued)")
 def test_stopped(procs: Procs, victim: str, tmp_path: Path) -> None:
     """A process stopped by SIGSTOP (its threads in the group stop): the same /proc
     files, its state T, and it goes on once continued."""

@@ -672,6 +672,10 @@ DRIVERS: tuple[Driver, ...] = (
     Driver("registers", before_freeze=restartblock.snapshot, frozen=restartblock.frozen,
            restore_thread={"late": registers.restart_block, "regs": _thread_regs}),
     Driver("sud", restore_thread={"regs": sud.restore_thread}),  # (no call injected after)
+    # (after every thread's registers) a stopped process stops inside its calls again
+    Driver("stop-inside", restore={"regs": _when("cryo.engine.jobctl", "stop_inside",
+                                                 lambda c: bool(c.thread_records and c.
+                                                                thread_records[0].get("group_stop")))}),
     # (the last started hook) inotify watches get their masks, fanotify groups their
     # marks: nothing the restart did to the files queued an event (engine/fsnotify.py)
     Driver("fsnotify", started=_used("cryo.engine.fsnotify", "arm")),

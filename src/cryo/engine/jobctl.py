@@ -48,7 +48,7 @@ from typing import Any
 
 from cryo import procfs
 from cryo.errors import CryoError
-from cryo.linux.consts import SYS
+from cryo.linux.consts import ERESTART, SYS
 
 P_PID = 1
 SYS_WAITID = 247
@@ -199,6 +199,92 @@ def continue_now(made: dict[int, Any], old: int) -> None:
     os.kill(m.pid, signal.SIGSTOP)
     step(0, "its continue")
     _take_back(made, m)
+
+
+# calls that only a signal ends: a thread stopped in one goes back into it before it stops
+SYS_RT_SIGSUSPEND = 130
+_SIGNAL_ONLY = frozenset({SYS_RT_SIGSUSPEND, SYS.pause})
+
+
+def _inside(trec: dict[str, Any]) -> int:
+    """The call (its number) a thread of a stopped process stopped in, when it is one
+    that only a signal ends and the stop interrupted it (ERESTARTNOHAND); else 0."""
+    from cryo.linux import structs as S
+
+    regs = S.user_regs_struct.from_buffer_copy(trec["regs"])
+    nr, ret = regs.orig_rax, regs.rax - (1 << 64) if regs.rax >= 1 << 63 else regs.rax
+    return nr if nr in _SIGNAL_ONLY and ret == -ERESTART.NOHAND else 0
+
+
+def stops_inside(trec: dict[str, Any]) -> bool:
+    """Does the stopped process whose leader's THRD record this is stop inside its calls
+    (:func:`stop_inside`, which then sends its stop signal, not task.stop_after_restore)?
+    When its leader stopped inside sigsuspend or pause with no signal pending for it."""
+    return bool(trec.get("group_stop")) and not trec["pending"] and bool(_inside(trec))
+
+
+def stop_inside(ctx: Any) -> None:
+    """Restore hook ("regs" stage, after every thread's registers and mask): a stopped
+    process whose threads stopped inside sigsuspend or pause stops there again, as it
+    was: /proc/PID/syscall names the call, SigBlk is the call's temporary mask (the
+    thread's own is its saved_sigmask, put back when the call returns).  Before (found
+    by probing, session 11): it stopped before it entered the call again (the stop
+    signal queued while cryo held it, met on its way back to user space), "-1" and its
+    own mask; right again once continued.
+
+    Each thread in such a call (its registers set up to run it again) is resumed, still
+    traced, and sleeps in the call again; the stop signal is then sent to the first of
+    them, which takes it into a group stop (PTRACE_CONT with it from its delivery stop)
+    that wakes the others out of their calls into their group-stop traps: each as the
+    kernel leaves a task stopped inside the call (ERESTARTNOHAND, the call's number,
+    its temporary mask and the saved one).  Let go, each stops again at once, without
+    a word (kernel/ptrace.c __ptrace_unlink); the other threads, still held, join the
+    stop when let go.  With a signal pending (queued again at restart: the call could
+    return for it, a handler run), the signal is sent at once, as stop_after_restore
+    does: the stop as before."""
+    from cryo.engine import task
+    from cryo.linux import libc
+    from cryo.linux.consts import PTRACE, PTRACE_EVENT
+
+    if not ctx.thread_records or not stops_inside(ctx.thread_records[0]):
+        return
+    sig = int(ctx.thread_records[0]["group_stop"])
+    if sig != signal.SIGSTOP and task._orphaned_pgrp(ctx.pid):  # (as stop_after_restore)
+        sig = signal.SIGSTOP
+    calls = [(ctx.threads[ctx.tid_map[t["tid"]]], nr) for t in ctx.thread_records
+             if (nr := _inside(t)) and not t["pending"]]  # fmt: skip
+    if ctx.records[SIGS]["pending_shared"] or any(t["pending"] for t in ctx.thread_records):
+        os.kill(ctx.pid, sig)
+        return
+    for t, _nr in calls:
+        libc.ptrace(PTRACE.CONT, t.tid, 0, 0)
+    deadline = time.monotonic() + 5.0
+    for t, nr in calls:  # each asleep in its call again
+        while not _sleeps_in(ctx.pid, t.tid, nr):
+            if time.monotonic() > deadline:
+                raise CryoError(f"thread {t.tid} of process {ctx.pid} did not go back into"
+                                f" its call {nr}", pid=ctx.pid)  # fmt: skip
+            time.sleep(0.0005)
+    first = calls[0][0]
+    libc.syscall(SYS.tgkill, ctx.pid, first.tid, sig)
+    stop = first.wait_stop()
+    if stop != sig:
+        raise CryoError(f"process {ctx.pid}: stop {stop:#x} where its signal {sig} was"
+                        " awaited", pid=ctx.pid)  # fmt: skip
+    libc.ptrace(PTRACE.CONT, first.tid, 0, sig)  # into the group stop
+    for t, _nr in calls:
+        stop = t.wait_stop()
+        if stop not in (sig, sig | PTRACE_EVENT.STOP << 8):  # (attached, or seized)
+            raise CryoError(f"thread {t.tid} of process {ctx.pid}: stop {stop:#x} where its"
+                            " group stop was awaited", pid=ctx.pid)  # fmt: skip
+
+
+def _sleeps_in(pid: int, tid: int, nr: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as f:
+            return f.read().split(b" ", 1)[0] == str(nr).encode()
+    except OSError:
+        return False
 
 
 def _take_back(made: dict[int, Any], m: Any) -> None:

@@ -606,6 +606,10 @@ def stop_after_restore(tracee: Tracee, trec: dict[str, Any]) -> None:
     sig = trec.get("group_stop", 0)
     if tracee.tid != tracee.pid or not sig:
         return
+    from cryo.engine import jobctl
+
+    if jobctl.stops_inside(trec):
+        return  # (sent by jobctl.stop_inside, its threads back in their calls)
     if sig != signal.SIGSTOP and _orphaned_pgrp(tracee.pid):
         sig = signal.SIGSTOP
     os.kill(tracee.pid, sig)
