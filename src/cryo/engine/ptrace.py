@@ -9,6 +9,7 @@ import os
 import signal
 import struct
 import time
+from collections.abc import Callable
 
 from cryo import procfs
 from cryo.errors import AccessDenied, CryoError, NoSuchProcess
@@ -69,6 +70,9 @@ class Tracee:
         self.options = 0  # the PTRACE_O_* flags in force (PTRACE_SETOPTIONS replaces them)
         self.group_stop = 0  # the stop signal, when the task was group-stopped when seized
         self.timeout_end = 0  # an epoll sleep's end (CLOCK_MONOTONIC ns), where read
+        # the last step before the let-go of a call run again whose timeout is a timespec
+        # (engine/restartblock.Rerun)
+        self.rerun: Callable[[Tracee], None] | None = None
         # the process ignores SIGTRAP: see step()
         self.sigtrap_ignored = False
         # the pending signals' siginfo (own, process-wide) when the freeze was done
@@ -273,6 +277,8 @@ class Tracee:
                 self.flood_mask = None
             self.undo_eintr()
             self.give_back()
+            if self.rerun is not None and not sig:
+                self.rerun(self)
         except OSError as err:  # (the task goes on without the rest)
             if err.errno != errno.ESRCH:
                 log.warning("pid %d: signals held back not all given back: %s", self.tid, err)

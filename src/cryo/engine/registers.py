@@ -114,7 +114,8 @@ def restart_block(ctx: Any, inj: Injector, trec: dict[str, Any]) -> None:
     the rebuilt block's time runs from as near the let-go as can be): the restart block
     of a thread whose sleep only it held (engine/restartblock.py), unless a signal it
     takes first voids the block."""
-    if "restart" in trec and trec["restart"]["fn"] != "epoll" and not _takes_signal(trec):
+    if "restart" in trec and trec["restart"]["fn"] not in restartblock.STACKED and \
+            not _takes_signal(trec):  # fmt: skip
         saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
         restartblock.rebuild(inj, saved, trec["restart"])
 
@@ -129,6 +130,8 @@ def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
         saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
         if trec["restart"]["fn"] == "epoll":
             regs = restartblock.final_epoll(saved, regs, trec["restart"])
+        elif trec["restart"]["fn"] == "timespec":  # (sigtimedwait, semtimedop, pwait2)
+            restartblock.final_timespec(tracee, saved, regs, trec["restart"])
         else:
             regs = restartblock.final(tracee, saved, regs)
     inj.finish(regs)

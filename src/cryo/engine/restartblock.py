@@ -40,13 +40,32 @@ waits on to the same end (Tracee.undo_eintr: the frozen time counted, as by the 
 a call whose end went by runs with a timeout of 0); a restarted one waits its time left,
 the time away not counted, as the blocks above: either way the call runs again with
 its timeout argument (r10, which the kernel does not change and no caller reads back)
-set to what is left, in ms rounded up.  epoll_pwait2's timeout is a timespec in the
-program's memory: it runs whole again, as every one does without a BPF iterator (no
-CAP_BPF, no BTF: bpf.Unavailable).
+set to what is left, in ms rounded up.
+
+rt_sigtimedwait, semtimedop and epoll_pwait2 sleep the same way (schedule_hrtimeout_range:
+the sleeper on the stack, the end absolute), are woken by the freeze the same way (EINTR)
+and found so, but their timeout is a timespec in the program's memory, which the kernel
+reads once at the call's start and never writes back: run again as it is, the call waited
+its whole timeout again (a 3 s sigtimedwait caught 1.5 s in returned after 4.5 s, in a
+target that went on after a mere checkpoint too).  So the call is run again with its
+timeout pointer (rdx; r10) set to a timespec of what is left, written below the red zone
+of the thread's stack (rsp - 128 - 16: no live data is there), as the thread's last step
+before it is let go (Tracee.rerun, :class:`Rerun`): its registers are left as the kernel
+leaves a call it restarts (the call's number in orig_rax, -ERESTARTNOHAND), so that the
+kernel, letting it go, runs it again at once, no user code in between, unless it
+delivers a signal to a handler first, which would write its frame there: the call then
+returns EINTR, as a handler makes these calls do.  (Let go from its syscall-entry stop
+instead, it woke at once: the detach leaves TIF_SIGPENDING set, and semtimedop and
+epoll_pwait2 returned EINTR.)  The pointer register keeps the scratch address after the
+call (a call's argument registers are the caller's to lose: no wrapper reads them back).
+The sleep is armed when every process is stopped (:func:`frozen`), so that a checkpoint
+refused later lets it wait to its end too.  Without a BPF iterator (no CAP_BPF, no BTF:
+bpf.Unavailable) every call of this note runs whole again, late, never early.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -58,6 +77,7 @@ from typing import Any
 
 from cryo.engine.inject import NO_SYSCALL, Injector
 from cryo.engine.ptrace import Tracee, timeout_ms
+from cryo.errors import CryoError
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import ERESTART, PTRACE, PTRACE_SYSCALL_INFO, SYS
@@ -71,6 +91,13 @@ FN: dict[int, str] = {SYS.poll: "do_restart_poll", SYS.futex: "futex_wait_restar
       SYS.clock_nanosleep: "hrtimer_nanosleep_restart"}  # fmt: skip
 _unavailable: list[str] = []  # why no block could be read (said once a process)
 EPOLL = frozenset({SYS.epoll_wait, SYS.epoll_pwait})  # (their timeout: ms in r10)
+# calls whose timeout is a relative timespec in the program's memory: the register
+# that points at it (user_regs_struct field, and its index in /proc's syscall args)
+TIMESPEC: dict[int, tuple[str, int]] = {SYS.rt_sigtimedwait: ("rdx", 2),
+                                        SYS.semtimedop: ("r10", 3),
+                                        SYS.epoll_pwait2: ("r10", 3)}  # fmt: skip
+STACKED = frozenset({"epoll", "timespec"})  # THRD restart fns read off the kernel stack
+RED_ZONE = 128
 EARLY = "epoll sleeps"  # shared.early's key: tid -> Sleep
 _no_stack: list[str] = []  # why no kernel stack could be read (once a process)
 
@@ -281,15 +308,37 @@ def snapshot(session: Any) -> None:
                 nr = int(fields[0])
             except (OSError, ValueError, IndexError):
                 continue  # ("running", or gone)
-            if nr in EPOLL and len(fields) >= 5 and ctypes.c_int32(int(fields[4], 16)).value > 0:
-                sleep = _sleeper(int(t), tuple(int(x, 16) for x in fields[1:5]))
+            if len(fields) < 5 or (nr not in EPOLL and nr not in TIMESPEC):
+                continue
+            args = tuple(int(x, 16) for x in fields[1:5])
+            timeout = _timeout(pid, nr, args)
+            if timeout > 0:
+                sleep = _sleeper(int(t), args, timeout)
                 if sleep is not None:
                     found[int(t)] = sleep
     if found:
         session.shared.early[EARLY] = found
 
 
-def _sleeper(tid: int, args: tuple[int, ...]) -> Sleep | None:
+def _timeout(pid: int, nr: int, args: tuple[int, ...]) -> int:
+    """The timeout (ns) of a call of EPOLL or TIMESPEC with ``args``; 0 for none (a
+    NULL timespec, a negative epoll timeout) or where it cannot be read."""
+    if nr in EPOLL:
+        return max(0, ctypes.c_int32(args[3]).value) * 1_000_000
+    ptr = args[TIMESPEC[nr][1]]
+    if not ptr:
+        return 0  # (no timeout: nothing to keep)
+    buf = ctypes.create_string_buffer(16)
+    try:
+        if libc.process_vm_readv(pid, [(ctypes.addressof(buf), 16)], [(ptr, 16)]) != 16:
+            return 0
+    except OSError:
+        return 0
+    sec, nsec = struct.unpack("<qq", buf.raw)
+    return sec * 1_000_000_000 + nsec if sec >= 0 and 0 <= nsec < 1_000_000_000 else 0
+
+
+def _sleeper(tid: int, args: tuple[int, ...], timeout: int) -> Sleep | None:
     from cryo.linux import bpf
 
     try:
@@ -298,7 +347,8 @@ def _sleeper(tid: int, args: tuple[int, ...]) -> Sleep | None:
         got = bpf.task_stack(tid)
     except OSError as err:  # (bpf.Unavailable is one)
         _no_stack.append(str(err))
-        log.info("no BPF iterator (%s): an epoll_wait's timeout runs whole again", err)
+        log.info("no BPF iterator (%s): an epoll_wait's or sigtimedwait's timeout runs"
+                 " whole again", err)
         return None
     at = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     if got is None:
@@ -313,7 +363,6 @@ def _sleeper(tid: int, args: tuple[int, ...]) -> Sleep | None:
                     struct.unpack_from("<Q", data, base + task_off)[0] == task):  # fmt: skip
                 words.append(struct.unpack_from("<q", data, base + exp_off)[0])
         i = data.find(key, i + 1)
-    timeout = ctypes.c_int32(args[3]).value * 1_000_000
     if len(words) != 1 or not 0 <= words[0] - at <= timeout + _slack(tid):
         return None  # (none, two, or not this call's: the call runs whole)
     return Sleep(args, words[0], nvcsw, at)
@@ -330,14 +379,20 @@ def _slack(tid: int) -> int:
 def frozen(session: Any) -> None:
     """Every process stopped (frozen hook), nothing injected yet: a sleep of the snapshot
     is the one the freeze interrupted only if its thread switched exactly once since
-    (the freeze's stop; module note).  The others are dropped."""
+    (the freeze's stop; module note).  The others are dropped.  The kept ones' threads
+    wait to the same end when let go, whether the checkpoint goes on or fails (armed
+    now: a refusal at the collect lets the target go as it was)."""
     sleeps: dict[int, Sleep] | None = session.shared.early.get(EARLY)
     if not sleeps:
         return
-    tgid = {t: p.pid for p in session.procs.values() for t in p.threads}
+    tracees = {tid: (p.pid, t) for p in session.procs.values() for tid, t in p.tracees.items()}
     for tid, sleep in list(sleeps.items()):
-        if tid not in tgid or _switches(tgid[tid], tid) != sleep.nvcsw + 1:
+        if tid not in tracees or _switches(tracees[tid][0], tid) != sleep.nvcsw + 1:
             del sleeps[tid]  # (it woke and slept again in between, or is gone)
+            continue
+        t = tracees[tid][1]
+        with contextlib.suppress(OSError):
+            _arm(t, t.getregs(), sleep)
 
 
 def _switches(pid: int, tid: int) -> int:
@@ -353,17 +408,30 @@ def _switches(pid: int, tid: int) -> int:
 
 def dump_epoll(tracee: Tracee, regs: S.user_regs_struct,
                early: dict[int, Sleep] | None) -> dict[str, Any] | None:
-    """THRD ``restart`` of a thread whose epoll sleep the freeze interrupted, where the
-    snapshot found that sleep (module note); sets ``tracee.timeout_end`` for a target
-    that goes on.  None where it was not found, or is not the same sleep."""
+    """THRD ``restart`` of a thread whose epoll, sigtimedwait or semtimedop sleep the
+    freeze interrupted, where the snapshot found that sleep (module note); sets
+    ``tracee.timeout_end`` (epoll) or ``tracee.rerun`` (a timespec's) for a target that
+    goes on.  None where it was not found, or is not the same sleep."""
     sleep = (early or {}).get(tracee.tid)
+    if sleep is None or not _arm(tracee, regs, sleep):
+        return None
+    fn = "timespec" if int(regs.orig_rax) in TIMESPEC else "epoll"
+    return {"fn": fn, "left_ns": max(0, sleep.end - sleep.at)}
+
+
+def _arm(tracee: Tracee, regs: S.user_regs_struct, sleep: Sleep) -> bool:
+    """Is the call the freeze made fail (``regs``) the snapshot's ``sleep``?  If so the
+    thread, let go, runs it again to the same end: ``tracee.timeout_end`` (epoll: its
+    ms timeout argument set in undo_eintr) or ``tracee.rerun`` (:class:`Rerun`)."""
     nr, ret = int(regs.orig_rax), _signed(regs.rax)
-    if sleep is None or nr not in EPOLL or ret != -errno.EINTR:
-        return None
-    if sleep.args != (regs.rdi, regs.rsi, regs.rdx, regs.r10):
-        return None
-    tracee.timeout_end = sleep.end
-    return {"fn": "epoll", "left_ns": max(0, sleep.end - sleep.at)}
+    if (nr not in EPOLL and nr not in TIMESPEC) or ret != -errno.EINTR or \
+            sleep.args != (regs.rdi, regs.rsi, regs.rdx, regs.r10):  # fmt: skip
+        return False
+    if nr in TIMESPEC:
+        tracee.rerun = Rerun(nr, getattr(regs, TIMESPEC[nr][0]), end=sleep.end)
+    else:
+        tracee.timeout_end = sleep.end
+    return True
 
 
 def final_epoll(saved: S.user_regs_struct, regs: S.user_regs_struct,
@@ -373,3 +441,53 @@ def final_epoll(saved: S.user_regs_struct, regs: S.user_regs_struct,
     if _signed(regs.rax) == _signed(saved.orig_rax) and int(saved.orig_rax) in EPOLL:
         regs.r10 = (regs.r10 & ~0xFFFFFFFF) | timeout_ms(int(restart["left_ns"]))
     return regs
+
+
+def final_timespec(tracee: Tracee, saved: S.user_regs_struct, regs: S.user_regs_struct,
+                   restart: dict[str, Any]) -> None:
+    """A restarted thread whose call of TIMESPEC runs again (``regs``: final_regs')
+    waits its time left: given at its let-go (:class:`Rerun`)."""
+    nr = int(saved.orig_rax)
+    if nr in TIMESPEC and _signed(regs.rax) == nr:
+        tracee.rerun = Rerun(nr, getattr(saved, TIMESPEC[nr][0]),
+                             left=int(restart["left_ns"]))  # fmt: skip
+
+
+class Rerun:
+    """Tracee.rerun of a thread whose call of TIMESPEC runs again when let go: at its
+    syscall-entry stop its timeout pointer is set to a timespec of what is left, written
+    below its stack's red zone (module note).  ``end``: the sleep's end (CLOCK_MONOTONIC
+    ns: a target that goes on, the frozen time counted); ``left``: the time left (a
+    restarted one, the time away not counted)."""
+
+    __slots__ = ("end", "left", "nr", "ptr")
+
+    def __init__(self, nr: int, ptr: int, *, end: int | None = None,
+                 left: int = 0) -> None:  # fmt: skip
+        self.nr, self.ptr, self.end, self.left = nr, ptr, end, left
+
+    def __call__(self, t: Tracee) -> None:
+        try:
+            self._run(t)
+        except (OSError, CryoError) as err:  # (it runs whole: late, never early)
+            log.debug("thread %d: its call %d runs whole again: %s", t.tid, self.nr, err)
+
+    def _run(self, t: Tracee) -> None:
+        reg = TIMESPEC[self.nr][0]
+        regs = t.getregs()
+        if t.group_stop or t.deferred_signals or regs.rax != self.nr or \
+                getattr(regs, reg) != self.ptr:  # fmt: skip
+            return  # (not run again: a signal comes first)
+        left = self.left if self.end is None else \
+            self.end - time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # fmt: skip
+        at = (regs.rsp - RED_ZONE - 16) & ~15
+        ts = ctypes.create_string_buffer(struct.pack("<qq", *divmod(max(0, left),
+                                                                   1_000_000_000)), 16)
+        if libc.process_vm_writev(t.tid, [(ctypes.addressof(ts), 16)], [(at, 16)]) != 16:
+            return
+        setattr(regs, reg, at)
+        # (the kernel restarts it when let go, unless it delivers a signal to a handler
+        # first: then EINTR, as a handler makes these calls return)
+        regs.orig_rax, regs.rax = self.nr, -ERESTART.NOHAND & 0xFFFFFFFFFFFFFFFF
+        regs.rip += 2
+        t.setregs(regs)
