@@ -212,6 +212,7 @@ _SOCKETS, _TTY = "cryo.engine.sockets", "cryo.engine.tty"
 APPX = b"APPX"  # appchannel.KIND (tests/unit/test_startup.py checks it is the same)
 _HSPERF, HSPF = "cryo.engine.hsperf", b"HSPF"  # hsperf.KIND
 _EPOLLREADY, EPRD = "cryo.engine.epollready", b"EPRD"  # epollready.KIND
+_AIO, AIOR = "cryo.engine.aio", b"AIOR"  # aio.KIND
 
 
 def _holds_socket(ctx: DumpContext) -> bool:
@@ -588,6 +589,14 @@ DRIVERS: tuple[Driver, ...] = (
            shared=_object_sources,
            restore={"memory": _memory_layout, "pages": _memory_pages,
                     "protect": _memory_protect}, describe=_describe_memory),
+    # (after memory: its rings are VMAs of MM) AIO contexts, their rings made again after
+    # the process's memory is back
+    Driver("aio", (AIOR,), optional=True,
+           collect=_when(_AIO, "collect", lambda c: any(v["kind"] == "aio"
+                                                         for v in c.records[R.MM]["vmas"])),
+           restore={"protect": _when(_AIO, "restore", lambda c: bool(c.image.raw(AIOR)))},
+           describe=lambda v: {"aio": importlib.import_module(_AIO).describe(v.records[AIOR])}
+           if AIOR in v.records else {}),
     # the bytes of each file mapped privately (its pages not in the image come from it),
     # checked at restart by fingerprint-check, above
     Driver("fingerprints", (changed.KIND,), optional=True, collect=changed.collect,

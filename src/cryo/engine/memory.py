@@ -229,10 +229,6 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
     try:
         for v in vmas:
             kind = _classify(v)
-            if kind == "aio":
-                raise Unsupported(f"mapping {v.start:#x}-{v.end:#x}: an AIO ring (io_setup)"
-                                  " is not supported", pid=pid,
-                                  resource="memory")  # fmt: skip
             if kind == "unsupported":
                 raise Unsupported(f"mapping {v.start:#x}-{v.end:#x} of {v.path or 'anonymous'}"
                                   f" ({v.perms}) is not supported", pid=pid,
@@ -945,7 +941,8 @@ def _map_all(ctx: RestoreContext, rec: dict[str, Any], bt: Batch, fds: dict[str,
         last, prev = prev, None
         if kind == "sysv-shm" and (_after_pages(v) or _MADVISE.keys() & set(v["flags"])):
             fixup.append(v)  # sysvshm.attach maps it; its advice and lock in protect()
-        if kind in ("special", "skip", "sysv-shm"):  # sysvshm.attach maps the last
+        if kind in ("special", "skip", "sysv-shm", "aio"):  # sysvshm.attach maps sysv-shm,
+            # aio.restore an AIO ring
             continue
         size = v["end"] - v["start"]
         prot = v["prot"]

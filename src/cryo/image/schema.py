@@ -511,7 +511,7 @@ FD = Int(0, (1 << 20) - 1, "fd")
 ADDR = Int(0, U64, "address")  # (vsyscall sits at the top)
 HEX = Str(max=18, pattern=r"(0x)?[0-9a-fA-F]{1,16}")
 SIGINFO = Bytes(128)
-VMA_KINDS = ("anon", "file", "shmem", "shared-file", "sysv-shm", "special", "skip")
+VMA_KINDS = ("anon", "file", "shmem", "shared-file", "sysv-shm", "special", "skip", "aio")
 DESC_KINDS = ("file", "dir", "chr", "stdio", "ctty", "pipe", "fifo", "unix", "inet", "pty",
               "eventfd", "signalfd", "timerfd", "epoll", "app_listen", "app_conn",
               "link", "pidfd", "proc", "inotify", "fanotify")  # fmt: skip
@@ -1046,6 +1046,18 @@ KINDS: tuple[Kind, ...] = (
               "its one-shot watches that fired (no event until rearmed)", required=False),
         ), name="epoll ready list"), min=1), "epolls with edge-triggered or one-shot watches"),
     ), name="epoll ready lists"), "which watches wait on each epoll's ready list"),
+    Kind(b"AIOR", "engine/aio.py", "any", Struct((
+        F("pid", PID),
+        F("rings", List(Struct((
+            F("addr", ADDR, "its ring's address: the context's id"),
+            F("length", Int(1, 1 << 40), "the ring mapping's size"),
+            F("index", Int(0, U32), "its index in the process's table"),
+            F("max_reqs", Int(1, U32), "what io_setup was given"),
+            F("nr", Int(1, U32), "the ring's events"),
+            F("head", Int(0, U32)), F("tail", Int(0, U32)),
+            F("events", Bytes(max=1 << 30), "the io_events not reaped, head first"),
+        ), name="AIO context"), min=1), "its io_setup contexts, by index"),
+    ), name="AIO contexts"), "AIO rings and the completions they hold"),
     Kind(b"HSPF", "engine/hsperf.py", "any", Struct((
         F("pid", PID),
         F("files", List(Struct((

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import os
 import struct
+import threading
 from typing import NamedTuple
 
 from cryo.errors import InternalError
@@ -28,6 +29,7 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 # BTF kinds (include/uapi/linux/btf.h) and what follows each btf_type: fixed bytes, and
 # bytes per vlen item
 _BTF_INT, _BTF_PTR, _BTF_STRUCT, _BTF_ENUM, _BTF_FUNC, _BTF_ENUM64 = 1, 2, 4, 6, 12, 19
+_BTF_VAR, _BTF_DATASEC = 14, 15
 _EXTRA = {1: 4, 3: 12, 14: 4, 17: 4}
 _PER_ITEM = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
 _TYPE = struct.Struct("<III")
@@ -226,6 +228,7 @@ BPF_FUNC_PROBE_READ_KERNEL = 113
 _CACHE = "/run/cryo/btf-offsets"  # the offsets this boot's kernel has (boot id, JSON)
 # what the readers ask of BTF: a name -> (struct, dotted member path through anonymous
 # members) for an offset, (struct, "") for a size, (None, func) for an iterator's BTF id
+_PERCPU = ".data..percpu"  # (a variable's offset in that section, from its DATASEC)
 _WANTED: dict[str, tuple[str | None, str]] = {
     "iter_task": (None, "bpf_iter_task"),
     "iter_task_file": (None, "bpf_iter_task_file"),
@@ -255,6 +258,28 @@ _WANTED: dict[str, tuple[str | None, str]] = {
     "rb.poll.has_timeout": ("restart_block", "poll.has_timeout"),
     "rb.poll.tv_sec": ("restart_block", "poll.tv_sec"),
     "rb.poll.tv_nsec": ("restart_block", "poll.tv_nsec"),
+    # AIO contexts (engine/aio.py): mm->ioctx_table->table[i], a struct kioctx each
+    "task.mm": ("task_struct", "mm"),
+    "mm.ioctx_table": ("mm_struct", "ioctx_table"),
+    "kt.nr": ("kioctx_table", "nr"),
+    "kt.table": ("kioctx_table", "table"),
+    "kx.user_id": ("kioctx", "user_id"),
+    "kx.cpu": ("kioctx", "cpu"),
+    "kx.max_reqs": ("kioctx", "max_reqs"),
+    "kx.nr_events": ("kioctx", "nr_events"),
+    "kx.mmap_size": ("kioctx", "mmap_size"),
+    "kx.reqs_available": ("kioctx", "reqs_available"),
+    "kx.tail": ("kioctx", "tail"),
+    "kx.completed_events": ("kioctx", "completed_events"),
+    "kx.id": ("kioctx", "id"),
+    "kc.reqs_available": ("kioctx_cpu", "reqs_available"),
+    # each CPU's per-cpu area, found through its runqueue (per_cpu_offsets)
+    "task.sched_task_group": ("task_struct", "sched_task_group"),
+    "tg.cfs_rq": ("task_group", "cfs_rq"),
+    "cfs_rq.rq": ("cfs_rq", "rq"),
+    "rq.cpu": ("rq", "cpu"),
+    "percpu.runqueues": (_PERCPU, "runqueues"),
+    "percpu.this_cpu_off": (_PERCPU, "this_cpu_off"),
 }
 # kernel functions whose addresses the readers compare with (/proc/kallsyms)
 SYMBOLS = ("do_restart_poll", "futex_wait_restart", "hrtimer_nanosleep_restart",
@@ -273,7 +298,8 @@ def _read_btf() -> dict[str, int]:
     _magic, _ver, _flags, hdr, toff, tlen, soff, slen = struct.unpack_from("<HBBIIIII", data)
     types = data[hdr + toff : hdr + toff + tlen]
     strs = data[hdr + soff : hdr + soff + slen]
-    names = {m if s is None else s for s, m in _WANTED.values()}
+    names = {m if s in (None, _PERCPU) else s for s, m in _WANTED.values()}
+    names.add(_PERCPU)
     offs = {}
     for n in names:  # (vmlinux's strings are deduplicated: one offset a name)
         at_ = strs.find(b"\0" + n.encode() + b"\0")
@@ -281,13 +307,18 @@ def _read_btf() -> dict[str, int]:
             offs[at_ + 1] = n
     at: list[int] = []
     found: dict[tuple[int, str], int] = {}
+    sec_offs: dict[int, int] = {}  # per-cpu VAR type id -> its offset in the section
     pos, size = 0, len(types)
     while pos < size:
         at.append(pos)
         name_off, info, _sz = _TYPE.unpack_from(types, pos)
         kind = (info >> 24) & 0x1F
-        if name_off in offs and kind in (_BTF_STRUCT, _BTF_FUNC):
+        if name_off in offs and kind in (_BTF_STRUCT, _BTF_FUNC, _BTF_VAR):
             found.setdefault((kind, offs[name_off]), len(at))
+        if name_off in offs and kind == _BTF_DATASEC and offs[name_off] == _PERCPU:
+            for i in range(info & 0xFFFF):  # (var type id, offset in the section, size)
+                vt, voff, _vsz = _TYPE.unpack_from(types, pos + 12 + 12 * i)
+                sec_offs[vt] = voff
         pos += 12 + _EXTRA.get(kind, 0) + _PER_ITEM.get(kind, 0) * (info & 0xFFFF)
 
     def resolve(tid: int) -> tuple[int, int, int]:  # through typedefs and qualifiers
@@ -321,6 +352,10 @@ def _read_btf() -> dict[str, int]:
         if sname is None:
             if (_BTF_FUNC, path) in found:
                 out[key] = found[(_BTF_FUNC, path)]
+            continue
+        if sname == _PERCPU:
+            if found.get((_BTF_VAR, path)) in sec_offs:
+                out[key] = sec_offs[found[(_BTF_VAR, path)]]
             continue
         sid = found.get((_BTF_STRUCT, sname))
         if sid is None:
@@ -399,15 +434,20 @@ def need(*keys: str) -> list[int]:
 
 class Read(NamedTuple):
     """A read of the reader: ``size`` bytes (a multiple of 8) at ``off`` from the
-    iterated object (base -1: the task; -2: the file, for task_file) or from the pointer
-    that an earlier read (its index) gave."""
+    iterated object (base -1: the task; -2: the file, for task_file), from the pointer
+    that an earlier read (its index) gave, or (base ABSOLUTE) at kernel address ``off``."""
 
     off: int
     size: int
     base: int = -1
 
 
+ABSOLUTE = -3  # Read.base: ``off`` is a kernel address
 _programs: dict[tuple[str, tuple[Read, ...]], int] = {}
+
+
+def _imm32(v: int) -> int:
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def _reader(iter_name: str, reads: tuple[Read, ...]) -> int:
@@ -439,10 +479,14 @@ def _reader(iter_name: str, reads: tuple[Read, ...]) -> int:
             base = [_insn(0xBF, 3, 7)]  # r3 = task
         elif r.base == -2:
             base = [_insn(0xBF, 3, 8)]  # r3 = file
+        elif r.base == ABSOLUTE:  # r3 = the address (ld_imm64: two instructions)
+            a = r.off % (1 << 64)
+            base = [_insn(0x18, 3, 0, 0, _imm32(a & 0xFFFFFFFF)),
+                    _insn(0, 0, 0, 0, _imm32(a >> 32))]
         else:
             base = [_insn(ldx_dw, 3, 10, where[r.base])]  # r3 = the pointer read before
         body += [*base,
-                 _insn(0x07, 3, 0, 0, r.off),  # r3 += off
+                 _insn(0x07, 3, 0, 0, 0 if r.base == ABSOLUTE else r.off),  # r3 += off
                  _insn(0xBF, 1, 10), _insn(0x07, 1, 0, 0, at),  # r1 = fp + at
                  _insn(0xB7, 2, 0, 0, r.size),  # r2 = size
                  _insn(0x85, 0, 0, 0, BPF_FUNC_PROBE_READ_KERNEL)]
@@ -570,3 +614,53 @@ def _run(prog: int, tid: int, pid: int, iter_name: str) -> bytes:
     finally:
         os.close(link)
     return b"".join(chunks)
+
+
+_cpu_offsets: list[int] = []
+
+
+def possible_cpus() -> int:
+    """nr_cpu_ids: one past the highest possible CPU (/sys/devices/system/cpu/possible)."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    return max(int(part.rpartition("-")[2]) for part in text.split(",")) + 1
+
+
+def per_cpu_offsets() -> list[int]:
+    """__per_cpu_offset[cpu] for every possible CPU (what turns a per-cpu pointer into
+    that CPU's copy), read once a process.  Neither the array nor this_cpu_off has its
+    address in /proc/kallsyms without CONFIG_KALLSYMS_ALL, and the verifier's typed
+    per-cpu helpers take no pointer a reader can walk to here, so: the task group of
+    cryo's own thread has a cfs_rq per CPU, each pointing to that CPU's runqueue (a
+    per-cpu variable); BTF gives the section offsets of runqueues and of this_cpu_off,
+    so each CPU's this_cpu_off (its own offset) lies at a known distance from its
+    runqueue.  Checked: each runqueue says it is that CPU's, and every CPU's runqueue
+    less its offset is the same address (the variable's own)."""
+    if _cpu_offsets:
+        return _cpu_offsets
+    tg, arr, rq_, cpu, s_rq, s_off = need("task.sched_task_group", "tg.cfs_rq", "cfs_rq.rq",
+                                          "rq.cpu", "percpu.runqueues", "percpu.this_cpu_off")
+    n = possible_cpus()
+    got: list[tuple[int, int]] = []  # (runqueue, offset) of each CPU
+    step = 12  # CPUs a run (4 reads each, 8 bytes: within the reader's 512 bytes)
+    for first in range(0, n, step):
+        cpus = range(first, min(n, first + step))
+        reads = [Read(tg, 8), Read(arr, 8, 0)]
+        k = len(cpus)
+        reads += [Read(8 * c, 8, 1) for c in cpus]  # tg->cfs_rq[c]
+        reads += [Read(rq_, 8, 2 + i) for i in range(k)]  # ->rq
+        reads += [Read(cpu, 8, 2 + k + i) for i in range(k)]  # rq->cpu
+        reads += [Read(s_off - s_rq, 8, 2 + k + i) for i in range(k)]  # this_cpu_off
+        data = read("iter_task", tuple(reads), tid=threading.get_native_id())
+        if len(data) < 8 * len(reads):
+            raise Unavailable(0, "the per-cpu offsets could not be read")
+        v = struct.unpack_from(f"<{len(reads)}Q", data)
+        rqs, ids, offs = v[2 + k : 2 + 2 * k], v[2 + 2 * k : 2 + 3 * k], v[2 + 3 * k :]
+        for i, c in enumerate(cpus):
+            if not rqs[i] or ids[i] & 0xFFFFFFFF != c:
+                raise Unavailable(0, f"CPU {c}'s runqueue not found")
+        got += zip(rqs, offs, strict=True)
+    if len({(r - o) % (1 << 64) for r, o in got}) != 1:
+        raise Unavailable(0, "the per-cpu offsets read do not agree")
+    _cpu_offsets[:] = [o for _r, o in got]
+    return _cpu_offsets
