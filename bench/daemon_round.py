@@ -6,7 +6,12 @@ engine preloaded by a first round not counted), then gc by ``--keep-last`` and t
 reading of the versions (the daemon's ``sync``).  Per phase: CPU time (ours) and wall
 time; the victim's frozen time; with ``--profile FILE`` a cProfile of the counted
 rounds (``python -m pstats FILE``).  ``--code DIR`` runs another tree's src (for a
-before/after in one run: ``git archive HEAD src | tar -x -C DIR``).
+before/after in one run: ``git archive HEAD src | tar -x -C DIR``).  ``--groups``: the
+checkpoint's CPU (its own thread) split into the store's calls, the calls that are
+mostly the kernel's work (/proc reads, PAGEMAP_SCAN, process_vm_readv, ptrace, ioctl),
+the injected batches' Python and the engine's own Python (the rest), each function
+exclusive of the others (``--wrap MOD:FUNC`` adds one); without cProfile's cost per
+Python call, which makes code of many small calls look 3 times its share.
 
     python bench/daemon_round.py                       # 24 rounds, 1 s apart, 5 MiB/s
     python bench/daemon_round.py --rounds 40 --profile /tmp/round.prof
@@ -25,6 +30,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,6 +52,10 @@ def main() -> int:
                     help="CPU, wall, ptrace stops and injected calls per driver hook")
     ap.add_argument("--syscalls", action="store_true",
                     help="cryo's system calls a round (perf stat on this process)")
+    ap.add_argument("--groups", action="store_true",
+                    help="the checkpoint's CPU: store, kernel-heavy calls, batches, the rest")
+    ap.add_argument("--wrap", action="append", default=[], metavar="MOD:FUNC",
+                    help="with --groups: one more function (cryo.engine.memory:dump)")
     args = ap.parse_args()
     if args.code:
         sys.path.insert(0, args.code)
@@ -84,6 +94,10 @@ def main() -> int:
         for name in ("select", "inherit", "commit"):
             wrap(sink.VersionSink, name, f"store {name}")
     per_hook = hook_profiler(counting) if args.drivers else None
+    in_checkpoint = [False]  # (--groups counts the checkpoint's calls, not gc's)
+    per_fn = fn_profiler(in_checkpoint, GROUPS + [(w, "--wrap") for w in args.wrap]) \
+        if args.groups else None  # fmt: skip
+    own: list[float] = []  # the checkpoint's CPU in its own thread, a round
     base = Path(tempfile.mkdtemp(prefix="cryo-round-", dir="/var/tmp"))
     (base / "victim.c").write_text(VICTIM)
     exe = base / "victim"
@@ -122,8 +136,13 @@ def main() -> int:
                     phases[name].append((time.process_time() - c0, time.perf_counter() - w0))
                 return v
 
+            t0 = time.thread_time()
+            in_checkpoint[0] = r >= 2
             _, res = timed("checkpoint", cstore.checkpoint, p.pid, store, "job",
                            scope="process", worker=False)  # fmt: skip
+            in_checkpoint[0] = False
+            if r >= 2:
+                own.append(time.thread_time() - t0)
             if r >= 2:
                 frozen.append(res.freeze_seconds)
             if r % args.gc_every == args.gc_every - 1:
@@ -166,6 +185,8 @@ def main() -> int:
               f" gc, versions, the sleep between rounds)")
     if per_hook is not None:
         print_hooks(per_hook, args.rounds)
+    if per_fn is not None:
+        print_groups(per_fn, own, args.rounds)
     print(f"  gc copied  {sum(copied)} pages in {sum(1 for c in copied if c)} of"
           f" {len(copied)} rounds (max {max(copied)} in one)")
     print(f"  store      {len(dirs)} version directories, {size / 2**20:.1f} MiB on disk"
@@ -305,6 +326,78 @@ def print_hooks(acc: dict[str, list[float]], rounds: int) -> None:
               f" {v[5] / rounds:5.1f}")
     print(f"  {'total':38s} {tot[0] / rounds * 1000:7.2f} {tot[1] / rounds * 1000:8.2f}"
           f" {tot[2] / rounds:6.1f} {tot[3] / rounds:7.1f} {tot[4] / rounds:7.1f}")
+
+
+# (function, group) for --groups: none of them a generator (only its making would count)
+GROUPS = [(f"cryo.store.sink:{f}", "store") for f in (
+    "load_previous", "VersionSink.__init__", "VersionSink.previous_records",
+    "VersionSink.record", "VersionSink.select", "VersionSink.write_block",
+    "VersionSink.inherit", "VersionSink.commit")] + [
+    ("cryo.store.layout:Store.__init__", "store"), ("cryo.store.layout:App.sweep", "store"),
+    ("cryo.store.layout:App.lock", "store"), ("cryo.store.layout:du", "store")] + [
+    (f"cryo.{f}", "kernel") for f in (
+        "procfs:read", "linux.libc:pagemap_scan", "linux.libc:ioctl",
+        "linux.libc:process_vm_readv_raw", "linux.libc:process_vm_readv",
+        "linux.libc:process_vm_writev", "linux.libc:ptrace", "engine.ptrace:Tracee.wait_stop",
+        "engine.memory:_swapped_not_markers")] + [
+    ("cryo.engine.inject:Batch.call", "batches"), ("cryo.engine.inject:Injector.run_batch",
+                                                   "batches")]  # fmt: skip
+
+
+def fn_profiler(counting: list[bool], fns: list[tuple[str, str]]) -> dict[str, list[Any]]:
+    """Wrap each "module:Qual.name" of ``fns``: CPU of the calling thread, exclusive of
+    the other wrapped functions it calls, and calls, added up per function."""
+    import importlib
+    import threading
+
+    acc: dict[str, list[Any]] = {}
+    local = threading.local()  # each thread's stack of open calls
+
+    def wrap(label: str, fn):  # type: ignore[no-untyped-def]
+        def timed(*a, **kw):  # type: ignore[no-untyped-def]
+            if not counting[0]:
+                return fn(*a, **kw)
+            stack = local.__dict__.setdefault("stack", [])
+            t0 = time.thread_time()
+            stack.append(0.0)
+            try:
+                return fn(*a, **kw)
+            finally:
+                nested = stack.pop()
+                dt = time.thread_time() - t0
+                acc[label][1] += dt - nested
+                acc[label][2] += 1
+                if stack:
+                    stack[-1] += dt
+
+        return timed
+
+    for name, group in fns:
+        mod, _, qual = name.partition(":")
+        owner: Any = importlib.import_module(mod)
+        *path, last = qual.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        if getattr(owner, last, None) is None:  # (an older tree's: --code)
+            continue
+        acc[name] = [group, 0.0, 0]
+        setattr(owner, last, wrap(name, getattr(owner, last)))
+    return acc
+
+
+def print_groups(acc: dict[str, list[Any]], own: list[float], rounds: int) -> None:
+    total = sum(own) / rounds * 1000
+    print(f"  the checkpoint's own thread: {total:.2f} ms of CPU a round (mean; the"
+          " other threads apart)")
+    groups: dict[str, float] = {}
+    for name, (group, t, n) in sorted(acc.items(), key=lambda kv: -kv[1][1]):
+        groups[group] = groups.get(group, 0.0) + t / rounds * 1000
+        if t:
+            print(f"    {group:8s} {name:48s} {t / rounds * 1000:6.2f} ms {n / rounds:6.1f}"
+                  " calls")
+    rest = total - sum(groups.values())
+    print("    by group: " + ", ".join(f"{g} {x:.2f} ms" for g, x in groups.items())
+          + f", the engine's own Python (the rest) {rest:.2f} ms")
 
 
 def start_perf(out: Path) -> subprocess.Popen[bytes]:
