@@ -522,7 +522,8 @@ def test_stopped(procs: Procs, victim: str, tmp_path: Path) -> None:
     v = _start(procs, victim, tmp_path, "prctl")
     os.kill(v.pid, signal.SIGSTOP)
     deadline = time.monotonic() + 10
-    while _text(_read(f"/proc/{v.pid}/stat")).rpartition(")")[2].split()[0] != "T":
+    while any(_text(_read(f"/proc/{v.pid}/task/{t}/stat")).rpartition(")")[2].split()[0] != "T"
+              for t in os.listdir(f"/proc/{v.pid}/task")):  # (every thread: the stop done)
         assert time.monotonic() < deadline, "not stopped"
         time.sleep(0.01)
     before, after, new = cycle(procs, v.pid, tmp_path / "img")

@@ -25,15 +25,15 @@ def victim(tmp_path_factory: pytest.TempPathFactory) -> str:
     return probes._exe("procstate_s11_h3", tmp_path_factory.mktemp("procstate_s12_h2"))
 
 
-def _state(pid: int) -> str:
-    return probes._text(probes._read(f"/proc/{pid}/stat")).rpartition(")")[2].split()[0]
+def _state(pid: int, sub: str = "") -> str:
+    return probes._text(probes._read(f"/proc/{pid}/{sub}stat")).rpartition(")")[2].split()[0]
 
 
 def _stop(pid: int) -> None:
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + 10
-    while _state(pid) != "T":
-        assert time.monotonic() < deadline, "not stopped"
+    while any(_state(pid, f"task/{t}/") != "T" for t in os.listdir(f"/proc/{pid}/task")):
+        assert time.monotonic() < deadline, "not stopped"  # (every thread: the stop done)
         time.sleep(0.01)
 
 
