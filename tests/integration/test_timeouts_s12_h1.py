@@ -18,6 +18,7 @@ import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -96,6 +97,26 @@ def test_running_target_ends_at_its_deadline(start: Callable[[str], Victim],
     checkpoint(v.pid, str(tmp_path / "img"))
     took = _done(v, mode)
     assert 2.99 < took < 3.3, f"{mode}: {took:.3f} s"
+
+
+def test_recvmmsg_with_a_timeout_is_refused(start: Callable[..., Victim],
+                                            tmp_path: Path) -> None:  # fmt: skip
+    """recvmmsg's timeout ends at its start plus the timeout, kept in the kernel's frame
+    and nowhere else: run again (before: exit 0), it would end later and take datagrams
+    it would not have.  Refused before the freeze, exit 9, the target untouched: still
+    in its call, which takes the two datagrams then sent."""
+    v = start("recvmmsg")
+    port = int(v.wait_line("port ").split()[1])
+    time.sleep(0.5)
+    with pytest.raises(Unsupported, match="recvmmsg with a timeout"):
+        checkpoint(v.pid, str(tmp_path / "img"))
+    assert not any(x.startswith("done") for x in v.lines()), v.lines()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(2):
+            s.sendto(b"x", ("127.0.0.1", port))
+    m = re.fullmatch(DONE, line := v.wait_line("done", timeout=10))
+    assert m and int(m[2]) == 2, line
+    v.wait_ok_after(3)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -6,7 +6,8 @@
  * nanosleep_rem, clock_nanosleep, futex (restart block).  Absolute ones (the deadline
  * 3 s after the start): clock_nanosleep_abs, futex_abs (FUTEX_WAIT_BITSET, monotonic),
  * mq_timedreceive (CLOCK_REALTIME).  sigwait_null: sigtimedwait without a timeout,
- * ended by a SIGUSR2 the test sends; epoll_wait (its ms timeout).  semtimedop prints
+ * ended by a SIGUSR2 the test sends; epoll_wait (its ms timeout); recvmmsg of 2
+ * datagrams with a 3 s timeout on a UDP socket of 127.0.0.1 ("port N" first).  semtimedop prints
  * "sem ID" first (the test removes it).  With "mq" after MODE the process also holds a
  * POSIX message queue (cryo refuses it: a checkpoint that fails).
  * usage: timeouts_s12_h1 OUT MODE [mq] */
@@ -22,7 +23,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/select.h>
+#include <netinet/in.h>
 #include <sys/sem.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,6 +80,20 @@ int main(int argc, char **argv)
             return 3;
         mq_unlink(name);
     }
+    int udp = -1;
+    if (!strcmp(mode, "recvmmsg")) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+        socklen_t len = sizeof a;
+        udp = socket(AF_INET, SOCK_DGRAM, 0);
+        if (udp < 0 || bind(udp, (struct sockaddr *)&a, len) ||
+            getsockname(udp, (struct sockaddr *)&a, &len))
+            return 3;
+        fprintf(out, "port %d\n", ntohs(a.sin_port));
+    }
+    char bufs[2][64];
+    struct iovec iov[2] = {{bufs[0], 64}, {bufs[1], 64}};
+    struct mmsghdr msgs[2] = {{.msg_hdr = {.msg_iov = &iov[0], .msg_iovlen = 1}},
+                              {.msg_hdr = {.msg_iov = &iov[1], .msg_iovlen = 1}}};
     int word = 0;
     const struct timespec three = {3, 0};
     struct timespec ts = three, rem;
@@ -97,6 +114,8 @@ int main(int argc, char **argv)
         ret = sigtimedwait(&set, &info, NULL);
     else if (!strcmp(mode, "semtimedop"))
         ret = semtimedop(sem, &op, 1, &three);
+    else if (!strcmp(mode, "recvmmsg"))
+        ret = recvmmsg(udp, msgs, 2, 0, &ts);  /* (the kernel writes what is left) */
     else if (!strcmp(mode, "epoll_wait"))
         ret = epoll_wait(ep, &ev, 1, 3000);
     else if (!strcmp(mode, "epoll_pwait2"))

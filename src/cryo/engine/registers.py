@@ -45,6 +45,7 @@ def dump(tracee: Tracee, inj: Injector, early: dict[str, Any] | None = None) -> 
     """The thread's registers, and where the freeze interrupted a sleep whose time left
     only the kernel held, that time (``early``: the session's reads before the freeze)."""
     out: dict[str, Any] = {"regs": bytes(inj.saved), "xstate": tracee.get_xstate()}
+    restartblock.refuse(tracee.pid, tracee.tid, inj.saved)
     if restartblock.wanted(inj.saved):
         block = restartblock.dump(tracee.tid, inj.saved, early)
         if block is not None:

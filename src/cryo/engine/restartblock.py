@@ -77,7 +77,7 @@ from typing import Any
 
 from cryo.engine.inject import NO_SYSCALL, Injector
 from cryo.engine.ptrace import Tracee, timeout_ms
-from cryo.errors import CryoError
+from cryo.errors import CryoError, Unsupported
 from cryo.linux import libc
 from cryo.linux import structs as S
 from cryo.linux.consts import ERESTART, PTRACE, PTRACE_SYSCALL_INFO, SYS
@@ -308,6 +308,8 @@ def snapshot(session: Any) -> None:
                 nr = int(fields[0])
             except (OSError, ValueError, IndexError):
                 continue  # ("running", or gone)
+            if nr == SYS.recvmmsg and len(fields) >= 6 and int(fields[5], 16):
+                _refuse_recvmmsg(pid, int(t))
             if len(fields) < 5 or (nr not in EPOLL and nr not in TIMESPEC):
                 continue
             args = tuple(int(x, 16) for x in fields[1:5])
@@ -318,6 +320,25 @@ def snapshot(session: Any) -> None:
                     found[int(t)] = sleep
     if found:
         session.shared.early[EARLY] = found
+
+
+def _refuse_recvmmsg(pid: int, tid: int) -> None:
+    """recvmmsg with a timeout (module note): the end of its timeout (its start plus
+    the timeout, in a timespec64 of __sys_recvmmsg's frame, no sleeper to find it by)
+    is nowhere to be read; run again, its end would move on by the time it had
+    waited, and it would take datagrams it would not have.  Refused, exit 9."""
+    raise Unsupported(f"thread {tid} of process {pid} waits in recvmmsg with a timeout:"
+                      " the end of that timeout (the call's start plus the timeout) is"
+                      " kept nowhere cryo can read, and the call run again would wait"
+                      " past it", pid=pid, resource="recvmmsg timeout")  # fmt: skip
+
+
+def refuse(pid: int, tid: int, regs: S.user_regs_struct) -> None:
+    """The collect's check of a thread's registers: a recvmmsg with a timeout that the
+    freeze interrupted (entered after the snapshot) is refused as the snapshot does."""
+    if int(regs.orig_rax) == SYS.recvmmsg and regs.r8 and -_signed(regs.rax) in (
+            ERESTART.SYS, errno.EINTR):  # fmt: skip
+        _refuse_recvmmsg(pid, tid)
 
 
 def _timeout(pid: int, nr: int, args: tuple[int, ...]) -> int:
