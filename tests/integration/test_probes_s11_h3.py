@@ -573,9 +573,6 @@ RUNNING = {"syscall$": "a running target: where each thread is now",
            "fdinfo/3$": "the offset of the report it appends to"}  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="pages the children share copy-on-write among them"
-                   " only (their parent rewrote its copy after the forks) come back one"
-                   " copy per child: not exclusive before, exclusive after (1 MiB each)")
 def test_cow_tree(procs: Procs, build: Any, tmp_path: Path) -> None:
     """victims/cowtree.c: a parent and three children sharing 32 MiB copy-on-write, each
     child with 1 MiB of its own and the parent with 1 MiB rewritten after the forks: the

@@ -255,10 +255,11 @@ Seg = tuple[int, int, int, bool]  # file offset, length, address, mapped with PR
 def _held(ctx: Any) -> tuple[list[int], list[int]]:
     """The pages the image holds (the memory driver's runs: in a private file mapping
     the pages copied on write, or swapped; and those shared copy-on-write with the
-    parent, its pages) and the guard pages, which no one reads: (starts, ends) of
-    merged runs, in order."""
+    parent, its pages, or with a sibling, the sibling's) and the guard pages, which no
+    one reads: (starts, ends) of merged runs, in order."""
     mm = ctx.records[b"MM  "]
     runs = [*ctx.runs, *((a, n) for a, n in (mm.get("cow") or {}).get("runs", ())),
+            *((a, n) for _s, a, n in mm.get("cow_siblings", ())),  # (a sibling's pages)
             *((a, n) for v in mm["vmas"] for a, n in v.get("guards", ()))]  # fmt: skip
     starts: list[int] = []
     ends: list[int] = []

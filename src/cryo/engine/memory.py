@@ -295,16 +295,23 @@ def dump(ctx: DumpContext, objects: shmem.Objects) -> tuple[dict[str, Any],
         raise Unsupported(f"process {pid} shares its address space with its parent"
                           f" {st.ppid} (clone with CLONE_VM, or vfork): not supported",
                           pid=pid, resource="memory")  # fmt: skip
+    siblings: list[list[int]] = []
     if st.ppid in objects.mm_pids:
         runs, inherited = cow.split(pid, st.ppid, runs)
         if inherited:
             cow_rec = {"from": st.ppid, "runs": inherited}
+        # and those it shares with a sibling only (the parent rewrote its copy)
+        runs, siblings = cow.split_siblings(pid, runs, [
+            (p, r, starts) for p, (pp, r, starts) in objects.mm_own.items() if pp == st.ppid])
     objects.mm_pids.add(pid)
+    own = sorted(runs)
+    objects.mm_own[pid] = (st.ppid, own, [a for a, _ in own])
     rec = {
         "pid": pid, "vmas": out, "auxv": auxv,
         "mlockall": int(ctx.live.get("mlockall", 0)), "ksm_merge_any": _ksm_merge_any(pid),
         **({"pkeys": ctx.live["pkeys"]} if ctx.live.get("pkeys") else {}),
         **({"cow": cow_rec} if cow_rec else {}),
+        **({"cow_siblings": siblings} if siblings else {}),
         "exe": procfs.readlink(pid, "exe"),
         "mm": {"start_code": st.start_code, "end_code": st.end_code,
                "start_data": st.start_data, "end_data": st.end_data,
@@ -868,11 +875,19 @@ def inherit_from_parent(ctx: RestoreContext, rec: dict[str, Any],
     only the child's own pages.  Needs a context with ``live`` (the session's)."""
     live: dict[str, Any] = ctx.live
     inherited = rec.get("cow")
-    if not inherited or inherited["from"] != parent_rec["pid"]:
+    if inherited and inherited["from"] != parent_rec["pid"]:
+        inherited = None
+    sib = _siblings(ctx)  # (the pages it shares with its siblings, held by the parent)
+    kept = sib[1].get(ctx.old_pid, []) if sib is not None and parent_rec["pid"] in sib[2] \
+        else []  # fmt: skip
+    if not inherited and not kept:
         return []
     vmas = cow.inherited_vmas(rec, parent_rec)
-    live["inherited"] = {v["start"]: cow.foreign_runs(v, [], inherited["runs"]) for v in vmas}
     ranges: list[tuple[int, int]] = [(v["start"], v["end"]) for v in vmas]
+    kept = cow.within(kept, ranges)
+    mine = [*(inherited["runs"] if inherited else ()), *kept]
+    live["inherited"] = {v["start"]: cow.foreign_runs(v, [], mine) for v in vmas}
+    live["sibling_kept"] = kept
     live["inherited_ranges"] = ranges
     live["cow_inherited"] = True
     if parent_rec.get("ksm_merge_any") and not rec.get("ksm_merge_any"):
@@ -1159,9 +1174,10 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
                           sum(n for b in mine for _, n in b["runs"]))
     ctx.inj.flush()  # the calls held (NUMA policies, the uffd's close) before any page
     fills: Fills | None = live.get("fills")
+    skip = [(a, a + n) for a, n in live.get("sibling_kept", ())]  # (inherited: the same)
     if fills is not None:  # (the pages it shares with its parent: wait_fill's)
         blocks.close()
-        ctx.live["fill"] = fills.submit(ctx.pid, filler, mine)  # protect() waits for it
+        ctx.live["fill"] = fills.submit(ctx.pid, filler, mine, skip)  # protect() waits
         return 0
     try:
         parts = _Parts()
@@ -1169,8 +1185,7 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
             for b, owner, offset, start, length in blocks:
                 base = libc.buffer_address(owner) + offset
                 runs = parts.runs(b, start, length)
-                n = (filler.write(runs, base) if filler is not None
-                     else _write_block(ctx.pid, runs, base))  # fmt: skip
+                n = _write_runs(ctx.pid, filler, runs, base, skip)
                 del owner
                 total += n
                 if progress:
@@ -1178,23 +1193,97 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
     finally:
         if filler is not None:
             filler.close()
-    inherited = _inherited_runs(rec, live)
-    if inherited:  # pages shared with the parent: from its blocks
-        n = cow.write_inherited(ctx, inherited)
+    for inherited in _inherited_runs(rec, live):  # shared with the parent: its blocks
+        n = cow.write_inherited(ctx, inherited)  # (or with a sibling: the sibling's)
         total += n
         if progress:
             progress(n)
+    _hold_for_children(ctx)
     return total
 
 
-def _inherited_runs(rec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any] | None:
+def _siblings(ctx: RestoreContext) -> tuple[dict[int, list[tuple[int, int, int]]],
+                                            dict[int, list[tuple[int, int]]], set[int]] | None:
+    """cow.sibling_plan of the image (made once per restart), and the parents that hold
+    their children's shared pages now; None without the session's shared state."""
+    keep = getattr(getattr(ctx, "shared", None), "keep", None)
+    if not isinstance(keep, dict):
+        return None
+    got = keep.get("cow_siblings")
+    if got is None:
+        got = keep["cow_siblings"] = (*cow.sibling_plan(ctx.image), set())
+    return got
+
+
+def _hold_for_children(ctx: RestoreContext) -> None:
+    """Once a parent's pages are written, before its children are forked: the pages its
+    children share among them only (cow.sibling_plan) written over its own, from the
+    blocks of the sibling that saved them, so that every child forked now inherits them
+    (and keeps them: inherit_from_parent); its own put back once all are forked
+    (:func:`unstage`).  Not in a process whose pages come from elsewhere too (post-copy,
+    staged)."""
+    live = live_of(ctx)
+    if live.get("lazy") is not None or live.get("staged") or live.get("fills") is not None:
+        return
+    sib = _siblings(ctx)
+    if sib is None or ctx.old_pid not in sib[0]:
+        return
+    by: dict[int, list[list[int]]] = {}
+    for a, n, s in sib[0][ctx.old_pid]:
+        by.setdefault(s, []).append([a, n])
+    for s, runs in by.items():
+        cow.write_inherited(ctx, {"from": s, "runs": runs})
+    sib[2].add(ctx.old_pid)
+    live["cow_unstage"] = [[a, n] for a, n, _s in sib[0][ctx.old_pid]]
+
+
+def unstage(ctx: RestoreContext) -> None:
+    """Every child forked (protect's start): a parent that held its children's shared
+    pages (:func:`_hold_for_children`) writes its own there again, from its blocks: it
+    gets a copy of its own, the children keep theirs, shared among them."""
+    runs = live_of(ctx).pop("cow_unstage", None)
+    if runs:
+        cow.write_inherited(ctx, {"from": ctx.old_pid, "runs": runs})
+
+
+def _write_runs(pid: int, filler: _Filler | None, runs: list[list[int]], base: int,
+                skip: list[tuple[int, int]]) -> int:  # fmt: skip
+    """Write one block's data (at ``base`` here) to its runs, but for the ranges of
+    ``skip`` (pages it keeps, shared, from its parent); the bytes of the block used."""
+    def write(part: list[list[int]], at: int) -> int:
+        return filler.write(part, at) if filler is not None else _write_block(pid, part, at)
+
+    if not skip or not any(a < e and s < a + n for a, n in runs for s, e in skip):
+        return write(runs, base)
+    off = 0
+    for a, n in runs:
+        for pa, pn in cow.outside([[a, n]], skip):
+            write([[pa, pn]], base + off + pa - a)
+        off += n
+    return off
+
+
+def _inherited_runs(rec: dict[str, Any], live: dict[str, Any]) -> list[dict[str, Any]]:
     """The pages a child shares with its parent that write_pages writes from the
-    parent's blocks (those outside the mappings it keeps inherited), or None."""
+    parent's blocks (those outside the mappings it keeps inherited), and those it shares
+    with a sibling, from the sibling's blocks (those it does not keep inherited: the
+    parent held them, cow.sibling_plan): [{"from": pid, "runs": runs}]."""
+    out = []
     inherited = rec.get("cow")
     if inherited and live.get("cow_inherited"):  # only those outside inherited mappings
         inherited = {"from": inherited["from"],
                      "runs": cow.outside(inherited["runs"], live["inherited_ranges"])}
-    return inherited if inherited and inherited["runs"] else None
+    if inherited and inherited["runs"]:
+        out.append(inherited)
+    kept = [(a, a + n) for a, n in live.get("sibling_kept", ())]
+    by: dict[int, list[list[int]]] = {}
+    for s, a, n in rec.get("cow_siblings") or ():
+        by.setdefault(s, []).append([a, n])
+    for s, runs in by.items():
+        rest = cow.outside(runs, kept)
+        if rest:
+            out.append({"from": s, "runs": rest})
+    return out
 
 
 FILL_PART = 4 << 20  # bytes of a block read, checked and given at a time by a Fills worker
@@ -1211,6 +1300,7 @@ class _Fill:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.written = 0
+        self.skip: list[tuple[int, int]] = []  # ranges not written (write_pages' skip)
 
 
 class Fills:
@@ -1259,8 +1349,10 @@ class Fills:
         runs = sorted((a, a + n) for b in blocks for a, n in b["runs"])
         return all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(runs))
 
-    def submit(self, pid: int, filler: _Filler | None, blocks: list[dict[str, Any]]) -> _Fill:
+    def submit(self, pid: int, filler: _Filler | None, blocks: list[dict[str, Any]],
+               skip: list[tuple[int, int]] | None = None) -> _Fill:  # fmt: skip
         job = _Fill(pid, filler, blocks)
+        job.skip = skip or []
         log.debug("pid %d: %d blocks of pages by the fill workers", pid, len(blocks))
         with self.idle:
             self.running += 1
@@ -1342,8 +1434,7 @@ class Fills:
             n = min(FILL_PART, size - start)
             self.image.read_checked_part(b, memoryview(buf)[:n], start, state)
             runs = parts.runs(b, start, n)
-            n = (job.filler.write(runs, base) if job.filler is not None
-                 else _write_block(job.pid, runs, base))  # fmt: skip
+            n = _write_runs(job.pid, job.filler, runs, base, job.skip)
             with job.lock:
                 job.written += n
                 job.lock.notify_all()
@@ -1370,8 +1461,7 @@ def wait_fill(ctx: RestoreContext) -> None:
     if job.error is not None:
         raise job.error
     n = job.written
-    inherited = _inherited_runs(ctx.image.one(KIND, ctx.old_pid), ctx.live)
-    if inherited:
+    for inherited in _inherited_runs(ctx.image.one(KIND, ctx.old_pid), ctx.live):
         n += cow.write_inherited(ctx, inherited)
     ctx.live["written"] = ctx.live.get("written", 0) + n
     if ctx.progress and n > told:
@@ -1621,6 +1711,7 @@ def protect(ctx: RestoreContext, fixup: list[dict[str, Any]]) -> None:
     on a locked VMA), then mlock (it populates the pages, so after the data), then mseal
     (it forbids any later change).  The same stop opens the exe file restore_mm sets."""
     wait_fill(ctx)  # (its pages handed to Fills' workers: all in first)
+    unstage(ctx)  # (every child forked: a parent's own pages where it held its children's)
     rec = getattr(ctx, "records", {}).get(KIND)
     exe = _exe_to_open(ctx, rec) if rec is not None and hasattr(ctx, "live") else None
     low = live_of(ctx).pop("uffd_close", None)  # (_Filler.open's, left for this stop)

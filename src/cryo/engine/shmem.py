@@ -60,6 +60,9 @@ class Objects:
     # processes whose memory was described already (pages shared copy-on-write with a
     # parent among them are saved once, with the parent: engine/cow.py)
     mm_pids: set[int] = field(default_factory=set)
+    # and each one's parent and the runs it saved itself, with their starts (the pages its
+    # later siblings share with it only are saved once, with it: cow.split_siblings)
+    mm_own: dict[int, tuple[int, list[tuple[int, int]], list[int]]] = field(default_factory=dict)
 
     def add(self, pid: int, vma: Any, kind: str) -> int:
         path = f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}"

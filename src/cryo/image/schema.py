@@ -937,6 +937,10 @@ KINDS: tuple[Kind, ...] = (
                          F("runs", List(Tuple((ADDR, Int(1, ADDR_END)), ("address", "length"))),
                            "pages shared copy-on-write with it, saved with it")),
                         name="cow"), required=False),
+        F("cow_siblings", List(Tuple((PID, ADDR, Int(1, ADDR_END)),
+                                     ("sibling", "address", "length"))),
+          "pages shared copy-on-write with a sibling dumped before it (not with the parent,"
+          " which rewrote its copy), saved with that sibling", required=False),
     ), name="mm"), "mm fields, auxv, exe, mappings"),
     Kind(b"SIGS", "engine/signals.py", "per process", Struct((
         F("pid", PID),
