@@ -7,13 +7,16 @@
  * 3 s after the start): clock_nanosleep_abs, futex_abs (FUTEX_WAIT_BITSET, monotonic),
  * mq_timedreceive (CLOCK_REALTIME).  sigwait_null: sigtimedwait without a timeout,
  * ended by a SIGUSR2 the test sends; epoll_wait (its ms timeout); recvmmsg of 2
- * datagrams with a 3 s timeout on a UDP socket of 127.0.0.1 ("port N" first).  semtimedop prints
+ * datagrams with a 3 s timeout on a UDP socket of 127.0.0.1 ("port N" first);
+ * io_getevents, io_pgetevents (relative; an idle AIO context), io_getevents_null (no
+ * timeout: waits until killed).  semtimedop prints
  * "sem ID" first (the test removes it).  With "mq" after MODE the process also holds a
  * POSIX message queue (cryo refuses it: a checkpoint that fails).
  * usage: timeouts_s12_h1 OUT MODE [mq] */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/aio_abi.h>
 #include <linux/futex.h>
 #include <mqueue.h>
 #include <poll.h>
@@ -94,6 +97,10 @@ int main(int argc, char **argv)
     struct iovec iov[2] = {{bufs[0], 64}, {bufs[1], 64}};
     struct mmsghdr msgs[2] = {{.msg_hdr = {.msg_iov = &iov[0], .msg_iovlen = 1}},
                               {.msg_hdr = {.msg_iov = &iov[1], .msg_iovlen = 1}}};
+    aio_context_t ctx = 0;
+    struct io_event iev;
+    if (!strncmp(mode, "io_", 3) && syscall(SYS_io_setup, 8, &ctx))
+        return 3;
     int word = 0;
     const struct timespec three = {3, 0};
     struct timespec ts = three, rem;
@@ -116,6 +123,12 @@ int main(int argc, char **argv)
         ret = semtimedop(sem, &op, 1, &three);
     else if (!strcmp(mode, "recvmmsg"))
         ret = recvmmsg(udp, msgs, 2, 0, &ts);  /* (the kernel writes what is left) */
+    else if (!strcmp(mode, "io_getevents"))
+        ret = syscall(SYS_io_getevents, ctx, 1, 1, &iev, &three);
+    else if (!strcmp(mode, "io_getevents_null"))
+        ret = syscall(SYS_io_getevents, ctx, 1, 1, &iev, NULL);
+    else if (!strcmp(mode, "io_pgetevents"))
+        ret = syscall(SYS_io_pgetevents, ctx, 1, 1, &iev, &three, NULL);
     else if (!strcmp(mode, "epoll_wait"))
         ret = epoll_wait(ep, &ev, 1, 3000);
     else if (!strcmp(mode, "epoll_pwait2"))

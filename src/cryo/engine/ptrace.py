@@ -39,7 +39,7 @@ EINTR_BY_TRACER = frozenset({
     SYS.epoll_wait, SYS.epoll_pwait, SYS.epoll_pwait2, SYS.semop, SYS.semtimedop,
     SYS.rt_sigtimedwait, SYS.read, SYS.readv, SYS.write, SYS.writev, SYS.recvfrom,
     SYS.recvmsg, SYS.recvmmsg, SYS.sendto, SYS.sendmsg, SYS.sendmmsg, SYS.accept,
-    SYS.accept4})  # fmt: skip
+    SYS.accept4, SYS.io_getevents})  # fmt: skip
 _EINTR = -errno.EINTR & 0xFFFFFFFFFFFFFFFF
 # ptrace stops waited for in this process, for the benchmarks (bench/inject_stops.py)
 STATS = {"stops": 0}

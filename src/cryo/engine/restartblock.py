@@ -95,7 +95,10 @@ EPOLL = frozenset({SYS.epoll_wait, SYS.epoll_pwait})  # (their timeout: ms in r1
 # that points at it (user_regs_struct field, and its index in /proc's syscall args)
 TIMESPEC: dict[int, tuple[str, int]] = {SYS.rt_sigtimedwait: ("rdx", 2),
                                         SYS.semtimedop: ("r10", 3),
-                                        SYS.epoll_pwait2: ("r10", 3)}  # fmt: skip
+                                        SYS.epoll_pwait2: ("r10", 3),
+                                        SYS.io_getevents: ("r8", 4),
+                                        SYS.io_pgetevents: ("r8", 4)}  # fmt: skip
+_INTERRUPTED = (-errno.EINTR, -ERESTART.NOHAND)  # (io_pgetevents: ERESTARTNOHAND)
 STACKED = frozenset({"epoll", "timespec"})  # THRD restart fns read off the kernel stack
 RED_ZONE = 128
 EARLY = "epoll sleeps"  # shared.early's key: tid -> Sleep
@@ -310,9 +313,9 @@ def snapshot(session: Any) -> None:
                 continue  # ("running", or gone)
             if nr == SYS.recvmmsg and len(fields) >= 6 and int(fields[5], 16):
                 _refuse_recvmmsg(pid, int(t))
-            if len(fields) < 5 or (nr not in EPOLL and nr not in TIMESPEC):
+            if len(fields) < 6 or (nr not in EPOLL and nr not in TIMESPEC):
                 continue
-            args = tuple(int(x, 16) for x in fields[1:5])
+            args = tuple(int(x, 16) for x in fields[1:6])
             timeout = _timeout(pid, nr, args)
             if timeout > 0:
                 sleep = _sleeper(int(t), args, timeout)
@@ -445,8 +448,8 @@ def _arm(tracee: Tracee, regs: S.user_regs_struct, sleep: Sleep) -> bool:
     thread, let go, runs it again to the same end: ``tracee.timeout_end`` (epoll: its
     ms timeout argument set in undo_eintr) or ``tracee.rerun`` (:class:`Rerun`)."""
     nr, ret = int(regs.orig_rax), _signed(regs.rax)
-    if (nr not in EPOLL and nr not in TIMESPEC) or ret != -errno.EINTR or \
-            sleep.args != (regs.rdi, regs.rsi, regs.rdx, regs.r10):  # fmt: skip
+    if (nr not in EPOLL and nr not in TIMESPEC) or ret not in _INTERRUPTED or \
+            sleep.args != (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8):  # fmt: skip
         return False
     if nr in TIMESPEC:
         tracee.rerun = Rerun(nr, getattr(regs, TIMESPEC[nr][0]), end=sleep.end)
@@ -496,8 +499,11 @@ class Rerun:
     def _run(self, t: Tracee) -> None:
         reg = TIMESPEC[self.nr][0]
         regs = t.getregs()
-        if t.group_stop or t.deferred_signals or regs.rax != self.nr or \
-                getattr(regs, reg) != self.ptr:  # fmt: skip
+        if t.group_stop or t.deferred_signals or getattr(regs, reg) != self.ptr:
+            return
+        if regs.rax == self.nr:  # (undo_eintr's: the syscall instruction again)
+            regs.rip += 2
+        elif _signed(regs.rax) != -ERESTART.NOHAND or regs.orig_rax != self.nr:
             return  # (not run again: a signal comes first)
         left = self.left if self.end is None else \
             self.end - time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # fmt: skip
@@ -510,5 +516,4 @@ class Rerun:
         # (the kernel restarts it when let go, unless it delivers a signal to a handler
         # first: then EINTR, as a handler makes these calls return)
         regs.orig_rax, regs.rax = self.nr, -ERESTART.NOHAND & 0xFFFFFFFFFFFFFFFF
-        regs.rip += 2
         t.setregs(regs)

@@ -236,6 +236,8 @@ class SYS(IntEnumBase):
     semtimedop = 220
     accept4 = 288
     recvmmsg = 299
+    io_getevents = 208
+    io_pgetevents = 333
     sendmmsg = 307
     epoll_pwait2 = 441
 
