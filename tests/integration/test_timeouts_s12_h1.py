@@ -31,7 +31,7 @@ from cryo.engine.restore import restart
 from cryo.errors import Unsupported
 from cryo.image.reader import Image
 from cryo.linux import bpf
-from tests.conftest import Procs, Victim, reap
+from tests.conftest import Procs, Victim, reap, run_cryo
 
 pytestmark = pytest.mark.timeout(120)
 DONE = r"done (\S+) ret=(-?\d+) errno=(\d+) ms=(\d+)"
@@ -148,6 +148,9 @@ def test_restarted_target_ends_at_its_deadline(start: Callable[[str], Victim],
         (rec,) = Image(str(tmp_path / "img")).raw(b"THRD")
         left = rec["restart"]["left_ns"]
         assert rec["restart"]["fn"] == "timespec" and 1.3e9 < left < 1.6e9, rec["restart"]
+        name = "rt_sigtimedwait" if mode == "sigtimedwait" else mode
+        r = run_cryo("show", str(tmp_path / "img"))
+        assert re.search(rf"in {name}\(\), 1[3-6]\d\d ms left", r.stdout), r.stdout
 
 
 def test_sigtimedwait_without_a_timeout_still_takes_its_signal(
