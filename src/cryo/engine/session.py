@@ -827,8 +827,10 @@ class Restart:
         sent: dict[int, int] = {}  # parent's old pid -> the exit signals of its zombies
         for old, m in self.made.items():
             if m.ctx is None and old not in self.plan.procs:
-                tree.finish_zombie(m, self.area)
+                after = tree.finish_zombie(m, self.area)
                 m.tracee.detach()
+                if after is not None:
+                    after()
                 tree.wait_dead(m.pid)
                 sig = int(m.rec.get("exit_signal", signal.SIGCHLD))
                 if 0 < sig < 32:

@@ -278,6 +278,7 @@ def freeze(target: int, scope: str) -> dict[int, Proc]:
                         p.zombie = True
                         p.exit_code = _exit_code(pid)
                         p.task = _zombie_task(pid)
+                        _refuse_seccomp_death(p)
                         continue
                 if p.zombie:
                     continue
@@ -377,9 +378,10 @@ def _zombie_task(pid: int) -> dict[str, Any] | None:
     data = procfs.read(pid, "stat")
     fields = data[data.rindex(b")") + 2 :].split()  # field N is fields[N - 3]
     nice, prio, policy = int(fields[16]), int(fields[37]), int(fields[38])
-    sched = [policy, nice, prio] if policy != 6 else None  # (deadline: its parameters are
-    # not shown for a zombie)
-    return {"comm": comm, **({"sched": sched} if sched else {}),
+    sched = [policy, nice, prio]  # (SCHED_DEADLINE: its parameters are cleared at exit)
+    return {"comm": comm, "sched": sched,
+            **({"seccomp": int(status["Seccomp"])} if status.get("Seccomp") in ("1", "3")
+               else {}),
             "timerslack": int(procfs.read(pid, "timerslack_ns")),
             "rlimits": procfs.parse_limits(procfs.read(pid, "limits")),
             "uids": ids[0], "gids": ids[1], "groups": ids[2],
@@ -388,7 +390,22 @@ def _zombie_task(pid: int) -> dict[str, Any] | None:
             "blocked": int(status["SigBlk"], 16), "ignored": int(status["SigIgn"], 16),
             "caught": int(status["SigCgt"], 16),
             "filters": int(status.get("Seccomp_filters", "0"))
-            if status.get("Seccomp") == "2" else 0}  # fmt: skip
+            if status.get("Seccomp") in ("2", "3") else 0}  # fmt: skip
+
+
+def _refuse_seccomp_death(p: Proc) -> None:
+    """A zombie whose seccomp mode is 3 (dead: the kernel's mark of a task seccomp
+    killed) came back so only from the two deaths that give it: a call strict mode
+    forbids (SIGKILL, no filter) or a filter's kill (SIGSYS, filters): another is
+    refused."""
+    st, task = p.exit_code, p.task or {}
+    if task.get("seccomp") != 3:
+        return
+    sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else 0
+    if (sig, bool(task["filters"])) not in ((signal.SIGKILL, False), (signal.SIGSYS, True)):
+        raise Unsupported(f"zombie {p.pid}, which seccomp killed, ended with wait status"
+                          f" {st:#x}: not a death seccomp gives, it cannot be made again",
+                          pid=p.pid, resource="seccomp")  # fmt: skip
 
 
 def _exit_code(pid: int) -> int:
@@ -802,7 +819,16 @@ def _ids(m: Made, made: dict[int, Made], shell_job: bool, root: bool) -> None:
 
 
 SECCOMP_SET_MODE_FILTER = 1
+SCHED_DEADLINE = 6
+PR_SET_SECCOMP, SECCOMP_MODE_STRICT = 22, 1
 _ALLOW = struct.pack("<HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
+# a filter that kills the thread at getppid, allowing every other call (a zombie that a
+# filter killed: finish_zombie makes that call last; not getpid, which the batch
+# routine's end calls)
+_KILL_GETPPID = b"".join((struct.pack("<HBBI", 0x20, 0, 0, 0),  # ld [nr]
+                          struct.pack("<HBBI", 0x15, 0, 1, SYS.getppid),  # jeq getppid
+                          struct.pack("<HBBI", 0x06, 0, 0, 0),  # ret SECCOMP_RET_KILL_THREAD
+                          _ALLOW))  # fmt: skip
 
 
 def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: int) -> None:
@@ -833,17 +859,41 @@ def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: in
             policy, nice, prio = task["sched"]
             attr = S.sched_attr(size=ctypes.sizeof(S.sched_attr), sched_policy=policy,
                                 sched_nice=nice, sched_priority=prio)  # fmt: skip
+            if policy == SCHED_DEADLINE:  # (a zombie shows none of its parameters: a
+                # reservation of a ten-thousandth of a CPU, within any admission limit)
+                attr.sched_runtime, attr.sched_deadline = 100_000, 1_000_000_000
+                attr.sched_period = 1_000_000_000
             b.call(SYS.sched_setattr, 0, b.put(bytes(attr)), 0, what=" sched_setattr")
         mask = task["blocked"] & ~(1 << (sig - 1) if sig else 0)
         b.call(SYS.rt_sigprocmask, 2, b.put(mask.to_bytes(8, "little")), 0, 8)  # SETMASK
         if task["filters"]:
             prog = b.put(_ALLOW)
             fprog = b.put(struct.pack("<HxxxxxxQ", 1, prog))
-            for _ in range(task["filters"]):
+            dead = task.get("seccomp") == 3  # (the last filter kills its last call)
+            for _ in range(task["filters"] - dead):
                 b.call(SYS.seccomp, SECCOMP_SET_MODE_FILTER, 0, fprog)
+            if dead:
+                prog = b.put(_KILL_GETPPID)
+                b.call(SYS.seccomp, SECCOMP_SET_MODE_FILTER, 0,
+                       b.put(struct.pack("<HxxxxxxQ", len(_KILL_GETPPID) // 8, prog)))
     taskmod.restore_creds(inj, {"uids": task["uids"], "gids": task["gids"],
                                 "groups": task["groups"], "caps": task["caps"],
                                 "securebits": 0, "no_new_privs": task["no_new_privs"]})
+
+
+def _kill_when_strict(pid: int, sig: int) -> Callable[[], None]:
+    """Once let go: ``sig`` to ``pid`` as soon as its status shows strict mode (its own
+    prctl done, its reads spinning)."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 5
+        while "Seccomp:\t1" not in procfs.read(pid, "status").decode(errors="replace"):
+            if time.monotonic() > deadline:
+                raise CryoError(f"process {pid}, a zombie-to-be, did not take strict mode")
+            time.sleep(0.0005)
+        os.kill(pid, sig)
+
+    return kill
 
 
 def wait_dead(pid: int, timeout: float = 5.0) -> None:
@@ -858,9 +908,9 @@ def wait_dead(pid: int, timeout: float = 5.0) -> None:
     log.warning("process %d, let go to exit, is not a zombie yet", pid)
 
 
-def finish_zombie(m: Made, area: int) -> None:
+def finish_zombie(m: Made, area: int) -> Callable[[], None] | None:
     """Let a zombie-to-be go straight into exit_group (or a fatal signal) with the
-    status its parent will collect."""
+    status its parent will collect; returns what to do once it is let go, if anything."""
     status = m.rec["exit_code"]
     inj = m.inj
     if m.rec.get("task"):
@@ -869,9 +919,11 @@ def finish_zombie(m: Made, area: int) -> None:
     regs = S.user_regs_struct.from_buffer_copy(inj.saved)
     regs.rip = area
     regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+    mode = (m.rec.get("task") or {}).get("seccomp")
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        inj(SYS.rt_sigaction, sig, inj.put(bytes(32)), 0, 8)  # SIG_DFL
+        if sig != signal.SIGKILL:  # (whose action cannot be changed: EINVAL)
+            inj(SYS.rt_sigaction, sig, inj.put(bytes(32)), 0, 8)  # SIG_DFL
         limits = (m.rec.get("task") or {}).get("rlimits") or {}
         core = limits.get(4) or limits.get("4") or (0, 0)  # (its hard limit kept)
         inj(SYS.prlimit64, 0, 4, inj.put(struct.pack("<QQ", 0, core[1])), 0)  # no core file
@@ -880,4 +932,27 @@ def finish_zombie(m: Made, area: int) -> None:
     else:
         regs.rax, regs.rdi = SYS.exit_group, os.WEXITSTATUS(status) if os.WIFEXITED(status) \
             else 0  # fmt: skip
+    after = None
+    if mode == 3 and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+        regs.rax = SYS.getppid  # (its last filter kills it there)
+    elif mode in (1, 3):
+        # seccomp's strict mode, taken by the zombie-to-be's own code as its last act but
+        # one (no injected call can follow: the batch routine's stop signal is a call
+        # strict mode answers with SIGKILL); then: exit, which strict mode allows; for a
+        # death by SIGKILL in mode 3 a call it forbids (getpid: mode 3 and SIGKILL, as
+        # the kernel leaves a task it killed); for a death by a signal in mode 1, reads
+        # of fd -1 over and over until cryo sends that signal (tree.kill_when_strict)
+        mov = struct.pack("<BIBIBI", 0xB8, SYS.prctl, 0xBF, PR_SET_SECCOMP, 0xBE,
+                          SECCOMP_MODE_STRICT) + b"\x0f\x05"  # prctl(PR_SET_SECCOMP, 1)
+        if os.WIFEXITED(status):
+            tail = struct.pack("<BIBI", 0xB8, SYS.exit, 0xBF, os.WEXITSTATUS(status))
+            tail += b"\x0f\x05\xcc"
+        elif mode == 3:
+            tail = struct.pack("<BI", 0xB8, SYS.getpid) + b"\x0f\x05\xcc"
+        else:  # read(-1, 0, 0); jmp back to it
+            tail = struct.pack("<BIBI", 0xB8, SYS.read, 0xBF, 0xFFFFFFFF) + b"\x0f\x05\xeb\xf2"
+            after = _kill_when_strict(m.pid, os.WTERMSIG(status))
+        inj.write(area + 16, mov + tail)  # (the restorer's first page, after syscall; int3)
+        regs.rip = area + 16
     inj.finish(regs)
+    return after

@@ -534,6 +534,8 @@ PROC = Struct((
         F("caught", Int(0, U64)), F("filters", Int(0, 1 << 16), "seccomp filters"),
         F("sched", List(Int(-20, 99), size=3), "policy, nice, real-time priority",
           required=False),
+        F("seccomp", Int(1, 3), "its seccomp mode where 1 (strict) or 3 (seccomp killed it)",
+          required=False),
         F("timerslack", Int(0), "ns", required=False),
         F("rlimits", Dict(Int(0, 15), Tuple((Int(), Int()), ("soft", "hard"))),
           "{resource: [soft, hard]}", required=False),
