@@ -28,6 +28,7 @@ import pytest
 
 from cryo.engine.dump import checkpoint
 from cryo.engine.restore import restart
+from cryo.engine.session import CheckpointSession
 from cryo.errors import Unsupported
 from cryo.image.reader import Image
 from cryo.linux import bpf
@@ -207,3 +208,27 @@ def test_io_getevents_without_a_timeout_goes_on_waiting(start: Callable[..., Vic
     time.sleep(1)
     assert not any(x.startswith("done") for x in Victim(rr.pid, v.out).lines()), v.lines()
     assert Path(f"/proc/{rr.pid}/syscall").read_text().split()[0] == "208"
+
+
+def test_sigtimedwait_takes_a_signal_that_came_during_the_freeze(
+        start: Callable[..., Victim], tmp_path: Path) -> None:
+    """The signal it waits for, sent while cryo holds the process (pending, blocked in
+    the program's mask): the call run again with its time left takes it at once."""
+    _bpf_or_skip("sigtimedwait")
+    v = start("sigtimedwait")
+    time.sleep(1)
+    s = CheckpointSession(v.pid, str(tmp_path / "img"), hold=True, force=True)
+    try:
+        s.prepare()
+        s.freeze()
+        os.kill(v.pid, signal.SIGUSR2)
+        for phase in ("collect", "write", "commit"):
+            getattr(s, phase)()
+        t0 = time.monotonic()
+        s.resume()
+    finally:
+        s.close()
+    m = re.fullmatch(DONE, line := v.wait_line("done", timeout=10))
+    assert m and int(m[2]) == signal.SIGUSR2, line
+    assert time.monotonic() - t0 < 1, line
+    v.wait_ok_after(3)
