@@ -318,9 +318,12 @@ def _watching(ctx: Any) -> bool:
         procs = getattr(shared, "procs", None) or {}
         pids = [p.pid for p in procs.values() if not p.zombie] or [ctx.pid]
         got = False
+        live = getattr(ctx, "live", {}).get("fd_links")  # (this process's, read in this
+        # freeze already: drivers._holds_epoll; one readlink per fd, not two)
         for pid in pids:
             try:
-                links = procfs.fd_links(pid)[1]
+                links = live[1] if live is not None and pid == ctx.pid else \
+                    procfs.fd_links(pid)[1]  # fmt: skip
             except OSError:
                 got = True  # (not known: as if it did)
                 break

@@ -58,6 +58,9 @@ _EVENT = 12  # struct epoll_event, packed on x86_64
 _MAX = 2048  # events per epoll_wait (24 KiB of the scratch area)
 _PER_BATCH = 1024  # watches queued again per batch
 _TFD = re.compile(r"tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
+# a watch with EPOLLET (1 << 31) or EPOLLONESHOT (1 << 30): fs/eventpoll.c prints events
+# with "%8x", so such a value has 8 digits, the first 4 or more
+_EDGE = re.compile(r"events:\s*[4-9a-f][0-9a-f]{7}\s")
 
 
 def dump(ctx: DumpContext) -> None:
@@ -87,6 +90,8 @@ def _watches(pid: int, ep: int) -> list[tuple[int, int, int]] | None:
         with open(f"/proc/{pid}/fdinfo/{ep}") as f:
             text = f.read()
     except OSError:
+        return None
+    if _EDGE.search(text) is None:  # (level-triggered watches only: none parsed)
         return None
     watches: list[tuple[int, int, int, int]] = []
     seen: dict[int, int] = {}
