@@ -46,7 +46,8 @@ MODES = {
     "futex_abs": (True, -1, errno.ETIMEDOUT), "io_getevents": (False, 0, 0),
     "io_pgetevents": (False, 0, 0),
 }  # fmt: skip
-RESULTS = {**MODES, "epoll_wait": (False, 0, 0), "mq_timedreceive": (True, -1, errno.ETIMEDOUT)}
+RESULTS = {**MODES, "epoll_wait": (False, 0, 0), "mq_timedreceive": (True, -1, errno.ETIMEDOUT),
+           "io_uring_enter": (False, -1, errno.ETIME)}
 # (kept by session 12 h1: their timeout a timespec the kernel never writes back)
 FIXED = ("sigtimedwait", "semtimedop", "epoll_pwait2", "io_getevents", "io_pgetevents")
 # calls whose time left only a BPF iterator reads (the others need none)
@@ -186,6 +187,21 @@ def test_refused_checkpoint_leaves_the_call_its_deadline(start: Callable[..., Vi
         checkpoint(v.pid, str(tmp_path / "img"))
     took = _done(v, mode)
     assert 2.99 < took < 3.3, f"{mode}: {took:.3f} s"
+
+
+def test_io_uring_enter_is_refused_before_the_freeze(start: Callable[..., Victim],
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """Every io_uring fd is refused (an anonymous inode); one whose thread waits in
+    io_uring_enter was refused at the collect, after the freeze had made the call fail
+    with EINTR, which cryo does not undo: the refused checkpoint harmed the target (-1
+    EINTR at 2 s).  Refused before the freeze now, exit 9: the call ends at its 3 s,
+    -ETIME."""
+    v = start("io_uring_enter")
+    time.sleep(1.5)
+    with pytest.raises(Unsupported, match="io_uring"):
+        checkpoint(v.pid, str(tmp_path / "img"))
+    took = _done(v, "io_uring_enter")
+    assert 2.99 < took < 3.3, f"io_uring_enter: {took:.3f} s"
 
 
 def test_io_getevents_without_a_timeout_goes_on_waiting(start: Callable[..., Victim],

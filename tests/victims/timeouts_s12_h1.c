@@ -9,7 +9,8 @@
  * ended by a SIGUSR2 the test sends; epoll_wait (its ms timeout); recvmmsg of 2
  * datagrams with a 3 s timeout on a UDP socket of 127.0.0.1 ("port N" first);
  * io_getevents, io_pgetevents (relative; an idle AIO context), io_getevents_null (no
- * timeout: waits until killed).  semtimedop prints
+ * timeout: waits until killed); io_uring_enter (IORING_ENTER_EXT_ARG, a 3 s timeout for
+ * one completion that never comes).  semtimedop prints
  * "sem ID" first (the test removes it).  With "mq" after MODE the process also holds a
  * POSIX message queue (cryo refuses it: a checkpoint that fails).
  * usage: timeouts_s12_h1 OUT MODE [mq] */
@@ -18,6 +19,7 @@
 #include <fcntl.h>
 #include <linux/aio_abi.h>
 #include <linux/futex.h>
+#include <linux/io_uring.h>
 #include <mqueue.h>
 #include <poll.h>
 #include <signal.h>
@@ -101,6 +103,11 @@ int main(int argc, char **argv)
     struct io_event iev;
     if (!strncmp(mode, "io_", 3) && syscall(SYS_io_setup, 8, &ctx))
         return 3;
+    int ring = -1;
+    struct io_uring_params params = {0};
+    if (!strcmp(mode, "io_uring_enter") &&
+        (ring = syscall(SYS_io_uring_setup, 4, &params)) < 0)
+        return 3;
     int word = 0;
     const struct timespec three = {3, 0};
     struct timespec ts = three, rem;
@@ -123,7 +130,11 @@ int main(int argc, char **argv)
         ret = semtimedop(sem, &op, 1, &three);
     else if (!strcmp(mode, "recvmmsg"))
         ret = recvmmsg(udp, msgs, 2, 0, &ts);  /* (the kernel writes what is left) */
-    else if (!strcmp(mode, "io_getevents"))
+    else if (!strcmp(mode, "io_uring_enter")) {
+        struct io_uring_getevents_arg garg = {.ts = (unsigned long)&three};
+        ret = syscall(SYS_io_uring_enter, ring, 0, 1,
+                      IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &garg, sizeof garg);
+    }    else if (!strcmp(mode, "io_getevents"))
         ret = syscall(SYS_io_getevents, ctx, 1, 1, &iev, &three);
     else if (!strcmp(mode, "io_getevents_null"))
         ret = syscall(SYS_io_getevents, ctx, 1, 1, &iev, NULL);

@@ -101,6 +101,7 @@ TIMESPEC: dict[int, tuple[str, int]] = {SYS.rt_sigtimedwait: ("rdx", 2),
 _INTERRUPTED = (-errno.EINTR, -ERESTART.NOHAND)  # (io_pgetevents: ERESTARTNOHAND)
 STACKED = frozenset({"epoll", "timespec"})  # THRD restart fns read off the kernel stack
 RED_ZONE = 128
+IO_URING_ENTER = 426
 EARLY = "epoll sleeps"  # shared.early's key: tid -> Sleep
 _no_stack: list[str] = []  # why no kernel stack could be read (once a process)
 
@@ -313,6 +314,10 @@ def snapshot(session: Any) -> None:
                 continue  # ("running", or gone)
             if nr == SYS.recvmmsg and len(fields) >= 6 and int(fields[5], 16):
                 _refuse_recvmmsg(pid, int(t))
+            if nr == IO_URING_ENTER:  # (refused at the collect, after its EINTR: now)
+                raise Unsupported(f"thread {t} of process {pid} waits in io_uring_enter:"
+                                  " io_uring is not supported", pid=pid,
+                                  resource="io_uring")  # fmt: skip
             if len(fields) < 6 or (nr not in EPOLL and nr not in TIMESPEC):
                 continue
             args = tuple(int(x, 16) for x in fields[1:6])
