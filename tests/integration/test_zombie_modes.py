@@ -6,6 +6,7 @@ engine/tree.py finish_zombie."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def _shown(pid: int) -> tuple[str, str, str, str]:
     return seccomp, f[38], f[15], f[49]
 
 
+def _plain_core_pattern() -> bool:
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    return bool(pattern) and not pattern.startswith("|") and "/" not in pattern
+
+
 def _reap_all(pids: list[int]) -> None:
     for p in pids:
         reap(p)
@@ -33,17 +39,21 @@ def _reap_all(pids: list[int]) -> None:
 
 def test_zombies_in_seccomp_and_deadline_modes(procs: Procs, build: Callable[[str], str],
                                                tmp_path: Path) -> None:  # fmt: skip
-    """Seven zombies (victims/zombiemodes.c): strict mode and exit, a call it forbids
+    """Eight zombies (victims/zombiemodes.c): strict mode and exit, a call it forbids
     (mode 3, SIGKILL), SCHED_DEADLINE, strict mode and SIGTERM, strict mode and SIGSEGV,
     a filter's kill (mode 3, SIGSYS), SIGKILL (before, every restart of a process with
-    a zombie killed by SIGKILL failed: rt_sigaction EINVAL): after a restart, each as /proc
-    showed it (seccomp mode, policy, priority, wait status), reaped with its status."""
+    a zombie killed by SIGKILL failed: rt_sigaction EINVAL), SIGSEGV with a core dumped
+    (before, its status came back without WCOREDUMP): after a restart, each as /proc
+    showed it (seccomp mode, policy, priority, wait status), reaped with its status; no
+    core file left by the restart."""
     out = tmp_path / "out.txt"
     v = procs.spawn([build("zombiemodes"), str(out), str(tmp_path)], out)
     kids = [int(x) for x in v.wait_line("ready").split()[1:]]
     before = {p: _shown(p) for p in kids}
-    assert [b[0].split()[1] for b in before.values()] == ["1", "3", "0", "1", "1", "3", "0"], \
-        before  # fmt: skip
+    assert [b[0].split()[1] for b in before.values()] == ["1", "3", "0", "1", "1", "3", "0",
+                                                         "0"], before  # fmt: skip
+    if _plain_core_pattern():
+        assert os.WCOREDUMP(int(before[kids[7]][3])), before  # (dumped in tmp_path)
     assert before[kids[2]][1] == "6", before
     r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--tree", "--kill")
     assert r.returncode == 0, r.stderr
@@ -59,3 +69,4 @@ def test_zombies_in_seccomp_and_deadline_modes(procs: Procs, build: Callable[[st
     Victim(root, out).wait_line("done")
     got = [x for x in out.read_text().splitlines() if x.startswith("status")]
     assert got == [f"status {i + 1} {int(before[p][3]):x}" for i, p in enumerate(kids)], got
+    assert not list(Path("/tmp").glob("cryo-core-*")), "the restart left a core behind"

@@ -3,7 +3,8 @@
  * zombie: 1 exits 3 in seccomp's strict mode; 2 makes a call strict mode forbids (mode 3,
  * SIGKILL); 3 exits 5 under SCHED_DEADLINE; 4 is in strict mode when SIGTERM ends it; 5
  * faults in strict mode (SIGSEGV); 6 is killed by its seccomp filter (mode 3, SIGSYS); 7
- * is killed by SIGKILL.  Reports "ready P1 ... P7", and on "go" each child's wait status
+ * is killed by SIGKILL; 8 faults with a core limit and dumps core in that directory
+ * (SIGSEGV, WCOREDUMP).  Reports "ready P1 ... P8", and on "go" each child's wait status
  * ("status N HEX"), then "done". */
 #include "common.h"
 #include <linux/filter.h>
@@ -12,12 +13,13 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
 struct attr { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t prio; uint64_t runtime, deadline, period; };
-#define N 7
+#define N 8
 
 int main(int argc, char **argv) {
     open_report(argc, argv);
@@ -46,6 +48,11 @@ int main(int argc, char **argv) {
                 _exit(98);
             }
             if (i == 6) { for (;;) pause(); }
+            if (i == 7) {
+                struct rlimit rl = {RLIM_INFINITY, RLIM_INFINITY};
+                if (chdir(argv[2]) || setrlimit(RLIMIT_CORE, &rl)) _exit(1);
+                *(volatile int *)8 = 1;
+            }
             char b;
             prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT);
             if (i == 0) syscall(SYS_exit, 3);
@@ -60,7 +67,8 @@ int main(int argc, char **argv) {
     kill(kids[3], SIGTERM);
     kill(kids[6], SIGKILL);
     nap(200);
-    report("ready %d %d %d %d %d %d %d", kids[0], kids[1], kids[2], kids[3], kids[4], kids[5], kids[6]);
+    report("ready %d %d %d %d %d %d %d %d", kids[0], kids[1], kids[2], kids[3], kids[4], kids[5], kids[6],
+           kids[7]);
     char go[4096];
     snprintf(go, sizeof go, "%s/go", argv[2]);
     struct stat st;

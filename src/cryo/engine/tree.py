@@ -881,6 +881,49 @@ def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: in
                                 "securebits": 0, "no_new_privs": task["no_new_privs"]})
 
 
+def _core_dump_again(m: Made, area: int, hard: int) -> Callable[[], None]:
+    """A zombie whose wait status says it dumped core (WCOREDUMP: its parent may look)
+    dumps one again, small and thrown away: every mapping but the restorer's area
+    unmapped (a zombie has no memory to show), its core limit its hard one, dumpable
+    (its ids, set again, had cleared it), in a directory of cryo's owned by its fs ids,
+    removed once it is dead (the cleanup returned).  Only where this host's core_pattern
+    is a plain file name (not a pipe to a crash handler, not a path elsewhere): else the
+    restart fails, naming it."""
+    import shutil
+    import tempfile
+
+    with open("/proc/sys/kernel/core_pattern") as f:
+        pattern = f.read().strip()
+    if not pattern or pattern.startswith("|") or "/" in pattern:
+        raise CryoError(f"zombie {m.rec['pid']} dumped core, and this host's core_pattern"
+                        f" ({pattern!r}) would hand a core made again to something else:"
+                        " its wait status cannot be made again here")  # fmt: skip
+    task = m.rec.get("task") or {}
+    where = tempfile.mkdtemp(prefix="cryo-core-")
+    try:
+        if task:
+            os.chown(where, task["uids"][3], task["gids"][3])
+        inj = m.inj
+        with inj.batch() as b:
+            b.call(SYS.chdir, b.put_str(where))
+            b.call(SYS.prlimit64, 0, 4, b.put(struct.pack("<QQ", hard, hard)), 0)
+            b.call(SYS.prctl, PR.SET_DUMPABLE, 1, 0, 0, 0)
+        top = (1 << 47) - PAGE_SIZE  # (below it, every user mapping but the restorer's)
+        inj(SYS.munmap, 0, area)
+        inj(SYS.munmap, area + RESTORER_SIZE, top - area - RESTORER_SIZE)
+    except BaseException:
+        shutil.rmtree(where, ignore_errors=True)
+        raise
+
+    def cleanup() -> None:
+        try:
+            wait_dead(m.pid)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+
+    return cleanup
+
+
 def _kill_when_strict(pid: int, sig: int) -> Callable[[], None]:
     """Once let go: ``sig`` to ``pid`` as soon as its status shows strict mode (its own
     prctl done, its reads spinning)."""
@@ -926,10 +969,14 @@ def finish_zombie(m: Made, area: int) -> Callable[[], None] | None:
             inj(SYS.rt_sigaction, sig, inj.put(bytes(32)), 0, 8)  # SIG_DFL
         limits = (m.rec.get("task") or {}).get("rlimits") or {}
         core = limits.get(4) or limits.get("4") or (0, 0)  # (its hard limit kept)
-        inj(SYS.prlimit64, 0, 4, inj.put(struct.pack("<QQ", 0, core[1])), 0)  # no core file
+        cleanup = _core_dump_again(m, area, core[1]) if os.WCOREDUMP(status) and core[1] \
+            else None  # fmt: skip
+        if cleanup is None:
+            inj(SYS.prlimit64, 0, 4, inj.put(struct.pack("<QQ", 0, core[1])), 0)  # no core
         me = nspid(m.pid)  # the call runs in the process: its pid as it sees it
         regs.rax, regs.rdi, regs.rsi, regs.rdx = SYS.tgkill, me, me, sig
     else:
+        cleanup = None
         regs.rax, regs.rdi = SYS.exit_group, os.WEXITSTATUS(status) if os.WIFEXITED(status) \
             else 0  # fmt: skip
     after = None
@@ -955,4 +1002,9 @@ def finish_zombie(m: Made, area: int) -> Callable[[], None] | None:
         inj.write(area + 16, mov + tail)  # (the restorer's first page, after syscall; int3)
         regs.rip = area + 16
     inj.finish(regs)
-    return after
+    if cleanup is None:
+        return after
+    if after is None:
+        return cleanup
+    first = after
+    return lambda: (first(), cleanup())[-1]
