@@ -336,10 +336,19 @@ class VersionSink(ImageWriter):
         if written is None or table is None:
             return present
         have = P.run_pages(present)
-        # (only pages present: one written and dropped since holds nothing to copy)
-        need = np.union1d(np.intersect1d(P.run_pages(written), have, assume_unique=True),
-                          have[~table.map.find(present)[1]])  # fmt: skip
-        return P.page_runs(need)
+        # the present pages the previous version lacks, and (only pages present: one
+        # written and dropped since holds nothing to copy) those written; marked in place
+        # by binary searches in the sorted present pages, where intersect1d and union1d
+        # sorted them again with the written ones (1.0 of 1.3 ms a round for 1,288
+        # written pages of 16,384)
+        need = ~table.map.find(present)[1]
+        got = P.run_pages(written)
+        if len(have) > 1 and not (np.diff(have) > 0).all():  # (runs out of order: sorted)
+            return P.page_runs(np.union1d(np.intersect1d(got, have), have[need]))
+        if len(got) and len(have):
+            at = np.minimum(np.searchsorted(have, got), len(have) - 1)
+            need[at[have[at] == got]] = True
+        return P.page_runs(have[need])
 
     def inherit(self, tag: Tag, present: list[list[int]], copied: list[list[int]]) -> None:
         """The pages of ``present`` the engine did not copy (``copied`` is what
