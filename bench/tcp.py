@@ -10,9 +10,13 @@ configuration (the one other work on the machine slowed least) and their ratio.
 turn with this one's (``--after``, by default this tree's): each tree in a process of
 its own that imports it (PYTHONPATH), both in the namespace, round after round, and
 the figures of both trees side by side.  A first round of each is not counted (the
-modules it imports).  Run as root:
+modules it imports).  ``--phases``: where the time goes instead: the checkpoint in this
+process (``worker=False``), the CPU time of this thread in each function of
+:data:`PHASES` (each call timed, nested ones inside their callers), median of the
+rounds, with none and with the connections, and the difference a connection.  Run as
+root:
 
-    python bench/tcp.py [CONNECTIONS] [ROUNDS] [--before OLD/src]
+    python bench/tcp.py [CONNECTIONS] [ROUNDS] [--before OLD/src] [--phases]
 """
 
 from __future__ import annotations
@@ -38,6 +42,76 @@ from cryo.engine.restore import restart
 from cryo.linux import libc
 from cryo.linux.consts import PR
 from cryo.linux.net import setns
+
+# --phases: the functions timed (module:qualified name; two spaces of indent a level of
+# the calls, for the table), at checkpoint and at restart
+PHASES = {
+    "checkpoint": """
+cryo.engine.session:Checkpoint.prepare
+cryo.engine.session:Checkpoint.freeze
+cryo.engine.session:Checkpoint.collect
+  cryo.engine.session:Checkpoint._inject
+    cryo.engine.epollready:dump
+  cryo.engine.inet:lock_connections
+    cryo.engine.inet:tcp_table
+    cryo.engine.netlock:Lock.add
+    cryo.engine.inet:hold
+      cryo.engine.inet:_dup_held
+      cryo.engine.inet:_read_repair
+  cryo.engine.files:dump
+    cryo.engine.files:_read_at
+    cryo.engine.inet:describe
+      cryo.engine.inet:options
+      cryo.engine.inet:_urgent
+cryo.engine.session:Checkpoint.write
+cryo.engine.session:Checkpoint.commit
+cryo.engine.session:Checkpoint.resume
+  cryo.engine.inet:let_go_held
+cryo.procfs:fd_links
+""",
+    "restart": """
+cryo.engine.session:Restart.validate
+  cryo.image.schema:check
+cryo.engine.session:Restart.prepare_shared
+  cryo.engine.files:open_all
+    cryo.engine.inet:open_socket
+cryo.engine.session:Restart.build_tree
+cryo.engine.session:Restart.build_processes
+  cryo.engine.anonfds:register
+cryo.engine.session:Restart.finalize
+cryo.engine.session:Restart.let_go
+  cryo.engine.inet:started
+""",
+}
+_spent: dict[str, float] = {}
+
+
+def _timed(spec: str) -> None:
+    """Wrap function ``spec`` (module:Class.name) so that each call adds the CPU time of
+    this thread it took to ``_spent[spec]``."""
+    import importlib
+
+    mod, _, name = spec.partition(":")
+    owner: object = importlib.import_module(mod)
+    *path, last = name.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    fn = getattr(owner, last)
+
+    def timed(*args: object, **kwargs: object) -> object:
+        t = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _spent[spec] = _spent.get(spec, 0.0) + time.thread_time() - t
+
+    setattr(owner, last, timed)
+
+
+def _specs() -> list[tuple[str, int, str]]:
+    """(phase, indent, spec) of :data:`PHASES`, in order."""
+    return [(phase, (len(line) - len(line.lstrip())) // 2, line.strip())
+            for phase, text in PHASES.items() for line in text.splitlines() if line.strip()]
 
 SERVER = r"""
 import selectors, socket, sys
@@ -73,7 +147,7 @@ def connect() -> socket.socket:
     raise RuntimeError("the server does not answer")
 
 
-def run(n: int, work: Path) -> dict[str, float]:
+def run(n: int, work: Path, phases: bool = False) -> dict[str, float]:
     p = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
                          start_new_session=True)  # fmt: skip
@@ -105,13 +179,17 @@ def run(n: int, work: Path) -> dict[str, float]:
         time.sleep(0.2)
     img = work / f"img-{n}"
     net = {"tcp_established": True}
+    _spent.clear()
     t0, u0 = time.perf_counter(), cpu()
-    r = checkpoint(p.pid, str(img), signal_after=signal.SIGKILL, net=net)
+    r = checkpoint(p.pid, str(img), signal_after=signal.SIGKILL, net=net, worker=not phases)
     t1, u1 = time.perf_counter(), cpu()
+    spent = {f"checkpoint {k}": v for k, v in _spent.items()}
     p.wait()
+    _spent.clear()
     t2, u2 = time.perf_counter(), cpu()
     rr = restart(str(img), net=net)
     t3, u3 = time.perf_counter(), cpu()
+    spent.update({f"restart {k}": v for k, v in _spent.items()})
     if t:
         time.sleep(0.3)
         stop.set()
@@ -126,7 +204,7 @@ def run(n: int, work: Path) -> dict[str, float]:
     shutil.rmtree(img)
     return {"checkpoint": t1 - t0, "frozen": r.freeze_seconds, "restart": t3 - t2,
             "silent": max(gaps) if gaps else 0.0, "checkpoint_cpu": u1 - u0,
-            "restart_cpu": u3 - u2}  # fmt: skip
+            "restart_cpu": u3 - u2, **spent}  # fmt: skip
 
 
 def cpu() -> float:
@@ -154,9 +232,15 @@ def serve() -> None:
 
     print(f"measuring {Path(cryo.__file__).parent}", file=sys.stderr, flush=True)
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+    timed = False
     with tempfile.TemporaryDirectory(prefix="cryo-bench-tcp-") as tmp:
         for line in sys.stdin:
-            print(json.dumps(run(int(line), Path(tmp))), flush=True)
+            n, *how = line.split()
+            if how and not timed:
+                for spec in {spec for _phase, _indent, spec in _specs()}:
+                    _timed(spec)
+                timed = True
+            print(json.dumps(run(int(n), Path(tmp), phases=bool(how))), flush=True)
 
 
 class Tree:
@@ -169,8 +253,8 @@ class Tree:
         assert self.p.stdin is not None and self.p.stdout is not None
         self.stdin, self.stdout = self.p.stdin, self.p.stdout
 
-    def run(self, n: int) -> dict[str, float]:
-        self.stdin.write(f"{n}\n")
+    def run(self, n: int, phases: bool = False) -> dict[str, float]:
+        self.stdin.write(f"{n}{' phases' if phases else ''}\n")
         self.stdin.flush()
         line = self.stdout.readline()
         if not line:
@@ -188,8 +272,8 @@ def summary(label: str, n: int, bases: list[dict[str, float]],
     rounds = len(bases)
     if label:
         print(f"== {label}")
-    med = {k: statistics.median(m[k] for m in bases) for k in bases[0]}
-    medn = {k: statistics.median(m[k] for m in manys) for k in manys[0]}
+    med = {k: statistics.median(m[k] for m in bases) for k in bases[0] if " " not in k}
+    medn = {k: statistics.median(m[k] for m in manys) for k in manys[0] if " " not in k}
     print(f"median of {rounds} rounds:")
     print(show("no connections", med))
     print(show(f"{n} connections", medn))
@@ -201,13 +285,34 @@ def summary(label: str, n: int, bases: list[dict[str, float]],
         print(f"  {what} ratio {ratio:.2f} (median of the rounds' ratios; goal < 2:"
               f" {'met' if ratio < 2 else 'not met'}); of CPU time {cpu_ratio:.2f}")
     # the best round of each: what other work on the machine inflated least
-    best = {k: min(m[k] for m in bases) for k in bases[0]}
-    bestn = {k: min(m[k] for m in manys) for k in manys[0]}
+    best = {k: min(m[k] for m in bases) for k in bases[0] if " " not in k}
+    bestn = {k: min(m[k] for m in manys) for k in manys[0] if " " not in k}
     print(f"best of {rounds} rounds:")
     print(show("no connections", best))
     print(show(f"{n} connections", bestn))
     print(f"  ratio of the best: checkpoint {bestn['checkpoint'] / best['checkpoint']:.2f},"
           f" restart {bestn['restart'] / best['restart']:.2f} (goal < 2)")
+    if any(" " in k for k in manys[0]):
+        show_phases(n, bases, manys)
+
+
+def show_phases(n: int, bases: list[dict[str, float]], manys: list[dict[str, float]]) -> None:
+    """--phases: each timed function's CPU time (this thread's), median of the rounds."""
+    print(f"CPU time of this thread in each function (ms, median of {len(bases)} rounds;"
+          " worker=False):")
+    print(f"  {'':44} {'none':>7} {n:>7}   us/connection")
+    last = ""
+    for phase, indent, spec in _specs():
+        if phase != last:
+            print(f"  {phase}:")
+            last = phase
+        key = f"{phase} {spec}"
+        a = statistics.median(b.get(key, 0.0) for b in bases) * 1e3
+        b = statistics.median(m.get(key, 0.0) for m in manys) * 1e3
+        mod, name = spec.split(":")
+        label = "  " * (indent + 1) + (name if mod.endswith(".session") else
+                                       f"{mod.rsplit('.', 1)[1]}.{name}")
+        print(f"  {label:44} {a:7.2f} {b:7.2f}   {(b - a) * 1e3 / max(n, 1):6.1f}")
 
 
 def main() -> None:
@@ -219,6 +324,8 @@ def main() -> None:
     ap.add_argument("rounds", type=int, nargs="?", default=3)
     ap.add_argument("--before", metavar="SRC", help="another tree's src, measured in turn")
     ap.add_argument("--after", metavar="SRC", default=str(SRC), help="the tree measured")
+    ap.add_argument("--phases", action="store_true",
+                    help="where the time goes: the checkpoint in process, functions timed")
     args = ap.parse_args()
     n, rounds = args.connections, args.rounds
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -240,8 +347,8 @@ def main() -> None:
             trees[t] = Tree(str(Path(src).resolve()))
         for rnd in range(rounds + 1):  # (round 0: the imports, not counted)
             for t, tree in trees.items():
-                base = tree.run(0)
-                many = tree.run(n)
+                base = tree.run(0, args.phases)
+                many = tree.run(n, args.phases)
                 if not rnd:
                     continue
                 bases[t].append(base)
