@@ -3,7 +3,7 @@ session 12 h2): a thread stopped inside pause or sigsuspend is stopped inside it
 (/proc/PID/task/TID/syscall names the call, SigBlk is the call's mask), whether its
 parent is outside the restart (test_probes_s11_h3::test_stopped) or in it (here); with a
 signal that came while it was stopped, it stops as before and takes the signal once
-continued."""
+continued; a call that a stop and a continue end with EINTR ends so."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import Procs, Victim
+from tests.conftest import Procs, Victim, reap, run_cryo
 from tests.integration import test_probes_s11_h3 as probes
 
 pytestmark = pytest.mark.timeout(240)
@@ -78,4 +79,32 @@ def test_stopped_with_a_signal_pending(procs: Procs, victim: str, tmp_path: Path
     assert len(Victim(new, v.out).oks()) == n  # (still stopped)
     os.kill(new, signal.SIGCONT)
     Victim(new, v.out).wait_for(lambda ls: len(Victim(new, v.out).oks()) > n or bool(v.fails()))
+    assert not v.fails(), v.fails()
+
+
+def test_a_wait_that_a_continue_ends_with_eintr(procs: Procs, build: Any, tmp_path: Path
+                                                ) -> None:  # fmt: skip
+    """victims/stopwait_s12_h2.c waits in epoll_wait(-1), which a stop and a continue end
+    with EINTR (signal(7)): restored stopped, once continued it gets that EINTR ("eintr
+    0"), as it would have; before, the call ran again (cryo took the EINTR for its own
+    interrupt's) and nothing came."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("stopwait_s12_h2"), str(out)], out)
+    v.wait_line("ready")
+    time.sleep(0.1)
+    _stop(v.pid)
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"), "--kill")
+    assert r.returncode == 0, r.stderr
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    new = procs.track(int(r.stdout))
+    time.sleep(0.2)
+    assert _state(new) == "T"
+    assert not [x for x in v.lines() if x.startswith("eintr")]
+    os.kill(new, signal.SIGCONT)
+    v.wait_for(lambda ls: "eintr 0" in ls or bool(v.fails()), timeout=5)
+    assert not v.fails(), v.fails()
+    os.kill(new, signal.SIGUSR1)  # (and it goes on waiting)
+    v.wait_for(lambda ls: "ok 0" in ls or bool(v.fails()), timeout=5)
     assert not v.fails(), v.fails()

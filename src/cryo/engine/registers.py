@@ -126,7 +126,9 @@ def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
     real-time policy must not slow or race the restore); a stopped process is stopped
     again when let go."""
     tracee.set_xstate(trec["xstate"])
-    regs = final_regs(trec["regs"], _takes_signal(trec))
+    # (a thread group-stopped when seized: an EINTR is the stop's, kept as a continue
+    # gives it, epoll_wait's among them: signal(7); cryo's interrupt made none)
+    regs = final_regs(trec["regs"], _takes_signal(trec) or bool(trec.get("group_stop")))
     if "restart" in trec:
         saved = S.user_regs_struct.from_buffer_copy(trec["regs"])
         if trec["restart"]["fn"] == "epoll":
