@@ -81,9 +81,10 @@ def test_a_child_forked_after_the_rewrite(procs: Procs, build: Any, tmp_path: Pa
     """victims/cowtree_s12_h2.c: children 1 and 2 share the parent's old MiB 1 between
     them while child 3, forked after the parent rewrote it, shares the new one with the
     parent; all three share the old MiB 2, rewritten by the parent last.  Every process
-    reads its own bytes (the restored parent held the old MiB 2 while it forked them, not
-    the old MiB 1: child 3 takes the parent's own there); the old MiB 2 is shared again,
-    the old MiB 1 comes back once in each of children 1 and 2 (1 MiB more)."""
+    reads its own bytes (the restored parent holds the old MiB 2 while it forks the
+    three, and the old MiB 1 until child 2 is made, before child 3 is forked: child 3
+    takes the parent's own there), and the tree's Pss is as before (it was 3 MiB more:
+    the old MiB 1 and 2 once per child)."""
     out = tmp_path / "out.txt"
     v = procs.spawn([build("cowtree_s12_h2"), str(out)], out)
     v.wait_line("ready")
@@ -92,4 +93,4 @@ def test_a_child_forked_after_the_rewrite(procs: Procs, build: Any, tmp_path: Pa
     time.sleep(0.3)
     before, after, _pids = _cycle(procs, v, 3, tmp_path)
     print(f"Pss sum: before {before / MB:.2f} MiB, after {after / MB:.2f} MiB")
-    assert after <= before + MB + MB // 2, (before / MB, after / MB)
+    assert after <= before + MB // 2, (before / MB, after / MB)

@@ -33,10 +33,13 @@ same address, is saved once, with that sibling, and listed in the child's MM rec
 ``"cow_siblings": [[sibling, address, length], ...]`` (:func:`split_siblings`).  At
 restart the parent, once its own pages are written, writes those over them (from the
 sibling's blocks) before its children are forked, and writes its own back once every
-child is forked (memory._hold_for_children, memory.unstage): each child forked between
-keeps them inherited, the sibling that saved them does not write them again
-(:func:`sibling_plan`).  tests/integration/test_cow_s12_h2.py: victims/cowtree.c's
-tree, Pss 36.3 MiB before the checkpoint, 36.3 after (38.3 before this).
+child is forked (memory._hold_for_children, memory.unstage), or as soon as the last
+child that keeps them is made where a child made later shares the parent's own page
+there (memory.unstage_early): each child forked between keeps them inherited, the
+sibling that saved them does not write them again (:func:`sibling_plan`).
+tests/integration/test_cow_s12_h2.py, the tree's Pss before the checkpoint and after
+the restart: victims/cowtree.c 36.3 and 36.3 MiB (38.3 after, before this),
+cowtree_s12_h2.c (a child forked after the rewrite) 37.3 and 37.4 MiB (40.5).
 """
 
 from __future__ import annotations
@@ -385,17 +388,22 @@ def foreign_runs(vma: dict[str, Any], own: list[tuple[int, int]],
 # -- restore: pages the children share among them (their parent holds them a while) ----
 
 
-def sibling_plan(image: Any) -> tuple[dict[int, list[tuple[int, int, int]]],
+def sibling_plan(image: Any) -> tuple[dict[int, list[tuple[int, int, int, int]]],
                                       dict[int, list[tuple[int, int]]]]:  # fmt: skip
     """Where a parent holds, while its children are forked, the pages they share among
     them only (MM ``cow_siblings``: it rewrote its own copy after the forks): per
-    parent (old pid), [(address, length, sibling whose blocks hold them)], and per child
-    the ranges of those it keeps as inherited.  Such a page in the parent is held only
-    where no child of it takes the parent's own page there (its ``cow`` runs: forked
-    then, that child would take the held page instead), where the parent's blocks hold
-    its own page (put back once every child is forked: :func:`unstage`) and where the
-    sibling's blocks hold the shared one; where two siblings' pages meet at an address,
-    the first.  The rest is copied, one per child, as before (correct, not shared)."""
+    parent (old pid), [(address, length, sibling whose blocks hold them, last)], and per
+    child the ranges of those it keeps as inherited.  The parent writes its own pages
+    back once every child is forked (memory.unstage: ``last`` 0) or, where a child of
+    it takes the parent's own page at that address (its ``cow`` runs: a child forked
+    after the rewrite), as soon as ``last``, the last child that keeps them, is made:
+    the children are made in the order of tree.creation_order, and such a range is held
+    only when every child that keeps it comes before every child that takes the
+    parent's page there (else those taken ranges are not held).  Held only where the
+    parent's blocks hold its own page and the sibling's the shared one; where two
+    siblings' pages meet at an address, the first's.  The rest is copied, one per
+    child, as before (correct, not shared)."""
+    from cryo.engine import tree
     from cryo.image import records as R
 
     trees = image.raw(R.TREE)
@@ -408,8 +416,9 @@ def sibling_plan(image: Any) -> tuple[dict[int, list[tuple[int, int, int]]],
                 wanted.setdefault(ppid[pid], []).append((a, a + n, s))
     if not wanted:
         return {}, {}
+    order = {p["pid"]: k for k, p in enumerate(tree.creation_order(trees[0]))}
     index = _Index(image)
-    plan: dict[int, list[tuple[int, int, int]]] = {}
+    plan: dict[int, list[tuple[int, int, int, int]]] = {}
     for parent, items in wanted.items():
         merged: list[list[int]] = []
         end = 0
@@ -422,26 +431,40 @@ def sibling_plan(image: Any) -> tuple[dict[int, list[tuple[int, int, int]]],
             if start < e:
                 merged.append([start, e, s])
                 end = e
-        taken = [(a, a + n) for pid, r in recs.items() if ppid.get(pid) == parent
-                 and (r.get("cow") or {}).get("from") == parent
-                 for a, n in r["cow"]["runs"]]  # fmt: skip
-        out: list[tuple[int, int, int]] = []
-        for a, e, s in merged:
-            for fa, fn in outside([[a, e - a]], taken):
-                for pa, pn, *_ in index.find(parent, fa, fn)[0]:
-                    out.extend((sa, sn, s) for sa, sn, *_ in index.find(s, pa, pn)[0])
+        kids = [pid for pid in recs if ppid.get(pid) == parent]
+        taken = {pid: [(a, a + n) for a, n in recs[pid]["cow"]["runs"]] for pid in kids
+                 if (recs[pid].get("cow") or {}).get("from") == parent}  # fmt: skip
+        out: list[tuple[int, int, int, int]] = []
+        for a0, e0, s in merged:
+            shares = {pid: [(x, x + n) for t, x, n in recs[pid].get("cow_siblings") or ()
+                            if t == s and x < e0 and a0 < x + n] for pid in kids}  # fmt: skip
+            cuts = sorted({a0, e0, *(b for rs in [*shares.values(), *taken.values()]
+                                     for x, y in rs for b in (x, y) if a0 < b < e0)})
+            for a, e in itertools.pairwise(cuts):  # (who keeps it, who takes the parent's)
+                members = [s, *(pid for pid, rs in shares.items()
+                                if any(x < e and a < y for x, y in rs))]  # fmt: skip
+                takers = [pid for pid, rs in taken.items() if any(x < e and a < y for x, y in rs)]
+                last = max(members, key=lambda m: order.get(m, -1))
+                if not takers:
+                    when = 0
+                elif order.get(last, -1) < min(order.get(t, -1) for t in takers):
+                    when = last  # (put back before the first taker is forked)
+                else:
+                    continue
+                for pa, pn, *_ in index.find(parent, a, e - a)[0]:
+                    out.extend((sa, sn, s, when) for sa, sn, *_ in index.find(s, pa, pn)[0])
         if out:
             plan[parent] = out
     keep: dict[int, list[tuple[int, int]]] = {}
     for parent, held in plan.items():
-        for s in {s for _a, _n, s in held}:
-            keep.setdefault(s, []).extend((a, n) for a, n, t in held if t == s)
+        for s in {s for _a, _n, s, _w in held}:
+            keep.setdefault(s, []).extend((a, n) for a, n, t, _w in held if t == s)
         for pid, r in recs.items():
             if ppid.get(pid) != parent:
                 continue
             for s, a, n in r.get("cow_siblings") or ():
-                keep.setdefault(pid, []).extend(_inside([[a, n]], [[ha, hn] for ha, hn, t in held
-                                                                   if t == s]))
+                keep.setdefault(pid, []).extend(_inside(
+                    [[a, n]], [[ha, hn] for ha, hn, t, _w in held if t == s]))
     return plan, {pid: sorted(k) for pid, k in keep.items() if k}
 
 

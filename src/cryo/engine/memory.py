@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from cryo import procfs
@@ -1160,6 +1161,7 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
     anonymous mappings go in with UFFDIO_COPY (:class:`_Filler`), the others with
     process_vm_writev."""
     total = 0
+    unstage_early(ctx)  # (its parent's own pages back where this was the last to keep theirs)
     mine = [b for b in ctx.image.blocks if b.get("pid") == ctx.old_pid]
     stream = getattr(ctx.image, "stream_blocks", None)
     blocks: Generator[tuple[dict[str, Any], object, int, int, int], None, None] = (
@@ -1202,16 +1204,21 @@ def write_pages(ctx: RestoreContext, progress: Callable[[int], None] | None = No
     return total
 
 
-def _siblings(ctx: RestoreContext) -> tuple[dict[int, list[tuple[int, int, int]]],
-                                            dict[int, list[tuple[int, int]]], set[int]] | None:
-    """cow.sibling_plan of the image (made once per restart), and the parents that hold
-    their children's shared pages now; None without the session's shared state."""
+_Plan = tuple[dict[int, list[tuple[int, int, int, int]]], dict[int, list[tuple[int, int]]],
+              set[int], dict[int, list[tuple[int, int, int]]]]
+
+
+def _siblings(ctx: RestoreContext) -> _Plan | None:
+    """cow.sibling_plan of the image (made once per restart), the parents that hold
+    their children's shared pages now, and the ranges to put back in a parent once a
+    child is made (that child's old pid: [(parent, address, length)]); None without the
+    session's shared state."""
     keep = getattr(getattr(ctx, "shared", None), "keep", None)
     if not isinstance(keep, dict):
         return None
-    got = keep.get("cow_siblings")
+    got: _Plan | None = keep.get("cow_siblings")
     if got is None:
-        got = keep["cow_siblings"] = (*cow.sibling_plan(ctx.image), set())
+        got = keep["cow_siblings"] = (*cow.sibling_plan(ctx.image), set(), {})
     return got
 
 
@@ -1220,8 +1227,9 @@ def _hold_for_children(ctx: RestoreContext) -> None:
     children share among them only (cow.sibling_plan) written over its own, from the
     blocks of the sibling that saved them, so that every child forked now inherits them
     (and keeps them: inherit_from_parent); its own put back once all are forked
-    (:func:`unstage`).  Not in a process whose pages come from elsewhere too (post-copy,
-    staged)."""
+    (:func:`unstage`), or once the last child that keeps them is made, where a child
+    made later takes its own (:func:`unstage_early`).  Not in a process whose pages
+    come from elsewhere too (post-copy, staged)."""
     live = live_of(ctx)
     if live.get("lazy") is not None or live.get("staged") or live.get("fills") is not None:
         return
@@ -1229,19 +1237,43 @@ def _hold_for_children(ctx: RestoreContext) -> None:
     if sib is None or ctx.old_pid not in sib[0]:
         return
     by: dict[int, list[list[int]]] = {}
-    for a, n, s in sib[0][ctx.old_pid]:
+    for a, n, s, _w in sib[0][ctx.old_pid]:
         by.setdefault(s, []).append([a, n])
     for s, runs in by.items():
         cow.write_inherited(ctx, {"from": s, "runs": runs})
     sib[2].add(ctx.old_pid)
-    live["cow_unstage"] = [[a, n] for a, n, _s in sib[0][ctx.old_pid]]
+    live["cow_unstage"] = [[a, n] for a, n, _s, w in sib[0][ctx.old_pid] if not w]
+    for a, n, _s, w in sib[0][ctx.old_pid]:
+        if w:
+            sib[3].setdefault(w, []).append((ctx.old_pid, a, n))
+
+
+def unstage_early(ctx: RestoreContext) -> None:
+    """A process just made (its pages' stage, before the next process is forked): the
+    ranges its parent held for the children made so far, that a child made next takes
+    from the parent as its own, put back in the parent (cow.sibling_plan's ``last``)."""
+    sib = _siblings(ctx)
+    todo = sib[3].pop(ctx.old_pid, None) if sib is not None else None
+    by: dict[int, list[list[int]]] = {}
+    for parent, a, n in todo or ():
+        by.setdefault(parent, []).append([a, n])
+    for parent, runs in by.items():
+        where = SimpleNamespace(pid=ctx.pid_map[parent], image=ctx.image)
+        cow.write_inherited(where, {"from": parent, "runs": runs})
 
 
 def unstage(ctx: RestoreContext) -> None:
     """Every child forked (protect's start): a parent that held its children's shared
     pages (:func:`_hold_for_children`) writes its own there again, from its blocks: it
-    gets a copy of its own, the children keep theirs, shared among them."""
-    runs = live_of(ctx).pop("cow_unstage", None)
+    gets a copy of its own, the children keep theirs, shared among them.  (And those
+    that :func:`unstage_early` did not put back, had the child it waited for never come:
+    a parent is never left with its children's pages.)"""
+    runs = live_of(ctx).pop("cow_unstage", None) or []
+    sib = _siblings(ctx)
+    if sib is not None and ctx.old_pid in sib[2]:
+        for child, left in list(sib[3].items()):
+            runs += [[a, n] for parent, a, n in left if parent == ctx.old_pid]
+            sib[3][child] = [x for x in left if x[0] != ctx.old_pid]
     if runs:
         cow.write_inherited(ctx, {"from": ctx.old_pid, "runs": runs})
 
