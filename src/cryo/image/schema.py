@@ -1010,8 +1010,10 @@ KINDS: tuple[Kind, ...] = (
                       name="seccomp"), required=False),
         F("restart", Struct((F("fn", Str()), F("left_ns", Int(0))), name="restart block"),
           "stopped in poll, FUTEX_WAIT or nanosleep whose time left only its restart"
-          " block holds, or in epoll_wait/epoll_pwait (fn \"epoll\": its timeout's end"
-          " read off its kernel stack): its fn and that time (ns; engine/restartblock.py)",
+          " block holds, or in epoll_wait/epoll_pwait (fn \"epoll\") or rt_sigtimedwait,"
+          " semtimedop, epoll_pwait2, io_getevents, io_pgetevents (fn \"timespec\"), their"
+          " timeout's end read off its kernel stack: its fn and that time (ns;"
+          " engine/restartblock.py)",
           required=False),
     ), name="thread"), "one thread: registers, xstate, mask, pending, credentials"),
     Kind(b"FDSC", "engine/files.py", "at most one", Struct((
