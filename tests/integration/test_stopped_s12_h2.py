@@ -108,3 +108,27 @@ def test_a_wait_that_a_continue_ends_with_eintr(procs: Procs, build: Any, tmp_pa
     os.kill(new, signal.SIGUSR1)  # (and it goes on waiting)
     v.wait_for(lambda ls: "ok 0" in ls or bool(v.fails()), timeout=5)
     assert not v.fails(), v.fails()
+
+
+def test_a_thread_stopped_in_sigsuspend_while_its_leader_is_in_a_futex(
+        procs: Procs, build: Any, tmp_path: Path) -> None:  # fmt: skip
+    """victims/stopjoin_s12_h2.c: the leader in pthread_join (futex), the other thread
+    in sigsuspend, stopped: the other thread is back inside sigsuspend, stopped, with the
+    call's mask (before, it stopped before it entered the call again: the whole process
+    stopped as before, its leader not in sigsuspend or pause); the leader stops before
+    it enters its futex again (its /proc syscall "-1"); continued, the process goes on."""
+    out = tmp_path / "out.txt"
+    v = procs.spawn([build("stopjoin_s12_h2"), str(out)], out)
+    v.wait_line("ready")
+    time.sleep(0.2)
+    _stop(v.pid)
+    before, after, new = probes.cycle(procs, v.pid, tmp_path / "img")
+    leader = {f"pid {new}/syscall$": "the leader stops before it enters its futex again",
+              f"pid {new}/task/{new}/syscall$": "as pid/syscall"}  # fmt: skip
+    d = probes.diff(before, after, leader)
+    assert not d, "\n".join(d)
+    worker = [t for t in os.listdir(f"/proc/{new}/task") if int(t) != new]
+    assert probes._text(probes._read(f"/proc/{new}/task/{worker[0]}/syscall")).split()[0] == "130"
+    os.kill(new, signal.SIGCONT)
+    os.kill(new, signal.SIGUSR1)
+    v.wait_for(lambda ls: "ok 0" in ls or bool(v.fails()), timeout=5)

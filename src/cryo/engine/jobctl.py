@@ -15,7 +15,7 @@ the parent took go into its TASK record (``stops_collected``).
 
 Restart (:func:`stopped_first`, :func:`stop_now`, from the session's finalize): such a
 child (its parent a live process of the restart) is finished first, children before
-their parents, and let go at once with its stop signal queued (task.stop_after_restore):
+their parents, and let go at once with its stop signal queued (:func:`stop_inside`):
 it stops before it runs an instruction of its own, and the stop, a fresh one, tells the
 parent, which cryo still holds, all its signals blocked.  There the SIGCHLD is taken
 back (rt_sigtimedwait) unless one was pending in the image (a standard signal is
@@ -216,44 +216,46 @@ def _inside(trec: dict[str, Any]) -> int:
     return nr if nr in _SIGNAL_ONLY and ret == -ERESTART.NOHAND else 0
 
 
-def stops_inside(trec: dict[str, Any]) -> bool:
-    """Does the stopped process whose leader's THRD record this is stop inside its calls
-    (:func:`stop_inside`, which then sends its stop signal, not task.stop_after_restore)?
-    When its leader stopped inside sigsuspend or pause with no signal pending for it."""
-    return bool(trec.get("group_stop")) and not trec["pending"] and bool(_inside(trec))
-
-
 def stop_inside(ctx: Any) -> None:
-    """Restore hook ("regs" stage, after every thread's registers and mask): a stopped
-    process whose threads stopped inside sigsuspend or pause stops there again, as it
-    was: /proc/PID/syscall names the call, SigBlk is the call's temporary mask (the
+    """Restore hook ("regs" stage, after every thread's registers and mask): a process
+    that was stopped (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) stops again, and its parent is
+    told (waitid WSTOPPED, with the signal), the signal sent while cryo still holds every
+    thread, once, from its leader's record.  The kernel drops SIGTSTP, SIGTTIN and
+    SIGTTOU in an orphaned process group (a restored job whose parent is not in its
+    session usually is one): SIGSTOP then.  A process whose parent is in the restart is
+    finished and let go before its parent (:func:`stop_now`): it stops while its parent
+    is held, which keeps of the stop what it had at the checkpoint (its SIGCHLD, its
+    wait's report).
+
+    A thread that stopped inside sigsuspend or pause stops there again, as it was:
+    /proc/PID/task/TID/syscall names the call, SigBlk is the call's temporary mask (the
     thread's own is its saved_sigmask, put back when the call returns).  Before (found
     by probing, session 11): it stopped before it entered the call again (the stop
-    signal queued while cryo held it, met on its way back to user space), "-1" and its
-    own mask; right again once continued.
-
-    Each thread in such a call (its registers set up to run it again) is resumed, still
-    traced, and sleeps in the call again; the stop signal is then sent to the first of
-    them, which takes it into a group stop (PTRACE_CONT with it from its delivery stop)
-    that wakes the others out of their calls into their group-stop traps: each as the
-    kernel leaves a task stopped inside the call (ERESTARTNOHAND, the call's number,
-    its temporary mask and the saved one).  Let go, each stops again at once, without
-    a word (kernel/ptrace.c __ptrace_unlink); the other threads, still held, join the
-    stop when let go.  With a signal pending (queued again at restart: the call could
-    return for it, a handler run), the signal is sent at once, as stop_after_restore
-    does: the stop as before."""
+    signal, queued while cryo held it, met on its way back to user space), "-1" and its
+    own mask; right again once continued.  Each such thread (its registers set up to
+    run the call again) is resumed, still traced, and sleeps in the call again; the
+    signal is then sent to the first of them, which takes it into a group stop
+    (PTRACE_CONT with it from its delivery stop) that wakes the others out of their
+    calls into their group-stop traps: each as the kernel leaves a task stopped inside
+    the call (ERESTARTNOHAND, the call's number, its temporary mask and the saved one).
+    Let go, each stops again at once, without a word (kernel/ptrace.c __ptrace_unlink);
+    the other threads, still held, join the stop when let go (before they enter their
+    calls again: "-1").  With a signal pending (queued again at restart: a call could
+    return for it, a handler run), the signal is sent at once: every thread stops
+    before it enters its call again."""
     from cryo.engine import task
     from cryo.linux import libc
     from cryo.linux.consts import PTRACE, PTRACE_EVENT
 
-    if not ctx.thread_records or not stops_inside(ctx.thread_records[0]):
+    sig = int(ctx.thread_records[0].get("group_stop", 0)) if ctx.thread_records else 0
+    if not sig:
         return
-    sig = int(ctx.thread_records[0]["group_stop"])
-    if sig != signal.SIGSTOP and task._orphaned_pgrp(ctx.pid):  # (as stop_after_restore)
+    if sig != signal.SIGSTOP and task._orphaned_pgrp(ctx.pid):
         sig = signal.SIGSTOP
     calls = [(ctx.threads[ctx.tid_map[t["tid"]]], nr) for t in ctx.thread_records
-             if (nr := _inside(t)) and not t["pending"]]  # fmt: skip
-    if ctx.records[SIGS]["pending_shared"] or any(t["pending"] for t in ctx.thread_records):
+             if (nr := _inside(t))]  # fmt: skip
+    if not calls or ctx.records[SIGS]["pending_shared"] or \
+            any(t["pending"] for t in ctx.thread_records):  # fmt: skip
         os.kill(ctx.pid, sig)
         return
     for t, _nr in calls:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cryo.engine import restartblock, sched, task
+from cryo.engine import restartblock, sched
 from cryo.engine.inject import NO_SYSCALL, Injector
 from cryo.engine.ptrace import EINTR_BY_TRACER, Tracee
 from cryo.errors import ImageIncompatible
@@ -124,7 +124,7 @@ def restart_block(ctx: Any, inj: Injector, trec: dict[str, Any]) -> None:
 def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
     """The thread's last step: registers, then its scheduling (from outside: an idle or
     real-time policy must not slow or race the restore); a stopped process is stopped
-    again when let go."""
+    again once every thread's registers are set (jobctl.stop_inside)."""
     tracee.set_xstate(trec["xstate"])
     # (a thread group-stopped when seized: an EINTR is the stop's, kept as a continue
     # gives it, epoll_wait's among them: signal(7); cryo's interrupt made none)
@@ -139,4 +139,3 @@ def restore(tracee: Tracee, inj: Injector, trec: dict[str, Any]) -> None:
             regs = restartblock.final(tracee, saved, regs)
     inj.finish(regs)
     sched.restore_thread(tracee.tid, trec)
-    task.stop_after_restore(tracee, trec)

@@ -594,27 +594,6 @@ def restore_creds(inj: Injector, trec: dict[str, Any]) -> None:
         seccomp.queue_strict(b, trec)
 
 
-def stop_after_restore(tracee: Tracee, trec: dict[str, Any]) -> None:
-    """A process that was stopped (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) stops again as
-    soon as it is let go, and its parent is told (waitid WSTOPPED, with the signal):
-    the signal is queued to it while we still hold it, once, from its leader's record.
-    The kernel drops SIGTSTP, SIGTTIN and SIGTTOU in an orphaned process group (a
-    restored job whose parent is not in its session usually is one): SIGSTOP then.  A
-    process whose parent is in the restart is finished and let go before its parent
-    (engine/jobctl.py): it stops while its parent is held, which keeps of the stop what
-    it had at the checkpoint (its SIGCHLD, its wait's report)."""
-    sig = trec.get("group_stop", 0)
-    if tracee.tid != tracee.pid or not sig:
-        return
-    from cryo.engine import jobctl
-
-    if jobctl.stops_inside(trec):
-        return  # (sent by jobctl.stop_inside, its threads back in their calls)
-    if sig != signal.SIGSTOP and _orphaned_pgrp(tracee.pid):
-        sig = signal.SIGSTOP
-    os.kill(tracee.pid, sig)
-
-
 def _orphaned_pgrp(pid: int) -> bool:
     """POSIX: no member of the process group has a parent in another group of the same
     session."""
