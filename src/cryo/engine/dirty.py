@@ -24,6 +24,7 @@ What stays in the process between checkpoints: that mapping and the uffd on a hi
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 from dataclasses import dataclass
@@ -157,13 +158,17 @@ def _rename(inj: Injector, addr: int, name: str) -> None:
             raise syscall_error(nr, b.result(i), inj.t.tid, " (the write-tracking token)")
 
 
-def written(tr: Tracking, vmas: list[dict[str, Any]],
-            present: list[tuple[int, int]]) -> list[list[int]] | None:  # fmt: skip
+def written(tr: Tracking, vmas: list[dict[str, Any]], present: list[tuple[int, int]],
+            as_array: bool = False) -> Any:  # fmt: skip
     """The runs of ``present`` written since the last checkpoint (None: unknown, save
-    them all); every private anonymous mapping is protected again for the next one."""
+    them all); every private anonymous mapping is protected again for the next one.
+    ``as_array``: the runs as an (n, 2) int64 array, in address order (for a sink that
+    makes arrays of them: a list of 1,300 scattered pages is 1,300 lists made, then
+    read back into an array)."""
     uffd = libc.fd_of(tr.pid, tr.fd)
     pm = os.open(f"/proc/{tr.pid}/pagemap", os.O_RDONLY)
     out: list[list[int]] = []
+    parts: list[tuple[array.array[int] | None, list[list[int]]]] = []  # (as_array)
     try:
         if tr.fresh:
             libc.uffd_api(uffd, UFFD.FEATURE_WP_ASYNC | UFFD.FEATURE_WP_UNPOPULATED)
@@ -177,19 +182,39 @@ def written(tr: Tracking, vmas: list[dict[str, Any]],
                 try:
                     # written, and there: a page written and then dropped (its PTE
                     # cleared, marker and all) reads "written", and holds nothing
-                    for s, e, _c in libc.pagemap_scan(
+                    words = libc.pagemap_scan_words(
                         pm, start, end, PAGE_IS.PRESENT | PAGE_IS.SWAPPED, PAGE_IS.WRITTEN,
                         mask=PAGE_IS.WRITTEN, flags=PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                    ):  # fmt: skip
-                        out.append([s, e - s])
-                    continue
+                    )  # fmt: skip
                 except OSError:
                     out.extend(_within(present, start, end))  # mapped since: not tracked
+                else:
+                    if as_array:  # (the lists before it, then its regions: in order)
+                        parts.append((words, out))
+                        out = []
+                    else:
+                        got = words.tolist()
+                        out += [[s, e - s] for s, e in zip(got[0::3], got[1::3], strict=True)]
+                    continue
             _arm(uffd, start, end)
     finally:
         os.close(pm)
         os.close(uffd)
-    return out if tr.trusted else None
+    if not tr.trusted:
+        return None
+    if not as_array:
+        return out
+    import numpy as np
+
+    pieces = []
+    for regions, before in [*parts, (None, out)]:
+        if before:
+            pieces.append(np.asarray(before, dtype=np.int64).reshape(-1, 2))
+        if regions:
+            w = np.frombuffer(regions, dtype=np.uint64).reshape(-1, 3)[:, :2].astype(np.int64)
+            w[:, 1] -= w[:, 0]
+            pieces.append(w)
+    return np.concatenate(pieces) if pieces else np.zeros((0, 2), dtype=np.int64)
 
 
 def _arm(uffd: int, start: int, end: int) -> None:

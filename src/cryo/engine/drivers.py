@@ -499,8 +499,9 @@ def _dirty_select(ctx: DumpContext, sink: Any) -> None:
         return
     tag = ("pid", ctx.pid)
     present = [[a, n] for a, n in ctx.runs]
-    written = dirty.written(tracking, ctx.records[R.MM]["vmas"], ctx.runs) if tracking \
-        else None  # fmt: skip
+    written = dirty.written(tracking, ctx.records[R.MM]["vmas"], ctx.runs,
+                            as_array=getattr(tracker, "runs_as_arrays", False)) \
+        if tracking else None  # fmt: skip
     need = tracker.select(tag, present, written)
     ctx.live["inherit"] = (tag, present, need)
     ctx.runs = [(a, n) for a, n in need]

@@ -124,6 +124,7 @@ class VersionSink(ImageWriter):
     of the version it is compared with (none: a full version)."""
 
     wants_checksum = False  # pages are hashed one by one here; the engine need not
+    runs_as_arrays = True  # select's ``written`` may be an (n, 2) array (engine/dirty.py)
 
     def __init__(self, app: App, version: int, previous: dict[Tag, HashTable] | None,
                  *, parent: int | None = None, direct: bool = True) -> None:  # fmt: skip
