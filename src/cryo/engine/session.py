@@ -112,10 +112,14 @@ class FreezeTimeout(CryoError):
 def memory_budget() -> int:
     """How much page data may wait in our buffers for the writer."""
     avail = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
+    fd = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
+    try:  # (its 4 KiB whole, as bytes: the text file read line by line was 0.1 ms)
+        data = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    at = data.find(b"\nMemAvailable:")
+    if at >= 0:
+        avail = int(data[at + 14 : data.index(b"\n", at + 1)].split()[0]) * 1024
     return max(memory.BLOCK * 2, min(avail // 2, 8 << 30))
 
 
