@@ -223,6 +223,25 @@ def cli_cycle(procs: Procs, pid: int, img: Path, *checkpoint_args: str) -> int:
     return procs.track(int(r.stdout))
 
 
+def restart_later(procs: Procs, v: Victim, img: Path, caught: float = 1.5,
+                  away: float = 0.5) -> tuple[Victim, float]:  # fmt: skip
+    """``caught`` s after now, ``v`` checkpointed into ``img`` and killed, reaped, and
+    restarted ``away`` s later (in-process): the restored victim, tracked, and the time
+    it was gone (s), from the checkpoint's start to the restart's end."""
+    from cryo.engine.dump import checkpoint
+    from cryo.engine.restore import restart
+
+    time.sleep(caught)
+    t_dead = time.monotonic()
+    checkpoint(v.pid, str(img), signal_after=signal.SIGKILL)
+    reap(v.pid)
+    time.sleep(away)
+    rr = restart(str(img))
+    dead = time.monotonic() - t_dead
+    procs.track(rr.pid)
+    return Victim(rr.pid, v.out), dead
+
+
 def counter_of_its_own(procs: Procs, build: Callable[[str], str], tmp_path: Path
                        ) -> tuple[Path, Victim]:  # fmt: skip
     """counter.c run from a copy of its binary in ``tmp_path`` (for a test to change),

@@ -8,7 +8,6 @@ too (victims/epollwait_s11.c)."""
 from __future__ import annotations
 
 import re
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from cryo.engine.dump import checkpoint
-from cryo.engine.restore import restart
 from cryo.engine.session import CheckpointSession
 from cryo.image.reader import Image
 from cryo.linux import bpf
-from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.conftest import Procs, Victim, restart_later, run_cryo
 
 pytestmark = pytest.mark.timeout(120)
 MODES = ("epoll_wait", "epoll_pwait")
@@ -48,16 +46,7 @@ def test_restarted_wait_keeps_its_time_left(procs: Procs, build: Callable[[str],
     """Checkpointed with --kill 1.5 s into a 3 s wait, restarted 0.5 s later: the call
     returns 0 after 3 s of its own time (the dead time taken out), not 4.5 s."""
     _bpf_or_skip()
-    v = _start(procs, build, tmp_path, mode)
-    time.sleep(1.5)
-    t_dead = time.monotonic()
-    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
-    reap(v.pid)
-    time.sleep(0.5)
-    rr = restart(str(tmp_path / "img"))
-    dead = time.monotonic() - t_dead
-    procs.track(rr.pid)
-    v = Victim(rr.pid, v.out)
+    v, dead = restart_later(procs, _start(procs, build, tmp_path, mode), tmp_path / "img")
     m = re.fullmatch(DONE, line := v.wait_line("done", timeout=10))
     assert m and (int(m[2]), int(m[3])) == (0, 0), line
     own = int(m[4]) / 1000 - dead

@@ -10,18 +10,15 @@ the restart, 4.5 s)."""
 from __future__ import annotations
 
 import re
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from cryo.engine.dump import checkpoint
-from cryo.engine.restore import restart
 from cryo.errors import Unsupported
 from cryo.image.reader import Image
 from cryo.linux import bpf
-from tests.conftest import Procs, Victim, reap
+from tests.conftest import Procs, Victim, restart_later
 from tests.integration.test_procstate import build_threaded
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,15 +45,7 @@ def test_sleep_keeps_its_time_left(procs: Procs, exe: str, tmp_path: Path, mode:
     out = tmp_path / "out.txt"
     v = procs.spawn([exe, str(out), mode], out)
     v.wait_line("ready")
-    time.sleep(1.5)
-    t_dead = time.monotonic()
-    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
-    reap(v.pid)
-    time.sleep(0.5)
-    rr = restart(str(tmp_path / "img"))
-    dead = time.monotonic() - t_dead
-    procs.track(rr.pid)
-    v = Victim(rr.pid, out)
+    v, dead = restart_later(procs, v, tmp_path / "img")
     line = v.wait_line("done", timeout=10)
     m = re.fullmatch(r"done (\S+) ret=(-?\d+) errno=(\d+) ms=(\d+)", line)
     assert m, line

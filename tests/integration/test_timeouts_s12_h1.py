@@ -32,7 +32,7 @@ from cryo.engine.session import CheckpointSession
 from cryo.errors import Unsupported
 from cryo.image.reader import Image
 from cryo.linux import bpf
-from tests.conftest import Procs, Victim, reap, run_cryo
+from tests.conftest import Procs, Victim, reap, restart_later, run_cryo
 
 pytestmark = pytest.mark.timeout(120)
 DONE = r"done (\S+) ret=(-?\d+) errno=(\d+) ms=(\d+)"
@@ -131,16 +131,8 @@ def test_restarted_target_ends_at_its_deadline(start: Callable[[str], Victim],
     timeout ends after 3 s of the program's own time (the time away not counted), an
     absolute one at its instant (3 s after the start)."""
     _bpf_or_skip(mode)
-    v = start(mode)
-    time.sleep(1.5)
-    t_dead = time.monotonic()
-    checkpoint(v.pid, str(tmp_path / "img"), signal_after=signal.SIGKILL)
-    reap(v.pid)
-    time.sleep(0.5)
-    rr = restart(str(tmp_path / "img"))
-    dead = time.monotonic() - t_dead
-    procs.track(rr.pid)
-    took = _done(Victim(rr.pid, v.out), mode)
+    v, dead = restart_later(procs, start(mode), tmp_path / "img")
+    took = _done(v, mode)
     if MODES[mode][0]:
         assert 2.99 < took < 3.3, f"{mode}: {took:.3f} s"
     else:
