@@ -1379,3 +1379,52 @@ def _tree(pid: int) -> list[int]:
     from cryo.grid import hostnet
 
     return list(hostnet.tree(pid))
+
+
+def test_versions_kept_and_an_older_one_restarted(grid: Grid, build: Any) -> None:
+    """`grid run --keep-last 2 --keep-every 3`: after global versions 1-5 the store keeps
+    v3 (every third), v4 and v5 (the last two), `status` lists them; `grid restart
+    --version 3` brings every part back to what it was at version 3, which is then the
+    application's last (a host failing next restarts from it); a restart of a version not
+    kept is refused; the next commit (6) keeps 3, 5 and 6 (4 goes)."""
+    for h in ("h0", "h1", "h2"):
+        grid.agent(h)
+    out = grid.tmp / "out-{part}.txt"
+    r = grid.cryo("run", "--app", "kept", "--hosts", "h0,h1,h2", "--store", str(grid.store),
+                  "--keep-last", "2", "--keep-every", "3", "--", build("counter"), str(out))
+    assert r.returncode == 0, r.stderr
+    pids = grid.pids("kept")
+    victims = [Victim(pids[n], grid.tmp / f"out-{n}.txt") for n in range(3)]
+    ticks: dict[int, list[int]] = {}
+    for version in range(1, 6):
+        for v in victims:
+            v.wait_ok_after(max(v.oks(), default=-1) + 2)
+        before = [max(v.oks()) for v in victims]
+        r = grid.cryo("checkpoint", "kept")
+        assert r.returncode == 0 and f"global version {version} committed" in r.stdout, r.stderr
+        ticks[version] = before
+    on_disk = sorted(p.name for p in (grid.store / "kept").glob("v*"))
+    assert on_disk == ["v3", "v4", "v5"], on_disk
+    st = grid.status("kept")
+    assert st["committed"]["version"] == 5 and sorted(st["committed"]["kept"]) == ["3", "4"]
+    r = grid.cryo("restart", "kept", "--version", "2")
+    assert r.returncode != 0 and "not a committed checkpoint it keeps" in r.stderr, r.stderr
+    r = grid.cryo("restart", "kept", "--version", "3")
+    assert r.returncode == 0, r.stderr
+    new = grid.pids("kept")
+    for n in range(3):  # each part back at version 3: its count goes back once, to then
+        v = Victim(new[n], grid.tmp / f"out-{n}.txt")
+        seen = len(v.oks())
+        v.wait_ok_after(0, timeout=20)
+        v.wait_for(lambda _ls, v=v, seen=seen: len(v.oks()) > seen + 1)
+        oks = v.oks()
+        back = [i for i in range(1, len(oks)) if oks[i] < oks[i - 1]]
+        assert len(back) == 1, (n, back)
+        assert ticks[3][n] <= oks[back[0]] <= ticks[4][n], (n, ticks, oks[back[0]])
+    st = grid.status("kept")
+    assert st["committed"]["version"] == 3 and sorted(st["committed"]["kept"]) == ["4", "5"]
+    r = grid.cryo("checkpoint", "kept")
+    assert r.returncode == 0 and "global version 6 committed" in r.stdout, r.stderr
+    assert sorted(grid.status("kept")["committed"]["kept"], key=int) == ["3", "5"]
+    on_disk = sorted(p.name for p in (grid.store / "kept").glob("v*"))
+    assert on_disk == ["v3", "v5", "v6"], on_disk

@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     c.add_argument("--replicas", type=int, default=0, metavar="N",
                    help="each part's image is streamed to N other hosts' agents before it"
                    " votes (0: the hosts share one store)")
+    _keep_options(c)
     c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS ({part}: its number)")
     c.set_defaults(func=_run)
     c = cmd("adopt", "take processes that already run as the parts of an application")
@@ -59,6 +60,7 @@ def register(sub: Any) -> None:
     c.add_argument("--replicas", type=int, default=0, metavar="N", help="as for grid run")
     c.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="how long the agents may take (default 30 s)")
+    _keep_options(c)
     c.set_defaults(func=_adopt)
     c = cmd("checkpoint", "one consistent checkpoint of every part")
     c.add_argument("app")
@@ -69,12 +71,37 @@ def register(sub: Any) -> None:
     c.set_defaults(func=_status)
     c = cmd("restart", "restart every part from the last committed version")
     c.add_argument("app")
-    c.add_argument("--version", type=int, metavar="V")
+    c.add_argument("--version", type=int, metavar="V",
+                   help="a version the application keeps (--keep-last, --keep-every)")
     c.set_defaults(func=_restart)
     c = cmd("watch", "periodic global checkpoints; restart when a host fails")
     c.add_argument("app")
     c.add_argument("--every", type=float, metavar="S", help="seconds between checkpoints")
+    _keep_options(c, durations=True)
     c.set_defaults(func=_watch)
+
+
+def _keep_options(c: argparse.ArgumentParser, durations: bool = False) -> None:
+    c.add_argument("--keep-last", type=int, metavar="N",
+                   help="keep the last N committed global versions (default 1)")
+    c.add_argument("--keep-every", metavar="K|T" if durations else "K",
+                   help="keep every K-th version too" + (" (or one per period T, e.g. 1h,"
+                                                          " given --every)" if durations else ""))
+
+
+def _keep(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The retention asked for (coordinator.retention's arguments), or None."""
+    from cryo.cli.daemon import _keep_every
+    from cryo.errors import Usage
+
+    if args.keep_last is None and args.keep_every is None:
+        return None
+    every = args.keep_every
+    if every is not None and not every.strip().isdigit() and not hasattr(args, "every"):
+        raise Usage("--keep-every takes a number of versions here (a period: grid watch)")
+    return {"last": args.keep_last or 1,
+            "every": _keep_every(every.strip(), getattr(args, "every", None))
+            if every is not None else None}
 
 
 def _etcd(args: argparse.Namespace) -> Any:
@@ -107,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         raise Usage("cryo grid run needs a command: -- CMD ARGS")
     services = args.services.split(",") if args.services else []
     parts = coordinator.run(_etcd(args), args.app, args.hosts.split(","), cmd, args.store,
-                            services=services, replicas=args.replicas)  # fmt: skip
+                            services=services, replicas=args.replicas, keep=_keep(args))
     for n, p in sorted(parts.items()):
         print(f"part {n} on {p['host']}: pid {p['pid']}")
     return 0
@@ -125,7 +152,8 @@ def _adopt(args: argparse.Namespace) -> int:
         parts.append((host, int(pid)))
     services = args.services.split(",") if args.services else []
     got = coordinator.adopt(_etcd(args), args.app, parts, args.store, services=services,
-                            replicas=args.replicas, timeout=args.timeout)  # fmt: skip
+                            replicas=args.replicas, timeout=args.timeout,
+                            keep=_keep(args))  # fmt: skip
     for n, p in sorted(got.items()):
         print(f"part {n} on {p['host']}: pid {p['pid']} adopted")
     return 0
@@ -160,5 +188,5 @@ def _restart(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from cryo.grid import coordinator
 
-    coordinator.watch(_etcd(args), args.app, args.every)
+    coordinator.watch(_etcd(args), args.app, args.every, keep=_keep(args))
     return 0

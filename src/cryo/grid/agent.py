@@ -692,10 +692,17 @@ class Agent:
                     shutil.rmtree(path, ignore_errors=True)
 
     def _retire(self, app: str, v: int) -> None:
-        """Version ``v`` committed: this host's older images and replicas go."""
+        """Version ``v`` committed: this host's older images and replicas go, but those
+        of the versions the application keeps (``committed``'s "kept", and the version
+        committed now: after a restart of an older one it may be below ``v``)."""
+        committed = self._get(K.committed(app)) or {}
+        keep = {int(x) for x in committed.get("kept") or {}}
+        if "version" in committed:
+            keep.add(int(committed["version"]))
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(os.path.join(self.store, app)):
-                if name.startswith("v") and name[1:].isdigit() and int(name[1:]) < v:
+                if name.startswith("v") and name[1:].isdigit() and int(name[1:]) < v \
+                        and int(name[1:]) not in keep:  # fmt: skip
                     shutil.rmtree(os.path.join(self.store, app, name), ignore_errors=True)
 
     # -- a restart ---------------------------------------------------------------------

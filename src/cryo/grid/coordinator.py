@@ -72,20 +72,59 @@ def parts_of(etcd: Etcd, app: str) -> dict[int, dict[str, Any]]:
 
 def run(etcd: Etcd, app: str, hosts: list[str], cmd: list[str], store: str,
         timeout: float = 30.0, services: list[str] | None = None,
-        replicas: int = 0) -> dict[int, dict[str, Any]]:  # fmt: skip
+        replicas: int = 0, keep: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
     """Start one part of ``cmd`` per host (``{part}`` in its arguments is the part's
     number, ``{addr}`` its service address, ``{addrs}`` every part's, comma-separated);
     returns the parts once every one runs.  ``services`` gives each part an address of
     its own that moves with it; ``replicas`` is how many other hosts get a copy of each
-    part's image before it votes."""
+    part's image before it votes; ``keep`` the global versions kept (:func:`retention`)."""
     services = _check_hosts(etcd, hosts, services, replicas)
     if not etcd.create(K.app(app), {"app": app, "cmd": cmd, "hosts": hosts, "store": store,
                                     "services": services, "replicas": replicas,
-                                    "created": time.time()}):  # fmt: skip
+                                    "created": time.time(),
+                                    **({"keep": retention(**keep)} if keep else {})}):
         raise AppExists(f"application {app} exists already")
     for n, h in enumerate(hosts):
         etcd.put(K.part(app, n), {"part": n, "host": h, "pid": None, "state": "starting"})
     return wait_running(etcd, app, len(hosts), timeout)
+
+
+def retention(last: int = 1, every: int | None = None) -> dict[str, Any]:
+    """The global versions an application keeps (as the daemon's jobs and ``cryo store
+    gc``): the last ``last`` committed and, with ``every`` K, each whose number is a
+    multiple of K.  Kept in its record; each commit lists the older versions kept in
+    ``committed`` ("kept": their images, hosts and replicas), and each agent removes
+    its images of the others (agent._retire)."""
+    if last < 1:
+        raise errors.Usage("an application keeps at least its last version (--keep-last 1)")
+    if every is not None and every < 1:
+        raise errors.Usage("--keep-every takes a positive number of versions")
+    return {"last": last, "every": every}
+
+
+def _retained(previous: dict[str, Any] | None, version: int,
+              keep: dict[str, Any]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The versions before ``version`` kept once it is committed: of those the previous
+    ``committed`` record kept, and its own, the ones ``keep`` keeps."""
+    have = dict((previous or {}).get("kept") or {})
+    if previous:
+        have[str(previous["version"])] = {k: previous.get(k) for k in ("images", "hosts",
+                                                                      "replicas")}
+    published = sorted({*(int(v) for v in have), version})
+    last, every = int(keep.get("last") or 1), keep.get("every")
+    kept = set(published[-last:]) | {v for v in published if every and v % int(every) == 0}
+    return {str(v): have[str(v)] for v in sorted(kept) if v != version}
+
+
+def set_retention(etcd: Etcd, app: str, keep: dict[str, Any]) -> None:
+    """Change the versions ``app`` keeps from its next commit on."""
+    while True:
+        raw = etcd.get_raw(K.app(app))
+        record = K.decode(raw) if raw is not None else None
+        if raw is None or record is None:
+            raise CryoError(f"no grid application {app}")
+        if etcd.swap(K.app(app), raw, {**record, "keep": retention(**keep)}):
+            return
 
 
 def _check_hosts(etcd: Etcd, hosts: list[str], services: list[str] | None,
@@ -107,7 +146,8 @@ def _check_hosts(etcd: Etcd, hosts: list[str], services: list[str] | None,
 
 def adopt(etcd: Etcd, app: str, parts: list[tuple[str, int]], store: str = "",
           services: list[str] | None = None, replicas: int = 0, timeout: float = 30.0,
-          uid: int | None = None) -> dict[int, dict[str, Any]]:  # fmt: skip
+          uid: int | None = None, keep: dict[str, Any] | None = None
+          ) -> dict[int, dict[str, Any]]:  # fmt: skip
     """Take processes that already run under the grid as application ``app``: part n
     is process tree ``parts[n] = (host, pid)``, taken by that host's agent, and from
     then on a part like those :func:`run` starts.  Every part is adopted or none:
@@ -131,7 +171,7 @@ def adopt(etcd: Etcd, app: str, parts: list[tuple[str, int]], store: str = "",
     lease = etcd.lease(ADOPT_TTL)
     record = {"app": app, "cmd": None, "hosts": hosts, "store": store, "services": services,
               "replicas": replicas, "created": time.time(), "adopted": True,
-              "adopting": True}  # fmt: skip
+              "adopting": True, **({"keep": retention(**keep)} if keep else {})}  # fmt: skip
     try:
         if not etcd.create(K.app(app), record, lease=lease):
             raise AppExists(f"application {app} exists already")
@@ -355,6 +395,9 @@ def _next(etcd: Etcd, app: str, key: str, raw: bytes, r: dict[str, Any],
     send them) and wait for them (None)."""
     if all(got[n].get("replicated", True) for n in parts):
         record = _committed(int(r["version"]), got, parts)
+        if r.get("keep"):  # (more than the last: the older versions kept listed with it)
+            record["kept"] = _retained(etcd.get(K.committed(app)), int(r["version"]),
+                                       r["keep"])  # fmt: skip
         return etcd.swap(key, raw, {**r, "state": K.COMMITTED, "decided": time.time()},
                          [(K.committed(app), record)], drop=drop)  # fmt: skip
     if r["state"] == K.PREPARE and not etcd.swap(key, raw, {**r, "state": K.CUT,
@@ -441,6 +484,9 @@ def checkpoint(etcd: Etcd, app: str, timeout: float = 60.0,
                        "by": election.me, "parts": sorted(parts), "created": now}  # fmt: skip
             if hold:
                 prepare["hold"] = True
+            keep = dict(kv)[K.app(app)].get("keep")
+            if keep and (int(keep.get("last") or 1) > 1 or keep.get("every")):
+                prepare["keep"] = keep
             key = K.round_(app, version)
             if election.held:
                 made = etcd.txn_revision([], [(key, prepare)], absent=[key])
@@ -551,11 +597,21 @@ def restart(etcd: Etcd, app: str, version: int | None = None,
     committed = kv.get(K.committed(app))
     if committed is None:
         raise CryoError(f"{app} has no committed global checkpoint")
+    moved: list[tuple[str, dict[str, Any]]] = []
     if version is not None and version != committed["version"]:
-        r = etcd.get(K.round_(app, version))
-        if r is None or r["state"] != K.COMMITTED:
-            raise CryoError(f"version {version} of {app} is not a committed checkpoint")
-        raise CryoError("only the last committed version can be restarted for now")
+        kept = dict(committed.get("kept") or {})
+        if str(version) not in kept:
+            have = ", ".join(sorted([*kept, str(committed["version"])], key=int))
+            raise CryoError(f"version {version} of {app} is not a committed checkpoint it"
+                            f" keeps (kept: {have})")
+        # from now on the application's last checkpoint is that one (a host that fails
+        # next is restarted from it, not from a version of the run it left); the others
+        # stay kept, the one committed last among them
+        others = {k: v for k, v in kept.items() if k != str(version)}
+        others[str(committed["version"])] = {k: committed.get(k) for k in ("images", "hosts",
+                                                                          "replicas")}
+        committed = {"version": version, **kept[str(version)], "kept": others}
+        moved = [(K.committed(app), committed)]
     alive = sorted(live_hosts(etcd) if alive_hosts is None else alive_hosts)
     if not alive:
         raise CryoError("no grid agent is alive")
@@ -596,7 +652,7 @@ def restart(etcd: Etcd, app: str, version: int | None = None,
                                     "hosts": committed.get("hosts", {}),
                                     "replicas": committed.get("replicas", {})}),
                   *((K.part(app, n), {**parts[n], "state": "lost"}) for n in lost
-                    if n in parts)])  # fmt: skip
+                    if n in parts), *moved])  # fmt: skip
     return wait_running(etcd, app, len(parts), timeout, epoch=epoch, assign=assign)
 
 
@@ -613,11 +669,13 @@ def status(etcd: Etcd, app: str) -> dict[str, Any]:
 
 
 def watch(etcd: Etcd, app: str, every: float | None, stop: Any = None,
-          poll: float = 0.5) -> None:  # fmt: skip
+          poll: float = 0.5, keep: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Periodic global checkpoints (``every`` seconds) and, when a host running a part
     loses its lease, a restart of the application from its last committed version.
     Woken by etcd's watch of the hosts (a lease that expires deletes its key), and
-    every ``poll`` seconds in any case."""
+    every ``poll`` seconds in any case.  ``keep``: the versions kept from now on."""
+    if keep:
+        set_retention(etcd, app, keep)
     wake = threading.Event()
     end = etcd.watch(K.hosts(), wake)
     next_due = time.monotonic() + every if every else None

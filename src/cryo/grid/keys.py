@@ -5,7 +5,7 @@ Every value is a JSON object.  Under ``/cryo/``:
     hosts/HOST                        {host, pid, store, started, replica}  under the
                                                                 agent's lease
     apps/APP                          {app, cmd, hosts, store, services, replicas, created,
-                                       adopted, adopting}
+                                       adopted, adopting, keep: {last, every}}
     apps/APP/parts/N                  {part, host, pid, state, epoch, image}  state:
                                                                 starting, running,
                                                                 failed, lost, fenced;
@@ -18,7 +18,8 @@ Every value is a JSON object.  Under ``/cryo/``:
     apps/APP/rounds/V/votes/N         {part, ok, reason, image, host, replicated,
                                        replicas: {HOST: path}}
     apps/APP/committed                {version, images: {N: path}, hosts: {N: host},
-                                       replicas: {N: {HOST: path}}}
+                                       replicas: {N: {HOST: path}},
+                                       kept: {V: {images, hosts, replicas}}}
     apps/APP/restart                  {epoch, version, assign: {N: host}, images, hosts,
                                        replicas}
     apps/APP/coordinator              {by}                      under the coordinator's
