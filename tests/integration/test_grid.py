@@ -1428,3 +1428,32 @@ def test_versions_kept_and_an_older_one_restarted(grid: Grid, build: Any) -> Non
     assert sorted(grid.status("kept")["committed"]["kept"], key=int) == ["3", "5"]
     on_disk = sorted(p.name for p in (grid.store / "kept").glob("v*"))
     assert on_disk == ["v3", "v5", "v6"], on_disk
+
+
+def test_python_client(grid: Grid, build: Any) -> None:
+    """cryo.grid.Grid offers what `cryo grid` does: run, checkpoint, status, keep,
+    restart of a kept version, on a real etcd and agents."""
+    from cryo.grid import Grid as Client
+
+    for h in ("h0", "h1", "h2"):
+        grid.agent(h)
+    g = Client(grid.etcd)
+    parts = g.run("py", ["h0", "h1", "h2"], [build("counter"), str(grid.tmp / "out-{part}.txt")],
+                  str(grid.store))  # fmt: skip
+    assert sorted(parts) == [0, 1, 2]
+    for p in parts.values():
+        grid.procs.track(int(p["pid"]))
+    assert g.checkpoint("py") == 1
+    g.keep("py", last=2)
+    assert g.checkpoint("py") == 2
+    st = g.status("py")
+    assert st["committed"]["version"] == 2 and list(st["committed"]["kept"]) == ["1"], st
+    new = g.restart("py", version=1)
+    for p in new.values():
+        grid.procs.track(int(p["pid"]))
+    assert g.status("py")["committed"]["version"] == 1
+    for n in range(3):  # each restored part counts on
+        v = Victim(int(new[n]["pid"]), grid.tmp / f"out-{n}.txt")
+        seen = len(v.oks())
+        v.wait_for(lambda _ls, v=v, seen=seen: len(v.oks()) > seen + 1)
+        assert not v.fails()
