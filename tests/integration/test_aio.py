@@ -4,8 +4,12 @@ still in flight is refused, the target untouched (engine/aio.py, victims/aio.c).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,3 +82,35 @@ def test_request_in_flight_refused(procs: Procs, build: Callable[[str], str],
     v.wait_line("done")
     assert not v.fails(), v.fails()
     assert os.path.exists(f"/proc/{v.pid}")
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="needs fio")
+def test_fio_with_libaio_in_flight(procs: Procs, tmp_path: Path) -> None:
+    """fio (Debian's) doing random O_DIRECT reads and writes through libaio, 16 deep, and
+    verifying what it wrote: checkpointed with --kill in the middle (its requests in
+    flight complete while it is frozen, and their events wait in the ring), restarted:
+    it reaps them, runs to its end, and its verify of every block written finds no
+    error (exit 0)."""
+    _bpf_or_skip()
+    out = tmp_path / "fio.json"
+    p = subprocess.Popen(["fio", "--name=t", f"--filename={tmp_path / 'data'}", "--size=32m",
+                          "--rw=randrw", "--bs=4k", "--ioengine=libaio", "--iodepth=16",
+                          "--direct=1", "--time_based", "--runtime=4", "--verify=crc32c",
+                          "--do_verify=1", "--thread", "--output-format=json", f"--output={out}"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, close_fds=True,
+                         start_new_session=True)  # fmt: skip
+    procs.track(p.pid)
+    time.sleep(1.5)
+    r = run_cryo("checkpoint", str(p.pid), "-D", str(tmp_path / "img"), "--tree", "--kill")
+    assert r.returncode == 0, r.stderr
+    (rec,) = Image(str(tmp_path / "img")).raw(b"AIOR")
+    assert rec["rings"], rec
+    p.wait()
+    r = run_cryo("restart", "-D", str(tmp_path / "img"), "--detach")
+    assert r.returncode == 0, r.stderr
+    pid = procs.track(int(r.stdout.split()[-1]))
+    _, status = os.waitpid(pid, 0)  # (ours: a subreaper's, once cryo is gone)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    job = json.loads(out.read_text())["jobs"][0]
+    assert job["error"] == 0 and job["read"]["total_ios"] and job["write"]["total_ios"], job
