@@ -98,8 +98,8 @@ def test_fio_with_libaio_in_flight(procs: Procs, tmp_path: Path) -> None:
                           "--direct=1", "--time_based", "--runtime=4", "--verify=crc32c",
                           "--do_verify=1", "--thread", "--output-format=json", f"--output={out}"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, close_fds=True,
-                         start_new_session=True)  # fmt: skip
+                         stderr=subprocess.DEVNULL, close_fds=True, cwd=tmp_path,
+                         start_new_session=True)  # fmt: skip  (its verify state file there)
     procs.track(p.pid)
     time.sleep(1.5)
     r = run_cryo("checkpoint", str(p.pid), "-D", str(tmp_path / "img"), "--tree", "--kill")
