@@ -67,6 +67,27 @@ def test_contexts_come_back_with_unreaped_events(procs: Procs, build: Callable[[
     assert "ok" in v.lines()
 
 
+def test_a_large_ring_far_along(procs: Procs, build: Callable[[str], str],
+                                tmp_path: Path) -> None:  # fmt: skip
+    """A context of 4096 requests whose ring went 7,680 events along, 300 more waiting:
+    restarted, the same header and the 300 events in order (the kernel's tail moved in
+    batches of empty writes, reaped as the head must follow)."""
+    _bpf_or_skip()
+    v = _start(procs, build, tmp_path, "big")
+    img = tmp_path / "img"
+    r = run_cryo("checkpoint", str(v.pid), "-D", str(img), "--kill")
+    assert r.returncode == 0, r.stderr
+    (rec,) = Image(str(img)).raw(b"AIOR")
+    assert len(rec["rings"][0]["events"]) == 300 * 32, rec["rings"][0]["head"]
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(img), "--detach")
+    assert r.returncode == 0, r.stderr
+    v = Victim(procs.track(int(r.stdout.split()[-1])), v.out)
+    (tmp_path / "go").touch()
+    v.wait_line("done")
+    assert not v.fails(), v.fails()
+
+
 def test_request_in_flight_refused(procs: Procs, build: Callable[[str], str],
                                    tmp_path: Path) -> None:  # fmt: skip
     """A POLL request on an empty pipe never completes: the checkpoint waits for it,
