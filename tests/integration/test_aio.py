@@ -38,6 +38,22 @@ def _start(procs: Procs, build: Callable[[str], str], tmp_path: Path, mode: str)
     return v
 
 
+def _restarted(procs: Procs, v: Victim, img: Path) -> Victim:
+    """``v``, checkpointed into ``img`` with --kill, reaped and restarted."""
+    reap(v.pid)
+    r = run_cryo("restart", "-D", str(img), "--detach")
+    assert r.returncode == 0, r.stderr
+    return Victim(procs.track(int(r.stdout.split()[-1])), v.out)
+
+
+def _go(procs: Procs, v: Victim, tmp_path: Path) -> Victim:
+    """The victim told to check itself ("go"): done, no FAIL line."""
+    (tmp_path / "go").touch()
+    v.wait_line("done")
+    assert not v.fails(), v.fails()
+    return v
+
+
 @pytest.mark.parametrize("kill", [True, False], ids=["restarted", "went-on"])
 def test_contexts_come_back_with_unreaped_events(procs: Procs, build: Callable[[str], str],
                                                  tmp_path: Path, kill: bool) -> None:  # fmt: skip
@@ -56,14 +72,7 @@ def test_contexts_come_back_with_unreaped_events(procs: Procs, build: Callable[[
         [(0, 8, 3), (2, 4, 0)], rings  # fmt: skip
     shown = run_cryo("show", str(img))
     assert shown.returncode == 0 and re.search(r"unreaped\W+3", shown.stdout), shown.stdout
-    if kill:
-        reap(v.pid)
-        r = run_cryo("restart", "-D", str(img), "--detach")
-        assert r.returncode == 0, r.stderr
-        v = Victim(procs.track(int(r.stdout.split()[-1])), v.out)
-    (tmp_path / "go").touch()
-    v.wait_line("done")
-    assert not v.fails(), v.fails()
+    v = _go(procs, _restarted(procs, v, img) if kill else v, tmp_path)
     assert "ok" in v.lines()
 
 
@@ -79,13 +88,7 @@ def test_a_large_ring_far_along(procs: Procs, build: Callable[[str], str],
     assert r.returncode == 0, r.stderr
     (rec,) = Image(str(img)).raw(b"AIOR")
     assert len(rec["rings"][0]["events"]) == 300 * 32, rec["rings"][0]["head"]
-    reap(v.pid)
-    r = run_cryo("restart", "-D", str(img), "--detach")
-    assert r.returncode == 0, r.stderr
-    v = Victim(procs.track(int(r.stdout.split()[-1])), v.out)
-    (tmp_path / "go").touch()
-    v.wait_line("done")
-    assert not v.fails(), v.fails()
+    _go(procs, _restarted(procs, v, img), tmp_path)
 
 
 def test_request_in_flight_refused(procs: Procs, build: Callable[[str], str],
