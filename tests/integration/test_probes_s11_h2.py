@@ -657,11 +657,7 @@ def test_asyncio_server_streaming(procs: Procs, ns: Netns,  # noqa: F811
 # ------------------------------------------------------- what an idle connection shows
 
 
-@pytest.mark.parametrize("six", [
-    "4", "4 many", pytest.param("6", marks=pytest.mark.xfail(strict=True, reason=(
-        "an IPv6 connection's segment size comes back from the default MSS (TCP_MAXSEG"
-        " 1208, not 32768) until its peer's window grows: no call makes the kernel compute"
-        " it again (its IPv6 options do only for a v4-mapped peer)")))])  # fmt: skip
+@pytest.mark.parametrize("six", ["4", "4 many", "6"])
 def test_idle_connections_show_the_same_options(procs: Procs, ns: Netns,  # noqa: F811
                                                 tmp_path: Path, six: str) -> None:  # fmt: skip
     """victims/sockopts_s11_h2.py: an idle IPv4 connection (and an IPv6 one too, [6])

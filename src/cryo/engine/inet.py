@@ -1450,13 +1450,23 @@ def _sync_mss(s: socket.socket, family: int) -> None:
     """The connection's segment size made again from its MSS (TCP_REPAIR_OPTIONS sets
     the clamp only) and its window: connect in repair mode computed it from the default
     clamp, 536 (TCP_MAXSEG read 524 instead of 32768 on loopback, and the connection sent
-    524-byte segments until the peer's window grew).  Setting a socket's IP options,
-    here the ones it has, makes the kernel compute it again (do_ip_setsockopt:
-    icsk_sync_mss); not for an IPv6 connection to an IPv6 address, whose IPv6 options
-    sync it only when there are some."""
+    524-byte segments until the peer's window grew; IPv6: 1220, read 1208).  Setting a
+    socket's IP options, here the ones it has, makes the kernel compute it again
+    (do_ip_setsockopt: icsk_sync_mss).  An IPv6 connection to an IPv6 address: its
+    sticky options do (ipv6_update_options) when some are given, and IPV6_2292PKTOPTIONS
+    gives a set of none from a control buffer too short to hold a message (no extension
+    header: icsk_ext_hdr_len 0, as the socket has none, cryo restores none); an empty
+    one takes the set away again (TCP_MAXSEG then reads what the original did, 32732 on
+    loopback, 1328 under a route of MTU 1400)."""
     if family == socket.AF_INET or (family == socket.AF_INET6 and s.getsockname()[0]
                                     .startswith("::ffff:")):  # fmt: skip
         s.setsockopt(N.SOL.IP, N.IP.OPTIONS, s.getsockopt(N.SOL.IP, N.IP.OPTIONS, 40))
+    elif family == socket.AF_INET6:
+        s.setsockopt(N.SOL.IPV6, _IPV6_2292PKTOPTIONS, b"\0\0\0\0")
+        s.setsockopt(N.SOL.IPV6, _IPV6_2292PKTOPTIONS, b"")
+
+
+_IPV6_2292PKTOPTIONS = 6  # (linux/in6.h)
 
 
 _ESTABLISHED = int(ST.ESTABLISHED)
