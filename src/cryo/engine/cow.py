@@ -39,7 +39,7 @@ there (memory.unstage_early): each child forked between keeps them inherited, th
 sibling that saved them does not write them again (:func:`sibling_plan`).
 tests/integration/test_cow_s12_h2.py, the tree's Pss before the checkpoint and after
 the restart: victims/cowtree.c 36.3 and 36.3 MiB (38.3 after, before this),
-cowtree_s12_h2.c (a child forked after the rewrite) 37.3 and 37.4 MiB (40.5).
+cowtree.c late (a child forked after the rewrite) 37.3 and 37.4 MiB (40.5).
 """
 
 from __future__ import annotations
