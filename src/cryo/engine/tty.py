@@ -145,8 +145,10 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
                 d["termios_locked"] = locked
                 fcntl.ioctl(peer, TIOCSLCKTRMIOS, bytes(36))
             try:
-                d["to_slave"], d["to_master"], lines, stopped, status, queued = _take_queues(
-                    mine, peer, d["termios"], bool(d["packet"]))
+                d["to_slave"], d["to_master"], lines, stopped, status, queued, held = \
+                    _take_queues(mine, peer, d["termios"], bool(d["packet"]))  # fmt: skip
+                if held:
+                    d["held_echoes"] = held
                 if queued is not None and queued < len(d["to_slave"]):
                     d["to_slave_queued"] = queued
             finally:
@@ -265,47 +267,53 @@ def _type(master: int, peer: int, data: bytes) -> None:
         fcntl.ioctl(peer, TIOCSTI, bytes([c]))
 
 
-def _plan(data: bytes, kind: int) -> tuple[bytes, int, int, int] | None:
+def _plan(data: bytes, kind: int, avoid: tuple[int, ...] = ()
+          ) -> tuple[bytes, int, int, int] | None:  # fmt: skip
     """How one piece of canonical input (``_read_lines``, or the line being typed as
     [bytes, TYPING]) is typed back: (the bytes, VEOF, VEOL, VLNEXT of the moment).  A
     newline inside a line (typed after ^V), or the line's own end character, goes in
     after a VLNEXT character, as it was typed; an EOF-ended line ends with an EOF
-    character none of its bytes is.  None where no byte value is free for them (a line
-    of 4095 bytes could hold every one)."""
+    character none of its bytes is (nor one of ``avoid``).  None where no byte value is
+    free for them (a line of 4095 bytes could hold every one)."""
     body, end = (data[:-1], data[-1:]) if kind == LINE else (data, b"")
     eol = end[0] if end and end[0] != 10 else 0
     eof = 0
     if kind == EOF_LINE:
-        eof = _unused(body)
+        eof = _unused(body, *avoid)
         if not eof:
             return None
         end = bytes([eof])
     specials = {10, eol} - {0}
     lnext = 0
     if specials & set(body):
-        lnext = _unused(body, eof, eol)
+        lnext = _unused(body, eof, eol, *avoid)
         if not lnext:
             return None
         body = b"".join(bytes([lnext, c]) if c in specials else bytes([c]) for c in body)
     return body + end, eof, eol, lnext
 
 
-def _write_lines(master: int, peer: int, termios: bytes, lines: list[list[Any]]) -> None:
+def _write_lines(master: int, peer: int, termios: bytes, lines: list[list[Any]],
+                 held: bool = False) -> None:  # fmt: skip
     """Canonical input typed back as it was read (:func:`_plan`); the pair is empty and
-    raw before."""
+    raw before.  ``held``: the output stopped by the STOP character stays stopped (IXON
+    and the START and STOP characters kept)."""
+    avoid = (termios[17 + VSTART], termios[17 + VSTOP]) if held else ()
     for data, kind in lines:
-        planned = _plan(data, kind)
+        planned = _plan(data, kind, avoid)
         if planned is None:
             raise CryoError("a pty's typed line holds every byte value: it cannot be"
                             " typed back")  # fmt: skip
         typed, eof, eol, lnext = planned
-        fcntl.ioctl(peer, TCSETS, _blind(termios, eof=eof, eol=eol, lnext=lnext))
+        blind = _blind(termios, eof=eof, eol=eol, lnext=lnext)
+        fcntl.ioctl(peer, TCSETS, _keep_flow(blind, termios) if held else blind)
         if typed:
             _type(master, peer, typed)
 
 
 def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: bytes,
-            lines: list[list[Any]] | None = None, queued: int | None = None) -> None:  # fmt: skip
+            lines: list[list[Any]] | None = None, queued: int | None = None,
+            held: bytes = b"") -> None:  # fmt: skip
     """Data put back into a pair's two queues as it was, then its settings; ``lines``:
     the slave's input as canonical lines (to_slave is then their bytes), written last:
     a change of ICANON after them would join them into one line.  ``queued``: how many
@@ -313,7 +321,9 @@ def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: 
     still in the terminal's buffer, not taken yet: written through the master once the
     settings are back, taken under them as it would have been.  (The discipline holds
     4095 bytes, TIOCSTI drops what comes after: found by probing, 22 KB waiting each
-    way, a mere checkpoint left 4 KB of the input and half of the output.)"""
+    way, a mere checkpoint left 4 KB of the input and half of the output.)  ``held``:
+    the echoes a terminal stopped by its STOP character held (:func:`_hold`): held
+    again, before the input, which then goes in with the output kept stopped."""
     if lines is not None:
         cut, n = 0, 0
         while cut < len(lines) and n + len(lines[cut][0]) <= CANON_ROOM:
@@ -326,13 +336,57 @@ def _refill(master: int, peer: int, termios: bytes, to_slave: bytes, to_master: 
     fcntl.ioctl(peer, TCSETS, _raw(termios))
     if to_master:
         _write_all(peer, to_master)
+    if held:
+        _hold(master, peer, termios, held)
     if lines is not None:
-        _write_lines(master, peer, termios, lines)
+        _write_lines(master, peer, termios, lines, bool(held))
     elif to_slave:
+        if held:
+            fcntl.ioctl(peer, TCSETS, _keep_flow(_raw(termios), termios))
         _type(master, peer, to_slave)
     fcntl.ioctl(peer, TCSETS2, termios)
     if later:
         _write_all(master, later)
+
+
+def _keep_flow(settings: bytes, termios_: bytes) -> bytes:
+    """``settings`` with IXON and the START and STOP characters of ``termios_``: a
+    terminal stopped by its STOP character stays stopped (IXON going off starts it; with
+    IXON, a START character of 0 would take every NUL typed)."""
+    cc = bytearray(settings[17:36])
+    cc[VSTART], cc[VSTOP] = termios_[17 + VSTART], termios_[17 + VSTOP]
+    iflag = struct.unpack_from("I", settings)[0] | IXON
+    return struct.pack("I", iflag) + settings[4:17] + bytes(cc) + settings[36:]
+
+
+ECHO = 0o10
+
+
+def _hold(master: int, peer: int, termios_: bytes, held: bytes) -> None:
+    """A terminal stopped by its STOP character with ``held``, the echoes the line
+    discipline held back (its echo buffer, let out at the START character), held again:
+    the pair empty (its output written), the STOP character typed under IXON, then the echoes'
+    bytes typed with only ECHO and IXON on and read back from the input (the discipline
+    echoes them into its echo buffer, which a stopped terminal does not empty).  They
+    were let out with output processing off (:func:`_take_queues`): the bytes the
+    discipline would have written, each a plain character to echo, processed (OPOST) when
+    they go out at the START character as the original ones would have been (found by
+    probing: the copy of the queues started the terminal and the echoes reached the
+    master at once, before the START character)."""
+    fcntl.ioctl(peer, TCSETS, _keep_flow(_raw(termios_), termios_))
+    _type(master, peer, termios_[17 + VSTOP:18 + VSTOP])
+    echo = bytearray(_keep_flow(_raw(termios_), termios_))
+    struct.pack_into("I", echo, 12, ECHO)
+    fcntl.ioctl(peer, TCSETS, bytes(echo))
+    fl = fcntl.fcntl(peer, fcntl.F_GETFL)
+    fcntl.fcntl(peer, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    try:
+        for at in range(0, len(held), 1000):  # (the input holds 4095 bytes)
+            _type(master, peer, held[at:at + 1000])
+            _drain(peer)
+    finally:
+        fcntl.fcntl(peer, fcntl.F_SETFL, fl)
+    fcntl.ioctl(peer, TCSETS, _keep_flow(_raw(termios_), termios_))
 
 
 CANON_ROOM = 4000  # (N_TTY_BUF_SIZE 4096, less a margin: a line typed back must fit whole)
@@ -433,9 +487,9 @@ def _flow(termios_: bytes) -> bool:
 
 
 def _flow_problem(termios_: bytes, stopped: int, status: int, to_slave: bytes,
-                  to_master: bytes) -> str | None:  # fmt: skip
-    """Why the stop and the control status cannot be made again (:func:`_set_flow`), or
-    None."""
+                  to_master: bytes, held: bytes = b"") -> str | None:  # fmt: skip
+    """Why the stop, the echoes it holds and the control status cannot be made again
+    (:func:`_set_flow`, :func:`_hold`), or None."""
     lflag = struct.unpack_from("I", termios_, 12)[0]
     extproc = bool(lflag & EXTPROC)
     if stopped == STOP_CHAR:
@@ -444,6 +498,12 @@ def _flow_problem(termios_: bytes, stopped: int, status: int, to_slave: bytes,
         if not _can_type():
             return ("its output stopped by its STOP character: cryo needs CAP_SYS_ADMIN to"
                     " type it again (TIOCSTI)")  # fmt: skip
+        flow = {termios_[17 + VSTART], termios_[17 + VSTOP]}
+        if held and (flow & set(held) or flow & set(to_slave)):
+            return ("echoes held by its STOP character, with its START or STOP character"
+                    " typed (after ^V) meanwhile")  # fmt: skip
+        if held and status & PKT_STOP:
+            return "echoes held by its STOP character and packet status TIOCPKT_STOP"
     if bool(status & PKT_STOP) != bool(stopped) and status & (PKT_STOP | PKT_START):
         return f"packet status {status:#x} and its output {'' if stopped else 'not '}stopped"
     if status & (PKT_STOP | PKT_START) == PKT_STOP | PKT_START:
@@ -520,14 +580,16 @@ def _set_flow(master: int, peer: int, termios_: bytes, packet: bool, stopped: in
 
 def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
                  ) -> tuple[bytes, bytes, list[list[Any]] | None, int, int,
-                            int | None]:  # fmt: skip
+                            int | None, bytes]:  # fmt: skip
     """What waits in the pair, both ways, read (it cannot be peeked) and put back at
     once; the processes are frozen meanwhile.  In canonical mode the slave's input is
     also returned as lines (``_read_lines``) and the line being typed.  Also how its
     output was stopped (``_stop_state``) and a packet-mode master's control status,
     both made again after (the raw settings of the copy end a ^S: found by probing, a
     checkpoint, even a refused one, started a terminal stopped with ^S, and gave a
-    packet-mode master a TIOCPKT_DOSTOP of its own)."""
+    packet-mode master a TIOCPKT_DOSTOP of its own).  Last, the echoes a terminal
+    stopped by its STOP character held: the raw settings let them out, held again by
+    the refill (:func:`_hold`)."""
     fl = fcntl.fcntl(master, fcntl.F_GETFL)
     fcntl.fcntl(master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
     lines = None
@@ -545,24 +607,28 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
         if _canonical(termios_) and _can_type():
             lines = _read_lines(peer, termios_)
         fcntl.ioctl(peer, TCSETS, _raw(termios_))
+        held = b""
         if stopped == STOP_CHAR:  # started: the echoes it held back come out now
-            to_master += _round_trip(master, peer, packet)[1]
+            held = _round_trip(master, peer, packet)[1]
         typing = b"".join(_drain(peer))
         if lines is not None:
             lines.append([typing, TYPING])
         to_slave = b"".join(d for d, _ in lines) if lines is not None else typing
-        problem = _flow_problem(termios_, stopped, status, to_slave, to_master)
-        if lines is not None and any(_plan(d, k) is None for d, k in lines):
+        problem = _flow_problem(termios_, stopped, status, to_slave, to_master, held)
+        avoid = (termios_[17 + VSTART], termios_[17 + VSTOP]) if held else ()
+        if lines is not None and any(_plan(d, k, avoid) is None for d, k in lines):
             problem = "a typed line of every byte value"
             lines = None
-        _refill(master, peer, termios_, to_slave, to_master, lines, queued)
+        if problem and held:  # (let out: at least not lost)
+            to_master, held = to_master + held, b""
+        _refill(master, peer, termios_, to_slave, to_master, lines, queued, held)
         with contextlib.suppress(OSError, CryoError):
             _set_flow(master, peer, termios_, packet, stopped, status, to_master)
         if problem:
             raise Unsupported(f"a pty holds {problem}: not supported", resource="pty")
     finally:
         fcntl.fcntl(master, fcntl.F_SETFL, fl)
-    return to_slave, to_master, lines, stopped, status, queued
+    return to_slave, to_master, lines, stopped, status, queued, held
 
 
 ERESTARTSYS = 512
@@ -892,11 +958,12 @@ def _master(index: int) -> tuple[int, int]:
                             " lines with CAP_SYS_ADMIN (TIOCSTI)")  # fmt: skip
         stopped, status = d.get("stopped", 0), d.get("pktstatus", 0)
         to_slave, to_master = d.get("to_slave", b""), d.get("to_master", b"")
-        problem = _flow_problem(d["termios"], stopped, status, to_slave, to_master)
+        held = d.get("held_echoes", b"")
+        problem = _flow_problem(d["termios"], stopped, status, to_slave, to_master, held)
         if problem:
             raise CryoError(f"pty {index}: it holds {problem}")
         _refill(fd, peer, d["termios"], to_slave, to_master, d.get("to_slave_lines"),
-                d.get("to_slave_queued"))  # fmt: skip
+                d.get("to_slave_queued"), held)  # fmt: skip
         if d.get("packet"):  # (after the refill: its settings changes set no status)
             fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
         if stopped or status:

@@ -782,6 +782,9 @@ DESC = Struct((
       required=False),
     F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
       required=False),
+    F("held_echoes", Bytes(max=1 << 20), "pty master, its slave's output stopped by its"
+      " STOP character: the echoes its line discipline held back (as written with output"
+      " processing off), let out at the START character", required=False),
     F("to_slave_queued", Int(0, 1 << 20), "pty master, its slave noncanonical: how many of"
       " `to_slave`'s bytes its line discipline held (the rest was still in the"
       " terminal's buffer, taken under its settings later)", required=False),
