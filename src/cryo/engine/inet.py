@@ -700,6 +700,11 @@ def _describe(s: socket.socket, pid: int, fd: int, ino: int, held: Held | None
         else:  # (read in repair mode, locked)
             ti, state = None, held.state["state"]
         d["state"] = _STATE_NAME.get(state) or ST(state).name
+        if state != _LISTEN and proto != _IPPROTO_MPTCP and _diag_blind():
+            ulp = ulp_of(s)
+            if ulp:  # (what check_diag refuses where sock_diag shows it)
+                raise refuse(f"{_show(d['local'])} has the upper-layer protocol {ulp!r}"
+                             " (TCP_ULP), whose state the kernel does not give back")
         if state == _LISTEN and ti is not None and ti.tcpi_unacked:
             d["queued"] = _waiting(pid, d["local"], int(ti.tcpi_unacked), refuse)
         if state == _LISTEN and ti is not None:
@@ -1024,6 +1029,40 @@ def _has_ao(s: socket.socket) -> bool:
                                               TCP_AO_INFO, 48) != errno.ENOPROTOOPT)
     return _ao[0] and libc.getsockopt_zeroed(s.fileno(), socket.IPPROTO_TCP, TCP_AO_INFO,
                                              48) == 0  # fmt: skip
+
+
+_TCP_ULP, _TCP_ULP_NAME_MAX = 31, 16  # (linux/tcp.h, net/tcp.h)
+_blind: list[bool] = []
+
+
+def _diag_blind() -> bool:
+    """Whether sock_diag may hide a TCP socket's upper-layer protocol from cryo: it
+    shows INET_DIAG_ULP_INFO (and the MD5 keys) only to CAP_NET_ADMIN in the network
+    namespace's user namespace (tcp_diag_get_aux's net_admin); taken as seen where cryo
+    has it in the initial user namespace, else asked of each socket (:func:`ulp_of`)."""
+    if not _blind:
+        try:
+            with open("/proc/self/status", "rb") as f:
+                eff = next(int(ln.split()[1], 16) for ln in f if ln.startswith(b"CapEff:"))
+            with open("/proc/self/uid_map", "rb") as f:
+                initial = f.read().split() == [b"0", b"0", b"4294967295"]
+        except (OSError, StopIteration, ValueError):
+            eff, initial = 0, False
+        _blind.append(not (initial and eff >> _CAP_NET_ADMIN & 1))
+    return _blind[0]
+
+
+_CAP_NET_ADMIN = 12
+
+
+def ulp_of(s: socket.socket) -> str:
+    """The name of TCP socket ``s``'s upper-layer protocol ("tls", "espintcp"), "" if it
+    has none: getsockopt(SOL_TCP, TCP_ULP) on cryo's duplicate, which needs no
+    privilege (kTLS keeps the TCP level's getsockopt: tls_getsockopt passes it on).  A
+    listening socket has none (inet_csk_listen_start refuses a ULP that cannot clone);
+    an MPTCP socket (IPPROTO_MPTCP) answers with its own name, "mptcp"."""
+    raw = s.getsockopt(_SOL_TCP, _TCP_ULP, _TCP_ULP_NAME_MAX)
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def check_diag(session: Any) -> None:
