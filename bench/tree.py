@@ -5,23 +5,34 @@ restore times (from a cold image and a warm one, with the restart's peak RSS and
 page cache's growth: bench/dump_restore.py's measured_restart); in the same run one
 process holding the same total memory (1 GiB); the tree should cost at most 1.3 x the
 single process.  Run as root:  python bench/tree.py
+
+``--phases [ROUNDS]``: instead, where the 17-process tree's warm restart goes (issue 16,
+docs/design.md "Where a tree's restart goes, session 12"): one checkpoint, then ROUNDS
+(5) restarts in this process, each timed by phase (the session's, the fill workers'
+pread, xxh3 and UFFDIO_COPY, wall and thread CPU) with its stops and injected calls.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchlib import build, kill_all
 from cryo.engine.dump import checkpoint
 from cryo.linux import libc
 from cryo.linux.consts import PR
-from dump_restore import measured_restart
+from dump_restore import measured_restart, set_cache
 
 
 def descendants(pid: int) -> list[int]:
@@ -70,7 +81,103 @@ def measure(argv: list[str], work: Path, name: str, scope: str) -> dict[str, flo
         kill_all(pids)
 
 
+def timed_phases() -> collections.Counter[str]:
+    """Wrap the restart's phases and the fill workers' calls: their wall seconds, and
+    "NAME cpu" their thread's CPU seconds, summed over threads into the Counter."""
+    from cryo.engine import memory, session
+    from cryo.image import reader
+
+    got: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def timed(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        def g(*a: Any, **k: Any) -> Any:
+            t, c = time.perf_counter(), time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                with lock:
+                    got[name] += time.perf_counter() - t
+                    got[name + " cpu"] += time.thread_time() - c
+        return g
+
+    for m in ("validate", "build_tree", "build_processes", "finalize"):
+        setattr(session.Restart, m, timed(m, getattr(session.Restart, m)))
+    memory.wait_fill = timed("wait_fill", memory.wait_fill)  # type: ignore[assignment]
+    memory._write_runs = timed("UFFDIO_COPY", memory._write_runs)  # type: ignore[assignment]
+    reader.Image._read_stored = timed("pread", reader.Image._read_stored)  # type: ignore[method-assign]
+    reader.Image.read_checked_part = timed(  # type: ignore[method-assign]
+        "pread+xxh3", reader.Image.read_checked_part)
+    work = memory.Fills._work
+
+    def worker(self: Any) -> None:
+        try:
+            work(self)
+        finally:
+            with lock:
+                got["workers cpu"] += time.thread_time()
+    memory.Fills._work = worker  # type: ignore[method-assign]
+    return got
+
+
+def phases(rounds: int) -> None:
+    from cryo.engine import inject, ptrace
+    from cryo.engine.restore import restart
+
+    libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
+    got = timed_phases()
+    work = Path(tempfile.mkdtemp(prefix="cryo-tree-phases-"))
+    out, img = work / "tree.txt", work / "tree.img"
+    pids: list[int] = []
+    try:
+        p = subprocess.Popen([build("fanout", work), str(out), "16", "64"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        p.returncode = 0
+        pids = [p.pid]
+
+        def ticks(n: int) -> None:
+            deadline = time.monotonic() + 60
+            while not out.exists() or out.read_text().count("tick") < n:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the tree does not tick")
+                time.sleep(0.005)
+
+        ticks(1)
+        pids = descendants(p.pid)
+        checkpoint(p.pid, str(img), scope="tree", signal_after=signal.SIGKILL)
+        kill_all(pids)
+        cols = ["wall", "cpu", "validate", "build_tree", "build_processes", "wait_fill",
+                "finalize", "workers cpu", "UFFDIO_COPY cpu", "pread cpu", "xxh3 cpu"]
+        print("seconds; " + ", ".join(cols) + "; stops, batches, calls")
+        for _ in range(rounds):
+            set_cache(img, True)
+            got.clear()
+            c0 = {**inject.STATS, **ptrace.STATS}
+            t, c = time.perf_counter(), os.times()
+            r = restart(str(img))
+            got["wall"] = time.perf_counter() - t
+            got["cpu"] = sum(os.times()[:2]) - c.user - c.system
+            pids = list(r.pids.values())
+            n = {k: v - c0[k] for k, v in {**inject.STATS, **ptrace.STATS}.items()}
+            ticks(out.read_text().count("tick") + 2)  # it goes on
+            if "FAIL" in out.read_text():
+                raise SystemExit("the restarted tree found its memory wrong")
+            kill_all(pids)
+            got["xxh3 cpu"] = got["pread+xxh3 cpu"] - got["pread cpu"]
+            print(" ".join(f"{got[k]:.3f}" for k in cols),
+                  f"; {n['stops']} {n['batches']} {n['batched_calls'] + n['single_calls']}",
+                  flush=True)  # fmt: skip
+    finally:
+        kill_all(pids)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
+    if "--phases" in sys.argv[1:]:
+        rest = sys.argv[sys.argv.index("--phases") + 1 :]
+        phases(int(rest[0]) if rest and rest[0].isdigit() else 5)
+        return
     libc.prctl(PR.SET_CHILD_SUBREAPER, 1)
     work = Path(tempfile.mkdtemp(prefix="cryo-tree-bench-"))
     try:
