@@ -732,6 +732,8 @@ def _describe(s: socket.socket, pid: int, fd: int, ino: int, held: Held | None
         how = 3 if got & select.POLLHUP else 1 if got & _POLLRDHUP else 0
         if how:
             d["shutdown"] = how
+    if family == socket.AF_INET6:
+        _refuse_sticky(s, refuse)
     if family == socket.AF_PACKET:
         _refuse_packet(s, pid, refuse)
     if family == socket.AF_NETLINK:
@@ -748,6 +750,23 @@ def _describe(s: socket.socket, pid: int, fd: int, ino: int, held: Held | None
                         known=held.known if held is not None else None,
                         known_sig=held.known_sig if held is not None else None)  # fmt: skip
     return d
+
+
+# an IPv6 socket's sticky extension headers (linux/in6.h; RFC 3542 section 6, or
+# IPV6_2292PKTOPTIONS): its np->opt, put in each packet it sends
+_STICKY = ((54, "IPV6_HOPOPTS"), (55, "IPV6_RTHDRDSTOPTS"), (57, "IPV6_RTHDR"),
+           (59, "IPV6_DSTOPTS"))  # fmt: skip
+
+
+def _refuse_sticky(s: socket.socket, refuse: Callable[[str], Unsupported]) -> None:
+    """An IPv6 socket with sticky extension headers (hop-by-hop or destination options,
+    a routing header: getsockopt gives each back, empty where there is none) is refused:
+    none is saved, and the restored socket would send its packets without them, exit 0
+    (and a connection's segment size is made again on a socket without: _sync_mss)."""
+    got = [what for opt, what in _STICKY if s.getsockopt(N.SOL.IPV6, opt, 8)]
+    if got:
+        raise refuse(f"has sticky IPv6 extension headers ({', '.join(got)}), which the"
+                     " restart would not set again")
 
 
 _FANOUT_UNIQUEID, _FANOUT_CBPF, _FANOUT_EBPF = 0x2000, 6, 7
