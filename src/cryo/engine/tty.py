@@ -145,8 +145,10 @@ def describe(pid: int, fd: int, target: str) -> dict[str, Any]:
                 d["termios_locked"] = locked
                 fcntl.ioctl(peer, TIOCSLCKTRMIOS, bytes(36))
             try:
-                d["to_slave"], d["to_master"], lines, stopped, status, queued, held = \
+                d["to_slave"], d["to_master"], lines, stopped, status, queued, held, column = \
                     _take_queues(mine, peer, d["termios"], bool(d["packet"]))  # fmt: skip
+                if column and ldisc == N_TTY:  # (another discipline's N_TTY is a new one)
+                    d["column"] = column
                 if held:
                     d["held_echoes"] = held
                 if queued is not None and queued < len(d["to_slave"]):
@@ -466,6 +468,61 @@ def _round_trip(master: int, peer: int, packet: bool) -> tuple[bool, bytes]:
     return True, got[:-1]
 
 
+def _through(master: int, peer: int, data: bytes, packet: bool) -> bytes:
+    """``data`` written to the slave (its output processing of this moment), then a NUL
+    (no column moves): what reaches the master before the NUL, read (the master's queue
+    empty before)."""
+    _write_all(peer, data + b"\0")
+    p = select.poll()
+    p.register(master, select.POLLIN)
+    got = b""
+    deadline = time.monotonic() + 10
+    while not got.endswith(b"\0"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not p.poll(int(left * 1000) + 1):
+            raise CryoError("pty: bytes written to its slave never reached its master")
+        chunk = os.read(master, 65536)
+        got += chunk[1:] if packet else chunk
+    return got[:-1]
+
+
+OPOST, XTABS = 0o1, 0o14000
+_PROBE = (b"\b" * 9 + b"\t") * 256
+
+
+def _column_settings(termios_: bytes, oflag: int) -> bytes:
+    raw = bytearray(_raw(termios_))
+    struct.pack_into("I", raw, 4, oflag)
+    return bytes(raw)
+
+
+def _column(master: int, peer: int, termios_: bytes, packet: bool) -> int:
+    """The output column the line discipline keeps (n_tty's ``column``: where a tab
+    under XTABS expands to, ONOCR's column 0, how far backspaces go back), which no call
+    shows, measured and set back (the pair's output queue empty and going on), with
+    output processing of only OPOST and XTABS: a tab gives 8 - column % 8 spaces and
+    moves to the next multiple of 8; then groups of 9 backspaces and a tab, each giving
+    one space and taking 8 columns back while the column is above 8, 8 spaces once the
+    backspaces stop at column 0: their count of single spaces is the column's eighths.
+    Then backspaces to 0 and as many plain bytes as the column was (the canonical
+    column, where an erased tab counts from, is moved by none of these)."""
+    fcntl.ioctl(peer, TCSETS, _column_settings(termios_, OPOST | XTABS))
+    first = len(_through(master, peer, b"\t", packet))
+    eighths = 0
+    while True:
+        groups = [len(g) for g in _through(master, peer, _PROBE, packet).split(b"\b" * 9)[1:]]
+        single = next((i for i, n in enumerate(groups) if n != 1), len(groups))
+        eighths += single
+        if single < len(groups):
+            break
+        if eighths > 1 << 20:
+            raise CryoError("pty: its column could not be measured")
+    column = 8 * (eighths + 1) - first
+    fcntl.ioctl(peer, TCSETS, _column_settings(termios_, OPOST))
+    _through(master, peer, b"\b" * 16 + b"x" * column, packet)
+    return column
+
+
 def _stop_state(master: int, peer: int, packet: bool) -> tuple[int, bytes]:
     """0 while the slave's output goes on, else how it was stopped: a tcflow(TCOOFF)
     ends with TCOON (it goes on then, for the refill: :func:`_set_flow` stops it
@@ -580,7 +637,7 @@ def _set_flow(master: int, peer: int, termios_: bytes, packet: bool, stopped: in
 
 def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
                  ) -> tuple[bytes, bytes, list[list[Any]] | None, int, int,
-                            int | None, bytes]:  # fmt: skip
+                            int | None, bytes, int]:  # fmt: skip
     """What waits in the pair, both ways, read (it cannot be peeked) and put back at
     once; the processes are frozen meanwhile.  In canonical mode the slave's input is
     also returned as lines (``_read_lines``) and the line being typed.  Also how its
@@ -589,7 +646,7 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
     checkpoint, even a refused one, started a terminal stopped with ^S, and gave a
     packet-mode master a TIOCPKT_DOSTOP of its own).  Last, the echoes a terminal
     stopped by its STOP character held: the raw settings let them out, held again by
-    the refill (:func:`_hold`)."""
+    the refill (:func:`_hold`); and the output column (:func:`_column`)."""
     fl = fcntl.fcntl(master, fcntl.F_GETFL)
     fcntl.fcntl(master, fcntl.F_SETFL, fl | os.O_NONBLOCK)
     lines = None
@@ -610,6 +667,12 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
         held = b""
         if stopped == STOP_CHAR:  # started: the echoes it held back come out now
             held = _round_trip(master, peer, packet)[1]
+        column, unmeasured = 0, False
+        try:  # (what was taken is put back whatever happens: the refill below)
+            column = _column(master, peer, termios_, packet)
+        except (OSError, CryoError):
+            unmeasured = True
+        fcntl.ioctl(peer, TCSETS, _raw(termios_))
         typing = b"".join(_drain(peer))
         if lines is not None:
             lines.append([typing, TYPING])
@@ -619,6 +682,8 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
         if lines is not None and any(_plan(d, k, avoid) is None for d, k in lines):
             problem = "a typed line of every byte value"
             lines = None
+        if unmeasured:
+            problem = "an output column that could not be measured"
         if problem and held:  # (let out: at least not lost)
             to_master, held = to_master + held, b""
         _refill(master, peer, termios_, to_slave, to_master, lines, queued, held)
@@ -628,7 +693,7 @@ def _take_queues(master: int, peer: int, termios_: bytes, packet: bool
             raise Unsupported(f"a pty holds {problem}: not supported", resource="pty")
     finally:
         fcntl.fcntl(master, fcntl.F_SETFL, fl)
-    return to_slave, to_master, lines, stopped, status, queued, held
+    return to_slave, to_master, lines, stopped, status, queued, held, column
 
 
 ERESTARTSYS = 512
@@ -959,6 +1024,9 @@ def _master(index: int) -> tuple[int, int]:
         stopped, status = d.get("stopped", 0), d.get("pktstatus", 0)
         to_slave, to_master = d.get("to_slave", b""), d.get("to_master", b"")
         held = d.get("held_echoes", b"")
+        if d.get("column"):  # (a new pair is at column 0; its master empty yet)
+            fcntl.ioctl(peer, TCSETS, _column_settings(d["termios"], OPOST))
+            _through(fd, peer, b"x" * d["column"], False)
         problem = _flow_problem(d["termios"], stopped, status, to_slave, to_master, held)
         if problem:
             raise CryoError(f"pty {index}: it holds {problem}")

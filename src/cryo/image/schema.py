@@ -782,6 +782,9 @@ DESC = Struct((
       required=False),
     F("to_master", Bytes(max=1 << 20), "pty master: bytes waiting for the master",
       required=False),
+    F("column", Int(0, 1 << 31), "pty master: the output column its line discipline"
+      " keeps (where a tab expands to under XTABS, ONOCR's column 0), when not 0",
+      required=False),
     F("held_echoes", Bytes(max=1 << 20), "pty master, its slave's output stopped by its"
       " STOP character: the echoes its line discipline held back (as written with output"
       " processing off), let out at the START character", required=False),
