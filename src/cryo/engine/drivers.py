@@ -628,6 +628,8 @@ DRIVERS: tuple[Driver, ...] = (
            thaw=landlock.release),
     # (before threads, which reads the registers it may set)
     Driver("tty-read", queue_thread=_when(_TTY, "undo_short_read", _read_returned)),
+    Driver("tty-job", inject=_when(_TTY, "take_job_input",
+                                   lambda c: bool(c.options.get("shell_job")))),
     Driver("threads", queue=lambda c, _b: threads.scan_tracees(c), queue_thread=threads.dump,
            shared=threads.check_tracers, restore={"threads": _threads_create},
            describe=_describe_threads),

@@ -828,13 +828,14 @@ def _keep_ixon(settings: bytes, termios_: bytes) -> bytes:
     return struct.pack("I", iflag) + settings[4:]
 
 
-def _take_input(tty: int, termios_: bytes) -> tuple[bytes, list[list[Any]] | None]:
+def _take_input(tty: int, termios_: bytes, sti: Any = None
+                ) -> tuple[bytes, list[list[Any]] | None]:  # fmt: skip
     """The input waiting on a terminal cryo holds no master of (a shell job's), read as
     the job would read it (:func:`_take_queues`, the slave's half: in canonical mode
     its lines one read each, then the line being typed with the settings raw for a
     moment; poll before each read: the description is the job's, its flags left
-    alone) and typed straight back; IXON is left as it is throughout.  (the bytes, the
-    lines or None)."""
+    alone) and typed straight back (by ``sti``: :func:`_put_input`); IXON is left as it
+    is throughout.  (the bytes, the lines or None)."""
     lines: list[list[Any]] | None = None
     if _canonical(termios_):
         lines = []
@@ -852,15 +853,22 @@ def _take_input(tty: int, termios_: bytes) -> tuple[bytes, list[list[Any]] | Non
             if lines is not None:
                 lines.append([typing, TYPING])
             data = b"".join(d for d, _ in lines) if lines is not None else typing
-            _put_input(tty, termios_, data, lines)
+            _put_input(tty, termios_, data, lines, sti)
         finally:
             fcntl.ioctl(tty, TCSETS, termios_)
     return data, lines
 
 
-def _put_input(tty: int, termios_: bytes, data: bytes, lines: list[list[Any]] | None) -> None:
+def _put_input(tty: int, termios_: bytes, data: bytes, lines: list[list[Any]] | None,
+               sti: Any = None) -> None:  # fmt: skip
     """Input typed into a terminal (TIOCSTI) as :func:`_take_input` read it, IXON kept;
-    the terminal's settings ``termios_`` at the end."""
+    the terminal's settings ``termios_`` at the end.  ``sti``: what types bytes into it
+    (by default cryo's TIOCSTI on ``tty``)."""
+    if sti is None:
+        def sti(piece: bytes) -> None:
+            for c in piece:
+                fcntl.ioctl(tty, TIOCSTI, bytes([c]))
+
     flow = {termios_[17 + VSTART], termios_[17 + VSTOP]} if \
         struct.unpack_from("I", termios_)[0] & IXON else set()  # fmt: skip
     if flow & set(data):
@@ -869,8 +877,7 @@ def _put_input(tty: int, termios_: bytes, data: bytes, lines: list[list[Any]] | 
     with _no_ttou():
         fcntl.ioctl(tty, TCSETS, _keep_ixon(_raw(termios_), termios_))
         if lines is None:
-            for c in data:
-                fcntl.ioctl(tty, TIOCSTI, bytes([c]))
+            sti(data)
         else:
             for piece, kind in lines:
                 planned = _plan(piece, kind)
@@ -880,9 +887,66 @@ def _put_input(tty: int, termios_: bytes, data: bytes, lines: list[list[Any]] | 
                 typed, eof, eol, lnext = planned
                 fcntl.ioctl(tty, TCSETS, _keep_ixon(_blind(termios_, eof, eol, lnext),
                                                     termios_))  # fmt: skip
-                for c in typed:
-                    fcntl.ioctl(tty, TIOCSTI, bytes([c]))
+                sti(typed)
         fcntl.ioctl(tty, TCSETS, termios_)
+
+
+def _legacy_tiocsti() -> bool:
+    """Whether a process may TIOCSTI on its own controlling terminal without
+    CAP_SYS_ADMIN (dev.tty.legacy_tiocsti, since Linux 6.2; always before)."""
+    try:
+        with open("/proc/sys/dev/tty/legacy_tiocsti", "rb") as f:
+            return f.read().strip() != b"0"
+    except OSError:
+        return True
+
+
+JOB_INPUT = "tty_job_input"  # (Shared.early: the job's input taken by take_job_input)
+
+
+def take_job_input(ctx: Any) -> None:
+    """Inject hook, a shell job's root, for a cryo without CAP_SYS_ADMIN: the input
+    waiting on the job's terminal (a line half typed, complete lines) taken as
+    :func:`_take_input` does and typed back by the job itself, its injected TIOCSTI (on
+    its own controlling terminal a process needs no CAP_SYS_ADMIN while
+    dev.tty.legacy_tiocsti is 1); noted for :func:`_note_job_terminal`.  (Before, cryo
+    could not type it back: complete lines were refused, and a line half typed, which
+    FIONREAD does not count in canonical mode, was lost at the restart, exit 0.)"""
+    import stat as st
+
+    shared = ctx.shared
+    p = shared.procs.get(ctx.pid) if shared is not None else None
+    if p is None or p.ppid in shared.procs or _can_type() or not _legacy_tiocsti():
+        return
+    _sid, tty_nr, tpgid = _stat(ctx.pid)
+    if not tty_nr or tpgid != _pgrp(ctx.pid) or _stat("self")[1] == tty_nr:
+        return
+    fd = -1
+    for name in sorted(os.listdir(f"/proc/{ctx.pid}/fd"), key=int):
+        with contextlib.suppress(OSError):
+            info = os.stat(f"/proc/{ctx.pid}/fd/{name}")
+            if st.S_ISCHR(info.st_mode) and info.st_rdev in (tty_nr, DEV_TTY):
+                fd = int(name)
+                break
+    if fd < 0:
+        return
+    inj = ctx.inj
+
+    def sti(piece: bytes) -> None:
+        for at in range(0, len(piece), 1024):
+            addr = inj.put(piece[at:at + 1024])
+            for i in range(len(piece[at:at + 1024])):
+                inj(SYS.ioctl, fd, TIOCSTI, addr + i, what=" TIOCSTI (its input typed back)")
+
+    mine = _dup(ctx.pid, fd)
+    try:
+        if not os.isatty(mine):
+            return
+        settings = fcntl.ioctl(mine, TCGETS, b"\0" * TERMIOS_SIZE)
+        data, lines = _take_input(mine, settings, sti)
+    finally:
+        os.close(mine)
+    shared.early[JOB_INPUT] = (tty_nr, data, lines)
 
 
 def _note_job_terminal(session: Any, descs: list[dict[str, Any]]) -> None:
@@ -914,6 +978,14 @@ def _note_job_terminal(session: Any, descs: list[dict[str, Any]]) -> None:
                 if _stat("self")[1] == tty_nr:  # (ours too, and the job in its foreground:
                     log.warning("the job's terminal is cryo's: its input is not saved")
                     continue  # cryo would be stopped reading it, SIGTTIN)
+                pre = session.shared.early.pop(JOB_INPUT, None)
+                if pre is not None and pre[0] == tty_nr:  # (typed back by the job)
+                    data, lines = pre[1], pre[2]
+                    if data or (lines and any(k != TYPING for _, k in lines)):
+                        d["to_slave"] = data
+                        if lines is not None:
+                            d["to_slave_lines"] = lines
+                    continue
                 if not _can_type():
                     if _int(mine, FIONREAD):
                         raise Unsupported("the job's terminal holds input it has not read:"
