@@ -223,6 +223,20 @@ def cli_cycle(procs: Procs, pid: int, img: Path, *checkpoint_args: str) -> int:
     return procs.track(int(r.stdout))
 
 
+def checked_after(procs: Procs, tmp_path: Path, v: Victim, go: Path, kill: bool,
+                  timeout: float = 20) -> None:  # fmt: skip
+    """A victim that checks its own state once ``go`` exists ("checked good" or what it
+    found): checkpointed into ``tmp_path``/img, with ``kill`` killed and restarted as a
+    user would (cli_cycle), else left to go on; then told to check."""
+    if kill:
+        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
+    else:
+        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
+        assert r.returncode == 0, r.stderr
+    go.touch()
+    assert v.wait_line("checked", timeout=timeout) == "checked good"
+
+
 def restart_later(procs: Procs, v: Victim, img: Path, caught: float = 1.5,
                   away: float = 0.5) -> tuple[Victim, float]:  # fmt: skip
     """``caught`` s after now, ``v`` checkpointed into ``img`` and killed, reaped, and

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VICTIMS, Procs, Victim, cli_cycle, run_cryo
+from tests.conftest import VICTIMS, Procs, checked_after, run_cryo
 from tests.integration.test_tree import kill_tree, tree_pids
 from tests.integration.test_tty import (
     _SHELL,
@@ -45,13 +45,7 @@ def test_pty_flow_stop_and_packet_status(procs: Procs, tmp_path: Path, mode: str
     v = procs.spawn([sys.executable, str(VICTIMS / "ptyflow_s11_h1.py"), str(tmp_path / "out"),
                      str(go), mode], tmp_path / "out")  # fmt: skip
     v.wait_line("ready")
-    if kill:
-        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
-    else:
-        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr
-    go.touch()
-    assert v.wait_line("checked", timeout=20) == "checked good"
+    checked_after(procs, tmp_path, v, go, kill, timeout=20)
 
 
 def test_refused_checkpoint_leaves_a_stopped_terminal_stopped(procs: Procs, tmp_path: Path
@@ -323,6 +317,21 @@ def _restart_on(term: Terminal, img: Path, tmp_path: Path, procs: Procs, job: in
     return cryo
 
 
+def _finish_typed(procs: Procs, img: Path, tmp_path: Path, job: int, typed: bytes,
+                  expect: bytes) -> None:  # fmt: skip
+    """The shell job of ``img`` restarted on a new terminal: ``typed`` typed there, the
+    job ends well and ``expect`` shows."""
+    term = Terminal()
+    try:
+        cryo = _restart_on(term, img, tmp_path, procs, job)
+        mark = term.mark()
+        term.type(typed)
+        assert cryo.wait(timeout=30) == 0
+        term.wait_for(expect, since=mark)
+    finally:
+        term.close()
+
+
 def test_shell_job_top(procs: Procs, tmp_path: Path) -> None:
     """top restarted with --shell-job draws its screen again on the new terminal, in
     its raw mode, and quits on q, the caller's terminal as it was."""
@@ -419,15 +428,7 @@ def test_shell_job_canonical_line_half_typed(procs: Procs, tmp_path: Path) -> No
     prog = "import os; os.write(1, b'? '); print(eval(os.read(0, 100)))"
     img, job = _checkpoint_job(procs, tmp_path, [sys.executable, "-c", prog], b"? ",
                                b"7 *", b"7 *")  # fmt: skip
-    term = Terminal()
-    try:
-        cryo = _restart_on(term, img, tmp_path, procs, job)
-        mark = term.mark()
-        term.type(b" 6\n")
-        assert cryo.wait(timeout=30) == 0
-        term.wait_for(b"42", since=mark)
-    finally:
-        term.close()
+    _finish_typed(procs, img, tmp_path, job, b" 6\n", b"42")
 
 
 _TYPEAHEAD = """
@@ -508,13 +509,7 @@ def test_pty_speeds_and_locks(procs: Procs, tmp_path: Path, kill: bool
     v = procs.spawn([sys.executable, str(VICTIMS / "ptymisc_s11_h1.py"), str(tmp_path / "out"),
                      str(go)], tmp_path / "out")  # fmt: skip
     v.wait_line("ready")
-    if kill:
-        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
-    else:
-        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr
-    go.touch()
-    assert v.wait_line("checked", timeout=20) == "checked good"
+    checked_after(procs, tmp_path, v, go, kill, timeout=20)
 
 
 @pytest.mark.parametrize("kill", [True, False], ids=["restart", "running"])
@@ -529,13 +524,7 @@ def test_pty_queues_larger_than_the_line_discipline(procs: Procs, tmp_path: Path
                      str(go), mode], tmp_path / "out")  # fmt: skip
     sizes = v.wait_line("ready").split()[1:]
     assert all(int(n) > 8192 for n in sizes), sizes
-    if kill:
-        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
-    else:
-        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr
-    go.touch()
-    assert v.wait_line("checked", timeout=30) == "checked good"
+    checked_after(procs, tmp_path, v, go, kill, timeout=30)
 
 
 def test_tmux_with_a_client_attached_is_refused(procs: Procs, tmp_path: Path) -> None:

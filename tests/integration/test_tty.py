@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, Victim, cli_cycle, run_cryo
+from tests.conftest import Procs, Victim, checked_after, run_cryo
 from tests.integration.test_tree import kill_tree, tree_pids
 
 VICTIMS = Path(__file__).parent.parent / "victims"
@@ -58,13 +58,7 @@ def test_canonical_lines_waiting(procs: Procs, tmp_path: Path, kill: bool) -> No
     v = procs.spawn([sys.executable, str(VICTIMS / "ptylines.py"), str(tmp_path / "out"),
                      str(go)], tmp_path / "out")  # fmt: skip
     v.wait_line("ready")
-    if kill:
-        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
-    else:
-        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr
-    go.touch()
-    assert v.wait_line("checked", timeout=20) == "checked good"
+    checked_after(procs, tmp_path, v, go, kill, timeout=20)
 
 
 def test_terminal_outside_is_refused(procs: Procs, tmp_path: Path) -> None:

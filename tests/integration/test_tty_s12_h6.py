@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Procs, Victim, cli_cycle, run_cryo
+from tests.conftest import Procs, checked_after
 
 pytestmark = pytest.mark.timeout(120)
 VICTIMS = Path(__file__).parent.parent / "victims"
@@ -26,13 +26,7 @@ def test_echoes_held_by_a_stopped_terminal(procs: Procs, tmp_path: Path, kill: b
     v = procs.spawn([sys.executable, str(VICTIMS / "ptystop_s12_h6.py"), str(tmp_path / "out"),
                      str(go)], tmp_path / "out")  # fmt: skip
     v.wait_line("ready")
-    if kill:
-        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
-    else:
-        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr
-    go.touch()
-    assert v.wait_line("checked", timeout=40) == "checked good"
+    checked_after(procs, tmp_path, v, go, kill, timeout=40)
 
 
 @pytest.mark.parametrize("kill", [True, False])
@@ -45,13 +39,7 @@ def test_output_column(procs: Procs, tmp_path: Path, kill: bool) -> None:
     v = procs.spawn([sys.executable, str(VICTIMS / "ptycol_s12_h6.py"), str(tmp_path / "out"),
                      str(go)], tmp_path / "out")  # fmt: skip
     v.wait_line("ready")
-    if kill:
-        v = Victim(cli_cycle(procs, v.pid, tmp_path / "img"), v.out)
-    else:
-        r = run_cryo("checkpoint", str(v.pid), "-D", str(tmp_path / "img"))
-        assert r.returncode == 0, r.stderr
-    go.touch()
-    assert v.wait_line("checked", timeout=40) == "checked good"
+    checked_after(procs, tmp_path, v, go, kill, timeout=40)
 
 
 _NO_ADMIN = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
@@ -66,7 +54,7 @@ def test_shell_job_half_typed_line_without_cap_sys_admin(procs: Procs, tmp_path:
     it back itself): after the restart, or on the job that goes on, the rest typed
     completes it (before: the half-typed line was lost at the restart, exit 0: ' 6'
     alone was read)."""
-    from tests.integration.test_probes_s11_h1 import _restart_on
+    from tests.integration.test_probes_s11_h1 import _finish_typed
     from tests.integration.test_tty import _SHELL, Terminal, _job_of
 
     prog = "import os; os.write(1, b'? '); print('got', os.read(0, 100))"
@@ -95,12 +83,4 @@ def test_shell_job_half_typed_line_without_cap_sys_admin(procs: Procs, tmp_path:
         shell.wait(timeout=20)
     finally:
         term.close()
-    term = Terminal()
-    try:
-        cryo = _restart_on(term, img, tmp_path, procs, job)
-        mark = term.mark()
-        term.type(b" 6\n")
-        assert cryo.wait(timeout=30) == 0
-        term.wait_for(b"got b'7 * 6\\n'", since=mark)
-    finally:
-        term.close()
+    _finish_typed(procs, img, tmp_path, job, b" 6\n", b"got b'7 * 6\\n'")
