@@ -78,9 +78,10 @@ def test_contexts_come_back_with_unreaped_events(procs: Procs, build: Callable[[
 
 def test_a_large_ring_far_along(procs: Procs, build: Callable[[str], str],
                                 tmp_path: Path) -> None:  # fmt: skip
-    """A context of 4096 requests whose ring went 7,680 events along, 300 more waiting:
-    restarted, the same header and the 300 events in order (the kernel's tail moved in
-    batches of empty writes, reaped as the head must follow)."""
+    """A context of 4096 requests whose ring went 8,192 events along, 300 more waiting
+    that wrap past its end: restarted, the same header and the 300 events in order (the
+    kernel's tail moved in batches of empty writes, reaped as the head must follow; the
+    events read and written back as two runs)."""
     _bpf_or_skip()
     v = _start(procs, build, tmp_path, "big")
     img = tmp_path / "img"

@@ -39,7 +39,6 @@ contexts), is refused.
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 import time
@@ -48,10 +47,9 @@ from typing import Any
 from cryo.engine.context import DumpContext, RestoreContext
 from cryo.errors import CryoError, Unsupported
 from cryo.image import records as R
-from cryo.linux import bpf
+from cryo.linux import bpf, libc
 from cryo.linux.consts import MREMAP, SYS
 
-log = logging.getLogger(__name__)
 KIND = b"AIOR"
 IO_SETUP, IO_DESTROY, IO_GETEVENTS, IO_SUBMIT = 206, 207, 208, 209
 IOCB_CMD_PWRITE = 1
@@ -70,10 +68,10 @@ def _contexts(tid: int) -> list[dict[str, int]]:
     """The AIO contexts of the process of thread ``tid``, as its kioctx_table holds
     them (a BPF reader; Unavailable where there is none)."""
     (mm, table, nr, slots, user_id, max_reqs, nr_events, mmap_size, avail, tail,
-     completed, id_, cpu) = bpf.need(
+     completed, cpu) = bpf.need(
         "task.mm", "mm.ioctx_table", "kt.nr", "kt.table", "kx.user_id", "kx.max_reqs",
         "kx.nr_events", "kx.mmap_size", "kx.reqs_available", "kx.tail",
-        "kx.completed_events", "kx.id", "kx.cpu")  # fmt: skip
+        "kx.completed_events", "kx.cpu")  # fmt: skip
     rd = bpf.Read
     head = (rd(mm, 8), rd(table, 8, 0), rd(nr, 8, 1))
     data = bpf.read("iter_task", head, tid=tid)
@@ -82,7 +80,7 @@ def _contexts(tid: int) -> list[dict[str, int]]:
     _mm, tbl, count = struct.unpack_from("<QQQ", data)
     count &= 0xFFFFFFFF
     out: list[dict[str, int]] = []
-    fields = (user_id, max_reqs, nr_events, mmap_size, avail, tail, completed, id_, cpu)
+    fields = (user_id, max_reqs, nr_events, mmap_size, avail, tail, completed, cpu)
     for first in range(0, count if tbl else 0, _PER_RUN):
         idx = range(first, min(count, first + _PER_RUN))
         reads: list[bpf.Read] = list(head)
@@ -99,8 +97,8 @@ def _contexts(tid: int) -> list[dict[str, int]]:
             f = v[base + 1 : base + 1 + len(fields)]
             u32 = [x & 0xFFFFFFFF for x in f]  # (8 bytes read at each: the first 4)
             out.append({"index": i, "addr": f[0], "max_reqs": u32[1], "nr_events": u32[2],
-                        "length": f[3], "available": _s32(f[4]), "tail": u32[5],
-                        "completed": u32[6], "id": u32[7], "cpu": f[8]})
+                        "length": f[3], "available": libc.c_int(f[4]), "tail": u32[5],
+                        "completed": u32[6], "cpu": f[7]})
     if out:
         offs = bpf.per_cpu_offsets()
         (kc,) = bpf.need("kc.reqs_available")
@@ -114,11 +112,6 @@ def _contexts(tid: int) -> list[dict[str, int]]:
             cached = sum(vals[k * len(offs) : (k + 1) * len(offs)])
             c["in_flight"] = c["nr_events"] - 1 - c["available"] - cached - c["completed"]
     return out
-
-
-def _s32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def collect(ctx: DumpContext) -> None:
@@ -173,14 +166,21 @@ def collect(ctx: DumpContext) -> None:
                                   resource="AIO context")  # fmt: skip
             h = head % nr
             k = (tail - h) % nr
-            events = b"".join(os.pread(fd, EVENT, c["addr"] + _HEADER.size + EVENT * ((h + i) % nr))
-                              for i in range(k))  # fmt: skip
+            events = b"".join(os.pread(fd, EVENT * n, c["addr"] + _HEADER.size + EVENT * at)
+                              for at, n in _slots(h, k, nr))  # fmt: skip
             out.append({"addr": c["addr"], "length": c["length"], "index": c["index"],
                         "max_reqs": c["max_reqs"], "nr": nr, "head": head, "tail": tail,
                         "events": events})  # fmt: skip
     finally:
         os.close(fd)
     ctx.records[KIND] = {"pid": pid, "rings": out}
+
+
+def _slots(h: int, k: int, nr: int) -> list[tuple[int, int]]:
+    """The ring's ``k`` event slots from ``h`` on, as (first slot, count) runs: one, or
+    two where they wrap past the ring's ``nr``."""
+    first = min(k, nr - h)
+    return [(h, first), (0, k - first)] if k > first else [(h, k)] if k else []
 
 
 def mine(ctx: RestoreContext) -> dict[str, Any] | None:
@@ -259,9 +259,10 @@ def _refill(ctx: RestoreContext, r: dict[str, Any], null: int) -> None:
 
     submit(h, True)  # head and tail at h, every event reaped
     submit(k, False)  # tail at the image's, k events not reaped
-    for i in range(k):
-        event = r["events"][EVENT * i : EVENT * (i + 1)]
-        inj.write(addr + _HEADER.size + EVENT * ((h + i) % nr), event)
+    done = 0
+    for at, n in _slots(h, k, nr):
+        inj.write(addr + _HEADER.size + EVENT * at, r["events"][EVENT * done : EVENT * (done + n)])
+        done += n
     if r["head"] != h:  # (a head the program wrote past the ring's size: as it was)
         inj.write(addr + 8, struct.pack("<I", r["head"]))
 

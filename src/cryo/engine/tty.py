@@ -718,7 +718,7 @@ def undo_short_read(ctx: Any, tracee: Any, b: Any) -> None:
     regs = b.inj.saved
     if regs.orig_rax != SYS.read or not 0 < regs.rax < 1 << 63:
         return
-    got, fd, count = int(regs.rax), ctypes_int(regs.rdi), int(regs.rdx)
+    got, fd, count = int(regs.rax), libc.c_int(regs.rdi), int(regs.rdx)
     if tracee.deferred_signals or tracee.group_stop or fd < 0:
         return
     try:
@@ -770,12 +770,6 @@ def undo_short_read(ctx: Any, tracee: Any, b: Any) -> None:
     for d in ctx.shared.descs.descs if ctx.shared is not None else ():
         if d["kind"] == "pty" and d.get("master") and d["index"] == index:
             d["to_slave"] = data + d.get("to_slave", b"")
-
-
-def ctypes_int(v: int) -> int:
-    """A register's low 32 bits as a C int (an fd argument)."""
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def _signal_waits(pid: int, tid: int) -> bool:

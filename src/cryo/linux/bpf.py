@@ -19,7 +19,7 @@ import threading
 from typing import NamedTuple
 
 from cryo.errors import InternalError
-from cryo.linux.libc import libc
+from cryo.linux.libc import c_int, libc
 
 SYS_BPF = 321
 BPF_PROG_LOAD, BPF_LINK_CREATE, BPF_ITER_CREATE = 5, 28, 33
@@ -271,7 +271,6 @@ _WANTED: dict[str, tuple[str | None, str]] = {
     "kx.reqs_available": ("kioctx", "reqs_available"),
     "kx.tail": ("kioctx", "tail"),
     "kx.completed_events": ("kioctx", "completed_events"),
-    "kx.id": ("kioctx", "id"),
     "kc.reqs_available": ("kioctx_cpu", "reqs_available"),
     # each CPU's per-cpu area, found through its runqueue (per_cpu_offsets)
     "task.sched_task_group": ("task_struct", "sched_task_group"),
@@ -446,10 +445,6 @@ ABSOLUTE = -3  # Read.base: ``off`` is a kernel address
 _programs: dict[tuple[str, tuple[Read, ...]], int] = {}
 
 
-def _imm32(v: int) -> int:
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
 def _reader(iter_name: str, reads: tuple[Read, ...]) -> int:
     """The program (loaded once) that writes, for each object the iterator visits, the
     bytes of ``reads`` one after another (bpf_probe_read_kernel: a read that faults gives
@@ -481,8 +476,7 @@ def _reader(iter_name: str, reads: tuple[Read, ...]) -> int:
             base = [_insn(0xBF, 3, 8)]  # r3 = file
         elif r.base == ABSOLUTE:  # r3 = the address (ld_imm64: two instructions)
             a = r.off % (1 << 64)
-            base = [_insn(0x18, 3, 0, 0, _imm32(a & 0xFFFFFFFF)),
-                    _insn(0, 0, 0, 0, _imm32(a >> 32))]
+            base = [_insn(0x18, 3, 0, 0, c_int(a)), _insn(0, 0, 0, 0, c_int(a >> 32))]
         else:
             base = [_insn(ldx_dw, 3, 10, where[r.base])]  # r3 = the pointer read before
         body += [*base,

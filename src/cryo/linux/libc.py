@@ -197,6 +197,13 @@ def pidfd_open(pid: int) -> int:
     return syscall(SYS.pidfd_open, pid, 0)
 
 
+def c_int(v: int) -> int:
+    """The low 32 bits of ``v`` as a C int (a register's int argument or result, a u32
+    field read as an atomic_t, an imm32 of a BPF instruction)."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
 def buffer_address(buf: object) -> int:
     """Address of a writable Python buffer (mmap, bytearray) for iovecs."""
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))  # type: ignore[arg-type]
