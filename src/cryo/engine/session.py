@@ -833,8 +833,8 @@ class Restart:
             if m.ctx is None and old not in self.plan.procs:
                 after = tree.finish_zombie(m, self.area)
                 m.tracee.detach()
-                if after is not None:
-                    after()
+                for fn in after:  # (the signal that ends it, a core's cleanup)
+                    fn()
                 tree.wait_dead(m.pid)
                 sig = int(m.rec.get("exit_signal", signal.SIGCHLD))
                 if 0 < sig < 32:

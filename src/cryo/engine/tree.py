@@ -881,7 +881,8 @@ def _zombie_task_restore(inj: Injector, task: dict[str, Any], area: int, sig: in
                                 "securebits": 0, "no_new_privs": task["no_new_privs"]})
 
 
-def _core_dump_again(m: Made, area: int, hard: int) -> Callable[[], None]:
+def _core_dump_again(m: Made, task: dict[str, Any], area: int, hard: int
+                     ) -> Callable[[], None]:  # fmt: skip
     """A zombie whose wait status says it dumped core (WCOREDUMP: its parent may look)
     dumps one again, small and thrown away: every mapping but the restorer's area
     unmapped (a zombie has no memory to show), its core limit its hard one, dumpable
@@ -898,7 +899,6 @@ def _core_dump_again(m: Made, area: int, hard: int) -> Callable[[], None]:
         raise CryoError(f"zombie {m.rec['pid']} dumped core, and this host's core_pattern"
                         f" ({pattern!r}) would hand a core made again to something else:"
                         " its wait status cannot be made again here")  # fmt: skip
-    task = m.rec.get("task") or {}
     where = tempfile.mkdtemp(prefix="cryo-core-")
     try:
         if task:
@@ -951,27 +951,30 @@ def wait_dead(pid: int, timeout: float = 5.0) -> None:
     log.warning("process %d, let go to exit, is not a zombie yet", pid)
 
 
-def finish_zombie(m: Made, area: int) -> Callable[[], None] | None:
+def finish_zombie(m: Made, area: int) -> list[Callable[[], None]]:
     """Let a zombie-to-be go straight into exit_group (or a fatal signal) with the
-    status its parent will collect; returns what to do once it is let go, if anything."""
+    status its parent will collect; returns what to do, in order, once it is let go."""
     status = m.rec["exit_code"]
     inj = m.inj
-    if m.rec.get("task"):
-        _zombie_task_restore(inj, m.rec["task"], area,
+    task = m.rec.get("task") or {}
+    if task:
+        _zombie_task_restore(inj, task, area,
                              os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0)  # fmt: skip
     regs = S.user_regs_struct.from_buffer_copy(inj.saved)
     regs.rip = area
     regs.orig_rax = 0xFFFFFFFFFFFFFFFF
-    mode = (m.rec.get("task") or {}).get("seccomp")
+    mode = task.get("seccomp")
+    after: list[Callable[[], None]] = []
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig != signal.SIGKILL:  # (whose action cannot be changed: EINVAL)
             inj(SYS.rt_sigaction, sig, inj.put(bytes(32)), 0, 8)  # SIG_DFL
-        limits = (m.rec.get("task") or {}).get("rlimits") or {}
+        limits = task.get("rlimits") or {}
         core = limits.get(4) or limits.get("4") or (0, 0)  # (its hard limit kept)
-        cleanup = _core_dump_again(m, area, core[1]) if os.WCOREDUMP(status) and core[1] \
-            else None  # fmt: skip
-        if cleanup is None:
+        if os.WCOREDUMP(status) and core[1]:
+            cleanup = _core_dump_again(m, task, area, core[1])
+        else:
+            cleanup = None
             inj(SYS.prlimit64, 0, 4, inj.put(struct.pack("<QQ", 0, core[1])), 0)  # no core
         me = nspid(m.pid)  # the call runs in the process: its pid as it sees it
         regs.rax, regs.rdi, regs.rsi, regs.rdx = SYS.tgkill, me, me, sig
@@ -979,7 +982,6 @@ def finish_zombie(m: Made, area: int) -> Callable[[], None] | None:
         cleanup = None
         regs.rax, regs.rdi = SYS.exit_group, os.WEXITSTATUS(status) if os.WIFEXITED(status) \
             else 0  # fmt: skip
-    after = None
     if mode == 3 and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
         regs.rax = SYS.getppid  # (its last filter kills it there)
     elif mode in (1, 3):
@@ -988,7 +990,7 @@ def finish_zombie(m: Made, area: int) -> Callable[[], None] | None:
         # strict mode answers with SIGKILL); then: exit, which strict mode allows; for a
         # death by SIGKILL in mode 3 a call it forbids (getpid: mode 3 and SIGKILL, as
         # the kernel leaves a task it killed); for a death by a signal in mode 1, reads
-        # of fd -1 over and over until cryo sends that signal (tree.kill_when_strict)
+        # of fd -1 over and over until cryo sends that signal (_kill_when_strict)
         mov = struct.pack("<BIBIBI", 0xB8, SYS.prctl, 0xBF, PR_SET_SECCOMP, 0xBE,
                           SECCOMP_MODE_STRICT) + b"\x0f\x05"  # prctl(PR_SET_SECCOMP, 1)
         if os.WIFEXITED(status):
@@ -998,13 +1000,8 @@ def finish_zombie(m: Made, area: int) -> Callable[[], None] | None:
             tail = struct.pack("<BI", 0xB8, SYS.getpid) + b"\x0f\x05\xcc"
         else:  # read(-1, 0, 0); jmp back to it
             tail = struct.pack("<BIBI", 0xB8, SYS.read, 0xBF, 0xFFFFFFFF) + b"\x0f\x05\xeb\xf2"
-            after = _kill_when_strict(m.pid, os.WTERMSIG(status))
+            after.append(_kill_when_strict(m.pid, os.WTERMSIG(status)))
         inj.write(area + 16, mov + tail)  # (the restorer's first page, after syscall; int3)
         regs.rip = area + 16
     inj.finish(regs)
-    if cleanup is None:
-        return after
-    if after is None:
-        return cleanup
-    first = after
-    return lambda: (first(), cleanup())[-1]
+    return [*after, *([cleanup] if cleanup else [])]
