@@ -102,18 +102,23 @@ def retention(last: int = 1, every: int | None = None) -> dict[str, Any]:
     return {"last": last, "every": every}
 
 
+def _entry(committed: dict[str, Any]) -> dict[str, Any]:
+    """What a ``committed`` record says of its own version: a "kept" entry."""
+    return {k: committed.get(k) for k in ("images", "hosts", "replicas")}
+
+
 def _retained(previous: dict[str, Any] | None, version: int,
               keep: dict[str, Any]) -> dict[str, dict[str, Any]]:  # fmt: skip
     """The versions before ``version`` kept once it is committed: of those the previous
     ``committed`` record kept, and its own, the ones ``keep`` keeps."""
+    from cryo.store import kept_versions
+
     have = dict((previous or {}).get("kept") or {})
     if previous:
-        have[str(previous["version"])] = {k: previous.get(k) for k in ("images", "hosts",
-                                                                      "replicas")}
+        have[str(previous["version"])] = _entry(previous)
     published = sorted({*(int(v) for v in have), version})
-    last, every = int(keep.get("last") or 1), keep.get("every")
-    kept = set(published[-last:]) | {v for v in published if every and v % int(every) == 0}
-    return {str(v): have[str(v)] for v in sorted(kept) if v != version}
+    kept = kept_versions(published, int(keep.get("last") or 1), keep.get("every"))
+    return {str(v): have[str(v)] for v in kept if v != version}
 
 
 def set_retention(etcd: Etcd, app: str, keep: dict[str, Any]) -> None:
@@ -608,8 +613,7 @@ def restart(etcd: Etcd, app: str, version: int | None = None,
         # next is restarted from it, not from a version of the run it left); the others
         # stay kept, the one committed last among them
         others = {k: v for k, v in kept.items() if k != str(version)}
-        others[str(committed["version"])] = {k: committed.get(k) for k in ("images", "hosts",
-                                                                          "replicas")}
+        others[str(committed["version"])] = _entry(committed)
         committed = {"version": version, **kept[str(version)], "kept": others}
         moved = [(K.committed(app), committed)]
     alive = sorted(live_hosts(etcd) if alive_hosts is None else alive_hosts)

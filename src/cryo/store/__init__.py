@@ -116,6 +116,20 @@ def verify(store: str, app: str | None = None) -> VerifyReport:
     return _verify(store, app)
 
 
+def kept_versions(published: list[int], keep_last: int, keep_every: int | None) -> list[int]:
+    """Of the versions ``published`` (in order), those a retention keeps: the last
+    ``keep_last`` and each that is a multiple of ``keep_every`` (gc; the daemon's jobs;
+    the grid's global versions, cryo.grid.coordinator)."""
+    if keep_last < 1:
+        raise CryoError("gc must keep at least the last version (--keep-last 1 or more)")
+    if keep_every is not None and keep_every < 1:
+        raise CryoError("--keep-every takes a positive number")
+    kept = set(published[-keep_last:])
+    if keep_every:
+        kept |= {v for v in published if v % keep_every == 0}
+    return sorted(kept)
+
+
 def gc(store: str, keep_last: int, keep_every: int | None = None, *, app: str | None = None,
        dry_run: bool = False) -> list[GcReport]:  # fmt: skip
     from cryo.store.retention import gc as _gc
@@ -123,4 +137,4 @@ def gc(store: str, keep_last: int, keep_every: int | None = None, *, app: str | 
     return _gc(store, keep_last, keep_every, app=app, dry_run=dry_run)
 
 
-__all__ = ["checkpoint", "describe", "gc", "memory_of", "restart", "verify"]
+__all__ = ["checkpoint", "describe", "gc", "kept_versions", "memory_of", "restart", "verify"]

@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from cryo.errors import CryoError, ImageCorrupt
+from cryo.errors import ImageCorrupt
 from cryo.image import format as fmt
 from cryo.image import records as R
 from cryo.image.sink import PAGES_HEADER
+from cryo.store import kept_versions
 from cryo.store import pages as P
 from cryo.store.layout import App, FileMeta, Sources, Store, VersionMeta, du, remove_version
 
@@ -67,17 +68,6 @@ class GcReport:
     freed: int = 0  # bytes
     live: int = 0  # pages the kept versions read
     stored: int = 0  # pages in the application's files (after this gc)
-
-
-def kept_versions(published: list[int], keep_last: int, keep_every: int | None) -> list[int]:
-    if keep_last < 1:
-        raise CryoError("gc must keep at least the last version (--keep-last 1 or more)")
-    if keep_every is not None and keep_every < 1:
-        raise CryoError("--keep-every takes a positive number")
-    kept = set(published[-keep_last:])
-    if keep_every:
-        kept |= {v for v in published if v % keep_every == 0}
-    return sorted(kept)
 
 
 def gc(store: str, keep_last: int, keep_every: int | None = None, *, app: str | None = None,
