@@ -11,6 +11,8 @@ import sys
 import termios
 import time
 
+from ptycheck import against_a_new_pair
+
 out, go = sys.argv[1:3]
 
 
@@ -50,21 +52,5 @@ def look(m: int, s: int) -> tuple[bytes, bytes, bytes]:
     return before, after, read_for(s, 10, b"def\n")
 
 
-a = pair()
-type_in(a[0])
-time.sleep(0.1)
-with open(out, "w") as f:
-    f.write("ready\n")
-while not os.path.exists(go):
-    time.sleep(0.01)
-b = pair()
-type_in(b[0])
-time.sleep(0.1)
-got, want = look(*a), look(*b)
-names = ("before", "after", "reads")
-bad = [f"{what} {g!r} not {w!r}" for what, g, w in zip(names, got, want, strict=True) if g != w]
-if want[0] != b"x\r\n":
-    bad.append(f"the new pair gave {want!r}")
-with open(out, "a") as f:
-    f.write("checked " + ("; ".join(bad) or "good") + "\n")
-time.sleep(600)
+against_a_new_pair(out, go, pair, type_in, look, ("before", "after", "reads"),
+                   lambda w: None if w[0] == b"x\r\n" else f"the new pair gave {w!r}")
