@@ -254,6 +254,16 @@ def read(pid: int | str, name: str) -> bytes:
         raise AccessDenied(f"may not read {path}", pid=int(pid), path=path) from err
 
 
+def has_capability(cap: int) -> bool:
+    """Whether this process has capability ``cap`` in its effective set (CapEff of
+    /proc/self/status; False where it cannot be read)."""
+    try:
+        eff = parse_status(read("self", "status")).get("CapEff", "0")
+        return bool(int(eff, 16) >> cap & 1)
+    except (OSError, ValueError, AccessDenied, NoSuchProcess):
+        return False
+
+
 def fd_links(pid: int) -> tuple[list[int], dict[int, str]]:
     """The fd numbers of ``pid`` (sorted) and each one's link, read from /proc/PID/fd
     opened once (names in it: no path walk for each); an fd closed meanwhile has none."""

@@ -55,6 +55,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cryo import procfs
 from cryo.engine import tree
 from cryo.errors import CryoError, RestoreConflict, Unsupported
 from cryo.linux import libc
@@ -249,12 +250,7 @@ TIOCSTI = 0x5412
 def _can_type() -> bool:
     """Whether cryo may put input into a terminal that is not its own (TIOCSTI needs
     CAP_SYS_ADMIN then)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            eff = next(ln for ln in f if ln.startswith(b"CapEff:"))
-        return bool(int(eff.split()[1], 16) >> 21 & 1)
-    except (OSError, StopIteration, ValueError):
-        return False
+    return procfs.has_capability(21)  # CAP_SYS_ADMIN
 
 
 def _type(master: int, peer: int, data: bytes) -> None:

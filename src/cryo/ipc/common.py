@@ -89,17 +89,6 @@ def semmsl() -> int:
 CAP_SYS_RESOURCE = 24  # include/uapi/linux/capability.h
 
 
-def has_capability(cap: int) -> bool:
-    """Whether this process has ``cap`` in its effective set (from /proc/self/status)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> cap & 1)
-    except (OSError, ValueError):
-        pass
-    return False
-
-
 def has_swap() -> bool:
     try:
         lines = Path("/proc/swaps").read_text().splitlines()

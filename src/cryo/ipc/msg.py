@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cryo import procfs
 from cryo.errors import CryoError, ImageCorrupt, Unsupported
 from cryo.image.format import RecordWriter, kind_name, read_file
 from cryo.ipc.common import (
@@ -32,7 +33,6 @@ from cryo.ipc.common import (
     check_header,
     clear_the_way,
     create_with_id,
-    has_capability,
     header,
     meta_int,
     read_sysctl,
@@ -253,7 +253,7 @@ def check_fits(image: MsgImage) -> None:
             resource=f"msg {image.id}",
         )
     msgmnb, room = int(read_sysctl("msgmnb")), _room(image)
-    if room > msgmnb and not has_capability(CAP_SYS_RESOURCE):
+    if room > msgmnb and not procfs.has_capability(CAP_SYS_RESOURCE):
         raise CryoError(
             f"{image.path}: the queue needs msg_qbytes={room}, more than kernel.msgmnb={msgmnb}"
             " of this IPC namespace, which only CAP_SYS_RESOURCE may exceed; raise it"
